@@ -1,0 +1,37 @@
+# One entry point for everything: `make run` (main job on the embedded default), `make check` (format, lint,
+# types, tests). Both create the virtual environment they need from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/onex: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install run test lint types format check bench
+install: $(BIN)/onex
+
+run: install
+	$(BIN)/onex validate
+	$(BIN)/onex nodes
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+types: install
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check: lint types test
+
+bench: install
+	$(BIN)/python bench/run.py

@@ -1,0 +1,164 @@
+"""The event envelope (``OnexEnvelopeV1``) and topic naming.
+
+Topic names follow ``{env}.{tenant}.onex.{class}.{event-name-kebab}.v{major}``; dead letters go to ``<topic>.dlq``.
+The Kafka key of an envelope is its ``partition_key``, else its ``correlation_id``, else ``source_node_id``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TopicClass = Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"]
+TOPIC_CLASSES: tuple[str, ...] = ("evt", "cmd", "qrs", "dlt", "rty", "aud", "met")
+DEAD_LETTER_EVENT = "DEAD_LETTER"
+
+_KEBAB_RE = re.compile(r"[^a-z0-9]+")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OnexEnvelopeV1(BaseModel):
+    """One event on the bus. Immutable: derive a new one with ``model_copy(update=...)``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    envelope_version: str = "1.0"
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_type: str
+    event_version: str = "1.0"
+    event_timestamp: datetime = Field(default_factory=_now)
+    source_node_id: str
+    source_service: str = "onex"
+    source_version: str = "1.0.0"
+    source_instance: str | None = None
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+    environment: str = "dev"
+    region: str | None = None
+    partition_key: str | None = None
+    payload: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The partitioning key: ``partition_key``, else ``correlation_id``, else ``source_node_id``."""
+        if self.partition_key is not None:
+            return self.partition_key
+        if self.correlation_id is not None:
+            return str(self.correlation_id)
+        return self.source_node_id
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> OnexEnvelopeV1:
+        return cls.model_validate_json(data)
+
+
+def kebab(name: str) -> str:
+    """``STAMP_CREATED`` / ``stampCreated`` / ``stamp created`` -> ``stamp-created``."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name)
+    return _KEBAB_RE.sub("-", name.lower()).strip("-")
+
+
+def topic_name(event_name: str, *, env: str = "dev", tenant: str = "omninode_bridge", cls: str = "evt",
+               major: int = 1) -> str:
+    """The topic an event is published on, e.g. ``dev.omninode_bridge.onex.evt.stamp-created.v1``."""
+    if cls not in TOPIC_CLASSES:
+        raise ValueError(f"topic class {cls!r} is not one of {', '.join(TOPIC_CLASSES)}")
+    return f"{env}.{tenant}.onex.{cls}.{kebab(event_name)}.v{major}"
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return f"{topic}.dlq"
+
+
+def dead_letter(original: OnexEnvelopeV1, *, topic: str, error: BaseException | str, attempts: int,
+                source_node_id: str = "onex-bus") -> OnexEnvelopeV1:
+    """The envelope published to ``<topic>.dlq`` for a message that could not be handled.
+
+    Carries the original envelope whole, the error (type and message) and the number of attempts made.
+    """
+    if isinstance(error, BaseException):
+        error_type, message = type(error).__name__, str(error)
+    else:
+        error_type, message = "Error", error
+    return OnexEnvelopeV1(
+        event_type=DEAD_LETTER_EVENT,
+        source_node_id=source_node_id,
+        correlation_id=original.correlation_id,
+        causation_id=original.event_id,
+        environment=original.environment,
+        partition_key=original.key,
+        payload={
+            "original_topic": topic,
+            "original": original.model_dump(mode="json"),
+            "error_type": error_type,
+            "error": message,
+            "attempts": attempts,
+        },
+    )
+
+
+# --- payloads of the events the runtime publishes on behalf of every node ------------------------------------------
+
+NODE_INTROSPECTION = "NODE_INTROSPECTION"
+NODE_HEARTBEAT = "NODE_HEARTBEAT"
+REGISTRY_REQUEST_INTROSPECTION = "REGISTRY_REQUEST_INTROSPECTION"
+STATE_TRANSITION = "STATE_TRANSITION"
+RUNTIME_EVENTS: dict[str, str] = {
+    # event name -> topic class; every hosted node publishes these, whatever its contract declares
+    NODE_INTROSPECTION: "evt",
+    NODE_HEARTBEAT: "evt",
+    STATE_TRANSITION: "aud",
+}
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelNodeIntrospection(_Payload):
+    node_id: str
+    node_name: str
+    node_type: str
+    node_version: str
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    endpoints: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    reason: str = "startup"
+
+
+class ModelNodeHeartbeat(_Payload):
+    node_id: str
+    node_type: str = ""
+    node_version: str = ""
+    health_status: Literal["HEALTHY", "DEGRADED", "UNHEALTHY", "DRAINING", "STOPPED"] = "HEALTHY"
+    uptime_seconds: float = 0.0
+    active_operations: int = 0
+
+
+class ModelIntrospectionRequest(_Payload):
+    requested_by: str
+    reason: str = "registry-startup"
+
+
+class ModelStateTransition(_Payload):
+    transition_id: uuid.UUID
+    entity_id: str
+    entity_type: str
+    from_state: str
+    to_state: str
+    trigger: str
+    correlation_id: uuid.UUID | None = None
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)

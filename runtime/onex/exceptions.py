@@ -1,0 +1,83 @@
+"""Every error onex raises, in one place.
+
+    OnexError
+    ├── ContractError        one or more problems in contract files, each with path:line:column
+    ├── TransitionError      an illegal FSM trigger: names entity, state and trigger
+    ├── BusError             the event bus cannot accept or deliver
+    │   └── PayloadError     an envelope or payload fails its schema: names the event id
+    ├── StoreError           persistence failed
+    └── StampError           a file cannot be hashed, stamped or verified: names the path
+
+Each carries the context a user needs to act on it; ``str(error)`` is the message to print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class OnexError(Exception):
+    """Root of every onex error."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContractIssue:
+    """One problem found in a contract file.
+
+    ``code`` is a stable, machine-readable class of problem (``yaml``, ``schema``, ``ref``, ``ref-cycle``,
+    ``fsm-unreachable`` ...), so tests and tools can match on it without parsing the message.
+    """
+
+    path: str
+    line: int
+    column: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message} [{self.code}]"
+
+
+class ContractError(OnexError):
+    """Contracts failed to load or validate; ``issues`` lists every problem found, not just the first."""
+
+    def __init__(self, issues: list[ContractIssue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.path, i.line, i.column, i.code))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class TransitionError(OnexError):
+    """A trigger that is not allowed from the entity's current state."""
+
+    def __init__(self, entity_id: str, state: str, trigger: str, reason: str = "no such transition") -> None:
+        self.entity_id = entity_id
+        self.state = state
+        self.trigger = trigger
+        super().__init__(f"entity {entity_id}: cannot {trigger!r} from state {state!r}: {reason}")
+
+
+class BusError(OnexError):
+    """The event bus cannot accept or deliver a message."""
+
+
+class PayloadError(BusError):
+    """An envelope or its payload does not match the contract; names the event and the offending field."""
+
+    def __init__(self, event_id: str, event_type: str, detail: str) -> None:
+        self.event_id = event_id
+        self.event_type = event_type
+        self.detail = detail
+        super().__init__(f"event {event_id} ({event_type}): {detail}")
+
+
+class StoreError(OnexError):
+    """Persistence failed (connection, constraint, migration)."""
+
+
+class StampError(OnexError):
+    """A file could not be hashed, stamped or verified."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")

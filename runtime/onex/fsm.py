@@ -1,0 +1,342 @@
+"""Finite-state machines built from FSM subcontracts.
+
+One synchronous ``transitions.Machine`` is built per contract; every workflow or entity is a model attached to
+it (``StateMachine.attach``), never a machine of its own. The node serialises triggers per entity, so the
+synchronous machine is enough and avoids the atomicity pitfalls of ``AsyncMachine``.
+
+Guards use the three-token grammar ``field operator value`` (``field exists`` takes two) and are evaluated
+against the entity's ``context`` mapping with plain comparisons: nothing is ever passed to ``eval``. Every
+transition becomes a ``TransitionRecord`` handed to the ``on_transition`` callback, which the node publishes as
+a ``STATE_TRANSITION`` event, so the store holds an audit log that can be replayed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from onex.contracts import FsmSubcontract
+from onex.exceptions import TransitionError
+
+WILDCARD = "*"
+
+# --- guards ----------------------------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _number(value: Any) -> float:
+    return float(value)
+
+
+def _literal(token: str) -> Any:
+    """A guard's value token: numbers, booleans, null, a [list], or a (possibly quoted) string."""
+    if token.startswith("[") and token.endswith("]"):
+        inner = token[1:-1].strip()
+        return [_literal(part.strip()) for part in inner.split(",")] if inner else []
+    lowered = token.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    try:
+        return int(token)
+    except ValueError:
+        pass
+    try:
+        return float(token)
+    except ValueError:
+        return token
+
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:  # noqa: PLR0911 - one branch per operator is clearest
+    if op in ("equals", "=="):
+        return bool(actual == expected or str(actual) == str(expected))
+    if op in ("not_equals", "!="):
+        return not (actual == expected or str(actual) == str(expected))
+    if op in ("greater_than", ">"):
+        return _number(actual) > _number(expected)
+    if op in ("less_than", "<"):
+        return _number(actual) < _number(expected)
+    if op == ">=":
+        return _number(actual) >= _number(expected)
+    if op == "<=":
+        return _number(actual) <= _number(expected)
+    if op == "min_length":
+        return len(actual) >= int(expected)
+    if op == "max_length":
+        return len(actual) <= int(expected)
+    if op == "in":
+        return actual in expected if isinstance(expected, list) else str(actual) in str(expected)
+    if op == "not_in":
+        return actual not in expected if isinstance(expected, list) else str(actual) not in str(expected)
+    if op == "contains":
+        return expected in actual
+    raise ValueError(f"unknown operator {op!r}")  # pragma: no cover - parse_guard rejects it first
+
+
+BINARY_OPERATORS = frozenset(
+    {"equals", "not_equals", "==", "!=", "greater_than", "less_than", ">", "<", ">=", "<=", "min_length",
+     "max_length", "in", "not_in", "contains", "matches"}
+)
+UNARY_OPERATORS = frozenset({"exists", "not_exists"})
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A parsed guard condition; call it with a context mapping."""
+
+    expression: str
+    field: str
+    operator: str
+    value: Any = None
+    pattern: re.Pattern[str] | None = None
+
+    def __call__(self, context: Mapping[str, Any]) -> bool:
+        actual: Any = context
+        for part in self.field.split("."):
+            actual = actual.get(part, _MISSING) if isinstance(actual, Mapping) else _MISSING
+            if actual is _MISSING:
+                break
+        if self.operator == "exists":
+            return actual is not _MISSING and actual is not None
+        if self.operator == "not_exists":
+            return actual is _MISSING or actual is None
+        if actual is _MISSING:
+            return False
+        if self.pattern is not None:
+            return self.pattern.search(str(actual)) is not None
+        try:
+            return _compare(self.operator, actual, self.value)
+        except (TypeError, ValueError):
+            # A value of the wrong type (a string compared with >=) fails the guard rather than the workflow.
+            return False
+
+
+def parse_guard(expression: str) -> Guard:
+    """Parse ``field operator value``; a ValueError names what is wrong with the expression."""
+    try:
+        tokens = shlex.split(expression)
+    except ValueError as exc:
+        raise ValueError(f"guard {expression!r}: {exc}") from None
+    if len(tokens) == 2 and tokens[1] in UNARY_OPERATORS:
+        field_name, op = tokens
+        value: Any = None
+    elif len(tokens) == 3 and tokens[1] in BINARY_OPERATORS:
+        field_name, op, raw = tokens
+        value = _literal(raw)
+    else:
+        raise ValueError(
+            f"guard {expression!r} is not 'field operator value' with an operator among "
+            f"{', '.join(sorted(BINARY_OPERATORS | UNARY_OPERATORS))}"
+        )
+    if any(part.startswith("_") or not part for part in field_name.split(".")):
+        raise ValueError(f"guard {expression!r}: field {field_name!r} may not start with '_'")
+    pattern = None
+    if op == "matches":
+        try:
+            pattern = re.compile(str(value))
+        except re.error as exc:
+            raise ValueError(f"guard {expression!r}: bad regular expression: {exc}") from None
+    return Guard(expression, field_name, op, value, pattern)
+
+
+# --- records and entities ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One transition that happened: published as a STATE_TRANSITION event and stored in ``fsm_transitions``."""
+
+    id: uuid.UUID
+    entity_id: str
+    entity_type: str
+    from_state: str
+    to_state: str
+    trigger: str
+    correlation_id: uuid.UUID | None
+    at: datetime
+    data: dict[str, Any]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "transition_id": str(self.id),
+            "entity_id": self.entity_id,
+            "entity_type": self.entity_type,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "trigger": self.trigger,
+            "correlation_id": str(self.correlation_id) if self.correlation_id else None,
+            "at": self.at.isoformat(),
+            "data": self.data,
+        }
+
+
+@dataclass(eq=False)
+class Entity:
+    """A model attached to a ``StateMachine``: one workflow, one aggregate, one node lifecycle.
+
+    ``state`` is maintained by the machine; ``context`` is what guards read; ``history`` keeps this entity's
+    transitions in order.
+    """
+
+    entity_id: str
+    correlation_id: uuid.UUID | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    history: list[TransitionRecord] = field(default_factory=list)
+    state: str = ""
+
+
+ActionResolver = Callable[[str], Callable[[Entity], None]]
+"""Maps an action name from the contract to a callable taking the entity (usually a bound node method)."""
+
+
+class StateMachine:
+    """The machine of one FSM subcontract, shared by all entities of one node."""
+
+    def __init__(
+        self,
+        fsm: FsmSubcontract,
+        *,
+        entity_type: str,
+        actions: ActionResolver | None = None,
+        on_transition: Callable[[TransitionRecord], None] | None = None,
+    ) -> None:
+        self.fsm = fsm
+        self.entity_type = entity_type
+        self._on_transition = on_transition
+        self.terminal_states = terminal_states(fsm)
+        resolve = actions or _no_actions
+
+        def bind(name: str) -> Callable[[Any], None]:
+            action = resolve(name)
+            return lambda event: action(event.model)
+
+        self._guards: dict[str, tuple[Guard, ...]] = {}
+        states = [
+            {
+                "name": s.state_name,
+                "on_enter": [bind(a) for a in s.entry_actions],
+                "on_exit": [bind(a) for a in s.exit_actions],
+            }
+            for s in fsm.states
+        ]
+        transitions = []
+        for t in fsm.transitions:
+            guards = tuple(parse_guard(c.expression) for c in t.conditions if c.required)
+            source = expand_sources(fsm, t.from_state)
+            transitions.append(
+                {
+                    "trigger": t.trigger,
+                    "source": source,
+                    "dest": t.to_state,
+                    "conditions": [self._guard_callback(g) for g in guards],
+                    "after": [bind(a) for a in t.actions],
+                }
+            )
+            self._guards.setdefault(t.trigger, ())
+            self._guards[t.trigger] += guards
+        self._machine = Machine(
+            model=None,
+            states=states,
+            transitions=transitions,
+            initial=fsm.initial_state,
+            auto_transitions=False,
+            send_event=True,
+            after_state_change=self._record,
+            model_attribute="state",
+        )
+        self.triggers: frozenset[str] = frozenset(t.trigger for t in fsm.transitions)
+
+    @staticmethod
+    def _guard_callback(guard: Guard) -> Callable[[Any], bool]:
+        return lambda event: guard(event.model.context)
+
+    def _record(self, event: Any) -> None:
+        entity: Entity = event.model
+        record = TransitionRecord(
+            id=uuid.uuid4(),
+            entity_id=entity.entity_id,
+            entity_type=self.entity_type,
+            from_state=event.transition.source,
+            to_state=event.transition.dest,
+            trigger=event.event.name,
+            correlation_id=entity.correlation_id,
+            at=datetime.now(UTC),
+            data=dict(event.kwargs),
+        )
+        entity.history.append(record)
+        if self._on_transition is not None:
+            self._on_transition(record)
+
+    def attach(self, entity: Entity) -> Entity:
+        """Attach ``entity`` in the initial state."""
+        self._machine.add_model(entity)
+        return entity
+
+    def detach(self, entity: Entity) -> None:
+        self._machine.remove_model(entity)
+
+    def is_terminal(self, entity: Entity) -> bool:
+        return entity.state in self.terminal_states
+
+    def trigger(self, entity: Entity, trigger: str, **data: Any) -> TransitionRecord:
+        """Fire ``trigger`` on ``entity``; returns the record, or raises TransitionError naming entity and state."""
+        event = self._machine.events.get(trigger)
+        if event is None:
+            raise TransitionError(entity.entity_id, entity.state, trigger, "the machine has no such trigger")
+        before = len(entity.history)
+        try:
+            moved = event.trigger(entity, **data)
+        except MachineError:
+            raise TransitionError(entity.entity_id, entity.state, trigger) from None
+        if not moved or len(entity.history) == before:
+            failed = [g.expression for g in self._guards.get(trigger, ()) if not g(entity.context)]
+            raise TransitionError(entity.entity_id, entity.state, trigger, f"guard failed: {'; '.join(failed)}")
+        return entity.history[-1]
+
+    def mermaid(self) -> str:
+        """The machine as a Mermaid ``stateDiagram-v2``."""
+        return mermaid(self.fsm)
+
+
+def _no_actions(name: str) -> Callable[[Entity], None]:
+    raise LookupError(f"action {name!r} named in the FSM but no node is bound to carry it out")
+
+
+def terminal_states(fsm: FsmSubcontract) -> frozenset[str]:
+    return frozenset(fsm.terminal_states) | {s.state_name for s in fsm.states if s.is_terminal}
+
+
+def expand_sources(fsm: FsmSubcontract, from_state: str | tuple[str, ...]) -> list[str]:
+    """The source states of a transition; ``'*'`` means every non-terminal state (terminal states absorb)."""
+    sources = [from_state] if isinstance(from_state, str) else list(from_state)
+    if WILDCARD not in sources:
+        return sources
+    terminal = terminal_states(fsm)
+    return [s.state_name for s in fsm.states if s.state_name not in terminal]
+
+
+def mermaid(fsm: FsmSubcontract) -> str:
+    """Render an FSM subcontract as Mermaid ``stateDiagram-v2`` text (states, triggers, guards, terminals)."""
+    lines = ["stateDiagram-v2"]
+    terminal = terminal_states(fsm)
+    for state in fsm.states:
+        if state.description:
+            lines.append(f"    {state.state_name}: {state.state_name} - {state.description}")
+    lines.append(f"    [*] --> {fsm.initial_state}")
+    for t in fsm.transitions:
+        label = t.trigger
+        if t.conditions:
+            label += " [" + " and ".join(c.expression for c in t.conditions) + "]"
+        for source in expand_sources(fsm, t.from_state):
+            lines.append(f"    {source} --> {t.to_state}: {label}")
+    lines.extend(f"    {s.state_name} --> [*]" for s in fsm.states if s.state_name in terminal)
+    return "\n".join(lines) + "\n"

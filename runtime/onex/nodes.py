@@ -1,0 +1,713 @@
+"""Node base classes: ``Node`` and one subclass per kind (effect, compute, reducer, orchestrator, registry).
+
+A node gets its contract, bus, store and settings passed in (no service locator) and implements the handler and
+action methods its contract names. The base class does the wiring:
+
+- each ``consumes`` entry of the event_type subcontract becomes a subscription (consumer group
+  ``{env}.{node name}``, shared by every replica) calling the named method; payloads are validated against the
+  contract's model on consume and on publish (models compiled once at load, never a schema per message);
+  a payload that does not validate is dead-lettered at once, without retries;
+- ``publish(event_name, payload)`` builds the envelope and topic from the contract;
+- FSM transitions are published as STATE_TRANSITION events after the handler that caused them returns, before the
+  message is acknowledged;
+- lifecycle ``created -> starting -> running -> draining -> stopped`` (illegal moves raise); at start the node
+  publishes its introspection, then a heartbeat every ``settings.heartbeat_interval_s``.
+
+Handler signatures: ``async def h(self, event: Event) -> None`` or, for ``batch: true`` entries,
+``async def h(self, events: Sequence[Event]) -> None``; ``Event`` pairs the envelope with the validated payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import heapq
+import importlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from pydantic import BaseModel, ValidationError
+
+from onex.bus import EventBus, RetryPolicy, Subscription
+from onex.contracts import Contract, EventSpec, NodeType, Step
+from onex.envelope import (
+    NODE_HEARTBEAT,
+    NODE_INTROSPECTION,
+    REGISTRY_REQUEST_INTROSPECTION,
+    RUNTIME_EVENTS,
+    STATE_TRANSITION,
+    ModelIntrospectionRequest,
+    ModelNodeHeartbeat,
+    ModelNodeIntrospection,
+    ModelStateTransition,
+    OnexEnvelopeV1,
+    dead_letter,
+    dlq_topic,
+    topic_name,
+)
+from onex.exceptions import OnexError, PayloadError
+from onex.fsm import Entity, StateMachine, TransitionRecord
+from onex.resilience import CircuitBreaker
+from onex.settings import Settings
+from onex.store import Store
+
+# --- lifecycle ---------------------------------------------------------------------------------------------------
+
+
+class Lifecycle(str, enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_MOVES: dict[Lifecycle, frozenset[Lifecycle]] = {
+    Lifecycle.CREATED: frozenset({Lifecycle.STARTING, Lifecycle.STOPPED}),
+    Lifecycle.STARTING: frozenset({Lifecycle.RUNNING, Lifecycle.DRAINING, Lifecycle.STOPPED}),
+    Lifecycle.RUNNING: frozenset({Lifecycle.DRAINING}),
+    Lifecycle.DRAINING: frozenset({Lifecycle.STOPPED}),
+    Lifecycle.STOPPED: frozenset(),
+}
+
+
+class LifecycleError(OnexError):
+    def __init__(self, node_id: str, state: Lifecycle, target: Lifecycle) -> None:
+        super().__init__(f"node {node_id}: cannot go from {state.value} to {target.value}")
+
+
+# --- payloads ----------------------------------------------------------------------------------------------------
+
+
+class Event(NamedTuple):
+    """A consumed envelope with its validated payload (a pydantic model, or a dict for schema-less events)."""
+
+    envelope: OnexEnvelopeV1
+    payload: Any
+
+
+def import_object(path: str) -> Any:
+    """Import ``module:attribute``; only from the project's ``nodes`` package or the ``onex`` runtime."""
+    module_name, _, attr = path.partition(":")
+    if not attr or module_name.split(".")[0] not in ("nodes", "onex"):
+        raise OnexError(f"{path!r}: payload models must be 'nodes.<...>:Class' or 'onex.<...>:Class'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise OnexError(f"cannot import {path!r}: {exc}") from exc
+
+
+class PayloadCodec:
+    """Validates one event's payloads, compiled once from the contract.
+
+    ``payload_model`` gives a pydantic model. An inline ``payload_schema`` is compiled once into a jsonschema
+    validator object (schemas are not re-read per message; the validator is reused); events with neither carry
+    free-form dicts.
+    """
+
+    def __init__(self, spec: EventSpec) -> None:
+        self.event_name = spec.event_name
+        self.model: type[BaseModel] | None = None
+        self._validator: Any = None
+        if spec.payload_model:
+            model = import_object(spec.payload_model)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise OnexError(f"{spec.payload_model!r} is not a pydantic model")
+            self.model = model
+        elif spec.payload_schema is not None:
+            from jsonschema import Draft202012Validator
+
+            self._validator = Draft202012Validator(spec.payload_schema)
+
+    def decode(self, envelope: OnexEnvelopeV1) -> Any:
+        """The validated payload of ``envelope``; PayloadError names the event id and the bad field."""
+        try:
+            if self.model is not None:
+                return self.model.model_validate(envelope.payload)
+            if self._validator is not None:
+                error = next(iter(self._validator.iter_errors(envelope.payload)), None)
+                if error is not None:
+                    where = "/".join(str(p) for p in error.absolute_path) or "payload"
+                    raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {error.message}")
+            return envelope.payload
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {first['msg']}") from None
+
+    def encode(self, payload: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(payload, BaseModel):
+            if self.model is not None and not isinstance(payload, self.model):
+                raise PayloadError("-", self.event_name, f"expected {self.model.__name__}, got {type(payload).__name__}")
+            return payload.model_dump(mode="json")
+        data = dict(payload)
+        if self.model is not None:
+            return self.model.model_validate(data).model_dump(mode="json")
+        if self._validator is not None:
+            error = next(iter(self._validator.iter_errors(data)), None)
+            if error is not None:
+                raise PayloadError("-", self.event_name, error.message)
+        return data
+
+
+_RUNTIME_MODELS: dict[str, type[BaseModel]] = {
+    NODE_INTROSPECTION: ModelNodeIntrospection,
+    NODE_HEARTBEAT: ModelNodeHeartbeat,
+    STATE_TRANSITION: ModelStateTransition,
+    REGISTRY_REQUEST_INTROSPECTION: ModelIntrospectionRequest,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    event_name: str
+    topic: str
+    codec: PayloadCodec
+    partition_key: str | None
+
+
+# --- the base node -----------------------------------------------------------------------------------------------
+
+
+class Node:
+    """Base of every node; subclass one of the kind classes below."""
+
+    node_type: ClassVar[NodeType]
+
+    def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
+        self.contract = contract
+        self.bus = bus
+        self.store = store
+        self.settings = settings
+        self.node_id = f"{contract.name}-{contract.version}-{settings.instance}"
+        self.group = f"{settings.env}.{contract.name}"
+        self.lifecycle = Lifecycle.CREATED
+        self.active_operations = 0
+        self._started_at = time.monotonic()
+        self._subscriptions: list[Subscription] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._pending_transitions: list[TransitionRecord] = []
+        self._publications: dict[str, Publication] = {}
+        self._consumed: dict[str, tuple[str, PayloadCodec]] = {}  # event name -> (topic, codec)
+        for name, cls in RUNTIME_EVENTS.items():
+            self._publications[name] = Publication(name, self.topic(name, cls), _runtime_codec(name), None)
+        events = contract.subcontracts.event_type
+        for spec in events.publishes if events else ():
+            self._publications[spec.event_name] = Publication(
+                spec.event_name, self.topic(spec.event_name, spec.topic_class, spec.event_version),
+                PayloadCodec(spec), spec.partition_key,
+            )
+        for spec in events.consumes if events else ():
+            self._consumed[spec.event_name] = (
+                self.topic(spec.event_name, spec.topic_class, spec.event_version), PayloadCodec(spec),
+            )
+        self.fsm: StateMachine | None = None
+        if contract.subcontracts.fsm is not None:
+            self.fsm = StateMachine(
+                contract.subcontracts.fsm,
+                entity_type=contract.name,
+                actions=self._action,
+                on_transition=self._pending_transitions.append,
+            )
+
+    # -- naming --
+    def topic(self, event_name: str, cls: str = "evt", major: int = 1) -> str:
+        return topic_name(event_name, env=self.settings.env, tenant=self.settings.tenant, cls=cls, major=major)
+
+    def topic_of(self, event_name: str) -> str:
+        """The topic this node publishes ``event_name`` on."""
+        return self._publications[event_name].topic
+
+    def _action(self, name: str) -> Callable[[Entity], None]:
+        method = getattr(self, name, None)
+        if not callable(method):
+            raise OnexError(f"node {self.contract.name}: FSM action {name!r} is not a method of {type(self).__name__}")
+        return method  # type: ignore[no-any-return]
+
+    # -- lifecycle --
+    def _move(self, target: Lifecycle) -> None:
+        if target not in _MOVES[self.lifecycle]:
+            raise LifecycleError(self.node_id, self.lifecycle, target)
+        self.lifecycle = target
+
+    async def start(self) -> None:
+        """Subscribe to what the contract consumes and run ``on_start``. Call ``announce`` once all nodes started."""
+        self._move(Lifecycle.STARTING)
+        await self.on_start()
+        by_handler: dict[str, list[EventSpec]] = {}
+        events = self.contract.subcontracts.event_type
+        for spec in events.consumes if events else ():
+            if spec.handler:
+                by_handler.setdefault(spec.handler, []).append(spec)
+        topics = [p.topic for p in self._publications.values()] + [t for t, _ in self._consumed.values()]
+        await self.bus.ensure_topics(sorted(set(topics)))
+        retry = RetryPolicy(
+            max_attempts=self.contract.resilience.retry.max_attempts,
+            backoff_ms=float(self.contract.resilience.retry.backoff_ms),
+        )
+        for handler_name, specs in by_handler.items():
+            method = getattr(self, handler_name)
+            topics = [self._consumed[s.event_name][0] for s in specs]
+            if any(s.batch for s in specs):
+                sub = await self.bus.subscribe(topics, self.group, batch_handler=self._batch_wrapper(method),
+                                               retry=retry)
+            else:
+                sub = await self.bus.subscribe(topics, self.group, handler=self._single_wrapper(method), retry=retry)
+            self._subscriptions.append(sub)
+        # Every instance answers the registry's introspection requests: a group of its own.
+        request_topic = self.topic(REGISTRY_REQUEST_INTROSPECTION)
+        await self.bus.ensure_topics([request_topic])
+        self._subscriptions.append(
+            await self.bus.subscribe([request_topic], f"{self.node_id}.introspection", handler=self._on_request)
+        )
+        self._move(Lifecycle.RUNNING)
+
+    async def announce(self) -> None:
+        """Publish the introspection and start the heartbeat loop."""
+        await self.publish_introspection("startup")
+        if self._heartbeat is None and self.settings.heartbeat_interval_s > 0:
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.node_id}")
+
+    async def drain(self) -> None:
+        """Stop taking new messages, finish the ones in hand, then run ``on_drain``."""
+        if self.lifecycle in (Lifecycle.DRAINING, Lifecycle.STOPPED):
+            return
+        self._move(Lifecycle.DRAINING)
+        for sub in self._subscriptions:
+            await sub.aclose()
+        self._subscriptions.clear()
+        await self.on_drain()
+        await self.flush_transitions()
+
+    async def stop(self) -> None:
+        if self.lifecycle is Lifecycle.STOPPED:
+            return
+        if self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING):
+            await self.drain()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        with contextlib.suppress(Exception):  # the bus may already be closed at shutdown
+            await self.publish_heartbeat("STOPPED")
+        await self.on_stop()
+        self._move(Lifecycle.STOPPED)
+
+    # hooks for subclasses
+    async def on_start(self) -> None:
+        """Called while starting, before subscriptions exist."""
+
+    async def on_drain(self) -> None:
+        """Called after the last message in hand was handled: flush what is buffered."""
+
+    async def on_stop(self) -> None:
+        """Called last; release resources."""
+
+    def capabilities(self) -> dict[str, Any]:
+        events = self.contract.subcontracts.event_type
+        caps: dict[str, Any] = {
+            "consumes": [s.event_name for s in events.consumes] if events else [],
+            "publishes": [s.event_name for s in events.publishes] if events else [],
+        }
+        if self.contract.subcontracts.fsm is not None:
+            caps["fsm_states"] = [s.state_name for s in self.contract.subcontracts.fsm.states]
+        return caps
+
+    def health(self) -> str:
+        return {Lifecycle.RUNNING: "HEALTHY", Lifecycle.DRAINING: "DRAINING", Lifecycle.STOPPED: "STOPPED"}.get(
+            self.lifecycle, "DEGRADED"
+        )
+
+    # -- publishing --
+    def envelope(
+        self,
+        event_name: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation: OnexEnvelopeV1 | None = None,
+        partition_key: str | None = None,
+    ) -> OnexEnvelopeV1:
+        """Build (and validate) the envelope of an event this node's contract publishes."""
+        publication = self._publications.get(event_name)
+        if publication is None:
+            raise OnexError(f"node {self.contract.name} does not publish {event_name!r} (not in its contract)")
+        data = publication.codec.encode(payload)
+        if partition_key is None and publication.partition_key is not None:
+            value = data.get(publication.partition_key)
+            partition_key = None if value is None else str(value)
+        if correlation_id is None and causation is not None:
+            correlation_id = causation.correlation_id
+        return OnexEnvelopeV1(
+            event_type=event_name,
+            source_node_id=self.node_id,
+            source_service=self.contract.name,
+            source_version=self.contract.version,
+            source_instance=self.settings.instance,
+            correlation_id=correlation_id,
+            causation_id=causation.event_id if causation is not None else None,
+            environment=self.settings.env,
+            region=self.settings.region,
+            partition_key=partition_key,
+            payload=data,
+        )
+
+    async def publish(
+        self,
+        event_name: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation: OnexEnvelopeV1 | None = None,
+        partition_key: str | None = None,
+    ) -> OnexEnvelopeV1:
+        env = self.envelope(event_name, payload, correlation_id=correlation_id, causation=causation,
+                            partition_key=partition_key)
+        await self.bus.publish(self._publications[event_name].topic, env)
+        return env
+
+    async def publish_envelopes(self, event_name: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        """Publish envelopes built with ``envelope()`` in one call (batched on buses that batch)."""
+        if envelopes:
+            await self.bus.publish_many(self._publications[event_name].topic, envelopes)
+
+    async def flush_transitions(self) -> None:
+        """Publish the FSM transitions recorded since the last flush, in order."""
+        if not self._pending_transitions:
+            return
+        records, self._pending_transitions[:] = list(self._pending_transitions), []
+        envs = [
+            self.envelope(STATE_TRANSITION, r.to_payload(), correlation_id=r.correlation_id, partition_key=r.entity_id)
+            for r in records
+        ]
+        await self.publish_envelopes(STATE_TRANSITION, envs)
+
+    async def publish_introspection(self, reason: str) -> None:
+        await self.publish(
+            NODE_INTROSPECTION,
+            ModelNodeIntrospection(
+                node_id=self.node_id,
+                node_name=self.contract.name,
+                node_type=self.contract.node_type.value,
+                node_version=self.contract.version,
+                capabilities=self.capabilities(),
+                endpoints={"bus": self.settings.bus},
+                metadata={"contract": str(self.contract.source), "instance": self.settings.instance},
+                reason=reason,
+            ),
+            partition_key=self.node_id,
+        )
+
+    async def publish_heartbeat(self, status: str | None = None) -> None:
+        await self.publish(
+            NODE_HEARTBEAT,
+            ModelNodeHeartbeat(
+                node_id=self.node_id,
+                node_type=self.contract.node_type.value,
+                node_version=self.contract.version,
+                health_status=status or self.health(),  # type: ignore[arg-type]
+                uptime_seconds=round(time.monotonic() - self._started_at, 3),
+                active_operations=self.active_operations,
+            ),
+            partition_key=self.node_id,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self.publish_heartbeat()
+            except OnexError:
+                continue  # a closed or failing bus must not kill the heartbeat; the registry marks us stale
+
+    async def _on_request(self, envelope: OnexEnvelopeV1) -> None:
+        if self.lifecycle is Lifecycle.RUNNING:
+            await self.publish_introspection("requested")
+
+    # -- consuming --
+    def _decode(self, envelope: OnexEnvelopeV1) -> Event:
+        consumed = self._consumed.get(envelope.event_type)
+        if consumed is None:
+            raise PayloadError(str(envelope.event_id), envelope.event_type,
+                               f"node {self.contract.name} does not consume this event type")
+        return Event(envelope, consumed[1].decode(envelope))
+
+    async def _dead_letter(self, envelope: OnexEnvelopeV1, error: PayloadError) -> None:
+        consumed = self._consumed.get(envelope.event_type)
+        topic = consumed[0] if consumed else f"{self.group}.unroutable"
+        await self.bus.publish(dlq_topic(topic), dead_letter(envelope, topic=topic, error=error, attempts=1,
+                                                             source_node_id=self.node_id))
+
+    def _single_wrapper(self, method: Callable[[Event], Awaitable[None]]) -> Callable[[OnexEnvelopeV1], Awaitable[None]]:
+        async def handle(envelope: OnexEnvelopeV1) -> None:
+            try:
+                event = self._decode(envelope)
+            except PayloadError as exc:
+                await self._dead_letter(envelope, exc)  # retrying cannot fix a bad payload
+                return
+            self.active_operations += 1
+            try:
+                await method(event)
+                await self.flush_transitions()
+            finally:
+                self.active_operations -= 1
+
+        return handle
+
+    def _batch_wrapper(
+        self, method: Callable[[Sequence[Event]], Awaitable[None]]
+    ) -> Callable[[Sequence[OnexEnvelopeV1]], Awaitable[None]]:
+        async def handle(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+            events: list[Event] = []
+            for envelope in envelopes:
+                try:
+                    events.append(self._decode(envelope))
+                except PayloadError as exc:
+                    await self._dead_letter(envelope, exc)
+            if not events:
+                return
+            self.active_operations += len(events)
+            try:
+                await method(events)
+                await self.flush_transitions()
+            finally:
+                self.active_operations -= len(events)
+
+        return handle
+
+
+def _runtime_codec(event_name: str) -> PayloadCodec:
+    model = _RUNTIME_MODELS[event_name]
+    return PayloadCodec(EventSpec(event_name=event_name, payload_model=f"onex.envelope:{model.__name__}"))
+
+
+# --- kinds -------------------------------------------------------------------------------------------------------
+
+
+class ComputeNode(Node):
+    """Pure transformation: no I/O of its own beyond the events it consumes and publishes."""
+
+    node_type = NodeType.COMPUTE
+
+
+class EffectNode(Node):
+    """External I/O, guarded by the contract's circuit breaker; retries come from the bus (contract resilience)."""
+
+    node_type = NodeType.EFFECT
+
+    def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
+        super().__init__(contract, bus=bus, store=store, settings=settings)
+        cb = contract.resilience.circuit_breaker
+        self.breaker = CircuitBreaker(failure_threshold=cb.failure_threshold, reset_timeout_s=cb.reset_timeout_ms / 1000)
+
+    def health(self) -> str:
+        base = super().health()
+        return "DEGRADED" if base == "HEALTHY" and not self.breaker.allow() else base
+
+
+class ReducerNode(Node):
+    """Streaming aggregation. Pure: it publishes intents (events) that effect nodes carry out."""
+
+    node_type = NodeType.REDUCER
+
+
+class RegistryNode(Node):
+    """Node introspection, heartbeats, health and discovery."""
+
+    node_type = NodeType.REGISTRY
+
+
+# --- orchestration -----------------------------------------------------------------------------------------------
+
+
+class StepStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(slots=True)
+class StepRun:
+    step: Step
+    order: int
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started: float = 0.0
+    elapsed_ms: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
+    """Group steps into stages: a step runs once every step it depends on has finished. Cycles are an error."""
+    by_name = {s.step_name: s for s in steps}
+    for s in steps:
+        for dep in s.depends_on:
+            if dep not in by_name:
+                raise OnexError(f"step {s.step_name!r} depends on unknown step {dep!r}")
+    done: set[str] = set()
+    stages: list[list[Step]] = []
+    remaining = list(steps)
+    while remaining:
+        ready = [s for s in remaining if set(s.depends_on) <= done]
+        if not ready:
+            raise OnexError(f"steps {[s.step_name for s in remaining]} depend on each other in a cycle")
+        stages.append(ready)
+        done.update(s.step_name for s in ready)
+        remaining = [s for s in remaining if s.step_name not in done]
+    return stages
+
+
+class Workflow(Entity):
+    """One orchestrated workflow: an FSM entity with its steps."""
+
+    def __init__(self, correlation_id: uuid.UUID, steps: Sequence[Step], **context: Any) -> None:
+        super().__init__(entity_id=str(correlation_id), correlation_id=correlation_id, context=dict(context))
+        self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
+        self.started = time.monotonic()
+        self.request: OnexEnvelopeV1 | None = None
+
+
+class OrchestratorNode(Node):
+    """Runs workflows on the contract's FSM; steps come from ``config.steps`` and run in dependency stages.
+
+    A subclass implements ``run_step(workflow, run)``: return a dict to complete the step at once, or ``None`` when
+    the step was dispatched over the bus, and later call ``complete_step`` / ``fail_step`` when its result event
+    arrives. Timeouts are enforced by one sweeper task over a deadline heap, never a task per workflow.
+    A failed step is retried up to its ``max_attempts``; an optional step that fails is marked skipped.
+    ``on_workflow_done(workflow)`` is called when every step finished or a required step failed.
+    """
+
+    node_type = NodeType.ORCHESTRATOR
+
+    def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
+        super().__init__(contract, bus=bus, store=store, settings=settings)
+        self.steps = [Step.model_validate(s) for s in contract.config.get("steps", [])]
+        self.stages = plan_stages(self.steps)
+        self.workflows: dict[uuid.UUID, Workflow] = {}
+        self._deadlines: list[tuple[float, int, uuid.UUID, str, int]] = []
+        self._seq = 0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name=f"step-timeouts:{self.node_id}")
+
+    async def on_stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    # to implement
+    async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    async def on_workflow_done(self, workflow: Workflow) -> None:
+        raise NotImplementedError
+
+    # engine
+    async def advance(self, workflow: Workflow) -> None:
+        """Start every step whose dependencies finished; finish the workflow when nothing is left to run."""
+        while True:
+            progressed = False
+            for run in workflow.steps.values():
+                if run.status is not StepStatus.PENDING:
+                    continue
+                deps = [workflow.steps[d] for d in run.step.depends_on]
+                if any(d.status is StepStatus.FAILED for d in deps):
+                    run.status, run.error = StepStatus.SKIPPED, "a dependency failed"
+                    progressed = True
+                elif all(d.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for d in deps):
+                    await self._start_step(workflow, run)
+                    progressed = True
+            if not progressed:
+                break
+        statuses = [r.status for r in workflow.steps.values()]
+        required_failed = any(r.status is StepStatus.FAILED and not r.step.optional for r in workflow.steps.values())
+        if required_failed or all(s not in (StepStatus.PENDING, StepStatus.RUNNING) for s in statuses):
+            if self.workflows.pop(workflow.correlation_id, None) is not None:  # type: ignore[arg-type]
+                await self.on_workflow_done(workflow)
+
+    async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
+        run.status = StepStatus.RUNNING
+        run.attempts += 1
+        run.started = time.monotonic()
+        self._seq += 1
+        heapq.heappush(
+            self._deadlines,
+            (run.started + run.step.timeout_ms / 1000, self._seq, workflow.correlation_id,  # type: ignore[arg-type]
+             run.step.step_name, run.attempts),
+        )
+        try:
+            result = await self.run_step(workflow, run)
+        except OnexError as exc:
+            self._finish_step(workflow, run, error=str(exc))
+            return
+        if result is not None and run.status is StepStatus.RUNNING:
+            self._finish_step(workflow, run, data=result)
+
+    def _finish_step(self, workflow: Workflow, run: StepRun, *, data: dict[str, Any] | None = None,
+                     error: str | None = None, skipped: bool = False) -> bool:
+        """Record a step's outcome; returns True when the step should be retried instead."""
+        run.elapsed_ms = round((time.monotonic() - run.started) * 1000, 3)
+        if error is not None and not skipped and run.attempts < run.step.max_attempts:
+            run.status = StepStatus.PENDING
+            run.error = error
+            return True
+        if skipped or (error is not None and run.step.optional):
+            run.status = StepStatus.SKIPPED
+        elif error is not None:
+            run.status = StepStatus.FAILED
+        else:
+            run.status = StepStatus.COMPLETED
+        run.error = error
+        run.data = data or {}
+        return False
+
+    async def complete_step(self, workflow: Workflow, step_name: str, data: dict[str, Any]) -> None:
+        run = workflow.steps[step_name]
+        if run.status is StepStatus.RUNNING:
+            self._finish_step(workflow, run, data=data)
+            await self.advance(workflow)
+
+    async def fail_step(self, workflow: Workflow, step_name: str, error: str, *, retryable: bool = True) -> None:
+        run = workflow.steps[step_name]
+        if run.status is not StepStatus.RUNNING:
+            return
+        if not retryable:
+            run.attempts = max(run.attempts, run.step.max_attempts)
+        self._finish_step(workflow, run, error=error)
+        await self.advance(workflow)
+
+    async def skip_step(self, workflow: Workflow, step_name: str, reason: str) -> dict[str, Any]:
+        """For ``run_step``: mark the step skipped (e.g. an optional service is not configured)."""
+        run = workflow.steps[step_name]
+        self._finish_step(workflow, run, error=reason, skipped=True)
+        return {"skipped": reason}
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, _, cid, step_name, attempt = heapq.heappop(self._deadlines)
+                workflow = self.workflows.get(cid)
+                if workflow is None:
+                    continue
+                run = workflow.steps[step_name]
+                if run.status is StepStatus.RUNNING and run.attempts == attempt:
+                    await self.fail_step(workflow, step_name, f"step {step_name} timed out after "
+                                                              f"{run.step.timeout_ms} ms")
+                    await self.flush_transitions()
+
+
+def stages_of(steps: Iterable[Step]) -> list[list[str]]:
+    """Step names per stage, for display."""
+    return [[s.step_name for s in stage] for stage in plan_stages(list(steps))]

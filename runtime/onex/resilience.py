@@ -1,0 +1,94 @@
+"""Circuit breaker and retry-with-backoff, shared by effect nodes and stores."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class BreakerState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitOpenError(Exception):
+    """Raised instead of calling through while the breaker is open."""
+
+
+class CircuitBreaker:
+    """Opens after ``failure_threshold`` consecutive failures; lets one trial call through after ``reset_timeout_s``.
+
+    ``clock`` is injectable so tests step time instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+
+    @property
+    def state(self) -> BreakerState:
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        if self._clock() - self._opened_at >= self.reset_timeout_s:
+            return BreakerState.HALF_OPEN
+        return BreakerState.OPEN
+
+    def allow(self) -> bool:
+        return self.state is not BreakerState.OPEN
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._failures >= self.failure_threshold or self.state is BreakerState.HALF_OPEN:
+            self._opened_at = self._clock()
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if not self.allow():
+            raise CircuitOpenError(f"circuit open after {self._failures} consecutive failures")
+        try:
+            result = await fn()
+        except Exception:
+            self.record_failure()
+            raise
+        self.record_success()
+        return result
+
+
+async def retry(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    backoff_s: float,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    multiplier: float = 2.0,
+    max_backoff_s: float = 5.0,
+) -> T:
+    """Call ``fn`` up to ``attempts`` times, sleeping with exponential backoff between failures."""
+    delay = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return await fn()
+        except retry_on:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * multiplier, max_backoff_s)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,136 @@
+"""Hosting: build the bus and store from settings, instantiate nodes from contracts, start, drain, stop.
+
+On the memory bus one process hosts every node. On Kafka, ``--node`` picks the nodes this process hosts and
+several processes hosting the same node form one consumer group. Startup subscribes every hosted node before any
+of them announces itself, so no node publishes to a consumer that has not subscribed yet. Shutdown (SIGINT or
+SIGTERM) drains: subscriptions stop taking messages, in-hand messages finish, buffered aggregates are flushed,
+and only then is the bus closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+from types import TracebackType
+
+from onex.bus import EventBus, MemoryBus
+from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
+from onex.exceptions import OnexError
+from onex.nodes import Node
+from onex.settings import Settings
+from onex.store import Store, open_store
+
+# Consumers start before producers so that the first events published find their subscribers.
+START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effect", "orchestrator")
+
+
+def open_bus(settings: Settings) -> EventBus:
+    """The bus for ``settings.bus``: ``memory://`` or ``kafka://HOST:PORT[,HOST:PORT]``."""
+    if settings.bus.startswith("memory:"):
+        return MemoryBus(partitions=settings.partitions, buffer_size=settings.buffer_size)
+    if settings.bus.startswith("kafka:"):
+        from onex._kafka import KafkaBus
+
+        return KafkaBus.from_url(settings.bus)  # type: ignore[no-any-return,unused-ignore]
+    raise OnexError(f"unsupported bus URL {settings.bus!r}: expected memory:// or kafka://HOST:PORT")
+
+
+def select(contracts: ContractSet, names: Sequence[str] | None, version: str | None = None) -> list[Contract]:
+    """The contracts to host: the named ones (highest version unless ``version``), or every node's highest."""
+    wanted = list(names) if names else contracts.names()
+    chosen = [contracts.get(name, version) for name in wanted]
+    order = {name: i for i, name in enumerate(START_ORDER)}
+    return sorted(chosen, key=lambda c: order.get(c.name, -1))
+
+
+class Runtime:
+    """Hosts nodes in this process. An async context manager: ``async with Runtime(settings) as rt: ...``.
+
+    ``bus`` and ``store`` may be passed in (tests, the harness); otherwise they are opened from ``settings`` and
+    closed by the runtime. The embedded SQLite default is migrated automatically.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nodes: Sequence[str] | None = None,
+        version: str | None = None,
+        contracts: ContractSet | None = None,
+        bus: EventBus | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.contracts = contracts or load_contracts(settings.root)
+        self.selected = select(self.contracts, nodes, version)
+        self._own_bus = bus is None
+        self._own_store = store is None
+        self.bus = bus or open_bus(settings)
+        self.store = store or open_store(settings.store_url())
+        self.nodes: list[Node] = []
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.contract.name == name:
+                return n
+        raise LookupError(f"node {name!r} is not hosted here (hosted: {', '.join(n.contract.name for n in self.nodes)})")
+
+    async def start(self) -> None:
+        if self._own_store:
+            await self.store.open()
+            if self.settings.store_url().startswith("sqlite:"):
+                await self.store.upgrade()
+        if self._own_bus:
+            await self.bus.start()
+        for contract in self.selected:
+            cls = resolve_implementation(contract, root=self.settings.root)
+            node = cls(contract, bus=self.bus, store=self.store, settings=self.settings)
+            if not isinstance(node, Node):
+                raise OnexError(f"{contract.implementation_path} is not an onex.nodes.Node")
+            self.nodes.append(node)
+        for node in self.nodes:
+            await node.start()
+        for node in self.nodes:
+            await node.announce()
+
+    async def stop(self) -> None:
+        """Drain producers first (reverse start order), then stop everything and close what we opened."""
+        for node in reversed(self.nodes):
+            await node.drain()
+            if isinstance(self.bus, MemoryBus):
+                await self.bus.join()  # let downstream consumers finish what the drained node published
+        for node in reversed(self.nodes):
+            await node.stop()
+        if self._own_bus:
+            await self.bus.aclose()
+        if self._own_store:
+            await self.store.aclose()
+
+    async def run_until_signal(self) -> None:
+        """Run until SIGINT or SIGTERM, then drain and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    async def __aenter__(self) -> Runtime:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,78 @@
+"""Runtime settings: flags, then ``ONEX_*`` environment variables, then defaults. The one place env is read."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STORE = "sqlite:///.onex/onex.db"
+DEFAULT_BUS = "memory://"
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: the nearest directory at or above ``start`` holding a ``contracts/`` directory.
+
+    Falls back to the directory the ``onex`` package was installed from (an editable install of this repository),
+    so ``onex`` works from any directory for the shipped nodes.
+    """
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "contracts").is_dir():
+            return candidate
+    package_root = Path(__file__).resolve().parents[2]
+    if (package_root / "contracts").is_dir():
+        return package_root
+    return here
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Immutable runtime settings. Build with ``Settings.load(**flags)``."""
+
+    root: Path = field(default_factory=find_root)
+    env: str = "dev"
+    tenant: str = "omninode_bridge"
+    region: str | None = None
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    bus: str = DEFAULT_BUS
+    store: str = DEFAULT_STORE
+    heartbeat_interval_s: float = 30.0
+    partitions: int = 4
+    buffer_size: int = 10_000
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        """Flags that are not None win over ``ONEX_<NAME>`` variables, which win over defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            flag = flags.get(f.name)
+            raw = flag if flag is not None else environ.get(f"ONEX_{f.name.upper()}")
+            if raw is None:
+                continue
+            if f.name == "root":
+                values[f.name] = Path(raw).resolve()
+            elif f.name in ("heartbeat_interval_s",):
+                values[f.name] = float(raw)
+            elif f.name in ("partitions", "buffer_size"):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = str(raw)
+        settings = cls(**values)
+        return settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path resolved against the project root."""
+        prefix = "sqlite:///"
+        if self.store.startswith(prefix) and not self.store.startswith("sqlite:////"):
+            path = self.store[len(prefix) :]
+            if path != ":memory:" and not Path(path).is_absolute():
+                return prefix + str(self.root / path)
+        return self.store

@@ -1,0 +1,256 @@
+"""The persistence seam: ``Store`` with ``SqliteStore`` (``_sqlite.py``) and ``PostgresStore`` (``_postgres.py``).
+
+Writes go through ``apply(batch)``: one transaction per batch, every row idempotent by its natural key, and the
+ids of the events that produced the batch recorded in ``processed_events`` in that same transaction, so a
+redelivered event is recognised (``unprocessed``) and never applied twice.
+
+Natural keys and conflict rules (the same on every store; ``tests/test_store_conformance.py`` checks them):
+
+| table               | key                                   | on conflict                                       |
+|---------------------|---------------------------------------|---------------------------------------------------|
+| workflow_executions | correlation_id                        | fields of the row with the higher ``state_seq``   |
+|                     |                                       | win; NULLs never overwrite values                 |
+| workflow_steps      | (workflow_id, step_name)              | update status, timings, data, error               |
+| metadata_stamps     | (namespace, file_path, file_hash)     | keep the existing row                             |
+| fsm_transitions     | id                                    | keep the existing row                             |
+| bridge_states       | namespace                             | replace when the new ``version`` is higher         |
+| node_registrations  | node_id                               | replace (registration), heartbeat updates health  |
+| event_logs          | event_id                              | keep the existing row                             |
+| processed_events    | (consumer, event_id)                  | keep the existing row                             |
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+TABLES: tuple[str, ...] = (
+    "workflow_executions",
+    "workflow_steps",
+    "metadata_stamps",
+    "fsm_transitions",
+    "bridge_states",
+    "node_registrations",
+    "event_logs",
+    "processed_events",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRow:
+    correlation_id: uuid.UUID
+    workflow_type: str
+    current_state: str
+    state_seq: int  # number of transitions so far; a row with a lower state_seq never overwrites a higher one
+    namespace: str | None = None
+    file_path: str | None = None
+    file_hash: str | None = None
+    stamp_id: uuid.UUID | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    execution_time_ms: float | None = None
+    error_message: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    workflow_id: uuid.UUID  # the workflow's correlation_id
+    step_name: str
+    step_order: int
+    status: str  # pending | running | completed | failed | skipped
+    execution_time_ms: float | None = None
+    step_data: dict[str, Any] = field(default_factory=dict)
+    error_message: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StampRow:
+    id: uuid.UUID  # the stamp's uid
+    file_hash: str
+    file_path: str
+    file_size: int
+    namespace: str
+    stamp_type: str  # lightweight | rich | sidecar
+    file_type: str
+    workflow_id: uuid.UUID | None = None
+    stamp_data: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRow:
+    id: uuid.UUID  # the transition event's id
+    entity_id: str
+    entity_type: str
+    from_state: str | None
+    to_state: str
+    transition_event: str  # the trigger
+    correlation_id: uuid.UUID | None = None
+    transition_data: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStateRow:
+    namespace: str
+    version: int  # increases with every aggregate the reducer emits for this namespace
+    total_workflows_processed: int
+    total_items_aggregated: int
+    total_size_bytes: int
+    unique_file_hashes: int
+    current_fsm_state: str
+    aggregation_metadata: dict[str, Any] = field(default_factory=dict)  # by_file_type, size_buckets, windows
+    last_aggregation_timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRow:
+    node_id: str
+    node_type: str
+    node_version: str
+    health_status: str = "UNKNOWN"
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    endpoints: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    last_heartbeat: datetime | None = None
+    registered_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRow:
+    node_id: str
+    health_status: str
+    at: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)  # uptime_seconds, active_operations
+
+
+@dataclass(frozen=True, slots=True)
+class EventLogRow:
+    event_id: uuid.UUID
+    event_type: str
+    topic: str
+    status: str
+    correlation_id: uuid.UUID | None = None
+    timestamp: datetime | None = None
+    processing_time_ms: float | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Rows to write in one transaction, plus the ids of the events they came from."""
+
+    consumer: str = ""
+    processed_event_ids: list[uuid.UUID] = field(default_factory=list)
+    workflows: list[WorkflowRow] = field(default_factory=list)
+    steps: list[StepRow] = field(default_factory=list)
+    stamps: list[StampRow] = field(default_factory=list)
+    transitions: list[TransitionRow] = field(default_factory=list)
+    bridge_states: list[BridgeStateRow] = field(default_factory=list)
+    registrations: list[RegistrationRow] = field(default_factory=list)
+    heartbeats: list[HeartbeatRow] = field(default_factory=list)
+    event_logs: list[EventLogRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.workflows) + len(self.steps) + len(self.stamps) + len(self.transitions)
+            + len(self.bridge_states) + len(self.registrations) + len(self.heartbeats) + len(self.event_logs)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    status: str  # ok | degraded | down
+    detail: str = ""
+    queued_writes: int = 0
+
+
+class Store(abc.ABC):
+    """Base of every store. An async context manager; ``open()`` connects, ``aclose()`` flushes and disconnects."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    @abc.abstractmethod
+    async def upgrade(self) -> list[str]:
+        """Apply pending numbered migrations; returns the names applied (empty when up to date)."""
+
+    @abc.abstractmethod
+    async def apply(self, batch: WriteBatch) -> None:
+        """Write the whole batch in one transaction (see the module docstring for the conflict rules)."""
+
+    @abc.abstractmethod
+    async def unprocessed(self, consumer: str, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """The subset of ``event_ids`` that ``consumer`` has not recorded as processed yet."""
+
+    # --- queries -------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None: ...
+
+    @abc.abstractmethod
+    async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]: ...
+
+    @abc.abstractmethod
+    async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
+        """Steps of a workflow ordered by ``step_order``."""
+
+    @abc.abstractmethod
+    async def list_transitions(self, entity_id: str) -> list[TransitionRow]:
+        """Transitions of an entity in the order they happened."""
+
+    @abc.abstractmethod
+    async def get_stamps_by_hash(self, file_hash: str) -> list[StampRow]: ...
+
+    @abc.abstractmethod
+    async def list_stamps(self, namespace: str, *, limit: int = 100, offset: int = 0) -> list[StampRow]: ...
+
+    @abc.abstractmethod
+    async def get_bridge_state(self, namespace: str) -> BridgeStateRow | None: ...
+
+    @abc.abstractmethod
+    async def list_bridge_states(self) -> list[BridgeStateRow]: ...
+
+    @abc.abstractmethod
+    async def list_registrations(self) -> list[RegistrationRow]: ...
+
+    @abc.abstractmethod
+    async def count(self, table: str) -> int:
+        """Rows in one of ``TABLES`` (a ValueError for any other name)."""
+
+    @abc.abstractmethod
+    async def health(self) -> StoreHealth: ...
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``: ``sqlite:///PATH`` (``sqlite://:memory:`` for a throwaway) or ``postgresql://...``."""
+    if url.startswith("sqlite:"):
+        from onex._sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from onex._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")

@@ -1,0 +1,160 @@
+"""Public test harness: host nodes on a ``MemoryBus`` with a throwaway SQLite store, in a few lines.
+
+    async with Harness(root=project_root) as h:
+        await h.publish("STAMP_REQUESTED", {"file_path": "a.py", "namespace": "ns"})
+        done = await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.payload["file_path"] == "a.py")
+        assert [t["to_state"] for t in h.transitions(done.correlation_id)] == ["processing", "completed"]
+
+Every event published on any topic of the hosted contracts is recorded (``events``), and ``settle()`` waits
+until the in-process graph is quiescent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pydantic import BaseModel
+
+from onex.bus import MemoryBus, Subscription
+from onex.contracts import ContractSet, load_contracts
+from onex.envelope import RUNTIME_EVENTS, STATE_TRANSITION, OnexEnvelopeV1, dlq_topic, topic_name
+from onex.runtime import Runtime
+from onex.settings import Settings
+from onex.store import Store, open_store
+
+Predicate = Callable[[OnexEnvelopeV1], bool]
+
+
+class Harness:
+    """Hosts ``nodes`` (default: all) of the project at ``root`` in-process; an async context manager."""
+
+    def __init__(
+        self,
+        nodes: Sequence[str] | None = None,
+        *,
+        root: Path | None = None,
+        contracts: ContractSet | None = None,
+        store_url: str | None = None,
+        heartbeat_interval_s: float = 0.0,
+        **settings: Any,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store_url is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="onex-harness-")
+            store_url = f"sqlite:///{self._tmp.name}/onex.db"
+        base = Settings.load(environ={}, root=str(root) if root else None, store=store_url)
+        self.settings = base.with_(heartbeat_interval_s=heartbeat_interval_s, **settings)
+        self.contracts = contracts or load_contracts(self.settings.root)
+        self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)
+        self.store: Store = open_store(self.settings.store_url())
+        self.runtime = Runtime(self.settings, nodes=nodes, contracts=self.contracts, bus=self.bus, store=self.store)
+        self.events: list[tuple[str, OnexEnvelopeV1]] = []
+        self._waiters: list[tuple[str | None, Predicate | None, asyncio.Future[OnexEnvelopeV1]]] = []
+        self._recorder: Subscription | None = None
+        self._topics: dict[str, str] = {}
+
+    def _all_topics(self) -> dict[str, str]:
+        """event name -> topic for every event any contract publishes or consumes, plus runtime events."""
+        topics: dict[str, str] = {}
+        s = self.settings
+        for name, cls in RUNTIME_EVENTS.items():
+            topics[name] = topic_name(name, env=s.env, tenant=s.tenant, cls=cls)
+        for contract in self.contracts.contracts:
+            events = contract.subcontracts.event_type
+            for spec in (*events.publishes, *events.consumes) if events else ():
+                topics[spec.event_name] = topic_name(
+                    spec.event_name, env=s.env, tenant=s.tenant, cls=spec.topic_class, major=spec.event_version
+                )
+        return topics
+
+    async def __aenter__(self) -> Harness:
+        await self.store.open()
+        await self.store.upgrade()
+        await self.bus.start()
+        self._topics = self._all_topics()
+        watched = sorted({*self._topics.values(), *(dlq_topic(t) for t in self._topics.values())})
+        self._recorder = await self.bus.subscribe(watched, "onex.testing.recorder", handler=self._record)
+        await self.runtime.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.runtime.stop()
+            if self._recorder is not None:
+                await self._recorder.aclose()
+            await self.bus.aclose()
+            await self.store.aclose()
+        finally:
+            for _, _, future in self._waiters:
+                future.cancel()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    async def _record(self, envelope: OnexEnvelopeV1) -> None:
+        self.events.append((envelope.event_type, envelope))
+        for waiter in list(self._waiters):
+            name, predicate, future = waiter
+            if future.done():
+                self._waiters.remove(waiter)
+            elif (name is None or envelope.event_type == name) and (predicate is None or predicate(envelope)):
+                future.set_result(envelope)
+                self._waiters.remove(waiter)
+
+    def topic(self, event_name: str) -> str:
+        return self._topics[event_name]
+
+    async def publish(
+        self,
+        event_name: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        partition_key: str | None = None,
+    ) -> OnexEnvelopeV1:
+        """Publish an event as an outside client would (CLI, HTTP gateway); returns its envelope."""
+        data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else dict(payload)
+        envelope = OnexEnvelopeV1(
+            event_type=event_name,
+            source_node_id="onex.testing",
+            correlation_id=correlation_id or uuid.uuid4(),
+            partition_key=partition_key,
+            payload=data,
+        )
+        await self.bus.publish(self.topic(event_name), envelope)
+        return envelope
+
+    async def wait_for(self, event_name: str | None, predicate: Predicate | None = None, *,
+                       timeout: float = 10.0) -> OnexEnvelopeV1:
+        """The first recorded event (past or future) named ``event_name`` matching ``predicate``."""
+        for name, envelope in self.events:
+            if (event_name is None or name == event_name) and (predicate is None or predicate(envelope)):
+                return envelope
+        future: asyncio.Future[OnexEnvelopeV1] = asyncio.get_running_loop().create_future()
+        self._waiters.append((event_name, predicate, future))
+        async with asyncio.timeout(timeout):
+            return await future
+
+    async def settle(self) -> None:
+        """Wait until every published message has been handled, including those published meanwhile."""
+        await self.bus.join()
+
+    def of(self, event_name: str) -> list[OnexEnvelopeV1]:
+        return [e for name, e in self.events if name == event_name]
+
+    def dead_letters(self) -> list[OnexEnvelopeV1]:
+        return [e for name, e in self.events if name == "DEAD_LETTER"]
+
+    def transitions(self, correlation_id: uuid.UUID | None) -> list[Any]:
+        """STATE_TRANSITION payloads of one workflow (by correlation id), in the order they were published."""
+        return [
+            e.payload for e in self.of(STATE_TRANSITION)
+            if correlation_id is not None and e.correlation_id == correlation_id
+        ]
