@@ -9,16 +9,26 @@ Semantics, the same on every bus (``tests/test_bus_conformance.py`` runs against
   with backoff (``RetryPolicy``); after the last attempt the message goes to ``<topic>.dlq`` (see
   ``envelope.dead_letter``) and the consumer carries on.
 - No task per event: each subscription has a fixed set of worker tasks that drain buffers in batches.
+- A group starts at the latest offset, as a Kafka group with ``auto_offset_reset=latest`` does: messages published
+  before the group's first ``subscribe()`` returned are not delivered to it.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextvars
+import enum
+import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
+from zlib import crc32
 
-from onex.envelope import OnexEnvelopeV1
+from onex.envelope import OnexEnvelopeV1, dead_letter, dlq_topic
+from onex.exceptions import BusError
 
 Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 """Handles one envelope; raising means "not handled" (retry, then dead letter)."""
@@ -26,6 +36,8 @@ Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 BatchHandler = Callable[[Sequence[OnexEnvelopeV1]], Awaitable[None]]
 """Handles a batch of envelopes of one topic at once (for write-heavy consumers). If it raises, the bus falls back
 to handing the batch's messages over one by one, so one poison message cannot hold the others back."""
+
+_log = logging.getLogger("onex.bus")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +49,12 @@ class RetryPolicy:
     backoff_multiplier: float = 2.0
     max_backoff_ms: float = 5_000.0
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.backoff_ms < 0 or self.max_backoff_ms < 0 or self.backoff_multiplier < 1:
+            raise ValueError("backoff_ms and max_backoff_ms must be >= 0 and backoff_multiplier >= 1")
+
     def delay_s(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         ms = min(self.backoff_ms * self.backoff_multiplier ** (attempt - 1), self.max_backoff_ms)
@@ -45,6 +63,14 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BusStatistics:
+    """Counters since the bus started.
+
+    ``published`` counts accepted ``publish()`` calls (dead letters included), ``delivered`` messages whose handler
+    returned, ``retried`` handler attempts after a failure, ``dead_lettered`` messages given up on, and
+    ``buffered`` messages accepted for a consumer group but not taken by a handler yet (after ``aclose()``: every
+    message that was never handled).
+    """
+
     published: int
     delivered: int
     retried: int
@@ -97,7 +123,7 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> BusStatistics: ...
 
-    async def __aenter__(self) -> EventBus:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -105,3 +131,535 @@ class EventBus(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+# --- MemoryBus ---------------------------------------------------------------------------------------------------
+#
+# Layout: a ``_Group`` per (topic, group name) owns ``partitions`` buffers (``_Partition``). Each ``subscribe()``
+# adds one ``_Member`` per topic to that topic's group, and each member runs one ``_Worker`` task per partition.
+# Partition i is owned by member i % len(members) (the "rebalance"); only the owner's worker drains it, and only
+# while no other worker still holds a batch from it (``busy``), so a partition is handled by one worker at a time
+# and per-key order survives a rebalance.
+#
+# Waiting is done on bare futures rather than asyncio.Event/Condition: an idle worker parks one future in
+# ``data_waiter`` that publish() resolves, which keeps the per-message cost at a few attribute reads.
+
+
+class _State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+# Set inside every worker task of a MemoryBus. publish() called from a handler (this context) never waits for
+# buffer space: the in-process node graph has cycles (orchestrator -> effect -> orchestrator), and two workers
+# each waiting for room in the other's full buffer would deadlock, something Kafka's unbounded log never does.
+# Memory stays bounded anyway: only publishers outside the bus wait, and each accepted message causes a bounded
+# number of follow-up messages.
+_HANDLING_ON: contextvars.ContextVar[MemoryBus | None] = contextvars.ContextVar("onex_bus_handling_on", default=None)
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+async def _park(waiters: list[asyncio.Future[None]], loop: asyncio.AbstractEventLoop) -> None:
+    """Wait until ``_wake_all(waiters)``; a cancelled waiter takes its future out of the list."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        if waiter in waiters:
+            waiters.remove(waiter)
+        raise
+
+
+class _Partition:
+    __slots__ = ("buffer", "busy", "data_waiter", "owner", "space_waiters", "standby")
+
+    def __init__(self) -> None:
+        self.buffer: deque[OnexEnvelopeV1] = deque()
+        self.owner: _Member | None = None
+        self.busy = False  # a worker holds a batch taken from this partition
+        self.data_waiter: asyncio.Future[None] | None = None  # the owner's idle worker
+        self.standby: list[asyncio.Future[None]] = []  # workers waiting for ownership or for ``busy`` to clear
+        self.space_waiters: list[asyncio.Future[None]] = []  # publishers waiting for room
+
+    def wake_data_waiter(self) -> None:
+        waiter = self.data_waiter
+        if waiter is not None:
+            self.data_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wake_workers(self) -> None:
+        self.wake_data_waiter()
+        if self.standby:
+            _wake_all(self.standby)
+
+
+class _Group:
+    """One consumer group on one topic."""
+
+    __slots__ = ("counted", "members", "name", "partitions", "topic")
+
+    def __init__(self, topic: str, name: str, partitions: int) -> None:
+        self.topic = topic
+        self.name = name
+        self.partitions = [_Partition() for _ in range(partitions)]
+        self.members: list[_Member] = []
+        # Whether this group's buffered messages count towards MemoryBus._pending (join() waits for them). A group
+        # without members keeps its buffers for a later member but must not hold join() up.
+        self.counted = False
+
+    def buffered(self) -> int:
+        return sum(len(p.buffer) for p in self.partitions)
+
+    def rebalance(self) -> None:
+        members = self.members
+        for i, part in enumerate(self.partitions):
+            owner = members[i % len(members)] if members else None
+            if part.owner is not owner:
+                part.owner = owner
+                part.wake_workers()
+
+
+class _Member:
+    """One subscription's membership of one group: its handler and one worker per partition."""
+
+    __slots__ = ("batch_handler", "bus", "group", "handler", "max_batch", "retry", "stop_signal", "stopping", "tasks")
+
+    def __init__(
+        self,
+        bus: MemoryBus,
+        group: _Group,
+        handler: Handler | None,
+        batch_handler: BatchHandler | None,
+        retry: RetryPolicy,
+        max_batch: int,
+    ) -> None:
+        self.bus = bus
+        self.group = group
+        self.handler = handler
+        self.batch_handler = batch_handler
+        self.retry = retry
+        self.max_batch = max_batch
+        self.stopping = False
+        self.stop_signal: asyncio.Future[None] = bus._loop().create_future()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = self.bus._loop()
+        for i, part in enumerate(self.group.partitions):
+            task = loop.create_task(
+                _Worker(self, part).run(), name=f"onex-bus:{self.group.topic}:{self.group.name}:{i}"
+            )
+            task.add_done_callback(_report_crash)
+            self.tasks.append(task)
+
+    def stop(self) -> None:
+        self.stopping = True
+        if not self.stop_signal.done():
+            self.stop_signal.set_result(None)
+        for part in self.group.partitions:
+            part.wake_workers()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    # Handler errors never reach here; this is for bugs in the bus itself, which would otherwise stall a partition
+    # silently.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("event bus worker %s crashed", task.get_name(), exc_info=exc)
+
+
+class _Worker:
+    """Drains one partition for one member while that member owns it."""
+
+    __slots__ = ("bus", "member", "part")
+
+    def __init__(self, member: _Member, part: _Partition) -> None:
+        self.member = member
+        self.part = part
+        self.bus = member.bus
+
+    async def run(self) -> None:
+        _HANDLING_ON.set(self.bus)
+        member, part = self.member, self.part
+        loop = self.bus._loop()
+        max_batch = member.max_batch
+        while True:
+            while True:
+                if member.stopping:
+                    return
+                if part.owner is member and not part.busy:
+                    if part.buffer:
+                        break
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    part.data_waiter = waiter
+                    await waiter
+                else:
+                    await _park(part.standby, loop)
+            buffer = part.buffer
+            if len(buffer) <= max_batch:
+                batch = list(buffer)
+                buffer.clear()
+            else:
+                batch = [buffer.popleft() for _ in range(max_batch)]
+            if part.space_waiters:
+                _wake_all(part.space_waiters)
+            part.busy = True
+            try:
+                if member.batch_handler is not None:
+                    await self._deliver_batch(batch, member.batch_handler)
+                else:
+                    assert member.handler is not None
+                    await self._deliver_each(batch, member.handler)
+            finally:
+                part.busy = False
+                # Workers only wait in ``standby`` for an ownership change, so wake them only after one.
+                if part.owner is not member and part.standby:
+                    _wake_all(part.standby)
+            if part.buffer and not member.stopping:
+                # Handlers that never suspend would otherwise keep the loop to themselves while the buffer refills.
+                await asyncio.sleep(0)
+
+    async def _deliver_batch(self, batch: list[OnexEnvelopeV1], batch_handler: BatchHandler) -> None:
+        try:
+            await batch_handler(batch)
+        except Exception:
+            # One poison message must not hold the others back: hand them over one at a time, each with its own
+            # retries, so only the poison ends up in the dead-letter topic.
+            async def one(envelope: OnexEnvelopeV1) -> None:
+                await batch_handler([envelope])
+
+            await self._deliver_each(batch, one)
+        except BaseException:
+            self._give_back(batch)
+            raise
+        else:
+            self.bus._ack(len(batch), len(batch))
+
+    async def _deliver_each(self, batch: list[OnexEnvelopeV1], handler: Handler) -> None:
+        member, part = self.member, self.part
+        done = 0  # acknowledged: handled or dead-lettered
+        dead = 0
+        try:
+            for envelope in batch:
+                # Stop between messages on a rebalance or close; the new owner picks the rest up in order.
+                if member.stopping or part.owner is not member:
+                    break
+                try:
+                    await handler(envelope)
+                except Exception as exc:
+                    outcome = await self._retry(envelope, handler, exc)
+                    if outcome is None:
+                        break
+                    dead += outcome
+                done += 1
+        finally:
+            if done < len(batch):
+                self._give_back(batch[done:])
+            self.bus._ack(done, done - dead)
+
+    async def _retry(self, envelope: OnexEnvelopeV1, handler: Handler, exc: Exception) -> int | None:
+        """Retry a failed message: 0 once handled, 1 once dead-lettered, None if the member stopped first."""
+        member, bus = self.member, self.bus
+        retry = member.retry
+        attempt = 1
+        while attempt < retry.max_attempts:
+            if not await self._backoff(retry.delay_s(attempt)):
+                return None
+            attempt += 1
+            bus._retried += 1
+            try:
+                await handler(envelope)
+            except Exception as again:
+                exc = again
+            else:
+                return 0
+        if member.stopping:
+            return None
+        topic = member.group.topic
+        try:
+            await bus.publish(dlq_topic(topic), dead_letter(envelope, topic=topic, error=exc, attempts=attempt))
+        except BusError:
+            return None  # the bus is closing: leave the message unacknowledged
+        bus._dead_lettered += 1
+        _log.warning("dead-lettered event %s from %s after %d attempts: %r", envelope.event_id, topic, attempt, exc)
+        return 1
+
+    async def _backoff(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds unless the member is stopped first; returns whether to carry on."""
+        member = self.member
+        if member.stopping:
+            return False
+        if delay > 0:
+            loop = self.bus._loop()
+            timer: asyncio.Future[None] = loop.create_future()
+            handle = loop.call_later(delay, _resolve, timer)
+            try:
+                # asyncio.wait neither wraps futures in tasks nor cancels them, so the shared stop_signal survives.
+                await asyncio.wait((timer, member.stop_signal), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                handle.cancel()
+        return not member.stopping
+
+    def _give_back(self, envelopes: list[OnexEnvelopeV1]) -> None:
+        # Unacknowledged messages go back to the front, ahead of anything published since, so order is kept.
+        self.part.buffer.extendleft(reversed(envelopes))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class MemorySubscription(Subscription):
+    """A ``MemoryBus`` subscription: one member of ``group`` on each of ``topics``."""
+
+    def __init__(self, bus: MemoryBus, topics: tuple[str, ...], group: str) -> None:
+        self.topics = topics
+        self.group = group
+        self._bus = bus
+        self._members: list[_Member] = []
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Leave the group: partitions go to the remaining members (or stay buffered for a later one).
+
+        Returns once this subscription's handlers have returned. Raises ``BusError`` when called from one of its
+        own handlers, which would wait for itself.
+        """
+        tasks = [t for m in self._members for t in m.tasks]
+        if asyncio.current_task() in tasks:
+            raise BusError(f"subscription of {self.group!r} to {', '.join(self.topics)} closed from its own handler")
+        if not self._closed:
+            self._closed = True
+            self._bus._leave(self)
+        await _wait_all(tasks)
+        self._bus._settle(self)
+
+
+async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        # Whoever waits is being cancelled (a shutdown timeout): do not leave workers behind.
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+class MemoryBus(EventBus):
+    """The in-process bus: bounded per-partition buffers, envelopes passed by reference (no serialization).
+
+    Per (topic, group) there are ``partitions`` buffers; an envelope's partition is ``crc32(key) % partitions``.
+    ``publish()`` waits while the target buffer holds ``buffer_size`` messages, or while the whole bus holds
+    ``max_pending`` unacknowledged ones (default ``partitions * buffer_size``); ``publish()`` from inside a handler
+    never waits (see ``_HANDLING_ON``), so a cyclic node graph cannot deadlock. A worker takes up to ``max_batch``
+    messages off its buffer at a time, so up to twice ``buffer_size`` messages of a partition can be in memory.
+
+    Subscriptions with the same group on the same topic share its partitions. A group that loses its last member
+    keeps the messages it had buffered for a later member (they show in ``statistics().buffered``) but receives
+    nothing published until one joins again. ``join()`` waits until everything published has been handled.
+    """
+
+    def __init__(self, *, partitions: int = 4, buffer_size: int = 10_000, max_pending: int | None = None) -> None:
+        if partitions < 1 or buffer_size < 1:
+            raise ValueError("partitions and buffer_size must be at least 1")
+        self._partitions = partitions
+        self._buffer_size = buffer_size
+        self._max_pending = max_pending if max_pending is not None else partitions * buffer_size
+        if self._max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._state = _State.CREATED
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._groups: dict[tuple[str, str], _Group] = {}
+        # topic -> the groups with members, replaced (never mutated) so publish() can iterate a snapshot.
+        self._routes: dict[str, tuple[_Group, ...]] = {}
+        self._subscriptions: list[MemorySubscription] = []
+        # Messages buffered or in flight in groups with members; join() waits for zero.
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._space_waiters: list[asyncio.Future[None]] = []  # publishers held back by max_pending
+        self._published = 0
+        self._delivered = 0
+        self._retried = 0
+        self._dead_lettered = 0
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        assert self._event_loop is not None
+        return self._event_loop
+
+    def _require_running(self, action: str) -> None:
+        if self._state is not _State.RUNNING:
+            raise BusError(f"cannot {action}: the memory bus is {self._state.value}")
+
+    async def start(self) -> None:
+        if self._state is not _State.CREATED:
+            raise BusError(f"cannot start: the memory bus is {self._state.value}")
+        self._event_loop = asyncio.get_running_loop()
+        self._state = _State.RUNNING
+
+    async def aclose(self) -> None:
+        """Refuse further publishes, let handlers in flight finish and stop every worker.
+
+        Messages not handled yet stay in the buffers and are counted in ``statistics().buffered``. Publishers
+        waiting for buffer space get ``BusError``. Safe to call twice, and from a handler (which then finishes
+        after this returns).
+        """
+        if self._state is _State.CREATED:
+            self._state = _State.CLOSED
+            return
+        if self._state is _State.RUNNING:
+            self._state = _State.CLOSING
+            for sub in self._subscriptions:
+                for member in sub._members:
+                    member.stop()
+            for group in self._groups.values():
+                for part in group.partitions:
+                    _wake_all(part.space_waiters)
+            _wake_all(self._space_waiters)
+            self._idle.set()  # release join(): nothing more will be handled
+        current = asyncio.current_task()
+        await _wait_all([t for s in self._subscriptions for m in s._members for t in m.tasks if t is not current])
+        self._state = _State.CLOSED
+
+    async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
+        """Hand ``envelope`` to every group subscribed to ``topic``; waits while a target buffer is full."""
+        if self._state is not _State.RUNNING:
+            raise BusError(f"cannot publish to {topic!r}: the memory bus is {self._state.value}")
+        self._published += 1
+        groups = self._routes.get(topic)
+        if not groups:
+            return  # nobody subscribed: like a Kafka topic no group reads
+        index = crc32(envelope.key.encode()) % self._partitions if self._partitions > 1 else 0
+        for group in groups:
+            part = group.partitions[index]
+            if (
+                len(part.buffer) >= self._buffer_size or self._pending >= self._max_pending
+            ) and _HANDLING_ON.get() is not self:
+                await self._wait_for_space(part)
+                if not group.members:
+                    continue  # the group left while we waited
+            part.buffer.append(envelope)
+            if self._pending == 0:
+                self._idle.clear()
+            self._pending += 1
+            if part.data_waiter is not None:
+                part.wake_data_waiter()
+
+    async def _wait_for_space(self, part: _Partition) -> None:
+        loop = self._loop()
+        while True:
+            if self._state is not _State.RUNNING:
+                raise BusError(f"publish interrupted: the memory bus is {self._state.value}")
+            if part.owner is None:
+                return  # the group has no members left; publish() skips it
+            if len(part.buffer) >= self._buffer_size:
+                await _park(part.space_waiters, loop)
+            elif self._pending >= self._max_pending:
+                await _park(self._space_waiters, loop)
+            else:
+                return
+
+    async def subscribe(
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        max_batch: int = 500,
+    ) -> MemorySubscription:
+        """Join ``group`` on each of ``topics``; the group receives what is published from now on."""
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("pass exactly one of handler= and batch_handler=")
+        if isinstance(topics, str):
+            raise TypeError("topics must be a sequence of topic names, not one string")
+        if not topics:
+            raise ValueError("subscribe to at least one topic")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self._require_running(f"subscribe {group!r}")
+        subscription = MemorySubscription(self, tuple(dict.fromkeys(topics)), group)
+        for topic in subscription.topics:
+            key = (topic, group)
+            target = self._groups.get(key)
+            if target is None:
+                target = self._groups[key] = _Group(topic, group, self._partitions)
+            member = _Member(self, target, handler, batch_handler, retry, max_batch)
+            target.members.append(member)
+            if len(target.members) == 1:
+                self._routes[topic] = (*self._routes.get(topic, ()), target)
+            if not target.counted:
+                target.counted = True
+                self._add_pending(target.buffered())
+            target.rebalance()
+            member.start()
+            subscription._members.append(member)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def _leave(self, subscription: MemorySubscription) -> None:
+        for member in subscription._members:
+            group = member.group
+            group.members.remove(member)
+            member.stop()
+            group.rebalance()
+            if not group.members:
+                self._routes[group.topic] = tuple(g for g in self._routes[group.topic] if g is not group)
+                for part in group.partitions:
+                    _wake_all(part.space_waiters)
+
+    def _settle(self, subscription: MemorySubscription) -> None:
+        """After a closed subscription's workers stopped: stop counting groups left without members."""
+        for member in subscription._members:
+            group = member.group
+            if not group.members and group.counted:
+                group.counted = False
+                self._ack(group.buffered(), 0)
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    def _add_pending(self, n: int) -> None:
+        if n:
+            self._idle.clear()
+            self._pending += n
+
+    def _ack(self, n: int, delivered: int) -> None:
+        self._delivered += delivered
+        self._pending -= n
+        if self._pending == 0:
+            self._idle.set()
+        if self._space_waiters and self._pending < self._max_pending:
+            _wake_all(self._space_waiters)
+
+    async def join(self) -> None:
+        """Wait until every message published so far, and every message their handlers publish, was handled.
+
+        Returns at once on a closed bus. Not from a handler: its own message would never count as handled.
+        """
+        while self._pending and self._state is _State.RUNNING:
+            await self._idle.wait()
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        """A no-op: memory topics exist as soon as someone subscribes."""
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            published=self._published,
+            delivered=self._delivered,
+            retried=self._retried,
+            dead_lettered=self._dead_lettered,
+            buffered=sum(g.buffered() for g in self._groups.values()),
+        )

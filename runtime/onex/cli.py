@@ -178,6 +178,54 @@ def run(ctx: click.Context, node_names: tuple[str, ...], node_version: str | Non
         _fail(str(exc))
 
 
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--rich", is_flag=True, help="Write rich YAML metadata blocks instead of one-line stamps.")
+@click.option("--namespace", default="onex.default", show_default=True, help="Namespace the stamps belong to.")
+@click.option("--dry-run", is_flag=True, help="Hash and report, change no file.")
+@click.option("--exclude", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
+@click.option("--bus", help="memory:// (default: every node in this process) or kafka://HOST:PORT to submit to a "
+              "running deployment. Env: ONEX_BUS.")
+@click.option("--store", help="sqlite:///PATH (default .onex/onex.db) or postgresql://... Env: ONEX_STORE.")
+@click.option("--no-wait", is_flag=True, help="With a Kafka bus: submit the requests and return at once.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for all workflows.")
+@click.pass_context
+def stamp(ctx: click.Context, paths: tuple[Path, ...], rich: bool, namespace: str, dry_run: bool,
+          exclude: tuple[str, ...], bus: str | None, store: str | None, no_wait: bool, timeout: float) -> None:
+    """Stamp files: one workflow per file through orchestrator, stamping effect, reducer and database adapter.
+
+    Directories are walked honouring .gitignore/.onexignore; symlinks are never followed out of a root. Ends with
+    a summary table; exits 1 if any file failed.
+    """
+    from onex.client import StampRun
+
+    settings = _settings(ctx, bus=bus, store=store)
+    contracts = _contracts(settings, check_implementations=not settings.bus.startswith("kafka:"))
+    run_ = StampRun(settings, contracts, rich=rich, namespace=namespace, dry_run=dry_run, excludes=exclude,
+                    wait=not no_wait, timeout=timeout)
+    try:
+        report = _run(run_.run(list(paths), console=err))
+    except OnexError as exc:
+        _fail(str(exc))
+    report.print(console)
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--exclude", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
+@click.option("--all", "show_all", is_flag=True, help="List valid files too, not only problems.")
+def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool) -> None:
+    """Recompute hashes offline: valid / modified / unstamped per file. Exits 1 if any file is modified."""
+    from onex.client import verify_paths
+
+    report = verify_paths(list(paths), excludes=exclude)
+    report.print(console, show_all=show_all)
+    if report.counts.get("modified", 0) or report.counts.get("error", 0):
+        sys.exit(1)
+
+
 @main.group()
 def db() -> None:
     """Database maintenance."""

@@ -281,7 +281,7 @@ class Node:
             await sub.aclose()
         self._subscriptions.clear()
         await self.on_drain()
-        await self.flush_transitions()
+        await self.flush()
 
     async def stop(self) -> None:
         if self.lifecycle is Lifecycle.STOPPED:
@@ -376,6 +376,13 @@ class Node:
         if envelopes:
             await self.bus.publish_many(self._publications[event_name].topic, envelopes)
 
+    async def flush(self) -> None:
+        """Publish what handling produced (called after every handler, before the message is acknowledged).
+
+        The base publishes recorded FSM transitions; nodes that collect events during a batch extend it.
+        """
+        await self.flush_transitions()
+
     async def flush_transitions(self) -> None:
         """Publish the FSM transitions recorded since the last flush, in order."""
         if not self._pending_transitions:
@@ -453,7 +460,7 @@ class Node:
             self.active_operations += 1
             try:
                 await method(event)
-                await self.flush_transitions()
+                await self.flush()
             finally:
                 self.active_operations -= 1
 
@@ -474,7 +481,7 @@ class Node:
             self.active_operations += len(events)
             try:
                 await method(events)
-                await self.flush_transitions()
+                await self.flush()
             finally:
                 self.active_operations -= len(events)
 
@@ -705,7 +712,7 @@ class OrchestratorNode(Node):
                 if run.status is StepStatus.RUNNING and run.attempts == attempt:
                     await self.fail_step(workflow, step_name, f"step {step_name} timed out after "
                                                               f"{run.step.timeout_ms} ms")
-                    await self.flush_transitions()
+                    await self.flush()
 
 
 def stages_of(steps: Iterable[Step]) -> list[list[str]]:

@@ -38,8 +38,9 @@ def open_bus(settings: Settings) -> EventBus:
 
 
 def select(contracts: ContractSet, names: Sequence[str] | None, version: str | None = None) -> list[Contract]:
-    """The contracts to host: the named ones (highest version unless ``version``), or every node's highest."""
-    wanted = list(names) if names else contracts.names()
+    """The contracts to host: the named ones (highest version unless ``version``), or every node's highest when
+    ``names`` is None (an empty list hosts nothing: a pure client of a deployment)."""
+    wanted = list(names) if names is not None else contracts.names()
     chosen = [contracts.get(name, version) for name in wanted]
     order = {name: i for i, name in enumerate(START_ORDER)}
     return sorted(chosen, key=lambda c: order.get(c.name, -1))
@@ -95,12 +96,20 @@ class Runtime:
         for node in self.nodes:
             await node.announce()
 
-    async def stop(self) -> None:
-        """Drain producers first (reverse start order), then stop everything and close what we opened."""
+    async def drain(self) -> None:
+        """Drain producers first (reverse start order); on the memory bus, wait for quiescence around each, so what a
+        drained node published (the reducer's last aggregates) is handled downstream before that node drains."""
+        memory = self.bus if isinstance(self.bus, MemoryBus) else None
+        if memory is not None:
+            await memory.join()
         for node in reversed(self.nodes):
             await node.drain()
-            if isinstance(self.bus, MemoryBus):
-                await self.bus.join()  # let downstream consumers finish what the drained node published
+            if memory is not None:
+                await memory.join()
+
+    async def stop(self) -> None:
+        """Drain, stop every node, and close what the runtime opened."""
+        await self.drain()
         for node in reversed(self.nodes):
             await node.stop()
         if self._own_bus:

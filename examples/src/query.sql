@@ -1,0 +1,1 @@
+SELECT namespace, count(*) FROM metadata_stamps GROUP BY namespace;

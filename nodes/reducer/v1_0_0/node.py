@@ -1,0 +1,201 @@
+"""The reducer: streaming aggregation of stamps per namespace, in tumbling windows.
+
+Pure in the ONEX sense: it writes nothing itself. When a namespace's window closes (``size_items`` stamps or
+``size_ms`` elapsed, from the aggregation subcontract) it publishes the namespace's new running aggregate as a
+STATE_AGGREGATION_COMPLETED intent with a version one higher than the last; the database adapter carries the
+intent out, and the version guard there makes replays harmless.
+
+Each namespace is an entity on the contract's aggregation_lifecycle FSM (idle -> aggregating -> flushing -> idle).
+The input is keyed by namespace, so with several reducers one namespace is always aggregated in one place. At
+start the running totals are loaded from the store (state_management: storage store), so a restarted reducer
+continues the versions instead of starting over, and the namespace's distinct hashes are read back from
+``metadata_stamps``. Totals are cumulative: re-stamping an unchanged file counts as one more item aggregated, while
+``unique_file_hashes`` counts distinct content. Redelivered events are recognised by event id within a bounded
+window of recent ids (``config.dedupe_window``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from onex.contracts import AggregationFunction
+from onex.fsm import Entity
+from onex.nodes import Event, ReducerNode
+
+from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished
+from nodes.reducer.v1_0_0.models import ModelAggregationIntent
+from nodes.stamping_effect.v1_0_0.models import ModelStampCreated
+
+
+@dataclass(eq=False)
+class NamespaceAggregate(Entity):
+    namespace: str = ""
+    version: int = 0
+    workflows: int = 0
+    items: int = 0
+    total_bytes: int = 0
+    hashes: set[str] = field(default_factory=set)
+    by_file_type: Counter[str] = field(default_factory=Counter)
+    size_buckets: Counter[str] = field(default_factory=Counter)
+    windows_closed: int = 0
+    window_items: int = 0
+    window_started: float = 0.0
+    dirty: bool = False
+
+
+def bucket_label(size: int, bounds: Sequence[int]) -> str:
+    for bound in bounds:
+        if size <= bound:
+            return f"<={bound}"
+    return f">{bounds[-1]}" if bounds else "all"
+
+
+class NodeReducer(ReducerNode):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        aggregation = self.contract.subcontracts.aggregation
+        window = aggregation.window if aggregation else None
+        self.window_items = (window.size_items if window else None) or 5000
+        self.window_s = ((window.size_ms if window else None) or 500) / 1000
+        histogram = next((f for f in (aggregation.functions if aggregation else ()) if f.function == "histogram"),
+                         None)
+        self.bucket_bounds: tuple[int, ...] = histogram.buckets if isinstance(histogram, AggregationFunction) else ()
+        self.flush_interval_s = float(self.contract.config.get("flush_interval_ms", 500)) / 1000
+        self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
+        self.aggregates: dict[str, NamespaceAggregate] = {}
+        self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._intents: list[ModelAggregationIntent] = []
+        self._timer: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        for row in await self.store.list_bridge_states():
+            agg = self._aggregate(row.namespace)
+            agg.version = row.version
+            agg.workflows = row.total_workflows_processed
+            agg.items = row.total_items_aggregated
+            agg.total_bytes = row.total_size_bytes
+            offset, page = 0, 10_000
+            while stamps := await self.store.list_stamps(row.namespace, limit=page, offset=offset):
+                agg.hashes.update(st.file_hash for st in stamps)
+                offset += page
+            agg.by_file_type.update(row.aggregation_metadata.get("by_file_type", {}))
+            agg.size_buckets.update(row.aggregation_metadata.get("size_buckets", {}))
+        self._timer = asyncio.create_task(self._tick(), name=f"windows:{self.node_id}")
+
+    async def on_drain(self) -> None:
+        self._close_windows(force=True)
+
+    async def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+
+    def _aggregate(self, namespace: str) -> NamespaceAggregate:
+        agg = self.aggregates.get(namespace)
+        if agg is None:
+            assert self.fsm is not None
+            agg = NamespaceAggregate(entity_id=f"namespace:{namespace}", namespace=namespace)
+            self.fsm.attach(agg)
+            self.aggregates[namespace] = agg
+        return agg
+
+    def _first_time(self, event_id: uuid.UUID) -> bool:
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > self.dedupe_window:
+            self._seen.popitem(last=False)
+        return True
+
+    def _touch(self, agg: NamespaceAggregate, items: int) -> None:
+        assert self.fsm is not None
+        if agg.state == "idle":
+            agg.window_started = time.monotonic()
+            agg.window_items = 0
+        agg.window_items += items
+        agg.context["window_items"] = agg.window_items
+        agg.dirty = True
+        if agg.state == "idle":
+            self.fsm.trigger(agg, "item", count=items)
+
+    # -- handlers --
+    async def handle_stamp_created(self, events: Sequence[Event]) -> None:
+        touched: Counter[str] = Counter()
+        for envelope, stamp in events:
+            if not isinstance(stamp, ModelStampCreated) or stamp.dry_run or not self._first_time(envelope.event_id):
+                continue
+            agg = self._aggregate(stamp.namespace)
+            agg.items += 1
+            agg.total_bytes += stamp.file_size
+            agg.hashes.add(stamp.file_hash)
+            agg.by_file_type[stamp.file_type] += 1
+            agg.size_buckets[bucket_label(stamp.file_size, self.bucket_bounds)] += 1
+            touched[stamp.namespace] += 1
+        for namespace, items in touched.items():
+            self._touch(self.aggregates[namespace], items)
+        self._close_windows(force=False)
+
+    async def handle_workflow_finished(self, events: Sequence[Event]) -> None:
+        touched: Counter[str] = Counter()
+        for envelope, finished in events:
+            if isinstance(finished, ModelWorkflowFinished) and self._first_time(envelope.event_id):
+                self._aggregate(finished.namespace).workflows += 1
+                touched[finished.namespace] += 0
+        for namespace in touched:
+            self._touch(self.aggregates[namespace], 0)
+        self._close_windows(force=False)
+
+    # -- windows --
+    def _close_windows(self, *, force: bool) -> None:
+        assert self.fsm is not None
+        now = time.monotonic()
+        for agg in self.aggregates.values():
+            if not agg.dirty:
+                continue
+            due = agg.window_items >= self.window_items or now - agg.window_started >= self.window_s
+            if force or due:
+                agg.context["window_items"] = max(agg.window_items, 1)  # a workflows-only window still flushes
+                self.fsm.trigger(agg, "close_window")  # entry action emit_aggregate queues the intent
+                self.fsm.trigger(agg, "flushed")
+
+    def emit_aggregate(self, entity: Entity) -> None:
+        """FSM entry action of ``flushing``: queue the namespace's new aggregate as an intent."""
+        assert isinstance(entity, NamespaceAggregate)
+        entity.version += 1
+        entity.windows_closed += 1
+        entity.dirty = False
+        self._intents.append(ModelAggregationIntent(
+            namespace=entity.namespace,
+            version=entity.version,
+            total_workflows_processed=entity.workflows,
+            total_items_aggregated=entity.items,
+            total_size_bytes=entity.total_bytes,
+            unique_file_hashes=len(entity.hashes),
+            current_fsm_state="aggregating",
+            by_file_type=dict(entity.by_file_type),
+            size_buckets=dict(entity.size_buckets),
+            windows_closed=entity.windows_closed,
+            aggregated_at=datetime.now(UTC),
+        ))
+
+    async def flush(self) -> None:
+        intents, self._intents = self._intents, []
+        await self.publish_envelopes("STATE_AGGREGATION_COMPLETED", [
+            self.envelope("STATE_AGGREGATION_COMPLETED", intent) for intent in intents
+        ])
+        await super().flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            self._close_windows(force=False)
+            await self.flush()

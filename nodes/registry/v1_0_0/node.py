@@ -1,0 +1,138 @@
+"""The registry: node introspection, heartbeats, staleness, and who is alive.
+
+Every node is an entity on the node_registration FSM (unknown -> alive <-> stale -> deregistered). Introspection
+registers a node (``node_registrations`` row replaced); a heartbeat refreshes it; a node whose last heartbeat is
+older than ``stale_after_missed_heartbeats`` heartbeat intervals is marked stale by a sweeper (one task), and a
+STOPPED heartbeat deregisters it. At start the registry asks every running node to introspect again, so a
+registry that (re)starts after the others still learns about them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from onex.envelope import REGISTRY_REQUEST_INTROSPECTION, ModelNodeHeartbeat, ModelNodeIntrospection
+from onex.fsm import Entity
+from onex.nodes import Event, RegistryNode
+from onex.store import HeartbeatRow, RegistrationRow, WriteBatch
+
+
+@dataclass(eq=False)
+class KnownNode(Entity):
+    node_type: str = ""
+    node_version: str = ""
+    last_seen: float = 0.0
+    health_status: str = "UNKNOWN"
+
+
+class NodeRegistry(RegistryNode):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.known: dict[str, KnownNode] = {}
+        missed = int(self.contract.config.get("stale_after_missed_heartbeats", 3))
+        self.stale_after_s = missed * self.settings.heartbeat_interval_s
+        self.sweep_interval_s = float(self.contract.config.get("sweep_interval_ms", 1000)) / 1000
+        self._sweeper: asyncio.Task[None] | None = None
+        self._pending = WriteBatch(consumer=self.contract.name)
+
+    async def announce(self) -> None:
+        await super().announce()
+        await self.publish(REGISTRY_REQUEST_INTROSPECTION, {"requested_by": self.node_id})
+        if self.stale_after_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep(), name=f"registry-sweep:{self.node_id}")
+
+    async def on_stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _node(self, node_id: str) -> KnownNode:
+        node = self.known.get(node_id)
+        if node is None:
+            assert self.fsm is not None
+            node = KnownNode(entity_id=node_id)
+            self.fsm.attach(node)
+            self.known[node_id] = node
+        return node
+
+    # -- FSM entry actions (subcontracts/fsm/node_registration.yaml) --
+    def record_alive(self, entity: Entity) -> None:
+        assert isinstance(entity, KnownNode)
+        entity.health_status = entity.health_status if entity.health_status != "STALE" else "HEALTHY"
+
+    def record_stale(self, entity: Entity) -> None:
+        assert isinstance(entity, KnownNode)
+        entity.health_status = "STALE"
+        self._pending.heartbeats.append(HeartbeatRow(node_id=entity.entity_id, health_status="STALE",
+                                                     at=datetime.now(UTC)))
+
+    # -- handlers --
+    async def handle_introspection(self, events: Sequence[Event]) -> None:
+        assert self.fsm is not None
+        for envelope, info in events:
+            assert isinstance(info, ModelNodeIntrospection)
+            node = self._node(info.node_id)
+            if node.state == "deregistered":
+                continue
+            node.node_type, node.node_version = info.node_type, info.node_version
+            node.last_seen = time.monotonic()
+            node.health_status = "HEALTHY"
+            self.fsm.trigger(node, "introspect")
+            self._pending.registrations.append(RegistrationRow(
+                node_id=info.node_id, node_type=info.node_type, node_version=info.node_version,
+                health_status="HEALTHY", capabilities=info.capabilities, endpoints=info.endpoints,
+                metadata={**info.metadata, "node_name": info.node_name}, last_heartbeat=envelope.event_timestamp,
+                registered_at=envelope.event_timestamp,
+            ))
+        await self._write()
+
+    async def handle_heartbeat(self, events: Sequence[Event]) -> None:
+        assert self.fsm is not None
+        for envelope, beat in events:
+            assert isinstance(beat, ModelNodeHeartbeat)
+            node = self._node(beat.node_id)
+            if node.state == "deregistered":
+                continue
+            node.last_seen = time.monotonic()
+            node.health_status = beat.health_status
+            self.fsm.trigger(node, "deregister" if beat.health_status == "STOPPED" else "heartbeat")
+            self._pending.heartbeats.append(HeartbeatRow(
+                node_id=beat.node_id, health_status=beat.health_status, at=envelope.event_timestamp,
+                metadata={"uptime_seconds": beat.uptime_seconds, "active_operations": beat.active_operations},
+            ))
+        await self._write()
+
+    async def _write(self) -> None:
+        batch, self._pending = self._pending, WriteBatch(consumer=self.contract.name)
+        if len(batch):
+            await self.store.apply(batch)
+
+    # -- queries --
+    def alive(self) -> list[str]:
+        """Ids of the nodes currently alive (registered, heartbeating, not stale, not stopped)."""
+        return sorted(n.entity_id for n in self.known.values() if n.state == "alive")
+
+    def expire_stale(self, now: float | None = None) -> list[str]:
+        """Mark nodes without a recent heartbeat stale; returns their ids."""
+        assert self.fsm is not None
+        now = time.monotonic() if now is None else now
+        expired = []
+        for node in self.known.values():
+            if node.state == "alive" and now - node.last_seen > self.stale_after_s:
+                self.fsm.trigger(node, "expire")
+                expired.append(node.entity_id)
+        return expired
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            if self.expire_stale():
+                await self._write()
+                await self.flush()

@@ -1,0 +1,109 @@
+"""The stamping effect: BLAKE3-hash and stamp files or in-memory content; emits STAMP_CREATED or STAMP_FAILED.
+
+A batch of commands is stamped in one worker thread hop (file I/O and hashing must not block the event loop,
+and one hop per batch instead of per file keeps the overhead low). A per-file problem (missing file, permission
+denied, binary content with a text extension...) is a STAMP_FAILED for that workflow, not an exception: the
+batch goes on. An unexpected error counts against the circuit breaker and is re-raised so the bus retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from onex import stamps
+from onex.envelope import OnexEnvelopeV1
+from onex.exceptions import StampError
+from onex.files import detect_file_type
+from onex.nodes import EffectNode, Event
+
+from nodes.orchestrator.v1_0_0.models import ModelStampCommand
+from nodes.stamping_effect.v1_0_0.models import ModelStampCreated, ModelStampFailed
+
+CONTENT_PATH = "<content>"
+
+
+class NodeStampingEffect(EffectNode):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.author = str(self.contract.config.get("author") or "onex")
+        self.inline_bytes = int(self.contract.config.get("thread_offload_bytes", 262_144))
+
+    async def handle_stamp_file(self, events: Sequence[Event]) -> None:
+        commands = [(env, cmd) for env, cmd in events if isinstance(cmd, ModelStampCommand)]
+        # Small in-memory content is cheaper to stamp inline than to hand to a thread; anything touching the
+        # file system, or large content, goes to a worker thread in one hop for the whole batch.
+        inline = all(c.content is not None and len(c.content) <= self.inline_bytes for _, c in commands)
+
+        async def stamp_batch() -> list[OnexEnvelopeV1]:
+            if inline:
+                return self._stamp_all(commands)
+            return await asyncio.to_thread(self._stamp_all, commands)
+
+        results = await self.breaker.call(stamp_batch)
+        created = [e for e in results if e.event_type == "STAMP_CREATED"]
+        failed = [e for e in results if e.event_type == "STAMP_FAILED"]
+        await self.publish_envelopes("STAMP_CREATED", created)
+        await self.publish_envelopes("STAMP_FAILED", failed)
+
+    def _stamp_all(self, commands: Sequence[tuple[OnexEnvelopeV1, ModelStampCommand]]) -> list[OnexEnvelopeV1]:
+        return [self._stamp_one(env, cmd) for env, cmd in commands]
+
+    def _stamp_one(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand) -> OnexEnvelopeV1:
+        rich = cmd.stamp_type == "rich"
+        author = cmd.author or self.author
+        if cmd.content is not None:
+            return self._stamp_content(envelope, cmd, rich=rich, author=author)
+        assert cmd.file_path is not None
+        result = stamps.stamp_file(cmd.file_path, rich=rich, namespace=cmd.namespace, author=author,
+                                   dry_run=cmd.dry_run)
+        if result.status == "failed" or result.stamp is None:
+            return self._failed(envelope, cmd, result.error or "stamping failed")
+        return self.envelope("STAMP_CREATED", ModelStampCreated(
+            workflow_id=cmd.workflow_id,
+            stamp_id=uuid.UUID(result.stamp.uid),
+            file_path=cmd.file_path,
+            file_hash=result.stamp.hash,
+            file_size=result.size,
+            file_type=result.file_type,
+            namespace=cmd.namespace,
+            stamp_type=result.stamp.kind,
+            status="unchanged" if result.status == "unchanged" else "stamped",
+            dry_run=cmd.dry_run,
+            stamp=_stamp_fields(result.stamp),
+        ), causation=envelope)
+
+    def _stamp_content(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, *, rich: bool,
+                       author: str) -> OnexEnvelopeV1:
+        name = cmd.file_path or "content.txt"
+        data = cmd.content.encode() if cmd.content is not None else b""
+        try:
+            stamped, stamp = stamps.stamp_bytes(data, file_name=name, rich=rich, namespace=cmd.namespace,
+                                                author=author)
+        except StampError as exc:
+            return self._failed(envelope, cmd, str(exc))
+        return self.envelope("STAMP_CREATED", ModelStampCreated(
+            workflow_id=cmd.workflow_id,
+            stamp_id=uuid.UUID(stamp.uid),
+            file_path=cmd.file_path or CONTENT_PATH,
+            file_hash=stamp.hash,
+            file_size=len(data),
+            file_type=detect_file_type(name, data[:64]),
+            namespace=cmd.namespace,
+            stamp_type=stamp.kind,
+            status="unchanged" if stamped == data else "stamped",
+            dry_run=cmd.dry_run,
+            stamp=_stamp_fields(stamp),
+            stamped_content=None if cmd.dry_run else stamped.decode(errors="replace"),
+        ), causation=envelope)
+
+    def _failed(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, error: str) -> OnexEnvelopeV1:
+        return self.envelope("STAMP_FAILED", ModelStampFailed(
+            workflow_id=cmd.workflow_id, file_path=cmd.file_path, namespace=cmd.namespace, error=error,
+        ), causation=envelope)
+
+
+def _stamp_fields(stamp: stamps.Stamp) -> dict[str, Any]:
+    return {"uid": stamp.uid, "hash": stamp.hash, "ts": stamp.ts, "kind": stamp.kind, **stamp.fields}

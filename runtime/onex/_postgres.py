@@ -1,0 +1,1187 @@
+"""``PostgresStore``: the ``Store`` on PostgreSQL, through an asyncpg connection pool.
+
+URL: ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?schema=NAME&...``. Query parameters read here (any other one,
+such as ``sslmode``, goes to asyncpg untouched):
+
+=========================  ==========  ==========================================================================
+``schema``                 ``public``  the schema holding every table; ``upgrade()`` creates it when missing
+``min_size``/``max_size``  1 / 10      pool size
+``acquire_timeout``        10          seconds to wait for a free pool connection before ``StoreError``
+``connect_timeout``        5           seconds to open one connection
+``statement_timeout_ms``   30000       server-side ``statement_timeout``
+``command_timeout``        60          client-side timeout of one command, in seconds
+``application_name``       ``onex``    shown in ``pg_stat_activity``
+``retry_attempts``         6           attempts of one ``apply`` on connection-class errors (see below)
+``retry_deadline``         30          seconds one ``apply`` may spend retrying, waits for the breaker included
+``breaker_threshold``      5           consecutive connection failures that open the circuit breaker
+``breaker_reset``          2           seconds an open breaker waits before letting one trial through
+``backoff_initial``/``_max``  0.05 / 2  seconds between retries: doubling from the first to the cap
+``copy_min_rows``          32          rows of one insert-only table from which a batch uses COPY (see below)
+=========================  ==========  ==========================================================================
+
+Writes. ``apply(batch)`` is one transaction. The tables that only ever insert (stamps, transitions, event logs,
+processed events) are COPYed into per-connection temporary staging tables and moved with one ``INSERT ... SELECT
+... ON CONFLICT DO NOTHING`` when a batch holds at least ``copy_min_rows`` of them (below that, the extra round
+trip COPY needs for the staging table's column types is not won back): at 500 rows a batch that was
+15-25% faster than ``executemany`` here (``bench/store_postgres.py`` prints both). The upsert tables (workflows,
+steps, bridge states, registrations, heartbeats) go through ``executemany`` of prepared statements, because one
+batch may hold several rows for one key (a workflow's start and completion) and a set-based ``DO UPDATE`` cannot
+touch a row twice; row-by-row keeps the conflict rules of ``onex.store`` exact, in batch order.
+
+Resilience. A connection-class failure (the server restarted, ``pg_terminate_backend``, a refused connect) makes
+``apply`` roll back and retry the whole batch with exponential backoff. Every row is written by its natural key,
+so a batch whose COMMIT succeeded but whose answer was lost is not duplicated when it is applied again. A circuit
+breaker (``onex.resilience.CircuitBreaker``) opens after ``breaker_threshold`` consecutive failures; while it is
+open nothing is sent to the server, and after ``breaker_reset`` seconds one caller at a time tries again.
+
+How the queue of pending writes is bounded: there is no background queue. A batch that cannot be written stays
+with the caller that awaits ``apply`` (the bus handler, which has not committed its offset), for at most
+``retry_attempts`` attempts and ``retry_deadline`` seconds; then ``apply`` raises ``StoreError`` and the bus
+redelivers the events later (its own retry with backoff, then the dead-letter topic). So the pending writes are
+bounded by the bus's bounded number of in-flight handlers times their batch size, and nothing is lost that the
+bus has not been told about. ``health()`` reports them as ``queued_writes`` and the store as ``degraded`` while
+they wait. Pool exhaustion is not retried: ``StoreError("pool exhausted ...")`` after ``acquire_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from onex.exceptions import StoreError
+from onex.resilience import BreakerState, CircuitBreaker
+from onex.store import (
+    TABLES,
+    BridgeStateRow,
+    EventLogRow,
+    HeartbeatRow,
+    RegistrationRow,
+    StampRow,
+    StepRow,
+    Store,
+    StoreHealth,
+    TransitionRow,
+    WorkflowRow,
+    WriteBatch,
+)
+
+__all__ = ["PostgresSettings", "PostgresStatistics", "PostgresStore"]
+
+T = TypeVar("T")
+
+Connection = Any  # asyncpg ships no type hints; a connection or a pool's connection proxy
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# Errors after which the same batch may well succeed on another connection: the connection or the server went
+# away. ``DataError`` is an ``InterfaceError`` too but bad input never heals, so it is excluded explicitly.
+_CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    asyncpg.PostgresConnectionError,  # class 08, ConnectionDoesNotExistError among them
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: pg_terminate_backend, smart/fast shutdown
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: the server is starting or stopping
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+    asyncpg.InterfaceError,  # "connection is closed" and similar client-side states
+    # The protocol left mid-operation by a backend that died under it ("cannot switch to state 15; another
+    # operation (2) is in progress", seen when pg_terminate_backend lands between two statements of a batch), or
+    # a prepared statement outdated by a schema change. Another connection starts clean.
+    asyncpg.exceptions.InternalClientError,
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # a connect that hangs
+)
+# Errors that are nobody's fault and go away on retry, without the server being unhealthy.
+_CONCURRENCY_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECTION_ERRORS) and not isinstance(exc, asyncpg.DataError)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """Connection, pool and resilience settings, parsed once from the store URL (see the module docstring)."""
+
+    dsn: str  # the URL handed to asyncpg: the store URL without the parameters below
+    schema: str = "public"
+    min_size: int = 1
+    max_size: int = 10
+    acquire_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    statement_timeout_ms: int = 30_000
+    command_timeout: float = 60.0
+    application_name: str = "onex"
+    retry_attempts: int = 6
+    retry_deadline: float = 30.0
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    breaker_threshold: int = 5
+    breaker_reset: float = 2.0
+    bulk_method: str = "unnest"
+    bulk_min_rows: int = 16
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"not a PostgreSQL URL: {_redact(url)!r}")
+        ours: dict[str, Any] = {}
+        passthrough: list[tuple[str, str]] = []
+        convert: dict[str, Callable[[str], Any]] = {
+            f.name: _converter(f.type) for f in dataclasses.fields(cls) if f.name != "dsn"
+        }
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in convert:
+                try:
+                    ours[key] = convert[key](value)
+                except ValueError:
+                    raise ValueError(f"store URL parameter {key}={value!r} is not valid") from None
+            else:
+                passthrough.append((key, value))
+        settings = cls(dsn=urlunsplit(parts._replace(query=urlencode(passthrough))), **ours)
+        if not _SCHEMA_NAME.match(settings.schema):
+            raise ValueError(f"schema name {settings.schema!r}: letters, digits and underscores only")
+        if settings.bulk_method not in ("unnest", "copy", "executemany"):
+            raise ValueError(f"bulk_method={settings.bulk_method!r}: expected unnest, copy or executemany")
+        if not 0 <= settings.min_size <= settings.max_size or settings.max_size < 1:
+            raise ValueError(f"pool sizes min_size={settings.min_size} max_size={settings.max_size} are not valid")
+        return settings
+
+
+def _converter(annotation: Any) -> Callable[[str], Any]:
+    # ``from __future__ import annotations`` leaves the field types as strings.
+    return {"int": int, "float": float}.get(str(annotation), str)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStatistics:
+    """A snapshot of the store's counters (``PostgresStore.statistics()``)."""
+
+    batches_applied: int
+    rows_applied: int
+    retries: int
+    connection_failures: int
+    queued_writes: int
+    breaker_state: str
+    pool_size: int
+    pool_idle: int
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _qi(name: str) -> str:
+    """Quote an identifier already checked against ``_SCHEMA_NAME``."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # A naive datetime means UTC everywhere in onex; asyncpg would read it as local time instead.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+# One encoder, built once (json.dumps builds one per call). No NaN or Infinity: jsonb refuses them, and the error
+# is clearer here. SqliteStore encodes JSON the same way.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_encode(value: Any) -> bytes:
+    return b"\x01" + _JSON.encode(value).encode()
+
+
+def _json_decode(data: bytes) -> Any:
+    return json.loads(data[1:])  # jsonb's binary format: a version byte (1), then the text
+
+
+async def _init_jsonb(conn: Connection) -> None:
+    """Run once per new pool connection: JSONB to and from Python values, in binary (COPY speaks nothing else)."""
+    await conn.set_type_codec("jsonb", encoder=_json_encode, decoder=_json_decode, schema="pg_catalog", format="binary")
+
+
+async def _init_staging(conn: Connection) -> None:
+    """``bulk_method=copy``: also the temporary staging tables, once per connection, emptied by every commit."""
+    await _init_jsonb(conn)
+    await conn.execute(";\n".join(t.staging_ddl for t in _TABLES))
+
+
+# --- migrations ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    version: int
+    name: str  # the file name without ``.sql``: "0001_initial"
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def _migrations() -> list[_Migration]:
+    directory = importlib.resources.files("onex").joinpath("migrations", "postgres")
+    found: list[_Migration] = []
+    for entry in directory.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(_Migration(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"two PostgreSQL migrations share a number: {[m.name for m in found]}")
+    return found
+
+
+def _advisory_key(schema: str) -> int:
+    """A stable signed 64-bit lock key per schema, so upgrades of different schemas do not wait for each other."""
+    digest = hashlib.blake2b(f"onex.migrations:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_MIGRATION_TIMEOUT_S: Final = 24 * 3600.0  # client-side limit on the advisory lock wait and on one migration
+_DONE_MIGRATIONS: Final = "SELECT version, checksum FROM schema_migrations"
+_RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+_MIGRATIONS_DDL: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    checksum    TEXT NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+# --- SQL -------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """How one table is written: row by row (``statement``, executemany) or set-based (``bulk`` or COPY + ``move``).
+
+    Set-based, the rows of a batch go in rounds: the n-th row of the batch for one natural key goes in round n,
+    and rounds run one after another, because one ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch a row twice.
+    So several rows for one key in a batch (a workflow's start and its completion) apply in batch order, exactly
+    as row by row. Insert-only tables (``key`` None) need one round: ``DO NOTHING`` also skips duplicates within
+    one statement.
+    """
+
+    name: str
+    operation: str  # for messages: "upsert", "insert" ...
+    columns: tuple[str, ...]
+    statement: str  # one row: INSERT ... VALUES ($1, ...) ON CONFLICT ...
+    bulk: str  # one round: INSERT ... SELECT ... FROM unnest($1::type[], ...) ON CONFLICT ...
+    staging: str  # bulk_method=copy: a temporary table per connection, COPYed into ...
+    staging_ddl: str
+    staging_columns: tuple[str, ...]
+    move: str  # ... then moved with INSERT ... SELECT ... WHERE round = $1 ON CONFLICT ...
+    key: tuple[int, ...] | None  # positions of the natural key's columns in a row's argument tuple
+
+
+def _table(
+    name: str,
+    columns: list[tuple[str, str]],
+    conflict: str,
+    *,
+    key: tuple[int, ...] | None = None,
+    defaults: dict[str, str] | None = None,
+) -> _Table:
+    """Build a ``_Table``. ``columns``: (name, SQL type); ``defaults``: column -> SQL with ``{}`` for the value."""
+    defaults = defaults or {}
+    names = [c for c, _ in columns]
+    listed = ", ".join(names)
+    values = ", ".join(defaults.get(c, "{}").format(f"${n}") for n, c in enumerate(names, 1))
+    selected = ", ".join(defaults.get(c, "{}").format(c) for c in names)
+    arrays = ", ".join(f"${n}::{t}[]" for n, (_, t) in enumerate(columns, 1))
+    typed = ", ".join(f"{c} {t}" for c, t in columns)
+    insert = f"INSERT INTO {name} AS {name[0]} ({listed})"
+    staging = f"_onex_stage_{name}"
+    return _Table(
+        name=name,
+        operation="upsert" if key else "insert",
+        columns=tuple(names),
+        statement=f"{insert} VALUES ({values}) {conflict}",
+        bulk=f"{insert} SELECT {selected} FROM unnest({arrays}) WITH ORDINALITY AS s({listed}, ord) ORDER BY ord "
+        f"{conflict}",
+        staging=staging,
+        staging_ddl=f"CREATE TEMPORARY TABLE {staging} (ord INTEGER, round INTEGER, {typed}) ON COMMIT DELETE ROWS",
+        staging_columns=("ord", "round", *names),
+        move=f"{insert} SELECT {selected} FROM pg_temp.{staging} WHERE round = $1 ORDER BY ord {conflict}",
+        key=key,
+    )
+
+
+_NOW = "COALESCE({}, now())"
+
+
+def _by_seq(column: str) -> str:
+    """The merge rule of one workflow column: the row with the higher state_seq wins, NULLs never overwrite."""
+    return (
+        f"{column} = CASE WHEN EXCLUDED.state_seq >= w.state_seq THEN COALESCE(EXCLUDED.{column}, w.{column}) "
+        f"ELSE COALESCE(w.{column}, EXCLUDED.{column}) END"
+    )
+
+
+_WORKFLOWS = _table(
+    "workflow_executions",
+    [
+        ("correlation_id", "UUID"),
+        ("workflow_type", "TEXT"),
+        ("current_state", "TEXT"),
+        ("state_seq", "INTEGER"),
+        ("namespace", "TEXT"),
+        ("file_path", "TEXT"),
+        ("file_hash", "TEXT"),
+        ("stamp_id", "UUID"),
+        ("started_at", "TIMESTAMPTZ"),
+        ("completed_at", "TIMESTAMPTZ"),
+        ("execution_time_ms", "DOUBLE PRECISION"),
+        ("error_message", "TEXT"),
+        ("metadata", "JSONB"),
+    ],
+    f"""ON CONFLICT (correlation_id) DO UPDATE SET
+        {_by_seq("workflow_type")},
+        {_by_seq("current_state")},
+        state_seq = GREATEST(w.state_seq, EXCLUDED.state_seq),
+        {_by_seq("namespace")},
+        {_by_seq("file_path")},
+        {_by_seq("file_hash")},
+        {_by_seq("stamp_id")},
+        {_by_seq("started_at")},
+        {_by_seq("completed_at")},
+        {_by_seq("execution_time_ms")},
+        {_by_seq("error_message")},
+        metadata = CASE WHEN EXCLUDED.state_seq >= w.state_seq THEN w.metadata || EXCLUDED.metadata
+                        ELSE EXCLUDED.metadata || w.metadata END,
+        updated_at = now()""",
+    key=(0,),
+)
+
+_STEPS = _table(
+    "workflow_steps",
+    [
+        ("workflow_id", "UUID"),
+        ("step_name", "TEXT"),
+        ("step_order", "INTEGER"),
+        ("status", "TEXT"),
+        ("execution_time_ms", "DOUBLE PRECISION"),
+        ("step_data", "JSONB"),
+        ("error_message", "TEXT"),
+        ("created_at", "TIMESTAMPTZ"),
+    ],
+    """ON CONFLICT (workflow_id, step_name) DO UPDATE SET
+        step_order = EXCLUDED.step_order,
+        status = EXCLUDED.status,
+        execution_time_ms = EXCLUDED.execution_time_ms,
+        step_data = EXCLUDED.step_data,
+        error_message = EXCLUDED.error_message,
+        updated_at = now()""",
+    key=(0, 1),
+    defaults={"created_at": _NOW},
+)
+
+_STAMPS = _table(
+    "metadata_stamps",
+    [
+        ("id", "UUID"),
+        ("file_hash", "TEXT"),
+        ("file_path", "TEXT"),
+        ("file_size", "BIGINT"),
+        ("namespace", "TEXT"),
+        ("stamp_type", "TEXT"),
+        ("file_type", "TEXT"),
+        ("workflow_id", "UUID"),
+        ("stamp_data", "JSONB"),
+        ("created_at", "TIMESTAMPTZ"),
+    ],
+    "ON CONFLICT DO NOTHING",
+    defaults={"created_at": _NOW},
+)
+
+_TRANSITIONS = _table(
+    "fsm_transitions",
+    [
+        ("id", "UUID"),
+        ("entity_id", "TEXT"),
+        ("entity_type", "TEXT"),
+        ("from_state", "TEXT"),
+        ("to_state", "TEXT"),
+        ("transition_event", "TEXT"),
+        ("correlation_id", "UUID"),
+        ("transition_data", "JSONB"),
+        ("created_at", "TIMESTAMPTZ"),
+    ],
+    "ON CONFLICT DO NOTHING",
+    defaults={"created_at": _NOW},
+)
+
+_BRIDGE_STATES = _table(
+    "bridge_states",
+    [
+        ("namespace", "TEXT"),
+        ("version", "BIGINT"),
+        ("total_workflows_processed", "BIGINT"),
+        ("total_items_aggregated", "BIGINT"),
+        ("total_size_bytes", "BIGINT"),
+        ("unique_file_hashes", "BIGINT"),
+        ("current_fsm_state", "TEXT"),
+        ("aggregation_metadata", "JSONB"),
+        ("last_aggregation_timestamp", "TIMESTAMPTZ"),
+    ],
+    """ON CONFLICT (namespace) DO UPDATE SET
+        version = EXCLUDED.version,
+        total_workflows_processed = EXCLUDED.total_workflows_processed,
+        total_items_aggregated = EXCLUDED.total_items_aggregated,
+        total_size_bytes = EXCLUDED.total_size_bytes,
+        unique_file_hashes = EXCLUDED.unique_file_hashes,
+        current_fsm_state = EXCLUDED.current_fsm_state,
+        aggregation_metadata = EXCLUDED.aggregation_metadata,
+        last_aggregation_timestamp = EXCLUDED.last_aggregation_timestamp,
+        updated_at = now()
+    WHERE EXCLUDED.version > b.version""",
+    key=(0,),
+)
+
+_REGISTRATIONS = _table(
+    "node_registrations",
+    [
+        ("node_id", "TEXT"),
+        ("node_type", "TEXT"),
+        ("node_version", "TEXT"),
+        ("health_status", "TEXT"),
+        ("capabilities", "JSONB"),
+        ("endpoints", "JSONB"),
+        ("metadata", "JSONB"),
+        ("last_heartbeat", "TIMESTAMPTZ"),
+        ("registered_at", "TIMESTAMPTZ"),
+    ],
+    """ON CONFLICT (node_id) DO UPDATE SET
+        node_type = EXCLUDED.node_type,
+        node_version = EXCLUDED.node_version,
+        health_status = EXCLUDED.health_status,
+        capabilities = EXCLUDED.capabilities,
+        endpoints = EXCLUDED.endpoints,
+        metadata = EXCLUDED.metadata,
+        last_heartbeat = COALESCE(EXCLUDED.last_heartbeat, n.last_heartbeat),
+        registered_at = EXCLUDED.registered_at,
+        updated_at = now()""",
+    key=(0,),
+    defaults={"registered_at": _NOW},
+)
+
+_EVENT_LOGS = _table(
+    "event_logs",
+    [
+        ("event_id", "UUID"),
+        ("event_type", "TEXT"),
+        ("topic", "TEXT"),
+        ("status", "TEXT"),
+        ("correlation_id", "UUID"),
+        ("timestamp", "TIMESTAMPTZ"),
+        ("processing_time_ms", "DOUBLE PRECISION"),
+        ("payload", "JSONB"),
+        ("metadata", "JSONB"),
+    ],
+    "ON CONFLICT DO NOTHING",
+    defaults={"timestamp": _NOW},
+)
+
+_PROCESSED = _table("processed_events", [("consumer", "TEXT"), ("event_id", "UUID")], "ON CONFLICT DO NOTHING")
+
+_TABLES: Final = (_WORKFLOWS, _STEPS, _STAMPS, _TRANSITIONS, _BRIDGE_STATES, _REGISTRATIONS, _EVENT_LOGS, _PROCESSED)
+
+# A heartbeat updates health_status and last_heartbeat and merges its metadata into the node's, unless the stored
+# heartbeat is newer. One from a node that has not registered (yet) is dropped: the registration carries the node's
+# type and version, which a heartbeat does not, and nodes re-announce themselves on the registry's request. Few
+# per batch, so always row by row (``bulk`` empty).
+_HEARTBEATS = _Table(
+    name="node_registrations",
+    operation="heartbeat update",
+    columns=("node_id", "health_status", "last_heartbeat", "metadata"),
+    statement="""UPDATE node_registrations SET
+        health_status = $2,
+        last_heartbeat = $3,
+        metadata = metadata || $4::jsonb,
+        updated_at = now()
+    WHERE node_id = $1 AND (last_heartbeat IS NULL OR last_heartbeat <= $3)""",
+    bulk="",
+    staging="",
+    staging_ddl="",
+    staging_columns=(),
+    move="",
+    key=None,
+)
+
+_SELECT_WORKFLOW = f"SELECT {', '.join(_WORKFLOWS.columns)} FROM workflow_executions"
+_SELECT_STEP = (
+    "SELECT workflow_id, step_name, step_order, status, execution_time_ms, step_data, error_message, created_at "
+    "FROM workflow_steps"
+)
+_SELECT_STAMP = f"SELECT {', '.join(_STAMPS.columns)} FROM metadata_stamps"
+_SELECT_TRANSITION = f"SELECT {', '.join(_TRANSITIONS.columns)} FROM fsm_transitions"
+_SELECT_BRIDGE_STATE = f"SELECT {', '.join(_BRIDGE_STATES.columns)} FROM bridge_states"
+_SELECT_REGISTRATION = f"SELECT {', '.join(_REGISTRATIONS.columns)} FROM node_registrations"
+_SELECT_EVENT_LOG = f"SELECT {', '.join(_EVENT_LOGS.columns)} FROM event_logs"
+
+
+# --- row conversion --------------------------------------------------------------------------------------------------
+
+
+def _workflow_args(r: WorkflowRow) -> tuple[Any, ...]:
+    return (
+        r.correlation_id,
+        r.workflow_type,
+        r.current_state,
+        r.state_seq,
+        r.namespace,
+        r.file_path,
+        r.file_hash,
+        r.stamp_id,
+        _utc(r.started_at),
+        _utc(r.completed_at),
+        r.execution_time_ms,
+        r.error_message,
+        r.metadata,
+    )
+
+
+def _step_args(r: StepRow) -> tuple[Any, ...]:
+    return (
+        r.workflow_id,
+        r.step_name,
+        r.step_order,
+        r.status,
+        r.execution_time_ms,
+        r.step_data,
+        r.error_message,
+        _utc(r.created_at),
+    )
+
+
+def _stamp_args(r: StampRow) -> tuple[Any, ...]:
+    return (
+        r.id,
+        r.file_hash,
+        r.file_path,
+        r.file_size,
+        r.namespace,
+        r.stamp_type,
+        r.file_type,
+        r.workflow_id,
+        r.stamp_data,
+        _utc(r.created_at),
+    )
+
+
+def _transition_args(r: TransitionRow) -> tuple[Any, ...]:
+    return (
+        r.id,
+        r.entity_id,
+        r.entity_type,
+        r.from_state,
+        r.to_state,
+        r.transition_event,
+        r.correlation_id,
+        r.transition_data,
+        _utc(r.created_at),
+    )
+
+
+def _bridge_state_args(r: BridgeStateRow) -> tuple[Any, ...]:
+    return (
+        r.namespace,
+        r.version,
+        r.total_workflows_processed,
+        r.total_items_aggregated,
+        r.total_size_bytes,
+        r.unique_file_hashes,
+        r.current_fsm_state,
+        r.aggregation_metadata,
+        _utc(r.last_aggregation_timestamp),
+    )
+
+
+def _registration_args(r: RegistrationRow) -> tuple[Any, ...]:
+    return (
+        r.node_id,
+        r.node_type,
+        r.node_version,
+        r.health_status,
+        r.capabilities,
+        r.endpoints,
+        r.metadata,
+        _utc(r.last_heartbeat),
+        _utc(r.registered_at),
+    )
+
+
+def _heartbeat_args(r: HeartbeatRow) -> tuple[Any, ...]:
+    return (r.node_id, r.health_status, _utc(r.at), r.metadata)
+
+
+def _event_log_args(r: EventLogRow) -> tuple[Any, ...]:
+    return (
+        r.event_id,
+        r.event_type,
+        r.topic,
+        r.status,
+        r.correlation_id,
+        _utc(r.timestamp),
+        r.processing_time_ms,
+        r.payload,
+        r.metadata,
+    )
+
+
+def _workflow(r: asyncpg.Record) -> WorkflowRow:
+    return WorkflowRow(**dict(r.items()))
+
+
+def _step(r: asyncpg.Record) -> StepRow:
+    return StepRow(**dict(r.items()))
+
+
+def _stamp(r: asyncpg.Record) -> StampRow:
+    return StampRow(**dict(r.items()))
+
+
+def _transition(r: asyncpg.Record) -> TransitionRow:
+    return TransitionRow(**dict(r.items()))
+
+
+def _bridge_state(r: asyncpg.Record) -> BridgeStateRow:
+    return BridgeStateRow(**dict(r.items()))
+
+
+def _registration(r: asyncpg.Record) -> RegistrationRow:
+    return RegistrationRow(**dict(r.items()))
+
+
+def _event_log(r: asyncpg.Record) -> EventLogRow:
+    return EventLogRow(**dict(r.items()))
+
+
+# --- the store -------------------------------------------------------------------------------------------------------
+
+
+class _SchemaNotReady(StoreError):
+    """The schema is missing, behind or ahead of this onex: ``health()`` says ``down``."""
+
+
+class _Retryable(Exception):
+    """Internal: this attempt failed in a way that another attempt may not; ``__cause__`` holds the error."""
+
+
+class PostgresStore(Store):
+    """The ``Store`` on PostgreSQL (see the module docstring for the URL, the write path and the resilience rules).
+
+    Besides the ``Store`` API: ``settings``, ``statistics()``, ``connection()`` (a raw pool connection) and
+    ``list_event_logs``. ``clock`` is injectable so tests can step the circuit breaker's time.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.settings = PostgresSettings.from_url(url)
+        self._migrations = _migrations()
+        self._pool: asyncpg.Pool | None = None
+        self._closed = False
+        self._schema_ready = False  # checked once per store: until then every call looks at schema_migrations
+        self._clock = clock
+        self._breaker = CircuitBreaker(
+            failure_threshold=self.settings.breaker_threshold,
+            reset_timeout_s=self.settings.breaker_reset,
+            clock=clock,
+        )
+        self._trial = asyncio.Lock()  # while the breaker is half-open, one caller at a time tries the server
+        self._consecutive_failures = 0
+        self._last_error = ""
+        self._queued = 0
+        self._batches = 0
+        self._rows = 0
+        self._retries = 0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({_redact(self.url)!r})"
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the pool (``min_size`` connections). A no-op on an open store. Does not upgrade the schema."""
+        if self._pool is not None:
+            return
+        s = self.settings
+        try:
+            self._pool = await asyncpg.create_pool(
+                s.dsn,
+                min_size=s.min_size,
+                max_size=s.max_size,
+                timeout=s.connect_timeout,
+                command_timeout=s.command_timeout,
+                statement_cache_size=256,  # prepared statements, per connection
+                server_settings={
+                    "search_path": _qi(s.schema),
+                    "statement_timeout": str(s.statement_timeout_ms),
+                    "application_name": s.application_name,
+                },
+                init=_init_staging if s.bulk_method == "copy" else _init_jsonb,
+            )
+        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            raise StoreError(f"cannot connect to {_redact(self.url)}: {_describe(exc)}") from exc
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Close the pool: in-flight calls get ``acquire_timeout`` seconds to finish, then connections are cut."""
+        pool, self._pool = self._pool, None
+        self._closed = True
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self.settings.acquire_timeout)
+        except TimeoutError:
+            pool.terminate()
+
+    # --- migrations --------------------------------------------------------------------------------------------------
+
+    async def upgrade(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction; the names applied (``[]`` when up to date).
+
+        Creates the schema when missing. A session advisory lock, one per schema, is held throughout, so two
+        processes upgrading at once serialise: the second finds everything applied. A migration recorded with a
+        different checksum than its file is reported, not re-applied; a schema with versions this onex does not
+        know is refused. Neither ``statement_timeout`` nor ``command_timeout`` applies to the lock or migrations.
+        """
+        schema = self.settings.schema
+        key = _advisory_key(schema)
+        applied: list[str] = []
+        try:
+            async with self._connection() as conn:
+                await conn.execute("SET statement_timeout = 0")  # undone by the pool's RESET ALL on release
+                await conn.execute("SELECT pg_advisory_lock($1)", key, timeout=_MIGRATION_TIMEOUT_S)
+                try:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_qi(schema)}")
+                    await conn.execute(_MIGRATIONS_DDL)
+                    done = {r["version"]: r["checksum"] for r in await conn.fetch(_DONE_MIGRATIONS)}
+                    known = {m.version for m in self._migrations}
+                    newer = sorted(set(done) - known)
+                    if newer:
+                        raise _SchemaNotReady(
+                            f"schema {schema!r} has version {newer[-1]}, newer than this onex knows "
+                            f"({max(known, default=0)}): use a newer onex; nothing was applied"
+                        )
+                    for m in self._migrations:
+                        if m.version in done:
+                            if done[m.version] != m.checksum:
+                                raise _SchemaNotReady(
+                                    f"migration {m.name} was applied to schema {schema!r} with different contents"
+                                )
+                            continue
+                        try:
+                            async with conn.transaction():
+                                await conn.execute(m.sql, timeout=_MIGRATION_TIMEOUT_S)
+                                await conn.execute(_RECORD_MIGRATION, m.version, m.name, m.checksum)
+                        except asyncpg.PostgresError as exc:
+                            raise StoreError(
+                                f"migration {m.name} failed on schema {schema!r}: {_describe(exc)}; it was rolled back"
+                            ) from exc
+                        applied.append(m.name)
+                finally:
+                    if not conn.is_closed():
+                        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            raise StoreError(f"upgrade of schema {schema!r} at {_redact(self.url)} failed: {_describe(exc)}") from exc
+        self._schema_ready = True
+        return applied
+
+    async def _ensure_schema(self, conn: Connection) -> None:
+        """Raise ``_SchemaNotReady`` unless every migration this onex knows has been applied, and no other."""
+        if self._schema_ready:
+            return
+        where = f"schema {self.settings.schema!r} at {_redact(self.url)}"
+        if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            raise _SchemaNotReady(f"{where} has no onex schema yet: run `onex db upgrade`")
+        applied = {r["version"] for r in await conn.fetch(_DONE_MIGRATIONS)}
+        known = {m.version: m.name for m in self._migrations}
+        newer = applied - known.keys()
+        if newer:
+            raise _SchemaNotReady(
+                f"{where} has schema version {max(newer)}, newer than this onex knows "
+                f"({max(known, default=0)}): use a newer onex"
+            )
+        pending = sorted(known.keys() - applied)
+        if pending:
+            names = ", ".join(known[v] for v in pending)
+            raise _SchemaNotReady(f"{where} needs migrations {names}: run `onex db upgrade`")
+        self._schema_ready = True
+
+    # --- writes ------------------------------------------------------------------------------------------------------
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """Write the batch in one transaction, retried on lost connections (module docstring).
+
+        Do not change ``batch`` until this returns: a retry writes it again.
+        """
+        rows = len(batch) + len(batch.processed_event_ids)
+        if not rows:
+            if self._pool is None or not self._schema_ready:
+                await self._with_retry(self._ready)  # nothing to write; still an error on a closed or new schema
+            return
+        await self._with_retry(lambda: self._apply_once(batch), queued=rows)
+        self._batches += 1
+        self._rows += len(batch)
+
+    async def _ready(self) -> None:
+        async with self._connection() as conn:
+            await self._ensure_schema(conn)
+
+    async def _apply_once(self, batch: WriteBatch) -> None:
+        async with self._connection() as conn:
+            await self._ensure_schema(conn)
+            async with conn.transaction():
+                await self._write(conn, _WORKFLOWS, [_workflow_args(r) for r in batch.workflows])
+                await self._write(conn, _STEPS, [_step_args(r) for r in batch.steps])
+                await self._write(conn, _STAMPS, [_stamp_args(r) for r in batch.stamps])
+                await self._write(conn, _TRANSITIONS, [_transition_args(r) for r in batch.transitions])
+                await self._write(conn, _BRIDGE_STATES, [_bridge_state_args(r) for r in batch.bridge_states])
+                await self._write(conn, _REGISTRATIONS, [_registration_args(r) for r in batch.registrations])
+                await self._write(conn, _HEARTBEATS, [_heartbeat_args(r) for r in batch.heartbeats])
+                await self._write(conn, _EVENT_LOGS, [_event_log_args(r) for r in batch.event_logs])
+                await self._write(conn, _PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids])
+
+    async def _write(self, conn: Connection, table: _Table, rows: list[tuple[Any, ...]]) -> None:
+        """Write ``rows`` (argument tuples in ``table.columns`` order) in the transaction open on ``conn``.
+
+        A row the server or the encoder refuses fails the batch with a ``StoreError`` naming the table; the
+        transaction then rolls back. Connection-class errors pass through untouched, to be retried.
+        """
+        if not rows:
+            return
+        try:
+            method = self.settings.bulk_method
+            if method == "executemany" or table.bulk == "" or len(rows) < self.settings.bulk_min_rows:
+                await conn.executemany(table.statement, rows)
+                return
+            rounds = _rounds(rows, table.key)
+            if method == "copy":
+                records = [(i, n, *row) for i, (n, row) in enumerate(zip(rounds, rows, strict=True))]
+                await conn.copy_records_to_table(
+                    table.staging, records=records, columns=table.staging_columns, schema_name="pg_temp"
+                )
+                for n in range(max(rounds) + 1):
+                    await conn.execute(table.move, n)
+                return
+            for n in range(max(rounds) + 1):
+                selected = rows if max(rounds) == 0 else [r for r, k in zip(rows, rounds, strict=True) if k == n]
+                await conn.execute(table.bulk, *zip(*selected, strict=True))
+        except (asyncpg.PostgresError, asyncpg.DataError, TypeError, ValueError, OverflowError) as exc:
+            # asyncpg wraps a value its encoders refuse in DataError, except during COPY, where the encoder's own
+            # TypeError (not JSON serialisable), ValueError (NaN) or OverflowError (beyond int64) comes through.
+            if _is_connection_error(exc) or isinstance(exc, _CONCURRENCY_ERRORS):
+                raise
+            raise StoreError(
+                f"apply: {table.operation} of {table.name} failed: {_describe(exc)}; the batch was rolled back"
+            ) from exc
+
+    # --- retries and the circuit breaker -----------------------------------------------------------------------------
+
+    async def _with_retry(self, operation: Callable[[], Awaitable[T]], *, queued: int = 0) -> T:
+        """Run ``operation`` under the circuit breaker, retrying connection-class failures (module docstring).
+
+        ``queued`` rows count towards ``health().queued_writes`` from the first failure until the call returns.
+        """
+        s = self.settings
+        deadline = self._clock() + s.retry_deadline
+        attempt = 0
+        counted = 0
+        try:
+            while True:
+                state = self._breaker.state
+                if state is BreakerState.OPEN:
+                    # Poll rather than sleep the whole reset timeout: another caller's trial may close it sooner.
+                    wait = min(s.breaker_reset, 0.05)
+                    if self._clock() + wait > deadline:
+                        raise StoreError(self._unavailable("circuit breaker open"))
+                    await asyncio.sleep(wait)
+                    continue
+                attempt += 1
+                try:
+                    if state is BreakerState.HALF_OPEN:
+                        async with self._trial:
+                            return await self._attempt(operation)
+                    return await self._attempt(operation)
+                except _Retryable as exc:
+                    self._retries += 1
+                    if not counted:
+                        counted = queued
+                        self._queued += counted
+                    delay = min(s.backoff_initial * 2 ** (attempt - 1), s.backoff_max)
+                    if attempt >= s.retry_attempts or self._clock() + delay > deadline:
+                        raise StoreError(self._unavailable(f"gave up after {attempt} attempts")) from exc.__cause__
+                    await asyncio.sleep(delay)
+        finally:
+            self._queued -= counted
+
+    async def _attempt(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """One attempt: tell the breaker how the server did, and turn what is not retried into ``StoreError``."""
+        try:
+            result = await operation()
+        except StoreError as exc:
+            if isinstance(exc.__cause__, asyncpg.PostgresError) or isinstance(exc, _SchemaNotReady):
+                self._record_success()  # the server answered; the request was wrong
+            raise
+        except _CONCURRENCY_ERRORS as exc:
+            self._record_success()
+            raise _Retryable() from exc
+        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            if not _is_connection_error(exc):
+                if isinstance(exc, asyncpg.PostgresError):
+                    self._record_success()
+                raise StoreError(_describe(exc)) from exc
+            self._record_failure(exc)
+            raise _Retryable() from exc
+        self._record_success()
+        return result
+
+    def _record_success(self) -> None:
+        self._breaker.record_success()
+        self._consecutive_failures = 0
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self._breaker.record_failure()
+        self._consecutive_failures += 1
+        self._failures += 1
+        self._last_error = _describe(exc)
+
+    def _unavailable(self, why: str) -> str:
+        return (
+            f"PostgreSQL at {_redact(self.url)} unavailable, batch not written ({why}; "
+            f"{self._consecutive_failures} consecutive connection failures, last: {self._last_error or 'none'})"
+        )
+
+    # --- reads -------------------------------------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """A read, retried like a write: an idle pool connection may have been cut since its last use."""
+
+        async def run() -> list[asyncpg.Record]:
+            async with self._connection() as conn:
+                await self._ensure_schema(conn)
+                result: list[asyncpg.Record] = await conn.fetch(query, *args)
+                return result
+
+        return await self._with_retry(run)
+
+    async def unprocessed(self, consumer: str, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        if not event_ids:
+            await self.apply(WriteBatch())  # still an error on a closed or un-migrated store
+            return set()
+        rows = await self._fetch(
+            "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2::uuid[])",
+            consumer,
+            list(event_ids),
+        )
+        seen = {r["event_id"] for r in rows}
+        return {i for i in event_ids if _as_uuid(i) not in seen}
+
+    async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None:
+        rows = await self._fetch(f"{_SELECT_WORKFLOW} WHERE correlation_id = $1", correlation_id)
+        return _workflow(rows[0]) if rows else None
+
+    async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]:
+        """The most recently created workflows first (optionally only those in ``state``)."""
+        _check_page(limit, 0)
+        if state is None:
+            rows = await self._fetch(f"{_SELECT_WORKFLOW} ORDER BY id DESC LIMIT $1", limit)
+        else:
+            rows = await self._fetch(
+                f"{_SELECT_WORKFLOW} WHERE current_state = $1 ORDER BY id DESC LIMIT $2", state, limit
+            )
+        return [_workflow(r) for r in rows]
+
+    async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
+        rows = await self._fetch(f"{_SELECT_STEP} WHERE workflow_id = $1 ORDER BY step_order, id", workflow_id)
+        return [_step(r) for r in rows]
+
+    async def list_transitions(self, entity_id: str) -> list[TransitionRow]:
+        """By ``created_at``, then in the order they were stored."""
+        rows = await self._fetch(f"{_SELECT_TRANSITION} WHERE entity_id = $1 ORDER BY created_at, seq", entity_id)
+        return [_transition(r) for r in rows]
+
+    async def get_stamps_by_hash(self, file_hash: str) -> list[StampRow]:
+        rows = await self._fetch(f"{_SELECT_STAMP} WHERE file_hash = $1 ORDER BY created_at, seq", file_hash)
+        return [_stamp(r) for r in rows]
+
+    async def list_stamps(self, namespace: str, *, limit: int = 100, offset: int = 0) -> list[StampRow]:
+        """A page of a namespace's stamps, oldest first (``created_at``, then the order they were stored)."""
+        _check_page(limit, offset)
+        rows = await self._fetch(
+            f"{_SELECT_STAMP} WHERE namespace = $1 ORDER BY created_at, seq LIMIT $2 OFFSET $3",
+            namespace,
+            limit,
+            offset,
+        )
+        return [_stamp(r) for r in rows]
+
+    async def get_bridge_state(self, namespace: str) -> BridgeStateRow | None:
+        rows = await self._fetch(f"{_SELECT_BRIDGE_STATE} WHERE namespace = $1", namespace)
+        return _bridge_state(rows[0]) if rows else None
+
+    async def list_bridge_states(self) -> list[BridgeStateRow]:
+        return [_bridge_state(r) for r in await self._fetch(f"{_SELECT_BRIDGE_STATE} ORDER BY namespace")]
+
+    async def list_registrations(self) -> list[RegistrationRow]:
+        return [_registration(r) for r in await self._fetch(f"{_SELECT_REGISTRATION} ORDER BY node_id")]
+
+    async def list_event_logs(self, correlation_id: uuid.UUID, *, limit: int = 1000) -> list[EventLogRow]:
+        """The logged events of one correlation id, by ``timestamp`` (an addition to the ``Store`` API)."""
+        _check_page(limit, 0)
+        rows = await self._fetch(
+            f"{_SELECT_EVENT_LOG} WHERE correlation_id = $1 ORDER BY timestamp, seq LIMIT $2", correlation_id, limit
+        )
+        return [_event_log(r) for r in rows]
+
+    async def count(self, table: str) -> int:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+        # The name is one of TABLES, so formatting it into the SQL is safe (identifiers cannot be parameters).
+        rows = await self._fetch(f"SELECT count(*) AS n FROM {table}")
+        return int(rows[0]["n"])
+
+    # --- health, statistics, raw access ------------------------------------------------------------------------------
+
+    async def health(self) -> StoreHealth:
+        """``ok``; ``degraded`` while writes fail or wait (with their row count); ``down`` when not usable.
+
+        ``down``: the store is not open, or the schema is not current (the detail says why). ``degraded``: the
+        server does not answer, the pool is exhausted, or writes are waiting to be retried. Never hammers a
+        failing server: while the breaker is open the answer comes from memory; once its reset timeout has passed,
+        this call sends the trial query itself, so health recovers without waiting for a write.
+        """
+        if self._pool is None:
+            return StoreHealth("down", f"{self!r} is {'closed' if self._closed else 'not open'}", self._queued)
+        if self._breaker.state is BreakerState.OPEN:
+            return StoreHealth("degraded", self._degraded_detail("circuit breaker open"), self._queued)
+        guard: contextlib.AbstractAsyncContextManager[Any] = (
+            self._trial if self._breaker.state is BreakerState.HALF_OPEN else contextlib.nullcontext()
+        )
+        try:
+            async with guard:
+                detail = await self._attempt(self._ping)
+        except _Retryable:
+            return StoreHealth("degraded", self._degraded_detail("server unreachable"), self._queued)
+        except _SchemaNotReady as exc:
+            return StoreHealth("down", str(exc), self._queued)
+        except StoreError as exc:
+            return StoreHealth("degraded", str(exc), self._queued)
+        if self._queued:
+            return StoreHealth("degraded", self._degraded_detail("writes waiting for a retry"), self._queued)
+        return StoreHealth("ok", detail, 0)
+
+    async def _ping(self) -> str:
+        async with self._connection() as conn:
+            await self._ensure_schema(conn)
+            version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+            server = str(conn.get_settings().server_version).split()[0]
+        return f"{_redact(self.url)} (PostgreSQL {server}, schema {self.settings.schema} version {version})"
+
+    def _degraded_detail(self, why: str) -> str:
+        return (
+            f"{why}: {self._queued} rows waiting to be written, {self._consecutive_failures} consecutive "
+            f"connection failures, last: {self._last_error or 'none'}"
+        )
+
+    def statistics(self) -> PostgresStatistics:
+        pool = self._pool
+        return PostgresStatistics(
+            batches_applied=self._batches,
+            rows_applied=self._rows,
+            retries=self._retries,
+            connection_failures=self._failures,
+            queued_writes=self._queued,
+            breaker_state=self._breaker.state.value,
+            pool_size=pool.get_size() if pool is not None else 0,
+            pool_idle=pool.get_idle_size() if pool is not None else 0,
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pool connection for queries the ``Store`` API does not cover (``onex db``, tests).
+
+        Raises ``StoreError("pool exhausted ...")`` when none is free within ``acquire_timeout``.
+        """
+        async with self._connection() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"{self!r} is {'closed' if self._closed else 'not open'}")
+        timeout = self.settings.acquire_timeout
+        try:
+            conn = await pool.acquire(timeout=timeout)
+        except TimeoutError as exc:
+            if pool.get_idle_size() == 0 and pool.get_size() >= self.settings.max_size:
+                raise StoreError(
+                    f"pool exhausted: no free connection to {_redact(self.url)} within {timeout:g}s "
+                    f"(all {self.settings.max_size} in use)"
+                ) from exc
+            raise  # a connect that hung: a connection-class failure, retried
+        try:
+            yield conn
+        finally:
+            # Resetting the connection for its next user may fail: then the pool has terminated it and opens a new
+            # one on the next acquire. What was done on it stands (or has raised already), so that is no error.
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
+
+
+def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if limit < 0 or offset < 0:
+        raise ValueError(f"limit and offset must not be negative (limit={limit}, offset={offset})")
+
+
+def _rounds(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None) -> list[int]:
+    """For each row, how many earlier rows of the batch share its natural key (0 for insert-only tables)."""
+    if key is None:
+        return [0] * len(rows)
+    seen: dict[tuple[Any, ...], int] = {}
+    rounds: list[int] = []
+    for row in rows:
+        k = tuple(row[i] for i in key)
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        rounds.append(n)
+    return rounds
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -1,0 +1,1069 @@
+"""``SqliteStore``: the ``Store`` on SQLite, the embedded default (a file under ``.onex/``).
+
+URL: ``sqlite:///relative/path.db`` (relative to the working directory), ``sqlite:////absolute/path.db``, or
+``sqlite://:memory:`` for a private throwaway database that is gone at ``aclose()``. The file's directory is
+created when missing. Query strings (``?mode=ro``) are refused rather than silently taken as part of the name.
+
+Threading. Python's ``sqlite3`` blocks, so all database work runs on one dedicated thread that owns the store's
+only connection; coroutines await it through ``loop.run_in_executor``. Calls therefore run one at a time, in the
+order they were made, and two calls of this process never fight over SQLite's write lock. A call whose awaiting
+coroutine is cancelled still runs to its end on the thread (a transaction is committed or rolled back whole,
+never left half done). ``aclose()`` waits for the calls already queued, then closes the connection and the thread.
+
+Connection settings: WAL (readers in other processes, such as ``sqlite3 .onex/onex.db``, do not block the writer
+and are not blocked by it), ``synchronous=NORMAL`` (in WAL mode a crash may lose the last transactions but never
+corrupts the file; a committed batch survives a process crash, only a power cut may undo it), ``foreign_keys=ON``,
+and a busy timeout so that a writer in another process makes us wait instead of fail.
+
+Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a
+concurrent writer elsewhere makes us wait there instead of failing mid-transaction. The rows are encoded first
+(uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table gets one ``executemany``
+of one prepared statement, in the order workflows, steps, stamps, transitions, bridge states, registrations,
+heartbeats, event logs, processed events. Any error rolls the whole batch back and raises ``StoreError`` naming
+the table and the operation (and the row, when it could not be encoded).
+
+Conflict rules: those of ``onex.store``, written the way ``PostgresStore`` writes them, so that one conformance
+suite holds for both. Where the table in ``onex.store`` leaves room:
+
+- ``workflow_executions.metadata`` is merged, not replaced: a shallow merge in which the keys of the row with the
+  higher ``state_seq`` win (PostgreSQL's ``jsonb ||``; here the SQL function ``onex_json_merge``).
+- ``workflow_steps``: ``step_order`` is updated along with status, timings, data and error.
+- A heartbeat updates ``health_status`` and ``last_heartbeat`` and merges its metadata into the node's, unless the
+  stored heartbeat is newer. A heartbeat from a node that has not registered is dropped: the registration carries
+  the node's type and version, which a heartbeat does not, and nodes re-announce themselves.
+- A registration replaces every column except ``last_heartbeat`` when it has none.
+- A missing ``created_at`` / ``registered_at`` / event-log ``timestamp`` is the time of the ``apply``.
+- Naive datetimes are taken as UTC (as ``PostgresStore`` does); queries return aware UTC datetimes.
+
+Migrations: ``migrations/sqlite/NNNN_name.sql``, applied by ``upgrade()`` in number order, each in its own
+transaction, recorded in ``schema_migrations(version, name, checksum, applied_at)``. ``open()`` does not upgrade
+(the CLI decides when to); until the schema is current every call raises ``StoreError`` saying to run
+``onex db upgrade``. A migration file may hold ``--`` comments but not ``/* */`` ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib.resources
+import json
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar, TypeVarTuple
+
+from onex.exceptions import StoreError
+from onex.store import (
+    TABLES,
+    BridgeStateRow,
+    EventLogRow,
+    HeartbeatRow,
+    RegistrationRow,
+    StampRow,
+    StepRow,
+    Store,
+    StoreHealth,
+    TransitionRow,
+    WorkflowRow,
+    WriteBatch,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+MEMORY: Final = ":memory:"
+BUSY_TIMEOUT_S: Final = 10.0  # how long a write waits for another process's write lock before failing
+IN_CHUNK: Final = 500  # ids per "IN (...)" list: far below SQLite's variable limit, even on old builds (999)
+MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
+
+# Set on every connection, after "PRAGMA journal_mode = WAL" (bench/store_sqlite.py gives its raw floor the same).
+PRAGMAS: Final = (
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+    f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}",
+    # Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a batch touches pages all over the uuid-keyed
+    # indexes, a checkpoint writes each touched page once however many commits changed it, and it costs two
+    # fsyncs. Measured on the bench workload: ~20% more rows/s. The WAL file is cut back to 64 MB afterwards.
+    "PRAGMA wal_autocheckpoint = 10000",
+    "PRAGMA journal_size_limit = 67108864",
+)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# --- encoding --------------------------------------------------------------------------------------------------------
+# One encoder object, built once: json.dumps(...) with arguments builds a new JSONEncoder on every call.
+# allow_nan=False because PostgreSQL's jsonb refuses NaN and Infinity: a row must be valid on both stores.
+_dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_loads: Final = json.loads
+
+
+def _json(value: dict[str, Any]) -> str:
+    return _dumps(value) if value else "{}"
+
+
+def _obj(text: str) -> dict[str, Any]:
+    if text == "{}":
+        return {}
+    value: dict[str, Any] = _loads(text)
+    return value
+
+
+def _ts(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC at a fixed width (microseconds always present), so text order is time order."""
+    if value is None:
+        return None
+    zone = value.tzinfo
+    if zone is not UTC:  # the common case, datetime.now(UTC), skips the conversion (half the cost)
+        if zone is None:
+            value = value.replace(tzinfo=UTC)  # naive means UTC in onex (PostgresStore reads it the same way)
+        else:
+            value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _uid(value: uuid.UUID) -> str:
+    if type(value) is uuid.UUID:
+        return str(value)
+    # A str from a careless caller: validate and normalise it as asyncpg does, so that the same id is always the
+    # same text (the uuid columns are compared as text).
+    return str(uuid.UUID(str(value)))
+
+
+def _uid_or_none(value: uuid.UUID | None) -> str | None:
+    return None if value is None else _uid(value)
+
+
+def _uuid_or_none(text: str | None) -> uuid.UUID | None:
+    return None if text is None else uuid.UUID(text)
+
+
+def _json_merge(base: str, over: str) -> str:
+    """SQL ``onex_json_merge(base, over)``: the shallow merge of two JSON objects, ``over``'s keys winning."""
+    if over == "{}":
+        return base
+    if base == "{}":
+        return over
+    merged = _obj(base)
+    merged.update(_obj(over))
+    return _dumps(merged)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+# --- writes ----------------------------------------------------------------------------------------------------------
+
+
+def _by_seq(column: str) -> str:
+    """The merge rule of one workflow column: the row with the higher state_seq wins, NULLs never overwrite.
+
+    Every right-hand side of an UPDATE sees the row as it was before the UPDATE, so ``w.state_seq`` here is the
+    stored one even though ``state_seq`` itself is assigned in the same SET.
+    """
+    return (
+        f"{column} = CASE WHEN excluded.state_seq >= w.state_seq THEN coalesce(excluded.{column}, w.{column}) "
+        f"ELSE coalesce(w.{column}, excluded.{column}) END"
+    )
+
+
+_UPSERT_WORKFLOW: Final = f"""
+INSERT INTO workflow_executions AS w (correlation_id, workflow_type, current_state, state_seq, namespace, file_path,
+    file_hash, stamp_id, started_at, completed_at, execution_time_ms, error_message, metadata, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (correlation_id) DO UPDATE SET
+    {_by_seq("workflow_type")},
+    {_by_seq("current_state")},
+    state_seq = max(w.state_seq, excluded.state_seq),
+    {_by_seq("namespace")},
+    {_by_seq("file_path")},
+    {_by_seq("file_hash")},
+    {_by_seq("stamp_id")},
+    {_by_seq("started_at")},
+    {_by_seq("completed_at")},
+    {_by_seq("execution_time_ms")},
+    {_by_seq("error_message")},
+    metadata = CASE WHEN excluded.state_seq >= w.state_seq THEN onex_json_merge(w.metadata, excluded.metadata)
+                    ELSE onex_json_merge(excluded.metadata, w.metadata) END,
+    updated_at = excluded.updated_at
+"""
+
+_UPSERT_STEP: Final = """
+INSERT INTO workflow_steps (workflow_id, step_name, step_order, status, execution_time_ms, step_data,
+    error_message, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (workflow_id, step_name) DO UPDATE SET
+    step_order = excluded.step_order,
+    status = excluded.status,
+    execution_time_ms = excluded.execution_time_ms,
+    step_data = excluded.step_data,
+    error_message = excluded.error_message,
+    updated_at = excluded.updated_at
+"""
+
+# "ON CONFLICT DO NOTHING", not "INSERT OR IGNORE": OR IGNORE also swallows NOT NULL and CHECK violations, which
+# must fail the batch instead of silently dropping a row.
+_INSERT_STAMP: Final = """
+INSERT INTO metadata_stamps (id, file_hash, file_path, file_size, namespace, stamp_type, file_type, workflow_id,
+    stamp_data, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+
+_INSERT_TRANSITION: Final = """
+INSERT INTO fsm_transitions (id, entity_id, entity_type, from_state, to_state, transition_event, correlation_id,
+    transition_data, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+
+_UPSERT_BRIDGE_STATE: Final = """
+INSERT INTO bridge_states AS b (namespace, version, total_workflows_processed, total_items_aggregated,
+    total_size_bytes, unique_file_hashes, current_fsm_state, aggregation_metadata, last_aggregation_timestamp,
+    created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (namespace) DO UPDATE SET
+    version = excluded.version,
+    total_workflows_processed = excluded.total_workflows_processed,
+    total_items_aggregated = excluded.total_items_aggregated,
+    total_size_bytes = excluded.total_size_bytes,
+    unique_file_hashes = excluded.unique_file_hashes,
+    current_fsm_state = excluded.current_fsm_state,
+    aggregation_metadata = excluded.aggregation_metadata,
+    last_aggregation_timestamp = excluded.last_aggregation_timestamp,
+    updated_at = excluded.updated_at
+WHERE excluded.version > b.version
+"""
+
+_UPSERT_REGISTRATION: Final = """
+INSERT INTO node_registrations AS r (node_id, node_type, node_version, health_status, capabilities, endpoints,
+    metadata, last_heartbeat, registered_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (node_id) DO UPDATE SET
+    node_type = excluded.node_type,
+    node_version = excluded.node_version,
+    health_status = excluded.health_status,
+    capabilities = excluded.capabilities,
+    endpoints = excluded.endpoints,
+    metadata = excluded.metadata,
+    last_heartbeat = coalesce(excluded.last_heartbeat, r.last_heartbeat),
+    registered_at = excluded.registered_at,
+    updated_at = excluded.updated_at
+"""
+
+# Timestamps are fixed-width UTC text, so "<=" compares times.
+_HEARTBEAT: Final = """
+UPDATE node_registrations SET
+    health_status = ?2,
+    last_heartbeat = ?3,
+    metadata = onex_json_merge(metadata, ?4),
+    updated_at = ?5
+WHERE node_id = ?1 AND (last_heartbeat IS NULL OR last_heartbeat <= ?3)
+"""
+
+_INSERT_EVENT_LOG: Final = """
+INSERT INTO event_logs (event_id, event_type, topic, status, correlation_id, timestamp, processing_time_ms, payload,
+    metadata)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+
+_INSERT_PROCESSED: Final = """
+INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING
+"""
+
+# Row -> parameters. Attribute access and a tuple: dataclasses.asdict would deep-copy every dict first.
+
+
+def _workflow_params(r: WorkflowRow, now: str) -> tuple[Any, ...]:
+    return (
+        _uid(r.correlation_id),
+        r.workflow_type,
+        r.current_state,
+        r.state_seq,
+        r.namespace,
+        r.file_path,
+        r.file_hash,
+        _uid_or_none(r.stamp_id),
+        _ts(r.started_at),
+        _ts(r.completed_at),
+        r.execution_time_ms,
+        r.error_message,
+        _json(r.metadata),
+        now,
+        now,
+    )
+
+
+def _step_params(r: StepRow, now: str) -> tuple[Any, ...]:
+    return (
+        _uid(r.workflow_id),
+        r.step_name,
+        r.step_order,
+        r.status,
+        r.execution_time_ms,
+        _json(r.step_data),
+        r.error_message,
+        _ts(r.created_at) or now,
+        now,
+    )
+
+
+def _stamp_params(r: StampRow, now: str) -> tuple[Any, ...]:
+    return (
+        _uid(r.id),
+        r.file_hash,
+        r.file_path,
+        r.file_size,
+        r.namespace,
+        r.stamp_type,
+        r.file_type,
+        _uid_or_none(r.workflow_id),
+        _json(r.stamp_data),
+        _ts(r.created_at) or now,
+    )
+
+
+def _transition_params(r: TransitionRow, now: str) -> tuple[Any, ...]:
+    return (
+        _uid(r.id),
+        r.entity_id,
+        r.entity_type,
+        r.from_state,
+        r.to_state,
+        r.transition_event,
+        _uid_or_none(r.correlation_id),
+        _json(r.transition_data),
+        _ts(r.created_at) or now,
+    )
+
+
+def _bridge_state_params(r: BridgeStateRow, now: str) -> tuple[Any, ...]:
+    return (
+        r.namespace,
+        r.version,
+        r.total_workflows_processed,
+        r.total_items_aggregated,
+        r.total_size_bytes,
+        r.unique_file_hashes,
+        r.current_fsm_state,
+        _json(r.aggregation_metadata),
+        _ts(r.last_aggregation_timestamp),
+        now,
+        now,
+    )
+
+
+def _registration_params(r: RegistrationRow, now: str) -> tuple[Any, ...]:
+    return (
+        r.node_id,
+        r.node_type,
+        r.node_version,
+        r.health_status,
+        _json(r.capabilities),
+        _json(r.endpoints),
+        _json(r.metadata),
+        _ts(r.last_heartbeat),
+        _ts(r.registered_at) or now,
+        now,
+    )
+
+
+def _heartbeat_params(r: HeartbeatRow, now: str) -> tuple[Any, ...]:
+    return (r.node_id, r.health_status, _ts(r.at), _json(r.metadata), now)
+
+
+def _event_log_params(r: EventLogRow, now: str) -> tuple[Any, ...]:
+    return (
+        _uid(r.event_id),
+        r.event_type,
+        r.topic,
+        r.status,
+        _uid_or_none(r.correlation_id),
+        _ts(r.timestamp) or now,
+        r.processing_time_ms,
+        _json(r.payload),
+        _json(r.metadata),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """How the rows of one ``WriteBatch`` field are written."""
+
+    field: str  # the WriteBatch attribute
+    table: str
+    operation: str  # for messages: "upsert", "insert" ...
+    sql: str
+    params: Callable[[Any, str], tuple[Any, ...]]
+    key: tuple[str, ...]  # the row attributes that identify a row in a message
+
+
+_WRITERS: Final = (
+    _Writer("workflows", "workflow_executions", "upsert", _UPSERT_WORKFLOW, _workflow_params, ("correlation_id",)),
+    _Writer("steps", "workflow_steps", "upsert", _UPSERT_STEP, _step_params, ("workflow_id", "step_name")),
+    _Writer("stamps", "metadata_stamps", "insert", _INSERT_STAMP, _stamp_params, ("id", "namespace", "file_path")),
+    _Writer("transitions", "fsm_transitions", "insert", _INSERT_TRANSITION, _transition_params, ("id", "entity_id")),
+    _Writer("bridge_states", "bridge_states", "upsert", _UPSERT_BRIDGE_STATE, _bridge_state_params, ("namespace",)),
+    _Writer("registrations", "node_registrations", "upsert", _UPSERT_REGISTRATION, _registration_params, ("node_id",)),
+    _Writer("heartbeats", "node_registrations", "heartbeat update", _HEARTBEAT, _heartbeat_params, ("node_id",)),
+    _Writer("event_logs", "event_logs", "insert", _INSERT_EVENT_LOG, _event_log_params, ("event_id",)),
+)
+
+# What encoding a row may raise: json (TypeError: not serialisable; ValueError: NaN, circular), _uid (ValueError),
+# a wrong row type (AttributeError), datetime arithmetic at the edges (OverflowError).
+_ENCODE_ERRORS: Final = (TypeError, ValueError, AttributeError, OverflowError)
+# What executing may raise besides sqlite3.Error: an int beyond 64 bits (OverflowError), a str that is not valid
+# Unicode (UnicodeEncodeError), a parameter of a type sqlite3 cannot bind.
+_EXECUTE_ERRORS: Final = (sqlite3.Error, OverflowError, UnicodeError, ValueError, TypeError)
+
+
+def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, ...]]:
+    params = writer.params
+    try:
+        return [params(r, now) for r in rows]
+    except _ENCODE_ERRORS:
+        pass
+    # The slow path, only once something failed: find the first bad row to name it.
+    for index, row in enumerate(rows):
+        try:
+            params(row, now)
+        except _ENCODE_ERRORS as exc:
+            key = ", ".join(f"{k}={getattr(row, k, '?')}" for k in writer.key)
+            raise StoreError(
+                f"apply: {writer.table} row {index} ({key}) cannot be stored: {_describe(exc)}; nothing was written"
+            ) from exc
+    raise AssertionError("unreachable: a row failed to encode once and not the second time")
+
+
+# --- reads -----------------------------------------------------------------------------------------------------------
+
+_SELECT_WORKFLOW: Final = (
+    "SELECT correlation_id, workflow_type, current_state, state_seq, namespace, file_path, file_hash, stamp_id, "
+    "started_at, completed_at, execution_time_ms, error_message, metadata FROM workflow_executions"
+)
+_SELECT_STEP: Final = (
+    "SELECT workflow_id, step_name, step_order, status, execution_time_ms, step_data, error_message, created_at "
+    "FROM workflow_steps"
+)
+_SELECT_STAMP: Final = (
+    "SELECT id, file_hash, file_path, file_size, namespace, stamp_type, file_type, workflow_id, stamp_data, "
+    "created_at FROM metadata_stamps"
+)
+_SELECT_TRANSITION: Final = (
+    "SELECT id, entity_id, entity_type, from_state, to_state, transition_event, correlation_id, transition_data, "
+    "created_at FROM fsm_transitions"
+)
+_SELECT_BRIDGE_STATE: Final = (
+    "SELECT namespace, version, total_workflows_processed, total_items_aggregated, total_size_bytes, "
+    "unique_file_hashes, current_fsm_state, aggregation_metadata, last_aggregation_timestamp FROM bridge_states"
+)
+_SELECT_REGISTRATION: Final = (
+    "SELECT node_id, node_type, node_version, health_status, capabilities, endpoints, metadata, last_heartbeat, "
+    "registered_at FROM node_registrations"
+)
+_SELECT_EVENT_LOG: Final = (
+    "SELECT event_id, event_type, topic, status, correlation_id, timestamp, processing_time_ms, payload, metadata "
+    "FROM event_logs"
+)
+
+
+def _workflow(t: tuple[Any, ...]) -> WorkflowRow:
+    return WorkflowRow(
+        correlation_id=uuid.UUID(t[0]),
+        workflow_type=t[1],
+        current_state=t[2],
+        state_seq=t[3],
+        namespace=t[4],
+        file_path=t[5],
+        file_hash=t[6],
+        stamp_id=_uuid_or_none(t[7]),
+        started_at=_dt(t[8]),
+        completed_at=_dt(t[9]),
+        execution_time_ms=t[10],
+        error_message=t[11],
+        metadata=_obj(t[12]),
+    )
+
+
+def _step(t: tuple[Any, ...]) -> StepRow:
+    return StepRow(
+        workflow_id=uuid.UUID(t[0]),
+        step_name=t[1],
+        step_order=t[2],
+        status=t[3],
+        execution_time_ms=t[4],
+        step_data=_obj(t[5]),
+        error_message=t[6],
+        created_at=_dt(t[7]),
+    )
+
+
+def _stamp(t: tuple[Any, ...]) -> StampRow:
+    return StampRow(
+        id=uuid.UUID(t[0]),
+        file_hash=t[1],
+        file_path=t[2],
+        file_size=t[3],
+        namespace=t[4],
+        stamp_type=t[5],
+        file_type=t[6],
+        workflow_id=_uuid_or_none(t[7]),
+        stamp_data=_obj(t[8]),
+        created_at=_dt(t[9]),
+    )
+
+
+def _transition(t: tuple[Any, ...]) -> TransitionRow:
+    return TransitionRow(
+        id=uuid.UUID(t[0]),
+        entity_id=t[1],
+        entity_type=t[2],
+        from_state=t[3],
+        to_state=t[4],
+        transition_event=t[5],
+        correlation_id=_uuid_or_none(t[6]),
+        transition_data=_obj(t[7]),
+        created_at=_dt(t[8]),
+    )
+
+
+def _bridge_state(t: tuple[Any, ...]) -> BridgeStateRow:
+    return BridgeStateRow(
+        namespace=t[0],
+        version=t[1],
+        total_workflows_processed=t[2],
+        total_items_aggregated=t[3],
+        total_size_bytes=t[4],
+        unique_file_hashes=t[5],
+        current_fsm_state=t[6],
+        aggregation_metadata=_obj(t[7]),
+        last_aggregation_timestamp=_dt(t[8]),
+    )
+
+
+def _registration(t: tuple[Any, ...]) -> RegistrationRow:
+    return RegistrationRow(
+        node_id=t[0],
+        node_type=t[1],
+        node_version=t[2],
+        health_status=t[3],
+        capabilities=_obj(t[4]),
+        endpoints=_obj(t[5]),
+        metadata=_obj(t[6]),
+        last_heartbeat=_dt(t[7]),
+        registered_at=_dt(t[8]),
+    )
+
+
+def _event_log(t: tuple[Any, ...]) -> EventLogRow:
+    return EventLogRow(
+        event_id=uuid.UUID(t[0]),
+        event_type=t[1],
+        topic=t[2],
+        status=t[3],
+        correlation_id=_uuid_or_none(t[4]),
+        timestamp=_dt(t[5]),
+        processing_time_ms=t[6],
+        payload=_obj(t[7]),
+        metadata=_obj(t[8]),
+    )
+
+
+# --- migrations ------------------------------------------------------------------------------------------------------
+
+_MIGRATIONS_DDL: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change: ``migrations/sqlite/NNNN_name.sql``."""
+
+    version: int
+    name: str  # the file name without ``.sql``: "0001_initial"
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        """The statements of the script, one by one (``sqlite3`` executes one statement per call)."""
+        statements: list[str] = []
+        buffer = ""
+        for line in self.sql.splitlines(keepends=True):
+            buffer += line
+            # complete_statement knows about string literals, comments and CREATE TRIGGER ... END.
+            if sqlite3.complete_statement(buffer):
+                if _has_code(buffer):
+                    statements.append(buffer.strip())
+                buffer = ""
+        if _has_code(buffer):
+            raise StoreError(f"migration {self.name}: the last statement has no terminating semicolon")
+        return statements
+
+
+def _has_code(text: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
+
+
+def _migrations() -> list[Migration]:
+    """The SQLite migrations shipped in the package, by version."""
+    directory = importlib.resources.files("onex").joinpath("migrations", "sqlite")
+    found: list[Migration] = []
+    for entry in directory.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"two SQLite migrations share a number: {[m.name for m in found]}")
+    return found
+
+
+# --- the store -------------------------------------------------------------------------------------------------------
+
+
+def database_path(url: str) -> str:
+    """The file path in a ``sqlite:`` store URL (``":memory:"`` for an in-memory database); ValueError if invalid."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a SQLite store URL: {url!r} (expected sqlite:///PATH or sqlite://:memory:)")
+    rest = url.removeprefix("sqlite://")
+    if rest in (MEMORY, "/" + MEMORY):
+        return MEMORY
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"SQLite store URL {url!r} has no path: expected sqlite:///relative.db or sqlite:////abs.db")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"SQLite store URL {url!r}: query strings and fragments are not supported")
+    return rest[1:]
+
+
+class SqliteStore(Store):
+    """The ``Store`` on one SQLite file (see the module docstring for threading, transactions and the rules).
+
+    Besides the ``Store`` API: ``path`` (the database file, or ``":memory:"``) and ``list_event_logs``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = database_path(url)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+        self._queued = 0  # rows of apply() calls submitted and not finished (health().queued_writes)
+        # Touched only on the database thread:
+        self._conn: sqlite3.Connection | None = None
+        self._migrations: list[Migration] = []
+        self._schema_problem: str | None = None  # why the schema is not usable yet; None when it is current
+        self._journal_mode = ""
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.url!r})"
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (creating the file and its directory when missing). A no-op on an open store."""
+        if self._executor is not None:
+            return
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onex-sqlite")
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
+        except BaseException:
+            # Also when cancelled while the thread was still connecting: close whatever it opened, after it.
+            executor.submit(self._close_sync)
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Finish the calls already queued, close the connection and stop the thread. Idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        except BaseException:
+            executor.shutdown(wait=False)  # cancelled: the thread still closes the connection, then exits
+            raise
+        executor.shutdown(wait=True)  # the thread is idle now: this only joins it
+
+    def _open_sync(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old: onex needs {'.'.join(map(str, MIN_SQLITE))} or later"
+            )
+        try:
+            if self.path != MEMORY:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit BEGIN from the sqlite3 module; transactions are explicit below.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {_describe(exc)}") from exc
+        try:
+            # Not every file system can do WAL (some network ones): SQLite then keeps its rollback journal.
+            self._journal_mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            for pragma in PRAGMAS:
+                conn.execute(pragma)
+            conn.create_function("onex_json_merge", 2, _json_merge, deterministic=True)
+            self._migrations = _migrations()
+            self._schema_problem = self._check_schema(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open SQLite database {self.path}: {_describe(exc)}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            # Refreshes the planner's statistics where it is worth it; cheap, and SQLite advises it before closing.
+            # Closing matters more than the statistics, hence suppress.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA optimize")
+        finally:
+            conn.close()
+
+    async def _call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Run ``fn(*args)`` on the database thread."""
+        executor = self._executor
+        if executor is None:
+            raise StoreError(f"{self!r} is {'closed' if self._closed else 'not open'}")
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def _ready(self) -> sqlite3.Connection:
+        """The connection, once the schema is current (on the database thread)."""
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"{self!r} is closed")
+        if self._schema_problem is not None:
+            # Look again before refusing: another process (``onex db upgrade``) may have upgraded meanwhile.
+            self._schema_problem = self._check_schema(conn)
+            if self._schema_problem is not None:
+                raise StoreError(self._schema_problem)
+        return conn
+
+    # --- migrations --------------------------------------------------------------------------------------------------
+
+    async def upgrade(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction; the names applied (``[]`` when up to date).
+
+        Two processes upgrading at once serialise on SQLite's write lock: each migration re-reads the applied
+        versions after taking it. A migration recorded with a different checksum than its file is reported, not
+        re-applied; a database with versions this onex does not know is refused.
+        """
+        return await self._call(self._upgrade_sync)
+
+    def _upgrade_sync(self) -> list[str]:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"{self!r} is closed")
+        applied: list[str] = []
+        try:
+            conn.execute(_MIGRATIONS_DDL)
+            known = {m.version for m in self._migrations}
+            newer = [v for (v,) in conn.execute("SELECT version FROM schema_migrations") if v not in known]
+            if newer:
+                raise StoreError(
+                    f"database {self.path} has schema version {max(newer)}, newer than this onex knows "
+                    f"({max(known, default=0)}): use a newer onex; nothing was applied"
+                )
+            for migration in self._migrations:
+                if self._apply_migration(conn, migration):
+                    applied.append(migration.name)
+        except sqlite3.Error as exc:
+            raise StoreError(f"upgrade of {self.path} failed: {_describe(exc)}") from exc
+        finally:
+            self._schema_problem = self._check_schema(conn)
+        return applied
+
+    def _apply_migration(self, conn: sqlite3.Connection, migration: Migration) -> bool:
+        """Apply one migration unless it is recorded already; whether it was applied."""
+        statements = migration.statements()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT checksum FROM schema_migrations WHERE version = ?", (migration.version,))
+            recorded = row.fetchone()
+            if recorded is not None:
+                conn.execute("ROLLBACK")
+                if recorded[0] != migration.checksum:
+                    raise StoreError(f"migration {migration.name} was applied to {self.path} with different contents")
+                return False
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                (migration.version, migration.name, migration.checksum, _now()),
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise StoreError(
+                f"migration {migration.name} failed on {self.path}: {_describe(exc)}; it was rolled back"
+            ) from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+        return True
+
+    def _check_schema(self, conn: sqlite3.Connection) -> str | None:
+        """Why the schema is not usable by this onex, or None when it is current."""
+        try:
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+        except sqlite3.OperationalError:  # no such table: never upgraded
+            applied = set()
+        known = {m.version: m.name for m in self._migrations}
+        if not applied:
+            return f"database {self.path} has no onex schema yet: run `onex db upgrade`"
+        newer = applied - known.keys()
+        if newer:
+            return (
+                f"database {self.path} has schema version {max(newer)}, newer than this onex knows "
+                f"({max(known, default=0)}): use a newer onex"
+            )
+        pending = sorted(known.keys() - applied)
+        if pending:
+            names = ", ".join(known[v] for v in pending)
+            return f"database {self.path} needs migrations {names}: run `onex db upgrade`"
+        return None
+
+    # --- writes ------------------------------------------------------------------------------------------------------
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """Write the batch in one transaction (module docstring). Do not change ``batch`` until this returns."""
+        rows = len(batch) + len(batch.processed_event_ids)
+        if not rows:
+            await self._call(self._ready)  # nothing to write; still an error on a closed or un-migrated store
+            return
+        self._queued += rows
+        try:
+            await self._call(self._apply_sync, batch)
+        finally:
+            self._queued -= rows
+
+    def _apply_sync(self, batch: WriteBatch) -> None:
+        conn = self._ready()
+        now = _now()
+        # Encode everything before BEGIN: a row that cannot be stored fails the batch before it takes the lock.
+        work: list[tuple[_Writer | None, list[tuple[Any, ...]]]] = []
+        for writer in _WRITERS:
+            rows = getattr(batch, writer.field)
+            if rows:
+                work.append((writer, _encode(writer, rows, now)))
+        if batch.processed_event_ids:
+            consumer = batch.consumer
+            try:
+                ids = [(consumer, _uid(i), now) for i in batch.processed_event_ids]
+            except _ENCODE_ERRORS as exc:
+                raise StoreError(f"apply: processed_event_ids: {_describe(exc)}; nothing was written") from exc
+            work.append((None, ids))
+
+        current = "begin"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for target, params in work:
+                if target is None:
+                    current = "insert into processed_events"
+                    conn.executemany(_INSERT_PROCESSED, params)
+                else:
+                    current = f"{target.operation} of {target.table}"
+                    conn.executemany(target.sql, params)
+            current = "commit"
+            conn.execute("COMMIT")
+        except _EXECUTE_ERRORS as exc:
+            _rollback(conn)
+            raise StoreError(
+                f"apply: {current} failed on {self.path}: {_describe(exc)}; the batch was rolled back"
+            ) from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    # --- reads -------------------------------------------------------------------------------------------------------
+
+    def _fetch(self, what: str, sql: str, params: Sequence[Any], convert: Callable[[Any], T]) -> list[T]:
+        conn = self._ready()
+        try:
+            return [convert(row) for row in conn.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what} failed on {self.path}: {_describe(exc)}") from exc
+
+    async def _query(self, what: str, sql: str, params: Sequence[Any], convert: Callable[[Any], T]) -> list[T]:
+        return await self._call(self._fetch, what, sql, params, convert)
+
+    async def unprocessed(self, consumer: str, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        if not event_ids:
+            await self._call(self._ready)
+            return set()
+        return await self._call(self._unprocessed_sync, consumer, list(event_ids))
+
+    def _unprocessed_sync(self, consumer: str, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        conn = self._ready()
+        try:
+            by_text = {_uid(i): i for i in event_ids}
+        except _ENCODE_ERRORS as exc:
+            raise StoreError(f"unprocessed: {_describe(exc)}") from exc
+        keys = list(by_text)
+        seen: set[str] = set()
+        try:
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT event_id FROM processed_events WHERE consumer = ? AND event_id IN ({marks})"
+                seen.update(row[0] for row in conn.execute(sql, (consumer, *chunk)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"unprocessed failed on {self.path}: {_describe(exc)}") from exc
+        return {event_id for text, event_id in by_text.items() if text not in seen}
+
+    async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None:
+        rows = await self._query(
+            "get_workflow", f"{_SELECT_WORKFLOW} WHERE correlation_id = ?", (_uid(correlation_id),), _workflow
+        )
+        return rows[0] if rows else None
+
+    async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]:
+        """The most recently created workflows first (optionally only those in ``state``)."""
+        _check_page(limit, 0)
+        if state is None:
+            return await self._query(
+                "list_workflows", f"{_SELECT_WORKFLOW} ORDER BY id DESC LIMIT ?", (limit,), _workflow
+            )
+        return await self._query(
+            "list_workflows",
+            f"{_SELECT_WORKFLOW} WHERE current_state = ? ORDER BY id DESC LIMIT ?",
+            (state, limit),
+            _workflow,
+        )
+
+    async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
+        return await self._query(
+            "list_steps",
+            f"{_SELECT_STEP} WHERE workflow_id = ? ORDER BY step_order, rowid",
+            (_uid(workflow_id),),
+            _step,
+        )
+
+    async def list_transitions(self, entity_id: str) -> list[TransitionRow]:
+        """By ``created_at``, then in the order they were stored."""
+        return await self._query(
+            "list_transitions",
+            f"{_SELECT_TRANSITION} WHERE entity_id = ? ORDER BY created_at, seq",
+            (entity_id,),
+            _transition,
+        )
+
+    async def get_stamps_by_hash(self, file_hash: str) -> list[StampRow]:
+        return await self._query(
+            "get_stamps_by_hash",
+            f"{_SELECT_STAMP} WHERE file_hash = ? ORDER BY created_at, rowid",
+            (file_hash,),
+            _stamp,
+        )
+
+    async def list_stamps(self, namespace: str, *, limit: int = 100, offset: int = 0) -> list[StampRow]:
+        """A page of a namespace's stamps, oldest first (``created_at``, then the order they were stored)."""
+        _check_page(limit, offset)
+        return await self._query(
+            "list_stamps",
+            f"{_SELECT_STAMP} WHERE namespace = ? ORDER BY created_at, rowid LIMIT ? OFFSET ?",
+            (namespace, limit, offset),
+            _stamp,
+        )
+
+    async def get_bridge_state(self, namespace: str) -> BridgeStateRow | None:
+        rows = await self._query(
+            "get_bridge_state", f"{_SELECT_BRIDGE_STATE} WHERE namespace = ?", (namespace,), _bridge_state
+        )
+        return rows[0] if rows else None
+
+    async def list_bridge_states(self) -> list[BridgeStateRow]:
+        return await self._query("list_bridge_states", f"{_SELECT_BRIDGE_STATE} ORDER BY namespace", (), _bridge_state)
+
+    async def list_registrations(self) -> list[RegistrationRow]:
+        return await self._query("list_registrations", f"{_SELECT_REGISTRATION} ORDER BY node_id", (), _registration)
+
+    async def list_event_logs(self, correlation_id: uuid.UUID, *, limit: int = 1000) -> list[EventLogRow]:
+        """The logged events of one correlation id, by ``timestamp`` (an addition to the ``Store`` API)."""
+        _check_page(limit, 0)
+        return await self._query(
+            "list_event_logs",
+            f"{_SELECT_EVENT_LOG} WHERE correlation_id = ? ORDER BY timestamp, rowid LIMIT ?",
+            (_uid(correlation_id), limit),
+            _event_log,
+        )
+
+    async def count(self, table: str) -> int:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+        # The name is one of TABLES, so formatting it into the SQL is safe (identifiers cannot be parameters).
+        rows = await self._query(f"count of {table}", f"SELECT count(*) FROM {table}", (), _first)
+        return int(rows[0])
+
+    # --- health ------------------------------------------------------------------------------------------------------
+
+    async def health(self) -> StoreHealth:
+        """``ok``; ``down`` with the reason when the store is not open, the file fails or the schema is not current.
+
+        ``queued_writes`` is the rows of the ``apply`` calls waiting for or running on the database thread.
+        """
+        if self._executor is None:
+            return StoreHealth("down", f"{self!r} is {'closed' if self._closed else 'not open'}", self._queued)
+        try:
+            detail = await self._call(self._health_sync)
+        except StoreError as exc:
+            return StoreHealth("down", str(exc), self._queued)
+        return StoreHealth("ok", detail, self._queued)
+
+    def _health_sync(self) -> str:
+        conn = self._ready()
+        try:
+            version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {_describe(exc)}") from exc
+        return f"{self.path} (SQLite {sqlite3.sqlite_version}, journal {self._journal_mode}, schema {version})"
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if limit < 0 or offset < 0:
+        raise ValueError(f"limit and offset must not be negative (limit={limit}, offset={offset})")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may have rolled back by itself already (after SQLITE_FULL, SQLITE_IOERR ...): then this one fails.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -1,0 +1,322 @@
+"""Submit stamp requests to a running node graph and await their outcomes.
+
+Used by ``onex stamp`` (in-process or against a Kafka deployment), by the HTTP gateway and by benchmarks. The
+client subscribes to the workflow outcome events with a consumer group of its own before it submits anything, and
+matches outcomes to requests by correlation id. It is an async context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from onex.bus import EventBus, Subscription
+from onex.contracts import ContractSet
+from onex.envelope import OnexEnvelopeV1, topic_name
+from onex.exceptions import OnexError
+from onex.files import iter_files
+from onex.settings import Settings
+from onex.stamps import VerifyResult, verify_file
+from onex.store import BridgeStateRow
+
+REQUEST_EVENT = "STAMP_REQUESTED"
+OUTCOME_EVENTS = ("WORKFLOW_COMPLETED", "WORKFLOW_FAILED")
+STAMP_EVENT = "STAMP_CREATED"
+
+Outcome = OnexEnvelopeV1
+
+
+def _topics(contracts: ContractSet, settings: Settings) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for contract in contracts.contracts:
+        events = contract.subcontracts.event_type
+        for spec in (*events.consumes, *events.publishes) if events else ():
+            if spec.event_name in (REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS):
+                found[spec.event_name] = topic_name(spec.event_name, env=settings.env, tenant=settings.tenant,
+                                                    cls=spec.topic_class, major=spec.event_version)
+    missing = {REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS} - found.keys()
+    if missing:
+        raise OnexError(f"no contract declares {', '.join(sorted(missing))}: is the orchestrator contract present?")
+    return found
+
+
+class StampClient:
+    """Publishes STAMP_REQUESTED events and resolves each to its WORKFLOW_COMPLETED / WORKFLOW_FAILED envelope.
+
+    ``keep_stamps=True`` also keeps each workflow's STAMP_CREATED envelope (``stamp_of``), for callers that need
+    the stamped content (the HTTP gateway). ``on_outcome`` is called for every outcome (progress bars).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        contracts: ContractSet,
+        settings: Settings,
+        *,
+        keep_stamps: bool = False,
+        on_outcome: Callable[[OnexEnvelopeV1], None] | None = None,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.topics = _topics(contracts, settings)
+        self.keep_stamps = keep_stamps
+        self.on_outcome = on_outcome
+        self.group = f"onex.client.{uuid.uuid4().hex[:12]}"
+        self._waiting: dict[uuid.UUID, asyncio.Future[OnexEnvelopeV1]] = {}
+        self._stamps: dict[uuid.UUID, OnexEnvelopeV1] = {}
+        self._outcomes: dict[uuid.UUID, OnexEnvelopeV1] = {}
+        self._subscriptions: list[Subscription] = []
+
+    async def __aenter__(self) -> StampClient:
+        topics = [self.topics[e] for e in OUTCOME_EVENTS]
+        if self.keep_stamps:
+            topics.append(self.topics[STAMP_EVENT])
+        await self.bus.ensure_topics([*topics, self.topics[REQUEST_EVENT]])
+        self._subscriptions.append(await self.bus.subscribe(topics, self.group, batch_handler=self._on_events))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sub in self._subscriptions:
+            await sub.aclose()
+        for future in self._waiting.values():
+            future.cancel()
+
+    async def _on_events(self, envelopes: Iterable[OnexEnvelopeV1]) -> None:
+        for envelope in envelopes:
+            cid = envelope.correlation_id
+            if cid is None:
+                continue
+            if envelope.event_type == STAMP_EVENT:
+                if cid in self._waiting or cid in self._outcomes:
+                    self._stamps[cid] = envelope
+                continue
+            future = self._waiting.pop(cid, None)
+            if future is None:
+                continue  # another client's workflow, or a duplicate outcome
+            self._outcomes[cid] = envelope
+            if not future.done():
+                future.set_result(envelope)
+            if self.on_outcome is not None:
+                self.on_outcome(envelope)
+
+    def request(self, payload: dict[str, Any], *, correlation_id: uuid.UUID | None = None) -> OnexEnvelopeV1:
+        return OnexEnvelopeV1(
+            event_type=REQUEST_EVENT,
+            source_node_id=f"onex-client-{self.settings.instance}",
+            source_service="onex-client",
+            correlation_id=correlation_id or uuid.uuid4(),
+            environment=self.settings.env,
+            payload=payload,
+        )
+
+    async def submit(self, payload: dict[str, Any], *, correlation_id: uuid.UUID | None = None) -> uuid.UUID:
+        """Publish one request; returns its correlation id. Waits while the bus applies backpressure."""
+        envelope = self.request(payload, correlation_id=correlation_id)
+        cid = envelope.correlation_id
+        assert cid is not None
+        self._waiting[cid] = asyncio.get_running_loop().create_future()
+        await self.bus.publish(self.topics[REQUEST_EVENT], envelope)
+        return cid
+
+    async def outcome(self, cid: uuid.UUID, *, timeout: float | None = None) -> OnexEnvelopeV1:
+        """The outcome of a submitted request (waits up to ``timeout`` seconds; TimeoutError after)."""
+        done = self._outcomes.get(cid)
+        if done is not None:
+            return done
+        future = self._waiting.get(cid)
+        if future is None:
+            raise OnexError(f"workflow {cid} was not submitted by this client")
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    def stamp_of(self, cid: uuid.UUID) -> OnexEnvelopeV1 | None:
+        return self._stamps.get(cid)
+
+    def forget(self, cid: uuid.UUID) -> None:
+        """Drop what is kept about a finished workflow (long-running clients call this after reading it)."""
+        self._outcomes.pop(cid, None)
+        self._stamps.pop(cid, None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+
+# --- whole runs, as the CLI does them -------------------------------------------------------------------------------
+
+
+@dataclass
+class StampReport:
+    """The outcome of ``onex stamp``: per-status counts, per-file problems, per-namespace aggregates."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (status, path, reason)
+    aggregates: list[BridgeStateRow] = field(default_factory=list)
+    submitted: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return self.counts["failed"]
+
+    def print(self, console: Console) -> None:
+        if self.problems:
+            table = Table(title="problems")
+            for column in ("status", "path", "reason"):
+                table.add_column(column, overflow="fold")
+            for status, path, reason in self.problems:
+                table.add_row(status, path, reason)
+            console.print(table)
+        summary = Table(title=f"stamped {self.submitted} file(s) in {self.elapsed_s:.2f} s")
+        for column in ("stamped", "unchanged", "skipped", "failed"):
+            summary.add_column(column, justify="right")
+        summary.add_row(*(str(self.counts[c]) for c in ("stamped", "unchanged", "skipped", "failed")))
+        console.print(summary)
+        if self.aggregates:
+            agg = Table(title="aggregates per namespace (store)")
+            for column in ("namespace", "workflows", "items", "bytes", "unique hashes", "by file type"):
+                agg.add_column(column, justify="left" if column in ("namespace", "by file type") else "right")
+            for row in self.aggregates:
+                by_type = ", ".join(f"{k} {v}" for k, v in sorted(row.aggregation_metadata.get("by_file_type",
+                                                                                            {}).items()))
+                agg.add_row(row.namespace, str(row.total_workflows_processed), str(row.total_items_aggregated),
+                            str(row.total_size_bytes), str(row.unique_file_hashes), by_type)
+            console.print(agg)
+
+
+# Walk problems that are deliberate omissions rather than errors.
+_SKIP_MARKERS = ("not followed", "is an onex sidecar", "not a regular file")
+
+
+class StampRun:
+    """Stamp the files under some paths: in-process (memory bus, every node hosted here) or by submitting to a
+    deployment over Kafka. Shows a progress bar on ``console``."""
+
+    def __init__(self, settings: Settings, contracts: ContractSet, *, rich: bool = False,
+                 namespace: str = "onex.default", dry_run: bool = False, excludes: Sequence[str] = (),
+                 wait: bool = True, timeout: float = 600.0) -> None:
+        self.settings = settings
+        self.contracts = contracts
+        self.rich = rich
+        self.namespace = namespace
+        self.dry_run = dry_run
+        self.excludes = tuple(excludes)
+        self.wait = wait
+        self.timeout = timeout
+
+    async def run(self, paths: Sequence[Path], *, console: Console | None = None) -> StampReport:
+        from onex.runtime import Runtime
+
+        report = StampReport()
+        started = time.monotonic()
+        in_process = self.settings.bus.startswith("memory:")
+        runtime = Runtime(self.settings, contracts=self.contracts, nodes=None if in_process else [])
+        progress = Progress(
+            TextColumn("[bold]stamping"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), console=console, transient=True, disable=console is None,
+        )
+        async with runtime:
+            task = progress.add_task("stamp", total=None, rate="")
+
+            def advanced(_: OnexEnvelopeV1) -> None:
+                done = progress.tasks[0].completed + 1
+                rate = done / max(time.monotonic() - started, 1e-9)
+                progress.update(task, completed=done, rate=f"{rate:,.0f} files/s")
+
+            async with StampClient(runtime.bus, self.contracts, self.settings, on_outcome=advanced) as client:
+                with progress:
+                    cids: list[tuple[uuid.UUID, str]] = []
+                    for entry in iter_files(paths, excludes=self.excludes):
+                        if entry.problem is not None:
+                            status = "skipped" if any(m in entry.problem for m in _SKIP_MARKERS) else "failed"
+                            report.counts[status] += 1
+                            report.problems.append((status, str(entry.path), entry.problem))
+                            continue
+                        cid = await client.submit({
+                            "file_path": str(entry.path), "namespace": self.namespace,
+                            "stamp_type": "rich" if self.rich else "lightweight", "dry_run": self.dry_run,
+                        })
+                        cids.append((cid, str(entry.path)))
+                    report.submitted = len(cids)
+                    progress.update(task, total=len(cids))
+                    if not self.wait:
+                        report.counts["submitted"] = len(cids)
+                        report.elapsed_s = time.monotonic() - started
+                        return report
+                    deadline = time.monotonic() + self.timeout
+                    for cid, path in cids:
+                        remaining = max(deadline - time.monotonic(), 0.0)
+                        try:
+                            outcome = await client.outcome(cid, timeout=remaining)
+                        except TimeoutError:
+                            report.counts["failed"] += 1
+                            report.problems.append(("failed", path, f"no outcome within {self.timeout:.0f} s"))
+                            continue
+                        self._count(report, outcome, path)
+            if in_process:
+                await runtime.drain()  # the reducer's last windows and the adapter's last writes land first
+            report.aggregates = [a for a in await runtime.store.list_bridge_states() if a.namespace == self.namespace]
+        report.elapsed_s = time.monotonic() - started
+        return report
+
+    @staticmethod
+    def _count(report: StampReport, outcome: OnexEnvelopeV1, path: str) -> None:
+        payload = outcome.payload
+        if payload.get("state") != "completed":
+            report.counts["failed"] += 1
+            report.problems.append(("failed", path, str(payload.get("error"))))
+            return
+        stamp_step = next((s for s in payload.get("steps", ()) if s.get("step_name") == "stamp"), {})
+        status = stamp_step.get("data", {}).get("status", "stamped")
+        report.counts["unchanged" if status == "unchanged" else "stamped"] += 1
+
+
+@dataclass
+class VerifyReport:
+    results: list[VerifyResult] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def print(self, console: Console, *, show_all: bool = False) -> None:
+        shown = [r for r in self.results if show_all or r.status != "valid"]
+        if shown:
+            table = Table(title="verify")
+            for column in ("status", "path", "detail"):
+                table.add_column(column, overflow="fold")
+            style = {"valid": "green", "modified": "red", "unstamped": "yellow", "error": "red"}
+            for r in shown:
+                detail = r.error or (f"stamp {r.expected[:16]}... content {r.actual[:16]}..."
+                                     if r.status == "modified" and r.expected and r.actual else "")
+                table.add_row(f"[{style[r.status]}]{r.status}[/]", r.path, detail)
+            console.print(table)
+        summary = Table(title=f"verified {len(self.results)} file(s)")
+        for column in ("valid", "modified", "unstamped", "error"):
+            summary.add_column(column, justify="right")
+        summary.add_row(*(str(self.counts[c]) for c in ("valid", "modified", "unstamped", "error")))
+        console.print(summary)
+
+
+def verify_paths(paths: Sequence[Path], *, excludes: Sequence[str] = ()) -> VerifyReport:
+    """Verify every file under ``paths`` offline (no bus, no store)."""
+    report = VerifyReport()
+    for entry in iter_files(paths, excludes=excludes):
+        if entry.problem is not None:
+            if any(m in entry.problem for m in _SKIP_MARKERS):
+                continue
+            result = VerifyResult(str(entry.path), "error", None, None, entry.problem)
+        else:
+            result = verify_file(entry.path)
+        report.results.append(result)
+        report.counts[result.status] += 1
+    return report

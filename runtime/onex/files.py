@@ -1,0 +1,463 @@
+"""Which files to stamp: file-type detection and the directory walk.
+
+**File types.** ``detect_file_type(name, head)`` returns one of ``FILE_TYPES``: ``image``, ``document``,
+``audio``, ``video``, ``archive``, ``code``, ``text``, ``data`` or ``binary``. Magic bytes win over the extension,
+because a PNG named ``logo.py`` is still a PNG; then the extension (or a well-known name such as ``Makefile``)
+decides. A head that contains a NUL byte is ``binary`` whatever its extension says, since no text format this
+project stamps can contain NUL. Without a known extension the head decides: valid UTF-8 is ``text`` (``code``
+when it starts with a shebang), anything else is ``binary``. Only the first ``SNIFF_SIZE`` bytes are examined,
+so a multi-gigabyte file is classified without reading it.
+
+**The walk.** ``iter_files(roots, excludes=...)`` yields one ``WalkEntry`` per file to stamp, or per path that
+could not be walked (``entry.problem`` says why); it never raises for a bad path, so one unreadable directory
+does not stop a run. Rules:
+
+- ``.git`` is never entered; onex sidecars (``*.onex.yaml``) and onex temporary files are never yielded, since
+  stamping a sidecar would make a sidecar of the sidecar.
+- ``.gitignore`` and ``.onexignore`` in every walked directory apply to that directory and below, as in git;
+  ``excludes`` apply from each root and take precedence over both. The supported subset of the gitignore syntax:
+  blank lines and ``#`` comments; ``\\`` escapes; ``*`` and ``?`` (never matching ``/``); ``[...]`` classes
+  (``[!...]`` negates); ``**`` as a whole segment (``**/x``, ``x/**``, ``a/**/b``); a trailing ``/`` matches
+  directories only; a pattern with a ``/`` at the start or in the middle is anchored to its ignore file's
+  directory, one without matches the name at any depth; ``!`` re-includes, the last matching pattern wins; and, as
+  in git, nothing inside an excluded directory can be re-included, because the walk does not enter it. Not
+  supported: git's global excludes and ``.git/info/exclude``.
+- Symlinks are followed only while they stay inside the root (compared after resolving both); one pointing out
+  of it is reported, not followed. A file reached through several links is yielded once; a directory link back
+  to one of its own ancestors is reported as a symlink loop, as is a chain of links that never ends. A root
+  given explicitly is used even if it is a symlink.
+- Sockets, FIFOs and devices are reported (opening a FIFO would block the run).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Final
+
+FILE_TYPES: Final = ("image", "document", "audio", "video", "archive", "code", "text", "data", "binary")
+
+# How much of a file's head is examined to classify it. Large enough that a text file with a long license
+# header is still judged on real content, small enough to cost nothing next to hashing.
+SNIFF_SIZE: Final = 64 * 1024
+
+SIDECAR_SUFFIX: Final = ".onex.yaml"
+TEMP_SUFFIX: Final = ".onex-tmp"  # temporary files of an atomic write in progress (see stamps.py)
+IGNORE_FILES: Final = (".gitignore", ".onexignore")
+
+
+def _table(**groups: str) -> dict[str, str]:
+    """``{category: "space separated keys"}`` -> ``{key: category}``; keeps the tables below readable."""
+    return {key: category for category, keys in groups.items() for key in keys.split()}
+
+
+_EXTENSIONS: Final = _table(
+    image=".png .jpg .jpeg .gif .webp .bmp .ico .tif .tiff .svg .heic .avif",
+    document=".pdf .doc .docx .odt .rtf .xls .xlsx .ods .ppt .pptx .odp .epub",
+    audio=".mp3 .wav .ogg .oga .flac .m4a .aac .opus .wma .aiff",
+    video=".mp4 .m4v .mov .mkv .webm .avi .wmv .mpg .mpeg .ogv",
+    archive=".zip .gz .tgz .tar .bz2 .xz .zst .7z .rar .jar .whl .war .lz4",
+    code=(
+        ".py .pyi .pyw .sh .bash .zsh .ksh .fish .rb .pl .pm .r .js .mjs .cjs .jsx .ts .mts .cts .tsx .go .rs"
+        " .c .h .cc .cpp .cxx .hpp .hh .hxx .java .kt .kts .scala .swift .cs .dart .groovy .gradle .proto .sql"
+        " .lua .hs .css .scss .less .html .htm .xhtml .vue .svelte .mk .cmake .php .ps1 .bat"
+    ),
+    text=".txt .md .markdown .rst .adoc .text .log",
+    data=(
+        ".json .jsonl .ndjson .jsonc .yaml .yml .toml .ini .cfg .conf .env .xml .csv .tsv .parquet .avro"
+        " .sqlite .db .lock .ipynb"
+    ),
+    binary=".exe .dll .so .dylib .o .a .class .pyc .wasm .bin",
+)
+_NAMES: Final = _table(
+    code="makefile gnumakefile dockerfile containerfile jenkinsfile vagrantfile gemfile rakefile cmakelists.txt",
+    data=".gitignore .onexignore .dockerignore .gitattributes .editorconfig",
+    text="license copying readme authors notice",
+)
+
+# (offset, signature, category). Every signature either contains bytes that cannot start a text file or is
+# followed in real files by such bytes, so a text file is never taken for one of these.
+_MAGIC: Final[tuple[tuple[int, bytes, str], ...]] = (
+    (0, b"\x89PNG\r\n\x1a\n", "image"),
+    (0, b"\xff\xd8\xff", "image"),
+    (0, b"GIF87a", "image"),
+    (0, b"GIF89a", "image"),
+    (0, b"II*\x00", "image"),
+    (0, b"MM\x00*", "image"),
+    (0, b"%PDF-", "document"),
+    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "document"),  # OLE2: legacy .doc/.xls/.ppt
+    (0, b"PK\x03\x04", "archive"),  # also .docx/.xlsx/.jar; the extension refines it below
+    (0, b"PK\x05\x06", "archive"),  # empty zip
+    (0, b"\x1f\x8b", "archive"),
+    (0, b"\xfd7zXZ\x00", "archive"),
+    (0, b"7z\xbc\xaf\x27\x1c", "archive"),
+    (0, b"\x28\xb5\x2f\xfd", "archive"),  # zstd
+    (0, b"Rar!\x1a\x07", "archive"),
+    (0, b"OggS\x00", "audio"),
+    (0, b"fLaC", "audio"),
+    (0, b"\x1a\x45\xdf\xa3", "video"),  # Matroska / WebM
+    (0, b"\x7fELF", "binary"),
+    (0, b"\xfe\xed\xfa\xce", "binary"),  # Mach-O
+    (0, b"\xfe\xed\xfa\xcf", "binary"),
+    (0, b"\xcf\xfa\xed\xfe", "binary"),
+    (0, b"\xca\xfe\xba\xbe", "binary"),  # Java class / Mach-O fat
+    (0, b"\x00asm", "binary"),
+    (0, b"SQLite format 3\x00", "data"),
+    (0, b"PAR1", "data"),
+    (257, b"ustar", "archive"),
+)
+_BZIP2: Final = re.compile(rb"BZh[1-9]1AY&SY")
+_ID3: Final = re.compile(rb"ID3[\x02-\x04]\x00")  # "ID3" alone would take a text about ID3 tags for an MP3
+_MP3_FRAME_SYNC: Final = (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
+# A zip whose extension names an office or package format keeps that more useful category.
+_ZIP_CONTAINERS: Final = frozenset({"document", "archive"})
+
+
+def _ext_category(name: str) -> str | None:
+    lowered = name.lower()
+    if lowered in _NAMES:
+        return _NAMES[lowered]
+    return _EXTENSIONS.get(PurePath(lowered).suffix) if "." in lowered else None
+
+
+def magic_type(head: bytes) -> str | None:
+    """The category a file's magic bytes announce, or ``None`` when no known signature matches."""
+    for offset, signature, category in _MAGIC:
+        if head.startswith(signature, offset):
+            return category
+    if head.startswith(b"RIFF"):
+        form = head[8:12]
+        riff = {b"WAVE": "audio", b"AVI ": "video", b"WEBP": "image"}.get(form)
+        if riff is not None:
+            return riff
+    # An ISO media box: a big-endian 32-bit size (so the head starts with NULs), then "ftyp".
+    if head.startswith(b"\x00\x00") and head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "audio" if brand in (b"M4A ", b"M4B ") else "image" if brand in (b"avif", b"heic") else "video"
+    if _BZIP2.match(head):
+        return "archive"
+    if _ID3.match(head):
+        return "audio"
+    if head.startswith(_MP3_FRAME_SYNC):
+        return "audio"
+    return None
+
+
+def is_utf8_text(head: bytes, *, complete: bool) -> bool:
+    """Whether ``head`` is NUL-free UTF-8; ``complete=False`` forgives a character cut off at the end."""
+    if b"\x00" in head:
+        return False
+    if head.isascii():  # the common case, and far cheaper than decoding
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte sequence cut by the sniff window is not an error; anything earlier is.
+        return not complete and exc.reason == "unexpected end of data" and exc.start >= len(head) - 3
+    return True
+
+
+def detect_file_type(path_or_name: str | os.PathLike[str], head: bytes) -> str:
+    """Classify a file from its name and the first bytes of its content (see the module docstring).
+
+    ``head`` may be empty (classify by name alone) or any prefix of the content; only ``SNIFF_SIZE`` bytes
+    are looked at.
+    """
+    name = PurePath(os.fspath(path_or_name)).name
+    head = head[:SNIFF_SIZE]
+    by_name = _ext_category(name)
+    by_magic = magic_type(head)
+    if by_magic is not None:
+        if by_magic == "archive" and head.startswith(b"PK") and by_name in _ZIP_CONTAINERS:
+            return by_name
+        return by_magic
+    if head and b"\x00" in head:
+        return "binary"
+    if by_name is not None:
+        return by_name
+    if not head:
+        return "text"
+    if not is_utf8_text(head, complete=len(head) < SNIFF_SIZE):
+        return "binary"
+    return "code" if head.startswith(b"#!") else "text"
+
+
+def is_sidecar(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names an onex sidecar, which is never stamped itself."""
+    return os.fspath(path).endswith(SIDECAR_SUFFIX)
+
+
+# --- gitignore-style patterns ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreRule:
+    """One compiled gitignore-style pattern, scoped to ``base`` (a ``/``-separated path relative to the root)."""
+
+    pattern: str  # as written, for messages
+    base: str
+    regex: re.Pattern[str]
+    negate: bool
+    dir_only: bool
+    anchored: bool  # matched against the path below ``base``; otherwise against the name alone
+
+    def matches(self, rel: str, *, is_dir: bool) -> bool:
+        if self.dir_only and not is_dir:
+            return False
+        if self.base:
+            if not rel.startswith(self.base + "/"):
+                return False
+            rel = rel[len(self.base) + 1 :]
+        target = rel if self.anchored else rel.rpartition("/")[2]
+        return self.regex.fullmatch(target) is not None
+
+
+def _translate(pattern: str) -> str:
+    """Translate one gitignore glob to a regular expression (``fnmatch.translate`` lets ``*`` match ``/``)."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            j = i
+            while j < n and pattern[j] == "*":
+                j += 1
+            whole_segment = (i == 0 or pattern[i - 1] == "/") and (j == n or pattern[j] == "/")
+            if j - i >= 2 and whole_segment:
+                if j == n:
+                    out.append(".*")  # "x/**": everything inside
+                else:
+                    out.append("(?:.*/)?")  # "**/x" and "a/**/b": zero or more directories
+                    j += 1
+            else:
+                out.append("[^/]*")
+            i = j
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^") else i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1 : end]
+            if body[:1] in ("!", "^"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        elif c == "\\" and i + 1 < n:
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+def parse_ignore(lines: Sequence[str], base: str = "") -> list[IgnoreRule]:
+    """Compile gitignore-style ``lines`` whose anchored patterns are relative to ``base``."""
+    rules: list[IgnoreRule] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line.endswith("\\ "):  # git keeps trailing spaces only when escaped
+            line = line.rstrip(" ")
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        if negate or line.startswith(("\\#", "\\!")):  # "\\#" and "\\!" escape a literal first character
+            line = line[1:]
+        dir_only = line.endswith("/")
+        line = line.rstrip("/")
+        if not line:
+            continue
+        anchored = "/" in line
+        line = line.lstrip("/")
+        rules.append(
+            IgnoreRule(
+                pattern=raw.strip(),
+                base=base,
+                regex=re.compile(_translate(line)),
+                negate=negate,
+                dir_only=dir_only,
+                anchored=anchored,
+            )
+        )
+    return rules
+
+
+def is_ignored(rules: Sequence[IgnoreRule], rel: str, *, is_dir: bool) -> bool:
+    """Apply ``rules`` in order to ``rel`` (relative to the root, ``/``-separated); the last match wins."""
+    ignored = False
+    for rule in rules:
+        if rule.negate == ignored and rule.matches(rel, is_dir=is_dir):
+            ignored = not rule.negate
+    return ignored
+
+
+# --- the walk -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalkEntry:
+    """A file to stamp (``problem is None``) or a path that could not be walked, and why."""
+
+    path: Path
+    problem: str | None = None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short, user-facing reason for an ``OSError`` met while reading or writing a file."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file (deleted while running?)"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return exc.strerror or str(exc)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Walk:
+    """State of one ``iter_files`` call: rules per directory, what was already yielded, where the roots are."""
+
+    def __init__(self, excludes: Sequence[str]) -> None:
+        self.excludes = excludes
+        self.yielded: set[str] = set()  # real paths of files already yielded: each file once
+        self.visited: set[tuple[int, int]] = set()  # (st_dev, st_ino) of directories already walked
+
+    def root(self, root: Path) -> Iterator[WalkEntry]:
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            yield WalkEntry(root, describe_os_error(exc))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            yield from self.tree(root, st)
+        elif stat.S_ISREG(st.st_mode):
+            if is_sidecar(root):
+                yield WalkEntry(root, "is an onex sidecar; sidecars are never stamped")
+            else:
+                yield from self.file(root)
+        else:
+            yield WalkEntry(root, "not a regular file")
+
+    def file(self, path: Path) -> Iterator[WalkEntry]:
+        real = os.path.realpath(path)
+        if real not in self.yielded:
+            self.yielded.add(real)
+            yield WalkEntry(path)
+
+    def tree(self, root: Path, root_stat: os.stat_result) -> Iterator[WalkEntry]:
+        real_root = os.path.realpath(root)
+        # The caller's excludes win over every ignore file, so they are applied after the rules in force.
+        excludes = parse_ignore(self.excludes)
+        # Depth-first, names sorted, so runs and reports are reproducible. Each frame: the directory, its path
+        # relative to the root, the rules in force there, its (dev, ino) and the remaining entries.
+        root_id = (root_stat.st_dev, root_stat.st_ino)
+        if root_id in self.visited:
+            return
+        self.visited.add(root_id)
+        frames: list[tuple[Path, str, list[IgnoreRule], tuple[int, int], Iterator[os.DirEntry[str]]]] = []
+        problems: list[WalkEntry] = []
+        first = self._open(root, "", [], problems)
+        yield from problems
+        if first is None:
+            return
+        frames.append((root, "", first[0], root_id, first[1]))
+        while frames:
+            directory, rel_dir, file_rules, _, entries = frames[-1]
+            entry = next(entries, None)
+            if entry is None:
+                frames.pop()
+                continue
+            if entry.name == ".git":
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            rules = [*file_rules, *excludes]
+            path = directory / entry.name
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(path)
+                    st = os.stat(path)  # raises ELOOP for a chain of links that never ends
+                    if not _within(target, real_root):
+                        if not is_ignored(rules, rel, is_dir=stat.S_ISDIR(st.st_mode)):
+                            yield WalkEntry(path, f"symlink to {target}, outside {real_root}; not followed")
+                        continue
+                else:
+                    st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and entry.is_symlink():
+                    yield WalkEntry(path, "broken symlink")
+                else:
+                    yield WalkEntry(path, describe_os_error(exc))
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if is_ignored(rules, rel, is_dir=is_dir):
+                continue
+            if is_dir:
+                ident = (st.st_dev, st.st_ino)
+                if any(frame[3] == ident for frame in frames):
+                    yield WalkEntry(path, f"symlink loop: {path} leads back to {os.path.realpath(path)}")
+                    continue
+                if ident in self.visited:
+                    continue  # already walked through another link
+                self.visited.add(ident)
+                problems = []
+                opened = self._open(path, rel, file_rules, problems)
+                yield from problems
+                if opened is not None:
+                    frames.append((path, rel, opened[0], ident, opened[1]))
+            elif stat.S_ISREG(st.st_mode):
+                if is_sidecar(entry.name) or entry.name.endswith(TEMP_SUFFIX):
+                    continue
+                yield from self.file(path)
+            else:
+                yield WalkEntry(path, "not a regular file")
+
+    def _open(
+        self,
+        directory: Path,
+        rel: str,
+        inherited: list[IgnoreRule],
+        problems: list[WalkEntry],
+    ) -> tuple[list[IgnoreRule], Iterator[os.DirEntry[str]]] | None:
+        """List ``directory`` and add its ignore files' rules to ``inherited``; on failure record a problem."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(WalkEntry(directory, describe_os_error(exc)))
+            return None
+        rules = list(inherited)
+        for name in IGNORE_FILES:
+            ignore_file = directory / name
+            try:
+                text = ignore_file.read_text(encoding="utf-8", errors="surrogateescape")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.append(WalkEntry(ignore_file, f"cannot read ignore file: {describe_os_error(exc)}"))
+                continue
+            rules.extend(parse_ignore(text.splitlines(), rel))
+        return rules, iter(entries)
+
+
+def iter_files(roots: Sequence[str | os.PathLike[str]], *, excludes: Sequence[str] = ()) -> Iterator[WalkEntry]:
+    """Yield every file to stamp under ``roots`` (files or directories), and every path that could not be walked.
+
+    ``excludes`` are gitignore-style patterns relative to each root. See the module docstring for the rules.
+    """
+    walk = _Walk(excludes)
+    for root in roots:
+        yield from walk.root(Path(root))

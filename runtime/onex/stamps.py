@@ -1,0 +1,1031 @@
+"""BLAKE3 metadata stamps: hash, stamp, strip and verify files, in place or in a sidecar.
+
+**The hash** is BLAKE3 of the content with the stamp removed, so a stamped file hashes the same as the original
+and ``verify`` needs nothing but the file. Files are hashed in ``CHUNK_SIZE`` chunks from one reused buffer
+(memory stays flat for multi-gigabyte files), with BLAKE3's threads above ``THREADS_FROM`` bytes.
+
+**Where a stamp goes.** Right after the *prefix*: a UTF-8 BOM, then whichever of these the syntax has and the
+file starts with: a shebang line (not Rust's ``#![``); Python's PEP 263 encoding line on line 1 or 2 (with line 1
+when the cookie is on line 2); Dockerfile parser directives; an XML declaration ``<?xml ...?>`` or a CSS
+``@charset "...";`` (with its newline, if one follows at once); Markdown YAML front matter. The stamp is ASCII,
+ends with the file's newline (CRLF when the first line ending of the content is CRLF) and, in Go, is followed by
+a blank line so that it never joins a package doc comment. One case needs more: when the prefix is the whole
+file and has no final newline (``#!/bin/sh`` alone), the stamp goes after a newline and itself has none, and
+stripping removes that newline too. A stamp is recognised only at that one place and only whole, which is what
+makes ``strip_stamp(stamp_bytes(x)) == x`` exact and cheap: only the head of a file is ever parsed.
+
+**Formats.** Lightweight: one comment line ``ONEX:uid=<uuid4>,hash=<blake3 hex>,ts=<iso8601 UTC>`` (extra
+``,key=value`` pairs of an existing stamp, as the bridge writes them, are recognised and kept). Rich: YAML with
+sorted keys between ``=== OmniNode:Metadata ===`` and ``=== /OmniNode:Metadata ===``; keys ``metadata_version``,
+``protocol_version``, ``name``, ``namespace``, ``uuid``, ``author``, ``created_at``, ``last_modified_at``,
+``hash``, ``file_type`` (a ``files.FILE_TYPES`` category) and ``size`` (bytes without the stamp); other keys of
+an existing block are kept. Comment syntax by extension or name:
+
+========  ===============================================================================================
+``#``     Python, shell, Ruby, Perl, R, YAML, TOML, Makefile, Dockerfile, CMake, ``.cfg``/``.conf``/``.env``,
+          ignore files, and plain text (``.txt``: requirements.txt, robots.txt and CMakeLists.txt all read
+          ``#`` as a comment; in prose the line is visible but harmless)
+``//``    JavaScript, TypeScript, Go, Rust, C, C++, Java, Kotlin, Scala, Swift, C#, Dart, Groovy, protobuf, JSONC
+``--``    SQL, Lua, Haskell
+``<!--``  Markdown, HTML, XML, SVG, Vue, Svelte: ``<!-- ONEX:... -->``; a rich block is one comment whose
+          first line is ``<!-- === OmniNode:Metadata ===`` and last ``=== /OmniNode:Metadata === -->``
+``/*``    CSS, SCSS, Less, formed the same way
+========  ===============================================================================================
+
+An extensionless file with a shebang takes its syntax from the interpreter (python, sh, node, lua ...).
+Inside ``<!-- -->`` and ``/* */`` a YAML value that would contain ``--`` or ``*/`` is written double-quoted with
+that character escaped (``\\x2D``), so the comment can never end early.
+
+**Sidecars.** Files with no comment syntax (JSON, CSV, images, archives, unknown extensions) and binary content
+get ``<file>.onex.yaml`` holding the rich fields; their bytes are never modified and their hash is of the whole
+content. Binary means: magic bytes of a binary format, or a NUL byte, in the first ``files.SNIFF_SIZE`` bytes
+(of the content with the stamp removed), whatever the extension says; so a PNG named ``x.py`` gets a sidecar.
+
+**Refusals** (``stamp_file`` returns ``failed``, ``stamp_bytes`` raises ``StampError``): text with a comment
+syntax whose first ``SNIFF_SIZE`` bytes are not valid UTF-8 (no NUL, so not binary: a Latin-1 ``.py``, say); we
+do not guess encodings, and a sidecar would silently change what the user asked for. Re-encode it as UTF-8. Also
+refused: a prefix longer than ``MAX_PREFIX`` (front matter that does not close within it, say) and a stamp longer
+than ``MAX_STAMP``. The rest of a large file is not validated; the stamp is ASCII, so inserting it cannot corrupt
+any ASCII-compatible encoding.
+
+**Restamping.** Content whose hash matches its stamp, stamped the same kind with the same options, is left alone
+byte for byte (status ``unchanged``: same uid, same timestamps). Otherwise the old stamp is replaced: the uid and
+``created_at`` are kept, the hash and ``ts``/``last_modified_at`` are new. Changing ``rich``, ``namespace`` or
+``author`` counts as a change. Empty files are stamped like any other (an empty ``.py`` holding only a stamp is
+valid Python; its hash is BLAKE3 of no bytes).
+
+**Writes** are atomic: a temporary file in the same directory (``.<name>.<random>.onex-tmp``), fsynced, given the
+original's mode (and owner, when permitted), ``os.replace``\\ d over the original, then the directory is fsynced.
+Before the replace the file is stat'ed again: if device, inode, size, mtime or ctime moved since it was opened, it
+changed while it was being stamped and is left alone (``failed``, "changed while stamping"). ctime cannot be set
+from user space, so a rewrite that restores mtime is still caught; a write in the microseconds between that check
+and the rename cannot be, as POSIX has no compare-and-rename. Not kept: hard links (the other names keep the old
+content, as with any editor's save), extended attributes and ACLs. A symlink is stamped through: its target is
+replaced and the link stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import stat
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path, PurePath
+from typing import Any, Final, Literal
+
+import yaml
+from blake3 import blake3
+
+from onex.exceptions import StampError
+from onex.files import (
+    SIDECAR_SUFFIX,
+    SNIFF_SIZE,
+    TEMP_SUFFIX,
+    describe_os_error,
+    detect_file_type,
+    is_sidecar,
+    is_utf8_text,
+    magic_type,
+)
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_AUTHOR",
+    "DEFAULT_NAMESPACE",
+    "METADATA_VERSION",
+    "PROTOCOL_VERSION",
+    "Stamp",
+    "StampResult",
+    "VerifyResult",
+    "find_stamp",
+    "hash_bytes",
+    "hash_file",
+    "parse_sidecar",
+    "render_sidecar",
+    "sidecar_path",
+    "stamp_bytes",
+    "stamp_file",
+    "strip_stamp",
+    "verify_bytes",
+    "verify_file",
+]
+
+METADATA_VERSION: Final = "0.1.0"
+PROTOCOL_VERSION: Final = "0.1.0"
+DEFAULT_NAMESPACE: Final = "onex.default"
+DEFAULT_AUTHOR: Final = "onex"
+
+CHUNK_SIZE: Final = 1024 * 1024
+# Below this BLAKE3's thread pool costs more than it saves (measured: a 1 MiB single-threaded hash takes ~130 us).
+THREADS_FROM: Final = 8 * 1024 * 1024
+MAX_PREFIX: Final = 8 * 1024
+MAX_STAMP: Final = 8 * 1024
+# Every decision about a file is made from its first HEAD bytes: the prefix, an existing stamp and, after
+# removing that stamp, SNIFF_SIZE bytes to classify. So the same content is judged the same way in memory and
+# on disk, stamped or not.
+HEAD_SIZE: Final = SNIFF_SIZE + MAX_PREFIX + MAX_STAMP
+# stamp_file reads files up to this size whole (one read, one write); larger ones are streamed twice.
+IN_MEMORY_LIMIT: int = 16 * 1024 * 1024
+
+_BOM: Final = b"\xef\xbb\xbf"
+_OPEN_MARK: Final = b"=== OmniNode:Metadata ==="
+_CLOSE_MARK: Final = b"=== /OmniNode:Metadata ==="
+_RICH_KEYS: Final = (
+    "metadata_version",
+    "protocol_version",
+    "name",
+    "namespace",
+    "uuid",
+    "author",
+    "created_at",
+    "last_modified_at",
+    "hash",
+    "file_type",
+    "size",
+)
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_UID: Final = re.compile(r"[0-9A-Za-z-]{1,64}")
+_CODING: Final = re.compile(rb"[ \t\f]*#[^\n]*?coding[:=][ \t]*[-\w.]+")  # PEP 263
+_BLANK_OR_COMMENT: Final = re.compile(rb"[ \t\f]*(?:#[^\n]*)?\r?\n?")
+_DIRECTIVE: Final = re.compile(rb"#[ \t]*[A-Za-z][A-Za-z0-9_-]*[ \t]*=[^\n]*\n?")  # Dockerfile
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+Kind = Literal["lightweight", "rich", "sidecar"]
+
+
+# --- public values --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A stamp as found in or written to a file. ``fields`` holds the rich or sidecar block (empty otherwise,
+    or the extra ``key=value`` pairs of a lightweight line)."""
+
+    uid: str
+    hash: str
+    ts: str
+    kind: Kind
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StampResult:
+    """What ``stamp_file`` did to one file. ``size`` counts the content without its stamp (0 when unknown);
+    ``error`` names the path and says what went wrong when ``status == "failed"``, or why it was skipped."""
+
+    path: str
+    status: Literal["stamped", "unchanged", "skipped", "failed"]
+    stamp: Stamp | None
+    file_type: str
+    size: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``verify_file`` found: ``expected`` is the stamp's hash, ``actual`` the content's."""
+
+    path: str
+    status: Literal["valid", "modified", "unstamped", "error"]
+    expected: str | None
+    actual: str | None
+    error: str | None = None
+
+
+# --- comment syntaxes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Syntax:
+    open: bytes  # b"# " ... or the opener of a block comment, b"<!-- "
+    close: bytes = b""  # b"" for line comments
+    shebang: bool = False
+    coding: bool = False
+    directives: bool = False
+    front_matter: bool = False
+    declaration: re.Pattern[bytes] | None = None
+    blank_after: bool = False
+    lightweight: re.Pattern[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        pattern = (
+            re.escape(self.open)
+            + rb"ONEX:uid=([0-9A-Za-z-]{1,64}),hash=([0-9a-f]{64}),ts=([0-9A-Za-z:.+-]{1,64})"
+            + rb"((?:,[A-Za-z_][A-Za-z0-9_]*=[\x21-\x2b\x2d-\x7e]*)*)"
+            + re.escape(self.close)
+        )
+        object.__setattr__(self, "lightweight", re.compile(pattern))
+
+    @property
+    def forbidden(self) -> tuple[str, ...]:
+        """What a block comment must not contain: ``--`` ends (or is illegal in) an XML comment."""
+        return ("--",) if self.close == b" -->" else ("*/",) if self.close else ()
+
+
+_HASH = _Syntax(b"# ", shebang=True)
+_PYTHON = _Syntax(b"# ", shebang=True, coding=True)
+_DOCKER = _Syntax(b"# ", directives=True)
+_SLASH = _Syntax(b"// ", shebang=True)  # JS/TS/Rust/Kotlin/Swift scripts may start with a shebang
+_GO = _Syntax(b"// ", blank_after=True)
+_DASH = _Syntax(b"-- ", shebang=True)
+_MARKUP = _Syntax(b"<!-- ", b" -->", declaration=re.compile(rb"<\?xml[^>\n]{0,1024}\?>"))
+_MARKDOWN = _Syntax(b"<!-- ", b" -->", front_matter=True)
+_CSS = _Syntax(b"/* ", b" */", declaration=re.compile(rb'@charset "[^"\n]{0,128}";'))
+
+
+def _by(syntax: _Syntax, keys: str) -> dict[str, _Syntax]:
+    return dict.fromkeys(keys.split(), syntax)
+
+
+_SYNTAX_BY_EXT: Final = {
+    **_by(_PYTHON, ".py .pyi .pyw"),
+    **_by(_HASH, ".sh .bash .zsh .ksh .fish .rb .pl .pm .r .yaml .yml .toml .txt .mk .cmake .cfg .conf .env"),
+    **_by(_DOCKER, ".dockerfile"),
+    **_by(_SLASH, ".js .mjs .cjs .jsx .ts .mts .cts .tsx .rs .c .h .cc .cpp .cxx .hpp .hh .hxx .java .kt .kts"),
+    **_by(_SLASH, ".scala .swift .cs .dart .groovy .gradle .proto .jsonc"),
+    **_by(_GO, ".go"),
+    **_by(_DASH, ".sql .lua .hs"),
+    **_by(_MARKUP, ".html .htm .xhtml .xml .svg .vue .svelte .xsd .xsl .xslt"),
+    **_by(_MARKDOWN, ".md .markdown"),
+    **_by(_CSS, ".css .scss .less"),
+}
+_SYNTAX_BY_NAME: Final = {
+    **_by(_HASH, "makefile gnumakefile vagrantfile gemfile rakefile justfile"),
+    **_by(_HASH, ".gitignore .onexignore .dockerignore .gitattributes .env"),
+    **_by(_DOCKER, "dockerfile containerfile"),
+    **_by(_SLASH, "jenkinsfile"),
+}
+_SYNTAX_BY_INTERPRETER: Final = {
+    **_by(_PYTHON, "python python2 python3 pypy pypy3"),
+    **_by(_HASH, "sh bash zsh ksh dash fish ruby perl rscript"),
+    **_by(_SLASH, "node nodejs deno bun"),
+    **_by(_DASH, "lua luajit"),
+}
+
+
+def _syntax_for(name: str, head: bytes) -> _Syntax | None:
+    """The comment syntax for a file, or ``None`` when it has none (it gets a sidecar)."""
+    lowered = name.lower()
+    if lowered in _SYNTAX_BY_NAME:
+        return _SYNTAX_BY_NAME[lowered]
+    suffix = PurePath(lowered).suffix
+    if suffix:
+        return _SYNTAX_BY_EXT.get(suffix)
+    if head.startswith(b"#!"):
+        line = head[2 : head.find(b"\n") if b"\n" in head[:256] else 256].decode("ascii", "replace")
+        words = [w for w in line.split() if not w.startswith("-")]
+        if words and os.path.basename(words[0]) == "env":
+            words = words[1:]
+        if words:
+            interpreter = os.path.basename(words[0]).lower()
+            return _SYNTAX_BY_INTERPRETER.get(interpreter.rstrip("0123456789.") or interpreter)
+    return None
+
+
+# --- parsing the head of a file -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where the stamp of some content is or goes. Stripped content is ``content[:keep_end] +
+    content[stamp_end:]``; ``syntax is None`` means a sidecar, and then nothing is stripped."""
+
+    syntax: _Syntax | None
+    file_type: str
+    insert_at: int = 0  # end of the prefix
+    keep_end: int = 0
+    stamp_end: int = 0
+    stamp: Stamp | None = None
+    glue: bool = False  # the stripped content ends with an unterminated prefix: see the module docstring
+    newline: bytes = b"\n"
+    problem: str | None = None  # why a stamp cannot be put in place
+
+
+def _line_end(head: bytes, start: int, at_eof: bool, limit: int) -> int | None:
+    """End (after the newline) of the line at ``start``, or ``None`` if it does not end within ``limit``."""
+    end = head.find(b"\n", start, limit)
+    if end != -1:
+        return end + 1
+    if at_eof and len(head) <= limit:
+        return len(head)
+    return None
+
+
+def _prefix_end(head: bytes, start: int, at_eof: bool, syntax: _Syntax) -> int | None:
+    """End of what must stay before the stamp, from ``start`` (after any BOM); ``None`` if it is too long."""
+    limit = start + MAX_PREFIX
+    if syntax.declaration is not None:
+        match = syntax.declaration.match(head, start)
+        if match is None:
+            return start
+        end = match.end()
+        if head.startswith(b"\r\n", end):
+            return end + 2
+        return end + 1 if head.startswith(b"\n", end) else end
+    if syntax.front_matter:
+        first = _line_end(head, start, at_eof, limit)
+        if first is None or head[start:first].rstrip(b"\r\n") != b"---" or first == len(head):
+            return start
+        pos = first
+        while (line_end := _line_end(head, pos, at_eof, limit)) is not None and line_end > pos:
+            if head[pos:line_end].rstrip(b"\r\n") in (b"---", b"..."):
+                return line_end
+            pos = line_end
+        # No closing line within the limit: if the file ended, "---" was a thematic break; otherwise the front
+        # matter may be longer than we look, and a stamp before it would break it.
+        return start if line_end is not None else None
+    pos = start
+    first = _line_end(head, pos, at_eof, limit)
+    if first is None:
+        # A first line longer than the limit is fine unless it is one that must stay first.
+        starts_prefix = syntax.shebang and head.startswith(b"#!", pos) and not head.startswith(b"#![", pos)
+        starts_prefix |= syntax.coding and _CODING.match(head, pos, limit) is not None
+        starts_prefix |= syntax.directives and _DIRECTIVE.match(head, pos, limit) is not None
+        return None if starts_prefix else start
+    line = head[pos:first]
+    if syntax.directives:
+        while _DIRECTIVE.fullmatch(line) and first > pos:
+            pos = first
+            next_end = _line_end(head, pos, at_eof, limit)
+            if next_end is None:
+                return None if _DIRECTIVE.match(head, pos, limit) else pos
+            first, line = next_end, head[pos:next_end]
+        return pos
+    taken = 0
+    if (syntax.shebang and line.startswith(b"#!") and not line.startswith(b"#![")) or (
+        syntax.coding and _CODING.match(line)
+    ):
+        taken = first
+    if syntax.coding and (taken or _BLANK_OR_COMMENT.fullmatch(line)) and first < len(head):
+        # PEP 263: the cookie may be on line 2, and Python only looks there when line 1 is blank or a comment.
+        second = _line_end(head, first, at_eof, limit)
+        if second is None:
+            return None if _CODING.match(head, first, limit) else (taken or start)
+        if _CODING.match(head[first:second]):
+            return second
+    return taken or start
+
+
+def _parse_lightweight(line: bytes, syntax: _Syntax) -> Stamp | None:
+    match = syntax.lightweight.fullmatch(line)
+    if match is None:
+        return None
+    uid, digest, ts, extra = (g.decode("ascii") for g in match.groups())
+    fields = dict(pair.split("=", 1) for pair in extra.split(",")[1:])
+    return Stamp(uid=uid, hash=digest, ts=ts, kind="lightweight", fields=fields)
+
+
+def _as_text(value: object) -> str:
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def _stamp_from_fields(fields: object, kind: Kind) -> Stamp | None:
+    """A stamp from a parsed rich or sidecar block, or ``None`` if it lacks what a stamp needs."""
+    if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
+        return None
+    digest, uid = fields.get("hash"), fields.get("uuid")
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest) or not isinstance(uid, str) or not uid:
+        return None
+    ts = _as_text(fields.get("last_modified_at", fields.get("created_at", "")))
+    return Stamp(uid=uid, hash=digest, ts=ts, kind=kind, fields=dict(fields))
+
+
+def _load_yaml(text: bytes) -> object:
+    try:
+        return yaml.load(text, Loader=_LOADER)  # a safe loader: the C one when PyYAML has it
+    except yaml.YAMLError:
+        return None
+
+
+def _match_stamp(head: bytes, pos: int, at_eof: bool, syntax: _Syntax) -> tuple[Stamp, int, bool] | None:
+    """The stamp starting exactly at ``pos``, its end and whether its last line has a newline."""
+    limit = pos + MAX_STAMP
+    if head.startswith(syntax.open + b"ONEX:", pos):
+        end = _line_end(head, pos, at_eof, limit)
+        if end is None:
+            return None
+        terminated = head.endswith(b"\n", pos, end)
+        line = head[pos:end].removesuffix(b"\n").removesuffix(b"\r") if terminated else head[pos:end]
+        stamp = _parse_lightweight(line, syntax)
+    elif head.startswith(syntax.open + _OPEN_MARK, pos):
+        stamp, end, terminated = None, pos, False
+        close = syntax.open + _CLOSE_MARK if not syntax.close else _CLOSE_MARK + syntax.close
+        body: list[bytes] = []
+        first = True
+        while (line_end := _line_end(head, end, at_eof, limit)) is not None and line_end > end:
+            terminated = head.endswith(b"\n", end, line_end)
+            line = head[end:line_end].removesuffix(b"\n").removesuffix(b"\r") if terminated else head[end:line_end]
+            end = line_end
+            if first:
+                if line != syntax.open + _OPEN_MARK:
+                    return None
+                first = False
+            elif line == close:
+                stamp = _stamp_from_fields(_load_yaml(b"\n".join(body)), "rich")
+                break
+            elif syntax.close:
+                body.append(line)
+            elif line.startswith(syntax.open):
+                body.append(line[len(syntax.open) :])
+            else:
+                return None
+            if not terminated:
+                return None
+    else:
+        return None
+    if stamp is None:
+        return None
+    if syntax.blank_after and terminated:
+        for blank in (b"\n", b"\r\n"):
+            if head.startswith(blank, end):
+                end += len(blank)
+                break
+    return stamp, end, terminated
+
+
+def _analyse(name: str, head: bytes, at_eof: bool) -> _Layout:
+    """Everything about some content that its first ``HEAD_SIZE`` bytes decide (``at_eof``: that is all of it)."""
+    syntax = _syntax_for(name, head)
+    if syntax is None:
+        return _Layout(None, detect_file_type(name, head))
+    start = 3 if head.startswith(_BOM) else 0
+    insert_at = _prefix_end(head, start, at_eof, syntax)
+    problem = None
+    stamp: Stamp | None = None
+    glue = False
+    if insert_at is None:
+        problem = f"cannot place a stamp: the lines that must stay first are longer than {MAX_PREFIX} bytes"
+        insert_at = keep_end = stamp_end = 0
+    else:
+        keep_end = stamp_end = insert_at
+        prefix_has_line = insert_at > start
+        terminated_prefix = head.endswith(b"\n", 0, insert_at)
+        found = _match_stamp(head, insert_at, at_eof, syntax)
+        if found is not None:
+            stamp, stamp_end, terminated = found
+            if terminated:
+                keep_end = insert_at
+            elif prefix_has_line and terminated_prefix and stamp_end == len(head) and at_eof:
+                keep_end = insert_at - (2 if head.endswith(b"\r\n", 0, insert_at) else 1)
+                glue = True
+            else:  # an unterminated stamp only ever follows the newline we put after a prefix
+                stamp, stamp_end = None, insert_at
+        elif prefix_has_line and not terminated_prefix and insert_at == len(head) and at_eof:
+            glue = True
+    sniff = (head[:keep_end] + head[stamp_end:])[:SNIFF_SIZE] if stamp is not None else head[:SNIFF_SIZE]
+    file_type = detect_file_type(name, sniff)
+    if magic_type(sniff) is not None or b"\x00" in sniff:
+        # Binary content with a text extension: never modified, so it gets a sidecar like any binary.
+        return _Layout(None, file_type)
+    if problem is None and not is_utf8_text(sniff, complete=at_eof and len(sniff) < SNIFF_SIZE):
+        problem = "not valid UTF-8 text; in-place stamps need UTF-8 (re-encode the file)"
+    newline_at = sniff.find(b"\n")
+    newline = b"\r\n" if newline_at > 0 and sniff[newline_at - 1] == 0x0D else b"\n"
+    return _Layout(syntax, file_type, insert_at, keep_end, stamp_end, stamp, glue, newline, problem)
+
+
+# --- writing stamps -------------------------------------------------------------------------------------------
+
+# PyYAML's own implicit-type resolver: a plain scalar is safe only if it reads back as a string.
+_resolve_tag: Final[Callable[[type[yaml.nodes.Node], str, tuple[bool, bool]], str]] = yaml.resolver.Resolver().resolve
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_./+@ -]*[A-Za-z0-9_./+@-])?")
+_STR_TAG: Final = "tag:yaml.org,2002:str"
+
+
+def _yaml_string(text: str, forbidden: tuple[str, ...], *, flow: bool) -> str:
+    """``text`` as a YAML scalar: plain when it reads back as the same string, else quoted."""
+    clean = not any(seq in text for seq in forbidden)
+    if (
+        clean
+        and _PLAIN.fullmatch(text)
+        and not (flow and " " in text)
+        and _resolve_tag(yaml.nodes.ScalarNode, text, (True, False)) == _STR_TAG
+    ):
+        return text
+    if clean and text.isascii() and text.isprintable():
+        return "'" + text.replace("'", "''") + "'"
+    escaped = {seq[0] for seq in forbidden}  # escaping its first character breaks every forbidden sequence
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in '\\"':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F and char not in escaped:
+            out.append(char)
+        elif code < 0x100:
+            out.append(f"\\x{code:02X}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(f"\\U{code:08X}")
+    out.append('"')
+    return "".join(out)
+
+
+def _yaml_value(value: object, forbidden: tuple[str, ...], *, flow: bool = False) -> str:
+    """One YAML value on one line of ASCII, never containing a sequence in ``forbidden``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return ".nan"
+        return ".inf" if value == float("inf") else "-.inf" if value == float("-inf") else repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_yaml_value(v, forbidden, flow=True) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{_yaml_value(k, forbidden, flow=True)}: {_yaml_value(v, forbidden, flow=True)}" for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    return _yaml_string(_as_text(value), forbidden, flow=flow)
+
+
+def _yaml_lines(fields: dict[str, Any], forbidden: tuple[str, ...] = ()) -> list[bytes]:
+    return [
+        f"{_yaml_value(key, forbidden)}: {_yaml_value(fields[key], forbidden)}".encode("ascii")
+        for key in sorted(fields)
+    ]
+
+
+def _render(stamp: Stamp, syntax: _Syntax, newline: bytes) -> bytes:
+    """The stamp's lines in ``syntax``, joined by ``newline``, without a final newline."""
+    if stamp.kind == "lightweight":
+        extra = "".join(f",{k}={v}" for k, v in stamp.fields.items())
+        lines = [
+            syntax.open + f"ONEX:uid={stamp.uid},hash={stamp.hash},ts={stamp.ts}{extra}".encode("ascii") + syntax.close
+        ]
+    elif syntax.close:
+        body = _yaml_lines(stamp.fields, syntax.forbidden)
+        lines = [syntax.open + _OPEN_MARK, *body, _CLOSE_MARK + syntax.close]
+    else:
+        body = _yaml_lines(stamp.fields)
+        lines = [syntax.open + _OPEN_MARK, *(syntax.open + line for line in body), syntax.open + _CLOSE_MARK]
+    if syntax.coding and any(_CODING.match(line) for line in lines[:2]):
+        raise ValueError("the stamp would read as a PEP 263 encoding declaration")
+    return newline.join(lines)
+
+
+def render_sidecar(stamp: Stamp) -> bytes:
+    """The content of a sidecar file for ``stamp``."""
+    header = b"# onex metadata stamp of the file this one is named after; `onex verify` checks it\n"
+    return header + b"".join(line + b"\n" for line in _yaml_lines(stamp.fields))
+
+
+def parse_sidecar(data: bytes, path: str | os.PathLike[str] = "<sidecar>") -> Stamp:
+    """The stamp in a sidecar's content; ``StampError`` naming ``path`` if it is not one."""
+    stamp = _stamp_from_fields(_load_yaml(data), "sidecar")
+    if stamp is None:
+        raise StampError(
+            os.fspath(path), "not an onex sidecar (needs a 64-hex `hash` and a `uuid`); delete it to restamp"
+        )
+    return stamp
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Where the sidecar of ``path`` lives: next to the file, ``<file>.onex.yaml``."""
+    return Path(os.fspath(path) + SIDECAR_SUFFIX)
+
+
+def _now_iso(now: datetime | None) -> str:
+    moment = datetime.now(UTC) if now is None else now
+    if moment.tzinfo is None:
+        raise ValueError("`now` must be timezone-aware")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    kind: Kind
+    namespace: str
+    author: str
+    now: datetime | None
+    uid: str | None
+
+
+def _next_stamp(
+    previous: Stamp | None, options: _Options, *, digest: str, size: int, name: str, file_type: str
+) -> Stamp:
+    """The stamp content should carry now; ``previous`` itself when nothing would change."""
+    uid = options.uid or (previous.uid if previous else str(uuid.uuid4()))
+    if not _UID.fullmatch(uid):
+        raise ValueError(f"uid {uid!r} is not a UUID")
+    same_kind = previous is not None and previous.kind == options.kind
+    if options.kind == "lightweight":
+        if previous is not None and same_kind and previous.hash == digest and previous.uid == uid:
+            return previous
+        pairs = previous.fields if previous is not None and same_kind else {}
+        return Stamp(uid=uid, hash=digest, ts=_now_iso(options.now), kind="lightweight", fields=dict(pairs))
+    wanted: dict[str, Any] = {
+        "metadata_version": METADATA_VERSION,
+        "protocol_version": PROTOCOL_VERSION,
+        "name": name,
+        "namespace": options.namespace,
+        "uuid": uid,
+        "author": options.author,
+        "hash": digest,
+        "file_type": file_type,
+        "size": size,
+    }
+    if previous is not None and same_kind and all(previous.fields.get(k) == v for k, v in wanted.items()):
+        return previous
+    ts = _now_iso(options.now)
+    created = ts
+    extra: dict[str, Any] = {}
+    if previous is not None and previous.kind == "lightweight":
+        created = previous.ts
+    elif previous is not None:
+        created = _as_text(previous.fields.get("created_at") or previous.ts)
+        extra = {k: v for k, v in previous.fields.items() if k not in _RICH_KEYS}  # keys someone added: keep them
+    fields = {**extra, **wanted, "created_at": created, "last_modified_at": ts}
+    return Stamp(uid=uid, hash=digest, ts=ts, kind=options.kind, fields=fields)
+
+
+def _stamp_unit(stamp: Stamp, layout: _Layout, path: str) -> tuple[bytes, bytes]:
+    """The bytes that go right after the prefix, or (``layout.glue``) after all the kept content."""
+    assert layout.syntax is not None
+    try:
+        text = _render(stamp, layout.syntax, layout.newline)
+    except ValueError as exc:
+        raise StampError(path, f"cannot stamp: {exc}") from None
+    # The stamp must fit where _match_stamp looks for it, or the next run would not find it.
+    if len(text) + 2 > MAX_STAMP:
+        raise StampError(path, f"the stamp would be longer than {MAX_STAMP} bytes (namespace or author too long?)")
+    if layout.glue:
+        return b"", layout.newline + text
+    return text + layout.newline + (layout.newline if layout.syntax.blank_after else b""), b""
+
+
+# --- hashing --------------------------------------------------------------------------------------------------
+
+
+def _hasher(size: int) -> blake3:
+    return blake3(max_threads=blake3.AUTO) if size >= THREADS_FROM else blake3()
+
+
+def hash_bytes(data: bytes) -> str:
+    """BLAKE3 hex digest of ``data`` as given (nothing stripped)."""
+    hasher = _hasher(len(data))
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _read_head(f: io.FileIO) -> bytes:
+    """Up to ``HEAD_SIZE`` bytes: a raw read may return fewer than asked before the end of the file."""
+    parts: list[bytes] = []
+    wanted = HEAD_SIZE
+    while wanted:
+        chunk = f.read(wanted)
+        if not chunk:
+            break
+        parts.append(chunk)
+        wanted -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _stream(f: io.FileIO, sink: Callable[[memoryview], object]) -> int:
+    """Feed the rest of ``f`` to ``sink`` in chunks from one reused buffer; return the byte count."""
+    buffer = memoryview(bytearray(CHUNK_SIZE))
+    total = 0
+    while n := f.readinto(buffer):
+        sink(buffer[:n])
+        total += n
+    return total
+
+
+@dataclass(slots=True)
+class _Scan:
+    head: bytes
+    layout: _Layout
+    digest: str
+    size: int  # of the stripped content
+    rest: bytes | None  # everything after the head, when it was read into memory
+
+
+def _scan(f: io.FileIO, name: str, file_size: int, *, keep: bool) -> _Scan:
+    """Read and hash a file once; ``keep`` the bytes after the head in memory if it is small enough."""
+    head = _read_head(f)
+    layout = _analyse(name, head, at_eof=len(head) < HEAD_SIZE)
+    hasher = _hasher(file_size)
+    hasher.update(memoryview(head)[: layout.keep_end])
+    hasher.update(memoryview(head)[layout.stamp_end :])
+    rest: bytes | None = None
+    if len(head) < HEAD_SIZE:
+        rest, total = b"", len(head)
+    elif keep and file_size <= IN_MEMORY_LIMIT:
+        rest = f.read() or b""  # one allocation of the exact size
+        hasher.update(rest)
+        total = len(head) + len(rest)
+    else:
+        total = len(head) + _stream(f, hasher.update)
+    size = total - (layout.stamp_end - layout.keep_end)
+    return _Scan(head, layout, hasher.hexdigest(), size, rest)
+
+
+@contextlib.contextmanager
+def _open_regular(path: str) -> Iterator[tuple[io.FileIO, os.stat_result]]:
+    """Open ``path`` for reading; refuse anything but a regular file (a FIFO would block, O_NONBLOCK avoids it)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with io.FileIO(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise StampError(path, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise StampError(path, "not a regular file")
+        yield f, st
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """BLAKE3 of a file's content without its stamp, streamed; ``StampError`` naming the path on failure."""
+    shown = os.fspath(path)
+    try:
+        with _open_regular(shown) as (f, st):
+            return _scan(f, os.path.basename(os.path.realpath(shown)), st.st_size, keep=False).digest
+    except OSError as exc:
+        raise StampError(shown, describe_os_error(exc)) from exc
+
+
+# --- in memory ------------------------------------------------------------------------------------------------
+
+
+def _layout_of(content: bytes, file_name: str) -> _Layout:
+    return _analyse(PurePath(file_name).name, content[:HEAD_SIZE], at_eof=len(content) < HEAD_SIZE)
+
+
+def _digest(content: bytes, layout: _Layout) -> str:
+    """BLAKE3 of ``content`` stripped as ``layout`` says, without copying it."""
+    view = memoryview(content)
+    hasher = _hasher(len(content))
+    hasher.update(view[: layout.keep_end])
+    hasher.update(view[layout.stamp_end :])
+    return hasher.hexdigest()
+
+
+def find_stamp(content: bytes, *, file_name: str) -> Stamp | None:
+    """The in-place stamp of ``content``, or ``None`` (always ``None`` for sidecar types)."""
+    return _layout_of(content, file_name).stamp
+
+
+def strip_stamp(content: bytes, *, file_name: str) -> bytes:
+    """``content`` without its in-place stamp: exactly the bytes it had before it was stamped."""
+    layout = _layout_of(content, file_name)
+    if layout.stamp is None:
+        return content
+    return content[: layout.keep_end] + content[layout.stamp_end :]
+
+
+def stamp_bytes(
+    content: bytes,
+    *,
+    file_name: str,
+    rich: bool = False,
+    namespace: str = DEFAULT_NAMESPACE,
+    author: str = DEFAULT_AUTHOR,
+    now: datetime | None = None,
+    uid: str | None = None,
+    sidecar: bytes | None = None,
+) -> tuple[bytes, Stamp]:
+    """Stamp ``content`` in memory; return the new content and its stamp.
+
+    Content already stamped this way with its current hash comes back unchanged (the same object) with its
+    existing stamp. For sidecar types the content is returned as is and the stamp has ``kind="sidecar"``: write
+    ``render_sidecar(stamp)`` next to the file; pass the existing sidecar's bytes as ``sidecar`` to keep its uid
+    (and get it back unchanged if the hash still matches). ``uid`` forces the stamp's uid. Raises
+    ``StampError`` (naming ``file_name``) for content that cannot be stamped in place, ``ValueError`` for a bad
+    ``uid`` or a naive ``now``.
+    """
+    name = PurePath(file_name).name
+    layout = _layout_of(content, file_name)
+    view = memoryview(content)
+    digest = _digest(content, layout)
+    size = len(content) - (layout.stamp_end - layout.keep_end)
+    if layout.syntax is None:
+        previous = parse_sidecar(sidecar, file_name + SIDECAR_SUFFIX) if sidecar is not None else None
+        options = _Options("sidecar", namespace, author, now, uid)
+        return content, _next_stamp(previous, options, digest=digest, size=size, name=name, file_type=layout.file_type)
+    if layout.problem is not None:
+        raise StampError(file_name, layout.problem)
+    options = _Options("rich" if rich else "lightweight", namespace, author, now, uid)
+    stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=layout.file_type)
+    if stamp is layout.stamp:
+        return content, stamp
+    before, after = _stamp_unit(stamp, layout, file_name)
+    if layout.glue:
+        return b"".join((view[: layout.keep_end], after)), stamp
+    return b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp
+
+
+def verify_bytes(content: bytes, *, file_name: str, sidecar: bytes | None = None) -> VerifyResult:
+    """Check ``content`` against its in-place stamp, or against ``sidecar`` (bytes) for sidecar types."""
+    layout = _layout_of(content, file_name)
+    digest = _digest(content, layout)
+    if layout.syntax is None:
+        if sidecar is None:
+            return VerifyResult(file_name, "unstamped", None, digest)
+        try:
+            stamp: Stamp | None = parse_sidecar(sidecar, file_name + SIDECAR_SUFFIX)
+        except StampError as exc:
+            return VerifyResult(file_name, "error", None, digest, str(exc))
+    else:
+        stamp = layout.stamp
+    return _verdict(file_name, stamp, digest)
+
+
+def _verdict(path: str, stamp: Stamp | None, digest: str) -> VerifyResult:
+    if stamp is None:
+        return VerifyResult(path, "unstamped", None, digest)
+    return VerifyResult(path, "valid" if stamp.hash == digest else "modified", stamp.hash, digest)
+
+
+# --- on disk --------------------------------------------------------------------------------------------------
+
+_Snapshot = tuple[int, int, int, int, int]
+
+
+def _snapshot(st: os.stat_result) -> _Snapshot:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable; some file systems refuse to fsync a directory, which is not an error.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _replace(
+    target: str,
+    write: Callable[[int], None],
+    *,
+    mode: int,
+    owner: tuple[int, int] | None,
+    guard: Callable[[], None],
+) -> None:
+    """Atomically replace (or create) ``target`` with what ``write`` writes to a file descriptor.
+
+    ``guard`` runs after the data is durable and before the rename; it raises to abandon the write.
+    """
+    directory, base = os.path.split(target)
+    directory = directory or "."
+    fd, temp = tempfile.mkstemp(prefix=f".{base[:100]}.", suffix=TEMP_SUFFIX, dir=directory)
+    try:
+        try:
+            write(fd)
+            os.fchmod(fd, mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):  # only root may give a file away; keep ours then
+                    os.fchown(fd, *owner)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        guard()
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(directory)
+
+
+def _guard(path: str, before: _Snapshot, hook: Callable[[Path], None] | None) -> Callable[[], None]:
+    def check() -> None:
+        if hook is not None:
+            hook(Path(path))
+        try:
+            now = _snapshot(os.stat(path))
+        except FileNotFoundError:
+            raise StampError(path, "changed while stamping (deleted); left untouched") from None
+        if now != before:
+            raise StampError(path, "changed while stamping; left untouched")
+
+    return check
+
+
+def _read_sidecar(path: Path) -> tuple[Stamp | None, int | None]:
+    """The stamp in a sidecar and its mode, or ``(None, None)`` when there is none."""
+    try:
+        with _open_regular(os.fspath(path)) as (f, st):
+            data = f.readall()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        raise StampError(path, describe_os_error(exc)) from exc
+    return parse_sidecar(data, path), stat.S_IMODE(st.st_mode)
+
+
+def stamp_file(
+    path: str | os.PathLike[str],
+    *,
+    rich: bool = False,
+    namespace: str = DEFAULT_NAMESPACE,
+    author: str = DEFAULT_AUTHOR,
+    dry_run: bool = False,
+    _before_replace: Callable[[Path], None] | None = None,
+) -> StampResult:
+    """Stamp one file in place (or its sidecar) atomically; never raises for a problem with the file.
+
+    ``status`` is ``stamped`` (with ``dry_run``: would be; nothing is written), ``unchanged`` (already stamped
+    so; nothing is written), ``skipped`` (an onex sidecar or temporary file) or ``failed`` (``error`` names the
+    path and the reason). ``_before_replace`` is a test seam, called with the path just before the rename.
+    """
+    shown = os.fspath(path)
+    try:
+        return _stamp_file(shown, rich, namespace, author, dry_run, _before_replace)
+    except StampError as exc:
+        return StampResult(shown, "failed", None, detect_file_type(shown, b""), 0, str(exc))
+    except OSError as exc:
+        return StampResult(shown, "failed", None, detect_file_type(shown, b""), 0, f"{shown}: {describe_os_error(exc)}")
+
+
+def _stamp_file(
+    shown: str,
+    rich: bool,
+    namespace: str,
+    author: str,
+    dry_run: bool,
+    before_replace: Callable[[Path], None] | None,
+) -> StampResult:
+    real = os.path.realpath(shown)  # stamp a symlink's target, keeping the link
+    name = os.path.basename(real)
+    if is_sidecar(name) or name.endswith(TEMP_SUFFIX):
+        return StampResult(shown, "skipped", None, "data", 0, f"{shown}: an onex sidecar or temporary file")
+    with _open_regular(real) as (f, st):
+        before = _snapshot(st)
+        scan = _scan(f, name, st.st_size, keep=True)
+        layout = scan.layout
+        guard = _guard(real, before, before_replace)
+        if layout.syntax is None:
+            side = sidecar_path(real)
+            previous, side_mode = _read_sidecar(side)
+            options = _Options("sidecar", namespace, author, None, None)
+            stamp = _next_stamp(
+                previous, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
+            )
+            if stamp is previous:
+                return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size)
+            if not dry_run:
+                data = render_sidecar(stamp)
+                mode = side_mode if side_mode is not None else stat.S_IMODE(st.st_mode) & 0o666
+                _replace(os.fspath(side), lambda fd: _write_all(fd, (data,)), mode=mode, owner=None, guard=guard)
+            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
+        if layout.problem is not None:
+            return StampResult(shown, "failed", None, layout.file_type, scan.size, f"{shown}: {layout.problem}")
+        options = _Options("rich" if rich else "lightweight", namespace, author, None, None)
+        stamp = _next_stamp(
+            layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
+        )
+        if stamp is layout.stamp:
+            return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size)
+        if dry_run:
+            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
+        before_kept, after_kept = _stamp_unit(stamp, layout, shown)
+        head = memoryview(scan.head)
+
+        def write(fd: int) -> None:
+            if layout.glue:
+                _write_all(fd, (head[: layout.keep_end], after_kept))
+                return
+            _write_all(fd, (head[: layout.insert_at], before_kept, head[layout.stamp_end :]))
+            if scan.rest is not None:
+                _write_all(fd, (scan.rest,))
+            else:  # too large to have kept: copy the rest again, chunk by chunk
+                f.seek(len(scan.head))
+                _stream(f, lambda chunk: _write_all(fd, (chunk,)))
+
+        _replace(real, write, mode=stat.S_IMODE(st.st_mode), owner=(st.st_uid, st.st_gid), guard=guard)
+        return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
+
+
+def verify_file(path: str | os.PathLike[str]) -> VerifyResult:
+    """Recompute a file's hash and compare it with its stamp (in place or in its sidecar); never raises for a
+    problem with the file (``status="error"``)."""
+    shown = os.fspath(path)
+    try:
+        real = os.path.realpath(shown)
+        with _open_regular(real) as (f, st):
+            scan = _scan(f, os.path.basename(real), st.st_size, keep=False)
+        stamp = scan.layout.stamp if scan.layout.syntax is not None else _read_sidecar(sidecar_path(real))[0]
+    except StampError as exc:
+        return VerifyResult(shown, "error", None, None, str(exc))
+    except OSError as exc:
+        return VerifyResult(shown, "error", None, None, f"{shown}: {describe_os_error(exc)}")
+    return _verdict(shown, stamp, scan.digest)

@@ -1,0 +1,6 @@
+class NodeWidget:
+    def log_entered(self) -> None:
+        pass
+
+    def handle_widget_ordered(self, payload: dict) -> None:
+        pass

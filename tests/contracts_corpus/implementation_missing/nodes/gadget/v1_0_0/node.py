@@ -1,0 +1,2 @@
+class NodeGadget:
+    pass

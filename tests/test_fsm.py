@@ -1,0 +1,143 @@
+"""FSMs from subcontracts: guards without eval, actions, recorded transitions, illegal triggers, Mermaid."""
+
+from __future__ import annotations
+
+import pytest
+
+from onex.contracts import FsmSubcontract
+from onex.exceptions import TransitionError
+from onex.fsm import Entity, StateMachine, TransitionRecord, mermaid, parse_guard
+
+WORKFLOW = FsmSubcontract.model_validate({
+    "version": "1.0.0",
+    "initial_state": "pending",
+    "states": [
+        {"state_name": "pending"},
+        {"state_name": "processing", "entry_actions": ["entered"], "exit_actions": ["left"]},
+        {"state_name": "completed", "is_terminal": True},
+        {"state_name": "failed", "is_terminal": True},
+    ],
+    "transitions": [
+        {"transition_name": "start", "from_state": "pending", "to_state": "processing", "trigger": "start",
+         "actions": ["started"]},
+        {"transition_name": "complete", "from_state": "processing", "to_state": "completed", "trigger": "complete",
+         "conditions": [{"expression": "file_hash exists"}, {"expression": "size >= 1"}]},
+        {"transition_name": "fail", "from_state": "*", "to_state": "failed", "trigger": "fail"},
+    ],
+    "terminal_states": ["completed", "failed"],
+})
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.records: list[TransitionRecord] = []
+
+    def action(self, name: str):  # type: ignore[no-untyped-def]
+        return lambda entity: self.calls.append((name, entity.entity_id))
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def machine(rec: Recorder) -> StateMachine:
+    return StateMachine(WORKFLOW, entity_type="workflow", actions=rec.action, on_transition=rec.records.append)
+
+
+def test_entities_share_one_machine_and_start_in_the_initial_state(machine: StateMachine) -> None:
+    a, b = machine.attach(Entity("a")), machine.attach(Entity("b"))
+    machine.trigger(a, "start")
+    assert (a.state, b.state) == ("processing", "pending")
+
+
+def test_every_transition_is_recorded_in_order_with_its_trigger(machine: StateMachine, rec: Recorder) -> None:
+    wf = machine.attach(Entity("wf-1", context={"file_hash": "abc", "size": 3}))
+    machine.trigger(wf, "start")
+    record = machine.trigger(wf, "complete")
+    assert [(r.from_state, r.to_state, r.trigger) for r in rec.records] == [
+        ("pending", "processing", "start"), ("processing", "completed", "complete")]
+    assert record is wf.history[-1] and record.entity_id == "wf-1" and record.entity_type == "workflow"
+
+
+def test_entry_exit_and_transition_actions_call_the_named_methods(machine: StateMachine, rec: Recorder) -> None:
+    wf = machine.attach(Entity("wf", context={"file_hash": "h", "size": 1}))
+    machine.trigger(wf, "start")
+    machine.trigger(wf, "complete")
+    assert rec.calls == [("entered", "wf"), ("started", "wf"), ("left", "wf")]
+
+
+def test_illegal_trigger_names_entity_state_and_trigger(machine: StateMachine) -> None:
+    wf = machine.attach(Entity("wf-9"))
+    with pytest.raises(TransitionError) as info:
+        machine.trigger(wf, "complete")
+    assert (info.value.entity_id, info.value.state, info.value.trigger) == ("wf-9", "pending", "complete")
+    assert "wf-9" in str(info.value) and "'pending'" in str(info.value)
+
+
+def test_unknown_trigger_is_a_transition_error(machine: StateMachine) -> None:
+    with pytest.raises(TransitionError, match="no such trigger"):
+        machine.trigger(machine.attach(Entity("x")), "explode")
+
+
+def test_a_failing_guard_blocks_the_transition_and_says_which(machine: StateMachine) -> None:
+    wf = machine.attach(Entity("wf", context={"file_hash": "h", "size": 0}))
+    machine.trigger(wf, "start")
+    with pytest.raises(TransitionError, match="guard failed: size >= 1"):
+        machine.trigger(wf, "complete")
+    assert wf.state == "processing"
+
+
+def test_wildcard_source_does_not_leave_terminal_states(machine: StateMachine) -> None:
+    wf = machine.attach(Entity("wf", context={"file_hash": "h", "size": 1}))
+    machine.trigger(wf, "fail")
+    assert wf.state == "failed"
+    with pytest.raises(TransitionError):
+        machine.trigger(wf, "fail")
+
+
+@pytest.mark.parametrize(
+    ("expression", "context", "expected"),
+    [
+        ("status equals done", {"status": "done"}, True),
+        ("status != done", {"status": "done"}, False),
+        ("count greater_than 2", {"count": 3}, True),
+        ("count <= 2", {"count": 3}, False),
+        ("count >= 2", {"count": "not a number"}, False),
+        ("items min_length 2", {"items": [1]}, False),
+        ("name max_length 3", {"name": "abc"}, True),
+        ("kind in [a,b]", {"kind": "b"}, True),
+        ("kind not_in [a,b]", {"kind": "c"}, True),
+        ("tags contains x", {"tags": ["x", "y"]}, True),
+        ("path matches ^src/.*\\.py$", {"path": "src/a.py"}, True),
+        ("missing exists", {}, False),
+        ("missing not_exists", {}, True),
+        ("meta.level equals 3", {"meta": {"level": 3}}, True),
+        ("flag equals true", {"flag": True}, True),
+    ],
+)
+def test_guard_grammar(expression: str, context: dict[str, object], expected: bool) -> None:
+    assert parse_guard(expression)(context) is expected
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["status", "status equals", "a b c d", "status like x", "_private equals 1", "x matches (unclosed",
+     "__import__('os') equals 1"],
+)
+def test_malformed_guards_are_rejected_not_evaluated(expression: str) -> None:
+    with pytest.raises(ValueError, match="guard"):
+        parse_guard(expression)
+
+
+def test_mermaid_draws_states_transitions_guards_and_terminals() -> None:
+    text = mermaid(WORKFLOW)
+    assert text.startswith("stateDiagram-v2\n")
+    assert "    [*] --> pending" in text
+    assert "    pending --> processing: start" in text
+    assert "    processing --> completed: complete [file_hash exists and size >= 1]" in text
+    assert "    pending --> failed: fail" in text and "    processing --> failed: fail" in text
+    assert "completed --> failed" not in text
+    assert "    completed --> [*]" in text and "    failed --> [*]" in text

@@ -1,0 +1,612 @@
+"""KafkaBus on a real broker: what the conformance suite cannot see (headers, raw records, commits, groups).
+
+The bus semantics shared with the memory bus are specified in tests/test_bus_conformance.py, which runs against
+KafkaBus too. Tests marked ``kafka`` need the ``kafka_bootstrap`` broker (tests/fixtures/kafka.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaTimeoutError
+from onex._kafka import KafkaBus
+from onex.bus import RetryPolicy
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
+from onex.exceptions import BusError
+
+from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS
+
+FAST_RETRY = RetryPolicy(max_attempts=2, backoff_ms=1.0)
+
+
+def unique(name: str) -> str:
+    return f"test.{name}.{uuid.uuid4().hex[:10]}"
+
+
+def envelope(n: int, *, key: str | None = None, **payload: Any) -> OnexEnvelopeV1:
+    return OnexEnvelopeV1(
+        event_type="THING_HAPPENED", source_node_id="test", partition_key=key, payload={"n": n, **payload}
+    )
+
+
+def make_bus(bootstrap: str, **kwargs: Any) -> KafkaBus:
+    return KafkaBus(bootstrap, consumer_options=TEST_CONSUMER_OPTIONS, **kwargs)
+
+
+@pytest.fixture
+async def bus(kafka_bootstrap: str) -> AsyncIterator[KafkaBus]:
+    async with make_bus(kafka_bootstrap) as started:
+        assert isinstance(started, KafkaBus)
+        yield started
+
+
+class Collector:
+    """A handler that records what it got and wakes the test once it has ``expected`` envelopes."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.got: list[OnexEnvelopeV1] = []
+        self.done = anyio.Event()
+
+    async def __call__(self, envelope: OnexEnvelopeV1) -> None:
+        self.got.append(envelope)
+        if len(self.got) >= self.expected:
+            self.done.set()
+
+    async def wait(self, seconds: float = 20.0) -> list[OnexEnvelopeV1]:
+        with anyio.fail_after(seconds):
+            await self.done.wait()
+        return self.got
+
+
+async def read_raw(bootstrap: str, topic: str, count: int, seconds: float = 20.0) -> list[Any]:
+    """The first ``count`` records of ``topic``, read by a plain aiokafka consumer."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=unique("raw"),
+        auto_offset_reset="earliest",
+        **TEST_CONSUMER_OPTIONS,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        with anyio.fail_after(seconds):
+            while len(records) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                for partition_records in batch.values():
+                    records.extend(partition_records)
+    finally:
+        await consumer.stop()
+    return records
+
+
+# -- on the wire ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_records_carry_the_envelope_its_key_and_cloudevents_headers(bus: KafkaBus, kafka_bootstrap: str) -> None:
+    topic = unique("headers")
+    sent = envelope(1, key="namespace-a")
+    await bus.publish(topic, sent)
+    await bus.flush()
+
+    [record] = await read_raw(kafka_bootstrap, topic, 1)
+
+    assert record.key == b"namespace-a"
+    assert OnexEnvelopeV1.from_json(record.value) == sent
+    headers = dict(record.headers)
+    assert headers == {
+        "ce_id": str(sent.event_id).encode(),
+        "ce_type": b"THING_HAPPENED",
+        "ce_source": b"test",
+        "ce_specversion": b"1.0",
+        "ce_time": sent.event_timestamp.isoformat().encode(),
+        "content-type": b"application/json",
+    }
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_topics_are_created_with_the_configured_partitions_and_a_dlq(kafka_bootstrap: str) -> None:
+    topic = unique("created")
+    async with make_bus(kafka_bootstrap, partitions=3) as bus:
+        await bus.ensure_topics([topic])
+        await bus.ensure_topics([topic])  # existing topics are fine
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic, dlq_topic(topic)])
+    finally:
+        await admin.close()
+    assert {d["topic"]: len(d["partitions"]) for d in described} == {topic: 3, dlq_topic(topic): 3}
+
+
+# -- dead letters ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_undecodable_records_go_to_the_dlq_and_the_consumer_carries_on(
+    bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    topic = unique("malformed")
+    good = Collector(expected=1)
+    letters = Collector(expected=3)
+    await bus.subscribe([topic], unique("group"), handler=good)
+    await bus.subscribe([dlq_topic(topic)], unique("dlq-reader"), handler=letters)
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        # One key, so one partition: the good record comes after both bad ones.
+        await producer.send_and_wait(topic, b"this is not json", key=b"k")
+        await producer.send_and_wait(topic, b'{"hello": "world"}', key=b"k")
+        await producer.send_and_wait(topic, None, key=b"k")  # a tombstone
+        await producer.send_and_wait(topic, envelope(7, key="k").to_json(), key=b"k")
+    finally:
+        await producer.stop()
+
+    [handled] = await good.wait()
+    assert handled.payload == {"n": 7}
+    dead = await letters.wait()
+    assert [d.event_type for d in dead] == [DEAD_LETTER_EVENT] * 3
+    not_json, not_envelope, tombstone = (d.payload for d in dead)
+    assert not_json["original_raw"] == "this is not json"
+    assert not_envelope["original_raw"] == '{"hello": "world"}'
+    assert tombstone["original_raw"] == ""
+    for letter in (not_json, not_envelope, tombstone):
+        assert letter["original_topic"] == topic
+        assert letter["original_key"] == "k"
+        assert letter["attempts"] == 0
+    assert (not_json["error_type"], not_envelope["error_type"]) == ("ValidationError", "ValidationError")
+    assert "json" in not_json["error"].lower()
+    assert "event_type" in not_envelope["error"]  # a missing required field of the envelope
+    assert (tombstone["error_type"], tombstone["error"]) == ("ValueError", "record has no value (a tombstone)")
+    assert [letter["original_offset"] for letter in (not_json, not_envelope, tombstone)] == [0, 1, 2]
+    assert bus.statistics().dead_lettered == 3
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_record_that_is_not_utf8_is_dead_lettered_as_base64(bus: KafkaBus, kafka_bootstrap: str) -> None:
+    topic = unique("binary")
+    letters = Collector(expected=1)
+    await bus.subscribe([topic], unique("group"), handler=Collector(expected=1))
+    await bus.subscribe([dlq_topic(topic)], unique("dlq-reader"), handler=letters)
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"\xff\xfe\x00binary")
+    finally:
+        await producer.stop()
+
+    [letter] = await letters.wait()
+    assert letter.payload["original_raw_encoding"] == "base64"
+    assert letter.payload["original_raw"] == "//4AYmluYXJ5"
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_failing_handler_is_retried_then_its_envelope_is_dead_lettered_whole(bus: KafkaBus) -> None:
+    topic = unique("failing")
+    attempts: list[int] = []
+    letters = Collector(expected=1)
+
+    async def always_fails(envelope: OnexEnvelopeV1) -> None:
+        attempts.append(envelope.payload["n"])
+        raise RuntimeError("disk on fire")
+
+    await bus.subscribe([topic], unique("group"), handler=always_fails, retry=FAST_RETRY)
+    await bus.subscribe([dlq_topic(topic)], unique("dlq-reader"), handler=letters)
+    original = envelope(3)
+    await bus.publish(topic, original)
+
+    [letter] = await letters.wait()
+    assert attempts == [3, 3]
+    assert letter.causation_id == original.event_id
+    assert letter.payload["original"] == original.model_dump(mode="json")
+    assert (letter.payload["error_type"], letter.payload["error"], letter.payload["attempts"]) == (
+        "RuntimeError",
+        "disk on fire",
+        2,
+    )
+
+
+# -- commits ---------------------------------------------------------------------------------------------------------
+
+_CRASHING_CONSUMER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from onex._kafka import KafkaBus
+
+    async def main(bootstrap, topic, group):
+        async def handler(envelope):
+            if envelope.payload.get("crash"):
+                os._exit(3)  # the process dies inside the handler: nothing after this runs, nothing is committed
+            print("handled", envelope.payload["n"], flush=True)
+
+        options = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 200}
+        async with KafkaBus(bootstrap, consumer_options=options) as bus:
+            await bus.subscribe([topic], group, handler=handler)
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+async def committed_offset(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of ``group``'s committed offsets on ``topic``'s partitions, asked without joining the group."""
+    # Not AIOKafkaAdminClient.list_consumer_group_offsets: tansu 0.6 answers it in a shape aiokafka cannot parse.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        offsets = [await consumer.committed(TopicPartition(topic, p)) for p in partitions]
+    finally:
+        await consumer.stop()
+    return sum(offset for offset in offsets if offset is not None)
+
+
+async def wait_for_commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    while await committed_offset(bootstrap, group, topic) < offset:  # noqa: ASYNC110 - a broker-side state, no event
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_crash_inside_the_handler_leaves_the_record_uncommitted_for_the_next_member(
+    bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    topic, group = unique("crash"), unique("group")
+    await bus.ensure_topics([topic])
+    for n in range(3):
+        await bus.publish(topic, envelope(n, key="k"))
+    await bus.flush()
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_CONSUMER, kafka_bootstrap, topic, group, stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        with anyio.fail_after(30):
+            while len(lines) < 4:  # "ready" and three "handled"
+                lines.append((await process.stdout.readline()).decode().strip())
+            assert sorted(lines) == ["handled 0", "handled 1", "handled 2", "ready"]
+            await wait_for_commit(kafka_bootstrap, group, topic, 3)  # the commit follows the handler
+
+            await bus.publish(topic, envelope(3, key="k", crash=True))
+            await bus.publish(topic, envelope(4, key="k"))
+            await bus.flush()
+            assert await process.wait() == 3
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert await committed_offset(kafka_bootstrap, group, topic) == 3
+    successor = Collector(expected=2)
+    await bus.subscribe([topic], group, handler=successor)
+    handled = await successor.wait()
+    assert [e.payload["n"] for e in handled] == [3, 4]  # 0-2 were committed; 3 was in hand when the process died
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_closed_subscription_has_committed_what_it_handled(bus: KafkaBus) -> None:
+    topic, group = unique("resume"), unique("group")
+    first = Collector(expected=5)
+    subscription = await bus.subscribe([topic], group, handler=first)
+    for n in range(5):
+        await bus.publish(topic, envelope(n, key=str(n)))
+    await first.wait()
+    await subscription.aclose()
+
+    for n in range(5, 8):
+        await bus.publish(topic, envelope(n, key=str(n)))
+    second = Collector(expected=3)
+    await bus.subscribe([topic], group, handler=second)
+    handled = await second.wait()
+    await anyio.sleep(0.5)  # room for a wrongful redelivery of 0-4 to show up
+    assert sorted(e.payload["n"] for e in handled) == [5, 6, 7]
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_an_input_is_committed_only_once_what_its_handler_published_is_delivered(
+    bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    source, target, group = unique("source"), unique("target"), unique("group")
+    await bus.ensure_topics([target])
+    loop = asyncio.get_running_loop()
+    real_send = bus._producer.send
+    lost = 1
+
+    async def send_losing_the_first_forward(topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        # Enqueued, then never acknowledged: what a broker outage after publish() returned looks like.
+        nonlocal lost
+        if topic == target and lost:
+            lost -= 1
+            delivery: asyncio.Future[Any] = loop.create_future()
+            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
+            return delivery
+        return await real_send(topic, **kwargs)
+
+    bus._producer.send = send_losing_the_first_forward
+    calls: list[int] = []
+
+    async def forward(envelope: OnexEnvelopeV1) -> None:
+        calls.append(envelope.payload["n"])
+        await bus.publish(target, envelope.model_copy(update={"event_id": uuid.uuid4()}))
+
+    await bus.subscribe([source], group, handler=forward)
+    await bus.publish(source, envelope(0, key="k"))
+
+    [forwarded] = await read_raw(kafka_bootstrap, target, 1)
+    assert json.loads(forwarded.value)["payload"] == {"n": 0}
+    assert calls == [0, 0]  # the lost forward kept the input uncommitted, so it was handled again
+    with anyio.fail_after(10):
+        await wait_for_commit(kafka_bootstrap, group, source, 1)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_flush_reports_a_record_published_outside_a_handler_that_was_not_delivered(bus: KafkaBus) -> None:
+    topic = unique("flush")
+    await bus.ensure_topics([topic])
+    loop = asyncio.get_running_loop()
+
+    async def send_never_acknowledged(topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        delivery: asyncio.Future[Any] = loop.create_future()
+        delivery.set_exception(KafkaTimeoutError())
+        return delivery
+
+    await bus.publish(topic, envelope(1))
+    await bus.flush()  # delivered: nothing to report
+    bus._producer.send = send_never_acknowledged
+    await bus.publish(topic, envelope(2))
+    with pytest.raises(BusError, match="1 published record"):
+        await bus.flush()
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_closing_from_a_handler(kafka_bootstrap: str) -> None:
+    topic = unique("close-from-handler")
+    outcome: list[str] = []
+    closed = anyio.Event()
+    async with make_bus(kafka_bootstrap) as bus:
+
+        async def close_own_subscription(envelope: OnexEnvelopeV1) -> None:
+            try:
+                await subscription.aclose()  # would wait for itself
+            except BusError as exc:
+                outcome.append(str(exc))
+            await bus.aclose()  # the whole bus: allowed, the handler finishes afterwards
+            outcome.append(bus.state.value)
+            closed.set()
+
+        subscription = await bus.subscribe([topic], unique("group"), handler=close_own_subscription)
+        await bus.publish(topic, envelope(1))
+        with anyio.fail_after(20):
+            await closed.wait()
+    assert outcome[0].endswith("closed from its own handler")
+    assert outcome[1] == "closed"
+
+
+# -- consumer groups -----------------------------------------------------------------------------------------------
+
+
+class Member:
+    def __init__(self, name: str, log: list[tuple[str, OnexEnvelopeV1]], done: anyio.Event, total: int) -> None:
+        self.name, self.log, self.done, self.total = name, log, done, total
+
+    async def __call__(self, envelope: OnexEnvelopeV1) -> None:
+        self.log.append((self.name, envelope))
+        if len({e.event_id for _, e in self.log}) >= self.total:
+            self.done.set()
+
+
+def split(log: Sequence[tuple[str, OnexEnvelopeV1]]) -> dict[str, set[str]]:
+    keys_by_member: dict[str, set[str]] = collections.defaultdict(set)
+    for member, envelope in log:
+        keys_by_member[member].add(envelope.key)
+    return keys_by_member
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_two_buses_in_one_group_split_the_partitions_and_handle_each_event_once(kafka_bootstrap: str) -> None:
+    topic, group, total = unique("split"), unique("group"), 200
+    log: list[tuple[str, OnexEnvelopeV1]] = []
+    done = anyio.Event()
+    async with make_bus(kafka_bootstrap) as a, make_bus(kafka_bootstrap) as b:
+        await a.subscribe([topic], group, handler=Member("a", log, done, total))
+        await b.subscribe([topic], group, handler=Member("b", log, done, total))  # returns after the rebalance
+        sent = [envelope(n, key=f"key-{n % 40}") for n in range(total)]
+        await a.publish_many(topic, sent)
+        with anyio.fail_after(30):
+            await done.wait()
+
+    handled = collections.Counter(e.event_id for _, e in log)
+    assert set(handled) == {e.event_id for e in sent}
+    assert max(handled.values()) == 1  # steady state: no duplicates
+    keys = split(log)
+    assert keys["a"], "both members got partitions"
+    assert keys["b"], "both members got partitions"
+    assert not keys["a"] & keys["b"], "a key belongs to one member"
+    for key in {e.key for e in sent}:  # each key in publish order
+        order = [e.payload["n"] for _, e in log if e.key == key]
+        assert order == sorted(order)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_member_joining_mid_stream_causes_no_duplicates(kafka_bootstrap: str) -> None:
+    """On revocation the member in hand finishes its batch and commits, so the newcomer starts after it."""
+    topic, group, total = unique("rebalance"), unique("group"), 40
+    log: list[tuple[str, OnexEnvelopeV1]] = []
+    done = anyio.Event()
+    first_batch_started = anyio.Event()
+
+    class Slow(Member):
+        async def __call__(self, envelope: OnexEnvelopeV1) -> None:
+            first_batch_started.set()
+            await asyncio.sleep(0.15)  # a batch of 10 takes longer than tansu takes to complete a join (1 s)
+            await super().__call__(envelope)
+
+    async with make_bus(kafka_bootstrap) as a, make_bus(kafka_bootstrap) as b:
+        await a.subscribe([topic], group, handler=Slow("a", log, done, total), max_batch=10)
+        await a.publish_many(topic, [envelope(n, key=f"key-{n % 12}") for n in range(total)])
+        with anyio.fail_after(10):
+            await first_batch_started.wait()
+        await b.subscribe([topic], group, handler=Slow("b", log, done, total), max_batch=10)
+        with anyio.fail_after(60):
+            await done.wait()
+
+    handled = collections.Counter(e.event_id for _, e in log)
+    assert len(handled) == total
+    assert max(handled.values()) == 1
+    assert {"a", "b"} <= {member for member, _ in log}
+
+
+# -- settings (no broker) ------------------------------------------------------------------------------------------
+
+
+def test_security_options_reach_every_aiokafka_client() -> None:
+    context = ssl.create_default_context()
+    bus = KafkaBus(
+        "broker-1:9093,broker-2:9093",
+        client_id="stamper",
+        security_protocol="SASL_SSL",
+        ssl_context=context,
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="onex",
+        sasl_plain_password="secret",
+        producer_options={"compression_type": "lz4"},
+        consumer_options={"session_timeout_ms": 30_000},
+    )
+    security = {
+        "bootstrap_servers": "broker-1:9093,broker-2:9093",
+        "client_id": "stamper",
+        "security_protocol": "SASL_SSL",
+        "ssl_context": context,
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "onex",
+        "sasl_plain_password": "secret",
+    }
+    producer = bus.producer_kwargs()
+    consumer = bus.consumer_kwargs("stampers")
+    assert producer.items() >= security.items()
+    assert consumer.items() >= security.items()
+    assert bus.admin_kwargs() == security
+    assert (producer["acks"], producer["compression_type"]) == ("all", "lz4")
+    assert "session_timeout_ms" not in producer
+    assert (consumer["group_id"], consumer["enable_auto_commit"], consumer["auto_offset_reset"]) == (
+        "stampers",
+        False,
+        "earliest",
+    )
+    assert consumer["session_timeout_ms"] == 30_000
+
+
+@pytest.mark.anyio
+async def test_aiokafka_accepts_the_settings() -> None:
+    """aiokafka checks its arguments when a client is built (no connection is made before start())."""
+    bus = KafkaBus(
+        "127.0.0.1:9",
+        security_protocol="SASL_SSL",
+        ssl_context=ssl.create_default_context(),
+        sasl_mechanism="PLAIN",
+        sasl_plain_username="onex",
+        sasl_plain_password="secret",
+    )
+    producer = AIOKafkaProducer(**bus.producer_kwargs())
+    consumer = AIOKafkaConsumer(**bus.consumer_kwargs("group"))
+    admin = AIOKafkaAdminClient(**bus.admin_kwargs())
+    try:
+        assert producer.client._security_protocol == "SASL_SSL"
+        assert producer.client._sasl_plain_username == "onex"
+        assert consumer._client._sasl_mechanism == "PLAIN"
+        assert admin._client._ssl_context is bus.admin_kwargs()["ssl_context"]
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await admin.close()
+
+
+def test_a_consumer_only_setting_outside_consumer_options_is_refused() -> None:
+    with pytest.raises(TypeError, match="session_timeout_ms"):
+        KafkaBus("127.0.0.1:9092", session_timeout_ms=1000)
+
+
+def test_from_url_reads_brokers_credentials_and_settings() -> None:
+    bus = KafkaBus.from_url(
+        "kafka://onex:s%40cret@b1:9093,b2:9093?partitions=12&replication_factor=3&security_protocol=SASL_SSL"
+        "&sasl_mechanism=SCRAM-SHA-256&client_id=reducer"
+    )
+    assert (bus.bootstrap, bus.partitions, bus.replication_factor, bus.client_id) == (
+        "b1:9093,b2:9093",
+        12,
+        3,
+        "reducer",
+    )
+    kwargs = bus.admin_kwargs()
+    assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("onex", "s@cret")
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+
+    plain = KafkaBus.from_url("kafka://127.0.0.1:9092")
+    assert (plain.bootstrap, plain.partitions, plain.admin_kwargs().get("security_protocol")) == (
+        "127.0.0.1:9092",
+        4,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["memory://", "kafka://", "kafka://h:1?partitions=many", "kafka://h:1?linger=5"], ids=str
+)
+def test_from_url_refuses_what_it_cannot_use(url: str) -> None:
+    with pytest.raises(BusError):
+        KafkaBus.from_url(url)
+
+
+@pytest.mark.anyio
+async def test_publishing_on_a_bus_that_is_not_started_names_its_state() -> None:
+    bus = KafkaBus("127.0.0.1:9")
+    with pytest.raises(BusError, match="created"):
+        await bus.publish("t", envelope(1))
+
+
+@pytest.mark.anyio
+async def test_a_broker_that_does_not_answer_is_reported_by_address() -> None:
+    closed_port = _closed_port()
+    bus = KafkaBus(f"127.0.0.1:{closed_port}", request_timeout_ms=2_000)
+    with pytest.raises(BusError, match=f"cannot connect to Kafka at 127.0.0.1:{closed_port}"):
+        await bus.start()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,479 @@
+"""PostgresStore beyond the conformance suite: migrations under concurrency, lost connections, pool exhaustion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+from onex._postgres import PostgresSettings, PostgresStore, _migrations
+from onex.exceptions import StoreError
+from onex.store import (
+    EventLogRow,
+    RegistrationRow,
+    StampRow,
+    TransitionRow,
+    WorkflowRow,
+    WriteBatch,
+)
+
+from tests.fixtures.postgres import with_schema
+
+pytestmark = pytest.mark.anyio
+
+MIGRATIONS = [m.name for m in _migrations()]
+
+
+def url_with(dsn: str, **params: object) -> str:
+    return dsn + "".join(f"&{k}={v}" for k, v in params.items())
+
+
+@contextlib.asynccontextmanager
+async def admin(postgres_server: str) -> AsyncIterator[Any]:
+    """A plain connection of the test's own, outside the store's pool."""
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def item_rows(i: int, run: uuid.UUID) -> tuple[WorkflowRow, StampRow, list[TransitionRow]]:
+    """One stamped file's rows: its workflow, its stamp and the workflow's two transitions (ids derived from i)."""
+    cid = uuid.uuid5(run, f"workflow-{i}")
+    file_hash = f"{i:064x}"
+    workflow = WorkflowRow(
+        cid,
+        "stamp_workflow",
+        "completed",
+        2,
+        namespace="ns",
+        file_path=f"/src/{i}.py",
+        file_hash=file_hash,
+        metadata={"i": i},
+    )
+    stamp = StampRow(
+        uuid.uuid5(run, f"stamp-{i}"),
+        file_hash,
+        f"/src/{i}.py",
+        i,
+        "ns",
+        "lightweight",
+        "python",
+        workflow_id=cid,
+        stamp_data={"i": i},
+    )
+    transitions = [
+        TransitionRow(uuid.uuid5(run, f"t{i}-{n}"), str(cid), "workflow", a, b, trigger, correlation_id=cid)
+        for n, (a, b, trigger) in enumerate([("pending", "processing", "start"), ("processing", "completed", "done")])
+    ]
+    return workflow, stamp, transitions
+
+
+# --- settings ------------------------------------------------------------------------------------------------------
+
+
+def test_url_parameters_are_parsed_and_the_rest_passed_to_asyncpg() -> None:
+    s = PostgresSettings.from_url(
+        "postgresql://u:secret@db:5433/onex?schema=tenant_a&min_size=2&max_size=4&statement_timeout_ms=500"
+        "&command_timeout=1.5&acquire_timeout=0.25&sslmode=disable"
+    )
+    assert (s.schema, s.min_size, s.max_size, s.statement_timeout_ms) == ("tenant_a", 2, 4, 500)
+    assert (s.command_timeout, s.acquire_timeout) == (1.5, 0.25)
+    assert s.dsn == "postgresql://u:secret@db:5433/onex?sslmode=disable"
+    assert "secret" not in repr(PostgresStore("postgresql://u:secret@db/onex"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h/db?schema=x;drop",
+        "postgresql://u@h/db?schema=a b",
+        "postgresql://u@h/db?max_size=0",
+        "postgresql://u@h/db?min_size=5&max_size=2",
+        "postgresql://u@h/db?acquire_timeout=soon",
+        "mysql://u@h/db",
+    ],
+)
+def test_invalid_urls_are_rejected(url: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the messages differ per parameter
+        PostgresSettings.from_url(url)
+
+
+async def test_health_is_down_until_opened_and_upgraded_and_after_close(postgres_dsn: str) -> None:
+    store = PostgresStore(postgres_dsn)
+    assert (await store.health()).status == "down"
+    async with store:
+        health = await store.health()
+        assert health.status == "down"
+        assert "onex db upgrade" in health.detail
+        with pytest.raises(StoreError, match="onex db upgrade"):
+            await store.count("workflow_executions")
+        await store.upgrade()
+        assert (await store.health()).status == "ok"
+    assert (await store.health()).status == "down"
+    with pytest.raises(StoreError, match="closed"):
+        await store.count("workflow_executions")
+
+
+# --- migrations ------------------------------------------------------------------------------------------------------
+
+
+async def test_upgrade_creates_the_schema_and_a_second_run_is_a_no_op(postgres_dsn: str, postgres_server: str) -> None:
+    schema = f"{PostgresSettings.from_url(postgres_dsn).schema}_new"
+    try:
+        async with PostgresStore(with_schema(postgres_server, schema)) as store:
+            assert await store.upgrade() == MIGRATIONS
+            assert await store.upgrade() == []
+            assert await store.count("workflow_executions") == 0
+        async with admin(postgres_server) as conn:
+            recorded = await conn.fetch(f"SELECT name FROM {schema}.schema_migrations ORDER BY version")
+            assert [r["name"] for r in recorded] == MIGRATIONS
+    finally:
+        async with admin(postgres_server) as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def test_concurrent_upgrades_apply_each_migration_once(postgres_dsn: str, postgres_server: str) -> None:
+    # A schema that does not exist yet, so that CREATE SCHEMA races too.
+    schema = f"{PostgresSettings.from_url(postgres_dsn).schema}_race"
+    url = with_schema(postgres_server, schema)
+    stores = [PostgresStore(url) for _ in range(4)]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for store in stores:
+                await stack.enter_async_context(store)
+            results = await asyncio.gather(*(store.upgrade() for store in stores))
+        assert sorted(results, key=len) == [[], [], [], MIGRATIONS]
+        async with admin(postgres_server) as conn:
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.schema_migrations") == len(MIGRATIONS)
+    finally:
+        async with admin(postgres_server) as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def test_a_changed_migration_is_reported_not_reapplied(postgres_dsn: str) -> None:
+    async with PostgresStore(postgres_dsn) as store:
+        await store.upgrade()
+        async with store.connection() as conn:
+            await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+        with pytest.raises(StoreError, match="different contents"):
+            await store.upgrade()
+
+
+# --- resilience ------------------------------------------------------------------------------------------------------
+
+
+async def test_terminated_backends_mid_stream_lose_and_duplicate_nothing(
+    postgres_dsn: str, postgres_server: str
+) -> None:
+    items, per_batch = 5_000, 100
+    app = f"onex-test-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4()
+    kill_after = {7, 16, 25, 34, 43}  # batch numbers after whose start the store's backends are terminated
+    killed = 0
+    async with PostgresStore(url_with(postgres_dsn, application_name=app, max_size=4)) as store:
+        await store.upgrade()
+        started: dict[int, anyio.Event] = {n: anyio.Event() for n in kill_after}
+
+        async def writer() -> None:
+            for n, first in enumerate(range(0, items, per_batch)):
+                batch = WriteBatch(consumer="db-adapter")
+                for i in range(first, first + per_batch):
+                    workflow, stamp, transitions = item_rows(i, run)
+                    batch.workflows.append(workflow)
+                    batch.stamps.append(stamp)
+                    batch.transitions.extend(transitions)
+                    batch.processed_event_ids.append(uuid.uuid5(run, f"event-{i}"))
+                if n in started:
+                    started[n].set()
+                await store.apply(batch)
+
+        async def terminator() -> None:
+            nonlocal killed
+            async with admin(postgres_server) as conn:
+                for n in sorted(kill_after):
+                    await started[n].wait()
+                    await anyio.sleep(0.002)  # let the batch's transaction reach the server
+                    killed += await conn.fetchval(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = $1",
+                        app,
+                    )
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer)
+                tg.start_soon(terminator)
+
+        assert killed >= len(kill_after)
+        stats = store.statistics()
+        assert stats.retries >= 1, stats  # at least one kill hit a batch in flight
+        assert stats.batches_applied == items // per_batch
+        assert await store.count("workflow_executions") == items
+        assert await store.count("metadata_stamps") == items
+        assert await store.count("fsm_transitions") == 2 * items
+        assert await store.count("processed_events") == items
+        async with store.connection() as conn:
+            ids = [uuid.uuid5(run, f"workflow-{i}") for i in range(items)]
+            present = await conn.fetchval(
+                "SELECT count(DISTINCT correlation_id) FROM workflow_executions WHERE correlation_id = ANY($1)", ids
+            )
+            assert present == items
+        assert [t.to_state for t in await store.list_transitions(str(ids[4_321]))] == ["processing", "completed"]
+        health = await store.health()
+        assert (health.status, health.queued_writes) == ("ok", 0)
+
+
+class CuttableProxy:
+    """A TCP proxy in front of PostgreSQL that a test can cut (drop every connection, refuse new ones) and mend."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.cut = False
+        self.refused = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self.sever()
+        await self._server.wait_closed()
+
+    async def sever(self) -> None:
+        """Cut: close every proxied connection, and refuse the new ones until ``mend``."""
+        self.cut = True
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def mend(self) -> None:
+        self.cut = False
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.cut:
+            self.refused += 1
+            client_w.close()
+            return
+        server_r, server_w = await asyncio.open_connection(*self.target)
+        self._writers |= {client_w, server_w}
+        pumps = [
+            asyncio.ensure_future(self._pump(client_r, server_w)),
+            asyncio.ensure_future(self._pump(server_r, client_w)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._tasks.difference_update(pumps)
+            for writer in (client_w, server_w):
+                self._writers.discard(writer)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+
+def through(dsn: str, port: int) -> str:
+    """``dsn`` pointed at the proxy on ``port`` (same user, database and query)."""
+    head, _, tail = dsn.partition("@")
+    _, _, rest = tail.partition("/")
+    return f"{head}@127.0.0.1:{port}/{rest}"
+
+
+async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_written_after(
+    postgres_dsn: str,
+) -> None:
+    target = PostgresSettings.from_url(postgres_dsn)
+    host_port = target.dsn.partition("@")[2].partition("/")[0]
+    host, _, port = host_port.partition(":")
+    proxy = CuttableProxy(host, int(port or 5432))
+    async with proxy as proxy_port:
+        url = url_with(
+            through(postgres_dsn, proxy_port),
+            breaker_threshold=2,
+            breaker_reset=0.2,
+            retry_attempts=1000,
+            retry_deadline=30,
+            backoff_max=0.05,
+        )
+        async with PostgresStore(url) as store:
+            await store.upgrade()
+            run = uuid.uuid4()
+            workflow, stamp, transitions = item_rows(1, run)
+            await proxy.sever()
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        store.apply, WriteBatch(workflows=[workflow], stamps=[stamp], transitions=transitions)
+                    )
+                    for _ in range(2_000):  # fail_after bounds it; health is polled, it has no event to wait on
+                        health = await store.health()
+                        if health.queued_writes:
+                            break
+                        await anyio.sleep(0.01)
+                    assert health.status == "degraded"
+                    assert health.queued_writes == 4
+                    # The breaker keeps the store from hammering the server: a handful of tries, not one per 50 ms.
+                    refused_before = proxy.refused
+                    await anyio.sleep(0.5)
+                    assert proxy.refused - refused_before <= 6
+                    assert store.statistics().breaker_state in ("open", "half_open")
+                    proxy.mend()
+            assert await store.get_workflow(workflow.correlation_id) == workflow
+            assert await store.count("fsm_transitions") == 2
+            assert (await store.health()).status == "ok"
+
+
+async def test_apply_gives_up_with_store_error_when_the_server_stays_away() -> None:
+    # Nothing listens on port 1: every connect is refused. min_size=0 so that open() itself connects to nothing.
+    url = "postgresql://postgres@127.0.0.1:1/test?min_size=0&retry_attempts=3&backoff_initial=0.01&breaker_threshold=10"
+    async with PostgresStore(url) as store:
+        with anyio.fail_after(10), pytest.raises(StoreError, match="unavailable, batch not written"):
+            await store.apply(WriteBatch(registrations=[RegistrationRow("n", "EFFECT", "1.0.0")]))
+        assert store.statistics().retries == 3
+        health = await store.health()
+        assert (health.status, health.queued_writes) == ("degraded", 0)
+
+
+async def test_pool_exhaustion_raises_store_error_instead_of_hanging(postgres_dsn: str) -> None:
+    async with PostgresStore(url_with(postgres_dsn, min_size=1, max_size=1, acquire_timeout=0.2)) as store:
+        await store.upgrade()
+        async with store.connection():
+            with anyio.fail_after(5):
+                with pytest.raises(StoreError, match="pool exhausted"):
+                    await store.count("workflow_executions")
+                with pytest.raises(StoreError, match="pool exhausted"):
+                    await store.apply(WriteBatch(registrations=[RegistrationRow("n", "EFFECT", "1.0.0")]))
+                health = await store.health()
+                assert health.status == "degraded"
+                assert "pool exhausted" in health.detail
+        assert await store.count("node_registrations") == 0
+        assert (await store.health()).status == "ok"
+
+
+async def test_a_bad_row_rolls_back_its_whole_batch_without_retrying(postgres_dsn: str) -> None:
+    async with PostgresStore(postgres_dsn) as store:
+        await store.upgrade()
+        run = uuid.uuid4()
+        workflow, stamp, _ = item_rows(1, run)
+        unserialisable = StampRow(uuid.uuid4(), "h", "/f", 1, "ns", "lightweight", "text", stamp_data={"x": {1, 2}})
+        with pytest.raises(StoreError):
+            await store.apply(WriteBatch(workflows=[workflow], stamps=[stamp, unserialisable]))
+        assert await store.count("workflow_executions") == 0
+        assert await store.count("metadata_stamps") == 0
+        assert store.statistics().retries == 0
+        assert (await store.health()).status == "ok"
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+
+HOSTILE = [
+    "'; DROP TABLE metadata_stamps; --",
+    "Robert'); DROP TABLE workflow_executions;--",
+    '" OR "1"="1',
+    "$1 $2 $$ $tag$ ::jsonb",
+    "\\'; SELECT pg_sleep(10); --",
+    "%s %(x)s {0} ?",
+    "ünïcødé ✓ 🚀 日本語",
+    "line\nbreak\ttab\r\n",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+async def test_hostile_strings_are_stored_verbatim(postgres_dsn: str, text: str) -> None:
+    async with PostgresStore(postgres_dsn) as store:
+        await store.upgrade()
+        stamp = StampRow(uuid.uuid4(), text, text, 1, text, text, text, stamp_data={text: text})
+        registration = RegistrationRow(text, text, text, text, metadata={text: [text]})
+        transition = TransitionRow(uuid.uuid4(), text, text, text, text, text)
+        await store.apply(
+            WriteBatch(consumer=text, stamps=[stamp], registrations=[registration], transitions=[transition])
+        )
+        [read] = await store.get_stamps_by_hash(text)
+        assert read == dataclass_with_created_at(stamp, read.created_at)
+        assert (await store.list_stamps(text))[0].stamp_data == {text: text}
+        [reg] = await store.list_registrations()
+        assert (reg.node_id, reg.node_type, reg.health_status, reg.metadata) == (text, text, text, {text: [text]})
+        [t] = await store.list_transitions(text)
+        assert (t.from_state, t.to_state, t.transition_event) == (text, text, text)
+        for table in ("metadata_stamps", "workflow_executions", "node_registrations"):
+            assert await store.count(table) >= 0  # every table is still there
+
+
+def dataclass_with_created_at(row: StampRow, created_at: datetime | None) -> StampRow:
+    import dataclasses
+
+    return dataclasses.replace(row, created_at=created_at)
+
+
+async def test_jsonb_round_trips_and_is_queryable(postgres_dsn: str) -> None:
+    payload: dict[str, Any] = {
+        "nested": {"list": [1, 2.5, -3, True, False, None, "x"], "empty": {}, "none": None},
+        "big": 2**62,
+        "float": 0.1,
+        "unicode": "ü ✓ 🚀",
+        "quote": 'it\'s "quoted"',
+        "array_of_objects": [{"a": 1}, {"b": [{"c": "d"}]}],
+    }
+    event = EventLogRow(
+        uuid.uuid4(),
+        "stamp-created",
+        "dev.t.onex.evt.stamp-created.v1",
+        "processed",
+        correlation_id=uuid.uuid4(),
+        timestamp=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        payload=payload,
+        metadata={"k": ["v"]},
+    )
+    async with PostgresStore(postgres_dsn) as store:
+        await store.upgrade()
+        wf = WorkflowRow(uuid.uuid4(), "stamp", "pending", 0, metadata=payload)
+        await store.apply(WriteBatch(workflows=[wf], event_logs=[event]))
+        read = await store.get_workflow(wf.correlation_id)
+        assert read is not None
+        assert read.metadata == payload
+        async with store.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT jsonb_typeof(payload) AS kind, payload->'nested'->'list'->>1 AS second, payload, metadata "
+                "FROM event_logs WHERE event_id = $1",
+                event.event_id,
+            )
+        assert (row["kind"], row["second"]) == ("object", "2.5")
+        assert (row["payload"], row["metadata"]) == (payload, {"k": ["v"]})
+
+
+async def test_naive_datetimes_are_taken_as_utc_and_read_back_aware(postgres_dsn: str) -> None:
+    async with PostgresStore(postgres_dsn) as store:
+        await store.upgrade()
+        wf = WorkflowRow(uuid.uuid4(), "stamp", "completed", 2, started_at=datetime(2025, 5, 6, 7, 8, 9))
+        await store.apply(WriteBatch(workflows=[wf]))
+        read = await store.get_workflow(wf.correlation_id)
+        assert read is not None
+        assert read.started_at == datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)
+        assert read.started_at.tzinfo is not None
+        assert isinstance(read.correlation_id, uuid.UUID)

@@ -1,0 +1,390 @@
+"""What only ``SqliteStore`` promises: its URL, file, WAL mode, thread, migrations table and error messages.
+
+The behaviour every store shares is in ``tests/test_store_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+from onex import _sqlite
+from onex._sqlite import Migration, SqliteStore, database_path
+from onex.exceptions import StoreError
+from onex.store import EventLogRow, StampRow, WorkflowRow, WriteBatch, open_store
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to look at the file from outside the store."""
+    conn = sqlite3.connect(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def store_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("onex-sqlite")}
+
+
+def stamp(**fields: object) -> StampRow:
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "file_hash": "h",
+        "file_path": f"{uuid.uuid4()}.py",
+        "file_size": 1,
+        "namespace": "ns",
+        "stamp_type": "lightweight",
+        "file_type": "python",
+    }
+    values.update(fields)
+    return StampRow(**values)  # type: ignore[arg-type]
+
+
+# --- URLs ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store_url", "path"),
+    [
+        ("sqlite:///.onex/onex.db", ".onex/onex.db"),
+        ("sqlite:///onex.db", "onex.db"),
+        ("sqlite:////var/lib/onex/onex.db", "/var/lib/onex/onex.db"),
+        ("sqlite://:memory:", ":memory:"),
+        ("sqlite:///:memory:", ":memory:"),
+    ],
+)
+def test_url_to_path(store_url: str, path: str) -> None:
+    assert database_path(store_url) == path
+    assert isinstance(open_store(store_url), SqliteStore)
+
+
+@pytest.mark.parametrize(
+    "store_url", ["sqlite://", "sqlite:///", "sqlite:relative.db", "sqlite://host/x.db", "sqlite:///x.db?mode=ro"]
+)
+def test_invalid_urls_are_refused_at_once(store_url: str) -> None:
+    with pytest.raises(ValueError, match="SQLite"):
+        SqliteStore(store_url)
+
+
+# --- the file ---------------------------------------------------------------------------------------------------
+
+
+async def test_the_directory_is_created_and_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    db = tmp_path / "a" / "b" / "c" / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+        await store.apply(WriteBatch(stamps=[stamp()]))
+        assert await anyio.Path(db).is_file()
+        assert await anyio.Path(f"{db}-wal").exists()  # WAL, while open
+        health = await store.health()
+        assert health.status == "ok"
+        assert "journal wal" in health.detail
+        with raw(db) as conn:  # a second reader sees committed data while the store is open
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert conn.execute("SELECT count(*) FROM metadata_stamps").fetchone() == (1,)
+    assert not await anyio.Path(f"{db}-wal").exists()  # the last connection checkpointed and removed it
+
+
+async def test_relative_paths_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with SqliteStore("sqlite:///.onex/onex.db") as store:
+        await store.upgrade()
+    assert await anyio.Path(tmp_path / ".onex" / "onex.db").is_file()
+
+
+async def test_timestamps_are_fixed_width_utc_text(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    cid = uuid.uuid4()
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+        await store.apply(
+            WriteBatch(
+                workflows=[
+                    WorkflowRow(cid, "stamp", "done", 1, started_at=T0.replace(microsecond=0), metadata={"é": 1})
+                ]
+            )
+        )
+    with raw(db) as conn:
+        row = conn.execute(
+            "SELECT correlation_id, started_at, metadata FROM workflow_executions WHERE correlation_id = ?",
+            (str(cid),),
+        ).fetchone()
+    # Microseconds always present: one width, so text order is time order; compact JSON, Unicode kept.
+    assert row == (str(cid), "2024-05-01T12:00:00.000000+00:00", '{"é":1}')
+
+
+async def test_an_in_memory_store(tmp_path: Path) -> None:
+    async with SqliteStore("sqlite://:memory:") as store:
+        assert await store.upgrade() == ["0001_initial"]
+        await store.apply(WriteBatch(stamps=[stamp()]))
+        assert await store.count("metadata_stamps") == 1
+        assert "journal memory" in (await store.health()).detail
+    assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+
+
+async def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("not a database, just some text that is long enough to have a header " * 20)
+    before = store_threads()
+    with pytest.raises(StoreError, match=r"notes\.db.*not a database"):
+        await SqliteStore(url(bogus)).open()
+    for thread in store_threads() - before:  # the failed open's thread closes what it opened, then exits
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+async def test_a_directory_where_the_file_should_be(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open SQLite database"):
+        await SqliteStore(url(tmp_path)).open()
+
+
+# --- one thread, one connection ----------------------------------------------------------------------------------
+
+
+async def test_every_call_runs_on_one_thread_that_stops_at_aclose(tmp_path: Path) -> None:
+    before = store_threads()
+    store = SqliteStore(url(tmp_path / "onex.db"))
+    await store.open()
+    await store.upgrade()
+    mine = store_threads() - before
+    assert len(mine) == 1
+    (thread,) = mine
+    assert thread is not threading.current_thread()
+
+    await asyncio.gather(*(store.apply(WriteBatch(stamps=[stamp()])) for _ in range(50)))
+    assert store_threads() - before == {thread}  # no second thread, however many calls were in flight
+
+    await store.aclose()
+    assert not thread.is_alive()
+
+
+async def test_aclose_finishes_the_writes_already_queued(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    store = SqliteStore(url(db))
+    await store.open()
+    await store.upgrade()
+    writes = [asyncio.ensure_future(store.apply(WriteBatch(stamps=[stamp() for _ in range(100)]))) for _ in range(10)]
+    await asyncio.sleep(0)  # the writes are submitted to the thread
+    await store.aclose()
+    await asyncio.gather(*writes)
+    with raw(db) as conn:
+        assert conn.execute("SELECT count(*) FROM metadata_stamps").fetchone() == (1_000,)
+
+
+async def test_a_store_can_be_reopened(tmp_path: Path) -> None:
+    store = SqliteStore(url(tmp_path / "onex.db"))
+    async with store:
+        await store.upgrade()
+        await store.apply(WriteBatch(stamps=[stamp()]))
+    with pytest.raises(StoreError, match="closed"):
+        await store.count("metadata_stamps")
+    async with store:
+        assert await store.count("metadata_stamps") == 1
+
+
+async def test_a_store_that_was_never_opened(tmp_path: Path) -> None:
+    store = SqliteStore(url(tmp_path / "onex.db"))
+    with pytest.raises(StoreError, match="not open"):
+        await store.upgrade()
+    assert (await store.health()).status == "down"
+    await store.aclose()  # nothing to close: fine
+
+
+async def test_two_stores_on_one_file_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:
+    # Two processes' worth of writers: each has its own thread and connection; the busy timeout and
+    # BEGIN IMMEDIATE make them take turns.
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as first, SqliteStore(url(db)) as second:
+        await first.upgrade()
+        assert await second.upgrade() == []
+        batches = [WriteBatch(stamps=[stamp() for _ in range(200)]) for _ in range(20)]
+        await asyncio.gather(*(s.apply(b) for s, b in zip([first, second] * 10, batches, strict=True)))
+        assert await first.count("metadata_stamps") == 4_000
+
+
+# --- migrations --------------------------------------------------------------------------------------------------
+
+
+async def test_migrations_are_recorded(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        assert await store.upgrade() == ["0001_initial"]
+        assert await store.upgrade() == []
+    shipped = (Path(_sqlite.__file__).parent / "migrations" / "sqlite" / "0001_initial.sql").read_text("utf-8")
+    with raw(db) as conn:
+        rows = conn.execute("SELECT version, name, checksum, applied_at FROM schema_migrations").fetchall()
+    assert [(v, n, c) for v, n, c, _ in rows] == [(1, "0001_initial", hashlib.sha256(shipped.encode()).hexdigest())]
+    applied_at = datetime.fromisoformat(rows[0][3])
+    assert applied_at.utcoffset() is not None
+    assert abs((datetime.now(UTC) - applied_at).total_seconds()) < 60
+
+
+async def test_an_unmigrated_database_says_what_to_run(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        with pytest.raises(StoreError, match="run `onex db upgrade`"):
+            await store.get_workflow(uuid.uuid4())
+        with pytest.raises(StoreError, match="run `onex db upgrade`"):
+            await store.apply(WriteBatch())
+        health = await store.health()
+        assert health.status == "down"
+        assert "onex db upgrade" in health.detail
+
+
+async def test_an_upgrade_by_another_process_is_noticed(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as waiting:
+        with pytest.raises(StoreError, match="upgrade"):
+            await waiting.count("event_logs")
+        async with SqliteStore(url(db)) as upgrader:  # `onex db upgrade`, elsewhere
+            await upgrader.upgrade()
+        assert await waiting.count("event_logs") == 0
+
+
+SHIPPED = _sqlite._migrations()  # taken before any test replaces _migrations
+
+
+async def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = Migration(2, "0002_broken", "CREATE TABLE half_done (x INTEGER);\nCREATE TABLE oops (;\n")
+    monkeypatch.setattr(_sqlite, "_migrations", lambda: [*SHIPPED, broken])
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        with pytest.raises(StoreError, match=r"0002_broken.*rolled back"):
+            await store.upgrade()
+        # 0001 went through and stays; 0002 left nothing behind; the store knows it is not current.
+        with pytest.raises(StoreError, match="needs migrations 0002_broken: run `onex db upgrade`"):
+            await store.count("event_logs")
+    with raw(db) as conn:
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "half_done" not in tables
+    assert "event_logs" in tables
+
+
+async def test_a_later_migration_is_applied_on_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+    later = Migration(2, "0002_notes", "-- a comment; with a semicolon\nCREATE TABLE notes (body TEXT);\n")
+    monkeypatch.setattr(_sqlite, "_migrations", lambda: [*SHIPPED, later])
+    async with SqliteStore(url(db)) as store:
+        assert await store.upgrade() == ["0002_notes"]
+        assert await store.upgrade() == []
+        assert await store.count("event_logs") == 0
+
+
+async def test_an_edited_migration_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+    (first,) = SHIPPED
+    edited = Migration(first.version, first.name, first.sql + "\n-- edited after release\n")
+    monkeypatch.setattr(_sqlite, "_migrations", lambda: [edited])
+    async with SqliteStore(url(db)) as store:
+        with pytest.raises(StoreError, match=r"0001_initial was applied .* with different contents"):
+            await store.upgrade()
+
+
+async def test_a_database_from_a_newer_onex_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+    with raw(db) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (9999, '9999_future', 'x', '2030-01-01')")
+        conn.commit()
+    async with SqliteStore(url(db)) as store:
+        with pytest.raises(StoreError, match="schema version 9999, newer than this onex"):
+            await store.count("event_logs")
+        with pytest.raises(StoreError, match="newer than this onex"):
+            await store.upgrade()
+
+
+def test_migration_scripts_are_split_into_statements() -> None:
+    script = """-- leading comment; with a semicolon
+CREATE TABLE a (x TEXT DEFAULT 'semi;colon');  -- trailing comment
+CREATE TRIGGER a_t AFTER INSERT ON a BEGIN
+    UPDATE a SET x = 'y;z';
+    DELETE FROM a WHERE x = 'q';
+END;
+
+-- closing comment
+"""
+    statements = Migration(1, "0001_x", script).statements()
+    assert len(statements) == 2
+    assert statements[0].endswith("-- trailing comment")
+    assert statements[1].startswith("CREATE TRIGGER")
+    assert statements[1].endswith("END;")
+    with pytest.raises(StoreError, match="no terminating semicolon"):
+        Migration(1, "0001_x", "CREATE TABLE a (x)\n").statements()
+
+
+def test_the_shipped_migrations_are_numbered_without_gaps() -> None:
+    migrations = SHIPPED
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    for m in migrations:
+        assert m.statements()
+
+
+# --- errors name what failed ---------------------------------------------------------------------------------------
+
+
+async def test_an_unencodable_row_is_named(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        await store.upgrade()
+        bad = stamp(stamp_data={"x": {1, 2}})
+        with pytest.raises(StoreError, match=rf"metadata_stamps row 1 \(id={bad.id}.*set is not JSON serializable"):
+            await store.apply(WriteBatch(stamps=[stamp(), bad]))
+
+
+async def test_a_database_error_names_the_table_and_the_operation(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        await store.upgrade()
+        with pytest.raises(StoreError, match=r"insert of metadata_stamps failed.*rolled back"):
+            await store.apply(WriteBatch(stamps=[stamp(file_size=2**63)]))
+
+
+# --- additions to the Store API ----------------------------------------------------------------------------------
+
+
+async def test_event_logs_round_trip(tmp_path: Path) -> None:
+    cid = uuid.uuid4()
+    rows = [
+        EventLogRow(
+            event_id=uuid.uuid4(),
+            event_type="WORKFLOW_COMPLETED",
+            topic="dev.omninode_bridge.onex.evt.workflow-completed.v1",
+            status="processed",
+            correlation_id=cid,
+            timestamp=T0.replace(second=s),
+            processing_time_ms=0.5,
+            payload={"state": "completed"},
+            metadata={"partition": 3},
+        )
+        for s in (2, 1)
+    ]
+    store = SqliteStore(url(tmp_path / "onex.db"))
+    async with store:
+        await store.upgrade()
+        await store.apply(WriteBatch(event_logs=[*rows, EventLogRow(uuid.uuid4(), "OTHER", "t", "ok")]))
+        assert await store.list_event_logs(cid) == rows[::-1]
+        assert await store.list_event_logs(uuid.uuid4()) == []
