@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -15,19 +15,24 @@ import pytest
 from onex._postgres import PostgresSettings, PostgresStore, _migrations
 from onex.exceptions import StoreError
 from onex.store import (
+    TABLES,
+    BridgeStateRow,
     EventLogRow,
+    HeartbeatRow,
     RegistrationRow,
     StampRow,
+    StepRow,
     TransitionRow,
     WorkflowRow,
     WriteBatch,
 )
 
-from tests.fixtures.postgres import with_schema
+from tests.fixtures.postgres import free_port, with_schema
 
 pytestmark = pytest.mark.anyio
 
 MIGRATIONS = [m.name for m in _migrations()]
+T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 def url_with(dsn: str, **params: object) -> str:
@@ -324,34 +329,39 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
         async with PostgresStore(url) as store:
             await store.upgrade()
             run = uuid.uuid4()
-            workflow, stamp, transitions = item_rows(1, run)
+            items = [item_rows(i, run) for i in range(5)]
             await proxy.sever()
             with anyio.fail_after(20):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(
-                        store.apply, WriteBatch(workflows=[workflow], stamps=[stamp], transitions=transitions)
-                    )
+                    for workflow, stamp, transitions in items:  # five handlers, each with its batch of 4 rows
+                        batch = WriteBatch(workflows=[workflow], stamps=[stamp], transitions=transitions)
+                        tg.start_soon(store.apply, batch)
                     for _ in range(2_000):  # fail_after bounds it; health is polled, it has no event to wait on
                         health = await store.health()
-                        if health.queued_writes:
+                        if health.queued_writes == 20:
                             break
                         await anyio.sleep(0.01)
-                    assert health.status == "degraded"
-                    assert health.queued_writes == 4
-                    # The breaker keeps the store from hammering the server: a handful of tries, not one per 50 ms.
+                    assert (health.status, health.queued_writes) == ("degraded", 20)
+                    # The breaker keeps five callers from hammering the server: one trial per reset timeout
+                    # (0.2 s), not five callers trying every 50 ms.
                     refused_before = proxy.refused
                     await anyio.sleep(0.5)
                     assert proxy.refused - refused_before <= 6
                     assert store.statistics().breaker_state in ("open", "half_open")
                     proxy.mend()
-            assert await store.get_workflow(workflow.correlation_id) == workflow
-            assert await store.count("fsm_transitions") == 2
-            assert (await store.health()).status == "ok"
+            for workflow, _, _ in items:
+                assert await store.get_workflow(workflow.correlation_id) == workflow
+            assert await store.count("fsm_transitions") == 10
+            health = await store.health()
+            assert (health.status, health.queued_writes) == ("ok", 0)
 
 
 async def test_apply_gives_up_with_store_error_when_the_server_stays_away() -> None:
-    # Nothing listens on port 1: every connect is refused. min_size=0 so that open() itself connects to nothing.
-    url = "postgresql://postgres@127.0.0.1:1/test?min_size=0&retry_attempts=3&backoff_initial=0.01&breaker_threshold=10"
+    # A port nothing listens on: every connect is refused. min_size=0 so that open() itself connects to nothing.
+    url = (
+        f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+        "?min_size=0&retry_attempts=3&backoff_initial=0.01&breaker_threshold=10"
+    )
     async with PostgresStore(url) as store:
         with anyio.fail_after(10), pytest.raises(StoreError, match="unavailable, batch not written"):
             await store.apply(WriteBatch(registrations=[RegistrationRow("n", "EFFECT", "1.0.0")]))
@@ -404,31 +414,36 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.parametrize("method", ["executemany", "unnest", "copy"])
 @pytest.mark.parametrize("text", HOSTILE)
-async def test_hostile_strings_are_stored_verbatim(postgres_dsn: str, text: str) -> None:
-    async with PostgresStore(postgres_dsn) as store:
+async def test_hostile_strings_are_stored_verbatim(postgres_dsn: str, text: str, method: str) -> None:
+    # bulk_min_rows=1: with unnest and copy even these one-row tables take the set-based path.
+    async with PostgresStore(url_with(postgres_dsn, bulk_method=method, bulk_min_rows=1)) as store:
         await store.upgrade()
-        stamp = StampRow(uuid.uuid4(), text, text, 1, text, text, text, stamp_data={text: text})
+        stamp = StampRow(uuid.uuid4(), text, text, 1, text, text, text, stamp_data={text: text}, created_at=T0)
         registration = RegistrationRow(text, text, text, text, metadata={text: [text]})
         transition = TransitionRow(uuid.uuid4(), text, text, text, text, text)
-        await store.apply(
-            WriteBatch(consumer=text, stamps=[stamp], registrations=[registration], transitions=[transition])
+        event = uuid.uuid4()
+        batch = WriteBatch(
+            consumer=text,
+            processed_event_ids=[event],
+            stamps=[stamp],
+            registrations=[registration],
+            transitions=[transition],
         )
-        [read] = await store.get_stamps_by_hash(text)
-        assert read == dataclass_with_created_at(stamp, read.created_at)
-        assert (await store.list_stamps(text))[0].stamp_data == {text: text}
+        await store.apply(batch)
+        assert await store.get_stamps_by_hash(text) == [stamp]
+        assert await store.list_stamps(text) == [stamp]
         [reg] = await store.list_registrations()
         assert (reg.node_id, reg.node_type, reg.health_status, reg.metadata) == (text, text, text, {text: [text]})
         [t] = await store.list_transitions(text)
         assert (t.from_state, t.to_state, t.transition_event) == (text, text, text)
-        for table in ("metadata_stamps", "workflow_executions", "node_registrations"):
-            assert await store.count(table) >= 0  # every table is still there
-
-
-def dataclass_with_created_at(row: StampRow, created_at: datetime | None) -> StampRow:
-    import dataclasses
-
-    return dataclasses.replace(row, created_at=created_at)
+        assert await store.unprocessed(text, [event]) == set()
+        counts = {table: await store.count(table) for table in TABLES}
+        assert counts == {
+            **dict.fromkeys(TABLES, 0),
+            **dict.fromkeys(["metadata_stamps", "node_registrations", "fsm_transitions", "processed_events"], 1),
+        }
 
 
 async def test_jsonb_round_trips_and_is_queryable(postgres_dsn: str) -> None:
@@ -477,3 +492,67 @@ async def test_naive_datetimes_are_taken_as_utc_and_read_back_aware(postgres_dsn
         assert read.started_at == datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)
         assert read.started_at.tzinfo is not None
         assert isinstance(read.correlation_id, uuid.UUID)
+
+
+# --- the three write paths agree -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
+async def test_every_bulk_method_keeps_the_conflict_rules_within_one_batch(postgres_dsn: str, method: str) -> None:
+    # bulk_min_rows=1: even the smallest table goes set-based, with several rows per natural key in one batch.
+    url = url_with(postgres_dsn, bulk_method=method, bulk_min_rows=1)
+    cids = [uuid.uuid4() for _ in range(20)]
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    batch = WriteBatch(consumer="c", processed_event_ids=[cids[0], cids[1], cids[0]])
+    for cid in cids:
+        batch.workflows += [
+            WorkflowRow(cid, "stamp", "completed", 2, completed_at=t0, metadata={"b": 2}),
+            WorkflowRow(cid, "stamp", "pending", 0, namespace="ns", metadata={"a": 0, "b": 0}),
+            WorkflowRow(cid, "stamp", "processing", 1, started_at=t0, metadata={"a": 1}),
+        ]
+        batch.steps += [StepRow(cid, "hash", 1, "running"), StepRow(cid, "hash", 1, "completed", step_data={"x": 1})]
+        batch.transitions += [
+            TransitionRow(uuid.uuid5(cid, str(n)), str(cid), "workflow", a, b, "go")
+            for n, (a, b) in enumerate([(None, "pending"), ("pending", "processing"), ("processing", "completed")])
+        ]
+    first_stamp = StampRow(uuid.uuid4(), "h", "a.py", 1, "ns", "lightweight", "python")
+    batch.stamps += [first_stamp, StampRow(uuid.uuid4(), "h", "a.py", 2, "ns", "rich", "python"), first_stamp]
+    batch.bridge_states += [BridgeStateRow("ns", v, v, v, v, v, f"v{v}") for v in (1, 3, 2)]
+    batch.registrations += [RegistrationRow("n", "EFFECT", "1.0.0"), RegistrationRow("n", "EFFECT", "1.0.1")]
+    batch.heartbeats += [HeartbeatRow("n", "HEALTHY", t0), HeartbeatRow("n", "STALE", t0 - timedelta(seconds=1))]
+    log = EventLogRow(uuid.uuid4(), "e", "t", "ok")
+    batch.event_logs += [log, log]
+    async with PostgresStore(url) as store:
+        await store.upgrade()
+        await store.apply(batch)
+        await store.apply(batch)  # redelivered whole: no change
+        for cid in cids:
+            assert await store.get_workflow(cid) == WorkflowRow(
+                cid, "stamp", "completed", 2, namespace="ns", started_at=t0, completed_at=t0, metadata={"a": 0, "b": 2}
+            )  # "a" came first from seq 0: seq 1, lower than the stored 2, only fills what is missing
+            [step] = await store.list_steps(cid)
+            assert (step.status, step.step_data) == ("completed", {"x": 1})
+            states = [t.to_state for t in await store.list_transitions(str(cid))]
+            assert states == ["pending", "processing", "completed"]
+        assert [s.file_size for s in await store.list_stamps("ns")] == [1]
+        bridge = await store.get_bridge_state("ns")
+        assert bridge is not None
+        assert bridge.version == 3
+        [node] = await store.list_registrations()
+        assert (node.node_version, node.health_status, node.last_heartbeat) == ("1.0.1", "HEALTHY", t0)
+        assert await store.count("event_logs") == 1
+        assert await store.unprocessed("c", [cids[0], cids[1], cids[2]]) == {cids[2]}
+        assert [w.correlation_id for w in await store.list_workflows(limit=3)] == cids[::-1][:3]
+
+
+@pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
+async def test_a_bad_row_in_a_large_batch_names_its_table(postgres_dsn: str, method: str) -> None:
+    async with PostgresStore(url_with(postgres_dsn, bulk_method=method)) as store:
+        await store.upgrade()
+        stamps = [StampRow(uuid.uuid4(), "h", f"{i}.py", i, "ns", "lightweight", "python") for i in range(100)]
+        stamps[57] = StampRow(uuid.uuid4(), "h", "bad.py", 2**63, "ns", "lightweight", "python")  # beyond BIGINT
+        transitions = [TransitionRow(uuid.uuid4(), "e", "workflow", None, "s", "go") for _ in range(100)]
+        with pytest.raises(StoreError, match=r"insert of metadata_stamps failed.*rolled back"):
+            await store.apply(WriteBatch(transitions=transitions, stamps=stamps))
+        assert await store.count("fsm_transitions") == 0
+        assert store.statistics().retries == 0

@@ -16,7 +16,6 @@ import yaml
 from blake3 import blake3
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
 from onex import stamps
 from onex.exceptions import StampError
 from onex.stamps import (
@@ -150,7 +149,8 @@ def test_a_one_byte_change_in_the_body_is_reported_as_modified(
 def test_restamping_changed_content_replaces_the_stamp(doc: tuple[str, bytes], rich: bool) -> None:
     name, content = doc
     out = stamped(content, name, rich=rich)
-    edited = out + b"more\n"
+    # A stamp at the very end (after a prefix with no final newline) has no newline: keep it a whole line.
+    edited = out + (b"" if out.endswith(b"\n") else b"\n") + b"more\n"
     again, stamp = stamp_bytes(edited, file_name=name, rich=rich, now=LATER)
     assert stamp.uid == UID
     assert stamp.hash == blake3(strip_stamp(edited, file_name=name)).hexdigest()
@@ -172,6 +172,7 @@ def test_stamp_file_matches_stamp_bytes_on_disk(doc: tuple[str, bytes], rich: bo
         assert result.status == "stamped", result.error
         out = path.read_bytes()
         assert strip_stamp(out, file_name=name) == content
+        assert result.stamp is not None
         assert result.stamp == find_stamp(out, file_name=name)
         assert hash_file(path) == blake3(content).hexdigest() == result.stamp.hash
         assert verify_file(path).status == "valid"
@@ -299,8 +300,8 @@ def test_block_comments_are_never_closed_early_by_a_value(name: str, bad: str) -
 def test_values_needing_quotes_round_trip() -> None:
     for value in ["yes", "1234", "a: b", "#x", "it's", "line\nbreak", "tab\t", "é", "𝄞", " pad ", "", "null"]:
         out, stamp = stamp_bytes(b"x\n", file_name="x.py", rich=True, author=value, now=NOW)
-        found = find_stamp(out, file_name="x.py")
-        assert found is not None and found.fields["author"] == value, value
+        assert stamp.fields["author"] == value
+        assert find_stamp(out, file_name="x.py") == stamp, value
         assert out.isascii()
 
 
@@ -308,7 +309,8 @@ def test_crlf_files_get_a_crlf_stamp() -> None:
     out = stamped(b"#!/bin/sh\r\necho hi\r\n", "x.sh")
     first, second, rest = out.split(b"\r\n", 2)
     assert first == b"#!/bin/sh"
-    assert second.startswith(b"# ONEX:uid=") and b"\n" not in second
+    assert second.startswith(b"# ONEX:uid=")
+    assert b"\n" not in second
     assert rest == b"echo hi\r\n"
     rich = stamped(b"a\r\nb\r\n", "x.py", rich=True)
     assert rich.count(b"\r\n") == rich.count(b"\n")
@@ -331,7 +333,8 @@ def test_lightweight_stamps_with_extra_pairs_are_recognised_and_kept() -> None:
     digest = blake3(b"x\n").hexdigest()
     content = f"# ONEX:uid={UID},hash={'0' * 64},ts=2025-01-01T00:00:00Z,author=me,v=1\nx\n".encode()
     found = find_stamp(content, file_name="x.py")
-    assert found is not None and found.fields == {"author": "me", "v": "1"}
+    assert found is not None
+    assert found.fields == {"author": "me", "v": "1"}
     out, stamp = stamp_bytes(content, file_name="x.py", now=NOW)
     assert out == f"# ONEX:uid={UID},hash={digest},ts=2025-08-30T20:30:00.000000+00:00,author=me,v=1\nx\n".encode()
     assert stamp.uid == UID
@@ -340,22 +343,29 @@ def test_lightweight_stamps_with_extra_pairs_are_recognised_and_kept() -> None:
 def test_switching_kind_or_options_restamps_and_keeps_the_uid() -> None:
     light = stamped(b"x\n", "x.py")
     rich, stamp = stamp_bytes(light, file_name="x.py", rich=True, now=LATER)
-    assert stamp.uid == UID and stamp.kind == "rich"
+    assert stamp.uid == UID
+    assert stamp.kind == "rich"
     assert stamp.fields["created_at"] == NOW.isoformat(timespec="microseconds")
     assert strip_stamp(rich, file_name="x.py") == b"x\n"
     renamed, other = stamp_bytes(rich, file_name="x.py", rich=True, namespace="other", now=LATER)
-    assert renamed != rich and other.fields["namespace"] == "other" and other.uid == UID
+    assert renamed != rich
+    assert other.fields["namespace"] == "other"
+    assert other.uid == UID
     back, again = stamp_bytes(rich, file_name="x.py", now=LATER)
-    assert again.kind == "lightweight" and again.uid == UID and strip_stamp(back, file_name="x.py") == b"x\n"
+    assert again.kind == "lightweight"
+    assert again.uid == UID
+    assert strip_stamp(back, file_name="x.py") == b"x\n"
 
 
 def test_extra_keys_of_a_rich_block_survive_a_restamp() -> None:
     out = stamped(b"x\n", "x.py", rich=True)
     out = out.replace(b"# author:", b"# lifecycle: active\n# tools: [a, b]\n# author:")
     found = find_stamp(out, file_name="x.py")
-    assert found is not None and found.fields["lifecycle"] == "active"
+    assert found is not None
+    assert found.fields["lifecycle"] == "active"
     again, stamp = stamp_bytes(out + b"y\n", file_name="x.py", rich=True, now=LATER)
-    assert stamp.fields["lifecycle"] == "active" and stamp.fields["tools"] == ["a", "b"]
+    assert stamp.fields["lifecycle"] == "active"
+    assert stamp.fields["tools"] == ["a", "b"]
     assert find_stamp(again, file_name="x.py") == stamp
 
 
@@ -373,14 +383,15 @@ def test_a_stamp_is_recognised_only_at_its_place_and_only_whole() -> None:
 
 def test_empty_files_are_stamped() -> None:
     out = stamped(b"", "x.py")
-    assert out.endswith(b"\n") and out.count(b"\n") == 1
+    assert out.endswith(b"\n")
+    assert out.count(b"\n") == 1
     assert verify_bytes(out, file_name="x.py").actual == blake3(b"").hexdigest()
     assert strip_stamp(out, file_name="x.py") == b""
 
 
 def test_stamp_bytes_validates_its_arguments() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        stamp_bytes(b"x", file_name="x.py", now=datetime(2025, 1, 1))  # noqa: DTZ001 - the point of the test
+        stamp_bytes(b"x", file_name="x.py", now=datetime(2025, 1, 1))
     with pytest.raises(ValueError, match="UUID"):
         stamp_bytes(b"x", file_name="x.py", uid="a,b")
 
@@ -417,17 +428,20 @@ def test_files_without_comments_get_a_sidecar(tmp_path: Path, name: str, content
     path = tmp_path / name
     path.write_bytes(content)
     out, stamp = stamp_bytes(content, file_name=name)
-    assert out is content and stamp.kind == "sidecar"
+    assert out is content
+    assert stamp.kind == "sidecar"
     result = stamp_file(path, namespace="ns")
     assert result.status == "stamped", result.error
     assert path.read_bytes() == content
-    assert result.file_type == file_type and result.size == len(content)
+    assert result.file_type == file_type
+    assert result.size == len(content)
     side = sidecar_path(path)
     assert side == tmp_path / f"{name}.onex.yaml"
     recorded = parse_sidecar(side.read_bytes())
     assert recorded == result.stamp
     assert recorded.hash == hash_file(path) == blake3(content).hexdigest()
-    assert recorded.fields["namespace"] == "ns" and recorded.fields["file_type"] == file_type
+    assert recorded.fields["namespace"] == "ns"
+    assert recorded.fields["file_type"] == file_type
     assert verify_file(path).status == "valid"
     before = side.read_bytes(), side.stat().st_mtime_ns
     assert stamp_file(path, namespace="ns").status == "unchanged"
@@ -435,7 +449,9 @@ def test_files_without_comments_get_a_sidecar(tmp_path: Path, name: str, content
     path.write_bytes(content + b"!")
     assert verify_file(path).status == "modified"
     again = stamp_file(path, namespace="ns")
-    assert again.status == "stamped" and again.stamp is not None and again.stamp.uid == recorded.uid
+    assert again.status == "stamped"
+    assert again.stamp is not None
+    assert again.stamp.uid == recorded.uid
     assert verify_file(path).status == "valid"
 
 
@@ -447,14 +463,17 @@ def test_sidecars_in_memory() -> None:
     assert verify_bytes(PNG, file_name="a.png").status == "unstamped"
     assert verify_bytes(PNG, file_name="a.png", sidecar=b"[]").status == "error"
     same, again = stamp_bytes(PNG, file_name="a.png", sidecar=side, now=LATER)
-    assert same is PNG and again == stamp
+    assert same is PNG
+    assert again == stamp
 
 
 def test_a_foreign_file_where_the_sidecar_goes_is_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text("{}")
     (tmp_path / "a.json.onex.yaml").write_text("mine: true\n")
     result = stamp_file(tmp_path / "a.json")
-    assert result.status == "failed" and result.error is not None and "not an onex sidecar" in result.error
+    assert result.status == "failed"
+    assert result.error is not None
+    assert "not an onex sidecar" in result.error
     assert (tmp_path / "a.json.onex.yaml").read_text() == "mine: true\n"
     assert verify_file(tmp_path / "a.json").status == "error"
 
@@ -463,7 +482,8 @@ def test_sidecars_and_temp_files_are_never_stamped(tmp_path: Path) -> None:
     side = tmp_path / "a.json.onex.yaml"
     side.write_text("x: 1\n")
     result = stamp_file(side)
-    assert result.status == "skipped" and side.read_text() == "x: 1\n"
+    assert result.status == "skipped"
+    assert side.read_text() == "x: 1\n"
 
 
 # --- files on disk --------------------------------------------------------------------------------------------
@@ -485,7 +505,8 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "a.py"
     path.write_bytes(b"x\n")
     result = stamp_file(path, dry_run=True)
-    assert result.status == "stamped" and result.stamp is not None
+    assert result.status == "stamped"
+    assert result.stamp is not None
     assert path.read_bytes() == b"x\n"
     (tmp_path / "b.json").write_text("{}")
     assert stamp_file(tmp_path / "b.json", dry_run=True).status == "stamped"
@@ -498,8 +519,10 @@ def test_a_symlink_is_stamped_through_and_stays_a_link(tmp_path: Path) -> None:
     link = tmp_path / "link.py"
     link.symlink_to(target)
     result = stamp_file(link)
-    assert result.status == "stamped" and result.path == str(link)
-    assert link.is_symlink() and find_stamp(target.read_bytes(), file_name="real.py") is not None
+    assert result.status == "stamped"
+    assert result.path == str(link)
+    assert link.is_symlink()
+    assert find_stamp(target.read_bytes(), file_name="real.py") is not None
 
 
 @pytest.mark.parametrize(
@@ -524,7 +547,9 @@ def test_a_file_that_changes_while_being_stamped_is_left_alone(tmp_path: Path, i
 
     result = stamp_file(path, _before_replace=hook)
     assert result.status == "failed"
-    assert result.error is not None and "changed while stamping" in result.error and str(path) in result.error
+    assert result.error is not None
+    assert "changed while stamping" in result.error
+    assert str(path) in result.error
     assert (path.read_bytes() if path.exists() else b"<gone>") == seen[0]
     assert not sidecar_path(path).exists()
     assert [p.name for p in tmp_path.iterdir()] == ([name] if path.exists() else [])
@@ -596,7 +621,8 @@ def test_non_utf8_text_fails_clearly_and_is_untouched(tmp_path: Path) -> None:
 
 def test_a_missing_file_fails(tmp_path: Path) -> None:
     result = stamp_file(tmp_path / "gone.py")
-    assert result.status == "failed" and result.error == f"{tmp_path / 'gone.py'}: no such file (deleted while running?)"
+    assert result.status == "failed"
+    assert result.error == f"{tmp_path / 'gone.py'}: no such file (deleted while running?)"
     assert verify_file(tmp_path / "gone.py").status == "error"
     with pytest.raises(StampError, match="no such file"):
         hash_file(tmp_path / "gone.py")
@@ -605,20 +631,24 @@ def test_a_missing_file_fails(tmp_path: Path) -> None:
 def test_a_directory_fails(tmp_path: Path) -> None:
     (tmp_path / "d.py").mkdir()
     result = stamp_file(tmp_path / "d.py")
-    assert result.status == "failed" and result.error == f"{tmp_path / 'd.py'}: is a directory"
+    assert result.status == "failed"
+    assert result.error == f"{tmp_path / 'd.py'}: is a directory"
 
 
 def test_a_fifo_fails_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.py")
     result = stamp_file(tmp_path / "pipe.py")
-    assert result.status == "failed" and result.error is not None and "not a regular file" in result.error
+    assert result.status == "failed"
+    assert result.error is not None
+    assert "not a regular file" in result.error
 
 
 def test_a_symlink_loop_fails(tmp_path: Path) -> None:
     (tmp_path / "a.py").symlink_to(tmp_path / "b.py")
     (tmp_path / "b.py").symlink_to(tmp_path / "a.py")
     result = stamp_file(tmp_path / "a.py")
-    assert result.status == "failed" and result.error == f"{tmp_path / 'a.py'}: symlink loop"
+    assert result.status == "failed"
+    assert result.error == f"{tmp_path / 'a.py'}: symlink loop"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -630,7 +660,8 @@ def test_an_unreadable_file_fails(tmp_path: Path) -> None:
         result = stamp_file(path)
     finally:
         path.chmod(0o600)
-    assert result.status == "failed" and result.error == f"{path}: permission denied"
+    assert result.status == "failed"
+    assert result.error == f"{path}: permission denied"
 
 
 def test_permission_denied_is_a_per_file_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -660,7 +691,8 @@ def test_an_unwritable_directory_fails_and_leaves_the_file(tmp_path: Path, monke
 
     monkeypatch.setattr(tempfile, "mkstemp", refusing_mkstemp)
     result = stamp_file(path)
-    assert result.status == "failed" and result.error == f"{path}: permission denied"
+    assert result.status == "failed"
+    assert result.error == f"{path}: permission denied"
     assert path.read_bytes() == b"x\n"
 
 

@@ -670,6 +670,10 @@ class _KafkaSubscription(Subscription):
                 self.group,
                 exc,
             )
+        except KafkaError as exc:
+            # aiokafka retries what is retriable; this is not (an ACL, say). The records were handled, so carry on:
+            # whoever owns the partitions next handles them again.
+            logger.error("group %s: committing %s failed: %r", self.group, offsets, exc)
 
     async def _handle_partition(self, topic: str, records: list[Any]) -> None:
         # The per-record path stays inline (no coroutine per record for decoding or the first attempt): at tens of

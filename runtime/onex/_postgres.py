@@ -1,46 +1,68 @@
 """``PostgresStore``: the ``Store`` on PostgreSQL, through an asyncpg connection pool.
 
-URL: ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?schema=NAME&...``. Query parameters read here (any other one,
-such as ``sslmode``, goes to asyncpg untouched):
+URL: ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?schema=NAME&...``. The query parameters below are read here; any
+other one (``sslmode`` ...) goes to asyncpg untouched.
 
-=========================  ==========  ==========================================================================
-``schema``                 ``public``  the schema holding every table; ``upgrade()`` creates it when missing
-``min_size``/``max_size``  1 / 10      pool size
-``acquire_timeout``        10          seconds to wait for a free pool connection before ``StoreError``
-``connect_timeout``        5           seconds to open one connection
-``statement_timeout_ms``   30000       server-side ``statement_timeout``
-``command_timeout``        60          client-side timeout of one command, in seconds
-``application_name``       ``onex``    shown in ``pg_stat_activity``
-``retry_attempts``         6           attempts of one ``apply`` on connection-class errors (see below)
-``retry_deadline``         30          seconds one ``apply`` may spend retrying, waits for the breaker included
-``breaker_threshold``      5           consecutive connection failures that open the circuit breaker
-``breaker_reset``          2           seconds an open breaker waits before letting one trial through
-``backoff_initial``/``_max``  0.05 / 2  seconds between retries: doubling from the first to the cap
-``copy_min_rows``          32          rows of one insert-only table from which a batch uses COPY (see below)
-=========================  ==========  ==========================================================================
+========================  =======  =================================================================================
+parameter                 default  meaning
+========================  =======  =================================================================================
+``schema``                public   the schema holding every table; ``upgrade()`` creates it when missing
+``min_size``              1        pool connections kept open
+``max_size``              10       pool connections at most
+``acquire_timeout``       10       seconds to wait for a free pool connection, then ``StoreError("pool exhausted")``
+``connect_timeout``       5        seconds to open one connection
+``statement_timeout_ms``  30000    the server's ``statement_timeout`` for every statement but migrations
+``command_timeout``       60       client-side limit of one command, in seconds
+``application_name``      onex     as shown in ``pg_stat_activity``
+``retry_attempts``        6        attempts of one call on connection-class errors (see Resilience)
+``retry_deadline``        30       seconds one call may spend on attempts, backoff and breaker waits
+``backoff_initial``       0.05     seconds before the second attempt; doubling ...
+``backoff_max``           2        ... up to this
+``breaker_threshold``     5        consecutive connection failures that open the circuit breaker
+``breaker_reset``         2        seconds an open breaker waits before it lets one trial through
+``bulk_method``           unnest   how a table's rows of a batch are sent: ``unnest``, ``copy`` or ``executemany``
+``bulk_min_rows``         16       below this many rows of one table, ``executemany`` whatever ``bulk_method`` says
+========================  =======  =================================================================================
 
-Writes. ``apply(batch)`` is one transaction. The tables that only ever insert (stamps, transitions, event logs,
-processed events) are COPYed into per-connection temporary staging tables and moved with one ``INSERT ... SELECT
-... ON CONFLICT DO NOTHING`` when a batch holds at least ``copy_min_rows`` of them (below that, the extra round
-trip COPY needs for the staging table's column types is not won back): at 500 rows a batch that was
-15-25% faster than ``executemany`` here (``bench/store_postgres.py`` prints both). The upsert tables (workflows,
-steps, bridge states, registrations, heartbeats) go through ``executemany`` of prepared statements, because one
-batch may hold several rows for one key (a workflow's start and completion) and a set-based ``DO UPDATE`` cannot
-touch a row twice; row-by-row keeps the conflict rules of ``onex.store`` exact, in batch order.
+Writes. ``apply(batch)`` is one transaction: each table's rows, in the order workflows, steps, stamps, transitions,
+bridge states, registrations, heartbeats, event logs, processed events (as ``SqliteStore``). With the default
+``bulk_method=unnest`` a table's rows travel as one array per column in one prepared statement, ``INSERT ...
+SELECT ... FROM unnest($1::uuid[], ...) WITH ORDINALITY ... ON CONFLICT ...``: one round trip and one plan per table
+and batch, rows written in batch order. Measured on 100,000 mixed rows in batches of 500 (``bench/store_postgres.py``
+prints all three), it beat both alternatives the task named: ``executemany`` of a prepared ``INSERT ... ON
+CONFLICT`` (pipelined, but planned and executed row by row) and COPY into a temporary staging table followed by
+``INSERT ... SELECT ... ON CONFLICT`` (two round trips, and the staging writes plus the ``ON COMMIT DELETE ROWS``
+truncation cost more than COPY's faster transfer saves at this size). Both remain available as ``bulk_method``.
 
-Resilience. A connection-class failure (the server restarted, ``pg_terminate_backend``, a refused connect) makes
-``apply`` roll back and retry the whole batch with exponential backoff. Every row is written by its natural key,
-so a batch whose COMMIT succeeded but whose answer was lost is not duplicated when it is applied again. A circuit
-breaker (``onex.resilience.CircuitBreaker``) opens after ``breaker_threshold`` consecutive failures; while it is
-open nothing is sent to the server, and after ``breaker_reset`` seconds one caller at a time tries again.
+One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch may hold several rows for one key
+(a workflow's start and its completion). Such rows go in rounds, the n-th row of a key in round n, one statement
+per round, so they apply in batch order exactly as row by row would. Heartbeats are ``UPDATE``s, few per batch,
+and always go row by row. The conflict rules are those of ``onex.store``; where its table leaves room, the choices
+are ``SqliteStore``'s (its docstring lists them; ``tests/test_store_conformance.py`` pins them for both).
 
-How the queue of pending writes is bounded: there is no background queue. A batch that cannot be written stays
-with the caller that awaits ``apply`` (the bus handler, which has not committed its offset), for at most
-``retry_attempts`` attempts and ``retry_deadline`` seconds; then ``apply`` raises ``StoreError`` and the bus
-redelivers the events later (its own retry with backoff, then the dead-letter topic). So the pending writes are
-bounded by the bus's bounded number of in-flight handlers times their batch size, and nothing is lost that the
-bus has not been told about. ``health()`` reports them as ``queued_writes`` and the store as ``degraded`` while
-they wait. Pool exhaustion is not retried: ``StoreError("pool exhausted ...")`` after ``acquire_timeout``.
+Resilience. A connection-class failure (the server restarted or went away, ``pg_terminate_backend``, a refused
+connect, a broken protocol state) rolls the batch back, drops the connection and retries the whole batch on another
+one, with exponential backoff. Every row is written by its natural key, so a batch whose COMMIT succeeded but whose
+answer was lost is not duplicated when it is applied again. A circuit breaker (``onex.resilience.CircuitBreaker``)
+opens after ``breaker_threshold`` consecutive connection failures; while it is open nothing is sent to the server,
+and after ``breaker_reset`` seconds one caller at a time sends a trial. Errors the server gives for the data
+(constraint, overflow, bad JSON) are not retried: ``StoreError`` names the table, and nothing of the batch stays.
+Deadlocks and serialisation failures are retried without counting against the server. Reads retry the same way
+(an idle pool connection may have been cut since its last use).
+
+How the queue of pending writes is bounded: there is no background queue, on purpose. A batch that cannot be
+written stays with the caller awaiting ``apply`` (a bus handler, which has not committed its offset yet), for at
+most ``retry_attempts`` attempts and ``retry_deadline`` seconds; then ``apply`` raises ``StoreError`` and the bus
+takes over: its own retries with backoff, then the dead-letter topic, from which the events can be replayed. So the
+writes held are bounded by the bus's bounded number of in-flight handlers times their batch size, they survive a
+crash of this process (the bus still has them), and nothing is dropped that the bus has not been told about.
+``health()`` reports them as ``queued_writes`` (rows) and the store as ``degraded`` while they wait. Pool exhaustion
+is not retried here: ``StoreError("pool exhausted ...")`` after ``acquire_timeout``, and the bus retries later.
+
+Migrations: ``migrations/postgres/NNNN_name.sql``, applied by ``upgrade()`` in number order, each in its own
+transaction, under a per-schema advisory lock, recorded in ``schema_migrations(version, name, checksum,
+applied_at)``. ``open()`` does not upgrade; until the schema is current every call raises ``StoreError`` saying to
+run ``onex db upgrade``, and ``health()`` says ``down``.
 """
 
 from __future__ import annotations
@@ -753,6 +775,10 @@ class PostgresStore(Store):
             raise StoreError(f"cannot connect to {_redact(self.url)}: {_describe(exc)}") from exc
         self._closed = False
 
+    async def __aenter__(self) -> PostgresStore:  # narrower than Store's, for statistics() and connection()
+        await self.open()
+        return self
+
     async def aclose(self) -> None:
         """Close the pool: in-flight calls get ``acquire_timeout`` seconds to finish, then connections are cut."""
         pool, self._pool = self._pool, None
@@ -846,12 +872,16 @@ class PostgresStore(Store):
         """
         rows = len(batch) + len(batch.processed_event_ids)
         if not rows:
-            if self._pool is None or not self._schema_ready:
-                await self._with_retry(self._ready)  # nothing to write; still an error on a closed or new schema
+            await self._check_ready()  # nothing to write; still an error on a closed store or an old schema
             return
         await self._with_retry(lambda: self._apply_once(batch), queued=rows)
         self._batches += 1
         self._rows += len(batch)
+
+    async def _check_ready(self) -> None:
+        """``StoreError`` on a closed store or a schema that is not current; no round trip once it is."""
+        if self._pool is None or not self._schema_ready:
+            await self._with_retry(self._ready)
 
     async def _ready(self) -> None:
         async with self._connection() as conn:
@@ -910,7 +940,8 @@ class PostgresStore(Store):
     async def _with_retry(self, operation: Callable[[], Awaitable[T]], *, queued: int = 0) -> T:
         """Run ``operation`` under the circuit breaker, retrying connection-class failures (module docstring).
 
-        ``queued`` rows count towards ``health().queued_writes`` from the first failure until the call returns.
+        ``queued`` rows count towards ``health().queued_writes`` while the call waits: from its first failure, or
+        from finding the breaker open, until it returns.
         """
         s = self.settings
         deadline = self._clock() + s.retry_deadline
@@ -920,17 +951,23 @@ class PostgresStore(Store):
             while True:
                 state = self._breaker.state
                 if state is BreakerState.OPEN:
+                    if not counted:
+                        counted = queued
+                        self._queued += counted
                     # Poll rather than sleep the whole reset timeout: another caller's trial may close it sooner.
                     wait = min(s.breaker_reset, 0.05)
                     if self._clock() + wait > deadline:
                         raise StoreError(self._unavailable("circuit breaker open"))
                     await asyncio.sleep(wait)
                     continue
-                attempt += 1
                 try:
                     if state is BreakerState.HALF_OPEN:
                         async with self._trial:
+                            if self._breaker_open():
+                                continue  # the trial of the caller before this one failed: wait again
+                            attempt += 1
                             return await self._attempt(operation)
+                    attempt += 1
                     return await self._attempt(operation)
                 except _Retryable as exc:
                     self._retries += 1
@@ -965,6 +1002,10 @@ class PostgresStore(Store):
         self._record_success()
         return result
 
+    def _breaker_open(self) -> bool:
+        # A method, not an inline comparison: the state is a property of the clock, which mypy would narrow.
+        return self._breaker.state is BreakerState.OPEN
+
     def _record_success(self) -> None:
         self._breaker.record_success()
         self._consecutive_failures = 0
@@ -996,7 +1037,7 @@ class PostgresStore(Store):
 
     async def unprocessed(self, consumer: str, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         if not event_ids:
-            await self.apply(WriteBatch())  # still an error on a closed or un-migrated store
+            await self._check_ready()
             return set()
         rows = await self._fetch(
             "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2::uuid[])",
@@ -1089,6 +1130,8 @@ class PostgresStore(Store):
         )
         try:
             async with guard:
+                if self._breaker_open():  # another caller's trial failed meanwhile
+                    return StoreHealth("degraded", self._degraded_detail("circuit breaker open"), self._queued)
                 detail = await self._attempt(self._ping)
         except _Retryable:
             return StoreHealth("degraded", self._degraded_detail("server unreachable"), self._queued)
@@ -1152,6 +1195,12 @@ class PostgresStore(Store):
             raise  # a connect that hung: a connection-class failure, retried
         try:
             yield conn
+        except BaseException as exc:
+            if _is_connection_error(exc):
+                # Whatever state the connection is in (often a transaction the server has forgotten), it is not
+                # worth resetting for the next user: drop it, the pool opens a new one.
+                conn.terminate()
+            raise
         finally:
             # Resetting the connection for its next user may fail: then the pool has terminated it and opens a new
             # one on the next acquire. What was done on it stands (or has raised already), so that is no error.

@@ -87,6 +87,8 @@ MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
 # Set on every connection, after "PRAGMA journal_mode = WAL" (bench/store_sqlite.py gives its raw floor the same).
 PRAGMAS: Final = (
     "PRAGMA synchronous = NORMAL",
+    # No table declares a foreign key (see the migration); this is SQLite's per-connection opt-in, so that one a
+    # later migration declares is enforced as PostgreSQL would enforce it.
     "PRAGMA foreign_keys = ON",
     f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}",
     # Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a batch touches pages all over the uuid-keyed
@@ -121,11 +123,10 @@ def _ts(value: datetime | None) -> str | None:
     if value is None:
         return None
     zone = value.tzinfo
-    if zone is not UTC:  # the common case, datetime.now(UTC), skips the conversion (half the cost)
-        if zone is None:
-            value = value.replace(tzinfo=UTC)  # naive means UTC in onex (PostgresStore reads it the same way)
-        else:
-            value = value.astimezone(UTC)
+    if zone is None:
+        value = value.replace(tzinfo=UTC)  # naive means UTC in onex (PostgresStore reads it the same way)
+    elif zone is not UTC:  # datetime.now(UTC), the common case, needs no conversion
+        value = value.astimezone(UTC)
     return value.isoformat(timespec="microseconds")
 
 
@@ -686,15 +687,17 @@ class SqliteStore(Store):
         if self._executor is not None:
             return
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onex-sqlite")
+        # Published before the connection exists: calls made meanwhile queue up behind the connect on the one
+        # thread, so they run after it, as if open() had returned first.
+        self._executor, self._closed = executor, False
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
         except BaseException:
             # Also when cancelled while the thread was still connecting: close whatever it opened, after it.
+            self._executor = None
             executor.submit(self._close_sync)
             executor.shutdown(wait=False)
             raise
-        self._executor = executor
-        self._closed = False
 
     async def aclose(self) -> None:
         """Finish the calls already queued, close the connection and stop the thread. Idempotent."""
@@ -718,7 +721,7 @@ class SqliteStore(Store):
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: no implicit BEGIN from the sqlite3 module; transactions are explicit below.
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {_describe(exc)}") from exc
         try:

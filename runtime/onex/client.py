@@ -23,7 +23,7 @@ from rich.table import Table
 
 from onex.bus import EventBus, Subscription
 from onex.contracts import ContractSet
-from onex.envelope import OnexEnvelopeV1, topic_name
+from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
 from onex.exceptions import OnexError
 from onex.files import iter_files
 from onex.settings import Settings
@@ -52,7 +52,8 @@ def _topics(contracts: ContractSet, settings: Settings) -> dict[str, str]:
 
 
 class StampClient:
-    """Publishes STAMP_REQUESTED events and resolves each to its WORKFLOW_COMPLETED / WORKFLOW_FAILED envelope.
+    """Publishes STAMP_REQUESTED events and resolves each to its WORKFLOW_COMPLETED / WORKFLOW_FAILED envelope, or to
+    the DEAD_LETTER envelope of a request that was rejected (its payload's ``error`` says why).
 
     ``keep_stamps=True`` also keeps each workflow's STAMP_CREATED envelope (``stamp_of``), for callers that need
     the stamped content (the HTTP gateway). ``on_outcome`` is called for every outcome (progress bars).
@@ -79,7 +80,8 @@ class StampClient:
         self._subscriptions: list[Subscription] = []
 
     async def __aenter__(self) -> StampClient:
-        topics = [self.topics[e] for e in OUTCOME_EVENTS]
+        # A request the orchestrator cannot accept is dead-lettered: that, too, is its outcome.
+        topics = [self.topics[e] for e in OUTCOME_EVENTS] + [dlq_topic(self.topics[REQUEST_EVENT])]
         if self.keep_stamps:
             topics.append(self.topics[STAMP_EVENT])
         await self.bus.ensure_topics([*topics, self.topics[REQUEST_EVENT]])

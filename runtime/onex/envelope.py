@@ -6,6 +6,7 @@ The Kafka key of an envelope is its ``partition_key``, else its ``correlation_id
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from datetime import UTC, datetime
@@ -24,13 +25,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_id() -> uuid.UUID:
+    """A random (version 4) UUID for event and transition ids.
+
+    Drawn from ``random`` rather than ``os.urandom``: ids must be unique, not unguessable, and this avoids a system
+    call per event on the hot path (``random`` is reseeded in forked children).
+    """
+    return uuid.UUID(int=(random.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
+
+
 class OnexEnvelopeV1(BaseModel):
     """One event on the bus. Immutable: derive a new one with ``model_copy(update=...)``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     envelope_version: str = "1.0"
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = Field(default_factory=new_id)
     event_type: str
     event_version: str = "1.0"
     event_timestamp: datetime = Field(default_factory=_now)

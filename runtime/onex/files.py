@@ -37,7 +37,7 @@ import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Final
 
 FILE_TYPES: Final = ("image", "document", "audio", "video", "archive", "code", "text", "data", "binary")
@@ -80,8 +80,9 @@ _NAMES: Final = _table(
     text="license copying readme authors notice",
 )
 
-# (offset, signature, category). Every signature either contains bytes that cannot start a text file or is
-# followed in real files by such bytes, so a text file is never taken for one of these.
+# (offset, signature, category); tar's "ustar" at 257 is checked on its own. Every signature either
+# contains bytes that cannot start a text file or is followed in real files by such bytes, so a text file is
+# never taken for one of these.
 _MAGIC: Final[tuple[tuple[int, bytes, str], ...]] = (
     (0, b"\x89PNG\r\n\x1a\n", "image"),
     (0, b"\xff\xd8\xff", "image"),
@@ -109,26 +110,41 @@ _MAGIC: Final[tuple[tuple[int, bytes, str], ...]] = (
     (0, b"\x00asm", "binary"),
     (0, b"SQLite format 3\x00", "data"),
     (0, b"PAR1", "data"),
-    (257, b"ustar", "archive"),
 )
 _BZIP2: Final = re.compile(rb"BZh[1-9]1AY&SY")
 _ID3: Final = re.compile(rb"ID3[\x02-\x04]\x00")  # "ID3" alone would take a text about ID3 tags for an MP3
 _MP3_FRAME_SYNC: Final = (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
 # A zip whose extension names an office or package format keeps that more useful category.
 _ZIP_CONTAINERS: Final = frozenset({"document", "archive"})
+# Signatures at offset 0 by their first byte: one dict lookup rejects almost every text file.
+_MAGIC_BY_FIRST_BYTE: Final[dict[int, list[tuple[bytes, str]]]] = {}
+for _offset, _signature, _category in _MAGIC:
+    if _offset == 0:
+        _MAGIC_BY_FIRST_BYTE.setdefault(_signature[0], []).append((_signature, _category))
+_MAGIC_FIRST_BYTES: Final = frozenset(_MAGIC_BY_FIRST_BYTE) | {ord("R"), ord("B"), ord("I"), 0x00, 0xFF}
+
+
+def suffix_of(name: str) -> str:
+    """The lower-cased extension of a file name, as ``PurePath.suffix`` defines it (``.bashrc`` has none)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def _ext_category(name: str) -> str | None:
     lowered = name.lower()
     if lowered in _NAMES:
         return _NAMES[lowered]
-    return _EXTENSIONS.get(PurePath(lowered).suffix) if "." in lowered else None
+    return _EXTENSIONS.get(suffix_of(lowered))
 
 
 def magic_type(head: bytes) -> str | None:
     """The category a file's magic bytes announce, or ``None`` when no known signature matches."""
-    for offset, signature, category in _MAGIC:
-        if head.startswith(signature, offset):
+    if head.startswith(b"ustar", 257):
+        return "archive"
+    if not head or head[0] not in _MAGIC_FIRST_BYTES:
+        return None
+    for signature, category in _MAGIC_BY_FIRST_BYTE.get(head[0], ()):
+        if head.startswith(signature):
             return category
     if head.startswith(b"RIFF"):
         form = head[8:12]
@@ -168,7 +184,7 @@ def detect_file_type(path_or_name: str | os.PathLike[str], head: bytes) -> str:
     ``head`` may be empty (classify by name alone) or any prefix of the content; only ``SNIFF_SIZE`` bytes
     are looked at.
     """
-    name = PurePath(os.fspath(path_or_name)).name
+    name = os.path.basename(os.fspath(path_or_name))
     head = head[:SNIFF_SIZE]
     by_name = _ext_category(name)
     by_magic = magic_type(head)
@@ -176,7 +192,7 @@ def detect_file_type(path_or_name: str | os.PathLike[str], head: bytes) -> str:
         if by_magic == "archive" and head.startswith(b"PK") and by_name in _ZIP_CONTAINERS:
             return by_name
         return by_magic
-    if head and b"\x00" in head:
+    if b"\x00" in head:
         return "binary"
     if by_name is not None:
         return by_name

@@ -24,10 +24,12 @@ import contextlib
 import enum
 import heapq
 import importlib
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ValidationError
@@ -47,6 +49,7 @@ from onex.envelope import (
     OnexEnvelopeV1,
     dead_letter,
     dlq_topic,
+    new_id,
     topic_name,
 )
 from onex.exceptions import OnexError, PayloadError
@@ -125,33 +128,60 @@ class PayloadCodec:
 
     def decode(self, envelope: OnexEnvelopeV1) -> Any:
         """The validated payload of ``envelope``; PayloadError names the event id and the bad field."""
-        try:
-            if self.model is not None:
+        if self.model is not None:
+            known = _validated.get(envelope.event_id)
+            if known is not None and known[0] is envelope and type(known[1]) is self.model:
+                return known[1]  # validated when this very envelope was built in this process; both are frozen
+            try:
                 return self.model.model_validate(envelope.payload)
-            if self._validator is not None:
-                error = next(iter(self._validator.iter_errors(envelope.payload)), None)
-                if error is not None:
-                    where = "/".join(str(p) for p in error.absolute_path) or "payload"
-                    raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {error.message}")
-            return envelope.payload
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {first['msg']}") from None
+            except ValidationError as exc:
+                raise PayloadError(str(envelope.event_id), envelope.event_type, _first_error(exc)) from None
+        if self._validator is not None:
+            error = next(iter(self._validator.iter_errors(envelope.payload)), None)
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "payload"
+                raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {error.message}")
+        return envelope.payload
 
-    def encode(self, payload: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    def encode(self, payload: BaseModel | Mapping[str, Any]) -> tuple[dict[str, Any], BaseModel | None]:
+        """The payload as a dict for the envelope, and the validated model (when the event has one)."""
         if isinstance(payload, BaseModel):
-            if self.model is not None and not isinstance(payload, self.model):
+            if self.model is not None and type(payload) is not self.model:
                 raise PayloadError("-", self.event_name, f"expected {self.model.__name__}, got {type(payload).__name__}")
-            return payload.model_dump(mode="json")
+            # Python mode keeps UUIDs and datetimes as objects (cheaper); JSON encoding handles them on the wire.
+            return payload.model_dump(), payload
         data = dict(payload)
         if self.model is not None:
-            return self.model.model_validate(data).model_dump(mode="json")
+            try:
+                return data, self.model.model_validate(data)
+            except ValidationError as exc:
+                raise PayloadError("-", self.event_name, _first_error(exc)) from None
         if self._validator is not None:
             error = next(iter(self._validator.iter_errors(data)), None)
             if error is not None:
                 raise PayloadError("-", self.event_name, error.message)
-        return data
+        return data, None
+
+
+# Payload models validated when an envelope was built in this process, by event id, so an in-process consumer
+# expecting the same model reuses it instead of validating the same immutable payload again. Entries are checked by
+# envelope identity: an envelope that crossed a process boundary (Kafka) is a new object and is validated in full.
+# Bounded: the oldest entries go first; a consumer that comes too late just validates.
+_validated: dict[uuid.UUID, tuple[OnexEnvelopeV1, BaseModel]] = {}
+_VALIDATED_MAX = 100_000
+
+
+def _remember(envelope: OnexEnvelopeV1, model: BaseModel) -> None:
+    _validated[envelope.event_id] = (envelope, model)
+    if len(_validated) > _VALIDATED_MAX:
+        for key in list(itertools.islice(_validated, _VALIDATED_MAX // 10)):
+            del _validated[key]
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"{where}: {first['msg']}"
 
 
 _RUNTIME_MODELS: dict[str, type[BaseModel]] = {
@@ -337,13 +367,17 @@ class Node:
         publication = self._publications.get(event_name)
         if publication is None:
             raise OnexError(f"node {self.contract.name} does not publish {event_name!r} (not in its contract)")
-        data = publication.codec.encode(payload)
+        data, model = publication.codec.encode(payload)
         if partition_key is None and publication.partition_key is not None:
             value = data.get(publication.partition_key)
             partition_key = None if value is None else str(value)
         if correlation_id is None and causation is not None:
             correlation_id = causation.correlation_id
-        return OnexEnvelopeV1(
+        # Validated construction runs in pydantic-core and is cheaper than model_construct, which is Python.
+        envelope = OnexEnvelopeV1(
+            event_id=new_id(),
+            event_timestamp=datetime.now(UTC),
+            metadata={},
             event_type=event_name,
             source_node_id=self.node_id,
             source_service=self.contract.name,
@@ -356,6 +390,9 @@ class Node:
             partition_key=partition_key,
             payload=data,
         )
+        if model is not None:
+            _remember(envelope, model)
+        return envelope
 
     async def publish(
         self,
@@ -389,7 +426,8 @@ class Node:
             return
         records, self._pending_transitions[:] = list(self._pending_transitions), []
         envs = [
-            self.envelope(STATE_TRANSITION, r.to_payload(), correlation_id=r.correlation_id, partition_key=r.entity_id)
+            self.envelope(STATE_TRANSITION, ModelStateTransition(**r.to_model_fields()),
+                          correlation_id=r.correlation_id, partition_key=r.entity_id)
             for r in records
         ]
         await self.publish_envelopes(STATE_TRANSITION, envs)

@@ -76,7 +76,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import yaml
@@ -92,6 +92,7 @@ from onex.files import (
     is_sidecar,
     is_utf8_text,
     magic_type,
+    suffix_of,
 )
 
 __all__ = [
@@ -150,7 +151,7 @@ _RICH_KEYS: Final = (
     "size",
 )
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
-_UID: Final = re.compile(r"[0-9A-Za-z-]{1,64}")
+_UID: Final = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _CODING: Final = re.compile(rb"[ \t\f]*#[^\n]*?coding[:=][ \t]*[-\w.]+")  # PEP 263
 _BLANK_OR_COMMENT: Final = re.compile(rb"[ \t\f]*(?:#[^\n]*)?\r?\n?")
 _DIRECTIVE: Final = re.compile(rb"#[ \t]*[A-Za-z][A-Za-z0-9_-]*[ \t]*=[^\n]*\n?")  # Dockerfile
@@ -216,7 +217,8 @@ class _Syntax:
     def __post_init__(self) -> None:
         pattern = (
             re.escape(self.open)
-            + rb"ONEX:uid=([0-9A-Za-z-]{1,64}),hash=([0-9a-f]{64}),ts=([0-9A-Za-z:.+-]{1,64})"
+            + rb"ONEX:uid=([0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})"
+            + rb",hash=([0-9a-f]{64}),ts=([0-9A-Za-z:.+-]{1,64})"
             + rb"((?:,[A-Za-z_][A-Za-z0-9_]*=[\x21-\x2b\x2d-\x7e]*)*)"
             + re.escape(self.close)
         )
@@ -274,10 +276,11 @@ def _syntax_for(name: str, head: bytes) -> _Syntax | None:
     lowered = name.lower()
     if lowered in _SYNTAX_BY_NAME:
         return _SYNTAX_BY_NAME[lowered]
-    suffix = PurePath(lowered).suffix
+    suffix = suffix_of(lowered)
     if suffix:
         return _SYNTAX_BY_EXT.get(suffix)
-    if head.startswith(b"#!"):
+    # A script's shebang stays first (it is the prefix), so the stamped file is recognised the same way.
+    if head.startswith(b"#!") and not head.startswith(b"#!["):
         line = head[2 : head.find(b"\n") if b"\n" in head[:256] else 256].decode("ascii", "replace")
         words = [w for w in line.split() if not w.startswith("-")]
         if words and os.path.basename(words[0]) == "env":
@@ -390,7 +393,9 @@ def _stamp_from_fields(fields: object, kind: Kind) -> Stamp | None:
     if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
         return None
     digest, uid = fields.get("hash"), fields.get("uuid")
-    if not isinstance(digest, str) or not _HEX64.fullmatch(digest) or not isinstance(uid, str) or not uid:
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest) or not isinstance(uid, str):
+        return None
+    if not _UID.fullmatch(uid):
         return None
     ts = _as_text(fields.get("last_modified_at", fields.get("created_at", "")))
     return Stamp(uid=uid, hash=digest, ts=ts, kind=kind, fields=dict(fields))
@@ -472,7 +477,10 @@ def _analyse(name: str, head: bytes, at_eof: bool) -> _Layout:
             if terminated:
                 keep_end = insert_at
             elif prefix_has_line and terminated_prefix and stamp_end == len(head) and at_eof:
-                keep_end = insert_at - (2 if head.endswith(b"\r\n", 0, insert_at) else 1)
+                # Remove the newline we added: CRLF only if the content without it uses CRLF (a prefix may
+                # itself end with a lone CR, to which we added LF).
+                crlf = head.endswith(b"\r\n", 0, insert_at) and _newline_of(head[: insert_at - 2]) == b"\r\n"
+                keep_end = insert_at - (2 if crlf else 1)
                 glue = True
             else:  # an unterminated stamp only ever follows the newline we put after a prefix
                 stamp, stamp_end = None, insert_at
@@ -485,9 +493,14 @@ def _analyse(name: str, head: bytes, at_eof: bool) -> _Layout:
         return _Layout(None, file_type)
     if problem is None and not is_utf8_text(sniff, complete=at_eof and len(sniff) < SNIFF_SIZE):
         problem = "not valid UTF-8 text; in-place stamps need UTF-8 (re-encode the file)"
-    newline_at = sniff.find(b"\n")
-    newline = b"\r\n" if newline_at > 0 and sniff[newline_at - 1] == 0x0D else b"\n"
+    newline = _newline_of(sniff)
     return _Layout(syntax, file_type, insert_at, keep_end, stamp_end, stamp, glue, newline, problem)
+
+
+def _newline_of(text: bytes) -> bytes:
+    """The newline a stamp in ``text`` uses: that of its first line ending, LF if it has none."""
+    at = text.find(b"\n", 0, SNIFF_SIZE)
+    return b"\r\n" if at > 0 and text[at - 1] == 0x0D else b"\n"
 
 
 # --- writing stamps -------------------------------------------------------------------------------------------
@@ -758,7 +771,7 @@ def hash_file(path: str | os.PathLike[str]) -> str:
 
 
 def _layout_of(content: bytes, file_name: str) -> _Layout:
-    return _analyse(PurePath(file_name).name, content[:HEAD_SIZE], at_eof=len(content) < HEAD_SIZE)
+    return _analyse(os.path.basename(file_name), content[:HEAD_SIZE], at_eof=len(content) < HEAD_SIZE)
 
 
 def _digest(content: bytes, layout: _Layout) -> str:
@@ -803,7 +816,7 @@ def stamp_bytes(
     ``StampError`` (naming ``file_name``) for content that cannot be stamped in place, ``ValueError`` for a bad
     ``uid`` or a naive ``now``.
     """
-    name = PurePath(file_name).name
+    name = os.path.basename(file_name)
     layout = _layout_of(content, file_name)
     view = memoryview(content)
     digest = _digest(content, layout)

@@ -8,6 +8,11 @@
 | STATE_TRANSITION               | fsm_transitions                                             |
 | STATE_AGGREGATION_COMPLETED    | bridge_states (the reducer's intent, version-guarded)       |
 
+Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which
+merges everything pending into a single transaction; each handler returns, and its messages are acknowledged, only
+after the transaction holding its rows committed. Fewer, larger transactions is what keeps a single SQLite writer
+(or a PostgreSQL round trip) from being the bottleneck.
+
 Idempotency: every row has a natural key (see ``onex.store``), so a redelivered event rewrites nothing. On top of
 that, event ids already applied are skipped: recent ids in memory (bounded), and the ids of the reducer's intents
 durably in ``processed_events`` (intents are the one kind whose replay after a restart must be recognised without
@@ -16,6 +21,8 @@ re-reading the row). With ``config.log_events`` every consumed event is also wri
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,6 +45,43 @@ class NodeDatabaseAdapterEffect(EffectNode):
         self.log_events = str(self.contract.config.get("log_events", "false")).lower() in ("1", "true", "yes")
         self._recent: OrderedDict[uuid.UUID, None] = OrderedDict()
         self._recent_max = int(self.contract.config.get("dedupe_window", 200_000))
+        self._pending: list[tuple[WriteBatch, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"group-commit:{self.node_id}")
+
+    async def on_stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, []
+            if not pending:
+                continue
+            merged = merge([batch for batch, _ in pending])
+            try:
+                await self.breaker.call(lambda: self.store.apply(merged))
+            except Exception as exc:  # every contributor retries on its own (the bus's retry and dead letter)
+                for _, done in pending:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in pending:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _commit(self, batch: WriteBatch) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((batch, done))
+        self._wake.set()
+        await done
 
     async def persist(self, events: Sequence[Event]) -> None:
         fresh = [e for e in events if e.envelope.event_id not in self._recent]
@@ -48,8 +92,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                      or e.envelope.event_id in todo]
         if not fresh:
             return
-        batch = self.to_batch(fresh)
-        await self.breaker.call(lambda: self.store.apply(batch))
+        await self._commit(self.to_batch(fresh))
         for e in fresh:
             self._recent[e.envelope.event_id] = None
         while len(self._recent) > self._recent_max:
@@ -122,3 +165,21 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 ))
         batch.workflows.extend(workflows.values())
         return batch
+
+
+def merge(batches: Sequence[WriteBatch]) -> WriteBatch:
+    """One batch holding the rows of all ``batches`` (conflict rules make their order irrelevant)."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = WriteBatch(consumer=batches[0].consumer)
+    for b in batches:
+        merged.processed_event_ids.extend(b.processed_event_ids)
+        merged.workflows.extend(b.workflows)
+        merged.steps.extend(b.steps)
+        merged.stamps.extend(b.stamps)
+        merged.transitions.extend(b.transitions)
+        merged.bridge_states.extend(b.bridge_states)
+        merged.registrations.extend(b.registrations)
+        merged.heartbeats.extend(b.heartbeats)
+        merged.event_logs.extend(b.event_logs)
+    return merged

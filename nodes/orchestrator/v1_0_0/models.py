@@ -16,7 +16,8 @@ class _Payload(BaseModel):
 
 
 class ModelStampRequest(_Payload):
-    """Stamp one file (``file_path``) or one piece of in-memory content (``content``), not both."""
+    """Stamp one file (``file_path``), or in-memory ``content``; with content, ``file_path`` is only its name
+    (it picks the comment syntax) and nothing is read from or written to disk."""
 
     file_path: str | None = None
     content: str | None = None
@@ -27,8 +28,8 @@ class ModelStampRequest(_Payload):
 
     @model_validator(mode="after")
     def _one_input(self) -> ModelStampRequest:
-        if (self.file_path is None) == (self.content is None):
-            raise ValueError("give exactly one of file_path and content")
+        if self.file_path is None and self.content is None:
+            raise ValueError("give file_path, content, or both (content named by file_path)")
         return self
 
 

@@ -1,5 +1,6 @@
 -- onex SQLite schema, version 1: the omninode_bridge tables (onex-conventions section 7) adapted to the Store rows
--- in runtime/onex/store.py, column for column the same as migrations/postgres/0001_initial.sql.
+-- in runtime/onex/store.py. The columns are those of migrations/postgres/0001_initial.sql, except the surrogate
+-- keys (workflow id, step id, stamp and transition seq, bridge_id), which here are SQLite rowids.
 -- Applied by SqliteStore.upgrade() in one transaction and recorded in schema_migrations.
 --
 -- SQLite has no UUID, JSONB or TIMESTAMPTZ, so SqliteStore encodes them, always the same way:

@@ -1,0 +1,267 @@
+"""File-type detection and the directory walk: ignore files, symlinks, and problems reported per path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from onex.files import FILE_TYPES, WalkEntry, detect_file_type, is_ignored, iter_files, parse_ignore
+
+# --- detection ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "expected"),
+    [
+        ("x.bin", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "image"),
+        ("x", b"\xff\xd8\xff\xe0\x00\x10JFIF", "image"),
+        ("x", b"GIF89a\x01\x00", "image"),
+        ("x", b"RIFF\x24\x00\x00\x00WEBPVP8 ", "image"),
+        ("x", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3", "document"),
+        ("x", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "document"),
+        ("x", b"PK\x03\x04\x14\x00", "archive"),
+        ("report.docx", b"PK\x03\x04\x14\x00", "document"),  # a zip, but the extension says what it holds
+        ("x", b"\x1f\x8b\x08\x00", "archive"),
+        ("x", b"BZh91AY&SY", "archive"),
+        ("x", b"\xfd7zXZ\x00\x00", "archive"),
+        ("x", bytes(257) + b"ustar\x0000", "archive"),
+        ("x", b"ID3\x04\x00\x00\x00\x00", "audio"),
+        ("x", b"\xff\xfb\x90\x00", "audio"),
+        ("x", b"RIFF\x24\x00\x00\x00WAVEfmt ", "audio"),
+        ("x", b"OggS\x00\x02", "audio"),
+        ("x", b"fLaC\x00\x00\x00\x22", "audio"),
+        ("x", b"\x00\x00\x00\x20ftypM4A \x00", "audio"),
+        ("x", b"\x00\x00\x00\x18ftypmp42\x00", "video"),
+        ("x", b"RIFF\x24\x00\x00\x00AVI LIST", "video"),
+        ("x", b"\x1a\x45\xdf\xa3\x9f\x42", "video"),
+        ("x", b"\x7fELF\x02\x01\x01", "binary"),
+        ("x", b"SQLite format 3\x00", "data"),
+        ("a.py", b"print(1)\n", "code"),
+        ("a.go", b"", "code"),
+        ("a.md", b"# Title\n", "text"),
+        ("a.json", b"{}", "data"),
+        ("a.yaml", b"a: 1\n", "data"),
+        ("Makefile", b"all:\n", "code"),
+        ("README", b"hello\n", "text"),
+        ("a.py", b"\x89PNG\r\n\x1a\n\x00", "image"),  # magic bytes win over the extension
+        ("a.py", b"x = 1\x00", "binary"),  # no stamped text format contains NUL
+        ("unknown.zzz", b"plain words\n", "text"),
+        ("tool", b"#!/bin/sh\necho\n", "code"),
+        ("blob", b"\xe9\xe8 latin-1", "binary"),
+        ("blob", b"", "text"),
+        ("about.txt", b"ID3 tags are metadata in MP3 files\n", "text"),  # not fooled by ASCII look-alikes
+        ("about.txt", b"RIFF is a container format\n", "text"),
+    ],
+)
+def test_detect_file_type(name: str, head: bytes, expected: str) -> None:
+    assert expected in FILE_TYPES
+    assert detect_file_type(name, head) == expected
+
+
+def test_a_character_cut_by_the_sniff_window_is_still_text() -> None:
+    head = (b"a" * (64 * 1024 - 1) + "é".encode())[: 64 * 1024]  # ends in half of "é"
+    assert detect_file_type("blob", head) == "text"
+    assert detect_file_type("blob", b"abc\xc3") == "binary"  # the whole file, and it ends mid-character
+
+
+# --- ignore patterns ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "is_dir", "ignored"),
+    [
+        ("*.log", "a.log", False, True),
+        ("*.log", "deep/er/a.log", False, True),
+        ("*.log", "a.log.txt", False, False),
+        ("build/", "build", True, True),
+        ("build/", "build", False, False),  # a trailing slash matches directories only
+        ("build/", "src/build", True, True),
+        ("/top.txt", "top.txt", False, True),
+        ("/top.txt", "sub/top.txt", False, False),  # a leading slash anchors
+        ("doc/*.txt", "doc/a.txt", False, True),
+        ("doc/*.txt", "doc/sub/a.txt", False, False),  # "*" never crosses "/"
+        ("doc/*.txt", "x/doc/a.txt", False, False),  # a middle slash anchors too
+        ("**/cache", "a/b/cache", True, True),
+        ("**/cache", "cache", True, True),
+        ("a/**/b", "a/b", False, True),
+        ("a/**/b", "a/x/y/b", False, True),
+        ("out/**", "out/x/y", False, True),
+        ("fil?.py", "file.py", False, True),
+        ("fil?.py", "fil/.py", False, False),
+        ("[ab].py", "a.py", False, True),
+        ("[!ab].py", "a.py", False, False),
+        ("[!ab].py", "c.py", False, True),
+        ("\\#hash", "#hash", False, True),
+        ("# comment", "# comment", False, False),
+        ("trailing   ", "trailing", False, True),
+    ],
+)
+def test_ignore_patterns(pattern: str, path: str, is_dir: bool, ignored: bool) -> None:
+    assert is_ignored(parse_ignore([pattern]), path, is_dir=is_dir) is ignored
+
+
+def test_negation_and_last_match_wins() -> None:
+    rules = parse_ignore(["*.log", "!keep.log", "keep.log.*"])
+    assert is_ignored(rules, "a.log", is_dir=False)
+    assert not is_ignored(rules, "keep.log", is_dir=False)
+    assert is_ignored(rules, "keep.log.1", is_dir=False)
+    assert is_ignored(parse_ignore(["!keep.log", "*.log"]), "keep.log", is_dir=False)
+
+
+def test_rules_of_a_nested_ignore_file_apply_below_it_only() -> None:
+    rules = parse_ignore(["/local.txt", "*.tmp"], base="sub")
+    assert is_ignored(rules, "sub/local.txt", is_dir=False)
+    assert not is_ignored(rules, "local.txt", is_dir=False)
+    assert is_ignored(rules, "sub/deep/x.tmp", is_dir=False)
+    assert not is_ignored(rules, "x.tmp", is_dir=False)
+    assert not is_ignored(rules, "subway/x.tmp", is_dir=False)
+
+
+# --- the walk -------------------------------------------------------------------------------------------------
+
+
+def tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def walk(*roots: Path, excludes: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """Relative paths of files yielded, and problems by path (relative to the first root when inside it)."""
+    files: list[str] = []
+    problems: dict[str, str] = {}
+    base = roots[0]
+    for entry in iter_files(roots, excludes=excludes):
+        assert isinstance(entry, WalkEntry)
+        rel = os.path.relpath(entry.path, base)
+        if entry.problem is None:
+            files.append(rel)
+        else:
+            problems[rel] = entry.problem
+    return files, problems
+
+
+def test_the_walk_honours_gitignore_and_onexignore(tmp_path: Path) -> None:
+    tree(
+        tmp_path,
+        {
+            ".gitignore": "*.log\nbuild/\n/only-top.txt\n!important.log\n",
+            ".onexignore": "secrets/\n",
+            "a.py": "",
+            "x.log": "",
+            "important.log": "",
+            "only-top.txt": "",
+            "build/out.py": "",
+            "secrets/key.txt": "",
+            "sub/only-top.txt": "",
+            "sub/.gitignore": "*.md\n!keep.log\n",
+            "sub/readme.md": "",
+            "sub/keep.log": "",
+            "sub/drop.log": "",
+            "other/readme.md": "",
+            ".git/config": "",
+            "a.py.onex.yaml": "",
+            ".a.py.xyz.onex-tmp": "",
+        },
+    )
+    files, problems = walk(tmp_path)
+    assert problems == {}
+    assert files == [
+        ".gitignore",
+        ".onexignore",
+        "a.py",
+        "important.log",
+        "other/readme.md",
+        "sub/.gitignore",
+        "sub/keep.log",
+        "sub/only-top.txt",
+    ]
+
+
+def test_excludes_apply_from_the_root_and_override_ignore_files(tmp_path: Path) -> None:
+    tree(tmp_path, {".gitignore": "!*.py\n", "a.py": "", "b.txt": "", "sub/c.py": "", "sub/.gitignore": "!c.py\n"})
+    files, _ = walk(tmp_path, excludes=("*.py", ".gitignore"))
+    assert files == ["b.txt"]
+    files, _ = walk(tmp_path, excludes=("/sub/",))
+    assert files == [".gitignore", "a.py", "b.txt"]
+
+
+def test_a_symlink_out_of_the_root_is_reported_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    tree(outside, {"secret.py": "", "dir/x.py": ""})
+    tree(root, {"a.py": ""})
+    (root / "to-file.py").symlink_to(outside / "secret.py")
+    (root / "to-dir").symlink_to(outside / "dir")
+    (root / "dots").symlink_to("../outside/dir")
+    files, problems = walk(root)
+    assert files == ["a.py"]
+    assert set(problems) == {"to-file.py", "to-dir", "dots"}
+    assert all("outside" in reason and "not followed" in reason for reason in problems.values())
+
+
+def test_symlinks_inside_the_root_are_followed_once(tmp_path: Path) -> None:
+    tree(tmp_path, {"real/a.py": "", "b.py": ""})
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    (tmp_path / "c.py").symlink_to(tmp_path / "b.py")
+    files, problems = walk(tmp_path)
+    assert problems == {}
+    assert files == ["alias/a.py", "b.py"]  # "c.py" and "real/a.py" are the same files again
+
+
+def test_symlink_loops_are_reported_per_path(tmp_path: Path) -> None:
+    tree(tmp_path, {"a/b/x.py": "", "z.py": ""})
+    (tmp_path / "a" / "b" / "up").symlink_to(tmp_path / "a")
+    (tmp_path / "p.py").symlink_to(tmp_path / "q.py")
+    (tmp_path / "q.py").symlink_to(tmp_path / "p.py")
+    (tmp_path / "dangling.py").symlink_to(tmp_path / "nowhere")
+    files, problems = walk(tmp_path)
+    assert files == ["a/b/x.py", "z.py"]
+    assert problems["a/b/up"].startswith("symlink loop")
+    assert problems["p.py"] == problems["q.py"] == "symlink loop"
+    assert problems["dangling.py"] == "broken symlink"
+
+
+def test_roots_may_be_files_and_problems_do_not_stop_the_walk(tmp_path: Path) -> None:
+    tree(tmp_path, {"a.py": "", "d/b.py": "", "c.json.onex.yaml": ""})
+    os.mkfifo(tmp_path / "d" / "fifo")
+    files, problems = walk(
+        tmp_path / "a.py", tmp_path / "missing", tmp_path / "d", tmp_path / "c.json.onex.yaml", tmp_path / "a.py"
+    )
+    assert files == [".", "../d/b.py"]  # relative to the first root, a file; and a.py only once
+    assert problems == {
+        "../missing": "no such file (deleted while running?)",
+        "../d/fifo": "not a regular file",
+        "../c.json.onex.yaml": "is an onex sidecar; sidecars are never stamped",
+    }
+
+
+def test_an_unreadable_directory_is_reported_and_the_walk_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree(tmp_path, {"locked/a.py": "", "open/b.py": ""})
+    real_scandir = os.scandir
+
+    # chmod 000 does not stop root, so the refusal is stood in for where the kernel would give it.
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, problems = walk(tmp_path)
+    assert files == ["open/b.py"]
+    assert problems == {"locked": "permission denied"}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists directories whatever their mode")
+def test_an_unreadable_directory_really_is_reported(tmp_path: Path) -> None:
+    tree(tmp_path, {"locked/a.py": "", "open/b.py": ""})
+    (tmp_path / "locked").chmod(0)
+    try:
+        files, problems = walk(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    assert files == ["open/b.py"]
+    assert problems == {"locked": "permission denied"}
