@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import pytest
-
 from onex.contracts import FsmSubcontract
 from onex.exceptions import TransitionError
 from onex.fsm import Entity, StateMachine, TransitionRecord, mermaid, parse_guard
 
-WORKFLOW = FsmSubcontract.model_validate({
-    "version": "1.0.0",
-    "initial_state": "pending",
-    "states": [
-        {"state_name": "pending"},
-        {"state_name": "processing", "entry_actions": ["entered"], "exit_actions": ["left"]},
-        {"state_name": "completed", "is_terminal": True},
-        {"state_name": "failed", "is_terminal": True},
-    ],
-    "transitions": [
-        {"transition_name": "start", "from_state": "pending", "to_state": "processing", "trigger": "start",
-         "actions": ["started"]},
-        {"transition_name": "complete", "from_state": "processing", "to_state": "completed", "trigger": "complete",
-         "conditions": [{"expression": "file_hash exists"}, {"expression": "size >= 1"}]},
-        {"transition_name": "fail", "from_state": "*", "to_state": "failed", "trigger": "fail"},
-    ],
-    "terminal_states": ["completed", "failed"],
-})
+WORKFLOW = FsmSubcontract.model_validate(
+    {
+        "version": "1.0.0",
+        "initial_state": "pending",
+        "states": [
+            {"state_name": "pending"},
+            {"state_name": "processing", "entry_actions": ["entered"], "exit_actions": ["left"]},
+            {"state_name": "completed", "is_terminal": True},
+            {"state_name": "failed", "is_terminal": True},
+        ],
+        "transitions": [
+            {
+                "transition_name": "start",
+                "from_state": "pending",
+                "to_state": "processing",
+                "trigger": "start",
+                "actions": ["started"],
+            },
+            {
+                "transition_name": "complete",
+                "from_state": "processing",
+                "to_state": "completed",
+                "trigger": "complete",
+                "conditions": [{"expression": "file_hash exists"}, {"expression": "size >= 1"}],
+            },
+            {"transition_name": "fail", "from_state": "*", "to_state": "failed", "trigger": "fail"},
+        ],
+        "terminal_states": ["completed", "failed"],
+    }
+)
 
 
 class Recorder:
@@ -58,8 +69,12 @@ def test_every_transition_is_recorded_in_order_with_its_trigger(machine: StateMa
     machine.trigger(wf, "start")
     record = machine.trigger(wf, "complete")
     assert [(r.from_state, r.to_state, r.trigger) for r in rec.records] == [
-        ("pending", "processing", "start"), ("processing", "completed", "complete")]
-    assert record is wf.history[-1] and record.entity_id == "wf-1" and record.entity_type == "workflow"
+        ("pending", "processing", "start"),
+        ("processing", "completed", "complete"),
+    ]
+    assert record is wf.history[-1]
+    assert record.entity_id == "wf-1"
+    assert record.entity_type == "workflow"
 
 
 def test_entry_exit_and_transition_actions_call_the_named_methods(machine: StateMachine, rec: Recorder) -> None:
@@ -74,7 +89,8 @@ def test_illegal_trigger_names_entity_state_and_trigger(machine: StateMachine) -
     with pytest.raises(TransitionError) as info:
         machine.trigger(wf, "complete")
     assert (info.value.entity_id, info.value.state, info.value.trigger) == ("wf-9", "pending", "complete")
-    assert "wf-9" in str(info.value) and "'pending'" in str(info.value)
+    assert "wf-9" in str(info.value)
+    assert "'pending'" in str(info.value)
 
 
 def test_unknown_trigger_is_a_transition_error(machine: StateMachine) -> None:
@@ -124,8 +140,15 @@ def test_guard_grammar(expression: str, context: dict[str, object], expected: bo
 
 @pytest.mark.parametrize(
     "expression",
-    ["status", "status equals", "a b c d", "status like x", "_private equals 1", "x matches (unclosed",
-     "__import__('os') equals 1"],
+    [
+        "status",
+        "status equals",
+        "a b c d",
+        "status like x",
+        "_private equals 1",
+        "x matches (unclosed",
+        "__import__('os') equals 1",
+    ],
 )
 def test_malformed_guards_are_rejected_not_evaluated(expression: str) -> None:
     with pytest.raises(ValueError, match="guard"):
@@ -138,6 +161,8 @@ def test_mermaid_draws_states_transitions_guards_and_terminals() -> None:
     assert "    [*] --> pending" in text
     assert "    pending --> processing: start" in text
     assert "    processing --> completed: complete [file_hash exists and size >= 1]" in text
-    assert "    pending --> failed: fail" in text and "    processing --> failed: fail" in text
+    assert "    pending --> failed: fail" in text
+    assert "    processing --> failed: fail" in text
     assert "completed --> failed" not in text
-    assert "    completed --> [*]" in text and "    failed --> [*]" in text
+    assert "    completed --> [*]" in text
+    assert "    failed --> [*]" in text

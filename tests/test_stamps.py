@@ -369,6 +369,47 @@ def test_extra_keys_of_a_rich_block_survive_a_restamp() -> None:
     assert find_stamp(again, file_name="x.py") == stamp
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(
+            b"# a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + b"".join(
+                f"# {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n".encode()
+                for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+            ),
+            id="alias-bomb",
+        ),
+        pytest.param(b"# loop: &l [*l]\n", id="alias-cycle"),
+        pytest.param(b"# when: 2025-13-45\n", id="impossible-date"),
+        pytest.param(b"# deep: " + b"[" * 3000 + b"]" * 3000 + b"\n", id="deep-nesting"),
+        pytest.param(b"# hash: !!binary x\n", id="bad-tag"),
+    ],
+)
+def test_hostile_yaml_in_a_block_is_not_a_stamp(lines: bytes) -> None:
+    block = stamped(b"x\n", "x.py", rich=True).replace(b"# author:", lines + b"# author:")
+    assert find_stamp(block, file_name="x.py") is None
+    assert strip_stamp(block, file_name="x.py") == block
+    out, stamp = stamp_bytes(block, file_name="x.py", rich=True)
+    assert strip_stamp(out, file_name="x.py") == block
+    assert find_stamp(out, file_name="x.py") == stamp
+
+
+def test_extra_values_keep_their_yaml_types() -> None:
+    extras = b"# big: 1.0e+20\n# flag: true\n# none: null\n# ratio: 0.5\n# tags: {a: [1, 'two words']}\n"
+    block = stamped(b"x\n", "x.py", rich=True).replace(b"# author:", extras + b"# author:")
+    _, stamp = stamp_bytes(block + b"y\n", file_name="x.py", rich=True, now=LATER)
+    assert {k: stamp.fields[k] for k in ("big", "flag", "none", "ratio", "tags")} == {
+        "big": 1e20,
+        "flag": True,
+        "none": None,
+        "ratio": 0.5,
+        "tags": {"a": [1, "two words"]},
+    }
+    out, _ = stamp_bytes(block + b"y\n", file_name="x.py", rich=True, now=LATER)
+    assert find_stamp(out, file_name="x.py") == stamp
+
+
 def test_a_stamp_is_recognised_only_at_its_place_and_only_whole() -> None:
     real = stamped(b"x\n", "x.py")
     assert find_stamp(b"y = 2\n" + real, file_name="x.py") is None  # not after other content
@@ -633,6 +674,13 @@ def test_a_directory_fails(tmp_path: Path) -> None:
     result = stamp_file(tmp_path / "d.py")
     assert result.status == "failed"
     assert result.error == f"{tmp_path / 'd.py'}: is a directory"
+
+
+def test_errors_name_the_path_given_not_a_symlinks_target(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.py").symlink_to(tmp_path / "real")
+    assert stamp_file(tmp_path / "link.py").error == f"{tmp_path / 'link.py'}: is a directory"
+    assert verify_file(tmp_path / "link.py").error == f"{tmp_path / 'link.py'}: is a directory"
 
 
 def test_a_fifo_fails_without_blocking(tmp_path: Path) -> None:

@@ -42,7 +42,12 @@ Consumer groups and rebalancing
     ``subscribe()`` returns only once the consumer holds its partition assignment. A brand-new group starts at
     the *earliest* offset (``auto_offset_reset="earliest"``), so nothing published right after ``subscribe()``
     returns, or even before it, is missed; this is the one difference from the memory bus, where a new group sees
-    only what is published after it subscribed. A group that has committed offsets resumes from them. When
+    only what is published after it subscribed. A group that has committed offsets resumes from them.
+    ``subscribe(..., start="latest")`` is for a group that only wants what is published from now on (a client
+    awaiting the outcomes of its own requests, which must not read the topics' whole history first): its
+    partitions without a committed offset start at their end, and those positions are committed before
+    ``subscribe()`` returns, so a record published after it returned is delivered even if the partitions move
+    before the first fetch. When
     partitions are revoked (a member joins or leaves), aiokafka awaits the subscription's revocation callback,
     which lets the batch in hand finish and commit before the partitions move; aiokafka does not hand out
     records during the rebalance. A commit that still loses the race (the group moved on) is logged and the
@@ -80,7 +85,7 @@ import enum
 import logging
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -138,6 +143,12 @@ _CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
     # must wait for it longer than aiokafka's default (the session timeout); the Java client waits 5 minutes.
     "rebalance_timeout_ms": 60_000,
 }
+
+# Settings that from_url() takes from the URL's query string (integers), by the client they go to.
+_URL_CONSUMER_OPTIONS: Final = frozenset(
+    {"session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms", "max_poll_interval_ms"}
+)
+_URL_PRODUCER_OPTIONS: Final = frozenset({"linger_ms", "max_batch_size"})
 
 _SPECVERSION: Final = b"1.0"
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
@@ -219,10 +230,14 @@ class KafkaBus(EventBus):
         """A bus from ``kafka://[user:password@]host:port[,host:port][?partitions=4&replication_factor=3...]``.
 
         Query parameters: ``partitions``, ``replication_factor``, ``client_id``, ``security_protocol``
-        (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism``, ``ssl_cafile``. A user and
-        password in the URL become ``sasl_plain_username`` / ``sasl_plain_password``. ``SSL`` and ``SASL_SSL``
-        get a default, verifying SSL context (with ``ssl_cafile`` if given) unless ``ssl_context`` is passed in
-        ``overrides``, which win over the URL.
+        (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism``, ``ssl_cafile``,
+        ``join_timeout_s``; the consumer settings ``session_timeout_ms``, ``heartbeat_interval_ms``,
+        ``rebalance_timeout_ms``, ``max_poll_interval_ms`` (how fast a dead member is noticed, and on tansu how long a
+        group join takes: ``max(1 s, session_timeout_ms / 2)``); the producer settings ``linger_ms``,
+        ``max_batch_size``. A user and password in the URL become ``sasl_plain_username`` /
+        ``sasl_plain_password``. ``SSL`` and ``SASL_SSL`` get a default, verifying SSL context (with ``ssl_cafile``
+        if given) unless ``ssl_context`` is passed in ``overrides``. ``overrides`` win over the URL; their
+        ``consumer_options`` / ``producer_options`` are merged over the URL's.
         """
         parts = urlsplit(url)
         if parts.scheme != "kafka":
@@ -237,18 +252,36 @@ class KafkaBus(EventBus):
             kwargs["sasl_plain_password"] = unquote(password)
             kwargs.setdefault("security_protocol", "SASL_PLAINTEXT")
         cafile: str | None = None
+        consumer_options: dict[str, Any] = {}
+        producer_options: dict[str, Any] = {}
+
+        def number(name: str, value: str, kind: type[int] | type[float]) -> Any:
+            try:
+                return kind(value)
+            except ValueError:
+                raise BusError(f"Kafka bus URL {url!r}: {name} must be a number, not {value!r}") from None
+
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name in ("partitions", "replication_factor"):
-                try:
-                    kwargs[name] = int(value)
-                except ValueError:
-                    raise BusError(f"Kafka bus URL {url!r}: {name} must be an integer, not {value!r}") from None
+                kwargs[name] = number(name, value, int)
+            elif name == "join_timeout_s":
+                kwargs[name] = number(name, value, float)
+            elif name in _URL_CONSUMER_OPTIONS:
+                consumer_options[name] = number(name, value, int)
+            elif name in _URL_PRODUCER_OPTIONS:
+                producer_options[name] = number(name, value, int)
             elif name in ("client_id", "security_protocol", "sasl_mechanism"):
                 kwargs[name] = value
             elif name == "ssl_cafile":
                 cafile = value
             else:
                 raise BusError(f"Kafka bus URL {url!r}: unknown parameter {name!r}")
+        consumer_options.update(overrides.pop("consumer_options", None) or {})
+        producer_options.update(overrides.pop("producer_options", None) or {})
+        if consumer_options:
+            kwargs["consumer_options"] = consumer_options
+        if producer_options:
+            kwargs["producer_options"] = producer_options
         kwargs.update(overrides)
         if kwargs.get("security_protocol") in ("SSL", "SASL_SSL") and kwargs.get("ssl_context") is None:
             kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
@@ -449,8 +482,14 @@ class KafkaBus(EventBus):
         batch_handler: BatchHandler | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         max_batch: int = 500,
+        start: Literal["earliest", "latest"] = "earliest",
     ) -> Subscription:
-        """Join ``group`` on ``topics``; returns once the consumer has its partition assignment."""
+        """Join ``group`` on ``topics``; returns once the consumer has its partition assignment.
+
+        ``start`` is where the group reads partitions it has no committed offset for: from their beginning (the
+        default: nothing published before the group first subscribed is missed) or from their current end
+        (``"latest"``: only what is published after ``subscribe()`` returned; see the module docstring).
+        """
         if (handler is None) == (batch_handler is None):
             raise ValueError("pass exactly one of handler= and batch_handler=")
         if isinstance(topics, str):
@@ -459,10 +498,14 @@ class KafkaBus(EventBus):
             raise ValueError("subscribe to at least one topic")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if start not in ("earliest", "latest"):
+            raise ValueError(f"start must be 'earliest' or 'latest', not {start!r}")
         self._require_running()
         unique_topics = list(dict.fromkeys(topics))
         await self.ensure_topics(unique_topics)
-        subscription = _KafkaSubscription(self, unique_topics, group, handler, batch_handler, retry, max_batch)
+        subscription = _KafkaSubscription(
+            self, unique_topics, group, handler, batch_handler, retry, max_batch, from_latest=start == "latest"
+        )
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
@@ -512,6 +555,8 @@ class _KafkaSubscription(Subscription):
         batch_handler: BatchHandler | None,
         retry: RetryPolicy,
         max_batch: int,
+        *,
+        from_latest: bool = False,
     ) -> None:
         self.bus = bus
         self.topics = topics
@@ -520,6 +565,7 @@ class _KafkaSubscription(Subscription):
         self.batch_handler = batch_handler
         self.retry = retry
         self.max_batch = max_batch
+        self.from_latest = from_latest
         self.idle = asyncio.Event()
         self.idle.set()
         self.buffered = 0
@@ -530,11 +576,20 @@ class _KafkaSubscription(Subscription):
         self._redeliveries = 0
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(**self.bus.consumer_kwargs(self.group))
+        kwargs = self.bus.consumer_kwargs(self.group)
+        if self.from_latest:
+            kwargs["auto_offset_reset"] = "latest"
+        consumer = AIOKafkaConsumer(**kwargs)
         consumer.subscribe(topics=self.topics, listener=_RevocationListener(self))
         try:
             async with asyncio.timeout(self.bus.join_timeout_s):
                 await consumer.start()  # waits for the group's first assignment, since we subscribed before
+                if self.from_latest:
+                    # The reset to the end happens lazily, at the first fetch: resolve it now and commit it, or a
+                    # record published between now and then (or before a rebalance) would be skipped.
+                    positions = {tp: await consumer.position(tp) for tp in consumer.assignment()}
+                    if positions:
+                        await consumer.commit(positions)
         except BaseException as exc:
             await consumer.stop()
             if isinstance(exc, TimeoutError):

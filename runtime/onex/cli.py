@@ -53,8 +53,12 @@ def _contracts(settings: Settings, *, check_implementations: bool) -> ContractSe
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), envvar="ONEX_ROOT",
-              help="Project root holding contracts/ and subcontracts/ (default: nearest above the cwd).")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ONEX_ROOT",
+    help="Project root holding contracts/ and subcontracts/ (default: nearest above the cwd).",
+)
 @click.version_option(__version__, prog_name="onex")
 @click.pass_context
 def main(ctx: click.Context, root: Path | None) -> None:
@@ -108,8 +112,11 @@ def nodes(ctx: click.Context) -> None:
             status = "[green]ok[/green]"
         except ContractError as exc:
             status = f"[red]{exc.issues[0].code}[/red]"
-        source = contract.source.relative_to(settings.root) if contract.source.is_relative_to(settings.root) \
+        source = (
+            contract.source.relative_to(settings.root)
+            if contract.source.is_relative_to(settings.root)
             else contract.source
+        )
         table.add_row(contract.name, contract.version, contract.node_type.value, str(source), status)
     console.print(table)
 
@@ -151,13 +158,15 @@ def schema(name: str, list_: bool) -> None:
 @click.option("--bus", help="memory:// (default) or kafka://HOST:PORT[,HOST:PORT]. Env: ONEX_BUS.")
 @click.option("--store", help="sqlite:///PATH (default .onex/onex.db) or postgresql://... Env: ONEX_STORE.")
 @click.pass_context
-def run(ctx: click.Context, node_names: tuple[str, ...], node_version: str | None, bus: str | None,
-        store: str | None) -> None:
+def run(
+    ctx: click.Context, node_names: tuple[str, ...], node_version: str | None, bus: str | None, store: str | None
+) -> None:
     """Host nodes in this process until SIGINT/SIGTERM, then drain and stop."""
-    from onex.runtime import Runtime
+    from onex.runtime import Runtime, tune_gc
 
     settings = _settings(ctx, bus=bus, store=store)
     contracts = _contracts(settings, check_implementations=True)
+    tune_gc()
 
     async def main_() -> None:
         async with Runtime(settings, nodes=node_names or None, version=node_version, contracts=contracts) as rt:
@@ -184,25 +193,48 @@ def run(ctx: click.Context, node_names: tuple[str, ...], node_version: str | Non
 @click.option("--namespace", default="onex.default", show_default=True, help="Namespace the stamps belong to.")
 @click.option("--dry-run", is_flag=True, help="Hash and report, change no file.")
 @click.option("--exclude", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
-@click.option("--bus", help="memory:// (default: every node in this process) or kafka://HOST:PORT to submit to a "
-              "running deployment. Env: ONEX_BUS.")
+@click.option(
+    "--bus",
+    help="memory:// (default: every node in this process) or kafka://HOST:PORT to submit to a "
+    "running deployment. Env: ONEX_BUS.",
+)
 @click.option("--store", help="sqlite:///PATH (default .onex/onex.db) or postgresql://... Env: ONEX_STORE.")
 @click.option("--no-wait", is_flag=True, help="With a Kafka bus: submit the requests and return at once.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for all workflows.")
 @click.pass_context
-def stamp(ctx: click.Context, paths: tuple[Path, ...], rich: bool, namespace: str, dry_run: bool,
-          exclude: tuple[str, ...], bus: str | None, store: str | None, no_wait: bool, timeout: float) -> None:
+def stamp(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    rich: bool,
+    namespace: str,
+    dry_run: bool,
+    exclude: tuple[str, ...],
+    bus: str | None,
+    store: str | None,
+    no_wait: bool,
+    timeout: float,
+) -> None:
     """Stamp files: one workflow per file through orchestrator, stamping effect, reducer and database adapter.
 
     Directories are walked honouring .gitignore/.onexignore; symlinks are never followed out of a root. Ends with
     a summary table; exits 1 if any file failed.
     """
     from onex.client import StampRun
+    from onex.runtime import tune_gc
 
     settings = _settings(ctx, bus=bus, store=store)
     contracts = _contracts(settings, check_implementations=not settings.bus.startswith("kafka:"))
-    run_ = StampRun(settings, contracts, rich=rich, namespace=namespace, dry_run=dry_run, excludes=exclude,
-                    wait=not no_wait, timeout=timeout)
+    tune_gc()
+    run_ = StampRun(
+        settings,
+        contracts,
+        rich=rich,
+        namespace=namespace,
+        dry_run=dry_run,
+        excludes=exclude,
+        wait=not no_wait,
+        timeout=timeout,
+    )
     try:
         report = _run(run_.run(list(paths), console=err))
     except OnexError as exc:
@@ -277,16 +309,26 @@ def trace(ctx: click.Context, correlation_id: str, store: str | None) -> None:
             steps = await s.list_steps(cid)
             transitions = await s.list_transitions(str(cid))
         summary = Table(title=f"workflow {cid}", show_header=False)
-        for key in ("workflow_type", "current_state", "namespace", "file_path", "file_hash", "started_at",
-                    "completed_at", "execution_time_ms", "error_message"):
+        for key in (
+            "workflow_type",
+            "current_state",
+            "namespace",
+            "file_path",
+            "file_hash",
+            "started_at",
+            "completed_at",
+            "execution_time_ms",
+            "error_message",
+        ):
             summary.add_row(key, str(getattr(workflow, key)))
         console.print(summary)
         steps_table = Table(title="steps")
         for column in ("#", "step", "status", "ms", "error"):
             steps_table.add_column(column)
         for st in steps:
-            steps_table.add_row(str(st.step_order), st.step_name, st.status, str(st.execution_time_ms or ""),
-                                st.error_message or "")
+            steps_table.add_row(
+                str(st.step_order), st.step_name, st.status, str(st.execution_time_ms or ""), st.error_message or ""
+            )
         console.print(steps_table)
         tr = Table(title="transitions")
         for column in ("at", "from", "to", "trigger"):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,6 +30,9 @@ from onex.settings import Settings
 from onex.stamps import VerifyResult, verify_file
 from onex.store import BridgeStateRow
 
+if TYPE_CHECKING:
+    from onex._kafka import KafkaBus
+
 REQUEST_EVENT = "STAMP_REQUESTED"
 OUTCOME_EVENTS = ("WORKFLOW_COMPLETED", "WORKFLOW_FAILED")
 STAMP_EVENT = "STAMP_CREATED"
@@ -43,12 +46,22 @@ def _topics(contracts: ContractSet, settings: Settings) -> dict[str, str]:
         events = contract.subcontracts.event_type
         for spec in (*events.consumes, *events.publishes) if events else ():
             if spec.event_name in (REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS):
-                found[spec.event_name] = topic_name(spec.event_name, env=settings.env, tenant=settings.tenant,
-                                                    cls=spec.topic_class, major=spec.event_version)
+                found[spec.event_name] = topic_name(
+                    spec.event_name,
+                    env=settings.env,
+                    tenant=settings.tenant,
+                    cls=spec.topic_class,
+                    major=spec.event_version,
+                )
     missing = {REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS} - found.keys()
     if missing:
         raise OnexError(f"no contract declares {', '.join(sorted(missing))}: is the orchestrator contract present?")
     return found
+
+
+def _is_kafka(bus: EventBus) -> TypeGuard[KafkaBus]:
+    # By module rather than isinstance: importing onex._kafka pulls in aiokafka, which memory-bus users never need.
+    return type(bus).__module__ == "onex._kafka"
 
 
 class StampClient:
@@ -85,7 +98,14 @@ class StampClient:
         if self.keep_stamps:
             topics.append(self.topics[STAMP_EVENT])
         await self.bus.ensure_topics([*topics, self.topics[REQUEST_EVENT]])
-        self._subscriptions.append(await self.bus.subscribe(topics, self.group, batch_handler=self._on_events))
+        if _is_kafka(self.bus):
+            # The group is this client's own and lives as long as it does: it wants the outcomes of the requests
+            # it is about to submit, not the topics' whole history (which a new Kafka group would read from the
+            # beginning, only to drop every outcome by correlation id). Positions are committed before this returns.
+            sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events, start="latest")
+        else:
+            sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events)
+        self._subscriptions.append(sub)
         return self
 
     async def __aexit__(
@@ -191,10 +211,17 @@ class StampReport:
             for column in ("namespace", "workflows", "items", "bytes", "unique hashes", "by file type"):
                 agg.add_column(column, justify="left" if column in ("namespace", "by file type") else "right")
             for row in self.aggregates:
-                by_type = ", ".join(f"{k} {v}" for k, v in sorted(row.aggregation_metadata.get("by_file_type",
-                                                                                            {}).items()))
-                agg.add_row(row.namespace, str(row.total_workflows_processed), str(row.total_items_aggregated),
-                            str(row.total_size_bytes), str(row.unique_file_hashes), by_type)
+                by_type = ", ".join(
+                    f"{k} {v}" for k, v in sorted(row.aggregation_metadata.get("by_file_type", {}).items())
+                )
+                agg.add_row(
+                    row.namespace,
+                    str(row.total_workflows_processed),
+                    str(row.total_items_aggregated),
+                    str(row.total_size_bytes),
+                    str(row.unique_file_hashes),
+                    by_type,
+                )
             console.print(agg)
 
 
@@ -206,9 +233,18 @@ class StampRun:
     """Stamp the files under some paths: in-process (memory bus, every node hosted here) or by submitting to a
     deployment over Kafka. Shows a progress bar on ``console``."""
 
-    def __init__(self, settings: Settings, contracts: ContractSet, *, rich: bool = False,
-                 namespace: str = "onex.default", dry_run: bool = False, excludes: Sequence[str] = (),
-                 wait: bool = True, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        contracts: ContractSet,
+        *,
+        rich: bool = False,
+        namespace: str = "onex.default",
+        dry_run: bool = False,
+        excludes: Sequence[str] = (),
+        wait: bool = True,
+        timeout: float = 600.0,
+    ) -> None:
         self.settings = settings
         self.contracts = contracts
         self.rich = rich
@@ -226,8 +262,14 @@ class StampRun:
         in_process = self.settings.bus.startswith("memory:")
         runtime = Runtime(self.settings, contracts=self.contracts, nodes=None if in_process else [])
         progress = Progress(
-            TextColumn("[bold]stamping"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), console=console, transient=True, disable=console is None,
+            TextColumn("[bold]stamping"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=console is None,
         )
         async with runtime:
             task = progress.add_task("stamp", total=None, rate="")
@@ -246,10 +288,14 @@ class StampRun:
                             report.counts[status] += 1
                             report.problems.append((status, str(entry.path), entry.problem))
                             continue
-                        cid = await client.submit({
-                            "file_path": str(entry.path), "namespace": self.namespace,
-                            "stamp_type": "rich" if self.rich else "lightweight", "dry_run": self.dry_run,
-                        })
+                        cid = await client.submit(
+                            {
+                                "file_path": str(entry.path),
+                                "namespace": self.namespace,
+                                "stamp_type": "rich" if self.rich else "lightweight",
+                                "dry_run": self.dry_run,
+                            }
+                        )
                         cids.append((cid, str(entry.path)))
                     report.submitted = len(cids)
                     progress.update(task, total=len(cids))
@@ -280,7 +326,7 @@ class StampRun:
             report.counts["failed"] += 1
             report.problems.append(("failed", path, str(payload.get("error"))))
             return
-        stamp_step = next((s for s in payload.get("steps", ()) if s.get("step_name") == "stamp"), {})
+        stamp_step: dict[str, Any] = next((s for s in payload.get("steps", ()) if s.get("step_name") == "stamp"), {})
         status = stamp_step.get("data", {}).get("status", "stamped")
         report.counts["unchanged" if status == "unchanged" else "stamped"] += 1
 
@@ -298,8 +344,11 @@ class VerifyReport:
                 table.add_column(column, overflow="fold")
             style = {"valid": "green", "modified": "red", "unstamped": "yellow", "error": "red"}
             for r in shown:
-                detail = r.error or (f"stamp {r.expected[:16]}... content {r.actual[:16]}..."
-                                     if r.status == "modified" and r.expected and r.actual else "")
+                detail = r.error or (
+                    f"stamp {r.expected[:16]}... content {r.actual[:16]}..."
+                    if r.status == "modified" and r.expected and r.actual
+                    else ""
+                )
                 table.add_row(f"[{style[r.status]}]{r.status}[/]", r.path, detail)
             console.print(table)
         summary = Table(title=f"verified {len(self.results)} file(s)")

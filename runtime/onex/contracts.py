@@ -65,8 +65,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-# jsonschema ships no type information (no py.typed, and types-jsonschema is not a dependency yet).
-import jsonschema.exceptions  # type: ignore[import-untyped]
+import jsonschema.exceptions
 import yaml
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError

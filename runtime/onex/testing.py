@@ -131,8 +131,9 @@ class Harness:
         await self.bus.publish(self.topic(event_name), envelope)
         return envelope
 
-    async def wait_for(self, event_name: str | None, predicate: Predicate | None = None, *,
-                       timeout: float = 10.0) -> OnexEnvelopeV1:
+    async def wait_for(
+        self, event_name: str | None, predicate: Predicate | None = None, *, timeout: float = 10.0
+    ) -> OnexEnvelopeV1:
         """The first recorded event (past or future) named ``event_name`` matching ``predicate``."""
         for name, envelope in self.events:
             if (event_name is None or name == event_name) and (predicate is None or predicate(envelope)):
@@ -155,6 +156,7 @@ class Harness:
     def transitions(self, correlation_id: uuid.UUID | None) -> list[Any]:
         """STATE_TRANSITION payloads of one workflow (by correlation id), in the order they were published."""
         return [
-            e.payload for e in self.of(STATE_TRANSITION)
+            e.payload
+            for e in self.of(STATE_TRANSITION)
             if correlation_id is not None and e.correlation_id == correlation_id
         ]

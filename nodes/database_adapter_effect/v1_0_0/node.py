@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -67,7 +68,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 continue
             merged = merge([batch for batch, _ in pending])
             try:
-                await self.breaker.call(lambda: self.store.apply(merged))
+                await self.breaker.call(functools.partial(self.store.apply, merged))
             except Exception as exc:  # every contributor retries on its own (the bus's retry and dead letter)
                 for _, done in pending:
                     if not done.done():
@@ -88,8 +89,9 @@ class NodeDatabaseAdapterEffect(EffectNode):
         intent_ids = [e.envelope.event_id for e in fresh if isinstance(e.payload, ModelAggregationIntent)]
         if intent_ids:
             todo = await self.store.unprocessed(self.contract.name, intent_ids)
-            fresh = [e for e in fresh if not isinstance(e.payload, ModelAggregationIntent)
-                     or e.envelope.event_id in todo]
+            fresh = [
+                e for e in fresh if not isinstance(e.payload, ModelAggregationIntent) or e.envelope.event_id in todo
+            ]
         if not fresh:
             return
         await self._commit(self.to_batch(fresh))
@@ -112,57 +114,108 @@ class NodeDatabaseAdapterEffect(EffectNode):
         for envelope, payload in events:
             if isinstance(payload, ModelStampCreated):
                 if not payload.dry_run:
-                    batch.stamps.append(StampRow(
-                        id=payload.stamp_id, file_hash=payload.file_hash, file_path=payload.file_path,
-                        file_size=payload.file_size, namespace=payload.namespace, stamp_type=payload.stamp_type,
-                        file_type=payload.file_type, workflow_id=payload.workflow_id, stamp_data=payload.stamp,
-                        created_at=envelope.event_timestamp,
-                    ))
+                    batch.stamps.append(
+                        StampRow(
+                            id=payload.stamp_id,
+                            file_hash=payload.file_hash,
+                            file_path=payload.file_path,
+                            file_size=payload.file_size,
+                            namespace=payload.namespace,
+                            stamp_type=payload.stamp_type,
+                            file_type=payload.file_type,
+                            workflow_id=payload.workflow_id,
+                            stamp_data=payload.stamp,
+                            created_at=envelope.event_timestamp,
+                        )
+                    )
             elif isinstance(payload, ModelStateTransition):
-                batch.transitions.append(TransitionRow(
-                    id=payload.transition_id, entity_id=payload.entity_id, entity_type=payload.entity_type,
-                    from_state=payload.from_state, to_state=payload.to_state, transition_event=payload.trigger,
-                    correlation_id=payload.correlation_id, transition_data=payload.data, created_at=payload.at,
-                ))
+                batch.transitions.append(
+                    TransitionRow(
+                        id=payload.transition_id,
+                        entity_id=payload.entity_id,
+                        entity_type=payload.entity_type,
+                        from_state=payload.from_state,
+                        to_state=payload.to_state,
+                        transition_event=payload.trigger,
+                        correlation_id=payload.correlation_id,
+                        transition_data=payload.data,
+                        created_at=payload.at,
+                    )
+                )
             elif isinstance(payload, ModelWorkflowStarted):
-                keep(WorkflowRow(
-                    correlation_id=payload.workflow_id, workflow_type=WORKFLOW_TYPE, current_state="processing",
-                    state_seq=1, namespace=payload.namespace, file_path=payload.file_path,
-                    started_at=payload.started_at,
-                ))
+                keep(
+                    WorkflowRow(
+                        correlation_id=payload.workflow_id,
+                        workflow_type=WORKFLOW_TYPE,
+                        current_state="processing",
+                        state_seq=1,
+                        namespace=payload.namespace,
+                        file_path=payload.file_path,
+                        started_at=payload.started_at,
+                    )
+                )
             elif isinstance(payload, ModelWorkflowFinished):
-                keep(WorkflowRow(
-                    correlation_id=payload.workflow_id, workflow_type=WORKFLOW_TYPE, current_state=payload.state,
-                    state_seq=payload.state_seq, namespace=payload.namespace, file_path=payload.file_path,
-                    file_hash=payload.file_hash, stamp_id=payload.stamp_id, started_at=payload.started_at,
-                    completed_at=payload.completed_at, execution_time_ms=payload.execution_time_ms,
-                    error_message=payload.error,
-                ))
+                keep(
+                    WorkflowRow(
+                        correlation_id=payload.workflow_id,
+                        workflow_type=WORKFLOW_TYPE,
+                        current_state=payload.state,
+                        state_seq=payload.state_seq,
+                        namespace=payload.namespace,
+                        file_path=payload.file_path,
+                        file_hash=payload.file_hash,
+                        stamp_id=payload.stamp_id,
+                        started_at=payload.started_at,
+                        completed_at=payload.completed_at,
+                        execution_time_ms=payload.execution_time_ms,
+                        error_message=payload.error,
+                    )
+                )
                 batch.steps.extend(
-                    StepRow(workflow_id=payload.workflow_id, step_name=s.step_name, step_order=s.step_order,
-                            status=s.status, execution_time_ms=s.execution_time_ms, step_data=s.data,
-                            error_message=s.error, created_at=payload.completed_at)
+                    StepRow(
+                        workflow_id=payload.workflow_id,
+                        step_name=s.step_name,
+                        step_order=s.step_order,
+                        status=s.status,
+                        execution_time_ms=s.execution_time_ms,
+                        step_data=s.data,
+                        error_message=s.error,
+                        created_at=payload.completed_at,
+                    )
                     for s in payload.steps
                 )
             elif isinstance(payload, ModelAggregationIntent):
-                batch.bridge_states.append(BridgeStateRow(
-                    namespace=payload.namespace, version=payload.version,
-                    total_workflows_processed=payload.total_workflows_processed,
-                    total_items_aggregated=payload.total_items_aggregated,
-                    total_size_bytes=payload.total_size_bytes, unique_file_hashes=payload.unique_file_hashes,
-                    current_fsm_state=payload.current_fsm_state,
-                    aggregation_metadata={"by_file_type": payload.by_file_type, "size_buckets": payload.size_buckets,
-                                          "windows_closed": payload.windows_closed},
-                    last_aggregation_timestamp=payload.aggregated_at,
-                ))
+                batch.bridge_states.append(
+                    BridgeStateRow(
+                        namespace=payload.namespace,
+                        version=payload.version,
+                        total_workflows_processed=payload.total_workflows_processed,
+                        total_items_aggregated=payload.total_items_aggregated,
+                        total_size_bytes=payload.total_size_bytes,
+                        unique_file_hashes=payload.unique_file_hashes,
+                        current_fsm_state=payload.current_fsm_state,
+                        aggregation_metadata={
+                            "by_file_type": payload.by_file_type,
+                            "size_buckets": payload.size_buckets,
+                            "windows_closed": payload.windows_closed,
+                        },
+                        last_aggregation_timestamp=payload.aggregated_at,
+                    )
+                )
                 batch.processed_event_ids.append(envelope.event_id)
             if self.log_events:
-                batch.event_logs.append(EventLogRow(
-                    event_id=envelope.event_id, event_type=envelope.event_type,
-                    topic=self._consumed[envelope.event_type][0], status="processed",
-                    correlation_id=envelope.correlation_id, timestamp=envelope.event_timestamp,
-                    payload=envelope.payload, metadata=envelope.metadata,
-                ))
+                batch.event_logs.append(
+                    EventLogRow(
+                        event_id=envelope.event_id,
+                        event_type=envelope.event_type,
+                        topic=self._consumed[envelope.event_type][0],
+                        status="processed",
+                        correlation_id=envelope.correlation_id,
+                        timestamp=envelope.event_timestamp,
+                        payload=envelope.payload,
+                        metadata=envelope.metadata,
+                    )
+                )
         batch.workflows.extend(workflows.values())
         return batch
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,10 @@ class NodeOrchestrator(OrchestratorNode):
         self.intelligence_url: str = str(self.contract.config.get("intelligence_url") or "")
         self.workflows_by_state: dict[str, int] = defaultdict(int)
         self._outbox: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)
+        # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again.
+        # Bounded: a redelivery later than ``dedupe_window`` workflows would run again, and is idempotent in the store.
+        self._finished: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
         routing = self.contract.subcontracts.routing
         self.stamp_service = routing.targets[0].service if routing and routing.targets else "stamping_effect"
 
@@ -58,8 +62,8 @@ class NodeOrchestrator(OrchestratorNode):
         assert self.fsm is not None
         for envelope, request in events:
             cid = envelope.correlation_id or uuid.uuid4()
-            if cid in self.workflows:
-                continue  # a redelivered request for a workflow already running
+            if cid in self.workflows or cid in self._finished:
+                continue  # a redelivered request for a workflow already running or finished
             assert isinstance(request, ModelStampRequest)
             workflow = Workflow(cid, self.steps, input=request.file_path or "<content>", namespace=request.namespace)
             workflow.request = envelope
@@ -68,12 +72,18 @@ class NodeOrchestrator(OrchestratorNode):
             self.fsm.attach(workflow)
             self.fsm.trigger(workflow, "start")
             self.workflows[cid] = workflow
-            self._outbox["WORKFLOW_STARTED"].append(self.envelope(
-                "WORKFLOW_STARTED",
-                ModelWorkflowStarted(workflow_id=cid, namespace=request.namespace, file_path=request.file_path,
-                                     started_at=workflow.context["started_at"]),
-                causation=envelope,
-            ))
+            self._outbox["WORKFLOW_STARTED"].append(
+                self.envelope(
+                    "WORKFLOW_STARTED",
+                    ModelWorkflowStarted(
+                        workflow_id=cid,
+                        namespace=request.namespace,
+                        file_path=request.file_path,
+                        started_at=workflow.context["started_at"],
+                    ),
+                    causation=envelope,
+                )
+            )
             await self.advance(workflow)
 
     async def handle_stamp_result(self, events: Sequence[Event]) -> None:
@@ -84,10 +94,17 @@ class NodeOrchestrator(OrchestratorNode):
             if isinstance(result, ModelStampCreated):
                 workflow.context["file_hash"] = result.file_hash
                 workflow.context["stamp"] = result
-                await self.complete_step(workflow, "stamp", {
-                    "file_hash": result.file_hash, "stamp_id": str(result.stamp_id), "status": result.status,
-                    "file_type": result.file_type, "file_size": result.file_size,
-                })
+                await self.complete_step(
+                    workflow,
+                    "stamp",
+                    {
+                        "file_hash": result.file_hash,
+                        "stamp_id": str(result.stamp_id),
+                        "status": result.status,
+                        "file_type": result.file_type,
+                        "file_size": result.file_size,
+                    },
+                )
             elif isinstance(result, ModelStampFailed):
                 await self.fail_step(workflow, "stamp", result.error, retryable=result.retryable)
 
@@ -96,16 +113,22 @@ class NodeOrchestrator(OrchestratorNode):
         name = run.step.step_name
         if name == "stamp":
             request: ModelStampRequest = workflow.context["request"]
-            self._outbox["STAMP_FILE"].append(self.envelope(
-                "STAMP_FILE",
-                ModelStampCommand(
-                    workflow_id=workflow.correlation_id,  # type: ignore[arg-type]
-                    file_path=request.file_path, content=request.content, namespace=request.namespace,
-                    stamp_type=request.stamp_type, dry_run=request.dry_run, author=request.author,
-                    attempt=run.attempts,
-                ),
-                causation=workflow.request,
-            ))
+            self._outbox["STAMP_FILE"].append(
+                self.envelope(
+                    "STAMP_FILE",
+                    ModelStampCommand(
+                        workflow_id=workflow.cid,
+                        file_path=request.file_path,
+                        content=request.content,
+                        namespace=request.namespace,
+                        stamp_type=request.stamp_type,
+                        dry_run=request.dry_run,
+                        author=request.author,
+                        attempt=run.attempts,
+                    ),
+                    causation=workflow.request,
+                )
+            )
             return None
         if name == "intelligence":
             if not self.intelligence_url:
@@ -117,13 +140,13 @@ class NodeOrchestrator(OrchestratorNode):
         return await self.skip_step(workflow, name, f"no runner for step {name!r}")
 
     async def _ask_intelligence(self, workflow: Workflow) -> dict[str, Any]:
-        body = json.dumps({"file_hash": workflow.context.get("file_hash"),
-                           "namespace": workflow.context.get("namespace")}).encode()
-        request = urllib.request.Request(self.intelligence_url, data=body,
-                                         headers={"content-type": "application/json"})
+        body = json.dumps(
+            {"file_hash": workflow.context.get("file_hash"), "namespace": workflow.context.get("namespace")}
+        ).encode()
+        request = urllib.request.Request(self.intelligence_url, data=body, headers={"content-type": "application/json"})
 
         def call() -> dict[str, Any]:
-            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - URL from the contract config
+            with urllib.request.urlopen(request, timeout=5) as response:
                 data = json.loads(response.read() or b"{}")
             return data if isinstance(data, dict) else {"result": data}
 
@@ -139,12 +162,15 @@ class NodeOrchestrator(OrchestratorNode):
             error = None
             self.fsm.trigger(workflow, "complete")
         self.fsm.detach(workflow)
+        self._finished[workflow.cid] = None
+        if len(self._finished) > self.dedupe_window:
+            self._finished.popitem(last=False)
         request: ModelStampRequest = workflow.context["request"]
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
         now = datetime.now(UTC)
         started: datetime = workflow.context["started_at"]
         finished = ModelWorkflowFinished(
-            workflow_id=workflow.correlation_id,  # type: ignore[arg-type]
+            workflow_id=workflow.cid,
             state="failed" if error else "completed",
             state_seq=len(workflow.history),
             namespace=request.namespace,
@@ -156,8 +182,15 @@ class NodeOrchestrator(OrchestratorNode):
             stamp_id=stamp.stamp_id if stamp else None,
             error=error,
             steps=tuple(
-                ModelStepResult(step_name=r.step.step_name, step_order=r.order, status=r.status.value,
-                                attempts=r.attempts, execution_time_ms=r.elapsed_ms, error=r.error, data=r.data)
+                ModelStepResult(
+                    step_name=r.step.step_name,
+                    step_order=r.order,
+                    status=r.status.value,
+                    attempts=r.attempts,
+                    execution_time_ms=r.elapsed_ms,
+                    error=r.error,
+                    data=r.data,
+                )
                 for r in workflow.steps.values()
             ),
         )

@@ -65,8 +65,7 @@ class NodeReducer(ReducerNode):
         window = aggregation.window if aggregation else None
         self.window_items = (window.size_items if window else None) or 5000
         self.window_s = ((window.size_ms if window else None) or 500) / 1000
-        histogram = next((f for f in (aggregation.functions if aggregation else ()) if f.function == "histogram"),
-                         None)
+        histogram = next((f for f in (aggregation.functions if aggregation else ()) if f.function == "histogram"), None)
         self.bucket_bounds: tuple[int, ...] = histogram.buckets if isinstance(histogram, AggregationFunction) else ()
         self.flush_interval_s = float(self.contract.config.get("flush_interval_ms", 500)) / 1000
         self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
@@ -173,25 +172,27 @@ class NodeReducer(ReducerNode):
         entity.version += 1
         entity.windows_closed += 1
         entity.dirty = False
-        self._intents.append(ModelAggregationIntent(
-            namespace=entity.namespace,
-            version=entity.version,
-            total_workflows_processed=entity.workflows,
-            total_items_aggregated=entity.items,
-            total_size_bytes=entity.total_bytes,
-            unique_file_hashes=len(entity.hashes),
-            current_fsm_state="aggregating",
-            by_file_type=dict(entity.by_file_type),
-            size_buckets=dict(entity.size_buckets),
-            windows_closed=entity.windows_closed,
-            aggregated_at=datetime.now(UTC),
-        ))
+        self._intents.append(
+            ModelAggregationIntent(
+                namespace=entity.namespace,
+                version=entity.version,
+                total_workflows_processed=entity.workflows,
+                total_items_aggregated=entity.items,
+                total_size_bytes=entity.total_bytes,
+                unique_file_hashes=len(entity.hashes),
+                current_fsm_state="aggregating",
+                by_file_type=dict(entity.by_file_type),
+                size_buckets=dict(entity.size_buckets),
+                windows_closed=entity.windows_closed,
+                aggregated_at=datetime.now(UTC),
+            )
+        )
 
     async def flush(self) -> None:
         intents, self._intents = self._intents, []
-        await self.publish_envelopes("STATE_AGGREGATION_COMPLETED", [
-            self.envelope("STATE_AGGREGATION_COMPLETED", intent) for intent in intents
-        ])
+        await self.publish_envelopes(
+            "STATE_AGGREGATION_COMPLETED", [self.envelope("STATE_AGGREGATION_COMPLETED", intent) for intent in intents]
+        )
         await super().flush()
 
     async def _tick(self) -> None:

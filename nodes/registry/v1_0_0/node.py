@@ -70,8 +70,9 @@ class NodeRegistry(RegistryNode):
     def record_stale(self, entity: Entity) -> None:
         assert isinstance(entity, KnownNode)
         entity.health_status = "STALE"
-        self._pending.heartbeats.append(HeartbeatRow(node_id=entity.entity_id, health_status="STALE",
-                                                     at=datetime.now(UTC)))
+        self._pending.heartbeats.append(
+            HeartbeatRow(node_id=entity.entity_id, health_status="STALE", at=datetime.now(UTC))
+        )
 
     # -- handlers --
     async def handle_introspection(self, events: Sequence[Event]) -> None:
@@ -85,12 +86,19 @@ class NodeRegistry(RegistryNode):
             node.last_seen = time.monotonic()
             node.health_status = "HEALTHY"
             self.fsm.trigger(node, "introspect")
-            self._pending.registrations.append(RegistrationRow(
-                node_id=info.node_id, node_type=info.node_type, node_version=info.node_version,
-                health_status="HEALTHY", capabilities=info.capabilities, endpoints=info.endpoints,
-                metadata={**info.metadata, "node_name": info.node_name}, last_heartbeat=envelope.event_timestamp,
-                registered_at=envelope.event_timestamp,
-            ))
+            self._pending.registrations.append(
+                RegistrationRow(
+                    node_id=info.node_id,
+                    node_type=info.node_type,
+                    node_version=info.node_version,
+                    health_status="HEALTHY",
+                    capabilities=info.capabilities,
+                    endpoints=info.endpoints,
+                    metadata={**info.metadata, "node_name": info.node_name},
+                    last_heartbeat=envelope.event_timestamp,
+                    registered_at=envelope.event_timestamp,
+                )
+            )
         await self._write()
 
     async def handle_heartbeat(self, events: Sequence[Event]) -> None:
@@ -103,10 +111,14 @@ class NodeRegistry(RegistryNode):
             node.last_seen = time.monotonic()
             node.health_status = beat.health_status
             self.fsm.trigger(node, "deregister" if beat.health_status == "STOPPED" else "heartbeat")
-            self._pending.heartbeats.append(HeartbeatRow(
-                node_id=beat.node_id, health_status=beat.health_status, at=envelope.event_timestamp,
-                metadata={"uptime_seconds": beat.uptime_seconds, "active_operations": beat.active_operations},
-            ))
+            self._pending.heartbeats.append(
+                HeartbeatRow(
+                    node_id=beat.node_id,
+                    health_status=beat.health_status,
+                    at=envelope.event_timestamp,
+                    metadata={"uptime_seconds": beat.uptime_seconds, "active_operations": beat.active_operations},
+                )
+            )
         await self._write()
 
     async def _write(self) -> None:

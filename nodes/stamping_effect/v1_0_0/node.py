@@ -57,52 +57,68 @@ class NodeStampingEffect(EffectNode):
         if cmd.content is not None:
             return self._stamp_content(envelope, cmd, rich=rich, author=author)
         assert cmd.file_path is not None
-        result = stamps.stamp_file(cmd.file_path, rich=rich, namespace=cmd.namespace, author=author,
-                                   dry_run=cmd.dry_run)
+        result = stamps.stamp_file(
+            cmd.file_path, rich=rich, namespace=cmd.namespace, author=author, dry_run=cmd.dry_run
+        )
         if result.status == "failed" or result.stamp is None:
             return self._failed(envelope, cmd, result.error or "stamping failed")
-        return self.envelope("STAMP_CREATED", ModelStampCreated(
-            workflow_id=cmd.workflow_id,
-            stamp_id=uuid.UUID(result.stamp.uid),
-            file_path=cmd.file_path,
-            file_hash=result.stamp.hash,
-            file_size=result.size,
-            file_type=result.file_type,
-            namespace=cmd.namespace,
-            stamp_type=result.stamp.kind,
-            status="unchanged" if result.status == "unchanged" else "stamped",
-            dry_run=cmd.dry_run,
-            stamp=_stamp_fields(result.stamp),
-        ), causation=envelope)
+        return self.envelope(
+            "STAMP_CREATED",
+            ModelStampCreated(
+                workflow_id=cmd.workflow_id,
+                stamp_id=uuid.UUID(result.stamp.uid),
+                file_path=cmd.file_path,
+                file_hash=result.stamp.hash,
+                file_size=result.size,
+                file_type=result.file_type,
+                namespace=cmd.namespace,
+                stamp_type=result.stamp.kind,
+                status="unchanged" if result.status == "unchanged" else "stamped",
+                dry_run=cmd.dry_run,
+                stamp=_stamp_fields(result.stamp),
+            ),
+            causation=envelope,
+        )
 
-    def _stamp_content(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, *, rich: bool,
-                       author: str) -> OnexEnvelopeV1:
+    def _stamp_content(
+        self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, *, rich: bool, author: str
+    ) -> OnexEnvelopeV1:
         name = cmd.file_path or "content.txt"
         data = cmd.content.encode() if cmd.content is not None else b""
         try:
-            stamped, stamp = stamps.stamp_bytes(data, file_name=name, rich=rich, namespace=cmd.namespace,
-                                                author=author)
+            stamped, stamp = stamps.stamp_bytes(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
         except StampError as exc:
             return self._failed(envelope, cmd, str(exc))
-        return self.envelope("STAMP_CREATED", ModelStampCreated(
-            workflow_id=cmd.workflow_id,
-            stamp_id=uuid.UUID(stamp.uid),
-            file_path=cmd.file_path or CONTENT_PATH,
-            file_hash=stamp.hash,
-            file_size=len(data),
-            file_type=detect_file_type(name, data[:64]),
-            namespace=cmd.namespace,
-            stamp_type=stamp.kind,
-            status="unchanged" if stamped == data else "stamped",
-            dry_run=cmd.dry_run,
-            stamp=_stamp_fields(stamp),
-            stamped_content=None if cmd.dry_run else stamped.decode(errors="replace"),
-        ), causation=envelope)
+        return self.envelope(
+            "STAMP_CREATED",
+            ModelStampCreated(
+                workflow_id=cmd.workflow_id,
+                stamp_id=uuid.UUID(stamp.uid),
+                file_path=cmd.file_path or CONTENT_PATH,
+                file_hash=stamp.hash,
+                file_size=len(data),
+                file_type=detect_file_type(name, data[:64]),
+                namespace=cmd.namespace,
+                stamp_type=stamp.kind,
+                status="unchanged" if stamped == data else "stamped",
+                dry_run=cmd.dry_run,
+                stamp=_stamp_fields(stamp),
+                stamped_content=None if cmd.dry_run else stamped.decode(errors="replace"),
+            ),
+            causation=envelope,
+        )
 
     def _failed(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, error: str) -> OnexEnvelopeV1:
-        return self.envelope("STAMP_FAILED", ModelStampFailed(
-            workflow_id=cmd.workflow_id, file_path=cmd.file_path, namespace=cmd.namespace, error=error,
-        ), causation=envelope)
+        return self.envelope(
+            "STAMP_FAILED",
+            ModelStampFailed(
+                workflow_id=cmd.workflow_id,
+                file_path=cmd.file_path,
+                namespace=cmd.namespace,
+                error=error,
+            ),
+            causation=envelope,
+        )
 
 
 def _stamp_fields(stamp: stamps.Stamp) -> dict[str, Any]:

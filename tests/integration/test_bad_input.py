@@ -1,0 +1,137 @@
+"""Bad input on disk: the real ``onex stamp`` in a subprocess reports every file it cannot stamp, by name and with
+a reason, stamps the rest, and exits 1; a file that disappears between the walk and its workflow fails that
+workflow alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+from onex.files import iter_files
+from onex.stamps import sidecar_path, strip_stamp, verify_file
+from onex.testing import Harness
+
+ROOT = Path(__file__).resolve().parents[2]
+ONEX = Path(sys.executable).with_name("onex")
+
+
+def onex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``onex`` console script; a wide terminal so that rich never folds a path."""
+    command = [str(ONEX)] if ONEX.exists() else [sys.executable, "-m", "onex.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")}
+    env["COLUMNS"] = "400"
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of every rich table in ``output``, as lists of stripped cells."""
+    return [[cell.strip() for cell in line.strip().strip("│").split("│")]
+            for line in output.splitlines() if line.lstrip().startswith("│")]
+
+
+def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "loopdir").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.py").write_bytes(b"secret = 1\n")
+
+    good = {
+        "good.py": b"#!/usr/bin/env python3\nprint('ok')\n",
+        "good.yaml": b"key: value\n",
+        "good.json": b'{"ok": true}',
+        "empty.py": b"",
+        "nul.txt": b"text with a \x00 NUL byte\x01\x02\n",  # binary with a text extension: a sidecar, bytes unchanged
+    }
+    for name, data in good.items():
+        (tree / name).write_bytes(data)
+    latin = b"# caf\xe9 cr\xe8me\nprint('\xe9')\n"  # Latin-1: not UTF-8, and not binary either
+    (tree / "latin1.py").write_bytes(latin)
+    os.symlink("loop_b", tree / "loop_a")  # a chain of links that never ends
+    os.symlink("loop_a", tree / "loop_b")
+    os.symlink("..", tree / "loopdir" / "up")  # a directory link back to its ancestor
+    os.symlink(outside / "secret.py", tree / "escape.py")
+    os.mkfifo(tree / "pipe.txt")
+    store = tmp_path / "onex.db"
+
+    result = onex("--root", str(ROOT), "stamp", str(tree), "--namespace", "bad", "--store", f"sqlite:///{store}",
+                  cwd=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = {row[1]: (row[0], row[2]) for row in table_rows(result.stdout) if len(row) == 3}
+    expected = {
+        tree / "latin1.py": ("failed", "not valid UTF-8"),
+        tree / "loop_a": ("failed", "symlink loop"),
+        tree / "loop_b": ("failed", "symlink loop"),
+        tree / "loopdir" / "up": ("failed", "symlink loop"),
+        tree / "escape.py": ("skipped", "outside"),
+        tree / "pipe.txt": ("skipped", "not a regular file"),
+    }
+    assert problems.keys() == {str(p) for p in expected}
+    for path, (status, reason) in expected.items():
+        assert problems[str(path)][0] == status, path
+        assert reason in problems[str(path)][1], (path, problems[str(path)])
+    counts = next(row for row in table_rows(result.stdout) if len(row) == 4 and all(c.isdigit() for c in row))
+    assert dict(zip(("stamped", "unchanged", "skipped", "failed"), map(int, counts), strict=True)) == {
+        "stamped": len(good), "unchanged": 0, "skipped": 2, "failed": 4}
+
+    # The good files are stamped and verify; what could not be stamped is byte for byte what it was.
+    for name, data in good.items():
+        path = tree / name
+        assert verify_file(path).status == "valid", name
+        assert strip_stamp(path.read_bytes(), file_name=name) == data, name
+    assert (tree / "nul.txt").read_bytes() == good["nul.txt"]
+    assert sidecar_path(tree / "nul.txt").is_file()
+    assert (tree / "good.json").read_bytes() == good["good.json"]
+    assert (tree / "latin1.py").read_bytes() == latin
+    assert (outside / "secret.py").read_bytes() == b"secret = 1\n"
+    assert not sidecar_path(tree / "latin1.py").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.py"]
+
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        stamped = dict(db.execute("SELECT file_path, file_hash FROM metadata_stamps WHERE namespace = 'bad'"))
+        failed_rows = db.execute(
+            "SELECT file_path, error_message FROM workflow_executions WHERE current_state = 'failed'"
+        ).fetchall()
+    assert stamped == {str(tree / name): blake3(data).hexdigest() for name, data in good.items()}
+    assert len(failed_rows) == 1
+    assert failed_rows[0][0] == str(tree / "latin1.py")
+    assert "UTF-8" in failed_rows[0][1]
+
+
+@pytest.mark.anyio
+async def test_a_file_deleted_after_the_walk_fails_its_workflow_alone(tmp_path: Path) -> None:
+    for i in range(5):
+        (tmp_path / f"f{i}.py").write_text(f"x = {i}\n")
+    walked = [entry.path for entry in iter_files([tmp_path])]
+    assert len(walked) == 5
+    doomed = tmp_path / "f2.py"
+    doomed.unlink()  # gone between the walk and the stamping, as when a build deletes it mid-run
+
+    async with Harness(root=ROOT) as h:
+        sent = {path: await h.publish("STAMP_REQUESTED", {"file_path": str(path), "namespace": "deleted"})
+                for path in walked}
+        await h.settle()
+
+        for path, envelope in sent.items():
+            workflow = await h.store.get_workflow(envelope.correlation_id)
+            assert workflow is not None
+            if path == doomed:
+                assert workflow.current_state == "failed"
+                assert workflow.error_message is not None
+                assert str(doomed) in workflow.error_message
+                assert "no such file" in workflow.error_message
+            else:
+                assert workflow.current_state == "completed", path
+                assert verify_file(path).status == "valid"
+        assert len(h.of("WORKFLOW_FAILED")) == 1
+        assert len(h.of("WORKFLOW_COMPLETED")) == 4
+    assert not doomed.exists()

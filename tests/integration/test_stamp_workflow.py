@@ -1,0 +1,365 @@
+"""Whole stamping workflows through ``onex.testing.Harness``: every shipped node on the memory bus, a real SQLite
+file store, real files on disk.
+
+What the store says is checked against what the files really contain: hashes are recomputed here with the
+``blake3`` package (not with ``onex.stamps``), sizes and file types come from the file specifications below.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+from onex.envelope import OnexEnvelopeV1, dlq_topic
+from onex.stamps import find_stamp, sidecar_path, strip_stamp, verify_bytes, verify_file
+from onex.testing import Harness
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "it.workflow"
+WORKFLOW_TRANSITIONS = [("pending", "processing", "start"), ("processing", "completed", "complete")]
+FAILED_TRANSITIONS = [("pending", "processing", "start"), ("processing", "failed", "fail")]
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One file to write: its name, bytes, the file type onex must report, and where its stamp goes."""
+
+    name: str
+    content: bytes
+    file_type: str
+    sidecar: bool = False
+    rich: bool = False
+
+
+def mixed_files(n_variants: int = 3) -> list[Spec]:
+    """Files of every kind the stamping workflow handles, ``n_variants`` of each, plus an empty file and two
+    files with identical content (so distinct content is fewer than files)."""
+    specs: list[Spec] = []
+    for i in range(n_variants):
+        rich = i % 2 == 1
+        specs += [
+            Spec(f"tool{i}.py", f"#!/usr/bin/env python3\nprint({i})\n".encode(), "code", rich=rich),
+            Spec(f"run{i}.sh", f"#!/bin/sh\necho {i}\n".encode(), "code"),
+            Spec(f"conf{i}.yaml", f"key: {i}\nlist: [a, b]\n".encode(), "data", rich=rich),
+            Spec(f"doc{i}.md", f"# Title {i}\n\nSome *text*.\n".encode(), "text"),
+            Spec(f"page{i}.html", f"<!DOCTYPE html>\n<p>{i}</p>\n".encode(), "code", rich=rich),
+            Spec(f"data{i}.json", f'{{"n": {i}}}'.encode(), "data", sidecar=True),
+            Spec(f"pixel{i}.png", PNG + bytes([i]) * 16, "image", sidecar=True),
+            Spec(f"crlf{i}.txt", f"line {i}\r\nsecond line\r\n".encode(), "text"),
+            Spec(f"main{i}.go", f"// Package p{i} does nothing.\npackage p{i}\n".encode(), "code"),
+            Spec(f"query{i}.sql", f"SELECT {i};\n".encode(), "code", rich=rich),
+            Spec(f"style{i}.css", f"p {{ margin: {i}px; }}\n".encode(), "code"),
+            Spec(f"notes{i}.txt", f"note {i}\n".encode(), "text"),
+        ]
+    specs += [
+        Spec("empty.txt", b"", "text"),
+        Spec("copy_a.py", b"print('same')\n", "code"),
+        Spec("copy_b.py", b"print('same')\n", "code"),
+        Spec("copy_c.txt", b"print('same')\n", "text"),
+    ]
+    return specs
+
+
+def write(directory: Path, specs: list[Spec]) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for spec in specs:
+        path = directory / spec.name
+        path.write_bytes(spec.content)
+        paths[spec.name] = path
+    return paths
+
+
+def request(path: Path | str, *, rich: bool = False, namespace: str = NS) -> dict[str, object]:
+    return {"file_path": str(path), "namespace": namespace, "stamp_type": "rich" if rich else "lightweight"}
+
+
+async def transitions_of(h: Harness, cid: uuid.UUID | None) -> list[tuple[str | None, str, str]]:
+    return [(t.from_state, t.to_state, t.transition_event) for t in await h.store.list_transitions(str(cid))]
+
+
+async def steps_of(h: Harness, cid: uuid.UUID | None) -> list[tuple[str, str]]:
+    assert cid is not None
+    return [(s.step_name, s.status) for s in await h.store.list_steps(cid)]
+
+
+# --- the happy path, at scale ----------------------------------------------------------------------------------------
+
+
+async def test_mixed_files_are_stamped_persisted_and_aggregated(tmp_path: Path) -> None:
+    specs = mixed_files()
+    assert len(specs) == 40
+    paths = write(tmp_path / "tree", specs)
+
+    async with Harness(root=ROOT) as h:
+        sent = {spec.name: await h.publish("STAMP_REQUESTED", request(paths[spec.name], rich=spec.rich))
+                for spec in specs}
+        await h.settle()
+        await h.runtime.drain()  # closes the reducer's open window: the aggregate below is final
+
+        # One completed workflow per file, each with its full audit log and steps in the store.
+        assert await h.store.count("workflow_executions") == len(specs)
+        completed = await h.store.list_workflows(state="completed", limit=1000)
+        assert {w.correlation_id for w in completed} == {e.correlation_id for e in sent.values()}
+        for spec in specs:
+            cid = sent[spec.name].correlation_id
+            workflow = await h.store.get_workflow(cid)
+            assert workflow is not None
+            assert (workflow.current_state, workflow.file_path, workflow.error_message) == (
+                "completed", str(paths[spec.name]), None)
+            assert workflow.file_hash == blake3(spec.content).hexdigest(), spec.name
+            assert await transitions_of(h, cid) == WORKFLOW_TRANSITIONS, spec.name
+            assert await steps_of(h, cid) == [("stamp", "completed"), ("intelligence", "skipped")], spec.name
+            assert [t["to_state"] for t in h.transitions(cid)] == ["processing", "completed"]
+        assert len(h.of("WORKFLOW_COMPLETED")) == len(specs)
+        assert h.of("WORKFLOW_FAILED") == []
+        assert h.dead_letters() == []
+
+        # One stamp row per file: hash and size of the original content, sidecar where the file has no comments.
+        assert await h.store.count("metadata_stamps") == len(specs)
+        rows = {Path(r.file_path).name: r for r in await h.store.list_stamps(NS, limit=1000)}
+        assert rows.keys() == {s.name for s in specs}
+        for spec in specs:
+            row = rows[spec.name]
+            expected_kind = "sidecar" if spec.sidecar else "rich" if spec.rich else "lightweight"
+            assert (row.file_hash, row.file_size, row.file_type, row.stamp_type) == (
+                blake3(spec.content).hexdigest(), len(spec.content), spec.file_type, expected_kind), spec.name
+            assert row.workflow_id == sent[spec.name].correlation_id
+
+        # The namespace aggregate equals what the files contain.
+        aggregate = await h.store.get_bridge_state(NS)
+        assert aggregate is not None
+        assert aggregate.total_workflows_processed == len(specs)
+        assert aggregate.total_items_aggregated == len(specs)
+        assert aggregate.total_size_bytes == sum(len(s.content) for s in specs)
+        assert aggregate.unique_file_hashes == len({s.content for s in specs}) < len(specs)
+        assert aggregate.aggregation_metadata["by_file_type"] == dict(Counter(s.file_type for s in specs))
+
+    # On disk: every file verifies; in-place stamps keep the original bytes around them, sidecar files are untouched.
+    for spec in specs:
+        path = paths[spec.name]
+        assert verify_file(path).status == "valid", spec.name
+        data = path.read_bytes()
+        if spec.sidecar:
+            assert data == spec.content, spec.name
+            assert sidecar_path(path).is_file()
+        else:
+            assert data != spec.content
+            assert strip_stamp(data, file_name=spec.name) == spec.content, spec.name
+            stamp = find_stamp(data, file_name=spec.name)
+            assert stamp is not None
+            assert stamp.kind == ("rich" if spec.rich else "lightweight")
+    assert paths["tool0.py"].read_bytes().startswith(b"#!/usr/bin/env python3\n# ONEX:")
+    assert paths["run0.sh"].read_bytes().startswith(b"#!/bin/sh\n# ONEX:")
+    crlf = paths["crlf0.txt"].read_bytes()
+    assert crlf.count(b"\r\n") == crlf.count(b"\n") == 3  # the stamp line took the file's CRLF
+
+
+# --- failures that belong to one workflow ----------------------------------------------------------------------------
+
+
+async def test_unreadable_paths_fail_their_workflow_and_the_others_complete(tmp_path: Path) -> None:
+    good = write(tmp_path / "tree", [Spec(f"ok{i}.py", f"x = {i}\n".encode(), "code") for i in range(4)])
+    fifo = tmp_path / "tree" / "pipe.py"
+    os.mkfifo(fifo)
+    bad = {
+        "missing": (tmp_path / "tree" / "missing.py", "no such file"),
+        "directory": (tmp_path / "tree", "is a directory"),
+        "fifo": (fifo, "not a regular file"),
+    }
+
+    async with Harness(root=ROOT) as h:
+        good_sent = [await h.publish("STAMP_REQUESTED", request(p)) for p in good.values()]
+        bad_sent = {name: await h.publish("STAMP_REQUESTED", request(path)) for name, (path, _) in bad.items()}
+        await h.settle()
+        await h.runtime.drain()
+
+        for envelope in good_sent:
+            workflow = await h.store.get_workflow(envelope.correlation_id)
+            assert workflow is not None
+            assert workflow.current_state == "completed"
+        failed_events = {e.correlation_id: e for e in h.of("WORKFLOW_FAILED")}
+        for name, (path, reason) in bad.items():
+            cid = bad_sent[name].correlation_id
+            workflow = await h.store.get_workflow(cid)
+            assert workflow is not None
+            assert workflow.current_state == "failed", name
+            assert workflow.error_message is not None
+            assert str(path) in workflow.error_message, name
+            assert reason in workflow.error_message, name
+            assert workflow.file_hash is None
+            assert reason in failed_events[cid].payload["error"]
+            assert await transitions_of(h, cid) == FAILED_TRANSITIONS, name
+            assert await steps_of(h, cid) == [("stamp", "failed"), ("intelligence", "skipped")], name
+            steps = await h.store.list_steps(cid)
+            assert reason in (steps[0].error_message or ""), name
+
+        assert len(failed_events) == len(bad)
+        assert await h.store.count("metadata_stamps") == len(good)
+        aggregate = await h.store.get_bridge_state(NS)
+        assert aggregate is not None
+        assert (aggregate.total_workflows_processed, aggregate.total_items_aggregated) == (len(good) + len(bad),
+                                                                                          len(good))
+    assert all(verify_file(p).status == "valid" for p in good.values())
+    assert not (tmp_path / "tree" / "missing.py").exists()
+
+
+# --- requests the orchestrator cannot accept -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "error_mentions"),
+    [
+        pytest.param({"namespace": NS}, "file_path, content", id="neither-path-nor-content"),
+        pytest.param({"file_path": 42, "namespace": NS}, "file_path", id="path-not-a-string"),
+        pytest.param({"file_path": "a.py", "stamp_type": "fancy"}, "stamp_type", id="unknown-stamp-type"),
+        pytest.param({"file_path": "a.py", "colour": "red"}, "colour", id="unknown-field"),
+    ],
+)
+async def test_malformed_request_is_dead_lettered_and_the_next_request_completes(
+    tmp_path: Path, payload: dict[str, object], error_mentions: str
+) -> None:
+    good = write(tmp_path, [Spec("good.py", b"x = 1\n", "code")])["good.py"]
+
+    async with Harness(root=ROOT) as h:
+        request_topic = h.topic("STAMP_REQUESTED")
+        on_dlq: list[OnexEnvelopeV1] = []
+
+        async def collect(envelope: OnexEnvelopeV1) -> None:
+            on_dlq.append(envelope)
+
+        dlq = await h.bus.subscribe([dlq_topic(request_topic)], "test.dlq-watcher", handler=collect)
+        bad = await h.publish("STAMP_REQUESTED", payload)
+        after = await h.publish("STAMP_REQUESTED", request(good))
+        done = await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == after.correlation_id)
+        await h.settle()
+        await dlq.aclose()
+
+        assert done.payload["file_path"] == str(good)
+        assert [e.event_type for e in on_dlq] == ["DEAD_LETTER"]
+        letter = on_dlq[0].payload
+        assert letter["original_topic"] == request_topic
+        assert letter["original"]["event_id"] == str(bad.event_id)
+        assert letter["original"]["payload"] == payload
+        assert str(bad.event_id) in letter["error"]
+        assert error_mentions in letter["error"]
+        assert letter["attempts"] == 1  # a payload that does not validate is not retried
+        assert [e.payload["original"]["event_id"] for e in h.dead_letters()] == [str(bad.event_id)]
+        assert await h.store.get_workflow(bad.correlation_id) is None
+        assert h.transitions(bad.correlation_id) == []
+        assert await h.store.count("workflow_executions") == 1
+    assert verify_file(good).status == "valid"
+
+
+# --- in-memory content ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stamp_type", ["lightweight", "rich"])
+async def test_content_request_returns_stamped_content_and_touches_no_file(tmp_path: Path, stamp_type: str) -> None:
+    name = str(tmp_path / "never_written.py")
+    content = "#!/usr/bin/env python3\nprint('hello')\n"
+
+    async with Harness(root=ROOT) as h:
+        sent = await h.publish("STAMP_REQUESTED",
+                               {"content": content, "file_path": name, "namespace": NS, "stamp_type": stamp_type})
+        created = await h.wait_for("STAMP_CREATED", lambda e: e.correlation_id == sent.correlation_id)
+        await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == sent.correlation_id)
+        await h.settle()
+
+        stamped = created.payload["stamped_content"].encode()
+        assert stamped != content.encode()
+        assert verify_bytes(stamped, file_name=name).status == "valid"
+        assert strip_stamp(stamped, file_name=name) == content.encode()
+        assert stamped.startswith(b"#!/usr/bin/env python3\n")
+        assert created.payload["file_hash"] == blake3(content.encode()).hexdigest()
+        assert created.payload["stamp_type"] == stamp_type
+        assert await transitions_of(h, sent.correlation_id) == WORKFLOW_TRANSITIONS
+    assert not Path(name).exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the registry ----------------------------------------------------------------------------------------------------
+
+
+async def test_every_node_registers_as_healthy_at_start() -> None:
+    async with Harness(root=ROOT) as h:
+        await h.settle()
+        rows = await h.store.list_registrations()
+        expected = {c.name: c.node_type.value for c in h.contracts.contracts}
+        assert len(expected) == 5
+        assert {r.metadata["node_name"]: r.node_type for r in rows} == expected
+        assert {r.health_status for r in rows} == {"HEALTHY"}
+        assert {r.node_id for r in rows} == {n.node_id for n in h.runtime.nodes}
+
+
+# --- idempotency -----------------------------------------------------------------------------------------------------
+
+
+def same_envelope(path: Path) -> OnexEnvelopeV1:
+    return OnexEnvelopeV1(event_type="STAMP_REQUESTED", source_node_id="test.redelivery",
+                          correlation_id=uuid.uuid4(), payload=request(path))
+
+
+async def test_a_request_delivered_twice_at_once_runs_one_workflow(tmp_path: Path) -> None:
+    path = write(tmp_path, [Spec("once.py", b"x = 1\n", "code")])["once.py"]
+
+    async with Harness(root=ROOT) as h:
+        envelope = same_envelope(path)
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), envelope)
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), envelope)
+        await h.settle()
+        await h.runtime.drain()
+
+        assert await h.store.count("workflow_executions") == 1
+        assert await h.store.count("metadata_stamps") == 1
+        assert await transitions_of(h, envelope.correlation_id) == WORKFLOW_TRANSITIONS
+        assert len(h.of("WORKFLOW_COMPLETED")) == 1
+        aggregate = await h.store.get_bridge_state(NS)
+        assert aggregate is not None
+        assert (aggregate.total_workflows_processed, aggregate.total_items_aggregated) == (1, 1)
+    assert verify_file(path).status == "valid"
+
+
+async def test_a_request_redelivered_after_completion_keeps_one_row_each(tmp_path: Path) -> None:
+    path = write(tmp_path, [Spec("again.py", b"x = 2\n", "code")])["again.py"]
+
+    async with Harness(root=ROOT) as h:
+        envelope = same_envelope(path)
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), envelope)
+        await h.settle()
+        first = path.read_bytes()
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), envelope)
+        await h.settle()
+
+        assert await h.store.count("workflow_executions") == 1
+        assert await h.store.count("metadata_stamps") == 1
+        workflow = await h.store.get_workflow(envelope.correlation_id)
+        assert workflow is not None
+        assert workflow.current_state == "completed"
+    assert path.read_bytes() == first  # restamping unchanged content is a no-op
+
+
+async def test_a_request_redelivered_after_completion_is_not_run_again(tmp_path: Path) -> None:
+    path = write(tmp_path, [Spec("twice.py", b"x = 3\n", "code")])["twice.py"]
+
+    async with Harness(root=ROOT) as h:
+        envelope = same_envelope(path)
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), envelope)
+        await h.settle()
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), envelope)
+        await h.settle()
+        await h.runtime.drain()
+
+        assert await transitions_of(h, envelope.correlation_id) == WORKFLOW_TRANSITIONS
+        assert len(h.of("WORKFLOW_COMPLETED")) == 1
+        aggregate = await h.store.get_bridge_state(NS)
+        assert aggregate is not None
+        assert (aggregate.total_workflows_processed, aggregate.total_items_aggregated) == (1, 1)

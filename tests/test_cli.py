@@ -1,0 +1,365 @@
+"""The ``onex`` command line, run as a user runs it: the installed console script in a subprocess, against the
+shipped contracts, real files and a SQLite file store.
+
+Exit codes: 0 ok, 1 a failure was found, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from onex.stamps import verify_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "contracts_corpus"
+ONEX = Path(sys.executable).with_name("onex")
+NODES = {
+    "database_adapter_effect": "EFFECT",
+    "orchestrator": "ORCHESTRATOR",
+    "reducer": "REDUCER",
+    "registry": "REGISTRY",
+    "stamping_effect": "EFFECT",
+}
+
+
+def command() -> list[str]:
+    return [str(ONEX)] if ONEX.exists() else [sys.executable, "-m", "onex.cli"]
+
+
+def environment() -> dict[str, str]:
+    """The caller's environment without ONEX_* settings, and a terminal wide enough that rich folds nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")}
+    env["COLUMNS"] = "300"
+    return env
+
+
+def onex(*args: str, cwd: Path, root: Path | None = ROOT) -> subprocess.CompletedProcess[str]:
+    prefix = ["--root", str(root)] if root is not None else []
+    return subprocess.run([*command(), *prefix, *args], cwd=cwd, env=environment(), capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of every rich table in ``output``, as lists of stripped cells."""
+    return [[cell.strip() for cell in line.strip().strip("│").split("│")]
+            for line in output.splitlines() if line.lstrip().startswith("│")]
+
+
+def summary(output: str) -> dict[str, int]:
+    """The counts row of ``onex stamp``'s summary table."""
+    match = re.search(r"┃ stamped ┃ unchanged ┃ skipped ┃ failed ┃\n.*\n│([\d│ ]+)│", output)
+    assert match is not None, output
+    counts = [int(c) for c in match.group(1).split("│")]
+    return dict(zip(("stamped", "unchanged", "skipped", "failed"), counts, strict=True))
+
+
+def make_tree(directory: Path) -> dict[str, bytes]:
+    """A small project to stamp: in-place stamps, a sidecar, a nested directory."""
+    files = {
+        "app.py": b"#!/usr/bin/env python3\nprint('app')\n",
+        "data.json": b'{"k": [1, 2, 3]}\n',
+        "docs/readme.md": b"# Readme\n\nHello.\n",
+        "scripts/build.sh": b"#!/bin/sh\nmake all\n",
+    }
+    for rel, data in files.items():
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` and its bytes: a change, an addition or a removal shows."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+# --- validate --------------------------------------------------------------------------------------------------------
+
+
+def test_validate_accepts_the_shipped_contracts(tmp_path: Path) -> None:
+    result = onex("validate", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 contract(s) valid" in result.stdout
+
+
+def test_validate_reports_every_problem_at_once_with_its_file_line_and_column(tmp_path: Path) -> None:
+    case = shutil.copytree(CORPUS / "multiple_errors_one_file", tmp_path / "project")
+    expected = [line for line in (case / "expected.txt").read_text().splitlines() if line]
+    assert len(expected) == 6
+
+    result = onex("validate", cwd=case, root=case)
+
+    assert result.returncode == 1
+    # Each problem is one line, "path:line:column: message [code]", the path relative to the project root.
+    reported = [line for line in result.stdout.splitlines() if line]
+    assert [re.sub(r" .*\[(.+)\]$", r" \1", line) for line in reported] == expected
+    assert "6 problem(s) in 1 file(s)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--no-such-option"], id="global"),
+        pytest.param(["validate", "--no-such-option"], id="validate"),
+        pytest.param(["stamp", "--no-such-option", "x.py"], id="stamp"),
+    ],
+)
+def test_an_unknown_option_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    result = onex(*args, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "No such option '--no-such-option'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_without_its_required_argument_is_a_usage_error(tmp_path: Path) -> None:
+    result = onex("stamp", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "Missing argument" in result.stderr
+
+
+# --- nodes, graph, schema --------------------------------------------------------------------------------------------
+
+
+def test_nodes_lists_the_shipped_nodes_with_their_kind(tmp_path: Path) -> None:
+    result = onex("nodes", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    rows = {row[0]: row for row in table_rows(result.stdout)}
+    assert rows.keys() == NODES.keys()
+    for name, kind in NODES.items():
+        _, version, listed_kind, contract, implementation = rows[name]
+        assert (version, listed_kind, implementation) == ("1.0.0", kind, "ok")
+        assert contract.endswith(f"/{name}.yaml")
+        assert (ROOT / contract).is_file()
+
+
+def test_graph_draws_the_orchestrator_state_machine(tmp_path: Path) -> None:
+    result = onex("graph", "orchestrator", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert lines[0] == "stateDiagram-v2"
+    assert "[*] --> pending" in lines
+    assert any(line.startswith("pending --> processing: start") for line in lines)
+    assert any(line.startswith("processing --> completed: complete") for line in lines)
+    assert "processing --> failed: fail" in lines
+    assert {"completed --> [*]", "failed --> [*]"} <= set(lines)
+
+
+def test_graph_of_an_unknown_node_fails_and_names_it(tmp_path: Path) -> None:
+    result = onex("graph", "nosuchnode", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "error:" in result.stderr
+    assert "nosuchnode" in result.stderr
+    assert "orchestrator" in result.stderr  # the message says which nodes exist
+
+
+def test_schema_prints_the_contract_json_schema(tmp_path: Path) -> None:
+    result = onex("schema", cwd=tmp_path, root=None)
+
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert {"contract_version", "name", "version", "node_type"} <= set(schema["properties"])
+
+
+def test_schema_list_names_the_contract_and_every_subcontract_type(tmp_path: Path) -> None:
+    result = onex("schema", "--list", cwd=tmp_path, root=None)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == sorted(
+        ["contract", "fsm", "event_type", "aggregation", "routing", "state_management", "caching"])
+    fsm = onex("schema", "fsm", cwd=tmp_path, root=None)
+    assert "initial_state" in json.loads(fsm.stdout)["properties"]
+
+
+def test_schema_of_an_unknown_name_is_a_usage_error(tmp_path: Path) -> None:
+    result = onex("schema", "nosuchschema", cwd=tmp_path, root=None)
+
+    assert result.returncode == 2
+    assert "nosuchschema" in result.stderr
+
+
+# --- db upgrade ------------------------------------------------------------------------------------------------------
+
+
+def test_db_upgrade_applies_the_migrations_once(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "onex.db"
+    url = f"sqlite:///{db}"
+
+    first = onex("db", "upgrade", "--store", url, cwd=tmp_path)
+    second = onex("db", "upgrade", "--store", url, cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "up to date"
+    assert [row[0] for row in query(db, "SELECT name FROM schema_migrations")] == ["0001_initial"]
+    tables = {row[0] for row in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"metadata_stamps", "workflow_executions", "node_registrations", "bridge_states"} <= tables
+
+
+# --- stamp, verify, trace --------------------------------------------------------------------------------------------
+
+
+def test_stamp_stamps_every_file_then_restamping_changes_nothing(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = make_tree(tree)
+    db = tmp_path / "onex.db"
+
+    first = onex("stamp", str(tree), "--namespace", "cli.ns", "--store", f"sqlite:///{db}", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert summary(first.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0}
+    aggregate = next(row for row in table_rows(first.stdout) if row[0] == "cli.ns")
+    assert aggregate[1:5] == [str(len(files)), str(len(files)), str(sum(map(len, files.values()))), str(len(files))]
+    assert all(verify_file(tree / rel).status == "valid" for rel in files)
+    assert (tree / "data.json.onex.yaml").is_file()
+    assert query(db, "SELECT count(*) FROM metadata_stamps WHERE namespace = 'cli.ns'") == [(len(files),)]
+    assert query(db, "SELECT current_state, count(*) FROM workflow_executions GROUP BY 1") == [("completed",
+                                                                                              len(files))]
+    stamped = snapshot(tree)
+
+    second = onex("stamp", str(tree), "--namespace", "cli.ns", "--store", f"sqlite:///{db}", cwd=tmp_path)
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert summary(second.stdout) == {"stamped": 0, "unchanged": len(files), "skipped": 0, "failed": 0}
+    assert snapshot(tree) == stamped
+    assert query(db, "SELECT count(*) FROM metadata_stamps WHERE namespace = 'cli.ns'") == [(len(files),)]
+
+
+def test_stamp_dry_run_changes_no_byte(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = make_tree(tree)
+    before = snapshot(tree)
+    db = tmp_path / "onex.db"
+
+    result = onex("stamp", str(tree), "--dry-run", "--store", f"sqlite:///{db}", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary(result.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0}
+    assert snapshot(tree) == before
+    assert query(db, "SELECT count(*) FROM metadata_stamps") == [(0,)]
+    assert all(verify_file(tree / rel).status == "unstamped" for rel in files)
+
+
+def test_verify_passes_on_stamped_files_and_names_the_one_modified_later(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = make_tree(tree)
+    stamp = onex("stamp", str(tree), "--store", f"sqlite:///{tmp_path / 'onex.db'}", cwd=tmp_path)
+    assert stamp.returncode == 0, stamp.stdout + stamp.stderr
+
+    clean = onex("verify", str(tree), cwd=tmp_path, root=None)
+
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert table_rows(clean.stdout) == [[str(len(files)), "0", "0", "0"]]  # only the summary: no problem rows
+
+    changed = tree / "docs" / "readme.md"
+    changed.write_bytes(changed.read_bytes() + b"One more line.\n")
+    dirty = onex("verify", str(tree), cwd=tmp_path, root=None)
+
+    assert dirty.returncode == 1
+    problems = [row for row in table_rows(dirty.stdout) if len(row) == 3]
+    assert [row[:2] for row in problems] == [["modified", str(changed)]]
+    assert table_rows(dirty.stdout)[-1] == [str(len(files) - 1), "1", "0", "0"]
+
+
+def test_trace_prints_a_workflows_steps_and_transitions(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    db = tmp_path / "onex.db"
+    url = f"sqlite:///{db}"
+    assert onex("stamp", str(tree), "--store", url, cwd=tmp_path).returncode == 0
+    target = tree / "app.py"
+    [(cid,)] = query(db, f"SELECT correlation_id FROM workflow_executions WHERE file_path = '{target}'")
+
+    result = onex("trace", str(cid), "--store", url, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
+    fields = {row[0]: row[1] for row in rows if len(row) == 2}
+    assert fields["current_state"] == "completed"
+    assert fields["file_path"] == str(target)
+    assert fields["workflow_type"] == "stamp_workflow"
+    steps = [row[:3] for row in rows if len(row) == 5]
+    assert steps == [["0", "stamp", "completed"], ["1", "intelligence", "skipped"]]
+    transitions = [row[1:] for row in rows if len(row) == 4]
+    assert transitions == [["pending", "processing", "start"], ["processing", "completed", "complete"]]
+
+
+@pytest.mark.parametrize(
+    ("cid", "code", "message"),
+    [
+        pytest.param("00000000-0000-4000-8000-000000000000", 1, "no workflow", id="unknown"),
+        pytest.param("not-a-uuid", 2, "is not a UUID", id="malformed"),
+    ],
+)
+def test_trace_of_an_unknown_workflow_fails(tmp_path: Path, cid: str, code: int, message: str) -> None:
+    url = f"sqlite:///{tmp_path / 'onex.db'}"
+    assert onex("db", "upgrade", "--store", url, cwd=tmp_path).returncode == 0
+
+    result = onex("trace", cid, "--store", url, cwd=tmp_path)
+
+    assert result.returncode == code
+    assert message in result.stderr
+
+
+# --- run -------------------------------------------------------------------------------------------------------------
+
+
+def wait_for_output(log: Path, text: str, proc: subprocess.Popen[bytes], deadline_s: float) -> str:
+    """Poll ``log`` until it contains ``text``; fail if the process exits or the deadline passes first."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        output = log.read_text(errors="replace")
+        if text in output:
+            return output
+        if proc.poll() is not None:
+            pytest.fail(f"onex run exited with {proc.returncode} before printing {text!r}:\n{output}")
+        time.sleep(0.05)
+    pytest.fail(f"onex run did not print {text!r} within {deadline_s} s:\n{log.read_text(errors='replace')}")
+
+
+def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([*command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{db}"],
+                                cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for_output(log, "\nrunning", proc, deadline_s=30)
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    output = log.read_text()
+    assert returncode == 0, output
+    assert output.index("running") < output.index("draining") < output.index("stopped")
+    hosted = {row[0]: row[2] for row in table_rows(output)}
+    assert hosted == NODES
+    registrations = query(db, "SELECT node_type, metadata FROM node_registrations")
+    assert {json.loads(str(metadata))["node_name"]: node_type for node_type, metadata in registrations} == NODES

@@ -1,0 +1,160 @@
+"""``onex.envelope``: the envelope model, its partitioning key, topic names and dead letters."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pydantic
+import pytest
+from onex.envelope import (
+    DEAD_LETTER_EVENT,
+    TOPIC_CLASSES,
+    OnexEnvelopeV1,
+    dead_letter,
+    dlq_topic,
+    kebab,
+    topic_name,
+)
+
+
+def envelope(**fields: object) -> OnexEnvelopeV1:
+    return OnexEnvelopeV1.model_validate(
+        {"event_type": "STAMP_CREATED", "source_node_id": "stamper", "payload": {}} | fields
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("STAMP_CREATED", "stamp-created"),
+        ("stampCreated", "stamp-created"),
+        ("StampCreated", "stamp-created"),
+        ("stamp created", "stamp-created"),
+        ("stamp-created", "stamp-created"),
+        ("workflowStepV2Done", "workflow-step-v2-done"),
+        ("  __NODE_HEARTBEAT__ ", "node-heartbeat"),
+    ],
+)
+def test_kebab(name: str, expected: str) -> None:
+    assert kebab(name) == expected
+
+
+def test_topic_name_follows_env_tenant_onex_class_event_version() -> None:
+    assert topic_name("STAMP_CREATED") == "dev.omninode_bridge.onex.evt.stamp-created.v1"
+    assert topic_name("stampCreated") == "dev.omninode_bridge.onex.evt.stamp-created.v1"
+    assert (
+        topic_name("StampRequested", env="prod", tenant="acme", cls="cmd", major=2)
+        == "prod.acme.onex.cmd.stamp-requested.v2"
+    )
+
+
+@pytest.mark.parametrize("cls", TOPIC_CLASSES)
+def test_topic_name_accepts_every_topic_class(cls: str) -> None:
+    assert topic_name("x", cls=cls) == f"dev.omninode_bridge.onex.{cls}.x.v1"
+
+
+def test_topic_name_rejects_an_unknown_class() -> None:
+    with pytest.raises(ValueError, match="'event' is not one of evt, cmd"):
+        topic_name("STAMP_CREATED", cls="event")
+
+
+def test_dead_letters_go_to_the_topic_with_a_dlq_suffix() -> None:
+    assert dlq_topic("dev.omninode_bridge.onex.evt.stamp-created.v1") == (
+        "dev.omninode_bridge.onex.evt.stamp-created.v1.dlq"
+    )
+
+
+def test_the_key_is_the_partition_key_first() -> None:
+    correlation_id = uuid.uuid4()
+    assert envelope(partition_key="ns/a", correlation_id=correlation_id).key == "ns/a"
+
+
+def test_the_key_falls_back_to_the_correlation_id() -> None:
+    correlation_id = uuid.uuid4()
+    assert envelope(correlation_id=correlation_id).key == str(correlation_id)
+
+
+def test_the_key_falls_back_to_the_source_node_last() -> None:
+    assert envelope().key == "stamper"
+
+
+def test_an_empty_partition_key_still_counts_as_set() -> None:
+    # ``is not None``, not truthiness: "" is a key a caller chose on purpose.
+    assert envelope(partition_key="", correlation_id=uuid.uuid4()).key == ""
+
+
+def test_defaults_fill_identity_and_time() -> None:
+    before = datetime.now(UTC)
+    first, second = envelope(), envelope()
+    assert first.event_id != second.event_id
+    assert first.event_timestamp.tzinfo is not None
+    assert first.event_timestamp >= before
+    assert (first.envelope_version, first.event_version, first.environment) == ("1.0", "1.0", "dev")
+
+
+def test_json_round_trip_is_lossless() -> None:
+    original = envelope(
+        correlation_id=uuid.uuid4(),
+        causation_id=uuid.uuid4(),
+        partition_key="ns",
+        region="eu-west-1",
+        source_instance="host-1",
+        payload={"path": "a/b.py", "size": 3, "tags": ["x", "y"], "nested": {"ok": True, "none": None}},
+        metadata={"trace": "abc"},
+    )
+    data = original.to_json()
+    assert isinstance(data, bytes)
+    assert json.loads(data)["event_type"] == "STAMP_CREATED"
+    assert OnexEnvelopeV1.from_json(data) == original
+    assert OnexEnvelopeV1.from_json(data.decode()) == original
+
+
+def test_envelopes_are_frozen() -> None:
+    sent = envelope()
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        sent.event_type = "OTHER"  # type: ignore[misc]
+    changed = sent.model_copy(update={"event_type": "OTHER"})
+    assert (sent.event_type, changed.event_type) == ("STAMP_CREATED", "OTHER")
+
+
+def test_unknown_fields_are_rejected() -> None:
+    with pytest.raises(pydantic.ValidationError, match="extra_forbidden"):
+        envelope(colour="blue")
+    with pytest.raises(pydantic.ValidationError, match="extra_forbidden"):
+        OnexEnvelopeV1.from_json(envelope().model_dump_json()[:-1] + ', "colour": "blue"}')
+
+
+def test_required_fields_are_required() -> None:
+    with pytest.raises(pydantic.ValidationError) as info:
+        OnexEnvelopeV1.model_validate({})
+    missing = {error["loc"][0] for error in info.value.errors() if error["type"] == "missing"}
+    assert missing == {"event_type", "source_node_id", "payload"}
+
+
+def test_a_dead_letter_carries_the_original_the_error_and_the_attempts() -> None:
+    original = envelope(correlation_id=uuid.uuid4(), environment="prod", payload={"path": "a.py"})
+    topic = topic_name("STAMP_CREATED")
+
+    letter = dead_letter(original, topic=topic, error=ValueError("bad hash"), attempts=3)
+
+    assert letter.event_type == DEAD_LETTER_EVENT
+    assert letter.correlation_id == original.correlation_id
+    assert letter.causation_id == original.event_id
+    assert letter.environment == "prod"
+    assert letter.key == original.key  # lands in the same partition of the .dlq topic as the original did
+    assert letter.payload == {
+        "original_topic": topic,
+        "original": original.model_dump(mode="json"),
+        "error_type": "ValueError",
+        "error": "bad hash",
+        "attempts": 3,
+    }
+    assert OnexEnvelopeV1.model_validate(letter.payload["original"]) == original
+    assert OnexEnvelopeV1.from_json(letter.to_json()) == letter
+
+
+def test_a_dead_letter_accepts_an_error_message() -> None:
+    letter = dead_letter(envelope(), topic="t", error="timed out", attempts=1)
+    assert (letter.payload["error_type"], letter.payload["error"]) == ("Error", "timed out")
