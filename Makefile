@@ -13,9 +13,15 @@ $(BIN)/onex: pyproject.toml
 .PHONY: install run test lint types format check bench
 install: $(BIN)/onex
 
+# The main job on the embedded default (in-process bus, SQLite under .onex/): validate the contracts, list the
+# nodes, stamp a fresh copy of examples/ through every node, verify it offline, show one workflow's trace.
 run: install
 	$(BIN)/onex validate
 	$(BIN)/onex nodes
+	rm -rf .onex/demo && mkdir -p .onex && cp -R examples .onex/demo
+	$(BIN)/onex stamp .onex/demo --namespace demo
+	$(BIN)/onex verify .onex/demo
+	$(BIN)/onex trace --latest
 
 test: install
 	$(BIN)/pytest

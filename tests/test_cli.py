@@ -46,14 +46,24 @@ def environment() -> dict[str, str]:
 
 def onex(*args: str, cwd: Path, root: Path | None = ROOT) -> subprocess.CompletedProcess[str]:
     prefix = ["--root", str(root)] if root is not None else []
-    return subprocess.run([*command(), *prefix, *args], cwd=cwd, env=environment(), capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [*command(), *prefix, *args],
+        cwd=cwd,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def table_rows(output: str) -> list[list[str]]:
     """The body rows of every rich table in ``output``, as lists of stripped cells."""
-    return [[cell.strip() for cell in line.strip().strip("│").split("│")]
-            for line in output.splitlines() if line.lstrip().startswith("│")]
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in output.splitlines()
+        if line.lstrip().startswith("│")
+    ]
 
 
 def summary(output: str) -> dict[str, int]:
@@ -189,7 +199,8 @@ def test_schema_list_names_the_contract_and_every_subcontract_type(tmp_path: Pat
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == sorted(
-        ["contract", "fsm", "event_type", "aggregation", "routing", "state_management", "caching"])
+        ["contract", "fsm", "event_type", "aggregation", "routing", "state_management", "caching"]
+    )
     fsm = onex("schema", "fsm", cwd=tmp_path, root=None)
     assert "initial_state" in json.loads(fsm.stdout)["properties"]
 
@@ -237,8 +248,9 @@ def test_stamp_stamps_every_file_then_restamping_changes_nothing(tmp_path: Path)
     assert all(verify_file(tree / rel).status == "valid" for rel in files)
     assert (tree / "data.json.onex.yaml").is_file()
     assert query(db, "SELECT count(*) FROM metadata_stamps WHERE namespace = 'cli.ns'") == [(len(files),)]
-    assert query(db, "SELECT current_state, count(*) FROM workflow_executions GROUP BY 1") == [("completed",
-                                                                                              len(files))]
+    assert query(db, "SELECT current_state, count(*) FROM workflow_executions GROUP BY 1") == [
+        ("completed", len(files))
+    ]
     stamped = snapshot(tree)
 
     second = onex("stamp", str(tree), "--namespace", "cli.ns", "--store", f"sqlite:///{db}", cwd=tmp_path)
@@ -345,8 +357,13 @@ def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path
     db = tmp_path / "onex.db"
     log = tmp_path / "stderr.log"
     with log.open("wb") as stderr:
-        proc = subprocess.Popen([*command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{db}"],
-                                cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(
+            [*command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{db}"],
+            cwd=tmp_path,
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         wait_for_output(log, "\nrunning", proc, deadline_s=30)
         proc.send_signal(signal.SIGTERM)

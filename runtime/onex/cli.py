@@ -48,7 +48,7 @@ def _contracts(settings: Settings, *, check_implementations: bool) -> ContractSe
         return load_contracts(settings.root, check_implementations=check_implementations)
     except ContractError as exc:
         for issue in exc.issues:
-            err.print(str(issue), markup=False)
+            click.echo(str(issue), err=True)
         _fail(f"{len(exc.issues)} problem(s) in the contracts under {settings.root}; run `onex validate`")
 
 
@@ -90,7 +90,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
         except ContractError as exc:
             issues.extend(exc.issues)
     for issue in issues:
-        console.print(str(issue), markup=False)
+        click.echo(str(issue))  # one plain line each, never wrapped: editors and grep parse them
     if issues:
         files = len({i.path for i in issues})
         _fail(f"{len(issues)} problem(s) in {files} file(s)")
@@ -288,21 +288,31 @@ def upgrade(ctx: click.Context, store: str | None) -> None:
 
 
 @main.command()
-@click.argument("correlation_id")
+@click.argument("correlation_id", required=False)
+@click.option("--latest", is_flag=True, help="Trace the most recently started workflow.")
 @click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
 @click.pass_context
-def trace(ctx: click.Context, correlation_id: str, store: str | None) -> None:
-    """Print a workflow's steps and FSM transitions from the store."""
+def trace(ctx: click.Context, correlation_id: str | None, latest: bool, store: str | None) -> None:
+    """Print a workflow's steps and FSM transitions from the store (CORRELATION_ID, or --latest)."""
     from onex.store import open_store
 
+    if (correlation_id is None) == (not latest):
+        _fail("give a CORRELATION_ID or --latest", code=2)
     try:
-        cid = uuid.UUID(correlation_id)
+        wanted = uuid.UUID(correlation_id) if correlation_id else None
     except ValueError:
         _fail(f"{correlation_id!r} is not a UUID", code=2)
     settings = _settings(ctx, store=store)
 
     async def main_() -> None:
         async with open_store(settings.store_url()) as s:
+            if wanted is None:
+                newest = await s.list_workflows(limit=1)
+                if not newest:
+                    _fail(f"no workflow in {settings.store_url()}")
+                cid = newest[0].correlation_id
+            else:
+                cid = wanted
             workflow = await s.get_workflow(cid)
             if workflow is None:
                 _fail(f"no workflow {cid} in {settings.store_url()}")

@@ -80,36 +80,36 @@ _NAMES: Final = _table(
     text="license copying readme authors notice",
 )
 
-# (offset, signature, category), all at offset 0; tar's "ustar" at 257 is checked on its own. Every signature
-# either contains bytes that cannot start a text file or is followed in real files by such bytes, so a text file
+# (signature at offset 0, category); tar's "ustar" at 257 is checked on its own. Every signature either
+# contains bytes that cannot start a text file or is followed in real files by such bytes, so a text file
 # is never taken for one of these.
-_MAGIC: Final[tuple[tuple[int, bytes, str], ...]] = (
-    (0, b"\x89PNG\r\n\x1a\n", "image"),
-    (0, b"\xff\xd8\xff", "image"),
-    (0, b"GIF87a", "image"),
-    (0, b"GIF89a", "image"),
-    (0, b"II*\x00", "image"),
-    (0, b"MM\x00*", "image"),
-    (0, b"%PDF-", "document"),
-    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "document"),  # OLE2: legacy .doc/.xls/.ppt
-    (0, b"PK\x03\x04", "archive"),  # also .docx/.xlsx/.jar; the extension refines it below
-    (0, b"PK\x05\x06", "archive"),  # empty zip
-    (0, b"\x1f\x8b", "archive"),
-    (0, b"\xfd7zXZ\x00", "archive"),
-    (0, b"7z\xbc\xaf\x27\x1c", "archive"),
-    (0, b"\x28\xb5\x2f\xfd", "archive"),  # zstd
-    (0, b"Rar!\x1a\x07", "archive"),
-    (0, b"OggS\x00", "audio"),
-    (0, b"fLaC", "audio"),
-    (0, b"\x1a\x45\xdf\xa3", "video"),  # Matroska / WebM
-    (0, b"\x7fELF", "binary"),
-    (0, b"\xfe\xed\xfa\xce", "binary"),  # Mach-O
-    (0, b"\xfe\xed\xfa\xcf", "binary"),
-    (0, b"\xcf\xfa\xed\xfe", "binary"),
-    (0, b"\xca\xfe\xba\xbe", "binary"),  # Java class / Mach-O fat
-    (0, b"\x00asm", "binary"),
-    (0, b"SQLite format 3\x00", "data"),
-    (0, b"PAR1", "data"),
+_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"\x89PNG\r\n\x1a\n", "image"),
+    (b"\xff\xd8\xff", "image"),
+    (b"GIF87a", "image"),
+    (b"GIF89a", "image"),
+    (b"II*\x00", "image"),
+    (b"MM\x00*", "image"),
+    (b"%PDF-", "document"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "document"),  # OLE2: legacy .doc/.xls/.ppt
+    (b"PK\x03\x04", "archive"),  # also .docx/.xlsx/.jar; the extension refines it below
+    (b"PK\x05\x06", "archive"),  # empty zip
+    (b"\x1f\x8b", "archive"),
+    (b"\xfd7zXZ\x00", "archive"),
+    (b"7z\xbc\xaf\x27\x1c", "archive"),
+    (b"\x28\xb5\x2f\xfd", "archive"),  # zstd
+    (b"Rar!\x1a\x07", "archive"),
+    (b"OggS\x00", "audio"),
+    (b"fLaC", "audio"),
+    (b"\x1a\x45\xdf\xa3", "video"),  # Matroska / WebM
+    (b"\x7fELF", "binary"),
+    (b"\xfe\xed\xfa\xce", "binary"),  # Mach-O
+    (b"\xfe\xed\xfa\xcf", "binary"),
+    (b"\xcf\xfa\xed\xfe", "binary"),
+    (b"\xca\xfe\xba\xbe", "binary"),  # Java class / Mach-O fat
+    (b"\x00asm", "binary"),
+    (b"SQLite format 3\x00", "data"),
+    (b"PAR1", "data"),
 )
 _BZIP2: Final = re.compile(rb"BZh[1-9]1AY&SY")
 _ID3: Final = re.compile(rb"ID3[\x02-\x04]\x00")  # "ID3" alone would take a text about ID3 tags for an MP3
@@ -120,7 +120,7 @@ _ZIP_CONTAINERS: Final = frozenset({"document", "archive"})
 
 def _by_first_byte() -> dict[int, list[tuple[bytes, str]]]:
     table: dict[int, list[tuple[bytes, str]]] = {}
-    for _, signature, category in _MAGIC:
+    for signature, category in _MAGIC:
         table.setdefault(signature[0], []).append((signature, category))
     return table
 

@@ -27,14 +27,16 @@ def onex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     command = [str(ONEX)] if ONEX.exists() else [sys.executable, "-m", "onex.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")}
     env["COLUMNS"] = "400"
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def table_rows(output: str) -> list[list[str]]:
     """The body rows of every rich table in ``output``, as lists of stripped cells."""
-    return [[cell.strip() for cell in line.strip().strip("│").split("│")]
-            for line in output.splitlines() if line.lstrip().startswith("│")]
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in output.splitlines()
+        if line.lstrip().startswith("│")
+    ]
 
 
 def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) -> None:
@@ -62,8 +64,9 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
     os.mkfifo(tree / "pipe.txt")
     store = tmp_path / "onex.db"
 
-    result = onex("--root", str(ROOT), "stamp", str(tree), "--namespace", "bad", "--store", f"sqlite:///{store}",
-                  cwd=tmp_path)
+    result = onex(
+        "--root", str(ROOT), "stamp", str(tree), "--namespace", "bad", "--store", f"sqlite:///{store}", cwd=tmp_path
+    )
 
     assert result.returncode == 1, result.stdout + result.stderr
     problems = {row[1]: (row[0], row[2]) for row in table_rows(result.stdout) if len(row) == 3}
@@ -81,7 +84,11 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
         assert reason in problems[str(path)][1], (path, problems[str(path)])
     counts = next(row for row in table_rows(result.stdout) if len(row) == 4 and all(c.isdigit() for c in row))
     assert dict(zip(("stamped", "unchanged", "skipped", "failed"), map(int, counts), strict=True)) == {
-        "stamped": len(good), "unchanged": 0, "skipped": 2, "failed": 4}
+        "stamped": len(good),
+        "unchanged": 0,
+        "skipped": 2,
+        "failed": 4,
+    }
 
     # The good files are stamped and verify; what could not be stamped is byte for byte what it was.
     for name, data in good.items():
@@ -117,8 +124,10 @@ async def test_a_file_deleted_after_the_walk_fails_its_workflow_alone(tmp_path: 
     doomed.unlink()  # gone between the walk and the stamping, as when a build deletes it mid-run
 
     async with Harness(root=ROOT) as h:
-        sent = {path: await h.publish("STAMP_REQUESTED", {"file_path": str(path), "namespace": "deleted"})
-                for path in walked}
+        sent = {
+            path: await h.publish("STAMP_REQUESTED", {"file_path": str(path), "namespace": "deleted"})
+            for path in walked
+        }
         await h.settle()
 
         for path, envelope in sent.items():

@@ -1,0 +1,43 @@
+"""Run every benchmark, each in its own process, and print what each measured against its raw baseline.
+
+    .venv/bin/python bench/run.py [NAME ...]      # e.g. `bench/run.py e2e stamps`; default: all
+
+Each benchmark prints its own table and writes ``bench/results/<name>.json``. Benchmarks that need a service that
+is not there (PostgreSQL, the Kafka broker binary) say so and are skipped. Timings are not asserted anywhere: read
+the ratios, which compare against a raw baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Cheapest first; the end-to-end runs last because it takes longest.
+ORDER = ("stamps", "bus_memory", "store_sqlite", "store_postgres", "bus_kafka", "e2e", "multiprocess", "http")
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or [name for name in ORDER if (HERE / f"{name}.py").exists()]
+    failed = []
+    for name in wanted:
+        script = HERE / f"{name}.py"
+        if not script.exists():
+            print(f"== {name}: no such benchmark ({script})")
+            failed.append(name)
+            continue
+        print(f"\n== {name} ==", flush=True)
+        started = time.perf_counter()
+        code = subprocess.call([sys.executable, str(script)], cwd=HERE.parent)
+        print(f"-- {name}: exit {code} in {time.perf_counter() - started:.1f} s", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
