@@ -353,7 +353,9 @@ def wait_for_output(log: Path, text: str, proc: subprocess.Popen[bytes], deadlin
     pytest.fail(f"onex run did not print {text!r} within {deadline_s} s:\n{log.read_text(errors='replace')}")
 
 
-def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path) -> None:
+def run_until_sigterm(tmp_path: Path) -> tuple[int, str, Path]:
+    """Start ``onex run`` (every node, memory bus, a fresh SQLite store), send SIGTERM as soon as it says it is
+    running; returns its exit code, its stderr and the store's path."""
     db = tmp_path / "onex.db"
     log = tmp_path / "stderr.log"
     with log.open("wb") as stderr:
@@ -367,16 +369,32 @@ def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path
     try:
         wait_for_output(log, "\nrunning", proc, deadline_s=30)
         proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=10)
+        returncode = proc.wait(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return returncode, log.read_text(), db
 
-    output = log.read_text()
+
+def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path) -> None:
+    returncode, output, db = run_until_sigterm(tmp_path)
+
     assert returncode == 0, output
     assert output.index("running") < output.index("draining") < output.index("stopped")
     hosted = {row[0]: row[2] for row in table_rows(output)}
     assert hosted == NODES
     registrations = query(db, "SELECT node_type, metadata FROM node_registrations")
     assert {json.loads(str(metadata))["node_name"]: node_type for node_type, metadata in registrations} == NODES
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a clean shutdown node_registrations still says HEALTHY: each node publishes its STOPPED heartbeat "
+    "in Node.stop(), after Runtime.stop() has drained every node, the registry included, so no one records it",
+)
+def test_run_records_its_nodes_as_stopped_after_a_clean_shutdown(tmp_path: Path) -> None:
+    returncode, output, db = run_until_sigterm(tmp_path)
+
+    assert returncode == 0, output
+    assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]

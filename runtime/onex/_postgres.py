@@ -71,7 +71,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import importlib.resources
 import json
 import re
 import time
@@ -91,6 +90,7 @@ from onex.store import (
     BridgeStateRow,
     EventLogRow,
     HeartbeatRow,
+    Migration,
     RegistrationRow,
     StampRow,
     StepRow,
@@ -99,6 +99,7 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
+    load_migrations,
 )
 
 __all__ = ["PostgresSettings", "PostgresStatistics", "PostgresStore"]
@@ -108,7 +109,6 @@ T = TypeVar("T")
 Connection = Any  # asyncpg ships no type hints; a connection or a pool's connection proxy
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 # Errors after which the same batch may well succeed on another connection: the connection or the server went
 # away. ``DataError`` is an ``InterfaceError`` too but bad input never heals, so it is excluded explicitly.
@@ -254,29 +254,8 @@ async def _init_staging(conn: Connection) -> None:
 # --- migrations ------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Migration:
-    version: int
-    name: str  # the file name without ``.sql``: "0001_initial"
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-def _migrations() -> list[_Migration]:
-    directory = importlib.resources.files("onex").joinpath("migrations", "postgres")
-    found: list[_Migration] = []
-    for entry in directory.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(_Migration(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise StoreError(f"two PostgreSQL migrations share a number: {[m.name for m in found]}")
-    return found
+def _migrations() -> list[Migration]:
+    return load_migrations("postgres", Migration)
 
 
 def _advisory_key(schema: str) -> int:

@@ -46,10 +46,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
-import importlib.resources
 import json
-import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -58,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
+from onex import store
 from onex.exceptions import StoreError
 from onex.store import (
     TABLES,
@@ -72,6 +70,7 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
+    load_migrations,
 )
 
 __all__ = ["SqliteStore"]
@@ -98,7 +97,6 @@ PRAGMAS: Final = (
     "PRAGMA journal_size_limit = 67108864",
 )
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 # --- encoding --------------------------------------------------------------------------------------------------------
 # One encoder object, built once: json.dumps(...) with arguments builds a new JSONEncoder on every call.
@@ -595,17 +593,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One numbered schema change: ``migrations/sqlite/NNNN_name.sql``."""
-
-    version: int
-    name: str  # the file name without ``.sql``: "0001_initial"
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+class Migration(store.Migration):
+    """A SQLite migration: the shared numbered script, split into statements for ``sqlite3``."""
 
     def statements(self) -> list[str]:
         """The statements of the script, one by one (``sqlite3`` executes one statement per call)."""
@@ -629,17 +618,7 @@ def _has_code(text: str) -> bool:
 
 def _migrations() -> list[Migration]:
     """The SQLite migrations shipped in the package, by version."""
-    directory = importlib.resources.files("onex").joinpath("migrations", "sqlite")
-    found: list[Migration] = []
-    for entry in directory.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise StoreError(f"two SQLite migrations share a number: {[m.name for m in found]}")
-    return found
+    return load_migrations("sqlite", Migration)
 
 
 # --- the store -------------------------------------------------------------------------------------------------------

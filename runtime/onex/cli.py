@@ -176,8 +176,7 @@ def run(
             for n in rt.nodes:
                 table.add_row(n.contract.name, n.contract.version, n.contract.node_type.value, n.node_id)
             err.print(table)
-            err.print("running; Ctrl-C drains and stops")
-            await rt.run_until_signal()
+            await rt.run_until_signal(ready=lambda: err.print("running; Ctrl-C drains and stops"))
             err.print("draining...")
         err.print("stopped")
 

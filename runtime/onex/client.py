@@ -90,6 +90,8 @@ class StampClient:
         self._waiting: dict[uuid.UUID, asyncio.Future[OnexEnvelopeV1]] = {}
         self._stamps: dict[uuid.UUID, OnexEnvelopeV1] = {}
         self._outcomes: dict[uuid.UUID, OnexEnvelopeV1] = {}
+        self._stamp_waiters: dict[uuid.UUID, asyncio.Future[OnexEnvelopeV1]] = {}
+        self._abandoned: set[uuid.UUID] = set()
         self._subscriptions: list[Subscription] = []
 
     async def __aenter__(self) -> StampClient:
@@ -113,7 +115,7 @@ class StampClient:
     ) -> None:
         for sub in self._subscriptions:
             await sub.aclose()
-        for future in self._waiting.values():
+        for future in (*self._waiting.values(), *self._stamp_waiters.values()):
             future.cancel()
 
     async def _on_events(self, envelopes: Iterable[OnexEnvelopeV1]) -> None:
@@ -122,12 +124,21 @@ class StampClient:
             if cid is None:
                 continue
             if envelope.event_type == STAMP_EVENT:
-                if cid in self._waiting or cid in self._outcomes:
+                waiter = self._stamp_waiters.pop(cid, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(envelope)
+                if (cid in self._waiting or cid in self._outcomes) and cid not in self._abandoned:
                     self._stamps[cid] = envelope
                 continue
             future = self._waiting.pop(cid, None)
             if future is None:
                 continue  # another client's workflow, or a duplicate outcome
+            if cid in self._abandoned:
+                self._abandoned.discard(cid)  # nobody waits for it any more: keep nothing
+                future.cancel()
+                if self.on_outcome is not None:
+                    self.on_outcome(envelope)
+                continue
             self._outcomes[cid] = envelope
             if not future.done():
                 future.set_result(envelope)
@@ -166,10 +177,40 @@ class StampClient:
     def stamp_of(self, cid: uuid.UUID) -> OnexEnvelopeV1 | None:
         return self._stamps.get(cid)
 
+    async def stamp(self, cid: uuid.UUID, *, timeout: float | None = None) -> OnexEnvelopeV1:
+        """The STAMP_CREATED envelope of a workflow (``keep_stamps=True``), waiting up to ``timeout`` seconds for it.
+
+        Outcomes and stamps travel on different topics, so a workflow's outcome may arrive before its stamp (on
+        Kafka, in any order); a caller that got a completed outcome waits here for the stamp.
+        """
+        kept = self._stamps.get(cid)
+        if kept is not None:
+            return kept
+        if not self.keep_stamps:
+            raise OnexError("this client does not keep stamps: create it with keep_stamps=True")
+        waiter = self._stamp_waiters.get(cid)
+        if waiter is None:
+            waiter = self._stamp_waiters[cid] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        finally:
+            if waiter.done() or timeout is not None:
+                self._stamp_waiters.pop(cid, None)
+
     def forget(self, cid: uuid.UUID) -> None:
         """Drop what is kept about a finished workflow (long-running clients call this after reading it)."""
         self._outcomes.pop(cid, None)
         self._stamps.pop(cid, None)
+        waiter = self._stamp_waiters.pop(cid, None)
+        if waiter is not None:
+            waiter.cancel()
+
+    def abandon(self, cid: uuid.UUID) -> None:
+        """Stop waiting for a workflow that is still running (a caller gave up): its outcome and stamp are dropped
+        when they arrive instead of being kept. A finished workflow is simply forgotten."""
+        self.forget(cid)
+        if cid in self._waiting:
+            self._abandoned.add(cid)
 
     @property
     def pending(self) -> int:

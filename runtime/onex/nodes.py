@@ -310,8 +310,8 @@ class Node:
 
     async def drain(self) -> None:
         """Stop taking new messages, finish the ones in hand, then run ``on_drain``."""
-        if self.lifecycle in (Lifecycle.DRAINING, Lifecycle.STOPPED):
-            return
+        if self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING):
+            return  # never started (nothing to drain), or already draining/stopped
         self._move(Lifecycle.DRAINING)
         for sub in self._subscriptions:
             await sub.aclose()
@@ -322,15 +322,16 @@ class Node:
     async def stop(self) -> None:
         if self.lifecycle is Lifecycle.STOPPED:
             return
-        if self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING):
-            await self.drain()
+        started = self.lifecycle is not Lifecycle.CREATED
+        await self.drain()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        with contextlib.suppress(Exception):  # the bus may already be closed at shutdown
-            await self.publish_heartbeat("STOPPED")
+        if started:  # tell the registry; a node that never started was never registered
+            with contextlib.suppress(Exception):  # the bus may already be closed at shutdown
+                await self.publish_heartbeat("STOPPED")
         await self.on_stop()
         self._move(Lifecycle.STOPPED)
 

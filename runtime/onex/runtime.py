@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from onex.bus import EventBus, MemoryBus
@@ -134,14 +134,20 @@ class Runtime:
         if self._own_store:
             await self.store.aclose()
 
-    async def run_until_signal(self) -> None:
-        """Run until SIGINT or SIGTERM, then drain and stop."""
+    async def run_until_signal(self, *, ready: Callable[[], object] | None = None) -> None:
+        """Run until SIGINT or SIGTERM, then drain and stop.
+
+        ``ready`` is called once the signal handlers are in place: announce readiness from it, so that a signal sent
+        as soon as the announcement is seen drains the runtime instead of killing the process.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         try:
+            if ready is not None:
+                ready()
             await stop.wait()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):

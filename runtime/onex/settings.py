@@ -43,6 +43,10 @@ class Settings:
     heartbeat_interval_s: float = 30.0
     partitions: int = 4
     buffer_size: int = 10_000
+    # The HTTP gateway: where `onex run` serves it (HOST:PORT, None: not at all) and the bearer token it requires
+    # (None or empty: none). The key is kept out of repr() so that printing settings never leaks it.
+    http: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -62,6 +66,8 @@ class Settings:
                 values[f.name] = int(raw)
             else:
                 values[f.name] = str(raw)
+        if not values.get("api_key"):
+            values.pop("api_key", None)  # ONEX_API_KEY= (empty) means no key, not a key that is the empty string
         settings = cls(**values)
         return settings
 

@@ -22,12 +22,17 @@ Natural keys and conflict rules (the same on every store; ``tests/test_store_con
 from __future__ import annotations
 
 import abc
+import hashlib
+import importlib.resources
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from onex.exceptions import StoreError
 
 TABLES: tuple[str, ...] = (
     "workflow_executions",
@@ -247,6 +252,43 @@ class Store(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+# --- migrations ------------------------------------------------------------------------------------------------------
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change shipped as ``onex/migrations/<dialect>/NNNN_name.sql``."""
+
+    version: int
+    name: str  # the file name without ``.sql``: "0001_initial"
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """Recorded when applied: a released migration edited afterwards is reported instead of re-applied."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+M = TypeVar("M", bound=Migration)
+
+
+def load_migrations(dialect: str, kind: type[M]) -> list[M]:
+    """The migrations shipped for ``dialect`` by version; StoreError if two share a number."""
+    directory = importlib.resources.files("onex").joinpath("migrations", dialect)
+    found: list[M] = []
+    for entry in directory.iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(kind(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"two {dialect} migrations share a number: {[m.name for m in found]}")
+    return found
 
 
 def open_store(url: str) -> Store:

@@ -48,12 +48,17 @@ class Harness:
         if store_url is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="onex-harness-")
             store_url = f"sqlite:///{self._tmp.name}/onex.db"
-        base = Settings.load(environ={}, root=str(root) if root else None, store=store_url)
-        self.settings = base.with_(heartbeat_interval_s=heartbeat_interval_s, **settings)
-        self.contracts = contracts or load_contracts(self.settings.root)
-        self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)
-        self.store: Store = open_store(self.settings.store_url())
-        self.runtime = Runtime(self.settings, nodes=nodes, contracts=self.contracts, bus=self.bus, store=self.store)
+        try:
+            base = Settings.load(environ={}, root=str(root) if root else None, store=store_url)
+            self.settings = base.with_(heartbeat_interval_s=heartbeat_interval_s, **settings)
+            self.contracts = contracts or load_contracts(self.settings.root)
+            self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)
+            self.store: Store = open_store(self.settings.store_url())
+            self.runtime = Runtime(self.settings, nodes=nodes, contracts=self.contracts, bus=self.bus, store=self.store)
+        except BaseException:
+            if self._tmp is not None:  # an unknown node or a bad contract must not leave the temp dir behind
+                self._tmp.cleanup()
+            raise
         self.events: list[tuple[str, OnexEnvelopeV1]] = []
         self._waiters: list[tuple[str | None, Predicate | None, asyncio.Future[OnexEnvelopeV1]]] = []
         self._recorder: Subscription | None = None
@@ -74,13 +79,18 @@ class Harness:
         return topics
 
     async def __aenter__(self) -> Harness:
-        await self.store.open()
-        await self.store.upgrade()
-        await self.bus.start()
-        self._topics = self._all_topics()
-        watched = sorted({*self._topics.values(), *(dlq_topic(t) for t in self._topics.values())})
-        self._recorder = await self.bus.subscribe(watched, "onex.testing.recorder", handler=self._record)
-        await self.runtime.start()
+        try:
+            await self.store.open()
+            await self.store.upgrade()
+            await self.bus.start()
+            self._topics = self._all_topics()
+            watched = sorted({*self._topics.values(), *(dlq_topic(t) for t in self._topics.values())})
+            self._recorder = await self.bus.subscribe(watched, "onex.testing.recorder", handler=self._record)
+            await self.runtime.start()
+        except BaseException:
+            # A node that fails to start must not leak the store's thread, the bus's workers or the temp dir.
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

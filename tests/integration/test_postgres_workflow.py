@@ -219,11 +219,6 @@ async def test_onex_stamp_on_postgres_writes_the_rows_it_writes_on_sqlite(tmp_pa
     assert pg.registrations == lite.registrations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime.__aenter__ drains nodes that never started when start() fails, and the LifecycleError "
-    "(`cannot go from created to draining`) replaces the store's `run onex db upgrade` message",
-)
 async def test_onex_stamp_on_an_unmigrated_schema_says_to_run_db_upgrade(tmp_path: Path, postgres_dsn: str) -> None:
     write_tree(tmp_path / "d", {"a.py": "x = 1\n"})
     ran = await onex("stamp", str(tmp_path / "d"), "--store", postgres_dsn)
@@ -266,7 +261,6 @@ FROM app WHERE EXISTS (SELECT 1 FROM app WHERE state <> 'idle')
 """
 
 
-@pytest.mark.timeout(300)
 async def test_5000_items_survive_terminated_backends_exactly_once(postgres_dsn: str, admin: Any) -> None:
     items, namespace = 5_000, "bench"
     app = f"onex-test-{uuid.uuid4().hex[:8]}"
@@ -297,7 +291,7 @@ async def test_5000_items_survive_terminated_backends_exactly_once(postgres_dsn:
         settings = in_process(postgres_dsn)
         async with Runtime(settings, store=store) as runtime:
             async with StampClient(runtime.bus, runtime.contracts, settings, on_outcome=progress) as client:
-                with anyio.fail_after(240):
+                with anyio.fail_after(100):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(terminator)
                         cids = [

@@ -16,7 +16,7 @@ from typing import Any
 from onex import stamps
 from onex.envelope import OnexEnvelopeV1
 from onex.exceptions import StampError
-from onex.files import detect_file_type
+from onex.files import SNIFF_SIZE, detect_file_type
 from onex.nodes import EffectNode, Event
 
 from nodes.orchestrator.v1_0_0.models import ModelStampCommand
@@ -97,10 +97,12 @@ class NodeStampingEffect(EffectNode):
                 file_path=cmd.file_path or CONTENT_PATH,
                 file_hash=stamp.hash,
                 file_size=len(data),
-                file_type=detect_file_type(name, data[:64]),
+                file_type=str(stamp.fields.get("file_type") or detect_file_type(name, data[:SNIFF_SIZE])),
                 namespace=cmd.namespace,
                 stamp_type=stamp.kind,
-                status="unchanged" if stamped == data else "stamped",
+                # stamp_bytes hands back the very same object for content already stamped with its hash; a sidecar
+            # stamp never changes the content, so for those "unchanged" cannot be told from the bytes.
+            status="unchanged" if stamped is data and stamp.kind != "sidecar" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(stamp),
                 stamped_content=None if cmd.dry_run else stamped.decode(errors="replace"),

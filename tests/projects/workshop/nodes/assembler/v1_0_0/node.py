@@ -77,4 +77,3 @@ class NodeAssembler(OrchestratorNode):
             },
             causation=workflow.request,
         )
-
