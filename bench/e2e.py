@@ -11,7 +11,19 @@
 
 Prints items/s for both and the ratio; writes ``bench/results/e2e.json``.
 
-    .venv/bin/python bench/e2e.py [--items N] [--repeat R]
+With ``--store postgresql://USER@HOST:PORT/DB`` the same run goes to PostgreSQL instead:
+
+- onex: as above, with the runtime's store a ``PostgresStore`` on a fresh schema ``onex_bench_<hex>`` (created by
+  the store's migrations before the clock starts, dropped afterwards; other URL parameters, ``max_size`` say,
+  are kept).
+- raw floors: the same loop of BLAKE3 plus the same rows per item, 500 items per transaction, on one bare asyncpg
+  connection into another fresh schema created by the same migrations: ``copy_records_to_table`` (COPY, binary)
+  and ``executemany`` of a plain ``INSERT``. The ratio is onex against the faster floor.
+
+Prints a table (best and median of ``--repeat`` runs) and writes ``bench/results/e2e_postgres.json``. When no
+PostgreSQL answers at the URL, says so and skips (exit 0).
+
+    .venv/bin/python bench/e2e.py [--items N] [--repeat R] [--store sqlite | postgresql://...]
 
 ``run(**options) -> dict`` is the entry point for ``bench/run.py``.
 """
@@ -23,6 +35,7 @@ import asyncio
 import json
 import platform
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -30,8 +43,11 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import asyncpg
 from blake3 import blake3
+from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb, _redact
 from onex._sqlite import PRAGMAS, _migrations
 from onex.client import StampClient
 from onex.runtime import Runtime, tune_gc
@@ -47,10 +63,8 @@ def make_items(count: int) -> list[str]:
     return [f"item {i:08d} " + "x" * 1010 + "\n" for i in range(count)]
 
 
-async def run_onex(items: list[str], directory: Path) -> tuple[float, dict[str, int]]:
-    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{directory}/onex.db").with_(
-        heartbeat_interval_s=0
-    )
+async def run_onex(items: list[str], store_url: str) -> tuple[float, dict[str, int]]:
+    settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(heartbeat_interval_s=0)
     async with Runtime(settings) as runtime:
         async with StampClient(runtime.bus, runtime.contracts, settings) as client:
             start = time.perf_counter()
@@ -150,7 +164,12 @@ def run_raw(items: list[str], path: Path) -> float:
         conn.close()
 
 
-def run(*, items: int = 100_000, repeat: int = 1) -> dict[str, Any]:
+def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> dict[str, Any]:
+    """``store``: None or ``sqlite`` for the embedded default (a temporary file), or a PostgreSQL URL."""
+    if store is not None and store.startswith(("postgresql:", "postgres:")):
+        return run_postgres(items=items, repeat=repeat, url=store)
+    if store not in (None, "sqlite"):
+        raise ValueError(f"--store {store!r}: expected sqlite or postgresql://USER@HOST:PORT/DB")
     data = make_items(items)
     tune_gc()  # as `onex stamp` / `onex run` do
     onex_s: list[float] = []
@@ -160,7 +179,7 @@ def run(*, items: int = 100_000, repeat: int = 1) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             raw_s.append(run_raw(data, Path(tmp) / "raw.db"))
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            elapsed, counts = asyncio.run(run_onex(data, Path(tmp)))
+            elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db"))
             onex_s.append(elapsed)
     # fsm_transitions also holds the reducer's and the registry's own transitions: at least two per workflow.
     expected = {"workflow_executions": items, "metadata_stamps": items, "workflow_steps": 2 * items, "failed": 0}
@@ -185,11 +204,225 @@ def run(*, items: int = 100_000, repeat: int = 1) -> dict[str, Any]:
     return result
 
 
+# --- PostgreSQL ------------------------------------------------------------------------------------------------------
+
+# The rows of one item, per table, in the column order of the tuples ``_raw_postgres_rows`` builds.
+_PG_COLUMNS: dict[str, tuple[str, ...]] = {
+    "workflow_executions": (
+        "correlation_id", "workflow_type", "current_state", "state_seq", "namespace", "file_path", "file_hash",
+        "stamp_id", "started_at", "completed_at", "execution_time_ms", "metadata", "created_at", "updated_at",
+    ),
+    "metadata_stamps": (
+        "id", "file_hash", "file_path", "file_size", "namespace", "stamp_type", "file_type", "workflow_id",
+        "stamp_data", "created_at",
+    ),
+    "fsm_transitions": (
+        "id", "entity_id", "entity_type", "from_state", "to_state", "transition_event", "correlation_id",
+        "transition_data", "created_at",
+    ),
+    "workflow_steps": (
+        "workflow_id", "step_name", "step_order", "status", "execution_time_ms", "step_data", "created_at",
+        "updated_at",
+    ),
+}  # fmt: skip
+_PG_INSERT = {
+    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(f'${n}' for n in range(1, len(cols) + 1))})"
+    for table, cols in _PG_COLUMNS.items()
+}
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with its ``schema`` parameter (``PostgresStore``'s) set to ``schema``; other parameters kept."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+
+
+async def _server_version(dsn: str) -> str | None:
+    """The server's version, or None when nothing answers at ``dsn``."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+async def _fresh_schema(url: str) -> str:
+    """Create a fresh schema with the store's migrations; returns the store URL pointing at it."""
+    schema_url = with_schema(url, f"onex_bench_{uuid.uuid4().hex[:8]}")
+    async with PostgresStore(schema_url) as store:
+        await store.upgrade()
+    return schema_url
+
+
+async def _drop_schema(schema_url: str) -> None:
+    settings = PostgresSettings.from_url(schema_url)
+    conn = await asyncpg.connect(settings.dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.schema}" CASCADE')  # a checked identifier
+    finally:
+        await conn.close()
+
+
+def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows ``run_raw`` writes to SQLite, typed for asyncpg (UUIDs, datetimes, JSON as Python values)."""
+    rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _PG_COLUMNS}
+    now = datetime.now(UTC)
+    ts = now.isoformat()
+    for i, text in enumerate(items, offset):
+        digest = blake3(text.encode()).hexdigest()
+        cid, stamp_id = uuid.uuid4(), uuid.uuid4()
+        path = f"item-{i}.txt"
+        rows["workflow_executions"].append(
+            (cid, "stamp_workflow", "completed", 2, "bench", path, digest, stamp_id, now, now, 0.1, {}, now, now)
+        )
+        rows["metadata_stamps"].append(
+            (stamp_id, digest, path, len(text), "bench", "lightweight", "text", cid,
+             {"uid": str(stamp_id), "hash": digest, "ts": ts}, now)
+        )  # fmt: skip
+        entity = str(cid)
+        rows["fsm_transitions"].append(
+            (uuid.uuid4(), entity, "orchestrator", "pending", "processing", "start", cid, {}, now)
+        )
+        rows["fsm_transitions"].append(
+            (uuid.uuid4(), entity, "orchestrator", "processing", "completed", "complete", cid, {}, now)
+        )
+        rows["workflow_steps"].append((cid, "stamp", 0, "completed", 0.1, {}, now, now))
+        rows["workflow_steps"].append((cid, "intelligence", 1, "skipped", 0.0, {}, now, now))
+    return rows
+
+
+async def run_raw_postgres(items: list[str], url: str, method: str) -> float:
+    """Hash every item and write the same rows as ``run_raw``, ``BATCH`` items per transaction, on one bare
+    connection: ``method`` is ``copy`` (``copy_records_to_table``) or ``executemany`` (a plain ``INSERT``)."""
+    schema_url = await _fresh_schema(url)
+    try:
+        settings = PostgresSettings.from_url(schema_url)
+        conn = await asyncpg.connect(settings.dsn, server_settings={"search_path": settings.schema})
+        try:
+            await _init_jsonb(conn)  # the store's binary JSONB codec (COPY speaks nothing else)
+            start = time.perf_counter()
+            for offset in range(0, len(items), BATCH):
+                rows = _raw_postgres_rows(items[offset : offset + BATCH], offset)
+                async with conn.transaction():
+                    for table, table_rows in rows.items():
+                        if method == "copy":
+                            await conn.copy_records_to_table(
+                                table, records=table_rows, columns=_PG_COLUMNS[table], schema_name=settings.schema
+                            )
+                        else:
+                            await conn.executemany(_PG_INSERT[table], table_rows)
+            elapsed = time.perf_counter() - start
+            written = await conn.fetchval("SELECT count(*) FROM workflow_steps")
+            if written != 2 * len(items):
+                raise RuntimeError(f"raw floor ({method}) wrote {written} steps, expected {2 * len(items)}")
+        finally:
+            await conn.close()
+        return elapsed
+    finally:
+        await _drop_schema(schema_url)
+
+
+async def run_onex_postgres(items: list[str], url: str) -> tuple[float, dict[str, int]]:
+    schema_url = await _fresh_schema(url)  # migrated before the clock starts: the runtime only migrates SQLite
+    try:
+        return await run_onex(items, schema_url)
+    finally:
+        await _drop_schema(schema_url)
+
+
+def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
+    """The PostgreSQL run (module docstring); ``{"skipped": reason}`` when no server answers at ``url``."""
+    shown = _redact(url)
+    server = asyncio.run(_server_version(PostgresSettings.from_url(url).dsn))
+    if server is None:
+        return {"benchmark": "e2e_inprocess_postgres", "skipped": f"no PostgreSQL answers at {shown}"}
+    data = make_items(items)
+    tune_gc()  # as `onex stamp` / `onex run` do
+    seconds: dict[str, list[float]] = {"onex": [], "raw_copy": [], "raw_executemany": []}
+    counts: dict[str, int] = {}
+    for _ in range(repeat):
+        seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy")))
+        seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
+        elapsed, counts = asyncio.run(run_onex_postgres(data, url))
+        seconds["onex"].append(elapsed)
+    expected = {"workflow_executions": items, "metadata_stamps": items, "workflow_steps": 2 * items, "failed": 0}
+    complete = {k: counts.get(k) for k in expected} == expected and counts.get("fsm_transitions", 0) >= 2 * items
+    best = {k: items / min(v) for k, v in seconds.items()}
+    median = {k: items / statistics.median(v) for k, v in seconds.items()}
+    floor = max(best["raw_copy"], best["raw_executemany"])
+    floor_median = max(median["raw_copy"], median["raw_executemany"])
+    result = {
+        "benchmark": "e2e_inprocess_postgres",
+        "items": items,
+        "item_bytes": len(data[0]),
+        "repeat": repeat,
+        "batch_items": BATCH,
+        "onex_items_per_s": round(best["onex"]),
+        "raw_floor_items_per_s": round(floor),
+        "raw_floor_copy_items_per_s": round(best["raw_copy"]),
+        "raw_floor_executemany_items_per_s": round(best["raw_executemany"]),
+        "ratio": round(best["onex"] / floor, 3),
+        "median": {
+            "onex_items_per_s": round(median["onex"]),
+            "raw_floor_copy_items_per_s": round(median["raw_copy"]),
+            "raw_floor_executemany_items_per_s": round(median["raw_executemany"]),
+            "ratio": round(median["onex"] / floor_median, 3),
+        },
+        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        "rows_persisted": counts,
+        "rows_as_expected": complete,
+        "server": {"url": shown, "version": server, "asyncpg": asyncpg.__version__},
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "at": datetime.now(UTC).isoformat(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "e2e_postgres.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def print_postgres(r: dict[str, Any]) -> None:
+    if "skipped" in r:
+        print(f"end to end on PostgreSQL: skipped, {r['skipped']}")
+        return
+    m = r["median"]
+    print(
+        f"end to end, {r['items']:,} items of {r['item_bytes']} bytes, in-process (MemoryBus + PostgreSQL "
+        f"{r['server']['version']} at {r['server']['url']}), {r['repeat']} run(s)"
+    )
+    rows = [
+        ("onex (all nodes, every row persisted)", r["onex_items_per_s"], m["onex_items_per_s"]),
+        (f"raw floor: blake3 + COPY, {r['batch_items']}/tx", r["raw_floor_copy_items_per_s"],
+         m["raw_floor_copy_items_per_s"]),
+        (f"raw floor: blake3 + executemany, {r['batch_items']}/tx", r["raw_floor_executemany_items_per_s"],
+         m["raw_floor_executemany_items_per_s"]),
+    ]  # fmt: skip
+    print(f"  {'':44s} {'best items/s':>14s} {'median items/s':>16s}")
+    for label, best, median in rows:
+        print(f"  {label:44s} {best:>14,} {median:>16,}")
+    print(f"  {'ratio onex / faster floor':44s} {r['ratio']:>14.3f} {m['ratio']:>16.3f}")
+    print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
+    print(f"  -> {RESULTS / 'e2e_postgres.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (default: a temporary file) or postgresql://USER@HOST:PORT/DB (a fresh schema per run)",
+    )
     args = parser.parse_args()
+    if args.store.startswith(("postgresql:", "postgres:")):
+        print_postgres(run(items=args.items, repeat=args.repeat, store=args.store))
+        return
+    if args.store != "sqlite":
+        parser.error(f"--store {args.store!r}: expected sqlite or postgresql://USER@HOST:PORT/DB")
     r = run(items=args.items, repeat=args.repeat)
     print(f"end to end, {r['items']:,} items of {r['item_bytes']} bytes, in-process (MemoryBus + SQLite)")
     print(f"  {'onex (all nodes, every row persisted)':40s} {r['onex_items_per_s']:>10,} items/s")

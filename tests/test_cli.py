@@ -388,11 +388,6 @@ def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path
     assert {json.loads(str(metadata))["node_name"]: node_type for node_type, metadata in registrations} == NODES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a clean shutdown node_registrations still says HEALTHY: each node publishes its STOPPED heartbeat "
-    "in Node.stop(), after Runtime.stop() has drained every node, the registry included, so no one records it",
-)
 def test_run_records_its_nodes_as_stopped_after_a_clean_shutdown(tmp_path: Path) -> None:
     returncode, output, db = run_until_sigterm(tmp_path)
 

@@ -19,7 +19,7 @@ from types import TracebackType
 from onex.bus import EventBus, MemoryBus
 from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
 from onex.exceptions import OnexError
-from onex.nodes import Node
+from onex.nodes import Node, RegistryNode
 from onex.settings import Settings
 from onex.store import Store, open_store
 
@@ -113,21 +113,33 @@ class Runtime:
         for node in self.nodes:
             await node.announce()
 
+    def _registries_last(self) -> tuple[list[Node], list[Node]]:
+        """(every other node in reverse start order, the registries): registries go down last so that they hear
+        the STOPPED heartbeats of the others."""
+        others = [n for n in reversed(self.nodes) if not isinstance(n, RegistryNode)]
+        return others, [n for n in self.nodes if isinstance(n, RegistryNode)]
+
+    async def _quiesce(self) -> None:
+        if isinstance(self.bus, MemoryBus):
+            await self.bus.join()
+
     async def drain(self) -> None:
         """Drain producers first (reverse start order); on the memory bus, wait for quiescence around each, so what a
-        drained node published (the reducer's last aggregates) is handled downstream before that node drains."""
-        memory = self.bus if isinstance(self.bus, MemoryBus) else None
-        if memory is not None:
-            await memory.join()
-        for node in reversed(self.nodes):
+        drained node published (the reducer's last aggregates) is handled downstream before that node drains.
+        Registries keep running until ``stop``."""
+        await self._quiesce()
+        for node in self._registries_last()[0]:
             await node.drain()
-            if memory is not None:
-                await memory.join()
+            await self._quiesce()
 
     async def stop(self) -> None:
-        """Drain, stop every node, and close what the runtime opened."""
+        """Drain and stop every node (each announces STOPPED), then the registries, and close what we opened."""
         await self.drain()
-        for node in reversed(self.nodes):
+        others, registries = self._registries_last()
+        for node in others:
+            await node.stop()
+        await self._quiesce()  # the registries record the STOPPED heartbeats
+        for node in registries:
             await node.stop()
         if self._own_bus:
             await self.bus.aclose()

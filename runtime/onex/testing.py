@@ -98,6 +98,7 @@ class Harness:
     ) -> None:
         try:
             await self.runtime.stop()
+            await self.bus.join()  # record what stopping published (STOPPED heartbeats) before the recorder goes
             if self._recorder is not None:
                 await self._recorder.aclose()
             await self.bus.aclose()

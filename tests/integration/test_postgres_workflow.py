@@ -161,9 +161,8 @@ async def snapshot(url: str, root: Path, namespace: str) -> Snapshot:
         registrations = [
             (r.metadata.get("node_name"), r.node_type, r.node_version) for r in await store.list_registrations()
         ]
-        counts = {
-            t: await store.count(t) for t in ("workflow_executions", "workflow_steps", "metadata_stamps", "bridge_states")
-        }
+        counted = ("workflow_executions", "workflow_steps", "metadata_stamps", "bridge_states")
+        counts = {t: await store.count(t) for t in counted}
     return Snapshot(
         workflows=sorted(workflows),
         steps=steps,
@@ -262,7 +261,7 @@ FROM app WHERE EXISTS (SELECT 1 FROM app WHERE state <> 'idle')
 
 
 async def test_5000_items_survive_terminated_backends_exactly_once(postgres_dsn: str, admin: Any) -> None:
-    items, namespace = 5_000, "bench"
+    items, ns = 5_000, "bench"
     app = f"onex-test-{uuid.uuid4().hex[:8]}"
     kill_at = (500, 1_200, 2_000, 2_800, 3_600)  # outcomes received before each round of terminations
     reached = {n: anyio.Event() for n in kill_at}
@@ -289,21 +288,22 @@ async def test_5000_items_survive_terminated_backends_exactly_once(postgres_dsn:
     store = await open_upgraded(f"{postgres_dsn}&application_name={app}&max_size=4")
     try:
         settings = in_process(postgres_dsn)
-        async with Runtime(settings, store=store) as runtime:
-            async with StampClient(runtime.bus, runtime.contracts, settings, on_outcome=progress) as client:
-                with anyio.fail_after(100):
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(terminator)
-                        cids = [
-                            await client.submit(
-                                {"content": f"item {i:05d}\n" + "x" * 200, "file_path": f"item-{i}.txt",
-                                 "namespace": namespace}
-                            )
-                            for i in range(items)
-                        ]
-                        states = Counter([(await client.outcome(cid)).payload.get("state") for cid in cids])
-                        await runtime.drain()
-                        finished.set()
+        async with (
+            Runtime(settings, store=store) as runtime,
+            StampClient(runtime.bus, runtime.contracts, settings, on_outcome=progress) as client,
+        ):
+            with anyio.fail_after(100):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(terminator)
+                    cids = [
+                        await client.submit(
+                            {"content": f"item {i:05d}\n" + "x" * 200, "file_path": f"item-{i}.txt", "namespace": ns}
+                        )
+                        for i in range(items)
+                    ]
+                    states = Counter([(await client.outcome(cid)).payload.get("state") for cid in cids])
+                    await runtime.drain()
+                    finished.set()
         assert states == {"completed": items}, states
         assert len(kills) == len(kill_at), kills  # every round found the store busy and terminated its backends
         stats = store.statistics()
@@ -332,7 +332,7 @@ async def test_5000_items_survive_terminated_backends_exactly_once(postgres_dsn:
         assert dict(steps) == {"n": 2 * items, "keys": 2 * items}
         assert dict(transitions) == {"n": 2 * items, "keys": 2 * items}
         assert paths == {f"item-{i}.txt" for i in range(items)}
-        bridge = await store.get_bridge_state(namespace)
+        bridge = await store.get_bridge_state(ns)
         assert bridge is not None
         totals = (bridge.total_workflows_processed, bridge.total_items_aggregated, bridge.unique_file_hashes)
         assert totals == (items, items, items)
@@ -349,12 +349,12 @@ INJECTION = "'); DROP TABLE metadata_stamps; --"
 # File names a Linux file system takes (no "/" and no NUL); each file's content is hostile too.
 HOSTILE_FILES: dict[str, str] = {
     "a'; DELETE FROM x; --.txt": "'); DROP TABLE workflow_executions; --\n",
-    "Robert'); DROP TABLE workflow_executions;--.py": "x = \"'; TRUNCATE fsm_transitions; --\"\n",
+    "Robert'); DROP TABLE workflow_executions;--.py": 'x = "\'; TRUNCATE fsm_transitions; --"\n',
     '" OR "1"="1.md': '" OR "1"="1\n',
     "$1 $$ $tag$ ::jsonb %s {0} ?.sql": "SELECT $1; -- $$ $tag$ ::jsonb %s {0} ?\n",
     "back\\slash \\'; SELECT pg_sleep(10); --.txt": "\\'; SELECT pg_sleep(10); --\n",
     "ünïcødé ✓ 🚀 日本語.txt": "ünïcødé ✓ 🚀 日本語\n",
-    "semi;colon.yaml": "k: \"'; DROP SCHEMA public CASCADE; --\"\n",
+    "semi;colon.yaml": 'k: "\'; DROP SCHEMA public CASCADE; --"\n',
 }
 
 
@@ -423,12 +423,14 @@ async def test_sql_looking_content_items_pass_through_the_runtime_verbatim(postg
     store = await open_upgraded(postgres_dsn)
     try:
         settings = in_process(postgres_dsn)
-        async with Runtime(settings, store=store) as runtime:
-            async with StampClient(runtime.bus, runtime.contracts, settings) as client:
-                with anyio.fail_after(60):
-                    cids = [await client.submit(r) for r in requests]
-                    outcomes = [await client.outcome(cid) for cid in cids]
-                    await runtime.drain()
+        async with (
+            Runtime(settings, store=store) as runtime,
+            StampClient(runtime.bus, runtime.contracts, settings) as client,
+        ):
+            with anyio.fail_after(60):
+                cids = [await client.submit(r) for r in requests]
+                outcomes = [await client.outcome(cid) for cid in cids]
+                await runtime.drain()
         assert [o.payload.get("state") for o in outcomes] == ["completed"] * len(requests)
         for cid, request in zip(cids, requests, strict=True):
             workflow = await store.get_workflow(cid)

@@ -52,6 +52,11 @@ class NodeRegistry(RegistryNode):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        # The registry cannot hear its own STOPPED heartbeat once its subscriptions are closed: record it directly.
+        self._pending.heartbeats.append(
+            HeartbeatRow(node_id=self.node_id, health_status="STOPPED", at=datetime.now(UTC))
+        )
+        await self._write()
 
     def _node(self, node_id: str) -> KnownNode:
         node = self.known.get(node_id)

@@ -1,0 +1,282 @@
+"""The orchestrator step engine (``onex.nodes.OrchestratorNode``): stages from dependencies, parallel starts,
+retries, optional steps, per-step timeouts, and late or duplicate results.
+
+The orchestrator is the workshop project's ``assembler``: steps ``a`` and ``b`` (stage 1), ``c`` after both, and an
+optional ``polish`` after ``c``. ``a``, ``b`` and ``c`` are dispatched as STEP_REQUESTED and finish when the test
+publishes STEP_DONE; ``polish`` runs inline and fails when the request says ``polish: fail``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from onex.contracts import ContractSet, Step, load_contracts
+from onex.envelope import OnexEnvelopeV1
+from onex.exceptions import OnexError
+from onex.nodes import StepStatus, plan_stages, stages_of
+from onex.testing import Harness
+
+# See tests/test_nodes.py: the repository's `nodes` package owns the name, the workshop gets a private alias.
+importlib.import_module("nodes")
+
+ROOT = Path(__file__).resolve().parent / "projects" / "workshop"
+
+
+@functools.cache
+def workshop(**env: str) -> ContractSet:
+    return load_contracts(ROOT, env=env)
+
+
+def assembler(env: Mapping[str, str] | None = None) -> Harness:
+    return Harness(["assembler"], root=ROOT, contracts=workshop(**(env or {})))
+
+
+async def build(h: Harness, item: str = "chair", **fields: Any) -> uuid.UUID:
+    cid = uuid.uuid4()
+    await h.publish("BUILD_REQUESTED", {"item": item, **fields}, correlation_id=cid)
+    await h.settle()
+    return cid
+
+
+async def step_done(h: Harness, cid: uuid.UUID, step: str, *, ok: bool = True, error: str | None = None) -> None:
+    payload: dict[str, Any] = {"workflow_id": str(cid), "step": step, "ok": ok}
+    if error is not None:
+        payload["error"] = error
+    await h.publish("STEP_DONE", payload)
+    await h.settle()
+
+
+def finished(h: Harness, cid: uuid.UUID) -> list[OnexEnvelopeV1]:
+    return [
+        e
+        for name, e in h.events
+        if name in ("BUILD_COMPLETED", "BUILD_FAILED") and e.payload["workflow_id"] == str(cid)
+    ]
+
+
+def statuses(outcome: OnexEnvelopeV1) -> dict[str, str]:
+    return {name: step["status"] for name, step in outcome.payload["steps"].items()}
+
+
+# --- planning ----------------------------------------------------------------------------------------------------
+
+
+def step(name: str, *depends_on: str) -> Step:
+    return Step(step_name=name, depends_on=depends_on)
+
+
+def test_plan_stages_puts_steps_whose_dependencies_are_done_in_one_parallel_stage() -> None:
+    stages = plan_stages([step("d", "c"), step("a"), step("c", "a", "b"), step("b"), step("e", "a")])
+
+    assert [[s.step_name for s in stage] for stage in stages] == [["a", "b"], ["c", "e"], ["d"]]
+
+
+def test_plan_stages_rejects_a_dependency_on_an_unknown_step() -> None:
+    with pytest.raises(OnexError, match="step 'c' depends on unknown step 'x'"):
+        plan_stages([step("a"), step("c", "a", "x")])
+
+
+def test_plan_stages_rejects_a_cycle_naming_the_steps_in_it() -> None:
+    with pytest.raises(OnexError, match=r"steps \['b', 'c'\] depend on each other in a cycle"):
+        plan_stages([step("a"), step("b", "a", "c"), step("c", "b")])
+    with pytest.raises(OnexError, match="cycle"):
+        plan_stages([step("self", "self")])
+
+
+@pytest.mark.anyio
+async def test_the_orchestrator_plans_its_contract_steps_into_stages() -> None:
+    async with assembler() as h:
+        node = h.runtime.node("assembler")
+
+    assert stages_of(node.steps) == [["a", "b"], ["c"], ["polish"]]
+    assert [[s.step_name for s in stage] for stage in node.stages] == [["a", "b"], ["c"], ["polish"]]
+
+
+# --- running -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_and_b_start_together_and_c_starts_only_after_both_completed() -> None:
+    async with assembler() as h:
+        node = h.runtime.node("assembler")
+        cid = await build(h)
+        request = h.of("BUILD_REQUESTED")[0]
+        after_request = list(node.started)
+
+        await step_done(h, cid, "a")
+        after_a = list(node.started)
+        await step_done(h, cid, "b")
+        after_b = list(node.started)
+        await step_done(h, cid, "c")
+
+    # Both stage-1 steps were started while the one request was handled, and c was not.
+    assert after_request == [("a", 1), ("b", 1)]
+    dispatched = [(e.payload["step"], e.causation_id) for e in h.of("STEP_REQUESTED")]
+    assert dispatched[:2] == [("a", request.event_id), ("b", request.event_id)]
+    assert after_a == after_request
+    assert after_b == [("a", 1), ("b", 1), ("c", 1)]
+    assert node.started == [("a", 1), ("b", 1), ("c", 1), ("polish", 1)]
+    [outcome] = finished(h, cid)
+    assert outcome.event_type == "BUILD_COMPLETED"
+    assert outcome.payload["error"] is None
+    assert statuses(outcome) == {"a": "completed", "b": "completed", "c": "completed", "polish": "completed"}
+    assert [(t["from_state"], t["to_state"]) for t in h.transitions(cid)] == [
+        ("pending", "running"),
+        ("running", "completed"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_step_with_two_attempts_is_retried_once_then_fails_the_workflow_with_its_error() -> None:
+    async with assembler() as h:
+        node = h.runtime.node("assembler")
+        cid = await build(h)
+        await step_done(h, cid, "b")
+
+        await step_done(h, cid, "a", ok=False, error="jammed")
+        retried = list(node.started)
+        assert finished(h, cid) == []  # one attempt left: not finished yet
+
+        await step_done(h, cid, "a", ok=False, error="jammed again")
+
+    assert retried == [("a", 1), ("b", 1), ("a", 2)]
+    assert [(e.payload["step"], e.payload["attempt"]) for e in h.of("STEP_REQUESTED")] == [
+        ("a", 1),
+        ("b", 1),
+        ("a", 2),
+    ]
+    [outcome] = finished(h, cid)
+    assert outcome.event_type == "BUILD_FAILED"
+    assert outcome.payload["error"] == "a: jammed again"
+    assert outcome.payload["steps"]["a"] == {"status": "failed", "attempts": 2, "error": "jammed again"}
+    assert outcome.payload["steps"]["c"]["status"] == "skipped"
+    assert ("c", 1) not in node.started
+    assert [t["to_state"] for t in h.transitions(cid)] == ["running", "failed"]
+
+
+@pytest.mark.anyio
+async def test_a_step_with_one_attempt_fails_the_workflow_at_its_first_failure() -> None:
+    async with assembler() as h:
+        node = h.runtime.node("assembler")
+        cid = await build(h)
+        await step_done(h, cid, "b", ok=False, error="out of stock")
+
+    [outcome] = finished(h, cid)
+    assert outcome.event_type == "BUILD_FAILED"
+    assert outcome.payload["steps"]["b"] == {"status": "failed", "attempts": 1, "error": "out of stock"}
+    assert [s for s, _ in node.started].count("b") == 1
+
+
+@pytest.mark.anyio
+async def test_an_optional_step_that_fails_is_skipped_and_the_workflow_completes() -> None:
+    async with assembler() as h:
+        cid = await build(h, polish="fail")
+        for name in ("a", "b", "c"):
+            await step_done(h, cid, name)
+
+    [outcome] = finished(h, cid)
+    assert outcome.event_type == "BUILD_COMPLETED"
+    assert outcome.payload["error"] is None
+    assert outcome.payload["steps"]["polish"] == {
+        "status": "skipped",
+        "attempts": 1,
+        "error": "the polisher is out of wax",
+    }
+    assert [t["to_state"] for t in h.transitions(cid)] == ["running", "completed"]
+
+
+@pytest.mark.anyio
+async def test_a_step_that_never_completes_is_failed_by_the_timeout_sweeper_after_its_timeout() -> None:
+    async with assembler({"WORKSHOP_STEP_B_TIMEOUT_MS": "100"}) as h:
+        node = h.runtime.node("assembler")
+        started = time.monotonic()
+        cid = await build(h)
+        await step_done(h, cid, "a")
+
+        outcome = await h.wait_for(
+            "BUILD_FAILED", lambda e: e.payload["workflow_id"] == str(cid), timeout=5
+        )  # b is never done: only the sweeper can finish this workflow
+        elapsed = time.monotonic() - started
+        await step_done(h, cid, "b")  # too late
+
+    assert elapsed >= 0.1
+    assert outcome.payload["error"] == "b: step b timed out after 100 ms"
+    assert outcome.payload["steps"]["b"] == {
+        "status": "failed",
+        "attempts": 1,
+        "error": "step b timed out after 100 ms",
+    }
+    assert [e.event_type for e in finished(h, cid)] == ["BUILD_FAILED"]
+    assert ("c", 1) not in node.started
+    assert [t["to_state"] for t in h.transitions(cid)] == ["running", "failed"]
+
+
+@pytest.mark.anyio
+async def test_steps_within_their_timeout_are_left_alone_by_the_sweeper() -> None:
+    async with assembler({"WORKSHOP_STEP_B_TIMEOUT_MS": "100"}) as h:
+        cid = await build(h)
+        quick = await build(h, item="stool")
+        for name in ("a", "b", "c"):
+            await step_done(h, quick, name)
+        # The quick build finished within b's 100 ms; the slow one is failed by the sweeper, and only it.
+        await h.wait_for("BUILD_FAILED", lambda e: e.payload["workflow_id"] == str(cid), timeout=5)
+
+    assert [e.event_type for e in finished(h, quick)] == ["BUILD_COMPLETED"]
+    assert [e.event_type for e in finished(h, cid)] == ["BUILD_FAILED"]
+
+
+@pytest.mark.anyio
+async def test_late_and_duplicate_results_are_ignored() -> None:
+    async with assembler() as h:
+        node = h.runtime.node("assembler")
+        cid = await build(h)
+        await step_done(h, cid, "a")
+        await step_done(h, cid, "a")  # duplicate while the workflow runs
+        await step_done(h, cid, "a", ok=False, error="too late to fail")
+        assert node.started == [("a", 1), ("b", 1)]
+
+        await step_done(h, cid, "b")
+        await step_done(h, cid, "c")
+        steps_when_done = {name: run.status for name, run in node.finished[cid].steps.items()}
+        # Late results for a finished workflow: the engine must neither restart nor re-finish anything.
+        await step_done(h, cid, "c")
+        await step_done(h, cid, "b", ok=False, error="late failure")
+
+    assert node.started == [("a", 1), ("b", 1), ("c", 1), ("polish", 1)]
+    assert [e.event_type for e in finished(h, cid)] == ["BUILD_COMPLETED"]
+    assert {name: run.status for name, run in node.finished[cid].steps.items()} == steps_when_done
+    assert set(steps_when_done.values()) == {StepStatus.COMPLETED}
+    assert node.workflows == {}
+    assert h.dead_letters() == []
+
+
+# --- blocked -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "OrchestratorNode.advance skips c when its dependency a failed, then starts polish because its only "
+        "dependency (c) is SKIPPED, in the same pass, although a required step already failed the workflow"
+    ),
+)
+@pytest.mark.anyio
+async def test_no_step_starts_once_a_required_step_has_failed() -> None:
+    async with assembler() as h:
+        node = h.runtime.node("assembler")
+        cid = await build(h)
+        await step_done(h, cid, "b")
+        await step_done(h, cid, "a", ok=False, error="jammed")
+        await step_done(h, cid, "a", ok=False, error="jammed again")
+
+    [outcome] = finished(h, cid)
+    assert outcome.event_type == "BUILD_FAILED"
+    assert [s for s, _ in node.started] == ["a", "b", "a"]
+    assert statuses(outcome)["polish"] == "skipped"

@@ -1,0 +1,197 @@
+"""Circuit breaker and retry with backoff (``onex.resilience``), with an injected clock instead of sleeps."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from onex.resilience import BreakerState, CircuitBreaker, CircuitOpenError, retry
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def breaker(clock: Clock) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=3, reset_timeout_s=10.0, clock=clock)
+
+
+def test_the_breaker_opens_after_threshold_consecutive_failures(breaker: CircuitBreaker) -> None:
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow()
+
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+
+
+def test_a_success_resets_the_count_of_consecutive_failures(breaker: CircuitBreaker) -> None:
+    for _ in range(2):
+        breaker.record_failure()
+    breaker.record_success()
+    for _ in range(2):
+        breaker.record_failure()
+
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_the_breaker_is_half_open_once_the_reset_timeout_passed(breaker: CircuitBreaker, clock: Clock) -> None:
+    for _ in range(3):
+        breaker.record_failure()
+
+    clock.advance(9.999)
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(0.001)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()
+
+
+def test_a_success_while_half_open_closes_the_breaker(breaker: CircuitBreaker, clock: Clock) -> None:
+    for _ in range(3):
+        breaker.record_failure()
+    clock.advance(10)
+
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    # Closed for real: it takes a full threshold of failures to open it again.
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_failure_while_half_open_opens_the_breaker_for_another_reset_timeout(
+    breaker: CircuitBreaker, clock: Clock
+) -> None:
+    for _ in range(3):
+        breaker.record_failure()
+    clock.advance(10)
+
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(9.9)
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(0.1)
+    assert breaker.state is BreakerState.HALF_OPEN
+
+
+@pytest.mark.anyio
+async def test_call_raises_circuit_open_error_while_open_without_calling(breaker: CircuitBreaker, clock: Clock) -> None:
+    calls = 0
+
+    async def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await breaker.call(failing)
+    assert breaker.state is BreakerState.OPEN
+
+    with pytest.raises(CircuitOpenError, match="3 consecutive failures"):
+        await breaker.call(failing)
+    assert calls == 3
+
+
+@pytest.mark.anyio
+async def test_call_lets_a_trial_through_when_half_open_and_its_outcome_decides(
+    breaker: CircuitBreaker, clock: Clock
+) -> None:
+    async def ok() -> str:
+        return "sent"
+
+    async def failing() -> str:
+        raise ConnectionError("still down")
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await breaker.call(failing)
+    clock.advance(10)
+    with pytest.raises(ConnectionError):
+        await breaker.call(failing)  # the trial fails: open again
+    assert breaker.state is BreakerState.OPEN
+
+    clock.advance(10)
+    assert await breaker.call(ok) == "sent"  # the trial succeeds: closed
+    assert breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.anyio
+async def test_retry_returns_the_first_success_after_failed_attempts() -> None:
+    attempts = 0
+
+    async def flaky() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise TimeoutError(f"attempt {attempts}")
+        return "done"
+
+    assert await retry(flaky, attempts=5, backoff_s=0.001) == "done"
+    assert attempts == 3
+
+
+@pytest.mark.anyio
+async def test_retry_raises_the_last_error_after_the_last_attempt() -> None:
+    attempts = 0
+
+    async def broken() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError(f"attempt {attempts}")
+
+    with pytest.raises(ConnectionError, match="attempt 3"):
+        await retry(broken, attempts=3, backoff_s=0.001)
+    assert attempts == 3
+
+
+@pytest.mark.anyio
+async def test_retry_does_not_retry_errors_outside_retry_on() -> None:
+    attempts = 0
+
+    async def wrong() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("a bug, not a hiccup")
+
+    with pytest.raises(ValueError, match="a bug"):
+        await retry(wrong, attempts=5, backoff_s=0.001, retry_on=(ConnectionError,))
+    assert attempts == 1
+
+
+@pytest.mark.anyio
+async def test_retry_backs_off_exponentially_up_to_the_maximum() -> None:
+    started: list[float] = []
+
+    async def broken() -> None:
+        started.append(time.monotonic())
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        await retry(broken, attempts=5, backoff_s=0.01, multiplier=2.0, max_backoff_s=0.03)
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
+    assert len(gaps) == 4
+    # 10, 20, then capped at 30 and 30 ms. Lower bounds only (a sleep never ends early, by more than the
+    # clock's resolution); the cap is checked by the last gaps staying well below the uncapped 80 ms.
+    for gap, wanted in zip(gaps, (0.01, 0.02, 0.03, 0.03), strict=True):
+        assert gap >= wanted * 0.9
+    assert gaps[3] < 0.08

@@ -1,0 +1,107 @@
+"""Settings (``onex.settings``): flags, then ``ONEX_*`` environment variables, then defaults; the project root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onex
+import pytest
+from onex.settings import DEFAULT_BUS, DEFAULT_STORE, Settings, find_root
+
+
+def test_without_flags_or_environment_every_setting_is_its_default(tmp_path: Path) -> None:
+    settings = Settings.load(environ={}, root=str(tmp_path))
+
+    assert (settings.env, settings.tenant, settings.region) == ("dev", "omninode_bridge", None)
+    assert (settings.bus, settings.store) == (DEFAULT_BUS, DEFAULT_STORE)
+    assert settings.heartbeat_interval_s == 30.0
+    assert (settings.partitions, settings.buffer_size) == (4, 10_000)
+
+
+def test_onex_environment_variables_override_defaults_with_their_types(tmp_path: Path) -> None:
+    environ = {
+        "ONEX_ENV": "staging",
+        "ONEX_REGION": "eu-west-1",
+        "ONEX_BUS": "kafka://broker:9092",
+        "ONEX_HEARTBEAT_INTERVAL_S": "2.5",
+        "ONEX_PARTITIONS": "8",
+        "ONEX_BUFFER_SIZE": "64",
+        "ENV": "ignored: not an ONEX_ variable",
+    }
+    settings = Settings.load(environ=environ, root=str(tmp_path))
+
+    assert (settings.env, settings.region, settings.bus) == ("staging", "eu-west-1", "kafka://broker:9092")
+    assert settings.heartbeat_interval_s == 2.5
+    assert (settings.partitions, settings.buffer_size) == (8, 64)
+    assert settings.tenant == "omninode_bridge"  # not in the environment: the default
+
+
+def test_flags_override_environment_variables_and_none_flags_do_not(tmp_path: Path) -> None:
+    environ = {"ONEX_ENV": "staging", "ONEX_TENANT": "acme", "ONEX_PARTITIONS": "8"}
+    settings = Settings.load(environ=environ, root=str(tmp_path), env="prod", partitions=2, tenant=None)
+
+    assert settings.env == "prod"
+    assert settings.partitions == 2
+    assert settings.tenant == "acme"  # a flag left at None falls through to the environment
+
+
+def test_the_root_comes_from_a_flag_or_onex_root_resolved_to_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "from_env").mkdir()
+    (tmp_path / "from_flag").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    assert Settings.load(environ={"ONEX_ROOT": "from_env"}).root == tmp_path / "from_env"
+    assert Settings.load(environ={"ONEX_ROOT": "from_env"}, root="from_flag").root == tmp_path / "from_flag"
+
+
+def test_settings_are_immutable_and_with_returns_a_changed_copy(tmp_path: Path) -> None:
+    settings = Settings.load(environ={}, root=str(tmp_path))
+    changed = settings.with_(env="test")
+
+    assert (settings.env, changed.env) == ("dev", "test")
+    with pytest.raises(AttributeError):
+        settings.env = "prod"  # type: ignore[misc]
+
+
+def test_store_url_resolves_a_relative_sqlite_path_against_the_root(tmp_path: Path) -> None:
+    def url(store: str) -> str:
+        return Settings.load(environ={}, root=str(tmp_path), store=store).store_url()
+
+    assert url(DEFAULT_STORE) == f"sqlite:///{tmp_path}/.onex/onex.db"
+    assert url("sqlite:///data/x.db") == f"sqlite:///{tmp_path}/data/x.db"
+    assert url("sqlite:////var/lib/onex.db") == "sqlite:////var/lib/onex.db"  # absolute: untouched
+    assert url("sqlite:///:memory:") == "sqlite:///:memory:"
+    assert url("postgresql://onex@db:5432/onex") == "postgresql://onex@db:5432/onex"
+
+
+def test_find_root_walks_up_to_the_nearest_directory_with_contracts(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    deep = project / "src" / "pkg" / "deep"
+    deep.mkdir(parents=True)
+    (project / "contracts").mkdir()
+    (project / "src" / "contracts.txt").write_text("a file named like it does not count")
+
+    assert find_root(deep) == project
+    assert find_root(project) == project
+
+    nested = project / "sub"
+    (nested / "contracts").mkdir(parents=True)
+    assert find_root(nested / "contracts") == nested  # the nearest one wins
+
+
+def test_find_root_falls_back_to_the_installed_projects_root(tmp_path: Path) -> None:
+    # Nothing above tmp_path has contracts/: the editable install of this repository is the fallback.
+    repository = Path(onex.__file__).resolve().parents[2]
+    assert (repository / "contracts").is_dir()
+
+    assert find_root(tmp_path) == repository
+
+
+def test_the_default_root_is_found_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "nodes").mkdir()
+    monkeypatch.chdir(tmp_path / "nodes")
+
+    assert Settings.load(environ={}).root == tmp_path
