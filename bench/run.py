@@ -9,6 +9,7 @@ the ratios, which compare against a raw baseline measured in the same run.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -16,21 +17,43 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Cheapest first; the end-to-end runs last because it takes longest.
-ORDER = ("stamps", "bus_memory", "store_sqlite", "store_postgres", "bus_kafka", "e2e", "multiprocess", "http")
+ORDER = (
+    "stamps",
+    "bus_memory",
+    "store_sqlite",
+    "store_postgres",
+    "bus_kafka",
+    "e2e",
+    "e2e_postgres",
+    "multiprocess",
+    "http",
+)
+# Benchmarks that are another script with arguments.
+VARIANTS = {
+    "e2e_postgres": (
+        "e2e.py",
+        "--store",
+        os.environ.get("ONEX_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
+    ),
+}
 
 
 def main(argv: list[str]) -> int:
-    wanted = argv or [name for name in ORDER if (HERE / f"{name}.py").exists()]
+    def command(name: str) -> list[str] | None:
+        script, *args = VARIANTS.get(name, (f"{name}.py",))
+        return [sys.executable, str(HERE / script), *args] if (HERE / script).exists() else None
+
+    wanted = argv or [name for name in ORDER if command(name)]
     failed = []
     for name in wanted:
-        script = HERE / f"{name}.py"
-        if not script.exists():
-            print(f"== {name}: no such benchmark ({script})")
+        cmd = command(name)
+        if cmd is None:
+            print(f"== {name}: no such benchmark")
             failed.append(name)
             continue
         print(f"\n== {name} ==", flush=True)
         started = time.perf_counter()
-        code = subprocess.call([sys.executable, str(script)], cwd=HERE.parent)
+        code = subprocess.call(cmd, cwd=HERE.parent)
         print(f"-- {name}: exit {code} in {time.perf_counter() - started:.1f} s", flush=True)
         if code:
             failed.append(name)

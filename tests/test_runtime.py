@@ -205,7 +205,7 @@ async def test_the_harness_publishes_records_and_waits_for_events() -> None:
     assert again is bo
     assert first.payload["name"] in ("ada", "bo")
     assert request.source_node_id == "onex.testing"
-    assert [e.event_id for e in h.of("GREET_REQUESTED")][:1] == [request.event_id]
+    assert request.event_id in {e.event_id for e in h.of("GREET_REQUESTED")}
     names = [name for name, _ in h.events]
     assert names.count("GREET_REQUESTED") == 2
     assert names.count("GREETED") == 2
@@ -333,7 +333,7 @@ async def test_expire_stale_marks_nodes_without_a_recent_heartbeat_stale(registr
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("registry_harness", [(0.05, 20)], indirect=True)
+@pytest.mark.parametrize("registry_harness", [(0.1, 20)], indirect=True)
 async def test_the_registry_sweeper_marks_a_silent_node_stale_in_the_store_and_a_heartbeat_revives_it(
     registry_harness: Harness,
 ) -> None:
@@ -341,7 +341,7 @@ async def test_the_registry_sweeper_marks_a_silent_node_stale_in_the_store_and_a
     registry = h.runtime.node("registry")
     ghost = await introspect_ghost(h)
 
-    # Heartbeats every 50 ms, stale after 3 missed ones, swept every 20 ms: the ghost goes stale within a second.
+    # Heartbeats every 100 ms, stale after 3 missed ones, swept every 20 ms: the ghost goes stale within a second.
     await h.wait_for("STATE_TRANSITION", transition_of(ghost, "stale"), timeout=5)
     await h.settle()
     stale_rows = {r.node_id: r.health_status for r in await h.store.list_registrations()}

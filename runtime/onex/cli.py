@@ -157,15 +157,42 @@ def schema(name: str, list_: bool) -> None:
 @click.option("--version", "node_version", help="Node version (default: the highest).")
 @click.option("--bus", help="memory:// (default) or kafka://HOST:PORT[,HOST:PORT]. Env: ONEX_BUS.")
 @click.option("--store", help="sqlite:///PATH (default .onex/onex.db) or postgresql://... Env: ONEX_STORE.")
+@click.option(
+    "--http",
+    "http_address",
+    metavar="HOST:PORT",
+    help="Also serve the HTTP stamping API, e.g. 127.0.0.1:8053 (bearer key from ONEX_API_KEY). Env: ONEX_HTTP.",
+)
 @click.pass_context
 def run(
-    ctx: click.Context, node_names: tuple[str, ...], node_version: str | None, bus: str | None, store: str | None
+    ctx: click.Context,
+    node_names: tuple[str, ...],
+    node_version: str | None,
+    bus: str | None,
+    store: str | None,
+    http_address: str | None,
 ) -> None:
-    """Host nodes in this process until SIGINT/SIGTERM, then drain and stop."""
+    """Host nodes in this process until SIGINT/SIGTERM, then drain and stop.
+
+    With --http the HTTP gateway runs in this process too, next to whatever nodes it hosts; on shutdown it stops
+    accepting requests and finishes those in hand before the nodes drain.
+    """
     from onex.runtime import Runtime, tune_gc
 
-    settings = _settings(ctx, bus=bus, store=store)
+    settings = _settings(ctx, bus=bus, store=store, http=http_address)
     contracts = _contracts(settings, check_implementations=True)
+    sock = None
+    if settings.http:
+        from onex.http import PREFIX, bind, parse_address, serve
+
+        try:
+            parse_address(settings.http)
+        except ValueError as exc:
+            _fail(str(exc), code=2)
+        try:
+            sock = bind(settings.http)  # before any node starts, so that a busy port fails at once
+        except OnexError as exc:
+            _fail(str(exc))
     tune_gc()
 
     async def main_() -> None:
@@ -176,7 +203,15 @@ def run(
             for n in rt.nodes:
                 table.add_row(n.contract.name, n.contract.version, n.contract.node_type.value, n.node_id)
             err.print(table)
-            await rt.run_until_signal(ready=lambda: err.print("running; Ctrl-C drains and stops"))
+            if sock is None:
+                await rt.run_until_signal(ready=lambda: err.print("running; Ctrl-C drains and stops"))
+            else:
+
+                def ready(url: str) -> None:
+                    key = "bearer key required" if settings.api_key else "no API key"
+                    err.print(f"HTTP API on {url}{PREFIX} ({key}); running; Ctrl-C drains and stops", markup=False)
+
+                await serve(rt, settings, sock=sock, ready=ready)
             err.print("draining...")
         err.print("stopped")
 
@@ -184,6 +219,9 @@ def run(
         _run(main_())
     except OnexError as exc:
         _fail(str(exc))
+    finally:
+        if sock is not None:
+            sock.close()
 
 
 @main.command()

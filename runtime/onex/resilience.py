@@ -39,6 +39,7 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
+        self._trial_in_flight = False  # a half-open trial call that has not returned yet
 
     @property
     def state(self) -> BreakerState:
@@ -61,13 +62,24 @@ class CircuitBreaker:
             self._opened_at = self._clock()
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        if not self.allow():
+        """Call ``fn`` through the breaker; ``CircuitOpenError`` without calling it while open, and while half-open
+        for every caller but the one trial."""
+        state = self.state
+        if state is BreakerState.OPEN:
             raise CircuitOpenError(f"circuit open after {self._failures} consecutive failures")
+        trial = state is BreakerState.HALF_OPEN
+        if trial:
+            if self._trial_in_flight:
+                raise CircuitOpenError("circuit half-open: a trial call is in flight")
+            self._trial_in_flight = True
         try:
             result = await fn()
         except Exception:
             self.record_failure()
             raise
+        finally:
+            if trial:
+                self._trial_in_flight = False
         self.record_success()
         return result
 

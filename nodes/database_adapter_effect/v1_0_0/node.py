@@ -38,6 +38,7 @@ from nodes.reducer.v1_0_0.models import ModelAggregationIntent
 from nodes.stamping_effect.v1_0_0.models import ModelStampCreated
 
 WORKFLOW_TYPE = "stamp_workflow"
+MAX_COMMIT_ROWS = 5_000
 
 
 class NodeDatabaseAdapterEffect(EffectNode):
@@ -63,7 +64,13 @@ class NodeDatabaseAdapterEffect(EffectNode):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            pending, self._pending = self._pending, []
+            pending, rows = [], 0
+            while self._pending and rows < MAX_COMMIT_ROWS:  # a lost connection re-sends at most this much
+                batch, done = self._pending.pop(0)
+                pending.append((batch, done))
+                rows += len(batch)
+            if self._pending:
+                self._wake.set()  # the rest goes in the next transaction
             if not pending:
                 continue
             merged = merge([batch for batch, _ in pending])

@@ -101,8 +101,8 @@ class NodeStampingEffect(EffectNode):
                 namespace=cmd.namespace,
                 stamp_type=stamp.kind,
                 # stamp_bytes hands back the very same object for content already stamped with its hash; a sidecar
-            # stamp never changes the content, so for those "unchanged" cannot be told from the bytes.
-            status="unchanged" if stamped is data and stamp.kind != "sidecar" else "stamped",
+                # stamp never changes the content, so for those "unchanged" cannot be told from the bytes.
+                status="unchanged" if stamped is data and stamp.kind != "sidecar" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(stamp),
                 stamped_content=None if cmd.dry_run else stamped.decode(errors="replace"),

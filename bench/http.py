@@ -1,0 +1,207 @@
+"""Benchmark: the HTTP gateway's POST /stamp with 1 KiB content, on the embedded default (memory bus, SQLite).
+
+The server is this process: every node on a MemoryBus, a SQLite store in a temporary directory, and the gateway on
+uvicorn, all in one event loop as ``onex run --http`` hosts them. The load comes from ``bench/loadgen.py`` in a
+second process (keep-alive HTTP/1.1 over raw sockets; see its docstring), so client and server do not share a GIL.
+Each repeat runs:
+
+- **fixed rate**: ``--rate`` requests/s (default 500) for ``--duration`` s, open loop: latency counts from when each
+  request was due, so queueing shows. Target: p95 < 10 ms.
+- **saturation**: ``--connections`` connections sending back to back for ``--duration`` s. Target: >= 2,000 req/s.
+- **floor**: the same saturation load on ``POST /hash`` with the same bodies: HTTP, JSON and BLAKE3 without a
+  workflow, i.e. what the HTTP layer alone costs; the ratio says how much of /stamp's cost is the workflow.
+
+Figures are medians over ``--repeat`` runs. The load generator and the server share the machine's cores, so on a
+small machine they compete; the JSON records the core count.
+
+    .venv/bin/python bench/http.py [--rate 500] [--duration 10] [--repeat 3] [--connections 64]
+
+``run(**options) -> dict`` is the entry point for ``bench/run.py``; results go to ``bench/results/http.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.machinery
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __name__ == "http":  # pragma: no cover - only when imported by that name
+    # `python bench/<script>.py` puts bench/ first on sys.path, where this file would shadow the standard library's
+    # `http` package for every later `import http.client` (urllib.request, uvicorn, httpx...), in every benchmark.
+    # Imported under that name, it puts the real package in its place: an import returns what sys.modules holds once
+    # the module ran. Nothing in this file imports `http` at module level, so nothing here needs it meanwhile.
+    _spec = importlib.machinery.PathFinder.find_spec("http", [os.path.dirname(os.__file__)])
+    assert _spec is not None
+    assert _spec.loader is not None
+    _stdlib_http = importlib.util.module_from_spec(_spec)
+    sys.modules["http"] = _stdlib_http
+    _spec.loader.exec_module(_stdlib_http)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+P95_TARGET_MS = 10.0
+RPS_TARGET = 2000.0
+
+
+async def _load(url: str, *, path: str, rate: float, duration: float, connections: int, size: int,
+                namespace: str = "bench.http", warmup: float = 1.0) -> dict[str, Any]:  # fmt: skip
+    """One run of the load generator in its own process; its JSON result."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(LOADGEN), "--url", url, "--path", path, "--rate", str(rate), "--duration", str(duration),
+        "--connections", str(connections), "--size", str(size), "--warmup", str(warmup), "--namespace", namespace,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"load generator exited {proc.returncode}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def _bench(rate: float, duration: float, repeat: int, connections: int, size: int) -> dict[str, list[Any]]:
+    from onex.bus import MemoryBus
+    from onex.http import PREFIX, bind, serve
+    from onex.runtime import Runtime
+    from onex.settings import Settings
+
+    runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": []}
+    with tempfile.TemporaryDirectory(prefix="onex-bench-http-") as tmp:
+        settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp}/onex.db").with_(
+            heartbeat_interval_s=0
+        )
+        sock = bind("127.0.0.1:0")
+        try:
+            async with Runtime(settings) as runtime:
+                stop, ready = asyncio.Event(), asyncio.Event()
+                urls: list[str] = []
+
+                def announce(url: str) -> None:
+                    urls.append(url)
+                    ready.set()
+
+                server = asyncio.create_task(serve(runtime, settings, sock=sock, stop=stop, ready=announce))
+                await ready.wait()
+                url = urls[0]
+
+                async def settle() -> None:
+                    if isinstance(runtime.bus, MemoryBus):
+                        await runtime.bus.join()  # the last runs' rows are written before the next run starts
+
+                try:
+                    stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
+                    await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
+                    await settle()
+                    for _ in range(repeat):
+                        runs["fixed"].append(await _load(url, path=stamp, rate=rate, duration=duration,
+                                                         connections=32, size=size))  # fmt: skip
+                        await settle()
+                        runs["saturation"].append(await _load(url, path=stamp, rate=0, duration=duration,
+                                                              connections=connections, size=size))  # fmt: skip
+                        await settle()
+                        runs["floor"].append(await _load(url, path=hash_, rate=0, duration=duration / 2,
+                                                         connections=connections, size=size, namespace=""))  # fmt: skip
+                finally:
+                    stop.set()
+                    await server
+        finally:
+            sock.close()
+    return runs
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def run(
+    *, rate: float = 500.0, duration: float = 10.0, repeat: int = 3, connections: int = 64, size: int = 1024
+) -> dict[str, Any]:
+    from onex.runtime import tune_gc
+
+    tune_gc()  # as `onex run` does
+    runs = asyncio.run(_bench(rate, duration, repeat, connections, size))
+    fixed, saturation, floor = runs["fixed"], runs["saturation"], runs["floor"]
+    errors = sum(r["errors"] for rs in runs.values() for r in rs)
+    fixed_p95 = _median(fixed, "p95_ms")
+    saturation_rps = _median(saturation, "rps")
+    floor_rps = _median(floor, "rps")
+    result = {
+        "benchmark": "http_stamp_inprocess_sqlite",
+        "content_bytes": size,
+        "repeat": repeat,
+        "fixed_rate": {
+            "target_rps": rate,
+            "achieved_rps": _median(fixed, "rps"),
+            "p50_ms": _median(fixed, "p50_ms"),
+            "p95_ms": fixed_p95,
+            "p99_ms": _median(fixed, "p99_ms"),
+            "p95_target_ms": P95_TARGET_MS,
+            "p95_met": fixed_p95 < P95_TARGET_MS,
+        },
+        "saturation": {
+            "connections": connections,
+            "rps": saturation_rps,
+            "p50_ms": _median(saturation, "p50_ms"),
+            "p95_ms": _median(saturation, "p95_ms"),
+            "p99_ms": _median(saturation, "p99_ms"),
+            "rps_target": RPS_TARGET,
+            "rps_met": saturation_rps >= RPS_TARGET,
+        },
+        "floor_hash_no_workflow": {"rps": floor_rps, "p50_ms": _median(floor, "p50_ms")},
+        "stamp_vs_floor_ratio": round(saturation_rps / floor_rps, 3) if floor_rps else None,
+        "errors": errors,
+        "runs": runs,
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "at": datetime.now(UTC).isoformat(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "http.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    fixed, sat, floor = result["fixed_rate"], result["saturation"], result["floor_hash_no_workflow"]
+    table = Table(title=f"POST /stamp, {result['content_bytes']} B content, median of {result['repeat']} run(s)")
+    for column in ("run", "req/s", "p50 ms", "p95 ms", "p99 ms", "target", "met"):
+        table.add_column(column, justify="left" if column in ("run", "target") else "right")
+    table.add_row(f"fixed {fixed['target_rps']:g} req/s", f"{fixed['achieved_rps']:,.0f}", f"{fixed['p50_ms']:.2f}",
+                  f"{fixed['p95_ms']:.2f}", f"{fixed['p99_ms']:.2f}", f"p95 < {fixed['p95_target_ms']:g} ms",
+                  "yes" if fixed["p95_met"] else "NO")  # fmt: skip
+    table.add_row(f"saturation ({sat['connections']} conns)", f"{sat['rps']:,.0f}", f"{sat['p50_ms']:.2f}",
+                  f"{sat['p95_ms']:.2f}", f"{sat['p99_ms']:.2f}", f">= {sat['rps_target']:,.0f} req/s",
+                  "yes" if sat["rps_met"] else "NO")  # fmt: skip
+    table.add_row("floor: POST /hash (no workflow)", f"{floor['rps']:,.0f}", f"{floor['p50_ms']:.2f}", "", "", "", "")
+    Console().print(table)
+    print(f"stamp/floor ratio {result['stamp_vs_floor_ratio']}; errors {result['errors']}; "
+          f"{result['machine']['cpus']} CPU(s), load generator in a second process on the same machine")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark POST /stamp of the HTTP gateway.")
+    parser.add_argument("--rate", type=float, default=500.0, help="fixed-rate run: requests/s")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64, help="saturation run: concurrent connections")
+    parser.add_argument("--size", type=int, default=1024, help="bytes of content per request")
+    args = parser.parse_args(argv)
+    result = run(rate=args.rate, duration=args.duration, repeat=args.repeat, connections=args.connections,
+                 size=args.size)  # fmt: skip
+    _print(result)
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

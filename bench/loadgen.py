@@ -1,0 +1,179 @@
+"""A small HTTP/1.1 load generator: keep-alive connections over raw asyncio streams, one process, JSON out.
+
+Used by ``bench/http.py`` from a second process, so the load it makes does not share an event loop (or a GIL) with
+the server it measures. Two modes:
+
+- ``--rate R``: open loop. Request *i* is due at ``start + i / R`` whatever happened before; a free connection takes
+  it, and its latency is measured **from when it was due**, so a server that falls behind shows the queueing it
+  caused instead of hiding it (no coordinated omission).
+- ``--rate 0``: closed loop (saturation). Every connection sends its next request as soon as the previous response
+  arrived; latency is from send to response.
+
+Each request POSTs JSON to ``--path`` with ``--size`` bytes of distinct text (a counter in it, so no two requests
+stamp the same content). Responses are read by ``Content-Length``; anything but 200 counts as an error. Requests due
+during the first ``--warmup`` seconds are sent but not measured. Prints one JSON object:
+``{requests, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}``.
+
+    python bench/loadgen.py --url http://127.0.0.1:8053 --rate 500 --duration 10 --connections 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class Target:
+    def __init__(self, url: str, path: str, size: int, namespace: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = path
+        self.namespace = namespace
+        self.filler = "x" * max(size - 19, 0)  # "item NNNNNNNNNNNN " + filler + "\n" = size bytes
+        self.counter = itertools.count()
+
+    def request(self) -> bytes:
+        n = next(self.counter)
+        extra = f',"namespace":"{self.namespace}"' if self.namespace else ""
+        body = f'{{"content":"item {n:012d} {self.filler}\\n","file_path":"item-{n}.txt"{extra}}}'.encode()
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        return head + body
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def exchange(self, request: bytes) -> int:
+        """Send one request, read its whole response; returns the status code."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+                break
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def connect(target: Target) -> Connection:
+    reader, writer = await asyncio.open_connection(target.host, target.port, limit=1 << 20)
+    return Connection(reader, writer)
+
+
+async def run(
+    url: str, path: str, *, rate: float, duration: float, connections: int, size: int, warmup: float, namespace: str
+) -> dict[str, Any]:
+    target = Target(url, path, size, namespace)
+    pool = [await connect(target) for _ in range(connections)]
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    start = time.perf_counter()
+    measure_from = start + warmup
+    end = measure_from + duration
+
+    async def closed_loop(conn: Connection) -> None:
+        while (now := time.perf_counter()) < end:
+            status = await conn.exchange(target.request())
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append(done - now)
+                statuses[status] += 1
+
+    async def open_loop(conn: Connection, due: asyncio.Queue[float | None]) -> None:
+        while (at := await due.get()) is not None:
+            status = await conn.exchange(target.request())
+            if at >= measure_from:
+                latencies.append(time.perf_counter() - at)
+                statuses[status] += 1
+
+    try:
+        if rate <= 0:
+            await asyncio.gather(*(closed_loop(conn) for conn in pool))
+        else:
+            due: asyncio.Queue[float | None] = asyncio.Queue()
+            workers = [asyncio.create_task(open_loop(conn, due)) for conn in pool]
+            total = int((warmup + duration) * rate)
+            for i in range(total):
+                at = start + i / rate
+                delay = at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                due.put_nowait(at)
+            for _ in pool:
+                due.put_nowait(None)
+            await asyncio.gather(*workers)
+    finally:
+        for conn in pool:
+            conn.close()
+    elapsed = max(time.perf_counter() - measure_from, 1e-9) if rate <= 0 else duration
+    ms = [s * 1000 for s in latencies]
+    count = len(ms)
+    return {
+        "mode": "closed" if rate <= 0 else "open",
+        "target_rate": rate,
+        "connections": connections,
+        "requests": count,
+        "errors": count - statuses.get(200, 0),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "duration_s": round(elapsed, 3),
+        "rps": round(count / elapsed, 1),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p95_ms": round(percentile(ms, 95), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "max_ms": round(max(ms, default=0.0), 3),
+        "mean_ms": round(statistics.fmean(ms), 3) if ms else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--url", required=True, help="http://HOST:PORT of the server")
+    parser.add_argument("--path", default="/api/v1/metadata-stamping/stamp")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s (open loop); 0: as fast as possible")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--size", type=int, default=1024, help="bytes of content per request")
+    parser.add_argument("--namespace", default="bench.http", help="'' to send none (for routes that take none)")
+    args = parser.parse_args(argv)
+    result = asyncio.run(
+        run(args.url, args.path, rate=args.rate, duration=args.duration, connections=args.connections,
+            size=args.size, warmup=args.warmup, namespace=args.namespace)
+    )  # fmt: skip
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
