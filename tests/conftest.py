@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+# The repository's own `nodes` package is imported first, so it owns the name `nodes` in this process whatever order
+# tests run in; other project roots (test projects, the broken-contract corpus) get private aliases
+# (see onex.contracts). Without this, the first test to load another root would decide.
+import nodes  # noqa: F401
+
 pytest_plugins = [
     "tests.fixtures.buses",
     "tests.fixtures.stores",

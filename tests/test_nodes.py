@@ -392,14 +392,6 @@ async def test_an_effect_node_is_degraded_while_its_circuit_breaker_is_open() ->
 # --- blocked -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OnexError,
-    reason=(
-        "onex.nodes.import_object imports payload_model 'nodes.<...>' from the process-wide `nodes` package, not "
-        "from the project root's; contracts.py loads it root-aware, so the contract validates but hosting fails"
-    ),
-)
 @pytest.mark.anyio
 async def test_a_payload_model_from_the_projects_own_nodes_package_is_used() -> None:
     async with harness("guestbook") as h:

@@ -260,13 +260,6 @@ async def test_late_and_duplicate_results_are_ignored() -> None:
 # --- blocked -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "OrchestratorNode.advance skips c when its dependency a failed, then starts polish because its only "
-        "dependency (c) is SKIPPED, in the same pass, although a required step already failed the workflow"
-    ),
-)
 @pytest.mark.anyio
 async def test_no_step_starts_once_a_required_step_has_failed() -> None:
     async with assembler() as h:

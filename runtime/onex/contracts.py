@@ -718,6 +718,17 @@ def _import_object(spec: str, root: Path) -> Any:
         raise LookupError(f"module {module_name} defines no {attribute!r}") from None
 
 
+def load_payload_model(spec: str, *, root: Path) -> Any:
+    """The object a ``payload_model`` names (``nodes.<...>:Model`` under ``root``, or ``onex.<...>:Model``), imported
+    the same root-aware way as implementations; ``LookupError`` says why it cannot be had."""
+    if not _PAYLOAD_MODEL_RE.match(spec):
+        raise LookupError(f"{spec!r}: payload models must be 'nodes.<...>:Class' or 'onex.<...>:Class'")
+    try:
+        return _import_object(spec, root)
+    except ImportError as exc:
+        raise LookupError(f"cannot import {spec!r}: {exc}") from None
+
+
 def _implementation_problem(spec: str) -> str | None:
     if _IMPLEMENTATION_RE.match(spec):
         return None

@@ -78,7 +78,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onex import stamps
 from onex.client import StampClient
 from onex.contracts import NodeType
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, new_id
 from onex.exceptions import BusError, OnexError, StampError, StoreError
 from onex.files import FILE_TYPES
 from onex.runtime import Runtime
@@ -198,7 +198,7 @@ class JSONResponse(Response):
 def _metadata(request: Request) -> dict[str, Any]:
     started = request.scope.get("onex.started")
     return {
-        "request_id": request.scope.get("onex.request_id") or uuid.uuid4().hex,
+        "request_id": request.scope.get("onex.request_id") or new_id().hex,
         "api_version": API_VERSION,
         "timestamp": datetime.now(UTC).isoformat(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3) if isinstance(started, float) else None,
@@ -887,7 +887,7 @@ class _Gateway:
         if item.file_path is not None:
             payload["file_path"] = item.file_path
         try:
-            return await self.client.submit(payload)
+            return await self.client.submit(payload, correlation_id=new_id())
         except BusError as exc:
             raise ApiError(503, "bus_unavailable", f"the event bus refused the request: {exc}") from None
 
@@ -1265,7 +1265,7 @@ class _Observe:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = new_id().hex  # not uuid4(): a system call per request, and ids need not be unguessable
         scope["onex.started"] = started
         scope["onex.request_id"] = request_id
         status = 500

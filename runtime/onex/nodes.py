@@ -23,19 +23,19 @@ import asyncio
 import contextlib
 import enum
 import heapq
-import importlib
 import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
 from onex.bus import EventBus, RetryPolicy, Subscription
-from onex.contracts import Contract, EventSpec, NodeType, Step
+from onex.contracts import Contract, EventSpec, NodeType, Step, load_payload_model
 from onex.envelope import (
     NODE_HEARTBEAT,
     NODE_INTROSPECTION,
@@ -93,17 +93,6 @@ class Event(NamedTuple):
     payload: Any
 
 
-def import_object(path: str) -> Any:
-    """Import ``module:attribute``; only from the project's ``nodes`` package or the ``onex`` runtime."""
-    module_name, _, attr = path.partition(":")
-    if not attr or module_name.split(".")[0] not in ("nodes", "onex"):
-        raise OnexError(f"{path!r}: payload models must be 'nodes.<...>:Class' or 'onex.<...>:Class'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise OnexError(f"cannot import {path!r}: {exc}") from exc
-
-
 class PayloadCodec:
     """Validates one event's payloads, compiled once from the contract.
 
@@ -112,12 +101,15 @@ class PayloadCodec:
     free-form dicts.
     """
 
-    def __init__(self, spec: EventSpec) -> None:
+    def __init__(self, spec: EventSpec, *, root: Path) -> None:
         self.event_name = spec.event_name
         self.model: type[BaseModel] | None = None
         self._validator: Any = None
         if spec.payload_model:
-            model = import_object(spec.payload_model)
+            try:
+                model = load_payload_model(spec.payload_model, root=root)
+            except LookupError as exc:
+                raise OnexError(str(exc)) from None
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise OnexError(f"{spec.payload_model!r} is not a pydantic model")
             self.model = model
@@ -226,19 +218,21 @@ class Node:
         self._publications: dict[str, Publication] = {}
         self._consumed: dict[str, tuple[str, PayloadCodec]] = {}  # event name -> (topic, codec)
         for name, cls in RUNTIME_EVENTS.items():
-            self._publications[name] = Publication(name, self.topic(name, cls), _runtime_codec(name), None)
+            self._publications[name] = Publication(
+                name, self.topic(name, cls), _runtime_codec(name, settings.root), None
+            )
         events = contract.subcontracts.event_type
         for spec in events.publishes if events else ():
             self._publications[spec.event_name] = Publication(
                 spec.event_name,
                 self.topic(spec.event_name, spec.topic_class, spec.event_version),
-                PayloadCodec(spec),
+                PayloadCodec(spec, root=settings.root),
                 spec.partition_key,
             )
         for spec in events.consumes if events else ():
             self._consumed[spec.event_name] = (
                 self.topic(spec.event_name, spec.topic_class, spec.event_version),
-                PayloadCodec(spec),
+                PayloadCodec(spec, root=settings.root),
             )
         self.fsm: StateMachine | None = None
         if contract.subcontracts.fsm is not None:
@@ -544,9 +538,9 @@ class Node:
         return handle
 
 
-def _runtime_codec(event_name: str) -> PayloadCodec:
+def _runtime_codec(event_name: str, root: Path) -> PayloadCodec:
     model = _RUNTIME_MODELS[event_name]
-    return PayloadCodec(EventSpec(event_name=event_name, payload_model=f"onex.envelope:{model.__name__}"))
+    return PayloadCodec(EventSpec(event_name=event_name, payload_model=f"onex.envelope:{model.__name__}"), root=root)
 
 
 # --- kinds -------------------------------------------------------------------------------------------------------
@@ -683,12 +677,15 @@ class OrchestratorNode(Node):
         """Start every step whose dependencies finished; finish the workflow when nothing is left to run."""
         while True:
             progressed = False
+            # An optional step that fails is SKIPPED, so FAILED always means a required step: once one has failed,
+            # nothing else may start (deeper steps would otherwise see a skipped dependency and run).
+            failed = any(r.status is StepStatus.FAILED for r in workflow.steps.values())
             for run in workflow.steps.values():
                 if run.status is not StepStatus.PENDING:
                     continue
                 deps = [workflow.steps[d] for d in run.step.depends_on]
-                if any(d.status is StepStatus.FAILED for d in deps):
-                    run.status, run.error = StepStatus.SKIPPED, "a dependency failed"
+                if failed or any(d.status is StepStatus.FAILED for d in deps):
+                    run.status, run.error = StepStatus.SKIPPED, "not run: a required step failed"
                     progressed = True
                 elif all(d.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for d in deps):
                     await self._start_step(workflow, run)

@@ -137,7 +137,11 @@ class NodeRegistry(RegistryNode):
         return sorted(n.entity_id for n in self.known.values() if n.state == "alive")
 
     def expire_stale(self, now: float | None = None) -> list[str]:
-        """Mark nodes without a recent heartbeat stale; returns their ids."""
+        """Mark nodes without a recent heartbeat stale; returns their ids.
+
+        Only the state changes here: the STALE rows and the transitions are queued, and written and published by
+        the sweeper (or with the next handled batch).
+        """
         assert self.fsm is not None
         now = time.monotonic() if now is None else now
         expired = []
