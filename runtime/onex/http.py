@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import uvicorn
 from blake3 import blake3
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.applications import Starlette
@@ -259,18 +259,11 @@ def _parse(model: type[M], raw: bytes | Mapping[str, Any], *, prefix: str = "") 
 # --- request models ----------------------------------------------------------------------------------------------
 
 
-def _utf8(value: str) -> str:
-    # JSON can carry lone surrogates ("\ud800"); such text cannot be encoded, stamped or stored.
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_utf8)]
+# Strings are always valid Unicode: pydantic's JSON parser refuses a lone surrogate escape ("\ud800") as malformed
+# JSON, and form fields are decoded as strict UTF-8. So whatever passes can be encoded, stamped and stored.
+Text = str
 Namespace = Annotated[str, StringConstraints(pattern=NAMESPACE_PATTERN)]
-FilePath = Annotated[str, StringConstraints(pattern=FILE_PATH_PATTERN), AfterValidator(_utf8)]
+FilePath = Annotated[str, StringConstraints(pattern=FILE_PATH_PATTERN)]
 StampType = Literal["lightweight", "rich"]
 
 
@@ -718,6 +711,7 @@ async def _maybe_thread(size: int, fn: Callable[[], T]) -> T:
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
+_CONVERTER_RE: Final = re.compile(r"\{(\w+):\w+\}")
 _BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -733,8 +727,10 @@ class _Metrics:
         self.histograms: dict[tuple[str, str], list[float]] = {}  # bucket counts..., then sum, then count
         self.in_flight = 0
         self.outcomes: Counter[str] = Counter()
+        self._templates: dict[str, str] = {}  # Starlette's "{namespace:path}" -> "{namespace}"
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        route = self._templates.get(route) or self._templates.setdefault(route, _CONVERTER_RE.sub(r"{\1}", route))
         self.requests[(method, route, status)] += 1
         histogram = self.histograms.get((method, route))
         if histogram is None:
@@ -1293,7 +1289,7 @@ class _Observe:
                 await error_response(Request(scope), exc)(scope, receive, send_)
         finally:
             metrics.in_flight -= 1
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: bounded labels
             metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 

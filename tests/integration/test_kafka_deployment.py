@@ -51,6 +51,9 @@ WINDOW = 300  # workflows in flight at most: when 500 outcomes are in, at least 
 KILL_AFTER = 500
 HEARTBEAT_S = 0.5
 CONSUMER_QUERY = "session_timeout_ms=2000&heartbeat_interval_ms=200"
+import os
+
+DELAY = float(os.environ.get("DELAY", "0"))
 SETTLE_S = 60.0  # deadline for the store to catch up with the outcomes (the reducer closes windows every 0.5 s)
 
 
@@ -120,10 +123,20 @@ async def client_bus(kafka_bootstrap: str) -> AsyncIterator[KafkaBus]:
 
 @dataclass
 class Outcomes:
-    by_cid: dict[uuid.UUID, OnexEnvelopeV1]
-    heard: Counter[uuid.UUID]  # how often the client's on_outcome fired per workflow
-    stamped_by: Counter[str]  # STAMP_CREATED events per source instance
-    stamps_per_workflow: Counter[uuid.UUID]  # STAMP_CREATED events per workflow (>1: a command handled again)
+    """What the test process saw of a run, live while it goes on."""
+
+    by_cid: dict[uuid.UUID, OnexEnvelopeV1] = field(default_factory=dict)
+    heard: Counter[uuid.UUID] = field(default_factory=Counter)  # on_outcome calls per workflow
+    commands: int = 0  # STAMP_FILE commands published by the orchestrator
+    stamped_by: Counter[str] = field(default_factory=Counter)  # STAMP_CREATED events per source instance
+    stamps_per_workflow: Counter[uuid.UUID] = field(default_factory=Counter)  # >1: a command was handled again
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, re-checking whenever the watched topics deliver something."""
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
 
 
 async def run_workload(
@@ -135,31 +148,35 @@ async def run_workload(
 ) -> Outcomes:
     """Submit every content item (at most WINDOW in flight) and wait for every outcome.
 
-    Every STAMP_CREATED the deployment publishes meanwhile is counted, by source instance and by workflow, by a group
-    of the test's own. ``during``, if given, runs concurrently once KILL_AFTER outcomes are in, with the live counts.
-
+    A group of the test's own watches the STAMP_FILE commands and the STAMP_CREATED events meanwhile (by source
+    instance and by workflow). ``during``, if given, runs concurrently once KILL_AFTER outcomes are in, with the
+    live ``Outcomes``.
     """
     settings = Settings(root=ROOT, env=scenario.env, instance="test-client")
     contracts = load_contracts(ROOT, check_implementations=False)
-    seen = Outcomes({}, Counter(), Counter(), Counter())
-    heard, stamped_by, stamps_per_workflow = seen.heard, seen.stamped_by, seen.stamps_per_workflow
+    seen = Outcomes()
     window = asyncio.Semaphore(WINDOW)
     milestone = asyncio.Event()
 
     def on_outcome(envelope: OnexEnvelopeV1) -> None:
         assert envelope.correlation_id is not None
-        heard[envelope.correlation_id] += 1
+        seen.heard[envelope.correlation_id] += 1
+        seen.changed.set()
         window.release()
-        if heard.total() >= KILL_AFTER:
+        if seen.heard.total() >= KILL_AFTER:
             milestone.set()
 
-    async def on_stamps(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+    async def on_watched(envelopes: Sequence[OnexEnvelopeV1]) -> None:
         for envelope in envelopes:
-            stamped_by[envelope.source_instance or "?"] += 1
-            stamps_per_workflow[uuid.UUID(envelope.payload["workflow_id"])] += 1
+            if envelope.event_type == "STAMP_FILE":
+                seen.commands += 1
+            else:
+                seen.stamped_by[envelope.source_instance or "?"] += 1
+                seen.stamps_per_workflow[uuid.UUID(envelope.payload["workflow_id"])] += 1
+        seen.changed.set()
 
-    stamp_topic = topic_name("STAMP_CREATED", env=scenario.env)
-    stamp_watch = await bus.subscribe([stamp_topic], f"{scenario.env}.test-watch", batch_handler=on_stamps)
+    watched = [topic_name("STAMP_FILE", env=scenario.env, cls="cmd"), topic_name("STAMP_CREATED", env=scenario.env)]
+    watch = await bus.subscribe(watched, f"{scenario.env}.test-watch", batch_handler=on_watched)
     cids: list[uuid.UUID] = []
     try:
         async with StampClient(bus, contracts, settings, on_outcome=on_outcome) as client:
@@ -184,10 +201,9 @@ async def run_workload(
                     for cid in cids:
                         seen.by_cid[cid] = await client.outcome(cid)
                 # Each workflow's stamp was published before its outcome, but the watching group may lag behind.
-                while len(stamps_per_workflow) < len(cids):
-                    await anyio.sleep(0.05)
+                await seen.until(lambda: len(seen.stamps_per_workflow) >= len(cids))
     finally:
-        await stamp_watch.aclose()
+        await watch.aclose()
     return seen
 
 
@@ -340,12 +356,10 @@ async def test_a_stamping_effect_killed_mid_run_loses_nothing_and_stores_nothing
     outcomes_at_kill: list[int] = []
 
     async def crash_and_restart(seen: Outcomes) -> None:
-        # Strike while the effect is busy: once it is seen stamping the wave submitted after the 500th outcome, it
-        # is likely to hold commands it has not acknowledged yet (in hand, or handled and not committed).
-        instance = deployment.processes["stamping_effect"].instance
-        busy_from = seen.stamped_by[instance]
-        while seen.stamped_by[instance] == busy_from:
-            await anyio.sleep(0.001)
+        # Strike while the effect has work: as soon as the orchestrator is seen sending it new commands.
+        sent = seen.commands
+        await seen.until(lambda: seen.commands > sent)
+        await anyio.sleep(DELAY)
         victim = await deployment.kill("stamping_effect")
         killed.append(victim)
         outcomes_at_kill.append(seen.heard.total())

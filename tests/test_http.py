@@ -1,0 +1,661 @@
+"""The HTTP gateway, served by uvicorn on a free loopback port over every node on a MemoryBus and a throwaway SQLite
+store, and driven by a real HTTP client (httpx): every endpoint, both stamp types, uploads, limits and failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from onex import stamps
+from onex.http import PREFIX, create_app, openapi_document, parse_address
+from onex.runtime import Runtime
+from onex.settings import Settings
+
+from tests.fixtures.http import LiveServer, live_server
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(tmp_path_factory.mktemp("http")) as live:
+        yield live
+
+
+@pytest.fixture
+def api(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def envelope_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"status", "data", "error", "message", "metadata"}, body
+    assert body["metadata"]["api_version"] == "v1"
+    assert body["metadata"]["request_id"] == response.headers["x-request-id"]
+    return body  # type: ignore[no-any-return]
+
+
+def ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    body = envelope_of(response)
+    assert body["status"] == "success"
+    assert body["error"] is None
+    return body["data"]  # type: ignore[no-any-return]
+
+
+def failed(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = envelope_of(response)
+    assert body["status"] == "error"
+    if field is not None:
+        assert body["error"]["field"] == field, body
+    return body
+
+
+def unique(text: str) -> str:
+    return f"{text}\n# {uuid.uuid4()}\n"
+
+
+# --- /stamp ---------------------------------------------------------------------------------------------------------
+
+
+def test_stamp_json_lightweight_returns_the_stamped_content_its_hash_and_the_workflow(api: httpx.Client) -> None:
+    content = unique("print('hello')")
+    data = ok(api.post("/stamp", json={"content": content, "file_path": "src/hello.py", "namespace": "t.light"}))
+    stamped = data["stamped_content"]
+    assert stamped.endswith(content)
+    assert stamped.startswith("# ONEX:uid=")
+    assert data["status"] == "stamped"
+    assert data["stamp_type"] == "lightweight"
+    assert data["hash"] == stamps.hash_bytes(content.encode()) == data["stamp"]["hash"]
+    assert stamps.verify_bytes(stamped.encode(), file_name="hello.py").status == "valid"
+    assert uuid.UUID(data["workflow_id"])
+    assert (data["file_path"], data["file_type"], data["namespace"]) == ("src/hello.py", "code", "t.light")
+    assert data["file_size"] == len(content.encode())
+
+
+def test_stamp_json_rich_writes_a_metadata_block_that_conforms_to_the_protocol(api: httpx.Client) -> None:
+    content = unique("SELECT 1;")
+    body = {"content": content, "file_path": "q.sql", "namespace": "t.rich", "options": {"stamp_type": "rich"}}
+    data = ok(api.post("/stamp", json=body))
+    assert data["stamp_type"] == "rich"
+    assert "-- === OmniNode:Metadata ===" in data["stamped_content"]
+    assert data["stamp"]["namespace"] == "t.rich"
+    check = ok(api.post("/validate-protocol", json={"content": data["stamped_content"], "file_path": "q.sql"}))
+    assert check["valid"], check["issues"]
+    assert check["source"] == "content"
+
+
+def test_stamp_multipart_upload_takes_its_name_from_the_file(api: httpx.Client) -> None:
+    content = unique("x = 1").encode()
+    response = api.post(
+        "/stamp",
+        files={"file": ("upload.py", content, "text/x-python")},
+        data={"namespace": "t.up", "stamp_type": "rich"},
+    )
+    data = ok(response)
+    assert data["file_path"] == "upload.py"
+    assert data["stamp_type"] == "rich"
+    assert data["namespace"] == "t.up"
+    assert data["stamped_content"].encode().endswith(content)
+
+
+def test_stamping_stamped_content_again_changes_nothing(api: httpx.Client) -> None:
+    first = ok(api.post("/stamp", json={"content": unique("a: 1"), "file_path": "c.yaml"}))
+    again = ok(api.post("/stamp", json={"content": first["stamped_content"], "file_path": "c.yaml"}))
+    assert again["status"] == "unchanged"
+    assert again["stamped_content"] == first["stamped_content"]
+    assert again["stamp"]["uid"] == first["stamp"]["uid"]
+
+
+def test_content_without_comments_gets_a_sidecar_and_is_returned_as_is(api: httpx.Client) -> None:
+    content = json.dumps({"k": str(uuid.uuid4())})
+    data = ok(api.post("/stamp", json={"content": content, "file_path": "data.json"}))
+    assert data["stamp_type"] == "sidecar"
+    assert data["stamped_content"] == content
+    sidecar = data["sidecar"].encode()
+    assert stamps.verify_bytes(content.encode(), file_name="data.json", sidecar=sidecar).status == "valid"
+
+
+def test_content_that_cannot_be_stamped_fails_its_workflow_with_422(api: httpx.Client) -> None:
+    never_closed = "---\n" + "key: value\n" * 2000  # front matter longer than a stamp may be pushed down by
+    body = failed(api.post("/stamp", json={"content": never_closed, "file_path": "long.md"}), 422)
+    assert body["error"]["code"] == "workflow_failed"
+    assert body["data"]["state"] == "failed"
+    assert "cannot place a stamp" in body["message"]
+
+
+# --- input errors --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"namespace": "ns"}, "content"),
+        ({"content": 5}, "content"),
+        ({"content": "x", "options": {"stamp_type": "heavy"}}, "options.stamp_type"),
+        ({"content": "x", "colour": "red"}, "colour"),
+        ({"content": "x", "namespace": "has space"}, "namespace"),
+        ({"content": "x", "namespace": "semi;colon"}, "namespace"),
+        ({"content": "x", "namespace": ""}, "namespace"),
+        ({"content": "x", "file_path": "a\nb.py"}, "file_path"),
+        ({"content": "\ud800"}, "body"),  # a lone surrogate is not text: pydantic's JSON parser refuses it
+    ],
+)
+def test_a_body_that_breaks_the_schema_is_422_naming_the_field(
+    api: httpx.Client, body: dict[str, Any], field: str
+) -> None:
+    # json.dumps escapes a lone surrogate as \ud800, as a client in another language might send it
+    raw = json.dumps(body).encode()
+    response = failed(api.post("/stamp", content=raw, headers={"content-type": "application/json"}), 422, field)
+    assert response["error"]["code"] == "validation_error"
+    assert response["message"].startswith(f"{field}: ")
+
+
+def test_malformed_json_is_422(api: httpx.Client) -> None:
+    body = failed(api.post("/stamp", content=b'{"content": "x",', headers={"content-type": "application/json"}), 422)
+    assert body["error"]["field"] == "body"
+    assert "malformed JSON" in body["message"]
+
+
+def test_a_binary_upload_is_refused_rather_than_mangled(api: httpx.Client) -> None:
+    failed(api.post("/stamp", files={"file": ("a.py", b"\xff\xfe\x00binary")}), 422, "file")
+
+
+def test_an_unknown_form_field_is_422(api: httpx.Client) -> None:
+    failed(api.post("/stamp", files={"file": ("a.py", b"x")}, data={"colour": "red"}), 422, "colour")
+
+
+def test_a_truncated_multipart_body_is_422(api: httpx.Client) -> None:
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.py"\r\n\r\nprint(1)\n'
+    response = api.post("/stamp", content=body, headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    failed(response, 422, "body")
+
+
+def test_an_unsupported_content_type_is_415(api: httpx.Client) -> None:
+    failed(api.post("/stamp", content=b"x", headers={"content-type": "text/plain"}), 415, "content-type")
+
+
+def test_unknown_routes_and_methods_answer_in_the_envelope(api: httpx.Client) -> None:
+    assert failed(api.get("/nope"), 404)["error"]["code"] == "not_found"
+    assert failed(api.get("/stamp"), 405)["error"]["code"] == "method_not_allowed"
+
+
+# --- /validate and /hash -------------------------------------------------------------------------------------------
+
+
+def test_validate_reports_valid_modified_and_unstamped(api: httpx.Client) -> None:
+    stamped, _ = stamps.stamp_bytes(b"print(1)\n", file_name="v.py")
+    cases = {"valid": stamped, "modified": stamped + b"print(2)\n", "unstamped": b"print(3)\n"}
+    for status, content in cases.items():
+        data = ok(api.post("/validate", json={"content": content.decode(), "file_path": "v.py"}))
+        (result,) = data["results"]
+        assert result["status"] == status
+        assert data["summary"][status] == 1
+        assert (result["stamp"] is None) == (status == "unstamped")
+
+
+def test_validate_checks_each_uploaded_file(api: httpx.Client) -> None:
+    stamped, _ = stamps.stamp_bytes(b"x = 1\n", file_name="a.py")
+    files = [("file", ("a.py", stamped)), ("file", ("b.py", stamped + b"y = 2\n")), ("file", ("c.py", b"z = 3\n"))]
+    data = ok(api.post("/validate", files=files))
+    assert [(r["file_path"], r["status"]) for r in data["results"]] == [
+        ("a.py", "valid"),
+        ("b.py", "modified"),
+        ("c.py", "unstamped"),
+    ]
+
+
+def test_validate_checks_a_sidecar_against_its_content(api: httpx.Client) -> None:
+    content = b'{"a": 1}'
+    _, stamp = stamps.stamp_bytes(content, file_name="d.json")
+    sidecar = stamps.render_sidecar(stamp).decode()
+    data = ok(api.post("/validate", json={"content": content.decode(), "file_path": "d.json", "sidecar": sidecar}))
+    assert data["results"][0]["status"] == "valid"
+
+
+def test_hash_is_blake3_of_the_content_without_its_stamp(api: httpx.Client) -> None:
+    plain = b"print('hash me')\n"
+    stamped, _ = stamps.stamp_bytes(plain, file_name="h.py")
+    data = ok(api.post("/hash", json={"content": stamped.decode(), "file_path": "h.py"}))
+    assert data["hash"] == stamps.hash_bytes(plain)
+    assert data["stamp_removed"] is True
+    assert data["size"] == len(plain)
+    assert data["algorithm"] == "blake3"
+
+
+def test_hash_streams_a_large_upload_and_agrees_with_hash_file(api: httpx.Client, tmp_path: Path) -> None:
+    big = tmp_path / "big.py"
+    body = b"".join(b"line %08d = %r\n" % (i, i * 7) for i in range(150_000))  # ~3.5 MiB, larger than the head
+    stamped, _ = stamps.stamp_bytes(body, file_name="big.py", rich=True)
+    big.write_bytes(stamped)
+    with big.open("rb") as f:
+        data = ok(api.post("/hash", files={"file": ("big.py", f)}))
+    assert data["hash"] == stamps.hash_file(big) == stamps.hash_bytes(body)
+    assert data["received_bytes"] == len(stamped)
+    assert data["size"] == len(body)
+    assert data["file_path"] == "big.py"
+
+
+def test_hash_takes_exactly_one_file_part(api: httpx.Client) -> None:
+    failed(api.post("/hash", files=[("file", ("a", b"1")), ("file", ("b", b"2"))]), 422, "file")
+    failed(api.post("/hash", files={"other": ("a", b"1")}), 422, "other")
+
+
+# --- /validate-protocol --------------------------------------------------------------------------------------------
+
+
+def rich(content: bytes, name: str = "p.py") -> bytes:
+    return stamps.stamp_bytes(content, file_name=name, rich=True, namespace="t.proto")[0]
+
+
+def issues_of(api: httpx.Client, **body: Any) -> dict[str, str]:
+    data = ok(api.post("/validate-protocol", json=body))
+    assert data["valid"] is (not data["issues"])
+    return {i["field"]: i["code"] for i in data["issues"]}
+
+
+def test_validate_protocol_accepts_a_fresh_rich_block(api: httpx.Client) -> None:
+    assert issues_of(api, content=rich(b"a = 1\n").decode(), file_path="p.py") == {}
+
+
+def test_validate_protocol_finds_a_hash_and_size_that_do_not_match_the_content(api: httpx.Client) -> None:
+    tampered = rich(b"a = 1\n").decode() + "b = 2\n"
+    assert issues_of(api, content=tampered, file_path="p.py") == {"hash": "mismatch", "size": "mismatch"}
+
+
+def test_validate_protocol_needs_a_rich_block(api: httpx.Client) -> None:
+    light, _ = stamps.stamp_bytes(b"a = 1\n", file_name="p.py")
+    assert issues_of(api, content=light.decode(), file_path="p.py") == {"content": "not_rich"}
+    assert issues_of(api, content="a = 1\n", file_path="p.py") == {"content": "missing"}
+
+
+def test_validate_protocol_checks_every_required_field_and_the_versions(api: httpx.Client) -> None:
+    content = "x\n"
+    metadata = {
+        "metadata_version": "9.0.0",
+        "protocol_version": "one",
+        "name": "",
+        "namespace": "bad namespace",
+        "uuid": "not-a-uuid",
+        "created_at": "2026-01-02T00:00:00+00:00",
+        "last_modified_at": "2026-01-01T00:00:00",
+        "hash": stamps.hash_bytes(content.encode()),
+        "file_type": "spreadsheet",
+        "size": 2,
+    }
+    assert issues_of(api, content=content, metadata=metadata) == {
+        "author": "missing",
+        "metadata_version": "unsupported",
+        "protocol_version": "format",
+        "name": "type",
+        "namespace": "format",
+        "uuid": "format",
+        "last_modified_at": "format",
+        "file_type": "unknown",
+    }
+
+
+def test_validate_protocol_checks_a_sidecar(api: httpx.Client) -> None:
+    content = b"a,b\n1,2\n"
+    _, stamp = stamps.stamp_bytes(content, file_name="t.csv")
+    sidecar = stamps.render_sidecar(stamp).decode()
+    assert issues_of(api, content=content.decode(), file_path="t.csv", sidecar=sidecar) == {}
+    assert issues_of(api, content="changed content\n", file_path="t.csv", sidecar=sidecar) == {
+        "hash": "mismatch",
+        "size": "mismatch",
+    }
+
+
+# --- reads from the store ------------------------------------------------------------------------------------------
+
+
+def test_a_stamp_is_found_by_its_hash_once_persisted(server: LiveServer, api: httpx.Client) -> None:
+    data = ok(api.post("/stamp", json={"content": unique("k = 'v'"), "file_path": "k.py", "namespace": "t.get"}))
+    server.settle()
+    found = ok(api.get(f"/stamp/{data['hash'].upper()}"))
+    assert found["file_hash"] == data["hash"]
+    (record,) = found["stamps"]
+    assert record["workflow_id"] == data["workflow_id"]
+    assert (record["namespace"], record["file_path"], record["stamp_type"]) == ("t.get", "k.py", "lightweight")
+
+
+def test_an_unknown_hash_is_404_and_a_malformed_one_422(api: httpx.Client) -> None:
+    assert failed(api.get(f"/stamp/{'0' * 64}"), 404, "file_hash")["error"]["code"] == "not_found"
+    failed(api.get("/stamp/xyz"), 422, "file_hash")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll for something a timer produces (the reducer flushes aggregates every 500 ms)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_namespace_pages_through_its_stamps_and_shows_its_aggregates(server: LiveServer, api: httpx.Client) -> None:
+    namespace = f"t/page:{uuid.uuid4().hex[:8]}"
+    for i in range(5):
+        ok(api.post("/stamp", json={"content": unique(f"n = {i}"), "file_path": f"n{i}.py", "namespace": namespace}))
+    server.settle()
+    first = ok(api.get(f"/namespace/{namespace}", params={"limit": 2}))
+    assert len(first["stamps"]) == 2
+    assert first["pagination"] == {"limit": 2, "offset": 0, "count": 2, "next_offset": 2}
+    last = ok(api.get(f"/namespace/{namespace}", params={"limit": 2, "offset": 4}))
+    assert [s["file_path"] for s in last["stamps"]] == ["n4.py"]
+    assert last["pagination"]["next_offset"] is None
+    paths = [
+        s["file_path"]
+        for page in (0, 2, 4)
+        for s in ok(api.get(f"/namespace/{namespace}?limit=2&offset={page}"))["stamps"]
+    ]
+    assert paths == [f"n{i}.py" for i in range(5)]
+
+    def aggregated() -> bool:
+        aggregates = ok(api.get(f"/namespace/{namespace}"))["aggregates"]
+        return aggregates is not None and aggregates["total_items_aggregated"] == 5
+
+    wait_until(aggregated)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/namespace/has%20space", "namespace"),
+        ("/namespace/ok?limit=0", "limit"),
+        ("/namespace/ok?limit=1001", "limit"),
+        ("/namespace/ok?limit=ten", "limit"),
+        ("/namespace/ok?offset=-1", "offset"),
+        ("/namespace/ok?offset=99999999999999999999999", "offset"),
+    ],
+)
+def test_namespace_parameters_are_checked(api: httpx.Client, path: str, field: str) -> None:
+    failed(api.get(path), 422, field)
+
+
+def test_an_empty_namespace_is_an_empty_page(api: httpx.Client) -> None:
+    data = ok(api.get(f"/namespace/t.empty.{uuid.uuid4().hex}"))
+    assert data["stamps"] == []
+    assert data["aggregates"] is None
+
+
+# --- /batch --------------------------------------------------------------------------------------------------------
+
+
+def test_batch_reports_each_item_and_partial_success(api: httpx.Client) -> None:
+    items = [
+        {"content": unique("a = 1"), "file_path": "a.py", "namespace": "t.batch"},
+        {"content": "x", "namespace": "bad namespace!"},
+        {"content": unique("b = 2"), "file_path": "b.py", "options": {"stamp_type": "rich"}},
+        {"content": "---\n" + "k: v\n" * 2000, "file_path": "long.md"},
+        "not an object",
+    ]
+    response = api.post("/batch", json={"items": items})
+    assert response.status_code == 200, response.text
+    body = envelope_of(response)
+    assert body["status"] == "partial"
+    results = body["data"]["items"]
+    assert [r["status"] for r in results] == ["success", "error", "success", "error", "error"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert results[0]["data"]["stamp_type"] == "lightweight"
+    assert results[2]["data"]["stamp_type"] == "rich"
+    assert results[1]["error"]["field"] == "items.1.namespace"
+    assert results[3]["error"]["code"] == "workflow_failed"
+    assert results[4]["error"]["field"] == "items.4"
+    assert body["data"]["summary"] == {"total": 5, "succeeded": 2, "failed": 3}
+
+
+def test_a_batch_where_every_item_succeeds_is_a_success(api: httpx.Client) -> None:
+    items = [{"content": unique(f"i = {i}"), "file_path": f"i{i}.py"} for i in range(10)]
+    body = envelope_of(api.post("/batch", json={"items": items}))
+    assert body["status"] == "success"
+    assert len({r["data"]["workflow_id"] for r in body["data"]["items"]}) == 10
+
+
+def test_a_batch_where_no_item_succeeds_is_422(api: httpx.Client) -> None:
+    body = failed(api.post("/batch", json={"items": [{"content": 1}, {}]}), 422, "items")
+    assert [r["status"] for r in body["data"]["items"]] == ["error", "error"]
+
+
+def test_a_batch_over_the_limit_or_empty_is_422(api: httpx.Client) -> None:
+    failed(api.post("/batch", json={"items": [{"content": "x"}] * 101}), 422, "items")
+    failed(api.post("/batch", json={"items": []}), 422, "items")
+
+
+# --- health, metrics, OpenAPI --------------------------------------------------------------------------------------
+
+
+def test_health_reports_bus_store_registry_and_nodes(server: LiveServer, api: httpx.Client) -> None:
+    data = ok(api.get("/health"))
+    assert data["status"] == "ok"
+    assert data["bus"] == {"status": "ok", "state": "running"}
+    assert data["store"]["status"] == "ok"
+    assert data["registry"]["status"] == "ok"
+    assert {n["name"] for n in data["nodes"]} == {
+        "database_adapter_effect", "orchestrator", "reducer", "registry", "stamping_effect",
+    }  # fmt: skip
+    assert all(n["health"] == "HEALTHY" for n in data["nodes"])
+
+
+def test_metrics_count_requests_latencies_workflows_and_the_bus(api: httpx.Client) -> None:
+    ok(api.post("/stamp", json={"content": unique("m = 1"), "file_path": "m.py"}))
+    ok(api.get("/namespace/t.metrics"))
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    stamp_route = f'method="POST",route="{PREFIX}/stamp"'
+    assert re.search(rf'onex_http_requests_total\{{{stamp_route},status="200"\}} [1-9]', text)
+    assert re.search(rf'onex_http_request_duration_seconds_bucket\{{{stamp_route},le="\+Inf"\}} [1-9]', text)
+    assert f"onex_http_request_duration_seconds_count{{{stamp_route}}}" in text
+    assert f'route="{PREFIX}/namespace/{{namespace}}"' in text  # the template, without Starlette's converter
+    assert ":path}" not in text
+    assert re.search(r'onex_http_workflows_total\{outcome="completed"\} [1-9]', text)
+    assert re.search(r'onex_workflows\{node="orchestrator",state="completed"\} [1-9]', text)
+    for name in ("onex_bus_dead_lettered_total", "onex_bus_buffered", "onex_bus_published_total"):
+        assert re.search(rf"^{name} \d+$", text, re.MULTILINE), name
+    # Every sample line is "name{labels} value" or "name value": the exposition format.
+    sample = re.compile(r'[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? [0-9.e+-]+')
+    for line in text.splitlines():
+        assert line.startswith("#") or sample.fullmatch(line), line
+
+
+def test_the_openapi_document_is_served_at_both_paths_and_lists_every_route(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        prefixed = client.get(f"{PREFIX}/openapi.json").json()
+        root = client.get("/openapi.json").json()
+    assert prefixed == root == openapi_document()
+    assert set(prefixed["paths"]) == {
+        f"{PREFIX}{p}" for p in (
+            "/stamp", "/validate", "/hash", "/stamp/{file_hash}", "/batch", "/namespace/{namespace}",
+            "/validate-protocol", "/health", "/metrics",
+        )
+    }  # fmt: skip
+
+
+# --- limits, timeouts, auth, degraded health (servers of their own) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(tmp_path_factory.mktemp("small"), max_body=64 * 1024, max_stream=4 * 1024 * 1024) as live:
+        yield live
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_read(small: LiveServer) -> None:
+    host, port = parse_address(small.url.removeprefix("http://"))
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {PREFIX}/stamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {1 << 30}\r\n\r\n".encode()
+        )  # and not one byte of the gigabyte announced
+        response = b""
+        while b"\r\n\r\n" not in response or not response.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, response
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 413 "), response[:100]
+    assert b'"payload_too_large"' in response
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_limit(small: LiveServer) -> None:
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'{"content": "'
+        for _ in range(64):
+            sent += 4096
+            yield b"x" * 4096
+        yield b'"}'
+
+    with small.client() as client:
+        response = client.post("/stamp", content=chunks(), headers={"content-type": "application/json"})
+    failed(response, 413, "body")
+
+
+def test_the_limit_applies_to_uploads_but_hash_streams_past_it(small: LiveServer) -> None:
+    big = b"y = 1\n" * 50_000  # 300 KB: over the 64 KiB body limit, under the 4 MiB stream limit
+    with small.client() as client:
+        failed(client.post("/stamp", files={"file": ("y.py", big)}), 413, "body")
+        assert ok(client.post("/hash", files={"file": ("y.py", big)}))["hash"] == stamps.hash_bytes(big)
+        failed(client.post("/hash", files={"file": ("y.py", big * 20)}), 413, "body")
+
+
+def test_a_workflow_that_does_not_complete_in_time_is_504_and_keeps_running(tmp_path: Path) -> None:
+    with live_server(tmp_path, timeout_s=0.0) as live, live.client() as client:
+        body = failed(client.post("/stamp", json={"content": "late = 1\n", "file_path": "late.py"}), 504)
+        assert body["error"]["code"] == "workflow_timeout"
+        cid = uuid.UUID(body["data"]["workflow_id"])
+        live.settle()
+        workflow = live.call(live.runtime.store.get_workflow(cid))
+        assert workflow is not None
+        assert workflow.current_state == "completed"
+        late_hash = stamps.hash_bytes(b"late = 1\n")
+        assert ok(client.get(f"/stamp/{late_hash}"))["stamps"][0]["workflow_id"] == str(cid)
+        # The gateway dropped the late outcome instead of keeping it.
+        assert ok(client.get("/health"))["gateway"]["pending_workflows"] == 0
+        assert 'onex_http_workflows_total{outcome="timed_out"} 1' in client.get("/metrics").text
+
+
+def test_an_api_key_guards_every_route_but_health_and_the_document(tmp_path: Path) -> None:
+    with live_server(tmp_path, api_key="s3cret") as live, live.client() as client:
+        for method, path in (("POST", "/stamp"), ("GET", "/metrics"), ("GET", f"/stamp/{'0' * 64}"),
+                             ("GET", "/namespace/x"), ("POST", "/hash"), ("GET", "/nowhere")):  # fmt: skip
+            response = client.request(method, path, json={"content": "x"})
+            assert failed(response, 401, "authorization")["error"]["code"] == "unauthorized"
+            assert response.headers["www-authenticate"] == "Bearer"
+        failed(client.get("/metrics", headers={"authorization": "Bearer wrong"}), 401)
+        failed(client.get("/metrics", headers={"authorization": "Basic s3cret"}), 401)
+        assert client.get("/metrics", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        data = ok(client.post("/hash", json={"content": "x"}, headers={"authorization": "bearer s3cret"}))
+        assert data["hash"] == stamps.hash_bytes(b"x")
+        health = ok(client.get("/health"))
+        assert "detail" not in health["store"]  # file names only for callers with the key
+        assert "detail" in ok(client.get("/health", headers={"authorization": "Bearer s3cret"}))["store"]
+        document = client.get("/openapi.json").json()
+        assert document["paths"][f"{PREFIX}/stamp"]["post"]["security"] == [{"bearerAuth": []}]
+        assert document["paths"][f"{PREFIX}/health"]["get"]["security"] == []
+
+
+def test_health_is_503_while_the_store_is_down(tmp_path: Path) -> None:
+    with live_server(tmp_path) as live, live.client() as client:
+        ok(client.get("/health"))
+        live.call(live.runtime.store.aclose())
+        try:
+            body = failed(client.get("/health"), 503)
+            assert body["data"]["status"] == "degraded"
+            assert body["data"]["store"]["status"] == "down"
+            assert body["data"]["registry"]["status"] == "unknown"
+            assert body["error"]["details"] == [{"component": "store"}]
+            failed(client.get(f"/stamp/{'0' * 64}"), 503)
+        finally:
+            live.call(live.runtime.store.open())
+        ok(client.get("/health"))
+
+
+# --- the pieces, without a server -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("127.0.0.1:8053", ("127.0.0.1", 8053)), (":8053", ("127.0.0.1", 8053)), ("[::1]:80", ("::1", 80))],
+)
+def test_parse_address(address: str, expected: tuple[str, int]) -> None:
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["8053", "host:", "host:port", "127.0.0.1:70000"])
+def test_parse_address_refuses_what_is_not_host_port(address: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_address(address)
+
+
+@pytest.mark.anyio
+async def test_create_app_needs_a_client_that_keeps_stamps(tmp_path: Path) -> None:
+    from onex.client import StampClient
+
+    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db")
+    async with Runtime(settings.with_(heartbeat_interval_s=0), nodes=[]) as runtime:
+        client = StampClient(runtime.bus, runtime.contracts, settings)
+        with pytest.raises(ValueError, match="keep_stamps"):
+            create_app(runtime, client, settings)
+
+
+# --- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def onex_command() -> list[str]:
+    script = Path(sys.executable).with_name("onex")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "onex.cli"]
+
+
+def test_onex_run_http_serves_the_api_until_sigterm(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")} | {"COLUMNS": "300"}
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*onex_command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{tmp_path}/onex.db",
+             "--http", "127.0.0.1:0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=out,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not (match := re.search(r"HTTP API on (http://127\.0\.0\.1:\d+)", log.read_text())):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            with httpx.Client(base_url=match.group(1) + PREFIX, timeout=30) as client:
+                data = ok(client.post("/stamp", json={"content": "cli = 1\n", "file_path": "cli.py"}))
+                assert data["hash"] == stamps.hash_bytes(b"cli = 1\n")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "stopped" in log.read_text()
+
+
+def test_onex_run_http_refuses_a_bad_address(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*onex_command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{tmp_path}/onex.db", "--http", "nope"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "HOST:PORT" in result.stderr
