@@ -5,17 +5,14 @@ store, and driven by a real HTTP client (httpx): every endpoint, both stamp type
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -24,10 +21,9 @@ from onex.http import PREFIX, create_app, openapi_document, parse_address
 from onex.runtime import Runtime
 from onex.settings import Settings
 
-from tests.fixtures.http import LiveServer, live_server
+from tests.fixtures.http import LiveServer, live_server, onex_command, onex_run_http
 
 ROOT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -620,36 +616,13 @@ async def test_create_app_needs_a_client_that_keeps_stamps(tmp_path: Path) -> No
 # --- the CLI -------------------------------------------------------------------------------------------------------
 
 
-def onex_command() -> list[str]:
-    script = Path(sys.executable).with_name("onex")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "onex.cli"]
-
-
 def test_onex_run_http_serves_the_api_until_sigterm(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")} | {"COLUMNS": "300"}
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*onex_command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{tmp_path}/onex.db",
-             "--http", "127.0.0.1:0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=out,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 60
-            while not (match := re.search(r"HTTP API on (http://127\.0\.0\.1:\d+)", log.read_text())):
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-            with httpx.Client(base_url=match.group(1) + PREFIX, timeout=30) as client:
-                data = ok(client.post("/stamp", json={"content": "cli = 1\n", "file_path": "cli.py"}))
-                assert data["hash"] == stamps.hash_bytes(b"cli = 1\n")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert "stopped" in log.read_text()
+    with onex_run_http(tmp_path) as cli, httpx.Client(base_url=cli.url + PREFIX, timeout=30) as client:
+        data = ok(client.post("/stamp", json={"content": "cli = 1\n", "file_path": "cli.py"}))
+        assert data["hash"] == stamps.hash_bytes(b"cli = 1\n")
+        assert ok(client.get("/health"))["status"] == "ok"
+    assert "draining..." in cli.log.read_text()
+    assert cli.log.read_text().rstrip().endswith("stopped")
 
 
 def test_onex_run_http_refuses_a_bad_address(tmp_path: Path) -> None:

@@ -451,10 +451,16 @@ async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:
     try:
         await asyncio.wait(tasks)
     except asyncio.CancelledError:
-        # Whoever waits is being cancelled (a shutdown timeout): do not leave workers behind.
-        for task in tasks:
-            task.cancel()
-        raise
+        # Whoever waits is being cancelled (a shutdown deadline): cancel the workers too, and wait until they have
+        # put their unacknowledged messages back, however often the cancellation is repeated (anyio repeats it).
+        while True:
+            for task in tasks:
+                task.cancel()
+            try:
+                await asyncio.wait(tasks)
+            except asyncio.CancelledError:
+                continue
+            raise
 
 
 class MemoryBus(EventBus):

@@ -29,6 +29,7 @@ Issue codes (``ContractIssue.code``)::
     implementation-forbidden   ``implementation`` outside the project's ``nodes`` package (checked always)
     implementation-missing     the implementation module or class cannot be imported
     handler-missing            a consumes handler, entry/exit action or transition action the class lacks
+    steps                      an orchestrator's ``config.steps``: a malformed step, an unknown dependency, a cycle
     event-unpublished          a consumed event (name, version) that no contract in the set publishes
     duplicate-version          two contracts with one (name, version), reported at the second
 
@@ -301,7 +302,7 @@ ISSUE_CODES: frozenset[str] = (
     | frozenset({"fsm-no-initial", "fsm-undeclared-state", "fsm-duplicate-state", "fsm-unreachable"})
     | frozenset({"fsm-terminal-outgoing", "fsm-condition", "routing-condition", "event-payload"})
     | frozenset({"implementation-forbidden", "implementation-missing", "handler-missing"})
-    | frozenset({"event-unpublished", "duplicate-version"})
+    | frozenset({"event-unpublished", "duplicate-version", "steps"})
 )
 
 
@@ -1146,6 +1147,8 @@ class _Session:
             subcontract = getattr(contract.subcontracts, kind)
             if subcontract is not None:
                 self.check_subcontract(subcontract, where.child("subcontracts", kind))
+        if contract.node_type is NodeType.ORCHESTRATOR and "steps" in contract.config:
+            self.check_steps(contract.config["steps"], where.child("config", "steps"))
         spec = contract.implementation_path
         spec_pos = where.at("implementation" if contract.implementation else "name")
         problem = _implementation_problem(spec)
@@ -1161,6 +1164,28 @@ class _Session:
             self.report(spec_pos, "implementation-missing", f"implementation {spec}{derived} not found: {exc}")
             return
         self.check_handlers(contract, cls, where)
+
+    def check_steps(self, raw: Any, where: _Where) -> None:
+        """An orchestrator's ``config.steps``: each a valid step, dependencies known, no cycle."""
+        from onex.exceptions import OnexError
+        from onex.nodes import plan_stages  # nodes imports this module; the planner lives with the step engine
+
+        if not isinstance(raw, list):
+            self.report(where.at(), "steps", "config.steps must be a list of steps")
+            return
+        steps: list[Step] = []
+        for index, item in enumerate(raw):
+            try:
+                steps.append(Step.model_validate(item))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first["loc"])
+                self.report(where.at(index, *first["loc"]), "steps", f"step {index}: {field}: {first['msg']}")
+        if len(steps) == len(raw):
+            try:
+                plan_stages(steps)
+            except OnexError as exc:
+                self.report(where.at(), "steps", str(exc))
 
     def check_fsm(self, fsm: FsmSubcontract, where: _Where) -> None:
         declared: dict[str, int] = {}

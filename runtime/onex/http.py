@@ -53,6 +53,8 @@ import dataclasses
 import hmac
 import ipaddress
 import json
+import os
+import random
 import re
 import socket
 import time
@@ -78,11 +80,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onex import stamps
 from onex.client import StampClient
 from onex.contracts import NodeType
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, new_id
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1
 from onex.exceptions import BusError, OnexError, StampError, StoreError
 from onex.files import FILE_TYPES
 from onex.runtime import Runtime
 from onex.settings import Settings
+from onex.store import StoreHealth
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks  # a TypedDict defined for type checkers only
@@ -137,6 +140,19 @@ _REQUIRED_FIELDS: Final = (
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+
+# Request and workflow ids: random, unique, not secret. Not uuid4(), which costs a system call per id, and not the
+# global `random`, which anyone may reseed (Hypothesis does, for every example it runs): a reseeded generator
+# repeats its ids, and the orchestrator ignores a request whose correlation id it has seen. Reseeded in a forked
+# child, which would otherwise repeat its parent's sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def _new_id() -> uuid.UUID:
+    return uuid.UUID(int=_ids.getrandbits(128), version=4)
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -198,7 +214,7 @@ class JSONResponse(Response):
 def _metadata(request: Request) -> dict[str, Any]:
     started = request.scope.get("onex.started")
     return {
-        "request_id": request.scope.get("onex.request_id") or new_id().hex,
+        "request_id": request.scope.get("onex.request_id") or _new_id().hex,
         "api_version": API_VERSION,
         "timestamp": datetime.now(UTC).isoformat(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3) if isinstance(started, float) else None,
@@ -403,13 +419,13 @@ class _FormReader:
         }
         try:
             self._parser = MultipartParser(boundary, callbacks)
-        except (MultipartParseError, ValueError) as exc:
+        except ValueError as exc:
             raise ApiError(422, "validation_error", f"bad multipart boundary: {exc}", field="content-type") from None
 
     def feed(self, chunk: bytes) -> list[_FormEvent]:
         try:
             self._parser.write(chunk)
-        except MultipartParseError as exc:
+        except ValueError as exc:  # python-multipart's errors (MultipartParseError...) are ValueErrors
             raise ApiError(422, "validation_error", f"malformed multipart body: {exc}", field="body") from None
         events, self.events = self.events, []
         return events
@@ -711,6 +727,7 @@ async def _maybe_thread(size: int, fn: Callable[[], T]) -> T:
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _CONVERTER_RE: Final = re.compile(r"\{(\w+):\w+\}")
 _BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -883,7 +900,7 @@ class _Gateway:
         if item.file_path is not None:
             payload["file_path"] = item.file_path
         try:
-            return await self.client.submit(payload, correlation_id=new_id())
+            return await self.client.submit(payload, correlation_id=_new_id())
         except BusError as exc:
             raise ApiError(503, "bus_unavailable", f"the event bus refused the request: {exc}") from None
 
@@ -1183,7 +1200,10 @@ class _Gateway:
     async def health(self, request: Request) -> Response:
         state = _bus_state(self.runtime.bus)
         bus = {"status": "ok" if state == "running" else "down", "state": state}
-        store_health = await self.runtime.store.health()
+        try:
+            store_health = await self.runtime.store.health()
+        except (StoreError, OSError) as exc:
+            store_health = StoreHealth("down", str(exc))
         # The store's detail names files and hosts: shown only to callers who could read everything else.
         store: dict[str, Any] = {"status": store_health.status, "queued_writes": store_health.queued_writes}
         if self.authorized(request.headers):
@@ -1261,7 +1281,7 @@ class _Observe:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = new_id().hex  # not uuid4(): a system call per request, and ids need not be unguessable
+        request_id = _new_id().hex
         scope["onex.started"] = started
         scope["onex.request_id"] = request_id
         status = 500
@@ -1289,8 +1309,10 @@ class _Observe:
                 await error_response(Request(scope), exc)(scope, receive, send_)
         finally:
             metrics.in_flight -= 1
-            route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: bounded labels
-            metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+            # Label values must stay few: the route's template, never the path; a known method, never any token.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            metrics.observe(method, route, status, time.perf_counter() - started)
 
 
 def create_app(
@@ -1508,6 +1530,7 @@ def openapi_document(
         "maxLength": 1024,
         "description": "Names the content (picks the comment syntax); nothing is read from or written to disk.",
     }
+    optional_file_path = {**file_path, "type": ["string", "null"]}  # JSON bodies accept null for "not given"
     stamp_type = {"type": "string", "enum": ["lightweight", "rich"], "default": "lightweight"}
     any_object = {"type": "object", "additionalProperties": True}
     schemas: dict[str, Any] = {
@@ -1517,7 +1540,7 @@ def openapi_document(
             "properties": {
                 "status": {"type": "string", "enum": ["success", "error", "partial"]},
                 "data": {},
-                "error": {"oneOf": [_ref("Error"), {"type": "null"}]},
+                "error": {"anyOf": [_ref("Error"), {"type": "null"}]},
                 "message": text,
                 "metadata": _ref("Metadata"),
             },
@@ -1558,7 +1581,7 @@ def openapi_document(
             "properties": {
                 "content": {"type": "string", "description": "The text to stamp (UTF-8)."},
                 "namespace": namespace,
-                "file_path": file_path,
+                "file_path": optional_file_path,
                 "options": _ref("StampOptions"),
             },
         },
@@ -1612,7 +1635,7 @@ def openapi_document(
             "properties": {
                 "index": {"type": "integer"},
                 "status": {"type": "string", "enum": ["success", "error"]},
-                "data": {"oneOf": [_ref("StampResult"), {"type": ["object", "null"]}]},
+                "data": {"anyOf": [_ref("StampResult"), {"type": ["object", "null"]}]},
                 "error": {"type": ["object", "null"]},
             },
         },
@@ -1625,7 +1648,7 @@ def openapi_document(
             "type": "object",
             "additionalProperties": False,
             "required": ["content"],
-            "properties": {"content": text, "file_path": file_path},
+            "properties": {"content": text, "file_path": optional_file_path},
         },
         "ValidateRequest": {
             "type": "object",
@@ -1633,8 +1656,11 @@ def openapi_document(
             "required": ["content"],
             "properties": {
                 "content": text,
-                "file_path": file_path,
-                "sidecar": {"type": "string", "description": "The sidecar's YAML, for types without comments."},
+                "file_path": optional_file_path,
+                "sidecar": {
+                    "type": ["string", "null"],
+                    "description": "The sidecar's YAML, for types without comments.",
+                },
             },
         },
         "FilesUpload": {
@@ -1677,9 +1703,9 @@ def openapi_document(
             "required": ["content"],
             "properties": {
                 "content": text,
-                "file_path": file_path,
-                "sidecar": text,
-                "metadata": {**any_object, "description": "A metadata block given as an object."},
+                "file_path": optional_file_path,
+                "sidecar": nullable_text,
+                "metadata": {"type": ["object", "null"], "description": "A metadata block given as an object."},
             },
         },
         "ProtocolResult": {

