@@ -15,6 +15,8 @@ from onex.bus import BusStatistics, MemoryBus, RetryPolicy
 from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
 from onex.exceptions import BusError
 
+from tests.fixtures.buses import close_within_deadline
+
 pytestmark = pytest.mark.anyio
 
 TOPIC = topic_name("probe")
@@ -33,8 +35,10 @@ def key_in_partition(partition: int, partitions: int = 4) -> str:
 
 @pytest.fixture
 async def bus() -> AsyncIterator[MemoryBus]:
-    async with MemoryBus() as bus:
-        yield bus
+    bus = MemoryBus()
+    await bus.start()
+    yield bus
+    await close_within_deadline(bus)
 
 
 async def until(event: asyncio.Event) -> None:

@@ -50,4 +50,3 @@ def test_the_fuzzed_document_is_the_served_one_and_valid(fuzzed_server: CliServe
     assert served.raw_schema == openapi_document()
     operations = [result.ok() for result in served.get_all_operations()]
     assert len(operations) == 9
-

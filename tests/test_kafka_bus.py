@@ -599,11 +599,76 @@ def test_from_url_reads_brokers_credentials_and_settings() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["memory://", "kafka://", "kafka://h:1?partitions=many", "kafka://h:1?linger=5"], ids=str
+    "url",
+    [
+        "memory://",
+        "kafka://",
+        "kafka://h:1?partitions=many",
+        "kafka://h:1?linger=5",
+        "kafka://h:1?session_timeout_ms=soon",
+    ],
+    ids=str,
 )
 def test_from_url_refuses_what_it_cannot_use(url: str) -> None:
     with pytest.raises(BusError):
         KafkaBus.from_url(url)
+
+
+def test_from_url_takes_group_timeouts_and_batching_from_the_query() -> None:
+    """How fast a dead member is noticed (and, on tansu, how long a join and an empty fetch take) is a deployment
+    setting, so it travels in ``ONEX_BUS``; overrides passed in code are merged over it."""
+    bus = KafkaBus.from_url(
+        "kafka://h:1?session_timeout_ms=2000&heartbeat_interval_ms=200&rebalance_timeout_ms=9000"
+        "&max_poll_interval_ms=60000&fetch_max_wait_ms=10&linger_ms=2&max_batch_size=65536&join_timeout_s=7.5",
+        consumer_options={"heartbeat_interval_ms": 300, "max_poll_records": 100},
+    )
+    consumer = bus.consumer_kwargs("g")
+    assert {k: consumer[k] for k in ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms")} == {
+        "session_timeout_ms": 2000,
+        "heartbeat_interval_ms": 300,
+        "rebalance_timeout_ms": 9000,
+    }
+    assert (consumer["max_poll_interval_ms"], consumer["fetch_max_wait_ms"], consumer["max_poll_records"]) == (
+        60000,
+        10,
+        100,
+    )
+    producer = bus.producer_kwargs()
+    assert (producer["linger_ms"], producer["max_batch_size"], producer["acks"]) == (2, 65536, "all")
+    assert "session_timeout_ms" not in producer
+    assert bus.join_timeout_s == 7.5
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_group_starting_at_latest_gets_what_is_published_after_it_subscribed_and_commits_that_start(
+    kafka_bus: KafkaBus,
+) -> None:
+    topic, group = unique("latest"), unique("client")
+    for n in range(3):
+        # One record per produce request: tansu 0.6 answers ListOffsets(latest) with the last *batch*'s base offset
+        # + 1, so after a batch of several records "latest" would point inside it (see the _kafka module docstring).
+        await kafka_bus.publish(topic, envelope(n))
+        await kafka_bus.flush()
+
+    early = Collector(expected=1)
+    first = await kafka_bus.subscribe([topic], group, handler=early, start="latest")
+    await first.aclose()  # nothing was published meanwhile: the start it committed is the end of every partition
+    late = Collector(expected=2)
+    await kafka_bus.subscribe([topic], group, handler=late)  # a group with committed offsets resumes from them
+    for n in (3, 4):
+        await kafka_bus.publish(topic, envelope(n))
+    await kafka_bus.flush()
+
+    got = await late.wait()
+    assert sorted(e.payload["n"] for e in got) == [3, 4]
+    assert early.got == []
+
+
+@pytest.mark.anyio
+async def test_start_must_be_earliest_or_latest(kafka_bus: KafkaBus) -> None:
+    with pytest.raises(ValueError, match="start"):
+        await kafka_bus.subscribe([unique("start")], unique("g"), handler=Collector(1), start="now")  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import contextvars
 import enum
 import logging
@@ -453,14 +454,12 @@ async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:
     except asyncio.CancelledError:
         # Whoever waits is being cancelled (a shutdown deadline): cancel the workers too, and wait until they have
         # put their unacknowledged messages back, however often the cancellation is repeated (anyio repeats it).
-        while True:
-            for task in tasks:
+        while unfinished := [t for t in tasks if not t.done()]:
+            for task in unfinished:
                 task.cancel()
-            try:
-                await asyncio.wait(tasks)
-            except asyncio.CancelledError:
-                continue
-            raise
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(unfinished)
+        raise
 
 
 class MemoryBus(EventBus):

@@ -242,10 +242,16 @@ class StampReport:
             for status, path, reason in self.problems:
                 table.add_row(status, path, reason)
             console.print(table)
-        summary = Table(title=f"stamped {self.submitted} file(s) in {self.elapsed_s:.2f} s")
-        for column in ("stamped", "unchanged", "skipped", "failed"):
+        if self.counts["submitted"]:  # --no-wait: what was handed to the deployment, no outcomes
+            title = f"submitted {self.submitted} file(s) in {self.elapsed_s:.2f} s, not waiting for the outcomes"
+            columns: tuple[str, ...] = ("submitted", "skipped", "failed")
+        else:
+            title = f"stamped {self.submitted} file(s) in {self.elapsed_s:.2f} s"
+            columns = ("stamped", "unchanged", "skipped", "failed")
+        summary = Table(title=title)
+        for column in columns:
             summary.add_column(column, justify="right")
-        summary.add_row(*(str(self.counts[c]) for c in ("stamped", "unchanged", "skipped", "failed")))
+        summary.add_row(*(str(self.counts[c]) for c in columns))
         console.print(summary)
         if self.aggregates:
             agg = Table(title="aggregates per namespace (store)")

@@ -96,8 +96,8 @@ __all__ = [
     "DEFAULT_MAX_STREAM",
     "DEFAULT_TIMEOUT_S",
     "PREFIX",
-    "ApiError",
     "bind",
+    "check_protocol",
     "create_app",
     "openapi_document",
     "parse_address",
@@ -160,7 +160,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class ApiError(Exception):
-    """A request that ends in an error response: HTTP status, a stable ``code`` and the field at fault, if any."""
+    """A request that ends in an error response: HTTP status, a stable ``code`` and the field at fault, if any.
+
+    Internal control flow: every handler turns it into a response, so it never leaves this module (and is not an
+    ``OnexError``, which is for callers of the library)."""
 
     def __init__(
         self,
@@ -908,6 +911,9 @@ class _Gateway:
         """The stamp of a submitted workflow once it completed; ApiError if it failed or did not finish in time."""
         try:
             outcome = await self.client.outcome(cid, timeout=max(deadline - time.monotonic(), 0.0))
+        except asyncio.CancelledError:  # the server is shutting down, or gave up on this request
+            self.client.abandon(cid)
+            raise
         except TimeoutError:
             self.client.abandon(cid)
             self.metrics.outcomes["timed_out"] += 1
@@ -1025,7 +1031,7 @@ class _Gateway:
                 results.append({})
             except ApiError as exc:
                 results.append(self._item_error(index, exc))
-        for index, cid in pending:
+        for position, (index, cid) in enumerate(pending):
             try:
                 results[index] = {
                     "index": index,
@@ -1035,6 +1041,10 @@ class _Gateway:
                 }
             except ApiError as exc:
                 results[index] = self._item_error(index, exc)
+            except asyncio.CancelledError:
+                for _, later in pending[position + 1 :]:
+                    self.client.abandon(later)
+                raise
         succeeded = sum(1 for r in results if r["status"] == "success")
         summary = {"total": len(results), "succeeded": succeeded, "failed": len(results) - succeeded}
         data = {"items": results, "summary": summary}
@@ -1042,11 +1052,13 @@ class _Gateway:
             return envelope(request, data, message=f"{succeeded} item(s) stamped")
         if succeeded:
             return envelope(request, data, status="partial", message=f"{succeeded} of {len(results)} item(s) stamped")
+        # Nothing succeeded: the items' own status when they share one (all timed out: 504), else 422.
+        statuses = {r["error"]["http_status"] for r in results}
         return envelope(
             request,
             data,
             status="error",
-            http_status=422,
+            http_status=statuses.pop() if len(statuses) == 1 else 422,
             message="no item could be stamped",
             error={"code": "batch_failed", "field": "items"},
         )
@@ -1816,7 +1828,9 @@ def openapi_document(
                 "responses": _responses(
                     _enveloped(_ref("BatchResult")),
                     *body_codes,
+                    502,
                     503,
+                    504,
                     auth=api_key,
                     ok_description="every item stamped (success) or some (partial)",
                 ),
