@@ -105,7 +105,7 @@ from aiokafka.errors import (
 
 from onex.bus import BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dead_letter, dlq_topic
-from onex.exceptions import BusError
+from onex.exceptions import BusError, PayloadError
 
 __all__ = ["KafkaBus"]
 
@@ -798,7 +798,7 @@ class _KafkaSubscription(Subscription):
         """After the first attempt failed with ``error``: retry with backoff, then dead-letter."""
         retry = self.retry
         attempt = 1
-        while attempt < retry.max_attempts:
+        while attempt < retry.max_attempts and not isinstance(error, PayloadError):  # no retry fixes a bad payload
             await asyncio.sleep(retry.delay_s(attempt))
             attempt += 1
             self.bus._retried += 1

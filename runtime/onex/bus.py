@@ -7,7 +7,9 @@ Semantics, the same on every bus (``tests/test_bus_conformance.py`` runs against
 - Within a group, each message goes to one member; messages with the same key are handled in publish order.
 - At-least-once: a message is acknowledged only after its handler returned. A handler that raises is retried
   with backoff (``RetryPolicy``); after the last attempt the message goes to ``<topic>.dlq`` (see
-  ``envelope.dead_letter``) and the consumer carries on.
+  ``envelope.dead_letter``) and the consumer carries on. A handler that raises ``PayloadError`` (the message does
+  not fit what the consumer accepts: a bad payload, an event type it does not consume) is dead-lettered at once,
+  since no retry can fix it.
 - No task per event: each subscription has a fixed set of worker tasks that drain buffers in batches.
 - A group starts at the latest offset, as a Kafka group with ``auto_offset_reset=latest`` does: messages published
   before the group's first ``subscribe()`` returned are not delivered to it.
@@ -29,7 +31,7 @@ from typing import Self
 from zlib import crc32
 
 from onex.envelope import OnexEnvelopeV1, dead_letter, dlq_topic
-from onex.exceptions import BusError
+from onex.exceptions import BusError, PayloadError
 
 Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 """Handles one envelope; raising means "not handled" (retry, then dead letter)."""
@@ -372,7 +374,7 @@ class _Worker:
         member, bus = self.member, self.bus
         retry = member.retry
         attempt = 1
-        while attempt < retry.max_attempts:
+        while attempt < retry.max_attempts and not isinstance(exc, PayloadError):
             if not await self._backoff(retry.delay_s(attempt)):
                 return None
             attempt += 1

@@ -47,8 +47,6 @@ from onex.envelope import (
     ModelNodeIntrospection,
     ModelStateTransition,
     OnexEnvelopeV1,
-    dead_letter,
-    dlq_topic,
     new_id,
     topic_name,
 )
@@ -491,22 +489,13 @@ class Node:
             )
         return Event(envelope, consumed[1].decode(envelope))
 
-    async def _dead_letter(self, envelope: OnexEnvelopeV1, error: PayloadError) -> None:
-        consumed = self._consumed.get(envelope.event_type)
-        topic = consumed[0] if consumed else f"{self.group}.unroutable"
-        await self.bus.publish(
-            dlq_topic(topic), dead_letter(envelope, topic=topic, error=error, attempts=1, source_node_id=self.node_id)
-        )
-
+    # A PayloadError from _decode leaves the wrapper: the bus dead-letters it at once, to the dead-letter topic of
+    # the topic it came from (only the bus knows which), without retrying what no retry can fix.
     def _single_wrapper(
         self, method: Callable[[Event], Awaitable[None]]
     ) -> Callable[[OnexEnvelopeV1], Awaitable[None]]:
         async def handle(envelope: OnexEnvelopeV1) -> None:
-            try:
-                event = self._decode(envelope)
-            except PayloadError as exc:
-                await self._dead_letter(envelope, exc)  # retrying cannot fix a bad payload
-                return
+            event = self._decode(envelope)
             self.active_operations += 1
             try:
                 await method(event)
@@ -520,14 +509,9 @@ class Node:
         self, method: Callable[[Sequence[Event]], Awaitable[None]]
     ) -> Callable[[Sequence[OnexEnvelopeV1]], Awaitable[None]]:
         async def handle(envelopes: Sequence[OnexEnvelopeV1]) -> None:
-            events: list[Event] = []
-            for envelope in envelopes:
-                try:
-                    events.append(self._decode(envelope))
-                except PayloadError as exc:
-                    await self._dead_letter(envelope, exc)
-            if not events:
-                return
+            # One undecodable envelope fails the whole batch before anything is handled; the bus then hands the
+            # envelopes over one at a time, so only that one is dead-lettered.
+            events = [self._decode(envelope) for envelope in envelopes]
             self.active_operations += len(events)
             try:
                 await method(events)

@@ -401,12 +401,6 @@ async def test_a_stamping_effect_killed_mid_run_loses_nothing_and_stores_nothing
 REDELIVERED = 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="nodes/reducer: NodeReducer dedupes STAMP_CREATED by event id, and a command handled again yields a new "
-    "one, so its item and bytes are aggregated twice",
-)
 @pytest.mark.timeout(240)
 async def test_a_command_delivered_again_is_stored_and_aggregated_once(
     scenario: Scenario, client_bus: KafkaBus

@@ -369,3 +369,27 @@ async def test_a_request_redelivered_after_its_workflow_finished_is_not_run_agai
         assert aggregate is not None
         assert (aggregate.total_workflows_processed, aggregate.total_items_aggregated) == (1, 1)
     assert path.read_bytes() == first
+
+
+async def test_a_stamp_command_handled_again_is_stored_and_aggregated_once(tmp_path: Path) -> None:
+    path = write(tmp_path, [Spec("twice.py", b"x = 3\n", "code")])["twice.py"]
+
+    async with Harness(root=ROOT) as h:
+        sent = await h.publish("STAMP_REQUESTED", request(path))
+        await h.settle()
+        [command] = h.of("STAMP_FILE")
+        # What Kafka delivers after the effect crashed between stamping and committing: the same command record.
+        await h.bus.publish(h.topic("STAMP_FILE"), command)
+        await h.settle()
+        await h.runtime.drain()
+
+        # The effect handled it twice (the file is stamped already, so the second stamp leaves it unchanged)...
+        assert [str(e.payload["workflow_id"]) for e in h.of("STAMP_CREATED")] == [str(sent.correlation_id)] * 2
+        # ...but the workflow, its stamp and the namespace's totals count it once.
+        assert await h.store.count("workflow_executions") == 1
+        assert await h.store.count("metadata_stamps") == 1
+        aggregate = await h.store.get_bridge_state(NS)
+        assert aggregate is not None
+        assert (aggregate.total_workflows_processed, aggregate.total_items_aggregated) == (1, 1)
+        assert aggregate.total_size_bytes == len(b"x = 3\n")
+    assert verify_file(path).status == "valid"

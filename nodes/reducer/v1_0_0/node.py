@@ -10,8 +10,10 @@ The input is keyed by namespace, so with several reducers one namespace is alway
 start the running totals are loaded from the store (state_management: storage store), so a restarted reducer
 continues the versions instead of starting over, and the namespace's distinct hashes are read back from
 ``metadata_stamps``. Totals are cumulative: re-stamping an unchanged file counts as one more item aggregated, while
-``unique_file_hashes`` counts distinct content. Redelivered events are recognised by event id within a bounded
-window of recent ids (``config.dedupe_window``).
+``unique_file_hashes`` counts distinct content. Each workflow counts once, however often its events arrive: a
+redelivered event has the same event id, but a stamp command handled twice (redelivered after a crash, or retried
+after a step timeout) yields a second STAMP_CREATED with a new event id for the same workflow. So stamps and outcomes
+are recognised by workflow id, within a bounded window of recent ones (``config.dedupe_window``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class NodeReducer(ReducerNode):
         self.flush_interval_s = float(self.contract.config.get("flush_interval_ms", 500)) / 1000
         self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
         self.aggregates: dict[str, NamespaceAggregate] = {}
-        self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, uuid.UUID], None] = OrderedDict()
         self._intents: list[ModelAggregationIntent] = []
         self._timer: asyncio.Task[None] | None = None
 
@@ -107,10 +109,10 @@ class NodeReducer(ReducerNode):
             self.aggregates[namespace] = agg
         return agg
 
-    def _first_time(self, event_id: uuid.UUID) -> bool:
-        if event_id in self._seen:
+    def _first_time(self, key: tuple[str, uuid.UUID]) -> bool:
+        if key in self._seen:
             return False
-        self._seen[event_id] = None
+        self._seen[key] = None
         if len(self._seen) > self.dedupe_window:
             self._seen.popitem(last=False)
         return True
@@ -129,8 +131,12 @@ class NodeReducer(ReducerNode):
     # -- handlers --
     async def handle_stamp_created(self, events: Sequence[Event]) -> None:
         touched: Counter[str] = Counter()
-        for envelope, stamp in events:
-            if not isinstance(stamp, ModelStampCreated) or stamp.dry_run or not self._first_time(envelope.event_id):
+        for _, stamp in events:
+            if (
+                not isinstance(stamp, ModelStampCreated)
+                or stamp.dry_run
+                or not self._first_time(("stamp", stamp.workflow_id))
+            ):
                 continue
             agg = self._aggregate(stamp.namespace)
             agg.items += 1
@@ -145,8 +151,8 @@ class NodeReducer(ReducerNode):
 
     async def handle_workflow_finished(self, events: Sequence[Event]) -> None:
         touched: Counter[str] = Counter()
-        for envelope, finished in events:
-            if isinstance(finished, ModelWorkflowFinished) and self._first_time(envelope.event_id):
+        for _, finished in events:
+            if isinstance(finished, ModelWorkflowFinished) and self._first_time(("outcome", finished.workflow_id)):
                 self._aggregate(finished.namespace).workflows += 1
                 touched[finished.namespace] += 0
         for namespace in touched:
