@@ -94,6 +94,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CommitFailedError,
@@ -146,6 +147,10 @@ _CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
     # On revocation a member first finishes and commits its batch in hand (see _RevocationListener), so the group
     # must wait for it longer than aiokafka's default (the session timeout); the Java client waits 5 minutes.
     "rebalance_timeout_ms": 60_000,
+    # The Java client's default rather than aiokafka's round robin: partition i of every topic a subscription takes
+    # goes to the same member (given equal partition counts, which ensure_topics gives), so a node consuming
+    # several topics keyed alike (the reducer: everything by namespace) sees all of one key in one place.
+    "partition_assignment_strategy": (RangePartitionAssignor,),
 }
 
 # Settings that from_url() takes from the URL's query string (integers), by the client they go to.

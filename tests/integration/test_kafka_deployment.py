@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 import asyncpg
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from onex._kafka import KafkaBus
 from onex.client import StampClient
 from onex.contracts import load_contracts
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ITEMS = 2_000
 WINDOW = 300  # workflows in flight at most
 KILL_AFTER = 500
+PARTITIONS = 4  # KafkaBus's default partitions per topic
 HEARTBEAT_S = 0.5
 # tansu holds an empty fetch for about half of fetch_max_wait_ms even when a record arrives meanwhile: 250 ms a hop
 # with aiokafka's default (see KafkaBus.from_url).
@@ -100,9 +102,14 @@ class Scenario:
     deployment: Deployment
     contents: list[str]
 
+    namespaces: tuple[str, ...] = ()  # when set, item i goes to namespaces[i % len(namespaces)]
+
+    def namespace_of(self, i: int) -> str:
+        return self.namespaces[i % len(self.namespaces)] if self.namespaces else self.namespace
+
     def item(self, i: int) -> dict[str, str]:
         """The stamp request of item ``i``: distinct content of varied size, so a miscount changes every total."""
-        return {"content": self.contents[i], "file_path": f"item-{i:05d}.txt", "namespace": self.namespace}
+        return {"content": self.contents[i], "file_path": f"item-{i:05d}.txt", "namespace": self.namespace_of(i)}
 
     def total_bytes(self, items: int) -> int:
         return sum(len(c.encode()) for c in self.contents[:items])
@@ -150,6 +157,7 @@ class Seen:
     commands: list[OnexEnvelopeV1] = field(default_factory=list)  # STAMP_FILE, as the orchestrator sent them
     stamped_by: Counter[str] = field(default_factory=Counter)  # STAMP_CREATED events per source instance
     stamps_per_workflow: Counter[uuid.UUID] = field(default_factory=Counter)  # >1: a command was handled again
+    aggregated_by: dict[str, set[str]] = field(default_factory=dict)  # namespace -> reducer instances of its intents
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def until(self, condition: Callable[[], bool]) -> None:
@@ -175,7 +183,11 @@ class Driver:
         self.client = StampClient(bus, contracts, settings, on_outcome=self._on_outcome)
 
     async def __aenter__(self) -> Driver:
-        watched = [self.command_topic, topic_name("STAMP_CREATED", env=self.scenario.env)]
+        watched = [
+            self.command_topic,
+            topic_name("STAMP_CREATED", env=self.scenario.env),
+            topic_name("STATE_AGGREGATION_COMPLETED", env=self.scenario.env),
+        ]
         self._watch = await self.bus.subscribe(
             watched, f"{self.scenario.env}.test-watch", batch_handler=self._on_watched
         )
@@ -201,6 +213,9 @@ class Driver:
         for envelope in envelopes:
             if envelope.event_type == "STAMP_FILE":
                 seen.commands.append(envelope)
+            elif envelope.event_type == "STATE_AGGREGATION_COMPLETED":
+                by = seen.aggregated_by.setdefault(envelope.payload["namespace"], set())
+                by.add(envelope.source_instance or "?")
             else:
                 seen.stamped_by[envelope.source_instance or "?"] += 1
                 seen.stamps_per_workflow[uuid.UUID(envelope.payload["workflow_id"])] += 1
@@ -339,7 +354,8 @@ async def assert_registered(
 async def stop_and_check(deployment: Deployment) -> None:
     """SIGTERM all: each process drains, says so, and exits 0."""
     codes = await deployment.stop(timeout=60)
-    assert codes == dict.fromkeys(NODES, 0), deployment.logs_tail()
+    assert set(NODES) <= codes.keys()
+    assert codes == dict.fromkeys(deployment.processes, 0), deployment.logs_tail()
     for proc in deployment.processes.values():
         assert proc.output().rstrip().endswith("stopped"), proc.describe()
 
@@ -493,4 +509,77 @@ async def test_onex_stamp_submits_files_to_the_deployment_and_waits_for_them_or_
     assert paths == {str(p) for p in [*waited.iterdir(), *not_waited.iterdir()]}
     verified = await onex("verify", str(not_waited), env=scenario.env)
     assert verified.returncode == 0, verified.stdout.decode()
+    await stop_and_check(deployment)
+
+
+def namespaces_on_every_partition(prefix: str, partitions: int = PARTITIONS) -> tuple[str, ...]:
+    """Two namespaces per partition of a ``partitions``-partition topic, as the Kafka producer's default partitioner
+    (murmur2 of the key) places them: with two members in a group, each member's range gets some."""
+    partitioner = DefaultPartitioner()
+    chosen: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    for n in range(10_000):
+        name = f"{prefix}.{n}"
+        placed = chosen[partitioner(name.encode(), list(range(partitions)), list(range(partitions)))]
+        if len(placed) < 2:
+            placed.append(name)
+        if all(len(v) == 2 for v in chosen.values()):
+            return tuple(sorted(name for names in chosen.values() for name in names))
+    raise AssertionError("no namespaces found for every partition")
+
+
+@pytest.mark.timeout(240)
+async def test_two_reducers_and_two_stamping_effects_aggregate_each_namespace_once_in_one_place(
+    scenario: Scenario, client_bus: KafkaBus
+) -> None:
+    deployment = scenario.deployment
+    await deployment.start(NODES)
+    # Second replicas join before any work, so no partition moves during the run.
+    replicas = [deployment.spawn(node, name=f"{node}#2") for node in ("reducer", "stamping_effect")]
+    await deployment.wait_running(replicas)
+    scenario.namespaces = namespaces_on_every_partition(scenario.namespace)
+
+    async with Driver(scenario, client_bus) as driver:
+        await driver.run(range(ITEMS))
+        assert_all_completed(driver.seen, ITEMS, deployment)
+
+        expected = {
+            ns: {
+                "workflows": sum(1 for i in range(ITEMS) if scenario.namespace_of(i) == ns),
+                "bytes": sum(
+                    len(scenario.contents[i].encode()) for i in range(ITEMS) if scenario.namespace_of(i) == ns
+                ),
+            }
+            for ns in scenario.namespaces
+        }
+        conn = await connect(scenario.store_url)
+        try:
+
+            async def aggregated() -> str | None:
+                rows = await conn.fetch(
+                    "SELECT namespace, total_workflows_processed AS workflows, total_items_aggregated AS items, "
+                    "total_size_bytes AS bytes, unique_file_hashes AS hashes FROM bridge_states"
+                )
+                got = {r["namespace"]: dict(r) for r in rows}
+                wrong = {
+                    ns: got.get(ns)
+                    for ns, want in expected.items()
+                    if got.get(ns) is None
+                    or (got[ns]["workflows"], got[ns]["items"], got[ns]["hashes"]) != (want["workflows"],) * 3
+                    or got[ns]["bytes"] != want["bytes"]
+                }
+                return f"aggregates not (yet) right: {wrong}; expected {expected}" if wrong else None
+
+            await poll(aggregated, timeout=SETTLE_S)
+            assert await conn.fetchval("SELECT count(*) FROM metadata_stamps") == ITEMS
+        finally:
+            await conn.close()
+        await driver.seen.until(lambda: driver.seen.aggregated_by.keys() >= set(scenario.namespaces))
+
+    reducers = {deployment.processes[name].instance for name in ("reducer", "reducer#2")}
+    by = driver.seen.aggregated_by
+    # Each namespace was aggregated by one reducer only, and both reducers had namespaces to aggregate.
+    assert all(len(by[ns]) == 1 for ns in scenario.namespaces), by
+    assert {next(iter(by[ns])) for ns in scenario.namespaces} == reducers, by
+    stampers = {deployment.processes[name].instance for name in ("stamping_effect", "stamping_effect#2")}
+    assert set(driver.seen.stamped_by) == stampers, driver.seen.stamped_by
     await stop_and_check(deployment)

@@ -1,19 +1,23 @@
 """The reducer: streaming aggregation of stamps per namespace, in tumbling windows.
 
-Pure in the ONEX sense: it writes nothing itself. When a namespace's window closes (``size_items`` stamps or
-``size_ms`` elapsed, from the aggregation subcontract) it publishes the namespace's new running aggregate as a
-STATE_AGGREGATION_COMPLETED intent with a version one higher than the last; the database adapter carries the
-intent out, and the version guard there makes replays harmless.
+Pure in the ONEX sense: it writes nothing itself. When a namespace's window closes (``size_items`` stamps or ``size_ms``
+elapsed, from the aggregation subcontract) it publishes the namespace's new running aggregate as a
+STATE_AGGREGATION_COMPLETED intent with a version one higher than the last; the database adapter carries the intent out,
+and the version guard there makes replays harmless.
 
-Each namespace is an entity on the contract's aggregation_lifecycle FSM (idle -> aggregating -> flushing -> idle).
-The input is keyed by namespace, so with several reducers one namespace is always aggregated in one place. At
-start the running totals are loaded from the store (state_management: storage store), so a restarted reducer
-continues the versions instead of starting over, and the namespace's distinct hashes are read back from
-``metadata_stamps``. Totals are cumulative: re-stamping an unchanged file counts as one more item aggregated, while
-``unique_file_hashes`` counts distinct content. Each workflow counts once, however often its events arrive: a
-redelivered event has the same event id, but a stamp command handled twice (redelivered after a crash, or retried
-after a step timeout) yields a second STAMP_CREATED with a new event id for the same workflow. So stamps and outcomes
-are recognised by workflow id, within a bounded window of recent ones (``config.dedupe_window``).
+Each namespace is an entity on the contract's aggregation_lifecycle FSM (idle -> aggregating -> flushing -> idle). Every
+input (STAMP_CREATED, WORKFLOW_COMPLETED / _FAILED) is keyed by namespace and taken by one subscription, so with several
+reducers in the group one namespace is always aggregated in one place (on Kafka: the range assignment gives partition i
+of every input topic to the same member). The first time a reducer sees a namespace it loads the running totals from the
+store (state_management: storage store), so a restarted reducer, or one that took the namespace over from another,
+continues the versions instead of starting over; the distinct hashes are read back from ``metadata_stamps``. While
+partitions move between reducers (a replica joins or leaves), an aggregate may miss the windows that were in flight at
+the handover; stamps and workflows themselves are always stored exactly. Totals are cumulative: re-stamping an unchanged
+file counts as one more item aggregated, while ``unique_file_hashes`` counts distinct content. Each workflow counts
+once, however often its events arrive: a redelivered event has the same event id, but a stamp command handled twice
+(redelivered after a crash, or retried after a step timeout) yields a second STAMP_CREATED with a new event id for the
+same workflow. So stamps and outcomes are recognised by workflow id, within a bounded window of recent ones
+(``config.dedupe_window``).
 """
 
 from __future__ import annotations
@@ -77,19 +81,34 @@ class NodeReducer(ReducerNode):
         self._timer: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
-        for row in await self.store.list_bridge_states():
-            agg = self._aggregate(row.namespace)
+        self._timer = asyncio.create_task(self._tick(), name=f"windows:{self.node_id}")
+
+    async def _load(self, namespace: str) -> None:
+        """Continue the namespace's aggregate from the store, the first time this reducer sees the namespace.
+
+        On first sight rather than at start: with several reducers, a namespace this one takes over (a replica
+        joined or left) must start from what its previous owner stored, not from what was stored when this one
+        started. Everything is read before the aggregate exists, so a handler of another partition that loads the
+        same namespace meanwhile (or counts into it) is not overwritten.
+        """
+        row = await self.store.get_bridge_state(namespace)
+        hashes: set[str] = set()
+        if row is not None:
+            offset, page = 0, 10_000
+            while stamps := await self.store.list_stamps(namespace, limit=page, offset=offset):
+                hashes.update(st.file_hash for st in stamps)
+                offset += page
+        if namespace in self.aggregates:
+            return
+        agg = self._aggregate(namespace)
+        if row is not None:
             agg.version = row.version
             agg.workflows = row.total_workflows_processed
             agg.items = row.total_items_aggregated
             agg.total_bytes = row.total_size_bytes
-            offset, page = 0, 10_000
-            while stamps := await self.store.list_stamps(row.namespace, limit=page, offset=offset):
-                agg.hashes.update(st.file_hash for st in stamps)
-                offset += page
+            agg.hashes = hashes
             agg.by_file_type.update(row.aggregation_metadata.get("by_file_type", {}))
             agg.size_buckets.update(row.aggregation_metadata.get("size_buckets", {}))
-        self._timer = asyncio.create_task(self._tick(), name=f"windows:{self.node_id}")
 
     async def on_drain(self) -> None:
         self._close_windows(force=True)
@@ -129,34 +148,28 @@ class NodeReducer(ReducerNode):
             self.fsm.trigger(agg, "item", count=items)
 
     # -- handlers --
-    async def handle_stamp_created(self, events: Sequence[Event]) -> None:
+    async def handle_events(self, events: Sequence[Event]) -> None:
+        """STAMP_CREATED and WORKFLOW_COMPLETED / _FAILED: one handler, so one subscription takes all three."""
+        for namespace in {getattr(payload, "namespace", None) for _, payload in events} - self.aggregates.keys():
+            if namespace is not None:
+                await self._load(namespace)
         touched: Counter[str] = Counter()
-        for _, stamp in events:
-            if (
-                not isinstance(stamp, ModelStampCreated)
-                or stamp.dry_run
-                or not self._first_time(("stamp", stamp.workflow_id))
-            ):
-                continue
-            agg = self._aggregate(stamp.namespace)
-            agg.items += 1
-            agg.total_bytes += stamp.file_size
-            agg.hashes.add(stamp.file_hash)
-            agg.by_file_type[stamp.file_type] += 1
-            agg.size_buckets[bucket_label(stamp.file_size, self.bucket_bounds)] += 1
-            touched[stamp.namespace] += 1
+        for _, payload in events:
+            if isinstance(payload, ModelStampCreated):
+                if payload.dry_run or not self._first_time(("stamp", payload.workflow_id)):
+                    continue
+                agg = self.aggregates[payload.namespace]
+                agg.items += 1
+                agg.total_bytes += payload.file_size
+                agg.hashes.add(payload.file_hash)
+                agg.by_file_type[payload.file_type] += 1
+                agg.size_buckets[bucket_label(payload.file_size, self.bucket_bounds)] += 1
+                touched[payload.namespace] += 1
+            elif isinstance(payload, ModelWorkflowFinished) and self._first_time(("outcome", payload.workflow_id)):
+                self.aggregates[payload.namespace].workflows += 1
+                touched[payload.namespace] += 0  # a workflows-only window still closes
         for namespace, items in touched.items():
             self._touch(self.aggregates[namespace], items)
-        self._close_windows(force=False)
-
-    async def handle_workflow_finished(self, events: Sequence[Event]) -> None:
-        touched: Counter[str] = Counter()
-        for _, finished in events:
-            if isinstance(finished, ModelWorkflowFinished) and self._first_time(("outcome", finished.workflow_id)):
-                self._aggregate(finished.namespace).workflows += 1
-                touched[finished.namespace] += 0
-        for namespace in touched:
-            self._touch(self.aggregates[namespace], 0)
         self._close_windows(force=False)
 
     # -- windows --
