@@ -10,6 +10,7 @@ offset.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -244,6 +245,35 @@ async def test_a_message_that_always_fails_is_dead_lettered_once_and_the_rest_ar
     assert letter.payload["error_type"] == "ValueError"
     assert letter.payload["error"] == "cannot digest this one"
     assert letter.payload["attempts"] == FAST_RETRY.max_attempts
+
+
+async def test_retries_wait_the_growing_backoff_of_the_retry_policy_then_dead_letter(bus: EventBus) -> None:
+    topic = new_topic("backoff")
+    await prepare(bus, topic)
+    retry = RetryPolicy(max_attempts=3, backoff_ms=150.0, backoff_multiplier=2.0)
+    attempted_at: list[float] = []
+    dead = Inbox()
+
+    async def failing(envelope: OnexEnvelopeV1) -> None:
+        attempted_at.append(time.monotonic())
+        raise ConnectionError(f"attempt {len(attempted_at)} failed")
+
+    await bus.subscribe([dlq_topic(topic)], new_group("dlq-reader"), handler=dead.handler())
+    await bus.subscribe([topic], new_group("failing"), handler=failing, retry=retry)
+    sent = probe("key")
+
+    await bus.publish(topic, sent)
+
+    await dead.wait_for(lambda: len(dead.received) >= 1)
+    assert len(attempted_at) == retry.max_attempts
+    # Lower bounds only: a loaded machine may wait longer, never shorter. 150 ms, then 300 ms (not 150 again).
+    first, second, third = attempted_at
+    assert second - first >= 0.150
+    assert third - second >= 0.300
+    [letter] = first_occurrences(dead.envelopes())
+    assert letter.causation_id == sent.event_id
+    assert letter.payload["error"] == "attempt 3 failed"
+    assert letter.payload["attempts"] == retry.max_attempts
 
 
 async def test_a_payload_error_is_dead_lettered_at_once_from_single_and_batch_handlers(bus: EventBus) -> None:

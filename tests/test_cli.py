@@ -124,6 +124,64 @@ def test_validate_reports_every_problem_at_once_with_its_file_line_and_column(tm
 
 
 @pytest.mark.parametrize(
+    ("path", "count"),
+    [
+        pytest.param("contracts/reducers/reducer.yaml", 1, id="file"),
+        pytest.param("contracts/effects", 2, id="directory-of-contracts"),
+        pytest.param(str(ROOT), 5, id="project-directory"),
+    ],
+)
+def test_validate_checks_only_the_paths_given(tmp_path: Path, path: str, count: int) -> None:
+    result = onex("validate", path, cwd=ROOT if not Path(path).is_absolute() else tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok: {count} contract(s) valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("outside", "path", "expected"),
+    [
+        pytest.param(False, "contracts/effects/widget.yaml", ["contracts/effects/widget.yaml:6:1 yaml"], id="file"),
+        pytest.param(
+            False,
+            "contracts/effects",
+            ["contracts/effects/other.yaml:5:1 schema", "contracts/effects/widget.yaml:6:1 yaml"],
+            id="directory",
+        ),
+        pytest.param(
+            True,
+            "project/contracts/effects/widget.yaml",
+            ["project/contracts/effects/widget.yaml:6:1 yaml"],
+            id="file-outside-the-root",
+        ),
+    ],
+)
+def test_validate_reports_each_problem_under_the_given_path_where_it_is(
+    tmp_path: Path, outside: bool, path: str, expected: list[str]
+) -> None:
+    # Two broken contracts side by side (the one given alone is checked alone), the project a fresh copy.
+    case = shutil.copytree(CORPUS / "yaml_syntax_error", tmp_path / "project")
+    cwd, root = (tmp_path, ROOT) if outside else (case, case)
+
+    result = onex("validate", path, cwd=cwd, root=root)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    reported = result.stdout.splitlines()
+    assert [re.sub(r": .*\[(.+)\]$", r" \1", line) for line in reported] == expected
+    # Root-relative, or as given for a file outside the root: either way it opens from where the command ran.
+    assert all((cwd / line.split(":")[0]).is_file() for line in reported)
+    assert f"{len(expected)} problem(s) in {len(expected)} file(s)" in result.stderr
+
+
+def test_validate_of_a_path_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    result = onex("validate", "contracts/reducers/reducer.yaml", "no-such-contract.yaml", cwd=ROOT)
+
+    assert result.returncode == 2
+    assert "Path 'no-such-contract.yaml' does not exist" in result.stderr
+    assert "valid" not in result.stdout
+
+
+@pytest.mark.parametrize(
     "args",
     [
         pytest.param(["--no-such-option"], id="global"),
@@ -353,8 +411,8 @@ def wait_for_output(log: Path, text: str, proc: subprocess.Popen[bytes], deadlin
     pytest.fail(f"onex run did not print {text!r} within {deadline_s} s:\n{log.read_text(errors='replace')}")
 
 
-def run_until_sigterm(tmp_path: Path) -> tuple[int, str, Path]:
-    """Start ``onex run`` (every node, memory bus, a fresh SQLite store), send SIGTERM as soon as it says it is
+def run_until_signal(tmp_path: Path, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str, Path]:
+    """Start ``onex run`` (every node, memory bus, a fresh SQLite store), send ``sig`` as soon as it says it is
     running; returns its exit code, its stderr and the store's path."""
     db = tmp_path / "onex.db"
     log = tmp_path / "stderr.log"
@@ -368,7 +426,7 @@ def run_until_sigterm(tmp_path: Path) -> tuple[int, str, Path]:
         )
     try:
         wait_for_output(log, "\nrunning", proc, deadline_s=30)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         returncode = proc.wait(timeout=5)
     finally:
         if proc.poll() is None:
@@ -378,7 +436,7 @@ def run_until_sigterm(tmp_path: Path) -> tuple[int, str, Path]:
 
 
 def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path) -> None:
-    returncode, output, db = run_until_sigterm(tmp_path)
+    returncode, output, db = run_until_signal(tmp_path)
 
     assert returncode == 0, output
     assert output.index("running") < output.index("draining") < output.index("stopped")
@@ -389,7 +447,18 @@ def test_run_hosts_every_node_until_sigterm_then_drains_and_stops(tmp_path: Path
 
 
 def test_run_records_its_nodes_as_stopped_after_a_clean_shutdown(tmp_path: Path) -> None:
-    returncode, output, db = run_until_sigterm(tmp_path)
+    returncode, output, db = run_until_signal(tmp_path)
 
     assert returncode == 0, output
+    assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]
+
+
+def test_run_drains_and_stops_on_sigint_as_on_sigterm(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal: without the runtime's handler Python raises KeyboardInterrupt mid-loop, and the process
+    # dies with a traceback and exit code 1 (or -2), the nodes never drained nor recorded as stopped.
+    returncode, output, db = run_until_signal(tmp_path, signal.SIGINT)
+
+    assert returncode == 0, output
+    assert "Traceback" not in output
+    assert output.index("running") < output.index("draining") < output.index("stopped")
     assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]

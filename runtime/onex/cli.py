@@ -73,8 +73,8 @@ def main(ctx: click.Context, root: Path | None) -> None:
 def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Check contracts: YAML, $ref, JSON Schema, FSM and handler checks. Exit 1 if any problem is found.
 
-    Without PATHS every contract and subcontract of the project is checked; a PATH may be a project directory or
-    a contract file.
+    Without PATHS every contract and subcontract of the project is checked; a PATH may be a project directory
+    (one holding contracts/), a directory of contract files, or a contract file.
     """
     settings = _settings(ctx)
     issues = []
@@ -82,8 +82,11 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     targets = list(paths) or [settings.root]
     for target in targets:
         try:
-            if target.is_dir():
+            if not paths or (target / "contracts").is_dir():
                 checked += len(load_contracts(target.resolve()).contracts)
+            elif target.is_dir():
+                # Loaded as a project root it would hold no contracts/ and pass having checked nothing.
+                checked += len(load_contracts(settings.root, [target.resolve()]).contracts)
             else:
                 load_contract(target, root=settings.root)
                 checked += 1
