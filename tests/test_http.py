@@ -439,7 +439,7 @@ def test_a_batch_over_the_limit_or_empty_is_422(api: httpx.Client) -> None:
 def test_health_reports_bus_store_registry_and_nodes(server: LiveServer, api: httpx.Client) -> None:
     data = ok(api.get("/health"))
     assert data["status"] == "ok"
-    assert data["bus"] == {"status": "ok", "state": "running"}
+    assert data["bus"] == {"status": "ok", "state": "running", "kind": "memory"}
     assert data["store"]["status"] == "ok"
     assert data["registry"]["status"] == "ok"
     assert {n["name"] for n in data["nodes"]} == {

@@ -184,6 +184,11 @@ def run(
 
     settings = _settings(ctx, bus=bus, store=store, http=http_address)
     contracts = _contracts(settings, check_implementations=True)
+    for name in node_names:
+        try:
+            contracts.get(name, node_version)
+        except LookupError as exc:
+            _fail(f"--node {name!r}: {exc}", code=2)
     sock = None
     if settings.http:
         from onex.http import PREFIX, bind, parse_address, serve

@@ -1211,7 +1211,9 @@ class _Gateway:
 
     async def health(self, request: Request) -> Response:
         state = _bus_state(self.runtime.bus)
-        bus = {"status": "ok" if state == "running" else "down", "state": state}
+        # The kind from the URL's scheme only: a Kafka URL may carry credentials.
+        kind = self.runtime.settings.bus.partition(":")[0]
+        bus = {"status": "ok" if state == "running" else "down", "state": state, "kind": kind}
         try:
             store_health = await self.runtime.store.health()
         except (StoreError, OSError) as exc:
