@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -243,6 +245,26 @@ def test_graph_of_an_unknown_node_fails_and_names_it(tmp_path: Path) -> None:
     assert "orchestrator" in result.stderr  # the message says which nodes exist
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--node", "nosuchnode"], "nosuchnode"),
+        (["--node", ""], "''"),
+        (["--node", "reducer", "--version", "9.9.9"], "9.9.9"),
+    ],
+    ids=["unknown", "empty", "unknown-version"],
+)
+def test_run_of_an_unknown_node_is_a_usage_error_naming_what_exists(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    result = onex("run", *args, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert named in result.stderr
+    assert "orchestrator" in result.stderr or "1.0.0" in result.stderr  # what exists
+
+
 def test_schema_prints_the_contract_json_schema(tmp_path: Path) -> None:
     result = onex("schema", cwd=tmp_path, root=None)
 
@@ -332,6 +354,67 @@ def test_stamp_dry_run_changes_no_byte(tmp_path: Path) -> None:
     assert snapshot(tree) == before
     assert query(db, "SELECT count(*) FROM metadata_stamps") == [(0,)]
     assert all(verify_file(tree / rel).status == "unstamped" for rel in files)
+
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_a_terminal(*args: str, cwd: Path) -> tuple[int, str, bytes]:
+    """Run ``onex`` with its stderr on a pseudo-terminal (where the progress bar goes), stdout on a pipe: the exit
+    code, stdout, and every byte written to the terminal."""
+    master, slave = pty.openpty()
+    env = environment() | {"TERM": "xterm-256color"}
+    with subprocess.Popen(
+        [*command(), "--root", str(ROOT), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=slave
+    ) as process:
+        os.close(slave)
+        written: list[bytes] = []
+
+        def read_all() -> None:  # drained as it comes, so a full terminal buffer never blocks the writer
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the last writer closed the terminal
+                    return
+                if not chunk:
+                    return
+                written.append(chunk)
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        stdout, _ = process.communicate(timeout=60)
+        reader.join(timeout=10)
+    os.close(master)
+    return process.returncode, stdout.decode(), b"".join(written)
+
+
+def test_stamp_draws_a_progress_bar_on_a_terminal_and_clears_it(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = make_tree(tree)
+    n = len(files)
+
+    code, stdout, terminal = on_a_terminal(
+        "stamp", str(tree), "--store", f"sqlite:///{tmp_path / 'onex.db'}", cwd=tmp_path
+    )
+
+    assert code == 0, stdout + terminal.decode(errors="replace")
+    assert summary(stdout) == {"stamped": n, "unchanged": 0, "skipped": 0, "failed": 0}
+    text = ANSI.sub(b"", terminal).decode()
+    assert "stamping" in text
+    assert "0/?" in text  # drawn before the walk knew how many files there are
+    last_frame = terminal.rindex(f"{n}/{n}".encode())  # ...and finally with every file done, and a rate
+    assert re.search(rf"stamping [━ ]+ {n}/{n} [\d,]+ files/s \d+:\d\d:\d\d", text), text
+    assert b"\x1b[?25l" in terminal[: terminal.index(b"stamping")]  # the cursor is hidden while the bar is drawn...
+    tail = terminal[last_frame:]
+    assert b"\x1b[?25h" in tail  # ...shown again after it...
+    assert tail.endswith(b"\x1b[2K")  # ...and the bar's line erased: the terminal is left as it was
+
+    # Not a terminal (stderr on a pipe): no bar, no escape codes, only the summary on stdout.
+    again = onex("stamp", str(tree), "--store", f"sqlite:///{tmp_path / 'onex.db'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert summary(again.stdout) == {"stamped": 0, "unchanged": n, "skipped": 0, "failed": 0}
+    assert "stamping" not in again.stderr
+    assert "\x1b" not in again.stderr + again.stdout
 
 
 def test_verify_passes_on_stamped_files_and_names_the_one_modified_later(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from blake3 import blake3
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from onex import stamps
 from onex.exceptions import StampError
@@ -143,6 +143,49 @@ def test_a_one_byte_change_in_the_body_is_reported_as_modified(
     result = verify_bytes(changed, file_name=name)
     assert result.status == "modified"
     assert result.expected == blake3(content).hexdigest() != result.actual
+
+
+def one_byte_changed(content: bytes, i: int) -> bytes:
+    return content[:i] + (b"~" if content[i : i + 1] != b"~" else b"!") + content[i + 1 :]
+
+
+@given(documents(), st.booleans(), st.data())
+def test_a_one_byte_change_anywhere_but_the_stamp_is_never_valid(
+    doc: tuple[str, bytes], rich: bool, data: st.DataObject
+) -> None:
+    name, content = doc
+    out = stamped(content, name, rich=rich)
+    layout = stamps._layout_of(out, name)
+    # Before the stamp (BOM, shebang, encoding line, front matter, declaration) or after it.
+    outside = [*range(layout.keep_end), *range(layout.stamp_end, len(out))]
+    assume(outside)
+    changed = one_byte_changed(out, data.draw(st.sampled_from(outside)))
+    result = verify_bytes(changed, file_name=name)
+    assert result.status in ("modified", "unstamped")
+    if find_stamp(changed, file_name=name) is not None:  # the stamp is still where it belongs: compared, and fails
+        assert result.status == "modified"
+        assert result.expected == blake3(content).hexdigest() != result.actual
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    strict=True,
+    reason="stamps: a change that unmakes the preserved prefix (the BOM, '#!', a coding cookie, a front matter "
+    "'---', an XML declaration, the prefix's last newline) moves where the stamp is looked for; verify then says "
+    "'unstamped', which `onex verify` does not count as a failure",
+)
+@example(doc=("x.py", b"#!/usr/bin/env python3\nprint(1)\n"), rich=False, n=0)  # '#!' -> '~!'
+@given(documents(), st.booleans(), st.integers(min_value=0))
+def test_a_one_byte_change_in_the_preserved_prefix_is_reported_as_modified(
+    doc: tuple[str, bytes], rich: bool, n: int
+) -> None:
+    name, content = doc
+    out = stamped(content, name, rich=rich)
+    layout = stamps._layout_of(out, name)
+    assume(layout.keep_end > 0)  # a file with nothing that must stay first
+    changed = one_byte_changed(out, n % layout.keep_end)
+    result = verify_bytes(changed, file_name=name)
+    assert result.status == "modified", changed[: layout.stamp_end]
 
 
 @given(documents(), st.booleans())

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -22,12 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ONEX = Path(sys.executable).with_name("onex")
 
 
-def onex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``onex`` console script; a wide terminal so that rich never folds a path."""
+def onex(*args: str, cwd: Path, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``onex`` console script (under ``prefix``, a command such as ``setpriv ...``); a wide
+    terminal so that rich never folds a path."""
     command = [str(ONEX)] if ONEX.exists() else [sys.executable, "-m", "onex.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")}
     env["COLUMNS"] = "400"
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [*prefix, *command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def table_rows(output: str) -> list[list[str]]:
@@ -144,3 +150,82 @@ async def test_a_file_deleted_after_the_walk_fails_its_workflow_alone(tmp_path: 
         assert len(h.of("WORKFLOW_FAILED")) == 1
         assert len(h.of("WORKFLOW_COMPLETED")) == 4
     assert not doomed.exists()
+
+
+def without_root_privileges() -> list[str]:
+    """A command prefix that runs a program without the capabilities that let root read any file whatever its mode
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): nothing when not root, ``setpriv`` (util-linux) dropping every
+    capability when root; skips the test when neither is possible."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): a mode-000 file would be readable")
+    return [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+
+
+def test_stamp_reports_a_file_it_may_not_read_and_stamps_the_others(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    good = {"a.py": b"x = 1\n", "b.yaml": b"key: value\n", "c.json": b'{"ok": true}'}
+    for name, data in good.items():
+        (tree / name).write_bytes(data)
+    locked = tree / "locked.py"
+    locked.write_bytes(b"secret = 1\n")
+    locked.chmod(0)
+    prefix = without_root_privileges()
+    # The premise, checked with the same prefix: the file really cannot be read (a container may not let setpriv
+    # drop what it needs to, and then this test would prove nothing).
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode == 0 or "PermissionError" not in probe.stderr:
+        pytest.skip(f"could not make {locked} unreadable for a subprocess: {probe.stderr.strip()[-200:]}")
+    store = tmp_path / "onex.db"
+
+    result = onex(
+        "--root",
+        str(ROOT),
+        "stamp",
+        str(tree),
+        "--namespace",
+        "perm",
+        "--store",
+        f"sqlite:///{store}",
+        cwd=tmp_path,
+        prefix=prefix,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [row for row in table_rows(result.stdout) if len(row) == 3]
+    assert len(problems) == 1, problems
+    status, path, reason = problems[0]
+    assert (status, path) == ("failed", str(locked))
+    assert str(locked) in reason
+    assert "permission denied" in reason.lower()
+    counts = next(row for row in table_rows(result.stdout) if len(row) == 4 and all(c.isdigit() for c in row))
+    assert dict(zip(("stamped", "unchanged", "skipped", "failed"), map(int, counts), strict=True)) == {
+        "stamped": len(good),
+        "unchanged": 0,
+        "skipped": 0,
+        "failed": 1,
+    }
+
+    for name, data in good.items():
+        assert verify_file(tree / name).status == "valid", name
+        assert strip_stamp((tree / name).read_bytes(), file_name=name) == data, name
+    assert stat.S_IMODE(locked.stat().st_mode) == 0
+    assert locked.read_bytes() == b"secret = 1\n"  # root (this process) can still look: nothing was written
+    assert not sidecar_path(locked).exists()
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        stamped = {row[0] for row in db.execute("SELECT file_path FROM metadata_stamps WHERE namespace = 'perm'")}
+        failed = db.execute(
+            "SELECT file_path, error_message FROM workflow_executions WHERE current_state = 'failed'"
+        ).fetchall()
+    assert stamped == {str(tree / name) for name in good}
+    assert [path for path, _ in failed] == [str(locked)]
+    assert "permission denied" in failed[0][1].lower()
