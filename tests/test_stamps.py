@@ -167,13 +167,6 @@ def test_a_one_byte_change_anywhere_but_the_stamp_is_never_valid(
         assert result.expected == blake3(content).hexdigest() != result.actual
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="stamps: a change that unmakes the preserved prefix (the BOM, '#!', a coding cookie, a front matter "
-    "'---', an XML declaration, the prefix's last newline) moves where the stamp is looked for; verify then says "
-    "'unstamped', which `onex verify` does not count as a failure",
-)
 @example(doc=("x.py", b"#!/usr/bin/env python3\nprint(1)\n"), rich=False, n=0)  # '#!' -> '~!'
 @given(documents(), st.booleans(), st.integers(min_value=0))
 def test_a_one_byte_change_in_the_preserved_prefix_is_reported_as_modified(

@@ -884,7 +884,26 @@ def verify_bytes(content: bytes, *, file_name: str, sidecar: bytes | None = None
             return VerifyResult(file_name, "error", None, digest, str(exc))
     else:
         stamp = layout.stamp
+        if stamp is None and (misplaced := _misplaced_stamp(content, layout)) is not None:
+            # The lines the stamp follows (BOM, shebang, coding line, front matter ...) changed, so it is no longer
+            # where the file's first lines put it: the file was stamped and then modified, not never stamped.
+            return VerifyResult(file_name, "modified", misplaced.hash, digest)
     return _verdict(file_name, stamp, digest)
+
+
+def _misplaced_stamp(content: bytes, layout: _Layout) -> Stamp | None:
+    """A stamp within the first ``MAX_PREFIX`` bytes other than where ``layout`` looks for one."""
+    syntax = layout.syntax
+    assert syntax is not None
+    head = content[:HEAD_SIZE]
+    at_eof = len(content) < HEAD_SIZE
+    for marker in (syntax.open + b"ONEX:", syntax.open + _OPEN_MARK):
+        pos = head.find(marker, 0, MAX_PREFIX + len(marker))
+        while pos >= 0:
+            if pos != layout.insert_at and (found := _match_stamp(head, pos, at_eof, syntax)) is not None:
+                return found[0]
+            pos = head.find(marker, pos + 1, MAX_PREFIX + len(marker))
+    return None
 
 
 def _verdict(path: str, stamp: Stamp | None, digest: str) -> VerifyResult:
