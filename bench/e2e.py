@@ -9,7 +9,11 @@
   with the same pragmas, 500 items per transaction. What is left between the two is the runtime's own overhead:
   envelopes, validation, the FSM, routing, the bus.
 
-Prints items/s for both and the ratio; writes ``bench/results/e2e.json``.
+- ceiling: the same onex run with a store that discards every write (``_DiscardingStore``): what the runtime's
+  nodes, bus, validation and FSM cost on their own. No store, however fast, can take onex above it; when it is
+  below a target, the target is out of reach of the node graph itself.
+
+Prints items/s for the three and the ratios; writes ``bench/results/e2e.json``.
 
 With ``--store postgresql://USER@HOST:PORT/DB`` the same run goes to PostgreSQL instead:
 
@@ -48,10 +52,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from blake3 import blake3
 from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb, _redact
-from onex._sqlite import PRAGMAS, _migrations
+from onex._sqlite import PRAGMAS, SqliteStore, _migrations
 from onex.client import StampClient
 from onex.runtime import Runtime, tune_gc
 from onex.settings import Settings
+from onex.store import Store, WriteBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -63,9 +68,25 @@ def make_items(count: int) -> list[str]:
     return [f"item {i:08d} " + "x" * 1010 + "\n" for i in range(count)]
 
 
-async def run_onex(items: list[str], store_url: str) -> tuple[float, dict[str, int]]:
+class _DiscardingStore(SqliteStore):
+    """A migrated SQLite store whose writes do nothing: for the ceiling run."""
+
+    async def apply(self, batch: WriteBatch) -> None:
+        return None
+
+
+async def run_onex(items: list[str], store_url: str, *, discard: bool = False) -> tuple[float, dict[str, int]]:
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(heartbeat_interval_s=0)
-    async with Runtime(settings) as runtime:
+    store = _DiscardingStore(settings.store_url()) if discard else None
+    if store is None:
+        return await _run_onex(items, settings, None)
+    async with store:
+        await store.upgrade()
+        return await _run_onex(items, settings, store)
+
+
+async def _run_onex(items: list[str], settings: Settings, store: Store | None) -> tuple[float, dict[str, int]]:
+    async with Runtime(settings, store=store) as runtime:
         async with StampClient(runtime.bus, runtime.contracts, settings) as client:
             start = time.perf_counter()
             cids = [
@@ -174,6 +195,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
     tune_gc()  # as `onex stamp` / `onex run` do
     onex_s: list[float] = []
     raw_s: list[float] = []
+    ceiling_s: list[float] = []
     counts: dict[str, int] = {}
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
@@ -181,6 +203,8 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db"))
             onex_s.append(elapsed)
+        with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
+            ceiling_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True))[0])
     # fsm_transitions also holds the reducer's and the registry's own transitions: at least two per workflow.
     expected = {"workflow_executions": items, "metadata_stamps": items, "workflow_steps": 2 * items, "failed": 0}
     complete = {k: counts.get(k) for k in expected} == expected and counts.get("fsm_transitions", 0) >= 2 * items
@@ -194,6 +218,8 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
         "onex_items_per_s": round(onex_rate),
         "raw_floor_items_per_s": round(raw_rate),
         "ratio": round(onex_rate / raw_rate, 3),
+        "ceiling_items_per_s": round(items / min(ceiling_s)),
+        "ceiling_ratio": round(items / min(ceiling_s) / raw_rate, 3),
         "rows_persisted": counts,
         "rows_as_expected": complete,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
@@ -428,6 +454,8 @@ def main() -> None:
     print(f"  {'onex (all nodes, every row persisted)':40s} {r['onex_items_per_s']:>10,} items/s")
     print(f"  {'raw floor (blake3 + executemany)':40s} {r['raw_floor_items_per_s']:>10,} items/s")
     print(f"  {'ratio onex / raw':40s} {r['ratio']:>10.3f}")
+    print(f"  {'ceiling: onex, writes discarded':40s} {r['ceiling_items_per_s']:>10,} items/s")
+    print(f"  {'ratio ceiling / raw':40s} {r['ceiling_ratio']:>10.3f}")
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
 
 
