@@ -13,7 +13,7 @@ import anyio
 import asyncpg
 import pytest
 from onex._postgres import PostgresSettings, PostgresStore, _migrations
-from onex.exceptions import StoreError
+from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import (
     TABLES,
     BridgeStateRow,
@@ -27,7 +27,7 @@ from onex.store import (
     WriteBatch,
 )
 
-from tests.fixtures.postgres import free_port, with_schema
+from tests.fixtures.postgres import CuttableProxy, free_port, through, with_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -236,80 +236,6 @@ async def test_terminated_backends_mid_stream_lose_and_duplicate_nothing(
         assert (health.status, health.queued_writes) == ("ok", 0)
 
 
-class CuttableProxy:
-    """A TCP proxy in front of PostgreSQL that a test can cut (drop every connection, refuse new ones) and mend."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.cut = False
-        self.refused = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self.sever()
-        await self._server.wait_closed()
-
-    async def sever(self) -> None:
-        """Cut: close every proxied connection, and refuse the new ones until ``mend``."""
-        self.cut = True
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def mend(self) -> None:
-        self.cut = False
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.cut:
-            self.refused += 1
-            client_w.close()
-            return
-        server_r, server_w = await asyncio.open_connection(*self.target)
-        self._writers |= {client_w, server_w}
-        pumps = [
-            asyncio.ensure_future(self._pump(client_r, server_w)),
-            asyncio.ensure_future(self._pump(server_r, client_w)),
-        ]
-        self._tasks.update(pumps)
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            self._tasks.difference_update(pumps)
-            for writer in (client_w, server_w):
-                self._writers.discard(writer)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-
-def through(dsn: str, port: int) -> str:
-    """``dsn`` pointed at the proxy on ``port`` (same user, database and query)."""
-    head, _, tail = dsn.partition("@")
-    _, _, rest = tail.partition("/")
-    return f"{head}@127.0.0.1:{port}/{rest}"
-
-
 async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_written_after(
     postgres_dsn: str,
 ) -> None:
@@ -356,28 +282,33 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
             assert (health.status, health.queued_writes) == ("ok", 0)
 
 
-async def test_apply_gives_up_with_store_error_when_the_server_stays_away() -> None:
+async def test_apply_gives_up_with_store_unavailable_when_the_server_stays_away() -> None:
     # A port nothing listens on: every connect is refused. min_size=0 so that open() itself connects to nothing.
     url = (
         f"postgresql://postgres@127.0.0.1:{free_port()}/test"
         "?min_size=0&retry_attempts=3&backoff_initial=0.01&breaker_threshold=10"
     )
     async with PostgresStore(url) as store:
-        with anyio.fail_after(10), pytest.raises(StoreError, match="unavailable, batch not written"):
+        with anyio.fail_after(10), pytest.raises(StoreUnavailable, match="unavailable, batch not written"):
             await store.apply(WriteBatch(registrations=[RegistrationRow("n", "EFFECT", "1.0.0")]))
         assert store.statistics().retries == 3
         health = await store.health()
         assert (health.status, health.queued_writes) == ("degraded", 0)
 
 
-async def test_pool_exhaustion_raises_store_error_instead_of_hanging(postgres_dsn: str) -> None:
+async def test_opening_a_store_on_a_server_that_is_not_there_raises_store_unavailable() -> None:
+    with anyio.fail_after(10), pytest.raises(StoreUnavailable, match="cannot connect"):
+        await PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2").open()
+
+
+async def test_pool_exhaustion_raises_store_unavailable_instead_of_hanging(postgres_dsn: str) -> None:
     async with PostgresStore(url_with(postgres_dsn, min_size=1, max_size=1, acquire_timeout=0.2)) as store:
         await store.upgrade()
         async with store.connection():
             with anyio.fail_after(5):
-                with pytest.raises(StoreError, match="pool exhausted"):
+                with pytest.raises(StoreUnavailable, match="pool exhausted"):
                     await store.count("workflow_executions")
-                with pytest.raises(StoreError, match="pool exhausted"):
+                with pytest.raises(StoreUnavailable, match="pool exhausted"):
                     await store.apply(WriteBatch(registrations=[RegistrationRow("n", "EFFECT", "1.0.0")]))
                 health = await store.health()
                 assert health.status == "degraded"
@@ -392,8 +323,9 @@ async def test_a_bad_row_rolls_back_its_whole_batch_without_retrying(postgres_ds
         run = uuid.uuid4()
         workflow, stamp, _ = item_rows(1, run)
         unserialisable = StampRow(uuid.uuid4(), "h", "/f", 1, "ns", "lightweight", "text", stamp_data={"x": {1, 2}})
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError) as refused:
             await store.apply(WriteBatch(workflows=[workflow], stamps=[stamp, unserialisable]))
+        assert not isinstance(refused.value, StoreUnavailable)  # about the data: retrying later cannot help
         assert await store.count("workflow_executions") == 0
         assert await store.count("metadata_stamps") == 0
         assert store.statistics().retries == 0

@@ -136,6 +136,36 @@ async def test_call_lets_a_trial_through_when_half_open_and_its_outcome_decides(
 
 
 @pytest.mark.anyio
+async def test_only_the_errors_named_failures_count_against_the_dependency(
+    breaker: CircuitBreaker, clock: Clock
+) -> None:
+    async def refused() -> None:
+        raise ValueError("a row the dependency refuses: it answered")
+
+    async def down() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(5):  # more than the threshold of 3
+        with pytest.raises(ValueError, match="refuses"):
+            await breaker.call(refused, failures=(ConnectionError,))
+    assert breaker.state is BreakerState.CLOSED
+
+    # An answer also resets the count: two outages, an answer, two more outages, still closed.
+    for fn in (down, down, refused, down, down):
+        with pytest.raises((ConnectionError, ValueError)):
+            await breaker.call(fn, failures=(ConnectionError,))
+    assert breaker.state is BreakerState.CLOSED
+    with pytest.raises(ConnectionError):
+        await breaker.call(down, failures=(ConnectionError,))
+    assert breaker.state is BreakerState.OPEN
+
+    clock.advance(10)  # half-open: a trial that gets an answer, even an error, closes the breaker
+    with pytest.raises(ValueError, match="refuses"):
+        await breaker.call(refused, failures=(ConnectionError,))
+    assert breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.anyio
 async def test_while_half_open_only_one_trial_call_is_let_through_at_a_time(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:

@@ -19,7 +19,7 @@ import anyio
 import pytest
 from onex import _sqlite
 from onex._sqlite import Migration, SqliteStore, database_path
-from onex.exceptions import StoreError
+from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import EventLogRow, StampRow, WorkflowRow, WriteBatch, open_store
 
 pytestmark = pytest.mark.anyio
@@ -221,6 +221,25 @@ async def test_two_stores_on_one_file_wait_for_each_other_instead_of_failing(tmp
         batches = [WriteBatch(stamps=[stamp() for _ in range(200)]) for _ in range(20)]
         await asyncio.gather(*(s.apply(b) for s, b in zip([first, second] * 10, batches, strict=True)))
         assert await first.count("metadata_stamps") == 4_000
+
+
+async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_bad_data(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+        # The store waits BUSY_TIMEOUT_S (10 s) for another writer; give up at once here instead (on the store's
+        # own thread, which owns the connection).
+        await store._call(lambda: store._ready().execute("PRAGMA busy_timeout = 0"))
+        with raw(db) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.apply(WriteBatch(stamps=[stamp()]))
+            other.execute("ROLLBACK")
+        await store.apply(WriteBatch(stamps=[stamp()]))  # the same call succeeds once the lock is gone
+        assert await store.count("metadata_stamps") == 1
+        with pytest.raises(StoreError) as refused:  # a value SQLite cannot store stays a plain StoreError
+            await store.apply(WriteBatch(stamps=[stamp(file_size=2**70)]))
+        assert not isinstance(refused.value, StoreUnavailable)
 
 
 # --- migrations --------------------------------------------------------------------------------------------------

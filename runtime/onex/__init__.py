@@ -16,6 +16,7 @@ from onex.exceptions import (
     PayloadError,
     StampError,
     StoreError,
+    StoreUnavailable,
     TransitionError,
 )
 from onex.fsm import Entity, StateMachine, TransitionRecord
@@ -63,6 +64,7 @@ __all__ = [
     "StateMachine",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "TransitionError",
     "TransitionRecord",
     "WriteBatch",

@@ -9,7 +9,7 @@ parameter                 default  meaning
 ``schema``                public   the schema holding every table; ``upgrade()`` creates it when missing
 ``min_size``              1        pool connections kept open
 ``max_size``              10       pool connections at most
-``acquire_timeout``       10       seconds to wait for a free pool connection, then ``StoreError("pool exhausted")``
+``acquire_timeout``       10       seconds to wait for a free pool connection, then ``StoreUnavailable``
 ``connect_timeout``       5        seconds to open one connection
 ``statement_timeout_ms``  30000    the server's ``statement_timeout`` for every statement but migrations
 ``command_timeout``       60       client-side limit of one command, in seconds
@@ -52,12 +52,15 @@ Deadlocks and serialisation failures are retried without counting against the se
 
 How the queue of pending writes is bounded: there is no background queue, on purpose. A batch that cannot be
 written stays with the caller awaiting ``apply`` (a bus handler, which has not committed its offset yet), for at
-most ``retry_attempts`` attempts and ``retry_deadline`` seconds; then ``apply`` raises ``StoreError`` and the bus
-takes over: its own retries with backoff, then the dead-letter topic, from which the events can be replayed. So the
-writes held are bounded by the bus's bounded number of in-flight handlers times their batch size, they survive a
-crash of this process (the bus still has them), and nothing is dropped that the bus has not been told about.
-``health()`` reports them as ``queued_writes`` (rows) and the store as ``degraded`` while they wait. Pool exhaustion
-is not retried here: ``StoreError("pool exhausted ...")`` after ``acquire_timeout``, and the bus retries later.
+most ``retry_attempts`` attempts and ``retry_deadline`` seconds; then ``apply`` raises ``StoreUnavailable`` (a
+``StoreError``) and the caller decides: the database adapter keeps the batch unacknowledged and tries again later
+(see ``nodes/database_adapter_effect``), so the writes held are bounded by the bus's bounded number of in-flight
+handlers times their batch size, they survive a crash of this process (the bus still has them), and nothing is
+dropped. ``health()`` reports them as ``queued_writes`` (rows) and the store as ``degraded`` while they wait. Pool
+exhaustion is not retried here: ``StoreUnavailable("pool exhausted ...")`` after ``acquire_timeout``. Every
+connection-class failure that ends a call (refused, lost, the server shutting down, the breaker open, the pool
+exhausted) is ``StoreUnavailable``; an error about the data, or a schema that is not current, is a plain
+``StoreError``.
 
 Migrations: ``migrations/postgres/NNNN_name.sql``, applied by ``upgrade()`` in number order, each in its own
 transaction, under a per-schema advisory lock, recorded in ``schema_migrations(version, name, checksum,
@@ -83,7 +86,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from onex.exceptions import StoreError
+from onex.exceptions import StoreError, StoreUnavailable
 from onex.resilience import BreakerState, CircuitBreaker
 from onex.store import (
     TABLES,
@@ -751,7 +754,8 @@ class PostgresStore(Store):
                 init=_init_staging if s.bulk_method == "copy" else _init_jsonb,
             )
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            raise StoreError(f"cannot connect to {_redact(self.url)}: {_describe(exc)}") from exc
+            error = StoreUnavailable if _is_connection_error(exc) else StoreError
+            raise error(f"cannot connect to {_redact(self.url)}: {_describe(exc)}") from exc
         self._closed = False
 
     async def __aenter__(self) -> PostgresStore:  # narrower than Store's, for statistics() and connection()
@@ -817,7 +821,8 @@ class PostgresStore(Store):
                     if not conn.is_closed():
                         await conn.execute("SELECT pg_advisory_unlock($1)", key)
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            raise StoreError(f"upgrade of schema {schema!r} at {_redact(self.url)} failed: {_describe(exc)}") from exc
+            error = StoreUnavailable if _is_connection_error(exc) else StoreError
+            raise error(f"upgrade of schema {schema!r} at {_redact(self.url)} failed: {_describe(exc)}") from exc
         self._schema_ready = True
         return applied
 
@@ -936,7 +941,7 @@ class PostgresStore(Store):
                     # Poll rather than sleep the whole reset timeout: another caller's trial may close it sooner.
                     wait = min(s.breaker_reset, 0.05)
                     if self._clock() + wait > deadline:
-                        raise StoreError(self._unavailable("circuit breaker open"))
+                        raise StoreUnavailable(self._unavailable("circuit breaker open"))
                     await asyncio.sleep(wait)
                     continue
                 try:
@@ -955,7 +960,9 @@ class PostgresStore(Store):
                         self._queued += counted
                     delay = min(s.backoff_initial * 2 ** (attempt - 1), s.backoff_max)
                     if attempt >= s.retry_attempts or self._clock() + delay > deadline:
-                        raise StoreError(self._unavailable(f"gave up after {attempt} attempts")) from exc.__cause__
+                        raise StoreUnavailable(
+                            self._unavailable(f"gave up after {attempt} attempts")
+                        ) from exc.__cause__
                     await asyncio.sleep(delay)
         finally:
             self._queued -= counted
@@ -1152,7 +1159,7 @@ class PostgresStore(Store):
     async def connection(self) -> AsyncIterator[Connection]:
         """A pool connection for queries the ``Store`` API does not cover (``onex db``, tests).
 
-        Raises ``StoreError("pool exhausted ...")`` when none is free within ``acquire_timeout``.
+        Raises ``StoreUnavailable("pool exhausted ...")`` when none is free within ``acquire_timeout``.
         """
         async with self._connection() as conn:
             yield conn
@@ -1167,7 +1174,7 @@ class PostgresStore(Store):
             conn = await pool.acquire(timeout=timeout)
         except TimeoutError as exc:
             if pool.get_idle_size() == 0 and pool.get_size() >= self.settings.max_size:
-                raise StoreError(
+                raise StoreUnavailable(
                     f"pool exhausted: no free connection to {_redact(self.url)} within {timeout:g}s "
                     f"(all {self.settings.max_size} in use)"
                 ) from exc

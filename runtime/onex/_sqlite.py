@@ -20,7 +20,8 @@ concurrent writer elsewhere makes us wait there instead of failing mid-transacti
 (uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table gets one ``executemany``
 of one prepared statement, in the order workflows, steps, stamps, transitions, bridge states, registrations,
 heartbeats, event logs, processed events. Any error rolls the whole batch back and raises ``StoreError`` naming
-the table and the operation (and the row, when it could not be encoded).
+the table and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when the error is
+that another process kept the database locked for longer than the busy timeout (the batch may succeed later).
 
 Conflict rules: those of ``onex.store``, written the way ``PostgresStore`` writes them, so that one conformance
 suite holds for both. Where the table in ``onex.store`` leaves room:
@@ -56,7 +57,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
 from onex import store
-from onex.exceptions import StoreError
+from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import (
     TABLES,
     BridgeStateRow,
@@ -879,9 +880,8 @@ class SqliteStore(Store):
             conn.execute("COMMIT")
         except _EXECUTE_ERRORS as exc:
             _rollback(conn)
-            raise StoreError(
-                f"apply: {current} failed on {self.path}: {_describe(exc)}; the batch was rolled back"
-            ) from exc
+            error = StoreUnavailable if _locked(exc) else StoreError
+            raise error(f"apply: {current} failed on {self.path}: {_describe(exc)}; the batch was rolled back") from exc
         except BaseException:
             _rollback(conn)
             raise
@@ -1037,6 +1037,13 @@ def _first(row: tuple[Any, ...]) -> Any:
 def _check_page(limit: int, offset: int) -> None:
     if limit < 0 or offset < 0:
         raise ValueError(f"limit and offset must not be negative (limit={limit}, offset={offset})")
+
+
+def _locked(exc: BaseException) -> bool:
+    """Whether ``exc`` says another connection kept the database locked past the busy timeout: the one SQLite error
+    that is about availability (``StoreUnavailable``), not about the batch."""
+    busy = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in busy  # extended codes too
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

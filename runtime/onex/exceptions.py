@@ -6,6 +6,7 @@
     ├── BusError             the event bus cannot accept or deliver
     │   └── PayloadError     an envelope or payload fails its schema: names the event id
     ├── StoreError           persistence failed
+    │   └── StoreUnavailable the store cannot be reached now (connection, circuit breaker, pool): retry later
     └── StampError           a file cannot be hashed, stamped or verified: names the path
 
 Each carries the context a user needs to act on it; ``str(error)`` is the message to print.
@@ -73,6 +74,16 @@ class PayloadError(BusError):
 
 class StoreError(OnexError):
     """Persistence failed (connection, constraint, migration)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; the same call may well succeed later.
+
+    Connection refused or lost, the server shutting down, the circuit breaker open, the pool exhausted, a database
+    file locked by another process. Nothing of the call was written. Unlike other ``StoreError``s (a constraint, a
+    value the store refuses, a schema that is not current) this says nothing about the data, so a writer should
+    hold on to it and try again rather than give it up.
+    """
 
 
 class StampError(OnexError):

@@ -61,9 +61,15 @@ class CircuitBreaker:
         if self._failures >= self.failure_threshold or self.state is BreakerState.HALF_OPEN:
             self._opened_at = self._clock()
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(
+        self, fn: Callable[[], Awaitable[T]], *, failures: tuple[type[BaseException], ...] = (Exception,)
+    ) -> T:
         """Call ``fn`` through the breaker; ``CircuitOpenError`` without calling it while open, and while half-open
-        for every caller but the one trial."""
+        for every caller but the one trial.
+
+        Only the exceptions in ``failures`` count against the dependency. Any other exception is passed on but
+        counts as an answer (a success): a store that refuses a bad row is up, and must not be cut off for it.
+        """
         state = self.state
         if state is BreakerState.OPEN:
             raise CircuitOpenError(f"circuit open after {self._failures} consecutive failures")
@@ -74,8 +80,11 @@ class CircuitBreaker:
             self._trial_in_flight = True
         try:
             result = await fn()
-        except Exception:
-            self.record_failure()
+        except Exception as exc:
+            if isinstance(exc, failures):
+                self.record_failure()
+            else:
+                self.record_success()
             raise
         finally:
             if trial:

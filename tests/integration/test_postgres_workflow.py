@@ -7,6 +7,7 @@ submitting content items as ``bench/e2e.py`` does. Each test gets a fresh schema
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import uuid
@@ -21,11 +22,16 @@ import asyncpg
 import pytest
 from blake3 import blake3
 from onex._postgres import PostgresSettings, PostgresStore
+from onex.bus import RetryPolicy
 from onex.client import StampClient
 from onex.envelope import OnexEnvelopeV1
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import TABLES, Store, open_store
+from onex.testing import Harness
+
+from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect
+from tests.fixtures.postgres import CuttableProxy, through
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -340,6 +346,109 @@ async def test_5000_items_survive_terminated_backends_exactly_once(postgres_dsn:
         assert (health.status, health.queued_writes) == ("ok", 0), health
     finally:
         await store.aclose()
+
+
+# --- b2. PostgreSQL away for longer than the adapter's whole retry budget --------------------------------------------
+
+OUTAGE_S = 10.0
+
+
+async def test_an_outage_longer_than_the_retry_budget_dead_letters_nothing_and_loses_nothing(
+    postgres_dsn: str,
+) -> None:
+    proxy = CuttableProxy.before(postgres_dsn)
+    async with proxy as port:
+        # retry_attempts=1: the store gives up on its first failed attempt, so every failure reaches the adapter at
+        # once, and an adapter that passed it on to the bus would use up the bus's retries within the first seconds.
+        url = f"{through(postgres_dsn, port)}&retry_attempts=1&breaker_reset=0.5"
+        async with Harness(root=ROOT, store_url=url) as h:
+            adapter = h.runtime.node("database_adapter_effect")
+            assert isinstance(adapter, NodeDatabaseAdapterEffect)
+            retry = adapter.contract.resilience.retry
+            policy = RetryPolicy(max_attempts=retry.max_attempts, backoff_ms=float(retry.backoff_ms))
+            budget_s = sum(policy.delay_s(attempt) for attempt in range(1, policy.max_attempts))
+            assert 3 * budget_s < OUTAGE_S  # the outage is clearly longer than the bus would keep retrying
+
+            cids: list[uuid.UUID] = []
+
+            async def request() -> None:
+                i = len(cids)
+                sent = await h.publish(
+                    "STAMP_REQUESTED", {"content": f"item {i}\n", "file_path": f"item-{i}.txt", "namespace": "outage"}
+                )
+                assert sent.correlation_id is not None
+                cids.append(sent.correlation_id)
+
+            # First with the server there: the reducer loads the namespace's totals (it reads the store once per
+            # namespace), and every node is registered.
+            await request()
+            await h.settle()
+
+            await proxy.sever()
+            try:
+                with anyio.fail_after(OUTAGE_S + 30):
+                    started = anyio.current_time()
+                    await request()
+                    for _ in itertools.count():  # polled: health has no event to wait on
+                        if adapter.health() == "DEGRADED":
+                            break
+                        await anyio.sleep(0.01)
+                    # Requests keep coming for the whole outage, which lasts until the store was asked more often
+                    # than the bus would retry a message, and at least OUTAGE_S.
+                    while anyio.current_time() - started < OUTAGE_S or proxy.refused <= policy.max_attempts:
+                        await request()
+                        await anyio.sleep(0.25)
+                        assert h.dead_letters() == []
+                        assert adapter.health() == "DEGRADED"
+                    held = adapter.statistics()
+                    assert held.pending_rows > 0, held
+                    assert h.bus.statistics().dead_lettered == 0
+            finally:
+                proxy.mend()  # also when an assertion failed: shutting the harness down needs the store
+            with anyio.fail_after(30):
+                await h.settle()  # every message handled, the held ones included
+
+            assert adapter.health() == "HEALTHY"
+            assert adapter.statistics().pending_batches == 0
+            assert h.dead_letters() == []
+            assert h.bus.statistics().dead_lettered == 0
+            outcomes = {e.correlation_id: e for e in h.of("WORKFLOW_COMPLETED") if e.correlation_id in cids}
+            assert len(outcomes) == len(cids)
+            steps = sum(len(e.payload["steps"]) for e in outcomes.values())
+            transitions = sum(len(h.transitions(cid)) for cid in cids)
+
+        # Straight to the server, past the proxy, on the test's schema.
+        async with PostgresStore(postgres_dsn) as direct, direct.connection() as conn:
+            workflows = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT correlation_id) AS keys,"
+                " count(*) FILTER (WHERE current_state = 'completed') AS completed"
+                " FROM workflow_executions WHERE correlation_id = ANY($1::uuid[])",
+                cids,
+            )
+            stamps = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT workflow_id) AS workflows FROM metadata_stamps"
+                " WHERE workflow_id = ANY($1::uuid[])",
+                cids,
+            )
+            step_rows = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT (workflow_id, step_name)) AS keys FROM workflow_steps"
+                " WHERE workflow_id = ANY($1::uuid[])",
+                cids,
+            )
+            transition_rows = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT id) AS keys FROM fsm_transitions WHERE entity_id = ANY($1)",
+                [str(cid) for cid in cids],
+            )
+            bridge = await conn.fetchrow(
+                "SELECT total_workflows_processed AS workflows FROM bridge_states WHERE namespace = 'outage'"
+            )
+        n = len(cids)
+        assert dict(workflows) == {"n": n, "keys": n, "completed": n}
+        assert dict(stamps) == {"n": n, "workflows": n}
+        assert dict(step_rows) == {"n": steps, "keys": steps}
+        assert dict(transition_rows) == {"n": transitions, "keys": transitions}
+        assert transitions == 2 * n  # processing, completed: each published once, each stored once
+        assert dict(bridge) == {"workflows": n}  # the reducer's last aggregate, written at shutdown
 
 
 # --- c. SQL-looking text is data, end to end -------------------------------------------------------------------------

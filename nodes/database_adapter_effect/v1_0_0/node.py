@@ -17,6 +17,30 @@ Idempotency: every row has a natural key (see ``onex.store``), so a redelivered 
 that, event ids already applied are skipped: recent ids in memory (bounded), and the ids of the reducer's intents
 durably in ``processed_events`` (intents are the one kind whose replay after a restart must be recognised without
 re-reading the row). With ``config.log_events`` every consumed event is also written to ``event_logs``.
+
+Store outages. A store that cannot be reached is not a bad message, so it must not use up the bus's retries and
+end in the dead-letter topic. On ``StoreUnavailable`` (connection refused or lost, the server shutting down, the
+pool exhausted, a database file locked by another process) or this node's circuit breaker being open, the writer
+keeps the batches pending and their handlers keep waiting, so their messages stay unacknowledged and the bus holds
+everything behind them: as many messages as the memory bus's buffers take, or Kafka's log. The writer tries again
+with capped exponential backoff (from the contract's ``retry.backoff_ms``, doubling up to
+``config.outage_max_backoff_ms``), every attempt through the circuit breaker, which lets one trial through per reset
+timeout while it is open instead of hammering the store. ``health()`` says DEGRADED from the first unavailable
+attempt to the next successful one (heartbeats and the HTTP ``/health`` report it). When the store answers again
+everything pending is written, each row once: natural keys make rewriting a batch whose COMMIT answer was lost
+harmless. Any other ``StoreError`` is about the data (a constraint, a value the store refuses): as before, the
+handler fails, the bus retries the messages one by one and dead-letters the bad one with the error. Such errors do
+not count against the circuit breaker: the store answered.
+
+Draining during an outage: ``drain()`` gives the batches in hand ``config.drain_timeout_ms`` more
+(``ONEX_DRAIN_TIMEOUT_MS``, default 5 s); if the store is still unavailable then, their handlers are cancelled,
+which both buses take as "not handled": the messages stay unacknowledged (Kafka does not commit them and the group
+gets them again; the memory bus puts them back in the group's buffer) and nothing is dead-lettered. The wait is
+bounded by that timeout plus one store call in progress (``PostgresStore``: at most its ``retry_deadline``). Two
+limits that are not this node's: ``Runtime.drain()`` on the memory bus first waits until the bus is quiescent, which
+it is not while writes are held, so a whole runtime shut down during an outage waits there until the store is back;
+and a Kafka member holding one batch for longer than ``max_poll_interval_ms`` (5 min) leaves its group, whose new
+owner writes the batch again (duplicates, not losses).
 """
 
 from __future__ import annotations
@@ -24,13 +48,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from onex.envelope import ModelStateTransition
-from onex.nodes import EffectNode, Event
+from onex.exceptions import StoreUnavailable
+from onex.nodes import EffectNode, Event, Lifecycle
+from onex.resilience import CircuitOpenError
 from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
 from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished, ModelWorkflowStarted
@@ -40,25 +69,89 @@ from nodes.stamping_effect.v1_0_0.models import ModelStampCreated
 WORKFLOW_TYPE = "stamp_workflow"
 MAX_COMMIT_ROWS = 5_000
 
+T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
+
+# What says "the store cannot be reached now" rather than "this data cannot be stored".
+_UNAVAILABLE = (StoreUnavailable, CircuitOpenError)
+
+
+class _GiveUp(asyncio.CancelledError):
+    """Internal: draining, and the store stayed unavailable past the drain timeout.
+
+    A ``CancelledError`` on purpose: raised out of a handler it reads as a cancelled handler, which both buses leave
+    unacknowledged (redelivered later), where any ``Exception`` would be retried and then dead-lettered.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatistics:
+    """A snapshot of the group-commit writer (``NodeDatabaseAdapterEffect.statistics()``).
+
+    ``pending_batches`` / ``pending_rows``: handed to the writer and not committed yet (their messages are not
+    acknowledged). ``commits``: transactions committed. ``unavailable``: store calls that found the store
+    unavailable, since the start. ``outage_s``: how long the current outage has lasted, None when there is none.
+    """
+
+    pending_batches: int
+    pending_rows: int
+    commits: int
+    unavailable: int
+    outage_s: float | None
+
 
 class NodeDatabaseAdapterEffect(EffectNode):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.log_events = str(self.contract.config.get("log_events", "false")).lower() in ("1", "true", "yes")
+        config = self.contract.config
+        self.log_events = str(config.get("log_events", "false")).lower() in ("1", "true", "yes")
         self._recent: OrderedDict[uuid.UUID, None] = OrderedDict()
-        self._recent_max = int(self.contract.config.get("dedupe_window", 200_000))
+        self._recent_max = int(config.get("dedupe_window", 200_000))
         self._pending: list[tuple[WriteBatch, asyncio.Future[None]]] = []
+        self._in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # Store outages (module docstring): the first pause is the contract's retry backoff, doubling up to a cap.
+        self._backoff_s = max(float(self.contract.resilience.retry.backoff_ms), 10.0) / 1000
+        self._max_backoff_s = max(float(config.get("outage_max_backoff_ms", 2_000)) / 1000, self._backoff_s)
+        self._drain_timeout_s = float(config.get("drain_timeout_ms", 5_000)) / 1000
+        self._outage_since: float | None = None
+        self._give_up_at: float | None = None  # set when draining starts
+        self._draining = asyncio.Event()
+        self._commits = 0
+        self._unavailable = 0
 
     async def on_start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"group-commit:{self.node_id}")
+
+    async def drain(self) -> None:
+        if self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING):
+            # Handlers in hand return only once their rows are written: bound that wait while the store is away.
+            self._give_up_at = time.monotonic() + self._drain_timeout_s
+            self._draining.set()
+        await super().drain()
 
     async def on_stop(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        self._abandon()  # nobody writes them now; normally nothing is left after drain
+
+    def health(self) -> str:
+        base = super().health()  # EffectNode: DEGRADED while the circuit breaker is open
+        return "DEGRADED" if base == "HEALTHY" and self._outage_since is not None else base
+
+    def statistics(self) -> WriterStatistics:
+        held = [*self._in_flight, *self._pending]
+        return WriterStatistics(
+            pending_batches=sum(1 for _, done in held if not done.done()),
+            pending_rows=sum(len(batch) for batch, done in held if not done.done()),
+            commits=self._commits,
+            unavailable=self._unavailable,
+            outage_s=None if self._outage_since is None else time.monotonic() - self._outage_since,
+        )
 
     async def _write_loop(self) -> None:
         while True:
@@ -67,6 +160,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
             pending, rows = [], 0
             while self._pending and rows < MAX_COMMIT_ROWS:  # a lost connection re-sends at most this much
                 batch, done = self._pending.pop(0)
+                if done.done():
+                    continue  # its handler was cancelled: the bus has its messages back
                 pending.append((batch, done))
                 rows += len(batch)
             if self._pending:
@@ -74,16 +169,70 @@ class NodeDatabaseAdapterEffect(EffectNode):
             if not pending:
                 continue
             merged = merge([batch for batch, _ in pending])
+            self._in_flight = pending
             try:
-                await self.breaker.call(functools.partial(self.store.apply, merged))
-            except Exception as exc:  # every contributor retries on its own (the bus's retry and dead letter)
+                await self._store_call(functools.partial(self.store.apply, merged))
+            except _GiveUp:
+                self._abandon()
+            except Exception as exc:  # about the data: every contributor retries on its own (bus retry, dead letter)
                 for _, done in pending:
                     if not done.done():
                         done.set_exception(exc)
+            except BaseException:  # the writer itself is cancelled (on_stop): nobody will write these
+                for _, done in pending:
+                    done.cancel()
+                raise
             else:
+                self._commits += 1
                 for _, done in pending:
                     if not done.done():
                         done.set_result(None)
+            finally:
+                self._in_flight = []
+
+    async def _store_call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()`` through the circuit breaker, called again and again while the store is unavailable.
+
+        Other errors pass through at once. Raises ``_GiveUp`` once draining has gone on for the drain timeout.
+        """
+        delay = self._backoff_s
+        while True:
+            try:
+                result = await self.breaker.call(fn, failures=(StoreUnavailable,))
+            except _UNAVAILABLE as exc:
+                self._unavailable += 1
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    _log.warning(
+                        "%s: store unavailable, holding %d rows unacknowledged and retrying: %s",
+                        self.node_id,
+                        self.statistics().pending_rows,
+                        exc,
+                    )
+                if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+                    raise _GiveUp("store unavailable while draining: messages left unacknowledged") from exc
+                await self._pause(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+                continue
+            if self._outage_since is not None:
+                _log.warning("%s: store available again after %.1f s", self.node_id, self.statistics().outage_s)
+                self._outage_since = None
+            return result
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds before the next attempt; the start of a drain or its deadline cut it short."""
+        if self._give_up_at is not None:
+            await asyncio.sleep(max(0.0, min(delay, self._give_up_at - time.monotonic())))
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._draining.wait()
+
+    def _abandon(self) -> None:
+        """Cancel every handler still waiting for the writer: their messages stay unacknowledged."""
+        for _, done in [*self._in_flight, *self._pending]:
+            done.cancel()
+        self._pending.clear()
 
     async def _commit(self, batch: WriteBatch) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -95,7 +244,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         fresh = [e for e in events if e.envelope.event_id not in self._recent]
         intent_ids = [e.envelope.event_id for e in fresh if isinstance(e.payload, ModelAggregationIntent)]
         if intent_ids:
-            todo = await self.store.unprocessed(self.contract.name, intent_ids)
+            todo = await self._store_call(functools.partial(self.store.unprocessed, self.contract.name, intent_ids))
             fresh = [
                 e for e in fresh if not isinstance(e.payload, ModelAggregationIntent) or e.envelope.event_id in todo
             ]

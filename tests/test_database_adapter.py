@@ -1,0 +1,125 @@
+"""The database adapter (``nodes/database_adapter_effect``): a bad row is dead-lettered, a store outage is not.
+
+The adapter is hosted alone in a ``Harness``; the test publishes what the other nodes would. The whole graph
+through a PostgreSQL outage is in ``tests/integration/test_postgres_workflow.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from onex.contracts import load_contracts
+from onex.nodes import Lifecycle
+from onex.resilience import BreakerState
+from onex.testing import Harness
+
+from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect
+from tests.fixtures.postgres import CuttableProxy, through
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTER = "database_adapter_effect"
+
+
+def stamp_created(i: int, **fields: Any) -> dict[str, Any]:
+    """A STAMP_CREATED payload as the stamping effect publishes it (one metadata_stamps row)."""
+    return {
+        "workflow_id": str(uuid.uuid4()),
+        "stamp_id": str(uuid.uuid4()),
+        "file_path": f"src/{i}.py",
+        "file_hash": f"{i:064x}",
+        "file_size": 10 + i,
+        "file_type": "python",
+        "namespace": "ns",
+        "stamp_type": "lightweight",
+        "status": "stamped",
+        **fields,
+    }
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds (health and the writer's counters have no event to wait on); the caller's
+    ``fail_after`` bounds the wait."""
+    for _ in itertools.count():
+        if condition():
+            return
+        await anyio.sleep(0.01)
+
+
+def adapter_of(h: Harness) -> NodeDatabaseAdapterEffect:
+    node = h.runtime.node(ADAPTER)
+    assert isinstance(node, NodeDatabaseAdapterEffect)
+    return node
+
+
+async def test_a_value_the_store_refuses_is_dead_lettered_and_does_not_trip_the_breaker(store_url: str) -> None:
+    async with Harness([ADAPTER], root=ROOT, store_url=store_url) as h:
+        adapter = adapter_of(h)
+        bad = await h.publish("STAMP_CREATED", stamp_created(1, file_size=2**70))  # beyond any 64-bit column
+        dead = await h.wait_for("DEAD_LETTER", lambda e: e.causation_id == bad.event_id, timeout=30)
+
+        assert dead.payload["attempts"] == adapter.contract.resilience.retry.max_attempts
+        assert dead.payload["error_type"] == "StoreError"
+        assert "metadata_stamps" in dead.payload["error"]
+        # The store answered every one of those attempts: it is not unavailable, and nothing is held.
+        assert adapter.breaker.state is BreakerState.CLOSED
+        assert adapter.health() == "HEALTHY"
+        assert adapter.statistics().pending_batches == 0
+
+        good = stamp_created(2)
+        await h.publish("STAMP_CREATED", good)
+        await h.settle()
+        assert [s.file_path for s in await h.store.get_stamps_by_hash(good["file_hash"])] == ["src/2.py"]
+        assert await h.store.count("metadata_stamps") == 1
+        assert h.dead_letters() == [dead]
+
+
+async def test_draining_while_postgres_is_unreachable_ends_and_leaves_the_writes_for_redelivery(
+    postgres_dsn: str,
+) -> None:
+    contracts = load_contracts(ROOT, env={"ONEX_DRAIN_TIMEOUT_MS": "200"})
+    proxy = CuttableProxy.before(postgres_dsn)
+    async with proxy as port:
+        proxy_url = f"{through(postgres_dsn, port)}&retry_attempts=1"  # the store gives up after one attempt
+        async with Harness([ADAPTER], root=ROOT, contracts=contracts, store_url=proxy_url) as h:
+            adapter = adapter_of(h)
+            await proxy.sever()
+            sent = [stamp_created(i) for i in range(3)]
+            try:
+                for payload in sent:
+                    await h.publish("STAMP_CREATED", payload)
+                with anyio.fail_after(30):
+                    await until(
+                        lambda: adapter.health() == "DEGRADED" and adapter.statistics().pending_rows == len(sent)
+                    )
+                    await adapter.stop()  # drains: the writes in hand wait 200 ms more, then are let go
+
+                assert adapter.lifecycle is Lifecycle.STOPPED
+                await h.settle()  # the recorder has seen the STOPPED heartbeat
+                assert h.dead_letters() == []
+                stats = h.bus.statistics()
+                assert (stats.dead_lettered, stats.buffered) == (0, len(sent))  # unacknowledged, back in the group
+            finally:
+                proxy.mend()
+
+            # The next adapter of the group gets them, and writes them now that the server is back.
+            successor = NodeDatabaseAdapterEffect(adapter.contract, bus=h.bus, store=h.store, settings=h.settings)
+            await successor.start()
+            try:
+                with anyio.fail_after(30):
+                    await h.settle()
+            finally:
+                await successor.stop()
+            assert successor.statistics().commits >= 1
+            for payload in sent:
+                [row] = await h.store.get_stamps_by_hash(payload["file_hash"])
+                assert str(row.id) == payload["stamp_id"]
+            assert await h.store.count("metadata_stamps") == len(sent)
+            assert h.dead_letters() == []
