@@ -18,7 +18,7 @@ from types import TracebackType
 
 from onex.bus import EventBus, MemoryBus
 from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
-from onex.exceptions import OnexError
+from onex.exceptions import OnexError, StoreError
 from onex.nodes import Node, RegistryNode
 from onex.settings import Settings
 from onex.store import Store, open_store
@@ -101,6 +101,13 @@ class Runtime:
             await self.store.open()
             if self.settings.store_url().startswith("sqlite:"):
                 await self.store.upgrade()
+        if self.selected:
+            # Refuse to start nodes on a store they cannot use (a schema that needs `onex db upgrade`): they would
+            # do their work (stamp files) and only then fail to record it. An unreachable server is not refused:
+            # the database adapter holds its writes until it answers.
+            health = await self.store.health()
+            if health.status == "down":
+                raise StoreError(health.detail)
         if self._own_bus:
             await self.bus.start()
         for contract in self.selected:
