@@ -33,8 +33,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from onex.contracts import AggregationFunction
+from onex.exceptions import StoreUnavailable
 from onex.fsm import Entity
-from onex.nodes import Event, ReducerNode
+from onex.nodes import Event, Lifecycle, ReducerNode
+from onex.store import BridgeStateRow
 
 from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished
 from nodes.reducer.v1_0_0.models import ModelAggregationIntent
@@ -91,13 +93,18 @@ class NodeReducer(ReducerNode):
         started. Everything is read before the aggregate exists, so a handler of another partition that loads the
         same namespace meanwhile (or counts into it) is not overwritten.
         """
-        row = await self.store.get_bridge_state(namespace)
-        hashes: set[str] = set()
-        if row is not None:
-            offset, page = 0, 10_000
-            while stamps := await self.store.list_stamps(namespace, limit=page, offset=offset):
-                hashes.update(st.file_hash for st in stamps)
-                offset += page
+        delay = 0.1
+        while True:
+            try:
+                row, hashes = await self._read_state(namespace)
+                break
+            except StoreUnavailable:
+                # An unreachable store is no reason to dead-letter the events: hold them (unacknowledged) and try
+                # again, as the database adapter holds its writes; only while draining let the bus have them back.
+                if self.lifecycle is not Lifecycle.RUNNING:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         if namespace in self.aggregates:
             return
         agg = self._aggregate(namespace)
@@ -109,6 +116,16 @@ class NodeReducer(ReducerNode):
             agg.hashes = hashes
             agg.by_file_type.update(row.aggregation_metadata.get("by_file_type", {}))
             agg.size_buckets.update(row.aggregation_metadata.get("size_buckets", {}))
+
+    async def _read_state(self, namespace: str) -> tuple[BridgeStateRow | None, set[str]]:
+        row = await self.store.get_bridge_state(namespace)
+        hashes: set[str] = set()
+        if row is not None:
+            offset, page = 0, 10_000
+            while stamps := await self.store.list_stamps(namespace, limit=page, offset=offset):
+                hashes.update(st.file_hash for st in stamps)
+                offset += page
+        return row, hashes
 
     async def on_drain(self) -> None:
         self._close_windows(force=True)
