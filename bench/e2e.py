@@ -53,7 +53,8 @@ import asyncpg
 from blake3 import blake3
 from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb, _redact
 from onex._sqlite import PRAGMAS, SqliteStore, _migrations
-from onex.client import StampClient
+from onex.client import MAX_PENDING, StampClient
+from onex.envelope import OnexEnvelopeV1
 from onex.runtime import Runtime, tune_gc
 from onex.settings import Settings
 from onex.store import Store, WriteBatch
@@ -86,17 +87,31 @@ async def run_onex(items: list[str], store_url: str, *, discard: bool = False) -
 
 
 async def _run_onex(items: list[str], settings: Settings, store: Store | None) -> tuple[float, dict[str, int]]:
+    """As ``onex stamp`` runs: at most ``MAX_PENDING`` workflows in flight, outcomes counted as they arrive."""
+    failed = 0
+    pending: set[uuid.UUID] = set()
+    all_in = asyncio.Event()
+
+    def arrived(outcome: OnexEnvelopeV1) -> None:
+        nonlocal failed
+        failed += outcome.payload.get("state") != "completed"
+        assert outcome.correlation_id is not None
+        pending.discard(outcome.correlation_id)
+        client.forget(outcome.correlation_id)
+        if not pending and submitting_done:
+            all_in.set()
+
+    submitting_done = False
     async with Runtime(settings, store=store) as runtime:
-        async with StampClient(runtime.bus, runtime.contracts, settings) as client:
+        async with StampClient(
+            runtime.bus, runtime.contracts, settings, on_outcome=arrived, max_pending=MAX_PENDING
+        ) as client:
             start = time.perf_counter()
-            cids = [
-                await client.submit({"content": text, "file_path": f"item-{i}.txt", "namespace": "bench"})
-                for i, text in enumerate(items)
-            ]
-            failed = 0
-            for cid in cids:
-                outcome = await client.outcome(cid, timeout=600)
-                failed += outcome.payload.get("state") != "completed"
+            for i, text in enumerate(items):
+                pending.add(await client.submit({"content": text, "file_path": f"item-{i}.txt", "namespace": "bench"}))
+            submitting_done = True
+            if pending:
+                await asyncio.wait_for(all_in.wait(), 600)
             await runtime.drain()
             elapsed = time.perf_counter() - start
         counts = {

@@ -246,6 +246,7 @@ async def _drive(
             for cid in cids:
                 outcome = await client.outcome(cid, timeout=600)
                 failed += outcome.payload.get("state") != "completed"
+                client.forget(cid)
             outcomes = time.perf_counter() - start
         count = len(items)
         while True:

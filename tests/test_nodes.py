@@ -7,12 +7,14 @@ Every node here is a small real class of the test project ``tests/projects/works
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import onex.nodes
 import pytest
 from onex.bus import MemoryBus
 from onex.contracts import ContractSet, load_contracts, resolve_implementation
@@ -151,6 +153,27 @@ async def test_a_batch_handler_receives_a_sequence_of_events_with_validated_mode
     assert all(isinstance(batch, Sequence) and not isinstance(batch, Event) for batch in node.bursts)
     assert all(isinstance(event, Event) for event in events)
     assert [e.payload for e in events] == [ModelNodeHeartbeat(node_id=f"n{i}", active_operations=i) for i in range(3)]
+
+
+@pytest.mark.anyio
+async def test_a_payload_model_is_reused_for_its_own_envelope_only_and_only_while_it_lives() -> None:
+    async with harness("monitor") as h:
+        node = h.runtime.node("monitor")
+        codec = node._publications["NODE_HEARTBEAT"].codec
+        model = ModelNodeHeartbeat(node_id="n1", active_operations=1)
+        envelope = node.envelope("NODE_HEARTBEAT", model)
+
+        # In process the very model is handed on; a copy of the envelope (as from Kafka) is validated anew.
+        assert codec.decode(envelope) is model
+        copy = OnexEnvelopeV1.model_validate(envelope.model_dump())
+        assert codec.decode(copy) == model
+        assert codec.decode(copy) is not model
+        # Nothing keeps the envelope (or its model) alive once its holders let go of it.
+        key = id(envelope)
+        assert key in onex.nodes._validated
+        del envelope
+        gc.collect()
+        assert key not in onex.nodes._validated
 
 
 @pytest.mark.anyio

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from onex import _sqlite
+from onex import _sqlite, store
 from onex._sqlite import Migration, SqliteStore, database_path
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import EventLogRow, StampRow, WorkflowRow, WriteBatch, open_store
@@ -407,3 +407,53 @@ async def test_event_logs_round_trip(tmp_path: Path) -> None:
         await store.apply(WriteBatch(event_logs=[*rows, EventLogRow(uuid.uuid4(), "OTHER", "t", "ok")]))
         assert await store.list_event_logs(cid) == rows[::-1]
         assert await store.list_event_logs(uuid.uuid4()) == []
+
+
+# --- multi-row statements --------------------------------------------------------------------------------------------
+
+
+def transition(cid: uuid.UUID, n: int) -> store.TransitionRow:
+    return store.TransitionRow(
+        id=uuid.uuid5(cid, str(n)),
+        entity_id=str(cid),
+        entity_type="orchestrator",
+        from_state="pending",
+        to_state="processing",
+        transition_event="start",
+        correlation_id=cid,
+        created_at=T0,
+    )
+
+
+def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None:
+    writer = next(w for w in _sqlite._WRITERS if w.field == "transitions")
+    rows = [tuple(range(9)) for _ in range(_sqlite.MULTI_ROW + 7)]
+
+    statements = list(writer.statements(rows, max_variables=999))
+
+    # 999 variables hold 111 rows of 9 columns; the rest follows in further statements, none through executemany.
+    assert [len(args) // 9 for _, args, _ in statements] == [111] * 4 + [_sqlite.MULTI_ROW + 7 - 444]
+    assert not any(many for _, _, many in statements)
+    assert all(sql.count("(?, ?, ?, ?, ?, ?, ?, ?, ?)") == len(args) // 9 for sql, args, _ in statements)
+    # Without the limit, chunks of MULTI_ROW rows.
+    assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [_sqlite.MULTI_ROW, 7]
+
+
+async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflict_rules(tmp_path: Path) -> None:
+    cids = [uuid.uuid4() for _ in range(_sqlite.MULTI_ROW + 50)]
+    started = [WorkflowRow(cid, "w", "processing", 1, metadata={"started": True}) for cid in cids]
+    # The same workflows again, later in the same batch (so in a later statement for most): the higher state_seq
+    # wins and the metadata merges, as row-by-row execution would have it.
+    finished = [WorkflowRow(cid, "w", "completed", 2, file_hash="h", metadata={"done": True}) for cid in cids]
+    transitions = [transition(cid, n) for cid in cids for n in range(2)]
+    async with SqliteStore(url(tmp_path / "onex.db")) as s:
+        await s.upgrade()
+        await s.apply(WriteBatch(workflows=[*started, *finished], transitions=[*transitions, *transitions[:10]]))
+
+        assert await s.count("fsm_transitions") == len(transitions)
+        assert await s.count("workflow_executions") == len(cids)
+        for cid in (cids[0], cids[_sqlite.MULTI_ROW], cids[-1]):
+            row = await s.get_workflow(cid)
+            assert row is not None
+            assert (row.current_state, row.state_seq, row.file_hash) == ("completed", 2, "h")
+            assert row.metadata == {"started": True, "done": True}

@@ -8,6 +8,7 @@ matches outcomes to requests by correlation id. It is an async context manager.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from onex._kafka import KafkaBus
 
 REQUEST_EVENT = "STAMP_REQUESTED"
+# Workflows `onex stamp` keeps in flight (when it waits for them): enough to keep every node busy, few enough that
+# the bus's buffers, the orchestrator's running workflows and the garbage collector's young objects stay small.
+MAX_PENDING = 1_000
 OUTCOME_EVENTS = ("WORKFLOW_COMPLETED", "WORKFLOW_FAILED")
 STAMP_EVENT = "STAMP_CREATED"
 
@@ -70,6 +74,9 @@ class StampClient:
 
     ``keep_stamps=True`` also keeps each workflow's STAMP_CREATED envelope (``stamp_of``), for callers that need
     the stamped content (the HTTP gateway). ``on_outcome`` is called for every outcome (progress bars).
+    ``max_pending``: ``submit()`` waits while that many submitted workflows have no outcome yet, so a client with
+    100,000 files keeps a bounded number in flight instead of filling every buffer of the bus with them (which on
+    the memory bus makes every garbage collection rescan them). None: no limit.
     """
 
     def __init__(
@@ -80,8 +87,13 @@ class StampClient:
         *,
         keep_stamps: bool = False,
         on_outcome: Callable[[OnexEnvelopeV1], None] | None = None,
+        max_pending: int | None = None,
     ) -> None:
+        if max_pending is not None and max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, not {max_pending}")
         self.bus = bus
+        self.max_pending = max_pending
+        self._room = asyncio.Event()
         self.settings = settings
         self.topics = _topics(contracts, settings)
         self.keep_stamps = keep_stamps
@@ -133,6 +145,7 @@ class StampClient:
             future = self._waiting.pop(cid, None)
             if future is None:
                 continue  # another client's workflow, or a duplicate outcome
+            self._room.set()
             if cid in self._abandoned:
                 self._abandoned.discard(cid)  # nobody waits for it any more: keep nothing
                 future.cancel()
@@ -156,7 +169,12 @@ class StampClient:
         )
 
     async def submit(self, payload: dict[str, Any], *, correlation_id: uuid.UUID | None = None) -> uuid.UUID:
-        """Publish one request; returns its correlation id. Waits while the bus applies backpressure."""
+        """Publish one request; returns its correlation id. Waits while ``max_pending`` workflows are pending and
+        while the bus applies backpressure."""
+        if self.max_pending is not None:
+            while len(self._waiting) >= self.max_pending:
+                self._room.clear()
+                await self._room.wait()
         envelope = self.request(payload, correlation_id=correlation_id)
         cid = envelope.correlation_id
         assert cid is not None
@@ -320,15 +338,32 @@ class StampRun:
         )
         async with runtime:
             task = progress.add_task("stamp", total=None, rate="")
+            # Outcomes are counted as they arrive and then forgotten: nothing is kept per file but its path until
+            # its outcome is in (a run of 100,000 files would otherwise hold 100,000 outcome envelopes).
+            pending: dict[uuid.UUID, str] = {}
+            all_in = asyncio.Event()
 
-            def advanced(_: OnexEnvelopeV1) -> None:
+            def arrived(outcome: OnexEnvelopeV1) -> None:
+                cid = outcome.correlation_id
+                if cid is None or (path := pending.pop(cid, None)) is None:
+                    return
+                self._count(report, outcome, path)
+                client.forget(cid)
                 done = progress.tasks[0].completed + 1
                 rate = done / max(time.monotonic() - started, 1e-9)
                 progress.update(task, completed=done, rate=f"{rate:,.0f} files/s")
+                if not pending and report.submitted:
+                    all_in.set()
 
-            async with StampClient(runtime.bus, self.contracts, self.settings, on_outcome=advanced) as client:
+            async with StampClient(
+                runtime.bus,
+                self.contracts,
+                self.settings,
+                on_outcome=arrived if self.wait else None,
+                max_pending=MAX_PENDING if self.wait else None,
+            ) as client:
                 with progress:
-                    cids: list[tuple[uuid.UUID, str]] = []
+                    submitted = 0
                     for entry in iter_files(paths, excludes=self.excludes):
                         if entry.problem is not None:
                             status = "skipped" if any(m in entry.problem for m in _SKIP_MARKERS) else "failed"
@@ -343,23 +378,20 @@ class StampRun:
                                 "dry_run": self.dry_run,
                             }
                         )
-                        cids.append((cid, str(entry.path)))
-                    report.submitted = len(cids)
-                    progress.update(task, total=len(cids))
+                        pending[cid] = str(entry.path)
+                        submitted += 1
+                    report.submitted = submitted
+                    progress.update(task, total=submitted)
                     if not self.wait:
-                        report.counts["submitted"] = len(cids)
+                        report.counts["submitted"] = submitted
                         report.elapsed_s = time.monotonic() - started
                         return report
-                    deadline = time.monotonic() + self.timeout
-                    for cid, path in cids:
-                        remaining = max(deadline - time.monotonic(), 0.0)
-                        try:
-                            outcome = await client.outcome(cid, timeout=remaining)
-                        except TimeoutError:
-                            report.counts["failed"] += 1
-                            report.problems.append(("failed", path, f"no outcome within {self.timeout:.0f} s"))
-                            continue
-                        self._count(report, outcome, path)
+                    if pending:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(all_in.wait(), self.timeout)
+                    for path in pending.values():
+                        report.counts["failed"] += 1
+                        report.problems.append(("failed", path, f"no outcome within {self.timeout:.0f} s"))
             if in_process:
                 await runtime.drain()  # the reducer's last windows and the adapter's last writes land first
             report.aggregates = [a for a in await runtime.store.list_bridge_states() if a.namespace == self.namespace]

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import heapq
-import itertools
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,9 +120,9 @@ class PayloadCodec:
     def decode(self, envelope: OnexEnvelopeV1) -> Any:
         """The validated payload of ``envelope``; PayloadError names the event id and the bad field."""
         if self.model is not None:
-            known = _validated.get(envelope.event_id)
-            if known is not None and known[0] is envelope and type(known[1]) is self.model:
-                return known[1]  # validated when this very envelope was built in this process; both are frozen
+            known = _remembered(envelope)
+            if type(known) is self.model:
+                return known  # validated when this very envelope was built in this process; both are frozen
             try:
                 return self.model.model_validate(envelope.payload)
             except ValidationError as exc:
@@ -155,19 +156,27 @@ class PayloadCodec:
         return data, None
 
 
-# Payload models validated when an envelope was built in this process, by event id, so an in-process consumer
-# expecting the same model reuses it instead of validating the same immutable payload again. Entries are checked by
-# envelope identity: an envelope that crossed a process boundary (Kafka) is a new object and is validated in full.
-# Bounded: the oldest entries go first; a consumer that comes too late just validates.
-_validated: dict[uuid.UUID, tuple[OnexEnvelopeV1, BaseModel]] = {}
-_VALIDATED_MAX = 100_000
+# Payload models validated when an envelope was built in this process, so an in-process consumer expecting the same
+# model reuses it instead of validating the same immutable payload again. Keyed by the envelope's id() and held
+# through a weak reference whose callback drops the entry when the envelope is freed: an entry lives exactly as long
+# as its envelope, so nothing is kept for envelopes nobody holds any more (a bounded cache of 100,000 entries kept
+# a million objects alive that every garbage collection had to rescan). An envelope that crossed a process boundary
+# (Kafka) is a new object, not in here, and is validated in full.
+_validated: dict[int, tuple[weakref.ref[OnexEnvelopeV1], BaseModel]] = {}
+
+
+def _forget(key: int, _: weakref.ref[OnexEnvelopeV1]) -> None:
+    _validated.pop(key, None)
 
 
 def _remember(envelope: OnexEnvelopeV1, model: BaseModel) -> None:
-    _validated[envelope.event_id] = (envelope, model)
-    if len(_validated) > _VALIDATED_MAX:
-        for key in list(itertools.islice(_validated, _VALIDATED_MAX // 10)):
-            del _validated[key]
+    key = id(envelope)
+    _validated[key] = (weakref.ref(envelope, functools.partial(_forget, key)), model)
+
+
+def _remembered(envelope: OnexEnvelopeV1) -> BaseModel | None:
+    known = _validated.get(id(envelope))
+    return known[1] if known is not None and known[0]() is envelope else None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -106,7 +106,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
         super().__init__(*args, **kwargs)
         config = self.contract.config
         self.log_events = str(config.get("log_events", "false")).lower() in ("1", "true", "yes")
-        self._recent: OrderedDict[uuid.UUID, None] = OrderedDict()
+        # Keyed by integers, which the garbage collector does not track (see the orchestrator's ``_finished``).
+        self._recent: OrderedDict[int, None] = OrderedDict()
         self._recent_max = int(config.get("dedupe_window", 200_000))
         self._pending: list[tuple[WriteBatch, asyncio.Future[None]]] = []
         self._in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = []
@@ -241,7 +242,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         await done
 
     async def persist(self, events: Sequence[Event]) -> None:
-        fresh = [e for e in events if e.envelope.event_id not in self._recent]
+        fresh = [e for e in events if e.envelope.event_id.int not in self._recent]
         intent_ids = [e.envelope.event_id for e in fresh if isinstance(e.payload, ModelAggregationIntent)]
         if intent_ids:
             todo = await self._store_call(functools.partial(self.store.unprocessed, self.contract.name, intent_ids))
@@ -252,7 +253,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
             return
         await self._commit(self.to_batch(fresh))
         for e in fresh:
-            self._recent[e.envelope.event_id] = None
+            self._recent[e.envelope.event_id.int] = None
         while len(self._recent) > self._recent_max:
             self._recent.popitem(last=False)
 

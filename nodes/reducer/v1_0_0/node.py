@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,7 +77,8 @@ class NodeReducer(ReducerNode):
         self.flush_interval_s = float(self.contract.config.get("flush_interval_ms", 500)) / 1000
         self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
         self.aggregates: dict[str, NamespaceAggregate] = {}
-        self._seen: OrderedDict[tuple[str, uuid.UUID], None] = OrderedDict()
+        # Keyed by integers, which the garbage collector does not track (see the orchestrator's ``_finished``).
+        self._seen: OrderedDict[int, None] = OrderedDict()
         self._intents: list[ModelAggregationIntent] = []
         self._timer: asyncio.Task[None] | None = None
 
@@ -145,7 +145,7 @@ class NodeReducer(ReducerNode):
             self.aggregates[namespace] = agg
         return agg
 
-    def _first_time(self, key: tuple[str, uuid.UUID]) -> bool:
+    def _first_time(self, key: int) -> bool:
         if key in self._seen:
             return False
         self._seen[key] = None
@@ -173,7 +173,7 @@ class NodeReducer(ReducerNode):
         touched: Counter[str] = Counter()
         for _, payload in events:
             if isinstance(payload, ModelStampCreated):
-                if payload.dry_run or not self._first_time(("stamp", payload.workflow_id)):
+                if payload.dry_run or not self._first_time(payload.workflow_id.int << 1):
                     continue
                 agg = self.aggregates[payload.namespace]
                 agg.items += 1
@@ -182,7 +182,7 @@ class NodeReducer(ReducerNode):
                 agg.by_file_type[payload.file_type] += 1
                 agg.size_buckets[bucket_label(payload.file_size, self.bucket_bounds)] += 1
                 touched[payload.namespace] += 1
-            elif isinstance(payload, ModelWorkflowFinished) and self._first_time(("outcome", payload.workflow_id)):
+            elif isinstance(payload, ModelWorkflowFinished) and self._first_time(payload.workflow_id.int << 1 | 1):
                 self.aggregates[payload.namespace].workflows += 1
                 touched[payload.namespace] += 0  # a workflows-only window still closes
         for namespace, items in touched.items():
