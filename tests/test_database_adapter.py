@@ -9,17 +9,21 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from onex._sqlite import SqliteStore
 from onex.contracts import load_contracts
 from onex.nodes import Lifecycle
 from onex.resilience import BreakerState
+from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
 
-from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect
+from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect, merge
 from tests.fixtures.postgres import CuttableProxy, through
 
 pytestmark = pytest.mark.anyio
@@ -123,3 +127,61 @@ async def test_draining_while_postgres_is_unreachable_ends_and_leaves_the_writes
                 assert str(row.id) == payload["stamp_id"]
             assert await h.store.count("metadata_stamps") == len(sent)
             assert h.dead_letters() == []
+
+
+# --- one row per workflow per commit ---------------------------------------------------------------------------------
+
+T1 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+T2 = datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)
+
+
+def started(cid: uuid.UUID, **fields: Any) -> WorkflowRow:
+    return WorkflowRow(
+        cid, "stamp_workflow", "processing", 1, namespace="ns", file_path="a.py", started_at=T1, **fields
+    )
+
+
+def finished(cid: uuid.UUID, **fields: Any) -> WorkflowRow:
+    values: dict[str, Any] = {"file_hash": "h", "completed_at": T2, "execution_time_ms": 1.5, **fields}
+    return WorkflowRow(cid, "stamp_workflow", "completed", 2, **values)
+
+
+PAIRS: dict[str, Callable[[uuid.UUID], tuple[WorkflowRow, WorkflowRow]]] = {
+    "started then finished": lambda cid: (started(cid), finished(cid)),
+    "finished then started": lambda cid: (finished(cid), started(cid)),
+    "the finished row lacks what the started one has": lambda cid: (started(cid), finished(cid, namespace=None)),
+    "equal state_seq: the later wins, nulls do not overwrite": lambda cid: (
+        finished(cid, error_message="first"),
+        finished(cid, file_hash=None, error_message="second"),
+    ),
+    "metadata merges, the winner's keys on top": lambda cid: (
+        started(cid, metadata={"a": 1, "b": 1}),
+        finished(cid, metadata={"b": 2, "c": 2}),
+    ),
+    "the lower row's metadata under the winner's": lambda cid: (
+        finished(cid, metadata={"b": 2}),
+        started(cid, metadata={"a": 1, "b": 1}),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PAIRS))
+async def test_merging_batches_combines_a_workflows_rows_as_the_store_would(tmp_path: Path, case: str) -> None:
+    one, other = uuid.uuid4(), uuid.uuid4()
+    async with SqliteStore(f"sqlite:///{tmp_path}/onex.db") as store:
+        await store.upgrade()
+        first, second = PAIRS[case](one)
+        await store.apply(WriteBatch(workflows=[first]))  # one row per transaction: the store merges them
+        await store.apply(WriteBatch(workflows=[second]))
+        first, second = PAIRS[case](other)
+        merged = merge([WriteBatch(workflows=[first]), WriteBatch(workflows=[second])])
+        assert len(merged.workflows) == 1
+        await store.apply(merged)
+
+        by_store, by_merge = await store.get_workflow(one), await store.get_workflow(other)
+    assert by_store is not None
+    assert by_merge is not None
+    ignored = {"correlation_id", "created_at", "updated_at"}
+    assert {k: v for k, v in asdict(by_merge).items() if k not in ignored} == {
+        k: v for k, v in asdict(by_store).items() if k not in ignored
+    }

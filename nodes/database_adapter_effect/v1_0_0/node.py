@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -262,11 +263,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
         workflows: dict[uuid.UUID, WorkflowRow] = {}
 
         def keep(row: WorkflowRow) -> None:
-            # Started and finished often arrive in the same batch: write only the furthest state of each workflow.
-            # Keep the started row's start time if the finished one lacks it.
             prior = workflows.get(row.correlation_id)
-            if prior is None or row.state_seq >= prior.state_seq:
-                workflows[row.correlation_id] = row
+            workflows[row.correlation_id] = row if prior is None else combine(prior, row)
 
         for envelope, payload in events:
             if isinstance(payload, ModelStampCreated):
@@ -377,14 +375,44 @@ class NodeDatabaseAdapterEffect(EffectNode):
         return batch
 
 
+_NULLABLE_WORKFLOW_FIELDS: tuple[str, ...] = (
+    "namespace", "file_path", "file_hash", "stamp_id", "started_at", "completed_at", "execution_time_ms",
+    "error_message",
+)  # fmt: skip
+
+
+def combine(a: WorkflowRow, b: WorkflowRow) -> WorkflowRow:
+    """Two rows of one workflow as the store's upsert would leave them: the higher ``state_seq`` wins (the later
+    of equals), a NULL never overwrites, the metadata merges.
+
+    Started and finished usually reach the adapter within one group commit, from two topics: combined, each
+    workflow is written once instead of inserted and then updated (which also moves it in the state index).
+    """
+    win, lose = (b, a) if b.state_seq >= a.state_seq else (a, b)
+    changes: dict[str, Any] = {
+        name: getattr(lose, name)
+        for name in _NULLABLE_WORKFLOW_FIELDS
+        if getattr(win, name) is None and getattr(lose, name) is not None
+    }
+    if lose.metadata:
+        changes["metadata"] = {**lose.metadata, **win.metadata}
+    return dataclasses.replace(win, **changes) if changes else win
+
+
 def merge(batches: Sequence[WriteBatch]) -> WriteBatch:
-    """One batch holding the rows of all ``batches`` (conflict rules make their order irrelevant)."""
+    """One batch holding the rows of all ``batches`` (conflict rules make their order irrelevant); the rows of one
+    workflow are combined into one (``combine``)."""
     if len(batches) == 1:
         return batches[0]
     merged = WriteBatch(consumer=batches[0].consumer)
+    workflows: dict[uuid.UUID, WorkflowRow] = {}
+    for b in batches:
+        for row in b.workflows:
+            prior = workflows.get(row.correlation_id)
+            workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+    merged.workflows.extend(workflows.values())
     for b in batches:
         merged.processed_event_ids.extend(b.processed_event_ids)
-        merged.workflows.extend(b.workflows)
         merged.steps.extend(b.steps)
         merged.stamps.extend(b.stamps)
         merged.transitions.extend(b.transitions)
