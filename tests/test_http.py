@@ -5,6 +5,7 @@ store, and driven by a real HTTP client (httpx): every endpoint, both stamp type
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -21,7 +22,8 @@ from onex.http import PREFIX, create_app, openapi_document, parse_address
 from onex.runtime import Runtime
 from onex.settings import Settings
 
-from tests.fixtures.http import LiveServer, live_server, onex_command, onex_run_http
+from tests.fixtures.deployment import onex_command
+from tests.fixtures.http import LiveServer, live_server, onex_run_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -623,6 +625,38 @@ def test_onex_run_http_serves_the_api_until_sigterm(tmp_path: Path) -> None:
         assert ok(client.get("/health"))["status"] == "ok"
     assert "draining..." in cli.log.read_text()
     assert cli.log.read_text().rstrip().endswith("stopped")
+
+
+def test_onex_run_http_takes_its_limits_from_the_environment(tmp_path: Path) -> None:
+    limits = {"ONEX_HTTP_BATCH_LIMIT": "2", "ONEX_HTTP_MAX_BODY": "4096", "ONEX_HTTP_TIMEOUT_S": "0"}
+    with onex_run_http(tmp_path, env=limits) as cli, httpx.Client(base_url=cli.url + PREFIX, timeout=30) as client:
+        items = [{"content": f"item {i}\n", "file_path": f"i{i}.txt"} for i in range(3)]
+        too_many = client.post("/batch", json={"items": items})
+        assert too_many.status_code == 422
+        assert envelope_of(too_many)["message"] == "items: at most 2 items per batch"
+        too_big = client.post("/stamp", json={"content": "x" * 5000})
+        assert too_big.status_code == 413, too_big.text
+        slow = client.post("/stamp", json={"content": "no time at all\n"})  # a timeout of 0 s: 504, keeps running
+        assert slow.status_code == 504, slow.text
+        assert envelope_of(slow)["error"]["code"] == "workflow_timeout"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ONEX_HTTP_TIMEOUT_S", "soon"), ("ONEX_HTTP_BATCH_LIMIT", "0"), ("ONEX_HTTP_MAX_BODY", "1.5")],
+)
+def test_onex_run_refuses_a_setting_that_is_not_a_number_naming_its_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")} | {variable: value, "COLUMNS": "300"}
+    command = [*onex_command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{tmp_path}/onex.db"]
+    result = subprocess.run(
+        [*command, "--http", "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"({variable}) must be" in result.stderr, result.stderr
+    assert repr(value) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_onex_run_http_refuses_a_bad_address(tmp_path: Path) -> None:

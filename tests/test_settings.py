@@ -16,6 +16,7 @@ def test_without_flags_or_environment_every_setting_is_its_default(tmp_path: Pat
     assert (settings.bus, settings.store) == (DEFAULT_BUS, DEFAULT_STORE)
     assert settings.heartbeat_interval_s == 30.0
     assert (settings.partitions, settings.buffer_size) == (4, 10_000)
+    assert (settings.http_max_body, settings.http_batch_limit, settings.http_timeout_s) == (16 << 20, 100, 30.0)
 
 
 def test_onex_environment_variables_override_defaults_with_their_types(tmp_path: Path) -> None:
@@ -26,6 +27,9 @@ def test_onex_environment_variables_override_defaults_with_their_types(tmp_path:
         "ONEX_HEARTBEAT_INTERVAL_S": "2.5",
         "ONEX_PARTITIONS": "8",
         "ONEX_BUFFER_SIZE": "64",
+        "ONEX_HTTP_MAX_BODY": "1024",
+        "ONEX_HTTP_BATCH_LIMIT": "5",
+        "ONEX_HTTP_TIMEOUT_S": "0.5",
         "ENV": "ignored: not an ONEX_ variable",
     }
     settings = Settings.load(environ=environ, root=str(tmp_path))
@@ -33,6 +37,7 @@ def test_onex_environment_variables_override_defaults_with_their_types(tmp_path:
     assert (settings.env, settings.region, settings.bus) == ("staging", "eu-west-1", "kafka://broker:9092")
     assert settings.heartbeat_interval_s == 2.5
     assert (settings.partitions, settings.buffer_size) == (8, 64)
+    assert (settings.http_max_body, settings.http_batch_limit, settings.http_timeout_s) == (1024, 5, 0.5)
     assert settings.tenant == "omninode_bridge"  # not in the environment: the default
 
 
@@ -105,3 +110,27 @@ def test_the_default_root_is_found_from_the_working_directory(tmp_path: Path, mo
     monkeypatch.chdir(tmp_path / "nodes")
 
     assert Settings.load(environ={}).root == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("partitions", "many"),
+        ("partitions", "0"),
+        ("buffer_size", "2.5"),
+        ("heartbeat_interval_s", "-1"),
+        ("http_timeout_s", "nan"),
+        ("http_timeout_s", "inf"),
+        ("http_batch_limit", "-3"),
+    ],
+)
+def test_a_number_setting_that_is_not_one_is_refused_naming_the_setting_and_its_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} \(ONEX_{name.upper()}\) must be .*, not '{value}'$"):
+        Settings.load(environ={f"ONEX_{name.upper()}": value}, root=str(tmp_path))
+
+
+def test_zero_is_a_valid_number_of_seconds(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"ONEX_HEARTBEAT_INTERVAL_S": "0", "ONEX_HTTP_TIMEOUT_S": "0"}, root=str(tmp_path))
+    assert (settings.heartbeat_interval_s, settings.http_timeout_s) == (0.0, 0.0)

@@ -40,7 +40,10 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
     root = ctx.obj.get("root") if ctx.obj else None
-    return Settings.load(root=root, **flags)
+    try:
+        return Settings.load(root=root, **flags)
+    except ValueError as exc:  # a setting that is not a number where one is needed
+        _fail(str(exc), code=2)
 
 
 def _contracts(settings: Settings, *, check_implementations: bool) -> ContractSet:

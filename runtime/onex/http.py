@@ -84,7 +84,7 @@ from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1
 from onex.exceptions import BusError, OnexError, StampError, StoreError
 from onex.files import FILE_TYPES
 from onex.runtime import Runtime
-from onex.settings import Settings
+from onex.settings import DEFAULT_HTTP_BATCH_LIMIT, DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_S, Settings
 from onex.store import StoreHealth
 
 if TYPE_CHECKING:
@@ -106,10 +106,10 @@ __all__ = [
 
 PREFIX: Final = "/api/v1/metadata-stamping"
 API_VERSION: Final = "v1"
-DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
+DEFAULT_MAX_BODY: Final = DEFAULT_HTTP_MAX_BODY
 DEFAULT_MAX_STREAM: Final = 4 * 1024 * 1024 * 1024
-DEFAULT_BATCH_LIMIT: Final = 100
-DEFAULT_TIMEOUT_S: Final = 30.0
+DEFAULT_BATCH_LIMIT: Final = DEFAULT_HTTP_BATCH_LIMIT
+DEFAULT_TIMEOUT_S: Final = DEFAULT_HTTP_TIMEOUT_S
 DEFAULT_NAME: Final = "content.txt"  # the name content without a file_path is stamped under (as the effect does)
 
 NAMESPACE_PATTERN: Final = r"^[A-Za-z0-9._:/-]{1,256}$"
@@ -1429,24 +1429,25 @@ async def serve(
     sock: socket.socket,
     stop: asyncio.Event | None = None,
     ready: Callable[[str], None] | None = None,
-    max_body: int = DEFAULT_MAX_BODY,
+    max_body: int | None = None,
     max_stream: int = DEFAULT_MAX_STREAM,
-    batch_limit: int = DEFAULT_BATCH_LIMIT,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    batch_limit: int | None = None,
+    timeout_s: float | None = None,
 ) -> None:
     """Serve the API on ``sock`` (from ``bind``) over a started ``runtime`` until ``stop`` is set, or, without
     ``stop``, until SIGINT/SIGTERM. Then stops accepting connections, finishes the requests in hand (up to 10 s)
-    and leaves the runtime to its owner. ``ready`` is called with the base URL once the socket serves."""
+    and leaves the runtime to its owner. ``ready`` is called with the base URL once the socket serves. The limits
+    not given come from ``settings`` (``http_max_body``, ``http_batch_limit``, ``http_timeout_s``)."""
     async with StampClient(runtime.bus, runtime.contracts, settings, keep_stamps=True) as client:
         app = create_app(
             runtime,
             client,
             settings,
             api_key=settings.api_key,
-            max_body=max_body,
+            max_body=settings.http_max_body if max_body is None else max_body,
             max_stream=max_stream,
-            batch_limit=batch_limit,
-            timeout_s=timeout_s,
+            batch_limit=settings.http_batch_limit if batch_limit is None else batch_limit,
+            timeout_s=settings.http_timeout_s if timeout_s is None else timeout_s,
         )
         config = uvicorn.Config(
             app,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -11,6 +12,9 @@ from typing import Any
 
 DEFAULT_STORE = "sqlite:///.onex/onex.db"
 DEFAULT_BUS = "memory://"
+DEFAULT_HTTP_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_HTTP_BATCH_LIMIT = 100
+DEFAULT_HTTP_TIMEOUT_S = 30.0
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -27,6 +31,28 @@ def find_root(start: Path | None = None) -> Path:
     if (package_root / "contracts").is_dir():
         return package_root
     return here
+
+
+_NUMBERS: dict[str, type[int] | type[float]] = {
+    "heartbeat_interval_s": float,
+    "partitions": int,
+    "buffer_size": int,
+    "http_max_body": int,
+    "http_batch_limit": int,
+    "http_timeout_s": float,
+}
+
+
+def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
+    """``raw`` as ``kind``, positive (a timeout may be 0); ValueError naming the setting and its variable if not."""
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        value = -1
+    if not math.isfinite(value) or value < 0 or (value == 0 and kind is int):
+        noun = "a positive whole number" if kind is int else "a number of seconds, 0 or more"
+        raise ValueError(f"{name} (ONEX_{name.upper()}) must be {noun}, not {raw!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +73,11 @@ class Settings:
     # (None or empty: none). The key is kept out of repr() so that printing settings never leaks it.
     http: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    # Its limits: the largest body read whole (bytes; 413 above it), the most items in one /batch, and how long a
+    # request waits for its workflows (then 504; they keep running).
+    http_max_body: int = DEFAULT_HTTP_MAX_BODY
+    http_batch_limit: int = DEFAULT_HTTP_BATCH_LIMIT
+    http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -60,10 +91,8 @@ class Settings:
                 continue
             if f.name == "root":
                 values[f.name] = Path(raw).resolve()
-            elif f.name in ("heartbeat_interval_s",):
-                values[f.name] = float(raw)
-            elif f.name in ("partitions", "buffer_size"):
-                values[f.name] = int(raw)
+            elif f.name in _NUMBERS:
+                values[f.name] = _number(f.name, raw, _NUMBERS[f.name])
             else:
                 values[f.name] = str(raw)
         if not values.get("api_key"):

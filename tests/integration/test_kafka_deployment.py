@@ -47,7 +47,7 @@ from onex.contracts import load_contracts
 from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.settings import Settings
 
-from tests.fixtures.deployment import NODES, Deployment, NodeProcess, onex_command
+from tests.fixtures.deployment import NODES, Deployment, NodeProcess, onex_command, upgrade_schema
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow, pytest.mark.anyio]
@@ -119,14 +119,7 @@ class Scenario:
 def scenario(kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path) -> Iterator[Scenario]:
     """A migrated schema and a (not yet started) deployment on topics and groups of its own (``ONEX_ENV``)."""
     env = f"mp{uuid.uuid4().hex[:8]}"
-    upgrade = subprocess.run(
-        [*onex_command(), "db", "upgrade", "--store", postgres_dsn],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert upgrade.returncode == 0, upgrade.stderr
+    upgrade_schema(postgres_dsn)
     deployment = Deployment(
         bus_url=f"kafka://{kafka_bootstrap}?{CONSUMER_QUERY}",
         store_url=postgres_dsn,
