@@ -33,16 +33,6 @@ def find_root(start: Path | None = None) -> Path:
     return here
 
 
-_NUMBERS: dict[str, type[int] | type[float]] = {
-    "heartbeat_interval_s": float,
-    "partitions": int,
-    "buffer_size": int,
-    "http_max_body": int,
-    "http_batch_limit": int,
-    "http_timeout_s": float,
-}
-
-
 def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
     """``raw`` as ``kind``, positive (a timeout may be 0); ValueError naming the setting and its variable if not."""
     try:
@@ -91,8 +81,8 @@ class Settings:
                 continue
             if f.name == "root":
                 values[f.name] = Path(raw).resolve()
-            elif f.name in _NUMBERS:
-                values[f.name] = _number(f.name, raw, _NUMBERS[f.name])
+            elif f.type in ("int", "float"):  # the annotations are strings (``from __future__ import annotations``)
+                values[f.name] = _number(f.name, raw, int if f.type == "int" else float)
             else:
                 values[f.name] = str(raw)
         if not values.get("api_key"):

@@ -261,10 +261,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
     def to_batch(self, events: Sequence[Event]) -> WriteBatch:
         batch = WriteBatch(consumer=self.contract.name)
         workflows: dict[uuid.UUID, WorkflowRow] = {}
-
-        def keep(row: WorkflowRow) -> None:
-            prior = workflows.get(row.correlation_id)
-            workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+        keep = functools.partial(_keep_combined, workflows)
 
         for envelope, payload in events:
             if isinstance(payload, ModelStampCreated):
@@ -399,6 +396,12 @@ def combine(a: WorkflowRow, b: WorkflowRow) -> WorkflowRow:
     return dataclasses.replace(win, **changes) if changes else win
 
 
+def _keep_combined(workflows: dict[uuid.UUID, WorkflowRow], row: WorkflowRow) -> None:
+    """Add ``row`` to ``workflows``, combined with the row of its workflow already there (``combine``)."""
+    prior = workflows.get(row.correlation_id)
+    workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+
+
 def merge(batches: Sequence[WriteBatch]) -> WriteBatch:
     """One batch holding the rows of all ``batches`` (conflict rules make their order irrelevant); the rows of one
     workflow are combined into one (``combine``)."""
@@ -408,8 +411,7 @@ def merge(batches: Sequence[WriteBatch]) -> WriteBatch:
     workflows: dict[uuid.UUID, WorkflowRow] = {}
     for b in batches:
         for row in b.workflows:
-            prior = workflows.get(row.correlation_id)
-            workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+            _keep_combined(workflows, row)
     merged.workflows.extend(workflows.values())
     for b in batches:
         merged.processed_event_ids.extend(b.processed_event_ids)
