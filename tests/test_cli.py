@@ -69,11 +69,12 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def summary(output: str) -> dict[str, int]:
-    """The counts row of ``onex stamp``'s summary table."""
-    match = re.search(r"┃ stamped ┃ unchanged ┃ skipped ┃ failed ┃\n.*\n│([\d│ ]+)│", output)
+    """The counts row of ``onex stamp``'s summary table, by column."""
+    match = re.search(r"┃ (stamped ┃[a-z ┃]+)┃\n.*\n│([\d│ ]+)│", output)
     assert match is not None, output
-    counts = [int(c) for c in match.group(1).split("│")]
-    return dict(zip(("stamped", "unchanged", "skipped", "failed"), counts, strict=True))
+    columns = [c.strip() for c in match.group(1).split("┃")]
+    counts = [int(c) for c in match.group(2).split("│")]
+    return dict(zip(columns, counts, strict=True))
 
 
 def make_tree(directory: Path) -> dict[str, bytes]:
@@ -206,6 +207,26 @@ def test_a_command_without_its_required_argument_is_a_usage_error(tmp_path: Path
     assert "Missing argument" in result.stderr
 
 
+@pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
+def test_a_stamp_timeout_that_is_not_a_positive_number_is_a_usage_error(tmp_path: Path, timeout: str) -> None:
+    (tmp_path / "a.py").write_text("A = 1\n")
+
+    result = onex("stamp", str(tmp_path / "a.py"), "--timeout", timeout, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "--timeout" in result.stderr
+    assert (tmp_path / "a.py").read_text() == "A = 1\n"
+
+
+def test_stamp_help_documents_every_exit_code(tmp_path: Path) -> None:
+    result = onex("stamp", "--help", cwd=tmp_path)
+
+    assert result.returncode == 0
+    codes = dict(re.findall(r"^\s+([0-3])  (\S.*)$", result.stdout, flags=re.MULTILINE))
+    assert sorted(codes) == ["0", "1", "2", "3"], result.stdout
+    assert codes["3"].startswith("a file is pending")
+
+
 # --- nodes, graph, schema --------------------------------------------------------------------------------------------
 
 
@@ -322,7 +343,7 @@ def test_stamp_stamps_every_file_then_restamping_changes_nothing(tmp_path: Path)
     first = onex("stamp", str(tree), "--namespace", "cli.ns", "--store", f"sqlite:///{db}", cwd=tmp_path)
 
     assert first.returncode == 0, first.stdout + first.stderr
-    assert summary(first.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0}
+    assert summary(first.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0, "pending": 0}
     aggregate = next(row for row in table_rows(first.stdout) if row[0] == "cli.ns")
     assert aggregate[1:5] == [str(len(files)), str(len(files)), str(sum(map(len, files.values()))), str(len(files))]
     assert all(verify_file(tree / rel).status == "valid" for rel in files)
@@ -336,7 +357,7 @@ def test_stamp_stamps_every_file_then_restamping_changes_nothing(tmp_path: Path)
     second = onex("stamp", str(tree), "--namespace", "cli.ns", "--store", f"sqlite:///{db}", cwd=tmp_path)
 
     assert second.returncode == 0, second.stdout + second.stderr
-    assert summary(second.stdout) == {"stamped": 0, "unchanged": len(files), "skipped": 0, "failed": 0}
+    assert summary(second.stdout) == {"stamped": 0, "unchanged": len(files), "skipped": 0, "failed": 0, "pending": 0}
     assert snapshot(tree) == stamped
     assert query(db, "SELECT count(*) FROM metadata_stamps WHERE namespace = 'cli.ns'") == [(len(files),)]
 
@@ -350,7 +371,7 @@ def test_stamp_dry_run_changes_no_byte(tmp_path: Path) -> None:
     result = onex("stamp", str(tree), "--dry-run", "--store", f"sqlite:///{db}", cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert summary(result.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0}
+    assert summary(result.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0, "pending": 0}
     assert snapshot(tree) == before
     assert query(db, "SELECT count(*) FROM metadata_stamps") == [(0,)]
     assert all(verify_file(tree / rel).status == "unstamped" for rel in files)
@@ -398,7 +419,7 @@ def test_stamp_draws_a_progress_bar_on_a_terminal_and_clears_it(tmp_path: Path) 
     )
 
     assert code == 0, stdout + terminal.decode(errors="replace")
-    assert summary(stdout) == {"stamped": n, "unchanged": 0, "skipped": 0, "failed": 0}
+    assert summary(stdout) == {"stamped": n, "unchanged": 0, "skipped": 0, "failed": 0, "pending": 0}
     text = ANSI.sub(b"", terminal).decode()
     assert "stamping" in text
     assert "0/?" in text  # drawn before the walk knew how many files there are
@@ -412,7 +433,7 @@ def test_stamp_draws_a_progress_bar_on_a_terminal_and_clears_it(tmp_path: Path) 
     # Not a terminal (stderr on a pipe): no bar, no escape codes, only the summary on stdout.
     again = onex("stamp", str(tree), "--store", f"sqlite:///{tmp_path / 'onex.db'}", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert summary(again.stdout) == {"stamped": 0, "unchanged": n, "skipped": 0, "failed": 0}
+    assert summary(again.stdout) == {"stamped": 0, "unchanged": n, "skipped": 0, "failed": 0, "pending": 0}
     assert "stamping" not in again.stderr
     assert "\x1b" not in again.stderr + again.stdout
 

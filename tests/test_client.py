@@ -68,3 +68,57 @@ async def test_forget_drops_what_the_client_kept_of_a_finished_workflow(runtime:
 async def test_max_pending_must_be_positive(runtime: Runtime, bad: int) -> None:
     with pytest.raises(ValueError, match="max_pending"):
         StampClient(runtime.bus, runtime.contracts, runtime.settings, max_pending=bad)
+
+
+async def test_a_client_that_does_not_listen_joins_no_group_and_keeps_nothing(runtime: Runtime) -> None:
+    """``listen=False`` (``onex stamp --no-wait``) only submits: the outcome of its request reaches no consumer of
+    this client, and asking for it is an error rather than a wait that never ends."""
+    async with StampClient(runtime.bus, runtime.contracts, runtime.settings, listen=False) as client:
+        cid = await client.submit({"content": "a", "namespace": "ns"})
+        await complete(runtime, cid)
+        await runtime.bus.join()
+
+        assert runtime.bus.statistics().delivered == 0  # nobody consumed the outcome: no group was subscribed
+        assert client.pending == 0
+        with pytest.raises(OnexError, match="does not listen"):
+            await client.outcome(cid)
+
+    async with StampClient(runtime.bus, runtime.contracts, runtime.settings) as listening:
+        cid = await listening.submit({"content": "b", "namespace": "ns"})
+        await complete(runtime, cid)
+        await runtime.bus.join()
+        assert runtime.bus.statistics().delivered == 1  # the same outcome, heard by a listening client
+
+
+async def test_what_needs_outcomes_cannot_go_with_a_client_that_does_not_listen(runtime: Runtime) -> None:
+    with pytest.raises(ValueError, match="listen=False"):
+        StampClient(runtime.bus, runtime.contracts, runtime.settings, listen=False, max_pending=10)
+
+
+async def test_a_submit_cancelled_while_the_bus_holds_it_back_leaves_nothing_pending(tmp_path: Path) -> None:
+    """A caller's deadline may cancel ``submit()`` while the bus applies backpressure: that request was not
+    published, so the client must neither wait for its outcome nor count it against ``max_pending``."""
+    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db")
+    settings = settings.with_(heartbeat_interval_s=0, partitions=1, buffer_size=1)
+    release = asyncio.Event()
+
+    async def hold(envelope: OnexEnvelopeV1) -> None:
+        await release.wait()
+
+    async with Runtime(settings, nodes=[]) as rt, StampClient(rt.bus, rt.contracts, rt.settings) as client:
+        await rt.bus.subscribe([client.topics["STAMP_REQUESTED"]], "held", handler=hold)
+        try:
+            with anyio.fail_after(5):
+                await client.submit({"content": "a", "namespace": "ns"})  # in the handler's hands: the buffer is full
+            blocked = asyncio.ensure_future(client.submit({"content": "b", "namespace": "ns"}))
+            await anyio.wait_all_tasks_blocked()
+            assert not blocked.done()
+            assert client.pending == 2  # registered before publishing: an outcome may come before publish() returns
+
+            blocked.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await blocked
+
+            assert client.pending == 1
+        finally:
+            release.set()

@@ -630,7 +630,19 @@ def _oversized(root: Path) -> None:
     path.write_bytes(head + b"x" * (MAX_FILE_BYTES + 1 - len(head)))
 
 
-_GENERATED: dict[str, Callable[[Path], None]] = {"oversized_file": _oversized}
+SECRET = "password: hunter2-outside-the-root\n"
+
+
+def _outside_root(root: Path) -> None:
+    # Next to the copied case, so outside its root: the file its `$ref`s reach for, and a link inside the root to it.
+    secret = root.parent / "outside_secret.yaml"
+    secret.write_text(SECRET)
+    link = root / "subcontracts/event_type/link_out.yaml"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(secret)
+
+
+_GENERATED: dict[str, Callable[[Path], None]] = {"oversized_file": _oversized, "ref_outside_root": _outside_root}
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
 
 
@@ -659,6 +671,50 @@ def test_corpus(case: str, tmp_path: Path) -> None:
 
     assert sorted(codes(raised.value)) == expected
     assert all(issue.message.strip() for issue in raised.value.issues)
+
+
+def test_a_ref_outside_the_root_is_refused_at_the_ref_and_its_content_never_quoted(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(CORPUS / "ref_outside_root", root)
+    _outside_root(root)
+
+    with pytest.raises(ContractError) as raised:
+        load_contracts(root, env={})
+
+    messages = [issue.message for issue in raised.value.issues]
+    assert {issue.code for issue in raised.value.issues} == {"outside-root"}
+    assert all("resolves outside the project root" in m for m in messages)
+    assert not any("hunter2" in m or "password" in m for m in messages)
+    assert not any("root:" in m for m in messages)  # nothing of /etc/passwd either
+    # The link's message names where it really leads, so the author can see why.
+    assert any(str(tmp_path / "outside_secret.yaml") in m for m in messages)
+
+
+def test_a_valid_subcontract_outside_the_root_is_still_refused(tmp_path: Path, project: Path) -> None:
+    outside = write(tmp_path.parent / f"{tmp_path.name}_elsewhere", "fsm.yaml", GREETING_FSM)
+    write(project, "contracts/effects/greeter.yaml", GREETER.replace("subcontracts/fsm/greeting.yaml", str(outside)))
+
+    with pytest.raises(ContractError) as raised:
+        load_contracts(project, env={})
+
+    assert codes(raised.value) == ["contracts/effects/greeter.yaml:9:9: outside-root"]
+
+
+def test_links_and_dot_dot_that_stay_inside_the_root_resolve(project: Path) -> None:
+    (project / "contracts/effects/fsm_link.yaml").symlink_to(project / "subcontracts/fsm/greeting.yaml")
+    write(
+        project,
+        "contracts/effects/greeter.yaml",
+        GREETER.replace("subcontracts/fsm/greeting.yaml", "./fsm_link.yaml").replace(
+            "../../subcontracts/event_type", "subcontracts/../subcontracts/event_type"
+        ),
+    )
+
+    greeter = load_contracts(project, env={}).get("greeter")
+
+    assert greeter.subcontracts.fsm is not None
+    assert greeter.subcontracts.fsm.state_machine_name == "greeting"
+    assert greeter.subcontracts.event_type is not None
 
 
 def test_an_unreadable_path_is_an_io_issue(tmp_path: Path) -> None:

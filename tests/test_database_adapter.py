@@ -32,19 +32,30 @@ ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = "database_adapter_effect"
 
 
-def stamp_created(i: int, **fields: Any) -> dict[str, Any]:
-    """A STAMP_CREATED payload as the stamping effect publishes it (one metadata_stamps row)."""
+def outcome(i: int, **stamp: Any) -> dict[str, Any]:
+    """A WORKFLOW_COMPLETED payload as the orchestrator publishes it: one workflow row, its steps and its stamp
+    (one metadata_stamps row)."""
+    workflow_id = str(uuid.uuid4())
     return {
-        "workflow_id": str(uuid.uuid4()),
-        "stamp_id": str(uuid.uuid4()),
-        "file_path": f"src/{i}.py",
-        "file_hash": f"{i:064x}",
-        "file_size": 10 + i,
-        "file_type": "python",
+        "workflow_id": workflow_id,
+        "state": "completed",
+        "state_seq": 2,
         "namespace": "ns",
-        "stamp_type": "lightweight",
-        "status": "stamped",
-        **fields,
+        "file_path": f"src/{i}.py",
+        "started_at": "2024-05-01T12:00:00+00:00",
+        "completed_at": "2024-05-01T12:00:01+00:00",
+        "execution_time_ms": 1000.0,
+        "steps": [{"step_name": "stamp", "step_order": 0, "status": "completed", "attempts": 1}],
+        "stamp": {
+            "stamp_id": str(uuid.uuid4()),
+            "file_path": f"src/{i}.py",
+            "file_hash": f"{i:064x}",
+            "file_size": 10 + i,
+            "file_type": "python",
+            "stamp_type": "lightweight",
+            "status": "stamped",
+            **stamp,
+        },
     }
 
 
@@ -66,7 +77,7 @@ def adapter_of(h: Harness) -> NodeDatabaseAdapterEffect:
 async def test_a_value_the_store_refuses_is_dead_lettered_and_does_not_trip_the_breaker(store_url: str) -> None:
     async with Harness([ADAPTER], root=ROOT, store_url=store_url) as h:
         adapter = adapter_of(h)
-        bad = await h.publish("STAMP_CREATED", stamp_created(1, file_size=2**70))  # beyond any 64-bit column
+        bad = await h.publish("WORKFLOW_COMPLETED", outcome(1, file_size=2**70))  # beyond any 64-bit column
         dead = await h.wait_for("DEAD_LETTER", lambda e: e.causation_id == bad.event_id, timeout=30)
 
         assert dead.payload["attempts"] == adapter.contract.resilience.retry.max_attempts
@@ -77,11 +88,13 @@ async def test_a_value_the_store_refuses_is_dead_lettered_and_does_not_trip_the_
         assert adapter.health() == "HEALTHY"
         assert adapter.statistics().pending_batches == 0
 
-        good = stamp_created(2)
-        await h.publish("STAMP_CREATED", good)
+        good = outcome(2)
+        await h.publish("WORKFLOW_COMPLETED", good)
         await h.settle()
-        assert [s.file_path for s in await h.store.get_stamps_by_hash(good["file_hash"])] == ["src/2.py"]
+        assert [s.file_path for s in await h.store.get_stamps_by_hash(good["stamp"]["file_hash"])] == ["src/2.py"]
         assert await h.store.count("metadata_stamps") == 1
+        # The workflow's row, its steps and its stamp were written together; the bad one's none of them.
+        assert await h.store.count("workflow_executions") == await h.store.count("workflow_steps") == 1
         assert h.dead_letters() == [dead]
 
 
@@ -95,13 +108,14 @@ async def test_draining_while_postgres_is_unreachable_ends_and_leaves_the_writes
         async with Harness([ADAPTER], root=ROOT, contracts=contracts, store_url=proxy_url) as h:
             adapter = adapter_of(h)
             await proxy.sever()
-            sent = [stamp_created(i) for i in range(3)]
+            sent = [outcome(i) for i in range(3)]
             try:
                 for payload in sent:
-                    await h.publish("STAMP_CREATED", payload)
+                    await h.publish("WORKFLOW_COMPLETED", payload)
                 with anyio.fail_after(30):
+                    # Three rows per outcome: the workflow, its step, its stamp.
                     await until(
-                        lambda: adapter.health() == "DEGRADED" and adapter.statistics().pending_rows == len(sent)
+                        lambda: adapter.health() == "DEGRADED" and adapter.statistics().pending_rows == 3 * len(sent)
                     )
                     await adapter.stop()  # drains: the writes in hand wait 200 ms more, then are let go
 
@@ -123,8 +137,8 @@ async def test_draining_while_postgres_is_unreachable_ends_and_leaves_the_writes
                 await successor.stop()
             assert successor.statistics().commits >= 1
             for payload in sent:
-                [row] = await h.store.get_stamps_by_hash(payload["file_hash"])
-                assert str(row.id) == payload["stamp_id"]
+                [row] = await h.store.get_stamps_by_hash(payload["stamp"]["file_hash"])
+                assert str(row.id) == payload["stamp"]["stamp_id"]
             assert await h.store.count("metadata_stamps") == len(sent)
             assert h.dead_letters() == []
 

@@ -2,7 +2,7 @@
 Dockerfile, read as files (no Docker engine or cluster is needed, nothing is started).
 
 What must hold: every shipped node (its contract) runs as exactly one compose service and one Deployment, as
-``onex run --node NAME``; the reducer and the stamping effect with two replicas, the other nodes with one; Redpanda
+``onex run --node NAME``, each with two replicas (every node kind survives the loss of one process); Redpanda
 and PostgreSQL are part of both, and the migration runs before any node; every ``ONEX_*`` variable handed to the
 nodes is a setting onex reads, and the store URL logs in as the user and database the postgres image creates, with
 the password the image sets; the image installs the package from the directories it needs and runs ``onex``.
@@ -26,9 +26,8 @@ from onex.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENT = ROOT / "deployment"
-# Nodes that run several replicas, each set a consumer group: the stamping effect is stateless and the reducer's
-# inputs are keyed by namespace. Every other node runs one (the orchestrator keeps its workflows in memory).
-REPLICAS = {"reducer": 2, "stamping_effect": 2}
+# Every node runs two replicas, each set one consumer group (see "Guarantees" in the README).
+REPLICAS = dict.fromkeys(["registry", "database_adapter_effect", "reducer", "stamping_effect", "orchestrator"], 2)
 INFRASTRUCTURE = {"redpanda": "redpandadata/redpanda:", "postgres": "postgres:"}
 
 

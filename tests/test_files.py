@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from onex.files import FILE_TYPES, WalkEntry, detect_file_type, is_ignored, iter_files, parse_ignore
+from onex.files import (
+    FILE_TYPES,
+    STALE_TEMP_AGE,
+    WalkEntry,
+    detect_file_type,
+    is_ignored,
+    is_stale_temp,
+    is_temp,
+    iter_files,
+    parse_ignore,
+    remove_stale_temps,
+    temp_prefix,
+    within,
+)
 
 # --- detection ------------------------------------------------------------------------------------------------
 
@@ -265,3 +281,100 @@ def test_an_unreadable_directory_really_is_reported(tmp_path: Path) -> None:
         (tmp_path / "locked").chmod(0o700)
     assert files == ["open/b.py"]
     assert problems == {"locked": "permission denied"}
+
+
+# --- onex temporary files -------------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped, as a killed stamper's is by the time anyone looks."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def leftover(directory: Path, name: str, pid: int, *, age: float = 0.0) -> Path:
+    """A temporary file as a stamper with ``pid`` leaves it for file ``name``, last written ``age`` seconds ago."""
+    path = directory / f"{temp_prefix(name, pid)}abcd1234"
+    path.write_bytes(b"half a file")
+    if age:
+        when = time.time() - age
+        os.utime(path, (when, when))
+    return path
+
+
+def test_temporary_names_are_recognised_and_fit_in_a_file_name() -> None:
+    assert temp_prefix("a.py", 42) == ".a.py.onex-tmp.42."
+    assert is_temp(".a.py.onex-tmp.42.x1_y2z3w")
+    assert is_temp("dir/.a.py.1y2z3x4w.onex-tmp")  # as written before the pid was in the name
+    assert not is_temp("a.py")
+    assert not is_temp(".a.py.onex-tmp.notapid.x")
+    long = "é" * 127 + ".py"  # 257 bytes: longer than most file systems allow a name to be, once prefixed
+    assert len(os.fsencode(temp_prefix(long, 4_194_304) + "abcdefgh")) <= 255
+    assert is_temp(temp_prefix(long, 7) + "abcdefgh")
+
+
+def test_a_temporary_file_is_stale_when_its_writer_is_gone_or_it_is_old(tmp_path: Path) -> None:
+    assert is_stale_temp(leftover(tmp_path, "a.py", dead_pid()))
+    assert not is_stale_temp(leftover(tmp_path, "b.py", os.getpid()))  # a live writer's
+    assert is_stale_temp(leftover(tmp_path, "c.py", os.getpid(), age=STALE_TEMP_AGE + 60))  # a pid reused since
+    legacy = tmp_path / ".d.py.1y2z3x4w.onex-tmp"
+    legacy.write_bytes(b"")
+    assert not is_stale_temp(legacy)  # no pid to ask: only its age tells
+    os.utime(legacy, (time.time() - STALE_TEMP_AGE - 60,) * 2)
+    assert is_stale_temp(legacy)
+    assert not is_stale_temp(tmp_path / "a.py")
+    lookalike = tmp_path / "notes.onex-tmp"  # never stamped, but not of a shape onex writes: never deleted either
+    lookalike.write_bytes(b"")
+    os.utime(lookalike, (time.time() - STALE_TEMP_AGE - 60,) * 2)
+    assert is_temp(lookalike)
+    assert not is_stale_temp(lookalike)
+
+
+def test_the_walk_never_yields_temporary_files_and_removes_stale_ones_only_when_asked(tmp_path: Path) -> None:
+    tree(tmp_path, {"a.py": "", "sub/b.py": "", ".gitignore": ".*\n!.gitignore\n"})  # hides dot files, not ours
+    gone = dead_pid()
+    stale = [leftover(tmp_path, "a.py", gone), leftover(tmp_path / "sub", "b.py", gone)]
+    old_legacy = tmp_path / "sub" / ".b.py.1y2z3x4w.onex-tmp"
+    old_legacy.write_bytes(b"")
+    os.utime(old_legacy, (time.time() - STALE_TEMP_AGE - 60,) * 2)
+    live = leftover(tmp_path, "a.py", os.getpid())
+    (tmp_path / f"{temp_prefix('x.py', gone)}linked00").symlink_to(tmp_path / "a.py")  # never followed or removed
+
+    files, problems = walk(tmp_path)  # as onex verify walks: nothing is removed
+    assert (files, problems) == ([".gitignore", "a.py", "sub/b.py"], {})
+    assert all(p.exists() for p in [*stale, old_legacy, live])
+
+    entries = list(iter_files([tmp_path], remove_stale_temps=True))
+    assert sorted(os.path.relpath(e.path, tmp_path) for e in entries) == [".gitignore", "a.py", "sub/b.py"]
+    assert not any(p.exists() for p in [*stale, old_legacy])
+    assert live.exists()
+    assert (tmp_path / f"{temp_prefix('x.py', gone)}linked00").is_symlink()
+
+
+def test_a_file_given_as_a_root_loses_its_own_stale_temporary_files_only(tmp_path: Path) -> None:
+    tree(tmp_path, {"a.py": "", "b.py": ""})
+    gone = dead_pid()
+    mine, other = leftover(tmp_path, "a.py", gone), leftover(tmp_path, "b.py", gone)
+    prefix_clash = leftover(tmp_path, "a.py.bak", gone)  # ".a.py.bak.onex-tmp...": not a.py's
+
+    files, problems = walk(tmp_path / "a.py")
+    assert (files, problems) == (["."], {})
+    assert mine.exists()
+
+    assert [e.problem for e in iter_files([tmp_path / "a.py"], remove_stale_temps=True)] == [None]
+    assert not mine.exists()
+    assert other.exists()
+    assert prefix_clash.exists()
+    assert remove_stale_temps(tmp_path / "b.py") == [other]
+    assert not other.exists()
+    assert [e.problem for e in iter_files([prefix_clash])] == ["is an onex temporary file; never stamped"]
+
+
+def test_within_compares_whole_path_components() -> None:
+    assert within("/srv/data/a.py", ["/srv/data"])
+    assert within("/srv/data", ["/srv/data"])
+    assert within("/srv/data/a.py", ["/", "/elsewhere"])
+    assert not within("/srv/database/a.py", ["/srv/data"])
+    assert not within("/srv/data/a.py", [])

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
-import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -321,15 +321,23 @@ async def test_expire_stale_marks_nodes_without_a_recent_heartbeat_stale(registr
     ghost = await introspect_ghost(h)
     assert ghost in registry.alive()
 
-    # Stale after 3 missed heartbeats of 10 s each: not now, but 31 s from now.
-    assert registry.expire_stale(now=time.monotonic()) == []
-    expired = registry.expire_stale(now=time.monotonic() + 31)
+    await h.settle()
+    heard = {r.node_id: r.last_heartbeat for r in await h.store.list_registrations()}
+
+    # Stale after 3 missed heartbeats of 10 s each: not now, but 31 s from now (decided on the stored heartbeats).
+    now = datetime.now(UTC)
+    assert await registry.expire_stale(now=now) == []
+    expired = await registry.expire_stale(now=now + timedelta(seconds=31))
 
     assert sorted(expired) == sorted([ghost, *(n.node_id for n in h.runtime.nodes)])
     assert registry.known[ghost].state == "stale"
     assert registry.known[ghost].history[-1].from_state == "alive"
     assert registry.alive() == []
-    assert registry.expire_stale(now=time.monotonic() + 62) == []  # already stale: nothing more to expire
+    assert await registry.expire_stale(now=now + timedelta(seconds=62)) == []  # already stale: nothing to expire
+    rows = {r.node_id: r for r in await h.store.list_registrations()}
+    assert {node_id: row.health_status for node_id, row in rows.items()} == dict.fromkeys(expired, "STALE")
+    # Marking a node stale is not a heartbeat: last_heartbeat still holds the time of the last one.
+    assert {node_id: row.last_heartbeat for node_id, row in rows.items()} == heard
 
 
 @pytest.mark.anyio

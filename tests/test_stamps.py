@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 from collections.abc import Iterator
@@ -683,6 +689,182 @@ def test_large_text_files_are_stamped_by_streaming(tmp_path: Path) -> None:
         assert verify_file(path).status == "modified"
 
 
+# --- files in use, and where a stamper may write -------------------------------------------------------------
+
+# A second process that opens a file and keeps it open, doing on request what a program using it would do.
+HOLDER = """
+import os, sys
+fd = os.open(sys.argv[1], {"a": os.O_WRONLY | os.O_APPEND, "r": os.O_RDONLY}[sys.argv[2]])
+print("open", flush=True)
+for line in sys.stdin:
+    if line.startswith("append "):
+        os.write(fd, line[len("append "):].encode())
+    print("done", flush=True)
+os.close(fd)
+"""
+
+
+def read_line(stream: Any, timeout: float = 60.0) -> str:
+    """The next line a child prints, waiting at most ``timeout`` seconds for it (never a sleep)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"no line from the child within {timeout} s"
+    line: str = stream.readline()
+    return line.strip()
+
+
+@contextlib.contextmanager
+def held_open(path: Path, mode: str) -> Iterator[subprocess.Popen[str]]:
+    """``path`` open in another process (``mode`` "a": for appending, "r": for reading) until the block ends."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert read_line(child.stdout) == "open"
+            yield child
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()  # the holder's loop ends: it closes the file and exits
+            assert child.wait(timeout=60) == 0
+
+
+def tell(child: subprocess.Popen[str], command: str) -> None:
+    assert child.stdin is not None
+    assert child.stdout is not None
+    child.stdin.write(command + "\n")
+    child.stdin.flush()
+    assert read_line(child.stdout) == "done"
+
+
+@pytest.mark.parametrize("mode", ["a", "r"])
+def test_a_file_open_in_another_process_is_busy_and_left_as_it_is(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "app.log.txt"
+    path.write_bytes(b"first\n")
+    inode = path.stat().st_ino
+    with held_open(path, mode) as holder:
+        result = stamp_file(path)
+        assert result.status == "busy"
+        assert result.stamp is None
+        assert result.error == f"{path}: busy: open in another process, retry later"
+        assert result.file_type == "text"
+        if mode == "a":
+            tell(holder, "append second")  # still writing into the very file onex looked at
+    assert path.stat().st_ino == inode
+    assert path.read_bytes() == (b"first\nsecond\n" if mode == "a" else b"first\n")
+    assert sorted(os.listdir(tmp_path)) == ["app.log.txt"]  # no temporary file left behind
+    assert stamp_file(path).status == "stamped"  # closed: the next run stamps it
+
+
+def test_a_busy_file_already_stamped_is_unchanged_and_a_dry_run_needs_no_lease(tmp_path: Path) -> None:
+    stamped_file = tmp_path / "done.py"
+    stamped_file.write_bytes(b"x = 1\n")
+    assert stamp_file(stamped_file).status == "stamped"
+    fresh = tmp_path / "fresh.py"
+    fresh.write_bytes(b"y = 2\n")
+    with held_open(stamped_file, "r"), held_open(fresh, "a"):
+        assert stamp_file(stamped_file).status == "unchanged"
+        assert stamp_file(fresh, dry_run=True).status == "stamped"
+        assert stamp_file(fresh).status == "busy"
+    assert fresh.read_bytes() == b"y = 2\n"
+
+
+def test_a_sidecar_is_written_for_a_file_open_elsewhere(tmp_path: Path) -> None:
+    # The original of a sidecar type is only read, never replaced: there is nothing to take a lease for.
+    path = tmp_path / "rows.json"
+    path.write_bytes(b"[1]\n")
+    with held_open(path, "a"):
+        assert stamp_file(path).status == "stamped"
+    assert path.read_bytes() == b"[1]\n"
+    assert verify_file(path).status == "valid"
+
+
+def test_whoever_opens_the_file_while_the_lease_is_held_keeps_the_original(tmp_path: Path) -> None:
+    # The window a late opener could fall into: after the lease is taken, before the rename. The opener blocks
+    # until the lease is released, so the stamper must see the break (F_GETLEASE) and not rename under it.
+    path = tmp_path / "late.txt"
+    path.write_bytes(b"x\n")
+    woken_r, woken_w = os.pipe()
+    os.set_blocking(woken_w, False)
+    previous = signal.signal(signal.SIGURG, lambda *_: None)  # the lease break's signal, see stamps._take_lease
+    previous_fd = signal.set_wakeup_fd(woken_w, warn_on_full_buffer=False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with stamps._write_lease(fd, str(path)) as alone:
+            assert alone()
+            opener = subprocess.Popen(
+                [sys.executable, "-c", f"open({str(path)!r}, 'a').write('late\\n')"], stdout=subprocess.DEVNULL
+            )
+            ready, _, _ = select.select([woken_r], [], [], 60)  # the kernel signals us when the opener arrives
+            assert ready, "the opener never broke the lease"
+            assert not alone()
+    finally:
+        os.close(fd)
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGURG, previous)
+        os.close(woken_r)
+        os.close(woken_w)
+    assert opener.wait(timeout=60) == 0
+    assert path.read_bytes() == b"x\nlate\n"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0, reason="needs root and setpriv")
+def test_where_leases_are_refused_only_a_change_is_caught(tmp_path: Path) -> None:
+    # Without CAP_LEASE and not the file's owner, F_SETLEASE fails with EACCES: the fallback. A file open elsewhere
+    # is then stamped if it does not change meanwhile; one that changes is still left alone.
+    script = (
+        "import sys; from pathlib import Path; from onex.stamps import stamp_file\n"
+        "quiet = stamp_file(sys.argv[1])\n"
+        "moved = stamp_file(sys.argv[2], _before_replace=lambda p: p.write_bytes(p.read_bytes() + b'more\\n'))\n"
+        "print(quiet.status, moved.status, moved.error)\n"
+    )
+    quiet, moved = tmp_path / "quiet.py", tmp_path / "moved.py"
+    for path in (quiet, moved):
+        path.write_bytes(b"x = 1\n")
+        os.chown(path, 54321, 54321)
+    with held_open(quiet, "a"):
+        run = subprocess.run(
+            ["setpriv", "--bounding-set=-lease", sys.executable, "-c", script, str(quiet), str(moved)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split(" ", 2)[:2] == ["stamped", "failed"], run.stdout
+    assert "changed while stamping" in run.stdout
+    assert verify_file(quiet).status == "valid"
+    assert moved.read_bytes() == b"x = 1\nmore\n"
+
+
+def test_temporary_files_carry_the_name_and_pid_of_their_writer(tmp_path: Path) -> None:
+    path = tmp_path / "a.py"
+    path.write_bytes(b"x\n")
+    seen: list[str] = []
+    stamp_file(path, _before_replace=lambda p: seen.extend(n for n in os.listdir(p.parent) if n != "a.py"))
+    assert len(seen) == 1
+    assert seen[0].startswith(f".a.py.onex-tmp.{os.getpid()}.")
+    assert stamp_file(tmp_path / seen[0]).status == "skipped"  # never stamped, even when named
+
+
+def test_roots_refuse_a_file_outside_them_and_a_link_leading_out(tmp_path: Path) -> None:
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    (outside / "secret.py").write_bytes(b"s = 1\n")
+    (inside / "ok.py").write_bytes(b"x = 1\n")
+    (inside / "link.py").symlink_to(outside / "secret.py")
+    roots = [str(inside)]
+
+    assert stamp_file(inside / "ok.py", roots=roots).status == "stamped"
+    for path in (outside / "secret.py", inside / "link.py", inside / ".." / "outside" / "secret.py"):
+        result = stamp_file(path, roots=roots)
+        assert result.status == "failed"
+        assert result.error == f"{path}: refused: {outside / 'secret.py'} is outside the stamp roots ({inside})"
+    assert (outside / "secret.py").read_bytes() == b"s = 1\n"
+    assert sorted(os.listdir(outside)) == ["secret.py"]
+    assert stamp_file(inside / "ok.py", roots=[str(inside / "ok.py")]).status == "unchanged"  # a file as its root
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
@@ -707,9 +889,12 @@ def test_a_missing_file_fails(tmp_path: Path) -> None:
 
 def test_a_directory_fails(tmp_path: Path) -> None:
     (tmp_path / "d.py").mkdir()
+    open_before = sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else []
     result = stamp_file(tmp_path / "d.py")
     assert result.status == "failed"
     assert result.error == f"{tmp_path / 'd.py'}: is a directory"
+    if open_before:
+        assert sorted(os.listdir("/proc/self/fd")) == open_before  # the directory's descriptor was closed
 
 
 def test_errors_name_the_path_given_not_a_symlinks_target(tmp_path: Path) -> None:

@@ -407,6 +407,53 @@ async def test_list_workflows_newest_first_by_state_and_limited(store: Store) ->
 # --- workflow_steps ------------------------------------------------------------------------------------------------
 
 
+async def test_get_workflows_returns_the_stored_rows_among_the_ids(store: Store) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    await store.apply(WriteBatch(workflows=[workflow(ids[0], "processing", 1), workflow(ids[1], "completed", 2)]))
+    many = [uuid.uuid4() for _ in range(1_200)]  # more than one statement's worth of parameters
+    found = await store.get_workflows([*ids, *many])
+    assert sorted((w.correlation_id, w.current_state) for w in found) == sorted(
+        [(ids[0], "processing"), (ids[1], "completed")]
+    )
+    assert await store.get_workflows([]) == []
+
+
+async def test_a_checkpoint_in_metadata_is_replaced_and_cleared_by_later_rows(store: Store) -> None:
+    cid = uuid.uuid4()
+    await store.apply(WriteBatch(workflows=[workflow(cid, "processing", 1, metadata={"checkpoint": {"attempt": 1}})]))
+    await store.apply(WriteBatch(workflows=[workflow(cid, "processing", 1, metadata={"checkpoint": {"attempt": 2}})]))
+    assert (await store.get_workflow(cid)).metadata == {"checkpoint": {"attempt": 2}}  # type: ignore[union-attr]
+    await store.apply(WriteBatch(workflows=[workflow(cid, "completed", 2, metadata={"checkpoint": None})]))
+    stale = workflow(cid, "processing", 1, metadata={"checkpoint": {"attempt": 1}})  # a late, older checkpoint
+    await store.apply(WriteBatch(workflows=[stale]))
+    row = await store.get_workflow(cid)
+    assert row is not None
+    assert (row.current_state, row.metadata) == ("completed", {"checkpoint": None})
+
+
+async def test_mark_stale_marks_silent_nodes_once_and_keeps_their_last_heartbeat(store: Store) -> None:
+    await store.apply(WriteBatch(registrations=[registration(f"n{i}") for i in range(4)]))
+    beats = [
+        HeartbeatRow("n0", "HEALTHY", at(10)),
+        HeartbeatRow("n1", "HEALTHY", at(50)),
+        HeartbeatRow("n2", "STOPPED", at(10)),
+        HeartbeatRow("n3", "DEGRADED", at(20)),
+    ]
+    await store.apply(WriteBatch(heartbeats=beats))
+
+    assert sorted(await store.mark_stale(at(30))) == ["n0", "n3"]
+    assert await store.mark_stale(at(30)) == []  # already stale
+    nodes = {r.node_id: (r.health_status, r.last_heartbeat) for r in await store.list_registrations()}
+    assert nodes == {
+        "n0": ("STALE", at(10)),
+        "n1": ("HEALTHY", at(50)),
+        "n2": ("STOPPED", at(10)),
+        "n3": ("STALE", at(20)),
+    }
+    await store.apply(WriteBatch(heartbeats=[HeartbeatRow("n0", "HEALTHY", at(40))]))  # it comes back
+    assert {r.node_id: r.health_status for r in await store.list_registrations()}["n0"] == "HEALTHY"
+
+
 async def test_a_step_is_updated_in_place(store: Store) -> None:
     cid = uuid.uuid4()
     await store.apply(WriteBatch(steps=[StepRow(cid, "hash", 1, "running", created_at=at(0))]))

@@ -71,8 +71,8 @@ members and rebalancing on join and leave, CreateTopics (``TOPIC_ALREADY_EXISTS`
 topic auto-creation all work. Its limits: ``InitProducerId`` fails (``UnknownError``), so neither the
 idempotent producer (``enable_idempotence=True``) nor transactions can be used against it (both stay off by
 default here and can be switched on through ``producer_options`` on a real Kafka); and a group join waits
-``max(1 s, session_timeout_ms / 2)`` before the broker completes it, so ``subscribe()`` takes about 5 s with
-aiokafka's default ``session_timeout_ms=10000`` (the tests pass a shorter one through ``consumer_options``).
+``max(1 s, session_timeout_ms / 2)`` before the broker completes it, so ``subscribe()`` takes about 3 s with this
+bus's default ``session_timeout_ms=6000`` (5 s with aiokafka's 10 s; the tests pass 2 s through ``consumer_options``).
 ``AIOKafkaAdminClient.list_consumer_group_offsets`` cannot parse tansu's answer (``consumer.committed()`` works).
 And tansu answers ListOffsets(latest) with the base offset of the partition's last record *batch* + 1, not its last
 offset + 1: after a batch of three records at offsets 0-2 it says 1. A ``start="latest"`` subscription therefore
@@ -88,6 +88,7 @@ import contextvars
 import enum
 import logging
 import ssl
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -103,8 +104,9 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.partitioner import murmur2
 
-from onex.bus import BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
+from onex.bus import Assignment, BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError
 
@@ -151,6 +153,16 @@ _CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
     # goes to the same member (given equal partition counts, which ensure_topics gives), so a node consuming
     # several topics keyed alike (the reducer: everything by namespace) sees all of one key in one place.
     "partition_assignment_strategy": (RangePartitionAssignor,),
+    # How long a silent member keeps its partitions. 6 s is the least that Kafka and Redpanda accept by default
+    # (group.min.session.timeout.ms) and is safe because aiokafka heartbeats from a task of its own, not from the
+    # fetch loop: only an event loop blocked for 6 s loses the group. Shorter than aiokafka's 10 s because a group
+    # join takes half the session timeout on tansu and at least group.initial.rebalance.delay.ms (3 s) on Kafka:
+    # a node starts in about 3 s instead of 5. The heartbeat interval follows it (a third), unless it is set.
+    "session_timeout_ms": 6_000,
+    # How soon a consumer notices a topic that appeared (aiokafka's default is 5 minutes). A broker that lost its
+    # topics (tansu with memory storage, restarted) gets them back when someone publishes, and only then can the
+    # consumers subscribed to them be assigned their partitions again.
+    "metadata_max_age_ms": 5_000,
 }
 
 # Settings that from_url() takes from the URL's query string (integers), by the client they go to.
@@ -192,8 +204,10 @@ class KafkaBus(EventBus):
     ``security_protocol``, ``ssl_context``, ``sasl_mechanism``, ``sasl_plain_username``,
     ``sasl_plain_password``, ``request_timeout_ms``) go to every aiokafka client; ``producer_options`` and
     ``consumer_options`` go to the producer and to each subscription's consumer only, over this bus's defaults
-    (``acks="all"``, ``linger_ms=5``; manual commits, ``auto_offset_reset="earliest"``).
+    (``acks="all"``, ``linger_ms=5``; manual commits, ``auto_offset_reset="earliest"``, a 6 s session).
     """
+
+    retains_messages = True
 
     def __init__(
         self,
@@ -322,7 +336,7 @@ class KafkaBus(EventBus):
 
     def consumer_kwargs(self, group: str) -> dict[str, Any]:
         """The keyword arguments of the ``AIOKafkaConsumer`` of a subscription of ``group``."""
-        return {
+        kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap,
             "client_id": self.client_id,
             "group_id": group,
@@ -330,6 +344,10 @@ class KafkaBus(EventBus):
             **self._client_options,
             **self._consumer_options,
         }
+        # Three heartbeats per session, as Kafka advises: a session shortened to 2 s with aiokafka's default interval
+        # (3 s) would drop every member between two heartbeats.
+        kwargs.setdefault("heartbeat_interval_ms", kwargs["session_timeout_ms"] // 3)
+        return kwargs
 
     def admin_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of this bus's ``AIOKafkaAdminClient``."""
@@ -489,8 +507,18 @@ class KafkaBus(EventBus):
             elif (exc := _delivery_error((delivery,))) is not None:  # also marks the exception as retrieved
                 self._failed_deliveries += 1
                 logger.error("Kafka delivery failed: %r", exc)
+                self.topics_may_be_gone()
         self._unchecked = still_pending
         self._check_at = len(still_pending) + _CHECK_EVERY  # linear, even while the broker is unreachable
+
+    def topics_may_be_gone(self) -> None:
+        """A record was not delivered: the broker may have lost its topics (one keeping them in memory restarted,
+        or a topic was deleted). Forget which topics exist, so that the next publish to each creates it again if it
+        is missing (with this bus's partition count, which keeps inputs co-partitioned), and refresh the producer's
+        metadata, which would otherwise keep naming partitions the broker no longer has for minutes."""
+        self._known_topics.clear()
+        if self._producer is not None:
+            self._producer.client.force_metadata_update()
 
     # -- consuming -------------------------------------------------------------------------------------------------
 
@@ -503,6 +531,7 @@ class KafkaBus(EventBus):
         batch_handler: BatchHandler | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         max_batch: int = 500,
+        on_assign: Assignment | None = None,
         start: Literal["earliest", "latest"] = "earliest",
     ) -> Subscription:
         """Join ``group`` on ``topics``; returns once the consumer has its partition assignment.
@@ -525,11 +554,25 @@ class KafkaBus(EventBus):
         unique_topics = list(dict.fromkeys(topics))
         await self.ensure_topics(unique_topics)
         subscription = _KafkaSubscription(
-            self, unique_topics, group, handler, batch_handler, retry, max_batch, from_latest=start == "latest"
+            self,
+            unique_topics,
+            group,
+            handler,
+            batch_handler,
+            retry,
+            max_batch,
+            from_latest=start == "latest",
+            on_assign=on_assign,
         )
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
+
+    def partition_of(self, topic: str, key: str) -> int:
+        """As the producer's default partitioner places ``key`` (murmur2, like the Java client)."""
+        known = self._producer.client.cluster.partitions_for_topic(topic) if self._producer is not None else None
+        count = len(known) if known else self.partitions
+        return int(murmur2(key.encode()) & 0x7FFFFFFF) % count
 
     def statistics(self) -> BusStatistics:
         """Counters since start: ``buffered`` is the number of fetched records not handled yet."""
@@ -558,10 +601,19 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
         self._subscription = subscription
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            logger.info("group %s: %d partition(s) revoked", self._subscription.group, len(revoked))
         await self._subscription.idle.wait()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        logger.debug("group %s assigned %s", self._subscription.group, sorted(assigned))
+        self._subscription.assignments += 1
+        by_topic: dict[str, list[int]] = {}
+        for tp in sorted(assigned):
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        logger.info("group %s: partitions assigned %s", self._subscription.group, by_topic or "none")
+        on_assign = self._subscription.on_assign
+        if on_assign is not None:
+            await on_assign(frozenset((tp.topic, tp.partition) for tp in assigned))
 
 
 class _KafkaSubscription(Subscription):
@@ -578,8 +630,10 @@ class _KafkaSubscription(Subscription):
         max_batch: int,
         *,
         from_latest: bool = False,
+        on_assign: Assignment | None = None,
     ) -> None:
         self.bus = bus
+        self.on_assign = on_assign
         self.topics = topics
         self.group = group
         self.handler = handler
@@ -589,6 +643,8 @@ class _KafkaSubscription(Subscription):
         self.from_latest = from_latest
         self.idle = asyncio.Event()
         self.idle.set()
+        # Counts the assignments this consumer was given: records fetched under one are never committed under the next.
+        self.assignments = 0
         self.buffered = 0
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -602,6 +658,10 @@ class _KafkaSubscription(Subscription):
             kwargs["auto_offset_reset"] = "latest"
         consumer = AIOKafkaConsumer(**kwargs)
         consumer.subscribe(topics=self.topics, listener=_RevocationListener(self))
+        # Joining takes seconds (a broker waits for other members before it assigns): say what is awaited, and then
+        # what was got, so a node that is slow to start shows where its time goes.
+        logger.info("joining group %s for %s", self.group, ", ".join(self.topics))
+        joining = time.monotonic()
         try:
             async with asyncio.timeout(self.bus.join_timeout_s):
                 await consumer.start()  # waits for the group's first assignment, since we subscribed before
@@ -621,6 +681,13 @@ class _KafkaSubscription(Subscription):
             if isinstance(exc, KafkaError):
                 raise BusError(f"group {self.group!r} cannot consume {self.topics}: {exc}") from exc
             raise
+        logger.info(
+            "group %s: assigned %d partition(s) of %s after %.1f s",
+            self.group,
+            len(consumer.assignment()),
+            ", ".join(self.topics),
+            time.monotonic() - joining,
+        )
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name=f"onex-kafka:{self.group}:{','.join(self.topics)}")
 
@@ -698,6 +765,7 @@ class _KafkaSubscription(Subscription):
                 self.idle.set()
 
     async def _handle_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        fetched_under = self.assignments
         deliveries: dict[TopicPartition, list[DeliveryFuture]] = {}
         for tp, records in batch.items():
             pending: list[DeliveryFuture] = []
@@ -718,6 +786,7 @@ class _KafkaSubscription(Subscription):
                 continue
             # An event the handlers published (or a dead letter) did not reach the broker: committing would lose
             # it, so the partition's records are fetched and handled again.
+            self.bus.topics_may_be_gone()
             logger.error(
                 "group %s: a record published while handling %s[%d] was not delivered (%r); handling offsets %d-%d "
                 "again",
@@ -735,9 +804,27 @@ class _KafkaSubscription(Subscription):
         else:
             self._redeliveries = 0
         if offsets:
-            await self._commit(offsets)
+            await self._commit(offsets, fetched_under)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int], fetched_under: int) -> None:
+        if fetched_under != self.assignments:
+            # The group was rebalanced while these records were in hand (a rebalance lets the batch in hand commit
+            # first, so this is a batch fetched during the rebalance, from before it). Their offsets may not even
+            # exist any more: a restarted broker that kept everything in memory has new, shorter logs, and a
+            # consumer that committed old offsets there would skip that many new records. They are delivered again.
+            logger.warning("group %s: not committing records fetched before the group was rebalanced", self.group)
+            return
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and getattr(coordinator, "generation", 0) < 0:
+            # Not a member of the group right now: the coordinator forgot us (a broker that kept everything in
+            # memory restarted) and aiokafka reset the generation before joining again. A commit sent now carries no
+            # generation, which a broker takes as a standalone consumer's: it would store offsets of records read
+            # before the restart against the new, empty log, and the group would skip that many new records. The
+            # records are delivered again after the rejoin (handled idempotently).
+            logger.warning(
+                "group %s: not committing %d partition(s) while rejoining the group", self.group, len(offsets)
+            )
+            return
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:

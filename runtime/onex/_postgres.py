@@ -1048,6 +1048,31 @@ class PostgresStore(Store):
             )
         return [_workflow(r) for r in rows]
 
+    async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:
+        rows = await self._fetch(f"{_SELECT_WORKFLOW} WHERE correlation_id = ANY($1::uuid[])", list(correlation_ids))
+        return [_workflow(r) for r in rows]
+
+    async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
+        rows = await self._fetch(
+            f"{_SELECT_WORKFLOW} w WHERE current_state = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM "
+            "processed_events p WHERE p.consumer = $2 AND p.event_id = w.correlation_id) ORDER BY id",
+            list(states),
+            consumer,
+        )
+        return [_workflow(r) for r in rows]
+
+    async def get_stamps(self, ids: Sequence[uuid.UUID]) -> list[StampRow]:
+        rows = await self._fetch(f"{_SELECT_STAMP} WHERE id = ANY($1::uuid[])", list(ids))
+        return [_stamp(r) for r in rows]
+
+    async def mark_stale(self, heard_before: datetime) -> list[str]:
+        rows = await self._fetch(
+            "UPDATE node_registrations SET health_status = 'STALE', updated_at = now() "
+            "WHERE last_heartbeat < $1 AND health_status NOT IN ('STALE', 'STOPPED') RETURNING node_id",
+            _utc(heard_before),
+        )
+        return [str(r["node_id"]) for r in rows]
+
     async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
         rows = await self._fetch(f"{_SELECT_STEP} WHERE workflow_id = $1 ORDER BY step_order, id", workflow_id)
         return [_step(r) for r in rows]

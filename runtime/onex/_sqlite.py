@@ -984,6 +984,47 @@ class SqliteStore(Store):
             _workflow,
         )
 
+    async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:
+        return await self._call(self._get_workflows_sync, list(correlation_ids))
+
+    def _get_workflows_sync(self, correlation_ids: list[uuid.UUID]) -> list[WorkflowRow]:
+        found: list[WorkflowRow] = []
+        for start in range(0, len(correlation_ids), 500):
+            chunk = [_uid(i) for i in correlation_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            found += self._fetch(
+                "get_workflows", f"{_SELECT_WORKFLOW} WHERE correlation_id IN ({marks})", chunk, _workflow
+            )
+        return found
+
+    async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
+        marks = ",".join("?" * len(states))
+        sql = (
+            f"{_SELECT_WORKFLOW} w WHERE current_state IN ({marks}) AND NOT EXISTS (SELECT 1 FROM processed_events p "
+            "WHERE p.consumer = ? AND p.event_id = w.correlation_id) ORDER BY id"
+        )
+        return await self._query("unprocessed_workflows", sql, (*states, consumer), _workflow)
+
+    async def get_stamps(self, ids: Sequence[uuid.UUID]) -> list[StampRow]:
+        return await self._call(self._get_stamps_sync, list(ids))
+
+    def _get_stamps_sync(self, ids: list[uuid.UUID]) -> list[StampRow]:
+        found: list[StampRow] = []
+        for start in range(0, len(ids), 500):
+            chunk = [_uid(i) for i in ids[start : start + 500]]
+            found += self._fetch(
+                "get_stamps", f"{_SELECT_STAMP} WHERE id IN ({','.join('?' * len(chunk))})", chunk, _stamp
+            )
+        return found
+
+    async def mark_stale(self, heard_before: datetime) -> list[str]:
+        # One statement is one transaction in autocommit mode; RETURNING names exactly the rows this call changed.
+        sql = (
+            "UPDATE node_registrations SET health_status = 'STALE', updated_at = ? "
+            "WHERE last_heartbeat < ? AND health_status NOT IN ('STALE', 'STOPPED') RETURNING node_id"
+        )
+        return await self._query("mark_stale", sql, (_now(), _ts(heard_before)), lambda row: str(row[0]))
+
     async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
         return await self._query(
             "list_steps",

@@ -40,6 +40,10 @@ BatchHandler = Callable[[Sequence[OnexEnvelopeV1]], Awaitable[None]]
 """Handles a batch of envelopes of one topic at once (for write-heavy consumers). If it raises, the bus falls back
 to handing the batch's messages over one by one, so one poison message cannot hold the others back."""
 
+Assignment = Callable[[frozenset[tuple[str, int]]], Awaitable[None]]
+"""Told the whole set of ``(topic, partition)`` a subscription owns, when it gets it and whenever it changes. A node
+that keeps state per key (the orchestrator's workflows) loads what the new partitions hold and drops the rest."""
+
 _log = logging.getLogger("onex.bus")
 
 
@@ -116,8 +120,20 @@ class EventBus(abc.ABC):
         batch_handler: BatchHandler | None = None,
         retry: RetryPolicy = RetryPolicy(),
         max_batch: int = 500,
+        on_assign: Assignment | None = None,
     ) -> Subscription:
-        """Subscribe ``group`` to ``topics`` with exactly one of ``handler`` / ``batch_handler``."""
+        """Subscribe ``group`` to ``topics`` with exactly one of ``handler`` / ``batch_handler``.
+
+        ``on_assign`` is awaited with the partitions this subscription owns before ``subscribe()`` returns, and
+        again whenever they change (Kafka rebalances; the memory bus reports its one assignment).
+        """
+
+    @abc.abstractmethod
+    def partition_of(self, topic: str, key: str) -> int:
+        """The partition of ``topic`` that a message keyed ``key`` goes to."""
+
+    retains_messages: bool = False
+    """Whether published messages outlive this process (a broker keeps them); on the memory bus they die with it."""
 
     @abc.abstractmethod
     async def ensure_topics(self, topics: Sequence[str]) -> None:
@@ -432,6 +448,12 @@ class MemorySubscription(Subscription):
         self._members: list[_Member] = []
         self._closed = False
 
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The ``(topic, partition)`` pairs this subscription's members own now."""
+        return frozenset(
+            (m.group.topic, i) for m in self._members for i, part in enumerate(m.group.partitions) if part.owner is m
+        )
+
     async def aclose(self) -> None:
         """Leave the group: partitions go to the remaining members (or stay buffered for a later one).
 
@@ -587,6 +609,7 @@ class MemoryBus(EventBus):
         batch_handler: BatchHandler | None = None,
         retry: RetryPolicy = RetryPolicy(),
         max_batch: int = 500,
+        on_assign: Assignment | None = None,
     ) -> MemorySubscription:
         """Join ``group`` on each of ``topics``; the group receives what is published from now on."""
         if (handler is None) == (batch_handler is None):
@@ -615,7 +638,14 @@ class MemoryBus(EventBus):
             member.start()
             subscription._members.append(member)
         self._subscriptions.append(subscription)
+        if on_assign is not None:
+            # One process owns the memory bus, and Runtime subscribes one member per group: the assignment is told
+            # once. A later member of the same group takes partitions over without the earlier one being told.
+            await on_assign(subscription.assignment())
         return subscription
+
+    def partition_of(self, topic: str, key: str) -> int:
+        return crc32(key.encode()) % self._partitions if self._partitions > 1 else 0
 
     def _leave(self, subscription: MemorySubscription) -> None:
         for member in subscription._members:

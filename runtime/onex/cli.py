@@ -1,13 +1,15 @@
 """The ``onex`` command line.
 
 Settings come from flags, then ``ONEX_*`` environment variables, then defaults. Exit codes: 0 ok, 1 a failure was
-found (invalid contract, modified file, failed workflow), 2 usage error.
+found (invalid contract, modified file, failed workflow), 2 usage error, 3 timed out with work pending (``onex
+stamp``: files without an outcome by ``--timeout``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Coroutine
@@ -36,6 +38,18 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[red]error:[/red] {message}")
     sys.exit(code)
+
+
+def _log_to_stderr() -> None:
+    """onex's INFO lines (what a starting node waits for: group joins, assignments) to stderr, with a timestamp.
+
+    Other libraries' loggers are left alone: their warnings reach stderr through Python's last-resort handler.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("onex")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
@@ -204,6 +218,7 @@ def run(
             sock = bind(settings.http)  # before any node starts, so that a busy port fails at once
         except OnexError as exc:
             _fail(str(exc))
+    _log_to_stderr()
     tune_gc()
 
     async def main_() -> None:
@@ -247,8 +262,19 @@ def run(
     "running deployment. Env: ONEX_BUS.",
 )
 @click.option("--store", help="sqlite:///PATH (default .onex/onex.db) or postgresql://... Env: ONEX_STORE.")
-@click.option("--no-wait", is_flag=True, help="With a Kafka bus: submit the requests and return at once.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for all workflows.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With a Kafka bus: return once the broker has the requests, without waiting for the outcomes.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds for the whole run: connecting, submitting, waiting for the outcomes, reading the summary. Files "
+    "without an outcome by then are reported pending with their correlation ids (exit 3).",
+)
 @click.pass_context
 def stamp(
     ctx: click.Context,
@@ -264,8 +290,17 @@ def stamp(
 ) -> None:
     """Stamp files: one workflow per file through orchestrator, stamping effect, reducer and database adapter.
 
-    Directories are walked honouring .gitignore/.onexignore; symlinks are never followed out of a root. Ends with
-    a summary table; exits 1 if any file failed.
+    Directories are walked honouring .gitignore/.onexignore; symlinks are never followed out of a root. In process
+    only the PATHs given are ever written. A file open in another process is not replaced but reported busy. Ends
+    with a summary table listing every file that failed, was busy or is pending, with its correlation id.
+
+    \b
+    Exit codes:
+      0  every file stamped or unchanged (or, with --no-wait, submitted)
+      1  a file failed or was busy (even if others are pending)
+      2  usage error
+      3  a file is pending: no outcome within --timeout (a deployment may
+         still complete it), or not submitted by then
     """
     from onex.client import StampRun
     from onex.runtime import tune_gc
@@ -288,8 +323,10 @@ def stamp(
     except OnexError as exc:
         _fail(str(exc))
     report.print(console)
-    if report.failed:
+    if report.failed or report.busy:
         sys.exit(1)
+    if report.pending:
+        sys.exit(3)
 
 
 @main.command()

@@ -2,13 +2,18 @@
 
 Used by ``onex stamp`` (in-process or against a Kafka deployment), by the HTTP gateway and by benchmarks. The
 client subscribes to the workflow outcome events with a consumer group of its own before it submits anything, and
-matches outcomes to requests by correlation id. It is an async context manager.
+matches outcomes to requests by correlation id (unless it only submits: ``listen=False``). It is an async context
+manager.
+
+``StampRun`` is a whole ``onex stamp``: one deadline (``--timeout``) bounds all of it, and what has no outcome by
+then is reported ``pending``, never ``failed``: a deployment keeps working on what it was given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections import Counter
@@ -16,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,11 +30,11 @@ from rich.table import Table
 from onex.bus import EventBus, Subscription
 from onex.contracts import ContractSet
 from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
-from onex.exceptions import OnexError
-from onex.files import iter_files
+from onex.exceptions import OnexError, StoreError, StoreUnavailable
+from onex.files import WalkEntry, iter_files
 from onex.settings import Settings
-from onex.stamps import VerifyResult, verify_file
-from onex.store import BridgeStateRow
+from onex.stamps import BUSY, VerifyResult, verify_file
+from onex.store import BridgeStateRow, Store, open_store
 
 if TYPE_CHECKING:
     from onex._kafka import KafkaBus
@@ -77,6 +82,8 @@ class StampClient:
     ``max_pending``: ``submit()`` waits while that many submitted workflows have no outcome yet, so a client with
     100,000 files keeps a bounded number in flight instead of filling every buffer of the bus with them (which on
     the memory bus makes every garbage collection rescan them). None: no limit.
+    ``listen=False``: submit only. No consumer group is joined (on Kafka that takes seconds), nothing is kept per
+    request, and ``outcome()`` / ``stamp()`` raise; for callers that do not wait (``onex stamp --no-wait``).
     """
 
     def __init__(
@@ -88,10 +95,14 @@ class StampClient:
         keep_stamps: bool = False,
         on_outcome: Callable[[OnexEnvelopeV1], None] | None = None,
         max_pending: int | None = None,
+        listen: bool = True,
     ) -> None:
         if max_pending is not None and max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, not {max_pending}")
+        if not listen and (max_pending is not None or keep_stamps or on_outcome is not None):
+            raise ValueError("max_pending, keep_stamps and on_outcome need outcomes: they cannot go with listen=False")
         self.bus = bus
+        self.listen = listen
         self.max_pending = max_pending
         self._room = asyncio.Event()
         self.settings = settings
@@ -107,6 +118,9 @@ class StampClient:
         self._subscriptions: list[Subscription] = []
 
     async def __aenter__(self) -> StampClient:
+        if not self.listen:
+            await self.bus.ensure_topics([self.topics[REQUEST_EVENT]])
+            return self
         # A request the orchestrator cannot accept is dead-lettered: that, too, is its outcome.
         topics = [self.topics[e] for e in OUTCOME_EVENTS] + [dlq_topic(self.topics[REQUEST_EVENT])]
         if self.keep_stamps:
@@ -178,8 +192,19 @@ class StampClient:
         envelope = self.request(payload, correlation_id=correlation_id)
         cid = envelope.correlation_id
         assert cid is not None
+        if not self.listen:
+            await self.bus.publish(self.topics[REQUEST_EVENT], envelope)
+            return cid
+        # Registered before publishing: the outcome may arrive before publish() returns.
         self._waiting[cid] = asyncio.get_running_loop().create_future()
-        await self.bus.publish(self.topics[REQUEST_EVENT], envelope)
+        try:
+            await self.bus.publish(self.topics[REQUEST_EVENT], envelope)
+        except BaseException:
+            # Not published (an error, or cancelled while the bus applied backpressure: a caller's deadline): the
+            # caller never learns this id, so nothing may wait for it or count it as pending.
+            self._waiting.pop(cid, None)
+            self._room.set()
+            raise
         return cid
 
     async def outcome(self, cid: uuid.UUID, *, timeout: float | None = None) -> OnexEnvelopeV1:
@@ -187,6 +212,8 @@ class StampClient:
         done = self._outcomes.get(cid)
         if done is not None:
             return done
+        if not self.listen:
+            raise OnexError("this client does not listen for outcomes: create it with listen=True")
         future = self._waiting.get(cid)
         if future is None:
             raise OnexError(f"workflow {cid} was not submitted by this client")
@@ -238,40 +265,97 @@ class StampClient:
 # --- whole runs, as the CLI does them -------------------------------------------------------------------------------
 
 
+class Problem(NamedTuple):
+    """A file the summary lists: failed, skipped or pending, why, and its workflow's id once it was submitted."""
+
+    status: str
+    path: str
+    reason: str
+    correlation_id: uuid.UUID | None = None
+
+
 @dataclass
 class StampReport:
-    """The outcome of ``onex stamp``: per-status counts, per-file problems, per-namespace aggregates."""
+    """The outcome of ``onex stamp``: per-status counts, per-file problems, per-namespace aggregates.
+
+    ``pending`` files had no outcome by the deadline: submitted ones, which a deployment may still complete (each
+    listed with its correlation id), and ``unsubmitted`` ones, never handed over. ``aggregates`` is None when the
+    store was not read (``--no-wait``) or could not be (``store_error`` says why); the counts are the outcomes heard
+    on the bus either way.
+    """
 
     counts: Counter[str] = field(default_factory=Counter)
-    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (status, path, reason)
-    aggregates: list[BridgeStateRow] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    aggregates: list[BridgeStateRow] | None = None
+    store_error: str | None = None
     submitted: int = 0
+    unsubmitted: int = 0
+    waited: bool = True
+    namespace: str = ""
+    timeout_s: float = 0.0
     elapsed_s: float = 0.0
 
     @property
     def failed(self) -> int:
         return self.counts["failed"]
 
+    @property
+    def busy(self) -> int:
+        return self.counts["busy"]
+
+    @property
+    def pending(self) -> int:
+        return self.counts["pending"]
+
     def print(self, console: Console) -> None:
         if self.problems:
             table = Table(title="problems")
-            for column in ("status", "path", "reason"):
+            for column in ("status", "path", "correlation id", "reason"):
                 table.add_column(column, overflow="fold")
-            for status, path, reason in self.problems:
-                table.add_row(status, path, reason)
+            for p in self.problems:
+                table.add_row(p.status, p.path, str(p.correlation_id or "-"), p.reason)
             console.print(table)
-        if self.counts["submitted"]:  # --no-wait: what was handed to the deployment, no outcomes
+        files = self.submitted + self.unsubmitted
+        if not self.waited:  # --no-wait: what was handed to the deployment, no outcomes
             title = f"submitted {self.submitted} file(s) in {self.elapsed_s:.2f} s, not waiting for the outcomes"
-            columns: tuple[str, ...] = ("submitted", "skipped", "failed")
+            columns: tuple[str, ...] = ("submitted", "skipped", "failed", "pending")
+        elif self.pending:
+            title = (
+                f"{self.pending} of {files} file(s) pending after {self.elapsed_s:.2f} s (--timeout {self.timeout_s:g})"
+            )
+            columns = ("stamped", "unchanged", "skipped", "failed", "pending")
         else:
             title = f"stamped {self.submitted} file(s) in {self.elapsed_s:.2f} s"
-            columns = ("stamped", "unchanged", "skipped", "failed")
+            columns = ("stamped", "unchanged", "skipped", "failed", "pending")
+        if self.busy:
+            columns = (*columns[:-1], "busy", columns[-1])
         summary = Table(title=title)
         for column in columns:
             summary.add_column(column, justify="right")
-        summary.add_row(*(str(self.counts[c]) for c in columns))
+        summary.add_row(*(str(self.submitted if c == "submitted" else self.counts[c]) for c in columns))
         console.print(summary)
-        if self.aggregates:
+        in_flight = self.pending - self.unsubmitted
+        if in_flight:
+            console.print(
+                f"pending: {in_flight} submitted workflow(s) had no outcome in time; the deployment may still "
+                "complete them (onex trace CORRELATION_ID)",
+                markup=False,
+            )
+        if self.unsubmitted:
+            console.print(
+                f"pending: {self.unsubmitted} file(s) were not submitted before the deadline; run onex stamp again "
+                "for them",
+                markup=False,
+            )
+        if self.store_error is not None:
+            console.print(
+                f"the store could not be read ({self.store_error}): no aggregates; the counts above are the "
+                "outcomes heard on the bus",
+                markup=False,
+            )
+        elif self.aggregates is not None and not self.aggregates:
+            console.print(f"aggregates per namespace (store): none for {self.namespace} yet", markup=False)
+        elif self.aggregates:
             agg = Table(title="aggregates per namespace (store)")
             for column in ("namespace", "workflows", "items", "bytes", "unique hashes", "by file type"):
                 agg.add_column(column, justify="left" if column in ("namespace", "by file type") else "right")
@@ -291,12 +375,29 @@ class StampReport:
 
 
 # Walk problems that are deliberate omissions rather than errors.
-_SKIP_MARKERS = ("not followed", "is an onex sidecar", "not a regular file")
+_SKIP_MARKERS = ("not followed", "is an onex sidecar", "is an onex temporary file", "not a regular file")
+# Reading the summary from a store that is unavailable: first pause, doubling up to the last.
+_STORE_RETRY_S = (0.1, 2.0)
+
+
+def _confined_to(settings: Settings, paths: Sequence[Path]) -> Settings:
+    """``settings`` for an in-process run: the stamping effect may touch exactly ``paths`` (``stamp_roots``), made
+    absolute, as relative roots would be taken from the project root, not from the directory they were given in."""
+    return settings.with_(stamp_roots=tuple(Path(os.path.abspath(p)) for p in paths))
 
 
 class StampRun:
     """Stamp the files under some paths: in-process (memory bus, every node hosted here) or by submitting to a
-    deployment over Kafka. Shows a progress bar on ``console``."""
+    deployment over Kafka. Shows a progress bar on ``console``.
+
+    ``timeout`` bounds the whole run: connecting, submitting (which waits while ``MAX_PENDING`` workflows are in
+    flight), waiting for the outcomes and reading the summary from the store. At the deadline nothing more is
+    submitted, and every file without an outcome is reported ``pending``. In process, the workflows already in flight
+    then still finish while the nodes drain (their outcomes are counted): the run overruns by that much.
+
+    A deployment's store is opened only after the outcomes are in, and read with retries until the deadline: a
+    store that is down meanwhile neither stops files from being submitted nor fails a run whose outcomes are known.
+    """
 
     def __init__(
         self,
@@ -322,10 +423,13 @@ class StampRun:
     async def run(self, paths: Sequence[Path], *, console: Console | None = None) -> StampReport:
         from onex.runtime import Runtime
 
-        report = StampReport()
         started = time.monotonic()
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        report = StampReport(waited=self.wait, namespace=self.namespace, timeout_s=self.timeout)
         in_process = self.settings.bus.startswith("memory:")
-        runtime = Runtime(self.settings, contracts=self.contracts, nodes=None if in_process else [])
+        deployment_store = None if in_process else open_store(self.settings.store_url())
+        settings = _confined_to(self.settings, paths) if in_process else self.settings
+        runtime = Runtime(settings, contracts=self.contracts, nodes=None if in_process else [], store=deployment_store)
         progress = Progress(
             TextColumn("[bold]stamping"),
             BarColumn(),
@@ -336,40 +440,51 @@ class StampRun:
             transient=True,
             disable=console is None,
         )
-        async with runtime:
-            task = progress.add_task("stamp", total=None, rate="")
-            # Outcomes are counted as they arrive and then forgotten: nothing is kept per file but its path until
-            # its outcome is in (a run of 100,000 files would otherwise hold 100,000 outcome envelopes).
-            pending: dict[uuid.UUID, str] = {}
-            all_in = asyncio.Event()
+        task = progress.add_task("stamp", total=None, rate="")
+        # Outcomes are counted as they arrive and then forgotten: nothing is kept per file but its path until its
+        # outcome is in (a run of 100,000 files would otherwise hold 100,000 outcome envelopes).
+        pending: dict[uuid.UUID, str] = {}
+        all_in = asyncio.Event()
 
-            def arrived(outcome: OnexEnvelopeV1) -> None:
-                cid = outcome.correlation_id
-                if cid is None or (path := pending.pop(cid, None)) is None:
-                    return
-                self._count(report, outcome, path)
-                client.forget(cid)
-                done = progress.tasks[0].completed + 1
-                rate = done / max(time.monotonic() - started, 1e-9)
-                progress.update(task, completed=done, rate=f"{rate:,.0f} files/s")
-                if not pending and report.submitted:
-                    all_in.set()
+        def arrived(outcome: OnexEnvelopeV1) -> None:
+            cid = outcome.correlation_id
+            if cid is None or (path := pending.pop(cid, None)) is None:
+                return
+            self._count(report, outcome, path)
+            assert client is not None  # outcomes arrive only once it subscribed
+            client.forget(cid)
+            done = progress.tasks[0].completed + 1
+            rate = done / max(time.monotonic() - started, 1e-9)
+            progress.update(task, completed=done, rate=f"{rate:,.0f} files/s")
+            if not pending:
+                all_in.set()
 
-            async with StampClient(
-                runtime.bus,
-                self.contracts,
-                self.settings,
-                on_outcome=arrived if self.wait else None,
-                max_pending=MAX_PENDING if self.wait else None,
-            ) as client:
-                with progress:
-                    submitted = 0
-                    for entry in iter_files(paths, excludes=self.excludes):
+        entries = iter_files(paths, excludes=self.excludes, remove_stale_temps=not self.dry_run)
+        unsubmitted: list[WalkEntry] = []  # the file being submitted when the deadline came
+        async with contextlib.AsyncExitStack() as stack:
+            if deployment_store is not None:
+                stack.push_async_callback(deployment_store.aclose)
+            client: StampClient | None = None
+            limit = asyncio.timeout_at(deadline)
+            try:
+                async with limit:
+                    await stack.enter_async_context(runtime)
+                    client = await stack.enter_async_context(
+                        StampClient(
+                            runtime.bus,
+                            self.contracts,
+                            self.settings,
+                            on_outcome=arrived if self.wait else None,
+                            max_pending=MAX_PENDING if self.wait else None,
+                            listen=self.wait,
+                        )
+                    )
+                    stack.enter_context(progress)
+                    for entry in entries:
                         if entry.problem is not None:
-                            status = "skipped" if any(m in entry.problem for m in _SKIP_MARKERS) else "failed"
-                            report.counts[status] += 1
-                            report.problems.append((status, str(entry.path), entry.problem))
+                            self._walk_problem(report, entry)
                             continue
+                        unsubmitted.append(entry)
                         cid = await client.submit(
                             {
                                 "file_path": str(entry.path),
@@ -378,32 +493,106 @@ class StampRun:
                                 "dry_run": self.dry_run,
                             }
                         )
-                        pending[cid] = str(entry.path)
-                        submitted += 1
-                    report.submitted = submitted
-                    progress.update(task, total=submitted)
-                    if not self.wait:
-                        report.counts["submitted"] = submitted
-                        report.elapsed_s = time.monotonic() - started
-                        return report
-                    if pending:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(all_in.wait(), self.timeout)
-                    for path in pending.values():
-                        report.counts["failed"] += 1
-                        report.problems.append(("failed", path, f"no outcome within {self.timeout:.0f} s"))
-            if in_process:
-                await runtime.drain()  # the reducer's last windows and the adapter's last writes land first
-            report.aggregates = [a for a in await runtime.store.list_bridge_states() if a.namespace == self.namespace]
+                        unsubmitted.pop()
+                        if self.wait:
+                            pending[cid] = str(entry.path)
+                        report.submitted += 1
+                    progress.update(task, total=report.submitted)
+                    if not self.wait and _is_kafka(runtime.bus):
+                        # "Submitted" means the broker has them: a record still in the producer's buffer is not.
+                        await runtime.bus.flush()
+                    while pending:
+                        all_in.clear()
+                        await all_in.wait()
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+                if client is None:
+                    why = f"no connection to the bus within the {self.timeout:g} s timeout"
+                elif self.wait:
+                    why = f"at the deadline {len(pending)} workflow(s) were in flight (at most {MAX_PENDING} are)"
+                else:
+                    why = "the deadline came first"
+                for entry in (*unsubmitted, *entries):
+                    if entry.problem is not None:
+                        self._walk_problem(report, entry)
+                        continue
+                    report.counts["pending"] += 1
+                    report.unsubmitted += 1
+                    report.problems.append(Problem("pending", str(entry.path), f"not submitted: {why}"))
+            if client is not None:
+                if in_process:
+                    # The reducer's last windows and the adapter's last writes land first; after a deadline, the
+                    # workflows in flight finish too, and the client, still subscribed, counts their outcomes.
+                    await runtime.drain()
+                if self.wait:
+                    store = runtime.store if in_process else deployment_store
+                    assert store is not None
+                    report.aggregates, report.store_error = await self._aggregates(
+                        store, deadline=deadline, connect=not in_process
+                    )
+        for cid, path in pending.items():
+            report.counts["pending"] += 1
+            report.problems.append(
+                Problem(
+                    "pending", path, f"no outcome within {self.timeout:g} s; the deployment may still complete it", cid
+                )
+            )
         report.elapsed_s = time.monotonic() - started
         return report
+
+    async def _aggregates(
+        self, store: Store, *, deadline: float, connect: bool
+    ) -> tuple[list[BridgeStateRow] | None, str | None]:
+        """The namespace's aggregates, or None and why the store could not be read by ``deadline``.
+
+        An unavailable store (a connection lost, a server restarting) is tried again with backoff until the
+        deadline; any other store error is final, since trying again cannot help (a schema that needs ``onex db
+        upgrade``). ``connect``: open the store first (and migrate the embedded SQLite default, as ``onex run`` does).
+        """
+        loop = asyncio.get_running_loop()
+        delay, longest = _STORE_RETRY_S
+        why = f"the {self.timeout:g} s timeout came before the store was read"
+        while loop.time() < deadline:
+            limit = asyncio.timeout_at(deadline)
+            try:
+                async with limit:
+                    if connect:
+                        await store.open()
+                        if store.url.startswith("sqlite:"):
+                            await store.upgrade()
+                    rows = await store.list_bridge_states()
+                return [row for row in rows if row.namespace == self.namespace], None
+            except StoreUnavailable as exc:
+                why = str(exc)
+            except StoreError as exc:
+                return None, str(exc)
+            except TimeoutError:
+                if limit.expired():
+                    return None, why
+                why = "the store did not answer in time"
+            if loop.time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+        return None, why
+
+    @staticmethod
+    def _walk_problem(report: StampReport, entry: WalkEntry) -> None:
+        assert entry.problem is not None
+        status = "skipped" if any(m in entry.problem for m in _SKIP_MARKERS) else "failed"
+        report.counts[status] += 1
+        report.problems.append(Problem(status, str(entry.path), entry.problem))
 
     @staticmethod
     def _count(report: StampReport, outcome: OnexEnvelopeV1, path: str) -> None:
         payload = outcome.payload
         if payload.get("state") != "completed":
-            report.counts["failed"] += 1
-            report.problems.append(("failed", path, str(payload.get("error"))))
+            error = str(payload.get("error"))
+            # A file open in another process was left as it was (the stamping effect retried it): not broken, busy.
+            status = "busy" if BUSY in error else "failed"
+            report.counts[status] += 1
+            report.problems.append(Problem(status, path, error, outcome.correlation_id))
             return
         stamp_step: dict[str, Any] = next((s for s in payload.get("steps", ()) if s.get("step_name") == "stamp"), {})
         status = stamp_step.get("data", {}).get("status", "stamped")

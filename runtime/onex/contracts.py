@@ -8,6 +8,13 @@ error) while every other file is still checked, and all problems are raised toge
     -> JSON Schema (``runtime/onex/schemas/*.schema.json``, Draft 2020-12) -> ``${ENV_VAR:default}`` in ``config``
     -> pydantic models -> semantic checks (FSM, guards, implementation, handlers) -> set checks (events, versions)
 
+A ``$ref`` is project-root-relative (then relative to the referring file) or, with a ``./``/``../`` prefix,
+file-relative, and must resolve, symlinks resolved, to a file under the project root: ``../../etc/passwd``, an
+absolute path elsewhere or a link leading out is an issue at the ``$ref`` (``outside-root``), and the file is
+never opened, so no message can quote what is outside the project. The same holds for a file found by walking
+``contracts/``, ``subcontracts/`` or a directory given (a link to ``/etc``, say). Files given to the loader
+explicitly may live anywhere; what they reference may not.
+
 Issue codes (``ContractIssue.code``)::
 
     io                         the file cannot be read
@@ -15,6 +22,8 @@ Issue codes (``ContractIssue.code``)::
     yaml                       not well-formed YAML, a duplicate key, a non-string key, an unsupported tag
     yaml-bomb                  alias expansion beyond ``MAX_YAML_NODES`` nodes, recursive aliases, absurd nesting
     ref / ref-cycle            a ``$ref`` target that does not exist (or cannot be merged) / a ``$ref`` loop
+    outside-root               a ``$ref``, or a file found by walking a directory, that resolves (symlinks resolved)
+                               outside the project root; it is never read
     schema                     the JSON Schema rejects a node (every error, each at its own node)
     env                        ``${VAR}`` with VAR unset and no default, or a malformed placeholder
     fsm-no-initial             ``initial_state`` missing or not a declared state
@@ -298,7 +307,7 @@ MAX_YAML_NODES = 100_000
 
 # Grouped by stage: reading a file, the FSM, events and implementations, the set as a whole.
 ISSUE_CODES: frozenset[str] = (
-    frozenset({"io", "too-large", "yaml", "yaml-bomb", "ref", "ref-cycle", "schema", "env"})
+    frozenset({"io", "too-large", "yaml", "yaml-bomb", "ref", "ref-cycle", "outside-root", "schema", "env"})
     | frozenset({"fsm-no-initial", "fsm-undeclared-state", "fsm-duplicate-state", "fsm-unreachable"})
     | frozenset({"fsm-terminal-outgoing", "fsm-condition", "routing-condition", "event-payload"})
     | frozenset({"implementation-forbidden", "implementation-missing", "handler-missing"})
@@ -872,6 +881,19 @@ class _Session:
             self.given.setdefault(absolute, str(path))
         return absolute
 
+    def confined(self, files: Iterable[Path], walked: Path) -> list[Path]:
+        """``files`` found by walking ``walked``, less those leading (through links) out of both it and the root,
+        which are reported and never read."""
+        bounds = {os.path.realpath(self.root), os.path.realpath(walked)}
+        kept: list[Path] = []
+        for file in files:
+            real = os.path.realpath(file)
+            if any(_within(real, bound) for bound in bounds):
+                kept.append(file)
+            else:
+                self.report(_Pos(file, 1, 1), "outside-root", f"resolves outside the project root ({real}); not read")
+        return kept
+
     # -- stage 1 and 2: read and parse
 
     def parse(self, file: Path) -> _Document | None:
@@ -935,7 +957,17 @@ class _Session:
             failures.append(True)
             self.report(at, "ref", f"$ref must be a file path, found {_short(ref)}")
             return None, at
-        target, tried = self._ref_target(ref, at.file)
+        target, tried, outside = self._ref_target(ref, at.file)
+        if outside is not None:
+            # Never read, so that no message can quote a file outside the project (`../../etc/shadow`).
+            failures.append(True)
+            self.report(
+                at,
+                "outside-root",
+                f"$ref {ref!r} resolves outside the project root ({outside}); "
+                f"only files under {os.path.realpath(self.root)} can be referenced",
+            )
+            return None, at
         if target is None:
             failures.append(True)
             self.report(at, "ref", f"$ref {ref!r} not found (looked for {' and '.join(tried)})")
@@ -969,7 +1001,13 @@ class _Session:
         merged = _deep_merge(value, siblings)
         return merged, merged.pos
 
-    def _ref_target(self, ref: str, referrer: Path) -> tuple[Path | None, list[str]]:
+    def _ref_target(self, ref: str, referrer: Path) -> tuple[Path | None, list[str], str | None]:
+        """The file ``ref`` names, else the candidates looked for, and the real path of the first candidate outside
+        the root (symlinks resolved) when no candidate inside it exists.
+
+        A candidate outside the root is never opened or even tested for existence: whether ``/etc/x`` exists is
+        none of a contract's business.
+        """
         relative = Path(ref)
         if relative.is_absolute():
             candidates = [relative]
@@ -980,10 +1018,20 @@ class _Session:
             # relative to the referring file.
             candidates = [self.root / relative, referrer.parent / relative]
         normalised = [Path(os.path.abspath(c)) for c in candidates]
+        real_root = os.path.realpath(self.root)
+        inside: list[Path] = []
+        outside: list[str] = []
         for candidate in normalised:
-            if candidate.is_file():
-                return candidate, []
-        return None, list(dict.fromkeys(_display(c, self.root, {}) for c in normalised))
+            real = os.path.realpath(candidate)
+            if _within(real, real_root):
+                if os.path.isfile(real):
+                    return candidate, [], None
+                inside.append(candidate)
+            else:
+                outside.append(real)
+        if outside:
+            return None, [], outside[0]
+        return None, list(dict.fromkeys(_display(c, self.root, {}) for c in inside)), None
 
     # -- stage 4: JSON Schema
 
@@ -1365,6 +1413,11 @@ class _Session:
                 )
 
 
+def _within(path: str, directory: str) -> bool:
+    """Whether real path ``path`` is ``directory`` or below it (both resolved)."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
 def _is_file_ref(value: Any) -> bool:
     # `#/$defs/x` and URLs are JSON Schema references (inside payload_schema), not files to inline.
     return not (isinstance(value, str) and (value.startswith("#") or "://" in value))
@@ -1496,13 +1549,13 @@ def load_contracts(
     """
     session = _session(root, env, max_bytes, check_implementations)
     if paths is None:
-        files = find_contract_files(session.root)
-        extra = find_subcontract_files(session.root)
+        files = session.confined(find_contract_files(session.root), session.root)
+        extra = session.confined(find_subcontract_files(session.root), session.root)
     else:
         files = []
         for path in paths:
             file = session.file(path)
-            files.extend(sorted(file.glob("**/*.yaml")) if file.is_dir() else [file])
+            files.extend(session.confined(sorted(file.glob("**/*.yaml")), file) if file.is_dir() else [file])
         extra = []
     loaded = [result for file in files if isinstance(result := session.load_file(file), _Loaded)]
     for file in extra:

@@ -6,12 +6,14 @@ The Kafka key of an envelope is its ``partition_key``, else its ``correlation_id
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from blake3 import blake3
 from pydantic import BaseModel, ConfigDict, Field
 
 TopicClass = Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"]
@@ -27,15 +29,32 @@ def _now() -> datetime:
 
 _VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
 _VERSION_BITS = (0x4000 << 64) | (0x8000 << 48)
+_DERIVED_BITS = (0x8000 << 64) | (0x8000 << 48)  # version 8 ("custom", RFC 9562): ids computed, not drawn
+
+# The generator of every id that is not derived: a private instance, so that ``random.seed()`` anywhere in the
+# process (Hypothesis reseeds the global generator for every example; so do many libraries) cannot make ids repeat,
+# seeded from the OS, and seeded again in a forked child, which would otherwise repeat its parent's sequence.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_id() -> uuid.UUID:
-    """A random (version 4) UUID for event and transition ids.
+    """A random (version 4) UUID for ids that are not derived from another event.
 
-    Drawn from ``random`` rather than ``os.urandom``: ids must be unique, not unguessable, and this avoids a system
-    call per event on the hot path (``random`` is reseeded in forked children).
+    From a private generator rather than ``os.urandom`` per id: ids must be unique, not unguessable, and this avoids a
+    system call per event on the hot path.
     """
-    return uuid.UUID(int=(random.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
+    return uuid.UUID(int=(_ids.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
+
+
+def derived_id(*parts: object) -> uuid.UUID:
+    """A UUID computed from ``parts`` (BLAKE3 of their text), so computing it again gives the same id.
+
+    An event produced while handling event E gets ``derived_id(E.event_id, node name, event name, index)``: handling
+    E again after a crash produces the same ids, and every consumer's dedup by event id makes the replay a no-op.
+    """
+    digest = blake3("\x1f".join(map(str, parts)).encode()).digest(16)
+    return uuid.UUID(int=(int.from_bytes(digest) & _VERSION_MASK) | _DERIVED_BITS)
 
 
 class OnexEnvelopeV1(BaseModel):

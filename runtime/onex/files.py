@@ -12,8 +12,13 @@ so a multi-gigabyte file is classified without reading it.
 could not be walked (``entry.problem`` says why); it never raises for a bad path, so one unreadable directory
 does not stop a run. Rules:
 
-- ``.git`` is never entered; onex sidecars (``*.onex.yaml``) and onex temporary files are never yielded, since
-  stamping a sidecar would make a sidecar of the sidecar.
+- ``.git`` is never entered; onex sidecars (``*.onex.yaml``) and onex temporary files (``is_temp``) are never
+  yielded, since stamping a sidecar would make a sidecar of the sidecar and a temporary file is an unfinished write.
+- With ``remove_stale_temps=True`` (``onex stamp`` sets it, ``onex verify`` does not: verifying changes nothing)
+  the walk deletes the onex temporary files it meets that no live stamper owns (``is_stale_temp``): in every
+  directory it lists, and next to each file given as a root, only that file's. A stamper killed mid-write
+  leaves one behind and nothing else would ever remove it. It removes nothing else, and never in a directory it
+  was not asked to walk.
 - ``.gitignore`` and ``.onexignore`` in every walked directory apply to that directory and below, as in git;
   ``excludes`` apply from each root and take precedence over both. The supported subset of the gitignore syntax:
   blank lines and ``#`` comments; ``\\`` escapes; ``*`` and ``?`` (never matching ``/``); ``[...]`` classes
@@ -35,6 +40,7 @@ import errno
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +53,21 @@ FILE_TYPES: Final = ("image", "document", "audio", "video", "archive", "code", "
 SNIFF_SIZE: Final = 64 * 1024
 
 SIDECAR_SUFFIX: Final = ".onex.yaml"
-TEMP_SUFFIX: Final = ".onex-tmp"  # temporary files of an atomic write in progress (see stamps.py)
+# Temporary files of an atomic write in progress (see stamps.py): ``.<name>.onex-tmp.<pid>.<random>``, named for
+# the file they will replace and the process writing them, so a later run can tell a dead writer's from a live one's.
+# Files ending ``.onex-tmp`` are the same thing as written before the pid was part of the name.
+TEMP_MARK: Final = ".onex-tmp."
+TEMP_SUFFIX: Final = ".onex-tmp"
+# A temporary file left this long (seconds since its last write) is stale whatever its pid says: the pid may have
+# been reused, or belong to another host or PID namespace sharing the directory. A live write touches its file
+# continuously, and the only pause, fsync before the rename, is far shorter.
+STALE_TEMP_AGE: Final = 3600.0
+# The part of a name a temporary file keeps, in bytes: with the mark, a pid and mkstemp's 8 characters the whole
+# name stays under the usual 255-byte limit whatever the original's length.
+_TEMP_NAME_BYTES: Final = 100
+# mkstemp's random part is 8 of [a-z0-9_]; only names of exactly these shapes are ever deleted.
+_TEMP_NAME: Final = re.compile(r"\.(.*)\.onex-tmp\.([0-9]{1,10})\.[a-z0-9_]{8}", re.DOTALL)
+_LEGACY_TEMP_NAME: Final = re.compile(r"\..*\.[a-z0-9_]{8}\.onex-tmp", re.DOTALL)
 IGNORE_FILES: Final = (".gitignore", ".onexignore")
 
 
@@ -234,6 +254,97 @@ def is_sidecar(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).endswith(SIDECAR_SUFFIX)
 
 
+def temp_prefix(name: str, pid: int | None = None) -> str:
+    """The start of the name of a temporary file that will replace file ``name``: ``.<name>.onex-tmp.<pid>.``."""
+    kept = os.fsdecode(os.fsencode(name)[:_TEMP_NAME_BYTES])  # cut by bytes; a cut character stays surrogate-escaped
+    return f".{kept}{TEMP_MARK}{os.getpid() if pid is None else pid}."
+
+
+def is_temp(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` (a path or a file name) is an onex temporary file, which is never stamped or verified."""
+    base = os.path.basename(os.fspath(name))
+    return base.endswith(TEMP_SUFFIX) or _TEMP_NAME.fullmatch(base) is not None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def is_stale_temp(path: str | os.PathLike[str], *, now: float | None = None) -> bool:
+    """Whether ``path`` is an onex temporary file nobody will finish: its writer's pid is not running, or it was
+    last written ``STALE_TEMP_AGE`` seconds ago or more (the only test for names from before the pid was in them)."""
+    name = os.path.basename(os.fspath(path))
+    match = _TEMP_NAME.fullmatch(name)
+    if match is None and _LEGACY_TEMP_NAME.fullmatch(name) is None:
+        return False
+    if match is not None and not _pid_alive(int(match.group(2))):
+        return True
+    try:
+        mtime = os.lstat(path).st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) - mtime >= STALE_TEMP_AGE
+
+
+def _unlink_stale(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or not is_stale_temp(path):
+        return False
+    try:
+        os.unlink(path)
+    except OSError:  # gone already (another run got there first), or not ours to delete: leave it
+        return False
+    return True
+
+
+def _is_temp_for(candidate: str, name: str) -> bool:
+    """Whether ``candidate`` is a temporary file written to replace the file named ``name``."""
+    match = _TEMP_NAME.fullmatch(candidate)
+    if match is not None:
+        return candidate.startswith(temp_prefix(name, int(match.group(2))))
+    # Before the pid was in the name: ``.<first 100 characters of name>.<random>.onex-tmp``.
+    return re.fullmatch(re.escape(f".{name[:100]}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX), candidate) is not None
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the stale onex temporary files of the file ``path`` (those written to replace its real path, in its
+    directory) and return them. Lists the directory once: for a file given, not for every file walked."""
+    directory, name = os.path.split(os.path.realpath(path))
+    try:
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if e.name.startswith(".") and _is_temp_for(e.name, name)]
+    except OSError:
+        return []
+    return [Path(directory, n) for n in sorted(names) if _unlink_stale(os.path.join(directory, n))]
+
+
+def remove_stale_temps_in(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete every stale onex temporary file in ``directory`` (whichever file it was to replace) and return them.
+
+    For a long-running stamper (the stamping effect) that stamps single files: once per directory it first writes
+    into, it removes what a killed predecessor left there, without listing the directory for every file.
+    """
+    try:
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if e.name.startswith(".") and is_temp(e.name)]
+    except OSError:
+        return []
+    return [Path(directory, n) for n in sorted(names) if _unlink_stale(os.path.join(directory, n))]
+
+
 # --- gitignore-style patterns ---------------------------------------------------------------------------------
 
 
@@ -370,11 +481,18 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def within(path: str, roots: Sequence[str]) -> bool:
+    """Whether the real path ``path`` is one of ``roots`` (real paths too) or below one."""
+    return any(_within(path, root) for root in roots)
+
+
 class _Walk:
     """State of one ``iter_files`` call: rules per directory, what was already yielded, where the roots are."""
 
-    def __init__(self, excludes: Sequence[str]) -> None:
+    def __init__(self, excludes: Sequence[str], remove_stale_temps: bool) -> None:
         self.excludes = excludes
+        self.remove_stale_temps = remove_stale_temps
+        self.temps: dict[str, list[str]] = {}  # real directory -> its temporary files, listed once per walk
         self.yielded: set[str] = set()  # real paths of files already yielded: each file once
         self.visited: set[tuple[int, int]] = set()  # (st_dev, st_ino) of directories already walked
 
@@ -389,10 +507,27 @@ class _Walk:
         elif stat.S_ISREG(st.st_mode):
             if is_sidecar(root):
                 yield WalkEntry(root, "is an onex sidecar; sidecars are never stamped")
+            elif is_temp(root):
+                yield WalkEntry(root, "is an onex temporary file; never stamped")
             else:
+                if self.remove_stale_temps:
+                    self.remove_temps_of(root)
                 yield from self.file(root)
         else:
             yield WalkEntry(root, "not a regular file")
+
+    def remove_temps_of(self, path: Path) -> None:
+        """Remove the stale temporary files of a file given as a root (and only that file's)."""
+        directory, name = os.path.split(os.path.realpath(path))
+        if directory not in self.temps:
+            try:
+                with os.scandir(directory) as entries:
+                    self.temps[directory] = [e.name for e in entries if is_temp(e.name)]
+            except OSError:
+                self.temps[directory] = []
+        for candidate in self.temps[directory]:
+            if _is_temp_for(candidate, name):
+                _unlink_stale(os.path.join(directory, candidate))
 
     def file(self, path: Path) -> Iterator[WalkEntry]:
         real = os.path.realpath(path)
@@ -424,6 +559,10 @@ class _Walk:
                 frames.pop()
                 continue
             if entry.name == ".git":
+                continue
+            if is_temp(entry.name):  # ours, whatever the ignore rules say; never yielded
+                if self.remove_stale_temps and entry.is_file(follow_symlinks=False):
+                    _unlink_stale(os.path.join(directory, entry.name))
                 continue
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             rules = [*file_rules, *excludes]
@@ -461,7 +600,7 @@ class _Walk:
                 if opened is not None:
                     frames.append((path, rel, opened[0], ident, opened[1]))
             elif stat.S_ISREG(st.st_mode):
-                if is_sidecar(entry.name) or entry.name.endswith(TEMP_SUFFIX):
+                if is_sidecar(entry.name):
                     continue
                 yield from self.file(path)
             else:
@@ -495,11 +634,17 @@ class _Walk:
         return rules, iter(entries)
 
 
-def iter_files(roots: Sequence[str | os.PathLike[str]], *, excludes: Sequence[str] = ()) -> Iterator[WalkEntry]:
+def iter_files(
+    roots: Sequence[str | os.PathLike[str]],
+    *,
+    excludes: Sequence[str] = (),
+    remove_stale_temps: bool = False,
+) -> Iterator[WalkEntry]:
     """Yield every file to stamp under ``roots`` (files or directories), and every path that could not be walked.
 
-    ``excludes`` are gitignore-style patterns relative to each root. See the module docstring for the rules.
+    ``excludes`` are gitignore-style patterns relative to each root; ``remove_stale_temps`` deletes the stale onex
+    temporary files met on the way. See the module docstring for the rules.
     """
-    walk = _Walk(excludes)
+    walk = _Walk(excludes, remove_stale_temps)
     for root in roots:
         yield from walk.root(Path(root))

@@ -22,7 +22,7 @@ from typing import Any
 from transitions import Machine, MachineError
 
 from onex.contracts import FsmSubcontract, parse_condition
-from onex.envelope import new_id
+from onex.envelope import derived_id
 from onex.exceptions import TransitionError
 
 WILDCARD = "*"
@@ -174,7 +174,10 @@ class Entity:
     """A model attached to a ``StateMachine``: one workflow, one aggregate, one node lifecycle.
 
     ``state`` is maintained by the machine; ``context`` is what guards read; ``history`` keeps this entity's
-    transitions in order.
+    transitions in order. ``seq`` counts every transition the entity has made (a restored entity continues from its
+    checkpoint), and a transition's id is derived from (entity type, ``entity_id``, ``id_salt``, ``seq``): redoing a
+    transition after a crash gives it the id it had, so the audit log stores it once. An entity whose history may
+    start over under the same id (a namespace aggregate reloaded from its totals) sets a fresh ``id_salt``.
     """
 
     entity_id: str
@@ -182,6 +185,8 @@ class Entity:
     context: dict[str, Any] = field(default_factory=dict)
     history: list[TransitionRecord] = field(default_factory=list)
     state: str = ""
+    seq: int = 0
+    id_salt: str = ""
 
 
 ActionResolver = Callable[[str], Callable[[Entity], None]]
@@ -252,7 +257,7 @@ class StateMachine:
     def _record(self, event: Any) -> None:
         entity: Entity = event.model
         record = TransitionRecord(
-            id=new_id(),
+            id=derived_id(self.entity_type, entity.entity_id, entity.id_salt, entity.seq),
             entity_id=entity.entity_id,
             entity_type=self.entity_type,
             from_state=event.transition.source,
@@ -262,6 +267,7 @@ class StateMachine:
             at=datetime.now(UTC),
             data=dict(event.kwargs),
         )
+        entity.seq += 1
         entity.history.append(record)
         if self._on_transition is not None:
             self._on_transition(record)

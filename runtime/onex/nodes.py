@@ -20,18 +20,21 @@ Handler signatures: ``async def h(self, event: Event) -> None`` or, for ``batch:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import functools
 import heapq
+import logging
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -48,14 +51,19 @@ from onex.envelope import (
     ModelNodeIntrospection,
     ModelStateTransition,
     OnexEnvelopeV1,
+    derived_id,
     new_id,
     topic_name,
 )
-from onex.exceptions import OnexError, PayloadError
+from onex.exceptions import OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.resilience import CircuitBreaker
 from onex.settings import Settings
-from onex.store import Store
+from onex.store import Store, WorkflowRow, WriteBatch
+
+_log = logging.getLogger("onex.nodes")
+
+T = TypeVar("T")
 
 # --- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -285,22 +293,44 @@ class Node:
             max_attempts=self.contract.resilience.retry.max_attempts,
             backoff_ms=float(self.contract.resilience.retry.backoff_ms),
         )
-        for handler_name, specs in by_handler.items():
+
+        async def subscribe(handler_name: str, specs: list[EventSpec]) -> None:
             method = getattr(self, handler_name)
             topics = [self._consumed[s.event_name][0] for s in specs]
             if any(s.batch for s in specs):
                 sub = await self.bus.subscribe(
-                    topics, self.group, batch_handler=self._batch_wrapper(method), retry=retry
+                    topics,
+                    self.group,
+                    batch_handler=self._batch_wrapper(method),
+                    retry=retry,
+                    on_assign=self.on_partitions,
                 )
             else:
-                sub = await self.bus.subscribe(topics, self.group, handler=self._single_wrapper(method), retry=retry)
+                sub = await self.bus.subscribe(
+                    topics, self.group, handler=self._single_wrapper(method), retry=retry, on_assign=self.on_partitions
+                )
             self._subscriptions.append(sub)
-        # Every instance answers the registry's introspection requests: a group of its own.
-        request_topic = self.topic(REGISTRY_REQUEST_INTROSPECTION)
-        await self.bus.ensure_topics([request_topic])
-        self._subscriptions.append(
-            await self.bus.subscribe([request_topic], f"{self.node_id}.introspection", handler=self._on_request)
-        )
+
+        async def answer_introspection() -> None:
+            # Every instance answers the registry's introspection requests: a group of its own.
+            request_topic = self.topic(REGISTRY_REQUEST_INTROSPECTION)
+            await self.bus.ensure_topics([request_topic])
+            self._subscriptions.append(
+                await self.bus.subscribe([request_topic], f"{self.node_id}.introspection", handler=self._on_request)
+            )
+
+        # All at once: on Kafka a join waits seconds for the broker, and each member joining a group sends the members
+        # before it to join again, so one after another a node with three subscriptions took 20 s to start on tansu.
+        # A subscription made before one failed is in _subscriptions, which drain() closes.
+        joins = [asyncio.ensure_future(subscribe(name, specs)) for name, specs in by_handler.items()]
+        joins.append(asyncio.ensure_future(answer_introspection()))
+        try:
+            await asyncio.gather(*joins)
+        except BaseException:
+            for join in joins:
+                join.cancel()
+            await asyncio.gather(*joins, return_exceptions=True)
+            raise
         self._move(Lifecycle.RUNNING)
 
     async def announce(self) -> None:
@@ -346,6 +376,26 @@ class Node:
     async def on_stop(self) -> None:
         """Called last; release resources."""
 
+    async def on_partitions(self, assigned: frozenset[tuple[str, int]]) -> None:
+        """Called with the ``(topic, partition)`` pairs one of this node's subscriptions owns, whenever they change
+        (see ``onex.bus.Assignment``); nodes that keep state per key load and drop it here."""
+
+    async def hold_store(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again with capped backoff while the store is unavailable and the node is starting or
+        running: an unreachable store is no reason to fail (and so dead-letter) the messages in hand; they stay
+        unacknowledged. While draining or stopped the error is raised, so the bus gets them back."""
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                if self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING):
+                    raise
+                if delay == 0.05:
+                    _log.warning("%s: store unavailable, holding and retrying: %s", self.node_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def capabilities(self) -> dict[str, Any]:
         events = self.contract.subcontracts.event_type
         caps: dict[str, Any] = {
@@ -370,8 +420,15 @@ class Node:
         correlation_id: uuid.UUID | None = None,
         causation: OnexEnvelopeV1 | None = None,
         partition_key: str | None = None,
+        index: int = 0,
+        event_id: uuid.UUID | None = None,
     ) -> OnexEnvelopeV1:
-        """Build (and validate) the envelope of an event this node's contract publishes."""
+        """Build (and validate) the envelope of an event this node's contract publishes.
+
+        Its id is derived from ``causation`` (the event being handled), this node's name, ``event_name`` and
+        ``index`` (tell apart several events of one name caused by one event), so that handling an event again
+        after a crash publishes the same ids; without a causation it is ``event_id`` or a new random id.
+        """
         publication = self._publications.get(event_name)
         if publication is None:
             raise OnexError(f"node {self.contract.name} does not publish {event_name!r} (not in its contract)")
@@ -382,8 +439,12 @@ class Node:
         if correlation_id is None and causation is not None:
             correlation_id = causation.correlation_id
         # Validated construction runs in pydantic-core and is cheaper than model_construct, which is Python.
+        if event_id is None:
+            event_id = (
+                new_id() if causation is None else derived_id(causation.event_id, self.contract.name, event_name, index)
+            )
         envelope = OnexEnvelopeV1(
-            event_id=new_id(),
+            event_id=event_id,
             event_timestamp=datetime.now(UTC),
             metadata={},
             event_type=event_name,
@@ -410,9 +471,15 @@ class Node:
         correlation_id: uuid.UUID | None = None,
         causation: OnexEnvelopeV1 | None = None,
         partition_key: str | None = None,
+        index: int = 0,
     ) -> OnexEnvelopeV1:
         env = self.envelope(
-            event_name, payload, correlation_id=correlation_id, causation=causation, partition_key=partition_key
+            event_name,
+            payload,
+            correlation_id=correlation_id,
+            causation=causation,
+            partition_key=partition_key,
+            index=index,
         )
         await self.bus.publish(self._publications[event_name].topic, env)
         return env
@@ -440,6 +507,7 @@ class Node:
                 ModelStateTransition(**r.to_model_fields()),
                 correlation_id=r.correlation_id,
                 partition_key=r.entity_id,
+                event_id=derived_id(r.id, STATE_TRANSITION),
             )
             for r in records
         ]
@@ -591,10 +659,31 @@ class StepRun:
     order: int
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
-    started: float = 0.0
+    started: float = 0.0  # wall clock (time.time()): it is checkpointed, and read again by another process
+    deadline: float | None = None  # wall clock; set while the step runs
     elapsed_ms: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "started": self.started,
+            "deadline": self.deadline,
+            "elapsed_ms": self.elapsed_ms,
+            "data": self.data,
+            "error": self.error,
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        self.status = StepStatus(saved["status"])
+        self.attempts = int(saved["attempts"])
+        self.started = float(saved["started"])
+        self.deadline = saved.get("deadline")
+        self.elapsed_ms = saved.get("elapsed_ms")
+        self.data = dict(saved.get("data") or {})
+        self.error = saved.get("error")
 
 
 def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
@@ -624,8 +713,11 @@ class Workflow(Entity):
         super().__init__(entity_id=str(correlation_id), correlation_id=correlation_id, context=dict(context))
         self.cid = correlation_id  # the same id, typed as always present
         self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
-        self.started = time.monotonic()
         self.request: OnexEnvelopeV1 | None = None
+        self.adopted = False  # loaded from a checkpoint another process (or an earlier run) wrote
+
+
+CHECKPOINT_VERSION = 1
 
 
 class OrchestratorNode(Node):
@@ -636,18 +728,52 @@ class OrchestratorNode(Node):
     arrives. Timeouts are enforced by one sweeper task over a deadline heap, never a task per workflow.
     A failed step is retried up to its ``max_attempts``; an optional step that fails is marked skipped.
     ``on_workflow_done(workflow)`` is called when every step finished or a required step failed.
+
+    Durability. A workflow's state (FSM state and sequence, every step's status, attempts and wall-clock deadline, and
+    what the subclass keeps in ``save_context``) is checkpointed in its ``workflow_executions`` row, under
+    ``metadata.checkpoint``, by ``flush()``: after the events a handler produced are published and before its messages
+    are acknowledged, one transaction per handled batch (group commit) for every workflow the batch changed. So a
+    message is acknowledged only once what it did is durable, and what it did is published before that: a crash
+    between the two redoes the work, with the same derived event ids (dedup makes the replay a no-op).
+
+    Ownership. Everything a workflow's orchestrator consumes is keyed by the workflow id, and one subscription takes
+    it all, so whoever owns partition p of the request topic owns the workflows keyed to p. When the bus assigns
+    partitions (start, a replica joining or leaving) the orchestrator drops the workflows it no longer owns and loads
+    the unfinished ones it now owns from the store; their deadlines still hold, so the sweeper retries or fails a
+    step whose result was lost. On a bus whose messages die with the process (the memory bus) nothing can still be
+    on its way to a loaded workflow: its running steps are failed at once as interrupted (and so retried while
+    attempts remain), and a workflow stored without a checkpoint is failed with that reason.
     """
 
     node_type = NodeType.ORCHESTRATOR
+    clock: Callable[[], float] = staticmethod(time.time)  # wall clock for deadlines; tests may replace it
 
     def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
         super().__init__(contract, bus=bus, store=store, settings=settings)
         self.steps = [Step.model_validate(s) for s in contract.config.get("steps", [])]
         self.stages = plan_stages(self.steps)
+        fsm = contract.subcontracts.fsm
+        self.workflow_type = (fsm.state_machine_name if fsm is not None else None) or contract.name
         self.workflows: dict[uuid.UUID, Workflow] = {}
+        self._dirty: dict[uuid.UUID, Workflow] = {}
         self._deadlines: list[tuple[float, int, uuid.UUID, str, int]] = []
         self._seq = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._interrupted: list[Workflow] = []
+        self._failed_rows: list[WorkflowRow] = []
+        # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again and a
+        # rebalance does not load one whose outcome is not stored yet. Bounded: a redelivery later than
+        # ``config.dedupe_window`` workflows would run again, and is idempotent in the store. Keyed by the ids'
+        # integers: a UUID is an object the garbage collector tracks, an int is not, and a window of 200,000 live
+        # UUIDs made every collection slower.
+        self._finished: OrderedDict[int, None] = OrderedDict()
+        self.dedupe_window = int(contract.config.get("dedupe_window", 200_000))
+        # Outcomes published and not seen stored yet: (when to look, workflow, event name, the envelope as JSON:
+        # bytes, which the garbage collector does not track). See ``expect_stored``.
+        self._unconfirmed: collections.deque[tuple[float, uuid.UUID, str, bytes]] = collections.deque()
+        self.confirm_after_s = min((s.timeout_ms for s in self.steps), default=30_000) / 1000
+        events = contract.subcontracts.event_type
+        self.request_topic = self._consumed[events.consumes[0].event_name][0] if events and events.consumes else ""
 
     async def on_start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name=f"step-timeouts:{self.node_id}")
@@ -664,6 +790,193 @@ class OrchestratorNode(Node):
 
     async def on_workflow_done(self, workflow: Workflow) -> None:
         raise NotImplementedError
+
+    def save_context(self, workflow: Workflow) -> dict[str, Any]:
+        """What of ``workflow.context`` to checkpoint, as JSON values (``restore_context`` reads it back)."""
+        return {}
+
+    def restore_context(self, workflow: Workflow, saved: Mapping[str, Any]) -> None:
+        """Rebuild ``workflow.context`` (and ``workflow.request`` if needed) from what ``save_context`` returned."""
+
+    def row_fields(self, workflow: Workflow) -> dict[str, Any]:
+        """Columns of the workflow's ``workflow_executions`` row besides state and checkpoint (namespace, ...)."""
+        return {}
+
+    # durability
+    def track(self, workflow: Workflow) -> None:
+        """Start running ``workflow`` (already attached to the FSM and started) and checkpoint it with this batch."""
+        self.workflows[workflow.cid] = workflow
+        self._dirty[workflow.cid] = workflow
+
+    def expect_stored(self, workflow: Workflow, event_name: str, outcome: OnexEnvelopeV1) -> None:
+        """Watch that ``outcome`` (the workflow's final event, which whoever persists outcomes writes) gets stored.
+
+        A broker that loses what it held (tansu with memory storage, restarted) may lose an outcome after this
+        orchestrator acknowledged the result that finished the workflow: nothing would ever finish its row. So a
+        workflow whose row still says it is running ``confirm_after_s`` after its outcome was published gets the
+        same outcome (same id) published again, until the store shows it finished. Not on the memory bus, where
+        nothing is lost while this process lives.
+        """
+        if self.bus.retains_messages and self.settings.checkpoints:
+            deadline = self.clock() + self.confirm_after_s
+            self._unconfirmed.append((deadline, workflow.cid, event_name, outcome.to_json()))
+
+    async def _confirm_stored(self, now: float) -> None:
+        due: list[tuple[float, uuid.UUID, str, bytes]] = []
+        while self._unconfirmed and self._unconfirmed[0][0] <= now and len(due) < 1_000:
+            due.append(self._unconfirmed.popleft())
+        if not due:
+            return
+        assert self.fsm is not None
+        try:
+            rows = await self.store.get_workflows([cid for _, cid, _, _ in due])
+        except OnexError:  # the store is away: look again later
+            self._unconfirmed.extend((now + self.confirm_after_s, cid, name, data) for _, cid, name, data in due)
+            return
+        stored = {r.correlation_id for r in rows if r.current_state in self.fsm.terminal_states}
+        lost = [(cid, name, data) for _, cid, name, data in due if cid not in stored]
+        if not lost:
+            return
+        _log.warning(
+            "%s: %d workflow outcome(s) not stored %.0f s after they were published (lost by the broker?): "
+            "publishing them again",
+            self.node_id,
+            len(lost),
+            self.confirm_after_s,
+        )
+        for cid, name, data in lost:
+            await self.publish_envelopes(name, [OnexEnvelopeV1.from_json(data)])
+            self._unconfirmed.append((now + self.confirm_after_s, cid, name, data))
+
+    def known(self, cid: uuid.UUID) -> bool:
+        """Whether workflow ``cid`` runs here or finished here recently."""
+        return cid in self.workflows or cid.int in self._finished
+
+    def _is_finished(self, workflow: Workflow) -> bool:
+        return self.fsm is not None and workflow.state in self.fsm.terminal_states
+
+    def _row(self, workflow: Workflow) -> WorkflowRow:
+        checkpoint: dict[str, Any] | None = None
+        if not self._is_finished(workflow):
+            checkpoint = {
+                "v": CHECKPOINT_VERSION,
+                "state": workflow.state,
+                "seq": workflow.seq,
+                "steps": {name: run.checkpoint() for name, run in workflow.steps.items()},
+                "context": self.save_context(workflow),
+            }
+        return WorkflowRow(
+            correlation_id=workflow.cid,
+            workflow_type=self.workflow_type,
+            current_state=workflow.state,
+            state_seq=workflow.seq,
+            error_message=workflow.context.get("error"),
+            metadata={"checkpoint": checkpoint},
+            **self.row_fields(workflow),
+        )
+
+    async def flush(self) -> None:
+        """Publish what handling produced, then checkpoint every workflow it changed (see the class docstring)."""
+        await super().flush()
+        await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Write the checkpoints of the workflows changed since the last one (``flush`` calls it).
+
+        A finished workflow is not written here: its outcome is, by whoever persists it (the database adapter
+        writes the final state with the steps and the stamp in one transaction). Until then its row says it is
+        running, so after a crash that lost the outcome the workflow is resumed, never left half-recorded.
+        """
+        dirty, self._dirty = self._dirty, {}
+        rows = [self._row(w) for w in dirty.values() if not self._is_finished(w)]
+        if not rows or not self.settings.checkpoints:
+            return
+        batch = WriteBatch(consumer=self.contract.name, workflows=rows)
+        try:
+            await self.hold_store(functools.partial(self.store.apply, batch))
+        except BaseException:
+            for cid, workflow in dirty.items():
+                self._dirty.setdefault(cid, workflow)  # written with the next flush
+            raise
+
+    def restore(self, row: WorkflowRow) -> Workflow | None:
+        """The workflow of a stored unfinished row, as its checkpoint left it; None without a checkpoint."""
+        saved = row.metadata.get("checkpoint")
+        if not isinstance(saved, dict) or saved.get("v") != CHECKPOINT_VERSION:
+            return None
+        workflow = Workflow(row.correlation_id, self.steps)
+        workflow.adopted = True
+        workflow.state = str(saved["state"])
+        workflow.seq = int(saved["seq"])
+        for name, run_saved in dict(saved.get("steps") or {}).items():
+            run = workflow.steps.get(name)
+            if run is not None:
+                run.restore(run_saved)
+                if run.status is StepStatus.RUNNING and run.deadline is not None:
+                    self._push_deadline(workflow, run)
+        self.restore_context(workflow, saved.get("context") or {})
+        return workflow
+
+    async def on_partitions(self, assigned: frozenset[tuple[str, int]]) -> None:
+        owned = {partition for topic, partition in assigned if topic == self.request_topic}
+
+        def mine(cid: uuid.UUID) -> bool:
+            return self.bus.partition_of(self.request_topic, str(cid)) in owned
+
+        for cid in [cid for cid in self.workflows if not mine(cid)]:
+            self.workflows.pop(cid)  # its new owner loads it from the checkpoint written with the last batch
+            self._dirty.pop(cid, None)
+        rows: list[WorkflowRow] = []
+        assert self.fsm is not None
+        for state in sorted({s.state_name for s in self.fsm.fsm.states} - self.fsm.terminal_states):
+            rows += await self.hold_store(functools.partial(self.store.list_workflows, state=state, limit=10**9))
+        adopted = 0
+        for row in rows:
+            if (
+                row.workflow_type != self.workflow_type
+                or self.known(row.correlation_id)
+                or not mine(row.correlation_id)
+            ):
+                continue
+            adopted += 1
+            workflow = self.restore(row)
+            if workflow is None:
+                self._fail_unrestorable(row)
+                continue
+            self.workflows[workflow.cid] = workflow
+            if not self.bus.retains_messages:
+                self._interrupted.append(workflow)
+        if self._failed_rows:
+            failed, self._failed_rows = self._failed_rows, []
+            await self.hold_store(functools.partial(self.store.apply, WriteBatch(workflows=failed)))
+        if adopted:
+            _log.info("%s: took over %d unfinished workflow(s) of partitions %s", self.node_id, adopted, sorted(owned))
+        if self.lifecycle is Lifecycle.RUNNING:
+            await self.resume_interrupted()
+
+    async def announce(self) -> None:
+        await super().announce()
+        await self.resume_interrupted()  # now that every node of this process consumes: nothing sent is lost
+
+    async def resume_interrupted(self) -> None:
+        """Fail, as interrupted, the running steps of workflows loaded from a bus that lost their messages (the
+        step is retried while attempts remain); checkpoint whatever loading changed."""
+        interrupted, self._interrupted = self._interrupted, []
+        for workflow in interrupted:
+            for run in list(workflow.steps.values()):
+                if run.status is StepStatus.RUNNING:
+                    await self.fail_step(workflow, run.step.step_name, "interrupted: the process running it stopped")
+            await self.advance(workflow)
+        await self.flush()
+
+    def _fail_unrestorable(self, row: WorkflowRow) -> None:
+        """A stored unfinished workflow without a usable checkpoint: fail it, with the reason, so it ends."""
+        assert self.fsm is not None
+        workflow = Workflow(row.correlation_id, self.steps)
+        workflow.state, workflow.seq = row.current_state, row.state_seq
+        workflow.context["error"] = "no checkpoint to resume from (stored by an older version of onex)"
+        self.fsm.trigger(workflow, "fail", error=workflow.context["error"])
+        self._failed_rows.append(self._row(workflow))  # no outcome can be built: its final row is written directly
 
     # engine
     async def advance(self, workflow: Workflow) -> None:
@@ -685,19 +998,27 @@ class OrchestratorNode(Node):
                     progressed = True
             if not progressed:
                 break
+        self._dirty[workflow.cid] = workflow
         runs = workflow.steps.values()
         required_failed = any(r.status is StepStatus.FAILED and not r.step.optional for r in runs)
         finished = required_failed or all(r.status not in (StepStatus.PENDING, StepStatus.RUNNING) for r in runs)
         if finished and self.workflows.pop(workflow.cid, None) is not None:
+            self._finished[workflow.cid.int] = None
+            if len(self._finished) > self.dedupe_window:
+                self._finished.popitem(last=False)
             await self.on_workflow_done(workflow)
+
+    def _push_deadline(self, workflow: Workflow, run: StepRun) -> None:
+        assert run.deadline is not None
+        self._seq += 1
+        heapq.heappush(self._deadlines, (run.deadline, self._seq, workflow.cid, run.step.step_name, run.attempts))
 
     async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
         run.status = StepStatus.RUNNING
         run.attempts += 1
-        run.started = time.monotonic()
-        self._seq += 1
-        deadline = (run.started + run.step.timeout_ms / 1000, self._seq, workflow.cid, run.step.step_name, run.attempts)
-        heapq.heappush(self._deadlines, deadline)
+        run.started = self.clock()
+        run.deadline = run.started + run.step.timeout_ms / 1000
+        self._push_deadline(workflow, run)
         try:
             result = await self.run_step(workflow, run)
         except OnexError as exc:
@@ -716,7 +1037,9 @@ class OrchestratorNode(Node):
         skipped: bool = False,
     ) -> bool:
         """Record a step's outcome; returns True when the step should be retried instead."""
-        run.elapsed_ms = round((time.monotonic() - run.started) * 1000, 3)
+        run.elapsed_ms = round(max(self.clock() - run.started, 0.0) * 1000, 3)
+        run.deadline = None
+        self._dirty[workflow.cid] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
             run.status = StepStatus.PENDING
             run.error = error
@@ -755,18 +1078,43 @@ class OrchestratorNode(Node):
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.05)
-            now = time.monotonic()
+            now = self.clock()
+            due: list[tuple[Workflow, str]] = []
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, _, cid, step_name, attempt = heapq.heappop(self._deadlines)
                 workflow = self.workflows.get(cid)
-                if workflow is None:
-                    continue
-                run = workflow.steps[step_name]
-                if run.status is StepStatus.RUNNING and run.attempts == attempt:
-                    await self.fail_step(
-                        workflow, step_name, f"step {step_name} timed out after {run.step.timeout_ms} ms"
-                    )
-                    await self.flush()
+                if workflow is not None:
+                    run = workflow.steps[step_name]
+                    if run.status is StepStatus.RUNNING and run.attempts == attempt:
+                        due.append((workflow, step_name))
+            try:
+                await self._confirm_stored(now)
+            except OnexError as exc:
+                _log.warning("%s: could not publish unconfirmed outcomes again: %s", self.node_id, exc)
+            if not due:
+                continue
+            try:
+                await self._forget_finished_elsewhere([w for w, _ in due if w.adopted])
+                for workflow, step_name in due:
+                    if workflow.cid in self.workflows:
+                        run = workflow.steps[step_name]
+                        await self.fail_step(
+                            workflow, step_name, f"step {step_name} timed out after {run.step.timeout_ms} ms"
+                        )
+                await self.flush()
+            except OnexError as exc:  # the store or bus is away: the checkpoint is written with the next flush
+                _log.warning("%s: could not act on step timeouts: %s", self.node_id, exc)
+
+    async def _forget_finished_elsewhere(self, adopted: Sequence[Workflow]) -> None:
+        """Drop the workflows taken over from another process whose outcome that process published before it
+        stopped (the store has their final state by now): their steps did not time out, their results were used."""
+        if not adopted:
+            return
+        rows = await self.store.get_workflows([w.cid for w in adopted])
+        assert self.fsm is not None
+        for row in rows:
+            if row.current_state in self.fsm.terminal_states:
+                self.workflows.pop(row.correlation_id, None)
 
 
 def stages_of(steps: Iterable[Step]) -> list[list[str]]:

@@ -45,6 +45,24 @@ def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
     return value
 
 
+def _flag(name: str, raw: Any) -> bool:
+    """``raw`` as a yes/no setting; ValueError naming the setting and its variable if it is neither."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} (ONEX_{name.upper()}) must be on or off (true/false, 1/0), not {raw!r}")
+
+
+def _paths(raw: Any) -> tuple[Path, ...]:
+    """A list of paths: a string separated by ``os.pathsep`` (empty entries dropped), or any iterable of paths."""
+    items = raw.split(os.pathsep) if isinstance(raw, str) else list(raw)
+    return tuple(Path(item) for item in items if str(item))
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Immutable runtime settings. Build with ``Settings.load(**flags)``."""
@@ -68,6 +86,14 @@ class Settings:
     http_max_body: int = DEFAULT_HTTP_MAX_BODY
     http_batch_limit: int = DEFAULT_HTTP_BATCH_LIMIT
     http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S
+    # The only places the stamping effect may touch files: a command whose real path (symlinks resolved) is under
+    # none of them is refused. ONEX_STAMP_ROOTS is a list separated by os.pathsep (":" on Linux); relative entries
+    # are the project root's, as the SQLite store's path is. Empty (the default): the project root alone, so a
+    # deployment stamps its own tree unless told otherwise. `onex stamp PATH...` in process sets exactly its PATHs.
+    stamp_roots: tuple[Path, ...] = ()
+    # Whether orchestrators and reducers checkpoint their state in the store (workflows survive crashes and move
+    # between replicas). Off only to measure what durability costs (bench/): nothing is recovered then.
+    checkpoints: bool = True
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -83,6 +109,10 @@ class Settings:
                 values[f.name] = Path(raw).resolve()
             elif f.type in ("int", "float"):  # the annotations are strings (``from __future__ import annotations``)
                 values[f.name] = _number(f.name, raw, int if f.type == "int" else float)
+            elif f.type == "bool":
+                values[f.name] = _flag(f.name, raw)
+            elif f.type == "tuple[Path, ...]":
+                values[f.name] = _paths(raw)
             else:
                 values[f.name] = str(raw)
         if not values.get("api_key"):
@@ -92,6 +122,10 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def stamp_root_paths(self) -> tuple[str, ...]:
+        """The real paths (symlinks resolved) the stamping effect may touch: ``stamp_roots``, or the project root."""
+        return tuple(os.path.realpath(self.root / path) for path in self.stamp_roots or (self.root,))
 
     def store_url(self) -> str:
         """The store URL with a relative SQLite path resolved against the project root."""

@@ -56,23 +56,47 @@ byte for byte (status ``unchanged``: same uid, same timestamps). Otherwise the o
 ``author`` counts as a change. Empty files are stamped like any other (an empty ``.py`` holding only a stamp is
 valid Python; its hash is BLAKE3 of no bytes).
 
-**Writes** are atomic: a temporary file in the same directory (``.<name>.<random>.onex-tmp``), fsynced, given the
-original's mode (and owner, when permitted), ``os.replace``\\ d over the original, then the directory is fsynced.
-Before the replace the file is stat'ed again: if device, inode, size, mtime or ctime moved since it was opened, it
-changed while it was being stamped and is left alone (``failed``, "changed while stamping"). ctime cannot be set
-from user space, so a rewrite that restores mtime is still caught; a write in the microseconds between that check
-and the rename cannot be, as POSIX has no compare-and-rename. Not kept: hard links (the other names keep the old
-content, as with any editor's save), extended attributes and ACLs. A symlink is stamped through: its target is
-replaced and the link stays.
+**Writes** are atomic: a temporary file in the same directory (``.<name>.onex-tmp.<pid>.<random>``, see
+``files.temp_prefix``), fsynced, given the original's mode (and owner, when permitted), ``os.replace``\\ d over the
+original, then the directory is fsynced. Not kept: hard links (the other names keep the old content, as with any
+editor's save), extended attributes and ACLs. A symlink is stamped through: its target is replaced and the link
+stays. A stamper killed mid-write leaves its temporary file behind; the walk of a later ``onex stamp`` removes it
+once its pid is gone (``files.is_stale_temp``), and nothing ever stamps or verifies one.
+
+**Files in use are not replaced.** A rename swaps the inode under a process that has the file open: a writer
+appending to a log would go on writing into the old, unlinked inode and every line after the stamp would be lost.
+So, on Linux, the stamper takes a write lease (``F_SETLEASE``, ``F_WRLCK``) on the descriptor it read the original
+through, just before the rename, holds it across the rename and releases it after. The kernel grants a write lease
+only when no other open file description of the file exists, so a file open anywhere else, for reading, writing or
+execution, is reported ``busy`` (``BUSY``) and left as it was; the stamping effect makes that a retryable failure.
+While the lease is held, another process's open waits for it; the stamper sees the lease being broken
+(``F_GETLEASE``) and gives up (``busy`` again) rather than rename the file from under the opener. The lease is
+taken late, after the content is read and the temporary file written, not for the whole stamp: holding it longer
+would make every reader of the file wait for the stamp, and the snapshot comparison below already catches anyone
+who opened, wrote and closed the file in between. Sidecars take no lease: the original is only read, and the sidecar
+is onex's own file. A file already stamped (``unchanged``) or a ``dry_run`` never needs one, so they are reported
+as such even when the file is open elsewhere.
+
+Leases need the caller to own the file or hold CAP_LEASE (root does), and some file systems (NFS, some FUSE) or
+``/proc/sys/fs/leases-enable=0`` refuse them (EINVAL, ENOLCK, EACCES ...), as does every other OS. There the
+stamper falls back to what the lease also backs up: before the rename the file is stat'ed again, and if device,
+inode, size, mtime or ctime moved since it was opened (before it was read), it changed while it was being stamped
+and is left alone (``failed``, "changed while stamping"). ctime cannot be set from user space, so a rewrite that
+restores mtime is still caught. What the fallback cannot see is a writer that holds the file open without writing
+during the stamp and writes after the rename (into the old inode), and neither way can catch an open in the
+microseconds between the last check and the rename, as POSIX has no compare-and-rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
+import signal
 import stat
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -88,15 +112,21 @@ from onex.exceptions import StampError
 from onex.files import (
     SIDECAR_SUFFIX,
     SNIFF_SIZE,
-    TEMP_SUFFIX,
     describe_os_error,
     detect_file_type,
     is_sidecar,
+    is_temp,
     sniff,
     suffix_of,
+    temp_prefix,
+    within,
 )
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = [
+    "BUSY",
     "CHUNK_SIZE",
     "DEFAULT_AUTHOR",
     "DEFAULT_NAMESPACE",
@@ -118,6 +148,8 @@ __all__ = [
     "verify_file",
 ]
 
+# The reason given for a file not replaced because another process has it open (``StampResult.status == "busy"``).
+BUSY: Final = "busy: open in another process, retry later"
 METADATA_VERSION: Final = "0.1.0"
 PROTOCOL_VERSION: Final = "0.1.0"
 DEFAULT_NAMESPACE: Final = "onex.default"
@@ -181,10 +213,11 @@ class Stamp:
 @dataclass(frozen=True)
 class StampResult:
     """What ``stamp_file`` did to one file. ``size`` counts the content without its stamp (0 when unknown);
-    ``error`` names the path and says what went wrong when ``status == "failed"``, or why it was skipped."""
+    ``error`` names the path and says what went wrong when ``status == "failed"``, why it was skipped, or (``busy``)
+    that another process has it open, so it was left as it was: try again later."""
 
     path: str
-    status: Literal["stamped", "unchanged", "skipped", "failed"]
+    status: Literal["stamped", "unchanged", "skipped", "busy", "failed"]
     stamp: Stamp | None
     file_type: str
     size: int
@@ -779,7 +812,12 @@ def _open_regular(path: str, shown: str) -> Iterator[tuple[io.FileIO, os.stat_re
     O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, stalling the whole run.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with io.FileIO(fd, "rb", closefd=True) as f:
+    try:
+        raw = io.FileIO(fd, "rb", closefd=True)
+    except BaseException:  # FileIO refuses a directory without closing the descriptor it was handed
+        os.close(fd)
+        raise
+    with raw as f:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise StampError(shown, "is a directory")
@@ -939,6 +977,53 @@ def _fsync_dir(directory: str) -> None:
             os.close(fd)
 
 
+class _Busy(StampError):
+    """The file is open in another process, so it is not replaced (``stamp_file``'s status ``busy``)."""
+
+
+# F_SETLEASE failures that mean "never here" rather than "not now": leases switched off or not supported by the file
+# system (EINVAL, ENOLCK, EOPNOTSUPP), or this file not ours to lease (EACCES: neither its owner nor CAP_LEASE).
+_NO_LEASE: Final = frozenset({errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES, errno.EPERM})
+# ...and those that mean another open file description exists (ETXTBSY: it is being executed).
+_OPEN_ELSEWHERE: Final = frozenset({errno.EAGAIN, errno.EBUSY, errno.ETXTBSY})
+
+
+def _take_lease(fd: int, shown: str) -> bool:
+    """Take a write lease on ``fd``: True when held, False where leases are unavailable; ``_Busy`` when the file is
+    open anywhere else (a write lease is granted only to the one open file description of a file)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        # Whoever opens the file while we hold the lease makes the kernel signal us, with SIGIO unless told
+        # otherwise, which kills a Python process (it installs no handler). SIGURG is ignored unless handled; the
+        # break is seen by asking F_GETLEASE before the rename instead.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        if exc.errno in _OPEN_ELSEWHERE:
+            raise _Busy(shown, BUSY) from None
+        if exc.errno in _NO_LEASE:
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _write_lease(fd: int | None, shown: str) -> Iterator[Callable[[], bool]]:
+    """Hold a write lease on ``fd`` (the original, open for reading) for the duration; yields ``alone()``, True
+    while nobody else has opened the file since. Without a lease (``fd`` None, or leases unavailable here) ``alone``
+    is always True and the snapshot comparison alone guards the replace."""
+    if fd is None or not _take_lease(fd, shown):
+        yield lambda: True
+        return
+    try:
+        # Another open of the file breaks the lease: F_GETLEASE then reports the type it is being broken to.
+        yield lambda: bool(fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK)
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+
 def _replace(
     target: str,
     write: Callable[[int], None],
@@ -946,14 +1031,19 @@ def _replace(
     mode: int,
     owner: tuple[int, int] | None,
     guard: Callable[[], None],
+    shown: str,
+    lease: int | None = None,
+    hook: Callable[[], None] | None = None,
 ) -> None:
     """Atomically replace (or create) ``target`` with what ``write`` writes to a file descriptor.
 
-    ``guard`` runs after the data is durable and before the rename; it raises to abandon the write.
+    Once the data is durable: ``hook`` (a test seam), then under a write lease on ``lease`` (the original's
+    descriptor, for an in-place stamp) ``guard``, which raises to abandon the write, a check that nobody opened the
+    original meanwhile, and the rename. ``_Busy`` when the original is open elsewhere.
     """
     directory, base = os.path.split(target)
     directory = directory or "."
-    fd, temp = tempfile.mkstemp(prefix=f".{base[:100]}.", suffix=TEMP_SUFFIX, dir=directory)
+    fd, temp = tempfile.mkstemp(prefix=temp_prefix(base), dir=directory)
     try:
         try:
             write(fd)
@@ -964,8 +1054,13 @@ def _replace(
             os.fsync(fd)
         finally:
             os.close(fd)
-        guard()
-        os.replace(temp, target)
+        if hook is not None:
+            hook()
+        with _write_lease(lease, shown) as alone:
+            guard()
+            if not alone():  # opened since the lease was taken: that opener waits for us and must find its file
+                raise _Busy(shown, BUSY)
+            os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -973,12 +1068,10 @@ def _replace(
     _fsync_dir(directory)
 
 
-def _guard(path: str, shown: str, before: _Snapshot, hook: Callable[[Path], None] | None) -> Callable[[], None]:
+def _guard(path: str, shown: str, before: _Snapshot) -> Callable[[], None]:
     """The last check before a rename: ``path`` must be the very file read, unchanged (``_Snapshot``)."""
 
     def check() -> None:
-        if hook is not None:
-            hook(Path(path))
         try:
             now = _snapshot(os.stat(path))
         except FileNotFoundError:
@@ -1008,21 +1101,35 @@ def stamp_file(
     namespace: str = DEFAULT_NAMESPACE,
     author: str = DEFAULT_AUTHOR,
     dry_run: bool = False,
+    roots: Sequence[str] | None = None,
     _before_replace: Callable[[Path], None] | None = None,
 ) -> StampResult:
     """Stamp one file in place (or its sidecar) atomically; never raises for a problem with the file.
 
     ``status`` is ``stamped`` (with ``dry_run``: would be; nothing is written), ``unchanged`` (already stamped
-    so; nothing is written), ``skipped`` (an onex sidecar or temporary file) or ``failed`` (``error`` names the
-    path and the reason). ``_before_replace`` is a test seam, called with the path just before the rename.
+    so; nothing is written), ``skipped`` (an onex sidecar or temporary file), ``busy`` (open in another process, so
+    not replaced; nothing is written, try again later) or ``failed`` (``error`` names the path and the reason).
+    ``roots`` (real paths): the file, the one actually opened, must be under one of them, else ``failed`` with
+    "refused: ..." and nothing is read; callers check first, this closes the gap of a link changed in between.
+    ``_before_replace`` is a test seam, called with the path just before the lease and the rename.
     """
     shown = os.fspath(path)
     try:
-        return _stamp_file(shown, rich, namespace, author, dry_run, _before_replace)
+        return _stamp_file(shown, rich, namespace, author, dry_run, roots, _before_replace)
+    except _Busy as exc:
+        return StampResult(shown, "busy", None, detect_file_type(shown, b""), 0, str(exc))
     except StampError as exc:
         return StampResult(shown, "failed", None, detect_file_type(shown, b""), 0, str(exc))
     except OSError as exc:
         return StampResult(shown, "failed", None, detect_file_type(shown, b""), 0, f"{shown}: {describe_os_error(exc)}")
+
+
+def _opened_path(fd: int, fallback: str) -> str:
+    """Where the file open as ``fd`` really is (Linux); ``fallback`` where that cannot be asked."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return fallback
 
 
 def _stamp_file(
@@ -1031,17 +1138,23 @@ def _stamp_file(
     namespace: str,
     author: str,
     dry_run: bool,
+    roots: Sequence[str] | None,
     before_replace: Callable[[Path], None] | None,
 ) -> StampResult:
     real = os.path.realpath(shown)  # stamp a symlink's target, keeping the link
     name = os.path.basename(real)
-    if is_sidecar(name) or name.endswith(TEMP_SUFFIX):
+    if is_sidecar(name) or is_temp(name):
         return StampResult(shown, "skipped", None, "data", 0, f"{shown}: an onex sidecar or temporary file")
+    if roots is not None and not within(real, roots):
+        raise StampError(shown, f"refused: {real} is outside the stamp roots ({os.pathsep.join(roots)})")
     with _open_regular(real, shown) as (f, st):
+        if roots is not None and not within(opened := _opened_path(f.fileno(), real), roots):
+            raise StampError(shown, f"refused: {opened} is outside the stamp roots ({os.pathsep.join(roots)})")
         before = _snapshot(st)
         scan = _scan(f, name, st.st_size)
         layout = scan.layout
-        guard = _guard(real, shown, before, before_replace)
+        guard = _guard(real, shown, before)
+        hook = (lambda: before_replace(Path(real))) if before_replace is not None else None
         if layout.syntax is None:
             side = sidecar_path(real)
             previous, side_mode = _read_sidecar(side)
@@ -1054,7 +1167,17 @@ def _stamp_file(
             if not dry_run:
                 data = render_sidecar(stamp)
                 mode = side_mode if side_mode is not None else stat.S_IMODE(st.st_mode) & 0o666
-                _replace(os.fspath(side), lambda fd: _write_all(fd, (data,)), mode=mode, owner=None, guard=guard)
+                # No lease: the original is only read, and the sidecar is onex's own file. The snapshot comparison
+                # still refuses a sidecar for content that changed while it was hashed.
+                _replace(
+                    os.fspath(side),
+                    lambda fd: _write_all(fd, (data,)),
+                    mode=mode,
+                    owner=None,
+                    guard=guard,
+                    shown=shown,
+                    hook=hook,
+                )
             return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
         if layout.problem is not None:
             return StampResult(shown, "failed", None, layout.file_type, scan.size, f"{shown}: {layout.problem}")
@@ -1079,7 +1202,19 @@ def _stamp_file(
                 f.seek(len(scan.head))
                 _stream(f, lambda chunk: _write_all(fd, (chunk,)))
 
-        _replace(real, write, mode=stat.S_IMODE(st.st_mode), owner=(st.st_uid, st.st_gid), guard=guard)
+        try:
+            _replace(
+                real,
+                write,
+                mode=stat.S_IMODE(st.st_mode),
+                owner=(st.st_uid, st.st_gid),
+                guard=guard,
+                shown=shown,
+                lease=f.fileno(),
+                hook=hook,
+            )
+        except _Busy as exc:
+            return StampResult(shown, "busy", None, layout.file_type, scan.size, str(exc))
         return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
 
 

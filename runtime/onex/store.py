@@ -215,6 +215,26 @@ class Store(abc.ABC):
     async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]: ...
 
     @abc.abstractmethod
+    async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:
+        """The stored rows among ``correlation_ids`` (in no particular order; unknown ids are left out)."""
+
+    @abc.abstractmethod
+    async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
+        """Workflows in one of ``states`` whose correlation id ``consumer`` has not recorded in ``processed_events``
+        (a consumer that keeps per-workflow state records the workflows it took into account there, in the
+        transaction that stores that state)."""
+
+    @abc.abstractmethod
+    async def get_stamps(self, ids: Sequence[uuid.UUID]) -> list[StampRow]:
+        """The stored stamps among ``ids`` (in no particular order; unknown ids are left out)."""
+
+    @abc.abstractmethod
+    async def mark_stale(self, heard_before: datetime) -> list[str]:
+        """Mark STALE every registered node whose last heartbeat is older than ``heard_before`` and which is neither
+        STALE nor STOPPED yet; returns their ids. ``last_heartbeat`` is left as it is: it only ever holds the time
+        of a heartbeat. Registry replicas share this one view, so they agree on who is alive."""
+
+    @abc.abstractmethod
     async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
         """Steps of a workflow ordered by ``step_order``."""
 

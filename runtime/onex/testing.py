@@ -12,6 +12,7 @@ until the in-process graph is quiescent.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,11 @@ Predicate = Callable[[OnexEnvelopeV1], bool]
 
 
 class Harness:
-    """Hosts ``nodes`` (default: all) of the project at ``root`` in-process; an async context manager."""
+    """Hosts ``nodes`` (default: all) of the project at ``root`` in-process; an async context manager.
+
+    ``**settings`` override ``Settings`` fields; ``stamp_roots`` defaults to ``/`` here (files anywhere may be
+    stamped), not to the project root as in a deployment.
+    """
 
     def __init__(
         self,
@@ -50,6 +55,9 @@ class Harness:
             store_url = f"sqlite:///{self._tmp.name}/onex.db"
         try:
             base = Settings.load(environ={}, root=str(root) if root else None, store=store_url)
+            # Tests keep their files anywhere (pytest's tmp_path), so the stamping effect may touch any path here
+            # unless a test passes stamp_roots=(...) to check confinement; deployments default to the project root.
+            settings.setdefault("stamp_roots", (Path(os.sep),))
             self.settings = base.with_(heartbeat_interval_s=heartbeat_interval_s, **settings)
             self.contracts = contracts or load_contracts(self.settings.root)
             self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)

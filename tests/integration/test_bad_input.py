@@ -75,7 +75,8 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
     )
 
     assert result.returncode == 1, result.stdout + result.stderr
-    problems = {row[1]: (row[0], row[2]) for row in table_rows(result.stdout) if len(row) == 3}
+    # status, path, correlation id (a workflow's; "-" for what the walk left out), reason
+    problems = {row[1]: (row[0], row[3]) for row in table_rows(result.stdout) if len(row) == 4}
     expected = {
         tree / "latin1.py": ("failed", "not valid UTF-8"),
         tree / "loop_a": ("failed", "symlink loop"),
@@ -88,12 +89,13 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
     for path, (status, reason) in expected.items():
         assert problems[str(path)][0] == status, path
         assert reason in problems[str(path)][1], (path, problems[str(path)])
-    counts = next(row for row in table_rows(result.stdout) if len(row) == 4 and all(c.isdigit() for c in row))
-    assert dict(zip(("stamped", "unchanged", "skipped", "failed"), map(int, counts), strict=True)) == {
+    counts = next(row for row in table_rows(result.stdout) if len(row) == 5 and all(c.isdigit() for c in row))
+    assert dict(zip(("stamped", "unchanged", "skipped", "failed", "pending"), map(int, counts), strict=True)) == {
         "stamped": len(good),
         "unchanged": 0,
         "skipped": 2,
         "failed": 4,
+        "pending": 0,
     }
 
     # The good files are stamped and verify; what could not be stamped is byte for byte what it was.
@@ -201,18 +203,19 @@ def test_stamp_reports_a_file_it_may_not_read_and_stamps_the_others(tmp_path: Pa
     )
 
     assert result.returncode == 1, result.stdout + result.stderr
-    problems = [row for row in table_rows(result.stdout) if len(row) == 3]
+    problems = [row for row in table_rows(result.stdout) if len(row) == 4]
     assert len(problems) == 1, problems
-    status, path, reason = problems[0]
+    status, path, _, reason = problems[0]
     assert (status, path) == ("failed", str(locked))
     assert str(locked) in reason
     assert "permission denied" in reason.lower()
-    counts = next(row for row in table_rows(result.stdout) if len(row) == 4 and all(c.isdigit() for c in row))
-    assert dict(zip(("stamped", "unchanged", "skipped", "failed"), map(int, counts), strict=True)) == {
+    counts = next(row for row in table_rows(result.stdout) if len(row) == 5 and all(c.isdigit() for c in row))
+    assert dict(zip(("stamped", "unchanged", "skipped", "failed", "pending"), map(int, counts), strict=True)) == {
         "stamped": len(good),
         "unchanged": 0,
         "skipped": 0,
         "failed": 1,
+        "pending": 0,
     }
 
     for name, data in good.items():

@@ -2,11 +2,14 @@
 
 | event                          | rows                                                        |
 |--------------------------------|-------------------------------------------------------------|
-| WORKFLOW_STARTED               | workflow_executions (processing)                            |
 | WORKFLOW_COMPLETED / _FAILED   | workflow_executions (final state) + workflow_steps          |
-| STAMP_CREATED                  | metadata_stamps (dry runs are not persisted)                |
+|                                | + metadata_stamps (the outcome's stamp; not for dry runs)   |
+| STAMP_CREATED                  | metadata_stamps (also when the workflow then failed)        |
 | STATE_TRANSITION               | fsm_transitions                                             |
 | STATE_AGGREGATION_COMPLETED    | bridge_states (the reducer's intent, version-guarded)       |
+
+The orchestrator writes a workflow's row itself while it runs (its checkpoints); the outcome writes its final
+state, its steps and its stamp in one transaction, so a stored final state always comes with its stamp.
 
 Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which
 merges everything pending into a single transaction; each handler returns, and its messages are acknowledged, only
@@ -63,7 +66,7 @@ from onex.nodes import EffectNode, Event, Lifecycle
 from onex.resilience import CircuitOpenError
 from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
-from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished, ModelWorkflowStarted
+from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished
 from nodes.reducer.v1_0_0.models import ModelAggregationIntent
 from nodes.stamping_effect.v1_0_0.models import ModelStampCreated
 
@@ -294,18 +297,6 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         created_at=payload.at,
                     )
                 )
-            elif isinstance(payload, ModelWorkflowStarted):
-                keep(
-                    WorkflowRow(
-                        correlation_id=payload.workflow_id,
-                        workflow_type=WORKFLOW_TYPE,
-                        current_state="processing",
-                        state_seq=1,
-                        namespace=payload.namespace,
-                        file_path=payload.file_path,
-                        started_at=payload.started_at,
-                    )
-                )
             elif isinstance(payload, ModelWorkflowFinished):
                 keep(
                     WorkflowRow(
@@ -323,6 +314,21 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         error_message=payload.error,
                     )
                 )
+                if payload.stamp is not None and not payload.dry_run:
+                    batch.stamps.append(
+                        StampRow(
+                            id=payload.stamp.stamp_id,
+                            file_hash=payload.stamp.file_hash,
+                            file_path=payload.stamp.file_path,
+                            file_size=payload.stamp.file_size,
+                            namespace=payload.namespace,
+                            stamp_type=payload.stamp.stamp_type,
+                            file_type=payload.stamp.file_type,
+                            workflow_id=payload.workflow_id,
+                            stamp_data=payload.stamp.data,
+                            created_at=payload.completed_at,
+                        )
+                    )
                 batch.steps.extend(
                     StepRow(
                         workflow_id=payload.workflow_id,
@@ -356,6 +362,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 )
                 batch.processed_event_ids.append(envelope.event_id)
             if self.log_events:
+                # JSON mode: in-process payloads hold UUIDs and datetimes as objects, which a JSON column cannot.
+                logged = envelope.model_dump(mode="json", include={"payload", "metadata"})
                 batch.event_logs.append(
                     EventLogRow(
                         event_id=envelope.event_id,
@@ -364,8 +372,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         status="processed",
                         correlation_id=envelope.correlation_id,
                         timestamp=envelope.event_timestamp,
-                        payload=envelope.payload,
-                        metadata=envelope.metadata,
+                        payload=logged["payload"],
+                        metadata=logged["metadata"],
                     )
                 )
         batch.workflows.extend(workflows.values())

@@ -63,8 +63,24 @@ class ModelStepResult(_Payload):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModelStampRecord(_Payload):
+    """The stamp a workflow made, as the outcome carries it (what ``metadata_stamps`` stores of it)."""
+
+    stamp_id: uuid.UUID
+    file_path: str
+    file_hash: str
+    file_size: int
+    file_type: str
+    stamp_type: Literal["lightweight", "rich", "sidecar"]
+    status: Literal["stamped", "unchanged"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelWorkflowFinished(_Payload):
-    """WORKFLOW_COMPLETED and WORKFLOW_FAILED: the outcome with every step, so one event persists the workflow."""
+    """WORKFLOW_COMPLETED and WORKFLOW_FAILED: the outcome with every step and the stamp, so one event persists the
+    whole workflow (its row, its steps and its stamp, in one transaction) and is all the reducer needs: the outcome
+    is keyed by namespace, while everything the orchestrator consumes is keyed by workflow.
+    """
 
     workflow_id: uuid.UUID
     state: Literal["completed", "failed"]
@@ -76,5 +92,7 @@ class ModelWorkflowFinished(_Payload):
     execution_time_ms: float
     file_hash: str | None = None
     stamp_id: uuid.UUID | None = None
+    dry_run: bool = False
     error: str | None = None
     steps: tuple[ModelStepResult, ...] = ()
+    stamp: ModelStampRecord | None = None

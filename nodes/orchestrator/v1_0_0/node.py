@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-import uuid
-from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from onex.envelope import OnexEnvelopeV1
+from onex.envelope import OnexEnvelopeV1, derived_id
 from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
 
 from nodes.orchestrator.v1_0_0.models import (
     ModelStampCommand,
+    ModelStampRecord,
     ModelStampRequest,
     ModelStepResult,
     ModelWorkflowFinished,
@@ -35,102 +35,131 @@ class NodeOrchestrator(OrchestratorNode):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.intelligence_url: str = str(self.contract.config.get("intelligence_url") or "")
-        self.workflows_by_state: dict[str, int] = defaultdict(int)
+        self.finished_by_state: dict[str, int] = defaultdict(int)
         self._outbox: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)
-        # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again.
-        # Bounded: a redelivery later than ``dedupe_window`` workflows would run again, and is idempotent in the store.
-        # Keyed by the ids' integers: a UUID is an object the garbage collector tracks, an int is not, and a
-        # window of 200,000 live UUIDs made every collection slower.
-        self._finished: OrderedDict[int, None] = OrderedDict()
-        self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
         routing = self.contract.subcontracts.routing
         self.stamp_service = routing.targets[0].service if routing and routing.targets else "stamping_effect"
 
+    @property
+    def workflows_by_state(self) -> dict[str, int]:
+        """Workflows this orchestrator runs now (``processing``) and has finished since it started."""
+        return {"processing": len(self.workflows), **self.finished_by_state}
+
     # -- FSM entry actions (named in subcontracts/fsm/stamp_workflow.yaml) --
     def on_processing(self, entity: Entity) -> None:
-        self.workflows_by_state["processing"] += 1
+        pass
 
     def on_completed(self, entity: Entity) -> None:
-        self.workflows_by_state["processing"] -= 1
-        self.workflows_by_state["completed"] += 1
+        self.finished_by_state["completed"] += 1
 
     def on_failed(self, entity: Entity) -> None:
-        if entity.history and entity.history[-1].from_state == "processing":
-            self.workflows_by_state["processing"] -= 1
-        self.workflows_by_state["failed"] += 1
+        self.finished_by_state["failed"] += 1
+
+    # -- durability (OrchestratorNode checkpoints; these say what of a workflow's context to keep) --
+    def save_context(self, workflow: Workflow) -> dict[str, Any]:
+        request: ModelStampRequest = workflow.context["request"]
+        stamp: ModelStampCreated | None = workflow.context.get("stamp")
+        return {
+            "request": request.model_dump(mode="json"),
+            "request_id": str(workflow.request.event_id) if workflow.request is not None else None,
+            "started_at": workflow.context["started_at"].isoformat(),
+            "stamp": stamp.model_dump(mode="json") if stamp is not None else None,
+        }
+
+    def restore_context(self, workflow: Workflow, saved: Mapping[str, Any]) -> None:
+        request = ModelStampRequest.model_validate(saved["request"])
+        workflow.context.update(
+            input=request.file_path or "<content>",
+            namespace=request.namespace,
+            request=request,
+            started_at=datetime.fromisoformat(saved["started_at"]),
+        )
+        if saved.get("stamp"):
+            stamp = ModelStampCreated.model_validate(saved["stamp"])
+            workflow.context.update(stamp=stamp, file_hash=stamp.file_hash)
+
+    def row_fields(self, workflow: Workflow) -> dict[str, Any]:
+        request: ModelStampRequest | None = workflow.context.get("request")
+        stamp: ModelStampCreated | None = workflow.context.get("stamp")
+        return {
+            "namespace": request.namespace if request is not None else None,
+            "file_path": request.file_path if request is not None else None,
+            "file_hash": stamp.file_hash if stamp is not None else None,
+            "stamp_id": stamp.stamp_id if stamp is not None else None,
+            "started_at": workflow.context.get("started_at"),
+        }
 
     # -- handlers --
-    async def handle_stamp_requested(self, events: Sequence[Event]) -> None:
-        assert self.fsm is not None
-        for envelope, request in events:
-            cid = envelope.correlation_id or uuid.uuid4()
-            if cid in self.workflows or cid.int in self._finished:
-                continue  # a redelivered request for a workflow already running or finished
-            assert isinstance(request, ModelStampRequest)
-            workflow = Workflow(cid, self.steps, input=request.file_path or "<content>", namespace=request.namespace)
-            workflow.request = envelope
-            workflow.context["request"] = request
-            workflow.context["started_at"] = datetime.now(UTC)
-            self.fsm.attach(workflow)
-            self.fsm.trigger(workflow, "start")
-            self.workflows[cid] = workflow
-            self._outbox["WORKFLOW_STARTED"].append(
-                self.envelope(
-                    "WORKFLOW_STARTED",
-                    ModelWorkflowStarted(
-                        workflow_id=cid,
-                        namespace=request.namespace,
-                        file_path=request.file_path,
-                        started_at=workflow.context["started_at"],
-                    ),
-                    causation=envelope,
-                )
-            )
-            await self.advance(workflow)
+    async def handle_events(self, events: Sequence[Event]) -> None:
+        """Requests and step results: one handler, so one subscription (one Kafka consumer) takes them all. Every
+        one of them is keyed by workflow id, so partition i of each topic reaches the same orchestrator."""
+        for envelope, payload in events:
+            if isinstance(payload, ModelStampRequest):
+                await self._start(envelope, payload)
+            else:
+                await self._result(envelope, payload)
 
-    async def handle_stamp_result(self, events: Sequence[Event]) -> None:
-        for envelope, result in events:
-            workflow = self.workflows.get(envelope.correlation_id)  # type: ignore[arg-type]
-            if workflow is None or workflow.steps["stamp"].status is not StepStatus.RUNNING:
-                continue  # late or duplicate result of a workflow already finished
-            if isinstance(result, ModelStampCreated):
-                workflow.context["file_hash"] = result.file_hash
-                workflow.context["stamp"] = result
-                await self.complete_step(
-                    workflow,
-                    "stamp",
-                    {
-                        "file_hash": result.file_hash,
-                        "stamp_id": str(result.stamp_id),
-                        "status": result.status,
-                        "file_type": result.file_type,
-                        "file_size": result.file_size,
-                    },
-                )
-            elif isinstance(result, ModelStampFailed):
-                await self.fail_step(workflow, "stamp", result.error, retryable=result.retryable)
+    async def _start(self, envelope: OnexEnvelopeV1, request: ModelStampRequest) -> None:
+        assert self.fsm is not None
+        cid = envelope.correlation_id or envelope.event_id
+        if self.known(cid):
+            # A redelivered request: its workflow runs or finished. What handling it published may not have reached
+            # the broker (the bus hands a batch over again when a record it produced was not delivered), so the
+            # command of a step still waiting for its result goes out again, with the same id.
+            running = self.workflows.get(cid)
+            if running is not None and running.steps["stamp"].status is StepStatus.RUNNING:
+                self._outbox["STAMP_FILE"].append(self._stamp_command(running, running.steps["stamp"]))
+            return
+        workflow = Workflow(cid, self.steps, input=request.file_path or "<content>", namespace=request.namespace)
+        workflow.request = envelope
+        workflow.context["request"] = request
+        workflow.context["started_at"] = datetime.now(UTC)
+        self.fsm.attach(workflow)
+        self.fsm.trigger(workflow, "start")
+        self.track(workflow)
+        self._outbox["WORKFLOW_STARTED"].append(
+            self.envelope(
+                "WORKFLOW_STARTED",
+                ModelWorkflowStarted(
+                    workflow_id=cid,
+                    namespace=request.namespace,
+                    file_path=request.file_path,
+                    started_at=workflow.context["started_at"],
+                ),
+                causation=envelope,
+            )
+        )
+        await self.advance(workflow)
+
+    async def _result(self, envelope: OnexEnvelopeV1, result: Any) -> None:
+        workflow = self.workflows.get(envelope.correlation_id)  # type: ignore[arg-type]
+        if workflow is None or workflow.steps["stamp"].status is not StepStatus.RUNNING:
+            # Late or duplicate, or the result of a request this process has not handled yet (it published the
+            # command, crashed before its checkpoint, and the request is redelivered): handling the request again
+            # sends the same command again, and the effect answers it again.
+            return
+        if isinstance(result, ModelStampCreated):
+            workflow.context["file_hash"] = result.file_hash
+            workflow.context["stamp"] = result
+            await self.complete_step(
+                workflow,
+                "stamp",
+                {
+                    "file_hash": result.file_hash,
+                    "stamp_id": str(result.stamp_id),
+                    "status": result.status,
+                    "file_type": result.file_type,
+                    "file_size": result.file_size,
+                },
+            )
+        elif isinstance(result, ModelStampFailed):
+            await self.fail_step(workflow, "stamp", result.error, retryable=result.retryable)
 
     # -- steps --
     async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:
         name = run.step.step_name
         if name == "stamp":
-            request: ModelStampRequest = workflow.context["request"]
-            self._outbox["STAMP_FILE"].append(
-                self.envelope(
-                    "STAMP_FILE",
-                    ModelStampCommand(
-                        workflow_id=workflow.cid,
-                        file_path=request.file_path,
-                        content=request.content,
-                        namespace=request.namespace,
-                        stamp_type=request.stamp_type,
-                        dry_run=request.dry_run,
-                        author=request.author,
-                        attempt=run.attempts,
-                    ),
-                    causation=workflow.request,
-                )
-            )
+            self._outbox["STAMP_FILE"].append(self._stamp_command(workflow, run))
             return None
         if name == "intelligence":
             if not self.intelligence_url:
@@ -140,6 +169,26 @@ class NodeOrchestrator(OrchestratorNode):
             except (OSError, TimeoutError, ValueError) as exc:
                 return await self.skip_step(workflow, name, f"intelligence service unavailable: {exc}")
         return await self.skip_step(workflow, name, f"no runner for step {name!r}")
+
+    def _stamp_command(self, workflow: Workflow, run: StepRun) -> OnexEnvelopeV1:
+        request: ModelStampRequest = workflow.context["request"]
+        return self.envelope(
+            "STAMP_FILE",
+            ModelStampCommand(
+                workflow_id=workflow.cid,
+                file_path=request.file_path,
+                content=request.content,
+                namespace=request.namespace,
+                stamp_type=request.stamp_type,
+                dry_run=request.dry_run,
+                author=request.author,
+                attempt=run.attempts,
+            ),
+            correlation_id=workflow.cid,
+            # Derived from the workflow and the attempt: the same command whoever sends it again, a new one for each
+            # retry.
+            event_id=derived_id(workflow.cid, self.contract.name, "STAMP_FILE", run.attempts),
+        )
 
     async def _ask_intelligence(self, workflow: Workflow) -> dict[str, Any]:
         body = json.dumps(
@@ -159,14 +208,12 @@ class NodeOrchestrator(OrchestratorNode):
         required_failed = [r for r in workflow.steps.values() if r.status is StepStatus.FAILED]
         if required_failed:
             error = "; ".join(f"{r.step.step_name}: {r.error}" for r in required_failed)
+            workflow.context["error"] = error
             self.fsm.trigger(workflow, "fail", error=error)
         else:
             error = None
             self.fsm.trigger(workflow, "complete")
         self.fsm.detach(workflow)
-        self._finished[workflow.cid.int] = None
-        if len(self._finished) > self.dedupe_window:
-            self._finished.popitem(last=False)
         request: ModelStampRequest = workflow.context["request"]
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
         now = datetime.now(UTC)
@@ -174,7 +221,7 @@ class NodeOrchestrator(OrchestratorNode):
         finished = ModelWorkflowFinished(
             workflow_id=workflow.cid,
             state="failed" if error else "completed",
-            state_seq=len(workflow.history),
+            state_seq=workflow.seq,
             namespace=request.namespace,
             file_path=request.file_path,
             started_at=started,
@@ -182,6 +229,7 @@ class NodeOrchestrator(OrchestratorNode):
             execution_time_ms=round((now - started).total_seconds() * 1000, 3),
             file_hash=stamp.file_hash if stamp else None,
             stamp_id=stamp.stamp_id if stamp else None,
+            dry_run=request.dry_run,
             error=error,
             steps=tuple(
                 ModelStepResult(
@@ -195,12 +243,30 @@ class NodeOrchestrator(OrchestratorNode):
                 )
                 for r in workflow.steps.values()
             ),
+            stamp=None
+            if stamp is None
+            else ModelStampRecord(
+                stamp_id=stamp.stamp_id,
+                file_path=stamp.file_path,
+                file_hash=stamp.file_hash,
+                file_size=stamp.file_size,
+                file_type=stamp.file_type,
+                stamp_type=stamp.stamp_type,
+                status=stamp.status,
+                data=stamp.stamp,
+            ),
         )
         event = "WORKFLOW_FAILED" if error else "WORKFLOW_COMPLETED"
-        self._outbox[event].append(self.envelope(event, finished, causation=workflow.request))
+        # One outcome per workflow, whoever finishes it: its id is derived from the workflow alone, so an outcome
+        # published again after a crash is recognised downstream.
+        outcome = self.envelope(
+            event, finished, correlation_id=workflow.cid, event_id=derived_id(workflow.cid, self.contract.name, event)
+        )
+        self._outbox[event].append(outcome)
+        self.expect_stored(workflow, event, outcome)
 
     async def flush(self) -> None:
         outbox, self._outbox = self._outbox, defaultdict(list)
         for event_name, envelopes in outbox.items():
             await self.publish_envelopes(event_name, envelopes)
-        await super().flush()
+        await super().flush()  # transitions, then the checkpoint of every workflow this batch changed

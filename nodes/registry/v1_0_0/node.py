@@ -1,26 +1,32 @@
 """The registry: node introspection, heartbeats, staleness, and who is alive.
 
 Every node is an entity on the node_registration FSM (unknown -> alive <-> stale -> deregistered). Introspection
-registers a node (``node_registrations`` row replaced); a heartbeat refreshes it; a node whose last heartbeat is
-older than ``stale_after_missed_heartbeats`` heartbeat intervals is marked stale by a sweeper (one task), and a
-STOPPED heartbeat deregisters it. At start the registry asks every running node to introspect again, so a
-registry that (re)starts after the others still learns about them.
+registers a node (``node_registrations`` row replaced); a heartbeat refreshes it; a node whose last stored heartbeat
+is older than ``stale_after_missed_heartbeats`` heartbeat intervals is marked stale by a sweeper (one task), and a
+STOPPED heartbeat deregisters it. Several registries may run (one consumer group): each records the heartbeats it
+receives, and staleness is decided on the store, so they agree on who is alive. At start the registry asks every
+running node to introspect again, so a registry that (re)starts after the others still learns about them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from onex.envelope import REGISTRY_REQUEST_INTROSPECTION, ModelNodeHeartbeat, ModelNodeIntrospection
+from onex.exceptions import OnexError
 from onex.fsm import Entity
 from onex.nodes import Event, RegistryNode
 from onex.store import HeartbeatRow, RegistrationRow, WriteBatch
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -75,9 +81,6 @@ class NodeRegistry(RegistryNode):
     def record_stale(self, entity: Entity) -> None:
         assert isinstance(entity, KnownNode)
         entity.health_status = "STALE"
-        self._pending.heartbeats.append(
-            HeartbeatRow(node_id=entity.entity_id, health_status="STALE", at=datetime.now(UTC))
-        )
 
     # -- handlers --
     async def handle_introspection(self, events: Sequence[Event]) -> None:
@@ -129,31 +132,38 @@ class NodeRegistry(RegistryNode):
     async def _write(self) -> None:
         batch, self._pending = self._pending, WriteBatch(consumer=self.contract.name)
         if len(batch):
-            await self.store.apply(batch)
+            # Held while the store is away, rather than failing (and so dead-lettering) the heartbeats in hand.
+            await self.hold_store(functools.partial(self.store.apply, batch))
 
     # -- queries --
     def alive(self) -> list[str]:
         """Ids of the nodes currently alive (registered, heartbeating, not stale, not stopped)."""
         return sorted(n.entity_id for n in self.known.values() if n.state == "alive")
 
-    def expire_stale(self, now: float | None = None) -> list[str]:
-        """Mark nodes without a recent heartbeat stale; returns their ids.
+    async def expire_stale(self, now: datetime | None = None) -> list[str]:
+        """Mark nodes without a recent heartbeat stale, in the store and here; returns their ids.
 
-        Only the state changes here: the STALE rows and the transitions are queued, and written and published by
-        the sweeper (or with the next handled batch).
+        Staleness is decided on the store's ``last_heartbeat``, which every registry replica keeps up to date with
+        the heartbeats it receives: replicas share one view, so a node whose heartbeats go to another replica (or
+        moved there in a rebalance) is not marked stale here. ``last_heartbeat`` is not touched: it only ever holds
+        the time of a heartbeat. The transitions are published by the caller (the sweeper flushes).
         """
         assert self.fsm is not None
-        now = time.monotonic() if now is None else now
-        expired = []
-        for node in self.known.values():
-            if node.state == "alive" and now - node.last_seen > self.stale_after_s:
+        now = datetime.now(UTC) if now is None else now
+        expired = await self.store.mark_stale(now - timedelta(seconds=self.stale_after_s))
+        for node_id in expired:
+            node = self._node(node_id)
+            if node.state == "unknown":
+                node.state = "alive"  # registered and heartbeating, as far as the store knows
+            if node.state == "alive":
                 self.fsm.trigger(node, "expire")
-                expired.append(node.entity_id)
         return expired
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval_s)
-            if self.expire_stale():
-                await self._write()
-                await self.flush()
+            try:
+                if await self.expire_stale():
+                    await self.flush()
+            except OnexError as exc:  # the store is away: try again at the next sweep
+                _log.warning("%s: could not sweep for stale nodes: %s", self.node_id, exc)

@@ -4,11 +4,19 @@ A batch of commands is stamped in one worker thread hop (file I/O and hashing mu
 and one hop per batch instead of per file keeps the overhead low). A per-file problem (missing file, permission
 denied, binary content with a text extension...) is a STAMP_FAILED for that workflow, not an exception: the
 batch goes on. An unexpected error counts against the circuit breaker and is re-raised so the bus retries.
+
+Only files under ``settings.stamp_roots`` are touched (``ONEX_STAMP_ROOTS``; by default the project root; ``onex
+stamp PATH...`` in process: exactly its PATHs). A command whose real path, symlinks resolved, is under none of them
+is refused before anything is opened: a STAMP_FAILED, not retryable, naming the rule. A file's sidecar and
+temporary file live next to it and count as the file. Content commands touch no file and are not confined.
+A file open in another process is not replaced (``stamps.stamp_file`` says ``busy``): a STAMP_FAILED that is
+retryable, since the file may be closed by the next attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +24,7 @@ from typing import Any
 from onex import stamps
 from onex.envelope import OnexEnvelopeV1
 from onex.exceptions import StampError
-from onex.files import SNIFF_SIZE, detect_file_type
+from onex.files import SNIFF_SIZE, detect_file_type, remove_stale_temps_in, within
 from onex.nodes import EffectNode, Event
 
 from nodes.orchestrator.v1_0_0.models import ModelStampCommand
@@ -30,6 +38,8 @@ class NodeStampingEffect(EffectNode):
         super().__init__(*args, **kwargs)
         self.author = str(self.contract.config.get("author") or "onex")
         self.inline_bytes = int(self.contract.config.get("thread_offload_bytes", 262_144))
+        self.stamp_roots = self.settings.stamp_root_paths()
+        self._swept: set[str] = set()  # directories cleared of stale temp files (a race only sweeps one twice)
 
     async def handle_stamp_file(self, events: Sequence[Event]) -> None:
         commands = [(env, cmd) for env, cmd in events if isinstance(cmd, ModelStampCommand)]
@@ -57,9 +67,25 @@ class NodeStampingEffect(EffectNode):
         if cmd.content is not None:
             return self._stamp_content(envelope, cmd, rich=rich, author=author)
         assert cmd.file_path is not None
+        refusal = self._outside_roots(cmd.file_path)
+        if refusal is not None:
+            return self._failed(envelope, cmd, refusal)
+        directory = os.path.dirname(os.path.realpath(cmd.file_path))
+        if directory not in self._swept:
+            # Once per directory and process: what a stamper killed mid-write (a predecessor of this process, or a
+            # replica) left in it; after that, a temp file here is one of ours or of a live stamper.
+            self._swept.add(directory)
+            remove_stale_temps_in(directory)
         result = stamps.stamp_file(
-            cmd.file_path, rich=rich, namespace=cmd.namespace, author=author, dry_run=cmd.dry_run
+            cmd.file_path,
+            rich=rich,
+            namespace=cmd.namespace,
+            author=author,
+            dry_run=cmd.dry_run,
+            roots=self.stamp_roots,
         )
+        if result.status == "busy":
+            return self._failed(envelope, cmd, result.error or stamps.BUSY, retryable=True)
         if result.status == "failed" or result.stamp is None:
             return self._failed(envelope, cmd, result.error or "stamping failed")
         return self.envelope(
@@ -110,7 +136,17 @@ class NodeStampingEffect(EffectNode):
             causation=envelope,
         )
 
-    def _failed(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, error: str) -> OnexEnvelopeV1:
+    def _outside_roots(self, file_path: str) -> str | None:
+        """Why ``file_path`` may not be touched, or None when its real path is under a stamp root."""
+        real = os.path.realpath(file_path)
+        if within(real, self.stamp_roots):
+            return None
+        shown = real if real == os.path.abspath(file_path) else f"{file_path} (a link to {real})"
+        return f"refused: {shown} is outside the stamp roots (ONEX_STAMP_ROOTS={os.pathsep.join(self.stamp_roots)})"
+
+    def _failed(
+        self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, error: str, *, retryable: bool = False
+    ) -> OnexEnvelopeV1:
         return self.envelope(
             "STAMP_FAILED",
             ModelStampFailed(
@@ -118,6 +154,7 @@ class NodeStampingEffect(EffectNode):
                 file_path=cmd.file_path,
                 namespace=cmd.namespace,
                 error=error,
+                retryable=retryable,
             ),
             causation=envelope,
         )

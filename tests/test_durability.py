@@ -1,0 +1,215 @@
+"""Durable workflows on the memory bus: checkpoints in the store, resumed by the next run, derived event ids.
+
+The multi-process cases (SIGKILL of each node on Kafka, replicas, PostgreSQL and broker restarts) are in
+``tests/integration/test_faults.py``; these pin the mechanisms in one process, on a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onex.envelope import derived_id, new_id
+from onex.store import WorkflowRow, WriteBatch
+from onex.testing import Harness
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = "durable"
+
+pytestmark = pytest.mark.anyio
+
+
+def request(i: int) -> dict[str, str]:
+    return {"content": f"print({i})\n", "file_path": f"f{i}.py", "namespace": NS}
+
+
+async def test_a_new_workflow_is_checkpointed_before_its_request_is_acknowledged(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/onex.db"
+    # No stamping effect: the command is never answered, so the workflow stays in flight.
+    async with Harness(["orchestrator"], root=ROOT, store_url=store_url) as h:
+        sent = await h.publish("STAMP_REQUESTED", request(1))
+        await h.settle()
+        row = await h.store.get_workflow(sent.correlation_id)  # type: ignore[arg-type]
+
+    assert row is not None
+    assert (row.current_state, row.workflow_type, row.namespace, row.file_path) == (
+        "processing",
+        "stamp_workflow",
+        NS,
+        "f1.py",
+    )
+    checkpoint = row.metadata["checkpoint"]
+    assert checkpoint["state"] == "processing"
+    assert checkpoint["seq"] == row.state_seq == 1
+    stamp = checkpoint["steps"]["stamp"]
+    assert (stamp["status"], stamp["attempts"]) == ("running", 1)
+    assert stamp["deadline"] > stamp["started"]
+    assert checkpoint["context"]["request"]["content"] == "print(1)\n"
+
+
+async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in_processing(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/onex.db"
+    async with Harness(["orchestrator", "database_adapter_effect"], root=ROOT, store_url=store_url) as first:
+        sent = [await first.publish("STAMP_REQUESTED", request(i)) for i in range(5)]
+        await first.settle()
+        commands = first.of("STAMP_FILE")
+    cids = {e.correlation_id for e in sent}
+    assert {c.correlation_id for c in commands} == cids
+
+    async with Harness(root=ROOT, store_url=store_url) as second:
+        for cid in cids:
+            await second.wait_for("WORKFLOW_COMPLETED", lambda e, cid=cid: e.correlation_id == cid)
+        await second.settle()
+        rows = {cid: await second.store.get_workflow(cid) for cid in cids}  # type: ignore[arg-type]
+        transitions = {cid: await second.store.list_transitions(str(cid)) for cid in cids}
+        resent = second.of("STAMP_FILE")
+        state = await second.store.get_bridge_state(NS)
+
+    assert {cid: (r.current_state if r else None) for cid, r in rows.items()} == dict.fromkeys(cids, "completed")
+    for cid in cids:
+        # The audit log holds the first run's start and the second run's completion, each once.
+        assert [(t.from_state, t.to_state) for t in transitions[cid]] == [
+            ("pending", "processing"),
+            ("processing", "completed"),
+        ]
+    # The interrupted attempt is retried as attempt 2: a new command id, derived from the workflow and the attempt.
+    assert {e.payload["attempt"] for e in resent} == {2}
+    assert not {e.event_id for e in resent} & {e.event_id for e in commands}
+    assert state is not None
+    assert (state.total_workflows_processed, state.total_items_aggregated) == (5, 5)
+
+
+async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/onex.db"
+    orphan = uuid.uuid4()
+    async with Harness(["database_adapter_effect"], root=ROOT, store_url=store_url) as first:
+        # What an older onex left: a processing row written from WORKFLOW_STARTED, with no checkpoint.
+        row = WorkflowRow(orphan, "stamp_workflow", "processing", 1, namespace=NS, file_path="old.py")
+        await first.store.apply(WriteBatch(workflows=[row]))
+
+    async with Harness(["orchestrator"], root=ROOT, store_url=store_url) as second:
+        await second.settle()
+        stored = await second.store.get_workflow(orphan)
+
+    assert stored is not None
+    assert stored.current_state == "failed"
+    assert stored.error_message is not None
+    assert "no checkpoint" in stored.error_message
+
+
+async def test_a_redelivered_request_is_not_run_twice() -> None:
+    async with Harness(root=ROOT) as h:
+        sent = await h.publish("STAMP_REQUESTED", request(7))
+        await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == sent.correlation_id)
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), sent)  # what at-least-once delivery may do
+        await h.settle()
+
+    assert len([e for e in h.of("WORKFLOW_COMPLETED") if e.correlation_id == sent.correlation_id]) == 1
+    assert len([e for e in h.of("STAMP_FILE") if e.correlation_id == sent.correlation_id]) == 1
+
+
+async def test_a_request_delivered_again_while_its_step_runs_sends_the_same_command_again() -> None:
+    # Handling a batch again (a record it produced did not reach the broker) must produce its output again.
+    async with Harness(["orchestrator"], root=ROOT) as h:
+        sent = await h.publish("STAMP_REQUESTED", request(8))
+        await h.settle()
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), sent)
+        await h.settle()
+        commands = [e for e in h.of("STAMP_FILE") if e.correlation_id == sent.correlation_id]
+
+    assert len(commands) == 2
+    assert commands[0].event_id == commands[1].event_id
+    assert commands[0].payload == commands[1].payload
+
+
+async def test_events_caused_by_an_event_have_ids_derived_from_it() -> None:
+    async with Harness(root=ROOT) as h:
+        sent = await h.publish("STAMP_REQUESTED", request(3))
+        done = await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == sent.correlation_id)
+        await h.settle()
+        command = h.of("STAMP_FILE")[0]
+        created = h.of("STAMP_CREATED")[0]
+        started = h.of("WORKFLOW_STARTED")[0]
+
+    cid = sent.correlation_id
+    assert command.event_id == derived_id(cid, "orchestrator", "STAMP_FILE", 1)
+    assert created.event_id == derived_id(command.event_id, "stamping_effect", "STAMP_CREATED", 0)
+    assert started.event_id == derived_id(sent.event_id, "orchestrator", "WORKFLOW_STARTED", 0)
+    assert done.event_id == derived_id(cid, "orchestrator", "WORKFLOW_COMPLETED")
+    # Transitions too: the n-th transition of a workflow always has the same id, so the audit log stores it once.
+    ids = [t["transition_id"] for t in h.transitions(cid)]
+    assert ids == [derived_id("orchestrator", str(cid), "", n) for n in range(2)]
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers())
+def test_random_seed_cannot_make_ids_repeat(seed: int) -> None:
+    # Hypothesis reseeds the global generator for every example; so may any library. Ids must not follow it.
+    random.seed(seed)
+    first = new_id()
+    random.seed(seed)
+    assert new_id() != first
+    seen.add(first)
+
+
+seen: set[uuid.UUID] = set()
+
+
+def test_ids_drawn_across_hypothesis_examples_are_distinct() -> None:
+    seen.clear()
+    test_random_seed_cannot_make_ids_repeat()
+    assert len(seen) == 5
+
+
+def finished(i: int, *, dry_run: bool = False) -> dict[str, object]:
+    """A WORKFLOW_COMPLETED payload as the orchestrator publishes it, with its stamp."""
+    stamp_id = str(uuid.uuid4())
+    return {
+        "workflow_id": str(uuid.uuid4()),
+        "stamp_id": stamp_id,
+        "file_hash": f"{i:064x}",
+        "state": "completed",
+        "state_seq": 2,
+        "namespace": NS,
+        "file_path": f"f{i}.py",
+        "started_at": "2024-05-01T12:00:00+00:00",
+        "completed_at": "2024-05-01T12:00:01+00:00",
+        "execution_time_ms": 1000.0,
+        "dry_run": dry_run,
+        "stamp": {
+            "stamp_id": stamp_id,
+            "file_path": f"f{i}.py",
+            "file_hash": f"{i:064x}",
+            "file_size": 100 + i,
+            "file_type": "code",
+            "stamp_type": "lightweight",
+            "status": "stamped",
+        },
+    }
+
+
+async def test_outcomes_stored_but_never_aggregated_are_aggregated_by_the_next_run(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/onex.db"
+    outcomes = [finished(i) for i in range(4)] + [finished(9, dry_run=True)]
+    # A run killed after the database adapter stored these outcomes, before the reducer aggregated them.
+    async with Harness(["database_adapter_effect"], root=ROOT, store_url=store_url) as first:
+        for payload in outcomes:
+            await first.publish("WORKFLOW_COMPLETED", payload)
+        await first.settle()
+        assert await first.store.get_bridge_state(NS) is None
+
+    async with Harness(["reducer"], root=ROOT, store_url=store_url) as second:
+        state = await second.store.get_bridge_state(NS)
+        # An outcome delivered again (at least once) is recognised: it was recorded with the checkpoint.
+        await second.publish("WORKFLOW_COMPLETED", outcomes[0], partition_key=NS)
+        await second.settle()
+        again = await second.store.get_bridge_state(NS)
+
+    assert state is not None
+    assert (state.total_workflows_processed, state.total_items_aggregated) == (5, 4)
+    assert state.total_size_bytes == sum(100 + i for i in range(4))
+    assert again == state
