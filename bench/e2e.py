@@ -9,6 +9,8 @@
   with the same pragmas, 500 items per transaction. What is left between the two is the runtime's own overhead:
   envelopes, validation, the FSM, routing, the bus.
 
+- without checkpoints: the same onex run with ``checkpoints=False`` (``ONEX_CHECKPOINTS=off``): workflows and
+  aggregates are not checkpointed, as before durable workflows; ``durability_cost`` is what checkpoints cost.
 - ceiling: the same onex run with a store that discards every write (``_DiscardingStore``): what the runtime's
   nodes, bus, validation and FSM cost on their own. No store, however fast, can take onex above it; when it is
   below a target, the target is out of reach of the node graph itself.
@@ -76,8 +78,12 @@ class _DiscardingStore(SqliteStore):
         return None
 
 
-async def run_onex(items: list[str], store_url: str, *, discard: bool = False) -> tuple[float, dict[str, int]]:
-    settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(heartbeat_interval_s=0)
+async def run_onex(
+    items: list[str], store_url: str, *, discard: bool = False, checkpoints: bool = True
+) -> tuple[float, dict[str, int]]:
+    settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
+        heartbeat_interval_s=0, checkpoints=checkpoints
+    )
     store = _DiscardingStore(settings.store_url()) if discard else None
     if store is None:
         return await _run_onex(items, settings, None)
@@ -211,6 +217,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
     onex_s: list[float] = []
     raw_s: list[float] = []
     ceiling_s: list[float] = []
+    volatile_s: list[float] = []
     counts: dict[str, int] = {}
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
@@ -218,6 +225,8 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db"))
             onex_s.append(elapsed)
+        with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
+            volatile_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))[0])
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             ceiling_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True))[0])
     # fsm_transitions also holds the reducer's and the registry's own transitions: at least two per workflow.
@@ -235,6 +244,8 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
         "ratio": round(onex_rate / raw_rate, 3),
         "ceiling_items_per_s": round(items / min(ceiling_s)),
         "ceiling_ratio": round(items / min(ceiling_s) / raw_rate, 3),
+        "no_checkpoints_items_per_s": round(items / min(volatile_s)),
+        "durability_cost": round(1 - onex_rate / (items / min(volatile_s)), 3),
         "rows_persisted": counts,
         "rows_as_expected": complete,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
@@ -367,10 +378,10 @@ async def run_raw_postgres(items: list[str], url: str, method: str) -> float:
         await _drop_schema(schema_url)
 
 
-async def run_onex_postgres(items: list[str], url: str) -> tuple[float, dict[str, int]]:
+async def run_onex_postgres(items: list[str], url: str, *, checkpoints: bool = True) -> tuple[float, dict[str, int]]:
     schema_url = await _fresh_schema(url)  # migrated before the clock starts: the runtime only migrates SQLite
     try:
-        return await run_onex(items, schema_url)
+        return await run_onex(items, schema_url, checkpoints=checkpoints)
     finally:
         await _drop_schema(schema_url)
 
@@ -383,13 +394,14 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
         return {"benchmark": "e2e_inprocess_postgres", "skipped": f"no PostgreSQL answers at {shown}"}
     data = make_items(items)
     tune_gc()  # as `onex stamp` / `onex run` do
-    seconds: dict[str, list[float]] = {"onex": [], "raw_copy": [], "raw_executemany": []}
+    seconds: dict[str, list[float]] = {"onex": [], "onex_no_checkpoints": [], "raw_copy": [], "raw_executemany": []}
     counts: dict[str, int] = {}
     for _ in range(repeat):
         seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy")))
         seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
         elapsed, counts = asyncio.run(run_onex_postgres(data, url))
         seconds["onex"].append(elapsed)
+        seconds["onex_no_checkpoints"].append(asyncio.run(run_onex_postgres(data, url, checkpoints=False))[0])
     expected = {"workflow_executions": items, "metadata_stamps": items, "workflow_steps": 2 * items, "failed": 0}
     complete = {k: counts.get(k) for k in expected} == expected and counts.get("fsm_transitions", 0) >= 2 * items
     best = {k: items / min(v) for k, v in seconds.items()}
@@ -407,8 +419,11 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
         "raw_floor_copy_items_per_s": round(best["raw_copy"]),
         "raw_floor_executemany_items_per_s": round(best["raw_executemany"]),
         "ratio": round(best["onex"] / floor, 3),
+        "no_checkpoints_items_per_s": round(best["onex_no_checkpoints"]),
+        "durability_cost": round(1 - best["onex"] / best["onex_no_checkpoints"], 3),
         "median": {
             "onex_items_per_s": round(median["onex"]),
+            "no_checkpoints_items_per_s": round(median["onex_no_checkpoints"]),
             "raw_floor_copy_items_per_s": round(median["raw_copy"]),
             "raw_floor_executemany_items_per_s": round(median["raw_executemany"]),
             "ratio": round(median["onex"] / floor_median, 3),
@@ -436,6 +451,7 @@ def print_postgres(r: dict[str, Any]) -> None:
     )
     rows = [
         ("onex (all nodes, every row persisted)", r["onex_items_per_s"], m["onex_items_per_s"]),
+        ("onex without checkpoints (not durable)", r["no_checkpoints_items_per_s"], m["no_checkpoints_items_per_s"]),
         (f"raw floor: blake3 + COPY, {r['batch_items']}/tx", r["raw_floor_copy_items_per_s"],
          m["raw_floor_copy_items_per_s"]),
         (f"raw floor: blake3 + executemany, {r['batch_items']}/tx", r["raw_floor_executemany_items_per_s"],
@@ -445,6 +461,7 @@ def print_postgres(r: dict[str, Any]) -> None:
     for label, best, median in rows:
         print(f"  {label:44s} {best:>14,} {median:>16,}")
     print(f"  {'ratio onex / faster floor':44s} {r['ratio']:>14.3f} {m['ratio']:>16.3f}")
+    print(f"  {'durability costs (best)':44s} {r['durability_cost']:>14.1%}")
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
     print(f"  -> {RESULTS / 'e2e_postgres.json'}")
 
@@ -471,6 +488,8 @@ def main() -> None:
     print(f"  {'ratio onex / raw':40s} {r['ratio']:>10.3f}")
     print(f"  {'ceiling: onex, writes discarded':40s} {r['ceiling_items_per_s']:>10,} items/s")
     print(f"  {'ratio ceiling / raw':40s} {r['ceiling_ratio']:>10.3f}")
+    print(f"  {'onex without checkpoints (not durable)':40s} {r['no_checkpoints_items_per_s']:>10,} items/s")
+    print(f"  {'durability costs':40s} {r['durability_cost']:>10.1%}")
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
 
 

@@ -175,7 +175,7 @@ async def _records_written(bootstrap: str, prefix: str) -> int:
 
 
 async def run_onex(
-    bootstrap: str, server_dsn: str, items: list[str], logs: Path, fetch_max_wait_ms: int
+    bootstrap: str, server_dsn: str, items: list[str], logs: Path, fetch_max_wait_ms: int, *, checkpoints: bool = True
 ) -> dict[str, Any]:
     env = f"bench{uuid.uuid4().hex[:8]}"
     schema = f"onex_bench_{uuid.uuid4().hex[:8]}"
@@ -194,7 +194,11 @@ async def run_onex(
             f"&fetch_max_wait_ms={fetch_max_wait_ms}",
             store_url=store_url,
             logs=logs / env,
-            env={"ONEX_ENV": env, "ONEX_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)},
+            env={
+                "ONEX_ENV": env,
+                "ONEX_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
+                "ONEX_CHECKPOINTS": "on" if checkpoints else "off",
+            },
         ) as deployment:
             procs = await deployment.start(NODES)
             cpu_before = {p.node: _cpu_seconds(p.pid) for p in procs}
@@ -358,18 +362,24 @@ def run(
             print(f"multiprocess: skipped: {reason}")
             return {"benchmark": "multiprocess", "skipped": reason}
         runs: list[dict[str, Any]] = []
+        volatile: list[dict[str, Any]] = []
         raw_s: list[float] = []
         with tempfile.TemporaryDirectory(prefix="onex-bench-mp-") as logs:
             for n in range(repeat):
                 raw_s.append(asyncio.run(run_raw(broker, raw_records)))
                 runs.append(asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms)))
+                volatile.append(
+                    asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms, checkpoints=False))
+                )
                 print(
                     f"  run {n + 1}/{repeat}: outcomes {runs[-1]['outcomes_s']:.2f} s, persisted "
-                    f"{runs[-1]['persisted_s']:.2f} s, raw {raw_s[-1]:.2f} s",
+                    f"{runs[-1]['persisted_s']:.2f} s (without checkpoints {volatile[-1]['persisted_s']:.2f} s), "
+                    f"raw {raw_s[-1]:.2f} s",
                     flush=True,
                 )
     outcomes_rate = [items / r["outcomes_s"] for r in runs]
     persisted_rate = [items / r["persisted_s"] for r in runs]
+    volatile_rate = [items / r["persisted_s"] for r in volatile]
     raw_rate = [items / s for s in raw_s]
     median = statistics.median
     result: dict[str, Any] = {
@@ -382,6 +392,11 @@ def run(
         "stamps_per_s_outcomes": {"median": round(median(outcomes_rate)), "best": round(max(outcomes_rate))},
         "stamps_per_s_persisted": {"median": round(median(persisted_rate)), "best": round(max(persisted_rate))},
         "raw_aiokafka_msgs_per_s": {"median": round(median(raw_rate)), "best": round(max(raw_rate))},
+        "stamps_per_s_persisted_no_checkpoints": {
+            "median": round(median(volatile_rate)),
+            "best": round(max(volatile_rate)),
+        },
+        "durability_cost": round(1 - median(persisted_rate) / median(volatile_rate), 3),
         "ratio_persisted_to_raw": round(median(persisted_rate) / median(raw_rate), 3),
         "target_stamps_per_s": TARGET_STAMPS_PER_S,
         "meets_target": median(persisted_rate) >= TARGET_STAMPS_PER_S,
@@ -414,10 +429,12 @@ def _print(result: dict[str, Any]) -> None:
         ("onex stamps/s (outcomes at the client)", "stamps_per_s_outcomes"),
         ("onex stamps/s (persisted, aggregated)", "stamps_per_s_persisted"),
         ("raw aiokafka msgs/s (produce+consume)", "raw_aiokafka_msgs_per_s"),
+        ("without checkpoints (not durable)", "stamps_per_s_persisted_no_checkpoints"),
     ):
         print(f"{label:38} {result[key]['median']:>10,} {result[key]['best']:>10,}")
     print(f"{'ratio persisted / raw (median)':38} {result['ratio_persisted_to_raw']:>10.3f}")
     print(f"{'records written to Kafka per stamp':38} {result['records_written_per_stamp']:>10}")
+    print(f"{'durability costs (median)':38} {result['durability_cost']:>10.1%}")
     print(
         f"{'target (issue 5)':38} {result['target_stamps_per_s']:>10,} stamps/s: "
         f"{'met' if result['meets_target'] else 'NOT met'}"

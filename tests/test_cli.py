@@ -362,6 +362,60 @@ def test_stamp_stamps_every_file_then_restamping_changes_nothing(tmp_path: Path)
     assert query(db, "SELECT count(*) FROM metadata_stamps WHERE namespace = 'cli.ns'") == [(len(files),)]
 
 
+def test_stamp_with_event_logging_records_every_event_and_every_row(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = make_tree(tree)
+    db = tmp_path / "onex.db"
+    result = subprocess.run(
+        [*command(), "--root", str(ROOT), "stamp", str(tree), "--namespace", "logged", "--store", f"sqlite:///{db}"],
+        cwd=tmp_path,
+        env={**environment(), "ONEX_LOG_EVENTS": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary(result.stdout)["stamped"] == len(files)
+    assert query(db, "SELECT current_state, count(*) FROM workflow_executions GROUP BY 1") == [
+        ("completed", len(files))
+    ]
+    # Every event the database adapter consumed (outcomes, stamps, transitions, the reducer's intents) is logged.
+    logged = dict(query(db, "SELECT event_type, count(*) FROM event_logs GROUP BY 1"))
+    assert logged["WORKFLOW_COMPLETED"] == logged["STAMP_CREATED"] == len(files)
+    assert logged["STATE_TRANSITION"] >= 2 * len(files)
+
+
+def test_stamp_reports_a_file_whose_workflow_the_store_refused_to_record_as_failed(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files = make_tree(tree)
+    db = tmp_path / "onex.db"
+    assert onex("db", "upgrade", "--store", f"sqlite:///{db}", cwd=tmp_path).returncode == 0
+    # The store refuses to record one workflow as completed: the outcome reached the client before the write failed.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF current_state ON workflow_executions "
+            "WHEN NEW.current_state = 'completed' AND NEW.file_path LIKE '%build.sh' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        )
+        conn.commit()
+
+    result = onex("stamp", str(tree), "--namespace", "refused", "--store", f"sqlite:///{db}", cwd=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary(result.stdout) == {
+        "stamped": len(files) - 1,
+        "unchanged": 0,
+        "skipped": 0,
+        "failed": 1,
+        "pending": 0,
+    }
+    [problem] = [row for row in table_rows(result.stdout) if row[0] == "failed"]
+    assert problem[1] == str(tree / "scripts" / "build.sh")
+    assert "not recorded in the store" in problem[-1]
+
+
 def test_stamp_dry_run_changes_no_byte(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     files = make_tree(tree)

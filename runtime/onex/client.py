@@ -444,13 +444,18 @@ class StampRun:
         # Outcomes are counted as they arrive and then forgotten: nothing is kept per file but its path until its
         # outcome is in (a run of 100,000 files would otherwise hold 100,000 outcome envelopes).
         pending: dict[uuid.UUID, str] = {}
+        # In process, a workflow reported stamped must also be recorded as completed in the store: the database
+        # adapter writes it after the outcome is out, and a write it could not make must not read as success.
+        recorded: dict[uuid.UUID, tuple[str, str]] = {}
         all_in = asyncio.Event()
 
         def arrived(outcome: OnexEnvelopeV1) -> None:
             cid = outcome.correlation_id
             if cid is None or (path := pending.pop(cid, None)) is None:
                 return
-            self._count(report, outcome, path)
+            status = self._count(report, outcome, path)
+            if in_process and status in ("stamped", "unchanged") and not self.dry_run:
+                recorded[cid] = (path, status)
             assert client is not None  # outcomes arrive only once it subscribed
             client.forget(cid)
             done = progress.tasks[0].completed + 1
@@ -525,6 +530,7 @@ class StampRun:
                     # The reducer's last windows and the adapter's last writes land first; after a deadline, the
                     # workflows in flight finish too, and the client, still subscribed, counts their outcomes.
                     await runtime.drain()
+                    await self._check_recorded(runtime.store, recorded, report)
                 if self.wait:
                     store = runtime.store if in_process else deployment_store
                     assert store is not None
@@ -578,6 +584,27 @@ class StampRun:
         return None, why
 
     @staticmethod
+    async def _check_recorded(store: Store, recorded: dict[uuid.UUID, tuple[str, str]], report: StampReport) -> None:
+        """Count as failed every workflow reported completed whose completion the store does not hold."""
+        ids = list(recorded)
+        stored: set[uuid.UUID] = set()
+        try:
+            for start in range(0, len(ids), 1_000):
+                rows = await store.get_workflows(ids[start : start + 1_000])
+                stored.update(r.correlation_id for r in rows if r.current_state == "completed")
+        except StoreError as exc:
+            report.store_error = f"could not check that the stamped files were recorded: {exc}"
+            return
+        for cid in ids:
+            if cid not in stored:
+                path, status = recorded[cid]
+                report.counts[status] -= 1
+                report.counts["failed"] += 1
+                report.problems.append(
+                    Problem("failed", path, "stamped, but not recorded in the store (see the log)", cid)
+                )
+
+    @staticmethod
     def _walk_problem(report: StampReport, entry: WalkEntry) -> None:
         assert entry.problem is not None
         status = "skipped" if any(m in entry.problem for m in _SKIP_MARKERS) else "failed"
@@ -585,7 +612,8 @@ class StampRun:
         report.problems.append(Problem(status, str(entry.path), entry.problem))
 
     @staticmethod
-    def _count(report: StampReport, outcome: OnexEnvelopeV1, path: str) -> None:
+    def _count(report: StampReport, outcome: OnexEnvelopeV1, path: str) -> str:
+        """Count ``outcome`` in ``report``; returns the status it was counted as."""
         payload = outcome.payload
         if payload.get("state") != "completed":
             error = str(payload.get("error"))
@@ -593,10 +621,11 @@ class StampRun:
             status = "busy" if BUSY in error else "failed"
             report.counts[status] += 1
             report.problems.append(Problem(status, path, error, outcome.correlation_id))
-            return
+            return status
         stamp_step: dict[str, Any] = next((s for s in payload.get("steps", ()) if s.get("step_name") == "stamp"), {})
-        status = stamp_step.get("data", {}).get("status", "stamped")
-        report.counts["unchanged" if status == "unchanged" else "stamped"] += 1
+        status = "unchanged" if stamp_step.get("data", {}).get("status") == "unchanged" else "stamped"
+        report.counts[status] += 1
+        return status
 
 
 @dataclass
