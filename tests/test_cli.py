@@ -327,7 +327,8 @@ def test_db_upgrade_applies_the_migrations_once(tmp_path: Path) -> None:
     assert "applied 0001_initial" in first.stdout
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "up to date"
-    assert [row[0] for row in query(db, "SELECT name FROM schema_migrations")] == ["0001_initial"]
+    shipped = sorted(p.stem for p in (ROOT / "runtime" / "onex" / "migrations" / "sqlite").glob("*.sql"))
+    assert [row[0] for row in query(db, "SELECT name FROM schema_migrations ORDER BY version")] == shipped
     tables = {row[0] for row in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"metadata_stamps", "workflow_executions", "node_registrations", "bridge_states"} <= tables
 

@@ -213,3 +213,28 @@ async def test_outcomes_stored_but_never_aggregated_are_aggregated_by_the_next_r
     assert (state.total_workflows_processed, state.total_items_aggregated) == (5, 4)
     assert state.total_size_bytes == sum(100 + i for i in range(4))
     assert again == state
+
+
+async def test_a_store_written_before_the_reducer_recorded_its_workflows_is_not_counted_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onex import _sqlite
+    from onex._sqlite import SqliteStore
+    from onex.store import BridgeStateRow
+
+    shipped = _sqlite._migrations()
+    db_url = f"sqlite:///{tmp_path}/onex.db"
+    finished = [WorkflowRow(uuid.uuid4(), "stamp_workflow", "completed", 2, namespace=NS) for _ in range(3)]
+    with monkeypatch.context() as patch:
+        patch.setattr(_sqlite, "_migrations", lambda: shipped[:1])  # the schema of the previous version
+        async with SqliteStore(db_url) as old:
+            await old.upgrade()
+            totals = BridgeStateRow(NS, 7, 3, 0, 0, 0, "idle")  # what its reducer had counted
+            await old.apply(WriteBatch(workflows=finished, bridge_states=[totals]))
+
+    async with Harness(["reducer"], root=ROOT, store_url=db_url) as h:  # upgrades, then reconciles at start
+        await h.settle()
+        state = await h.store.get_bridge_state(NS)
+
+    assert state is not None
+    assert (state.version, state.total_workflows_processed) == (7, 3)

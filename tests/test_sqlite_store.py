@@ -136,7 +136,7 @@ async def test_timestamps_are_fixed_width_utc_text(tmp_path: Path) -> None:
 
 async def test_an_in_memory_store(tmp_path: Path) -> None:
     async with SqliteStore("sqlite://:memory:") as store:
-        assert await store.upgrade() == ["0001_initial"]
+        assert await store.upgrade() == [m.name for m in _sqlite._migrations()]
         await store.apply(WriteBatch(stamps=[stamp()]))
         assert await store.count("metadata_stamps") == 1
         assert "journal memory" in (await store.health()).detail
@@ -247,13 +247,16 @@ async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_bad_da
 
 async def test_migrations_are_recorded(tmp_path: Path) -> None:
     db = tmp_path / "onex.db"
+    shipped = sorted((Path(_sqlite.__file__).parent / "migrations" / "sqlite").glob("*.sql"))
     async with SqliteStore(url(db)) as store:
-        assert await store.upgrade() == ["0001_initial"]
+        assert await store.upgrade() == [path.stem for path in shipped]
         assert await store.upgrade() == []
-    shipped = (Path(_sqlite.__file__).parent / "migrations" / "sqlite" / "0001_initial.sql").read_text("utf-8")
     with raw(db) as conn:
         rows = conn.execute("SELECT version, name, checksum, applied_at FROM schema_migrations").fetchall()
-    assert [(v, n, c) for v, n, c, _ in rows] == [(1, "0001_initial", hashlib.sha256(shipped.encode()).hexdigest())]
+    assert [(v, n, c) for v, n, c, _ in rows] == [
+        (i, path.stem, hashlib.sha256(path.read_text("utf-8").encode()).hexdigest())
+        for i, path in enumerate(shipped, start=1)
+    ]
     applied_at = datetime.fromisoformat(rows[0][3])
     assert applied_at.utcoffset() is not None
     assert abs((datetime.now(UTC) - applied_at).total_seconds()) < 60
@@ -284,17 +287,18 @@ SHIPPED = _sqlite._migrations()  # taken before any test replaces _migrations
 
 
 async def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = Migration(2, "0002_broken", "CREATE TABLE half_done (x INTEGER);\nCREATE TABLE oops (;\n")
+    n = len(SHIPPED) + 1
+    broken = Migration(n, f"{n:04d}_broken", "CREATE TABLE half_done (x INTEGER);\nCREATE TABLE oops (;\n")
     monkeypatch.setattr(_sqlite, "_migrations", lambda: [*SHIPPED, broken])
     db = tmp_path / "onex.db"
     async with SqliteStore(url(db)) as store:
-        with pytest.raises(StoreError, match=r"0002_broken.*rolled back"):
+        with pytest.raises(StoreError, match=rf"{broken.name}.*rolled back"):
             await store.upgrade()
-        # 0001 went through and stays; 0002 left nothing behind; the store knows it is not current.
-        with pytest.raises(StoreError, match="needs migrations 0002_broken: run `onex db upgrade`"):
+        # The shipped ones went through and stay; the broken one left nothing behind; the store is not current.
+        with pytest.raises(StoreError, match=f"needs migrations {broken.name}: run `onex db upgrade`"):
             await store.count("event_logs")
     with raw(db) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(m.version,) for m in SHIPPED]
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "half_done" not in tables
     assert "event_logs" in tables
@@ -304,10 +308,11 @@ async def test_a_later_migration_is_applied_on_upgrade(tmp_path: Path, monkeypat
     db = tmp_path / "onex.db"
     async with SqliteStore(url(db)) as store:
         await store.upgrade()
-    later = Migration(2, "0002_notes", "-- a comment; with a semicolon\nCREATE TABLE notes (body TEXT);\n")
+    n = len(SHIPPED) + 1
+    later = Migration(n, f"{n:04d}_notes", "-- a comment; with a semicolon\nCREATE TABLE notes (body TEXT);\n")
     monkeypatch.setattr(_sqlite, "_migrations", lambda: [*SHIPPED, later])
     async with SqliteStore(url(db)) as store:
-        assert await store.upgrade() == ["0002_notes"]
+        assert await store.upgrade() == [later.name]
         assert await store.upgrade() == []
         assert await store.count("event_logs") == 0
 
@@ -316,9 +321,9 @@ async def test_an_edited_migration_is_reported(tmp_path: Path, monkeypatch: pyte
     db = tmp_path / "onex.db"
     async with SqliteStore(url(db)) as store:
         await store.upgrade()
-    (first,) = SHIPPED
+    first, *rest = SHIPPED
     edited = Migration(first.version, first.name, first.sql + "\n-- edited after release\n")
-    monkeypatch.setattr(_sqlite, "_migrations", lambda: [edited])
+    monkeypatch.setattr(_sqlite, "_migrations", lambda: [edited, *rest])
     async with SqliteStore(url(db)) as store:
         with pytest.raises(StoreError, match=r"0001_initial was applied .* with different contents"):
             await store.upgrade()

@@ -1,0 +1,7 @@
+-- onex SQLite schema, version 2: the reducer records the workflows its aggregates count in processed_events
+-- (consumer 'reducer.workflows', event_id the workflow's correlation id), in the transaction that stores them, and
+-- on the memory bus aggregates at start every finished workflow not recorded there. The aggregates of a store written
+-- before that already count its finished workflows: record them, so that they are not counted a second time.
+INSERT OR IGNORE INTO processed_events (consumer, event_id, processed_at)
+SELECT 'reducer.workflows', correlation_id, strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')
+FROM workflow_executions WHERE current_state IN ('completed', 'failed');
