@@ -259,7 +259,8 @@ def test_graph_draws_the_orchestrator_state_machine(tmp_path: Path) -> None:
 def test_graph_of_an_unknown_node_fails_and_names_it(tmp_path: Path) -> None:
     result = onex("graph", "nosuchnode", cwd=tmp_path)
 
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error: one line, no traceback
+    assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
     assert "error:" in result.stderr
     assert "nosuchnode" in result.stderr
@@ -427,6 +428,7 @@ def test_stamp_dry_run_changes_no_byte(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary(result.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0, "pending": 0}
+    assert f"would stamp {len(files)} file(s), 0 unchanged in " in result.stdout
     assert snapshot(tree) == before
     assert query(db, "SELECT count(*) FROM metadata_stamps") == [(0,)]
     assert all(verify_file(tree / rel).status == "unstamped" for rel in files)

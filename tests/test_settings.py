@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import onex
@@ -134,3 +135,30 @@ def test_a_number_setting_that_is_not_one_is_refused_naming_the_setting_and_its_
 def test_zero_is_a_valid_number_of_seconds(tmp_path: Path) -> None:
     settings = Settings.load(environ={"ONEX_HEARTBEAT_INTERVAL_S": "0", "ONEX_HTTP_TIMEOUT_S": "0"}, root=str(tmp_path))
     assert (settings.heartbeat_interval_s, settings.http_timeout_s) == (0.0, 0.0)
+
+
+def test_sources_say_whether_each_value_came_from_a_flag_the_environment_or_the_default(tmp_path: Path) -> None:
+    environ = {"ONEX_BUS": "kafka://b:9092", "ONEX_PARTITIONS": "8", "ONEX_API_KEY": ""}
+    settings, sources = Settings.load_with_sources(environ=environ, root=str(tmp_path), partitions=2)
+
+    assert settings == Settings.load(environ=environ, root=str(tmp_path), partitions=2)
+    assert (sources["root"], sources["partitions"], sources["bus"]) == ("flag", "flag", "environment")
+    assert (sources["store"], sources["env"], sources["api_key"]) == ("default", "default", "default")
+    assert set(sources) == {f.name for f in fields(Settings)}
+
+
+def test_outside_any_project_the_default_store_is_in_the_users_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing above tmp_path holds contracts/
+
+    data = tmp_path / "data"
+    assert Settings.load(environ={"XDG_DATA_HOME": str(data)}).store_url() == f"sqlite:///{data}/onex/onex.db"
+    home = Settings.load(environ={"HOME": str(tmp_path / "home")}).store_url()
+    assert home == f"sqlite:///{tmp_path}/home/.local/share/onex/onex.db"
+    # A relative XDG_DATA_HOME is invalid by the spec and ignored; a store or root given keeps its meaning.
+    assert (
+        Settings.load(environ={"XDG_DATA_HOME": "rel", "HOME": "/h"}).store == "sqlite:////h/.local/share/onex/onex.db"
+    )
+    assert Settings.load(environ={"ONEX_STORE": "sqlite:///x.db"}).store == "sqlite:///x.db"
+    assert Settings.load(environ={}, root=str(tmp_path)).store_url() == f"sqlite:///{tmp_path}/.onex/onex.db"

@@ -404,6 +404,23 @@ async def test_list_workflows_newest_first_by_state_and_limited(store: Store) ->
     assert [w.correlation_id for w in await store.list_workflows(limit=1)] == [ids[3]]
 
 
+async def test_list_workflows_filters_by_namespace_since_and_file_path_together(store: Store) -> None:
+    ids = [uuid.uuid4() for _ in range(4)]
+    for i, cid in enumerate(ids):
+        row = workflow(cid, "completed" if i < 3 else "failed", 2, namespace=f"ns{i % 2}", file_path=f"f{i // 2}.py")
+        await store.apply(WriteBatch(workflows=[row]))
+    assert [w.correlation_id for w in await store.list_workflows(namespace="ns1")] == [ids[3], ids[1]]
+    assert [w.correlation_id for w in await store.list_workflows(namespace="ns1", state="completed")] == [ids[1]]
+    assert [w.correlation_id for w in await store.list_workflows(file_path="f1.py")] == [ids[3], ids[2]]
+    assert [w.correlation_id for w in await store.list_workflows(file_path="f1.py", limit=1)] == [ids[3]]
+    assert await store.list_workflows(namespace=NASTY[0]) == []
+    # ``since`` compares creation times written by the store (or the database server): generous bounds.
+    now = datetime.now(UTC)
+    assert len(await store.list_workflows(since=now - timedelta(minutes=5))) == 4
+    assert await store.list_workflows(since=now + timedelta(hours=1)) == []
+    assert len(await store.list_workflows(since=(now - timedelta(minutes=5)).replace(tzinfo=None), state="failed")) == 1
+
+
 # --- workflow_steps ------------------------------------------------------------------------------------------------
 
 

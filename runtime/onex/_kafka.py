@@ -109,6 +109,7 @@ from aiokafka.partitioner import murmur2
 from onex.bus import Assignment, BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError
+from onex.logs import dead_lettered, event, retried
 
 __all__ = ["KafkaBus"]
 
@@ -253,6 +254,9 @@ class KafkaBus(EventBus):
         self._delivered = 0
         self._retried = 0
         self._dead_lettered = 0
+        # Per (consumer group, event type), for the metrics and the nodes' summary lines.
+        self.retried_by: dict[tuple[str, str], int] = {}
+        self.dead_lettered_by: dict[tuple[str, str], int] = {}
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> KafkaBus:
@@ -574,6 +578,20 @@ class KafkaBus(EventBus):
         count = len(known) if known else self.partitions
         return int(murmur2(key.encode()) & 0x7FFFFFFF) % count
 
+    def lag(self) -> dict[tuple[str, str, int], int]:
+        """Records not committed yet per (group, topic, partition) this process's consumers are assigned: the
+        partition's end (high watermark, as of the last fetch) less the offset committed last."""
+        lag: dict[tuple[str, str, int], int] = {}
+        for sub in self._subscriptions:
+            consumer = sub._consumer
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                end = consumer.highwater(tp)
+                if end is not None:
+                    lag[(sub.group, tp.topic, tp.partition)] = max(0, end - sub.committed.get(tp, 0))
+        return lag
+
     def statistics(self) -> BusStatistics:
         """Counters since start: ``buffered`` is the number of fetched records not handled yet."""
         return BusStatistics(
@@ -602,7 +620,15 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            logger.info("group %s: %d partition(s) revoked", self._subscription.group, len(revoked))
+            group = self._subscription.group
+            event(
+                logger,
+                logging.INFO,
+                "partitions_revoked",
+                f"group {group}: {len(revoked)} partition(s) revoked",
+                group=group,
+                partitions=len(revoked),
+            )
         await self._subscription.idle.wait()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -610,7 +636,15 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
         by_topic: dict[str, list[int]] = {}
         for tp in sorted(assigned):
             by_topic.setdefault(tp.topic, []).append(tp.partition)
-        logger.info("group %s: partitions assigned %s", self._subscription.group, by_topic or "none")
+        group = self._subscription.group
+        event(
+            logger,
+            logging.INFO,
+            "partitions_assigned",
+            f"group {group}: partitions assigned {by_topic or 'none'}",
+            group=group,
+            partitions=len(assigned),
+        )
         on_assign = self._subscription.on_assign
         if on_assign is not None:
             await on_assign(frozenset((tp.topic, tp.partition) for tp in assigned))
@@ -645,6 +679,7 @@ class _KafkaSubscription(Subscription):
         self.idle.set()
         # Counts the assignments this consumer was given: records fetched under one are never committed under the next.
         self.assignments = 0
+        self.committed: dict[TopicPartition, int] = {}  # the offsets this consumer committed last, for the lag
         self.buffered = 0
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -827,6 +862,7 @@ class _KafkaSubscription(Subscription):
             return
         try:
             await self._consumer.commit(offsets)
+            self.committed.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             logger.warning(
                 "group %s: commit lost to a rebalance (%s); the new owner handles these records again",
@@ -894,6 +930,9 @@ class _KafkaSubscription(Subscription):
             await asyncio.sleep(retry.delay_s(attempt))
             attempt += 1
             self.bus._retried += 1
+            key = (self.group, envelope.event_type)
+            self.bus.retried_by[key] = self.bus.retried_by.get(key, 0) + 1
+            retried(logger, envelope, error, attempt=attempt, group=self.group)
             try:
                 await handler(envelope)
             except Exception as exc:
@@ -901,15 +940,10 @@ class _KafkaSubscription(Subscription):
             else:
                 self.bus._delivered += 1
                 return
-        logger.warning(
-            "group %s: event %s (%s) failed %d time(s), dead-lettering it: %r",
-            self.group,
-            envelope.event_id,
-            envelope.event_type,
-            attempt,
-            error,
-        )
-        await self._dead_letter(topic, dead_letter(envelope, topic=topic, error=error, attempts=attempt))
+        if await self._dead_letter(topic, dead_letter(envelope, topic=topic, error=error, attempts=attempt)):
+            key = (self.group, envelope.event_type)
+            self.bus.dead_lettered_by[key] = self.bus.dead_lettered_by.get(key, 0) + 1
+            dead_lettered(logger, envelope, error, attempts=attempt, group=self.group, topic=topic)
 
     async def _dead_letter_raw(self, topic: str, record: Any, error: Exception) -> None:
         if record.value is None:
@@ -917,7 +951,8 @@ class _KafkaSubscription(Subscription):
         logger.warning("undecodable record %s[%d]@%d: %s", topic, record.partition, record.offset, error)
         await self._dead_letter(topic, _raw_dead_letter(topic, record, error))
 
-    async def _dead_letter(self, topic: str, letter: OnexEnvelopeV1) -> None:
+    async def _dead_letter(self, topic: str, letter: OnexEnvelopeV1) -> bool:
+        """Publish ``letter`` to the dead-letter topic of ``topic``: True once enqueued."""
         try:
             await self.bus.publish(dlq_topic(topic), letter)
         except Exception as exc:
@@ -928,8 +963,9 @@ class _KafkaSubscription(Subscription):
             pending = _deliveries.get()
             if pending is not None:
                 pending.append(failed)
-            return
+            return False
         self.bus._dead_lettered += 1
+        return True
 
 
 def _raw_dead_letter(topic: str, record: Any, error: BaseException) -> OnexEnvelopeV1:

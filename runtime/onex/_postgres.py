@@ -1037,15 +1037,32 @@ class PostgresStore(Store):
         rows = await self._fetch(f"{_SELECT_WORKFLOW} WHERE correlation_id = $1", correlation_id)
         return _workflow(rows[0]) if rows else None
 
-    async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]:
-        """The most recently created workflows first (optionally only those in ``state``)."""
+    async def list_workflows(
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 100,
+        namespace: str | None = None,
+        since: datetime | None = None,
+        file_path: str | None = None,
+    ) -> list[WorkflowRow]:
+        """The most recently created workflows first, optionally only those matching every filter given."""
         _check_page(limit, 0)
-        if state is None:
-            rows = await self._fetch(f"{_SELECT_WORKFLOW} ORDER BY id DESC LIMIT $1", limit)
-        else:
-            rows = await self._fetch(
-                f"{_SELECT_WORKFLOW} WHERE current_state = $1 ORDER BY id DESC LIMIT $2", state, limit
-            )
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("current_state =", state),
+            ("namespace =", namespace),
+            ("created_at >=", since),
+            ("file_path =", file_path),
+        ):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} ${len(params)}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"{_SELECT_WORKFLOW}{clause} ORDER BY id DESC LIMIT ${len(params) + 1}", *params, limit
+        )
         return [_workflow(r) for r in rows]
 
     async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:

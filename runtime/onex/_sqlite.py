@@ -970,18 +970,31 @@ class SqliteStore(Store):
         )
         return rows[0] if rows else None
 
-    async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]:
-        """The most recently created workflows first (optionally only those in ``state``)."""
+    async def list_workflows(
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 100,
+        namespace: str | None = None,
+        since: datetime | None = None,
+        file_path: str | None = None,
+    ) -> list[WorkflowRow]:
+        """The most recently created workflows first, optionally only those matching every filter given."""
         _check_page(limit, 0)
-        if state is None:
-            return await self._query(
-                "list_workflows", f"{_SELECT_WORKFLOW} ORDER BY id DESC LIMIT ?", (limit,), _workflow
-            )
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("current_state", state),
+            ("namespace", namespace),
+            ("created_at >=", _ts(since)),
+            ("file_path", file_path),
+        ):
+            if value is not None:
+                where.append(f"{column} ?" if column.endswith(">=") else f"{column} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
         return await self._query(
-            "list_workflows",
-            f"{_SELECT_WORKFLOW} WHERE current_state = ? ORDER BY id DESC LIMIT ?",
-            (state, limit),
-            _workflow,
+            "list_workflows", f"{_SELECT_WORKFLOW}{clause} ORDER BY id DESC LIMIT ?", (*params, limit), _workflow
         )
 
     async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:

@@ -32,6 +32,7 @@ from zlib import crc32
 
 from onex.envelope import OnexEnvelopeV1, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError
+from onex.logs import dead_lettered, retried
 
 Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 """Handles one envelope; raising means "not handled" (retry, then dead letter)."""
@@ -395,6 +396,9 @@ class _Worker:
                 return None
             attempt += 1
             bus._retried += 1
+            key = (member.group.name, envelope.event_type)
+            bus.retried_by[key] = bus.retried_by.get(key, 0) + 1
+            retried(_log, envelope, exc, attempt=attempt, group=member.group.name)
             try:
                 await handler(envelope)
             except Exception as again:
@@ -409,7 +413,9 @@ class _Worker:
         except BusError:
             return None  # the bus is closing: leave the message unacknowledged
         bus._dead_lettered += 1
-        _log.warning("dead-lettered event %s from %s after %d attempts: %r", envelope.event_id, topic, attempt, exc)
+        key = (member.group.name, envelope.event_type)
+        bus.dead_lettered_by[key] = bus.dead_lettered_by.get(key, 0) + 1
+        dead_lettered(_log, envelope, exc, attempts=attempt, group=member.group.name, topic=topic)
         return 1
 
     async def _backoff(self, delay: float) -> bool:
@@ -523,6 +529,9 @@ class MemoryBus(EventBus):
         self._delivered = 0
         self._retried = 0
         self._dead_lettered = 0
+        # Per (consumer group, event type), for the metrics and the nodes' summary lines.
+        self.retried_by: dict[tuple[str, str], int] = {}
+        self.dead_lettered_by: dict[tuple[str, str], int] = {}
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         assert self._event_loop is not None

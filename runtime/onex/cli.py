@@ -8,26 +8,36 @@ stamp``: files without an outcome by ``--timeout``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
-import logging
+import os
+import re
 import sys
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from onex import __version__
 from onex.contracts import ContractSet, load_contract, load_contracts, resolve_implementation, schemas
 from onex.exceptions import ContractError, OnexError
 from onex.fsm import mermaid
-from onex.settings import Settings
+from onex.logs import configure as configure_logs
+from onex.settings import LOG_FORMATS, LOG_LEVELS, Settings
 
 T = TypeVar("T")
-console = Console(highlight=False)
+# Piped, stdout has no width: rich would fold and cut table cells at 80 columns, and a script reading the table
+# would get partial ids and paths. So a pipe gets a width no row reaches, and every value whole.
+PIPE_WIDTH = 100_000
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True, highlight=False)
 
 
@@ -36,28 +46,131 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
+    # One line, never folded at the terminal's width, and the message taken literally (not as rich markup).
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     sys.exit(code)
 
 
-def _log_to_stderr() -> None:
-    """onex's INFO lines (what a starting node waits for: group joins, assignments) to stderr, with a timestamp.
-
-    Other libraries' loggers are left alone: their warnings reach stderr through Python's last-resort handler.
-    """
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("onex")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+STORE_SCHEMES = ("sqlite:", "postgresql:", "postgres:")
+BUS_SCHEMES = ("memory:", "kafka:")
 
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    return _settings_with_sources(ctx, **flags)[0]
+
+
+def _settings_with_sources(ctx: click.Context, **flags: Any) -> tuple[Settings, dict[str, str]]:
+    """The settings (and where each came from); a malformed one is a usage error, never a traceback later."""
     root = ctx.obj.get("root") if ctx.obj else None
     try:
-        return Settings.load(root=root, **flags)
+        settings, sources = Settings.load_with_sources(root=root, **flags)
     except ValueError as exc:  # a setting that is not a number where one is needed
         _fail(str(exc), code=2)
+    if not settings.store.startswith(STORE_SCHEMES):
+        _fail(f"unsupported store URL {settings.store!r}: expected sqlite:///PATH or postgresql://...", code=2)
+    if not settings.bus.startswith(BUS_SCHEMES):
+        _fail(f"unsupported bus URL {settings.bus!r}: expected memory:// or kafka://HOST:PORT", code=2)
+    return settings, sources
+
+
+# --- output: every command that prints a table takes -o, rendered here -------------------------------------------
+
+
+def _output_option(*formats: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    choices = ("table", "json", *formats)
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(choices),
+        default="table",
+        show_default=True,
+        help=f"{', '.join(choices)}: JSON for scripts" + (" (jsonl: one object a line)" if formats else "") + ".",
+    )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: times in ISO 8601, ids and paths as text, dataclasses as objects."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, uuid.UUID | Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(_plain(data), indent=2))
+
+
+def _emit(
+    output: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    title: str,
+    columns: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+) -> None:
+    """``rows`` as a table (``columns``: header -> cell, default every key), a JSON array, or JSON lines."""
+    if output == "json":
+        _emit_json(list(rows))
+    elif output == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(_plain(row)))
+    else:
+        cells = columns or {key: _getter(key) for key in (rows[0] if rows else {})}
+        table = Table(title=title)
+        for header in cells:
+            table.add_column(header)
+        for row in rows:
+            table.add_row(*(Text("" if (v := cell(row)) is None else str(v)) for cell in cells.values()))
+        console.print(table)
+
+
+def _getter(key: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda row: row[key]
+
+
+def _age(seconds: float | None) -> str:
+    """A duration as an operator reads it: 42s, 3m05s, 2h07m, 3d04h."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def _since(text: str) -> datetime:
+    """``10m``, ``2h``, ``30s``, ``1d`` ago, or an ISO 8601 time (UTC when it names no zone)."""
+    match = _DURATION.match(text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration (10m, 2h, 30s, 1d) nor an ISO 8601 time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _exist(paths: Sequence[Path]) -> None:
+    """A PATH that does not exist is a usage error, said as such (not a file that vanished while running)."""
+    for path in paths:
+        if not os.path.lexists(path):
+            _fail(f"{path}: no such file or directory", code=2)
 
 
 def _contracts(settings: Settings, *, check_implementations: bool) -> ContractSet:
@@ -72,7 +185,7 @@ def _contracts(settings: Settings, *, check_implementations: bool) -> ContractSe
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     envvar="ONEX_ROOT",
     help="Project root holding contracts/ and subcontracts/ (default: nearest above the cwd).",
 )
@@ -118,27 +231,34 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 
 
 @main.command()
+@_output_option()
 @click.pass_context
-def nodes(ctx: click.Context) -> None:
+def nodes(ctx: click.Context, output: str) -> None:
     """List every node: name, versions, kind, contract and whether its implementation imports."""
     settings = _settings(ctx)
     contracts = _contracts(settings, check_implementations=False)
-    table = Table(title=f"nodes in {settings.root}")
-    for column in ("node", "version", "kind", "contract", "implementation"):
-        table.add_column(column)
+    rows = []
     for contract in sorted(contracts.contracts, key=lambda c: (c.name, c.version_tuple)):
         try:
             resolve_implementation(contract, root=settings.root)
-            status = "[green]ok[/green]"
+            status = "ok"
         except ContractError as exc:
-            status = f"[red]{exc.issues[0].code}[/red]"
+            status = exc.issues[0].code
         source = (
             contract.source.relative_to(settings.root)
             if contract.source.is_relative_to(settings.root)
             else contract.source
         )
-        table.add_row(contract.name, contract.version, contract.node_type.value, str(source), status)
-    console.print(table)
+        rows.append(
+            {
+                "node": contract.name,
+                "version": contract.version,
+                "kind": contract.node_type.value,
+                "contract": str(source),
+                "implementation": status,
+            }
+        )
+    _emit(output, rows, title=f"nodes in {settings.root}")
 
 
 @main.command()
@@ -151,8 +271,8 @@ def graph(ctx: click.Context, node: str, node_version: str | None) -> None:
     contracts = _contracts(settings, check_implementations=False)
     try:
         contract = contracts.get(node, node_version)
-    except (LookupError, ContractError) as exc:
-        _fail(str(exc))
+    except (LookupError, ContractError) as exc:  # a NODE or --version that does not exist: the user's to fix
+        _fail(str(exc), code=2)
     if contract.subcontracts.fsm is None:
         _fail(f"node {node} {contract.version} has no fsm subcontract")
     click.echo(mermaid(contract.subcontracts.fsm), nl=False)
@@ -183,6 +303,16 @@ def schema(name: str, list_: bool) -> None:
     metavar="HOST:PORT",
     help="Also serve the HTTP stamping API, e.g. 127.0.0.1:8053 (bearer key from ONEX_API_KEY). Env: ONEX_HTTP.",
 )
+@click.option(
+    "--metrics",
+    "metrics_address",
+    metavar="HOST:PORT",
+    help="Serve /healthz, /readyz and Prometheus /metrics, e.g. 0.0.0.0:9464. Env: ONEX_METRICS.",
+)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Env: ONEX_LOG_LEVEL (info).")
+@click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), help="text or json (one object a line). Env: ONEX_LOG_FORMAT."
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -191,6 +321,9 @@ def run(
     bus: str | None,
     store: str | None,
     http_address: str | None,
+    metrics_address: str | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Host nodes in this process until SIGINT/SIGTERM, then drain and stop.
 
@@ -199,7 +332,15 @@ def run(
     """
     from onex.runtime import Runtime, tune_gc
 
-    settings = _settings(ctx, bus=bus, store=store, http=http_address)
+    settings = _settings(
+        ctx,
+        bus=bus,
+        store=store,
+        http=http_address,
+        metrics=metrics_address,
+        log_level=log_level,
+        log_format=log_format,
+    )
     contracts = _contracts(settings, check_implementations=True)
     for name in node_names:
         try:
@@ -218,11 +359,27 @@ def run(
             sock = bind(settings.http)  # before any node starts, so that a busy port fails at once
         except OnexError as exc:
             _fail(str(exc))
-    _log_to_stderr()
+    metrics_sock = None
+    if settings.metrics:
+        from onex.http import bind
+
+        try:
+            metrics_sock = bind(settings.metrics)
+        except OnexError as exc:
+            _fail(str(exc), code=2 if "is not HOST:PORT" in str(exc) else 1)
+    configure_logs(settings.log_level, settings.log_format)
     tune_gc()
 
     async def main_() -> None:
-        async with Runtime(settings, nodes=node_names or None, version=node_version, contracts=contracts) as rt:
+        rt = Runtime(settings, nodes=node_names or None, version=node_version, contracts=contracts)
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics_sock is not None:
+                from onex.metrics import serving
+
+                # Up before the nodes start: /healthz answers and /readyz says "starting" while they do.
+                url = await stack.enter_async_context(serving(rt, metrics_sock))
+                err.print(f"metrics on {url}/metrics, probes {url}/healthz and {url}/readyz", markup=False)
+            await stack.enter_async_context(rt)
             table = Table(title=f"onex {__version__}: hosting on {settings.bus}, store {settings.store_url()}")
             for column in ("node", "version", "kind", "node id"):
                 table.add_column(column)
@@ -246,8 +403,9 @@ def run(
     except OnexError as exc:
         _fail(str(exc))
     finally:
-        if sock is not None:
-            sock.close()
+        for open_sock in (sock, metrics_sock):
+            if open_sock is not None:
+                open_sock.close()
 
 
 @main.command()
@@ -275,6 +433,7 @@ def run(
     help="Seconds for the whole run: connecting, submitting, waiting for the outcomes, reading the summary. Files "
     "without an outcome by then are reported pending with their correlation ids (exit 3).",
 )
+@_output_option()
 @click.pass_context
 def stamp(
     ctx: click.Context,
@@ -287,6 +446,7 @@ def stamp(
     store: str | None,
     no_wait: bool,
     timeout: float,
+    output: str,
 ) -> None:
     """Stamp files: one workflow per file through orchestrator, stamping effect, reducer and database adapter.
 
@@ -305,6 +465,7 @@ def stamp(
     from onex.client import StampRun
     from onex.runtime import tune_gc
 
+    _exist(paths)
     settings = _settings(ctx, bus=bus, store=store)
     contracts = _contracts(settings, check_implementations=not settings.bus.startswith("kafka:"))
     tune_gc()
@@ -322,7 +483,10 @@ def stamp(
         report = _run(run_.run(list(paths), console=err))
     except OnexError as exc:
         _fail(str(exc))
-    report.print(console)
+    if output == "json":
+        _emit_json(report.to_dict())
+    else:
+        report.print(console)
     if report.failed or report.busy:
         sys.exit(1)
     if report.pending:
@@ -333,12 +497,17 @@ def stamp(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--exclude", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="List valid files too, not only problems.")
-def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool) -> None:
+@_output_option()
+def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool, output: str) -> None:
     """Recompute hashes offline: valid / modified / unstamped per file. Exits 1 if any file is modified."""
     from onex.client import verify_paths
 
+    _exist(paths)
     report = verify_paths(list(paths), excludes=exclude)
-    report.print(console, show_all=show_all)
+    if output == "json":
+        _emit_json(report.to_dict(show_all=show_all))
+    else:
+        report.print(console, show_all=show_all)
     if report.counts.get("modified", 0) or report.counts.get("error", 0):
         sys.exit(1)
 
@@ -373,36 +542,54 @@ def upgrade(ctx: click.Context, store: str | None) -> None:
 
 
 @main.command()
-@click.argument("correlation_id", required=False)
+@click.argument("target", metavar="CORRELATION_ID|PATH", required=False)
 @click.option("--latest", is_flag=True, help="Trace the most recently started workflow.")
 @click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option()
 @click.pass_context
-def trace(ctx: click.Context, correlation_id: str | None, latest: bool, store: str | None) -> None:
-    """Print a workflow's steps and FSM transitions from the store (CORRELATION_ID, or --latest)."""
+def trace(ctx: click.Context, target: str | None, latest: bool, store: str | None, output: str) -> None:
+    """Print a workflow's steps and FSM transitions from the store.
+
+    The workflow is a CORRELATION_ID, the latest workflow of the file at PATH, or with --latest the latest of all.
+    """
     from onex.store import open_store
 
-    if (correlation_id is None) == (not latest):
-        _fail("give a CORRELATION_ID or --latest", code=2)
-    try:
-        wanted = uuid.UUID(correlation_id) if correlation_id else None
-    except ValueError:
-        _fail(f"{correlation_id!r} is not a UUID", code=2)
+    if (target is None) == (not latest):
+        _fail("give a CORRELATION_ID, a PATH or --latest", code=2)
+    wanted: uuid.UUID | None = None
+    paths: list[str] = []
+    if target is not None:
+        try:
+            wanted = uuid.UUID(target)
+        except ValueError:
+            path = Path(target)
+            if not os.path.lexists(path):
+                _fail(f"{target!r} is not a UUID, nor a path to a file", code=2)
+            # The stamping effect records the path as the client gave it; onex stamp gives absolute paths.
+            paths = list(dict.fromkeys([str(path.absolute()), str(path.resolve()), target]))
     settings = _settings(ctx, store=store)
 
     async def main_() -> None:
         async with open_store(settings.store_url()) as s:
-            if wanted is None:
-                newest = await s.list_workflows(limit=1)
-                if not newest:
-                    _fail(f"no workflow in {settings.store_url()}")
-                cid = newest[0].correlation_id
-            else:
+            if wanted is not None:
                 cid = wanted
+            else:
+                newest = []
+                candidates: list[str | None] = [*paths] or [None]
+                for candidate in candidates:
+                    newest += await s.list_workflows(limit=1, file_path=candidate)
+                if not newest:
+                    _fail(f"no workflow{' for ' + target if target else ''} in {settings.store_url()}")
+                # Several spellings of one path may each have workflows: the most recently started wins.
+                cid = max(newest, key=lambda w: w.started_at or datetime.min.replace(tzinfo=UTC)).correlation_id
             workflow = await s.get_workflow(cid)
             if workflow is None:
                 _fail(f"no workflow {cid} in {settings.store_url()}")
             steps = await s.list_steps(cid)
             transitions = await s.list_transitions(str(cid))
+        if output == "json":
+            _emit_json({"workflow": workflow, "steps": steps, "transitions": transitions})
+            return
         summary = Table(title=f"workflow {cid}", show_header=False)
         for key in (
             "workflow_type",
@@ -415,14 +602,18 @@ def trace(ctx: click.Context, correlation_id: str | None, latest: bool, store: s
             "execution_time_ms",
             "error_message",
         ):
-            summary.add_row(key, str(getattr(workflow, key)))
+            summary.add_row(key, Text(str(getattr(workflow, key))))
         console.print(summary)
         steps_table = Table(title="steps")
         for column in ("#", "step", "status", "ms", "error"):
             steps_table.add_column(column)
         for st in steps:
             steps_table.add_row(
-                str(st.step_order), st.step_name, st.status, str(st.execution_time_ms or ""), st.error_message or ""
+                str(st.step_order),
+                st.step_name,
+                st.status,
+                str(st.execution_time_ms or ""),
+                Text(st.error_message or ""),
             )
         console.print(steps_table)
         tr = Table(title="transitions")
@@ -436,6 +627,160 @@ def trace(ctx: click.Context, correlation_id: str | None, latest: bool, store: s
         _run(main_())
     except OnexError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def ps(ctx: click.Context, store: str | None, output: str) -> None:
+    """List the nodes the registries recorded: health, last heartbeat, host and pid, uptime.
+
+    A node whose health the registry marked STALE or STOPPED is shown so. One still recorded alive but silent for
+    more than three heartbeat intervals (ONEX_HEARTBEAT_INTERVAL_S) is shown STALE too: with no registry running,
+    nobody marks it.
+    """
+    from onex.store import open_store
+
+    settings = _settings(ctx, store=store)
+
+    async def main_() -> list[Any]:
+        async with open_store(settings.store_url()) as s:
+            return await s.list_registrations()
+
+    try:
+        registrations = _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+    now = datetime.now(UTC)
+    rows = []
+    for r in registrations:
+        age = (now - r.last_heartbeat).total_seconds() if r.last_heartbeat else None
+        health = r.health_status
+        silent = age is None or age > 3 * max(settings.heartbeat_interval_s, 1.0)
+        if health not in ("STALE", "STOPPED") and silent:
+            health = "STALE"
+        instance = str(r.metadata.get("instance") or "")
+        host, _, pid = instance.rpartition("-")  # Settings.instance: HOSTNAME-PID
+        rows.append(
+            {
+                "node_id": r.node_id,
+                "name": r.metadata.get("node_name"),
+                "kind": r.node_type,
+                "version": r.node_version,
+                "health": health,
+                "recorded_health": r.health_status,
+                "last_heartbeat": r.last_heartbeat,
+                "heartbeat_age_s": None if age is None else round(age, 3),
+                "host": host or None,
+                "pid": int(pid) if pid.isdigit() else None,
+                "uptime_s": r.metadata.get("uptime_seconds"),
+                "registered_at": r.registered_at,
+            }
+        )
+    _emit(
+        output,
+        rows,
+        title=f"nodes recorded in {settings.store_url()}",
+        columns={
+            "node id": lambda r: r["node_id"],
+            "name": lambda r: r["name"],
+            "kind": lambda r: r["kind"],
+            "version": lambda r: r["version"],
+            "health": lambda r: r["health"],
+            "heartbeat": lambda r: _age(r["heartbeat_age_s"]) + " ago" if r["last_heartbeat"] else "never",
+            "host": lambda r: r["host"],
+            "pid": lambda r: r["pid"],
+            "uptime": lambda r: _age(r["uptime_s"]),
+        },
+    )
+
+
+@main.command()
+@click.option("--state", help="Only workflows in this state (pending, processing, completed, failed).")
+@click.option("--namespace", help="Only workflows of this namespace.")
+@click.option(
+    "--since",
+    metavar="DURATION|TIME",
+    callback=lambda _ctx, _param, value: None if value is None else _since(value),
+    help="Only workflows created since then: 10m, 2h, 30s, 1d ago, or an ISO 8601 time.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def workflows(
+    ctx: click.Context,
+    state: str | None,
+    namespace: str | None,
+    since: datetime | None,
+    limit: int,
+    store: str | None,
+    output: str,
+) -> None:
+    """List recent workflows from the store, newest first."""
+    from onex.store import open_store
+
+    settings = _settings(ctx, store=store)
+
+    async def main_() -> list[Any]:
+        async with open_store(settings.store_url()) as s:
+            return await s.list_workflows(state=state, namespace=namespace, since=since, limit=limit)
+
+    try:
+        found = _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+    rows = [
+        {
+            "correlation_id": w.correlation_id,
+            "state": w.current_state,
+            "namespace": w.namespace,
+            "file_path": w.file_path,
+            "file_hash": w.file_hash,
+            "started_at": w.started_at,
+            "completed_at": w.completed_at,
+            "execution_time_ms": w.execution_time_ms,
+            "error_message": w.error_message,
+        }
+        for w in found
+    ]
+    _emit(
+        output,
+        rows,
+        title=f"{len(rows)} workflow(s) in {settings.store_url()}, newest first",
+        columns={
+            "correlation id": lambda r: r["correlation_id"],
+            "state": lambda r: r["state"],
+            "namespace": lambda r: r["namespace"],
+            "file": lambda r: r["file_path"],
+            "started": lambda r: r["started_at"].isoformat(timespec="seconds") if r["started_at"] else None,
+            "ms": lambda r: None if r["execution_time_ms"] is None else f"{r['execution_time_ms']:.1f}",
+            "error": lambda r: r["error_message"],
+        },
+    )
+
+
+@main.command()
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`. Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def config(ctx: click.Context, bus: str | None, store: str | None, output: str) -> None:
+    """Print the effective settings, each with where it came from: flag, environment or default.
+
+    The store is shown as used (a relative SQLite path resolved against the root); the API key is never shown.
+    """
+    settings, sources = _settings_with_sources(ctx, bus=bus, store=store)
+    rows = []
+    for f in dataclasses.fields(settings):
+        value: Any = getattr(settings, f.name)
+        if f.name == "store":
+            value = settings.store_url()
+        elif f.name == "api_key":
+            value = "(set)" if value else None
+        rows.append({"setting": f.name, "value": _plain(value), "source": sources[f.name]})
+    _emit(output, rows, title="onex settings")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -294,6 +294,7 @@ class StampReport:
     namespace: str = ""
     timeout_s: float = 0.0
     elapsed_s: float = 0.0
+    dry_run: bool = False
 
     @property
     def failed(self) -> int:
@@ -306,6 +307,48 @@ class StampReport:
     @property
     def pending(self) -> int:
         return self.counts["pending"]
+
+    def headline(self) -> str:
+        """What was done, counted honestly: ``stamped 0 file(s), 57 unchanged``; a dry run ``would stamp``."""
+        verb = "would stamp" if self.dry_run else "stamped"
+        text = f"{verb} {self.counts['stamped']} file(s), {self.counts['unchanged']} unchanged"
+        others = [f"{self.counts[c]} {c}" for c in ("failed", "busy", "skipped") if self.counts[c]]
+        return ", ".join([text, *others])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``onex stamp -o json``)."""
+        return {
+            "headline": self.headline(),
+            "dry_run": self.dry_run,
+            "waited": self.waited,
+            "counts": {c: self.counts[c] for c in ("stamped", "unchanged", "skipped", "failed", "busy", "pending")},
+            "submitted": self.submitted,
+            "unsubmitted": self.unsubmitted,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "problems": [
+                {
+                    "status": p.status,
+                    "path": p.path,
+                    "correlation_id": None if p.correlation_id is None else str(p.correlation_id),
+                    "reason": p.reason,
+                }
+                for p in self.problems
+            ],
+            "aggregates": None
+            if self.aggregates is None
+            else [
+                {
+                    "namespace": a.namespace,
+                    "total_workflows_processed": a.total_workflows_processed,
+                    "total_items_aggregated": a.total_items_aggregated,
+                    "total_size_bytes": a.total_size_bytes,
+                    "unique_file_hashes": a.unique_file_hashes,
+                    "by_file_type": a.aggregation_metadata.get("by_file_type", {}),
+                }
+                for a in self.aggregates
+            ],
+            "store_error": self.store_error,
+        }
 
     def print(self, console: Console) -> None:
         if self.problems:
@@ -325,7 +368,7 @@ class StampReport:
             )
             columns = ("stamped", "unchanged", "skipped", "failed", "pending")
         else:
-            title = f"stamped {self.submitted} file(s) in {self.elapsed_s:.2f} s"
+            title = f"{self.headline()} in {self.elapsed_s:.2f} s"
             columns = ("stamped", "unchanged", "skipped", "failed", "pending")
         if self.busy:
             columns = (*columns[:-1], "busy", columns[-1])
@@ -425,7 +468,7 @@ class StampRun:
 
         started = time.monotonic()
         deadline = asyncio.get_running_loop().time() + self.timeout
-        report = StampReport(waited=self.wait, namespace=self.namespace, timeout_s=self.timeout)
+        report = StampReport(waited=self.wait, namespace=self.namespace, timeout_s=self.timeout, dry_run=self.dry_run)
         in_process = self.settings.bus.startswith("memory:")
         deployment_store = None if in_process else open_store(self.settings.store_url())
         settings = _confined_to(self.settings, paths) if in_process else self.settings
@@ -632,6 +675,17 @@ class StampRun:
 class VerifyReport:
     results: list[VerifyResult] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self, *, show_all: bool = False) -> dict[str, Any]:
+        """The report as JSON-ready data (``onex verify -o json``): the counts, and the files ``print`` lists."""
+        return {
+            "counts": {c: self.counts[c] for c in ("valid", "modified", "unstamped", "error")},
+            "files": [
+                {"path": r.path, "status": r.status, "expected": r.expected, "actual": r.actual, "error": r.error}
+                for r in self.results
+                if show_all or r.status != "valid"
+            ],
+        }
 
     def print(self, console: Console, *, show_all: bool = False) -> None:
         shown = [r for r in self.results if show_all or r.status != "valid"]

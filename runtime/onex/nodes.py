@@ -20,7 +20,6 @@ Handler signatures: ``async def h(self, event: Event) -> None`` or, for ``batch:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import functools
@@ -29,7 +28,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +56,7 @@ from onex.envelope import (
 )
 from onex.exceptions import OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
+from onex.metrics import NodeMeter
 from onex.resilience import CircuitBreaker
 from onex.settings import Settings
 from onex.store import Store, WorkflowRow, WriteBatch
@@ -226,6 +226,7 @@ class Node:
         self.group = f"{settings.env}.{contract.name}"
         self.lifecycle = Lifecycle.CREATED
         self.active_operations = 0
+        self.meter = NodeMeter()
         self._started_at = time.monotonic()
         self._subscriptions: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
@@ -566,6 +567,16 @@ class Node:
             )
         return Event(envelope, consumed[1].decode(envelope))
 
+    @staticmethod
+    def _count(tally: Callable[[str, int, float], None], envelopes: Sequence[OnexEnvelopeV1], seconds: float) -> None:
+        """Count a handled batch per event type: one call for the usual batch of a single type."""
+        first = envelopes[0].event_type if envelopes else ""
+        if all(e.event_type == first for e in envelopes):
+            tally(first, len(envelopes), seconds)
+            return
+        for event_type, count in Counter(e.event_type for e in envelopes).items():
+            tally(event_type, count, seconds)
+
     # A PayloadError from _decode leaves the wrapper: the bus dead-letters it at once, to the dead-letter topic of
     # the topic it came from (only the bus knows which), without retrying what no retry can fix.
     def _single_wrapper(
@@ -574,9 +585,15 @@ class Node:
         async def handle(envelope: OnexEnvelopeV1) -> None:
             event = self._decode(envelope)
             self.active_operations += 1
+            started = time.perf_counter()
             try:
                 await method(event)
                 await self.flush()
+            except BaseException:
+                self.meter.failed(envelope.event_type, 1, time.perf_counter() - started)
+                raise
+            else:
+                self.meter.handled(envelope.event_type, 1, time.perf_counter() - started)
             finally:
                 self.active_operations -= 1
 
@@ -590,9 +607,15 @@ class Node:
             # envelopes over one at a time, so only that one is dead-lettered.
             events = [self._decode(envelope) for envelope in envelopes]
             self.active_operations += len(events)
+            started = time.perf_counter()
             try:
                 await method(events)
                 await self.flush()
+            except BaseException:
+                self._count(self.meter.failed, envelopes, time.perf_counter() - started)
+                raise
+            else:
+                self._count(self.meter.handled, envelopes, time.perf_counter() - started)
             finally:
                 self.active_operations -= len(events)
 
@@ -770,7 +793,7 @@ class OrchestratorNode(Node):
         self.dedupe_window = int(contract.config.get("dedupe_window", 200_000))
         # Outcomes published and not seen stored yet: (when to look, workflow, event name, the envelope as JSON:
         # bytes, which the garbage collector does not track). See ``expect_stored``.
-        self._unconfirmed: collections.deque[tuple[float, uuid.UUID, str, bytes]] = collections.deque()
+        self._unconfirmed: deque[tuple[float, uuid.UUID, str, bytes]] = deque()
         self.confirm_after_s = min((s.timeout_ms for s in self.steps), default=30_000) / 1000
         events = contract.subcontracts.event_type
         self.request_topic = self._consumed[events.consumes[0].event_name][0] if events and events.consumes else ""

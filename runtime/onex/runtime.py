@@ -12,19 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from onex.bus import EventBus, MemoryBus
 from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
 from onex.exceptions import OnexError, StoreError
+from onex.logs import event
 from onex.nodes import Node, RegistryNode
 from onex.settings import Settings
 from onex.store import Store, open_store
 
 # Consumers start before producers so that the first events published find their subscribers.
 START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effect", "orchestrator")
+
+_log = logging.getLogger("onex.runtime")
 
 
 def tune_gc() -> None:
@@ -87,6 +92,11 @@ class Runtime:
         self.bus = bus or open_bus(settings)
         self.store = store or open_store(settings.store_url())
         self.nodes: list[Node] = []
+        # starting -> running -> draining -> stopped; /readyz is 200 only while running.
+        self.phase = "starting"
+        self._summary: asyncio.Task[None] | None = None
+        self._summarised: dict[str, tuple[int, int]] = {}  # node id -> (handled, failed) at the last summary
+        self._summarised_at = time.monotonic()
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -117,9 +127,67 @@ class Runtime:
                 raise OnexError(f"{contract.implementation_path} is not an onex.nodes.Node")
             self.nodes.append(node)
         for node in self.nodes:
+            event(
+                _log, logging.INFO, "start", f"starting {node.contract.name} {node.contract.version}", node=node.node_id
+            )
             await node.start()
         for node in self.nodes:
             await node.announce()
+            event(_log, logging.INFO, "ready", "running and consuming", node=node.node_id, group=node.group)
+        self.phase = "running"
+        if self.nodes and self.settings.log_summary_s > 0:
+            self._summarised_at = time.monotonic()
+            self._summary = asyncio.create_task(self._summarise(self.settings.log_summary_s), name="onex-summary")
+
+    async def _summarise(self, every_s: float) -> None:
+        """Every ``every_s`` seconds, one line per node that handled or failed anything since the last one."""
+        while True:
+            await asyncio.sleep(every_s)
+            self._summarise_now()
+
+    def _summarise_now(self) -> None:
+        now = time.monotonic()
+        try:
+            self.log_summary(self._summarised, now - self._summarised_at)
+        except Exception:  # a summary is not worth stopping the summaries for
+            _log.exception("could not log the summary")
+        self._summarised_at = now
+
+    def log_summary(self, last: dict[str, tuple[int, int]], elapsed_s: float) -> None:
+        """Log a ``summary`` line for each node whose (handled, failed) moved from ``last`` (updated in place)."""
+        retried = getattr(self.bus, "retried_by", {})
+        dead = getattr(self.bus, "dead_lettered_by", {})
+        lag_of = getattr(self.bus, "lag", None)
+        lag = lag_of() if callable(lag_of) else {}
+        for node in self.nodes:
+            handled, failed = node.meter.totals()
+            before = last.get(node.node_id, (0, 0))
+            if (handled, failed) == before:
+                continue
+            last[node.node_id] = (handled, failed)
+            event(
+                _log,
+                logging.INFO,
+                "summary",
+                "work since the last summary",
+                node=node.node_id,
+                handled_per_s=round((handled - before[0]) / elapsed_s, 1) if elapsed_s > 0 else None,
+                handled=handled,
+                failed=failed,
+                retried=sum(n for (group, _), n in retried.items() if group == node.group),
+                dead_lettered=sum(n for (group, _), n in dead.items() if group == node.group),
+                in_flight=node.active_operations,
+                consumer_lag=sum(n for (group, _, _), n in lag.items() if group == node.group),
+            )
+
+    async def _stop_summary(self) -> None:
+        """Stop the summaries, with a last one for the work done since the one before."""
+        if self._summary is not None:
+            self._summary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summary
+            self._summary = None
+            self._summarise_now()
 
     def _registries_last(self) -> tuple[list[Node], list[Node]]:
         """(every other node in reverse start order, the registries): registries go down last so that they hear
@@ -135,20 +203,28 @@ class Runtime:
         """Drain producers first (reverse start order); on the memory bus, wait for quiescence around each, so what a
         drained node published (the reducer's last aggregates) is handled downstream before that node drains.
         Registries keep running until ``stop``."""
+        if self.phase != "stopped":
+            self.phase = "draining"
         await self._quiesce()
         for node in self._registries_last()[0]:
+            event(_log, logging.INFO, "draining", "draining", node=node.node_id)
             await node.drain()
             await self._quiesce()
 
     async def stop(self) -> None:
         """Drain and stop every node (each announces STOPPED), then the registries, and close what we opened."""
         await self.drain()
+        await self._stop_summary()  # the last summary counts what draining handled
         others, registries = self._registries_last()
         for node in others:
             await node.stop()
+            event(_log, logging.INFO, "stopped", "stopped", node=node.node_id)
         await self._quiesce()  # the registries record the STOPPED heartbeats
         for node in registries:
+            event(_log, logging.INFO, "draining", "draining", node=node.node_id)
             await node.stop()
+            event(_log, logging.INFO, "stopped", "stopped", node=node.node_id)
+        self.phase = "stopped"
         if self._own_bus:
             await self.bus.aclose()
         if self._own_store:

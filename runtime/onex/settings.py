@@ -15,6 +15,17 @@ DEFAULT_BUS = "memory://"
 DEFAULT_HTTP_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_HTTP_BATCH_LIMIT = 100
 DEFAULT_HTTP_TIMEOUT_S = 30.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def find_project(start: Path | None = None) -> Path | None:
+    """The nearest directory at or above ``start`` (default: the cwd) holding a ``contracts/`` directory, if any."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "contracts").is_dir():
+            return candidate
+    return None
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -24,13 +35,24 @@ def find_root(start: Path | None = None) -> Path:
     so ``onex`` works from any directory for the shipped nodes.
     """
     here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "contracts").is_dir():
-            return candidate
+    found = find_project(here)
+    if found is not None:
+        return found
     package_root = Path(__file__).resolve().parents[2]
     if (package_root / "contracts").is_dir():
         return package_root
     return here
+
+
+def user_data_store(environ: Mapping[str, str]) -> str:
+    """The default store outside any project: ``$XDG_DATA_HOME/onex/onex.db`` (``~/.local/share/onex/onex.db``).
+
+    Outside a project the root falls back to the installed package, and a store relative to it would be written
+    into the installation; the user's data directory is where the XDG base directory spec puts such state.
+    """
+    base = environ.get("XDG_DATA_HOME") or ""
+    data = Path(base) if Path(base).is_absolute() else Path(environ.get("HOME") or Path.home()) / ".local" / "share"
+    return f"sqlite:///{data / 'onex' / 'onex.db'}"
 
 
 def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
@@ -94,17 +116,45 @@ class Settings:
     # Whether orchestrators and reducers checkpoint their state in the store (workflows survive crashes and move
     # between replicas). Off only to measure what durability costs (bench/): nothing is recovered then.
     checkpoints: bool = True
+    # Operating: the log level (debug, info, warning, error), the log format (text, or json: one object a line), how
+    # often each node logs a summary while it works (seconds; 0: never), and where `onex run` serves /healthz,
+    # /readyz and /metrics (HOST:PORT; None: nowhere).
+    log_level: str = "info"
+    log_format: str = "text"
+    log_summary_s: float = 30.0
+    metrics: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            choices = ", ".join(LOG_LEVELS)
+            raise ValueError(f"log_level (ONEX_LOG_LEVEL) must be one of {choices}, not {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            choices = ", ".join(LOG_FORMATS)
+            raise ValueError(f"log_format (ONEX_LOG_FORMAT) must be one of {choices}, not {self.log_format!r}")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
-        """Flags that are not None win over ``ONEX_<NAME>`` variables, which win over defaults."""
+        """Flags that are not None win over ``ONEX_<NAME>`` variables, which win over defaults.
+
+        Without a root or store given, and with the cwd inside no project, the store is ``user_data_store()``.
+        """
+        return cls.load_with_sources(environ, **flags)[0]
+
+    @classmethod
+    def load_with_sources(
+        cls, environ: Mapping[str, str] | None = None, **flags: Any
+    ) -> tuple[Settings, dict[str, str]]:
+        """``load``'s settings, and where each field's value came from: ``flag``, ``environment`` or ``default``."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for f in fields(cls):
             flag = flags.get(f.name)
             raw = flag if flag is not None else environ.get(f"ONEX_{f.name.upper()}")
             if raw is None:
+                sources[f.name] = "default"
                 continue
+            sources[f.name] = "flag" if flag is not None else "environment"
             if f.name == "root":
                 values[f.name] = Path(raw).resolve()
             elif f.type in ("int", "float"):  # the annotations are strings (``from __future__ import annotations``)
@@ -117,8 +167,10 @@ class Settings:
                 values[f.name] = str(raw)
         if not values.get("api_key"):
             values.pop("api_key", None)  # ONEX_API_KEY= (empty) means no key, not a key that is the empty string
-        settings = cls(**values)
-        return settings
+            sources["api_key"] = "default"
+        if "root" not in values and "store" not in values and find_project() is None:
+            values["store"] = user_data_store(environ)
+        return cls(**values), sources
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -212,7 +212,17 @@ class Store(abc.ABC):
     async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None: ...
 
     @abc.abstractmethod
-    async def list_workflows(self, *, state: str | None = None, limit: int = 100) -> list[WorkflowRow]: ...
+    async def list_workflows(
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 100,
+        namespace: str | None = None,
+        since: datetime | None = None,
+        file_path: str | None = None,
+    ) -> list[WorkflowRow]:
+        """The most recently created workflows first (at most ``limit``), only those matching every filter given:
+        ``state``, ``namespace``, created at or after ``since``, for ``file_path`` (as stored)."""
 
     @abc.abstractmethod
     async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:

@@ -19,9 +19,11 @@ already wrote that version. Each namespace is an entity on the contract's aggreg
 aggregating -> flushing -> idle).
 
 Totals are cumulative: re-stamping an unchanged file counts as one more item aggregated, while ``unique_file_hashes``
-counts distinct content. Each workflow counts once, however often its outcome arrives (an outcome published again
-after a crash has the same workflow id): outcomes are recognised by workflow id, within a bounded window of recent ones
-(``config.dedupe_window``).
+counts distinct content. Each workflow counts once, however often its outcome arrives (delivered again, published
+again after a crash, or found lost in the store): the workflows a checkpoint counts are recorded with it in
+``processed_events`` (consumer ``<name>.workflows``), and every batch is checked against them; a bounded window of
+recent ones (``config.dedupe_window``) spares that read for redeliveries in one process. Finished workflows whose
+outcome was lost after the database adapter stored it are found there too (``_reconcile``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""``onex.metrics``: /healthz, /readyz and Prometheus /metrics of a hosting runtime (memory bus, SQLite), read
+through the app and parsed with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from onex.envelope import OnexEnvelopeV1
+from onex.metrics import NodeMeter, create_app, readiness
+from onex.testing import Harness
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.anyio
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """``name``'s samples by their sorted labels."""
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def client_of(h: Harness) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(h.runtime)), base_url="http://onex")
+
+
+async def stamp(h: Harness, paths: Sequence[Path]) -> list[uuid.UUID]:
+    cids = []
+    for path in paths:
+        sent = await h.publish("STAMP_REQUESTED", {"file_path": str(path), "namespace": "ns"})
+        assert sent.correlation_id is not None
+        cids.append(sent.correlation_id)
+    for cid in cids:
+        await h.wait_for("WORKFLOW_COMPLETED", lambda e, cid=cid: e.correlation_id == cid)  # type: ignore[misc]
+    await h.settle()
+    return cids
+
+
+def test_a_meter_counts_per_event_type_and_files_durations_in_buckets() -> None:
+    meter = NodeMeter()
+    meter.handled("A", 10, 0.0001)
+    meter.handled("A", 1, 100.0)
+    meter.failed("B", 2, 0.002)
+    assert meter.totals() == (11, 2)
+    a = meter.tallies["A"]
+    assert (a.calls, a.buckets[0], a.buckets[-1]) == (2, 1, 1)
+
+
+async def test_metrics_count_what_was_handled_per_node_and_event_type(tmp_path: Path) -> None:
+    files = []
+    for i in range(3):
+        (path := tmp_path / f"f{i}.py").write_text(f"print({i})\n")
+        files.append(path)
+    async with Harness() as h, client_of(h) as client:
+        await stamp(h, files)
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    handled = samples(response.text, "onex_events_handled_total")
+    assert handled[(("event_type", "STAMP_REQUESTED"), ("node", "orchestrator"))] == 3
+    assert handled[(("event_type", "STAMP_FILE"), ("node", "stamping_effect"))] == 3
+    assert (
+        samples(response.text, "onex_events_failed_total")[
+            (("event_type", "STAMP_REQUESTED"), ("node", "orchestrator"))
+        ]
+        == 0
+    )
+    durations = samples(response.text, "onex_handler_duration_seconds_count")
+    assert durations[(("event_type", "STAMP_FILE"), ("node", "stamping_effect"))] >= 1
+    assert samples(response.text, "onex_in_flight_workflows")[(("node", "orchestrator"),)] == 0
+    assert (("node", "stamping_effect"),) in samples(response.text, "onex_circuit_breaker_open")
+    assert samples(response.text, "process_resident_memory_bytes")  # the process collector is registered
+
+
+async def test_readyz_is_503_while_starting_200_while_running_and_503_while_draining() -> None:
+    h = Harness(["registry"])
+    async with client_of(h) as client:
+        before = await client.get("/readyz")
+        async with h:
+            assert (await client.get("/healthz")).status_code == 200
+            running = await client.get("/readyz")
+            await h.runtime.drain()
+            draining = await client.get("/readyz")
+    assert (before.status_code, before.text) == (503, "not ready: starting\n")
+    assert (running.status_code, running.text) == (200, "ready\n")
+    assert (draining.status_code, draining.text) == (503, "not ready: draining\n")
+
+
+async def test_readyz_is_503_when_the_store_does_not_answer() -> None:
+    async with Harness(["registry"]) as h:
+        assert await readiness(h.runtime) is None
+        await h.store.aclose()
+        reason = await readiness(h.runtime)
+        await h.store.open()
+    assert reason is not None
+    assert reason.startswith("store unavailable")
+
+
+def test_every_node_in_the_deployment_files_is_probed_on_its_metrics_port() -> None:
+    deployment = Path(__file__).resolve().parents[1] / "deployment"
+    compose = yaml.safe_load((deployment / "docker-compose.yml").read_text())["services"]
+    nodes = {name: s for name, s in compose.items() if (s.get("command") or [None])[0] == "run"}
+    assert len(nodes) >= 5
+    for name, service in nodes.items():
+        assert service["environment"]["ONEX_METRICS"] == "0.0.0.0:9464", name
+        assert "http://127.0.0.1:9464/readyz" in " ".join(service["healthcheck"]["test"]), name
+    docs = [d for d in yaml.safe_load_all((deployment / "k8s" / "onex.yaml").read_text()) if d]
+    containers = [
+        c
+        for d in docs
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c.get("args", [None])[0] == "run"
+    ]
+    assert len(containers) >= 5
+    for c in containers:
+        assert {"name": "ONEX_METRICS", "value": "0.0.0.0:9464"} in c["env"], c["name"]
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, c["name"]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, c["name"]
+        assert {"name": "metrics", "containerPort": 9464} in c["ports"], c["name"]
+
+
+async def test_a_dead_letter_is_counted_for_the_node_and_event_type_that_gave_up_on_it() -> None:
+    async with Harness(["orchestrator"]) as h, client_of(h) as client:
+        bad = OnexEnvelopeV1(event_type="STAMP_REQUESTED", source_node_id="test", payload={"no": "file_path"})
+        await h.bus.publish(h.topic("STAMP_REQUESTED"), bad)
+        await h.settle()
+        text = (await client.get("/metrics")).text
+    dead = samples(text, "onex_events_dead_lettered_total")
+    assert dead == {(("event_type", "STAMP_REQUESTED"), ("node", "orchestrator")): 1}
