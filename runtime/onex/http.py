@@ -1422,6 +1422,28 @@ class _Server(uvicorn.Server):
         yield
 
 
+def quiet_server(app: Any, *, grace_s: int) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that leaves logging, signals and the lifespan to onex; on shutdown it lets the
+    requests in hand finish for ``grace_s`` seconds."""
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        ws="none",
+        timeout_graceful_shutdown=grace_s,
+    )
+    return _Server(config)
+
+
+def base_url(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 async def serve(
     runtime: Runtime,
     settings: Settings,
@@ -1449,19 +1471,8 @@ async def serve(
             batch_limit=settings.http_batch_limit if batch_limit is None else batch_limit,
             timeout_s=settings.http_timeout_s if timeout_s is None else timeout_s,
         )
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            ws="none",
-            timeout_graceful_shutdown=10,
-        )
-        server = _Server(config)
-        host, port = sock.getsockname()[:2]
-        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        server = quiet_server(app, grace_s=10)
+        url = base_url(sock)
 
         def announce() -> None:
             if ready is not None:

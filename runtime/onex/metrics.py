@@ -224,30 +224,12 @@ def create_app(runtime: Runtime, registry: CollectorRegistry | None = None) -> S
 @contextlib.asynccontextmanager
 async def serving(runtime: Runtime, sock: socket.socket) -> AsyncIterator[str]:
     """Serve the endpoints on ``sock`` (``onex.http.bind``) while the block runs; yields the base URL."""
-    import uvicorn
+    from onex.http import base_url, quiet_server
 
-    class Server(uvicorn.Server):
-        """uvicorn without its signal handlers: the runtime owns SIGINT/SIGTERM."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    config = uvicorn.Config(
-        create_app(runtime),
-        lifespan="off",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        ws="none",
-        timeout_graceful_shutdown=2,
-    )
-    server = Server(config)
-    host, port = sock.getsockname()[:2]
+    server = quiet_server(create_app(runtime), grace_s=2)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="onex-metrics")
     try:
-        yield f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        yield base_url(sock)
     finally:
         server.should_exit = True
         await task
