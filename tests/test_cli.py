@@ -430,8 +430,11 @@ def test_stamp_dry_run_changes_no_byte(tmp_path: Path) -> None:
     assert summary(result.stdout) == {"stamped": len(files), "unchanged": 0, "skipped": 0, "failed": 0, "pending": 0}
     assert f"would stamp {len(files)} file(s), 0 unchanged in " in result.stdout
     assert snapshot(tree) == before
-    assert query(db, "SELECT count(*) FROM metadata_stamps") == [(0,)]
     assert all(verify_file(tree / rel).status == "unstamped" for rel in files)
+    # Nothing of the run's workflows is stored: no workflow, step, stamp, transition or aggregate.
+    for table in ("workflow_executions", "workflow_steps", "metadata_stamps", "bridge_states"):
+        assert query(db, f"SELECT count(*) FROM {table}") == [(0,)], table
+    assert query(db, "SELECT count(*) FROM fsm_transitions WHERE entity_type <> 'registry'") == [(0,)]
 
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")

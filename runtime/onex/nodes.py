@@ -821,6 +821,10 @@ class OrchestratorNode(Node):
     def restore_context(self, workflow: Workflow, saved: Mapping[str, Any]) -> None:
         """Rebuild ``workflow.context`` (and ``workflow.request`` if needed) from what ``save_context`` returned."""
 
+    def durable(self, workflow: Workflow) -> bool:
+        """Whether ``workflow`` is recorded in the store at all (a dry run is not: it writes nothing)."""
+        return True
+
     def row_fields(self, workflow: Workflow) -> dict[str, Any]:
         """Columns of the workflow's ``workflow_executions`` row besides state and checkpoint (namespace, ...)."""
         return {}
@@ -840,7 +844,7 @@ class OrchestratorNode(Node):
         same outcome (same id) published again, until the store shows it finished. Not on the memory bus, where
         nothing is lost while this process lives.
         """
-        if self.bus.retains_messages and self.settings.checkpoints:
+        if self.bus.retains_messages and self.settings.checkpoints and self.durable(workflow):
             deadline = self.clock() + self.confirm_after_s
             self._unconfirmed.append((deadline, workflow.cid, event_name, outcome.to_json()))
 
@@ -911,7 +915,7 @@ class OrchestratorNode(Node):
         running, so after a crash that lost the outcome the workflow is resumed, never left half-recorded.
         """
         dirty, self._dirty = self._dirty, {}
-        rows = [self._row(w) for w in dirty.values() if not self._is_finished(w)]
+        rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
         if not rows or not self.settings.checkpoints:
             return
         batch = WriteBatch(consumer=self.contract.name, workflows=rows)

@@ -284,6 +284,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         )
                     )
             elif isinstance(payload, ModelStateTransition):
+                if payload.data.get("dry_run"):
+                    continue  # a dry run writes nothing
                 batch.transitions.append(
                     TransitionRow(
                         id=payload.transition_id,
@@ -298,6 +300,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
                     )
                 )
             elif isinstance(payload, ModelWorkflowFinished):
+                if payload.dry_run:
+                    continue  # a dry run writes nothing
                 keep(
                     WorkflowRow(
                         correlation_id=payload.workflow_id,

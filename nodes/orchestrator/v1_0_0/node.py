@@ -78,6 +78,14 @@ class NodeOrchestrator(OrchestratorNode):
             stamp = ModelStampCreated.model_validate(saved["stamp"])
             workflow.context.update(stamp=stamp, file_hash=stamp.file_hash)
 
+    def durable(self, workflow: Workflow) -> bool:
+        request: ModelStampRequest = workflow.context["request"]
+        return not request.dry_run
+
+    def _marks(self, workflow: Workflow) -> dict[str, Any]:
+        """What a transition of ``workflow`` carries besides its trigger: a dry run's are marked, and not stored."""
+        return {} if self.durable(workflow) else {"dry_run": True}
+
     def row_fields(self, workflow: Workflow) -> dict[str, Any]:
         request: ModelStampRequest | None = workflow.context.get("request")
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
@@ -115,7 +123,7 @@ class NodeOrchestrator(OrchestratorNode):
         workflow.context["request"] = request
         workflow.context["started_at"] = datetime.now(UTC)
         self.fsm.attach(workflow)
-        self.fsm.trigger(workflow, "start")
+        self.fsm.trigger(workflow, "start", **self._marks(workflow))
         self.track(workflow)
         self._outbox["WORKFLOW_STARTED"].append(
             self.envelope(
@@ -209,10 +217,10 @@ class NodeOrchestrator(OrchestratorNode):
         if required_failed:
             error = "; ".join(f"{r.step.step_name}: {r.error}" for r in required_failed)
             workflow.context["error"] = error
-            self.fsm.trigger(workflow, "fail", error=error)
+            self.fsm.trigger(workflow, "fail", error=error, **self._marks(workflow))
         else:
             error = None
-            self.fsm.trigger(workflow, "complete")
+            self.fsm.trigger(workflow, "complete", **self._marks(workflow))
         self.fsm.detach(workflow)
         request: ModelStampRequest = workflow.context["request"]
         stamp: ModelStampCreated | None = workflow.context.get("stamp")

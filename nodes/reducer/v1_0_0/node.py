@@ -210,6 +210,8 @@ class NodeReducer(ReducerNode):
         outcomes = []
         for _, payload in events:
             assert isinstance(payload, ModelWorkflowFinished)
+            if payload.dry_run:
+                continue  # a dry run writes nothing, aggregates included
             stamp = payload.stamp
             outcomes.append(
                 Outcome(
