@@ -95,6 +95,15 @@ def event(
         logger.log(level, message, extra={"onex": {"node": node, "event": name, **fields}})
 
 
+def _about(envelope: Any) -> dict[str, str | None]:
+    """The fields that name an event in a log line: its id, its type and its workflow."""
+    return {
+        "event_id": str(envelope.event_id),
+        "event_type": envelope.event_type,
+        "correlation_id": None if envelope.correlation_id is None else str(envelope.correlation_id),
+    }
+
+
 def retried(logger: logging.Logger, envelope: Any, error: BaseException, *, attempt: int, group: str) -> None:
     """The ``retry`` line of a bus: which event, of what type and workflow, which attempt comes, after what."""
     event(
@@ -102,9 +111,7 @@ def retried(logger: logging.Logger, envelope: Any, error: BaseException, *, atte
         logging.WARNING,
         "retry",
         f"retrying after {error!r}",
-        event_id=str(envelope.event_id),
-        event_type=envelope.event_type,
-        correlation_id=None if envelope.correlation_id is None else str(envelope.correlation_id),
+        **_about(envelope),
         attempt=attempt,
         group=group,
     )
@@ -119,9 +126,7 @@ def dead_lettered(
         logging.WARNING,
         "dead_letter",
         f"dead-lettered after {attempts} attempt(s): {error!r}",
-        event_id=str(envelope.event_id),
-        event_type=envelope.event_type,
-        correlation_id=None if envelope.correlation_id is None else str(envelope.correlation_id),
+        **_about(envelope),
         attempts=attempts,
         group=group,
         topic=topic,

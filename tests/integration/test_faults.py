@@ -610,6 +610,20 @@ def assignments(proc: NodeProcess) -> int:
     return sum("partitions assigned" in line for line in proc.output(last=1 << 20).splitlines())
 
 
+async def assert_recovered(scenario: Scenario, corpus: Corpus, run: Drive, *, fault: str) -> None:
+    """The invariants hold within RECOVERY_S of the recovery, and the client heard what the store says."""
+    assert run.recovered_at is not None
+    await await_invariants(
+        scenario.store_url,
+        corpus,
+        run.submitted,
+        scenario.namespace,
+        deadline=run.recovered_at + RECOVERY_S,
+        context=lambda: f"{fault}; {run.describe()}\n{scenario.logs()}",
+    )
+    await assert_client_agrees_with_the_store(scenario, run)
+
+
 async def assert_report_honest(scenario: Scenario, corpus: Corpus, report: Report, *, deadline: float) -> None:
     """No file the client reported stamped (it lists every other one as a problem) lacks a completed workflow in
     the store by ``deadline`` (``time.monotonic()``; the store may lag behind the outcomes the client heard)."""
@@ -658,16 +672,7 @@ async def test_a_node_killed_mid_run_and_restarted_leaves_every_workflow_termina
     run = await drive(scenario, client_bus, corpus, strike=strike, recover=restart)
 
     assert deployment.retired[-1].process.returncode == -signal.SIGKILL
-    assert run.recovered_at is not None
-    await await_invariants(
-        scenario.store_url,
-        corpus,
-        run.submitted,
-        scenario.namespace,
-        deadline=run.recovered_at + RECOVERY_S,
-        context=lambda: f"{victim} SIGKILLed and restarted; {run.describe()}\n{scenario.logs()}",
-    )
-    await assert_client_agrees_with_the_store(scenario, run)
+    await assert_recovered(scenario, corpus, run, fault=f"{victim} SIGKILLed and restarted")
 
 
 @pytest.mark.slow
@@ -692,16 +697,7 @@ async def test_replicas_take_over_from_an_orchestrator_killed_for_good(
     run = await drive(scenario, client_bus, corpus, strike=strike, recover=gone)
 
     assert deployment.processes["orchestrator"].process.returncode == -signal.SIGKILL
-    assert run.recovered_at is not None
-    await await_invariants(
-        scenario.store_url,
-        corpus,
-        run.submitted,
-        scenario.namespace,
-        deadline=run.recovered_at + RECOVERY_S,
-        context=lambda: f"one of two orchestrators SIGKILLed; {run.describe()}\n{scenario.logs()}",
-    )
-    await assert_client_agrees_with_the_store(scenario, run)
+    await assert_recovered(scenario, corpus, run, fault="one of two orchestrators SIGKILLed")
 
 
 @pytest.mark.slow
