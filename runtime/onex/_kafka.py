@@ -180,6 +180,7 @@ _URL_PRODUCER_OPTIONS: Final = frozenset({"linger_ms", "max_batch_size"})
 
 _SPECVERSION: Final = b"1.0"
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
+UNDECODABLE: Final = "UNDECODABLE"  # the event type of a record that is no envelope, in metrics and listeners
 _RAW_LIMIT: Final = 256 * 1024
 _POLL_TIMEOUT_MS: Final = 1_000
 _REDELIVERY_BACKOFF_S: Final = 1.0
@@ -940,18 +941,18 @@ class _KafkaSubscription(Subscription):
             else:
                 self.bus._delivered += 1
                 return
-        if await self._dead_letter(topic, dead_letter(envelope, topic=topic, error=error, attempts=attempt)):
-            key = (self.group, envelope.event_type)
-            self.bus.dead_lettered_by[key] = self.bus.dead_lettered_by.get(key, 0) + 1
+        if await self._dead_letter(
+            topic, envelope.event_type, dead_letter(envelope, topic=topic, error=error, attempts=attempt)
+        ):
             dead_lettered(logger, envelope, error, attempts=attempt, group=self.group, topic=topic)
 
     async def _dead_letter_raw(self, topic: str, record: Any, error: Exception) -> None:
         if record.value is None:
             error = ValueError("record has no value (a tombstone)")
         logger.warning("undecodable record %s[%d]@%d: %s", topic, record.partition, record.offset, error)
-        await self._dead_letter(topic, _raw_dead_letter(topic, record, error))
+        await self._dead_letter(topic, UNDECODABLE, _raw_dead_letter(topic, record, error))
 
-    async def _dead_letter(self, topic: str, letter: OnexEnvelopeV1) -> bool:
+    async def _dead_letter(self, topic: str, event_type: str, letter: OnexEnvelopeV1) -> bool:
         """Publish ``letter`` to the dead-letter topic of ``topic``: True once enqueued."""
         try:
             await self.bus.publish(dlq_topic(topic), letter)
@@ -964,7 +965,7 @@ class _KafkaSubscription(Subscription):
             if pending is not None:
                 pending.append(failed)
             return False
-        self.bus._dead_lettered += 1
+        await self.bus._dead_lettered_one(self.group, event_type, letter)
         return True
 
 

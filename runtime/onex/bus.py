@@ -45,6 +45,9 @@ Assignment = Callable[[frozenset[tuple[str, int]]], Awaitable[None]]
 """Told the whole set of ``(topic, partition)`` a subscription owns, when it gets it and whenever it changes. A node
 that keeps state per key (the orchestrator's workflows) loads what the new partitions hold and drops the rest."""
 
+DeadLetterListener = Callable[[str, str, OnexEnvelopeV1], Awaitable[None]]
+"""Awaited with (consumer group, event type of the original, the dead letter) once a dead letter is enqueued."""
+
 _log = logging.getLogger("onex.bus")
 
 
@@ -135,6 +138,27 @@ class EventBus(abc.ABC):
 
     retains_messages: bool = False
     """Whether published messages outlive this process (a broker keeps them); on the memory bus they die with it."""
+
+    # Per (consumer group, event type), for the metrics and the nodes' summary lines; set by each bus's __init__.
+    retried_by: dict[tuple[str, str], int]
+    dead_lettered_by: dict[tuple[str, str], int]
+    _dead_lettered: int
+
+    def on_dead_letter(self, listener: DeadLetterListener) -> None:
+        """Await ``listener(group, event_type, letter)`` after each dead letter this process's subscriptions publish
+        (the runtime keeps them in the store on the memory bus, and counts them for the dead-letter alert)."""
+        self.__dict__.setdefault("_dead_letter_listeners", []).append(listener)
+
+    async def _dead_lettered_one(self, group: str, event_type: str, letter: OnexEnvelopeV1) -> None:
+        """Count a dead letter that was enqueued, and tell the listeners."""
+        self._dead_lettered += 1
+        key = (group, event_type)
+        self.dead_lettered_by[key] = self.dead_lettered_by.get(key, 0) + 1
+        for listener in self.__dict__.get("_dead_letter_listeners", ()):
+            try:
+                await listener(group, event_type, letter)
+            except Exception:  # a listener's failure must not make the bus redeliver what it gave up on
+                _log.exception("dead-letter listener failed for %s", letter.event_id)
 
     @abc.abstractmethod
     async def ensure_topics(self, topics: Sequence[str]) -> None:
@@ -409,12 +433,12 @@ class _Worker:
             return None
         topic = member.group.topic
         try:
-            await bus.publish(dlq_topic(topic), dead_letter(envelope, topic=topic, error=exc, attempts=attempt))
+            await bus.publish(
+                dlq_topic(topic), letter := dead_letter(envelope, topic=topic, error=exc, attempts=attempt)
+            )
         except BusError:
             return None  # the bus is closing: leave the message unacknowledged
-        bus._dead_lettered += 1
-        key = (member.group.name, envelope.event_type)
-        bus.dead_lettered_by[key] = bus.dead_lettered_by.get(key, 0) + 1
+        await bus._dead_lettered_one(member.group.name, envelope.event_type, letter)
         dead_lettered(_log, envelope, exc, attempts=attempt, group=member.group.name, topic=topic)
         return 1
 
