@@ -53,12 +53,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from blake3 import blake3
-from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb, _redact
+from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb
 from onex._sqlite import PRAGMAS, SqliteStore, _migrations
 from onex.client import MAX_PENDING, StampClient
 from onex.envelope import OnexEnvelopeV1
 from onex.runtime import Runtime, tune_gc
-from onex.settings import Settings
+from onex.settings import Settings, redact_url
 from onex.store import Store, WriteBatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,7 +388,7 @@ async def run_onex_postgres(items: list[str], url: str, *, checkpoints: bool = T
 
 def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     """The PostgreSQL run (module docstring); ``{"skipped": reason}`` when no server answers at ``url``."""
-    shown = _redact(url)
+    shown = redact_url(url)
     server = asyncio.run(_server_version(PostgresSettings.from_url(url).dsn))
     if server is None:
         return {"benchmark": "e2e_inprocess_postgres", "skipped": f"no PostgreSQL answers at {shown}"}

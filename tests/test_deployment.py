@@ -2,8 +2,10 @@
 Dockerfile, read as files (no Docker engine or cluster is needed, nothing is started).
 
 What must hold: every shipped node (its contract) runs as exactly one compose service and one Deployment, as
-``onex run --node NAME``, each with two replicas (every node kind survives the loss of one process); Redpanda
-and PostgreSQL are part of both, and the migration runs before any node; every ``ONEX_*`` variable handed to the
+``onex run --node NAME``, each with two replicas (every node kind survives the loss of one process); the HTTP
+gateway runs as a service of its own hosting no node (``onex run --http 0.0.0.0:8053 --no-nodes``), reachable (a
+published port, a Service) and probed on the API's /health/live and /health/ready; Redpanda and PostgreSQL are part
+of both, and the migration runs before any node or gateway; every ``ONEX_*`` variable handed to the
 nodes is a setting onex reads, and the store URL logs in as the user and database the postgres image creates, with
 the password the image sets; the image installs the package from the directories it needs and runs ``onex``.
 """
@@ -21,7 +23,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from onex.cli import run
 from onex.contracts import load_contracts
+from onex.http import PREFIX, parse_address
 from onex.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +101,17 @@ def node_of(args: object) -> str | None:
     return None
 
 
+def gateway_port(args: object) -> int | None:
+    """The port of ``args`` when they are ``run --http HOST:PORT --no-nodes`` (the gateway alone), else None."""
+    if not isinstance(args, list) or args[:1] != ["run"] or "--no-nodes" not in args:
+        return None
+    # As `onex run` parses them: a flag the command does not have, or a missing value, fails here.
+    params = run.make_context("run", [str(a) for a in args[1:]]).params
+    assert params["no_nodes"], args
+    assert not params["node_names"], args
+    return parse_address(params["http_address"])[1]
+
+
 def pod_containers(doc: Mapping[str, Any], key: str = "containers") -> list[dict[str, Any]]:
     containers: list[dict[str, Any]] = doc["spec"]["template"]["spec"].get(key, [])
     return containers
@@ -118,8 +133,20 @@ def test_compose_runs_each_shipped_node_as_one_service_with_its_replicas() -> No
         assert len(names) == 1, f"{node} runs as several services: {names}"
         replicas = services[names[0]].get("deploy", {}).get("replicas", 1)
         assert replicas == REPLICAS.get(node, 1), f"{node}: {replicas} replicas"
-    # Nothing else runs beside the nodes, the broker, the database and the migration.
-    assert set(services) == {*INFRASTRUCTURE, "migrate", *(names[0] for names in by_node.values())}
+    # Nothing else runs beside the nodes, the gateway, the broker, the database and the migration.
+    assert set(services) == {*INFRASTRUCTURE, "migrate", "gateway", *(names[0] for names in by_node.values())}
+
+
+def test_compose_runs_the_gateway_alone_published_and_probed_on_the_api() -> None:
+    services = compose_services()
+    gateways = {name: s for name, s in services.items() if gateway_port(s.get("command")) is not None}
+    assert list(gateways) == ["gateway"], sorted(services)
+    gateway = gateways["gateway"]
+    port = gateway_port(gateway["command"])
+    assert gateway.get("deploy", {}).get("replicas", 1) == 1  # it publishes a host port, which one replica can hold
+    assert f"{port}:{port}" in gateway["ports"]
+    probe = " ".join(gateway["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}{PREFIX}/health/ready" in probe
 
 
 def test_compose_starts_the_nodes_after_the_broker_and_the_migration() -> None:
@@ -131,7 +158,7 @@ def test_compose_starts_the_nodes_after_the_broker_and_the_migration() -> None:
     assert migrate["command"] == ["db", "upgrade"]
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     for name, service in services.items():
-        if node_of(service.get("command")) is not None:
+        if node_of(service.get("command")) is not None or gateway_port(service.get("command")) is not None:
             assert service["depends_on"] == {
                 "redpanda": {"condition": "service_healthy"},
                 "migrate": {"condition": "service_completed_successfully"},
@@ -157,10 +184,42 @@ def test_k8s_runs_each_shipped_node_as_one_deployment_with_its_replicas() -> Non
         assert len(names) == 1, f"{node} runs in several Deployments: {names}"
 
 
+def test_k8s_runs_the_gateway_alone_behind_a_service_probed_on_the_api() -> None:
+    gateways = {
+        name: (doc, container)
+        for name, doc in k8s_kind("Deployment").items()
+        for container in pod_containers(doc)
+        if gateway_port(container.get("args")) is not None
+    }
+    assert len(gateways) == 1, sorted(k8s_kind("Deployment"))
+    ((name, (doc, container)),) = gateways.items()
+    port = gateway_port(container["args"])
+    assert doc["spec"]["replicas"] >= 2, f"{name}: the gateway is stateless; one replica is a single point of failure"
+    assert container.get("command", ["onex"]) == ["onex"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named["http"] == port
+    probes = {kind: container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe", "startupProbe")}
+    assert probes == {
+        "livenessProbe": {"path": f"{PREFIX}/health/live", "port": "http"},
+        "readinessProbe": {"path": f"{PREFIX}/health/ready", "port": "http"},
+        "startupProbe": {"path": f"{PREFIX}/health/live", "port": "http"},
+    }
+    labels = doc["spec"]["template"]["metadata"]["labels"]
+    services = [s for s in k8s_kind("Service").values() if s["spec"]["selector"].items() <= labels.items()]
+    assert len(services) == 1, f"{name}: no Service (or several) selects the gateway's pods"
+    (service_port,) = services[0]["spec"]["ports"]
+    assert service_port["targetPort"] in ("http", port)
+    assert services[0]["spec"].get("clusterIP") != "None", "the gateway's Service balances over its replicas"
+
+
 def test_k8s_migrates_the_schema_before_each_node_starts() -> None:
     deployments = k8s_kind("Deployment").items()
-    nodes = {name: doc for name, doc in deployments if any(node_of(c.get("args")) for c in pod_containers(doc))}
-    assert len(nodes) == len(shipped_nodes())
+    nodes = {
+        name: doc
+        for name, doc in deployments
+        if any(node_of(c.get("args")) or gateway_port(c.get("args")) for c in pod_containers(doc))
+    }
+    assert len(nodes) == len(shipped_nodes()) + 1  # and the gateway, whose readiness needs a current schema
     for name, doc in nodes.items():
         assert [c.get("args") for c in pod_containers(doc, "initContainers")] == [["db", "upgrade"]], name
         for container in pod_containers(doc) + pod_containers(doc, "initContainers"):

@@ -137,7 +137,7 @@ def test_a_dead_letter_carries_the_original_the_error_and_the_attempts() -> None
     original = envelope(correlation_id=uuid.uuid4(), environment="prod", payload={"path": "a.py"})
     topic = topic_name("STAMP_CREATED")
 
-    letter = dead_letter(original, topic=topic, error=ValueError("bad hash"), attempts=3)
+    letter = dead_letter(original, topic=topic, error=ValueError("bad hash"), attempts=3, group="prod.stamper")
 
     assert letter.event_type == DEAD_LETTER_EVENT
     assert letter.correlation_id == original.correlation_id
@@ -150,6 +150,7 @@ def test_a_dead_letter_carries_the_original_the_error_and_the_attempts() -> None
         "error_type": "ValueError",
         "error": "bad hash",
         "attempts": 3,
+        "group": "prod.stamper",
     }
     assert OnexEnvelopeV1.model_validate(letter.payload["original"]) == original
     assert OnexEnvelopeV1.from_json(letter.to_json()) == letter

@@ -4,23 +4,30 @@ store, and driven by a real HTTP client (httpx): every endpoint, both stamp type
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from onex import stamps
-from onex.http import PREFIX, create_app, openapi_document, parse_address
+from onex.client import StampClient
+from onex.http import PREFIX, create_app, openapi_30, openapi_document, parse_address
+from onex.logs import configure
 from onex.runtime import Runtime
 from onex.settings import Settings
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from tests.fixtures.deployment import onex_command
 from tests.fixtures.http import LiveServer, live_server, onex_run_http
@@ -481,9 +488,174 @@ def test_the_openapi_document_is_served_at_both_paths_and_lists_every_route(serv
     assert set(prefixed["paths"]) == {
         f"{PREFIX}{p}" for p in (
             "/stamp", "/validate", "/hash", "/stamp/{file_hash}", "/batch", "/namespace/{namespace}",
-            "/validate-protocol", "/health", "/metrics",
+            "/validate-protocol", "/health", "/health/live", "/health/ready", "/metrics",
         )
     }  # fmt: skip
+
+
+# --- probes, /docs, the access log -----------------------------------------------------------------------------------
+
+
+def test_health_live_and_ready_answer_200_in_the_envelope(api: httpx.Client) -> None:
+    assert ok(api.get("/health/live")) == {"status": "live"}
+    assert ok(api.get("/health/ready")) == {"status": "ready"}
+
+
+class _Assets(HTMLParser):
+    """The URLs a page makes a browser fetch: ``src`` of scripts, ``href`` of stylesheets and icons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        url = found.get("src") if tag == "script" else found.get("href") if tag == "link" else None
+        if url:
+            self.urls.append(url)
+
+
+def test_docs_is_swagger_ui_served_from_the_package_with_nothing_from_another_host(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        parser = _Assets()
+        parser.feed(page.text)
+        assert len(parser.urls) >= 3, parser.urls  # the stylesheet, the bundle, the initialiser at least
+        assert not re.search(r"https?://", page.text), page.text
+        served = {}
+        for url in parser.urls:
+            assert url.startswith("/docs/"), url  # on this server, whatever its host name
+            asset = client.get(url)
+            assert asset.status_code == 200, (url, asset.status_code)
+            assert asset.content, url
+            served[url] = asset
+        # The bundle is the package's file, byte for byte; the initialiser reads the document from here.
+        bundle = next(r for u, r in served.items() if u.endswith("/swagger-ui-bundle.js"))
+        assert bundle.content == (Path(str(swagger_ui_path)) / "swagger-ui-bundle.js").read_bytes()
+        init = next(r.text for u, r in served.items() if u.endswith("init.js"))
+        assert not re.search(r"https?://", init), init
+        assert "validatorUrl: null" in init  # else Swagger UI sends the document to validator.swagger.io
+        (document_url,) = re.findall(r'url: "([^"]+)"', init)
+        document = client.get(document_url).json()
+        # Swagger UI 4 renders only documents whose version starts with "3.0.": the same API, said in 3.0.
+        assert document["openapi"].startswith("3.0.")
+        assert document == openapi_30(openapi_document())
+        assert document["paths"].keys() == openapi_document()["paths"].keys()
+        assert client.get("/docs/static/no-such-file.js").status_code == 404
+        assert client.get("/docs/static/../../pyproject.toml").status_code == 404
+
+
+def test_the_30_rendering_keeps_no_31_keyword() -> None:
+    document = openapi_30(openapi_document(api_key=True))
+
+    def walk(node: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key, value
+                yield from walk(value.values() if key == "properties" else value)
+        elif isinstance(node, list | type({}.values())):
+            for value in node:
+                yield from walk(value)
+
+    keywords = list(walk(document["components"]["schemas"])) + list(walk(document["paths"]))
+    assert not [v for k, v in keywords if k == "type" and not isinstance(v, str)]
+    assert not [k for k, _ in keywords if k == "const"]
+    assert {"type": "null"} not in [v for _, v in keywords]
+    metadata = document["components"]["schemas"]["Metadata"]["properties"]
+    assert metadata["duration_ms"] == {"type": "number", "nullable": True}
+    assert metadata["api_version"] == {"enum": ["v1"]}
+
+
+@contextlib.asynccontextmanager
+async def in_process_app(
+    tmp_path: Path, *, nodes: list[str] | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """The app over a runtime on the memory bus, called in process: a request's middleware has finished (its access
+    line logged) when the client returns its response."""
+    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db").with_(
+        heartbeat_interval_s=0
+    )
+    async with (
+        Runtime(settings, nodes=nodes) as runtime,
+        StampClient(runtime.bus, runtime.contracts, settings, keep_stamps=True) as client,
+    ):
+        app = create_app(runtime, client, settings)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://onex{PREFIX}") as http:
+            yield http, runtime
+
+
+@pytest.fixture
+def access_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The JSON lines logged while the test runs, through onex.logs' own setup; levels restored afterwards."""
+    levels = {name: logging.getLogger(name).level for name in ("", "onex")}
+    stream = io.StringIO()
+    handler = configure("info", "json", stream=stream)
+
+    def lines() -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
+        return [line for line in parsed if line["event"] == "access"]
+
+    yield lines
+    logging.getLogger().removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.anyio
+async def test_every_request_logs_one_access_line_in_json_with_its_request_id(
+    tmp_path: Path, access_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    async with in_process_app(tmp_path, nodes=[]) as (api, _):
+        kept = await api.post("/hash?token=secret", json={"content": "x"}, headers={"x-request-id": "req-42.a:b"})
+        made = await api.get("/nowhere")
+        unfit = await api.get("/health/live", headers={"x-request-id": "has space"})
+    assert kept.headers["x-request-id"] == "req-42.a:b" == kept.json()["metadata"]["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
+    assert unfit.headers["x-request-id"] != "has space"
+    assert re.fullmatch(r"[0-9a-f]{32}", unfit.headers["x-request-id"])
+
+    lines = access_lines()
+    assert len(lines) == 3, lines
+    for line, response in zip(lines, (kept, made, unfit), strict=True):
+        assert line.keys() >= {"ts", "level", "logger", "event", "message", "method", "path", "status", "duration_ms",
+                               "request_id"}  # fmt: skip
+        assert (line["level"], line["logger"]) == ("info", "onex.http")
+        assert line["status"] == response.status_code
+        assert line["request_id"] == response.headers["x-request-id"]
+        assert isinstance(line["duration_ms"], float)
+        assert line["duration_ms"] >= 0
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [
+        ("POST", f"{PREFIX}/hash", 200),  # the query string stays out of the log
+        ("GET", f"{PREFIX}/nowhere", 404),
+        ("GET", f"{PREFIX}/health/live", 200),
+    ]
+    assert "secret" not in json.dumps(lines)
+
+
+@pytest.mark.anyio
+async def test_a_gateway_hosting_no_node_is_ready_while_its_bus_runs_and_its_store_answers(tmp_path: Path) -> None:
+    async with in_process_app(tmp_path, nodes=[]) as (api, runtime):
+        assert runtime.nodes == []
+        ready = await api.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["data"] == {"status": "ready"}
+
+        await runtime.store.aclose()
+        try:
+            body = failed(await api.get("/health/ready"), 503)
+            assert body["error"]["code"] == "not_ready"
+            assert body["data"]["reason"].startswith("store unavailable"), body
+            assert (await api.get("/health/live")).status_code == 200  # alive all the same
+        finally:
+            await runtime.store.open()
+
+        await runtime.bus.aclose()
+        body = failed(await api.get("/health/ready"), 503)
+        assert body["data"]["reason"].startswith("bus "), body
+        assert body["message"] == f"not ready: {body['data']['reason']}"
 
 
 # --- limits, timeouts, auth, degraded health (servers of their own) -------------------------------------------------
@@ -569,6 +741,12 @@ def test_an_api_key_guards_every_route_but_health_and_the_document(tmp_path: Pat
         document = client.get("/openapi.json").json()
         assert document["paths"][f"{PREFIX}/stamp"]["post"]["security"] == [{"bearerAuth": []}]
         assert document["paths"][f"{PREFIX}/health"]["get"]["security"] == []
+        for probe in ("/health/live", "/health/ready"):
+            assert ok(client.get(probe))["status"] in ("live", "ready")
+            assert document["paths"][f"{PREFIX}{probe}"]["get"]["security"] == []
+        with httpx.Client(base_url=live.url) as root:
+            for path in ("/docs", "/docs/init.js", "/docs/openapi.json", "/docs/static/swagger-ui.css"):
+                assert root.get(path).status_code == 200, path
 
 
 def test_health_is_503_while_the_store_is_down(tmp_path: Path) -> None:
@@ -666,3 +844,22 @@ def test_onex_run_http_refuses_a_bad_address(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "HOST:PORT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--no-nodes", "--node", "registry", "--http", "127.0.0.1:0", "--bus", "kafka://127.0.0.1:1"], "--node"),
+        (["--no-nodes", "--bus", "kafka://127.0.0.1:1"], "--http"),
+        (["--no-nodes", "--http", "127.0.0.1:0"], "nobody would do the work"),
+    ],
+    ids=["with-node", "without-http", "memory-bus"],
+)
+def test_onex_run_no_nodes_refuses_what_cannot_work_in_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")} | {"COLUMNS": "300"}
+    command = [*onex_command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{tmp_path}/onex.db", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --no-nodes"), result.stderr
+    assert says in result.stderr

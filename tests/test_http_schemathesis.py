@@ -49,4 +49,4 @@ def test_the_fuzzed_document_is_the_served_one_and_valid(fuzzed_server: CliServe
     served = schemathesis.openapi.from_url(f"{fuzzed_server.url}{PREFIX}/openapi.json")
     assert served.raw_schema == openapi_document()
     operations = [result.ok() for result in served.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 11

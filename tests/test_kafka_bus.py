@@ -150,7 +150,7 @@ async def test_undecodable_records_go_to_the_dlq_and_the_consumer_carries_on(
     topic = unique("malformed")
     good = Collector(expected=1)
     letters = Collector(expected=3)
-    await kafka_bus.subscribe([topic], unique("group"), handler=good)
+    await kafka_bus.subscribe([topic], group := unique("group"), handler=good)
     await kafka_bus.subscribe([dlq_topic(topic)], unique("dlq-reader"), handler=letters)
 
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -176,6 +176,7 @@ async def test_undecodable_records_go_to_the_dlq_and_the_consumer_carries_on(
         assert letter["original_topic"] == topic
         assert letter["original_key"] == "k"
         assert letter["attempts"] == 0
+        assert letter["group"] == group  # the consumer group that gave up on it
     assert (not_json["error_type"], not_envelope["error_type"]) == ("ValidationError", "ValidationError")
     assert "json" in not_json["error"].lower()
     assert "event_type" in not_envelope["error"]  # a missing required field of the envelope

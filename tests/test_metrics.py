@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 from onex.envelope import OnexEnvelopeV1
-from onex.metrics import NodeMeter, create_app, readiness
+from onex.metrics import DeadLetterAlert, NodeMeter, create_app, readiness
 from onex.testing import Harness
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,8 +50,24 @@ def test_a_meter_counts_per_event_type_and_files_durations_in_buckets() -> None:
     meter.handled("A", 1, 100.0)
     meter.failed("B", 2, 0.002)
     assert meter.totals() == (11, 2)
-    a = meter.tallies["A"]
-    assert (a.calls, a.buckets[0], a.buckets[-1]) == (2, 1, 1)
+    a = meter.tallies["A"].durations
+    assert (a.count, a.counts[0], a.counts[-1]) == (2, 1, 1)
+
+
+def test_the_dead_letter_alert_rises_above_the_threshold_within_the_window_and_clears_when_it_empties() -> None:
+    now = [1000.0]
+    alert = DeadLetterAlert(threshold=2, window_s=300, clock=lambda: now[0])
+    assert [alert.record() for _ in range(2)] == [False, False]
+    assert not alert.raised()
+    now[0] += 299
+    assert alert.record() is True  # the third within 300 s: above the threshold
+    assert alert.raised()
+    assert alert.record() is False  # raised once, not again for every further letter
+    now[0] += 2  # the first two fell out of the window; two remain
+    assert not alert.raised()
+    assert alert.record() is True  # three in the window again
+    now[0] += 301
+    assert not alert.raised()
 
 
 async def test_metrics_count_what_was_handled_per_node_and_event_type(tmp_path: Path) -> None:
@@ -78,6 +94,13 @@ async def test_metrics_count_what_was_handled_per_node_and_event_type(tmp_path: 
     assert samples(response.text, "onex_in_flight_workflows")[(("node", "orchestrator"),)] == 0
     assert (("node", "stamping_effect"),) in samples(response.text, "onex_circuit_breaker_open")
     assert samples(response.text, "process_resident_memory_bytes")  # the process collector is registered
+    hashes = samples(response.text, "onex_blake3_hash_duration_seconds_count")
+    assert hashes == {(("node", "stamping_effect"),): 3}
+    batches = samples(response.text, "onex_store_batch_rows_count")[()]
+    rows = samples(response.text, "onex_store_batch_rows_sum")[()]
+    assert batches >= 1
+    assert rows >= 3 * 2  # at least a workflow row and a stamp row for each file were committed
+    assert samples(response.text, "onex_store_commit_duration_seconds_count")[()] == batches
 
 
 async def test_readyz_is_503_while_starting_200_while_running_and_503_while_draining() -> None:
@@ -104,14 +127,23 @@ async def test_readyz_is_503_when_the_store_does_not_answer() -> None:
     assert reason.startswith("store unavailable")
 
 
-def test_every_node_in_the_deployment_files_is_probed_on_its_metrics_port() -> None:
+def test_every_node_and_the_gateway_in_the_deployment_files_is_probed() -> None:
+    """Nodes on the metrics port's /healthz and /readyz; the gateway (hosting no node) on the API's own probes, which
+    also see its bus. Every process serves /metrics on 9464 either way."""
     deployment = Path(__file__).resolve().parents[1] / "deployment"
     compose = yaml.safe_load((deployment / "docker-compose.yml").read_text())["services"]
-    nodes = {name: s for name, s in compose.items() if (s.get("command") or [None])[0] == "run"}
-    assert len(nodes) >= 5
-    for name, service in nodes.items():
+    processes = {name: s for name, s in compose.items() if (s.get("command") or [None])[0] == "run"}
+    gateways = {name for name, s in processes.items() if "--no-nodes" in s["command"]}
+    assert len(processes) - len(gateways) >= 5
+    assert gateways == {"gateway"}, processes
+    for name, service in processes.items():
         assert service["environment"]["ONEX_METRICS"] == "0.0.0.0:9464", name
-        assert "http://127.0.0.1:9464/readyz" in " ".join(service["healthcheck"]["test"]), name
+        probe = " ".join(service["healthcheck"]["test"])
+        if name in gateways:
+            assert "http://127.0.0.1:8053/api/v1/metadata-stamping/health/ready" in probe, name
+            assert service["command"][:3] == ["run", "--http", "0.0.0.0:8053"], name
+        else:
+            assert "http://127.0.0.1:9464/readyz" in probe, name
     docs = [d for d in yaml.safe_load_all((deployment / "k8s" / "onex.yaml").read_text()) if d]
     containers = [
         c
@@ -120,12 +152,20 @@ def test_every_node_in_the_deployment_files_is_probed_on_its_metrics_port() -> N
         for c in d["spec"]["template"]["spec"]["containers"]
         if c.get("args", [None])[0] == "run"
     ]
-    assert len(containers) >= 5
+    k8s_gateways = [c for c in containers if "--no-nodes" in c["args"]]
+    assert len(containers) - len(k8s_gateways) >= 5
+    assert len(k8s_gateways) == 1, [c["name"] for c in containers]
     for c in containers:
         assert {"name": "ONEX_METRICS", "value": "0.0.0.0:9464"} in c["env"], c["name"]
-        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, c["name"]
-        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, c["name"]
         assert {"name": "metrics", "containerPort": 9464} in c["ports"], c["name"]
+        if c in k8s_gateways:
+            assert {"name": "http", "containerPort": 8053} in c["ports"], c["name"]
+            live = {"path": "/api/v1/metadata-stamping/health/live", "port": "http"}
+            assert c["livenessProbe"]["httpGet"] == live == c["startupProbe"]["httpGet"], c["name"]
+            assert c["readinessProbe"]["httpGet"] == {"path": "/api/v1/metadata-stamping/health/ready", "port": "http"}
+        else:
+            assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, c["name"]
+            assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, c["name"]
 
 
 async def test_a_dead_letter_is_counted_for_the_node_and_event_type_that_gave_up_on_it() -> None:
@@ -136,3 +176,32 @@ async def test_a_dead_letter_is_counted_for_the_node_and_event_type_that_gave_up
         text = (await client.get("/metrics")).text
     dead = samples(text, "onex_events_dead_lettered_total")
     assert dead == {(("event_type", "STAMP_REQUESTED"), ("node", "orchestrator")): 1}
+
+
+async def test_more_dead_letters_than_the_threshold_raise_the_alert_in_logs_metrics_heartbeat_and_readyz(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Harness(["registry", "orchestrator"], dlq_alert_threshold=2) as h, client_of(h) as client:
+        orchestrator = h.runtime.node("orchestrator")
+        for i in range(2):
+            bad = OnexEnvelopeV1(event_type="STAMP_REQUESTED", source_node_id="test", payload={"no": i})
+            await h.bus.publish(h.topic("STAMP_REQUESTED"), bad)
+        await h.settle()
+        assert orchestrator.health() == "HEALTHY"
+        assert (await client.get("/readyz")).text == "ready\n"
+        with caplog.at_level("ERROR", logger="onex.runtime"):
+            bad = OnexEnvelopeV1(event_type="STAMP_REQUESTED", source_node_id="test", payload={"no": 2})
+            await h.bus.publish(h.topic("STAMP_REQUESTED"), bad)
+            await h.settle()
+        alerts = [r for r in caplog.records if getattr(r, "onex", {}).get("event") == "dlq_alert"]
+        assert len(alerts) == 1
+        assert alerts[0].onex["node"] == orchestrator.node_id  # type: ignore[attr-defined]
+        assert orchestrator.health() == "DEGRADED"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.text.startswith(f"ready (degraded: {orchestrator.node_id}: more than 2 dead letters")
+        text = (await client.get("/metrics")).text
+        assert samples(text, "onex_dead_letter_alert") == {(("node", "orchestrator"),): 1, (("node", "registry"),): 0}
+        # The DEGRADED heartbeat went out at once: the registry recorded it.
+        records = {r.node_id: r for r in await h.store.list_registrations()}
+        assert records[orchestrator.node_id].health_status == "DEGRADED"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onex
 import pytest
-from onex.settings import DEFAULT_BUS, DEFAULT_STORE, Settings, find_root
+from onex.settings import DEFAULT_BUS, DEFAULT_STORE, Settings, find_root, redact_url
 
 
 def test_without_flags_or_environment_every_setting_is_its_default(tmp_path: Path) -> None:
@@ -162,3 +162,19 @@ def test_outside_any_project_the_default_store_is_in_the_users_data_directory(
     )
     assert Settings.load(environ={"ONEX_STORE": "sqlite:///x.db"}).store == "sqlite:///x.db"
     assert Settings.load(environ={}, root=str(tmp_path)).store_url() == f"sqlite:///{tmp_path}/.onex/onex.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://onex:s3cret@db:5432/onex", "postgresql://onex:***@db:5432/onex"),
+        (
+            "kafka://user:p%40ss@k1:9092,k2:9092?security_protocol=SASL_SSL",
+            "kafka://user:***@k1:9092,k2:9092?security_protocol=SASL_SSL",
+        ),
+        ("postgresql://onex@db/onex", "postgresql://onex@db/onex"),
+        ("sqlite:////var/lib/onex.db", "sqlite:////var/lib/onex.db"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

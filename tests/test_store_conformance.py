@@ -9,6 +9,7 @@ order of ties, naive datetimes).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from onex.exceptions import StoreError
 from onex.store import (
     TABLES,
     BridgeStateRow,
+    DeadLetterRow,
     EventLogRow,
     HeartbeatRow,
     RegistrationRow,
@@ -850,3 +852,70 @@ async def test_health_and_a_closed_store(store: Store) -> None:
 
 def _fields(row: WorkflowRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in WorkflowRow.__dataclass_fields__}
+
+
+# --- dead letters (onex dlq) -----------------------------------------------------------------------------------------
+
+
+def dead_letter_row(seconds: float, topic: str = "t.dlq", **fields: Any) -> DeadLetterRow:
+    event_id = fields.pop("event_id", uuid.uuid4())
+    values: dict[str, Any] = {
+        "event_id": event_id,
+        "topic": topic,
+        "original_topic": topic.removesuffix(".dlq"),
+        "event_type": "STAMP_REQUESTED",
+        "error_type": "PayloadError",
+        "error": NASTY[0],
+        "attempts": 3,
+        "letter": {"event_id": str(event_id), "payload": {"text": NASTY[3]}},
+        "original_event_id": uuid.uuid4(),
+        "correlation_id": uuid.uuid4(),
+        "group_name": "orchestrator",
+        "dead_lettered_at": at(seconds),
+    }
+    return DeadLetterRow(**{**values, **fields})
+
+
+async def test_dead_letters_are_kept_once_and_listed_newest_first(store: Store) -> None:
+    old, new, other = dead_letter_row(1), dead_letter_row(5), dead_letter_row(3, topic="u.dlq", original_event_id=None)
+    await store.add_dead_letters([old, new, other])
+    await store.add_dead_letters([dataclasses.replace(old, error="changed")])  # the same letter again: kept as it was
+
+    assert await store.list_dead_letters() == [new, other, old]
+    assert await store.list_dead_letters(limit=2) == [new, other]
+    assert await store.list_dead_letters(topic="t.dlq") == [new, old]
+    assert await store.list_dead_letters(topic="nowhere.dlq") == []
+    assert await store.count_dead_letters() == 3
+    assert await store.count_dead_letters(topic="u.dlq") == 1
+    assert await store.count("dead_letters") == 3
+
+
+async def test_a_dead_letter_is_found_by_its_own_id_or_its_originals(store: Store) -> None:
+    first = dead_letter_row(1)
+    again = dead_letter_row(2, original_event_id=first.original_event_id, group_name=None)
+    unrelated = dead_letter_row(3)
+    await store.add_dead_letters([first, again, unrelated])
+
+    assert await store.find_dead_letters(first.event_id) == [first]
+    assert first.original_event_id is not None
+    assert await store.find_dead_letters(first.original_event_id) == [first, again]
+    assert await store.find_dead_letters(uuid.uuid4()) == []
+    assert {r.event_id for r in await store.get_dead_letters([first.event_id, unrelated.event_id])} == {
+        first.event_id,
+        unrelated.event_id,
+    }
+    assert await store.get_dead_letters([]) == []
+
+
+async def test_a_replay_is_recorded_on_a_stored_letter_and_on_one_not_stored_yet(store: Store) -> None:
+    stored, from_kafka = dead_letter_row(1), dead_letter_row(2, topic="k.dlq")
+    await store.add_dead_letters([stored])
+
+    await store.record_replay([stored, from_kafka], at(10))
+    await store.record_replay([stored], at(20))
+
+    by_id = {r.event_id: r for r in await store.list_dead_letters()}
+    assert by_id[stored.event_id] == dataclasses.replace(stored, replayed_at=at(20), replays=2)
+    assert by_id[from_kafka.event_id] == dataclasses.replace(from_kafka, replayed_at=at(10), replays=1)
+    await store.record_replay([], at(30))  # nothing to record is fine
+    assert await store.count("dead_letters") == 2

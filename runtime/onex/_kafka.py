@@ -469,16 +469,8 @@ class KafkaBus(EventBus):
         if topic not in self._known_topics:
             await self.ensure_topics([topic])
         self._require_running()
-        headers = [
-            ("ce_id", str(envelope.event_id).encode()),
-            ("ce_type", envelope.event_type.encode()),
-            ("ce_source", envelope.source_node_id.encode()),
-            ("ce_specversion", _SPECVERSION),
-            ("ce_time", envelope.event_timestamp.isoformat().encode()),
-            _CONTENT_TYPE,
-        ]
         delivery: DeliveryFuture = await self._producer.send(
-            topic, value=envelope.to_json(), key=envelope.key.encode(), headers=headers
+            topic, value=envelope.to_json(), key=envelope.key.encode(), headers=record_headers(envelope)
         )
         self._published += 1
         pending = _deliveries.get()
@@ -942,7 +934,9 @@ class _KafkaSubscription(Subscription):
                 self.bus._delivered += 1
                 return
         if await self._dead_letter(
-            topic, envelope.event_type, dead_letter(envelope, topic=topic, error=error, attempts=attempt)
+            topic,
+            envelope.event_type,
+            dead_letter(envelope, topic=topic, error=error, attempts=attempt, group=self.group),
         ):
             dead_lettered(logger, envelope, error, attempts=attempt, group=self.group, topic=topic)
 
@@ -950,7 +944,7 @@ class _KafkaSubscription(Subscription):
         if record.value is None:
             error = ValueError("record has no value (a tombstone)")
         logger.warning("undecodable record %s[%d]@%d: %s", topic, record.partition, record.offset, error)
-        await self._dead_letter(topic, UNDECODABLE, _raw_dead_letter(topic, record, error))
+        await self._dead_letter(topic, UNDECODABLE, _raw_dead_letter(topic, record, error, self.group))
 
     async def _dead_letter(self, topic: str, event_type: str, letter: OnexEnvelopeV1) -> bool:
         """Publish ``letter`` to the dead-letter topic of ``topic``: True once enqueued."""
@@ -969,7 +963,19 @@ class _KafkaSubscription(Subscription):
         return True
 
 
-def _raw_dead_letter(topic: str, record: Any, error: BaseException) -> OnexEnvelopeV1:
+def record_headers(envelope: OnexEnvelopeV1) -> list[tuple[str, bytes]]:
+    """The headers of an envelope's record: CloudEvents binary mode and ``content-type``."""
+    return [
+        ("ce_id", str(envelope.event_id).encode()),
+        ("ce_type", envelope.event_type.encode()),
+        ("ce_source", envelope.source_node_id.encode()),
+        ("ce_specversion", _SPECVERSION),
+        ("ce_time", envelope.event_timestamp.isoformat().encode()),
+        _CONTENT_TYPE,
+    ]
+
+
+def _raw_dead_letter(topic: str, record: Any, error: BaseException, group: str) -> OnexEnvelopeV1:
     value: bytes = record.value or b""
     truncated = len(value) > _RAW_LIMIT
     value = value[:_RAW_LIMIT]
@@ -993,5 +999,6 @@ def _raw_dead_letter(topic: str, record: Any, error: BaseException) -> OnexEnvel
             "error_type": type(error).__name__,
             "error": str(error),
             "attempts": 0,
+            "group": group,
         },
     )

@@ -87,10 +87,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from onex.exceptions import StoreError, StoreUnavailable
+from onex.metrics import CommitMeter
 from onex.resilience import BreakerState, CircuitBreaker
+from onex.settings import redact_url
 from onex.store import (
     TABLES,
     BridgeStateRow,
+    DeadLetterRow,
     EventLogRow,
     HeartbeatRow,
     Migration,
@@ -166,7 +169,7 @@ class PostgresSettings:
     def from_url(cls, url: str) -> PostgresSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError(f"not a PostgreSQL URL: {_redact(url)!r}")
+            raise ValueError(f"not a PostgreSQL URL: {redact_url(url)!r}")
         ours: dict[str, Any] = {}
         passthrough: list[tuple[str, str]] = []
         convert: dict[str, Callable[[str], Any]] = {
@@ -207,15 +210,6 @@ class PostgresStatistics:
     breaker_state: str
     pool_size: int
     pool_idle: int
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _qi(name: str) -> str:
@@ -688,6 +682,44 @@ def _event_log(r: asyncpg.Record) -> EventLogRow:
     return EventLogRow(**dict(r.items()))
 
 
+# --- dead letters ---------------------------------------------------------------------------------------------------
+
+_DEAD_LETTER_COLUMNS: Final = (
+    "event_id, topic, original_topic, event_type, error_type, error, attempts, letter, original_event_id, "
+    "correlation_id, group_name, dead_lettered_at, replayed_at, replays"
+)
+_SELECT_DEAD_LETTER: Final = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters"
+_INSERT_DEAD_LETTER: Final = (
+    f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, now()), $13, $14) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_REPLAYED: Final = "UPDATE dead_letters SET replayed_at = $1, replays = replays + 1 WHERE event_id = $2"
+
+
+def _dead_letter_args(r: DeadLetterRow) -> tuple[Any, ...]:
+    return (
+        r.event_id,
+        r.topic,
+        r.original_topic,
+        r.event_type,
+        r.error_type,
+        r.error,
+        r.attempts,
+        r.letter,
+        r.original_event_id,
+        r.correlation_id,
+        r.group_name,
+        _utc(r.dead_lettered_at),
+        _utc(r.replayed_at),
+        r.replays,
+    )
+
+
+def _dead_letter(r: asyncpg.Record) -> DeadLetterRow:
+    return DeadLetterRow(**dict(r.items()))
+
+
 # --- the store -------------------------------------------------------------------------------------------------------
 
 
@@ -709,6 +741,7 @@ class PostgresStore(Store):
     def __init__(self, url: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self.settings = PostgresSettings.from_url(url)
+        self.commits = CommitMeter()
         self._migrations = _migrations()
         self._pool: asyncpg.Pool | None = None
         self._closed = False
@@ -729,7 +762,7 @@ class PostgresStore(Store):
         self._failures = 0
 
     def __repr__(self) -> str:
-        return f"PostgresStore({_redact(self.url)!r})"
+        return f"PostgresStore({redact_url(self.url)!r})"
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -755,7 +788,7 @@ class PostgresStore(Store):
             )
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
             error = StoreUnavailable if _is_connection_error(exc) else StoreError
-            raise error(f"cannot connect to {_redact(self.url)}: {_describe(exc)}") from exc
+            raise error(f"cannot connect to {redact_url(self.url)}: {_describe(exc)}") from exc
         self._closed = False
 
     async def __aenter__(self) -> PostgresStore:  # narrower than Store's, for statistics() and connection()
@@ -822,7 +855,7 @@ class PostgresStore(Store):
                         await conn.execute("SELECT pg_advisory_unlock($1)", key)
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
             error = StoreUnavailable if _is_connection_error(exc) else StoreError
-            raise error(f"upgrade of schema {schema!r} at {_redact(self.url)} failed: {_describe(exc)}") from exc
+            raise error(f"upgrade of schema {schema!r} at {redact_url(self.url)} failed: {_describe(exc)}") from exc
         self._schema_ready = True
         return applied
 
@@ -830,7 +863,7 @@ class PostgresStore(Store):
         """Raise ``_SchemaNotReady`` unless every migration this onex knows has been applied, and no other."""
         if self._schema_ready:
             return
-        where = f"schema {self.settings.schema!r} at {_redact(self.url)}"
+        where = f"schema {self.settings.schema!r} at {redact_url(self.url)}"
         if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
             raise _SchemaNotReady(f"{where} has no onex schema yet: run `onex db upgrade`")
         applied = {r["version"] for r in await conn.fetch(_DONE_MIGRATIONS)}
@@ -858,7 +891,9 @@ class PostgresStore(Store):
         if not rows:
             await self._check_ready()  # nothing to write; still an error on a closed store or an old schema
             return
+        started = time.perf_counter()
         await self._with_retry(lambda: self._apply_once(batch), queued=rows)
+        self.commits.committed(rows, time.perf_counter() - started)
         self._batches += 1
         self._rows += len(batch)
 
@@ -1004,7 +1039,7 @@ class PostgresStore(Store):
 
     def _unavailable(self, why: str) -> str:
         return (
-            f"PostgreSQL at {_redact(self.url)} unavailable, batch not written ({why}; "
+            f"PostgreSQL at {redact_url(self.url)} unavailable, batch not written ({why}; "
             f"{self._consecutive_failures} consecutive connection failures, last: {self._last_error or 'none'})"
         )
 
@@ -1132,6 +1167,62 @@ class PostgresStore(Store):
         )
         return [_event_log(r) for r in rows]
 
+    # --- dead letters ----------------------------------------------------------------------------------------------
+
+    async def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
+        await self._write_many([(_INSERT_DEAD_LETTER, [_dead_letter_args(r) for r in rows])])
+
+    async def record_replay(self, rows: Sequence[DeadLetterRow], at: datetime) -> None:
+        await self._write_many(
+            [
+                (_INSERT_DEAD_LETTER, [_dead_letter_args(r) for r in rows]),
+                (_REPLAYED, [(_utc(at), r.event_id) for r in rows]),
+            ]
+        )
+
+    async def _write_many(self, work: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Each statement with its argument rows, all in one transaction, retried like ``apply``."""
+        if not any(args for _, args in work):
+            await self._check_ready()
+            return
+
+        async def run() -> None:
+            async with self._connection() as conn:
+                await self._ensure_schema(conn)
+                async with conn.transaction():
+                    for sql, args in work:
+                        await conn.executemany(sql, args)
+
+        await self._with_retry(run, queued=len(work[0][1]))
+
+    async def list_dead_letters(self, *, topic: str | None = None, limit: int = 100) -> list[DeadLetterRow]:
+        _check_page(limit, 0)
+        # Two statements rather than "$1 IS NULL OR topic = $1", whose generic plan could not use the topic index.
+        order = "ORDER BY dead_lettered_at DESC, seq DESC"
+        if topic is None:
+            rows = await self._fetch(f"{_SELECT_DEAD_LETTER} {order} LIMIT $1", limit)
+        else:
+            rows = await self._fetch(f"{_SELECT_DEAD_LETTER} WHERE topic = $1 {order} LIMIT $2", topic, limit)
+        return [_dead_letter(r) for r in rows]
+
+    async def count_dead_letters(self, *, topic: str | None = None) -> int:
+        if topic is None:
+            rows = await self._fetch("SELECT count(*) AS n FROM dead_letters")
+        else:
+            rows = await self._fetch("SELECT count(*) AS n FROM dead_letters WHERE topic = $1", topic)
+        return int(rows[0]["n"])
+
+    async def find_dead_letters(self, event_id: uuid.UUID) -> list[DeadLetterRow]:
+        rows = await self._fetch(
+            f"{_SELECT_DEAD_LETTER} WHERE event_id = $1 OR original_event_id = $1 ORDER BY dead_lettered_at, seq",
+            event_id,
+        )
+        return [_dead_letter(r) for r in rows]
+
+    async def get_dead_letters(self, event_ids: Sequence[uuid.UUID]) -> list[DeadLetterRow]:
+        rows = await self._fetch(f"{_SELECT_DEAD_LETTER} WHERE event_id = ANY($1::uuid[])", list(event_ids))
+        return [_dead_letter(r) for r in rows]
+
     async def count(self, table: str) -> int:
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
@@ -1176,7 +1267,7 @@ class PostgresStore(Store):
             await self._ensure_schema(conn)
             version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
             server = str(conn.get_settings().server_version).split()[0]
-        return f"{_redact(self.url)} (PostgreSQL {server}, schema {self.settings.schema} version {version})"
+        return f"{redact_url(self.url)} (PostgreSQL {server}, schema {self.settings.schema} version {version})"
 
     def _degraded_detail(self, why: str) -> str:
         return (
@@ -1217,7 +1308,7 @@ class PostgresStore(Store):
         except TimeoutError as exc:
             if pool.get_idle_size() == 0 and pool.get_size() >= self.settings.max_size:
                 raise StoreUnavailable(
-                    f"pool exhausted: no free connection to {_redact(self.url)} within {timeout:g}s "
+                    f"pool exhausted: no free connection to {redact_url(self.url)} within {timeout:g}s "
                     f"(all {self.settings.max_size} in use)"
                 ) from exc
             raise  # a connect that hung: a connection-class failure, retried

@@ -50,6 +50,7 @@ import contextlib
 import functools
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,9 +60,11 @@ from typing import Any, Final, TypeVar, TypeVarTuple
 
 from onex import store
 from onex.exceptions import StoreError, StoreUnavailable
+from onex.metrics import CommitMeter
 from onex.store import (
     TABLES,
     BridgeStateRow,
+    DeadLetterRow,
     EventLogRow,
     HeartbeatRow,
     RegistrationRow,
@@ -662,6 +665,58 @@ def _migrations() -> list[Migration]:
     return load_migrations("sqlite", Migration)
 
 
+# --- dead letters ---------------------------------------------------------------------------------------------------
+
+_DEAD_LETTER_COLUMNS: Final = (
+    "event_id, topic, original_topic, event_type, error_type, error, attempts, letter, original_event_id, "
+    "correlation_id, group_name, dead_lettered_at, replayed_at, replays"
+)
+_SELECT_DEAD_LETTER: Final = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters"
+_INSERT_DEAD_LETTER: Final = (
+    f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_REPLAYED: Final = "UPDATE dead_letters SET replayed_at = ?, replays = replays + 1 WHERE event_id = ?"
+
+
+def _dead_letter_params(r: DeadLetterRow, now: str) -> tuple[Any, ...]:
+    return (
+        _uid(r.event_id),
+        r.topic,
+        r.original_topic,
+        r.event_type,
+        r.error_type,
+        r.error,
+        r.attempts,
+        _dumps(r.letter),
+        _uid_or_none(r.original_event_id),
+        _uid_or_none(r.correlation_id),
+        r.group_name,
+        _ts(r.dead_lettered_at) or now,
+        _ts(r.replayed_at),
+        r.replays,
+    )
+
+
+def _dead_letter(t: tuple[Any, ...]) -> DeadLetterRow:
+    return DeadLetterRow(
+        event_id=uuid.UUID(t[0]),
+        topic=t[1],
+        original_topic=t[2],
+        event_type=t[3],
+        error_type=t[4],
+        error=t[5],
+        attempts=t[6],
+        letter=_obj(t[7]),
+        original_event_id=_uuid_or_none(t[8]),
+        correlation_id=_uuid_or_none(t[9]),
+        group_name=t[10],
+        dead_lettered_at=_dt(t[11]),
+        replayed_at=_dt(t[12]),
+        replays=t[13],
+    )
+
+
 # --- the store -------------------------------------------------------------------------------------------------------
 
 
@@ -688,6 +743,7 @@ class SqliteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = database_path(url)
+        self.commits = CommitMeter()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._queued = 0  # rows of apply() calls submitted and not finished (health().queued_writes)
@@ -884,10 +940,12 @@ class SqliteStore(Store):
             await self._call(self._ready)  # nothing to write; still an error on a closed or un-migrated store
             return
         self._queued += rows
+        started = time.perf_counter()
         try:
             await self._call(self._apply_sync, batch)
         finally:
             self._queued -= rows
+        self.commits.committed(rows, time.perf_counter() - started)
 
     def _apply_sync(self, batch: WriteBatch) -> None:
         conn = self._ready()
@@ -1094,6 +1152,71 @@ class SqliteStore(Store):
             (_uid(correlation_id), limit),
             _event_log,
         )
+
+    # --- dead letters ----------------------------------------------------------------------------------------------
+
+    async def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
+        now = _now()
+        params = self._encode_dead_letters("add_dead_letters", rows, now)
+        await self._call(self._write_sync, "add_dead_letters", [(_INSERT_DEAD_LETTER, params)])
+
+    async def record_replay(self, rows: Sequence[DeadLetterRow], at: datetime) -> None:
+        params = self._encode_dead_letters("record_replay", rows, _now())
+        replayed = [(_ts(at), p[0]) for p in params]
+        await self._call(self._write_sync, "record_replay", [(_INSERT_DEAD_LETTER, params), (_REPLAYED, replayed)])
+
+    @staticmethod
+    def _encode_dead_letters(what: str, rows: Sequence[DeadLetterRow], now: str) -> list[tuple[Any, ...]]:
+        try:
+            return [_dead_letter_params(r, now) for r in rows]
+        except _ENCODE_ERRORS as exc:
+            raise StoreError(f"{what}: {_describe(exc)}; nothing was written") from exc
+
+    def _write_sync(self, what: str, work: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Each statement with its parameter rows, all in one transaction (the write lock taken at BEGIN)."""
+        conn = self._ready()
+        if not any(params for _, params in work):
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, params in work:
+                conn.executemany(sql, params)
+            conn.execute("COMMIT")
+        except _EXECUTE_ERRORS as exc:
+            _rollback(conn)
+            error = StoreUnavailable if _locked(exc) else StoreError
+            raise error(f"{what} failed on {self.path}: {_describe(exc)}; it was rolled back") from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    async def list_dead_letters(self, *, topic: str | None = None, limit: int = 100) -> list[DeadLetterRow]:
+        _check_page(limit, 0)
+        where, params = (" WHERE topic = ?", [topic]) if topic is not None else ("", [])
+        sql = f"{_SELECT_DEAD_LETTER}{where} ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?"
+        return await self._query("list_dead_letters", sql, (*params, limit), _dead_letter)
+
+    async def count_dead_letters(self, *, topic: str | None = None) -> int:
+        where, params = (" WHERE topic = ?", [topic]) if topic is not None else ("", [])
+        rows = await self._query("count_dead_letters", f"SELECT count(*) FROM dead_letters{where}", params, _first)
+        return int(rows[0])
+
+    async def find_dead_letters(self, event_id: uuid.UUID) -> list[DeadLetterRow]:
+        key = _uid(event_id)
+        sql = f"{_SELECT_DEAD_LETTER} WHERE event_id = ? OR original_event_id = ? ORDER BY dead_lettered_at, seq"
+        return await self._query("find_dead_letters", sql, (key, key), _dead_letter)
+
+    async def get_dead_letters(self, event_ids: Sequence[uuid.UUID]) -> list[DeadLetterRow]:
+        return await self._call(self._get_dead_letters_sync, list(event_ids))
+
+    def _get_dead_letters_sync(self, event_ids: list[uuid.UUID]) -> list[DeadLetterRow]:
+        found: list[DeadLetterRow] = []
+        self._ready()
+        for start in range(0, len(event_ids), IN_CHUNK):
+            chunk = [_uid(i) for i in event_ids[start : start + IN_CHUNK]]
+            sql = f"{_SELECT_DEAD_LETTER} WHERE event_id IN ({','.join('?' * len(chunk))})"
+            found += self._fetch("get_dead_letters", sql, chunk, _dead_letter)
+        return found
 
     async def count(self, table: str) -> int:
         if table not in TABLES:

@@ -31,7 +31,7 @@ from onex.contracts import ContractSet, load_contract, load_contracts, resolve_i
 from onex.exceptions import ContractError, OnexError
 from onex.fsm import mermaid
 from onex.logs import configure as configure_logs
-from onex.settings import LOG_FORMATS, LOG_LEVELS, Settings
+from onex.settings import LOG_FORMATS, LOG_LEVELS, Settings, redact_url
 
 T = TypeVar("T")
 # Piped, stdout has no width: rich would fold and cut table cells at 80 columns, and a script reading the table
@@ -294,6 +294,11 @@ def schema(name: str, list_: bool) -> None:
 
 @main.command()
 @click.option("--node", "node_names", multiple=True, help="Host only these nodes (repeatable). Default: all.")
+@click.option(
+    "--no-nodes",
+    is_flag=True,
+    help="Host no node: only the HTTP gateway (needs --http and a Kafka bus, where a deployment does the work).",
+)
 @click.option("--version", "node_version", help="Node version (default: the highest).")
 @click.option("--bus", help="memory:// (default) or kafka://HOST:PORT[,HOST:PORT]. Env: ONEX_BUS.")
 @click.option("--store", help="sqlite:///PATH (default .onex/onex.db) or postgresql://... Env: ONEX_STORE.")
@@ -317,6 +322,7 @@ def schema(name: str, list_: bool) -> None:
 def run(
     ctx: click.Context,
     node_names: tuple[str, ...],
+    no_nodes: bool,
     node_version: str | None,
     bus: str | None,
     store: str | None,
@@ -328,7 +334,8 @@ def run(
     """Host nodes in this process until SIGINT/SIGTERM, then drain and stop.
 
     With --http the HTTP gateway runs in this process too, next to whatever nodes it hosts; on shutdown it stops
-    accepting requests and finishes those in hand before the nodes drain.
+    accepting requests and finishes those in hand before the nodes drain. With --http and --no-nodes it is all the
+    process runs: it submits each request to the deployment on Kafka and hears the outcome from it.
     """
     from onex.runtime import Runtime, tune_gc
 
@@ -341,6 +348,16 @@ def run(
         log_level=log_level,
         log_format=log_format,
     )
+    if no_nodes and node_names:
+        _fail("--no-nodes and --node exclude each other: host the named nodes, or none", code=2)
+    if no_nodes and not settings.http:
+        _fail("--no-nodes needs --http HOST:PORT (ONEX_HTTP): hosting no node, the gateway is all it runs", code=2)
+    if no_nodes and settings.bus.startswith("memory:"):
+        _fail(
+            "--no-nodes needs a Kafka bus (--bus kafka://HOST:PORT): on the memory bus no other process can run "
+            "the workflows, so nobody would do the work",
+            code=2,
+        )
     contracts = _contracts(settings, check_implementations=True)
     for name in node_names:
         try:
@@ -371,7 +388,8 @@ def run(
     tune_gc()
 
     async def main_() -> None:
-        rt = Runtime(settings, nodes=node_names or None, version=node_version, contracts=contracts)
+        hosted: list[str] | None = [] if no_nodes else list(node_names) or None
+        rt = Runtime(settings, nodes=hosted, version=node_version, contracts=contracts)
         async with contextlib.AsyncExitStack() as stack:
             if metrics_sock is not None:
                 from onex.metrics import serving
@@ -380,12 +398,17 @@ def run(
                 url = await stack.enter_async_context(serving(rt, metrics_sock))
                 err.print(f"metrics on {url}/metrics, probes {url}/healthz and {url}/readyz", markup=False)
             await stack.enter_async_context(rt)
-            table = Table(title=f"onex {__version__}: hosting on {settings.bus}, store {settings.store_url()}")
-            for column in ("node", "version", "kind", "node id"):
-                table.add_column(column)
-            for n in rt.nodes:
-                table.add_row(n.contract.name, n.contract.version, n.contract.node_type.value, n.node_id)
-            err.print(table)
+            if no_nodes:
+                bus_url = redact_url(settings.bus)
+                err.print(f"onex {__version__}: HTTP gateway only, hosting no node, on {bus_url}", markup=False)
+            else:
+                bus_url, store_url = redact_url(settings.bus), redact_url(settings.store_url())
+                table = Table(title=f"onex {__version__}: hosting on {bus_url}, store {store_url}")
+                for column in ("node", "version", "kind", "node id"):
+                    table.add_column(column)
+                for n in rt.nodes:
+                    table.add_row(n.contract.name, n.contract.version, n.contract.node_type.value, n.node_id)
+                err.print(table)
             if sock is None:
                 await rt.run_until_signal(ready=lambda: err.print("running; Ctrl-C drains and stops"))
             else:
@@ -433,6 +456,7 @@ def run(
     help="Seconds for the whole run: connecting, submitting, waiting for the outcomes, reading the summary. Files "
     "without an outcome by then are reported pending with their correlation ids (exit 3).",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Say which bus and store are used, on stderr.")
 @_output_option()
 @click.pass_context
 def stamp(
@@ -446,6 +470,7 @@ def stamp(
     store: str | None,
     no_wait: bool,
     timeout: float,
+    verbose: bool,
     output: str,
 ) -> None:
     """Stamp files: one workflow per file through orchestrator, stamping effect, reducer and database adapter.
@@ -468,6 +493,13 @@ def stamp(
     _exist(paths)
     settings = _settings(ctx, bus=bus, store=store)
     contracts = _contracts(settings, check_implementations=not settings.bus.startswith("kafka:"))
+    if verbose:
+        where = "submitting to a deployment" if settings.bus.startswith("kafka:") else "every node in this process"
+        err.print(
+            f"onex {__version__}: bus {redact_url(settings.bus)} ({where}), store {redact_url(settings.store_url())}",
+            markup=False,
+            soft_wrap=True,
+        )
     tune_gc()
     run_ = StampRun(
         settings,
@@ -579,12 +611,12 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
                 for candidate in candidates:
                     newest += await s.list_workflows(limit=1, file_path=candidate)
                 if not newest:
-                    _fail(f"no workflow{' for ' + target if target else ''} in {settings.store_url()}")
+                    _fail(f"no workflow{' for ' + target if target else ''} in {redact_url(settings.store_url())}")
                 # Several spellings of one path may each have workflows: the most recently started wins.
                 cid = max(newest, key=lambda w: w.started_at or datetime.min.replace(tzinfo=UTC)).correlation_id
             workflow = await s.get_workflow(cid)
             if workflow is None:
-                _fail(f"no workflow {cid} in {settings.store_url()}")
+                _fail(f"no workflow {cid} in {redact_url(settings.store_url())}")
             steps = await s.list_steps(cid)
             transitions = await s.list_transitions(str(cid))
         if output == "json":
@@ -681,7 +713,7 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
     _emit(
         output,
         rows,
-        title=f"nodes recorded in {settings.store_url()}",
+        title=f"nodes recorded in {redact_url(settings.store_url())}",
         columns={
             "node id": lambda r: r["node_id"],
             "name": lambda r: r["name"],
@@ -748,7 +780,7 @@ def workflows(
     _emit(
         output,
         rows,
-        title=f"{len(rows)} workflow(s) in {settings.store_url()}, newest first",
+        title=f"{len(rows)} workflow(s) in {redact_url(settings.store_url())}, newest first",
         columns={
             "correlation id": lambda r: r["correlation_id"],
             "state": lambda r: r["state"],
@@ -769,18 +801,237 @@ def workflows(
 def config(ctx: click.Context, bus: str | None, store: str | None, output: str) -> None:
     """Print the effective settings, each with where it came from: flag, environment or default.
 
-    The store is shown as used (a relative SQLite path resolved against the root); the API key is never shown.
+    The store is shown as used (a relative SQLite path resolved against the root); passwords in the store and bus
+    URLs and the API key are never shown.
     """
     settings, sources = _settings_with_sources(ctx, bus=bus, store=store)
     rows = []
     for f in dataclasses.fields(settings):
         value: Any = getattr(settings, f.name)
         if f.name == "store":
-            value = settings.store_url()
+            value = redact_url(settings.store_url())
+        elif f.name == "bus":
+            value = redact_url(value)
         elif f.name == "api_key":
             value = "(set)" if value else None
         rows.append({"setting": f.name, "value": _plain(value), "source": sources[f.name]})
     _emit(output, rows, title="onex settings")
+
+
+# --- onex dlq: dead letters (the logic is in onex.dlq) -----------------------------------------------------------
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list them, show one, replay them.
+
+    On Kafka they are read from the .dlq topics (no consumer group: reading moves no offsets) and the replays recorded
+    in the store are joined; on the memory bus the runtime keeps them in the store, so the same commands work there.
+    """
+
+
+def _with_progress(description: str, call: Callable[[Callable[[int, int], None] | None], Coroutine[Any, Any, T]]) -> T:
+    """Run ``call``, showing its progress on stderr when that is a terminal (never in a pipe or a log)."""
+    if not err.is_terminal:
+        return _run(call(None))
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        return _run(call(update))
+
+
+def _event_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        _fail(f"{text!r} is not an event id (a UUID)", code=2)
+
+
+def _letter(row: Any, *, whole: bool = False) -> dict[str, Any]:
+    fields = {
+        "event_id": row.event_id,
+        "original_event_id": row.original_event_id,
+        "topic": row.topic,
+        "original_topic": row.original_topic,
+        "event_type": row.event_type,
+        "correlation_id": row.correlation_id,
+        "group": row.group_name,
+        "error_type": row.error_type,
+        "error": row.error,
+        "attempts": row.attempts,
+        "dead_lettered_at": row.dead_lettered_at,
+        "replayed_at": row.replayed_at,
+        "replays": row.replays,
+    }
+    if whole:
+        fields["letter"] = row.letter
+    return fields
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+@dlq.command("list")
+@click.option("--topic", help="Only the dead letters of this topic (its name, or its .dlq name).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`: where replays are recorded. Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def dlq_list(
+    ctx: click.Context, topic: str | None, limit: int, bus: str | None, store: str | None, output: str
+) -> None:
+    """List dead letters, newest first, with their error and whether they were replayed."""
+    from onex.dlq import list_dead_letters
+
+    settings = _settings(ctx, bus=bus, store=store)
+    try:
+        found = _with_progress(
+            "reading dead letters",
+            lambda progress: list_dead_letters(settings, topic=topic, limit=limit, progress=progress),
+        )
+    except OnexError as exc:
+        _fail(str(exc))
+    if found.note:
+        err.print(Text.assemble(("warning:", "yellow"), " ", found.note), soft_wrap=True)
+    where = f" of {topic}" if topic else ""
+    _emit(
+        output,
+        [_letter(r) for r in found.rows],
+        title=f"showing {len(found.rows)} of {found.total} dead letter(s){where}, newest first",
+        columns={
+            "dead letter": lambda r: r["event_id"],
+            "original": lambda r: r["original_event_id"] or "-",
+            "topic": lambda r: r["original_topic"],
+            "event type": lambda r: r["event_type"],
+            "group": lambda r: r["group"],
+            "error": lambda r: f"{r['error_type']}: {r['error']}",
+            "attempts": lambda r: r["attempts"],
+            "at": lambda r: _when(r["dead_lettered_at"]),
+            "replays": lambda r: (
+                r["replays"] if r["replayed_at"] is None else f"{r['replays']} ({_when(r['replayed_at'])})"
+            ),
+        },
+    )
+
+
+@dlq.command("show")
+@click.argument("event_id")
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`. Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def dlq_show(ctx: click.Context, event_id: str, bus: str | None, store: str | None, output: str) -> None:
+    """Show a dead letter and the original it holds, by the dead letter's id or by the original event's id.
+
+    An original given up on by several consumer groups, or again after a replay, has several dead letters: all are
+    shown, oldest first (with -o json, a JSON array of them, always an array).
+    """
+    from onex.dlq import find_dead_letters
+
+    wanted = _event_id(event_id)
+    settings = _settings(ctx, bus=bus, store=store)
+    try:
+        found = _with_progress(
+            "reading dead letters", lambda progress: find_dead_letters(settings, wanted, progress=progress)
+        )
+    except OnexError as exc:
+        _fail(str(exc))
+    if found.note:
+        err.print(Text.assemble(("warning:", "yellow"), " ", found.note), soft_wrap=True)
+    if not found.rows:
+        _fail(f"no dead letter with id or original id {wanted}")
+    if output == "json":
+        _emit_json([_letter(r, whole=True) for r in found.rows])
+        return
+    for row in found.rows:
+        summary = Table(title=f"dead letter {row.event_id}", show_header=False)
+        for key, value in _letter(row).items():
+            summary.add_row(key, Text("" if value is None else str(_plain(value))))
+        console.print(summary)
+        payload = row.letter.get("payload") or {}
+        if isinstance(payload.get("original"), dict):
+            console.print("original envelope:")
+            console.print(Text(json.dumps(payload["original"], indent=2, ensure_ascii=False)))
+        else:
+            encoding = payload.get("original_raw_encoding", "utf-8")
+            cut = " (truncated)" if payload.get("original_raw_truncated") else ""
+            where = f"{payload.get('original_partition')}]@{payload.get('original_offset')}"
+            console.print(
+                Text(
+                    f"original record (no envelope), key {payload.get('original_key')!r}, "
+                    f"{payload.get('original_topic')}[{where}, {encoding}{cut}:"
+                )
+            )
+            console.print(Text(str(payload.get("original_raw", ""))))
+
+
+@dlq.command("replay")
+@click.argument("event_ids", nargs=-1, metavar="[EVENT_ID]...")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter not replayed yet.")
+@click.option("--topic", help="Only the dead letters of this topic (its name, or its .dlq name).")
+@click.option("--force", is_flag=True, help="Replay named dead letters even if they were replayed before.")
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`: where replays are recorded. Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def dlq_replay(
+    ctx: click.Context,
+    event_ids: tuple[str, ...],
+    replay_all: bool,
+    topic: str | None,
+    force: bool,
+    bus: str | None,
+    store: str | None,
+    output: str,
+) -> None:
+    """Republish the originals of dead letters to their original topics, and record the replays in the store.
+
+    EVENT_ID is a dead letter's id or its original event's id. A replay reaches every consumer group of the topic.
+    On the memory bus every node is hosted in this process for the replay, until the bus is idle. Exits 1 if a named
+    id was not found or a dead letter could not be replayed (or its replay not recorded).
+    """
+    from onex.dlq import replay
+
+    if event_ids and replay_all:
+        _fail("give EVENT_IDs or --all, not both", code=2)
+    if not event_ids and not replay_all:
+        _fail("give the EVENT_IDs to replay, or --all", code=2)
+    wanted = [_event_id(text) for text in event_ids]
+    settings = _settings(ctx, bus=bus, store=store)
+    try:
+        results = _with_progress(
+            "reading dead letters",
+            lambda progress: replay(
+                settings, wanted, replay_all=replay_all, topic=topic, force=force, progress=progress
+            ),
+        )
+    except OnexError as exc:
+        _fail(str(exc))
+    counts = {status: sum(r.status == status for r in results) for status in ("replayed", "skipped", "not-found")}
+    failed = sum(not r.ok for r in results if r.status not in ("not-found",))
+    rows = [{**dataclasses.asdict(r), "ok": r.ok} for r in results]
+    _emit(
+        output,
+        rows,
+        title=f"replayed {counts['replayed']}, skipped {counts['skipped']}, not found {counts['not-found']}, "
+        f"failed {failed}",
+        columns={
+            "requested": lambda r: r["requested"],
+            "status": lambda r: r["status"],
+            "dead letter": lambda r: r["event_id"],
+            "topic": lambda r: r["original_topic"],
+            "detail": lambda r: r["detail"],
+        },
+    )
+    if any(not r.ok for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,11 +117,18 @@ def dlq_topic(topic: str) -> str:
 
 
 def dead_letter(
-    original: OnexEnvelopeV1, *, topic: str, error: BaseException | str, attempts: int, source_node_id: str = "onex-bus"
+    original: OnexEnvelopeV1,
+    *,
+    topic: str,
+    error: BaseException | str,
+    attempts: int,
+    group: str | None = None,
+    source_node_id: str = "onex-bus",
 ) -> OnexEnvelopeV1:
     """The envelope published to ``<topic>.dlq`` for a message that could not be handled.
 
-    Carries the original envelope whole, the error (type and message) and the number of attempts made.
+    Carries the original envelope whole, the error (type and message), the number of attempts made and the consumer
+    group that gave up on it.
     """
     if isinstance(error, BaseException):
         error_type, message = type(error).__name__, str(error)
@@ -140,6 +147,7 @@ def dead_letter(
             "error_type": error_type,
             "error": message,
             "attempts": attempts,
+            "group": group,
         },
     )
 

@@ -15,14 +15,24 @@ POST     /batch                      ``{items: [...]}``, up to ``batch_limit`` s
 GET      /namespace/{namespace}      a page of a namespace's stamps (``limit``, ``offset``) and its aggregates
 POST     /validate-protocol          a rich (or sidecar) block checked against the metadata protocol
 GET      /health                     bus, store, registry and hosted nodes; 503 when degraded
+GET      /health/live                200 while the event loop answers (a liveness probe)
+GET      /health/ready               200 when ready (``onex.metrics.readiness``, and the bus runs); else 503
 GET      /metrics                    Prometheus text format
 GET      /openapi.json               the OpenAPI 3.1 document (also at ``/openapi.json``)
 =======  ==========================  ===================================================================
 
+Outside the prefix: ``GET /docs``, interactive documentation (Swagger UI, served from the ``swagger-ui-bundle``
+package's files under ``/docs/static/``: nothing is fetched from elsewhere), reading ``/docs/openapi.json``, the same
+document in OpenAPI 3.0 (the bundled Swagger UI 4 renders no 3.1 document).
+
 **Envelope.** Every JSON response but the OpenAPI document is ``{status, data, error, message, metadata}``:
 ``status`` is ``success``, ``error`` or ``partial`` (a batch in which some items failed); ``error`` is ``null`` or
 ``{code, field, details}``; ``metadata`` holds ``request_id`` (also the ``X-Request-ID`` header), ``api_version``,
-``timestamp`` and ``duration_ms``.
+``timestamp`` and ``duration_ms``. A request's ``X-Request-ID`` (1-128 of ``[A-Za-z0-9._:-]``) is kept as its id;
+otherwise one is made.
+
+**Access log.** One ``access`` line per request at INFO on the ``onex.http`` logger (``onex.logs``' format): method,
+path (without the query string, which may carry secrets), status, duration_ms and request_id.
 
 **Input.** Bodies over ``max_body`` bytes get 413 without being read whole: a larger ``Content-Length`` is refused
 before a byte is read, and a body without one (chunked) is counted while it streams. ``/hash`` streams a multipart
@@ -36,9 +46,9 @@ running (the client drops its outcome when it arrives) and its stamp lands in th
 (content that cannot be stamped, say) gets 422 with the workflow's error. Stamps are persisted by the database
 adapter after the workflow's outcome is published, so ``GET /stamp/{hash}`` may trail a ``POST /stamp`` briefly.
 
-**Auth.** With an API key (``ONEX_API_KEY``; ``Settings.api_key``), every route but ``/health`` and the OpenAPI
-document requires ``Authorization: Bearer <key>`` (401 otherwise). The document stays public so that clients can
-discover the API; it says which routes need the key.
+**Auth.** With an API key (``ONEX_API_KEY``; ``Settings.api_key``), every route but the health routes, the OpenAPI
+document and ``/docs`` requires ``Authorization: Bearer <key>`` (401 otherwise). The document stays public so that
+clients can discover the API; it says which routes need the key.
 
 ``create_app`` builds the Starlette application (tests host it on any server); ``serve`` runs it on uvicorn in the
 runtime's event loop until SIGINT/SIGTERM and is what the CLI calls.
@@ -53,6 +63,7 @@ import dataclasses
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import random
 import re
@@ -62,6 +73,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import uvicorn
@@ -74,8 +86,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # the package ships no type hints
 
 from onex import stamps
 from onex.client import StampClient
@@ -83,6 +97,8 @@ from onex.contracts import NodeType
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1
 from onex.exceptions import BusError, OnexError, StampError, StoreError
 from onex.files import FILE_TYPES
+from onex.logs import event as log_event
+from onex.metrics import readiness
 from onex.runtime import Runtime
 from onex.settings import DEFAULT_HTTP_BATCH_LIMIT, DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_S, Settings
 from onex.store import StoreHealth
@@ -99,12 +115,14 @@ __all__ = [
     "bind",
     "check_protocol",
     "create_app",
+    "openapi_30",
     "openapi_document",
     "parse_address",
     "serve",
 ]
 
 PREFIX: Final = "/api/v1/metadata-stamping"
+DOCS: Final = "/docs"
 API_VERSION: Final = "v1"
 DEFAULT_MAX_BODY: Final = DEFAULT_HTTP_MAX_BODY
 DEFAULT_MAX_STREAM: Final = 4 * 1024 * 1024 * 1024
@@ -151,6 +169,11 @@ os.register_at_fork(after_in_child=_ids.seed)
 
 def _new_id() -> uuid.UUID:
     return uuid.UUID(int=_ids.getrandbits(128), version=4)
+
+
+_access_log = logging.getLogger("onex.http")
+# An incoming X-Request-ID is kept only if it is short and plain: it goes into log lines and response headers.
+_REQUEST_ID_RE: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -848,6 +871,7 @@ class _Gateway:
         self.timeout_s = timeout_s
         self.metrics = _Metrics()
         self._openapi: bytes | None = None
+        self._openapi_30: bytes | None = None
 
     # -- plumbing --
     def authorized(self, headers: Mapping[str, str]) -> bool:
@@ -865,7 +889,7 @@ class _Gateway:
 
         return handle
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[Route | Mount]:
         e = self.endpoint
         return [
             Route(f"{PREFIX}/stamp", e(self.stamp), methods=["POST"]),
@@ -876,9 +900,15 @@ class _Gateway:
             Route(f"{PREFIX}/namespace/{{namespace:path}}", e(self.namespace), methods=["GET"]),
             Route(f"{PREFIX}/validate-protocol", e(self.validate_protocol), methods=["POST"]),
             Route(f"{PREFIX}/health", e(self.health), methods=["GET"]),
+            Route(f"{PREFIX}/health/live", e(self.live), methods=["GET"]),
+            Route(f"{PREFIX}/health/ready", e(self.ready), methods=["GET"]),
             Route(f"{PREFIX}/metrics", e(self.prometheus), methods=["GET"]),
             Route(f"{PREFIX}/openapi.json", self.openapi, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route(DOCS, self.docs, methods=["GET"]),
+            Route(f"{DOCS}/init.js", self.docs_script, methods=["GET"]),
+            Route(f"{DOCS}/openapi.json", self.openapi_30, methods=["GET"]),
+            Mount(f"{DOCS}/static", StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui"),
         ]
 
     async def _json(self, request: Request, model: type[M]) -> M:
@@ -1270,32 +1300,70 @@ class _Gateway:
             )
         return envelope(request, data, message="ok")
 
+    async def live(self, request: Request) -> Response:
+        return envelope(request, {"status": "live"}, message="live")
+
+    async def ready(self, request: Request) -> Response:
+        # A gateway hosting no node is ready when its bus runs (it submits and hears outcomes through it) and the
+        # store answers; one hosting nodes is ready when they run, too (readiness() checks those).
+        state = _bus_state(self.runtime.bus)
+        reason = f"bus {state}" if state != "running" else await readiness(self.runtime)
+        if reason is not None:
+            raise ApiError(503, "not_ready", f"not ready: {reason}", data={"status": "not_ready", "reason": reason})
+        return envelope(request, {"status": "ready"}, message="ready")
+
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(self), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def _document(self) -> dict[str, Any]:
+        return openapi_document(batch_limit=self.batch_limit, max_body=self.max_body, api_key=self.api_key is not None)
+
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
-            document = openapi_document(
-                batch_limit=self.batch_limit, max_body=self.max_body, api_key=self.api_key is not None
-            )
-            self._openapi = json.dumps(document).encode()
+            self._openapi = json.dumps(self._document()).encode()
         return Response(self._openapi, media_type="application/json")
+
+    async def openapi_30(self, request: Request) -> Response:
+        if self._openapi_30 is None:
+            self._openapi_30 = json.dumps(openapi_30(self._document())).encode()
+        return Response(self._openapi_30, media_type="application/json")
+
+    async def docs(self, request: Request) -> Response:
+        return Response(_DOCS_PAGE, media_type="text/html; charset=utf-8")
+
+    async def docs_script(self, request: Request) -> Response:
+        return Response(_DOCS_SCRIPT, media_type="text/javascript; charset=utf-8")
 
 
 class _Observe:
-    """Outermost ASGI layer: request id and timing, the API key check, and the request metrics."""
+    """Outermost ASGI layer: request id and timing, the API key check, the request metrics and the access log.
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which would run every request in a task of its own
+    and buffer streamed bodies through a memory stream."""
 
     def __init__(self, app: ASGIApp, gateway: _Gateway) -> None:
         self.app = app
         self.gateway = gateway
-        self.public = {f"{PREFIX}/health", f"{PREFIX}/openapi.json", "/openapi.json"}
+        self.public = {
+            f"{PREFIX}/health",
+            f"{PREFIX}/health/live",
+            f"{PREFIX}/health/ready",
+            f"{PREFIX}/openapi.json",
+            "/openapi.json",
+            DOCS,
+            f"{DOCS}/init.js",
+            f"{DOCS}/openapi.json",
+        }
+
+    def _is_public(self, path: str) -> bool:
+        return path in self.public or path.startswith(f"{DOCS}/static/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _new_id().hex
+        request_id = _request_id(scope)
         scope["onex.started"] = started
         scope["onex.request_id"] = request_id
         status = 500
@@ -1310,7 +1378,7 @@ class _Observe:
 
         metrics.in_flight += 1
         try:
-            if scope["path"] in self.public or self.gateway.authorized(Request(scope).headers):
+            if self._is_public(scope["path"]) or self.gateway.authorized(Request(scope).headers):
                 await self.app(scope, receive, send_)
             else:
                 exc = ApiError(
@@ -1326,7 +1394,40 @@ class _Observe:
             # Label values must stay few: the route's template, never the path; a known method, never any token.
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            metrics.observe(method, route, status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.observe(method, route, status, elapsed)
+            if _access_log.isEnabledFor(logging.INFO):
+                _access(scope, method, status, elapsed, request_id)
+
+
+def _request_id(scope: Scope) -> str:
+    """The request's ``X-Request-ID`` if it sent a plain one, else a new id."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _REQUEST_ID_RE.fullmatch(value):
+                return str(value.decode("ascii"))
+            break
+    return _new_id().hex
+
+
+def _access(scope: Scope, method: str, status: int, elapsed: float, request_id: str) -> None:
+    """The ``access`` line of a request."""
+    # The path as it was sent (percent-escapes kept, so no control character reaches a text log line), without the
+    # query string: a server keeps `?...` in raw_path for some clients (httpx's ASGI transport).
+    raw = scope.get("raw_path")
+    path = raw.partition(b"?")[0].decode("latin-1") if isinstance(raw, bytes) else scope["path"]
+    duration_ms = round(elapsed * 1000, 3)
+    log_event(
+        _access_log,
+        logging.INFO,
+        "access",
+        f"{method} {path} {status} {duration_ms}ms",
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=duration_ms,
+        request_id=request_id,
+    )
 
 
 def create_app(
@@ -1374,6 +1475,38 @@ def create_app(
     )
     app.state.gateway = gateway
     return app
+
+
+# --- /docs: Swagger UI from the swagger-ui-bundle package's files, nothing from elsewhere ---------------------------
+
+_DOCS_PAGE: Final = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>onex metadata stamping API</title>
+<link rel="stylesheet" href="{DOCS}/static/swagger-ui.css">
+<link rel="icon" type="image/png" href="{DOCS}/static/favicon-32x32.png" sizes="32x32">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{DOCS}/static/swagger-ui-bundle.js"></script>
+<script src="{DOCS}/init.js"></script>
+</body>
+</html>
+""".encode()
+
+# validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io for its badge.
+_DOCS_SCRIPT: Final = f"""window.onload = function () {{
+  window.ui = SwaggerUIBundle({{
+    url: "{DOCS}/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout",
+  }});
+}};
+""".encode()
 
 
 # --- serving -----------------------------------------------------------------------------------------------------
@@ -1497,6 +1630,46 @@ async def serve(
 
 
 # --- the OpenAPI document ----------------------------------------------------------------------------------------
+
+
+def openapi_30(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` (3.1) as OpenAPI 3.0.3, for the bundled Swagger UI 4, which renders no 3.1 document.
+
+    Only what the gateway's document uses is translated: a list ``type`` with ``"null"`` and an ``anyOf`` branch
+    ``{"type": "null"}`` become ``nullable``, ``const`` becomes a one-value ``enum``.
+    """
+
+    def schema(node: Any) -> Any:
+        if isinstance(node, list):
+            return [schema(item) for item in node]
+        if not isinstance(node, Mapping):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, Mapping):  # property names are not keywords
+                out[key] = {name: schema(sub) for name, sub in value.items()}
+            elif key == "const":
+                out["enum"] = [value]
+            elif key == "type" and isinstance(value, list):
+                kinds = [kind for kind in value if kind != "null"]
+                if len(kinds) < len(value):
+                    out["nullable"] = True
+                if len(kinds) == 1:
+                    out["type"] = kinds[0]
+                else:
+                    out["anyOf"] = [{"type": kind} for kind in kinds]
+            elif key in ("anyOf", "oneOf") and isinstance(value, list):
+                branches = [branch for branch in value if branch != {"type": "null"}]
+                if len(branches) < len(value):
+                    out["nullable"] = True
+                out[key] = schema(branches)
+            else:
+                out[key] = schema(value)
+        return out
+
+    converted: dict[str, Any] = schema(document)
+    converted["openapi"] = "3.0.3"
+    return converted
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -1785,7 +1958,16 @@ def openapi_document(
                 "gateway": any_object,
             },
         },
+        "Probe": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["live", "ready", "not_ready"]},
+                "reason": {**text, "description": "Why the gateway is not ready."},
+            },
+        },
     }
+    probe = _ref("Probe")
     auth: dict[str, Any] = {"security": [{"bearerAuth": []}]} if api_key else {}
     public: dict[str, Any] = {"security": []} if api_key else {}
     body_codes = (413, 415, 422)
@@ -1898,6 +2080,30 @@ def openapi_document(
                     "503": {
                         "description": "degraded",
                         "content": {"application/json": {"schema": _enveloped(_ref("Health"))}},
+                    },
+                },
+            }
+        },
+        f"{PREFIX}/health/live": {
+            "get": {
+                "operationId": "live",
+                "summary": "Liveness: 200 while the server's event loop answers",
+                **public,
+                "responses": {
+                    "200": {"description": "live", "content": {"application/json": {"schema": _enveloped(probe)}}},
+                },
+            }
+        },
+        f"{PREFIX}/health/ready": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Readiness: the bus runs, the store answers and every hosted node runs",
+                **public,
+                "responses": {
+                    "200": {"description": "ready", "content": {"application/json": {"schema": _enveloped(probe)}}},
+                    "503": {
+                        "description": "not ready: starting, draining, the bus or the store down, a node not running",
+                        "content": {"application/json": {"schema": _ref("ErrorEnvelope")}},
                     },
                 },
             }

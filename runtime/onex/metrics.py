@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -30,7 +32,19 @@ if TYPE_CHECKING:
 
     from onex.runtime import Runtime
 
-__all__ = ["DURATION_BUCKETS", "NodeMeter", "RuntimeCollector", "create_app", "readiness", "registry_for", "serving"]
+__all__ = [
+    "BATCH_BUCKETS",
+    "DURATION_BUCKETS",
+    "CommitMeter",
+    "DeadLetterAlert",
+    "Histogram",
+    "NodeMeter",
+    "RuntimeCollector",
+    "create_app",
+    "readiness",
+    "registry_for",
+    "serving",
+]
 
 # Seconds; a handled batch of the shipped nodes takes from well under a millisecond to a few hundred.
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -39,17 +53,58 @@ DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 STORE_TIMEOUT_S = 2.0
 
 
+class Histogram:
+    """Observations filed into fixed buckets, in plain numbers: ``observe(value)`` costs a bisect and three adds."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.bounds = bounds
+        self.count = 0
+        self.total = 0.0
+        self.counts = [0] * (len(bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        """Add this histogram's cumulative buckets to ``family`` under ``labels``."""
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((_bound(bound), cumulative))
+        family.add_metric(labels, buckets, self.total)
+
+
+# Rows per committed store batch: a heartbeat alone is 1, a busy adapter's group commit a few thousand.
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+class CommitMeter:
+    """A store's committed batches: rows per batch and seconds from ``apply()`` to the commit (retries included)."""
+
+    __slots__ = ("rows", "seconds")
+
+    def __init__(self) -> None:
+        self.rows = Histogram(BATCH_BUCKETS)
+        self.seconds = Histogram()
+
+    def committed(self, rows: int, seconds: float) -> None:
+        self.rows.observe(rows)
+        self.seconds.observe(seconds)
+
+
 class _Tally:
     """One event type's numbers: handled, failed, and the handler-duration histogram (per call, not per event)."""
 
-    __slots__ = ("buckets", "calls", "failed", "handled", "seconds")
+    __slots__ = ("durations", "failed", "handled")
 
     def __init__(self) -> None:
         self.handled = 0
         self.failed = 0
-        self.calls = 0
-        self.seconds = 0.0
-        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.durations = Histogram()
 
 
 class NodeMeter:
@@ -69,22 +124,53 @@ class NodeMeter:
     def handled(self, event_type: str, count: int, seconds: float) -> None:
         tally = self._tally(event_type)
         tally.handled += count
-        self._observe(tally, seconds)
+        tally.durations.observe(seconds)
 
     def failed(self, event_type: str, count: int, seconds: float) -> None:
         tally = self._tally(event_type)
         tally.failed += count
-        self._observe(tally, seconds)
-
-    @staticmethod
-    def _observe(tally: _Tally, seconds: float) -> None:
-        tally.calls += 1
-        tally.seconds += seconds
-        tally.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        tally.durations.observe(seconds)
 
     def totals(self) -> tuple[int, int]:
         """(handled, failed) over every event type."""
         return sum(t.handled for t in self.tallies.values()), sum(t.failed for t in self.tallies.values())
+
+
+class DeadLetterAlert:
+    """A node's dead letters in a sliding window: raised while more than ``threshold`` fell within ``window_s``.
+
+    ``record()`` is called per dead letter and says whether that one raised the alert; ``raised()`` says whether it
+    still stands (a window that empties clears it). ``clock`` is monotonic seconds; tests may pass their own.
+    """
+
+    __slots__ = ("_times", "clock", "threshold", "window_s")
+
+    def __init__(self, threshold: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.window_s = window_s
+        self.clock = clock
+        self._times: collections.deque[float] = collections.deque()
+
+    def _prune(self) -> int:
+        horizon = self.clock() - self.window_s
+        times = self._times
+        while times and times[0] <= horizon:
+            times.popleft()
+        return len(times)
+
+    def raised(self) -> bool:
+        return self._prune() > self.threshold
+
+    def record(self) -> bool:
+        """Count one dead letter now; True if it is the one that raised the alert."""
+        before = self._prune()
+        self._times.append(self.clock())
+        if len(self._times) > self.threshold + 1:
+            self._times.popleft()  # only whether the window holds more than the threshold matters: keep it bounded
+        return before == self.threshold
+
+    def describe(self) -> str:
+        return f"more than {self.threshold} dead letters in the last {self.window_s:g} s"
 
 
 class RuntimeCollector(Collector):
@@ -108,29 +194,38 @@ class RuntimeCollector(Collector):
         breaker = GaugeMetricFamily(
             "onex_circuit_breaker_open", "1 while a node's circuit breaker is open or half-open.", labels=["node"]
         )
+        alert = GaugeMetricFamily(
+            "onex_dead_letter_alert",
+            "1 while a node dead-lettered more than ONEX_DLQ_ALERT_THRESHOLD messages in ONEX_DLQ_ALERT_WINDOW_S.",
+            labels=["node"],
+        )
         by_group = _bus_counts(rt)
         for node in rt.nodes:
             name = node.contract.name
             for event_type, tally in sorted(node.meter.tallies.items()):
                 handled.add_metric([name, event_type], tally.handled)
                 failed.add_metric([name, event_type], tally.failed)
-                cumulative, buckets = 0, []
-                for bound, count in zip((*DURATION_BUCKETS, float("inf")), tally.buckets, strict=True):
-                    cumulative += count
-                    buckets.append((_bound(bound), cumulative))
-                duration.add_metric([name, event_type], buckets, tally.seconds)
+                tally.durations.add_to(duration, [name, event_type])
             for (group, event_type), (retries, letters) in sorted(by_group.items()):
                 if group == node.group:
                     retried.add_metric([name, event_type], retries)
                     dead.add_metric([name, event_type], letters)
             in_flight.add_metric([name], node.active_operations)
+            alert.add_metric([name], 1 if node.dlq_alert.raised() else 0)
             running = getattr(node, "workflows", None)
             if isinstance(running, dict):
                 workflows.add_metric([name], len(running))
             node_breaker = getattr(node, "breaker", None)
             if node_breaker is not None:
                 breaker.add_metric([name], 0 if node_breaker.state == "closed" else 1)
-        yield from (handled, failed, retried, dead, duration, in_flight, workflows, breaker)
+        hashing = HistogramMetricFamily(
+            "onex_blake3_hash_duration_seconds", "Reading and BLAKE3-hashing one file or content.", labels=["node"]
+        )
+        for node in rt.nodes:
+            hash_durations = getattr(node, "hash_durations", None)
+            if isinstance(hash_durations, Histogram):
+                hash_durations.add_to(hashing, [node.contract.name])
+        yield from (handled, failed, retried, dead, duration, in_flight, workflows, breaker, alert, hashing)
         lag = GaugeMetricFamily(
             "onex_consumer_lag", "Records not yet committed (Kafka).", labels=["group", "topic", "partition"]
         )
@@ -138,6 +233,13 @@ class RuntimeCollector(Collector):
             lag.add_metric([group, topic, str(partition)], behind)
         yield lag
         store = rt.store
+        batch_rows = HistogramMetricFamily("onex_store_batch_rows", "Rows per committed store batch.", labels=[])
+        store.commits.rows.add_to(batch_rows, [])
+        commit = HistogramMetricFamily(
+            "onex_store_commit_duration_seconds", "From a batch handed to the store to its commit.", labels=[]
+        )
+        store.commits.seconds.add_to(commit, [])
+        yield from (batch_rows, commit)
         store_breaker = getattr(store, "_breaker", None)
         if store_breaker is not None:
             yield GaugeMetricFamily(
@@ -211,7 +313,9 @@ def create_app(runtime: Runtime, registry: CollectorRegistry | None = None) -> S
     async def readyz(request: Request) -> Response:
         reason = await readiness(runtime)
         if reason is None:
-            return PlainTextResponse("ready\n")
+            # Degraded is still ready: taking a node out of service would not stop what it dead-letters.
+            degraded = [f"{n.node_id}: {n.dlq_alert.describe()}" for n in runtime.nodes if n.dlq_alert.raised()]
+            return PlainTextResponse(f"ready (degraded: {'; '.join(degraded)})\n" if degraded else "ready\n")
         return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
 
     async def metrics(request: Request) -> Response:

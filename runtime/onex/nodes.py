@@ -56,7 +56,7 @@ from onex.envelope import (
 )
 from onex.exceptions import OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
-from onex.metrics import NodeMeter
+from onex.metrics import DeadLetterAlert, NodeMeter
 from onex.resilience import CircuitBreaker
 from onex.settings import Settings
 from onex.store import Store, WorkflowRow, WriteBatch
@@ -227,6 +227,7 @@ class Node:
         self.lifecycle = Lifecycle.CREATED
         self.active_operations = 0
         self.meter = NodeMeter()
+        self.dlq_alert = DeadLetterAlert(settings.dlq_alert_threshold, settings.dlq_alert_window_s)
         self._started_at = time.monotonic()
         self._subscriptions: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
@@ -408,9 +409,11 @@ class Node:
         return caps
 
     def health(self) -> str:
-        return {Lifecycle.RUNNING: "HEALTHY", Lifecycle.DRAINING: "DRAINING", Lifecycle.STOPPED: "STOPPED"}.get(
+        """HEALTHY while running, DEGRADED while starting or while the dead-letter alert stands."""
+        status = {Lifecycle.RUNNING: "HEALTHY", Lifecycle.DRAINING: "DRAINING", Lifecycle.STOPPED: "STOPPED"}.get(
             self.lifecycle, "DEGRADED"
         )
+        return "DEGRADED" if status == "HEALTHY" and self.dlq_alert.raised() else status
 
     # -- publishing --
     def envelope(

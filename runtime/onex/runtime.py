@@ -20,10 +20,11 @@ from types import TracebackType
 
 from onex.bus import EventBus, MemoryBus
 from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
+from onex.envelope import OnexEnvelopeV1
 from onex.exceptions import OnexError, StoreError
 from onex.logs import event
 from onex.nodes import Node, RegistryNode
-from onex.settings import Settings
+from onex.settings import Settings, redact_url
 from onex.store import Store, open_store
 
 # Consumers start before producers so that the first events published find their subscribers.
@@ -92,6 +93,8 @@ class Runtime:
         self.bus = bus or open_bus(settings)
         self.store = store or open_store(settings.store_url())
         self.nodes: list[Node] = []
+        self.bus.on_dead_letter(self._alert_on_dead_letters)
+        self._alerted: set[str] = set()  # ids of the nodes whose dead-letter alert was logged and not cleared yet
         # starting -> running -> draining -> stopped; /readyz is 200 only while running.
         self.phase = "starting"
         self._summary: asyncio.Task[None] | None = None
@@ -106,7 +109,62 @@ class Runtime:
             f"node {name!r} is not hosted here (hosted: {', '.join(n.contract.name for n in self.nodes)})"
         )
 
+    async def _alert_on_dead_letters(self, group: str, event_type: str, letter: OnexEnvelopeV1) -> None:
+        """The dead-letter alert: count ``letter`` for the hosted node of ``group``; the one that raises the alert
+        logs an ERROR line and sends a DEGRADED heartbeat at once (the registry, ``onex ps``, /readyz see it)."""
+        for node in self.nodes:
+            if node.group != group or not node.dlq_alert.record():
+                continue
+            self._alerted.add(node.node_id)
+            alert = node.dlq_alert
+            event(
+                _log,
+                logging.ERROR,
+                "dlq_alert",
+                f"dead-letter alert: {alert.describe()}",
+                node=node.node_id,
+                threshold=alert.threshold,
+                window_s=alert.window_s,
+                event_type=event_type,
+                topic=letter.payload.get("original_topic"),
+            )
+            with contextlib.suppress(OnexError):
+                await node.publish_heartbeat()
+
+    def _clear_alerts(self) -> None:
+        for node in self.nodes:
+            if node.node_id in self._alerted and not node.dlq_alert.raised():
+                self._alerted.discard(node.node_id)
+                event(_log, logging.INFO, "dlq_alert_cleared", "dead-letter alert cleared", node=node.node_id)
+
+    async def _keep_dead_letter(self, group: str, event_type: str, letter: OnexEnvelopeV1) -> None:
+        """On a bus that keeps no messages (memory), keep each dead letter in the store for ``onex dlq``."""
+        from onex.dlq import dead_letter_row
+
+        try:
+            await self.store.add_dead_letters([dead_letter_row(letter, group=group)])
+        except Exception as exc:  # the bus goes on either way; say which letter is lost
+            event(
+                _log,
+                logging.ERROR,
+                "dead_letter_not_kept",
+                f"dead letter {letter.event_id} could not be kept in the store: {exc}",
+                event_id=str(letter.event_id),
+                event_type=event_type,
+                group=group,
+            )
+
     async def start(self) -> None:
+        from onex import __version__  # the package imports this module first
+
+        event(
+            _log,
+            logging.INFO,
+            "process_start",
+            f"onex {__version__}: bus {redact_url(self.settings.bus)}, store {redact_url(self.store.url)}",
+            bus=redact_url(self.settings.bus),
+            store=redact_url(self.store.url),
+        )
         if self._own_store:
             await self.store.open()
             if self.settings.store_url().startswith("sqlite:"):
@@ -120,6 +178,8 @@ class Runtime:
                 raise StoreError(health.detail)
         if self._own_bus:
             await self.bus.start()
+        if not self.bus.retains_messages:
+            self.bus.on_dead_letter(self._keep_dead_letter)
         for contract in self.selected:
             cls = resolve_implementation(contract, root=self.settings.root)
             node = cls(contract, bus=self.bus, store=self.store, settings=self.settings)
@@ -146,6 +206,7 @@ class Runtime:
             self._summarise_now()
 
     def _summarise_now(self) -> None:
+        self._clear_alerts()
         now = time.monotonic()
         try:
             self.log_summary(self._summarised, now - self._summarised_at)

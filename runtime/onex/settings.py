@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_STORE = "sqlite:///.onex/onex.db"
 DEFAULT_BUS = "memory://"
@@ -53,6 +54,15 @@ def user_data_store(environ: Mapping[str, str]) -> str:
     base = environ.get("XDG_DATA_HOME") or ""
     data = Path(base) if Path(base).is_absolute() else Path(environ.get("HOME") or Path.home()) / ".local" / "share"
     return f"sqlite:///{data / 'onex' / 'onex.db'}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``postgresql://u:***@host/db``), for banners, logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
@@ -123,6 +133,10 @@ class Settings:
     log_format: str = "text"
     log_summary_s: float = 30.0
     metrics: str | None = None
+    # The dead-letter alert: a node that dead-letters more than this many messages within the window logs an ERROR,
+    # raises onex_dead_letter_alert and reports DEGRADED (heartbeat, /readyz body) until the window holds fewer.
+    dlq_alert_threshold: int = 10
+    dlq_alert_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in LOG_LEVELS:

@@ -98,6 +98,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -222,6 +223,7 @@ class StampResult:
     file_type: str
     size: int
     error: str | None = None
+    hash_seconds: float = 0.0  # reading and BLAKE3-hashing the content (0 when it was not read)
 
 
 @dataclass(frozen=True)
@@ -784,16 +786,19 @@ class _Scan:
     digest: str
     size: int  # of the stripped content
     data: bytes | None  # the whole content, when the file was small enough to read at once
+    seconds: float  # reading and hashing it
 
 
 def _scan(f: io.FileIO, name: str, file_size: int) -> _Scan:
     """Read and hash a file once: whole if it is at most ``IN_MEMORY_LIMIT`` bytes, else streamed."""
+    started = time.perf_counter()
     if file_size <= IN_MEMORY_LIMIT:
         data = f.readall()  # one allocation of the exact size; a file that grew meanwhile is caught later
         head = data[:HEAD_SIZE] if len(data) > HEAD_SIZE else data
         layout = _analyse(name, head, at_eof=len(head) < HEAD_SIZE)
         size = len(data) - (layout.stamp_end - layout.keep_end)
-        return _Scan(head, layout, _digest(data, layout), size, data)
+        digest = _digest(data, layout)
+        return _Scan(head, layout, digest, size, data, time.perf_counter() - started)
     head = _read_head(f)
     layout = _analyse(name, head, at_eof=len(head) < HEAD_SIZE)
     # Single-threaded on purpose: fed CHUNK_SIZE at a time, BLAKE3's threads cost more than they save, and
@@ -802,7 +807,9 @@ def _scan(f: io.FileIO, name: str, file_size: int) -> _Scan:
     hasher.update(memoryview(head)[: layout.keep_end])
     hasher.update(memoryview(head)[layout.stamp_end :])
     total = len(head) + _stream(f, hasher.update)
-    return _Scan(head, layout, hasher.hexdigest(), total - (layout.stamp_end - layout.keep_end), None)
+    digest = hasher.hexdigest()
+    size = total - (layout.stamp_end - layout.keep_end)
+    return _Scan(head, layout, digest, size, None, time.perf_counter() - started)
 
 
 @contextlib.contextmanager
@@ -1163,7 +1170,7 @@ def _stamp_file(
                 previous, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
             )
             if stamp is previous:
-                return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size)
+                return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
             if not dry_run:
                 data = render_sidecar(stamp)
                 mode = side_mode if side_mode is not None else stat.S_IMODE(st.st_mode) & 0o666
@@ -1178,17 +1185,25 @@ def _stamp_file(
                     shown=shown,
                     hook=hook,
                 )
-            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
+            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
         if layout.problem is not None:
-            return StampResult(shown, "failed", None, layout.file_type, scan.size, f"{shown}: {layout.problem}")
+            return StampResult(
+                shown,
+                "failed",
+                None,
+                layout.file_type,
+                scan.size,
+                f"{shown}: {layout.problem}",
+                hash_seconds=scan.seconds,
+            )
         options = _Options("rich" if rich else "lightweight", namespace, author, None, None)
         stamp = _next_stamp(
             layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
         )
         if stamp is layout.stamp:
-            return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size)
+            return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
         if dry_run:
-            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
+            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
         before_kept, after_kept = _stamp_unit(stamp, layout, shown)
         # The original's bytes: all of them if they were read at once, else the head, then the rest again.
         source = memoryview(scan.data if scan.data is not None else scan.head)
@@ -1214,8 +1229,8 @@ def _stamp_file(
                 hook=hook,
             )
         except _Busy as exc:
-            return StampResult(shown, "busy", None, layout.file_type, scan.size, str(exc))
-        return StampResult(shown, "stamped", stamp, layout.file_type, scan.size)
+            return StampResult(shown, "busy", None, layout.file_type, scan.size, str(exc), hash_seconds=scan.seconds)
+        return StampResult(shown, "stamped", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
 
 
 def verify_file(path: str | os.PathLike[str]) -> VerifyResult:

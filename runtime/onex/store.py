@@ -17,6 +17,8 @@ Natural keys and conflict rules (the same on every store; ``tests/test_store_con
 | node_registrations  | node_id                               | replace (registration), heartbeat updates health  |
 | event_logs          | event_id                              | keep the existing row                             |
 | processed_events    | (consumer, event_id)                  | keep the existing row                             |
+| dead_letters        | event_id (the dead letter's own id)   | keep the existing row; ``record_replay`` upserts  |
+|                     |                                       | and counts the replay                             |
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from onex.exceptions import StoreError
+from onex.metrics import CommitMeter
 
 TABLES: tuple[str, ...] = (
     "workflow_executions",
@@ -43,6 +46,7 @@ TABLES: tuple[str, ...] = (
     "node_registrations",
     "event_logs",
     "processed_events",
+    "dead_letters",
 )
 
 
@@ -149,6 +153,30 @@ class EventLogRow:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A message a consumer gave up on, as its dead letter (``envelope.dead_letter``) describes it.
+
+    On the memory bus the runtime keeps every dead letter here (they die with the process otherwise); on Kafka the
+    ``.dlq`` topics hold them and rows exist only for the letters ``onex dlq replay`` replayed.
+    """
+
+    event_id: uuid.UUID  # the dead letter's own id
+    topic: str  # the dead-letter topic, ``<original_topic>.dlq``
+    original_topic: str
+    event_type: str  # of the original; ``UNDECODABLE`` for a Kafka record that was no envelope
+    error_type: str
+    error: str
+    attempts: int
+    letter: dict[str, Any]  # the whole dead-letter envelope, as JSON
+    original_event_id: uuid.UUID | None = None  # None for a record that was no envelope
+    correlation_id: uuid.UUID | None = None
+    group_name: str | None = None  # the consumer group that gave up, when known
+    dead_lettered_at: datetime | None = None
+    replayed_at: datetime | None = None  # the last replay
+    replays: int = 0
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Rows to write in one transaction, plus the ids of the events they came from."""
@@ -188,6 +216,7 @@ class Store(abc.ABC):
     """Base of every store. An async context manager; ``open()`` connects, ``aclose()`` flushes and disconnects."""
 
     url: str
+    commits: CommitMeter  # rows and seconds of each committed batch, for /metrics
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -266,6 +295,34 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_registrations(self) -> list[RegistrationRow]: ...
+
+    # --- dead letters (``onex dlq``) ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
+        """Insert the rows in one transaction; a row whose ``event_id`` is stored already is left as it is."""
+
+    @abc.abstractmethod
+    async def list_dead_letters(self, *, topic: str | None = None, limit: int = 100) -> list[DeadLetterRow]:
+        """The newest dead letters first (``dead_lettered_at``, then the order stored), at most ``limit``, only those
+        of the dead-letter topic ``topic`` when given."""
+
+    @abc.abstractmethod
+    async def count_dead_letters(self, *, topic: str | None = None) -> int:
+        """How many dead letters ``list_dead_letters`` would return without a limit."""
+
+    @abc.abstractmethod
+    async def find_dead_letters(self, event_id: uuid.UUID) -> list[DeadLetterRow]:
+        """The dead letters whose own id or whose original's id is ``event_id`` (one original may have been given up
+        on by several consumer groups, or again after a replay), oldest first."""
+
+    @abc.abstractmethod
+    async def get_dead_letters(self, event_ids: Sequence[uuid.UUID]) -> list[DeadLetterRow]:
+        """The stored rows among the dead letters ``event_ids`` (in no particular order; unknown ids are left out)."""
+
+    @abc.abstractmethod
+    async def record_replay(self, rows: Sequence[DeadLetterRow], at: datetime) -> None:
+        """Record that the dead letters ``rows`` were replayed at ``at``, in one transaction: a row not stored yet is
+        inserted (from a Kafka ``.dlq`` topic), then every one gets ``replayed_at = at`` and ``replays + 1``."""
 
     @abc.abstractmethod
     async def count(self, table: str) -> int:

@@ -7,9 +7,8 @@ Two deployments:
   its store. The workflows still travel through the broker: a consumer group of the test's own sees each request the
   gateway submitted and each outcome it answered with.
 - **split**: the gateway process hosts only the registry, and the four workflow nodes each run in an ``onex run
-  --node NAME`` process of their own, sharing a PostgreSQL schema. The CLI cannot start a gateway hosting no node at
-  all (without ``--node`` it hosts every node; ``runtime.select`` accepts an empty list, the CLI never passes one), so
-  the registry, which no stamp workflow passes through, keeps it company.
+  --node NAME`` process of their own, sharing a PostgreSQL schema: a gateway next to a node no stamp workflow passes
+  through. (A gateway hosting no node at all, ``--no-nodes``, is tests/integration/test_gateway_no_nodes.py.)
 
 Both: POST /stamp for both stamp types answers with the stamped content, the BLAKE3 of the content and the workflow's
 id; GET /stamp/{hash} finds the record once the database adapter stored it; /batch reports every item; /health is 200;

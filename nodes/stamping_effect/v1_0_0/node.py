@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from onex import stamps
 from onex.envelope import OnexEnvelopeV1
 from onex.exceptions import StampError
 from onex.files import SNIFF_SIZE, detect_file_type, remove_stale_temps_in, within
+from onex.metrics import Histogram
 from onex.nodes import EffectNode, Event
 
 from nodes.orchestrator.v1_0_0.models import ModelStampCommand
@@ -40,6 +42,7 @@ class NodeStampingEffect(EffectNode):
         self.inline_bytes = int(self.contract.config.get("thread_offload_bytes", 262_144))
         self.stamp_roots = self.settings.stamp_root_paths()
         self._swept: set[str] = set()  # directories cleared of stale temp files (a race only sweeps one twice)
+        self.hash_durations = Histogram()  # seconds to read and BLAKE3-hash one file or content (/metrics)
 
     async def handle_stamp_file(self, events: Sequence[Event]) -> None:
         commands = [(env, cmd) for env, cmd in events if isinstance(cmd, ModelStampCommand)]
@@ -47,25 +50,32 @@ class NodeStampingEffect(EffectNode):
         # file system, or large content, goes to a worker thread in one hop for the whole batch.
         inline = all(c.content is not None and len(c.content) <= self.inline_bytes for _, c in commands)
 
+        # Hash times are collected by the worker thread and filed here, on the event loop, which owns the histogram.
+        timings: list[float] = []
+
         async def stamp_batch() -> list[OnexEnvelopeV1]:
             if inline:
-                return self._stamp_all(commands)
-            return await asyncio.to_thread(self._stamp_all, commands)
+                return self._stamp_all(commands, timings)
+            return await asyncio.to_thread(self._stamp_all, commands, timings)
 
         results = await self.breaker.call(stamp_batch)
+        for seconds in timings:
+            self.hash_durations.observe(seconds)
         created = [e for e in results if e.event_type == "STAMP_CREATED"]
         failed = [e for e in results if e.event_type == "STAMP_FAILED"]
         await self.publish_envelopes("STAMP_CREATED", created)
         await self.publish_envelopes("STAMP_FAILED", failed)
 
-    def _stamp_all(self, commands: Sequence[tuple[OnexEnvelopeV1, ModelStampCommand]]) -> list[OnexEnvelopeV1]:
-        return [self._stamp_one(env, cmd) for env, cmd in commands]
+    def _stamp_all(
+        self, commands: Sequence[tuple[OnexEnvelopeV1, ModelStampCommand]], timings: list[float]
+    ) -> list[OnexEnvelopeV1]:
+        return [self._stamp_one(env, cmd, timings) for env, cmd in commands]
 
-    def _stamp_one(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand) -> OnexEnvelopeV1:
+    def _stamp_one(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, timings: list[float]) -> OnexEnvelopeV1:
         rich = cmd.stamp_type == "rich"
         author = cmd.author or self.author
         if cmd.content is not None:
-            return self._stamp_content(envelope, cmd, rich=rich, author=author)
+            return self._stamp_content(envelope, cmd, timings, rich=rich, author=author)
         assert cmd.file_path is not None
         refusal = self._outside_roots(cmd.file_path)
         if refusal is not None:
@@ -84,6 +94,8 @@ class NodeStampingEffect(EffectNode):
             dry_run=cmd.dry_run,
             roots=self.stamp_roots,
         )
+        if result.hash_seconds:
+            timings.append(result.hash_seconds)
         if result.status == "busy":
             return self._failed(envelope, cmd, result.error or stamps.BUSY, retryable=True)
         if result.status == "failed" or result.stamp is None:
@@ -107,14 +119,16 @@ class NodeStampingEffect(EffectNode):
         )
 
     def _stamp_content(
-        self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, *, rich: bool, author: str
+        self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, timings: list[float], *, rich: bool, author: str
     ) -> OnexEnvelopeV1:
         name = cmd.file_path or "content.txt"
         data = cmd.content.encode() if cmd.content is not None else b""
+        started = time.perf_counter()
         try:
             stamped, stamp = stamps.stamp_bytes(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
         except StampError as exc:
             return self._failed(envelope, cmd, str(exc))
+        timings.append(time.perf_counter() - started)  # hashing, and rendering the stamp into the content
         return self.envelope(
             "STAMP_CREATED",
             ModelStampCreated(
