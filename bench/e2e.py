@@ -55,6 +55,7 @@ import asyncpg
 from blake3 import blake3
 from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb
 from onex._sqlite import PRAGMAS, SqliteStore, _migrations
+from onex._tables import STAMPS, STEPS, TRANSITIONS, WORKFLOWS
 from onex.client import MAX_PENDING, StampClient
 from onex.envelope import OnexEnvelopeV1
 from onex.runtime import Runtime, tune_gc
@@ -258,25 +259,11 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------------------
 
-# The rows of one item, per table, in the column order of the tuples ``_raw_postgres_rows`` builds.
+# The rows of one item, per table, in the column order of the tuples ``_raw_postgres_rows`` builds: the store's
+# (``onex._tables``), then the columns it sets to the time of the write.
 _PG_COLUMNS: dict[str, tuple[str, ...]] = {
-    "workflow_executions": (
-        "correlation_id", "workflow_type", "current_state", "state_seq", "namespace", "file_path", "file_hash",
-        "stamp_id", "started_at", "completed_at", "execution_time_ms", "metadata", "created_at", "updated_at",
-    ),
-    "metadata_stamps": (
-        "id", "file_hash", "file_path", "file_size", "namespace", "stamp_type", "file_type", "workflow_id",
-        "stamp_data", "created_at",
-    ),
-    "fsm_transitions": (
-        "id", "entity_id", "entity_type", "from_state", "to_state", "transition_event", "correlation_id",
-        "transition_data", "created_at",
-    ),
-    "workflow_steps": (
-        "workflow_id", "step_name", "step_order", "status", "execution_time_ms", "step_data", "created_at",
-        "updated_at",
-    ),
-}  # fmt: skip
+    t.name: (*t.names, *(c.name for c in t.written)) for t in (WORKFLOWS, STAMPS, TRANSITIONS, STEPS)
+}
 _PG_INSERT = {
     table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(f'${n}' for n in range(1, len(cols) + 1))})"
     for table, cols in _PG_COLUMNS.items()
@@ -329,7 +316,7 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
         cid, stamp_id = uuid.uuid4(), uuid.uuid4()
         path = f"item-{i}.txt"
         rows["workflow_executions"].append(
-            (cid, "stamp_workflow", "completed", 2, "bench", path, digest, stamp_id, now, now, 0.1, {}, now, now)
+            (cid, "stamp_workflow", "completed", 2, "bench", path, digest, stamp_id, now, now, 0.1, None, {}, now, now)
         )
         rows["metadata_stamps"].append(
             (stamp_id, digest, path, len(text), "bench", "lightweight", "text", cid,
@@ -342,8 +329,8 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
         rows["fsm_transitions"].append(
             (uuid.uuid4(), entity, "orchestrator", "processing", "completed", "complete", cid, {}, now)
         )
-        rows["workflow_steps"].append((cid, "stamp", 0, "completed", 0.1, {}, now, now))
-        rows["workflow_steps"].append((cid, "intelligence", 1, "skipped", 0.0, {}, now, now))
+        rows["workflow_steps"].append((cid, "stamp", 0, "completed", 0.1, {}, None, now, now))
+        rows["workflow_steps"].append((cid, "intelligence", 1, "skipped", 0.0, {}, None, now, now))
     return rows
 
 

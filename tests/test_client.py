@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +19,8 @@ from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.exceptions import OnexError
 from onex.runtime import Runtime
 from onex.settings import Settings
+
+from nodes.models import ModelWorkflowFinished
 
 pytestmark = pytest.mark.anyio
 
@@ -30,9 +34,23 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
         yield rt
 
 
-async def complete(runtime: Runtime, cid: uuid.UUID) -> None:
+def finished(cid: uuid.UUID) -> dict[str, Any]:
+    """A WORKFLOW_COMPLETED payload, as the orchestrator's would arrive off the wire (a dict)."""
+    now = datetime.now(UTC).isoformat()
+    return {
+        "workflow_id": str(cid),
+        "state": "completed",
+        "state_seq": 2,
+        "namespace": "ns",
+        "started_at": now,
+        "completed_at": now,
+        "execution_time_ms": 1.0,
+    }
+
+
+async def complete(runtime: Runtime, cid: uuid.UUID, payload: dict[str, Any] | None = None) -> None:
     outcome = OnexEnvelopeV1(
-        event_type=OUTCOME_EVENTS[0], source_node_id="test", correlation_id=cid, payload={"state": "completed"}
+        event_type=OUTCOME_EVENTS[0], source_node_id="test", correlation_id=cid, payload=payload or finished(cid)
     )
     await runtime.bus.publish(topic_name(OUTCOME_EVENTS[0]), outcome)
 
@@ -50,7 +68,10 @@ async def test_submit_waits_while_max_pending_workflows_have_no_outcome(runtime:
         with anyio.fail_after(5):
             await third
         assert client.pending == 2
-        assert (await client.outcome(first)).payload == {"state": "completed"}
+        outcome = (await client.outcome(first)).payload
+        # Typed by the client: the outcome's model, validated from the dict that was published.
+        assert type(outcome) is ModelWorkflowFinished
+        assert (outcome.workflow_id, outcome.state) == (first, "completed")
 
 
 async def test_forget_drops_what_the_client_kept_of_a_finished_workflow(runtime: Runtime) -> None:
@@ -122,3 +143,15 @@ async def test_a_submit_cancelled_while_the_bus_holds_it_back_leaves_nothing_pen
             assert client.pending == 1
         finally:
             release.set()
+
+
+async def test_an_outcome_that_does_not_fit_its_model_is_logged_and_not_taken_for_the_workflows(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with StampClient(runtime.bus, runtime.contracts, runtime.settings) as client:
+        cid = await client.submit({"content": "a", "namespace": "ns"})
+        await complete(runtime, cid, {"state": "completed"})
+        await runtime.bus.join()
+        assert client.pending == 1
+        assert "does not fit its model" in caplog.text
+        assert "workflow_id: Field required" in caplog.text

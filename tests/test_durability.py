@@ -87,7 +87,7 @@ async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tm
     store_url = f"sqlite:///{tmp_path}/onex.db"
     orphan = uuid.uuid4()
     async with Harness(["database_adapter_effect"], root=ROOT, store_url=store_url) as first:
-        # What an older onex left: a processing row written from WORKFLOW_STARTED, with no checkpoint.
+        # What an older onex left: a processing row written from WORKFLOW_STARTED (no longer published), no checkpoint.
         row = WorkflowRow(orphan, "stamp_workflow", "processing", 1, namespace=NS, file_path="old.py")
         await first.store.apply(WriteBatch(workflows=[row]))
 
@@ -133,12 +133,10 @@ async def test_events_caused_by_an_event_have_ids_derived_from_it() -> None:
         await h.settle()
         command = h.of("STAMP_FILE")[0]
         created = h.of("STAMP_CREATED")[0]
-        started = h.of("WORKFLOW_STARTED")[0]
 
     cid = sent.correlation_id
     assert command.event_id == derived_id(cid, "orchestrator", "STAMP_FILE", 1)
     assert created.event_id == derived_id(command.event_id, "stamping_effect", "STAMP_CREATED", 0)
-    assert started.event_id == derived_id(sent.event_id, "orchestrator", "WORKFLOW_STARTED", 0)
     assert done.event_id == derived_id(cid, "orchestrator", "WORKFLOW_COMPLETED")
     # Transitions too: the n-th transition of a workflow always has the same id, so the audit log stores it once.
     ids = [t["transition_id"] for t in h.transitions(cid)]

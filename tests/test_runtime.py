@@ -279,8 +279,12 @@ async def registry_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harn
         yield h
 
 
-def transition_of(entity_id: str, to_state: str) -> Any:
-    return lambda e: e.payload["entity_id"] == entity_id and e.payload["to_state"] == to_state
+def transition_of(entity_id: str, to_state: str, from_state: str | None = None) -> Any:
+    """A predicate: a STATE_TRANSITION event (a batch) holding ``entity_id``'s move to ``to_state``."""
+    return lambda e: any(
+        t["entity_id"] == entity_id and t["to_state"] == to_state and from_state in (None, t["from_state"])
+        for t in e.payload["transitions"]
+    )
 
 
 async def introspect_ghost(h: Harness, node_id: str = "ghost-1.0.0-elsewhere") -> str:
@@ -356,9 +360,7 @@ async def test_the_registry_sweeper_marks_a_silent_node_stale_in_the_store_and_a
     alive_while_stale = registry.alive()
 
     await h.publish("NODE_HEARTBEAT", {"node_id": ghost, "health_status": "HEALTHY"}, partition_key=ghost)
-    await h.wait_for(
-        "STATE_TRANSITION", lambda e: transition_of(ghost, "alive")(e) and e.payload["from_state"] == "stale"
-    )
+    await h.wait_for("STATE_TRANSITION", transition_of(ghost, "alive", from_state="stale"))
     await h.settle()
 
     assert stale_rows[ghost] == "STALE"

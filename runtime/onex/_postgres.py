@@ -37,8 +37,9 @@ truncation cost more than COPY's faster transfer saves at this size). Both remai
 One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch may hold several rows for one key
 (a workflow's start and its completion). Such rows go in rounds, the n-th row of a key in round n, one statement
 per round, so they apply in batch order exactly as row by row would. Heartbeats are ``UPDATE``s, few per batch,
-and always go row by row. The conflict rules are those of ``onex.store``; where its table leaves room, the choices
-are ``SqliteStore``'s (its docstring lists them; ``tests/test_store_conformance.py`` pins them for both).
+and always go row by row. The conflict rules are those of ``onex.store``, rendered from ``onex._tables`` as
+``SqliteStore`` renders them; where its table leaves room, the choices are ``SqliteStore``'s (its docstring lists
+them; ``tests/test_store_conformance.py`` pins them for both).
 
 Resilience. A connection-class failure (the server restarted or went away, ``pg_terminate_backend``, a refused
 connect, a broken protocol state) rolls the batch back, drops the connection and retries the whole batch on another
@@ -86,6 +87,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from onex import _tables
+from onex._tables import (
+    SELECT_BRIDGE_STATE,
+    SELECT_DEAD_LETTER,
+    SELECT_EVENT_LOG,
+    SELECT_REGISTRATION,
+    SELECT_STAMP,
+    SELECT_STEP,
+    SELECT_TRANSITION,
+    SELECT_WORKFLOW,
+    Convert,
+    Kind,
+    Table,
+)
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.metrics import CommitMeter
 from onex.resilience import BreakerState, CircuitBreaker
@@ -95,7 +110,6 @@ from onex.store import (
     BridgeStateRow,
     DeadLetterRow,
     EventLogRow,
-    HeartbeatRow,
     Migration,
     RegistrationRow,
     StampRow,
@@ -275,6 +289,29 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 # --- SQL -------------------------------------------------------------------------------------------------------------
 
+# The PostgreSQL type of each logical type of ``onex._tables`` (for the unnest arrays and the COPY staging tables).
+_SQL_TYPES: Final[dict[Kind, str]] = {
+    "uuid": "UUID",
+    "text": "TEXT",
+    "int": "INTEGER",
+    "bigint": "BIGINT",
+    "float": "DOUBLE PRECISION",
+    "json": "JSONB",
+    "timestamp": "TIMESTAMPTZ",
+}
+# asyncpg takes and gives the native values (JSONB through the codec of _init_jsonb); only a naive datetime needs
+# its zone, since asyncpg would read it as local time. None: the value as it is.
+_TO_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None) | {"timestamp": _utc}
+_FROM_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None)
+
+_RULES: Final = {
+    **_tables.COMMON_RULES,
+    _tables.Rule.GREATEST: "GREATEST({t}.{c}, EXCLUDED.{c})",
+    _tables.Rule.MERGE: "CASE WHEN EXCLUDED.{seq} >= {t}.{seq} THEN {t}.{c} || EXCLUDED.{c} "
+    "ELSE EXCLUDED.{c} || {t}.{c} END",
+    _tables.Rule.NOW: "now()",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class _Table:
@@ -295,32 +332,29 @@ class _Table:
     staging: str  # bulk_method=copy: a temporary table per connection, COPYed into ...
     staging_ddl: str
     staging_columns: tuple[str, ...]
-    move: str  # ... then moved with INSERT ... SELECT ... WHERE round = $1 ON CONFLICT ...
+    move: str  # ... then moved with INSERT ... SELECT ... WHERE round = $1 ORDER BY ord ON CONFLICT ...
     key: tuple[int, ...] | None  # positions of the natural key's columns in a row's argument tuple
+    encode: _tables.Encode  # (rows, None) -> one argument tuple per row, in ``columns`` order
 
 
-def _table(
-    name: str,
-    columns: list[tuple[str, str]],
-    conflict: str,
-    *,
-    key: tuple[int, ...] | None = None,
-    defaults: dict[str, str] | None = None,
-) -> _Table:
-    """Build a ``_Table``. ``columns``: (name, SQL type); ``defaults``: column -> SQL with ``{}`` for the value."""
-    defaults = defaults or {}
-    names = [c for c, _ in columns]
+def _table(table: Table[Any]) -> _Table:
+    """A ``_Table`` rendered from its description. A ``default_now`` column's NULL becomes ``now()``; ``written``
+    columns are left to their ``DEFAULT now()``."""
+    names = table.names
     listed = ", ".join(names)
-    values = ", ".join(defaults.get(c, "{}").format(f"${n}") for n, c in enumerate(names, 1))
-    selected = ", ".join(defaults.get(c, "{}").format(c) for c in names)
-    arrays = ", ".join(f"${n}::{t}[]" for n, (_, t) in enumerate(columns, 1))
-    typed = ", ".join(f"{c} {t}" for c, t in columns)
-    insert = f"INSERT INTO {name} AS {name[0]} ({listed})"
-    staging = f"_onex_stage_{name}"
+    defaults = ["COALESCE({}, now())" if c.default_now else "{}" for c in table.columns]
+    values = ", ".join(d.format(f"${n}") for n, d in enumerate(defaults, 1))
+    selected = ", ".join(d.format(c) for d, c in zip(defaults, names, strict=True))
+    types = [_SQL_TYPES[c.kind] for c in table.columns]
+    arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, 1))
+    typed = ", ".join(f"{c} {t}" for c, t in zip(names, types, strict=True))
+    insert = f"INSERT INTO {table.name} AS {table.alias} ({listed})"
+    conflict = table.on_conflict(_RULES)
+    staging = f"_onex_stage_{table.name}"
     return _Table(
-        name=name,
-        operation="upsert" if key else "insert",
-        columns=tuple(names),
+        name=table.name,
+        operation=table.operation,
+        columns=names,
         statement=f"{insert} VALUES ({values}) {conflict}",
         bulk=f"{insert} SELECT {selected} FROM unnest({arrays}) WITH ORDINALITY AS s({listed}, ord) ORDER BY ord "
         f"{conflict}",
@@ -328,197 +362,19 @@ def _table(
         staging_ddl=f"CREATE TEMPORARY TABLE {staging} (ord INTEGER, round INTEGER, {typed}) ON COMMIT DELETE ROWS",
         staging_columns=("ord", "round", *names),
         move=f"{insert} SELECT {selected} FROM pg_temp.{staging} WHERE round = $1 ORDER BY ord {conflict}",
-        key=key,
+        key=table.key_positions if table.upsert else None,
+        encode=_tables.encoder(table, _TO_SQL, fill_now=False),
     )
 
-
-_NOW = "COALESCE({}, now())"
-
-
-def _by_seq(column: str) -> str:
-    """The merge rule of one workflow column: the row with the higher state_seq wins, NULLs never overwrite."""
-    return (
-        f"{column} = CASE WHEN EXCLUDED.state_seq >= w.state_seq THEN COALESCE(EXCLUDED.{column}, w.{column}) "
-        f"ELSE COALESCE(w.{column}, EXCLUDED.{column}) END"
-    )
-
-
-_WORKFLOWS = _table(
-    "workflow_executions",
-    [
-        ("correlation_id", "UUID"),
-        ("workflow_type", "TEXT"),
-        ("current_state", "TEXT"),
-        ("state_seq", "INTEGER"),
-        ("namespace", "TEXT"),
-        ("file_path", "TEXT"),
-        ("file_hash", "TEXT"),
-        ("stamp_id", "UUID"),
-        ("started_at", "TIMESTAMPTZ"),
-        ("completed_at", "TIMESTAMPTZ"),
-        ("execution_time_ms", "DOUBLE PRECISION"),
-        ("error_message", "TEXT"),
-        ("metadata", "JSONB"),
-    ],
-    f"""ON CONFLICT (correlation_id) DO UPDATE SET
-        {_by_seq("workflow_type")},
-        {_by_seq("current_state")},
-        state_seq = GREATEST(w.state_seq, EXCLUDED.state_seq),
-        {_by_seq("namespace")},
-        {_by_seq("file_path")},
-        {_by_seq("file_hash")},
-        {_by_seq("stamp_id")},
-        {_by_seq("started_at")},
-        {_by_seq("completed_at")},
-        {_by_seq("execution_time_ms")},
-        {_by_seq("error_message")},
-        metadata = CASE WHEN EXCLUDED.state_seq >= w.state_seq THEN w.metadata || EXCLUDED.metadata
-                        ELSE EXCLUDED.metadata || w.metadata END,
-        updated_at = now()""",
-    key=(0,),
-)
-
-_STEPS = _table(
-    "workflow_steps",
-    [
-        ("workflow_id", "UUID"),
-        ("step_name", "TEXT"),
-        ("step_order", "INTEGER"),
-        ("status", "TEXT"),
-        ("execution_time_ms", "DOUBLE PRECISION"),
-        ("step_data", "JSONB"),
-        ("error_message", "TEXT"),
-        ("created_at", "TIMESTAMPTZ"),
-    ],
-    """ON CONFLICT (workflow_id, step_name) DO UPDATE SET
-        step_order = EXCLUDED.step_order,
-        status = EXCLUDED.status,
-        execution_time_ms = EXCLUDED.execution_time_ms,
-        step_data = EXCLUDED.step_data,
-        error_message = EXCLUDED.error_message,
-        updated_at = now()""",
-    key=(0, 1),
-    defaults={"created_at": _NOW},
-)
-
-_STAMPS = _table(
-    "metadata_stamps",
-    [
-        ("id", "UUID"),
-        ("file_hash", "TEXT"),
-        ("file_path", "TEXT"),
-        ("file_size", "BIGINT"),
-        ("namespace", "TEXT"),
-        ("stamp_type", "TEXT"),
-        ("file_type", "TEXT"),
-        ("workflow_id", "UUID"),
-        ("stamp_data", "JSONB"),
-        ("created_at", "TIMESTAMPTZ"),
-    ],
-    "ON CONFLICT DO NOTHING",
-    defaults={"created_at": _NOW},
-)
-
-_TRANSITIONS = _table(
-    "fsm_transitions",
-    [
-        ("id", "UUID"),
-        ("entity_id", "TEXT"),
-        ("entity_type", "TEXT"),
-        ("from_state", "TEXT"),
-        ("to_state", "TEXT"),
-        ("transition_event", "TEXT"),
-        ("correlation_id", "UUID"),
-        ("transition_data", "JSONB"),
-        ("created_at", "TIMESTAMPTZ"),
-    ],
-    "ON CONFLICT DO NOTHING",
-    defaults={"created_at": _NOW},
-)
-
-_BRIDGE_STATES = _table(
-    "bridge_states",
-    [
-        ("namespace", "TEXT"),
-        ("version", "BIGINT"),
-        ("total_workflows_processed", "BIGINT"),
-        ("total_items_aggregated", "BIGINT"),
-        ("total_size_bytes", "BIGINT"),
-        ("unique_file_hashes", "BIGINT"),
-        ("current_fsm_state", "TEXT"),
-        ("aggregation_metadata", "JSONB"),
-        ("last_aggregation_timestamp", "TIMESTAMPTZ"),
-    ],
-    """ON CONFLICT (namespace) DO UPDATE SET
-        version = EXCLUDED.version,
-        total_workflows_processed = EXCLUDED.total_workflows_processed,
-        total_items_aggregated = EXCLUDED.total_items_aggregated,
-        total_size_bytes = EXCLUDED.total_size_bytes,
-        unique_file_hashes = EXCLUDED.unique_file_hashes,
-        current_fsm_state = EXCLUDED.current_fsm_state,
-        aggregation_metadata = EXCLUDED.aggregation_metadata,
-        last_aggregation_timestamp = EXCLUDED.last_aggregation_timestamp,
-        updated_at = now()
-    WHERE EXCLUDED.version > b.version""",
-    key=(0,),
-)
-
-_REGISTRATIONS = _table(
-    "node_registrations",
-    [
-        ("node_id", "TEXT"),
-        ("node_type", "TEXT"),
-        ("node_version", "TEXT"),
-        ("health_status", "TEXT"),
-        ("capabilities", "JSONB"),
-        ("endpoints", "JSONB"),
-        ("metadata", "JSONB"),
-        ("last_heartbeat", "TIMESTAMPTZ"),
-        ("registered_at", "TIMESTAMPTZ"),
-    ],
-    """ON CONFLICT (node_id) DO UPDATE SET
-        node_type = EXCLUDED.node_type,
-        node_version = EXCLUDED.node_version,
-        health_status = EXCLUDED.health_status,
-        capabilities = EXCLUDED.capabilities,
-        endpoints = EXCLUDED.endpoints,
-        metadata = EXCLUDED.metadata,
-        last_heartbeat = COALESCE(EXCLUDED.last_heartbeat, n.last_heartbeat),
-        registered_at = EXCLUDED.registered_at,
-        updated_at = now()""",
-    key=(0,),
-    defaults={"registered_at": _NOW},
-)
-
-_EVENT_LOGS = _table(
-    "event_logs",
-    [
-        ("event_id", "UUID"),
-        ("event_type", "TEXT"),
-        ("topic", "TEXT"),
-        ("status", "TEXT"),
-        ("correlation_id", "UUID"),
-        ("timestamp", "TIMESTAMPTZ"),
-        ("processing_time_ms", "DOUBLE PRECISION"),
-        ("payload", "JSONB"),
-        ("metadata", "JSONB"),
-    ],
-    "ON CONFLICT DO NOTHING",
-    defaults={"timestamp": _NOW},
-)
-
-_PROCESSED = _table("processed_events", [("consumer", "TEXT"), ("event_id", "UUID")], "ON CONFLICT DO NOTHING")
-
-_TABLES: Final = (_WORKFLOWS, _STEPS, _STAMPS, _TRANSITIONS, _BRIDGE_STATES, _REGISTRATIONS, _EVENT_LOGS, _PROCESSED)
 
 # A heartbeat updates health_status and last_heartbeat and merges its metadata into the node's, unless the stored
 # heartbeat is newer. One from a node that has not registered (yet) is dropped: the registration carries the node's
 # type and version, which a heartbeat does not, and nodes re-announce themselves on the registry's request. Few
-# per batch, so always row by row (``bulk`` empty).
-_HEARTBEATS = _Table(
+# per batch, so always row by row (``bulk`` empty). The parameters are those of _tables.HEARTBEATS.
+_HEARTBEATS: Final = _Table(
     name="node_registrations",
     operation="heartbeat update",
-    columns=("node_id", "health_status", "last_heartbeat", "metadata"),
+    columns=_tables.HEARTBEATS.names,
     statement="""UPDATE node_registrations SET
         health_status = $2,
         last_heartbeat = $3,
@@ -531,194 +387,25 @@ _HEARTBEATS = _Table(
     staging_columns=(),
     move="",
     key=None,
+    encode=_tables.encoder(_tables.HEARTBEATS, _TO_SQL, fill_now=False),
 )
 
-_SELECT_WORKFLOW = f"SELECT {', '.join(_WORKFLOWS.columns)} FROM workflow_executions"
-_SELECT_STEP = (
-    "SELECT workflow_id, step_name, step_order, status, execution_time_ms, step_data, error_message, created_at "
-    "FROM workflow_steps"
-)
-_SELECT_STAMP = f"SELECT {', '.join(_STAMPS.columns)} FROM metadata_stamps"
-_SELECT_TRANSITION = f"SELECT {', '.join(_TRANSITIONS.columns)} FROM fsm_transitions"
-_SELECT_BRIDGE_STATE = f"SELECT {', '.join(_BRIDGE_STATES.columns)} FROM bridge_states"
-_SELECT_REGISTRATION = f"SELECT {', '.join(_REGISTRATIONS.columns)} FROM node_registrations"
-_SELECT_EVENT_LOG = f"SELECT {', '.join(_EVENT_LOGS.columns)} FROM event_logs"
+# (WriteBatch attribute, how its rows are written), in the order apply writes them.
+_WRITES: Final = tuple((f, _HEARTBEATS if t is _tables.HEARTBEATS else _table(t)) for f, t in _tables.BATCH)
+_PROCESSED: Final = _table(_tables.PROCESSED)  # its rows are built in _apply_once: (consumer, event id)
+_TABLES: Final = (*(table for _, table in _WRITES if table.bulk), _PROCESSED)  # those with a staging table
 
 
 # --- row conversion --------------------------------------------------------------------------------------------------
 
-
-def _workflow_args(r: WorkflowRow) -> tuple[Any, ...]:
-    return (
-        r.correlation_id,
-        r.workflow_type,
-        r.current_state,
-        r.state_seq,
-        r.namespace,
-        r.file_path,
-        r.file_hash,
-        r.stamp_id,
-        _utc(r.started_at),
-        _utc(r.completed_at),
-        r.execution_time_ms,
-        r.error_message,
-        r.metadata,
-    )
-
-
-def _step_args(r: StepRow) -> tuple[Any, ...]:
-    return (
-        r.workflow_id,
-        r.step_name,
-        r.step_order,
-        r.status,
-        r.execution_time_ms,
-        r.step_data,
-        r.error_message,
-        _utc(r.created_at),
-    )
-
-
-def _stamp_args(r: StampRow) -> tuple[Any, ...]:
-    return (
-        r.id,
-        r.file_hash,
-        r.file_path,
-        r.file_size,
-        r.namespace,
-        r.stamp_type,
-        r.file_type,
-        r.workflow_id,
-        r.stamp_data,
-        _utc(r.created_at),
-    )
-
-
-def _transition_args(r: TransitionRow) -> tuple[Any, ...]:
-    return (
-        r.id,
-        r.entity_id,
-        r.entity_type,
-        r.from_state,
-        r.to_state,
-        r.transition_event,
-        r.correlation_id,
-        r.transition_data,
-        _utc(r.created_at),
-    )
-
-
-def _bridge_state_args(r: BridgeStateRow) -> tuple[Any, ...]:
-    return (
-        r.namespace,
-        r.version,
-        r.total_workflows_processed,
-        r.total_items_aggregated,
-        r.total_size_bytes,
-        r.unique_file_hashes,
-        r.current_fsm_state,
-        r.aggregation_metadata,
-        _utc(r.last_aggregation_timestamp),
-    )
-
-
-def _registration_args(r: RegistrationRow) -> tuple[Any, ...]:
-    return (
-        r.node_id,
-        r.node_type,
-        r.node_version,
-        r.health_status,
-        r.capabilities,
-        r.endpoints,
-        r.metadata,
-        _utc(r.last_heartbeat),
-        _utc(r.registered_at),
-    )
-
-
-def _heartbeat_args(r: HeartbeatRow) -> tuple[Any, ...]:
-    return (r.node_id, r.health_status, _utc(r.at), r.metadata)
-
-
-def _event_log_args(r: EventLogRow) -> tuple[Any, ...]:
-    return (
-        r.event_id,
-        r.event_type,
-        r.topic,
-        r.status,
-        r.correlation_id,
-        _utc(r.timestamp),
-        r.processing_time_ms,
-        r.payload,
-        r.metadata,
-    )
-
-
-def _workflow(r: asyncpg.Record) -> WorkflowRow:
-    return WorkflowRow(**dict(r.items()))
-
-
-def _step(r: asyncpg.Record) -> StepRow:
-    return StepRow(**dict(r.items()))
-
-
-def _stamp(r: asyncpg.Record) -> StampRow:
-    return StampRow(**dict(r.items()))
-
-
-def _transition(r: asyncpg.Record) -> TransitionRow:
-    return TransitionRow(**dict(r.items()))
-
-
-def _bridge_state(r: asyncpg.Record) -> BridgeStateRow:
-    return BridgeStateRow(**dict(r.items()))
-
-
-def _registration(r: asyncpg.Record) -> RegistrationRow:
-    return RegistrationRow(**dict(r.items()))
-
-
-def _event_log(r: asyncpg.Record) -> EventLogRow:
-    return EventLogRow(**dict(r.items()))
+_READ: Final = _tables.readers(_FROM_SQL)  # a fetched row as its dataclass, per table
 
 
 # --- dead letters ---------------------------------------------------------------------------------------------------
 
-_DEAD_LETTER_COLUMNS: Final = (
-    "event_id, topic, original_topic, event_type, error_type, error, attempts, letter, original_event_id, "
-    "correlation_id, group_name, dead_lettered_at, replayed_at, replays"
-)
-_SELECT_DEAD_LETTER: Final = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters"
-_INSERT_DEAD_LETTER: Final = (
-    f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, now()), $13, $14) "
-    "ON CONFLICT (event_id) DO NOTHING"
-)
+_DEAD_LETTERS: Final = _table(_tables.DEAD_LETTERS)
+_INSERT_DEAD_LETTER: Final = _DEAD_LETTERS.statement
 _REPLAYED: Final = "UPDATE dead_letters SET replayed_at = $1, replays = replays + 1 WHERE event_id = $2"
-
-
-def _dead_letter_args(r: DeadLetterRow) -> tuple[Any, ...]:
-    return (
-        r.event_id,
-        r.topic,
-        r.original_topic,
-        r.event_type,
-        r.error_type,
-        r.error,
-        r.attempts,
-        r.letter,
-        r.original_event_id,
-        r.correlation_id,
-        r.group_name,
-        _utc(r.dead_lettered_at),
-        _utc(r.replayed_at),
-        r.replays,
-    )
-
-
-def _dead_letter(r: asyncpg.Record) -> DeadLetterRow:
-    return DeadLetterRow(**dict(r.items()))
-
 
 # --- the store -------------------------------------------------------------------------------------------------------
 
@@ -910,14 +597,10 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             await self._ensure_schema(conn)
             async with conn.transaction():
-                await self._write(conn, _WORKFLOWS, [_workflow_args(r) for r in batch.workflows])
-                await self._write(conn, _STEPS, [_step_args(r) for r in batch.steps])
-                await self._write(conn, _STAMPS, [_stamp_args(r) for r in batch.stamps])
-                await self._write(conn, _TRANSITIONS, [_transition_args(r) for r in batch.transitions])
-                await self._write(conn, _BRIDGE_STATES, [_bridge_state_args(r) for r in batch.bridge_states])
-                await self._write(conn, _REGISTRATIONS, [_registration_args(r) for r in batch.registrations])
-                await self._write(conn, _HEARTBEATS, [_heartbeat_args(r) for r in batch.heartbeats])
-                await self._write(conn, _EVENT_LOGS, [_event_log_args(r) for r in batch.event_logs])
+                for field, table in _WRITES:
+                    rows = getattr(batch, field)
+                    if rows:
+                        await self._write(conn, table, table.encode(rows, None))
                 await self._write(conn, _PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids])
 
     async def _write(self, conn: Connection, table: _Table, rows: list[tuple[Any, ...]]) -> None:
@@ -1069,8 +752,8 @@ class PostgresStore(Store):
         return {i for i in event_ids if _as_uuid(i) not in seen}
 
     async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None:
-        rows = await self._fetch(f"{_SELECT_WORKFLOW} WHERE correlation_id = $1", correlation_id)
-        return _workflow(rows[0]) if rows else None
+        rows = await self._fetch(f"{SELECT_WORKFLOW} WHERE correlation_id = $1", correlation_id)
+        return _READ.workflow(rows[0]) if rows else None
 
     async def list_workflows(
         self,
@@ -1095,27 +778,25 @@ class PostgresStore(Store):
                 params.append(value)
                 where.append(f"{column} ${len(params)}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetch(
-            f"{_SELECT_WORKFLOW}{clause} ORDER BY id DESC LIMIT ${len(params) + 1}", *params, limit
-        )
-        return [_workflow(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_WORKFLOW}{clause} ORDER BY id DESC LIMIT ${len(params) + 1}", *params, limit)
+        return [_READ.workflow(r) for r in rows]
 
     async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:
-        rows = await self._fetch(f"{_SELECT_WORKFLOW} WHERE correlation_id = ANY($1::uuid[])", list(correlation_ids))
-        return [_workflow(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_WORKFLOW} WHERE correlation_id = ANY($1::uuid[])", list(correlation_ids))
+        return [_READ.workflow(r) for r in rows]
 
     async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
         rows = await self._fetch(
-            f"{_SELECT_WORKFLOW} w WHERE current_state = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM "
+            f"{SELECT_WORKFLOW} w WHERE current_state = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM "
             "processed_events p WHERE p.consumer = $2 AND p.event_id = w.correlation_id) ORDER BY id",
             list(states),
             consumer,
         )
-        return [_workflow(r) for r in rows]
+        return [_READ.workflow(r) for r in rows]
 
     async def get_stamps(self, ids: Sequence[uuid.UUID]) -> list[StampRow]:
-        rows = await self._fetch(f"{_SELECT_STAMP} WHERE id = ANY($1::uuid[])", list(ids))
-        return [_stamp(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_STAMP} WHERE id = ANY($1::uuid[])", list(ids))
+        return [_READ.stamp(r) for r in rows]
 
     async def mark_stale(self, heard_before: datetime) -> list[str]:
         rows = await self._fetch(
@@ -1126,56 +807,56 @@ class PostgresStore(Store):
         return [str(r["node_id"]) for r in rows]
 
     async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
-        rows = await self._fetch(f"{_SELECT_STEP} WHERE workflow_id = $1 ORDER BY step_order, id", workflow_id)
-        return [_step(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_STEP} WHERE workflow_id = $1 ORDER BY step_order, id", workflow_id)
+        return [_READ.step(r) for r in rows]
 
     async def list_transitions(self, entity_id: str) -> list[TransitionRow]:
         """By ``created_at``, then in the order they were stored."""
-        rows = await self._fetch(f"{_SELECT_TRANSITION} WHERE entity_id = $1 ORDER BY created_at, seq", entity_id)
-        return [_transition(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_TRANSITION} WHERE entity_id = $1 ORDER BY created_at, seq", entity_id)
+        return [_READ.transition(r) for r in rows]
 
     async def get_stamps_by_hash(self, file_hash: str) -> list[StampRow]:
-        rows = await self._fetch(f"{_SELECT_STAMP} WHERE file_hash = $1 ORDER BY created_at, seq", file_hash)
-        return [_stamp(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_STAMP} WHERE file_hash = $1 ORDER BY created_at, seq", file_hash)
+        return [_READ.stamp(r) for r in rows]
 
     async def list_stamps(self, namespace: str, *, limit: int = 100, offset: int = 0) -> list[StampRow]:
         """A page of a namespace's stamps, oldest first (``created_at``, then the order they were stored)."""
         _check_page(limit, offset)
         rows = await self._fetch(
-            f"{_SELECT_STAMP} WHERE namespace = $1 ORDER BY created_at, seq LIMIT $2 OFFSET $3",
+            f"{SELECT_STAMP} WHERE namespace = $1 ORDER BY created_at, seq LIMIT $2 OFFSET $3",
             namespace,
             limit,
             offset,
         )
-        return [_stamp(r) for r in rows]
+        return [_READ.stamp(r) for r in rows]
 
     async def get_bridge_state(self, namespace: str) -> BridgeStateRow | None:
-        rows = await self._fetch(f"{_SELECT_BRIDGE_STATE} WHERE namespace = $1", namespace)
-        return _bridge_state(rows[0]) if rows else None
+        rows = await self._fetch(f"{SELECT_BRIDGE_STATE} WHERE namespace = $1", namespace)
+        return _READ.bridge_state(rows[0]) if rows else None
 
     async def list_bridge_states(self) -> list[BridgeStateRow]:
-        return [_bridge_state(r) for r in await self._fetch(f"{_SELECT_BRIDGE_STATE} ORDER BY namespace")]
+        return [_READ.bridge_state(r) for r in await self._fetch(f"{SELECT_BRIDGE_STATE} ORDER BY namespace")]
 
     async def list_registrations(self) -> list[RegistrationRow]:
-        return [_registration(r) for r in await self._fetch(f"{_SELECT_REGISTRATION} ORDER BY node_id")]
+        return [_READ.registration(r) for r in await self._fetch(f"{SELECT_REGISTRATION} ORDER BY node_id")]
 
     async def list_event_logs(self, correlation_id: uuid.UUID, *, limit: int = 1000) -> list[EventLogRow]:
         """The logged events of one correlation id, by ``timestamp`` (an addition to the ``Store`` API)."""
         _check_page(limit, 0)
         rows = await self._fetch(
-            f"{_SELECT_EVENT_LOG} WHERE correlation_id = $1 ORDER BY timestamp, seq LIMIT $2", correlation_id, limit
+            f"{SELECT_EVENT_LOG} WHERE correlation_id = $1 ORDER BY timestamp, seq LIMIT $2", correlation_id, limit
         )
-        return [_event_log(r) for r in rows]
+        return [_READ.event_log(r) for r in rows]
 
     # --- dead letters ----------------------------------------------------------------------------------------------
 
     async def add_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
-        await self._write_many([(_INSERT_DEAD_LETTER, [_dead_letter_args(r) for r in rows])])
+        await self._write_many([(_INSERT_DEAD_LETTER, _DEAD_LETTERS.encode(rows, None))])
 
     async def record_replay(self, rows: Sequence[DeadLetterRow], at: datetime) -> None:
         await self._write_many(
             [
-                (_INSERT_DEAD_LETTER, [_dead_letter_args(r) for r in rows]),
+                (_INSERT_DEAD_LETTER, _DEAD_LETTERS.encode(rows, None)),
                 (_REPLAYED, [(_utc(at), r.event_id) for r in rows]),
             ]
         )
@@ -1200,10 +881,10 @@ class PostgresStore(Store):
         # Two statements rather than "$1 IS NULL OR topic = $1", whose generic plan could not use the topic index.
         order = "ORDER BY dead_lettered_at DESC, seq DESC"
         if topic is None:
-            rows = await self._fetch(f"{_SELECT_DEAD_LETTER} {order} LIMIT $1", limit)
+            rows = await self._fetch(f"{SELECT_DEAD_LETTER} {order} LIMIT $1", limit)
         else:
-            rows = await self._fetch(f"{_SELECT_DEAD_LETTER} WHERE topic = $1 {order} LIMIT $2", topic, limit)
-        return [_dead_letter(r) for r in rows]
+            rows = await self._fetch(f"{SELECT_DEAD_LETTER} WHERE topic = $1 {order} LIMIT $2", topic, limit)
+        return [_READ.dead_letter(r) for r in rows]
 
     async def count_dead_letters(self, *, topic: str | None = None) -> int:
         if topic is None:
@@ -1214,14 +895,14 @@ class PostgresStore(Store):
 
     async def find_dead_letters(self, event_id: uuid.UUID) -> list[DeadLetterRow]:
         rows = await self._fetch(
-            f"{_SELECT_DEAD_LETTER} WHERE event_id = $1 OR original_event_id = $1 ORDER BY dead_lettered_at, seq",
+            f"{SELECT_DEAD_LETTER} WHERE event_id = $1 OR original_event_id = $1 ORDER BY dead_lettered_at, seq",
             event_id,
         )
-        return [_dead_letter(r) for r in rows]
+        return [_READ.dead_letter(r) for r in rows]
 
     async def get_dead_letters(self, event_ids: Sequence[uuid.UUID]) -> list[DeadLetterRow]:
-        rows = await self._fetch(f"{_SELECT_DEAD_LETTER} WHERE event_id = ANY($1::uuid[])", list(event_ids))
-        return [_dead_letter(r) for r in rows]
+        rows = await self._fetch(f"{SELECT_DEAD_LETTER} WHERE event_id = ANY($1::uuid[])", list(event_ids))
+        return [_READ.dead_letter(r) for r in rows]
 
     async def count(self, table: str) -> int:
         if table not in TABLES:

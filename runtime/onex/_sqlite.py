@@ -23,8 +23,9 @@ heartbeats, event logs, processed events. Any error rolls the whole batch back a
 the table and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when the error is
 that another process kept the database locked for longer than the busy timeout (the batch may succeed later).
 
-Conflict rules: those of ``onex.store``, written the way ``PostgresStore`` writes them, so that one conformance
-suite holds for both. Where the table in ``onex.store`` leaves room:
+Conflict rules: those of ``onex.store``, rendered from the one description of each table in ``onex._tables``
+(as ``PostgresStore`` renders them), so that one conformance suite holds for both. Where the table in
+``onex.store`` leaves room:
 
 - ``workflow_executions.metadata`` is merged, not replaced: a shallow merge in which the keys of the row with the
   higher ``state_seq`` win (PostgreSQL's ``jsonb ||``; here the SQL function ``onex_json_merge``).
@@ -58,7 +59,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
-from onex import store
+from onex import _tables, store
+from onex._tables import (
+    SELECT_BRIDGE_STATE,
+    SELECT_DEAD_LETTER,
+    SELECT_EVENT_LOG,
+    SELECT_REGISTRATION,
+    SELECT_STAMP,
+    SELECT_STEP,
+    SELECT_TRANSITION,
+    SELECT_WORKFLOW,
+    Convert,
+    Kind,
+    Table,
+)
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.metrics import CommitMeter
 from onex.store import (
@@ -66,7 +80,6 @@ from onex.store import (
     BridgeStateRow,
     DeadLetterRow,
     EventLogRow,
-    HeartbeatRow,
     RegistrationRow,
     StampRow,
     StepRow,
@@ -133,24 +146,12 @@ def _ts(value: datetime | None) -> str | None:
     return value.isoformat(timespec="microseconds")
 
 
-def _dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
 def _uid(value: uuid.UUID) -> str:
     if type(value) is uuid.UUID:
         return str(value)
     # A str from a careless caller: validate and normalise it as asyncpg does, so that the same id is always the
     # same text (the uuid columns are compared as text).
     return str(uuid.UUID(str(value)))
-
-
-def _uid_or_none(value: uuid.UUID | None) -> str | None:
-    return None if value is None else _uid(value)
-
-
-def _uuid_or_none(text: str | None) -> uuid.UUID | None:
-    return None if text is None else uuid.UUID(text)
 
 
 def _json_merge(base: str, over: str) -> str:
@@ -168,109 +169,54 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+# How each logical type of ``onex._tables`` is stored (see migrations/sqlite/0001_initial.sql) and read back; None
+# stands for the value as it is. A None value is never converted (the generated code tests for it first).
+_TO_SQL: Final[dict[Kind, Convert | None]] = {
+    "uuid": _uid,
+    "text": None,
+    "int": None,
+    "bigint": None,
+    "float": None,
+    "json": _json,
+    "timestamp": _ts,
+}
+_FROM_SQL: Final[dict[Kind, Convert | None]] = {
+    "uuid": uuid.UUID,
+    "text": None,
+    "int": None,
+    "bigint": None,
+    "float": None,
+    "json": _obj,
+    "timestamp": datetime.fromisoformat,
+}
+
 # --- writes ----------------------------------------------------------------------------------------------------------
 
+_RULES: Final = {
+    **_tables.COMMON_RULES,
+    _tables.Rule.GREATEST: "max({t}.{c}, EXCLUDED.{c})",
+    # The empty cases in SQL: onex_json_merge is Python, and calling it from inside the statement takes the GIL.
+    _tables.Rule.MERGE: "CASE WHEN EXCLUDED.{c} = '{{}}' THEN {t}.{c} WHEN {t}.{c} = '{{}}' THEN EXCLUDED.{c} "
+    "WHEN EXCLUDED.{seq} >= {t}.{seq} THEN onex_json_merge({t}.{c}, EXCLUDED.{c}) "
+    "ELSE onex_json_merge(EXCLUDED.{c}, {t}.{c}) END",
+    _tables.Rule.NOW: "EXCLUDED.{c}",  # the written column, bound to the time of the apply
+}
 
-def _by_seq(column: str) -> str:
-    """The merge rule of one workflow column: the row with the higher state_seq wins, NULLs never overwrite.
 
-    Every right-hand side of an UPDATE sees the row as it was before the UPDATE, so ``w.state_seq`` here is the
-    stored one even though ``state_seq`` itself is assigned in the same SET.
+def _insert(table: Table[Any]) -> str:
+    """``INSERT ... VALUES (?, ...) ON CONFLICT ...``: the row's columns, then the ``written`` ones.
+
+    ``ON CONFLICT DO NOTHING``, not ``INSERT OR IGNORE``: OR IGNORE also swallows NOT NULL and CHECK violations,
+    which must fail the batch instead of silently dropping a row.
     """
+    names = (*table.names, *(c.name for c in table.written))
     return (
-        f"{column} = CASE WHEN excluded.state_seq >= w.state_seq THEN coalesce(excluded.{column}, w.{column}) "
-        f"ELSE coalesce(w.{column}, excluded.{column}) END"
+        f"INSERT INTO {table.name} AS {table.alias} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+        f"{table.on_conflict(_RULES)}"
     )
 
 
-_UPSERT_WORKFLOW: Final = f"""
-INSERT INTO workflow_executions AS w (correlation_id, workflow_type, current_state, state_seq, namespace, file_path,
-    file_hash, stamp_id, started_at, completed_at, execution_time_ms, error_message, metadata, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (correlation_id) DO UPDATE SET
-    {_by_seq("workflow_type")},
-    {_by_seq("current_state")},
-    state_seq = max(w.state_seq, excluded.state_seq),
-    {_by_seq("namespace")},
-    {_by_seq("file_path")},
-    {_by_seq("file_hash")},
-    {_by_seq("stamp_id")},
-    {_by_seq("started_at")},
-    {_by_seq("completed_at")},
-    {_by_seq("execution_time_ms")},
-    {_by_seq("error_message")},
-    -- The empty cases in SQL: onex_json_merge is Python, and calling it from inside the statement takes the GIL.
-    metadata = CASE WHEN excluded.metadata = '{{}}' THEN w.metadata
-                    WHEN w.metadata = '{{}}' THEN excluded.metadata
-                    WHEN excluded.state_seq >= w.state_seq THEN onex_json_merge(w.metadata, excluded.metadata)
-                    ELSE onex_json_merge(excluded.metadata, w.metadata) END,
-    updated_at = excluded.updated_at
-"""
-
-_UPSERT_STEP: Final = """
-INSERT INTO workflow_steps (workflow_id, step_name, step_order, status, execution_time_ms, step_data,
-    error_message, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (workflow_id, step_name) DO UPDATE SET
-    step_order = excluded.step_order,
-    status = excluded.status,
-    execution_time_ms = excluded.execution_time_ms,
-    step_data = excluded.step_data,
-    error_message = excluded.error_message,
-    updated_at = excluded.updated_at
-"""
-
-# "ON CONFLICT DO NOTHING", not "INSERT OR IGNORE": OR IGNORE also swallows NOT NULL and CHECK violations, which
-# must fail the batch instead of silently dropping a row.
-_INSERT_STAMP: Final = """
-INSERT INTO metadata_stamps (id, file_hash, file_path, file_size, namespace, stamp_type, file_type, workflow_id,
-    stamp_data, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO NOTHING
-"""
-
-_INSERT_TRANSITION: Final = """
-INSERT INTO fsm_transitions (id, entity_id, entity_type, from_state, to_state, transition_event, correlation_id,
-    transition_data, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO NOTHING
-"""
-
-_UPSERT_BRIDGE_STATE: Final = """
-INSERT INTO bridge_states AS b (namespace, version, total_workflows_processed, total_items_aggregated,
-    total_size_bytes, unique_file_hashes, current_fsm_state, aggregation_metadata, last_aggregation_timestamp,
-    created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (namespace) DO UPDATE SET
-    version = excluded.version,
-    total_workflows_processed = excluded.total_workflows_processed,
-    total_items_aggregated = excluded.total_items_aggregated,
-    total_size_bytes = excluded.total_size_bytes,
-    unique_file_hashes = excluded.unique_file_hashes,
-    current_fsm_state = excluded.current_fsm_state,
-    aggregation_metadata = excluded.aggregation_metadata,
-    last_aggregation_timestamp = excluded.last_aggregation_timestamp,
-    updated_at = excluded.updated_at
-WHERE excluded.version > b.version
-"""
-
-_UPSERT_REGISTRATION: Final = """
-INSERT INTO node_registrations AS r (node_id, node_type, node_version, health_status, capabilities, endpoints,
-    metadata, last_heartbeat, registered_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (node_id) DO UPDATE SET
-    node_type = excluded.node_type,
-    node_version = excluded.node_version,
-    health_status = excluded.health_status,
-    capabilities = excluded.capabilities,
-    endpoints = excluded.endpoints,
-    metadata = excluded.metadata,
-    last_heartbeat = coalesce(excluded.last_heartbeat, r.last_heartbeat),
-    registered_at = excluded.registered_at,
-    updated_at = excluded.updated_at
-"""
-
-# Timestamps are fixed-width UTC text, so "<=" compares times.
+# Timestamps are fixed-width UTC text, so "<=" compares times. The parameters are those of _tables.HEARTBEATS.
 _HEARTBEAT: Final = """
 UPDATE node_registrations SET
     health_status = ?2,
@@ -279,131 +225,6 @@ UPDATE node_registrations SET
     updated_at = ?5
 WHERE node_id = ?1 AND (last_heartbeat IS NULL OR last_heartbeat <= ?3)
 """
-
-_INSERT_EVENT_LOG: Final = """
-INSERT INTO event_logs (event_id, event_type, topic, status, correlation_id, timestamp, processing_time_ms, payload,
-    metadata)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO NOTHING
-"""
-
-_INSERT_PROCESSED: Final = """
-INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING
-"""
-
-# Row -> parameters. Attribute access and a tuple: dataclasses.asdict would deep-copy every dict first.
-
-
-def _workflow_params(r: WorkflowRow, now: str) -> tuple[Any, ...]:
-    return (
-        _uid(r.correlation_id),
-        r.workflow_type,
-        r.current_state,
-        r.state_seq,
-        r.namespace,
-        r.file_path,
-        r.file_hash,
-        _uid_or_none(r.stamp_id),
-        _ts(r.started_at),
-        _ts(r.completed_at),
-        r.execution_time_ms,
-        r.error_message,
-        _json(r.metadata),
-        now,
-        now,
-    )
-
-
-def _step_params(r: StepRow, now: str) -> tuple[Any, ...]:
-    return (
-        _uid(r.workflow_id),
-        r.step_name,
-        r.step_order,
-        r.status,
-        r.execution_time_ms,
-        _json(r.step_data),
-        r.error_message,
-        _ts(r.created_at) or now,
-        now,
-    )
-
-
-def _stamp_params(r: StampRow, now: str) -> tuple[Any, ...]:
-    return (
-        _uid(r.id),
-        r.file_hash,
-        r.file_path,
-        r.file_size,
-        r.namespace,
-        r.stamp_type,
-        r.file_type,
-        _uid_or_none(r.workflow_id),
-        _json(r.stamp_data),
-        _ts(r.created_at) or now,
-    )
-
-
-def _transition_params(r: TransitionRow, now: str) -> tuple[Any, ...]:
-    return (
-        _uid(r.id),
-        r.entity_id,
-        r.entity_type,
-        r.from_state,
-        r.to_state,
-        r.transition_event,
-        _uid_or_none(r.correlation_id),
-        _json(r.transition_data),
-        _ts(r.created_at) or now,
-    )
-
-
-def _bridge_state_params(r: BridgeStateRow, now: str) -> tuple[Any, ...]:
-    return (
-        r.namespace,
-        r.version,
-        r.total_workflows_processed,
-        r.total_items_aggregated,
-        r.total_size_bytes,
-        r.unique_file_hashes,
-        r.current_fsm_state,
-        _json(r.aggregation_metadata),
-        _ts(r.last_aggregation_timestamp),
-        now,
-        now,
-    )
-
-
-def _registration_params(r: RegistrationRow, now: str) -> tuple[Any, ...]:
-    return (
-        r.node_id,
-        r.node_type,
-        r.node_version,
-        r.health_status,
-        _json(r.capabilities),
-        _json(r.endpoints),
-        _json(r.metadata),
-        _ts(r.last_heartbeat),
-        _ts(r.registered_at) or now,
-        now,
-    )
-
-
-def _heartbeat_params(r: HeartbeatRow, now: str) -> tuple[Any, ...]:
-    return (r.node_id, r.health_status, _ts(r.at), _json(r.metadata), now)
-
-
-def _event_log_params(r: EventLogRow, now: str) -> tuple[Any, ...]:
-    return (
-        _uid(r.event_id),
-        r.event_type,
-        r.topic,
-        r.status,
-        _uid_or_none(r.correlation_id),
-        _ts(r.timestamp) or now,
-        r.processing_time_ms,
-        _json(r.payload),
-        _json(r.metadata),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +235,7 @@ class _Writer:
     table: str
     operation: str  # for messages: "upsert", "insert" ...
     sql: str
-    params: Callable[[Any, str], tuple[Any, ...]]
+    encode: _tables.Encode  # (rows, now) -> one parameter tuple per row
     key: tuple[str, ...]  # the row attributes that identify a row in a message
 
     def statements(self, rows: list[tuple[Any, ...]], max_variables: int) -> Iterator[tuple[str, list[Any], bool]]:
@@ -451,18 +272,22 @@ def _split_values(sql: str) -> tuple[str, str, str]:
     return sql[: at + len("VALUES ")], sql[at + len("VALUES ") : end + 1], sql[end + 1 :]
 
 
-_WRITERS: Final = (
-    _Writer("workflows", "workflow_executions", "upsert", _UPSERT_WORKFLOW, _workflow_params, ("correlation_id",)),
-    _Writer("steps", "workflow_steps", "upsert", _UPSERT_STEP, _step_params, ("workflow_id", "step_name")),
-    _Writer("stamps", "metadata_stamps", "insert", _INSERT_STAMP, _stamp_params, ("id", "namespace", "file_path")),
-    _Writer("transitions", "fsm_transitions", "insert", _INSERT_TRANSITION, _transition_params, ("id", "entity_id")),
-    _Writer("bridge_states", "bridge_states", "upsert", _UPSERT_BRIDGE_STATE, _bridge_state_params, ("namespace",)),
-    _Writer("registrations", "node_registrations", "upsert", _UPSERT_REGISTRATION, _registration_params, ("node_id",)),
-    _Writer("heartbeats", "node_registrations", "heartbeat update", _HEARTBEAT, _heartbeat_params, ("node_id",)),
-    _Writer("event_logs", "event_logs", "insert", _INSERT_EVENT_LOG, _event_log_params, ("event_id",)),
-)
+def _writer(field: str, table: Table[Any]) -> _Writer:
+    heartbeat = table is _tables.HEARTBEATS
+    return _Writer(
+        field,
+        table.name,
+        "heartbeat update" if heartbeat else table.operation,
+        _HEARTBEAT if heartbeat else _insert(table),
+        _tables.encoder(table, _TO_SQL, fill_now=True),
+        tuple(dict.fromkeys((table.names[0], *table.key))),  # a stamp by its id too: the key of its own table
+    )
+
+
+_WRITERS: Final = tuple(_writer(field, table) for field, table in _tables.BATCH)
+# Its rows are built in _apply_sync: (consumer, event id, now).
 _PROCESSED: Final = _Writer(
-    "processed_event_ids", "processed_events", "insert", _INSERT_PROCESSED, lambda r, now: r, ("event_id",)
+    "processed_event_ids", "processed_events", "insert", _insert(_tables.PROCESSED), lambda r, now: [], ("event_id",)
 )
 
 # What encoding a row may raise: json (TypeError: not serialisable; ValueError: NaN, circular), _uid (ValueError),
@@ -474,15 +299,15 @@ _EXECUTE_ERRORS: Final = (sqlite3.Error, OverflowError, UnicodeError, ValueError
 
 
 def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, ...]]:
-    params = writer.params
+    encode = writer.encode
     try:
-        return [params(r, now) for r in rows]
+        return encode(rows, now)
     except _ENCODE_ERRORS:
         pass
     # The slow path, only once something failed: find the first bad row to name it.
     for index, row in enumerate(rows):
         try:
-            params(row, now)
+            encode((row,), now)
         except _ENCODE_ERRORS as exc:
             key = ", ".join(f"{k}={getattr(row, k, '?')}" for k in writer.key)
             raise StoreError(
@@ -493,136 +318,7 @@ def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, .
 
 # --- reads -----------------------------------------------------------------------------------------------------------
 
-_SELECT_WORKFLOW: Final = (
-    "SELECT correlation_id, workflow_type, current_state, state_seq, namespace, file_path, file_hash, stamp_id, "
-    "started_at, completed_at, execution_time_ms, error_message, metadata FROM workflow_executions"
-)
-_SELECT_STEP: Final = (
-    "SELECT workflow_id, step_name, step_order, status, execution_time_ms, step_data, error_message, created_at "
-    "FROM workflow_steps"
-)
-_SELECT_STAMP: Final = (
-    "SELECT id, file_hash, file_path, file_size, namespace, stamp_type, file_type, workflow_id, stamp_data, "
-    "created_at FROM metadata_stamps"
-)
-_SELECT_TRANSITION: Final = (
-    "SELECT id, entity_id, entity_type, from_state, to_state, transition_event, correlation_id, transition_data, "
-    "created_at FROM fsm_transitions"
-)
-_SELECT_BRIDGE_STATE: Final = (
-    "SELECT namespace, version, total_workflows_processed, total_items_aggregated, total_size_bytes, "
-    "unique_file_hashes, current_fsm_state, aggregation_metadata, last_aggregation_timestamp FROM bridge_states"
-)
-_SELECT_REGISTRATION: Final = (
-    "SELECT node_id, node_type, node_version, health_status, capabilities, endpoints, metadata, last_heartbeat, "
-    "registered_at FROM node_registrations"
-)
-_SELECT_EVENT_LOG: Final = (
-    "SELECT event_id, event_type, topic, status, correlation_id, timestamp, processing_time_ms, payload, metadata "
-    "FROM event_logs"
-)
-
-
-def _workflow(t: tuple[Any, ...]) -> WorkflowRow:
-    return WorkflowRow(
-        correlation_id=uuid.UUID(t[0]),
-        workflow_type=t[1],
-        current_state=t[2],
-        state_seq=t[3],
-        namespace=t[4],
-        file_path=t[5],
-        file_hash=t[6],
-        stamp_id=_uuid_or_none(t[7]),
-        started_at=_dt(t[8]),
-        completed_at=_dt(t[9]),
-        execution_time_ms=t[10],
-        error_message=t[11],
-        metadata=_obj(t[12]),
-    )
-
-
-def _step(t: tuple[Any, ...]) -> StepRow:
-    return StepRow(
-        workflow_id=uuid.UUID(t[0]),
-        step_name=t[1],
-        step_order=t[2],
-        status=t[3],
-        execution_time_ms=t[4],
-        step_data=_obj(t[5]),
-        error_message=t[6],
-        created_at=_dt(t[7]),
-    )
-
-
-def _stamp(t: tuple[Any, ...]) -> StampRow:
-    return StampRow(
-        id=uuid.UUID(t[0]),
-        file_hash=t[1],
-        file_path=t[2],
-        file_size=t[3],
-        namespace=t[4],
-        stamp_type=t[5],
-        file_type=t[6],
-        workflow_id=_uuid_or_none(t[7]),
-        stamp_data=_obj(t[8]),
-        created_at=_dt(t[9]),
-    )
-
-
-def _transition(t: tuple[Any, ...]) -> TransitionRow:
-    return TransitionRow(
-        id=uuid.UUID(t[0]),
-        entity_id=t[1],
-        entity_type=t[2],
-        from_state=t[3],
-        to_state=t[4],
-        transition_event=t[5],
-        correlation_id=_uuid_or_none(t[6]),
-        transition_data=_obj(t[7]),
-        created_at=_dt(t[8]),
-    )
-
-
-def _bridge_state(t: tuple[Any, ...]) -> BridgeStateRow:
-    return BridgeStateRow(
-        namespace=t[0],
-        version=t[1],
-        total_workflows_processed=t[2],
-        total_items_aggregated=t[3],
-        total_size_bytes=t[4],
-        unique_file_hashes=t[5],
-        current_fsm_state=t[6],
-        aggregation_metadata=_obj(t[7]),
-        last_aggregation_timestamp=_dt(t[8]),
-    )
-
-
-def _registration(t: tuple[Any, ...]) -> RegistrationRow:
-    return RegistrationRow(
-        node_id=t[0],
-        node_type=t[1],
-        node_version=t[2],
-        health_status=t[3],
-        capabilities=_obj(t[4]),
-        endpoints=_obj(t[5]),
-        metadata=_obj(t[6]),
-        last_heartbeat=_dt(t[7]),
-        registered_at=_dt(t[8]),
-    )
-
-
-def _event_log(t: tuple[Any, ...]) -> EventLogRow:
-    return EventLogRow(
-        event_id=uuid.UUID(t[0]),
-        event_type=t[1],
-        topic=t[2],
-        status=t[3],
-        correlation_id=_uuid_or_none(t[4]),
-        timestamp=_dt(t[5]),
-        processing_time_ms=t[6],
-        payload=_obj(t[7]),
-        metadata=_obj(t[8]),
-    )
+_READ: Final = _tables.readers(_FROM_SQL)  # a fetched row as its dataclass, per table
 
 
 # --- migrations ------------------------------------------------------------------------------------------------------
@@ -667,55 +363,9 @@ def _migrations() -> list[Migration]:
 
 # --- dead letters ---------------------------------------------------------------------------------------------------
 
-_DEAD_LETTER_COLUMNS: Final = (
-    "event_id, topic, original_topic, event_type, error_type, error, attempts, letter, original_event_id, "
-    "correlation_id, group_name, dead_lettered_at, replayed_at, replays"
-)
-_SELECT_DEAD_LETTER: Final = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters"
-_INSERT_DEAD_LETTER: Final = (
-    f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (event_id) DO NOTHING"
-)
+_INSERT_DEAD_LETTER: Final = _insert(_tables.DEAD_LETTERS)
 _REPLAYED: Final = "UPDATE dead_letters SET replayed_at = ?, replays = replays + 1 WHERE event_id = ?"
-
-
-def _dead_letter_params(r: DeadLetterRow, now: str) -> tuple[Any, ...]:
-    return (
-        _uid(r.event_id),
-        r.topic,
-        r.original_topic,
-        r.event_type,
-        r.error_type,
-        r.error,
-        r.attempts,
-        _dumps(r.letter),
-        _uid_or_none(r.original_event_id),
-        _uid_or_none(r.correlation_id),
-        r.group_name,
-        _ts(r.dead_lettered_at) or now,
-        _ts(r.replayed_at),
-        r.replays,
-    )
-
-
-def _dead_letter(t: tuple[Any, ...]) -> DeadLetterRow:
-    return DeadLetterRow(
-        event_id=uuid.UUID(t[0]),
-        topic=t[1],
-        original_topic=t[2],
-        event_type=t[3],
-        error_type=t[4],
-        error=t[5],
-        attempts=t[6],
-        letter=_obj(t[7]),
-        original_event_id=_uuid_or_none(t[8]),
-        correlation_id=_uuid_or_none(t[9]),
-        group_name=t[10],
-        dead_lettered_at=_dt(t[11]),
-        replayed_at=_dt(t[12]),
-        replays=t[13],
-    )
-
+_dead_letter_params: Final = _tables.encoder(_tables.DEAD_LETTERS, _TO_SQL, fill_now=True)
 
 # --- the store -------------------------------------------------------------------------------------------------------
 
@@ -1024,7 +674,7 @@ class SqliteStore(Store):
 
     async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None:
         rows = await self._query(
-            "get_workflow", f"{_SELECT_WORKFLOW} WHERE correlation_id = ?", (_uid(correlation_id),), _workflow
+            "get_workflow", f"{SELECT_WORKFLOW} WHERE correlation_id = ?", (_uid(correlation_id),), _READ.workflow
         )
         return rows[0] if rows else None
 
@@ -1052,7 +702,7 @@ class SqliteStore(Store):
                 params.append(value)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         return await self._query(
-            "list_workflows", f"{_SELECT_WORKFLOW}{clause} ORDER BY id DESC LIMIT ?", (*params, limit), _workflow
+            "list_workflows", f"{SELECT_WORKFLOW}{clause} ORDER BY id DESC LIMIT ?", (*params, limit), _READ.workflow
         )
 
     async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:
@@ -1064,17 +714,17 @@ class SqliteStore(Store):
             chunk = [_uid(i) for i in correlation_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             found += self._fetch(
-                "get_workflows", f"{_SELECT_WORKFLOW} WHERE correlation_id IN ({marks})", chunk, _workflow
+                "get_workflows", f"{SELECT_WORKFLOW} WHERE correlation_id IN ({marks})", chunk, _READ.workflow
             )
         return found
 
     async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
         marks = ",".join("?" * len(states))
         sql = (
-            f"{_SELECT_WORKFLOW} w WHERE current_state IN ({marks}) AND NOT EXISTS (SELECT 1 FROM processed_events p "
+            f"{SELECT_WORKFLOW} w WHERE current_state IN ({marks}) AND NOT EXISTS (SELECT 1 FROM processed_events p "
             "WHERE p.consumer = ? AND p.event_id = w.correlation_id) ORDER BY id"
         )
-        return await self._query("unprocessed_workflows", sql, (*states, consumer), _workflow)
+        return await self._query("unprocessed_workflows", sql, (*states, consumer), _READ.workflow)
 
     async def get_stamps(self, ids: Sequence[uuid.UUID]) -> list[StampRow]:
         return await self._call(self._get_stamps_sync, list(ids))
@@ -1084,7 +734,7 @@ class SqliteStore(Store):
         for start in range(0, len(ids), 500):
             chunk = [_uid(i) for i in ids[start : start + 500]]
             found += self._fetch(
-                "get_stamps", f"{_SELECT_STAMP} WHERE id IN ({','.join('?' * len(chunk))})", chunk, _stamp
+                "get_stamps", f"{SELECT_STAMP} WHERE id IN ({','.join('?' * len(chunk))})", chunk, _READ.stamp
             )
         return found
 
@@ -1099,26 +749,26 @@ class SqliteStore(Store):
     async def list_steps(self, workflow_id: uuid.UUID) -> list[StepRow]:
         return await self._query(
             "list_steps",
-            f"{_SELECT_STEP} WHERE workflow_id = ? ORDER BY step_order, rowid",
+            f"{SELECT_STEP} WHERE workflow_id = ? ORDER BY step_order, rowid",
             (_uid(workflow_id),),
-            _step,
+            _READ.step,
         )
 
     async def list_transitions(self, entity_id: str) -> list[TransitionRow]:
         """By ``created_at``, then in the order they were stored."""
         return await self._query(
             "list_transitions",
-            f"{_SELECT_TRANSITION} WHERE entity_id = ? ORDER BY created_at, seq",
+            f"{SELECT_TRANSITION} WHERE entity_id = ? ORDER BY created_at, seq",
             (entity_id,),
-            _transition,
+            _READ.transition,
         )
 
     async def get_stamps_by_hash(self, file_hash: str) -> list[StampRow]:
         return await self._query(
             "get_stamps_by_hash",
-            f"{_SELECT_STAMP} WHERE file_hash = ? ORDER BY created_at, rowid",
+            f"{SELECT_STAMP} WHERE file_hash = ? ORDER BY created_at, rowid",
             (file_hash,),
-            _stamp,
+            _READ.stamp,
         )
 
     async def list_stamps(self, namespace: str, *, limit: int = 100, offset: int = 0) -> list[StampRow]:
@@ -1126,31 +776,35 @@ class SqliteStore(Store):
         _check_page(limit, offset)
         return await self._query(
             "list_stamps",
-            f"{_SELECT_STAMP} WHERE namespace = ? ORDER BY created_at, rowid LIMIT ? OFFSET ?",
+            f"{SELECT_STAMP} WHERE namespace = ? ORDER BY created_at, rowid LIMIT ? OFFSET ?",
             (namespace, limit, offset),
-            _stamp,
+            _READ.stamp,
         )
 
     async def get_bridge_state(self, namespace: str) -> BridgeStateRow | None:
         rows = await self._query(
-            "get_bridge_state", f"{_SELECT_BRIDGE_STATE} WHERE namespace = ?", (namespace,), _bridge_state
+            "get_bridge_state", f"{SELECT_BRIDGE_STATE} WHERE namespace = ?", (namespace,), _READ.bridge_state
         )
         return rows[0] if rows else None
 
     async def list_bridge_states(self) -> list[BridgeStateRow]:
-        return await self._query("list_bridge_states", f"{_SELECT_BRIDGE_STATE} ORDER BY namespace", (), _bridge_state)
+        return await self._query(
+            "list_bridge_states", f"{SELECT_BRIDGE_STATE} ORDER BY namespace", (), _READ.bridge_state
+        )
 
     async def list_registrations(self) -> list[RegistrationRow]:
-        return await self._query("list_registrations", f"{_SELECT_REGISTRATION} ORDER BY node_id", (), _registration)
+        return await self._query(
+            "list_registrations", f"{SELECT_REGISTRATION} ORDER BY node_id", (), _READ.registration
+        )
 
     async def list_event_logs(self, correlation_id: uuid.UUID, *, limit: int = 1000) -> list[EventLogRow]:
         """The logged events of one correlation id, by ``timestamp`` (an addition to the ``Store`` API)."""
         _check_page(limit, 0)
         return await self._query(
             "list_event_logs",
-            f"{_SELECT_EVENT_LOG} WHERE correlation_id = ? ORDER BY timestamp, rowid LIMIT ?",
+            f"{SELECT_EVENT_LOG} WHERE correlation_id = ? ORDER BY timestamp, rowid LIMIT ?",
             (_uid(correlation_id), limit),
-            _event_log,
+            _READ.event_log,
         )
 
     # --- dead letters ----------------------------------------------------------------------------------------------
@@ -1168,7 +822,7 @@ class SqliteStore(Store):
     @staticmethod
     def _encode_dead_letters(what: str, rows: Sequence[DeadLetterRow], now: str) -> list[tuple[Any, ...]]:
         try:
-            return [_dead_letter_params(r, now) for r in rows]
+            return _dead_letter_params(rows, now)
         except _ENCODE_ERRORS as exc:
             raise StoreError(f"{what}: {_describe(exc)}; nothing was written") from exc
 
@@ -1193,8 +847,8 @@ class SqliteStore(Store):
     async def list_dead_letters(self, *, topic: str | None = None, limit: int = 100) -> list[DeadLetterRow]:
         _check_page(limit, 0)
         where, params = (" WHERE topic = ?", [topic]) if topic is not None else ("", [])
-        sql = f"{_SELECT_DEAD_LETTER}{where} ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?"
-        return await self._query("list_dead_letters", sql, (*params, limit), _dead_letter)
+        sql = f"{SELECT_DEAD_LETTER}{where} ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?"
+        return await self._query("list_dead_letters", sql, (*params, limit), _READ.dead_letter)
 
     async def count_dead_letters(self, *, topic: str | None = None) -> int:
         where, params = (" WHERE topic = ?", [topic]) if topic is not None else ("", [])
@@ -1203,8 +857,8 @@ class SqliteStore(Store):
 
     async def find_dead_letters(self, event_id: uuid.UUID) -> list[DeadLetterRow]:
         key = _uid(event_id)
-        sql = f"{_SELECT_DEAD_LETTER} WHERE event_id = ? OR original_event_id = ? ORDER BY dead_lettered_at, seq"
-        return await self._query("find_dead_letters", sql, (key, key), _dead_letter)
+        sql = f"{SELECT_DEAD_LETTER} WHERE event_id = ? OR original_event_id = ? ORDER BY dead_lettered_at, seq"
+        return await self._query("find_dead_letters", sql, (key, key), _READ.dead_letter)
 
     async def get_dead_letters(self, event_ids: Sequence[uuid.UUID]) -> list[DeadLetterRow]:
         return await self._call(self._get_dead_letters_sync, list(event_ids))
@@ -1214,8 +868,8 @@ class SqliteStore(Store):
         self._ready()
         for start in range(0, len(event_ids), IN_CHUNK):
             chunk = [_uid(i) for i in event_ids[start : start + IN_CHUNK]]
-            sql = f"{_SELECT_DEAD_LETTER} WHERE event_id IN ({','.join('?' * len(chunk))})"
-            found += self._fetch("get_dead_letters", sql, chunk, _dead_letter)
+            sql = f"{SELECT_DEAD_LETTER} WHERE event_id IN ({','.join('?' * len(chunk))})"
+            found += self._fetch("get_dead_letters", sql, chunk, _READ.dead_letter)
         return found
 
     async def count(self, table: str) -> int:

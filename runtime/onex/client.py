@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -29,15 +30,18 @@ from rich.table import Table
 
 from onex.bus import EventBus, Subscription
 from onex.contracts import ContractSet
-from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
-from onex.exceptions import OnexError, StoreError, StoreUnavailable
+from onex.envelope import OnexEnvelopeV1, dlq_topic, new_id
+from onex.exceptions import OnexError, PayloadError, StoreError, StoreUnavailable
 from onex.files import WalkEntry, iter_files
+from onex.nodes import EventCatalog
 from onex.settings import Settings
 from onex.stamps import BUSY, VerifyResult, verify_file
 from onex.store import BridgeStateRow, Store, open_store
 
 if TYPE_CHECKING:
     from onex._kafka import KafkaBus
+
+_log = logging.getLogger("onex.client")
 
 REQUEST_EVENT = "STAMP_REQUESTED"
 # Workflows `onex stamp` keeps in flight (when it waits for them): enough to keep every node busy, few enough that
@@ -49,23 +53,12 @@ STAMP_EVENT = "STAMP_CREATED"
 Outcome = OnexEnvelopeV1
 
 
-def _topics(contracts: ContractSet, settings: Settings) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for contract in contracts.contracts:
-        events = contract.subcontracts.event_type
-        for spec in (*events.consumes, *events.publishes) if events else ():
-            if spec.event_name in (REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS):
-                found[spec.event_name] = topic_name(
-                    spec.event_name,
-                    env=settings.env,
-                    tenant=settings.tenant,
-                    cls=spec.topic_class,
-                    major=spec.event_version,
-                )
-    missing = {REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS} - found.keys()
+def _catalog(contracts: ContractSet, settings: Settings) -> EventCatalog:
+    catalog = EventCatalog(contracts.contracts, settings)
+    missing = {REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS} - catalog.events.keys()
     if missing:
         raise OnexError(f"no contract declares {', '.join(sorted(missing))}: is the orchestrator contract present?")
-    return found
+    return catalog
 
 
 def _is_kafka(bus: EventBus) -> TypeGuard[KafkaBus]:
@@ -106,7 +99,8 @@ class StampClient:
         self.max_pending = max_pending
         self._room = asyncio.Event()
         self.settings = settings
-        self.topics = _topics(contracts, settings)
+        self.catalog = _catalog(contracts, settings)
+        self.topics = {name: self.catalog.topic(name) for name in (REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS)}
         self.keep_stamps = keep_stamps
         self.on_outcome = on_outcome
         self.group = f"onex.client.{uuid.uuid4().hex[:12]}"
@@ -149,6 +143,12 @@ class StampClient:
             cid = envelope.correlation_id
             if cid is None:
                 continue
+            try:
+                # Typed: off Kafka an outcome's or a stamp's payload is a dict until validated into its model here.
+                envelope = self.catalog.decoded(envelope)
+            except PayloadError as exc:
+                _log.error("workflow %s: an outcome that does not fit its model, ignored: %s", cid, exc)
+                continue
             if envelope.event_type == STAMP_EVENT:
                 waiter = self._stamp_waiters.pop(cid, None)
                 if waiter is not None and not waiter.done():
@@ -173,11 +173,12 @@ class StampClient:
                 self.on_outcome(envelope)
 
     def request(self, payload: dict[str, Any], *, correlation_id: uuid.UUID | None = None) -> OnexEnvelopeV1:
+        """The envelope of a request; its payload is validated by the orchestrator that consumes it (the edge)."""
         return OnexEnvelopeV1(
             event_type=REQUEST_EVENT,
             source_node_id=f"onex-client-{self.settings.instance}",
             source_service="onex-client",
-            correlation_id=correlation_id or uuid.uuid4(),
+            correlation_id=correlation_id or new_id(),
             environment=self.settings.env,
             payload=payload,
         )
@@ -657,7 +658,7 @@ class StampRun:
     @staticmethod
     def _count(report: StampReport, outcome: OnexEnvelopeV1, path: str) -> str:
         """Count ``outcome`` in ``report``; returns the status it was counted as."""
-        payload = outcome.payload
+        payload = outcome.payload  # ModelWorkflowFinished (typed by the client), or a dead letter's dict
         if payload.get("state") != "completed":
             error = str(payload.get("error"))
             # A file open in another process was left as it was (the stamping effect retried it): not broken, busy.
@@ -665,8 +666,8 @@ class StampRun:
             report.counts[status] += 1
             report.problems.append(Problem(status, path, error, outcome.correlation_id))
             return status
-        stamp_step: dict[str, Any] = next((s for s in payload.get("steps", ()) if s.get("step_name") == "stamp"), {})
-        status = "unchanged" if stamp_step.get("data", {}).get("status") == "unchanged" else "stamped"
+        stamp_step = next((s for s in payload.steps if s.step_name == "stamp"), None)
+        status = "unchanged" if stamp_step is not None and stamp_step.data.get("status") == "unchanged" else "stamped"
         report.counts[status] += 1
         return status
 

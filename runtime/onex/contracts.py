@@ -139,7 +139,7 @@ class FsmSubcontract(_Model):
 class EventSpec(_Model):
     """One event a node consumes or publishes.
 
-    ``payload_model`` names a pydantic model (``nodes.x.v1_0_0.models:ModelStampRequest``);
+    ``payload_model`` names a pydantic model (``nodes.models:ModelStampRequest``);
     ``payload_schema`` is an inline JSON Schema compiled once at load. At most one of them.
     """
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from blake3 import blake3
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TopicClass = Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"]
 TOPIC_CLASSES: tuple[str, ...] = ("evt", "cmd", "qrs", "dlt", "rty", "aud", "met")
@@ -38,27 +38,66 @@ _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+
+
+def _uuid(value: int) -> uuid.UUID:
+    """``uuid.UUID(int=value)`` for a value whose version and variant bits are already set, without the checks and
+    conversions of ``UUID.__init__`` (a third of the cost of an id on the hot path)."""
+    made = _new_object(uuid.UUID)
+    _set_attribute(made, "int", value)
+    _set_attribute(made, "is_safe", _UNKNOWN_SAFETY)
+    return made
+
+
 def new_id() -> uuid.UUID:
     """A random (version 4) UUID for ids that are not derived from another event.
 
     From a private generator rather than ``os.urandom`` per id: ids must be unique, not unguessable, and this avoids a
     system call per event on the hot path.
     """
-    return uuid.UUID(int=(_ids.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
+    return _uuid((_ids.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
 
 
 def derived_id(*parts: object) -> uuid.UUID:
-    """A UUID computed from ``parts`` (BLAKE3 of their text), so computing it again gives the same id.
+    """A UUID computed from ``parts`` (BLAKE3 of their bytes: a UUID's 16, anything else its text), so computing it
+    again gives the same id.
 
     An event produced while handling event E gets ``derived_id(E.event_id, node name, event name, index)``: handling
     E again after a crash produces the same ids, and every consumer's dedup by event id makes the replay a no-op.
     """
-    digest = blake3("\x1f".join(map(str, parts)).encode()).digest(16)
-    return uuid.UUID(int=(int.from_bytes(digest) & _VERSION_MASK) | _DERIVED_BITS)
+    data = b"\x1f".join([p.bytes if type(p) is uuid.UUID else str(p).encode() for p in parts])
+    return _uuid((int.from_bytes(blake3(data).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
+
+
+class Payload(BaseModel):
+    """Base of the payload models onex and its shipped nodes define: frozen (one object is shared by every in-process
+    consumer of an event), no unknown fields, and readable as the dict it is on the wire: ``payload["state"]`` and
+    ``payload.get("error")`` read the field, so code reading an envelope's payload works whether the envelope was
+    built in this process (a model) or came off Kafka and was not decoded (a dict)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
 
 
 class OnexEnvelopeV1(BaseModel):
-    """One event on the bus. Immutable: derive a new one with ``model_copy(update=...)``."""
+    """One event on the bus. Immutable: derive a new one with ``model_copy(update=...)``.
+
+    ``payload`` is typed inside a process: an envelope a node builds carries its payload model itself (validated once,
+    when it was built), and every in-process consumer expecting that model gets that very object. It is serialised
+    only where bytes are needed (Kafka, the store, HTTP); an envelope read from bytes carries the payload as a dict,
+    which the consuming node validates into its model (``onex.nodes.PayloadCodec``). Schema-less events carry dicts.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,7 +115,7 @@ class OnexEnvelopeV1(BaseModel):
     environment: str = "dev"
     region: str | None = None
     partition_key: str | None = None
-    payload: dict[str, Any]
+    payload: Any  # a Payload (pydantic) model in-process, a dict off the wire; see the class docstring
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -93,7 +132,14 @@ class OnexEnvelopeV1(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> OnexEnvelopeV1:
-        return cls.model_validate_json(data)
+        """An envelope from its JSON; ``ValidationError`` when it is none (a payload must be a JSON object)."""
+        envelope = cls.model_validate_json(data)
+        if not isinstance(envelope.payload, dict):
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [{"type": "dict_type", "loc": ("payload",), "input": envelope.payload}],
+            )
+        return envelope
 
 
 def kebab(name: str) -> str:
@@ -166,11 +212,7 @@ RUNTIME_EVENTS: dict[str, str] = {
 }
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ModelNodeIntrospection(_Payload):
+class ModelNodeIntrospection(Payload):
     node_id: str
     node_name: str
     node_type: str
@@ -181,7 +223,7 @@ class ModelNodeIntrospection(_Payload):
     reason: str = "startup"
 
 
-class ModelNodeHeartbeat(_Payload):
+class ModelNodeHeartbeat(Payload):
     node_id: str
     node_type: str = ""
     node_version: str = ""
@@ -190,12 +232,12 @@ class ModelNodeHeartbeat(_Payload):
     active_operations: int = 0
 
 
-class ModelIntrospectionRequest(_Payload):
+class ModelIntrospectionRequest(Payload):
     requested_by: str
     reason: str = "registry-startup"
 
 
-class ModelStateTransition(_Payload):
+class ModelStateTransition(Payload):
     transition_id: uuid.UUID
     entity_id: str
     entity_type: str
@@ -205,3 +247,9 @@ class ModelStateTransition(_Payload):
     correlation_id: uuid.UUID | None = None
     at: datetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelStateTransitions(Payload):
+    """The payload of a STATE_TRANSITION event: the transitions one handler batch of one node made, in order."""
+
+    transitions: tuple[ModelStateTransition, ...]

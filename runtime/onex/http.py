@@ -989,31 +989,30 @@ class _Gateway:
                     f"workflow {cid} completed but its stamp did not arrive",
                     data={"workflow_id": str(cid), "state": "completed"},
                 ) from None
+        # Both typed by the client: ModelStampCreated and ModelWorkflowFinished.
         stamp = created.payload
-        fields = stamp.get("stamp") or {}
+        fields = stamp.stamp
         sidecar = None
-        if stamp.get("stamp_type") == "sidecar":
+        if stamp.stamp_type == "sidecar":
             block = {k: v for k, v in fields.items() if k not in ("uid", "ts", "kind")}
             rendered = stamps.render_sidecar(
-                stamps.Stamp(
-                    str(fields.get("uid")), str(stamp.get("file_hash")), str(fields.get("ts")), "sidecar", block
-                )
+                stamps.Stamp(str(fields.get("uid")), stamp.file_hash, str(fields.get("ts")), "sidecar", block)
             )
             sidecar = rendered.decode()
         return {
             "workflow_id": str(cid),
             "state": "completed",
-            "status": stamp.get("status"),
-            "hash": stamp.get("file_hash"),
-            "stamp_type": stamp.get("stamp_type"),
-            "stamped_content": stamp.get("stamped_content"),
+            "status": stamp.status,
+            "hash": stamp.file_hash,
+            "stamp_type": stamp.stamp_type,
+            "stamped_content": stamp.stamped_content,
             "stamp": fields,
             "sidecar": sidecar,
-            "file_path": stamp.get("file_path"),
-            "file_type": stamp.get("file_type"),
-            "file_size": stamp.get("file_size"),
-            "namespace": stamp.get("namespace"),
-            "execution_time_ms": payload.get("execution_time_ms"),
+            "file_path": stamp.file_path,
+            "file_type": stamp.file_type,
+            "file_size": stamp.file_size,
+            "namespace": stamp.namespace,
+            "execution_time_ms": payload.execution_time_ms,
         }
 
     # -- endpoints --

@@ -8,8 +8,8 @@ action methods its contract names. The base class does the wiring:
   contract's model on consume and on publish (models compiled once at load, never a schema per message);
   a payload that does not validate is dead-lettered at once, without retries;
 - ``publish(event_name, payload)`` builds the envelope and topic from the contract;
-- FSM transitions are published as STATE_TRANSITION events after the handler that caused them returns, before the
-  message is acknowledged;
+- FSM transitions are published after the handler that caused them returns, before the message is acknowledged:
+  one STATE_TRANSITION event per handled batch, carrying the batch's transitions in order;
 - lifecycle ``created -> starting -> running -> draining -> stopped`` (illegal moves raise); at start the node
   publishes its introspection, then a heartbeat every ``settings.heartbeat_interval_s``.
 
@@ -27,7 +27,6 @@ import heapq
 import logging
 import time
 import uuid
-import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from onex.envelope import (
     ModelIntrospectionRequest,
     ModelNodeHeartbeat,
     ModelNodeIntrospection,
-    ModelStateTransition,
+    ModelStateTransitions,
     OnexEnvelopeV1,
     derived_id,
     new_id,
@@ -126,65 +125,51 @@ class PayloadCodec:
             self._validator = Draft202012Validator(spec.payload_schema)
 
     def decode(self, envelope: OnexEnvelopeV1) -> Any:
-        """The validated payload of ``envelope``; PayloadError names the event id and the bad field."""
+        """The validated payload of ``envelope``; PayloadError names the event id and the bad field.
+
+        A payload that already is this event's model was validated when its envelope was built in this process (the
+        models are frozen), and is handed over as it is; anything else (a dict off the wire or from a caller) is
+        validated here, at the edge.
+        """
+        payload = envelope.payload
         if self.model is not None:
-            known = _remembered(envelope)
-            if type(known) is self.model:
-                return known  # validated when this very envelope was built in this process; both are frozen
+            if type(payload) is self.model:
+                return payload
             try:
-                return self.model.model_validate(envelope.payload)
+                if isinstance(payload, BaseModel):  # another model of the same event (another node's version)
+                    return self.model.model_validate(payload.model_dump())
+                return self.model.model_validate(payload)
             except ValidationError as exc:
                 raise PayloadError(str(envelope.event_id), envelope.event_type, _first_error(exc)) from None
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump()
         if self._validator is not None:
-            error = next(iter(self._validator.iter_errors(envelope.payload)), None)
+            error = next(iter(self._validator.iter_errors(payload)), None)
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "payload"
                 raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {error.message}")
-        return envelope.payload
+        return payload
 
-    def encode(self, payload: BaseModel | Mapping[str, Any]) -> tuple[dict[str, Any], BaseModel | None]:
-        """The payload as a dict for the envelope, and the validated model (when the event has one)."""
+    def encode(self, payload: BaseModel | Mapping[str, Any]) -> Any:
+        """The payload for an envelope: the event's model (validated from a mapping, or checked to be the model),
+        or for an event without a model the mapping as a dict (checked against the inline schema, if any)."""
         if isinstance(payload, BaseModel):
             if self.model is not None and type(payload) is not self.model:
                 raise PayloadError(
                     "-", self.event_name, f"expected {self.model.__name__}, got {type(payload).__name__}"
                 )
-            # Python mode keeps UUIDs and datetimes as objects (cheaper); JSON encoding handles them on the wire.
-            return payload.model_dump(), payload
-        data = dict(payload)
+            return payload if self.model is not None else payload.model_dump()
         if self.model is not None:
             try:
-                return data, self.model.model_validate(data)
+                return self.model.model_validate(payload)
             except ValidationError as exc:
                 raise PayloadError("-", self.event_name, _first_error(exc)) from None
+        data = dict(payload)
         if self._validator is not None:
             error = next(iter(self._validator.iter_errors(data)), None)
             if error is not None:
                 raise PayloadError("-", self.event_name, error.message)
-        return data, None
-
-
-# Payload models validated when an envelope was built in this process, so an in-process consumer expecting the same
-# model reuses it instead of validating the same immutable payload again. Keyed by the envelope's id() and held
-# through a weak reference whose callback drops the entry when the envelope is freed: an entry lives exactly as long
-# as its envelope, so nothing is kept for envelopes nobody holds any more (a bounded cache of 100,000 entries kept
-# a million objects alive that every garbage collection had to rescan). An envelope that crossed a process boundary
-# (Kafka) is a new object, not in here, and is validated in full.
-_validated: dict[int, tuple[weakref.ref[OnexEnvelopeV1], BaseModel]] = {}
-
-
-def _forget(key: int, _: weakref.ref[OnexEnvelopeV1]) -> None:
-    _validated.pop(key, None)
-
-
-def _remember(envelope: OnexEnvelopeV1, model: BaseModel) -> None:
-    key = id(envelope)
-    _validated[key] = (weakref.ref(envelope, functools.partial(_forget, key)), model)
-
-
-def _remembered(envelope: OnexEnvelopeV1) -> BaseModel | None:
-    known = _validated.get(id(envelope))
-    return known[1] if known is not None and known[0]() is envelope else None
+        return data
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -196,17 +181,62 @@ def _first_error(exc: ValidationError) -> str:
 _RUNTIME_MODELS: dict[str, type[BaseModel]] = {
     NODE_INTROSPECTION: ModelNodeIntrospection,
     NODE_HEARTBEAT: ModelNodeHeartbeat,
-    STATE_TRANSITION: ModelStateTransition,
+    STATE_TRANSITION: ModelStateTransitions,
     REGISTRY_REQUEST_INTROSPECTION: ModelIntrospectionRequest,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Publication:
+    """An event as a contract declares it: its topic, its payload codec and (for a publisher) its partition key."""
+
     event_name: str
     topic: str
     codec: PayloadCodec
-    partition_key: str | None
+    partition_key: str | None = None
+
+    @classmethod
+    def of(cls, spec: EventSpec, settings: Settings) -> Publication:
+        topic = topic_name(
+            spec.event_name, env=settings.env, tenant=settings.tenant, cls=spec.topic_class, major=spec.event_version
+        )
+        return cls(spec.event_name, topic, PayloadCodec(spec, root=settings.root), spec.partition_key)
+
+    @classmethod
+    def runtime(cls, event_name: str, settings: Settings) -> Publication:
+        """One of the events every node publishes (``RUNTIME_EVENTS``)."""
+        model = _RUNTIME_MODELS[event_name]
+        spec = EventSpec(
+            event_name=event_name,
+            topic_class=RUNTIME_EVENTS[event_name],
+            payload_model=f"onex.envelope:{model.__name__}",
+        )
+        return cls.of(spec, settings)
+
+
+class EventCatalog:
+    """The one map from event names to topics and payload codecs, built once from the contracts: every event any of
+    them publishes or consumes, and the runtime's own. The client and the test harness read it; a node builds its
+    own entries the same way (``Publication.of``) from its contract alone."""
+
+    def __init__(self, contracts: Iterable[Contract], settings: Settings) -> None:
+        self.events: dict[str, Publication] = {name: Publication.runtime(name, settings) for name in RUNTIME_EVENTS}
+        for contract in contracts:
+            events = contract.subcontracts.event_type
+            # Consumers first, publishers last: where two contracts name different models, the publisher's wins.
+            for spec in (*events.consumes, *events.publishes) if events else ():
+                self.events[spec.event_name] = Publication.of(spec, settings)
+
+    def topic(self, event_name: str) -> str:
+        return self.events[event_name].topic
+
+    def decoded(self, envelope: OnexEnvelopeV1) -> OnexEnvelopeV1:
+        """``envelope`` with its payload as its event's model (PayloadError when it does not fit); as it is when it
+        already carries it, or when the event has no model."""
+        publication = self.events.get(envelope.event_type)
+        if publication is None or publication.codec.model is None or isinstance(envelope.payload, BaseModel):
+            return envelope
+        return envelope.model_copy(update={"payload": publication.codec.decode(envelope)})
 
 
 # --- the base node -----------------------------------------------------------------------------------------------
@@ -234,23 +264,14 @@ class Node:
         self._pending_transitions: list[TransitionRecord] = []
         self._publications: dict[str, Publication] = {}
         self._consumed: dict[str, tuple[str, PayloadCodec]] = {}  # event name -> (topic, codec)
-        for name, cls in RUNTIME_EVENTS.items():
-            self._publications[name] = Publication(
-                name, self.topic(name, cls), _runtime_codec(name, settings.root), None
-            )
+        for name in RUNTIME_EVENTS:
+            self._publications[name] = Publication.runtime(name, settings)
         events = contract.subcontracts.event_type
         for spec in events.publishes if events else ():
-            self._publications[spec.event_name] = Publication(
-                spec.event_name,
-                self.topic(spec.event_name, spec.topic_class, spec.event_version),
-                PayloadCodec(spec, root=settings.root),
-                spec.partition_key,
-            )
+            self._publications[spec.event_name] = Publication.of(spec, settings)
         for spec in events.consumes if events else ():
-            self._consumed[spec.event_name] = (
-                self.topic(spec.event_name, spec.topic_class, spec.event_version),
-                PayloadCodec(spec, root=settings.root),
-            )
+            consumed = Publication.of(spec, settings)
+            self._consumed[spec.event_name] = (consumed.topic, consumed.codec)
         self.fsm: StateMachine | None = None
         if contract.subcontracts.fsm is not None:
             self.fsm = StateMachine(
@@ -436,9 +457,10 @@ class Node:
         publication = self._publications.get(event_name)
         if publication is None:
             raise OnexError(f"node {self.contract.name} does not publish {event_name!r} (not in its contract)")
-        data, model = publication.codec.encode(payload)
+        data = publication.codec.encode(payload)
         if partition_key is None and publication.partition_key is not None:
-            value = data.get(publication.partition_key)
+            name = publication.partition_key
+            value = getattr(data, name, None) if isinstance(data, BaseModel) else data.get(name)
             partition_key = None if value is None else str(value)
         if correlation_id is None and causation is not None:
             correlation_id = causation.correlation_id
@@ -447,7 +469,7 @@ class Node:
             event_id = (
                 new_id() if causation is None else derived_id(causation.event_id, self.contract.name, event_name, index)
             )
-        envelope = OnexEnvelopeV1(
+        return OnexEnvelopeV1(
             event_id=event_id,
             event_timestamp=datetime.now(UTC),
             metadata={},
@@ -463,9 +485,6 @@ class Node:
             partition_key=partition_key,
             payload=data,
         )
-        if model is not None:
-            _remember(envelope, model)
-        return envelope
 
     async def publish(
         self,
@@ -476,6 +495,7 @@ class Node:
         causation: OnexEnvelopeV1 | None = None,
         partition_key: str | None = None,
         index: int = 0,
+        event_id: uuid.UUID | None = None,
     ) -> OnexEnvelopeV1:
         env = self.envelope(
             event_name,
@@ -484,6 +504,7 @@ class Node:
             causation=causation,
             partition_key=partition_key,
             index=index,
+            event_id=event_id,
         )
         await self.bus.publish(self._publications[event_name].topic, env)
         return env
@@ -505,17 +526,17 @@ class Node:
         if not self._pending_transitions:
             return
         records, self._pending_transitions[:] = list(self._pending_transitions), []
-        envs = [
-            self.envelope(
-                STATE_TRANSITION,
-                ModelStateTransition(**r.to_model_fields()),
-                correlation_id=r.correlation_id,
-                partition_key=r.entity_id,
-                event_id=derived_id(r.id, STATE_TRANSITION),
-            )
-            for r in records
-        ]
-        await self.publish_envelopes(STATE_TRANSITION, envs)
+        # One validation for the batch (pydantic-core builds the nested models), not one per transition.
+        batch = ModelStateTransitions.model_validate({"transitions": [r.to_model_fields() for r in records]})
+        # One event for the batch, keyed by this node: its transitions stay in order on one partition. Its id is
+        # derived from the transitions it holds (themselves derived), so publishing the same ones again is recognised.
+        await self.publish(
+            STATE_TRANSITION,
+            batch,
+            correlation_id=records[0].correlation_id if len(records) == 1 else None,
+            partition_key=self.node_id,
+            event_id=derived_id(records[0].id, records[-1].id, len(records)),
+        )
 
     async def publish_introspection(self, reason: str) -> None:
         await self.publish(
@@ -623,11 +644,6 @@ class Node:
                 self.active_operations -= len(events)
 
         return handle
-
-
-def _runtime_codec(event_name: str, root: Path) -> PayloadCodec:
-    model = _RUNTIME_MODELS[event_name]
-    return PayloadCodec(EventSpec(event_name=event_name, payload_model=f"onex.envelope:{model.__name__}"), root=root)
 
 
 # --- kinds -------------------------------------------------------------------------------------------------------
@@ -918,8 +934,10 @@ class OrchestratorNode(Node):
         running, so after a crash that lost the outcome the workflow is resumed, never left half-recorded.
         """
         dirty, self._dirty = self._dirty, {}
+        if not self.settings.checkpoints:
+            return
         rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
-        if not rows or not self.settings.checkpoints:
+        if not rows:
             return
         batch = WriteBatch(consumer=self.contract.name, workflows=rows)
         try:

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 
 from onex.bus import MemoryBus, Subscription
 from onex.contracts import ContractSet, load_contracts
-from onex.envelope import RUNTIME_EVENTS, STATE_TRANSITION, OnexEnvelopeV1, dlq_topic, topic_name
+from onex.envelope import STATE_TRANSITION, OnexEnvelopeV1, dlq_topic, new_id
+from onex.nodes import EventCatalog
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import Store, open_store
@@ -72,26 +73,13 @@ class Harness:
         self._recorder: Subscription | None = None
         self._topics: dict[str, str] = {}
 
-    def _all_topics(self) -> dict[str, str]:
-        """event name -> topic for every event any contract publishes or consumes, plus runtime events."""
-        topics: dict[str, str] = {}
-        s = self.settings
-        for name, cls in RUNTIME_EVENTS.items():
-            topics[name] = topic_name(name, env=s.env, tenant=s.tenant, cls=cls)
-        for contract in self.contracts.contracts:
-            events = contract.subcontracts.event_type
-            for spec in (*events.publishes, *events.consumes) if events else ():
-                topics[spec.event_name] = topic_name(
-                    spec.event_name, env=s.env, tenant=s.tenant, cls=spec.topic_class, major=spec.event_version
-                )
-        return topics
-
     async def __aenter__(self) -> Harness:
         try:
             await self.store.open()
             await self.store.upgrade()
             await self.bus.start()
-            self._topics = self._all_topics()
+            catalog = EventCatalog(self.contracts.contracts, self.settings)
+            self._topics = {name: publication.topic for name, publication in catalog.events.items()}
             watched = sorted({*self._topics.values(), *(dlq_topic(t) for t in self._topics.values())})
             self._recorder = await self.bus.subscribe(watched, "onex.testing.recorder", handler=self._record)
             await self.runtime.start()
@@ -143,7 +131,7 @@ class Harness:
         envelope = OnexEnvelopeV1(
             event_type=event_name,
             source_node_id="onex.testing",
-            correlation_id=correlation_id or uuid.uuid4(),
+            correlation_id=correlation_id or new_id(),
             partition_key=partition_key,
             payload=data,
         )
@@ -173,9 +161,14 @@ class Harness:
         return [e for name, e in self.events if name == "DEAD_LETTER"]
 
     def transitions(self, correlation_id: uuid.UUID | None) -> list[Any]:
-        """STATE_TRANSITION payloads of one workflow (by correlation id), in the order they were published."""
+        """The transitions of one workflow (by correlation id) as published (each STATE_TRANSITION event carries a
+        handler batch's), in order: dicts of ``ModelStateTransition``'s fields."""
+        if correlation_id is None:
+            return []
+        cid = str(correlation_id)
         return [
-            e.payload
+            t
             for e in self.of(STATE_TRANSITION)
-            if correlation_id is not None and e.correlation_id == correlation_id
+            for t in e.payload["transitions"]
+            if str(t.get("correlation_id")) == cid
         ]

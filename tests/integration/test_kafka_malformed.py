@@ -4,8 +4,8 @@ An orchestrator is hosted on a ``KafkaBus`` (``Runtime(nodes=["orchestrator"])``
 other client of the broker might, writes to the STAMP_REQUESTED topic one malformed record, then a good request
 with the same key (so on the same partition, behind it). Whatever was wrong with the first, it must end in
 ``<topic>.dlq`` as a ``DEAD_LETTER`` envelope saying what was wrong (and naming the event id when there was an
-envelope), and the good request must still start its workflow (WORKFLOW_STARTED): a poison record does not block its
-partition.
+envelope), and the good request must still start its workflow (its STAMP_FILE command goes out): a poison record does
+not block its partition.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ async def orchestrator(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFa
         view.changed.set()
 
     async with KafkaBus(kafka_bootstrap, consumer_options=TEST_CONSUMER_OPTIONS) as bus:
-        watched = [dlq_topic(request_topic), topic_name("WORKFLOW_STARTED", env=env)]
+        watched = [dlq_topic(request_topic), topic_name("STAMP_FILE", env=env, cls="cmd")]
         await bus.ensure_topics([request_topic, *watched])
         await bus.subscribe(watched, f"{env}.test-watch", handler=watch)
         async with Runtime(settings, nodes=["orchestrator"], bus=bus):

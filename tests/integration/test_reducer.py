@@ -225,7 +225,7 @@ async def test_the_namespace_goes_idle_aggregating_flushing_idle_once_per_window
         windows = len(intents(h))
         assert windows >= 2
 
-        published = [e.payload for e in h.of("STATE_TRANSITION") if e.payload["entity_id"] == ENTITY]
+        published = [t for e in h.of("STATE_TRANSITION") for t in e.payload["transitions"] if t["entity_id"] == ENTITY]
         assert [(t["from_state"], t["to_state"], t["trigger"]) for t in published] == WINDOW_CYCLE * windows
         assert {t["entity_type"] for t in published} == {"reducer"}
         stored = await h.store.list_transitions(ENTITY)

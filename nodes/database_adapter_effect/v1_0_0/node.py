@@ -5,7 +5,7 @@
 | WORKFLOW_COMPLETED / _FAILED   | workflow_executions (final state) + workflow_steps          |
 |                                | + metadata_stamps (the outcome's stamp; not for dry runs)   |
 | STAMP_CREATED                  | metadata_stamps (also when the workflow then failed)        |
-| STATE_TRANSITION               | fsm_transitions                                             |
+| STATE_TRANSITION (a batch)     | fsm_transitions, one row per transition                     |
 | STATE_AGGREGATION_COMPLETED    | bridge_states (the reducer's intent, version-guarded)       |
 
 The orchestrator writes a workflow's row itself while it runs (its checkpoints); the outcome writes its final
@@ -60,15 +60,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from onex.envelope import ModelStateTransition
+from onex.envelope import ModelStateTransitions
 from onex.exceptions import StoreUnavailable
 from onex.nodes import EffectNode, Event, Lifecycle
 from onex.resilience import CircuitOpenError
 from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
-from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished
-from nodes.reducer.v1_0_0.models import ModelAggregationIntent
-from nodes.stamping_effect.v1_0_0.models import ModelStampCreated
+from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
 
 WORKFLOW_TYPE = "stamp_workflow"
 MAX_COMMIT_ROWS = 5_000
@@ -283,21 +281,21 @@ class NodeDatabaseAdapterEffect(EffectNode):
                             created_at=envelope.event_timestamp,
                         )
                     )
-            elif isinstance(payload, ModelStateTransition):
-                if payload.data.get("dry_run"):
-                    continue  # a dry run writes nothing
-                batch.transitions.append(
+            elif isinstance(payload, ModelStateTransitions):
+                batch.transitions.extend(
                     TransitionRow(
-                        id=payload.transition_id,
-                        entity_id=payload.entity_id,
-                        entity_type=payload.entity_type,
-                        from_state=payload.from_state,
-                        to_state=payload.to_state,
-                        transition_event=payload.trigger,
-                        correlation_id=payload.correlation_id,
-                        transition_data=payload.data,
-                        created_at=payload.at,
+                        id=t.transition_id,
+                        entity_id=t.entity_id,
+                        entity_type=t.entity_type,
+                        from_state=t.from_state,
+                        to_state=t.to_state,
+                        transition_event=t.trigger,
+                        correlation_id=t.correlation_id,
+                        transition_data=t.data,
+                        created_at=t.at,
                     )
+                    for t in payload.transitions
+                    if not t.data.get("dry_run")  # a dry run writes nothing
                 )
             elif isinstance(payload, ModelWorkflowFinished):
                 if payload.dry_run:

@@ -20,15 +20,15 @@ from onex.envelope import OnexEnvelopeV1, derived_id
 from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
 
-from nodes.orchestrator.v1_0_0.models import (
+from nodes.models import (
     ModelStampCommand,
+    ModelStampCreated,
+    ModelStampFailed,
     ModelStampRecord,
     ModelStampRequest,
     ModelStepResult,
     ModelWorkflowFinished,
-    ModelWorkflowStarted,
 )
-from nodes.stamping_effect.v1_0_0.models import ModelStampCreated, ModelStampFailed
 
 
 class NodeOrchestrator(OrchestratorNode):
@@ -125,18 +125,6 @@ class NodeOrchestrator(OrchestratorNode):
         self.fsm.attach(workflow)
         self.fsm.trigger(workflow, "start", **self._marks(workflow))
         self.track(workflow)
-        self._outbox["WORKFLOW_STARTED"].append(
-            self.envelope(
-                "WORKFLOW_STARTED",
-                ModelWorkflowStarted(
-                    workflow_id=cid,
-                    namespace=request.namespace,
-                    file_path=request.file_path,
-                    started_at=workflow.context["started_at"],
-                ),
-                causation=envelope,
-            )
-        )
         await self.advance(workflow)
 
     async def _result(self, envelope: OnexEnvelopeV1, result: Any) -> None:

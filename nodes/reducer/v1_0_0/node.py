@@ -47,8 +47,7 @@ from onex.fsm import Entity
 from onex.nodes import Event, ReducerNode
 from onex.store import BridgeStateRow, WriteBatch
 
-from nodes.orchestrator.v1_0_0.models import ModelWorkflowFinished
-from nodes.reducer.v1_0_0.models import ModelAggregationIntent
+from nodes.models import ModelAggregationIntent, ModelWorkflowFinished
 
 _log = logging.getLogger(__name__)
 WORKFLOW_TYPE = "stamp_workflow"  # the orchestrator's workflows (its FSM's name)

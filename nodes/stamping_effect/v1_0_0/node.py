@@ -29,8 +29,7 @@ from onex.files import SNIFF_SIZE, detect_file_type, remove_stale_temps_in, with
 from onex.metrics import Histogram
 from onex.nodes import EffectNode, Event
 
-from nodes.orchestrator.v1_0_0.models import ModelStampCommand
-from nodes.stamping_effect.v1_0_0.models import ModelStampCreated, ModelStampFailed
+from nodes.models import ModelStampCommand, ModelStampCreated, ModelStampFailed
 
 CONTENT_PATH = "<content>"
 

@@ -1,4 +1,8 @@
-"""Payloads the orchestrator consumes and publishes."""
+"""The payload models of the shipped nodes, in one module: each node imports the models it consumes and publishes from
+here, never from another node's package, and the contracts name them here (``nodes.models:ModelStampRequest``).
+
+Each is an ``onex.envelope.Payload``: frozen, no unknown fields, and readable like the dict it is on the wire.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,16 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from onex.envelope import Payload
+from pydantic import Field, model_validator
 
 StampType = Literal["lightweight", "rich"]
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+# --- the orchestrator's request and command --------------------------------------------------------------------
 
 
-class ModelStampRequest(_Payload):
+class ModelStampRequest(Payload):
     """Stamp one file (``file_path``), or in-memory ``content``; with content, ``file_path`` is only its name
     (it picks the comment syntax) and nothing is read from or written to disk."""
 
@@ -33,7 +37,7 @@ class ModelStampRequest(_Payload):
         return self
 
 
-class ModelStampCommand(_Payload):
+class ModelStampCommand(Payload):
     """The stamp step, routed to the stamping effect."""
 
     workflow_id: uuid.UUID
@@ -46,14 +50,36 @@ class ModelStampCommand(_Payload):
     attempt: int = 1
 
 
-class ModelWorkflowStarted(_Payload):
+# --- the stamping effect's results ------------------------------------------------------------------------------
+
+
+class ModelStampCreated(Payload):
     workflow_id: uuid.UUID
+    stamp_id: uuid.UUID
+    file_path: str
+    file_hash: str
+    file_size: int
+    file_type: str
     namespace: str
+    stamp_type: Literal["lightweight", "rich", "sidecar"]
+    status: Literal["stamped", "unchanged"]
+    dry_run: bool = False
+    stamp: dict[str, Any] = Field(default_factory=dict)
+    stamped_content: str | None = None  # for content requests: the stamped text
+
+
+class ModelStampFailed(Payload):
+    workflow_id: uuid.UUID
     file_path: str | None = None
-    started_at: datetime
+    namespace: str
+    error: str
+    retryable: bool = False
 
 
-class ModelStepResult(_Payload):
+# --- the orchestrator's outcome ----------------------------------------------------------------------------------
+
+
+class ModelStepResult(Payload):
     step_name: str
     step_order: int
     status: Literal["completed", "failed", "skipped", "pending", "running"]
@@ -63,7 +89,7 @@ class ModelStepResult(_Payload):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelStampRecord(_Payload):
+class ModelStampRecord(Payload):
     """The stamp a workflow made, as the outcome carries it (what ``metadata_stamps`` stores of it)."""
 
     stamp_id: uuid.UUID
@@ -76,7 +102,7 @@ class ModelStampRecord(_Payload):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelWorkflowFinished(_Payload):
+class ModelWorkflowFinished(Payload):
     """WORKFLOW_COMPLETED and WORKFLOW_FAILED: the outcome with every step and the stamp, so one event persists the
     whole workflow (its row, its steps and its stamp, in one transaction) and is all the reducer needs: the outcome
     is keyed by namespace, while everything the orchestrator consumes is keyed by workflow.
@@ -96,3 +122,24 @@ class ModelWorkflowFinished(_Payload):
     error: str | None = None
     steps: tuple[ModelStepResult, ...] = ()
     stamp: ModelStampRecord | None = None
+
+
+# --- the reducer's intent ----------------------------------------------------------------------------------------
+
+
+class ModelAggregationIntent(Payload):
+    """The reducer's intent: the new aggregate of a namespace, for an effect to persist."""
+
+    intent_type: Literal["upsert_bridge_state"] = "upsert_bridge_state"
+    target: Literal["bridge_states"] = "bridge_states"
+    namespace: str
+    version: int
+    total_workflows_processed: int
+    total_items_aggregated: int
+    total_size_bytes: int
+    unique_file_hashes: int
+    current_fsm_state: str
+    by_file_type: dict[str, int] = Field(default_factory=dict)
+    size_buckets: dict[str, int] = Field(default_factory=dict)
+    windows_closed: int = 0
+    aggregated_at: datetime
