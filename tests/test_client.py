@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from onex.client import OUTCOME_EVENTS, StampClient
+from onex.client import OUTCOME_EVENTS, StampClient, _wait
 from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.exceptions import OnexError
 from onex.runtime import Runtime
@@ -155,3 +155,27 @@ async def test_an_outcome_that_does_not_fit_its_model_is_logged_and_not_taken_fo
         assert client.pending == 1
         assert "does not fit its model" in caplog.text
         assert "workflow_id: Field required" in caplog.text
+
+
+async def test_a_wait_that_ends_early_leaves_the_outcome_future_for_other_waiters() -> None:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+    with pytest.raises(TimeoutError):
+        await _wait(future, 0.01)
+    gives_up = asyncio.create_task(_wait(future, None))
+    await anyio.wait_all_tasks_blocked()
+    gives_up.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gives_up
+    assert not future.done()  # neither the timeout nor the cancellation touched it
+    waiting = asyncio.create_task(_wait(future, 5))
+    await anyio.wait_all_tasks_blocked()
+    future.set_result("outcome")
+    assert await waiting == "outcome"
+    assert await _wait(future, 0) == "outcome"  # a done future answers at once, whatever the timeout
+    closed: asyncio.Future[str] = loop.create_future()
+    waiting = asyncio.create_task(_wait(closed, 5))
+    await anyio.wait_all_tasks_blocked()
+    closed.cancel()  # as the client's __aexit__ does to what still waits
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

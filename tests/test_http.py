@@ -4,6 +4,7 @@ store, and driven by a real HTTP client (httpx): every endpoint, both stamp type
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -21,9 +22,19 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+import uvicorn.server
 from onex import stamps
 from onex.client import StampClient
-from onex.http import PREFIX, create_app, openapi_30, openapi_document, parse_address
+from onex.http import (
+    PREFIX,
+    _CoalescingTransport,
+    _HttpProtocol,
+    create_app,
+    openapi_30,
+    openapi_document,
+    parse_address,
+)
 from onex.logs import configure
 from onex.runtime import Runtime
 from onex.settings import Settings
@@ -863,3 +874,61 @@ def test_onex_run_no_nodes_refuses_what_cannot_work_in_one_line(tmp_path: Path, 
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: --no-nodes"), result.stderr
     assert says in result.stderr
+
+
+class _RecordingTransport(asyncio.Transport):
+    """A fake connection: what was written, in the writes it came in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "written after close()"
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+@pytest.mark.anyio
+async def test_a_responses_head_and_body_leave_in_one_write() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = uvicorn.Config(app, http=_HttpProtocol, lifespan="off", log_config=None)
+    config.load()
+    protocol = _HttpProtocol(config=config, server_state=uvicorn.server.ServerState(), app_state={})
+    transport = _RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]  # uvicorn declares it for asyncio.Transport
+    for _ in range(2):  # keep-alive: each response of the connection in one write
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: onex\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0)
+    assert len(transport.writes) == 2, transport.writes
+    for write in transport.writes:
+        assert write.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert write.endswith(b"\r\n\r\nok")
+
+
+@pytest.mark.anyio
+async def test_what_was_written_before_a_connection_closes_is_sent_and_nothing_after() -> None:
+    transport = _RecordingTransport()
+    coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
+    coalescing.write(b"head,")
+    coalescing.write(bytearray(b"body"))
+    assert transport.writes == []  # held until the loop's next turn...
+    coalescing.close()
+    assert transport.writes == [b"head,body"]  # ...or until the connection closes
+    assert transport.closed
+    coalescing.write(b"late")
+    await asyncio.sleep(0)
+    assert transport.writes == [b"head,body"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import random
 import socket
 import ssl
 import subprocess
@@ -23,7 +24,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
-from onex._kafka import KafkaBus
+from aiokafka.partitioner import DefaultPartitioner, murmur2
+from onex._kafka import KafkaBus, _murmur2
 from onex.bus import RetryPolicy
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import BusError
@@ -121,6 +123,47 @@ async def test_records_carry_the_envelope_its_key_and_cloudevents_headers(
         "ce_time": sent.event_timestamp.isoformat().encode(),
         "content-type": b"application/json",
     }
+
+
+def test_the_partition_of_a_key_is_the_one_aiokafkas_default_partitioner_picks() -> None:
+    # publish() and publish_many() pick partitions themselves (aiokafka's murmur2 is slow); they must agree with the
+    # Java client and aiokafka, or a key's events would land on two partitions and lose their order.
+    rng = random.Random(12)
+    keys = [str(uuid.uuid4()).encode() for _ in range(500)]
+    keys += [rng.randbytes(rng.randrange(0, 80)) for _ in range(2_000)]
+    for key in keys:
+        assert _murmur2(key) == murmur2(key) & 0x7FFFFFFF, key
+        assert DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]) == _murmur2(key) % 4
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_publish_many_keeps_each_keys_order_partitions_like_publish_and_carries_headers(
+    kafka_bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    topic = unique("many")
+    await kafka_bus.publish(topic, envelope(-1, key="k0"))  # one before, into the batch aiokafka is filling
+    # 300 records over 7 keys: several partitions get a prebuilt batch, some keys few records.
+    sent = [envelope(n, key=f"k{n % 7}", blob="x" * 200) for n in range(300)]
+    sent += [envelope(1_000 + n, key="rare") for n in range(3)]
+    await kafka_bus.publish_many(topic, sent)
+    await kafka_bus.publish(topic, envelope(-2, key="k0"))  # one after, behind the prebuilt batch
+    await kafka_bus.flush()
+
+    records = await read_raw(kafka_bootstrap, topic, len(sent) + 2)
+
+    assert len(records) == len(sent) + 2
+    by_key: dict[bytes, list[int]] = collections.defaultdict(list)
+    for record in records:
+        got = OnexEnvelopeV1.from_json(record.value)
+        assert record.partition == kafka_bus.partition_of(topic, got.key)
+        assert dict(record.headers)["ce_id"] == str(got.event_id).encode()
+        by_key[record.key].append(got.payload["n"])
+    assert by_key[b"k0"] == [-1, *range(0, 300, 7), -2]
+    for k in range(1, 7):
+        assert by_key[f"k{k}".encode()] == list(range(k, 300, 7))
+    assert by_key[b"rare"] == [1_000, 1_001, 1_002]
+    assert kafka_bus.statistics().published == len(sent) + 2
 
 
 @pytest.mark.kafka
@@ -382,6 +425,42 @@ async def test_an_input_is_committed_only_once_what_its_handler_published_is_del
     assert calls == [0, 0]  # the lost forward kept the input uncommitted, so it was handled again
     with anyio.fail_after(10):
         await wait_for_commit(kafka_bootstrap, group, source, 1)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_an_input_is_committed_only_once_the_batch_its_handler_published_with_publish_many_is_delivered(
+    kafka_bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    source, target, group = unique("source"), unique("target"), unique("group")
+    await kafka_bus.ensure_topics([target])
+    loop = asyncio.get_running_loop()
+    real_send_batch = kafka_bus._producer.send_batch
+    lost = 1
+
+    async def send_batch_losing_the_first(batch: Any, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        nonlocal lost
+        if topic == target and lost:
+            lost -= 1
+            delivery: asyncio.Future[Any] = loop.create_future()
+            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
+            return delivery
+        return await real_send_batch(batch, topic, **kwargs)
+
+    kafka_bus._producer.send_batch = send_batch_losing_the_first
+    calls: list[int] = []
+
+    async def fan_out(incoming: OnexEnvelopeV1) -> None:
+        calls.append(incoming.payload["n"])
+        await kafka_bus.publish_many(target, [envelope(n, key="one-partition") for n in range(20)])
+
+    await kafka_bus.subscribe([source], group, handler=fan_out)
+    await kafka_bus.publish(source, envelope(0, key="k"))
+
+    with anyio.fail_after(10):
+        await wait_for_commit(kafka_bootstrap, group, source, 1)
+    assert calls == [0, 0]  # the lost batch kept the input uncommitted, so it was handled again
+    assert [json.loads(r.value)["payload"]["n"] for r in await read_raw(kafka_bootstrap, target, 20)] == list(range(20))
 
 
 @pytest.mark.kafka

@@ -99,7 +99,6 @@ import stat
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -109,6 +108,7 @@ from typing import Any, Final, Literal
 import yaml
 from blake3 import blake3
 
+from onex.envelope import new_id
 from onex.exceptions import StampError
 from onex.files import (
     SIDECAR_SUFFIX,
@@ -693,9 +693,10 @@ def _next_stamp(
     previous: Stamp | None, options: _Options, *, digest: str, size: int, name: str, file_type: str
 ) -> Stamp:
     """The stamp content should carry now; ``previous`` itself when nothing would change."""
-    uid = options.uid or (previous.uid if previous else str(uuid.uuid4()))
-    if not _UID.fullmatch(uid):
-        raise ValueError(f"uid {uid!r} is not a UUID")
+    if options.uid and not _UID.fullmatch(options.uid):
+        raise ValueError(f"uid {options.uid!r} is not a UUID")
+    # A new uid comes from onex's id generator (no system call per stamp); one read from a stamp was checked there.
+    uid = options.uid or (previous.uid if previous else str(new_id()))
     same_kind = previous is not None and previous.kind == options.kind
     if options.kind == "lightweight":
         if previous is not None and same_kind and previous.hash == digest and previous.uid == uid:
