@@ -111,16 +111,28 @@ async def test_join_waits_for_what_handlers_publish_too(bus: MemoryBus) -> None:
 
 
 async def test_join_is_released_by_aclose() -> None:
+    """A message still buffered when the bus closes is never handled: ``join()`` must not wait for it forever."""
     gate = Gate()
     async with MemoryBus() as bus:
         await bus.subscribe([TOPIC], "g", handler=gate.handler)
-        await bus.publish(TOPIC, probe())
+        await bus.publish(TOPIC, probe(seq=0))
+        await bus.publish(TOPIC, probe(seq=1))  # same key: queued behind the first, which the gate holds
         await until(gate.entered)
+        joined = asyncio.Event()
+
+        async def wait_for_join() -> None:
+            await join(bus)  # fails the test after TIMEOUT_S if aclose() does not release it
+            joined.set()
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(join, bus)
+            tg.start_soon(wait_for_join)
+            await anyio.wait_all_tasks_blocked()
+            assert not joined.is_set()  # two messages pending: join() waits
+            tg.start_soon(bus.aclose)  # lets the message in hand finish, drops the buffered one
             await anyio.wait_all_tasks_blocked()
             gate.open()
-            await bus.aclose()
+        assert joined.is_set()
+        assert [e.payload["seq"] for e in gate.seen] == [0]  # the buffered one was dropped, not handled
 
 
 # --- groups and members ----------------------------------------------------------------------------------------------

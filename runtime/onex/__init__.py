@@ -5,13 +5,15 @@ The public names are re-exported here; modules starting with ``_`` are implement
 
 from __future__ import annotations
 
-from onex.bus import EventBus, MemoryBus, RetryPolicy
+from onex.bus import BusStatistics, EventBus, MemoryBus, RetryPolicy
 from onex.contracts import Contract, ContractSet, NodeType, load_contract, load_contracts
-from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
+from onex.envelope import OnexEnvelopeV1, Payload, dlq_topic, topic_name
 from onex.exceptions import (
     BusError,
+    CircuitOpenError,
     ContractError,
     ContractIssue,
+    LifecycleError,
     OnexError,
     PayloadError,
     StampError,
@@ -24,6 +26,7 @@ from onex.nodes import (
     ComputeNode,
     EffectNode,
     Event,
+    EventCatalog,
     Lifecycle,
     Node,
     OrchestratorNode,
@@ -32,12 +35,14 @@ from onex.nodes import (
 )
 from onex.runtime import Runtime
 from onex.settings import Settings
-from onex.store import Store, WriteBatch, open_store
+from onex.store import Store, StoreHealth, WorkflowRow, WriteBatch, open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BusError",
+    "BusStatistics",
+    "CircuitOpenError",
     "ComputeNode",
     "Contract",
     "ContractError",
@@ -47,13 +52,16 @@ __all__ = [
     "Entity",
     "Event",
     "EventBus",
+    "EventCatalog",
     "Lifecycle",
+    "LifecycleError",
     "MemoryBus",
     "Node",
     "NodeType",
     "OnexEnvelopeV1",
     "OnexError",
     "OrchestratorNode",
+    "Payload",
     "PayloadError",
     "ReducerNode",
     "RegistryNode",
@@ -64,9 +72,11 @@ __all__ = [
     "StateMachine",
     "Store",
     "StoreError",
+    "StoreHealth",
     "StoreUnavailable",
     "TransitionError",
     "TransitionRecord",
+    "WorkflowRow",
     "WriteBatch",
     "__version__",
     "dlq_topic",

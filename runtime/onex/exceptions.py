@@ -92,3 +92,15 @@ class StampError(OnexError):
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = str(path)
         super().__init__(f"{path}: {message}")
+
+
+class LifecycleError(OnexError):
+    """A node asked to move between lifecycle states that do not follow each other (``created -> starting ->
+    running -> draining -> stopped``)."""
+
+    def __init__(self, node_id: str, state: str, target: str) -> None:
+        super().__init__(f"node {node_id}: cannot go from {state} to {target}")
+
+
+class CircuitOpenError(OnexError):
+    """Raised instead of calling through while a circuit breaker is open (or half-open with a trial in flight)."""

@@ -53,7 +53,7 @@ from onex.envelope import (
     new_id,
     topic_name,
 )
-from onex.exceptions import OnexError, PayloadError, StoreUnavailable
+from onex.exceptions import LifecycleError, OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.metrics import DeadLetterAlert, NodeMeter
 from onex.resilience import CircuitBreaker
@@ -82,11 +82,6 @@ _MOVES: dict[Lifecycle, frozenset[Lifecycle]] = {
     Lifecycle.DRAINING: frozenset({Lifecycle.STOPPED}),
     Lifecycle.STOPPED: frozenset(),
 }
-
-
-class LifecycleError(OnexError):
-    def __init__(self, node_id: str, state: Lifecycle, target: Lifecycle) -> None:
-        super().__init__(f"node {node_id}: cannot go from {state.value} to {target.value}")
 
 
 # --- payloads ----------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from onex.exceptions import CircuitOpenError
+
 T = TypeVar("T")
 
 
@@ -15,10 +17,6 @@ class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-class CircuitOpenError(Exception):
-    """Raised instead of calling through while the breaker is open."""
 
 
 class CircuitBreaker:
