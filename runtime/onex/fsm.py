@@ -6,8 +6,8 @@ synchronous machine is enough and avoids the atomicity pitfalls of ``AsyncMachin
 
 Guards use the three-token grammar ``field operator value`` (``field exists`` takes two) and are evaluated
 against the entity's ``context`` mapping with plain comparisons: nothing is ever passed to ``eval``. Every
-transition becomes a ``TransitionRecord`` handed to the ``on_transition`` callback, which the node publishes as
-a ``STATE_TRANSITION`` event, so the store holds an audit log that can be replayed.
+transition becomes a ``TransitionRecord`` handed to the ``on_transition`` callback; the node publishes a handled
+batch's records as one ``STATE_TRANSITION`` event, so the store holds an audit log that can be replayed.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def parse_guard(expression: str) -> Guard:
 
 @dataclass(frozen=True, slots=True)
 class TransitionRecord:
-    """One transition that happened: published as a STATE_TRANSITION event and stored in ``fsm_transitions``."""
+    """One transition that happened: published in a STATE_TRANSITION batch and stored in ``fsm_transitions``."""
 
     id: uuid.UUID
     entity_id: str

@@ -4,9 +4,10 @@ A node gets its contract, bus, store and settings passed in (no service locator)
 action methods its contract names. The base class does the wiring:
 
 - each ``consumes`` entry of the event_type subcontract becomes a subscription (consumer group
-  ``{env}.{node name}``, shared by every replica) calling the named method; payloads are validated against the
-  contract's model on consume and on publish (models compiled once at load, never a schema per message);
-  a payload that does not validate is dead-lettered at once, without retries;
+  ``{env}.{node name}``, shared by every replica) calling the named method; a payload is validated against the
+  contract's model where it enters: on publish when a node hands a dict, on consume when it came off the wire (an
+  envelope built in this process carries the validated model itself, passed on as it is); models are compiled once
+  at load, never a schema per message; a payload that does not validate is dead-lettered at once, without retries;
 - ``publish(event_name, payload)`` builds the envelope and topic from the contract;
 - FSM transitions are published after the handler that caused them returns, before the message is acknowledged:
   one STATE_TRANSITION event per handled batch, carrying the batch's transitions in order;
