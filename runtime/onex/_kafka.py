@@ -108,7 +108,7 @@ from aiokafka.errors import (
 )
 
 from onex.bus import Assignment, BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dead_letter, dlq_topic
+from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError
 from onex.logs import dead_lettered, event, retried
 
@@ -181,7 +181,6 @@ _URL_PRODUCER_OPTIONS: Final = frozenset({"linger_ms", "max_batch_size"})
 
 _SPECVERSION: Final = b"1.0"
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
-UNDECODABLE: Final = "UNDECODABLE"  # the event type of a record that is no envelope, in metrics and listeners
 _RAW_LIMIT: Final = 256 * 1024
 _POLL_TIMEOUT_MS: Final = 1_000
 _REDELIVERY_BACKOFF_S: Final = 1.0
@@ -480,8 +479,14 @@ class KafkaBus(EventBus):
         # The partition as aiokafka's default partitioner would pick it, but without its pure-Python murmur2 (a fifth
         # of send()); None (no metadata yet) lets send() wait for the metadata and pick it.
         partition = _murmur2(key) % len(partitions) if partitions else None
+        await self._send(topic, envelope.to_json(), key, partition, record_headers(envelope))
+
+    async def _send(
+        self, topic: str, value: bytes, key: bytes, partition: int | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """One record through ``send()`` (which checks its size), counted and tracked for the handler's commit."""
         delivery: DeliveryFuture = await self._producer.send(
-            topic, value=envelope.to_json(), key=key, partition=partition, headers=record_headers(envelope)
+            topic, value=value, key=key, partition=partition, headers=headers
         )
         self._published += 1
         self._track(delivery)
@@ -515,16 +520,7 @@ class KafkaBus(EventBus):
         for partition, records in by_partition.items():
             if len(records) < _BATCH_FROM:
                 for key, envelope in records:
-                    self._track(
-                        await producer.send(
-                            topic,
-                            value=envelope.to_json(),
-                            key=key,
-                            partition=partition,
-                            headers=record_headers(envelope),
-                        )
-                    )
-                    self._published += 1
+                    await self._send(topic, envelope.to_json(), key, partition, record_headers(envelope))
                 continue
             builder = producer.create_batch()
             for key, envelope in records:
@@ -542,8 +538,7 @@ class KafkaBus(EventBus):
                     builder.append(timestamp=None, key=key, value=value, headers=headers) is None
                 ):
                     # Too large for a batch of its own: send() checks it (and raises as publish() would).
-                    self._track(await producer.send(topic, value=value, key=key, partition=partition, headers=headers))
-                    self._published += 1
+                    await self._send(topic, value, key, partition, headers)
             if builder.record_count():
                 self._track(await producer.send_batch(builder, topic, partition=partition))
                 self._published += builder.record_count()

@@ -45,7 +45,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
+from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import BusError, OnexError, StoreError
 from onex.settings import Settings, redact_url
 from onex.store import DeadLetterRow, Store, open_store
@@ -107,8 +107,6 @@ def dlq_name(topic: str) -> str:
 
 def dead_letter_row(letter: OnexEnvelopeV1, *, topic: str | None = None, group: str | None = None) -> DeadLetterRow:
     """The store row of a dead letter (``envelope.dead_letter`` or a Kafka raw record's), read from its payload."""
-    from onex._kafka import UNDECODABLE
-
     payload = letter.payload
     original_topic = str(payload.get("original_topic") or "")
     original = payload.get("original")

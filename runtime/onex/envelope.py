@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 TopicClass = Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"]
 TOPIC_CLASSES: tuple[str, ...] = ("evt", "cmd", "qrs", "dlt", "rty", "aud", "met")
 DEAD_LETTER_EVENT = "DEAD_LETTER"
+UNDECODABLE = "UNDECODABLE"  # the event type a dead letter names for a record that was no envelope
 
 _KEBAB_RE = re.compile(r"[^a-z0-9]+")
 

@@ -94,6 +94,8 @@ class Runtime:
         self.store = store or open_store(settings.store_url())
         self.nodes: list[Node] = []
         self.bus.on_dead_letter(self._alert_on_dead_letters)
+        if not self.bus.retains_messages:  # the memory bus: dead letters die with the process unless kept
+            self.bus.on_dead_letter(self._keep_dead_letter)
         self._alerted: set[str] = set()  # ids of the nodes whose dead-letter alert was logged and not cleared yet
         # starting -> running -> draining -> stopped; /readyz is 200 only while running.
         self.phase = "starting"
@@ -178,8 +180,6 @@ class Runtime:
                 raise StoreError(health.detail)
         if self._own_bus:
             await self.bus.start()
-        if not self.bus.retains_messages:
-            self.bus.on_dead_letter(self._keep_dead_letter)
         for contract in self.selected:
             cls = resolve_implementation(contract, root=self.settings.root)
             node = cls(contract, bus=self.bus, store=self.store, settings=self.settings)

@@ -22,8 +22,8 @@ from typing import Any
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from onex._kafka import UNDECODABLE, KafkaBus
-from onex.envelope import OnexEnvelopeV1, dlq_topic
+from onex._kafka import KafkaBus
+from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import PayloadError
 from onex.store import open_store
 
