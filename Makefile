@@ -24,7 +24,7 @@ run: install
 	$(BIN)/onex trace --latest
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=term
 
 lint: install
 	$(BIN)/ruff format --check .

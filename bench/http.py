@@ -5,16 +5,16 @@ uvicorn, all in one event loop as ``onex run --http`` hosts them. The load comes
 second process (keep-alive HTTP/1.1 over raw sockets; see its docstring), so client and server do not share a GIL.
 Each repeat runs:
 
-- **fixed rate**: ``--rate`` requests/s (default 500) for ``--duration`` s, open loop: latency counts from when each
-  request was due, so queueing shows. Target: p95 < 10 ms.
 - **saturation**: ``--connections`` connections sending back to back for ``--duration`` s. Target: >= 2,000 req/s.
+- **fixed rate**: half the saturation the run before it reached (or ``--rate`` requests/s) for ``--duration`` s,
+  open loop: latency counts from when each request was due, so queueing shows. Target: p95 < 10 ms.
 - **floor**: the same saturation load on ``POST /hash`` with the same bodies: HTTP, JSON and BLAKE3 without a
   workflow, i.e. what the HTTP layer alone costs; the ratio says how much of /stamp's cost is the workflow.
 
 Figures are medians over ``--repeat`` runs. The load generator and the server share the machine's cores, so on a
 small machine they compete; the JSON records the core count.
 
-    .venv/bin/python bench/http.py [--rate 500] [--duration 10] [--repeat 3] [--connections 64]
+    .venv/bin/python bench/http.py [--rate R] [--duration 10] [--repeat 3] [--connections 64]
 
 ``run(**options) -> dict`` is the entry point for ``bench/run.py``; results go to ``bench/results/http.json``.
 """
@@ -103,11 +103,12 @@ async def _bench(rate: float, duration: float, repeat: int, connections: int, si
                     await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
                     await settle()
                     for _ in range(repeat):
-                        runs["fixed"].append(await _load(url, path=stamp, rate=rate, duration=duration,
-                                                         connections=32, size=size))  # fmt: skip
-                        await settle()
                         runs["saturation"].append(await _load(url, path=stamp, rate=0, duration=duration,
                                                               connections=connections, size=size))  # fmt: skip
+                        await settle()
+                        fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
+                        runs["fixed"].append(await _load(url, path=stamp, rate=fixed, duration=duration,
+                                                         connections=32, size=size))  # fmt: skip
                         await settle()
                         runs["floor"].append(await _load(url, path=hash_, rate=0, duration=duration / 2,
                                                          connections=connections, size=size, namespace=""))  # fmt: skip
@@ -120,11 +121,12 @@ async def _bench(rate: float, duration: float, repeat: int, connections: int, si
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(r[key] for r in runs), 3)
+    median: float = statistics.median(r[key] for r in runs)
+    return round(median, 3)
 
 
 def run(
-    *, rate: float = 500.0, duration: float = 10.0, repeat: int = 3, connections: int = 64, size: int = 1024
+    *, rate: float = 0.0, duration: float = 10.0, repeat: int = 3, connections: int = 64, size: int = 1024
 ) -> dict[str, Any]:
     from onex.runtime import tune_gc
 
@@ -140,7 +142,8 @@ def run(
         "content_bytes": size,
         "repeat": repeat,
         "fixed_rate": {
-            "target_rps": rate,
+            "target_rps": rate or _median(fixed, "rps"),
+            "rate": "fixed" if rate else "half of each repeat's saturation",
             "achieved_rps": _median(fixed, "rps"),
             "p50_ms": _median(fixed, "p50_ms"),
             "p95_ms": fixed_p95,
@@ -191,7 +194,9 @@ def _print(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark POST /stamp of the HTTP gateway.")
-    parser.add_argument("--rate", type=float, default=500.0, help="fixed-rate run: requests/s")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="fixed-rate run: requests/s (default: half of the saturation reached)"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64, help="saturation run: concurrent connections")

@@ -20,3 +20,10 @@ pytest_plugins = [
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# Envelopes the runtime builds without validation (``OnexEnvelopeV1.built``) are validated and compared throughout
+# the test suite, so code that builds one from a value of the wrong type fails here.
+import onex.envelope  # noqa: E402
+
+onex.envelope.CHECK_BUILT = True

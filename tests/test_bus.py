@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import pytest
-from onex.bus import BusStatistics, MemoryBus, RetryPolicy
+from onex.bus import BusStatistics, Handler, MemoryBus, RetryPolicy, Subscription
 from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
 from onex.exceptions import BusError
 
@@ -88,7 +88,7 @@ async def test_join_waits_for_what_handlers_publish_too(bus: MemoryBus) -> None:
     first, second, third = topic_name("first"), topic_name("second"), topic_name("third")
     finished: list[OnexEnvelopeV1] = []
 
-    def forward(to: str) -> object:
+    def forward(to: str) -> Handler:
         async def handle(envelope: OnexEnvelopeV1) -> None:
             await anyio.lowlevel.checkpoint()  # hand over to join() in between, as a real handler's I/O would
             await bus.publish(to, probe(envelope.key, envelope.payload["seq"]))
@@ -99,8 +99,8 @@ async def test_join_waits_for_what_handlers_publish_too(bus: MemoryBus) -> None:
         await anyio.lowlevel.checkpoint()
         finished.append(envelope)
 
-    await bus.subscribe([first], "a", handler=forward(second))  # type: ignore[arg-type]
-    await bus.subscribe([second], "b", handler=forward(third))  # type: ignore[arg-type]
+    await bus.subscribe([first], "a", handler=forward(second))
+    await bus.subscribe([second], "b", handler=forward(third))
     await bus.subscribe([third], "c", handler=finish)
     await bus.publish_many(first, [probe(f"key-{i}", i) for i in range(100)])
 
@@ -178,7 +178,7 @@ async def test_a_partition_moves_to_a_new_member_in_order_and_never_concurrently
     overlapped = False
     gate, entered = asyncio.Event(), asyncio.Event()
 
-    def member(name: str) -> object:
+    def member(name: str) -> Handler:
         async def handle(envelope: OnexEnvelopeV1) -> None:
             nonlocal running, overlapped
             running += 1
@@ -191,10 +191,10 @@ async def test_a_partition_moves_to_a_new_member_in_order_and_never_concurrently
 
         return handle
 
-    await bus.subscribe([TOPIC], "g", handler=member("first"))  # type: ignore[arg-type]
+    await bus.subscribe([TOPIC], "g", handler=member("first"))
     await bus.publish_many(TOPIC, [probe(key, i) for i in range(50)])
     await until(entered)  # the first member holds message 0 and has the other 49 in its batch
-    await bus.subscribe([TOPIC], "g", handler=member("second"))  # type: ignore[arg-type]
+    await bus.subscribe([TOPIC], "g", handler=member("second"))
     await bus.publish_many(TOPIC, [probe(key, i) for i in range(50, 100)])
     gate.set()
 
@@ -407,7 +407,7 @@ async def test_aclose_from_a_handler_does_not_wait_for_itself() -> None:
 
 async def test_a_subscription_cannot_close_itself_from_its_handler(bus: MemoryBus) -> None:
     errors: list[BaseException] = []
-    subs = []
+    subs: list[Subscription] = []
 
     async def leave(envelope: OnexEnvelopeV1) -> None:
         try:

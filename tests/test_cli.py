@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from onex.stamps import verify_file
@@ -384,7 +385,7 @@ def test_stamp_with_event_logging_records_every_event_and_every_row(tmp_path: Pa
         ("completed", len(files))
     ]
     # Every event the database adapter consumed (outcomes, stamps, transitions, the reducer's intents) is logged.
-    logged = dict(query(db, "SELECT event_type, count(*) FROM event_logs GROUP BY 1"))
+    logged = dict(cast("list[tuple[str, int]]", query(db, "SELECT event_type, count(*) FROM event_logs GROUP BY 1")))
     assert logged["WORKFLOW_COMPLETED"] == logged["STAMP_CREATED"] == len(files)
     assert logged["STATE_TRANSITION"] >= 1  # one event per orchestrator batch, carrying its transitions
     workflow_transitions = (

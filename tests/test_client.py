@@ -1,11 +1,15 @@
-"""``onex.client.StampClient``: bounded submission and outcome bookkeeping, on a memory bus with no nodes.
+"""``onex.client``: ``StampClient``'s bounded submission and outcome bookkeeping, on a memory bus with no nodes; then
+``StampRun`` and ``verify_paths``, whole runs as the CLI does them.
 
-The outcomes are published by hand, as the orchestrator would publish them, so the client is seen on its own.
+The client's outcomes are published by hand, as the orchestrator would publish them, so the client is seen on its
+own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,7 +18,9 @@ from typing import Any
 
 import anyio
 import pytest
-from onex.client import OUTCOME_EVENTS, StampClient, _wait
+from onex.bus import GroupStart, MemoryBus, MemorySubscription
+from onex.client import OUTCOME_EVENTS, StampClient, StampRun, _wait, verify_paths
+from onex.contracts import load_contracts
 from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.exceptions import OnexError
 from onex.runtime import Runtime
@@ -32,6 +38,12 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db")
     async with Runtime(settings.with_(heartbeat_interval_s=0), nodes=[]) as rt:
         yield rt
+
+
+async def join(runtime: Runtime) -> None:
+    """Wait until the runtime's bus (a memory bus: the settings name no other) has handled all it was given."""
+    assert isinstance(runtime.bus, MemoryBus)
+    await runtime.bus.join()
 
 
 def finished(cid: uuid.UUID) -> dict[str, Any]:
@@ -97,7 +109,7 @@ async def test_a_client_that_does_not_listen_joins_no_group_and_keeps_nothing(ru
     async with StampClient(runtime.bus, runtime.contracts, runtime.settings, listen=False) as client:
         cid = await client.submit({"content": "a", "namespace": "ns"})
         await complete(runtime, cid)
-        await runtime.bus.join()
+        await join(runtime)
 
         assert runtime.bus.statistics().delivered == 0  # nobody consumed the outcome: no group was subscribed
         assert client.pending == 0
@@ -107,7 +119,7 @@ async def test_a_client_that_does_not_listen_joins_no_group_and_keeps_nothing(ru
     async with StampClient(runtime.bus, runtime.contracts, runtime.settings) as listening:
         cid = await listening.submit({"content": "b", "namespace": "ns"})
         await complete(runtime, cid)
-        await runtime.bus.join()
+        await join(runtime)
         assert runtime.bus.statistics().delivered == 1  # the same outcome, heard by a listening client
 
 
@@ -151,7 +163,7 @@ async def test_an_outcome_that_does_not_fit_its_model_is_logged_and_not_taken_fo
     async with StampClient(runtime.bus, runtime.contracts, runtime.settings) as client:
         cid = await client.submit({"content": "a", "namespace": "ns"})
         await complete(runtime, cid, {"state": "completed"})
-        await runtime.bus.join()
+        await join(runtime)
         assert client.pending == 1
         assert "does not fit its model" in caplog.text
         assert "workflow_id: Field required" in caplog.text
@@ -179,3 +191,73 @@ async def test_a_wait_that_ends_early_leaves_the_outcome_future_for_other_waiter
     closed.cancel()  # as the client's __aexit__ does to what still waits
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+# --- whole runs, as the CLI does them -------------------------------------------------------------------------------
+
+
+class StartRecordingBus(MemoryBus):
+    """A memory bus that remembers the ``start`` each subscription asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[str] = []
+
+    async def subscribe(self, *args: Any, start: GroupStart = "earliest", **kwargs: Any) -> MemorySubscription:
+        self.starts.append(start)
+        return await super().subscribe(*args, start=start, **kwargs)
+
+
+async def test_the_client_asks_any_bus_for_only_what_is_published_after_it_subscribed(runtime: Runtime) -> None:
+    # Through the EventBus signature, not by recognising a Kafka bus: a new group on a broker would otherwise read
+    # the outcome topics' whole history first.
+    async with StartRecordingBus() as bus, StampClient(bus, runtime.contracts, runtime.settings):
+        assert bus.starts == ["latest"]
+
+
+def loop_in_a_directory_named_like_an_omission(tmp_path: Path) -> Path:
+    """A tree with one file, and a symlink loop whose message quotes a path that reads like a deliberate omission."""
+    tree = tmp_path / "tree"
+    (tree / "not followed").mkdir(parents=True)
+    (tree / "a.py").write_text("print('a')\n")
+    (tree / "not followed" / "up").symlink_to("..")
+    return tree
+
+
+async def test_verify_lists_a_walk_error_whatever_its_message_says(tmp_path: Path) -> None:
+    tree = loop_in_a_directory_named_like_an_omission(tmp_path)
+    (tmp_path / "outside.py").write_text("")
+    (tree / "escape.py").symlink_to(tmp_path / "outside.py")
+
+    report = verify_paths([tree])
+
+    by_path = {Path(r.path).relative_to(tree).as_posix(): r.status for r in report.results}
+    assert by_path == {"a.py": "unstamped", "not followed/up": "error"}  # escape.py: omitted, not an error
+    assert report.counts["error"] == 1
+
+
+async def test_a_stamp_run_counts_walk_omissions_skipped_and_walk_errors_failed_and_reports_progress(
+    tmp_path: Path,
+) -> None:
+    tree = loop_in_a_directory_named_like_an_omission(tmp_path)
+    (tree / "b.json.onex.yaml").write_text("")
+    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db")
+    run = StampRun(settings.with_(heartbeat_interval_s=0), load_contracts(ROOT), dry_run=True, timeout=60)
+    progress: list[tuple[int, int | None]] = []
+
+    report = await run.run([tree, tree / "b.json.onex.yaml"], on_progress=lambda *p: progress.append(p))
+
+    assert (report.counts["stamped"], report.counts["skipped"], report.counts["failed"]) == (1, 1, 1)
+    assert {(p.status, Path(p.path).name) for p in report.problems} == {
+        ("failed", "up"),
+        ("skipped", "b.json.onex.yaml"),
+    }
+    assert progress[0] == (0, None)  # once connected, before any outcome
+    assert (1, None) in progress  # the one outcome
+    assert [total for _, total in progress if total is not None] == [1]  # once every file was submitted
+
+
+def test_the_client_api_pulls_in_neither_terminal_rendering_nor_the_kafka_client() -> None:
+    code = "import sys, onex.client; print(sorted({'rich', 'aiokafka', 'onex._render'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

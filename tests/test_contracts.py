@@ -6,8 +6,10 @@ Happy paths are written into a temporary project root per test; every broken-con
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from onex import contracts as contracts_module
 from onex.contracts import (
     ISSUE_CODES,
     MAX_FILE_BYTES,
+    SUBCONTRACT_MODELS,
     CachingSubcontract,
     Contract,
     ContractSet,
@@ -40,6 +43,7 @@ from onex.contracts import (
     resolve_implementation,
     schemas,
 )
+from onex.contracts.yaml import _parse_yaml, _Pos
 from onex.exceptions import ContractError
 from pydantic import BaseModel
 
@@ -438,9 +442,9 @@ _documents = st.recursive(
 def test_every_key_value_and_item_keeps_its_line_and_column(document: dict[str, Any], flow: bool) -> None:
     text = yaml.safe_dump(document, default_flow_style=flow, width=60)
     lines = text.splitlines()
-    parsed = contracts_module._parse_yaml(text, Path("/project/x.yaml"), 1000).data
+    parsed = _parse_yaml(text, Path("/project/x.yaml"), 1000).data
 
-    def at(pos: Any) -> str:
+    def at(pos: _Pos) -> str:
         assert pos.file == Path("/project/x.yaml")
         return lines[pos.line - 1][pos.column - 1 :]
 
@@ -571,22 +575,59 @@ def test_schemas_are_draft_2020_12_and_ship_one_per_subcontract_type() -> None:
     for schema in shipped.values():
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         Draft202012Validator.check_schema(schema)
-    schema_dir = Path(contracts_module.__file__).parent / "schemas"
+    schema_dir = Path(contracts_module.__file__).parent.parent / "schemas"
     assert {p.name for p in schema_dir.glob("*.schema.json")} == {f"{name}.schema.json" for name in shipped}
 
 
 def _models_by_schema() -> list[tuple[str, str, dict[str, Any], type[BaseModel]]]:
     """(schema name, definition name, JSON Schema object, pydantic model) for every object the schemas define."""
     pairs = []
-    roots = {
-        "contract": "Contract",
-        **{name: model.__name__ for name, model in contracts_module.SUBCONTRACT_MODELS.items()},
-    }
+    roots = {"contract": "Contract", **{name: model.__name__ for name, model in SUBCONTRACT_MODELS.items()}}
     for name, schema in schemas().items():
         pairs.append((name, roots[name], schema, getattr(contracts_module, roots[name])))
         for definition, body in schema.get("$defs", {}).items():
             pairs.append((name, definition, body, getattr(contracts_module, definition)))
     return pairs
+
+
+_SCHEMA_FILES = {f"{name}.schema.json": model.__name__ for name, model in SUBCONTRACT_MODELS.items()}
+Shape = frozenset[tuple[Any, ...]]
+
+
+def shape(node: dict[str, Any], defs: dict[str, Any]) -> Shape:
+    """What a JSON Schema node accepts, in words both the shipped schemas and pydantic's generated ones reduce to.
+
+    ``{"type": ["string", "null"]}`` and ``{"anyOf": [{"type": "string"}, {"type": "null"}]}`` are both
+    ``{("string",), ("null",)}``; a reference to another object (``#/$defs/FsmState``, ``fsm.schema.json``) is
+    ``("model", name)``; an enum or a const is its set of values, whether inline or a referenced enum.
+    """
+    if "$ref" in node:
+        ref = node["$ref"]
+        if ref in _SCHEMA_FILES:
+            return frozenset({("model", _SCHEMA_FILES[ref])})
+        name = ref.removeprefix("#/$defs/")
+        if "enum" in defs[name]:
+            return frozenset({("enum", frozenset(defs[name]["enum"]))})
+        return frozenset({("model", name)})
+    for combinator in ("anyOf", "oneOf"):
+        if combinator in node:
+            return frozenset().union(*(shape(alternative, defs) for alternative in node[combinator]))
+    if "const" in node:
+        return frozenset({("enum", frozenset({node["const"]}))})
+    if "enum" in node:
+        return frozenset({("enum", frozenset(node["enum"]))})
+    if "type" not in node:
+        return frozenset({("any",)})
+    types = node["type"] if isinstance(node["type"], list) else [node["type"]]
+    return frozenset(("array", shape(node.get("items", {}), defs)) if t == "array" else (t,) for t in types)
+
+
+def shapes_agree(schema_shape: Shape, model_shape: Shape, model_default: Any) -> bool:
+    # A field that defaults to None takes null too in the model, where absent and null mean the same; the schema
+    # may accept only its absence (`subcontracts: {fsm: null}` says nothing a contract should say).
+    if model_default is None and schema_shape == model_shape - {("null",)}:
+        return True
+    return schema_shape == model_shape
 
 
 @pytest.mark.parametrize(("schema_name", "definition", "body", "model"), _models_by_schema())
@@ -595,10 +636,41 @@ def test_each_schema_object_has_exactly_its_models_fields(
 ) -> None:
     fields = {name for name in model.model_fields if name != "source"}  # `source` is set by the loader
     required = {name for name, info in model.model_fields.items() if info.is_required() and name != "source"}
+    generated = model.model_json_schema()
+    schema_defs = schemas()[schema_name].get("$defs", {})
 
     assert set(body["properties"]) == fields
     assert set(body["required"]) == required
     assert body["additionalProperties"] is False  # every model forbids extra keys
+    disagreements = {
+        name: (set(shape(body["properties"][name], schema_defs)), set(shape(field, generated.get("$defs", {}))))
+        for name, field in generated["properties"].items()
+        if name in fields
+        and not shapes_agree(
+            shape(body["properties"][name], schema_defs),
+            shape(field, generated.get("$defs", {})),
+            model.model_fields[name].default,
+        )
+    }
+    assert disagreements == {}  # field: (what the schema accepts, what the model accepts)
+
+
+def test_every_model_a_contract_is_built_from_has_its_schema_object() -> None:
+    generated = Contract.model_json_schema()["$defs"]
+    models = {"Contract"} | {name for name, body in generated.items() if "enum" not in body}
+
+    assert {definition for _, definition, _, _ in _models_by_schema()} == models
+
+
+def test_the_shape_comparison_notices_a_changed_type_enum_or_item() -> None:
+    defs: dict[str, Any] = {"Kind": {"enum": ["a", "b"]}}
+
+    assert shape({"type": ["integer", "null"]}, {}) == shape({"anyOf": [{"type": "integer"}, {"type": "null"}]}, {})
+    assert shape({"enum": ["a", "b"]}, {}) == shape({"$ref": "#/$defs/Kind"}, defs)
+    assert shape({"type": "integer"}, {}) != shape({"type": "string"}, {})
+    assert shape({"enum": ["a", "b"]}, {}) != shape({"enum": ["a", "c"]}, {})
+    assert shape({"type": "array", "items": {"type": "string"}}, {}) != shape({"type": "array"}, {})
+    assert not shapes_agree(shape({"type": "string"}, {}), shape({"type": ["string", "null"]}, {}), "")
 
 
 def test_the_bundled_schema_validates_a_contract_on_its_own(project: Path) -> None:
@@ -729,3 +801,49 @@ def test_the_size_limit_is_a_parameter(project: Path) -> None:
         load_contracts(project, env={}, max_bytes=100)
 
     assert {issue.code for issue in raised.value.issues} == {"too-large"}
+
+
+# --- the package ------------------------------------------------------------------------------------------------
+
+
+def test_the_package_exports_its_public_names_from_one_place() -> None:
+    exported = contracts_module.__all__
+
+    assert [name for name in exported if not hasattr(contracts_module, name)] == []
+    assert {"Contract", "ContractSet", "load_contracts", "parse_condition", "plan_stages", "schemas"} <= set(exported)
+    # Everything a submodule defines without a leading `_` is exported here: callers never reach into the modules.
+    for module in ("models", "checks", "imports", "loader", "schema", "yaml"):
+        source = Path(importlib.import_module(f"onex.contracts.{module}").__file__ or "").read_text()
+        defined = set()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined |= {target.id for target in targets if isinstance(target, ast.Name)}
+        assert sorted(name for name in defined - set(exported) if not name.startswith("_")) == [], module
+
+
+def test_a_contract_may_read_only_declared_onex_settings_typed_as_onex_config_shows_them(project: Path) -> None:
+    write(
+        project,
+        "contracts/effects/greeter.yaml",
+        GREETER.replace(
+            '  greeting: "${GREETING:hello}"',
+            '  greeting: "${GREETING:hello}"\n      events: "${ONEX_LOG_EVENTS:false}"',
+        ),
+    )
+    assert load_contracts(project, env={"ONEX_LOG_EVENTS": "on"}).get("greeter").config["events"] == "true"
+    assert load_contracts(project, env={}).get("greeter").config["events"] == "false"  # the declared default
+
+    write(
+        project,
+        "contracts/effects/greeter.yaml",
+        GREETER.replace('  greeting: "${GREETING:hello}"', '  greeting: "${ONEX_GREETING:hello}"'),
+    )
+    with pytest.raises(ContractError) as info:
+        load_contracts(project, env={})
+    [issue] = info.value.issues
+    assert issue.code == "env"
+    assert "ONEX_GREETING is not an onex setting" in issue.message
+    assert re.match(r"contracts/effects/greeter\.yaml:\d+:\d+: ONEX_GREETING is not an onex setting", str(issue))

@@ -12,7 +12,6 @@ the password the image sets; the image installs the package from the directories
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import tomllib
@@ -46,7 +45,7 @@ def shipped_nodes() -> list[str]:
 
 def onex_variables() -> set[str]:
     """The ``ONEX_*`` variables ``Settings.load`` reads: one per field, ``ONEX_<FIELD>``."""
-    return {f"ONEX_{field.name.upper()}" for field in dataclasses.fields(Settings)}
+    return {f"ONEX_{name.upper()}" for name in Settings.model_fields}
 
 
 def compose_services() -> dict[str, Any]:

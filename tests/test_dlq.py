@@ -22,7 +22,7 @@ from onex.dlq import dead_letter_row
 from onex.envelope import OnexEnvelopeV1, dead_letter, topic_name
 from onex.runtime import Runtime
 from onex.settings import Settings
-from onex.store import open_store
+from onex.stores import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = topic_name("STAMP_REQUESTED", cls="cmd")

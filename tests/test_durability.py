@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onex.envelope import derived_id, new_id
+from onex.envelope import OnexEnvelopeV1, derived_id, new_id
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
 
@@ -27,13 +28,19 @@ def request(i: int) -> dict[str, str]:
     return {"content": f"print({i})\n", "file_path": f"f{i}.py", "namespace": NS}
 
 
+def of_workflow(cid: uuid.UUID | None) -> Callable[[OnexEnvelopeV1], bool]:
+    """A ``wait_for`` predicate: an event of the workflow ``cid``."""
+    return lambda e: e.correlation_id == cid
+
+
 async def test_a_new_workflow_is_checkpointed_before_its_request_is_acknowledged(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     # No stamping effect: the command is never answered, so the workflow stays in flight.
     async with Harness(["orchestrator"], root=ROOT, store_url=store_url) as h:
         sent = await h.publish("STAMP_REQUESTED", request(1))
         await h.settle()
-        row = await h.store.get_workflow(sent.correlation_id)  # type: ignore[arg-type]
+        assert sent.correlation_id is not None  # the harness gives everything it publishes a correlation id
+        row = await h.store.get_workflow(sent.correlation_id)
 
     assert row is not None
     assert (row.current_state, row.workflow_type, row.namespace, row.file_path) == (
@@ -62,7 +69,7 @@ async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in
 
     async with Harness(root=ROOT, store_url=store_url) as second:
         for cid in cids:
-            await second.wait_for("WORKFLOW_COMPLETED", lambda e, cid=cid: e.correlation_id == cid)
+            await second.wait_for("WORKFLOW_COMPLETED", of_workflow(cid))
         await second.settle()
         rows = {cid: await second.store.get_workflow(cid) for cid in cids}  # type: ignore[arg-type]
         transitions = {cid: await second.store.list_transitions(str(cid)) for cid in cids}

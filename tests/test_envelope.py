@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pydantic
 import pytest
@@ -159,3 +160,53 @@ def test_a_dead_letter_carries_the_original_the_error_and_the_attempts() -> None
 def test_a_dead_letter_accepts_an_error_message() -> None:
     letter = dead_letter(envelope(), topic="t", error="timed out", attempts=1)
     assert (letter.payload["error_type"], letter.payload["error"]) == ("Error", "timed out")
+
+
+def test_an_envelope_built_without_validation_equals_a_validated_one() -> None:
+    """``OnexEnvelopeV1.built`` skips validation; what it makes must be indistinguishable from a validated envelope:
+    same fields, same order (serialisation follows it), same JSON, same copies."""
+    values: dict[str, Any] = {
+        "event_id": uuid.uuid4(),
+        "event_type": "STAMP_FILE",
+        "event_timestamp": datetime(2026, 12, 2, 10, 0, tzinfo=UTC),
+        "source_node_id": "node-1",
+        "source_service": "orchestrator",
+        "source_version": "1.2.3",
+        "source_instance": "host-1",
+        "correlation_id": uuid.uuid4(),
+        "causation_id": None,
+        "environment": "prod",
+        "region": "eu",
+        "partition_key": "k",
+        "payload": {"a": 1},
+    }
+    built = OnexEnvelopeV1.built(**values)
+    validated = OnexEnvelopeV1(**values)
+    assert built == validated
+    assert list(built.__dict__) == list(OnexEnvelopeV1.model_fields)
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert built.model_dump() == validated.model_dump()
+    copied = built.model_copy(update={"partition_key": "other"})
+    assert copied.partition_key == "other"
+    assert copied.event_id == built.event_id
+    assert OnexEnvelopeV1.from_json(built.to_json()) == validated
+
+
+def test_an_envelope_built_from_a_value_of_the_wrong_type_is_caught_in_tests() -> None:
+    # The suite runs with CHECK_BUILT on (tests/conftest.py): a value validation would have coerced is an error.
+    with pytest.raises(AssertionError, match=r"fields \['event_id'\]"):
+        OnexEnvelopeV1.built(
+            event_id=str(uuid.uuid4()),  # type: ignore[arg-type]
+            event_type="X",
+            event_timestamp=datetime.now(UTC),
+            source_node_id="n",
+            source_service="s",
+            source_version="1.0.0",
+            source_instance=None,
+            correlation_id=None,
+            causation_id=None,
+            environment="dev",
+            region=None,
+            partition_key=None,
+            payload={},
+        )

@@ -13,6 +13,7 @@ from onex.files import (
     FILE_TYPES,
     STALE_TEMP_AGE,
     WalkEntry,
+    WalkProblemKind,
     detect_file_type,
     is_ignored,
     is_stale_temp,
@@ -269,6 +270,55 @@ def test_an_unreadable_directory_is_reported_and_the_walk_goes_on(
     files, problems = walk(tmp_path)
     assert files == ["open/b.py"]
     assert problems == {"locked": "permission denied"}
+
+
+def kinds(*roots: Path) -> dict[str, WalkProblemKind | None]:
+    """The kind of every problem the walk reports, by path relative to the first root."""
+    return {os.path.relpath(e.path, roots[0]): e.kind for e in iter_files(roots) if e.problem is not None}
+
+
+def test_every_problem_carries_its_kind_and_only_the_rules_omissions_are_omissions(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    tree(outside, {"secret.py": ""})
+    tree(root, {"a.py": "", "loopdir/x.py": "", "c.json.onex.yaml": "", "unreadable-rules/.gitignore/x": ""})
+    (root / "escape.py").symlink_to(outside / "secret.py")
+    (root / "loopdir" / "up").symlink_to("..")
+    (root / "chain_a").symlink_to("chain_b")
+    (root / "chain_b").symlink_to("chain_a")
+    (root / "dangling.py").symlink_to(root / "nowhere")
+    os.mkfifo(root / "fifo")
+    temp = root / f"{temp_prefix('a.py')}abcd1234"
+    temp.write_text("")
+
+    found = kinds(root, root / "c.json.onex.yaml", temp, root / "missing")
+
+    assert found == {
+        "escape.py": WalkProblemKind.OUTSIDE_ROOT,
+        "loopdir/up": WalkProblemKind.SYMLINK_LOOP,
+        "chain_a": WalkProblemKind.SYMLINK_LOOP,
+        "chain_b": WalkProblemKind.SYMLINK_LOOP,
+        "dangling.py": WalkProblemKind.BROKEN_SYMLINK,
+        "fifo": WalkProblemKind.NOT_REGULAR,
+        "unreadable-rules/.gitignore": WalkProblemKind.IGNORE_FILE,  # a directory: its rules cannot be read
+        "c.json.onex.yaml": WalkProblemKind.SIDECAR,
+        temp.name: WalkProblemKind.TEMPORARY,
+        "missing": WalkProblemKind.UNREADABLE,
+    }
+    # What the rules leave out on purpose; everything else is a path that should have been walked and was not.
+    assert {kind for kind in WalkProblemKind if kind.omission} == {
+        WalkProblemKind.OUTSIDE_ROOT,
+        WalkProblemKind.SIDECAR,
+        WalkProblemKind.TEMPORARY,
+        WalkProblemKind.NOT_REGULAR,
+    }
+
+
+def test_a_walk_entry_has_a_problem_and_its_kind_or_neither(tmp_path: Path) -> None:
+    assert WalkEntry(tmp_path).kind is None
+    with pytest.raises(ValueError, match="kind"):
+        WalkEntry(tmp_path, "broken symlink")
+    with pytest.raises(ValueError, match="kind"):
+        WalkEntry(tmp_path, None, WalkProblemKind.BROKEN_SYMLINK)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root lists directories whatever their mode")

@@ -4,7 +4,7 @@ through the app and parsed with prometheus_client's own parser."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -32,6 +32,11 @@ def client_of(h: Harness) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(h.runtime)), base_url="http://onex")
 
 
+def of_workflow(cid: uuid.UUID | None) -> Callable[[OnexEnvelopeV1], bool]:
+    """A ``wait_for`` predicate: an event of the workflow ``cid``."""
+    return lambda e: e.correlation_id == cid
+
+
 async def stamp(h: Harness, paths: Sequence[Path]) -> list[uuid.UUID]:
     cids = []
     for path in paths:
@@ -39,7 +44,7 @@ async def stamp(h: Harness, paths: Sequence[Path]) -> list[uuid.UUID]:
         assert sent.correlation_id is not None
         cids.append(sent.correlation_id)
     for cid in cids:
-        await h.wait_for("WORKFLOW_COMPLETED", lambda e, cid=cid: e.correlation_id == cid)  # type: ignore[misc]
+        await h.wait_for("WORKFLOW_COMPLETED", of_workflow(cid))
     await h.settle()
     return cids
 

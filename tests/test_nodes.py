@@ -11,17 +11,23 @@ import importlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from onex.bus import MemoryBus
 from onex.contracts import ContractSet, load_contracts, resolve_implementation
 from onex.envelope import DEAD_LETTER_EVENT, ModelNodeHeartbeat, ModelNodeIntrospection, OnexEnvelopeV1, dlq_topic
-from onex.exceptions import OnexError, PayloadError
-from onex.nodes import Event, Lifecycle, LifecycleError
+from onex.exceptions import LifecycleError, OnexError, PayloadError
+from onex.nodes import Event, Lifecycle
 from onex.settings import Settings
-from onex.store import open_store
+from onex.stores import open_store
 from onex.testing import Harness
+
+if TYPE_CHECKING:
+    # For annotations only: at run time the workshop's classes are those of its private alias (see below).
+    from tests.projects.workshop.nodes.guestbook.v1_0_0.node import NodeGuestbook
+    from tests.projects.workshop.nodes.mailer.v1_0_0.node import NodeMailer
+    from tests.projects.workshop.nodes.monitor.v1_0_0.node import NodeMonitor
 
 # The repository's `nodes` package owns the name `nodes` in this process, as it does under `onex run` from the
 # repository; the workshop project is then imported under a private alias. Importing it before any test runs keeps
@@ -40,6 +46,11 @@ def harness(*nodes: str, **settings: Any) -> Harness:
     return Harness(list(nodes), root=ROOT, contracts=workshop(), **settings)
 
 
+def hosted_monitor(h: Harness) -> NodeMonitor:
+    """The hosted monitor as its class, by cast: under the private alias its class is a copy isinstance would miss."""
+    return cast("NodeMonitor", h.runtime.node("monitor"))
+
+
 def pulse(node_id: str = "n1", **fields: Any) -> dict[str, Any]:
     """A PULSE payload (the monitor's PULSE carries an ``onex.envelope.ModelNodeHeartbeat``)."""
     return {"node_id": node_id, **fields}
@@ -54,11 +65,13 @@ async def memory_bus() -> AsyncIterator[MemoryBus]:
         yield bus
 
 
-def monitor(bus: MemoryBus, tmp_path: Path) -> Any:
+def monitor(bus: MemoryBus, tmp_path: Path) -> NodeMonitor:
     contract = workshop().get("monitor")
     cls = resolve_implementation(contract, root=ROOT)
     settings = Settings.load(environ={}, root=str(ROOT), heartbeat_interval_s=0, instance="t1")
-    return cls(contract, bus=bus, store=open_store(f"sqlite:///{tmp_path}/onex.db"), settings=settings)
+    return cast(
+        "NodeMonitor", cls(contract, bus=bus, store=open_store(f"sqlite:///{tmp_path}/onex.db"), settings=settings)
+    )
 
 
 @pytest.mark.anyio
@@ -129,7 +142,7 @@ async def test_a_handler_bound_from_consumes_receives_the_validated_payload_mode
     async with harness("monitor") as h:
         sent = await h.publish("PULSE", pulse("n1", active_operations="3"))
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
     [event] = node.pulses
     assert isinstance(event, Event)
@@ -144,7 +157,7 @@ async def test_a_batch_handler_receives_a_sequence_of_events_with_validated_mode
         for i in range(3):
             await h.publish("PULSE_BURST", pulse(f"n{i}", active_operations=i), partition_key="burst")
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
     assert node.bursts, "the batch handler was never called"
     events = [event for batch in node.bursts for event in batch]
@@ -156,7 +169,7 @@ async def test_a_batch_handler_receives_a_sequence_of_events_with_validated_mode
 @pytest.mark.anyio
 async def test_an_envelope_carries_its_payload_model_and_a_copy_off_the_wire_is_validated_anew() -> None:
     async with harness("monitor") as h:
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         codec = node._publications["NODE_HEARTBEAT"].codec
         model = ModelNodeHeartbeat(node_id="n1", active_operations=1)
         envelope = node.envelope("NODE_HEARTBEAT", model)
@@ -191,7 +204,7 @@ async def test_a_payload_that_fails_its_model_is_dead_lettered_at_once_and_the_n
         bad = await h.publish("PULSE", pulse("n1", active_operations="lots"))
         good = await h.publish("PULSE", pulse("n2", active_operations=1))
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         retried = h.bus.statistics().retried
 
     [dead] = h.dead_letters()
@@ -216,7 +229,7 @@ async def test_a_bad_payload_in_a_batch_is_dead_lettered_and_the_rest_of_the_bat
         bad = await h.publish("PULSE_BURST", {"active_operations": 2}, partition_key="burst")
         await h.publish("PULSE_BURST", pulse("n3"), partition_key="burst")
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
     [dead] = h.dead_letters()
     assert dead.payload["original"]["event_id"] == str(bad.event_id)
@@ -231,7 +244,7 @@ async def test_an_inline_payload_schema_validates_what_is_consumed() -> None:
         wrong_type = await h.publish("NOTE", {"text": 5})
         await h.publish("NOTE", {"text": "all quiet"})
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
     assert node.notes == [{"text": "all quiet"}]
     errors = {d.payload["original"]["event_id"]: d.payload["error"] for d in h.dead_letters()}
@@ -243,7 +256,7 @@ async def test_an_inline_payload_schema_validates_what_is_consumed() -> None:
 @pytest.mark.anyio
 async def test_publishing_an_event_the_contract_does_not_publish_raises() -> None:
     async with harness("monitor") as h:
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         with pytest.raises(OnexError, match="node monitor does not publish 'GREETED'"):
             await node.publish("GREETED", {"name": "ada", "greeting": "hi"})
         # Consuming an event does not entitle a node to publish it.
@@ -258,7 +271,7 @@ async def test_publishing_an_event_the_contract_does_not_publish_raises() -> Non
 @pytest.mark.anyio
 async def test_publishing_a_payload_that_violates_its_model_or_schema_raises_payload_error() -> None:
     async with harness("monitor") as h:
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         with pytest.raises(PayloadError, match=r"RELAYED_PULSE.*active_operations") as model_error:
             await node.publish("RELAYED_PULSE", pulse("n1", active_operations="lots"))
         with pytest.raises(PayloadError, match="expected ModelNodeHeartbeat, got ModelNodeIntrospection"):
@@ -278,7 +291,7 @@ async def test_publishing_a_payload_that_violates_its_model_or_schema_raises_pay
 @pytest.mark.anyio
 async def test_partition_key_comes_from_the_payload_field_the_contract_names() -> None:
     async with harness("monitor") as h:
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         by_contract = await node.publish("RELAYED_PULSE", ModelNodeHeartbeat(node_id="n7"))
         by_schema = await node.publish("ALERT", {"node_id": "n8", "level": "info"})
         explicit = await node.publish("ALERT", {"node_id": "n8", "level": "info"}, partition_key="override")
@@ -295,7 +308,7 @@ async def test_fsm_transitions_caused_by_a_handler_are_published_after_the_handl
     async with harness("monitor") as h:
         sent = await h.publish("PULSE", pulse("n1", active_operations=11))
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
     # While the handler ran, after its transitions, the bus accepted only what the handler itself published.
     assert node.published_during_handler == [2]  # RELAYED_PULSE and ALERT
@@ -316,7 +329,7 @@ async def test_a_trigger_whose_guard_fails_moves_nothing_and_publishes_no_transi
     async with harness("monitor") as h:
         sent = await h.publish("PULSE", pulse("n1", active_operations=1))
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
     assert [t["to_state"] for t in h.transitions(sent.correlation_id)] == ["watching"]
     assert node.watched["n1"].state == "watching"
@@ -330,7 +343,7 @@ async def test_a_trigger_whose_guard_fails_moves_nothing_and_publishes_no_transi
 async def test_a_node_publishes_its_introspection_with_capabilities_at_start() -> None:
     async with harness("monitor") as h:
         await h.settle()
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         [intro] = h.of("NODE_INTROSPECTION")
 
     assert intro.source_node_id == node.node_id
@@ -353,7 +366,7 @@ async def test_a_node_publishes_its_introspection_with_capabilities_at_start() -
 @pytest.mark.anyio
 async def test_a_node_heartbeats_every_interval_and_publishes_stopped_when_it_stops() -> None:
     async with harness("monitor", heartbeat_interval_s=0.05) as h:
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
 
         def beats() -> list[OnexEnvelopeV1]:
             return [e for e in h.of("NODE_HEARTBEAT") if e.payload["node_id"] == node.node_id]
@@ -375,7 +388,7 @@ async def test_a_node_heartbeats_every_interval_and_publishes_stopped_when_it_st
 @pytest.mark.anyio
 async def test_without_a_heartbeat_interval_a_node_only_heartbeats_when_it_stops() -> None:
     async with harness("monitor", heartbeat_interval_s=0.0) as h:
-        node = h.runtime.node("monitor")
+        node = hosted_monitor(h)
         await node.stop()
         await h.settle()
 
@@ -388,7 +401,7 @@ async def test_without_a_heartbeat_interval_a_node_only_heartbeats_when_it_stops
 @pytest.mark.anyio
 async def test_an_effect_node_is_degraded_while_its_circuit_breaker_is_open() -> None:
     async with harness("mailer") as h:
-        mailer = h.runtime.node("mailer")
+        mailer = cast("NodeMailer", h.runtime.node("mailer"))
         await h.publish("SEND_MAIL", {"to": "ada@example.test"})
         await h.settle()
         healthy = mailer.health()
@@ -423,7 +436,7 @@ async def test_a_payload_model_from_the_projects_own_nodes_package_is_used() -> 
     async with harness("guestbook") as h:
         await h.publish("GUESTBOOK_SIGNED", {"name": "ada", "message": "lovely"})
         await h.settle()
-        node = h.runtime.node("guestbook")
+        node = cast("NodeGuestbook", h.runtime.node("guestbook"))
 
     [signature] = node.signatures
     assert type(signature).__name__ == "ModelSignature"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -243,6 +243,20 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
     host_port = target.dsn.partition("@")[2].partition("/")[0]
     host, _, port = host_port.partition(":")
     proxy = CuttableProxy(host, int(port or 5432))
+    now = [0.0]  # the breaker's clock: it moves only when the test moves it
+
+    async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+        """Poll ``condition`` (store health and counters have no event to wait on); fail_after bounds it."""
+        for _ in range(4_000):
+            if await condition():
+                return
+            await anyio.sleep(0.005)
+        raise AssertionError("the condition never held")
+
+    async def breaker(state: str, *, waits: int = 0) -> bool:
+        stats = store.statistics()
+        return stats.breaker_state == state and stats.breaker_waits >= waits
+
     async with proxy as proxy_port:
         url = url_with(
             through(postgres_dsn, proxy_port),
@@ -252,7 +266,7 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
             retry_deadline=30,
             backoff_max=0.05,
         )
-        async with PostgresStore(url) as store:
+        async with PostgresStore(url, clock=lambda: now[0]) as store:
             await store.upgrade()
             run = uuid.uuid4()
             items = [item_rows(i, run) for i in range(5)]
@@ -262,24 +276,38 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
                     for workflow, stamp, transitions in items:  # five handlers, each with its batch of 4 rows
                         batch = WriteBatch(workflows=[workflow], stamps=[stamp], transitions=transitions)
                         tg.start_soon(store.apply, batch)
-                    for _ in range(2_000):  # fail_after bounds it; health is polled, it has no event to wait on
-                        health = await store.health()
-                        if health.queued_writes == 20:
-                            break
-                        await anyio.sleep(0.01)
-                    assert (health.status, health.queued_writes) == ("degraded", 20)
-                    # The breaker keeps five callers from hammering the server: one trial per reset timeout
-                    # (0.2 s), not five callers trying every 50 ms.
-                    refused_before = proxy.refused
-                    await anyio.sleep(0.5)
-                    assert proxy.refused - refused_before <= 6
-                    assert store.statistics().breaker_state in ("open", "half_open")
+
+                    async def queued() -> bool:
+                        return (await store.health()).queued_writes == 20
+
+                    await until(queued)
+                    assert (await store.health()).status == "degraded"
+                    # Open, and the clock stands still: the five callers wait on the breaker, never on the server.
+                    await until(lambda: breaker("open"))
+                    refused = proxy.refused
+                    waits = store.statistics().breaker_waits
+                    await until(lambda: breaker("open", waits=waits + 15))
+                    assert proxy.refused == refused
+                    # The reset timeout passes: one trial goes to the server (refused: open again), not five callers.
+                    now[0] += 0.2
+
+                    async def tried_and_open() -> bool:
+                        return proxy.refused > refused and await breaker("open")
+
+                    await until(tried_and_open)
+                    tried = proxy.refused
+                    waits = store.statistics().breaker_waits
+                    await until(lambda: breaker("open", waits=waits + 15))
+                    assert proxy.refused == tried  # open again: nobody tries until the clock moves
+                    assert tried - refused < 5
                     proxy.mend()
+                    now[0] += 0.2  # the next trial gets through and closes the breaker; everyone writes
             for workflow, _, _ in items:
                 assert await store.get_workflow(workflow.correlation_id) == workflow
             assert await store.count("fsm_transitions") == 10
             health = await store.health()
             assert (health.status, health.queued_writes) == ("ok", 0)
+            assert store.statistics().breaker_state == "closed"
 
 
 async def test_apply_gives_up_with_store_unavailable_when_the_server_stays_away() -> None:

@@ -1,13 +1,12 @@
-"""Circuit breaker and retry with backoff (``onex.resilience``), with an injected clock instead of sleeps."""
+"""The circuit breaker (``onex.resilience``), with an injected clock instead of sleeps."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 
 import pytest
-from onex.resilience import BreakerState, CircuitBreaker, CircuitOpenError, retry
+from onex.exceptions import CircuitOpenError
+from onex.resilience import BreakerState, CircuitBreaker
 
 
 class Clock:
@@ -198,67 +197,3 @@ async def test_while_half_open_only_one_trial_call_is_let_through_at_a_time(
     assert calls == ["trial"]
     assert breaker.state is BreakerState.CLOSED
     assert await breaker.call(other) == "other"  # closed: everyone goes through again
-
-
-@pytest.mark.anyio
-async def test_retry_returns_the_first_success_after_failed_attempts() -> None:
-    attempts = 0
-
-    async def flaky() -> str:
-        nonlocal attempts
-        attempts += 1
-        if attempts < 3:
-            raise TimeoutError(f"attempt {attempts}")
-        return "done"
-
-    assert await retry(flaky, attempts=5, backoff_s=0.001) == "done"
-    assert attempts == 3
-
-
-@pytest.mark.anyio
-async def test_retry_raises_the_last_error_after_the_last_attempt() -> None:
-    attempts = 0
-
-    async def broken() -> None:
-        nonlocal attempts
-        attempts += 1
-        raise ConnectionError(f"attempt {attempts}")
-
-    with pytest.raises(ConnectionError, match="attempt 3"):
-        await retry(broken, attempts=3, backoff_s=0.001)
-    assert attempts == 3
-
-
-@pytest.mark.anyio
-async def test_retry_does_not_retry_errors_outside_retry_on() -> None:
-    attempts = 0
-
-    async def wrong() -> None:
-        nonlocal attempts
-        attempts += 1
-        raise ValueError("a bug, not a hiccup")
-
-    with pytest.raises(ValueError, match="a bug"):
-        await retry(wrong, attempts=5, backoff_s=0.001, retry_on=(ConnectionError,))
-    assert attempts == 1
-
-
-@pytest.mark.anyio
-async def test_retry_backs_off_exponentially_up_to_the_maximum() -> None:
-    started: list[float] = []
-
-    async def broken() -> None:
-        started.append(time.monotonic())
-        raise ConnectionError("down")
-
-    with pytest.raises(ConnectionError):
-        await retry(broken, attempts=4, backoff_s=0.01, multiplier=10.0, max_backoff_s=0.02)
-
-    gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
-    # 10 ms, then 100 ms and 1 s capped at 20 ms. A sleep never ends early (beyond the clock's resolution), so
-    # the lower bounds are exact; the upper bound only has to tell 20 ms from the uncapped 1 s.
-    assert len(gaps) == 3
-    assert gaps[0] >= 0.009
-    assert gaps[1] >= 0.018  # it grew: a constant backoff would wait 10 ms again
-    assert gaps[2] >= 0.018
-    assert gaps[2] < 0.5

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from onex.bus import MemoryBus
@@ -24,6 +24,14 @@ from onex.nodes import Lifecycle
 from onex.runtime import Runtime, select
 from onex.settings import Settings
 from onex.testing import Harness
+
+from nodes.registry.v1_0_0.node import NodeRegistry
+
+if TYPE_CHECKING:
+    # For annotations only: at run time the workshop's classes are those of its private alias (see below), copies
+    # isinstance would not recognise, so the tests cast to them.
+    from tests.projects.workshop.nodes.census.v1_0_0.node import NodeCensus
+    from tests.projects.workshop.nodes.greeter.v1_1_0.node import NodeGreeter
 
 # See tests/test_nodes.py: the repository's `nodes` package owns the name, the workshop gets a private alias.
 importlib.import_module("nodes")
@@ -154,7 +162,7 @@ async def test_every_hosted_node_subscribes_before_any_node_announces_itself() -
     # census is started last: had the others announced as they started, it would have missed them.
     async with Harness(["monitor", "greeter", "census"], root=ROOT, contracts=workshop()) as h:
         await h.settle()
-        census = h.runtime.node("census")
+        census = cast("NodeCensus", h.runtime.node("census"))
         ids = {n.contract.name: n.node_id for n in h.runtime.nodes}
 
     assert [n for n in ("monitor", "greeter", "census") if n in ids] == ["monitor", "greeter", "census"]
@@ -172,7 +180,7 @@ async def test_drain_handles_everything_published_so_far_then_takes_nothing_more
             await rt.bus.publish(request_topic, greet_request(name))
 
         await rt.drain()
-        node = rt.node("greeter")
+        node = cast("NodeGreeter", rt.node("greeter"))
         drained = sorted(node.greeted)
         lifecycle = node.lifecycle
         await rt.bus.publish(request_topic, greet_request("after drain"))
@@ -279,6 +287,13 @@ async def registry_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harn
         yield h
 
 
+def hosted_registry(h: Harness) -> NodeRegistry:
+    """The shipped registry as its class (the repository's own `nodes` package, so the very class, not a copy)."""
+    registry = h.runtime.node("registry")
+    assert isinstance(registry, NodeRegistry)
+    return registry
+
+
 def transition_of(entity_id: str, to_state: str, from_state: str | None = None) -> Any:
     """A predicate: a STATE_TRANSITION event (a batch) holding ``entity_id``'s move to ``to_state``."""
     return lambda e: any(
@@ -301,7 +316,7 @@ async def introspect_ghost(h: Harness, node_id: str = "ghost-1.0.0-elsewhere") -
 @pytest.mark.anyio
 async def test_the_registry_lists_the_nodes_that_introspect_and_heartbeat(registry_harness: Harness) -> None:
     h = registry_harness
-    registry = h.runtime.node("registry")
+    registry = hosted_registry(h)
     effect = h.runtime.node("stamping_effect")
     await h.wait_for(
         "NODE_HEARTBEAT", lambda _: sum(e.source_node_id == effect.node_id for e in h.of("NODE_HEARTBEAT")) >= 2
@@ -321,7 +336,7 @@ async def test_the_registry_lists_the_nodes_that_introspect_and_heartbeat(regist
 @pytest.mark.parametrize("registry_harness", [(10.0, 1000)], indirect=True)
 async def test_expire_stale_marks_nodes_without_a_recent_heartbeat_stale(registry_harness: Harness) -> None:
     h = registry_harness
-    registry = h.runtime.node("registry")
+    registry = hosted_registry(h)
     ghost = await introspect_ghost(h)
     assert ghost in registry.alive()
 
@@ -350,7 +365,7 @@ async def test_the_registry_sweeper_marks_a_silent_node_stale_in_the_store_and_a
     registry_harness: Harness,
 ) -> None:
     h = registry_harness
-    registry = h.runtime.node("registry")
+    registry = hosted_registry(h)
     ghost = await introspect_ghost(h)
 
     # Heartbeats every 100 ms, stale after 3 missed ones, swept every 20 ms: the ghost goes stale within a second.
@@ -373,7 +388,7 @@ async def test_the_registry_sweeper_marks_a_silent_node_stale_in_the_store_and_a
 @pytest.mark.anyio
 async def test_a_stopped_heartbeat_deregisters_the_node(registry_harness: Harness) -> None:
     h = registry_harness
-    registry = h.runtime.node("registry")
+    registry = hosted_registry(h)
     effect = h.runtime.node("stamping_effect")
 
     await effect.stop()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import onex
 import pytest
 from onex.settings import DEFAULT_BUS, DEFAULT_STORE, Settings, find_root, redact_url
+from pydantic import Field, ValidationError
 
 
 def test_without_flags_or_environment_every_setting_is_its_default(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_settings_are_immutable_and_with_returns_a_changed_copy(tmp_path: Path) 
     changed = settings.with_(env="test")
 
     assert (settings.env, changed.env) == ("dev", "test")
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.env = "prod"  # type: ignore[misc]
 
 
@@ -144,7 +144,7 @@ def test_sources_say_whether_each_value_came_from_a_flag_the_environment_or_the_
     assert settings == Settings.load(environ=environ, root=str(tmp_path), partitions=2)
     assert (sources["root"], sources["partitions"], sources["bus"]) == ("flag", "flag", "environment")
     assert (sources["store"], sources["env"], sources["api_key"]) == ("default", "default", "default")
-    assert set(sources) == {f.name for f in fields(Settings)}
+    assert set(sources) == set(Settings.model_fields)
 
 
 def test_outside_any_project_the_default_store_is_in_the_users_data_directory(
@@ -178,3 +178,95 @@ def test_outside_any_project_the_default_store_is_in_the_users_data_directory(
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# --- typed parsing: by each field's real type, whether the value comes from a flag, a variable or code -------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("on", True), ("OFF", False), ("yes", True), ("no", False), ("1", True), ("0", False), ("True", True)],
+)
+def test_a_yes_no_setting_takes_on_off_true_false_yes_no_and_1_0(tmp_path: Path, raw: str, expected: bool) -> None:
+    assert Settings.load(environ={"ONEX_CHECKPOINTS": raw}, root=str(tmp_path)).checkpoints is expected
+    assert Settings.load(environ={"ONEX_LOG_EVENTS": raw}, root=str(tmp_path)).log_events is expected
+
+
+def test_a_yes_no_setting_that_is_neither_is_refused_naming_its_variable(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^checkpoints \(ONEX_CHECKPOINTS\) must be on or off .*, not 'maybe'$"):
+        Settings.load(environ={"ONEX_CHECKPOINTS": "maybe"}, root=str(tmp_path))
+
+
+def test_a_path_list_is_split_on_the_path_separator_and_empty_entries_dropped(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"ONEX_STAMP_ROOTS": "a::/b/c:"}, root=str(tmp_path))
+    assert settings.stamp_roots == (Path("a"), Path("/b/c"))
+
+
+def test_a_choice_is_case_insensitive_and_kept_in_lower_case(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"ONEX_LOG_LEVEL": "DEBUG", "ONEX_LOG_FORMAT": "Json"}, root=str(tmp_path))
+    assert (settings.log_level, settings.log_format) == ("debug", "json")
+    with pytest.raises(ValueError, match=r"^log_level \(ONEX_LOG_LEVEL\) must be one of debug, info, warning, error"):
+        Settings.load(environ={"ONEX_LOG_LEVEL": "chatty"}, root=str(tmp_path))
+
+
+def test_an_empty_variable_is_an_unset_one(tmp_path: Path) -> None:
+    environ = {"ONEX_ENV": "", "ONEX_PARTITIONS": "", "ONEX_REGION": "", "ONEX_CHECKPOINTS": ""}
+    settings, sources = Settings.load_with_sources(environ=environ, root=str(tmp_path))
+
+    assert (settings.env, settings.partitions, settings.region, settings.checkpoints) == ("dev", 4, None, True)
+    assert {sources[name] for name in ("env", "partitions", "region", "checkpoints")} == {"default"}
+
+
+def test_only_the_upper_case_spelling_of_a_variable_is_read(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"onex_env": "lower", "Onex_Env": "mixed"}, root=str(tmp_path))
+    assert settings.env == "dev"
+
+
+class Extended(Settings):
+    """A settings class with optional numbers, as a new feature would declare them."""
+
+    limit: int | None = Field(None, description="An optional count.")
+    ratio: float | None = Field(None, description="An optional number of seconds.")
+
+
+def test_an_optional_number_is_that_number_or_none_never_text(tmp_path: Path) -> None:
+    unset = Extended.load(environ={"ONEX_LIMIT": ""}, root=str(tmp_path))
+    assert (unset.limit, unset.ratio) == (None, None)
+
+    given = Extended.load(environ={"ONEX_LIMIT": "5", "ONEX_RATIO": "0.25"}, root=str(tmp_path))
+    assert (given.limit, given.ratio) == (5, 0.25)
+    assert type(given.limit) is int
+
+    with pytest.raises(ValueError, match=r"^limit \(ONEX_LIMIT\) must be a positive whole number, not 'five'$"):
+        Extended.load(environ={"ONEX_LIMIT": "five"}, root=str(tmp_path))
+    assert Extended.load(environ={}, root=str(tmp_path), limit="7").limit == 7  # a flag is parsed the same way
+
+
+def test_settings_built_in_code_do_not_read_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEX_ENV", "staging")
+
+    assert Settings(root=tmp_path).env == "dev"  # code and tests get the same settings wherever they run
+    assert Settings.load(root=str(tmp_path)).env == "staging"  # load reads os.environ unless given a mapping
+
+
+def test_with_parses_its_changes_as_load_parses_flags(tmp_path: Path) -> None:
+    settings = Settings.load(environ={}, root=str(tmp_path))
+
+    changed = settings.with_(partitions="3", stamp_roots=["x"], heartbeat_interval_s=0)
+    assert (changed.partitions, changed.stamp_roots, changed.heartbeat_interval_s) == (3, (Path("x"),), 0.0)
+    assert changed.instance == settings.instance  # the rest is copied, not computed again
+    with pytest.raises(ValueError, match=r"^partitions \(ONEX_PARTITIONS\) must be a positive whole number, not 0$"):
+        settings.with_(partitions=0)
+    with pytest.raises(TypeError, match="partition"):
+        settings.with_(partition=3)
+
+
+def test_an_unknown_flag_is_an_error_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="heartbeat_s"):
+        Settings.load(environ={}, root=str(tmp_path), heartbeat_s=1)
+
+
+def test_the_api_key_is_never_in_the_repr(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"ONEX_API_KEY": "s3cret"}, root=str(tmp_path))
+    assert settings.api_key == "s3cret"
+    assert "s3cret" not in repr(settings)

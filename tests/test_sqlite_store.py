@@ -20,7 +20,8 @@ import pytest
 from onex import _sqlite, store
 from onex._sqlite import Migration, SqliteStore, database_path
 from onex.exceptions import StoreError, StoreUnavailable
-from onex.store import EventLogRow, StampRow, WorkflowRow, WriteBatch, open_store
+from onex.store import EventLogRow, StampRow, WorkflowRow, WriteBatch
+from onex.stores import open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -41,8 +42,9 @@ def url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def store_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("onex-sqlite")}
+def store_threads(prefix: str = "onex-sqlite_") -> set[threading.Thread]:
+    """The live threads of stores: their database threads, or with ``onex-sqlite-checkpoint`` their checkpointers."""
+    return {t for t in threading.enumerate() if t.name.startswith(prefix)}
 
 
 def stamp(**fields: object) -> StampRow:
@@ -163,7 +165,7 @@ async def test_a_directory_where_the_file_should_be(tmp_path: Path) -> None:
 
 
 async def test_every_call_runs_on_one_thread_that_stops_at_aclose(tmp_path: Path) -> None:
-    before = store_threads()
+    before, checkpointers_before = store_threads(), store_threads("onex-sqlite-checkpoint")
     store = SqliteStore(url(tmp_path / "onex.db"))
     await store.open()
     await store.upgrade()
@@ -174,9 +176,14 @@ async def test_every_call_runs_on_one_thread_that_stops_at_aclose(tmp_path: Path
 
     await asyncio.gather(*(store.apply(WriteBatch(stamps=[stamp()])) for _ in range(50)))
     assert store_threads() - before == {thread}  # no second thread, however many calls were in flight
+    checkpointers = store_threads("onex-sqlite-checkpoint") - checkpointers_before
+    assert len(checkpointers) == 1  # the background checkpoints' thread, started after the first commit
 
     await store.aclose()
     assert not thread.is_alive()
+    for checkpointer in checkpointers:
+        checkpointer.join(timeout=10)  # asked to stop by aclose; only this test waits for the thread to go
+        assert not checkpointer.is_alive()
 
 
 async def test_aclose_finishes_the_writes_already_queued(tmp_path: Path) -> None:
@@ -226,6 +233,7 @@ async def test_two_stores_on_one_file_wait_for_each_other_instead_of_failing(tmp
 async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_bad_data(tmp_path: Path) -> None:
     db = tmp_path / "onex.db"
     async with SqliteStore(url(db)) as store:
+        assert isinstance(store, SqliteStore)  # for mypy: Store.__aenter__ is declared to return a Store
         await store.upgrade()
         # The store waits BUSY_TIMEOUT_S (10 s) for another writer; give up at once here instead (on the store's
         # own thread, which owns the connection).
@@ -462,3 +470,50 @@ async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflic
             assert row is not None
             assert (row.current_state, row.state_seq, row.file_hash) == ("completed", 2, "h")
             assert row.metadata == {"started": True, "done": True}
+
+
+async def test_a_database_another_process_keeps_locked_is_unavailable_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db)) as store:
+        await store.upgrade()
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_S", 0.0)  # give up at once instead of after 10 s
+    with raw(db) as other:
+        other.execute("PRAGMA locking_mode = EXCLUSIVE")  # held from its first transaction until it closes
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("COMMIT")
+        reader = SqliteStore(url(db))
+        with pytest.raises(StoreUnavailable, match="locked"):  # an outage the node holds through, not a bad store
+            await reader.open()
+        await reader.aclose()
+    async with SqliteStore(url(db)) as store:  # the lock is gone with the other connection
+        assert await store.count("node_registrations") == 0
+
+
+async def test_wal_checkpoints_run_on_a_thread_of_their_own_never_inside_a_commit(tmp_path: Path) -> None:
+    db = tmp_path / "onex.db"
+    async with SqliteStore(url(db), checkpoint_interval_s=0) as store:
+        await store.upgrade()
+        # The writer never checkpoints inside a commit (which would hold up every batch waiting behind it).
+        assert await store._call(lambda: store._ready().execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+        for _ in range(3):
+            await store.apply(WriteBatch(stamps=[stamp(), stamp()]))
+            if store._checkpoint is not None:
+                await store._checkpoint
+        assert store.checkpoints >= 1
+        assert store._checkpoint is None
+        # The rows are in the database file itself, not only in its -wal: a copy of the file alone holds them.
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(db.read_bytes())
+        with raw(copy) as conn:
+            assert conn.execute("SELECT count(*) FROM metadata_stamps").fetchone()[0] >= 4
+    assert not (tmp_path / "onex.db-wal").exists() or (tmp_path / "onex.db-wal").stat().st_size == 0
+
+
+async def test_a_store_in_memory_has_no_checkpointer() -> None:
+    async with SqliteStore("sqlite://:memory:") as store:
+        await store.upgrade()
+        await store.apply(WriteBatch(stamps=[stamp()]))
+        assert store._checkpointer is None
+        assert store.checkpoints == 0

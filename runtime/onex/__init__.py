@@ -5,8 +5,9 @@ The public names are re-exported here; modules starting with ``_`` are implement
 
 from __future__ import annotations
 
-from onex.bus import BusStatistics, EventBus, MemoryBus, RetryPolicy
-from onex.contracts import Contract, ContractSet, NodeType, load_contract, load_contracts
+from onex.bus import BusStatistics, EventBus, MemoryBus, MemorySubscription, RetryPolicy, Subscription
+from onex.clock import Clock, SystemClock
+from onex.contracts import Contract, ContractSet, FsmSubcontract, NodeType, Step, load_contract, load_contracts
 from onex.envelope import OnexEnvelopeV1, Payload, dlq_topic, topic_name
 from onex.exceptions import (
     BusError,
@@ -32,30 +33,54 @@ from onex.nodes import (
     OrchestratorNode,
     ReducerNode,
     RegistryNode,
+    StepRun,
+    StepStatus,
+    Workflow,
 )
 from onex.runtime import Runtime
 from onex.settings import Settings
-from onex.store import Store, StoreHealth, WorkflowRow, WriteBatch, open_store
+from onex.store import (
+    BridgeStateRow,
+    DeadLetterRow,
+    EventLogRow,
+    HeartbeatRow,
+    RegistrationRow,
+    StampRow,
+    StepRow,
+    Store,
+    StoreHealth,
+    TransitionRow,
+    WorkflowRow,
+    WriteBatch,
+)
+from onex.stores import open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BridgeStateRow",
     "BusError",
     "BusStatistics",
     "CircuitOpenError",
+    "Clock",
     "ComputeNode",
     "Contract",
     "ContractError",
     "ContractIssue",
     "ContractSet",
+    "DeadLetterRow",
     "EffectNode",
     "Entity",
     "Event",
     "EventBus",
     "EventCatalog",
+    "EventLogRow",
+    "FsmSubcontract",
+    "HeartbeatRow",
     "Lifecycle",
     "LifecycleError",
     "MemoryBus",
+    "MemorySubscription",
     "Node",
     "NodeType",
     "OnexEnvelopeV1",
@@ -64,18 +89,28 @@ __all__ = [
     "Payload",
     "PayloadError",
     "ReducerNode",
+    "RegistrationRow",
     "RegistryNode",
     "RetryPolicy",
     "Runtime",
     "Settings",
     "StampError",
+    "StampRow",
     "StateMachine",
+    "Step",
+    "StepRow",
+    "StepRun",
+    "StepStatus",
     "Store",
     "StoreError",
     "StoreHealth",
     "StoreUnavailable",
+    "Subscription",
+    "SystemClock",
     "TransitionError",
     "TransitionRecord",
+    "TransitionRow",
+    "Workflow",
     "WorkflowRow",
     "WriteBatch",
     "__version__",

@@ -40,21 +40,20 @@ Retries and dead letters
 
 Consumer groups and rebalancing
     ``subscribe()`` returns only once the consumer holds its partition assignment. A brand-new group starts at
-    the *earliest* offset (``auto_offset_reset="earliest"``), so nothing published right after ``subscribe()``
-    returns, or even before it, is missed; this is the one difference from the memory bus, where a new group sees
-    only what is published after it subscribed. A group that has committed offsets resumes from them.
-    ``subscribe(..., start="latest")`` is for a group that only wants what is published from now on (a client
-    awaiting the outcomes of its own requests, which must not read the topics' whole history first): its
-    partitions without a committed offset start at their end, and those positions are committed before
-    ``subscribe()`` returns, so a record published after it returned is delivered even if the partitions move
-    before the first fetch. When
-    partitions are revoked (a member joins or leaves), aiokafka awaits the subscription's revocation callback,
-    which lets the batch in hand finish and commit before the partitions move; aiokafka does not hand out
-    records during the rebalance. A commit that still loses the race (the group moved on) is logged and the
-    records are handled again by their new owner: duplicates, never losses. The group waits for a revoking
-    member up to ``rebalance_timeout_ms`` (60 s here, as the session timeout by default in aiokafka would be too
-    short for a slow batch), and a member that takes longer than ``max_poll_interval_ms`` (5 min) over one batch
-    is dropped from the group; both can be changed through ``consumer_options``.
+    the *earliest* offset (``start="earliest"``, the default: ``auto_offset_reset="earliest"``), so nothing
+    published right after ``subscribe()`` returns, or even before it, is missed; unlike the memory bus, the broker
+    retains what was published before the group existed (``retains_messages``). A group that has committed offsets
+    resumes from them. ``subscribe(..., start="latest")`` is for a group that only wants what is published from
+    now on (a client awaiting the outcomes of its own requests, which must not read the topics' whole history
+    first): its partitions without a committed offset start at their end, and those positions are committed
+    before ``subscribe()`` returns, so a record published after it returned is delivered even if the partitions
+    move before the first fetch. When partitions are revoked (a member joins or leaves), aiokafka awaits the
+    subscription's revocation callback, which lets the batch in hand finish and commit before the partitions
+    move; aiokafka does not hand out records during the rebalance. A commit that still loses the race (the group
+    moved on) is logged and the records are handled again by their new owner: duplicates, never losses. The group
+    waits for a revoking member up to ``rebalance_timeout_ms`` (60 s here, as the session timeout by default in
+    aiokafka would be too short for a slow batch), and a member that takes longer than ``max_poll_interval_ms``
+    (5 min) over one batch is dropped from the group; both can be changed through ``consumer_options``.
 
 Closing
     ``Subscription.aclose()`` and ``KafkaBus.aclose()`` stop fetching, let the batch in hand finish (retries
@@ -85,14 +84,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
-import enum
 import functools
 import logging
 import ssl
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -107,7 +105,18 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from onex.bus import Assignment, BatchHandler, BusStatistics, EventBus, Handler, RetryPolicy, Subscription
+from onex.bus import (
+    Assignment,
+    BatchHandler,
+    BusState,
+    BusStatistics,
+    EventBus,
+    GroupStart,
+    Handler,
+    RetryPolicy,
+    Subscription,
+    check_start,
+)
 from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError
 from onex.logs import dead_lettered, event, retried
@@ -196,12 +205,6 @@ _BATCH_RECORD_LIMIT: Final = 256 * 1024
 _deliveries: contextvars.ContextVar[list[DeliveryFuture] | None] = contextvars.ContextVar(
     "onex_kafka_deliveries", default=None
 )
-
-
-class BusState(enum.Enum):
-    CREATED = "created"
-    RUNNING = "running"
-    CLOSED = "closed"
 
 
 class KafkaBus(EventBus):
@@ -600,7 +603,7 @@ class KafkaBus(EventBus):
         retry: RetryPolicy = _DEFAULT_RETRY,
         max_batch: int = 500,
         on_assign: Assignment | None = None,
-        start: Literal["earliest", "latest"] = "earliest",
+        start: GroupStart = "earliest",
     ) -> Subscription:
         """Join ``group`` on ``topics``; returns once the consumer has its partition assignment.
 
@@ -616,8 +619,7 @@ class KafkaBus(EventBus):
             raise ValueError("subscribe to at least one topic")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
-        if start not in ("earliest", "latest"):
-            raise ValueError(f"start must be 'earliest' or 'latest', not {start!r}")
+        check_start(start)
         self._require_running()
         unique_topics = list(dict.fromkeys(topics))
         await self.ensure_topics(unique_topics)

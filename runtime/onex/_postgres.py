@@ -102,7 +102,7 @@ from onex._tables import (
     Table,
 )
 from onex.exceptions import StoreError, StoreUnavailable
-from onex.metrics import CommitMeter
+from onex.meters import CommitMeter
 from onex.resilience import BreakerState, CircuitBreaker
 from onex.settings import redact_url
 from onex.store import (
@@ -155,6 +155,21 @@ _CONCURRENCY_ERRORS: Final[tuple[type[BaseException], ...]] = (
 
 def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS) and not isinstance(exc, asyncpg.DataError)
+
+
+def _store_error(exc: BaseException, doing: str = "", then: str = "") -> StoreError:
+    """The onex error for ``exc``, raised by asyncpg (or, during COPY, by a value's encoder): the one place this
+    backend maps them. The message is ``doing: <what went wrong>`` (``; then``, when given: what became of the call).
+
+    ``StoreUnavailable`` for a connection-class failure (``_CONNECTION_ERRORS``): the server or the connection went
+    away, and the same call may well succeed later. ``StoreError`` for everything else: the server answered and
+    refused (a constraint, a value, a schema), which another attempt would not change. Whether to retry first is
+    decided before this, by ``_with_retry``; what reaches a caller is mapped here.
+    """
+    error = StoreUnavailable if _is_connection_error(exc) else StoreError
+    text = _describe(exc)
+    message = f"{doing}: {text}" if doing else text
+    return error(f"{message}; {then}" if then else message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +237,7 @@ class PostgresStatistics:
     connection_failures: int
     queued_writes: int
     breaker_state: str
+    breaker_waits: int  # times a call found the breaker open and waited instead of connecting
     pool_size: int
     pool_idle: int
 
@@ -447,6 +463,7 @@ class PostgresStore(Store):
         self._rows = 0
         self._retries = 0
         self._failures = 0
+        self._breaker_waits = 0
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact_url(self.url)!r})"
@@ -474,13 +491,8 @@ class PostgresStore(Store):
                 init=_init_staging if s.bulk_method == "copy" else _init_jsonb,
             )
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            error = StoreUnavailable if _is_connection_error(exc) else StoreError
-            raise error(f"cannot connect to {redact_url(self.url)}: {_describe(exc)}") from exc
+            raise _store_error(exc, f"cannot connect to {redact_url(self.url)}") from exc
         self._closed = False
-
-    async def __aenter__(self) -> PostgresStore:  # narrower than Store's, for statistics() and connection()
-        await self.open()
-        return self
 
     async def aclose(self) -> None:
         """Close the pool: in-flight calls get ``acquire_timeout`` seconds to finish, then connections are cut."""
@@ -533,16 +545,15 @@ class PostgresStore(Store):
                                 await conn.execute(m.sql, timeout=_MIGRATION_TIMEOUT_S)
                                 await conn.execute(_RECORD_MIGRATION, m.version, m.name, m.checksum)
                         except asyncpg.PostgresError as exc:
-                            raise StoreError(
-                                f"migration {m.name} failed on schema {schema!r}: {_describe(exc)}; it was rolled back"
+                            raise _store_error(
+                                exc, f"migration {m.name} failed on schema {schema!r}", "it was rolled back"
                             ) from exc
                         applied.append(m.name)
                 finally:
                     if not conn.is_closed():
                         await conn.execute("SELECT pg_advisory_unlock($1)", key)
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            error = StoreUnavailable if _is_connection_error(exc) else StoreError
-            raise error(f"upgrade of schema {schema!r} at {redact_url(self.url)} failed: {_describe(exc)}") from exc
+            raise _store_error(exc, f"upgrade of schema {schema!r} at {redact_url(self.url)} failed") from exc
         self._schema_ready = True
         return applied
 
@@ -633,8 +644,8 @@ class PostgresStore(Store):
             # TypeError (not JSON serialisable), ValueError (NaN) or OverflowError (beyond int64) comes through.
             if _is_connection_error(exc) or isinstance(exc, _CONCURRENCY_ERRORS):
                 raise
-            raise StoreError(
-                f"apply: {table.operation} of {table.name} failed: {_describe(exc)}; the batch was rolled back"
+            raise _store_error(
+                exc, f"apply: {table.operation} of {table.name} failed", "the batch was rolled back"
             ) from exc
 
     # --- retries and the circuit breaker -----------------------------------------------------------------------------
@@ -660,6 +671,7 @@ class PostgresStore(Store):
                     wait = min(s.breaker_reset, 0.05)
                     if self._clock() + wait > deadline:
                         raise StoreUnavailable(self._unavailable("circuit breaker open"))
+                    self._breaker_waits += 1
                     await asyncio.sleep(wait)
                     continue
                 try:
@@ -700,7 +712,7 @@ class PostgresStore(Store):
             if not _is_connection_error(exc):
                 if isinstance(exc, asyncpg.PostgresError):
                     self._record_success()
-                raise StoreError(_describe(exc)) from exc
+                raise _store_error(exc) from exc
             self._record_failure(exc)
             raise _Retryable() from exc
         self._record_success()
@@ -965,6 +977,7 @@ class PostgresStore(Store):
             connection_failures=self._failures,
             queued_writes=self._queued,
             breaker_state=self._breaker.state.value,
+            breaker_waits=self._breaker_waits,
             pool_size=pool.get_size() if pool is not None else 0,
             pool_idle=pool.get_idle_size() if pool is not None else 0,
         )

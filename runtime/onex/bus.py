@@ -11,8 +11,12 @@ Semantics, the same on every bus (``tests/test_bus_conformance.py`` runs against
   not fit what the consumer accepts: a bad payload, an event type it does not consume) is dead-lettered at once,
   since no retry can fix it.
 - No task per event: each subscription has a fixed set of worker tasks that drain buffers in batches.
-- A group starts at the latest offset, as a Kafka group with ``auto_offset_reset=latest`` does: messages published
-  before the group's first ``subscribe()`` returned are not delivered to it.
+- A group that has no position yet starts where ``subscribe(..., start=...)`` says: ``"earliest"`` (the default),
+  the oldest message the bus still holds for the topic; ``"latest"``, only what is published after ``subscribe()``
+  returned. Everything published after ``subscribe()`` returned is delivered either way. Whether a bus holds
+  messages for a group that did not exist yet is ``retains_messages``: a broker does, the memory bus does not, so
+  on the memory bus both starts are the same. A group with a position (committed offsets; on the memory bus,
+  messages buffered for it while it had no member) resumes from it, whatever ``start`` says.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self, get_args
 from zlib import crc32
 
 from onex.envelope import OnexEnvelopeV1, dead_letter, dlq_topic
@@ -47,6 +51,16 @@ that keeps state per key (the orchestrator's workflows) loads what the new parti
 
 DeadLetterListener = Callable[[str, str, OnexEnvelopeV1], Awaitable[None]]
 """Awaited with (consumer group, event type of the original, the dead letter) once a dead letter is enqueued."""
+
+GroupStart = Literal["earliest", "latest"]
+"""Where a consumer group without a position starts reading (``subscribe(..., start=...)``, module docstring)."""
+
+
+def check_start(start: object) -> None:
+    """``ValueError`` unless ``start`` is a ``GroupStart``: every bus's ``subscribe()`` checks it."""
+    if start not in get_args(GroupStart):
+        raise ValueError(f"start must be 'earliest' or 'latest', not {start!r}")
+
 
 _log = logging.getLogger("onex.bus")
 
@@ -115,6 +129,14 @@ class EventBus(abc.ABC):
             await self.publish(topic, envelope)
 
     @abc.abstractmethod
+    async def flush(self) -> None:
+        """Wait until everything published so far is held by the bus itself, where it outlives a client that exits
+        now (a broker acknowledged it); ``BusError`` if something published outside a handler was lost.
+
+        A no-op where ``publish()`` returning already means that (the memory bus).
+        """
+
+    @abc.abstractmethod
     async def subscribe(
         self,
         topics: Sequence[str],
@@ -125,11 +147,17 @@ class EventBus(abc.ABC):
         retry: RetryPolicy = RetryPolicy(),
         max_batch: int = 500,
         on_assign: Assignment | None = None,
+        start: GroupStart = "earliest",
     ) -> Subscription:
         """Subscribe ``group`` to ``topics`` with exactly one of ``handler`` / ``batch_handler``.
 
         ``on_assign`` is awaited with the partitions this subscription owns before ``subscribe()`` returns, and
         again whenever they change (Kafka rebalances; the memory bus reports its one assignment).
+
+        ``start``: where ``group`` reads a topic it has no position in yet (module docstring). ``"earliest"`` for a
+        node, which must not miss what was published before it joined; ``"latest"`` for a group that wants only
+        what is published from now on (a client awaiting the outcomes of its own requests, which would otherwise
+        read a broker's whole history first). ``ValueError`` for anything else.
         """
 
     @abc.abstractmethod
@@ -167,6 +195,11 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> BusStatistics: ...
 
+    @property
+    @abc.abstractmethod
+    def state(self) -> BusState:
+        """Where the bus is in its lifecycle: ``RUNNING`` between ``start()`` and ``aclose()``."""
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -189,11 +222,16 @@ class EventBus(abc.ABC):
 # ``data_waiter`` that publish() resolves, which keeps the per-message cost at a few attribute reads.
 
 
-class _State(enum.Enum):
+class BusState(enum.Enum):
+    """Where a bus is in its lifecycle (``EventBus.state``); only the memory bus passes through ``CLOSING``."""
+
     CREATED = "created"
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+_State = BusState  # the memory bus's own name for it
 
 
 # Set inside every worker task of a MemoryBus. publish() called from a handler (this context) never waits for
@@ -643,8 +681,15 @@ class MemoryBus(EventBus):
         retry: RetryPolicy = RetryPolicy(),
         max_batch: int = 500,
         on_assign: Assignment | None = None,
+        start: GroupStart = "earliest",
     ) -> MemorySubscription:
-        """Join ``group`` on each of ``topics``; the group receives what is published from now on."""
+        """Join ``group`` on each of ``topics``; the group receives what is published from now on.
+
+        ``start`` is checked but changes nothing here: the memory bus holds no messages for a group before it
+        exists, so its oldest message (``"earliest"``) is the first one published after this returns
+        (``"latest"``). A group that had members keeps what was buffered for it and resumes with that.
+        """
+        check_start(start)
         if (handler is None) == (batch_handler is None):
             raise ValueError("pass exactly one of handler= and batch_handler=")
         if isinstance(topics, str):
@@ -724,6 +769,13 @@ class MemoryBus(EventBus):
 
     async def ensure_topics(self, topics: Sequence[str]) -> None:
         """A no-op: memory topics exist as soon as someone subscribes."""
+
+    async def flush(self) -> None:
+        """A no-op: a message is in the bus's buffers once ``publish()`` returned (and dies with the process)."""
+
+    @property
+    def state(self) -> BusState:
+        return self._state
 
     def statistics(self) -> BusStatistics:
         return BusStatistics(

@@ -31,7 +31,7 @@ from onex.contracts import ContractSet, load_contract, load_contracts, resolve_i
 from onex.exceptions import ContractError, OnexError
 from onex.fsm import mermaid
 from onex.logs import configure as configure_logs
-from onex.settings import LOG_FORMATS, LOG_LEVELS, Settings, redact_url
+from onex.settings import LOG_FORMATS, LOG_LEVELS, Settings, declarations, redact_url, spelled
 
 T = TypeVar("T")
 # Piped, stdout has no width: rich would fold and cut table cells at 80 columns, and a script reading the table
@@ -392,10 +392,10 @@ def run(
         rt = Runtime(settings, nodes=hosted, version=node_version, contracts=contracts)
         async with contextlib.AsyncExitStack() as stack:
             if metrics_sock is not None:
-                from onex.metrics import serving
+                from onex.http import serve_metrics
 
                 # Up before the nodes start: /healthz answers and /readyz says "starting" while they do.
-                url = await stack.enter_async_context(serving(rt, metrics_sock))
+                url = await stack.enter_async_context(serve_metrics(rt, metrics_sock))
                 err.print(f"metrics on {url}/metrics, probes {url}/healthz and {url}/readyz", markup=False)
             await stack.enter_async_context(rt)
             if no_nodes:
@@ -487,6 +487,7 @@ def stamp(
       3  a file is pending: no outcome within --timeout (a deployment may
          still complete it), or not submitted by then
     """
+    from onex._render import StampProgress, print_stamp_report
     from onex.client import StampRun
     from onex.runtime import tune_gc
 
@@ -512,13 +513,14 @@ def stamp(
         timeout=timeout,
     )
     try:
-        report = _run(run_.run(list(paths), console=err))
+        with StampProgress(err) as progress:
+            report = _run(run_.run(list(paths), on_progress=progress))
     except OnexError as exc:
         _fail(str(exc))
     if output == "json":
         _emit_json(report.to_dict())
     else:
-        report.print(console)
+        print_stamp_report(report, console)
     if report.failed or report.busy:
         sys.exit(1)
     if report.pending:
@@ -532,6 +534,7 @@ def stamp(
 @_output_option()
 def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool, output: str) -> None:
     """Recompute hashes offline: valid / modified / unstamped per file. Exits 1 if any file is modified."""
+    from onex._render import print_verify_report
     from onex.client import verify_paths
 
     _exist(paths)
@@ -539,7 +542,7 @@ def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool, ou
     if output == "json":
         _emit_json(report.to_dict(show_all=show_all))
     else:
-        report.print(console, show_all=show_all)
+        print_verify_report(report, console, show_all=show_all)
     if report.counts.get("modified", 0) or report.counts.get("error", 0):
         sys.exit(1)
 
@@ -554,7 +557,7 @@ def db() -> None:
 @click.pass_context
 def upgrade(ctx: click.Context, store: str | None) -> None:
     """Apply pending numbered migrations."""
-    from onex.store import open_store
+    from onex.stores import open_store
 
     settings = _settings(ctx.parent or ctx, store=store)
 
@@ -584,7 +587,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
 
     The workflow is a CORRELATION_ID, the latest workflow of the file at PATH, or with --latest the latest of all.
     """
-    from onex.store import open_store
+    from onex.stores import open_store
 
     if (target is None) == (not latest):
         _fail("give a CORRELATION_ID, a PATH or --latest", code=2)
@@ -672,7 +675,7 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
     more than three heartbeat intervals (ONEX_HEARTBEAT_INTERVAL_S) is shown STALE too: with no registry running,
     nobody marks it.
     """
-    from onex.store import open_store
+    from onex.stores import open_store
 
     settings = _settings(ctx, store=store)
 
@@ -751,7 +754,7 @@ def workflows(
     output: str,
 ) -> None:
     """List recent workflows from the store, newest first."""
-    from onex.store import open_store
+    from onex.stores import open_store
 
     settings = _settings(ctx, store=store)
 
@@ -799,23 +802,40 @@ def workflows(
 @_output_option()
 @click.pass_context
 def config(ctx: click.Context, bus: str | None, store: str | None, output: str) -> None:
-    """Print the effective settings, each with where it came from: flag, environment or default.
+    """Print every setting: its ONEX_* variable, type, default, effective value, where the value came from (flag,
+    environment or default) and what it does.
 
-    The store is shown as used (a relative SQLite path resolved against the root); passwords in the store and bus
-    URLs and the API key are never shown.
+    The store is shown as used (a relative SQLite path resolved against the root); passwords in URLs and the API key
+    are never shown. The rows come from the declarations in onex.settings, so a new setting documents itself.
     """
     settings, sources = _settings_with_sources(ctx, bus=bus, store=store)
     rows = []
-    for f in dataclasses.fields(settings):
-        value: Any = getattr(settings, f.name)
-        if f.name == "store":
-            value = redact_url(settings.store_url())
-        elif f.name == "bus":
-            value = redact_url(value)
-        elif f.name == "api_key":
+    for setting in declarations():
+        value: Any = settings.store_url() if setting.name == "store" else getattr(settings, setting.name)
+        if setting.secret:
             value = "(set)" if value else None
-        rows.append({"setting": f.name, "value": _plain(value), "source": sources[f.name]})
-    _emit(output, rows, title="onex settings")
+        elif isinstance(value, str):
+            value = redact_url(value)
+        rows.append(
+            {
+                "setting": setting.name,
+                "variable": setting.variable,
+                "type": setting.type,
+                "default": _plain(setting.default),
+                "value": _plain(value),
+                "source": sources[setting.name],
+                "description": setting.description,
+            }
+        )
+    columns = {
+        "variable": _getter("variable"),
+        "type": _getter("type"),
+        "default": lambda r: spelled(r["default"]),  # as the variable would spell it: true, not True
+        "value": lambda r: spelled(r["value"]),
+        "source": _getter("source"),
+        "description": _getter("description"),
+    }
+    _emit(output, rows, title="onex settings", columns=columns)
 
 
 # --- onex dlq: dead letters (the logic is in onex.dlq) -----------------------------------------------------------

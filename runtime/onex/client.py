@@ -6,7 +6,8 @@ matches outcomes to requests by correlation id (unless it only submits: ``listen
 manager.
 
 ``StampRun`` is a whole ``onex stamp``: one deadline (``--timeout``) bounds all of it, and what has no outcome by
-then is reported ``pending``, never ``failed``: a deployment keeps working on what it was given.
+then is reported ``pending``, never ``failed``: a deployment keeps working on what it was given. ``StampReport`` and
+``VerifyReport`` are what ``onex stamp`` and ``onex verify`` found, as data; the CLI draws them (``onex._render``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard, TypeVar
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import Any, NamedTuple, TypeVar
 
 from onex.bus import EventBus, Subscription
 from onex.contracts import ContractSet
@@ -36,10 +33,8 @@ from onex.files import WalkEntry, iter_files
 from onex.nodes import EventCatalog
 from onex.settings import Settings
 from onex.stamps import BUSY, VerifyResult, verify_file
-from onex.store import BridgeStateRow, Store, open_store
-
-if TYPE_CHECKING:
-    from onex._kafka import KafkaBus
+from onex.store import BridgeStateRow, Store
+from onex.stores import open_store
 
 _log = logging.getLogger("onex.client")
 
@@ -89,11 +84,6 @@ async def _wait(future: asyncio.Future[T], timeout: float | None) -> T:
     if not future.done():
         raise TimeoutError
     return future.result()  # raises CancelledError if the future was cancelled (the client closed), as shield did
-
-
-def _is_kafka(bus: EventBus) -> TypeGuard[KafkaBus]:
-    # By module rather than isinstance: importing onex._kafka pulls in aiokafka, which memory-bus users never need.
-    return type(bus).__module__ == "onex._kafka"
 
 
 class StampClient:
@@ -150,13 +140,10 @@ class StampClient:
         if self.keep_stamps:
             topics.append(self.topics[STAMP_EVENT])
         await self.bus.ensure_topics([*topics, self.topics[REQUEST_EVENT]])
-        if _is_kafka(self.bus):
-            # The group is this client's own and lives as long as it does: it wants the outcomes of the requests
-            # it is about to submit, not the topics' whole history (which a new Kafka group would read from the
-            # beginning, only to drop every outcome by correlation id). Positions are committed before this returns.
-            sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events, start="latest")
-        else:
-            sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events)
+        # The group is this client's own and lives as long as it does: it wants the outcomes of the requests it is
+        # about to submit, not the topics' whole history (which a new group on a broker would read from the
+        # beginning, only to drop every outcome by correlation id).
+        sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events, start="latest")
         self._subscriptions.append(sub)
         return self
 
@@ -381,77 +368,18 @@ class StampReport:
             "store_error": self.store_error,
         }
 
-    def print(self, console: Console) -> None:
-        if self.problems:
-            table = Table(title="problems")
-            for column in ("status", "path", "correlation id", "reason"):
-                table.add_column(column, overflow="fold")
-            for p in self.problems:
-                table.add_row(p.status, p.path, str(p.correlation_id or "-"), p.reason)
-            console.print(table)
-        files = self.submitted + self.unsubmitted
-        if not self.waited:  # --no-wait: what was handed to the deployment, no outcomes
-            title = f"submitted {self.submitted} file(s) in {self.elapsed_s:.2f} s, not waiting for the outcomes"
-            columns: tuple[str, ...] = ("submitted", "skipped", "failed", "pending")
-        elif self.pending:
-            title = (
-                f"{self.pending} of {files} file(s) pending after {self.elapsed_s:.2f} s (--timeout {self.timeout_s:g})"
-            )
-            columns = ("stamped", "unchanged", "skipped", "failed", "pending")
-        else:
-            title = f"{self.headline()} in {self.elapsed_s:.2f} s"
-            columns = ("stamped", "unchanged", "skipped", "failed", "pending")
-        if self.busy:
-            columns = (*columns[:-1], "busy", columns[-1])
-        summary = Table(title=title)
-        for column in columns:
-            summary.add_column(column, justify="right")
-        summary.add_row(*(str(self.submitted if c == "submitted" else self.counts[c]) for c in columns))
-        console.print(summary)
-        in_flight = self.pending - self.unsubmitted
-        if in_flight:
-            console.print(
-                f"pending: {in_flight} submitted workflow(s) had no outcome in time; the deployment may still "
-                "complete them (onex trace CORRELATION_ID)",
-                markup=False,
-            )
-        if self.unsubmitted:
-            console.print(
-                f"pending: {self.unsubmitted} file(s) were not submitted before the deadline; run onex stamp again "
-                "for them",
-                markup=False,
-            )
-        if self.store_error is not None:
-            console.print(
-                f"the store could not be read ({self.store_error}): no aggregates; the counts above are the "
-                "outcomes heard on the bus",
-                markup=False,
-            )
-        elif self.aggregates is not None and not self.aggregates:
-            console.print(f"aggregates per namespace (store): none for {self.namespace} yet", markup=False)
-        elif self.aggregates:
-            agg = Table(title="aggregates per namespace (store)")
-            for column in ("namespace", "workflows", "items", "bytes", "unique hashes", "by file type"):
-                agg.add_column(column, justify="left" if column in ("namespace", "by file type") else "right")
-            for row in self.aggregates:
-                by_type = ", ".join(
-                    f"{k} {v}" for k, v in sorted(row.aggregation_metadata.get("by_file_type", {}).items())
-                )
-                agg.add_row(
-                    row.namespace,
-                    str(row.total_workflows_processed),
-                    str(row.total_items_aggregated),
-                    str(row.total_size_bytes),
-                    str(row.unique_file_hashes),
-                    by_type,
-                )
-            console.print(agg)
 
-
-# Walk problems that are deliberate omissions rather than errors.
-_SKIP_MARKERS = ("not followed", "is an onex sidecar", "is an onex temporary file", "not a regular file")
 # Reading the summary from a store that is unavailable: first pause, doubling up to the last.
 _STORE_RETRY_S = (0.1, 2.0)
+
+
+OnProgress = Callable[[int, int | None], None]
+"""``on_progress(done, total)``: ``done`` files have their outcome, of ``total`` submitted (None while submitting).
+Called once connected (``0, None``), after each outcome, and once every file is submitted."""
+
+
+def _no_progress(done: int, total: int | None) -> None:
+    pass
 
 
 def _confined_to(settings: Settings, paths: Sequence[Path]) -> Settings:
@@ -462,7 +390,7 @@ def _confined_to(settings: Settings, paths: Sequence[Path]) -> Settings:
 
 class StampRun:
     """Stamp the files under some paths: in-process (memory bus, every node hosted here) or by submitting to a
-    deployment over Kafka. Shows a progress bar on ``console``.
+    deployment over Kafka. ``run(paths, on_progress=...)`` reports progress as it goes (the CLI draws a bar).
 
     ``timeout`` bounds the whole run: connecting, submitting (which waits while ``MAX_PENDING`` workflows are in
     flight), waiting for the outcomes and reading the summary from the store. At the deadline nothing more is
@@ -494,7 +422,7 @@ class StampRun:
         self.wait = wait
         self.timeout = timeout
 
-    async def run(self, paths: Sequence[Path], *, console: Console | None = None) -> StampReport:
+    async def run(self, paths: Sequence[Path], *, on_progress: OnProgress | None = None) -> StampReport:
         from onex.runtime import Runtime
 
         started = time.monotonic()
@@ -504,17 +432,8 @@ class StampRun:
         deployment_store = None if in_process else open_store(self.settings.store_url())
         settings = _confined_to(self.settings, paths) if in_process else self.settings
         runtime = Runtime(settings, contracts=self.contracts, nodes=None if in_process else [], store=deployment_store)
-        progress = Progress(
-            TextColumn("[bold]stamping"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=console is None,
-        )
-        task = progress.add_task("stamp", total=None, rate="")
+        progress = on_progress or _no_progress
+        done = 0
         # Outcomes are counted as they arrive and then forgotten: nothing is kept per file but its path until its
         # outcome is in (a run of 100,000 files would otherwise hold 100,000 outcome envelopes).
         pending: dict[uuid.UUID, str] = {}
@@ -524,6 +443,7 @@ class StampRun:
         all_in = asyncio.Event()
 
         def arrived(outcome: OnexEnvelopeV1) -> None:
+            nonlocal done
             cid = outcome.correlation_id
             if cid is None or (path := pending.pop(cid, None)) is None:
                 return
@@ -532,9 +452,8 @@ class StampRun:
                 recorded[cid] = (path, status)
             assert client is not None  # outcomes arrive only once it subscribed
             client.forget(cid)
-            done = progress.tasks[0].completed + 1
-            rate = done / max(time.monotonic() - started, 1e-9)
-            progress.update(task, completed=done, rate=f"{rate:,.0f} files/s")
+            done += 1
+            progress(done, None)
             if not pending:
                 all_in.set()
 
@@ -558,7 +477,7 @@ class StampRun:
                             listen=self.wait,
                         )
                     )
-                    stack.enter_context(progress)
+                    progress(0, None)
                     for entry in entries:
                         if entry.problem is not None:
                             self._walk_problem(report, entry)
@@ -576,8 +495,8 @@ class StampRun:
                         if self.wait:
                             pending[cid] = str(entry.path)
                         report.submitted += 1
-                    progress.update(task, total=report.submitted)
-                    if not self.wait and _is_kafka(runtime.bus):
+                    progress(done, report.submitted)
+                    if not self.wait:
                         # "Submitted" means the broker has them: a record still in the producer's buffer is not.
                         await runtime.bus.flush()
                     while pending:
@@ -680,8 +599,9 @@ class StampRun:
 
     @staticmethod
     def _walk_problem(report: StampReport, entry: WalkEntry) -> None:
-        assert entry.problem is not None
-        status = "skipped" if any(m in entry.problem for m in _SKIP_MARKERS) else "failed"
+        assert entry.problem is not None  # WalkEntry sets both or neither
+        assert entry.kind is not None
+        status = "skipped" if entry.kind.omission else "failed"
         report.counts[status] += 1
         report.problems.append(Problem(status, str(entry.path), entry.problem))
 
@@ -704,11 +624,15 @@ class StampRun:
 
 @dataclass
 class VerifyReport:
+    """The outcome of ``onex verify``: one result per file walked (a walk error is an ``error`` result; what the
+    walk leaves out on purpose has none), and the count per status."""
+
     results: list[VerifyResult] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self, *, show_all: bool = False) -> dict[str, Any]:
-        """The report as JSON-ready data (``onex verify -o json``): the counts, and the files ``print`` lists."""
+        """The report as JSON-ready data (``onex verify -o json``): the counts, and the files the table lists (those
+        that are not valid; every file with ``show_all``)."""
         return {
             "counts": {c: self.counts[c] for c in ("valid", "modified", "unstamped", "error")},
             "files": [
@@ -718,35 +642,15 @@ class VerifyReport:
             ],
         }
 
-    def print(self, console: Console, *, show_all: bool = False) -> None:
-        shown = [r for r in self.results if show_all or r.status != "valid"]
-        if shown:
-            table = Table(title="verify")
-            for column in ("status", "path", "detail"):
-                table.add_column(column, overflow="fold")
-            style = {"valid": "green", "modified": "red", "unstamped": "yellow", "error": "red"}
-            for r in shown:
-                detail = r.error or (
-                    f"stamp {r.expected[:16]}... content {r.actual[:16]}..."
-                    if r.status == "modified" and r.expected and r.actual
-                    else ""
-                )
-                table.add_row(f"[{style[r.status]}]{r.status}[/]", r.path, detail)
-            console.print(table)
-        summary = Table(title=f"verified {len(self.results)} file(s)")
-        for column in ("valid", "modified", "unstamped", "error"):
-            summary.add_column(column, justify="right")
-        summary.add_row(*(str(self.counts[c]) for c in ("valid", "modified", "unstamped", "error")))
-        console.print(summary)
-
 
 def verify_paths(paths: Sequence[Path], *, excludes: Sequence[str] = ()) -> VerifyReport:
     """Verify every file under ``paths`` offline (no bus, no store)."""
     report = VerifyReport()
     for entry in iter_files(paths, excludes=excludes):
-        if entry.problem is not None:
-            if any(m in entry.problem for m in _SKIP_MARKERS):
+        if entry.kind is not None:
+            if entry.kind.omission:
                 continue
+            assert entry.problem is not None  # WalkEntry sets both or neither
             result = VerifyResult(str(entry.path), "error", None, None, entry.problem)
         else:
             result = verify_file(entry.path)

@@ -45,10 +45,11 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dlq_topic
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import BusError, OnexError, StoreError
 from onex.settings import Settings, redact_url
-from onex.store import DeadLetterRow, Store, open_store
+from onex.store import DeadLetterRow, Store, dead_letter_row
+from onex.stores import open_store
 
 __all__ = [
     "Letters",
@@ -103,35 +104,6 @@ class Replay:
 def dlq_name(topic: str) -> str:
     """The dead-letter topic ``topic`` names: itself when it ends in ``.dlq``, else its dead-letter topic."""
     return topic if topic.endswith(".dlq") else dlq_topic(topic)
-
-
-def dead_letter_row(letter: OnexEnvelopeV1, *, topic: str | None = None, group: str | None = None) -> DeadLetterRow:
-    """The store row of a dead letter (``envelope.dead_letter`` or a Kafka raw record's), read from its payload."""
-    payload = letter.payload
-    original_topic = str(payload.get("original_topic") or "")
-    original = payload.get("original")
-    original_id: uuid.UUID | None = None
-    if isinstance(original, dict):
-        event_type = str(original.get("event_type") or "?")
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            original_id = uuid.UUID(str(original.get("event_id")))
-    else:
-        event_type = UNDECODABLE
-    attempts = payload.get("attempts")
-    return DeadLetterRow(
-        event_id=letter.event_id,
-        topic=topic or dlq_topic(original_topic),
-        original_topic=original_topic,
-        event_type=event_type,
-        error_type=str(payload.get("error_type") or ""),
-        error=str(payload.get("error") or ""),
-        attempts=attempts if isinstance(attempts, int) else 0,
-        letter=letter.model_dump(mode="json"),
-        original_event_id=original_id,
-        correlation_id=letter.correlation_id,
-        group_name=group or (str(payload["group"]) if payload.get("group") else None),
-        dead_lettered_at=letter.event_timestamp,
-    )
 
 
 # --- reading -----------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ when it starts with a shebang), anything else is ``binary``. Only the first ``SN
 so a multi-gigabyte file is classified without reading it.
 
 **The walk.** ``iter_files(roots, excludes=...)`` yields one ``WalkEntry`` per file to stamp, or per path that
-could not be walked (``entry.problem`` says why); it never raises for a bad path, so one unreadable directory
+could not be walked (``entry.problem`` says why to a person, ``entry.kind`` to a program: a ``WalkProblemKind``,
+which also tells a deliberate omission from an error); it never raises for a bad path, so one unreadable directory
 does not stop a run. Rules:
 
 - ``.git`` is never entered; onex sidecars (``*.onex.yaml``) and onex temporary files (``is_temp``) are never
@@ -36,6 +37,7 @@ does not stop a run. Rules:
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import re
@@ -456,12 +458,53 @@ def is_ignored(rules: Sequence[IgnoreRule], rel: str, *, is_dir: bool) -> bool:
 # --- the walk -------------------------------------------------------------------------------------------------
 
 
+class WalkProblemKind(enum.Enum):
+    """Why the walk reported a path instead of yielding it as a file to stamp.
+
+    ``omission`` says whether it is a deliberate omission, a path the rules leave out (``onex stamp`` counts it
+    skipped, ``onex verify`` does not list it), rather than an error, a path that should have been walked and could
+    not be (counted failed). Callers decide by kind, never by the wording of ``WalkEntry.problem``.
+    """
+
+    OUTSIDE_ROOT = "outside-root"
+    """A symlink to somewhere outside its root: not followed. An omission."""
+    SIDECAR = "sidecar"
+    """An onex sidecar given as a root: sidecars are never stamped. An omission."""
+    TEMPORARY = "temporary"
+    """An onex temporary file given as a root: an unfinished write, never stamped. An omission."""
+    NOT_REGULAR = "not-regular"
+    """A socket, FIFO or device, which stamping would block on or corrupt. An omission."""
+    SYMLINK_LOOP = "symlink-loop"
+    """A directory link back to one of its ancestors, or a chain of links that never ends."""
+    BROKEN_SYMLINK = "broken-symlink"
+    """A symlink whose target does not exist."""
+    UNREADABLE = "unreadable"
+    """The path could not be read or listed: missing, permission denied, an I/O error."""
+    IGNORE_FILE = "ignore-file"
+    """A ``.gitignore`` or ``.onexignore`` that could not be read: the rules it holds are unknown."""
+
+    @property
+    def omission(self) -> bool:
+        return self in _OMISSIONS
+
+
+_OMISSIONS: Final = frozenset(
+    {WalkProblemKind.OUTSIDE_ROOT, WalkProblemKind.SIDECAR, WalkProblemKind.TEMPORARY, WalkProblemKind.NOT_REGULAR}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class WalkEntry:
-    """A file to stamp (``problem is None``) or a path that could not be walked, and why."""
+    """A file to stamp (``problem is None``) or a path that could not be walked: why (``problem``, for people) and
+    what kind of problem that is (``kind``, for programs). ``problem`` and ``kind`` are both set or both None."""
 
     path: Path
     problem: str | None = None
+    kind: WalkProblemKind | None = None
+
+    def __post_init__(self) -> None:
+        if (self.problem is None) != (self.kind is None):
+            raise ValueError("a WalkEntry has both a problem and its kind, or neither")
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -475,6 +518,12 @@ def describe_os_error(exc: OSError) -> str:
     if isinstance(exc, IsADirectoryError):
         return "is a directory"
     return exc.strerror or str(exc)
+
+
+def _os_problem(path: Path, exc: OSError) -> WalkEntry:
+    """The problem entry for ``path``, which could not be read: a symlink loop, or unreadable."""
+    kind = WalkProblemKind.SYMLINK_LOOP if exc.errno == errno.ELOOP else WalkProblemKind.UNREADABLE
+    return WalkEntry(path, describe_os_error(exc), kind)
 
 
 def _within(path: str, root: str) -> bool:
@@ -500,21 +549,21 @@ class _Walk:
         try:
             st = os.stat(root)
         except OSError as exc:
-            yield WalkEntry(root, describe_os_error(exc))
+            yield _os_problem(root, exc)
             return
         if stat.S_ISDIR(st.st_mode):
             yield from self.tree(root, st)
         elif stat.S_ISREG(st.st_mode):
             if is_sidecar(root):
-                yield WalkEntry(root, "is an onex sidecar; sidecars are never stamped")
+                yield WalkEntry(root, "is an onex sidecar; sidecars are never stamped", WalkProblemKind.SIDECAR)
             elif is_temp(root):
-                yield WalkEntry(root, "is an onex temporary file; never stamped")
+                yield WalkEntry(root, "is an onex temporary file; never stamped", WalkProblemKind.TEMPORARY)
             else:
                 if self.remove_stale_temps:
                     self.remove_temps_of(root)
                 yield from self.file(root)
         else:
-            yield WalkEntry(root, "not a regular file")
+            yield WalkEntry(root, "not a regular file", WalkProblemKind.NOT_REGULAR)
 
     def remove_temps_of(self, path: Path) -> None:
         """Remove the stale temporary files of a file given as a root (and only that file's)."""
@@ -573,15 +622,19 @@ class _Walk:
                     st = os.stat(path)  # raises ELOOP for a chain of links that never ends
                     if not _within(target, real_root):
                         if not is_ignored(rules, rel, is_dir=stat.S_ISDIR(st.st_mode)):
-                            yield WalkEntry(path, f"symlink to {target}, outside {real_root}; not followed")
+                            yield WalkEntry(
+                                path,
+                                f"symlink to {target}, outside {real_root}; not followed",
+                                WalkProblemKind.OUTSIDE_ROOT,
+                            )
                         continue
                 else:
                     st = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 if exc.errno == errno.ENOENT and entry.is_symlink():
-                    yield WalkEntry(path, "broken symlink")
+                    yield WalkEntry(path, "broken symlink", WalkProblemKind.BROKEN_SYMLINK)
                 else:
-                    yield WalkEntry(path, describe_os_error(exc))
+                    yield _os_problem(path, exc)
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
             if is_ignored(rules, rel, is_dir=is_dir):
@@ -589,7 +642,11 @@ class _Walk:
             if is_dir:
                 ident = (st.st_dev, st.st_ino)
                 if any(frame[3] == ident for frame in frames):
-                    yield WalkEntry(path, f"symlink loop: {path} leads back to {os.path.realpath(path)}")
+                    yield WalkEntry(
+                        path,
+                        f"symlink loop: {path} leads back to {os.path.realpath(path)}",
+                        WalkProblemKind.SYMLINK_LOOP,
+                    )
                     continue
                 if ident in self.visited:
                     continue  # already walked through another link
@@ -604,7 +661,7 @@ class _Walk:
                     continue
                 yield from self.file(path)
             else:
-                yield WalkEntry(path, "not a regular file")
+                yield WalkEntry(path, "not a regular file", WalkProblemKind.NOT_REGULAR)
 
     def _open(
         self,
@@ -618,7 +675,7 @@ class _Walk:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            problems.append(WalkEntry(directory, describe_os_error(exc)))
+            problems.append(_os_problem(directory, exc))
             return None
         rules = list(inherited)
         for name in IGNORE_FILES:
@@ -628,7 +685,11 @@ class _Walk:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                problems.append(WalkEntry(ignore_file, f"cannot read ignore file: {describe_os_error(exc)}"))
+                problems.append(
+                    WalkEntry(
+                        ignore_file, f"cannot read ignore file: {describe_os_error(exc)}", WalkProblemKind.IGNORE_FILE
+                    )
+                )
                 continue
             rules.extend(parse_ignore(text.splitlines(), rel))
         return rules, iter(entries)

@@ -31,20 +31,21 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from onex.bus import EventBus, RetryPolicy, Subscription
-from onex.contracts import Contract, EventSpec, NodeType, Step, load_payload_model
+from onex.clock import SYSTEM_CLOCK, Clock
+from onex.contracts import Contract, EventSpec, NodeType, Step, load_payload_model, plan_stages
 from onex.envelope import (
     NODE_HEARTBEAT,
     NODE_INTROSPECTION,
     REGISTRY_REQUEST_INTROSPECTION,
     RUNTIME_EVENTS,
     STATE_TRANSITION,
+    IdSource,
     ModelIntrospectionRequest,
     ModelNodeHeartbeat,
     ModelNodeIntrospection,
@@ -56,7 +57,7 @@ from onex.envelope import (
 )
 from onex.exceptions import LifecycleError, OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
-from onex.metrics import DeadLetterAlert, NodeMeter
+from onex.meters import DeadLetterAlert, NodeMeter
 from onex.resilience import CircuitBreaker
 from onex.settings import Settings
 from onex.store import Store, WorkflowRow, WriteBatch
@@ -243,18 +244,31 @@ class Node:
 
     node_type: ClassVar[NodeType]
 
-    def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
+    def __init__(
+        self,
+        contract: Contract,
+        *,
+        bus: EventBus,
+        store: Store,
+        settings: Settings,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+    ) -> None:
         self.contract = contract
         self.bus = bus
         self.store = store
         self.settings = settings
+        self.clock: Clock = clock or SYSTEM_CLOCK  # every timer of the node reads and waits through it
+        self.ids: IdSource = ids or new_id  # ids not derived from another event's (onex.envelope.derived_id)
         self.node_id = f"{contract.name}-{contract.version}-{settings.instance}"
         self.group = f"{settings.env}.{contract.name}"
         self.lifecycle = Lifecycle.CREATED
         self.active_operations = 0
         self.meter = NodeMeter()
-        self.dlq_alert = DeadLetterAlert(settings.dlq_alert_threshold, settings.dlq_alert_window_s)
-        self._started_at = time.monotonic()
+        self.dlq_alert = DeadLetterAlert(
+            settings.dlq_alert_threshold, settings.dlq_alert_window_s, clock=self.clock.monotonic
+        )
+        self._started_at = self.clock.monotonic()
         self._subscriptions: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._pending_transitions: list[TransitionRecord] = []
@@ -460,15 +474,16 @@ class Node:
             partition_key = None if value is None else str(value)
         if correlation_id is None and causation is not None:
             correlation_id = causation.correlation_id
-        # Validated construction runs in pydantic-core and is cheaper than model_construct, which is Python.
         if event_id is None:
             event_id = (
-                new_id() if causation is None else derived_id(causation.event_id, self.contract.name, event_name, index)
+                self.ids()
+                if causation is None
+                else derived_id(causation.event_id, self.contract.name, event_name, index)
             )
-        return OnexEnvelopeV1(
+        # The payload was validated by the codec (or is a model built from validated ones), the rest is ours.
+        return OnexEnvelopeV1.built(
             event_id=event_id,
-            event_timestamp=datetime.now(UTC),
-            metadata={},
+            event_timestamp=self.clock.now(),
             event_type=event_name,
             source_node_id=self.node_id,
             source_service=self.contract.name,
@@ -558,7 +573,7 @@ class Node:
                 node_type=self.contract.node_type.value,
                 node_version=self.contract.version,
                 health_status=status or self.health(),
-                uptime_seconds=round(time.monotonic() - self._started_at, 3),
+                uptime_seconds=round(self.clock.monotonic() - self._started_at, 3),
                 active_operations=self.active_operations,
             ),
             partition_key=self.node_id,
@@ -566,7 +581,7 @@ class Node:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            await self.clock.sleep(self.settings.heartbeat_interval_s)
             try:
                 await self.publish_heartbeat()
             except OnexError:
@@ -656,11 +671,22 @@ class EffectNode(Node):
 
     node_type = NodeType.EFFECT
 
-    def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
-        super().__init__(contract, bus=bus, store=store, settings=settings)
+    def __init__(
+        self,
+        contract: Contract,
+        *,
+        bus: EventBus,
+        store: Store,
+        settings: Settings,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+    ) -> None:
+        super().__init__(contract, bus=bus, store=store, settings=settings, clock=clock, ids=ids)
         cb = contract.resilience.circuit_breaker
         self.breaker = CircuitBreaker(
-            failure_threshold=cb.failure_threshold, reset_timeout_s=cb.reset_timeout_ms / 1000
+            failure_threshold=cb.failure_threshold,
+            reset_timeout_s=cb.reset_timeout_ms / 1000,
+            clock=self.clock.monotonic,
         )
 
     def health(self) -> str:
@@ -724,26 +750,6 @@ class StepRun:
         self.error = saved.get("error")
 
 
-def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
-    """Group steps into stages: a step runs once every step it depends on has finished. Cycles are an error."""
-    by_name = {s.step_name: s for s in steps}
-    for s in steps:
-        for dep in s.depends_on:
-            if dep not in by_name:
-                raise OnexError(f"step {s.step_name!r} depends on unknown step {dep!r}")
-    done: set[str] = set()
-    stages: list[list[Step]] = []
-    remaining = list(steps)
-    while remaining:
-        ready = [s for s in remaining if set(s.depends_on) <= done]
-        if not ready:
-            raise OnexError(f"steps {[s.step_name for s in remaining]} depend on each other in a cycle")
-        stages.append(ready)
-        done.update(s.step_name for s in ready)
-        remaining = [s for s in remaining if s.step_name not in done]
-    return stages
-
-
 class Workflow(Entity):
     """One orchestrated workflow: an FSM entity with its steps."""
 
@@ -784,12 +790,23 @@ class OrchestratorNode(Node):
     """
 
     node_type = NodeType.ORCHESTRATOR
-    clock: Callable[[], float] = staticmethod(time.time)  # wall clock for deadlines; tests may replace it
+    sweep_interval_s = 0.05  # how often the sweeper looks for steps past their deadline
 
-    def __init__(self, contract: Contract, *, bus: EventBus, store: Store, settings: Settings) -> None:
-        super().__init__(contract, bus=bus, store=store, settings=settings)
+    def __init__(
+        self,
+        contract: Contract,
+        *,
+        bus: EventBus,
+        store: Store,
+        settings: Settings,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+    ) -> None:
+        super().__init__(contract, bus=bus, store=store, settings=settings, clock=clock, ids=ids)
         self.steps = [Step.model_validate(s) for s in contract.config.get("steps", [])]
-        self.stages = plan_stages(self.steps)
+        # `advance` starts each step once its own dependencies finished; this only refuses steps that could never
+        # all run (an unknown dependency, a cycle), for contracts not built by the loader, which checks the same.
+        plan_stages(self.steps)
         fsm = contract.subcontracts.fsm
         self.workflow_type = (fsm.state_machine_name if fsm is not None else None) or contract.name
         self.workflows: dict[uuid.UUID, Workflow] = {}
@@ -808,10 +825,16 @@ class OrchestratorNode(Node):
         self.dedupe_window = int(contract.config.get("dedupe_window", 200_000))
         # Outcomes published and not seen stored yet: (when to look, workflow, event name, the envelope as JSON:
         # bytes, which the garbage collector does not track). See ``expect_stored``.
-        self._unconfirmed: deque[tuple[float, uuid.UUID, str, bytes]] = deque()
+        self._unconfirmed: deque[tuple[float, uuid.UUID, str, OnexEnvelopeV1]] = deque()
         self.confirm_after_s = min((s.timeout_ms for s in self.steps), default=30_000) / 1000
         events = contract.subcontracts.event_type
         self.request_topic = self._consumed[events.consumes[0].event_name][0] if events and events.consumes else ""
+
+    @property
+    def workflows_by_state(self) -> Mapping[str, int]:
+        """How many workflows are in each FSM state (the gateway's ``onex_workflows`` gauge). Here: those held in
+        memory, the unfinished ones; a subclass that counts finished workflows too may say so instead."""
+        return dict(Counter(workflow.state for workflow in self.workflows.values()))
 
     async def on_start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name=f"step-timeouts:{self.node_id}")
@@ -860,11 +883,11 @@ class OrchestratorNode(Node):
         nothing is lost while this process lives.
         """
         if self.bus.retains_messages and self.settings.checkpoints and self.durable(workflow):
-            deadline = self.clock() + self.confirm_after_s
-            self._unconfirmed.append((deadline, workflow.cid, event_name, outcome.to_json()))
+            deadline = self.clock.time() + self.confirm_after_s
+            self._unconfirmed.append((deadline, workflow.cid, event_name, outcome))  # the object: no second encoding
 
     async def _confirm_stored(self, now: float) -> None:
-        due: list[tuple[float, uuid.UUID, str, bytes]] = []
+        due: list[tuple[float, uuid.UUID, str, OnexEnvelopeV1]] = []
         while self._unconfirmed and self._unconfirmed[0][0] <= now and len(due) < 1_000:
             due.append(self._unconfirmed.popleft())
         if not due:
@@ -886,9 +909,9 @@ class OrchestratorNode(Node):
             len(lost),
             self.confirm_after_s,
         )
-        for cid, name, data in lost:
-            await self.publish_envelopes(name, [OnexEnvelopeV1.from_json(data)])
-            self._unconfirmed.append((now + self.confirm_after_s, cid, name, data))
+        for cid, name, outcome in lost:
+            await self.publish_envelopes(name, [outcome])
+            self._unconfirmed.append((now + self.confirm_after_s, cid, name, outcome))
 
     def known(self, cid: uuid.UUID) -> bool:
         """Whether workflow ``cid`` runs here or finished here recently."""
@@ -1060,7 +1083,7 @@ class OrchestratorNode(Node):
     async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
         run.status = StepStatus.RUNNING
         run.attempts += 1
-        run.started = self.clock()
+        run.started = self.clock.time()
         run.deadline = run.started + run.step.timeout_ms / 1000
         self._push_deadline(workflow, run)
         try:
@@ -1081,7 +1104,7 @@ class OrchestratorNode(Node):
         skipped: bool = False,
     ) -> bool:
         """Record a step's outcome; returns True when the step should be retried instead."""
-        run.elapsed_ms = round(max(self.clock() - run.started, 0.0) * 1000, 3)
+        run.elapsed_ms = round(max(self.clock.time() - run.started, 0.0) * 1000, 3)
         run.deadline = None
         self._dirty[workflow.cid] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
@@ -1121,8 +1144,8 @@ class OrchestratorNode(Node):
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
-            now = self.clock()
+            await self.clock.sleep(self.sweep_interval_s)
+            now = self.clock.time()
             due: list[tuple[Workflow, str]] = []
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, _, cid, step_name, attempt = heapq.heappop(self._deadlines)
@@ -1159,8 +1182,3 @@ class OrchestratorNode(Node):
         for row in rows:
             if row.current_state in self.fsm.terminal_states:
                 self.workflows.pop(row.correlation_id, None)
-
-
-def stages_of(steps: Iterable[Step]) -> list[list[str]]:
-    """Step names per stage, for display."""
-    return [[s.step_name for s in stage] for stage in plan_stages(list(steps))]

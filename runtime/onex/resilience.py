@@ -1,8 +1,7 @@
-"""Circuit breaker and retry-with-backoff, shared by effect nodes and stores."""
+"""The circuit breaker, shared by effect nodes and stores (retries come from the bus and the stores)."""
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable
@@ -89,25 +88,3 @@ class CircuitBreaker:
                 self._trial_in_flight = False
         self.record_success()
         return result
-
-
-async def retry(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    attempts: int,
-    backoff_s: float,
-    retry_on: tuple[type[BaseException], ...] = (Exception,),
-    multiplier: float = 2.0,
-    max_backoff_s: float = 5.0,
-) -> T:
-    """Call ``fn`` up to ``attempts`` times, sleeping with exponential backoff between failures."""
-    delay = backoff_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return await fn()
-        except retry_on:
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * multiplier, max_backoff_s)
-    raise AssertionError("unreachable")  # pragma: no cover

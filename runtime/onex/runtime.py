@@ -19,13 +19,15 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from onex.bus import EventBus, MemoryBus
+from onex.clock import SYSTEM_CLOCK, Clock
 from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
-from onex.envelope import OnexEnvelopeV1
+from onex.envelope import IdSource, OnexEnvelopeV1, new_id
 from onex.exceptions import OnexError, StoreError
 from onex.logs import event
 from onex.nodes import Node, RegistryNode
 from onex.settings import Settings, redact_url
-from onex.store import Store, open_store
+from onex.store import Store, dead_letter_row
+from onex.stores import open_store
 
 # Consumers start before producers so that the first events published find their subscribers.
 START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effect", "orchestrator")
@@ -72,7 +74,8 @@ class Runtime:
     """Hosts nodes in this process. An async context manager: ``async with Runtime(settings) as rt: ...``.
 
     ``bus`` and ``store`` may be passed in (tests, the harness); otherwise they are opened from ``settings`` and
-    closed by the runtime. The embedded SQLite default is migrated automatically.
+    closed by the runtime. The embedded SQLite default is migrated automatically. ``clock`` (``onex.clock``; the
+    system's by default) is every hosted node's clock, ``ids`` its source of ids that are not derived.
     """
 
     def __init__(
@@ -84,8 +87,12 @@ class Runtime:
         contracts: ContractSet | None = None,
         bus: EventBus | None = None,
         store: Store | None = None,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock or SYSTEM_CLOCK  # handed to every hosted node: its timers read and wait through it
+        self.ids = ids or new_id  # handed to every hosted node: the ids it makes that are not derived
         self.contracts = contracts or load_contracts(settings.root)
         self.selected = select(self.contracts, nodes, version)
         self._own_bus = bus is None
@@ -141,8 +148,6 @@ class Runtime:
 
     async def _keep_dead_letter(self, group: str, event_type: str, letter: OnexEnvelopeV1) -> None:
         """On a bus that keeps no messages (memory), keep each dead letter in the store for ``onex dlq``."""
-        from onex.dlq import dead_letter_row
-
         try:
             await self.store.add_dead_letters([dead_letter_row(letter, group=group)])
         except Exception as exc:  # the bus goes on either way; say which letter is lost
@@ -182,7 +187,7 @@ class Runtime:
             await self.bus.start()
         for contract in self.selected:
             cls = resolve_implementation(contract, root=self.settings.root)
-            node = cls(contract, bus=self.bus, store=self.store, settings=self.settings)
+            node = cls(contract, bus=self.bus, store=self.store, settings=self.settings, clock=self.clock, ids=self.ids)
             if not isinstance(node, Node):
                 raise OnexError(f"{contract.implementation_path} is not an onex.nodes.Node")
             self.nodes.append(node)

@@ -1,23 +1,44 @@
-"""Runtime settings: flags, then ``ONEX_*`` environment variables, then defaults. The one place env is read."""
+"""Runtime settings: flags, then ``ONEX_*`` environment variables, then defaults. The one place env is read.
+
+Every ``ONEX_*`` variable is a field of ``Settings`` (``ONEX_<FIELD>``), declared once with its type, default and
+description. From those declarations ``Settings.load`` reads the environment (through pydantic-settings), ``onex
+config`` and the README's table document every variable, and contract interpolation resolves ``${ONEX_...}``
+(``resolve_variable``): an ``ONEX_*`` name no field declares is an error wherever it is read.
+
+Values are parsed by their field's real type, the same whether they come from a flag, a variable or code: ``int``
+a positive whole number, ``float`` seconds (0 or more, finite), ``bool`` on/off (true/false, yes/no, 1/0), a path
+list separated by ``os.pathsep``, a choice case-insensitively; ``X | None`` is None when empty. A variable set to the
+empty string counts as unset. A bad value is a ``ValueError`` of one line naming the setting, its variable and the
+value, which the CLI prints as a usage error (exit 2).
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import socket
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "ONEX_"
 DEFAULT_STORE = "sqlite:///.onex/onex.db"
 DEFAULT_BUS = "memory://"
 DEFAULT_HTTP_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_HTTP_BATCH_LIMIT = 100
 DEFAULT_HTTP_TIMEOUT_S = 30.0
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 def find_project(start: Path | None = None) -> Path | None:
@@ -65,20 +86,41 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def variable(name: str) -> str:
+    """The environment variable of the setting ``name``: ``ONEX_<NAME>``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+# --- parsing: by the field's type, whatever the value came from ---------------------------------------------------
+
+
+def _unwrap(annotation: Any) -> tuple[bool, Any]:
+    """``(optional, type)``: ``int | None`` is ``(True, int)``, ``int`` is ``(False, int)``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return len(args) < len(get_args(annotation)), args[0]
+    return False, annotation
+
+
+def _refuse(name: str, noun: str, raw: Any) -> ValueError:
+    return ValueError(f"{name} ({variable(name)}) must be {noun}, not {raw!r}")
+
+
 def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
-    """``raw`` as ``kind``, positive (a timeout may be 0); ValueError naming the setting and its variable if not."""
+    """``raw`` as ``kind``, positive (a number of seconds may be 0)."""
     try:
         value = kind(raw)
     except (TypeError, ValueError):
         value = -1
+    if kind is int and isinstance(raw, float) and not raw.is_integer():
+        value = -1  # int(2.5) would be 2: a whole number is asked for, not truncated
     if not math.isfinite(value) or value < 0 or (value == 0 and kind is int):
-        noun = "a positive whole number" if kind is int else "a number of seconds, 0 or more"
-        raise ValueError(f"{name} (ONEX_{name.upper()}) must be {noun}, not {raw!r}")
+        raise _refuse(name, "a positive whole number" if kind is int else "a number of seconds, 0 or more", raw)
     return value
 
 
 def _flag(name: str, raw: Any) -> bool:
-    """``raw`` as a yes/no setting; ValueError naming the setting and its variable if it is neither."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -86,7 +128,7 @@ def _flag(name: str, raw: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} (ONEX_{name.upper()}) must be on or off (true/false, 1/0), not {raw!r}")
+    raise _refuse(name, "on or off (true/false, 1/0)", raw)
 
 
 def _paths(raw: Any) -> tuple[Path, ...]:
@@ -95,99 +137,231 @@ def _paths(raw: Any) -> tuple[Path, ...]:
     return tuple(Path(item) for item in items if str(item))
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Immutable runtime settings. Build with ``Settings.load(**flags)``."""
+def _parse(name: str, annotation: Any, raw: Any) -> Any:
+    """``raw`` (a flag, a variable's text, or a value given in code) as ``annotation``; ValueError naming ``name``."""
+    optional, kind = _unwrap(annotation)
+    if raw is None or (optional and raw == ""):
+        return None
+    if kind is bool:
+        return _flag(name, raw)
+    if kind is int or kind is float:
+        return _number(name, raw, kind)
+    if kind is Path:
+        return Path(raw)
+    if get_origin(kind) is tuple and get_args(kind) == (Path, ...):
+        return _paths(raw)
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise _refuse(name, f"one of {', '.join(choices)}", raw)
+        return text
+    if kind is str:
+        return str(raw)
+    return raw
 
-    root: Path = field(default_factory=find_root)
-    env: str = "dev"
-    tenant: str = "omninode_bridge"
-    region: str | None = None
-    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    bus: str = DEFAULT_BUS
-    store: str = DEFAULT_STORE
-    heartbeat_interval_s: float = 30.0
-    partitions: int = 4
-    buffer_size: int = 10_000
-    # The HTTP gateway: where `onex run` serves it (HOST:PORT, None: not at all) and the bearer token it requires
-    # (None or empty: none). The key is kept out of repr() so that printing settings never leaks it.
-    http: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    # Its limits: the largest body read whole (bytes; 413 above it), the most items in one /batch, and how long a
-    # request waits for its workflows (then 504; they keep running).
-    http_max_body: int = DEFAULT_HTTP_MAX_BODY
-    http_batch_limit: int = DEFAULT_HTTP_BATCH_LIMIT
-    http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S
-    # The only places the stamping effect may touch files: a command whose real path (symlinks resolved) is under
-    # none of them is refused. ONEX_STAMP_ROOTS is a list separated by os.pathsep (":" on Linux); relative entries
-    # are the project root's, as the SQLite store's path is. Empty (the default): the project root alone, so a
-    # deployment stamps its own tree unless told otherwise. `onex stamp PATH...` in process sets exactly its PATHs.
-    stamp_roots: tuple[Path, ...] = ()
-    # Whether orchestrators and reducers checkpoint their state in the store (workflows survive crashes and move
-    # between replicas). Off only to measure what durability costs (bench/): nothing is recovered then.
-    checkpoints: bool = True
-    # Operating: the log level (debug, info, warning, error), the log format (text, or json: one object a line), how
-    # often each node logs a summary while it works (seconds; 0: never), and where `onex run` serves /healthz,
-    # /readyz and /metrics (HOST:PORT; None: nowhere).
-    log_level: str = "info"
-    log_format: str = "text"
-    log_summary_s: float = 30.0
-    metrics: str | None = None
-    # The dead-letter alert: a node that dead-letters more than this many messages within the window logs an ERROR,
-    # raises onex_dead_letter_alert and reports DEGRADED (heartbeat, /readyz body) until the window holds fewer.
-    dlq_alert_threshold: int = 10
-    dlq_alert_window_s: float = 300.0
 
-    def __post_init__(self) -> None:
-        if self.log_level.lower() not in LOG_LEVELS:
-            choices = ", ".join(LOG_LEVELS)
-            raise ValueError(f"log_level (ONEX_LOG_LEVEL) must be one of {choices}, not {self.log_level!r}")
-        if self.log_format not in LOG_FORMATS:
-            choices = ", ".join(LOG_FORMATS)
-            raise ValueError(f"log_format (ONEX_LOG_FORMAT) must be one of {choices}, not {self.log_format!r}")
+def spelled(value: Any) -> str:
+    """A setting's value as its variable would spell it: ``true``/``false``, paths joined by ``os.pathsep``, None
+    empty. What ``onex config``'s table and the README show, and what contracts interpolate."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return os.pathsep.join(str(item) for item in value)
+    return str(value)
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem of ``exc`` as the one line the CLI prints: the setting, its variable, the value."""
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ValueError):
+        return str(cause)  # our own parser's message, already naming the variable and the value
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    return f"{name} ({variable(name)}): {error['msg']}, not {error.get('input')!r}"
+
+
+class _Environment(EnvSettingsSource):
+    """The ``ONEX_*`` variables of one mapping (``os.environ`` or a caller's), spelled exactly so, not empty."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # pydantic-settings matches lower-cased names; only the upper-case spelling is ours (onex_bus is not).
+        return {
+            key.lower(): value
+            for key, value in self._environ.items()
+            if key.startswith(ENV_PREFIX) and key == key.upper() and value != ""
+        }
+
+
+def _instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _shown(text: str) -> dict[str, Any]:
+    """What ``onex config`` and the README show as the default of a field whose default is computed."""
+    return {"default_text": text}
+
+
+class Settings(BaseSettings):
+    """Immutable runtime settings. Build with ``Settings.load(environ, **flags)``; ``with_`` returns a changed copy.
+
+    ``Settings(...)`` itself takes the values given and defaults for the rest: it does not read the environment
+    (``load`` does), so code and tests that build settings get the same ones wherever they run.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        enable_decoding=False,  # a path list is text separated by os.pathsep, not JSON
+        frozen=True,
+        extra="forbid",
+    )
+
+    root: Path = Field(
+        default_factory=find_root,
+        description="The project root (relative: to the working directory). Contracts, nodes and the default "
+        "store are found from it.",
+        json_schema_extra=_shown("the nearest directory at or above the working directory with contracts/"),
+    )
+    env: str = Field("dev", description="The environment: part of every topic name, consumer group and envelope.")
+    tenant: str = Field("omninode_bridge", description="The tenant: part of every topic name.")
+    region: str | None = Field(None, description="The region written into every envelope; empty: none.")
+    instance: str = Field(
+        default_factory=_instance,
+        description="This process's name in node ids, heartbeats and envelopes.",
+        json_schema_extra=_shown("HOSTNAME-PID"),
+    )
+    bus: str = Field(DEFAULT_BUS, description="The event bus: memory:// (in this process) or kafka://HOST:PORT[,...].")
+    store: str = Field(
+        DEFAULT_STORE,
+        description="The store: sqlite:///PATH (relative: to the root; outside any project "
+        "$XDG_DATA_HOME/onex/onex.db) or postgresql://...",
+    )
+    heartbeat_interval_s: float = Field(30.0, description="Seconds between a node's heartbeats; 0: none.")
+    partitions: int = Field(
+        4, description="Partitions per topic (Kafka: set when onex creates it); bounds how many replicas share work."
+    )
+    buffer_size: int = Field(10_000, description="Messages the memory bus buffers per partition before publish waits.")
+    http: str | None = Field(
+        None, description="Where `onex run` serves the HTTP stamping API (HOST:PORT); empty: nowhere."
+    )
+    # Kept out of repr() so that printing settings never leaks it; `onex config` shows only whether it is set.
+    api_key: str | None = Field(
+        None,
+        repr=False,
+        description="The bearer key the HTTP API requires; empty: none.",
+        json_schema_extra={"secret": True},
+    )
+    http_max_body: int = Field(DEFAULT_HTTP_MAX_BODY, description="The largest HTTP body read whole, in bytes (413).")
+    http_batch_limit: int = Field(DEFAULT_HTTP_BATCH_LIMIT, description="The most items in one HTTP /batch.")
+    http_timeout_s: float = Field(
+        DEFAULT_HTTP_TIMEOUT_S,
+        description="Seconds an HTTP request waits for its workflows before 504 (they keep running).",
+    )
+    # `onex stamp PATH...` in process sets exactly its PATHs; a deployment stamps its own tree unless told otherwise.
+    stamp_roots: tuple[Path, ...] = Field(
+        (),
+        description=f"The only paths the stamping effect may touch (symlinks resolved), separated by {os.pathsep!r}; "
+        "relative: to the root. Empty: the root.",
+    )
+    checkpoints: bool = Field(
+        True,
+        description="Whether orchestrators and reducers checkpoint state in the store (off: nothing is recovered).",
+    )
+    log_level: LogLevel = Field("info", description="The lowest level logged.")
+    log_format: LogFormat = Field("text", description="Log lines as text, or json (one object a line).")
+    log_summary_s: float = Field(30.0, description="Seconds between a working node's summary log lines; 0: never.")
+    metrics: str | None = Field(
+        None, description="Where `onex run` serves /healthz, /readyz and /metrics (HOST:PORT); empty: nowhere."
+    )
+    dlq_alert_threshold: int = Field(
+        10, description="A node dead-lettering more messages than this within the window alerts and is DEGRADED."
+    )
+    dlq_alert_window_s: float = Field(300.0, description="The dead-letter alert's window, in seconds.")
+    # Read by the shipped contracts (${ONEX_...} in contracts/*.yaml) into their nodes' config; the placeholders'
+    # own defaults there equal these (a test checks).
+    stamp_author: str = Field("onex", description="The author written into stamps (stamping effect).")
+    stamp_timeout_ms: int = Field(
+        30_000, description="Milliseconds the orchestrator gives its stamp step before retrying it."
+    )
+    intelligence_url: str | None = Field(
+        None, description="Where the orchestrator's optional intelligence step posts each hash; empty: skipped."
+    )
+    log_events: bool = Field(False, description="Whether the database adapter also writes every event to event_logs.")
+    drain_timeout_ms: int = Field(
+        5_000, description="Milliseconds the database adapter's drain gives batches in hand while the store is down."
+    )
+    registry_sweep_ms: int = Field(1_000, description="Milliseconds between the registry's sweeps for stale nodes.")
+    reducer_flush_ms: int = Field(500, description="Milliseconds between the reducer's flushes of its aggregates.")
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
-        """Flags that are not None win over ``ONEX_<NAME>`` variables, which win over defaults.
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The values given, nothing else: `load` reads the environment, from whichever mapping it is given.
+        return (init_settings,)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _typed(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or "?"
+        return _parse(name, cls.model_fields[name].annotation, value)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Self:
+        """Flags that are not None win over ``ONEX_<NAME>`` variables (of ``environ``, default ``os.environ``),
+        which win over defaults. ValueError (one line) for a value that is not of its setting's type.
 
         Without a root or store given, and with the cwd inside no project, the store is ``user_data_store()``.
         """
         return cls.load_with_sources(environ, **flags)[0]
 
     @classmethod
-    def load_with_sources(
-        cls, environ: Mapping[str, str] | None = None, **flags: Any
-    ) -> tuple[Settings, dict[str, str]]:
+    def load_with_sources(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> tuple[Self, dict[str, str]]:
         """``load``'s settings, and where each field's value came from: ``flag``, ``environment`` or ``default``."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        sources: dict[str, str] = {}
-        for f in fields(cls):
-            flag = flags.get(f.name)
-            raw = flag if flag is not None else environ.get(f"ONEX_{f.name.upper()}")
-            if raw is None:
-                sources[f.name] = "default"
-                continue
-            sources[f.name] = "flag" if flag is not None else "environment"
-            if f.name == "root":
-                values[f.name] = Path(raw).resolve()
-            elif f.type in ("int", "float"):  # the annotations are strings (``from __future__ import annotations``)
-                values[f.name] = _number(f.name, raw, int if f.type == "int" else float)
-            elif f.type == "bool":
-                values[f.name] = _flag(f.name, raw)
-            elif f.type == "tuple[Path, ...]":
-                values[f.name] = _paths(raw)
-            else:
-                values[f.name] = str(raw)
-        if not values.get("api_key"):
-            values.pop("api_key", None)  # ONEX_API_KEY= (empty) means no key, not a key that is the empty string
-            sources["api_key"] = "default"
+        unknown = sorted(set(flags) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}")
+        given = {name: value for name, value in flags.items() if value is not None}
+        found = _Environment(cls, environ)()
+        values = {**found, **given}
         if "root" not in values and "store" not in values and find_project() is None:
             values["store"] = user_data_store(environ)
-        return cls(**values), sources
+        sources = {
+            name: "flag" if name in given else "environment" if name in found else "default"
+            for name in cls.model_fields
+        }
+        try:
+            return cls(**values), sources
+        except ValidationError as exc:
+            raise ValueError(_one_line(exc)) from None
 
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+    def with_(self, **changes: Any) -> Self:
+        """A copy with ``changes``, parsed as ``load`` parses flags; TypeError for a name that is no setting."""
+        unknown = sorted(set(changes) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}")
+        try:
+            return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+        except ValidationError as exc:
+            raise ValueError(_one_line(exc)) from None
 
     def stamp_root_paths(self) -> tuple[str, ...]:
         """The real paths (symlinks resolved) the stamping effect may touch: ``stamp_roots``, or the project root."""
@@ -201,3 +375,76 @@ class Settings:
             if path != ":memory:" and not Path(path).is_absolute():
                 return prefix + str(self.root / path)
         return self.store
+
+
+# --- the declarations, as documentation and for contract interpolation --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """One setting as ``onex config`` and the README document it."""
+
+    name: str
+    variable: str
+    type: str  # as a user reads it: int, float, bool, str, path, paths, a choice; ", optional" when it may be unset
+    default: Any  # the value (None: none), or for a computed default the text saying how it is computed
+    description: str
+    secret: bool  # shown only as set or not
+
+
+def _type_name(annotation: Any) -> str:
+    optional, kind = _unwrap(annotation)
+    if get_origin(kind) is Literal:
+        name = "/".join(str(choice) for choice in get_args(kind))
+    elif get_origin(kind) is tuple and get_args(kind) == (Path, ...):
+        name = "paths"
+    elif kind is Path:
+        name = "path"
+    else:
+        name = getattr(kind, "__name__", str(kind))
+    return f"{name}, optional" if optional else name
+
+
+def _declaration(name: str, info: FieldInfo) -> Declaration:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    default = extra["default_text"] if "default_text" in extra else info.get_default(call_default_factory=False)
+    return Declaration(
+        name=name,
+        variable=variable(name),
+        type=_type_name(info.annotation),
+        default=default,
+        description=info.description or "",
+        secret=bool(extra.get("secret")),
+    )
+
+
+def declarations() -> tuple[Declaration, ...]:
+    """Every setting, in declaration order: what ``onex config`` and the README's configuration table show."""
+    return tuple(_declaration(name, info) for name, info in Settings.model_fields.items())
+
+
+DECLARED: frozenset[str] = frozenset(variable(name) for name in Settings.model_fields)
+_BY_VARIABLE: dict[str, str] = {variable(name): name for name in Settings.model_fields}
+
+
+def resolve_variable(name: str, environ: Mapping[str, str]) -> str | None:
+    """What a contract's ``${name}`` stands for, given ``environ``; None: unset (the placeholder's default applies).
+
+    An ``ONEX_*`` name is onex's: it must be declared (``DECLARED``, a field of ``Settings``), its value is checked
+    against the field's type and given in one spelling (``on`` -> ``true``), and unset or empty it is the declared
+    default, never None, so that a contract sees what ``onex config`` shows. Any other name is the project's own and
+    is read as it is. ValueError (one line, naming the variable) for an undeclared ``ONEX_*`` name or a bad value.
+    """
+    if not name.startswith(ENV_PREFIX):
+        return environ.get(name)
+    field = _BY_VARIABLE.get(name)
+    if field is None:
+        close = difflib.get_close_matches(name, sorted(DECLARED), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"{name} is not an onex setting (`onex config` lists them){hint}")
+    info = Settings.model_fields[field]
+    raw = environ.get(name)
+    if raw:
+        value = _parse(field, info.annotation, raw)
+        return spelled(value.resolve() if isinstance(value, Path) else value)
+    return spelled(_parse(field, info.annotation, info.get_default(call_default_factory=True)))

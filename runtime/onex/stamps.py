@@ -108,6 +108,7 @@ from typing import Any, Final, Literal
 import yaml
 from blake3 import blake3
 
+from onex._comments import Syntax, syntax_for
 from onex.envelope import new_id
 from onex.exceptions import StampError
 from onex.files import (
@@ -118,7 +119,6 @@ from onex.files import (
     is_sidecar,
     is_temp,
     sniff,
-    suffix_of,
     temp_prefix,
     within,
 )
@@ -173,7 +173,7 @@ IN_MEMORY_LIMIT: int = 4 * 1024 * 1024
 _BOM: Final = b"\xef\xbb\xbf"
 _OPEN_MARK: Final = b"=== OmniNode:Metadata ==="
 _CLOSE_MARK: Final = b"=== /OmniNode:Metadata ==="
-_RICH_KEYS: Final = (
+RICH_KEYS = _RICH_KEYS = (  # the metadata protocol's required fields (public: the gateway checks them)
     "metadata_version",
     "protocol_version",
     "name",
@@ -237,98 +237,6 @@ class VerifyResult:
     error: str | None = None
 
 
-# --- comment syntaxes -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Syntax:
-    open: bytes  # b"# " ... or the opener of a block comment, b"<!-- "
-    close: bytes = b""  # b"" for line comments
-    shebang: bool = False
-    coding: bool = False
-    directives: bool = False
-    front_matter: bool = False
-    declaration: re.Pattern[bytes] | None = None
-    blank_after: bool = False
-    lightweight: re.Pattern[bytes] = field(init=False)
-
-    def __post_init__(self) -> None:
-        pattern = (
-            re.escape(self.open)
-            + rb"ONEX:uid=([0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})"
-            + rb",hash=([0-9a-f]{64}),ts=([0-9A-Za-z:.+-]{1,64})"
-            + rb"((?:,[A-Za-z_][A-Za-z0-9_]*=[\x21-\x2b\x2d-\x7e]*)*)"
-            + re.escape(self.close)
-        )
-        object.__setattr__(self, "lightweight", re.compile(pattern))
-
-    @property
-    def forbidden(self) -> tuple[str, ...]:
-        """What a block comment must not contain: ``--`` ends (or is illegal in) an XML comment."""
-        return ("--",) if self.close == b" -->" else ("*/",) if self.close else ()
-
-
-_HASH = _Syntax(b"# ", shebang=True)
-_PYTHON = _Syntax(b"# ", shebang=True, coding=True)
-_DOCKER = _Syntax(b"# ", directives=True)
-_SLASH = _Syntax(b"// ", shebang=True)  # JS/TS/Rust/Kotlin/Swift scripts may start with a shebang
-_GO = _Syntax(b"// ", blank_after=True)
-_DASH = _Syntax(b"-- ", shebang=True)
-_MARKUP = _Syntax(b"<!-- ", b" -->", declaration=re.compile(rb"<\?xml[^>\n]{0,1024}\?>"))
-_MARKDOWN = _Syntax(b"<!-- ", b" -->", front_matter=True)
-_CSS = _Syntax(b"/* ", b" */", declaration=re.compile(rb'@charset "[^"\n]{0,128}";'))
-
-
-def _by(syntax: _Syntax, keys: str) -> dict[str, _Syntax]:
-    return dict.fromkeys(keys.split(), syntax)
-
-
-_SYNTAX_BY_EXT: Final = {
-    **_by(_PYTHON, ".py .pyi .pyw"),
-    **_by(_HASH, ".sh .bash .zsh .ksh .fish .rb .pl .pm .r .yaml .yml .toml .txt .mk .cmake .cfg .conf .env"),
-    **_by(_DOCKER, ".dockerfile"),
-    **_by(_SLASH, ".js .mjs .cjs .jsx .ts .mts .cts .tsx .rs .c .h .cc .cpp .cxx .hpp .hh .hxx .java .kt .kts"),
-    **_by(_SLASH, ".scala .swift .cs .dart .groovy .gradle .proto .jsonc"),
-    **_by(_GO, ".go"),
-    **_by(_DASH, ".sql .lua .hs"),
-    **_by(_MARKUP, ".html .htm .xhtml .xml .svg .vue .svelte .xsd .xsl .xslt"),
-    **_by(_MARKDOWN, ".md .markdown"),
-    **_by(_CSS, ".css .scss .less"),
-}
-_SYNTAX_BY_NAME: Final = {
-    **_by(_HASH, "makefile gnumakefile vagrantfile gemfile rakefile justfile"),
-    **_by(_HASH, ".gitignore .onexignore .dockerignore .gitattributes .env"),
-    **_by(_DOCKER, "dockerfile containerfile"),
-    **_by(_SLASH, "jenkinsfile"),
-}
-_SYNTAX_BY_INTERPRETER: Final = {
-    **_by(_PYTHON, "python python2 python3 pypy pypy3"),
-    **_by(_HASH, "sh bash zsh ksh dash fish ruby perl rscript"),
-    **_by(_SLASH, "node nodejs deno bun"),
-    **_by(_DASH, "lua luajit"),
-}
-
-
-def _syntax_for(name: str, head: bytes) -> _Syntax | None:
-    """The comment syntax for a file, or ``None`` when it has none (it gets a sidecar)."""
-    lowered = name.lower()
-    if lowered in _SYNTAX_BY_NAME:
-        return _SYNTAX_BY_NAME[lowered]
-    suffix = suffix_of(lowered)
-    if suffix:
-        return _SYNTAX_BY_EXT.get(suffix)
-    # A script's shebang stays first (it is the prefix), so the stamped file is recognised the same way.
-    if head.startswith(b"#!") and not head.startswith(b"#!["):
-        line = head[2 : head.find(b"\n") if b"\n" in head[:256] else 256].decode("ascii", "replace")
-        words = [w for w in line.split() if not w.startswith("-")]
-        if words and os.path.basename(words[0]) == "env":
-            words = words[1:]
-        if words:
-            interpreter = os.path.basename(words[0]).lower()
-            return _SYNTAX_BY_INTERPRETER.get(interpreter.rstrip("0123456789.") or interpreter)
-    return None
-
-
 # --- parsing the head of a file -------------------------------------------------------------------------------
 
 
@@ -337,7 +245,7 @@ class _Layout:
     """Where the stamp of some content is or goes. Stripped content is ``content[:keep_end] +
     content[stamp_end:]``; ``syntax is None`` means a sidecar, and then nothing is stripped."""
 
-    syntax: _Syntax | None
+    syntax: Syntax | None
     file_type: str
     insert_at: int = 0  # end of the prefix
     keep_end: int = 0
@@ -358,7 +266,7 @@ def _line_end(head: bytes, start: int, at_eof: bool, limit: int) -> int | None:
     return None
 
 
-def _prefix_end(head: bytes, start: int, at_eof: bool, syntax: _Syntax) -> int | None:
+def _prefix_end(head: bytes, start: int, at_eof: bool, syntax: Syntax) -> int | None:
     """End of what must stay before the stamp, from ``start`` (after any BOM); ``None`` if it is too long."""
     limit = start + MAX_PREFIX
     if syntax.declaration is not None:
@@ -413,7 +321,7 @@ def _prefix_end(head: bytes, start: int, at_eof: bool, syntax: _Syntax) -> int |
     return taken or start
 
 
-def _parse_lightweight(line: bytes, syntax: _Syntax) -> Stamp | None:
+def _parse_lightweight(line: bytes, syntax: Syntax) -> Stamp | None:
     match = syntax.lightweight.fullmatch(line)
     if match is None:
         return None
@@ -467,7 +375,7 @@ def _load_yaml(text: bytes) -> object:
         return None
 
 
-def _match_stamp(head: bytes, pos: int, at_eof: bool, syntax: _Syntax) -> tuple[Stamp, int, bool] | None:
+def _match_stamp(head: bytes, pos: int, at_eof: bool, syntax: Syntax) -> tuple[Stamp, int, bool] | None:
     """The stamp starting exactly at ``pos``, its end and whether its last line has a newline."""
     limit = pos + MAX_STAMP
     if head.startswith(syntax.open + b"ONEX:", pos):
@@ -515,7 +423,7 @@ def _match_stamp(head: bytes, pos: int, at_eof: bool, syntax: _Syntax) -> tuple[
 
 def _analyse(name: str, head: bytes, at_eof: bool) -> _Layout:
     """Everything about some content that its first ``HEAD_SIZE`` bytes decide (``at_eof``: that is all of it)."""
-    syntax = _syntax_for(name, head)
+    syntax = syntax_for(name, head)
     if syntax is None:
         return _Layout(None, detect_file_type(name, head))
     start = 3 if head.startswith(_BOM) else 0
@@ -634,7 +542,7 @@ def _yaml_lines(fields: dict[str, Any], forbidden: tuple[str, ...] = ()) -> list
     ]
 
 
-def _render(stamp: Stamp, syntax: _Syntax, newline: bytes) -> bytes:
+def _render(stamp: Stamp, syntax: Syntax, newline: bytes) -> bytes:
     """The stamp's lines in ``syntax``, joined by ``newline``, without a final newline."""
     if stamp.kind == "lightweight":
         extra = "".join(f",{k}={v}" for k, v in stamp.fields.items())

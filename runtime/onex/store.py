@@ -1,4 +1,5 @@
 """The persistence seam: ``Store`` with ``SqliteStore`` (``_sqlite.py``) and ``PostgresStore`` (``_postgres.py``).
+``onex.stores.open_store(url)`` opens the one a URL names.
 
 Writes go through ``apply(batch)``: one transaction per batch, every row idempotent by its natural key, and the
 ids of the events that produced the batch recorded in ``processed_events`` in that same transaction, so a
@@ -24,6 +25,7 @@ Natural keys and conflict rules (the same on every store; ``tests/test_store_con
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import importlib.resources
 import re
@@ -32,10 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
+from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import StoreError
-from onex.metrics import CommitMeter
+from onex.meters import CommitMeter
 
 TABLES: tuple[str, ...] = (
     "workflow_executions",
@@ -175,6 +178,35 @@ class DeadLetterRow:
     dead_lettered_at: datetime | None = None
     replayed_at: datetime | None = None  # the last replay
     replays: int = 0
+
+
+def dead_letter_row(letter: OnexEnvelopeV1, *, topic: str | None = None, group: str | None = None) -> DeadLetterRow:
+    """The store row of a dead letter (``envelope.dead_letter`` or a Kafka raw record's), read from its payload."""
+    payload = letter.payload
+    original_topic = str(payload.get("original_topic") or "")
+    original = payload.get("original")
+    original_id: uuid.UUID | None = None
+    if isinstance(original, dict):
+        event_type = str(original.get("event_type") or "?")
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            original_id = uuid.UUID(str(original.get("event_id")))
+    else:
+        event_type = UNDECODABLE
+    attempts = payload.get("attempts")
+    return DeadLetterRow(
+        event_id=letter.event_id,
+        topic=topic or dlq_topic(original_topic),
+        original_topic=original_topic,
+        event_type=event_type,
+        error_type=str(payload.get("error_type") or ""),
+        error=str(payload.get("error") or ""),
+        attempts=attempts if isinstance(attempts, int) else 0,
+        letter=letter.model_dump(mode="json"),
+        original_event_id=original_id,
+        correlation_id=letter.correlation_id,
+        group_name=group or (str(payload["group"]) if payload.get("group") else None),
+        dead_lettered_at=letter.event_timestamp,
+    )
 
 
 @dataclass(slots=True)
@@ -331,7 +363,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> StoreHealth: ...
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -376,16 +408,3 @@ def load_migrations(dialect: str, kind: type[M]) -> list[M]:
     if len(set(versions)) != len(versions):
         raise StoreError(f"two {dialect} migrations share a number: {[m.name for m in found]}")
     return found
-
-
-def open_store(url: str) -> Store:
-    """The store for ``url``: ``sqlite:///PATH`` (``sqlite://:memory:`` for a throwaway) or ``postgresql://...``."""
-    if url.startswith("sqlite:"):
-        from onex._sqlite import SqliteStore
-
-        return SqliteStore(url)
-    if url.startswith(("postgresql:", "postgres:")):
-        from onex._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
-
-        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
-    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")

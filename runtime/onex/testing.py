@@ -6,7 +6,9 @@
         assert [t["to_state"] for t in h.transitions(done.correlation_id)] == ["processing", "completed"]
 
 Every event published on any topic of the hosted contracts is recorded (``events``), and ``settle()`` waits
-until the in-process graph is quiescent.
+until the in-process graph is quiescent. ``Harness(clock=ManualClock())`` runs every timer of the hosted nodes
+(step timeouts, reducer windows, heartbeats, circuit breakers) on a clock the test moves: ``await
+h.clock.advance(0.2)`` fires what falls due, then ``await h.settle()`` waits for what that published.
 """
 
 from __future__ import annotations
@@ -23,12 +25,29 @@ from typing import Any
 from pydantic import BaseModel
 
 from onex.bus import MemoryBus, Subscription
+from onex.clock import SYSTEM_CLOCK, Clock, ManualClock
 from onex.contracts import ContractSet, load_contracts
-from onex.envelope import STATE_TRANSITION, OnexEnvelopeV1, dlq_topic, new_id
+from onex.envelope import STATE_TRANSITION, IdSource, OnexEnvelopeV1, dlq_topic, new_id
 from onex.nodes import EventCatalog
 from onex.runtime import Runtime
 from onex.settings import Settings
-from onex.store import Store, open_store
+from onex.store import Store
+from onex.stores import open_store
+
+__all__ = ["Harness", "ManualClock", "SequentialIds"]
+
+
+class SequentialIds:
+    """Predictable ids for tests: version 4 UUIDs numbered from ``start`` (``00000000-0000-4000-8000-000000000001``,
+    ...), so a test can name the id of the n-th event a node or the harness made."""
+
+    def __init__(self, start: int = 1) -> None:
+        self.next = start
+
+    def __call__(self) -> uuid.UUID:
+        value, self.next = self.next, self.next + 1
+        return uuid.UUID(int=(value & ((1 << 62) - 1)) | (0x4000 << 64) | (0x8000 << 48))
+
 
 Predicate = Callable[[OnexEnvelopeV1], bool]
 
@@ -37,7 +56,8 @@ class Harness:
     """Hosts ``nodes`` (default: all) of the project at ``root`` in-process; an async context manager.
 
     ``**settings`` override ``Settings`` fields; ``stamp_roots`` defaults to ``/`` here (files anywhere may be
-    stamped), not to the project root as in a deployment.
+    stamped), not to the project root as in a deployment. ``clock`` is the hosted nodes' clock (``onex.clock``);
+    ``ids`` is where the ids they and ``publish`` make come from (``SequentialIds`` for predictable ones).
     """
 
     def __init__(
@@ -48,6 +68,8 @@ class Harness:
         contracts: ContractSet | None = None,
         store_url: str | None = None,
         heartbeat_interval_s: float = 0.0,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
         **settings: Any,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -63,7 +85,17 @@ class Harness:
             self.contracts = contracts or load_contracts(self.settings.root)
             self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)
             self.store: Store = open_store(self.settings.store_url())
-            self.runtime = Runtime(self.settings, nodes=nodes, contracts=self.contracts, bus=self.bus, store=self.store)
+            self.clock: Clock = clock or SYSTEM_CLOCK
+            self.ids: IdSource = ids or new_id
+            self.runtime = Runtime(
+                self.settings,
+                nodes=nodes,
+                contracts=self.contracts,
+                bus=self.bus,
+                store=self.store,
+                clock=self.clock,
+                ids=self.ids,
+            )
         except BaseException:
             if self._tmp is not None:  # an unknown node or a bad contract must not leave the temp dir behind
                 self._tmp.cleanup()
@@ -131,7 +163,8 @@ class Harness:
         envelope = OnexEnvelopeV1(
             event_type=event_name,
             source_node_id="onex.testing",
-            correlation_id=correlation_id or new_id(),
+            event_id=self.ids(),
+            correlation_id=correlation_id or self.ids(),
             partition_key=partition_key,
             payload=data,
         )

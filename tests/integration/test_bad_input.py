@@ -139,6 +139,7 @@ async def test_a_file_deleted_after_the_walk_fails_its_workflow_alone(tmp_path: 
         await h.settle()
 
         for path, envelope in sent.items():
+            assert envelope.correlation_id is not None  # the harness gives everything it publishes one
             workflow = await h.store.get_workflow(envelope.correlation_id)
             assert workflow is not None
             if path == doomed:

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from onex._kafka import KafkaBus
 from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import PayloadError
-from onex.store import open_store
+from onex.stores import open_store
 
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS
 

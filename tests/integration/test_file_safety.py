@@ -16,11 +16,13 @@ import re
 import select
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
+from onex.envelope import OnexEnvelopeV1
 from onex.files import is_temp
 from onex.settings import Settings
 from onex.stamps import BUSY, find_stamp, stamp_file, strip_stamp, verify_file
@@ -90,6 +92,11 @@ def writer(path: Path) -> Iterator[subprocess.Popen[str]]:
             assert process.stdin is not None
             process.stdin.close()
             assert process.wait(timeout=60) == 0
+
+
+def of_workflow(cid: uuid.UUID | None) -> Callable[[OnexEnvelopeV1], bool]:
+    """A ``wait_for`` predicate: an event of the workflow ``cid``."""
+    return lambda e: e.correlation_id == cid
 
 
 def expected_lines(n: int) -> bytes:
@@ -292,7 +299,7 @@ async def test_the_effect_touches_only_files_under_its_stamp_roots(tmp_path: Pat
         await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == ok.correlation_id, timeout=60)
         for path, envelope in sent.items():
             cid = envelope.correlation_id
-            done = await h.wait_for("WORKFLOW_FAILED", lambda e, cid=cid: e.correlation_id == cid, timeout=60)
+            done = await h.wait_for("WORKFLOW_FAILED", of_workflow(cid), timeout=60)
             failures = [e for e in h.of("STAMP_FAILED") if e.correlation_id == cid]
             assert [(e.payload["error"], e.payload["retryable"]) for e in failures] == [(refusals[path], False)]
             assert refusals[path] in done.payload["error"]

@@ -133,7 +133,8 @@ async def test_a_malformed_request_is_dead_lettered_with_its_error_and_the_next_
     def about_it(letter: OnexEnvelopeV1) -> bool:
         if isinstance(malformed, OnexEnvelopeV1):
             return letter.causation_id == malformed.event_id
-        return letter.payload.get("original_offset") == offset
+        original_offset: object = letter.payload.get("original_offset")
+        return original_offset == offset
 
     # The good request, behind the malformed one on the same partition, starts its workflow...
     await orchestrator.until(lambda: any(e.correlation_id == good.correlation_id for e in orchestrator.started))

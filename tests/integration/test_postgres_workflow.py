@@ -27,7 +27,8 @@ from onex.client import StampClient
 from onex.envelope import OnexEnvelopeV1
 from onex.runtime import Runtime
 from onex.settings import Settings
-from onex.store import TABLES, Store, open_store
+from onex.store import TABLES, Store
+from onex.stores import open_store
 from onex.testing import Harness
 
 from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -70,6 +70,11 @@ def intents(h: Harness) -> list[OnexEnvelopeV1]:
 def totals(h: Harness) -> list[tuple[int, int]]:
     """(version, items aggregated) of every intent for the namespace, in the order they were published."""
     return [(e.payload["version"], e.payload["total_items_aggregated"]) for e in intents(h)]
+
+
+def aggregated(n: int) -> Callable[[OnexEnvelopeV1], bool]:
+    """A ``wait_for`` predicate: an aggregate of ``n`` items from ``n`` workflows."""
+    return lambda e: (e.payload["total_items_aggregated"], e.payload["total_workflows_processed"]) == (n, n)
 
 
 def small_files(directory: Path, count: int) -> list[Path]:
@@ -195,11 +200,7 @@ async def test_a_window_closes_after_size_ms_without_a_drain(tmp_path: Path) -> 
     async with Harness(root=ROOT, contracts=with_window(size_items=1_000_000, size_ms=50, flush_ms=20)) as h:
         for n, path in enumerate(small_files(tmp_path / "tree", 2), start=1):
             await h.publish("STAMP_REQUESTED", request(path))
-            await h.wait_for(
-                "STATE_AGGREGATION_COMPLETED",
-                lambda e, n=n: (e.payload["total_items_aggregated"], e.payload["total_workflows_processed"]) == (n, n),
-                timeout=10,
-            )
+            await h.wait_for("STATE_AGGREGATION_COMPLETED", aggregated(n), timeout=10)
         await h.settle()
 
         versions = [v for v, _ in totals(h)]

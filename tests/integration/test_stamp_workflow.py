@@ -116,6 +116,7 @@ async def test_mixed_files_are_stamped_persisted_and_aggregated(tmp_path: Path) 
         assert {w.correlation_id for w in completed} == {e.correlation_id for e in sent.values()}
         for spec in specs:
             cid = sent[spec.name].correlation_id
+            assert cid is not None  # the harness gives everything it publishes a correlation id
             workflow = await h.store.get_workflow(cid)
             assert workflow is not None
             assert (workflow.current_state, workflow.file_path, workflow.error_message) == (
@@ -195,12 +196,14 @@ async def test_unreadable_paths_fail_their_workflow_and_the_others_complete(tmp_
         await h.runtime.drain()
 
         for envelope in good_sent:
+            assert envelope.correlation_id is not None
             workflow = await h.store.get_workflow(envelope.correlation_id)
             assert workflow is not None
             assert workflow.current_state == "completed"
         failed_events = {e.correlation_id: e for e in h.of("WORKFLOW_FAILED")}
         for name, (path, reason) in bad.items():
             cid = bad_sent[name].correlation_id
+            assert cid is not None
             workflow = await h.store.get_workflow(cid)
             assert workflow is not None
             assert workflow.current_state == "failed", name
@@ -267,6 +270,7 @@ async def test_malformed_request_is_dead_lettered_and_the_next_request_completes
         assert error_mentions in letter["error"]
         assert letter["attempts"] == 1  # a payload that does not validate is not retried
         assert [e.payload["original"]["event_id"] for e in h.dead_letters()] == [str(bad.event_id)]
+        assert bad.correlation_id is not None
         assert await h.store.get_workflow(bad.correlation_id) is None
         assert h.transitions(bad.correlation_id) == []
         assert await h.store.count("workflow_executions") == 1
@@ -360,6 +364,7 @@ async def test_a_request_redelivered_after_its_workflow_finished_is_not_run_agai
 
         assert await h.store.count("workflow_executions") == 1
         assert await h.store.count("metadata_stamps") == 1
+        assert envelope.correlation_id is not None
         workflow = await h.store.get_workflow(envelope.correlation_id)
         assert workflow is not None
         assert workflow.current_state == "completed"

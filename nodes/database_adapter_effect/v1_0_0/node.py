@@ -61,9 +61,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from onex.envelope import ModelStateTransitions
-from onex.exceptions import StoreUnavailable
+from onex.exceptions import CircuitOpenError, StoreUnavailable
 from onex.nodes import EffectNode, Event, Lifecycle
-from onex.resilience import CircuitOpenError
 from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
 from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished

@@ -13,7 +13,7 @@ import json
 import urllib.request
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from onex.envelope import OnexEnvelopeV1, derived_id
@@ -121,7 +121,7 @@ class NodeOrchestrator(OrchestratorNode):
         workflow = Workflow(cid, self.steps, input=request.file_path or "<content>", namespace=request.namespace)
         workflow.request = envelope
         workflow.context["request"] = request
-        workflow.context["started_at"] = datetime.now(UTC)
+        workflow.context["started_at"] = self.clock.now()
         self.fsm.attach(workflow)
         self.fsm.trigger(workflow, "start", **self._marks(workflow))
         self.track(workflow)
@@ -212,7 +212,7 @@ class NodeOrchestrator(OrchestratorNode):
         self.fsm.detach(workflow)
         request: ModelStampRequest = workflow.context["request"]
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
-        now = datetime.now(UTC)
+        now = self.clock.now()
         started: datetime = workflow.context["started_at"]
         finished = ModelWorkflowFinished(
             workflow_id=workflow.cid,

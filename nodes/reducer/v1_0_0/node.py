@@ -32,16 +32,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from onex.contracts import AggregationFunction
-from onex.envelope import new_id
 from onex.exceptions import OnexError
 from onex.fsm import Entity
 from onex.nodes import Event, ReducerNode
@@ -151,7 +148,7 @@ class NodeReducer(ReducerNode):
             self._reconciler = asyncio.create_task(self._reconcile_later(), name=f"reconcile:{self.node_id}")
 
     async def _reconcile_later(self) -> None:
-        await asyncio.sleep(self.reconcile_after_s)
+        await self.clock.sleep(self.reconcile_after_s)
         try:
             await self._reconcile()
         except OnexError as exc:  # the store is away: the next assignment looks again
@@ -182,7 +179,7 @@ class NodeReducer(ReducerNode):
         if agg is None:
             assert self.fsm is not None
             # A fresh salt: the aggregate's transitions start counting again in every process that loads it.
-            agg = NamespaceAggregate(entity_id=f"namespace:{namespace}", namespace=namespace, id_salt=new_id().hex)
+            agg = NamespaceAggregate(entity_id=f"namespace:{namespace}", namespace=namespace, id_salt=self.ids().hex)
             self.fsm.attach(agg)
             self.aggregates[namespace] = agg
         return agg
@@ -195,7 +192,7 @@ class NodeReducer(ReducerNode):
     def _touch(self, agg: NamespaceAggregate, items: int) -> None:
         assert self.fsm is not None
         if agg.state == "idle":
-            agg.window_started = time.monotonic()
+            agg.window_started = self.clock.monotonic()
             agg.window_items = 0
         agg.window_items += items
         agg.context["window_items"] = agg.window_items
@@ -326,8 +323,7 @@ class NodeReducer(ReducerNode):
         )
         await self.hold_store(functools.partial(self.store.apply, batch))
 
-    @staticmethod
-    def _state_row(agg: NamespaceAggregate) -> BridgeStateRow:
+    def _state_row(self, agg: NamespaceAggregate) -> BridgeStateRow:
         return BridgeStateRow(
             namespace=agg.namespace,
             version=agg.version,
@@ -341,13 +337,13 @@ class NodeReducer(ReducerNode):
                 "size_buckets": dict(agg.size_buckets),
                 "windows_closed": agg.windows_closed,
             },
-            last_aggregation_timestamp=datetime.now(UTC),
+            last_aggregation_timestamp=self.clock.now(),
         )
 
     # -- windows --
     def _close_windows(self, *, force: bool) -> None:
         assert self.fsm is not None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for agg in self.aggregates.values():
             if not agg.dirty:
                 continue
@@ -374,7 +370,7 @@ class NodeReducer(ReducerNode):
                 by_file_type=dict(entity.by_file_type),
                 size_buckets=dict(entity.size_buckets),
                 windows_closed=entity.windows_closed,
-                aggregated_at=datetime.now(UTC),
+                aggregated_at=self.clock.now(),
             )
         )
 
@@ -387,6 +383,6 @@ class NodeReducer(ReducerNode):
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_interval_s)
+            await self.clock.sleep(self.flush_interval_s)
             self._close_windows(force=False)
             await self.flush()

@@ -14,10 +14,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from onex.envelope import REGISTRY_REQUEST_INTROSPECTION, ModelNodeHeartbeat, ModelNodeIntrospection
@@ -60,7 +59,7 @@ class NodeRegistry(RegistryNode):
                 await self._sweeper
         # The registry cannot hear its own STOPPED heartbeat once its subscriptions are closed: record it directly.
         self._pending.heartbeats.append(
-            HeartbeatRow(node_id=self.node_id, health_status="STOPPED", at=datetime.now(UTC))
+            HeartbeatRow(node_id=self.node_id, health_status="STOPPED", at=self.clock.now())
         )
         await self._write()
 
@@ -91,7 +90,7 @@ class NodeRegistry(RegistryNode):
             if node.state == "deregistered":
                 continue
             node.node_type, node.node_version = info.node_type, info.node_version
-            node.last_seen = time.monotonic()
+            node.last_seen = self.clock.monotonic()
             node.health_status = "HEALTHY"
             self.fsm.trigger(node, "introspect")
             self._pending.registrations.append(
@@ -116,7 +115,7 @@ class NodeRegistry(RegistryNode):
             node = self._node(beat.node_id)
             if node.state == "deregistered":
                 continue
-            node.last_seen = time.monotonic()
+            node.last_seen = self.clock.monotonic()
             node.health_status = beat.health_status
             self.fsm.trigger(node, "deregister" if beat.health_status == "STOPPED" else "heartbeat")
             self._pending.heartbeats.append(
@@ -149,7 +148,7 @@ class NodeRegistry(RegistryNode):
         the time of a heartbeat. The transitions are published by the caller (the sweeper flushes).
         """
         assert self.fsm is not None
-        now = datetime.now(UTC) if now is None else now
+        now = self.clock.now() if now is None else now
         expired = await self.store.mark_stale(now - timedelta(seconds=self.stale_after_s))
         for node_id in expired:
             node = self._node(node_id)
@@ -161,7 +160,7 @@ class NodeRegistry(RegistryNode):
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(self.sweep_interval_s)
+            await self.clock.sleep(self.sweep_interval_s)
             try:
                 if await self.expire_stale():
                     await self.flush()

@@ -2,5 +2,5 @@ class NodeWidget:
     def log_entered(self) -> None:
         pass
 
-    def handle_widget_ordered(self, payload: dict) -> None:
+    def handle_widget_ordered(self, payload: dict[str, object]) -> None:
         pass

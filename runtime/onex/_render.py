@@ -1,0 +1,148 @@
+"""How the CLI draws what ``onex stamp`` and ``onex verify`` found on a terminal: tables and a progress bar (rich).
+
+``onex.client`` returns the reports as data (``StampReport``, ``VerifyReport``; ``-o json`` prints their
+``to_dict()``); only the CLI imports this module, so using the client API pulls in no terminal code.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from onex.client import StampReport, VerifyReport
+
+
+class StampProgress:
+    """The progress bar of ``onex stamp`` on ``console``, fed by ``StampRun.run(on_progress=...)``.
+
+    A context manager around the run; the bar appears at the first report (once the run is connected: nothing is
+    drawn while it connects) and is removed at the end. Shows outcomes in, of the files submitted once all are,
+    and the rate since the bar was created.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._bar = Progress(
+            TextColumn("[bold]stamping"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = self._bar.add_task("stamp", total=None, rate="")
+        self._started = time.monotonic()
+        self._shown = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self._shown:
+            self._shown = True
+            self._bar.start()
+        if done:
+            rate = done / max(time.monotonic() - self._started, 1e-9)
+            self._bar.update(self._task, completed=done, total=total, rate=f"{rate:,.0f} files/s")
+        else:
+            self._bar.update(self._task, completed=done, total=total)
+
+    def __enter__(self) -> StampProgress:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._shown:
+            self._bar.stop()
+
+
+def print_stamp_report(report: StampReport, console: Console) -> None:
+    """The tables of ``onex stamp``: the problems, the counts under a headline, the aggregates per namespace."""
+    if report.problems:
+        table = Table(title="problems")
+        for column in ("status", "path", "correlation id", "reason"):
+            table.add_column(column, overflow="fold")
+        for p in report.problems:
+            table.add_row(p.status, p.path, str(p.correlation_id or "-"), p.reason)
+        console.print(table)
+    files = report.submitted + report.unsubmitted
+    if not report.waited:  # --no-wait: what was handed to the deployment, no outcomes
+        title = f"submitted {report.submitted} file(s) in {report.elapsed_s:.2f} s, not waiting for the outcomes"
+        columns: tuple[str, ...] = ("submitted", "skipped", "failed", "pending")
+    elif report.pending:
+        elapsed, timeout = f"{report.elapsed_s:.2f} s", f"--timeout {report.timeout_s:g}"
+        title = f"{report.pending} of {files} file(s) pending after {elapsed} ({timeout})"
+        columns = ("stamped", "unchanged", "skipped", "failed", "pending")
+    else:
+        title = f"{report.headline()} in {report.elapsed_s:.2f} s"
+        columns = ("stamped", "unchanged", "skipped", "failed", "pending")
+    if report.busy:
+        columns = (*columns[:-1], "busy", columns[-1])
+    summary = Table(title=title)
+    for column in columns:
+        summary.add_column(column, justify="right")
+    summary.add_row(*(str(report.submitted if c == "submitted" else report.counts[c]) for c in columns))
+    console.print(summary)
+    in_flight = report.pending - report.unsubmitted
+    if in_flight:
+        console.print(
+            f"pending: {in_flight} submitted workflow(s) had no outcome in time; the deployment may still "
+            "complete them (onex trace CORRELATION_ID)",
+            markup=False,
+        )
+    if report.unsubmitted:
+        console.print(
+            f"pending: {report.unsubmitted} file(s) were not submitted before the deadline; run onex stamp again "
+            "for them",
+            markup=False,
+        )
+    if report.store_error is not None:
+        console.print(
+            f"the store could not be read ({report.store_error}): no aggregates; the counts above are the "
+            "outcomes heard on the bus",
+            markup=False,
+        )
+    elif report.aggregates is not None and not report.aggregates:
+        console.print(f"aggregates per namespace (store): none for {report.namespace} yet", markup=False)
+    elif report.aggregates:
+        agg = Table(title="aggregates per namespace (store)")
+        for column in ("namespace", "workflows", "items", "bytes", "unique hashes", "by file type"):
+            agg.add_column(column, justify="left" if column in ("namespace", "by file type") else "right")
+        for row in report.aggregates:
+            by_type = ", ".join(f"{k} {v}" for k, v in sorted(row.aggregation_metadata.get("by_file_type", {}).items()))
+            agg.add_row(
+                row.namespace,
+                str(row.total_workflows_processed),
+                str(row.total_items_aggregated),
+                str(row.total_size_bytes),
+                str(row.unique_file_hashes),
+                by_type,
+            )
+        console.print(agg)
+
+
+def print_verify_report(report: VerifyReport, console: Console, *, show_all: bool = False) -> None:
+    """The tables of ``onex verify``: the files that are not valid (every file with ``show_all``), then the counts."""
+    shown = [r for r in report.results if show_all or r.status != "valid"]
+    if shown:
+        table = Table(title="verify")
+        for column in ("status", "path", "detail"):
+            table.add_column(column, overflow="fold")
+        style = {"valid": "green", "modified": "red", "unstamped": "yellow", "error": "red"}
+        for r in shown:
+            detail = r.error or (
+                f"stamp {r.expected[:16]}... content {r.actual[:16]}..."
+                if r.status == "modified" and r.expected and r.actual
+                else ""
+            )
+            table.add_row(f"[{style[r.status]}]{r.status}[/]", r.path, detail)
+        console.print(table)
+    summary = Table(title=f"verified {len(report.results)} file(s)")
+    for column in ("valid", "modified", "unstamped", "error"):
+        summary.add_column(column, justify="right")
+    summary.add_row(*(str(report.counts[c]) for c in ("valid", "modified", "unstamped", "error")))
+    console.print(summary)

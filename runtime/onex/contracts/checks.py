@@ -1,0 +1,353 @@
+"""Semantic checks, beyond what a JSON Schema can say: FSMs, guards, orchestrator steps, payloads, handlers, and
+the set of contracts as a whole (duplicate versions, events no one publishes).
+
+Each check reports at the position of the node at fault and goes on, so one load lists every problem. The guard
+grammar (``parse_condition``) and the step planner (``plan_stages``) are also what the runtime uses: the FSM
+evaluates guards with the one, the orchestrator refuses steps the other refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema.exceptions
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ValidationError
+
+from onex.contracts.imports import _PAYLOAD_MODEL_RE, _implementation_problem, _load_class
+from onex.contracts.models import (
+    SUBCONTRACT_TYPES,
+    Contract,
+    EventSpec,
+    EventTypeSubcontract,
+    FsmSubcontract,
+    NodeType,
+    RoutingSubcontract,
+    Step,
+    Subcontract,
+)
+from onex.contracts.yaml import _Pos, _Where
+from onex.envelope import RUNTIME_EVENTS
+from onex.exceptions import OnexError
+
+# --- guards -----------------------------------------------------------------------------------------------------
+CONDITION_OPERATORS: frozenset[str] = frozenset(
+    {"equals", "not_equals", "==", "!=", "greater_than", "less_than", ">=", "<=", ">", "<"}
+    | {"min_length", "max_length", "exists", "not_exists", "in", "not_in", "contains", "matches"}
+)
+_UNARY_OPERATORS = frozenset({"exists", "not_exists"})
+_FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+
+
+def parse_condition(expression: str) -> tuple[str, str, str | None]:
+    """Split a guard ``field operator value`` (``field exists``) into its tokens; ``ValueError`` says why not.
+
+    The grammar is ONEX's: whitespace-separated tokens, never evaluated as Python. Fields are dotted names
+    into the entity's context; names starting with ``_`` are private and refused. A ``matches`` value must be
+    a valid regular expression.
+    """
+    tokens = expression.split()
+    if len(tokens) == 2 and tokens[1] in _UNARY_OPERATORS:
+        field_name, operator, value = tokens[0], tokens[1], None
+    elif len(tokens) == 2 and tokens[1] in CONDITION_OPERATORS:
+        raise ValueError(f"operator {tokens[1]!r} needs a value: `field {tokens[1]} value`")
+    elif len(tokens) != 3:
+        raise ValueError(f"expected `field operator value` (three tokens), found {len(tokens)}")
+    else:
+        field_name, operator, value = tokens
+        if operator in _UNARY_OPERATORS:
+            raise ValueError(f"operator {operator!r} takes no value: `field {operator}`")
+    if operator not in CONDITION_OPERATORS:
+        raise ValueError(f"unknown operator {operator!r}; expected one of {', '.join(sorted(CONDITION_OPERATORS))}")
+    if field_name.startswith("_"):
+        raise ValueError(f"field {field_name!r} is private: names starting with '_' cannot be tested")
+    if not _FIELD_RE.match(field_name):
+        raise ValueError(f"field {field_name!r} is not a dotted name")
+    if operator == "matches" and value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+    return field_name, operator, value
+
+
+# --- orchestrator steps -----------------------------------------------------------------------------------------
+
+
+def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
+    """Group steps into stages: a step runs once every step it depends on has finished. Cycles are an error.
+
+    The orchestrator's engine starts each step as soon as its own dependencies finished, which runs the steps of a
+    stage in parallel; planning the stages up front is how a contract's steps are proved runnable at all: every
+    dependency names a step, and no step waits on itself through others (``OnexError`` says which).
+    """
+    by_name = {s.step_name: s for s in steps}
+    for s in steps:
+        for dep in s.depends_on:
+            if dep not in by_name:
+                raise OnexError(f"step {s.step_name!r} depends on unknown step {dep!r}")
+    done: set[str] = set()
+    stages: list[list[Step]] = []
+    remaining = list(steps)
+    while remaining:
+        ready = [s for s in remaining if set(s.depends_on) <= done]
+        if not ready:
+            raise OnexError(f"steps {[s.step_name for s in remaining]} depend on each other in a cycle")
+        stages.append(ready)
+        done.update(s.step_name for s in ready)
+        remaining = [s for s in remaining if s.step_name not in done]
+    return stages
+
+
+# --- the checks -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Loaded:
+    """A contract that passed every per-file stage, and where its data came from (for the set checks)."""
+
+    contract: Contract
+    where: _Where
+
+
+@dataclass
+class _Checks:
+    """The semantic checks of one load, reporting through the session's ``report``."""
+
+    report: Callable[[_Pos, str, str], None]
+    root: Path
+    check_implementations: bool
+    display: Callable[[Path], str]  # a file as issues name it
+
+    def check_subcontract(self, subcontract: Subcontract, where: _Where) -> None:
+        if isinstance(subcontract, FsmSubcontract):
+            self.check_fsm(subcontract, where)
+        elif isinstance(subcontract, RoutingSubcontract):
+            for index, target in enumerate(subcontract.targets):
+                if target.condition is not None:
+                    self._check_guard(target.condition, where.at("targets", index, "condition"), "routing-condition")
+        elif isinstance(subcontract, EventTypeSubcontract):
+            self.check_payloads(subcontract, where)
+
+    def check_contract(self, contract: Contract, where: _Where) -> None:
+        for kind in SUBCONTRACT_TYPES:
+            subcontract = getattr(contract.subcontracts, kind)
+            if subcontract is not None:
+                self.check_subcontract(subcontract, where.child("subcontracts", kind))
+        if contract.node_type is NodeType.ORCHESTRATOR and "steps" in contract.config:
+            self.check_steps(contract.config["steps"], where.child("config", "steps"))
+        spec = contract.implementation_path
+        spec_pos = where.at("implementation" if contract.implementation else "name")
+        problem = _implementation_problem(spec)
+        if problem is not None:
+            self.report(spec_pos, "implementation-forbidden", problem)
+            return
+        if not self.check_implementations:
+            return
+        try:
+            cls = _load_class(spec, self.root)
+        except LookupError as exc:
+            derived = "" if contract.implementation else " (derived from name and version)"
+            self.report(spec_pos, "implementation-missing", f"implementation {spec}{derived} not found: {exc}")
+            return
+        self.check_handlers(contract, cls, where)
+
+    def check_steps(self, raw: Any, where: _Where) -> None:
+        """An orchestrator's ``config.steps``: each a valid step, dependencies known, no cycle."""
+        if not isinstance(raw, list):
+            self.report(where.at(), "steps", "config.steps must be a list of steps")
+            return
+        steps: list[Step] = []
+        for index, item in enumerate(raw):
+            try:
+                steps.append(Step.model_validate(item))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first["loc"])
+                self.report(where.at(index, *first["loc"]), "steps", f"step {index}: {field}: {first['msg']}")
+        if len(steps) == len(raw):
+            try:
+                plan_stages(steps)
+            except OnexError as exc:
+                self.report(where.at(), "steps", str(exc))
+
+    def check_fsm(self, fsm: FsmSubcontract, where: _Where) -> None:
+        declared: dict[str, int] = {}
+        for index, state in enumerate(fsm.states):
+            if state.state_name in declared:
+                self.report(
+                    where.at("states", index, "state_name"),
+                    "fsm-duplicate-state",
+                    f"state {state.state_name!r} is declared twice (first as states[{declared[state.state_name]}])",
+                )
+            else:
+                declared[state.state_name] = index
+        known = ", ".join(declared)
+
+        def undeclared(name: str, pos: _Pos, role: str) -> None:
+            if name not in declared:
+                self.report(pos, "fsm-undeclared-state", f"{role} {name!r} is not a declared state (states: {known})")
+
+        initial_ok = fsm.initial_state in declared
+        if not initial_ok:
+            self.report(
+                where.at("initial_state"),
+                "fsm-no-initial",
+                f"initial_state {fsm.initial_state!r} is not a declared state (states: {known})",
+            )
+        terminal = {s.state_name for s in fsm.states if s.is_terminal} | set(fsm.terminal_states)
+        edges: dict[str, set[str]] = {}
+        for t_index, transition in enumerate(fsm.transitions):
+            sources = (transition.from_state,) if isinstance(transition.from_state, str) else transition.from_state
+            for s_index, source in enumerate(sources):
+                steps: tuple[str | int, ...] = ("transitions", t_index, "from_state")
+                if not isinstance(transition.from_state, str):
+                    steps += (s_index,)
+                if source == "*":
+                    edges.setdefault("*", set()).add(transition.to_state)
+                    continue
+                undeclared(source, where.at(*steps), f"transition {transition.transition_name!r} from_state")
+                edges.setdefault(source, set()).add(transition.to_state)
+                if source in terminal:
+                    self.report(
+                        where.at(*steps),
+                        "fsm-terminal-outgoing",
+                        f"terminal state {source!r} has an outgoing transition {transition.transition_name!r}",
+                    )
+            undeclared(
+                transition.to_state,
+                where.at("transitions", t_index, "to_state"),
+                f"transition {transition.transition_name!r} to_state",
+            )
+            for c_index, condition in enumerate(transition.conditions):
+                pos = where.at("transitions", t_index, "conditions", c_index, "expression")
+                self._check_guard(condition.expression, pos, "fsm-condition")
+        for list_name in ("terminal_states", "error_states"):
+            for index, name in enumerate(getattr(fsm, list_name)):
+                undeclared(name, where.at(list_name, index), f"{list_name} entry")
+        if not initial_ok:
+            return  # everything would be "unreachable"; the missing initial state is the one thing to fix
+        reachable = {fsm.initial_state}
+        # '*' transitions leave every state, so their targets are reachable as soon as anything is.
+        frontier = [fsm.initial_state, *edges.get("*", ())]
+        reachable.update(frontier)
+        while frontier:
+            for target in edges.get(frontier.pop(), ()):
+                if target not in reachable:
+                    reachable.add(target)
+                    frontier.append(target)
+        for name, index in declared.items():
+            if name not in reachable:
+                self.report(
+                    where.at("states", index, "state_name"),
+                    "fsm-unreachable",
+                    f"state {name!r} cannot be reached from initial_state {fsm.initial_state!r}",
+                )
+
+    def _check_guard(self, expression: str, pos: _Pos, code: str) -> None:
+        try:
+            parse_condition(expression)
+        except ValueError as exc:
+            self.report(pos, code, f"guard {expression!r}: {exc}")
+
+    def check_payloads(self, events: EventTypeSubcontract, where: _Where) -> None:
+        for direction in ("consumes", "publishes"):
+            for index, spec in enumerate(getattr(events, direction)):
+                if spec.payload_schema is not None and spec.payload_model is not None:
+                    self.report(
+                        where.at(direction, index, "payload_schema", key=True),
+                        "event-payload",
+                        f"event {spec.event_name}: give payload_model or payload_schema, not both",
+                    )
+                elif spec.payload_schema is not None:
+                    try:
+                        Draft202012Validator.check_schema(spec.payload_schema)
+                    except jsonschema.exceptions.SchemaError as exc:
+                        pos = where.at(direction, index, "payload_schema", *exc.path)
+                        self.report(
+                            pos, "event-payload", f"event {spec.event_name}: invalid payload_schema: {exc.message}"
+                        )
+                elif spec.payload_model is not None:
+                    self._check_payload_model(spec, where.at(direction, index, "payload_model"))
+
+    def _check_payload_model(self, spec: EventSpec, pos: _Pos) -> None:
+        model = spec.payload_model or ""
+        if not _PAYLOAD_MODEL_RE.match(model):
+            wanted = "`nodes.<...>:<Model>` or `onex.<...>:<Model>`"
+            self.report(pos, "event-payload", f"event {spec.event_name}: payload_model {model!r} must be {wanted}")
+            return
+        if not self.check_implementations:
+            return
+        try:
+            cls = _load_class(model, self.root)
+        except LookupError as exc:
+            self.report(pos, "event-payload", f"event {spec.event_name}: payload_model {model} not found: {exc}")
+            return
+        if not issubclass(cls, BaseModel):
+            self.report(pos, "event-payload", f"event {spec.event_name}: payload_model {model} is not a pydantic model")
+
+    def check_handlers(self, contract: Contract, cls: type, where: _Where) -> None:
+        owner = contract.implementation_path
+
+        def require(name: str, pos: _Pos, role: str) -> None:
+            if not callable(getattr(cls, name, None)):
+                self.report(pos, "handler-missing", f"{role.format(name=repr(name))} is not a method of {owner}")
+
+        subcontracts = contract.subcontracts
+        if subcontracts.event_type is not None:
+            events = where.child("subcontracts", "event_type")
+            for index, spec in enumerate(subcontracts.event_type.consumes):
+                if spec.handler is not None:
+                    role = f"handler {{name}} (consumes {spec.event_name})"
+                    require(spec.handler, events.at("consumes", index, "handler"), role)
+        if subcontracts.fsm is not None:
+            fsm = where.child("subcontracts", "fsm")
+            for s_index, state in enumerate(subcontracts.fsm.states):
+                for list_name in ("entry_actions", "exit_actions"):
+                    role = f"{list_name[:-1].replace('_', ' ')} {{name}} (state {state.state_name!r})"
+                    for a_index, action in enumerate(getattr(state, list_name)):
+                        require(action, fsm.at("states", s_index, list_name, a_index), role)
+            for t_index, transition in enumerate(subcontracts.fsm.transitions):
+                role = f"action {{name}} (transition {transition.transition_name!r})"
+                for a_index, action in enumerate(transition.actions):
+                    require(action, fsm.at("transitions", t_index, "actions", a_index), role)
+
+    def check_set(self, loaded: Sequence[_Loaded], *, events: bool) -> None:
+        first: dict[tuple[str, str], Path] = {}
+        for item in loaded:
+            key = (item.contract.name, item.contract.version)
+            if key in first:
+                self.report(
+                    item.where.at("version"),
+                    "duplicate-version",
+                    f"{key[0]} {key[1]} is already defined in {self.display(first[key])}",
+                )
+            else:
+                first[key] = item.contract.source
+        if not events:
+            return
+        # The runtime publishes its own events (introspection, heartbeats, transitions) for every hosted node.
+        published = {(name, 1) for name in RUNTIME_EVENTS} | {
+            (spec.event_name, spec.event_version)
+            for item in loaded
+            if item.contract.subcontracts.event_type is not None
+            for spec in item.contract.subcontracts.event_type.publishes
+        }
+        for item in loaded:
+            event_type = item.contract.subcontracts.event_type
+            if event_type is None:
+                continue
+            for index, spec in enumerate(event_type.consumes):
+                if spec.external or (spec.event_name, spec.event_version) in published:
+                    continue
+                version = "" if spec.event_version == 1 else f" v{spec.event_version}"
+                self.report(
+                    item.where.at("subcontracts", "event_type", "consumes", index, "event_name"),
+                    "event-unpublished",
+                    f"{item.contract.name} consumes {spec.event_name}{version} but no contract publishes it "
+                    "(publish it from a node, or mark it `external: true`)",
+                )

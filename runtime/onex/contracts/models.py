@@ -1,0 +1,267 @@
+"""The typed contract: pydantic models of a contract, its six subcontracts and an orchestrator's steps.
+
+Every model is frozen and forbids unknown keys. The loader builds them only after the JSON Schema
+(``onex/schemas/*.schema.json``) accepted the document, so a user never sees a pydantic error for a mistake the
+schema describes with its file position; ``tests/test_contracts.py`` checks that schema and models agree on every
+field, its type and whether it is required.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class NodeType(StrEnum):
+    EFFECT = "EFFECT"
+    COMPUTE = "COMPUTE"
+    REDUCER = "REDUCER"
+    ORCHESTRATOR = "ORCHESTRATOR"
+    REGISTRY = "REGISTRY"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Condition(_Model):
+    """A guard in the three-token grammar ``field operator value`` (``value`` absent for exists/not_exists)."""
+
+    expression: str
+    condition_name: str | None = None
+    required: bool = True
+
+
+class FsmState(_Model):
+    state_name: str
+    description: str | None = None
+    is_terminal: bool = False
+    entry_actions: tuple[str, ...] = ()
+    exit_actions: tuple[str, ...] = ()
+    timeout_ms: int | None = None
+
+
+class FsmTransition(_Model):
+    transition_name: str
+    from_state: str | tuple[str, ...]  # '*' = any state
+    to_state: str
+    trigger: str
+    conditions: tuple[Condition, ...] = ()
+    actions: tuple[str, ...] = ()
+
+
+class FsmSubcontract(_Model):
+    subcontract_type: Literal["fsm"] = "fsm"
+    version: str
+    state_machine_name: str | None = None
+    description: str | None = None
+    initial_state: str
+    states: tuple[FsmState, ...]
+    transitions: tuple[FsmTransition, ...]
+    terminal_states: tuple[str, ...] = ()
+    error_states: tuple[str, ...] = ()
+
+
+class EventSpec(_Model):
+    """One event a node consumes or publishes.
+
+    ``payload_model`` names a pydantic model (``nodes.models:ModelStampRequest``);
+    ``payload_schema`` is an inline JSON Schema compiled once at load. At most one of them.
+    """
+
+    event_name: str  # e.g. STAMP_REQUESTED
+    handler: str | None = None  # consumes: the node method handling it
+    topic_class: Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"] = "evt"
+    event_version: int = 1
+    description: str | None = None
+    payload_model: str | None = None
+    payload_schema: dict[str, Any] | None = None
+    partition_key: str | None = None  # payload field used as the Kafka key (e.g. namespace)
+    batch: bool = False  # consumes: the handler takes a batch of envelopes
+    # consumes: the event enters the node graph from outside (the CLI, another system), so no contract in the
+    # set has to publish it; without this flag an unpublished consumed event is a load error.
+    external: bool = False
+
+
+class EventTypeSubcontract(_Model):
+    subcontract_type: Literal["event_type"] = "event_type"
+    version: str
+    consumes: tuple[EventSpec, ...] = ()
+    publishes: tuple[EventSpec, ...] = ()
+
+
+class AggregationFunction(_Model):
+    name: str  # output name
+    function: Literal["count", "sum", "min", "max", "avg", "unique_count", "histogram"]
+    field: str | None = None
+    buckets: tuple[int, ...] = ()  # histogram upper bounds
+
+
+class Window(_Model):
+    type: Literal["tumbling", "sliding", "session"] = "tumbling"
+    size_ms: int | None = None
+    size_items: int | None = None
+    slide_ms: int | None = None
+    gap_ms: int | None = None
+
+
+class AggregationSubcontract(_Model):
+    subcontract_type: Literal["aggregation"] = "aggregation"
+    version: str
+    group_by: tuple[str, ...] = ()
+    functions: tuple[AggregationFunction, ...] = ()
+    window: Window = Window()
+
+
+class RoutingTarget(_Model):
+    name: str
+    service: str  # node name
+    weight: int = 1
+    condition: str | None = None  # three-token guard, for strategy=conditional
+
+
+class RoutingSubcontract(_Model):
+    subcontract_type: Literal["routing"] = "routing"
+    version: str
+    strategy: Literal["service", "round_robin", "hash", "conditional"] = "service"
+    hash_key: str | None = None
+    targets: tuple[RoutingTarget, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+
+
+class StateManagementSubcontract(_Model):
+    subcontract_type: Literal["state_management"] = "state_management"
+    version: str
+    state_fields: tuple[str, ...] = ()
+    storage: Literal["memory", "store"] = "memory"
+    table: str | None = None
+    versioning: Literal["none", "monotonic"] = "none"
+
+
+class CachingSubcontract(_Model):
+    subcontract_type: Literal["caching"] = "caching"
+    version: str
+    cached: tuple[str, ...] = ()
+    key_template: str = "{key}"
+    ttl_ms: int | None = None
+    max_entries: int = 1024
+
+
+class Subcontracts(_Model):
+    fsm: FsmSubcontract | None = None
+    event_type: EventTypeSubcontract | None = None
+    aggregation: AggregationSubcontract | None = None
+    routing: RoutingSubcontract | None = None
+    state_management: StateManagementSubcontract | None = None
+    caching: CachingSubcontract | None = None
+
+
+class RetrySettings(_Model):
+    max_attempts: int = 3
+    backoff_ms: int = 50
+
+
+class CircuitBreakerSettings(_Model):
+    failure_threshold: int = 5
+    reset_timeout_ms: int = 30_000
+
+
+class Resilience(_Model):
+    timeout_ms: int = 30_000
+    retry: RetrySettings = RetrySettings()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    dead_letter: bool = True
+
+
+class Step(_Model):
+    """An orchestrator workflow step (``config.steps`` of an orchestrator contract)."""
+
+    step_name: str
+    depends_on: tuple[str, ...] = ()
+    timeout_ms: int = 30_000
+    max_attempts: int = 1
+    optional: bool = False
+
+
+class Contract(_Model):
+    contract_version: str
+    name: str
+    version: str
+    node_type: NodeType
+    description: str = ""
+    implementation: str | None = None  # "nodes.x.v1_0_0.node:NodeX"; default derived from name and version
+    config: dict[str, Any] = Field(default_factory=dict)  # after ${ENV:default} interpolation
+    subcontracts: Subcontracts = Subcontracts()
+    resilience: Resilience = Resilience()
+    performance_requirements: dict[str, Any] = Field(default_factory=dict)
+    source: Path  # the file it was loaded from
+
+    @property
+    def implementation_path(self) -> str:
+        if self.implementation:
+            return self.implementation
+        cls = "Node" + "".join(part.capitalize() for part in self.name.split("_"))
+        return f"nodes.{self.name}.v{self.version.replace('.', '_')}.node:{cls}"
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.version.split("."))
+
+
+Subcontract = (
+    FsmSubcontract
+    | EventTypeSubcontract
+    | AggregationSubcontract
+    | RoutingSubcontract
+    | StateManagementSubcontract
+    | CachingSubcontract
+)
+
+SUBCONTRACT_MODELS: dict[str, type[Subcontract]] = {
+    "fsm": FsmSubcontract,
+    "event_type": EventTypeSubcontract,
+    "aggregation": AggregationSubcontract,
+    "routing": RoutingSubcontract,
+    "state_management": StateManagementSubcontract,
+    "caching": CachingSubcontract,
+}
+SUBCONTRACT_TYPES: tuple[str, ...] = tuple(SUBCONTRACT_MODELS)
+
+
+@dataclass(frozen=True)
+class ContractSet:
+    """The validated contracts of a project, sorted by name then version; several versions of a node coexist."""
+
+    root: Path
+    contracts: list[Contract]
+
+    def __iter__(self) -> Iterator[Contract]:
+        return iter(self.contracts)
+
+    def __len__(self) -> int:
+        return len(self.contracts)
+
+    def names(self) -> list[str]:
+        return sorted({contract.name for contract in self.contracts})
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name``, lowest first."""
+        return [contract.version for contract in self.contracts if contract.name == name]
+
+    def get(self, name: str, version: str | None = None) -> Contract:
+        """The contract ``name`` at ``version``, or its highest version; ``LookupError`` names what exists."""
+        candidates = [contract for contract in self.contracts if contract.name == name]
+        if not candidates:
+            raise LookupError(f"no contract named {name!r} (known: {', '.join(self.names()) or 'none'})")
+        if version is None:
+            return max(candidates, key=lambda contract: contract.version_tuple)
+        for contract in candidates:
+            if contract.version == version:
+                return contract
+        available = ", ".join(contract.version for contract in candidates)
+        raise LookupError(f"contract {name!r} has no version {version} (available: {available})")

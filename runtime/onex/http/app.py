@@ -1,0 +1,642 @@
+"""The gateway: the handlers of the API's routes (``onex.http.openapi.OPERATIONS``) and the Starlette application.
+
+Every stamp request becomes a STAMP_REQUESTED workflow on the bus, submitted through one long-lived
+``StampClient(keep_stamps=True)``; the handler waits for the workflow's outcome and its STAMP_CREATED event and
+answers with the stamped content. Hashing and validation need no workflow and are answered here
+(``onex.http.content``). Reads come from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # the package ships no type hints
+
+from onex import stamps
+from onex.client import StampClient
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1
+from onex.exceptions import BusError, StoreError
+from onex.http.bodies import Part, PartData, PartEnd, form_events, is_json, media_type, read_body, read_form, text
+from onex.http.content import StreamingHash, check_protocol, hash_content, maybe_thread, verify
+from onex.http.models import (
+    DEFAULT_BATCH_LIMIT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_STREAM,
+    DEFAULT_NAME,
+    DEFAULT_TIMEOUT_S,
+    FILE_PATH_PATTERN,
+    HASH_PATTERN,
+    MAX_OFFSET,
+    MAX_PAGE,
+    NAMESPACE_PATTERN,
+    ApiError,
+    BatchItem,
+    BatchRequest,
+    BatchResult,
+    BatchSummary,
+    BusView,
+    Error,
+    HashRequest,
+    HashResult,
+    Health,
+    ItemError,
+    NamespacePage,
+    NodeView,
+    ProtocolRequest,
+    RegistryView,
+    StampRecords,
+    StampRequest,
+    StampResult,
+    StoreView,
+    ValidateRequest,
+    ValidateResult,
+    envelope,
+    error_response,
+    new_id,
+    parse,
+)
+from onex.http.observe import Metrics, Observe
+from onex.http.openapi import DOCS, OPERATIONS, PREFIX, openapi_30, openapi_document
+from onex.metrics import readiness
+from onex.runtime import Runtime
+from onex.settings import Settings
+from onex.store import StoreHealth
+
+M = TypeVar("M", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+_NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
+_HASH_RE: Final = re.compile(HASH_PATTERN)
+
+
+class Gateway:
+    """The handlers, sharing the runtime, the client, the limits and the metrics."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        client: StampClient,
+        settings: Settings,
+        *,
+        api_key: str | None,
+        max_body: int,
+        max_stream: int,
+        batch_limit: int,
+        timeout_s: float,
+    ) -> None:
+        if max_body < 1 or max_stream < 1 or batch_limit < 1 or timeout_s < 0:
+            raise ValueError("max_body, max_stream and batch_limit must be positive and timeout_s not negative")
+        self.runtime = runtime
+        self.client = client
+        self.settings = settings
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body = max_body
+        self.max_stream = max_stream
+        self.batch_limit = batch_limit
+        self.timeout_s = timeout_s
+        self.metrics = Metrics()
+        self._openapi: bytes | None = None
+        self._openapi_30: bytes | None = None
+
+    # -- plumbing --
+    def authorized(self, headers: Mapping[str, str]) -> bool:
+        if self.api_key is None:
+            return True
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), self.api_key)
+
+    def endpoint(self, handler: Endpoint) -> Endpoint:
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return error_response(request, exc)
+
+        return handle
+
+    def routes(self) -> list[Route | Mount]:
+        """The API's routes (``OPERATIONS``), then those of the document and of ``/docs``."""
+        api = [Route(op.route, self.endpoint(getattr(self, op.handler)), methods=[op.method]) for op in OPERATIONS]
+        return [
+            *api,
+            Route(f"{PREFIX}/openapi.json", self.openapi, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route(DOCS, self.docs, methods=["GET"]),
+            Route(f"{DOCS}/init.js", self.docs_script, methods=["GET"]),
+            Route(f"{DOCS}/openapi.json", self.openapi_30, methods=["GET"]),
+            Mount(f"{DOCS}/static", StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui"),
+        ]
+
+    async def _json(self, request: Request, model: type[M]) -> M:
+        return parse(model, await read_body(request, self.max_body))
+
+    @staticmethod
+    def _unsupported(request: Request, allowed: str) -> ApiError:
+        return ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {media_type(request) or '(none)'} is not accepted here; send {allowed}",
+            field="content-type",
+        )
+
+    # -- workflows --
+    async def _submit(self, item: StampRequest) -> uuid.UUID:
+        payload: dict[str, Any] = {
+            "content": item.content,
+            "namespace": item.namespace,
+            "stamp_type": item.options.stamp_type,
+        }
+        if item.file_path is not None:
+            payload["file_path"] = item.file_path
+        try:
+            return await self.client.submit(payload, correlation_id=new_id())
+        except BusError as exc:
+            raise ApiError(503, "bus_unavailable", f"the event bus refused the request: {exc}") from None
+
+    async def _result(self, cid: uuid.UUID, deadline: float) -> StampResult:
+        """The stamp of a submitted workflow once it completed; ApiError if it failed or did not finish in time."""
+        try:
+            outcome = await self.client.outcome(cid, timeout=max(deadline - time.monotonic(), 0.0))
+        except asyncio.CancelledError:  # the server is shutting down, or gave up on this request
+            self.client.abandon(cid)
+            raise
+        except TimeoutError:
+            self.client.abandon(cid)
+            self.metrics.outcomes["timed_out"] += 1
+            raise ApiError(
+                504,
+                "workflow_timeout",
+                f"workflow {cid} did not complete within {self.timeout_s:g} s; "
+                "it keeps running and its stamp will be stored",
+                data={"workflow_id": str(cid), "state": "processing"},
+            ) from None
+        try:
+            return await self._completed(cid, outcome, deadline)
+        finally:
+            self.client.forget(cid)
+
+    async def _completed(self, cid: uuid.UUID, outcome: OnexEnvelopeV1, deadline: float) -> StampResult:
+        payload = outcome.payload
+        if outcome.event_type == DEAD_LETTER_EVENT:
+            self.metrics.outcomes["rejected"] += 1
+            raise ApiError(
+                502,
+                "workflow_rejected",
+                f"the orchestrator rejected workflow {cid}: {payload.get('error')}",
+                data={"workflow_id": str(cid), "state": "rejected"},
+            )
+        if payload.get("state") != "completed":
+            self.metrics.outcomes["failed"] += 1
+            raise ApiError(
+                422,
+                "workflow_failed",
+                str(payload.get("error") or "the workflow failed"),
+                data={"workflow_id": str(cid), "state": payload.get("state"), "error": payload.get("error")},
+            )
+        self.metrics.outcomes["completed"] += 1
+        created = self.client.stamp_of(cid)
+        if created is None:  # the outcome overtook its STAMP_CREATED (different topics): wait for it
+            try:
+                created = await self.client.stamp(cid, timeout=max(deadline - time.monotonic(), 1.0))
+            except TimeoutError:
+                raise ApiError(
+                    504,
+                    "stamp_timeout",
+                    f"workflow {cid} completed but its stamp did not arrive",
+                    data={"workflow_id": str(cid), "state": "completed"},
+                ) from None
+        # Both typed by the client: ModelStampCreated and ModelWorkflowFinished.
+        stamp = created.payload
+        fields = stamp.stamp
+        sidecar = None
+        if stamp.stamp_type == "sidecar":
+            block = {k: v for k, v in fields.items() if k not in ("uid", "ts", "kind")}
+            rendered = stamps.render_sidecar(
+                stamps.Stamp(str(fields.get("uid")), stamp.file_hash, str(fields.get("ts")), "sidecar", block)
+            )
+            sidecar = rendered.decode()
+        return {
+            "workflow_id": str(cid),
+            "state": "completed",
+            "status": stamp.status,
+            "hash": stamp.file_hash,
+            "stamp_type": stamp.stamp_type,
+            "stamped_content": stamp.stamped_content,
+            "stamp": fields,
+            "sidecar": sidecar,
+            "file_path": stamp.file_path,
+            "file_type": stamp.file_type,
+            "file_size": stamp.file_size,
+            "namespace": stamp.namespace,
+            "execution_time_ms": payload.execution_time_ms,
+        }
+
+    # -- endpoints --
+    async def stamp(self, request: Request) -> Response:
+        kind = media_type(request)
+        if kind == "multipart/form-data":
+            form = await read_form(
+                request, self.max_body, file_fields=("file",), text_fields=("namespace", "file_path", "stamp_type")
+            )
+            if len(form.files) != 1:
+                raise ApiError(422, "validation_error", "file: exactly one file part is required", field="file")
+            _, filename, data = form.files[0]
+            raw: dict[str, Any] = {"content": text(data, "file"), "options": {}}
+            if "namespace" in form.fields:
+                raw["namespace"] = form.fields["namespace"]
+            if form.fields.get("file_path") or filename:
+                raw["file_path"] = form.fields.get("file_path") or filename
+            if "stamp_type" in form.fields:
+                raw["options"]["stamp_type"] = form.fields["stamp_type"]
+            item = parse(StampRequest, raw)
+        elif is_json(kind):
+            item = await self._json(request, StampRequest)
+        else:
+            raise self._unsupported(request, "application/json or multipart/form-data")
+        deadline = time.monotonic() + self.timeout_s
+        cid = await self._submit(item)
+        result = await self._result(cid, deadline)
+        return envelope(request, result, message=f"{result['status']}: workflow {cid} completed")
+
+    async def batch(self, request: Request) -> Response:
+        if not is_json(media_type(request)):
+            raise self._unsupported(request, "application/json")
+        body = await self._json(request, BatchRequest)
+        if len(body.items) > self.batch_limit:
+            raise ApiError(422, "validation_error", f"items: at most {self.batch_limit} items per batch", field="items")
+        deadline = time.monotonic() + self.timeout_s
+        results: list[BatchItem] = []
+        pending: list[tuple[int, uuid.UUID]] = []
+        for index, raw in enumerate(body.items):
+            try:
+                if not isinstance(raw, dict):
+                    raise ApiError(422, "validation_error", f"items.{index}: must be an object", field=f"items.{index}")
+                item = parse(StampRequest, raw, prefix=f"items.{index}")
+                pending.append((index, await self._submit(item)))
+                results.append({"index": index, "status": "success", "data": None, "error": None})  # filled below
+            except ApiError as exc:
+                results.append(self._item_error(index, exc))
+        for position, (index, cid) in enumerate(pending):
+            try:
+                results[index] = {
+                    "index": index,
+                    "status": "success",
+                    "data": await self._result(cid, deadline),
+                    "error": None,
+                }
+            except ApiError as exc:
+                results[index] = self._item_error(index, exc)
+            except asyncio.CancelledError:
+                for _, later in pending[position + 1 :]:
+                    self.client.abandon(later)
+                raise
+        succeeded = sum(1 for r in results if r["status"] == "success")
+        summary: BatchSummary = {"total": len(results), "succeeded": succeeded, "failed": len(results) - succeeded}
+        data: BatchResult = {"items": results, "summary": summary}
+        if succeeded == len(results):
+            return envelope(request, data, message=f"{succeeded} item(s) stamped")
+        if succeeded:
+            return envelope(request, data, status="partial", message=f"{succeeded} of {len(results)} item(s) stamped")
+        # Nothing succeeded: the items' own status when they share one (all timed out: 504), else 422.
+        statuses = {r["error"]["http_status"] for r in results if r["error"] is not None}
+        return envelope(
+            request,
+            data,
+            status="error",
+            http_status=statuses.pop() if len(statuses) == 1 else 422,
+            message="no item could be stamped",
+            error={"code": "batch_failed", "field": "items"},
+        )
+
+    @staticmethod
+    def _item_error(index: int, exc: ApiError) -> BatchItem:
+        error: ItemError = {"code": exc.code, "field": exc.field, "message": exc.message, "http_status": exc.status}
+        if exc.details:
+            error["details"] = exc.details
+        return {"index": index, "status": "error", "data": exc.data, "error": error}
+
+    async def validate(self, request: Request) -> Response:
+        kind = media_type(request)
+        documents: list[tuple[bytes, str, bytes | None]] = []
+        if kind == "multipart/form-data":
+            form = await read_form(request, self.max_body, file_fields=("file",), text_fields=())
+            if not form.files:
+                raise ApiError(422, "validation_error", "file: at least one file part is required", field="file")
+            for _, filename, data in form.files:
+                name = filename or DEFAULT_NAME
+                if not re.fullmatch(FILE_PATH_PATTERN, name):
+                    raise ApiError(422, "validation_error", "file: bad file name", field="file")
+                documents.append((data, name, None))
+        elif is_json(kind):
+            body = await self._json(request, ValidateRequest)
+            sidecar = body.sidecar.encode() if body.sidecar is not None else None
+            documents.append((body.content.encode(), body.file_path or DEFAULT_NAME, sidecar))
+        else:
+            raise self._unsupported(request, "application/json or multipart/form-data")
+        size = sum(len(d) for d, _, _ in documents)
+        results = await maybe_thread(size, lambda: [verify(d, n, s) for d, n, s in documents])
+        summary = Counter(r["status"] for r in results)
+        report: ValidateResult = {
+            "results": results,
+            "summary": {
+                "valid": summary["valid"],
+                "modified": summary["modified"],
+                "unstamped": summary["unstamped"],
+                "error": summary["error"],
+            },
+        }
+        return envelope(request, report, message=", ".join(f"{n} {k}" for k, n in sorted(summary.items())))
+
+    async def hash(self, request: Request) -> Response:
+        kind = media_type(request)
+        if kind == "multipart/form-data":
+            result = await self._hash_stream(request)
+        elif is_json(kind):
+            body = await self._json(request, HashRequest)
+            data = body.content.encode()
+            name = body.file_path or DEFAULT_NAME
+            result = await maybe_thread(len(data), lambda: hash_content(data, name))
+        else:
+            raise self._unsupported(request, "application/json or multipart/form-data")
+        return envelope(request, result, message=f"blake3 {result['hash']}")
+
+    async def _hash_stream(self, request: Request) -> HashResult:
+        """The one ``file`` part hashed as it arrives: memory holds one chunk (and the head) whatever its size."""
+        hasher: StreamingHash | None = None
+        result: HashResult | None = None
+        async for event in form_events(request, self.max_stream):
+            if isinstance(event, Part):
+                if event.name != "file":
+                    raise ApiError(422, "validation_error", f"{event.name}: unexpected field", field=event.name)
+                if result is not None:
+                    raise ApiError(422, "validation_error", "file: exactly one file part is accepted", field="file")
+                hasher = StreamingHash(event.filename or DEFAULT_NAME)
+            elif isinstance(event, PartData) and hasher is not None:
+                hasher.update(event.data)
+            elif isinstance(event, PartEnd) and hasher is not None:
+                result = hasher.result()
+                hasher = None
+        if result is None:
+            raise ApiError(422, "validation_error", "file: a file part is required", field="file")
+        return result
+
+    async def validate_protocol(self, request: Request) -> Response:
+        if not is_json(media_type(request)):
+            raise self._unsupported(request, "application/json")
+        body = await self._json(request, ProtocolRequest)
+        data = body.content.encode()
+        sidecar = body.sidecar.encode() if body.sidecar is not None else None
+        result = await maybe_thread(
+            len(data),
+            lambda: check_protocol(data, body.file_path or DEFAULT_NAME, sidecar=sidecar, metadata=body.metadata),
+        )
+        message = "conforms to the metadata protocol" if result["valid"] else f"{len(result['issues'])} issue(s)"
+        return envelope(request, result, message=message)
+
+    async def get_stamp(self, request: Request) -> Response:
+        file_hash = str(request.path_params["file_hash"])
+        if not _HASH_RE.fullmatch(file_hash):
+            raise ApiError(422, "validation_error", "file_hash: must be 64 hex characters (BLAKE3)", field="file_hash")
+        file_hash = file_hash.lower()
+        try:
+            rows = await self.runtime.store.get_stamps_by_hash(file_hash)
+        except StoreError as exc:
+            raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+        if not rows:
+            raise ApiError(404, "not_found", f"no stamp with hash {file_hash} is stored", field="file_hash")
+        records: StampRecords = {
+            "file_hash": file_hash,
+            "count": len(rows),
+            "stamps": [dataclasses.asdict(row) for row in rows],
+        }
+        return envelope(request, records, message=f"{len(rows)} stamp record(s)")
+
+    async def namespace(self, request: Request) -> Response:
+        namespace = str(request.path_params["namespace"])
+        if not _NAMESPACE_RE.fullmatch(namespace):
+            raise ApiError(
+                422, "validation_error", "namespace: must be 1-256 characters of [A-Za-z0-9._:/-]", field="namespace"
+            )
+        limit = self._query_int(request, "limit", 100, 1, MAX_PAGE)
+        offset = self._query_int(request, "offset", 0, 0, MAX_OFFSET)
+        try:
+            rows = await self.runtime.store.list_stamps(namespace, limit=limit, offset=offset)
+            state = await self.runtime.store.get_bridge_state(namespace)
+        except StoreError as exc:
+            raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+        page: NamespacePage = {
+            "namespace": namespace,
+            "stamps": [dataclasses.asdict(row) for row in rows],
+            "pagination": {
+                "limit": limit,
+                "offset": offset,
+                "count": len(rows),
+                "next_offset": offset + len(rows) if len(rows) == limit else None,
+            },
+            "aggregates": dataclasses.asdict(state) if state is not None else None,
+        }
+        return envelope(request, page, message=f"{len(rows)} stamp(s)")
+
+    @staticmethod
+    def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ApiError(422, "validation_error", f"{name}: must be an integer from {low} to {high}", field=name)
+        return value
+
+    async def health(self, request: Request) -> Response:
+        state = self.runtime.bus.state.value
+        # The kind from the URL's scheme only: a Kafka URL may carry credentials.
+        kind = self.runtime.settings.bus.partition(":")[0]
+        bus: BusView = {"status": "ok" if state == "running" else "down", "state": state, "kind": kind}
+        try:
+            store_health = await self.runtime.store.health()
+        except (StoreError, OSError) as exc:
+            store_health = StoreHealth("down", str(exc))
+        # The store's detail names files and hosts: shown only to callers who could read everything else.
+        store: StoreView = {"status": store_health.status, "queued_writes": store_health.queued_writes}
+        if self.authorized(request.headers):
+            store["detail"] = store_health.detail
+        nodes: list[NodeView] = [
+            {
+                "name": n.contract.name,
+                "version": n.contract.version,
+                "node_id": n.node_id,
+                "lifecycle": str(n.lifecycle.value),
+                "health": n.health(),
+            }
+            for n in self.runtime.nodes
+        ]
+        registry: RegistryView = {"status": "unknown", "registered": 0, "by_health": {}}
+        if store_health.status == "ok":
+            try:
+                registrations = await self.runtime.store.list_registrations()
+            except StoreError:
+                registrations = []
+            else:
+                registry["status"] = "ok"
+            registry["registered"] = len(registrations)
+            registry["by_health"] = dict(Counter(r.health_status for r in registrations))
+        degraded = [
+            name
+            for name, ok in (
+                ("bus", bus["status"] == "ok"),
+                ("store", store_health.status == "ok"),
+                *((f"node {n['name']}", n["health"] == "HEALTHY") for n in nodes),
+            )
+            if not ok
+        ]
+        data: Health = {
+            "status": "degraded" if degraded else "ok",
+            "bus": bus,
+            "store": store,
+            "registry": registry,
+            "nodes": nodes,
+            "gateway": {"pending_workflows": self.client.pending},
+        }
+        if degraded:
+            error: Error = {"code": "degraded", "field": None, "details": [{"component": c} for c in degraded]}
+            return envelope(
+                request, data, status="error", http_status=503, message=f"degraded: {', '.join(degraded)}", error=error
+            )
+        return envelope(request, data, message="ok")
+
+    async def live(self, request: Request) -> Response:
+        return envelope(request, {"status": "live"}, message="live")
+
+    async def ready(self, request: Request) -> Response:
+        # A gateway hosting no node is ready when its bus runs (it submits and hears outcomes through it) and the
+        # store answers; one hosting nodes is ready when they run, too (readiness() checks those).
+        state = self.runtime.bus.state.value
+        reason = f"bus {state}" if state != "running" else await readiness(self.runtime)
+        if reason is not None:
+            raise ApiError(503, "not_ready", f"not ready: {reason}", data={"status": "not_ready", "reason": reason})
+        return envelope(request, {"status": "ready"}, message="ready")
+
+    async def prometheus(self, request: Request) -> Response:
+        text = self.metrics.render(self.runtime, pending_workflows=self.client.pending)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def _document(self) -> dict[str, Any]:
+        return openapi_document(batch_limit=self.batch_limit, max_body=self.max_body, api_key=self.api_key is not None)
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = json.dumps(self._document()).encode()
+        return Response(self._openapi, media_type="application/json")
+
+    async def openapi_30(self, request: Request) -> Response:
+        if self._openapi_30 is None:
+            self._openapi_30 = json.dumps(openapi_30(self._document())).encode()
+        return Response(self._openapi_30, media_type="application/json")
+
+    async def docs(self, request: Request) -> Response:
+        return Response(_DOCS_PAGE, media_type="text/html; charset=utf-8")
+
+    async def docs_script(self, request: Request) -> Response:
+        return Response(_DOCS_SCRIPT, media_type="text/javascript; charset=utf-8")
+
+
+def create_app(
+    runtime: Runtime,
+    client: StampClient,
+    settings: Settings,
+    *,
+    api_key: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_stream: int = DEFAULT_MAX_STREAM,
+    batch_limit: int = DEFAULT_BATCH_LIMIT,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Starlette:
+    """The API as a Starlette application over a started runtime and an entered ``StampClient(keep_stamps=True)``.
+
+    ``api_key`` is exactly the key required (None: none; ``serve`` passes ``settings.api_key``). ``max_body`` bounds
+    every body that is read whole, ``max_stream`` the file streamed by ``/hash``; ``batch_limit`` is the most items
+    a batch may hold; ``timeout_s`` is how long a request waits for its workflows (then 504).
+    """
+    if not client.keep_stamps:
+        raise ValueError("the gateway needs a StampClient(keep_stamps=True): it answers with the stamped content")
+    gateway = Gateway(
+        runtime,
+        client,
+        settings,
+        api_key=api_key,
+        max_body=max_body,
+        max_stream=max_stream,
+        batch_limit=batch_limit,
+        timeout_s=timeout_s,
+    )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(request, ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error_response(request, ApiError(500, "internal_error", "internal error; see the server log"))
+
+    app = Starlette(
+        routes=gateway.routes(),
+        middleware=[
+            Middleware(Observe, metrics=gateway.metrics, authorized=gateway.authorized if gateway.api_key else None)
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.gateway = gateway
+    return app
+
+
+# --- /docs: Swagger UI from the swagger-ui-bundle package's files, nothing from elsewhere ---------------------------
+
+_DOCS_PAGE: Final = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>onex metadata stamping API</title>
+<link rel="stylesheet" href="{DOCS}/static/swagger-ui.css">
+<link rel="icon" type="image/png" href="{DOCS}/static/favicon-32x32.png" sizes="32x32">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{DOCS}/static/swagger-ui-bundle.js"></script>
+<script src="{DOCS}/init.js"></script>
+</body>
+</html>
+""".encode()
+
+# validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io for its badge.
+_DOCS_SCRIPT: Final = f"""window.onload = function () {{
+  window.ui = SwaggerUIBundle({{
+    url: "{DOCS}/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout",
+  }});
+}};
+""".encode()

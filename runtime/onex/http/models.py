@@ -1,0 +1,473 @@
+"""The API's shapes: limits and patterns, request bodies, the response envelope and what each route answers with.
+
+Request bodies are pydantic models: they validate what comes in. What goes out is built by the handlers as plain
+dicts (no model is built per response on the hot path), typed as the ``TypedDict`` shapes below, so mypy checks every
+handler's answer against them; ``onex.http.openapi`` generates the OpenAPI document from these same classes. A field
+added to an answer is therefore a field added here, or mypy fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Final, Literal, NotRequired, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
+
+from onex import stamps
+from onex.files import FILE_TYPES
+from onex.settings import DEFAULT_HTTP_BATCH_LIMIT, DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_S
+
+API_VERSION: Final = "v1"
+DEFAULT_MAX_BODY: Final = DEFAULT_HTTP_MAX_BODY
+DEFAULT_MAX_STREAM: Final = 4 * 1024 * 1024 * 1024
+DEFAULT_BATCH_LIMIT: Final = DEFAULT_HTTP_BATCH_LIMIT
+DEFAULT_TIMEOUT_S: Final = DEFAULT_HTTP_TIMEOUT_S
+DEFAULT_NAME: Final = "content.txt"  # the name content without a file_path is stamped under (as the effect does)
+
+NAMESPACE_PATTERN: Final = r"^[A-Za-z0-9._:/-]{1,256}$"
+FILE_PATH_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,1024}$"
+HASH_PATTERN: Final = r"^[0-9a-fA-F]{64}$"
+MAX_PAGE: Final = 1000
+MAX_OFFSET: Final = 10**12
+
+M = TypeVar("M", bound=BaseModel)
+
+# Request and workflow ids: random, unique, not secret. Not uuid4(), which costs a system call per id, and not the
+# global `random`, which anyone may reseed (Hypothesis does, for every example it runs): a reseeded generator
+# repeats its ids, and the orchestrator ignores a request whose correlation id it has seen. Reseeded in a forked
+# child, which would otherwise repeat its parent's sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.UUID(int=_ids.getrandbits(128), version=4)
+
+
+# --- request bodies ----------------------------------------------------------------------------------------------
+
+# Strings are always valid Unicode: pydantic's JSON parser refuses a lone surrogate escape ("\ud800") as malformed
+# JSON, and form fields are decoded as strict UTF-8. So whatever passes can be encoded, stamped and stored.
+Text = str
+Namespace = Annotated[str, StringConstraints(pattern=NAMESPACE_PATTERN)]
+FilePath = Annotated[
+    str,
+    StringConstraints(pattern=FILE_PATH_PATTERN),
+    Field(description="Names the content (picks the comment syntax); nothing is read from or written to disk."),
+]
+StampType = Literal["lightweight", "rich"]
+Hash = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StampOptions(_Body):
+    stamp_type: StampType = "lightweight"
+
+
+class StampRequest(_Body):
+    """One document to stamp; ``file_path`` only names it (it picks the comment syntax): nothing touches disk."""
+
+    content: Annotated[Text, Field(description="The text to stamp (UTF-8).")]
+    namespace: Namespace = stamps.DEFAULT_NAMESPACE
+    file_path: FilePath | None = None
+    options: StampOptions = StampOptions()
+
+
+class BatchRequest(_Body):
+    """Stamp requests, each validated on its own so that one bad item fails alone (``StampRequest`` each)."""
+
+    items: list[Any] = Field(min_length=1)
+
+
+class HashRequest(_Body):
+    content: Text
+    file_path: FilePath | None = None
+
+
+class ValidateRequest(_Body):
+    content: Text
+    file_path: FilePath | None = None
+    sidecar: Annotated[Text | None, Field(description="The sidecar's YAML, for types without comments.")] = None
+
+
+class ProtocolRequest(_Body):
+    """``metadata`` (a block given as an object) or ``sidecar`` (a sidecar's YAML) is checked against ``content``;
+    without either, the rich block found in ``content`` is."""
+
+    content: Text
+    file_path: FilePath | None = None
+    sidecar: Text | None = None
+    metadata: Annotated[dict[str, Any] | None, Field(description="A metadata block given as an object.")] = None
+
+
+# Multipart forms: read part by part (``onex.http.bodies``), described here for the document.
+
+
+class StampUpload(TypedDict):
+    file: Annotated[bytes, Field(description="UTF-8 text")]
+    namespace: NotRequired[Namespace]
+    file_path: NotRequired[FilePath]
+    stamp_type: NotRequired[StampType]
+
+
+class FilesUpload(TypedDict):
+    file: bytes
+
+
+# Path and query parameters: checked by the handlers, described here for the document.
+
+
+class StampKey(BaseModel):
+    file_hash: Annotated[str, Field(pattern=HASH_PATTERN)]
+
+
+class NamespacePageQuery(BaseModel):
+    namespace: Namespace
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
+
+
+# --- the envelope ------------------------------------------------------------------------------------------------
+
+
+class Error(TypedDict):
+    code: str
+    field: str | None
+    details: NotRequired[list[dict[str, Any]]]
+
+
+class Metadata(TypedDict):
+    request_id: str
+    api_version: Literal["v1"]
+    timestamp: str
+    duration_ms: float | None
+
+
+class Envelope(TypedDict):
+    """Every JSON answer but the OpenAPI document; ``data`` is the route's result."""
+
+    status: Literal["success", "error", "partial"]
+    data: Any
+    error: Error | None
+    message: str
+    metadata: Metadata
+
+
+class ErrorEnvelope(TypedDict):
+    """An answer that failed; ``data`` may say more (a workflow's id and state)."""
+
+    status: Literal["error"]
+    data: dict[str, Any] | None
+    error: Error
+    message: str
+    metadata: Metadata
+
+
+class ApiError(Exception):
+    """A request that ends in an error response: HTTP status, a stable ``code`` and the field at fault, if any.
+
+    Internal control flow: every handler turns it into a response, so it never leaves this package (and is not an
+    ``OnexError``, which is for callers of the library)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.details = details
+        self.data = data
+        self.headers = dict(headers or {})
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps`` default: payloads on the memory bus keep UUIDs and datetimes as objects, and a stamp block may
+    hold any value YAML's safe loader makes (dates, sets, bytes)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    # ensure_ascii: a JSON string cannot carry a lone surrogate any other way, and nothing here should crash on one.
+    return json.dumps(value, default=_jsonable, separators=(",", ":")).encode()
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return content if isinstance(content, bytes) else dumps(content)
+
+
+def _metadata(request: Request) -> Metadata:
+    started = request.scope.get("onex.started")
+    return {
+        "request_id": request.scope.get("onex.request_id") or new_id().hex,
+        "api_version": API_VERSION,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3) if isinstance(started, float) else None,
+    }
+
+
+def envelope(
+    request: Request,
+    data: Any,
+    *,
+    status: Literal["success", "error", "partial"] = "success",
+    message: str = "",
+    error: Error | None = None,
+    http_status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A response in the API's one envelope."""
+    body: Envelope = {
+        "status": status,
+        "data": data,
+        "error": error,
+        "message": message,
+        "metadata": _metadata(request),
+    }
+    return JSONResponse(dumps(body), status_code=http_status, headers=headers)
+
+
+def error_response(request: Request, exc: ApiError) -> JSONResponse:
+    info: Error = {"code": exc.code, "field": exc.field}
+    if exc.details:
+        info["details"] = exc.details
+    return envelope(
+        request, exc.data, status="error", message=exc.message, error=info, http_status=exc.status, headers=exc.headers
+    )
+
+
+def _field_of(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
+    details = []
+    for item in exc.errors(include_url=False, include_input=False, include_context=False):
+        field = _field_of([*(p for p in prefix.split(".") if p), *item["loc"]])
+        message = "unexpected field" if item["type"] == "extra_forbidden" else str(item["msg"])
+        if item["type"] == "json_invalid":
+            field, message = "body", f"malformed JSON: {item['msg']}"
+        details.append({"field": field, "message": message, "type": item["type"]})
+    first = details[0]
+    return ApiError(
+        422, "validation_error", f"{first['field']}: {first['message']}", field=first["field"], details=details
+    )
+
+
+def parse(model: type[M], raw: bytes | Mapping[str, Any], *, prefix: str = "") -> M:
+    """``raw`` (JSON bytes or a dict) as ``model``; a 422 ``ApiError`` naming the field (under ``prefix``) if not."""
+    try:
+        if isinstance(raw, bytes):
+            return model.model_validate_json(raw)
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc, prefix) from None
+
+
+# --- what the routes answer with (the envelope's ``data``) ---------------------------------------------------------
+
+
+class StampResult(TypedDict):
+    workflow_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+    state: Literal["completed"]
+    status: Literal["stamped", "unchanged"]
+    hash: Hash
+    stamp_type: Literal["lightweight", "rich", "sidecar"]
+    stamped_content: Annotated[str | None, Field(description="The content with its stamp (sidecar types: unchanged).")]
+    stamp: dict[str, Any]
+    sidecar: Annotated[
+        str | None,
+        Field(description="For types without comments: the sidecar to store next to the file as <file>.onex.yaml."),
+    ]
+    file_path: str
+    file_type: Annotated[str, Field(json_schema_extra={"enum": list(FILE_TYPES)})]
+    file_size: Count
+    namespace: str
+    execution_time_ms: float | None
+
+
+class ItemError(TypedDict):
+    """Why one item of a batch failed: what the error envelope says, and the HTTP status it would have had."""
+
+    code: str
+    field: str | None
+    message: str
+    http_status: int
+    details: NotRequired[list[dict[str, Any]]]
+
+
+class BatchItem(TypedDict):
+    index: int
+    status: Literal["success", "error"]
+    data: StampResult | dict[str, Any] | None
+    error: ItemError | None
+
+
+class BatchSummary(TypedDict):
+    total: int
+    succeeded: int
+    failed: int
+
+
+class BatchResult(TypedDict):
+    items: list[BatchItem]
+    summary: BatchSummary
+
+
+class StampView(TypedDict):
+    uid: str
+    hash: str
+    ts: str
+    kind: str
+    fields: dict[str, Any]
+
+
+class VerifyResult(TypedDict):
+    file_path: str
+    status: Literal["valid", "modified", "unstamped", "error"]
+    expected_hash: str | None
+    actual_hash: str | None
+    stamp: StampView | None
+    error: str | None
+
+
+class ValidateSummary(TypedDict):
+    valid: int
+    modified: int
+    unstamped: int
+    error: int
+
+
+class ValidateResult(TypedDict):
+    results: list[VerifyResult]
+    summary: ValidateSummary
+
+
+class HashResult(TypedDict):
+    hash: Hash
+    algorithm: Literal["blake3"]
+    size: Count
+    received_bytes: Count
+    stamp_removed: bool
+    file_path: str
+
+
+class Issue(TypedDict):
+    field: str
+    code: str
+    message: str
+
+
+class SupportedVersions(TypedDict):
+    metadata_version: str
+    protocol_version: str
+
+
+class ProtocolResult(TypedDict):
+    valid: bool
+    source: Literal["metadata", "sidecar", "content"]
+    issues: list[Issue]
+    metadata: dict[str, Any] | None
+    expected_hash: Any
+    actual_hash: str
+    supported_versions: SupportedVersions
+
+
+class StampRecords(TypedDict):
+    file_hash: str
+    count: Annotated[int, Field(ge=1)]
+    stamps: list[dict[str, Any]]
+
+
+class Pagination(TypedDict):
+    limit: int
+    offset: int
+    count: int
+    next_offset: int | None
+
+
+class NamespacePage(TypedDict):
+    namespace: str
+    stamps: list[dict[str, Any]]
+    pagination: Pagination
+    aggregates: dict[str, Any] | None
+
+
+class BusView(TypedDict):
+    status: Literal["ok", "down"]
+    state: str
+    kind: str
+
+
+class StoreView(TypedDict):
+    status: str
+    queued_writes: int
+    detail: NotRequired[Annotated[str, Field(description="Only for callers with the API key: it names files.")]]
+
+
+class RegistryView(TypedDict):
+    status: Literal["ok", "unknown"]
+    registered: int
+    by_health: dict[str, int]
+
+
+class NodeView(TypedDict):
+    name: str
+    version: str
+    node_id: str
+    lifecycle: str
+    health: str
+
+
+class GatewayView(TypedDict):
+    pending_workflows: int
+
+
+class Health(TypedDict):
+    status: Literal["ok", "degraded"]
+    bus: BusView
+    store: StoreView
+    registry: RegistryView
+    nodes: list[NodeView]
+    gateway: GatewayView
+
+
+class Probe(TypedDict):
+    status: Literal["live", "ready", "not_ready"]
+    reason: NotRequired[Annotated[str, Field(description="Why the gateway is not ready.")]]

@@ -1,0 +1,336 @@
+"""The API's routes and their OpenAPI 3.1 document, generated from the models in ``onex.http.models``.
+
+``OPERATIONS`` is the API: one ``Operation`` per route says its method and path, the gateway method that answers
+it, and what the document says of it (summary, tag, request and response models, error statuses, whether it needs
+the API key). The gateway builds its routes from this table and the document is generated from it, so a route and
+its documentation are one entry: to add a route, write its handler on ``onex.http.app.Gateway`` and add its entry.
+
+Schemas come from pydantic (``TypeAdapter.json_schemas``, with ``$defs`` written as ``components/schemas``): request
+bodies in validation mode, answers in serialization mode. ``openapi_30`` says the same in OpenAPI 3.0 for the
+bundled Swagger UI 4, which renders no 3.1 document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
+from pydantic_core import core_schema
+
+from onex.http.models import (
+    API_VERSION,
+    DEFAULT_BATCH_LIMIT,
+    DEFAULT_MAX_BODY,
+    BatchRequest,
+    BatchResult,
+    Envelope,
+    ErrorEnvelope,
+    FilesUpload,
+    HashRequest,
+    HashResult,
+    Health,
+    NamespacePage,
+    NamespacePageQuery,
+    Probe,
+    ProtocolRequest,
+    ProtocolResult,
+    StampKey,
+    StampRecords,
+    StampRequest,
+    StampResult,
+    StampUpload,
+    ValidateRequest,
+    ValidateResult,
+)
+
+PREFIX: Final = "/api/v1/metadata-stamping"
+DOCS: Final = "/docs"
+
+_ERRORS: Final = {
+    401: "missing or wrong API key",
+    404: "not found",
+    413: "body larger than the configured limit",
+    415: "unsupported Content-Type",
+    422: "malformed or invalid input, or a workflow that failed",
+    502: "the orchestrator rejected the workflow",
+    503: "the bus or store is unavailable (health: degraded)",
+    504: "the workflow did not complete in time; it keeps running",
+}
+_BODY_ERRORS: Final = (413, 415, 422)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Operation:
+    """One route and its documentation.
+
+    ``path`` is under ``PREFIX``, as Starlette matches it (``{namespace:path}``; the document drops the converter).
+    ``data`` is the envelope's ``data`` on success (``None``: the answer is ``media_type`` text, not an envelope).
+    ``errors`` are the statuses the route may answer with an error envelope (401 is added where the key is needed);
+    ``error_data`` those whose envelope carries ``data`` (health's 503). ``body`` is the JSON request body,
+    ``upload`` its multipart/form-data alternative, ``params`` the path and query parameters (a field whose name
+    is in the path is a path parameter, the others are query parameters). ``public`` routes need no API key.
+    ``summary`` may say ``{batch_limit}``.
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    _: dataclasses.KW_ONLY
+    handler: str
+    operation_id: str
+    summary: str
+    tag: str
+    data: object  # a TypedDict of onex.http.models (mypy has no type for "a TypedDict class")
+    errors: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    upload: object = None  # a TypedDict, as data
+    params: type[BaseModel] | None = None
+    public: bool = False
+    media_type: str = "application/json"
+    descriptions: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    error_data: frozenset[int] = frozenset()
+
+    @property
+    def route(self) -> str:
+        """The path as the server matches it."""
+        return f"{PREFIX}{self.path}"
+
+    @property
+    def template(self) -> str:
+        """The path as the document (and the metrics' ``route`` label) names it."""
+        return template(self.route)
+
+
+OPERATIONS: Final = (
+    Operation(
+        "POST", "/stamp", handler="stamp", operation_id="stamp", tag="stamping",
+        summary="Stamp content through a workflow on the bus",
+        body=StampRequest, upload=StampUpload, data=StampResult, errors=(*_BODY_ERRORS, 502, 503, 504),
+    ),
+    Operation(
+        "POST", "/validate", handler="validate", operation_id="validate", tag="content",
+        summary="Find the stamps in content: valid, modified or unstamped",
+        body=ValidateRequest, upload=FilesUpload, data=ValidateResult, errors=_BODY_ERRORS,
+    ),
+    Operation(
+        "POST", "/hash", handler="hash", operation_id="hash", tag="content",
+        summary="BLAKE3 of content with its stamp removed (multipart: streamed)",
+        body=HashRequest, upload=FilesUpload, data=HashResult, errors=_BODY_ERRORS,
+    ),
+    Operation(
+        "GET", "/stamp/{file_hash}", handler="get_stamp", operation_id="getStamp", tag="stamps",
+        summary="The stored stamp records of a content hash",
+        params=StampKey, data=StampRecords, errors=(404, 422, 503),
+    ),
+    Operation(
+        "POST", "/batch", handler="batch", operation_id="batch", tag="stamping",
+        summary="Stamp up to {batch_limit} items; status partial when only some succeed",
+        body=BatchRequest, data=BatchResult, errors=(*_BODY_ERRORS, 502, 503, 504),
+        descriptions={200: "every item stamped (success) or some (partial)"},
+    ),
+    Operation(
+        "GET", "/namespace/{namespace:path}", handler="namespace", operation_id="getNamespace", tag="stamps",
+        summary="A page of a namespace's stamps and its aggregates",
+        params=NamespacePageQuery, data=NamespacePage, errors=(422, 503),
+    ),
+    Operation(
+        "POST", "/validate-protocol", handler="validate_protocol", operation_id="validateProtocol", tag="content",
+        summary="Check a metadata block against the metadata protocol",
+        body=ProtocolRequest, data=ProtocolResult, errors=_BODY_ERRORS,
+    ),
+    Operation(
+        "GET", "/health", handler="health", operation_id="health", tag="operations", public=True,
+        summary="Bus, store, registry and hosted nodes",
+        data=Health, errors=(503,), error_data=frozenset({503}), descriptions={200: "healthy", 503: "degraded"},
+    ),
+    Operation(
+        "GET", "/health/live", handler="live", operation_id="live", tag="operations", public=True,
+        summary="Liveness: 200 while the server's event loop answers",
+        data=Probe, descriptions={200: "live"},
+    ),
+    Operation(
+        "GET", "/health/ready", handler="ready", operation_id="ready", tag="operations", public=True,
+        summary="Readiness: the bus runs, the store answers and every hosted node runs",
+        data=Probe, errors=(503,), descriptions={
+            200: "ready", 503: "not ready: starting, draining, the bus or the store down, a node not running",
+        },
+    ),
+    Operation(
+        "GET", "/metrics", handler="prometheus", operation_id="metrics", tag="operations",
+        summary="Prometheus metrics (text exposition format 0.0.4)",
+        data=None, media_type="text/plain", descriptions={200: "metrics"},
+    ),
+)  # fmt: skip
+
+DOCUMENTATION_ROUTES: Final = (
+    f"{PREFIX}/openapi.json",
+    "/openapi.json",
+    DOCS,
+    f"{DOCS}/init.js",
+    f"{DOCS}/openapi.json",
+)
+"""Routes that serve the document and the ``/docs`` page (with the files under ``DOCS/static``): public, and not in
+the document themselves."""
+
+_CONVERTER_RE: Final = re.compile(r"\{(\w+):\w+\}")
+_REF: Final = "#/components/schemas/{model}"
+
+
+def template(path: str) -> str:
+    """A Starlette path without its converters: ``/namespace/{namespace:path}`` -> ``/namespace/{namespace}``."""
+    return _CONVERTER_RE.sub(r"{\1}", path)
+
+
+class _Generator(GenerateJsonSchema):
+    """pydantic's JSON Schema without a title per property (the property's name says it)."""
+
+    def field_title_should_be_set(self, schema: core_schema.CoreSchema | Any) -> bool:
+        return False
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _enveloped(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {"allOf": [_ref("Envelope"), {"type": "object", "properties": {"data": data}}]}
+
+
+def _parameters(op: Operation) -> list[dict[str, Any]]:
+    if op.params is None:
+        return []
+    schema = TypeAdapter(op.params).json_schema(schema_generator=_Generator)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        where = "path" if f"{{{name}" in op.path else "query"
+        parameter: dict[str, Any] = {"name": name, "in": where}
+        if where == "path" or name in required:
+            parameter["required"] = True
+        parameter["schema"] = prop
+        parameters.append(parameter)
+    return parameters
+
+
+def _operation(
+    op: Operation, refs: Mapping[object, Mapping[str, Any]], *, api_key: bool, batch_limit: int
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary.format(batch_limit=batch_limit),
+        "tags": [op.tag],
+    }
+    if api_key:
+        doc["security"] = [] if op.public else [{"bearerAuth": []}]
+    if parameters := _parameters(op):
+        doc["parameters"] = parameters
+    if op.body is not None:
+        content = {"application/json": {"schema": refs[op.body]}}
+        if op.upload is not None:
+            content["multipart/form-data"] = {"schema": refs[op.upload]}
+        doc["requestBody"] = {"required": True, "content": content}
+    ok = _enveloped(refs[op.data]) if op.data is not None else {"type": "string"}
+    responses: dict[str, Any] = {
+        "200": {"description": op.descriptions.get(200, "success"), "content": {op.media_type: {"schema": ok}}}
+    }
+    for code in (*op.errors, *((401,) if api_key and not op.public else ())):
+        schema = _enveloped(refs[op.data]) if code in op.error_data else _ref("ErrorEnvelope")
+        responses[str(code)] = {
+            "description": op.descriptions.get(code, _ERRORS[code]),
+            "content": {"application/json": {"schema": schema}},
+        }
+    doc["responses"] = responses
+    return doc
+
+
+def openapi_document(
+    *, batch_limit: int = DEFAULT_BATCH_LIMIT, max_body: int = DEFAULT_MAX_BODY, api_key: bool = False
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API as configured (batch limit, body limit, whether a key is required)."""
+    inputs: dict[Any, JsonSchemaMode] = {Envelope: "serialization", ErrorEnvelope: "serialization"}
+    for op in OPERATIONS:
+        inputs.update({model: "validation" for model in (op.body, op.upload) if model is not None})
+        if op.data is not None:
+            inputs[op.data] = "serialization"
+    refs, definitions = TypeAdapter.json_schemas(
+        [(model, mode, TypeAdapter(model)) for model, mode in inputs.items()],
+        ref_template=_REF,
+        schema_generator=_Generator,
+    )
+    schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
+    # A batch's items are validated one by one (so one bad item fails alone), but each is a StampRequest; and the
+    # limit on their number is the gateway's setting.
+    schemas["BatchRequest"]["properties"]["items"].update(items=_ref("StampRequest"), maxItems=batch_limit)
+    by_model = {model: refs[(model, mode)] for model, mode in inputs.items()}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        operation = _operation(op, by_model, api_key=api_key, batch_limit=batch_limit)
+        paths.setdefault(op.template, {})[op.method.lower()] = operation
+    components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
+    if api_key:
+        components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "onex metadata stamping API",
+            "version": API_VERSION,
+            "description": f"Stamps content with BLAKE3 metadata stamps through onex workflows. Bodies are limited to "
+            f"{max_body} bytes; every JSON response is one envelope.",
+        },
+        "servers": [{"url": "/"}],
+        "tags": [{"name": tag} for tag in dict.fromkeys(op.tag for op in OPERATIONS)],
+        "paths": paths,
+        "components": components,
+    }
+
+
+def openapi_30(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` (3.1) as OpenAPI 3.0.3, for the bundled Swagger UI 4, which renders no 3.1 document.
+
+    Only what the generated document uses is translated: a list ``type`` with ``"null"`` and an ``anyOf`` branch
+    ``{"type": "null"}`` become ``nullable`` (a single branch left is merged in), ``const`` becomes a one-value
+    ``enum``, and a ``$ref`` with sibling keywords (which 3.0 ignores) goes into an ``allOf``.
+    """
+
+    def schema(node: Any) -> Any:
+        if isinstance(node, list):
+            return [schema(item) for item in node]
+        if not isinstance(node, Mapping):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, Mapping):  # property names are not keywords
+                out[key] = {name: schema(sub) for name, sub in value.items()}
+            elif key == "const":
+                out["enum"] = [value]
+            elif key == "type" and isinstance(value, list):
+                kinds = [kind for kind in value if kind != "null"]
+                if len(kinds) < len(value):
+                    out["nullable"] = True
+                if len(kinds) == 1:
+                    out["type"] = kinds[0]
+                else:
+                    out["anyOf"] = [{"type": kind} for kind in kinds]
+            elif key in ("anyOf", "oneOf") and isinstance(value, list):
+                branches = [branch for branch in value if branch != {"type": "null"}]
+                if len(branches) < len(value):
+                    out["nullable"] = True
+                if len(branches) == 1 and "$ref" not in branches[0]:
+                    for name, sub in schema(branches[0]).items():
+                        out.setdefault(name, sub)
+                elif len(branches) == 1:
+                    out["allOf"] = [branches[0]]
+                else:
+                    out[key] = schema(branches)
+            else:
+                out[key] = schema(value)
+        if "$ref" in out and len(out) > 1:
+            out["allOf"] = [{"$ref": out.pop("$ref")}, *out.get("allOf", [])]
+        return out
+
+    converted: dict[str, Any] = schema(document)
+    converted["openapi"] = "3.0.3"
+    return converted

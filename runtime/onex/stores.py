@@ -1,0 +1,25 @@
+"""``open_store(url)``: the ``Store`` a URL names, ``SqliteStore`` or ``PostgresStore``.
+
+The factory lives apart from ``onex.store`` because it imports the backends, and each backend imports
+``onex.store`` for the base class and the rows; in one module, the seam and its implementations would import each
+other. The backends are imported when asked for, so SQLite never needs the PostgreSQL driver.
+"""
+
+from __future__ import annotations
+
+from onex.store import Store
+
+__all__ = ["open_store"]
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``: ``sqlite:///PATH`` (``sqlite://:memory:`` for a throwaway) or ``postgresql://...``."""
+    if url.startswith("sqlite:"):
+        from onex._sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from onex._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
