@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.kafka",
     "tests.fixtures.postgres",
+    "tests.fixtures.redis",
 ]
 
 

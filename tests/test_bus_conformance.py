@@ -10,17 +10,20 @@ offset must not miss what is published right after it subscribed.
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
 import pytest
 from onex.bus import EventBus, GroupStart, Handler, RetryPolicy
+from onex.clock import ManualClock
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic, topic_name
-from onex.exceptions import PayloadError
+from onex.exceptions import PayloadError, StoreUnavailable
+from onex.resilience import Jitter
 
 from tests.fixtures.buses import BusKind, MakeBus
 
@@ -314,16 +317,57 @@ async def test_a_message_that_always_fails_is_dead_lettered_once_and_the_rest_ar
     assert letter.payload["attempts"] == FAST_RETRY.max_attempts
 
 
-async def test_retries_wait_the_growing_backoff_of_the_retry_policy_then_dead_letter(bus: EventBus) -> None:
-    topic = new_topic("backoff")
+class PauseRecorder:
+    """A ``Clock`` whose ``sleep`` records how long it was asked to wait and returns at once: the pauses a bus takes
+    between attempts, read without waiting them out."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def time(self) -> float:
+        return 0.0
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    ("jitter", "draws", "pauses"),
+    [
+        # The capped exponential backoff: 100 ms, 200 ms, then the 300 ms cap, not 400 ms.
+        ("none", [], [0.1, 0.2, 0.3, 0.3]),
+        # Full jitter: each pause is the draw (in [0, 1)) times that ceiling, never more.
+        ("full", [0.5, 0.25, 0.999, 0.0001], [0.05, 0.05, 0.2997, 0.00003]),
+    ],
+)
+async def test_retries_pause_the_capped_jittered_exponential_backoff_then_dead_letter(
+    bus: EventBus, jitter: Jitter, draws: list[float], pauses: list[float]
+) -> None:
+    topic = new_topic(f"backoff-{jitter}")
     await prepare(bus, topic)
-    retry = RetryPolicy(max_attempts=3, backoff_ms=150.0, backoff_multiplier=2.0)
-    attempted_at: list[float] = []
+    clock = PauseRecorder()
+    source = iter(draws)
+    retry = RetryPolicy(
+        max_attempts=5,
+        backoff_ms=100.0,
+        max_backoff_ms=300.0,
+        jitter=jitter,
+        clock=clock,
+        random=lambda: next(source),
+    )
+    attempts: list[int] = []
     dead = Inbox()
 
     async def failing(envelope: OnexEnvelopeV1) -> None:
-        attempted_at.append(time.monotonic())
-        raise ConnectionError(f"attempt {len(attempted_at)} failed")
+        attempts.append(len(clock.pauses))  # how many pauses were taken before this attempt
+        raise ConnectionError(f"attempt {len(attempts)} failed")
 
     await bus.subscribe([dlq_topic(topic)], new_group("dlq-reader"), handler=dead.handler())
     await bus.subscribe([topic], new_group("failing"), handler=failing, retry=retry)
@@ -332,15 +376,168 @@ async def test_retries_wait_the_growing_backoff_of_the_retry_policy_then_dead_le
     await bus.publish(topic, sent)
 
     await dead.wait_for(lambda: len(dead.received) >= 1)
-    assert len(attempted_at) == retry.max_attempts
-    # Lower bounds only: a loaded machine may wait longer, never shorter. 150 ms, then 300 ms (not 150 again).
-    first, second, third = attempted_at
-    assert second - first >= 0.150
-    assert third - second >= 0.300
+    assert attempts == [0, 1, 2, 3, 4]  # one pause before every attempt but the first
+    assert clock.pauses == pytest.approx(pauses)
     [letter] = first_occurrences(dead.envelopes())
     assert letter.causation_id == sent.event_id
-    assert letter.payload["error"] == "attempt 3 failed"
+    assert letter.payload["error"] == "attempt 5 failed"
     assert letter.payload["attempts"] == retry.max_attempts
+
+
+async def test_a_handler_slower_than_the_timeout_is_cancelled_and_retried(bus: EventBus) -> None:
+    topic = new_topic("timeout")
+    await prepare(bus, topic)
+    clock = ManualClock()
+    retry = RetryPolicy(max_attempts=2, backoff_ms=0.0, timeout_ms=1_000.0, clock=clock)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    attempts = 0
+    inbox = Inbox()
+    record = inbox.handler()
+
+    async def slow_then_fast(envelope: OnexEnvelopeV1) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # never set: only the timeout ends this attempt
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        await record(envelope)
+
+    await bus.subscribe([topic], new_group("slow"), handler=slow_then_fast, retry=retry)
+    sent = probe("key")
+    await bus.publish(topic, sent)
+    with anyio.fail_after(TIMEOUT_S):
+        await started.wait()
+        while clock.sleepers == 0:  # the attempt's timer is armed on the clock
+            await anyio.lowlevel.checkpoint()
+
+    await clock.advance(0.999)
+    assert not cancelled.is_set()  # not yet: the timeout is 1 s of the policy's clock
+    await clock.advance(0.001)
+
+    await inbox.wait_for_ids({sent.event_id})
+    assert cancelled.is_set()
+    assert attempts == 2
+    assert bus.statistics().retried >= 1
+    assert bus.statistics().dead_lettered == 0
+
+
+async def test_a_handler_that_always_times_out_is_dead_lettered_with_a_timeout_error(bus: EventBus) -> None:
+    topic = new_topic("timeout-dead")
+    await prepare(bus, topic)
+    clock = ManualClock()
+    retry = RetryPolicy(max_attempts=2, backoff_ms=0.0, timeout_ms=500.0, clock=clock)
+    dead = Inbox()
+    attempts = 0
+
+    async def hangs(envelope: OnexEnvelopeV1) -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.Event().wait()
+
+    await bus.subscribe([dlq_topic(topic)], new_group("dlq-reader"), handler=dead.handler())
+    await bus.subscribe([topic], new_group("hangs"), handler=hangs, retry=retry)
+    sent = probe("key")
+    await bus.publish(topic, sent)
+
+    with anyio.fail_after(TIMEOUT_S):
+        while not dead.received:
+            if clock.sleepers:
+                await clock.advance(0.5)  # expires the attempt in hand
+            await anyio.lowlevel.checkpoint()
+    assert attempts == 2
+    [letter] = first_occurrences(dead.envelopes())
+    assert letter.causation_id == sent.event_id
+    assert (letter.payload["error_type"], letter.payload["attempts"]) == ("TimeoutError", 2)
+
+
+async def test_without_dead_letters_a_message_that_exhausts_its_attempts_is_dropped_and_counted(
+    bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = new_topic("drop")
+    await prepare(bus, topic)
+    retry = RetryPolicy(max_attempts=2, backoff_ms=0.0, dead_letter=False)
+    attempts: Counter[uuid.UUID] = Counter()
+    handled = Inbox()
+    record = handled.handler()
+
+    async def picky(envelope: OnexEnvelopeV1) -> None:
+        attempts[envelope.event_id] += 1
+        if envelope.payload.get("poison"):
+            raise ValueError("cannot digest this one")
+        await record(envelope)
+
+    await bus.subscribe([topic], new_group("picky"), handler=picky, retry=retry)
+    poison = probe("key", 0, poison=True)
+    good = probe("key", 1)  # same key: handled only once the consumer moved past the poison
+
+    with caplog.at_level(logging.WARNING):
+        await bus.publish_many(topic, [poison, good])
+        await handled.wait_for_ids({good.event_id})
+
+    assert attempts[poison.event_id] == retry.max_attempts
+    statistics = bus.statistics()
+    assert (statistics.dropped, statistics.dead_lettered) == (1, 0)
+    assert sum(bus.dropped_by.values()) == 1
+    assert bus.dead_lettered_by == {}
+    [line] = [r for r in caplog.records if getattr(r, "onex", {}).get("event") == "drop"]
+    assert line.levelno == logging.WARNING
+    assert str(poison.event_id) in line.getMessage()
+
+
+async def test_a_store_outage_is_no_failed_attempt_and_is_never_dead_lettered(bus: EventBus) -> None:
+    topic = new_topic("outage")
+    await prepare(bus, topic)
+    retry = RetryPolicy(max_attempts=1, backoff_ms=1.0)  # one failure would dead-letter at once
+    outages = 3
+    calls = 0
+    inbox = Inbox()
+    record = inbox.handler()
+
+    async def needs_the_store(envelope: OnexEnvelopeV1) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= outages:
+            raise StoreUnavailable("connection refused")
+        await record(envelope)
+
+    await bus.subscribe([topic], new_group("store"), handler=needs_the_store, retry=retry)
+    sent = probe("key")
+    await bus.publish(topic, sent)
+
+    await inbox.wait_for_ids({sent.event_id})
+    assert calls == outages + 1
+    statistics = bus.statistics()
+    assert (statistics.retried, statistics.dead_lettered, statistics.dropped) == (0, 0, 0)
+
+
+async def test_an_event_types_own_policy_wins_over_the_subscriptions(bus: EventBus) -> None:
+    topic = new_topic("per-event")
+    await prepare(bus, topic)
+    retry = RetryPolicy(max_attempts=3, backoff_ms=0.0).with_events(
+        {"SPECIAL": RetryPolicy(max_attempts=1, dead_letter=False)}
+    )
+    attempts: Counter[str] = Counter()
+    dead = Inbox()
+
+    async def failing(envelope: OnexEnvelopeV1) -> None:
+        attempts[envelope.event_type] += 1
+        raise ConnectionError("no")
+
+    await bus.subscribe([dlq_topic(topic)], new_group("dlq-reader"), handler=dead.handler())
+    await bus.subscribe([topic], new_group("failing"), handler=failing, retry=retry)
+    special = probe("key").model_copy(update={"event_type": "SPECIAL"})
+    ordinary = probe("key", 1)  # after the special one, same key: handled once that one was given up on
+
+    await bus.publish_many(topic, [special, ordinary])
+
+    await dead.wait_for(lambda: len(dead.received) >= 1)
+    assert attempts == {"SPECIAL": 1, ordinary.event_type: 3}
+    assert [letter.causation_id for letter in first_occurrences(dead.envelopes())] == [ordinary.event_id]
+    assert bus.statistics().dropped == 1
 
 
 async def test_a_payload_error_is_dead_lettered_at_once_from_single_and_batch_handlers(bus: EventBus) -> None:

@@ -631,3 +631,23 @@ def test_run_drains_and_stops_on_sigint_as_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in output
     assert output.index("running") < output.index("draining") < output.index("stopped")
     assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["stamp", "--bogus"], "onex stamp: No such option '--bogus'"),
+        (["--bogus"], "onex: No such option '--bogus'"),
+        (["workflows", "--since", "yesterday"], "onex workflows: Invalid value for '--since'"),
+        (["nodes", "-o", "yaml"], "onex nodes: Invalid value for '-o'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_command_and_exits_2(args: list[str], line: str) -> None:
+    onex = str(Path(sys.executable).with_name("onex"))  # the console script, named as users type it
+    done = subprocess.run([onex, *args], capture_output=True, text=True, check=False)
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith(line)
+    assert done.stderr.rstrip().endswith(f"(see '{line.split(':')[0]} --help')")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema.exceptions
 import pytest
 import yaml
 from hypothesis import given
@@ -43,7 +44,8 @@ from onex.contracts import (
     resolve_implementation,
     schemas,
 )
-from onex.contracts.yaml import _parse_yaml, _Pos
+from onex.contracts.checks import _NODE_BASES
+from onex.contracts.yaml import _parse_yaml, _Pos, _Problem
 from onex.exceptions import ContractError
 from pydantic import BaseModel
 
@@ -688,7 +690,9 @@ def test_the_bundled_schema_validates_a_contract_on_its_own(project: Path) -> No
     assert list(validator.iter_errors(valid)) == []
     invalid = json.loads(json.dumps(valid))
     invalid["subcontracts"]["fsm"]["states"][0]["is_final"] = True
-    assert [list(e.absolute_path) for e in validator.iter_errors(invalid)] == [["subcontracts", "fsm", "states", 0]]
+    # The subcontract may also be a `$ref` (tests/test_schema_export.py): the inline alternative got furthest.
+    errors = list(validator.iter_errors(invalid))
+    assert list(jsonschema.exceptions.best_match(errors).absolute_path) == ["subcontracts", "fsm", "states", 0]
 
 
 # --- the broken-contract corpus ---------------------------------------------------------------------------------
@@ -847,3 +851,153 @@ def test_a_contract_may_read_only_declared_onex_settings_typed_as_onex_config_sh
     assert issue.code == "env"
     assert "ONEX_GREETING is not an onex setting" in issue.message
     assert re.match(r"contracts/effects/greeter\.yaml:\d+:\d+: ONEX_GREETING is not an onex setting", str(issue))
+
+
+# --- what node code and YAML mistakes are told (issue 14) -------------------------------------------------------
+
+
+def corpus_issues(case: str, tmp_path: Path) -> dict[str, list[str]]:
+    """The messages a corpus case produces, by ``path:line:column: code``."""
+    root = tmp_path / case
+    shutil.copytree(CORPUS / case, root)
+    with pytest.raises(ContractError) as raised:
+        load_contracts(root, check_implementations=(root / "nodes").is_dir(), env={})
+    found: dict[str, list[str]] = {}
+    for issue in raised.value.issues:
+        found.setdefault(f"{issue.path}:{issue.line}:{issue.column}: {issue.code}", []).append(issue.message)
+    return found
+
+
+def test_the_node_kinds_named_by_contracts_are_the_runtimes_base_classes() -> None:
+    # onex.contracts may not import onex.nodes (tests/test_layering.py), so it names the bases; the names must hold.
+    nodes_module = importlib.import_module("onex.nodes")
+
+    for kind, base in _NODE_BASES.items():
+        assert getattr(nodes_module, base).node_type is kind
+    assert set(_NODE_BASES) == set(NodeType)
+
+
+def test_a_class_without_the_node_base_is_reported_at_the_class_with_the_base_to_use(tmp_path: Path) -> None:
+    [message] = corpus_issues("not_a_node", tmp_path)["nodes/widget/v1_0_0/node.py:4:1: not-a-node"]
+
+    assert "must subclass onex.nodes.EffectNode (node_type EFFECT)" in message
+    assert "NodeWidget() takes no arguments" in message
+
+
+def test_a_class_of_another_kind_is_reported_at_node_type_with_both_fixes(tmp_path: Path) -> None:
+    [message] = corpus_issues("node_kind_mismatch", tmp_path)["contracts/effects/widget.yaml:4:12: node-kind-mismatch"]
+
+    assert "node_type is EFFECT but nodes.widget.v1_0_0.node:NodeWidget is a ComputeNode" in message
+    assert "subclass onex.nodes.EffectNode or set node_type: COMPUTE" in message
+
+
+def test_unknown_triggers_are_reported_at_the_literal_with_the_closest_known_one(tmp_path: Path) -> None:
+    found = corpus_issues("trigger_unknown", tmp_path)
+
+    assert found["nodes/widget/v1_0_0/node.py:10:34: trigger-unknown"] == [
+        "self.fsm.trigger(..., 'strat'): the fsm of widget has no such trigger (triggers: start, finish); "
+        "did you mean 'start'?"
+    ]
+    [abort] = found["nodes/widget/v1_0_0/node.py:13:54: trigger-unknown"]  # a branch of `a if c else b`
+    assert "'abort'" in abort
+    assert "did you mean" not in abort  # nothing is close enough
+    assert "; did you mean 'finish'?" in found["nodes/widget/v1_0_0/node.py:14:42: trigger-unknown"][0]  # a constant
+
+
+def test_undeclared_events_are_reported_at_the_literal_with_what_the_contract_declares(tmp_path: Path) -> None:
+    found = corpus_issues("event_undeclared", tmp_path)
+
+    assert found["nodes/widget/v1_0_0/node.py:11:28: event-undeclared"] == [
+        "self.publish('STAMP_CRATED'): widget does not declare it in subcontracts.event_type.publishes "
+        "(declared: STAMP_CREATED); did you mean 'STAMP_CREATED'?"
+    ]
+    assert found["nodes/widget/v1_0_0/node.py:12:38: event-undeclared"][0].startswith(
+        "self.publish_envelopes('STAMP_FAILED')"
+    )
+    assert found["nodes/widget/v1_0_0/node.py:13:39: event-undeclared"][0].startswith("self.publish('STAMPED')")
+
+
+def test_a_trigger_without_an_fsm_subcontract_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(CORPUS / "trigger_unknown", root)
+    contract = root / "contracts/effects/widget.yaml"
+    contract.write_text(contract.read_text().split("subcontracts:")[0])
+
+    with pytest.raises(ContractError) as raised:
+        load_contracts(root, env={})
+
+    assert {issue.code for issue in raised.value.issues} == {"trigger-unknown"}
+    assert all("widget has no fsm subcontract, so self.fsm is None" in i.message for i in raised.value.issues)
+
+
+def test_code_inherited_from_a_project_base_class_is_checked_where_it_is_written(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(CORPUS / "event_undeclared", root)
+    write(
+        root,
+        "nodes/widget/base.py",
+        """\
+        from typing import Any
+
+        from onex.nodes import EffectNode
+
+
+        class Stamper(EffectNode):
+            async def stamp(self, payload: dict[str, Any]) -> None:
+                await self.publish("STAMP_CREATED", payload)
+                await self.publish("STAMP_LOST", payload)
+        """,
+    )
+    write(root, "nodes/widget/v1_0_0/node.py", "from ..base import Stamper\n\n\nclass NodeWidget(Stamper):\n    pass\n")
+
+    with pytest.raises(ContractError) as raised:
+        load_contracts(root, env={})
+
+    assert codes(raised.value) == ["nodes/widget/base.py:9:28: event-undeclared"]
+
+
+def test_node_code_is_not_read_without_implementation_checks(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(CORPUS / "event_undeclared", root)
+
+    assert load_contracts(root, check_implementations=False, env={}).names() == ["widget"]
+
+
+@pytest.mark.parametrize(
+    ("case", "issue", "hint"),
+    [
+        ("yaml_bad_indentation", "contracts/effects/widget.yaml:7:14: yaml", "check the indentation of the line above"),
+        (
+            "yaml_unclosed_quote",
+            "contracts/effects/widget.yaml:8:1: yaml",
+            "the quote opened at line 5, column 14 is never closed",
+        ),
+        (
+            "yaml_syntax_error",
+            "contracts/effects/widget.yaml:6:1: yaml",
+            "the '[' at line 5, column 19 is never closed",
+        ),
+        ("yaml_tab_indent", "contracts/effects/widget.yaml:6:1: yaml", "YAML indents with spaces"),
+    ],
+)
+def test_yaml_errors_add_a_plain_hint_to_pyyamls_words(case: str, issue: str, hint: str, tmp_path: Path) -> None:
+    [message] = corpus_issues(case, tmp_path)[issue]
+
+    pyyaml, _, plain = message.partition("; ")
+    assert pyyaml  # PyYAML's own wording comes first
+    assert hint in plain
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("name: widget\nversion\nnode_type: EFFECT\n", "the key at line 2, column 1 has no ':' after it"),
+        ("config:\n    retries: 3\n  timeout: 5\n", "must start in the same column"),
+        ("config: {retries: 1\nname: x\n", "a ',' is missing, or the '{' at line 1, column 9 is never closed"),
+        ("name: `x`\n", "quote a value that starts with this character"),
+        ("name: *x\n", "anchor '&name' defined before it"),
+    ],
+)
+def test_the_usual_yaml_mistakes_each_get_their_hint(text: str, hint: str) -> None:
+    with pytest.raises(_Problem, match=re.escape(hint)):
+        _parse_yaml(text, Path("/project/contract.yaml"), 100)

@@ -183,6 +183,16 @@ async def test_a_dead_letter_is_counted_for_the_node_and_event_type_that_gave_up
     assert dead == {(("event_type", "STAMP_REQUESTED"), ("node", "orchestrator")): 1}
 
 
+async def test_a_message_dropped_under_dead_letter_false_is_counted_for_its_node_and_event_type() -> None:
+    # How a bus drops and counts is in the bus conformance suite; here: /metrics reports what the bus counted.
+    async with Harness(["orchestrator"]) as h, client_of(h) as client:
+        h.bus._dropped_one(h.runtime.node("orchestrator").group, "STAMP_REQUESTED")
+        h.bus._dropped_one("some.other.group", "STAMP_REQUESTED")
+        text = (await client.get("/metrics")).text
+    dropped = samples(text, "onex_events_dropped_total")
+    assert dropped == {(("event_type", "STAMP_REQUESTED"), ("node", "orchestrator")): 1}
+
+
 async def test_more_dead_letters_than_the_threshold_raise_the_alert_in_logs_metrics_heartbeat_and_readyz(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

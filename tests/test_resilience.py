@@ -1,12 +1,24 @@
-"""The circuit breaker (``onex.resilience``), with an injected clock instead of sleeps."""
+"""``onex.resilience``: the retry policy both buses apply, the contract block it comes from, and the circuit breaker;
+with injected clocks and random sources instead of sleeps."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
 
+import anyio.lowlevel
 import pytest
-from onex.exceptions import CircuitOpenError
-from onex.resilience import BreakerState, CircuitBreaker
+from onex.bus import MemoryBus
+from onex.clock import ManualClock
+from onex.contracts import Contract, EventSpec, Resilience, RetrySettings
+from onex.envelope import OnexEnvelopeV1
+from onex.exceptions import CircuitOpenError, StoreUnavailable
+from onex.nodes import ComputeNode, EffectNode, Event
+from onex.resilience import BreakerState, CircuitBreaker, RetryPolicy, circuit_breaker, holding, retry_policy
+from onex.settings import Settings
+from onex.stores import open_store
 
 
 class Clock:
@@ -197,3 +209,260 @@ async def test_while_half_open_only_one_trial_call_is_let_through_at_a_time(
     assert calls == ["trial"]
     assert breaker.state is BreakerState.CLOSED
     assert await breaker.call(other) == "other"  # closed: everyone goes through again
+
+
+# --- RetryPolicy: what a bus does with a failing handler -------------------------------------------------------------
+
+
+async def armed(clock: ManualClock) -> None:
+    """Return once the attempt's timer waits on ``clock``."""
+    while clock.sleepers == 0:
+        await anyio.lowlevel.checkpoint()
+
+
+def test_the_pause_grows_exponentially_and_stops_at_max_backoff() -> None:
+    policy = RetryPolicy(max_attempts=9, backoff_ms=100, backoff_multiplier=2, max_backoff_ms=1_000, jitter="none")
+    assert [policy.delay_s(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert policy.delay_s(10_000) == 1.0  # no overflow, however many redeliveries
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.3, 0.999999])
+def test_full_jitter_draws_each_pause_uniformly_below_the_capped_backoff(draw: float) -> None:
+    policy = RetryPolicy(backoff_ms=100, max_backoff_ms=250, jitter="full", random=lambda: draw)
+    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.25), (4, 0.25)]:
+        assert policy.ceiling_s(attempt) == ceiling
+        assert policy.delay_s(attempt) == pytest.approx(draw * ceiling)
+        assert 0 <= policy.delay_s(attempt) < ceiling
+
+
+def test_a_policy_refuses_what_cannot_mean_anything() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="jitter"):
+        RetryPolicy(jitter="half")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout_ms"):
+        RetryPolicy(timeout_ms=0)
+
+
+@pytest.mark.anyio
+async def test_an_attempt_past_its_timeout_is_cancelled_as_a_timeout_error() -> None:
+    clock = ManualClock()
+    policy = RetryPolicy(timeout_ms=2_000, clock=clock)
+    cancelled = asyncio.Event()
+
+    async def slow(_: None) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    attempt = asyncio.ensure_future(policy.run(slow, None))
+    await armed(clock)
+    await clock.advance(1.999)
+    assert not attempt.done()
+    await clock.advance(0.001)
+    with pytest.raises(TimeoutError, match="2000 ms"):
+        await attempt
+    assert cancelled.is_set()
+
+
+@pytest.mark.anyio
+async def test_an_attempt_within_its_timeout_returns_and_leaves_no_timer() -> None:
+    clock = ManualClock()
+    policy = RetryPolicy(timeout_ms=2_000, clock=clock)
+    seen: list[int] = []
+
+    async def quick(value: int) -> None:
+        seen.append(value)
+
+    await policy.run(quick, 7)
+    assert seen == [7]
+    await clock.advance(5)  # the disarmed timer fires nothing
+    assert clock.sleepers == 0
+
+
+@pytest.mark.anyio
+async def test_waiting_on_the_store_does_not_run_the_timeout_out() -> None:
+    clock = ManualClock()
+    policy = RetryPolicy(timeout_ms=1_000, clock=clock)
+    store_back = asyncio.Event()
+    after_store = asyncio.Event()
+
+    async def held(_: None) -> None:
+        with holding():
+            await store_back.wait()
+        after_store.set()
+        await asyncio.Event().wait()  # its own work, now: the timeout applies again
+
+    attempt = asyncio.ensure_future(policy.run(held, None))
+    await armed(clock)
+    await clock.advance(3.0)  # three timeouts pass while it holds
+    assert not attempt.done()
+    store_back.set()
+    await after_store.wait()
+    await clock.advance(1.0)
+    with pytest.raises(TimeoutError):
+        await attempt
+
+
+@pytest.mark.anyio
+async def test_the_system_clock_times_an_attempt_with_a_loop_timer() -> None:
+    policy = RetryPolicy(timeout_ms=1)  # SystemClock: no timer task
+
+    async def hangs(_: None) -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError):
+        await policy.run(hangs, None)
+
+
+def test_holding_outside_a_handler_is_a_no_op() -> None:
+    with holding():
+        pass
+
+
+# --- the contract's resilience block -> the policy -------------------------------------------------------------------
+
+BLOCK = {
+    "timeout_ms": 500,
+    "retry": {"max_attempts": 4, "backoff_ms": 20, "max_backoff_ms": 80, "jitter": "none"},
+    "circuit_breaker": {"failure_threshold": 2, "reset_timeout_ms": 1_000},
+    "dead_letter": True,
+}
+
+
+def test_every_field_of_the_block_reaches_the_policy() -> None:
+    clock = ManualClock()
+    policy = retry_policy(Resilience.model_validate(BLOCK), clock)
+    assert (policy.timeout_ms, policy.max_attempts, policy.backoff_ms, policy.max_backoff_ms) == (500, 4, 20, 80)
+    assert (policy.jitter, policy.dead_letter, policy.clock) == ("none", True, clock)
+    assert [policy.delay_s(n) for n in (1, 2, 3, 4)] == [0.02, 0.04, 0.08, 0.08]
+    assert retry_policy(Resilience(), clock).jitter == "full"  # the default: AWS-style full jitter
+
+
+def test_a_consumed_events_block_overrides_only_the_keys_it_sets() -> None:
+    base = Resilience.model_validate(BLOCK)
+    override = Resilience.model_validate({"retry": {"max_attempts": 1}, "dead_letter": False})
+    merged = override.over(base)
+    assert merged.retry == RetrySettings(max_attempts=1, backoff_ms=20, max_backoff_ms=80, jitter="none")
+    assert (merged.timeout_ms, merged.dead_letter, merged.circuit_breaker) == (500, False, base.circuit_breaker)
+
+
+def test_a_nodes_policy_carries_each_consumed_events_own_policy() -> None:
+    clock = ManualClock()
+    base = Resilience.model_validate(BLOCK)
+    consumes = [
+        EventSpec(event_name="PLAIN"),
+        EventSpec.model_validate({"event_name": "FRAGILE", "resilience": {"timeout_ms": 50, "dead_letter": False}}),
+        EventSpec.model_validate(
+            {"event_name": "GUARDED", "resilience": {"circuit_breaker": {"failure_threshold": 9}}}
+        ),
+    ]
+    policy = retry_policy(base, clock, base.events_over(consumes))
+    assert policy.for_event("PLAIN") is policy
+    fragile = policy.for_event("FRAGILE")
+    assert (fragile.timeout_ms, fragile.dead_letter, fragile.max_attempts, fragile.clock) == (50, False, 4, clock)
+    # Circuit breakers: only an event whose block sets circuit_breaker gets one of its own.
+    [(name, guarded)] = base.events_over(consumes, "circuit_breaker").items()
+    breaker = circuit_breaker(guarded.circuit_breaker, clock.monotonic)
+    assert (name, breaker.failure_threshold, breaker.reset_timeout_s) == ("GUARDED", 9, 1.0)
+
+
+def test_a_node_builds_its_policy_and_breakers_once_from_its_contract(tmp_path: Path) -> None:
+    contract = Contract.model_validate(
+        {
+            "contract_version": "2.0.0",
+            "name": "fetcher",
+            "version": "1.0.0",
+            "node_type": "EFFECT",
+            "source": tmp_path / "fetcher.yaml",
+            "resilience": BLOCK,
+            "subcontracts": {
+                "event_type": {
+                    "version": "1.0.0",
+                    "consumes": [
+                        {"event_name": "FETCH", "handler": "fetch"},
+                        {
+                            "event_name": "FETCH_SLOWLY",
+                            "handler": "fetch",
+                            "resilience": {"timeout_ms": 60_000, "circuit_breaker": {"reset_timeout_ms": 9_000}},
+                        },
+                    ],
+                }
+            },
+        }
+    )
+    clock = ManualClock()
+    settings = Settings.load(environ={}, root=str(tmp_path))
+    node = EffectNode(
+        contract, bus=MemoryBus(), store=open_store(f"sqlite:///{tmp_path}/onex.db"), settings=settings, clock=clock
+    )
+
+    assert node.retry_policy.for_event("FETCH").timeout_ms == 500
+    slow = node.retry_policy.for_event("FETCH_SLOWLY")
+    assert (slow.timeout_ms, slow.max_attempts, slow.clock) == (60_000, 4, clock)
+    assert node.breaker_for("FETCH") is node.breaker
+    assert node.breaker_for("FETCH_SLOWLY").reset_timeout_s == 9.0
+    assert node.breaker_for("FETCH_SLOWLY").failure_threshold == 2  # inherited from the contract's block
+
+
+class NodeHeld(ComputeNode):
+    """Handles PING after a store call that finds the store away ``outage`` times."""
+
+    def __init__(self, *args: Any, outage: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outage = outage
+        self.calls = 0
+        self.handled: list[uuid.UUID] = []
+
+    async def handle_ping(self, event: Event) -> None:
+        async def store_call() -> None:
+            self.calls += 1
+            if self.calls <= self.outage:
+                raise StoreUnavailable("connection refused")
+
+        await self.hold_store(store_call)
+        self.handled.append(event.envelope.event_id)
+
+
+@pytest.mark.anyio
+async def test_a_handler_held_by_a_store_outage_outlasts_its_timeout_without_a_failed_attempt(tmp_path: Path) -> None:
+    contract = Contract.model_validate(
+        {
+            "contract_version": "2.0.0",
+            "name": "held",
+            "version": "1.0.0",
+            "node_type": "COMPUTE",
+            "source": tmp_path / "held.yaml",
+            # One attempt of 100 ms: a timeout counted as a failure would dead-letter the message at once.
+            "resilience": {"timeout_ms": 100, "retry": {"max_attempts": 1}},
+            "subcontracts": {
+                "event_type": {
+                    "version": "1.0.0",
+                    "consumes": [{"event_name": "PING", "handler": "handle_ping", "external": True}],
+                }
+            },
+        }
+    )
+    clock = ManualClock()
+    settings = Settings.load(environ={}, root=str(tmp_path), heartbeat_interval_s=0)
+    async with MemoryBus() as bus:
+        store = open_store(f"sqlite:///{tmp_path}/onex.db")
+        node = NodeHeld(contract, bus=bus, store=store, settings=settings, clock=clock, outage=4)
+        await node.start()
+        try:
+            sent = OnexEnvelopeV1(event_type="PING", source_node_id="test", payload={})
+            await bus.publish(node.topic("PING"), sent)
+            with anyio.fail_after(10):
+                while not node.handled:
+                    if clock.sleepers:
+                        await clock.advance(0.05)  # the hold's pauses: 50, 100, 200, 400 ms, past the timeout
+                    await anyio.lowlevel.checkpoint()
+            assert clock.monotonic() > 0.1 * 3
+            assert node.handled == [sent.event_id]
+            assert node.calls == 5
+            statistics = bus.statistics()
+            assert (statistics.retried, statistics.dead_lettered, statistics.dropped) == (0, 0, 0)
+        finally:
+            await node.stop()

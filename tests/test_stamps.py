@@ -976,3 +976,24 @@ def _no_leaked_limit() -> Iterator[None]:
     saved = stamps.IN_MEMORY_LIMIT
     yield
     assert saved == stamps.IN_MEMORY_LIMIT
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="write leases are Linux's")
+def test_a_file_another_stamper_holds_the_lease_of_is_busy_not_failed(tmp_path: Path) -> None:
+    """Two stampers on one file (a run restarted over a killed one): the second opens the file (non-blocking) while
+    the first holds its write lease, gets EWOULDBLOCK, and reports busy (retried) instead of failing."""
+    import fcntl
+    import signal
+
+    path = tmp_path / "shared.txt"
+    path.write_bytes(b"text\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)  # a lease break signals the holder: not with SIGIO here
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        result = stamp_file(path)
+    finally:
+        os.close(fd)
+    assert (result.status, result.error) == ("busy", f"{path}: busy: open in another process, retry later")
+    assert path.read_bytes() == b"text\n"
+    assert stamp_file(path).status == "stamped"  # the lease gone: the next attempt stamps it

@@ -37,6 +37,7 @@ from onex.nodes import (
     StepStatus,
     Workflow,
 )
+from onex.resilience import CircuitBreaker
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import (
@@ -61,6 +62,7 @@ __all__ = [
     "BridgeStateRow",
     "BusError",
     "BusStatistics",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ComputeNode",

@@ -30,8 +30,12 @@ At-least-once, including downstream events
     ``flush()`` raise ``BusError``, so a caller that must know calls ``flush()``.
 
 Retries and dead letters
-    A handler that raises is retried per ``RetryPolicy`` with backoff; after the last attempt the message goes
-    to ``<topic>.dlq`` as ``envelope.dead_letter(...)`` and the consumer carries on. A batch handler that raises
+    Each handler call runs under the ``RetryPolicy`` of its event type (``onex.resilience``), as on the memory bus:
+    a call past ``timeout_ms`` is cancelled and fails; a handler that raises is retried with the policy's backoff;
+    after the last attempt the message goes to ``<topic>.dlq`` as ``envelope.dead_letter(...)`` (or is dropped and
+    counted, with ``dead_letter=False``) and the consumer carries on. A ``StoreUnavailable`` is not retried here:
+    the offsets before that record are committed, the consumer seeks back to it, and it comes again after a pause
+    (the node holds store outages; README, "Design decisions"). A batch handler that raises
     is followed by its messages one by one, each with the retry policy. A record that cannot be decoded (not
     JSON, not an envelope, a tombstone) is dead-lettered at once: there is no envelope to carry, so the dead
     letter is a ``DEAD_LETTER`` envelope whose payload holds ``original_topic``, ``original_raw`` (the value as
@@ -116,10 +120,12 @@ from onex.bus import (
     RetryPolicy,
     Subscription,
     check_start,
+    dropped,
 )
 from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dead_letter, dlq_topic
-from onex.exceptions import BusError, PayloadError
+from onex.exceptions import BusError, PayloadError, StoreUnavailable
 from onex.logs import dead_lettered, event, retried
+from onex.resilience import pause
 
 __all__ = ["KafkaBus"]
 
@@ -265,6 +271,8 @@ class KafkaBus(EventBus):
         self._dead_lettered = 0
         # Per (consumer group, event type), for the metrics and the nodes' summary lines.
         self.retried_by: dict[tuple[str, str], int] = {}
+        self._dropped = 0
+        self.dropped_by: dict[tuple[str, str], int] = {}
         self.dead_lettered_by: dict[tuple[str, str], int] = {}
 
     @classmethod
@@ -666,6 +674,7 @@ class KafkaBus(EventBus):
             retried=self._retried,
             dead_lettered=self._dead_lettered,
             buffered=sum(s.buffered for s in self._subscriptions),
+            dropped=self._dropped,
         )
 
 
@@ -896,20 +905,29 @@ class _KafkaSubscription(Subscription):
     async def _handle_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
         fetched_under = self.assignments
         deliveries: dict[TopicPartition, list[DeliveryFuture]] = {}
+        held: dict[TopicPartition, int] = {}  # partition -> offset of the first record left unacknowledged
         for tp, records in batch.items():
             pending: list[DeliveryFuture] = []
             token = _deliveries.set(pending)
             try:
-                await self._handle_partition(tp.topic, records)
+                resume = await self._handle_partition(tp.topic, records)
             finally:
                 _deliveries.reset(token)
             deliveries[tp] = pending
+            if resume is not None:
+                held[tp] = resume
         everything = [d for pending in deliveries.values() for d in pending]
         if everything:
             await asyncio.wait(everything)
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             error = _delivery_error(deliveries[tp])
+            if error is None and tp in held:
+                # A handler found the store unavailable: what came before is done, the rest comes again.
+                if held[tp] > records[0].offset:
+                    offsets[tp] = held[tp]
+                self._consumer.seek(tp, held[tp])
+                continue
             if error is None:
                 offsets[tp] = records[-1].offset + 1
                 continue
@@ -927,9 +945,9 @@ class _KafkaSubscription(Subscription):
                 records[-1].offset,
             )
             self._consumer.seek(tp, records[0].offset)
-        if len(offsets) < len(batch):
+        if held or len(offsets) < len(batch):
             self._redeliveries += 1
-            await asyncio.sleep(self.retry.delay_s(self._redeliveries))
+            await pause(self.retry.clock, self.retry.ceiling_s(self._redeliveries))
         else:
             self._redeliveries = 0
         if offsets:
@@ -968,10 +986,13 @@ class _KafkaSubscription(Subscription):
             # whoever owns the partitions next handles them again.
             logger.error("group %s: committing %s failed: %r", self.group, offsets, exc)
 
-    async def _handle_partition(self, topic: str, records: list[Any]) -> None:
+    async def _handle_partition(self, topic: str, records: list[Any]) -> int | None:
+        """Handle a partition's records in order: None when every one was acknowledged (handled or given up on),
+        else the offset of the first left unacknowledged (the store was unavailable), which comes again."""
         # The per-record path stays inline (no coroutine per record for decoding or the first attempt): at tens of
         # thousands of records per second, each extra await is measurable.
         handler = self.handler
+        retry = self.retry
         if handler is not None:
             bus = self.bus
             for record in records:
@@ -980,66 +1001,85 @@ class _KafkaSubscription(Subscription):
                 except Exception as exc:  # anything from_json raises means "not an envelope"
                     await self._dead_letter_raw(topic, record, exc)
                 else:
+                    policy = retry.for_event(envelope.event_type)
                     try:
-                        await handler(envelope)
+                        if policy.timeout_ms is None:
+                            await handler(envelope)  # the hot path of a plain subscription: no wrapper coroutine
+                        else:
+                            await policy.run(handler, envelope)
                     except Exception as exc:
-                        await self._retry(topic, envelope, handler, exc)
+                        if not await self._retry(topic, envelope, handler, exc):
+                            return int(record.offset)
                     else:
                         bus._delivered += 1
                 self.buffered -= 1
-            return
+            return None
         assert self.batch_handler is not None
         batch_handler = self.batch_handler
         envelopes: list[OnexEnvelopeV1] = []
+        offsets: list[int] = []
         for record in records:
             try:
                 envelopes.append(OnexEnvelopeV1.from_json(record.value))
+                offsets.append(record.offset)
             except Exception as exc:
                 await self._dead_letter_raw(topic, record, exc)
         if envelopes:
             try:
-                await batch_handler(envelopes)
+                # A batch comes from one partition, so in practice of one event type: its policy times the batch.
+                await retry.for_event(envelopes[0].event_type).run(batch_handler, envelopes)
             except Exception:
                 logger.debug("group %s: batch handler failed, handing %d over one by one", self.group, len(envelopes))
 
                 async def one(envelope: OnexEnvelopeV1) -> None:
                     await batch_handler([envelope])
 
-                for envelope in envelopes:
+                for envelope, offset in zip(envelopes, offsets, strict=True):
                     try:
-                        await one(envelope)
+                        await retry.for_event(envelope.event_type).run(one, envelope)
                     except Exception as exc:
-                        await self._retry(topic, envelope, one, exc)
+                        if not await self._retry(topic, envelope, one, exc):
+                            return offset
                     else:
                         self.bus._delivered += 1
             else:
                 self.bus._delivered += len(envelopes)
         self.buffered -= len(records)
+        return None
 
-    async def _retry(self, topic: str, envelope: OnexEnvelopeV1, handler: Handler, error: Exception) -> None:
-        """After the first attempt failed with ``error``: retry with backoff, then dead-letter."""
-        retry = self.retry
+    async def _retry(self, topic: str, envelope: OnexEnvelopeV1, handler: Handler, error: Exception) -> bool:
+        """After the first attempt failed with ``error``: retry with backoff, then dead-letter (or drop). False when
+        the message is to stay unacknowledged: the store is unavailable, which is no attempt's failure (README)."""
+        retry = self.retry.for_event(envelope.event_type)
         attempt = 1
-        while attempt < retry.max_attempts and not isinstance(error, PayloadError):  # no retry fixes a bad payload
-            await asyncio.sleep(retry.delay_s(attempt))
+        # No retry fixes a bad payload; an unavailable store is held by the node, not retried here.
+        while attempt < retry.max_attempts and not isinstance(error, (PayloadError, StoreUnavailable)):
+            await retry.pause(attempt)
             attempt += 1
             self.bus._retried += 1
             key = (self.group, envelope.event_type)
             self.bus.retried_by[key] = self.bus.retried_by.get(key, 0) + 1
             retried(logger, envelope, error, attempt=attempt, group=self.group)
             try:
-                await handler(envelope)
+                await retry.run(handler, envelope)
             except Exception as exc:
                 error = exc
             else:
                 self.bus._delivered += 1
-                return
+                return True
+        if isinstance(error, StoreUnavailable):
+            return False
+        if not retry.dead_letter:
+            self.bus._dropped_one(self.group, envelope.event_type)
+            dropped(logger, envelope, error, attempts=attempt, group=self.group, topic=topic)
+            return True
         if await self._dead_letter(
             topic,
             envelope.event_type,
             dead_letter(envelope, topic=topic, error=error, attempts=attempt, group=self.group),
         ):
             dead_lettered(logger, envelope, error, attempts=attempt, group=self.group, topic=topic)
+        return True
 
     async def _dead_letter_raw(self, topic: str, record: Any, error: Exception) -> None:
         if record.value is None:

@@ -5,11 +5,14 @@ Semantics, the same on every bus (``tests/test_bus_conformance.py`` runs against
 - ``publish(topic, envelope)`` delivers to every consumer group subscribed to ``topic``; it waits (backpressure)
   while a group's bounded buffer is full.
 - Within a group, each message goes to one member; messages with the same key are handled in publish order.
-- At-least-once: a message is acknowledged only after its handler returned. A handler that raises is retried
-  with backoff (``RetryPolicy``); after the last attempt the message goes to ``<topic>.dlq`` (see
-  ``envelope.dead_letter``) and the consumer carries on. A handler that raises ``PayloadError`` (the message does
-  not fit what the consumer accepts: a bad payload, an event type it does not consume) is dead-lettered at once,
-  since no retry can fix it.
+- At-least-once: a message is acknowledged only after its handler returned. Each handler call runs under the
+  ``RetryPolicy`` of the message's event type (``onex.resilience``; a node builds it from its contract): a call past
+  its ``timeout_ms`` is cancelled and fails, a handler that fails is retried with the policy's backoff, and after
+  the last attempt the message goes to ``<topic>.dlq`` (see ``envelope.dead_letter``), or is dropped and counted
+  when the policy says ``dead_letter=False``, and the consumer carries on. A handler that raises ``PayloadError``
+  (the message does not fit what the consumer accepts: a bad payload, an event type it does not consume) is given
+  up on at once, since no retry can fix it. A ``StoreUnavailable`` is no attempt: the message stays
+  unacknowledged and comes again after a pause (store outages are held by the nodes, not retried by the bus).
 - No task per event: each subscription has a fixed set of worker tasks that drain buffers in batches.
 - A group that has no position yet starts where ``subscribe(..., start=...)`` says: ``"earliest"`` (the default),
   the oldest message the bus still holds for the topic; ``"latest"``, only what is published after ``subscribe()``
@@ -35,8 +38,9 @@ from typing import Literal, Self, get_args
 from zlib import crc32
 
 from onex.envelope import OnexEnvelopeV1, dead_letter, dlq_topic
-from onex.exceptions import BusError, PayloadError
-from onex.logs import dead_lettered, retried
+from onex.exceptions import BusError, PayloadError, StoreUnavailable
+from onex.logs import dead_lettered, event, retried
+from onex.resilience import RetryPolicy as RetryPolicy  # re-exported: where bus users have always found it
 
 Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 """Handles one envelope; raising means "not handled" (retry, then dead letter)."""
@@ -63,27 +67,25 @@ def check_start(start: object) -> None:
 
 
 _log = logging.getLogger("onex.bus")
+_DEFAULT_RETRY = RetryPolicy()
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often a failing handler is retried before its message is dead-lettered."""
-
-    max_attempts: int = 3
-    backoff_ms: float = 50.0
-    backoff_multiplier: float = 2.0
-    max_backoff_ms: float = 5_000.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
-        if self.backoff_ms < 0 or self.max_backoff_ms < 0 or self.backoff_multiplier < 1:
-            raise ValueError("backoff_ms and max_backoff_ms must be >= 0 and backoff_multiplier >= 1")
-
-    def delay_s(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ms = min(self.backoff_ms * self.backoff_multiplier ** (attempt - 1), self.max_backoff_ms)
-        return ms / 1000.0
+def dropped(
+    logger: logging.Logger, envelope: OnexEnvelopeV1, error: BaseException, *, attempts: int, group: str, topic: str
+) -> None:
+    """The ``drop`` line of a bus: a message given up on under ``dead_letter: false``, named by its event id."""
+    event(
+        logger,
+        logging.WARNING,
+        "drop",
+        f"dropped event {envelope.event_id} after {attempts} attempt(s) (dead_letter: false): {error!r}",
+        event_id=str(envelope.event_id),
+        event_type=envelope.event_type,
+        correlation_id=None if envelope.correlation_id is None else str(envelope.correlation_id),
+        attempts=attempts,
+        group=group,
+        topic=topic,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +93,10 @@ class BusStatistics:
     """Counters since the bus started.
 
     ``published`` counts accepted ``publish()`` calls (dead letters included), ``delivered`` messages whose handler
-    returned, ``retried`` handler attempts after a failure, ``dead_lettered`` messages given up on, and
-    ``buffered`` messages accepted for a consumer group but not taken by a handler yet (after ``aclose()``: every
-    message that was never handled).
+    returned, ``retried`` handler attempts after a failure, ``dead_lettered`` messages given up on and sent to the
+    dead-letter topic, ``dropped`` messages given up on under ``RetryPolicy(dead_letter=False)``, and ``buffered``
+    messages accepted for a consumer group but not taken by a handler yet (after ``aclose()``: every message that
+    was never handled).
     """
 
     published: int
@@ -101,6 +104,7 @@ class BusStatistics:
     retried: int
     dead_lettered: int
     buffered: int
+    dropped: int = 0
 
 
 class Subscription(abc.ABC):
@@ -144,7 +148,7 @@ class EventBus(abc.ABC):
         *,
         handler: Handler | None = None,
         batch_handler: BatchHandler | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = _DEFAULT_RETRY,
         max_batch: int = 500,
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
@@ -171,6 +175,15 @@ class EventBus(abc.ABC):
     retried_by: dict[tuple[str, str], int]
     dead_lettered_by: dict[tuple[str, str], int]
     _dead_lettered: int
+
+    dropped_by: dict[tuple[str, str], int]
+    _dropped: int
+
+    def _dropped_one(self, group: str, event_type: str) -> None:
+        """Count a message given up on without a dead letter (``RetryPolicy.dead_letter`` false)."""
+        self._dropped += 1
+        key = (group, event_type)
+        self.dropped_by[key] = self.dropped_by.get(key, 0) + 1
 
     def on_dead_letter(self, listener: DeadLetterListener) -> None:
         """Await ``listener(group, event_type, letter)`` after each dead letter this process's subscriptions publish
@@ -412,7 +425,8 @@ class _Worker:
 
     async def _deliver_batch(self, batch: list[OnexEnvelopeV1], batch_handler: BatchHandler) -> None:
         try:
-            await batch_handler(batch)
+            # A batch comes from one topic, so in practice of one event type: its policy times the batch.
+            await self.member.retry.for_event(batch[0].event_type).run(batch_handler, batch)
         except Exception:
             # One poison message must not hold the others back: hand them over one at a time, each with its own
             # retries, so only the poison ends up in the dead-letter topic.
@@ -435,8 +449,12 @@ class _Worker:
                 # Stop between messages on a rebalance or close; the new owner picks the rest up in order.
                 if member.stopping or part.owner is not member:
                     break
+                policy = member.retry.for_event(envelope.event_type)
                 try:
-                    await handler(envelope)
+                    if policy.timeout_ms is None:
+                        await handler(envelope)  # the hot path of a plain subscription: no wrapper coroutine
+                    else:
+                        await policy.run(handler, envelope)
                 except Exception as exc:
                     outcome = await self._retry(envelope, handler, exc)
                     if outcome is None:
@@ -449,12 +467,13 @@ class _Worker:
             self.bus._ack(done, done - dead)
 
     async def _retry(self, envelope: OnexEnvelopeV1, handler: Handler, exc: Exception) -> int | None:
-        """Retry a failed message: 0 once handled, 1 once dead-lettered, None if the member stopped first."""
+        """Retry a failed message: 0 once handled, 1 once given up on (dead-lettered or dropped), None if it stays
+        unacknowledged (the member stopped first, or the store is unavailable)."""
         member, bus = self.member, self.bus
-        retry = member.retry
+        retry = member.retry.for_event(envelope.event_type)
         attempt = 1
-        while attempt < retry.max_attempts and not isinstance(exc, PayloadError):
-            if not await self._backoff(retry.delay_s(attempt)):
+        while attempt < retry.max_attempts and not isinstance(exc, (PayloadError, StoreUnavailable)):
+            if not await self._backoff(retry, attempt):
                 return None
             attempt += 1
             bus._retried += 1
@@ -462,14 +481,23 @@ class _Worker:
             bus.retried_by[key] = bus.retried_by.get(key, 0) + 1
             retried(_log, envelope, exc, attempt=attempt, group=member.group.name)
             try:
-                await handler(envelope)
+                await retry.run(handler, envelope)
             except Exception as again:
                 exc = again
             else:
                 return 0
+        if isinstance(exc, StoreUnavailable):
+            # Not the message's failure, and not the bus's to retry (README, "Design decisions"): it goes back to the
+            # buffer unacknowledged after a pause, and no attempt is counted.
+            await self._backoff(retry, 1, jitter=False)
+            return None
         if member.stopping:
             return None
         topic = member.group.topic
+        if not retry.dead_letter:
+            bus._dropped_one(member.group.name, envelope.event_type)
+            dropped(_log, envelope, exc, attempts=attempt, group=member.group.name, topic=topic)
+            return 1
         try:
             await bus.publish(
                 dlq_topic(topic), letter := dead_letter(envelope, topic=topic, error=exc, attempts=attempt)
@@ -480,30 +508,26 @@ class _Worker:
         dead_lettered(_log, envelope, exc, attempts=attempt, group=member.group.name, topic=topic)
         return 1
 
-    async def _backoff(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds unless the member is stopped first; returns whether to carry on."""
+    async def _backoff(self, retry: RetryPolicy, attempt: int, *, jitter: bool = True) -> bool:
+        """Wait the pause after failed attempt ``attempt`` on the policy's clock, unless the member is stopped
+        first; returns whether to carry on."""
         member = self.member
         if member.stopping:
             return False
+        delay = retry.delay_s(attempt) if jitter else retry.ceiling_s(attempt)
         if delay > 0:
-            loop = self.bus._loop()
-            timer: asyncio.Future[None] = loop.create_future()
-            handle = loop.call_later(delay, _resolve, timer)
+            # The sleep is a task of its own (see onex.resilience.pause); asyncio.wait neither wraps futures in tasks
+            # nor cancels them, so the shared stop_signal survives.
+            timer = asyncio.ensure_future(retry.clock.sleep(delay))
             try:
-                # asyncio.wait neither wraps futures in tasks nor cancels them, so the shared stop_signal survives.
                 await asyncio.wait((timer, member.stop_signal), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                handle.cancel()
+                timer.cancel()
         return not member.stopping
 
     def _give_back(self, envelopes: list[OnexEnvelopeV1]) -> None:
         # Unacknowledged messages go back to the front, ahead of anything published since, so order is kept.
         self.part.buffer.extendleft(reversed(envelopes))
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class MemorySubscription(Subscription):
@@ -594,6 +618,8 @@ class MemoryBus(EventBus):
         # Per (consumer group, event type), for the metrics and the nodes' summary lines.
         self.retried_by: dict[tuple[str, str], int] = {}
         self.dead_lettered_by: dict[tuple[str, str], int] = {}
+        self._dropped = 0
+        self.dropped_by: dict[tuple[str, str], int] = {}
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         assert self._event_loop is not None
@@ -678,7 +704,7 @@ class MemoryBus(EventBus):
         *,
         handler: Handler | None = None,
         batch_handler: BatchHandler | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = _DEFAULT_RETRY,
         max_batch: int = 500,
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
@@ -784,4 +810,5 @@ class MemoryBus(EventBus):
             retried=self._retried,
             dead_lettered=self._dead_lettered,
             buffered=sum(g.buffered() for g in self._groups.values()),
+            dropped=self._dropped,
         )

@@ -27,7 +27,15 @@ from rich.table import Table
 from rich.text import Text
 
 from onex import __version__
-from onex.contracts import ContractSet, load_contract, load_contracts, resolve_implementation, schemas
+from onex.contracts import (
+    Contract,
+    ContractSet,
+    bundled_schema,
+    load_contract,
+    load_contracts,
+    resolve_implementation,
+    schemas,
+)
 from onex.exceptions import ContractError, OnexError
 from onex.fsm import mermaid
 from onex.logs import configure as configure_logs
@@ -182,7 +190,32 @@ def _contracts(settings: Settings, *, check_implementations: bool) -> ContractSe
         _fail(f"{len(exc.issues)} problem(s) in the contracts under {settings.root}; run `onex validate`")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Onex(click.Group):
+    """The ``onex`` group: a usage error is one line on stderr (what, and where to look) and exit status 2, instead
+    of click's three lines; everything else as click does it."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            returned = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `onex`, `onex db`: the help, as git does
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "onex"
+            click.echo(f"{path}: {exc.format_message()} (see '{path} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # Without standalone mode click returns the code a command exited with (ctx.exit), or what it returned.
+        sys.exit(returned if isinstance(returned, int) else 0)
+
+
+@click.group(cls=_Onex, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -204,16 +237,20 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Check contracts: YAML, $ref, JSON Schema, FSM and handler checks. Exit 1 if any problem is found.
 
     Without PATHS every contract and subcontract of the project is checked; a PATH may be a project directory
-    (one holding contracts/), a directory of contract files, or a contract file.
+    (one holding contracts/), a directory of contract files, or a contract file. In a git work tree, a contract that
+    changed incompatibly since the last commit without a new major version gets a warning (`onex contract diff`).
     """
     settings = _settings(ctx)
     issues = []
     checked = 0
     targets = list(paths) or [settings.root]
+    project: list[Contract] = []
     for target in targets:
         try:
             if not paths or (target / "contracts").is_dir():
-                checked += len(load_contracts(target.resolve()).contracts)
+                loaded = load_contracts(target.resolve()).contracts
+                checked += len(loaded)
+                project += loaded if not paths else []
             elif target.is_dir():
                 # Loaded as a project root it would hold no contracts/ and pass having checked nothing.
                 checked += len(load_contracts(settings.root, [target.resolve()]).contracts)
@@ -227,7 +264,62 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     if issues:
         files = len({i.path for i in issues})
         _fail(f"{len(issues)} problem(s) in {files} file(s)")
+    if project:
+        from onex.contracts.diff import unversioned_breaks
+
+        try:
+            for warning in unversioned_breaks(project, root=settings.root):
+                err.print(f"[yellow]warning[/yellow]: {warning}", markup=True, highlight=False)
+        except OnexError as exc:  # git missing or failing: the check is advice, validation stands
+            err.print(f"warning: could not compare with the committed contracts: {exc}", markup=False)
     console.print(f"[green]ok[/green]: {checked} contract(s) valid")
+
+
+@main.group()
+def contract() -> None:
+    """Work with contract versions."""
+
+
+@contract.command("diff")
+@click.argument("old")
+@click.argument("new", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_output_option()
+@click.pass_context
+def contract_diff(ctx: click.Context, old: str, new: Path, output: str) -> None:
+    """List every change from OLD to NEW and whether it breaks what runs or is stored; exit 1 if one does.
+
+    OLD is a contract file, or git:REF for NEW as committed at REF (git:HEAD, git:main~3). Breaking: an event no
+    longer consumed or published, a payload field removed or narrowed, a required field added, an FSM state removed
+    or a trigger removed, another node kind. See docs/contracts.md.
+    """
+    from onex.contracts.diff import diff_files, is_breaking
+
+    settings = _settings(ctx)
+    if not old.startswith("git:") and not Path(old).is_file():
+        raise click.BadParameter(f"{old!r} is neither a contract file nor git:REF", param_hint="OLD")
+    try:
+        changes = diff_files(old, new, root=settings.root)
+    except ContractError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        _fail(f"{len(exc.issues)} problem(s) loading the contracts")
+    except OnexError as exc:
+        _fail(str(exc))
+    breaking = is_breaking(changes)
+    if output == "json":
+        _emit_json({"breaking": breaking, "changes": [c.to_dict() for c in changes]})
+    elif not changes:
+        console.print(f"no changes from {old} to {new}", markup=False)
+    else:
+        _emit(output, [c.to_dict() for c in changes], title=f"{old} -> {new}")
+        verdict = (
+            f"[red]breaking[/red]: {sum(c.verdict == 'breaking' for c in changes)} change(s)"
+            if breaking
+            else "[green]compatible[/green]"
+        )
+        console.print(f"{verdict} ({len(changes)} change(s) in all)")
+    if breaking:
+        sys.exit(1)
 
 
 @main.command()
@@ -282,14 +374,15 @@ def graph(ctx: click.Context, node: str, node_version: str | None) -> None:
 @click.argument("name", default="contract")
 @click.option("--list", "list_", is_flag=True, help="List the schema names.")
 def schema(name: str, list_: bool) -> None:
-    """Print a JSON Schema (contract or a subcontract type) for editors."""
+    """Print a JSON Schema (contract or a subcontract type) for editors: one self-contained document, which
+    accepts `{$ref: file}` wherever a subcontract may stand."""
     available = schemas()
     if list_:
         click.echo("\n".join(sorted(available)))
         return
     if name not in available:
         _fail(f"no schema {name!r}; one of: {', '.join(sorted(available))}", code=2)
-    click.echo(json.dumps(available[name], indent=2))
+    click.echo(json.dumps(bundled_schema(name), indent=2))
 
 
 @main.command()
@@ -318,6 +411,13 @@ def schema(name: str, list_: bool) -> None:
 @click.option(
     "--log-format", type=click.Choice(LOG_FORMATS), help="text or json (one object a line). Env: ONEX_LOG_FORMAT."
 )
+@click.option(
+    "--reload",
+    "reload_contracts",
+    is_flag=True,
+    help="Watch contracts/ and subcontracts/: on a change that validates, each affected node drains, reloads and "
+    "resumes; on one that does not, the errors are logged and the running version stays.",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -330,6 +430,7 @@ def run(
     metrics_address: str | None,
     log_level: str | None,
     log_format: str | None,
+    reload_contracts: bool,
 ) -> None:
     """Host nodes in this process until SIGINT/SIGTERM, then drain and stop.
 
@@ -409,6 +510,10 @@ def run(
                 for n in rt.nodes:
                     table.add_row(n.contract.name, n.contract.version, n.contract.node_type.value, n.node_id)
                 err.print(table)
+            if reload_contracts and not no_nodes:
+                watcher = rt.watch_contracts()
+                stack.callback(watcher.cancel)
+                err.print(f"watching {settings.root}/contracts and subcontracts for changes", markup=False)
             if sock is None:
                 await rt.run_until_signal(ready=lambda: err.print("running; Ctrl-C drains and stops"))
             else:

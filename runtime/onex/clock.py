@@ -102,6 +102,7 @@ class ManualClock:
         """Move the clock ``seconds`` forward, firing every sleep that ends meanwhile (see the class docstring)."""
         if seconds < 0:
             raise ValueError("a clock does not go back")
+        await asyncio.sleep(0)  # tasks already scheduled (a timer just started) reach their first sleep first
         end = self._mono + seconds
         while self._sleepers and self._sleepers[0][0] <= end:
             due, _, future, task = heapq.heappop(self._sleepers)

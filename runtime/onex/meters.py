@@ -1,9 +1,9 @@
 """Meters: the plain counters nodes and stores keep while they work, read by ``onex.metrics`` when scraped.
 
 Counting stays off the hot path's allocations: each node owns a ``NodeMeter`` of plain integers per event type,
-updated once per handled batch (or message), and each store a ``CommitMeter``. Nothing here knows Prometheus
-beyond the one family type ``Histogram.add_to`` fills, nor the runtime that hosts them, so every layer may count
-(``tests/test_layering.py``).
+updated once per handled batch (or message), each store a ``CommitMeter`` and each cache a ``CacheMeter``. Nothing
+here knows Prometheus beyond the one family type ``Histogram.add_to`` fills, nor the runtime that hosts them, so
+every layer may count (``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prometheus_client.core import HistogramMetricFamily
 
-__all__ = ["BATCH_BUCKETS", "DURATION_BUCKETS", "CommitMeter", "DeadLetterAlert", "Histogram", "NodeMeter"]
+__all__ = [
+    "BATCH_BUCKETS",
+    "DURATION_BUCKETS",
+    "CacheMeter",
+    "CommitMeter",
+    "DeadLetterAlert",
+    "Histogram",
+    "NodeMeter",
+]
 
 # Seconds; a handled batch of the shipped nodes takes from well under a millisecond to a few hundred.
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -104,6 +112,20 @@ class NodeMeter:
     def totals(self) -> tuple[int, int]:
         """(handled, failed) over every event type."""
         return sum(t.handled for t in self.tallies.values()), sum(t.failed for t in self.tallies.values())
+
+
+class CacheMeter:
+    """A cache's hits and misses per cached lookup (``onex.cache``), for ``onex_cache_hits_total`` / ``_misses_``."""
+
+    __slots__ = ("hits", "misses")
+
+    def __init__(self) -> None:
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.misses: collections.Counter[str] = collections.Counter()
+
+    def lookups(self) -> list[tuple[str, int, int]]:
+        """``(lookup, hits, misses)`` for every lookup counted, by name."""
+        return [(name, self.hits[name], self.misses[name]) for name in sorted(self.hits.keys() | self.misses.keys())]
 
 
 class DeadLetterAlert:

@@ -14,7 +14,7 @@ whether or not the process serves the HTTP API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,7 +23,15 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from onex.meters import BATCH_BUCKETS, DURATION_BUCKETS, CommitMeter, DeadLetterAlert, Histogram, NodeMeter
+from onex.meters import (
+    BATCH_BUCKETS,
+    DURATION_BUCKETS,
+    CacheMeter,
+    CommitMeter,
+    DeadLetterAlert,
+    Histogram,
+    NodeMeter,
+)
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -33,11 +41,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_BUCKETS",
     "DURATION_BUCKETS",
+    "CacheMeter",
     "CommitMeter",
     "DeadLetterAlert",
     "Histogram",
     "NodeMeter",
     "RuntimeCollector",
+    "cache_families",
+    "cache_text",
     "create_app",
     "readiness",
     "registry_for",
@@ -60,6 +71,11 @@ class RuntimeCollector(Collector):
         failed = CounterMetricFamily("onex_events_failed", "Events whose handler raised (each attempt).", labels=labels)
         retried = CounterMetricFamily("onex_events_retried", "Handler attempts after a failure.", labels=labels)
         dead = CounterMetricFamily("onex_events_dead_lettered", "Events sent to a dead-letter topic.", labels=labels)
+        dropped = CounterMetricFamily(
+            "onex_events_dropped",
+            "Events given up on without a dead letter (resilience dead_letter: false).",
+            labels=labels,
+        )
         duration = HistogramMetricFamily(
             "onex_handler_duration_seconds", "Handler calls (one per message or batch).", labels=labels
         )
@@ -80,10 +96,11 @@ class RuntimeCollector(Collector):
                 handled.add_metric([name, event_type], tally.handled)
                 failed.add_metric([name, event_type], tally.failed)
                 tally.durations.add_to(duration, [name, event_type])
-            for (group, event_type), (retries, letters) in sorted(by_group.items()):
+            for (group, event_type), (retries, letters, drops) in sorted(by_group.items()):
                 if group == node.group:
                     retried.add_metric([name, event_type], retries)
                     dead.add_metric([name, event_type], letters)
+                    dropped.add_metric([name, event_type], drops)
             in_flight.add_metric([name], node.active_operations)
             alert.add_metric([name], 1 if node.dlq_alert.raised() else 0)
             running = getattr(node, "workflows", None)
@@ -99,7 +116,8 @@ class RuntimeCollector(Collector):
             hash_durations = getattr(node, "hash_durations", None)
             if isinstance(hash_durations, Histogram):
                 hash_durations.add_to(hashing, [node.contract.name])
-        yield from (handled, failed, retried, dead, duration, in_flight, workflows, breaker, alert, hashing)
+        yield from (handled, failed, retried, dead, dropped, duration, in_flight, workflows, breaker, alert, hashing)
+        yield from cache_families((n.cache.name, n.cache.meter) for n in rt.nodes if n.cache is not None)
         lag = GaugeMetricFamily(
             "onex_consumer_lag", "Records not yet committed (Kafka).", labels=["group", "topic", "partition"]
         )
@@ -123,13 +141,36 @@ class RuntimeCollector(Collector):
             )
 
 
-def _bus_counts(rt: Runtime) -> dict[tuple[str, str], tuple[int, int]]:
-    counts: dict[tuple[str, str], tuple[int, int]] = {}
-    retried = getattr(rt.bus, "retried_by", {})
-    dead = getattr(rt.bus, "dead_lettered_by", {})
-    for key in set(retried) | set(dead):
-        counts[key] = (retried.get(key, 0), dead.get(key, 0))
-    return counts
+def cache_families(caches: Iterable[tuple[str, CacheMeter]]) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    """``onex_cache_hits_total`` and ``onex_cache_misses_total`` by ``node`` (whose cache) and ``cache`` (the
+    lookup) for ``(name, meter)`` pairs (``onex.cache.Cache.name`` and ``.meter``)."""
+    labels = ["node", "cache"]
+    hits = CounterMetricFamily("onex_cache_hits", "Cached lookups answered from the cache.", labels=labels)
+    misses = CounterMetricFamily("onex_cache_misses", "Cached lookups that read through.", labels=labels)
+    for name, meter in caches:
+        for lookup, hit, missed in meter.lookups():
+            hits.add_metric([name, lookup], hit)
+            misses.add_metric([name, lookup], missed)
+    return hits, misses
+
+
+def cache_text(caches: Iterable[tuple[str, CacheMeter]]) -> str:
+    """``cache_families`` in the Prometheus text format (0.0.4), for a page that writes its own (the gateway's)."""
+    registry = CollectorRegistry(auto_describe=False)
+
+    class _Caches(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from cache_families(list(caches))
+
+    registry.register(_Caches())
+    return generate_latest(registry).decode()
+
+
+def _bus_counts(rt: Runtime) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """(retried, dead-lettered, dropped) per (consumer group, event type)."""
+    bus = rt.bus
+    keys = set(bus.retried_by) | set(bus.dead_lettered_by) | set(bus.dropped_by)
+    return {k: (bus.retried_by.get(k, 0), bus.dead_lettered_by.get(k, 0), bus.dropped_by.get(k, 0)) for k in keys}
 
 
 def _lag(rt: Runtime) -> dict[tuple[str, str, int], int]:

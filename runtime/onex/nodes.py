@@ -29,16 +29,22 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from onex.bus import EventBus, RetryPolicy, Subscription
+from onex.bus import EventBus, Subscription
+from onex.cache import node_cache
+
+# Re-exported: node code finds what it handles in onex.nodes, as before the catalog had a module of its own.
+from onex.catalog import Event as Event
+from onex.catalog import EventCatalog as EventCatalog
+from onex.catalog import PayloadCodec as PayloadCodec
+from onex.catalog import Publication as Publication
 from onex.clock import SYSTEM_CLOCK, Clock
-from onex.contracts import Contract, EventSpec, NodeType, Step, load_payload_model, plan_stages
+from onex.contracts import Contract, EventSpec, NodeType, Step, plan_stages
 from onex.envelope import (
     NODE_HEARTBEAT,
     NODE_INTROSPECTION,
@@ -46,7 +52,6 @@ from onex.envelope import (
     RUNTIME_EVENTS,
     STATE_TRANSITION,
     IdSource,
-    ModelIntrospectionRequest,
     ModelNodeHeartbeat,
     ModelNodeIntrospection,
     ModelStateTransitions,
@@ -58,7 +63,7 @@ from onex.envelope import (
 from onex.exceptions import LifecycleError, OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.meters import DeadLetterAlert, NodeMeter
-from onex.resilience import CircuitBreaker
+from onex.resilience import CircuitBreaker, circuit_breaker, holding, pause, retry_policy
 from onex.settings import Settings
 from onex.store import Store, WorkflowRow, WriteBatch
 
@@ -86,156 +91,6 @@ _MOVES: dict[Lifecycle, frozenset[Lifecycle]] = {
 }
 
 
-# --- payloads ----------------------------------------------------------------------------------------------------
-
-
-class Event(NamedTuple):
-    """A consumed envelope with its validated payload (a pydantic model, or a dict for schema-less events)."""
-
-    envelope: OnexEnvelopeV1
-    payload: Any
-
-
-class PayloadCodec:
-    """Validates one event's payloads, compiled once from the contract.
-
-    ``payload_model`` gives a pydantic model. An inline ``payload_schema`` is compiled once into a jsonschema
-    validator object (schemas are not re-read per message; the validator is reused); events with neither carry
-    free-form dicts.
-    """
-
-    def __init__(self, spec: EventSpec, *, root: Path) -> None:
-        self.event_name = spec.event_name
-        self.model: type[BaseModel] | None = None
-        self._validator: Any = None
-        if spec.payload_model:
-            try:
-                model = load_payload_model(spec.payload_model, root=root)
-            except LookupError as exc:
-                raise OnexError(str(exc)) from None
-            if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                raise OnexError(f"{spec.payload_model!r} is not a pydantic model")
-            self.model = model
-        elif spec.payload_schema is not None:
-            from jsonschema import Draft202012Validator
-
-            self._validator = Draft202012Validator(spec.payload_schema)
-
-    def decode(self, envelope: OnexEnvelopeV1) -> Any:
-        """The validated payload of ``envelope``; PayloadError names the event id and the bad field.
-
-        A payload that already is this event's model was validated when its envelope was built in this process (the
-        models are frozen), and is handed over as it is; anything else (a dict off the wire or from a caller) is
-        validated here, at the edge.
-        """
-        payload = envelope.payload
-        if self.model is not None:
-            if type(payload) is self.model:
-                return payload
-            try:
-                if isinstance(payload, BaseModel):  # another model of the same event (another node's version)
-                    return self.model.model_validate(payload.model_dump())
-                return self.model.model_validate(payload)
-            except ValidationError as exc:
-                raise PayloadError(str(envelope.event_id), envelope.event_type, _first_error(exc)) from None
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump()
-        if self._validator is not None:
-            error = next(iter(self._validator.iter_errors(payload)), None)
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "payload"
-                raise PayloadError(str(envelope.event_id), envelope.event_type, f"{where}: {error.message}")
-        return payload
-
-    def encode(self, payload: BaseModel | Mapping[str, Any]) -> Any:
-        """The payload for an envelope: the event's model (validated from a mapping, or checked to be the model),
-        or for an event without a model the mapping as a dict (checked against the inline schema, if any)."""
-        if isinstance(payload, BaseModel):
-            if self.model is not None and type(payload) is not self.model:
-                raise PayloadError(
-                    "-", self.event_name, f"expected {self.model.__name__}, got {type(payload).__name__}"
-                )
-            return payload if self.model is not None else payload.model_dump()
-        if self.model is not None:
-            try:
-                return self.model.model_validate(payload)
-            except ValidationError as exc:
-                raise PayloadError("-", self.event_name, _first_error(exc)) from None
-        data = dict(payload)
-        if self._validator is not None:
-            error = next(iter(self._validator.iter_errors(data)), None)
-            if error is not None:
-                raise PayloadError("-", self.event_name, error.message)
-        return data
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "payload"
-    return f"{where}: {first['msg']}"
-
-
-_RUNTIME_MODELS: dict[str, type[BaseModel]] = {
-    NODE_INTROSPECTION: ModelNodeIntrospection,
-    NODE_HEARTBEAT: ModelNodeHeartbeat,
-    STATE_TRANSITION: ModelStateTransitions,
-    REGISTRY_REQUEST_INTROSPECTION: ModelIntrospectionRequest,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """An event as a contract declares it: its topic, its payload codec and (for a publisher) its partition key."""
-
-    event_name: str
-    topic: str
-    codec: PayloadCodec
-    partition_key: str | None = None
-
-    @classmethod
-    def of(cls, spec: EventSpec, settings: Settings) -> Publication:
-        topic = topic_name(
-            spec.event_name, env=settings.env, tenant=settings.tenant, cls=spec.topic_class, major=spec.event_version
-        )
-        return cls(spec.event_name, topic, PayloadCodec(spec, root=settings.root), spec.partition_key)
-
-    @classmethod
-    def runtime(cls, event_name: str, settings: Settings) -> Publication:
-        """One of the events every node publishes (``RUNTIME_EVENTS``)."""
-        model = _RUNTIME_MODELS[event_name]
-        spec = EventSpec(
-            event_name=event_name,
-            topic_class=RUNTIME_EVENTS[event_name],
-            payload_model=f"onex.envelope:{model.__name__}",
-        )
-        return cls.of(spec, settings)
-
-
-class EventCatalog:
-    """The one map from event names to topics and payload codecs, built once from the contracts: every event any of
-    them publishes or consumes, and the runtime's own. The client and the test harness read it; a node builds its
-    own entries the same way (``Publication.of``) from its contract alone."""
-
-    def __init__(self, contracts: Iterable[Contract], settings: Settings) -> None:
-        self.events: dict[str, Publication] = {name: Publication.runtime(name, settings) for name in RUNTIME_EVENTS}
-        for contract in contracts:
-            events = contract.subcontracts.event_type
-            # Consumers first, publishers last: where two contracts name different models, the publisher's wins.
-            for spec in (*events.consumes, *events.publishes) if events else ():
-                self.events[spec.event_name] = Publication.of(spec, settings)
-
-    def topic(self, event_name: str) -> str:
-        return self.events[event_name].topic
-
-    def decoded(self, envelope: OnexEnvelopeV1) -> OnexEnvelopeV1:
-        """``envelope`` with its payload as its event's model (PayloadError when it does not fit); as it is when it
-        already carries it, or when the event has no model."""
-        publication = self.events.get(envelope.event_type)
-        if publication is None or publication.codec.model is None or isinstance(envelope.payload, BaseModel):
-            return envelope
-        return envelope.model_copy(update={"payload": publication.codec.decode(envelope)})
-
-
 # --- the base node -----------------------------------------------------------------------------------------------
 
 
@@ -243,6 +98,9 @@ class Node:
     """Base of every node; subclass one of the kind classes below."""
 
     node_type: ClassVar[NodeType]
+    # Set by Runtime.reload on a node that replaces another in this process: the bus still holds the messages of
+    # the work it takes over (on the memory bus too), so nothing loaded from a checkpoint is lost in transit.
+    takes_over = False
 
     def __init__(
         self,
@@ -265,6 +123,7 @@ class Node:
         self.lifecycle = Lifecycle.CREATED
         self.active_operations = 0
         self.meter = NodeMeter()
+        self.cache = node_cache(contract, settings, self.clock)  # onex.cache; None without a caching subcontract
         self.dlq_alert = DeadLetterAlert(
             settings.dlq_alert_threshold, settings.dlq_alert_window_s, clock=self.clock.monotonic
         )
@@ -282,6 +141,8 @@ class Node:
         for spec in events.consumes if events else ():
             consumed = Publication.of(spec, settings)
             self._consumed[spec.event_name] = (consumed.topic, consumed.codec)
+        own = contract.resilience.events_over(events.consumes if events else ())  # consumed events' own blocks
+        self.retry_policy = retry_policy(contract.resilience, self.clock, own)  # the one policy both buses apply
         self.fsm: StateMachine | None = None
         if contract.subcontracts.fsm is not None:
             self.fsm = StateMachine(
@@ -298,6 +159,11 @@ class Node:
     def topic_of(self, event_name: str) -> str:
         """The topic this node publishes ``event_name`` on."""
         return self._publications[event_name].topic
+
+    def consume_from(self, event_name: str, topic: str) -> None:
+        """Read ``event_name`` from ``topic`` instead of the event's own: a command routed to this service on a topic
+        of its own (``onex.routing``). Call before ``start``."""
+        self._consumed[event_name] = (topic, self._consumed[event_name][1])
 
     def _action(self, name: str) -> Callable[[Entity], None]:
         method = getattr(self, name, None)
@@ -322,10 +188,7 @@ class Node:
                 by_handler.setdefault(spec.handler, []).append(spec)
         topics = [p.topic for p in self._publications.values()] + [t for t, _ in self._consumed.values()]
         await self.bus.ensure_topics(sorted(set(topics)))
-        retry = RetryPolicy(
-            max_attempts=self.contract.resilience.retry.max_attempts,
-            backoff_ms=float(self.contract.resilience.retry.backoff_ms),
-        )
+        retry = self.retry_policy
 
         async def subscribe(handler_name: str, specs: list[EventSpec]) -> None:
             method = getattr(self, handler_name)
@@ -357,6 +220,10 @@ class Node:
         # A subscription made before one failed is in _subscriptions, which drain() closes.
         joins = [asyncio.ensure_future(subscribe(name, specs)) for name, specs in by_handler.items()]
         joins.append(asyncio.ensure_future(answer_introspection()))
+        if self.cache is not None and self.cache.events:  # every instance hears what invalidates its cache
+            known = {n: p.topic for n, p in self._publications.items()} | {n: t for n, (t, _) in self._consumed.items()}
+            heard = self.cache.listen(self.bus, f"{self.node_id}.cache", known, self.topic, into=self._subscriptions)
+            joins.append(asyncio.ensure_future(heard))
         try:
             await asyncio.gather(*joins)
         except BaseException:
@@ -397,6 +264,8 @@ class Node:
             with contextlib.suppress(Exception):  # the bus may already be closed at shutdown
                 await self.publish_heartbeat("STOPPED")
         await self.on_stop()
+        if self.cache is not None:
+            await self.cache.aclose()
         self._move(Lifecycle.STOPPED)
 
     # hooks for subclasses
@@ -418,16 +287,17 @@ class Node:
         running: an unreachable store is no reason to fail (and so dead-letter) the messages in hand; they stay
         unacknowledged. While draining or stopped the error is raised, so the bus gets them back."""
         delay = 0.05
-        while True:
-            try:
-                return await call()
-            except StoreUnavailable as exc:
-                if self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING):
-                    raise
-                if delay == 0.05:
-                    _log.warning("%s: store unavailable, holding and retrying: %s", self.node_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        with holding():  # above the store's own retries, the one layer (README); timeout_ms does not run out
+            while True:
+                try:
+                    return await call()
+                except StoreUnavailable as exc:
+                    if self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING):
+                        raise
+                    if delay == 0.05:
+                        _log.warning("%s: store unavailable, holding and retrying: %s", self.node_id, exc)
+                    await pause(self.clock, delay)
+                    delay = min(delay * 2, 2.0)
 
     def capabilities(self) -> dict[str, Any]:
         events = self.contract.subcontracts.event_type
@@ -682,16 +552,19 @@ class EffectNode(Node):
         ids: IdSource | None = None,
     ) -> None:
         super().__init__(contract, bus=bus, store=store, settings=settings, clock=clock, ids=ids)
-        cb = contract.resilience.circuit_breaker
-        self.breaker = CircuitBreaker(
-            failure_threshold=cb.failure_threshold,
-            reset_timeout_s=cb.reset_timeout_ms / 1000,
-            clock=self.clock.monotonic,
-        )
+        events = contract.subcontracts.event_type  # an event whose block sets circuit_breaker gets a breaker of its own
+        own = contract.resilience.events_over(events.consumes if events else (), "circuit_breaker")
+        self.breaker = circuit_breaker(contract.resilience.circuit_breaker, self.clock.monotonic)
+        self._breakers = {name: circuit_breaker(r.circuit_breaker, self.clock.monotonic) for name, r in own.items()}
+
+    def breaker_for(self, event_type: str) -> CircuitBreaker:
+        """The breaker guarding the handling of ``event_type``: its ``consumes`` entry's own, else the node's."""
+        return self._breakers.get(event_type, self.breaker)
 
     def health(self) -> str:
         base = super().health()
-        return "DEGRADED" if base == "HEALTHY" and not self.breaker.allow() else base
+        tripped = not all(b.allow() for b in (self.breaker, *self._breakers.values()))
+        return "DEGRADED" if base == "HEALTHY" and tripped else base
 
 
 class ReducerNode(Node):
@@ -1011,7 +884,7 @@ class OrchestratorNode(Node):
                 self._fail_unrestorable(row)
                 continue
             self.workflows[workflow.cid] = workflow
-            if not self.bus.retains_messages:
+            if not self.bus.retains_messages and not self.takes_over:
                 self._interrupted.append(workflow)
         if self._failed_rows:
             failed, self._failed_rows = self._failed_rows, []

@@ -1,15 +1,273 @@
-"""The circuit breaker, shared by effect nodes and stores (retries come from the bus and the stores)."""
+"""Resilience: ``RetryPolicy``, how a bus handles a message whose handler fails, and the ``CircuitBreaker``.
+
+One layer each (README, "Design decisions"): a handler's failures are the bus's, under one ``RetryPolicy`` that
+``onex.nodes`` builds once per consumed event from the contract's ``resilience:`` block; a store outage is the
+store's (connection-level retries and its breaker) and then the node's, which holds its messages while the store
+stays away (``holding()``). A policy is applied the same way by ``MemoryBus`` and ``KafkaBus``: each attempt runs
+under ``run()`` (the timeout), ``delay_s()`` is the pause before the next one, ``dead_letter`` says what happens to
+a message after the last.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import enum
+import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, TypeVar
 
+from onex.clock import SYSTEM_CLOCK, Clock, SystemClock
 from onex.exceptions import CircuitOpenError
 
 T = TypeVar("T")
+A = TypeVar("A")
+
+Jitter = Literal["full", "none"]
+"""How a pause between attempts is spread: ``full`` (AWS "full jitter": uniformly between 0 and the capped
+exponential delay), ``none`` (exactly the capped exponential delay)."""
+
+# Jitter draws from a generator of its own, which ``random.seed()`` in a user's code does not make predictable
+# across processes (every replica retrying in step is what jitter is for).
+_JITTER_RANDOM = random.Random()
+
+
+def _no_events() -> Mapping[str, RetryPolicy]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a bus handles a message whose handler fails: timeout, attempts, backoff, dead letter.
+
+    - ``timeout_ms``: each attempt (one handler call: one message, or one batch for a batch handler) that runs
+      longer is cancelled and counts as a failed attempt (``TimeoutError``). ``None``: no limit. Time the handler
+      spends inside ``holding()`` (waiting on the store, which keeps its own deadlines) does not make it expire:
+      when the timeout passes while it holds, it gets another ``timeout_ms``.
+    - ``max_attempts``: attempts in all, the first included.
+    - ``delay_s(n)``: the pause after failed attempt ``n``, ``backoff_ms * backoff_multiplier ** (n - 1)`` capped
+      at ``max_backoff_ms``, then spread by ``jitter`` with ``random`` (a ``() -> float`` in [0, 1)).
+    - ``dead_letter``: after the last attempt the message goes to ``<topic>.dlq``; with ``False`` it is dropped
+      (acknowledged, counted in ``BusStatistics.dropped``, logged as a WARNING ``drop`` line naming the event id).
+    - ``clock``: what the pauses and the timeout wait on (``ManualClock`` in tests).
+    - ``by_event``: the policy of a consumed event type that has its own (``for_event``).
+
+    A ``PayloadError`` is never retried (nothing can fix the message); a ``StoreUnavailable`` is never counted as an
+    attempt (see the buses): the message stays unacknowledged and comes back.
+    """
+
+    max_attempts: int = 3
+    backoff_ms: float = 50.0
+    backoff_multiplier: float = 2.0
+    max_backoff_ms: float = 5_000.0
+    jitter: Jitter = "none"
+    timeout_ms: float | None = None
+    dead_letter: bool = True
+    clock: Clock = field(default=SYSTEM_CLOCK, compare=False)
+    random: Callable[[], float] = field(default=_JITTER_RANDOM.random, compare=False)
+    by_event: Mapping[str, RetryPolicy] = field(default_factory=_no_events, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.backoff_ms < 0 or self.max_backoff_ms < 0 or self.backoff_multiplier < 1:
+            raise ValueError("backoff_ms and max_backoff_ms must be >= 0 and backoff_multiplier >= 1")
+        if self.jitter not in ("full", "none"):
+            raise ValueError(f"jitter must be 'full' or 'none', not {self.jitter!r}")
+        if self.timeout_ms is not None and self.timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be positive, not {self.timeout_ms}")
+
+    def for_event(self, event_type: str) -> RetryPolicy:
+        """The policy for a message of ``event_type``: its own where it has one, else this one."""
+        return self.by_event.get(event_type, self) if self.by_event else self
+
+    def with_events(self, by_event: Mapping[str, RetryPolicy]) -> RetryPolicy:
+        """This policy, with ``by_event`` as the policies of those event types."""
+        return replace(self, by_event=MappingProxyType(dict(by_event)))
+
+    def ceiling_s(self, attempt: int) -> float:
+        """The capped exponential delay after failed attempt ``attempt`` (1-based), before jitter."""
+        # The exponent is bounded so that a long run of redeliveries cannot overflow a float.
+        ms = min(self.backoff_ms * self.backoff_multiplier ** min(attempt - 1, 64), self.max_backoff_ms)
+        return ms / 1000.0
+
+    def delay_s(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): ``ceiling_s`` spread by ``jitter``."""
+        ceiling = self.ceiling_s(attempt)
+        if self.jitter == "full":
+            return self.random() * ceiling
+        return ceiling
+
+    async def pause(self, attempt: int) -> None:
+        """Wait ``delay_s(attempt)`` on the policy's clock."""
+        await pause(self.clock, self.delay_s(attempt))
+
+    async def run(self, call: Callable[[A], Awaitable[None]], arg: A) -> None:
+        """``await call(arg)`` as one attempt: ``TimeoutError`` once it ran ``timeout_ms`` (class docstring)."""
+        if self.timeout_ms is None:
+            await call(arg)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        attempt = _Attempt(task, self.timeout_ms / 1000, self.clock)
+        token = _ATTEMPT.set(attempt)
+        cancelling = task.cancelling()
+        attempt.arm()
+        try:
+            await call(arg)
+        except asyncio.CancelledError:
+            if attempt.expired and task.uncancel() <= cancelling:
+                raise TimeoutError(f"handler did not finish within {self.timeout_ms:g} ms") from None
+            raise
+        else:
+            if attempt.expired:
+                task.uncancel()  # it finished before the cancellation reached it
+        finally:
+            attempt.disarm()
+            _ATTEMPT.reset(token)
+
+
+async def pause(clock: Clock, seconds: float) -> None:
+    """Wait ``seconds`` on ``clock``, from a long-lived task (a bus worker, a consumer loop).
+
+    On a clock other than the system's the wait is a task of its own: ``ManualClock.advance`` waits for a sleeper it
+    woke to sleep again or end, which a worker that goes on to wait for messages never does, but this task does.
+    """
+    if seconds <= 0:
+        return
+    if isinstance(clock, SystemClock):
+        await asyncio.sleep(seconds)
+    else:
+        await asyncio.ensure_future(clock.sleep(seconds))
+
+
+class RetryBlock(Protocol):
+    """A contract's ``resilience.retry`` (``onex.contracts.RetrySettings``), as this module reads it."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def backoff_ms(self) -> int: ...
+    @property
+    def max_backoff_ms(self) -> int: ...
+    @property
+    def jitter(self) -> Jitter: ...
+
+
+class BreakerBlock(Protocol):
+    """A contract's ``resilience.circuit_breaker`` (``onex.contracts.CircuitBreakerSettings``)."""
+
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def reset_timeout_ms(self) -> int: ...
+
+
+class ResilienceBlock(Protocol):
+    """A contract's ``resilience`` block (``onex.contracts.Resilience``); typed here, not imported: contracts sit
+    above this module."""
+
+    @property
+    def timeout_ms(self) -> int: ...
+    @property
+    def retry(self) -> RetryBlock: ...
+    @property
+    def dead_letter(self) -> bool: ...
+
+
+def retry_policy(
+    block: ResilienceBlock, clock: Clock, by_event: Mapping[str, ResilienceBlock] | None = None
+) -> RetryPolicy:
+    """The ``RetryPolicy`` of a contract's ``resilience`` block, with ``by_event`` the blocks of consumed events that
+    have their own; pauses and timeouts run on ``clock``."""
+
+    def of(b: ResilienceBlock) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=b.retry.max_attempts,
+            backoff_ms=float(b.retry.backoff_ms),
+            max_backoff_ms=float(max(b.retry.max_backoff_ms, b.retry.backoff_ms)),
+            jitter=b.retry.jitter,
+            timeout_ms=float(b.timeout_ms),
+            dead_letter=b.dead_letter,
+            clock=clock,
+        )
+
+    return of(block).with_events({name: of(b) for name, b in by_event.items()}) if by_event else of(block)
+
+
+def circuit_breaker(block: BreakerBlock, clock: Callable[[], float]) -> CircuitBreaker:
+    """The ``CircuitBreaker`` of a contract's ``resilience.circuit_breaker`` block, timed by ``clock``."""
+    return CircuitBreaker(
+        failure_threshold=block.failure_threshold, reset_timeout_s=block.reset_timeout_ms / 1000, clock=clock
+    )
+
+
+class _Attempt:
+    """The timeout of the handler call in progress (``RetryPolicy.run``)."""
+
+    __slots__ = ("clock", "expired", "holding", "seconds", "task", "timer")
+
+    def __init__(self, task: asyncio.Task[Any], seconds: float, clock: Clock) -> None:
+        self.task = task
+        self.seconds = seconds
+        self.clock = clock
+        self.holding = 0  # > 0 while inside holding()
+        self.expired = False
+        self.timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
+
+    def arm(self) -> None:
+        if isinstance(self.clock, SystemClock):
+            # A loop timer, as asyncio.timeout() uses: no task per handler call on the hot path.
+            self.timer = asyncio.get_running_loop().call_later(self.seconds, self._due)
+        else:
+            # Another clock (a ManualClock in tests) can only be waited on by a task.
+            self.timer = asyncio.ensure_future(self._wait())
+
+    async def _wait(self) -> None:
+        while True:
+            await self.clock.sleep(self.seconds)
+            if not self.holding:
+                self._expire()
+                return
+
+    def _due(self) -> None:
+        if self.holding:
+            self.arm()  # waiting on the store: another full timeout
+        else:
+            self._expire()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("onex_attempt", default=None)
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[None]:
+    """Mark the handler call in progress as waiting on the store, whose outages are held, not failed.
+
+    While inside, the handler's ``timeout_ms`` does not expire (``RetryPolicy``). A no-op outside a handler.
+    """
+    attempt = _ATTEMPT.get()
+    if attempt is None:
+        yield
+        return
+    attempt.holding += 1
+    try:
+        yield
+    finally:
+        attempt.holding -= 1
 
 
 class BreakerState(enum.StrEnum):

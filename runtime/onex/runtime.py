@@ -15,16 +15,25 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 
 from onex.bus import EventBus, MemoryBus
 from onex.clock import SYSTEM_CLOCK, Clock
-from onex.contracts import Contract, ContractSet, load_contracts, resolve_implementation
+from onex.contracts import (
+    Contract,
+    ContractSet,
+    find_contract_files,
+    find_subcontract_files,
+    load_contracts,
+    resolve_implementation,
+)
 from onex.envelope import IdSource, OnexEnvelopeV1, new_id
-from onex.exceptions import OnexError, StoreError
+from onex.exceptions import ContractError, OnexError, StoreError
 from onex.logs import event
 from onex.nodes import Node, RegistryNode
+from onex.routing import service_topics
 from onex.settings import Settings, redact_url
 from onex.store import Store, dead_letter_row
 from onex.stores import open_store
@@ -61,6 +70,16 @@ def open_bus(settings: Settings) -> EventBus:
     raise OnexError(f"unsupported bus URL {settings.bus!r}: expected memory:// or kafka://HOST:PORT")
 
 
+def _contract_files(root: Path) -> dict[Path, tuple[float, int]]:
+    """Every contract and subcontract file under ``root`` with its modification time and size."""
+    found: dict[Path, tuple[float, int]] = {}
+    for path in [*find_contract_files(root), *find_subcontract_files(root)]:
+        with contextlib.suppress(OSError):  # removed between the listing and the stat: gone
+            stat = path.stat()
+            found[path] = (stat.st_mtime, stat.st_size)
+    return found
+
+
 def select(contracts: ContractSet, names: Sequence[str] | None, version: str | None = None) -> list[Contract]:
     """The contracts to host: the named ones (highest version unless ``version``), or every node's highest when
     ``names`` is None (an empty list hosts nothing: a pure client of a deployment)."""
@@ -94,6 +113,7 @@ class Runtime:
         self.clock = clock or SYSTEM_CLOCK  # handed to every hosted node: its timers read and wait through it
         self.ids = ids or new_id  # handed to every hosted node: the ids it makes that are not derived
         self.contracts = contracts or load_contracts(settings.root)
+        self._version = version
         self.selected = select(self.contracts, nodes, version)
         self._own_bus = bus is None
         self._own_store = store is None
@@ -109,6 +129,79 @@ class Runtime:
         self._summary: asyncio.Task[None] | None = None
         self._summarised: dict[str, tuple[int, int]] = {}  # node id -> (handled, failed) at the last summary
         self._summarised_at = time.monotonic()
+
+    def _build(self, contract: Contract, routed: Mapping[str, Mapping[str, str]]) -> Node:
+        cls = resolve_implementation(contract, root=self.settings.root)
+        node = cls(contract, bus=self.bus, store=self.store, settings=self.settings, clock=self.clock, ids=self.ids)
+        if not isinstance(node, Node):
+            raise OnexError(f"{contract.implementation_path} is not an onex.nodes.Node")
+        for event_name, topic in routed.get(contract.name, {}).items():
+            node.consume_from(event_name, topic)
+        return node
+
+    async def reload(self, contracts: ContractSet) -> list[str]:
+        """Host the nodes of ``contracts`` in place of those whose contract changed; returns their names.
+
+        Each changed node drains (it stops taking messages and finishes those in hand; what it had not taken stays
+        with its consumer group), stops, and a node built from the new contract starts and announces itself in its
+        place, in the same group: it takes over where the old one stopped. Nodes whose contract did not change keep
+        running untouched. A node the new set no longer has keeps running on its old contract (reported by the
+        caller, not stopped: removing a node is a deployment change).
+        """
+        names = [n.contract.name for n in self.nodes]
+        fresh = {c.name: c for c in select(contracts, [n for n in names if n in contracts.names()], self._version)}
+        routed = service_topics(contracts, self.settings)
+        reloaded: list[str] = []
+        for i, node in enumerate(self.nodes):
+            new = fresh.get(node.contract.name)
+            if new is None or new == node.contract:
+                continue
+            replacement = self._build(
+                new, routed
+            )  # before the old one stops: a class that cannot be built changes nothing
+            message = f"reloading {new.name} {node.contract.version} -> {new.version}"
+            event(_log, logging.INFO, "reloading", message, node=node.node_id)
+            await node.stop()
+            self.nodes[i] = replacement
+            replacement.takes_over = True
+            await replacement.start()
+            await replacement.announce()
+            reloaded.append(new.name)
+            event(_log, logging.INFO, "reloaded", "running on the new contract", node=replacement.node_id)
+        self.contracts = contracts
+        return reloaded
+
+    def watch_contracts(self, *, interval_s: float = 1.0) -> asyncio.Task[None]:
+        """Reload (``reload``) whenever a contract or subcontract file under the root changes and the project
+        still validates; when it does not, log each problem and keep the running version. Returns the watching task
+        (cancel it to stop); what the files hold when this is called is the baseline. Looks every ``interval_s`` on
+        the runtime's clock (``onex run --reload``)."""
+        seen = _contract_files(self.settings.root)
+        return asyncio.create_task(self._watch(seen, interval_s), name="onex-reload")
+
+    async def _watch(self, seen: dict[Path, tuple[float, int]], interval_s: float) -> None:
+        root = self.settings.root
+        while True:
+            await self.clock.sleep(interval_s)
+            now = _contract_files(root)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                contracts = load_contracts(root)
+            except ContractError as exc:
+                for issue in exc.issues:
+                    event(_log, logging.ERROR, "reload_refused", str(issue), path=issue.path, code=issue.code)
+                message = f"{len(exc.issues)} problem(s) in the changed contracts: still running the previous version"
+                event(_log, logging.ERROR, "reload_refused", message)
+                continue
+            try:
+                reloaded = await self.reload(contracts)
+            except OnexError as exc:
+                event(_log, logging.ERROR, "reload_failed", f"could not reload: {exc}")
+                continue
+            if not reloaded:
+                event(_log, logging.INFO, "reload_unchanged", "contracts changed; no hosted node's contract did")
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -185,12 +278,8 @@ class Runtime:
                 raise StoreError(health.detail)
         if self._own_bus:
             await self.bus.start()
-        for contract in self.selected:
-            cls = resolve_implementation(contract, root=self.settings.root)
-            node = cls(contract, bus=self.bus, store=self.store, settings=self.settings, clock=self.clock, ids=self.ids)
-            if not isinstance(node, Node):
-                raise OnexError(f"{contract.implementation_path} is not an onex.nodes.Node")
-            self.nodes.append(node)
+        routed = service_topics(self.contracts, self.settings)  # commands routed to a service on a topic of its own
+        self.nodes += [self._build(contract, routed) for contract in self.selected]
         for node in self.nodes:
             event(
                 _log, logging.INFO, "start", f"starting {node.contract.name} {node.contract.version}", node=node.node_id

@@ -284,6 +284,11 @@ class Settings(BaseSettings):
         10, description="A node dead-lettering more messages than this within the window alerts and is DEGRADED."
     )
     dlq_alert_window_s: float = Field(300.0, description="The dead-letter alert's window, in seconds.")
+    cache_url: str | None = Field(
+        None,
+        description="Where every cache keeps its entries, overriding the caching subcontracts' backend: memory or "
+        "redis://HOST:PORT/DB (shared by every process using it); empty: as each subcontract says.",
+    )
     # Read by the shipped contracts (${ONEX_...} in contracts/*.yaml) into their nodes' config; the placeholders'
     # own defaults there equal these (a test checks).
     stamp_author: str = Field("onex", description="The author written into stamps (stamping effect).")

@@ -1037,6 +1037,8 @@ def stamp_file(
     except StampError as exc:
         return StampResult(shown, "failed", None, detect_file_type(shown, b""), 0, str(exc))
     except OSError as exc:
+        if exc.errno == errno.EWOULDBLOCK:  # opened (O_NONBLOCK) while another stamper holds its lease: busy
+            return StampResult(shown, "busy", None, detect_file_type(shown, b""), 0, f"{shown}: {BUSY}")
         return StampResult(shown, "failed", None, detect_file_type(shown, b""), 0, f"{shown}: {describe_os_error(exc)}")
 
 

@@ -22,18 +22,20 @@ durably in ``processed_events`` (intents are the one kind whose replay after a r
 re-reading the row). With ``config.log_events`` every consumed event is also written to ``event_logs``.
 
 Store outages. A store that cannot be reached is not a bad message, so it must not use up the bus's retries and
-end in the dead-letter topic. On ``StoreUnavailable`` (connection refused or lost, the server shutting down, the
-pool exhausted, a database file locked by another process) or this node's circuit breaker being open, the writer
-keeps the batches pending and their handlers keep waiting, so their messages stay unacknowledged and the bus holds
-everything behind them: as many messages as the memory bus's buffers take, or Kafka's log. The writer tries again
-with capped exponential backoff (from the contract's ``retry.backoff_ms``, doubling up to
-``config.outage_max_backoff_ms``), every attempt through the circuit breaker, which lets one trial through per reset
-timeout while it is open instead of hammering the store. ``health()`` says DEGRADED from the first unavailable
-attempt to the next successful one (heartbeats and the HTTP ``/health`` report it). When the store answers again
-everything pending is written, each row once: natural keys make rewriting a batch whose COMMIT answer was lost
-harmless. Any other ``StoreError`` is about the data (a constraint, a value the store refuses): as before, the
-handler fails, the bus retries the messages one by one and dead-letters the bad one with the error. Such errors do
-not count against the circuit breaker: the store answered.
+end in the dead-letter topic. One layer each (README, "Design decisions"): the store retries a call on its own and
+keeps the circuit breaker (``PostgresStore``: ``retry_attempts``, ``retry_deadline``, ``breaker_*``); when it gives
+up with ``StoreUnavailable`` (connection refused or lost, the server shutting down, its breaker open, the pool
+exhausted, a database file locked by another process), this writer holds: it keeps the batches pending and their
+handlers keep waiting, so their messages stay unacknowledged and the bus holds everything behind them: as many
+messages as the memory bus's buffers take, or Kafka's log. The writer tries again with capped exponential backoff
+(from the contract's ``retry.backoff_ms``, doubling up to ``config.outage_max_backoff_ms``), which is what keeps it
+from hammering the store; it has no breaker of its own, the store's is the one. The handlers wait inside
+``onex.resilience.holding()``, so the contract's ``timeout_ms`` does not cancel a handler held by an outage, and the
+bus never counts an outage as a failed attempt. ``health()`` says DEGRADED from the first unavailable attempt to the
+next successful one (heartbeats and the HTTP ``/health`` report it). When the store answers again everything pending
+is written, each row once: natural keys make rewriting a batch whose COMMIT answer was lost harmless. Any other
+``StoreError`` is about the data (a constraint, a value the store refuses): as before, the handler fails, the bus
+retries the messages one by one and dead-letters the bad one with the error.
 
 Draining during an outage: ``drain()`` gives the batches in hand ``config.drain_timeout_ms`` more
 (``ONEX_DRAIN_TIMEOUT_MS``, default 5 s); if the store is still unavailable then, their handlers are cancelled,
@@ -61,8 +63,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from onex.envelope import ModelStateTransitions
-from onex.exceptions import CircuitOpenError, StoreUnavailable
+from onex.exceptions import StoreUnavailable
 from onex.nodes import EffectNode, Event, Lifecycle
+from onex.resilience import holding
 from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
 from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
@@ -73,9 +76,6 @@ MAX_COMMIT_ROWS = 5_000
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
-
-# What says "the store cannot be reached now" rather than "this data cannot be stored".
-_UNAVAILABLE = (StoreUnavailable, CircuitOpenError)
 
 
 class _GiveUp(asyncio.CancelledError):
@@ -142,7 +142,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         self._abandon()  # nobody writes them now; normally nothing is left after drain
 
     def health(self) -> str:
-        base = super().health()  # EffectNode: DEGRADED while the circuit breaker is open
+        base = super().health()
         return "DEGRADED" if base == "HEALTHY" and self._outage_since is not None else base
 
     def statistics(self) -> WriterStatistics:
@@ -193,15 +193,15 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 self._in_flight = []
 
     async def _store_call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """``fn()`` through the circuit breaker, called again and again while the store is unavailable.
+        """``fn()``, called again and again while the store is unavailable (the store's breaker paces it too).
 
         Other errors pass through at once. Raises ``_GiveUp`` once draining has gone on for the drain timeout.
         """
         delay = self._backoff_s
         while True:
             try:
-                result = await self.breaker.call(fn, failures=(StoreUnavailable,))
-            except _UNAVAILABLE as exc:
+                result = await fn()
+            except StoreUnavailable as exc:
                 self._unavailable += 1
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
@@ -240,13 +240,15 @@ class NodeDatabaseAdapterEffect(EffectNode):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, done))
         self._wake.set()
-        await done
+        with holding():  # waiting on the store: the handler's timeout_ms does not run out meanwhile
+            await done
 
     async def persist(self, events: Sequence[Event]) -> None:
         fresh = [e for e in events if e.envelope.event_id.int not in self._recent]
         intent_ids = [e.envelope.event_id for e in fresh if isinstance(e.payload, ModelAggregationIntent)]
         if intent_ids:
-            todo = await self._store_call(functools.partial(self.store.unprocessed, self.contract.name, intent_ids))
+            with holding():
+                todo = await self._store_call(functools.partial(self.store.unprocessed, self.contract.name, intent_ids))
             fresh = [
                 e for e in fresh if not isinstance(e.payload, ModelAggregationIntent) or e.envelope.event_id in todo
             ]

@@ -1,9 +1,11 @@
 """The stamping orchestrator: one workflow per STAMP_REQUESTED, on the stamp_workflow FSM.
 
-Steps come from the contract (``config.steps``): ``stamp`` is routed over the bus to the service named by the
-routing subcontract and completes when its STAMP_CREATED / STAMP_FAILED arrives; ``intelligence`` (optional) posts
-the hash to ``config.intelligence_url`` and is skipped when no URL is configured or the service fails. Events a
-batch produces are collected and published together at the end of the batch (the bus batches them).
+Steps come from the contract (``config.steps``): ``stamp`` is a STAMP_FILE command routed over the bus to the
+service the routing subcontract picks (``onex.routing``: strategy, targets, fallbacks; the first target on the
+event's topic, any other on a topic of its own) and completes when its STAMP_CREATED / STAMP_FAILED arrives;
+``intelligence`` (optional) posts the hash to ``config.intelligence_url`` and is skipped when no URL is configured
+or the service fails. Events a batch produces are collected and published together at the end of the batch (the
+bus batches them).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from onex.envelope import OnexEnvelopeV1, derived_id
+from onex.exceptions import OnexError
+from onex.files import SNIFF_SIZE, detect_file_type
 from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
+from onex.routing import LiveServices, Router
 
 from nodes.models import (
     ModelStampCommand,
@@ -37,8 +42,16 @@ class NodeOrchestrator(OrchestratorNode):
         self.intelligence_url: str = str(self.contract.config.get("intelligence_url") or "")
         self.finished_by_state: dict[str, int] = defaultdict(int)
         self._outbox: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)
-        routing = self.contract.subcontracts.routing
-        self.stamp_service = routing.targets[0].service if routing and routing.targets else "stamping_effect"
+        self._commands: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)  # STAMP_FILE by the topic of its target
+        self.router = Router(self.contract.subcontracts.routing, default_service="stamping_effect")
+        self.live = LiveServices(self.store, clock=self.clock)
+
+    async def on_start(self) -> None:
+        # The topics of the services it routes to besides the first (start() creates the event's own): on Kafka a
+        # command may go out before the target's process created its topic.
+        topic = self.topic_of("STAMP_FILE")
+        await self.bus.ensure_topics(sorted({self.router.topic(topic, s) for s in self.router.services()}))
+        await super().on_start()
 
     @property
     def workflows_by_state(self) -> dict[str, int]:
@@ -64,6 +77,7 @@ class NodeOrchestrator(OrchestratorNode):
             "request_id": str(workflow.request.event_id) if workflow.request is not None else None,
             "started_at": workflow.context["started_at"].isoformat(),
             "stamp": stamp.model_dump(mode="json") if stamp is not None else None,
+            "target": workflow.context.get("target"),
         }
 
     def restore_context(self, workflow: Workflow, saved: Mapping[str, Any]) -> None:
@@ -74,6 +88,8 @@ class NodeOrchestrator(OrchestratorNode):
             request=request,
             started_at=datetime.fromisoformat(saved["started_at"]),
         )
+        if saved.get("target"):
+            workflow.context["target"] = saved["target"]
         if saved.get("stamp"):
             stamp = ModelStampCreated.model_validate(saved["stamp"])
             workflow.context.update(stamp=stamp, file_hash=stamp.file_hash)
@@ -116,7 +132,9 @@ class NodeOrchestrator(OrchestratorNode):
             # command of a step still waiting for its result goes out again, with the same id.
             running = self.workflows.get(cid)
             if running is not None and running.steps["stamp"].status is StepStatus.RUNNING:
-                self._outbox["STAMP_FILE"].append(self._stamp_command(running, running.steps["stamp"]))
+                # To the target this attempt was routed to, not to a new pick.
+                target = running.context.get("target") or self.router.default_service
+                self._send(target, self._stamp_command(running, running.steps["stamp"]))
             return
         workflow = Workflow(cid, self.steps, input=request.file_path or "<content>", namespace=request.namespace)
         workflow.request = envelope
@@ -155,7 +173,9 @@ class NodeOrchestrator(OrchestratorNode):
     async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:
         name = run.step.step_name
         if name == "stamp":
-            self._outbox["STAMP_FILE"].append(self._stamp_command(workflow, run))
+            target = await self._route(workflow)
+            workflow.context["target"] = target
+            self._send(target, self._stamp_command(workflow, run))
             return None
         if name == "intelligence":
             if not self.intelligence_url:
@@ -165,6 +185,39 @@ class NodeOrchestrator(OrchestratorNode):
             except (OSError, TimeoutError, ValueError) as exc:
                 return await self.skip_step(workflow, name, f"intelligence service unavailable: {exc}")
         return await self.skip_step(workflow, name, f"no runner for step {name!r}")
+
+    async def _route(self, workflow: Workflow) -> str:
+        """The service this attempt of the stamp step goes to (each attempt is routed again: a retry may go to a
+        fallback). ``OnexError`` when a conditional routing has no target for the request and no fallback."""
+        router = self.router
+        if router.fixed:
+            return router.default_service  # the shipped deployment: nothing to choose, nothing to read
+        if router.needs_availability:
+            await self.live.refresh()
+        route = router.choose(self._route_context(workflow), self.live.available)
+        if route is None:
+            raise OnexError("no routing target matches the request and the routing has no fallback")
+        return route.service
+
+    def _route_context(self, workflow: Workflow) -> dict[str, Any]:
+        """What hash keys and conditions read: the command's fields, and the file's type as onex names it (by the
+        file's name, and the content's first bytes for content requests; the orchestrator opens no file)."""
+        if self.router.strategy not in ("hash", "conditional"):
+            return {}
+        request: ModelStampRequest = workflow.context["request"]
+        head = request.content.encode()[:SNIFF_SIZE] if request.content is not None else b""
+        return {
+            "workflow_id": str(workflow.cid),
+            "file_path": request.file_path,
+            "namespace": request.namespace,
+            "stamp_type": request.stamp_type,
+            "dry_run": request.dry_run,
+            "author": request.author,
+            "file_type": detect_file_type(request.file_path or "", head),
+        }
+
+    def _send(self, service: str, command: OnexEnvelopeV1) -> None:
+        self._commands[self.router.topic(self.topic_of("STAMP_FILE"), service)].append(command)
 
     def _stamp_command(self, workflow: Workflow, run: StepRun) -> OnexEnvelopeV1:
         request: ModelStampRequest = workflow.context["request"]
@@ -262,6 +315,9 @@ class NodeOrchestrator(OrchestratorNode):
         self.expect_stored(workflow, event, outcome)
 
     async def flush(self) -> None:
+        commands, self._commands = self._commands, defaultdict(list)
+        for topic, envelopes in commands.items():
+            await self.bus.publish_many(topic, envelopes)
         outbox, self._outbox = self._outbox, defaultdict(list)
         for event_name, envelopes in outbox.items():
             await self.publish_envelopes(event_name, envelopes)

@@ -6,6 +6,10 @@ is older than ``stale_after_missed_heartbeats`` heartbeat intervals is marked st
 STOPPED heartbeat deregisters it. Several registries may run (one consumer group): each records the heartbeats it
 receives, and staleness is decided on the store, so they agree on who is alive. At start the registry asks every
 running node to introspect again, so a registry that (re)starts after the others still learns about them.
+
+``alive_nodes`` answers from the store, which all replicas share, through the registry's cache
+(subcontracts/caching/registry_lookups.yaml): a registry invalidates it once its own writes of introspections and
+heartbeats committed and when its sweep marked nodes stale; every instance also hears those events (``onex.cache``).
 """
 
 from __future__ import annotations
@@ -19,13 +23,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from onex.envelope import REGISTRY_REQUEST_INTROSPECTION, ModelNodeHeartbeat, ModelNodeIntrospection
+from onex.envelope import (
+    NODE_HEARTBEAT,
+    NODE_INTROSPECTION,
+    REGISTRY_REQUEST_INTROSPECTION,
+    ModelNodeHeartbeat,
+    ModelNodeIntrospection,
+)
 from onex.exceptions import OnexError
 from onex.fsm import Entity
 from onex.nodes import Event, RegistryNode
 from onex.store import HeartbeatRow, RegistrationRow, WriteBatch
 
 _log = logging.getLogger(__name__)
+# What a node's stored health_status is once it is no longer alive: missed heartbeats, or it said it stopped.
+_NOT_ALIVE = frozenset({"STALE", "STOPPED"})
 
 
 @dataclass(eq=False)
@@ -107,6 +119,8 @@ class NodeRegistry(RegistryNode):
                 )
             )
         await self._write()
+        if self.cache is not None:  # after the write: a lookup from here on reads what it wrote
+            await self.cache.invalidate(NODE_INTROSPECTION)
 
     async def handle_heartbeat(self, events: Sequence[Event]) -> None:
         assert self.fsm is not None
@@ -127,6 +141,8 @@ class NodeRegistry(RegistryNode):
                 )
             )
         await self._write()
+        if self.cache is not None:
+            await self.cache.invalidate(NODE_HEARTBEAT)
 
     async def _write(self) -> None:
         batch, self._pending = self._pending, WriteBatch(consumer=self.contract.name)
@@ -138,6 +154,24 @@ class NodeRegistry(RegistryNode):
     def alive(self) -> list[str]:
         """Ids of the nodes currently alive (registered, heartbeating, not stale, not stopped)."""
         return sorted(n.entity_id for n in self.known.values() if n.state == "alive")
+
+    async def alive_nodes(self, node_type: str | None = None) -> list[str]:
+        """Ids of the nodes the store holds alive (registered, not stale, not stopped), of ``node_type`` or of every
+        type: what every registry replica agrees on, unlike ``alive()`` (this replica's own view). Cached as
+        ``alive_nodes`` under ``alive:{node_type}`` (``*``: every type)."""
+
+        async def load() -> list[str]:
+            rows = await self.store.list_registrations()
+            return sorted(
+                row.node_id
+                for row in rows
+                if row.health_status not in _NOT_ALIVE and (node_type is None or row.node_type == node_type)
+            )
+
+        if self.cache is None:
+            return await load()
+        found: list[str] = await self.cache.lookup("alive_nodes", load, node_type=node_type or "*")
+        return found
 
     async def expire_stale(self, now: datetime | None = None) -> list[str]:
         """Mark nodes without a recent heartbeat stale, in the store and here; returns their ids.
@@ -156,6 +190,8 @@ class NodeRegistry(RegistryNode):
                 node.state = "alive"  # registered and heartbeating, as far as the store knows
             if node.state == "alive":
                 self.fsm.trigger(node, "expire")
+        if expired and self.cache is not None:
+            await self.cache.clear()
         return expired
 
     async def _sweep(self) -> None:

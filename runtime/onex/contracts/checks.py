@@ -8,10 +8,15 @@ evaluates guards with the one, the orchestrator refuses steps the other refuses.
 
 from __future__ import annotations
 
+import ast
+import difflib
+import os
 import re
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema.exceptions
@@ -103,6 +108,166 @@ def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
     return stages
 
 
+# --- node code --------------------------------------------------------------------------------------------------
+
+# The runtime's base class for each node kind (``onex.nodes``), by name: contracts sit below the nodes module and must
+# not import it (tests/test_layering.py), so a class's kind is read from the names in its MRO.
+_NODE_BASES: dict[NodeType, str] = {
+    NodeType.EFFECT: "EffectNode",
+    NodeType.COMPUTE: "ComputeNode",
+    NodeType.REDUCER: "ReducerNode",
+    NodeType.ORCHESTRATOR: "OrchestratorNode",
+    NodeType.REGISTRY: "RegistryNode",
+}
+_NODES_MODULE = "onex.nodes"
+# `self.<method>(event_name, ...)`: the node methods whose first argument is an event the contract must publish.
+_PUBLISHING = frozenset({"publish", "envelope", "publish_envelopes"})
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """A name node code passes as a string: a trigger fired on ``self.fsm`` or an event published."""
+
+    kind: str  # "trigger" or "event"
+    name: str
+    call: str  # how the code calls it, for the message: `self.fsm.trigger`, `self.publish`
+    pos: _Pos
+
+
+def _runtime_bases(cls: type) -> set[str]:
+    return {base.__name__ for base in cls.__mro__ if base.__module__ == _NODES_MODULE}
+
+
+def _column(lines: Sequence[str], line: int, offset: int) -> int:
+    """The 1-based character column of ``ast``'s UTF-8 byte ``offset`` into ``line``."""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return len(text.encode("utf-8")[:offset].decode("utf-8", errors="ignore")) + 1
+
+
+def _class_def(tree: ast.Module, qualname: str) -> ast.ClassDef | None:
+    body: list[ast.stmt] = tree.body
+    found: ast.ClassDef | None = None
+    for part in qualname.split("."):
+        found = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == part), None)
+        if found is None:
+            return None  # defined in a function (`<locals>`) or built dynamically: nothing to read
+        body = found.body
+    return found
+
+
+def _is_self(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def _argument(call: ast.Call, index: int, keyword: str) -> ast.expr | None:
+    if len(call.args) > index and not any(isinstance(a, ast.Starred) for a in call.args[: index + 1]):
+        return call.args[index]
+    return next((k.value for k in call.keywords if k.arg == keyword), None)
+
+
+def _strings(node: ast.expr, module: Mapping[str, Any], local: set[str]) -> Iterator[tuple[str, ast.expr]]:
+    """The string values ``node`` certainly has: a literal, either branch of ``a if c else b``, or a module-level
+    constant (``STAMP_CREATED``, ``events.STAMP_CREATED``) read from the imported module; nothing otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.value, node
+    elif isinstance(node, ast.IfExp):
+        yield from _strings(node.body, module, local)
+        yield from _strings(node.orelse, module, local)
+    elif isinstance(node, ast.Name) and node.id not in local and isinstance(module.get(node.id), str):
+        yield module[node.id], node
+    elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id not in local:
+        owner = module.get(node.value.id)
+        value = getattr(owner, node.attr, None) if isinstance(owner, ModuleType) else None
+        if isinstance(value, str):
+            yield value, node
+
+
+def _local_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """Names a function binds (parameters, assignments): a module constant of that name is shadowed there."""
+    names: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return names
+
+
+def _literals(definition: ast.ClassDef, module: Mapping[str, Any], file: Path, lines: Sequence[str]) -> list[_Literal]:
+    found: list[_Literal] = []
+    for function in definition.body:
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        local = _local_names(function)
+        for call in ast.walk(function):
+            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
+                continue
+            method, receiver = call.func.attr, call.func.value
+            if method in _PUBLISHING and _is_self(receiver):
+                kind, name, argument = "event", f"self.{method}", _argument(call, 0, "event_name")
+            elif method == "trigger" and isinstance(receiver, ast.Attribute) and receiver.attr == "fsm":
+                if not _is_self(receiver.value):
+                    continue
+                kind, name, argument = "trigger", "self.fsm.trigger", _argument(call, 1, "trigger")
+            else:
+                continue
+            for value, node in _strings(argument, module, local) if argument is not None else ():
+                pos = _Pos(file, node.lineno, _column(lines, node.lineno, node.col_offset))
+                found.append(_Literal(kind, value, name, pos))
+    return found
+
+
+def _project_file(module: ModuleType, root: Path) -> Path | None:
+    """The source file of a module of the project's ``nodes`` package, named under ``root``; ``None`` for others."""
+    module_name = module.__name__
+    if module_name.startswith("_onex_project_"):  # a root imported under its private alias (see imports.py)
+        module_name = module_name.partition(".")[2]
+    file = getattr(module, "__file__", None)
+    if module_name.split(".")[0] != "nodes" or not file or not file.endswith(".py"):
+        return None
+    real, real_root = os.path.realpath(file), os.path.realpath(root)
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    return root / os.path.relpath(real, real_root)  # as the session names files, so issues read root-relative
+
+
+def _node_code(cls: type, root: Path) -> tuple[_Pos | None, list[_Literal]]:
+    """Where ``cls`` is defined, and the triggers and events that it and its project base classes name in code.
+
+    The source is read with ``ast``, never run; only module-level constants are taken from the already imported
+    module. A class whose source cannot be read contributes nothing.
+    """
+    where: _Pos | None = None
+    found: list[_Literal] = []
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        file = None if module is None else _project_file(module, root)
+        if module is None or file is None:  # the runtime's bases, builtins: not the project's code
+            continue
+        try:
+            source = file.read_text(encoding="utf-8")
+            tree = ast.parse(source, filename=str(file))
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        definition = _class_def(tree, klass.__qualname__)
+        if definition is None:
+            continue
+        lines = source.split("\n")  # as ast counts lines (str.splitlines also splits at \f and others)
+        if klass is cls:
+            where = _Pos(file, definition.lineno, _column(lines, definition.lineno, definition.col_offset))
+        found.extend(_literals(definition, vars(module), file, lines))
+    return where, found
+
+
+def _node_type_of(base: str) -> str:
+    return next(str(kind) for kind, name in _NODE_BASES.items() if name == base)
+
+
+def _suggest(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 # --- the checks -------------------------------------------------------------------------------------------------
 
 
@@ -127,11 +292,85 @@ class _Checks:
         if isinstance(subcontract, FsmSubcontract):
             self.check_fsm(subcontract, where)
         elif isinstance(subcontract, RoutingSubcontract):
-            for index, target in enumerate(subcontract.targets):
-                if target.condition is not None:
-                    self._check_guard(target.condition, where.at("targets", index, "condition"), "routing-condition")
+            self.check_routing(subcontract, where)
         elif isinstance(subcontract, EventTypeSubcontract):
             self.check_payloads(subcontract, where)
+
+    def check_routing(self, routing: RoutingSubcontract, where: _Where) -> None:
+        """Guards parse; a strategy has what it needs (``hash`` a ``hash_key``, ``conditional`` a condition somewhere;
+        a target's condition or weight is read only by the strategy that uses it)."""
+        for index, target in enumerate(routing.targets):
+            if target.condition is not None:
+                self._check_guard(target.condition, where.at("targets", index, "condition"), "routing-condition")
+        if routing.strategy == "hash" and not routing.hash_key:
+            self.report(where.at("strategy"), "routing-strategy", "strategy hash needs hash_key: the field to hash")
+        if routing.strategy != "hash" and routing.hash_key:
+            self.report(
+                where.at("hash_key"),
+                "routing-strategy",
+                f"hash_key is only read by strategy hash, not {routing.strategy}",
+            )
+        if routing.strategy == "conditional" and routing.targets and all(t.condition is None for t in routing.targets):
+            self.report(
+                where.at("strategy"),
+                "routing-strategy",
+                "strategy conditional needs a condition on at least one target (a target without one matches all)",
+            )
+        if routing.strategy != "conditional":
+            for index, target in enumerate(routing.targets):
+                if target.condition is not None:
+                    self.report(
+                        where.at("targets", index, "condition"),
+                        "routing-strategy",
+                        f"target {target.name!r}: a condition is only read by strategy conditional, "
+                        f"not {routing.strategy}",
+                    )
+
+    def check_routing_services(self, loaded: Sequence[_Loaded]) -> None:
+        """Every service a routing names (targets, fallbacks) is a node of the project, and every node consuming an
+        event a routing routes is named by it: the first target reads the event's own topic (``onex.routing``), so
+        a consumer left out would get that target's commands too."""
+        names = {item.contract.name for item in loaded}
+        known = ", ".join(sorted(names))
+        for item in loaded:
+            routing = item.contract.subcontracts.routing
+            if routing is None or not routing.targets:
+                continue
+            where = item.where.child("subcontracts", "routing")
+            named: list[tuple[tuple[str | int, ...], str]] = [
+                (("targets", i, "service"), t.service) for i, t in enumerate(routing.targets)
+            ]
+            named += [(("fallbacks", i), service) for i, service in enumerate(routing.fallbacks)]
+            for steps, service in named:
+                if service not in names:
+                    self.report(
+                        where.at(*steps),
+                        "routing-service",
+                        f"routing names service {service!r}, which is not a node of this project (nodes: {known})",
+                    )
+            # What it routes: the events it publishes that the services it names consume.
+            services = {service for _, service in named}
+            published = item.contract.subcontracts.event_type
+            routed = {spec.event_name for spec in published.publishes} if published is not None else set()
+            routed &= {
+                spec.event_name
+                for other in loaded
+                if other.contract.name in services and other.contract.subcontracts.event_type is not None
+                for spec in other.contract.subcontracts.event_type.consumes
+            }
+            for other in loaded:
+                events = other.contract.subcontracts.event_type
+                if other.contract.name in services or events is None:
+                    continue
+                for index, spec in enumerate(events.consumes):
+                    if spec.event_name in routed:
+                        self.report(
+                            other.where.at("subcontracts", "event_type", "consumes", index, "event_name"),
+                            "routing-service",
+                            f"{other.contract.name} consumes {spec.event_name}, which {item.contract.name} routes, "
+                            f"but its routing does not name it: it would also get {routing.targets[0].service}'s "
+                            "commands (add it as a target or fallback)",
+                        )
 
     def check_contract(self, contract: Contract, where: _Where) -> None:
         for kind in SUBCONTRACT_TYPES:
@@ -155,6 +394,7 @@ class _Checks:
             self.report(spec_pos, "implementation-missing", f"implementation {spec}{derived} not found: {exc}")
             return
         self.check_handlers(contract, cls, where)
+        self.check_node_code(contract, cls, where)
 
     def check_steps(self, raw: Any, where: _Where) -> None:
         """An orchestrator's ``config.steps``: each a valid step, dependencies known, no cycle."""
@@ -316,6 +556,56 @@ class _Checks:
                 for a_index, action in enumerate(transition.actions):
                     require(action, fsm.at("transitions", t_index, "actions", a_index), role)
 
+    def check_node_code(self, contract: Contract, cls: type, where: _Where) -> None:
+        """The class is a node of the contract's kind; the triggers and events its code names are the contract's.
+
+        Each of these fails only at run time otherwise: a class without the node base cannot even be built
+        (``NodeX() takes no arguments``), and an unknown trigger or an undeclared event raises while an event is
+        handled, which is retried and then dead-lettered.
+        """
+        owner = contract.implementation_path
+        defined, literals = _node_code(cls, self.root)
+        wanted = _NODE_BASES[contract.node_type]
+        bases = _runtime_bases(cls)
+        if "Node" not in bases:
+            self.report(
+                defined or where.at("implementation" if contract.implementation else "name"),
+                "not-a-node",
+                f"{owner} is not a node: it must subclass onex.nodes.{wanted} (node_type {contract.node_type}); "
+                f"without a node base class the runtime cannot build it ({cls.__name__}() takes no arguments)",
+            )
+        elif wanted not in bases:
+            kinds = [name for name in _NODE_BASES.values() if name in bases]
+            actual = f"a {kinds[0]}" if kinds else "a plain Node"
+            self.report(
+                where.at("node_type"),
+                "node-kind-mismatch",
+                f"node_type is {contract.node_type} but {owner} is {actual}: subclass onex.nodes.{wanted}"
+                + (f" or set node_type: {_node_type_of(kinds[0])}" if kinds else ""),
+            )
+        fsm = contract.subcontracts.fsm
+        triggers = list(dict.fromkeys(t.trigger for t in fsm.transitions)) if fsm is not None else []
+        events = contract.subcontracts.event_type
+        declared = [spec.event_name for spec in events.publishes] if events is not None else []
+        for literal in literals:
+            if literal.kind == "trigger" and literal.name not in triggers:
+                if fsm is None:
+                    problem = f"{contract.name} has no fsm subcontract, so self.fsm is None"
+                else:
+                    problem = (
+                        f"the fsm of {contract.name} has no such trigger (triggers: {', '.join(triggers) or 'none'})"
+                        + _suggest(literal.name, triggers)
+                    )
+                self.report(literal.pos, "trigger-unknown", f"{literal.call}(..., {literal.name!r}): {problem}")
+            elif literal.kind == "event" and literal.name not in declared and literal.name not in RUNTIME_EVENTS:
+                self.report(
+                    literal.pos,
+                    "event-undeclared",
+                    f"{literal.call}({literal.name!r}): {contract.name} does not declare it in "
+                    f"subcontracts.event_type.publishes (declared: {', '.join(declared) or 'none'})"
+                    + _suggest(literal.name, declared),
+                )
+
     def check_set(self, loaded: Sequence[_Loaded], *, events: bool) -> None:
         first: dict[tuple[str, str], Path] = {}
         for item in loaded:
@@ -330,6 +620,7 @@ class _Checks:
                 first[key] = item.contract.source
         if not events:
             return
+        self.check_routing_services(loaded)
         # The runtime publishes its own events (introspection, heartbeats, transitions) for every hosted node.
         published = {(name, 1) for name in RUNTIME_EVENTS} | {
             (spec.event_name, spec.event_version)

@@ -39,6 +39,11 @@ Issue codes (``ContractIssue.code``)::
     implementation-forbidden   ``implementation`` outside the project's ``nodes`` package (checked always)
     implementation-missing     the implementation module or class cannot be imported
     handler-missing            a consumes handler, entry/exit action or transition action the class lacks
+    not-a-node                 the implementation does not subclass a node base class (reported at the class)
+    node-kind-mismatch         the class's node kind (``EffectNode``, ...) is not the contract's ``node_type``
+    trigger-unknown            node code fires ``self.fsm.trigger(entity, "name")`` with a trigger the FSM lacks
+    event-undeclared           node code publishes (``self.publish``/``envelope``/``publish_envelopes``) an event
+                               its contract's ``publishes`` does not declare (runtime events are always allowed)
     steps                      an orchestrator's ``config.steps``: a malformed step, an unknown dependency, a cycle
     event-unpublished          a consumed event (name, version) that no contract in the set publishes
     duplicate-version          two contracts with one (name, version), reported at the second
@@ -83,7 +88,8 @@ ISSUE_CODES: frozenset[str] = (
     | frozenset({"fsm-no-initial", "fsm-undeclared-state", "fsm-duplicate-state", "fsm-unreachable"})
     | frozenset({"fsm-terminal-outgoing", "fsm-condition", "routing-condition", "event-payload"})
     | frozenset({"implementation-forbidden", "implementation-missing", "handler-missing"})
-    | frozenset({"event-unpublished", "duplicate-version", "steps"})
+    | frozenset({"not-a-node", "node-kind-mismatch", "trigger-unknown", "event-undeclared"})
+    | frozenset({"event-unpublished", "duplicate-version", "steps", "routing-service", "routing-strategy"})
 )
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -8,7 +8,7 @@ field, its type and whether it is required.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -86,6 +86,8 @@ class EventSpec(_Model):
     # consumes: the event enters the node graph from outside (the CLI, another system), so no contract in the
     # set has to publish it; without this flag an unpublished consumed event is a load error.
     external: bool = False
+    # consumes: this event's own resilience, key by key over the contract's (``Resilience.over``).
+    resilience: Resilience | None = None
 
 
 class EventTypeSubcontract(_Model):
@@ -119,19 +121,23 @@ class AggregationSubcontract(_Model):
 
 
 class RoutingTarget(_Model):
+    """A service a routed command may go to (``onex.routing``)."""
+
     name: str
-    service: str  # node name
-    weight: int = 1
-    condition: str | None = None  # three-token guard, for strategy=conditional
+    service: str  # node (contract) name; the first target reads the event's topic, others `<topic>.<service>`
+    weight: int = 1  # round_robin: turns per cycle; hash: share of the keys
+    condition: str | None = None  # three-token guard, for strategy=conditional; none: matches anything
 
 
 class RoutingSubcontract(_Model):
+    """Which target each command a node publishes goes to: by ``strategy``, else to an available fallback."""
+
     subcontract_type: Literal["routing"] = "routing"
     version: str
     strategy: Literal["service", "round_robin", "hash", "conditional"] = "service"
-    hash_key: str | None = None
+    hash_key: str | None = None  # strategy=hash: the command field hashed onto the targets
     targets: tuple[RoutingTarget, ...] = ()
-    fallbacks: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()  # services, first available first, for an unavailable pick or no match
 
 
 class StateManagementSubcontract(_Model):
@@ -143,13 +149,30 @@ class StateManagementSubcontract(_Model):
     versioning: Literal["none", "monotonic"] = "none"
 
 
+class CacheInvalidation(_Model):
+    """An event that invalidates a cache (``onex.cache``): every entry, or (``key``, a template over the event's
+    payload fields) the entries of every cached lookup whose key starts with ``key`` rendered from the payload."""
+
+    event: str
+    key: str | None = None
+
+
 class CachingSubcontract(_Model):
+    """What a node (or the gateway) caches and how: read by ``onex.cache.open_cache``; docs/contracts.md, caching."""
+
     subcontract_type: Literal["caching"] = "caching"
     version: str
     cached: tuple[str, ...] = ()
     key_template: str = "{key}"
     ttl_ms: int | None = None
     max_entries: int = 1024
+    backend: str = "memory"
+    # An event name is short for {event: NAME}: `invalidate_on: [NODE_INTROSPECTION]`.
+    invalidate_on: tuple[str | CacheInvalidation, ...] = ()
+
+    def invalidations(self) -> tuple[CacheInvalidation, ...]:
+        """``invalidate_on`` with every bare event name as a ``CacheInvalidation`` of every entry."""
+        return tuple(CacheInvalidation(event=i) if isinstance(i, str) else i for i in self.invalidate_on)
 
 
 class Subcontracts(_Model):
@@ -162,20 +185,49 @@ class Subcontracts(_Model):
 
 
 class RetrySettings(_Model):
+    """Attempts of a failing handler and the pauses between them (``onex.resilience.RetryPolicy``)."""
+
     max_attempts: int = 3
-    backoff_ms: int = 50
+    backoff_ms: int = 50  # the pause after the first failed attempt, doubling after each further one ...
+    max_backoff_ms: int = 5_000  # ... up to this
+    jitter: Literal["full", "none"] = "full"  # full: uniformly in [0, the pause); none: the pause itself
 
 
 class CircuitBreakerSettings(_Model):
+    """When an effect node stops calling out (``onex.resilience.CircuitBreaker``)."""
+
     failure_threshold: int = 5
     reset_timeout_ms: int = 30_000
 
 
 class Resilience(_Model):
+    """How a node's handlers fail: per call timeout, retries, circuit breaker, dead letters (docs/contracts.md)."""
+
     timeout_ms: int = 30_000
     retry: RetrySettings = RetrySettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     dead_letter: bool = True
+
+    def over(self, base: Resilience) -> Resilience:
+        """``base`` with the keys this block sets on top, key by key (a ``consumes`` entry's partial override):
+        ``{retry: {max_attempts: 1}}`` over the contract's block changes only ``max_attempts``."""
+        changes: dict[str, Any] = {}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if isinstance(value, BaseModel):
+                inner = {key: getattr(value, key) for key in value.model_fields_set}
+                changes[name] = getattr(base, name).model_copy(update=inner)
+            else:
+                changes[name] = value
+        return base.model_copy(update=changes)
+
+    def events_over(self, consumes: Sequence[EventSpec], key: str | None = None) -> dict[str, Resilience]:
+        """The block of each consumed event that has one of its own (setting ``key``, if given), over this one."""
+        return {
+            spec.event_name: spec.resilience.over(self)
+            for spec in consumes
+            if spec.resilience and (key is None or key in spec.resilience.model_fields_set)
+        }
 
 
 class Step(_Model):

@@ -7,6 +7,10 @@ reported by: a pattern has a hint (``a version MAJOR.MINOR.PATCH``), an optional
 "not valid under any of the given schemas", and editors show their descriptions. ``tests/test_contracts.py``
 proves that they and ``onex.contracts.models`` agree on every field: its name, type, enum values, and whether it
 is required.
+
+The loader validates documents after ``$ref`` resolution, so the shipped schemas know nothing of ``$ref``. What
+``onex schema`` prints for editors, which see files as written, is ``bundled_schema()``: one document built from
+them, self-contained, accepting a ``$ref`` wherever a subcontract may stand.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from onex.contracts.models import SUBCONTRACT_TYPES
+from onex.contracts.models import SUBCONTRACT_MODELS, SUBCONTRACT_TYPES
 from onex.contracts.yaml import _Pos, _short, _type_name, _Where
 
 _SCHEMA_NAMES: tuple[str, ...] = ("contract", *SUBCONTRACT_TYPES)
@@ -38,24 +42,64 @@ def _schema_text(name: str) -> str:
 def schemas() -> dict[str, dict[str, Any]]:
     """Every shipped JSON Schema by name: ``contract`` and one per subcontract type (``fsm``, ``routing``, ...).
 
-    Each is the file ``<name>.schema.json``; the contract schema refers to the others by those file names, so
-    written side by side in one directory they resolve for editors. ``bundled_schema()`` is the one-file form.
+    Each is the file ``<name>.schema.json``, as the loader validates with it: after ``$ref`` resolution, so the
+    contract schema's subcontract positions refer to the subcontract schemas by file name and accept no ``$ref``.
+    ``bundled_schema()`` is the form for editors.
     """
     return {name: json.loads(_schema_text(name)) for name in _SCHEMA_NAMES}
 
 
-def bundled_schema() -> dict[str, Any]:
-    """The contract schema with every subcontract schema embedded, for tools that take a single file.
+_REF_DESCRIPTION = (
+    "A shared subcontract file: `subcontracts/fsm/x.yaml` (project-root-relative) or `./x.yaml`, `../x.yaml` "
+    "(relative to this file); keys next to `$ref` are merged over the file's."
+)
 
-    Each embedded schema keeps its file name as ``$id``, so the contract schema's ``$ref: fsm.schema.json``
-    resolves to the embedded copy without any rewriting.
+
+def _ref_object(model: str, subcontract: dict[str, Any]) -> dict[str, Any]:
+    """A ``{$ref: file, <sibling keys>...}`` standing for subcontract ``model``: the siblings are some of its keys,
+    each checked only once the loader has merged them over the file (a partial subcontract is not a valid one)."""
+    return {
+        "type": "object",
+        "description": _REF_DESCRIPTION,
+        # `patternProperties`, not `properties: {$ref: ...}`: a schema with a key named `$ref` that is not a reference
+        # trips tools that walk a schema looking for references.
+        "patternProperties": {r"^\$ref$": {"type": "string", "minLength": 1, "description": _REF_DESCRIPTION}},
+        "required": ["$ref"],
+        "propertyNames": {"enum": ["$ref", *subcontract.get("properties", {})]},
+        "title": f"$ref to a {model}",
+    }
+
+
+def bundled_schema(name: str = "contract") -> dict[str, Any]:
+    """Schema ``name`` as one self-contained document for editors (what ``onex schema`` prints).
+
+    Every ``$ref`` in it is a pointer into its own ``$defs``, so ``onex schema > contract.schema.json`` is all an
+    editor needs. It describes the file as written, before ``$ref`` resolution: where a subcontract may stand
+    (``subcontracts.fsm``, ...) it accepts the subcontract or ``{$ref: file}`` with sibling keys (``anyOf``).
+    The loader validates the resolved document with the shipped schemas instead (``schemas()``), whose errors are
+    precise where an ``anyOf`` could only say that no alternative matched.
     """
-    all_schemas = schemas()
-    bundle = all_schemas.pop("contract")
-    defs = bundle.setdefault("$defs", {})
-    for name, schema in all_schemas.items():
-        schema.pop("$schema", None)
-        defs[f"{name}.schema.json"] = {"$id": f"{name}.schema.json", **schema}
+    if name not in _SCHEMA_NAMES:
+        raise LookupError(f"no schema {name!r}; one of: {', '.join(_SCHEMA_NAMES)}")
+    shipped = schemas()
+    bundle = shipped[name]
+    if name != "contract":
+        return bundle  # a subcontract schema refers only to its own $defs
+    defs: dict[str, Any] = bundle.setdefault("$defs", {})
+    positions: dict[str, Any] = defs["Subcontracts"]["properties"]
+    for kind, model in SUBCONTRACT_MODELS.items():
+        subcontract = shipped[kind]
+        del subcontract["$schema"]
+        # Its definitions move up beside the contract's under the same names, so its `#/$defs/X` still resolve.
+        for definition, body in subcontract.pop("$defs", {}).items():
+            if defs.setdefault(definition, body) != body:
+                raise RuntimeError(f"schemas contract and {kind} both define {definition!r}, differently")
+        defs[model.__name__] = subcontract
+        defs[f"{model.__name__}Ref"] = _ref_object(model.__name__, subcontract)
+        positions[kind] = {
+            "anyOf": [{"$ref": f"#/$defs/{model.__name__}"}, {"$ref": f"#/$defs/{model.__name__}Ref"}],
+            "description": f"{subcontract.get('title', kind)}: inline, or a $ref to its file.",
+        }
     return bundle
 
 

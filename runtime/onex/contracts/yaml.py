@@ -196,6 +196,51 @@ def _expanded_size(root: yaml.Node, limit: int, loader: _Loader) -> None:
     size(root)
 
 
+_OPENERS = {"flow sequence": "[", "flow mapping": "{"}
+
+
+def _yaml_hint(exc: yaml.MarkedYAMLError) -> str | None:
+    """Plain words for what PyYAML's message usually means, said next to it; ``None`` when there is nothing to add.
+
+    PyYAML names the grammar rule it was in (``while parsing a block mapping``), which is exact and rarely what the
+    author did: most often a line is indented one step too far or too little, or a quote or bracket is never closed.
+    """
+    context, problem = exc.context or "", exc.problem or ""
+    opened = exc.context_mark
+    where = f"line {opened.line + 1}, column {opened.column + 1}" if opened is not None else "above"
+    if problem == "mapping values are not allowed here":
+        return (
+            "check the indentation of the line above (a key indented deeper than the key before it reads as part "
+            "of that key's value), or quote a value that contains ': '"
+        )
+    if problem.startswith("expected <block end>"):
+        return (
+            "check the indentation of the line above and of this one: the keys of one mapping, and the items "
+            "('- ') of one list, must start in the same column"
+        )
+    if context == "while scanning a simple key":
+        return f"the key at {where} has no ':' after it; add the ':' or check the indentation of the line above"
+    if context == "while scanning a quoted scalar":
+        if "end of stream" in problem:
+            return f"the quote opened at {where} is never closed"
+        if "escape" in problem:
+            return "in double quotes a backslash starts an escape: use single quotes, or write '\\\\'"
+        return f"check the quoted value started at {where}"
+    for rule, opener in _OPENERS.items():
+        if context == f"while parsing a {rule}":
+            closer = "]" if opener == "[" else "}"
+            if "<stream end>" in problem:
+                return f"the {opener!r} at {where} is never closed with {closer!r}"
+            return f"a ',' is missing, or the {opener!r} at {where} is never closed with {closer!r}"
+    if "found character '\\t'" in problem:
+        return "YAML indents with spaces: replace the tab with spaces"
+    if problem.startswith("found character") and "cannot start any token" in problem:
+        return "quote a value that starts with this character"
+    if problem.startswith("found undefined alias"):
+        return "'*name' refers to an anchor '&name' defined before it; quote the value if '*' is meant as text"
+    return None
+
+
 def _parse_yaml(text: str, file: Path, max_nodes: int) -> _Document:
     loader = _Loader(text, file)
     try:
@@ -207,7 +252,8 @@ def _parse_yaml(text: str, file: Path, max_nodes: int) -> _Document:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         detail = ", ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
-        raise _Problem(loader.pos(mark), "yaml", detail) from None
+        hint = _yaml_hint(exc)
+        raise _Problem(loader.pos(mark), "yaml", f"{detail}; {hint}" if hint else detail) from None
     except yaml.YAMLError as exc:  # unmarked (e.g. a reader error on a control character)
         raise _Problem(_Pos(file, 1, 1), "yaml", str(exc)) from None
     except RecursionError:

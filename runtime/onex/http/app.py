@@ -3,15 +3,22 @@
 Every stamp request becomes a STAMP_REQUESTED workflow on the bus, submitted through one long-lived
 ``StampClient(keep_stamps=True)``; the handler waits for the workflow's outcome and its STAMP_CREATED event and
 answers with the stamped content. Hashing and validation need no workflow and are answered here
-(``onex.http.content``). Reads come from the store.
+(``onex.http.content``). Reads come from the store, through the gateway's caches when the project ships their
+subcontracts (``subcontracts/caching/gateway_stamps.yaml`` for ``GET /stamp/{hash}``, ``gateway_namespaces.yaml`` for
+``GET /namespace/{ns}``; ``ONEX_CACHE_URL`` may put them in Redis, shared by every replica). A gateway hosts no node
+to hang them on (``--no-nodes``), so it reads those files itself and listens for their ``invalidate_on`` events on
+the bus from its first cached read on, in a consumer group of its own: every gateway drops what any stamp or
+aggregate changes, and ``ttl_ms`` bounds what a read between an event and its commit keeps (``onex.cache``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
+import logging
 import re
 import time
 import uuid
@@ -31,9 +38,13 @@ from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # the package ships no type hints
 
 from onex import stamps
+from onex.bus import Subscription
+from onex.cache import Cache, open_cache
 from onex.client import StampClient
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1
-from onex.exceptions import BusError, StoreError
+from onex.clock import Clock
+from onex.contracts import CachingSubcontract, load_subcontract
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, topic_name
+from onex.exceptions import BusError, OnexError, StoreError
 from onex.http.bodies import Part, PartData, PartEnd, form_events, is_json, media_type, read_body, read_form, text
 from onex.http.content import StreamingHash, check_protocol, hash_content, maybe_thread, verify
 from onex.http.models import (
@@ -68,6 +79,7 @@ from onex.http.models import (
     StoreView,
     ValidateRequest,
     ValidateResult,
+    dumps,
     envelope,
     error_response,
     new_id,
@@ -75,7 +87,7 @@ from onex.http.models import (
 )
 from onex.http.observe import Metrics, Observe
 from onex.http.openapi import DOCS, OPERATIONS, PREFIX, openapi_30, openapi_document
-from onex.metrics import readiness
+from onex.metrics import cache_text, readiness
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import StoreHealth
@@ -85,6 +97,21 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 _NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
 _HASH_RE: Final = re.compile(HASH_PATTERN)
+_log = logging.getLogger("onex.http")
+# The gateway's caches: their subcontracts, under the project root; a project without them reads the store each time.
+STAMP_CACHE: Final = "subcontracts/caching/gateway_stamps.yaml"
+NAMESPACE_CACHE: Final = "subcontracts/caching/gateway_namespaces.yaml"
+
+
+def gateway_cache(settings: Settings, clock: Clock, path: str) -> Cache | None:
+    """The cache the subcontract at ``path`` (under the project root) describes, if the project has it."""
+    file = settings.root / path
+    if not file.is_file():
+        return None
+    spec = load_subcontract(file, root=settings.root)
+    if not isinstance(spec, CachingSubcontract):
+        raise OnexError(f"{path}: a caching subcontract was expected, not {spec.subcontract_type}")
+    return open_cache(spec, name="gateway", clock=clock, env=settings.env, url=settings.cache_url)
 
 
 class Gateway:
@@ -113,10 +140,70 @@ class Gateway:
         self.batch_limit = batch_limit
         self.timeout_s = timeout_s
         self.metrics = Metrics()
+        self.stamp_cache = gateway_cache(settings, runtime.clock, STAMP_CACHE)
+        self.namespace_cache = gateway_cache(settings, runtime.clock, NAMESPACE_CACHE)
+        self._listening: set[int] = set()  # id() of the caches that hear their invalidations
+        self._subscriptions: list[Subscription] = []
+        self._listener: asyncio.Future[None] | None = None
+        self._listen_lock = asyncio.Lock()
         self._openapi: bytes | None = None
         self._openapi_30: bytes | None = None
 
     # -- plumbing --
+    @property
+    def caches(self) -> list[Cache]:
+        return [cache for cache in (self.stamp_cache, self.namespace_cache) if cache is not None]
+
+    async def listen(self) -> None:
+        """Subscribe the caches to their invalidations (once each); cached reads start it and read the store until
+        it returned. BusError if the bus refuses."""
+        async with self._listen_lock:
+            for index, cache in enumerate(self.caches):
+                if id(cache) not in self._listening:
+                    group = f"onex.gateway.{self.client.group}.cache.{index}"  # this process's: it hears everything
+                    await cache.listen(self.runtime.bus, group, {}, self._topic, into=self._subscriptions)
+                    self._listening.add(id(cache))
+
+    async def _listen_quietly(self) -> None:
+        try:
+            await self.listen()
+        except BusError as exc:  # the next cached read tries again
+            _log.warning("the gateway's caches cannot hear their invalidations yet, reading the store: %s", exc)
+
+    async def aclose(self) -> None:
+        """Stop listening for invalidations and close the caches (their Redis connections)."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BusError):
+                await self._listener
+        for subscription in self._subscriptions:
+            with contextlib.suppress(BusError):
+                await subscription.aclose()
+        self._subscriptions.clear()
+        for cache in self.caches:
+            await cache.aclose()
+
+    def _topic(self, event_name: str) -> str:
+        known = self.client.catalog.events.get(event_name)
+        settings = self.settings
+        return known.topic if known is not None else topic_name(event_name, env=settings.env, tenant=settings.tenant)
+
+    async def _read(self, cache: Cache | None, lookup: str, load: Callable[[], Awaitable[Any]], **fields: Any) -> Any:
+        """``load()`` as JSON, through ``cache`` once it hears its invalidations; read through until it does."""
+        if cache is None:
+            return json.loads(dumps(await load()))
+        if id(cache) not in self._listening:
+            # Joining a group takes a Kafka broker seconds: not on this request's time. Without the invalidations
+            # nothing may be cached, so reads go to the store until the subscriptions are in place.
+            if self._listener is None or self._listener.done():
+                self._listener = asyncio.ensure_future(self._listen_quietly())
+            return json.loads(dumps(await load()))
+
+        async def encoded() -> Any:
+            return json.loads(dumps(await load()))
+
+        return await cache.lookup(lookup, encoded, **fields)
+
     def authorized(self, headers: Mapping[str, str]) -> bool:
         if self.api_key is None:
             return True
@@ -416,17 +503,17 @@ class Gateway:
         if not _HASH_RE.fullmatch(file_hash):
             raise ApiError(422, "validation_error", "file_hash: must be 64 hex characters (BLAKE3)", field="file_hash")
         file_hash = file_hash.lower()
+
+        async def load() -> list[dict[str, Any]]:
+            return [dataclasses.asdict(row) for row in await self.runtime.store.get_stamps_by_hash(file_hash)]
+
         try:
-            rows = await self.runtime.store.get_stamps_by_hash(file_hash)
+            rows = await self._read(self.stamp_cache, "stamps_by_hash", load, file_hash=file_hash)
         except StoreError as exc:
             raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
         if not rows:
             raise ApiError(404, "not_found", f"no stamp with hash {file_hash} is stored", field="file_hash")
-        records: StampRecords = {
-            "file_hash": file_hash,
-            "count": len(rows),
-            "stamps": [dataclasses.asdict(row) for row in rows],
-        }
+        records: StampRecords = {"file_hash": file_hash, "count": len(rows), "stamps": rows}
         return envelope(request, records, message=f"{len(rows)} stamp record(s)")
 
     async def namespace(self, request: Request) -> Response:
@@ -437,21 +524,29 @@ class Gateway:
             )
         limit = self._query_int(request, "limit", 100, 1, MAX_PAGE)
         offset = self._query_int(request, "offset", 0, 0, MAX_OFFSET)
-        try:
+
+        async def load() -> dict[str, Any]:
             rows = await self.runtime.store.list_stamps(namespace, limit=limit, offset=offset)
             state = await self.runtime.store.get_bridge_state(namespace)
+            return {"stamps": rows, "aggregates": state}
+
+        try:
+            found = await self._read(
+                self.namespace_cache, "namespace_page", load, namespace=namespace, limit=limit, offset=offset
+            )
         except StoreError as exc:
             raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+        rows, state = found["stamps"], found["aggregates"]
         page: NamespacePage = {
             "namespace": namespace,
-            "stamps": [dataclasses.asdict(row) for row in rows],
+            "stamps": rows,
             "pagination": {
                 "limit": limit,
                 "offset": offset,
                 "count": len(rows),
                 "next_offset": offset + len(rows) if len(rows) == limit else None,
             },
-            "aggregates": dataclasses.asdict(state) if state is not None else None,
+            "aggregates": state,
         }
         return envelope(request, page, message=f"{len(rows)} stamp(s)")
 
@@ -539,6 +634,8 @@ class Gateway:
 
     async def prometheus(self, request: Request) -> Response:
         text = self.metrics.render(self.runtime, pending_workflows=self.client.pending)
+        caches = [*self.caches, *(node.cache for node in self.runtime.nodes if node.cache is not None)]
+        text += cache_text((cache.name, cache.meter) for cache in caches)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def _document(self) -> dict[str, Any]:

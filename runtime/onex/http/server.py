@@ -199,7 +199,10 @@ async def serve(
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
-            await serving
+            try:
+                await serving
+            finally:
+                await app.state.gateway.aclose()  # its caches: invalidation subscriptions, Redis connections
 
 
 @contextlib.asynccontextmanager

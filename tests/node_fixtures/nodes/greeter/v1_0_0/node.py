@@ -4,10 +4,13 @@ from __future__ import annotations
 
 # Relative on purpose: under a test root this package is imported under a private alias (see onex.contracts),
 # where an absolute `nodes.greeter` would mean the real project's package.
+from onex.nodes import EffectNode
+
 from .models import Greeted, GreetingRequested
 
 
-class NodeGreeter:
+class NodeGreeter(EffectNode):
+    # Built bare: the tests only call its methods, where the runtime would pass a contract, bus, store and settings.
     def __init__(self) -> None:
         self.log: list[str] = []
 

@@ -1,4 +1,7 @@
-class NodeWidget:
+from onex.nodes import EffectNode
+
+
+class NodeWidget(EffectNode):
     def log_entered(self) -> None:
         pass
 

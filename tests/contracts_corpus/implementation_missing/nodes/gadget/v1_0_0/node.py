@@ -1,2 +1,5 @@
-class NodeGadget:
+from onex.nodes import EffectNode
+
+
+class NodeGadget(EffectNode):
     pass

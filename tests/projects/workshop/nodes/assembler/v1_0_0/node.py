@@ -9,6 +9,7 @@ tests see the engine itself ignore late and duplicate results.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from onex.exceptions import OnexError
@@ -32,6 +33,12 @@ class NodeAssembler(OrchestratorNode):
         self.fsm.trigger(workflow, "start")
         self.workflows[cid] = workflow
         await self.advance(workflow)
+
+    def save_context(self, workflow: Workflow) -> dict[str, Any]:
+        return {"item": workflow.context["item"], "polish": workflow.context.get("polish", "ok")}
+
+    def restore_context(self, workflow: Workflow, saved: Mapping[str, Any]) -> None:
+        workflow.context.update(saved)
 
     async def handle_step_done(self, event: Event) -> None:
         cid = uuid.UUID(event.payload["workflow_id"])
