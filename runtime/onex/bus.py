@@ -208,6 +208,11 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> BusStatistics: ...
 
+    def lag(self) -> dict[tuple[str, str, int], int]:
+        """Messages not handled yet per (group, topic, partition) of this process's consumers, where the bus can tell
+        (Kafka: end offset less committed offset); empty on a bus that cannot."""
+        return {}
+
     @property
     @abc.abstractmethod
     def state(self) -> BusState:

@@ -174,8 +174,7 @@ def _bus_counts(rt: Runtime) -> dict[tuple[str, str], tuple[int, int, int]]:
 
 
 def _lag(rt: Runtime) -> dict[tuple[str, str, int], int]:
-    lag = getattr(rt.bus, "lag", None)
-    return dict(lag()) if callable(lag) else {}
+    return dict(rt.bus.lag())
 
 
 def registry_for(runtime: Runtime) -> CollectorRegistry:

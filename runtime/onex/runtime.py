@@ -310,10 +310,7 @@ class Runtime:
 
     def log_summary(self, last: dict[str, tuple[int, int]], elapsed_s: float) -> None:
         """Log a ``summary`` line for each node whose (handled, failed) moved from ``last`` (updated in place)."""
-        retried = getattr(self.bus, "retried_by", {})
-        dead = getattr(self.bus, "dead_lettered_by", {})
-        lag_of = getattr(self.bus, "lag", None)
-        lag = lag_of() if callable(lag_of) else {}
+        retried, dead, lag = self.bus.retried_by, self.bus.dead_lettered_by, self.bus.lag()
         for node in self.nodes:
             handled, failed = node.meter.totals()
             before = last.get(node.node_id, (0, 0))
