@@ -284,6 +284,7 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
                     assert (await store.health()).status == "degraded"
                     # Open, and the clock stands still: the five callers wait on the breaker, never on the server.
                     await until(lambda: breaker("open"))
+                    assert store.circuit_open  # what /readyz reads: "store unavailable: circuit open"
                     refused = proxy.refused
                     waits = store.statistics().breaker_waits
                     await until(lambda: breaker("open", waits=waits + 15))
@@ -308,6 +309,7 @@ async def test_an_outage_is_reported_degraded_with_queued_writes_and_the_batch_w
             health = await store.health()
             assert (health.status, health.queued_writes) == ("ok", 0)
             assert store.statistics().breaker_state == "closed"
+            assert not store.circuit_open
 
 
 async def test_apply_gives_up_with_store_unavailable_when_the_server_stays_away() -> None:

@@ -517,3 +517,4 @@ async def test_a_store_in_memory_has_no_checkpointer() -> None:
         await store.apply(WriteBatch(stamps=[stamp()]))
         assert store._checkpointer is None
         assert store.checkpoints == 0
+        assert not store.circuit_open  # SQLite has no breaker: never refuses without trying

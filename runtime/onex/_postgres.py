@@ -925,6 +925,10 @@ class PostgresStore(Store):
 
     # --- health, statistics, raw access ------------------------------------------------------------------------------
 
+    @property
+    def circuit_open(self) -> bool:
+        return self._breaker_open()
+
     async def health(self) -> StoreHealth:
         """``ok``; ``degraded`` while writes fail or wait (with their row count); ``down`` when not usable.
 

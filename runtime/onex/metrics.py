@@ -196,8 +196,7 @@ async def readiness(runtime: Runtime) -> str | None:
         node_breaker = getattr(node, "breaker", None)
         if node_breaker is not None and node_breaker.state == "open":
             return f"{node.node_id}: circuit open"
-    store_breaker = getattr(runtime.store, "_breaker", None)  # PostgreSQL's, open while the server fails
-    if store_breaker is not None and store_breaker.state == "open":
+    if runtime.store.circuit_open:  # PostgreSQL's breaker, open while the server fails
         return "store unavailable: circuit open"
     try:
         health = await asyncio.wait_for(runtime.store.health(), STORE_TIMEOUT_S)

@@ -363,6 +363,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> StoreHealth: ...
 
+    @property
+    def circuit_open(self) -> bool:
+        """Whether the store refuses calls without trying, its circuit breaker open (PostgreSQL while the server
+        fails); False for a store without one."""
+        return False
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
