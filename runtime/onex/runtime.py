@@ -145,11 +145,14 @@ class Runtime:
         Each changed node drains (it stops taking messages and finishes those in hand; what it had not taken stays
         with its consumer group), stops, and a node built from the new contract starts and announces itself in its
         place, in the same group: it takes over where the old one stopped. Nodes whose contract did not change keep
-        running untouched. A node the new set no longer has keeps running on its old contract (reported by the
-        caller, not stopped: removing a node is a deployment change).
+        running untouched. A node the new set no longer has keeps running on its old contract, with a warning
+        (``reload_missing``): removing a node is a deployment change, not a reload.
         """
+        known = set(contracts.names())
         names = [n.contract.name for n in self.nodes]
-        fresh = {c.name: c for c in select(contracts, [n for n in names if n in contracts.names()], self._version)}
+        for name in sorted(set(names) - known):
+            event(_log, logging.WARNING, "reload_missing", f"{name} is no longer in the contracts: it keeps running")
+        fresh = {c.name: c for c in select(contracts, [n for n in names if n in known], self._version)}
         routed = service_topics(contracts, self.settings)
         reloaded: list[str] = []
         for i, node in enumerate(self.nodes):
