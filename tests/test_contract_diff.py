@@ -145,13 +145,17 @@ def test_a_removed_consumed_event_breaks_and_config_changes_do_not(project: Path
     new = changed(
         project, CONTRACT, "../../subcontracts/event_type/greeting.yaml", f"../../{events.relative_to(project)}"
     )
-    new.write_text(new.read_text().replace("hello", "hi"))
+    new.write_text(
+        new.read_text().replace("hello", "hi") + "performance_requirements: {execution_time: {target_ms: 50}}\n"
+    )
 
     changes = {(c.where, c.change): c.verdict for c in diff_files(str(project / CONTRACT), new, root=project, env={})}
 
     assert changes[("events.consumes.GREETING_REQUESTED", "removed")] == "breaking"
     assert changes[("events.consumes.GREETING_ASKED", "added")] == "compatible"
     assert changes[("config.greeting", "'hello' -> 'hi'")] == "compatible"
+    [objective] = [(where, verdict) for (where, _), verdict in changes.items() if where.startswith("performance")]
+    assert objective == ("performance_requirements.execution_time", "compatible")
 
 
 def test_the_cli_compares_with_the_committed_version_and_exits_1_on_a_breaking_change(project: Path) -> None:

@@ -494,6 +494,7 @@ def test_the_openapi_document_is_served_at_both_paths_and_lists_every_route(serv
         f"{PREFIX}{p}" for p in (
             "/stamp", "/validate", "/hash", "/stamp/{file_hash}", "/batch", "/namespace/{namespace}",
             "/validate-protocol", "/health", "/health/live", "/health/ready", "/metrics",
+            "/namespace/{namespace}/windows",
         )
     }  # fmt: skip
 

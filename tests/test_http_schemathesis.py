@@ -53,4 +53,4 @@ def test_the_fuzzed_document_is_the_served_one_and_valid(fuzzed_server: CliServe
     for result in served.get_all_operations():
         assert isinstance(result, Ok), result.err()
         operations.append(result.ok())
-    assert len(operations) == 11
+    assert len(operations) == 12

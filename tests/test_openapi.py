@@ -63,6 +63,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_a_route(app
         ("POST", "/stamp"), ("POST", "/validate"), ("POST", "/hash"), ("GET", "/stamp/{file_hash}"),
         ("POST", "/batch"), ("GET", "/namespace/{namespace}"), ("POST", "/validate-protocol"), ("GET", "/health"),
         ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics"),
+        ("GET", "/namespace/{namespace}/windows"),
     }  # fmt: skip
 
 
@@ -94,7 +95,7 @@ def test_operation_ids_and_handlers_are_unique_and_each_handler_exists() -> None
     ids = [op.operation_id for op in OPERATIONS]
     assert sorted(ids) == sorted(
         ["stamp", "validate", "hash", "getStamp", "batch", "getNamespace", "validateProtocol", "health", "live",
-         "ready", "metrics"]
+         "ready", "metrics", "getNamespaceWindows"]
     )  # fmt: skip
     assert len({op.handler for op in OPERATIONS}) == len(OPERATIONS)
     assert len({(op.method, op.template) for op in OPERATIONS}) == len(OPERATIONS)

@@ -73,6 +73,7 @@ def test_select_with_an_empty_list_hosts_nothing_and_with_none_every_nodes_highe
         ("guestbook", "1.0.0"),
         ("mailer", "1.0.0"),
         ("monitor", "1.0.0"),
+        ("tally", "1.0.0"),
     ]
 
 

@@ -108,7 +108,7 @@ def test_the_loaders_own_schema_refuses_ref_because_it_runs_after_resolution() -
 
     refused = {tuple(e.absolute_path)[:2] for e in _validator("contract").iter_errors(orchestrator)}
 
-    assert refused == {("subcontracts", "fsm"), ("subcontracts", "routing")}
+    assert refused == {("subcontracts", "fsm"), ("subcontracts", "routing"), ("subcontracts", "state_management")}
     assert schemas()["contract"]["$defs"]["Subcontracts"]["properties"]["fsm"] == {"$ref": "fsm.schema.json"}
     assert list(validator("contract").iter_errors(orchestrator)) == []
 

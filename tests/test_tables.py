@@ -27,6 +27,8 @@ DESCRIBED = (
     _tables.EVENT_LOGS,
     _tables.PROCESSED,
     _tables.DEAD_LETTERS,
+    _tables.AGGREGATE_WINDOWS,
+    _tables.NODE_STATES,
 )
 
 

@@ -18,6 +18,7 @@ from onex.exceptions import (
     OnexError,
     PayloadError,
     StampError,
+    StateError,
     StoreError,
     StoreUnavailable,
     TransitionError,
@@ -40,11 +41,14 @@ from onex.nodes import (
 from onex.resilience import CircuitBreaker
 from onex.runtime import Runtime
 from onex.settings import Settings
+from onex.state import KeyedState, StatePolicy
 from onex.store import (
+    AggregateWindowRow,
     BridgeStateRow,
     DeadLetterRow,
     EventLogRow,
     HeartbeatRow,
+    NodeStateRow,
     RegistrationRow,
     StampRow,
     StepRow,
@@ -59,6 +63,7 @@ from onex.stores import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggregateWindowRow",
     "BridgeStateRow",
     "BusError",
     "BusStatistics",
@@ -79,11 +84,13 @@ __all__ = [
     "EventLogRow",
     "FsmSubcontract",
     "HeartbeatRow",
+    "KeyedState",
     "Lifecycle",
     "LifecycleError",
     "MemoryBus",
     "MemorySubscription",
     "Node",
+    "NodeStateRow",
     "NodeType",
     "OnexEnvelopeV1",
     "OnexError",
@@ -98,7 +105,9 @@ __all__ = [
     "Settings",
     "StampError",
     "StampRow",
+    "StateError",
     "StateMachine",
+    "StatePolicy",
     "Step",
     "StepRow",
     "StepRun",

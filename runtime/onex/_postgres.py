@@ -25,14 +25,15 @@ parameter                 default  meaning
 ========================  =======  =================================================================================
 
 Writes. ``apply(batch)`` is one transaction: each table's rows, in the order workflows, steps, stamps, transitions,
-bridge states, registrations, heartbeats, event logs, processed events (as ``SqliteStore``). With the default
-``bulk_method=unnest`` a table's rows travel as one array per column in one prepared statement, ``INSERT ...
-SELECT ... FROM unnest($1::uuid[], ...) WITH ORDINALITY ... ON CONFLICT ...``: one round trip and one plan per table
-and batch, rows written in batch order. Measured on 100,000 mixed rows in batches of 500 (``bench/store_postgres.py``
-prints all three), it beat both alternatives the task named: ``executemany`` of a prepared ``INSERT ... ON
-CONFLICT`` (pipelined, but planned and executed row by row) and COPY into a temporary staging table followed by
-``INSERT ... SELECT ... ON CONFLICT`` (two round trips, and the staging writes plus the ``ON COMMIT DELETE ROWS``
-truncation cost more than COPY's faster transfer saves at this size). Both remain available as ``bulk_method``.
+bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed events (as
+``SqliteStore``). With the default ``bulk_method=unnest`` a table's rows travel as one array per column in one
+prepared statement, ``INSERT ... SELECT ... FROM unnest($1::uuid[], ...) WITH ORDINALITY ... ON CONFLICT ...``: one
+round trip and one plan per table and batch, rows written in batch order. Measured on 100,000 mixed rows in
+batches of 500 (``bench/store_postgres.py`` prints all three), it beat both alternatives the task named:
+``executemany`` of a prepared ``INSERT ... ON CONFLICT`` (pipelined, but planned and executed row by row) and COPY
+into a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT`` (two round trips, and the
+staging writes plus the ``ON COMMIT DELETE ROWS`` truncation cost more than COPY's faster transfer saves at this
+size). Both remain available as ``bulk_method``.
 
 One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch may hold several rows for one key
 (a workflow's start and its completion). Such rows go in rounds, the n-th row of a key in round n, one statement
@@ -89,9 +90,11 @@ import asyncpg
 
 from onex import _tables
 from onex._tables import (
+    SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
     SELECT_DEAD_LETTER,
     SELECT_EVENT_LOG,
+    SELECT_NODE_STATE,
     SELECT_REGISTRATION,
     SELECT_STAMP,
     SELECT_STEP,
@@ -107,10 +110,12 @@ from onex.resilience import BreakerState, CircuitBreaker
 from onex.settings import redact_url
 from onex.store import (
     TABLES,
+    AggregateWindowRow,
     BridgeStateRow,
     DeadLetterRow,
     EventLogRow,
     Migration,
+    NodeStateRow,
     RegistrationRow,
     StampRow,
     StepRow,
@@ -119,6 +124,7 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
+    group_key,
     load_migrations,
 )
 
@@ -312,13 +318,19 @@ _SQL_TYPES: Final[dict[Kind, str]] = {
     "int": "INTEGER",
     "bigint": "BIGINT",
     "float": "DOUBLE PRECISION",
+    "bool": "BOOLEAN",
     "json": "JSONB",
+    "json_key": "TEXT",
     "timestamp": "TIMESTAMPTZ",
 }
 # asyncpg takes and gives the native values (JSONB through the codec of _init_jsonb); only a naive datetime needs
 # its zone, since asyncpg would read it as local time. None: the value as it is.
-_TO_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None) | {"timestamp": _utc}
-_FROM_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None)
+# A json_key is canonical JSON text (onex.store.group_key), the same text SqliteStore stores.
+_TO_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None) | {
+    "timestamp": _utc,
+    "json_key": group_key,
+}
+_FROM_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None) | {"json_key": json.loads}
 
 _RULES: Final = {
     **_tables.COMMON_RULES,
@@ -356,12 +368,13 @@ class _Table:
 def _table(table: Table[Any]) -> _Table:
     """A ``_Table`` rendered from its description. A ``default_now`` column's NULL becomes ``now()``; ``written``
     columns are left to their ``DEFAULT now()``."""
-    names = table.names
+    stored = table.stored
+    names = tuple(c.sql for c in stored)
     listed = ", ".join(names)
-    defaults = ["COALESCE({}, now())" if c.default_now else "{}" for c in table.columns]
+    defaults = ["COALESCE({}, now())" if c.default_now else "{}" for c in stored]
     values = ", ".join(d.format(f"${n}") for n, d in enumerate(defaults, 1))
     selected = ", ".join(d.format(c) for d, c in zip(defaults, names, strict=True))
-    types = [_SQL_TYPES[c.kind] for c in table.columns]
+    types = [_SQL_TYPES[c.kind] for c in stored]
     arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, 1))
     typed = ", ".join(f"{c} {t}" for c, t in zip(names, types, strict=True))
     insert = f"INSERT INTO {table.name} AS {table.alias} ({listed})"
@@ -370,13 +383,13 @@ def _table(table: Table[Any]) -> _Table:
     return _Table(
         name=table.name,
         operation=table.operation,
-        columns=names,
+        columns=tuple(c.name for c in stored),
         statement=f"{insert} VALUES ({values}) {conflict}",
         bulk=f"{insert} SELECT {selected} FROM unnest({arrays}) WITH ORDINALITY AS s({listed}, ord) ORDER BY ord "
         f"{conflict}",
         staging=staging,
         staging_ddl=f"CREATE TEMPORARY TABLE {staging} (ord INTEGER, round INTEGER, {typed}) ON COMMIT DELETE ROWS",
-        staging_columns=("ord", "round", *names),
+        staging_columns=("ord", "round", *(c.name for c in stored)),  # asyncpg quotes them
         move=f"{insert} SELECT {selected} FROM pg_temp.{staging} WHERE round = $1 ORDER BY ord {conflict}",
         key=table.key_positions if table.upsert else None,
         encode=_tables.encoder(table, _TO_SQL, fill_now=False),
@@ -605,13 +618,13 @@ class PostgresStore(Store):
             await self._ensure_schema(conn)
 
     async def _apply_once(self, batch: WriteBatch) -> None:
+        # Encoded before a connection is taken: a row that cannot be stored fails the batch before any round trip.
+        work = [(table, _encode(table, rows)) for field, table in _WRITES if (rows := getattr(batch, field))]
         async with self._connection() as conn:
             await self._ensure_schema(conn)
             async with conn.transaction():
-                for field, table in _WRITES:
-                    rows = getattr(batch, field)
-                    if rows:
-                        await self._write(conn, table, table.encode(rows, None))
+                for table, encoded in work:
+                    await self._write(conn, table, encoded)
                 await self._write(conn, _PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids])
 
     async def _write(self, conn: Connection, table: _Table, rows: list[tuple[Any, ...]]) -> None:
@@ -916,6 +929,58 @@ class PostgresStore(Store):
         rows = await self._fetch(f"{SELECT_DEAD_LETTER} WHERE event_id = ANY($1::uuid[])", list(event_ids))
         return [_READ.dead_letter(r) for r in rows]
 
+    # --- aggregate windows and node state --------------------------------------------------------------------------
+
+    async def list_aggregate_windows(
+        self,
+        *,
+        node: str | None = None,
+        aggregation: str | None = None,
+        namespace: str | None = None,
+        closed: bool | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AggregateWindowRow]:
+        _check_page(limit, 0)
+        # Only the filters given, so that each combination is its own prepared statement whose plan can use
+        # aggregate_windows_namespace_idx (a generic "$1 IS NULL OR ..." plan could not).
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("node =", node),
+            ("aggregation =", aggregation),
+            ("namespace =", namespace),
+            ("closed =", closed),
+            ("window_start >=", _utc(since)),
+        ):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} ${len(params)}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"{SELECT_AGGREGATE_WINDOW}{clause} ORDER BY window_start DESC NULLS LAST, group_key, node, aggregation, "
+            f"window_id LIMIT ${len(params) + 1}",
+            *params,
+            limit,
+        )
+        return [_READ.aggregate_window(r) for r in rows]
+
+    async def get_aggregate_windows(self, node: str, *, open_only: bool = True) -> list[AggregateWindowRow]:
+        only_open = " AND NOT closed" if open_only else ""
+        rows = await self._fetch(
+            f"{SELECT_AGGREGATE_WINDOW} WHERE node = $1{only_open} ORDER BY aggregation, group_key, window_id", node
+        )
+        return [_READ.aggregate_window(r) for r in rows]
+
+    async def get_node_states(self, node: str, keys: Sequence[str]) -> list[NodeStateRow]:
+        rows = await self._fetch(f'{SELECT_NODE_STATE} WHERE node = $1 AND "key" = ANY($2::text[])', node, list(keys))
+        return [_READ.node_state(r) for r in rows]
+
+    async def list_node_states(self, node: str, *, limit: int = 1000) -> list[NodeStateRow]:
+        _check_page(limit, 0)
+        rows = await self._fetch(f'{SELECT_NODE_STATE} WHERE node = $1 ORDER BY "key" LIMIT $2', node, limit)
+        return [_READ.node_state(r) for r in rows]
+
     async def count(self, table: str) -> int:
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
@@ -1023,6 +1088,15 @@ class PostgresStore(Store):
             # one on the next acquire. What was done on it stands (or has raised already), so that is no error.
             with contextlib.suppress(Exception):
                 await pool.release(conn)
+
+
+def _encode(table: _Table, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """``table.encode(rows)``; a ``StoreError`` naming the table when a value cannot be converted (a group that JSON
+    cannot hold, a row of the wrong type). Values asyncpg encodes itself fail later, in ``_write``."""
+    try:
+        return table.encode(rows, None)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise _store_error(exc, f"apply: a row of {table.name} cannot be stored", "nothing was written") from exc
 
 
 def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:

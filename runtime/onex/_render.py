@@ -1,21 +1,112 @@
-"""How the CLI draws what ``onex stamp`` and ``onex verify`` found on a terminal: tables and a progress bar (rich).
+"""How the CLI draws what it found: tables (rich) or JSON on stdout, and the progress bar of ``onex stamp``.
 
 ``onex.client`` returns the reports as data (``StampReport``, ``VerifyReport``; ``-o json`` prints their
-``to_dict()``); only the CLI imports this module, so using the client API pulls in no terminal code.
+``to_dict()``); only the CLI imports this module, so using the client API pulls in no terminal code. ``emit`` is
+how every table command prints: a table, a JSON array or JSON lines (``-o table|json|jsonl``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from onex.client import StampReport, VerifyReport
+
+
+# Piped, stdout has no width: rich would fold and cut table cells at 80 columns, and a script reading the table
+# would get partial ids and paths. So a pipe gets a width no row reaches, and every value whole.
+PIPE_WIDTH = 100_000
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: times in ISO 8601, ids and paths as text, dataclasses as objects."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, uuid.UUID | Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    return value
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(plain(data), indent=2))
+
+
+def emit(
+    output: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    title: str,
+    columns: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+) -> None:
+    """``rows`` as a table (``columns``: header -> cell, default every key), a JSON array, or JSON lines."""
+    if output == "json":
+        emit_json(list(rows))
+    elif output == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(plain(row)))
+    else:
+        cells = columns or {key: getter(key) for key in (rows[0] if rows else {})}
+        table = Table(title=title)
+        for header in cells:
+            table.add_column(header)
+        for row in rows:
+            table.add_row(*(Text("" if (v := cell(row)) is None else str(v)) for cell in cells.values()))
+        console.print(table)
+
+
+def getter(key: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda row: row[key]
+
+
+def duration(seconds: float | None) -> str:
+    """A duration as an operator reads it: 42s, 3m05s, 2h07m, 3d04h."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def compact(value: Any) -> str:
+    """A JSON value on one line, keys sorted (as the store keys a group)."""
+    return json.dumps(plain(value), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def window_span(row: Mapping[str, Any]) -> str:
+    start, end = row["window_start"], row["window_end"]
+    if start is None:
+        return "running"  # an aggregation without windows: a running total
+    return f"{start.isoformat(timespec='seconds')}\N{EN DASH}{end.isoformat(timespec='seconds') if end else ''}"
 
 
 class StampProgress:

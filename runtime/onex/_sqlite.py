@@ -20,9 +20,10 @@ Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock i
 concurrent writer elsewhere makes us wait there instead of failing mid-transaction. The rows are encoded first
 (uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table gets one ``executemany``
 of one prepared statement, in the order workflows, steps, stamps, transitions, bridge states, registrations,
-heartbeats, event logs, processed events. Any error rolls the whole batch back and raises ``StoreError`` naming
-the table and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when the error is
-that another process kept the database locked for longer than the busy timeout (the batch may succeed later).
+heartbeats, event logs, aggregate windows, node states, processed events. Any error rolls the whole batch back
+and raises ``StoreError`` naming the table and the operation (and the row, when it could not be encoded);
+``StoreUnavailable`` when the error is that another process kept the database locked for longer than the busy
+timeout (the batch may succeed later).
 Every call maps SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
 
 Checkpoints. In WAL mode committed pages are appended to the ``-wal`` file and copied into the database by a
@@ -74,9 +75,11 @@ from typing import Any, Final, TypeVar, TypeVarTuple
 
 from onex import _tables, store
 from onex._tables import (
+    SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
     SELECT_DEAD_LETTER,
     SELECT_EVENT_LOG,
+    SELECT_NODE_STATE,
     SELECT_REGISTRATION,
     SELECT_STAMP,
     SELECT_STEP,
@@ -90,9 +93,11 @@ from onex.exceptions import StoreError, StoreUnavailable
 from onex.meters import CommitMeter
 from onex.store import (
     TABLES,
+    AggregateWindowRow,
     BridgeStateRow,
     DeadLetterRow,
     EventLogRow,
+    NodeStateRow,
     RegistrationRow,
     StampRow,
     StepRow,
@@ -101,6 +106,7 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
+    group_key,
     load_migrations,
 )
 
@@ -193,7 +199,9 @@ _TO_SQL: Final[dict[Kind, Convert | None]] = {
     "int": None,
     "bigint": None,
     "float": None,
+    "bool": None,  # sqlite3 binds True and False as 1 and 0
     "json": _json,
+    "json_key": group_key,
     "timestamp": _ts,
 }
 _FROM_SQL: Final[dict[Kind, Convert | None]] = {
@@ -202,7 +210,9 @@ _FROM_SQL: Final[dict[Kind, Convert | None]] = {
     "int": None,
     "bigint": None,
     "float": None,
+    "bool": bool,
     "json": _obj,
+    "json_key": _obj,
     "timestamp": datetime.fromisoformat,
 }
 
@@ -225,7 +235,7 @@ def _insert(table: Table[Any]) -> str:
     ``ON CONFLICT DO NOTHING``, not ``INSERT OR IGNORE``: OR IGNORE also swallows NOT NULL and CHECK violations,
     which must fail the batch instead of silently dropping a row.
     """
-    names = (*table.names, *(c.name for c in table.written))
+    names = [c.sql for c in (*table.stored, *table.written)]
     return (
         f"INSERT INTO {table.name} AS {table.alias} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
         f"{table.on_conflict(_RULES)}"
@@ -290,13 +300,15 @@ def _split_values(sql: str) -> tuple[str, str, str]:
 
 def _writer(field: str, table: Table[Any]) -> _Writer:
     heartbeat = table is _tables.HEARTBEATS
+    attrs = {c.name: c.field for c in table.columns}
     return _Writer(
         field,
         table.name,
         "heartbeat update" if heartbeat else table.operation,
         _HEARTBEAT if heartbeat else _insert(table),
         _tables.encoder(table, _TO_SQL, fill_now=True),
-        tuple(dict.fromkeys((table.names[0], *table.key))),  # a stamp by its id too: the key of its own table
+        # A stamp by its id too: the key of its own table. By the row's attributes (a window's group, not group_key).
+        tuple(dict.fromkeys(attrs.get(k, k) for k in (table.names[0], *table.key))),
     )
 
 
@@ -939,6 +951,62 @@ class SqliteStore(Store):
             sql = f"{SELECT_DEAD_LETTER} WHERE event_id IN ({','.join('?' * len(chunk))})"
             found += self._fetch("get_dead_letters", sql, chunk, _READ.dead_letter)
         return found
+
+    # --- aggregate windows and node state --------------------------------------------------------------------------
+
+    async def list_aggregate_windows(
+        self,
+        *,
+        node: str | None = None,
+        aggregation: str | None = None,
+        namespace: str | None = None,
+        closed: bool | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AggregateWindowRow]:
+        _check_page(limit, 0)
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("node =", node),
+            ("aggregation =", aggregation),
+            ("namespace =", namespace),
+            ("closed =", None if closed is None else int(closed)),
+            ("window_start >=", _ts(since)),
+        ):
+            if value is not None:
+                where.append(f"{column} ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        # SQLite sorts NULL below every value, so DESC puts the rows without a window last (no NULLS LAST before
+        # SQLite 3.30); the timestamps are fixed-width text, so text order is time order.
+        sql = (
+            f"{SELECT_AGGREGATE_WINDOW}{clause} "
+            "ORDER BY window_start DESC, group_key, node, aggregation, window_id LIMIT ?"
+        )
+        return await self._query("list_aggregate_windows", sql, (*params, limit), _READ.aggregate_window)
+
+    async def get_aggregate_windows(self, node: str, *, open_only: bool = True) -> list[AggregateWindowRow]:
+        only_open = " AND closed = 0" if open_only else ""
+        sql = f"{SELECT_AGGREGATE_WINDOW} WHERE node = ?{only_open} ORDER BY aggregation, group_key, window_id"
+        return await self._query("get_aggregate_windows", sql, (node,), _READ.aggregate_window)
+
+    async def get_node_states(self, node: str, keys: Sequence[str]) -> list[NodeStateRow]:
+        return await self._call(self._get_node_states_sync, node, list(keys))
+
+    def _get_node_states_sync(self, node: str, keys: list[str]) -> list[NodeStateRow]:
+        found: list[NodeStateRow] = []
+        self._ready()
+        for start in range(0, len(keys), IN_CHUNK):
+            chunk = keys[start : start + IN_CHUNK]
+            sql = f'{SELECT_NODE_STATE} WHERE node = ? AND "key" IN ({",".join("?" * len(chunk))})'
+            found += self._fetch("get_node_states", sql, (node, *chunk), _READ.node_state)
+        return found
+
+    async def list_node_states(self, node: str, *, limit: int = 1000) -> list[NodeStateRow]:
+        _check_page(limit, 0)
+        sql = f'{SELECT_NODE_STATE} WHERE node = ? ORDER BY "key" LIMIT ?'
+        return await self._query("list_node_states", sql, (node, limit), _READ.node_state)
 
     async def count(self, table: str) -> int:
         if table not in TABLES:

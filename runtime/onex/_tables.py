@@ -22,20 +22,24 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from onex.store import (
+    AggregateWindowRow,
     BridgeStateRow,
     DeadLetterRow,
     EventLogRow,
     HeartbeatRow,
+    NodeStateRow,
     RegistrationRow,
     StampRow,
     StepRow,
     TransitionRow,
     WorkflowRow,
+    group_namespace,
 )
 
 R = TypeVar("R")
 
-Kind = Literal["uuid", "text", "int", "bigint", "float", "json", "timestamp"]
+# "json_key": a JSON object stored as canonical text (onex.store.group_key), so that it can be part of a key.
+Kind = Literal["uuid", "text", "int", "bigint", "float", "bool", "json", "json_key", "timestamp"]
 Convert = Callable[[Any], Any]
 Encode = Callable[[Sequence[Any], Any], list[tuple[Any, ...]]]
 
@@ -71,21 +75,33 @@ class Column:
     default_now: bool = False  # None means the time of the write (implies ``null``)
     on_conflict: Rule | None = None  # None: an upsert leaves the stored value
     attr: str = ""  # the row's attribute, when it is not ``name``
+    derive: Convert | None = None  # in ``Table.derived``: the stored value, computed from the row's ``attr``
 
     @property
     def field(self) -> str:
         return self.attr or self.name
+
+    @property
+    def sql(self) -> str:
+        """The name as SQL spells it: quoted when it is a keyword in either dialect (``"values"``)."""
+        return f'"{self.name}"' if self.name in _KEYWORDS else self.name
+
+
+# Column names that are keywords in SQLite or PostgreSQL, and so are quoted wherever SQL names them.
+_KEYWORDS = frozenset({"values", "key"})
 
 
 @dataclass(frozen=True, slots=True)
 class Table(Generic[R]):
     """One table as the stores write it (see the module docstring).
 
-    ``columns`` are what a row carries, in its dataclass's field order; ``written`` are the columns the store sets
-    to the time of the write on its own (SQLite binds them; PostgreSQL leaves them to ``DEFAULT now()`` and renders
-    ``Rule.NOW`` as ``now()``). An upsert is a table with a ``Rule`` on some column: ``ON CONFLICT (key) DO UPDATE``,
-    guarded by ``guard`` when set. Otherwise ``ON CONFLICT DO NOTHING``, on the key or, with ``any_conflict``, on
-    whatever unique constraint the row violates.
+    ``columns`` are what a row carries, in its dataclass's field order; ``derived`` are stored too, each computed
+    from one of the row's fields by its ``Column.derive`` (for queries; never read back into a row); ``written`` are
+    the columns the store sets to the time of the write on its own (SQLite binds them; PostgreSQL leaves them to
+    ``DEFAULT now()`` and renders ``Rule.NOW`` as ``now()``). An upsert is a table with a ``Rule`` on some column:
+    ``ON CONFLICT (key) DO UPDATE``, guarded by ``guard`` when set (with ``zero_overwrites``, a new row whose
+    ``guard`` value is 0 passes the guard whatever the stored one). Otherwise ``ON CONFLICT DO NOTHING``, on the
+    key or, with ``any_conflict``, on whatever unique constraint the row violates.
     """
 
     name: str
@@ -96,11 +112,16 @@ class Table(Generic[R]):
     seq: str = ""  # for Rule.LATEST and Rule.MERGE: the column whose higher value wins
     guard: str = ""  # update only when the new row's value of this column is greater than the stored one's
     any_conflict: bool = False
+    derived: tuple[Column, ...] = ()
+    zero_overwrites: bool = False  # with ``guard``: a new row whose guard value is 0 always updates
 
     def __post_init__(self) -> None:
-        every = [c.name for c in (*self.columns, *self.written)]
-        if not all(name.isidentifier() for name in (*every, *(c.field for c in self.columns))):
+        every = [c.name for c in (*self.columns, *self.derived, *self.written)]
+        attrs = [c.field for c in (*self.columns, *self.derived)]
+        if not all(name.isidentifier() for name in (*every, *attrs)):
             raise ValueError(f"{self.name}: column names must be identifiers: {every}")
+        if any(c.derive is None or not c.attr for c in self.derived):
+            raise ValueError(f"{self.name}: a derived column needs the row attribute it is computed from and how")
         if self.row is not None:
             fields = [f.name for f in dataclasses.fields(self.row)]  # type: ignore[arg-type]
             if [c.field for c in self.columns] != fields:
@@ -115,8 +136,13 @@ class Table(Generic[R]):
         return tuple(c.name for c in self.columns)
 
     @property
+    def stored(self) -> tuple[Column, ...]:
+        """What ``encoder`` gives per row, in order: the row's columns, then the derived ones."""
+        return (*self.columns, *self.derived)
+
+    @property
     def upsert(self) -> bool:
-        return any(c.on_conflict is not None for c in (*self.columns, *self.written))
+        return any(c.on_conflict is not None for c in (*self.stored, *self.written))
 
     @property
     def operation(self) -> str:
@@ -128,20 +154,27 @@ class Table(Generic[R]):
         return tuple(self.names.index(k) for k in self.key)
 
     def select(self) -> str:
-        return f"SELECT {', '.join(self.names)} FROM {self.name}"
+        return f"SELECT {', '.join(c.sql for c in self.columns)} FROM {self.name}"
 
     def on_conflict(self, rules: Mapping[Rule, str]) -> str:
         """The ``ON CONFLICT`` clause, each ``Rule``'s right-hand side taken from ``rules`` (``COMMON_RULES`` plus
         the dialect's own)."""
+        by_name = {c.name: c.sql for c in (*self.stored, *self.written)}
+        key = ", ".join(by_name[k] for k in self.key)
         if not self.upsert:
-            return "ON CONFLICT DO NOTHING" if self.any_conflict else f"ON CONFLICT ({', '.join(self.key)}) DO NOTHING"
+            return "ON CONFLICT DO NOTHING" if self.any_conflict else f"ON CONFLICT ({key}) DO NOTHING"
         sets = ",\n    ".join(
-            f"{c.name} = " + rules[c.on_conflict].format(c=c.name, t=self.alias, seq=self.seq)
-            for c in (*self.columns, *self.written)
+            f"{c.sql} = " + rules[c.on_conflict].format(c=c.sql, t=self.alias, seq=self.seq)
+            for c in (*self.stored, *self.written)
             if c.on_conflict is not None
         )
-        guard = f"\nWHERE EXCLUDED.{self.guard} > {self.alias}.{self.guard}" if self.guard else ""
-        return f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET\n    {sets}{guard}"
+        guard = ""
+        if self.guard:
+            g = by_name[self.guard]
+            guard = f"\nWHERE EXCLUDED.{g} > {self.alias}.{g}"
+            if self.zero_overwrites:
+                guard += f" OR EXCLUDED.{g} = 0"
+        return f"ON CONFLICT ({key}) DO UPDATE SET\n    {sets}{guard}"
 
 
 # --- the tables --------------------------------------------------------------------------------------------------
@@ -337,6 +370,46 @@ DEAD_LETTERS: Table[DeadLetterRow] = Table(
     key=("event_id",),
 )
 
+AGGREGATE_WINDOWS: Table[AggregateWindowRow] = Table(
+    "aggregate_windows",
+    AggregateWindowRow,
+    (
+        Column("node", "text"),
+        Column("aggregation", "text"),
+        Column("group_key", "json_key", attr="group"),
+        Column("window_id", "text"),
+        _replaced("window_start", "timestamp", null=True),
+        _replaced("window_end", "timestamp", null=True),
+        _replaced("closed", "bool"),
+        _replaced("items", "bigint"),
+        _replaced("values", "json"),
+        _replaced("state", "json"),
+        _replaced("version", "bigint"),
+        # The row's time, else the write's: REPLACE, not NOW, so both dialects store the same (NOW is the
+        # transaction's time on PostgreSQL whatever the row says).
+        Column("updated_at", "timestamp", default_now=True, on_conflict=Rule.REPLACE),
+    ),
+    key=("node", "aggregation", "group_key", "window_id"),
+    guard="version",
+    # Part of group_key already, so an update never changes it.
+    derived=(Column("namespace", "text", null=True, attr="group", derive=group_namespace),),
+)
+
+NODE_STATES: Table[NodeStateRow] = Table(
+    "node_states",
+    NodeStateRow,
+    (
+        Column("node", "text"),
+        Column("key", "text"),
+        _replaced("version", "bigint"),
+        _replaced("fields", "json"),
+        Column("updated_at", "timestamp", default_now=True, on_conflict=Rule.REPLACE),
+    ),
+    key=("node", "key"),
+    guard="version",
+    zero_overwrites=True,  # version 0 is state_management's ``versioning: none``: the last write wins
+)
+
 # The WriteBatch attribute of each table's rows, in the order ``apply`` writes them (processed events come last).
 BATCH: tuple[tuple[str, Table[Any]], ...] = (
     ("workflows", WORKFLOWS),
@@ -347,6 +420,8 @@ BATCH: tuple[tuple[str, Table[Any]], ...] = (
     ("registrations", REGISTRATIONS),
     ("heartbeats", HEARTBEATS),
     ("event_logs", EVENT_LOGS),
+    ("aggregate_windows", AGGREGATE_WINDOWS),
+    ("node_states", NODE_STATES),
 )
 
 # What the queries read: a row's columns, in the order its decoder takes them.
@@ -358,6 +433,8 @@ SELECT_BRIDGE_STATE = BRIDGE_STATES.select()
 SELECT_REGISTRATION = REGISTRATIONS.select()
 SELECT_EVENT_LOG = EVENT_LOGS.select()
 SELECT_DEAD_LETTER = DEAD_LETTERS.select()
+SELECT_AGGREGATE_WINDOW = AGGREGATE_WINDOWS.select()
+SELECT_NODE_STATE = NODE_STATES.select()
 
 
 # --- encoders and decoders ---------------------------------------------------------------------------------------
@@ -381,10 +458,14 @@ def encoder(table: Table[Any], convert: Mapping[Kind, Convert | None], *, fill_n
     """
     scope: dict[str, Any] = {}
     values: list[str] = []
-    for i, c in enumerate(table.columns):
+    for i, c in enumerate(table.stored):
         fn = convert[c.kind]
         missing = "now" if fill_now and c.default_now else "None"
-        source, bound = _converted(f"r.{c.field}", fn, f"_c{i}", null=c.null or c.default_now, missing=missing)
+        value = f"r.{c.field}"
+        if c.derive is not None:
+            scope[f"_d{i}"] = c.derive
+            value = f"_d{i}({value})"
+        source, bound = _converted(value, fn, f"_c{i}", null=c.null or c.default_now, missing=missing)
         values.append(source)
         if bound:
             scope[f"_c{i}"] = fn
@@ -429,6 +510,8 @@ class Readers:
     registration: Callable[[Any], RegistrationRow]
     event_log: Callable[[Any], EventLogRow]
     dead_letter: Callable[[Any], DeadLetterRow]
+    aggregate_window: Callable[[Any], AggregateWindowRow]
+    node_state: Callable[[Any], NodeStateRow]
 
 
 def readers(convert: Mapping[Kind, Convert | None]) -> Readers:
@@ -442,4 +525,6 @@ def readers(convert: Mapping[Kind, Convert | None]) -> Readers:
         decoder(REGISTRATIONS, convert),
         decoder(EVENT_LOGS, convert),
         decoder(DEAD_LETTERS, convert),
+        decoder(AGGREGATE_WINDOWS, convert),
+        decoder(NODE_STATES, convert),
     )

@@ -15,9 +15,8 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -27,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onex import __version__
+from onex._render import compact, console, duration, emit, emit_json, getter, plain, window_span
 from onex.contracts import (
     Contract,
     ContractSet,
@@ -42,10 +42,6 @@ from onex.logs import configure as configure_logs
 from onex.settings import LOG_FORMATS, LOG_LEVELS, Settings, declarations, redact_url, spelled
 
 T = TypeVar("T")
-# Piped, stdout has no width: rich would fold and cut table cells at 80 columns, and a script reading the table
-# would get partial ids and paths. So a pipe gets a width no row reaches, and every value whole.
-PIPE_WIDTH = 100_000
-console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True, highlight=False)
 
 
@@ -94,68 +90,6 @@ def _output_option(*formats: str) -> Callable[[Callable[..., Any]], Callable[...
         show_default=True,
         help=f"{', '.join(choices)}: JSON for scripts" + (" (jsonl: one object a line)" if formats else "") + ".",
     )
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON can hold it: times in ISO 8601, ids and paths as text, dataclasses as objects."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, uuid.UUID | Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(_plain(data), indent=2))
-
-
-def _emit(
-    output: str,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    title: str,
-    columns: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
-) -> None:
-    """``rows`` as a table (``columns``: header -> cell, default every key), a JSON array, or JSON lines."""
-    if output == "json":
-        _emit_json(list(rows))
-    elif output == "jsonl":
-        for row in rows:
-            click.echo(json.dumps(_plain(row)))
-    else:
-        cells = columns or {key: _getter(key) for key in (rows[0] if rows else {})}
-        table = Table(title=title)
-        for header in cells:
-            table.add_column(header)
-        for row in rows:
-            table.add_row(*(Text("" if (v := cell(row)) is None else str(v)) for cell in cells.values()))
-        console.print(table)
-
-
-def _getter(key: str) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda row: row[key]
-
-
-def _age(seconds: float | None) -> str:
-    """A duration as an operator reads it: 42s, 3m05s, 2h07m, 3d04h."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -307,11 +241,11 @@ def contract_diff(ctx: click.Context, old: str, new: Path, output: str) -> None:
         _fail(str(exc))
     breaking = is_breaking(changes)
     if output == "json":
-        _emit_json({"breaking": breaking, "changes": [c.to_dict() for c in changes]})
+        emit_json({"breaking": breaking, "changes": [c.to_dict() for c in changes]})
     elif not changes:
         console.print(f"no changes from {old} to {new}", markup=False)
     else:
-        _emit(output, [c.to_dict() for c in changes], title=f"{old} -> {new}")
+        emit(output, [c.to_dict() for c in changes], title=f"{old} -> {new}")
         verdict = (
             f"[red]breaking[/red]: {sum(c.verdict == 'breaking' for c in changes)} change(s)"
             if breaking
@@ -350,7 +284,7 @@ def nodes(ctx: click.Context, output: str) -> None:
                 "implementation": status,
             }
         )
-    _emit(output, rows, title=f"nodes in {settings.root}")
+    emit(output, rows, title=f"nodes in {settings.root}")
 
 
 @main.command()
@@ -623,7 +557,7 @@ def stamp(
     except OnexError as exc:
         _fail(str(exc))
     if output == "json":
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         print_stamp_report(report, console)
     if report.failed or report.busy:
@@ -645,7 +579,7 @@ def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool, ou
     _exist(paths)
     report = verify_paths(list(paths), excludes=exclude)
     if output == "json":
-        _emit_json(report.to_dict(show_all=show_all))
+        emit_json(report.to_dict(show_all=show_all))
     else:
         print_verify_report(report, console, show_all=show_all)
     if report.counts.get("modified", 0) or report.counts.get("error", 0):
@@ -728,7 +662,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
             steps = await s.list_steps(cid)
             transitions = await s.list_transitions(str(cid))
         if output == "json":
-            _emit_json({"workflow": workflow, "steps": steps, "transitions": transitions})
+            emit_json({"workflow": workflow, "steps": steps, "transitions": transitions})
             return
         summary = Table(title=f"workflow {cid}", show_header=False)
         for key in (
@@ -810,6 +744,7 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
                 "version": r.node_version,
                 "health": health,
                 "recorded_health": r.health_status,
+                "health_reason": r.metadata.get("health_reason") or None,
                 "last_heartbeat": r.last_heartbeat,
                 "heartbeat_age_s": None if age is None else round(age, 3),
                 "host": host or None,
@@ -818,7 +753,7 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
                 "registered_at": r.registered_at,
             }
         )
-    _emit(
+    emit(
         output,
         rows,
         title=f"nodes recorded in {redact_url(settings.store_url())}",
@@ -828,10 +763,10 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
             "kind": lambda r: r["kind"],
             "version": lambda r: r["version"],
             "health": lambda r: r["health"],
-            "heartbeat": lambda r: _age(r["heartbeat_age_s"]) + " ago" if r["last_heartbeat"] else "never",
+            "heartbeat": lambda r: duration(r["heartbeat_age_s"]) + " ago" if r["last_heartbeat"] else "never",
             "host": lambda r: r["host"],
             "pid": lambda r: r["pid"],
-            "uptime": lambda r: _age(r["uptime_s"]),
+            "uptime": lambda r: duration(r["uptime_s"]),
         },
     )
 
@@ -885,7 +820,7 @@ def workflows(
         }
         for w in found
     ]
-    _emit(
+    emit(
         output,
         rows,
         title=f"{len(rows)} workflow(s) in {redact_url(settings.store_url())}, newest first",
@@ -897,6 +832,64 @@ def workflows(
             "started": lambda r: r["started_at"].isoformat(timespec="seconds") if r["started_at"] else None,
             "ms": lambda r: None if r["execution_time_ms"] is None else f"{r['execution_time_ms']:.1f}",
             "error": lambda r: r["error_message"],
+        },
+    )
+
+
+# --- onex aggregates: the aggregation windows reducers persisted ----------------------------------------------------
+
+
+@main.command()
+@click.option("--namespace", help="Only the windows of groups whose namespace is this.")
+@click.option("--aggregation", help="Only the windows of this aggregation (its name in the contract).")
+@click.option("--node", help="Only the windows this node persisted.")
+@click.option("--open/--closed", "open_", default=None, help="Only windows still open, or only closed ones.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def aggregates(
+    ctx: click.Context,
+    namespace: str | None,
+    aggregation: str | None,
+    node: str | None,
+    open_: bool | None,
+    limit: int,
+    store: str | None,
+    output: str,
+) -> None:
+    """List aggregation windows from the store, newest window first (running totals last).
+
+    Each row is one aggregation's result for one group in one window: its values, how many items it counted, and
+    whether the window is closed. -o json / jsonl give every field, the engine's state included.
+    """
+    from onex.stores import open_store
+
+    settings = _settings(ctx, store=store)
+    closed = None if open_ is None else not open_
+
+    async def main_() -> list[Any]:
+        async with open_store(settings.store_url()) as s:
+            return await s.list_aggregate_windows(
+                node=node, aggregation=aggregation, namespace=namespace, closed=closed, limit=limit
+            )
+
+    try:
+        found = _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+    rows = [{f.name: getattr(w, f.name) for f in dataclasses.fields(w)} for w in found]
+    emit(
+        output,
+        rows,
+        title=f"{len(rows)} window(s) in {redact_url(settings.store_url())}, newest first",
+        columns={
+            "aggregation": lambda r: r["aggregation"],
+            "group": lambda r: compact(r["group"]),
+            "window": window_span,
+            "closed": lambda r: "yes" if r["closed"] else "no",
+            "items": lambda r: r["items"],
+            "values": lambda r: compact(r["values"]),
         },
     )
 
@@ -926,21 +919,21 @@ def config(ctx: click.Context, bus: str | None, store: str | None, output: str) 
                 "setting": setting.name,
                 "variable": setting.variable,
                 "type": setting.type,
-                "default": _plain(setting.default),
-                "value": _plain(value),
+                "default": plain(setting.default),
+                "value": plain(value),
                 "source": sources[setting.name],
                 "description": setting.description,
             }
         )
     columns = {
-        "variable": _getter("variable"),
-        "type": _getter("type"),
+        "variable": getter("variable"),
+        "type": getter("type"),
         "default": lambda r: spelled(r["default"]),  # as the variable would spell it: true, not True
         "value": lambda r: spelled(r["value"]),
-        "source": _getter("source"),
-        "description": _getter("description"),
+        "source": getter("source"),
+        "description": getter("description"),
     }
-    _emit(output, rows, title="onex settings", columns=columns)
+    emit(output, rows, title="onex settings", columns=columns)
 
 
 # --- onex dlq: dead letters (the logic is in onex.dlq) -----------------------------------------------------------
@@ -1026,7 +1019,7 @@ def dlq_list(
     if found.note:
         err.print(Text.assemble(("warning:", "yellow"), " ", found.note), soft_wrap=True)
     where = f" of {topic}" if topic else ""
-    _emit(
+    emit(
         output,
         [_letter(r) for r in found.rows],
         title=f"showing {len(found.rows)} of {found.total} dead letter(s){where}, newest first",
@@ -1073,12 +1066,12 @@ def dlq_show(ctx: click.Context, event_id: str, bus: str | None, store: str | No
     if not found.rows:
         _fail(f"no dead letter with id or original id {wanted}")
     if output == "json":
-        _emit_json([_letter(r, whole=True) for r in found.rows])
+        emit_json([_letter(r, whole=True) for r in found.rows])
         return
     for row in found.rows:
         summary = Table(title=f"dead letter {row.event_id}", show_header=False)
         for key, value in _letter(row).items():
-            summary.add_row(key, Text("" if value is None else str(_plain(value))))
+            summary.add_row(key, Text("" if value is None else str(plain(value))))
         console.print(summary)
         payload = row.letter.get("payload") or {}
         if isinstance(payload.get("original"), dict):
@@ -1142,7 +1135,7 @@ def dlq_replay(
     counts = {status: sum(r.status == status for r in results) for status in ("replayed", "skipped", "not-found")}
     failed = sum(not r.ok for r in results if r.status not in ("not-found",))
     rows = [{**dataclasses.asdict(r), "ok": r.ok} for r in results]
-    _emit(
+    emit(
         output,
         rows,
         title=f"replayed {counts['replayed']}, skipped {counts['skipped']}, not found {counts['not-found']}, "

@@ -312,6 +312,8 @@ class ModelNodeHeartbeat(Payload):
     health_status: Literal["HEALTHY", "DEGRADED", "UNHEALTHY", "DRAINING", "STOPPED"] = "HEALTHY"
     uptime_seconds: float = 0.0
     active_operations: int = 0
+    # Why the node is DEGRADED (dead-letter alert, breached performance objectives: Node.degraded_reasons), or "".
+    health_reason: str = ""
 
 
 class ModelIntrospectionRequest(Payload):

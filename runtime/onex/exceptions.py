@@ -7,6 +7,7 @@
     │   └── PayloadError     an envelope or payload fails its schema: names the event id
     ├── StoreError           persistence failed
     │   └── StoreUnavailable the store cannot be reached now (connection, circuit breaker, pool): retry later
+    ├── StateError           a node set a state field its state_management subcontract does not keep: names both
     └── StampError           a file cannot be hashed, stamped or verified: names the path
 
 Each carries the context a user needs to act on it; ``str(error)`` is the message to print.
@@ -84,6 +85,10 @@ class StoreUnavailable(StoreError):
     value the store refuses, a schema that is not current) this says nothing about the data, so a writer should
     hold on to it and try again rather than give it up.
     """
+
+
+class StateError(OnexError):
+    """A node set a state field its ``state_management`` subcontract does not keep (``onex.state.KeyedState``)."""
 
 
 class StampError(OnexError):

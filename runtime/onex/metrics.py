@@ -52,6 +52,7 @@ __all__ = [
     "create_app",
     "readiness",
     "registry_for",
+    "slo_families",
 ]
 
 # How long /readyz waits for the store before it calls it unavailable.
@@ -117,6 +118,7 @@ class RuntimeCollector(Collector):
             if isinstance(hash_durations, Histogram):
                 hash_durations.add_to(hashing, [node.contract.name])
         yield from (handled, failed, retried, dead, dropped, duration, in_flight, workflows, breaker, alert, hashing)
+        yield from slo_families(rt)
         yield from cache_families((n.cache.name, n.cache.meter) for n in rt.nodes if n.cache is not None)
         lag = GaugeMetricFamily(
             "onex_consumer_lag", "Records not yet committed (Kafka).", labels=["group", "topic", "partition"]
@@ -139,6 +141,28 @@ class RuntimeCollector(Collector):
                 "1 while the store's circuit breaker is open or half-open.",
                 value=0 if store_breaker.state == "closed" else 1,
             )
+
+
+def slo_families(rt: Runtime) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    """``onex_slo_breached``, ``onex_slo_measured`` and ``onex_slo_target`` by ``node`` and ``objective`` (the
+    contract key: ``execution_time.target_ms``, ...), each node's objectives evaluated now (``onex.slo``)."""
+    labels = ["node", "objective"]
+    breached = GaugeMetricFamily(
+        "onex_slo_breached", "1 while a node breaches an objective of its performance_requirements.", labels=labels
+    )
+    measured = GaugeMetricFamily(
+        "onex_slo_measured",
+        "An objective's measure over its window, in its target's unit (ms, items/s, MB).",
+        labels=labels,
+    )
+    target = GaugeMetricFamily("onex_slo_target", "An objective's target (performance_requirements).", labels=labels)
+    for node in rt.nodes:
+        for objective in node.slo.evaluate().objectives:
+            at = [node.contract.name, objective.name]
+            breached.add_metric(at, 1 if objective.breached else 0)
+            measured.add_metric(at, objective.measured)
+            target.add_metric(at, objective.target)
+    return breached, measured, target
 
 
 def cache_families(caches: Iterable[tuple[str, CacheMeter]]) -> tuple[CounterMetricFamily, CounterMetricFamily]:
@@ -223,7 +247,7 @@ def create_app(runtime: Runtime, registry: CollectorRegistry | None = None) -> S
         reason = await readiness(runtime)
         if reason is None:
             # Degraded is still ready: taking a node out of service would not stop what it dead-letters.
-            degraded = [f"{n.node_id}: {n.dlq_alert.describe()}" for n in runtime.nodes if n.dlq_alert.raised()]
+            degraded = [f"{n.node_id}: {'; '.join(why)}" for n in runtime.nodes if (why := n.degraded_reasons())]
             return PlainTextResponse(f"ready (degraded: {'; '.join(degraded)})\n" if degraded else "ready\n")
         return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
 

@@ -26,14 +26,13 @@ import enum
 import functools
 import heapq
 import logging
-import time
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from onex.bus import EventBus, Subscription
 from onex.cache import node_cache
@@ -44,7 +43,7 @@ from onex.catalog import EventCatalog as EventCatalog
 from onex.catalog import PayloadCodec as PayloadCodec
 from onex.catalog import Publication as Publication
 from onex.clock import SYSTEM_CLOCK, Clock
-from onex.contracts import Contract, EventSpec, NodeType, Step, plan_stages
+from onex.contracts import Contract, EventSpec, NodeType, StateSupport, Step, plan_stages
 from onex.envelope import (
     NODE_HEARTBEAT,
     NODE_INTROSPECTION,
@@ -60,11 +59,13 @@ from onex.envelope import (
     new_id,
     topic_name,
 )
-from onex.exceptions import LifecycleError, OnexError, PayloadError, StoreUnavailable
+from onex.exceptions import ContractError, ContractIssue, LifecycleError, OnexError, PayloadError, StoreUnavailable
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.meters import DeadLetterAlert, NodeMeter
 from onex.resilience import CircuitBreaker, circuit_breaker, holding, pause, retry_policy
 from onex.settings import Settings
+from onex.slo import SloMonitor
+from onex.state import KeyedState, StatePolicy
 from onex.store import Store, WorkflowRow, WriteBatch
 
 _log = logging.getLogger("onex.nodes")
@@ -98,6 +99,31 @@ class Node:
     """Base of every node; subclass one of the kind classes below."""
 
     node_type: ClassVar[NodeType]
+
+    class Config(BaseModel):
+        """Base of a node's config model: subclass it (or the kind's ``Config``) to declare a node's ``config:``.
+
+        Typed and frozen; an unknown key is an error (``onex validate`` reports it as ``config-unknown``), since a
+        misspelt setting would otherwise silently leave its default in force.
+        """
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+    class OpenConfig(Config):
+        """The config of a node class that declares no ``config_model``: any keys, unchecked (``model_extra``).
+
+        A node written before config models existed keeps working; declaring a model is what turns the checks on.
+        """
+
+        model_config = ConfigDict(extra="allow")
+
+    # The model ``contract.config`` is validated against: by ``onex validate`` at the offending key or value, and
+    # here when the node is built. ``self.config`` is the instance (``contract.config`` stays the raw dict).
+    config_model: ClassVar[type[Node.Config]] = OpenConfig
+    config: Config
+    # What this class can do with a state_management subcontract (onex.state); the default: ``self.state``, a dict
+    # of the subcontract's ``state_fields`` per key.
+    state_support: ClassVar[StateSupport] = StateSupport()
     # Set by Runtime.reload on a node that replaces another in this process: the bus still holds the messages of
     # the work it takes over (on the memory bus too), so nothing loaded from a checkpoint is lost in transit.
     takes_over = False
@@ -113,6 +139,24 @@ class Node:
         ids: IdSource | None = None,
     ) -> None:
         self.contract = contract
+        try:
+            self.config = self.config_model.model_validate(contract.config)
+        except ValidationError as exc:
+            # The loader reports these at their file:line:col when it checks implementations; a contract built
+            # without that (by hand, or loaded with check_implementations=False) gets them here, by file only.
+            model = f"{type(self).__name__}.config_model ({self.config_model.__name__})"
+            codes = {"extra_forbidden": "config-unknown", "missing": "config-missing"}
+            issues = [
+                ContractIssue(
+                    str(contract.source),
+                    1,
+                    1,
+                    codes.get(error["type"], "config-type"),
+                    f"config.{'.'.join(map(str, error['loc']))}: {error['msg']}, got {error['input']!r} ({model})",
+                )
+                for error in exc.errors()
+            ]
+            raise ContractError(issues) from None
         self.bus = bus
         self.store = store
         self.settings = settings
@@ -124,6 +168,14 @@ class Node:
         self.active_operations = 0
         self.meter = NodeMeter()
         self.cache = node_cache(contract, settings, self.clock)  # onex.cache; None without a caching subcontract
+        # onex.state: what the state_management subcontract asks; ``state`` holds a generic node's keyed state.
+        self.state_policy = StatePolicy.of(
+            contract.subcontracts.state_management, self.state_support, checkpoints=settings.checkpoints
+        )
+        self.state: KeyedState | None = None
+        if contract.subcontracts.state_management is not None and not self.state_support.fields:
+            self.state = KeyedState(contract.name, self.state_policy, store, hold=self.hold_store, clock=self.clock)
+        self._checkpointer: asyncio.Task[None] | None = None
         self.dlq_alert = DeadLetterAlert(
             settings.dlq_alert_threshold, settings.dlq_alert_window_s, clock=self.clock.monotonic
         )
@@ -151,6 +203,7 @@ class Node:
                 actions=self._action,
                 on_transition=self._pending_transitions.append,
             )
+        self.slo = SloMonitor(contract.performance_requirements, self.clock, node=self.node_id)  # onex.slo
 
     # -- naming --
     def topic(self, event_name: str, cls: str = "evt", major: int = 1) -> str:
@@ -199,11 +252,11 @@ class Node:
                     self.group,
                     batch_handler=self._batch_wrapper(method),
                     retry=retry,
-                    on_assign=self.on_partitions,
+                    on_assign=self._assigned,
                 )
             else:
                 sub = await self.bus.subscribe(
-                    topics, self.group, handler=self._single_wrapper(method), retry=retry, on_assign=self.on_partitions
+                    topics, self.group, handler=self._single_wrapper(method), retry=retry, on_assign=self._assigned
                 )
             self._subscriptions.append(sub)
 
@@ -232,6 +285,8 @@ class Node:
             await asyncio.gather(*joins, return_exceptions=True)
             raise
         self._move(Lifecycle.RUNNING)
+        if self.state_policy.interval_s is not None and self.state_policy.durable:
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name=f"checkpoints:{self.node_id}")
 
     async def announce(self) -> None:
         """Publish the introspection and start the heartbeat loop."""
@@ -247,8 +302,11 @@ class Node:
         for sub in self._subscriptions:
             await sub.aclose()
         self._subscriptions.clear()
+        await self._stop_checkpointer()
         await self.on_drain()
         await self.flush()
+        if self.state_policy.checkpoint != "per_batch":
+            await self.checkpoint()  # a clean stop loses nothing, whatever the policy
 
     async def stop(self) -> None:
         if self.lifecycle is Lifecycle.STOPPED:
@@ -269,6 +327,12 @@ class Node:
         self._move(Lifecycle.STOPPED)
 
     # hooks for subclasses
+    @classmethod
+    def contract_problems(cls, contract: Contract) -> list[tuple[tuple[str | int, ...], str]]:
+        """What ``onex validate`` reports of ``contract`` for this class beyond the generic checks: ``(path in the
+        contract, message)`` pairs, reported at the path's position (``node-contract``). None by default."""
+        return []
+
     async def on_start(self) -> None:
         """Called while starting, before subscriptions exist."""
 
@@ -277,6 +341,12 @@ class Node:
 
     async def on_stop(self) -> None:
         """Called last; release resources."""
+
+    async def _assigned(self, assigned: frozenset[tuple[str, int]]) -> None:
+        if self.state is not None:
+            topics = {topic for topic, _ in assigned}
+            self.state.forget(lambda key: any((t, self.bus.partition_of(t, key)) in assigned for t in topics))
+        await self.on_partitions(assigned)
 
     async def on_partitions(self, assigned: frozenset[tuple[str, int]]) -> None:
         """Called with the ``(topic, partition)`` pairs one of this node's subscriptions owns, whenever they change
@@ -310,11 +380,17 @@ class Node:
         return caps
 
     def health(self) -> str:
-        """HEALTHY while running, DEGRADED while starting or while the dead-letter alert stands."""
+        """HEALTHY while running, DEGRADED while starting or while ``degraded_reasons()`` has one."""
         status = {Lifecycle.RUNNING: "HEALTHY", Lifecycle.DRAINING: "DRAINING", Lifecycle.STOPPED: "STOPPED"}.get(
             self.lifecycle, "DEGRADED"
         )
-        return "DEGRADED" if status == "HEALTHY" and self.dlq_alert.raised() else status
+        return "DEGRADED" if status == "HEALTHY" and self.degraded_reasons() else status
+
+    def degraded_reasons(self) -> list[str]:
+        """Why a running node is DEGRADED (/readyz says so): the dead-letter alert while it stands, and each
+        performance objective (``onex.slo``) breached at the last heartbeat."""
+        reasons = [self.dlq_alert.describe()] if self.dlq_alert.raised() else []
+        return reasons + [objective.describe() for objective in self.slo.last.breaches()]
 
     # -- publishing --
     def envelope(
@@ -396,11 +472,39 @@ class Node:
             await self.bus.publish_many(self._publications[event_name].topic, envelopes)
 
     async def flush(self) -> None:
-        """Publish what handling produced (called after every handler, before the message is acknowledged).
+        """Publish what handling produced (called after every handler, before the message is acknowledged), then
+        checkpoint the state if the policy says ``per_batch``.
 
         The base publishes recorded FSM transitions; nodes that collect events during a batch extend it.
         """
         await self.flush_transitions()
+        if self.state_policy.checkpoint == "per_batch":
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Write the state changed since the last checkpoint (``onex.state``): after each batch, when a window
+        closes or on a timer, as the state_management subcontract says, and when draining. Nodes with state of
+        their own extend it."""
+        if self.state is not None:
+            await self.state.checkpoint()
+
+    async def _checkpoint_loop(self) -> None:
+        assert self.state_policy.interval_s is not None
+        while True:
+            await self.clock.sleep(self.state_policy.interval_s)
+            try:
+                await self.checkpoint()
+            except OnexError as exc:  # written with the next one
+                _log.warning(
+                    "%s: checkpoint failed, trying again in %.3g s: %s", self.node_id, self.state_policy.interval_s, exc
+                )
+
+    async def _stop_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
 
     async def flush_transitions(self) -> None:
         """Publish the FSM transitions recorded since the last flush, in order."""
@@ -443,6 +547,7 @@ class Node:
                 node_type=self.contract.node_type.value,
                 node_version=self.contract.version,
                 health_status=status or self.health(),
+                health_reason="" if status else "; ".join(self.degraded_reasons()),
                 uptime_seconds=round(self.clock.monotonic() - self._started_at, 3),
                 active_operations=self.active_operations,
             ),
@@ -452,6 +557,7 @@ class Node:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.heartbeat_interval_s)
+            self.slo.check()  # the objectives over the window ending now: what this heartbeat's health says
             try:
                 await self.publish_heartbeat()
             except OnexError:
@@ -490,15 +596,19 @@ class Node:
         async def handle(envelope: OnexEnvelopeV1) -> None:
             event = self._decode(envelope)
             self.active_operations += 1
-            started = time.perf_counter()
+            started = self.clock.monotonic()  # the node's clock: its SLO windows and a test's ManualClock agree
             try:
                 await method(event)
                 await self.flush()
             except BaseException:
-                self.meter.failed(envelope.event_type, 1, time.perf_counter() - started)
+                ended = self.clock.monotonic()
+                self.meter.failed(envelope.event_type, 1, ended - started)
+                self.slo.record(ended - started, 0, at=ended)
                 raise
             else:
-                self.meter.handled(envelope.event_type, 1, time.perf_counter() - started)
+                ended = self.clock.monotonic()
+                self.meter.handled(envelope.event_type, 1, ended - started)
+                self.slo.record(ended - started, 1, at=ended)
             finally:
                 self.active_operations -= 1
 
@@ -512,15 +622,19 @@ class Node:
             # envelopes over one at a time, so only that one is dead-lettered.
             events = [self._decode(envelope) for envelope in envelopes]
             self.active_operations += len(events)
-            started = time.perf_counter()
+            started = self.clock.monotonic()
             try:
                 await method(events)
                 await self.flush()
             except BaseException:
-                self._count(self.meter.failed, envelopes, time.perf_counter() - started)
+                ended = self.clock.monotonic()
+                self._count(self.meter.failed, envelopes, ended - started)
+                self.slo.record(ended - started, 0, at=ended)  # one call, however many events
                 raise
             else:
-                self._count(self.meter.handled, envelopes, time.perf_counter() - started)
+                ended = self.clock.monotonic()
+                self._count(self.meter.handled, envelopes, ended - started)
+                self.slo.record(ended - started, len(envelopes), at=ended)
             finally:
                 self.active_operations -= len(events)
 
@@ -663,7 +777,32 @@ class OrchestratorNode(Node):
     """
 
     node_type = NodeType.ORCHESTRATOR
+    # A workflow resumes from its FSM state and its steps; ``context`` is what ``save_context`` keeps. Versioned by
+    # the FSM's sequence (``state_seq``: a row never goes back to an earlier state), and there are no windows.
+    state_support = StateSupport(
+        fields=("state", "steps", "context"),
+        required=("state", "steps"),
+        versionings=("monotonic",),
+        checkpoints=("per_batch", "interval_ms"),
+        why="an orchestrator's workflows are versioned by their FSM sequence and have no windows",
+    )
     sweep_interval_s = 0.05  # how often the sweeper looks for steps past their deadline
+
+    class Config(Node.Config):
+        """An orchestrator's config: its steps and dedupe window; a subclass's model extends this one."""
+
+        steps: tuple[Step, ...] = Field((), description="The workflow's steps, run in dependency stages.")
+        dedupe_window: int = Field(
+            200_000, gt=0, description="How many finished workflows are remembered, so a redelivery does not rerun."
+        )
+
+    class OpenConfig(Config):
+        """The config of an orchestrator class that declares no ``config_model``: steps typed, other keys free."""
+
+        model_config = ConfigDict(extra="allow")
+
+    config_model: ClassVar[type[Node.Config]] = OpenConfig
+    config: Config
 
     def __init__(
         self,
@@ -676,7 +815,7 @@ class OrchestratorNode(Node):
         ids: IdSource | None = None,
     ) -> None:
         super().__init__(contract, bus=bus, store=store, settings=settings, clock=clock, ids=ids)
-        self.steps = [Step.model_validate(s) for s in contract.config.get("steps", [])]
+        self.steps = list(self.config.steps)
         # `advance` starts each step once its own dependencies finished; this only refuses steps that could never
         # all run (an unknown dependency, a cycle), for contracts not built by the loader, which checks the same.
         plan_stages(self.steps)
@@ -695,7 +834,7 @@ class OrchestratorNode(Node):
         # integers: a UUID is an object the garbage collector tracks, an int is not, and a window of 200,000 live
         # UUIDs made every collection slower.
         self._finished: OrderedDict[int, None] = OrderedDict()
-        self.dedupe_window = int(contract.config.get("dedupe_window", 200_000))
+        self.dedupe_window = self.config.dedupe_window
         # Outcomes published and not seen stored yet: (when to look, workflow, event name, the envelope as JSON:
         # bytes, which the garbage collector does not track). See ``expect_stored``.
         self._unconfirmed: deque[tuple[float, uuid.UUID, str, OnexEnvelopeV1]] = deque()
@@ -796,13 +935,12 @@ class OrchestratorNode(Node):
     def _row(self, workflow: Workflow) -> WorkflowRow:
         checkpoint: dict[str, Any] | None = None
         if not self._is_finished(workflow):
-            checkpoint = {
-                "v": CHECKPOINT_VERSION,
-                "state": workflow.state,
-                "seq": workflow.seq,
-                "steps": {name: run.checkpoint() for name, run in workflow.steps.items()},
-                "context": self.save_context(workflow),
-            }
+            keeps = self.state_policy.fields
+            checkpoint = {"v": CHECKPOINT_VERSION, "state": workflow.state, "seq": workflow.seq}
+            if "steps" in keeps:
+                checkpoint["steps"] = {name: run.checkpoint() for name, run in workflow.steps.items()}
+            if "context" in keeps:
+                checkpoint["context"] = self.save_context(workflow)
         return WorkflowRow(
             correlation_id=workflow.cid,
             workflow_type=self.workflow_type,
@@ -813,20 +951,16 @@ class OrchestratorNode(Node):
             **self.row_fields(workflow),
         )
 
-    async def flush(self) -> None:
-        """Publish what handling produced, then checkpoint every workflow it changed (see the class docstring)."""
-        await super().flush()
-        await self.checkpoint()
-
     async def checkpoint(self) -> None:
-        """Write the checkpoints of the workflows changed since the last one (``flush`` calls it).
+        """Write the checkpoints of the workflows changed since the last one (``flush`` calls it with the default
+        ``checkpoint: per_batch``; a timer with ``interval_ms``).
 
         A finished workflow is not written here: its outcome is, by whoever persists it (the database adapter
         writes the final state with the steps and the stamp in one transaction). Until then its row says it is
         running, so after a crash that lost the outcome the workflow is resumed, never left half-recorded.
         """
         dirty, self._dirty = self._dirty, {}
-        if not self.settings.checkpoints:
+        if not self.state_policy.durable:  # storage: memory (or ``settings.checkpoints`` off)
             return
         rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
         if not rows:
@@ -868,7 +1002,8 @@ class OrchestratorNode(Node):
             self._dirty.pop(cid, None)
         rows: list[WorkflowRow] = []
         assert self.fsm is not None
-        for state in sorted({s.state_name for s in self.fsm.fsm.states} - self.fsm.terminal_states):
+        unfinished = sorted({s.state_name for s in self.fsm.fsm.states} - self.fsm.terminal_states)
+        for state in unfinished if self.state_policy.durable else ():  # storage: memory: nothing to take over
             rows += await self.hold_store(functools.partial(self.store.list_workflows, state=state, limit=10**9))
         adopted = 0
         for row in rows:

@@ -20,6 +20,10 @@ Natural keys and conflict rules (the same on every store; ``tests/test_store_con
 | processed_events    | (consumer, event_id)                  | keep the existing row                             |
 | dead_letters        | event_id (the dead letter's own id)   | keep the existing row; ``record_replay`` upserts  |
 |                     |                                       | and counts the replay                             |
+| aggregate_windows   | (node, aggregation, group_key,        | replace when the new ``version`` is higher        |
+|                     | window_id)                            |                                                   |
+| node_states         | (node, key)                           | replace when the new ``version`` is higher, or    |
+|                     |                                       | always when it is 0 (``versioning: none``)        |
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ import abc
 import contextlib
 import hashlib
 import importlib.resources
+import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import StoreError
@@ -50,6 +55,8 @@ TABLES: tuple[str, ...] = (
     "event_logs",
     "processed_events",
     "dead_letters",
+    "aggregate_windows",
+    "node_states",
 )
 
 
@@ -180,6 +187,74 @@ class DeadLetterRow:
     replays: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class AggregateWindowRow:
+    """One aggregation's result for one group in one window, as the reducer persists it (``TIME_WINDOW``).
+
+    Stored under (``node``, ``aggregation``, ``group_key(group)``, ``window_id``): ``group`` is the group-by fields'
+    values (``{}`` for an aggregation without group-by), ``window_id`` names the window (``""`` when the
+    aggregation has no windows: a running total). The group's ``namespace`` value, when it has one, is stored
+    beside it for the namespace queries (``list_aggregate_windows(namespace=...)``).
+
+    Versioning is monotonic: a row replaces the stored one only when its ``version`` is higher, so a stale writer
+    (a replica that lost the partition, a redelivered batch) never takes a window backwards; an equal version
+    changes nothing. ``values`` are the functions' results by output name, ``state`` whatever the engine needs to go
+    on from here after a restart (both JSON objects: no NaN or Infinity). ``updated_at`` is the time of the write
+    when None (as it is on rows to write).
+    """
+
+    node: str
+    aggregation: str
+    group: dict[str, Any]
+    window_id: str
+    window_start: datetime | None
+    window_end: datetime | None
+    closed: bool
+    items: int
+    values: dict[str, Any]
+    state: dict[str, Any]
+    version: int
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStateRow:
+    """A node's state for one key, kept in the store (``state_management`` ``storage: store``) for nodes that have
+    no table of their own.
+
+    Stored under (``node``, ``key``). ``version`` > 0 is monotonic (``versioning: monotonic``): a row replaces the
+    stored one only when its version is higher. ``version`` 0 means unversioned (``versioning: none``): the row
+    always replaces the stored one, whatever its version. ``fields`` is a JSON object (no NaN or Infinity);
+    ``updated_at`` is the time of the write when None (as it is on rows to write).
+    """
+
+    node: str
+    key: str
+    version: int
+    fields: dict[str, Any]
+    updated_at: datetime | None = None
+
+
+# One encoder, built once: sorted keys and compact separators, so equal groups are equal text whatever order their
+# keys were built in. allow_nan=False: PostgreSQL's jsonb refuses NaN, and a key must be the same on both stores.
+_GROUP_KEY: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def group_key(group: Mapping[str, Any]) -> str:
+    """The stored key of an aggregation group: its values as canonical JSON (sorted keys, compact separators).
+
+    Values compare as their JSON text: ``1`` and ``1.0`` are two groups. ValueError for NaN or Infinity, TypeError
+    for a value JSON cannot hold.
+    """
+    return _GROUP_KEY(group)
+
+
+def group_namespace(group: Mapping[str, Any]) -> str | None:
+    """The ``namespace`` column of an aggregate window: the group's ``namespace`` value as text, None without one."""
+    value = group.get("namespace")
+    return None if value is None else str(value)
+
+
 def dead_letter_row(letter: OnexEnvelopeV1, *, topic: str | None = None, group: str | None = None) -> DeadLetterRow:
     """The store row of a dead letter (``envelope.dead_letter`` or a Kafka raw record's), read from its payload."""
     payload = letter.payload
@@ -223,6 +298,8 @@ class WriteBatch:
     registrations: list[RegistrationRow] = field(default_factory=list)
     heartbeats: list[HeartbeatRow] = field(default_factory=list)
     event_logs: list[EventLogRow] = field(default_factory=list)
+    aggregate_windows: list[AggregateWindowRow] = field(default_factory=list)  # monotonic by ``version``
+    node_states: list[NodeStateRow] = field(default_factory=list)  # monotonic by ``version``; version 0 overwrites
 
     def __len__(self) -> int:
         return (
@@ -234,6 +311,8 @@ class WriteBatch:
             + len(self.registrations)
             + len(self.heartbeats)
             + len(self.event_logs)
+            + len(self.aggregate_windows)
+            + len(self.node_states)
         )
 
 
@@ -355,6 +434,40 @@ class Store(abc.ABC):
     async def record_replay(self, rows: Sequence[DeadLetterRow], at: datetime) -> None:
         """Record that the dead letters ``rows`` were replayed at ``at``, in one transaction: a row not stored yet is
         inserted (from a Kafka ``.dlq`` topic), then every one gets ``replayed_at = at`` and ``replays + 1``."""
+
+    # --- aggregation windows and node state (issue 14) -------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_aggregate_windows(
+        self,
+        *,
+        node: str | None = None,
+        aggregation: str | None = None,
+        namespace: str | None = None,
+        closed: bool | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AggregateWindowRow]:
+        """Aggregate windows matching every filter given, newest window first (``window_start`` descending, rows
+        without a window last), then by group key (then node, aggregation and window id), at most ``limit``.
+
+        ``namespace`` is the group's ``namespace`` value; ``closed`` True for closed windows only, False for open
+        ones only; ``since`` keeps the windows that start at or after it (a row without a window has no start and
+        is left out). ValueError for a negative ``limit``.
+        """
+
+    @abc.abstractmethod
+    async def get_aggregate_windows(self, node: str, *, open_only: bool = True) -> list[AggregateWindowRow]:
+        """Every stored window of ``node`` (only those not closed, by default): what a reducer restores when it
+        starts or takes a partition over. Ordered by aggregation, group key, window id."""
+
+    @abc.abstractmethod
+    async def get_node_states(self, node: str, keys: Sequence[str]) -> list[NodeStateRow]:
+        """The stored state of ``node`` for the keys among ``keys`` (in no particular order; unknown keys are left
+        out)."""
+
+    @abc.abstractmethod
+    async def list_node_states(self, node: str, *, limit: int = 1000) -> list[NodeStateRow]:
+        """The stored state of ``node``, by key, at most ``limit`` rows (ValueError when negative)."""
 
     @abc.abstractmethod
     async def count(self, table: str) -> int:

@@ -1,8 +1,9 @@
 """The reducer inside whole stamping workflows (``onex.testing.Harness``): its histogram of file sizes, its windows
 closing by item count and by time, and its own aggregation_lifecycle FSM per namespace.
 
-Windows are made small by copying the shipped contracts with another ``window`` (and ``flush_interval_ms`` through
-the contract's own ``${ONEX_REDUCER_FLUSH_MS}`` interpolation); everything else is the shipped node graph.
+Windows are made small by copying the shipped contracts with another ``config.window_items`` / ``window_ms`` (and
+``flush_interval_ms`` through the contract's own ``${ONEX_REDUCER_FLUSH_MS}`` interpolation); everything else is the
+shipped node graph.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from onex.contracts import AggregationFunction, ContractSet, load_contracts
+from onex.contracts import ContractSet, load_contracts
 from onex.envelope import OnexEnvelopeV1
 from onex.testing import Harness
 
@@ -31,26 +32,21 @@ pytestmark = pytest.mark.anyio
 
 
 def with_window(*, size_items: int, size_ms: int, flush_ms: int = 500) -> ContractSet:
-    """The shipped contracts, the reducer's window replaced and its timer ticking every ``flush_ms``."""
+    """The shipped contracts, the reducer's intent window replaced and its timer ticking every ``flush_ms``."""
     shipped = load_contracts(ROOT, env={"ONEX_REDUCER_FLUSH_MS": str(flush_ms)})
     reducer = shipped.get("reducer")
-    aggregation = reducer.subcontracts.aggregation
-    assert aggregation is not None
-    window = aggregation.window.model_copy(update={"size_items": size_items, "size_ms": size_ms})
-    subcontracts = reducer.subcontracts.model_copy(
-        update={"aggregation": aggregation.model_copy(update={"window": window})}
-    )
-    changed = reducer.model_copy(update={"subcontracts": subcontracts})
+    # The namespace totals' window: config.window_items and config.window_ms (whichever is reached first).
+    config = {**reducer.config, "window_items": size_items, "window_ms": size_ms}
+    changed = reducer.model_copy(update={"config": config})
     return ContractSet(shipped.root, [changed if c is reducer else c for c in shipped.contracts])
 
 
 def histogram_buckets(contracts: ContractSet) -> tuple[int, ...]:
-    """The upper bounds of the reducer's histogram function, as its contract declares them."""
+    """The upper bounds of the reducer's histogram: its SIZE_BUCKETS aggregation's buckets."""
     aggregation = contracts.get("reducer").subcontracts.aggregation
     assert aggregation is not None
-    [histogram] = [f for f in aggregation.functions if f.function == "histogram"]
-    assert isinstance(histogram, AggregationFunction)
-    return histogram.buckets
+    [sizes] = [a for a in aggregation.aggregations if a.type == "SIZE_BUCKETS"]
+    return sizes.buckets
 
 
 def bucket_of(size: int, bounds: Sequence[int]) -> str:

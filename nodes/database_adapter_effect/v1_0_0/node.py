@@ -68,6 +68,7 @@ from onex.nodes import EffectNode, Event, Lifecycle
 from onex.resilience import holding
 from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
+from nodes.database_adapter_effect.v1_0_0.models import ModelDatabaseAdapterConfig
 from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
 
 WORKFLOW_TYPE = "stamp_workflow"
@@ -103,21 +104,24 @@ class WriterStatistics:
 
 
 class NodeDatabaseAdapterEffect(EffectNode):
+    config_model = ModelDatabaseAdapterConfig
+    config: ModelDatabaseAdapterConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        config = self.contract.config
-        self.log_events = str(config.get("log_events", "false")).lower() in ("1", "true", "yes")
+        config = self.config
+        self.log_events = config.log_events
         # Keyed by integers, which the garbage collector does not track (see the orchestrator's ``_finished``).
         self._recent: OrderedDict[int, None] = OrderedDict()
-        self._recent_max = int(config.get("dedupe_window", 200_000))
+        self._recent_max = config.dedupe_window
         self._pending: list[tuple[WriteBatch, asyncio.Future[None]]] = []
         self._in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         # Store outages (module docstring): the first pause is the contract's retry backoff, doubling up to a cap.
         self._backoff_s = max(float(self.contract.resilience.retry.backoff_ms), 10.0) / 1000
-        self._max_backoff_s = max(float(config.get("outage_max_backoff_ms", 2_000)) / 1000, self._backoff_s)
-        self._drain_timeout_s = float(config.get("drain_timeout_ms", 5_000)) / 1000
+        self._max_backoff_s = max(config.outage_max_backoff_ms / 1000, self._backoff_s)
+        self._drain_timeout_s = config.drain_timeout_ms / 1000
         self._outage_since: float | None = None
         self._give_up_at: float | None = None  # set when draining starts
         self._draining = asyncio.Event()

@@ -11,6 +11,7 @@ bus batches them).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import urllib.request
 from collections import defaultdict
@@ -34,12 +35,19 @@ from nodes.models import (
     ModelStepResult,
     ModelWorkflowFinished,
 )
+from nodes.orchestrator.v1_0_0.models import ModelOrchestratorConfig
 
 
 class NodeOrchestrator(OrchestratorNode):
+    config_model = ModelOrchestratorConfig
+    config: ModelOrchestratorConfig
+
+    # Its workflows cannot resume without the request they stamp, which their context holds.
+    state_support = dataclasses.replace(OrchestratorNode.state_support, required=("state", "steps", "context"))
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.intelligence_url: str = str(self.contract.config.get("intelligence_url") or "")
+        self.intelligence_url = self.config.intelligence_url
         self.finished_by_state: dict[str, int] = defaultdict(int)
         self._outbox: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)
         self._commands: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)  # STAMP_FILE by the topic of its target

@@ -5,18 +5,27 @@ so with several reducers in the group one namespace is always aggregated in one 
 gives partition i of both topics to the same member). An outcome carries what is aggregated of its stamp (size, type,
 hash, dry run), so the reducer needs nothing keyed otherwise.
 
-State (state_management: storage store). At the end of every handled batch the new totals of each namespace it
-touched are written to ``bridge_states`` with a version one higher, before the batch is acknowledged: a reducer that
-is killed loses nothing it acknowledged, and the reducer that gets a namespace next (after a restart, or because a
-replica joined or left) loads exactly those totals the first time it sees the namespace; the distinct hashes are read
-back from ``metadata_stamps``. A namespace whose partition moves away is forgotten, so it is loaded afresh if it
-comes back.
+State (its state_management subcontract, ``onex.state``). A checkpoint writes the new totals of each namespace
+changed since the last one to ``bridge_states`` with a version one higher, and the open windows of its aggregations
+to ``aggregate_windows``, with the workflows they count, in one transaction: by default after every handled batch,
+before it is acknowledged, so a reducer that is killed loses nothing it acknowledged (``checkpoint: per_window`` or
+``interval_ms`` write less; what a crash then loses is found again by ``_reconcile``). The reducer that gets a
+namespace next (after a restart, or because a replica joined or left) loads exactly what was written the first time
+it sees the namespace; the distinct hashes are read back from ``metadata_stamps``. Only the ``state_fields`` listed
+are restored; the others count from zero in every process. A namespace whose partition moves away is forgotten, so
+it is loaded afresh if it comes back.
 
-Windows. When a namespace's window closes (``size_items`` stamps or ``size_ms`` elapsed, from the aggregation
-subcontract) the reducer publishes the namespace's running aggregate as a STATE_AGGREGATION_COMPLETED intent, for
-whoever consumes it; the database adapter carries it out, and the version guard makes it a no-op where the checkpoint
-already wrote that version. Each namespace is an entity on the contract's aggregation_lifecycle FSM (idle ->
-aggregating -> flushing -> idle).
+Intents. When a namespace's window closes (``config.window_items`` stamps or ``config.window_ms`` elapsed) the
+reducer publishes the namespace's running totals as a STATE_AGGREGATION_COMPLETED intent, for whoever consumes it;
+the database adapter carries it out, and the version guard makes it a no-op where the checkpoint already wrote that
+version. Each namespace is an entity on the contract's aggregation_lifecycle FSM (idle -> aggregating -> flushing ->
+idle).
+
+Aggregations. Every outcome (dry runs aside) is also a record of the aggregation subcontract (``onex.aggregation``):
+its aggregations (by file type, by size bucket, per minute, ...) are persisted per group and window in
+``aggregate_windows``, a window when it closes, open ones with each checkpoint when ``windows`` is a state field.
+Every aggregation must group by namespace (NAMESPACE_GROUPING does by itself): a namespace is aggregated in one
+place, so no two replicas write the same window.
 
 Totals are cumulative: re-stamping an unchanged file counts as one more item aggregated, while ``unique_file_hashes``
 counts distinct content. Each workflow counts once, however often its outcome arrives (delivered again, published
@@ -31,23 +40,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
-from onex.contracts import AggregationFunction
+from onex.aggregation import Aggregator, WindowResult
+from onex.contracts import Contract, StateSupport
 from onex.exceptions import OnexError
 from onex.fsm import Entity
 from onex.nodes import Event, ReducerNode
-from onex.store import BridgeStateRow, WriteBatch
+from onex.store import AggregateWindowRow, BridgeStateRow, WriteBatch, group_key
 
 from nodes.models import ModelAggregationIntent, ModelWorkflowFinished
+from nodes.reducer.v1_0_0.models import ModelReducerConfig
 
 _log = logging.getLogger(__name__)
 WORKFLOW_TYPE = "stamp_workflow"  # the orchestrator's workflows (its FSM's name)
+TOTALS = ("total_workflows_processed", "total_items_aggregated", "total_size_bytes", "unique_file_hashes")
+STATE_FIELDS = (*TOTALS, "aggregation_metadata", "windows")
 
 
 @dataclass(eq=False)
@@ -75,6 +90,8 @@ class Outcome(NamedTuple):
     file_hash: str | None
     file_size: int
     file_type: str
+    record: Any  # what the aggregations read: the outcome's payload, or the same fields from the store
+    at: datetime  # when the workflow finished: the record's event time
 
 
 def bucket_label(size: int, bounds: Sequence[int]) -> str:
@@ -85,16 +102,40 @@ def bucket_label(size: int, bounds: Sequence[int]) -> str:
 
 
 class NodeReducer(ReducerNode):
+    config_model = ModelReducerConfig
+    config: ModelReducerConfig
+
+    # Its namespace totals (the columns of bridge_states) and its open windows; versioned, because the database
+    # adapter applies its intents by version (an older one is a no-op), and the only kind that closes windows.
+    state_support = StateSupport(
+        fields=STATE_FIELDS,
+        versionings=("monotonic",),
+        checkpoints=("per_batch", "per_window", "interval_ms"),
+        why="the database adapter applies a reducer's intents by their version",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         aggregation = self.contract.subcontracts.aggregation
-        window = aggregation.window if aggregation else None
-        self.window_items = (window.size_items if window else None) or 5000
-        self.window_s = ((window.size_ms if window else None) or 500) / 1000
-        histogram = next((f for f in (aggregation.functions if aggregation else ()) if f.function == "histogram"), None)
-        self.bucket_bounds: tuple[int, ...] = histogram.buckets if isinstance(histogram, AggregationFunction) else ()
-        self.flush_interval_s = float(self.contract.config.get("flush_interval_ms", 500)) / 1000
-        self.dedupe_window = int(self.contract.config.get("dedupe_window", 200_000))
+        aggregations = aggregation.aggregations if aggregation else ()
+        self.window_items = self.config.window_items
+        self.window_s = self.config.window_ms / 1000
+        # The totals' size histogram (aggregation_metadata.size_buckets) has the SIZE_BUCKETS aggregation's bounds.
+        sizes = next((a for a in aggregations if a.type == "SIZE_BUCKETS"), None)
+        self.bucket_bounds: tuple[int, ...] = sizes.buckets if sizes else ()
+        self.aggregator: Aggregator | None = None
+        if aggregation is not None and aggregations:
+            methods = {a.method: getattr(self, a.method) for a in aggregations if a.method}
+            self.aggregator = Aggregator(aggregation, methods=methods, clock=self.clock)
+        # What the next checkpoint writes: namespaces whose totals changed, workflows they count, windows (by
+        # aggregation, group and window id: a newer result of a window replaces an older one not written yet).
+        self._changed: dict[str, NamespaceAggregate] = {}
+        self._counted: list[uuid.UUID] = []
+        self._windows: dict[tuple[str, str, str], WindowResult] = {}
+        self._window_versions: dict[tuple[str, str, str], int] = {}  # open windows: the version last written
+        self._window_closed = False  # since the last checkpoint (checkpoint: per_window)
+        self.flush_interval_s = self.config.flush_interval_ms / 1000
+        self.dedupe_window = self.config.dedupe_window
         self.aggregates: dict[str, NamespaceAggregate] = {}
         # Keyed by integers, which the garbage collector does not track (see the orchestrator's ``_finished``).
         self._seen: OrderedDict[int, None] = OrderedDict()
@@ -102,10 +143,25 @@ class NodeReducer(ReducerNode):
         self._timer: asyncio.Task[None] | None = None
         # Under this consumer name processed_events records the workflows the stored aggregates count.
         self.processed_key = f"{self.contract.name}.workflows"
-        self.reconcile_after_s = float(self.contract.config.get("reconcile_after_ms", 10_000)) / 1000
+        self.reconcile_after_s = self.config.reconcile_after_ms / 1000
         self._owned: frozenset[tuple[str, int]] = frozenset()
         self._reconciler: asyncio.Task[None] | None = None
         self._reducing = asyncio.Lock()  # handled batches and reconciliation count workflows one at a time
+
+    @classmethod
+    def contract_problems(cls, contract: Contract) -> list[tuple[tuple[str | int, ...], str]]:
+        """What ``onex validate`` reports beyond the schema: an aggregation that does not group by namespace would
+        be computed in part by every replica, each overwriting the others' windows."""
+        aggregation = contract.subcontracts.aggregation
+        return [
+            (
+                ("subcontracts", "aggregation", "aggregations", index, "group_by"),
+                f"aggregation {spec.name!r} must group by namespace: a reducer aggregates each namespace in one "
+                "place, so a group spanning namespaces would be counted in part by every replica",
+            )
+            for index, spec in enumerate(aggregation.aggregations if aggregation else ())
+            if spec.type != "NAMESPACE_GROUPING" and "namespace" not in spec.group_by
+        ]
 
     async def on_start(self) -> None:
         self._timer = asyncio.create_task(self._tick(), name=f"windows:{self.node_id}")
@@ -118,18 +174,31 @@ class NodeReducer(ReducerNode):
         started. Everything is read before the aggregate exists, so a handler of another partition that loads the
         same namespace meanwhile (or counts into it) is not overwritten.
         """
-        row, hashes = await self.hold_store(functools.partial(self._read_state, namespace))
+        if not self.state_policy.durable:  # storage: memory: every process starts from zero
+            self._aggregate(namespace)
+            return
+        row, hashes, windows = await self.hold_store(functools.partial(self._read_state, namespace))
         if namespace in self.aggregates:
             return
         agg = self._aggregate(namespace)
+        keeps = self.state_policy.keeps
         if row is not None:
-            agg.version = row.version
-            agg.workflows = row.total_workflows_processed
-            agg.items = row.total_items_aggregated
-            agg.total_bytes = row.total_size_bytes
+            agg.version = row.version  # always: the store refuses a version it already has
+            if keeps("total_workflows_processed"):
+                agg.workflows = row.total_workflows_processed
+            if keeps("total_items_aggregated"):
+                agg.items = row.total_items_aggregated
+            if keeps("total_size_bytes"):
+                agg.total_bytes = row.total_size_bytes
             agg.hashes = hashes
-            agg.by_file_type.update(row.aggregation_metadata.get("by_file_type", {}))
-            agg.size_buckets.update(row.aggregation_metadata.get("size_buckets", {}))
+            if keeps("aggregation_metadata"):
+                agg.by_file_type.update(row.aggregation_metadata.get("by_file_type", {}))
+                agg.size_buckets.update(row.aggregation_metadata.get("size_buckets", {}))
+                agg.windows_closed = int(row.aggregation_metadata.get("windows_closed", 0))
+        for w in windows:  # restored only if kept, but every write goes on from the version stored
+            self._window_versions[(w.aggregation, group_key(w.group), w.window_id)] = w.version
+        if self.aggregator is not None and windows and keeps("windows"):
+            self.aggregator.restore(_result(w) for w in windows)
 
     def _owns(self, namespace: str) -> bool:
         topic = self._consumed["WORKFLOW_COMPLETED"][0]
@@ -142,7 +211,13 @@ class NodeReducer(ReducerNode):
         self._owned = assigned
         for namespace in [n for n in self.aggregates if not self._owns(n)]:
             del self.aggregates[namespace]
-        if self.bus.retains_messages and self.settings.checkpoints:
+            self._changed.pop(namespace, None)
+        if self.aggregator is not None:
+            self.aggregator.forget(lambda group: self._owns(str(group.get("namespace"))))
+            for pending in (self._windows, self._window_versions):
+                for key in [k for k in pending if not self._owns(_namespace_of(k[1]))]:
+                    del pending[key]  # a namespace that comes back loads its windows' versions again
+        if self.bus.retains_messages and self.state_policy.durable:
             if self._reconciler is not None:
                 self._reconciler.cancel()
             self._reconciler = asyncio.create_task(self._reconcile_later(), name=f"reconcile:{self.node_id}")
@@ -154,15 +229,20 @@ class NodeReducer(ReducerNode):
         except OnexError as exc:  # the store is away: the next assignment looks again
             _log.warning("%s: could not look for finished workflows left out of the aggregates: %s", self.node_id, exc)
 
-    async def _read_state(self, namespace: str) -> tuple[BridgeStateRow | None, set[str]]:
+    async def _read_state(self, namespace: str) -> tuple[BridgeStateRow | None, set[str], list[AggregateWindowRow]]:
         row = await self.store.get_bridge_state(namespace)
         hashes: set[str] = set()
-        if row is not None:
+        if row is not None and self.state_policy.keeps("unique_file_hashes"):
             offset, page = 0, 10_000
             while stamps := await self.store.list_stamps(namespace, limit=page, offset=offset):
                 hashes.update(st.file_hash for st in stamps)
                 offset += page
-        return row, hashes
+        windows: list[AggregateWindowRow] = []
+        if self.aggregator is not None:
+            windows = await self.store.list_aggregate_windows(
+                node=self.contract.name, namespace=namespace, closed=False, limit=1_000_000
+            )
+        return row, hashes, windows
 
     async def on_drain(self) -> None:
         self._close_windows(force=True)
@@ -217,13 +297,15 @@ class NodeReducer(ReducerNode):
                     stamp.file_hash if stamp else None,
                     stamp.file_size if stamp else 0,
                     stamp.file_type if stamp else "unknown",
+                    payload,
+                    payload.completed_at,
                 )
             )
         await self._reduce(outcomes)
 
     async def announce(self) -> None:
         await super().announce()
-        if not self.bus.retains_messages and self.settings.checkpoints:
+        if not self.bus.retains_messages and self.state_policy.durable:
             await self._reconcile()
 
     async def _reconcile(self) -> None:
@@ -254,6 +336,18 @@ class NodeReducer(ReducerNode):
             # Dry runs store no stamp: like their outcomes, they count as workflows, not as items.
             stamp = stamps.get(row.stamp_id) if row.stamp_id is not None else None
             assert row.namespace is not None
+            # The fields of the outcome the aggregations may read, as the store has them.
+            record = {
+                "workflow_id": row.correlation_id,
+                "state": row.current_state,
+                "namespace": row.namespace,
+                "file_path": row.file_path,
+                "execution_time_ms": row.execution_time_ms,
+                "completed_at": row.completed_at,
+                "stamp": {"file_hash": stamp.file_hash, "file_size": stamp.file_size, "file_type": stamp.file_type}
+                if stamp
+                else None,
+            }
             outcomes.append(
                 Outcome(
                     row.correlation_id,
@@ -262,6 +356,8 @@ class NodeReducer(ReducerNode):
                     stamp.file_hash if stamp else None,
                     stamp.file_size if stamp else 0,
                     stamp.file_type if stamp else "unknown",
+                    record,
+                    row.completed_at or self.clock.now(),
                 )
             )
         _log.info("%s: aggregating %d finished workflow(s) no aggregate counted", self.node_id, len(outcomes))
@@ -277,7 +373,7 @@ class NodeReducer(ReducerNode):
         for outcome in outcomes:
             if outcome.workflow_id.int not in self._seen:
                 fresh.setdefault(outcome.workflow_id, outcome)
-        if fresh and self.settings.checkpoints:
+        if fresh and self.state_policy.durable:
             # Counted before, by this reducer or another (a redelivered outcome, a replica that took over): the
             # workflows an aggregate counts are recorded with its checkpoint.
             todo = await self.hold_store(functools.partial(self.store.unprocessed, self.processed_key, list(fresh)))
@@ -285,8 +381,11 @@ class NodeReducer(ReducerNode):
         for namespace in {o.namespace for o in fresh.values()} - self.aggregates.keys():
             await self._load(namespace)
         touched: Counter[str] = Counter()
+        aggregator = self.aggregator
         for outcome in fresh.values():
             self._remember(outcome.workflow_id.int)
+            if aggregator is not None:
+                aggregator.add(outcome.record, outcome.at)
             agg = self.aggregates[outcome.namespace]
             agg.workflows += 1
             touched[outcome.namespace] += 0  # a workflows-only window still closes
@@ -298,30 +397,85 @@ class NodeReducer(ReducerNode):
             agg.by_file_type[outcome.file_type] += 1
             agg.size_buckets[bucket_label(outcome.file_size, self.bucket_bounds)] += 1
             touched[outcome.namespace] += 1
-        changed = [self.aggregates[namespace] for namespace in touched]
-        for agg in changed:
-            agg.version += 1  # this batch's checkpoint; an intent published now carries it
+        for namespace in touched:
+            agg = self.aggregates[namespace]
+            if namespace not in self._changed:
+                agg.version += 1  # the next checkpoint's; an intent published before it carries it too
+                self._changed[namespace] = agg
         for namespace, items in touched.items():
             self._touch(self.aggregates[namespace], items)
+        self._counted.extend(fresh)
         self._close_windows(force=False)
-        await self._checkpoint(changed, list(fresh))
 
-    async def _checkpoint(self, aggregates: Sequence[NamespaceAggregate], workflows: list[uuid.UUID]) -> None:
-        """Write the new totals of the namespaces a batch touched, before its messages are acknowledged.
+    async def checkpoint(self) -> None:
+        """Write what changed since the last checkpoint in one transaction: the namespaces' new totals, the
+        aggregation windows that changed or closed (an open one with its accumulators when ``windows`` is a state
+        field, so a new process continues it), and the workflows they count, recorded so no workflow is counted
+        twice (see the module docstring for when this runs).
 
-        The reducer's state lives in the store (its state_management subcontract: ``storage: store``), one version
-        per handled batch: a reducer that is killed loses nothing it acknowledged, and whoever takes a namespace
-        over continues from exactly what was acknowledged. Windows decide when an aggregate is published as an
-        intent; the checkpoint decides what is durable.
+        With ``storage: memory`` only the closed windows are written: they are results, not state.
         """
-        if not aggregates or not self.settings.checkpoints:
+        async with self._reducing:
+            await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self) -> None:
+        self._collect_closed()
+        if self.aggregator is not None and self.state_policy.durable:
+            for result in self.aggregator.dirty():
+                self._windows[(result.aggregation, group_key(result.group), result.window_id)] = result
+        changed, self._changed = self._changed, {}
+        counted, self._counted = self._counted, []
+        windows, self._windows = self._windows, {}
+        self._window_closed = False
+        durable = self.state_policy.durable
+        if not durable:
+            windows = {key: result for key, result in windows.items() if result.closed}
+        if not (changed and durable) and not windows:
             return
         batch = WriteBatch(
             consumer=self.processed_key,
-            processed_event_ids=workflows,
-            bridge_states=[self._state_row(a) for a in aggregates],
+            processed_event_ids=counted if durable else [],
+            bridge_states=[self._state_row(a) for a in changed.values()] if durable else [],
+            aggregate_windows=[self._window_row(key, result) for key, result in windows.items()],
         )
-        await self.hold_store(functools.partial(self.store.apply, batch))
+        try:
+            await self.hold_store(functools.partial(self.store.apply, batch))
+        except BaseException:
+            # Written with the next checkpoint (newer results of the same windows win).
+            self._changed = changed | self._changed
+            self._counted = counted + self._counted
+            self._windows = windows | self._windows
+            raise
+        for key, result in windows.items():
+            if result.closed:
+                self._window_versions.pop(key, None)
+
+    def _collect_closed(self) -> None:
+        """Take the aggregation windows that became final, for the next checkpoint."""
+        if self.aggregator is None:
+            return
+        for result in self.aggregator.close_due():
+            self._window_closed = True
+            self._windows[(result.aggregation, group_key(result.group), result.window_id)] = result
+
+    def _window_row(self, key: tuple[str, str, str], result: WindowResult) -> AggregateWindowRow:
+        version = self._window_versions.get(key, 0) + 1
+        self._window_versions[key] = version
+        # An open window's accumulators are stored only to be restored (``windows`` a state field).
+        state = result.state if not result.closed and self.state_policy.keeps("windows") else {}
+        return AggregateWindowRow(
+            node=self.contract.name,
+            aggregation=result.aggregation,
+            group=result.group,
+            window_id=result.window_id,
+            window_start=result.window_start,
+            window_end=result.window_end,
+            closed=result.closed,
+            items=result.items,
+            values=result.values,
+            state=state,
+            version=version,
+        )
 
     def _state_row(self, agg: NamespaceAggregate) -> BridgeStateRow:
         return BridgeStateRow(
@@ -352,6 +506,7 @@ class NodeReducer(ReducerNode):
                 agg.context["window_items"] = max(agg.window_items, 1)  # a workflows-only window still flushes
                 self.fsm.trigger(agg, "close_window")  # entry action emit_aggregate queues the intent
                 self.fsm.trigger(agg, "flushed")
+                self._window_closed = True
 
     def emit_aggregate(self, entity: Entity) -> None:
         """FSM entry action of ``flushing``: queue the namespace's new aggregate as an intent."""
@@ -379,10 +534,32 @@ class NodeReducer(ReducerNode):
         await self.publish_envelopes(
             "STATE_AGGREGATION_COMPLETED", [self.envelope("STATE_AGGREGATION_COMPLETED", intent) for intent in intents]
         )
-        await super().flush()
+        await super().flush()  # checkpoint: per_batch writes here
+        if self.state_policy.checkpoint == "per_window":
+            self._collect_closed()
+            if self._window_closed:
+                await self.checkpoint()
 
     async def _tick(self) -> None:
         while True:
             await self.clock.sleep(self.flush_interval_s)
             self._close_windows(force=False)
-            await self.flush()
+            await self.flush()  # with checkpoint: per_batch, a window the clock closed is written now
+
+
+def _namespace_of(group_key: str) -> str:
+    return str(json.loads(group_key).get("namespace"))
+
+
+def _result(row: AggregateWindowRow) -> WindowResult:
+    return WindowResult(
+        aggregation=row.aggregation,
+        group=row.group,
+        window_id=row.window_id,
+        window_start=row.window_start,
+        window_end=row.window_end,
+        closed=row.closed,
+        items=row.items,
+        values=row.values,
+        state=row.state,
+    )

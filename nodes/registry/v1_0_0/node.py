@@ -35,6 +35,8 @@ from onex.fsm import Entity
 from onex.nodes import Event, RegistryNode
 from onex.store import HeartbeatRow, RegistrationRow, WriteBatch
 
+from nodes.registry.v1_0_0.models import ModelRegistryConfig
+
 _log = logging.getLogger(__name__)
 # What a node's stored health_status is once it is no longer alive: missed heartbeats, or it said it stopped.
 _NOT_ALIVE = frozenset({"STALE", "STOPPED"})
@@ -49,12 +51,14 @@ class KnownNode(Entity):
 
 
 class NodeRegistry(RegistryNode):
+    config_model = ModelRegistryConfig
+    config: ModelRegistryConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.known: dict[str, KnownNode] = {}
-        missed = int(self.contract.config.get("stale_after_missed_heartbeats", 3))
-        self.stale_after_s = missed * self.settings.heartbeat_interval_s
-        self.sweep_interval_s = float(self.contract.config.get("sweep_interval_ms", 1000)) / 1000
+        self.stale_after_s = self.config.stale_after_missed_heartbeats * self.settings.heartbeat_interval_s
+        self.sweep_interval_s = self.config.sweep_interval_ms / 1000
         self._sweeper: asyncio.Task[None] | None = None
         self._pending = WriteBatch(consumer=self.contract.name)
 
@@ -137,7 +141,11 @@ class NodeRegistry(RegistryNode):
                     node_id=beat.node_id,
                     health_status=beat.health_status,
                     at=envelope.event_timestamp,
-                    metadata={"uptime_seconds": beat.uptime_seconds, "active_operations": beat.active_operations},
+                    metadata={
+                        "uptime_seconds": beat.uptime_seconds,
+                        "active_operations": beat.active_operations,
+                        "health_reason": beat.health_reason,  # always written: the store merges metadata
+                    },
                 )
             )
         await self._write()

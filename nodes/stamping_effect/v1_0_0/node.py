@@ -30,15 +30,19 @@ from onex.metrics import Histogram
 from onex.nodes import EffectNode, Event
 
 from nodes.models import ModelStampCommand, ModelStampCreated, ModelStampFailed
+from nodes.stamping_effect.v1_0_0.models import ModelStampingEffectConfig
 
 CONTENT_PATH = "<content>"
 
 
 class NodeStampingEffect(EffectNode):
+    config_model = ModelStampingEffectConfig
+    config: ModelStampingEffectConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.author = str(self.contract.config.get("author") or "onex")
-        self.inline_bytes = int(self.contract.config.get("thread_offload_bytes", 262_144))
+        self.author = self.config.author
+        self.inline_bytes = self.config.thread_offload_bytes
         self.stamp_roots = self.settings.stamp_root_paths()
         self._swept: set[str] = set()  # directories cleared of stale temp files (a race only sweeps one twice)
         self.hash_durations = Histogram()  # seconds to read and BLAKE3-hash one file or content (/metrics)

@@ -22,7 +22,13 @@ between these modules and private to the package. The package imports nothing of
 
 from __future__ import annotations
 
-from onex.contracts.checks import CONDITION_OPERATORS, parse_condition, plan_stages
+from onex.contracts.checks import (
+    AGGREGATION_KEY_FIELDS,
+    CONDITION_OPERATORS,
+    aggregation_problems,
+    parse_condition,
+    plan_stages,
+)
 from onex.contracts.imports import load_payload_model, resolve_implementation
 from onex.contracts.loader import (
     ISSUE_CODES,
@@ -36,6 +42,7 @@ from onex.contracts.loader import (
 from onex.contracts.models import (
     SUBCONTRACT_MODELS,
     SUBCONTRACT_TYPES,
+    Aggregation,
     AggregationFunction,
     AggregationSubcontract,
     CacheInvalidation,
@@ -46,15 +53,19 @@ from onex.contracts.models import (
     ContractSet,
     EventSpec,
     EventTypeSubcontract,
+    ExecutionTime,
     FsmState,
     FsmSubcontract,
     FsmTransition,
+    MemoryUsage,
     NodeType,
+    PerformanceRequirements,
     Resilience,
     RetrySettings,
     RoutingSubcontract,
     RoutingTarget,
     StateManagementSubcontract,
+    StateSupport,
     Step,
     Subcontract,
     Subcontracts,
@@ -64,12 +75,14 @@ from onex.contracts.schema import bundled_schema, schemas
 from onex.contracts.yaml import MAX_YAML_NODES
 
 __all__ = [
+    "AGGREGATION_KEY_FIELDS",
     "CONDITION_OPERATORS",
     "ISSUE_CODES",
     "MAX_FILE_BYTES",
     "MAX_YAML_NODES",
     "SUBCONTRACT_MODELS",
     "SUBCONTRACT_TYPES",
+    "Aggregation",
     "AggregationFunction",
     "AggregationSubcontract",
     "CacheInvalidation",
@@ -80,19 +93,24 @@ __all__ = [
     "ContractSet",
     "EventSpec",
     "EventTypeSubcontract",
+    "ExecutionTime",
     "FsmState",
     "FsmSubcontract",
     "FsmTransition",
+    "MemoryUsage",
     "NodeType",
+    "PerformanceRequirements",
     "Resilience",
     "RetrySettings",
     "RoutingSubcontract",
     "RoutingTarget",
     "StateManagementSubcontract",
+    "StateSupport",
     "Step",
     "Subcontract",
     "Subcontracts",
     "Window",
+    "aggregation_problems",
     "bundled_schema",
     "find_contract_files",
     "find_subcontract_files",

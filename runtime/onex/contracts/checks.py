@@ -26,14 +26,19 @@ from pydantic import BaseModel, ValidationError
 from onex.contracts.imports import _PAYLOAD_MODEL_RE, _implementation_problem, _load_class
 from onex.contracts.models import (
     SUBCONTRACT_TYPES,
+    Aggregation,
+    AggregationSubcontract,
     Contract,
     EventSpec,
     EventTypeSubcontract,
     FsmSubcontract,
     NodeType,
     RoutingSubcontract,
+    StateManagementSubcontract,
+    StateSupport,
     Step,
     Subcontract,
+    Window,
 )
 from onex.contracts.yaml import _Pos, _Where
 from onex.envelope import RUNTIME_EVENTS
@@ -106,6 +111,115 @@ def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
         done.update(s.step_name for s in ready)
         remaining = [s for s in remaining if s.step_name not in done]
     return stages
+
+
+# --- aggregations -----------------------------------------------------------------------------------------------
+
+# The key field each aggregation type groups by, unless ``field`` overrides it (TIME_WINDOW has no key of its own;
+# CUSTOM's key is what its method returns).
+AGGREGATION_KEY_FIELDS: dict[str, str] = {
+    "NAMESPACE_GROUPING": "namespace",
+    "FILE_TYPE_GROUPING": "stamp.file_type",
+    "SIZE_BUCKETS": "stamp.file_size",
+    "WORKFLOW_GROUPING": "workflow_id",
+}
+
+_AggregationProblem = tuple[tuple[str | int, ...], str, str]  # (path below the aggregation, issue code, message)
+
+
+def _window_problems(window: Window) -> Iterator[_AggregationProblem]:
+    def only(allowed: set[str]) -> Iterator[_AggregationProblem]:
+        for name in ("size_ms", "size_items", "slide_ms", "slide_items", "gap_ms"):
+            if name not in allowed and getattr(window, name) is not None:
+                yield ("window", name), "aggregation-window", f"{name} means nothing to a {description} window"
+
+    if window.type == "session":
+        description = "session"
+        if window.gap_ms is None:
+            yield ("window", "type"), "aggregation-window", "a session window needs gap_ms"
+        yield from only({"gap_ms"})
+        return
+    by_time, by_count = window.size_ms is not None, window.size_items is not None
+    description = f"{window.type} {'count' if by_count else 'time'}"
+    if by_time == by_count:
+        yield ("window", "type"), "aggregation-window", f"a {window.type} window needs one of size_ms or size_items"
+        return
+    if window.type == "tumbling":
+        yield from only({"size_ms", "size_items"})
+    elif by_time:
+        yield from only({"size_ms", "slide_ms"})
+        if window.slide_ms is None:
+            yield ("window", "type"), "aggregation-window", "a sliding window by time needs slide_ms"
+        elif window.size_ms is not None and window.slide_ms > window.size_ms:
+            yield ("window", "slide_ms"), "aggregation-window", "slide_ms must not exceed size_ms"
+    else:
+        yield from only({"size_items", "slide_items"})
+        if window.slide_items is None:
+            yield ("window", "type"), "aggregation-window", "a sliding window by count needs slide_items"
+        elif window.size_items is not None and window.slide_items > window.size_items:
+            yield ("window", "slide_items"), "aggregation-window", "slide_items must not exceed size_items"
+    if by_count and window.grace_ms:
+        yield ("window", "grace_ms"), "aggregation-window", "grace_ms applies to time windows, not count windows"
+
+
+def _bucket_problems(buckets: Sequence[int], at: tuple[str | int, ...]) -> Iterator[_AggregationProblem]:
+    for index in range(1, len(buckets)):
+        if buckets[index] <= buckets[index - 1]:
+            message = f"buckets must be ascending: {buckets[index]} follows {buckets[index - 1]}"
+            yield (*at, index), "aggregation-buckets", message
+
+
+def aggregation_problems(aggregation: Aggregation) -> Iterator[_AggregationProblem]:
+    """What makes one aggregation meaningless, beyond its schema: the engine (``onex.aggregation``) refuses the same.
+
+    Every field must change what is computed, so a field its type or function does not read is a problem too.
+    """
+    kind = aggregation.type
+    if aggregation.where is not None:
+        try:
+            parse_condition(aggregation.where)
+        except ValueError as exc:
+            yield ("where",), "aggregation-condition", f"guard {aggregation.where!r}: {exc}"
+    for index, path in enumerate(aggregation.group_by):
+        if not _FIELD_RE.match(path):
+            yield ("group_by", index), "aggregation-field", f"group_by {path!r} is not a dotted field name"
+    if aggregation.field is not None:
+        if kind in ("TIME_WINDOW", "CUSTOM"):
+            yield ("field",), "aggregation-field", f"{kind} has no key field: field means nothing to it"
+        elif not _FIELD_RE.match(aggregation.field):
+            yield ("field",), "aggregation-field", f"field {aggregation.field!r} is not a dotted field name"
+    if kind == "CUSTOM" and not aggregation.method:
+        yield ("type",), "aggregation-method", "a CUSTOM aggregation needs method: the node method returning its key"
+    if kind != "CUSTOM" and aggregation.method is not None:
+        yield ("method",), "aggregation-method", f"method is read by CUSTOM aggregations only, not {kind}"
+    if kind == "SIZE_BUCKETS" and not aggregation.buckets:
+        yield ("type",), "aggregation-buckets", "a SIZE_BUCKETS aggregation needs buckets (upper bounds, ascending)"
+    if kind != "SIZE_BUCKETS" and aggregation.buckets:
+        yield ("buckets",), "aggregation-buckets", f"buckets are read by SIZE_BUCKETS aggregations only, not {kind}"
+    yield from _bucket_problems(aggregation.buckets, ("buckets",))
+    if kind == "TIME_WINDOW" and aggregation.window is None:
+        yield ("type",), "aggregation-window", "a TIME_WINDOW aggregation needs a window"
+    if aggregation.window is not None:
+        yield from _window_problems(aggregation.window)
+    names: dict[str, int] = {}
+    for index, function in enumerate(aggregation.functions):
+        at: tuple[str | int, ...] = ("functions", index)
+        if function.name in names:
+            message = f"function name {function.name!r} is taken (by functions[{names[function.name]}])"
+            yield (*at, "name"), "aggregation-duplicate", message
+        names.setdefault(function.name, index)
+        if function.function == "count" and function.field is not None:
+            yield (*at, "field"), "aggregation-function", "count counts records: it reads no field"
+        elif function.function != "count" and function.field is None:
+            yield (*at, "function"), "aggregation-function", f"{function.function} needs field: the value it reads"
+        elif function.field is not None and not _FIELD_RE.match(function.field):
+            yield (*at, "field"), "aggregation-field", f"field {function.field!r} is not a dotted field name"
+        if function.function == "histogram" and not function.buckets:
+            yield (*at, "function"), "aggregation-buckets", "histogram needs buckets (upper bounds, ascending)"
+        if function.function != "histogram" and function.buckets:
+            message = f"buckets are read by histogram only, not {function.function}"
+            yield (*at, "buckets"), "aggregation-buckets", message
+        yield from _bucket_problems(function.buckets, (*at, "buckets"))
 
 
 # --- node code --------------------------------------------------------------------------------------------------
@@ -295,6 +409,33 @@ class _Checks:
             self.check_routing(subcontract, where)
         elif isinstance(subcontract, EventTypeSubcontract):
             self.check_payloads(subcontract, where)
+        elif isinstance(subcontract, StateManagementSubcontract):
+            interval = subcontract.checkpoint == "interval_ms"
+            if interval != (subcontract.interval_ms is not None):
+                self.report(
+                    where.at("interval_ms" if subcontract.interval_ms is not None else "checkpoint"),
+                    "state-checkpoint",
+                    "checkpoint: interval_ms needs interval_ms (milliseconds between checkpoints)"
+                    if interval
+                    else f"interval_ms is only read with checkpoint: interval_ms (here: {subcontract.checkpoint})",
+                )
+        elif isinstance(subcontract, AggregationSubcontract):
+            self.check_aggregation(subcontract, where)
+
+    def check_aggregation(self, aggregation: AggregationSubcontract, where: _Where) -> None:
+        """Names unique, and each aggregation meaningful (``aggregation_problems``); a CUSTOM method is checked
+        against the node class with the handlers."""
+        names: dict[str, int] = {}
+        for index, item in enumerate(aggregation.aggregations):
+            if item.name in names:
+                self.report(
+                    where.at("aggregations", index, "name"),
+                    "aggregation-duplicate",
+                    f"aggregation {item.name!r} is declared twice (first as aggregations[{names[item.name]}])",
+                )
+            names.setdefault(item.name, index)
+            for steps, code, message in aggregation_problems(item):
+                self.report(where.at("aggregations", index, *steps), code, f"aggregation {item.name!r}: {message}")
 
     def check_routing(self, routing: RoutingSubcontract, where: _Where) -> None:
         """Guards parse; a strategy has what it needs (``hash`` a ``hash_key``, ``conditional`` a condition somewhere;
@@ -394,7 +535,108 @@ class _Checks:
             self.report(spec_pos, "implementation-missing", f"implementation {spec}{derived} not found: {exc}")
             return
         self.check_handlers(contract, cls, where)
+        self.check_config(contract, cls, where)
         self.check_node_code(contract, cls, where)
+        self.check_state(contract, cls, where)
+        problems = getattr(cls, "contract_problems", None)
+        for steps, message in problems(contract) if callable(problems) else ():
+            self.report(where.at(*steps), "node-contract", message)
+
+    def check_config(self, contract: Contract, cls: type, where: _Where) -> None:
+        """``config`` against the class's ``config_model``: a wrong value at the value, an unknown key at the key.
+
+        A value that ``${VAR:default}`` put there is reported at the placeholder, naming the variable. An
+        orchestrator's ``steps`` are left to ``check_steps``, which checks them even when node code is not imported
+        (the runtime validates them with the same ``Step`` model), so each problem is reported once.
+        """
+        model = getattr(cls, "config_model", None)
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            return  # not a node class: check_node_code reports that
+        try:
+            model.model_validate(contract.config)
+        except ValidationError as exc:
+            errors = exc.errors()
+        else:
+            return
+        # Plain words for the types contract authors write; pydantic's own message for constraints and the rest.
+        expected = {
+            "int_parsing": "an integer",
+            "int_type": "an integer",
+            "int_from_float": "an integer (no fraction)",
+            "float_parsing": "a number",
+            "float_type": "a number",
+            "bool_parsing": "a boolean (true/false, yes/no, on/off, 1/0)",
+            "bool_type": "a boolean (true/false, yes/no, on/off, 1/0)",
+            "string_type": "a string (quote it)",
+            "list_type": "a list",
+            "tuple_type": "a list",
+            "dict_type": "a mapping",
+            "model_type": "a mapping",
+            "model_attributes_type": "a mapping",
+        }
+        config = where.child("config")
+        owner = f"{cls.__name__}.config_model ({model.__name__})"
+        steps_checked = contract.node_type is NodeType.ORCHESTRATOR and "steps" in contract.config
+        for error in errors:
+            loc = [step for step in error["loc"] if isinstance(step, str | int)]
+            if steps_checked and loc[:1] == ["steps"]:
+                continue
+            label = "config" + "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in loc)
+            if error["type"] == "extra_forbidden":
+                known = list(model.model_fields) if len(loc) == 1 else []
+                declared = f" (declared: {', '.join(known) or 'none'})" if len(loc) == 1 else ""
+                self.report(
+                    config.at(*loc, key=True),
+                    "config-unknown",
+                    f"{label}: unknown key, not a field of {owner}{declared}" + _suggest(str(loc[-1]), known),
+                )
+            elif error["type"] == "missing":
+                given = isinstance(where.data, dict) and "config" in where.data
+                self.report(
+                    config.at(*loc[:-1]) if given else where.at("name"),
+                    "config-missing",
+                    f"{label}: required by {owner} and not given",
+                )
+            else:
+                pos = config.at(*loc)
+                origin = self._interpolated(pos, error)
+                if origin is None:
+                    continue  # a placeholder left unresolved: the env check reported it
+                shown = repr(error["input"])
+                shown = shown if len(shown) <= 80 else shown[:77] + "..."
+                wanted = expected.get(error["type"])
+                problem = f"expected {wanted}" if wanted else error["msg"].removeprefix("Input ")
+                self.report(pos, "config-type", f"{label}: {problem}, got {shown}{origin}")
+
+    def _interpolated(self, pos: _Pos, error: Mapping[str, Any]) -> str | None:
+        """`` (from ...)`` naming the variable of a ``${VAR:default}`` placeholder written at ``pos``; "" for none,
+        ``None`` when the wrong value is the placeholder itself, left in place because it could not be resolved.
+
+        Interpolation replaced the placeholder by its value before any check runs, so the file's text is what
+        still says where a value came from; it is read only for a value already found wrong.
+        """
+        try:
+            lines = pos.file.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError):
+            return ""
+        text = lines[pos.line - 1][pos.column - 1 :] if 0 < pos.line <= len(lines) else ""
+        # The scalar at pos: up to its closing quote, or (plain) up to a flow indicator or comment outside `${...}`.
+        if text[:1] in ("'", '"'):
+            scalar = text[1:].split(text[0], 1)[0]
+        else:
+            plain = re.match(r"(?:\$\{[^}]*\}|[^,\]}#])*", text)
+            scalar = plain.group(0) if plain else ""
+        found = re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}", scalar)
+        if not found:
+            return ""
+        if any(f"${{{name}" in str(error["input"]) for name, _ in found):
+            return None
+        if len(found) > 1:
+            return f" (from the environment variables {', '.join(name for name, _ in found)})"
+        name, default = found[0]
+        if f"${{{name}:" in scalar and default == str(error["input"]):
+            return f" (the default of ${{{name}:{default}}})"
+        return f" (from the environment variable {name})"
 
     def check_steps(self, raw: Any, where: _Where) -> None:
         """An orchestrator's ``config.steps``: each a valid step, dependencies known, no cycle."""
@@ -544,6 +786,12 @@ class _Checks:
                 if spec.handler is not None:
                     role = f"handler {{name}} (consumes {spec.event_name})"
                     require(spec.handler, events.at("consumes", index, "handler"), role)
+        if subcontracts.aggregation is not None:
+            aggregations = where.child("subcontracts", "aggregation")
+            for index, item in enumerate(subcontracts.aggregation.aggregations):
+                if item.type == "CUSTOM" and item.method:
+                    role = f"method {{name}} (aggregation {item.name!r})"
+                    require(item.method, aggregations.at("aggregations", index, "method"), role)
         if subcontracts.fsm is not None:
             fsm = where.child("subcontracts", "fsm")
             for s_index, state in enumerate(subcontracts.fsm.states):
@@ -555,6 +803,44 @@ class _Checks:
                 role = f"action {{name}} (transition {transition.transition_name!r})"
                 for a_index, action in enumerate(transition.actions):
                     require(action, fsm.at("transitions", t_index, "actions", a_index), role)
+
+    def check_state(self, contract: Contract, cls: type, where: _Where) -> None:
+        """A state_management subcontract asks only what the class can honour (its ``state_support``)."""
+        subcontract = contract.subcontracts.state_management
+        support = getattr(cls, "state_support", None)
+        if subcontract is None or not isinstance(support, StateSupport):
+            return
+        here = where.child("subcontracts", "state_management")
+        owner = contract.implementation_path
+        because = f" ({support.why})" if support.why else ""
+        if support.fields:
+            for index, name in enumerate(subcontract.state_fields):
+                if name not in support.fields:
+                    self.report(
+                        here.at("state_fields", index),
+                        "state-field",
+                        f"{owner} keeps no state field {name!r} (it keeps: {', '.join(support.fields)})"
+                        + _suggest(name, support.fields),
+                    )
+            missing = [name for name in support.required if name not in subcontract.state_fields]
+            if missing and subcontract.storage == "store":
+                self.report(
+                    here.at("state_fields") if "state_fields" in subcontract.model_fields_set else here.at(),
+                    "state-field",
+                    f"state_fields must include {', '.join(missing)}: {owner} cannot resume its work without them",
+                )
+        for key, allowed in (
+            ("storage", support.storages),
+            ("versioning", support.versionings),
+            ("checkpoint", support.checkpoints),
+        ):
+            value = getattr(subcontract, key)
+            if value not in allowed:
+                self.report(
+                    here.at(key) if key in subcontract.model_fields_set else here.at(),
+                    "state-choice",
+                    f"{owner} cannot honour {key}: {value}; it supports {' | '.join(allowed)}{because}",
+                )
 
     def check_node_code(self, contract: Contract, cls: type, where: _Where) -> None:
         """The class is a node of the contract's kind; the triggers and events its code names are the contract's.

@@ -68,6 +68,11 @@ def diff_contracts(old: Contract, new: Contract, *, old_root: Path, new_root: Pa
     changes += _fsm(old.subcontracts.fsm, new.subcontracts.fsm)
     changes += _plain("config", old.config, new.config)
     changes += _plain("resilience", old.resilience.model_dump(mode="json"), new.resilience.model_dump(mode="json"))
+    changes += _plain(
+        "performance_requirements",
+        old.performance_requirements.model_dump(mode="json"),
+        new.performance_requirements.model_dump(mode="json"),
+    )
     for kind in ("aggregation", "routing", "state_management", "caching"):
         before, after = getattr(old.subcontracts, kind), getattr(new.subcontracts, kind)
         changes += _plain(

@@ -34,6 +34,14 @@ Issue codes (``ContractIssue.code``)::
     fsm-terminal-outgoing      a terminal state is the ``from_state`` of a transition ('*' does not count)
     fsm-condition              a guard outside the grammar ``field operator value`` (see ``parse_condition``)
     routing-condition          the same, in a routing target's ``condition``
+    aggregation-duplicate      two aggregations, or two functions of one, with one name
+    aggregation-window         TIME_WINDOW without a window; window fields that do not fit its type (one of
+                               size_ms / size_items, slide_* for sliding, gap_ms for sessions, grace_ms by time)
+    aggregation-buckets        buckets not ascending, missing (SIZE_BUCKETS, histogram) or where nothing reads them
+    aggregation-function       a function other than count without ``field``, or count with one
+    aggregation-method         CUSTOM without ``method``, or ``method`` on another type
+    aggregation-field          a field path that is not a dotted name, or ``field`` on TIME_WINDOW / CUSTOM
+    aggregation-condition      the same as fsm-condition, in an aggregation's ``where``
     event-payload              ``payload_model`` and ``payload_schema`` both set, an invalid ``payload_schema``,
                                or a ``payload_model`` that is not a pydantic model under ``nodes``
     implementation-forbidden   ``implementation`` outside the project's ``nodes`` package (checked always)
@@ -47,6 +55,13 @@ Issue codes (``ContractIssue.code``)::
     steps                      an orchestrator's ``config.steps``: a malformed step, an unknown dependency, a cycle
     event-unpublished          a consumed event (name, version) that no contract in the set publishes
     duplicate-version          two contracts with one (name, version), reported at the second
+    config-type                a ``config`` value the node's ``config_model`` refuses (at the value)
+    config-unknown             a ``config`` key the node's ``config_model`` does not declare (at the key)
+    config-missing             a ``config`` key the node's ``config_model`` requires is absent
+    state-field                a ``state_fields`` entry the node does not keep, or one it needs left out
+    state-choice               a ``storage``/``versioning``/``checkpoint`` the node class cannot honour
+    state-checkpoint           ``checkpoint: interval_ms`` without ``interval_ms``, or ``interval_ms`` without it
+    node-contract              what the node class itself refuses (its ``contract_problems``)
 """
 
 from __future__ import annotations
@@ -90,6 +105,10 @@ ISSUE_CODES: frozenset[str] = (
     | frozenset({"implementation-forbidden", "implementation-missing", "handler-missing"})
     | frozenset({"not-a-node", "node-kind-mismatch", "trigger-unknown", "event-undeclared"})
     | frozenset({"event-unpublished", "duplicate-version", "steps", "routing-service", "routing-strategy"})
+    | frozenset({"aggregation-duplicate", "aggregation-window", "aggregation-buckets", "aggregation-function"})
+    | frozenset({"aggregation-method", "aggregation-field", "aggregation-condition"})
+    | frozenset({"config-type", "config-unknown", "config-missing", "state-field", "state-choice", "state-checkpoint"})
+    | frozenset({"node-contract"})
 )
 
 _M = TypeVar("_M", bound=BaseModel)

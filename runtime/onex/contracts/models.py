@@ -98,26 +98,52 @@ class EventTypeSubcontract(_Model):
 
 
 class AggregationFunction(_Model):
+    """One value computed per group and window: ``count`` counts records, the others read ``field``."""
+
     name: str  # output name
     function: Literal["count", "sum", "min", "max", "avg", "unique_count", "histogram"]
-    field: str | None = None
-    buckets: tuple[int, ...] = ()  # histogram upper bounds
+    field: str | None = None  # dotted path into the record; required by every function but count
+    buckets: tuple[int, ...] = ()  # histogram upper bounds, ascending
 
 
 class Window(_Model):
+    """Tumbling or sliding windows by event time (``*_ms``) or by count per group (``*_items``), or sessions."""
+
     type: Literal["tumbling", "sliding", "session"] = "tumbling"
     size_ms: int | None = None
     size_items: int | None = None
     slide_ms: int | None = None
-    gap_ms: int | None = None
+    slide_items: int | None = None
+    gap_ms: int | None = None  # session: closes after this long without a record of its group
+    grace_ms: int = 0  # time windows: final once the clock passed end + grace_ms; later records are late
+
+
+_AggregationType = Literal[
+    "NAMESPACE_GROUPING", "TIME_WINDOW", "FILE_TYPE_GROUPING", "SIZE_BUCKETS", "WORKFLOW_GROUPING", "CUSTOM"
+]
+
+
+class Aggregation(_Model):
+    """One aggregation: records grouped by ``group_by`` then its type's key, optionally windowed.
+
+    ``onex.aggregation.Aggregator`` computes it; ``checks.py`` (``check_aggregation``) says what combinations are valid.
+    """
+
+    name: str  # unique within the subcontract; names the persisted rows
+    type: _AggregationType
+    group_by: tuple[str, ...] = ()
+    field: str | None = None  # the type's key field (default by type), or SIZE_BUCKETS' measured field
+    buckets: tuple[int, ...] = ()  # SIZE_BUCKETS upper bounds, ascending
+    method: str | None = None  # CUSTOM: the node method returning a record's key (None skips the record)
+    where: str | None = None  # a three-token guard: only records matching it are aggregated
+    functions: tuple[AggregationFunction, ...] = ()
+    window: Window | None = None  # none: running totals per group
 
 
 class AggregationSubcontract(_Model):
     subcontract_type: Literal["aggregation"] = "aggregation"
     version: str
-    group_by: tuple[str, ...] = ()
-    functions: tuple[AggregationFunction, ...] = ()
-    window: Window = Window()
+    aggregations: tuple[Aggregation, ...]
 
 
 class RoutingTarget(_Model):
@@ -141,12 +167,37 @@ class RoutingSubcontract(_Model):
 
 
 class StateManagementSubcontract(_Model):
+    """Which state a node keeps, where, how it is versioned and when it is written (``onex.state``).
+
+    What each node kind can keep is the node class's ``state_support`` (``onex.state.StateSupport``); ``onex
+    validate`` rejects a field or a choice the class cannot honour, so nothing here is silently ignored.
+    """
+
     subcontract_type: Literal["state_management"] = "state_management"
     version: str
-    state_fields: tuple[str, ...] = ()
-    storage: Literal["memory", "store"] = "memory"
-    table: str | None = None
-    versioning: Literal["none", "monotonic"] = "none"
+    state_fields: tuple[str, ...] = ()  # kept across processes; the others start afresh in every process
+    storage: Literal["memory", "store"] = "store"  # memory: dies with the process
+    versioning: Literal["none", "monotonic"] = "monotonic"  # monotonic: a stale writer never goes backwards
+    checkpoint: Literal["per_batch", "per_window", "interval_ms"] = "per_batch"
+    interval_ms: int | None = None  # checkpoint: interval_ms: how often
+
+
+@dataclass(frozen=True)
+class StateSupport:
+    """What a node class can do with a ``state_management`` subcontract (its ``state_support`` attribute).
+
+    ``onex validate`` reports a contract that asks for more (an unknown field, a checkpoint the node cannot honour)
+    at its position; the runtime then does exactly what the subcontract says. ``fields`` empty: any names (a node
+    whose keyed state is ``Node.state``, a dict of fields per key).
+    """
+
+    fields: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # without these the node cannot resume its work
+    storages: tuple[str, ...] = ("memory", "store")
+    versionings: tuple[str, ...] = ("monotonic", "none")
+    # per_window only where the node closes windows (the reducer): it calls ``Node.checkpoint`` when one closes.
+    checkpoints: tuple[str, ...] = ("per_batch", "interval_ms")
+    why: str = ""  # said when a choice is refused: why this node cannot honour the others
 
 
 class CacheInvalidation(_Model):
@@ -230,6 +281,33 @@ class Resilience(_Model):
         }
 
 
+class ExecutionTime(_Model):
+    """How long one handler call may take (a batch handler's call is one call), over the evaluation window."""
+
+    target_ms: float | None = None  # the `percentile` of the window's call durations must not exceed it
+    max_ms: float | None = None  # any one call of the window over it is a breach
+    percentile: float = 95.0
+
+
+class MemoryUsage(_Model):
+    """The resident set size of the process hosting the node (every node of a process shares it)."""
+
+    max_mb: float
+
+
+class PerformanceRequirements(_Model):
+    """Service-level objectives the runtime measures while the node runs (``onex.slo``; docs/contracts.md).
+
+    A breach makes the node's heartbeat DEGRADED, logs ``slo_breach`` and sets ``onex_slo_breached``.
+    """
+
+    execution_time: ExecutionTime | None = None
+    # Minimum items handled per second, judged only over a window the node was saturated in (``onex.slo``).
+    throughput_items_per_s: float | None = None
+    memory_usage: MemoryUsage | None = None
+    window_ms: int = 60_000  # the rolling window every objective but memory (a reading now) is measured over
+
+
 class Step(_Model):
     """An orchestrator workflow step (``config.steps`` of an orchestrator contract)."""
 
@@ -250,7 +328,7 @@ class Contract(_Model):
     config: dict[str, Any] = Field(default_factory=dict)  # after ${ENV:default} interpolation
     subcontracts: Subcontracts = Subcontracts()
     resilience: Resilience = Resilience()
-    performance_requirements: dict[str, Any] = Field(default_factory=dict)
+    performance_requirements: PerformanceRequirements = PerformanceRequirements()
     source: Path  # the file it was loaded from
 
     @property

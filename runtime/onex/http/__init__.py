@@ -13,6 +13,7 @@ POST     /hash                       BLAKE3 (stamp removed) of JSON ``content`` 
 GET      /stamp/{file_hash}          the stored stamp records of a hash; 404 if none
 POST     /batch                      ``{items: [...]}``, up to ``batch_limit`` stamp requests; per-item results
 GET      /namespace/{namespace}      a page of a namespace's stamps (``limit``, ``offset``) and its aggregates
+GET      /namespace/{ns}/windows     the namespace's aggregation windows (``aggregation``, ``closed``, ``limit``)
 POST     /validate-protocol          a rich (or sidecar) block checked against the metadata protocol
 GET      /health                     bus, store, registry and hosted nodes; 503 when degraded
 GET      /health/live                200 while the event loop answers (a liveness probe)

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -48,6 +49,7 @@ from onex.exceptions import BusError, OnexError, StoreError
 from onex.http.bodies import Part, PartData, PartEnd, form_events, is_json, media_type, read_body, read_form, text
 from onex.http.content import StreamingHash, check_protocol, hash_content, maybe_thread, verify
 from onex.http.models import (
+    AGGREGATION_PATTERN,
     DEFAULT_BATCH_LIMIT,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_STREAM,
@@ -58,6 +60,7 @@ from onex.http.models import (
     MAX_OFFSET,
     MAX_PAGE,
     NAMESPACE_PATTERN,
+    AggregateWindowView,
     ApiError,
     BatchItem,
     BatchRequest,
@@ -70,6 +73,7 @@ from onex.http.models import (
     Health,
     ItemError,
     NamespacePage,
+    NamespaceWindows,
     NodeView,
     ProtocolRequest,
     RegistryView,
@@ -97,10 +101,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 _NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
 _HASH_RE: Final = re.compile(HASH_PATTERN)
+_AGGREGATION_RE: Final = re.compile(AGGREGATION_PATTERN)
 _log = logging.getLogger("onex.http")
 # The gateway's caches: their subcontracts, under the project root; a project without them reads the store each time.
 STAMP_CACHE: Final = "subcontracts/caching/gateway_stamps.yaml"
 NAMESPACE_CACHE: Final = "subcontracts/caching/gateway_namespaces.yaml"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def gateway_cache(settings: Settings, clock: Clock, path: str) -> Cache | None:
@@ -549,6 +558,60 @@ class Gateway:
             "aggregates": state,
         }
         return envelope(request, page, message=f"{len(rows)} stamp(s)")
+
+    async def namespace_windows(self, request: Request) -> Response:
+        """The namespace's aggregation windows from the store (not cached: an open window changes with every item)."""
+        namespace = str(request.path_params["namespace"])
+        if not _NAMESPACE_RE.fullmatch(namespace):
+            raise ApiError(
+                422, "validation_error", "namespace: must be 1-256 characters of [A-Za-z0-9._:/-]", field="namespace"
+            )
+        aggregation = request.query_params.get("aggregation")
+        if aggregation is not None and not _AGGREGATION_RE.fullmatch(aggregation):
+            message = "aggregation: must be 1-256 characters, none a control character"
+            raise ApiError(422, "validation_error", message, field="aggregation")
+        closed = self._query_bool(request, "closed")
+        limit = self._query_int(request, "limit", 100, 1, MAX_PAGE)
+        try:
+            rows = await self.runtime.store.list_aggregate_windows(
+                namespace=namespace, aggregation=aggregation, closed=closed, limit=limit
+            )
+        except StoreError as exc:
+            raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+        windows: list[AggregateWindowView] = [
+            {
+                "node": row.node,
+                "aggregation": row.aggregation,
+                "group": row.group,
+                "window_id": row.window_id,
+                "window_start": _iso(row.window_start),
+                "window_end": _iso(row.window_end),
+                "closed": row.closed,
+                "items": row.items,
+                "values": row.values,
+                "version": row.version,
+                "updated_at": _iso(row.updated_at),
+            }
+            for row in rows
+        ]
+        data: NamespaceWindows = {
+            "namespace": namespace,
+            "aggregation": aggregation,
+            "closed": closed,
+            "limit": limit,
+            "count": len(windows),
+            "windows": windows,
+        }
+        return envelope(request, data, message=f"{len(windows)} window(s)")
+
+    @staticmethod
+    def _query_bool(request: Request, name: str) -> bool | None:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return None
+        if raw not in ("true", "false"):
+            raise ApiError(422, "validation_error", f"{name}: must be true or false", field=name)
+        return raw == "true"
 
     @staticmethod
     def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

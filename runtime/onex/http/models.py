@@ -37,6 +37,7 @@ DEFAULT_NAME: Final = "content.txt"  # the name content without a file_path is s
 NAMESPACE_PATTERN: Final = r"^[A-Za-z0-9._:/-]{1,256}$"
 FILE_PATH_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,1024}$"
 HASH_PATTERN: Final = r"^[0-9a-fA-F]{64}$"
+AGGREGATION_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,256}$"  # an aggregation's name, as its contract spells it
 MAX_PAGE: Final = 1000
 MAX_OFFSET: Final = 10**12
 
@@ -139,6 +140,15 @@ class NamespacePageQuery(BaseModel):
     namespace: Namespace
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
+
+
+class NamespaceWindowsQuery(BaseModel):
+    namespace: Namespace
+    aggregation: Annotated[
+        str | None, Field(pattern=AGGREGATION_PATTERN, description="Only this aggregation's windows.")
+    ] = None
+    closed: Annotated[bool | None, Field(description="true: closed windows only; false: open ones only.")] = None
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
 
 
 # --- the envelope ------------------------------------------------------------------------------------------------
@@ -427,6 +437,34 @@ class NamespacePage(TypedDict):
     stamps: list[dict[str, Any]]
     pagination: Pagination
     aggregates: dict[str, Any] | None
+
+
+class AggregateWindowView(TypedDict):
+    """One aggregation's result for one group of the namespace in one window (the store's ``AggregateWindowRow``
+    without the engine's internal state)."""
+
+    node: str
+    aggregation: str
+    group: dict[str, Any]
+    window_id: Annotated[str, Field(description="Empty for an aggregation without windows (a running total).")]
+    window_start: Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
+    window_end: Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
+    closed: bool
+    items: Count
+    values: dict[str, Any]
+    version: int
+    updated_at: Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
+
+
+class NamespaceWindows(TypedDict):
+    """A namespace's aggregation windows, newest window first (running totals last), at most ``limit``."""
+
+    namespace: str
+    aggregation: str | None
+    closed: bool | None
+    limit: int
+    count: int
+    windows: list[AggregateWindowView]
 
 
 class BusView(TypedDict):

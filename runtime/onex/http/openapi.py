@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from onex.http.models import (
     API_VERSION,
@@ -35,6 +36,8 @@ from onex.http.models import (
     Health,
     NamespacePage,
     NamespacePageQuery,
+    NamespaceWindows,
+    NamespaceWindowsQuery,
     Probe,
     ProtocolRequest,
     ProtocolResult,
@@ -61,6 +64,26 @@ _ERRORS: Final = {
     504: "the workflow did not complete in time; it keeps running",
 }
 _BODY_ERRORS: Final = (413, 415, 422)
+
+
+class _WindowsOwner(PathConvertor):
+    """``{namespace:windows_owner}``: the namespace of ``/namespace/{namespace}/windows``, slashes and all, as the
+    ``path`` converter takes it, and any other character too (a namespace with a newline is the handler's 422 to
+    answer, not a 404)."""
+
+    regex = r"(?s:.*)"
+
+
+class _NamespacePage(PathConvertor):
+    """``{namespace:namespace_page}``: as ``windows_owner``, except a path that ends in ``/windows``: that one is
+    the windows of the namespace before it. So every path has exactly one route (a namespace whose own name ends in
+    ``/windows`` has no page of its own)."""
+
+    regex = r"(?!(?s:.*)/windows$)(?s:.*)"
+
+
+register_url_convertor("windows_owner", _WindowsOwner())
+register_url_convertor("namespace_page", _NamespacePage())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,9 +155,14 @@ OPERATIONS: Final = (
         descriptions={200: "every item stamped (success) or some (partial)"},
     ),
     Operation(
-        "GET", "/namespace/{namespace:path}", handler="namespace", operation_id="getNamespace", tag="stamps",
+        "GET", "/namespace/{namespace:namespace_page}", handler="namespace", operation_id="getNamespace", tag="stamps",
         summary="A page of a namespace's stamps and its aggregates",
         params=NamespacePageQuery, data=NamespacePage, errors=(422, 503),
+    ),
+    Operation(
+        "GET", "/namespace/{namespace:windows_owner}/windows", handler="namespace_windows", tag="stamps",
+        operation_id="getNamespaceWindows", summary="A namespace's aggregation windows, newest first",
+        params=NamespaceWindowsQuery, data=NamespaceWindows, errors=(422, 503),
     ),
     Operation(
         "POST", "/validate-protocol", handler="validate_protocol", operation_id="validateProtocol", tag="content",

@@ -1,0 +1,539 @@
+"""Aggregation: the functions, groups and windows of an aggregation subcontract, computed over records.
+
+``Aggregator`` is pure: it takes records with their event time (``add``) and hands back results
+(``WindowResult``) when asked; it neither publishes nor persists, and reads time only from the injected clock. One
+``Aggregator`` computes every aggregation of a subcontract, each independently over every record:
+
+- **where** (a guard in the grammar of ``contracts.parse_condition``, evaluated by ``onex.fsm``'s ``Guard``) picks
+  the records an aggregation sees.
+- **group**: the ``group_by`` fields, then the type's key: ``namespace`` (NAMESPACE_GROUPING), ``stamp.file_type``
+  (FILE_TYPE_GROUPING), ``workflow_id`` (WORKFLOW_GROUPING), the bucket label of ``stamp.file_size`` (SIZE_BUCKETS,
+  under ``bucket``), what the node method ``method`` returns (CUSTOM, under ``key``; ``None`` skips the record),
+  nothing (TIME_WINDOW). ``field`` overrides the key field. Fields are dotted paths reading keys of mappings and
+  attributes of anything else; a missing key field (or a ``None`` on the way) groups under ``None``. Values that
+  are not JSON scalars group by their JSON-able form: enums by value, datetimes in ISO 8601, anything else ``str``.
+- **functions**: ``count`` counts every record of the group; ``sum``, ``min``, ``max``, ``avg``, ``unique_count``
+  and ``histogram`` read ``field`` and skip a record where it is missing or ``None`` (``sum``, ``avg`` and
+  ``histogram`` also skip non-numbers, ``min``/``max`` values that do not compare with the others). ``avg`` of
+  nothing is ``None``; ``histogram`` is ``{label: count}`` over every bucket, in order.
+- **windows**, per group: tumbling or sliding by event time (``[k*slide, k*slide+size)`` in ms since the epoch;
+  tumbling slides by its size) or by count (window ``k`` holds the group's records ``k*slide`` to
+  ``k*slide+size-1``), sessions (extended while records arrive within ``gap_ms`` of one). Without a window each
+  group has one running total (window id ``""``), never closed.
+
+Time windows are final once the clock passed their end + ``grace_ms`` (sessions: their last record + ``gap_ms`` +
+``grace_ms``); a record arriving for a final window is dropped and counted in ``late`` (a sliding record only if
+every window it belongs to is final; it still counts in those that are not). Count windows are final when full.
+``close_due`` hands out final windows and forgets them; ``dirty`` the open windows changed since it was last
+called, for checkpoints; ``restore`` continues from checkpointed results exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from onex.clock import Clock
+from onex.contracts import (
+    AGGREGATION_KEY_FIELDS,
+    Aggregation,
+    AggregationFunction,
+    AggregationSubcontract,
+    aggregation_problems,
+)
+from onex.fsm import parse_guard
+
+__all__ = ["Aggregator", "WindowResult", "bucket_label"]
+
+_MISSING: Any = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+# Window modes.
+_TOTAL, _TUMBLE_TIME, _SLIDE_TIME, _TUMBLE_COUNT, _SLIDE_COUNT, _SESSION = range(6)
+_TIME_MODES = frozenset({_TUMBLE_TIME, _SLIDE_TIME, _SESSION})
+_COUNT_MODES = frozenset({_TUMBLE_COUNT, _SLIDE_COUNT})
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """One group's window of one aggregation: its values now, and the state to continue it elsewhere."""
+
+    aggregation: str  # the aggregation's name
+    group: dict[str, Any]  # group_by field -> value, then the type's key (its field, "bucket" or "key"); JSON-able
+    window_id: str  # "" (no window), "t:<start ms>", "n:<index>" (count), "s:<first record's ms>" (session)
+    window_start: datetime | None  # time windows: bounds; others: the first and last record's event time
+    window_end: datetime | None
+    closed: bool  # final: no further record changes it
+    items: int  # records aggregated into it
+    values: dict[str, Any]  # function name -> value, JSON-able
+    state: dict[str, Any]  # the accumulators, JSON-able: what ``Aggregator.restore`` continues from
+
+
+def bucket_label(value: float, bounds: tuple[int, ...]) -> str:
+    """The label of the bucket ``value`` falls in: ``<=bound`` for the first bound not below it, else ``>last``."""
+    index = bisect.bisect_left(bounds, value)
+    return f"<={bounds[index]}" if index < len(bounds) else (f">{bounds[-1]}" if bounds else "all")
+
+
+def _ms(at: datetime) -> int:
+    return (at - _EPOCH) // _MS  # exact, unlike float timestamps
+
+
+def _jsonable(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, Enum):
+        return _jsonable(value.value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _getter(path: str) -> Callable[[Any], Any]:
+    """Read a dotted path from a record (mapping keys, else attributes); ``_MISSING`` when any step is absent."""
+    parts = tuple(path.split("."))
+
+    def get(record: Any) -> Any:
+        value = record
+        for part in parts:
+            if value is None:
+                return _MISSING
+            value = value.get(part, _MISSING) if isinstance(value, Mapping) else getattr(value, part, _MISSING)
+            if value is _MISSING:
+                return _MISSING
+        return value
+
+    return get
+
+
+def _guard(expression: str) -> Callable[[Any], bool]:
+    """The ``where`` guard on a record: the FSM's evaluator, on the one field it tests, read like every other."""
+    guard = parse_guard(expression)
+    read = _getter(guard.field)
+    local = dataclasses.replace(guard, field="value")
+
+    def check(record: Any) -> bool:
+        value = read(record)
+        return local({} if value is _MISSING else {"value": value})
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class _Function:
+    name: str
+    kind: str
+    get: Callable[[Any], Any] | None
+    bounds: tuple[int, ...]
+    labels: tuple[str, ...]
+
+    def fresh(self) -> Any:
+        kind = self.kind
+        if kind in ("count", "sum"):
+            return 0
+        if kind == "avg":
+            return [0, 0]
+        if kind == "unique_count":
+            return set()
+        if kind == "histogram":
+            return [0] * len(self.labels)
+        return None  # min, max
+
+    def value(self, acc: Any) -> Any:
+        kind = self.kind
+        if kind == "avg":
+            return acc[0] / acc[1] if acc[1] else None
+        if kind == "unique_count":
+            return len(acc)
+        if kind == "histogram":
+            return dict(zip(self.labels, acc, strict=True))
+        return _jsonable(acc)
+
+    def dump(self, acc: Any) -> Any:
+        if self.kind == "unique_count":
+            return sorted(acc, key=lambda v: (type(v).__name__, v))  # never compares values of different types
+        if self.kind in ("avg", "histogram"):
+            return list(acc)
+        return acc
+
+    def load(self, saved: Any) -> Any:
+        if self.kind == "unique_count":
+            return set(saved)
+        if self.kind == "avg":
+            return list(saved)
+        if self.kind == "histogram":
+            return list(saved) if len(saved) == len(self.labels) else self.fresh()  # other buckets: start again
+        return saved
+
+
+def _function(spec: AggregationFunction) -> _Function:
+    bounds = spec.buckets
+    labels = (*(f"<={b}" for b in bounds), f">{bounds[-1]}") if bounds else ()
+    return _Function(spec.name, spec.function, _getter(spec.field) if spec.field else None, bounds, labels)
+
+
+class _Win:
+    """One open window of one group (or the group's running total)."""
+
+    __slots__ = ("accs", "closed", "dirty", "end_ms", "first_at", "items", "key", "last_at", "start_ms", "window_id")
+
+    def __init__(self, key: tuple[Any, ...], window_id: str, accs: list[Any], start_ms: int, end_ms: int) -> None:
+        self.key = key
+        self.window_id = window_id
+        self.accs = accs
+        self.start_ms = start_ms  # time windows: bounds [start, end); sessions: first and last record's ms
+        self.end_ms = end_ms
+        self.first_at: datetime | None = None
+        self.last_at: datetime | None = None
+        self.items = 0
+        self.dirty = False
+        self.closed = False  # handed out (or forgotten): dirty() skips it
+
+
+class _Compiled:
+    """One aggregation, its getters and guard compiled once, and its open windows."""
+
+    def __init__(self, spec: Aggregation, methods: Mapping[str, Callable[[Any], Any]]) -> None:
+        self.name = spec.name
+        self.guard = _guard(spec.where) if spec.where is not None else None
+        self.group_getters = tuple(_getter(path) for path in spec.group_by)
+        names = list(spec.group_by)
+        self.key_kind = spec.type
+        self.key_get: Callable[[Any], Any] | None = None
+        self.bounds = spec.buckets
+        if spec.type == "CUSTOM":
+            method = spec.method or ""
+            if method not in methods:
+                raise ValueError(f"aggregation {spec.name!r}: no method {method!r} was given for its CUSTOM key")
+            self.key_get = methods[method]
+            names.append("key")
+        elif spec.type == "SIZE_BUCKETS":
+            self.key_get = _getter(spec.field or AGGREGATION_KEY_FIELDS[spec.type])
+            names.append("bucket")
+        elif spec.type != "TIME_WINDOW":
+            path = spec.field or AGGREGATION_KEY_FIELDS[spec.type]
+            self.key_get = _getter(path)
+            names.append(path)
+        self.names = tuple(names)
+        self.functions = tuple(_function(f) for f in spec.functions)
+        window = spec.window
+        self.size = self.slide = self.gap = self.grace = 0
+        if window is None:
+            self.mode = _TOTAL
+        elif window.type == "session":
+            self.mode, self.gap, self.grace = _SESSION, window.gap_ms or 0, window.grace_ms
+        elif window.size_ms is not None:
+            self.mode = _TUMBLE_TIME if window.type == "tumbling" else _SLIDE_TIME
+            self.size, self.grace = window.size_ms, window.grace_ms
+            self.slide = window.size_ms if window.type == "tumbling" else (window.slide_ms or window.size_ms)
+        else:
+            self.mode = _TUMBLE_COUNT if window.type == "tumbling" else _SLIDE_COUNT
+            self.size = window.size_items or 1
+            self.slide = self.size if window.type == "tumbling" else (window.slide_items or self.size)
+        self.windows: dict[tuple[tuple[Any, ...], str], _Win] = {}
+        self.counters: dict[tuple[Any, ...], int] = {}  # count windows: records seen per group
+        self.sessions: dict[tuple[Any, ...], list[_Win]] = {}
+
+    def key(self, record: Any) -> tuple[Any, ...] | None:
+        """The record's group, or None when a CUSTOM method skips it."""
+        parts = []
+        for get in self.group_getters:
+            value = get(record)
+            parts.append(None if value is _MISSING else _jsonable(value))
+        if self.key_get is not None:
+            value = self.key_get(record)
+            if self.key_kind == "CUSTOM":
+                if value is None:
+                    return None
+            elif self.key_kind == "SIZE_BUCKETS":
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                value = bucket_label(value, self.bounds) if number else None
+            parts.append(None if value is _MISSING else _jsonable(value))
+        return tuple(parts)
+
+    def open(self, key: tuple[Any, ...], window_id: str, start_ms: int = 0, end_ms: int = 0) -> _Win:
+        win = self.windows.get((key, window_id))
+        if win is None:
+            win = self.windows[(key, window_id)] = _Win(
+                key, window_id, [f.fresh() for f in self.functions], start_ms, end_ms
+            )
+        return win
+
+    def final(self, win: _Win, now_ms: int) -> bool:
+        if self.mode == _SESSION:
+            return now_ms > win.end_ms + self.gap + self.grace
+        return now_ms > win.end_ms + self.grace
+
+    def result(self, win: _Win, *, closed: bool) -> WindowResult:
+        if self.mode in (_TUMBLE_TIME, _SLIDE_TIME):
+            start: datetime | None = _EPOCH + timedelta(milliseconds=win.start_ms)
+            end: datetime | None = _EPOCH + timedelta(milliseconds=win.end_ms)
+        else:
+            start, end = win.first_at, win.last_at
+        functions = self.functions
+        return WindowResult(
+            aggregation=self.name,
+            group=dict(zip(self.names, win.key, strict=True)),
+            window_id=win.window_id,
+            window_start=start,
+            window_end=end,
+            closed=closed,
+            items=win.items,
+            values={f.name: f.value(acc) for f, acc in zip(functions, win.accs, strict=True)},
+            state={
+                "acc": {f.name: f.dump(acc) for f, acc in zip(functions, win.accs, strict=True)},
+                "first": win.first_at.isoformat() if win.first_at else None,
+                "last": win.last_at.isoformat() if win.last_at else None,
+            },
+        )
+
+
+class Aggregator:
+    """All aggregations of one aggregation subcontract, over records, on an injected clock.
+
+    ``methods`` maps each CUSTOM aggregation's ``method`` to the callable returning a record's key (the node's
+    bound method). A subcontract the load-time checks would refuse (``contracts.checks.aggregation_problems``) is a
+    ``ValueError`` here too. Not thread-safe: one task adds and collects.
+    """
+
+    def __init__(
+        self,
+        subcontract: AggregationSubcontract,
+        *,
+        methods: Mapping[str, Callable[[Any], Any]] | None = None,
+        clock: Clock,
+    ) -> None:
+        problems = [
+            f"aggregation {spec.name!r}: {'.'.join(map(str, steps))}: {message}"
+            for spec in subcontract.aggregations
+            for steps, _, message in aggregation_problems(spec)
+        ]
+        names = [spec.name for spec in subcontract.aggregations]
+        problems += [
+            f"aggregation {name!r} is declared twice" for name in sorted({n for n in names if names.count(n) > 1})
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._clock = clock
+        self._aggs = [_Compiled(spec, methods or {}) for spec in subcontract.aggregations]
+        self._by_name = {agg.name: agg for agg in self._aggs}
+        self._timed = any(agg.mode in _TIME_MODES for agg in self._aggs)
+        self._dirty: list[tuple[_Compiled, _Win]] = []
+        self._ready: list[WindowResult] = []  # count windows that filled up, until close_due hands them out
+        self._late = 0
+
+    @property
+    def late(self) -> int:
+        """Records dropped because every window they belonged to was already final."""
+        return self._late
+
+    # -- records --
+
+    def add(self, record: Any, at: datetime) -> None:
+        """Aggregate ``record``, whose event time is ``at`` (timezone-aware), into every aggregation it passes."""
+        now_ms = _ms(self._clock.now()) if self._timed else 0
+        t = _ms(at) if self._timed else 0
+        late = False
+        for agg in self._aggs:
+            if agg.guard is not None and not agg.guard(record):
+                continue
+            key = agg.key(record)
+            if key is None:
+                continue
+            values = [None if f.get is None else f.get(record) for f in agg.functions]
+            mode = agg.mode
+            if mode == _TOTAL:
+                self._update(agg, agg.open(key, ""), values, at)
+            elif mode in (_TUMBLE_TIME, _SLIDE_TIME):
+                entered = False
+                for k in range((t - agg.size) // agg.slide + 1, t // agg.slide + 1):
+                    start = k * agg.slide
+                    if now_ms > start + agg.size + agg.grace:
+                        continue  # final already: this record is late for it
+                    self._update(agg, agg.open(key, f"t:{start}", start, start + agg.size), values, at)
+                    entered = True
+                late = late or not entered
+            elif mode == _SESSION:
+                if now_ms > t + agg.gap + agg.grace:
+                    late = True
+                    continue
+                self._update(agg, self._session(agg, key, t), values, at)
+            else:
+                index = agg.counters.get(key, 0)
+                agg.counters[key] = index + 1
+                for k in range(max(0, (index - agg.size) // agg.slide + 1), index // agg.slide + 1):
+                    win = agg.open(key, f"n:{k}")
+                    self._update(agg, win, values, at)
+                    if win.items >= agg.size:
+                        del agg.windows[(key, win.window_id)]
+                        win.closed = True
+                        self._ready.append(agg.result(win, closed=True))
+        if late:
+            self._late += 1
+
+    def _session(self, agg: _Compiled, key: tuple[Any, ...], t: int) -> _Win:
+        sessions = agg.sessions.setdefault(key, [])
+        for win in sessions:
+            if win.start_ms - agg.gap <= t <= win.end_ms + agg.gap:
+                win.start_ms, win.end_ms = min(win.start_ms, t), max(win.end_ms, t)
+                return win
+        # Out of order by more than the gap: a session of its own (sessions are not merged when one bridges two).
+        win = agg.open(key, f"s:{t}", t, t)
+        sessions.append(win)
+        return win
+
+    def _update(self, agg: _Compiled, win: _Win, values: list[Any], at: datetime) -> None:
+        accs = win.accs
+        for i, function in enumerate(agg.functions):
+            kind = function.kind
+            if kind == "count":
+                accs[i] += 1
+                continue
+            value = values[i]
+            if value is _MISSING or value is None:
+                continue
+            if kind == "unique_count":
+                accs[i].add(value if type(value) in _SCALARS else _jsonable(value))
+                continue
+            if kind == "min" or kind == "max":
+                try:
+                    if accs[i] is None or (value < accs[i] if kind == "min" else value > accs[i]):
+                        accs[i] = value
+                except TypeError:
+                    pass  # not comparable with what came before: skipped, like a missing value
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            if kind == "sum":
+                accs[i] += value
+            elif kind == "avg":
+                accs[i][0] += value
+                accs[i][1] += 1
+            else:  # histogram
+                accs[i][bisect.bisect_left(function.bounds, value)] += 1
+        win.items += 1
+        if agg.mode == _SESSION:
+            if win.first_at is None or at < win.first_at:
+                win.first_at = at
+            if win.last_at is None or at > win.last_at:
+                win.last_at = at
+        else:
+            if win.first_at is None:
+                win.first_at = at
+            win.last_at = at
+        if not win.dirty:
+            win.dirty = True
+            self._dirty.append((agg, win))
+
+    # -- results --
+
+    def close_due(self) -> list[WindowResult]:
+        """Every window that became final (count windows that filled up; time windows and sessions the clock
+        passed), as closed results; they are forgotten."""
+        closed, self._ready = self._ready, []
+        if not self._timed:
+            return closed
+        now_ms = _ms(self._clock.now())
+        for agg in self._aggs:
+            if agg.mode not in _TIME_MODES:
+                continue
+            for slot, win in list(agg.windows.items()):
+                if agg.final(win, now_ms):
+                    del agg.windows[slot]
+                    win.closed = True
+                    closed.append(agg.result(win, closed=True))
+                    if agg.mode == _SESSION:
+                        sessions = agg.sessions[win.key]
+                        sessions.remove(win)
+                        if not sessions:
+                            del agg.sessions[win.key]
+        return closed
+
+    def dirty(self) -> list[WindowResult]:
+        """The open windows changed since the last call (``closed=False``), for a checkpoint."""
+        found = [agg.result(win, closed=False) for agg, win in self._dirty if not win.closed]
+        for _, win in self._dirty:
+            win.dirty = False
+        self._dirty = []
+        return found
+
+    def close_all(self) -> list[WindowResult]:
+        """Drain: what ``close_due`` returns, then every window still open with ``closed=False``, and forget all.
+
+        Open windows are not made final: a time window or session goes on when a restarted aggregator ``restore``s
+        it, and a running total or a partly filled count window is never final before it is due.
+        """
+        results = self.close_due()
+        for agg in self._aggs:
+            for win in agg.windows.values():
+                win.closed = True
+                results.append(agg.result(win, closed=False))
+            agg.windows.clear()
+            agg.sessions.clear()
+            agg.counters.clear()
+        self._dirty = []
+        return results
+
+    def restore(self, results: Iterable[WindowResult]) -> None:
+        """Continue the open windows of checkpointed results from their ``state``.
+
+        Closed results are not reopened; a closed count window still tells which window of its group comes next,
+        so pass each group's latest closed count window too (or its numbering starts again at ``n:0``). Results of
+        aggregations the subcontract no longer has, or whose window kind changed, are ignored.
+        """
+        for result in results:
+            agg = self._by_name.get(result.aggregation)
+            if agg is None:
+                continue
+            prefix, _, number = result.window_id.partition(":")
+            expected = {_TOTAL: "", _SESSION: "s"}.get(agg.mode, "n" if agg.mode in _COUNT_MODES else "t")
+            if prefix != expected or (expected and not number.lstrip("-").isdigit()):
+                continue
+            key = tuple(result.group.get(name) for name in agg.names)
+            if agg.mode in _COUNT_MODES:
+                k = int(number)
+                seen = k * agg.slide + (agg.size if result.closed else result.items)
+                agg.counters[key] = max(agg.counters.get(key, 0), seen)
+            if result.closed:
+                continue
+            state = result.state
+            saved = state.get("acc", {})
+            accs = [f.load(saved[f.name]) if f.name in saved else f.fresh() for f in agg.functions]
+            first = datetime.fromisoformat(state["first"]) if state.get("first") else None
+            last = datetime.fromisoformat(state["last"]) if state.get("last") else None
+            if agg.mode in (_TUMBLE_TIME, _SLIDE_TIME):
+                start_ms, end_ms = int(number), int(number) + agg.size
+            elif agg.mode == _SESSION:
+                start_ms = _ms(first) if first else int(number)
+                end_ms = _ms(last) if last else start_ms
+            else:
+                start_ms = end_ms = 0
+            win = _Win(key, result.window_id, accs, start_ms, end_ms)
+            win.items, win.first_at, win.last_at = result.items, first, last
+            agg.windows[(key, result.window_id)] = win
+            if agg.mode == _SESSION:
+                agg.sessions.setdefault(key, []).append(win)
+
+    def forget(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop every window and counter of the groups whose group dict ``keep`` refuses (their partition moved
+        away); nothing of them is returned."""
+        for agg in self._aggs:
+            verdicts: dict[tuple[Any, ...], bool] = {}  # one call of keep per group, not per window
+            for key in {*(win.key for win in agg.windows.values()), *agg.counters, *agg.sessions}:
+                verdicts[key] = keep(dict(zip(agg.names, key, strict=True)))
+            for slot, win in list(agg.windows.items()):
+                if not verdicts[win.key]:
+                    del agg.windows[slot]
+                    win.closed = True  # dirty() skips it
+            for key in [k for k in agg.counters if not verdicts[k]]:
+                del agg.counters[key]
+            for key in [k for k in agg.sessions if not verdicts[k]]:
+                del agg.sessions[key]
+        self._ready = [result for result in self._ready if keep(dict(result.group))]

@@ -1,0 +1,5 @@
+from onex.nodes import OrchestratorNode
+
+
+class NodeWidget(OrchestratorNode):
+    pass

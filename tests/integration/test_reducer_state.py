@@ -1,0 +1,231 @@
+"""The reducer's aggregation subcontract and state_management in whole stamping workflows (``onex.testing.Harness``).
+
+Its aggregations are persisted per group and window in ``aggregate_windows``; its state_management subcontract says
+which of its totals and windows a new process restores, and when they are written. Each case changes one field of the
+shipped contracts and runs the shipped node graph on a ``ManualClock`` (so a workflow's completion time, the event
+time of the per-minute windows, is the test's) with a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from onex.clock import ManualClock
+from onex.contracts import ContractSet, load_contracts
+from onex.store import AggregateWindowRow
+from onex.testing import Harness
+
+from nodes.reducer.v1_0_0.node import NodeReducer
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "aggregated"
+T0 = datetime(2026, 12, 2, 12, 0, 10, tzinfo=UTC).timestamp()  # ten seconds into a minute
+
+
+@functools.cache
+def shipped() -> ContractSet:
+    return load_contracts(ROOT, env={})
+
+
+def reducer_with(*, config: dict[str, Any] | None = None, **state: Any) -> ContractSet:
+    """The shipped contracts, the reducer's config and state_management subcontract changed as given."""
+    contracts = shipped()
+    reducer = contracts.get("reducer")
+    current = reducer.subcontracts.state_management
+    assert current is not None
+    subcontracts = reducer.subcontracts.model_copy(update={"state_management": current.model_copy(update=state)})
+    changed = reducer.model_copy(update={"subcontracts": subcontracts, "config": {**reducer.config, **(config or {})}})
+    return ContractSet(contracts.root, [changed if c is reducer else c for c in contracts])
+
+
+def files(directory: Path, sizes: list[int]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, size in enumerate(sizes):
+        path = directory / f"f{i}.txt"
+        path.write_bytes(b"%d" % i + b"x" * (size - len(b"%d" % i)))
+        paths.append(path)
+    return paths
+
+
+async def stamp(h: Harness, paths: list[Path]) -> None:
+    for path in paths:
+        await h.publish("STAMP_REQUESTED", {"file_path": str(path), "namespace": NS})
+    await h.settle()
+
+
+async def windows(h: Harness, aggregation: str, **filters: Any) -> list[AggregateWindowRow]:
+    return await h.store.list_aggregate_windows(node="reducer", aggregation=aggregation, namespace=NS, **filters)
+
+
+def harness(url: str, clock: ManualClock, contracts: ContractSet | None = None) -> Harness:
+    return Harness(root=ROOT, contracts=contracts or shipped(), store_url=url, clock=clock)
+
+
+# --- aggregations --------------------------------------------------------------------------------------------------
+
+
+async def test_every_aggregation_of_the_subcontract_is_persisted_per_group_and_window(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    sizes = [100, 2_000, 3_000]
+    async with harness(url, clock) as h:
+        await stamp(h, files(tmp_path / "tree", sizes))
+        minute = await windows(h, "per_minute")
+        by_type = await windows(h, "by_file_type")
+        buckets = await windows(h, "size_buckets")
+        outcomes = await windows(h, "outcomes")
+        # The minute ends, and its grace (5 s): the timer closes the window and writes it final.
+        await clock.advance(60)
+        closed = await windows(h, "per_minute", closed=True)
+
+    [open_minute] = minute
+    minute_start = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    assert (open_minute.closed, open_minute.items) == (False, 3)
+    assert open_minute.window_id == f"t:{int(minute_start.timestamp() * 1000)}"
+    assert open_minute.values["workflows"] == 3
+    assert open_minute.values["bytes"] == sum(sizes)
+    assert open_minute.values["largest"] == max(sizes)
+    assert open_minute.values["mean_size"] == pytest.approx(sum(sizes) / 3)
+    assert open_minute.window_start == minute_start
+    assert [(w.closed, w.items, w.values["workflows"]) for w in closed] == [(True, 3, 3)]
+    assert {w.group["stamp.file_type"]: w.values["files"] for w in by_type} == {"text": 3}
+    assert {w.group["bucket"]: w.values["files"] for w in buckets} == {"<=1024": 1, "<=65536": 2}
+    assert {w.group["state"]: w.values["workflows"] for w in outcomes} == {"completed": 3}
+    assert all(w.window_id == "" for w in by_type + buckets + outcomes)  # running totals
+
+
+async def test_a_reducer_aggregation_must_group_by_namespace() -> None:
+    contracts = shipped()
+    reducer = contracts.get("reducer")
+    aggregation = reducer.subcontracts.aggregation
+    assert aggregation is not None
+    assert NodeReducer.contract_problems(reducer) == []
+    ungrouped = tuple(
+        a.model_copy(update={"group_by": ()}) if a.name == "per_minute" else a for a in aggregation.aggregations
+    )
+    changed = reducer.model_copy(
+        update={
+            "subcontracts": reducer.subcontracts.model_copy(
+                update={"aggregation": aggregation.model_copy(update={"aggregations": ungrouped})}
+            )
+        }
+    )
+    [(path, message)] = NodeReducer.contract_problems(changed)
+    index = [a.name for a in aggregation.aggregations].index("per_minute")
+    assert path == ("subcontracts", "aggregation", "aggregations", index, "group_by")
+    assert "'per_minute' must group by namespace" in message
+
+
+# --- state_fields: what a new process restores ---------------------------------------------------------------------
+
+
+async def restart_twice(tmp_path: Path, contracts: ContractSet) -> tuple[Any, list[AggregateWindowRow]]:
+    """Stamp two files, stop, stamp one more in a new process within the same minute: the stored totals and the
+    open per-minute window."""
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    paths = files(tmp_path / "tree", [10, 20, 40])
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, paths[:2])
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, paths[2:])
+        return await h.store.get_bridge_state(NS), await windows(h, "per_minute")
+
+
+async def test_a_new_process_restores_the_totals_and_open_windows_its_state_fields_list(tmp_path: Path) -> None:
+    totals, minute = await restart_twice(tmp_path, shipped())
+    assert totals is not None
+    assert (totals.total_workflows_processed, totals.total_items_aggregated, totals.total_size_bytes) == (3, 3, 70)
+    assert [(w.items, w.values["bytes"]) for w in minute] == [(3, 70)]
+
+
+async def test_a_field_left_out_of_state_fields_counts_from_zero_in_each_process(tmp_path: Path) -> None:
+    kept = tuple(
+        f
+        for f in shipped().get("reducer").subcontracts.state_management.state_fields  # type: ignore[union-attr]
+        if f not in ("total_size_bytes", "windows")
+    )
+    totals, minute = await restart_twice(tmp_path, reducer_with(state_fields=kept))
+    assert totals is not None
+    assert (totals.total_workflows_processed, totals.total_items_aggregated) == (3, 3)  # restored
+    assert totals.total_size_bytes == 40  # only the second process's file
+    assert [(w.items, w.values["bytes"]) for w in minute] == [(1, 40)]  # the window started again
+
+
+# --- storage and checkpoint ------------------------------------------------------------------------------------------
+
+
+async def test_storage_memory_writes_no_totals_and_restores_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    contracts = reducer_with(storage="memory", config={"window_items": 1_000, "window_ms": 600_000})
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, files(tmp_path / "tree", [10, 20]))
+        during = await h.store.get_bridge_state(NS)
+        running = await windows(h, "outcomes")
+    # Neither the totals (no checkpoint; no intent yet, the window is long) nor an open window are written.
+    assert during is None
+    assert running == []
+
+
+async def test_storage_memory_starts_from_zero_whatever_the_store_holds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    paths = files(tmp_path / "tree", [10, 20, 40])
+    async with harness(url, clock) as h:
+        await stamp(h, paths[:2])
+    async with harness(url, clock, reducer_with(storage="memory")) as h:
+        await stamp(h, paths[2:])
+        await h.runtime.drain()  # closes the namespace's window: its intent carries this process's totals
+        [last] = [e for e in h.of("STATE_AGGREGATION_COMPLETED") if e.payload["namespace"] == NS][-1:]
+    assert (last.payload["total_items_aggregated"], last.payload["total_size_bytes"]) == (1, 40)
+
+
+async def test_checkpoint_per_window_writes_the_totals_only_when_a_window_closes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    contracts = reducer_with(checkpoint="per_window", config={"window_items": 1_000, "window_ms": 30_000})
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, files(tmp_path / "tree", [10, 20]))
+        before = await h.store.get_bridge_state(NS)
+        await clock.advance(30)  # the namespace's window closes: its intent, and the checkpoint
+        after = await h.store.get_bridge_state(NS)
+        counted = await h.store.unprocessed("reducer.workflows", [e.correlation_id for e in h.of("WORKFLOW_COMPLETED")])  # type: ignore[misc]
+    assert before is None
+    assert after is not None
+    assert after.total_items_aggregated == 2
+    assert counted == set()  # the workflows it counts were recorded with it
+
+
+async def test_checkpoint_per_batch_writes_the_totals_with_every_batch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    contracts = reducer_with(config={"window_items": 1_000, "window_ms": 30_000})
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, files(tmp_path / "tree", [10, 20]))
+        state = await h.store.get_bridge_state(NS)
+    assert state is not None
+    assert state.total_items_aggregated == 2
+
+
+async def test_checkpoint_interval_ms_writes_the_totals_on_the_timer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    contracts = reducer_with(
+        checkpoint="interval_ms", interval_ms=5_000, config={"window_items": 1_000, "window_ms": 600_000}
+    )
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, files(tmp_path / "tree", [10, 20]))
+        before = await h.store.get_bridge_state(NS)
+        await clock.advance(5)
+        after = await h.store.get_bridge_state(NS)
+    assert before is None
+    assert after is not None
+    assert after.total_items_aggregated == 2
