@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -105,7 +105,14 @@ def _getter(path: str) -> Callable[[Any], Any]:
         for part in parts:
             if value is None:
                 return _MISSING
-            value = value.get(part, _MISSING) if isinstance(value, Mapping) else getattr(value, part, _MISSING)
+            # A dict or a model, nearly always: the exact type test spares the Mapping ABC's slow isinstance.
+            if type(value) is dict:
+                value = value.get(part, _MISSING)
+            else:
+                found = getattr(value, part, _MISSING)
+                if found is _MISSING and isinstance(value, Mapping):
+                    found = value.get(part, _MISSING)
+                value = found
             if value is _MISSING:
                 return _MISSING
         return value
@@ -113,24 +120,22 @@ def _getter(path: str) -> Callable[[Any], Any]:
     return get
 
 
-def _guard(expression: str) -> Callable[[Any], bool]:
-    """The ``where`` guard on a record: the FSM's evaluator, on the one field it tests, read like every other."""
+def _guard(expression: str) -> tuple[str, Callable[[Any], bool]]:
+    """The field the ``where`` guard tests, and the FSM's evaluator on that field's value (``_MISSING``: absent)."""
     guard = parse_guard(expression)
-    read = _getter(guard.field)
     local = dataclasses.replace(guard, field="value")
 
-    def check(record: Any) -> bool:
-        value = read(record)
+    def check(value: Any) -> bool:
         return local({} if value is _MISSING else {"value": value})
 
-    return check
+    return guard.field, check
 
 
 @dataclass(frozen=True, slots=True)
 class _Function:
     name: str
     kind: str
-    get: Callable[[Any], Any] | None
+    slot: int | None  # where the record's ``field`` is in the values ``Aggregator.add`` reads once per record
     bounds: tuple[int, ...]
     labels: tuple[str, ...]
 
@@ -173,10 +178,10 @@ class _Function:
         return saved
 
 
-def _function(spec: AggregationFunction) -> _Function:
+def _function(spec: AggregationFunction, slot: Callable[[str], int]) -> _Function:
     bounds = spec.buckets
     labels = (*(f"<={b}" for b in bounds), f">{bounds[-1]}") if bounds else ()
-    return _Function(spec.name, spec.function, _getter(spec.field) if spec.field else None, bounds, labels)
+    return _Function(spec.name, spec.function, slot(spec.field) if spec.field else None, bounds, labels)
 
 
 class _Win:
@@ -198,31 +203,42 @@ class _Win:
 
 
 class _Compiled:
-    """One aggregation, its getters and guard compiled once, and its open windows."""
+    """One aggregation, its fields and guard compiled once, and its open windows.
 
-    def __init__(self, spec: Aggregation, methods: Mapping[str, Callable[[Any], Any]]) -> None:
+    Fields are read once per record for all aggregations (``Aggregator.add``); ``slot`` gives a path's index in
+    those values (the shipped reducer's four aggregations read 6 paths, not 17).
+    """
+
+    def __init__(
+        self, spec: Aggregation, methods: Mapping[str, Callable[[Any], Any]], slot: Callable[[str], int]
+    ) -> None:
         self.name = spec.name
-        self.guard = _guard(spec.where) if spec.where is not None else None
-        self.group_getters = tuple(_getter(path) for path in spec.group_by)
+        self.guard: Callable[[Any], bool] | None = None
+        self.guard_slot = 0
+        if spec.where is not None:
+            field, self.guard = _guard(spec.where)
+            self.guard_slot = slot(field)
+        self.group_slots = tuple(slot(path) for path in spec.group_by)
         names = list(spec.group_by)
         self.key_kind = spec.type
-        self.key_get: Callable[[Any], Any] | None = None
+        self.key_slot: int | None = None
+        self.key_method: Callable[[Any], Any] | None = None
         self.bounds = spec.buckets
         if spec.type == "CUSTOM":
             method = spec.method or ""
             if method not in methods:
                 raise ValueError(f"aggregation {spec.name!r}: no method {method!r} was given for its CUSTOM key")
-            self.key_get = methods[method]
+            self.key_method = methods[method]
             names.append("key")
         elif spec.type == "SIZE_BUCKETS":
-            self.key_get = _getter(spec.field or AGGREGATION_KEY_FIELDS[spec.type])
+            self.key_slot = slot(spec.field or AGGREGATION_KEY_FIELDS[spec.type])
             names.append("bucket")
         elif spec.type != "TIME_WINDOW":
             path = spec.field or AGGREGATION_KEY_FIELDS[spec.type]
-            self.key_get = _getter(path)
+            self.key_slot = slot(path)
             names.append(path)
         self.names = tuple(names)
-        self.functions = tuple(_function(f) for f in spec.functions)
+        self.functions = tuple(_function(f, slot) for f in spec.functions)
         window = spec.window
         self.size = self.slide = self.gap = self.grace = 0
         if window is None:
@@ -241,18 +257,20 @@ class _Compiled:
         self.counters: dict[tuple[Any, ...], int] = {}  # count windows: records seen per group
         self.sessions: dict[tuple[Any, ...], list[_Win]] = {}
 
-    def key(self, record: Any) -> tuple[Any, ...] | None:
-        """The record's group, or None when a CUSTOM method skips it."""
+    def key(self, record: Any, read: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The record's group (``read``: its fields, by slot), or None when a CUSTOM method skips it."""
         parts = []
-        for get in self.group_getters:
-            value = get(record)
+        for index in self.group_slots:
+            value = read[index]
             parts.append(None if value is _MISSING else _jsonable(value))
-        if self.key_get is not None:
-            value = self.key_get(record)
-            if self.key_kind == "CUSTOM":
+        if self.key_method is not None or self.key_slot is not None:
+            if self.key_method is not None:
+                value = self.key_method(record)
                 if value is None:
                     return None
-            elif self.key_kind == "SIZE_BUCKETS":
+            else:
+                value = read[self.key_slot]  # type: ignore[index]
+            if self.key_kind == "SIZE_BUCKETS":
                 number = isinstance(value, int | float) and not isinstance(value, bool)
                 value = bucket_label(value, self.bounds) if number else None
             parts.append(None if value is _MISSING else _jsonable(value))
@@ -322,7 +340,13 @@ class Aggregator:
         if problems:
             raise ValueError("; ".join(problems))
         self._clock = clock
-        self._aggs = [_Compiled(spec, methods or {}) for spec in subcontract.aggregations]
+        paths: dict[str, int] = {}
+
+        def slot(path: str) -> int:
+            return paths.setdefault(path, len(paths))
+
+        self._aggs = [_Compiled(spec, methods or {}, slot) for spec in subcontract.aggregations]
+        self._getters = tuple(_getter(path) for path in paths)  # in slot order
         self._by_name = {agg.name: agg for agg in self._aggs}
         self._timed = any(agg.mode in _TIME_MODES for agg in self._aggs)
         self._dirty: list[tuple[_Compiled, _Win]] = []
@@ -341,13 +365,14 @@ class Aggregator:
         now_ms = _ms(self._clock.now()) if self._timed else 0
         t = _ms(at) if self._timed else 0
         late = False
+        read = [get(record) for get in self._getters]
         for agg in self._aggs:
-            if agg.guard is not None and not agg.guard(record):
+            if agg.guard is not None and not agg.guard(read[agg.guard_slot]):
                 continue
-            key = agg.key(record)
+            key = agg.key(record, read)
             if key is None:
                 continue
-            values = [None if f.get is None else f.get(record) for f in agg.functions]
+            values = [None if f.slot is None else read[f.slot] for f in agg.functions]
             mode = agg.mode
             if mode == _TOTAL:
                 self._update(agg, agg.open(key, ""), values, at)
