@@ -468,8 +468,9 @@ class NodeReducer(ReducerNode):
             aggregation=result.aggregation,
             group=result.group,
             window_id=result.window_id,
-            window_start=result.window_start,
-            window_end=result.window_end,
+            # A running total has no window (its first and last record's times stay in its state).
+            window_start=result.window_start if result.window_id else None,
+            window_end=result.window_end if result.window_id else None,
             closed=result.closed,
             items=result.items,
             values=result.values,
