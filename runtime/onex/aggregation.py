@@ -354,6 +354,12 @@ class Aggregator:
         self._late = 0
 
     @property
+    def counted(self) -> tuple[str, ...]:
+        """The aggregations with count windows: a restart must ``restore`` their latest closed windows too, or their
+        numbering starts again at ``n:0``."""
+        return tuple(agg.name for agg in self._aggs if agg.mode in _COUNT_MODES)
+
+    @property
     def late(self) -> int:
         """Records dropped because every window they belonged to was already final."""
         return self._late

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from onex.clock import ManualClock
-from onex.contracts import ContractSet, load_contracts
+from onex.contracts import Aggregation, ContractSet, load_contracts
 from onex.store import AggregateWindowRow
 from onex.testing import Harness
 
@@ -121,6 +121,35 @@ async def test_a_reducer_aggregation_must_group_by_namespace() -> None:
     index = [a.name for a in aggregation.aggregations].index("per_minute")
     assert path == ("subcontracts", "aggregation", "aggregations", index, "group_by")
     assert "'per_minute' must group by namespace" in message
+
+
+async def test_count_windows_go_on_numbering_in_a_new_process(tmp_path: Path) -> None:
+    contracts = shipped()
+    reducer = contracts.get("reducer")
+    aggregation = reducer.subcontracts.aggregation
+    assert aggregation is not None
+    pairs = Aggregation.model_validate(
+        {
+            "name": "pairs",
+            "type": "NAMESPACE_GROUPING",
+            "window": {"type": "tumbling", "size_items": 2},
+            "functions": [{"name": "files", "function": "count"}],
+        }
+    )
+    subcontracts = reducer.subcontracts.model_copy(
+        update={"aggregation": aggregation.model_copy(update={"aggregations": (*aggregation.aggregations, pairs)})}
+    )
+    changed = reducer.model_copy(update={"subcontracts": subcontracts})
+    contracts = ContractSet(contracts.root, [changed if c is reducer else c for c in contracts])
+    url = f"sqlite:///{tmp_path}/onex.db"
+    clock = ManualClock(start=T0)
+    paths = files(tmp_path / "tree", [10, 20, 30, 40])
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, paths[:2])  # fills n:0
+    async with harness(url, clock, contracts) as h:
+        await stamp(h, paths[2:])  # fills n:1, not a second n:0 the store would refuse
+        rows = await windows(h, "pairs")
+    assert sorted((w.window_id, w.closed, w.items) for w in rows) == [("n:0", True, 2), ("n:1", True, 2)]
 
 
 # --- state_fields: what a new process restores ---------------------------------------------------------------------

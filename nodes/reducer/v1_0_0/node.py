@@ -196,9 +196,11 @@ class NodeReducer(ReducerNode):
                 agg.size_buckets.update(row.aggregation_metadata.get("size_buckets", {}))
                 agg.windows_closed = int(row.aggregation_metadata.get("windows_closed", 0))
         for w in windows:  # restored only if kept, but every write goes on from the version stored
-            self._window_versions[(w.aggregation, group_key(w.group), w.window_id)] = w.version
-        if self.aggregator is not None and windows and keeps("windows"):
-            self.aggregator.restore(_result(w) for w in windows)
+            if not w.closed:
+                self._window_versions[(w.aggregation, group_key(w.group), w.window_id)] = w.version
+        if self.aggregator is not None and windows:
+            # Closed count windows only number the next ones; open windows continue when ``windows`` is kept.
+            self.aggregator.restore(_result(w) for w in windows if w.closed or keeps("windows"))
 
     def _owns(self, namespace: str) -> bool:
         topic = self._consumed["WORKFLOW_COMPLETED"][0]
@@ -242,6 +244,12 @@ class NodeReducer(ReducerNode):
             windows = await self.store.list_aggregate_windows(
                 node=self.contract.name, namespace=namespace, closed=False, limit=1_000_000
             )
+            # Count windows go on numbering from the latest closed one of each group (the newest 1,000 of the
+            # namespace per aggregation are looked at), so a new window never takes a stored one's id.
+            for name in self.aggregator.counted:
+                windows += await self.store.list_aggregate_windows(
+                    node=self.contract.name, namespace=namespace, aggregation=name, closed=True, limit=1_000
+                )
         return row, hashes, windows
 
     async def on_drain(self) -> None:
