@@ -1,0 +1,562 @@
+"""What an operator reads and replays from the command line: ``onex trace``, ``ps``, ``workflows``, ``aggregates``,
+``config`` and ``dlq list|show|replay``. Registered on the ``onex`` group (``onex._cli.main``) when ``onex.cli`` is
+imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from onex._cli import T, _fail, _output_option, _run, _settings, _settings_with_sources, _since, err, main
+from onex._render import compact, console, duration, emit, emit_json, getter, plain, window_span
+from onex.exceptions import OnexError
+from onex.settings import declarations, redact_url, spelled
+
+
+@main.command()
+@click.argument("target", metavar="CORRELATION_ID|PATH", required=False)
+@click.option("--latest", is_flag=True, help="Trace the most recently started workflow.")
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def trace(ctx: click.Context, target: str | None, latest: bool, store: str | None, output: str) -> None:
+    """Print a workflow's steps and FSM transitions from the store.
+
+    The workflow is a CORRELATION_ID, the latest workflow of the file at PATH, or with --latest the latest of all.
+    """
+    from onex.stores import open_store
+
+    if (target is None) == (not latest):
+        _fail("give a CORRELATION_ID, a PATH or --latest", code=2)
+    wanted: uuid.UUID | None = None
+    paths: list[str] = []
+    if target is not None:
+        try:
+            wanted = uuid.UUID(target)
+        except ValueError:
+            path = Path(target)
+            if not os.path.lexists(path):
+                _fail(f"{target!r} is not a UUID, nor a path to a file", code=2)
+            # The stamping effect records the path as the client gave it; onex stamp gives absolute paths.
+            paths = list(dict.fromkeys([str(path.absolute()), str(path.resolve()), target]))
+    settings = _settings(ctx, store=store)
+
+    async def main_() -> None:
+        async with open_store(settings.store_url()) as s:
+            if wanted is not None:
+                cid = wanted
+            else:
+                newest = []
+                candidates: list[str | None] = [*paths] or [None]
+                for candidate in candidates:
+                    newest += await s.list_workflows(limit=1, file_path=candidate)
+                if not newest:
+                    _fail(f"no workflow{' for ' + target if target else ''} in {redact_url(settings.store_url())}")
+                # Several spellings of one path may each have workflows: the most recently started wins.
+                cid = max(newest, key=lambda w: w.started_at or datetime.min.replace(tzinfo=UTC)).correlation_id
+            workflow = await s.get_workflow(cid)
+            if workflow is None:
+                _fail(f"no workflow {cid} in {redact_url(settings.store_url())}")
+            steps = await s.list_steps(cid)
+            transitions = await s.list_transitions(str(cid))
+        if output == "json":
+            emit_json({"workflow": workflow, "steps": steps, "transitions": transitions})
+            return
+        summary = Table(title=f"workflow {cid}", show_header=False)
+        for key in (
+            "workflow_type",
+            "current_state",
+            "namespace",
+            "file_path",
+            "file_hash",
+            "started_at",
+            "completed_at",
+            "execution_time_ms",
+            "error_message",
+        ):
+            summary.add_row(key, Text(str(getattr(workflow, key))))
+        console.print(summary)
+        steps_table = Table(title="steps")
+        for column in ("#", "step", "status", "ms", "error"):
+            steps_table.add_column(column)
+        for st in steps:
+            steps_table.add_row(
+                str(st.step_order),
+                st.step_name,
+                st.status,
+                str(st.execution_time_ms or ""),
+                Text(st.error_message or ""),
+            )
+        console.print(steps_table)
+        tr = Table(title="transitions")
+        for column in ("at", "from", "to", "trigger"):
+            tr.add_column(column)
+        for t in transitions:
+            tr.add_row(str(t.created_at), t.from_state or "", t.to_state, t.transition_event)
+        console.print(tr)
+
+    try:
+        _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def ps(ctx: click.Context, store: str | None, output: str) -> None:
+    """List the nodes the registries recorded: health, last heartbeat, host and pid, uptime.
+
+    A node whose health the registry marked STALE or STOPPED is shown so. One still recorded alive but silent for
+    more than three heartbeat intervals (ONEX_HEARTBEAT_INTERVAL_S) is shown STALE too: with no registry running,
+    nobody marks it.
+    """
+    from onex.stores import open_store
+
+    settings = _settings(ctx, store=store)
+
+    async def main_() -> list[Any]:
+        async with open_store(settings.store_url()) as s:
+            return await s.list_registrations()
+
+    try:
+        registrations = _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+    now = datetime.now(UTC)
+    rows = []
+    for r in registrations:
+        age = (now - r.last_heartbeat).total_seconds() if r.last_heartbeat else None
+        health = r.health_status
+        silent = age is None or age > 3 * max(settings.heartbeat_interval_s, 1.0)
+        if health not in ("STALE", "STOPPED") and silent:
+            health = "STALE"
+        instance = str(r.metadata.get("instance") or "")
+        host, _, pid = instance.rpartition("-")  # Settings.instance: HOSTNAME-PID
+        rows.append(
+            {
+                "node_id": r.node_id,
+                "name": r.metadata.get("node_name"),
+                "kind": r.node_type,
+                "version": r.node_version,
+                "health": health,
+                "recorded_health": r.health_status,
+                "health_reason": r.metadata.get("health_reason") or None,
+                "last_heartbeat": r.last_heartbeat,
+                "heartbeat_age_s": None if age is None else round(age, 3),
+                "host": host or None,
+                "pid": int(pid) if pid.isdigit() else None,
+                "uptime_s": r.metadata.get("uptime_seconds"),
+                "registered_at": r.registered_at,
+            }
+        )
+    emit(
+        output,
+        rows,
+        title=f"nodes recorded in {redact_url(settings.store_url())}",
+        columns={
+            "node id": lambda r: r["node_id"],
+            "name": lambda r: r["name"],
+            "kind": lambda r: r["kind"],
+            "version": lambda r: r["version"],
+            "health": lambda r: r["health"],
+            "heartbeat": lambda r: duration(r["heartbeat_age_s"]) + " ago" if r["last_heartbeat"] else "never",
+            "host": lambda r: r["host"],
+            "pid": lambda r: r["pid"],
+            "uptime": lambda r: duration(r["uptime_s"]),
+        },
+    )
+
+
+@main.command()
+@click.option("--state", help="Only workflows in this state (pending, processing, completed, failed).")
+@click.option("--namespace", help="Only workflows of this namespace.")
+@click.option(
+    "--since",
+    metavar="DURATION|TIME",
+    callback=lambda _ctx, _param, value: None if value is None else _since(value),
+    help="Only workflows created since then: 10m, 2h, 30s, 1d ago, or an ISO 8601 time.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def workflows(
+    ctx: click.Context,
+    state: str | None,
+    namespace: str | None,
+    since: datetime | None,
+    limit: int,
+    store: str | None,
+    output: str,
+) -> None:
+    """List recent workflows from the store, newest first."""
+    from onex.stores import open_store
+
+    settings = _settings(ctx, store=store)
+
+    async def main_() -> list[Any]:
+        async with open_store(settings.store_url()) as s:
+            return await s.list_workflows(state=state, namespace=namespace, since=since, limit=limit)
+
+    try:
+        found = _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+    rows = [
+        {
+            "correlation_id": w.correlation_id,
+            "state": w.current_state,
+            "namespace": w.namespace,
+            "file_path": w.file_path,
+            "file_hash": w.file_hash,
+            "started_at": w.started_at,
+            "completed_at": w.completed_at,
+            "execution_time_ms": w.execution_time_ms,
+            "error_message": w.error_message,
+        }
+        for w in found
+    ]
+    emit(
+        output,
+        rows,
+        title=f"{len(rows)} workflow(s) in {redact_url(settings.store_url())}, newest first",
+        columns={
+            "correlation id": lambda r: r["correlation_id"],
+            "state": lambda r: r["state"],
+            "namespace": lambda r: r["namespace"],
+            "file": lambda r: r["file_path"],
+            "started": lambda r: r["started_at"].isoformat(timespec="seconds") if r["started_at"] else None,
+            "ms": lambda r: None if r["execution_time_ms"] is None else f"{r['execution_time_ms']:.1f}",
+            "error": lambda r: r["error_message"],
+        },
+    )
+
+
+# --- onex aggregates: the aggregation windows reducers persisted ----------------------------------------------------
+
+
+@main.command()
+@click.option("--namespace", help="Only the windows of groups whose namespace is this.")
+@click.option("--aggregation", help="Only the windows of this aggregation (its name in the contract).")
+@click.option("--node", help="Only the windows this node persisted.")
+@click.option("--open/--closed", "open_", default=None, help="Only windows still open, or only closed ones.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def aggregates(
+    ctx: click.Context,
+    namespace: str | None,
+    aggregation: str | None,
+    node: str | None,
+    open_: bool | None,
+    limit: int,
+    store: str | None,
+    output: str,
+) -> None:
+    """List aggregation windows from the store, newest window first (running totals last).
+
+    Each row is one aggregation's result for one group in one window: its values, how many items it counted, and
+    whether the window is closed. -o json / jsonl give every field, the engine's state included.
+    """
+    from onex.stores import open_store
+
+    settings = _settings(ctx, store=store)
+    closed = None if open_ is None else not open_
+
+    async def main_() -> list[Any]:
+        async with open_store(settings.store_url()) as s:
+            return await s.list_aggregate_windows(
+                node=node, aggregation=aggregation, namespace=namespace, closed=closed, limit=limit
+            )
+
+    try:
+        found = _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
+    rows = [{f.name: getattr(w, f.name) for f in dataclasses.fields(w)} for w in found]
+    emit(
+        output,
+        rows,
+        title=f"{len(rows)} window(s) in {redact_url(settings.store_url())}, newest first",
+        columns={
+            "aggregation": lambda r: r["aggregation"],
+            "group": lambda r: compact(r["group"]),
+            "window": window_span,
+            "closed": lambda r: "yes" if r["closed"] else "no",
+            "items": lambda r: r["items"],
+            "values": lambda r: compact(r["values"]),
+        },
+    )
+
+
+@main.command()
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`. Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def config(ctx: click.Context, bus: str | None, store: str | None, output: str) -> None:
+    """Print every setting: its ONEX_* variable, type, default, effective value, where the value came from (flag,
+    environment or default) and what it does.
+
+    The store is shown as used (a relative SQLite path resolved against the root); passwords in URLs and the API key
+    are never shown. The rows come from the declarations in onex.settings, so a new setting documents itself.
+    """
+    settings, sources = _settings_with_sources(ctx, bus=bus, store=store)
+    rows = []
+    for setting in declarations():
+        value: Any = settings.store_url() if setting.name == "store" else getattr(settings, setting.name)
+        if setting.secret:
+            value = "(set)" if value else None
+        elif isinstance(value, str):
+            value = redact_url(value)
+        rows.append(
+            {
+                "setting": setting.name,
+                "variable": setting.variable,
+                "type": setting.type,
+                "default": plain(setting.default),
+                "value": plain(value),
+                "source": sources[setting.name],
+                "description": setting.description,
+            }
+        )
+    columns = {
+        "variable": getter("variable"),
+        "type": getter("type"),
+        "default": lambda r: spelled(r["default"]),  # as the variable would spell it: true, not True
+        "value": lambda r: spelled(r["value"]),
+        "source": getter("source"),
+        "description": getter("description"),
+    }
+    emit(output, rows, title="onex settings", columns=columns)
+
+
+# --- onex dlq: dead letters (the logic is in onex.dlq) -----------------------------------------------------------
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list them, show one, replay them.
+
+    On Kafka they are read from the .dlq topics (no consumer group: reading moves no offsets) and the replays recorded
+    in the store are joined; on the memory bus the runtime keeps them in the store, so the same commands work there.
+    """
+
+
+def _with_progress(description: str, call: Callable[[Callable[[int, int], None] | None], Coroutine[Any, Any, T]]) -> T:
+    """Run ``call``, showing its progress on stderr when that is a terminal (never in a pipe or a log)."""
+    if not err.is_terminal:
+        return _run(call(None))
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        return _run(call(update))
+
+
+def _event_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        _fail(f"{text!r} is not an event id (a UUID)", code=2)
+
+
+def _letter(row: Any, *, whole: bool = False) -> dict[str, Any]:
+    fields = {
+        "event_id": row.event_id,
+        "original_event_id": row.original_event_id,
+        "topic": row.topic,
+        "original_topic": row.original_topic,
+        "event_type": row.event_type,
+        "correlation_id": row.correlation_id,
+        "group": row.group_name,
+        "error_type": row.error_type,
+        "error": row.error,
+        "attempts": row.attempts,
+        "dead_lettered_at": row.dead_lettered_at,
+        "replayed_at": row.replayed_at,
+        "replays": row.replays,
+    }
+    if whole:
+        fields["letter"] = row.letter
+    return fields
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+@dlq.command("list")
+@click.option("--topic", help="Only the dead letters of this topic (its name, or its .dlq name).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`: where replays are recorded. Env: ONEX_STORE.")
+@_output_option("jsonl")
+@click.pass_context
+def dlq_list(
+    ctx: click.Context, topic: str | None, limit: int, bus: str | None, store: str | None, output: str
+) -> None:
+    """List dead letters, newest first, with their error and whether they were replayed."""
+    from onex.dlq import list_dead_letters
+
+    settings = _settings(ctx, bus=bus, store=store)
+    try:
+        found = _with_progress(
+            "reading dead letters",
+            lambda progress: list_dead_letters(settings, topic=topic, limit=limit, progress=progress),
+        )
+    except OnexError as exc:
+        _fail(str(exc))
+    if found.note:
+        err.print(Text.assemble(("warning:", "yellow"), " ", found.note), soft_wrap=True)
+    where = f" of {topic}" if topic else ""
+    emit(
+        output,
+        [_letter(r) for r in found.rows],
+        title=f"showing {len(found.rows)} of {found.total} dead letter(s){where}, newest first",
+        columns={
+            "dead letter": lambda r: r["event_id"],
+            "original": lambda r: r["original_event_id"] or "-",
+            "topic": lambda r: r["original_topic"],
+            "event type": lambda r: r["event_type"],
+            "group": lambda r: r["group"],
+            "error": lambda r: f"{r['error_type']}: {r['error']}",
+            "attempts": lambda r: r["attempts"],
+            "at": lambda r: _when(r["dead_lettered_at"]),
+            "replays": lambda r: (
+                r["replays"] if r["replayed_at"] is None else f"{r['replays']} ({_when(r['replayed_at'])})"
+            ),
+        },
+    )
+
+
+@dlq.command("show")
+@click.argument("event_id")
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`. Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def dlq_show(ctx: click.Context, event_id: str, bus: str | None, store: str | None, output: str) -> None:
+    """Show a dead letter and the original it holds, by the dead letter's id or by the original event's id.
+
+    An original given up on by several consumer groups, or again after a replay, has several dead letters: all are
+    shown, oldest first (with -o json, a JSON array of them, always an array).
+    """
+    from onex.dlq import find_dead_letters
+
+    wanted = _event_id(event_id)
+    settings = _settings(ctx, bus=bus, store=store)
+    try:
+        found = _with_progress(
+            "reading dead letters", lambda progress: find_dead_letters(settings, wanted, progress=progress)
+        )
+    except OnexError as exc:
+        _fail(str(exc))
+    if found.note:
+        err.print(Text.assemble(("warning:", "yellow"), " ", found.note), soft_wrap=True)
+    if not found.rows:
+        _fail(f"no dead letter with id or original id {wanted}")
+    if output == "json":
+        emit_json([_letter(r, whole=True) for r in found.rows])
+        return
+    for row in found.rows:
+        summary = Table(title=f"dead letter {row.event_id}", show_header=False)
+        for key, value in _letter(row).items():
+            summary.add_row(key, Text("" if value is None else str(plain(value))))
+        console.print(summary)
+        payload = row.letter.get("payload") or {}
+        if isinstance(payload.get("original"), dict):
+            console.print("original envelope:")
+            console.print(Text(json.dumps(payload["original"], indent=2, ensure_ascii=False)))
+        else:
+            encoding = payload.get("original_raw_encoding", "utf-8")
+            cut = " (truncated)" if payload.get("original_raw_truncated") else ""
+            where = f"{payload.get('original_partition')}]@{payload.get('original_offset')}"
+            console.print(
+                Text(
+                    f"original record (no envelope), key {payload.get('original_key')!r}, "
+                    f"{payload.get('original_topic')}[{where}, {encoding}{cut}:"
+                )
+            )
+            console.print(Text(str(payload.get("original_raw", ""))))
+
+
+@dlq.command("replay")
+@click.argument("event_ids", nargs=-1, metavar="[EVENT_ID]...")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter not replayed yet.")
+@click.option("--topic", help="Only the dead letters of this topic (its name, or its .dlq name).")
+@click.option("--force", is_flag=True, help="Replay named dead letters even if they were replayed before.")
+@click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
+@click.option("--store", help="As `onex run --store`: where replays are recorded. Env: ONEX_STORE.")
+@_output_option()
+@click.pass_context
+def dlq_replay(
+    ctx: click.Context,
+    event_ids: tuple[str, ...],
+    replay_all: bool,
+    topic: str | None,
+    force: bool,
+    bus: str | None,
+    store: str | None,
+    output: str,
+) -> None:
+    """Republish the originals of dead letters to their original topics, and record the replays in the store.
+
+    EVENT_ID is a dead letter's id or its original event's id. A replay reaches every consumer group of the topic.
+    On the memory bus every node is hosted in this process for the replay, until the bus is idle. Exits 1 if a named
+    id was not found or a dead letter could not be replayed (or its replay not recorded).
+    """
+    from onex.dlq import replay
+
+    if event_ids and replay_all:
+        _fail("give EVENT_IDs or --all, not both", code=2)
+    if not event_ids and not replay_all:
+        _fail("give the EVENT_IDs to replay, or --all", code=2)
+    wanted = [_event_id(text) for text in event_ids]
+    settings = _settings(ctx, bus=bus, store=store)
+    try:
+        results = _with_progress(
+            "reading dead letters",
+            lambda progress: replay(
+                settings, wanted, replay_all=replay_all, topic=topic, force=force, progress=progress
+            ),
+        )
+    except OnexError as exc:
+        _fail(str(exc))
+    counts = {status: sum(r.status == status for r in results) for status in ("replayed", "skipped", "not-found")}
+    failed = sum(not r.ok for r in results if r.status not in ("not-found",))
+    rows = [{**dataclasses.asdict(r), "ok": r.ok} for r in results]
+    emit(
+        output,
+        rows,
+        title=f"replayed {counts['replayed']}, skipped {counts['skipped']}, not found {counts['not-found']}, "
+        f"failed {failed}",
+        columns={
+            "requested": lambda r: r["requested"],
+            "status": lambda r: r["status"],
+            "dead letter": lambda r: r["event_id"],
+            "topic": lambda r: r["original_topic"],
+            "detail": lambda r: r["detail"],
+        },
+    )
+    if any(not r.ok for r in results):
+        sys.exit(1)
