@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-# The operator's commands register themselves on ``main`` when imported.
+# The author's and the operator's commands register themselves on ``main`` when imported.
+import onex._cli_author
 import onex._cli_operate  # noqa: F401
 from onex import __version__
 from onex._cli import _contracts, _exist, _fail, _output_option, _run, _settings, err
