@@ -22,6 +22,7 @@ from onex.exceptions import (
     StoreError,
     StoreUnavailable,
     TransitionError,
+    WaitTimeout,
 )
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.nodes import (
@@ -121,6 +122,7 @@ __all__ = [
     "TransitionError",
     "TransitionRecord",
     "TransitionRow",
+    "WaitTimeout",
     "Workflow",
     "WorkflowRow",
     "WriteBatch",

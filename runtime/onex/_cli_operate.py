@@ -5,6 +5,7 @@ imported.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -13,16 +14,20 @@ import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from onex._cli import T, _fail, _output_option, _run, _settings, _settings_with_sources, _since, err, main
+from onex._cli import T, _contracts, _fail, _output_option, _run, _settings, _settings_with_sources, _since, err, main
 from onex._render import compact, console, duration, emit, emit_json, getter, plain, window_span
 from onex.exceptions import OnexError
-from onex.settings import declarations, redact_url, spelled
+from onex.settings import Settings, declarations, redact_url, spelled
+
+if TYPE_CHECKING:
+    from onex.catalog import EventCatalog
+    from onex.contracts import ContractSet
 
 
 @main.command()
@@ -560,3 +565,249 @@ def dlq_replay(
     )
     if any(not r.ok for r in results):
         sys.exit(1)
+
+
+# --- onex publish / onex tail: poke a node graph by event name (the logic is in onex.poke) ---------------------------
+
+
+def _event_catalog(settings: Settings, names: tuple[str, ...], *, hosting: bool) -> tuple[ContractSet, EventCatalog]:
+    """(the contracts, their ``EventCatalog``); an event name no contract declares is a usage error naming them all."""
+    from onex import catalog as catalogs
+    from onex.poke import unknown
+
+    contracts = _contracts(settings, check_implementations=hosting)
+    try:
+        catalog = catalogs.EventCatalog(contracts.contracts, settings)
+    except OnexError as exc:  # a payload model that does not import
+        _fail(str(exc))
+    why = unknown(catalog, names)
+    if why is not None:
+        _fail(why, code=2)
+    return contracts, catalog
+
+
+def _arrived(envelope: Any, output: str, *, key: str | None = None) -> None:
+    """One envelope on one line, flushed (``click.echo`` flushes): JSON for -o json/jsonl, else time, event, id, key,
+    correlation id and the payload on one line."""
+    if output in ("json", "jsonl"):
+        click.echo(envelope.model_dump_json())
+        return
+    payload = envelope.payload.model_dump(mode="json") if hasattr(envelope.payload, "model_dump") else envelope.payload
+    when = envelope.event_timestamp.isoformat(timespec="milliseconds")
+    click.echo(
+        f"{when} {envelope.event_type} {envelope.event_id} key={key if key is not None else envelope.key} "
+        f"correlation={envelope.correlation_id or '-'} {compact(payload)}"
+    )
+
+
+@main.command()
+@click.argument("event_name")
+@click.argument("payload", metavar="'JSON'")
+@click.option(
+    "--key",
+    help="The Kafka key (partition_key). Default: the payload field the contract names, else the correlation id.",
+)
+@click.option("--correlation-id", "correlation_id", metavar="UUID", help="Default: a new one.")
+@click.option(
+    "--bus",
+    help="memory:// (default: every node hosted in this process for this one event) or kafka://HOST:PORT to "
+    "publish to a running deployment. Env: ONEX_BUS.",
+)
+@click.option("--store", help="Memory bus only: the store the hosted nodes use. Env: ONEX_STORE.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Kafka: seconds for the broker to acknowledge. Memory bus: seconds for the graph to settle.",
+)
+@_output_option()
+@click.pass_context
+def publish(
+    ctx: click.Context,
+    event_name: str,
+    payload: str,
+    key: str | None,
+    correlation_id: str | None,
+    bus: str | None,
+    store: str | None,
+    timeout: float,
+    output: str,
+) -> None:
+    """Publish one event a contract declares: the JSON payload ('-': read from stdin) is validated against the
+    event's payload model or schema, then sent in an envelope on the event's topic.
+
+    On Kafka it returns once the broker acknowledged it. On the memory bus (the default) no other process would hear
+    it, so every node of the project is hosted in this process for it (as `onex stamp` does): the event is
+    published, the graph runs until the bus is idle (at most --timeout), and the events it caused are printed as
+    `onex tail` prints them; then the nodes stop.
+
+    \b
+    Exit codes:
+      0  published (memory bus: and the graph settled, no dead letter)
+      1  the payload does not fit the event, the bus failed, or (memory bus)
+         a dead letter resulted or the graph did not settle within --timeout
+      2  usage error: unknown event, payload not a JSON object, bad option
+    """
+    from onex.envelope import DEAD_LETTER_EVENT
+    from onex.exceptions import PayloadError
+    from onex.poke import build, parse_payload, poke_memory, publish_kafka
+
+    cid: uuid.UUID | None = None
+    if correlation_id is not None:
+        try:
+            cid = uuid.UUID(correlation_id)
+        except ValueError:
+            _fail(f"--correlation-id {correlation_id!r} is not a UUID", code=2)
+    try:
+        data = parse_payload(sys.stdin.read() if payload == "-" else payload)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    settings = _settings(ctx, bus=bus, store=store)
+    on_kafka = settings.bus.startswith("kafka:")
+    contracts, catalog = _event_catalog(settings, (event_name,), hosting=not on_kafka)
+    try:
+        poke = build(catalog, settings, event_name, data, key=key, correlation_id=cid)
+    except PayloadError as exc:
+        _fail(f"{event_name}: the payload does not fit: {exc.detail}")
+    summary: dict[str, Any] = {
+        "event_id": poke.envelope.event_id,
+        "topic": poke.topic,
+        "key": poke.key,
+        "correlation_id": poke.envelope.correlation_id,
+    }
+
+    async def on_kafka_() -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await publish_kafka(settings, poke)
+        except TimeoutError:
+            _fail(f"{event_name} {poke.envelope.event_id} not acknowledged within --timeout {timeout:g}s")
+
+    try:
+        if on_kafka:
+            _run(on_kafka_())
+            poked = None
+        else:
+            poked = _run(poke_memory(settings, contracts, catalog, poke, timeout=timeout))
+    except OnexError as exc:
+        _fail(str(exc))
+    if output == "json":
+        whole: dict[str, Any] = {**summary, "envelope": poke.envelope.model_dump(mode="json")}
+        if poked is not None:
+            whole["settled"] = poked.settled
+            whole["resulted"] = [e.model_dump(mode="json") for e in poked.resulted]
+        emit_json(whole)
+    else:
+        for name, value in summary.items():
+            click.echo(f"{name}: {value}")
+        if poked is not None:
+            click.echo(f"resulted: {len(poked.resulted)} event(s)")
+            for envelope in poked.resulted:
+                _arrived(envelope, output)
+    if poked is None:
+        return
+    letters = [e for e in poked.resulted if e.event_type == DEAD_LETTER_EVENT]
+    if letters:
+        first = letters[0].payload
+        _fail(
+            f"{len(letters)} dead letter(s) resulted; the first, from {first.get('original_topic')}: "
+            f"{first.get('error_type')}: {first.get('error')}"
+        )
+    if not poked.settled:
+        _fail(f"the graph did not settle within --timeout {timeout:g}s; shown: what resulted until then")
+
+
+@main.command()
+@click.argument("event_names", nargs=-1, required=True, metavar="EVENT_NAME...")
+@click.option("--bus", help="kafka://HOST:PORT: the broker to read (tail needs one). Env: ONEX_BUS.")
+@click.option("--from-beginning", is_flag=True, help="Read the topics from their beginning, not from their end.")
+@click.option("--max", "max_count", type=click.IntRange(min=1), help="Stop after this many envelopes.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this many seconds without an envelope. Default: never.",
+)
+@_output_option("jsonl")
+@click.pass_context
+def tail(
+    ctx: click.Context,
+    event_names: tuple[str, ...],
+    bus: str | None,
+    from_beginning: bool,
+    max_count: int | None,
+    timeout: float | None,
+    output: str,
+) -> None:
+    """Print the envelopes of these events as they arrive on Kafka, one a line, until Ctrl-C.
+
+    The topics are read without a consumer group: nothing is committed and no deployment's offsets move. Table
+    output: time, event, id, key, correlation id, payload; -o json / jsonl: each envelope as one JSON object a line,
+    flushed (pipe it to jq). A record that is no envelope is reported on stderr and skipped. On the memory bus there
+    is nothing to read from another process: `onex publish` there prints what its event caused.
+
+    \b
+    Exit codes:
+      0  stopped by Ctrl-C, by --max, or by --timeout
+      1  the bus failed, or --timeout ended it before --max envelopes arrived
+      2  usage error: unknown event, no Kafka bus
+    """
+    import contextlib
+
+    from onex.poke import tail as read
+
+    settings = _settings(ctx, bus=bus)
+    if not settings.bus.startswith("kafka:"):
+        _fail(
+            "onex tail reads a broker: give --bus kafka://HOST:PORT (or ONEX_BUS); on the memory bus no event "
+            "outlives its process, and `onex publish` there prints the events it caused",
+            code=2,
+        )
+    _, catalog = _event_catalog(settings, event_names, hosting=False)
+    topics = list(dict.fromkeys(catalog.topic(name) for name in event_names))
+    wanted = set(event_names)
+    count = 0
+
+    async def main_() -> None:
+        nonlocal count
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as idle:
+
+            def quiet_for(seconds: float | None) -> None:
+                if seconds is not None:
+                    idle.reschedule(loop.time() + seconds)
+
+            def ready(partitions: int) -> None:
+                where = "beginning" if from_beginning else "end"
+                err.print(
+                    f"tailing {', '.join(event_names)}: {partitions} partition(s) of {len(topics)} topic(s) from "
+                    f"the {where}; Ctrl-C to stop",
+                    markup=False,
+                    soft_wrap=True,
+                )
+                quiet_for(timeout)
+
+            arrivals = read(settings, topics, from_beginning=from_beginning, on_ready=ready)
+            async with contextlib.aclosing(arrivals):
+                async for arrival in arrivals:
+                    if arrival.envelope is None:
+                        where = f"{arrival.topic}[{arrival.partition}]@{arrival.offset}"
+                        err.print(Text.assemble(("warning:", "yellow"), f" {where}: {arrival.error}"), soft_wrap=True)
+                        continue
+                    if arrival.envelope.event_type not in wanted:  # another event sharing a topic (none do today)
+                        continue
+                    _arrived(arrival.envelope, output, key=arrival.key)
+                    count += 1
+                    if max_count is not None and count >= max_count:
+                        return
+                    quiet_for(timeout)
+
+    try:
+        _run(main_())
+    except KeyboardInterrupt:
+        return  # Ctrl-C: the way a tail is meant to end
+    except TimeoutError:
+        if max_count is not None:
+            _fail(f"{count} of --max {max_count} envelope(s) arrived; none for --timeout {timeout:g}s")
+    except OnexError as exc:
+        _fail(str(exc))

@@ -8,6 +8,7 @@
     ├── StoreError           persistence failed
     │   └── StoreUnavailable the store cannot be reached now (connection, circuit breaker, pool): retry later
     ├── StateError           a node set a state field its state_management subcontract does not keep: names both
+    ├── WaitTimeout          Harness.wait_for saw no matching event in time (also a TimeoutError): says what arrived
     └── StampError           a file cannot be hashed, stamped or verified: names the path
 
 Each carries the context a user needs to act on it; ``str(error)`` is the message to print.
@@ -89,6 +90,10 @@ class StoreUnavailable(StoreError):
 
 class StateError(OnexError):
     """A node set a state field its ``state_management`` subcontract does not keep (``onex.state.KeyedState``)."""
+
+
+class WaitTimeout(OnexError, TimeoutError):
+    """``onex.testing.Harness.wait_for`` saw no matching event in time; the message says what arrived instead."""
 
 
 class StampError(OnexError):

@@ -1,14 +1,17 @@
 """Public test harness: host nodes on a ``MemoryBus`` with a throwaway SQLite store, in a few lines.
 
     async with Harness(root=project_root) as h:
-        await h.publish("STAMP_REQUESTED", {"file_path": "a.py", "namespace": "ns"})
-        done = await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.payload["file_path"] == "a.py")
+        sent = await h.publish("STAMP_REQUESTED", {"file_path": str(tmp_path / "a.py"), "namespace": "ns"})
+        done = await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == sent.correlation_id)
         assert [t["to_state"] for t in h.transitions(done.correlation_id)] == ["processing", "completed"]
 
 Every event published on any topic of the hosted contracts is recorded (``events``), and ``settle()`` waits
-until the in-process graph is quiescent. ``Harness(clock=ManualClock())`` runs every timer of the hosted nodes
-(step timeouts, reducer windows, heartbeats, circuit breakers) on a clock the test moves: ``await
-h.clock.advance(0.2)`` fires what falls due, then ``await h.settle()`` waits for what that published.
+until the in-process graph is quiescent. A ``wait_for`` that times out raises ``WaitTimeout`` (a ``TimeoutError``)
+whose message says what did arrive for the correlation ids involved, every dead letter with its error, and the last
+FSM transitions.
+``Harness(clock=ManualClock())`` runs every timer of the hosted nodes (step timeouts, reducer windows, heartbeats,
+circuit breakers) on a clock the test moves: ``await h.clock.advance(0.2)`` fires what falls due, then ``await
+h.settle()`` waits for what that published.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from onex.bus import MemoryBus, Subscription
 from onex.clock import SYSTEM_CLOCK, Clock, ManualClock
 from onex.contracts import ContractSet, load_contracts
 from onex.envelope import STATE_TRANSITION, IdSource, OnexEnvelopeV1, dlq_topic, new_id
+from onex.exceptions import OnexError, WaitTimeout
 from onex.nodes import EventCatalog
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import Store
 from onex.stores import open_store
 
-__all__ = ["Harness", "ManualClock", "SequentialIds"]
+__all__ = ["Harness", "ManualClock", "SequentialIds", "WaitTimeout"]
 
 
 class SequentialIds:
@@ -50,6 +54,39 @@ class SequentialIds:
 
 
 Predicate = Callable[[OnexEnvelopeV1], bool]
+
+# How much of each section a wait_for timeout lists: enough to see what happened, few enough to read in a test report.
+_SHOWN_EVENTS = 20
+_SHOWN_DEAD_LETTERS = 10
+_SHOWN_TRANSITIONS = 10
+
+
+def _describe_predicate(predicate: Predicate | None) -> str:
+    """``<lambda at test_x.py:12>`` rather than ``<function <lambda> at 0x7f...>``: where to look, not an address."""
+    if predicate is None:
+        return ""
+    code = getattr(predicate, "__code__", None)
+    name = getattr(predicate, "__qualname__", None) or repr(predicate)
+    if code is None:
+        return f" matching {predicate!r}"
+    return f" matching <{name.rsplit('.', 1)[-1].strip('<>')} at {Path(code.co_filename).name}:{code.co_firstlineno}>"
+
+
+def _clock_time(envelope: OnexEnvelopeV1) -> str:
+    return envelope.event_timestamp.strftime("%H:%M:%S.%f")[:-3]
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line of at most ``limit`` characters: a pydantic error alone spans several lines."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _bounded(lines: list[str], limit: int, what: str) -> list[str]:
+    """The last ``limit`` lines, after a line saying how many earlier ones were left out."""
+    if len(lines) <= limit:
+        return lines
+    return [f"  ... {len(lines) - limit} earlier {what} not shown", *lines[-limit:]]
 
 
 class Harness:
@@ -104,6 +141,8 @@ class Harness:
         self._waiters: list[tuple[str | None, Predicate | None, asyncio.Future[OnexEnvelopeV1]]] = []
         self._recorder: Subscription | None = None
         self._topics: dict[str, str] = {}
+        # Correlation ids of what the test published since the last wait_for returned: what a timeout reports on.
+        self._sent: list[uuid.UUID] = []
 
     async def __aenter__(self) -> Harness:
         try:
@@ -148,7 +187,16 @@ class Harness:
                 self._waiters.remove(waiter)
 
     def topic(self, event_name: str) -> str:
-        return self._topics[event_name]
+        """The topic ``event_name`` is published on; OnexError when no hosted contract declares it."""
+        try:
+            return self._topics[event_name]
+        except KeyError:
+            # Most often the harness was pointed at the wrong root (a fresh directory has no contracts at all).
+            known = ", ".join(sorted(self._topics)[:20]) or "none"
+            raise OnexError(
+                f"{event_name!r} is not an event of the contracts under {self.settings.root} (the harness's root); "
+                f"known: {known}"
+            ) from None
 
     async def publish(
         self,
@@ -169,19 +217,82 @@ class Harness:
             payload=data,
         )
         await self.bus.publish(self.topic(event_name), envelope)
+        if envelope.correlation_id is not None and envelope.correlation_id not in self._sent:
+            self._sent.append(envelope.correlation_id)
         return envelope
 
     async def wait_for(
         self, event_name: str | None, predicate: Predicate | None = None, *, timeout: float = 10.0
     ) -> OnexEnvelopeV1:
-        """The first recorded event (past or future) named ``event_name`` matching ``predicate``."""
+        """The first recorded event (past or future) named ``event_name`` matching ``predicate``.
+
+        After ``timeout`` seconds raises ``WaitTimeout`` (a ``TimeoutError``) whose message says what arrived instead:
+        the events of the correlation ids involved (those the test published since the last wait returned, then those of
+        events of the awaited name that the predicate refused), every dead letter with its error, and the last FSM
+        transitions.
+        """
         for name, envelope in self.events:
             if (event_name is None or name == event_name) and (predicate is None or predicate(envelope)):
+                self._sent.clear()
                 return envelope
         future: asyncio.Future[OnexEnvelopeV1] = asyncio.get_running_loop().create_future()
-        self._waiters.append((event_name, predicate, future))
-        async with asyncio.timeout(timeout):
-            return await future
+        waiter = (event_name, predicate, future)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                found = await future
+        except TimeoutError:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise self._timed_out(event_name, predicate, timeout) from None
+        self._sent.clear()
+        return found
+
+    def _timed_out(self, event_name: str | None, predicate: Predicate | None, timeout: float) -> WaitTimeout:
+        """The error of a wait that timed out, with what the harness recorded that may explain it."""
+        awaited = event_name or "any event"
+        lines = [f"waited {timeout:g} s for {awaited}{_describe_predicate(predicate)}; it did not arrive"]
+        # The correlation ids involved: what the test sent since its last wait, then those of events of the
+        # awaited name (they arrived, but the predicate refused them).
+        cids = list(self._sent)
+        near = [e for name, e in self.events if event_name is not None and name == event_name]
+        for envelope in near:
+            if envelope.correlation_id is not None and envelope.correlation_id not in cids:
+                cids.append(envelope.correlation_id)
+        if near:
+            lines.append(f"{len(near)} {event_name} event(s) arrived but did not match the predicate")
+        if not cids:
+            lines.append(
+                "no correlation id to report on: nothing was published through the harness since the last wait"
+            )
+        for cid in cids[:5]:
+            arrived = [e for _, e in self.events if e.correlation_id == cid]
+            lines.append(f"arrived for correlation id {cid} ({len(arrived)} event(s)):")
+            shown = [f"  {_clock_time(e)} {e.event_type} from {e.source_node_id}" for e in arrived]
+            lines += _bounded(shown, _SHOWN_EVENTS, "events") or ["  (nothing)"]
+        if len(cids) > 5:
+            lines.append(f"... and {len(cids) - 5} more correlation ids")
+        dead = self.dead_letters()
+        lines.append(f"dead letters: {len(dead)}" + (":" if dead else ""))
+        shown = []
+        for letter in dead:
+            original = letter.payload.get("original") or {}
+            other = "" if letter.correlation_id in cids else " (another correlation id)"
+            shown.append(
+                f"  {original.get('event_type', '?')} correlation id {letter.correlation_id}{other}: "
+                f"{letter.payload.get('error_type')}: {_one_line(letter.payload.get('error'))} "
+                f"(after {letter.payload.get('attempts')} attempt(s))"
+            )
+        lines += _bounded(shown, _SHOWN_DEAD_LETTERS, "dead letters")
+        transitions = [t for e in self.of(STATE_TRANSITION) for t in e.payload["transitions"]]
+        lines.append(f"FSM transitions: {len(transitions)}" + (", the last:" if transitions else ""))
+        shown = [
+            f"  {t.get('entity_type')} {t.get('entity_id')}: {t.get('from_state')} -> {t.get('to_state')} "
+            f"({t.get('trigger')}) correlation id {t.get('correlation_id')}"
+            for t in transitions
+        ]
+        lines += _bounded(shown, _SHOWN_TRANSITIONS, "transitions")
+        return WaitTimeout("\n".join(lines))
 
     async def settle(self) -> None:
         """Wait until every published message has been handled, including those published meanwhile."""

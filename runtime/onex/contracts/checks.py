@@ -23,6 +23,7 @@ import jsonschema.exceptions
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
+from onex.contracts.generated import generated_models, models_path, schema_digest
 from onex.contracts.imports import _PAYLOAD_MODEL_RE, _implementation_problem, _load_class
 from onex.contracts.models import (
     SUBCONTRACT_TYPES,
@@ -528,6 +529,7 @@ class _Checks:
             return
         if not self.check_implementations:
             return
+        self.check_generated_models(contract, where)
         try:
             cls = _load_class(spec, self.root)
         except LookupError as exc:
@@ -755,6 +757,33 @@ class _Checks:
                         )
                 elif spec.payload_model is not None:
                     self._check_payload_model(spec, where.at(direction, index, "payload_model"))
+
+    def check_generated_models(self, contract: Contract, where: _Where) -> None:
+        """A model ``onex codegen models`` generated from an event's ``payload_schema`` that changed since.
+
+        The module is found by convention (``nodes/<name>/v<version>/models.py``) and read with ``ast``, not
+        imported (``onex.contracts.generated``); no module, or no generated class for an event, is nothing to report.
+        """
+        events = contract.subcontracts.event_type
+        file = models_path(self.root, contract.name, contract.version)
+        if events is None or not file.is_file():
+            return
+        try:
+            generated = generated_models(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            return
+        for direction in ("consumes", "publishes"):
+            for index, spec in enumerate(getattr(events, direction)):
+                if spec.payload_schema is None or spec.event_name not in generated:
+                    continue
+                cls, digest = generated[spec.event_name]
+                if digest != schema_digest(spec.payload_schema):
+                    self.report(
+                        where.at("subcontracts", "event_type", direction, index, "payload_schema", key=True),
+                        "model-stale",
+                        f"{cls} in {self.display(file)} was generated from an older payload_schema of "
+                        f"{spec.event_name}: run onex codegen models {self.display(contract.source)}",
+                    )
 
     def _check_payload_model(self, spec: EventSpec, pos: _Pos) -> None:
         model = spec.payload_model or ""

@@ -62,6 +62,8 @@ Issue codes (``ContractIssue.code``)::
     state-choice               a ``storage``/``versioning``/``checkpoint`` the node class cannot honour
     state-checkpoint           ``checkpoint: interval_ms`` without ``interval_ms``, or ``interval_ms`` without it
     node-contract              what the node class itself refuses (its ``contract_problems``)
+    model-stale                a model ``onex codegen models`` generated (``nodes/<name>/v<version>/models.py``) from
+                               an older ``payload_schema`` of the event (reported at its ``payload_schema``)
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ ISSUE_CODES: frozenset[str] = (
     | frozenset({"aggregation-method", "aggregation-field", "aggregation-condition"})
     | frozenset({"config-type", "config-unknown", "config-missing", "state-field", "state-choice", "state-checkpoint"})
     | frozenset({"node-contract"})
+    | frozenset({"model-stale"})
 )
 
 _M = TypeVar("_M", bound=BaseModel)
