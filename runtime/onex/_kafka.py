@@ -374,6 +374,34 @@ class KafkaBus(EventBus):
         """The keyword arguments of this bus's ``AIOKafkaAdminClient``."""
         return {"bootstrap_servers": self.bootstrap, "client_id": self.client_id, **self._client_options}
 
+    async def topic_partitions(self, topics: Sequence[str] | None = None, *, timeout_s: float) -> list[TopicPartition]:
+        """The partitions of ``topics`` (None: of every topic), sorted by topic and partition, as the broker's
+        metadata has them; ``BusError`` when it cannot be asked within ``timeout_s``. For readers without a group
+        (``onex dlq``, ``onex tail``), which assign partitions themselves."""
+        admin = AIOKafkaAdminClient(**self.admin_kwargs())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await admin.start()
+                described = await admin.describe_topics(list(topics) if topics is not None else None)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise BusError(f"cannot read the topics of Kafka at {self.bootstrap}: {exc or type(exc).__name__}") from exc
+        finally:
+            await admin.close()
+        return sorted(
+            (TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
+
+    def reader(self) -> AIOKafkaConsumer:
+        """A consumer without a group: the caller assigns and positions its partitions; nothing is committed.
+
+        ``auto_offset_reset="earliest"``: a fetch the consumer starts on its own right after ``assign()`` must not
+        begin at the end (where tansu's end offset may even sit inside the last batch), or records before it would
+        be missed; callers position every partition explicitly."""
+        return AIOKafkaConsumer(
+            **self.admin_kwargs(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     @property

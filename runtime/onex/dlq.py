@@ -180,34 +180,16 @@ async def _join(store: Store, rows: list[DeadLetterRow]) -> list[DeadLetterRow]:
 
 async def _read_kafka(settings: Settings, dlq: str | None, progress: Progress | None) -> list[DeadLetterRow]:
     """Every dead letter in the ``.dlq`` topics (or in ``dlq``), in partition order, without a consumer group."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
     from onex._kafka import KafkaBus
 
     bus = KafkaBus.from_url(settings.bus)
-    admin = AIOKafkaAdminClient(**bus.admin_kwargs())
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            await admin.start()
-            described = await admin.describe_topics()
-    except (KafkaError, TimeoutError, OSError) as exc:
-        raise BusError(f"cannot read the topics of Kafka at {bus.bootstrap}: {exc or type(exc).__name__}") from exc
-    finally:
-        await admin.close()
-    partitions = sorted(
-        (TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]),
-        key=lambda tp: (tp.topic, tp.partition),
-    )
+    partitions = await bus.topic_partitions(timeout_s=CONNECT_TIMEOUT_S)
     wanted = [tp for tp in partitions if tp.topic.endswith(".dlq") and (dlq is None or tp.topic == dlq)]
     if not wanted:
         return []
-    # "earliest": a fetch the consumer starts on its own right after assign() must not begin at the end (where
-    # tansu's end offset may even sit inside the last batch), or records before it would be missed.
-    consumer = AIOKafkaConsumer(
-        **bus.admin_kwargs(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
+    consumer = bus.reader()
     rows: list[DeadLetterRow] = []
     left: dict[Any, int] = {}
     try:

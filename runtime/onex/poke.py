@@ -257,35 +257,20 @@ async def tail(
     ``on_ready`` is called with the number of partitions once they are assigned and positioned: what is published
     after that is read. Runs until the caller stops iterating (close it: ``contextlib.aclosing``).
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
     from onex._kafka import KafkaBus
 
     bus = KafkaBus.from_url(settings.bus)
-    admin = AIOKafkaAdminClient(**bus.admin_kwargs())
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            async with bus:
-                await bus.ensure_topics(topics)
-            await admin.start()
-            described = await admin.describe_topics(list(topics))
+        async with asyncio.timeout(CONNECT_TIMEOUT_S), bus:
+            await bus.ensure_topics(topics)
     except (KafkaError, TimeoutError, OSError) as exc:
         raise BusError(f"cannot read the topics of Kafka at {bus.bootstrap}: {exc or type(exc).__name__}") from exc
-    finally:
-        await admin.close()
-    partitions = sorted(
-        (TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]),
-        key=lambda tp: (tp.topic, tp.partition),
-    )
+    partitions = await bus.topic_partitions(topics, timeout_s=CONNECT_TIMEOUT_S)
     if not partitions:
         raise BusError(f"Kafka at {bus.bootstrap} has no partitions for {', '.join(topics)}")
-    # "earliest": a fetch the consumer starts on its own right after assign() must not begin past records that are
-    # wanted (see onex.dlq); every partition is then positioned explicitly.
-    consumer = AIOKafkaConsumer(
-        **bus.admin_kwargs(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
+    consumer = bus.reader()  # every partition is positioned explicitly below
     try:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
