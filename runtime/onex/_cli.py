@@ -10,10 +10,10 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -24,8 +24,11 @@ from onex.contracts import (
     ContractSet,
     load_contracts,
 )
-from onex.exceptions import ContractError
+from onex.exceptions import ContractError, OnexError
 from onex.settings import Settings
+
+if TYPE_CHECKING:
+    from onex.store import Store
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False)
@@ -39,6 +42,20 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     # One line, never folded at the terminal's width, and the message taken literally (not as rich markup).
     err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     sys.exit(code)
+
+
+def _from_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
+    """``call(store)`` on the settings' store, opened around it; an ``OnexError`` is one line on stderr, exit 1."""
+    from onex.stores import open_store  # imported when a command reads the store, not by every ``onex`` start
+
+    async def main_() -> T:
+        async with open_store(settings.store_url()) as s:
+            return await call(s)
+
+    try:
+        return _run(main_())
+    except OnexError as exc:
+        _fail(str(exc))
 
 
 STORE_SCHEMES = ("sqlite:", "postgresql:", "postgres:")

@@ -20,7 +20,19 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from onex._cli import T, _contracts, _fail, _output_option, _run, _settings, _settings_with_sources, _since, err, main
+from onex._cli import (
+    T,
+    _contracts,
+    _fail,
+    _from_store,
+    _output_option,
+    _run,
+    _settings,
+    _settings_with_sources,
+    _since,
+    err,
+    main,
+)
 from onex._render import compact, console, duration, emit, emit_json, getter, plain, window_span
 from onex.exceptions import OnexError
 from onex.settings import Settings, declarations, redact_url, spelled
@@ -129,18 +141,8 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
     more than three heartbeat intervals (ONEX_HEARTBEAT_INTERVAL_S) is shown STALE too: with no registry running,
     nobody marks it.
     """
-    from onex.stores import open_store
-
     settings = _settings(ctx, store=store)
-
-    async def main_() -> list[Any]:
-        async with open_store(settings.store_url()) as s:
-            return await s.list_registrations()
-
-    try:
-        registrations = _run(main_())
-    except OnexError as exc:
-        _fail(str(exc))
+    registrations = _from_store(settings, lambda s: s.list_registrations())
     now = datetime.now(UTC)
     rows = []
     for r in registrations:
@@ -209,18 +211,11 @@ def workflows(
     output: str,
 ) -> None:
     """List recent workflows from the store, newest first."""
-    from onex.stores import open_store
-
     settings = _settings(ctx, store=store)
 
-    async def main_() -> list[Any]:
-        async with open_store(settings.store_url()) as s:
-            return await s.list_workflows(state=state, namespace=namespace, since=since, limit=limit)
-
-    try:
-        found = _run(main_())
-    except OnexError as exc:
-        _fail(str(exc))
+    found = _from_store(
+        settings, lambda s: s.list_workflows(state=state, namespace=namespace, since=since, limit=limit)
+    )
     rows = [
         {
             "correlation_id": w.correlation_id,
@@ -278,21 +273,15 @@ def aggregates(
     Each row is one aggregation's result for one group in one window: its values, how many items it counted, and
     whether the window is closed. -o json / jsonl give every field, the engine's state included.
     """
-    from onex.stores import open_store
-
     settings = _settings(ctx, store=store)
     closed = None if open_ is None else not open_
 
-    async def main_() -> list[Any]:
-        async with open_store(settings.store_url()) as s:
-            return await s.list_aggregate_windows(
-                node=node, aggregation=aggregation, namespace=namespace, closed=closed, limit=limit
-            )
-
-    try:
-        found = _run(main_())
-    except OnexError as exc:
-        _fail(str(exc))
+    found = _from_store(
+        settings,
+        lambda s: s.list_aggregate_windows(
+            node=node, aggregation=aggregation, namespace=namespace, closed=closed, limit=limit
+        ),
+    )
     rows = [{f.name: getattr(w, f.name) for f in dataclasses.fields(w)} for w in found]
     emit(
         output,

@@ -19,7 +19,7 @@ from rich.table import Table
 import onex._cli_author
 import onex._cli_operate  # noqa: F401
 from onex import __version__
-from onex._cli import _contracts, _exist, _fail, _output_option, _run, _settings, err
+from onex._cli import _contracts, _exist, _fail, _from_store, _output_option, _run, _settings, err
 from onex._cli import main as main  # the console script: onex.cli:main
 from onex._render import console, emit, emit_json
 from onex.contracts import (
@@ -468,18 +468,8 @@ def db() -> None:
 @click.pass_context
 def upgrade(ctx: click.Context, store: str | None) -> None:
     """Apply pending numbered migrations."""
-    from onex.stores import open_store
-
     settings = _settings(ctx.parent or ctx, store=store)
-
-    async def main_() -> list[str]:
-        async with open_store(settings.store_url()) as s:
-            return await s.upgrade()
-
-    try:
-        applied = _run(main_())
-    except OnexError as exc:
-        _fail(str(exc))
+    applied = _from_store(settings, lambda s: s.upgrade())
     if applied:
         for name in applied:
             console.print(f"applied {name}")
