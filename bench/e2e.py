@@ -134,7 +134,8 @@ _RAW = {
     " namespace, file_path, file_hash, stamp_id, started_at, completed_at, execution_time_ms, metadata, created_at,"
     " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "metadata_stamps": "INSERT INTO metadata_stamps (id, file_hash, file_path, file_size, namespace, stamp_type,"
-    " file_type, workflow_id, stamp_data, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+    " file_type, workflow_id, stamp_data, created_at, op_id, version, intelligence_data, metadata_version,"
+    " protocol_version, file_metadata, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "fsm_transitions": "INSERT INTO fsm_transitions (id, entity_id, entity_type, from_state, to_state,"
     " transition_event, correlation_id, transition_data, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
     "workflow_steps": "INSERT INTO workflow_steps (workflow_id, step_name, step_order, status, execution_time_ms,"
@@ -187,6 +188,13 @@ def run_raw(items: list[str], path: Path) -> float:
                         "text",
                         cid,
                         json.dumps({"uid": stamp_id, "hash": digest, "ts": now}),
+                        now,
+                        cid,
+                        1,  # every item is a file of its own: its first version
+                        "{}",
+                        "0.1",
+                        "1.0",
+                        json.dumps({"file_type": "text", "size": len(text), "mode": None}),
                         now,
                     )
                 )
@@ -320,7 +328,8 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
         )
         rows["metadata_stamps"].append(
             (stamp_id, digest, path, len(text), "bench", "lightweight", "text", cid,
-             {"uid": str(stamp_id), "hash": digest, "ts": ts}, now)
+             {"uid": str(stamp_id), "hash": digest, "ts": ts}, now,
+             cid, 1, {}, "0.1", "1.0", {"file_type": "text", "size": len(text), "mode": None}, now)
         )  # fmt: skip
         entity = str(cid)
         rows["fsm_transitions"].append(

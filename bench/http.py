@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.machinery
 import importlib.util
 import json
@@ -31,6 +32,7 @@ import platform
 import statistics
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,12 +57,12 @@ RPS_TARGET = 2000.0
 
 
 async def _load(url: str, *, path: str, rate: float, duration: float, connections: int, size: int,
-                namespace: str = "bench.http", warmup: float = 1.0) -> dict[str, Any]:  # fmt: skip
-    """One run of the load generator in its own process; its JSON result."""
+                namespace: str = "bench.http", warmup: float = 1.0, body: str = "") -> dict[str, Any]:  # fmt: skip
+    """One run of the load generator in its own process; its JSON result. ``body``: see loadgen's ``--body``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(LOADGEN), "--url", url, "--path", path, "--rate", str(rate), "--duration", str(duration),
         "--connections", str(connections), "--size", str(size), "--warmup", str(warmup), "--namespace", namespace,
-        stdout=asyncio.subprocess.PIPE,
+        *(("--body", body) if body else ()), stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await proc.communicate()
     if proc.returncode:
@@ -69,14 +71,17 @@ async def _load(url: str, *, path: str, rate: float, duration: float, connection
     return result
 
 
-async def _bench(rate: float, duration: float, repeat: int, connections: int, size: int) -> dict[str, list[Any]]:
+@contextlib.asynccontextmanager
+async def gateway(prefix: str) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """Every node and the HTTP gateway in this process, as ``onex run --http`` hosts them, on a memory bus and a
+    SQLite store in a temporary directory: yields the base URL and ``settle``, which returns once the bus is idle
+    (the last run's rows written before the next run starts)."""
     from onex.bus import MemoryBus
-    from onex.http import PREFIX, bind, serve
+    from onex.http import bind, serve
     from onex.runtime import Runtime
     from onex.settings import Settings
 
-    runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": []}
-    with tempfile.TemporaryDirectory(prefix="onex-bench-http-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp}/onex.db").with_(
             heartbeat_interval_s=0
         )
@@ -90,33 +95,39 @@ async def _bench(rate: float, duration: float, repeat: int, connections: int, si
                     urls.append(url)
                     ready.set()
 
-                server = asyncio.create_task(serve(runtime, settings, sock=sock, stop=stop, ready=announce))
-                await ready.wait()
-                url = urls[0]
-
                 async def settle() -> None:
                     if isinstance(runtime.bus, MemoryBus):
-                        await runtime.bus.join()  # the last runs' rows are written before the next run starts
+                        await runtime.bus.join()
 
+                server = asyncio.create_task(serve(runtime, settings, sock=sock, stop=stop, ready=announce))
+                await ready.wait()
                 try:
-                    stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
-                    await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
-                    await settle()
-                    for _ in range(repeat):
-                        runs["saturation"].append(await _load(url, path=stamp, rate=0, duration=duration,
-                                                              connections=connections, size=size))  # fmt: skip
-                        await settle()
-                        fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
-                        runs["fixed"].append(await _load(url, path=stamp, rate=fixed, duration=duration,
-                                                         connections=32, size=size))  # fmt: skip
-                        await settle()
-                        runs["floor"].append(await _load(url, path=hash_, rate=0, duration=duration / 2,
-                                                         connections=connections, size=size, namespace=""))  # fmt: skip
+                    yield urls[0], settle
                 finally:
                     stop.set()
                     await server
         finally:
             sock.close()
+
+
+async def _bench(rate: float, duration: float, repeat: int, connections: int, size: int) -> dict[str, list[Any]]:
+    from onex.http import PREFIX
+
+    runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": []}
+    async with gateway("onex-bench-http-") as (url, settle):
+        stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
+        await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
+        await settle()
+        for _ in range(repeat):
+            runs["saturation"].append(await _load(url, path=stamp, rate=0, duration=duration,
+                                                  connections=connections, size=size))  # fmt: skip
+            await settle()
+            fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
+            runs["fixed"].append(await _load(url, path=stamp, rate=fixed, duration=duration,
+                                             connections=32, size=size))  # fmt: skip
+            await settle()
+            runs["floor"].append(await _load(url, path=hash_, rate=0, duration=duration / 2,
+                                             connections=connections, size=size, namespace=""))  # fmt: skip
     return runs
 
 

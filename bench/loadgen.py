@@ -10,7 +10,8 @@ the server it measures. Two modes:
   arrived; latency is from send to response.
 
 Each request POSTs JSON to ``--path`` with ``--size`` bytes of distinct text (a counter in it, so no two requests
-stamp the same content). Responses are read by ``Content-Length``; anything but 200 counts as an error. Requests due
+stamp the same content), or ``--body``: a JSON template whose ``{n}`` becomes the request's number (another route's
+body). Responses are read by ``Content-Length``; anything but 200 counts as an error. Requests due
 during the first ``--warmup`` seconds are sent but not measured. Prints one JSON object:
 ``{requests, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}``.
 
@@ -41,19 +42,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Target:
-    def __init__(self, url: str, path: str, size: int, namespace: str) -> None:
+    def __init__(self, url: str, path: str, size: int, namespace: str, body: str = "") -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.path = path
         self.namespace = namespace
         self.filler = "x" * max(size - 19, 0)  # "item NNNNNNNNNNNN " + filler + "\n" = size bytes
+        self.template = body
         self.counter = itertools.count()
 
     def request(self) -> bytes:
         n = next(self.counter)
-        extra = f',"namespace":"{self.namespace}"' if self.namespace else ""
-        body = f'{{"content":"item {n:012d} {self.filler}\\n","file_path":"item-{n}.txt"{extra}}}'.encode()
+        if self.template:
+            body = self.template.replace("{n}", str(n)).encode()
+        else:
+            extra = f',"namespace":"{self.namespace}"' if self.namespace else ""
+            body = f'{{"content":"item {n:012d} {self.filler}\\n","file_path":"item-{n}.txt"{extra}}}'.encode()
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -91,9 +96,18 @@ async def connect(target: Target) -> Connection:
 
 
 async def run(
-    url: str, path: str, *, rate: float, duration: float, connections: int, size: int, warmup: float, namespace: str
+    url: str,
+    path: str,
+    *,
+    rate: float,
+    duration: float,
+    connections: int,
+    size: int,
+    warmup: float,
+    namespace: str,
+    body: str = "",
 ) -> dict[str, Any]:
-    target = Target(url, path, size, namespace)
+    target = Target(url, path, size, namespace, body)
     pool = [await connect(target) for _ in range(connections)]
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -165,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--size", type=int, default=1024, help="bytes of content per request")
     parser.add_argument("--namespace", default="bench.http", help="'' to send none (for routes that take none)")
+    parser.add_argument("--body", default="", help="JSON body template, {n} = the request's number (replaces content)")
     args = parser.parse_args(argv)
     result = asyncio.run(
         run(args.url, args.path, rate=args.rate, duration=args.duration, connections=args.connections,
-            size=args.size, warmup=args.warmup, namespace=args.namespace)
+            size=args.size, warmup=args.warmup, namespace=args.namespace, body=args.body)
     )  # fmt: skip
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

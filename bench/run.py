@@ -26,6 +26,7 @@ ORDER = (
     "e2e",
     "e2e_postgres",
     "multiprocess",
+    "metastore",
     "http",
 )
 # Benchmarks that are another script with arguments.

@@ -25,6 +25,9 @@ class ModelStampRequest(Payload):
 
     file_path: str | None = None
     content: str | None = None
+    # Content that is not UTF-8 text (an HTTP binary upload), base64-encoded: it gets a sidecar stamp and is never
+    # changed. At most one of content and content_base64.
+    content_base64: str | None = None
     namespace: str = Field("onex.default", min_length=1, max_length=256)
     stamp_type: StampType = "lightweight"
     dry_run: bool = False
@@ -32,8 +35,10 @@ class ModelStampRequest(Payload):
 
     @model_validator(mode="after")
     def _one_input(self) -> ModelStampRequest:
-        if self.file_path is None and self.content is None:
+        if self.file_path is None and self.content is None and self.content_base64 is None:
             raise ValueError("give file_path, content, or both (content named by file_path)")
+        if self.content is not None and self.content_base64 is not None:
+            raise ValueError("give content or content_base64, not both")
         return self
 
 
@@ -43,6 +48,7 @@ class ModelStampCommand(Payload):
     workflow_id: uuid.UUID
     file_path: str | None = None
     content: str | None = None
+    content_base64: str | None = None  # as ModelStampRequest's
     namespace: str
     stamp_type: StampType = "lightweight"
     dry_run: bool = False
@@ -66,6 +72,7 @@ class ModelStampCreated(Payload):
     dry_run: bool = False
     stamp: dict[str, Any] = Field(default_factory=dict)
     stamped_content: str | None = None  # for content requests: the stamped text
+    file_mode: str | None = None  # a file's permission bits as octal text ("0644"); None for content
 
 
 class ModelStampFailed(Payload):
@@ -100,6 +107,7 @@ class ModelStampRecord(Payload):
     stamp_type: Literal["lightweight", "rich", "sidecar"]
     status: Literal["stamped", "unchanged"]
     data: dict[str, Any] = Field(default_factory=dict)
+    file_mode: str | None = None  # as ModelStampCreated's
 
 
 class ModelWorkflowFinished(Payload):
@@ -143,3 +151,31 @@ class ModelAggregationIntent(Payload):
     size_buckets: dict[str, int] = Field(default_factory=dict)
     windows_closed: int = 0
     aggregated_at: datetime
+
+
+# --- the stamping service's reports (published by the HTTP gateway and the CLI on its behalf) --------------------
+
+
+class ModelStampValidated(Payload):
+    """METADATA_STAMP_VALIDATED: one document or file checked against its stamp (``/validate``, ``onex verify
+    --publish``). ``validation_result`` is the verdict (``onex.stamps.VerifyResult.status``); ``file_hash`` the
+    content's BLAKE3 (None when it could not be read); ``stamps_found`` 1 when it carries a stamp (in place or in
+    its sidecar), else 0."""
+
+    file_hash: str | None
+    validation_result: Literal["valid", "modified", "unstamped", "error"]
+    namespace: str
+    stamps_found: int = Field(ge=0)
+    file_path: str | None = None
+    expected_hash: str | None = None
+
+
+class ModelBatchProcessed(Payload):
+    """METADATA_BATCH_PROCESSED: once per HTTP ``/batch`` and per ``onex stamp`` run. ``namespace`` is the one its
+    items share, ``*`` when they name several."""
+
+    batch_id: uuid.UUID
+    total: int = Field(ge=0)
+    successful: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    namespace: str

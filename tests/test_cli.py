@@ -29,6 +29,7 @@ CORPUS = ROOT / "tests" / "contracts_corpus"
 ONEX = Path(sys.executable).with_name("onex")
 NODES = {
     "database_adapter_effect": "EFFECT",
+    "metastore_effect": "EFFECT",
     "orchestrator": "ORCHESTRATOR",
     "reducer": "REDUCER",
     "registry": "REGISTRY",
@@ -110,7 +111,7 @@ def test_validate_accepts_the_shipped_contracts(tmp_path: Path) -> None:
     result = onex("validate", cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 contract(s) valid" in result.stdout
+    assert f"{len(NODES)} contract(s) valid" in result.stdout
 
 
 def test_validate_reports_every_problem_at_once_with_its_file_line_and_column(tmp_path: Path) -> None:
@@ -131,8 +132,8 @@ def test_validate_reports_every_problem_at_once_with_its_file_line_and_column(tm
     ("path", "count"),
     [
         pytest.param("contracts/reducers/reducer.yaml", 1, id="file"),
-        pytest.param("contracts/effects", 2, id="directory-of-contracts"),
-        pytest.param(str(ROOT), 5, id="project-directory"),
+        pytest.param("contracts/effects", 3, id="directory-of-contracts"),
+        pytest.param(str(ROOT), len(NODES), id="project-directory"),
     ],
 )
 def test_validate_checks_only_the_paths_given(tmp_path: Path, path: str, count: int) -> None:
@@ -512,7 +513,7 @@ def test_verify_passes_on_stamped_files_and_names_the_one_modified_later(tmp_pat
     clean = onex("verify", str(tree), cwd=tmp_path, root=None)
 
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert table_rows(clean.stdout) == [[str(len(files)), "0", "0", "0"]]  # only the summary: no problem rows
+    assert table_rows(clean.stdout) == [[str(len(files)), "0", "0", "0", "0"]]  # only the summary: no problem rows
 
     changed = tree / "docs" / "readme.md"
     changed.write_bytes(changed.read_bytes() + b"One more line.\n")
@@ -521,7 +522,7 @@ def test_verify_passes_on_stamped_files_and_names_the_one_modified_later(tmp_pat
     assert dirty.returncode == 1
     problems = [row for row in table_rows(dirty.stdout) if len(row) == 3]
     assert [row[:2] for row in problems] == [["modified", str(changed)]]
-    assert table_rows(dirty.stdout)[-1] == [str(len(files) - 1), "1", "0", "0"]
+    assert table_rows(dirty.stdout)[-1] == [str(len(files) - 1), "1", "0", "0", "0"]
 
 
 def test_trace_prints_a_workflows_steps_and_transitions(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from onex.files import (
     WalkProblemKind,
     detect_file_type,
     is_ignored,
+    is_read_only,
     is_stale_temp,
     is_temp,
     iter_files,
@@ -310,6 +311,7 @@ def test_every_problem_carries_its_kind_and_only_the_rules_omissions_are_omissio
         WalkProblemKind.SIDECAR,
         WalkProblemKind.TEMPORARY,
         WalkProblemKind.NOT_REGULAR,
+        WalkProblemKind.READ_ONLY,
     }
 
 
@@ -428,3 +430,36 @@ def test_within_compares_whole_path_components() -> None:
     assert within("/srv/data/a.py", ["/", "/elsewhere"])
     assert not within("/srv/database/a.py", ["/srv/data"])
     assert not within("/srv/data/a.py", [])
+
+
+def test_read_only_files_are_reported_by_their_mode_bits_even_for_root(tmp_path: Path) -> None:
+    tree(tmp_path, {"ro.py": "x = 1\n", "rw.py": "y = 2\n", "sub/ro.txt": "z\n"})
+    for name in ("ro.py", "sub/ro.txt"):
+        (tmp_path / name).chmod(0o444)
+    (tmp_path / "a_link.py").symlink_to(tmp_path / "ro.py")  # the same file: reported once, by its first path
+    entries = {os.path.relpath(e.path, tmp_path): e for e in iter_files([tmp_path], skip_read_only=True)}
+    assert {rel: e.kind for rel, e in entries.items()} == {
+        "a_link.py": WalkProblemKind.READ_ONLY,  # a link is judged by its target's mode
+        "rw.py": None,
+        "sub/ro.txt": WalkProblemKind.READ_ONLY,
+    }
+    assert entries["sub/ro.txt"].problem == "read-only (mode 0444); --force stamps it anyway"
+    assert WalkProblemKind.READ_ONLY.omission  # onex stamp counts it skipped, not failed
+    # A file given as a root is judged the same way; without skip_read_only nothing is held back.
+    assert [e.kind for e in iter_files([tmp_path / "ro.py"], skip_read_only=True)] == [WalkProblemKind.READ_ONLY]
+    assert [e.kind for e in iter_files([tmp_path / "ro.py"])] == [None]
+
+
+def test_is_read_only_reads_the_bits_that_apply_to_the_user(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("x")
+    for mode, expected in ((0o644, False), (0o444, True), (0o400, True), (0o200, False)):
+        path.chmod(mode)
+        assert is_read_only(path.stat()) is expected, oct(mode)
+    if os.geteuid() == 0:
+        # Root may write anything, so only a file with no write bit at all is read-only for root.
+        path.chmod(0o464)
+        assert is_read_only(path.stat()) is False
+    else:
+        path.chmod(0o466)  # writable by group and others, not by its owner: the owner's bit is what applies
+        assert is_read_only(path.stat()) is True

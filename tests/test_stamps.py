@@ -455,7 +455,8 @@ def test_extra_values_keep_their_yaml_types() -> None:
 def test_a_stamp_is_recognised_only_at_its_place_and_only_whole() -> None:
     real = stamped(b"x\n", "x.py")
     assert find_stamp(b"y = 2\n" + real, file_name="x.py") is None  # not after other content
-    assert find_stamp(real.replace(b",ts=", b",tz="), file_name="x.py") is None
+    assert find_stamp(real.replace(b",hash=", b",hsh="), file_name="x.py") is None
+    assert find_stamp(real.replace(b",ts=", b",tz="), file_name="x.py") is not None  # ts is optional: an extra pair
     rich = stamped(b"x\n", "x.py", rich=True)
     unclosed = rich.replace(b"# === /OmniNode:Metadata ===\n", b"")
     assert find_stamp(unclosed, file_name="x.py") is None
@@ -480,8 +481,8 @@ def test_stamp_bytes_validates_its_arguments() -> None:
 
 
 def test_refusals_raise_stamp_errors_naming_the_file() -> None:
-    with pytest.raises(StampError, match=r"^x\.py: not valid UTF-8"):
-        stamp_bytes(b"x = '\xe9'\n", file_name="x.py")
+    # Not UTF-8 and declaring nothing: a sidecar, never a refusal (tests/test_filetypes.py has the encodings).
+    assert stamp_bytes(b"x = '\xe9'\n", file_name="x.py")[1].kind == "sidecar"
     with pytest.raises(StampError, match="longer than"):
         stamp_bytes(b"x\n", file_name="x.py", rich=True, namespace="n" * 9000)
     with pytest.raises(StampError, match="encoding declaration"):
@@ -868,14 +869,18 @@ def test_roots_refuse_a_file_outside_them_and_a_link_leading_out(tmp_path: Path)
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
-def test_non_utf8_text_fails_clearly_and_is_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "latin1.py"
-    path.write_bytes(b"# -*- coding: latin-1 -*-\nname = 'Jos\xe9'\n")
-    result = stamp_file(path)
-    assert result.status == "failed"
-    assert result.error == f"{path}: not valid UTF-8 text; in-place stamps need UTF-8 (re-encode the file)"
-    assert path.read_bytes() == b"# -*- coding: latin-1 -*-\nname = 'Jos\xe9'\n"
-    assert verify_file(path).status == "unstamped"
+def test_non_utf8_text_is_stamped_in_its_declared_encoding_or_gets_a_sidecar(tmp_path: Path) -> None:
+    declared = tmp_path / "latin1.py"
+    declared.write_bytes(b"# -*- coding: latin-1 -*-\nname = 'Jos\xe9'\n")
+    assert stamp_file(declared).status == "stamped"
+    assert strip_stamp(declared.read_bytes(), file_name="latin1.py") == b"# -*- coding: latin-1 -*-\nname = 'Jos\xe9'\n"
+    assert verify_file(declared).status == "valid"
+    undeclared = tmp_path / "latin1.txt"
+    undeclared.write_bytes(b"Jos\xe9\n")
+    assert stamp_file(undeclared).status == "stamped"
+    assert undeclared.read_bytes() == b"Jos\xe9\n"
+    assert sidecar_path(undeclared).exists()
+    assert verify_file(undeclared).status == "valid"
 
 
 def test_a_missing_file_fails(tmp_path: Path) -> None:

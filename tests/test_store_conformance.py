@@ -63,6 +63,10 @@ def stamp(namespace: str = "ns", path: str = "a.py", file_hash: str = "h1", **fi
         "namespace": namespace,
         "stamp_type": "lightweight",
         "file_type": "python",
+        # Given, so a row reads back as it was written: the store numbers only a row without one (and sets a
+        # missing updated_at to the time of the write); tests/test_migration_0005.py pins both.
+        "version": 1,
+        "updated_at": fields.get("created_at"),
     }
     values.update(fields)
     return StampRow(**values)
@@ -176,6 +180,13 @@ async def test_stamp_round_trip(store: Store) -> None:
         workflow_id=uuid.uuid4(),
         stamp_data={"metadata_version": "0.1", "author": "onex", "tags": ["a", "b"]},
         created_at=at(3),
+        op_id=uuid.uuid4(),
+        version=7,
+        intelligence_data={"context": "automated_processing", "score": 0.5},
+        metadata_version="0.2",
+        protocol_version="1.1",
+        file_metadata={"file_type": "python", "size": 5 * 2**40, "mode": "0644"},
+        updated_at=at(4),
     )
     await store.apply(WriteBatch(stamps=[row]))
     assert await store.get_stamps_by_hash(row.file_hash) == [row]
@@ -520,7 +531,7 @@ async def test_the_same_file_may_be_stamped_in_several_namespaces_and_versions(s
     rows = [
         stamp("ns1", "a.py", "h1", created_at=at(0)),
         stamp("ns2", "a.py", "h1", created_at=at(1)),
-        stamp("ns1", "a.py", "h2", created_at=at(2)),
+        stamp("ns1", "a.py", "h2", created_at=at(2), version=2),
         stamp("ns1", "b.py", "h1", created_at=at(3)),
     ]
     await store.apply(WriteBatch(stamps=rows))

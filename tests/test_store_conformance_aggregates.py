@@ -423,7 +423,7 @@ async def test_a_database_at_schema_3_with_rows_upgrades_and_keeps_them(store_ur
     store = await make_store(upgrade=False)
     with pytest.raises(StoreError, match=r"0004_aggregates_and_node_state.*onex db upgrade"):
         await store.list_aggregate_windows()
-    assert await store.upgrade() == ["0004_aggregates_and_node_state"]
+    assert (await store.upgrade())[0] == "0004_aggregates_and_node_state"  # and the later ones
     assert await store.upgrade() == []
 
     got = await store.get_workflow(cid)

@@ -88,8 +88,10 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
                 _fail(f"no workflow {cid} in {redact_url(settings.store_url())}")
             steps = await s.list_steps(cid)
             transitions = await s.list_transitions(str(cid))
+            # Its stamp's row, with the O.N.E. v0.1 columns (op_id, version, intelligence_data ...).
+            stamp_rows = await s.get_stamps([workflow.stamp_id]) if workflow.stamp_id is not None else []
         if output == "json":
-            emit_json({"workflow": workflow, "steps": steps, "transitions": transitions})
+            emit_json({"workflow": workflow, "steps": steps, "transitions": transitions, "stamps": stamp_rows})
             return
         summary = Table(title=f"workflow {cid}", show_header=False)
         for key in (
@@ -123,6 +125,23 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
         for t in transitions:
             tr.add_row(str(t.created_at), t.from_state or "", t.to_state, t.transition_event)
         console.print(tr)
+        for row in stamp_rows:
+            stamp_table = Table(title=f"stamp {row.id}", show_header=False)
+            for key in (
+                "file_hash",
+                "stamp_type",
+                "version",
+                "op_id",
+                "protocol_version",
+                "metadata_version",
+                "file_metadata",
+                "intelligence_data",
+                "created_at",
+                "updated_at",
+            ):
+                value = getattr(row, key)
+                stamp_table.add_row(key, Text(json.dumps(value) if isinstance(value, dict) else str(value)))
+            console.print(stamp_table)
 
     try:
         _run(main_())

@@ -751,6 +751,28 @@ class PostgresStore(Store):
             f"{self._consecutive_failures} consecutive connection failures, last: {self._last_error or 'none'})"
         )
 
+    dialect = "postgres"
+
+    async def run(self, fn: Callable[[Connection], Awaitable[T]], *, retry: bool) -> T:
+        """``await fn(connection)`` on a pool connection once the schema is current: the hook of ``onex.metastore``,
+        whose ``fn`` opens its own transaction. ``retry``: connection-class failures are retried as reads are (only
+        for work that is safe to repeat); either way they end as ``StoreUnavailable``. Other asyncpg errors reach
+        the caller as they are, for it to map (a unique violation means something to it)."""
+
+        async def once() -> T:
+            async with self._connection() as conn:
+                await self._ensure_schema(conn)
+                return await fn(conn)
+
+        if retry:
+            return await self._with_retry(once)
+        try:
+            return await once()
+        except _CONNECTION_ERRORS as exc:
+            if not _is_connection_error(exc):
+                raise
+            raise _store_error(exc, "metastore write", "it may or may not have been committed") from exc
+
     # --- reads -------------------------------------------------------------------------------------------------------
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -218,12 +218,14 @@ def print_stamp_report(report: StampReport, console: Console) -> None:
 
 def print_verify_report(report: VerifyReport, console: Console, *, show_all: bool = False) -> None:
     """The tables of ``onex verify``: the files that are not valid (every file with ``show_all``), then the counts."""
+    from onex.client import VERIFY_STATUSES
+
     shown = [r for r in report.results if show_all or r.status != "valid"]
     if shown:
         table = Table(title="verify")
         for column in ("status", "path", "detail"):
             table.add_column(column, overflow="fold")
-        style = {"valid": "green", "modified": "red", "unstamped": "yellow", "error": "red"}
+        style = {"valid": "green", "modified": "red", "unstamped": "yellow", "error": "red", "skipped": "dim"}
         for r in shown:
             detail = r.error or (
                 f"stamp {r.expected[:16]}... content {r.actual[:16]}..."
@@ -232,8 +234,8 @@ def print_verify_report(report: VerifyReport, console: Console, *, show_all: boo
             )
             table.add_row(f"[{style[r.status]}]{r.status}[/]", r.path, detail)
         console.print(table)
-    summary = Table(title=f"verified {len(report.results)} file(s)")
-    for column in ("valid", "modified", "unstamped", "error"):
+    summary = Table(title=f"verified {len(report.results) - report.counts['skipped']} file(s)")
+    for column in VERIFY_STATUSES:
         summary.add_column(column, justify="right")
-    summary.add_row(*(str(report.counts[c]) for c in ("valid", "modified", "unstamped", "error")))
+    summary.add_row(*(str(report.counts[c]) for c in VERIFY_STATUSES))
     console.print(summary)

@@ -246,6 +246,15 @@ STAMPS: Table[StampRow] = Table(
         Column("workflow_id", "uuid", null=True),
         Column("stamp_data", "json"),
         Column("created_at", "timestamp", default_now=True),
+        # O.N.E. v0.1 (migration 0005). A NULL version is numbered by the store's trigger, which also fills an
+        # empty intelligence_data from the workflow's intelligence step.
+        Column("op_id", "uuid", null=True),
+        Column("version", "int", null=True),
+        Column("intelligence_data", "json"),
+        Column("metadata_version", "text"),
+        Column("protocol_version", "text"),
+        Column("file_metadata", "json"),
+        Column("updated_at", "timestamp", default_now=True),
     ),
     key=("namespace", "file_path", "file_hash"),
     any_conflict=True,  # the id is unique too

@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-# The author's and the operator's commands register themselves on ``main`` when imported.
+# The author's, the operator's and the metastore's commands register themselves on ``main`` when imported.
 import onex._cli_author
+import onex._cli_metastore
 import onex._cli_operate  # noqa: F401
 from onex import __version__
 from onex._cli import _contracts, _exist, _fail, _from_store, _output_option, _run, _settings, err
@@ -325,7 +326,7 @@ def run(
             else:
 
                 def ready(url: str) -> None:
-                    key = "bearer key required" if settings.api_key else "no API key"
+                    key = "bearer key required" if settings.api_key or settings.api_keys else "no API key"
                     err.print(f"HTTP API on {url}{PREFIX} ({key}); running; Ctrl-C drains and stops", markup=False)
 
                 await serve(rt, settings, sock=sock, ready=ready)
@@ -342,11 +343,22 @@ def run(
                 open_sock.close()
 
 
+def _file_types() -> None:
+    """Load the installed file type plugins now: a broken one is one line naming its entry point, exit 1."""
+    from onex.filetypes import file_type_plugins
+
+    try:
+        file_type_plugins()
+    except OnexError as exc:
+        _fail(str(exc))
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--rich", is_flag=True, help="Write rich YAML metadata blocks instead of one-line stamps.")
 @click.option("--namespace", default="onex.default", show_default=True, help="Namespace the stamps belong to.")
 @click.option("--dry-run", is_flag=True, help="Hash and report, change no file.")
+@click.option("--force", is_flag=True, help="Stamp read-only files too (by mode bits); else they are skipped.")
 @click.option("--exclude", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
 @click.option(
     "--bus",
@@ -376,6 +388,7 @@ def stamp(
     rich: bool,
     namespace: str,
     dry_run: bool,
+    force: bool,
     exclude: tuple[str, ...],
     bus: str | None,
     store: str | None,
@@ -403,6 +416,7 @@ def stamp(
     from onex.runtime import tune_gc
 
     _exist(paths)
+    _file_types()
     settings = _settings(ctx, bus=bus, store=store)
     contracts = _contracts(settings, check_implementations=not settings.bus.startswith("kafka:"))
     if verbose:
@@ -422,6 +436,7 @@ def stamp(
         excludes=exclude,
         wait=not no_wait,
         timeout=timeout,
+        force=force,
     )
     try:
         with StampProgress(err) as progress:
@@ -442,18 +457,54 @@ def stamp(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--exclude", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="List valid files too, not only problems.")
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Also publish METADATA_STAMP_VALIDATED for every file, on the bus (--bus / ONEX_BUS, as onex stamp).",
+)
+@click.option("--bus", help="With --publish: kafka://HOST:PORT, or memory:// (nobody hears it). Env: ONEX_BUS.")
+@click.option("--namespace", default="onex.default", show_default=True, help="With --publish: the events' namespace.")
 @_output_option()
-def verify(paths: tuple[Path, ...], exclude: tuple[str, ...], show_all: bool, output: str) -> None:
-    """Recompute hashes offline: valid / modified / unstamped per file. Exits 1 if any file is modified."""
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    exclude: tuple[str, ...],
+    show_all: bool,
+    publish: bool,
+    bus: str | None,
+    namespace: str,
+    output: str,
+) -> None:
+    """Recompute hashes offline: valid / modified / unstamped (or error, skipped) per file. Exits 1 if any file is
+    modified or could not be read.
+
+    With --publish each verdict also goes out as a METADATA_STAMP_VALIDATED event (`onex tail` shows them); a bus
+    that cannot take them is an error (exit 1) after the report is printed."""
     from onex._render import print_verify_report
-    from onex.client import verify_paths
+    from onex.client import publish_verified, verify_paths
 
     _exist(paths)
+    if (bus is not None or namespace != "onex.default") and not publish:
+        _fail("--bus and --namespace only go with --publish", code=2)
+    _file_types()
     report = verify_paths(list(paths), excludes=exclude)
+    published: str | None = None
+    if publish:
+        settings = _settings(ctx, bus=bus)
+        contracts = _contracts(settings, check_implementations=False)
+        if settings.bus.startswith("memory:"):
+            err.print("note: on the memory bus the events die with this process: give --bus kafka://HOST:PORT")
+        try:
+            _run(publish_verified(report, settings, contracts, namespace=namespace))
+        except OnexError as exc:
+            published = str(exc)
     if output == "json":
         emit_json(report.to_dict(show_all=show_all))
     else:
         print_verify_report(report, console, show_all=show_all)
+    if published is not None:
+        _fail(f"the METADATA_STAMP_VALIDATED events were not published: {published}")
     if report.counts.get("modified", 0) or report.counts.get("error", 0):
         sys.exit(1)
 

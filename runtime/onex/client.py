@@ -19,16 +19,16 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from onex.bus import EventBus, Subscription
 from onex.contracts import ContractSet
 from onex.envelope import OnexEnvelopeV1, dlq_topic, new_id
-from onex.exceptions import OnexError, PayloadError, StoreError, StoreUnavailable
+from onex.exceptions import BusError, OnexError, PayloadError, StoreError, StoreUnavailable
 from onex.files import WalkEntry, iter_files
 from onex.nodes import EventCatalog
 from onex.settings import Settings
@@ -39,6 +39,10 @@ from onex.stores import open_store
 _log = logging.getLogger("onex.client")
 
 REQUEST_EVENT = "STAMP_REQUESTED"
+# The stamping service's reports (nodes.models.ModelStampValidated / ModelBatchProcessed), published by the HTTP
+# gateway and the CLI on its behalf (``publish_report``).
+STAMP_VALIDATED_EVENT = "METADATA_STAMP_VALIDATED"
+BATCH_PROCESSED_EVENT = "METADATA_BATCH_PROCESSED"
 # Workflows `onex stamp` keeps in flight (when it waits for them): enough to keep every node busy, few enough that
 # the bus's buffers, the orchestrator's running workflows and the garbage collector's young objects stay small.
 MAX_PENDING = 1_000
@@ -47,6 +51,42 @@ STAMP_EVENT = "STAMP_CREATED"
 
 Outcome = OnexEnvelopeV1
 T = TypeVar("T")
+
+
+async def publish_report(
+    bus: EventBus,
+    catalog: EventCatalog,
+    settings: Settings,
+    event_name: str,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    source: str,
+    correlation_id: uuid.UUID | None = None,
+    strict: bool = False,
+) -> bool:
+    """Publish one envelope per payload of ``event_name`` (a report: ``STAMP_VALIDATED_EVENT``,
+    ``BATCH_PROCESSED_EVENT``), each validated against its contract's model and keyed as the contract says; whether
+    they were published. A report is a side effect of work that is done: a project whose contracts do not declare
+    the event, or a bus that refuses it, is logged and answered False, never raised to the caller (unless ``strict``:
+    then it is an ``OnexError`` saying why)."""
+    from onex.poke import build
+
+    if event_name not in catalog.events:
+        if strict:
+            raise OnexError(f"no contract of the project declares {event_name}")
+        _log.warning("%s is not published: no contract declares it", event_name)
+        return False
+    try:
+        for payload in payloads:
+            poke = build(catalog, settings, event_name, payload, correlation_id=correlation_id)
+            envelope = poke.envelope.model_copy(update={"source_service": source, "source_node_id": source})
+            await bus.publish(poke.topic, envelope)
+    except (BusError, PayloadError) as exc:
+        if strict:
+            raise
+        _log.warning("%s was not published: %s", event_name, exc)
+        return False
+    return True
 
 
 def _catalog(contracts: ContractSet, settings: Settings) -> EventCatalog:
@@ -313,6 +353,8 @@ class StampReport:
     timeout_s: float = 0.0
     elapsed_s: float = 0.0
     dry_run: bool = False
+    batch_id: uuid.UUID | None = None  # of the METADATA_BATCH_PROCESSED it published, if it did
+    batch_published: bool = False
 
     @property
     def failed(self) -> int:
@@ -343,6 +385,8 @@ class StampReport:
             "submitted": self.submitted,
             "unsubmitted": self.unsubmitted,
             "elapsed_s": round(self.elapsed_s, 3),
+            "batch_id": None if self.batch_id is None else str(self.batch_id),
+            "batch_published": self.batch_published,
             "problems": [
                 {
                     "status": p.status,
@@ -412,12 +456,14 @@ class StampRun:
         excludes: Sequence[str] = (),
         wait: bool = True,
         timeout: float = 600.0,
+        force: bool = False,
     ) -> None:
         self.settings = settings
         self.contracts = contracts
         self.rich = rich
         self.namespace = namespace
         self.dry_run = dry_run
+        self.force = force  # stamp files the user may not write (mode bits) too; otherwise they are skipped
         self.excludes = tuple(excludes)
         self.wait = wait
         self.timeout = timeout
@@ -457,7 +503,9 @@ class StampRun:
             if not pending:
                 all_in.set()
 
-        entries = iter_files(paths, excludes=self.excludes, remove_stale_temps=not self.dry_run)
+        entries = iter_files(
+            paths, excludes=self.excludes, remove_stale_temps=not self.dry_run, skip_read_only=not self.force
+        )
         unsubmitted: list[WalkEntry] = []  # the file being submitted when the deadline came
         async with contextlib.AsyncExitStack() as stack:
             if deployment_store is not None:
@@ -502,6 +550,8 @@ class StampRun:
                     while pending:
                         all_in.clear()
                         await all_in.wait()
+                    if self.wait and not self.dry_run:
+                        await self._batch_processed(runtime.bus, client, report)
             except TimeoutError:
                 if not limit.expired():
                     raise
@@ -539,6 +589,22 @@ class StampRun:
             )
         report.elapsed_s = time.monotonic() - started
         return report
+
+    async def _batch_processed(self, bus: EventBus, client: StampClient, report: StampReport) -> None:
+        """METADATA_BATCH_PROCESSED for the whole run, once its outcomes are in (not for a dry run, which changes
+        nothing, nor without waiting, when they are not known)."""
+        report.batch_id = new_id()
+        successful = report.counts["stamped"] + report.counts["unchanged"]
+        payload = {
+            "batch_id": report.batch_id,
+            "total": report.submitted,
+            "successful": successful,
+            "failed": report.submitted - successful,
+            "namespace": self.namespace,
+        }
+        report.batch_published = await publish_report(
+            bus, client.catalog, self.settings, BATCH_PROCESSED_EVENT, [payload], source="onex-stamp"
+        )
 
     async def _aggregates(
         self, store: Store, *, deadline: float, connect: bool
@@ -622,10 +688,14 @@ class StampRun:
         return status
 
 
+VERIFY_STATUSES: Final = ("valid", "modified", "unstamped", "error", "skipped")
+
+
 @dataclass
 class VerifyReport:
     """The outcome of ``onex verify``: one result per file walked (a walk error is an ``error`` result; what the
-    walk leaves out on purpose has none), and the count per status."""
+    walk leaves out on purpose, a symlink out of the root, is ``skipped`` with the reason, as ``onex stamp`` says
+    it), and the count per status."""
 
     results: list[VerifyResult] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -634,7 +704,7 @@ class VerifyReport:
         """The report as JSON-ready data (``onex verify -o json``): the counts, and the files the table lists (those
         that are not valid; every file with ``show_all``)."""
         return {
-            "counts": {c: self.counts[c] for c in ("valid", "modified", "unstamped", "error")},
+            "counts": {c: self.counts[c] for c in VERIFY_STATUSES},
             "files": [
                 {"path": r.path, "status": r.status, "expected": r.expected, "actual": r.actual, "error": r.error}
                 for r in self.results
@@ -643,15 +713,52 @@ class VerifyReport:
         }
 
 
+async def publish_verified(
+    report: VerifyReport,
+    settings: Settings,
+    contracts: ContractSet,
+    *,
+    namespace: str,
+    bus: EventBus | None = None,
+) -> bool:
+    """``onex verify --publish``: one METADATA_STAMP_VALIDATED per file of ``report``, on ``bus`` (started), else on
+    the settings' bus (``--bus`` / ``ONEX_BUS``, as ``onex stamp`` picks it; opened and closed here). True once
+    every one was published; an ``OnexError`` saying why not (``BusError`` when the bus cannot be reached)."""
+    from onex.runtime import open_bus
+
+    catalog = EventCatalog(contracts.contracts, settings)
+    payloads = [
+        {
+            "file_hash": r.actual,
+            "validation_result": r.status,
+            "namespace": namespace,
+            "stamps_found": 0 if r.expected is None else 1,
+            "file_path": r.path,
+            "expected_hash": r.expected,
+        }
+        for r in report.results
+        if r.status != "skipped"  # not verified: nothing to say about it
+    ]
+    if bus is not None:
+        return await publish_report(
+            bus, catalog, settings, STAMP_VALIDATED_EVENT, payloads, source="onex-verify", strict=True
+        )
+    async with open_bus(settings) as own:
+        if STAMP_VALIDATED_EVENT in catalog.events:
+            await own.ensure_topics([catalog.topic(STAMP_VALIDATED_EVENT)])
+        await publish_report(own, catalog, settings, STAMP_VALIDATED_EVENT, payloads, source="onex-verify", strict=True)
+        await own.flush()  # "published" means the broker has them
+    return True
+
+
 def verify_paths(paths: Sequence[Path], *, excludes: Sequence[str] = ()) -> VerifyReport:
     """Verify every file under ``paths`` offline (no bus, no store)."""
     report = VerifyReport()
     for entry in iter_files(paths, excludes=excludes):
         if entry.kind is not None:
-            if entry.kind.omission:
-                continue
             assert entry.problem is not None  # WalkEntry sets both or neither
-            result = VerifyResult(str(entry.path), "error", None, None, entry.problem)
+            status: Literal["error", "skipped"] = "skipped" if entry.kind.omission else "error"
+            result = VerifyResult(str(entry.path), status, None, None, entry.problem)
         else:
             result = verify_file(entry.path)
         report.results.append(result)

@@ -9,7 +9,12 @@
     │   └── StoreUnavailable the store cannot be reached now (connection, circuit breaker, pool): retry later
     ├── StateError           a node set a state field its state_management subcontract does not keep: names both
     ├── WaitTimeout          Harness.wait_for saw no matching event in time (also a TimeoutError): says what arrived
-    └── StampError           a file cannot be hashed, stamped or verified: names the path
+    ├── StampError           a file cannot be hashed, stamped or verified: names the path
+    └── MetastoreError       a metastore request cannot be carried out (onex.metastore)
+        ├── EntityNotFound   no such entity for this tenant (another tenant's id too): names kind and id or key
+        ├── VersionConflict  the entity is not at the expected version: names kind, id, expected and current
+        └── MetastoreInvalid a value is refused: names the field path and why
+            └── EntityExists another live entity has the same key: names kind and key
 
 Each carries the context a user needs to act on it; ``str(error)`` is the message to print.
 """
@@ -114,3 +119,45 @@ class LifecycleError(OnexError):
 
 class CircuitOpenError(OnexError):
     """Raised instead of calling through while a circuit breaker is open (or half-open with a trial in flight)."""
+
+
+class MetastoreError(OnexError):
+    """A metastore request (``onex.metastore``) cannot be carried out."""
+
+
+class EntityNotFound(MetastoreError):
+    """No live entity of ``kind`` with this id (or key) for the tenant; another tenant's id is not found either."""
+
+    def __init__(self, kind: str, id_or_key: str) -> None:
+        self.kind = kind
+        self.id_or_key = id_or_key
+        super().__init__(f"{kind} {id_or_key} not found")
+
+
+class VersionConflict(MetastoreError):
+    """An update expected the entity at version ``expected``, and it is at ``current``: nothing was written."""
+
+    def __init__(self, kind: str, id: str, expected: int, current: int) -> None:
+        self.kind = kind
+        self.id = id
+        self.expected = expected
+        self.current = current
+        super().__init__(f"{kind} {id} is at version {current}, not the expected {expected}: nothing was written")
+
+
+class MetastoreInvalid(MetastoreError):
+    """A value is refused; ``path`` names the field (``values.db.password``), ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class EntityExists(MetastoreInvalid):
+    """Another live entity of ``kind`` has the same unique key for the tenant (HTTP 409)."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__("", f"a {kind} with key {key} exists already")

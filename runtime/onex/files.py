@@ -33,6 +33,12 @@ does not stop a run. Rules:
   to one of its own ancestors is reported as a symlink loop, as is a chain of links that never ends. A root
   given explicitly is used even if it is a symlink.
 - Sockets, FIFOs and devices are reported (opening a FIFO would block the run).
+- With ``skip_read_only=True`` (``onex stamp`` without ``--force``) a file whose mode bits do not let the user write
+  it is reported (``READ_ONLY``), not yielded: the bits are read, not ``os.access``, since root may write anything,
+  and an atomic replace (a rename) would otherwise go through whatever the file's mode says. See ``is_read_only``.
+  A file the user may not read either is yielded, and stamping it fails (permission denied): an error, not a choice.
+- ``onex stamp`` and ``onex verify`` walk alike, so they agree: a symlink out of the root is an omission (both say
+  skipped), a loop or a broken link an error in both.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import errno
 import os
 import re
 import stat
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -462,7 +469,7 @@ class WalkProblemKind(enum.Enum):
     """Why the walk reported a path instead of yielding it as a file to stamp.
 
     ``omission`` says whether it is a deliberate omission, a path the rules leave out (``onex stamp`` counts it
-    skipped, ``onex verify`` does not list it), rather than an error, a path that should have been walked and could
+    skipped, and so does ``onex verify``), rather than an error, a path that should have been walked and could
     not be (counted failed). Callers decide by kind, never by the wording of ``WalkEntry.problem``.
     """
 
@@ -482,6 +489,8 @@ class WalkProblemKind(enum.Enum):
     """The path could not be read or listed: missing, permission denied, an I/O error."""
     IGNORE_FILE = "ignore-file"
     """A ``.gitignore`` or ``.onexignore`` that could not be read: the rules it holds are unknown."""
+    READ_ONLY = "read-only"
+    """A file the user may not write, by its mode bits (``skip_read_only``): left alone. An omission."""
 
     @property
     def omission(self) -> bool:
@@ -489,8 +498,30 @@ class WalkProblemKind(enum.Enum):
 
 
 _OMISSIONS: Final = frozenset(
-    {WalkProblemKind.OUTSIDE_ROOT, WalkProblemKind.SIDECAR, WalkProblemKind.TEMPORARY, WalkProblemKind.NOT_REGULAR}
+    {
+        WalkProblemKind.OUTSIDE_ROOT,
+        WalkProblemKind.SIDECAR,
+        WalkProblemKind.TEMPORARY,
+        WalkProblemKind.NOT_REGULAR,
+        WalkProblemKind.READ_ONLY,
+    }
 )
+
+
+def is_read_only(st: os.stat_result, *, groups: frozenset[int] | None = None) -> bool:
+    """Whether a file's mode bits deny the effective user writing it: the owner's bit for its owner, the group's
+    for a member of its group, the others' for the rest. Root may write anything, so for root (and on Windows) a
+    file is read-only when it has no write bit at all (``chmod a-w``, mode 0444). ACLs are not consulted.
+    ``groups``: the user's group ids, when the caller has them (``os.getgroups`` is a system call)."""
+    mode = st.st_mode
+    if sys.platform == "win32" or os.geteuid() == 0:
+        return not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    if st.st_uid == os.geteuid():
+        return not mode & stat.S_IWUSR
+    members = groups if groups is not None else frozenset((os.getegid(), *os.getgroups()))
+    if st.st_gid in members:
+        return not mode & stat.S_IWGRP
+    return not mode & stat.S_IWOTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,9 +569,11 @@ def within(path: str, roots: Sequence[str]) -> bool:
 class _Walk:
     """State of one ``iter_files`` call: rules per directory, what was already yielded, where the roots are."""
 
-    def __init__(self, excludes: Sequence[str], remove_stale_temps: bool) -> None:
+    def __init__(self, excludes: Sequence[str], remove_stale_temps: bool, skip_read_only: bool = False) -> None:
         self.excludes = excludes
         self.remove_stale_temps = remove_stale_temps
+        self.skip_read_only = skip_read_only
+        self.groups: frozenset[int] | None = None  # the user's groups, asked once
         self.temps: dict[str, list[str]] = {}  # real directory -> its temporary files, listed once per walk
         self.yielded: set[str] = set()  # real paths of files already yielded: each file once
         self.visited: set[tuple[int, int]] = set()  # (st_dev, st_ino) of directories already walked
@@ -561,7 +594,7 @@ class _Walk:
             else:
                 if self.remove_stale_temps:
                     self.remove_temps_of(root)
-                yield from self.file(root)
+                yield from self.file(root, st)
         else:
             yield WalkEntry(root, "not a regular file", WalkProblemKind.NOT_REGULAR)
 
@@ -578,10 +611,20 @@ class _Walk:
             if _is_temp_for(candidate, name):
                 _unlink_stale(os.path.join(directory, candidate))
 
-    def file(self, path: Path) -> Iterator[WalkEntry]:
+    def file(self, path: Path, st: os.stat_result) -> Iterator[WalkEntry]:
         real = os.path.realpath(path)
         if real not in self.yielded:
             self.yielded.add(real)
+            if self.skip_read_only:
+                if self.groups is None and sys.platform != "win32":
+                    self.groups = frozenset((os.getegid(), *os.getgroups()))
+                # One the user may not read either is not skipped: stamping it fails, "permission denied", an error.
+                if is_read_only(st, groups=self.groups) and os.access(path, os.R_OK):
+                    mode = f"{stat.S_IMODE(st.st_mode):04o}"
+                    yield WalkEntry(
+                        path, f"read-only (mode {mode}); --force stamps it anyway", WalkProblemKind.READ_ONLY
+                    )
+                    return
             yield WalkEntry(path)
 
     def tree(self, root: Path, root_stat: os.stat_result) -> Iterator[WalkEntry]:
@@ -659,7 +702,7 @@ class _Walk:
             elif stat.S_ISREG(st.st_mode):
                 if is_sidecar(entry.name):
                     continue
-                yield from self.file(path)
+                yield from self.file(path, st)
             else:
                 yield WalkEntry(path, "not a regular file", WalkProblemKind.NOT_REGULAR)
 
@@ -700,12 +743,14 @@ def iter_files(
     *,
     excludes: Sequence[str] = (),
     remove_stale_temps: bool = False,
+    skip_read_only: bool = False,
 ) -> Iterator[WalkEntry]:
     """Yield every file to stamp under ``roots`` (files or directories), and every path that could not be walked.
 
     ``excludes`` are gitignore-style patterns relative to each root; ``remove_stale_temps`` deletes the stale onex
-    temporary files met on the way. See the module docstring for the rules.
+    temporary files met on the way; ``skip_read_only`` reports files the user may not write (``READ_ONLY``) instead
+    of yielding them. See the module docstring for the rules.
     """
-    walk = _Walk(excludes, remove_stale_temps)
+    walk = _Walk(excludes, remove_stale_temps, skip_read_only)
     for root in roots:
         yield from walk.root(Path(root))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import socket
 import types
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -35,6 +36,8 @@ DEFAULT_BUS = "memory://"
 DEFAULT_HTTP_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_HTTP_BATCH_LIMIT = 100
 DEFAULT_HTTP_TIMEOUT_S = 30.0
+DEFAULT_PROTOCOL_VERSION = "1.0"  # O.N.E. v0.1; also what migration 0005 wrote into the rows it backfilled
+DEFAULT_METADATA_VERSION = "0.1"
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
@@ -89,6 +92,29 @@ def redact_url(url: str) -> str:
 def variable(name: str) -> str:
     """The environment variable of the setting ``name``: ``ONEX_<NAME>``."""
     return f"{ENV_PREFIX}{name.upper()}"
+
+
+DEFAULT_TENANT = "default"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """``KEY=TENANT,KEY2=TENANT2`` as {key: tenant}; ValueError (one line, naming ONEX_API_KEYS and the entry's
+    position, never the key itself) for an entry that is not KEY=TENANT, a tenant outside ``TENANT_PATTERN``, or a
+    key given twice."""
+    keys: dict[str, str] = {}
+    for position, entry in enumerate(text.split(","), 1):
+        key, sep, tenant = (part.strip() for part in entry.partition("="))
+        where = f"api_keys (ONEX_API_KEYS), entry {position}"
+        if not sep or not key:
+            raise ValueError(f"{where}: expected KEY=TENANT pairs separated by commas")
+        if not re.fullmatch(TENANT_PATTERN, tenant):
+            rule = "1-64 characters of [A-Za-z0-9_.-], a letter or digit first"
+            raise ValueError(f"{where}: tenant {tenant!r} must be {rule}")
+        if key in keys:
+            raise ValueError(f"{where}: the key is given twice")
+        keys[key] = tenant
+    return keys
 
 
 # --- parsing: by the field's type, whatever the value came from ---------------------------------------------------
@@ -258,6 +284,13 @@ class Settings(BaseSettings):
         description="The bearer key the HTTP API requires; empty: none.",
         json_schema_extra={"secret": True},
     )
+    api_keys: str | None = Field(
+        None,
+        repr=False,
+        description="Bearer keys of the HTTP API and the metastore tenant each one sees: KEY=TENANT,KEY2=TENANT2 "
+        "(ONEX_API_KEY is tenant default); empty: none.",
+        json_schema_extra={"secret": True},
+    )
     http_max_body: int = Field(DEFAULT_HTTP_MAX_BODY, description="The largest HTTP body read whole, in bytes (413).")
     http_batch_limit: int = Field(DEFAULT_HTTP_BATCH_LIMIT, description="The most items in one HTTP /batch.")
     http_timeout_s: float = Field(
@@ -303,6 +336,14 @@ class Settings(BaseSettings):
         5_000, description="Milliseconds the database adapter's drain gives batches in hand while the store is down."
     )
     registry_sweep_ms: int = Field(1_000, description="Milliseconds between the registry's sweeps for stale nodes.")
+    # O.N.E. v0.1: what every stored stamp row and HTTP stamp answer says it follows (metadata_stamps columns; the
+    # rows migration 0005 backfilled say "1.0" / "0.1", the defaults, since a migration cannot read settings).
+    protocol_version: str = Field(
+        DEFAULT_PROTOCOL_VERSION, description="The protocol_version recorded with every stamp (O.N.E. v0.1)."
+    )
+    metadata_version: str = Field(
+        DEFAULT_METADATA_VERSION, description="The metadata_version recorded with every stamp (O.N.E. v0.1)."
+    )
     reducer_flush_ms: int = Field(500, description="Milliseconds between the reducer's flushes of its aggregates.")
 
     @classmethod
@@ -327,6 +368,27 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.resolve()
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_pairs(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_api_keys(value)  # ValueError naming the variable and the entry at fault
+        return value
+
+    @model_validator(mode="after")
+    def _one_tenant_per_key(self) -> Self:
+        keys = parse_api_keys(self.api_keys) if self.api_keys else {}
+        if self.api_key and keys.get(self.api_key, DEFAULT_TENANT) != DEFAULT_TENANT:
+            raise ValueError(f"api_key (ONEX_API_KEY) is also a key of tenant {keys[self.api_key]!r} in ONEX_API_KEYS")
+        return self
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Each HTTP API key and the tenant it sees: ``api_keys``' pairs, and ``api_key`` as tenant ``default``."""
+        keys = parse_api_keys(self.api_keys) if self.api_keys else {}
+        if self.api_key:
+            keys[self.api_key] = DEFAULT_TENANT
+        return keys
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Self:

@@ -101,6 +101,16 @@ class StampRow:
     workflow_id: uuid.UUID | None = None
     stamp_data: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    # The O.N.E. v0.1 columns (migration 0005). ``version`` None: the store numbers the row, 1 + the highest
+    # version of the same (namespace, file_path); an empty ``intelligence_data`` is filled from the workflow's
+    # intelligence step when the store has it (both by trigger, so every writer gets them).
+    op_id: uuid.UUID | None = None  # the operation (workflow) that produced the stamp
+    version: int | None = None
+    intelligence_data: dict[str, Any] = field(default_factory=dict)
+    metadata_version: str = "0.1"  # onex.settings.DEFAULT_METADATA_VERSION; writers pass the settings' value
+    protocol_version: str = "1.0"  # onex.settings.DEFAULT_PROTOCOL_VERSION
+    file_metadata: dict[str, Any] = field(default_factory=dict)  # {file_type, size, mode}
+    updated_at: datetime | None = None  # None: the time of the write
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +338,9 @@ class Store(abc.ABC):
 
     url: str
     commits: CommitMeter  # rows and seconds of each committed batch, for /metrics
+    # Which SQL the metastore (onex.metastore) speaks to this store: "sqlite" (``SqliteStore.run_sync``) or
+    # "postgres" (``PostgresStore.run``), its two hooks for running its own transactions; "" for a store without.
+    dialect: str = ""
 
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -58,11 +58,12 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
         "good.json": b'{"ok": true}',
         "empty.py": b"",
         "nul.txt": b"text with a \x00 NUL byte\x01\x02\n",  # binary with a text extension: a sidecar, bytes unchanged
+        "latin1.py": b"# caf\xe9 cr\xe8me\nprint('\xe9')\n",  # Latin-1 declaring no encoding: a sidecar, no guess
     }
     for name, data in good.items():
         (tree / name).write_bytes(data)
-    latin = b"# caf\xe9 cr\xe8me\nprint('\xe9')\n"  # Latin-1: not UTF-8, and not binary either
-    (tree / "latin1.py").write_bytes(latin)
+    long_prefix = b"#!" + b"x" * 10_000 + b"\n"  # a shebang longer than a stamp may follow: refused
+    (tree / "long.sh").write_bytes(long_prefix)
     os.symlink("loop_b", tree / "loop_a")  # a chain of links that never ends
     os.symlink("loop_a", tree / "loop_b")
     os.symlink("..", tree / "loopdir" / "up")  # a directory link back to its ancestor
@@ -78,7 +79,7 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
     # status, path, correlation id (a workflow's; "-" for what the walk left out), reason
     problems = {row[1]: (row[0], row[3]) for row in table_rows(result.stdout) if len(row) == 4}
     expected = {
-        tree / "latin1.py": ("failed", "not valid UTF-8"),
+        tree / "long.sh": ("failed", "must stay first"),
         tree / "loop_a": ("failed", "symlink loop"),
         tree / "loop_b": ("failed", "symlink loop"),
         tree / "loopdir" / "up": ("failed", "symlink loop"),
@@ -106,9 +107,11 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
     assert (tree / "nul.txt").read_bytes() == good["nul.txt"]
     assert sidecar_path(tree / "nul.txt").is_file()
     assert (tree / "good.json").read_bytes() == good["good.json"]
-    assert (tree / "latin1.py").read_bytes() == latin
+    assert (tree / "latin1.py").read_bytes() == good["latin1.py"]
+    assert sidecar_path(tree / "latin1.py").is_file()
+    assert (tree / "long.sh").read_bytes() == long_prefix
     assert (outside / "secret.py").read_bytes() == b"secret = 1\n"
-    assert not sidecar_path(tree / "latin1.py").exists()
+    assert not sidecar_path(tree / "long.sh").exists()
     assert sorted(p.name for p in outside.iterdir()) == ["secret.py"]
 
     with contextlib.closing(sqlite3.connect(store)) as db:
@@ -118,8 +121,8 @@ def test_stamp_reports_each_bad_file_and_stamps_the_good_ones(tmp_path: Path) ->
         ).fetchall()
     assert stamped == {str(tree / name): blake3(data).hexdigest() for name, data in good.items()}
     assert len(failed_rows) == 1
-    assert failed_rows[0][0] == str(tree / "latin1.py")
-    assert "UTF-8" in failed_rows[0][1]
+    assert failed_rows[0][0] == str(tree / "long.sh")
+    assert "must stay first" in failed_rows[0][1]
 
 
 @pytest.mark.anyio

@@ -124,12 +124,21 @@ async def baseline(make_store: MakeStore, tmp_path: Path) -> Baseline:
         stamp = result.stamp
         assert result.status == "stamped", result
         assert stamp is not None
+        row_id = uuid.uuid4()  # the row names the file's stamp by its uid in stamp_data
         batch.workflows.append(
-            workflow_row(cids[i], "completed", path, namespace, file_hash=stamp.hash, stamp_id=uuid.UUID(stamp.uid))
+            workflow_row(cids[i], "completed", path, namespace, file_hash=stamp.hash, stamp_id=row_id)
         )
         batch.stamps.append(
             StampRow(
-                uuid.UUID(stamp.uid), stamp.hash, str(path), result.size, namespace, "lightweight", "text", cids[i]
+                row_id,
+                stamp.hash,
+                str(path),
+                result.size,
+                namespace,
+                "lightweight",
+                "text",
+                cids[i],
+                stamp_data={"uid": stamp.uid},
             )
         )
     batch.workflows.append(workflow_row(cids[2], "failed", Path(corpus.paths()[2]), namespace, error_message="boom"))

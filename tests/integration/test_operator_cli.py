@@ -272,10 +272,11 @@ def test_stamp_verify_and_nodes_print_json_for_scripts(tmp_path: Path) -> None:
     assert (report["counts"]["stamped"], report["counts"]["unchanged"], report["dry_run"]) == (1, 2, True)
     assert verify.returncode == 1
     checked = json.loads(verify.stdout)
-    assert checked["counts"] == {"valid": 2, "modified": 1, "unstamped": 0, "error": 0}
+    assert checked["counts"] == {"valid": 2, "modified": 1, "unstamped": 0, "error": 0, "skipped": 0}
     assert [(f["path"], f["status"]) for f in checked["files"]] == [(str(files[0]), "modified")]
     assert {n["node"]: n["implementation"] for n in json.loads(nodes.stdout)} == {
         "database_adapter_effect": "ok",
+        "metastore_effect": "ok",
         "orchestrator": "ok",
         "reducer": "ok",
         "registry": "ok",

@@ -87,7 +87,8 @@ MIXED: dict[str, str | bytes] = {
     "data/doc.pdf": b"%PDF-1.4\n" + b"\x00\x01" * 40,
     "data/archive.zip": b"PK\x03\x04" + b"\x00" * 40,
     "data/fake.py": b"\x00\x01binary in a .py\x00",  # binary with a text extension: a sidecar
-    "data/latin1.py": "# caf\xe9\n".encode("latin-1"),  # not UTF-8: refused, the workflow fails
+    "data/latin1.py": "# caf\xe9\n".encode("latin-1"),  # not UTF-8, declares nothing: a sidecar
+    "data/long.sh": b"#!" + b"x" * 10_000 + b"\n",  # a shebang longer than a stamp may follow: refused, it fails
     "data/unknown.xyz": "what am I\n",
     "deep/a/b/c/d.py": "x = 1\n",
     "deep/a/b/e.md": "e\n",
@@ -96,7 +97,7 @@ MIXED: dict[str, str | bytes] = {
     ".gitignore": "ignored/\n",
 }
 STAMPED = len(MIXED) - 1  # everything but ignored/skip.py
-FAILED = {"data/latin1.py"}
+FAILED = {"data/long.sh"}
 
 
 def write_tree(root: Path, files: Mapping[str, str | bytes]) -> None:
@@ -200,10 +201,10 @@ async def test_onex_stamp_on_postgres_writes_the_rows_it_writes_on_sqlite(tmp_pa
         "postgres": await onex("stamp", str(on_postgres), "--store", postgres_dsn),
     }
     for kind, ran in runs.items():
-        # Exit 1: data/latin1.py is refused (not UTF-8), the same on both.
+        # Exit 1: data/long.sh is refused (its shebang is too long to put a stamp after), the same on both.
         assert ran.returncode == 1, (kind, ran.stdout, ran.stderr)
         assert "Traceback" not in ran.stderr, (kind, ran.stderr)
-        assert "latin1.py" in ran.stdout, (kind, ran.stdout)
+        assert "long.sh" in ran.stdout, (kind, ran.stdout)
 
     lite = await snapshot(sqlite_url, on_sqlite, "onex.default")
     pg = await snapshot(postgres_dsn, on_postgres, "onex.default")
@@ -478,7 +479,7 @@ async def assert_schema_intact(store: Store, admin: Any, schema: str) -> None:
     tables = {
         r["tablename"] for r in await admin.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
     }
-    assert tables == {*TABLES, "schema_migrations"}
+    assert tables == {*TABLES, "metastore_entities", "metastore_versions", "schema_migrations"}
     for table in TABLES:
         await store.count(table)  # every table still answers
 

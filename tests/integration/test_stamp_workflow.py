@@ -312,7 +312,7 @@ async def test_every_node_registers_as_healthy_at_start() -> None:
         await h.settle()
         rows = await h.store.list_registrations()
         expected = {c.name: c.node_type.value for c in h.contracts.contracts}
-        assert len(expected) == 5
+        assert len(expected) == 6  # the five of the stamping workflow and the metastore effect
         assert {r.metadata["node_name"]: r.node_type for r in rows} == expected
         assert {r.health_status for r in rows} == {"HEALTHY"}
         assert {r.node_id for r in rows} == {n.node_id for n in h.runtime.nodes}

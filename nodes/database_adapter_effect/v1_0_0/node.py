@@ -79,6 +79,19 @@ T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 
+def _file_metadata(file_type: str, size: int, mode: str | None) -> dict[str, Any]:
+    """metadata_stamps.file_metadata (O.N.E. v0.1): the file's type, size and permission bits (None for content)."""
+    return {"file_type": file_type, "size": size, "mode": mode}
+
+
+def _intelligence(outcome: ModelWorkflowFinished) -> dict[str, Any]:
+    """What the workflow's intelligence step answered, or {} (skipped, failed, not configured)."""
+    for step in outcome.steps:
+        if step.step_name == "intelligence" and step.status == "completed":
+            return step.data
+    return {}
+
+
 class _GiveUp(asyncio.CancelledError):
     """Internal: draining, and the store stayed unavailable past the drain timeout.
 
@@ -267,6 +280,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
     def to_batch(self, events: Sequence[Event]) -> WriteBatch:
         batch = WriteBatch(consumer=self.contract.name)
         workflows: dict[uuid.UUID, WorkflowRow] = {}
+        versions = (self.settings.metadata_version, self.settings.protocol_version)
         keep = functools.partial(_keep_combined, workflows)
 
         for envelope, payload in events:
@@ -284,6 +298,11 @@ class NodeDatabaseAdapterEffect(EffectNode):
                             workflow_id=payload.workflow_id,
                             stamp_data=payload.stamp,
                             created_at=envelope.event_timestamp,
+                            op_id=payload.workflow_id,
+                            metadata_version=versions[0],
+                            protocol_version=versions[1],
+                            file_metadata=_file_metadata(payload.file_type, payload.file_size, payload.file_mode),
+                            updated_at=envelope.event_timestamp,
                         )
                     )
             elif isinstance(payload, ModelStateTransitions):
@@ -334,6 +353,14 @@ class NodeDatabaseAdapterEffect(EffectNode):
                             workflow_id=payload.workflow_id,
                             stamp_data=payload.stamp.data,
                             created_at=payload.completed_at,
+                            op_id=payload.workflow_id,
+                            intelligence_data=_intelligence(payload),
+                            metadata_version=versions[0],
+                            protocol_version=versions[1],
+                            file_metadata=_file_metadata(
+                                payload.stamp.file_type, payload.stamp.file_size, payload.stamp.file_mode
+                            ),
+                            updated_at=payload.completed_at,
                         )
                     )
                 batch.steps.extend(

@@ -235,6 +235,7 @@ class NodeOrchestrator(OrchestratorNode):
                 workflow_id=workflow.cid,
                 file_path=request.file_path,
                 content=request.content,
+                content_base64=request.content_base64,
                 namespace=request.namespace,
                 stamp_type=request.stamp_type,
                 dry_run=request.dry_run,
@@ -311,6 +312,7 @@ class NodeOrchestrator(OrchestratorNode):
                 stamp_type=stamp.stamp_type,
                 status=stamp.status,
                 data=stamp.stamp,
+                file_mode=stamp.file_mode,
             ),
         )
         event = "WORKFLOW_FAILED" if error else "WORKFLOW_COMPLETED"

@@ -16,14 +16,17 @@ retryable, since the file may be closed by the next attempt.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import os
+import stat
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from onex import stamps
-from onex.envelope import OnexEnvelopeV1
+from onex.envelope import OnexEnvelopeV1, derived_id
 from onex.exceptions import StampError
 from onex.files import SNIFF_SIZE, detect_file_type, remove_stale_temps_in, within
 from onex.metrics import Histogram
@@ -33,6 +36,13 @@ from nodes.models import ModelStampCommand, ModelStampCreated, ModelStampFailed
 from nodes.stamping_effect.v1_0_0.models import ModelStampingEffectConfig
 
 CONTENT_PATH = "<content>"
+
+
+def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
+    """The stamp's id, its row's in ``metadata_stamps``: one per file and content, like the row's natural key. The
+    uid written in the file is the file's identity and survives a restamp of changed content, which is a row (a
+    version) of its own; derived, so handling the command again gives the same id and writes nothing new."""
+    return derived_id(uuid.UUID(stamp.uid), namespace, file_path, stamp.hash)
 
 
 class NodeStampingEffect(EffectNode):
@@ -77,7 +87,7 @@ class NodeStampingEffect(EffectNode):
     def _stamp_one(self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, timings: list[float]) -> OnexEnvelopeV1:
         rich = cmd.stamp_type == "rich"
         author = cmd.author or self.author
-        if cmd.content is not None:
+        if cmd.content is not None or cmd.content_base64 is not None:
             return self._stamp_content(envelope, cmd, timings, rich=rich, author=author)
         assert cmd.file_path is not None
         refusal = self._outside_roots(cmd.file_path)
@@ -107,7 +117,7 @@ class NodeStampingEffect(EffectNode):
             "STAMP_CREATED",
             ModelStampCreated(
                 workflow_id=cmd.workflow_id,
-                stamp_id=uuid.UUID(result.stamp.uid),
+                stamp_id=row_id(result.stamp, cmd.namespace, cmd.file_path),
                 file_path=cmd.file_path,
                 file_hash=result.stamp.hash,
                 file_size=result.size,
@@ -117,6 +127,7 @@ class NodeStampingEffect(EffectNode):
                 status="unchanged" if result.status == "unchanged" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(result.stamp),
+                file_mode=_mode_of(cmd.file_path),
             ),
             causation=envelope,
         )
@@ -125,7 +136,14 @@ class NodeStampingEffect(EffectNode):
         self, envelope: OnexEnvelopeV1, cmd: ModelStampCommand, timings: list[float], *, rich: bool, author: str
     ) -> OnexEnvelopeV1:
         name = cmd.file_path or "content.txt"
-        data = cmd.content.encode() if cmd.content is not None else b""
+        binary = cmd.content_base64 is not None
+        if cmd.content_base64 is not None:
+            try:
+                data = base64.b64decode(cmd.content_base64, validate=True)
+            except binascii.Error as exc:
+                return self._failed(envelope, cmd, f"content_base64: not base64 ({exc})")
+        else:
+            data = cmd.content.encode() if cmd.content is not None else b""
         started = time.perf_counter()
         try:
             stamped, stamp = stamps.stamp_bytes(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
@@ -136,7 +154,7 @@ class NodeStampingEffect(EffectNode):
             "STAMP_CREATED",
             ModelStampCreated(
                 workflow_id=cmd.workflow_id,
-                stamp_id=uuid.UUID(stamp.uid),
+                stamp_id=row_id(stamp, cmd.namespace, cmd.file_path or CONTENT_PATH),
                 file_path=cmd.file_path or CONTENT_PATH,
                 file_hash=stamp.hash,
                 file_size=len(data),
@@ -148,7 +166,8 @@ class NodeStampingEffect(EffectNode):
                 status="unchanged" if stamped is data and stamp.kind != "sidecar" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(stamp),
-                stamped_content=None if cmd.dry_run else stamped.decode(errors="replace"),
+                # Bytes that are not text are never changed (a sidecar stamp): the caller has them already.
+                stamped_content=None if cmd.dry_run or binary else stamped.decode(errors="replace"),
             ),
             causation=envelope,
         )
@@ -175,6 +194,14 @@ class NodeStampingEffect(EffectNode):
             ),
             causation=envelope,
         )
+
+
+def _mode_of(path: str) -> str | None:
+    """The permission bits of the file at ``path`` as octal text ("0644"); None when it cannot be asked."""
+    try:
+        return f"{stat.S_IMODE(os.stat(path).st_mode):04o}"
+    except OSError:
+        return None
 
 
 def _stamp_fields(stamp: stamps.Stamp) -> dict[str, Any]:

@@ -6,8 +6,9 @@ answers with the stamped content. Hashing and validation need no workflow and ar
 store. Routes (under ``PREFIX``):
 
 =======  ==========================  ===================================================================
-POST     /stamp                      JSON ``{content, namespace?, file_path?, options: {stamp_type}}`` or a
-                                     multipart ``file`` (+ ``namespace``, ``file_path``, ``stamp_type`` fields)
+POST     /stamp                      JSON ``{content | content_base64, namespace?, file_path?, options: {stamp_type}}``
+                                     or a multipart ``file`` (+ ``namespace``, ``file_path``, ``stamp_type``
+                                     fields); binary content gets a sidecar stamp
 POST     /validate                   valid / modified / unstamped for a JSON ``content`` or each multipart file
 POST     /hash                       BLAKE3 (stamp removed) of JSON ``content`` or a multipart file, streamed
 GET      /stamp/{file_hash}          the stored stamp records of a hash; 404 if none
@@ -21,6 +22,10 @@ GET      /health/ready               200 when ready (``onex.metrics.readiness``,
 GET      /metrics                    Prometheus text format
 GET      /openapi.json               the OpenAPI 3.1 document (also at ``/openapi.json``)
 =======  ==========================  ===================================================================
+
+The metastore's routes (``onex.http.metastore``, issue 17) are under ``/api/v1/metadata``, ``/api/v1/feature-flags``
+and ``/api/v1/configurations``, with its own ``/health``, ``/health/live`` and ``/health/ready``; they are in the
+same route table, envelope and OpenAPI document.
 
 Outside the prefix: ``GET /docs``, interactive documentation (Swagger UI, served from the ``swagger-ui-bundle``
 package's files under ``/docs/static/``: nothing is fetched from elsewhere), reading ``/docs/openapi.json``, the same

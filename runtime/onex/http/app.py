@@ -14,9 +14,9 @@ aggregate changes, and ``ttl_ms`` bounds what a read between an event and its co
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import re
@@ -41,13 +41,14 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  #
 from onex import stamps
 from onex.bus import Subscription
 from onex.cache import Cache, open_cache
-from onex.client import StampClient
+from onex.client import BATCH_PROCESSED_EVENT, STAMP_VALIDATED_EVENT, StampClient, publish_report
 from onex.clock import Clock
 from onex.contracts import CachingSubcontract, load_subcontract
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, topic_name
 from onex.exceptions import BusError, OnexError, StoreError
-from onex.http.bodies import Part, PartData, PartEnd, form_events, is_json, media_type, read_body, read_form, text
-from onex.http.content import StreamingHash, check_protocol, hash_content, maybe_thread, verify
+from onex.http.bodies import Part, PartData, PartEnd, form_events, is_json, media_type, read_body, read_form
+from onex.http.content import StreamingHash, check_protocol, hash_content, maybe_thread, verify, version_problem
+from onex.http.metastore import MetastoreApi
 from onex.http.models import (
     AGGREGATION_PATTERN,
     DEFAULT_BATCH_LIMIT,
@@ -91,9 +92,11 @@ from onex.http.models import (
 )
 from onex.http.observe import Metrics, Observe
 from onex.http.openapi import DOCS, OPERATIONS, PREFIX, openapi_30, openapi_document
+from onex.metastore.service import CONTRACT as METASTORE_CONTRACT
+from onex.metastore.service import Metastore
 from onex.metrics import cache_text, readiness
 from onex.runtime import Runtime
-from onex.settings import Settings
+from onex.settings import DEFAULT_TENANT, Settings
 from onex.store import StoreHealth
 
 M = TypeVar("M", bound=BaseModel)
@@ -123,6 +126,18 @@ def gateway_cache(settings: Settings, clock: Clock, path: str) -> Cache | None:
     return open_cache(spec, name="gateway", clock=clock, env=settings.env, url=settings.cache_url)
 
 
+def _metastore(runtime: Runtime, settings: Settings) -> tuple[Metastore | None, bool]:
+    """The metastore the API serves and whether the gateway owns it: the hosted metastore effect's (the node's),
+    else one of the gateway's own (``--no-nodes``); None when the project has no metastore contract."""
+    for node in runtime.nodes:
+        hosted = getattr(node, "metastore", None)
+        if isinstance(hosted, Metastore):
+            return hosted, False
+    if (settings.root / METASTORE_CONTRACT).is_file():
+        return Metastore(runtime.store, runtime.bus, settings=settings, clock=runtime.clock), True
+    return None, False
+
+
 class Gateway:
     """The handlers, sharing the runtime, the client, the limits and the metrics."""
 
@@ -143,7 +158,12 @@ class Gateway:
         self.runtime = runtime
         self.client = client
         self.settings = settings
-        self.api_key = api_key.encode() if api_key else None
+        # Every key the API accepts and its metastore tenant: `api_key` (tenant "default") and settings.api_keys.
+        self.keys = settings.tenant_keys()
+        if api_key:
+            self.keys.setdefault(api_key, DEFAULT_TENANT)
+        metastore, owned = _metastore(runtime, settings)
+        self.metastore = MetastoreApi(metastore, runtime, keys=self.keys, max_body=max_body, owned=owned)
         self.max_body = max_body
         self.max_stream = max_stream
         self.batch_limit = batch_limit
@@ -180,7 +200,9 @@ class Gateway:
             _log.warning("the gateway's caches cannot hear their invalidations yet, reading the store: %s", exc)
 
     async def aclose(self) -> None:
-        """Stop listening for invalidations and close the caches (their Redis connections)."""
+        """Stop listening for invalidations and close the caches (their Redis connections), and the metastore."""
+        with contextlib.suppress(BusError):
+            await self.metastore.aclose()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, BusError):
@@ -214,10 +236,7 @@ class Gateway:
         return await cache.lookup(lookup, encoded, **fields)
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
-        if self.api_key is None:
-            return True
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), self.api_key)
+        return not self.keys or self.metastore.key_tenant(headers) is not None
 
     def endpoint(self, handler: Endpoint) -> Endpoint:
         async def handle(request: Request) -> Response:
@@ -228,9 +247,19 @@ class Gateway:
 
         return handle
 
+    def _handler(self, name: str) -> Endpoint:
+        """An operation's handler: a method of the gateway, or ``metastore.NAME`` one of its ``MetastoreApi``."""
+        owner, _, method = name.rpartition(".")
+        handler: Endpoint = getattr(self.metastore if owner == "metastore" else self, method)
+        return handler
+
+    async def start(self) -> None:
+        """Start what the gateway serves beyond the runtime: the metastore, hearing every process's changes."""
+        await self.metastore.start()
+
     def routes(self) -> list[Route | Mount]:
         """The API's routes (``OPERATIONS``), then those of the document and of ``/docs``."""
-        api = [Route(op.route, self.endpoint(getattr(self, op.handler)), methods=[op.method]) for op in OPERATIONS]
+        api = [Route(op.route, self.endpoint(self._handler(op.handler)), methods=[op.method]) for op in OPERATIONS]
         return [
             *api,
             Route(f"{PREFIX}/openapi.json", self.openapi, methods=["GET"]),
@@ -254,14 +283,21 @@ class Gateway:
         )
 
     # -- workflows --
-    async def _submit(self, item: StampRequest) -> uuid.UUID:
+    async def _submit(self, item: StampRequest, *, prefix: str = "") -> uuid.UUID:
+        _check_versions(item, prefix)
         payload: dict[str, Any] = {
-            "content": item.content,
             "namespace": item.namespace,
             "stamp_type": item.options.stamp_type,
         }
+        if item.content_base64 is not None:
+            payload["content_base64"] = item.content_base64
+        else:
+            payload["content"] = item.content
         if item.file_path is not None:
             payload["file_path"] = item.file_path
+        author = (item.metadata or {}).get("author")
+        if isinstance(author, str) and author.strip():
+            payload["author"] = author
         try:
             return await self.client.submit(payload, correlation_id=new_id())
         except BusError as exc:
@@ -343,6 +379,19 @@ class Gateway:
             "file_size": stamp.file_size,
             "namespace": stamp.namespace,
             "execution_time_ms": payload.execution_time_ms,
+            # The bridge's StampResponse (O.N.E. v0.1): what its clients read.
+            "file_hash": stamp.file_hash,
+            "stamp_data": {
+                "hash": stamp.file_hash,
+                "namespace": stamp.namespace,
+                "timestamp": str(fields.get("ts") or fields.get("last_modified_at") or ""),
+                "protocol_version": self.settings.protocol_version,
+                "file_metadata": {"file_type": stamp.file_type, "size": stamp.file_size, "mode": stamp.file_mode},
+            },
+            "op_id": str(cid),
+            "metadata_version": self.settings.metadata_version,
+            # The stamp's own event is what this answer was built from, so it went out.
+            "event_published": True,
         }
 
     # -- endpoints --
@@ -355,7 +404,11 @@ class Gateway:
             if len(form.files) != 1:
                 raise ApiError(422, "validation_error", "file: exactly one file part is required", field="file")
             _, filename, data = form.files[0]
-            raw: dict[str, Any] = {"content": text(data, "file"), "options": {}}
+            raw: dict[str, Any] = {"options": {}}
+            try:
+                raw["content"] = data.decode()
+            except UnicodeDecodeError:  # not text: a sidecar stamp, the bytes unchanged
+                raw["content_base64"] = base64.b64encode(data).decode("ascii")
             if "namespace" in form.fields:
                 raw["namespace"] = form.fields["namespace"]
             if form.fields.get("file_path") or filename:
@@ -378,35 +431,62 @@ class Gateway:
         body = await self._json(request, BatchRequest)
         if len(body.items) > self.batch_limit:
             raise ApiError(422, "validation_error", f"items: at most {self.batch_limit} items per batch", field="items")
+        _check_versions(body, "")
         deadline = time.monotonic() + self.timeout_s
+        batch_id = new_id()
+        # The batch's namespace and options, for the items that do not give theirs (the bridge's shape).
+        shared: dict[str, Any] = {}
+        if body.namespace is not None:
+            shared["namespace"] = body.namespace
+        if body.options is not None:
+            shared["options"] = body.options.model_dump()
         results: list[BatchItem] = []
         pending: list[tuple[int, uuid.UUID]] = []
+        ids: list[str | None] = []
+        namespaces: set[str] = set()
         for index, raw in enumerate(body.items):
+            item_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+            ids.append(item_id)
             try:
                 if not isinstance(raw, dict):
                     raise ApiError(422, "validation_error", f"items.{index}: must be an object", field=f"items.{index}")
-                item = parse(StampRequest, raw, prefix=f"items.{index}")
-                pending.append((index, await self._submit(item)))
-                results.append({"index": index, "status": "success", "data": None, "error": None})  # filled below
+                item = parse(StampRequest, {**shared, **raw}, prefix=f"items.{index}")
+                namespaces.add(item.namespace)
+                pending.append((index, await self._submit(item, prefix=f"items.{index}.")))
+                results.append({"index": index, "id": item_id, "status": "success", "data": None, "error": None})
             except ApiError as exc:
-                results.append(self._item_error(index, exc))
+                results.append(self._item_error(index, item_id, exc))
         for position, (index, cid) in enumerate(pending):
             try:
                 results[index] = {
                     "index": index,
+                    "id": ids[index],
                     "status": "success",
                     "data": await self._result(cid, deadline),
                     "error": None,
                 }
             except ApiError as exc:
-                results[index] = self._item_error(index, exc)
+                results[index] = self._item_error(index, ids[index], exc)
             except asyncio.CancelledError:
                 for _, later in pending[position + 1 :]:
                     self.client.abandon(later)
                 raise
         succeeded = sum(1 for r in results if r["status"] == "success")
         summary: BatchSummary = {"total": len(results), "succeeded": succeeded, "failed": len(results) - succeeded}
-        data: BatchResult = {"items": results, "summary": summary}
+        report = {
+            "batch_id": batch_id,
+            "total": len(results),
+            "successful": succeeded,
+            "failed": len(results) - succeeded,
+            "namespace": namespaces.pop() if len(namespaces) == 1 else "*",
+        }
+        published = await self._report(BATCH_PROCESSED_EVENT, [report])
+        data: BatchResult = {
+            "batch_id": str(batch_id),
+            "items": results,
+            "summary": summary,
+            "event_published": published,
+        }
         if succeeded == len(results):
             return envelope(request, data, message=f"{succeeded} item(s) stamped")
         if succeeded:
@@ -423,15 +503,24 @@ class Gateway:
         )
 
     @staticmethod
-    def _item_error(index: int, exc: ApiError) -> BatchItem:
+    def _item_error(index: int, item_id: str | None, exc: ApiError) -> BatchItem:
         error: ItemError = {"code": exc.code, "field": exc.field, "message": exc.message, "http_status": exc.status}
         if exc.details:
             error["details"] = exc.details
-        return {"index": index, "status": "error", "data": exc.data, "error": error}
+        return {"index": index, "id": item_id, "status": "error", "data": exc.data, "error": error}
+
+    async def _report(self, event_name: str, payloads: list[dict[str, Any]]) -> bool:
+        """Publish the stamping service's report ``event_name``; whether it went out (a report that cannot be sent
+        is logged, and never fails the request whose work is done)."""
+        client = self.client
+        return await publish_report(
+            client.bus, client.catalog, self.settings, event_name, payloads, source="onex-gateway"
+        )
 
     async def validate(self, request: Request) -> Response:
         kind = media_type(request)
         documents: list[tuple[bytes, str, bytes | None]] = []
+        namespace = stamps.DEFAULT_NAMESPACE
         if kind == "multipart/form-data":
             form = await read_form(request, self.max_body, file_fields=("file",), text_fields=())
             if not form.files:
@@ -443,6 +532,7 @@ class Gateway:
                 documents.append((data, name, None))
         elif is_json(kind):
             body = await self._json(request, ValidateRequest)
+            namespace = body.namespace
             sidecar = body.sidecar.encode() if body.sidecar is not None else None
             documents.append((body.content.encode(), body.file_path or DEFAULT_NAME, sidecar))
         else:
@@ -450,6 +540,17 @@ class Gateway:
         size = sum(len(d) for d, _, _ in documents)
         results = await maybe_thread(size, lambda: [verify(d, n, s) for d, n, s in documents])
         summary = Counter(r["status"] for r in results)
+        validated = [
+            {
+                "file_hash": r["actual_hash"],
+                "validation_result": r["status"],
+                "namespace": namespace,
+                "stamps_found": 0 if r["expected_hash"] is None else 1,
+                "file_path": r["file_path"],
+                "expected_hash": r["expected_hash"],
+            }
+            for r in results
+        ]
         report: ValidateResult = {
             "results": results,
             "summary": {
@@ -458,6 +559,7 @@ class Gateway:
                 "unstamped": summary["unstamped"],
                 "error": summary["error"],
             },
+            "event_published": await self._report(STAMP_VALIDATED_EVENT, validated),
         }
         return envelope(request, report, message=", ".join(f"{n} {k}" for k, n in sorted(summary.items())))
 
@@ -702,7 +804,7 @@ class Gateway:
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def _document(self) -> dict[str, Any]:
-        return openapi_document(batch_limit=self.batch_limit, max_body=self.max_body, api_key=self.api_key is not None)
+        return openapi_document(batch_limit=self.batch_limit, max_body=self.max_body, api_key=bool(self.keys))
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
@@ -734,7 +836,9 @@ def create_app(
 ) -> Starlette:
     """The API as a Starlette application over a started runtime and an entered ``StampClient(keep_stamps=True)``.
 
-    ``api_key`` is exactly the key required (None: none; ``serve`` passes ``settings.api_key``). ``max_body`` bounds
+    ``api_key`` is a key accepted, as tenant "default" (None: none; ``serve`` passes ``settings.api_key``); the keys
+    of ``settings.api_keys`` are accepted too, each as its tenant. The metastore's routes are served when the project
+    has its contract; ``await app.state.gateway.start()`` starts it (``serve`` does). ``max_body`` bounds
     every body that is read whole, ``max_stream`` the file streamed by ``/hash``; ``batch_limit`` is the most items
     a batch may hold; ``timeout_s`` is how long a request waits for its workflows (then 504).
     """
@@ -762,7 +866,7 @@ def create_app(
     app = Starlette(
         routes=gateway.routes(),
         middleware=[
-            Middleware(Observe, metrics=gateway.metrics, authorized=gateway.authorized if gateway.api_key else None)
+            Middleware(Observe, metrics=gateway.metrics, authorized=gateway.authorized if gateway.keys else None)
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
@@ -800,3 +904,12 @@ _DOCS_SCRIPT: Final = f"""window.onload = function () {{
   }});
 }};
 """.encode()
+
+
+def _check_versions(body: StampRequest | BatchRequest, prefix: str) -> None:
+    """422 naming the field when a request declares a protocol or metadata version this server does not speak (the
+    bridge's clients send ``protocol_version: "1.0"``, ``metadata_version: "0.1"``)."""
+    for key in ("protocol_version", "metadata_version"):
+        value = getattr(body, key)
+        if value is not None and (problem := version_problem(key, value)) is not None:
+            raise ApiError(422, "validation_error", f"{prefix}{problem}", field=f"{prefix}{key}")

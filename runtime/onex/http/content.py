@@ -24,6 +24,32 @@ T = TypeVar("T")
 _THREAD_FROM: Final = 1024 * 1024
 _NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
 _SEMVER_RE: Final = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+# A version as the bridge writes it: "1.0" (or 1.0, which YAML reads as a float), "1", or a full "1.0.0".
+_SHORT_VERSION_RE: Final = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)){0,2}$")
+# The protocol versions a block may declare: what onex writes into rich blocks, and O.N.E. v0.1's own (the
+# bridge's `protocol_version: 1.0`, onex.settings.DEFAULT_PROTOCOL_VERSION), each with its compatible ones.
+PROTOCOL_VERSIONS: Final = (stamps.PROTOCOL_VERSION, "1.0.0")
+
+
+def version_text(value: Any) -> str | None:
+    """``value`` as a full semantic version ("1.0" and the float 1.0 -> "1.0.0"), or None when it is none."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        value = repr(value) if isinstance(value, float) else str(value)
+    if not isinstance(value, str) or not _SHORT_VERSION_RE.fullmatch(value) or "e" in value:
+        return None
+    parts = value.split(".")
+    return ".".join(parts + ["0"] * (3 - len(parts)))
+
+
+def version_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is no ``key`` this server speaks (a request's or a block's), or None when it is one."""
+    supported = PROTOCOL_VERSIONS if key == "protocol_version" else (stamps.METADATA_VERSION,)
+    version = version_text(value)
+    if version is None:
+        return f"{key} must be a version such as {supported[-1]} or 1.0"
+    if not any(_supported(version, s) for s in supported):
+        return f"{key} {value} is not supported (this server speaks {' or '.join(supported)})"
+    return None
 
 
 async def maybe_thread(size: int, fn: Callable[[], T]) -> T:
@@ -95,6 +121,7 @@ def verify(data: bytes, name: str, sidecar: bytes | None) -> VerifyResult:
             stamp = None
     else:
         stamp = stamps.find_stamp(data, file_name=name)
+    assert result.status != "skipped"  # only a walk skips
     return {
         "file_path": name,
         "status": result.status,
@@ -177,17 +204,10 @@ def _check_fields(fields: Mapping[str, Any], *, actual: str, size: int) -> Itera
     for key in stamps.RICH_KEYS:
         if key not in fields or fields[key] is None:
             yield _issue(key, "missing", f"{key} is required")
-    for key, supported in (
-        ("metadata_version", stamps.METADATA_VERSION),
-        ("protocol_version", stamps.PROTOCOL_VERSION),
-    ):
+    for key in ("metadata_version", "protocol_version"):
         value = fields.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not _SEMVER_RE.fullmatch(value):
-            yield _issue(key, "format", f"{key} must be a semantic version such as {supported}")
-        elif not _supported(value, supported):
-            yield _issue(key, "unsupported", f"{key} {value} is not supported (this server speaks {supported})")
+        if value is not None and (problem := version_problem(key, value)) is not None:
+            yield _issue(key, "format" if version_text(value) is None else "unsupported", problem)
     for key in ("name", "author"):
         value = fields.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):

@@ -8,6 +8,8 @@ added to an answer is therefore a field added here, or mypy fails.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import os
@@ -18,7 +20,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final, Literal, NotRequired, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
@@ -75,23 +85,85 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_SEED = "Accepted from the bridge's (omninode_bridge) clients; "
+# A version as the bridge's clients send it: "1.0", or 1.0 (a number, as YAML and JSON read it).
+Version = Annotated[str | float | None, Field(description=_SEED + "must be one this server speaks, or 422.")]
+
+
 class StampOptions(_Body):
     stamp_type: StampType = "lightweight"
+    include_metadata: Annotated[bool, Field(description=_SEED + "every stamp carries its metadata.")] = True
+    validate_integrity: Annotated[bool, Field(description=_SEED + "the content is always hashed.")] = True
 
 
 class StampRequest(_Body):
-    """One document to stamp; ``file_path`` only names it (it picks the comment syntax): nothing touches disk."""
+    """One document to stamp; ``file_path`` only names it (it picks the comment syntax): nothing touches disk.
 
-    content: Annotated[Text, Field(description="The text to stamp (UTF-8).")]
+    ``content`` (text) or ``content_base64`` (bytes that are not UTF-8 text: a sidecar stamp, the bytes unchanged).
+    The other fields are the bridge's request fields (O.N.E. v0.1), so that its clients' bodies are accepted."""
+
+    # content_base64 first: content's validator reads it.
+    content_base64: Annotated[
+        str | None,
+        Field(
+            description="Bytes that are not UTF-8 text (an image, an archive), base64-encoded: they get a sidecar "
+            "stamp, returned as `sidecar`, and are never changed. Instead of `content`."
+        ),
+    ] = None
+    content: Annotated[
+        Text | None,
+        Field(description="The text to stamp (UTF-8); required unless content_base64 is given.", validate_default=True),
+    ] = None
     namespace: Namespace = stamps.DEFAULT_NAMESPACE
     file_path: FilePath | None = None
     options: StampOptions = StampOptions()
+    id: Annotated[str | None, Field(max_length=256, description="A batch item's id, returned with its result.")] = None
+    metadata: Annotated[
+        dict[str, Any] | None,
+        Field(description=_SEED + "a string `author` becomes the stamp's author; the rest is not stored."),
+    ] = None
+    protocol_version: Version = None
+    metadata_version: Version = None
+    intelligence_data: Annotated[
+        dict[str, Any] | None, Field(description=_SEED + "onex stores what the workflow's intelligence step answers.")
+    ] = None
+    version: Annotated[int | None, Field(description=_SEED + "the store numbers a file's stamps itself.")] = None
+    op_id: Annotated[
+        str | None, Field(max_length=256, description=_SEED + "onex's op_id is the workflow's id (answered as op_id).")
+    ] = None
+
+    @field_validator("content_base64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not base64 (RFC 4648, no line breaks)") from None
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _one_content(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # validate_default (below): this runs for a missing content too, so the error names the field.
+        given = info.data.get("content_base64") is not None
+        if value is None and not given and "content_base64" in info.data:
+            raise ValueError("Field required (or content_base64, for bytes that are not text)")
+        if value is not None and given:
+            raise ValueError("give content (text) or content_base64 (bytes), not both")
+        return value
 
 
 class BatchRequest(_Body):
-    """Stamp requests, each validated on its own so that one bad item fails alone (``StampRequest`` each)."""
+    """Stamp requests, each validated on its own so that one bad item fails alone (``StampRequest`` each).
+
+    ``namespace`` and ``options``, when given, are those of every item that does not say (the bridge's shape)."""
 
     items: list[Any] = Field(min_length=1)
+    namespace: Namespace | None = None
+    options: StampOptions | None = None
+    protocol_version: Version = None
+    metadata_version: Version = None
 
 
 class HashRequest(_Body):
@@ -103,6 +175,10 @@ class ValidateRequest(_Body):
     content: Text
     file_path: FilePath | None = None
     sidecar: Annotated[Text | None, Field(description="The sidecar's YAML, for types without comments.")] = None
+    namespace: Annotated[
+        Namespace, Field(description="Named in the METADATA_STAMP_VALIDATED event this check publishes.")
+    ] = stamps.DEFAULT_NAMESPACE
+    options: Annotated[dict[str, Any] | None, Field(description=_SEED + "not used.")] = None
 
 
 class ProtocolRequest(_Body):
@@ -113,13 +189,20 @@ class ProtocolRequest(_Body):
     file_path: FilePath | None = None
     sidecar: Text | None = None
     metadata: Annotated[dict[str, Any] | None, Field(description="A metadata block given as an object.")] = None
+    target_protocol: Annotated[
+        Literal["O.N.E.v0.1"] | None, Field(description=_SEED + "the one protocol checked is O.N.E. v0.1.")
+    ] = None
+    validation_level: Annotated[
+        Literal["strict", "moderate", "lenient"] | None, Field(description=_SEED + "every check is strict.")
+    ] = None
+    namespace: Annotated[Namespace | None, Field(description=_SEED + "not used.")] = None
 
 
 # Multipart forms: read part by part (``onex.http.bodies``), described here for the document.
 
 
 class StampUpload(TypedDict):
-    file: Annotated[bytes, Field(description="UTF-8 text")]
+    file: Annotated[bytes, Field(description="UTF-8 text, stamped in place; other bytes get a sidecar stamp")]
     namespace: NotRequired[Namespace]
     file_path: NotRequired[FilePath]
     stamp_type: NotRequired[StampType]
@@ -313,6 +396,22 @@ def parse(model: type[M], raw: bytes | Mapping[str, Any], *, prefix: str = "") -
 # --- what the routes answer with (the envelope's ``data``) ---------------------------------------------------------
 
 
+class FileMetadata(TypedDict):
+    file_type: Annotated[str, Field(json_schema_extra={"enum": list(FILE_TYPES)})]
+    size: Count
+    mode: Annotated[str | None, Field(description='Permission bits as octal text ("0644"); null for content.')]
+
+
+class StampData(TypedDict):
+    """The bridge's ``stamp_data`` (O.N.E. v0.1)."""
+
+    hash: Hash
+    namespace: str
+    timestamp: Annotated[str, Field(description="The stamp's time (its `ts`).")]
+    protocol_version: str
+    file_metadata: FileMetadata
+
+
 class StampResult(TypedDict):
     workflow_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
     state: Literal["completed"]
@@ -330,6 +429,12 @@ class StampResult(TypedDict):
     file_size: Count
     namespace: str
     execution_time_ms: float | None
+    # The bridge's StampResponse fields (O.N.E. v0.1).
+    file_hash: Annotated[Hash, Field(description="The same as `hash`.")]
+    stamp_data: StampData
+    op_id: Annotated[str, Field(json_schema_extra={"format": "uuid"}, description="The workflow's id.")]
+    metadata_version: str
+    event_published: Annotated[bool, Field(description="Whether the stamp's STAMP_CREATED event went out.")]
 
 
 class ItemError(TypedDict):
@@ -344,6 +449,7 @@ class ItemError(TypedDict):
 
 class BatchItem(TypedDict):
     index: int
+    id: Annotated[str | None, Field(description="The item's id, as the request gave it.")]
     status: Literal["success", "error"]
     data: StampResult | dict[str, Any] | None
     error: ItemError | None
@@ -356,8 +462,10 @@ class BatchSummary(TypedDict):
 
 
 class BatchResult(TypedDict):
+    batch_id: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
     items: list[BatchItem]
     summary: BatchSummary
+    event_published: Annotated[bool, Field(description="Whether METADATA_BATCH_PROCESSED went out.")]
 
 
 class StampView(TypedDict):
@@ -387,6 +495,7 @@ class ValidateSummary(TypedDict):
 class ValidateResult(TypedDict):
     results: list[VerifyResult]
     summary: ValidateSummary
+    event_published: Annotated[bool, Field(description="Whether METADATA_STAMP_VALIDATED went out (one a result).")]
 
 
 class HashResult(TypedDict):

@@ -22,6 +22,35 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
 from starlette.convertors import PathConvertor, register_url_convertor
 
+from onex.http.metastore import (
+    CONFIGS_PREFIX,
+    FLAGS_PREFIX,
+    METADATA_PREFIX,
+    BulkEvaluation,
+    ConfigChange,
+    EffectiveQuery,
+    EntityKey,
+    Evaluate,
+    EvaluateBulk,
+    Evaluation,
+    FlagChange,
+    FlagNameKey,
+    FlagPage,
+    FlagQuery,
+    MetadataChange,
+    MetadataKeyQuery,
+    MetadataPage,
+    MetadataQuery,
+    MetastoreHealth,
+    RolloutChange,
+    ServiceConfigurations,
+    ServiceQuery,
+    TenantHeaders,
+    VersionKey,
+    VersionPage,
+    VersionsQuery,
+    WriteHeaders,
+)
 from onex.http.models import (
     API_VERSION,
     DEFAULT_BATCH_LIMIT,
@@ -49,6 +78,15 @@ from onex.http.models import (
     ValidateRequest,
     ValidateResult,
 )
+from onex.metastore.models import (
+    ConfigCreate,
+    Configuration,
+    EffectiveConfig,
+    FeatureFlag,
+    FlagCreate,
+    MetadataCreate,
+    MetadataEntry,
+)
 
 PREFIX: Final = "/api/v1/metadata-stamping"
 DOCS: Final = "/docs"
@@ -57,6 +95,7 @@ _ERRORS: Final = {
     401: "missing or wrong API key",
     404: "not found",
     413: "body larger than the configured limit",
+    409: "the expected version is not the current one (data: current_version), or the entity's state forbids it",
     415: "unsupported Content-Type",
     422: "malformed or invalid input, or a workflow that failed",
     502: "the orchestrator rejected the workflow",
@@ -96,10 +135,13 @@ class Operation:
     ``error_data`` those whose envelope carries ``data`` (health's 503). ``body`` is the JSON request body,
     ``upload`` its multipart/form-data alternative, ``params`` the path and query parameters (a field whose name
     is in the path is a path parameter, the others are query parameters). ``public`` routes need no API key.
-    ``summary`` may say ``{batch_limit}``.
+    ``summary`` may say ``{batch_limit}``. ``prefix`` is what ``path`` is under (the metastore's routes have their own,
+    the root ``/health`` none), ``headers`` the request headers the route reads (by their aliases), ``ok`` the status
+    of a success (201 for a create). ``handler`` names a method of the gateway, or ``metastore.NAME`` one of its
+    ``onex.http.metastore.MetastoreApi``.
     """
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     _: dataclasses.KW_ONLY
     handler: str
@@ -115,16 +157,142 @@ class Operation:
     media_type: str = "application/json"
     descriptions: Mapping[int, str] = dataclasses.field(default_factory=dict)
     error_data: frozenset[int] = frozenset()
+    prefix: str = PREFIX
+    headers: type[BaseModel] | None = None
+    ok: int = 200
 
     @property
     def route(self) -> str:
         """The path as the server matches it."""
-        return f"{PREFIX}{self.path}"
+        return f"{self.prefix}{self.path}"
 
     @property
     def template(self) -> str:
         """The path as the document (and the metrics' ``route`` label) names it."""
         return template(self.route)
+
+
+# The metastore (onex.http.metastore): its own prefixes, a tenant from the key (or X-Tenant-Id), changes that name the
+# version they expect (If-Match or the body's expected_version; 409 otherwise).
+_M_READ: Final = (404, 422, 503)
+_M_WRITE: Final = (404, 409, *_BODY_ERRORS, 503)
+_M_STATE: Final = (404, 409, 422, 503)  # a change without a body
+_M_CREATE: Final = (409, *_BODY_ERRORS, 503)
+
+
+def _meta(
+    method: Literal["GET", "POST", "PUT", "DELETE"], prefix: str, path: str, handler: str, operation_id: str, **doc: Any
+) -> Operation:
+    """A metastore route: a change of an entity reads If-Match as well as the tenant's headers."""
+    changes = method in ("PUT", "DELETE") or (method == "POST" and not handler.startswith(("create_", "evaluate")))
+    return Operation(
+        method, path, prefix=prefix, handler=f"metastore.{handler}", operation_id=operation_id, tag="metastore",
+        headers=WriteHeaders if changes else TenantHeaders, **doc,
+    )  # fmt: skip
+
+
+METASTORE_OPERATIONS: Final = (
+    _meta("POST", METADATA_PREFIX, "", "create_metadata", "createMetadata", ok=201,
+          summary="Create a metadata entry (unique by namespace and key among those not deleted)",
+          body=MetadataCreate, data=MetadataEntry, errors=_M_CREATE, descriptions={201: "created"}),
+    _meta("GET", METADATA_PREFIX, "", "list_metadata", "listMetadata",
+          summary="A page of the tenant's metadata entries, by namespace and tag",
+          params=MetadataQuery, data=MetadataPage, errors=(422, 503)),
+    _meta("GET", METADATA_PREFIX, "/key/{key:path}", "metadata_by_key", "getMetadataByKey",
+          summary="A metadata entry by its key (and namespace); ETag: its version",
+          params=MetadataKeyQuery, data=MetadataEntry, errors=_M_READ),
+    _meta("GET", METADATA_PREFIX, "/{id}", "get_metadata", "getMetadata",
+          summary="A metadata entry; ETag: its version", params=EntityKey, data=MetadataEntry, errors=_M_READ),
+    _meta("PUT", METADATA_PREFIX, "/{id}", "update_metadata", "updateMetadata",
+          summary="Change a metadata entry's fields (a new version); If-Match or expected_version guards it",
+          params=EntityKey, body=MetadataChange, data=MetadataEntry, errors=_M_WRITE),
+    _meta("DELETE", METADATA_PREFIX, "/{id}", "delete_metadata", "deleteMetadata",
+          summary="Delete a metadata entry (soft: a new version; its history stays)",
+          params=EntityKey, data=MetadataEntry, errors=_M_STATE),
+    _meta("GET", METADATA_PREFIX, "/{id}/versions", "metadata_versions", "listMetadataVersions",
+          summary="A metadata entry's versions, newest first", params=VersionsQuery, data=VersionPage, errors=_M_READ),
+    _meta("POST", METADATA_PREFIX, "/{id}/rollback/{version}", "rollback_metadata", "rollbackMetadata",
+          summary="Make a metadata entry's version current again, as a new version",
+          params=VersionKey, data=MetadataEntry, errors=_M_STATE),
+    _meta("POST", FLAGS_PREFIX, "", "create_flag", "createFlag", ok=201,
+          summary="Create a feature flag (state draft; unique by name)",
+          body=FlagCreate, data=FeatureFlag, errors=_M_CREATE, descriptions={201: "created"}),
+    _meta("GET", FLAGS_PREFIX, "", "list_flags", "listFlags",
+          summary="A page of the tenant's feature flags, by tag", params=FlagQuery, data=FlagPage, errors=(422, 503)),
+    _meta("POST", FLAGS_PREFIX, "/evaluate", "evaluate", "evaluateFlag",
+          summary="Evaluate a flag for a context: value, variant, reason, error code (as OpenFeature)",
+          body=Evaluate, data=Evaluation, errors=(*_BODY_ERRORS, 503)),
+    _meta("POST", FLAGS_PREFIX, "/evaluate/bulk", "evaluate_bulk", "evaluateFlags",
+          summary="Evaluate several flags (or every flag) for one context",
+          body=EvaluateBulk, data=BulkEvaluation, errors=(*_BODY_ERRORS, 503)),
+    _meta("GET", FLAGS_PREFIX, "/name/{name}", "flag_by_name", "getFlagByName",
+          summary="A feature flag by its name; ETag: its version", params=FlagNameKey, data=FeatureFlag,
+          errors=_M_READ),
+    _meta("GET", FLAGS_PREFIX, "/{id}", "get_flag", "getFlag",
+          summary="A feature flag; ETag: its version", params=EntityKey, data=FeatureFlag, errors=_M_READ),
+    _meta("PUT", FLAGS_PREFIX, "/{id}", "update_flag", "updateFlag",
+          summary="Change a feature flag's fields (a new version); If-Match or expected_version guards it",
+          params=EntityKey, body=FlagChange, data=FeatureFlag, errors=_M_WRITE),
+    _meta("DELETE", FLAGS_PREFIX, "/{id}", "delete_flag", "deleteFlag",
+          summary="Delete a feature flag (soft: a new version; its history stays)",
+          params=EntityKey, data=FeatureFlag, errors=_M_STATE),
+    _meta("POST", FLAGS_PREFIX, "/{id}/enable", "enable_flag", "enableFlag",
+          summary="Enable a feature flag (draft or active -> active)", params=EntityKey, data=FeatureFlag,
+          errors=_M_STATE),
+    _meta("POST", FLAGS_PREFIX, "/{id}/disable", "disable_flag", "disableFlag",
+          summary="Disable a feature flag", params=EntityKey, data=FeatureFlag, errors=_M_STATE),
+    _meta("POST", FLAGS_PREFIX, "/{id}/rollout", "set_rollout", "setFlagRollout",
+          summary="Set a feature flag's rollout percentage (sticky: raising it turns nobody off)",
+          params=EntityKey, body=RolloutChange, data=FeatureFlag, errors=_M_WRITE),
+    _meta("GET", FLAGS_PREFIX, "/{id}/versions", "flag_versions", "listFlagVersions",
+          summary="A feature flag's versions, newest first", params=VersionsQuery, data=VersionPage, errors=_M_READ),
+    _meta("POST", FLAGS_PREFIX, "/{id}/rollback/{version}", "rollback_flag", "rollbackFlag",
+          summary="Make a feature flag's version current again, as a new version",
+          params=VersionKey, data=FeatureFlag, errors=_M_STATE),
+    _meta("POST", CONFIGS_PREFIX, "", "create_config", "createConfiguration", ok=201,
+          summary="Create a configuration (values checked against its JSON Schema; secrets as references)",
+          body=ConfigCreate, data=Configuration, errors=_M_CREATE, descriptions={201: "created"}),
+    _meta("GET", CONFIGS_PREFIX, "/service/{service_id:path}", "configs_for_service", "listServiceConfigurations",
+          summary="A service's configurations, of every environment or one",
+          params=ServiceQuery, data=ServiceConfigurations, errors=(422, 503)),
+    _meta("GET", CONFIGS_PREFIX, "/effective/{service_id:path}", "effective_config", "getEffectiveConfiguration",
+          summary="A service's effective configuration in an environment (secret references unresolved)",
+          params=EffectiveQuery, data=EffectiveConfig, errors=(422, 503)),
+    _meta("GET", CONFIGS_PREFIX, "/{id}", "get_config", "getConfiguration",
+          summary="A configuration; ETag: its version", params=EntityKey, data=Configuration, errors=_M_READ),
+    _meta("PUT", CONFIGS_PREFIX, "/{id}", "update_config", "updateConfiguration",
+          summary="Change a configuration's fields (a new version); If-Match or expected_version guards it",
+          params=EntityKey, body=ConfigChange, data=Configuration, errors=_M_WRITE),
+    _meta("DELETE", CONFIGS_PREFIX, "/{id}", "delete_config", "deleteConfiguration",
+          summary="Delete a configuration (soft: a new version; its history stays)",
+          params=EntityKey, data=Configuration, errors=_M_STATE),
+    _meta("POST", CONFIGS_PREFIX, "/{id}/activate", "activate_config", "activateConfiguration",
+          summary="Activate a configuration (inactive -> active)", params=EntityKey, data=Configuration,
+          errors=_M_STATE),
+    _meta("POST", CONFIGS_PREFIX, "/{id}/deactivate", "deactivate_config", "deactivateConfiguration",
+          summary="Deactivate a configuration (active -> inactive)", params=EntityKey, data=Configuration,
+          errors=_M_STATE),
+    _meta("GET", CONFIGS_PREFIX, "/{id}/versions", "config_versions", "listConfigurationVersions",
+          summary="A configuration's versions, newest first", params=VersionsQuery, data=VersionPage, errors=_M_READ),
+    _meta("POST", CONFIGS_PREFIX, "/{id}/rollback/{version}", "rollback_config", "rollbackConfiguration",
+          summary="Make a configuration's version current again, as a new version",
+          params=VersionKey, data=Configuration, errors=_M_STATE),
+    Operation(
+        "GET", "/health", prefix="", handler="metastore.health", operation_id="serviceHealth", tag="metastore",
+        public=True, summary="The metastore's bus, store and change events", data=MetastoreHealth, errors=(503,),
+        error_data=frozenset({503}), descriptions={200: "healthy", 503: "degraded"},
+    ),
+    Operation(
+        "GET", "/health/live", prefix="", handler="metastore.live", operation_id="serviceLive", tag="metastore",
+        public=True, summary="Liveness: 200 while the server's event loop answers", data=Probe,
+        descriptions={200: "live"},
+    ),
+    Operation(
+        "GET", "/health/ready", prefix="", handler="metastore.ready", operation_id="serviceReady", tag="metastore",
+        public=True, summary="Readiness: the bus runs, the store answers, the metastore hears every change",
+        data=Probe, errors=(503,), descriptions={200: "ready", 503: "not ready"},
+    ),
+)  # fmt: skip
 
 
 OPERATIONS: Final = (
@@ -191,6 +359,7 @@ OPERATIONS: Final = (
         summary="Prometheus metrics (text exposition format 0.0.4)",
         data=None, media_type="text/plain", descriptions={200: "metrics"},
     ),
+    *METASTORE_OPERATIONS,
 )  # fmt: skip
 
 DOCUMENTATION_ROUTES: Final = (
@@ -228,13 +397,19 @@ def _enveloped(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _parameters(op: Operation) -> list[dict[str, Any]]:
-    if op.params is None:
-        return []
-    schema = TypeAdapter(op.params).json_schema(schema_generator=_Generator)
+    parameters = []
+    for model, place in ((op.params, None), (op.headers, "header")):
+        if model is not None:
+            parameters += _parameters_of(op, model, place)
+    return parameters
+
+
+def _parameters_of(op: Operation, model: type[BaseModel], place: str | None) -> list[dict[str, Any]]:
+    schema = TypeAdapter(model).json_schema(schema_generator=_Generator)
     required = set(schema.get("required", ()))
     parameters = []
     for name, prop in schema["properties"].items():
-        where = "path" if f"{{{name}" in op.path else "query"
+        where = place or ("path" if f"{{{name}" in op.path else "query")
         parameter: dict[str, Any] = {"name": name, "in": where}
         if where == "path" or name in required:
             parameter["required"] = True
@@ -262,7 +437,7 @@ def _operation(
         doc["requestBody"] = {"required": True, "content": content}
     ok = _enveloped(refs[op.data]) if op.data is not None else {"type": "string"}
     responses: dict[str, Any] = {
-        "200": {"description": op.descriptions.get(200, "success"), "content": {op.media_type: {"schema": ok}}}
+        str(op.ok): {"description": op.descriptions.get(op.ok, "success"), "content": {op.media_type: {"schema": ok}}}
     }
     for code in (*op.errors, *((401,) if api_key and not op.public else ())):
         schema = _enveloped(refs[op.data]) if code in op.error_data else _ref("ErrorEnvelope")

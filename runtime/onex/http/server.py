@@ -177,6 +177,11 @@ async def serve(
             batch_limit=settings.http_batch_limit if batch_limit is None else batch_limit,
             timeout_s=settings.http_timeout_s if timeout_s is None else timeout_s,
         )
+        try:
+            await app.state.gateway.start()  # the metastore hears every process's changes before the API answers
+        except BaseException:
+            await app.state.gateway.aclose()
+            raise
         server = quiet_server(app, grace_s=10)
         url = base_url(sock)
 
