@@ -713,6 +713,20 @@ class VerifyReport:
         }
 
 
+def validated_report(
+    path: str, status: str, *, expected: str | None, actual: str | None, namespace: str
+) -> dict[str, Any]:
+    """The METADATA_STAMP_VALIDATED payload of one verdict (``nodes.models.ModelStampValidated``)."""
+    return {
+        "file_hash": actual,
+        "validation_result": status,
+        "namespace": namespace,
+        "stamps_found": 0 if expected is None else 1,
+        "file_path": path,
+        "expected_hash": expected,
+    }
+
+
 async def publish_verified(
     report: VerifyReport,
     settings: Settings,
@@ -728,14 +742,7 @@ async def publish_verified(
 
     catalog = EventCatalog(contracts.contracts, settings)
     payloads = [
-        {
-            "file_hash": r.actual,
-            "validation_result": r.status,
-            "namespace": namespace,
-            "stamps_found": 0 if r.expected is None else 1,
-            "file_path": r.path,
-            "expected_hash": r.expected,
-        }
+        validated_report(r.path, r.status, expected=r.expected, actual=r.actual, namespace=namespace)
         for r in report.results
         if r.status != "skipped"  # not verified: nothing to say about it
     ]

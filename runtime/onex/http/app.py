@@ -41,7 +41,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  #
 from onex import stamps
 from onex.bus import Subscription
 from onex.cache import Cache, open_cache
-from onex.client import BATCH_PROCESSED_EVENT, STAMP_VALIDATED_EVENT, StampClient, publish_report
+from onex.client import BATCH_PROCESSED_EVENT, STAMP_VALIDATED_EVENT, StampClient, publish_report, validated_report
 from onex.clock import Clock
 from onex.contracts import CachingSubcontract, load_subcontract
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, topic_name
@@ -541,14 +541,9 @@ class Gateway:
         results = await maybe_thread(size, lambda: [verify(d, n, s) for d, n, s in documents])
         summary = Counter(r["status"] for r in results)
         validated = [
-            {
-                "file_hash": r["actual_hash"],
-                "validation_result": r["status"],
-                "namespace": namespace,
-                "stamps_found": 0 if r["expected_hash"] is None else 1,
-                "file_path": r["file_path"],
-                "expected_hash": r["expected_hash"],
-            }
+            validated_report(
+                r["file_path"], r["status"], expected=r["expected_hash"], actual=r["actual_hash"], namespace=namespace
+            )
             for r in results
         ]
         report: ValidateResult = {
