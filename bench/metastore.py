@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 if TYPE_CHECKING:
     from onex.metastore import Metastore
@@ -354,22 +354,18 @@ async def _history_postgres(url: str, versions: int, samples: int, rng: random.R
     from onex.metastore import Metastore
     from onex.settings import Settings
 
+    from bench.e2e import _drop_schema, _fresh_schema
+
     if "schema" in dict(parse_qsl(urlsplit(url).query)):
         raise ValueError("--store: give no ?schema= (the benchmark makes a throwaway one)")
-    dsn = PostgresSettings.from_url(url).dsn  # without the store's own parameters
-    schema = f"onex_bench_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(url)
-    store_url = urlunsplit(
-        parts._replace(query=f"{parts.query}&schema={schema}" if parts.query else f"schema={schema}")
-    )
+    store_url = await _fresh_schema(url)  # migrated
+    postgres = PostgresSettings.from_url(store_url)
     try:
         settings = Settings.load(environ={}, root=str(ROOT), store=store_url)
-        async with PostgresStore(settings.store_url()) as store:
-            await store.upgrade()  # creates the schema, then the migrations
-            async with Metastore(store, settings=settings) as ms:
-                figures, long_id, build_s = await _measure(ms, versions, samples, rng)
+        async with PostgresStore(store_url) as store, Metastore(store, settings=settings) as ms:
+            figures, long_id, build_s = await _measure(ms, versions, samples, rng)
 
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+        conn = await asyncpg.connect(postgres.dsn, server_settings={"search_path": postgres.schema})
         try:
             for _ in range(20):
                 await _raw_pg_read(conn, long_id)
@@ -387,11 +383,7 @@ async def _history_postgres(url: str, versions: int, samples: int, rng: random.R
         finally:
             await conn.close()
     finally:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await _drop_schema(store_url)
     return figures, build_s
 
 

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import copy
 import json
+import stat
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -468,6 +469,10 @@ async def test_restamping_a_changed_file_adds_its_next_version_and_keeps_its_uid
     ]
     assert rows[0].id != rows[1].id
     assert rows[0].stamp_data["uid"] == rows[1].stamp_data["uid"]  # the file keeps its identity
+    mode = f"{stat.S_IMODE(path.stat().st_mode):04o}"
+    assert [row.file_metadata for row in rows] == [
+        {"file_type": rows[0].file_type, "size": row.file_size, "mode": mode} for row in rows
+    ]
 
 
 async def test_verify_publish_sends_one_stamp_validated_per_file(tmp_path: Path) -> None:

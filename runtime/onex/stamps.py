@@ -191,6 +191,9 @@ RICH_KEYS = _RICH_KEYS = (  # the metadata protocol's required fields (public: t
 __all__ += ["HEAD_SIZE", "MAX_PREFIX", "MAX_STAMP"]  # where a stamp is looked for: onex.filetypes
 
 
+_Status = Literal["stamped", "unchanged", "skipped", "busy", "failed"]
+
+
 @dataclass(frozen=True)
 class StampResult:
     """What ``stamp_file`` did to one file. ``size`` counts the content without its stamp (0 when unknown);
@@ -198,12 +201,13 @@ class StampResult:
     that another process has it open, so it was left as it was: try again later."""
 
     path: str
-    status: Literal["stamped", "unchanged", "skipped", "busy", "failed"]
+    status: _Status
     stamp: Stamp | None
     file_type: str
     size: int
     error: str | None = None
     hash_seconds: float = 0.0  # reading and BLAKE3-hashing the content (0 when it was not read)
+    mode: int | None = None  # the file's permission bits when it was opened (None when it was not)
 
 
 @dataclass(frozen=True)
@@ -740,8 +744,15 @@ def _stamp_file(
         if roots is not None and not within(opened := _opened_path(f.fileno(), real), roots):
             raise StampError(shown, f"refused: {opened} is outside the stamp roots ({os.pathsep.join(roots)})")
         before = _snapshot(st)
+        file_mode = stat.S_IMODE(st.st_mode)
         scan = _scan(f, name, st.st_size)
         layout = scan.layout
+
+        def done(status: _Status, stamp: Stamp | None, error: str | None = None) -> StampResult:
+            return StampResult(
+                shown, status, stamp, layout.file_type, scan.size, error, hash_seconds=scan.seconds, mode=file_mode
+            )
+
         guard = _guard(real, shown, before)
         hook = (lambda: before_replace(Path(real))) if before_replace is not None else None
         if layout.syntax is None or (layout.stamp is None and _kept_on_disk(real) is not None):
@@ -752,10 +763,10 @@ def _stamp_file(
                 previous, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
             )
             if stamp is previous:
-                return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
+                return done("unchanged", stamp)
             if not dry_run:
                 data = render_sidecar(stamp)
-                mode = side_mode if side_mode is not None else stat.S_IMODE(st.st_mode) & 0o666
+                mode = side_mode if side_mode is not None else file_mode & 0o666
                 # No lease: the original is only read, and the sidecar is onex's own file. The snapshot comparison
                 # still refuses a sidecar for content that changed while it was hashed.
                 _replace(
@@ -767,25 +778,17 @@ def _stamp_file(
                     shown=shown,
                     hook=hook,
                 )
-            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
+            return done("stamped", stamp)
         if layout.problem is not None:
-            return StampResult(
-                shown,
-                "failed",
-                None,
-                layout.file_type,
-                scan.size,
-                f"{shown}: {layout.problem}",
-                hash_seconds=scan.seconds,
-            )
+            return done("failed", None, f"{shown}: {layout.problem}")
         options = _Options("rich" if rich else "lightweight", namespace, author, None, None)
         stamp = _next_stamp(
             layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
         )
         if stamp is layout.stamp:
-            return StampResult(shown, "unchanged", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
+            return done("unchanged", stamp)
         if dry_run:
-            return StampResult(shown, "stamped", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
+            return done("stamped", stamp)
         if scan.stripped is not None:  # stamped whole by its handler (UTF-16/32 text, a plugin): all in memory
             assert scan.data is not None
             before_kept, after_kept = stamp_whole(layout, scan.stripped, stamp, shown), b""
@@ -808,7 +811,7 @@ def _stamp_file(
             _replace(
                 real,
                 write,
-                mode=stat.S_IMODE(st.st_mode),
+                mode=file_mode,
                 owner=(st.st_uid, st.st_gid),
                 guard=guard,
                 shown=shown,
@@ -816,8 +819,8 @@ def _stamp_file(
                 hook=hook,
             )
         except _Busy as exc:
-            return StampResult(shown, "busy", None, layout.file_type, scan.size, str(exc), hash_seconds=scan.seconds)
-        return StampResult(shown, "stamped", stamp, layout.file_type, scan.size, hash_seconds=scan.seconds)
+            return done("busy", None, str(exc))
+        return done("stamped", stamp)
 
 
 def verify_file(path: str | os.PathLike[str]) -> VerifyResult:

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import binascii
 import os
-import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -127,7 +126,7 @@ class NodeStampingEffect(EffectNode):
                 status="unchanged" if result.status == "unchanged" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(result.stamp),
-                file_mode=_mode_of(cmd.file_path),
+                file_mode=None if result.mode is None else f"{result.mode:04o}",
             ),
             causation=envelope,
         )
@@ -194,14 +193,6 @@ class NodeStampingEffect(EffectNode):
             ),
             causation=envelope,
         )
-
-
-def _mode_of(path: str) -> str | None:
-    """The permission bits of the file at ``path`` as octal text ("0644"); None when it cannot be asked."""
-    try:
-        return f"{stat.S_IMODE(os.stat(path).st_mode):04o}"
-    except OSError:
-        return None
 
 
 def _stamp_fields(stamp: stamps.Stamp) -> dict[str, Any]:
