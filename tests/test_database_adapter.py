@@ -143,6 +143,43 @@ async def test_draining_while_postgres_is_unreachable_ends_and_leaves_the_writes
             assert h.dead_letters() == []
 
 
+async def test_an_outcome_whose_stamp_row_the_adapter_stored_does_not_write_it_again(tmp_path: Path) -> None:
+    """STAMP_CREATED writes a stamp's row; the outcome carrying the same stamp then writes its workflow and steps
+    only. An outcome whose stamp this adapter has not stored still writes it (another replica consumed the
+    STAMP_CREATED, or its commit is still pending), so a stored final state always comes with its stamp."""
+    async with Harness([ADAPTER], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        adapter = adapter_of(h)
+        batches: list[WriteBatch] = []
+        to_batch = adapter.to_batch
+
+        def spy(events: Any) -> WriteBatch:
+            batches.append(to_batch(events))
+            return batches[-1]
+
+        adapter.to_batch = spy  # type: ignore[method-assign]
+        seen, unseen = outcome(1, file_mode="0644"), outcome(2)
+        await h.publish(
+            "STAMP_CREATED", {"workflow_id": seen["workflow_id"], "namespace": seen["namespace"], **seen["stamp"]}
+        )
+        await h.settle()
+        await h.publish("WORKFLOW_COMPLETED", seen)
+        await h.settle()
+        await h.publish("WORKFLOW_COMPLETED", unseen)
+        await h.settle()
+
+        assert [[str(s.id) for s in b.stamps] for b in batches] == [
+            [seen["stamp"]["stamp_id"]],  # STAMP_CREATED
+            [],  # its outcome: the workflow and its steps, not the stamp again
+            [unseen["stamp"]["stamp_id"]],  # an outcome whose stamp this adapter never stored
+        ]
+        assert [len(b.workflows) for b in batches] == [0, 1, 1]
+        assert await h.store.count("metadata_stamps") == 2
+        assert await h.store.count("workflow_executions") == await h.store.count("workflow_steps") == 2
+        (row,) = await h.store.get_stamps_by_hash(seen["stamp"]["file_hash"])
+        assert str(row.id) == seen["stamp"]["stamp_id"]
+        assert row.file_metadata["mode"] == "0644"
+
+
 # --- one row per workflow per commit ---------------------------------------------------------------------------------
 
 T1 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

@@ -88,7 +88,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from onex import _tables
+from onex import _jsontext, _tables
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -260,13 +260,10 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-# One encoder, built once (json.dumps builds one per call). No NaN or Infinity: jsonb refuses them, and the error
-# is clearer here. SqliteStore encodes JSON the same way.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def _json_encode(value: Any) -> bytes:
-    return b"\x01" + _JSON.encode(value).encode()
+    # No NaN or Infinity (onex._jsontext): jsonb refuses them, and the error is clearer here. SqliteStore encodes JSON
+    # the same way.
+    return b"\x01" + _jsontext.dumpb(value)
 
 
 def _json_decode(data: bytes) -> Any:

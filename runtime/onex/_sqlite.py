@@ -73,7 +73,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
-from onex import _tables, store
+from onex import _jsontext, _tables, store
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -139,9 +139,8 @@ PRAGMAS: Final = (
 
 
 # --- encoding --------------------------------------------------------------------------------------------------------
-# One encoder object, built once: json.dumps(...) with arguments builds a new JSONEncoder on every call.
-# allow_nan=False because PostgreSQL's jsonb refuses NaN and Infinity: a row must be valid on both stores.
-_dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# No NaN or Infinity (onex._jsontext): PostgreSQL's jsonb refuses them, and a row must be valid on both stores.
+_dumps: Final = _jsontext.dumps
 _loads: Final = json.loads
 
 

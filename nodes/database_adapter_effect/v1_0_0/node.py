@@ -3,7 +3,8 @@
 | event                          | rows                                                        |
 |--------------------------------|-------------------------------------------------------------|
 | WORKFLOW_COMPLETED / _FAILED   | workflow_executions (final state) + workflow_steps          |
-|                                | + metadata_stamps (the outcome's stamp; not for dry runs)   |
+|                                | + metadata_stamps (the outcome's stamp, unless this adapter |
+|                                |   stored it from STAMP_CREATED; not for dry runs)           |
 | STAMP_CREATED                  | metadata_stamps (also when the workflow then failed)        |
 | STATE_TRANSITION (a batch)     | fsm_transitions, one row per transition                     |
 | STATE_AGGREGATION_COMPLETED    | bridge_states (the reducer's intent, version-guarded)       |
@@ -127,6 +128,9 @@ class NodeDatabaseAdapterEffect(EffectNode):
         # Keyed by integers, which the garbage collector does not track (see the orchestrator's ``_finished``).
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._recent_max = config.dedupe_window
+        # The ids of the stamp rows this adapter committed (from STAMP_CREATED): an outcome carrying one of them
+        # needs no second copy of the row (to_batch). Bounded like _recent.
+        self._stored_stamps: OrderedDict[int, None] = OrderedDict()
         self._pending: list[tuple[WriteBatch, asyncio.Future[None]]] = []
         self._in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -271,14 +275,24 @@ class NodeDatabaseAdapterEffect(EffectNode):
             ]
         if not fresh:
             return
-        await self._commit(self.to_batch(fresh))
+        batch = self.to_batch(fresh)
+        await self._commit(batch)
         for e in fresh:
             self._recent[e.envelope.event_id.int] = None
-        while len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
+        for stamp in batch.stamps:
+            self._stored_stamps[stamp.id.int] = None
+        for recent in (self._recent, self._stored_stamps):
+            while len(recent) > self._recent_max:
+                recent.popitem(last=False)
 
     def to_batch(self, events: Sequence[Event]) -> WriteBatch:
+        """The rows of ``events``. An outcome's stamp is left out when its row is stored already: STAMP_CREATED
+        comes first and writes the same row (same id), so in one process, or wherever one adapter consumes both, the
+        outcome's copy would only be encoded, sent and dropped as a duplicate. Where it was not seen (another
+        replica wrote it, or its commit is still pending) the outcome writes it, so a stored final state still always
+        comes with its stamp."""
         batch = WriteBatch(consumer=self.contract.name)
+        stored = self._stored_stamps
         workflows: dict[uuid.UUID, WorkflowRow] = {}
         versions = (self.settings.metadata_version, self.settings.protocol_version)
         keep = functools.partial(_keep_combined, workflows)
@@ -340,7 +354,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         error_message=payload.error,
                     )
                 )
-                if payload.stamp is not None and not payload.dry_run:
+                if payload.stamp is not None and payload.stamp.stamp_id.int not in stored:
                     batch.stamps.append(
                         StampRow(
                             id=payload.stamp.stamp_id,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
+from onex import _jsontext
 from onex._sqlite import SqliteStore
 from onex.exceptions import EntityExists, StoreError, StoreUnavailable
 from onex.metastore._sql import (
@@ -33,7 +34,7 @@ from onex.store import Store
 
 T = TypeVar("T")
 
-_dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_dumps: Final = _jsontext.dumps
 _INSERT_ENTITY: Final = (
     f"INSERT INTO metastore_entities ({', '.join(ENTITY_COLUMNS)}) VALUES ({', '.join('?' * len(ENTITY_COLUMNS))})"
 )
