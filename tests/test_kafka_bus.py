@@ -719,6 +719,42 @@ def test_from_url_takes_group_timeouts_and_batching_from_the_query() -> None:
     assert bus.join_timeout_s == 7.5
 
 
+def test_a_background_subscription_lets_the_broker_hold_its_empty_fetches_longer() -> None:
+    """An idle consumer costs a fetch request every ``fetch_max_wait_ms`` (10 ms against tansu); a background one
+    waits ``background_fetch_max_wait_ms``, never less than the other consumers wait."""
+    fast = KafkaBus.from_url("kafka://h:1?fetch_max_wait_ms=10&background_fetch_max_wait_ms=800")
+    assert fast.consumer_kwargs("g")["fetch_max_wait_ms"] == 10
+    assert fast.consumer_kwargs("g", background=True)["fetch_max_wait_ms"] == 800
+    assert KafkaBus("h:1").consumer_kwargs("g", background=True)["fetch_max_wait_ms"] == 500  # aiokafka's default
+    slow = KafkaBus("h:1", consumer_options={"fetch_max_wait_ms": 1_000}, background_fetch_max_wait_ms=200)
+    assert slow.consumer_kwargs("g", background=True)["fetch_max_wait_ms"] == 1_000
+    with pytest.raises(ValueError, match="background_fetch_max_wait_ms"):
+        KafkaBus("h:1", background_fetch_max_wait_ms=-1)
+    with pytest.raises(BusError, match="background_fetch_max_wait_ms must be a number"):
+        KafkaBus.from_url("kafka://h:1?background_fetch_max_wait_ms=soon")
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_background_subscription_gets_everything_and_its_consumer_waits_longer(kafka_bootstrap: str) -> None:
+    topic = unique("background")
+    async with KafkaBus(
+        kafka_bootstrap,
+        consumer_options={**TEST_CONSUMER_OPTIONS, "fetch_max_wait_ms": 10},
+        background_fetch_max_wait_ms=400,
+    ) as bus:
+        background, foreground = Collector(5), Collector(5)
+        quiet = await bus.subscribe([topic], unique("quiet"), handler=background, background=True)
+        busy = await bus.subscribe([topic], unique("busy"), handler=foreground)
+        for n in range(5):
+            await bus.publish(topic, envelope(n, key=str(n)))
+        assert sorted(e.payload["n"] for e in await background.wait()) == list(range(5))
+        assert sorted(e.payload["n"] for e in await foreground.wait()) == list(range(5))
+        # What each consumer was built with (aiokafka keeps it as given).
+        assert quiet._consumer._fetch_max_wait_ms == 400  # type: ignore[attr-defined]
+        assert busy._consumer._fetch_max_wait_ms == 10  # type: ignore[attr-defined]
+
+
 @pytest.mark.kafka
 @pytest.mark.anyio
 async def test_a_group_starting_at_latest_gets_what_is_published_after_it_subscribed_and_commits_that_start(

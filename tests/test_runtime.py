@@ -288,6 +288,45 @@ async def registry_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harn
         yield h
 
 
+class RecordingBus(MemoryBus):
+    """A memory bus that notes each subscription's group and whether it was asked for as a background one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, bool]] = []
+
+    async def subscribe(self, topics: Any, group: str, **kwargs: Any) -> Any:
+        self.asked.append((group, kwargs.get("background", False)))
+        return await super().subscribe(topics, group, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_control_plane_subscriptions_are_background_ones_and_the_hot_path_is_not(tmp_path: Path) -> None:
+    """On Kafka a background consumer polls an idle topic far less often (``KafkaBus.from_url``): every node's answer
+    to introspection requests, the registry's heartbeats and introspections and its cache of them are; what a
+    workflow waits for is not."""
+    config = Settings.load(environ={}, root=str(REPOSITORY), store=f"sqlite:///{tmp_path}/onex.db")
+    async with (
+        RecordingBus() as bus,
+        Runtime(
+            config.with_(heartbeat_interval_s=0), nodes=["registry", "orchestrator"], contracts=shipped(), bus=bus
+        ) as rt,
+    ):
+        registry, orchestrator = (rt.node(name).node_id for name in ("registry", "orchestrator"))
+
+    asked = sorted(bus.asked)
+    assert asked == sorted(
+        [
+            (f"{registry}.introspection", True),
+            (f"{registry}.cache", True),
+            ("dev.registry", True),  # NODE_HEARTBEAT
+            ("dev.registry", True),  # NODE_INTROSPECTION
+            (f"{orchestrator}.introspection", True),
+            ("dev.orchestrator", False),  # requests and step results
+        ]
+    )
+
+
 def hosted_registry(h: Harness) -> NodeRegistry:
     """The shipped registry as its class (the repository's own `nodes` package, so the very class, not a copy)."""
     registry = h.runtime.node("registry")

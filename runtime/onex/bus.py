@@ -20,6 +20,10 @@ Semantics, the same on every bus (``tests/test_bus_conformance.py`` runs against
   messages for a group that did not exist yet is ``retains_messages``: a broker does, the memory bus does not, so
   on the memory bus both starts are the same. A group with a position (committed offsets; on the memory bus,
   messages buffered for it while it had no member) resumes from it, whatever ``start`` says.
+- ``subscribe(..., background=True)`` marks a subscription whose latency does not matter (the control plane: a
+  node answering introspection requests, the registry hearing heartbeats): it gets the same messages, and a bus may
+  spend less on waiting for them. The memory bus makes no difference; ``KafkaBus`` lets the broker hold such a
+  consumer's empty fetches longer (``background_fetch_max_wait_ms``), so an idle one does not poll every few ms.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ class EventBus(abc.ABC):
         max_batch: int = 500,
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
+        background: bool = False,
     ) -> Subscription:
         """Subscribe ``group`` to ``topics`` with exactly one of ``handler`` / ``batch_handler``.
 
@@ -162,6 +167,8 @@ class EventBus(abc.ABC):
         node, which must not miss what was published before it joined; ``"latest"`` for a group that wants only
         what is published from now on (a client awaiting the outcomes of its own requests, which would otherwise
         read a broker's whole history first). ``ValueError`` for anything else.
+
+        ``background``: the subscription's latency does not matter (module docstring); what it receives is the same.
         """
 
     @abc.abstractmethod
@@ -713,12 +720,14 @@ class MemoryBus(EventBus):
         max_batch: int = 500,
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
+        background: bool = False,
     ) -> MemorySubscription:
         """Join ``group`` on each of ``topics``; the group receives what is published from now on.
 
         ``start`` is checked but changes nothing here: the memory bus holds no messages for a group before it
         exists, so its oldest message (``"earliest"``) is the first one published after this returns
-        (``"latest"``). A group that had members keeps what was buffered for it and resumes with that.
+        (``"latest"``). A group that had members keeps what was buffered for it and resumes with that. Nor does
+        ``background``: delivery here costs no polling.
         """
         check_start(start)
         if (handler is None) == (batch_handler is None):

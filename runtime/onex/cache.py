@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from onex.bus import EventBus, Subscription
 from onex.clock import Clock
 from onex.contracts import CacheInvalidation, CachingSubcontract, Contract
-from onex.envelope import OnexEnvelopeV1
+from onex.envelope import CONTROL_EVENTS, OnexEnvelopeV1
 from onex.exceptions import OnexError
 from onex.meters import CacheMeter
 from onex.settings import Settings
@@ -168,7 +168,9 @@ class Cache(abc.ABC):
             for envelope in envelopes:
                 await self.invalidate(envelope.event_type, envelope.payload)
 
-        into.append(await bus.subscribe(names, group, batch_handler=heard, start="latest"))
+        # Invalidated by control events alone (the registry's cache of live nodes): a background subscription.
+        background = self.events <= CONTROL_EVENTS
+        into.append(await bus.subscribe(names, group, batch_handler=heard, start="latest", background=background))
 
     async def aclose(self) -> None:  # noqa: B027  # a backend that holds nothing has nothing to release
         """Release what the backend holds (connections)."""

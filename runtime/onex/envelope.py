@@ -286,6 +286,9 @@ NODE_INTROSPECTION = "NODE_INTROSPECTION"
 NODE_HEARTBEAT = "NODE_HEARTBEAT"
 REGISTRY_REQUEST_INTROSPECTION = "REGISTRY_REQUEST_INTROSPECTION"
 STATE_TRANSITION = "STATE_TRANSITION"
+CONTROL_EVENTS: frozenset[str] = frozenset({NODE_INTROSPECTION, NODE_HEARTBEAT, REGISTRY_REQUEST_INTROSPECTION})
+"""The control plane: a subscription taking nothing else is a background one (``EventBus.subscribe``), since no
+workflow waits for these."""
 RUNTIME_EVENTS: dict[str, str] = {
     # event name -> topic class; every hosted node publishes these, whatever its contract declares
     NODE_INTROSPECTION: "evt",

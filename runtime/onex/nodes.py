@@ -45,6 +45,7 @@ from onex.catalog import Publication as Publication
 from onex.clock import SYSTEM_CLOCK, Clock
 from onex.contracts import Contract, EventSpec, NodeType, StateSupport, Step, plan_stages
 from onex.envelope import (
+    CONTROL_EVENTS,
     NODE_HEARTBEAT,
     NODE_INTROSPECTION,
     REGISTRY_REQUEST_INTROSPECTION,
@@ -246,6 +247,7 @@ class Node:
         async def subscribe(handler_name: str, specs: list[EventSpec]) -> None:
             method = getattr(self, handler_name)
             topics = [self._consumed[s.event_name][0] for s in specs]
+            background = all(s.event_name in CONTROL_EVENTS for s in specs)  # the registry's heartbeats, say
             if any(s.batch for s in specs):
                 sub = await self.bus.subscribe(
                     topics,
@@ -253,10 +255,16 @@ class Node:
                     batch_handler=self._batch_wrapper(method),
                     retry=retry,
                     on_assign=self._assigned,
+                    background=background,
                 )
             else:
                 sub = await self.bus.subscribe(
-                    topics, self.group, handler=self._single_wrapper(method), retry=retry, on_assign=self._assigned
+                    topics,
+                    self.group,
+                    handler=self._single_wrapper(method),
+                    retry=retry,
+                    on_assign=self._assigned,
+                    background=background,
                 )
             self._subscriptions.append(sub)
 
@@ -265,7 +273,9 @@ class Node:
             request_topic = self.topic(REGISTRY_REQUEST_INTROSPECTION)
             await self.bus.ensure_topics([request_topic])
             self._subscriptions.append(
-                await self.bus.subscribe([request_topic], f"{self.node_id}.introspection", handler=self._on_request)
+                await self.bus.subscribe(
+                    [request_topic], f"{self.node_id}.introspection", handler=self._on_request, background=True
+                )
             )
 
         # All at once: on Kafka a join waits seconds for the broker, and each member joining a group sends the members
