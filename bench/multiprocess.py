@@ -15,8 +15,10 @@
   transitions, aggregates, heartbeats); the table shows how many records the deployment wrote per stamp.
 
 Also reported per run: CPU seconds of each node process (from /proc, so Linux only), which shows where the time
-goes. ``--repeat`` runs (default 3), each on fresh topics and a fresh schema; the table shows the median and the
-best. Everything runs on this machine, broker and database included: read the ratio, not the absolute figures.
+goes; and, before the clock starts, what the deployment costs doing nothing for ``--idle-s`` seconds (default 5, 0:
+skip): CPUs busy machine-wide (the broker included) and each node process's CPU seconds per second. ``--repeat``
+runs (default 3), each on fresh topics and a fresh schema; the table shows the median and the best. Everything runs
+on this machine, broker and database included: read the ratio, not the absolute figures.
 
 PostgreSQL: ``--dsn``, else ``ONEX_BENCH_POSTGRES`` / ``ONEX_TEST_POSTGRES``, else
 ``postgresql://postgres@127.0.0.1:5432/test``, else a throwaway cluster (``initdb``, as the tests do); with none of
@@ -175,7 +177,14 @@ async def _records_written(bootstrap: str, prefix: str) -> int:
 
 
 async def run_onex(
-    bootstrap: str, server_dsn: str, items: list[str], logs: Path, fetch_max_wait_ms: int, *, checkpoints: bool = True
+    bootstrap: str,
+    server_dsn: str,
+    items: list[str],
+    logs: Path,
+    fetch_max_wait_ms: int,
+    *,
+    checkpoints: bool = True,
+    idle_s: float = 0.0,
 ) -> dict[str, Any]:
     env = f"bench{uuid.uuid4().hex[:8]}"
     schema = f"onex_bench_{uuid.uuid4().hex[:8]}"
@@ -201,6 +210,7 @@ async def run_onex(
             },
         ) as deployment:
             procs = await deployment.start(NODES)
+            idle = await _idle_cost(procs, idle_s) if idle_s > 0 else None
             cpu_before = {p.node: _cpu_seconds(p.pid) for p in procs}
             busy_before, own_before = _machine_busy_s(), time.process_time()
             figures = await _drive(bootstrap, env, namespace, store_url, items, fetch_max_wait_ms)
@@ -216,12 +226,33 @@ async def run_onex(
             if after is not None and (before := cpu_before[node]) is not None
         }
         figures["cpu_s"]["client (this process)"] = round(own_after - own_before, 2)
+        if idle is not None:
+            figures["idle"] = idle
         if busy_before is not None and busy_after is not None:
             # Everything on the machine (broker and database included) while the clock ran: CPUs kept busy.
             figures["machine_busy_cpus"] = round((busy_after - busy_before) / figures["wall_s"], 2)
         return figures
     finally:
         await _execute(server_dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def _idle_cost(procs: list[Any], seconds: float) -> dict[str, Any] | None:
+    """What the started deployment costs while nothing is submitted: CPUs busy machine-wide over ``seconds`` (the
+    broker's polling included) and each node process's CPU seconds per second. Waiting is the measurement here."""
+    before, busy_before = {p.node: _cpu_seconds(p.pid) for p in procs}, _machine_busy_s()
+    await asyncio.sleep(seconds)
+    after, busy_after = {p.node: _cpu_seconds(p.pid) for p in procs}, _machine_busy_s()
+    if busy_before is None or busy_after is None:
+        return None
+    return {
+        "seconds": seconds,
+        "machine_busy_cpus": round((busy_after - busy_before) / seconds, 2),
+        "cpu_per_s": {
+            node: round((end - start) / seconds, 3)
+            for node, end in after.items()
+            if end is not None and (start := before[node]) is not None
+        },
+    }
 
 
 async def _drive(
@@ -351,6 +382,7 @@ def run(
     dsn: str | None = None,
     bootstrap: str | None = None,
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+    idle_s: float = 5.0,
 ) -> dict[str, Any]:
     """Run the benchmark; print the table; write ``bench/results/multiprocess.json``. Returns the figures, or
     ``{"skipped": reason}`` when there is no PostgreSQL."""
@@ -367,7 +399,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="onex-bench-mp-") as logs:
             for n in range(repeat):
                 raw_s.append(asyncio.run(run_raw(broker, raw_records)))
-                runs.append(asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms)))
+                runs.append(asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms, idle_s=idle_s)))
                 volatile.append(
                     asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms, checkpoints=False))
                 )
@@ -444,6 +476,12 @@ def _print(result: dict[str, Any]) -> None:
         print("CPU seconds per process (a middle run): " + ", ".join(f"{k} {v}" for k, v in middle["cpu_s"].items()))
     if "machine_busy_cpus" in middle:
         print(f"CPUs busy machine-wide while it ran: {middle['machine_busy_cpus']} of {result['cpus']}")
+    if middle.get("idle"):
+        idle = middle["idle"]
+        print(
+            f"Idle for {idle['seconds']:g} s before it: {idle['machine_busy_cpus']} CPUs busy machine-wide; CPU s/s "
+            "per process: " + ", ".join(f"{k} {v}" for k, v in idle["cpu_per_s"].items())
+        )
 
 
 if __name__ == "__main__":
@@ -453,6 +491,7 @@ if __name__ == "__main__":
     parser.add_argument("--dsn", default=None)
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_MAX_WAIT_MS)
+    parser.add_argument("--idle-s", type=float, default=5.0)
     args = parser.parse_args()
     try:
         run(
@@ -461,6 +500,7 @@ if __name__ == "__main__":
             dsn=args.dsn,
             bootstrap=args.bootstrap,
             fetch_max_wait_ms=args.fetch_max_wait_ms,
+            idle_s=args.idle_s,
         )
     except BrokerUnavailable as exc:
         print(f"multiprocess: skipped: {exc}")

@@ -297,8 +297,8 @@ class KafkaBus(EventBus):
         costs ~6 ms, for an idle consumer's fetch request every 10 ms. Background subscriptions (``subscribe(...,
         background=True)``: the nodes' answers to introspection requests, the registry's heartbeats, caches hearing
         those) wait ``background_fetch_max_wait_ms`` instead (500 ms by default, aiokafka's default; never less than
-        ``fetch_max_wait_ms``): on tansu with 10 ms, the twelve consumers of an idle five-node deployment kept 1.2 of
-        this machine's 2 CPUs busy, the broker half of it; with the eight background ones at 500 ms, 0.74.
+        ``fetch_max_wait_ms``): on tansu with 10 ms, the twelve consumers of an idle five-node deployment kept 1.25 of
+        this machine's 2 CPUs busy, the broker half of it; with the eight background ones at 500 ms, 0.7.
 
         A user and password in the URL become ``sasl_plain_username`` / ``sasl_plain_password``. ``SSL`` and
         ``SASL_SSL`` get a default, verifying SSL context (with ``ssl_cafile`` if given) unless ``ssl_context`` is
