@@ -247,25 +247,19 @@ class Node:
         async def subscribe(handler_name: str, specs: list[EventSpec]) -> None:
             method = getattr(self, handler_name)
             topics = [self._consumed[s.event_name][0] for s in specs]
-            background = all(s.event_name in CONTROL_EVENTS for s in specs)  # the registry's heartbeats, say
-            if any(s.batch for s in specs):
-                sub = await self.bus.subscribe(
-                    topics,
-                    self.group,
-                    batch_handler=self._batch_wrapper(method),
-                    retry=retry,
-                    on_assign=self._assigned,
-                    background=background,
-                )
-            else:
-                sub = await self.bus.subscribe(
-                    topics,
-                    self.group,
-                    handler=self._single_wrapper(method),
-                    retry=retry,
-                    on_assign=self._assigned,
-                    background=background,
-                )
+            handling: dict[str, Any] = (
+                {"batch_handler": self._batch_wrapper(method)}
+                if any(s.batch for s in specs)
+                else {"handler": self._single_wrapper(method)}
+            )
+            sub = await self.bus.subscribe(
+                topics,
+                self.group,
+                retry=retry,
+                on_assign=self._assigned,
+                background=all(s.event_name in CONTROL_EVENTS for s in specs),  # the registry's heartbeats, say
+                **handling,
+            )
             self._subscriptions.append(sub)
 
         async def answer_introspection() -> None:
