@@ -44,7 +44,7 @@ import tempfile
 import time
 import uuid
 from asyncio.subprocess import PIPE
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.fixtures when run as a script
 
-from tests.fixtures.deployment import NODES, Deployment, onex_command  # noqa: E402 - needs ROOT on sys.path
+from tests.fixtures.deployment import NODES, Deployment, NodeProcess, onex_command  # noqa: E402 - needs ROOT on sys.path
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS, BrokerUnavailable, start_tansu  # noqa: E402
 from tests.fixtures.postgres import _Cluster, with_schema  # noqa: E402
 
@@ -236,7 +236,7 @@ async def run_onex(
         await _execute(server_dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-async def _idle_cost(procs: list[Any], seconds: float) -> dict[str, Any] | None:
+async def _idle_cost(procs: Sequence[NodeProcess], seconds: float) -> dict[str, Any] | None:
     """What the started deployment costs while nothing is submitted: CPUs busy machine-wide over ``seconds`` (the
     broker's polling included) and each node process's CPU seconds per second. Waiting is the measurement here."""
     before, busy_before = {p.node: _cpu_seconds(p.pid) for p in procs}, _machine_busy_s()

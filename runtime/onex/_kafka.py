@@ -198,6 +198,8 @@ _SPECVERSION: Final = b"1.0"
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
 _RAW_LIMIT: Final = 256 * 1024
 _POLL_TIMEOUT_MS: Final = 1_000
+# aiokafka's fetch_max_wait_ms when none is given; background subscriptions wait at least this long by default.
+_AIOKAFKA_FETCH_MAX_WAIT_MS: Final = 500
 _REDELIVERY_BACKOFF_S: Final = 1.0
 _DEFAULT_RETRY: Final = RetryPolicy()
 _CHECK_EVERY: Final = 4_096
@@ -234,7 +236,7 @@ class KafkaBus(EventBus):
         replication_factor: int = 1,
         create_topics: bool = True,
         join_timeout_s: float = 60.0,
-        background_fetch_max_wait_ms: int = 500,
+        background_fetch_max_wait_ms: int = _AIOKAFKA_FETCH_MAX_WAIT_MS,
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
         **client_options: Any,
@@ -380,7 +382,8 @@ class KafkaBus(EventBus):
         # (3 s) would drop every member between two heartbeats.
         kwargs.setdefault("heartbeat_interval_ms", kwargs["session_timeout_ms"] // 3)
         if background:
-            kwargs["fetch_max_wait_ms"] = max(kwargs.get("fetch_max_wait_ms", 500), self.background_fetch_max_wait_ms)
+            waits = kwargs.get("fetch_max_wait_ms", _AIOKAFKA_FETCH_MAX_WAIT_MS)
+            kwargs["fetch_max_wait_ms"] = max(waits, self.background_fetch_max_wait_ms)
         return kwargs
 
     def admin_kwargs(self) -> dict[str, Any]:
