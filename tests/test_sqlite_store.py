@@ -199,6 +199,77 @@ async def test_aclose_finishes_the_writes_already_queued(tmp_path: Path) -> None
         assert conn.execute("SELECT count(*) FROM metadata_stamps").fetchone() == (1_000,)
 
 
+async def hold_thread(store: SqliteStore) -> tuple[asyncio.Future[None], threading.Event]:
+    """Keep the store's thread busy (a ``run_sync`` call) until the returned event is set; returns that call."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        entered.set()
+        release.wait(30)
+
+    holding = asyncio.ensure_future(store.run_sync(hold))
+    assert await asyncio.to_thread(entered.wait, 30)
+    return holding, release
+
+
+async def test_writes_made_while_one_is_committed_are_committed_together_in_the_next_transaction(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        holding, release = await hold_thread(store)
+        first = asyncio.ensure_future(store.apply(WriteBatch(stamps=[stamp()])))
+        await asyncio.sleep(0)  # handed to the thread, behind the hold: the transaction in progress
+        later = [asyncio.ensure_future(store.apply(WriteBatch(stamps=[stamp(), stamp()]))) for _ in range(5)]
+        await asyncio.sleep(0)  # each apply() call is waiting
+        later[2].cancel()  # its caller gives up: its batch is written all the same
+        before = store.transactions
+        release.set()
+        await holding
+        await asyncio.gather(first, *later[:2], *later[3:])
+        assert store.transactions - before == 2  # the first alone, then the five others in one
+        assert await store.count("metadata_stamps") == 11
+        assert later[2].cancelled()
+
+
+async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        holding, release = await hold_thread(store)
+        first = asyncio.ensure_future(store.apply(WriteBatch(stamps=[stamp(file_path="first.py")])))
+        await asyncio.sleep(0)
+        batches = {
+            "good": WriteBatch(stamps=[stamp(file_path="good.py")]),
+            "fails": WriteBatch(stamps=[stamp(file_path="undone.py"), stamp(file_size=2**63)]),  # fails executing
+            "unencodable": WriteBatch(stamps=[stamp(stamp_data={"x": {1, 2}})]),  # fails before BEGIN
+            "also good": WriteBatch(
+                workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "completed", 2)],
+                stamps=[stamp(file_path="also.py")],
+            ),
+        }
+        calls = {name: asyncio.ensure_future(store.apply(batch)) for name, batch in batches.items()}
+        await asyncio.sleep(0)
+        before = store.transactions
+        release.set()
+        await holding
+        await first
+        outcomes = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True), strict=True))
+
+        assert outcomes["good"] is None
+        assert outcomes["also good"] is None
+        assert isinstance(outcomes["fails"], StoreError)
+        assert "insert of metadata_stamps failed" in str(outcomes["fails"])
+        assert "the batch was rolled back" in str(outcomes["fails"])
+        assert isinstance(outcomes["unencodable"], StoreError)
+        assert "cannot be stored" in str(outcomes["unencodable"])
+        assert store.transactions - before == 2
+        stored = {s.file_path for s in await store.list_stamps("ns", limit=100)}
+        assert stored == {"first.py", "good.py", "also.py"}  # none of the failed batch's rows, the good one either
+        assert await store.count("workflow_executions") == 1
+
+
 async def test_a_store_can_be_reopened(tmp_path: Path) -> None:
     store = SqliteStore(url(tmp_path / "onex.db"))
     async with store:

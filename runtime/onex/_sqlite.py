@@ -17,8 +17,12 @@ and a busy timeout (``BUSY_TIMEOUT_S``) so that a writer in another process make
 locked database is ``StoreUnavailable`` (an outage to hold through), never bad data.
 
 Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a
-concurrent writer elsewhere makes us wait there instead of failing mid-transaction. The rows are encoded first
-(uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table gets one ``executemany``
+concurrent writer elsewhere makes us wait there instead of failing mid-transaction. Group commit: the batches of
+``apply`` calls made while a transaction is in progress wait for it, then go to the thread together and are written
+in one transaction, each inside a savepoint of its own, so one that fails is rolled back alone and only its caller
+gets the error. Nodes flush small batches often (an HTTP request's workflow is a batch of one or two), and a
+transaction each kept the one thread busy and every caller queueing behind the others' commits. The rows are encoded
+first (uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table gets one ``executemany``
 of one prepared statement, in the order workflows, steps, stamps, transitions, bridge states, registrations,
 heartbeats, event logs, aggregate windows, node states, processed events. Any error rolls the whole batch back
 and raises ``StoreError`` naming the table and the operation (and the row, when it could not be encoded);
@@ -60,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -74,6 +79,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
 from onex import _jsontext, _tables, store
+from onex._group_commit import GroupCommit
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -354,7 +360,7 @@ def _numbered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tup
     return numbered
 
 
-# Its rows are built in _apply_sync: (consumer, event id, now).
+# Its rows are built in _encode_batch: (consumer, event id, now).
 _PROCESSED: Final = _Writer(
     "processed_event_ids", "processed_events", "insert", _insert(_tables.PROCESSED), lambda r, now: [], ("event_id",)
 )
@@ -365,6 +371,9 @@ _ENCODE_ERRORS: Final = (TypeError, ValueError, AttributeError, OverflowError)
 # What executing may raise besides sqlite3.Error: an int beyond 64 bits (OverflowError), a str that is not valid
 # Unicode (UnicodeEncodeError), a parameter of a type sqlite3 cannot bind.
 _EXECUTE_ERRORS: Final = (sqlite3.Error, OverflowError, UnicodeError, ValueError, TypeError)
+
+
+_ROLLED_BACK: Final = "the batch was rolled back"
 
 
 def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, ...]]:
@@ -456,8 +465,9 @@ def database_path(url: str) -> str:
 class SqliteStore(Store):
     """The ``Store`` on one SQLite file (see the module docstring for threading, transactions and the rules).
 
-    Besides the ``Store`` API: ``path`` (the database file, or ``":memory:"``), ``list_event_logs``, and
-    ``checkpoints`` (background WAL checkpoints run; ``checkpoint_interval_s`` paces them).
+    Besides the ``Store`` API: ``path`` (the database file, or ``":memory:"``), ``list_event_logs``,
+    ``checkpoints`` (background WAL checkpoints run; ``checkpoint_interval_s`` paces them), and ``transactions``
+    (write transactions committed: ``apply`` calls waiting together share one).
     """
 
     def __init__(self, url: str, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
@@ -466,7 +476,10 @@ class SqliteStore(Store):
         self.commits = CommitMeter()
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoints = 0
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # None once closing: calls are refused
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None  # the database thread, until it is shut
+        self.transactions = 0
+        self._group: GroupCommit[WriteBatch] = GroupCommit(self._write_group)
         self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
         self._checkpoint: asyncio.Future[None] | None = None  # the background checkpoint running, if any
         self._checkpointed_at = -math.inf
@@ -491,12 +504,12 @@ class SqliteStore(Store):
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onex-sqlite")
         # Published before the connection exists: calls made meanwhile queue up behind the connect on the one
         # thread, so they run after it, as if open() had returned first.
-        self._executor, self._closed = executor, False
+        self._executor, self._thread, self._closed = executor, executor, False
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
         except BaseException:
             # Also when cancelled while the thread was still connecting: close whatever it opened, after it.
-            self._executor = None
+            self._executor = self._thread = None
             executor.submit(self._close_sync)
             executor.shutdown(wait=False)
             raise
@@ -522,10 +535,13 @@ class SqliteStore(Store):
             finally:
                 checkpointer.shutdown(wait=False)  # its thread exits once idle (at once unless cancelled meanwhile)
         try:
+            await self._group.idle()  # the writes of apply() calls made before this one
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         except BaseException:
             executor.shutdown(wait=False)  # cancelled: the thread still closes the connection, then exits
             raise
+        finally:
+            self._thread = None
         executor.shutdown(wait=True)  # the thread is idle now: this only joins it
 
     def _open_sync(self) -> None:
@@ -720,59 +736,96 @@ class SqliteStore(Store):
     # --- writes ------------------------------------------------------------------------------------------------------
 
     async def apply(self, batch: WriteBatch) -> None:
-        """Write the batch in one transaction (module docstring). Do not change ``batch`` until this returns."""
+        """Write the batch in one transaction (module docstring), shared with the batches of other ``apply`` calls
+        waiting meanwhile (group commit). Do not change ``batch`` until this returns."""
         rows = len(batch) + len(batch.processed_event_ids)
         if not rows:
             await self._call(self._ready)  # nothing to write; still an error on a closed or un-migrated store
             return
+        if self._executor is None or self._thread is None:
+            raise StoreError(f"{self!r} is {'closed' if self._closed else 'not open'}")
         self._queued += rows
         started = time.perf_counter()
         try:
-            await self._call(self._apply_sync, batch)
+            await self._group.submit(self._thread, batch)
         finally:
             self._queued -= rows
         self.commits.committed(rows, time.perf_counter() - started)
         self._maybe_checkpoint()
 
-    def _apply_sync(self, batch: WriteBatch) -> None:
-        conn = self._ready()
+    def _write_group(self, batches: list[WriteBatch]) -> list[BaseException | None]:
+        """Write ``batches`` in one transaction, each inside a savepoint of its own when there are several: a batch
+        that fails is rolled back alone and gets its error, the others are committed. Each batch's error, or None."""
+        errors: list[BaseException | None] = [None] * len(batches)
+        try:
+            conn = self._ready()
+        except StoreError as exc:
+            return [copy.copy(exc) for _ in batches]
         now = _now()
-        # Encode everything before BEGIN: a row that cannot be stored fails the batch before it takes the lock.
-        work: list[tuple[_Writer | None, list[tuple[Any, ...]]]] = []
-        for writer in _WRITERS:
-            rows = getattr(batch, writer.field)
-            if rows:
-                work.append((writer, _encode(writer, rows, now)))
+        # Encode everything before BEGIN: a row that cannot be stored fails its batch before the lock is taken.
+        work: dict[int, list[tuple[_Writer, list[tuple[Any, ...]]]]] = {}
+        for index, batch in enumerate(batches):
+            try:
+                work[index] = self._encode_batch(batch, now)
+            except StoreError as exc:
+                errors[index] = exc
+        if not work:
+            return errors
+        alone = len(work) == 1  # the savepoint costs nothing to leave out, and a lone batch is the common case
+        max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        current = "begin"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for index, statements in work.items():
+                if not alone:
+                    conn.execute("SAVEPOINT onex_batch")
+                try:
+                    for writer, params in statements:
+                        current = f"{writer.operation} of {writer.table}"
+                        if writer is _STAMP_WRITER:
+                            params = _numbered(conn, params)
+                        for sql, args, many in writer.statements(params, max_variables):
+                            if many:
+                                conn.executemany(sql, args)
+                            else:
+                                conn.execute(sql, args)
+                except _EXECUTE_ERRORS as exc:
+                    # SQLite rolls the whole transaction back by itself after some errors (SQLITE_FULL, IOERR...):
+                    # then there is no savepoint to go back to, and the batches before it are undone too.
+                    if alone or not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK TO onex_batch")
+                    conn.execute("RELEASE onex_batch")
+                    errors[index] = _store_error(exc, f"apply: {current} failed on {self.path}", _ROLLED_BACK)
+                    continue
+                if not alone:
+                    conn.execute("RELEASE onex_batch")
+            current = "commit"
+            conn.execute("COMMIT")
+        except _EXECUTE_ERRORS as exc:
+            _rollback(conn)
+            for index in work:
+                if errors[index] is None:
+                    errors[index] = _store_error(exc, f"apply: {current} failed on {self.path}", _ROLLED_BACK)
+            return errors
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.transactions += 1
+        return errors
+
+    def _encode_batch(self, batch: WriteBatch, now: str) -> list[tuple[_Writer, list[tuple[Any, ...]]]]:
+        """Each table's rows of ``batch`` as parameters, in the order they are written; StoreError naming the row
+        that cannot be encoded."""
+        work = [(writer, _encode(writer, rows, now)) for writer in _WRITERS if (rows := getattr(batch, writer.field))]
         if batch.processed_event_ids:
             consumer = batch.consumer
             try:
                 ids = [(consumer, _uid(i), now) for i in batch.processed_event_ids]
             except _ENCODE_ERRORS as exc:
                 raise _store_error(exc, "apply: processed_event_ids", "nothing was written") from exc
-            work.append((None, ids))
-
-        current = "begin"
-        max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for target, params in work:
-                writer = target or _PROCESSED
-                current = f"{writer.operation} of {writer.table}"
-                if writer is _STAMP_WRITER:
-                    params = _numbered(conn, params)
-                for sql, args, many in writer.statements(params, max_variables):
-                    if many:
-                        conn.executemany(sql, args)
-                    else:
-                        conn.execute(sql, args)
-            current = "commit"
-            conn.execute("COMMIT")
-        except _EXECUTE_ERRORS as exc:
-            _rollback(conn)
-            raise _store_error(exc, f"apply: {current} failed on {self.path}", "the batch was rolled back") from exc
-        except BaseException:
-            _rollback(conn)
-            raise
+            work.append((_PROCESSED, ids))
+        return work
 
     # --- reads -------------------------------------------------------------------------------------------------------
 
