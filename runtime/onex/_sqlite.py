@@ -476,8 +476,7 @@ class SqliteStore(Store):
         self.commits = CommitMeter()
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoints = 0
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # None once closing: calls are refused
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None  # the database thread, until it is shut
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # the database thread; None once closing
         self.transactions = 0
         self._group: GroupCommit[WriteBatch] = GroupCommit(self._write_group)
         self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -504,12 +503,12 @@ class SqliteStore(Store):
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onex-sqlite")
         # Published before the connection exists: calls made meanwhile queue up behind the connect on the one
         # thread, so they run after it, as if open() had returned first.
-        self._executor, self._thread, self._closed = executor, executor, False
+        self._executor, self._closed = executor, False
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
         except BaseException:
             # Also when cancelled while the thread was still connecting: close whatever it opened, after it.
-            self._executor = self._thread = None
+            self._executor = None
             executor.submit(self._close_sync)
             executor.shutdown(wait=False)
             raise
@@ -540,8 +539,6 @@ class SqliteStore(Store):
         except BaseException:
             executor.shutdown(wait=False)  # cancelled: the thread still closes the connection, then exits
             raise
-        finally:
-            self._thread = None
         executor.shutdown(wait=True)  # the thread is idle now: this only joins it
 
     def _open_sync(self) -> None:
@@ -742,12 +739,13 @@ class SqliteStore(Store):
         if not rows:
             await self._call(self._ready)  # nothing to write; still an error on a closed or un-migrated store
             return
-        if self._executor is None or self._thread is None:
+        executor = self._executor
+        if executor is None:
             raise StoreError(f"{self!r} is {'closed' if self._closed else 'not open'}")
         self._queued += rows
         started = time.perf_counter()
         try:
-            await self._group.submit(self._thread, batch)
+            await self._group.submit(executor, batch)  # aclose() waits for what is submitted before it
         finally:
             self._queued -= rows
         self.commits.committed(rows, time.perf_counter() - started)
