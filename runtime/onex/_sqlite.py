@@ -17,8 +17,8 @@ and a busy timeout (``BUSY_TIMEOUT_S``) so that a writer in another process make
 locked database is ``StoreUnavailable`` (an outage to hold through), never bad data.
 
 Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a
-concurrent writer elsewhere makes us wait there instead of failing mid-transaction. Group commit: the batches of
-``apply`` calls made while a transaction is in progress wait for it, then go to the thread together and are written
+concurrent writer elsewhere makes us wait there instead of failing mid-transaction. Group commit
+(``onex._group_commit``): the batches of ``apply`` calls made while the thread is busy wait for it, then are written
 in one transaction, each inside a savepoint of its own, so one that fails is rolled back alone and only its caller
 gets the error. Nodes flush small batches often (an HTTP request's workflow is a batch of one or two), and a
 transaction each kept the one thread busy and every caller queueing behind the others' commits. The rows are encoded
