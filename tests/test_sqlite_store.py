@@ -212,6 +212,16 @@ async def hold_thread(store: SqliteStore) -> tuple[asyncio.Future[None], threadi
     return holding, release
 
 
+async def handed_over(store: SqliteStore, rows: int) -> None:
+    """Let the ``apply()`` tasks just created take their first step, in which each hands its batch over; fails
+    unless ``rows`` rows then wait (the store's ``queued_writes``). Counts turns of the loop, not time."""
+    for _ in range(100):
+        if store._queued == rows:
+            return
+        await asyncio.sleep(0)  # a turn of the loop, in which the tasks scheduled before this one run
+    raise AssertionError(f"{store._queued} rows handed over, expected {rows}")
+
+
 async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_one_transaction(
     tmp_path: Path,
 ) -> None:
@@ -220,7 +230,7 @@ async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_on
         await store.upgrade()
         holding, release = await hold_thread(store)
         calls = [asyncio.ensure_future(store.apply(WriteBatch(stamps=[stamp(), stamp()]))) for _ in range(6)]
-        await asyncio.sleep(0)  # one turn of the loop: each apply() call has handed its batch over and waits
+        await handed_over(store, 12)
         calls[2].cancel()  # its caller gives up: its batch is written all the same
         before = store.transactions
         release.set()
@@ -246,7 +256,7 @@ async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(t
             ),
         }
         calls = {name: asyncio.ensure_future(store.apply(batch)) for name, batch in batches.items()}
-        await asyncio.sleep(0)  # one turn of the loop: each apply() call has handed its batch over and waits
+        await handed_over(store, 6)
         before = store.transactions
         release.set()
         await holding

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -69,13 +69,12 @@ class GroupCommit(Generic[T]):
             try:
                 errors = self._write([item for item, _ in group])
             except BaseException as exc:  # the thread's own failure, not an item's: every caller gets it
-                failed: list[BaseException | None] = [exc] * len(group)
-                loop.call_soon_threadsafe(self._deliver, group, failed)
-                raise
+                loop.call_soon_threadsafe(self._deliver, group, [exc] * len(group))
+                return  # delivered: nobody reads the job's own result
             loop.call_soon_threadsafe(self._deliver, group, errors)
 
     @staticmethod
-    def _deliver(group: list[tuple[T, asyncio.Future[None]]], errors: list[BaseException | None]) -> None:
+    def _deliver(group: list[tuple[T, asyncio.Future[None]]], errors: Sequence[BaseException | None]) -> None:
         for (_, caller), error in zip(group, errors, strict=True):
             if caller.done():  # cancelled
                 continue

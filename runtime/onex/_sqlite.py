@@ -373,9 +373,6 @@ _ENCODE_ERRORS: Final = (TypeError, ValueError, AttributeError, OverflowError)
 _EXECUTE_ERRORS: Final = (sqlite3.Error, OverflowError, UnicodeError, ValueError, TypeError)
 
 
-_ROLLED_BACK: Final = "the batch was rolled back"
-
-
 def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, ...]]:
     encode = writer.encode
     try:
@@ -772,6 +769,10 @@ class SqliteStore(Store):
         alone = len(work) == 1  # the savepoint costs nothing to leave out, and a lone batch is the common case
         max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         current = "begin"
+
+        def failed(exc: BaseException) -> StoreError:
+            return _store_error(exc, f"apply: {current} failed on {self.path}", "the batch was rolled back")
+
         try:
             conn.execute("BEGIN IMMEDIATE")
             for index, statements in work.items():
@@ -794,7 +795,7 @@ class SqliteStore(Store):
                         raise
                     conn.execute("ROLLBACK TO onex_batch")
                     conn.execute("RELEASE onex_batch")
-                    errors[index] = _store_error(exc, f"apply: {current} failed on {self.path}", _ROLLED_BACK)
+                    errors[index] = failed(exc)
                     continue
                 if not alone:
                     conn.execute("RELEASE onex_batch")
@@ -804,7 +805,7 @@ class SqliteStore(Store):
             _rollback(conn)
             for index in work:
                 if errors[index] is None:
-                    errors[index] = _store_error(exc, f"apply: {current} failed on {self.path}", _ROLLED_BACK)
+                    errors[index] = failed(exc)
             return errors
         except BaseException:
             _rollback(conn)
