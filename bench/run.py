@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = (
     "stamps",
     "bus_memory",
+    "decode",
     "store_sqlite",
     "store_postgres",
     "bus_kafka",

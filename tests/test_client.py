@@ -21,7 +21,7 @@ import pytest
 from onex.bus import GroupStart, MemoryBus, MemorySubscription
 from onex.client import OUTCOME_EVENTS, StampClient, StampRun, _wait, verify_paths
 from onex.contracts import load_contracts
-from onex.envelope import OnexEnvelopeV1, topic_name
+from onex.envelope import OnexEnvelopeV1, Reader, topic_name
 from onex.exceptions import OnexError
 from onex.runtime import Runtime
 from onex.settings import Settings
@@ -202,9 +202,16 @@ class StartRecordingBus(MemoryBus):
     def __init__(self) -> None:
         super().__init__()
         self.starts: list[str] = []
+        self.readers: dict[str, Reader] = {}  # what every subscription was given, by topic
+        self.published: dict[str, OnexEnvelopeV1] = {}  # the last envelope of each event type
+
+    async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
+        self.published[envelope.event_type] = envelope
+        await super().publish(topic, envelope)
 
     async def subscribe(self, *args: Any, start: GroupStart = "earliest", **kwargs: Any) -> MemorySubscription:
         self.starts.append(start)
+        self.readers.update(kwargs.get("readers") or {})
         return await super().subscribe(*args, start=start, **kwargs)
 
 
@@ -213,6 +220,22 @@ async def test_the_client_asks_any_bus_for_only_what_is_published_after_it_subsc
     # the outcome topics' whole history first.
     async with StartRecordingBus() as bus, StampClient(bus, runtime.contracts, runtime.settings):
         assert bus.starts == ["latest"]
+
+
+async def test_the_nodes_and_the_client_read_each_event_with_a_model_typed(tmp_path: Path) -> None:
+    # On Kafka, a record of these topics is validated into its payload model in the parse of its JSON, once.
+    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db")
+    async with StartRecordingBus() as bus, Runtime(settings.with_(heartbeat_interval_s=0), bus=bus) as runtime:
+        async with StampClient(bus, runtime.contracts, runtime.settings) as client:
+            await client.outcome(await client.submit({"content": "x = 1\n", "file_path": "a.py"}), timeout=30)
+            failed = await client.outcome(await client.submit({"file_path": str(tmp_path / "gone.py")}), timeout=30)
+            assert failed.event_type == "WORKFLOW_FAILED"
+        await runtime.drain()
+    catalog = client.catalog
+    modelled = ["STAMP_REQUESTED", "STAMP_FILE", "STAMP_CREATED", "STAMP_FAILED", *OUTCOME_EVENTS, "STATE_TRANSITION"]
+    for event in modelled:
+        read = bus.readers[catalog.topic(event)]
+        assert type(read(bus.published[event].to_json()).payload) is catalog.events[event].codec.model, event
 
 
 def loop_in_a_directory_named_like_an_omission(tmp_path: Path) -> Path:

@@ -17,6 +17,7 @@ from onex.envelope import (
     dlq_topic,
     kebab,
     topic_name,
+    typed_reader,
 )
 
 
@@ -210,3 +211,39 @@ def test_an_envelope_built_from_a_value_of_the_wrong_type_is_caught_in_tests() -
             partition_key=None,
             payload={},
         )
+
+
+class Thing(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    n: int
+    at: datetime
+    id: uuid.UUID
+
+
+def test_a_typed_reader_validates_the_payload_into_its_model_in_the_parse_and_reads_the_rest_as_before() -> None:
+    read = typed_reader("THING", Thing)
+    at, thing_id = datetime(2026, 12, 3, 12, 0, tzinfo=UTC), uuid.uuid4()
+    fits = envelope(event_type="THING", payload={"n": 1, "at": at.isoformat(), "id": str(thing_id)})
+
+    typed = read(fits.to_json())
+
+    # A plain envelope (equal to the one read the generic way but for its payload), its payload the model itself.
+    assert type(typed) is OnexEnvelopeV1
+    assert typed.payload == Thing(n=1, at=at, id=thing_id)
+    assert typed.model_copy(update={"payload": fits.payload}) == OnexEnvelopeV1.from_json(fits.to_json())
+    assert read(typed.to_json()) == typed
+    # What does not fit comes back as from_json reads it: the consuming codec reports the bad field as before.
+    for other in (
+        envelope(event_type="THING", payload={"n": "one", "at": at.isoformat(), "id": str(thing_id)}),
+        envelope(event_type="THING", payload={"n": 1, "at": at.isoformat(), "id": str(thing_id), "x": 2}),
+        envelope(event_type="OTHER", payload={"n": 1, "at": at.isoformat(), "id": str(thing_id)}),
+    ):
+        assert read(other.to_json()) == OnexEnvelopeV1.from_json(other.to_json())
+        assert type(read(other.to_json()).payload) is dict
+    # What is no envelope raises what from_json raises, so the bus dead-letters it as before.
+    for garbage in (b"not json", b'{"hello": "world"}', b"[]"):
+        with pytest.raises(pydantic.ValidationError) as typed_error:
+            read(garbage)
+        with pytest.raises(pydantic.ValidationError) as generic_error:
+            OnexEnvelopeV1.from_json(garbage)
+        assert str(typed_error.value) == str(generic_error.value)

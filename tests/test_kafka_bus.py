@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import pydantic
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -27,7 +28,7 @@ from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from onex._kafka import KafkaBus, _murmur2
 from onex.bus import RetryPolicy
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
+from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic, typed_reader
 from onex.exceptions import BusError
 
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS
@@ -183,6 +184,39 @@ async def test_topics_are_created_with_the_configured_partitions_and_a_dlq(kafka
 
 
 # -- dead letters ----------------------------------------------------------------------------------------------------
+
+
+class Thing(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    n: int
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+@pytest.mark.parametrize("batch", [False, True], ids=["handler", "batch_handler"])
+async def test_a_topics_reader_hands_over_payloads_already_validated_into_their_model(
+    kafka_bus: KafkaBus, batch: bool
+) -> None:
+    typed, plain = unique("typed"), unique("plain")
+    got = Collector(expected=4)
+
+    async def many(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        for one in envelopes:
+            await got(one)
+
+    handling: dict[str, Any] = {"batch_handler": many} if batch else {"handler": got}
+    await kafka_bus.subscribe(
+        [typed, plain], unique("group"), readers={typed: typed_reader("THING_HAPPENED", Thing)}, **handling
+    )
+    await kafka_bus.publish(typed, envelope(1, key="k"))
+    await kafka_bus.publish(typed, envelope(2, key="k", extra=True))  # not a Thing: read as any envelope
+    await kafka_bus.publish(typed, envelope(3, key="k").model_copy(update={"event_type": "OTHER"}))
+    await kafka_bus.publish(plain, envelope(4, key="k"))
+
+    by_n = {(e.payload.n if isinstance(e.payload, Thing) else e.payload["n"]): e.payload for e in await got.wait()}
+
+    assert by_n == {1: Thing(n=1), 2: {"n": 2, "extra": True}, 3: {"n": 3}, 4: {"n": 4}}
+    assert [type(by_n[n]) for n in (1, 2, 3, 4)] == [Thing, dict, dict, dict]
 
 
 @pytest.mark.kafka

@@ -122,7 +122,7 @@ from onex.bus import (
     check_start,
     dropped,
 )
-from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dead_letter, dlq_topic
+from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, Reader, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError, StoreUnavailable
 from onex.logs import dead_lettered, event, retried
 from onex.resilience import pause
@@ -657,15 +657,11 @@ class KafkaBus(EventBus):
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
         background: bool = False,
+        readers: Mapping[str, Reader] | None = None,
     ) -> Subscription:
-        """Join ``group`` on ``topics``; returns once the consumer has its partition assignment.
-
-        ``start`` is where the group reads partitions it has no committed offset for: from their beginning (the
-        default: nothing published before the group first subscribed is missed) or from their current end
-        (``"latest"``: only what is published after ``subscribe()`` returned; see the module docstring).
-        ``background``: the broker may hold this consumer's empty fetches ``background_fetch_max_wait_ms`` (see
-        ``from_url``).
-        """
+        """Join ``group`` on ``topics``; returns once the consumer has its partition assignment. The options are
+        ``EventBus.subscribe``'s; with ``background`` the broker may hold this consumer's empty fetches
+        ``background_fetch_max_wait_ms`` (see ``from_url``), and ``readers`` read records' bytes."""
         if (handler is None) == (batch_handler is None):
             raise ValueError("pass exactly one of handler= and batch_handler=")
         if isinstance(topics, str):
@@ -689,6 +685,7 @@ class KafkaBus(EventBus):
             from_latest=start == "latest",
             on_assign=on_assign,
             background=background,
+            readers=readers,
         )
         await subscription.start()
         self._subscriptions.append(subscription)
@@ -817,9 +814,11 @@ class _KafkaSubscription(Subscription):
         from_latest: bool = False,
         on_assign: Assignment | None = None,
         background: bool = False,
+        readers: Mapping[str, Reader] | None = None,
     ) -> None:
         self.bus = bus
         self.on_assign = on_assign
+        self.readers = dict(readers or {})  # per topic; the others are read by OnexEnvelopeV1.from_json
         self.topics = topics
         self.group = group
         self.handler = handler
@@ -1045,12 +1044,13 @@ class _KafkaSubscription(Subscription):
         # thousands of records per second, each extra await is measurable.
         handler = self.handler
         retry = self.retry
+        read = self.readers.get(topic, OnexEnvelopeV1.from_json)
         if handler is not None:
             bus = self.bus
             for record in records:
                 try:
-                    envelope = OnexEnvelopeV1.from_json(record.value)
-                except Exception as exc:  # anything from_json raises means "not an envelope"
+                    envelope = read(record.value)
+                except Exception as exc:  # anything reading raises means "not an envelope"
                     await self._dead_letter_raw(topic, record, exc)
                 else:
                     policy = retry.for_event(envelope.event_type)
@@ -1072,7 +1072,7 @@ class _KafkaSubscription(Subscription):
         offsets: list[int] = []
         for record in records:
             try:
-                envelopes.append(OnexEnvelopeV1.from_json(record.value))
+                envelopes.append(read(record.value))
                 offsets.append(record.offset)
             except Exception as exc:
                 await self._dead_letter_raw(topic, record, exc)

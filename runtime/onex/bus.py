@@ -35,13 +35,13 @@ import contextvars
 import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self, get_args
 from zlib import crc32
 
-from onex.envelope import OnexEnvelopeV1, dead_letter, dlq_topic
+from onex.envelope import OnexEnvelopeV1, Reader, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError, StoreUnavailable
 from onex.logs import dead_lettered, event, retried
 from onex.resilience import RetryPolicy as RetryPolicy  # re-exported: where bus users have always found it
@@ -157,6 +157,7 @@ class EventBus(abc.ABC):
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
         background: bool = False,
+        readers: Mapping[str, Reader] | None = None,
     ) -> Subscription:
         """Subscribe ``group`` to ``topics`` with exactly one of ``handler`` / ``batch_handler``.
 
@@ -169,6 +170,10 @@ class EventBus(abc.ABC):
         read a broker's whole history first). ``ValueError`` for anything else.
 
         ``background``: the subscription's latency does not matter (module docstring); what it receives is the same.
+
+        ``readers``: per topic, how a record's bytes become an envelope where the bus carries bytes (Kafka):
+        ``onex.envelope.typed_reader`` validates the payload into its model in the same pass. The default, and any
+        topic not named, is ``OnexEnvelopeV1.from_json``. A bus that carries objects (the memory bus) reads nothing.
         """
 
     @abc.abstractmethod
@@ -721,13 +726,14 @@ class MemoryBus(EventBus):
         on_assign: Assignment | None = None,
         start: GroupStart = "earliest",
         background: bool = False,
+        readers: Mapping[str, Reader] | None = None,
     ) -> MemorySubscription:
         """Join ``group`` on each of ``topics``; the group receives what is published from now on.
 
         ``start`` is checked but changes nothing here: the memory bus holds no messages for a group before it
         exists, so its oldest message (``"earliest"``) is the first one published after this returns
         (``"latest"``). A group that had members keeps what was buffered for it and resumes with that. Nor does
-        ``background``: delivery here costs no polling.
+        ``background``: delivery here costs no polling; nor ``readers``: nothing here is bytes.
         """
         check_start(start)
         if (handler is None) == (batch_handler is None):

@@ -23,12 +23,14 @@ from onex.envelope import (
     ModelNodeIntrospection,
     ModelStateTransitions,
     OnexEnvelopeV1,
+    Reader,
     topic_name,
+    typed_reader,
 )
 from onex.exceptions import OnexError, PayloadError
 from onex.settings import Settings
 
-__all__ = ["Event", "EventCatalog", "PayloadCodec", "Publication"]
+__all__ = ["Event", "EventCatalog", "PayloadCodec", "Publication", "readers_for"]
 
 
 class Event(NamedTuple):
@@ -109,6 +111,19 @@ class PayloadCodec:
             if error is not None:
                 raise PayloadError("-", self.event_name, error.message)
         return data
+
+
+def readers_for(consumed: Iterable[tuple[str, PayloadCodec]]) -> dict[str, Reader]:
+    """For a subscription to these (topic, codec) pairs: a ``typed_reader`` for each topic that carries one event
+    with a payload model, so the payloads of its records are validated once, in the parse of their JSON."""
+    by_topic: dict[str, list[PayloadCodec]] = {}
+    for topic, codec in consumed:
+        by_topic.setdefault(topic, []).append(codec)
+    return {
+        topic: typed_reader(codec.event_name, codec.model)
+        for topic, [codec, *others] in by_topic.items()
+        if not others and codec.model is not None
+    }
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from onex.bus import EventBus, Subscription
+from onex.catalog import readers_for
 from onex.contracts import ContractSet
 from onex.envelope import OnexEnvelopeV1, dlq_topic, new_id
 from onex.exceptions import BusError, OnexError, PayloadError, StoreError, StoreUnavailable
@@ -183,7 +184,8 @@ class StampClient:
         # The group is this client's own and lives as long as it does: it wants the outcomes of the requests it is
         # about to submit, not the topics' whole history (which a new group on a broker would read from the
         # beginning, only to drop every outcome by correlation id).
-        sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events, start="latest")
+        typed = readers_for((self.topics[e], self.catalog.events[e].codec) for e in (*OUTCOME_EVENTS, STAMP_EVENT))
+        sub = await self.bus.subscribe(topics, self.group, batch_handler=self._on_events, start="latest", readers=typed)
         self._subscriptions.append(sub)
         return self
 

@@ -42,6 +42,7 @@ from onex.catalog import Event as Event
 from onex.catalog import EventCatalog as EventCatalog
 from onex.catalog import PayloadCodec as PayloadCodec
 from onex.catalog import Publication as Publication
+from onex.catalog import readers_for
 from onex.clock import SYSTEM_CLOCK, Clock
 from onex.contracts import Contract, EventSpec, NodeType, StateSupport, Step, plan_stages
 from onex.envelope import (
@@ -258,6 +259,7 @@ class Node:
                 retry=retry,
                 on_assign=self._assigned,
                 background=all(s.event_name in CONTROL_EVENTS for s in specs),  # the registry's heartbeats, say
+                readers=readers_for(self._consumed[s.event_name] for s in specs),
                 **handling,
             )
             self._subscriptions.append(sub)
