@@ -6,7 +6,8 @@
   runtime drained, i.e. every row is persisted; the row counts are then checked.
 - raw floor: a plain loop over the same items that hashes each with BLAKE3 and batch-inserts the same rows (one
   workflow, one stamp, two FSM transitions, two steps per item) with ``sqlite3.executemany`` into the same schema
-  with the same pragmas, 500 items per transaction. What is left between the two is the runtime's own overhead:
+  with the same pragmas, 500 items per transaction, the workflow's id made as onex makes it (``new_id``, time-ordered)
+  and the others random, as onex's derived ids are. What is left between the two is the runtime's own overhead:
   envelopes, validation, the FSM, routing, the bus.
 
 - without checkpoints: the same onex run with ``checkpoints=False`` (``ONEX_CHECKPOINTS=off``): workflows and
@@ -57,7 +58,7 @@ from onex._postgres import PostgresSettings, PostgresStore, _init_jsonb
 from onex._sqlite import PRAGMAS, SqliteStore, _migrations
 from onex._tables import STAMPS, STEPS, TRANSITIONS, WORKFLOWS
 from onex.client import MAX_PENDING, StampClient
-from onex.envelope import OnexEnvelopeV1
+from onex.envelope import OnexEnvelopeV1, new_id
 from onex.runtime import Runtime, tune_gc
 from onex.settings import Settings, redact_url
 from onex.store import Store, WriteBatch
@@ -158,7 +159,8 @@ def run_raw(items: list[str], path: Path) -> float:
             now = datetime.now(UTC).isoformat()
             for i, text in enumerate(items[offset : offset + BATCH], offset):
                 digest = blake3(text.encode()).hexdigest()
-                cid, stamp_id = str(uuid.uuid4()), str(uuid.uuid4())
+                # The workflow id as onex makes one (new_id: time-ordered); the rest random, like onex's derived ids.
+                cid, stamp_id = str(new_id()), str(uuid.uuid4())
                 rows["workflow_executions"].append(
                     (
                         cid,
@@ -321,7 +323,7 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
     ts = now.isoformat()
     for i, text in enumerate(items, offset):
         digest = blake3(text.encode()).hexdigest()
-        cid, stamp_id = uuid.uuid4(), uuid.uuid4()
+        cid, stamp_id = new_id(), uuid.uuid4()  # as run_raw's
         path = f"item-{i}.txt"
         rows["workflow_executions"].append(
             (cid, "stamp_workflow", "completed", 2, "bench", path, digest, stamp_id, now, now, 0.1, None, {}, now, now)

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import onex.envelope
 import pydantic
 import pytest
 from onex.envelope import (
@@ -16,6 +17,8 @@ from onex.envelope import (
     dead_letter,
     dlq_topic,
     kebab,
+    new_id,
+    random_id,
     topic_name,
     typed_reader,
 )
@@ -247,3 +250,27 @@ def test_a_typed_reader_validates_the_payload_into_its_model_in_the_parse_and_re
         with pytest.raises(pydantic.ValidationError) as generic_error:
             OnexEnvelopeV1.from_json(garbage)
         assert str(typed_error.value) == str(generic_error.value)
+
+
+def test_new_ids_are_version_7_and_ordered_by_the_millisecond_they_were_made_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = [1_764_763_200_123_456_789]  # ns
+    monkeypatch.setattr(onex.envelope, "_time_ns", lambda: at[0])
+    first, same_millisecond = new_id(), new_id()
+    at[0] += 1_000_000
+    later = new_id()
+
+    assert [i.version for i in (first, same_millisecond, later)] == [7, 7, 7]
+    assert {i.variant for i in (first, same_millisecond, later)} == {uuid.RFC_4122}
+    assert first.int >> 80 == same_millisecond.int >> 80 == 1_764_763_200_123  # the Unix time in milliseconds
+    assert first != same_millisecond  # the rest is random
+    # Later ids sort after earlier ones, as UUIDs and as the text SQLite compares.
+    assert later > max(first, same_millisecond)
+    assert str(later) > max(str(first), str(same_millisecond))
+
+
+def test_random_ids_are_version_4() -> None:
+    ids = {random_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import tracemalloc
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1002,3 +1003,10 @@ def test_a_file_another_stamper_holds_the_lease_of_is_busy_not_failed(tmp_path: 
     assert (result.status, result.error) == ("busy", f"{path}: busy: open in another process, retry later")
     assert path.read_bytes() == b"text\n"
     assert stamp_file(path).status == "stamped"  # the lease gone: the next attempt stamps it
+
+
+def test_a_new_stamps_uid_is_random_not_time_ordered() -> None:
+    # Event and workflow ids are time-ordered (version 7); the uid written into a file says nothing of when.
+    uids = {uuid.UUID(stamp_bytes(b"x = 1\n", file_name="a.py")[1].uid) for _ in range(20)}
+    assert len(uids) == 20
+    assert {u.version for u in uids} == {4}
