@@ -202,17 +202,19 @@ class StartRecordingBus(MemoryBus):
     def __init__(self) -> None:
         super().__init__()
         self.starts: list[str] = []
-        self.readers: dict[str, Reader] = {}  # what every subscription was given, by topic
+        self.readers: dict[str, dict[str, Reader]] = {}  # what each group's subscriptions were given, by topic
         self.published: dict[str, OnexEnvelopeV1] = {}  # the last envelope of each event type
 
     async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
         self.published[envelope.event_type] = envelope
         await super().publish(topic, envelope)
 
-    async def subscribe(self, *args: Any, start: GroupStart = "earliest", **kwargs: Any) -> MemorySubscription:
+    async def subscribe(
+        self, topics: Any, group: str, *, start: GroupStart = "earliest", **kwargs: Any
+    ) -> MemorySubscription:
         self.starts.append(start)
-        self.readers.update(kwargs.get("readers") or {})
-        return await super().subscribe(*args, start=start, **kwargs)
+        self.readers.setdefault(group, {}).update(kwargs.get("readers") or {})
+        return await super().subscribe(topics, group, start=start, **kwargs)
 
 
 async def test_the_client_asks_any_bus_for_only_what_is_published_after_it_subscribed(runtime: Runtime) -> None:
@@ -232,10 +234,17 @@ async def test_the_nodes_and_the_client_read_each_event_with_a_model_typed(tmp_p
             assert failed.event_type == "WORKFLOW_FAILED"
         await runtime.drain()
     catalog = client.catalog
+    nodes = {
+        topic: read
+        for group, readers in bus.readers.items()
+        if group != client.group
+        for topic, read in readers.items()
+    }
     modelled = ["STAMP_REQUESTED", "STAMP_FILE", "STAMP_CREATED", "STAMP_FAILED", *OUTCOME_EVENTS, "STATE_TRANSITION"]
-    for event in modelled:
-        read = bus.readers[catalog.topic(event)]
-        assert type(read(bus.published[event].to_json()).payload) is catalog.events[event].codec.model, event
+    for readers, events in ((nodes, modelled), (bus.readers[client.group], OUTCOME_EVENTS)):
+        for event in events:
+            read = readers[catalog.topic(event)]
+            assert type(read(bus.published[event].to_json()).payload) is catalog.events[event].codec.model, event
 
 
 def loop_in_a_directory_named_like_an_omission(tmp_path: Path) -> Path:
