@@ -73,7 +73,7 @@ def new_id() -> uuid.UUID:
 
     Time-ordered so that the indexes keyed by a workflow's id (its row, its steps, its transitions) grow at their end,
     as their rows are written, instead of at random places: with random ids each row dirtied index pages of its own,
-    and ``bench/e2e.py`` wrote twice the WAL bytes per stamp. The random bits come from a private generator rather
+    and ``bench/e2e.py`` wrote twice the bytes per stamp. The random bits come from a private generator rather
     than ``os.urandom`` per id: ids must be unique, not unguessable, and this avoids a system call per event on the hot
     path.
     """
