@@ -186,13 +186,25 @@ async def test_every_call_runs_on_one_thread_that_stops_at_aclose(tmp_path: Path
         assert not checkpointer.is_alive()
 
 
+async def _nothing() -> None:
+    return None
+
+
+async def handed_over(store: SqliteStore, rows: int) -> None:
+    """Let the ``apply()`` tasks just created take their first step, in which each hands its batch over; fails
+    unless ``rows`` rows then wait (the store's ``queued_writes``). No time: the loop runs callbacks in the order they
+    were scheduled, so a task created after them has run once each of them took its first step."""
+    await asyncio.ensure_future(_nothing())
+    assert store._queued == rows, f"{store._queued} rows handed over, expected {rows}"
+
+
 async def test_aclose_finishes_the_writes_already_queued(tmp_path: Path) -> None:
     db = tmp_path / "onex.db"
     store = SqliteStore(url(db))
     await store.open()
     await store.upgrade()
     writes = [asyncio.ensure_future(store.apply(WriteBatch(stamps=[stamp() for _ in range(100)]))) for _ in range(10)]
-    await asyncio.sleep(0)  # the writes are submitted to the thread
+    await handed_over(store, 1_000)  # the writes are submitted to the thread
     await store.aclose()
     await asyncio.gather(*writes)
     with raw(db) as conn:
@@ -210,16 +222,6 @@ async def hold_thread(store: SqliteStore) -> tuple[asyncio.Future[None], threadi
     holding = asyncio.ensure_future(store.run_sync(hold))
     assert await asyncio.to_thread(entered.wait, 30)
     return holding, release
-
-
-async def handed_over(store: SqliteStore, rows: int) -> None:
-    """Let the ``apply()`` tasks just created take their first step, in which each hands its batch over; fails
-    unless ``rows`` rows then wait (the store's ``queued_writes``). Counts turns of the loop, not time."""
-    for _ in range(100):
-        if store._queued == rows:
-            return
-        await asyncio.sleep(0)  # a turn of the loop, in which the tasks scheduled before this one run
-    raise AssertionError(f"{store._queued} rows handed over, expected {rows}")
 
 
 async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_one_transaction(
