@@ -516,18 +516,29 @@ def transition(cid: uuid.UUID, n: int) -> store.TransitionRow:
     )
 
 
-def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None:
+def test_rows_go_out_as_multi_row_statements_of_a_power_of_two_rows_within_the_variable_limit() -> None:
     writer = next(w for w in _sqlite._WRITERS if w.field == "transitions")
-    rows = [tuple(range(9)) for _ in range(_sqlite.MULTI_ROW + 7)]
+    rows = [(n, *range(8)) for n in range(_sqlite.MULTI_ROW + 7)]
 
     statements = list(writer.statements(rows, max_variables=999))
 
-    # 999 variables hold 111 rows of 9 columns; the rest follows in further statements, none through executemany.
-    assert [len(args) // 9 for _, args, _ in statements] == [111] * 4 + [_sqlite.MULTI_ROW + 7 - 444]
+    # 999 variables hold 111 rows of 9 columns: statements of 64 rows (the largest power of two that fits), then of
+    # what is left, none through executemany, every row once and in order.
+    assert [len(args) // 9 for _, args, _ in statements] == [64] * 8 + [4, 2, 1]
     assert not any(many for _, _, many in statements)
     assert all(sql.count("(?, ?, ?, ?, ?, ?, ?, ?, ?)") == len(args) // 9 for sql, args, _ in statements)
-    # Without the limit, chunks of MULTI_ROW rows.
-    assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [_sqlite.MULTI_ROW, 7]
+    assert [args[i] for _, args, _ in statements for i in range(0, len(args), 9)] == list(range(len(rows)))
+    # Without the limit, up to MULTI_ROW rows a statement.
+    assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [
+        _sqlite.MULTI_ROW,
+        4,
+        2,
+        1,
+    ]
+    # One text per row count: the texts a table uses are few, and stay prepared in the connection's cache.
+    texts = {sql for n in range(1, _sqlite.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
+    assert len(texts) == _sqlite.MULTI_ROW.bit_length()
+    assert len(texts) * len(_sqlite._WRITERS) < _sqlite.STATEMENTS_CACHED
 
 
 async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflict_rules(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ import concurrent.futures
 import contextlib
 import copy
 import functools
-import json
 import logging
 import math
 import sqlite3
@@ -74,12 +73,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
-from onex import _jsontext, _tables, store
+from onex import _tables, store
 from onex._group_commit import GroupCommit
+from onex._sqlite_values import _FROM_SQL, _TO_SQL, _json_merge, _now, _ts, _uid
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -91,8 +91,6 @@ from onex._tables import (
     SELECT_STEP,
     SELECT_TRANSITION,
     SELECT_WORKFLOW,
-    Convert,
-    Kind,
     Table,
 )
 from onex.exceptions import StoreError, StoreUnavailable
@@ -112,7 +110,6 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
-    group_key,
     load_migrations,
 )
 
@@ -124,6 +121,9 @@ _log = logging.getLogger("onex.store")
 
 MEMORY: Final = ":memory:"
 BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another process's lock before failing (from the connect on)
+# Statements a connection keeps prepared: each table's multi-row INSERTs (a power of two rows each, up to MULTI_ROW),
+# the reads, the migrations' (sqlite3's default is 128).
+STATEMENTS_CACHED: Final = 256
 IN_CHUNK: Final = 500  # ids per "IN (...)" list: far below SQLite's variable limit, even on old builds (999)
 MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
 CHECKPOINT_INTERVAL_S: Final = 1.0  # at most one background WAL checkpoint per interval (module docstring)
@@ -143,83 +143,6 @@ PRAGMAS: Final = (
     "PRAGMA journal_size_limit = 67108864",
 )
 
-
-# --- encoding --------------------------------------------------------------------------------------------------------
-# No NaN or Infinity (onex._jsontext): PostgreSQL's jsonb refuses them, and a row must be valid on both stores.
-_dumps: Final = _jsontext.dumps
-_loads: Final = json.loads
-
-
-def _json(value: dict[str, Any]) -> str:
-    return _dumps(value) if value else "{}"
-
-
-def _obj(text: str) -> dict[str, Any]:
-    if text == "{}":
-        return {}
-    value: dict[str, Any] = _loads(text)
-    return value
-
-
-def _ts(value: datetime | None) -> str | None:
-    """ISO-8601 in UTC at a fixed width (microseconds always present), so text order is time order."""
-    if value is None:
-        return None
-    zone = value.tzinfo
-    if zone is None:
-        value = value.replace(tzinfo=UTC)  # naive means UTC in onex (PostgresStore reads it the same way)
-    elif zone is not UTC:  # datetime.now(UTC), the common case, needs no conversion
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")
-
-
-def _uid(value: uuid.UUID) -> str:
-    if type(value) is uuid.UUID:
-        return str(value)
-    # A str from a careless caller: validate and normalise it as asyncpg does, so that the same id is always the
-    # same text (the uuid columns are compared as text).
-    return str(uuid.UUID(str(value)))
-
-
-def _json_merge(base: str, over: str) -> str:
-    """SQL ``onex_json_merge(base, over)``: the shallow merge of two JSON objects, ``over``'s keys winning."""
-    if over == "{}":
-        return base
-    if base == "{}":
-        return over
-    merged = _obj(base)
-    merged.update(_obj(over))
-    return _dumps(merged)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-# How each logical type of ``onex._tables`` is stored (see migrations/sqlite/0001_initial.sql) and read back; None
-# stands for the value as it is. A None value is never converted (the generated code tests for it first).
-_TO_SQL: Final[dict[Kind, Convert | None]] = {
-    "uuid": _uid,
-    "text": None,
-    "int": None,
-    "bigint": None,
-    "float": None,
-    "bool": None,  # sqlite3 binds True and False as 1 and 0
-    "json": _json,
-    "json_key": group_key,
-    "timestamp": _ts,
-}
-_FROM_SQL: Final[dict[Kind, Convert | None]] = {
-    "uuid": uuid.UUID,
-    "text": None,
-    "int": None,
-    "bigint": None,
-    "float": None,
-    "bool": bool,
-    "json": _obj,
-    "json_key": _obj,
-    "timestamp": datetime.fromisoformat,
-}
 
 # --- writes ----------------------------------------------------------------------------------------------------------
 
@@ -280,17 +203,28 @@ class _Writer:
         the rows in order, a later row's conflict with an earlier one included, as executemany would. A statement
         without one VALUES row (the heartbeat UPDATE) goes through ``executemany``.
         """
-        head, values, tail = _split_values(self.sql)
-        if not values:
+        if not _split_values(self.sql)[1]:
             yield self.sql, rows, True
             return
         per = max(1, min(MULTI_ROW, max_variables // max(len(rows[0]), 1))) if rows else 1
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            yield f"{head}{','.join([values] * len(chunk))}{tail}", [p for row in chunk for p in row], False
+        start = 0
+        while start < len(rows):
+            # A power of two rows a statement (the largest that fits what is left): a handful of statement texts per
+            # table, which stay in the connection's statement cache, instead of one to parse for every count.
+            count = 1 << (min(per, len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + count]
+            start += count
+            yield _multi_row(self.sql, count), [p for row in chunk for p in row], False
 
 
-MULTI_ROW: Final = 500
+@functools.cache
+def _multi_row(sql: str, count: int) -> str:
+    """``sql`` with its one VALUES row repeated ``count`` times."""
+    head, values, tail = _split_values(sql)
+    return f"{head}{','.join([values] * count)}{tail}"
+
+
+MULTI_ROW: Final = 512
 
 
 @functools.cache
@@ -548,7 +482,9 @@ class SqliteStore(Store):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: no implicit BEGIN from the sqlite3 module; transactions are explicit below.
             # timeout: SQLite's busy timeout, from the first statement on (the journal mode below may wait too).
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED
+            )
         except (OSError, sqlite3.Error) as exc:
             raise _store_error(exc, f"cannot open SQLite database {self.path}") from exc
         try:

@@ -1,0 +1,153 @@
+"""Benchmark: CPU instructions per stamp, onex against the raw floor of ``bench/e2e.py``, counted by Valgrind.
+
+Timings on this machine move by 30 % and more between runs, so a change of a few per cent to the hot path cannot be
+told from the noise by ``bench/e2e.py`` alone. Instructions executed can: each run below is a child Python process
+under ``valgrind --tool=callgrind`` (``PYTHONHASHSEED=0``), whose count moves by a few tenths of a per cent between
+runs. What is counted per item is the difference between a run of ``--items`` and one of ``--base`` items, divided
+by the difference in items, so the start (imports, contracts, migrations) cancels out:
+
+- onex ceiling: ``bench/e2e.py``'s ceiling run (every node in process on the memory bus, every store write
+  discarded): the node graph's own work, envelopes, validation, the FSM, the bus;
+- onex ceiling without checkpoints: the same with ``checkpoints=False`` (``ONEX_CHECKPOINTS=off``);
+- onex, every row persisted: ``bench/e2e.py``'s onex run on SQLite (the writer thread's instructions, SQLite's
+  included, are counted too);
+- raw floor: ``bench/e2e.py``'s floor (BLAKE3 and ``executemany`` of the same rows).
+
+An instruction is not a unit of time (the floor spends more of its time waiting on memory and the disk than the node
+graph does, and so runs fewer instructions per second), so the ratio here is not the ratio of ``bench/e2e.py``; it
+is the figure that tells whether a change made the hot path cheaper. Prints instructions per item and the ratios
+floor / onex; writes ``bench/results/instructions.json``. Skips (exit 0) when Valgrind is not installed.
+
+    .venv/bin/python bench/instructions.py [--items N] [--base M] [--jobs J]
+
+About 8 minutes with the defaults (2,500 and 500 items, two runs at a time); ``run(**options) -> dict`` is the
+entry point for ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from onex.runtime import tune_gc
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for `bench.e2e` when run as a script
+
+from bench import e2e  # noqa: E402 - needs ROOT on sys.path
+
+RESULTS = ROOT / "bench" / "results"
+RUNS = {  # what a child runs, and how the table names it
+    "ceiling": "onex ceiling (writes discarded)",
+    "ceiling_no_checkpoints": "onex ceiling without checkpoints",
+    "persisted": "onex, every row persisted (SQLite)",
+    "floor": "raw floor (blake3 + executemany)",
+}
+_COLLECTED = re.compile(rb"Collected : (\d+)")
+
+
+def child(kind: str, items: int) -> None:
+    """In the process Valgrind counts: one run of ``kind`` over ``items`` items."""
+    data = e2e.make_items(items)
+    tune_gc()
+    with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
+        if kind == "floor":
+            e2e.run_raw(data, Path(tmp) / "raw.db")
+            return
+        url = f"sqlite:///{tmp}/onex.db"
+        _, counts = asyncio.run(
+            e2e.run_onex(data, url, discard=kind.startswith("ceiling"), checkpoints=kind != "ceiling_no_checkpoints")
+        )
+    if counts["failed"] or (kind == "persisted" and counts["workflow_executions"] != items):
+        raise SystemExit(f"{kind}: rows not as expected: {counts}")
+
+
+def count(kind: str, items: int) -> int:
+    """Instructions a child process running ``kind`` over ``items`` items executed, as callgrind counts them."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--items",
+        str(items),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, env=env, cwd=ROOT, check=False)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode or found is None:
+        tail = done.stderr.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"{kind} over {items} items failed (exit {done.returncode}):\n{tail}")
+    return int(found.group(1))
+
+
+def run(*, items: int = 2_500, base: int = 500, jobs: int = 2) -> dict[str, Any]:
+    if shutil.which("valgrind") is None:
+        return {"benchmark": "instructions", "skipped": "valgrind is not installed"}
+    if not 0 < base < items:
+        raise ValueError(f"--base {base} must be above 0 and below --items {items}")
+    work = [(kind, n) for kind in RUNS for n in (base, items)]
+    print(f"counting {len(work)} runs under valgrind, {jobs} at a time...", flush=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        counted = dict(zip(work, pool.map(lambda job: count(*job), work), strict=True))
+    per_item = {kind: (counted[kind, items] - counted[kind, base]) / (items - base) for kind in RUNS}
+    result = {
+        "benchmark": "instructions",
+        "items": items,
+        "base_items": base,
+        "instructions_per_item": {kind: round(value) for kind, value in per_item.items()},
+        "ratio_floor_over_ceiling": round(per_item["floor"] / per_item["ceiling"], 3),
+        "ratio_floor_over_persisted": round(per_item["floor"] / per_item["persisted"], 3),
+        "checkpoints_share_of_ceiling": round(1 - per_item["ceiling_no_checkpoints"] / per_item["ceiling"], 3),
+        "instructions": {f"{kind}/{n}": value for (kind, n), value in counted.items()},
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "at": datetime.now(UTC).isoformat(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "instructions.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=2_500)
+    parser.add_argument("--base", type=int, default=500, help="the smaller run, subtracted (default 500)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs under valgrind at a time (default 2)")
+    parser.add_argument("--child", choices=sorted(RUNS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.items)
+        return 0
+    result = run(items=args.items, base=args.base, jobs=args.jobs)
+    if "skipped" in result:
+        print(f"skipped: {result['skipped']}")
+        return 0
+    per_item = result["instructions_per_item"]
+    print(f"\nInstructions per item (callgrind; {args.items:,} items minus {args.base:,})")
+    for kind, label in RUNS.items():
+        print(f"  {label:<44}{per_item[kind]:>12,}")
+    print(f"  {'ratio floor / onex ceiling':<44}{result['ratio_floor_over_ceiling']:>12}")
+    print(f"  {'ratio floor / onex persisted':<44}{result['ratio_floor_over_persisted']:>12}")
+    print(f"  {'checkpoints, share of the ceiling':<44}{result['checkpoints_share_of_ceiling']:>12.1%}")
+    print("  -> bench/results/instructions.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

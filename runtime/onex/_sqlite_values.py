@@ -1,0 +1,113 @@
+"""How the SQLite store writes values as SQLite values and reads them back (``migrations/sqlite/0001_initial.sql``):
+ids and times as text, JSON objects as text, for ``onex._sqlite``.
+
+Times are ISO-8601 in UTC at a fixed width, so that text order is time order. No NaN or Infinity in JSON
+(``onex._jsontext``): PostgreSQL's jsonb refuses them, and a row must be valid on both stores.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from onex import _jsontext
+from onex._tables import Convert, Kind
+from onex.store import group_key
+
+_dumps: Final = _jsontext.dumps
+_loads: Final = json.loads
+
+
+def _json(value: dict[str, Any]) -> str:
+    return _dumps(value) if value else "{}"
+
+
+def _obj(text: str) -> dict[str, Any]:
+    if text == "{}":
+        return {}
+    value: dict[str, Any] = _loads(text)
+    return value
+
+
+# The text of the ids and times encoded lately. A stamp's rows name the same few ids and times again and again (its
+# workflow's id in five rows of four tables, the outcome's time in four): 12 ids and 9 times a stamp, 4 and 5 of
+# them distinct. Cleared when full; a lookup or an entry racing a clear on another thread only costs an encoding.
+_TEXTS_KEPT: Final = 8192
+_uid_texts: dict[int, str] = {}
+_ts_texts: dict[datetime, str] = {}
+
+
+def _ts(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC at a fixed width (microseconds always present), so text order is time order."""
+    if value is None:
+        return None
+    text = _ts_texts.get(value)  # equal times are equal instants: the text of one serves the other
+    if text is None:
+        zone = value.tzinfo
+        if zone is None:
+            utc = value.replace(tzinfo=UTC)  # naive means UTC in onex (PostgresStore reads it the same way)
+        elif zone is not UTC:  # datetime.now(UTC), the common case, needs no conversion
+            utc = value.astimezone(UTC)
+        else:
+            utc = value
+        if len(_ts_texts) >= _TEXTS_KEPT:
+            _ts_texts.clear()
+        text = _ts_texts[value] = utc.isoformat(timespec="microseconds")
+    return text
+
+
+def _uid(value: uuid.UUID) -> str:
+    if type(value) is uuid.UUID:
+        key = value.int
+        text = _uid_texts.get(key)
+        if text is None:
+            if len(_uid_texts) >= _TEXTS_KEPT:
+                _uid_texts.clear()
+            text = _uid_texts[key] = str(value)
+        return text
+    # A str from a careless caller: validate and normalise it as asyncpg does, so that the same id is always the
+    # same text (the uuid columns are compared as text).
+    return str(uuid.UUID(str(value)))
+
+
+def _json_merge(base: str, over: str) -> str:
+    """SQL ``onex_json_merge(base, over)``: the shallow merge of two JSON objects, ``over``'s keys winning."""
+    if over == "{}":
+        return base
+    if base == "{}":
+        return over
+    merged = _obj(base)
+    merged.update(_obj(over))
+    return _dumps(merged)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+# How each logical type of ``onex._tables`` is stored (see migrations/sqlite/0001_initial.sql) and read back; None
+# stands for the value as it is. A None value is never converted (the generated code tests for it first).
+_TO_SQL: Final[dict[Kind, Convert | None]] = {
+    "uuid": _uid,
+    "text": None,
+    "int": None,
+    "bigint": None,
+    "float": None,
+    "bool": None,  # sqlite3 binds True and False as 1 and 0
+    "json": _json,
+    "json_key": group_key,
+    "timestamp": _ts,
+}
+_FROM_SQL: Final[dict[Kind, Convert | None]] = {
+    "uuid": uuid.UUID,
+    "text": None,
+    "int": None,
+    "bigint": None,
+    "float": None,
+    "bool": bool,
+    "json": _obj,
+    "json_key": _obj,
+    "timestamp": datetime.fromisoformat,
+}
