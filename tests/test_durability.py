@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onex.envelope import OnexEnvelopeV1, derived_id, new_id
+from onex.envelope import OnexEnvelopeV1, derived_after, derived_id, id_tail, new_id
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
 
@@ -148,6 +148,16 @@ async def test_events_caused_by_an_event_have_ids_derived_from_it() -> None:
     # Transitions too: the n-th transition of a workflow always has the same id, so the audit log stores it once.
     ids = [t["transition_id"] for t in h.transitions(cid)]
     assert ids == [derived_id("orchestrator", str(cid), "", n) for n in range(2)]
+
+
+def test_derived_ids_stay_what_earlier_versions_derived() -> None:
+    # A workflow resumed by a newer onex must derive the ids an older one did, or a replay would store twice.
+    cid = uuid.UUID("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+    command = uuid.UUID("8a1f030c-f33a-8194-a1f7-da57b3285db8")  # as onex derived it before derived_after
+    assert derived_id(cid, "orchestrator", "STAMP_FILE", 1) == command
+    assert derived_after(cid, id_tail("orchestrator", "STAMP_FILE", 1)) == command
+    assert derived_id("orchestrator", str(cid), "", 0) == uuid.UUID("bda2a8f9-0a07-8b8b-a4a7-11ea5225cf04")
+    assert derived_after(cid, id_tail()) == derived_id(cid)
 
 
 @settings(max_examples=5, deadline=None)

@@ -93,8 +93,21 @@ def derived_id(*parts: object) -> uuid.UUID:
     An event produced while handling event E gets ``derived_id(E.event_id, node name, event name, index)``: handling
     E again after a crash produces the same ids, and every consumer's dedup by event id makes the replay a no-op.
     """
-    data = b"\x1f".join([p.bytes if type(p) is uuid.UUID else str(p).encode() for p in parts])
+    data = b"\x1f".join([p.int.to_bytes(16) if type(p) is uuid.UUID else str(p).encode() for p in parts])
     return _uuid((int.from_bytes(blake3(data).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
+
+
+@functools.lru_cache(maxsize=1024)
+def id_tail(*parts: object) -> bytes:
+    """The parts of a derived id after its first, encoded once, for a caller whose first part (an event's or a
+    workflow's id) varies and whose tail (a node's name, an event's name, an index) does not: ``derived_after(first,
+    id_tail(*rest))`` is ``derived_id(first, *rest)`` at about two thirds of its cost."""
+    return b"".join([b"\x1f" + (p.int.to_bytes(16) if type(p) is uuid.UUID else str(p).encode()) for p in parts])
+
+
+def derived_after(first: uuid.UUID, tail: bytes) -> uuid.UUID:
+    """``derived_id(first, *rest)`` for ``tail = id_tail(*rest)``."""
+    return _uuid((int.from_bytes(blake3(first.int.to_bytes(16) + tail).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
 
 
 CHECK_BUILT = False

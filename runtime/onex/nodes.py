@@ -29,11 +29,16 @@ import logging
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED
+
+# Re-exported: an orchestrator's code imports the types of its workflows from onex.nodes.
+from onex._workflow import StepRun as StepRun
+from onex._workflow import StepStatus as StepStatus
+from onex._workflow import Workflow as Workflow
 from onex.bus import EventBus, Subscription
 from onex.cache import node_cache
 
@@ -57,7 +62,9 @@ from onex.envelope import (
     ModelNodeIntrospection,
     ModelStateTransitions,
     OnexEnvelopeV1,
+    derived_after,
     derived_id,
+    id_tail,
     new_id,
     topic_name,
 )
@@ -430,7 +437,7 @@ class Node:
             event_id = (
                 self.ids()
                 if causation is None
-                else derived_id(causation.event_id, self.contract.name, event_name, index)
+                else derived_after(causation.event_id, id_tail(self.contract.name, event_name, index))
             )
         # The payload was validated by the codec (or is a model built from validated ones), the rest is ours.
         return OnexEnvelopeV1.built(
@@ -700,58 +707,6 @@ class RegistryNode(Node):
 
 
 # --- orchestration -----------------------------------------------------------------------------------------------
-
-
-class StepStatus(enum.StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-@dataclass(slots=True)
-class StepRun:
-    step: Step
-    order: int
-    status: StepStatus = StepStatus.PENDING
-    attempts: int = 0
-    started: float = 0.0  # wall clock (time.time()): it is checkpointed, and read again by another process
-    deadline: float | None = None  # wall clock; set while the step runs
-    elapsed_ms: float | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {
-            "status": self.status.value,
-            "attempts": self.attempts,
-            "started": self.started,
-            "deadline": self.deadline,
-            "elapsed_ms": self.elapsed_ms,
-            "data": self.data,
-            "error": self.error,
-        }
-
-    def restore(self, saved: Mapping[str, Any]) -> None:
-        self.status = StepStatus(saved["status"])
-        self.attempts = int(saved["attempts"])
-        self.started = float(saved["started"])
-        self.deadline = saved.get("deadline")
-        self.elapsed_ms = saved.get("elapsed_ms")
-        self.data = dict(saved.get("data") or {})
-        self.error = saved.get("error")
-
-
-class Workflow(Entity):
-    """One orchestrated workflow: an FSM entity with its steps."""
-
-    def __init__(self, correlation_id: uuid.UUID, steps: Sequence[Step], **context: Any) -> None:
-        super().__init__(entity_id=str(correlation_id), correlation_id=correlation_id, context=dict(context))
-        self.cid = correlation_id  # the same id, typed as always present
-        self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
-        self.request: OnexEnvelopeV1 | None = None
-        self.adopted = False  # loaded from a checkpoint another process (or an earlier run) wrote
 
 
 CHECKPOINT_VERSION = 1
@@ -1062,27 +1017,37 @@ class OrchestratorNode(Node):
     # engine
     async def advance(self, workflow: Workflow) -> None:
         """Start every step whose dependencies finished; finish the workflow when nothing is left to run."""
-        while True:
+        # Plain loops, not any() and all() over lists: this runs twice for every workflow on the hot path.
+        steps = workflow.steps
+        runs = steps.values()
+        progressed = True
+        while progressed:
             progressed = False
             # An optional step that fails is SKIPPED, so FAILED always means a required step: once one has failed,
             # nothing else may start (deeper steps would otherwise see a skipped dependency and run).
-            failed = any(r.status is StepStatus.FAILED for r in workflow.steps.values())
-            for run in workflow.steps.values():
-                if run.status is not StepStatus.PENDING:
+            failed = _FAILED in [r.status for r in runs]
+            for run in runs:
+                if run.status is not _PENDING:
                     continue
-                deps = [workflow.steps[d] for d in run.step.depends_on]
-                if failed or any(d.status is StepStatus.FAILED for d in deps):
-                    run.status, run.error = StepStatus.SKIPPED, "not run: a required step failed"
+                skip, ready = failed, True
+                for name in run.step.depends_on:
+                    status = steps[name].status
+                    skip = skip or status is _FAILED
+                    ready = ready and (status is _COMPLETED or status is _SKIPPED)
+                if skip:
+                    run.status, run.error = _SKIPPED, "not run: a required step failed"
                     progressed = True
-                elif all(d.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for d in deps):
+                elif ready:
                     await self._start_step(workflow, run)
                     progressed = True
-            if not progressed:
-                break
         self._dirty[workflow.cid] = workflow
-        runs = workflow.steps.values()
-        required_failed = any(r.status is StepStatus.FAILED and not r.step.optional for r in runs)
-        finished = required_failed or all(r.status not in (StepStatus.PENDING, StepStatus.RUNNING) for r in runs)
+        finished = True  # unless a step is still to run, and no required one failed
+        for run in runs:
+            if run.status is _FAILED and not run.step.optional:
+                finished = True
+                break
+            if run.status is _PENDING or run.status is _RUNNING:
+                finished = False
         if finished and self.workflows.pop(workflow.cid, None) is not None:
             self._finished[workflow.cid.int] = None
             if len(self._finished) > self.dedupe_window:

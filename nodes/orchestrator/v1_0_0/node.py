@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from onex.envelope import OnexEnvelopeV1, derived_id
+from onex.envelope import OnexEnvelopeV1, derived_after, id_tail
 from onex.exceptions import OnexError
 from onex.files import SNIFF_SIZE, detect_file_type
 from onex.fsm import Entity
@@ -245,7 +245,7 @@ class NodeOrchestrator(OrchestratorNode):
             correlation_id=workflow.cid,
             # Derived from the workflow and the attempt: the same command whoever sends it again, a new one for each
             # retry.
-            event_id=derived_id(workflow.cid, self.contract.name, "STAMP_FILE", run.attempts),
+            event_id=derived_after(workflow.cid, id_tail(self.contract.name, "STAMP_FILE", run.attempts)),
         )
 
     async def _ask_intelligence(self, workflow: Workflow) -> dict[str, Any]:
@@ -319,7 +319,10 @@ class NodeOrchestrator(OrchestratorNode):
         # One outcome per workflow, whoever finishes it: its id is derived from the workflow alone, so an outcome
         # published again after a crash is recognised downstream.
         outcome = self.envelope(
-            event, finished, correlation_id=workflow.cid, event_id=derived_id(workflow.cid, self.contract.name, event)
+            event,
+            finished,
+            correlation_id=workflow.cid,
+            event_id=derived_after(workflow.cid, id_tail(self.contract.name, event)),
         )
         self._outbox[event].append(outcome)
         self.expect_stored(workflow, event, outcome)

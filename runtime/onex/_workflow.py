@@ -1,0 +1,75 @@
+"""A workflow as an orchestrator runs it (``onex.nodes.OrchestratorNode``): an FSM entity with a run of each step."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from onex.contracts import Step
+from onex.envelope import OnexEnvelopeV1
+from onex.fsm import Entity
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+# For the step engine's loops.
+_PENDING, _RUNNING, _COMPLETED, _FAILED, _SKIPPED = (
+    StepStatus.PENDING,
+    StepStatus.RUNNING,
+    StepStatus.COMPLETED,
+    StepStatus.FAILED,
+    StepStatus.SKIPPED,
+)
+
+
+@dataclass(slots=True)
+class StepRun:
+    step: Step
+    order: int
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started: float = 0.0  # wall clock (time.time()): it is checkpointed, and read again by another process
+    deadline: float | None = None  # wall clock; set while the step runs
+    elapsed_ms: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "started": self.started,
+            "deadline": self.deadline,
+            "elapsed_ms": self.elapsed_ms,
+            "data": self.data,
+            "error": self.error,
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        self.status = StepStatus(saved["status"])
+        self.attempts = int(saved["attempts"])
+        self.started = float(saved["started"])
+        self.deadline = saved.get("deadline")
+        self.elapsed_ms = saved.get("elapsed_ms")
+        self.data = dict(saved.get("data") or {})
+        self.error = saved.get("error")
+
+
+class Workflow(Entity):
+    """One orchestrated workflow: an FSM entity with its steps."""
+
+    def __init__(self, correlation_id: uuid.UUID, steps: Sequence[Step], **context: Any) -> None:
+        super().__init__(entity_id=str(correlation_id), correlation_id=correlation_id, context=dict(context))
+        self.cid = correlation_id  # the same id, typed as always present
+        self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
+        self.request: OnexEnvelopeV1 | None = None
+        self.adopted = False  # loaded from a checkpoint another process (or an earlier run) wrote
