@@ -14,6 +14,7 @@ from onex.envelope import (
     DEAD_LETTER_EVENT,
     TOPIC_CLASSES,
     OnexEnvelopeV1,
+    Payload,
     dead_letter,
     dlq_topic,
     kebab,
@@ -214,6 +215,40 @@ def test_an_envelope_built_from_a_value_of_the_wrong_type_is_caught_in_tests() -
             partition_key=None,
             payload={},
         )
+
+
+class Result(Payload):
+    name: str
+    elapsed_ms: float | None = None
+    data: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+
+def test_a_payload_built_equals_the_validated_one() -> None:
+    built = Result.built(name="stamp", elapsed_ms=1.5, data={"a": [1]})
+    validated = Result(name="stamp", elapsed_ms=1.5, data={"a": [1]})
+    assert built == validated
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert built.model_fields_set == validated.model_fields_set
+    assert built["name"] == "stamp"
+
+
+@pytest.mark.parametrize(
+    ("fields", "wrong"),
+    [
+        ({"name": "stamp", "data": {}}, r"Result.built: fields \['name', 'data'\], declared"),  # one left out
+        ({"elapsed_ms": 1.0, "name": "stamp", "data": {}}, r"Result.built: fields \['elapsed_ms'"),  # out of order
+        (
+            {"name": "stamp", "elapsed_ms": "1.0", "data": {}},
+            r"fields \['elapsed_ms'\] differ",
+        ),  # coerced by validation
+        ({"name": "stamp", "elapsed_ms": 1, "data": {}}, r"fields \['elapsed_ms'\] differ"),  # an int, not a float
+    ],
+)
+def test_a_payload_built_from_fields_that_would_not_validate_the_same_is_caught_in_tests(
+    fields: dict[str, Any], wrong: str
+) -> None:
+    with pytest.raises(AssertionError, match=wrong):
+        Result.built(**fields)
 
 
 class Thing(pydantic.BaseModel):

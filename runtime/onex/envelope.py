@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from blake3 import blake3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -126,8 +126,10 @@ def _assemble(cls: type[ModelT], fields: dict[str, Any], given: set[str]) -> Mod
     _set_attribute(made, "__pydantic_private__", None)
     if CHECK_BUILT:
         validated = cls.model_validate({k: v for k, v in fields.items() if k in given})
-        if validated.__dict__ != fields:
-            wrong = sorted(k for k in fields if validated.__dict__.get(k) != fields[k])
+        expected = validated.__dict__
+        if expected != fields or any(type(expected[k]) is not type(v) for k, v in fields.items()):
+            # Equal is not enough: 1 == 1.0, and would serialise as "1", not "1.0".
+            wrong = sorted(k for k, v in fields.items() if expected.get(k) != v or type(expected.get(k)) is not type(v))
             raise AssertionError(f"{cls.__name__}.built: fields {wrong} differ from their validated values")
     return made
 
@@ -148,6 +150,17 @@ class Payload(BaseModel):
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
+
+    @classmethod
+    def built(cls, **fields: Any) -> Self:
+        """An instance from values the runtime holds typed already (fields of validated models, values it computed),
+        made without validation, as ``OnexEnvelopeV1.built`` makes an envelope: at about 40 % of the cost of
+        ``cls(...)``. Every field is given, in the order the class declares them (the order they serialise in); a
+        payload from outside a process is validated instead. With ``CHECK_BUILT`` (the test suite) both are checked,
+        and the instance is validated and compared."""
+        if CHECK_BUILT and list(fields) != list(cls.model_fields):
+            raise AssertionError(f"{cls.__name__}.built: fields {list(fields)}, declared {list(cls.model_fields)}")
+        return _assemble(cls, fields, set(fields))
 
 
 class OnexEnvelopeV1(BaseModel):

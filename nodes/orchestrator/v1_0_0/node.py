@@ -231,7 +231,7 @@ class NodeOrchestrator(OrchestratorNode):
         request: ModelStampRequest = workflow.context["request"]
         return self.envelope(
             "STAMP_FILE",
-            ModelStampCommand(
+            ModelStampCommand.built(
                 workflow_id=workflow.cid,
                 file_path=request.file_path,
                 content=request.content,
@@ -276,7 +276,7 @@ class NodeOrchestrator(OrchestratorNode):
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
         now = self.clock.now()
         started: datetime = workflow.context["started_at"]
-        finished = ModelWorkflowFinished(
+        finished = ModelWorkflowFinished.built(
             workflow_id=workflow.cid,
             state="failed" if error else "completed",
             state_seq=workflow.seq,
@@ -290,7 +290,7 @@ class NodeOrchestrator(OrchestratorNode):
             dry_run=request.dry_run,
             error=error,
             steps=tuple(
-                ModelStepResult(
+                ModelStepResult.built(
                     step_name=r.step.step_name,
                     step_order=r.order,
                     status=r.status.value,
@@ -303,7 +303,7 @@ class NodeOrchestrator(OrchestratorNode):
             ),
             stamp=None
             if stamp is None
-            else ModelStampRecord(
+            else ModelStampRecord.built(
                 stamp_id=stamp.stamp_id,
                 file_path=stamp.file_path,
                 file_hash=stamp.file_hash,

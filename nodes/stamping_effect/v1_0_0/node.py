@@ -114,7 +114,7 @@ class NodeStampingEffect(EffectNode):
             return self._failed(envelope, cmd, result.error or "stamping failed")
         return self.envelope(
             "STAMP_CREATED",
-            ModelStampCreated(
+            ModelStampCreated.built(
                 workflow_id=cmd.workflow_id,
                 stamp_id=row_id(result.stamp, cmd.namespace, cmd.file_path),
                 file_path=cmd.file_path,
@@ -126,6 +126,7 @@ class NodeStampingEffect(EffectNode):
                 status="unchanged" if result.status == "unchanged" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(result.stamp),
+                stamped_content=None,
                 file_mode=None if result.mode is None else f"{result.mode:04o}",
             ),
             causation=envelope,
@@ -151,7 +152,7 @@ class NodeStampingEffect(EffectNode):
         timings.append(time.perf_counter() - started)  # hashing, and rendering the stamp into the content
         return self.envelope(
             "STAMP_CREATED",
-            ModelStampCreated(
+            ModelStampCreated.built(
                 workflow_id=cmd.workflow_id,
                 stamp_id=row_id(stamp, cmd.namespace, cmd.file_path or CONTENT_PATH),
                 file_path=cmd.file_path or CONTENT_PATH,
@@ -167,6 +168,7 @@ class NodeStampingEffect(EffectNode):
                 stamp=_stamp_fields(stamp),
                 # Bytes that are not text are never changed (a sidecar stamp): the caller has them already.
                 stamped_content=None if cmd.dry_run or binary else stamped.decode(errors="replace"),
+                file_mode=None,
             ),
             causation=envelope,
         )
