@@ -535,7 +535,7 @@ def test_rows_go_out_as_multi_row_statements_of_a_power_of_two_rows_within_the_v
         2,
         1,
     ]
-    # One text per row count: the texts a table uses are few, and stay prepared in the connection's cache.
+    # One text per power of two: the texts a table uses are few, and stay prepared in the connection's cache.
     texts = {sql for n in range(1, _sqlite.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
     assert len(texts) == _sqlite.MULTI_ROW.bit_length()
     assert len(texts) * len(_sqlite._WRITERS) < _sqlite.STATEMENTS_CACHED

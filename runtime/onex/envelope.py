@@ -127,9 +127,13 @@ def _assemble(cls: type[ModelT], fields: dict[str, Any], given: set[str]) -> Mod
     if CHECK_BUILT:
         validated = cls.model_validate({k: v for k, v in fields.items() if k in given})
         expected = validated.__dict__
-        if expected != fields or any(type(expected[k]) is not type(v) for k, v in fields.items()):
-            # Equal is not enough: 1 == 1.0, and would serialise as "1", not "1.0".
-            wrong = sorted(k for k, v in fields.items() if expected.get(k) != v or type(expected.get(k)) is not type(v))
+        # Equal is not enough: 1 == 1.0, and would serialise as "1", not "1.0".
+        wrong = sorted(
+            k
+            for k in expected.keys() | fields.keys()
+            if expected.get(k) != fields.get(k) or type(expected.get(k)) is not type(fields.get(k))
+        )
+        if wrong:
             raise AssertionError(f"{cls.__name__}.built: fields {wrong} differ from their validated values")
     return made
 

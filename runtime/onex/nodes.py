@@ -1017,7 +1017,7 @@ class OrchestratorNode(Node):
     # engine
     async def advance(self, workflow: Workflow) -> None:
         """Start every step whose dependencies finished; finish the workflow when nothing is left to run."""
-        # Plain loops, not any() and all() over lists: this runs twice for every workflow on the hot path.
+        # Plain loops, not any() and all() over generators: this runs twice for every workflow on the hot path.
         steps = workflow.steps
         runs = steps.values()
         progressed = True
