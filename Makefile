@@ -23,8 +23,10 @@ run: install
 	$(BIN)/onex verify .onex/demo
 	$(BIN)/onex trace --latest
 
+# Tests in parallel workers (-n: one per core, at most 4; each has its own broker, schemas and temp dirs): most of
+# the suite waits on brokers, databases and the processes it starts. --durations: the slowest tests, each run.
 test: install
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest -n auto --maxprocesses=4 --durations=15 --cov --cov-report=term
 
 lint: install
 	$(BIN)/ruff format --check .
