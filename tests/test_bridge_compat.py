@@ -327,6 +327,18 @@ async def test_base64_content_gets_a_sidecar_too(app: App) -> None:
     assert stamps.verify_bytes(blob, file_name="x.png", sidecar=data["sidecar"].encode()).status == "valid"
 
 
+async def test_content_is_reported_as_the_file_type_a_file_of_the_same_bytes_gets(app: App, tmp_path: Path) -> None:
+    # UTF-16 text is stamped in place, in its encoding: it is text, as stamp_file says of such a file, though its head
+    # holds NUL bytes (the stamping effect once classified the content again by those bytes alone: "binary").
+    text = f"notes {uuid.uuid4()}\n".encode("utf-16")
+    (tmp_path / "notes.txt").write_bytes(text)
+    expected = stamps.stamp_file(tmp_path / "notes.txt", dry_run=True).file_type
+    data = await app.data("/stamp", {"content_base64": base64.b64encode(text).decode(), "file_path": "notes.txt"})
+    assert (data["stamp_type"], data["file_type"], expected) == ("lightweight", "text", "text")
+    (row,) = await app.stored(data["file_hash"])
+    assert row["file_type"] == "text"
+
+
 @pytest.mark.parametrize(
     ("body", "field_name"),
     [

@@ -15,8 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onex.envelope import OnexEnvelopeV1, derived_after, derived_id, id_tail, new_id
+from onex.filetypes import Stamp
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
+
+from nodes.stamping_effect.v1_0_0.node import row_id
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "durable"
@@ -158,6 +161,15 @@ def test_derived_ids_stay_what_earlier_versions_derived() -> None:
     assert derived_after(cid, id_tail("orchestrator", "STAMP_FILE", 1)) == command
     assert derived_id("orchestrator", str(cid), "", 0) == uuid.UUID("bda2a8f9-0a07-8b8b-a4a7-11ea5225cf04")
     assert derived_after(cid, id_tail()) == derived_id(cid)
+
+
+@pytest.mark.parametrize("uid", ["56bbeb2e-89f8-4bde-a006-09a645eb73e0", "56BBEB2E-89F8-4BDE-A006-09A645EB73E0"])
+def test_a_stamp_row_id_is_derived_from_the_stamps_uid_as_a_uuid(uid: str) -> None:
+    # The stamping effect encodes the uid's 16 bytes itself; the id is the one it derived before (pinned), whatever case
+    # the uid was written in (a stamp read from a file keeps its text).
+    stamp = Stamp(uid=uid, hash="ab" * 32, ts="2026-12-03T00:00:00.000000+00:00", kind="lightweight")
+    expected = derived_id(uuid.UUID(uid), "ns", "dir/a.py", stamp.hash)
+    assert row_id(stamp, "ns", "dir/a.py") == expected == uuid.UUID("e2bf0561-3d01-877b-8ec0-44a70e8cd102")
 
 
 @settings(max_examples=5, deadline=None)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from types import MappingProxyType
+
 import pytest
 from onex.contracts import FsmSubcontract
+from onex.envelope import derived_id
 from onex.exceptions import TransitionError
 from onex.fsm import Entity, StateMachine, TransitionRecord, mermaid, parse_guard
 
@@ -77,6 +81,19 @@ def test_every_transition_is_recorded_in_order_with_its_trigger(machine: StateMa
     assert record.entity_type == "workflow"
 
 
+def test_a_transition_id_is_derived_from_entity_type_id_salt_and_sequence(machine: StateMachine) -> None:
+    # Text parts are encoded by the machine itself (the hot path), anything else by derived_id: the same ids.
+    texts = machine.attach(Entity("wf-2", id_salt="salt", context={"file_hash": "abc", "size": 3}))
+    typed = machine.attach(Entity(uuid.UUID(int=7)))  # type: ignore[arg-type]  # an id that is no text
+    ids = [machine.trigger(texts, "start").id, machine.trigger(typed, "start").id]
+    ids.append(machine.trigger(texts, "complete").id)
+    assert ids == [
+        derived_id("workflow", "wf-2", "salt", 0),
+        derived_id("workflow", uuid.UUID(int=7), "", 0),
+        derived_id("workflow", "wf-2", "salt", 1),
+    ]
+
+
 def test_entry_exit_and_transition_actions_call_the_named_methods(machine: StateMachine, rec: Recorder) -> None:
     wf = machine.attach(Entity("wf", context={"file_hash": "h", "size": 1}))
     machine.trigger(wf, "start")
@@ -131,6 +148,8 @@ def test_wildcard_source_does_not_leave_terminal_states(machine: StateMachine) -
         ("missing exists", {}, False),
         ("missing not_exists", {}, True),
         ("meta.level equals 3", {"meta": {"level": 3}}, True),
+        ("meta.level equals 3", MappingProxyType({"meta": MappingProxyType({"level": 3})}), True),
+        ("meta.level exists", {"meta": 3}, False),
         ("flag equals true", {"flag": True}, True),
     ],
 )

@@ -128,6 +128,20 @@ def test_stamped_content_verifies_and_hashes_as_the_original(doc: tuple[str, byt
 
 
 @given(documents(), st.booleans())
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_stamp_content_is_stamp_bytes_with_the_file_type_stamp_file_reports(
+    tmp_path: Path, doc: tuple[str, bytes], rich: bool
+) -> None:
+    name, content = doc
+    made = stamps.stamp_content(content, file_name=name, rich=rich, now=NOW, uid=UID)
+    assert (made.content, made.stamp) == stamp_bytes(content, file_name=name, rich=rich, now=NOW, uid=UID)
+    path = tmp_path / uuid.uuid4().hex / name
+    path.parent.mkdir()
+    path.write_bytes(content)
+    assert made.file_type == stamps.stamp_file(path, rich=rich, dry_run=True).file_type
+
+
+@given(documents(), st.booleans())
 def test_restamping_unchanged_content_is_byte_identical(doc: tuple[str, bytes], rich: bool) -> None:
     name, content = doc
     out = stamped(content, name, rich=rich)

@@ -16,13 +16,14 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import field as _field  # inside Guard, ``field`` is its attribute's name
 from datetime import UTC, datetime
 from typing import Any
 
 from transitions import Machine, Transition
 
 from onex.contracts import FsmSubcontract, parse_condition
-from onex.envelope import derived_id
+from onex.envelope import derived_from, derived_id
 from onex.exceptions import TransitionError
 
 WILDCARD = "*"
@@ -91,11 +92,17 @@ class Guard:
     operator: str
     value: Any = None
     pattern: re.Pattern[str] | None = None
+    path: tuple[str, ...] = _field(default=(), compare=False, repr=False)  # ``field`` split at its dots, once
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", tuple(self.field.split(".")))
 
     def __call__(self, context: Mapping[str, Any]) -> bool:
+        # Guards run on every transition of every workflow: a dict is told apart without the Mapping ABC's check.
         actual: Any = context
-        for part in self.field.split("."):
-            actual = actual.get(part, _MISSING) if isinstance(actual, Mapping) else _MISSING
+        for part in self.path:
+            actual = actual.get(part, _MISSING) if type(actual) is dict or isinstance(actual, Mapping) else _MISSING
             if actual is _MISSING:
                 break
         if self.operator == "exists":
@@ -247,6 +254,7 @@ class StateMachine:
     ) -> None:
         self.fsm = fsm
         self.entity_type = entity_type
+        self._type_text = entity_type.encode()  # the first part of every transition id (``_record``)
         self._on_transition = on_transition
         self.terminal_states = terminal_states(fsm)
         resolve = actions or _no_actions
@@ -344,8 +352,13 @@ class StateMachine:
         raise TransitionError(entity.entity_id, source, trigger, f"guard failed: {'; '.join(failed)}")
 
     def _record(self, entity: Entity, source: str, dest: str, trigger: str, data: dict[str, Any]) -> TransitionRecord:
+        entity_id, salt = entity.entity_id, entity.id_salt
+        if type(entity_id) is str and type(salt) is str:  # always, for the shipped entities: encoded here, once
+            id_ = derived_from(b"\x1f".join((self._type_text, entity_id.encode(), salt.encode(), b"%d" % entity.seq)))
+        else:
+            id_ = derived_id(self.entity_type, entity_id, salt, entity.seq)
         record = TransitionRecord(
-            id=derived_id(self.entity_type, entity.entity_id, entity.id_salt, entity.seq),
+            id=id_,
             entity_id=entity.entity_id,
             entity_type=self.entity_type,
             from_state=source,

@@ -146,6 +146,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Stamp",
     "StampResult",
+    "StampedContent",
     "VerifyResult",
     "find_stamp",
     "hash_bytes",
@@ -154,6 +155,7 @@ __all__ = [
     "render_sidecar",
     "sidecar_path",
     "stamp_bytes",
+    "stamp_content",
     "stamp_file",
     "strip_stamp",
     "verify_bytes",
@@ -466,28 +468,58 @@ def stamp_bytes(
     ``render_sidecar(stamp)`` next to the file; pass the existing sidecar's bytes as ``sidecar`` to keep its uid
     (and get it back unchanged if the hash still matches). ``uid`` forces the stamp's uid. Raises
     ``StampError`` (naming ``file_name``) for content that cannot be stamped in place, ``ValueError`` for a bad
-    ``uid`` or a naive ``now``.
+    ``uid`` or a naive ``now``. ``stamp_content`` does the same and also says the content's file type.
     """
+    stamped = stamp_content(
+        content, file_name=file_name, rich=rich, namespace=namespace, author=author, now=now, uid=uid, sidecar=sidecar
+    )
+    return stamped.content, stamped.stamp
+
+
+@dataclass(frozen=True, slots=True)
+class StampedContent:
+    """What ``stamp_content`` made of some content: the new content, its stamp, and its file type as onex names it
+    (what a stamp of the rich kind records, and ``stamp_file`` reports: the type the content was stamped as)."""
+
+    content: bytes
+    stamp: Stamp
+    file_type: str
+
+
+def stamp_content(
+    content: bytes,
+    *,
+    file_name: str,
+    rich: bool = False,
+    namespace: str = DEFAULT_NAMESPACE,
+    author: str = DEFAULT_AUTHOR,
+    now: datetime | None = None,
+    uid: str | None = None,
+    sidecar: bytes | None = None,
+) -> StampedContent:
+    """``stamp_bytes``, with the file type its analysis found (so a caller need not classify the content again)."""
     name = os.path.basename(file_name)
     scan = _scan_bytes(content, name)
     layout, digest, size = scan.layout, scan.digest, scan.size
-    view = memoryview(content)
+    file_type = layout.file_type
     if layout.syntax is None or (layout.stamp is None and _kept(sidecar, file_name) is not None):
         previous = parse_sidecar(sidecar, file_name + SIDECAR_SUFFIX) if sidecar is not None else None
         options = _Options("sidecar", namespace, author, now, uid)
-        return content, _next_stamp(previous, options, digest=digest, size=size, name=name, file_type=layout.file_type)
+        stamp = _next_stamp(previous, options, digest=digest, size=size, name=name, file_type=file_type)
+        return StampedContent(content, stamp, file_type)
     if layout.problem is not None:
         raise StampError(file_name, layout.problem)
     options = _Options("rich" if rich else "lightweight", namespace, author, now, uid)
-    stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=layout.file_type)
+    stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
     if stamp is layout.stamp:
-        return content, stamp
+        return StampedContent(content, stamp, file_type)
     if scan.stripped is not None:
-        return stamp_whole(layout, scan.stripped, stamp, file_name), stamp
+        return StampedContent(stamp_whole(layout, scan.stripped, stamp, file_name), stamp, file_type)
     before, after = stamp_unit(stamp, layout, file_name)
+    view = memoryview(content)
     if layout.glue:
-        return b"".join((view[: layout.keep_end], after)), stamp
-    return b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp
+        return StampedContent(b"".join((view[: layout.keep_end], after)), stamp, file_type)
+    return StampedContent(b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp, file_type)
 
 
 def _kept(sidecar: bytes | None, file_name: str) -> Stamp | None:

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from onex import stamps
-from onex.envelope import OnexEnvelopeV1, derived_id
+from onex.envelope import OnexEnvelopeV1, derived_from
 from onex.exceptions import StampError
-from onex.files import SNIFF_SIZE, detect_file_type, remove_stale_temps_in, within
+from onex.files import remove_stale_temps_in, within
 from onex.metrics import Histogram
 from onex.nodes import EffectNode, Event
 
@@ -41,7 +41,10 @@ def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
     """The stamp's id, its row's in ``metadata_stamps``: one per file and content, like the row's natural key. The
     uid written in the file is the file's identity and survives a restamp of changed content, which is a row (a
     version) of its own; derived, so handling the command again gives the same id and writes nothing new."""
-    return derived_id(uuid.UUID(stamp.uid), namespace, file_path, stamp.hash)
+    # derived_id(uuid.UUID(stamp.uid), namespace, file_path, stamp.hash), encoded here: a stamp's uid is always the
+    # canonical text of a UUID (onex.filetypes.UID), whose 16 bytes are its hex digits.
+    uid = bytes.fromhex(stamp.uid.replace("-", ""))
+    return derived_from(b"\x1f".join((uid, namespace.encode(), file_path.encode(), stamp.hash.encode())))
 
 
 class NodeStampingEffect(EffectNode):
@@ -146,10 +149,11 @@ class NodeStampingEffect(EffectNode):
             data = cmd.content.encode() if cmd.content is not None else b""
         started = time.perf_counter()
         try:
-            stamped, stamp = stamps.stamp_bytes(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
+            made = stamps.stamp_content(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
         except StampError as exc:
             return self._failed(envelope, cmd, str(exc))
         timings.append(time.perf_counter() - started)  # hashing, and rendering the stamp into the content
+        stamped, stamp = made.content, made.stamp
         return self.envelope(
             "STAMP_CREATED",
             ModelStampCreated.built(
@@ -158,7 +162,7 @@ class NodeStampingEffect(EffectNode):
                 file_path=cmd.file_path or CONTENT_PATH,
                 file_hash=stamp.hash,
                 file_size=len(data),
-                file_type=str(stamp.fields.get("file_type") or detect_file_type(name, data[:SNIFF_SIZE])),
+                file_type=made.file_type,
                 namespace=cmd.namespace,
                 stamp_type=stamp.kind,
                 # stamp_bytes hands back the very same object for content already stamped with its hash; a sidecar
