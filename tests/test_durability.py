@@ -163,7 +163,14 @@ def test_derived_ids_stay_what_earlier_versions_derived() -> None:
     assert derived_after(cid, id_tail()) == derived_id(cid)
 
 
-@pytest.mark.parametrize("uid", ["56bbeb2e-89f8-4bde-a006-09a645eb73e0", "56BBEB2E-89F8-4BDE-A006-09A645EB73E0"])
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "56bbeb2e-89f8-4bde-a006-09a645eb73e0",
+        "56BBEB2E-89F8-4BDE-A006-09A645EB73E0",
+        "{56bbeb2e-89f8-4bde-a006-09a645eb73e0}",  # not a stamp's form: read as uuid.UUID() reads it
+    ],
+)
 def test_a_stamp_row_id_is_derived_from_the_stamps_uid_as_a_uuid(uid: str) -> None:
     # The stamping effect encodes the uid's 16 bytes itself; the id is the one it derived before (pinned), whatever case
     # the uid was written in (a stamp read from a file keeps its text).

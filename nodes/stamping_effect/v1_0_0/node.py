@@ -41,9 +41,10 @@ def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
     """The stamp's id, its row's in ``metadata_stamps``: one per file and content, like the row's natural key. The
     uid written in the file is the file's identity and survives a restamp of changed content, which is a row (a
     version) of its own; derived, so handling the command again gives the same id and writes nothing new."""
-    # derived_id(uuid.UUID(stamp.uid), namespace, file_path, stamp.hash), encoded here: a stamp's uid is always the
-    # canonical text of a UUID (onex.filetypes.UID), whose 16 bytes are its hex digits.
-    uid = bytes.fromhex(stamp.uid.replace("-", ""))
+    # derived_id(uuid.UUID(stamp.uid), namespace, file_path, stamp.hash), encoded here: a stamp's uid is the canonical
+    # text of a UUID (onex.filetypes.UID), whose 16 bytes are its hex digits; anything else is read as UUID() reads it.
+    digits = stamp.uid.replace("-", "")
+    uid = bytes.fromhex(digits) if len(digits) == 32 else uuid.UUID(stamp.uid).bytes
     return derived_from(b"\x1f".join((uid, namespace.encode(), file_path.encode(), stamp.hash.encode())))
 
 
@@ -165,7 +166,7 @@ class NodeStampingEffect(EffectNode):
                 file_type=made.file_type,
                 namespace=cmd.namespace,
                 stamp_type=stamp.kind,
-                # stamp_bytes hands back the very same object for content already stamped with its hash; a sidecar
+                # stamp_content hands back the very same object for content already stamped with its hash; a sidecar
                 # stamp never changes the content, so for those "unchanged" cannot be told from the bytes.
                 status="unchanged" if stamped is data and stamp.kind != "sidecar" else "stamped",
                 dry_run=cmd.dry_run,
