@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from types import MappingProxyType
 
@@ -155,6 +156,12 @@ def test_wildcard_source_does_not_leave_terminal_states(machine: StateMachine) -
 )
 def test_guard_grammar(expression: str, context: dict[str, object], expected: bool) -> None:
     assert parse_guard(expression)(context) is expected
+
+
+def test_a_guard_copied_onto_another_field_reads_that_field() -> None:
+    # The aggregations' `where` evaluates a guard moved onto its value this way: the path is derived, never copied.
+    moved = dataclasses.replace(parse_guard("stamp.size >= 2"), field="value")
+    assert (moved({"value": 3}), moved({"stamp": {"size": 3}})) == (True, False)
 
 
 @pytest.mark.parametrize(

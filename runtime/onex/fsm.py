@@ -92,11 +92,11 @@ class Guard:
     operator: str
     value: Any = None
     pattern: re.Pattern[str] | None = None
-    path: tuple[str, ...] = _field(default=(), compare=False, repr=False)  # ``field`` split at its dots, once
+    # ``field`` split at its dots, once: derived, never given (so dataclasses.replace(guard, field=...) splits anew).
+    path: tuple[str, ...] = _field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.path:
-            object.__setattr__(self, "path", tuple(self.field.split(".")))
+        object.__setattr__(self, "path", tuple(self.field.split(".")))
 
     def __call__(self, context: Mapping[str, Any]) -> bool:
         # Guards run on every transition of every workflow: a dict is told apart without the Mapping ABC's check.
