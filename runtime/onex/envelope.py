@@ -86,6 +86,13 @@ def random_id() -> uuid.UUID:
     return _uuid((_ids.getrandbits(128) & _VERSION_MASK) | _VERSION_BITS)
 
 
+def derived_from(data: bytes) -> uuid.UUID:
+    """``derived_id(*parts)`` for ``data``, the parts encoded as it encodes them (a UUID's 16 bytes, anything else
+    its text) and joined by ``b"\\x1f"``: for a caller on the hot path that knows its parts' types and encodes them
+    itself, without ``derived_id``'s test of each part."""
+    return _uuid((int.from_bytes(blake3(data).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
+
+
 def derived_id(*parts: object) -> uuid.UUID:
     """A UUID computed from ``parts`` (BLAKE3 of their bytes: a UUID's 16, anything else its text), so computing it
     again gives the same id.
@@ -93,8 +100,9 @@ def derived_id(*parts: object) -> uuid.UUID:
     An event produced while handling event E gets ``derived_id(E.event_id, node name, event name, index)``: handling
     E again after a crash produces the same ids, and every consumer's dedup by event id makes the replay a no-op.
     """
-    data = b"\x1f".join([p.int.to_bytes(16) if type(p) is uuid.UUID else str(p).encode() for p in parts])
-    return _uuid((int.from_bytes(blake3(data).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
+    # Off the hot path now (per batch of transitions, per id without a constant tail): the callers per stamp encode
+    # their parts themselves (derived_from) or their tail once (derived_after).
+    return derived_from(b"\x1f".join([p.int.to_bytes(16) if type(p) is uuid.UUID else str(p).encode() for p in parts]))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -108,13 +116,6 @@ def id_tail(*parts: object) -> bytes:
 def derived_after(first: uuid.UUID, tail: bytes) -> uuid.UUID:
     """``derived_id(first, *rest)`` for ``tail = id_tail(*rest)``."""
     return _uuid((int.from_bytes(blake3(first.int.to_bytes(16) + tail).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
-
-
-def derived_from(data: bytes) -> uuid.UUID:
-    """``derived_id(*parts)`` for ``data``, the parts encoded as it encodes them (a UUID's 16 bytes, anything else
-    its text) and joined by ``b"\\x1f"``: for a caller on the hot path that knows its parts' types and encodes them
-    itself, without ``derived_id``'s test of each part."""
-    return _uuid((int.from_bytes(blake3(data).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
 
 
 CHECK_BUILT = False
