@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -46,7 +46,7 @@ from onex.contracts import (
     AggregationSubcontract,
     aggregation_problems,
 )
-from onex.fsm import parse_guard
+from onex.fsm import Guard, parse_guard
 
 __all__ = ["Aggregator", "WindowResult", "bucket_label"]
 
@@ -54,6 +54,7 @@ _MISSING: Any = object()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_FAST_NUMBERS = frozenset({int, float})  # the exact types; subclasses (not bool) take isinstance
 
 # Window modes.
 _TOTAL, _TUMBLE_TIME, _SLIDE_TIME, _TUMBLE_COUNT, _SLIDE_COUNT, _SESSION = range(6)
@@ -94,41 +95,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
-
-
-def _getter(path: str) -> Callable[[Any], Any]:
-    """Read a dotted path from a record (mapping keys, else attributes); ``_MISSING`` when any step is absent."""
-    parts = tuple(path.split("."))
-
-    def get(record: Any) -> Any:
-        value = record
-        for part in parts:
-            if value is None:
-                return _MISSING
-            # A dict or a model, nearly always: the exact type test spares the Mapping ABC's slow isinstance.
-            if type(value) is dict:
-                value = value.get(part, _MISSING)
-            else:
-                found = getattr(value, part, _MISSING)
-                if found is _MISSING and isinstance(value, Mapping):
-                    found = value.get(part, _MISSING)
-                value = found
-            if value is _MISSING:
-                return _MISSING
-        return value
-
-    return get
-
-
-def _guard(expression: str) -> tuple[str, Callable[[Any], bool]]:
-    """The field the ``where`` guard tests, and the FSM's evaluator on that field's value (``_MISSING``: absent)."""
-    guard = parse_guard(expression)
-    local = dataclasses.replace(guard, field="value")
-
-    def check(value: Any) -> bool:
-        return local({} if value is _MISSING else {"value": value})
-
-    return guard.field, check
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +179,11 @@ class _Compiled:
         self, spec: Aggregation, methods: Mapping[str, Callable[[Any], Any]], slot: Callable[[str], int]
     ) -> None:
         self.name = spec.name
-        self.guard: Callable[[Any], bool] | None = None
+        self.where: Guard | None = None
         self.guard_slot = 0
         if spec.where is not None:
-            field, self.guard = _guard(spec.where)
-            self.guard_slot = slot(field)
+            self.where = parse_guard(spec.where)
+            self.guard_slot = slot(self.where.field)
         self.group_slots = tuple(slot(path) for path in spec.group_by)
         names = list(spec.group_by)
         self.key_kind = spec.type
@@ -256,25 +222,6 @@ class _Compiled:
         self.windows: dict[tuple[tuple[Any, ...], str], _Win] = {}
         self.counters: dict[tuple[Any, ...], int] = {}  # count windows: records seen per group
         self.sessions: dict[tuple[Any, ...], list[_Win]] = {}
-
-    def key(self, record: Any, read: Sequence[Any]) -> tuple[Any, ...] | None:
-        """The record's group (``read``: its fields, by slot), or None when a CUSTOM method skips it."""
-        parts = []
-        for index in self.group_slots:
-            value = read[index]
-            parts.append(None if value is _MISSING else _jsonable(value))
-        if self.key_method is not None or self.key_slot is not None:
-            if self.key_method is not None:
-                value = self.key_method(record)
-                if value is None:
-                    return None
-            else:
-                value = read[self.key_slot]  # type: ignore[index]
-            if self.key_kind == "SIZE_BUCKETS":
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                value = bucket_label(value, self.bounds) if number else None
-            parts.append(None if value is _MISSING else _jsonable(value))
-        return tuple(parts)
 
     def open(self, key: tuple[Any, ...], window_id: str, start_ms: int = 0, end_ms: int = 0) -> _Win:
         win = self.windows.get((key, window_id))
@@ -321,6 +268,10 @@ class Aggregator:
     ``ValueError`` here too. Not thread-safe: one task adds and collects.
     """
 
+    add: Callable[[Any, datetime], None]
+    """``add(record, at)``: aggregate ``record``, whose event time is ``at`` (timezone-aware), into every aggregation
+    it passes. Written out for this subcontract and compiled once (``_compile_add``)."""
+
     def __init__(
         self,
         subcontract: AggregationSubcontract,
@@ -346,12 +297,12 @@ class Aggregator:
             return paths.setdefault(path, len(paths))
 
         self._aggs = [_Compiled(spec, methods or {}, slot) for spec in subcontract.aggregations]
-        self._getters = tuple(_getter(path) for path in paths)  # in slot order
         self._by_name = {agg.name: agg for agg in self._aggs}
         self._timed = any(agg.mode in _TIME_MODES for agg in self._aggs)
         self._dirty: list[tuple[_Compiled, _Win]] = []
         self._ready: list[WindowResult] = []  # count windows that filled up, until close_due hands them out
         self._late = 0
+        self.add = _compile_add(self, paths)
 
     @property
     def counted(self) -> tuple[str, ...]:
@@ -366,49 +317,6 @@ class Aggregator:
 
     # -- records --
 
-    def add(self, record: Any, at: datetime) -> None:
-        """Aggregate ``record``, whose event time is ``at`` (timezone-aware), into every aggregation it passes."""
-        now_ms = _ms(self._clock.now()) if self._timed else 0
-        t = _ms(at) if self._timed else 0
-        late = False
-        read = [get(record) for get in self._getters]
-        for agg in self._aggs:
-            if agg.guard is not None and not agg.guard(read[agg.guard_slot]):
-                continue
-            key = agg.key(record, read)
-            if key is None:
-                continue
-            values = [None if f.slot is None else read[f.slot] for f in agg.functions]
-            mode = agg.mode
-            if mode == _TOTAL:
-                self._update(agg, agg.open(key, ""), values, at)
-            elif mode in (_TUMBLE_TIME, _SLIDE_TIME):
-                entered = False
-                for k in range((t - agg.size) // agg.slide + 1, t // agg.slide + 1):
-                    start = k * agg.slide
-                    if now_ms > start + agg.size + agg.grace:
-                        continue  # final already: this record is late for it
-                    self._update(agg, agg.open(key, f"t:{start}", start, start + agg.size), values, at)
-                    entered = True
-                late = late or not entered
-            elif mode == _SESSION:
-                if now_ms > t + agg.gap + agg.grace:
-                    late = True
-                    continue
-                self._update(agg, self._session(agg, key, t), values, at)
-            else:
-                index = agg.counters.get(key, 0)
-                agg.counters[key] = index + 1
-                for k in range(max(0, (index - agg.size) // agg.slide + 1), index // agg.slide + 1):
-                    win = agg.open(key, f"n:{k}")
-                    self._update(agg, win, values, at)
-                    if win.items >= agg.size:
-                        del agg.windows[(key, win.window_id)]
-                        win.closed = True
-                        self._ready.append(agg.result(win, closed=True))
-        if late:
-            self._late += 1
-
     def _session(self, agg: _Compiled, key: tuple[Any, ...], t: int) -> _Win:
         sessions = agg.sessions.setdefault(key, [])
         for win in sessions:
@@ -419,49 +327,6 @@ class Aggregator:
         win = agg.open(key, f"s:{t}", t, t)
         sessions.append(win)
         return win
-
-    def _update(self, agg: _Compiled, win: _Win, values: list[Any], at: datetime) -> None:
-        accs = win.accs
-        for i, function in enumerate(agg.functions):
-            kind = function.kind
-            if kind == "count":
-                accs[i] += 1
-                continue
-            value = values[i]
-            if value is _MISSING or value is None:
-                continue
-            if kind == "unique_count":
-                accs[i].add(value if type(value) in _SCALARS else _jsonable(value))
-                continue
-            if kind == "min" or kind == "max":
-                try:
-                    if accs[i] is None or (value < accs[i] if kind == "min" else value > accs[i]):
-                        accs[i] = value
-                except TypeError:
-                    pass  # not comparable with what came before: skipped, like a missing value
-                continue
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            if kind == "sum":
-                accs[i] += value
-            elif kind == "avg":
-                accs[i][0] += value
-                accs[i][1] += 1
-            else:  # histogram
-                accs[i][bisect.bisect_left(function.bounds, value)] += 1
-        win.items += 1
-        if agg.mode == _SESSION:
-            if win.first_at is None or at < win.first_at:
-                win.first_at = at
-            if win.last_at is None or at > win.last_at:
-                win.last_at = at
-        else:
-            if win.first_at is None:
-                win.first_at = at
-            win.last_at = at
-        if not win.dirty:
-            win.dirty = True
-            self._dirty.append((agg, win))
 
     # -- results --
 
@@ -568,3 +433,190 @@ class Aggregator:
             for key in [k for k in agg.sessions if not verdicts[k]]:
                 del agg.sessions[key]
         self._ready = [result for result in self._ready if keep(dict(result.group))]
+
+
+# --- the compiled add ---------------------------------------------------------------------------------------------
+
+
+def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[Any, datetime], None]:
+    """``Aggregator.add`` for ``aggregator``'s subcontract: the Python one would write by hand for it, compiled once.
+
+    Every record passes every aggregation, so the generic loop (per aggregation: its guard, its key, its window, then
+    each function by kind) cost about 9 us a record for the shipped reducer's four; written out, each path is read
+    once (a shared prefix such as ``stamp`` of ``stamp.file_size`` too), ``exists`` guards are a comparison, and each
+    function is the one statement of its kind. Window ids, window bounds and what is late are as the module's
+    docstring says; ``tests/test_aggregation.py`` checks every kind against a plain reading of it.
+    """
+    scope: dict[str, Any] = {
+        "_MISSING": _MISSING,
+        "_SCALARS": _SCALARS,
+        "_FAST_NUMBERS": _FAST_NUMBERS,
+        "_NUMBER": (int, float),
+        "_Mapping": Mapping,
+        "_jsonable": _jsonable,
+        "_ms": _ms,
+        "_bisect": bisect.bisect_left,
+        "_bucket_label": bucket_label,
+        "A": aggregator,
+        "clock": aggregator._clock,
+    }
+    lines = ["def add(record, at):"]
+
+    def emit(depth: int, text: str) -> None:
+        lines.append("    " * depth + text)
+
+    if aggregator._timed:
+        emit(1, "now_ms = _ms(clock.now())")
+        emit(1, "t = _ms(at)")
+    emit(1, "late = False")
+
+    local: dict[str, str] = {}  # path -> the local holding its value
+
+    def read(path: str) -> str:
+        if path in local:
+            return local[path]
+        parent, _, part = path.rpartition(".")
+        source = read(parent) if parent else "record"
+        var = local[path] = f"v{len(local)}"
+        emit(1, f"if {source} is None:" if source == "record" else f"if {source} is _MISSING or {source} is None:")
+        emit(2, f"{var} = _MISSING")
+        emit(1, f"elif type({source}) is dict:")  # a dict or a model, nearly always: no Mapping ABC test for a dict
+        emit(2, f"{var} = {source}.get({part!r}, _MISSING)")
+        emit(1, "else:")
+        emit(2, f"{var} = getattr({source}, {part!r}, _MISSING)")
+        emit(2, f"if {var} is _MISSING and isinstance({source}, _Mapping):")
+        emit(3, f"{var} = {source}.get({part!r}, _MISSING)")
+        return var
+
+    slots = {index: read(path) for path, index in paths.items()}
+
+    def jsonable(var: str) -> str:
+        return f"(None if {var} is _MISSING else {var} if type({var}) in _SCALARS else _jsonable({var}))"
+
+    def number(var: str) -> str:
+        return f"type({var}) in _FAST_NUMBERS or (isinstance({var}, _NUMBER) and not isinstance({var}, bool))"
+
+    def window(depth: int, i: int, wid: str, bounds: str = "") -> None:
+        emit(depth, f"win = W{i}.get((key, {wid}))")
+        emit(depth, "if win is None:")
+        emit(depth + 1, f"win = G{i}.open(key, {wid}{bounds})")
+
+    def update(depth: int, i: int, agg: _Compiled) -> None:
+        emit(depth, "accs = win.accs")
+        for j, function in enumerate(agg.functions):
+            kind = function.kind
+            if kind == "count":
+                emit(depth, f"accs[{j}] += 1")
+                continue
+            if function.slot is None:
+                continue  # a function that reads no field sees no value
+            var = slots[function.slot]
+            emit(depth, f"if {var} is not _MISSING and {var} is not None:")
+            inner = depth + 1
+            if kind == "unique_count":
+                emit(inner, f"accs[{j}].add({var} if type({var}) in _SCALARS else _jsonable({var}))")
+            elif kind in ("min", "max"):
+                emit(inner, "try:")  # a value that does not compare with what came before is skipped
+                emit(inner + 1, f"if accs[{j}] is None or {var} {'<' if kind == 'min' else '>'} accs[{j}]:")
+                emit(inner + 2, f"accs[{j}] = {var}")
+                emit(inner, "except TypeError:")
+                emit(inner + 1, "pass")
+            else:
+                emit(inner, f"if {number(var)}:")
+                if kind == "sum":
+                    emit(inner + 1, f"accs[{j}] += {var}")
+                elif kind == "avg":
+                    emit(inner + 1, f"accs[{j}][0] += {var}")
+                    emit(inner + 1, f"accs[{j}][1] += 1")
+                else:  # histogram
+                    scope[f"H{i}_{j}"] = function.bounds
+                    emit(inner + 1, f"accs[{j}][_bisect(H{i}_{j}, {var})] += 1")
+        emit(depth, "win.items += 1")
+        if agg.mode == _SESSION:
+            emit(depth, "if win.first_at is None or at < win.first_at:")
+            emit(depth + 1, "win.first_at = at")
+            emit(depth, "if win.last_at is None or at > win.last_at:")
+            emit(depth + 1, "win.last_at = at")
+        else:
+            emit(depth, "if win.first_at is None:")
+            emit(depth + 1, "win.first_at = at")
+            emit(depth, "win.last_at = at")
+        emit(depth, "if not win.dirty:")
+        emit(depth + 1, "win.dirty = True")
+        emit(depth + 1, f"A._dirty.append((G{i}, win))")
+
+    for i, agg in enumerate(aggregator._aggs):
+        scope[f"G{i}"], scope[f"W{i}"], scope[f"C{i}"] = agg, agg.windows, agg.counters
+        depth = 1
+        if agg.where is not None:
+            var = slots[agg.guard_slot]
+            if agg.where.operator == "exists":
+                emit(depth, f"if {var} is not _MISSING and {var} is not None:")
+            elif agg.where.operator == "not_exists":
+                emit(depth, f"if {var} is _MISSING or {var} is None:")
+            else:
+                scope[f"Q{i}"] = dataclasses.replace(agg.where, field="value")
+                emit(depth, f"if Q{i}({{}} if {var} is _MISSING else {{'value': {var}}}):")
+            depth += 1
+        parts = [jsonable(slots[index]) for index in agg.group_slots]
+        if agg.key_method is not None:
+            scope[f"M{i}"] = agg.key_method
+            emit(depth, f"k = M{i}(record)")
+            emit(depth, "if k is not None:")  # a CUSTOM method's None skips the record
+            depth += 1
+            parts.append(jsonable("k"))
+        elif agg.key_slot is not None:
+            var = slots[agg.key_slot]
+            if agg.key_kind == "SIZE_BUCKETS":
+                scope[f"B{i}"] = agg.bounds
+                parts.append(f"(_bucket_label({var}, B{i}) if {number(var)} else None)")
+            else:
+                parts.append(jsonable(var))
+        emit(depth, f"key = ({''.join(part + ', ' for part in parts)})")
+        size, slide, reach = int(agg.size), int(agg.slide), int(agg.size) + int(agg.grace)
+        if agg.mode == _TOTAL:
+            window(depth, i, "''")
+            update(depth, i, agg)
+        elif agg.mode == _TUMBLE_TIME:  # a record is in one window: [t // size * size, ... + size)
+            emit(depth, f"start = t // {size} * {size}")
+            emit(depth, f"if now_ms > start + {reach}:")
+            emit(depth + 1, "late = True")
+            emit(depth, "else:")
+            emit(depth + 1, 'wid = f"t:{start}"')
+            window(depth + 1, i, "wid", f", start, start + {size}")
+            update(depth + 1, i, agg)
+        elif agg.mode == _SLIDE_TIME:  # late only when every window it belongs to is final
+            emit(depth, "entered = False")
+            emit(depth, f"for n in range((t - {size}) // {slide} + 1, t // {slide} + 1):")
+            emit(depth + 1, f"start = n * {slide}")
+            emit(depth + 1, f"if now_ms > start + {reach}:")
+            emit(depth + 2, "continue")
+            emit(depth + 1, 'wid = f"t:{start}"')
+            window(depth + 1, i, "wid", f", start, start + {size}")
+            update(depth + 1, i, agg)
+            emit(depth + 1, "entered = True")
+            emit(depth, "if not entered:")
+            emit(depth + 1, "late = True")
+        elif agg.mode == _SESSION:
+            emit(depth, f"if now_ms > t + {int(agg.gap) + int(agg.grace)}:")
+            emit(depth + 1, "late = True")
+            emit(depth, "else:")
+            emit(depth + 1, f"win = A._session(G{i}, key, t)")
+            update(depth + 1, i, agg)
+        else:  # by count: window n holds the group's records n * slide to n * slide + size - 1; final when full
+            emit(depth, f"index = C{i}.get(key, 0)")
+            emit(depth, f"C{i}[key] = index + 1")
+            emit(depth, f"for n in range(max(0, (index - {size}) // {slide} + 1), index // {slide} + 1):")
+            emit(depth + 1, 'wid = f"n:{n}"')
+            window(depth + 1, i, "wid")
+            update(depth + 1, i, agg)
+            emit(depth + 1, f"if win.items >= {size}:")
+            emit(depth + 2, f"del W{i}[(key, wid)]")
+            emit(depth + 2, "win.closed = True")
+            emit(depth + 2, f"A._ready.append(G{i}.result(win, closed=True))")
+    emit(1, "if late:")
+    emit(2, "A._late += 1")
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, "<onex.aggregation add>", "exec"), scope)
+    add: Callable[[Any, datetime], None] = scope["add"]
+    return add
