@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from onex._frozen import quick_init
+
 FILE_TYPES: Final = ("image", "document", "audio", "video", "archive", "code", "text", "data", "binary")
 
 # How much of a file's head is examined to classify it. Large enough that a text file with a long license
@@ -216,6 +218,7 @@ def _decodes(head: bytes, *, complete: bool) -> bool:
     return True
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Sniff:
     """What a file's name and head say about it."""

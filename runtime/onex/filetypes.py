@@ -57,6 +57,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import yaml
 
 from onex._comments import GROUPS, Syntax, group_for, interpreter_of
+from onex._frozen import quick_init
 from onex.exceptions import StampError
 from onex.files import SNIFF_SIZE, detect_file_type, sniff
 
@@ -101,7 +102,8 @@ Kind = Literal["lightweight", "rich", "sidecar"]
 # --- stamps ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Stamp:
     """A stamp as found in or written to a file. ``fields`` holds the rich or sidecar block (empty otherwise,
     or the extra ``key=value`` pairs of a lightweight line)."""
@@ -116,6 +118,7 @@ class Stamp:
 # --- parsing the head of a file -------------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Layout:
     """Where the stamp of some content is or goes. Stripped content is ``content[:keep_end] +

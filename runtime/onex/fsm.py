@@ -22,6 +22,7 @@ from typing import Any
 
 from transitions import Machine, Transition
 
+from onex._frozen import quick_init
 from onex.contracts import FsmSubcontract, parse_condition
 from onex.envelope import derived_from, derived_id
 from onex.exceptions import TransitionError
@@ -134,6 +135,7 @@ def parse_guard(expression: str) -> Guard:
 # --- records and entities ----------------------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransitionRecord:
     """One transition that happened: published in a STATE_TRANSITION batch and stored in ``fsm_transitions``."""

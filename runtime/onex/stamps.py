@@ -103,6 +103,7 @@ from typing import Any, Final, Literal
 
 from blake3 import blake3
 
+from onex._frozen import quick_init
 from onex.envelope import random_id
 from onex.exceptions import StampError
 from onex.files import (
@@ -251,6 +252,7 @@ def _now_iso(now: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Options:
     kind: Kind
@@ -476,6 +478,7 @@ def stamp_bytes(
     return stamped.content, stamped.stamp
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StampedContent:
     """What ``stamp_content`` made of some content: the new content, its stamp, and its file type as onex names it

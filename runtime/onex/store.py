@@ -41,6 +41,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+from onex._frozen import quick_init
 from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import StoreError
 from onex.meters import CommitMeter
@@ -60,6 +61,7 @@ TABLES: tuple[str, ...] = (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WorkflowRow:
     correlation_id: uuid.UUID
@@ -77,6 +79,7 @@ class WorkflowRow:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StepRow:
     workflow_id: uuid.UUID  # the workflow's correlation_id
@@ -89,6 +92,7 @@ class StepRow:
     created_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StampRow:
     id: uuid.UUID  # the stamp's uid
@@ -113,6 +117,7 @@ class StampRow:
     updated_at: datetime | None = None  # None: the time of the write
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransitionRow:
     id: uuid.UUID  # the transition event's id
@@ -126,6 +131,7 @@ class TransitionRow:
     created_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BridgeStateRow:
     namespace: str
@@ -139,6 +145,7 @@ class BridgeStateRow:
     last_aggregation_timestamp: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RegistrationRow:
     node_id: str
@@ -152,6 +159,7 @@ class RegistrationRow:
     registered_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HeartbeatRow:
     node_id: str
@@ -160,6 +168,7 @@ class HeartbeatRow:
     metadata: dict[str, Any] = field(default_factory=dict)  # uptime_seconds, active_operations
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EventLogRow:
     event_id: uuid.UUID
@@ -173,6 +182,7 @@ class EventLogRow:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeadLetterRow:
     """A message a consumer gave up on, as its dead letter (``envelope.dead_letter``) describes it.
@@ -197,6 +207,7 @@ class DeadLetterRow:
     replays: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AggregateWindowRow:
     """One aggregation's result for one group in one window, as the reducer persists it (``TIME_WINDOW``).
@@ -227,6 +238,7 @@ class AggregateWindowRow:
     updated_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NodeStateRow:
     """A node's state for one key, kept in the store (``state_management`` ``storage: store``) for nodes that have

@@ -1,0 +1,106 @@
+"""``onex._frozen.quick_init``: each class it is applied to is built as the ``__init__`` dataclasses writes would build
+it (same arguments, order, defaults and fresh default factories), and stays a frozen dataclass; a class it does not
+fit is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pickle
+import pkgutil
+import typing
+from typing import Any
+
+import onex
+import pytest
+from onex._frozen import quick_init
+
+
+def decorated() -> list[type[Any]]:
+    found: dict[str, type[Any]] = {}
+    for module in pkgutil.walk_packages(onex.__path__, "onex."):
+        for value in vars(importlib.import_module(module.name)).values():
+            init = getattr(value, "__init__", None)
+            code = getattr(init, "__code__", None)
+            if isinstance(value, type) and code is not None and code.co_filename.startswith("<onex._frozen"):
+                found[f"{value.__module__}.{value.__qualname__}"] = value
+    return [found[name] for name in sorted(found)]
+
+
+CLASSES = decorated()
+
+
+def test_the_hot_paths_value_types_are_built_by_quick_init() -> None:
+    names = {cls.__name__ for cls in CLASSES}
+    expected = {"WorkflowRow", "StepRow", "StampRow", "TransitionRow", "TransitionRecord", "Layout", "Sniff", "Stamp"}
+    assert expected <= names, expected - names
+    assert {"_Options", "StampedContent", "DeadLetterRow", "NodeStateRow"} <= names
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_a_class_is_built_as_its_dataclass_would_be(cls: type[Any]) -> None:
+    fields = dataclasses.fields(cls)
+    values = [f"value {i}" for i in range(len(fields))]
+    by_position = cls(*values)
+    by_name = cls(**{f.name: v for f, v in zip(fields, values, strict=True)})
+    assert [getattr(by_position, f.name) for f in fields] == values
+    assert by_position == by_name
+    assert hash(by_position) == hash(by_name)
+    assert repr(by_position) == repr(by_name)
+    hints = typing.get_type_hints(cls.__init__)  # its annotations resolve in the class's module, as before
+    assert list(hints) == [*(f.name for f in fields), "return"]
+
+    required = [f for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    minimal = cls(*values[: len(required)])
+    first, second = cls(*values[: len(required)]), minimal
+    for f in fields[len(required) :]:
+        if f.default is not dataclasses.MISSING:
+            assert getattr(minimal, f.name) == f.default
+        else:
+            assert getattr(first, f.name) == f.default_factory()  # type: ignore[operator]
+            assert getattr(first, f.name) is not getattr(second, f.name)  # a fresh one each time, never shared
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(by_position, fields[0].name, "changed")
+    changed = dataclasses.replace(by_position, **{fields[-1].name: "changed"})
+    assert getattr(changed, fields[-1].name) == "changed"
+    assert getattr(changed, fields[0].name) == values[0]
+    assert pickle.loads(pickle.dumps(by_position)) == by_position
+
+    with pytest.raises(TypeError):
+        cls(*values, "one too many")
+    with pytest.raises(TypeError):
+        cls(*values, unknown="x")
+    if required:
+        with pytest.raises(TypeError):
+            cls(*values[: len(required) - 1])
+
+
+def test_a_class_it_does_not_fit_is_refused() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Mutable:
+        a: int
+
+    @dataclasses.dataclass(frozen=True)
+    class Unslotted:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class PostInit:
+        a: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Derived:
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class KeywordOnly:
+        a: int
+
+    for cls in (Mutable, Unslotted, PostInit, Derived, KeywordOnly, int):
+        with pytest.raises(TypeError, match="quick_init"):
+            quick_init(cls)
