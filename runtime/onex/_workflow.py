@@ -45,7 +45,7 @@ class StepRun:
 
     def checkpoint(self) -> dict[str, Any]:
         return {
-            "status": self.status.value,
+            "status": self.status._value_,  # the plain str (`.value` is a descriptor in Python, on the hot path)
             "attempts": self.attempts,
             "started": self.started,
             "deadline": self.deadline,

@@ -94,6 +94,8 @@ class PayloadCodec:
     def encode(self, payload: BaseModel | Mapping[str, Any]) -> Any:
         """The payload for an envelope: the event's model (validated from a mapping, or checked to be the model),
         or for an event without a model the mapping as a dict (checked against the inline schema, if any)."""
+        if type(payload) is self.model:  # the usual case, told without the model metaclass's isinstance
+            return payload
         if isinstance(payload, BaseModel):
             if self.model is not None and type(payload) is not self.model:
                 raise PayloadError(

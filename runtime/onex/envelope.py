@@ -45,7 +45,14 @@ os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _new_object = object.__new__
-_set_attribute = object.__setattr__
+# The slots of a UUID and of a pydantic model, set through their own descriptors: what object.__setattr__ (which
+# their __setattr__ refuses or checks) would do, without looking the name up on every call.
+_set_uuid_int = vars(uuid.UUID)["int"].__set__
+_set_uuid_safety = vars(uuid.UUID)["is_safe"].__set__
+_set_dict = vars(BaseModel)["__dict__"].__set__
+_set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
+_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
+_set_private = vars(BaseModel)["__pydantic_private__"].__set__
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown
 
 
@@ -53,8 +60,8 @@ def _uuid(value: int) -> uuid.UUID:
     """``uuid.UUID(int=value)`` for a value whose version and variant bits are already set, without the checks and
     conversions of ``UUID.__init__`` (a third of the cost of an id on the hot path)."""
     made = _new_object(uuid.UUID)
-    _set_attribute(made, "int", value)
-    _set_attribute(made, "is_safe", _UNKNOWN_SAFETY)
+    _set_uuid_int(made, value)
+    _set_uuid_safety(made, _UNKNOWN_SAFETY)
     return made
 
 
@@ -128,10 +135,10 @@ def _assemble(cls: type[ModelT], fields: dict[str, Any], given: set[str]) -> Mod
     """An instance of ``cls`` holding ``fields`` (every field, in declaration order), as ``model_construct`` makes
     one but without its per-field Python loop."""
     made = _new_object(cls)
-    _set_attribute(made, "__dict__", fields)
-    _set_attribute(made, "__pydantic_fields_set__", given)
-    _set_attribute(made, "__pydantic_extra__", None)
-    _set_attribute(made, "__pydantic_private__", None)
+    _set_dict(made, fields)
+    _set_fields_set(made, given)
+    _set_extra(made, None)
+    _set_private(made, None)
     if CHECK_BUILT:
         validated = cls.model_validate({k: v for k, v in fields.items() if k in given})
         expected = validated.__dict__

@@ -60,6 +60,7 @@ from onex.envelope import (
     IdSource,
     ModelNodeHeartbeat,
     ModelNodeIntrospection,
+    ModelStateTransition,
     ModelStateTransitions,
     OnexEnvelopeV1,
     derived_after,
@@ -524,8 +525,10 @@ class Node:
         if not self._pending_transitions:
             return
         records, self._pending_transitions[:] = list(self._pending_transitions), []
-        # One validation for the batch (pydantic-core builds the nested models), not one per transition.
-        batch = ModelStateTransitions.model_validate({"transitions": [r.to_model_fields() for r in records]})
+        # Built from the records' typed values (the state machine made them), not validated again.
+        batch = ModelStateTransitions.built(
+            transitions=tuple(ModelStateTransition.built(**r.to_model_fields()) for r in records)
+        )
         # One event for the batch, keyed by this node: its transitions stay in order on one partition. Its id is
         # derived from the transitions it holds (themselves derived), so publishing the same ones again is recognised.
         await self.publish(

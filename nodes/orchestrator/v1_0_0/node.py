@@ -293,7 +293,7 @@ class NodeOrchestrator(OrchestratorNode):
                 ModelStepResult.built(
                     step_name=r.step.step_name,
                     step_order=r.order,
-                    status=r.status.value,
+                    status=r.status._value_,  # the plain str, without the `.value` descriptor
                     attempts=r.attempts,
                     execution_time_ms=r.elapsed_ms,
                     error=r.error,
