@@ -786,7 +786,7 @@ class OrchestratorNode(Node):
         fsm = contract.subcontracts.fsm
         self.workflow_type = (fsm.state_machine_name if fsm is not None else None) or contract.name
         self.workflows: dict[uuid.UUID, Workflow] = {}
-        self._dirty: dict[uuid.UUID, Workflow] = {}
+        self._dirty: dict[int, Workflow] = {}  # by the workflow id's int: UUID.__hash__ is Python, run per step
         self._deadlines: list[tuple[float, int, uuid.UUID, str, int]] = []
         self._seq = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -847,7 +847,7 @@ class OrchestratorNode(Node):
     def track(self, workflow: Workflow) -> None:
         """Start running ``workflow`` (already attached to the FSM and started) and checkpoint it with this batch."""
         self.workflows[workflow.cid] = workflow
-        self._dirty[workflow.cid] = workflow
+        self._dirty[workflow.cid.int] = workflow
 
     def expect_stored(self, workflow: Workflow, event_name: str, outcome: OnexEnvelopeV1) -> None:
         """Watch that ``outcome`` (the workflow's final event, which whoever persists outcomes writes) gets stored.
@@ -933,8 +933,8 @@ class OrchestratorNode(Node):
         try:
             await self.hold_store(functools.partial(self.store.apply, batch))
         except BaseException:
-            for cid, workflow in dirty.items():
-                self._dirty.setdefault(cid, workflow)  # written with the next flush
+            for key, workflow in dirty.items():
+                self._dirty.setdefault(key, workflow)  # written with the next flush
             raise
 
     def restore(self, row: WorkflowRow) -> Workflow | None:
@@ -963,7 +963,7 @@ class OrchestratorNode(Node):
 
         for cid in [cid for cid in self.workflows if not mine(cid)]:
             self.workflows.pop(cid)  # its new owner loads it from the checkpoint written with the last batch
-            self._dirty.pop(cid, None)
+            self._dirty.pop(cid.int, None)
         rows: list[WorkflowRow] = []
         assert self.fsm is not None
         unfinished = sorted({s.state_name for s in self.fsm.fsm.states} - self.fsm.terminal_states)
@@ -1043,7 +1043,7 @@ class OrchestratorNode(Node):
                 elif ready:
                     await self._start_step(workflow, run)
                     progressed = True
-        self._dirty[workflow.cid] = workflow
+        self._dirty[workflow.cid.int] = workflow
         finished = True  # unless a step is still to run, and no required one failed
         for run in runs:
             if run.status is _FAILED and not run.step.optional:
@@ -1088,7 +1088,7 @@ class OrchestratorNode(Node):
         """Record a step's outcome; returns True when the step should be retried instead."""
         run.elapsed_ms = round(float(max(self.clock.time() - run.started, 0.0)) * 1000, 3)
         run.deadline = None
-        self._dirty[workflow.cid] = workflow
+        self._dirty[workflow.cid.int] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
             run.status = StepStatus.PENDING
             run.error = error
