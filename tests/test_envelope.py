@@ -10,6 +10,8 @@ from typing import Any
 import onex.envelope
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from onex.envelope import (
     DEAD_LETTER_EVENT,
     TOPIC_CLASSES,
@@ -22,6 +24,7 @@ from onex.envelope import (
     random_id,
     topic_name,
     typed_reader,
+    uuid_text,
 )
 
 
@@ -309,3 +312,13 @@ def test_random_ids_are_version_4() -> None:
     ids = {random_id() for _ in range(100)}
     assert len(ids) == 100
     assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}
+
+
+@given(st.uuids() | st.builds(uuid.UUID, int=st.integers(0, 2**128 - 1)))
+def test_uuid_text_is_the_uuids_str(value: uuid.UUID) -> None:
+    assert uuid_text(value) == str(value)
+
+
+def test_uuid_text_of_the_ids_onex_makes_is_their_str() -> None:
+    for value in (new_id(), random_id(), onex.envelope.derived_id("a", 1), uuid.UUID(int=0)):
+        assert uuid_text(value) == str(value)

@@ -122,7 +122,7 @@ from onex.bus import (
     check_start,
     dropped,
 )
-from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, Reader, dead_letter, dlq_topic
+from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, Reader, dead_letter, dlq_topic, uuid_text
 from onex.exceptions import BusError, PayloadError, StoreUnavailable
 from onex.logs import dead_lettered, event, retried
 from onex.resilience import pause
@@ -1159,7 +1159,7 @@ class _KafkaSubscription(Subscription):
 def record_headers(envelope: OnexEnvelopeV1) -> list[tuple[str, bytes]]:
     """The headers of an envelope's record: CloudEvents binary mode and ``content-type``."""
     return [
-        ("ce_id", str(envelope.event_id).encode()),
+        ("ce_id", uuid_text(envelope.event_id).encode()),
         ("ce_type", envelope.event_type.encode()),
         ("ce_source", envelope.source_node_id.encode()),
         ("ce_specversion", _SPECVERSION),

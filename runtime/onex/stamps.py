@@ -104,7 +104,7 @@ from typing import Any, Final, Literal
 from blake3 import blake3
 
 from onex._frozen import quick_init
-from onex.envelope import random_id
+from onex.envelope import random_id, uuid_text
 from onex.exceptions import StampError
 from onex.files import (
     SIDECAR_SUFFIX,
@@ -269,7 +269,7 @@ def _next_stamp(
     if options.uid and not UID.fullmatch(options.uid):
         raise ValueError(f"uid {options.uid!r} is not a UUID")
     # A new uid comes from onex's id generator (no system call per stamp); one read from a stamp was checked there.
-    uid = options.uid or (previous.uid if previous else str(random_id()))
+    uid = options.uid or (previous.uid if previous else uuid_text(random_id()))
     same_kind = previous is not None and previous.kind == options.kind
     if options.kind == "lightweight":
         if previous is not None and same_kind and previous.hash == digest and previous.uid == uid:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from onex.envelope import OnexEnvelopeV1, derived_after, id_tail
+from onex.envelope import OnexEnvelopeV1, derived_after, id_tail, uuid_text
 from onex.exceptions import OnexError
 from onex.files import SNIFF_SIZE, detect_file_type
 from onex.fsm import Entity
@@ -82,7 +82,7 @@ class NodeOrchestrator(OrchestratorNode):
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
         return {
             "request": request.model_dump(mode="json"),
-            "request_id": str(workflow.request.event_id) if workflow.request is not None else None,
+            "request_id": uuid_text(workflow.request.event_id) if workflow.request is not None else None,
             "started_at": workflow.context["started_at"].isoformat(),
             "stamp": stamp.model_dump(mode="json") if stamp is not None else None,
             "target": workflow.context.get("target"),
@@ -168,7 +168,7 @@ class NodeOrchestrator(OrchestratorNode):
                 "stamp",
                 {
                     "file_hash": result.file_hash,
-                    "stamp_id": str(result.stamp_id),
+                    "stamp_id": uuid_text(result.stamp_id),
                     "status": result.status,
                     "file_type": result.file_type,
                     "file_size": result.file_size,
