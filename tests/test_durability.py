@@ -61,22 +61,6 @@ async def test_a_new_workflow_is_checkpointed_before_its_request_is_acknowledged
     assert checkpoint["context"]["request"]["content"] == "print(1)\n"
 
 
-async def test_a_finished_workflows_row_keeps_no_checkpoint(tmp_path: Path) -> None:
-    store_url = f"sqlite:///{tmp_path}/onex.db"
-    async with Harness(
-        ["orchestrator", "stamping_effect", "database_adapter_effect"], root=ROOT, store_url=store_url
-    ) as h:
-        sent = await h.publish("STAMP_REQUESTED", request(1))
-        assert sent.correlation_id is not None
-        await h.wait_for("WORKFLOW_COMPLETED", of_workflow(sent.correlation_id))
-        await h.settle()
-        row = await h.store.get_workflow(sent.correlation_id)
-
-    assert row is not None
-    assert row.current_state == "completed"
-    assert row.metadata == {"checkpoint": None}  # the request's checkpoint, content and all, is not kept
-
-
 async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in_processing(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     async with Harness(["orchestrator", "database_adapter_effect"], root=ROOT, store_url=store_url) as first:

@@ -352,9 +352,6 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         completed_at=payload.completed_at,
                         execution_time_ms=payload.execution_time_ms,
                         error_message=payload.error,
-                        # Merged into the row: the orchestrator's last checkpoint (the request, its content included)
-                        # is of no use once the workflow finished, and would be stored, and read back, with it forever.
-                        metadata={"checkpoint": None},
                     )
                 )
                 if payload.stamp is not None and payload.stamp.stamp_id.int not in stored:
