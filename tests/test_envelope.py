@@ -10,6 +10,7 @@ from typing import Any
 import onex.envelope
 import pydantic
 import pytest
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from hypothesis import given
 from hypothesis import strategies as st
 from onex.envelope import (
@@ -319,6 +320,11 @@ def test_uuid_text_is_the_uuids_str(value: uuid.UUID) -> None:
     assert uuid_text(value) == str(value)
 
 
-def test_uuid_text_of_the_ids_onex_makes_is_their_str() -> None:
-    for value in (new_id(), random_id(), onex.envelope.derived_id("a", 1), uuid.UUID(int=0)):
+def test_uuid_text_of_the_ids_onex_makes_and_of_uuid_subclasses_is_their_str() -> None:
+    class Subclass(uuid.UUID):
+        pass
+
+    made = [new_id(), random_id(), onex.envelope.derived_id("a", 1), uuid.UUID(int=0)]
+    subclasses = [Subclass(int=7), PgUUID(str(new_id()))]  # asyncpg returns its own UUID type, which orjson refuses
+    for value in made + subclasses:
         assert uuid_text(value) == str(value)

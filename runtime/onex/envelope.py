@@ -71,8 +71,9 @@ _dumps = orjson.dumps
 
 def uuid_text(value: uuid.UUID) -> str:
     """``str(value)``: a UUID's canonical text (lower-case hex, hyphenated), at about 40 % of its cost (``UUID.__str__``
-    formats in Python, orjson in C). A stamp formats about seven: entity ids, partition keys, record headers."""
-    return _dumps(value)[1:-1].decode()
+    formats in Python, orjson in C). A stamp formats about seven: entity ids, partition keys, record headers. orjson
+    takes ``uuid.UUID`` itself only: a subclass (asyncpg returns its own) is formatted by ``str``."""
+    return _dumps(value)[1:-1].decode() if type(value) is uuid.UUID else str(value)
 
 
 IdSource = Callable[[], uuid.UUID]
