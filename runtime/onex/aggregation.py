@@ -171,8 +171,8 @@ class _Win:
 class _Compiled:
     """One aggregation, its fields and guard compiled once, and its open windows.
 
-    Fields are read once per record for all aggregations (``Aggregator.add``); ``slot`` gives a path's index in
-    those values (the shipped reducer's four aggregations read 6 paths, not 17).
+    Fields are read once per record for all aggregations (the compiled ``Aggregator.add``); ``slot`` gives a path's
+    index among them (the shipped reducer's four aggregations read 6 paths, not 17).
     """
 
     def __init__(
@@ -445,7 +445,7 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
     each function by kind) cost about 9 us a record for the shipped reducer's four; written out, each path is read
     once (a shared prefix such as ``stamp`` of ``stamp.file_size`` too), ``exists`` guards are a comparison, and each
     function is the one statement of its kind. Window ids, window bounds and what is late are as the module's
-    docstring says; ``tests/test_aggregation.py`` checks every kind against a plain reading of it.
+    docstring says; ``tests/test_aggregation_compiled.py`` checks every kind against a plain reading of it.
     """
     scope: dict[str, Any] = {
         "_MISSING": _MISSING,
@@ -503,34 +503,40 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
 
     def update(depth: int, i: int, agg: _Compiled) -> None:
         emit(depth, "accs = win.accs")
+        # Functions grouped by the field they read, so each field is tested once (present, then a number) per window.
+        by_slot: dict[int, list[tuple[int, _Function]]] = {}
         for j, function in enumerate(agg.functions):
-            kind = function.kind
-            if kind == "count":
+            if function.kind == "count":
                 emit(depth, f"accs[{j}] += 1")
-                continue
-            if function.slot is None:
-                continue  # a function that reads no field sees no value
-            var = slots[function.slot]
+            elif function.slot is not None:  # a function that reads no field sees no value
+                by_slot.setdefault(function.slot, []).append((j, function))
+        for slot, functions in by_slot.items():
+            var = slots[slot]
             emit(depth, f"if {var} is not _MISSING and {var} is not None:")
             inner = depth + 1
-            if kind == "unique_count":
-                emit(inner, f"accs[{j}].add({var} if type({var}) in _SCALARS else _jsonable({var}))")
-            elif kind in ("min", "max"):
-                emit(inner, "try:")  # a value that does not compare with what came before is skipped
-                emit(inner + 1, f"if accs[{j}] is None or {var} {'<' if kind == 'min' else '>'} accs[{j}]:")
-                emit(inner + 2, f"accs[{j}] = {var}")
-                emit(inner, "except TypeError:")
-                emit(inner + 1, "pass")
-            else:
+            numeric = [(j, f) for j, f in functions if f.kind in ("sum", "avg", "histogram")]
+            for j, function in functions:
+                if function.kind == "unique_count":
+                    emit(inner, f"accs[{j}].add({var} if type({var}) in _SCALARS else _jsonable({var}))")
+                elif function.kind in ("min", "max"):
+                    emit(inner, "try:")  # a value that does not compare with what came before is skipped
+                    emit(
+                        inner + 1, f"if accs[{j}] is None or {var} {'<' if function.kind == 'min' else '>'} accs[{j}]:"
+                    )
+                    emit(inner + 2, f"accs[{j}] = {var}")
+                    emit(inner, "except TypeError:")
+                    emit(inner + 1, "pass")
+            if numeric:
                 emit(inner, f"if {number(var)}:")
-                if kind == "sum":
-                    emit(inner + 1, f"accs[{j}] += {var}")
-                elif kind == "avg":
-                    emit(inner + 1, f"accs[{j}][0] += {var}")
-                    emit(inner + 1, f"accs[{j}][1] += 1")
-                else:  # histogram
-                    scope[f"H{i}_{j}"] = function.bounds
-                    emit(inner + 1, f"accs[{j}][_bisect(H{i}_{j}, {var})] += 1")
+                for j, function in numeric:
+                    if function.kind == "sum":
+                        emit(inner + 1, f"accs[{j}] += {var}")
+                    elif function.kind == "avg":
+                        emit(inner + 1, f"accs[{j}][0] += {var}")
+                        emit(inner + 1, f"accs[{j}][1] += 1")
+                    else:  # histogram
+                        scope[f"H{i}_{j}"] = function.bounds
+                        emit(inner + 1, f"accs[{j}][_bisect(H{i}_{j}, {var})] += 1")
         emit(depth, "win.items += 1")
         if agg.mode == _SESSION:
             emit(depth, "if win.first_at is None or at < win.first_at:")
