@@ -236,6 +236,42 @@ def test_a_payload_built_equals_the_validated_one() -> None:
     assert built["name"] == "stamp"
 
 
+def test_built_models_share_one_fields_set_that_copies_and_assignments_do_not_change() -> None:
+    """Built instances of a frozen model share one ``__pydantic_fields_set__`` (an allocation less per model on the
+    hot path); pydantic must never add to it in place, or one envelope's copy would change what the others say
+    was set."""
+    first, second = Result.built(name="a", elapsed_ms=None, data={}), Result.built(name="b", elapsed_ms=None, data={})
+    assert first.__pydantic_fields_set__ is second.__pydantic_fields_set__
+    values: dict[str, Any] = {"event_id": uuid.uuid4(), "event_type": "X", "event_timestamp": datetime.now(UTC)}
+    rest: dict[str, Any] = {
+        "source_node_id": "n",
+        "source_service": "s",
+        "source_version": "1.0.0",
+        "source_instance": None,
+    }
+    more: dict[str, Any] = {
+        "correlation_id": None,
+        "causation_id": None,
+        "environment": "dev",
+        "region": None,
+        "partition_key": None,
+    }
+    built = OnexEnvelopeV1.built(**values, **rest, **more, payload=first)
+    other = OnexEnvelopeV1.built(**values, **rest, **more, payload=second)
+    copied = built.model_copy(update={"event_version": "2.0"})  # a field built() leaves unset
+    assert "event_version" in copied.model_fields_set
+    assert "event_version" not in other.model_fields_set
+    assert "event_version" not in built.model_dump(exclude_unset=True)
+
+    class Loose(Payload):  # not frozen: each instance keeps a set of its own, as pydantic would give it
+        model_config = pydantic.ConfigDict(frozen=False)
+        name: str
+
+    one, two = Loose.built(name="a"), Loose.built(name="b")
+    assert one.model_fields_set == two.model_fields_set == {"name"}
+    assert one.__pydantic_fields_set__ is not two.__pydantic_fields_set__
+
+
 @pytest.mark.parametrize(
     ("fields", "wrong"),
     [

@@ -12,7 +12,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, Self, TypeVar
 
@@ -164,6 +164,18 @@ def _assemble(cls: type[ModelT], fields: dict[str, Any], given: set[str]) -> Mod
     return made
 
 
+def _fields_set_of(cls: type[BaseModel], names: Iterable[str]) -> set[str] | frozenset[str]:
+    """The ``__pydantic_fields_set__`` every instance of ``cls`` built with ``names`` given can share: one set, made
+    once, when ``cls`` is frozen (pydantic adds to an instance's set only in ``__setattr__``, which a frozen model
+    refuses, and ``model_copy`` copies the set before it adds to it); a frozenset, to be copied per instance,
+    otherwise. A set per instance was an allocation the garbage collector tracked, for each of the dozen models a
+    stamp builds."""
+    return set(names) if cls.model_config.get("frozen") else frozenset(names)
+
+
+_every_field: dict[type[BaseModel], set[str] | frozenset[str]] = {}
+
+
 class Payload(BaseModel):
     """Base of the payload models onex and its shipped nodes define: frozen (one object is shared by every in-process
     consumer of an event), no unknown fields, and readable as the dict it is on the wire: ``payload["state"]`` and
@@ -190,7 +202,10 @@ class Payload(BaseModel):
         and the instance is validated and compared."""
         if CHECK_BUILT and list(fields) != list(cls.model_fields):
             raise AssertionError(f"{cls.__name__}.built: fields {list(fields)}, declared {list(cls.model_fields)}")
-        return _assemble(cls, fields, set(fields))
+        given = _every_field.get(cls)
+        if given is None:
+            given = _every_field[cls] = _fields_set_of(cls, cls.model_fields)
+        return _assemble(cls, fields, given if given.__class__ is set else set(given))
 
 
 class OnexEnvelopeV1(BaseModel):
@@ -275,7 +290,7 @@ class OnexEnvelopeV1(BaseModel):
                 "payload": payload,
                 "metadata": {},
             },
-            set(_BUILT_FIELDS),
+            _BUILT_SET,
         )
 
     def to_json(self) -> bytes:
@@ -294,6 +309,7 @@ class OnexEnvelopeV1(BaseModel):
 
 
 _BUILT_FIELDS = frozenset(OnexEnvelopeV1.model_fields) - {"envelope_version", "event_version"}
+_BUILT_SET = set(_BUILT_FIELDS)  # every built envelope's fields set, shared: the envelope is frozen (_fields_set_of)
 
 Reader = Callable[[bytes], OnexEnvelopeV1]
 """How a consumer turns a record's bytes into an envelope: ``OnexEnvelopeV1.from_json``, or a ``typed_reader``."""
