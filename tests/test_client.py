@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from onex.bus import GroupStart, MemoryBus, MemorySubscription
 from onex.client import OUTCOME_EVENTS, StampClient, StampRun, _wait, verify_paths
 from onex.contracts import load_contracts
@@ -95,6 +96,21 @@ async def test_forget_drops_what_the_client_kept_of_a_finished_workflow(runtime:
         client.forget(cid)
         with pytest.raises(OnexError, match="not submitted by this client"):
             await client.outcome(cid)
+
+
+@pytest.mark.parametrize("given", ["text", "subclass"])
+async def test_a_request_built_by_the_client_equals_a_validated_one(runtime: Runtime, given: str) -> None:
+    """The client builds its request envelopes without validation; a correlation id given as text or as a UUID
+    subclass (asyncpg returns its own) must still come out a ``uuid.UUID``, as validation made it."""
+    cid = uuid.uuid4()
+    passed: Any = str(cid) if given == "text" else PgUUID(str(cid))
+    client = StampClient(runtime.bus, runtime.contracts, runtime.settings, listen=False)
+    built = client.request({"content": "a"}, correlation_id=passed)
+    assert type(built.correlation_id) is uuid.UUID
+    assert built.correlation_id == cid
+    fields = built.model_dump(exclude={"envelope_version", "event_version", "metadata"})
+    assert OnexEnvelopeV1(**fields) == built
+    assert built.source_node_id == f"onex-client-{runtime.settings.instance}"
 
 
 @pytest.mark.parametrize("bad", [0, -1])

@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, TypeVar
@@ -160,6 +161,7 @@ class StampClient:
         self.max_pending = max_pending
         self._room = asyncio.Event()
         self.settings = settings
+        self._source = f"onex-client-{settings.instance}"
         self.catalog = _catalog(contracts, settings)
         self.topics = {name: self.catalog.topic(name) for name in (REQUEST_EVENT, STAMP_EVENT, *OUTCOME_EVENTS)}
         self.keep_stamps = keep_stamps
@@ -232,13 +234,26 @@ class StampClient:
                 self.on_outcome(envelope)
 
     def request(self, payload: dict[str, Any], *, correlation_id: uuid.UUID | None = None) -> OnexEnvelopeV1:
-        """The envelope of a request; its payload is validated by the orchestrator that consumes it (the edge)."""
-        return OnexEnvelopeV1(
+        """The envelope of a request; its payload is validated by the orchestrator that consumes it (the edge). The
+        envelope's own fields are this client's, so it is built, not validated (a correlation id given as text or
+        as a UUID subclass is read as ``uuid.UUID``, as validation would)."""
+        if correlation_id is None:
+            correlation_id = new_id()
+        elif type(correlation_id) is not uuid.UUID:
+            correlation_id = uuid.UUID(str(correlation_id))
+        return OnexEnvelopeV1.built(
+            event_id=new_id(),
             event_type=REQUEST_EVENT,
-            source_node_id=f"onex-client-{self.settings.instance}",
+            event_timestamp=datetime.now(UTC),
+            source_node_id=self._source,
             source_service="onex-client",
-            correlation_id=correlation_id or new_id(),
+            source_version="1.0.0",
+            source_instance=None,
+            correlation_id=correlation_id,
+            causation_id=None,
             environment=self.settings.env,
+            region=None,
+            partition_key=None,
             payload=payload,
         )
 
