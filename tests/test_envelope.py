@@ -236,6 +236,19 @@ def test_a_payload_built_equals_the_validated_one() -> None:
     assert built["name"] == "stamp"
 
 
+@given(text=st.text(), number=st.floats(allow_nan=False) | st.none(), extra=st.dictionaries(st.text(), st.integers()))
+def test_to_json_and_to_jsonable_are_what_pydantic_dumps(
+    text: str, number: float | None, extra: dict[str, int]
+) -> None:
+    """``to_json`` / ``to_jsonable`` call the serializer without ``model_dump_json`` / ``model_dump``'s wrapper: the
+    same bytes, the same values, for a typed payload and for a dict."""
+    payload = Result(name=text, elapsed_ms=number, data=extra)
+    assert payload.to_jsonable() == payload.model_dump(mode="json")
+    for carried in (payload, payload.model_dump(mode="json")):
+        made = envelope(payload=carried, partition_key=text)
+        assert made.to_json() == made.model_dump_json().encode()
+
+
 def test_built_models_share_one_fields_set_that_copies_and_assignments_do_not_change() -> None:
     """Built instances of a frozen model share one ``__pydantic_fields_set__`` (an allocation less per model on the
     hot path); pydantic must never add to it in place, or one envelope's copy would change what the others say

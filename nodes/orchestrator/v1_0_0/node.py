@@ -81,10 +81,10 @@ class NodeOrchestrator(OrchestratorNode):
         request: ModelStampRequest = workflow.context["request"]
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
         return {
-            "request": request.model_dump(mode="json"),
+            "request": request.to_jsonable(),
             "request_id": uuid_text(workflow.request.event_id) if workflow.request is not None else None,
             "started_at": workflow.context["started_at"].isoformat(),
-            "stamp": stamp.model_dump(mode="json") if stamp is not None else None,
+            "stamp": stamp.to_jsonable() if stamp is not None else None,
             "target": workflow.context.get("target"),
         }
 
