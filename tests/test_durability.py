@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onex.envelope import OnexEnvelopeV1, derived_after, derived_id, id_tail, new_id
 from onex.filetypes import Stamp
+from onex.nodes import OrchestratorNode
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
 
@@ -91,6 +92,37 @@ async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in
     assert not {e.event_id for e in resent} & {e.event_id for e in commands}
     assert state is not None
     assert (state.total_workflows_processed, state.total_items_aggregated) == (5, 5)
+
+
+async def test_outcomes_the_store_does_not_show_finished_are_published_again(tmp_path: Path) -> None:
+    """The orchestrator's look, ``confirm_after_s`` after publishing outcomes, at whether they got stored (a broker
+    that lost them; on Kafka only, so driven by hand here): an outcome whose row is finished is done with; one whose
+    row is still running, or absent, is published again (the same envelope) and looked at again later."""
+    async with Harness(["orchestrator"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, OrchestratorNode)
+        stored, running, absent = (uuid.uuid4() for _ in range(3))
+        rows = [
+            WorkflowRow(stored, "stamp_workflow", "completed", 2),
+            WorkflowRow(running, "stamp_workflow", "processing", 1),
+        ]
+        await h.store.apply(WriteBatch(workflows=rows))
+        outcomes = {
+            cid: OnexEnvelopeV1(event_type="WORKFLOW_COMPLETED", source_node_id="t", correlation_id=cid, payload={})
+            for cid in (stored, running, absent)
+        }
+        node._unconfirmed.extend((0.0, cid, "WORKFLOW_COMPLETED", outcome) for cid, outcome in outcomes.items())
+
+        await node._confirm_stored(now=100.0)
+        await h.settle()
+
+        assert sorted(e.event_id for e in h.of("WORKFLOW_COMPLETED")) == sorted(
+            outcomes[cid].event_id for cid in (running, absent)
+        )
+        assert [(due, cid) for due, cid, _, _ in node._unconfirmed] == [
+            (100.0 + node.confirm_after_s, running),
+            (100.0 + node.confirm_after_s, absent),
+        ]
 
 
 async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tmp_path: Path) -> None:

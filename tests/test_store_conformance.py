@@ -448,6 +448,22 @@ async def test_get_workflows_returns_the_stored_rows_among_the_ids(store: Store)
     assert await store.get_workflows([]) == []
 
 
+async def test_workflow_states_are_what_get_workflows_says_of_the_ids(store: Store) -> None:
+    """The states alone (the orchestrator's look at whether outcomes got stored reads nothing else): keyed by the ids
+    as given, equal to the base class's answer from whole rows, in more than one statement's worth of ids."""
+    ids = [uuid.uuid4() for _ in range(3)]
+    big = {"checkpoint": {"v": 1, "context": {"request": {"content": "x" * 2_000}}}}
+    await store.apply(
+        WriteBatch(workflows=[workflow(ids[0], "processing", 1, metadata=big), workflow(ids[1], "completed", 2)])
+    )
+    asked = [*ids, *(uuid.uuid4() for _ in range(1_200))]
+    states = await store.workflow_states(asked)
+    assert states == {ids[0]: "processing", ids[1]: "completed"}
+    assert all(type(cid) is uuid.UUID for cid in states)
+    assert states == await Store.workflow_states(store, asked)  # the base class's, from get_workflows
+    assert await store.workflow_states([]) == {}
+
+
 async def test_a_checkpoint_in_metadata_is_replaced_and_cleared_by_later_rows(store: Store) -> None:
     cid = uuid.uuid4()
     await store.apply(WriteBatch(workflows=[workflow(cid, "processing", 1, metadata={"checkpoint": {"attempt": 1}})]))

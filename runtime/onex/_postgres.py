@@ -829,6 +829,14 @@ class PostgresStore(Store):
         rows = await self._fetch(f"{SELECT_WORKFLOW} WHERE correlation_id = ANY($1::uuid[])", list(correlation_ids))
         return [_READ.workflow(r) for r in rows]
 
+    async def workflow_states(self, correlation_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        given = {_as_uuid(cid): cid for cid in correlation_ids}
+        rows = await self._fetch(
+            "SELECT correlation_id, current_state FROM workflow_executions WHERE correlation_id = ANY($1::uuid[])",
+            list(given),
+        )
+        return {given[r[0]]: r[1] for r in rows}
+
     async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
         rows = await self._fetch(
             f"{SELECT_WORKFLOW} w WHERE current_state = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM "

@@ -844,6 +844,23 @@ class SqliteStore(Store):
             )
         return found
 
+    async def workflow_states(self, correlation_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        return await self._call(self._workflow_states_sync, list(correlation_ids))
+
+    def _workflow_states_sync(self, correlation_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        try:
+            by_text = {_uid(i): i for i in correlation_ids}
+        except _ENCODE_ERRORS as exc:
+            raise _store_error(exc, "workflow_states") from exc
+        keys = list(by_text)
+        states: dict[uuid.UUID, str] = {}
+        for start in range(0, len(keys), IN_CHUNK):
+            chunk = keys[start : start + IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT correlation_id, current_state FROM workflow_executions WHERE correlation_id IN ({marks})"
+            states.update(self._fetch("workflow_states", sql, chunk, lambda row: (by_text[row[0]], row[1])))
+        return states
+
     async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
         marks = ",".join("?" * len(states))
         sql = (

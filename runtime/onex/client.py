@@ -666,8 +666,8 @@ class StampRun:
         stored: set[uuid.UUID] = set()
         try:
             for start in range(0, len(ids), 1_000):
-                rows = await store.get_workflows(ids[start : start + 1_000])
-                stored.update(r.correlation_id for r in rows if r.current_state == "completed")
+                states = await store.workflow_states(ids[start : start + 1_000])
+                stored.update(cid for cid, state in states.items() if state == "completed")
         except StoreError as exc:
             report.store_error = f"could not check that the stamped files were recorded: {exc}"
             return

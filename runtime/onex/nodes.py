@@ -870,12 +870,12 @@ class OrchestratorNode(Node):
             return
         assert self.fsm is not None
         try:
-            rows = await self.store.get_workflows([cid for _, cid, _, _ in due])
+            states = await self.store.workflow_states([cid for _, cid, _, _ in due])
         except OnexError:  # the store is away: look again later
             self._unconfirmed.extend((now + self.confirm_after_s, cid, name, data) for _, cid, name, data in due)
             return
-        stored = {r.correlation_id for r in rows if r.current_state in self.fsm.terminal_states}
-        lost = [(cid, name, data) for _, cid, name, data in due if cid not in stored]
+        terminal = self.fsm.terminal_states
+        lost = [(cid, name, data) for _, cid, name, data in due if states.get(cid) not in terminal]
         if not lost:
             return
         _log.warning(
@@ -1159,8 +1159,8 @@ class OrchestratorNode(Node):
         stopped (the store has their final state by now): their steps did not time out, their results were used."""
         if not adopted:
             return
-        rows = await self.store.get_workflows([w.cid for w in adopted])
+        states = await self.store.workflow_states([w.cid for w in adopted])
         assert self.fsm is not None
-        for row in rows:
-            if row.current_state in self.fsm.terminal_states:
-                self.workflows.pop(row.correlation_id, None)
+        for cid, state in states.items():
+            if state in self.fsm.terminal_states:
+                self.workflows.pop(cid, None)

@@ -393,6 +393,13 @@ class Store(abc.ABC):
     async def get_workflows(self, correlation_ids: Sequence[uuid.UUID]) -> list[WorkflowRow]:
         """The stored rows among ``correlation_ids`` (in no particular order; unknown ids are left out)."""
 
+    async def workflow_states(self, correlation_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The current state of each stored workflow among ``correlation_ids``, keyed by the id as given (unknown ids
+        are left out): what ``get_workflows`` says of them, without reading and decoding the rest of their rows (a
+        checkpoint's JSON). The stores answer it with a query of their own."""
+        given = {cid: cid for cid in correlation_ids}
+        return {given[r.correlation_id]: r.current_state for r in await self.get_workflows(list(given))}
+
     @abc.abstractmethod
     async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
         """Workflows in one of ``states`` whose correlation id ``consumer`` has not recorded in ``processed_events``
