@@ -72,7 +72,7 @@ async def _load(url: str, *, path: str, rate: float, duration: float, connection
 
 
 @contextlib.asynccontextmanager
-async def gateway(prefix: str) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+async def gateway(prefix: str, *, synchronous: bool = True) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
     """Every node and the HTTP gateway in this process, as ``onex run --http`` hosts them, on a memory bus and a
     SQLite store in a temporary directory: yields the base URL and ``settle``, which returns once the bus is idle
     (the last run's rows written before the next run starts)."""
@@ -83,7 +83,7 @@ async def gateway(prefix: str) -> AsyncIterator[tuple[str, Callable[[], Awaitabl
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp}/onex.db").with_(
-            heartbeat_interval_s=0
+            heartbeat_interval_s=0, synchronous_checkpoints=synchronous
         )
         sock = bind("127.0.0.1:0")
         try:
@@ -110,11 +110,13 @@ async def gateway(prefix: str) -> AsyncIterator[tuple[str, Callable[[], Awaitabl
             sock.close()
 
 
-async def _bench(rate: float, duration: float, repeat: int, connections: int, size: int) -> dict[str, list[Any]]:
+async def _bench(
+    rate: float, duration: float, repeat: int, connections: int, size: int, synchronous: bool
+) -> dict[str, list[Any]]:
     from onex.http import PREFIX
 
     runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": []}
-    async with gateway("onex-bench-http-") as (url, settle):
+    async with gateway("onex-bench-http-", synchronous=synchronous) as (url, settle):
         stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
         await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
         await settle()
@@ -137,12 +139,18 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def run(
-    *, rate: float = 0.0, duration: float = 10.0, repeat: int = 3, connections: int = 64, size: int = 1024
+    *,
+    rate: float = 0.0,
+    duration: float = 10.0,
+    repeat: int = 3,
+    connections: int = 64,
+    size: int = 1024,
+    synchronous_checkpoints: bool = True,
 ) -> dict[str, Any]:
     from onex.runtime import tune_gc
 
     tune_gc()  # as `onex run` does
-    runs = asyncio.run(_bench(rate, duration, repeat, connections, size))
+    runs = asyncio.run(_bench(rate, duration, repeat, connections, size, synchronous_checkpoints))
     fixed, saturation, floor = runs["fixed"], runs["saturation"], runs["floor"]
     errors = sum(r["errors"] for rs in runs.values() for r in rs)
     fixed_p95 = _median(fixed, "p95_ms")
@@ -152,6 +160,7 @@ def run(
         "benchmark": "http_stamp_inprocess_sqlite",
         "content_bytes": size,
         "repeat": repeat,
+        "synchronous_checkpoints": synchronous_checkpoints,
         "fixed_rate": {
             "target_rps": rate or _median(fixed, "rps"),
             "rate": "fixed" if rate else "half of each repeat's saturation",
@@ -188,7 +197,10 @@ def _print(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     fixed, sat, floor = result["fixed_rate"], result["saturation"], result["floor_hash_no_workflow"]
-    table = Table(title=f"POST /stamp, {result['content_bytes']} B content, median of {result['repeat']} run(s)")
+    behind = "" if result["synchronous_checkpoints"] else ", checkpoints written behind"
+    table = Table(
+        title=f"POST /stamp, {result['content_bytes']} B content{behind}, median of {result['repeat']} run(s)"
+    )
     for column in ("run", "req/s", "p50 ms", "p95 ms", "p99 ms", "target", "met"):
         table.add_column(column, justify="left" if column in ("run", "target") else "right")
     table.add_row(f"fixed {fixed['target_rps']:g} req/s", f"{fixed['achieved_rps']:,.0f}", f"{fixed['p50_ms']:.2f}",
@@ -212,9 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64, help="saturation run: concurrent connections")
     parser.add_argument("--size", type=int, default=1024, help="bytes of content per request")
+    parser.add_argument(
+        "--synchronous-checkpoints",
+        choices=("on", "off"),
+        default="on",
+        help="the server's ONEX_SYNCHRONOUS_CHECKPOINTS (default on, as onex run's)",
+    )
     args = parser.parse_args(argv)
     result = run(rate=args.rate, duration=args.duration, repeat=args.repeat, connections=args.connections,
-                 size=args.size)  # fmt: skip
+                 size=args.size, synchronous_checkpoints=args.synchronous_checkpoints == "on")  # fmt: skip
     _print(result)
     return 0 if result["errors"] == 0 else 1
 

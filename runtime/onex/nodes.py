@@ -502,6 +502,10 @@ class Node:
         if self.state is not None:
             await self.state.checkpoint()
 
+    async def written(self) -> None:
+        """Wait until what this node writes behind its batches is written (the orchestrator's checkpoints with
+        ``synchronous_checkpoints`` off): ``onex.testing.Harness.settle`` waits for it as for the bus."""
+
     async def _checkpoint_loop(self) -> None:
         assert self.state_policy.interval_s is not None
         while True:
@@ -792,6 +796,8 @@ class OrchestratorNode(Node):
         self._sweeper: asyncio.Task[None] | None = None
         self._interrupted: list[Workflow] = []
         self._failed_rows: list[WorkflowRow] = []
+        self.writes_behind = not self.settings.synchronous_checkpoints and not self.bus.retains_messages
+        self._behind: asyncio.Task[None] | None = None  # the task writing checkpoints behind (see ``checkpoint``)
         # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again and a
         # rebalance does not load one whose outcome is not stored yet. Bounded: a redelivery later than
         # ``config.dedupe_window`` workflows would run again, and is idempotent in the store. Keyed by the ids'
@@ -813,13 +819,16 @@ class OrchestratorNode(Node):
         return dict(Counter(workflow.state for workflow in self.workflows.values()))
 
     async def on_start(self) -> None:
+        if not self.settings.synchronous_checkpoints and self.bus.retains_messages:
+            _log.info("%s: synchronous_checkpoints off has no effect on Kafka", self.node_id)
         self._sweeper = asyncio.create_task(self._sweep(), name=f"step-timeouts:{self.node_id}")
 
     async def on_stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._behind):  # the writer is done by now: draining waited for it
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # to implement
     async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:
@@ -922,10 +931,35 @@ class OrchestratorNode(Node):
         A finished workflow is not written here: its outcome is, by whoever persists it (the database adapter
         writes the final state with the steps and the stamp in one transaction). Until then its row says it is
         running, so after a crash that lost the outcome the workflow is resumed, never left half-recorded.
+
+        With ``synchronous_checkpoints`` off on the memory bus (``writes_behind``) this returns at once and one task
+        at a time writes what is dirty: a workflow finished meanwhile is never written, and a crash loses what is not
+        written yet (an outcome a client was told of included); draining writes everything first.
         """
-        dirty, self._dirty = self._dirty, {}
         if not self.state_policy.durable:  # storage: memory (or ``settings.checkpoints`` off)
+            self._dirty = {}
             return
+        if self.writes_behind and self.lifecycle is Lifecycle.RUNNING:
+            if self._behind is None or self._behind.done():
+                self._behind = asyncio.create_task(self._write_behind(), name=f"checkpoints:{self.node_id}")
+            return
+        await self.written()
+        await self._write_dirty()
+
+    async def written(self) -> None:
+        while self._behind is not None and not self._behind.done():
+            await asyncio.shield(self._behind)  # a waiter cancelled must not cancel the write
+
+    async def _write_behind(self) -> None:
+        while self._dirty and self.lifecycle is Lifecycle.RUNNING:
+            try:
+                await self._write_dirty()
+            except Exception as exc:  # the workflows are dirty again: written with the next flush
+                _log.warning("%s: checkpoint failed, written with the next flush: %s", self.node_id, exc)
+                return
+
+    async def _write_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, {}
         rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
         if not rows:
             return

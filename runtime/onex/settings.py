@@ -307,6 +307,11 @@ class Settings(BaseSettings):
         True,
         description="Whether orchestrators and reducers checkpoint state in the store (off: nothing is recovered).",
     )
+    synchronous_checkpoints: bool = Field(
+        True,
+        description="Whether an orchestrator on the memory bus waits for a batch's checkpoint before its next batch "
+        "(off: written behind, faster; a crash loses the workflows not written yet). Kafka always waits.",
+    )
     log_level: LogLevel = Field("info", description="The lowest level logged.")
     log_format: LogFormat = Field("text", description="Log lines as text, or json (one object a line).")
     log_summary_s: float = Field(30.0, description="Seconds between a working node's summary log lines; 0: never.")

@@ -295,8 +295,11 @@ class Harness:
         return WaitTimeout("\n".join(lines))
 
     async def settle(self) -> None:
-        """Wait until every published message has been handled, including those published meanwhile."""
+        """Wait until every published message has been handled, including those published meanwhile, and what the
+        nodes write behind their batches is written."""
         await self.bus.join()
+        for node in self.runtime.nodes:
+            await node.written()
 
     def of(self, event_name: str) -> list[OnexEnvelopeV1]:
         return [e for name, e in self.events if name == event_name]
