@@ -15,6 +15,10 @@ Figures are medians over ``--repeat`` runs. The load generator and the server sh
 small machine they compete; the JSON records the core count.
 
     .venv/bin/python bench/http.py [--rate R] [--duration 10] [--repeat 3] [--connections 64]
+                                   [--synchronous-checkpoints off]
+
+``--synchronous-checkpoints off`` runs the server with ``ONEX_SYNCHRONOUS_CHECKPOINTS=off``: the orchestrator writes
+its checkpoints behind its batches (README, Design decisions).
 
 ``run(**options) -> dict`` is the entry point for ``bench/run.py``; results go to ``bench/results/http.json``.
 """

@@ -10,7 +10,8 @@ by the difference in items, so the start (imports, contracts, migrations) cancel
   discarded): the node graph's own work, envelopes, validation, the FSM, the bus;
 - onex ceiling without checkpoints: the same with ``checkpoints=False`` (``ONEX_CHECKPOINTS=off``);
 - onex, every row persisted: ``bench/e2e.py``'s onex run on SQLite (the writer thread's instructions, SQLite's
-  included, are counted too);
+  included, are counted too); and the same with the orchestrator's checkpoints written behind its batches
+  (``ONEX_SYNCHRONOUS_CHECKPOINTS=off``);
 - raw floor: ``bench/e2e.py``'s floor (BLAKE3 and ``executemany`` of the same rows).
 
 An instruction is not a unit of time (the floor spends more of its time waiting on memory and the disk than the node
@@ -20,7 +21,7 @@ floor / onex; writes ``bench/results/instructions.json``. Skips (exit 0) when Va
 
     .venv/bin/python bench/instructions.py [--items N] [--base M] [--jobs J]
 
-About 8 minutes with the defaults (2,500 and 500 items, two runs at a time); ``run(**options) -> dict`` is the
+About 10 minutes with the defaults (2,500 and 500 items, two runs at a time); ``run(**options) -> dict`` is the
 entry point for ``bench/run.py``.
 """
 
@@ -54,6 +55,7 @@ RUNS = {  # what a child runs, and how the table names it
     "ceiling": "onex ceiling (writes discarded)",
     "ceiling_no_checkpoints": "onex ceiling without checkpoints",
     "persisted": "onex, every row persisted (SQLite)",
+    "persisted_behind": "the same, checkpoints written behind",
     "floor": "raw floor (blake3 + executemany)",
 }
 _COLLECTED = re.compile(rb"Collected : (\d+)")
@@ -69,9 +71,15 @@ def child(kind: str, items: int) -> None:
             return
         url = f"sqlite:///{tmp}/onex.db"
         _, counts = asyncio.run(
-            e2e.run_onex(data, url, discard=kind.startswith("ceiling"), checkpoints=kind != "ceiling_no_checkpoints")
+            e2e.run_onex(
+                data,
+                url,
+                discard=kind.startswith("ceiling"),
+                checkpoints=kind != "ceiling_no_checkpoints",
+                synchronous=kind != "persisted_behind",
+            )
         )
-    if counts["failed"] or (kind == "persisted" and counts["workflow_executions"] != items):
+    if counts["failed"] or (kind.startswith("persisted") and counts["workflow_executions"] != items):
         raise SystemExit(f"{kind}: rows not as expected: {counts}")
 
 
@@ -114,6 +122,7 @@ def run(*, items: int = 2_500, base: int = 500, jobs: int = 2) -> dict[str, Any]
         "instructions_per_item": {kind: round(value) for kind, value in per_item.items()},
         "ratio_floor_over_ceiling": round(per_item["floor"] / per_item["ceiling"], 3),
         "ratio_floor_over_persisted": round(per_item["floor"] / per_item["persisted"], 3),
+        "ratio_floor_over_persisted_behind": round(per_item["floor"] / per_item["persisted_behind"], 3),
         "checkpoints_share_of_ceiling": round(1 - per_item["ceiling_no_checkpoints"] / per_item["ceiling"], 3),
         "instructions": {f"{kind}/{n}": value for (kind, n), value in counted.items()},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
@@ -144,6 +153,7 @@ def main() -> int:
         print(f"  {label:<44}{per_item[kind]:>12,}")
     print(f"  {'ratio floor / onex ceiling':<44}{result['ratio_floor_over_ceiling']:>12}")
     print(f"  {'ratio floor / onex persisted':<44}{result['ratio_floor_over_persisted']:>12}")
+    print(f"  {'ratio floor / onex persisted, behind':<44}{result['ratio_floor_over_persisted_behind']:>12}")
     print(f"  {'checkpoints, share of the ceiling':<44}{result['checkpoints_share_of_ceiling']:>12.1%}")
     print("  -> bench/results/instructions.json")
     return 0
