@@ -99,10 +99,19 @@ async def test_by_default_the_next_batch_waits_for_the_checkpoint() -> None:
 
 async def test_draining_writes_what_is_still_to_be_written(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
-    async with Harness(["orchestrator"], root=ROOT, store_url=store_url, synchronous_checkpoints=False) as h:
-        sent = await h.publish("STAMP_REQUESTED", request(1))
-        await h.wait_for("STAMP_FILE", command_of(sent.correlation_id))
-    # No settle: leaving the harness drains the orchestrator, which waits for its writer and writes the rest.
+    h = Harness(["orchestrator"], root=ROOT, store_url=store_url, synchronous_checkpoints=False)
+    await h.__aenter__()
+    release, written = gate(h)
+    sent = await h.publish("STAMP_REQUESTED", request(1))
+    await h.wait_for("STAMP_FILE", command_of(sent.correlation_id))
+    # No settle: leaving the harness drains the orchestrator, which waits for its writer (held here) and writes the
+    # rest; it must not stop, cancelling the write, before the write is let through.
+    leaving = asyncio.create_task(h.__aexit__(None, None, None))
+    await anyio.wait_all_tasks_blocked()
+    assert not leaving.done()
+    release.set()
+    await leaving
+    assert written == [cids(sent)]
     async with Harness([], root=ROOT, store_url=store_url) as after:
         row = await after.store.get_workflow(cids(sent)[0])
     assert row is not None

@@ -771,6 +771,17 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise _store_error(exc, f"{what} failed on {self.path}") from exc
 
+    def _fetch_in(
+        self, what: str, sql: str, keys: list[Any], convert: Callable[[Any], T], *, before: tuple[Any, ...] = ()
+    ) -> list[T]:
+        """``_fetch`` of ``sql`` for ``keys``, ``IN_CHUNK`` at a time: ``{marks}`` in ``sql`` is the list's
+        placeholders, ``before`` the parameters ahead of it."""
+        found: list[T] = []
+        for start in range(0, len(keys), IN_CHUNK):
+            chunk = keys[start : start + IN_CHUNK]
+            found += self._fetch(what, sql.format(marks=",".join("?" * len(chunk))), (*before, *chunk), convert)
+        return found
+
     async def _query(self, what: str, sql: str, params: Sequence[Any], convert: Callable[[Any], T]) -> list[T]:
         return await self._call(self._fetch, what, sql, params, convert)
 
@@ -781,21 +792,10 @@ class SqliteStore(Store):
         return await self._call(self._unprocessed_sync, consumer, list(event_ids))
 
     def _unprocessed_sync(self, consumer: str, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-        conn = self._ready()
-        try:
-            by_text = {_uid(i): i for i in event_ids}
-        except _ENCODE_ERRORS as exc:
-            raise _store_error(exc, "unprocessed") from exc
-        keys = list(by_text)
-        seen: set[str] = set()
-        try:
-            for start in range(0, len(keys), IN_CHUNK):
-                chunk = keys[start : start + IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT event_id FROM processed_events WHERE consumer = ? AND event_id IN ({marks})"
-                seen.update(row[0] for row in conn.execute(sql, (consumer, *chunk)))
-        except sqlite3.Error as exc:
-            raise _store_error(exc, f"unprocessed failed on {self.path}") from exc
+        self._ready()
+        by_text = _texts_of(event_ids, "unprocessed")
+        sql = "SELECT event_id FROM processed_events WHERE consumer = ? AND event_id IN ({marks})"
+        seen = set(self._fetch_in("unprocessed", sql, list(by_text), _first, before=(consumer,)))
         return {event_id for text, event_id in by_text.items() if text not in seen}
 
     async def get_workflow(self, correlation_id: uuid.UUID) -> WorkflowRow | None:
@@ -835,31 +835,16 @@ class SqliteStore(Store):
         return await self._call(self._get_workflows_sync, list(correlation_ids))
 
     def _get_workflows_sync(self, correlation_ids: list[uuid.UUID]) -> list[WorkflowRow]:
-        found: list[WorkflowRow] = []
-        for start in range(0, len(correlation_ids), 500):
-            chunk = [_uid(i) for i in correlation_ids[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            found += self._fetch(
-                "get_workflows", f"{SELECT_WORKFLOW} WHERE correlation_id IN ({marks})", chunk, _READ.workflow
-            )
-        return found
+        sql = f"{SELECT_WORKFLOW} WHERE correlation_id IN ({{marks}})"
+        return self._fetch_in("get_workflows", sql, [_uid(i) for i in correlation_ids], _READ.workflow)
 
     async def workflow_states(self, correlation_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         return await self._call(self._workflow_states_sync, list(correlation_ids))
 
     def _workflow_states_sync(self, correlation_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-        try:
-            by_text = {_uid(i): i for i in correlation_ids}
-        except _ENCODE_ERRORS as exc:
-            raise _store_error(exc, "workflow_states") from exc
-        keys = list(by_text)
-        states: dict[uuid.UUID, str] = {}
-        for start in range(0, len(keys), IN_CHUNK):
-            chunk = keys[start : start + IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT correlation_id, current_state FROM workflow_executions WHERE correlation_id IN ({marks})"
-            states.update(self._fetch("workflow_states", sql, chunk, lambda row: (by_text[row[0]], row[1])))
-        return states
+        by_text = _texts_of(correlation_ids, "workflow_states")
+        sql = "SELECT correlation_id, current_state FROM workflow_executions WHERE correlation_id IN ({marks})"
+        return dict(self._fetch_in("workflow_states", sql, list(by_text), lambda row: (by_text[row[0]], row[1])))
 
     async def unprocessed_workflows(self, consumer: str, states: Sequence[str]) -> list[WorkflowRow]:
         marks = ",".join("?" * len(states))
@@ -873,13 +858,9 @@ class SqliteStore(Store):
         return await self._call(self._get_stamps_sync, list(ids))
 
     def _get_stamps_sync(self, ids: list[uuid.UUID]) -> list[StampRow]:
-        found: list[StampRow] = []
-        for start in range(0, len(ids), 500):
-            chunk = [_uid(i) for i in ids[start : start + 500]]
-            found += self._fetch(
-                "get_stamps", f"{SELECT_STAMP} WHERE id IN ({','.join('?' * len(chunk))})", chunk, _READ.stamp
-            )
-        return found
+        return self._fetch_in(
+            "get_stamps", f"{SELECT_STAMP} WHERE id IN ({{marks}})", [_uid(i) for i in ids], _READ.stamp
+        )
 
     async def mark_stale(self, heard_before: datetime) -> list[str]:
         # One statement is one transaction in autocommit mode; RETURNING names exactly the rows this call changed.
@@ -1006,13 +987,9 @@ class SqliteStore(Store):
         return await self._call(self._get_dead_letters_sync, list(event_ids))
 
     def _get_dead_letters_sync(self, event_ids: list[uuid.UUID]) -> list[DeadLetterRow]:
-        found: list[DeadLetterRow] = []
         self._ready()
-        for start in range(0, len(event_ids), IN_CHUNK):
-            chunk = [_uid(i) for i in event_ids[start : start + IN_CHUNK]]
-            sql = f"{SELECT_DEAD_LETTER} WHERE event_id IN ({','.join('?' * len(chunk))})"
-            found += self._fetch("get_dead_letters", sql, chunk, _READ.dead_letter)
-        return found
+        sql = f"{SELECT_DEAD_LETTER} WHERE event_id IN ({{marks}})"
+        return self._fetch_in("get_dead_letters", sql, [_uid(i) for i in event_ids], _READ.dead_letter)
 
     # --- aggregate windows and node state --------------------------------------------------------------------------
 
@@ -1057,13 +1034,9 @@ class SqliteStore(Store):
         return await self._call(self._get_node_states_sync, node, list(keys))
 
     def _get_node_states_sync(self, node: str, keys: list[str]) -> list[NodeStateRow]:
-        found: list[NodeStateRow] = []
         self._ready()
-        for start in range(0, len(keys), IN_CHUNK):
-            chunk = keys[start : start + IN_CHUNK]
-            sql = f'{SELECT_NODE_STATE} WHERE node = ? AND "key" IN ({",".join("?" * len(chunk))})'
-            found += self._fetch("get_node_states", sql, (node, *chunk), _READ.node_state)
-        return found
+        sql = f'{SELECT_NODE_STATE} WHERE node = ? AND "key" IN ({{marks}})'
+        return self._fetch_in("get_node_states", sql, keys, _READ.node_state, before=(node,))
 
     async def list_node_states(self, node: str, *, limit: int = 1000) -> list[NodeStateRow]:
         _check_page(limit, 0)
@@ -1103,6 +1076,14 @@ class SqliteStore(Store):
 
 def _first(row: tuple[Any, ...]) -> Any:
     return row[0]
+
+
+def _texts_of(ids: Sequence[uuid.UUID], what: str) -> dict[str, uuid.UUID]:
+    """Each id's stored text, to the id as given; a StoreError naming ``what`` for one that is no UUID."""
+    try:
+        return {_uid(i): i for i in ids}
+    except _ENCODE_ERRORS as exc:
+        raise _store_error(exc, what) from exc
 
 
 def _check_page(limit: int, offset: int) -> None:

@@ -12,7 +12,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, Self, TypeVar
 
@@ -164,16 +164,19 @@ def _assemble(cls: type[ModelT], fields: dict[str, Any], given: set[str]) -> Mod
     return made
 
 
-def _fields_set_of(cls: type[BaseModel], names: Iterable[str]) -> set[str] | frozenset[str]:
-    """The ``__pydantic_fields_set__`` every instance of ``cls`` built with ``names`` given can share: one set, made
-    once, when ``cls`` is frozen (pydantic adds to an instance's set only in ``__setattr__``, which a frozen model
-    refuses, and ``model_copy`` copies the set before it adds to it); a frozenset, to be copied per instance,
-    otherwise. A set per instance was an allocation the garbage collector tracked, for each of the dozen models a
-    stamp builds."""
-    return set(names) if cls.model_config.get("frozen") else frozenset(names)
+# The ``__pydantic_fields_set__`` that every built instance of a frozen class shares: pydantic adds to an instance's
+# set only in ``__setattr__``, which a frozen model refuses, and ``model_copy`` copies the set before it adds to it. A
+# set per instance was an allocation the garbage collector tracked, for each of the dozen models a stamp builds.
+_shared_fields_set: dict[type[BaseModel], set[str]] = {}
 
 
-_every_field: dict[type[BaseModel], set[str] | frozenset[str]] = {}
+def _fields_set(cls: type[BaseModel]) -> set[str]:
+    """Every field of ``cls``: the set its built instances share from now on when it is frozen, else a set of the
+    instance's own."""
+    names = set(cls.model_fields)
+    if cls.model_config.get("frozen"):
+        _shared_fields_set[cls] = names
+    return names
 
 
 class Payload(BaseModel):
@@ -207,10 +210,7 @@ class Payload(BaseModel):
         and the instance is validated and compared."""
         if CHECK_BUILT and list(fields) != list(cls.model_fields):
             raise AssertionError(f"{cls.__name__}.built: fields {list(fields)}, declared {list(cls.model_fields)}")
-        given = _every_field.get(cls)
-        if given is None:
-            given = _every_field[cls] = _fields_set_of(cls, cls.model_fields)
-        return _assemble(cls, fields, given if given.__class__ is set else set(given))
+        return _assemble(cls, fields, _shared_fields_set.get(cls) or _fields_set(cls))
 
 
 class OnexEnvelopeV1(BaseModel):
@@ -316,7 +316,9 @@ class OnexEnvelopeV1(BaseModel):
 
 
 _BUILT_FIELDS = frozenset(OnexEnvelopeV1.model_fields) - {"envelope_version", "event_version"}
-_BUILT_SET = set(_BUILT_FIELDS)  # every built envelope's fields set, shared: the envelope is frozen (_fields_set_of)
+_BUILT_SET = set(
+    _BUILT_FIELDS
+)  # every built envelope's fields set, shared: the envelope is frozen (_shared_fields_set)
 
 Reader = Callable[[bytes], OnexEnvelopeV1]
 """How a consumer turns a record's bytes into an envelope: ``OnexEnvelopeV1.from_json``, or a ``typed_reader``."""
