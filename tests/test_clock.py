@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from onex.clock import SYSTEM_CLOCK, ManualClock
+from hypothesis import given
+from hypothesis import strategies as st
+from onex.clock import SYSTEM_CLOCK, ManualClock, utc_text
 from onex.testing import Harness, SequentialIds
 
 pytestmark = pytest.mark.anyio
@@ -97,3 +100,26 @@ async def test_ids_that_are_not_derived_come_from_the_injected_source() -> None:
     numbered = {f"00000000-0000-4000-8000-{n:012x}" for n in range(100, ids.next)}
     assert str(sent.event_id) in numbered
     assert str(answer.event_id) in numbered  # the registry's own introspection, made by the node with the source
+
+
+class _Moment(datetime):
+    """A datetime subclass (pendulum's and others'): orjson would format it as a plain one, or refuse it."""
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30))
+    | st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones())
+)
+def test_utc_text_is_isoformat_in_utc_at_a_fixed_width(moment: datetime) -> None:
+    """utc_text formats through orjson where it can: the text must be isoformat's, microseconds always present
+    (a microsecond of 0 included, which orjson leaves out), a naive time read as UTC."""
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    expected = utc.isoformat(timespec="microseconds")
+    assert utc_text(moment) == expected
+    assert len(expected) == len("2026-12-04T12:33:30.352359+00:00")
+    assert utc_text(_Moment.fromisoformat(expected)) == expected
+
+
+def test_utc_text_of_a_whole_second_keeps_its_microseconds() -> None:
+    assert utc_text(datetime(2026, 12, 4, 12, 0, 5, tzinfo=UTC)) == "2026-12-04T12:00:05.000000+00:00"
+    assert utc_text(datetime(2026, 12, 4, 12, 0, 5, 7, tzinfo=UTC)) == "2026-12-04T12:00:05.000007+00:00"

@@ -11,12 +11,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onex.contracts import Step
 from onex.envelope import OnexEnvelopeV1, derived_after, derived_id, id_tail, new_id
 from onex.filetypes import Stamp
-from onex.nodes import OrchestratorNode
+from onex.nodes import OrchestratorNode, StepRun
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
 
@@ -60,6 +62,32 @@ async def test_a_new_workflow_is_checkpointed_before_its_request_is_acknowledged
     assert (stamp["status"], stamp["attempts"]) == ("running", 1)
     assert stamp["deadline"] > stamp["started"]
     assert checkpoint["context"]["request"]["content"] == "print(1)\n"
+    # Nothing None is kept (read back as None): a checkpoint without a null is stored without a search for NaN.
+    assert b"null" not in orjson.dumps(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {"deadline": 12.5, "elapsed_ms": 3.25, "error": "boom"},
+        {"deadline": None, "elapsed_ms": None, "error": None},  # as versions before 2026-12 wrote them
+        {},
+    ],
+)
+def test_a_step_checkpoint_leaves_out_what_is_none_and_reads_back_the_same(saved: dict[str, object]) -> None:
+    step = Step(step_name="stamp")
+    kept = {"status": "running", "attempts": 2, "started": 10.0, "data": {"k": 1}, **saved}
+    run = StepRun(step, 0)
+    run.restore(kept)
+    assert (run.deadline, run.elapsed_ms, run.error) == (
+        saved.get("deadline"),
+        saved.get("elapsed_ms"),
+        saved.get("error"),
+    )
+    again = StepRun(step, 0)
+    again.restore(run.checkpoint())
+    assert again == run
+    assert None not in run.checkpoint().values()
 
 
 async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in_processing(tmp_path: Path) -> None:

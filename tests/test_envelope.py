@@ -244,6 +244,7 @@ def test_to_json_and_to_jsonable_are_what_pydantic_dumps(
     same bytes, the same values, for a typed payload and for a dict."""
     payload = Result(name=text, elapsed_ms=number, data=extra)
     assert payload.to_jsonable() == payload.model_dump(mode="json")
+    assert payload.to_jsonable(exclude_none=True) == payload.model_dump(mode="json", exclude_none=True)
     for carried in (payload, payload.model_dump(mode="json")):
         made = envelope(payload=carried, partition_key=text)
         assert made.to_json() == made.model_dump_json().encode()

@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from onex import _jsontext
 from onex._tables import Convert, Kind
+from onex.clock import utc_text
+from onex.envelope import uuid_text
 from onex.store import group_key
 
 _dumps: Final = _jsontext.dumps
@@ -40,21 +42,15 @@ _ts_texts: dict[datetime, str] = {}
 
 
 def _ts(value: datetime | None) -> str | None:
-    """ISO-8601 in UTC at a fixed width (microseconds always present), so text order is time order."""
+    """ISO-8601 in UTC at a fixed width (microseconds always present), so text order is time order; naive means UTC
+    in onex (PostgresStore reads it the same way)."""
     if value is None:
         return None
     text = _ts_texts.get(value)  # equal times are equal instants: the text of one serves the other
     if text is None:
-        zone = value.tzinfo
-        if zone is None:
-            utc = value.replace(tzinfo=UTC)  # naive means UTC in onex (PostgresStore reads it the same way)
-        elif zone is not UTC:  # datetime.now(UTC), the common case, needs no conversion
-            utc = value.astimezone(UTC)
-        else:
-            utc = value
         if len(_ts_texts) >= _TEXTS_KEPT:
             _ts_texts.clear()
-        text = _ts_texts[value] = utc.isoformat(timespec="microseconds")
+        text = _ts_texts[value] = utc_text(value)
     return text
 
 
@@ -65,7 +61,7 @@ def _uid(value: uuid.UUID) -> str:
         if text is None:
             if len(_uid_texts) >= _TEXTS_KEPT:
                 _uid_texts.clear()
-            text = _uid_texts[key] = str(value)
+            text = _uid_texts[key] = uuid_text(value)
         return text
     # A str from a careless caller: validate and normalise it as asyncpg does, so that the same id is always the
     # same text (the uuid columns are compared as text).
@@ -84,7 +80,7 @@ def _json_merge(base: str, over: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    return utc_text(datetime.now(UTC))
 
 
 # How each logical type of ``onex._tables`` is stored (see migrations/sqlite/0001_initial.sql) and read back; None

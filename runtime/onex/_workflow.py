@@ -44,15 +44,21 @@ class StepRun:
     error: str | None = None
 
     def checkpoint(self) -> dict[str, Any]:
-        return {
+        """The step as JSON values; what is None left out (``restore`` reads it back as None), so that a checkpoint
+        holds no null and the store's JSON text need not be searched for a NaN (``onex._jsontext``)."""
+        saved = {
             "status": self.status._value_,  # the plain str (`.value` is a descriptor in Python, on the hot path)
             "attempts": self.attempts,
             "started": self.started,
-            "deadline": self.deadline,
-            "elapsed_ms": self.elapsed_ms,
             "data": self.data,
-            "error": self.error,
         }
+        if self.deadline is not None:
+            saved["deadline"] = self.deadline
+        if self.elapsed_ms is not None:
+            saved["elapsed_ms"] = self.elapsed_ms
+        if self.error is not None:
+            saved["error"] = self.error
+        return saved
 
     def restore(self, saved: Mapping[str, Any]) -> None:
         self.status = StepStatus(saved["status"])

@@ -14,7 +14,9 @@ import heapq
 import itertools
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
+
+import orjson
 
 
 class Clock(Protocol):
@@ -35,6 +37,27 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` of this clock's time."""
         ...
+
+
+_dumps: Final = orjson.dumps
+
+
+def utc_text(moment: datetime) -> str:
+    """``moment`` in UTC as ISO-8601 text at a fixed width, microseconds always present
+    (``2026-12-04T12:33:30.352359+00:00``), so that text order is time order; a naive ``moment`` is read as UTC.
+
+    orjson writes the same text at about a quarter of the cost of ``isoformat`` (280 against 1,050 ns: the datetime
+    module formats through ``PyUnicode_FromFormat`` and ``sprintf``), except that it leaves out a microsecond of 0,
+    which ``isoformat`` then writes; a stamp's rows hold about five distinct times, written on the store's thread
+    while it holds the interpreter lock. A subclass of datetime goes through ``isoformat`` too."""
+    zone = moment.tzinfo
+    if zone is None:
+        moment = moment.replace(tzinfo=UTC)
+    elif zone is not UTC:
+        moment = moment.astimezone(UTC)
+    if moment.microsecond and type(moment) is datetime:
+        return _dumps(moment)[1:-1].decode()
+    return moment.isoformat(timespec="microseconds")
 
 
 class SystemClock:

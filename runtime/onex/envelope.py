@@ -196,10 +196,12 @@ class Payload(BaseModel):
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
 
-    def to_jsonable(self) -> dict[str, Any]:
-        """``model_dump(mode="json")``, from the serializer itself (half the cost: no argument handling in Python):
-        for a checkpoint, which keeps a payload as JSON values."""
-        return self.__pydantic_serializer__.to_python(self, mode="json")  # type: ignore[no-any-return]
+    def to_jsonable(self, *, exclude_none: bool = False) -> dict[str, Any]:
+        """``model_dump(mode="json", exclude_none=...)``, from the serializer itself (half the cost: no argument
+        handling in Python): for a checkpoint, which keeps a payload as JSON values."""
+        return self.__pydantic_serializer__.to_python(  # type: ignore[no-any-return]
+            self, mode="json", exclude_none=exclude_none
+        )
 
     @classmethod
     def built(cls, **fields: Any) -> Self:

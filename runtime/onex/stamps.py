@@ -104,6 +104,7 @@ from typing import Any, Final, Literal
 from blake3 import blake3
 
 from onex._frozen import quick_init
+from onex.clock import utc_text
 from onex.envelope import random_id, uuid_text
 from onex.exceptions import StampError
 from onex.files import (
@@ -249,7 +250,7 @@ def _now_iso(now: datetime | None) -> str:
     moment = datetime.now(UTC) if now is None else now
     if moment.tzinfo is None:
         raise ValueError("`now` must be timezone-aware")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return utc_text(moment)
 
 
 @quick_init

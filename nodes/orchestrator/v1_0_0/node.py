@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from onex.clock import utc_text
 from onex.envelope import OnexEnvelopeV1, derived_after, id_tail, uuid_text
 from onex.exceptions import OnexError
 from onex.files import SNIFF_SIZE, detect_file_type
@@ -78,15 +79,21 @@ class NodeOrchestrator(OrchestratorNode):
 
     # -- durability (OrchestratorNode checkpoints; these say what of a workflow's context to keep) --
     def save_context(self, workflow: Workflow) -> dict[str, Any]:
+        # No None anywhere (the request's unset fields default to None, and restore_context reads what is missing as
+        # absent): a checkpoint without a null is stored without a search for NaN (onex._jsontext).
         request: ModelStampRequest = workflow.context["request"]
-        stamp: ModelStampCreated | None = workflow.context.get("stamp")
-        return {
-            "request": request.to_jsonable(),
-            "request_id": uuid_text(workflow.request.event_id) if workflow.request is not None else None,
-            "started_at": workflow.context["started_at"].isoformat(),
-            "stamp": stamp.to_jsonable() if stamp is not None else None,
-            "target": workflow.context.get("target"),
+        saved = {
+            "request": request.to_jsonable(exclude_none=True),
+            "started_at": utc_text(workflow.context["started_at"]),
         }
+        if workflow.request is not None:
+            saved["request_id"] = uuid_text(workflow.request.event_id)
+        stamp: ModelStampCreated | None = workflow.context.get("stamp")
+        if stamp is not None:
+            saved["stamp"] = stamp.to_jsonable()
+        if target := workflow.context.get("target"):
+            saved["target"] = target
+        return saved
 
     def restore_context(self, workflow: Workflow, saved: Mapping[str, Any]) -> None:
         request = ModelStampRequest.model_validate(saved["request"])
