@@ -607,3 +607,15 @@ async def test_a_store_in_memory_has_no_checkpointer() -> None:
         assert store._checkpointer is None
         assert store.checkpoints == 0
         assert not store.circuit_open  # SQLite has no breaker: never refuses without trying
+
+
+def test_none_binds_as_null_through_the_adapter_the_store_registers() -> None:
+    """``onex._sqlite`` registers an adapter for NoneType (sqlite3 otherwise fails an attribute lookup for every None
+    it binds): it must give None back, so that None still binds as NULL, on any connection of the process."""
+    adapter = sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)]
+    assert adapter(None) is None
+    conn = sqlite3.connect(":memory:")
+    try:
+        assert conn.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone() == (1, "null")
+    finally:
+        conn.close()
