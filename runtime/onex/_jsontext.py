@@ -2,9 +2,9 @@
 
 The text is what ``json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)`` writes, made by
 orjson: a workflow's checkpoint (about 40 values and the request's content) encodes in 0.8 µs instead of 9.9 (4.2
-with the NaN check below, which a checkpoint needs: it holds nulls), and the SQLite writer thread encodes while
-holding the interpreter lock the nodes' event loop needs (issue 12's profile: the store's JSON was a quarter of that
-thread's Python time).
+with the NaN check below, which only a text holding a null needs: a checkpoint leaves out what is None), and the
+SQLite writer thread encodes while holding the interpreter lock the nodes' event loop needs (issue 12's profile: the
+store's JSON was a quarter of that thread's Python time).
 
 Where the two libraries would answer differently, the standard library answers, so every value is stored, or refused
 with the error, exactly as before:
