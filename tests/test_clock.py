@@ -103,7 +103,7 @@ async def test_ids_that_are_not_derived_come_from_the_injected_source() -> None:
 
 
 class _Moment(datetime):
-    """A datetime subclass (pendulum's and others'): orjson would format it as a plain one, or refuse it."""
+    """A datetime subclass (pendulum's and others'): orjson refuses it, so utc_text must hand it to isoformat."""
 
 
 @given(

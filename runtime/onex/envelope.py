@@ -318,9 +318,8 @@ class OnexEnvelopeV1(BaseModel):
 
 
 _BUILT_FIELDS = frozenset(OnexEnvelopeV1.model_fields) - {"envelope_version", "event_version"}
-_BUILT_SET = set(
-    _BUILT_FIELDS
-)  # every built envelope's fields set, shared: the envelope is frozen (_shared_fields_set)
+# Every built envelope's fields set, shared: the envelope is frozen (see _shared_fields_set).
+_BUILT_SET = set(_BUILT_FIELDS)
 
 Reader = Callable[[bytes], OnexEnvelopeV1]
 """How a consumer turns a record's bytes into an envelope: ``OnexEnvelopeV1.from_json``, or a ``typed_reader``."""
