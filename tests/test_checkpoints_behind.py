@@ -97,6 +97,25 @@ async def test_by_default_the_next_batch_waits_for_the_checkpoint() -> None:
         assert written == [[first.correlation_id], [second.correlation_id]]
 
 
+async def test_a_checkpoint_returns_only_once_what_a_write_under_way_took_is_written() -> None:
+    # Two batches flushing at once (two partitions' workers; on Kafka the requests' and the results' consumers): the
+    # second's workflows may be in the first's write, and its checkpoint must wait for that write rather than return
+    # because nothing is left for it to write, or its batch would be acknowledged before its workflows are stored.
+    async with Harness(["orchestrator"], root=ROOT, partitions=1) as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, OrchestratorNode)
+        release, written = gate(h)
+        first = await h.publish("STAMP_REQUESTED", request(1))
+        await h.wait_for("STAMP_FILE", command_of(first.correlation_id))  # its checkpoint is being written, held
+        second = asyncio.create_task(node.checkpoint())
+        await anyio.wait_all_tasks_blocked()
+        returned_early = second.done()
+        release.set()  # before asserting: leaving the harness waits for the held write
+        await second
+        assert not returned_early
+        assert written == [cids(first)]
+
+
 async def test_draining_writes_what_is_still_to_be_written(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     h = Harness(["orchestrator"], root=ROOT, store_url=store_url, synchronous_checkpoints=False)

@@ -8,15 +8,17 @@ Every case runs the real node on the memory bus with a real SQLite store, and ch
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from onex.clock import ManualClock
 from onex.contracts import ContractSet, StateManagementSubcontract, StateSupport, load_contracts
-from onex.exceptions import ContractError, StateError
+from onex.exceptions import ContractError, StateError, StoreError
 from onex.nodes import OrchestratorNode
 from onex.state import KeyedState, StatePolicy
 from onex.store import NodeStateRow, WriteBatch
@@ -190,6 +192,62 @@ async def test_keyed_state_on_its_own_refuses_unknown_fields_and_reports_what_it
         assert await state.checkpoint() == 0  # nothing changed since
         rows = await h.store.get_node_states("solo", ["j", "k"])
     assert sorted((r.key, r.version, r.fields["n"]) for r in rows) == [("j", 1, 2), ("k", 1, 1)]
+
+
+def gated_state(h: Harness) -> tuple[KeyedState, asyncio.Event, list[str], list[object]]:
+    """A KeyedState whose writes wait for the returned event; a failure is injected by putting text in the first
+    list; the second holds each write handed to the store."""
+    policy = StatePolicy.of(StateManagementSubcontract(version="1.0.0", state_fields=("n",)), StateSupport())
+    release, failures, started = asyncio.Event(), list[str](), list[object]()
+
+    async def held(call: Any) -> Any:
+        started.append(call)
+        await release.wait()
+        if failures:
+            raise StoreError(failures.pop())
+        return await call()
+
+    return KeyedState("solo", policy, h.store, hold=held, clock=ManualClock()), release, failures, started
+
+
+async def test_a_checkpoint_returns_only_once_what_a_checkpoint_under_way_took_is_written(tmp_path: Path) -> None:
+    async with Harness([], root=WORKSHOP, contracts=workshop(), store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        state, release, _, _ = gated_state(h)
+        state.set("k", n=1)
+        first = asyncio.create_task(state.checkpoint())  # takes k and waits to write it
+        await anyio.wait_all_tasks_blocked()
+        # Another batch that changed k before this call (another partition's worker): k is not written yet.
+        second = asyncio.create_task(state.checkpoint())
+        await anyio.wait_all_tasks_blocked()
+        returned_early = second.done()
+        release.set()
+        assert (await first, await second) == (1, 0)
+        assert not returned_early
+        rows = await h.store.get_node_states("solo", ["k"])
+    assert [(r.key, r.fields) for r in rows] == [("k", {"n": 1})]
+
+
+async def test_checkpoints_write_side_by_side_and_an_earlier_ones_failure_fails_the_later(tmp_path: Path) -> None:
+    async with Harness([], root=WORKSHOP, contracts=workshop(), store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        state, release, failures, started = gated_state(h)
+        state.set("k", n=1)
+        first = asyncio.create_task(state.checkpoint())
+        await anyio.wait_all_tasks_blocked()
+        state.set("j", n=2)
+        second = asyncio.create_task(state.checkpoint())
+        await anyio.wait_all_tasks_blocked()
+        # Both writes were handed to the store (one at a time would queue the second behind the first's round trip:
+        # the store groups writes that wait together, SQLite into one transaction).
+        assert len(started) == 2
+        failures.append("disk full (injected)")
+        release.set()
+        with pytest.raises(StoreError, match="disk full"):
+            await first
+        with pytest.raises(StoreError, match="disk full"):  # j was written, but k, changed before it, was not
+            await second
+        assert await state.checkpoint() == 2  # k again, and j (its batch failed: written again, a new version)
+        rows = await h.store.get_node_states("solo", ["j", "k"])
+    assert sorted((r.key, r.fields["n"]) for r in rows) == [("j", 2), ("k", 1)]
 
 
 # --- the orchestrator's in-flight workflows ----------------------------------------------------------------------

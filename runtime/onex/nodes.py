@@ -75,7 +75,7 @@ from onex.meters import DeadLetterAlert, NodeMeter
 from onex.resilience import CircuitBreaker, circuit_breaker, holding, pause, retry_policy
 from onex.settings import Settings
 from onex.slo import SloMonitor
-from onex.state import KeyedState, StatePolicy
+from onex.state import KeyedState, StatePolicy, WritesUnderWay
 from onex.store import Store, WorkflowRow, WriteBatch
 
 _log = logging.getLogger("onex.nodes")
@@ -434,12 +434,10 @@ class Node:
             partition_key = None if value is None else str(value)
         if correlation_id is None and causation is not None:
             correlation_id = causation.correlation_id
-        if event_id is None:
-            event_id = (
-                self.ids()
-                if causation is None
-                else derived_after(causation.event_id, id_tail(self.contract.name, event_name, index))
-            )
+        if event_id is None and causation is not None:
+            event_id = derived_after(causation.event_id, id_tail(self.contract.name, event_name, index))
+        elif event_id is None:
+            event_id = self.ids()
         # The payload was validated by the codec (or is a model built from validated ones), the rest is ours.
         return OnexEnvelopeV1.built(
             event_id=event_id,
@@ -798,6 +796,7 @@ class OrchestratorNode(Node):
         self._failed_rows: list[WorkflowRow] = []
         self.writes_behind = not self.settings.synchronous_checkpoints and not self.bus.retains_messages
         self._behind: asyncio.Task[None] | None = None  # the task writing checkpoints behind (see ``checkpoint``)
+        self._writes = WritesUnderWay()  # a checkpoint waits for those begun before it (``checkpoint``)
         # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again and a
         # rebalance does not load one whose outcome is not stored yet. Bounded: a redelivery later than
         # ``config.dedupe_window`` workflows would run again, and is idempotent in the store. Keyed by the ids'
@@ -862,10 +861,9 @@ class OrchestratorNode(Node):
         """Watch that ``outcome`` (the workflow's final event, which whoever persists outcomes writes) gets stored.
 
         A broker that loses what it held (tansu with memory storage, restarted) may lose an outcome after this
-        orchestrator acknowledged the result that finished the workflow: nothing would ever finish its row. So a
-        workflow whose row still says it is running ``confirm_after_s`` after its outcome was published gets the
-        same outcome (same id) published again, until the store shows it finished. Not on the memory bus, where
-        nothing is lost while this process lives.
+        orchestrator acknowledged the result that finished the workflow: nothing would finish its row. So a workflow
+        whose row says it is running ``confirm_after_s`` after its outcome was published gets the same outcome (same
+        id) published again until the store shows it finished. Not on the memory bus (nothing is lost in process).
         """
         if self.bus.retains_messages and self.settings.checkpoints and self.durable(workflow):
             deadline = self.clock.time() + self.confirm_after_s
@@ -926,7 +924,8 @@ class OrchestratorNode(Node):
 
     async def checkpoint(self) -> None:
         """Write the checkpoints of the workflows changed since the last one (``flush`` calls it with the default
-        ``checkpoint: per_batch``; a timer with ``interval_ms``).
+        ``checkpoint: per_batch``; a timer with ``interval_ms``). It returns once every workflow changed before the
+        call is written, those a checkpoint under way took included (``WritesUnderWay``).
 
         A finished workflow is not written here: its outcome is, by whoever persists it (the database adapter
         writes the final state with the steps and the stamp in one transaction). Until then its row says it is
@@ -943,7 +942,6 @@ class OrchestratorNode(Node):
             if self._behind is None or self._behind.done():
                 self._behind = asyncio.create_task(self._write_behind(), name=f"checkpoints:{self.node_id}")
             return
-        await self.written()
         await self._write_dirty()
 
     async def written(self) -> None:
@@ -961,11 +959,9 @@ class OrchestratorNode(Node):
     async def _write_dirty(self) -> None:
         dirty, self._dirty = self._dirty, {}
         rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
-        if not rows:
-            return
-        batch = WriteBatch(consumer=self.contract.name, workflows=rows)
+        write = functools.partial(self.store.apply, WriteBatch(consumer=self.contract.name, workflows=rows))
         try:
-            await self.hold_store(functools.partial(self.store.apply, batch))
+            await self._writes.write(functools.partial(self.hold_store, write) if rows else None)
         except BaseException:
             for key, workflow in dirty.items():
                 self._dirty.setdefault(key, workflow)  # written with the next flush

@@ -22,6 +22,8 @@ namespace totals (``bridge_states``) and its open aggregation windows (``aggrega
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,7 +31,8 @@ from typing import Any, Literal, TypeVar
 
 from onex.clock import Clock
 from onex.contracts import StateManagementSubcontract, StateSupport
-from onex.exceptions import StateError
+from onex.exceptions import StateError, StoreError
+from onex.resilience import holding
 from onex.store import NodeStateRow, Store, WriteBatch
 
 __all__ = ["KeyedState", "StatePolicy", "StateSupport"]
@@ -77,6 +80,46 @@ class StatePolicy:
         return version + 1 if self.monotonic else 0
 
 
+class WritesUnderWay:
+    """A node's checkpoint writes under way. ``write(call)`` runs ``call`` (a write of what its checkpoint took as
+    changed; None when nothing was), then waits for the writes begun before it: those took what had changed by then,
+    some of which the caller's batch may have changed (another partition's worker, another consumer's handler), and
+    that batch must not be acknowledged before it is stored; a write of theirs that failed fails the caller too. The
+    writes themselves do not wait for each other: the store may write them together (SQLite's group commit)."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self) -> None:
+        self._futures: set[asyncio.Future[None]] = set()
+
+    async def write(self, call: Callable[[], Awaitable[T]] | None) -> T | None:
+        earlier = tuple(self._futures)  # before the first await: the caller took what is dirty just before this
+        result = None
+        if call is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._futures.add(done)
+            try:
+                result = await call()
+            except BaseException as exc:
+                done.set_exception(exc)
+                done.exception()  # retrieved: whoever waits for it raises it
+                raise
+            else:
+                done.set_result(None)
+            finally:
+                self._futures.discard(done)
+        if earlier:
+            with holding():  # waiting for a write held by a store outage is holding too
+                await asyncio.wait(earlier)
+            for write in earlier:
+                error = write.exception()
+                if isinstance(error, asyncio.CancelledError):  # its node stops
+                    raise StoreError("a checkpoint write holding this batch's changes was cancelled")
+                if error is not None:
+                    raise copy.copy(error)
+        return result
+
+
 class KeyedState:
     """The state a node keeps per key (``Node.state``), as rows of ``node_states`` with ``storage: store``.
 
@@ -103,6 +146,7 @@ class KeyedState:
         self._values: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
         self._dirty: set[str] = set()
+        self._writes = WritesUnderWay()
         self.checkpoints = 0  # transactions written
 
     def __contains__(self, key: object) -> bool:
@@ -159,9 +203,10 @@ class KeyedState:
             self._dirty.discard(key)
 
     async def checkpoint(self) -> int:
-        """Write the keys changed since the last checkpoint; returns how many. Nothing with ``storage: memory``."""
-        if not self._dirty:
-            return 0
+        """Write the keys changed since the last checkpoint; returns how many. Nothing with ``storage: memory``.
+
+        It returns once every key changed before the call is written, those a checkpoint under way took included
+        (``WritesUnderWay``)."""
         dirty, self._dirty = self._dirty, set()
         if not self.policy.durable:
             return 0
@@ -176,9 +221,11 @@ class KeyedState:
                 NodeStateRow(node=self.node, key=key, version=version, fields=dict(self._values[key]), updated_at=now)
             )
         try:
-            await self._hold(lambda: self.store.apply(WriteBatch(node_states=rows)))
+            await self._writes.write(
+                (lambda: self._hold(lambda: self.store.apply(WriteBatch(node_states=rows)))) if rows else None
+            )
         except BaseException:
             self._dirty |= dirty  # written with the next checkpoint
             raise
-        self.checkpoints += 1
+        self.checkpoints += bool(rows)
         return len(rows)
