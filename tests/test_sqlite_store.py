@@ -619,3 +619,23 @@ def test_none_binds_as_null_through_the_adapter_the_store_registers() -> None:
         assert conn.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone() == (1, "null")
     finally:
         conn.close()
+
+
+def test_key_lists_are_padded_to_a_power_of_two_with_the_same_keys() -> None:
+    """Reads by a list of keys repeat its last key up to a power of two long, so that a handful of statement texts
+    stay prepared instead of one for every count (which also pushed the writes' statements out of the cache)."""
+    for n in range(0, 70):
+        keys = list(range(n))
+        padded = _sqlite._padded(keys)
+        assert padded[:n] == keys
+        assert set(padded) == set(keys)
+        assert len(padded) == (0 if n == 0 else 1 << (n - 1).bit_length())
+
+
+async def test_reads_by_key_lists_of_every_length_answer_as_before(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as s:
+        await s.upgrade()
+        ids = [uuid.UUID(int=i + 1) for i in range(40)]
+        await s.apply(store.WriteBatch(consumer="c", processed_event_ids=ids[::3]))
+        for n in range(1, len(ids) + 1):
+            assert await s.unprocessed("c", ids[:n]) == {i for k, i in enumerate(ids[:n]) if k % 3}

@@ -132,9 +132,9 @@ sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # 
 
 BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another process's lock before failing (from the connect on)
 # Statements a connection keeps prepared: each table's multi-row INSERTs (a power of two rows each, up to MULTI_ROW),
-# the reads, the migrations' (sqlite3's default is 128).
+# the reads (their key lists a power of two long: _padded), the migrations' (sqlite3's default is 128).
 STATEMENTS_CACHED: Final = 256
-IN_CHUNK: Final = 500  # ids per "IN (...)" list: far below SQLite's variable limit, even on old builds (999)
+IN_CHUNK: Final = 512  # ids per "IN (...)" list: below SQLite's variable limit, even on old builds (999)
 MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
 CHECKPOINT_INTERVAL_S: Final = 1.0  # at most one background WAL checkpoint per interval (module docstring)
 
@@ -284,15 +284,9 @@ def _numbered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tup
         return rows
     latest: dict[tuple[str, str], int] = {}
     stored: set[tuple[str, str, str]] = set()
-    for start in range(0, len(files), 400):  # 800 variables a statement, far below SQLite's limits
-        chunk = files[start : start + 400]
-        found = conn.execute(
-            "SELECT m.namespace, m.file_path, m.file_hash, m.version FROM (VALUES "
-            + ",".join(["(?, ?)"] * len(chunk))
-            + ") AS f JOIN metadata_stamps AS m ON m.namespace = f.column1 AND m.file_path = f.column2",
-            [value for pair in chunk for value in pair],
-        )
-        for namespace, path, digest, version in found:
+    for start in range(0, len(files), IN_CHUNK // 2):  # two variables a file
+        chunk = _padded(files[start : start + IN_CHUNK // 2])
+        for namespace, path, digest, version in conn.execute(_stored_versions(len(chunk)), list(_flat(chunk))):
             stored.add((namespace, path, digest))
             latest[namespace, path] = max(latest.get((namespace, path), 0), version or 0)
     numbered = []
@@ -305,6 +299,23 @@ def _numbered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tup
         stored.add(key)
         numbered.append(row)
     return numbered
+
+
+@functools.cache
+def _stored_versions(count: int) -> str:
+    """The stored versions of ``count`` files, given as (namespace, file_path) pairs."""
+    return (
+        "SELECT m.namespace, m.file_path, m.file_hash, m.version FROM (VALUES "
+        + ",".join(["(?, ?)"] * count)
+        + ") AS f JOIN metadata_stamps AS m ON m.namespace = f.column1 AND m.file_path = f.column2"
+    )
+
+
+def _padded(keys: list[T]) -> list[T]:
+    """``keys`` with the last repeated up to a power of two. What matches an IN list, or a VALUES list read into a
+    set, does not change with a key twice; and then a handful of statement texts per query stay prepared in the
+    connection's cache, where a text for every count was parsed each time and pushed the writes' statements out."""
+    return keys + keys[-1:] * ((1 << (len(keys) - 1).bit_length()) - len(keys))
 
 
 # Its rows are built in _encode_batch: (consumer, event id, now).
@@ -787,11 +798,11 @@ class SqliteStore(Store):
     def _fetch_in(
         self, what: str, sql: str, keys: list[Any], convert: Callable[[Any], T], *, before: tuple[Any, ...] = ()
     ) -> list[T]:
-        """``_fetch`` of ``sql`` for ``keys``, ``IN_CHUNK`` at a time: ``{marks}`` in ``sql`` is the list's
-        placeholders, ``before`` the parameters ahead of it."""
+        """``_fetch`` of ``sql`` for ``keys``, ``IN_CHUNK`` at a time (``_padded``): ``{marks}`` in ``sql`` is the
+        list's placeholders, ``before`` the parameters ahead of it."""
         found: list[T] = []
         for start in range(0, len(keys), IN_CHUNK):
-            chunk = keys[start : start + IN_CHUNK]
+            chunk = _padded(keys[start : start + IN_CHUNK])
             found += self._fetch(what, sql.format(marks=",".join("?" * len(chunk))), (*before, *chunk), convert)
         return found
 
