@@ -35,7 +35,7 @@ from onex.exceptions import StateError, StoreError
 from onex.resilience import holding
 from onex.store import NodeStateRow, Store, WriteBatch
 
-__all__ = ["KeyedState", "StatePolicy", "StateSupport"]
+__all__ = ["KeyedState", "StatePolicy", "StateSupport", "WritesUnderWay"]
 
 _log = logging.getLogger("onex.state")
 
