@@ -84,21 +84,29 @@ class _DiscardingStore(SqliteStore):
 
 
 async def run_onex(
-    items: list[str], store_url: str, *, discard: bool = False, checkpoints: bool = True, synchronous: bool = True
+    items: list[str],
+    store_url: str,
+    *,
+    discard: bool = False,
+    checkpoints: bool = True,
+    synchronous: bool = True,
+    in_flight: int = MAX_PENDING,
 ) -> tuple[float, dict[str, int]]:
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
         heartbeat_interval_s=0, checkpoints=checkpoints, synchronous_checkpoints=synchronous
     )
     store = _DiscardingStore(settings.store_url()) if discard else None
     if store is None:
-        return await _run_onex(items, settings, None)
+        return await _run_onex(items, settings, None, in_flight)
     async with store:
         await store.upgrade()
-        return await _run_onex(items, settings, store)
+        return await _run_onex(items, settings, store, in_flight)
 
 
-async def _run_onex(items: list[str], settings: Settings, store: Store | None) -> tuple[float, dict[str, int]]:
-    """As ``onex stamp`` runs: at most ``MAX_PENDING`` workflows in flight, outcomes counted as they arrive."""
+async def _run_onex(
+    items: list[str], settings: Settings, store: Store | None, in_flight: int
+) -> tuple[float, dict[str, int]]:
+    """As ``onex stamp`` runs: at most ``in_flight`` workflows in flight, outcomes counted as they arrive."""
     failed = 0
     pending: set[uuid.UUID] = set()
     all_in = asyncio.Event()
@@ -115,7 +123,7 @@ async def _run_onex(items: list[str], settings: Settings, store: Store | None) -
     submitting_done = False
     async with Runtime(settings, store=store) as runtime:
         async with StampClient(
-            runtime.bus, runtime.contracts, settings, on_outcome=arrived, max_pending=MAX_PENDING
+            runtime.bus, runtime.contracts, settings, on_outcome=arrived, max_pending=in_flight
         ) as client:
             start = time.perf_counter()
             for i, text in enumerate(items):
