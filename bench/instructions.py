@@ -23,7 +23,7 @@ floor / onex; writes ``bench/results/instructions.json``. Skips (exit 0) when Va
 
     .venv/bin/python bench/instructions.py [--items N] [--base M] [--jobs J]
 
-About 15 minutes with the defaults (2,500 and 500 items, two runs at a time); ``run(**options) -> dict`` is the
+About 10 minutes with the defaults (2,500 and 500 items, two runs at a time); ``run(**options) -> dict`` is the
 entry point for ``bench/run.py``.
 """
 
