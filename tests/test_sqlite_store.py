@@ -637,5 +637,11 @@ async def test_reads_by_key_lists_of_every_length_answer_as_before(tmp_path: Pat
         await s.upgrade()
         ids = [uuid.UUID(int=i + 1) for i in range(40)]
         await s.apply(store.WriteBatch(consumer="c", processed_event_ids=ids[::3]))
+        executed: list[str] = []
+        assert s._conn is not None  # on the store's thread: the statements with their values, as SQLite ran them
+        await s._call(s._conn.set_trace_callback, executed.append)
         for n in range(1, len(ids) + 1):
             assert await s.unprocessed("c", ids[:n]) == {i for k, i in enumerate(ids[:n]) if k % 3}
+    # Each list was padded: as many values in it as a power of two, so a handful of texts were prepared.
+    lengths = {sql.split(" IN (", 1)[1].count("'") // 2 for sql in executed if "FROM processed_events" in sql}
+    assert lengths == {1, 2, 4, 8, 16, 32, 64}

@@ -286,7 +286,9 @@ def _numbered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tup
     stored: set[tuple[str, str, str]] = set()
     for start in range(0, len(files), IN_CHUNK // 2):  # two variables a file
         chunk = _padded(files[start : start + IN_CHUNK // 2])
-        for namespace, path, digest, version in conn.execute(_stored_versions(len(chunk)), list(_flat(chunk))):
+        for namespace, path, digest, version in conn.execute(
+            _multi_row(_STORED_VERSIONS, len(chunk)), list(_flat(chunk))
+        ):
             stored.add((namespace, path, digest))
             latest[namespace, path] = max(latest.get((namespace, path), 0), version or 0)
     numbered = []
@@ -301,14 +303,11 @@ def _numbered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tup
     return numbered
 
 
-@functools.cache
-def _stored_versions(count: int) -> str:
-    """The stored versions of ``count`` files, given as (namespace, file_path) pairs."""
-    return (
-        "SELECT m.namespace, m.file_path, m.file_hash, m.version FROM (VALUES "
-        + ",".join(["(?, ?)"] * count)
-        + ") AS f JOIN metadata_stamps AS m ON m.namespace = f.column1 AND m.file_path = f.column2"
-    )
+# The stored versions of files given as (namespace, file_path) rows: _multi_row repeats the row.
+_STORED_VERSIONS: Final = (
+    "SELECT m.namespace, m.file_path, m.file_hash, m.version FROM (VALUES (?, ?)) AS f"
+    " JOIN metadata_stamps AS m ON m.namespace = f.column1 AND m.file_path = f.column2"
+)
 
 
 def _padded(keys: list[T]) -> list[T]:

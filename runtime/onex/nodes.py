@@ -959,9 +959,12 @@ class OrchestratorNode(Node):
     async def _write_dirty(self) -> None:
         dirty, self._dirty = self._dirty, {}
         rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
-        write = functools.partial(self.store.apply, WriteBatch(consumer=self.contract.name, workflows=rows))
+        write = None  # nothing taken: only the writes under way are waited for
+        if rows:
+            batch = WriteBatch(consumer=self.contract.name, workflows=rows)
+            write = functools.partial(self.hold_store, functools.partial(self.store.apply, batch))
         try:
-            await self._writes.write(functools.partial(self.hold_store, write) if rows else None)
+            await self._writes.write(write)
         except BaseException:
             for key, workflow in dirty.items():
                 self._dirty.setdefault(key, workflow)  # written with the next flush

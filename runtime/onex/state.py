@@ -92,14 +92,13 @@ class WritesUnderWay:
     def __init__(self) -> None:
         self._futures: set[asyncio.Future[None]] = set()
 
-    async def write(self, call: Callable[[], Awaitable[T]] | None) -> T | None:
+    async def write(self, call: Callable[[], Awaitable[object]] | None) -> None:
         earlier = tuple(self._futures)  # before the first await: the caller took what is dirty just before this
-        result = None
         if call is not None:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._futures.add(done)
             try:
-                result = await call()
+                await call()
             except BaseException as exc:
                 done.set_exception(exc)
                 done.exception()  # retrieved: whoever waits for it raises it
@@ -117,7 +116,6 @@ class WritesUnderWay:
                     raise StoreError("a checkpoint write holding this batch's changes was cancelled")
                 if error is not None:
                     raise copy.copy(error)
-        return result
 
 
 class KeyedState:
