@@ -20,7 +20,8 @@ from onex.clock import ManualClock
 from onex.contracts import ContractSet, StateManagementSubcontract, StateSupport, load_contracts
 from onex.exceptions import ContractError, StateError, StoreError
 from onex.nodes import OrchestratorNode
-from onex.state import KeyedState, StatePolicy
+from onex.resilience import RetryPolicy
+from onex.state import KeyedState, StatePolicy, WritesUnderWay
 from onex.store import NodeStateRow, WriteBatch
 from onex.testing import Harness
 
@@ -248,6 +249,42 @@ async def test_checkpoints_write_side_by_side_and_an_earlier_ones_failure_fails_
         assert await state.checkpoint() == 2  # k again, and j (its batch failed: written again, a new version)
         rows = await h.store.get_node_states("solo", ["j", "k"])
     assert sorted((r.key, r.fields["n"]) for r in rows) == [("j", 2), ("k", 1)]
+
+
+async def test_a_checkpoint_whose_earlier_write_is_cancelled_raises_store_error() -> None:
+    """A write under way cancelled (its node stops) fails the checkpoints waiting for it with a StoreError, not a
+    CancelledError: the waiting batch itself was not cancelled, and it must not be acknowledged."""
+    writes, gate = WritesUnderWay(), asyncio.Event()
+    first = asyncio.create_task(writes.write(gate.wait))
+    await anyio.wait_all_tasks_blocked()
+    second = asyncio.create_task(writes.write(None))  # took nothing: only waits for the first
+    await anyio.wait_all_tasks_blocked()
+    first.cancel()
+    with pytest.raises(StoreError, match="was cancelled"):
+        await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await writes.write(None)  # nothing under way any more: returns at once
+
+
+async def test_waiting_for_an_earlier_write_is_holding_and_does_not_run_the_handlers_timeout_out() -> None:
+    """A batch whose checkpoint waits for a write held by a store outage is held too: its handler's timeout_ms does
+    not expire meanwhile (the outage is the store's to report), and it returns once that write is done."""
+    clock, writes, store_back = ManualClock(), WritesUnderWay(), asyncio.Event()
+    earlier = asyncio.create_task(writes.write(store_back.wait))
+    await anyio.wait_all_tasks_blocked()
+    policy = RetryPolicy(timeout_ms=1_000, clock=clock)
+
+    async def batch(_: None) -> None:
+        await writes.write(None)
+
+    attempt = asyncio.ensure_future(policy.run(batch, None))
+    await anyio.wait_all_tasks_blocked()
+    await clock.advance(3.0)  # three timeouts pass while the earlier write is held
+    assert not attempt.done()
+    store_back.set()
+    await attempt  # no TimeoutError
+    await earlier
 
 
 # --- the orchestrator's in-flight workflows ----------------------------------------------------------------------
