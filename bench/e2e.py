@@ -18,6 +18,12 @@
 - ceiling: the same onex run with a store that discards every write (``_DiscardingStore``): what the runtime's
   nodes, bus, validation and FSM cost on their own. No store, however fast, can take onex above it; when it is
   below a target, the target is out of reach of the node graph itself.
+- one workflow at a time: the onex run over ``--alone`` of the items (default a tenth), the client waiting for each
+  outcome before it submits the next, as a lone HTTP request goes; its rows are checked too. Reported with CPU
+  milliseconds a stamp of the event loop's thread and of the SQLite writer's (from /proc, Linux), against the same
+  for the onex run: what a node's batch, flush and transaction cost when it holds one stamp, the cost the HTTP
+  latency at a fixed rate depends on. Timed natively: under Valgrind (``bench/instructions.py``) this run's count
+  moves by a third between runs of the same code.
 
 Prints items/s for each and the ratios; writes ``bench/results/e2e.json``.
 
@@ -33,7 +39,7 @@ With ``--store postgresql://USER@HOST:PORT/DB`` the same run goes to PostgreSQL 
 Prints a table (best and median of ``--repeat`` runs) and writes ``bench/results/e2e_postgres.json``. When no
 PostgreSQL answers at the URL, says so and skips (exit 0).
 
-    .venv/bin/python bench/e2e.py [--items N] [--repeat R] [--store sqlite | postgresql://...]
+    .venv/bin/python bench/e2e.py [--items N] [--repeat R] [--alone N] [--store sqlite | postgresql://...]
 
 ``run(**options) -> dict`` is the entry point for ``bench/run.py``.
 """
@@ -42,12 +48,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import platform
 import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -91,20 +100,36 @@ async def run_onex(
     checkpoints: bool = True,
     synchronous: bool = True,
     in_flight: int = MAX_PENDING,
+    cpu: dict[str, float] | None = None,
 ) -> tuple[float, dict[str, int]]:
+    """The onex run over ``items`` (module docstring): seconds and the row counts. ``cpu``, when given, gets the CPU
+    seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's writer)."""
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
         heartbeat_interval_s=0, checkpoints=checkpoints, synchronous_checkpoints=synchronous
     )
     store = _DiscardingStore(settings.store_url()) if discard else None
     if store is None:
-        return await _run_onex(items, settings, None, in_flight)
+        return await _run_onex(items, settings, None, in_flight, cpu)
     async with store:
         await store.upgrade()
-        return await _run_onex(items, settings, store, in_flight)
+        return await _run_onex(items, settings, store, in_flight, cpu)
+
+
+def thread_cpu(writer: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process's event loop thread (``main``) and of the thread whose
+    native id is ``writer`` (``sqlite``: the SQLite store's), from /proc; {} where there is none (not Linux)."""
+    found: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for name, tid in (("main", threading.main_thread().native_id), ("sqlite", writer)):
+        with contextlib.suppress(OSError):  # not Linux, or a thread that ended
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            found[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return found
 
 
 async def _run_onex(
-    items: list[str], settings: Settings, store: Store | None, in_flight: int
+    items: list[str], settings: Settings, store: Store | None, in_flight: int, cpu: dict[str, float] | None = None
 ) -> tuple[float, dict[str, int]]:
     """As ``onex stamp`` runs: at most ``in_flight`` workflows in flight, outcomes counted as they arrive."""
     failed = 0
@@ -125,6 +150,9 @@ async def _run_onex(
         async with StampClient(
             runtime.bus, runtime.contracts, settings, on_outcome=arrived, max_pending=in_flight
         ) as client:
+            db = runtime.store
+            writer = await db.run_sync(lambda _: threading.get_native_id()) if isinstance(db, SqliteStore) else None
+            before = thread_cpu(writer)
             start = time.perf_counter()
             for i, text in enumerate(items):
                 pending.add(await client.submit({"content": text, "file_path": f"item-{i}.txt", "namespace": "bench"}))
@@ -133,6 +161,8 @@ async def _run_onex(
                 await asyncio.wait_for(all_in.wait(), 600)
             await runtime.drain()
             elapsed = time.perf_counter() - start
+            if cpu is not None:
+                cpu.update({k: v - before.get(k, 0.0) for k, v in thread_cpu(writer).items()})
         counts = {
             t: await runtime.store.count(t)
             for t in ("workflow_executions", "metadata_stamps", "fsm_transitions", "workflow_steps")
@@ -228,8 +258,9 @@ def run_raw(items: list[str], path: Path) -> float:
         conn.close()
 
 
-def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> dict[str, Any]:
-    """``store``: None or ``sqlite`` for the embedded default (a temporary file), or a PostgreSQL URL."""
+def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alone: int | None = None) -> dict[str, Any]:
+    """``store``: None or ``sqlite`` for the embedded default (a temporary file), or a PostgreSQL URL. ``alone``:
+    items of the one-at-a-time run (default a tenth of ``items``; 0 skips it)."""
     if store is not None and store.startswith(("postgresql:", "postgres:")):
         return run_postgres(items=items, repeat=repeat, url=store)
     if store not in (None, "sqlite"):
@@ -243,12 +274,26 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
     behind_s: list[float] = []
     counts: dict[str, int] = {}
     behind_counts: dict[str, int] = {}
+    alone = items // 10 if alone is None else alone
+    alone_data = data[:alone]
+    alone_s: list[float] = []
+    alone_counts: dict[str, int] = {}
+    cpu: list[tuple[dict[str, float], dict[str, float]]] = []  # each repeat's (batched, one at a time) thread CPU
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             raw_s.append(run_raw(data, Path(tmp) / "raw.db"))
+        batched_cpu: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db"))
+            elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu))
             onex_s.append(elapsed)
+        if alone:
+            alone_cpu: dict[str, float] = {}
+            with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
+                elapsed, alone_counts = asyncio.run(
+                    run_onex(alone_data, f"sqlite:///{tmp}/onex.db", in_flight=1, cpu=alone_cpu)
+                )
+                alone_s.append(elapsed)
+            cpu.append((batched_cpu, alone_cpu))
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             volatile_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))[0])
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
@@ -261,7 +306,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
     complete = all(
         {k: c.get(k) for k in expected} == expected and c.get("fsm_transitions", 0) >= 2 * items
         for c in (counts, behind_counts)
-    )
+    ) and (not alone or (alone_counts["workflow_executions"], alone_counts["failed"]) == (alone, 0))
     onex_rate = items / min(onex_s)
     raw_rate = items / min(raw_s)
     result = {
@@ -280,12 +325,36 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None) -> d
         "checkpoints_behind_ratio": round(items / min(behind_s) / raw_rate, 3),
         "rows_persisted": counts,
         "rows_as_expected": complete,
+        **(_alone_figures(items, alone, alone_s, cpu) if alone else {}),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _alone_figures(
+    items: int, alone: int, seconds: list[float], cpu: list[tuple[dict[str, float], dict[str, float]]]
+) -> dict[str, Any]:
+    """The one-at-a-time run against the batched one: items/s, and CPU milliseconds a stamp of the event loop's
+    thread and of the SQLite writer's (medians over the repeats): what a lone request's batches cost."""
+
+    def per_stamp(which: int, thread: str, n: int) -> float | None:
+        values = [pair[which][thread] for pair in cpu if thread in pair[which]]
+        return round(statistics.median(values) / n * 1000, 3) if values else None
+
+    ms = {
+        "batched": {t: per_stamp(0, t, items) for t in ("main", "sqlite")},
+        "alone": {t: per_stamp(1, t, alone) for t in ("main", "sqlite")},
+    }
+    batched, lone = (sum(v for v in ms[k].values() if v) for k in ("batched", "alone"))
+    return {
+        "alone_items": alone,
+        "alone_items_per_s": round(alone / min(seconds)),
+        "cpu_ms_per_stamp": ms,
+        "alone_over_batched_cpu": round(lone / batched, 2) if batched else None,
+    }
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------------------
@@ -494,13 +563,18 @@ def main() -> None:
         default="sqlite",
         help="sqlite (default: a temporary file) or postgresql://USER@HOST:PORT/DB (a fresh schema per run)",
     )
+    parser.add_argument(
+        "--alone", type=int, default=None, help="items of the one-at-a-time run (default: a tenth of --items; 0: skip)"
+    )
     args = parser.parse_args()
+    if args.alone is not None and args.alone < 0:
+        parser.error(f"--alone {args.alone}: expected 0 or more")
     if args.store.startswith(("postgresql:", "postgres:")):
         print_postgres(run(items=args.items, repeat=args.repeat, store=args.store))
         return
     if args.store != "sqlite":
         parser.error(f"--store {args.store!r}: expected sqlite or postgresql://USER@HOST:PORT/DB")
-    r = run(items=args.items, repeat=args.repeat)
+    r = run(items=args.items, repeat=args.repeat, alone=args.alone)
     print(f"end to end, {r['items']:,} items of {r['item_bytes']} bytes, in-process (MemoryBus + SQLite)")
     print(f"  {'onex (all nodes, every row persisted)':40s} {r['onex_items_per_s']:>10,} items/s")
     print(f"  {'raw floor (blake3 + executemany)':40s} {r['raw_floor_items_per_s']:>10,} items/s")
@@ -511,6 +585,16 @@ def main() -> None:
     print(f"  {'durability costs':40s} {r['durability_cost']:>10.1%}")
     print(f"  {'onex, checkpoints written behind':40s} {r['checkpoints_behind_items_per_s']:>10,} items/s")
     print(f"  {'ratio checkpoints behind / raw':40s} {r['checkpoints_behind_ratio']:>10.3f}")
+    if "alone_items" in r:
+        cpu = r["cpu_ms_per_stamp"]
+        print(
+            f"  {'onex, one workflow at a time':40s} {r['alone_items_per_s']:>10,} items/s ({r['alone_items']:,} items)"
+        )
+        for label, key in (("batched", "batched"), ("one at a time", "alone")):
+            print(
+                f"  {'CPU ms a stamp, ' + label:40s} event loop {cpu[key]['main']}, SQLite writer {cpu[key]['sqlite']}"
+            )
+        print(f"  {'CPU a stamp, one at a time / batched':40s} {r['alone_over_batched_cpu']:>10}")
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
 
 
