@@ -264,7 +264,7 @@ async def test_a_checkpoint_whose_earlier_write_is_cancelled_raises_store_error(
         await second
     with pytest.raises(asyncio.CancelledError):
         await first
-    await writes.write(None)  # nothing under way any more: returns at once
+    await writes.write(None)  # the cancelled write is no longer under way: no error now
 
 
 async def test_waiting_for_an_earlier_write_is_holding_and_does_not_run_the_handlers_timeout_out() -> None:
