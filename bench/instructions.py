@@ -20,8 +20,8 @@ is the figure that tells whether a change made the hot path cheaper.
 
 Not counted here: the persisted run one workflow at a time (a lone HTTP request's cost), which ``bench/e2e.py``
 times natively instead. Under Valgrind its count moved by a third between runs of the same code (2.8 to 4.1 million
-instructions a stamp, 600 items minus 200; totals of 600 items 5.56 to 6.35 G): one at a time, what a stamp costs
-depends on how the nodes' batches and the writer's transactions happen to fall together, which thread timing
+instructions a stamp, 600 items minus 200; six runs of 600 items 5.76 to 6.35 G in all): one at a time, what a stamp
+costs depends on how the nodes' batches and the writer's transactions happen to fall together, which thread timing
 decides, and Valgrind runs one thread at a time.
 
 Prints instructions per item and the ratios floor / onex; writes ``bench/results/instructions.json``. Skips (exit 0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -218,10 +219,11 @@ class KeyedState:
             rows.append(
                 NodeStateRow(node=self.node, key=key, version=version, fields=dict(self._values[key]), updated_at=now)
             )
+        write = None  # nothing taken: only the writes under way are waited for
+        if rows:
+            write = functools.partial(self._hold, functools.partial(self.store.apply, WriteBatch(node_states=rows)))
         try:
-            await self._writes.write(
-                (lambda: self._hold(lambda: self.store.apply(WriteBatch(node_states=rows)))) if rows else None
-            )
+            await self._writes.write(write)
         except BaseException:
             self._dirty |= dirty  # written with the next checkpoint
             raise
