@@ -20,10 +20,13 @@
   below a target, the target is out of reach of the node graph itself.
 - one workflow at a time: the onex run over ``--alone`` of the items (default a tenth), the client waiting for each
   outcome before it submits the next, as a lone HTTP request goes; its rows are checked too. Reported with CPU
-  milliseconds a stamp of the event loop's thread and of the SQLite writer's (from /proc, Linux), against the same
-  for the onex run: what a node's batch, flush and transaction cost when it holds one stamp, the cost the HTTP
-  latency at a fixed rate depends on. Timed natively: under Valgrind (``bench/instructions.py``) this run's count
-  moves by a third between runs of the same code.
+  milliseconds a stamp of the event loop's thread and of the SQLite store's threads (writer, reader, checkpointer;
+  from /proc, Linux), against the same for the onex run: what a node's batch, flush and transaction cost when it holds
+  one stamp, the cost the HTTP latency at a fixed rate depends on. Timed natively: under Valgrind
+  (``bench/instructions.py``) this run's count moves by a third between runs of the same code.
+- reads while writing: during the onex run a task reads by an index (``get_stamps_by_hash`` of a hash no row has)
+  every 10 ms, what the HTTP API or ``onex status`` waits for while the store is busy writing; reported as p50 / p95
+  / max milliseconds against the same read on the idle store afterwards.
 
 Prints items/s for each and the ratios; writes ``bench/results/e2e.json``.
 
@@ -101,35 +104,58 @@ async def run_onex(
     synchronous: bool = True,
     in_flight: int = MAX_PENDING,
     cpu: dict[str, float] | None = None,
+    reads: dict[str, list[float]] | None = None,
 ) -> tuple[float, dict[str, int]]:
     """The onex run over ``items`` (module docstring): seconds and the row counts. ``cpu``, when given, gets the CPU
-    seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's writer)."""
+    seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's threads).
+    ``reads``, when given, gets the milliseconds of the reads made meanwhile (``busy``) and afterwards (``idle``)."""
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
         heartbeat_interval_s=0, checkpoints=checkpoints, synchronous_checkpoints=synchronous
     )
     store = _DiscardingStore(settings.store_url()) if discard else None
     if store is None:
-        return await _run_onex(items, settings, None, in_flight, cpu)
+        return await _run_onex(items, settings, None, in_flight, cpu, reads)
     async with store:
         await store.upgrade()
-        return await _run_onex(items, settings, store, in_flight, cpu)
+        return await _run_onex(items, settings, store, in_flight, cpu, reads)
 
 
-def thread_cpu(writer: int | None) -> dict[str, float]:
-    """CPU seconds (user + system) so far of this process's event loop thread (``main``) and of the thread whose
-    native id is ``writer`` (``sqlite``: the SQLite store's), from /proc; {} where there is none (not Linux)."""
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process's event loop thread (``main``) and of its other threads
+    together (``sqlite``: the SQLite store's writer, reader and WAL checkpointer), from /proc; {} where there is none
+    (not Linux). A thread that ended meanwhile drops out of the sum; the store's threads live as long as the run."""
     found: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for name, tid in (("main", threading.main_thread().native_id), ("sqlite", writer)):
-        with contextlib.suppress(OSError):  # not Linux, or a thread that ended
-            with open(f"/proc/self/task/{tid}/stat") as f:
+    main = str(threading.main_thread().native_id)
+    with contextlib.suppress(OSError):  # not Linux
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/stat") as f:  # OSError: it just ended
                 fields = f.read().rpartition(")")[2].split()
-            found[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+                name = "main" if tid == main else "sqlite"
+                found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return found
 
 
+_NO_HASH = "0" * 64  # a file hash no row has: a read by an index that finds nothing
+
+
+async def _read_every_10ms(store: Store, until: asyncio.Event, ms: list[float]) -> None:
+    """Read by an index every 10 ms until ``until`` is set; each read's milliseconds into ``ms``."""
+    while not until.is_set():
+        started = time.perf_counter()
+        await store.get_stamps_by_hash(_NO_HASH)
+        ms.append((time.perf_counter() - started) * 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), 0.01)  # the pace; ends at once when the run does
+
+
 async def _run_onex(
-    items: list[str], settings: Settings, store: Store | None, in_flight: int, cpu: dict[str, float] | None = None
+    items: list[str],
+    settings: Settings,
+    store: Store | None,
+    in_flight: int,
+    cpu: dict[str, float] | None = None,
+    reads: dict[str, list[float]] | None = None,
 ) -> tuple[float, dict[str, int]]:
     """As ``onex stamp`` runs: at most ``in_flight`` workflows in flight, outcomes counted as they arrive."""
     failed = 0
@@ -151,8 +177,10 @@ async def _run_onex(
             runtime.bus, runtime.contracts, settings, on_outcome=arrived, max_pending=in_flight
         ) as client:
             db = runtime.store
-            writer = await db.run_sync(lambda _: threading.get_native_id()) if isinstance(db, SqliteStore) else None
-            before = thread_cpu(writer)
+            ended = asyncio.Event()
+            if reads is not None:
+                reading = asyncio.create_task(_read_every_10ms(db, ended, reads.setdefault("busy", [])))
+            before = thread_cpu()
             start = time.perf_counter()
             for i, text in enumerate(items):
                 pending.add(await client.submit({"content": text, "file_path": f"item-{i}.txt", "namespace": "bench"}))
@@ -162,7 +190,15 @@ async def _run_onex(
             await runtime.drain()
             elapsed = time.perf_counter() - start
             if cpu is not None:
-                cpu.update({k: v - before.get(k, 0.0) for k, v in thread_cpu(writer).items()})
+                cpu.update({k: v - before.get(k, 0.0) for k, v in thread_cpu().items()})
+            ended.set()
+            if reads is not None:
+                await reading
+                idle = reads.setdefault("idle", [])
+                for _ in range(50):
+                    started = time.perf_counter()
+                    await db.get_stamps_by_hash(_NO_HASH)
+                    idle.append((time.perf_counter() - started) * 1000)
         counts = {
             t: await runtime.store.count(t)
             for t in ("workflow_executions", "metadata_stamps", "fsm_transitions", "workflow_steps")
@@ -279,12 +315,13 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     alone_s: list[float] = []
     alone_counts: dict[str, int] = {}
     cpu: list[tuple[dict[str, float], dict[str, float]]] = []  # each repeat's (batched, one at a time) thread CPU
+    reads: dict[str, list[float]] = {}  # milliseconds of the reads during the onex runs (busy) and after (idle)
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             raw_s.append(run_raw(data, Path(tmp) / "raw.db"))
         batched_cpu: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu))
+            elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu, reads=reads))
             onex_s.append(elapsed)
         if alone:
             alone_cpu: dict[str, float] = {}
@@ -323,6 +360,8 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
         "rows_persisted": counts,
         "rows_as_expected": complete,
         **(_alone_figures(items, alone, alone_s, cpu) if alone else {}),
+        "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
+        "reads_idle_ms": _percentiles(reads.get("idle", [])),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "at": datetime.now(UTC).isoformat(),
     }
@@ -338,11 +377,24 @@ def _as_expected(counts: dict[str, int], items: int) -> bool:
     return {k: counts.get(k) for k in expected} == expected and counts.get("fsm_transitions", 0) >= 2 * items
 
 
+def _percentiles(ms: list[float]) -> dict[str, float | int]:
+    """p50, p95 and the largest of ``ms``, and how many."""
+    if not ms:
+        return {"n": 0}
+    ms = sorted(ms)
+    return {
+        "n": len(ms),
+        "p50": round(ms[len(ms) // 2], 2),
+        "p95": round(ms[min(len(ms) - 1, len(ms) * 95 // 100)], 2),
+        "max": round(ms[-1], 1),
+    }
+
+
 def _alone_figures(
     items: int, alone: int, seconds: list[float], cpu: list[tuple[dict[str, float], dict[str, float]]]
 ) -> dict[str, Any]:
     """The one-at-a-time run against the batched one: items/s, and CPU milliseconds a stamp of the event loop's
-    thread and of the SQLite writer's (medians over the repeats): what a lone request's batches cost."""
+    thread and of the SQLite store's (medians over the repeats): what a lone request's batches cost."""
 
     def per_stamp(which: int, thread: str, n: int) -> float | None:
         values = [pair[which][thread] for pair in cpu if thread in pair[which]]
@@ -594,10 +646,14 @@ def main() -> None:
             f"  {'onex, one workflow at a time':40s} {r['alone_items_per_s']:>10,} items/s ({r['alone_items']:,} items)"
         )
         for label, key in (("batched", "batched"), ("one at a time", "alone")):
-            print(
-                f"  {'CPU ms a stamp, ' + label:40s} event loop {cpu[key]['main']}, SQLite writer {cpu[key]['sqlite']}"
-            )
+            print(f"  {'CPU ms a stamp, ' + label:40s} event loop {cpu[key]['main']}, the store {cpu[key]['sqlite']}")
         print(f"  {'CPU a stamp, one at a time / batched':40s} {r['alone_over_batched_cpu']:>10}")
+    busy, idle = r["reads_while_writing_ms"], r["reads_idle_ms"]
+    if busy["n"] and idle["n"]:
+        print(
+            f"  {'a read by an index while writing, ms':40s} p50 {busy['p50']}, p95 {busy['p95']}, max {busy['max']}"
+            f" ({busy['n']} reads; idle: p50 {idle['p50']})"
+        )
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
 
 

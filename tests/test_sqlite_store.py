@@ -43,7 +43,8 @@ def url(path: Path) -> str:
 
 
 def store_threads(prefix: str = "onex-sqlite_") -> set[threading.Thread]:
-    """The live threads of stores: their database threads, or with ``onex-sqlite-checkpoint`` their checkpointers."""
+    """The live threads of stores: their database threads, or with ``onex-sqlite-checkpoint`` their checkpointers,
+    with ``onex-sqlite-read_`` their readers."""
     return {t for t in threading.enumerate() if t.name.startswith(prefix)}
 
 
@@ -166,6 +167,7 @@ async def test_a_directory_where_the_file_should_be(tmp_path: Path) -> None:
 
 async def test_every_call_runs_on_one_thread_that_stops_at_aclose(tmp_path: Path) -> None:
     before, checkpointers_before = store_threads(), store_threads("onex-sqlite-checkpoint")
+    readers_before = store_threads("onex-sqlite-read_")
     store = SqliteStore(url(tmp_path / "onex.db"))
     await store.open()
     await store.upgrade()
@@ -176,14 +178,18 @@ async def test_every_call_runs_on_one_thread_that_stops_at_aclose(tmp_path: Path
 
     await asyncio.gather(*(store.apply(WriteBatch(stamps=[stamp()])) for _ in range(50)))
     assert store_threads() - before == {thread}  # no second thread, however many calls were in flight
+    assert await store.count("metadata_stamps") == 50
     checkpointers = store_threads("onex-sqlite-checkpoint") - checkpointers_before
     assert len(checkpointers) == 1  # the background checkpoints' thread, started after the first commit
 
+    readers = store_threads("onex-sqlite-read_") - readers_before
+    assert len(readers) == 1  # reads run on a thread of their own, started by the first read (count, here)
+
     await store.aclose()
     assert not thread.is_alive()
-    for checkpointer in checkpointers:
-        checkpointer.join(timeout=10)  # asked to stop by aclose; only this test waits for the thread to go
-        assert not checkpointer.is_alive()
+    for other in checkpointers | readers:
+        other.join(timeout=10)  # asked to stop by aclose; only this test waits for the thread to go
+        assert not other.is_alive()
 
 
 async def _nothing() -> None:
@@ -294,6 +300,50 @@ async def test_a_store_that_was_never_opened(tmp_path: Path) -> None:
         await store.upgrade()
     assert (await store.health()).status == "down"
     await store.aclose()  # nothing to close: fine
+
+
+async def test_reads_answer_while_a_write_holds_the_database_thread(tmp_path: Path) -> None:
+    """Reads run on a thread and a connection of their own (a WAL reader): one made while a write transaction is held
+    open on the database thread answers at once, from what was committed before; once the write commits, the next
+    read sees it. Queued behind the writes, such a read waited for them (up to 707 ms while bench/e2e.py wrote)."""
+    a, b = uuid.UUID(int=1), uuid.UUID(int=2)
+    async with SqliteStore(url(tmp_path / "onex.db")) as s:
+        await s.upgrade()
+        await s.apply(WriteBatch(consumer="c", processed_event_ids=[a]))
+        inside, release = threading.Event(), threading.Event()
+
+        def held(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO processed_events VALUES ('c', ?, '2026-01-01T00:00:00.000000+00:00')", (str(b),))
+            inside.set()
+            release.wait(60)
+            conn.execute("COMMIT")
+
+        write = asyncio.ensure_future(s.run_sync(held))
+        try:
+            assert await asyncio.to_thread(inside.wait, 60)
+            assert await asyncio.wait_for(s.unprocessed("c", [a, b]), 30) == {b}  # b's row is not committed yet
+            assert await asyncio.wait_for(s.count("processed_events"), 30) == 1
+        finally:
+            release.set()
+            await write
+        assert await s.unprocessed("c", [a, b]) == set()
+
+
+async def test_a_read_in_memory_runs_on_the_database_thread() -> None:
+    """``:memory:`` has no reader: a second connection would open another, empty database."""
+    async with SqliteStore("sqlite://:memory:") as s:
+        await s.upgrade()
+        assert s._reader is None
+        await s.apply(WriteBatch(consumer="c", processed_event_ids=[uuid.UUID(int=1)]))
+        assert await s.unprocessed("c", [uuid.UUID(int=1), uuid.UUID(int=2)]) == {uuid.UUID(int=2)}
+
+
+async def test_the_reader_connection_only_reads(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as s:
+        await s.upgrade()
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await s._read(lambda: s._ready().execute("DELETE FROM processed_events"))
 
 
 async def test_two_stores_on_one_file_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:
@@ -638,8 +688,8 @@ async def test_reads_by_key_lists_of_every_length_answer_as_before(tmp_path: Pat
         ids = [uuid.UUID(int=i + 1) for i in range(40)]
         await s.apply(store.WriteBatch(consumer="c", processed_event_ids=ids[::3]))
         executed: list[str] = []
-        assert s._conn is not None  # on the store's thread: the statements with their values, as SQLite ran them
-        await s._call(s._conn.set_trace_callback, executed.append)
+        # On the reader's thread, where reads run: the statements with their values, as SQLite ran them.
+        await s._read(lambda: s._ready().set_trace_callback(executed.append))
         for n in range(1, len(ids) + 1):
             assert await s.unprocessed("c", ids[:n]) == {i for k, i in enumerate(ids[:n]) if k % 3}
     # Each list was padded: as many values in it as a power of two, so a handful of texts were prepared.

@@ -3,7 +3,8 @@
 Callers ``submit`` items from the event loop. When no job is on the thread, one is handed to it; when it starts it
 takes every item waiting as one group, and after writing it takes what came meanwhile as the next, up to ``ROUNDS``
 groups, without a trip through the event loop in between (each costs a hand-off of the interpreter lock both ways,
-2-3 ms on a busy loop); then calls queued behind it (reads) get their turn. ``write(items)`` runs on the thread and
+2-3 ms on a busy loop); then calls queued behind it (``run_sync``, ``health``; reads where the store has no reader
+thread) get their turn. ``write(items)`` runs on the thread and
 returns each item's error, or None, so that one bad item fails only its own caller. With small batches arriving
 often (a node's flush per handled batch, an HTTP request's workflow) this replaces a transaction per caller, each
 queueing behind the others' commits, with one per group.
@@ -20,7 +21,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-ROUNDS = 4  # groups one job on the thread writes back to back before reads queued meanwhile get their turn
+ROUNDS = 4  # groups one job on the thread writes back to back before the calls queued meanwhile get their turn
 
 
 class GroupCommit(Generic[T]):
