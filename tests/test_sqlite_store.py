@@ -330,6 +330,45 @@ async def test_reads_answer_while_a_write_holds_the_database_thread(tmp_path: Pa
         assert await s.unprocessed("c", [a, b]) == set()
 
 
+async def test_read_sync_sees_one_snapshot_and_does_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """``read_sync`` (the metastore's reads) runs on the reader inside one read transaction: while a write is held
+    open it answers, and a write committed between two of its statements is not seen by the second."""
+    async with SqliteStore(url(tmp_path / "onex.db")) as s:
+        await s.upgrade()
+        await s.apply(WriteBatch(consumer="c", processed_event_ids=[uuid.UUID(int=1)]))
+        held, release, reading, go = (threading.Event() for _ in range(4))
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO processed_events VALUES ('c', 'x', '2026-01-01T00:00:00.000000+00:00')")
+            held.set()
+            release.wait(60)
+            conn.execute("COMMIT")
+
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM processed_events").fetchone()[0])
+
+        def twice(conn: sqlite3.Connection) -> tuple[int, int]:
+            first = count(conn)
+            reading.set()
+            go.wait(60)
+            return first, count(conn)
+
+        writing = asyncio.ensure_future(s.run_sync(write))
+        try:
+            assert await asyncio.to_thread(held.wait, 60)
+            snapshot = asyncio.ensure_future(s.read_sync(twice))
+            assert await asyncio.to_thread(reading.wait, 60)  # the first count ran while the write was held
+        finally:
+            release.set()
+            await writing
+        go.set()
+        assert await snapshot == (1, 1)  # the write committed meanwhile is not in the snapshot
+        assert await s.read_sync(count) == 2
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await s.read_sync(lambda conn: conn.execute("DELETE FROM processed_events"))
+
+
 async def test_a_read_in_memory_runs_on_the_database_thread() -> None:
     """``:memory:`` has no reader: a second connection would open another, empty database."""
     async with SqliteStore("sqlite://:memory:") as s:

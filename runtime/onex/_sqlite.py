@@ -636,6 +636,26 @@ class SqliteStore(Store):
         self._maybe_checkpoint()
         return result
 
+    async def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` where reads run (the reader's thread, else the database thread), inside one read
+        transaction: the statements of ``fn`` see one snapshot. The connection only reads (``query_only``)."""
+        return await self._read(self._snapshot, fn)
+
+    def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._ready()
+        try:
+            conn.execute("BEGIN")  # deferred: a read transaction, which takes no lock a writer waits for
+        except sqlite3.Error as exc:
+            raise _store_error(exc, f"read_sync failed on {self.path}") from exc
+        try:
+            return fn(conn)
+        finally:
+            if conn.in_transaction:  # an error may have ended it already
+                try:
+                    conn.execute("COMMIT")  # only lets the snapshot go: nothing was written
+                except sqlite3.Error:
+                    _rollback(conn)
+
     def _ready(self) -> sqlite3.Connection:
         """The connection of this thread (the database thread's, or the reader's), once the schema is current."""
         conn: sqlite3.Connection | None = getattr(self._here, "conn", None)

@@ -1,4 +1,5 @@
-"""The metastore's tables on SQLite, through ``SqliteStore.run_sync`` (the store's one connection and thread).
+"""The metastore's tables on SQLite: writes through ``SqliteStore.run_sync`` (the store's writing connection and
+thread), reads through ``SqliteStore.read_sync`` (its reader's, one snapshot a call).
 
 Each write is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken first, so the conditional update and the
 version insert see and change the same state, and concurrent writers of this or another process take turns. A
@@ -175,7 +176,7 @@ class SqliteBackend(Backend):
             except sqlite3.Error as exc:
                 raise _fail(exc, doing) from exc
 
-        return await self.store.run_sync(run)
+        return await self.store.read_sync(run)
 
     async def _write(self, doing: str, fn: Callable[[sqlite3.Connection, list[EntityRow]], None]) -> None:
         """Run ``fn`` in one transaction. ``fn`` appends the entity row it is about to write to the list it is
