@@ -606,12 +606,15 @@ class SqliteStore(Store):
     def _reading(self, read: Callable[[], T]) -> T:
         """On the reader's thread: ``read()``, once its connection is open."""
         if getattr(self._here, "conn", None) is None:
+            conn = None
             try:
                 conn = sqlite3.connect(
                     self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED
                 )
                 conn.execute("PRAGMA query_only = ON")  # this connection only reads: a write here is a bug
             except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
                 raise _store_error(exc, f"cannot open SQLite database {self.path}") from exc
             self._here.conn = conn
         return read()
@@ -638,7 +641,8 @@ class SqliteStore(Store):
 
     async def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` where reads run (the reader's thread, else the database thread), inside one read
-        transaction: the statements of ``fn`` see one snapshot. The connection only reads (``query_only``)."""
+        transaction: the statements of ``fn`` see one snapshot. The reader's connection refuses writes (``query_only``);
+        ``fn`` must not write in either case: writes go through ``run_sync``."""
         return await self._read(self._snapshot, fn)
 
     def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
