@@ -324,6 +324,7 @@ async def test_reads_answer_while_a_write_holds_the_database_thread(tmp_path: Pa
             assert await asyncio.to_thread(inside.wait, 60)
             assert await asyncio.wait_for(s.unprocessed("c", [a, b]), 30) == {b}  # b's row is not committed yet
             assert await asyncio.wait_for(s.count("processed_events"), 30) == 1
+            assert (await asyncio.wait_for(s.health(), 30)).status == "ok"  # a readiness probe does not queue either
         finally:
             release.set()
             await write

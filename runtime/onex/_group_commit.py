@@ -3,11 +3,10 @@
 Callers ``submit`` items from the event loop. When no job is on the thread, one is handed to it; when it starts it
 takes every item waiting as one group, and after writing it takes what came meanwhile as the next, up to ``ROUNDS``
 groups, without a trip through the event loop in between (each costs a hand-off of the interpreter lock both ways,
-2-3 ms on a busy loop); then calls queued behind it (``run_sync``, ``health``; reads where the store has no reader
-thread) get their turn. ``write(items)`` runs on the thread and
-returns each item's error, or None, so that one bad item fails only its own caller. With small batches arriving
-often (a node's flush per handled batch, an HTTP request's workflow) this replaces a transaction per caller, each
-queueing behind the others' commits, with one per group.
+2-3 ms on a busy loop); then calls queued behind it (``run_sync``; reads where the store has no reader thread) get
+their turn. ``write(items)`` runs on the thread and returns each item's error, or None, so that one bad item fails
+only its own caller. With small batches arriving often (a node's flush per handled batch, an HTTP request's
+workflow) this replaces a transaction per caller, each queueing behind the others' commits, with one per group.
 """
 
 from __future__ import annotations
