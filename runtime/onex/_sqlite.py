@@ -84,8 +84,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple, cast
 
-from onex import _tables, store
+from onex import _tables
 from onex._group_commit import GroupCommit
+from onex._sqlite_migrations import _MIGRATIONS_DDL
+from onex._sqlite_migrations import Migration as Migration  # re-exported: the store's callers and tests name it here
+from onex._sqlite_migrations import _migrations as _migrations  # looked up here at open(), so a test can replace it
 from onex._sqlite_values import _FROM_SQL, _TO_SQL, _json_merge, _now, _ts, _uid
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
@@ -117,7 +120,6 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
-    load_migrations,
 )
 
 __all__ = ["SqliteStore"]
@@ -357,46 +359,6 @@ def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, .
 # --- reads -----------------------------------------------------------------------------------------------------------
 
 _READ: Final = _tables.readers(_FROM_SQL)  # a fetched row as its dataclass, per table
-
-
-# --- migrations ------------------------------------------------------------------------------------------------------
-
-_MIGRATIONS_DDL: Final = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    checksum   TEXT NOT NULL,
-    applied_at TEXT NOT NULL
-)
-"""
-
-
-class Migration(store.Migration):
-    """A SQLite migration: the shared numbered script, split into statements for ``sqlite3``."""
-
-    def statements(self) -> list[str]:
-        """The statements of the script, one by one (``sqlite3`` executes one statement per call)."""
-        statements: list[str] = []
-        buffer = ""
-        for line in self.sql.splitlines(keepends=True):
-            buffer += line
-            # complete_statement knows about string literals, comments and CREATE TRIGGER ... END.
-            if sqlite3.complete_statement(buffer):
-                if _has_code(buffer):
-                    statements.append(buffer.strip())
-                buffer = ""
-        if _has_code(buffer):
-            raise StoreError(f"migration {self.name}: the last statement has no terminating semicolon")
-        return statements
-
-
-def _has_code(text: str) -> bool:
-    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
-
-
-def _migrations() -> list[Migration]:
-    """The SQLite migrations shipped in the package, by version."""
-    return load_migrations("sqlite", Migration)
 
 
 # --- dead letters ---------------------------------------------------------------------------------------------------
