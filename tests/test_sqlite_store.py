@@ -366,7 +366,7 @@ async def test_read_sync_sees_one_snapshot_and_does_not_wait_for_the_writer(tmp_
         go.set()
         assert await snapshot == (1, 1)  # the write committed meanwhile is not in the snapshot
         assert await s.read_sync(count) == 2
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):  # the reader's connection only reads
             await s.read_sync(lambda conn: conn.execute("DELETE FROM processed_events"))
 
 
@@ -377,13 +377,6 @@ async def test_a_read_in_memory_runs_on_the_database_thread() -> None:
         assert s._reader is None
         await s.apply(WriteBatch(consumer="c", processed_event_ids=[uuid.UUID(int=1)]))
         assert await s.unprocessed("c", [uuid.UUID(int=1), uuid.UUID(int=2)]) == {uuid.UUID(int=2)}
-
-
-async def test_the_reader_connection_only_reads(tmp_path: Path) -> None:
-    async with SqliteStore(url(tmp_path / "onex.db")) as s:
-        await s.upgrade()
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            await s._read(lambda: s._ready().execute("DELETE FROM processed_events"))
 
 
 async def test_two_stores_on_one_file_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:
