@@ -26,7 +26,7 @@
   (``bench/instructions.py``) this run's count moves by a third between runs of the same code.
 - reads while writing: during the onex run a task reads by an index (``get_stamps_by_hash`` of a hash no row has)
   every 10 ms, what the HTTP API or ``onex status`` waits for while the store is busy writing; reported as p50 / p95
-  / max milliseconds against the same read on the idle store afterwards.
+  / max milliseconds against the same read on the idle store afterwards (with ``--store postgresql://...`` too).
 
 Prints items/s for each and the ratios; writes ``bench/results/e2e.json``.
 
@@ -522,10 +522,12 @@ async def run_raw_postgres(items: list[str], url: str, method: str) -> float:
         await _drop_schema(schema_url)
 
 
-async def run_onex_postgres(items: list[str], url: str, *, checkpoints: bool = True) -> tuple[float, dict[str, int]]:
+async def run_onex_postgres(
+    items: list[str], url: str, *, checkpoints: bool = True, reads: dict[str, list[float]] | None = None
+) -> tuple[float, dict[str, int]]:
     schema_url = await _fresh_schema(url)  # migrated before the clock starts: the runtime only migrates SQLite
     try:
-        return await run_onex(items, schema_url, checkpoints=checkpoints)
+        return await run_onex(items, schema_url, checkpoints=checkpoints, reads=reads)
     finally:
         await _drop_schema(schema_url)
 
@@ -540,10 +542,11 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     tune_gc()  # as `onex stamp` / `onex run` do
     seconds: dict[str, list[float]] = {"onex": [], "onex_no_checkpoints": [], "raw_copy": [], "raw_executemany": []}
     counts: dict[str, int] = {}
+    reads: dict[str, list[float]] = {}  # as in run()
     for _ in range(repeat):
         seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy")))
         seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
-        elapsed, counts = asyncio.run(run_onex_postgres(data, url))
+        elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads))
         seconds["onex"].append(elapsed)
         seconds["onex_no_checkpoints"].append(asyncio.run(run_onex_postgres(data, url, checkpoints=False))[0])
     complete = _as_expected(counts, items)
@@ -572,6 +575,8 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
             "ratio": round(median["onex"] / floor_median, 3),
         },
         "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
+        "reads_idle_ms": _percentiles(reads.get("idle", [])),
         "rows_persisted": counts,
         "rows_as_expected": complete,
         "server": {"url": shown, "version": server, "asyncpg": asyncpg.__version__},
@@ -605,6 +610,7 @@ def print_postgres(r: dict[str, Any]) -> None:
         print(f"  {label:44s} {best:>14,} {median:>16,}")
     print(f"  {'ratio onex / faster floor':44s} {r['ratio']:>14.3f} {m['ratio']:>16.3f}")
     print(f"  {'durability costs (best)':44s} {r['durability_cost']:>14.1%}")
+    _print_reads(r, 44)
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
     print(f"  -> {RESULTS / 'e2e_postgres.json'}")
 
@@ -648,13 +654,19 @@ def main() -> None:
         for label, key in (("batched", "batched"), ("one at a time", "alone")):
             print(f"  {'CPU ms a stamp, ' + label:40s} event loop {cpu[key]['main']}, the store {cpu[key]['sqlite']}")
         print(f"  {'CPU a stamp, one at a time / batched':40s} {r['alone_over_batched_cpu']:>10}")
+    _print_reads(r, 40)
+    print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
+
+
+def _print_reads(r: dict[str, Any], width: int) -> None:
+    """The reads-while-writing line, its label ``width`` wide as the table it ends."""
     busy, idle = r["reads_while_writing_ms"], r["reads_idle_ms"]
     if busy["n"] and idle["n"]:
+        label = "a read by an index while writing, ms"
         print(
-            f"  {'a read by an index while writing, ms':40s} p50 {busy['p50']}, p95 {busy['p95']}, max {busy['max']}"
+            f"  {label:{width}s} p50 {busy['p50']}, p95 {busy['p95']}, max {busy['max']}"
             f" ({busy['n']} reads; idle: p50 {idle['p50']})"
         )
-    print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
 
 
 if __name__ == "__main__":
