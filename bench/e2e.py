@@ -139,12 +139,17 @@ def thread_cpu() -> dict[str, float]:
 _NO_HASH = "0" * 64  # a file hash no row has: a read by an index that finds nothing
 
 
+async def _timed_read(store: Store, ms: list[float]) -> None:
+    """One read by an index; its milliseconds into ``ms``."""
+    started = time.perf_counter()
+    await store.get_stamps_by_hash(_NO_HASH)
+    ms.append((time.perf_counter() - started) * 1000)
+
+
 async def _read_every_10ms(store: Store, until: asyncio.Event, ms: list[float]) -> None:
     """Read by an index every 10 ms until ``until`` is set; each read's milliseconds into ``ms``."""
     while not until.is_set():
-        started = time.perf_counter()
-        await store.get_stamps_by_hash(_NO_HASH)
-        ms.append((time.perf_counter() - started) * 1000)
+        await _timed_read(store, ms)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(until.wait(), 0.01)  # the pace; ends at once when the run does
 
@@ -194,11 +199,8 @@ async def _run_onex(
             ended.set()
             if reads is not None:
                 await reading
-                idle = reads.setdefault("idle", [])
                 for _ in range(50):
-                    started = time.perf_counter()
-                    await db.get_stamps_by_hash(_NO_HASH)
-                    idle.append((time.perf_counter() - started) * 1000)
+                    await _timed_read(db, reads.setdefault("idle", []))
         counts = {
             t: await runtime.store.count(t)
             for t in ("workflow_executions", "metadata_stamps", "fsm_transitions", "workflow_steps")

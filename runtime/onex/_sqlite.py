@@ -404,9 +404,9 @@ class SqliteStore(Store):
         self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
         self._checkpoint: asyncio.Future[None] | None = None  # the background checkpoint running, if any
         self._checkpointed_at = -math.inf
-        self._checkpoint_conn: sqlite3.Connection | None = None  # touched only on the checkpointer's thread
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None  # reads, on a connection of their own
-        self._here = threading.local()  # .conn: the connection of the thread (the database thread's, the reader's)
+        # .conn: the connection of the thread it is read on (the database thread's, the reader's, the checkpointer's)
+        self._here = threading.local()
         self._closed = False
         self._queued = 0  # rows of apply() calls submitted and not finished (health().queued_writes)
         # Touched only on the database thread:
@@ -461,7 +461,7 @@ class SqliteStore(Store):
                 with contextlib.suppress(Exception):  # its failure was logged; closing goes on
                     await asyncio.shield(running)
             try:
-                await asyncio.get_running_loop().run_in_executor(checkpointer, self._close_checkpointer_sync)
+                await asyncio.get_running_loop().run_in_executor(checkpointer, self._close_here)
             finally:
                 checkpointer.shutdown(wait=False)  # its thread exits once idle (at once unless cancelled meanwhile)
         try:
@@ -480,11 +480,7 @@ class SqliteStore(Store):
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: no implicit BEGIN from the sqlite3 module; transactions are explicit below.
-            # timeout: SQLite's busy timeout, from the first statement on (the journal mode below may wait too).
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED
-            )
+            conn = _connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise _store_error(exc, f"cannot open SQLite database {self.path}") from exc
         try:
@@ -538,16 +534,11 @@ class SqliteStore(Store):
 
     def _checkpoint_sync(self) -> None:
         """One PASSIVE checkpoint (on the checkpointer's thread, with its own connection)."""
-        conn = self._checkpoint_conn
+        conn = getattr(self._here, "conn", None)
         if conn is None:
-            conn = self._checkpoint_conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            conn = self._here.conn = _connect(self.path)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-
-    def _close_checkpointer_sync(self) -> None:
-        conn, self._checkpoint_conn = self._checkpoint_conn, None
-        if conn is not None:
-            conn.close()
 
     async def _call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run ``fn(*args)`` on the database thread."""
@@ -570,9 +561,7 @@ class SqliteStore(Store):
         if getattr(self._here, "conn", None) is None:
             conn = None
             try:
-                conn = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED
-                )
+                conn = _connect(self.path)
                 conn.execute("PRAGMA query_only = ON")  # this connection only reads: a write here is a bug
             except sqlite3.Error as exc:
                 if conn is not None:
@@ -582,7 +571,7 @@ class SqliteStore(Store):
         return read()
 
     def _close_here(self) -> None:
-        """Close the connection of this thread (the reader's), if it opened one."""
+        """Close the connection of this thread (the reader's, the checkpointer's), if it opened one."""
         conn, self._here.conn = getattr(self._here, "conn", None), None
         if conn is not None:
             conn.close()
@@ -1127,6 +1116,12 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise _store_error(exc, self.path) from exc
         return f"{self.path} (SQLite {sqlite3.sqlite_version}, journal {self._journal_mode}, schema {version})"
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """A connection to ``path``: no implicit BEGIN from the sqlite3 module (transactions are explicit), SQLite's busy
+    timeout from the first statement on (the journal mode may wait too), the statements' cache."""
+    return sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED)
 
 
 def _first(row: tuple[Any, ...]) -> Any:
