@@ -1,10 +1,11 @@
 """``ONEX_SYNCHRONOUS_CHECKPOINTS=off``: on the memory bus the orchestrator writes its checkpoints behind its batches.
 
-By default a batch's checkpoint is written before the orchestrator takes its next batch (and, on Kafka, before the
-batch is acknowledged). Off, on a bus that retains nothing, the write runs in a task of its own: the next batch does
-not wait for it, a workflow that finished before it was written is never written, and draining (or
-``Harness.settle``) waits for it. Kafka ignores the setting. The store's ``apply`` is held here by a gate, so what
-waits for what is seen without timing anything.
+By default a batch's checkpoint write begins before anything the batch produced is published, and a workflow's outcome
+is published only once the writes begun before its batch are stored; on the memory bus the next batch does not wait for
+the write (on Kafka a batch is acknowledged only once it is stored). Off, on a bus that retains nothing, one task at a
+time writes what is dirty: outcomes do not wait for it, a workflow that finished before it was written is never written,
+and draining (or ``Harness.settle``) waits for it. Kafka ignores the setting. The store's ``apply`` is held here by a
+gate, so what waits for what is seen without timing anything.
 """
 
 from __future__ import annotations
@@ -82,19 +83,26 @@ async def test_the_next_batch_does_not_wait_for_the_checkpoint_written_behind() 
             assert row.metadata["checkpoint"]["state"] == "processing"
 
 
-async def test_by_default_the_next_batch_waits_for_the_checkpoint() -> None:
-    async with Harness(["orchestrator"], root=ROOT, partitions=1) as h:
+async def test_by_default_an_outcome_waits_for_its_workflows_checkpoint_and_the_next_batch_does_not() -> None:
+    # The stamping effect answers while the first request's checkpoint is held: the orchestrator handles the result
+    # and finishes the workflow, but its outcome (what a client is told) goes out only once that write is stored.
+    async with Harness(["orchestrator", "stamping_effect"], root=ROOT, partitions=1) as h:
         release, written = gate(h)
-        first = await h.publish("STAMP_REQUESTED", request(1))
-        await h.wait_for("STAMP_FILE", command_of(first.correlation_id))
-        second = await h.publish("STAMP_REQUESTED", request(2))
-        await anyio.wait_all_tasks_blocked()
-        assert [e.correlation_id for e in h.of("STAMP_FILE")] == [first.correlation_id]  # held behind the write
-
-        release.set()
-        await h.wait_for("STAMP_FILE", command_of(second.correlation_id))
+        try:
+            first = await h.publish("STAMP_REQUESTED", request(1))
+            await h.wait_for("STAMP_CREATED", command_of(first.correlation_id))
+            await anyio.wait_all_tasks_blocked()
+            assert h.of("WORKFLOW_COMPLETED") == []  # held behind the write
+            second = await h.publish("STAMP_REQUESTED", request(2))
+            await h.wait_for("STAMP_FILE", command_of(second.correlation_id))  # the next batch is not held
+            assert written == []
+        finally:
+            release.set()  # leaving the harness waits for the held writes
+        outcome = await h.wait_for("WORKFLOW_COMPLETED", command_of(first.correlation_id))
+        assert written[0] == cids(first)  # stored before it was published (the gate appends, then writes)
+        assert outcome.correlation_id == first.correlation_id
         await h.settle()
-        assert written == [[first.correlation_id], [second.correlation_id]]
+        assert sorted(cid for batch in written for cid in batch) == sorted(cids(first, second))
 
 
 async def test_a_checkpoint_returns_only_once_what_a_write_under_way_took_is_written() -> None:
@@ -160,6 +168,37 @@ async def test_a_failed_write_behind_is_logged_and_written_with_the_next_flush(
             await h.settle()
         for cid in cids(first, second):
             assert await h.store.get_workflow(cid) is not None
+
+
+async def test_a_failed_checkpoint_is_logged_and_its_workflows_outcome_still_goes_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # By default (not behind). The failed write fails the batch waiting for it, the batch holding the outcome; the
+    # bus hands that batch over again and the outcome goes out then, once. A store that is unavailable is waited out
+    # instead (``hold_store``): this is a write the store refused.
+    async with Harness(["orchestrator", "stamping_effect"], root=ROOT, partitions=1) as h:
+        release, _ = gate(h)
+        failures = [StoreError("disk full (injected)")]
+        held = h.store.apply
+
+        async def failing(batch: WriteBatch) -> None:
+            if batch.workflows and failures:
+                await release.wait()  # the result is handled meanwhile: its outcome waits for this write
+                raise failures.pop()
+            await held(batch)
+
+        h.store.apply = failing  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="onex"):
+            sent = await h.publish("STAMP_REQUESTED", request(1))
+            await h.wait_for("STAMP_CREATED", command_of(sent.correlation_id))
+            await anyio.wait_all_tasks_blocked()
+            assert h.of("WORKFLOW_COMPLETED") == []
+            release.set()
+            await h.wait_for("WORKFLOW_COMPLETED", command_of(sent.correlation_id))
+            await h.settle()
+        assert "checkpoint failed, written with the next flush: disk full (injected)" in caplog.text
+        assert len(h.of("WORKFLOW_COMPLETED")) == 1
+        assert h.runtime.bus.statistics().dead_lettered == 0
 
 
 async def test_kafka_ignores_the_setting(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,9 @@ class StepRun:
         self.error = saved.get("error")
 
 
+CHECKPOINT_VERSION = 1
+
+
 class Workflow(Entity):
     """One orchestrated workflow: an FSM entity with its steps."""
 
@@ -79,3 +83,14 @@ class Workflow(Entity):
         self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
         self.request: OnexEnvelopeV1 | None = None
         self.adopted = False  # loaded from a checkpoint another process (or an earlier run) wrote
+        self.stored: asyncio.Future[None] | None = None  # the last write begun of its checkpoint (its outcome waits)
+
+    def checkpoint(self, keeps: Collection[str], save_context: Callable[[Workflow], dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint of a running workflow: its state and sequence, and of ``keeps`` (the state_management
+        fields) its steps and what ``save_context`` keeps of its context (``OrchestratorNode.restore`` reads it)."""
+        saved: dict[str, Any] = {"v": CHECKPOINT_VERSION, "state": self.state, "seq": self.seq}
+        if "steps" in keeps:
+            saved["steps"] = {name: run.checkpoint() for name, run in self.steps.items()}
+        if "context" in keeps:
+            saved["context"] = save_context(self)
+        return saved

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import heapq
 import logging
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED
+from onex._lifecycle import MOVES
+from onex._lifecycle import Lifecycle as Lifecycle  # re-exported: node code imports it from onex.nodes
+from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED, CHECKPOINT_VERSION
 
 # Re-exported: an orchestrator's code imports the types of its workflows from onex.nodes.
 from onex._workflow import StepRun as StepRun
@@ -81,26 +82,6 @@ from onex.store import Store, WorkflowRow, WriteBatch
 _log = logging.getLogger("onex.nodes")
 
 T = TypeVar("T")
-
-# --- lifecycle ---------------------------------------------------------------------------------------------------
-
-
-class Lifecycle(enum.StrEnum):
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-_MOVES: dict[Lifecycle, frozenset[Lifecycle]] = {
-    Lifecycle.CREATED: frozenset({Lifecycle.STARTING, Lifecycle.STOPPED}),
-    Lifecycle.STARTING: frozenset({Lifecycle.RUNNING, Lifecycle.DRAINING, Lifecycle.STOPPED}),
-    Lifecycle.RUNNING: frozenset({Lifecycle.DRAINING}),
-    Lifecycle.DRAINING: frozenset({Lifecycle.STOPPED}),
-    Lifecycle.STOPPED: frozenset(),
-}
-
 
 # --- the base node -----------------------------------------------------------------------------------------------
 
@@ -236,7 +217,7 @@ class Node:
 
     # -- lifecycle --
     def _move(self, target: Lifecycle) -> None:
-        if target not in _MOVES[self.lifecycle]:
+        if target not in MOVES[self.lifecycle]:
             raise LifecycleError(self.node_id, self.lifecycle, target)
         self.lifecycle = target
 
@@ -611,26 +592,8 @@ class Node:
     def _single_wrapper(
         self, method: Callable[[Event], Awaitable[None]]
     ) -> Callable[[OnexEnvelopeV1], Awaitable[None]]:
-        async def handle(envelope: OnexEnvelopeV1) -> None:
-            event = self._decode(envelope)
-            self.active_operations += 1
-            started = self.clock.monotonic()  # the node's clock: its SLO windows and a test's ManualClock agree
-            try:
-                await method(event)
-                await self.flush()
-            except BaseException:
-                ended = self.clock.monotonic()
-                self.meter.failed(envelope.event_type, 1, ended - started)
-                self.slo.record(ended - started, 0, at=ended)
-                raise
-            else:
-                ended = self.clock.monotonic()
-                self.meter.handled(envelope.event_type, 1, ended - started)
-                self.slo.record(ended - started, 1, at=ended)
-            finally:
-                self.active_operations -= 1
-
-        return handle
+        handle = self._batch_wrapper(lambda events: method(events[0]))
+        return lambda envelope: handle((envelope,))
 
     def _batch_wrapper(
         self, method: Callable[[Sequence[Event]], Awaitable[None]]
@@ -714,9 +677,6 @@ class RegistryNode(Node):
 # --- orchestration -----------------------------------------------------------------------------------------------
 
 
-CHECKPOINT_VERSION = 1
-
-
 class OrchestratorNode(Node):
     """Runs workflows on the contract's FSM; steps come from ``config.steps`` and run in dependency stages.
 
@@ -727,11 +687,12 @@ class OrchestratorNode(Node):
     ``on_workflow_done(workflow)`` is called when every step finished or a required step failed.
 
     Durability. A workflow's state (FSM state and sequence, every step's status, attempts and wall-clock deadline, and
-    what the subclass keeps in ``save_context``) is checkpointed in its ``workflow_executions`` row, under
-    ``metadata.checkpoint``, by ``flush()``: after the events a handler produced are published and before its messages
-    are acknowledged, one transaction per handled batch (group commit) for every workflow the batch changed. So a
-    message is acknowledged only once what it did is durable, and what it did is published before that: a crash
-    between the two redoes the work, with the same derived event ids (dedup makes the replay a no-op).
+    what the subclass keeps in ``save_context``) is checkpointed in its ``workflow_executions`` row by ``flush()``, one
+    write per handled batch (group commit) for every workflow the batch changed. The write begins before anything the
+    batch produced is published, and an outcome (``send_outcome``) goes out once its workflow's checkpoint is stored:
+    nobody hears of a workflow the store has not got. Where messages are kept (Kafka) a batch is acknowledged once the
+    writes begun before its end are stored, so a crash in between redoes the work with the same derived event ids
+    (dedup makes the replay a no-op); on the memory bus, whose messages die with the process, the batch does not wait.
 
     Ownership. Everything a workflow's orchestrator consumes is keyed by the workflow id, and one subscription takes
     it all, so whoever owns partition p of the request topic owns the workflows keyed to p. When the bus assigns
@@ -797,6 +758,8 @@ class OrchestratorNode(Node):
         self.writes_behind = not self.settings.synchronous_checkpoints and not self.bus.retains_messages
         self._behind: asyncio.Task[None] | None = None  # the task writing checkpoints behind (see ``checkpoint``)
         self._writes = WritesUnderWay()  # a checkpoint waits for those begun before it (``checkpoint``)
+        self._outcomes: defaultdict[str, list[OnexEnvelopeV1]] = defaultdict(list)  # ``send_outcome``, by event
+        self._held: list[asyncio.Future[None]] = []  # the checkpoint writes the outcomes wait for
         # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again and a
         # rebalance does not load one whose outcome is not stored yet. Bounded: a redelivery later than
         # ``config.dedupe_window`` workflows would run again, and is idempotent in the store. Keyed by the ids'
@@ -857,6 +820,41 @@ class OrchestratorNode(Node):
         self.workflows[workflow.cid] = workflow
         self._dirty[workflow.cid.int] = workflow
 
+    def send_outcome(self, workflow: Workflow, event_name: str, outcome: OnexEnvelopeV1) -> None:
+        """Publish ``outcome``, the workflow's final event, with this batch's outcomes (``flush``), and watch that it
+        gets stored (``expect_stored``)."""
+        self._outcomes[event_name].append(outcome)
+        if workflow.stored is not None:
+            self._held.append(workflow.stored)
+        self.expect_stored(workflow, event_name, outcome)
+
+    async def publish_commands(self) -> None:
+        """Publish the commands the batch collected, if it does: ``flush`` calls it once its checkpoint has begun."""
+
+    async def flush(self) -> None:
+        """The batch's checkpoint begins, its commands go out, then its outcomes once their workflows' checkpoints
+        are stored, then its transitions; on Kafka, and when draining, the batch then waits for the writes begun
+        (class docstring). Written behind (``writes_behind``) or not durable: nothing waits."""
+        waits = self.state_policy.durable and not (self.writes_behind and self.lifecycle is Lifecycle.RUNNING)
+        earlier = self._writes.under_way()  # taken before this batch's write
+        own = self._begin_write() if waits and self.state_policy.checkpoint == "per_batch" else ()
+        await self.publish_commands()
+        outcomes, self._outcomes, held, self._held = self._outcomes, defaultdict(list), self._held, []
+        try:
+            await self._writes.wait(held if waits else ())
+        except BaseException:  # published with the next flush, which does not wait again for the write that failed
+            for event_name, envelopes in outcomes.items():
+                self._outcomes[event_name][:0] = envelopes
+            raise
+        for event_name, envelopes in outcomes.items():
+            await self.publish_envelopes(event_name, envelopes)
+        if not waits:
+            await super().flush()  # transitions, then ``checkpoint`` (behind: a task writes what is dirty)
+        else:
+            await self.flush_transitions()
+            if self.bus.retains_messages or self.lifecycle is not Lifecycle.RUNNING:
+                await self._writes.wait((*earlier, *own))
+
     def expect_stored(self, workflow: Workflow, event_name: str, outcome: OnexEnvelopeV1) -> None:
         """Watch that ``outcome`` (the workflow's final event, which whoever persists outcomes writes) gets stored.
 
@@ -904,14 +902,8 @@ class OrchestratorNode(Node):
         return self.fsm is not None and workflow.state in self.fsm.terminal_states
 
     def _row(self, workflow: Workflow) -> WorkflowRow:
-        checkpoint: dict[str, Any] | None = None
-        if not self._is_finished(workflow):
-            keeps = self.state_policy.fields
-            checkpoint = {"v": CHECKPOINT_VERSION, "state": workflow.state, "seq": workflow.seq}
-            if "steps" in keeps:
-                checkpoint["steps"] = {name: run.checkpoint() for name, run in workflow.steps.items()}
-            if "context" in keeps:
-                checkpoint["context"] = self.save_context(workflow)
+        finished = self._is_finished(workflow)
+        checkpoint = None if finished else workflow.checkpoint(self.state_policy.fields, self.save_context)
         return WorkflowRow(
             correlation_id=workflow.cid,
             workflow_type=self.workflow_type,
@@ -947,28 +939,36 @@ class OrchestratorNode(Node):
     async def written(self) -> None:
         while self._behind is not None and not self._behind.done():
             await asyncio.shield(self._behind)  # a waiter cancelled must not cancel the write
+        if under_way := self._writes.under_way():  # the batches' own writes (``flush``); a failed one is logged
+            await asyncio.wait(under_way)
 
     async def _write_behind(self) -> None:
         while self._dirty and self.lifecycle is Lifecycle.RUNNING:
             try:
                 await self._write_dirty()
-            except Exception as exc:  # the workflows are dirty again: written with the next flush
-                _log.warning("%s: checkpoint failed, written with the next flush: %s", self.node_id, exc)
+            except Exception:  # logged by ``_begin_write``; the workflows are dirty again: written with the next flush
                 return
 
     async def _write_dirty(self) -> None:
+        await self._writes.wait((*self._writes.under_way(), *self._begin_write()))
+
+    def _begin_write(self) -> tuple[asyncio.Future[None], ...]:
+        """Begin writing the workflows changed since the last write (if any); one that fails leaves them dirty."""
         dirty, self._dirty = self._dirty, {}
-        rows = [self._row(w) for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
-        write = None  # nothing taken: only the writes under way are waited for
-        if rows:
-            batch = WriteBatch(consumer=self.contract.name, workflows=rows)
-            write = functools.partial(self.hold_store, functools.partial(self.store.apply, batch))
-        try:
-            await self._writes.write(write)
-        except BaseException:
-            for key, workflow in dirty.items():
-                self._dirty.setdefault(key, workflow)  # written with the next flush
-            raise
+        written = [w for w in dirty.values() if not self._is_finished(w) and self.durable(w)]
+        if not written:
+            return ()
+        batch = WriteBatch(consumer=self.contract.name, workflows=[self._row(w) for w in written])
+
+        def failed(exc: BaseException) -> None:
+            _log.warning("%s: checkpoint failed, written with the next flush: %s", self.node_id, exc)
+            self._dirty = {**dirty, **self._dirty}  # what changed since is newer
+
+        write = functools.partial(self.hold_store, functools.partial(self.store.apply, batch))
+        began = self._writes.begin(write, failed)
+        for workflow in written:
+            workflow.stored = began
+        return (began,)
 
     def restore(self, row: WorkflowRow) -> Workflow | None:
         """The workflow of a stored unfinished row, as its checkpoint left it; None without a checkpoint."""

@@ -309,8 +309,9 @@ class Settings(BaseSettings):
     )
     synchronous_checkpoints: bool = Field(
         True,
-        description="Whether an orchestrator on the memory bus waits for a batch's checkpoint before its next batch "
-        "(off: written behind, faster; a crash loses the workflows not written yet). Kafka always waits.",
+        description="Whether an orchestrator on the memory bus publishes a workflow's outcome only once its checkpoint "
+        "is stored (off: written behind, faster; a crash loses the workflows not written yet, an outcome a client was "
+        "told of included). Kafka always waits.",
     )
     log_level: LogLevel = Field("info", description="The lowest level logged.")
     log_format: LogFormat = Field("text", description="Log lines as text, or json (one object a line).")

@@ -26,7 +26,7 @@ import asyncio
 import copy
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -86,15 +86,38 @@ class WritesUnderWay:
     changed; None when nothing was), then waits for the writes begun before it: those took what had changed by then,
     some of which the caller's batch may have changed (another partition's worker, another consumer's handler), and
     that batch must not be acknowledged before it is stored; a write of theirs that failed fails the caller too. The
-    writes themselves do not wait for each other: the store may write them together (SQLite's group commit)."""
+    writes themselves do not wait for each other: the store may write them together (SQLite's group commit).
+
+    ``begin(call)`` starts a write without waiting for it, ``under_way()`` is what is under way now, and
+    ``wait(writes)`` waits for some of them: the orchestrator publishes an outcome once its workflow's checkpoint is
+    stored, without the batch that wrote it waiting (``OrchestratorNode.flush``)."""
 
     __slots__ = ("_futures",)
 
     def __init__(self) -> None:
         self._futures: set[asyncio.Future[None]] = set()
 
+    def under_way(self) -> tuple[asyncio.Future[None], ...]:
+        return tuple(self._futures)
+
+    def begin(
+        self, call: Callable[[], Coroutine[Any, Any, object]], failed: Callable[[BaseException], None]
+    ) -> asyncio.Future[None]:
+        """Start ``call`` in a task of its own, under way from now (before this returns), and return the task.
+        ``failed(exc)`` is called if it fails; whoever waits for it raises the error too."""
+        task: asyncio.Future[Any] = asyncio.ensure_future(call())
+        self._futures.add(task)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._futures.discard(task)
+            if not task.cancelled() and (error := task.exception()) is not None:  # retrieved: no warning at exit
+                failed(error)
+
+        task.add_done_callback(done)
+        return task
+
     async def write(self, call: Callable[[], Awaitable[object]] | None) -> None:
-        earlier = tuple(self._futures)  # before the first await: the caller took what is dirty just before this
+        earlier = self.under_way()  # before the first await: the caller took what is dirty just before this
         if call is not None:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._futures.add(done)
@@ -108,15 +131,21 @@ class WritesUnderWay:
                 done.set_result(None)
             finally:
                 self._futures.discard(done)
-        if earlier:
+        await self.wait(earlier)
+
+    @staticmethod
+    async def wait(writes: Iterable[asyncio.Future[None]]) -> None:
+        """Wait until ``writes`` are done; the error of one that failed (``StoreError`` for one cancelled)."""
+        writes = tuple(writes)
+        if not all(write.done() for write in writes):
             with holding():  # waiting for a write held by a store outage is holding too
-                await asyncio.wait(earlier)
-            for write in earlier:
-                error = write.exception()
-                if isinstance(error, asyncio.CancelledError):  # its node stops
-                    raise StoreError("a checkpoint write holding this batch's changes was cancelled")
-                if error is not None:
-                    raise copy.copy(error)
+                await asyncio.wait(writes)
+        for write in writes:
+            error = asyncio.CancelledError() if write.cancelled() else write.exception()
+            if isinstance(error, asyncio.CancelledError):  # its node stops
+                raise StoreError("a checkpoint write holding this batch's changes was cancelled")
+            if error is not None:
+                raise copy.copy(error)
 
 
 class KeyedState:

@@ -5,7 +5,7 @@ service the routing subcontract picks (``onex.routing``: strategy, targets, fall
 event's topic, any other on a topic of its own) and completes when its STAMP_CREATED / STAMP_FAILED arrives;
 ``intelligence`` (optional) posts the hash to ``config.intelligence_url`` and is skipped when no URL is configured
 or the service fails. Events a batch produces are collected and published together at the end of the batch (the
-bus batches them).
+bus batches them), its outcomes once the checkpoints begun before it are stored (``OrchestratorNode.flush``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class NodeOrchestrator(OrchestratorNode):
         super().__init__(*args, **kwargs)
         self.intelligence_url = self.config.intelligence_url
         self.finished_by_state: dict[str, int] = defaultdict(int)
-        self._outbox: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)
         self._commands: dict[str, list[OnexEnvelopeV1]] = defaultdict(list)  # STAMP_FILE by the topic of its target
         self.router = Router(self.contract.subcontracts.routing, default_service="stamping_effect")
         self.live = LiveServices(self.store, clock=self.clock)
@@ -331,14 +330,9 @@ class NodeOrchestrator(OrchestratorNode):
             correlation_id=workflow.cid,
             event_id=derived_after(workflow.cid, id_tail(self.contract.name, event)),
         )
-        self._outbox[event].append(outcome)
-        self.expect_stored(workflow, event, outcome)
+        self.send_outcome(workflow, event, outcome)
 
-    async def flush(self) -> None:
+    async def publish_commands(self) -> None:
         commands, self._commands = self._commands, defaultdict(list)
         for topic, envelopes in commands.items():
             await self.bus.publish_many(topic, envelopes)
-        outbox, self._outbox = self._outbox, defaultdict(list)
-        for event_name, envelopes in outbox.items():
-            await self.publish_envelopes(event_name, envelopes)
-        await super().flush()  # transitions, then the checkpoint of every workflow this batch changed
