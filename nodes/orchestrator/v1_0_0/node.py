@@ -5,7 +5,7 @@ service the routing subcontract picks (``onex.routing``: strategy, targets, fall
 event's topic, any other on a topic of its own) and completes when its STAMP_CREATED / STAMP_FAILED arrives;
 ``intelligence`` (optional) posts the hash to ``config.intelligence_url`` and is skipped when no URL is configured
 or the service fails. Events a batch produces are collected and published together at the end of the batch (the
-bus batches them), its outcomes once the checkpoints begun before it are stored (``OrchestratorNode.flush``).
+bus batches them), its outcomes once their workflows' checkpoints are stored (``OrchestratorNode.flush``).
 """
 
 from __future__ import annotations
