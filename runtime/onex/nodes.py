@@ -759,7 +759,7 @@ class OrchestratorNode(Node):
         self._behind: asyncio.Task[None] | None = None  # the task writing checkpoints behind (see ``checkpoint``)
         self._writes = WritesUnderWay()  # a checkpoint waits for those begun before it (``checkpoint``)
         self._outcomes: defaultdict[str, list[OnexEnvelopeV1]] = defaultdict(list)  # ``send_outcome``, by event
-        self._held: list[asyncio.Future[None]] = []  # the checkpoint writes the outcomes wait for
+        self._held: set[asyncio.Future[None]] = set()  # the checkpoint writes the outcomes wait for
         # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again and a
         # rebalance does not load one whose outcome is not stored yet. Bounded: a redelivery later than
         # ``config.dedupe_window`` workflows would run again, and is idempotent in the store. Keyed by the ids'
@@ -825,7 +825,7 @@ class OrchestratorNode(Node):
         gets stored (``expect_stored``)."""
         self._outcomes[event_name].append(outcome)
         if workflow.stored is not None:
-            self._held.append(workflow.stored)
+            self._held.add(workflow.stored)  # one write holds the workflows of a batch
         self.expect_stored(workflow, event_name, outcome)
 
     async def publish_commands(self) -> None:
@@ -839,7 +839,7 @@ class OrchestratorNode(Node):
         earlier = self._writes.under_way()  # taken before this batch's write
         own = self._begin_write() if waits and self.state_policy.checkpoint == "per_batch" else ()
         await self.publish_commands()
-        outcomes, self._outcomes, held, self._held = self._outcomes, defaultdict(list), self._held, []
+        outcomes, self._outcomes, held, self._held = self._outcomes, defaultdict(list), self._held, set()
         try:
             await self._writes.wait(held if waits else ())
         except BaseException:  # published with the next flush, which does not wait again for the write that failed

@@ -91,7 +91,9 @@ async def test_every_process_serves_probes_and_metrics_and_logs_json_lines(
         procs.append(deployment.spawn(node))
     await deployment.wait_running(procs)
 
-    async with httpx.AsyncClient(timeout=10) as http:
+    # A connection idle for uvicorn's keep-alive timeout (5 s, as long as `onex stamp` below may take) is closed by the
+    # server; httpx keeps one for 5 s too, and reusing it as it closes fails the request (httpx.ReadError).
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(keepalive_expiry=1.0)) as http:
 
         async def all_ready() -> bool:
             answers = [await http.get(f"http://{addresses[node]}/readyz") for node in NODES]
