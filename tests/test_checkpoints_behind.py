@@ -105,6 +105,25 @@ async def test_by_default_an_outcome_waits_for_its_workflows_checkpoint_and_the_
         assert sorted(cid for batch in written for cid in batch) == sorted(cids(first, second))
 
 
+async def test_where_messages_are_kept_a_batch_waits_for_its_checkpoint_before_the_next() -> None:
+    # On Kafka a batch is acknowledged once its checkpoint is stored: the partition's next batch waits for it. The
+    # memory bus is told it keeps messages (``retains_messages``, as KafkaBus says), so what waits is seen in process.
+    async with Harness(["orchestrator"], root=ROOT, partitions=1) as h:
+        h.bus.retains_messages = True
+        release, written = gate(h)
+        try:
+            first = await h.publish("STAMP_REQUESTED", request(1))
+            await h.wait_for("STAMP_FILE", command_of(first.correlation_id))  # published before the wait
+            second = await h.publish("STAMP_REQUESTED", request(2))
+            await anyio.wait_all_tasks_blocked()
+            assert [e.correlation_id for e in h.of("STAMP_FILE")] == [first.correlation_id]  # held behind the write
+        finally:
+            release.set()
+        await h.wait_for("STAMP_FILE", command_of(second.correlation_id))
+        await h.settle()
+        assert written == [cids(first), cids(second)]
+
+
 async def test_a_checkpoint_returns_only_once_what_a_write_under_way_took_is_written() -> None:
     # Two batches flushing at once (two partitions' workers; on Kafka the requests' and the results' consumers): the
     # second's workflows may be in the first's write, and its checkpoint must wait for that write rather than return

@@ -39,7 +39,7 @@ def of_workflow(cid: uuid.UUID | None) -> Callable[[OnexEnvelopeV1], bool]:
     return lambda e: e.correlation_id == cid
 
 
-async def test_a_new_workflow_is_checkpointed_before_its_request_is_acknowledged(tmp_path: Path) -> None:
+async def test_a_new_workflow_in_flight_is_checkpointed(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     # No stamping effect: the command is never answered, so the workflow stays in flight.
     async with Harness(["orchestrator"], root=ROOT, store_url=store_url) as h:

@@ -105,7 +105,7 @@ class WritesUnderWay:
     ) -> asyncio.Future[None]:
         """Start ``call`` in a task of its own, under way from now (before this returns), and return the task.
         ``failed(exc)`` is called if it fails; whoever waits for it raises the error too."""
-        task: asyncio.Future[Any] = asyncio.ensure_future(call())
+        task: asyncio.Future[Any] = asyncio.create_task(call())
         self._futures.add(task)
 
         def done(task: asyncio.Future[None]) -> None:
