@@ -74,7 +74,7 @@ from onex._sqlite import PRAGMAS, SqliteStore, _migrations
 from onex._tables import STAMPS, STEPS, TRANSITIONS, WORKFLOWS
 from onex.client import MAX_PENDING, StampClient
 from onex.envelope import OnexEnvelopeV1, new_id
-from onex.runtime import Runtime, tune_gc
+from onex.runtime import Runtime, tune_process
 from onex.settings import Settings, redact_url
 from onex.store import Store, WriteBatch
 
@@ -304,7 +304,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     if store not in (None, "sqlite"):
         raise ValueError(f"--store {store!r}: expected sqlite or postgresql://USER@HOST:PORT/DB")
     data = make_items(items)
-    tune_gc()  # as `onex stamp` / `onex run` do
+    tune_process()  # as `onex stamp` / `onex run` do
     onex_s: list[float] = []
     raw_s: list[float] = []
     ceiling_s: list[float] = []
@@ -541,7 +541,7 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     if server is None:
         return {"benchmark": "e2e_inprocess_postgres", "skipped": f"no PostgreSQL answers at {shown}"}
     data = make_items(items)
-    tune_gc()  # as `onex stamp` / `onex run` do
+    tune_process()  # as `onex stamp` / `onex run` do
     seconds: dict[str, list[float]] = {"onex": [], "onex_no_checkpoints": [], "raw_copy": [], "raw_executemany": []}
     counts: dict[str, int] = {}
     reads: dict[str, list[float]] = {}  # as in run()

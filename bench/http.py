@@ -151,9 +151,9 @@ def run(
     size: int = 1024,
     synchronous_checkpoints: bool = True,
 ) -> dict[str, Any]:
-    from onex.runtime import tune_gc
+    from onex.runtime import tune_process
 
-    tune_gc()  # as `onex run` does
+    tune_process()  # as `onex run` does
     runs = asyncio.run(_bench(rate, duration, repeat, connections, size, synchronous_checkpoints))
     fixed, saturation, floor = runs["fixed"], runs["saturation"], runs["floor"]
     errors = sum(r["errors"] for rs in runs.values() for r in rs)

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from onex.runtime import tune_gc
+from onex.runtime import tune_process
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -72,7 +72,7 @@ _COLLECTED = re.compile(rb"Collected : (\d+)")
 def child(kind: str, items: int) -> None:
     """In the process Valgrind counts: one run of ``kind`` over ``items`` items."""
     data = e2e.make_items(items)
-    tune_gc()
+    tune_process()
     with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
         if kind == "floor":
             e2e.run_raw(data, Path(tmp) / "raw.db")

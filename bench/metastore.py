@@ -548,9 +548,9 @@ def run(
     connections: int = 64,
     store: str | None = None,
 ) -> dict[str, Any]:
-    from onex.runtime import tune_gc
+    from onex.runtime import tune_process
 
-    tune_gc()  # as `onex run` does
+    tune_process()  # as `onex run` does
     result: dict[str, Any] = {"benchmark": "metastore"}
     for part in parts:
         why = _missing(part)

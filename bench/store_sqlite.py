@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 # The private names give the raw floor the store's schema and pragmas, and time the store's encoder alone.
-from onex._sqlite import _WRITERS, PRAGMAS, SqliteStore, _encode, _migrations
+from onex._sqlite import PRAGMAS, SqliteStore, _encode, _migrations
 from onex._sqlite_values import _now
+from onex._sqlite_writes import _WRITERS
 from onex.store import StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
 
 ROWS_PER_ITEM = 5

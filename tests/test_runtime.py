@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from onex.contracts import ContractSet, load_contracts
 from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.exceptions import BusError, ContractError
 from onex.nodes import Lifecycle
-from onex.runtime import Runtime, select
+from onex.runtime import SWITCH_INTERVAL_S, Runtime, select, tune_process
 from onex.settings import Settings
 from onex.testing import Harness
 
@@ -53,6 +54,20 @@ def settings(tmp_path: Path, **flags: Any) -> Settings:
 
 
 # --- selecting ---------------------------------------------------------------------------------------------------
+
+
+def test_tune_process_raises_the_young_generation_freezes_start_up_and_shortens_the_switch_interval() -> None:
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        tune_process()
+        assert gc.get_threshold() == (100_000, 50, 1_000)
+        assert gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert SWITCH_INTERVAL_S < 0.005  # CPython's default, which kept SQLite's writer waiting (tune_process)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
 
 
 def test_select_takes_a_nodes_highest_version_unless_a_version_is_given() -> None:

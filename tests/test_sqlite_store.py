@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import sqlite3
 import threading
 import uuid
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from onex import _sqlite, store
+from onex import _sqlite, _sqlite_writes, store
 from onex._sqlite import Migration, SqliteStore, database_path
 from onex.exceptions import StoreError, StoreUnavailable
-from onex.store import EventLogRow, StampRow, WorkflowRow, WriteBatch
+from onex.store import EventLogRow, HeartbeatRow, RegistrationRow, StampRow, WorkflowRow, WriteBatch
 from onex.stores import open_store
 
 pytestmark = pytest.mark.anyio
@@ -281,6 +282,71 @@ async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(t
         stored = {s.file_path for s in await store.list_stamps("ns", limit=100)}
         assert stored == {"good.py", "also.py"}  # none of the failed batch's rows, the good one either
         assert await store.count("workflow_executions") == 1
+
+
+async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_together(tmp_path: Path) -> None:
+    # One statement a table for the whole group, where there was one a batch and a savepoint around each: every
+    # statement the database thread runs hands the interpreter lock over twice (see the README's design decisions).
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        statements: list[str] = []
+        await store.run_sync(lambda conn: conn.set_trace_callback(statements.append))
+        holding, release = await hold_thread(store)
+        batches = [
+            WriteBatch(
+                workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "processing", 1)],
+                stamps=[stamp(), stamp()],
+                processed_event_ids=[uuid.uuid4()],
+                consumer=f"c{i}",
+            )
+            for i in range(6)
+        ]
+        calls = [asyncio.ensure_future(store.apply(batch)) for batch in batches]
+        await handed_over(store, 24)
+        before = store.transactions
+        release.set()
+        await holding
+        await asyncio.gather(*calls)
+        await store.run_sync(lambda conn: conn.set_trace_callback(None))
+
+        assert store.transactions - before == 1
+        # The trace repeats a statement at each trigger it runs (the stamps have two): each run counted once.
+        written = [s.split(" AS ")[0] for s, _ in itertools.groupby(statements) if s.startswith("INSERT INTO")]
+        # 12 stamps: 8 + 4 rows (a power of two a statement), 6 workflows and 6 processed ids: 4 + 2.
+        assert written.count("INSERT INTO metadata_stamps") == 2
+        assert written.count("INSERT INTO workflow_executions") == 2
+        assert written.count("INSERT INTO processed_events") == 2
+        assert not [s for s in statements if s.startswith("SAVEPOINT onex_batch")]
+        assert await store.count("metadata_stamps") == 12
+        assert await store.count("workflow_executions") == 6
+        for i, batch in enumerate(batches):
+            assert await store.unprocessed(f"c{i}", batch.processed_event_ids) == set()
+
+
+async def test_a_registration_and_a_heartbeat_in_one_transaction_apply_in_the_order_of_their_batches(
+    tmp_path: Path,
+) -> None:
+    # Which comes first decides the stored health: these two are not written together, as the other tables' rows are.
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        await store.apply(WriteBatch(registrations=[RegistrationRow("n1", "EFFECT", "1.0.0")]))
+        holding, release = await hold_thread(store)
+        beat = WriteBatch(heartbeats=[HeartbeatRow("n1", "HEALTHY", T0)], stamps=[stamp()])
+        registered = WriteBatch(
+            registrations=[RegistrationRow("n1", "EFFECT", "1.0.1", health_status="DEGRADED")], stamps=[stamp()]
+        )
+        calls = [asyncio.ensure_future(store.apply(batch)) for batch in (beat, registered)]
+        await handed_over(store, 4)
+        release.set()
+        await holding
+        await asyncio.gather(*calls)
+
+        [node] = await store.list_registrations()
+        # The heartbeat, then the registration, which replaces every column but the heartbeat's time.
+        assert (node.node_version, node.health_status, node.last_heartbeat) == ("1.0.1", "DEGRADED", T0)
+        assert await store.count("metadata_stamps") == 2
 
 
 async def test_a_store_can_be_reopened(tmp_path: Path) -> None:
@@ -600,8 +666,8 @@ def transition(cid: uuid.UUID, n: int) -> store.TransitionRow:
 
 
 def test_rows_go_out_as_multi_row_statements_of_a_power_of_two_rows_within_the_variable_limit() -> None:
-    writer = next(w for w in _sqlite._WRITERS if w.field == "transitions")
-    rows = [(n, *range(8)) for n in range(_sqlite.MULTI_ROW + 7)]
+    writer = next(w for w in _sqlite_writes._WRITERS if w.field == "transitions")
+    rows = [(n, *range(8)) for n in range(_sqlite_writes.MULTI_ROW + 7)]
 
     statements = list(writer.statements(rows, max_variables=999))
 
@@ -613,19 +679,19 @@ def test_rows_go_out_as_multi_row_statements_of_a_power_of_two_rows_within_the_v
     assert [args[i] for _, args, _ in statements for i in range(0, len(args), 9)] == list(range(len(rows)))
     # Without the limit, up to MULTI_ROW rows a statement.
     assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [
-        _sqlite.MULTI_ROW,
+        _sqlite_writes.MULTI_ROW,
         4,
         2,
         1,
     ]
     # One text per power of two: the texts a table uses are few, and stay prepared in the connection's cache.
-    texts = {sql for n in range(1, _sqlite.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
-    assert len(texts) == _sqlite.MULTI_ROW.bit_length()
-    assert len(texts) * len(_sqlite._WRITERS) < _sqlite.STATEMENTS_CACHED
+    texts = {sql for n in range(1, _sqlite_writes.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
+    assert len(texts) == _sqlite_writes.MULTI_ROW.bit_length()
+    assert len(texts) * len(_sqlite_writes._WRITERS) < _sqlite.STATEMENTS_CACHED
 
 
 async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflict_rules(tmp_path: Path) -> None:
-    cids = [uuid.uuid4() for _ in range(_sqlite.MULTI_ROW + 50)]
+    cids = [uuid.uuid4() for _ in range(_sqlite_writes.MULTI_ROW + 50)]
     started = [WorkflowRow(cid, "w", "processing", 1, metadata={"started": True}) for cid in cids]
     # The same workflows again, later in the same batch (so in a later statement for most): the higher state_seq
     # wins and the metadata merges, as row-by-row execution would have it.
@@ -637,7 +703,7 @@ async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflic
 
         assert await s.count("fsm_transitions") == len(transitions)
         assert await s.count("workflow_executions") == len(cids)
-        for cid in (cids[0], cids[_sqlite.MULTI_ROW], cids[-1]):
+        for cid in (cids[0], cids[_sqlite_writes.MULTI_ROW], cids[-1]):
             row = await s.get_workflow(cid)
             assert row is not None
             assert (row.current_state, row.state_seq, row.file_hash) == ("completed", 2, "h")
@@ -709,7 +775,7 @@ def test_key_lists_are_padded_to_a_power_of_two_with_the_same_keys() -> None:
     stay prepared instead of one for every count (which also pushed the writes' statements out of the cache)."""
     for n in range(0, 70):
         keys = list(range(n))
-        padded = _sqlite._padded(keys)
+        padded = _sqlite_writes._padded(keys)
         assert padded[:n] == keys
         assert set(padded) == set(keys)
         assert len(padded) == (0 if n == 0 else 1 << (n - 1).bit_length())

@@ -21,17 +21,18 @@ corrupts the file; a committed batch survives a process crash, only a power cut 
 and a busy timeout (``BUSY_TIMEOUT_S``) so that a writer in another process makes us wait instead of fail; past it, a
 locked database is ``StoreUnavailable`` (an outage to hold through), never bad data.
 
-Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a
-concurrent writer elsewhere makes us wait there instead of failing mid-transaction. Group commit
-(``onex._group_commit``): the batches of ``apply`` calls made while the thread is busy wait for it, then are written
-in one transaction, each inside a savepoint of its own, so one that fails is rolled back alone and only its caller
-gets the error. Nodes flush small batches often (an HTTP request's workflow is a batch of one or two), and a
-transaction each kept the one thread busy and every caller queueing behind the others' commits. The rows are encoded
-first (uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table gets one ``executemany``
-of one prepared statement, in the order workflows, steps, stamps, transitions, bridge states, registrations,
-heartbeats, event logs, aggregate windows, node states, processed events. Any error rolls the whole batch back
-and raises ``StoreError`` naming the table and the operation (and the row, when it could not be encoded);
-``StoreUnavailable`` when the error is that another process kept the database locked for longer than the busy
+Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a concurrent
+writer elsewhere makes us wait there instead of failing mid-transaction. Group commit (``onex._group_commit``): the
+batches of ``apply`` calls made while the thread is busy wait for it, then are written in one transaction, as one batch
+(each table's rows of all of them in one go: fewer statements, each of which hands the interpreter lock over twice);
+when a row fails, the group is written again batch by batch, each inside a savepoint of its own, so one that fails is
+rolled back alone and only its caller gets the error. Nodes flush small batches often (an HTTP request's workflow is a
+batch of one or two), and a transaction each kept the one thread busy and every caller queueing behind the others'
+commits. The rows are encoded first (uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each
+table's rows go out as multi-row INSERTs (``_Writer.statements``), in the order workflows, steps, stamps, transitions,
+bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed events. Any error rolls
+the whole batch back and raises ``StoreError`` naming the table and the operation (and the row, when it could not be
+encoded); ``StoreUnavailable`` when the error is that another process kept the database locked for longer than the busy
 timeout (the batch may succeed later).
 Every call maps SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
 
@@ -71,15 +72,13 @@ import concurrent.futures
 import contextlib
 import copy
 import functools
-import itertools
 import logging
 import math
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple, cast
@@ -90,6 +89,18 @@ from onex._sqlite_migrations import _MIGRATIONS_DDL
 from onex._sqlite_migrations import Migration as Migration  # re-exported: the store's callers and tests name it here
 from onex._sqlite_migrations import _migrations as _migrations  # looked up here at open(), so a test can replace it
 from onex._sqlite_values import _FROM_SQL, _TO_SQL, _json_merge, _now, _ts, _uid
+from onex._sqlite_writes import (
+    _EXECUTE_ERRORS,
+    _PROCESSED,
+    _WRITERS,
+    IN_CHUNK,
+    _execute,
+    _insert,
+    _merged,
+    _padded,
+    _write_merged,
+    _Writer,
+)
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -101,7 +112,6 @@ from onex._tables import (
     SELECT_STEP,
     SELECT_TRANSITION,
     SELECT_WORKFLOW,
-    Table,
 )
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.meters import CommitMeter
@@ -142,7 +152,6 @@ BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another process's lock b
 # Statements a connection keeps prepared: each table's multi-row INSERTs (a power of two rows each, up to MULTI_ROW),
 # the reads (their key lists a power of two long: _padded), the migrations' (sqlite3's default is 128).
 STATEMENTS_CACHED: Final = 256
-IN_CHUNK: Final = 512  # ids per "IN (...)" list: below SQLite's variable limit, even on old builds (999)
 MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
 CHECKPOINT_INTERVAL_S: Final = 1.0  # at most one background WAL checkpoint per interval (module docstring)
 
@@ -164,178 +173,9 @@ PRAGMAS: Final = (
 
 # --- writes ----------------------------------------------------------------------------------------------------------
 
-_RULES: Final = {
-    **_tables.COMMON_RULES,
-    _tables.Rule.GREATEST: "max({t}.{c}, EXCLUDED.{c})",
-    # The empty cases in SQL: onex_json_merge is Python, and calling it from inside the statement takes the GIL.
-    _tables.Rule.MERGE: "CASE WHEN EXCLUDED.{c} = '{{}}' THEN {t}.{c} WHEN {t}.{c} = '{{}}' THEN EXCLUDED.{c} "
-    "WHEN EXCLUDED.{seq} >= {t}.{seq} THEN onex_json_merge({t}.{c}, EXCLUDED.{c}) "
-    "ELSE onex_json_merge(EXCLUDED.{c}, {t}.{c}) END",
-    _tables.Rule.NOW: "EXCLUDED.{c}",  # the written column, bound to the time of the apply
-}
-
-
-def _insert(table: Table[Any]) -> str:
-    """``INSERT ... VALUES (?, ...) ON CONFLICT ...``: the row's columns, then the ``written`` ones.
-
-    ``ON CONFLICT DO NOTHING``, not ``INSERT OR IGNORE``: OR IGNORE also swallows NOT NULL and CHECK violations,
-    which must fail the batch instead of silently dropping a row.
-    """
-    names = [c.sql for c in (*table.stored, *table.written)]
-    return (
-        f"INSERT INTO {table.name} AS {table.alias} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
-        f"{table.on_conflict(_RULES)}"
-    )
-
-
-# Timestamps are fixed-width UTC text, so "<=" compares times. The parameters are those of _tables.HEARTBEATS.
-_HEARTBEAT: Final = """
-UPDATE node_registrations SET
-    health_status = ?2,
-    last_heartbeat = ?3,
-    metadata = onex_json_merge(metadata, ?4),
-    updated_at = ?5
-WHERE node_id = ?1 AND (last_heartbeat IS NULL OR last_heartbeat <= ?3)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Writer:
-    """How the rows of one ``WriteBatch`` field are written."""
-
-    field: str  # the WriteBatch attribute
-    table: str
-    operation: str  # for messages: "upsert", "insert" ...
-    sql: str
-    encode: _tables.Encode  # (rows, now) -> one parameter tuple per row
-    key: tuple[str, ...]  # the row attributes that identify a row in a message
-
-    def statements(self, rows: list[tuple[Any, ...]], max_variables: int) -> Iterator[tuple[str, list[Any], bool]]:
-        """How to execute ``rows``: (sql, parameters, whether they are ``executemany``'s list of rows).
-
-        Multi-row INSERTs of up to ``MULTI_ROW`` rows each, not ``executemany``: that runs one ``sqlite3_step``
-        per row, and the sqlite3 module releases the GIL around each, so the writer thread asks for the GIL back
-        once per row. While the event loop's thread keeps the interpreter busy, each of those waits can last a
-        switch interval (5 ms) and the writer falls far behind (the "convoy" effect, which cost a third of the
-        end-to-end throughput). One statement per chunk asks once per chunk. Within one statement SQLite applies
-        the rows in order, a later row's conflict with an earlier one included, as executemany would. A statement
-        without one VALUES row (the heartbeat UPDATE) goes through ``executemany``.
-        """
-        if not _split_values(self.sql)[1]:
-            yield self.sql, rows, True
-            return
-        per = max(1, min(MULTI_ROW, max_variables // max(len(rows[0]), 1))) if rows else 1
-        start = 0
-        while start < len(rows):
-            # A power of two rows a statement (the largest that fits what is left): a handful of statement texts per
-            # table, which stay in the connection's statement cache, instead of one to parse for every count.
-            count = 1 << (min(per, len(rows) - start).bit_length() - 1)
-            chunk = rows[start : start + count]
-            start += count
-            yield _multi_row(self.sql, count), list(_flat(chunk)), False
-
-
-_flat: Final = itertools.chain.from_iterable  # the rows' values in one list, in C
-
-
-@functools.cache
-def _multi_row(sql: str, count: int) -> str:
-    """``sql`` with its one VALUES row repeated ``count`` times."""
-    head, values, tail = _split_values(sql)
-    return f"{head}{','.join([values] * count)}{tail}"
-
-
-MULTI_ROW: Final = 512
-
-
-@functools.cache
-def _split_values(sql: str) -> tuple[str, str, str]:
-    """``sql`` as (up to and including "VALUES ", the one "(?, ...)" row, the rest); ("", "", "") without one."""
-    at = sql.find("VALUES (")
-    if at < 0:
-        return "", "", ""
-    end = sql.index(")", at)
-    return sql[: at + len("VALUES ")], sql[at + len("VALUES ") : end + 1], sql[end + 1 :]
-
-
-def _writer(field: str, table: Table[Any]) -> _Writer:
-    heartbeat = table is _tables.HEARTBEATS
-    attrs = {c.name: c.field for c in table.columns}
-    return _Writer(
-        field,
-        table.name,
-        "heartbeat update" if heartbeat else table.operation,
-        _HEARTBEAT if heartbeat else _insert(table),
-        _tables.encoder(table, _TO_SQL, fill_now=True),
-        # A stamp by its id too: the key of its own table. By the row's attributes (a window's group, not group_key).
-        tuple(dict.fromkeys(attrs.get(k, k) for k in (table.names[0], *table.key))),
-    )
-
-
-_WRITERS: Final = tuple(_writer(field, table) for field, table in _tables.BATCH)
-_STAMP_WRITER: Final = next(w for w in _WRITERS if w.table == _tables.STAMPS.name)
-_NS, _PATH, _HASH, _VERSION = (
-    [c.name for c in _tables.STAMPS.stored].index(n) for n in ("namespace", "file_path", "file_hash", "version")
-)
-
-
-def _numbered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """The stamp rows, each without a ``version`` given the next of its file (namespace, file_path): 1 + the highest
-    stored, counting up in batch order; a row that will be dropped as a duplicate (its key stored, or earlier in
-    the batch) uses no number.
-
-    One query per batch (inside its transaction: SQLite has one writer) reads the stored rows of the batch's files.
-    Migration 0005's trigger numbers a row without a version too, for other writers, but with an UPDATE per row,
-    which cost the raw floor of bench/e2e about a quarter of its throughput."""
-    files = list({(r[_NS], r[_PATH]) for r in rows if r[_VERSION] is None})
-    if not files:
-        return rows
-    latest: dict[tuple[str, str], int] = {}
-    stored: set[tuple[str, str, str]] = set()
-    for start in range(0, len(files), IN_CHUNK // 2):  # two variables a file
-        chunk = _padded(files[start : start + IN_CHUNK // 2])
-        for namespace, path, digest, version in conn.execute(
-            _multi_row(_STORED_VERSIONS, len(chunk)), list(_flat(chunk))
-        ):
-            stored.add((namespace, path, digest))
-            latest[namespace, path] = max(latest.get((namespace, path), 0), version or 0)
-    numbered = []
-    for row in rows:
-        key = (row[_NS], row[_PATH], row[_HASH])
-        if row[_VERSION] is None and key not in stored:
-            version = latest.get(key[:2], 0) + 1
-            latest[key[:2]] = version
-            row = (*row[:_VERSION], version, *row[_VERSION + 1 :])
-        stored.add(key)
-        numbered.append(row)
-    return numbered
-
-
-# The stored versions of files given as (namespace, file_path) rows: _multi_row repeats the row.
-_STORED_VERSIONS: Final = (
-    "SELECT m.namespace, m.file_path, m.file_hash, m.version FROM (VALUES (?, ?)) AS f"
-    " JOIN metadata_stamps AS m ON m.namespace = f.column1 AND m.file_path = f.column2"
-)
-
-
-def _padded(keys: list[T]) -> list[T]:
-    """``keys`` with the last repeated up to a power of two. What matches an IN list, or a VALUES list read into a
-    set, does not change with a key twice; and then a handful of statement texts per query stay prepared in the
-    connection's cache, where a text for every count was parsed each time and pushed the writes' statements out."""
-    return keys + keys[-1:] * ((1 << (len(keys) - 1).bit_length()) - len(keys))
-
-
-# Its rows are built in _encode_batch: (consumer, event id, now).
-_PROCESSED: Final = _Writer(
-    "processed_event_ids", "processed_events", "insert", _insert(_tables.PROCESSED), lambda r, now: [], ("event_id",)
-)
-
 # What encoding a row may raise: json (TypeError: not serialisable; ValueError: NaN, circular), _uid (ValueError),
 # a wrong row type (AttributeError), datetime arithmetic at the edges (OverflowError).
 _ENCODE_ERRORS: Final = (TypeError, ValueError, AttributeError, OverflowError)
-# What executing may raise besides sqlite3.Error: an int beyond 64 bits (OverflowError), a str that is not valid
-# Unicode (UnicodeEncodeError), a parameter of a type sqlite3 cannot bind.
-_EXECUTE_ERRORS: Final = (sqlite3.Error, OverflowError, UnicodeError, ValueError, TypeError)
 
 
 def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, ...]]:
@@ -727,8 +567,9 @@ class SqliteStore(Store):
         self._maybe_checkpoint()
 
     def _write_group(self, batches: list[WriteBatch]) -> list[BaseException | None]:
-        """Write ``batches`` in one transaction, each inside a savepoint of its own when there are several: a batch
-        that fails is rolled back alone and gets its error, the others are committed. Each batch's error, or None."""
+        """Write ``batches`` in one transaction. Several are written as one (``_merged``: each table's rows in one
+        go); where that cannot be, or a row fails, each inside a savepoint of its own: a batch that fails is rolled
+        back alone and gets its error, the others are committed. Each batch's error, or None."""
         errors: list[BaseException | None] = [None] * len(batches)
         try:
             conn = self._ready()
@@ -745,7 +586,6 @@ class SqliteStore(Store):
         if not work:
             return errors
         alone = len(work) == 1  # the savepoint costs nothing to leave out, and a lone batch is the common case
-        max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         current = "begin"
 
         def failed(exc: BaseException) -> StoreError:
@@ -753,30 +593,27 @@ class SqliteStore(Store):
 
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for index, statements in work.items():
-                if not alone:
-                    conn.execute("SAVEPOINT onex_batch")
-                try:
-                    for writer, params in statements:
-                        current = f"{writer.operation} of {writer.table}"
-                        if writer is _STAMP_WRITER:
-                            params = _numbered(conn, params)
-                        for sql, args, many in writer.statements(params, max_variables):
-                            if many:
-                                conn.executemany(sql, args)
-                            else:
-                                conn.execute(sql, args)
-                except _EXECUTE_ERRORS as exc:
-                    # SQLite rolls the whole transaction back by itself after some errors (SQLITE_FULL, IOERR...):
-                    # then there is no savepoint to go back to, and the batches before it are undone too.
-                    if alone or not conn.in_transaction:
-                        raise
-                    conn.execute("ROLLBACK TO onex_batch")
-                    conn.execute("RELEASE onex_batch")
-                    errors[index] = failed(exc)
-                    continue
-                if not alone:
-                    conn.execute("RELEASE onex_batch")
+            current = "write"
+            merged = None if alone else _merged(work.values())  # one statement a table, not one a batch
+            if merged is None or not _write_merged(conn, merged):
+                for index, statements in work.items():
+                    if not alone:
+                        conn.execute("SAVEPOINT onex_batch")
+                    try:
+                        for writer, params in statements:
+                            current = f"{writer.operation} of {writer.table}"
+                            _execute(conn, writer, params)
+                    except _EXECUTE_ERRORS as exc:
+                        # SQLite rolls the whole transaction back by itself after some errors (SQLITE_FULL, IOERR...):
+                        # then there is no savepoint to go back to, and the batches before it are undone too.
+                        if alone or not conn.in_transaction:
+                            raise
+                        conn.execute("ROLLBACK TO onex_batch")
+                        conn.execute("RELEASE onex_batch")
+                        errors[index] = failed(exc)
+                        continue
+                    if not alone:
+                        conn.execute("RELEASE onex_batch")
             current = "commit"
             conn.execute("COMMIT")
         except _EXECUTE_ERRORS as exc:

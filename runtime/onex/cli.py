@@ -245,7 +245,7 @@ def run(
     accepting requests and finishes those in hand before the nodes drain. With --http and --no-nodes it is all the
     process runs: it submits each request to the deployment on Kafka and hears the outcome from it.
     """
-    from onex.runtime import Runtime, tune_gc
+    from onex.runtime import Runtime, tune_process
 
     settings = _settings(
         ctx,
@@ -293,7 +293,7 @@ def run(
         except OnexError as exc:
             _fail(str(exc), code=2 if "is not HOST:PORT" in str(exc) else 1)
     configure_logs(settings.log_level, settings.log_format)
-    tune_gc()
+    tune_process()
 
     async def main_() -> None:
         hosted: list[str] | None = [] if no_nodes else list(node_names) or None
@@ -413,7 +413,7 @@ def stamp(
     """
     from onex._render import StampProgress, print_stamp_report
     from onex.client import StampRun
-    from onex.runtime import tune_gc
+    from onex.runtime import tune_process
 
     _exist(paths)
     _file_types()
@@ -426,7 +426,7 @@ def stamp(
             markup=False,
             soft_wrap=True,
         )
-    tune_gc()
+    tune_process()
     run_ = StampRun(
         settings,
         contracts,

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,19 +45,30 @@ START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effec
 _log = logging.getLogger("onex.runtime")
 
 
-def tune_gc() -> None:
-    """Tune the cyclic garbage collector for a process that hosts nodes (called by ``onex run`` / ``onex stamp``).
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread runs Python before another that waits for the interpreter lock may take it (CPython's default
+is 5 ms); ``tune_process`` sets it."""
 
-    The hot path allocates many short-lived, acyclic objects (envelopes, payload models, rows) while thousands of
-    in-flight messages stay alive in bus buffers; with CPython's default thresholds the collector rescans that live
-    set over and over. Raising the young-generation threshold and freezing everything allocated at startup
-    (imports, contracts, compiled schemas) cut the end-to-end CPU per item by about a third in ``bench/e2e.py``.
-    Reference cycles are still collected, just in larger, rarer sweeps. A young generation of 100,000 rather than
-    20,000 objects took another ~5-8% off (bench/e2e.py, 2 cores).
+
+def tune_process() -> None:
+    """Tune the interpreter for a process that hosts nodes (called by ``onex run`` / ``onex stamp``).
+
+    The cyclic garbage collector: the hot path allocates many short-lived, acyclic objects (envelopes, payload
+    models, rows) while thousands of in-flight messages stay alive in bus buffers; with CPython's default thresholds
+    the collector rescans that live set over and over. Raising the young-generation threshold and freezing
+    everything allocated at startup (imports, contracts, compiled schemas) cut the end-to-end CPU per item by about a
+    third in ``bench/e2e.py``. Reference cycles are still collected, just in larger, rarer sweeps. A young generation
+    of 100,000 rather than 20,000 objects took another ~5-8% off (bench/e2e.py, 2 cores).
+
+    The switch interval (``SWITCH_INTERVAL_S``): SQLite's writer thread gives the interpreter lock up for every
+    statement it runs and must take it back afterwards; with the default 5 ms it waited up to that long each time
+    while the event loop's thread ran the nodes, so its groups took 2.5 times their CPU time, and the orchestrator's
+    outcomes and the database adapter waited on them (README, design decisions).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1_000)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def open_bus(settings: Settings) -> EventBus:
