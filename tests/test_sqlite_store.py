@@ -231,6 +231,19 @@ async def hold_thread(store: SqliteStore) -> tuple[asyncio.Future[None], threadi
     return holding, release
 
 
+async def in_one_group(store: SqliteStore, batches: list[WriteBatch]) -> tuple[list[BaseException | None], int]:
+    """Apply ``batches`` while the store's thread is held, so that they are written as one group: each call's error
+    (None when it succeeded) and how many transactions the group took."""
+    holding, release = await hold_thread(store)
+    calls = [asyncio.ensure_future(store.apply(batch)) for batch in batches]
+    await handed_over(store, sum(len(batch) + len(batch.processed_event_ids) for batch in batches))
+    before = store.transactions
+    release.set()
+    await holding
+    errors = await asyncio.gather(*calls, return_exceptions=True)
+    return [e if isinstance(e, BaseException) else None for e in errors], store.transactions - before
+
+
 async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_one_transaction(
     tmp_path: Path,
 ) -> None:
@@ -254,7 +267,6 @@ async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(t
     async with SqliteStore(url(tmp_path / "onex.db")) as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
-        holding, release = await hold_thread(store)
         batches = {
             "good": WriteBatch(stamps=[stamp(file_path="good.py")]),
             "fails": WriteBatch(stamps=[stamp(file_path="undone.py"), stamp(file_size=2**63)]),  # fails executing
@@ -264,12 +276,8 @@ async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(t
                 stamps=[stamp(file_path="also.py")],
             ),
         }
-        calls = {name: asyncio.ensure_future(store.apply(batch)) for name, batch in batches.items()}
-        await handed_over(store, 6)
-        before = store.transactions
-        release.set()
-        await holding
-        outcomes = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True), strict=True))
+        errors, transactions = await in_one_group(store, list(batches.values()))
+        outcomes = dict(zip(batches, errors, strict=True))
 
         assert outcomes["good"] is None
         assert outcomes["also good"] is None
@@ -278,7 +286,7 @@ async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(t
         assert "the batch was rolled back" in str(outcomes["fails"])
         assert isinstance(outcomes["unencodable"], StoreError)
         assert "cannot be stored" in str(outcomes["unencodable"])
-        assert store.transactions - before == 1
+        assert transactions == 1
         stored = {s.file_path for s in await store.list_stamps("ns", limit=100)}
         assert stored == {"good.py", "also.py"}  # none of the failed batch's rows, the good one either
         assert await store.count("workflow_executions") == 1
@@ -292,7 +300,6 @@ async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_toget
         await store.upgrade()
         statements: list[str] = []
         await store.run_sync(lambda conn: conn.set_trace_callback(statements.append))
-        holding, release = await hold_thread(store)
         batches = [
             WriteBatch(
                 workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "processing", 1)],
@@ -302,15 +309,11 @@ async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_toget
             )
             for i in range(6)
         ]
-        calls = [asyncio.ensure_future(store.apply(batch)) for batch in batches]
-        await handed_over(store, 24)
-        before = store.transactions
-        release.set()
-        await holding
-        await asyncio.gather(*calls)
+        errors, transactions = await in_one_group(store, batches)
         await store.run_sync(lambda conn: conn.set_trace_callback(None))
 
-        assert store.transactions - before == 1
+        assert errors == [None] * 6
+        assert transactions == 1
         # The trace repeats a statement at each trigger it runs (the stamps have two): each run counted once.
         written = [s.split(" AS ")[0] for s, _ in itertools.groupby(statements) if s.startswith("INSERT INTO")]
         # 12 stamps: 8 + 4 rows (a power of two a statement), 6 workflows and 6 processed ids: 4 + 2.
@@ -332,16 +335,11 @@ async def test_a_registration_and_a_heartbeat_in_one_transaction_apply_in_the_or
         assert isinstance(store, SqliteStore)
         await store.upgrade()
         await store.apply(WriteBatch(registrations=[RegistrationRow("n1", "EFFECT", "1.0.0")]))
-        holding, release = await hold_thread(store)
         beat = WriteBatch(heartbeats=[HeartbeatRow("n1", "HEALTHY", T0)], stamps=[stamp()])
         registered = WriteBatch(
             registrations=[RegistrationRow("n1", "EFFECT", "1.0.1", health_status="DEGRADED")], stamps=[stamp()]
         )
-        calls = [asyncio.ensure_future(store.apply(batch)) for batch in (beat, registered)]
-        await handed_over(store, 4)
-        release.set()
-        await holding
-        await asyncio.gather(*calls)
+        assert await in_one_group(store, [beat, registered]) == ([None, None], 1)
 
         [node] = await store.list_registrations()
         # The heartbeat, then the registration, which replaces every column but the heartbeat's time.
