@@ -72,13 +72,14 @@ class _Writer:
     def statements(self, rows: list[tuple[Any, ...]], max_variables: int) -> Iterator[tuple[str, list[Any], bool]]:
         """How to execute ``rows``: (sql, parameters, whether they are ``executemany``'s list of rows).
 
-        Multi-row INSERTs of up to ``MULTI_ROW`` rows each, not ``executemany``: that runs one ``sqlite3_step``
-        per row, and the sqlite3 module releases the GIL around each, so the writer thread asks for the GIL back
-        once per row. While the event loop's thread keeps the interpreter busy, each of those waits can last a
-        switch interval (5 ms) and the writer falls far behind (the "convoy" effect, which cost a third of the
-        end-to-end throughput). One statement per chunk asks once per chunk. Within one statement SQLite applies
-        the rows in order, a later row's conflict with an earlier one included, as executemany would. A statement
-        without one VALUES row (the heartbeat UPDATE) goes through ``executemany``.
+        Multi-row INSERTs of up to ``MULTI_ROW`` rows each, not ``executemany``: that runs one ``sqlite3_step`` per row,
+        and the sqlite3 module releases the GIL around each, so the writer thread asks for the GIL back once per row.
+        While the event loop's thread keeps the interpreter busy, each of those waits can last a switch interval
+        (CPython's 5 ms; 1 ms in onex's processes, ``onex.runtime.tune_process``) and the writer falls far behind (the
+        "convoy" effect, which cost a third of the end-to-end throughput). One statement per chunk asks once per chunk,
+        and a group of batches is one batch (``_merged``). Within one statement SQLite applies the rows in order, a
+        later row's conflict with an earlier one included, as executemany would. A statement without one VALUES row (the
+        heartbeat UPDATE) goes through ``executemany``.
         """
         if not _split_values(self.sql)[1]:
             yield self.sql, rows, True
