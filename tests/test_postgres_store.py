@@ -461,6 +461,41 @@ async def test_naive_datetimes_are_taken_as_utc_and_read_back_aware(postgres_dsn
 # --- the three write paths agree -------------------------------------------------------------------------------------
 
 
+async def test_a_batch_that_is_one_statement_goes_without_begin_and_commit(postgres_dsn: str) -> None:
+    # One round trip where a transaction made three: an orchestrator's checkpoint waited for each through a busy loop.
+    async with PostgresStore(url_with(postgres_dsn, min_size=1, max_size=1)) as store:
+        await store.upgrade()
+        sent: list[str] = []
+        async with store._connection() as conn:  # the pool's one connection: every apply below runs on it
+            conn.add_query_logger(lambda record: sent.append(" ".join(record.query.split()[:3])))
+        cids = [uuid.uuid4() for _ in range(20)]  # more than bulk_min_rows: one unnest INSERT
+        await store.apply(WriteBatch(workflows=[WorkflowRow(cid, "stamp", "processing", 1) for cid in cids]))
+        assert [q for q in sent if q.startswith(("BEGIN", "COMMIT", "INSERT"))] == ["INSERT INTO workflow_executions"]
+
+        # A key twice takes two statements (rounds), and so a transaction around them: still all or nothing.
+        sent.clear()
+        rows = [WorkflowRow(cid, "stamp", "completed", 2) for cid in cids] + [
+            WorkflowRow(cids[0], "stamp", "failed", 3)
+        ]
+        await store.apply(WriteBatch(workflows=rows))
+        assert [q for q in sent if q.startswith(("BEGIN", "COMMIT", "INSERT"))] == [
+            "BEGIN;",
+            "INSERT INTO workflow_executions",
+            "INSERT INTO workflow_executions",
+            "COMMIT;",
+        ]
+        stored = [await store.get_workflow(cid) for cid in cids[:2]]
+        assert [w.current_state if w else None for w in stored] == ["failed", "completed"]
+
+        # One statement is refused whole: none of its rows is stored.
+        bad = [WorkflowRow(uuid.uuid4(), "stamp", "x", 1) for _ in range(16)] + [
+            WorkflowRow(uuid.uuid4(), "stamp", "x", 2**63)
+        ]
+        with pytest.raises(StoreError, match="workflow_executions"):
+            await store.apply(WriteBatch(workflows=bad))
+        assert await store.count("workflow_executions") == 20
+
+
 @pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
 async def test_every_bulk_method_keeps_the_conflict_rules_within_one_batch(postgres_dsn: str, method: str) -> None:
     # bulk_min_rows=1: even the smallest table goes set-based, with several rows per natural key in one batch.

@@ -24,16 +24,17 @@ parameter                 default  meaning
 ``bulk_min_rows``         16       below this many rows of one table, ``executemany`` whatever ``bulk_method`` says
 ========================  =======  =================================================================================
 
-Writes. ``apply(batch)`` is one transaction: each table's rows, in the order workflows, steps, stamps, transitions,
-bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed events (as
-``SqliteStore``). With the default ``bulk_method=unnest`` a table's rows travel as one array per column in one
-prepared statement, ``INSERT ... SELECT ... FROM unnest($1::uuid[], ...) WITH ORDINALITY ... ON CONFLICT ...``: one
-round trip and one plan per table and batch, rows written in batch order. Measured on 100,000 mixed rows in
-batches of 500 (``bench/store_postgres.py`` prints all three), it beat both alternatives the task named:
-``executemany`` of a prepared ``INSERT ... ON CONFLICT`` (pipelined, but planned and executed row by row) and COPY
-into a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT`` (two round trips, and the
-staging writes plus the ``ON COMMIT DELETE ROWS`` truncation cost more than COPY's faster transfer saves at this
-size). Both remain available as ``bulk_method``.
+Writes. ``apply(batch)`` is one transaction (a batch that is one statement, such as an orchestrator's checkpoint, is
+sent without BEGIN and COMMIT: PostgreSQL commits a statement whole): each table's rows, in the order workflows, steps,
+stamps, transitions, bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed
+events (as ``SqliteStore``). With the default ``bulk_method=unnest`` a table's rows travel as one array per column in
+one prepared statement, ``INSERT ... SELECT ... FROM unnest($1::uuid[], ...) WITH ORDINALITY ... ON CONFLICT ...``: one
+round trip and one plan per table and batch, rows written in batch order. Measured on 100,000 mixed rows in batches of
+500 (``bench/store_postgres.py`` prints all three), it beat both alternatives the task named: ``executemany`` of a
+prepared ``INSERT ... ON CONFLICT`` (pipelined, but planned and executed row by row) and COPY into a temporary staging
+table followed by ``INSERT ... SELECT ... ON CONFLICT`` (two round trips, and the staging writes plus the ``ON COMMIT
+DELETE ROWS`` truncation cost more than COPY's faster transfer saves at this size). Both remain available as
+``bulk_method``.
 
 One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch may hold several rows for one key
 (a workflow's start and its completion). Such rows go in rounds, the n-th row of a key in round n, one statement
@@ -619,13 +620,30 @@ class PostgresStore(Store):
         work = [(table, _encode(table, rows)) for field, table in _WRITES if (rows := getattr(batch, field))]
         async with self._connection() as conn:
             await self._ensure_schema(conn)
+            if len(work) == 1 and not batch.processed_event_ids and self._one_statement(*work[0]):
+                # One statement is a transaction of its own: one round trip where BEGIN and COMMIT made three (an
+                # orchestrator's checkpoint, the commonest batch, waited for all three through a busy event loop).
+                await self._write(conn, *work[0])
+                return
             async with conn.transaction():
                 for table, encoded in work:
                     await self._write(conn, table, encoded)
                 await self._write(conn, _PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids])
 
+    def _by_executemany(self, table: _Table, rows: list[tuple[Any, ...]]) -> bool:
+        """Whether ``_write`` sends ``rows`` by ``executemany``: pipelined, in one round trip, and atomic."""
+        return self.settings.bulk_method == "executemany" or table.bulk == "" or len(rows) < self.settings.bulk_min_rows
+
+    def _one_statement(self, table: _Table, rows: list[tuple[Any, ...]]) -> bool:
+        """Whether ``_write`` sends ``rows`` as one statement (``executemany`` counts as one: it is atomic), which
+        PostgreSQL commits or rolls back whole without a transaction around it."""
+        if self._by_executemany(table, rows):
+            return True
+        return self.settings.bulk_method == "unnest" and max(_rounds(rows, table.key)) == 0
+
     async def _write(self, conn: Connection, table: _Table, rows: list[tuple[Any, ...]]) -> None:
-        """Write ``rows`` (argument tuples in ``table.columns`` order) in the transaction open on ``conn``.
+        """Write ``rows`` (argument tuples in ``table.columns`` order) in the transaction open on ``conn``, or alone
+        when they are the batch's one statement (``_one_statement``).
 
         A row the server or the encoder refuses fails the batch with a ``StoreError`` naming the table; the
         transaction then rolls back. Connection-class errors pass through untouched, to be retried.
@@ -634,7 +652,7 @@ class PostgresStore(Store):
             return
         try:
             method = self.settings.bulk_method
-            if method == "executemany" or table.bulk == "" or len(rows) < self.settings.bulk_min_rows:
+            if self._by_executemany(table, rows):
                 await conn.executemany(table.statement, rows)
                 return
             rounds = _rounds(rows, table.key)
