@@ -20,6 +20,8 @@ import orjson
 from blake3 import blake3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from onex._model_reads import PlainReads
+
 TopicClass = Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"]
 TOPIC_CLASSES: tuple[str, ...] = ("evt", "cmd", "qrs", "dlt", "rty", "aud", "met")
 DEAD_LETTER_EVENT = "DEAD_LETTER"
@@ -179,7 +181,7 @@ def _fields_set(cls: type[BaseModel]) -> set[str]:
     return names
 
 
-class Payload(BaseModel):
+class Payload(PlainReads):
     """Base of the payload models onex and its shipped nodes define: frozen (one object is shared by every in-process
     consumer of an event), no unknown fields, and readable as the dict it is on the wire: ``payload["state"]`` and
     ``payload.get("error")`` read the field, so code reading an envelope's payload works whether the envelope was
@@ -215,7 +217,7 @@ class Payload(BaseModel):
         return _assemble(cls, fields, _shared_fields_set.get(cls) or _fields_set(cls))
 
 
-class OnexEnvelopeV1(BaseModel):
+class OnexEnvelopeV1(PlainReads):
     """One event on the bus. Immutable: derive a new one with ``model_copy(update=...)``.
 
     ``payload`` is typed inside a process: an envelope a node builds carries its payload model itself (validated once,

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from onex._model_reads import PlainReads
+
 
 class NodeType(StrEnum):
     EFFECT = "EFFECT"
@@ -25,7 +27,7 @@ class NodeType(StrEnum):
     REGISTRY = "REGISTRY"
 
 
-class _Model(BaseModel):
+class _Model(PlainReads):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
