@@ -47,9 +47,9 @@ def test_a_model_reads_as_pydantic_reads_it() -> None:
     ours, theirs = Reading(name="a", size=2), PlainPydantic(name="a", size=2)
     assert (ours.name, ours.size, ours.label) == ("a", 2, "a:2")
     with pytest.raises(AttributeError) as mine:
-        ours.missing  # noqa: B018 - the read is the test
+        ours.missing  # type: ignore[attr-defined]  # noqa: B018 - the read is the test
     with pytest.raises(AttributeError) as pydantics:
-        theirs.missing  # noqa: B018
+        theirs.missing  # type: ignore[attr-defined]  # noqa: B018
     assert str(mine.value).replace("Reading", "X") == str(pydantics.value).replace("PlainPydantic", "X")
     assert not hasattr(ours, "missing")
     assert getattr(ours, "missing", 5) == 5
@@ -100,6 +100,6 @@ def test_a_getattr_assigned_later_is_honoured() -> None:
         name: str
 
     assert reads_plainly(Later)
-    Later.__getattr__ = lambda self, item: 42  # type: ignore[attr-defined,method-assign]
+    Later.__getattr__ = lambda self, item: 42  # type: ignore[attr-defined]
     assert not reads_plainly(Later)  # CPython sets the slot again itself
     assert Later(name="a").anything == 42  # type: ignore[attr-defined]
