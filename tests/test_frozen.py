@@ -66,6 +66,7 @@ def test_a_class_is_built_as_its_dataclass_would_be(cls: type[Any]) -> None:
     assert getattr(changed, fields[-1].name) == "changed"
     assert getattr(changed, fields[0].name) == values[0]
     assert pickle.loads(pickle.dumps(by_position)) == by_position
+    assert type(by_position) is cls  # back from its twin
 
     with pytest.raises(TypeError):
         cls(*values, "one too many")
@@ -74,6 +75,31 @@ def test_a_class_is_built_as_its_dataclass_would_be(cls: type[Any]) -> None:
     if required:
         with pytest.raises(TypeError):
             cls(*values[: len(required) - 1])
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_a_class_is_built_on_its_twin(cls: type[Any]) -> None:
+    init = cls.__init__
+    closure = dict(zip(init.__code__.co_freevars, (cell.cell_contents for cell in init.__closure__), strict=True))
+    twin = closure["_twin"]  # a KeyError: the __init__ sets the slots through their descriptors
+    assert twin.__slots__ == cls.__slots__
+    assert "__setattr__" not in vars(twin)  # so that a store on it is the interpreter's own
+
+
+def test_a_subclass_is_built_as_itself() -> None:
+    @quick_init
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Base:
+        a: int
+        b: list[int] = dataclasses.field(default_factory=list)
+
+    class Sub(Base):
+        pass
+
+    made = Sub(1)
+    assert type(made) is Sub
+    assert (made.a, made.b) == (1, [])
+    assert type(Base(2)) is Base
 
 
 def test_a_class_it_does_not_fit_is_refused() -> None:
