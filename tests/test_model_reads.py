@@ -13,9 +13,13 @@ import pytest
 from onex._model_reads import PlainReads, reads_plainly
 from onex.contracts.models import Contract, Step
 from onex.envelope import OnexEnvelopeV1, Payload
+from onex.metastore.models import MetadataEntry
+from onex.nodes import Node
+from onex.settings import Settings
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from nodes.models import ModelStampRequest
+from nodes.orchestrator.v1_0_0.models import ModelOrchestratorConfig
 
 pytestmark = pytest.mark.skipif(sys.implementation.name != "cpython", reason="a CPython type slot")
 
@@ -37,7 +41,11 @@ class PlainPydantic(BaseModel):
     size: int = 0
 
 
-@pytest.mark.parametrize("cls", [OnexEnvelopeV1, ModelStampRequest, Step, Contract, Reading], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [OnexEnvelopeV1, ModelStampRequest, Step, Contract, Reading, Settings, ModelOrchestratorConfig, MetadataEntry],
+    ids=lambda c: c.__name__,
+)
 def test_onex_models_read_their_fields_through_the_plain_lookup(cls: type[BaseModel]) -> None:
     assert reads_plainly(cls)
     assert not reads_plainly(PlainPydantic)  # what pydantic gives a model: its __getattr__ hook
@@ -80,6 +88,7 @@ def test_a_model_with_private_attributes_or_extra_fields_keeps_pydantics_lookup(
 
     assert not reads_plainly(Private)
     assert not reads_plainly(Extra)
+    assert not reads_plainly(Node.OpenConfig)  # a node's config without a model: any keys
     assert Private(name="a")._secret == 3
     assert Extra(name="a", colour="red").colour == "red"  # type: ignore[attr-defined]
 

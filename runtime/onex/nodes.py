@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from onex._lifecycle import MOVES
 from onex._lifecycle import Lifecycle as Lifecycle  # re-exported: node code imports it from onex.nodes
+from onex._model_reads import PlainReads
 from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED, CHECKPOINT_VERSION
 
 # Re-exported: an orchestrator's code imports the types of its workflows from onex.nodes.
@@ -91,7 +92,7 @@ class Node:
 
     node_type: ClassVar[NodeType]
 
-    class Config(BaseModel):
+    class Config(PlainReads):
         """Base of a node's config model: subclass it (or the kind's ``Config``) to declare a node's ``config:``.
 
         Typed and frozen; an unknown key is an error (``onex validate`` reports it as ``config-unknown``), since a

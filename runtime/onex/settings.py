@@ -30,6 +30,8 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from onex._model_reads import read_plainly
+
 ENV_PREFIX = "ONEX_"
 DEFAULT_STORE = "sqlite:///.onex/onex.db"
 DEFAULT_BUS = "memory://"
@@ -448,6 +450,9 @@ class Settings(BaseSettings):
             if path != ":memory:" and not Path(path).is_absolute():
                 return prefix + str(self.root / path)
         return self.store
+
+
+read_plainly(Settings)  # read on every handled batch; a BaseSettings, so not a PlainReads (onex._model_reads)
 
 
 # --- the declarations, as documentation and for contract interpolation --------------------------------------------

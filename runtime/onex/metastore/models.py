@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from onex._model_reads import PlainReads
 from onex.envelope import Payload
 from onex.metastore.flags import FlagSpec, Override, Rollout, TargetingRule
 
@@ -57,7 +58,7 @@ class Kind(enum.StrEnum):
     CONFIG = "config"
 
 
-class _Frozen(BaseModel):
+class _Frozen(PlainReads):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
