@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
+from onex._model_reads import PlainReads
 from onex.exceptions import (
     BusError,
     EntityExists,
@@ -114,7 +115,7 @@ class ConfigChange(ConfigUpdate):
     expected_version: ExpectedVersion = None
 
 
-class _Body(BaseModel):
+class _Body(PlainReads):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

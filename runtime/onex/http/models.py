@@ -34,6 +34,7 @@ from starlette.responses import Response
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from onex import stamps
+from onex._model_reads import PlainReads
 from onex.files import FILE_TYPES
 from onex.settings import DEFAULT_HTTP_BATCH_LIMIT, DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_S
 
@@ -81,7 +82,7 @@ Hash = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0)]
 
 
-class _Body(BaseModel):
+class _Body(PlainReads):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
