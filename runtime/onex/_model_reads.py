@@ -19,6 +19,8 @@ Nothing is assumed about the interpreter: on CPython, the slot's place in a type
 ``object``'s type holds ``PyObject_GenericGetAttr``), and a class is changed only when it holds there what
 ``BaseModel`` holds (the hook); on another interpreter, or a layout that does not match, classes are left as they are
 (slower, the same behaviour). A class that defines ``__getattr__`` or ``__getattribute__`` itself is left alone.
+The gain is CPython 3.10's and 3.11's: 3.12 made the hook itself cheaper (cpython#93955), and there the change is
+worth a few per cent of a read.
 """
 
 from __future__ import annotations
