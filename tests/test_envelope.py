@@ -236,6 +236,44 @@ def test_a_payload_built_equals_the_validated_one() -> None:
     assert built["name"] == "stamp"
 
 
+def test_built_models_are_filled_as_a_twin_whose_stores_are_the_interpreters_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``_assemble`` fills a model as ``_ModelTwin`` (no ``__setattr__`` or ``__delattr__`` of its own, so that a
+    store on it is the interpreter's specialised one: pydantic's ``__delattr__`` alone would make every store go
+    through ``__setattr__`` again), then makes it the model's class: what comes out is the model, frozen as ever."""
+    twin = onex.envelope._ModelTwin
+    assert twin.__setattr__ is object.__setattr__
+    assert twin.__delattr__ is object.__delattr__
+    assert twin.__basicsize__ == Result.__basicsize__ == OnexEnvelopeV1.__basicsize__
+    monkeypatch.setattr(onex.envelope, "_set_dict", None)  # the descriptors' path would fail: not taken
+    built = Result.built(name="stamp", elapsed_ms=None, data={})
+    assert type(built) is Result
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        built.name = "other"  # type: ignore[misc]
+    fields = envelope(payload=built).__dict__
+    made = OnexEnvelopeV1.built(
+        **{k: v for k, v in fields.items() if k not in ("envelope_version", "event_version", "metadata")}
+    )
+    assert type(made) is OnexEnvelopeV1
+    assert made.payload is built
+
+
+class Slotted(Payload):
+    """A payload whose layout is not the twin's: it adds a slot of its own."""
+
+    __slots__ = ("note",)
+    name: str
+
+
+def test_a_model_of_another_layout_is_built_through_its_slots_descriptors() -> None:
+    assert Slotted.__basicsize__ != onex.envelope._ModelTwin.__basicsize__
+    built = Slotted.built(name="x")
+    assert type(built) is Slotted
+    assert built == Slotted(name="x")
+    assert built.model_dump_json() == '{"name":"x"}'
+
+
 @given(text=st.text(), number=st.floats(allow_nan=False) | st.none(), extra=st.dictionaries(st.text(), st.integers()))
 def test_to_json_and_to_jsonable_are_what_pydantic_dumps(
     text: str, number: float | None, extra: dict[str, int]
