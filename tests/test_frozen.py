@@ -1,6 +1,6 @@
 """``onex._frozen.quick_init``: each class it is applied to is built as the ``__init__`` dataclasses writes would build
 it (same arguments, order, defaults and fresh default factories), and stays a frozen dataclass; a class it does not
-fit is refused."""
+fit is refused; ``maker(cls)`` builds the same values without a class call."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import typing
 from typing import Any
 
 import onex
+import onex._frozen
 import pytest
-from onex._frozen import quick_init
+from onex._frozen import maker, quick_init
 
 
 def decorated() -> list[type[Any]]:
@@ -82,8 +83,58 @@ def test_a_class_is_built_on_its_twin(cls: type[Any]) -> None:
     init = cls.__init__
     closure = dict(zip(init.__code__.co_freevars, (cell.cell_contents for cell in init.__closure__), strict=True))
     twin = closure["_twin"]  # a KeyError: the __init__ sets the slots through their descriptors
-    assert twin.__slots__ == cls.__slots__
-    assert "__setattr__" not in vars(twin)  # so that a store on it is the interpreter's own
+    # A subclass adding nothing to the layout, so that CPython's check of a switch compares no slot names ...
+    assert twin.__bases__ == (cls,)
+    assert twin.__slots__ == ()
+    assert twin.__basicsize__ == cls.__basicsize__
+    # ... whose stores are the interpreter's own (the frozen class's __setattr__ and __delattr__ refuse them)
+    assert twin.__setattr__ is object.__setattr__
+    assert twin.__delattr__ is object.__delattr__
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_a_maker_builds_what_the_class_builds(cls: type[Any]) -> None:
+    """``maker(cls)`` takes the arguments ``cls`` takes and builds the same value, of the class itself, by position
+    or by name, with the defaults and a fresh default factory each time."""
+    make: Any = maker(cls)
+    assert make is not cls  # every shipped class has a twin, so a maker of its own
+    fields = dataclasses.fields(cls)
+    values = [f"value {i}" for i in range(len(fields))]
+    made = make(*values)
+    assert type(made) is cls
+    assert made == cls(*values)
+    assert make(**{f.name: v for f, v in zip(fields, values, strict=True)}) == made
+    required = [f for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    first, second = make(*values[: len(required)]), make(*values[: len(required)])
+    assert first == cls(*values[: len(required)])
+    for f in fields[len(required) :]:
+        if f.default_factory is not dataclasses.MISSING:
+            assert getattr(first, f.name) is not getattr(second, f.name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, "changed")
+    with pytest.raises(TypeError):
+        make(*values, "one too many")
+
+
+def test_a_maker_is_the_class_where_there_is_no_twin_and_only_for_quick_init_classes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(onex._frozen, "_twin", lambda cls: None)
+
+    @quick_init
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Lone:
+        a: int
+
+    assert maker(Lone) is Lone
+    assert maker(Lone)(1) == Lone(1)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Plain:
+        a: int
+
+    with pytest.raises(TypeError, match="not a quick_init class"):
+        maker(Plain)
 
 
 def test_a_subclass_is_built_as_itself() -> None:

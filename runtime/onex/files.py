@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from onex._frozen import quick_init
+from onex._frozen import maker, quick_init
 
 FILE_TYPES: Final = ("image", "document", "audio", "video", "archive", "code", "text", "data", "binary")
 
@@ -228,6 +228,9 @@ class Sniff:
     utf8: bool  # valid, NUL-free UTF-8 (always False when ``binary``)
 
 
+_sniff = maker(Sniff)  # built at about half the cost of the class's call (``onex._frozen.maker``)
+
+
 def sniff(path_or_name: str | os.PathLike[str], head: bytes, *, complete: bool) -> Sniff:
     """Classify a file from its name and its first ``SNIFF_SIZE`` bytes (see the module docstring).
 
@@ -240,16 +243,16 @@ def sniff(path_or_name: str | os.PathLike[str], head: bytes, *, complete: bool) 
     by_magic = magic_type(head)
     if by_magic is not None:
         if by_magic == "archive" and head.startswith(b"PK") and by_name in _ZIP_CONTAINERS:
-            return Sniff(by_name, binary=True, utf8=False)
-        return Sniff(by_magic, binary=True, utf8=False)
+            return _sniff(by_name, binary=True, utf8=False)
+        return _sniff(by_magic, binary=True, utf8=False)
     if b"\x00" in head:
-        return Sniff("binary", binary=True, utf8=False)
+        return _sniff("binary", binary=True, utf8=False)
     utf8 = _decodes(head, complete=complete)
     if by_name is not None:
-        return Sniff(by_name, binary=False, utf8=utf8)
+        return _sniff(by_name, binary=False, utf8=utf8)
     if not utf8:
-        return Sniff("binary", binary=False, utf8=False)
-    return Sniff("code" if head.startswith(b"#!") else "text", binary=False, utf8=True)
+        return _sniff("binary", binary=False, utf8=False)
+    return _sniff("code" if head.startswith(b"#!") else "text", binary=False, utf8=True)
 
 
 def detect_file_type(path_or_name: str | os.PathLike[str], head: bytes) -> str:

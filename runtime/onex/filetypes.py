@@ -57,7 +57,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import yaml
 
 from onex._comments import GROUPS, Syntax, group_for, interpreter_of
-from onex._frozen import quick_init
+from onex._frozen import maker, quick_init
 from onex.exceptions import StampError
 from onex.files import SNIFF_SIZE, detect_file_type, sniff
 
@@ -113,6 +113,9 @@ class Stamp:
     ts: str
     kind: Kind
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+_stamp = maker(Stamp)  # built at about half the cost of the class's call (``onex._frozen.maker``)
 
 
 # --- parsing the head of a file -------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def _parse_lightweight(line: bytes, syntax: Syntax) -> Stamp | None:
     uid, digest, ts, extra = (g.decode("ascii") if g is not None else "" for g in match.groups())
     fields = dict(pair.split("=", 1) for pair in extra.split(",")[1:])
     # The seed's form has no ts=: the stamp keeps it so (ts "") and is rendered back without one.
-    return Stamp(uid=uid, hash=digest, ts=ts, kind="lightweight", fields=fields)
+    return _stamp(uid=uid, hash=digest, ts=ts, kind="lightweight", fields=fields)
 
 
 def as_text(value: object) -> str:
@@ -247,7 +250,7 @@ def stamp_from_fields(fields: object, kind: Kind) -> Stamp | None:
     if not UID.fullmatch(uid):
         return None
     ts = as_text(fields.get("last_modified_at", fields.get("created_at", "")))
-    return Stamp(uid=uid, hash=digest, ts=ts, kind=kind, fields=dict(fields))
+    return _stamp(uid=uid, hash=digest, ts=ts, kind=kind, fields=dict(fields))
 
 
 def load_yaml(text: bytes) -> object:

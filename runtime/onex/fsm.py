@@ -22,7 +22,7 @@ from typing import Any
 
 from transitions import Machine, Transition
 
-from onex._frozen import quick_init
+from onex._frozen import maker, quick_init
 from onex.contracts import FsmSubcontract, parse_condition
 from onex.envelope import derived_from, derived_id
 from onex.exceptions import TransitionError
@@ -176,6 +176,9 @@ class TransitionRecord:
             "at": self.at.isoformat(),
             "data": self.data,
         }
+
+
+_new_record = maker(TransitionRecord)  # a record, built at about half the cost of the class's call
 
 
 @dataclass(eq=False)
@@ -359,7 +362,7 @@ class StateMachine:
             id_ = derived_from(b"\x1f".join((self._type_text, entity_id.encode(), salt.encode(), b"%d" % entity.seq)))
         else:
             id_ = derived_id(self.entity_type, entity_id, salt, entity.seq)
-        record = TransitionRecord(
+        record = _new_record(
             id=id_,
             entity_id=entity.entity_id,
             entity_type=self.entity_type,

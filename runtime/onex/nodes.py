@@ -78,10 +78,10 @@ from onex.resilience import CircuitBreaker, circuit_breaker, holding, pause, ret
 from onex.settings import Settings
 from onex.slo import SloMonitor
 from onex.state import KeyedState, StatePolicy, WritesUnderWay
-from onex.store import Store, WorkflowRow, WriteBatch
+from onex.store import Store, WorkflowRow, WriteBatch, maker
 
 _log = logging.getLogger("onex.nodes")
-
+_workflow_row = maker(WorkflowRow)  # a row, built at about half the cost of the class's call (onex.store.maker)
 T = TypeVar("T")
 
 # --- the base node -----------------------------------------------------------------------------------------------
@@ -905,7 +905,7 @@ class OrchestratorNode(Node):
     def _row(self, workflow: Workflow) -> WorkflowRow:
         finished = self._is_finished(workflow)
         checkpoint = None if finished else workflow.checkpoint(self.state_policy.fields, self.save_context)
-        return WorkflowRow(
+        return _workflow_row(
             correlation_id=workflow.cid,
             workflow_type=self.workflow_type,
             current_state=workflow.state,

@@ -103,7 +103,7 @@ from typing import Any, Final, Literal
 
 from blake3 import blake3
 
-from onex._frozen import quick_init
+from onex._frozen import maker, quick_init
 from onex.clock import utc_text
 from onex.envelope import random_id, uuid_text
 from onex.exceptions import StampError
@@ -263,6 +263,11 @@ class _Options:
     uid: str | None
 
 
+# Built at about half the cost of the classes' calls (``onex._frozen.maker``).
+_options = maker(_Options)
+_stamp = maker(Stamp)
+
+
 def _next_stamp(
     previous: Stamp | None, options: _Options, *, digest: str, size: int, name: str, file_type: str
 ) -> Stamp:
@@ -276,7 +281,7 @@ def _next_stamp(
         if previous is not None and same_kind and previous.hash == digest and previous.uid == uid:
             return previous
         pairs = {k: v for k, v in previous.fields.items() if k != "ts"} if previous is not None and same_kind else {}
-        return Stamp(uid=uid, hash=digest, ts=_now_iso(options.now), kind="lightweight", fields=dict(pairs))
+        return _stamp(uid=uid, hash=digest, ts=_now_iso(options.now), kind="lightweight", fields=dict(pairs))
     wanted: dict[str, Any] = {
         "metadata_version": METADATA_VERSION,
         "protocol_version": PROTOCOL_VERSION,
@@ -299,7 +304,7 @@ def _next_stamp(
         created = as_text(previous.fields.get("created_at") or previous.ts)
         extra = {k: v for k, v in previous.fields.items() if k not in _RICH_KEYS}  # keys someone added: keep them
     fields = {**extra, **wanted, "created_at": created, "last_modified_at": ts}
-    return Stamp(uid=uid, hash=digest, ts=ts, kind=options.kind, fields=fields)
+    return _stamp(uid=uid, hash=digest, ts=ts, kind=options.kind, fields=fields)
 
 
 # --- hashing --------------------------------------------------------------------------------------------------
@@ -490,6 +495,9 @@ class StampedContent:
     file_type: str
 
 
+_stamped = maker(StampedContent)  # built at about half the cost of the class's call (``onex._frozen.maker``)
+
+
 def stamp_content(
     content: bytes,
     *,
@@ -508,22 +516,22 @@ def stamp_content(
     file_type = layout.file_type
     if layout.syntax is None or (layout.stamp is None and _kept(sidecar, file_name) is not None):
         previous = parse_sidecar(sidecar, file_name + SIDECAR_SUFFIX) if sidecar is not None else None
-        options = _Options("sidecar", namespace, author, now, uid)
+        options = _options("sidecar", namespace, author, now, uid)
         stamp = _next_stamp(previous, options, digest=digest, size=size, name=name, file_type=file_type)
-        return StampedContent(content, stamp, file_type)
+        return _stamped(content, stamp, file_type)
     if layout.problem is not None:
         raise StampError(file_name, layout.problem)
-    options = _Options("rich" if rich else "lightweight", namespace, author, now, uid)
+    options = _options("rich" if rich else "lightweight", namespace, author, now, uid)
     stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
     if stamp is layout.stamp:
-        return StampedContent(content, stamp, file_type)
+        return _stamped(content, stamp, file_type)
     if scan.stripped is not None:
-        return StampedContent(stamp_whole(layout, scan.stripped, stamp, file_name), stamp, file_type)
+        return _stamped(stamp_whole(layout, scan.stripped, stamp, file_name), stamp, file_type)
     before, after = stamp_unit(stamp, layout, file_name)
     view = memoryview(content)
     if layout.glue:
-        return StampedContent(b"".join((view[: layout.keep_end], after)), stamp, file_type)
-    return StampedContent(b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp, file_type)
+        return _stamped(b"".join((view[: layout.keep_end], after)), stamp, file_type)
+    return _stamped(b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp, file_type)
 
 
 def _kept(sidecar: bytes | None, file_name: str) -> Stamp | None:

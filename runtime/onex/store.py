@@ -41,6 +41,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+from onex._frozen import maker as maker  # re-exported: the row types' builder for the hot path
 from onex._frozen import quick_init
 from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import StoreError

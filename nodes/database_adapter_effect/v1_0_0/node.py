@@ -67,13 +67,27 @@ from onex.envelope import ModelStateTransitions
 from onex.exceptions import StoreUnavailable
 from onex.nodes import EffectNode, Event, Lifecycle
 from onex.resilience import holding
-from onex.store import BridgeStateRow, EventLogRow, StampRow, StepRow, TransitionRow, WorkflowRow, WriteBatch
+from onex.store import (
+    BridgeStateRow,
+    EventLogRow,
+    StampRow,
+    StepRow,
+    TransitionRow,
+    WorkflowRow,
+    WriteBatch,
+    maker,
+)
 
 from nodes.database_adapter_effect.v1_0_0.models import ModelDatabaseAdapterConfig
 from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
 
 WORKFLOW_TYPE = "stamp_workflow"
 MAX_COMMIT_ROWS = 5_000
+# The rows of a batch, built by ``onex.store.maker``: the same rows at about half the cost of the classes' own calls.
+_stamp_row = maker(StampRow)
+_transition_row = maker(TransitionRow)
+_workflow_row = maker(WorkflowRow)
+_step_row = maker(StepRow)
 
 T = TypeVar("T")
 
@@ -301,7 +315,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
             if isinstance(payload, ModelStampCreated):
                 if not payload.dry_run:
                     batch.stamps.append(
-                        StampRow(
+                        _stamp_row(
                             id=payload.stamp_id,
                             file_hash=payload.file_hash,
                             file_path=payload.file_path,
@@ -321,7 +335,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                     )
             elif isinstance(payload, ModelStateTransitions):
                 batch.transitions.extend(
-                    TransitionRow(
+                    _transition_row(
                         id=t.transition_id,
                         entity_id=t.entity_id,
                         entity_type=t.entity_type,
@@ -339,7 +353,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 if payload.dry_run:
                     continue  # a dry run writes nothing
                 keep(
-                    WorkflowRow(
+                    _workflow_row(
                         correlation_id=payload.workflow_id,
                         workflow_type=WORKFLOW_TYPE,
                         current_state=payload.state,
@@ -356,7 +370,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 )
                 if payload.stamp is not None and payload.stamp.stamp_id.int not in stored:
                     batch.stamps.append(
-                        StampRow(
+                        _stamp_row(
                             id=payload.stamp.stamp_id,
                             file_hash=payload.stamp.file_hash,
                             file_path=payload.stamp.file_path,
@@ -378,7 +392,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         )
                     )
                 batch.steps.extend(
-                    StepRow(
+                    _step_row(
                         workflow_id=payload.workflow_id,
                         step_name=s.step_name,
                         step_order=s.step_order,
