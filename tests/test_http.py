@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import uvicorn.server
 from onex import stamps
 from onex.client import StampClient
 from onex.http import PREFIX, create_app, openapi_30, openapi_document, parse_address
+from onex.http.models import _jsonable, dumps
 from onex.http.server import _CoalescingTransport, _HttpProtocol
 from onex.logs import configure
 from onex.runtime import Runtime
@@ -934,3 +937,45 @@ async def test_what_was_written_before_a_connection_closes_is_sent_and_nothing_a
     coalescing.write(b"late")
     await asyncio.sleep(0)
     assert transport.writes == [b"head,body"]
+
+
+# --- the answers' JSON ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    when: datetime
+
+
+def test_answers_are_the_json_the_standard_library_wrote_made_by_orjson() -> None:
+    value = {
+        "id": uuid.UUID(int=7),
+        "at": datetime(2026, 12, 5, 4, 0, 0, 123456, tzinfo=UTC),
+        "day": date(2026, 12, 5),
+        "tags": {"b", "a"},
+        "raw": b"bytes",
+        "point": _Point(1, datetime(2026, 12, 5, tzinfo=UTC)),
+        "nested": [1, 2.5, None, True, {"k": "v"}],
+    }
+    standard = json.dumps(value, default=_jsonable, separators=(",", ":")).encode()
+    assert dumps(value) == standard  # ASCII text: byte for byte
+    assert json.loads(dumps({"text": "héllo ✓"})) == {"text": "héllo ✓"}
+    assert dumps({"text": "é"}) == '{"text":"é"}'.encode()  # UTF-8, not escaped
+    assert dumps({"x": float("nan")}) == b'{"x":null}'  # the standard library wrote NaN, which is not JSON
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"big": 2**70}, {1: "key that is not a string"}, {"lone": "\ud800"}],
+    ids=["beyond 64 bits", "int key", "lone surrogate"],
+)
+def test_what_orjson_refuses_the_standard_library_writes_as_before(value: dict[Any, Any]) -> None:
+    assert dumps(value) == json.dumps(value, default=_jsonable, separators=(",", ":")).encode()
+
+
+def test_a_stamp_of_text_that_is_not_ascii_is_answered_in_utf8(api: httpx.Client) -> None:
+    response = api.post("/stamp", json={"content": "naïve café ✓\n", "file_path": "notes.txt"})
+    assert response.status_code == 200, response.text
+    assert "naïve café ✓".encode() in response.content
+    assert response.json()["data"]["stamped_content"].endswith("naïve café ✓\n")
