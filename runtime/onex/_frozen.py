@@ -120,7 +120,7 @@ def quick_init(cls: type[T]) -> type[T]:
             + "    self.__class__ = _cls\nelse:\n"
             + "".join("    " + line for line in sets)
         )
-        make = "".join(factories) + "self = _twin()\n" + "".join(stores).replace("    self.", "self.")
+        make = "".join(factories) + "self = _twin()\n" + "".join(line[4:] for line in stores)
         make += "self.__class__ = _cls\nreturn self\n"
     # As dataclasses do: the setters and defaults are the closure of a factory, so the function's globals are its
     # module's and its annotations (strings, under ``from __future__ import annotations``) resolve there.
