@@ -17,7 +17,9 @@
   finished before its checkpoint was written is never written; its rows are checked as the onex run's.
 - ceiling: the same onex run with a store that discards every write (``_DiscardingStore``): what the runtime's
   nodes, bus, validation and FSM cost on their own. No store, however fast, can take onex above it; when it is
-  below a target, the target is out of reach of the node graph itself.
+  below a target, the target is out of reach of the node graph itself. Reported also as CPU milliseconds an item of
+  the event loop's thread against the raw floor's (from /proc, Linux): the same comparison without what either
+  waits for, steadier from run to run than items/s.
 - one workflow at a time: the onex run over ``--alone`` of the items (default a tenth), the client waiting for each
   outcome before it submits the next, as a lone HTTP request goes; its rows are checked too. Reported with CPU
   milliseconds a stamp of the event loop's thread and of the SQLite store's threads (writer, reader, checkpointer;
@@ -308,6 +310,8 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     onex_s: list[float] = []
     raw_s: list[float] = []
     ceiling_s: list[float] = []
+    ceiling_cpu: list[float] = []  # each repeat's CPU seconds of the event loop's thread in the ceiling run
+    raw_cpu: list[float] = []  # each repeat's CPU seconds of the raw floor (this thread: it runs here, in one)
     volatile_s: list[float] = []
     behind_s: list[float] = []
     counts: dict[str, int] = {}
@@ -320,7 +324,9 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     reads: dict[str, list[float]] = {}  # milliseconds of the reads during the onex runs (busy) and after (idle)
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
+            before = thread_cpu().get("main", 0.0)
             raw_s.append(run_raw(data, Path(tmp) / "raw.db"))
+            raw_cpu.append(thread_cpu().get("main", 0.0) - before)
         batched_cpu: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu, reads=reads))
@@ -335,8 +341,13 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
             cpu.append((batched_cpu, alone_cpu))
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             volatile_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))[0])
+        ceiling_threads: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            ceiling_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True))[0])
+            ceiling_s.append(
+                asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True, cpu=ceiling_threads))[0]
+            )
+        if "main" in ceiling_threads:
+            ceiling_cpu.append(ceiling_threads["main"])
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             elapsed, behind_counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", synchronous=False))
             behind_s.append(elapsed)
@@ -359,6 +370,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
         "durability_cost": round(1 - onex_rate / (items / min(volatile_s)), 3),
         "checkpoints_behind_items_per_s": round(items / min(behind_s)),
         "checkpoints_behind_ratio": round(items / min(behind_s) / raw_rate, 3),
+        **_cpu_figures(items, ceiling_cpu, raw_cpu),
         "rows_persisted": counts,
         "rows_as_expected": complete,
         **(_alone_figures(items, alone, alone_s, cpu) if alone else {}),
@@ -370,6 +382,22 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _cpu_figures(items: int, ceiling_cpu: list[float], raw_cpu: list[float]) -> dict[str, Any]:
+    """CPU milliseconds an item (medians over the repeats) of the ceiling run's event loop and of the raw floor, and
+    their ratio: the hot path's cost in time without what either waits for, steadier than items/s from one run to the
+    next (issue 12's eighteenth part: four runs of each of two commits, 133-137.5 against 144-148 µs, never crossing,
+    where their items/s ratios overlapped). Empty where the threads' CPU cannot be read (not Linux)."""
+    if not ceiling_cpu or not raw_cpu or not all(raw_cpu):
+        return {}
+    ceiling_ms = statistics.median(ceiling_cpu) / items * 1000
+    raw_ms = statistics.median(raw_cpu) / items * 1000
+    return {
+        "ceiling_cpu_ms_per_stamp": round(ceiling_ms, 4),
+        "raw_floor_cpu_ms_per_item": round(raw_ms, 4),
+        "cpu_ratio_raw_over_ceiling": round(raw_ms / ceiling_ms, 3),
+    }
 
 
 def _as_expected(counts: dict[str, int], items: int) -> bool:
@@ -644,6 +672,11 @@ def main() -> None:
     print(f"  {'ratio onex / raw':40s} {r['ratio']:>10.3f}")
     print(f"  {'ceiling: onex, writes discarded':40s} {r['ceiling_items_per_s']:>10,} items/s")
     print(f"  {'ratio ceiling / raw':40s} {r['ceiling_ratio']:>10.3f}")
+    if "ceiling_cpu_ms_per_stamp" in r:
+        print(
+            f"  {'CPU ms an item, ceiling / raw floor':40s} event loop {r['ceiling_cpu_ms_per_stamp']},"
+            f" raw {r['raw_floor_cpu_ms_per_item']}: ratio {r['cpu_ratio_raw_over_ceiling']}"
+        )
     print(f"  {'onex without checkpoints (not durable)':40s} {r['no_checkpoints_items_per_s']:>10,} items/s")
     print(f"  {'durability costs':40s} {r['durability_cost']:>10.1%}")
     print(f"  {'onex, checkpoints written behind':40s} {r['checkpoints_behind_items_per_s']:>10,} items/s")
