@@ -389,7 +389,7 @@ def _cpu_figures(items: int, ceiling_cpu: list[float], raw_cpu: list[float]) -> 
     their ratio: the hot path's cost in time without what either waits for, steadier than items/s from one run to the
     next (issue 12's eighteenth part: four runs of each of two commits, 133-137.5 against 144-148 µs, never crossing,
     where their items/s ratios overlapped). Empty where the threads' CPU cannot be read (not Linux)."""
-    if not ceiling_cpu or not raw_cpu or not all(raw_cpu):
+    if not (ceiling_cpu and raw_cpu and all(ceiling_cpu) and all(raw_cpu)):
         return {}
     ceiling_ms = statistics.median(ceiling_cpu) / items * 1000
     raw_ms = statistics.median(raw_cpu) / items * 1000
