@@ -119,7 +119,7 @@ def test_a_maker_builds_what_the_class_builds(cls: type[Any]) -> None:
 def test_a_maker_is_the_class_where_there_is_no_twin_and_only_for_quick_init_classes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(onex._frozen, "_twin", lambda cls: None)
+    monkeypatch.setattr(onex._frozen, "twin_of", lambda cls: None)
 
     @quick_init
     @dataclasses.dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["maker", "quick_init"]
+__all__ = ["maker", "quick_init", "twin_of"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -52,10 +52,11 @@ _FACTORY: Any = _Factory()
 _set_class: Any = vars(object)["__class__"].__set__
 
 
-def _twin(cls: type[Any]) -> type[Any] | None:
-    """A subclass of ``cls`` that adds nothing to its layout and has ``object``'s ``__setattr__`` and ``__delattr__``
-    (the frozen class's refuse every store), to which an instance of ``cls`` can be switched and back; None where the
-    interpreter refuses.
+def twin_of(cls: type[Any]) -> type[Any] | None:
+    """A subclass of ``cls`` that adds nothing to its layout and has ``object``'s ``__setattr__``, ``__delattr__`` and
+    ``__init__`` (a frozen class's refuse every store; a pydantic model's ``__delattr__`` alone would keep every store
+    on the generic path), to which an instance of ``cls`` can be switched and back; None where the interpreter refuses.
+    ``quick_init`` builds its values on one, ``onex.envelope`` its models (a twin of ``PlainReads``).
 
     A subclass rather than a class of its own with the same slots: CPython checks each switch by walking both classes
     up to the first that adds to its base's layout, ``cls`` for both here, so it never compares their slot names, as
@@ -64,7 +65,7 @@ def _twin(cls: type[Any]) -> type[Any] | None:
         "__slots__": (),
         "__setattr__": object.__setattr__,
         "__delattr__": object.__delattr__,
-        "__init__": object.__init__,  # ``twin()``: an empty instance, for ``maker``
+        "__init__": object.__init__,  # ``twin()``: an empty instance
         "__module__": cls.__module__,
     }
     twin = type(f"{cls.__name__}Twin", (cls,), namespace)
@@ -87,7 +88,7 @@ def quick_init(cls: type[T]) -> type[T]:
         raise TypeError(f"quick_init: {cls.__name__} is not a frozen, slotted dataclass")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"quick_init: {cls.__name__} has a __post_init__")
-    twin = _twin(cls)
+    twin = twin_of(cls)
     scope: dict[str, Any] = {"_FACTORY": _FACTORY, "_cls": cls, "_twin": twin, "_set_class": _set_class}
     arguments: list[str] = []
     factories: list[str] = []

@@ -20,6 +20,7 @@ import orjson
 from blake3 import blake3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from onex._frozen import twin_of
 from onex._model_reads import PlainReads
 
 TopicClass = Literal["evt", "cmd", "qrs", "dlt", "rty", "aud", "met"]
@@ -142,22 +143,10 @@ _set_dict = vars(BaseModel)["__dict__"].__set__
 _set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
 _set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
 _set_private = vars(BaseModel)["__pydantic_private__"].__set__
-# The layout of every model built below (``BaseModel``'s four slots and the ``__weakref__`` that ``PlainReads`` adds)
-# with ``object``'s ``__setattr__`` and ``__delattr__`` (pydantic's ``__delattr__`` alone would send every store through
-# a Python-level ``__setattr__`` again): a fieldless class, made without pydantic's metaclass running (it is never used
-# as a model; an instance is one only while ``_assemble`` fills it).
-_ModelTwin = type.__new__(
-    type(PlainReads),
-    "PlainReadsTwin",
-    (PlainReads,),
-    {
-        "__slots__": (),
-        "__setattr__": object.__setattr__,
-        "__delattr__": object.__delattr__,
-        "__init__": object.__init__,  # so that ``_ModelTwin()`` is object's own (cheaper than ``object.__new__``)
-        "__module__": __name__,
-    },
-)
+# Every model built below (``BaseModel``'s four slots and the ``__weakref__`` that ``PlainReads`` adds) is filled as
+# this twin (``onex._frozen.twin_of``): a fieldless ``PlainReads`` with ``object``'s ``__setattr__``, ``__delattr__``
+# and ``__init__``, never used as a model; None where the interpreter refuses the switch.
+_ModelTwin: Any = twin_of(PlainReads)
 
 
 CHECK_BUILT = False
@@ -171,12 +160,12 @@ def _assemble(cls: type[ModelT], fields: dict[str, Any], given: set[str]) -> Mod
     one but without its per-field Python loop: made as ``_ModelTwin`` (``cls``'s layout, no ``__setattr__``), its
     four slots stored the interpreter's specialised way, then switched to ``cls``; where ``cls``'s layout is not the
     twin's (a subclass that adds slots), through the slots' descriptors instead."""
-    made: Any = _ModelTwin()
-    made.__dict__ = fields
-    made.__pydantic_fields_set__ = given
-    made.__pydantic_extra__ = None
-    made.__pydantic_private__ = None
     try:
+        made: Any = _ModelTwin()  # TypeError too where there is no twin (None)
+        made.__dict__ = fields
+        made.__pydantic_fields_set__ = given
+        made.__pydantic_extra__ = None
+        made.__pydantic_private__ = None
         made.__class__ = cls
     except TypeError:
         made = _new_object(cls)
