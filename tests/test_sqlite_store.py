@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import sqlite3
@@ -316,15 +317,142 @@ async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_toget
         assert transactions == 1
         # The trace repeats a statement at each trigger it runs (the stamps have two): each run counted once.
         written = [s.split(" AS ")[0] for s, _ in itertools.groupby(statements) if s.startswith("INSERT INTO")]
-        # 12 stamps: 8 + 4 rows (a power of two a statement), 6 workflows and 6 processed ids: 4 + 2.
-        assert written.count("INSERT INTO metadata_stamps") == 2
-        assert written.count("INSERT INTO workflow_executions") == 2
-        assert written.count("INSERT INTO processed_events") == 2
-        assert not [s for s in statements if s.startswith("SAVEPOINT onex_batch")]
+        # 12 stamps, 6 workflows, 6 processed ids: one statement each (up to EXACT_ROWS rows are one statement).
+        assert written.count("INSERT INTO metadata_stamps") == 1
+        assert written.count("INSERT INTO workflow_executions") == 1
+        assert written.count("INSERT INTO processed_events") == 1
+        assert not [s for s in statements if s.startswith("SAVEPOINT")]  # none around the group, none a batch
+        assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
         assert await store.count("metadata_stamps") == 12
         assert await store.count("workflow_executions") == 6
         for i, batch in enumerate(batches):
             assert await store.unprocessed(f"c{i}", batch.processed_event_ids) == set()
+
+
+def checkpoint(state_seq: int = 1) -> WriteBatch:
+    """An orchestrator's checkpoint: workflow rows alone."""
+    return WriteBatch(workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "processing", state_seq)])
+
+
+async def traced(store: SqliteStore, statements: list[str]) -> None:
+    await store.run_sync(lambda conn: conn.set_trace_callback(statements.append))
+
+
+async def test_a_write_of_one_statement_goes_without_begin_and_commit(tmp_path: Path) -> None:
+    # One statement is a transaction by itself: BEGIN and COMMIT would each hand the interpreter lock over for nothing.
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        statements: list[str] = []
+        await traced(store, statements)
+        await store.apply(WriteBatch(workflows=[checkpoint().workflows[0] for _ in range(3)]))
+        errors, transactions = await in_one_group(store, [checkpoint(), checkpoint()])  # merged: still one
+        assert (errors, transactions) == ([None, None], 1)
+        assert [s.split(" AS ")[0] for s in statements] == ["INSERT INTO workflow_executions"] * 2
+        assert await store.count("workflow_executions") == 5
+
+        # A row that fails fails its batch whole, and leaves no transaction open behind it.
+        statements.clear()
+        with pytest.raises(StoreError, match="upsert of workflow_executions failed"):
+            await store.apply(WriteBatch(workflows=[*checkpoint().workflows, *checkpoint(2**63).workflows]))
+        assert not [s for s in statements if s.startswith("BEGIN")]
+        assert await store.count("workflow_executions") == 5
+        await store.apply(checkpoint())
+        assert await store.count("workflow_executions") == 6
+
+
+async def test_a_group_whose_one_statement_fails_is_written_again_batch_by_batch(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        good, bad, also = checkpoint(), checkpoint(2**63), checkpoint()  # 2**63: refused binding, in the statement
+        errors, transactions = await in_one_group(store, [good, bad, also])
+        assert errors[0] is None
+        assert errors[2] is None
+        assert isinstance(errors[1], StoreError)
+        assert "the batch was rolled back" in str(errors[1])
+        assert transactions == 1
+        stored = {
+            w.correlation_id
+            for w in await store.get_workflows([b.workflows[0].correlation_id for b in (good, bad, also)])
+        }
+        assert stored == {good.workflows[0].correlation_id, also.workflows[0].correlation_id}
+
+
+async def test_a_group_whose_merged_write_fails_is_rolled_back_and_written_again_batch_by_batch(
+    tmp_path: Path,
+) -> None:
+    # No savepoint around the merged write (two statements saved, a group's commonest case): a row that fails
+    # rolls the transaction back, and the group is written again batch by batch.
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        statements: list[str] = []
+        await traced(store, statements)
+        batches = [WriteBatch(stamps=[stamp(file_path="a.py")]), WriteBatch(stamps=[stamp(file_size=2**63)])]
+        errors, transactions = await in_one_group(store, batches)
+        assert errors[0] is None
+        assert isinstance(errors[1], StoreError)
+        assert transactions == 1
+        marks = [s for s in statements if s.split()[0] in ("BEGIN", "ROLLBACK", "COMMIT", "SAVEPOINT", "RELEASE")]
+        assert marks == [
+            "BEGIN IMMEDIATE",  # the merged write, which fails
+            "ROLLBACK",
+            "BEGIN IMMEDIATE",
+            *("SAVEPOINT onex_batch", "RELEASE onex_batch"),
+            *("SAVEPOINT onex_batch", "ROLLBACK TO onex_batch", "RELEASE onex_batch"),
+            "COMMIT",
+        ]
+        assert {s.file_path for s in await store.list_stamps("ns")} == {"a.py"}
+
+
+async def test_checkpoints_are_written_ahead_of_the_rest_of_their_group(tmp_path: Path) -> None:
+    # An orchestrator's outcomes wait for their checkpoint; the database adapter's rows wait for nobody but itself.
+    # So in a group, the batches of workflow rows alone go first, in a write of their own, and their callers are told
+    # before the rest is written.
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        statements: list[str] = []
+        await traced(store, statements)
+        rows = WriteBatch(stamps=[stamp()], processed_event_ids=[uuid.uuid4()], consumer="adapter")
+        batches = [rows, checkpoint(), WriteBatch(stamps=[stamp()]), checkpoint()]
+        told: list[int] = []
+        holding, release = await hold_thread(store)
+        calls = [asyncio.ensure_future(store.apply(batch)) for batch in batches]
+        for index, call in enumerate(calls):
+            call.add_done_callback(functools.partial(lambda index, _: told.append(index), index))
+        await handed_over(store, 5)
+        before = store.transactions
+        release.set()
+        await holding
+        await asyncio.gather(*calls)
+
+        assert store.transactions - before == 2
+        assert told[:2] == [1, 3]
+        first = [s.split(" AS ")[0] for s in statements[:2]]
+        assert first == ["INSERT INTO workflow_executions", "BEGIN IMMEDIATE"]
+        assert await store.count("workflow_executions") == 2
+        assert await store.count("metadata_stamps") == 2
+
+
+async def test_a_failure_of_the_thread_itself_reaches_the_callers_of_both_parts_of_a_group(tmp_path: Path) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+
+        def broken(batches: list[WriteBatch]) -> list[BaseException | None]:
+            raise RuntimeError("the thread broke")
+
+        written = store._group._write
+        store._group._write = broken
+        try:
+            errors, _ = await in_one_group(store, [WriteBatch(stamps=[stamp()]), checkpoint()])
+        finally:
+            store._group._write = written
+        assert [str(e) for e in errors] == ["the thread broke"] * 2
+        await store.apply(checkpoint())  # the next group is written
+        assert await store.count("workflow_executions") == 1
 
 
 async def test_a_registration_and_a_heartbeat_in_one_transaction_apply_in_the_order_of_their_batches(
@@ -663,28 +791,29 @@ def transition(cid: uuid.UUID, n: int) -> store.TransitionRow:
     )
 
 
-def test_rows_go_out_as_multi_row_statements_of_a_power_of_two_rows_within_the_variable_limit() -> None:
+def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None:
     writer = next(w for w in _sqlite_writes._WRITERS if w.field == "transitions")
     rows = [(n, *range(8)) for n in range(_sqlite_writes.MULTI_ROW + 7)]
 
     statements = list(writer.statements(rows, max_variables=999))
 
-    # 999 variables hold 111 rows of 9 columns: statements of 64 rows (the largest power of two that fits), then of
-    # what is left, none through executemany, every row once and in order.
-    assert [len(args) // 9 for _, args, _ in statements] == [64] * 8 + [4, 2, 1]
+    # 999 variables hold 111 rows of 9 columns: statements of 64 rows (the largest power of two that fits), then the
+    # 7 left in one (up to EXACT_ROWS rows go in one statement), none through executemany, every row once and in order.
+    assert [len(args) // 9 for _, args, _ in statements] == [64] * 8 + [7]
     assert not any(many for _, _, many in statements)
     assert all(sql.count("(?, ?, ?, ?, ?, ?, ?, ?, ?)") == len(args) // 9 for sql, args, _ in statements)
     assert [args[i] for _, args, _ in statements for i in range(0, len(args), 9)] == list(range(len(rows)))
     # Without the limit, up to MULTI_ROW rows a statement.
     assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [
         _sqlite_writes.MULTI_ROW,
-        4,
-        2,
-        1,
+        7,
     ]
-    # One text per power of two: the texts a table uses are few, and stay prepared in the connection's cache.
+    assert [len(args) // 9 for _, args, _ in writer.statements(rows[:100], max_variables=250_000)] == [64, 32, 4]
+    # One text per count up to EXACT_ROWS, then one per power of two: the texts a table uses are few, and stay
+    # prepared in the connection's cache.
     texts = {sql for n in range(1, _sqlite_writes.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
-    assert len(texts) == _sqlite_writes.MULTI_ROW.bit_length()
+    exact = _sqlite_writes.EXACT_ROWS
+    assert len(texts) == exact + _sqlite_writes.MULTI_ROW.bit_length() - exact.bit_length()
     assert len(texts) * len(_sqlite_writes._WRITERS) < _sqlite.STATEMENTS_CACHED
 
 

@@ -7,6 +7,10 @@ groups, without a trip through the event loop in between (each costs a hand-off 
 their turn. ``write(items)`` runs on the thread and returns each item's error, or None, so that one bad item fails
 only its own caller. With small batches arriving often (a node's flush per handled batch, an HTTP request's
 workflow) this replaces a transaction per caller, each queueing behind the others' commits, with one per group.
+
+``first(item)``, when given, picks the items a caller is waiting on to answer someone (SQLite: an orchestrator's
+checkpoints, whose outcomes wait for them): those of a group are written ahead of the rest, as a group of their own, and
+their callers told before the rest is written.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ ROUNDS = 4  # groups one job on the thread writes back to back before the calls 
 
 
 class GroupCommit(Generic[T]):
-    __slots__ = ("_lock", "_waiting", "_write", "_writing")
+    __slots__ = ("_first", "_lock", "_waiting", "_write", "_writing")
 
-    def __init__(self, write: Callable[[list[T]], list[BaseException | None]]) -> None:
+    def __init__(
+        self, write: Callable[[list[T]], list[BaseException | None]], first: Callable[[T], bool] | None = None
+    ) -> None:
         self._write = write
+        self._first = first
         self._lock = threading.Lock()  # around _waiting: the thread takes the next group itself
         self._waiting: list[tuple[T, asyncio.Future[None]]] = []
         self._writing: asyncio.Future[None] | None = None  # the job on the thread (touched on the loop's thread only)
@@ -60,18 +67,31 @@ class GroupCommit(Generic[T]):
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the thread: write what waits, then what came meanwhile, up to ``ROUNDS`` groups; without going back to
-        the event loop in between, which would cost a hand-off of the interpreter lock each way."""
+        the event loop in between, which would cost a hand-off of the interpreter lock each way. What ``first`` picks
+        is written ahead of the rest of its group, as a group of its own, and its callers told at once."""
         for _ in range(ROUNDS):
             with self._lock:
                 group, self._waiting = self._waiting, []
             if not group:
                 return
-            try:
-                errors = self._write([item for item, _ in group])
-            except BaseException as exc:  # the thread's own failure, not an item's: every caller gets it
-                loop.call_soon_threadsafe(self._deliver, group, [exc] * len(group))
-                return  # delivered: nobody reads the job's own result
-            loop.call_soon_threadsafe(self._deliver, group, errors)
+            parts = self._parts(group)
+            for index, part in enumerate(parts):
+                try:
+                    errors = self._write([item for item, _ in part])
+                except BaseException as exc:  # the thread's own failure, not an item's: every caller left gets it
+                    left = [waiting for later in parts[index:] for waiting in later]
+                    loop.call_soon_threadsafe(self._deliver, left, [exc] * len(left))
+                    return  # delivered: nobody reads the job's own result
+                loop.call_soon_threadsafe(self._deliver, part, errors)
+
+    def _parts(self, group: list[tuple[T, asyncio.Future[None]]]) -> list[list[tuple[T, asyncio.Future[None]]]]:
+        """``group`` as the groups to write one after the other: what ``first`` picks, then the rest."""
+        if self._first is None:
+            return [group]
+        ahead = [waiting for waiting in group if self._first(waiting[0])]
+        if not ahead or len(ahead) == len(group):
+            return [group]
+        return [ahead, [waiting for waiting in group if not self._first(waiting[0])]]
 
     @staticmethod
     def _deliver(group: list[tuple[T, asyncio.Future[None]]], errors: Sequence[BaseException | None]) -> None:

@@ -22,19 +22,21 @@ and a busy timeout (``BUSY_TIMEOUT_S``) so that a writer in another process make
 locked database is ``StoreUnavailable`` (an outage to hold through), never bad data.
 
 Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a concurrent
-writer elsewhere makes us wait there instead of failing mid-transaction. Group commit (``onex._group_commit``): the
-batches of ``apply`` calls made while the thread is busy wait for it, then are written in one transaction, as one batch
-(each table's rows of all of them in one go: fewer statements, each of which hands the interpreter lock over twice);
-when a row fails, the group is written again batch by batch, each inside a savepoint of its own, so one that fails is
-rolled back alone and only its caller gets the error. Nodes flush small batches often (an HTTP request's workflow is a
-batch of one or two), and a transaction each kept the one thread busy and every caller queueing behind the others'
-commits. The rows are encoded first (uuids, JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each
-table's rows go out as multi-row INSERTs (``_Writer.statements``), in the order workflows, steps, stamps, transitions,
-bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed events. Any error rolls
-the whole batch back and raises ``StoreError`` naming the table and the operation (and the row, when it could not be
-encoded); ``StoreUnavailable`` when the error is that another process kept the database locked for longer than the busy
-timeout (the batch may succeed later).
-Every call maps SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
+writer elsewhere makes us wait there instead of failing mid-transaction; a write that is one statement goes alone, which
+SQLite runs as a transaction of its own. Group commit (``onex._group_commit``): the batches of ``apply`` calls made
+while the thread is busy wait for it, then are written in one transaction, as one batch (each table's rows of all of
+them in one go: fewer statements, each of which hands the interpreter lock over twice); when a row fails, the
+transaction is rolled back and the group written again batch by batch, each inside a savepoint of its own, so one that
+fails is rolled back alone and only its caller gets the error. Checkpoints (batches of workflow rows alone, which an
+orchestrator's outcomes wait for) are written ahead of the rest of their group, as a write of their own. Nodes flush
+small batches often (an HTTP request's workflow is a batch of one or two), and a transaction each kept the one thread
+busy and every caller queueing behind the others' commits. The rows are encoded first (uuids, JSON, timestamps: see
+``migrations/sqlite/0001_initial.sql``), then each table's rows go out as multi-row INSERTs (``_Writer.statements``), in
+the order workflows, steps, stamps, transitions, bridge states, registrations, heartbeats, event logs, aggregate
+windows, node states, processed events. Any error rolls the whole batch back and raises ``StoreError`` naming the table
+and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when the error is that another
+process kept the database locked for longer than the busy timeout (the batch may succeed later). Every call maps
+SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
 
 Checkpoints. In WAL mode committed pages are appended to the ``-wal`` file and copied into the database by a
 checkpoint, which SQLite runs by default inside the commit that crosses a threshold: that commit then takes tens
@@ -97,6 +99,7 @@ from onex._sqlite_writes import (
     _execute,
     _insert,
     _merged,
+    _one_statement,
     _padded,
     _write_merged,
     _Writer,
@@ -149,9 +152,10 @@ MEMORY: Final = ":memory:"
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # C: no Python frame a None
 
 BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another process's lock before failing (from the connect on)
-# Statements a connection keeps prepared: each table's multi-row INSERTs (a power of two rows each, up to MULTI_ROW),
-# the reads (their key lists a power of two long: _padded), the migrations' (sqlite3's default is 128).
-STATEMENTS_CACHED: Final = 256
+# Statements a connection keeps prepared: each table's multi-row INSERTs (each count up to EXACT_ROWS rows, then a power
+# of two up to MULTI_ROW), the reads (their key lists a power of two long: _padded), the migrations' (sqlite3's default
+# is 128).
+STATEMENTS_CACHED: Final = 512
 MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
 CHECKPOINT_INTERVAL_S: Final = 1.0  # at most one background WAL checkpoint per interval (module docstring)
 
@@ -240,7 +244,7 @@ class SqliteStore(Store):
         self.checkpoints = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # the database thread; None once closing
         self.transactions = 0
-        self._group: GroupCommit[WriteBatch] = GroupCommit(self._write_group)
+        self._group: GroupCommit[WriteBatch] = GroupCommit(self._write_group, _checkpoint_only)
         self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
         self._checkpoint: asyncio.Future[None] | None = None  # the background checkpoint running, if any
         self._checkpointed_at = -math.inf
@@ -568,8 +572,9 @@ class SqliteStore(Store):
 
     def _write_group(self, batches: list[WriteBatch]) -> list[BaseException | None]:
         """Write ``batches`` in one transaction. Several are written as one (``_merged``: each table's rows in one
-        go); where that cannot be, or a row fails, each inside a savepoint of its own: a batch that fails is rolled
-        back alone and gets its error, the others are committed. Each batch's error, or None."""
+        go), without BEGIN and COMMIT when that is one statement; where that cannot be, or a row fails, each inside a
+        savepoint of its own: a batch that fails is rolled back alone and gets its error, the others are committed.
+        Each batch's error, or None."""
         errors: list[BaseException | None] = [None] * len(batches)
         try:
             conn = self._ready()
@@ -586,16 +591,31 @@ class SqliteStore(Store):
         if not work:
             return errors
         alone = len(work) == 1  # the savepoint costs nothing to leave out, and a lone batch is the common case
+        merged = next(iter(work.values())) if alone else _merged(work.values())  # one statement a table
+        single = None if merged is None else _one_statement(conn, merged)
         current = "begin"
 
         def failed(exc: BaseException) -> StoreError:
             return _store_error(exc, f"apply: {current} failed on {self.path}", "the batch was rolled back")
 
         try:
+            if single is not None:  # a transaction by itself: no BEGIN and COMMIT to hand the lock over for
+                current = single[0]
+                try:
+                    conn.execute(single[1], single[2])
+                except _EXECUTE_ERRORS:
+                    if alone:
+                        raise
+                    merged = None  # nothing of it was written: batch by batch, below
+                else:
+                    self.transactions += 1
+                    return errors
             conn.execute("BEGIN IMMEDIATE")
             current = "write"
-            merged = None if alone else _merged(work.values())  # one statement a table, not one a batch
-            if merged is None or not _write_merged(conn, merged):
+            if not alone and merged is not None and not _write_merged(conn, merged):
+                merged = None
+                conn.execute("BEGIN IMMEDIATE")  # _write_merged rolled its transaction back
+            if alone or merged is None:
                 for index, statements in work.items():
                     if not alone:
                         conn.execute("SAVEPOINT onex_batch")
@@ -959,6 +979,12 @@ def _connect(path: str) -> sqlite3.Connection:
     """A connection to ``path``: no implicit BEGIN from the sqlite3 module (transactions are explicit), SQLite's busy
     timeout from the first statement on (the journal mode may wait too), the statements' cache."""
     return sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED)
+
+
+def _checkpoint_only(batch: WriteBatch) -> bool:
+    """Whether ``batch`` is workflow rows alone (an orchestrator's checkpoint, which its outcomes wait for, and so a
+    client): such batches are written ahead of the rest of their group (``GroupCommit``'s ``first``)."""
+    return bool(batch.workflows) and len(batch) == len(batch.workflows) and not batch.processed_event_ids
 
 
 def _first(row: tuple[Any, ...]) -> Any:

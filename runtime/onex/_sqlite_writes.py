@@ -87,9 +87,11 @@ class _Writer:
         per = max(1, min(MULTI_ROW, max_variables // max(len(rows[0]), 1))) if rows else 1
         start = 0
         while start < len(rows):
-            # A power of two rows a statement (the largest that fits what is left): a handful of statement texts per
-            # table, which stay in the connection's statement cache, instead of one to parse for every count.
-            count = 1 << (min(per, len(rows) - start).bit_length() - 1)
+            # What is left in one statement up to EXACT_ROWS rows (a group's commonest case: one statement a table),
+            # else a power of two rows (the largest that fits): a few dozen statement texts per table, which stay in
+            # the connection's statement cache, instead of one to parse for every count.
+            left = min(per, len(rows) - start)
+            count = left if left <= EXACT_ROWS else 1 << (left.bit_length() - 1)
             chunk = rows[start : start + count]
             start += count
             yield _multi_row(self.sql, count), list(_flat(chunk)), False
@@ -106,6 +108,7 @@ def _multi_row(sql: str, count: int) -> str:
 
 
 MULTI_ROW: Final = 512
+EXACT_ROWS: Final = 32  # up to this many rows go in one statement of their own count; more, a power of two
 
 
 @functools.cache
@@ -202,20 +205,31 @@ def _merged(
 
 
 def _write_merged(conn: sqlite3.Connection, merged: list[tuple[_Writer, list[tuple[Any, ...]]]]) -> bool:
-    """Write ``_merged``'s rows in a savepoint: True once written; False, with nothing of them written, when a row
-    fails (the group is then written batch by batch, so that only the batch at fault fails)."""
-    conn.execute("SAVEPOINT onex_group")
+    """Write ``_merged``'s rows: True once written; False when a row fails, with the transaction rolled back (the
+    group is then written again batch by batch, so that only the batch at fault fails)."""
     try:
         for writer, params in merged:
             _execute(conn, writer, params)
     except _EXECUTE_ERRORS:
         if not conn.in_transaction:  # SQLite rolled the whole transaction back by itself (SQLITE_FULL, IOERR ...)
             raise
-        conn.execute("ROLLBACK TO onex_group")
-        conn.execute("RELEASE onex_group")
+        conn.execute("ROLLBACK")
         return False
-    conn.execute("RELEASE onex_group")
     return True
+
+
+def _one_statement(
+    conn: sqlite3.Connection, work: list[tuple[_Writer, list[tuple[Any, ...]]]]
+) -> tuple[str, str, list[Any]] | None:
+    """(what, sql, parameters) where ``work`` is one statement, which SQLite runs as a transaction of its own; None
+    where it is more (the stamps' numbering reads first)."""
+    if len(work) != 1 or work[0][0] is _STAMP_WRITER:
+        return None
+    writer, params = work[0]
+    statements = list(writer.statements(params, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)))
+    if len(statements) != 1 or statements[0][2]:
+        return None
+    return f"{writer.operation} of {writer.table}", statements[0][0], statements[0][1]
 
 
 # The stored versions of files given as (namespace, file_path) rows: _multi_row repeats the row.
