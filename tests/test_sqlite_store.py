@@ -13,7 +13,7 @@ import itertools
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -232,11 +232,17 @@ async def hold_thread(store: SqliteStore) -> tuple[asyncio.Future[None], threadi
     return holding, release
 
 
-async def in_one_group(store: SqliteStore, batches: list[WriteBatch]) -> tuple[list[BaseException | None], int]:
+async def in_one_group(
+    store: SqliteStore, batches: list[WriteBatch], told: list[int] | None = None
+) -> tuple[list[BaseException | None], int]:
     """Apply ``batches`` while the store's thread is held, so that they are written as one group: each call's error
-    (None when it succeeded) and how many transactions the group took."""
+    (None when it succeeded) and how many transactions the group took; ``told``, when given, gets the batches'
+    indexes in the order their callers were told."""
     holding, release = await hold_thread(store)
     calls = [asyncio.ensure_future(store.apply(batch)) for batch in batches]
+    for index, call in enumerate(calls):
+        if told is not None:
+            call.add_done_callback(functools.partial(lambda index, _: told.append(index), index))
     await handed_over(store, sum(len(batch) + len(batch.processed_event_ids) for batch in batches))
     before = store.transactions
     release.set()
@@ -329,6 +335,14 @@ async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_toget
             assert await store.unprocessed(f"c{i}", batch.processed_event_ids) == set()
 
 
+@contextlib.asynccontextmanager
+async def migrated(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+        assert isinstance(store, SqliteStore)
+        await store.upgrade()
+        yield store
+
+
 def checkpoint(state_seq: int = 1) -> WriteBatch:
     """An orchestrator's checkpoint: workflow rows alone."""
     return WriteBatch(workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "processing", state_seq)])
@@ -340,9 +354,7 @@ async def traced(store: SqliteStore, statements: list[str]) -> None:
 
 async def test_a_write_of_one_statement_goes_without_begin_and_commit(tmp_path: Path) -> None:
     # One statement is a transaction by itself: BEGIN and COMMIT would each hand the interpreter lock over for nothing.
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
-        assert isinstance(store, SqliteStore)
-        await store.upgrade()
+    async with migrated(tmp_path) as store:
         statements: list[str] = []
         await traced(store, statements)
         await store.apply(WriteBatch(workflows=[checkpoint().workflows[0] for _ in range(3)]))
@@ -362,9 +374,7 @@ async def test_a_write_of_one_statement_goes_without_begin_and_commit(tmp_path: 
 
 
 async def test_a_group_whose_one_statement_fails_is_written_again_batch_by_batch(tmp_path: Path) -> None:
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
-        assert isinstance(store, SqliteStore)
-        await store.upgrade()
+    async with migrated(tmp_path) as store:
         good, bad, also = checkpoint(), checkpoint(2**63), checkpoint()  # 2**63: refused binding, in the statement
         errors, transactions = await in_one_group(store, [good, bad, also])
         assert errors[0] is None
@@ -384,9 +394,7 @@ async def test_a_group_whose_merged_write_fails_is_rolled_back_and_written_again
 ) -> None:
     # No savepoint around the merged write (two statements saved, a group's commonest case): a row that fails
     # rolls the transaction back, and the group is written again batch by batch.
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
-        assert isinstance(store, SqliteStore)
-        await store.upgrade()
+    async with migrated(tmp_path) as store:
         statements: list[str] = []
         await traced(store, statements)
         batches = [WriteBatch(stamps=[stamp(file_path="a.py")]), WriteBatch(stamps=[stamp(file_size=2**63)])]
@@ -410,25 +418,13 @@ async def test_checkpoints_are_written_ahead_of_the_rest_of_their_group(tmp_path
     # An orchestrator's outcomes wait for their checkpoint; the database adapter's rows wait for nobody but itself.
     # So in a group, the batches of workflow rows alone go first, in a write of their own, and their callers are told
     # before the rest is written.
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
-        assert isinstance(store, SqliteStore)
-        await store.upgrade()
+    async with migrated(tmp_path) as store:
         statements: list[str] = []
         await traced(store, statements)
         rows = WriteBatch(stamps=[stamp()], processed_event_ids=[uuid.uuid4()], consumer="adapter")
         batches = [rows, checkpoint(), WriteBatch(stamps=[stamp()]), checkpoint()]
         told: list[int] = []
-        holding, release = await hold_thread(store)
-        calls = [asyncio.ensure_future(store.apply(batch)) for batch in batches]
-        for index, call in enumerate(calls):
-            call.add_done_callback(functools.partial(lambda index, _: told.append(index), index))
-        await handed_over(store, 5)
-        before = store.transactions
-        release.set()
-        await holding
-        await asyncio.gather(*calls)
-
-        assert store.transactions - before == 2
+        assert await in_one_group(store, batches, told) == ([None] * 4, 2)
         assert told[:2] == [1, 3]
         first = [s.split(" AS ")[0] for s in statements[:2]]
         assert first == ["INSERT INTO workflow_executions", "BEGIN IMMEDIATE"]
@@ -437,9 +433,7 @@ async def test_checkpoints_are_written_ahead_of_the_rest_of_their_group(tmp_path
 
 
 async def test_a_failure_of_the_thread_itself_reaches_the_callers_of_both_parts_of_a_group(tmp_path: Path) -> None:
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
-        assert isinstance(store, SqliteStore)
-        await store.upgrade()
+    async with migrated(tmp_path) as store:
 
         def broken(batches: list[WriteBatch]) -> list[BaseException | None]:
             raise RuntimeError("the thread broke")
