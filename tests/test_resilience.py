@@ -16,7 +16,15 @@ from onex.contracts import Contract, EventSpec, Resilience, RetrySettings
 from onex.envelope import OnexEnvelopeV1
 from onex.exceptions import CircuitOpenError, StoreUnavailable
 from onex.nodes import ComputeNode, EffectNode, Event
-from onex.resilience import BreakerState, CircuitBreaker, RetryPolicy, circuit_breaker, holding, retry_policy
+from onex.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    RetryPolicy,
+    _Watch,
+    circuit_breaker,
+    holding,
+    retry_policy,
+)
 from onex.settings import Settings
 from onex.stores import open_store
 
@@ -315,6 +323,95 @@ async def test_the_system_clock_times_an_attempt_with_a_loop_timer() -> None:
 
     with pytest.raises(TimeoutError):
         await policy.run(hangs, None)
+
+
+async def _blocked(task: asyncio.Task[Any]) -> None:
+    """Return once ``task`` waits (no timing: each checkpoint lets it run until it blocks)."""
+    for _ in range(10):
+        await anyio.lowlevel.checkpoint()
+    assert not task.done()
+
+
+@pytest.mark.anyio
+async def test_handler_calls_one_after_another_share_one_loop_timer() -> None:
+    # A timer armed and cancelled for every call cost 7 % of a lone stamp's event-loop CPU: one is armed a timeout.
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign,assignment]
+    try:
+        policy = RetryPolicy(timeout_ms=60_000)
+
+        async def calls() -> None:
+            for _ in range(100):
+                await policy.run(_quick, None)
+
+        task = asyncio.ensure_future(calls())
+        await task
+    finally:
+        del loop.call_at  # the class's again
+    assert len(armed) == 1
+    await anyio.lowlevel.checkpoint()  # the task's done callbacks run
+    assert task not in _Watch._of  # the task ended: its timer is cancelled and its watch forgotten
+
+
+async def _quick(_: None) -> None:
+    return None
+
+
+async def _hangs(_: None) -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.anyio
+async def test_a_shorter_timeout_after_a_longer_one_is_armed_for_its_own_deadline() -> None:
+    long, short = RetryPolicy(timeout_ms=60_000), RetryPolicy(timeout_ms=50)
+
+    async def calls() -> None:
+        await long.run(_quick, None)
+        await short.run(_hangs, None)
+
+    task = asyncio.ensure_future(calls())
+    await _blocked(task)
+    watch = _Watch._of[task]
+    assert watch.attempt is not None
+    assert watch.timer is not None
+    assert watch.timer.when() == watch.attempt.deadline  # not the first call's, a minute later
+    with pytest.raises(TimeoutError, match="50 ms"):
+        await task
+
+
+@pytest.mark.anyio
+async def test_on_the_system_clock_a_call_holding_past_its_deadline_gets_another_timeout() -> None:
+    policy = RetryPolicy(timeout_ms=60_000)
+    store_back = asyncio.Event()
+
+    async def held(_: None) -> None:
+        with holding():
+            await store_back.wait()
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(policy.run(held, None))
+    await _blocked(task)
+    watch = _Watch._of[task]
+    attempt = watch.attempt
+    assert attempt is not None
+    attempt.deadline = watch.loop.time() - 1  # as if the timeout had passed: the timer's callback, called now
+    watch.due()
+    assert not attempt.expired
+    assert watch.timer is not None
+    assert attempt.deadline > watch.loop.time() + 59  # another full timeout
+    store_back.set()
+    await _blocked(task)
+    attempt.deadline = watch.loop.time() - 1
+    watch.due()  # not holding now: expired
+    with pytest.raises(TimeoutError):
+        await task
 
 
 def test_holding_outside_a_handler_is_a_no_op() -> None:
