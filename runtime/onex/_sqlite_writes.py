@@ -222,8 +222,9 @@ def _one_statement(
     conn: sqlite3.Connection, work: list[tuple[_Writer, list[tuple[Any, ...]]]]
 ) -> tuple[str, str, list[Any]] | None:
     """(what, sql, parameters) where ``work`` is one statement, which SQLite runs as a transaction of its own; None
-    where it is more (the stamps' numbering reads first)."""
-    if len(work) != 1 or work[0][0] is _STAMP_WRITER:
+    where it is more (the stamps' numbering reads first), or more than ``EXACT_ROWS`` rows (a large group: the two
+    statements saved matter less than building its parameters twice)."""
+    if len(work) != 1 or work[0][0] is _STAMP_WRITER or len(work[0][1]) > EXACT_ROWS:
         return None
     writer, params = work[0]
     statements = list(writer.statements(params, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)))
