@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from onex.clock import SYSTEM_CLOCK, Clock, SystemClock
 from onex.exceptions import CircuitOpenError
@@ -267,7 +267,7 @@ class _Watch:
 
     __slots__ = ("attempt", "loop", "timer")
 
-    _of: dict[asyncio.Task[Any], _Watch] = {}
+    _of: ClassVar[dict[asyncio.Task[Any], _Watch]] = {}  # by task: a worker task keeps its watch as long as it runs
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
