@@ -88,10 +88,11 @@ class GroupCommit(Generic[T]):
         """``group`` as the groups to write one after the other: what ``first`` picks, then the rest."""
         if self._first is None:
             return [group]
-        ahead = [waiting for waiting in group if self._first(waiting[0])]
-        if not ahead or len(ahead) == len(group):
-            return [group]
-        return [ahead, [waiting for waiting in group if not self._first(waiting[0])]]
+        ahead: list[tuple[T, asyncio.Future[None]]] = []
+        rest: list[tuple[T, asyncio.Future[None]]] = []
+        for waiting in group:
+            (ahead if self._first(waiting[0]) else rest).append(waiting)
+        return [ahead, rest] if ahead and rest else [group]
 
     @staticmethod
     def _deliver(group: list[tuple[T, asyncio.Future[None]]], errors: Sequence[BaseException | None]) -> None:

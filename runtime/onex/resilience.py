@@ -225,13 +225,9 @@ class _Attempt:
     def arm(self) -> None:
         if isinstance(self.clock, SystemClock):
             self.watch = watch = _Watch.of(self.task)
-            self.outer = watch.attempt
-            watch.attempt = self
+            self.outer, watch.attempt = watch.attempt, self
             self.deadline = watch.loop.time() + self.seconds
-            if watch.timer is None or watch.timer.when() > self.deadline:  # a shorter timeout than the last attempt's
-                if watch.timer is not None:
-                    watch.timer.cancel()
-                watch.timer = watch.loop.call_at(self.deadline, watch.due)
+            watch.wake_by(self.deadline)
         else:
             # Another clock (a ManualClock in tests) can only be waited on by a task.
             self.timer = asyncio.ensure_future(self._wait())
@@ -288,19 +284,26 @@ class _Watch:
         if watch is not None and watch.timer is not None:
             watch.timer.cancel()
 
+    def wake_by(self, deadline: float) -> None:
+        """Have the timer fire by ``deadline`` (an attempt's timeout may be shorter than the last one's)."""
+        if self.timer is not None:
+            if self.timer.when() <= deadline:
+                return
+            self.timer.cancel()
+        self.timer = self.loop.call_at(deadline, self.due)
+
     def due(self) -> None:
         self.timer = None
         attempt = self.attempt
         if attempt is None:
             return
         now = self.loop.time()
-        if now < attempt.deadline:  # a later attempt than the one the timer was armed for
-            self.timer = self.loop.call_at(attempt.deadline, self.due)
-        elif attempt.holding:  # waiting on the store: another full timeout
-            attempt.deadline = now + attempt.seconds
-            self.timer = self.loop.call_at(attempt.deadline, self.due)
-        else:
-            attempt._expire()
+        if now >= attempt.deadline:
+            if not attempt.holding:
+                attempt._expire()
+                return
+            attempt.deadline = now + attempt.seconds  # waiting on the store: another full timeout
+        self.wake_by(attempt.deadline)  # or a later attempt than the one the timer was armed for
 
 
 _ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("onex_attempt", default=None)
