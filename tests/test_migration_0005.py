@@ -218,7 +218,7 @@ async def test_intelligence_data_is_filled_whichever_is_stored_first(store_url: 
     assert got == {"early.txt": ANSWER, "late.txt": {"score": 0.5}, "same.txt": ANSWER, "skipped.txt": {}}
 
 
-@pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
+@pytest.mark.parametrize("method", ["unnest", "json", "copy", "executemany"])
 async def test_every_postgres_write_path_numbers_restamps_in_batch_order(postgres_dsn: str, method: str) -> None:
     url = f"{postgres_dsn}&bulk_method={method}&bulk_min_rows=1"
     rows = [StampRow(uuid.uuid4(), f"{i:064x}", "f.py", i, "ns", "lightweight", "python") for i in range(5)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import anyio
@@ -377,7 +378,7 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("method", ["executemany", "unnest", "copy"])
+@pytest.mark.parametrize("method", ["executemany", "unnest", "json", "copy"])
 @pytest.mark.parametrize("text", HOSTILE)
 async def test_hostile_strings_are_stored_verbatim(postgres_dsn: str, text: str, method: str) -> None:
     # bulk_min_rows=1: with unnest and copy even these one-row tables take the set-based path.
@@ -408,6 +409,60 @@ async def test_hostile_strings_are_stored_verbatim(postgres_dsn: str, text: str,
             **dict.fromkeys(TABLES, 0),
             **dict.fromkeys(["metadata_stamps", "node_registrations", "fsm_transitions", "processed_events"], 1),
         }
+
+
+EDGE_FLOATS = [0.1, -0.0, 5e-324, 1.7976931348623157e308, 1e-7, float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("method", ["executemany", "unnest", "json", "copy"])
+async def test_edge_values_are_stored_as_every_bulk_method_reads_them(postgres_dsn: str, method: str) -> None:
+    # bulk_method=json sends each value as JSON text: floats beyond JSON (NaN, infinities), the smallest and largest
+    # doubles, negative zero and a timestamp in another zone must come back as asyncpg's binary arrays bring them.
+    async with PostgresStore(url_with(postgres_dsn, bulk_method=method, bulk_min_rows=1)) as store:
+        await store.upgrade()
+        cid = uuid.uuid4()
+        zone = timezone(timedelta(hours=-3, minutes=-30))
+        steps = [
+            StepRow(cid, f"s{i}", i, "completed", x, {"i": i, "unicode": 'ü 🚀 \\ "q"'}, created_at=T0.astimezone(zone))
+            for i, x in enumerate(EDGE_FLOATS)
+        ]
+        steps.append(StepRow(cid, "none", len(steps), "pending", None, {}, None, T0))
+        await store.apply(WriteBatch(steps=steps))
+        stored = await store.list_steps(cid)
+        assert [s.step_name for s in stored] == [s.step_name for s in steps]
+        for got, sent in zip(stored, steps, strict=True):
+            assert (got.step_data, got.created_at, got.error_message) == (sent.step_data, T0, None)
+            if sent.execution_time_ms is None or math.isnan(sent.execution_time_ms):
+                assert got.execution_time_ms is None or math.isnan(got.execution_time_ms)
+                assert (got.execution_time_ms is None) == (sent.execution_time_ms is None)
+            else:
+                assert got.execution_time_ms == sent.execution_time_ms
+                assert math.copysign(1, got.execution_time_ms) == math.copysign(1, sent.execution_time_ms)
+
+
+@pytest.mark.parametrize("method", ["unnest", "json", "copy"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"file_path": "nul\x00.py"}, id="nul-in-text"),
+        pytest.param({"file_size": 2**64}, id="beyond-64-bits"),
+        pytest.param({"stamp_data": {"at": T0}}, id="datetime-in-json"),
+        pytest.param({"stamp_data": {"x": float("inf")}}, id="infinity-in-json"),
+    ],
+)
+async def test_a_value_postgresql_cannot_hold_fails_the_set_based_batch(
+    postgres_dsn: str, method: str, bad: dict[str, Any]
+) -> None:
+    async with PostgresStore(url_with(postgres_dsn, bulk_method=method, bulk_min_rows=1)) as store:
+        await store.upgrade()
+        stamps = [StampRow(uuid.uuid4(), "h", f"{i}.py", i, "ns", "lightweight", "python") for i in range(20)]
+        stamps[7] = replace(stamps[7], **bad)
+        with pytest.raises(StoreError, match="metadata_stamps"):
+            await store.apply(
+                WriteBatch(stamps=stamps, transitions=[TransitionRow(uuid.uuid4(), "e", "w", None, "s", "go")])
+            )
+        assert await store.count("metadata_stamps") == 0
+        assert await store.count("fsm_transitions") == 0
 
 
 async def test_jsonb_round_trips_and_is_queryable(postgres_dsn: str) -> None:
@@ -496,7 +551,7 @@ async def test_a_batch_that_is_one_statement_goes_without_begin_and_commit(postg
         assert await store.count("workflow_executions") == 20
 
 
-@pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
+@pytest.mark.parametrize("method", ["unnest", "json", "copy", "executemany"])
 async def test_every_bulk_method_keeps_the_conflict_rules_within_one_batch(postgres_dsn: str, method: str) -> None:
     # bulk_min_rows=1: even the smallest table goes set-based, with several rows per natural key in one batch.
     url = url_with(postgres_dsn, bulk_method=method, bulk_min_rows=1)
@@ -544,7 +599,7 @@ async def test_every_bulk_method_keeps_the_conflict_rules_within_one_batch(postg
         assert [w.correlation_id for w in await store.list_workflows(limit=3)] == cids[::-1][:3]
 
 
-@pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
+@pytest.mark.parametrize("method", ["unnest", "json", "copy", "executemany"])
 async def test_a_bad_row_in_a_large_batch_names_its_table(postgres_dsn: str, method: str) -> None:
     async with PostgresStore(url_with(postgres_dsn, bulk_method=method)) as store:
         await store.upgrade()

@@ -449,7 +449,7 @@ async def test_a_database_at_schema_3_with_rows_upgrades_and_keeps_them(store_ur
 # --- PostgreSQL's three write paths agree on the new tables ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["unnest", "copy", "executemany"])
+@pytest.mark.parametrize("method", ["unnest", "json", "copy", "executemany"])
 async def test_every_postgres_bulk_method_writes_windows_and_node_states(postgres_dsn: str, method: str) -> None:
     # bulk_min_rows=1: set-based even for few rows; COPY names the quoted "values" and "key" columns.
     url = f"{postgres_dsn}&bulk_method={method}&bulk_min_rows=1"

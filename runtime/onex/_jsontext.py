@@ -44,6 +44,12 @@ def dumpb(value: Any) -> bytes:
     return _STANDARD(value).encode() if data is None else data
 
 
+def fragment(value: Any) -> orjson.Fragment:
+    """``dumpb`` as an ``orjson.Fragment``: text that ``orjson.dumps`` embeds in a larger document as it is."""
+    data = _orjson(value)
+    return orjson.Fragment(_STANDARD(value).encode() if data is None else data)
+
+
 def _orjson(value: Any) -> bytes | None:
     """orjson's text of ``value``, or None where the standard library must answer (or raise)."""
     try:

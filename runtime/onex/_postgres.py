@@ -20,21 +20,27 @@ parameter                 default  meaning
 ``backoff_max``           2        ... up to this
 ``breaker_threshold``     5        consecutive connection failures that open the circuit breaker
 ``breaker_reset``         2        seconds an open breaker waits before it lets one trial through
-``bulk_method``           unnest   how a table's rows of a batch are sent: ``unnest``, ``copy`` or ``executemany``
+``bulk_method``           json     how a table's rows are sent: ``json``, ``unnest``, ``copy``, ``executemany``
 ``bulk_min_rows``         16       below this many rows of one table, ``executemany`` whatever ``bulk_method`` says
 ========================  =======  =================================================================================
 
 Writes. ``apply(batch)`` is one transaction (a batch that is one statement, such as an orchestrator's checkpoint, is
 sent without BEGIN and COMMIT: PostgreSQL commits a statement whole): each table's rows, in the order workflows, steps,
 stamps, transitions, bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed
-events (as ``SqliteStore``). With the default ``bulk_method=unnest`` a table's rows travel as one array per column in
-one prepared statement, ``INSERT ... SELECT ... FROM unnest($1::uuid[], ...) WITH ORDINALITY ... ON CONFLICT ...``: one
-round trip and one plan per table and batch, rows written in batch order. Measured on 100,000 mixed rows in batches of
-500 (``bench/store_postgres.py`` prints all three), it beat both alternatives the task named: ``executemany`` of a
-prepared ``INSERT ... ON CONFLICT`` (pipelined, but planned and executed row by row) and COPY into a temporary staging
-table followed by ``INSERT ... SELECT ... ON CONFLICT`` (two round trips, and the staging writes plus the ``ON COMMIT
-DELETE ROWS`` truncation cost more than COPY's faster transfer saves at this size). Both remain available as
-``bulk_method``.
+events (as ``SqliteStore``). With the default ``bulk_method=json`` a table's rows travel as one JSON document, an array
+per row, in one prepared statement, ``INSERT ... SELECT (r->>0)::uuid, ... FROM jsonb_array_elements($1) WITH ORDINALITY
+... ON CONFLICT ...``: one round trip and one plan per table and batch, rows written in batch order. Values go as orjson
+writes them (UUIDs and datetimes as their text); a JSON column's value is embedded as the text the other methods send
+(``_jsontext``: NaN refused, and so on), and a float that JSON or a jsonb number cannot hold (NaN, the infinities,
+negative zero) goes as text, which ``double precision`` reads back exactly. ``bulk_method=unnest`` sends the same rows
+as one array per column (``unnest($1::uuid[], ...)``), which asyncpg encodes value by value, checking each one for a
+nested array: on 100,000 mixed rows in batches of 500 (``bench/store_postgres.py``, issue 12's twentieth part) it took
+7.96 µs of the client's CPU a row against json's 4.11, the CPU the nodes' event loop pays, while the server's share grew
+by about a twentieth. Both beat the alternatives the task named: ``executemany`` of a prepared ``INSERT ... ON
+CONFLICT`` (pipelined, but planned and executed row by row) and COPY into a temporary staging table followed by ``INSERT
+... SELECT ... ON CONFLICT`` (two round trips, and the staging writes plus the ``ON COMMIT DELETE ROWS`` truncation cost
+more than COPY's faster transfer saves at this size). All remain available as ``bulk_method``. Each table's statements
+and encoders are rendered in ``onex._postgres_sql``.
 
 One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch may hold several rows for one key
 (a workflow's start and its completion). Such rows go in rounds, the n-th row of a key in round n, one statement
@@ -83,13 +89,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 from onex import _jsontext, _tables
+from onex._postgres_sql import FROM_SQL, PROCESSED, STAGED, WRITES, Rows, TableSQL, render, utc
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -101,9 +109,6 @@ from onex._tables import (
     SELECT_STEP,
     SELECT_TRANSITION,
     SELECT_WORKFLOW,
-    Convert,
-    Kind,
-    Table,
 )
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.meters import CommitMeter
@@ -125,7 +130,6 @@ from onex.store import (
     TransitionRow,
     WorkflowRow,
     WriteBatch,
-    group_key,
     load_migrations,
 )
 
@@ -198,7 +202,7 @@ class PostgresSettings:
     backoff_max: float = 2.0
     breaker_threshold: int = 5
     breaker_reset: float = 2.0
-    bulk_method: str = "unnest"
+    bulk_method: str = "json"
     bulk_min_rows: int = 16
 
     @classmethod
@@ -222,8 +226,8 @@ class PostgresSettings:
         settings = cls(dsn=urlunsplit(parts._replace(query=urlencode(passthrough))), **ours)
         if not _SCHEMA_NAME.match(settings.schema):
             raise ValueError(f"schema name {settings.schema!r}: letters, digits and underscores only")
-        if settings.bulk_method not in ("unnest", "copy", "executemany"):
-            raise ValueError(f"bulk_method={settings.bulk_method!r}: expected unnest, copy or executemany")
+        if settings.bulk_method not in ("unnest", "json", "copy", "executemany"):
+            raise ValueError(f"bulk_method={settings.bulk_method!r}: expected unnest, json, copy or executemany")
         if not 0 <= settings.min_size <= settings.max_size or settings.max_size < 1:
             raise ValueError(f"pool sizes min_size={settings.min_size} max_size={settings.max_size} are not valid")
         return settings
@@ -254,13 +258,6 @@ def _qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # A naive datetime means UTC everywhere in onex; asyncpg would read it as local time instead.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def _json_encode(value: Any) -> bytes:
     # No NaN or Infinity (onex._jsontext): jsonb refuses them, and the error is clearer here. SqliteStore encodes JSON
     # the same way.
@@ -279,7 +276,7 @@ async def _init_jsonb(conn: Connection) -> None:
 async def _init_staging(conn: Connection) -> None:
     """``bulk_method=copy``: also the temporary staging tables, once per connection, emptied by every commit."""
     await _init_jsonb(conn)
-    await conn.execute(";\n".join(t.staging_ddl for t in _TABLES))
+    await conn.execute(";\n".join(t.staging_ddl for t in STAGED))
 
 
 # --- migrations ------------------------------------------------------------------------------------------------------
@@ -307,130 +304,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 
-# --- SQL -------------------------------------------------------------------------------------------------------------
-
-# The PostgreSQL type of each logical type of ``onex._tables`` (for the unnest arrays and the COPY staging tables).
-_SQL_TYPES: Final[dict[Kind, str]] = {
-    "uuid": "UUID",
-    "text": "TEXT",
-    "int": "INTEGER",
-    "bigint": "BIGINT",
-    "float": "DOUBLE PRECISION",
-    "bool": "BOOLEAN",
-    "json": "JSONB",
-    "json_key": "TEXT",
-    "timestamp": "TIMESTAMPTZ",
-}
-# asyncpg takes and gives the native values (JSONB through the codec of _init_jsonb); only a naive datetime needs
-# its zone, since asyncpg would read it as local time. None: the value as it is.
-# A json_key is canonical JSON text (onex.store.group_key), the same text SqliteStore stores.
-_TO_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None) | {
-    "timestamp": _utc,
-    "json_key": group_key,
-}
-_FROM_SQL: Final[dict[Kind, Convert | None]] = dict.fromkeys(_SQL_TYPES, None) | {"json_key": json.loads}
-
-_RULES: Final = {
-    **_tables.COMMON_RULES,
-    _tables.Rule.GREATEST: "GREATEST({t}.{c}, EXCLUDED.{c})",
-    _tables.Rule.MERGE: "CASE WHEN EXCLUDED.{seq} >= {t}.{seq} THEN {t}.{c} || EXCLUDED.{c} "
-    "ELSE EXCLUDED.{c} || {t}.{c} END",
-    _tables.Rule.NOW: "now()",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Table:
-    """How one table is written: row by row (``statement``, executemany) or set-based (``bulk`` or COPY + ``move``).
-
-    Set-based, the rows of a batch go in rounds: the n-th row of the batch for one natural key goes in round n,
-    and rounds run one after another, because one ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch a row twice.
-    So several rows for one key in a batch (a workflow's start and its completion) apply in batch order, exactly
-    as row by row. Insert-only tables (``key`` None) need one round: ``DO NOTHING`` also skips duplicates within
-    one statement.
-    """
-
-    name: str
-    operation: str  # for messages: "upsert", "insert" ...
-    columns: tuple[str, ...]
-    statement: str  # one row: INSERT ... VALUES ($1, ...) ON CONFLICT ...
-    bulk: str  # one round: INSERT ... SELECT ... FROM unnest($1::type[], ...) ON CONFLICT ...
-    staging: str  # bulk_method=copy: a temporary table per connection, COPYed into ...
-    staging_ddl: str
-    staging_columns: tuple[str, ...]
-    move: str  # ... then moved with INSERT ... SELECT ... WHERE round = $1 ORDER BY ord ON CONFLICT ...
-    key: tuple[int, ...] | None  # positions of the natural key's columns in a row's argument tuple
-    encode: _tables.Encode  # (rows, None) -> one argument tuple per row, in ``columns`` order
-
-
-def _table(table: Table[Any]) -> _Table:
-    """A ``_Table`` rendered from its description. A ``default_now`` column's NULL becomes ``now()``; ``written``
-    columns are left to their ``DEFAULT now()``."""
-    stored = table.stored
-    names = tuple(c.sql for c in stored)
-    listed = ", ".join(names)
-    defaults = ["COALESCE({}, now())" if c.default_now else "{}" for c in stored]
-    values = ", ".join(d.format(f"${n}") for n, d in enumerate(defaults, 1))
-    selected = ", ".join(d.format(c) for d, c in zip(defaults, names, strict=True))
-    types = [_SQL_TYPES[c.kind] for c in stored]
-    arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, 1))
-    typed = ", ".join(f"{c} {t}" for c, t in zip(names, types, strict=True))
-    insert = f"INSERT INTO {table.name} AS {table.alias} ({listed})"
-    conflict = table.on_conflict(_RULES)
-    staging = f"_onex_stage_{table.name}"
-    return _Table(
-        name=table.name,
-        operation=table.operation,
-        columns=tuple(c.name for c in stored),
-        statement=f"{insert} VALUES ({values}) {conflict}",
-        bulk=f"{insert} SELECT {selected} FROM unnest({arrays}) WITH ORDINALITY AS s({listed}, ord) ORDER BY ord "
-        f"{conflict}",
-        staging=staging,
-        staging_ddl=f"CREATE TEMPORARY TABLE {staging} (ord INTEGER, round INTEGER, {typed}) ON COMMIT DELETE ROWS",
-        staging_columns=("ord", "round", *(c.name for c in stored)),  # asyncpg quotes them
-        move=f"{insert} SELECT {selected} FROM pg_temp.{staging} WHERE round = $1 ORDER BY ord {conflict}",
-        key=table.key_positions if table.upsert else None,
-        encode=_tables.encoder(table, _TO_SQL, fill_now=False),
-    )
-
-
-# A heartbeat updates health_status and last_heartbeat and merges its metadata into the node's, unless the stored
-# heartbeat is newer. One from a node that has not registered (yet) is dropped: the registration carries the node's
-# type and version, which a heartbeat does not, and nodes re-announce themselves on the registry's request. Few
-# per batch, so always row by row (``bulk`` empty). The parameters are those of _tables.HEARTBEATS.
-_HEARTBEATS: Final = _Table(
-    name="node_registrations",
-    operation="heartbeat update",
-    columns=_tables.HEARTBEATS.names,
-    statement="""UPDATE node_registrations SET
-        health_status = $2,
-        last_heartbeat = $3,
-        metadata = metadata || $4::jsonb,
-        updated_at = now()
-    WHERE node_id = $1 AND (last_heartbeat IS NULL OR last_heartbeat <= $3)""",
-    bulk="",
-    staging="",
-    staging_ddl="",
-    staging_columns=(),
-    move="",
-    key=None,
-    encode=_tables.encoder(_tables.HEARTBEATS, _TO_SQL, fill_now=False),
-)
-
-# (WriteBatch attribute, how its rows are written), in the order apply writes them.
-_WRITES: Final = tuple((f, _HEARTBEATS if t is _tables.HEARTBEATS else _table(t)) for f, t in _tables.BATCH)
-_PROCESSED: Final = _table(_tables.PROCESSED)  # its rows are built in _apply_once: (consumer, event id)
-_TABLES: Final = (*(table for _, table in _WRITES if table.bulk), _PROCESSED)  # those with a staging table
-
-
 # --- row conversion --------------------------------------------------------------------------------------------------
 
-_READ: Final = _tables.readers(_FROM_SQL)  # a fetched row as its dataclass, per table
+_READ: Final = _tables.readers(FROM_SQL)  # a fetched row as its dataclass, per table
 
 
 # --- dead letters ---------------------------------------------------------------------------------------------------
 
-_DEAD_LETTERS: Final = _table(_tables.DEAD_LETTERS)
+_DEAD_LETTERS: Final = render(_tables.DEAD_LETTERS)
 _INSERT_DEAD_LETTER: Final = _DEAD_LETTERS.statement
 _REPLAYED: Final = "UPDATE dead_letters SET replayed_at = $1, replays = replays + 1 WHERE event_id = $2"
 
@@ -617,59 +498,72 @@ class PostgresStore(Store):
 
     async def _apply_once(self, batch: WriteBatch) -> None:
         # Encoded before a connection is taken: a row that cannot be stored fails the batch before any round trip.
-        work = [(table, _encode(table, rows)) for field, table in _WRITES if (rows := getattr(batch, field))]
+        work = [self._encode(table, rows) for field, table in WRITES if (rows := getattr(batch, field))]
         async with self._connection() as conn:
             await self._ensure_schema(conn)
-            if len(work) == 1 and not batch.processed_event_ids and self._one_statement(*work[0]):
+            if len(work) == 1 and not batch.processed_event_ids and self._one_statement(work[0]):
                 # One statement is a transaction of its own: one round trip where BEGIN and COMMIT made three (an
                 # orchestrator's checkpoint, the commonest batch, waited for all three through a busy event loop).
-                await self._write(conn, *work[0])
+                await self._write(conn, work[0])
                 return
             async with conn.transaction():
-                for table, encoded in work:
-                    await self._write(conn, table, encoded)
-                await self._write(conn, _PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids])
+                for rows in work:
+                    await self._write(conn, rows)
+                if batch.processed_event_ids:
+                    processed = [(batch.consumer, i) for i in batch.processed_event_ids]
+                    await self._write(conn, Rows(PROCESSED, processed, self._by_executemany(PROCESSED, processed)))
 
-    def _by_executemany(self, table: _Table, rows: list[tuple[Any, ...]]) -> bool:
+    def _encode(self, table: TableSQL, rows: Sequence[Any]) -> Rows:
+        """``rows`` as ``_write`` sends them: argument tuples, or a ``bulk_method=json`` document's arrays; a
+        ``StoreError`` naming the table when a value cannot be converted (a group that JSON cannot hold, a row of the
+        wrong type). Values asyncpg or orjson encode themselves fail later, in ``_write``."""
+        by_executemany = self._by_executemany(table, rows)
+        encode = table.encode_doc if self.settings.bulk_method == "json" and not by_executemany else table.encode
+        try:
+            return Rows(table, encode(rows, None), by_executemany)
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise _store_error(exc, f"apply: a row of {table.name} cannot be stored", "nothing was written") from exc
+
+    def _by_executemany(self, table: TableSQL, rows: Sequence[Any]) -> bool:
         """Whether ``_write`` sends ``rows`` by ``executemany``: pipelined, in one round trip, and atomic."""
         return self.settings.bulk_method == "executemany" or table.bulk == "" or len(rows) < self.settings.bulk_min_rows
 
-    def _one_statement(self, table: _Table, rows: list[tuple[Any, ...]]) -> bool:
+    def _one_statement(self, rows: Rows) -> bool:
         """Whether ``_write`` sends ``rows`` as one statement (``executemany`` counts as one: it is atomic), which
         PostgreSQL commits or rolls back whole without a transaction around it."""
-        if self._by_executemany(table, rows):
-            return True
-        return self.settings.bulk_method == "unnest" and max(_rounds(rows, table.key)) == 0
+        return rows.by_executemany or (self.settings.bulk_method in ("unnest", "json") and rows.rounds == 1)
 
-    async def _write(self, conn: Connection, table: _Table, rows: list[tuple[Any, ...]]) -> None:
-        """Write ``rows`` (argument tuples in ``table.columns`` order) in the transaction open on ``conn``, or alone
-        when they are the batch's one statement (``_one_statement``).
+    async def _write(self, conn: Connection, rows: Rows) -> None:
+        """Write ``rows`` in the transaction open on ``conn``, or alone when they are the batch's one statement
+        (``_one_statement``).
 
         A row the server or the encoder refuses fails the batch with a ``StoreError`` naming the table; the
         transaction then rolls back. Connection-class errors pass through untouched, to be retried.
         """
-        if not rows:
-            return
+        table, encoded = rows.table, rows.encoded
         try:
             method = self.settings.bulk_method
-            if self._by_executemany(table, rows):
-                await conn.executemany(table.statement, rows)
+            if rows.by_executemany:
+                await conn.executemany(table.statement, encoded)
                 return
-            rounds = _rounds(rows, table.key)
             if method == "copy":
-                records = [(i, n, *row) for i, (n, row) in enumerate(zip(rounds, rows, strict=True))]
+                records = [(i, rows.round_of(i), *row) for i, row in enumerate(encoded)]
                 await conn.copy_records_to_table(
                     table.staging, records=records, columns=table.staging_columns, schema_name="pg_temp"
                 )
-                for n in range(max(rounds) + 1):
+                for n in range(rows.rounds):
                     await conn.execute(table.move, n)
                 return
-            for n in range(max(rounds) + 1):
-                selected = rows if max(rounds) == 0 else [r for r, k in zip(rows, rounds, strict=True) if k == n]
-                await conn.execute(table.bulk, *zip(*selected, strict=True))
+            for n in range(rows.rounds):
+                selected = rows.of_round(n)
+                if method == "json":
+                    await conn.execute(table.doc, orjson.Fragment(orjson.dumps(selected)))
+                else:
+                    await conn.execute(table.bulk, *zip(*selected, strict=True))
         except (asyncpg.PostgresError, asyncpg.DataError, TypeError, ValueError, OverflowError) as exc:
             # asyncpg wraps a value its encoders refuse in DataError, except during COPY, where the encoder's own
             # TypeError (not JSON serialisable), ValueError (NaN) or OverflowError (beyond int64) comes through.
+            # orjson's JSONEncodeError (an integer beyond 64 bits) is a TypeError.
             if _is_connection_error(exc) or isinstance(exc, _CONCURRENCY_ERRORS):
                 raise
             raise _store_error(
@@ -872,7 +766,7 @@ class PostgresStore(Store):
         rows = await self._fetch(
             "UPDATE node_registrations SET health_status = 'STALE', updated_at = now() "
             "WHERE last_heartbeat < $1 AND health_status NOT IN ('STALE', 'STOPPED') RETURNING node_id",
-            _utc(heard_before),
+            utc(heard_before),
         )
         return [str(r["node_id"]) for r in rows]
 
@@ -927,7 +821,7 @@ class PostgresStore(Store):
         await self._write_many(
             [
                 (_INSERT_DEAD_LETTER, _DEAD_LETTERS.encode(rows, None)),
-                (_REPLAYED, [(_utc(at), r.event_id) for r in rows]),
+                (_REPLAYED, [(utc(at), r.event_id) for r in rows]),
             ]
         )
 
@@ -996,7 +890,7 @@ class PostgresStore(Store):
             ("aggregation =", aggregation),
             ("namespace =", namespace),
             ("closed =", closed),
-            ("window_start >=", _utc(since)),
+            ("window_start >=", utc(since)),
         ):
             if value is not None:
                 params.append(value)
@@ -1135,15 +1029,6 @@ class PostgresStore(Store):
                 await pool.release(conn)
 
 
-def _encode(table: _Table, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """``table.encode(rows)``; a ``StoreError`` naming the table when a value cannot be converted (a group that JSON
-    cannot hold, a row of the wrong type). Values asyncpg encodes itself fail later, in ``_write``."""
-    try:
-        return table.encode(rows, None)
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise _store_error(exc, f"apply: a row of {table.name} cannot be stored", "nothing was written") from exc
-
-
 def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
@@ -1151,20 +1036,6 @@ def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
 def _check_page(limit: int, offset: int) -> None:
     if limit < 0 or offset < 0:
         raise ValueError(f"limit and offset must not be negative (limit={limit}, offset={offset})")
-
-
-def _rounds(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None) -> list[int]:
-    """For each row, how many earlier rows of the batch share its natural key (0 for insert-only tables)."""
-    if key is None:
-        return [0] * len(rows)
-    seen: dict[tuple[Any, ...], int] = {}
-    rounds: list[int] = []
-    for row in rows:
-        k = tuple(row[i] for i in key)
-        n = seen.get(k, 0)
-        seen[k] = n + 1
-        rounds.append(n)
-    return rounds
 
 
 def _describe(exc: BaseException) -> str:
