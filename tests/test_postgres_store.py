@@ -371,6 +371,7 @@ HOSTILE = [
     "Robert'); DROP TABLE workflow_executions;--",
     '" OR "1"="1',
     "$1 $2 $$ $tag$ ::jsonb",
+    "$onex$'); DROP TABLE workflow_executions;--",  # the tag bulk_method=json quotes a batch's documents with
     "\\'; SELECT pg_sleep(10); --",
     "%s %(x)s {0} ?",
     "ünïcødé ✓ 🚀 日本語",
@@ -409,6 +410,61 @@ async def test_hostile_strings_are_stored_verbatim(postgres_dsn: str, text: str,
             **dict.fromkeys(TABLES, 0),
             **dict.fromkeys(["metadata_stamps", "node_registrations", "fsm_transitions", "processed_events"], 1),
         }
+
+
+async def test_a_batch_of_several_tables_is_one_message_with_bulk_method_json(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with PostgresStore(url_with(postgres_dsn, bulk_method="json", min_size=1, max_size=1)) as store:
+        await store.upgrade()
+        sent: list[tuple[str, tuple[Any, ...]]] = []
+        execute = asyncpg.Connection.execute
+
+        async def spy(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> str:
+            if not query.startswith("SELECT pg_advisory_unlock_all()"):  # the pool's reset of a released connection
+                sent.append((query, args))
+            return await execute(self, query, *args, **kwargs)
+
+        def batch(cid: uuid.UUID, *seqs: int) -> WriteBatch:
+            return WriteBatch(
+                consumer="adapter",
+                processed_event_ids=[uuid.uuid4()],
+                workflows=[WorkflowRow(cid, "stamp", "completed", seq) for seq in seqs],
+                steps=[StepRow(cid, "stamp", 0, "completed", 1.5)],
+                transitions=[TransitionRow(uuid.uuid4(), str(cid), "workflow", "processing", "completed", "go")],
+            )
+
+        monkeypatch.setattr(asyncpg.Connection, "execute", spy)
+        first, second = batch(uuid.uuid4(), 2), batch(cid := uuid.uuid4(), 2)
+        await store.apply(first)
+        # The connection's first: its statements are prepared (one message), and the batch sent again.
+        assert [q.split(" ")[0] for q, _ in sent] == ["EXECUTE", "PREPARE", "EXECUTE"]
+        sent.clear()
+        await store.apply(second)
+        # One message, no parameters (the simple query protocol), no BEGIN or COMMIT: the statements, in batch order.
+        [(text, args)] = sent
+        assert args == ()
+        assert [line.split("(")[0] for line in text.split(";\n")] == [
+            "EXECUTE onex_doc_workflow_executions",
+            "EXECUTE onex_doc_workflow_steps",
+            "EXECUTE onex_doc_fsm_transitions",
+            "EXECUTE onex_doc_processed_events",
+        ]
+        assert [s.execution_time_ms for s in await store.list_steps(cid)] == [1.5]
+        assert await store.unprocessed("adapter", first.processed_event_ids + second.processed_event_ids) == set()
+        # A key twice in one batch needs two rounds, which one message cannot hold: a transaction, as before.
+        sent.clear()
+        await store.apply(batch(cid, 3, 4))
+        assert [q.split(" AS ")[0] for q, _ in sent] == [
+            "BEGIN;",
+            "INSERT INTO workflow_executions",  # round 1
+            "INSERT INTO workflow_executions",  # round 2
+            "INSERT INTO workflow_steps",
+            "INSERT INTO fsm_transitions",
+            "INSERT INTO processed_events",
+            "COMMIT;",
+        ]
+        assert (await store.get_workflow(cid)).state_seq == 4  # type: ignore[union-attr]
 
 
 EDGE_FLOATS = [0.1, -0.0, 5e-324, 1.7976931348623157e308, 1e-7, float("nan"), float("inf"), float("-inf")]

@@ -21,26 +21,34 @@ parameter                 default  meaning
 ``breaker_threshold``     5        consecutive connection failures that open the circuit breaker
 ``breaker_reset``         2        seconds an open breaker waits before it lets one trial through
 ``bulk_method``           json     how a table's rows are sent: ``json``, ``unnest``, ``copy``, ``executemany``
-``bulk_min_rows``         16       below this many rows of one table, ``executemany`` whatever ``bulk_method`` says
+``bulk_min_rows``         16       with ``unnest`` or ``copy``: below this many rows of one table, ``executemany``
 ========================  =======  =================================================================================
 
-Writes. ``apply(batch)`` is one transaction (a batch that is one statement, such as an orchestrator's checkpoint, is
-sent without BEGIN and COMMIT: PostgreSQL commits a statement whole): each table's rows, in the order workflows, steps,
-stamps, transitions, bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed
-events (as ``SqliteStore``). With the default ``bulk_method=json`` a table's rows travel as one JSON document, an array
-per row, in one prepared statement, ``INSERT ... SELECT (r->>0)::uuid, ... FROM jsonb_array_elements($1) WITH ORDINALITY
-... ON CONFLICT ...``: one round trip and one plan per table and batch, rows written in batch order. Values go as orjson
-writes them (UUIDs and datetimes as their text); a JSON column's value is embedded as the text the other methods send
-(``_jsontext``: NaN refused, and so on), and a float that JSON or a jsonb number cannot hold (NaN, the infinities,
-negative zero) goes as text, which ``double precision`` reads back exactly. ``bulk_method=unnest`` sends the same rows
-as one array per column (``unnest($1::uuid[], ...)``), which asyncpg encodes value by value, checking each one for a
-nested array: on 100,000 mixed rows in batches of 500 (``bench/store_postgres.py``, issue 12's twentieth part) it took
-7.96 µs of the client's CPU a row against json's 4.11, the CPU the nodes' event loop pays, while the server's share grew
-by about a twentieth. Both beat the alternatives the task named: ``executemany`` of a prepared ``INSERT ... ON
-CONFLICT`` (pipelined, but planned and executed row by row) and COPY into a temporary staging table followed by ``INSERT
-... SELECT ... ON CONFLICT`` (two round trips, and the staging writes plus the ``ON COMMIT DELETE ROWS`` truncation cost
-more than COPY's faster transfer saves at this size). All remain available as ``bulk_method``. Each table's statements
-and encoders are rendered in ``onex._postgres_sql``.
+Writes. ``apply(batch)`` is one transaction: each table's rows, in the order workflows, steps, stamps, transitions,
+bridge states, registrations, heartbeats, event logs, aggregate windows, node states, processed events (as
+``SqliteStore``). With the default ``bulk_method=json`` a table's rows travel as one JSON document, an array per row,
+read by ``INSERT ... SELECT (r->>0)::uuid, ... FROM jsonb_array_elements($1) WITH ORDINALITY ... ON CONFLICT ...``: one
+plan per table, rows written in batch order, however few (``bulk_min_rows`` is for the other methods). A batch that is
+one statement (an orchestrator's checkpoint, the commonest batch) is sent alone, a prepared statement that PostgreSQL
+commits or rolls back whole. A batch of several is one message of the simple query protocol, ``EXECUTE
+onex_doc_<table>($onex$[...]$onex$); ...``, each document inlined as a dollar-quoted literal (under a tag it does not
+hold) and each statement prepared once a connection (``PREPARE_DOCS``, on the first message that finds them missing):
+PostgreSQL runs a message's statements in order as one transaction, so a batch is one round trip instead of one a
+statement plus BEGIN and COMMIT, each of which waited for the nodes' busy event loop. A batch that needs rounds (below)
+or holds heartbeats goes in a transaction, statement by statement; so does one whose message fails on a row's value,
+rolled back whole, to name the table that fails. Values go as orjson writes them (UUIDs and datetimes as their text); a
+JSON column's value is embedded as the text the other methods send (``_jsontext``: NaN refused, and so on), and a float
+that JSON or a jsonb number cannot hold (NaN, the infinities, negative zero) goes as text, which ``double precision``
+reads back exactly. ``bulk_method=unnest`` sends the same statements with one array per column (``unnest($1::uuid[],
+...)``), which asyncpg encodes value by value, checking each one for a nested array, and a transaction for several;
+measured in issue 12's twentieth part (``bench/store_postgres.py``, 100,000 mixed rows in batches of 500) it took 6.81
+µs of the client's CPU a row against json's 2.78 (51,372 rows/s against 46,378), the CPU the nodes' event loop pays, and
+in batches of 2 to 24 rows about twice json's client CPU, more of the server's, and 1.4-1.6 times its time a batch. Both
+beat the alternatives the task named: ``executemany`` of a prepared ``INSERT ... ON CONFLICT`` (pipelined, but planned
+and executed row by row) and COPY into a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT`` (two
+round trips, and the staging writes plus the ``ON COMMIT DELETE ROWS`` truncation cost more than COPY's faster transfer
+saves at this size). All remain available as ``bulk_method``. Each table's statements and encoders are rendered in
+``onex._postgres_sql``.
 
 One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch may hold several rows for one key
 (a workflow's start and its completion). Such rows go in rounds, the n-th row of a key in round n, one statement
@@ -97,7 +105,7 @@ import asyncpg
 import orjson
 
 from onex import _jsontext, _tables
-from onex._postgres_sql import FROM_SQL, PROCESSED, STAGED, WRITES, Rows, TableSQL, render, utc
+from onex._postgres_sql import FROM_SQL, PREPARE_DOCS, PROCESSED, STAGED, WRITES, Rows, TableSQL, render, script, utc
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -499,34 +507,60 @@ class PostgresStore(Store):
     async def _apply_once(self, batch: WriteBatch) -> None:
         # Encoded before a connection is taken: a row that cannot be stored fails the batch before any round trip.
         work = [self._encode(table, rows) for field, table in WRITES if (rows := getattr(batch, field))]
+        if batch.processed_event_ids:
+            work.append(self._encode(PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids], ready=True))
         async with self._connection() as conn:
             await self._ensure_schema(conn)
-            if len(work) == 1 and not batch.processed_event_ids and self._one_statement(work[0]):
+            if len(work) == 1 and self._one_statement(work[0]):
                 # One statement is a transaction of its own: one round trip where BEGIN and COMMIT made three (an
                 # orchestrator's checkpoint, the commonest batch, waited for all three through a busy event loop).
                 await self._write(conn, work[0])
                 return
+            if (text := self._script(work)) is not None:
+                try:
+                    try:
+                        await conn.execute(text)  # one message: one round trip and one transaction
+                    except asyncpg.exceptions.InvalidSQLStatementNameError:  # the connection's first: prepare them
+                        await conn.execute(PREPARE_DOCS)
+                        await conn.execute(text)
+                    return
+                except asyncpg.PostgresError as exc:
+                    if _is_connection_error(exc) or isinstance(exc, _CONCURRENCY_ERRORS):
+                        raise
+                    # Rolled back; written again statement by statement, which names the table that fails.
             async with conn.transaction():
                 for rows in work:
                     await self._write(conn, rows)
-                if batch.processed_event_ids:
-                    processed = [(batch.consumer, i) for i in batch.processed_event_ids]
-                    await self._write(conn, Rows(PROCESSED, processed, self._by_executemany(PROCESSED, processed)))
 
-    def _encode(self, table: TableSQL, rows: Sequence[Any]) -> Rows:
-        """``rows`` as ``_write`` sends them: argument tuples, or a ``bulk_method=json`` document's arrays; a
-        ``StoreError`` naming the table when a value cannot be converted (a group that JSON cannot hold, a row of the
-        wrong type). Values asyncpg or orjson encode themselves fail later, in ``_write``."""
+    def _script(self, work: list[Rows]) -> str | None:
+        """With ``bulk_method=json``, a batch of several statements as one text (``onex._postgres_sql.script``); None
+        where it cannot be: a table written row by row, rows in more than one round, or a value orjson refuses (the
+        statements one by one then name its table)."""
+        if self.settings.bulk_method != "json" or not all(r.table.doc and r.rounds == 1 for r in work):
+            return None
+        try:
+            return script(work)
+        except TypeError:  # orjson's JSONEncodeError: an integer beyond 64 bits
+            return None
+
+    def _encode(self, table: TableSQL, rows: Sequence[Any], *, ready: bool = False) -> Rows:
+        """``rows`` as ``_write`` sends them: argument tuples, or a ``bulk_method=json`` document's arrays (``ready``:
+        they are argument tuples already); a ``StoreError`` naming the table when a value cannot be converted (a group
+        that JSON cannot hold, a row of the wrong type). Values asyncpg or orjson encode themselves fail later."""
         by_executemany = self._by_executemany(table, rows)
         encode = table.encode_doc if self.settings.bulk_method == "json" and not by_executemany else table.encode
         try:
-            return Rows(table, encode(rows, None), by_executemany)
+            return Rows(table, list(rows) if ready else encode(rows, None), by_executemany)
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise _store_error(exc, f"apply: a row of {table.name} cannot be stored", "nothing was written") from exc
 
     def _by_executemany(self, table: TableSQL, rows: Sequence[Any]) -> bool:
-        """Whether ``_write`` sends ``rows`` by ``executemany``: pipelined, in one round trip, and atomic."""
-        return self.settings.bulk_method == "executemany" or table.bulk == "" or len(rows) < self.settings.bulk_min_rows
+        """Whether ``_write`` sends ``rows`` by ``executemany``: pipelined, in one round trip, and atomic. With
+        ``bulk_method=json`` only the tables without a document (heartbeats): a small document costs no more."""
+        method = self.settings.bulk_method
+        if method == "json" or table.bulk == "":
+            return not table.doc
+        return method == "executemany" or len(rows) < self.settings.bulk_min_rows
 
     def _one_statement(self, rows: Rows) -> bool:
         """Whether ``_write`` sends ``rows`` as one statement (``executemany`` counts as one: it is atomic), which

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import operator
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import orjson
 
 from onex import _jsontext, _tables
 from onex._tables import Convert, Kind, Table
 from onex.store import group_key
 
-__all__ = ["FROM_SQL", "PROCESSED", "STAGED", "WRITES", "Rows", "TableSQL", "render", "utc"]
+__all__ = ["FROM_SQL", "PREPARE_DOCS", "PROCESSED", "STAGED", "WRITES", "Rows", "TableSQL", "render", "script", "utc"]
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -89,6 +92,7 @@ class TableSQL:
     statement: str  # one row: INSERT ... VALUES ($1, ...) ON CONFLICT ...
     bulk: str  # one round: INSERT ... SELECT ... FROM unnest($1::type[], ...) ON CONFLICT ...
     doc: str  # bulk_method=json: one round: INSERT ... SELECT ... FROM jsonb_array_elements($1) ... ON CONFLICT ...
+    prepared: str  # ... and its name as a prepared statement of the connection (``PREPARE_DOCS``, ``script``)
     staging: str  # bulk_method=copy: a temporary table per connection, COPYed into ...
     staging_ddl: str
     staging_columns: tuple[str, ...]
@@ -125,6 +129,7 @@ def render(table: Table[Any]) -> TableSQL:
         f"{conflict}",
         doc=f"{insert} SELECT {selected} FROM (SELECT {read}, ord FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY"
         f" AS e(r, ord)) AS s ORDER BY ord {conflict}",
+        prepared=f"onex_doc_{table.name}",
         staging=staging,
         staging_ddl=f"CREATE TEMPORARY TABLE {staging} (ord INTEGER, round INTEGER, {typed}) ON COMMIT DELETE ROWS",
         staging_columns=("ord", "round", *(c.name for c in stored)),  # asyncpg quotes them
@@ -151,6 +156,7 @@ _HEARTBEATS: Final = TableSQL(
     WHERE node_id = $1 AND (last_heartbeat IS NULL OR last_heartbeat <= $3)""",
     bulk="",
     doc="",
+    prepared="",
     staging="",
     staging_ddl="",
     staging_columns=(),
@@ -197,3 +203,24 @@ class Rows:
         if self._round is None:
             return self.encoded
         return [row for row, k in zip(self.encoded, self._round, strict=True) if k == n]
+
+
+# Every document statement prepared on a connection, by name: ``script``'s statements execute them, planned once.
+PREPARE_DOCS: Final = ";\n".join(
+    f"PREPARE {t.prepared} (jsonb) AS {t.doc}" for t in (*(t for _, t in WRITES), PROCESSED) if t.doc
+)
+
+
+def script(work: list[Rows]) -> str:
+    """``work`` (``bulk_method=json`` rows, one round each) as one text of statements, each executing its table's
+    prepared statement (``PREPARE_DOCS``) on its document, inlined as a dollar-quoted literal: sent by the simple query
+    protocol, it is one message, one round trip and one transaction (PostgreSQL runs a message's statements as one
+    unless they say otherwise), the statements in order."""
+    statements = []
+    for rows in work:
+        doc = orjson.dumps(rows.encoded).decode()
+        tag = "$onex$"
+        while tag in doc:  # a value holding the tag: another one, which it does not hold
+            tag = f"$onex_{secrets.token_hex(4)}$"
+        statements.append(f"EXECUTE {rows.table.prepared}({tag}{doc}{tag})")
+    return ";\n".join(statements)
