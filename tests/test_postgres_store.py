@@ -420,7 +420,7 @@ async def test_a_batch_of_several_tables_is_one_message_with_bulk_method_json(
         sent: list[tuple[str, tuple[Any, ...]]] = []
         execute = asyncpg.Connection.execute
 
-        async def spy(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> str:
+        async def spy(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
             if not query.startswith("SELECT pg_advisory_unlock_all()"):  # the pool's reset of a released connection
                 sent.append((query, args))
             return await execute(self, query, *args, **kwargs)
