@@ -452,6 +452,16 @@ async def test_a_batch_of_several_tables_is_one_message_with_bulk_method_json(
         ]
         assert [s.execution_time_ms for s in await store.list_steps(cid)] == [1.5]
         assert await store.unprocessed("adapter", first.processed_event_ids + second.processed_event_ids) == set()
+        # A value holding the quoting tag: another tag, still one message (a literal closed early would have failed
+        # the message, and the batch gone statement by statement), and the value stored as it is.
+        sent.clear()
+        tagged = "$onex$'); DELETE FROM workflow_steps; --"
+        third = batch(other := uuid.uuid4(), 2)
+        await store.apply(replace(third, steps=[replace(third.steps[0], step_data={"note": tagged})]))
+        [(text, _)] = sent
+        assert "EXECUTE onex_doc_workflow_steps($onex_" in text  # the steps document holds the tag
+        assert [s.step_data for s in await store.list_steps(other)] == [{"note": tagged}]
+        assert len(await store.list_steps(cid)) == 1
         # A key twice in one batch needs two rounds, which one message cannot hold: a transaction, as before.
         sent.clear()
         await store.apply(batch(cid, 3, 4))
