@@ -477,6 +477,35 @@ async def test_a_batch_of_several_tables_is_one_message_with_bulk_method_json(
         assert (await store.get_workflow(cid)).state_seq == 4  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("method", ["json", "unnest", "copy", "executemany"])
+async def test_ids_read_back_from_the_store_are_written_again(postgres_dsn: str, method: str) -> None:
+    # asyncpg reads a uuid column as its own subclass of uuid.UUID, which orjson does not write: a reducer's reconciled
+    # workflows and an orchestrator's reloaded checkpoints write such ids again (bulk_method=json's first version
+    # refused them, and a fault test's reducer dead-lettered its reconciled workflows).
+    async with PostgresStore(url_with(postgres_dsn, bulk_method=method, bulk_min_rows=1)) as store:
+        await store.upgrade()
+        cid = uuid.uuid4()
+        await store.apply(WriteBatch(workflows=[WorkflowRow(cid, "stamp", "processing", 1)]))
+        stored = await store.get_workflow(cid)
+        assert stored is not None
+        assert type(stored.correlation_id) is not uuid.UUID  # asyncpg's own: what this test is about
+        await store.apply(WriteBatch(workflows=[replace(stored, current_state="running", state_seq=2)]))  # alone
+        read_id = stored.correlation_id
+        await store.apply(  # several tables and a processed id, all read back: one message with bulk_method=json
+            WriteBatch(
+                consumer="reducer.workflows",
+                processed_event_ids=[read_id],
+                workflows=[replace(stored, current_state="completed", state_seq=3)],
+                steps=[StepRow(read_id, "stamp", 0, "completed")],
+            )
+        )
+        final = await store.get_workflow(cid)
+        assert final is not None
+        assert (final.current_state, final.state_seq) == ("completed", 3)
+        assert [s.step_name for s in await store.list_steps(cid)] == ["stamp"]
+        assert await store.unprocessed("reducer.workflows", [cid]) == set()
+
+
 EDGE_FLOATS = [0.1, -0.0, 5e-324, 1.7976931348623157e308, 1e-7, float("nan"), float("inf"), float("-inf")]
 
 

@@ -105,7 +105,19 @@ import asyncpg
 import orjson
 
 from onex import _jsontext, _tables
-from onex._postgres_sql import FROM_SQL, PREPARE_DOCS, PROCESSED, STAGED, WRITES, Rows, TableSQL, render, script, utc
+from onex._postgres_sql import (
+    FROM_SQL,
+    PREPARE_DOCS,
+    PROCESSED,
+    STAGED,
+    WRITES,
+    Rows,
+    TableSQL,
+    dump_doc,
+    render,
+    script,
+    utc,
+)
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -591,7 +603,7 @@ class PostgresStore(Store):
             for n in range(rows.rounds):
                 selected = rows.of_round(n)
                 if method == "json":
-                    await conn.execute(table.doc, orjson.Fragment(orjson.dumps(selected)))
+                    await conn.execute(table.doc, orjson.Fragment(dump_doc(selected)))
                 else:
                     await conn.execute(table.bulk, *zip(*selected, strict=True))
         except (asyncpg.PostgresError, asyncpg.DataError, TypeError, ValueError, OverflowError) as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import operator
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -16,7 +17,19 @@ from onex import _jsontext, _tables
 from onex._tables import Convert, Kind, Table
 from onex.store import group_key
 
-__all__ = ["FROM_SQL", "PREPARE_DOCS", "PROCESSED", "STAGED", "WRITES", "Rows", "TableSQL", "render", "script", "utc"]
+__all__ = [
+    "FROM_SQL",
+    "PREPARE_DOCS",
+    "PROCESSED",
+    "STAGED",
+    "WRITES",
+    "Rows",
+    "TableSQL",
+    "dump_doc",
+    "render",
+    "script",
+    "utc",
+]
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -205,6 +218,19 @@ class Rows:
         return [row for row, k in zip(self.encoded, self._round, strict=True) if k == n]
 
 
+def dump_doc(rows: list[tuple[Any, ...]]) -> bytes:
+    """A ``bulk_method=json`` document: ``rows`` (``encode_doc``'s tuples) as one JSON array of arrays."""
+    return orjson.dumps(rows, default=_doc_default)
+
+
+def _doc_default(value: Any) -> str:
+    # orjson writes uuid.UUID itself but not its subclasses: asyncpg's own UUID, which ids read back from the store are
+    # (a reducer's reconciled workflows, an orchestrator's reloaded checkpoints), written again.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 # Every document statement prepared on a connection, by name: ``script``'s statements execute them, planned once.
 PREPARE_DOCS: Final = ";\n".join(
     f"PREPARE {t.prepared} (jsonb) AS {t.doc}" for t in (*(t for _, t in WRITES), PROCESSED) if t.doc
@@ -218,7 +244,7 @@ def script(work: list[Rows]) -> str:
     unless they say otherwise), the statements in order."""
     statements = []
     for rows in work:
-        doc = orjson.dumps(rows.encoded).decode()
+        doc = dump_doc(rows.encoded).decode()
         tag = "$onex$"
         while tag in doc:  # a value holding the tag: another one, which it does not hold
             tag = f"$onex_{secrets.token_hex(4)}$"
