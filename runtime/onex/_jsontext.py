@@ -46,8 +46,7 @@ def dumpb(value: Any) -> bytes:
 
 def fragment(value: Any) -> orjson.Fragment:
     """``dumpb`` as an ``orjson.Fragment``: text that ``orjson.dumps`` embeds in a larger document as it is."""
-    data = _orjson(value)
-    return orjson.Fragment(_STANDARD(value).encode() if data is None else data)
+    return orjson.Fragment(dumpb(value))
 
 
 def _orjson(value: Any) -> bytes | None:

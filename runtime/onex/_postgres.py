@@ -520,7 +520,8 @@ class PostgresStore(Store):
         # Encoded before a connection is taken: a row that cannot be stored fails the batch before any round trip.
         work = [self._encode(table, rows) for field, table in WRITES if (rows := getattr(batch, field))]
         if batch.processed_event_ids:
-            work.append(self._encode(PROCESSED, [(batch.consumer, i) for i in batch.processed_event_ids], ready=True))
+            processed = [(batch.consumer, i) for i in batch.processed_event_ids]  # argument tuples as they are
+            work.append(Rows(PROCESSED, processed, self._by_executemany(PROCESSED, processed)))
         async with self._connection() as conn:
             await self._ensure_schema(conn)
             if len(work) == 1 and self._one_statement(work[0]):
@@ -555,24 +556,24 @@ class PostgresStore(Store):
         except TypeError:  # orjson's JSONEncodeError: an integer beyond 64 bits
             return None
 
-    def _encode(self, table: TableSQL, rows: Sequence[Any], *, ready: bool = False) -> Rows:
-        """``rows`` as ``_write`` sends them: argument tuples, or a ``bulk_method=json`` document's arrays (``ready``:
-        they are argument tuples already); a ``StoreError`` naming the table when a value cannot be converted (a group
-        that JSON cannot hold, a row of the wrong type). Values asyncpg or orjson encode themselves fail later."""
+    def _encode(self, table: TableSQL, rows: Sequence[Any]) -> Rows:
+        """``rows`` as ``_write`` sends them: argument tuples, or a ``bulk_method=json`` document's arrays; a
+        ``StoreError`` naming the table when a value cannot be converted (a group that JSON cannot hold, a row of the
+        wrong type). Values asyncpg or orjson encode themselves fail later."""
         by_executemany = self._by_executemany(table, rows)
         encode = table.encode_doc if self.settings.bulk_method == "json" and not by_executemany else table.encode
         try:
-            return Rows(table, list(rows) if ready else encode(rows, None), by_executemany)
+            return Rows(table, encode(rows, None), by_executemany)
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise _store_error(exc, f"apply: a row of {table.name} cannot be stored", "nothing was written") from exc
 
     def _by_executemany(self, table: TableSQL, rows: Sequence[Any]) -> bool:
         """Whether ``_write`` sends ``rows`` by ``executemany``: pipelined, in one round trip, and atomic. With
         ``bulk_method=json`` only the tables without a document (heartbeats): a small document costs no more."""
+        if not table.bulk:
+            return True  # no set-based statement (heartbeats)
         method = self.settings.bulk_method
-        if method == "json" or table.bulk == "":
-            return not table.doc
-        return method == "executemany" or len(rows) < self.settings.bulk_min_rows
+        return method == "executemany" or (method != "json" and len(rows) < self.settings.bulk_min_rows)
 
     def _one_statement(self, rows: Rows) -> bool:
         """Whether ``_write`` sends ``rows`` as one statement (``executemany`` counts as one: it is atomic), which
