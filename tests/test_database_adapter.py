@@ -16,14 +16,17 @@ from typing import Any
 
 import anyio
 import pytest
+from onex._postgres import PostgresStore
 from onex._sqlite import SqliteStore
 from onex.contracts import load_contracts
-from onex.nodes import Lifecycle
+from onex.envelope import ModelStateTransitions, OnexEnvelopeV1
+from onex.nodes import Event, Lifecycle
 from onex.resilience import BreakerState
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness
 
-from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect, merge
+from nodes.database_adapter_effect.v1_0_0.node import NodeDatabaseAdapterEffect, merge, share_out
+from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
 from tests.fixtures.postgres import CuttableProxy, through
 
 pytestmark = pytest.mark.anyio
@@ -178,6 +181,125 @@ async def test_an_outcome_whose_stamp_row_the_adapter_stored_does_not_write_it_a
         (row,) = await h.store.get_stamps_by_hash(seen["stamp"]["file_hash"])
         assert str(row.id) == seen["stamp"]["stamp_id"]
         assert row.file_metadata["mode"] == "0644"
+
+
+# --- writers: transactions in flight at once -------------------------------------------------------------------------
+
+
+def stamp_created(payload: dict[str, Any]) -> dict[str, Any]:
+    """The STAMP_CREATED of an ``outcome``'s stamp."""
+    return {"workflow_id": payload["workflow_id"], "namespace": payload["namespace"], **payload["stamp"]}
+
+
+def event(model: Any, payload: dict[str, Any]) -> Event:
+    return Event(OnexEnvelopeV1(event_type="X", source_node_id="test", payload=payload), model.model_validate(payload))
+
+
+def test_share_out_gives_a_files_events_one_writer_and_spreads_the_files() -> None:
+    """A stamp's outcome and STAMP_CREATED go to the writer of its file, whichever workflow stamped it (a restamp's
+    version is numbered from the rows committed before), an aggregate to the writer of its namespace; transitions
+    anywhere. Within a share the events keep their order."""
+    events = []
+    for i in range(200):
+        first, again = outcome(i), outcome(i)  # two workflows stamping the same file
+        events += [
+            event(ModelStampCreated, stamp_created(first)),
+            event(ModelWorkflowFinished, first),
+            event(ModelWorkflowFinished, again),
+        ]
+    for ns in ("ns", "other"):
+        totals = dict.fromkeys(
+            (
+                "version",
+                "total_workflows_processed",
+                "total_items_aggregated",
+                "total_size_bytes",
+                "unique_file_hashes",
+            ),
+            1,
+        )
+        intent = {"namespace": ns, **totals, "current_fsm_state": "active", "aggregated_at": T1.isoformat()}
+        events.append(event(ModelAggregationIntent, intent))
+    events += [event(ModelStateTransitions, {"transitions": []}) for _ in range(50)]
+
+    shares = share_out(events, 2)
+
+    assert sorted(e.envelope.event_id for share in shares for e in share) == sorted(e.envelope.event_id for e in events)
+    assert all(share == [e for e in events if e in share] for share in shares)  # the order of ``events``
+    writer_of: dict[tuple[str, str | None], int] = {}
+    for index, share in enumerate(shares):
+        for e in share:
+            if not isinstance(e.payload, ModelStateTransitions):
+                key = (e.payload.namespace, getattr(e.payload, "file_path", None))
+                assert writer_of.setdefault(key, index) == index, key
+    files = [writer for (_, path), writer in writer_of.items() if path is not None]
+    assert len(files) == 200
+    assert 50 < files.count(0) < 150  # spread: each writer has a fair share of the files
+    assert share_out(events, 1) == [events]
+
+
+async def test_as_many_writers_as_the_store_runs_transactions_at_once(store_url: str) -> None:
+    """PostgreSQL (a pool) takes the contract's two writers; SQLite writes through one thread: one."""
+    async with Harness([ADAPTER], root=ROOT, store_url=store_url) as h:
+        assert adapter_of(h).statistics().writers == (2 if isinstance(h.store, PostgresStore) else 1)
+
+
+def keys(batch: WriteBatch) -> set[tuple[Any, ...]]:
+    """The rows ``batch`` writes or locks, by key: its stamps (by id and by file) and its workflows."""
+    return (
+        {("stamp", s.id) for s in batch.stamps}
+        | {("file", s.namespace, s.file_path) for s in batch.stamps}
+        | {("workflow", w.correlation_id) for w in batch.workflows}
+    )
+
+
+async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn: str) -> None:
+    """Two hundred files stamped at once, one of them by twenty workflows, each stamp's row sent twice (STAMP_CREATED
+    and the outcome carry the same id). The first transaction is held until the second has begun, so the two are in
+    flight together; shared out by file, they hold no row in common. Shared out any other way, an outcome and its
+    STAMP_CREATED in two transactions would lock each other's rows (a deadlock, which PostgreSQL ends after
+    ``deadlock_timeout``, and the store writes one again, counted in ``retries``), and two restamps of a file could
+    be given one version. The file's stamps are numbered 1 to 20."""
+    async with Harness([ADAPTER], root=ROOT, store_url=postgres_dsn) as h:
+        assert isinstance(h.store, PostgresStore)
+        apply, second, release = h.store.apply, anyio.Event(), anyio.Event()
+        in_flight: list[set[tuple[Any, ...]]] = []
+        shared: set[tuple[Any, ...]] = set()  # keys of rows in two transactions in flight together
+
+        async def held(batch: WriteBatch) -> None:
+            mine = keys(batch)
+            for other in in_flight:
+                shared.update(mine & other)
+            in_flight.append(mine)
+            if len(in_flight) == 2:
+                second.set()
+            try:
+                if not second.is_set():
+                    await release.wait()  # the first waits until the second has begun
+                await apply(batch)
+            finally:
+                in_flight.remove(mine)
+
+        h.store.apply = held  # type: ignore[method-assign]
+        sent = [outcome(i if i % 11 else 999, file_hash=f"{i:064x}") for i in range(220)]
+        for payload in sent:
+            await h.publish("STAMP_CREATED", stamp_created(payload))
+            await h.publish("WORKFLOW_COMPLETED", payload)
+        with anyio.fail_after(30):
+            await second.wait()
+            release.set()
+            await h.settle()
+
+        assert shared == set()
+        assert h.store.statistics().retries == 0
+        assert await h.store.count("metadata_stamps") == await h.store.count("workflow_executions") == len(sent)
+        async with h.store.connection() as conn:
+            versions = await conn.fetch(
+                "SELECT file_path, array_agg(version ORDER BY version) AS v FROM metadata_stamps GROUP BY file_path"
+            )
+        by_file = {r["file_path"]: list(r["v"]) for r in versions}
+        assert by_file["src/999.py"] == list(range(1, 21))
+        assert all(v == [1] for path, v in by_file.items() if path != "src/999.py")
 
 
 # --- one row per workflow per commit ---------------------------------------------------------------------------------

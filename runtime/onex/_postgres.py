@@ -357,6 +357,7 @@ class PostgresStore(Store):
         self.url = url
         self.settings = PostgresSettings.from_url(url)
         self.commits = CommitMeter()
+        self.concurrent_writes = self.settings.max_size  # a transaction a pool connection
         self._migrations = _migrations()
         self._pool: asyncpg.Pool | None = None
         self._closed = False

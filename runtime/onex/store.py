@@ -354,6 +354,9 @@ class Store(abc.ABC):
     # Which SQL the metastore (onex.metastore) speaks to this store: "sqlite" (``SqliteStore.run_sync``) or
     # "postgres" (``PostgresStore.run``), its two hooks for running its own transactions; "" for a store without.
     dialect: str = ""
+    # How many ``apply`` transactions can usefully run at once (the database adapter's writers use at most this many):
+    # 1 for a store that writes through one connection anyway (SQLite's writer thread).
+    concurrent_writes: int = 1
 
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -18,6 +18,12 @@ class ModelDatabaseAdapterConfig(EffectNode.Config):
     dedupe_window: int = Field(
         200_000, gt=0, description="How many recently written event ids are remembered to skip redeliveries."
     )
+    writers: int = Field(
+        2,
+        ge=1,
+        description="Transactions in flight at once, each with its own share of the rows (a file's rows always in "
+        "the same one); at most what the store can run at once (SQLite: 1).",
+    )
     outage_max_backoff_ms: int = Field(
         2_000,
         gt=0,

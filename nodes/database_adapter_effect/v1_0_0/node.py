@@ -12,10 +12,17 @@
 The orchestrator writes a workflow's row itself while it runs (its checkpoints); the outcome writes its final
 state, its steps and its stamp in one transaction, so a stored final state always comes with its stamp.
 
-Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which
-merges everything pending into a single transaction; each handler returns, and its messages are acknowledged, only
-after the transaction holding its rows committed. Fewer, larger transactions is what keeps a single SQLite writer
-(or a PostgreSQL round trip) from being the bottleneck.
+Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to writer tasks, each of
+which merges everything pending for it into a single transaction; each handler returns, and its messages are
+acknowledged, only after the transactions holding its rows committed. Fewer, larger transactions is what keeps a
+single SQLite writer (or a PostgreSQL round trip) from being the bottleneck. There are ``config.writers`` writers
+(contract default 2), at most as many as the store runs transactions at once (``Store.concurrent_writes``: SQLite 1,
+PostgreSQL its pool size): on PostgreSQL a second transaction runs on a second server process while the first
+commits. Rows are shared out by key (``share_out``): a stamp's file, ``(namespace, file_path)``, decides the writer
+of its stamp, its workflow's final state and steps, and a namespace the writer of its aggregate. So two transactions in
+flight never write the same row: neither waits on the other's locks, they cannot deadlock, and the store's numbering
+of a file's stamp versions and its copy of intelligence data between a stamp and its step (triggers that read the
+committed rows) see what they would with one writer. A file's rows keep their order: one writer, first in first out.
 
 Idempotency: every row has a natural key (see ``onex.store``), so a redelivered event rewrites nothing. On top of
 that, event ids already applied are skipped: recent ids in memory (bounded), and the ids of the reducer's intents
@@ -60,7 +67,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from onex.envelope import ModelStateTransitions
@@ -115,15 +122,29 @@ class _GiveUp(asyncio.CancelledError):
     """
 
 
+@dataclass(slots=True, eq=False)
+class _Writer:
+    """One group-commit writer: the batches handed to it (``pending``), the ones in its transaction (``in_flight``),
+    and its task."""
+
+    pending: list[tuple[WriteBatch, asyncio.Future[None]]] = field(default_factory=list)
+    in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class WriterStatistics:
-    """A snapshot of the group-commit writer (``NodeDatabaseAdapterEffect.statistics()``).
+    """A snapshot of the group-commit writers (``NodeDatabaseAdapterEffect.statistics()``).
 
-    ``pending_batches`` / ``pending_rows``: handed to the writer and not committed yet (their messages are not
-    acknowledged). ``commits``: transactions committed. ``unavailable``: store calls that found the store
-    unavailable, since the start. ``outage_s``: how long the current outage has lasted, None when there is none.
+    ``writers``: how many transactions may be in flight at once (module docstring, "Group commit").
+    ``pending_batches`` / ``pending_rows``: handed to the writers and not committed yet (their messages are not
+    acknowledged; a handler's rows shared among two writers are two batches). ``commits``: transactions committed.
+    ``unavailable``: store calls that found the store unavailable, since the start. ``outage_s``: how long the
+    current outage has lasted, None when there is none.
     """
 
+    writers: int
     pending_batches: int
     pending_rows: int
     commits: int
@@ -145,10 +166,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         # The ids of the stamp rows this adapter committed (from STAMP_CREATED): an outcome carrying one of them
         # needs no second copy of the row (to_batch). Bounded like _recent.
         self._stored_stamps: OrderedDict[int, None] = OrderedDict()
-        self._pending: list[tuple[WriteBatch, asyncio.Future[None]]] = []
-        self._in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: list[_Writer] = []  # on_start: as many as config.writers and the store allow
         # Store outages (module docstring): the first pause is the contract's retry backoff, doubling up to a cap.
         self._backoff_s = max(float(self.contract.resilience.retry.backoff_ms), 10.0) / 1000
         self._max_backoff_s = max(config.outage_max_backoff_ms / 1000, self._backoff_s)
@@ -160,7 +178,10 @@ class NodeDatabaseAdapterEffect(EffectNode):
         self._unavailable = 0
 
     async def on_start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"group-commit:{self.node_id}")
+        count = max(1, min(self.config.writers, self.store.concurrent_writes))
+        self._writers = [_Writer() for _ in range(count)]
+        for i, writer in enumerate(self._writers):
+            writer.task = asyncio.create_task(self._write_loop(writer), name=f"group-commit:{self.node_id}:{i}")
 
     async def drain(self) -> None:
         if self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING):
@@ -170,19 +191,21 @@ class NodeDatabaseAdapterEffect(EffectNode):
         await super().drain()
 
     async def on_stop(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        self._abandon()  # nobody writes them now; normally nothing is left after drain
+        for writer in self._writers:
+            if writer.task is not None:
+                writer.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer.task
+            self._abandon(writer)  # nobody writes them now; normally nothing is left after drain
 
     def health(self) -> str:
         base = super().health()
         return "DEGRADED" if base == "HEALTHY" and self._outage_since is not None else base
 
     def statistics(self) -> WriterStatistics:
-        held = [*self._in_flight, *self._pending]
+        held = [item for writer in self._writers for item in (*writer.in_flight, *writer.pending)]
         return WriterStatistics(
+            writers=len(self._writers),
             pending_batches=sum(1 for _, done in held if not done.done()),
             pending_rows=sum(len(batch) for batch, done in held if not done.done()),
             commits=self._commits,
@@ -190,27 +213,27 @@ class NodeDatabaseAdapterEffect(EffectNode):
             outage_s=None if self._outage_since is None else time.monotonic() - self._outage_since,
         )
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, writer: _Writer) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await writer.wake.wait()
+            writer.wake.clear()
             pending, rows = [], 0
-            while self._pending and rows < MAX_COMMIT_ROWS:  # a lost connection re-sends at most this much
-                batch, done = self._pending.pop(0)
+            while writer.pending and rows < MAX_COMMIT_ROWS:  # a lost connection re-sends at most this much
+                batch, done = writer.pending.pop(0)
                 if done.done():
                     continue  # its handler was cancelled: the bus has its messages back
                 pending.append((batch, done))
                 rows += len(batch)
-            if self._pending:
-                self._wake.set()  # the rest goes in the next transaction
+            if writer.pending:
+                writer.wake.set()  # the rest goes in the next transaction
             if not pending:
                 continue
             merged = merge([batch for batch, _ in pending])
-            self._in_flight = pending
+            writer.in_flight = pending
             try:
                 await self._store_call(functools.partial(self.store.apply, merged))
             except _GiveUp:
-                self._abandon()
+                self._abandon(writer)
             except Exception as exc:  # about the data: every contributor retries on its own (bus retry, dead letter)
                 for _, done in pending:
                     if not done.done():
@@ -225,7 +248,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                     if not done.done():
                         done.set_result(None)
             finally:
-                self._in_flight = []
+                writer.in_flight = []
 
     async def _store_call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """``fn()``, called again and again while the store is unavailable (the store's breaker paces it too).
@@ -265,18 +288,29 @@ class NodeDatabaseAdapterEffect(EffectNode):
             async with asyncio.timeout(delay):
                 await self._draining.wait()
 
-    def _abandon(self) -> None:
-        """Cancel every handler still waiting for the writer: their messages stay unacknowledged."""
-        for _, done in [*self._in_flight, *self._pending]:
+    @staticmethod
+    def _abandon(writer: _Writer) -> None:
+        """Cancel every handler still waiting for ``writer``: their messages stay unacknowledged."""
+        for _, done in [*writer.in_flight, *writer.pending]:
             done.cancel()
-        self._pending.clear()
+        writer.pending.clear()
 
-    async def _commit(self, batch: WriteBatch) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((batch, done))
-        self._wake.set()
+    async def _commit(self, batches: list[WriteBatch | None]) -> None:
+        """Hand ``batches`` (one a writer, in the writers' order; None: nothing for that one) to their writers and
+        wait until every one is committed."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for writer, batch in zip(self._writers, batches, strict=True):
+            if batch is not None:
+                done: asyncio.Future[None] = loop.create_future()
+                writer.pending.append((batch, done))
+                writer.wake.set()
+                waits.append(done)
         with holding():  # waiting on the store: the handler's timeout_ms does not run out meanwhile
-            await done
+            if len(waits) == 1:
+                await waits[0]
+            else:
+                await asyncio.gather(*waits)
 
     async def persist(self, events: Sequence[Event]) -> None:
         fresh = [e for e in events if e.envelope.event_id.int not in self._recent]
@@ -289,15 +323,22 @@ class NodeDatabaseAdapterEffect(EffectNode):
             ]
         if not fresh:
             return
-        batch = self.to_batch(fresh)
-        await self._commit(batch)
+        batches = self._to_batches(fresh)
+        await self._commit(batches)
         for e in fresh:
             self._recent[e.envelope.event_id.int] = None
-        for stamp in batch.stamps:
-            self._stored_stamps[stamp.id.int] = None
+        for batch in batches:
+            for stamp in batch.stamps if batch is not None else ():
+                self._stored_stamps[stamp.id.int] = None
         for recent in (self._recent, self._stored_stamps):
             while len(recent) > self._recent_max:
                 recent.popitem(last=False)
+
+    def _to_batches(self, events: Sequence[Event]) -> list[WriteBatch | None]:
+        """The rows of ``events``, a batch a writer (None where a writer gets nothing); see ``share_out``."""
+        if len(self._writers) == 1:
+            return [self.to_batch(events)]
+        return [self.to_batch(share) if share else None for share in share_out(events, len(self._writers))]
 
     def to_batch(self, events: Sequence[Event]) -> WriteBatch:
         """The rows of ``events``. An outcome's stamp is left out when its row is stored already: STAMP_CREATED
@@ -470,6 +511,24 @@ def _keep_combined(workflows: dict[uuid.UUID, WorkflowRow], row: WorkflowRow) ->
     """Add ``row`` to ``workflows``, combined with the row of its workflow already there (``combine``)."""
     prior = workflows.get(row.correlation_id)
     workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+
+
+def share_out(events: Sequence[Event], count: int) -> list[list[Event]]:
+    """``events`` shared out among ``count`` writers (module docstring, "Group commit"): a stamp's events (its
+    outcome, STAMP_CREATED) by its file, ``(namespace, file_path)``; an aggregate by its namespace; anything else
+    (transitions: rows of their own, under ids nobody else writes) by its event id. Within a share, events keep
+    their order."""
+    shares: list[list[Event]] = [[] for _ in range(count)]
+    for event in events:
+        payload = event.payload
+        if isinstance(payload, ModelWorkflowFinished | ModelStampCreated):
+            key = hash((payload.namespace, payload.file_path))
+        elif isinstance(payload, ModelAggregationIntent):
+            key = hash(payload.namespace)
+        else:
+            key = event.envelope.event_id.int
+        shares[key % count].append(event)
+    return shares
 
 
 def merge(batches: Sequence[WriteBatch]) -> WriteBatch:
