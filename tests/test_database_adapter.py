@@ -253,15 +253,45 @@ def keys(batch: WriteBatch) -> set[tuple[Any, ...]]:
     )
 
 
+async def test_below_split_rows_the_shares_go_in_one_transaction(postgres_dsn: str) -> None:
+    """A hundred outcomes (300 rows, fewer than the contract's split_rows) are written as a single writer would: one
+    transaction at a time, holding both shards' rows."""
+    async with Harness([ADAPTER], root=ROOT, store_url=postgres_dsn) as h:
+        adapter = adapter_of(h)
+        assert adapter.config.split_rows > 300
+        apply, in_flight, most = h.store.apply, [0], [0]
+
+        async def counted(batch: WriteBatch) -> None:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            try:
+                await apply(batch)
+            finally:
+                in_flight[0] -= 1
+
+        h.store.apply = counted  # type: ignore[method-assign]
+        for i in range(100):
+            await h.publish("WORKFLOW_COMPLETED", outcome(i))
+        with anyio.fail_after(30):
+            await h.settle()
+
+        assert most[0] == 1
+        assert adapter.statistics().commits >= 1
+        assert await h.store.count("metadata_stamps") == await h.store.count("workflow_executions") == 100
+
+
 async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn: str) -> None:
     """Two hundred files stamped at once, one of them by twenty workflows, each stamp's row sent twice (STAMP_CREATED
-    and the outcome carry the same id). The first transaction is held until the second has begun, so the two are in
-    flight together; shared out by file, they hold no row in common. Shared out any other way, an outcome and its
+    and the outcome carry the same id). With split_rows 1 every shard takes a transaction of its own, and the first
+    is held until the second has begun, so the two are in flight together; shared out by file, they hold no row in
+    common. Shared out any other way, an outcome and its
     STAMP_CREATED in two transactions would lock each other's rows (a deadlock, which PostgreSQL ends after
     ``deadlock_timeout``, and the store writes one again, counted in ``retries``), and two restamps of a file could
     be given one version. The file's stamps are numbered 1 to 20."""
     async with Harness([ADAPTER], root=ROOT, store_url=postgres_dsn) as h:
         assert isinstance(h.store, PostgresStore)
+        adapter = adapter_of(h)
+        adapter.config = adapter.config.model_copy(update={"split_rows": 1})
         apply, second, release = h.store.apply, anyio.Event(), anyio.Event()
         in_flight: list[set[tuple[Any, ...]]] = []
         shared: set[tuple[Any, ...]] = set()  # keys of rows in two transactions in flight together
@@ -285,9 +315,12 @@ async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn:
         for payload in sent:
             await h.publish("STAMP_CREATED", stamp_created(payload))
             await h.publish("WORKFLOW_COMPLETED", payload)
-        with anyio.fail_after(30):
-            await second.wait()
+        try:
+            with anyio.fail_after(30):
+                await second.wait()
+        finally:
             release.set()
+        with anyio.fail_after(30):
             await h.settle()
 
         assert shared == set()

@@ -24,6 +24,12 @@ class ModelDatabaseAdapterConfig(EffectNode.Config):
         description="Transactions in flight at once, each with its own share of the rows (a file's rows always in "
         "the same one); at most what the store can run at once (SQLite: 1).",
     )
+    split_rows: int = Field(
+        1_000,
+        ge=1,
+        description="With more than one writer: rows pending (for writers with none in flight) from which each "
+        "writer takes its own share in a transaction of its own; fewer go together in one transaction.",
+    )
     outage_max_backoff_ms: int = Field(
         2_000,
         gt=0,

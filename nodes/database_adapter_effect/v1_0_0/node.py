@@ -12,17 +12,22 @@
 The orchestrator writes a workflow's row itself while it runs (its checkpoints); the outcome writes its final
 state, its steps and its stamp in one transaction, so a stored final state always comes with its stamp.
 
-Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to writer tasks, each of
-which merges everything pending for it into a single transaction; each handler returns, and its messages are
-acknowledged, only after the transactions holding its rows committed. Fewer, larger transactions is what keeps a
-single SQLite writer (or a PostgreSQL round trip) from being the bottleneck. There are ``config.writers`` writers
-(contract default 2), at most as many as the store runs transactions at once (``Store.concurrent_writes``: SQLite 1,
-PostgreSQL its pool size): on PostgreSQL a second transaction runs on a second server process while the first
-commits. Rows are shared out by key (``share_out``): a stamp's file, ``(namespace, file_path)``, decides the writer
-of its stamp, its workflow's final state and steps, and a namespace the writer of its aggregate. So two transactions in
-flight never write the same row: neither waits on the other's locks, they cannot deadlock, and the store's numbering
-of a file's stamp versions and its copy of intelligence data between a stamp and its step (triggers that read the
-committed rows) see what they would with one writer. A file's rows keep their order: one writer, first in first out.
+Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which
+merges what is pending into a single transaction; each handler returns, and its messages are acknowledged, only after
+the transactions holding its rows committed. Fewer, larger transactions is what keeps a single SQLite writer (or a
+PostgreSQL round trip) from being the bottleneck. Where the store runs transactions side by side (PostgreSQL: a pool;
+``Store.concurrent_writes``), the rows are shared out among ``config.writers`` shards (contract default 2) by key
+(``share_out``): a stamp's file, ``(namespace, file_path)``, decides the shard of its stamp, its workflow's final
+state and steps, and a namespace the shard of its aggregate. A transaction holds the shards whose rows it writes, and
+a shard is in one transaction at a time. While the shards with nothing in flight hold fewer than
+``config.split_rows`` rows pending, one transaction takes them all, as a single writer would; from that many on (a
+backlog: the in-process graph outruns one PostgreSQL server process), each takes a transaction of its own, and they
+run side by side on two server processes. So two transactions in flight never write the same row: neither waits on
+the other's locks, they cannot deadlock, and the store's numbering of a file's stamp versions and its copy of
+intelligence data between a stamp and its step (triggers that read the committed rows) see what they would with one
+writer; a file's rows keep their order (its shard's, first in first out). Below the threshold (small batches, as a
+separate adapter process on Kafka has them) a transaction each shard would cost more commits, each waiting for the
+server's WAL flush, for rows the server writes quickly anyway.
 
 Idempotency: every row has a natural key (see ``onex.store``), so a redelivered event rewrites nothing. On top of
 that, event ids already applied are skipped: recent ids in memory (bounded), and the ids of the reducer's intents
@@ -122,14 +127,23 @@ class _GiveUp(asyncio.CancelledError):
     """
 
 
-@dataclass(slots=True, eq=False)
-class _Writer:
-    """One group-commit writer: the batches handed to it (``pending``), the ones in its transaction (``in_flight``),
-    and its task."""
+_Held = tuple[WriteBatch, asyncio.Future[None]]  # a handler's rows, and what it waits on
 
-    pending: list[tuple[WriteBatch, asyncio.Future[None]]] = field(default_factory=list)
-    in_flight: list[tuple[WriteBatch, asyncio.Future[None]]] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+@dataclass(slots=True, eq=False)
+class _Shard:
+    """The rows of one share of the keys (``share_out``): pending, and whether a transaction holds the share."""
+
+    pending: list[_Held] = field(default_factory=list)
+    busy: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Transaction:
+    """A transaction in flight: the shards it holds and the rows it writes."""
+
+    shards: list[_Shard]
+    held: list[_Held]
     task: asyncio.Task[None] | None = None
 
 
@@ -137,9 +151,10 @@ class _Writer:
 class WriterStatistics:
     """A snapshot of the group-commit writers (``NodeDatabaseAdapterEffect.statistics()``).
 
-    ``writers``: how many transactions may be in flight at once (module docstring, "Group commit").
-    ``pending_batches`` / ``pending_rows``: handed to the writers and not committed yet (their messages are not
-    acknowledged; a handler's rows shared among two writers are two batches). ``commits``: transactions committed.
+    ``writers``: how many shards the rows are shared among, so how many transactions may be in flight at once
+    (module docstring, "Group commit"). ``pending_batches`` / ``pending_rows``: handed to the writer and not
+    committed yet (their messages are not acknowledged; a handler's rows in two shards are two batches).
+    ``commits``: transactions committed.
     ``unavailable``: store calls that found the store unavailable, since the start. ``outage_s``: how long the
     current outage has lasted, None when there is none.
     """
@@ -166,7 +181,10 @@ class NodeDatabaseAdapterEffect(EffectNode):
         # The ids of the stamp rows this adapter committed (from STAMP_CREATED): an outcome carrying one of them
         # needs no second copy of the row (to_batch). Bounded like _recent.
         self._stored_stamps: OrderedDict[int, None] = OrderedDict()
-        self._writers: list[_Writer] = []  # on_start: as many as config.writers and the store allow
+        self._shards: list[_Shard] = []  # on_start: as many as config.writers and the store allow
+        self._running: set[_Transaction] = set()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         # Store outages (module docstring): the first pause is the contract's retry backoff, doubling up to a cap.
         self._backoff_s = max(float(self.contract.resilience.retry.backoff_ms), 10.0) / 1000
         self._max_backoff_s = max(config.outage_max_backoff_ms / 1000, self._backoff_s)
@@ -178,10 +196,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
         self._unavailable = 0
 
     async def on_start(self) -> None:
-        count = max(1, min(self.config.writers, self.store.concurrent_writes))
-        self._writers = [_Writer() for _ in range(count)]
-        for i, writer in enumerate(self._writers):
-            writer.task = asyncio.create_task(self._write_loop(writer), name=f"group-commit:{self.node_id}:{i}")
+        self._shards = [_Shard() for _ in range(max(1, min(self.config.writers, self.store.concurrent_writes)))]
+        self._writer = asyncio.create_task(self._write_loop(), name=f"group-commit:{self.node_id}")
 
     async def drain(self) -> None:
         if self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING):
@@ -191,21 +207,24 @@ class NodeDatabaseAdapterEffect(EffectNode):
         await super().drain()
 
     async def on_stop(self) -> None:
-        for writer in self._writers:
-            if writer.task is not None:
-                writer.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer.task
-            self._abandon(writer)  # nobody writes them now; normally nothing is left after drain
+        tasks = [t.task for t in self._running if t.task is not None]
+        if self._writer is not None:
+            tasks.append(self._writer)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._abandon(self._shards)  # nobody writes them now; normally nothing is left after drain
 
     def health(self) -> str:
         base = super().health()
         return "DEGRADED" if base == "HEALTHY" and self._outage_since is not None else base
 
     def statistics(self) -> WriterStatistics:
-        held = [item for writer in self._writers for item in (*writer.in_flight, *writer.pending)]
+        held = [*(h for t in self._running for h in t.held), *(h for shard in self._shards for h in shard.pending)]
         return WriterStatistics(
-            writers=len(self._writers),
+            writers=len(self._shards),
             pending_batches=sum(1 for _, done in held if not done.done()),
             pending_rows=sum(len(batch) for batch, done in held if not done.done()),
             commits=self._commits,
@@ -213,42 +232,64 @@ class NodeDatabaseAdapterEffect(EffectNode):
             outage_s=None if self._outage_since is None else time.monotonic() - self._outage_since,
         )
 
-    async def _write_loop(self, writer: _Writer) -> None:
+    async def _write_loop(self) -> None:
+        """Start a transaction for the shards that have rows pending and none in flight (module docstring, "Group
+        commit"): one for all of them while they hold fewer than ``config.split_rows`` rows, else one each."""
         while True:
-            await writer.wake.wait()
-            writer.wake.clear()
-            pending, rows = [], 0
-            while writer.pending and rows < MAX_COMMIT_ROWS:  # a lost connection re-sends at most this much
-                batch, done = writer.pending.pop(0)
+            await self._wake.wait()
+            self._wake.clear()
+            free = [shard for shard in self._shards if shard.pending and not shard.busy]
+            if not free:
+                continue
+            together = sum(len(batch) for shard in free for batch, _ in shard.pending) < self.config.split_rows
+            for shards in [free] if together else [[shard] for shard in free]:
+                held = self._take(shards)
+                if held:
+                    for shard in shards:
+                        shard.busy = True
+                    transaction = _Transaction(shards, held)
+                    transaction.task = asyncio.create_task(self._write(transaction))
+                    self._running.add(transaction)
+
+    @staticmethod
+    def _take(shards: list[_Shard]) -> list[_Held]:
+        """The rows pending for ``shards``, in order, up to ``MAX_COMMIT_ROWS`` (a lost connection re-sends at most
+        this much); the rest waits for the next transaction."""
+        taken: list[_Held] = []
+        rows = 0
+        for shard in shards:
+            while shard.pending and rows < MAX_COMMIT_ROWS:
+                batch, done = shard.pending.pop(0)
                 if done.done():
                     continue  # its handler was cancelled: the bus has its messages back
-                pending.append((batch, done))
+                taken.append((batch, done))
                 rows += len(batch)
-            if writer.pending:
-                writer.wake.set()  # the rest goes in the next transaction
-            if not pending:
-                continue
-            merged = merge([batch for batch, _ in pending])
-            writer.in_flight = pending
-            try:
-                await self._store_call(functools.partial(self.store.apply, merged))
-            except _GiveUp:
-                self._abandon(writer)
-            except Exception as exc:  # about the data: every contributor retries on its own (bus retry, dead letter)
-                for _, done in pending:
-                    if not done.done():
-                        done.set_exception(exc)
-            except BaseException:  # the writer itself is cancelled (on_stop): nobody will write these
-                for _, done in pending:
-                    done.cancel()
-                raise
-            else:
-                self._commits += 1
-                for _, done in pending:
-                    if not done.done():
-                        done.set_result(None)
-            finally:
-                writer.in_flight = []
+        return taken
+
+    async def _write(self, transaction: _Transaction) -> None:
+        held = transaction.held
+        try:
+            await self._store_call(functools.partial(self.store.apply, merge([batch for batch, _ in held])))
+        except _GiveUp:
+            self._abandon(transaction.shards, held)
+        except Exception as exc:  # about the data: every contributor retries on its own (bus retry, dead letter)
+            for _, done in held:
+                if not done.done():
+                    done.set_exception(exc)
+        except BaseException:  # cancelled (on_stop): nobody will write these
+            for _, done in held:
+                done.cancel()
+            raise
+        else:
+            self._commits += 1
+            for _, done in held:
+                if not done.done():
+                    done.set_result(None)
+        finally:
+            for shard in transaction.shards:
+                shard.busy = False
+            self._running.discard(transaction)
+            self._wake.set()  # what came meanwhile
 
     async def _store_call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """``fn()``, called again and again while the store is unavailable (the store's breaker paces it too).
@@ -289,23 +330,24 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 await self._draining.wait()
 
     @staticmethod
-    def _abandon(writer: _Writer) -> None:
-        """Cancel every handler still waiting for ``writer``: their messages stay unacknowledged."""
-        for _, done in [*writer.in_flight, *writer.pending]:
+    def _abandon(shards: list[_Shard], held: Sequence[_Held] = ()) -> None:
+        """Cancel every handler waiting for ``held`` or for ``shards``: their messages stay unacknowledged."""
+        for _, done in [*held, *(h for shard in shards for h in shard.pending)]:
             done.cancel()
-        writer.pending.clear()
+        for shard in shards:
+            shard.pending.clear()
 
     async def _commit(self, batches: list[WriteBatch | None]) -> None:
-        """Hand ``batches`` (one a writer, in the writers' order; None: nothing for that one) to their writers and
-        wait until every one is committed."""
+        """Hand ``batches`` (one a shard, in the shards' order; None: nothing for that one) to the writer and wait
+        until every one is committed."""
         loop = asyncio.get_running_loop()
         waits = []
-        for writer, batch in zip(self._writers, batches, strict=True):
+        for shard, batch in zip(self._shards, batches, strict=True):
             if batch is not None:
                 done: asyncio.Future[None] = loop.create_future()
-                writer.pending.append((batch, done))
-                writer.wake.set()
+                shard.pending.append((batch, done))
                 waits.append(done)
+        self._wake.set()
         with holding():  # waiting on the store: the handler's timeout_ms does not run out meanwhile
             if len(waits) == 1:
                 await waits[0]
@@ -335,10 +377,10 @@ class NodeDatabaseAdapterEffect(EffectNode):
                 recent.popitem(last=False)
 
     def _to_batches(self, events: Sequence[Event]) -> list[WriteBatch | None]:
-        """The rows of ``events``, a batch a writer (None where a writer gets nothing); see ``share_out``."""
-        if len(self._writers) == 1:
+        """The rows of ``events``, a batch a shard (None where a shard gets nothing); see ``share_out``."""
+        if len(self._shards) == 1:
             return [self.to_batch(events)]
-        return [self.to_batch(share) if share else None for share in share_out(events, len(self._writers))]
+        return [self.to_batch(share) if share else None for share in share_out(events, len(self._shards))]
 
     def to_batch(self, events: Sequence[Event]) -> WriteBatch:
         """The rows of ``events``. An outcome's stamp is left out when its row is stored already: STAMP_CREATED
