@@ -280,6 +280,42 @@ async def test_below_split_rows_the_shares_go_in_one_transaction(postgres_dsn: s
         assert await h.store.count("metadata_stamps") == await h.store.count("workflow_executions") == 100
 
 
+async def test_a_few_rows_wait_for_the_transaction_in_flight(postgres_dsn: str) -> None:
+    """Once a transaction is in flight, fewer than split_rows rows of the other shard do not start one of their own:
+    they wait, and go in one transaction with the rest (a light load stays one transaction at a time)."""
+    async with Harness([ADAPTER], root=ROOT, store_url=postgres_dsn) as h:
+        adapter = adapter_of(h)
+        adapter.config = adapter.config.model_copy(update={"split_rows": 1})  # the first goes alone
+        apply, begun, first, release = h.store.apply, list[int](), anyio.Event(), anyio.Event()
+
+        async def held(batch: WriteBatch) -> None:
+            begun.append(len(batch))
+            if len(begun) == 1:
+                first.set()
+                await release.wait()
+            await apply(batch)
+
+        h.store.apply = held  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(adapter.persist, [event(ModelWorkflowFinished, outcome(0))])
+            try:
+                with anyio.fail_after(30):
+                    await first.wait()
+                    adapter.config = adapter.config.model_copy(update={"split_rows": 1_000})
+                    rest = [event(ModelWorkflowFinished, outcome(i)) for i in range(1, 21)]
+                    assert all(share_out(rest, 2))  # files of both shards
+                    tg.start_soon(adapter.persist, rest)
+                    await until(lambda: adapter.statistics().pending_rows == 3 * 21)  # all handed to the writer
+                    await until(lambda: not adapter._wake.is_set())  # and the writer has looked at them
+                    assert adapter.statistics().transactions == 1
+            finally:
+                release.set()
+
+        assert begun == [3, 3 * 20]
+        assert adapter.statistics().transactions == 0
+        assert await h.store.count("metadata_stamps") == 21
+
+
 async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn: str) -> None:
     """Two hundred files stamped at once, one of them by twenty workflows, each stamp's row sent twice (STAMP_CREATED
     and the outcome carry the same id). With split_rows 1 every shard takes a transaction of its own, and the first

@@ -21,14 +21,14 @@ class ModelDatabaseAdapterConfig(EffectNode.Config):
     writers: int = Field(
         2,
         ge=1,
-        description="Transactions in flight at once, each with its own share of the rows (a file's rows always in "
-        "the same one); at most what the store can run at once (SQLite: 1).",
+        description="Shares the rows are shared out among (a file's rows always in the same one), so how many "
+        "transactions may be in flight at once; at most what the store runs at once (SQLite: 1).",
     )
     split_rows: int = Field(
         1_000,
         ge=1,
-        description="With more than one writer: rows pending (for writers with none in flight) from which each "
-        "writer takes its own share in a transaction of its own; fewer go together in one transaction.",
+        description="With more than one share: from this many rows pending (in shares with no transaction in "
+        "flight) each share takes a transaction of its own; fewer go together in one.",
     )
     outage_max_backoff_ms: int = Field(
         2_000,

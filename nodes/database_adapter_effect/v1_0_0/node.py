@@ -12,22 +12,22 @@
 The orchestrator writes a workflow's row itself while it runs (its checkpoints); the outcome writes its final
 state, its steps and its stamp in one transaction, so a stored final state always comes with its stamp.
 
-Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which
-merges what is pending into a single transaction; each handler returns, and its messages are acknowledged, only after
-the transactions holding its rows committed. Fewer, larger transactions is what keeps a single SQLite writer (or a
+Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which merges
+what is pending into a single transaction; each handler returns, and its messages are acknowledged, only after the
+transactions holding its rows committed. Fewer, larger transactions is what keeps a single SQLite writer (or a
 PostgreSQL round trip) from being the bottleneck. Where the store runs transactions side by side (PostgreSQL: a pool;
 ``Store.concurrent_writes``), the rows are shared out among ``config.writers`` shards (contract default 2) by key
-(``share_out``): a stamp's file, ``(namespace, file_path)``, decides the shard of its stamp, its workflow's final
-state and steps, and a namespace the shard of its aggregate. A transaction holds the shards whose rows it writes, and
-a shard is in one transaction at a time. While the shards with nothing in flight hold fewer than
-``config.split_rows`` rows pending, one transaction takes them all, as a single writer would; from that many on (a
-backlog: the in-process graph outruns one PostgreSQL server process), each takes a transaction of its own, and they
-run side by side on two server processes. So two transactions in flight never write the same row: neither waits on
-the other's locks, they cannot deadlock, and the store's numbering of a file's stamp versions and its copy of
-intelligence data between a stamp and its step (triggers that read the committed rows) see what they would with one
-writer; a file's rows keep their order (its shard's, first in first out). Below the threshold (small batches, as a
-separate adapter process on Kafka has them) a transaction each shard would cost more commits, each waiting for the
-server's WAL flush, for rows the server writes quickly anyway.
+(``share_out``): a stamp's file, ``(namespace, file_path)``, decides the shard of its stamp, its workflow's final state
+and steps, and a namespace the shard of its aggregate. A transaction holds the shards whose rows it writes, and a shard
+is in one transaction at a time. From ``config.split_rows`` rows pending on (a backlog: the in-process graph outruns one
+PostgreSQL server process), each shard with nothing in flight takes a transaction of its own, and they run side by side
+on two server processes; fewer rows wait until no transaction is in flight, and then go in one, as a single writer would
+write them. So two transactions in flight never write the same row: neither waits on the other's locks, they cannot
+deadlock, and the store's numbering of a file's stamp versions and its copy of intelligence data between a stamp and its
+step (triggers that read the committed rows) see what they would with one writer; a file's rows keep their order (its
+shard's, first in first out). Below the threshold (small batches, as a separate adapter process on Kafka has them: a
+median of 206 rows a transaction in ``bench/multiprocess.py``) a transaction a shard lowered that benchmark's ratio
+(README, "Design decisions").
 
 Idempotency: every row has a natural key (see ``onex.store``), so a redelivered event rewrites nothing. On top of
 that, event ids already applied are skipped: recent ids in memory (bounded), and the ids of the reducer's intents
@@ -152,14 +152,15 @@ class WriterStatistics:
     """A snapshot of the group-commit writers (``NodeDatabaseAdapterEffect.statistics()``).
 
     ``writers``: how many shards the rows are shared among, so how many transactions may be in flight at once
-    (module docstring, "Group commit"). ``pending_batches`` / ``pending_rows``: handed to the writer and not
+    (module docstring, "Group commit"); ``transactions``: how many are in flight now. ``pending_batches`` /
+    ``pending_rows``: handed to the writer and not
     committed yet (their messages are not acknowledged; a handler's rows in two shards are two batches).
-    ``commits``: transactions committed.
-    ``unavailable``: store calls that found the store unavailable, since the start. ``outage_s``: how long the
-    current outage has lasted, None when there is none.
+    ``commits``: transactions committed. ``unavailable``: store calls that found the store unavailable, since the
+    start. ``outage_s``: how long the current outage has lasted, None when there is none.
     """
 
     writers: int
+    transactions: int
     pending_batches: int
     pending_rows: int
     commits: int
@@ -225,6 +226,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         held = [*(h for t in self._running for h in t.held), *(h for shard in self._shards for h in shard.pending)]
         return WriterStatistics(
             writers=len(self._shards),
+            transactions=len(self._running),
             pending_batches=sum(1 for _, done in held if not done.done()),
             pending_rows=sum(len(batch) for batch, done in held if not done.done()),
             commits=self._commits,
@@ -233,38 +235,47 @@ class NodeDatabaseAdapterEffect(EffectNode):
         )
 
     async def _write_loop(self) -> None:
-        """Start a transaction for the shards that have rows pending and none in flight (module docstring, "Group
-        commit"): one for all of them while they hold fewer than ``config.split_rows`` rows, else one each."""
+        """Start transactions for the shards with rows pending and none in flight (module docstring, "Group
+        commit"): from ``config.split_rows`` rows on one each; fewer go in one transaction once no shard has one in
+        flight, so that a light load is written as a single writer would write it."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             free = [shard for shard in self._shards if shard.pending and not shard.busy]
             if not free:
                 continue
-            together = sum(len(batch) for shard in free for batch, _ in shard.pending) < self.config.split_rows
-            for shards in [free] if together else [[shard] for shard in free]:
-                held = self._take(shards)
-                if held:
-                    for shard in shards:
-                        shard.busy = True
-                    transaction = _Transaction(shards, held)
+            if sum(len(batch) for shard in free for batch, _ in shard.pending) >= self.config.split_rows:
+                groups = [[shard] for shard in free]
+            elif any(shard.busy for shard in self._shards):
+                continue  # a few rows: they wait for the transaction in flight, then go with the others in one
+            else:
+                groups = [free]
+            for shards in groups:
+                transaction = self._take(shards)
+                if transaction is not None:
                     transaction.task = asyncio.create_task(self._write(transaction))
                     self._running.add(transaction)
 
     @staticmethod
-    def _take(shards: list[_Shard]) -> list[_Held]:
-        """The rows pending for ``shards``, in order, up to ``MAX_COMMIT_ROWS`` (a lost connection re-sends at most
-        this much); the rest waits for the next transaction."""
-        taken: list[_Held] = []
-        rows = 0
+    def _take(shards: list[_Shard]) -> _Transaction | None:
+        """A transaction of the rows pending for ``shards``, in order, up to ``MAX_COMMIT_ROWS`` (a lost connection
+        re-sends at most this much), holding the shards it took rows from; the rest waits for the next one. None
+        when every handler waiting there was cancelled."""
+        held: list[_Held] = []
+        taken: list[_Shard] = []
         for shard in shards:
+            rows = sum(len(batch) for batch, _ in held)
             while shard.pending and rows < MAX_COMMIT_ROWS:
                 batch, done = shard.pending.pop(0)
                 if done.done():
                     continue  # its handler was cancelled: the bus has its messages back
-                taken.append((batch, done))
+                held.append((batch, done))
                 rows += len(batch)
-        return taken
+                if not taken or taken[-1] is not shard:
+                    taken.append(shard)
+        for shard in taken:
+            shard.busy = True
+        return _Transaction(taken, held) if held else None
 
     async def _write(self, transaction: _Transaction) -> None:
         held = transaction.held
@@ -556,7 +567,7 @@ def _keep_combined(workflows: dict[uuid.UUID, WorkflowRow], row: WorkflowRow) ->
 
 
 def share_out(events: Sequence[Event], count: int) -> list[list[Event]]:
-    """``events`` shared out among ``count`` writers (module docstring, "Group commit"): a stamp's events (its
+    """``events`` shared out among ``count`` shards (module docstring, "Group commit"): a stamp's events (its
     outcome, STAMP_CREATED) by its file, ``(namespace, file_path)``; an aggregate by its namespace; anything else
     (transitions: rows of their own, under ids nobody else writes) by its event id. Within a share, events keep
     their order."""
