@@ -153,10 +153,10 @@ class WriterStatistics:
 
     ``writers``: how many shards the rows are shared among, so how many transactions may be in flight at once
     (module docstring, "Group commit"); ``transactions``: how many are in flight now. ``pending_batches`` /
-    ``pending_rows``: handed to the writer and not
-    committed yet (their messages are not acknowledged; a handler's rows in two shards are two batches).
-    ``commits``: transactions committed. ``unavailable``: store calls that found the store unavailable, since the
-    start. ``outage_s``: how long the current outage has lasted, None when there is none.
+    ``pending_rows``: handed to the writer and not committed yet (their messages are not acknowledged; a handler's
+    rows in two shards are two batches). ``commits``: transactions committed. ``unavailable``: store calls that
+    found the store unavailable, since the start. ``outage_s``: how long the current outage has lasted, None when
+    there is none.
     """
 
     writers: int
@@ -263,18 +263,18 @@ class NodeDatabaseAdapterEffect(EffectNode):
         when every handler waiting there was cancelled."""
         held: list[_Held] = []
         taken: list[_Shard] = []
+        rows = 0
         for shard in shards:
-            rows = sum(len(batch) for batch, _ in held)
+            before = len(held)
             while shard.pending and rows < MAX_COMMIT_ROWS:
                 batch, done = shard.pending.pop(0)
                 if done.done():
                     continue  # its handler was cancelled: the bus has its messages back
                 held.append((batch, done))
                 rows += len(batch)
-                if not taken or taken[-1] is not shard:
-                    taken.append(shard)
-        for shard in taken:
-            shard.busy = True
+            if len(held) > before:
+                shard.busy = True
+                taken.append(shard)
         return _Transaction(taken, held) if held else None
 
     async def _write(self, transaction: _Transaction) -> None:
