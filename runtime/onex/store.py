@@ -354,8 +354,8 @@ class Store(abc.ABC):
     # Which SQL the metastore (onex.metastore) speaks to this store: "sqlite" (``SqliteStore.run_sync``) or
     # "postgres" (``PostgresStore.run``), its two hooks for running its own transactions; "" for a store without.
     dialect: str = ""
-    # How many ``apply`` transactions can usefully run at once (the database adapter's writers use at most this many):
-    # 1 for a store that writes through one connection anyway (SQLite's writer thread).
+    # How many ``apply`` transactions can usefully run at once: 1 for a store that writes through one connection
+    # anyway (SQLite's writer thread). The database adapter shares its rows out among at most this many shards.
     concurrent_writes: int = 1
 
     @abc.abstractmethod
