@@ -90,8 +90,8 @@ from onex.store import (
     maker,
 )
 
-from nodes.database_adapter_effect.v1_0_0.models import ModelDatabaseAdapterConfig
-from nodes.models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
+from ...models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
+from .models import ModelDatabaseAdapterConfig
 
 WORKFLOW_TYPE = "stamp_workflow"
 MAX_COMMIT_ROWS = 5_000

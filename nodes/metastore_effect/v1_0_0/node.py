@@ -17,7 +17,7 @@ from typing import Any
 from onex.metastore import Metastore
 from onex.nodes import EffectNode
 
-from nodes.metastore_effect.v1_0_0.models import ModelMetastoreConfig
+from .models import ModelMetastoreConfig
 
 
 class NodeMetastoreEffect(EffectNode):

@@ -27,7 +27,7 @@ from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
 from onex.routing import LiveServices, Router
 
-from nodes.models import (
+from ...models import (
     ModelStampCommand,
     ModelStampCreated,
     ModelStampFailed,
@@ -36,7 +36,7 @@ from nodes.models import (
     ModelStepResult,
     ModelWorkflowFinished,
 )
-from nodes.orchestrator.v1_0_0.models import ModelOrchestratorConfig
+from .models import ModelOrchestratorConfig
 
 
 class NodeOrchestrator(OrchestratorNode):

@@ -56,8 +56,8 @@ from onex.fsm import Entity
 from onex.nodes import Event, ReducerNode
 from onex.store import AggregateWindowRow, BridgeStateRow, WriteBatch, group_key
 
-from nodes.models import ModelAggregationIntent, ModelWorkflowFinished
-from nodes.reducer.v1_0_0.models import ModelReducerConfig
+from ...models import ModelAggregationIntent, ModelWorkflowFinished
+from .models import ModelReducerConfig
 
 _log = logging.getLogger(__name__)
 WORKFLOW_TYPE = "stamp_workflow"  # the orchestrator's workflows (its FSM's name)

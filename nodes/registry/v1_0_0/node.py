@@ -35,7 +35,7 @@ from onex.fsm import Entity
 from onex.nodes import Event, RegistryNode
 from onex.store import HeartbeatRow, RegistrationRow, WriteBatch
 
-from nodes.registry.v1_0_0.models import ModelRegistryConfig
+from .models import ModelRegistryConfig
 
 _log = logging.getLogger(__name__)
 # What a node's stored health_status is once it is no longer alive: missed heartbeats, or it said it stopped.

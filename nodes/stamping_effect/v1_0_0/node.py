@@ -31,8 +31,8 @@ from onex.files import remove_stale_temps_in, within
 from onex.metrics import Histogram
 from onex.nodes import EffectNode, Event
 
-from nodes.models import ModelStampCommand, ModelStampCreated, ModelStampFailed
-from nodes.stamping_effect.v1_0_0.models import ModelStampingEffectConfig
+from ...models import ModelStampCommand, ModelStampCreated, ModelStampFailed
+from .models import ModelStampingEffectConfig
 
 CONTENT_PATH = "<content>"
 
