@@ -40,6 +40,11 @@ With ``--store postgresql://USER@HOST:PORT/DB`` the same run goes to PostgreSQL 
 - raw floors: the same loop of BLAKE3 plus the same rows per item, 500 items per transaction, on one bare asyncpg
   connection into another fresh schema created by the same migrations: ``copy_records_to_table`` (COPY, binary)
   and ``executemany`` of a plain ``INSERT``. The ratio is onex against the faster floor.
+- CPU milliseconds an item of onex and of the COPY floor (medians over the repeats), this process's (every thread)
+  and, where the server runs on this machine, the server's: its postmaster and every process it started (backends,
+  WAL writer, checkpointer; a backend that ended counts through the postmaster's children's time). A shared
+  server's other clients count too. On two cores the two together bound the throughput, and they move less from
+  run to run than items/s.
 
 Prints a table (best and median of ``--repeat`` runs) and writes ``bench/results/e2e_postgres.json``. When no
 PostgreSQL answers at the URL, says so and skips (exit 0).
@@ -107,19 +112,21 @@ async def run_onex(
     in_flight: int = MAX_PENDING,
     cpu: dict[str, float] | None = None,
     reads: dict[str, list[float]] | None = None,
+    postmaster: int | None = None,
 ) -> tuple[float, dict[str, int]]:
     """The onex run over ``items`` (module docstring): seconds and the row counts. ``cpu``, when given, gets the CPU
-    seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's threads).
+    seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's threads),
+    and with ``postmaster`` the PostgreSQL server's (``server``, ``_server_cpu``).
     ``reads``, when given, gets the milliseconds of the reads made meanwhile (``busy``) and afterwards (``idle``)."""
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
         heartbeat_interval_s=0, checkpoints=checkpoints, synchronous_checkpoints=synchronous
     )
     store = _DiscardingStore(settings.store_url()) if discard else None
     if store is None:
-        return await _run_onex(items, settings, None, in_flight, cpu, reads)
+        return await _run_onex(items, settings, None, in_flight, cpu, reads, postmaster)
     async with store:
         await store.upgrade()
-        return await _run_onex(items, settings, store, in_flight, cpu, reads)
+        return await _run_onex(items, settings, store, in_flight, cpu, reads, postmaster)
 
 
 def thread_cpu() -> dict[str, float]:
@@ -163,6 +170,7 @@ async def _run_onex(
     in_flight: int,
     cpu: dict[str, float] | None = None,
     reads: dict[str, list[float]] | None = None,
+    postmaster: int | None = None,
 ) -> tuple[float, dict[str, int]]:
     """As ``onex stamp`` runs: at most ``in_flight`` workflows in flight, outcomes counted as they arrive."""
     failed = 0
@@ -187,7 +195,7 @@ async def _run_onex(
             ended = asyncio.Event()
             if reads is not None:
                 reading = asyncio.create_task(_read_every_10ms(db, ended, reads.setdefault("busy", [])))
-            before = thread_cpu()
+            before = _cpu_now(postmaster)
             start = time.perf_counter()
             for i, text in enumerate(items):
                 pending.add(await client.submit({"content": text, "file_path": f"item-{i}.txt", "namespace": "bench"}))
@@ -197,7 +205,7 @@ async def _run_onex(
             await runtime.drain()
             elapsed = time.perf_counter() - start
             if cpu is not None:
-                cpu.update({k: v - before.get(k, 0.0) for k, v in thread_cpu().items()})
+                cpu.update({k: v - before.get(k, 0.0) for k, v in _cpu_now(postmaster).items()})
             ended.set()
             if reads is not None:
                 await reading
@@ -521,15 +529,70 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
     return rows
 
 
-async def run_raw_postgres(items: list[str], url: str, method: str) -> float:
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (state, ppid, ... utime at 11); None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+async def _postmaster(conn: asyncpg.Connection) -> int | None:
+    """The pid of the postmaster of the server ``conn`` is connected to when it runs on this machine, visible in
+    /proc as a postgres process (not in a container's pid namespace); None otherwise."""
+    return _parent_if_postgres(await conn.fetchval("SELECT pg_backend_pid()"))
+
+
+def _parent_if_postgres(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+        if stat is not None and f.read().startswith("postgres"):
+            return int(stat[1])
+    return None
+
+
+def _server_cpu(postmaster: int | None) -> float | None:
+    """CPU seconds so far of ``postmaster`` and every process it started, ended ones included (module docstring)."""
+    if postmaster is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for name in os.listdir("/proc"):
+        stat = _proc_stat(int(name)) if name.isdigit() else None
+        if stat is not None and postmaster in (int(name), int(stat[1])):
+            total += sum(int(v) for v in stat[11:15])  # utime, stime, cutime, cstime
+    return total / tick
+
+
+def _cpu_now(postmaster: int | None) -> dict[str, float]:
+    """``thread_cpu()``, and the server's CPU seconds as ``server`` where ``postmaster`` is known."""
+    now = thread_cpu()
+    if (server := _server_cpu(postmaster)) is not None:
+        now["server"] = server
+    return now
+
+
+def _per_item(spent: dict[str, float], items: int, into: dict[str, list[float]]) -> None:
+    """The CPU milliseconds an item of ``spent`` (seconds, ``_cpu_now`` keys), this process's threads together as
+    ``client``."""
+    into.setdefault("client", []).append(1000 * sum(v for k, v in spent.items() if k != "server") / items)
+    if "server" in spent:
+        into.setdefault("server", []).append(1000 * spent["server"] / items)
+
+
+async def run_raw_postgres(items: list[str], url: str, method: str, cpu: dict[str, list[float]] | None = None) -> float:
     """Hash every item and write the same rows as ``run_raw``, ``BATCH`` items per transaction, on one bare
-    connection: ``method`` is ``copy`` (``copy_records_to_table``) or ``executemany`` (a plain ``INSERT``)."""
+    connection: ``method`` is ``copy`` (``copy_records_to_table``) or ``executemany`` (a plain ``INSERT``). ``cpu``,
+    when given, gets the CPU milliseconds an item (``_Cpu``)."""
     schema_url = await _fresh_schema(url)
     try:
         settings = PostgresSettings.from_url(schema_url)
         conn = await asyncpg.connect(settings.dsn, server_settings={"search_path": settings.schema})
         try:
             await _init_jsonb(conn)  # the store's binary JSONB codec (COPY speaks nothing else)
+            postmaster = await _postmaster(conn)
+            before = _cpu_now(postmaster)
             start = time.perf_counter()
             for offset in range(0, len(items), BATCH):
                 rows = _raw_postgres_rows(items[offset : offset + BATCH], offset)
@@ -542,6 +605,8 @@ async def run_raw_postgres(items: list[str], url: str, method: str) -> float:
                         else:
                             await conn.executemany(_PG_INSERT[table], table_rows)
             elapsed = time.perf_counter() - start
+            if cpu is not None:
+                _per_item({k: v - before.get(k, 0.0) for k, v in _cpu_now(postmaster).items()}, len(items), cpu)
             written = await conn.fetchval("SELECT count(*) FROM workflow_steps")
             if written != 2 * len(items):
                 raise RuntimeError(f"raw floor ({method}) wrote {written} steps, expected {2 * len(items)}")
@@ -553,11 +618,28 @@ async def run_raw_postgres(items: list[str], url: str, method: str) -> float:
 
 
 async def run_onex_postgres(
-    items: list[str], url: str, *, checkpoints: bool = True, reads: dict[str, list[float]] | None = None
+    items: list[str],
+    url: str,
+    *,
+    checkpoints: bool = True,
+    reads: dict[str, list[float]] | None = None,
+    cpu: dict[str, list[float]] | None = None,
 ) -> tuple[float, dict[str, int]]:
     schema_url = await _fresh_schema(url)  # migrated before the clock starts: the runtime only migrates SQLite
     try:
-        return await run_onex(items, schema_url, checkpoints=checkpoints, reads=reads)
+        if cpu is None:
+            return await run_onex(items, schema_url, checkpoints=checkpoints, reads=reads)
+        conn = await asyncpg.connect(PostgresSettings.from_url(url).dsn, timeout=10)
+        try:
+            postmaster = await _postmaster(conn)
+        finally:
+            await conn.close()
+        spent: dict[str, float] = {}
+        result = await run_onex(
+            items, schema_url, checkpoints=checkpoints, reads=reads, cpu=spent, postmaster=postmaster
+        )
+        _per_item(spent, len(items), cpu)
+        return result
     finally:
         await _drop_schema(schema_url)
 
@@ -573,10 +655,11 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {"onex": [], "onex_no_checkpoints": [], "raw_copy": [], "raw_executemany": []}
     counts: dict[str, int] = {}
     reads: dict[str, list[float]] = {}  # as in run()
+    cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "raw_copy": {}}  # milliseconds an item, per run
     for _ in range(repeat):
-        seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy")))
+        seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy", cpu["raw_copy"])))
         seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
-        elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads))
+        elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"]))
         seconds["onex"].append(elapsed)
         seconds["onex_no_checkpoints"].append(asyncio.run(run_onex_postgres(data, url, checkpoints=False))[0])
     complete = _as_expected(counts, items)
@@ -605,6 +688,10 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
             "ratio": round(median["onex"] / floor_median, 3),
         },
         "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        # Medians over the repeats; "server" only where the server runs on this machine.
+        "cpu_ms_per_item": {
+            run: {side: round(statistics.median(v), 4) for side, v in sides.items()} for run, sides in cpu.items()
+        },
         "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
         "reads_idle_ms": _percentiles(reads.get("idle", [])),
         "rows_persisted": counts,
@@ -640,6 +727,11 @@ def print_postgres(r: dict[str, Any]) -> None:
         print(f"  {label:44s} {best:>14,} {median:>16,}")
     print(f"  {'ratio onex / faster floor':44s} {r['ratio']:>14.3f} {m['ratio']:>16.3f}")
     print(f"  {'durability costs (best)':44s} {r['durability_cost']:>14.1%}")
+    cpu = r["cpu_ms_per_item"]
+    for label, run in (("onex", "onex"), ("COPY floor", "raw_copy")):
+        server = cpu[run].get("server")
+        where = f", the server {server}" if server is not None else " (the server is not on this machine)"
+        print(f"  {'CPU ms an item, ' + label:44s} this process {cpu[run]['client']}{where}")
     _print_reads(r, 44)
     print(f"  rows persisted {r['rows_persisted']} as expected: {r['rows_as_expected']}")
     print(f"  -> {RESULTS / 'e2e_postgres.json'}")
