@@ -40,10 +40,10 @@ With ``--store postgresql://USER@HOST:PORT/DB`` the same run goes to PostgreSQL 
 - raw floors: the same loop of BLAKE3 plus the same rows per item, 500 items per transaction, on one bare asyncpg
   connection into another fresh schema created by the same migrations: ``copy_records_to_table`` (COPY, binary)
   and ``executemany`` of a plain ``INSERT``. The ratio is onex against the faster floor.
-- CPU milliseconds an item of onex and of the COPY floor (medians over the repeats), this process's (every thread)
-  and, where the server runs on this machine, the server's: its postmaster and every process it started (backends,
-  WAL writer, checkpointer; a backend that ended counts through the postmaster's children's time). A shared
-  server's other clients count too. On two cores the two together bound the throughput, and they move less from
+- CPU milliseconds an item of onex (with and without checkpoints) and of the COPY floor (medians over the repeats), this
+  process's (every thread) and, where the server runs on this machine, the server's: its postmaster and every process it
+  started (backends, WAL writer, checkpointer; a backend that ended counts through the postmaster's children's time). A
+  shared server's other clients count too. On two cores the two together bound the throughput, and they move less from
   run to run than items/s.
 
 Prints a table (best and median of ``--repeat`` runs) and writes ``bench/results/e2e_postgres.json``. When no
@@ -655,13 +655,15 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {"onex": [], "onex_no_checkpoints": [], "raw_copy": [], "raw_executemany": []}
     counts: dict[str, int] = {}
     reads: dict[str, list[float]] = {}  # as in run()
-    cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "raw_copy": {}}  # milliseconds an item, per run
+    cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "onex_no_checkpoints": {}, "raw_copy": {}}  # ms an item
     for _ in range(repeat):
         seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy", cpu["raw_copy"])))
         seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
         elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"]))
         seconds["onex"].append(elapsed)
-        seconds["onex_no_checkpoints"].append(asyncio.run(run_onex_postgres(data, url, checkpoints=False))[0])
+        seconds["onex_no_checkpoints"].append(
+            asyncio.run(run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"]))[0]
+        )
     complete = _as_expected(counts, items)
     best = {k: items / min(v) for k, v in seconds.items()}
     median = {k: items / statistics.median(v) for k, v in seconds.items()}
@@ -728,7 +730,11 @@ def print_postgres(r: dict[str, Any]) -> None:
     print(f"  {'ratio onex / faster floor':44s} {r['ratio']:>14.3f} {m['ratio']:>16.3f}")
     print(f"  {'durability costs (best)':44s} {r['durability_cost']:>14.1%}")
     cpu = r["cpu_ms_per_item"]
-    for label, run in (("onex", "onex"), ("COPY floor", "raw_copy")):
+    for label, run in (
+        ("onex", "onex"),
+        ("onex without checkpoints", "onex_no_checkpoints"),
+        ("COPY floor", "raw_copy"),
+    ):
         server = cpu[run].get("server")
         where = f", the server {server}" if server is not None else " (the server is not on this machine)"
         print(f"  {'CPU ms an item, ' + label:44s} this process {cpu[run]['client']}{where}")
