@@ -205,7 +205,7 @@ async def _run_onex(
             await runtime.drain()
             elapsed = time.perf_counter() - start
             if cpu is not None:
-                cpu.update({k: v - before.get(k, 0.0) for k, v in _cpu_now(postmaster).items()})
+                cpu.update(_cpu_spent(before, postmaster))
             ended.set()
             if reads is not None:
                 await reading
@@ -573,6 +573,11 @@ def _cpu_now(postmaster: int | None) -> dict[str, float]:
     return now
 
 
+def _cpu_spent(before: dict[str, float], postmaster: int | None) -> dict[str, float]:
+    """The CPU seconds spent since ``before`` (a ``_cpu_now``)."""
+    return {k: v - before.get(k, 0.0) for k, v in _cpu_now(postmaster).items()}
+
+
 def _per_item(spent: dict[str, float], items: int, into: dict[str, list[float]]) -> None:
     """The CPU milliseconds an item of ``spent`` (seconds, ``_cpu_now`` keys), this process's threads together as
     ``client``."""
@@ -584,7 +589,7 @@ def _per_item(spent: dict[str, float], items: int, into: dict[str, list[float]])
 async def run_raw_postgres(items: list[str], url: str, method: str, cpu: dict[str, list[float]] | None = None) -> float:
     """Hash every item and write the same rows as ``run_raw``, ``BATCH`` items per transaction, on one bare
     connection: ``method`` is ``copy`` (``copy_records_to_table``) or ``executemany`` (a plain ``INSERT``). ``cpu``,
-    when given, gets the CPU milliseconds an item (``_Cpu``)."""
+    when given, gets the CPU milliseconds an item (``_per_item``)."""
     schema_url = await _fresh_schema(url)
     try:
         settings = PostgresSettings.from_url(schema_url)
@@ -606,7 +611,7 @@ async def run_raw_postgres(items: list[str], url: str, method: str, cpu: dict[st
                             await conn.executemany(_PG_INSERT[table], table_rows)
             elapsed = time.perf_counter() - start
             if cpu is not None:
-                _per_item({k: v - before.get(k, 0.0) for k, v in _cpu_now(postmaster).items()}, len(items), cpu)
+                _per_item(_cpu_spent(before, postmaster), len(items), cpu)
             written = await conn.fetchval("SELECT count(*) FROM workflow_steps")
             if written != 2 * len(items):
                 raise RuntimeError(f"raw floor ({method}) wrote {written} steps, expected {2 * len(items)}")
