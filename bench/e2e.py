@@ -129,6 +129,16 @@ async def run_onex(
         return await _run_onex(items, settings, store, in_flight, cpu, reads, postmaster)
 
 
+def _proc_stat(path: str) -> list[str] | None:
+    """The fields of a /proc ``stat`` file after the command's name (state, ppid, ... utime at 11, stime, cutime,
+    cstime); None where unreadable (not Linux, or the process or thread just ended)."""
+    try:
+        with open(path) as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user + system) so far of this process's event loop thread (``main``) and of its other threads
     together (``sqlite``: the SQLite store's writer, reader and WAL checkpointer), from /proc; {} where there is none
@@ -138,8 +148,7 @@ def thread_cpu() -> dict[str, float]:
     main = str(threading.main_thread().native_id)
     with contextlib.suppress(OSError):  # not Linux
         for tid in os.listdir("/proc/self/task"):
-            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/stat") as f:  # OSError: it just ended
-                fields = f.read().rpartition(")")[2].split()
+            if (fields := _proc_stat(f"/proc/self/task/{tid}/stat")) is not None:
                 name = "main" if tid == main else "sqlite"
                 found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return found
@@ -529,15 +538,6 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
     return rows
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command's name (state, ppid, ... utime at 11); None where unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
 async def _postmaster(conn: asyncpg.Connection) -> int | None:
     """The pid of the postmaster of the server ``conn`` is connected to when it runs on this machine, visible in
     /proc as a postgres process (not in a container's pid namespace); None otherwise."""
@@ -545,7 +545,7 @@ async def _postmaster(conn: asyncpg.Connection) -> int | None:
 
 
 def _parent_if_postgres(pid: int) -> int | None:
-    stat = _proc_stat(pid)
+    stat = _proc_stat(f"/proc/{pid}/stat")
     with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
         if stat is not None and f.read().startswith("postgres"):
             return int(stat[1])
@@ -559,7 +559,7 @@ def _server_cpu(postmaster: int | None) -> float | None:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for name in os.listdir("/proc"):
-        stat = _proc_stat(int(name)) if name.isdigit() else None
+        stat = _proc_stat(f"/proc/{name}/stat") if name.isdigit() else None
         if stat is not None and postmaster in (int(name), int(stat[1])):
             total += sum(int(v) for v in stat[11:15])  # utime, stime, cutime, cstime
     return total / tick

@@ -70,7 +70,7 @@ import functools
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -134,7 +134,7 @@ _Held = tuple[WriteBatch, asyncio.Future[None]]  # a handler's rows, and what it
 class _Shard:
     """The rows of one share of the keys (``share_out``): pending, and whether a transaction holds the share."""
 
-    pending: list[_Held] = field(default_factory=list)
+    pending: deque[_Held] = field(default_factory=deque)  # first in, first out
     busy: bool = False
 
 
@@ -267,7 +267,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         for shard in shards:
             before = len(held)
             while shard.pending and rows < MAX_COMMIT_ROWS:
-                batch, done = shard.pending.pop(0)
+                batch, done = shard.pending.popleft()
                 if done.done():
                     continue  # its handler was cancelled: the bus has its messages back
                 held.append((batch, done))
