@@ -41,3 +41,27 @@ async def test_a_copy_of_the_project_stamps_from_its_own_directory(copied: Path)
         assert len(completed) == 1, [name for name, _ in h.events]
         assert completed[0].payload.file_hash
         assert not h.dead_letters()
+
+
+async def test_a_copy_whose_orchestrator_imports_the_other_packages_models_dead_letters_its_requests(
+    copied: Path,
+) -> None:
+    """The mistake the relative imports avoid, made on purpose: the copy's orchestrator imports the repository's
+    ``nodes.models``, so the payloads its contracts decode into are not the classes it checks. Each request is
+    dead-lettered with an error that names the event and both classes, instead of being taken for a late result and
+    dropped without a word."""
+    node = copied / "nodes" / "orchestrator" / "v1_0_0" / "node.py"
+    source = node.read_text()
+    assert "from ...models import (" in source
+    node.write_text(source.replace("from ...models import (", "from nodes.models import (", 1))
+    async with Harness(root=copied) as h:
+        sent = await h.publish("STAMP_REQUESTED", {"content": "print('copied')\n", "namespace": "it.copied"})
+        await h.settle()
+
+    assert not h.of("WORKFLOW_COMPLETED")
+    [dead] = h.dead_letters()
+    assert dead.payload["original"]["event_id"] == str(sent.event_id)
+    assert dead.payload["error_type"] == "PayloadError"
+    assert str(sent.event_id) in dead.payload["error"]
+    assert "_onex_project_" in dead.payload["error"]  # the copy's class, named with its module
+    assert "nodes.models.ModelStampRequest" in dead.payload["error"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from onex.clock import utc_text
 from onex.envelope import OnexEnvelopeV1, derived_after, id_tail, uuid_text
-from onex.exceptions import OnexError
+from onex.exceptions import OnexError, PayloadError
 from onex.files import SNIFF_SIZE, detect_file_type
 from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
@@ -134,8 +134,19 @@ class NodeOrchestrator(OrchestratorNode):
         for envelope, payload in events:
             if isinstance(payload, ModelStampRequest):
                 await self._start(envelope, payload)
-            else:
+            elif isinstance(payload, (ModelStampCreated, ModelStampFailed)):
                 await self._result(envelope, payload)
+            else:
+                # The contract's codec hands over its payload model; another class here means the contract's model
+                # and this module's are not the same class (say a copy of the package imported under two names).
+                # Dead-lettered with this error rather than taken for a late result and dropped.
+                kind = type(payload)
+                raise PayloadError(
+                    uuid_text(envelope.event_id),
+                    envelope.event_type,
+                    f"the orchestrator does not handle a {kind.__module__}.{kind.__qualname__} (expected "
+                    f"{ModelStampRequest.__module__}.ModelStampRequest, ModelStampCreated or ModelStampFailed)",
+                )
 
     async def _start(self, envelope: OnexEnvelopeV1, request: ModelStampRequest) -> None:
         assert self.fsm is not None
@@ -159,7 +170,7 @@ class NodeOrchestrator(OrchestratorNode):
         self.track(workflow)
         await self.advance(workflow)
 
-    async def _result(self, envelope: OnexEnvelopeV1, result: Any) -> None:
+    async def _result(self, envelope: OnexEnvelopeV1, result: ModelStampCreated | ModelStampFailed) -> None:
         workflow = self.workflows.get(envelope.correlation_id)  # type: ignore[arg-type]
         if workflow is None or workflow.steps["stamp"].status is not StepStatus.RUNNING:
             # Late or duplicate, or the result of a request this process has not handled yet (it published the
@@ -180,7 +191,7 @@ class NodeOrchestrator(OrchestratorNode):
                     "file_size": result.file_size,
                 },
             )
-        elif isinstance(result, ModelStampFailed):
+        else:
             await self.fail_step(workflow, "stamp", result.error, retryable=result.retryable)
 
     # -- steps --
