@@ -3,7 +3,9 @@
 - onex: ``--items`` (default 100,000) content items of ~1 KiB submitted as STAMP_REQUESTED through ``StampClient``
   to every node hosted in-process (MemoryBus): orchestrator -> stamping_effect -> reducer -> database_adapter_effect
   -> SQLite (a file in a temporary directory). The clock stops when every workflow's outcome arrived *and* the
-  runtime drained, i.e. every row is persisted; the row counts are then checked.
+  runtime drained, i.e. every row is persisted; the row counts are then checked. Reported also: how much of its time
+  came after the last outcome had arrived (``stored_after_last_outcome_s``), the rows left to write then (the
+  database adapter's backlog) with the nodes' work done; with ``--store postgresql://...`` too.
 - raw floor: a plain loop over the same items that hashes each with BLAKE3 and batch-inserts the same rows (one
   workflow, one stamp, two FSM transitions, two steps per item) with ``sqlite3.executemany`` into the same schema
   with the same pragmas, 500 items per transaction, the workflow's id made as onex makes it (``new_id``, time-ordered)
@@ -113,20 +115,22 @@ async def run_onex(
     cpu: dict[str, float] | None = None,
     reads: dict[str, list[float]] | None = None,
     postmaster: int | None = None,
+    tails: list[float] | None = None,
 ) -> tuple[float, dict[str, int]]:
     """The onex run over ``items`` (module docstring): seconds and the row counts. ``cpu``, when given, gets the CPU
     seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's threads),
     and with ``postmaster`` the PostgreSQL server's (``server``, ``_server_cpu``).
-    ``reads``, when given, gets the milliseconds of the reads made meanwhile (``busy``) and afterwards (``idle``)."""
+    ``reads``, when given, gets the milliseconds of the reads made meanwhile (``busy``) and afterwards (``idle``).
+    ``tails``, when given, gets the seconds from the last outcome's arrival to every row stored (the drain)."""
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
         heartbeat_interval_s=0, checkpoints=checkpoints, synchronous_checkpoints=synchronous
     )
     store = _DiscardingStore(settings.store_url()) if discard else None
     if store is None:
-        return await _run_onex(items, settings, None, in_flight, cpu, reads, postmaster)
+        return await _run_onex(items, settings, None, in_flight, cpu, reads, postmaster, tails)
     async with store:
         await store.upgrade()
-        return await _run_onex(items, settings, store, in_flight, cpu, reads, postmaster)
+        return await _run_onex(items, settings, store, in_flight, cpu, reads, postmaster, tails)
 
 
 def _proc_stat(path: str) -> list[str] | None:
@@ -180,6 +184,7 @@ async def _run_onex(
     cpu: dict[str, float] | None = None,
     reads: dict[str, list[float]] | None = None,
     postmaster: int | None = None,
+    tails: list[float] | None = None,
 ) -> tuple[float, dict[str, int]]:
     """As ``onex stamp`` runs: at most ``in_flight`` workflows in flight, outcomes counted as they arrive."""
     failed = 0
@@ -211,8 +216,11 @@ async def _run_onex(
             submitting_done = True
             if pending:
                 await asyncio.wait_for(all_in.wait(), 600)
+            answered = time.perf_counter()
             await runtime.drain()
             elapsed = time.perf_counter() - start
+            if tails is not None:
+                tails.append(start + elapsed - answered)
             if cpu is not None:
                 cpu.update(_cpu_spent(before, postmaster))
             ended.set()
@@ -339,6 +347,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     alone_counts: dict[str, int] = {}
     cpu: list[tuple[dict[str, float], dict[str, float]]] = []  # each repeat's (batched, one at a time) thread CPU
     reads: dict[str, list[float]] = {}  # milliseconds of the reads during the onex runs (busy) and after (idle)
+    tails: list[float] = []  # each persisted run's seconds from its last outcome to every row stored
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             before = thread_cpu().get("main", 0.0)
@@ -346,7 +355,9 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
             raw_cpu.append(thread_cpu().get("main", 0.0) - before)
         batched_cpu: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            elapsed, counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu, reads=reads))
+            elapsed, counts = asyncio.run(
+                run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu, reads=reads, tails=tails)
+            )
             onex_s.append(elapsed)
         if alone:
             alone_cpu: dict[str, float] = {}
@@ -381,6 +392,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
         "onex_items_per_s": round(onex_rate),
         "raw_floor_items_per_s": round(raw_rate),
         "ratio": round(onex_rate / raw_rate, 3),
+        **_tail_figures(tails, onex_s),
         "ceiling_items_per_s": round(items / min(ceiling_s)),
         "ceiling_ratio": round(items / min(ceiling_s) / raw_rate, 3),
         "no_checkpoints_items_per_s": round(items / min(volatile_s)),
@@ -399,6 +411,20 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _tail_figures(tails: list[float], seconds: list[float]) -> dict[str, float]:
+    """Medians over the repeats of the persisted run's seconds, and of those after its last outcome had arrived: what
+    was left to write then (the database adapter's backlog), with the nodes' work done."""
+    return {
+        "persisted_s": round(statistics.median(seconds), 3),
+        "stored_after_last_outcome_s": round(statistics.median(tails), 3),
+    }
+
+
+def _print_tail(r: dict[str, Any], width: int) -> None:
+    label = "rows stored after the last outcome"
+    print(f"  {label:{width}s} {r['stored_after_last_outcome_s']:>10.2f} s of {r['persisted_s']:.2f} s")
 
 
 def _cpu_figures(items: int, ceiling_cpu: list[float], raw_cpu: list[float]) -> dict[str, Any]:
@@ -629,11 +655,12 @@ async def run_onex_postgres(
     checkpoints: bool = True,
     reads: dict[str, list[float]] | None = None,
     cpu: dict[str, list[float]] | None = None,
+    tails: list[float] | None = None,
 ) -> tuple[float, dict[str, int]]:
     schema_url = await _fresh_schema(url)  # migrated before the clock starts: the runtime only migrates SQLite
     try:
         if cpu is None:
-            return await run_onex(items, schema_url, checkpoints=checkpoints, reads=reads)
+            return await run_onex(items, schema_url, checkpoints=checkpoints, reads=reads, tails=tails)
         conn = await asyncpg.connect(PostgresSettings.from_url(url).dsn, timeout=10)
         try:
             postmaster = await _postmaster(conn)
@@ -641,7 +668,7 @@ async def run_onex_postgres(
             await conn.close()
         spent: dict[str, float] = {}
         result = await run_onex(
-            items, schema_url, checkpoints=checkpoints, reads=reads, cpu=spent, postmaster=postmaster
+            items, schema_url, checkpoints=checkpoints, reads=reads, cpu=spent, postmaster=postmaster, tails=tails
         )
         _per_item(spent, len(items), cpu)
         return result
@@ -661,10 +688,11 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     counts: dict[str, int] = {}
     reads: dict[str, list[float]] = {}  # as in run()
     cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "onex_no_checkpoints": {}, "raw_copy": {}}  # ms an item
+    tails: list[float] = []  # as in run()
     for _ in range(repeat):
         seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy", cpu["raw_copy"])))
         seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
-        elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"]))
+        elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"], tails=tails))
         seconds["onex"].append(elapsed)
         seconds["onex_no_checkpoints"].append(
             asyncio.run(run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"]))[0]
@@ -687,6 +715,7 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
         "ratio": round(best["onex"] / floor, 3),
         "no_checkpoints_items_per_s": round(best["onex_no_checkpoints"]),
         "durability_cost": round(1 - best["onex"] / best["onex_no_checkpoints"], 3),
+        **_tail_figures(tails, seconds["onex"]),
         "median": {
             "onex_items_per_s": round(median["onex"]),
             "no_checkpoints_items_per_s": round(median["onex_no_checkpoints"]),
@@ -734,6 +763,7 @@ def print_postgres(r: dict[str, Any]) -> None:
         print(f"  {label:44s} {best:>14,} {median:>16,}")
     print(f"  {'ratio onex / faster floor':44s} {r['ratio']:>14.3f} {m['ratio']:>16.3f}")
     print(f"  {'durability costs (best)':44s} {r['durability_cost']:>14.1%}")
+    _print_tail(r, 44)
     cpu = r["cpu_ms_per_item"]
     for label, run in (
         ("onex", "onex"),
@@ -773,6 +803,7 @@ def main() -> None:
     print(f"  {'onex (all nodes, every row persisted)':40s} {r['onex_items_per_s']:>10,} items/s")
     print(f"  {'raw floor (blake3 + executemany)':40s} {r['raw_floor_items_per_s']:>10,} items/s")
     print(f"  {'ratio onex / raw':40s} {r['ratio']:>10.3f}")
+    _print_tail(r, 40)
     print(f"  {'ceiling: onex, writes discarded':40s} {r['ceiling_items_per_s']:>10,} items/s")
     print(f"  {'ratio ceiling / raw':40s} {r['ceiling_ratio']:>10.3f}")
     if "ceiling_cpu_ms_per_stamp" in r:
