@@ -62,6 +62,7 @@ async def test_a_copy_whose_orchestrator_imports_the_other_packages_models_dead_
     [dead] = h.dead_letters()
     assert dead.payload["original"]["event_id"] == str(sent.event_id)
     assert dead.payload["error_type"] == "PayloadError"
+    assert dead.payload["attempts"] == 1  # not retried: no attempt could handle it
     assert str(sent.event_id) in dead.payload["error"]
     assert "_onex_project_" in dead.payload["error"]  # the copy's class, named with its module
     assert "nodes.models.ModelStampRequest" in dead.payload["error"]
