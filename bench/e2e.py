@@ -218,9 +218,10 @@ async def _run_onex(
                 await asyncio.wait_for(all_in.wait(), 600)
             answered = time.perf_counter()
             await runtime.drain()
-            elapsed = time.perf_counter() - start
+            stored = time.perf_counter()
+            elapsed = stored - start
             if tails is not None:
-                tails.append(start + elapsed - answered)
+                tails.append(stored - answered)
             if cpu is not None:
                 cpu.update(_cpu_spent(before, postmaster))
             ended.set()
