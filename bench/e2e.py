@@ -507,14 +507,14 @@ def with_schema(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
 
 
-async def _server_version(dsn: str) -> str | None:
-    """The server's version, or None when nothing answers at ``dsn``."""
+async def _server(dsn: str) -> tuple[str, int | None] | None:
+    """The server's version and its postmaster's pid (``_postmaster``), or None when nothing answers at ``dsn``."""
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
     try:
-        return str(await conn.fetchval("SHOW server_version"))
+        return str(await conn.fetchval("SHOW server_version")), await _postmaster(conn)
     finally:
         await conn.close()
 
@@ -613,17 +613,18 @@ def _per_item(spent: dict[str, float], items: int, into: dict[str, list[float]])
         into.setdefault("server", []).append(1000 * spent["server"] / items)
 
 
-async def run_raw_postgres(items: list[str], url: str, method: str, cpu: dict[str, list[float]] | None = None) -> float:
+async def run_raw_postgres(
+    items: list[str], url: str, method: str, cpu: dict[str, list[float]] | None = None, postmaster: int | None = None
+) -> float:
     """Hash every item and write the same rows as ``run_raw``, ``BATCH`` items per transaction, on one bare
     connection: ``method`` is ``copy`` (``copy_records_to_table``) or ``executemany`` (a plain ``INSERT``). ``cpu``,
-    when given, gets the CPU milliseconds an item (``_per_item``)."""
+    when given, gets the CPU milliseconds an item (``_per_item``), the server's too with ``postmaster``."""
     schema_url = await _fresh_schema(url)
     try:
         settings = PostgresSettings.from_url(schema_url)
         conn = await asyncpg.connect(settings.dsn, server_settings={"search_path": settings.schema})
         try:
             await _init_jsonb(conn)  # the store's binary JSONB codec (COPY speaks nothing else)
-            postmaster = await _postmaster(conn)
             before = _cpu_now(postmaster)
             start = time.perf_counter()
             for offset in range(0, len(items), BATCH):
@@ -656,22 +657,17 @@ async def run_onex_postgres(
     checkpoints: bool = True,
     reads: dict[str, list[float]] | None = None,
     cpu: dict[str, list[float]] | None = None,
+    postmaster: int | None = None,
     tails: list[float] | None = None,
 ) -> tuple[float, dict[str, int]]:
     schema_url = await _fresh_schema(url)  # migrated before the clock starts: the runtime only migrates SQLite
     try:
-        if cpu is None:
-            return await run_onex(items, schema_url, checkpoints=checkpoints, reads=reads, tails=tails)
-        conn = await asyncpg.connect(PostgresSettings.from_url(url).dsn, timeout=10)
-        try:
-            postmaster = await _postmaster(conn)
-        finally:
-            await conn.close()
         spent: dict[str, float] = {}
         result = await run_onex(
             items, schema_url, checkpoints=checkpoints, reads=reads, cpu=spent, postmaster=postmaster, tails=tails
         )
-        _per_item(spent, len(items), cpu)
+        if cpu is not None:
+            _per_item(spent, len(items), cpu)
         return result
     finally:
         await _drop_schema(schema_url)
@@ -680,9 +676,10 @@ async def run_onex_postgres(
 def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     """The PostgreSQL run (module docstring); ``{"skipped": reason}`` when no server answers at ``url``."""
     shown = redact_url(url)
-    server = asyncio.run(_server_version(PostgresSettings.from_url(url).dsn))
-    if server is None:
+    found = asyncio.run(_server(PostgresSettings.from_url(url).dsn))
+    if found is None:
         return {"benchmark": "e2e_inprocess_postgres", "skipped": f"no PostgreSQL answers at {shown}"}
+    server, postmaster = found  # one lookup: every run below talks to the same server
     data = make_items(items)
     tune_process()  # as `onex stamp` / `onex run` do
     seconds: dict[str, list[float]] = {"onex": [], "onex_no_checkpoints": [], "raw_copy": [], "raw_executemany": []}
@@ -691,12 +688,16 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "onex_no_checkpoints": {}, "raw_copy": {}}  # ms an item
     tails: list[float] = []  # as in run()
     for _ in range(repeat):
-        seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy", cpu["raw_copy"])))
+        seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy", cpu["raw_copy"], postmaster)))
         seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
-        elapsed, counts = asyncio.run(run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"], tails=tails))
+        elapsed, counts = asyncio.run(
+            run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"], postmaster=postmaster, tails=tails)
+        )
         seconds["onex"].append(elapsed)
         seconds["onex_no_checkpoints"].append(
-            asyncio.run(run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"]))[0]
+            asyncio.run(
+                run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"], postmaster=postmaster)
+            )[0]
         )
     complete = _as_expected(counts, items)
     best = {k: items / min(v) for k, v in seconds.items()}

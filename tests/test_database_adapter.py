@@ -318,12 +318,11 @@ async def test_a_few_rows_wait_for_the_transaction_in_flight(postgres_dsn: str) 
 
 async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn: str) -> None:
     """Two hundred files stamped at once, one of them by twenty workflows, each stamp's row sent twice (STAMP_CREATED
-    and the outcome carry the same id). With split_rows 1 every shard takes a transaction of its own, and the first
-    is held until the second has begun, so the two are in flight together; shared out by file, they hold no row in
-    common. Shared out any other way, an outcome and its
-    STAMP_CREATED in two transactions would lock each other's rows (a deadlock, which PostgreSQL ends after
-    ``deadlock_timeout``, and the store writes one again, counted in ``retries``), and two restamps of a file could
-    be given one version. The file's stamps are numbered 1 to 20."""
+    and the outcome carry the same id). With split_rows 1 every shard takes a transaction of its own, and the first is
+    held until the second has begun, so the two are in flight together; shared out by file, they hold no row in common.
+    Shared out any other way, an outcome and its STAMP_CREATED in two transactions would lock each other's rows (a
+    deadlock, which PostgreSQL ends after ``deadlock_timeout``, and the store writes one again, counted in ``retries``),
+    and two restamps of a file could be given one version. The file's stamps are numbered 1 to 20."""
     async with Harness([ADAPTER], root=ROOT, store_url=postgres_dsn) as h:
         assert isinstance(h.store, PostgresStore)
         adapter = adapter_of(h)
