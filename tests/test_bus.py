@@ -465,6 +465,35 @@ async def test_handlers_publish_past_full_buffers() -> None:
         assert len(gate.seen) == 20
 
 
+async def test_a_handlers_publish_many_reaches_every_group_in_order(bus: MemoryBus) -> None:
+    # From a handler publish_many takes its one-pass path: each envelope to each group, in order per key, counted.
+    sink = topic_name("sink")
+    seen: dict[str, list[tuple[str, int]]] = {"x": [], "y": []}
+
+    def record(group: str) -> Handler:
+        async def handle(envelope: OnexEnvelopeV1) -> None:
+            seen[group].append((envelope.key, envelope.payload["seq"]))
+
+        return handle
+
+    async def fan_out(envelope: OnexEnvelopeV1) -> None:
+        await bus.publish_many(sink, [probe(f"key-{i % 5}", i) for i in range(40)])
+        await bus.publish_many(sink, [])
+        await bus.publish_many(topic_name("nobody"), [probe("k", 0)])
+
+    for group in seen:
+        await bus.subscribe([sink], group, handler=record(group))
+    await bus.subscribe([TOPIC], "g", handler=fan_out)
+    await bus.publish(TOPIC, probe())
+    await join(bus)
+
+    for got in seen.values():
+        assert sorted(got, key=lambda pair: pair[1]) == [(f"key-{i % 5}", i) for i in range(40)]
+        for key in {k for k, _ in got}:
+            assert [s for k, s in got if k == key] == [i for i in range(40) if f"key-{i % 5}" == key]
+    assert bus.statistics() == BusStatistics(published=42, delivered=81, retried=0, dead_lettered=0, buffered=0)
+
+
 # --- arguments and lifecycle ---------------------------------------------------------------------------------------
 
 
