@@ -11,7 +11,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,12 @@ class StartRecordingBus(MemoryBus):
     async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
         self.published[envelope.event_type] = envelope
         await super().publish(topic, envelope)
+
+    async def publish_many(self, topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        # From a handler MemoryBus.publish_many does not go through publish().
+        for envelope in envelopes:
+            self.published[envelope.event_type] = envelope
+        await super().publish_many(topic, envelopes)
 
     async def subscribe(
         self, topics: Any, group: str, *, start: GroupStart = "earliest", **kwargs: Any
