@@ -494,6 +494,36 @@ async def test_a_handlers_publish_many_reaches_every_group_in_order(bus: MemoryB
     assert bus.statistics() == BusStatistics(published=42, delivered=81, retried=0, dead_lettered=0, buffered=0)
 
 
+async def test_a_handlers_publish_many_does_not_go_through_publish() -> None:
+    # The one pass is the point (no call per envelope); a subclass that wraps publish() sees only what is published
+    # outside a handler, one at a time.
+    class Counting(MemoryBus):
+        calls = 0
+
+        async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
+            Counting.calls += 1
+            await super().publish(topic, envelope)
+
+    async with Counting() as bus:
+        sink = topic_name("sink")
+
+        async def drop(envelope: OnexEnvelopeV1) -> None: ...
+
+        await bus.subscribe([sink], "sink", handler=drop)
+
+        fanned_out = asyncio.Event()
+
+        async def fan_out(envelope: OnexEnvelopeV1) -> None:
+            await bus.publish_many(sink, [probe("k", i) for i in range(10)])
+            fanned_out.set()
+
+        await bus.subscribe([TOPIC], "g", handler=fan_out)
+        await bus.publish_many(TOPIC, [probe()])
+        await until(fanned_out)
+        assert bus.statistics().published == 11
+        assert Counting.calls == 1  # the outside publish_many's one envelope; none of the handler's ten
+
+
 # --- arguments and lifecycle ---------------------------------------------------------------------------------------
 
 

@@ -707,8 +707,7 @@ class MemoryBus(EventBus):
             for envelope in envelopes:
                 await self.publish(topic, envelope)
             return
-        if self._state is not _State.RUNNING:
-            raise BusError(f"cannot publish to {topic!r}: the memory bus is {self._state.value}")
+        self._require_running(f"publish to {topic!r}")  # once a batch: publish()'s own check, inline, is per envelope
         self._published += len(envelopes)
         groups = self._routes.get(topic)
         if not groups or not envelopes:
