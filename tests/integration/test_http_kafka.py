@@ -172,7 +172,7 @@ def check_stamped(data: dict[str, Any], *, content: str, stamp_type: str, namesp
         assert stamped.startswith("# === OmniNode:Metadata ===\n"), stamped
         assert f"\n# hash: {digest}\n" in stamped
         assert f"\n# namespace: {namespace}\n" in stamped
-    assert uuid.UUID(data["workflow_id"]).version == 4
+    assert uuid.UUID(data["workflow_id"]).version == 7  # time-ordered, as every id that is not derived (README)
 
 
 async def stamp_both_types(api: httpx.AsyncClient, namespace: str) -> list[dict[str, Any]]:

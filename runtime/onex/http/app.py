@@ -87,7 +87,6 @@ from onex.http.models import (
     dumps,
     envelope,
     error_response,
-    new_id,
     parse,
 )
 from onex.http.observe import Metrics, Observe
@@ -299,7 +298,9 @@ class Gateway:
         if isinstance(author, str) and author.strip():
             payload["author"] = author
         try:
-            return await self.client.submit(payload, correlation_id=new_id())
+            # The runtime's ids: time-ordered (version 7), so the rows keyed by the workflow's id are written at the
+            # end of their indexes (README, Idempotency), and a Runtime(ids=...) applies to workflows over HTTP too.
+            return await self.client.submit(payload, correlation_id=self.runtime.ids())
         except BusError as exc:
             raise ApiError(503, "bus_unavailable", f"the event bus refused the request: {exc}") from None
 
@@ -433,7 +434,7 @@ class Gateway:
             raise ApiError(422, "validation_error", f"items: at most {self.batch_limit} items per batch", field="items")
         _check_versions(body, "")
         deadline = time.monotonic() + self.timeout_s
-        batch_id = new_id()
+        batch_id = self.runtime.ids()
         # The batch's namespace and options, for the items that do not give theirs (the bridge's shape).
         shared: dict[str, Any] = {}
         if body.namespace is not None:

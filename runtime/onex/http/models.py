@@ -12,8 +12,6 @@ import base64
 import binascii
 import dataclasses
 import json
-import os
-import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -36,6 +34,7 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 
 from onex import stamps
 from onex._model_reads import PlainReads
+from onex.envelope import new_id
 from onex.files import FILE_TYPES
 from onex.settings import DEFAULT_HTTP_BATCH_LIMIT, DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_S
 
@@ -54,18 +53,6 @@ MAX_PAGE: Final = 1000
 MAX_OFFSET: Final = 10**12
 
 M = TypeVar("M", bound=BaseModel)
-
-# Request and workflow ids: random, unique, not secret. Not uuid4(), which costs a system call per id, and not the
-# global `random`, which anyone may reseed (Hypothesis does, for every example it runs): a reseeded generator
-# repeats its ids, and the orchestrator ignores a request whose correlation id it has seen. Reseeded in a forked
-# child, which would otherwise repeat its parent's sequence.
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
-def new_id() -> uuid.UUID:
-    return uuid.UUID(int=_ids.getrandbits(128), version=4)
-
 
 # --- request bodies ----------------------------------------------------------------------------------------------
 
