@@ -28,12 +28,14 @@ import uvicorn
 import uvicorn.server
 from onex import stamps
 from onex.client import StampClient
+from onex.envelope import IdSource
 from onex.http import PREFIX, create_app, openapi_30, openapi_document, parse_address
 from onex.http.models import _jsonable, dumps
 from onex.http.server import _CoalescingTransport, _HttpProtocol
 from onex.logs import configure
 from onex.runtime import Runtime
 from onex.settings import Settings
+from onex.testing import SequentialIds
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from tests.fixtures.deployment import onex_command
@@ -586,7 +588,7 @@ def test_the_30_rendering_keeps_no_31_keyword() -> None:
 
 @contextlib.asynccontextmanager
 async def in_process_app(
-    tmp_path: Path, *, nodes: list[str] | None = None
+    tmp_path: Path, *, nodes: list[str] | None = None, ids: IdSource | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     """The app over a runtime on the memory bus, called in process: a request's middleware has finished (its access
     line logged) when the client returns its response."""
@@ -594,13 +596,32 @@ async def in_process_app(
         heartbeat_interval_s=0
     )
     async with (
-        Runtime(settings, nodes=nodes) as runtime,
+        Runtime(settings, nodes=nodes, ids=ids) as runtime,
         StampClient(runtime.bus, runtime.contracts, settings, keep_stamps=True) as client,
     ):
         app = create_app(runtime, client, settings)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=f"http://onex{PREFIX}") as http:
             yield http, runtime
+
+
+@pytest.mark.anyio
+async def test_a_stamps_workflow_id_comes_from_the_runtimes_time_ordered_ids(tmp_path: Path) -> None:
+    """Over HTTP as in process, a workflow's id is one of the runtime's: time-ordered by default, so the rows keyed by
+    it go at the end of their indexes (random ids made the SQLite writer's CPU a row over HTTP twice that in
+    process), and ``Runtime(ids=...)``'s when given."""
+    async with in_process_app(tmp_path) as (api, runtime):
+        made = []
+        for n in range(3):
+            body = {"content": f"x = {n}\n", "file_path": f"t{n}.py", "namespace": "t.ids"}
+            made.append(uuid.UUID(ok(await api.post("/stamp", json=body))["workflow_id"]))
+            assert await runtime.store.get_workflow(made[-1]) is not None  # checkpointed under it before the answer
+    assert [m.version for m in made] == [7, 7, 7]
+    assert [m.int >> 80 for m in made] == sorted(m.int >> 80 for m in made)  # their milliseconds, in order
+    given = SequentialIds(start=1_000_000)
+    async with in_process_app(tmp_path / "given", ids=given) as (api, _):
+        data = ok(await api.post("/stamp", json={"content": "y = 1\n", "file_path": "y.py", "namespace": "t.ids"}))
+    assert 1_000_000 <= uuid.UUID(data["workflow_id"]).int & ((1 << 62) - 1) < given.next
 
 
 @pytest.fixture
