@@ -15,7 +15,8 @@ from typing import Final
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from onex.http.models import ApiError, error_response, new_id
+from onex.envelope import new_id
+from onex.http.models import ApiError, error_response
 from onex.http.openapi import DOCS, DOCUMENTATION_ROUTES, OPERATIONS, template
 from onex.logs import event as log_event
 from onex.nodes import OrchestratorNode
