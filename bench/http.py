@@ -11,6 +11,11 @@ Each repeat runs:
 - **floor**: the same saturation load on ``POST /hash`` with the same bodies: HTTP, JSON and BLAKE3 without a
   workflow, i.e. what the HTTP layer alone costs; the ratio says how much of /stamp's cost is the workflow.
 
+Each saturation run also gives what the server, this process, spent a request (``server_per_request``): CPU µs of the
+event loop's thread and of the store's threads, and KiB written to disk, from its first request (the warm-up's
+included) until every row is written. In process, ``bench/e2e.py`` gives the same workflows' CPU an item to set them
+against: twice as much on the store's threads a request was how the gateway's random workflow ids showed.
+
 Figures are medians over ``--repeat`` runs. The load generator and the server share the machine's cores, so on a
 small machine they compete; the JSON records the core count.
 
@@ -114,6 +119,30 @@ async def gateway(prefix: str, *, synchronous: bool = True) -> AsyncIterator[tup
             sock.close()
 
 
+def _server_usage() -> tuple[dict[str, float], int | None]:
+    """This process's CPU seconds so far by thread (``e2e.thread_cpu``: the event loop's, the store's) and the bytes it
+    has had written to disk (/proc/self/io; None where there is no such file)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench.e2e import thread_cpu
+
+    written = None
+    with contextlib.suppress(OSError), open("/proc/self/io") as io:
+        written = next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+    return thread_cpu(), written
+
+
+def _per_request(before: tuple[dict[str, float], int | None], requests: int) -> dict[str, Any]:
+    """What the server spent a request since ``before`` (``_server_usage``): CPU µs by thread, KiB written."""
+    (cpu_before, written_before), (cpu_after, written_after) = before, _server_usage()
+    spent: dict[str, Any] = {
+        f"cpu_us_{name}": round((cpu_after[name] - cpu_before.get(name, 0.0)) / requests * 1e6, 1) for name in cpu_after
+    }
+    if written_before is not None and written_after is not None:
+        spent["written_kib"] = round((written_after - written_before) / requests / 1024, 1)
+    return spent
+
+
 async def _bench(
     rate: float, duration: float, repeat: int, connections: int, size: int, synchronous: bool
 ) -> dict[str, list[Any]]:
@@ -125,9 +154,11 @@ async def _bench(
         await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
         await settle()
         for _ in range(repeat):
-            runs["saturation"].append(await _load(url, path=stamp, rate=0, duration=duration,
-                                                  connections=connections, size=size))  # fmt: skip
-            await settle()
+            before = _server_usage()
+            saturated = await _load(url, path=stamp, rate=0, duration=duration, connections=connections, size=size)
+            await settle()  # every row written: the store's work for these requests is done
+            saturated["server"] = _per_request(before, saturated["sent"])
+            runs["saturation"].append(saturated)
             fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
             runs["fixed"].append(await _load(url, path=stamp, rate=fixed, duration=duration,
                                              connections=32, size=size))  # fmt: skip
@@ -183,6 +214,11 @@ def run(
             "p99_ms": _median(saturation, "p99_ms"),
             "rps_target": RPS_TARGET,
             "rps_met": saturation_rps >= RPS_TARGET,
+            # This process (the server) a request: CPU µs of the event loop's thread (main) and of the store's threads
+            # (sqlite), KiB written to disk; medians over the repeats, the warm-up's requests and rows included.
+            "server_per_request": {
+                key: _median([r["server"] for r in saturation], key) for key in saturation[0]["server"]
+            },
         },
         "floor_hash_no_workflow": {"rps": floor_rps, "p50_ms": _median(floor, "p50_ms")},
         "stamp_vs_floor_ratio": round(saturation_rps / floor_rps, 3) if floor_rps else None,
@@ -215,6 +251,10 @@ def _print(result: dict[str, Any]) -> None:
                   "yes" if sat["rps_met"] else "NO")  # fmt: skip
     table.add_row("floor: POST /hash (no workflow)", f"{floor['rps']:,.0f}", f"{floor['p50_ms']:.2f}", "", "", "", "")
     Console().print(table)
+    spent = sat["server_per_request"]
+    print(f"the server a request at saturation: CPU {spent.get('cpu_us_main', 0):.0f} µs on the event loop's thread, "
+          f"{spent.get('cpu_us_sqlite', 0):.0f} µs on the store's threads; {spent.get('written_kib', 0):.1f} KiB "
+          "written")  # fmt: skip
     print(f"stamp/floor ratio {result['stamp_vs_floor_ratio']}; errors {result['errors']}; "
           f"{result['machine']['cpus']} CPU(s), load generator in a second process on the same machine")  # fmt: skip
 

@@ -13,7 +13,8 @@ Each request POSTs JSON to ``--path`` with ``--size`` bytes of distinct text (a 
 stamp the same content), or ``--body``: a JSON template whose ``{n}`` becomes the request's number (another route's
 body). Responses are read by ``Content-Length``; anything but 200 counts as an error. Requests due
 during the first ``--warmup`` seconds are sent but not measured. Prints one JSON object:
-``{requests, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}``.
+``{requests, sent, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}`` (``sent``: the
+warm-up's requests too).
 
     python bench/loadgen.py --url http://127.0.0.1:8053 --rate 500 --duration 10 --connections 32
 """
@@ -50,7 +51,7 @@ class Target:
         self.namespace = namespace
         self.filler = "x" * max(size - 19, 0)  # "item NNNNNNNNNNNN " + filler + "\n" = size bytes
         self.template = body
-        self.counter = itertools.count()
+        self.counter = itertools.count()  # also how many requests were made, the warm-up's included
 
     def request(self) -> bytes:
         n = next(self.counter)
@@ -157,6 +158,7 @@ async def run(
         "target_rate": rate,
         "connections": connections,
         "requests": count,
+        "sent": next(target.counter),  # every request made, those of the warm-up included
         "errors": count - statuses.get(200, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "duration_s": round(elapsed, 3),
