@@ -119,25 +119,36 @@ async def gateway(prefix: str, *, synchronous: bool = True) -> AsyncIterator[tup
             sock.close()
 
 
-def _server_usage() -> tuple[dict[str, float], int | None]:
-    """This process's CPU seconds so far by thread (``e2e.thread_cpu``: the event loop's, the store's) and the bytes it
-    has had written to disk (/proc/self/io; None where there is no such file)."""
+def _e2e() -> Any:
+    """``bench/e2e.py``, whose per-thread CPU readings this benchmark shares."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from bench.e2e import thread_cpu
+    from bench import e2e
 
-    written = None
+    return e2e
+
+
+def _written() -> int | None:
+    """The bytes this process has had written to disk so far (/proc/self/io; None where there is no such file)."""
     with contextlib.suppress(OSError), open("/proc/self/io") as io:
-        written = next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
-    return thread_cpu(), written
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+    return None
+
+
+def _server_usage() -> tuple[dict[str, float], int | None]:
+    """This process's CPU seconds so far by thread (``e2e.thread_cpu``: the event loop's, the store's), and
+    ``_written()``."""
+    return _e2e().thread_cpu(), _written()
 
 
 def _per_request(before: tuple[dict[str, float], int | None], requests: int) -> dict[str, Any]:
     """What the server spent a request since ``before`` (``_server_usage``): CPU µs by thread, KiB written."""
-    (cpu_before, written_before), (cpu_after, written_after) = before, _server_usage()
+    cpu_before, written_before = before
     spent: dict[str, Any] = {
-        f"cpu_us_{name}": round((cpu_after[name] - cpu_before.get(name, 0.0)) / requests * 1e6, 1) for name in cpu_after
+        f"cpu_us_{name}": round(seconds / requests * 1e6, 1)
+        for name, seconds in _e2e()._cpu_spent(cpu_before, None).items()  # no server process of its own
     }
+    written_after = _written()
     if written_before is not None and written_after is not None:
         spent["written_kib"] = round((written_after - written_before) / requests / 1024, 1)
     return spent
