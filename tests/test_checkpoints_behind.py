@@ -80,7 +80,8 @@ async def test_the_next_batch_does_not_wait_for_the_checkpoint_written_behind() 
         for cid in cids(first, second):
             row = await h.store.get_workflow(cid)
             assert row is not None
-            assert row.metadata["checkpoint"]["state"] == "processing"
+            assert row.checkpoint is not None
+            assert row.checkpoint["state"] == "processing"
 
 
 async def test_by_default_an_outcome_waits_for_its_workflows_checkpoint_and_the_next_batch_does_not() -> None:
@@ -161,7 +162,8 @@ async def test_draining_writes_what_is_still_to_be_written(tmp_path: Path) -> No
     async with Harness([], root=ROOT, store_url=store_url) as after:
         row = await after.store.get_workflow(cids(sent)[0])
     assert row is not None
-    assert row.metadata["checkpoint"]["steps"]["stamp"]["status"] == "running"
+    assert row.checkpoint is not None
+    assert row.checkpoint["steps"]["stamp"]["status"] == "running"
 
 
 async def test_a_failed_write_behind_is_logged_and_written_with_the_next_flush(

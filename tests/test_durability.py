@@ -7,6 +7,7 @@ The multi-process cases (SIGKILL of each node on Kafka, replicas, PostgreSQL and
 from __future__ import annotations
 
 import random
+import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,9 @@ async def test_a_new_workflow_in_flight_is_checkpointed(tmp_path: Path) -> None:
         NS,
         "f1.py",
     )
-    checkpoint = row.metadata["checkpoint"]
+    checkpoint = row.checkpoint
+    assert checkpoint is not None
+    assert row.metadata == {}  # the checkpoint has a column of its own (migration 7)
     assert checkpoint["state"] == "processing"
     assert checkpoint["seq"] == row.state_seq == 1
     stamp = checkpoint["steps"]["stamp"]
@@ -109,6 +112,8 @@ async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in
         state = await second.store.get_bridge_state(NS)
 
     assert {cid: (r.current_state if r else None) for cid, r in rows.items()} == dict.fromkeys(cids, "completed")
+    # A finished workflow's row keeps no checkpoint, so not its request's content either.
+    assert {cid: (r.checkpoint, r.metadata) for cid, r in rows.items() if r} == dict.fromkeys(cids, (None, {}))
     for cid in cids:
         # The audit log holds the first run's start and the second run's completion, each once.
         assert [(t.from_state, t.to_state) for t in transitions[cid]] == [
@@ -120,6 +125,28 @@ async def test_the_next_run_on_the_same_store_resumes_what_a_stopped_run_left_in
     assert not {e.event_id for e in resent} & {e.event_id for e in commands}
     assert state is not None
     assert (state.total_workflows_processed, state.total_items_aggregated) == (5, 5)
+
+
+async def test_a_checkpoint_written_before_migration_7_in_metadata_is_resumed(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/onex.db"
+    async with Harness(["orchestrator"], root=ROOT, store_url=store_url) as first:
+        sent = await first.publish("STAMP_REQUESTED", request(1))
+        await first.settle()
+    cid = sent.correlation_id
+    with sqlite3.connect(tmp_path / "onex.db") as db:  # where an older onex kept it: metadata's "checkpoint" key
+        db.execute(
+            "UPDATE workflow_executions SET metadata = '{\"checkpoint\":' || checkpoint || '}', checkpoint = NULL"
+        )
+
+    async with Harness(root=ROOT, store_url=store_url) as second:
+        done = await second.wait_for("WORKFLOW_COMPLETED", of_workflow(cid))
+        await second.settle()
+        assert cid is not None
+        row = await second.store.get_workflow(cid)
+
+    assert done.payload["state"] == "completed"
+    assert row is not None
+    assert (row.current_state, row.checkpoint) == ("completed", None)
 
 
 async def test_outcomes_the_store_does_not_show_finished_are_published_again(tmp_path: Path) -> None:
@@ -318,13 +345,21 @@ async def test_a_store_written_before_the_reducer_recorded_its_workflows_is_not_
 
     shipped = _sqlite._migrations()
     db_url = f"sqlite:///{tmp_path}/onex.db"
-    finished = [WorkflowRow(uuid.uuid4(), "stamp_workflow", "completed", 2, namespace=NS) for _ in range(3)]
     with monkeypatch.context() as patch:
         patch.setattr(_sqlite, "_migrations", lambda: shipped[:1])  # the schema of the previous version
         async with SqliteStore(db_url) as old:
             await old.upgrade()
             totals = BridgeStateRow(NS, 7, 3, 0, 0, 0, "idle")  # what its reducer had counted
-            await old.apply(WriteBatch(workflows=finished, bridge_states=[totals]))
+            await old.apply(WriteBatch(bridge_states=[totals]))
+    with sqlite3.connect(tmp_path / "onex.db") as db:  # its finished workflows, in that schema's columns
+        db.executemany(
+            "INSERT INTO workflow_executions (correlation_id, workflow_type, current_state, state_seq, namespace,"
+            " created_at, updated_at) VALUES (?, 'stamp_workflow', 'completed', 2, ?, ?, ?)",
+            [
+                (str(uuid.uuid4()), NS, "2026-12-01T00:00:00.000000+00:00", "2026-12-01T00:00:00.000000+00:00")
+                for _ in "abc"
+            ],
+        )
 
     async with Harness(["reducer"], root=ROOT, store_url=db_url) as h:  # upgrades, then reconciles at start
         await h.settle()

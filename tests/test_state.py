@@ -340,7 +340,8 @@ async def test_an_orchestrator_checkpointing_on_an_interval_writes_its_workflows
         after = await h.store.get_workflow(sent.correlation_id)
     assert before is None
     assert after is not None
-    assert after.metadata["checkpoint"]["state"] == "processing"
+    assert after.checkpoint is not None
+    assert after.checkpoint["state"] == "processing"
 
 
 async def test_an_orchestrator_keeps_the_context_only_when_state_fields_list_it(tmp_path: Path) -> None:
@@ -353,7 +354,8 @@ async def test_an_orchestrator_keeps_the_context_only_when_state_fields_list_it(
         assert sent.correlation_id is not None
         row = await h.store.get_workflow(sent.correlation_id)
     assert row is not None
-    assert set(row.metadata["checkpoint"]) == {"v", "state", "seq", "steps"}
+    assert row.checkpoint is not None
+    assert set(row.checkpoint) == {"v", "state", "seq", "steps"}
 
 
 # --- onex validate -------------------------------------------------------------------------------------------------

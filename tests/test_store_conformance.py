@@ -452,9 +452,9 @@ async def test_workflow_states_are_what_get_workflows_says_of_the_ids(store: Sto
     """The states alone (the orchestrator's look at whether outcomes got stored reads nothing else): keyed by the ids
     as given, equal to the base class's answer from whole rows, in more than one statement's worth of ids."""
     ids = [uuid.uuid4() for _ in range(3)]
-    big = {"checkpoint": {"v": 1, "context": {"request": {"content": "x" * 2_000}}}}
+    big = {"v": 1, "context": {"request": {"content": "x" * 2_000}}}
     await store.apply(
-        WriteBatch(workflows=[workflow(ids[0], "processing", 1, metadata=big), workflow(ids[1], "completed", 2)])
+        WriteBatch(workflows=[workflow(ids[0], "processing", 1, checkpoint=big), workflow(ids[1], "completed", 2)])
     )
     asked = [*ids, *(uuid.uuid4() for _ in range(1_200))]
     states = await store.workflow_states(asked)
@@ -475,6 +475,27 @@ async def test_a_checkpoint_in_metadata_is_replaced_and_cleared_by_later_rows(st
     row = await store.get_workflow(cid)
     assert row is not None
     assert (row.current_state, row.metadata) == ("completed", {"checkpoint": None})
+
+
+async def test_a_checkpoint_is_the_newer_rows_and_a_finished_row_clears_it(store: Store) -> None:
+    """``checkpoint`` (migration 7) is the value of the row with the higher ``state_seq``, NULL included: unlike the
+    other columns, a finished workflow's row, which has none, clears it, and an older one never brings it back."""
+    cid, other = uuid.uuid4(), uuid.uuid4()
+    request = {"content": "x" * 2_000}
+    await store.apply(WriteBatch(workflows=[workflow(cid, "processing", 1, checkpoint={"attempt": 1, **request})]))
+    await store.apply(WriteBatch(workflows=[workflow(cid, "processing", 1, checkpoint={"attempt": 2})]))
+    assert (await store.get_workflow(cid)).checkpoint == {"attempt": 2}  # type: ignore[union-attr]
+    # The database adapter's row from the outcome: no checkpoint, metadata left as it is.
+    await store.apply(WriteBatch(workflows=[workflow(cid, "completed", 2, metadata={"by": "adapter"})]))
+    late = workflow(cid, "processing", 1, checkpoint={"attempt": 1, **request})  # a late, older checkpoint
+    await store.apply(WriteBatch(workflows=[late]))
+    row = await store.get_workflow(cid)
+    assert row is not None
+    assert (row.current_state, row.state_seq, row.checkpoint, row.metadata) == ("completed", 2, None, {"by": "adapter"})
+    # An older row without a checkpoint does not clear a newer one's.
+    await store.apply(WriteBatch(workflows=[workflow(other, "processing", 3, checkpoint={"attempt": 3})]))
+    await store.apply(WriteBatch(workflows=[workflow(other, "processing", 2)]))
+    assert (await store.get_workflow(other)).checkpoint == {"attempt": 3}  # type: ignore[union-attr]
 
 
 async def test_mark_stale_marks_silent_nodes_once_and_keeps_their_last_heartbeat(store: Store) -> None:

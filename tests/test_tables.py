@@ -103,9 +103,24 @@ def test_the_decoder_builds_the_row_from_the_selected_columns() -> None:
     convert: dict[Any, Any] = dict.fromkeys(("text", "int", "bigint", "float", "json"), None)
     convert |= {"uuid": uuid.UUID, "timestamp": datetime.fromisoformat}
     decode = _tables.decoder(_tables.WORKFLOWS, convert)
-    fetched = (str(cid), "w", "completed", 2, "ns", None, "h", None, T0.isoformat(), None, 3.5, None, {"k": 1})
+    fetched = (
+        str(cid),
+        "w",
+        "processing",
+        1,
+        "ns",
+        None,
+        "h",
+        None,
+        T0.isoformat(),
+        None,
+        3.5,
+        None,
+        {"k": 1},
+        {"v": 1},
+    )
 
     assert decode(fetched) == WorkflowRow(
-        cid, "w", "completed", 2, "ns", None, "h", None, T0, None, 3.5, None, {"k": 1}
+        cid, "w", "processing", 1, "ns", None, "h", None, T0, None, 3.5, None, {"k": 1}, {"v": 1}
     )
     assert _tables.WORKFLOWS.select().startswith("SELECT correlation_id, workflow_type, current_state, state_seq,")

@@ -53,6 +53,9 @@ Conflict rules: those of ``onex.store``, rendered from the one description of ea
 
 - ``workflow_executions.metadata`` is merged, not replaced: a shallow merge in which the keys of the row with the
   higher ``state_seq`` win (PostgreSQL's ``jsonb ||``; here the SQL function ``onex_json_merge``).
+- ``workflow_executions.checkpoint`` (migration 7) is the value of the row with the higher ``state_seq``, NULL
+  included, so the database adapter's row for a finished workflow clears it; in ``metadata`` until then, a checkpoint
+  outlived its workflow, because a merge keeps the keys the newer row lacks.
 - ``workflow_steps``: ``step_order`` is updated along with status, timings, data and error.
 - A heartbeat updates ``health_status`` and ``last_heartbeat`` and merges its metadata into the node's, unless the
   stored heartbeat is newer. A heartbeat from a node that has not registered is dropped: the registration carries

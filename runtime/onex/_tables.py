@@ -50,6 +50,7 @@ class Rule(enum.Enum):
     REPLACE = "replace"  # the new value
     KEEP_IF_NULL = "keep_if_null"  # the new value, unless it is NULL
     LATEST = "latest"  # the value of the row with the higher ``Table.seq``; NULL never overwrites a value
+    NEWER = "newer"  # the value of the row with the higher ``Table.seq``, NULL included
     GREATEST = "greatest"  # the greater of the two
     MERGE = "merge"  # JSON objects merged shallowly, the keys of the row with the higher ``Table.seq`` winning
     NOW = "now"  # the time of the write
@@ -64,6 +65,7 @@ COMMON_RULES: Mapping[Rule, str] = {
     # even though ``seq`` itself is assigned in the same SET.
     Rule.LATEST: "CASE WHEN EXCLUDED.{seq} >= {t}.{seq} THEN COALESCE(EXCLUDED.{c}, {t}.{c}) "
     "ELSE COALESCE({t}.{c}, EXCLUDED.{c}) END",
+    Rule.NEWER: "CASE WHEN EXCLUDED.{seq} >= {t}.{seq} THEN EXCLUDED.{c} ELSE {t}.{c} END",
 }
 
 
@@ -209,6 +211,7 @@ WORKFLOWS: Table[WorkflowRow] = Table(
         _latest("execution_time_ms", "float"),
         _latest("error_message", "text"),
         Column("metadata", "json", on_conflict=Rule.MERGE),
+        Column("checkpoint", "json", null=True, on_conflict=Rule.NEWER),
     ),
     key=("correlation_id",),
     written=(_CREATED, _UPDATED),

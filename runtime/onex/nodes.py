@@ -911,7 +911,7 @@ class OrchestratorNode(Node):
             current_state=workflow.state,
             state_seq=workflow.seq,
             error_message=workflow.context.get("error"),
-            metadata={"checkpoint": checkpoint},
+            checkpoint=checkpoint,
             **self.row_fields(workflow),
         )
 
@@ -972,8 +972,8 @@ class OrchestratorNode(Node):
         return (began,)
 
     def restore(self, row: WorkflowRow) -> Workflow | None:
-        """The workflow of a stored unfinished row, as its checkpoint left it; None without a checkpoint."""
-        saved = row.metadata.get("checkpoint")
+        """The workflow of a stored unfinished row, as its checkpoint left it (before migration 7: in ``metadata``)."""
+        saved = row.checkpoint if row.checkpoint is not None else row.metadata.get("checkpoint")
         if not isinstance(saved, dict) or saved.get("v") != CHECKPOINT_VERSION:
             return None
         workflow = Workflow(row.correlation_id, self.steps)

@@ -10,7 +10,8 @@ Natural keys and conflict rules (the same on every store; ``tests/test_store_con
 | table               | key                                   | on conflict                                       |
 |---------------------|---------------------------------------|---------------------------------------------------|
 | workflow_executions | correlation_id                        | fields of the row with the higher ``state_seq``   |
-|                     |                                       | win; NULLs never overwrite values                 |
+|                     |                                       | win; NULLs never overwrite values, but for        |
+|                     |                                       | ``checkpoint``: a finished row's NULL clears it   |
 | workflow_steps      | (workflow_id, step_name)              | update status, timings, data, error               |
 | metadata_stamps     | (namespace, file_path, file_hash)     | keep the existing row                             |
 | fsm_transitions     | id                                    | keep the existing row                             |
@@ -78,6 +79,9 @@ class WorkflowRow:
     execution_time_ms: float | None = None
     error_message: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The orchestrator's checkpoint while the workflow runs (what ``restore`` needs to resume it); None once it has
+    # finished: the row that records its end clears it (``Rule.NEWER``), its request's content with it.
+    checkpoint: dict[str, Any] | None = None
 
 
 @quick_init
