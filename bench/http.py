@@ -66,12 +66,14 @@ RPS_TARGET = 2000.0
 
 
 async def _load(url: str, *, path: str, rate: float, duration: float, connections: int, size: int,
-                namespace: str = "bench.http", warmup: float = 1.0, body: str = "") -> dict[str, Any]:  # fmt: skip
-    """One run of the load generator in its own process; its JSON result. ``body``: see loadgen's ``--body``."""
+                namespace: str = "bench.http", warmup: float = 1.0, body: str = "",
+                first: int = 0) -> dict[str, Any]:  # fmt: skip
+    """One run of the load generator in its own process; its JSON result. ``body``, ``first``: see loadgen's
+    ``--body`` and ``--first``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(LOADGEN), "--url", url, "--path", path, "--rate", str(rate), "--duration", str(duration),
         "--connections", str(connections), "--size", str(size), "--warmup", str(warmup), "--namespace", namespace,
-        *(("--body", body) if body else ()), stdout=asyncio.subprocess.PIPE,
+        "--first", str(first), *(("--body", body) if body else ()), stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await proc.communicate()
     if proc.returncode:
@@ -160,22 +162,30 @@ async def _bench(
     from onex.http import PREFIX
 
     runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": []}
+    sent = 0  # requests so far: the next run numbers its own from here, so no two stamp the same file and content
+
+    async def load(path: str, **options: Any) -> dict[str, Any]:
+        nonlocal sent
+        result = await _load(url, path=path, size=size, first=sent, **options)
+        sent += result["sent"]
+        return result
+
     async with gateway("onex-bench-http-", synchronous=synchronous) as (url, settle):
         stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
-        await _load(url, path=stamp, rate=0, duration=2, connections=connections, size=size)  # warm up
+        await load(stamp, rate=0, duration=2, connections=connections)  # warm up
         await settle()
         for _ in range(repeat):
             before = _server_usage()
-            saturated = await _load(url, path=stamp, rate=0, duration=duration, connections=connections, size=size)
+            saturated = await load(stamp, rate=0, duration=duration, connections=connections)
             await settle()  # every row written: the store's work for these requests is done
             saturated["server"] = _per_request(before, saturated["sent"])
             runs["saturation"].append(saturated)
             fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
-            runs["fixed"].append(await _load(url, path=stamp, rate=fixed, duration=duration,
-                                             connections=32, size=size))  # fmt: skip
+            runs["fixed"].append(await load(stamp, rate=fixed, duration=duration, connections=32))
             await settle()
-            runs["floor"].append(await _load(url, path=hash_, rate=0, duration=duration / 2,
-                                             connections=connections, size=size, namespace=""))  # fmt: skip
+            runs["floor"].append(
+                await load(hash_, rate=0, duration=duration / 2, connections=connections, namespace="")
+            )
     return runs
 
 

@@ -11,10 +11,12 @@ the server it measures. Two modes:
 
 Each request POSTs JSON to ``--path`` with ``--size`` bytes of distinct text (a counter in it, so no two requests
 stamp the same content), or ``--body``: a JSON template whose ``{n}`` becomes the request's number (another route's
-body). Responses are read by ``Content-Length``; anything but 200 counts as an error. Requests due
-during the first ``--warmup`` seconds are sent but not measured. Prints one JSON object:
-``{requests, sent, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}`` (``sent``: the
-warm-up's requests too).
+body). Requests are numbered from ``--first``: a caller that runs the generator several times against one server
+(``bench/http.py``) passes the number of requests sent before, so that no run stamps the same file and content as an
+earlier one (an unchanged file's stamp row is not written again). Responses are read by ``Content-Length``; anything
+but 200 counts as an error. Requests due during the first ``--warmup`` seconds are sent but not measured. Prints one
+JSON object: ``{requests, sent, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}``
+(``sent``: the warm-up's requests too).
 
     python bench/loadgen.py --url http://127.0.0.1:8053 --rate 500 --duration 10 --connections 32
 """
@@ -43,7 +45,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Target:
-    def __init__(self, url: str, path: str, size: int, namespace: str, body: str = "") -> None:
+    def __init__(self, url: str, path: str, size: int, namespace: str, body: str = "", first: int = 0) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -51,7 +53,8 @@ class Target:
         self.namespace = namespace
         self.filler = "x" * max(size - 19, 0)  # "item NNNNNNNNNNNN " + filler + "\n" = size bytes
         self.template = body
-        self.counter = itertools.count()  # also how many requests were made, the warm-up's included
+        self.first = first
+        self.counter = itertools.count(first)  # less ``first``: how many requests were made, the warm-up's included
 
     def request(self) -> bytes:
         n = next(self.counter)
@@ -107,8 +110,9 @@ async def run(
     warmup: float,
     namespace: str,
     body: str = "",
+    first: int = 0,
 ) -> dict[str, Any]:
-    target = Target(url, path, size, namespace, body)
+    target = Target(url, path, size, namespace, body, first)
     pool = [await connect(target) for _ in range(connections)]
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -158,7 +162,7 @@ async def run(
         "target_rate": rate,
         "connections": connections,
         "requests": count,
-        "sent": next(target.counter),  # every request made, those of the warm-up included
+        "sent": next(target.counter) - target.first,  # every request made, those of the warm-up included
         "errors": count - statuses.get(200, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "duration_s": round(elapsed, 3),
@@ -182,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="bytes of content per request")
     parser.add_argument("--namespace", default="bench.http", help="'' to send none (for routes that take none)")
     parser.add_argument("--body", default="", help="JSON body template, {n} = the request's number (replaces content)")
+    parser.add_argument("--first", type=int, default=0, help="the first request's number")
     args = parser.parse_args(argv)
     result = asyncio.run(
         run(args.url, args.path, rate=args.rate, duration=args.duration, connections=args.connections,
-            size=args.size, warmup=args.warmup, namespace=args.namespace, body=args.body)
+            size=args.size, warmup=args.warmup, namespace=args.namespace, body=args.body, first=args.first)
     )  # fmt: skip
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
