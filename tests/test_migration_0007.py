@@ -4,14 +4,17 @@ A database is built at the previous schema (migrations 0001-0006) and filled the
 checkpoint as the "checkpoint" key of ``metadata``, in a running workflow's row and, left there by the database
 adapter's final row, in a finished one's. After the upgrade both rows read back as they were, with no checkpoint of
 their own; the running one's next checkpoint goes to the new column, and its final row clears that.
-(``tests/test_durability.py`` resumes such a running row through the orchestrator.)
+(``tests/test_durability.py`` resumes such a running row through the orchestrator.) The README's statements that take
+the old checkpoints out of finished rows are run as it gives them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,6 +31,30 @@ pytestmark = pytest.mark.anyio
 CONTENT = "x" * 2_000  # the request's content, which the finished row kept
 RUNNING = {"checkpoint": {"v": 1, "state": "processing", "seq": 1, "context": {"request": {"content": CONTENT}}}}
 COLUMNS = "correlation_id, workflow_type, current_state, state_seq, namespace, metadata"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _cleanup(dialect: str) -> str:
+    """The README's statement for ``dialect`` ("SQLite", "PostgreSQL"), under "Schema 7 and the workflows finished
+    before it"."""
+    text = README.read_text()
+    block = text[text.index("**Schema 7 and the workflows finished before it.**") :].split("```sql\n", 1)[1]
+    block = block.split("```", 1)[0]
+    statements: dict[str, str] = dict(re.findall(r"^-- (\w+).*\n((?:[^-].*\n)+)", block, flags=re.MULTILINE))
+    return statements[dialect]
+
+
+async def _execute(store_url: str, sql: str) -> None:
+    if store_url.startswith("sqlite:"):
+        with sqlite3.connect(_sqlite.database_path(store_url)) as conn:
+            conn.execute(sql)
+        return
+    settings = PostgresSettings.from_url(store_url)
+    conn = await asyncpg.connect(settings.dsn, server_settings={"search_path": settings.schema})
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 async def _at_schema_6(store_url: str, running: uuid.UUID, finished: uuid.UUID) -> None:
@@ -79,3 +106,17 @@ async def test_an_upgrade_keeps_the_rows_and_later_rows_use_the_column(store_url
     after = await store.get_workflow(running)
     assert after is not None
     assert (after.current_state, after.checkpoint, after.metadata) == ("completed", None, RUNNING)
+
+
+async def test_the_readmes_statements_take_old_checkpoints_out_of_finished_rows_only(
+    store_url: str, make_store: MakeStore
+) -> None:
+    running, finished = uuid.uuid4(), uuid.uuid4()
+    await _at_schema_6(store_url, running, finished)
+    store = await make_store(upgrade=False)
+    await store.upgrade()
+
+    await _execute(store_url, _cleanup("SQLite" if store_url.startswith("sqlite:") else "PostgreSQL"))
+
+    rows = {r.correlation_id: r for r in await store.get_workflows([running, finished])}
+    assert (rows[running].metadata, rows[finished].metadata) == (RUNNING, {})
