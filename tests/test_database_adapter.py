@@ -20,6 +20,7 @@ from onex._postgres import PostgresStore
 from onex._sqlite import SqliteStore
 from onex.contracts import load_contracts
 from onex.envelope import ModelStateTransitions, OnexEnvelopeV1
+from onex.exceptions import StoreError
 from onex.nodes import Event, Lifecycle
 from onex.resilience import BreakerState
 from onex.store import WorkflowRow, WriteBatch
@@ -181,6 +182,53 @@ async def test_an_outcome_whose_stamp_row_the_adapter_stored_does_not_write_it_a
         (row,) = await h.store.get_stamps_by_hash(seen["stamp"]["file_hash"])
         assert str(row.id) == seen["stamp"]["stamp_id"]
         assert row.file_metadata["mode"] == "0644"
+
+
+@pytest.mark.parametrize("stamp_commit", ["succeeds", "fails"])
+async def test_an_outcome_made_while_its_stamps_commit_was_pending_writes_the_stamp_only_if_that_failed(
+    tmp_path: Path, stamp_commit: str
+) -> None:
+    """An outcome handled while its STAMP_CREATED's transaction is in flight carries the stamp (``to_batch`` cannot
+    know yet); the shard's next transaction, which holds the outcome, starts after that one ended, and leaves the copy
+    out if it committed, keeps it if it failed: a stored final state always comes with its stamp."""
+    async with Harness([ADAPTER], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        adapter = adapter_of(h)
+        apply, begun, first, release = h.store.apply, list[WriteBatch](), anyio.Event(), anyio.Event()
+
+        async def held(batch: WriteBatch) -> None:
+            begun.append(batch)
+            if len(begun) == 1:
+                first.set()
+                await release.wait()
+                if stamp_commit == "fails":
+                    raise StoreError("apply: the stamp's transaction failed")
+            await apply(batch)
+
+        async def persist(events: list[Event], errors: list[BaseException]) -> None:
+            try:
+                await adapter.persist(events)
+            except StoreError as exc:
+                errors.append(exc)
+
+        h.store.apply = held  # type: ignore[method-assign]
+        done, errors = outcome(1), list[BaseException]()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(persist, [event(ModelStampCreated, stamp_created(done))], errors)
+            try:
+                with anyio.fail_after(30):
+                    await first.wait()
+                    tg.start_soon(persist, [event(ModelWorkflowFinished, done)], errors)
+                    await until(lambda: adapter.statistics().pending_batches == 2)  # the outcome waits its turn
+            finally:
+                release.set()
+
+        stamp_id = done["stamp"]["stamp_id"]
+        assert [[str(s.id) for s in b.stamps] for b in begun] == [
+            [stamp_id],  # STAMP_CREATED
+            [stamp_id] if stamp_commit == "fails" else [],  # the outcome: its workflow, its steps, the stamp if need be
+        ]
+        assert len(errors) == (stamp_commit == "fails")
+        assert await h.store.count("metadata_stamps") == await h.store.count("workflow_executions") == 1
 
 
 # --- writers: transactions in flight at once -------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 |--------------------------------|-------------------------------------------------------------|
 | WORKFLOW_COMPLETED / _FAILED   | workflow_executions (final state) + workflow_steps          |
 |                                | + metadata_stamps (the outcome's stamp, unless this adapter |
-|                                |   stored it from STAMP_CREATED; not for dry runs)           |
+|                                |   committed it from STAMP_CREATED before the outcome's      |
+|                                |   transaction began; not for dry runs)                      |
 | STAMP_CREATED                  | metadata_stamps (also when the workflow then failed)        |
 | STATE_TRANSITION (a batch)     | fsm_transitions, one row per transition                     |
 | STATE_AGGREGATION_COMPLETED    | bridge_states (the reducer's intent, version-guarded)       |
@@ -279,8 +280,9 @@ class NodeDatabaseAdapterEffect(EffectNode):
 
     async def _write(self, transaction: _Transaction) -> None:
         held = transaction.held
+        batch = self._unstored(merge([batch for batch, _ in held]))
         try:
-            await self._store_call(functools.partial(self.store.apply, merge([batch for batch, _ in held])))
+            await self._store_call(functools.partial(self.store.apply, batch))
         except _GiveUp:
             self._abandon(transaction.shards, held)
         except Exception as exc:  # about the data: every contributor retries on its own (bus retry, dead letter)
@@ -293,6 +295,11 @@ class NodeDatabaseAdapterEffect(EffectNode):
             raise
         else:
             self._commits += 1
+            stored = self._stored_stamps
+            for stamp in batch.stamps:
+                stored[stamp.id.int] = None
+            while len(stored) > self._recent_max:
+                stored.popitem(last=False)
             for _, done in held:
                 if not done.done():
                     done.set_result(None)
@@ -376,16 +383,27 @@ class NodeDatabaseAdapterEffect(EffectNode):
             ]
         if not fresh:
             return
-        batches = self._to_batches(fresh)
-        await self._commit(batches)
+        await self._commit(self._to_batches(fresh))
+        recent = self._recent
         for e in fresh:
-            self._recent[e.envelope.event_id.int] = None
-        for batch in batches:
-            for stamp in batch.stamps if batch is not None else ():
-                self._stored_stamps[stamp.id.int] = None
-        for recent in (self._recent, self._stored_stamps):
-            while len(recent) > self._recent_max:
-                recent.popitem(last=False)
+            recent[e.envelope.event_id.int] = None
+        while len(recent) > self._recent_max:
+            recent.popitem(last=False)
+
+    def _unstored(self, batch: WriteBatch) -> WriteBatch:
+        """``batch`` without the stamp rows committed since it was made, or made twice: an outcome handled while its
+        STAMP_CREATED's commit was pending carries the stamp (``to_batch``); a shard's transactions run one after
+        the other, so by the time the outcome's starts that commit has succeeded (the copy is left out here) or
+        failed (the copy is written, and a stored final state still comes with its stamp)."""
+        stored = self._stored_stamps
+        seen: set[int] = set()
+        kept = []
+        for stamp in batch.stamps:
+            key = stamp.id.int
+            if key not in stored and key not in seen:
+                seen.add(key)
+                kept.append(stamp)
+        return batch if len(kept) == len(batch.stamps) else dataclasses.replace(batch, stamps=kept)
 
     def _to_batches(self, events: Sequence[Event]) -> list[WriteBatch | None]:
         """The rows of ``events``, a batch a shard (None where a shard gets nothing); see ``share_out``."""
@@ -398,7 +416,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         comes first and writes the same row (same id), so in one process, or wherever one adapter consumes both, the
         outcome's copy would only be encoded, sent and dropped as a duplicate. Where it was not seen (another
         replica wrote it, or its commit is still pending) the outcome writes it, so a stored final state still always
-        comes with its stamp."""
+        comes with its stamp; a commit that succeeded meanwhile takes it out again (``_unstored``)."""
         batch = WriteBatch(consumer=self.contract.name)
         stored = self._stored_stamps
         workflows: dict[uuid.UUID, WorkflowRow] = {}
