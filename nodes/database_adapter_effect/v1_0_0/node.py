@@ -562,7 +562,7 @@ _NULLABLE_WORKFLOW_FIELDS: tuple[str, ...] = (
 
 def combine(a: WorkflowRow, b: WorkflowRow) -> WorkflowRow:
     """Two rows of one workflow as the store's upsert would leave them: the higher ``state_seq`` wins (the later
-    of equals), a NULL never overwrites, the metadata merges.
+    of equals), a NULL never overwrites (but for the checkpoint, the winner's either way), the metadata merges.
 
     Started and finished usually reach the adapter within one group commit, from two topics: combined, each
     workflow is written once instead of inserted and then updated (which also moves it in the state index).
