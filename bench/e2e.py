@@ -546,25 +546,9 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
         cid, stamp_id = new_id(), uuid.uuid4()  # as run_raw's
         path = f"item-{i}.txt"
         rows["workflow_executions"].append(
-            (
-                cid,
-                "stamp_workflow",
-                "completed",
-                2,
-                "bench",
-                path,
-                digest,
-                stamp_id,
-                now,
-                now,
-                0.1,
-                None,
-                {},
-                None,
-                now,
-                now,
-            )
-        )
+            (cid, "stamp_workflow", "completed", 2, "bench", path, digest, stamp_id, now, now, 0.1, None, {}, None,
+             now, now)
+        )  # fmt: skip
         rows["metadata_stamps"].append(
             (stamp_id, digest, path, len(text), "bench", "lightweight", "text", cid,
              {"uid": str(stamp_id), "hash": digest, "ts": ts}, now,

@@ -19,13 +19,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from onex import _postgres, _sqlite
+from onex import _sqlite
 from onex._postgres import PostgresSettings
 from onex.settings import DEFAULT_METADATA_VERSION, DEFAULT_PROTOCOL_VERSION
 from onex.store import StampRow, StepRow, Store, WriteBatch
 from onex.stores import open_store
 
-from tests.fixtures.stores import MakeStore
+from tests.fixtures.stores import MakeStore, upgrade_before
 
 pytestmark = pytest.mark.anyio
 
@@ -118,13 +118,7 @@ async def _write_old_postgres(url: str, ops: Sequence[uuid.UUID]) -> None:
 
 
 async def _at_schema_4(store_url: str, ops: Sequence[uuid.UUID]) -> None:
-    module: Any = _sqlite if store_url.startswith("sqlite:") else _postgres
-    shipped = module._migrations()
-    assert shipped[4].name == "0005_one_v01_stamp_columns"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "_migrations", lambda: shipped[:4])  # the onex before this schema
-        async with open_store(store_url) as old:
-            assert [m[:4] for m in await old.upgrade()] == ["0001", "0002", "0003", "0004"]
+    await upgrade_before(store_url, "0005_one_v01_stamp_columns")
     if store_url.startswith("sqlite:"):
         _write_old_sqlite(_sqlite.database_path(store_url), ops)
     else:

@@ -15,16 +15,14 @@ import re
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from onex import _postgres, _sqlite
+from onex import _sqlite
 from onex._postgres import PostgresSettings
 from onex.store import WorkflowRow, WriteBatch
-from onex.stores import open_store
 
-from tests.fixtures.stores import MakeStore
+from tests.fixtures.stores import MakeStore, upgrade_before
 
 pytestmark = pytest.mark.anyio
 
@@ -58,13 +56,7 @@ async def _execute(store_url: str, sql: str) -> None:
 
 
 async def _at_schema_6(store_url: str, running: uuid.UUID, finished: uuid.UUID) -> None:
-    module: Any = _sqlite if store_url.startswith("sqlite:") else _postgres
-    shipped = module._migrations()
-    assert shipped[6].name == "0007_workflow_checkpoint_column"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "_migrations", lambda: shipped[:6])  # the onex before this schema
-        async with open_store(store_url) as old:
-            assert [m[:4] for m in await old.upgrade()] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    await upgrade_before(store_url, "0007_workflow_checkpoint_column")
     rows = [(running, "processing", 1, json.dumps(RUNNING)), (finished, "completed", 2, json.dumps(RUNNING))]
     if store_url.startswith("sqlite:"):
         with sqlite3.connect(_sqlite.database_path(store_url)) as conn:

@@ -280,7 +280,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
 
     async def _write(self, transaction: _Transaction) -> None:
         held = transaction.held
-        batch = self._unstored(merge([batch for batch, _ in held]))
+        batch = self._unstored(merge([rows for rows, _ in held]))
         try:
             await self._store_call(functools.partial(self.store.apply, batch))
         except _GiveUp:
@@ -391,7 +391,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
             recent.popitem(last=False)
 
     def _unstored(self, batch: WriteBatch) -> WriteBatch:
-        """``batch`` without the stamp rows committed since it was made, or made twice: an outcome handled while its
+        """``batch`` without the stamp rows committed since it was made, or in it twice: an outcome handled while its
         STAMP_CREATED's commit was pending carries the stamp (``to_batch``); a shard's transactions run one after
         the other, so by the time the outcome's starts that commit has succeeded (the copy is left out here) or
         failed (the copy is written, and a stored final state still comes with its stamp)."""
