@@ -72,7 +72,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -295,11 +295,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
             raise
         else:
             self._commits += 1
-            stored = self._stored_stamps
-            for stamp in batch.stamps:
-                stored[stamp.id.int] = None
-            while len(stored) > self._recent_max:
-                stored.popitem(last=False)
+            _remember(self._stored_stamps, (stamp.id.int for stamp in batch.stamps), self._recent_max)
             for _, done in held:
                 if not done.done():
                     done.set_result(None)
@@ -384,11 +380,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         if not fresh:
             return
         await self._commit(self._to_batches(fresh))
-        recent = self._recent
-        for e in fresh:
-            recent[e.envelope.event_id.int] = None
-        while len(recent) > self._recent_max:
-            recent.popitem(last=False)
+        _remember(self._recent, (e.envelope.event_id.int for e in fresh), self._recent_max)
 
     def _unstored(self, batch: WriteBatch) -> WriteBatch:
         """``batch`` without the stamp rows committed since it was made, or in it twice: an outcome handled while its
@@ -582,6 +574,14 @@ def _keep_combined(workflows: dict[uuid.UUID, WorkflowRow], row: WorkflowRow) ->
     """Add ``row`` to ``workflows``, combined with the row of its workflow already there (``combine``)."""
     prior = workflows.get(row.correlation_id)
     workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+
+
+def _remember(recent: OrderedDict[int, None], keys: Iterable[int], limit: int) -> None:
+    """Add ``keys`` to ``recent``, then forget the oldest beyond ``limit``."""
+    for key in keys:
+        recent[key] = None
+    while len(recent) > limit:
+        recent.popitem(last=False)
 
 
 def share_out(events: Sequence[Event], count: int) -> list[list[Event]]:
