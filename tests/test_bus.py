@@ -273,6 +273,144 @@ async def test_batches_are_at_most_max_batch(bus: MemoryBus) -> None:
     assert sizes == [7] * 7 + [1]
 
 
+class Batches:
+    """A batch handler that records each call, fails a call that holds a poison message, and, after ``hold(n)``,
+    holds its call number ``n`` (from 0) until ``open()``."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.calls: list[list[OnexEnvelopeV1]] = []
+        self.handled: list[OnexEnvelopeV1] = []
+        self.entered = asyncio.Event()
+        self._gate = asyncio.Event()
+        self._holding: int | None = None
+
+    def hold(self, call: int = 0) -> None:
+        self._holding = call
+
+    def open(self) -> None:
+        self._gate.set()
+
+    async def handler(self, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        self.calls.append(list(envelopes))
+        if len(self.calls) - 1 == self._holding:
+            self.entered.set()
+            await self._gate.wait()
+        if any(e.payload.get("poison") for e in envelopes):
+            raise RuntimeError("poison")
+        self.handled.extend(envelopes)
+
+
+def across_partitions(per_partition: int, partitions: int = 4, **payload: object) -> list[list[OnexEnvelopeV1]]:
+    """``per_partition`` messages for each partition, one key each, numbered in publish order within the key."""
+    return [[probe(key_in_partition(p), i, **payload) for i in range(per_partition)] for p in range(partitions)]
+
+
+async def test_a_small_batch_takes_in_what_waits_in_the_members_other_partitions(bus: MemoryBus) -> None:
+    batches = Batches()
+    await bus.subscribe([TOPIC], "g", batch_handler=batches.handler)
+    sent = [e for part in across_partitions(2) for e in part]
+
+    await bus.publish_many(TOPIC, sent)
+    await join(bus)
+
+    # The first partition's worker took its own two and what the three others held: one call, not four.
+    assert batches.calls == [sent]
+
+
+async def test_a_partition_held_by_another_partitions_batch_is_handled_after_it_in_order(bus: MemoryBus) -> None:
+    batches = Batches()
+    batches.hold()
+    await bus.subscribe([TOPIC], "g", batch_handler=batches.handler)
+    first = across_partitions(1)
+    await bus.publish_many(TOPIC, [part[0] for part in first])
+    await until(batches.entered)  # one call holds every partition
+    later = [probe(key_in_partition(p), 1) for p in range(4)]
+    await bus.publish_many(TOPIC, later)
+    assert len(batches.calls) == 1  # the held partitions' own workers wait for the call
+    batches.open()
+
+    await join(bus)
+
+    assert batches.calls[0] == [part[0] for part in first]
+    [again] = batches.calls[1:]  # whichever worker came first took the others' too
+    assert sorted(again, key=later.index) == later
+    assert bus.statistics().delivered == 8
+
+
+async def test_a_failed_batch_over_several_partitions_is_handed_over_one_by_one_in_order(bus: MemoryBus) -> None:
+    batches = Batches()
+    await bus.subscribe([TOPIC], "g", batch_handler=batches.handler, retry=FAST_RETRY)
+    parts = across_partitions(2)
+    poison = parts[2][0] = probe(key_in_partition(2), 0, poison=True)
+    sent = [e for part in parts for e in part]
+
+    await bus.publish_many(TOPIC, sent)
+    await join(bus)
+
+    assert batches.calls[0] == sent
+    # One by one, each partition's in order; the poison alone as often as the policy allows, then dead-lettered.
+    assert batches.calls[1:] == [[e] for e in sent[:4]] + [[poison]] * FAST_RETRY.max_attempts + [[e] for e in sent[5:]]
+    assert batches.handled == [e for e in sent if e is not poison]
+    assert bus.statistics().dead_lettered == 1
+
+
+async def test_a_batch_over_several_partitions_hands_each_to_its_new_owner(bus: MemoryBus) -> None:
+    first, second = Batches("first"), Batches("second")
+    first.hold()
+    await bus.subscribe([TOPIC], "g", batch_handler=first.handler, retry=FAST_RETRY)
+    parts = across_partitions(2)
+    parts[0][0] = probe(key_in_partition(0), 0, poison=True)  # fails the batch, so it is handed over one by one
+    await bus.publish_many(TOPIC, [e for part in parts for e in part])
+    await until(first.entered)
+    # Partitions 1 and 3 move to the second member while the first member's batch holds them.
+    joined = await bus.subscribe([TOPIC], "g", batch_handler=second.handler)
+    assert {p for _, p in joined.assignment()} == {1, 3}
+    first.open()
+
+    await join(bus)
+
+    def partitions(handled: list[OnexEnvelopeV1]) -> dict[int, list[int]]:
+        seqs: dict[int, list[int]] = {}
+        for envelope in handled:
+            assert envelope.key is not None
+            seqs.setdefault(bus.partition_of(TOPIC, envelope.key), []).append(envelope.payload["seq"])
+        return seqs
+
+    # The first member kept what it still owns; the second got the rest, in order, once the batch let go of them.
+    assert partitions(first.handled) == {0: [1], 2: [0, 1]}
+    assert partitions(second.handled) == {1: [0, 1], 3: [0, 1]}
+    assert bus.statistics().dead_lettered == 1
+
+
+@pytest.mark.parametrize("held", ["batch", "first one by one"])
+async def test_a_cancelled_batch_over_several_partitions_goes_back_to_each(bus: MemoryBus, held: str) -> None:
+    stuck = Batches()
+    stuck.hold(0 if held == "batch" else 1)  # never opened
+    leaving = await bus.subscribe([TOPIC], "g", batch_handler=stuck.handler, retry=FAST_RETRY)
+    parts = across_partitions(2)
+    if held != "batch":  # the batch fails, and the first message handed over alone is held
+        parts[0][0] = probe(key_in_partition(0), 0, poison=True)
+    sent = [e for part in parts for e in part]
+    await bus.publish_many(TOPIC, sent)
+    await until(stuck.entered)
+    assert stuck.calls[0] == sent
+
+    with anyio.move_on_after(0.05):  # a shutdown deadline, not synchronisation
+        await leaving.aclose()
+    assert bus.statistics().buffered == len(sent)
+
+    # Two new members: each must get its own partitions' messages, in order, so each went back where it came from.
+    a, b = Batches("a"), Batches("b")
+    sub_a = await bus.subscribe([TOPIC], "g", batch_handler=a.handler, retry=FAST_RETRY)
+    sub_b = await bus.subscribe([TOPIC], "g", batch_handler=b.handler, retry=FAST_RETRY)
+    await join(bus)
+    for batches, sub in ((a, sub_a), (b, sub_b)):
+        owned = {p for _, p in sub.assignment()}
+        mine = [e for e in sent if e.key is not None and bus.partition_of(TOPIC, e.key) in owned]
+        assert batches.handled == [e for e in mine if not e.payload.get("poison")]
+
+
 # --- failures ------------------------------------------------------------------------------------------------------
 
 

@@ -246,7 +246,9 @@ class EventBus(abc.ABC):
 # adds one ``_Member`` per topic to that topic's group, and each member runs one ``_Worker`` task per partition.
 # Partition i is owned by member i % len(members) (the "rebalance"); only the owner's worker drains it, and only
 # while no other worker still holds a batch from it (``busy``), so a partition is handled by one worker at a time
-# and per-key order survives a rebalance.
+# and per-key order survives a rebalance. A batch handler's worker whose batch is small also takes what waits in
+# its member's other partitions that no batch holds (``_take_idle``), holding them until the call returns: one
+# call instead of several at a moderate load, batches side by side under a backlog.
 #
 # Waiting is done on bare futures rather than asyncio.Event/Condition: an idle worker parks one future in
 # ``data_waiter`` that publish() resolves, which keeps the per-message cost at a few attribute reads.
@@ -289,6 +291,16 @@ async def _park(waiters: list[asyncio.Future[None]], loop: asyncio.AbstractEvent
         if waiter in waiters:
             waiters.remove(waiter)
         raise
+
+
+def _give_back(batch: list[OnexEnvelopeV1], spans: list[tuple[_Partition, int]], first: int = 0) -> None:
+    """Put the messages of ``spans[first:]`` back at the front of the partitions they came from (``spans``: each
+    partition a batch drew on, with the end of its messages in the batch), ahead of anything published since, so
+    order is kept."""
+    start = spans[first - 1][1] if first else 0
+    for part, end in spans[first:]:
+        part.buffer.extendleft(reversed(batch[start:end]))
+        start = end
 
 
 class _Partition:
@@ -389,15 +401,21 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         _log.error("event bus worker %s crashed", task.get_name(), exc_info=exc)
 
 
+_SMALL_BATCH = 64
+"""A batch handler's batch smaller than this takes in what waits in its member's idle partitions (``_take_idle``):
+below it, a call's fixed cost (a group commit, a flush) is worth sharing; above it, batches run side by side."""
+
+
 class _Worker:
     """Drains one partition for one member while that member owns it."""
 
-    __slots__ = ("bus", "member", "part")
+    __slots__ = ("bus", "member", "part", "siblings")
 
     def __init__(self, member: _Member, part: _Partition) -> None:
         self.member = member
         self.part = part
         self.bus = member.bus
+        self.siblings = [p for p in member.group.partitions if p is not part]  # the group's other partitions
 
     async def run(self) -> None:
         _HANDLING_ON.set(self.bus)
@@ -425,22 +443,60 @@ class _Worker:
             if part.space_waiters:
                 _wake_all(part.space_waiters)
             part.busy = True
+            spans = None
             try:
                 if member.batch_handler is not None:
-                    await self._deliver_batch(batch, member.batch_handler)
+                    if len(batch) < _SMALL_BATCH and self.siblings:
+                        spans = self._take_idle(batch, max_batch)
+                    await self._deliver_batch(batch, member.batch_handler, spans)
                 else:
                     assert member.handler is not None
-                    await self._deliver_each(batch, member.handler)
+                    await self._deliver_each(batch, member.handler, part)
             finally:
                 part.busy = False
                 # Workers only wait in ``standby`` for an ownership change, so wake them only after one.
                 if part.owner is not member and part.standby:
                     _wake_all(part.standby)
+                if spans is not None:
+                    for other, _ in spans[1:]:
+                        other.busy = False
+                        other.wake_workers()  # its own worker, parked while this batch held the partition
             if part.buffer and not member.stopping:
                 # Handlers that never suspend would otherwise keep the loop to themselves while the buffer refills.
                 await asyncio.sleep(0)
 
-    async def _deliver_batch(self, batch: list[OnexEnvelopeV1], batch_handler: BatchHandler) -> None:
+    def _take_idle(self, batch: list[OnexEnvelopeV1], room: int) -> list[tuple[_Partition, int]] | None:
+        """Add to a small batch what waits in the member's other partitions that no batch holds, marking them held;
+        returns each partition the batch draws on with the end of its messages in it, or None if there was none.
+
+        One batch handler call then does what several would have (one group commit, one flush), while a partition
+        still goes to one batch at a time, its messages in order, so per-key order and ownership hold as before.
+        """
+        member = self.member
+        spans = None
+        for other in self.siblings:
+            buffer = other.buffer
+            if not buffer or other.busy or other.owner is not member:
+                continue
+            if spans is None:
+                spans = [(self.part, len(batch))]
+            n = room - len(batch)
+            if len(buffer) <= n:
+                batch.extend(buffer)
+                buffer.clear()
+            else:
+                batch.extend(buffer.popleft() for _ in range(n))
+            other.busy = True
+            spans.append((other, len(batch)))
+            if other.space_waiters:
+                _wake_all(other.space_waiters)
+            if len(batch) >= room:
+                break
+        return spans
+
+    async def _deliver_batch(
+        self, batch: list[OnexEnvelopeV1], batch_handler: BatchHandler, spans: list[tuple[_Partition, int]] | None
+    ) -> None:
         try:
             # A batch comes from one topic, so in practice of one event type: its policy times the batch.
             await self.member.retry.for_event(batch[0].event_type).run(batch_handler, batch)
@@ -450,15 +506,23 @@ class _Worker:
             async def one(envelope: OnexEnvelopeV1) -> None:
                 await batch_handler([envelope])
 
-            await self._deliver_each(batch, one)
+            spans = spans or [(self.part, len(batch))]
+            start = 0
+            for i, (part, end) in enumerate(spans):
+                try:
+                    await self._deliver_each(batch[start:end], one, part)
+                except BaseException:
+                    _give_back(batch, spans, i + 1)  # the partitions not reached yet
+                    raise
+                start = end
         except BaseException:
-            self._give_back(batch)
+            _give_back(batch, spans or [(self.part, len(batch))])
             raise
         else:
             self.bus._ack(len(batch), len(batch))
 
-    async def _deliver_each(self, batch: list[OnexEnvelopeV1], handler: Handler) -> None:
-        member, part = self.member, self.part
+    async def _deliver_each(self, batch: list[OnexEnvelopeV1], handler: Handler, part: _Partition) -> None:
+        member = self.member
         done = 0  # acknowledged: handled or dead-lettered
         dead = 0
         try:
@@ -480,7 +544,8 @@ class _Worker:
                 done += 1
         finally:
             if done < len(batch):
-                self._give_back(batch[done:])
+                # Unacknowledged messages go back to the front, ahead of anything published since, so order is kept.
+                part.buffer.extendleft(reversed(batch[done:]))
             self.bus._ack(done, done - dead)
 
     async def _retry(self, envelope: OnexEnvelopeV1, handler: Handler, exc: Exception) -> int | None:
@@ -541,10 +606,6 @@ class _Worker:
             finally:
                 timer.cancel()
         return not member.stopping
-
-    def _give_back(self, envelopes: list[OnexEnvelopeV1]) -> None:
-        # Unacknowledged messages go back to the front, ahead of anything published since, so order is kept.
-        self.part.buffer.extendleft(reversed(envelopes))
 
 
 class MemorySubscription(Subscription):
