@@ -275,8 +275,8 @@ class Settings(BaseSettings):
     partitions: int = Field(
         4,
         description="Partitions per topic (Kafka: set when onex creates it); bounds how many replicas share work. On "
-        "the memory bus, how a subscription's messages are split into batches handled side by side: 1 makes fewer, "
-        "larger ones, faster for the HTTP API's load, slower for `onex stamp`'s (docs/performance.md).",
+        "the memory bus, how a subscription's messages are split into batches handled side by side; a small batch "
+        "takes in what waits in the others, so there the count changes little (docs/performance.md).",
     )
     buffer_size: int = Field(10_000, description="Messages the memory bus buffers per partition before publish waits.")
     http: str | None = Field(
