@@ -17,7 +17,8 @@ Consuming
     One ``AIOKafkaConsumer`` and one task per subscription (never a task per event): ``getmany()`` up to
     ``max_batch`` records, each partition's records handled in offset order, then the offsets of exactly what
     was handled are committed (``enable_auto_commit=False``). The loop does not fetch while it handles, which is
-    its backpressure.
+    its backpressure. A batch handler gets every partition of a topic in a fetch in one call (``_handle_joined``):
+    one flush and one write where a call a partition made several.
 
 At-least-once, including downstream events
     A handler usually publishes follow-up events. If the consumer committed as soon as the handler returned,
@@ -25,7 +26,8 @@ At-least-once, including downstream events
     never arrives. So every ``publish()`` made while a subscription handles a batch (the handler's own, and the
     dead letters) is tracked through a context variable, and the subscription waits for those deliveries
     before it commits. If one of them failed, the partition's offset is not committed and the consumer seeks
-    back to the batch's first record, so the whole batch is handled again (handlers are idempotent).
+    back to the batch's first record, so the whole batch is handled again (handlers are idempotent); for a batch
+    handler's call over several partitions, every one of them.
     ``publish()`` outside a handler is fire-and-enqueue: a failed delivery is logged and makes the next
     ``flush()`` raise ``BusError``, so a caller that must know calls ``flush()``.
 

@@ -52,7 +52,7 @@ Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 BatchHandler = Callable[[Sequence[OnexEnvelopeV1]], Awaitable[None]]
 """Handles a batch of envelopes of one topic at once (for write-heavy consumers). If it raises, the bus falls back
 to handing the batch's messages over one by one, so one poison message cannot hold the others back. A batch may hold
-several partitions' messages (the memory bus joins small ones), each partition's in order."""
+several partitions' messages (the memory bus joins small ones, Kafka a fetch's), each partition's in order."""
 
 Assignment = Callable[[frozenset[tuple[str, int]]], Awaitable[None]]
 """Told the whole set of ``(topic, partition)`` a subscription owns, when it gets it and whenever it changes. A node
