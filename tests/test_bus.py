@@ -327,6 +327,7 @@ async def test_a_partition_held_by_another_partitions_batch_is_handled_after_it_
     await until(batches.entered)  # one call holds every partition
     later = [probe(key_in_partition(p), 1) for p in range(4)]
     await bus.publish_many(TOPIC, later)
+    await anyio.wait_all_tasks_blocked()
     assert len(batches.calls) == 1  # the held partitions' own workers wait for the call
     batches.open()
 

@@ -423,6 +423,25 @@ async def test_closing_a_subscription_lets_the_batch_in_hand_finish_and_commits_
     assert [e.payload["n"] for e in handled] == [5, 6, 7]
 
 
+def lose_the_first_send(bus: KafkaBus, target: str, method: str = "send") -> None:
+    """Make the first record (``send``) or batch (``send_batch``) that ``bus`` sends to ``target`` enqueued, then never
+    acknowledged: what a broker outage after publish() returned looks like."""
+    loop = asyncio.get_running_loop()
+    real: Callable[..., Awaitable[asyncio.Future[Any]]] = getattr(bus._producer, method)
+    lost = 1
+
+    async def losing_the_first(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        nonlocal lost
+        if args[-1] == target and lost:  # the topic: send(topic, ...), send_batch(batch, topic, ...)
+            lost -= 1
+            delivery: asyncio.Future[Any] = loop.create_future()
+            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
+            return delivery
+        return await real(*args, **kwargs)
+
+    setattr(bus._producer, method, losing_the_first)
+
+
 @pytest.mark.kafka
 @pytest.mark.anyio
 async def test_an_input_is_committed_only_once_what_its_handler_published_is_delivered(
@@ -430,21 +449,7 @@ async def test_an_input_is_committed_only_once_what_its_handler_published_is_del
 ) -> None:
     source, target, group = unique("source"), unique("target"), unique("group")
     await kafka_bus.ensure_topics([target])
-    loop = asyncio.get_running_loop()
-    real_send: Callable[..., Awaitable[asyncio.Future[Any]]] = kafka_bus._producer.send
-    lost = 1
-
-    async def send_losing_the_first_forward(topic: str, **kwargs: Any) -> asyncio.Future[Any]:
-        # Enqueued, then never acknowledged: what a broker outage after publish() returned looks like.
-        nonlocal lost
-        if topic == target and lost:
-            lost -= 1
-            delivery: asyncio.Future[Any] = loop.create_future()
-            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
-            return delivery
-        return await real_send(topic, **kwargs)
-
-    kafka_bus._producer.send = send_losing_the_first_forward
+    lose_the_first_send(kafka_bus, target)
     calls: list[int] = []
 
     async def forward(envelope: OnexEnvelopeV1) -> None:
@@ -468,20 +473,7 @@ async def test_an_input_is_committed_only_once_the_batch_its_handler_published_w
 ) -> None:
     source, target, group = unique("source"), unique("target"), unique("group")
     await kafka_bus.ensure_topics([target])
-    loop = asyncio.get_running_loop()
-    real_send_batch: Callable[..., Awaitable[asyncio.Future[Any]]] = kafka_bus._producer.send_batch
-    lost = 1
-
-    async def send_batch_losing_the_first(batch: Any, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
-        nonlocal lost
-        if topic == target and lost:
-            lost -= 1
-            delivery: asyncio.Future[Any] = loop.create_future()
-            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
-            return delivery
-        return await real_send_batch(batch, topic, **kwargs)
-
-    kafka_bus._producer.send_batch = send_batch_losing_the_first
+    lose_the_first_send(kafka_bus, target, "send_batch")
     calls: list[int] = []
 
     async def fan_out(incoming: OnexEnvelopeV1) -> None:
@@ -549,20 +541,7 @@ async def test_a_lost_delivery_sends_every_partition_of_its_batch_handler_call_b
     await kafka_bus.ensure_topics([target])
     keys = keys_in_partitions(kafka_bus, source, 2)
     await published_before_subscribing(kafka_bus, source, keys, per_key=1)
-    loop = asyncio.get_running_loop()
-    real_send: Callable[..., Awaitable[asyncio.Future[Any]]] = kafka_bus._producer.send
-    lost = 1
-
-    async def send_losing_the_first_forward(topic: str, **kwargs: Any) -> asyncio.Future[Any]:
-        nonlocal lost
-        if topic == target and lost:
-            lost -= 1
-            delivery: asyncio.Future[Any] = loop.create_future()
-            loop.call_later(0.01, delivery.set_exception, KafkaTimeoutError())
-            return delivery
-        return await real_send(topic, **kwargs)
-
-    kafka_bus._producer.send = send_losing_the_first_forward
+    lose_the_first_send(kafka_bus, target)
     calls: list[list[int]] = []
 
     async def forward(envelopes: Sequence[OnexEnvelopeV1]) -> None:

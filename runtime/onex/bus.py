@@ -423,6 +423,7 @@ class _Worker:
         member, part = self.member, self.part
         loop = self.bus._loop()
         max_batch = member.max_batch
+        small = min(_SMALL_BATCH, max_batch)  # a batch below it has room, and may take in its siblings' messages
         while True:
             while True:
                 if member.stopping:
@@ -447,7 +448,7 @@ class _Worker:
             spans = None
             try:
                 if member.batch_handler is not None:
-                    if len(batch) < _SMALL_BATCH and self.siblings:
+                    if len(batch) < small and self.siblings:
                         spans = self._take_idle(batch, max_batch)
                     await self._deliver_batch(batch, member.batch_handler, spans)
                 else:
