@@ -534,6 +534,36 @@ async def test_a_batch_handler_gets_a_topics_partitions_of_one_fetch_in_one_call
 
 @pytest.mark.kafka
 @pytest.mark.anyio
+async def test_a_joined_call_holds_one_topics_records_only(kafka_bus: KafkaBus) -> None:
+    topics = [unique("first"), unique("second")]
+    for topic in topics:
+        await published_before_subscribing(kafka_bus, topic, keys_in_partitions(kafka_bus, topic, 2), per_key=2)
+    calls: list[set[str]] = []
+    seen = 0
+    everything = anyio.Event()
+
+    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        nonlocal seen
+        calls.append({e.source_node_id for e in envelopes})
+        seen += len(envelopes)
+        if seen >= 8:
+            everything.set()
+
+    # Each topic's records say which topic they are on: read through a reader of that topic's own.
+    def marking(topic: str) -> Callable[[bytes], OnexEnvelopeV1]:
+        return lambda value: OnexEnvelopeV1.from_json(value).model_copy(update={"source_node_id": topic})
+
+    await kafka_bus.subscribe(topics, unique("group"), batch_handler=batch, readers={t: marking(t) for t in topics})
+    with anyio.fail_after(20):
+        await everything.wait()
+
+    # Two topics in one fetch: a call each (the batch handler's batch is of one topic), never one for both.
+    assert all(len(topics_of_call) == 1 for topics_of_call in calls)
+    assert set().union(*calls) == set(topics)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
 async def test_a_lost_delivery_sends_every_partition_of_its_batch_handler_call_back(
     kafka_bus: KafkaBus, kafka_bootstrap: str
 ) -> None:

@@ -294,6 +294,19 @@ async def _park(waiters: list[asyncio.Future[None]], loop: asyncio.AbstractEvent
         raise
 
 
+def _take(part: _Partition, batch: list[OnexEnvelopeV1], n: int) -> None:
+    """Move up to ``n`` messages from the front of ``part``'s buffer to the end of ``batch``, and wake the
+    publishers waiting for room there."""
+    buffer = part.buffer
+    if len(buffer) <= n:
+        batch.extend(buffer)
+        buffer.clear()
+    else:
+        batch.extend([buffer.popleft() for _ in range(n)])
+    if part.space_waiters:
+        _wake_all(part.space_waiters)
+
+
 def _give_back(batch: list[OnexEnvelopeV1], spans: list[tuple[_Partition, int]], first: int = 0) -> None:
     """Put the messages of ``spans[first:]`` back at the front of the partitions they came from (``spans``: each
     partition a batch drew on, with the end of its messages in the batch), ahead of anything published since, so
@@ -436,14 +449,8 @@ class _Worker:
                     await waiter
                 else:
                     await _park(part.standby, loop)
-            buffer = part.buffer
-            if len(buffer) <= max_batch:
-                batch = list(buffer)
-                buffer.clear()
-            else:
-                batch = [buffer.popleft() for _ in range(max_batch)]
-            if part.space_waiters:
-                _wake_all(part.space_waiters)
+            batch: list[OnexEnvelopeV1] = []
+            _take(part, batch, max_batch)
             part.busy = True
             spans = None
             try:
@@ -477,21 +484,13 @@ class _Worker:
         member = self.member
         spans = None
         for other in self.siblings:
-            buffer = other.buffer
-            if not buffer or other.busy or other.owner is not member:
+            if not other.buffer or other.busy or other.owner is not member:
                 continue
             if spans is None:
                 spans = [(self.part, len(batch))]
-            n = room - len(batch)
-            if len(buffer) <= n:
-                batch.extend(buffer)
-                buffer.clear()
-            else:
-                batch.extend(buffer.popleft() for _ in range(n))
+            _take(other, batch, room - len(batch))
             other.busy = True
             spans.append((other, len(batch)))
-            if other.space_waiters:
-                _wake_all(other.space_waiters)
             if len(batch) >= room:
                 break
         return spans
