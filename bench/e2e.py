@@ -88,6 +88,11 @@ from onex.settings import Settings, redact_url
 from onex.store import Store, WriteBatch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for bench.procstat when run as a script
+
+from bench.procstat import CLOCK_TICK, postgres_parent, server_cpu, stat_fields  # noqa: E402 - needs ROOT on sys.path
+
 RESULTS = ROOT / "bench" / "results"
 BATCH = 500
 
@@ -119,7 +124,7 @@ async def run_onex(
 ) -> tuple[float, dict[str, int]]:
     """The onex run over ``items`` (module docstring): seconds and the row counts. ``cpu``, when given, gets the CPU
     seconds the run took (``thread_cpu``): ``main`` (the event loop's thread) and ``sqlite`` (the store's threads),
-    and with ``postmaster`` the PostgreSQL server's (``server``, ``_server_cpu``).
+    and with ``postmaster`` the PostgreSQL server's (``server``, ``procstat.server_cpu``).
     ``reads``, when given, gets the milliseconds of the reads made meanwhile (``busy``) and afterwards (``idle``).
     ``tails``, when given, gets the seconds from the last outcome's arrival to every row stored (the drain)."""
     settings = Settings.load(environ={}, root=str(ROOT), store=store_url).with_(
@@ -133,28 +138,17 @@ async def run_onex(
         return await _run_onex(items, settings, store, in_flight, cpu, reads, postmaster, tails)
 
 
-def _proc_stat(path: str) -> list[str] | None:
-    """The fields of a /proc ``stat`` file after the command's name (state, ppid, ... utime at 11, stime, cutime,
-    cstime); None where unreadable (not Linux, or the process or thread just ended)."""
-    try:
-        with open(path) as f:
-            return f.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user + system) so far of this process's event loop thread (``main``) and of its other threads
     together (``sqlite``: the SQLite store's writer, reader and WAL checkpointer), from /proc; {} where there is none
     (not Linux). A thread that ended meanwhile drops out of the sum; the store's threads live as long as the run."""
     found: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     main = str(threading.main_thread().native_id)
     with contextlib.suppress(OSError):  # not Linux
         for tid in os.listdir("/proc/self/task"):
-            if (fields := _proc_stat(f"/proc/self/task/{tid}/stat")) is not None:
+            if (fields := stat_fields(f"/proc/self/task/{tid}/stat")) is not None:
                 name = "main" if tid == main else "sqlite"
-                found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+                found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
     return found
 
 
@@ -569,34 +563,13 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
 async def _postmaster(conn: asyncpg.Connection) -> int | None:
     """The pid of the postmaster of the server ``conn`` is connected to when it runs on this machine, visible in
     /proc as a postgres process (not in a container's pid namespace); None otherwise."""
-    return _parent_if_postgres(await conn.fetchval("SELECT pg_backend_pid()"))
-
-
-def _parent_if_postgres(pid: int) -> int | None:
-    stat = _proc_stat(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
-        if stat is not None and f.read().startswith("postgres"):
-            return int(stat[1])
-    return None
-
-
-def _server_cpu(postmaster: int | None) -> float | None:
-    """CPU seconds so far of ``postmaster`` and every process it started, ended ones included (module docstring)."""
-    if postmaster is None:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for name in os.listdir("/proc"):
-        stat = _proc_stat(f"/proc/{name}/stat") if name.isdigit() else None
-        if stat is not None and postmaster in (int(name), int(stat[1])):
-            total += sum(int(v) for v in stat[11:15])  # utime, stime, cutime, cstime
-    return total / tick
+    return postgres_parent(await conn.fetchval("SELECT pg_backend_pid()"))
 
 
 def _cpu_now(postmaster: int | None) -> dict[str, float]:
     """``thread_cpu()``, and the server's CPU seconds as ``server`` where ``postmaster`` is known."""
     now = thread_cpu()
-    if (server := _server_cpu(postmaster)) is not None:
+    if (server := server_cpu(postmaster)) is not None:
         now["server"] = server
     return now
 

