@@ -196,6 +196,7 @@ def _node_cpu(procs: Sequence[NodeProcess]) -> dict[str, float]:
 
 
 def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds spent between two readings, for what both name."""
     return {name: round(after[name] - before[name], 2) for name in after if name in before}
 
 
@@ -492,7 +493,8 @@ async def run_raw_pipeline(
     finally:
         await admin.close()
     options = {**TEST_CONSUMER_OPTIONS, "fetch_max_wait_ms": fetch_max_wait_ms}
-    context = multiprocessing.get_context("fork")  # started before anything here runs a thread or holds a socket
+    # Forked before this run's producer, consumer and executor thread exist: the children inherit none of them.
+    context = multiprocessing.get_context("fork")
     done = context.Queue()
     stages = [
         ({topics["request"]: topics["command"], topics["result"]: topics["outcome"]}, "orchestrator"),
