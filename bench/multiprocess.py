@@ -380,24 +380,33 @@ async def run_raw(
     try:
         start, cpu_before = time.perf_counter(), servers.cpu(server=False) | {"client": time.process_time()}
 
-        async def produce() -> None:
-            for key, value in values:
-                await producer.send(topic, value=value, key=key)
-            await producer.flush()
-
-        sending = asyncio.create_task(produce())
-        received = 0
-        while received < len(values):
-            batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
-            received += sum(len(records) for records in batch.values())
-            if batch:
-                await consumer.commit()
-        await sending
+        await _send_and_read(producer, topic, values, consumer)
         seconds = time.perf_counter() - start
         return seconds, _spent(cpu_before, servers.cpu(server=False) | {"client": time.process_time()})
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+async def _send_and_read(
+    producer: AIOKafkaProducer, topic: str, values: list[tuple[bytes, bytes]], consumer: AIOKafkaConsumer
+) -> None:
+    """Send ``values`` (key, value) to ``topic`` while ``consumer`` reads as many records (committing each fetch);
+    returns once both are done."""
+
+    async def produce() -> None:
+        for key, value in values:
+            await producer.send(topic, value=value, key=key)
+        await producer.flush()
+
+    sending = asyncio.create_task(produce())
+    received = 0
+    while received < len(values):
+        batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+        received += sum(len(records) for records in batch.values())
+        if batch:
+            await consumer.commit()
+    await sending
 
 
 def _request_records(items: list[str]) -> list[tuple[bytes, bytes]]:
@@ -532,20 +541,7 @@ async def run_raw_pipeline(
                 raise RuntimeError("a raw pipeline process did not join its group within 60 s")
         cpu_before = _pids_cpu(procs) | servers.cpu(server=False) | {"client": time.process_time()}
         start = time.perf_counter()
-
-        async def produce() -> None:
-            for key, value in values:
-                await producer.send(topics["request"], value=value, key=key)
-            await producer.flush()
-
-        sending = asyncio.create_task(produce())
-        received = 0
-        while received < len(values):
-            batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
-            received += sum(len(records) for records in batch.values())
-            if batch:
-                await consumer.commit()
-        await sending
+        await _send_and_read(producer, topics["request"], values, consumer)
         ends = [time.perf_counter()]
         for _ in range(2):
             ends.append(await loop.run_in_executor(None, done.get, True, 600))
