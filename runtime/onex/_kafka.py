@@ -344,7 +344,9 @@ class KafkaBus(EventBus):
                 await admin.start()
                 described = await admin.describe_topics(list(topics) if topics is not None else None)
         except (KafkaError, TimeoutError, OSError) as exc:
-            raise BusError(f"cannot read the topics of Kafka at {self.bootstrap}: {exc or type(exc).__name__}") from exc
+            raise BusError(
+                f"cannot read the topics of Kafka at {self.bootstrap}: {str(exc) or type(exc).__name__}"
+            ) from exc
         finally:
             await admin.close()
         return sorted(
@@ -425,7 +427,9 @@ class KafkaBus(EventBus):
         that do not exist yet.
 
         A topic that exists already is fine. Where the broker forbids creating topics (an ACL), this logs a
-        warning and relies on the topics existing or on the broker's auto-creation.
+        warning and relies on the topics existing or on the broker's auto-creation. A broker that cannot be asked
+        (gone, restarting, or silent for ``request_timeout_ms``) is a ``BusError`` naming the topics; they are tried
+        again on the next call.
         """
         self._require_running()
         async with self._topics_lock:
@@ -449,6 +453,10 @@ class KafkaBus(EventBus):
         except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
             logger.warning("not allowed to create topics %s (%s); assuming they exist", names, exc)
             return
+        except (KafkaError, OSError) as exc:  # the broker went away (a restart, say) or did not answer in time
+            raise BusError(
+                f"cannot create topics {', '.join(names)} at {self.bootstrap}: {str(exc) or type(exc).__name__}"
+            ) from exc
         created: list[str] = []
         for topic_error in response.topic_errors:
             name, code = topic_error[0], topic_error[1]

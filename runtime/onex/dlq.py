@@ -404,7 +404,7 @@ async def _publish_kafka(settings: Settings, outgoing: list[_Outgoing]) -> tuple
             await producer.start()
     except (KafkaError, TimeoutError, OSError) as exc:
         await producer.stop()
-        raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {exc or type(exc).__name__}") from exc
+        raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {str(exc) or type(exc).__name__}") from exc
     try:
         deliveries = []
         for out in outgoing:
