@@ -91,7 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for bench.procstat when run as a script
 
-from bench.procstat import CLOCK_TICK, postgres_parent, server_cpu, stat_fields  # noqa: E402 - needs ROOT on sys.path
+from bench.procstat import CLOCK_TICK, postmaster_of, server_cpu, stat_fields  # noqa: E402 - needs ROOT on sys.path
 
 RESULTS = ROOT / "bench" / "results"
 BATCH = 500
@@ -502,13 +502,14 @@ def with_schema(url: str, schema: str) -> str:
 
 
 async def _server(dsn: str) -> tuple[str, int | None] | None:
-    """The server's version and its postmaster's pid (``_postmaster``), or None when nothing answers at ``dsn``."""
+    """The server's version and its postmaster's pid (``procstat.postmaster_of``), or None when nothing answers at
+    ``dsn``."""
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
     try:
-        return str(await conn.fetchval("SHOW server_version")), await _postmaster(conn)
+        return str(await conn.fetchval("SHOW server_version")), await postmaster_of(conn)
     finally:
         await conn.close()
 
@@ -558,12 +559,6 @@ def _raw_postgres_rows(items: list[str], offset: int) -> dict[str, list[tuple[An
         rows["workflow_steps"].append((cid, "stamp", 0, "completed", 0.1, {}, None, now, now))
         rows["workflow_steps"].append((cid, "intelligence", 1, "skipped", 0.0, {}, None, now, now))
     return rows
-
-
-async def _postmaster(conn: asyncpg.Connection) -> int | None:
-    """The pid of the postmaster of the server ``conn`` is connected to when it runs on this machine, visible in
-    /proc as a postgres process (not in a container's pid namespace); None otherwise."""
-    return postgres_parent(await conn.fetchval("SELECT pg_backend_pid()"))
 
 
 def _cpu_now(postmaster: int | None) -> dict[str, float]:

@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.fixtures when run as a script
 
-from bench.procstat import CLOCK_TICK, listener, postgres_parent, process_cpu, server_cpu  # noqa: E402
+from bench.procstat import CLOCK_TICK, listener, postmaster_of, process_cpu, server_cpu  # noqa: E402
 from tests.fixtures.deployment import NODES, Deployment, NodeProcess, onex_command  # noqa: E402 - needs ROOT on sys.path
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS, BrokerUnavailable, start_tansu  # noqa: E402
 from tests.fixtures.postgres import _Cluster, with_schema  # noqa: E402
@@ -177,7 +177,7 @@ class Servers:
         broker = listener(int(port)) if host in ("127.0.0.1", "localhost") and port.isdigit() else None
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
-            return cls(broker, postgres_parent(await conn.fetchval("SELECT pg_backend_pid()")))
+            return cls(broker, await postmaster_of(conn))
         finally:
             await conn.close()
 
@@ -437,6 +437,7 @@ _HOPS = ("request", "command", "result", "outcome")
 def _pipeline_stage(
     bootstrap: str,
     routes: dict[str, str | None],
+    counted: str,
     group: str,
     consumer_options: dict[str, Any],
     ready: Any,
@@ -445,7 +446,7 @@ def _pipeline_stage(
 ) -> None:
     """A process of ``run_raw_pipeline``: reads the topics ``routes`` maps in consumer group ``group``; sends each
     record's key and value on to its topic's sink, or, where that is None, only reads it (the time the ``count``-th
-    record of the outcome topic arrived goes on ``done``); commits each fetch once its sends are acknowledged, as a
+    record of ``counted`` arrived goes on ``done``); commits each fetch once its sends are acknowledged, as a
     node does. Runs until it is terminated; ``ready`` is set once it joined its group."""
 
     async def loop() -> None:
@@ -467,7 +468,7 @@ def _pipeline_stage(
             sends = []
             for tp, records in batch.items():
                 if (sink := routes[tp.topic]) is None:
-                    received += len(records) if tp.topic.endswith(".outcome") else 0
+                    received += len(records) if tp.topic == counted else 0
                     continue
                 for record in records:
                     sends.append(await producer.send(sink, value=record.value, key=record.key))
@@ -515,7 +516,16 @@ async def run_raw_pipeline(
     procs = [
         context.Process(
             target=_pipeline_stage,
-            args=(bootstrap, routes, f"bench.rawpipe.{run}.{name}", options, ready, len(values), done),
+            args=(
+                bootstrap,
+                routes,
+                topics["outcome"],
+                f"bench.rawpipe.{run}.{name}",
+                options,
+                ready,
+                len(values),
+                done,
+            ),
             daemon=True,
         )
         for (routes, name), ready in zip(stages, readies, strict=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _LISTEN = "0A"  # /proc/net/tcp's state of a listening socket
@@ -37,6 +38,11 @@ def postgres_parent(pid: int) -> int | None:
         if stat is not None and f.read().startswith("postgres"):
             return int(stat[1])
     return None
+
+
+async def postmaster_of(conn: Any) -> int | None:
+    """``postgres_parent`` of the backend an open asyncpg connection ``conn`` talks to."""
+    return postgres_parent(await conn.fetchval("SELECT pg_backend_pid()"))
 
 
 def server_cpu(postmaster: int | None) -> float | None:

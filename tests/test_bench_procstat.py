@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
-from bench.procstat import listener, postgres_parent, process_cpu, server_cpu
+from bench.procstat import listener, postgres_parent, postmaster_of, process_cpu, server_cpu
+from tests.fixtures.postgres import run_async
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -36,3 +40,25 @@ def test_process_cpu_grows_with_the_work_done() -> None:
 def test_a_server_is_counted_only_through_a_postgres_backend() -> None:
     assert postgres_parent(os.getpid()) is None  # this process is no PostgreSQL backend
     assert server_cpu(None) is None
+
+
+@pytest.mark.postgres
+def test_a_server_on_this_machine_is_found_through_a_connections_backend(postgres_server: str) -> None:
+    if urlsplit(postgres_server).hostname not in ("127.0.0.1", "localhost"):
+        pytest.skip("the test server does not run on this machine")
+
+    async def ask() -> tuple[int, int | None]:
+        conn = await asyncpg.connect(postgres_server, timeout=10)
+        try:
+            return await conn.fetchval("SELECT pg_backend_pid()"), await postmaster_of(conn)
+        finally:
+            await conn.close()
+
+    backend, postmaster = run_async(ask)
+    assert postmaster is not None
+    assert postmaster != backend
+    assert Path(f"/proc/{postmaster}/comm").read_text().startswith("postgres")
+    own, counted = process_cpu(postmaster), server_cpu(postmaster)
+    assert own is not None
+    assert counted is not None
+    assert counted >= own  # its children's time counts too

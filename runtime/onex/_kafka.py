@@ -124,7 +124,7 @@ from onex.bus import (
     dropped,
 )
 from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, Reader, dead_letter, dlq_topic, uuid_text
-from onex.exceptions import BusError, PayloadError, StoreUnavailable
+from onex.exceptions import BusError, PayloadError, StoreUnavailable, error_text
 from onex.logs import dead_lettered, event, retried
 from onex.resilience import pause
 
@@ -344,9 +344,7 @@ class KafkaBus(EventBus):
                 await admin.start()
                 described = await admin.describe_topics(list(topics) if topics is not None else None)
         except (KafkaError, TimeoutError, OSError) as exc:
-            raise BusError(
-                f"cannot read the topics of Kafka at {self.bootstrap}: {str(exc) or type(exc).__name__}"
-            ) from exc
+            raise BusError(f"cannot read the topics of Kafka at {self.bootstrap}: {error_text(exc)}") from exc
         finally:
             await admin.close()
         return sorted(
@@ -454,9 +452,7 @@ class KafkaBus(EventBus):
             logger.warning("not allowed to create topics %s (%s); assuming they exist", names, exc)
             return
         except (KafkaError, OSError) as exc:  # the broker went away (a restart, say) or did not answer in time
-            raise BusError(
-                f"cannot create topics {', '.join(names)} at {self.bootstrap}: {str(exc) or type(exc).__name__}"
-            ) from exc
+            raise BusError(f"cannot create topics {', '.join(names)} at {self.bootstrap}: {error_text(exc)}") from exc
         created: list[str] = []
         for topic_error in response.topic_errors:
             name, code = topic_error[0], topic_error[1]

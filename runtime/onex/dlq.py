@@ -46,7 +46,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
-from onex.exceptions import BusError, OnexError, StoreError
+from onex.exceptions import BusError, OnexError, StoreError, error_text
 from onex.settings import Settings, redact_url
 from onex.store import DeadLetterRow, Store, dead_letter_row
 from onex.stores import open_store
@@ -404,7 +404,7 @@ async def _publish_kafka(settings: Settings, outgoing: list[_Outgoing]) -> tuple
             await producer.start()
     except (KafkaError, TimeoutError, OSError) as exc:
         await producer.stop()
-        raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {str(exc) or type(exc).__name__}") from exc
+        raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {error_text(exc)}") from exc
     try:
         deliveries = []
         for out in outgoing:

@@ -69,6 +69,12 @@ class BusError(OnexError):
     """The event bus cannot accept or deliver a message."""
 
 
+def error_text(exc: BaseException) -> str:
+    """What to print after "cannot ...: ": the exception's message, or its type's name where it has none (a
+    ``TimeoutError`` has no text; an exception object itself is always true, so ``exc or ...`` never falls back)."""
+    return str(exc) or type(exc).__name__
+
+
 class PayloadError(BusError):
     """An envelope or its payload does not match the contract; names the event and the offending field."""
 

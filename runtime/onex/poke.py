@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 from onex.catalog import EventCatalog, Publication
 from onex.contracts import ContractSet
 from onex.envelope import OnexEnvelopeV1, dlq_topic, new_id
-from onex.exceptions import BusError
+from onex.exceptions import BusError, error_text
 from onex.settings import Settings
 
 __all__ = [
@@ -140,7 +140,7 @@ async def publish_kafka(settings: Settings, poke: Poke) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             await bus.start()
     except (KafkaError, TimeoutError, OSError) as exc:
-        raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {str(exc) or type(exc).__name__}") from exc
+        raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {error_text(exc)}") from exc
     try:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -266,7 +266,7 @@ async def tail(
         async with asyncio.timeout(CONNECT_TIMEOUT_S), bus:
             await bus.ensure_topics(topics)
     except (KafkaError, TimeoutError, OSError) as exc:
-        raise BusError(f"cannot read the topics of Kafka at {bus.bootstrap}: {str(exc) or type(exc).__name__}") from exc
+        raise BusError(f"cannot read the topics of Kafka at {bus.bootstrap}: {error_text(exc)}") from exc
     partitions = await bus.topic_partitions(topics, timeout_s=CONNECT_TIMEOUT_S)
     if not partitions:
         raise BusError(f"Kafka at {bus.bootstrap} has no partitions for {', '.join(topics)}")
