@@ -91,7 +91,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for bench.procstat when run as a script
 
-from bench.procstat import CLOCK_TICK, postmaster_of, server_cpu, stat_fields  # noqa: E402 - needs ROOT on sys.path
+from bench.procstat import (  # noqa: E402 - needs ROOT on sys.path
+    CLOCK_TICK,
+    children,
+    postmaster_of,
+    process_cpu,
+    server_cpu,
+    stat_fields,
+)
 
 RESULTS = ROOT / "bench" / "results"
 BATCH = 500
@@ -140,8 +147,9 @@ async def run_onex(
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user + system) so far of this process's event loop thread (``main``) and of its other threads
-    together (``sqlite``: the SQLite store's writer, reader and WAL checkpointer), from /proc; {} where there is none
-    (not Linux). A thread that ended meanwhile drops out of the sum; the store's threads live as long as the run."""
+    together with the SQLite store's writer process (``sqlite``: the store's database thread, reader and WAL
+    checkpointer, and the process its writes go to), from /proc; {} where there is none (not Linux). A thread or process
+    that ended meanwhile drops out of the sum; the store's live as long as the run."""
     found: dict[str, float] = {}
     main = str(threading.main_thread().native_id)
     with contextlib.suppress(OSError):  # not Linux
@@ -149,6 +157,9 @@ def thread_cpu() -> dict[str, float]:
             if (fields := stat_fields(f"/proc/self/task/{tid}/stat")) is not None:
                 name = "main" if tid == main else "sqlite"
                 found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
+        for pid in children(os.getpid(), "_sqlite_exec.py"):
+            if (seconds := process_cpu(pid)) is not None:
+                found["sqlite"] = found.get("sqlite", 0.0) + seconds
     return found
 
 

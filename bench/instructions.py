@@ -9,7 +9,7 @@ by the difference in items, so the start (imports, contracts, migrations) cancel
 - onex ceiling: ``bench/e2e.py``'s ceiling run (every node in process on the memory bus, every store write
   discarded): the node graph's own work, envelopes, validation, the FSM, the bus;
 - onex ceiling without checkpoints: the same with ``checkpoints=False`` (``ONEX_CHECKPOINTS=off``);
-- onex, every row persisted: ``bench/e2e.py``'s onex run on SQLite (the writer thread's instructions, SQLite's
+- onex, every row persisted: ``bench/e2e.py``'s onex run on SQLite (the store's writer process's instructions, SQLite's
   included, are counted too); and the same with the orchestrator's checkpoints written behind its batches
   (``ONEX_SYNCHRONOUS_CHECKPOINTS=off``);
 - raw floor: ``bench/e2e.py``'s floor (BLAKE3 and ``executemany`` of the same rows).
@@ -97,6 +97,7 @@ def count(kind: str, items: int) -> int:
         "valgrind",
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
+        "--trace-children=yes",  # the SQLite store's writer process: its instructions are the persisted run's too
         sys.executable,
         __file__,
         "--child",
@@ -106,11 +107,11 @@ def count(kind: str, items: int) -> int:
     ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run(command, capture_output=True, env=env, cwd=ROOT, check=False)
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode or found is None:
+    found = _COLLECTED.findall(done.stderr)  # one a process: this run's and its writer process's, if it started one
+    if done.returncode or not found:
         tail = done.stderr.decode(errors="replace")[-2000:]
         raise RuntimeError(f"{kind} over {items} items failed (exit {done.returncode}):\n{tail}")
-    return int(found.group(1))
+    return sum(int(n) for n in found)
 
 
 def run(*, items: int = 2_500, base: int = 500, jobs: int = 2) -> dict[str, Any]:

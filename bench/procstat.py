@@ -30,6 +30,20 @@ def process_cpu(pid: int) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
+def children(pid: int, running: str) -> list[int]:
+    """The live processes whose parent is ``pid`` and whose command line holds ``running`` (say a store's SQLite writer
+    process, ``_sqlite_exec.py``); [] where there is no /proc."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or (fields := stat_fields(f"/proc/{entry}/stat")) is None or fields[1] != str(pid):
+                continue
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if running.encode() in cmdline.read():
+                    found.append(int(entry))
+    return found
+
+
 def postgres_parent(pid: int) -> int | None:
     """The postmaster of the PostgreSQL backend ``pid`` (``SELECT pg_backend_pid()``) when the server runs on this
     machine, visible in /proc as a postgres process (not in a container's pid namespace); None otherwise."""

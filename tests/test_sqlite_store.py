@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from onex import _sqlite, _sqlite_writes, store
+from onex import _sqlite, _sqlite_exec, _sqlite_writes, store
 from onex._sqlite import Migration, SqliteStore, database_path
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import EventLogRow, HeartbeatRow, RegistrationRow, StampRow, WorkflowRow, WriteBatch
@@ -254,7 +254,7 @@ async def in_one_group(
 async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_one_transaction(
     tmp_path: Path,
 ) -> None:
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+    async with SqliteStore(url(tmp_path / "onex.db"), writer="thread") as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
         holding, release = await hold_thread(store)
@@ -271,7 +271,7 @@ async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_on
 
 
 async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(tmp_path: Path) -> None:
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+    async with SqliteStore(url(tmp_path / "onex.db"), writer="thread") as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
         batches = {
@@ -302,7 +302,7 @@ async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(t
 async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_together(tmp_path: Path) -> None:
     # One statement a table for the whole group, where there was one a batch and a savepoint around each: every
     # statement the database thread runs hands the interpreter lock over twice (see the README's design decisions).
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+    async with SqliteStore(url(tmp_path / "onex.db"), writer="thread") as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
         statements: list[str] = []
@@ -336,8 +336,10 @@ async def test_a_shared_transaction_writes_each_tables_rows_of_every_batch_toget
 
 
 @contextlib.asynccontextmanager
-async def migrated(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+async def migrated(tmp_path: Path, writer: str = "thread") -> AsyncIterator[SqliteStore]:
+    """A migrated store. Its writes on the database thread by default: the tests of groups hold that thread, or trace
+    its connection; the writer process runs the same code (``_sqlite_exec.write_group``)."""
+    async with SqliteStore(url(tmp_path / "onex.db"), writer=writer) as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
         yield store
@@ -453,7 +455,7 @@ async def test_a_registration_and_a_heartbeat_in_one_transaction_apply_in_the_or
     tmp_path: Path,
 ) -> None:
     # Which comes first decides the stored health: these two are not written together, as the other tables' rows are.
-    async with SqliteStore(url(tmp_path / "onex.db")) as store:
+    async with SqliteStore(url(tmp_path / "onex.db"), writer="thread") as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
         await store.apply(WriteBatch(registrations=[RegistrationRow("n1", "EFFECT", "1.0.0")]))
@@ -787,7 +789,7 @@ def transition(cid: uuid.UUID, n: int) -> store.TransitionRow:
 
 def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None:
     writer = next(w for w in _sqlite_writes._WRITERS if w.field == "transitions")
-    rows = [(n, *range(8)) for n in range(_sqlite_writes.MULTI_ROW + 7)]
+    rows = [(n, *range(8)) for n in range(_sqlite_exec.MULTI_ROW + 7)]
 
     statements = list(writer.statements(rows, max_variables=999))
 
@@ -799,20 +801,20 @@ def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None
     assert [args[i] for _, args, _ in statements for i in range(0, len(args), 9)] == list(range(len(rows)))
     # Without the limit, up to MULTI_ROW rows a statement.
     assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [
-        _sqlite_writes.MULTI_ROW,
+        _sqlite_exec.MULTI_ROW,
         7,
     ]
     assert [len(args) // 9 for _, args, _ in writer.statements(rows[:100], max_variables=250_000)] == [64, 32, 4]
     # One text per count up to EXACT_ROWS, then one per power of two: the texts a table uses are few, and stay
     # prepared in the connection's cache.
-    texts = {sql for n in range(1, _sqlite_writes.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
-    exact = _sqlite_writes.EXACT_ROWS
-    assert len(texts) == exact + _sqlite_writes.MULTI_ROW.bit_length() - exact.bit_length()
+    texts = {sql for n in range(1, _sqlite_exec.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
+    exact = _sqlite_exec.EXACT_ROWS
+    assert len(texts) == exact + _sqlite_exec.MULTI_ROW.bit_length() - exact.bit_length()
     assert len(texts) * len(_sqlite_writes._WRITERS) < _sqlite.STATEMENTS_CACHED
 
 
 async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflict_rules(tmp_path: Path) -> None:
-    cids = [uuid.uuid4() for _ in range(_sqlite_writes.MULTI_ROW + 50)]
+    cids = [uuid.uuid4() for _ in range(_sqlite_exec.MULTI_ROW + 50)]
     started = [WorkflowRow(cid, "w", "processing", 1, metadata={"started": True}) for cid in cids]
     # The same workflows again, later in the same batch (so in a later statement for most): the higher state_seq
     # wins and the metadata merges, as row-by-row execution would have it.
@@ -824,7 +826,7 @@ async def test_a_batch_longer_than_one_statement_keeps_every_row_and_the_conflic
 
         assert await s.count("fsm_transitions") == len(transitions)
         assert await s.count("workflow_executions") == len(cids)
-        for cid in (cids[0], cids[_sqlite_writes.MULTI_ROW], cids[-1]):
+        for cid in (cids[0], cids[_sqlite_exec.MULTI_ROW], cids[-1]):
             row = await s.get_workflow(cid)
             assert row is not None
             assert (row.current_state, row.state_seq, row.file_hash) == ("completed", 2, "h")
@@ -896,7 +898,7 @@ def test_key_lists_are_padded_to_a_power_of_two_with_the_same_keys() -> None:
     stay prepared instead of one for every count (which also pushed the writes' statements out of the cache)."""
     for n in range(0, 70):
         keys = list(range(n))
-        padded = _sqlite_writes._padded(keys)
+        padded = _sqlite_exec.padded(keys)
         assert padded[:n] == keys
         assert set(padded) == set(keys)
         assert len(padded) == (0 if n == 0 else 1 << (n - 1).bit_length())

@@ -49,7 +49,7 @@ def _from_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
     from onex.stores import open_store  # imported when a command reads the store, not by every ``onex`` start
 
     async def main_() -> T:
-        async with open_store(settings.store_url()) as s:
+        async with open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer) as s:
             return await call(s)
 
     try:

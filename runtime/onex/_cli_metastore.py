@@ -74,7 +74,7 @@ def _with_metastore(settings: Settings, call: Callable[[Metastore], Awaitable[T]
     from onex.stores import open_store
 
     async def main_() -> T:
-        async with open_store(settings.store_url()) as store:
+        async with open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer) as store:
             if not (announce and settings.bus.startswith("kafka:")):
                 return await call(Metastore(store, None, settings=settings))
             from onex._kafka import KafkaBus

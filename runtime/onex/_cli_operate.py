@@ -71,7 +71,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
     settings = _settings(ctx, store=store)
 
     async def main_() -> None:
-        async with open_store(settings.store_url()) as s:
+        async with open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer) as s:
             if wanted is not None:
                 cid = wanted
             else:

@@ -4,16 +4,24 @@ URL: ``sqlite:///relative/path.db`` (relative to the working directory), ``sqlit
 ``sqlite://:memory:`` for a private throwaway database that is gone at ``aclose()``. The file's directory is
 created when missing. Query strings (``?mode=ro``) are refused rather than silently taken as part of the name.
 
-Threading. Python's ``sqlite3`` blocks, so all writes run on one dedicated thread (the database thread) that owns
-the store's writing connection; coroutines await it through ``loop.run_in_executor``. Writes therefore run one at a
-time, in the order they were made, and two calls of this process never fight over SQLite's write lock. A call whose
-awaiting coroutine is cancelled still runs to its end on the thread (a transaction is committed or rolled back
-whole, never left half done). Reads run on a second thread with a connection of its own (``query_only``): in WAL
-mode a reader sees what was committed when its statement began, and neither waits for the writer nor holds it up.
-Queued behind the database thread's groups, an indexed read made while ``bench/e2e.py`` wrote waited up to 707 ms.
-A write that returned is committed, so a read made after it sees it. With ``:memory:`` (a second connection would be
-another database) or a journal that is not WAL, reads run on the database thread. ``aclose()`` waits for the calls
-already queued, then closes the connections and the threads.
+Threading and the writer process. Python's ``sqlite3`` blocks, so the store's calls run on one dedicated thread (the
+database thread) that owns its connection; coroutines await it through ``loop.run_in_executor``. ``apply``, the
+nodes' writes, goes elsewhere on a database file in WAL mode: to a process of its own (``writer="process"``, the
+default; ``onex._sqlite_process``), started by the first ``apply``, which writes with a connection of its own and
+the same code (``onex._sqlite_exec``). The thread's ``sqlite3`` gave the interpreter lock up for every statement and
+took it back afterwards, and while the event loop's thread ran the nodes each of those hand-overs waited: an
+orchestrator's checkpoint, which an HTTP answer waits for, took 5-9 ms at the median where SQLite spent 0.15 ms on it
+(README, design decisions). With ``writer="thread"``, and always on ``:memory:`` (a second connection would be another
+database), ``apply`` runs on the database thread too. Either way writes run one group at a time, in the order they
+were made, and the store's own calls never fight over SQLite's write lock for long (the process and the thread take
+it in turn, each for one transaction, under the busy timeout). A call whose awaiting coroutine is cancelled still runs
+to its end (a transaction is committed or rolled back whole, never left half done). Reads run on a second thread with
+a connection of its own (``query_only``): in WAL mode a reader sees what was committed when its statement began, and
+neither waits for the writer nor holds it up. Queued behind the database thread's groups, an indexed read made while
+``bench/e2e.py`` wrote waited up to 707 ms. A write that returned is committed, so a read made after it sees it. With
+``:memory:`` or a journal that is not WAL, reads run on the database thread. ``aclose()`` waits for the calls and
+writes already made, ends the writer process (which closes its connection first), then closes the connections and the
+threads.
 
 Connection settings: WAL (readers in other processes, such as ``sqlite3 .onex/onex.db``, do not block the writer
 and are not blocked by it), ``synchronous=NORMAL`` (in WAL mode a crash may lose the last transactions but never
@@ -23,20 +31,20 @@ locked database is ``StoreUnavailable`` (an outage to hold through), never bad d
 
 Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a concurrent
 writer elsewhere makes us wait there instead of failing mid-transaction; a write that is one statement goes alone, which
-SQLite runs as a transaction of its own. Group commit (``onex._group_commit``): the batches of ``apply`` calls made
-while the thread is busy wait for it, then are written in one transaction, as one batch (each table's rows of all of
-them in one go: fewer statements, each of which hands the interpreter lock over twice); when a row fails, the
-transaction is rolled back and the group written again batch by batch, each inside a savepoint of its own, so one that
-fails is rolled back alone and only its caller gets the error. Checkpoints (batches of workflow rows alone, which an
-orchestrator's outcomes wait for) are written ahead of the rest of their group, as a write of their own. Nodes flush
-small batches often (an HTTP request's workflow is a batch of one or two), and a transaction each kept the one thread
-busy and every caller queueing behind the others' commits. The rows are encoded first (uuids, JSON, timestamps: see
-``migrations/sqlite/0001_initial.sql``), then each table's rows go out as multi-row INSERTs (``_Writer.statements``), in
-the order workflows, steps, stamps, transitions, bridge states, registrations, heartbeats, event logs, aggregate
-windows, node states, processed events. Any error rolls the whole batch back and raises ``StoreError`` naming the table
-and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when the error is that another
-process kept the database locked for longer than the busy timeout (the batch may succeed later). Every call maps
-SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
+SQLite runs as a transaction of its own. Group commit (``onex._group_commit`` on the thread, ``WriterProcess`` for the
+process): the batches of ``apply`` calls made while the writer is busy wait for it, then are written in one transaction,
+as one batch (each table's rows of all of them in one go: fewer statements, each of which hands the interpreter lock
+over twice); when a row fails, the transaction is rolled back and the group written again batch by batch, each inside a
+savepoint of its own, so one that fails is rolled back alone and only its caller gets the error. Checkpoints (batches of
+workflow rows alone, which an orchestrator's outcomes wait for) are written ahead of the rest of their group, as a write
+of their own. Nodes flush small batches often (an HTTP request's workflow is a batch of one or two), and a transaction
+each kept the one thread busy and every caller queueing behind the others' commits. The rows are encoded first (uuids,
+JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table's rows go out as multi-row INSERTs
+(``_Writer.statements``), in the order workflows, steps, stamps, transitions, bridge states, registrations, heartbeats,
+event logs, aggregate windows, node states, processed events. Any error rolls the whole batch back and raises
+``StoreError`` naming the table and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when
+the error is that another process kept the database locked for longer than the busy timeout (the batch may succeed
+later). Every call maps SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
 
 Checkpoints. In WAL mode committed pages are appended to the ``-wal`` file and copied into the database by a
 checkpoint, which SQLite runs by default inside the commit that crosses a threshold: that commit then takes tens
@@ -90,23 +98,33 @@ from typing import Any, Final, TypeVar, TypeVarTuple, cast
 
 from onex import _tables
 from onex._group_commit import GroupCommit
+from onex._sqlite_exec import (
+    BUSY_TIMEOUT_S as BUSY_TIMEOUT_S,  # re-exported: the module docstring names it, tests read it here
+)
+from onex._sqlite_exec import (
+    EXECUTE_ERRORS,
+    IN_CHUNK,
+    Failure,
+    Work,
+    configure,
+    connect,
+    failure,
+    rollback,
+    write_group,
+)
+from onex._sqlite_exec import (
+    PRAGMAS as PRAGMAS,  # re-exported: bench/store_sqlite.py and bench/e2e.py give their raw floors the same
+)
+from onex._sqlite_exec import (
+    STATEMENTS_CACHED as STATEMENTS_CACHED,
+)
+from onex._sqlite_exec import padded as _padded
 from onex._sqlite_migrations import _MIGRATIONS_DDL
 from onex._sqlite_migrations import Migration as Migration  # re-exported: the store's callers and tests name it here
 from onex._sqlite_migrations import _migrations as _migrations  # looked up here at open(), so a test can replace it
-from onex._sqlite_values import _FROM_SQL, _TO_SQL, _json_merge, _now, _ts, _uid
-from onex._sqlite_writes import (
-    _EXECUTE_ERRORS,
-    _PROCESSED,
-    _WRITERS,
-    IN_CHUNK,
-    _execute,
-    _insert,
-    _merged,
-    _one_statement,
-    _padded,
-    _write_merged,
-    _Writer,
-)
+from onex._sqlite_process import WriterProcess
+from onex._sqlite_values import _FROM_SQL, _TO_SQL, _now, _ts, _uid
+from onex._sqlite_writes import _PROCESSED, _WRITERS, SQL, _insert, _Writer
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
     SELECT_BRIDGE_STATE,
@@ -154,28 +172,9 @@ MEMORY: Final = ":memory:"
 # sqlite3 adapt every value; NoneType does not.)
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # C: no Python frame a None
 
-BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another process's lock before failing (from the connect on)
-# Statements a connection keeps prepared: each table's multi-row INSERTs (each count up to EXACT_ROWS rows, then a power
-# of two up to MULTI_ROW), the reads (their key lists a power of two long: _padded), the migrations' (sqlite3's default
-# is 128).
-STATEMENTS_CACHED: Final = 512
 MIN_SQLITE: Final = (3, 24, 0)  # UPSERT (INSERT ... ON CONFLICT DO UPDATE)
 CHECKPOINT_INTERVAL_S: Final = 1.0  # at most one background WAL checkpoint per interval (module docstring)
-
-# Set on every connection, after "PRAGMA journal_mode = WAL" (bench/store_sqlite.py gives its raw floor the same).
-PRAGMAS: Final = (
-    "PRAGMA synchronous = NORMAL",
-    # No table declares a foreign key (see the migration); this is SQLite's per-connection opt-in, so that one a
-    # later migration declares is enforced as PostgreSQL would enforce it.
-    "PRAGMA foreign_keys = ON",
-    # Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a batch touches pages all over the uuid-keyed
-    # indexes, a checkpoint writes each touched page once however many commits changed it, and it costs two
-    # fsyncs. Measured on the bench workload: ~20% more rows/s. The WAL file is cut back to 64 MB afterwards.
-    # (SqliteStore turns this off on its writer and checkpoints from another thread instead: see the module
-    # docstring; a plain connection, such as the benchmark's raw floor, keeps it.)
-    "PRAGMA wal_autocheckpoint = 10000",
-    "PRAGMA journal_size_limit = 67108864",
-)
+WRITERS: Final = ("process", "thread")  # where apply() writes a database file in WAL mode (module docstring)
 
 
 # --- writes ----------------------------------------------------------------------------------------------------------
@@ -235,18 +234,26 @@ class SqliteStore(Store):
     """The ``Store`` on one SQLite file (see the module docstring for threading, transactions and the rules).
 
     Besides the ``Store`` API: ``path`` (the database file, or ``":memory:"``), ``list_event_logs``,
-    ``checkpoints`` (background WAL checkpoints run; ``checkpoint_interval_s`` paces them), and ``transactions``
-    (write transactions committed: ``apply`` calls waiting together share one).
+    ``checkpoints`` (background WAL checkpoints run; ``checkpoint_interval_s`` paces them), ``transactions``
+    (write transactions committed: ``apply`` calls waiting together share one), and ``writer_pid``: the writer
+    process's, while ``apply`` writes through one (``writer="process"``, the default, on a database file in WAL mode:
+    module docstring), else None.
     """
 
-    def __init__(self, url: str, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+    def __init__(
+        self, url: str, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S, writer: str = "process"
+    ) -> None:
+        if writer not in WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {writer!r}")
         self.url = url
         self.path = database_path(url)
         self.commits = CommitMeter()
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoints = 0
+        self.writer = writer
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # the database thread; None once closing
-        self.transactions = 0
+        self._transactions = 0  # committed on the database thread (the writer process counts its own)
+        self._process: WriterProcess | None = None  # apply()'s writer process, when it writes through one
         self._group: GroupCommit[WriteBatch] = GroupCommit(self._write_group, _checkpoint_only)
         self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
         self._checkpoint: asyncio.Future[None] | None = None  # the background checkpoint running, if any
@@ -264,6 +271,16 @@ class SqliteStore(Store):
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.url!r})"
+
+    @property
+    def transactions(self) -> int:
+        process = self._process
+        return self._transactions + (0 if process is None else process.transactions)
+
+    @property
+    def writer_pid(self) -> int | None:
+        process = self._process
+        return None if process is None else process.pid
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -288,6 +305,8 @@ class SqliteStore(Store):
                 max_workers=1, thread_name_prefix="onex-sqlite-checkpoint"
             )
             self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onex-sqlite-read")
+            if self.writer == "process":
+                self._process = WriterProcess(self.path, SQL)  # started by the first apply(): reading needs none
 
     async def aclose(self) -> None:
         """Finish the calls already queued, close the connection and stop the thread. Idempotent."""
@@ -313,6 +332,12 @@ class SqliteStore(Store):
                 checkpointer.shutdown(wait=False)  # its thread exits once idle (at once unless cancelled meanwhile)
         try:
             await self._group.idle()  # the writes of apply() calls made before this one
+            process, self._process = self._process, None
+            if process is not None:
+                await process.idle()
+                process.detach()
+                # Its connection closes before the database thread's, which then checkpoints what is left as the last.
+                await asyncio.get_running_loop().run_in_executor(executor, process.close)
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         except BaseException:
             executor.shutdown(wait=False)  # cancelled: the thread still closes the connection, then exits
@@ -327,17 +352,13 @@ class SqliteStore(Store):
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = _connect(self.path)
+            conn = connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise _store_error(exc, f"cannot open SQLite database {self.path}") from exc
         try:
-            # Not every file system can do WAL (some network ones): SQLite then keeps its rollback journal.
-            self._journal_mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            for pragma in PRAGMAS:
-                conn.execute(pragma)
+            self._journal_mode = configure(conn)
             if self._journal_mode == "wal" and self.path != MEMORY:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's thread does it (module docstring)
-            conn.create_function("onex_json_merge", 2, _json_merge, deterministic=True)
             self._migrations = _migrations()
             self._schema_problem = self._check_schema(conn)
         except sqlite3.Error as exc:
@@ -383,7 +404,7 @@ class SqliteStore(Store):
         """One PASSIVE checkpoint (on the checkpointer's thread, with its own connection)."""
         conn = getattr(self._here, "conn", None)
         if conn is None:
-            conn = self._here.conn = _connect(self.path)
+            conn = self._here.conn = connect(self.path)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
 
@@ -408,7 +429,7 @@ class SqliteStore(Store):
         if getattr(self._here, "conn", None) is None:
             conn = None
             try:
-                conn = _connect(self.path)
+                conn = connect(self.path)
                 conn.execute("PRAGMA query_only = ON")  # this connection only reads: a write here is a bug
             except sqlite3.Error as exc:
                 if conn is not None:
@@ -456,7 +477,7 @@ class SqliteStore(Store):
                 try:
                     conn.execute("COMMIT")  # only lets the snapshot go: nothing was written
                 except sqlite3.Error:
-                    _rollback(conn)
+                    rollback(conn)
 
     def _ready(self) -> sqlite3.Connection:
         """The connection of this thread (the database thread's, or the reader's), once the schema is current."""
@@ -524,10 +545,10 @@ class SqliteStore(Store):
             )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            _rollback(conn)
+            rollback(conn)
             raise _store_error(exc, f"migration {migration.name} failed on {self.path}", "it was rolled back") from exc
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         return True
 
@@ -567,17 +588,26 @@ class SqliteStore(Store):
         self._queued += rows
         started = time.perf_counter()
         try:
-            await self._group.submit(executor, batch)  # aclose() waits for what is submitted before it
+            process = self._process
+            if process is None:
+                await self._group.submit(executor, batch)  # aclose() waits for what is submitted before it
+            else:
+                await self._submit(process, batch)
         finally:
             self._queued -= rows
         self.commits.committed(rows, time.perf_counter() - started)
         self._maybe_checkpoint()
 
+    async def _submit(self, process: WriterProcess, batch: WriteBatch) -> None:
+        """``apply`` through the writer process: the batch encoded here, written there with the group it falls into."""
+        if self._schema_problem is not None:
+            await self._call(self._ready)  # looks again, on the database thread; StoreError until the schema is current
+        tables = [(sql.order, params) for sql, params in self._encode_batch(batch, _now())]
+        await process.submit(tables, _checkpoint_only(batch))
+
     def _write_group(self, batches: list[WriteBatch]) -> list[BaseException | None]:
-        """Write ``batches`` in one transaction. Several are written as one (``_merged``: each table's rows in one
-        go), without BEGIN and COMMIT when that is one statement; where that cannot be, or a row fails, each inside a
-        savepoint of its own: a batch that fails is rolled back alone and gets its error, the others are committed.
-        Each batch's error, or None."""
+        """On the database thread: write ``batches`` in one transaction (``_sqlite_exec.write_group``); each batch's
+        error, or None."""
         errors: list[BaseException | None] = [None] * len(batches)
         try:
             conn = self._ready()
@@ -585,7 +615,7 @@ class SqliteStore(Store):
             return [copy.copy(exc) for _ in batches]
         now = _now()
         # Encode everything before BEGIN: a row that cannot be stored fails its batch before the lock is taken.
-        work: dict[int, list[tuple[_Writer, list[tuple[Any, ...]]]]] = {}
+        work: dict[int, Work] = {}
         for index, batch in enumerate(batches):
             try:
                 work[index] = self._encode_batch(batch, now)
@@ -593,75 +623,23 @@ class SqliteStore(Store):
                 errors[index] = exc
         if not work:
             return errors
-        alone = len(work) == 1  # the savepoint costs nothing to leave out, and a lone batch is the common case
-        merged = next(iter(work.values())) if alone else _merged(work.values())  # one statement a table
-        single = None if merged is None else _one_statement(conn, merged)
-        current = "begin"
+        failures, transactions = write_group(conn, work, len(batches), self.path)
+        self._transactions += transactions
+        return [error if failed is None else _raised(failed) for error, failed in zip(errors, failures, strict=True)]
 
-        def failed(exc: BaseException) -> StoreError:
-            return _store_error(exc, f"apply: {current} failed on {self.path}", "the batch was rolled back")
-
-        try:
-            if single is not None:  # a transaction by itself: no BEGIN and COMMIT to hand the lock over for
-                current = single[0]
-                try:
-                    conn.execute(single[1], single[2])
-                except _EXECUTE_ERRORS:
-                    if alone:
-                        raise
-                    merged = None  # nothing of it was written: batch by batch, below
-                else:
-                    self.transactions += 1
-                    return errors
-            conn.execute("BEGIN IMMEDIATE")
-            current = "write"
-            if not alone and merged is not None and not _write_merged(conn, merged):
-                merged = None
-                conn.execute("BEGIN IMMEDIATE")  # _write_merged rolled its transaction back
-            if alone or merged is None:
-                for index, statements in work.items():
-                    if not alone:
-                        conn.execute("SAVEPOINT onex_batch")
-                    try:
-                        for writer, params in statements:
-                            current = f"{writer.operation} of {writer.table}"
-                            _execute(conn, writer, params)
-                    except _EXECUTE_ERRORS as exc:
-                        # SQLite rolls the whole transaction back by itself after some errors (SQLITE_FULL, IOERR...):
-                        # then there is no savepoint to go back to, and the batches before it are undone too.
-                        if alone or not conn.in_transaction:
-                            raise
-                        conn.execute("ROLLBACK TO onex_batch")
-                        conn.execute("RELEASE onex_batch")
-                        errors[index] = failed(exc)
-                        continue
-                    if not alone:
-                        conn.execute("RELEASE onex_batch")
-            current = "commit"
-            conn.execute("COMMIT")
-        except _EXECUTE_ERRORS as exc:
-            _rollback(conn)
-            for index in work:
-                if errors[index] is None:
-                    errors[index] = failed(exc)
-            return errors
-        except BaseException:
-            _rollback(conn)
-            raise
-        self.transactions += 1
-        return errors
-
-    def _encode_batch(self, batch: WriteBatch, now: str) -> list[tuple[_Writer, list[tuple[Any, ...]]]]:
+    def _encode_batch(self, batch: WriteBatch, now: str) -> Work:
         """Each table's rows of ``batch`` as parameters, in the order they are written; StoreError naming the row
         that cannot be encoded."""
-        work = [(writer, _encode(writer, rows, now)) for writer in _WRITERS if (rows := getattr(batch, writer.field))]
+        work = [
+            (writer.sql, _encode(writer, rows, now)) for writer in _WRITERS if (rows := getattr(batch, writer.field))
+        ]
         if batch.processed_event_ids:
             consumer = batch.consumer
             try:
                 ids = [(consumer, _uid(i), now) for i in batch.processed_event_ids]
             except _ENCODE_ERRORS as exc:
                 raise _store_error(exc, "apply: processed_event_ids", "nothing was written") from exc
-            work.append((_PROCESSED, ids))
+            work.append((_PROCESSED.sql, ids))
         return work
 
     # --- reads -------------------------------------------------------------------------------------------------------
@@ -862,11 +840,11 @@ class SqliteStore(Store):
             for sql, params in work:
                 conn.executemany(sql, params)
             conn.execute("COMMIT")
-        except _EXECUTE_ERRORS as exc:
-            _rollback(conn)
+        except EXECUTE_ERRORS as exc:
+            rollback(conn)
             raise _store_error(exc, f"{what} failed on {self.path}", "it was rolled back") from exc
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
 
     async def list_dead_letters(self, *, topic: str | None = None, limit: int = 100) -> list[DeadLetterRow]:
@@ -978,12 +956,6 @@ class SqliteStore(Store):
         return f"{self.path} (SQLite {sqlite3.sqlite_version}, journal {self._journal_mode}, schema {version})"
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    """A connection to ``path``: no implicit BEGIN from the sqlite3 module (transactions are explicit), SQLite's busy
-    timeout from the first statement on (the journal mode may wait too), the statements' cache."""
-    return sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED)
-
-
 def _checkpoint_only(batch: WriteBatch) -> bool:
     """Whether ``batch`` is workflow rows alone (an orchestrator's checkpoint, which its outcomes wait for, and so a
     client): such batches are written ahead of the rest of their group (``GroupCommit``'s ``first``)."""
@@ -1009,31 +981,17 @@ def _check_page(limit: int, offset: int) -> None:
 
 def _store_error(exc: BaseException, doing: str, then: str = "") -> StoreError:
     """The onex error for ``exc``, raised by ``sqlite3`` or by encoding a value for it: the one place this backend
-    maps them. The message is ``doing: <what went wrong>`` (``; then``, when given: what became of the call).
+    maps them (``_sqlite_exec.failure``, which the writer process uses too). The message is ``doing: <what went
+    wrong>`` (``; then``, when given: what became of the call).
 
-    ``StoreUnavailable`` when another connection kept the database locked past the busy timeout (``_locked``): the
-    same call may well succeed later. ``StoreError`` for everything else, which is about the call or the file (a
-    constraint, a value SQLite cannot bind, a corrupt or read-only file) and would fail again.
+    ``StoreUnavailable`` when another connection kept the database locked past the busy timeout: the same call may
+    well succeed later. ``StoreError`` for everything else, which is about the call or the file (a constraint, a value
+    SQLite cannot bind, a corrupt or read-only file) and would fail again.
     """
-    error = StoreUnavailable if _locked(exc) else StoreError
-    message = f"{doing}: {_describe(exc)}"
-    return error(f"{message}; {then}" if then else message)
+    return _raised(failure(exc, doing, then))
 
 
-def _locked(exc: BaseException) -> bool:
-    """Whether ``exc`` says another connection kept the database locked past the busy timeout: the one SQLite error
-    that is about availability (``StoreUnavailable``), not about the batch."""
-    busy = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in busy  # extended codes too
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    # SQLite may have rolled back by itself already (after SQLITE_FULL, SQLITE_IOERR ...): then this one fails.
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+def _raised(failed: Failure) -> StoreError:
+    """The exception for a ``Failure`` (``_sqlite_exec``): ``StoreUnavailable`` or ``StoreError``."""
+    unavailable, message = failed
+    return (StoreUnavailable if unavailable else StoreError)(message)

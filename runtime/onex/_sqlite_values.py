@@ -61,17 +61,6 @@ def _uid(value: uuid.UUID) -> str:
     return str(uuid.UUID(str(value)))
 
 
-def _json_merge(base: str, over: str) -> str:
-    """SQL ``onex_json_merge(base, over)``: the shallow merge of two JSON objects, ``over``'s keys winning."""
-    if over == "{}":
-        return base
-    if base == "{}":
-        return over
-    merged = _obj(base)
-    merged.update(_obj(over))
-    return _dumps(merged)
-
-
 def _now() -> str:
     return utc_text(datetime.now(UTC))
 

@@ -130,7 +130,7 @@ class Runtime:
         self._own_bus = bus is None
         self._own_store = store is None
         self.bus = bus or open_bus(settings)
-        self.store = store or open_store(settings.store_url())
+        self.store = store or open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer)
         self.nodes: list[Node] = []
         self.bus.on_dead_letter(self._alert_on_dead_letters)
         if not self.bus.retains_messages:  # the memory bus: dead letters die with the process unless kept

@@ -42,6 +42,7 @@ DEFAULT_PROTOCOL_VERSION = "1.0"  # O.N.E. v0.1; also what migration 0005 wrote 
 DEFAULT_METADATA_VERSION = "0.1"
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+SqliteWriter = Literal["process", "thread"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
@@ -317,6 +318,11 @@ class Settings(BaseSettings):
         description="Whether an orchestrator on the memory bus publishes a workflow's outcome only once its checkpoint "
         "is stored (off: written behind, faster; a crash loses the workflows not written yet, an outcome a client was "
         "told of included). Kafka always waits.",
+    )
+    sqlite_writer: SqliteWriter = Field(
+        "process",
+        description="Where a SQLite database file's writes run: a process of their own (no wait for the interpreter "
+        "lock the nodes hold), or a thread of the process using the store.",
     )
     log_level: LogLevel = Field("info", description="The lowest level logged.")
     log_format: LogFormat = Field("text", description="Log lines as text, or json (one object a line).")

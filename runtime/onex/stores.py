@@ -12,12 +12,13 @@ from onex.store import Store
 __all__ = ["open_store"]
 
 
-def open_store(url: str) -> Store:
-    """The store for ``url``: ``sqlite:///PATH`` (``sqlite://:memory:`` for a throwaway) or ``postgresql://...``."""
+def open_store(url: str, *, sqlite_writer: str = "process") -> Store:
+    """The store for ``url``: ``sqlite:///PATH`` (``sqlite://:memory:`` for a throwaway) or ``postgresql://...``;
+    ``sqlite_writer``: where a SQLite file's writes run (``Settings.sqlite_writer``, ``SqliteStore``'s ``writer``)."""
     if url.startswith("sqlite:"):
         from onex._sqlite import SqliteStore
 
-        return SqliteStore(url)
+        return SqliteStore(url, writer=sqlite_writer)
     if url.startswith(("postgresql:", "postgres:")):
         from onex._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
 

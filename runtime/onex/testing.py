@@ -121,7 +121,7 @@ class Harness:
             self.settings = base.with_(heartbeat_interval_s=heartbeat_interval_s, **settings)
             self.contracts = contracts or load_contracts(self.settings.root)
             self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)
-            self.store: Store = open_store(self.settings.store_url())
+            self.store: Store = open_store(self.settings.store_url(), sqlite_writer=self.settings.sqlite_writer)
             self.clock: Clock = clock or SYSTEM_CLOCK
             self.ids: IdSource = ids or new_id
             self.runtime = Runtime(

@@ -1,0 +1,246 @@
+"""``WriterProcess``: the SQLite store's writes in a process of their own, driven from the event loop.
+
+Why. Python's ``sqlite3`` releases the interpreter lock while SQLite runs a statement and takes it back afterwards,
+so a writer thread asks for the lock once a statement, and once a merged metadata row (``onex_json_merge`` is
+Python); while the event loop's thread runs the nodes, each of those waits lasts up to a switch interval, and the
+hand-overs themselves (a futex, another core to wake) are slow on a busy small machine. Issue 12's twenty-ninth part
+measured it at half of the HTTP benchmark's saturation: an orchestrator's checkpoint, which its outcome and so the
+HTTP answer waits for, took 5-9 ms from ``apply`` to stored at the median where SQLite spent 0.15 ms on it. In a
+process of its own SQLite runs without those waits; the event loop hands it a group and is woken by the answer.
+
+How. ``python -I onex/_sqlite_exec.py`` (a bare interpreter: tens of milliseconds to start, no site or onex package),
+its stdin and stdout two pipes. Its connection is set up as the store's writer's is (WAL, the pragmas, no automatic
+checkpoints: the store's checkpointer thread runs them). The store encodes each batch on the event loop's thread (as
+its writer thread did before, under the same lock) and ``submit``s it; one group is in the process at a time, and
+what is submitted meanwhile waits and goes as the next group, written as one transaction (group commit, as
+``onex._group_commit`` does for the thread): batches of workflow rows alone, an orchestrator's checkpoints, go ahead
+as a group of their own. The answer is read when the pipe is readable (``add_reader``), so no thread is involved.
+
+When the process ends unexpectedly (killed, out of memory), the batches it held and those waiting fail with a
+``StoreError`` saying so, which the nodes treat as any failed write (retried, never reported done), and the next
+``submit`` starts a new process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from onex import _sqlite_exec
+from onex._sqlite_exec import Config, Failure, Sql
+from onex.exceptions import StoreError, StoreUnavailable
+
+_log = logging.getLogger("onex.store")
+
+SCRIPT: Final = str(Path(_sqlite_exec.__file__).resolve())
+STOP_TIMEOUT_S: Final = 30.0  # how long closing waits for the process to close its connection (a checkpoint may run)
+_LENGTH: Final = struct.Struct("!I")
+
+Group = dict[int, list[tuple[int, list[tuple[Any, ...]]]]]  # batch index -> [(writer index, encoded rows)]
+
+
+class _Waiting:
+    __slots__ = ("first", "future", "tables")
+
+    def __init__(self, tables: list[tuple[int, list[tuple[Any, ...]]]], first: bool, future: asyncio.Future[None]):
+        self.tables = tables
+        self.first = first
+        self.future = future
+
+
+class WriterProcess:
+    """The writer process of one database file (module docstring). ``submit`` from the event loop's thread only."""
+
+    def __init__(self, path: str, writers: tuple[Sql, ...]) -> None:
+        self.path = path
+        self.writers = writers
+        self.pid: int | None = None  # the running process's, for tests and logs
+        self.transactions = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer = bytearray()
+        self._waiting: list[_Waiting] = []
+        self._sent: list[_Waiting] | None = None  # the group in the process
+        self._idle: asyncio.Future[None] | None = None  # set once nothing is sent or waiting
+        self._starting: asyncio.Future[None] | None = None  # start() running for the first submit()
+        self._started = False  # once a process ran: the next one replaces it (logged)
+
+    def start(self) -> None:
+        """Start the process and wait until its connection is open (blocking: call it off the event loop's thread).
+        ``StoreError`` when it cannot open the database."""
+        proc = subprocess.Popen(
+            [sys.executable, "-I", SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            _sqlite_exec.send(proc.stdin.fileno(), Config(self.path, self.writers))
+            opened: Failure | None = _sqlite_exec.receive(proc.stdout.fileno())
+        except (EOFError, OSError) as exc:
+            _stop(proc)
+            raise StoreError(f"the SQLite writer process for {self.path} did not start: {exc!r}") from None
+        if opened is not None:
+            _stop(proc)
+            raise (StoreUnavailable if opened[0] else StoreError)(opened[1])
+        os.set_blocking(proc.stdout.fileno(), False)
+        self._proc, self.pid = proc, proc.pid
+
+    async def submit(self, tables: list[tuple[int, list[tuple[Any, ...]]]], first: bool) -> None:
+        """Write one encoded batch (``tables``: each table's writer index and rows) with the group it falls into;
+        ``first``: a checkpoint, written ahead of the batches waiting with it. Its error, if it gets one. A caller
+        that is cancelled does not take its batch back: it is written all the same."""
+        loop = asyncio.get_running_loop()
+        if self._proc is None:
+            await self._start()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(_Waiting(tables, first, future))
+        if self._sent is None:
+            self._send()
+        await future
+
+    async def _start(self) -> None:
+        """Start the process (the first ``submit``'s, or one after the last ended), once for every caller waiting."""
+        loop = asyncio.get_running_loop()
+        if self._starting is None:
+            if self._started:
+                _log.warning("SQLite writer process for %s: starting a new one", self.path)
+            self._starting = loop.run_in_executor(None, self.start)
+        starting = self._starting
+        try:
+            await asyncio.shield(starting)
+        finally:
+            if self._starting is starting and starting.done():
+                self._starting = None
+        if self._loop is None and self._proc is not None:
+            assert self._proc.stdout is not None
+            self._loop, self._started = loop, True
+            loop.add_reader(self._proc.stdout.fileno(), self._readable)
+        if self._proc is None:  # ended again before this caller got here
+            await self._start()
+
+    async def idle(self) -> None:
+        """Return once every batch submitted so far is written (or failed)."""
+        if self._starting is not None:
+            with contextlib.suppress(Exception):  # its callers get the error
+                await asyncio.shield(self._starting)
+        while self._sent is not None or self._waiting:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
+
+    def close(self) -> None:
+        """End the process once ``idle``: it closes its connection and exits (blocking: off the loop's thread)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+
+    def detach(self) -> None:
+        """On the event loop's thread, before ``close``: stop listening to the process."""
+        if self._loop is not None and self._proc is not None and self._proc.stdout is not None:
+            self._loop.remove_reader(self._proc.stdout.fileno())
+        self._loop = None
+
+    # -- on the event loop's thread --
+
+    def _send(self) -> None:
+        waiting = self._waiting
+        ahead = [w for w in waiting if w.first]
+        if ahead and len(ahead) < len(waiting):
+            group, self._waiting = ahead, [w for w in waiting if not w.first]
+        else:
+            group, self._waiting = waiting, []
+        self._sent = group
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        try:
+            _sqlite_exec.send(proc.stdin.fileno(), ({i: w.tables for i, w in enumerate(group)}, len(group)))
+        except OSError as exc:  # the process is gone: its end of the pipe is closed
+            self._ended(f"{exc.strerror or exc}")
+
+    def _readable(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdout is not None
+        try:
+            data = os.read(proc.stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._ended(f"{exc.strerror or exc}")
+            return
+        if not data:
+            self._ended("its output ended")
+            return
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer)
+            if len(buffer) < _LENGTH.size + length:
+                return
+            answer = pickle.loads(buffer[_LENGTH.size : _LENGTH.size + length])
+            del buffer[: _LENGTH.size + length]
+            self._answered(*answer)
+
+    def _answered(self, failures: list[Failure | None], transactions: int) -> None:
+        group, self._sent = self._sent, None
+        assert group is not None
+        self.transactions += transactions
+        for waiting, failed in zip(group, failures, strict=True):
+            if waiting.future.done():  # its caller was cancelled
+                continue
+            if failed is None:
+                waiting.future.set_result(None)
+            else:
+                waiting.future.set_exception((StoreUnavailable if failed[0] else StoreError)(failed[1]))
+        if self._waiting:
+            self._send()
+        else:
+            self._wake_idle()
+
+    def _ended(self, why: str) -> None:
+        """The process is gone: fail what it held and what waits; the next ``submit`` starts another."""
+        proc = self._proc
+        code = None if proc is None else proc.poll()
+        self.detach()
+        self._proc, self.pid = None, None
+        if proc is not None:
+            _stop(proc)
+        message = (
+            f"the SQLite writer process for {self.path} ended ({why}; exit code {code}); the batch was not written"
+        )
+        _log.error("%s", message)
+        lost = [*(self._sent or ()), *self._waiting]
+        self._sent, self._waiting, self._buffer = None, [], bytearray()
+        for waiting in lost:
+            if not waiting.future.done():
+                waiting.future.set_exception(StoreError(message))
+        self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Close the process's input (it then closes its connection and exits) and wait for it; kill it past
+    ``STOP_TIMEOUT_S``."""
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
