@@ -131,10 +131,13 @@ def _e2e() -> Any:
 
 
 def _written() -> int | None:
-    """The bytes this process has had written to disk so far (/proc/self/io; None where there is no such file)."""
-    with contextlib.suppress(OSError), open("/proc/self/io") as io:
-        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
-    return None
+    """The bytes this process and the SQLite store's writer process have had written to disk so far (/proc/PID/io;
+    None where there is no such file)."""
+    total = None
+    for pid in ("self", *map(str, _e2e().children(os.getpid(), "_sqlite_exec.py"))):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/io") as io:
+            total = (total or 0) + next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+    return total
 
 
 def _server_usage() -> tuple[dict[str, float], int | None]:

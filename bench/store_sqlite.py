@@ -5,7 +5,8 @@ two FSM transitions and one step, so 5 rows per item (100,000 rows by default), 
 (default 500, i.e. 100 items per ``apply``).
 
 - store: ``SqliteStore.apply`` of ``WriteBatch``es of row dataclasses: encoding (uuids, JSON, timestamps), the
-  hop to the database thread, one transaction per batch with the store's conflict-handling statements.
+  hop to the store's writer process (``onex._sqlite_process``), one transaction per batch with the store's
+  conflict-handling statements.
 - raw floor: plain ``sqlite3`` ``executemany`` of plain ``INSERT``s (no conflict clauses) of tuples encoded before
   the clock starts, one transaction per batch, into a database with the same schema (the store's migration) and
   the same pragmas (``onex._sqlite.PRAGMAS``), on the calling thread: what SQLite itself costs with the same

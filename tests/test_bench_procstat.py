@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from bench.procstat import listener, postgres_parent, postmaster_of, process_cpu, server_cpu
+from bench.procstat import children, listener, postgres_parent, postmaster_of, process_cpu, server_cpu
 from tests.fixtures.postgres import run_async
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -62,3 +63,19 @@ def test_a_server_on_this_machine_is_found_through_a_connections_backend(postgre
     assert own is not None
     assert counted is not None
     assert counted >= own  # its children's time counts too
+
+
+def test_the_children_running_a_command_are_this_processs_live_ones_that_run_it() -> None:
+    marker = "onex-procstat-child-marker"
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", marker], stdin=subprocess.PIPE
+    ) as child:
+        other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            assert children(os.getpid(), marker) == [child.pid]
+        finally:
+            for proc in (child, other):
+                assert proc.stdin is not None
+                proc.stdin.close()
+                proc.wait(30)
+    assert children(os.getpid(), marker) == []

@@ -270,32 +270,43 @@ async def test_writes_made_while_the_thread_is_busy_are_committed_together_in_on
         assert calls[2].cancelled()
 
 
+def good_and_bad_batches() -> dict[str, WriteBatch]:
+    """Two good batches, one whose row fails as SQLite writes it and one whose row cannot be encoded."""
+    return {
+        "good": WriteBatch(stamps=[stamp(file_path="good.py")]),
+        "fails": WriteBatch(stamps=[stamp(file_path="undone.py"), stamp(file_size=2**63)]),  # fails executing
+        "unencodable": WriteBatch(stamps=[stamp(stamp_data={"x": {1, 2}})]),  # fails before BEGIN
+        "also good": WriteBatch(
+            workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "completed", 2)],
+            stamps=[stamp(file_path="also.py")],
+        ),
+    }
+
+
+async def only_the_bad_batches_failed(
+    store: SqliteStore, batches: dict[str, WriteBatch], errors: list[BaseException | None]
+) -> None:
+    """Each of ``good_and_bad_batches`` got its own outcome, and only the good ones' rows are stored."""
+    outcomes = dict(zip(batches, errors, strict=True))
+    assert outcomes["good"] is None
+    assert outcomes["also good"] is None
+    assert isinstance(outcomes["fails"], StoreError)
+    assert "insert of metadata_stamps failed" in str(outcomes["fails"])
+    assert "the batch was rolled back" in str(outcomes["fails"])
+    assert isinstance(outcomes["unencodable"], StoreError)
+    assert "cannot be stored" in str(outcomes["unencodable"])
+    stored = {s.file_path for s in await store.list_stamps("ns", limit=100)}
+    assert stored == {"good.py", "also.py"}  # none of the failed batch's rows, the good one either
+
+
 async def test_a_batch_that_fails_in_a_shared_transaction_is_rolled_back_alone(tmp_path: Path) -> None:
     async with SqliteStore(url(tmp_path / "onex.db"), writer="thread") as store:
         assert isinstance(store, SqliteStore)
         await store.upgrade()
-        batches = {
-            "good": WriteBatch(stamps=[stamp(file_path="good.py")]),
-            "fails": WriteBatch(stamps=[stamp(file_path="undone.py"), stamp(file_size=2**63)]),  # fails executing
-            "unencodable": WriteBatch(stamps=[stamp(stamp_data={"x": {1, 2}})]),  # fails before BEGIN
-            "also good": WriteBatch(
-                workflows=[WorkflowRow(uuid.uuid4(), "stamp_workflow", "completed", 2)],
-                stamps=[stamp(file_path="also.py")],
-            ),
-        }
+        batches = good_and_bad_batches()
         errors, transactions = await in_one_group(store, list(batches.values()))
-        outcomes = dict(zip(batches, errors, strict=True))
-
-        assert outcomes["good"] is None
-        assert outcomes["also good"] is None
-        assert isinstance(outcomes["fails"], StoreError)
-        assert "insert of metadata_stamps failed" in str(outcomes["fails"])
-        assert "the batch was rolled back" in str(outcomes["fails"])
-        assert isinstance(outcomes["unencodable"], StoreError)
-        assert "cannot be stored" in str(outcomes["unencodable"])
+        await only_the_bad_batches_failed(store, batches, errors)
         assert transactions == 1
-        stored = {s.file_path for s in await store.list_stamps("ns", limit=100)}
-        assert stored == {"good.py", "also.py"}  # none of the failed batch's rows, the good one either
         assert await store.count("workflow_executions") == 1
 
 
@@ -579,14 +590,17 @@ async def test_two_stores_on_one_file_wait_for_each_other_instead_of_failing(tmp
         assert await first.count("metadata_stamps") == 4_000
 
 
-async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_bad_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_bad_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
     db = tmp_path / "onex.db"
-    async with SqliteStore(url(db)) as store:
+    # The store waits BUSY_TIMEOUT_S (10 s) for another writer; give up at once here instead (its connections, the
+    # writer process's included, take it when they are made).
+    monkeypatch.setattr(_sqlite_exec, "BUSY_TIMEOUT_S", 0.0)
+    async with SqliteStore(url(db), writer=writer) as store:
         assert isinstance(store, SqliteStore)  # for mypy: Store.__aenter__ is declared to return a Store
         await store.upgrade()
-        # The store waits BUSY_TIMEOUT_S (10 s) for another writer; give up at once here instead (on the store's
-        # own thread, which owns the connection).
-        await store._call(lambda: store._ready().execute("PRAGMA busy_timeout = 0"))
         with raw(db) as other:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             with pytest.raises(StoreUnavailable, match="locked"):
@@ -597,6 +611,7 @@ async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_bad_da
         with pytest.raises(StoreError) as refused:  # a value SQLite cannot store stays a plain StoreError
             await store.apply(WriteBatch(stamps=[stamp(file_size=2**70)]))
         assert not isinstance(refused.value, StoreUnavailable)
+        assert (store.writer_pid is not None) == (writer == "process")
 
 
 # --- migrations --------------------------------------------------------------------------------------------------
@@ -839,7 +854,7 @@ async def test_a_database_another_process_keeps_locked_is_unavailable_when_opene
     db = tmp_path / "onex.db"
     async with SqliteStore(url(db)) as store:
         await store.upgrade()
-    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_S", 0.0)  # give up at once instead of after 10 s
+    monkeypatch.setattr(_sqlite_exec, "BUSY_TIMEOUT_S", 0.0)  # give up at once instead of after 10 s
     with raw(db) as other:
         other.execute("PRAGMA locking_mode = EXCLUSIVE")  # held from its first transaction until it closes
         other.execute("BEGIN EXCLUSIVE")

@@ -5,29 +5,28 @@ URL: ``sqlite:///relative/path.db`` (relative to the working directory), ``sqlit
 created when missing. Query strings (``?mode=ro``) are refused rather than silently taken as part of the name.
 
 Threading and the writer process. Python's ``sqlite3`` blocks, so the store's calls run on one dedicated thread (the
-database thread) that owns its connection; coroutines await it through ``loop.run_in_executor``. ``apply``, the
-nodes' writes, goes elsewhere on a database file in WAL mode: to a process of its own (``writer="process"``, the
-default; ``onex._sqlite_process``), started by the first ``apply``, which writes with a connection of its own and
-the same code (``onex._sqlite_exec``). The thread's ``sqlite3`` gave the interpreter lock up for every statement and
-took it back afterwards, and while the event loop's thread ran the nodes each of those hand-overs waited: an
-orchestrator's checkpoint, which an HTTP answer waits for, took 5-9 ms at the median where SQLite spent 0.15 ms on it
-(README, design decisions). With ``writer="thread"``, and always on ``:memory:`` (a second connection would be another
-database), ``apply`` runs on the database thread too. Either way writes run one group at a time, in the order they
-were made, and the store's own calls never fight over SQLite's write lock for long (the process and the thread take
-it in turn, each for one transaction, under the busy timeout). A call whose awaiting coroutine is cancelled still runs
-to its end (a transaction is committed or rolled back whole, never left half done). Reads run on a second thread with
-a connection of its own (``query_only``): in WAL mode a reader sees what was committed when its statement began, and
-neither waits for the writer nor holds it up. Queued behind the database thread's groups, an indexed read made while
-``bench/e2e.py`` wrote waited up to 707 ms. A write that returned is committed, so a read made after it sees it. With
-``:memory:`` or a journal that is not WAL, reads run on the database thread. ``aclose()`` waits for the calls and
-writes already made, ends the writer process (which closes its connection first), then closes the connections and the
-threads.
+database thread) that owns its connection; coroutines await it through ``loop.run_in_executor``. ``apply``, the nodes'
+writes, goes elsewhere on a database file in WAL mode: to a process of its own (``writer="process"``, the default;
+``onex._sqlite_process``), started by the first ``apply``, which writes with a connection of its own and the same code
+(``onex._sqlite_exec``). The thread's ``sqlite3`` gave the interpreter lock up for every statement and took it back
+afterwards, and while the event loop's thread ran the nodes each of those hand-overs waited: an orchestrator's
+checkpoint, which an HTTP answer waits for, took 5-8 ms at the median where SQLite spent 0.15 ms on a group (README,
+design decisions). With ``writer="thread"``, and always on ``:memory:`` (a second connection would be another database),
+``apply`` runs on the database thread too. Either way writes run one group at a time, in the order they were made, and
+the store's own calls never fight over SQLite's write lock for long (the process and the thread take it in turn, each
+for one transaction, under the busy timeout). A call whose awaiting coroutine is cancelled still runs to its end (a
+transaction is committed or rolled back whole, never left half done). Reads run on a second thread with a connection of
+its own (``query_only``): in WAL mode a reader sees what was committed when its statement began, and neither waits for
+the writer nor holds it up. Queued behind the database thread's groups, an indexed read made while ``bench/e2e.py``
+wrote waited up to 707 ms. A write that returned is committed, so a read made after it sees it. With ``:memory:`` or a
+journal that is not WAL, reads run on the database thread. ``aclose()`` waits for the calls and writes already made,
+ends the writer process (which closes its connection first), then closes the connections and the threads.
 
-Connection settings: WAL (readers in other processes, such as ``sqlite3 .onex/onex.db``, do not block the writer
-and are not blocked by it), ``synchronous=NORMAL`` (in WAL mode a crash may lose the last transactions but never
-corrupts the file; a committed batch survives a process crash, only a power cut may undo it), ``foreign_keys=ON``,
-and a busy timeout (``BUSY_TIMEOUT_S``) so that a writer in another process makes us wait instead of fail; past it, a
-locked database is ``StoreUnavailable`` (an outage to hold through), never bad data.
+Connection settings: WAL (readers in other processes, such as ``sqlite3 .onex/onex.db``, do not block the writer and are
+not blocked by it), ``synchronous=NORMAL`` (in WAL mode a crash may lose the last transactions but never corrupts the
+file; a committed batch survives a process crash, only a power cut may undo it), ``foreign_keys=ON``, and a busy timeout
+(``_sqlite_exec.BUSY_TIMEOUT_S``) so that a writer in another process makes us wait instead of fail; past it, a locked
+database is ``StoreUnavailable`` (an outage to hold through), never bad data.
 
 Writes. ``apply(batch)`` is one ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at ``BEGIN``, so a concurrent
 writer elsewhere makes us wait there instead of failing mid-transaction; a write that is one statement goes alone, which
@@ -99,9 +98,6 @@ from typing import Any, Final, TypeVar, TypeVarTuple, cast
 from onex import _tables
 from onex._group_commit import GroupCommit
 from onex._sqlite_exec import (
-    BUSY_TIMEOUT_S as BUSY_TIMEOUT_S,  # re-exported: the module docstring names it, tests read it here
-)
-from onex._sqlite_exec import (
     EXECUTE_ERRORS,
     IN_CHUNK,
     Failure,
@@ -112,12 +108,8 @@ from onex._sqlite_exec import (
     rollback,
     write_group,
 )
-from onex._sqlite_exec import (
-    PRAGMAS as PRAGMAS,  # re-exported: bench/store_sqlite.py and bench/e2e.py give their raw floors the same
-)
-from onex._sqlite_exec import (
-    STATEMENTS_CACHED as STATEMENTS_CACHED,
-)
+from onex._sqlite_exec import PRAGMAS as PRAGMAS  # re-exported: the benchmarks' raw floors take them from here
+from onex._sqlite_exec import STATEMENTS_CACHED as STATEMENTS_CACHED  # re-exported: the tests read it here
 from onex._sqlite_exec import padded as _padded
 from onex._sqlite_migrations import _MIGRATIONS_DDL
 from onex._sqlite_migrations import Migration as Migration  # re-exported: the store's callers and tests name it here

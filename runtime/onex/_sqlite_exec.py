@@ -75,10 +75,12 @@ EXECUTE_ERRORS: Final = (sqlite3.Error, OverflowError, UnicodeError, ValueError,
 Failure = tuple[bool, str]  # (whether it is StoreUnavailable rather than StoreError, the message)
 
 
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str, busy_timeout_s: float | None = None) -> sqlite3.Connection:
     """A connection to ``path``: no implicit BEGIN from the sqlite3 module (transactions are explicit), SQLite's busy
-    timeout from the first statement on (the journal mode may wait too), the statements' cache."""
-    return sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, cached_statements=STATEMENTS_CACHED)
+    timeout (``BUSY_TIMEOUT_S`` unless given) from the first statement on (the journal mode may wait too), the
+    statements' cache."""
+    timeout = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
+    return sqlite3.connect(path, isolation_level=None, timeout=timeout, cached_statements=STATEMENTS_CACHED)
 
 
 def configure(conn: sqlite3.Connection) -> str:
@@ -374,10 +376,11 @@ _LENGTH: Final = struct.Struct("!I")
 
 
 class Config(NamedTuple):
-    """What the writer process is told first: the database, and every table's ``Sql`` by its index."""
+    """What the writer process is told first: the database, every table's ``Sql`` by its order, the busy timeout."""
 
     path: str
     writers: tuple[Sql, ...]
+    busy_timeout_s: float
 
 
 def send(fd: int, value: Any) -> None:
@@ -417,7 +420,7 @@ def child_main() -> None:  # pragma: no cover - runs in the writer process; test
         return
     conn = None
     try:
-        conn = connect(config.path)
+        conn = connect(config.path, config.busy_timeout_s)
         configure(conn)
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the store's checkpointer thread does it (onex._sqlite)
     except sqlite3.Error as exc:
@@ -439,7 +442,10 @@ def child_main() -> None:  # pragma: no cover - runs in the writer process; test
                 answer = write_group(conn, work, count, config.path)
             except Exception as exc:  # a bug of this module's, not the rows': every batch gets it
                 answer = [failure(exc, f"apply failed on {config.path}")] * count, 0
-            send(answers, answer)
+            try:
+                send(answers, answer)
+            except OSError:  # the store's process is gone (killed): what was committed stays, as after any crash
+                return
     finally:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA optimize")

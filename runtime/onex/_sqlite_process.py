@@ -5,16 +5,18 @@ so a writer thread asks for the lock once a statement, and once a merged metadat
 Python); while the event loop's thread runs the nodes, each of those waits lasts up to a switch interval, and the
 hand-overs themselves (a futex, another core to wake) are slow on a busy small machine. Issue 12's twenty-ninth part
 measured it at half of the HTTP benchmark's saturation: an orchestrator's checkpoint, which its outcome and so the
-HTTP answer waits for, took 5-9 ms from ``apply`` to stored at the median where SQLite spent 0.15 ms on it. In a
+HTTP answer waits for, took 5-8 ms from ``apply`` to stored at the median where SQLite spent 0.15 ms on a group. In a
 process of its own SQLite runs without those waits; the event loop hands it a group and is woken by the answer.
 
-How. ``python -I onex/_sqlite_exec.py`` (a bare interpreter: tens of milliseconds to start, no site or onex package),
-its stdin and stdout two pipes. Its connection is set up as the store's writer's is (WAL, the pragmas, no automatic
-checkpoints: the store's checkpointer thread runs them). The store encodes each batch on the event loop's thread (as
-its writer thread did before, under the same lock) and ``submit``s it; one group is in the process at a time, and
-what is submitted meanwhile waits and goes as the next group, written as one transaction (group commit, as
-``onex._group_commit`` does for the thread): batches of workflow rows alone, an orchestrator's checkpoints, go ahead
-as a group of their own. The answer is read when the pipe is readable (``add_reader``), so no thread is involved.
+How. ``python -I onex/_sqlite_exec.py`` (isolated: neither the script's directory, which holds modules named as the
+standard library's, nor ``PYTHON*`` variables; it imports nothing of onex but the JSON text, so it starts in tens of
+milliseconds), its stdin and stdout two pipes, started by the store's first ``apply``. Its connection is set up as the
+store's writer's is (WAL, the pragmas, no automatic checkpoints: the store's checkpointer thread runs them). The store
+encodes each batch on the event loop's thread (as its writer thread did, under the same lock) and ``submit``s it; one
+group is in the process at a time, and what is submitted meanwhile (or in the same turn of the loop) waits and goes as
+the next group, written as one transaction (group commit, as ``onex._group_commit`` does for the thread): batches of
+workflow rows alone, an orchestrator's checkpoints, go ahead as a group of their own. The answer is read when the pipe
+is readable (``add_reader``), so no thread is involved.
 
 When the process ends unexpectedly (killed, out of memory), the batches it held and those waiting fail with a
 ``StoreError`` saying so, which the nodes treat as any failed write (retried, never reported done), and the next
@@ -44,13 +46,13 @@ SCRIPT: Final = str(Path(_sqlite_exec.__file__).resolve())
 STOP_TIMEOUT_S: Final = 30.0  # how long closing waits for the process to close its connection (a checkpoint may run)
 _LENGTH: Final = struct.Struct("!I")
 
-Group = dict[int, list[tuple[int, list[tuple[Any, ...]]]]]  # batch index -> [(writer index, encoded rows)]
+Tables = list[tuple[int, list[tuple[Any, ...]]]]  # an encoded batch: each table's writer (its Sql.order) and rows
 
 
 class _Waiting:
     __slots__ = ("first", "future", "tables")
 
-    def __init__(self, tables: list[tuple[int, list[tuple[Any, ...]]]], first: bool, future: asyncio.Future[None]):
+    def __init__(self, tables: Tables, first: bool, future: asyncio.Future[None]) -> None:
         self.tables = tables
         self.first = first
         self.future = future
@@ -72,6 +74,7 @@ class WriterProcess:
         self._idle: asyncio.Future[None] | None = None  # set once nothing is sent or waiting
         self._starting: asyncio.Future[None] | None = None  # start() running for the first submit()
         self._started = False  # once a process ran: the next one replaces it (logged)
+        self._due = False  # a _send_due is scheduled
 
     def start(self) -> None:
         """Start the process and wait until its connection is open (blocking: call it off the event loop's thread).
@@ -82,7 +85,7 @@ class WriterProcess:
         assert proc.stdin is not None
         assert proc.stdout is not None
         try:
-            _sqlite_exec.send(proc.stdin.fileno(), Config(self.path, self.writers))
+            _sqlite_exec.send(proc.stdin.fileno(), Config(self.path, self.writers, _sqlite_exec.BUSY_TIMEOUT_S))
             opened: Failure | None = _sqlite_exec.receive(proc.stdout.fileno())
         except (EOFError, OSError) as exc:
             _stop(proc)
@@ -93,7 +96,7 @@ class WriterProcess:
         os.set_blocking(proc.stdout.fileno(), False)
         self._proc, self.pid = proc, proc.pid
 
-    async def submit(self, tables: list[tuple[int, list[tuple[Any, ...]]]], first: bool) -> None:
+    async def submit(self, tables: Tables, first: bool) -> None:
         """Write one encoded batch (``tables``: each table's writer index and rows) with the group it falls into;
         ``first``: a checkpoint, written ahead of the batches waiting with it. Its error, if it gets one. A caller
         that is cancelled does not take its batch back: it is written all the same."""
@@ -102,9 +105,16 @@ class WriterProcess:
             await self._start()
         future: asyncio.Future[None] = loop.create_future()
         self._waiting.append(_Waiting(tables, first, future))
-        if self._sent is None:
-            self._send()
+        if self._sent is None and not self._due:
+            # Sent once the loop's turn is over: the batches the other nodes submit in the same turn go with it.
+            self._due = True
+            loop.call_soon(self._send_due)
         await future
+
+    def _send_due(self) -> None:
+        self._due = False
+        if self._sent is None and self._waiting and self._proc is not None:
+            self._send()
 
     async def _start(self) -> None:
         """Start the process (the first ``submit``'s, or one after the last ended), once for every caller waiting."""
