@@ -100,7 +100,6 @@ from onex._group_commit import GroupCommit
 from onex._sqlite_exec import (
     EXECUTE_ERRORS,
     IN_CHUNK,
-    Failure,
     Work,
     configure,
     connect,
@@ -114,7 +113,7 @@ from onex._sqlite_exec import padded as _padded
 from onex._sqlite_migrations import _MIGRATIONS_DDL
 from onex._sqlite_migrations import Migration as Migration  # re-exported: the store's callers and tests name it here
 from onex._sqlite_migrations import _migrations as _migrations  # looked up here at open(), so a test can replace it
-from onex._sqlite_process import WriterProcess
+from onex._sqlite_process import WriterProcess, raised
 from onex._sqlite_values import _FROM_SQL, _TO_SQL, _now, _ts, _uid
 from onex._sqlite_writes import _PROCESSED, _WRITERS, SQL, _insert, _Writer
 from onex._tables import (
@@ -129,7 +128,7 @@ from onex._tables import (
     SELECT_TRANSITION,
     SELECT_WORKFLOW,
 )
-from onex.exceptions import StoreError, StoreUnavailable
+from onex.exceptions import StoreError
 from onex.meters import CommitMeter
 from onex.store import (
     TABLES,
@@ -617,7 +616,7 @@ class SqliteStore(Store):
             return errors
         failures, transactions = write_group(conn, work, len(batches), self.path)
         self._transactions += transactions
-        return [error if failed is None else _raised(failed) for error, failed in zip(errors, failures, strict=True)]
+        return [error if failed is None else raised(failed) for error, failed in zip(errors, failures, strict=True)]
 
     def _encode_batch(self, batch: WriteBatch, now: str) -> Work:
         """Each table's rows of ``batch`` as parameters, in the order they are written; StoreError naming the row
@@ -980,10 +979,4 @@ def _store_error(exc: BaseException, doing: str, then: str = "") -> StoreError:
     well succeed later. ``StoreError`` for everything else, which is about the call or the file (a constraint, a value
     SQLite cannot bind, a corrupt or read-only file) and would fail again.
     """
-    return _raised(failure(exc, doing, then))
-
-
-def _raised(failed: Failure) -> StoreError:
-    """The exception for a ``Failure`` (``_sqlite_exec``): ``StoreUnavailable`` or ``StoreError``."""
-    unavailable, message = failed
-    return (StoreUnavailable if unavailable else StoreError)(message)
+    return raised(failure(exc, doing, then))

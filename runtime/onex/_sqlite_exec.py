@@ -372,7 +372,7 @@ def describe(exc: BaseException) -> str:
 
 # --- the writer process ---------------------------------------------------------------------------------------------
 
-_LENGTH: Final = struct.Struct("!I")
+LENGTH: Final = struct.Struct("!I")  # a frame's first 4 bytes: the pickle's length
 
 
 class Config(NamedTuple):
@@ -386,14 +386,14 @@ class Config(NamedTuple):
 def send(fd: int, value: Any) -> None:
     """Write ``value`` to ``fd`` as one frame (blocking until it is all written)."""
     data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
+    view = memoryview(LENGTH.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
 
 
 def receive(fd: int) -> Any:
     """The next frame's value from ``fd`` (blocking); EOFError at the end of the input."""
-    (length,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
+    (length,) = LENGTH.unpack(_read_exactly(fd, LENGTH.size))
     return pickle.loads(_read_exactly(fd, length))
 
 

@@ -30,21 +30,19 @@ import contextlib
 import logging
 import os
 import pickle
-import struct
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Final
 
 from onex import _sqlite_exec
-from onex._sqlite_exec import Config, Failure, Sql
+from onex._sqlite_exec import LENGTH, Config, Failure, Sql
 from onex.exceptions import StoreError, StoreUnavailable
 
 _log = logging.getLogger("onex.store")
 
 SCRIPT: Final = str(Path(_sqlite_exec.__file__).resolve())
 STOP_TIMEOUT_S: Final = 30.0  # how long closing waits for the process to close its connection (a checkpoint may run)
-_LENGTH: Final = struct.Struct("!I")
 
 Tables = list[tuple[int, list[tuple[Any, ...]]]]  # an encoded batch: each table's writer (its Sql.order) and rows
 
@@ -92,7 +90,7 @@ class WriterProcess:
             raise StoreError(f"the SQLite writer process for {self.path} did not start: {exc!r}") from None
         if opened is not None:
             _stop(proc)
-            raise (StoreUnavailable if opened[0] else StoreError)(opened[1])
+            raise raised(opened)
         os.set_blocking(proc.stdout.fileno(), False)
         self._proc, self.pid = proc, proc.pid
 
@@ -192,12 +190,12 @@ class WriterProcess:
             return
         buffer = self._buffer
         buffer += data
-        while len(buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer)
-            if len(buffer) < _LENGTH.size + length:
+        while len(buffer) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buffer)
+            if len(buffer) < LENGTH.size + length:
                 return
-            answer = pickle.loads(buffer[_LENGTH.size : _LENGTH.size + length])
-            del buffer[: _LENGTH.size + length]
+            answer = pickle.loads(buffer[LENGTH.size : LENGTH.size + length])
+            del buffer[: LENGTH.size + length]
             self._answered(*answer)
 
     def _answered(self, failures: list[Failure | None], transactions: int) -> None:
@@ -210,7 +208,7 @@ class WriterProcess:
             if failed is None:
                 waiting.future.set_result(None)
             else:
-                waiting.future.set_exception((StoreUnavailable if failed[0] else StoreError)(failed[1]))
+                waiting.future.set_exception(raised(failed))
         if self._waiting:
             self._send()
         else:
@@ -239,6 +237,12 @@ class WriterProcess:
         idle, self._idle = self._idle, None
         if idle is not None and not idle.done():
             idle.set_result(None)
+
+
+def raised(failed: Failure) -> StoreError:
+    """The exception for a ``Failure`` (``onex._sqlite_exec.failure``): ``StoreUnavailable`` or ``StoreError``."""
+    unavailable, message = failed
+    return (StoreUnavailable if unavailable else StoreError)(message)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
