@@ -133,8 +133,11 @@ def _e2e() -> Any:
 def _written() -> int | None:
     """The bytes this process and the SQLite store's writer process have had written to disk so far (/proc/PID/io;
     None where there is no such file)."""
+    _e2e()  # ROOT on sys.path, for bench.procstat
+    from bench.procstat import children
+
     total = None
-    for pid in ("self", *map(str, _e2e().children(os.getpid(), "_sqlite_exec.py"))):
+    for pid in ("self", *map(str, children(os.getpid(), "_sqlite_exec.py"))):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/io") as io:
             total = (total or 0) + next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
     return total

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +25,7 @@ from tests.test_sqlite_store import (
     good_and_bad_batches,
     handed_over,
     only_the_bad_batches_failed,
+    raw,
     stamp,
     url,
 )
@@ -47,13 +47,10 @@ async def migrated(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 def write_locked(path: Path) -> Iterator[None]:
     """Hold SQLite's write lock on ``path`` from a connection of this test's: the writer process's next statement
     waits for it (its busy timeout) until the block ends."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
+    with raw(path) as conn:
         conn.execute("BEGIN IMMEDIATE")
         yield
         conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 async def test_a_database_files_writes_go_through_a_process_of_their_own(tmp_path: Path) -> None:

@@ -74,32 +74,38 @@ class GroupCommit(Generic[T]):
                 group, self._waiting = self._waiting, []
             if not group:
                 return
-            parts = self._parts(group)
+            parts = split_first(group, self._first)
             for index, part in enumerate(parts):
                 try:
                     errors = self._write([item for item, _ in part])
                 except BaseException as exc:  # the thread's own failure, not an item's: every caller left gets it
                     left = [waiting for later in parts[index:] for waiting in later]
-                    loop.call_soon_threadsafe(self._deliver, left, [exc] * len(left))
+                    loop.call_soon_threadsafe(deliver, left, [exc] * len(left))
                     return  # delivered: nobody reads the job's own result
-                loop.call_soon_threadsafe(self._deliver, part, errors)
+                loop.call_soon_threadsafe(deliver, part, errors)
 
-    def _parts(self, group: list[tuple[T, asyncio.Future[None]]]) -> list[list[tuple[T, asyncio.Future[None]]]]:
-        """``group`` as the groups to write one after the other: what ``first`` picks, then the rest."""
-        if self._first is None:
-            return [group]
-        ahead: list[tuple[T, asyncio.Future[None]]] = []
-        rest: list[tuple[T, asyncio.Future[None]]] = []
-        for waiting in group:
-            (ahead if self._first(waiting[0]) else rest).append(waiting)
-        return [ahead, rest] if ahead and rest else [group]
 
-    @staticmethod
-    def _deliver(group: list[tuple[T, asyncio.Future[None]]], errors: Sequence[BaseException | None]) -> None:
-        for (_, caller), error in zip(group, errors, strict=True):
-            if caller.done():  # cancelled
-                continue
-            if error is None:
-                caller.set_result(None)
-            else:
-                caller.set_exception(error)
+def split_first(
+    group: list[tuple[T, asyncio.Future[None]]], first: Callable[[T], bool] | None
+) -> list[list[tuple[T, asyncio.Future[None]]]]:
+    """``group`` (items with their callers) as the groups to write one after the other: what ``first`` picks, then
+    the rest (``GroupCommit``'s, and ``onex._sqlite_process.WriterProcess``'s)."""
+    if first is None:
+        return [group]
+    ahead: list[tuple[T, asyncio.Future[None]]] = []
+    rest: list[tuple[T, asyncio.Future[None]]] = []
+    for waiting in group:
+        (ahead if first(waiting[0]) else rest).append(waiting)
+    return [ahead, rest] if ahead and rest else [group]
+
+
+def deliver(group: list[tuple[T, asyncio.Future[None]]], errors: Sequence[BaseException | None]) -> None:
+    """Tell each caller of ``group`` its item's outcome: its error, or None once written (a cancelled caller is
+    left alone: its item was written all the same)."""
+    for (_, caller), error in zip(group, errors, strict=True):
+        if caller.done():  # cancelled
+            continue
+        if error is None:
+            caller.set_result(None)
+        else:
+            caller.set_exception(error)

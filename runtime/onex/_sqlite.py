@@ -101,6 +101,7 @@ from onex._sqlite_exec import (
     EXECUTE_ERRORS,
     IN_CHUNK,
     Work,
+    close,
     configure,
     connect,
     failure,
@@ -365,13 +366,7 @@ class SqliteStore(Store):
         self._here.conn = None
         if conn is None:
             return
-        try:
-            # Refreshes the planner's statistics where it is worth it; cheap, and SQLite advises it before closing.
-            # Closing matters more than the statistics, hence suppress.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA optimize")
-        finally:
-            conn.close()
+        close(conn)
 
     def _maybe_checkpoint(self) -> None:
         """After a commit: start a background checkpoint unless one runs or one ran within the interval."""

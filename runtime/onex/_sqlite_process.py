@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import pickle
 import subprocess
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from onex import _sqlite_exec
+from onex._group_commit import deliver, split_first
 from onex._sqlite_exec import LENGTH, Config, Failure, Sql
 from onex.exceptions import StoreError, StoreUnavailable
 
@@ -45,15 +47,8 @@ SCRIPT: Final = str(Path(_sqlite_exec.__file__).resolve())
 STOP_TIMEOUT_S: Final = 30.0  # how long closing waits for the process to close its connection (a checkpoint may run)
 
 Tables = list[tuple[int, list[tuple[Any, ...]]]]  # an encoded batch: each table's writer (its Sql.order) and rows
-
-
-class _Waiting:
-    __slots__ = ("first", "future", "tables")
-
-    def __init__(self, tables: Tables, first: bool, future: asyncio.Future[None]) -> None:
-        self.tables = tables
-        self.first = first
-        self.future = future
+Waiting = tuple[tuple[Tables, bool], "asyncio.Future[None]"]  # a batch, whether it is a checkpoint, and its caller
+_checkpoint: Final = operator.itemgetter(1)  # of a waiting batch: goes ahead of the others (``split_first``)
 
 
 class WriterProcess:
@@ -62,17 +57,21 @@ class WriterProcess:
     def __init__(self, path: str, writers: tuple[Sql, ...]) -> None:
         self.path = path
         self.writers = writers
-        self.pid: int | None = None  # the running process's, for tests and logs
         self.transactions = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
-        self._waiting: list[_Waiting] = []
-        self._sent: list[_Waiting] | None = None  # the group in the process
+        self._waiting: list[Waiting] = []
+        self._sent: list[Waiting] | None = None  # the group in the process
         self._idle: asyncio.Future[None] | None = None  # set once nothing is sent or waiting
         self._starting: asyncio.Future[None] | None = None  # start() running for the first submit()
         self._started = False  # once a process ran: the next one replaces it (logged)
         self._due = False  # a _send_due is scheduled
+
+    @property
+    def pid(self) -> int | None:
+        """The running process's, for tests and logs."""
+        return None if self._proc is None else self._proc.pid
 
     def start(self) -> None:
         """Start the process and wait until its connection is open (blocking: call it off the event loop's thread).
@@ -92,7 +91,7 @@ class WriterProcess:
             _stop(proc)
             raise raised(opened)
         os.set_blocking(proc.stdout.fileno(), False)
-        self._proc, self.pid = proc, proc.pid
+        self._proc = proc
 
     async def submit(self, tables: Tables, first: bool) -> None:
         """Write one encoded batch (``tables``: each table's writer index and rows) with the group it falls into;
@@ -102,7 +101,7 @@ class WriterProcess:
         if self._proc is None:
             await self._start()
         future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append(_Waiting(tables, first, future))
+        self._waiting.append(((tables, first), future))
         if self._sent is None and not self._due:
             # Sent once the loop's turn is over: the batches the other nodes submit in the same turn go with it.
             self._due = True
@@ -159,18 +158,13 @@ class WriterProcess:
     # -- on the event loop's thread --
 
     def _send(self) -> None:
-        waiting = self._waiting
-        ahead = [w for w in waiting if w.first]
-        if ahead and len(ahead) < len(waiting):
-            group, self._waiting = ahead, [w for w in waiting if not w.first]
-        else:
-            group, self._waiting = waiting, []
-        self._sent = group
+        group, *rest = split_first(self._waiting, _checkpoint)
+        self._sent, self._waiting = group, [waiting for part in rest for waiting in part]
         proc = self._proc
         assert proc is not None
         assert proc.stdin is not None
         try:
-            _sqlite_exec.send(proc.stdin.fileno(), ({i: w.tables for i, w in enumerate(group)}, len(group)))
+            _sqlite_exec.send(proc.stdin.fileno(), ({i: batch[0] for i, (batch, _) in enumerate(group)}, len(group)))
         except OSError as exc:  # the process is gone: its end of the pipe is closed
             self._ended(f"{exc.strerror or exc}")
 
@@ -202,13 +196,7 @@ class WriterProcess:
         group, self._sent = self._sent, None
         assert group is not None
         self.transactions += transactions
-        for waiting, failed in zip(group, failures, strict=True):
-            if waiting.future.done():  # its caller was cancelled
-                continue
-            if failed is None:
-                waiting.future.set_result(None)
-            else:
-                waiting.future.set_exception(raised(failed))
+        deliver(group, [None if failed is None else raised(failed) for failed in failures])
         if self._waiting:
             self._send()
         else:
@@ -219,7 +207,7 @@ class WriterProcess:
         proc = self._proc
         code = None if proc is None else proc.poll()
         self.detach()
-        self._proc, self.pid = None, None
+        self._proc = None
         if proc is not None:
             _stop(proc)
         message = (
@@ -228,9 +216,7 @@ class WriterProcess:
         _log.error("%s", message)
         lost = [*(self._sent or ()), *self._waiting]
         self._sent, self._waiting, self._buffer = None, [], bytearray()
-        for waiting in lost:
-            if not waiting.future.done():
-                waiting.future.set_exception(StoreError(message))
+        deliver(lost, [StoreError(message)] * len(lost))
         self._wake_idle()
 
     def _wake_idle(self) -> None:
