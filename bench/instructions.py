@@ -24,6 +24,10 @@ instructions a stamp, 600 items minus 200; six runs of 600 items 5.76 to 6.35 G 
 costs depends on how the nodes' batches and the writer's transactions happen to fall together, which thread timing
 decides, and Valgrind runs one thread at a time.
 
+Each count is also given for the event loop's thread alone (``--separate-threads=yes``: the run's first thread, where
+every node runs): the persisted run's speed is bound by that thread, and work moved off it to the store's writer
+process leaves the total as it was but the loop's count lower.
+
 Prints instructions per item and the ratios floor / onex; writes ``bench/results/instructions.json``. Skips (exit 0)
 when Valgrind is not installed.
 
@@ -48,7 +52,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from onex.runtime import tune_process
 
@@ -91,27 +95,53 @@ def child(kind: str, items: int) -> None:
         raise SystemExit(f"{kind}: rows not as expected: {counts}")
 
 
-def count(kind: str, items: int) -> int:
+class Counted(NamedTuple):
+    """What callgrind counted in one run: every thread and process (``total``), and the event loop's thread alone
+    (``loop``: the first thread of the run's own process, where the nodes run and which bounds the run's speed)."""
+
+    total: int
+    loop: int
+
+
+def count(kind: str, items: int) -> Counted:
     """Instructions a child process running ``kind`` over ``items`` items executed, as callgrind counts them."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        "--trace-children=yes",  # the SQLite store's writer process: its instructions are the persisted run's too
-        sys.executable,
-        __file__,
-        "--child",
-        kind,
-        "--items",
-        str(items),
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, capture_output=True, env=env, cwd=ROOT, check=False)
-    found = _COLLECTED.findall(done.stderr)  # one a process: this run's and its writer process's, if it started one
-    if done.returncode or not found:
-        tail = done.stderr.decode(errors="replace")[-2000:]
-        raise RuntimeError(f"{kind} over {items} items failed (exit {done.returncode}):\n{tail}")
-    return sum(int(n) for n in found)
+    with tempfile.TemporaryDirectory(prefix="onex-callgrind-") as out:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}/callgrind.%p",
+            "--separate-threads=yes",  # a file a thread: the event loop's is counted apart (loop_count)
+            "--trace-children=yes",  # the SQLite store's writer process: its instructions are the persisted run's too
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--items",
+            str(items),
+        ]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, capture_output=True, env=env, cwd=ROOT, check=False)
+        found = _COLLECTED.findall(done.stderr)  # one a process: this run's and its writer process's, if it started one
+        if done.returncode or not found:
+            tail = done.stderr.decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{kind} over {items} items failed (exit {done.returncode}):\n{tail}")
+        return Counted(sum(int(n) for n in found), loop_count(Path(out)))
+
+
+def loop_count(out: Path) -> int:
+    """The instructions of the run's first thread, from callgrind's files in ``out`` (``callgrind.PID-NN``, one a
+    thread of each process): the thread numbered 1 of the process whose command is this script's child."""
+    for path in sorted(out.glob("callgrind.*-01")):
+        text = path.read_text(errors="replace")
+        if "--child" in _field(text, "cmd") and _field(text, "thread") == "1":
+            return int(_field(text, "totals"))
+    raise RuntimeError(f"no event loop's thread among callgrind's files in {out}")
+
+
+def _field(text: str, name: str) -> str:
+    """The value of a callgrind file's header line ``name: value``; "" where it has none."""
+    found = re.search(rf"^{name}: *(.*)$", text, re.MULTILINE)
+    return found.group(1) if found else ""
 
 
 def run(*, items: int = 2_500, base: int = 500, jobs: int = 2) -> dict[str, Any]:
@@ -123,17 +153,19 @@ def run(*, items: int = 2_500, base: int = 500, jobs: int = 2) -> dict[str, Any]
     print(f"counting {len(work)} runs under valgrind, {jobs} at a time...", flush=True)
     with ThreadPoolExecutor(jobs) as pool:
         counted = dict(zip(work, pool.map(lambda job: count(*job), work), strict=True))
-    per_item = {kind: (counted[kind, items] - counted[kind, base]) / (items - base) for kind in RUNS}
+    per_item = {kind: (counted[kind, items].total - counted[kind, base].total) / (items - base) for kind in RUNS}
+    loop = {kind: (counted[kind, items].loop - counted[kind, base].loop) / (items - base) for kind in RUNS}
     result = {
         "benchmark": "instructions",
         "items": items,
         "base_items": base,
         "instructions_per_item": {kind: round(value) for kind, value in per_item.items()},
+        "event_loop_instructions_per_item": {kind: round(value) for kind, value in loop.items()},
         "ratio_floor_over_ceiling": round(per_item["floor"] / per_item["ceiling"], 3),
         "ratio_floor_over_persisted": round(per_item["floor"] / per_item["persisted"], 3),
         "ratio_floor_over_persisted_behind": round(per_item["floor"] / per_item["persisted_behind"], 3),
         "checkpoints_share_of_ceiling": round(1 - per_item["ceiling_no_checkpoints"] / per_item["ceiling"], 3),
-        "instructions": {f"{kind}/{n}": value for (kind, n), value in counted.items()},
+        "instructions": {f"{kind}/{n}": value.total for (kind, n), value in counted.items()},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "at": datetime.now(UTC).isoformat(),
     }
@@ -157,9 +189,10 @@ def main() -> int:
         print(f"skipped: {result['skipped']}")
         return 0
     per_item = result["instructions_per_item"]
-    print(f"\nInstructions per item (callgrind; {args.items:,} items minus {args.base:,})")
+    loop = result["event_loop_instructions_per_item"]
+    print(f"\nInstructions per item (callgrind; {args.items:,} items minus {args.base:,})    all   event loop")
     for kind, label in RUNS.items():
-        print(f"  {label:<44}{per_item[kind]:>12,}")
+        print(f"  {label:<44}{per_item[kind]:>12,}{loop[kind]:>13,}")
     print(f"  {'ratio floor / onex ceiling':<44}{result['ratio_floor_over_ceiling']:>12}")
     print(f"  {'ratio floor / onex persisted':<44}{result['ratio_floor_over_persisted']:>12}")
     print(f"  {'ratio floor / onex persisted, behind':<44}{result['ratio_floor_over_persisted_behind']:>12}")

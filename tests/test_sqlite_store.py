@@ -22,7 +22,7 @@ import pytest
 from onex import _sqlite, _sqlite_exec, _sqlite_writes, store
 from onex._sqlite import Migration, SqliteStore, database_path
 from onex.exceptions import StoreError, StoreUnavailable
-from onex.store import EventLogRow, HeartbeatRow, RegistrationRow, StampRow, WorkflowRow, WriteBatch
+from onex.store import EventLogRow, HeartbeatRow, RegistrationRow, StampRow, StepRow, WorkflowRow, WriteBatch
 from onex.stores import open_store
 
 pytestmark = pytest.mark.anyio
@@ -750,6 +750,29 @@ async def test_an_unencodable_row_is_named(tmp_path: Path) -> None:
         bad = stamp(stamp_data={"x": {1, 2}})
         with pytest.raises(StoreError, match=rf"metadata_stamps row 1 \(id={bad.id}.*set is not JSON serializable"):
             await store.apply(WriteBatch(stamps=[stamp(), bad]))
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_ids_are_stored_as_their_text_a_careless_callers_str_normalised(tmp_path: Path, writer: str) -> None:
+    cid, event = uuid.uuid4(), uuid.uuid4()
+    step = StepRow(str(cid).upper(), "hash", 1, "completed")  # type: ignore[arg-type]  # a str, upper-case
+    async with migrated(tmp_path, writer) as store:
+        await store.apply(
+            WriteBatch(
+                consumer="c",
+                stamps=[stamp(id=cid, workflow_id=cid)],
+                workflows=[WorkflowRow(cid, "stamp", "done", 1)],
+                steps=[step],
+                processed_event_ids=[event],
+            )
+        )
+        assert await store.unprocessed("c", [event]) == set()
+        assert [s.workflow_id for s in await store.list_steps(cid)] == [cid]
+    with raw(tmp_path / "onex.db") as conn:
+        assert conn.execute("SELECT id, workflow_id FROM metadata_stamps").fetchall() == [(str(cid), str(cid))]
+        assert conn.execute("SELECT correlation_id FROM workflow_executions").fetchall() == [(str(cid),)]
+        assert conn.execute("SELECT workflow_id FROM workflow_steps").fetchall() == [(str(cid),)]
+        assert conn.execute("SELECT event_id FROM processed_events").fetchall() == [(str(event),)]
 
 
 async def test_a_database_error_names_the_table_and_the_operation(tmp_path: Path) -> None:

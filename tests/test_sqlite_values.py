@@ -1,4 +1,5 @@
-"""How the SQLite store writes ids and times as text (``onex._sqlite_values``), the texts it remembers included."""
+"""How the SQLite store writes ids and times as text (``onex._sqlite_values``; a written row's ids are formatted by its
+writer, ``onex._sqlite_exec.uuid_text``), the texts it remembers included."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from onex import _sqlite_values
-from onex._sqlite_values import _ts, _uid
+from hypothesis import given
+from hypothesis import strategies as st
+from onex import _sqlite_exec
+from onex._sqlite_exec import uuid_text
+from onex._sqlite_values import _ts, _uid, _uid_int
 
 PARIS = timezone(timedelta(hours=1))
 
@@ -33,8 +37,22 @@ def test_ids_are_their_canonical_text_and_strings_are_normalised() -> None:
         _uid("not an id")  # type: ignore[arg-type]
 
 
+def test_a_written_rows_ids_go_to_the_writer_as_ints_strings_normalised() -> None:
+    cid = uuid.uuid4()
+    assert _uid_int(cid) == cid.int
+    assert _uid_int(str(cid).upper()) == cid.int  # type: ignore[arg-type]  # a careless caller's str
+    with pytest.raises(ValueError, match="badly formed"):
+        _uid_int("not an id")  # type: ignore[arg-type]
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_the_writer_formats_an_id_as_uuid_does(value: int) -> None:
+    assert uuid_text(value) == str(uuid.UUID(int=value))
+
+
 def test_the_texts_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_sqlite_values, "_TEXTS_KEPT", 8)
+    monkeypatch.setattr(_sqlite_exec, "_TEXTS_KEPT", 8)
     ids = [uuid.uuid4() for _ in range(50)]
-    assert [_uid(i) for i in ids] == [str(i) for i in ids]
-    assert len(_sqlite_values._uid_texts) <= 8
+    assert [uuid_text(i.int) for i in ids] == [str(i) for i in ids]
+    assert [uuid_text(i.int) for i in ids[-3:]] == [str(i) for i in ids[-3:]]  # remembered ones
+    assert len(_sqlite_exec._texts_kept) <= 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import signal
 import subprocess
@@ -92,7 +93,7 @@ async def test_writes_made_while_the_process_is_busy_are_committed_together_chec
 
         def send(fd: int, value: object) -> None:
             if isinstance(value, tuple):
-                groups.append([{index for index, _ in tables} for tables in value[0].values()])
+                groups.append([{index for index, _ in _sqlite_exec.unpacked(data)} for data in value[0].values()])
             real_send(fd, value)
 
         real_send = _sqlite_exec.send
@@ -127,6 +128,40 @@ async def test_a_batch_that_fails_in_the_processs_group_is_rolled_back_alone(tmp
         await first
         errors = await asyncio.gather(*calls, return_exceptions=True)
         await only_the_bad_batches_failed(store, batches, [e if isinstance(e, BaseException) else None for e in errors])
+
+
+class FileType(enum.StrEnum):  # a program's enum: the writer process cannot import this module
+    PYTHON = "python"
+
+
+class Size(enum.IntEnum):
+    ONE = 1
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_values_sqlite_binds_as_their_base_type_are_stored_as_on_the_thread(tmp_path: Path, writer: str) -> None:
+    async with SqliteStore(url(tmp_path / "onex.db"), writer=writer) as store:
+        await store.upgrade()
+        await store.apply(WriteBatch(stamps=[stamp(file_path="a.py", file_type=FileType.PYTHON, file_size=Size.ONE)]))
+        await store.apply(WriteBatch(stamps=[stamp(file_path="b.py")]))  # the process, if any, lives on
+        assert [(s.file_type, s.file_size) for s in await store.list_stamps("ns", limit=10)] == [("python", 1)] * 2
+    with raw(tmp_path / "onex.db") as conn:
+        assert conn.execute("SELECT DISTINCT typeof(file_type), typeof(file_size) FROM metadata_stamps").fetchall() == [
+            ("text", "integer")
+        ]
+
+
+async def test_a_value_sqlite_cannot_bind_fails_its_batch_before_it_is_sent(tmp_path: Path) -> None:
+    async with migrated(tmp_path) as store:
+        await store.apply(checkpoint())
+        pid = store.writer_pid
+        with pytest.raises(
+            StoreError, match=r"metadata_stamps row 1 cannot be stored: TypeError: type 'object' is not"
+        ):
+            await store.apply(WriteBatch(stamps=[stamp(), stamp(file_type=object())]))
+        await store.apply(WriteBatch(stamps=[stamp()]))
+        assert store.writer_pid == pid  # nothing reached the process that could end it
+        assert await store.count("metadata_stamps") == 1
 
 
 async def test_a_process_that_dies_fails_the_batch_it_held_and_the_next_write_starts_another(tmp_path: Path) -> None:

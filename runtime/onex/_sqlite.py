@@ -100,11 +100,14 @@ from onex._group_commit import GroupCommit
 from onex._sqlite_exec import (
     EXECUTE_ERRORS,
     IN_CHUNK,
+    Tables,
     Work,
+    bindable,
     close,
     configure,
     connect,
     failure,
+    packed,
     rollback,
     write_group,
 )
@@ -115,7 +118,7 @@ from onex._sqlite_migrations import _MIGRATIONS_DDL
 from onex._sqlite_migrations import Migration as Migration  # re-exported: the store's callers and tests name it here
 from onex._sqlite_migrations import _migrations as _migrations  # looked up here at open(), so a test can replace it
 from onex._sqlite_process import WriterProcess, raised
-from onex._sqlite_values import _FROM_SQL, _TO_SQL, _now, _ts, _uid
+from onex._sqlite_values import _FROM_SQL, _TO_SQL, _now, _ts, _uid, _uid_int
 from onex._sqlite_writes import _PROCESSED, _WRITERS, SQL, _insert, _Writer
 from onex._tables import (
     SELECT_AGGREGATE_WINDOW,
@@ -192,6 +195,29 @@ def _encode(writer: _Writer, rows: Sequence[Any], now: str) -> list[tuple[Any, .
                 exc, f"apply: {writer.table} row {index} ({key}) cannot be stored", "nothing was written"
             ) from exc
     raise AssertionError("unreachable: a row failed to encode once and not the second time")
+
+
+def _packed(work: Work) -> bytes:
+    """``work`` as the writer process reads it (``_sqlite_exec.packed``). A value marshal does not write goes as
+    ``sqlite3`` would bind it (``bindable``: an enum member as its value, a datetime through its adapter), as it does
+    on the database thread; one ``sqlite3`` could not bind either is a StoreError naming its row, before anything is
+    sent."""
+    try:
+        return packed([(sql.order, params) for sql, params in work])
+    except ValueError:
+        pass  # The slow path, only once something failed.
+    plain: Tables = []
+    for sql, params in work:
+        rows = []
+        for index, row in enumerate(params):
+            try:
+                rows.append(tuple(map(bindable, row)))
+            except TypeError as exc:
+                raise _store_error(
+                    exc, f"apply: {sql.table} row {index} cannot be stored", "nothing was written"
+                ) from exc
+        plain.append((sql.order, rows))
+    return packed(plain)
 
 
 # --- reads -----------------------------------------------------------------------------------------------------------
@@ -588,8 +614,7 @@ class SqliteStore(Store):
         """``apply`` through the writer process: the batch encoded here, written there with the group it falls into."""
         if self._schema_problem is not None:
             await self._call(self._ready)  # looks again, on the database thread; StoreError until the schema is current
-        tables = [(sql.order, params) for sql, params in self._encode_batch(batch, _now())]
-        await process.submit(tables, _checkpoint_only(batch))
+        await process.submit(_packed(self._encode_batch(batch, _now())), _checkpoint_only(batch))
 
     def _write_group(self, batches: list[WriteBatch]) -> list[BaseException | None]:
         """On the database thread: write ``batches`` in one transaction (``_sqlite_exec.write_group``); each batch's
@@ -622,7 +647,7 @@ class SqliteStore(Store):
         if batch.processed_event_ids:
             consumer = batch.consumer
             try:
-                ids = [(consumer, _uid(i), now) for i in batch.processed_event_ids]
+                ids = [(consumer, _uid_int(i), now) for i in batch.processed_event_ids]
             except _ENCODE_ERRORS as exc:
                 raise _store_error(exc, "apply: processed_event_ids", "nothing was written") from exc
             work.append((_PROCESSED.sql, ids))

@@ -1,7 +1,8 @@
 """How the SQLite store's encoded rows are written on a connection, and the writer process that does it.
 
-Rows arrive here encoded (``onex._sqlite_writes`` turns a ``WriteBatch`` into each table's parameter tuples); what is
-left is SQL: each table's multi-row INSERTs (``Sql.statements``), the numbering of stamp versions, a group of batches
+Rows arrive here encoded (``onex._sqlite_writes`` turns a ``WriteBatch`` into each table's parameter tuples, the ids
+as ints, which ``with_texts`` formats here, off the event loop's thread where this runs in a process); what is left is
+SQL: each table's multi-row INSERTs (``Sql.statements``), the numbering of stamp versions, a group of batches
 written as one (``merged``), savepoints when a batch of the group fails, and the errors as the store reports them.
 
 The same code runs in two places. On the store's database thread, where ``SqliteStore`` writes a ``:memory:``
@@ -13,9 +14,10 @@ package in place first, so that the process starts in tens of milliseconds inste
 every node's dependency (half a second).
 
 Frames between the store and its writer process are a 4-byte big-endian length and a pickle. The store sends its
-configuration once (``Config``), then one group at a time: ``{batch index: [(writer index, rows), ...]}`` and the
-number of batches; the process answers each with every batch's error (None, or ``(unavailable, message)``) and the
-transactions it committed. ``None``, or the end of its input, stops it.
+configuration once (``Config``), then one group at a time: ``{batch index: packed batch}`` and the number of batches,
+where a batch is packed by ``packed`` (marshal: the plain values SQLite binds, nothing the process would have to
+import); the process answers each with every batch's error (None, or ``(unavailable, message)``) and the transactions
+it committed. ``None``, or the end of its input, stops it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import functools
 import itertools
 import json
+import marshal
 import os
 import pickle
 import signal
@@ -132,6 +135,7 @@ class Sql(NamedTuple):
     sql: str  # one row's statement: INSERT ... VALUES (?, ...) ... (repeated for many rows), or an UPDATE
     stamps: StampColumns | None = None  # the stamps' table, whose rows are numbered before they are written
     ordered: bool = False  # its rows' outcome depends on the order of batches (registrations, heartbeats)
+    uuids: tuple[int, ...] = ()  # where its rows hold ids as 128-bit ints, written as their text (``with_texts``)
 
     def statements(self, rows: list[tuple[Any, ...]], max_variables: int) -> Iterator[tuple[str, list[Any], bool]]:
         """How to execute ``rows``: (sql, parameters, whether they are ``executemany``'s list of rows).
@@ -162,6 +166,40 @@ class Sql(NamedTuple):
 
 
 Work = list[tuple[Sql, list[tuple[Any, ...]]]]  # a batch's tables, each with its encoded rows, in writing order
+
+
+# The texts of the ids formatted lately (``uuid_text``): a stamp's rows name the same few ids again and again (its
+# workflow's in five rows of four tables: 13 ids a stamp, 4 of them distinct). Cleared when full.
+_TEXTS_KEPT: Final = 8192
+_texts_kept: dict[int, str] = {}
+
+
+def uuid_text(value: int) -> str:
+    """The text of the UUID whose 128-bit int is ``value``, as ``str(uuid.UUID(int=value))`` writes it."""
+    text = _texts_kept.get(value)
+    if text is None:
+        if len(_texts_kept) >= _TEXTS_KEPT:
+            _texts_kept.clear()
+        digits = f"{value:032x}"
+        text = _texts_kept[value] = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return text
+
+
+def with_texts(work: Work) -> Work:
+    """``work`` with each table's ids (``Sql.uuids``) as the text the store keeps. The store's thread hands them over
+    as ints, which cost less to make and to pickle than the text, so that the writer (the process, where there is one)
+    formats them instead of the event loop's thread."""
+    return [(sql, _texts(sql.uuids, len(rows[0]))(rows) if sql.uuids and rows else rows) for sql, rows in work]
+
+
+@functools.cache
+def _texts(positions: tuple[int, ...], width: int) -> Any:
+    """A function of a table's rows (``width`` values each) with the ids at ``positions`` as text (None stays)."""
+    values = [f"(None if (v := r[{i}]) is None else _text(v))" if i in positions else f"r[{i}]" for i in range(width)]
+    scope: dict[str, Any] = {"_text": uuid_text}
+    exec(f"def texts(rows):\n    return [({', '.join(values)},) for r in rows]\n", scope)
+    return scope["texts"]
+
 
 _flat: Final = itertools.chain.from_iterable  # the rows' values in one list, in C
 
@@ -296,6 +334,7 @@ def write_group(
     rolled back alone and gets its error, the others are committed. An error of the transaction itself (BEGIN,
     COMMIT, a row of a lone batch) fails every batch."""
     errors: list[Failure | None] = [None] * count
+    work = {index: with_texts(statements) for index, statements in work.items()}
     alone = len(work) == 1  # the savepoint costs nothing to leave out, and a lone batch is the common case
     together = next(iter(work.values())) if alone else merged(work.values())  # one statement a table
     single = None if together is None else _one_statement(conn, together)
@@ -393,6 +432,43 @@ class Config(NamedTuple):
     busy_timeout_s: float
 
 
+Tables = list[tuple[int, list[tuple[Any, ...]]]]  # an encoded batch: each table's writer (its Sql.order) and rows
+
+
+def packed(tables: Tables) -> bytes:
+    """An encoded batch as the writer process reads it (``unpacked``): marshal's bytes, which a value marshal does
+    not write (a subclass of str or int, an enum's member, a datetime) makes fail with ValueError (then ``bindable``).
+    Marshal rather than pickle: it writes the values SQLite binds in about two thirds of the time, and never a
+    reference to a class, which the process (importing nothing of the program that runs the store) could not load."""
+    return marshal.dumps(tables)
+
+
+def unpacked(data: bytes) -> Tables:
+    tables: Tables = marshal.loads(data)
+    return tables
+
+
+def bindable(value: Any) -> Any:
+    """``value`` as ``packed`` can write it and SQLite binds it as ``sqlite3`` would bind ``value`` itself: through the
+    adapter registered for its type (``sqlite3.register_adapter``: datetimes on Python 3.11, say), or as the built-in
+    type it subclasses (an ``enum.StrEnum`` member as its text, an ``IntEnum``'s as its number). TypeError for what
+    ``sqlite3`` cannot bind either."""
+    adapter = sqlite3.adapters.get((type(value), sqlite3.PrepareProtocol))
+    if adapter is not None:
+        value = adapter(value)
+    if value is None or type(value) in (str, int, float, bytes, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # the text itself, not what the subclass's __str__ says (an enum member's name)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(memoryview(value))
+    raise TypeError(f"type {type(value).__name__!r} is not supported")
+
+
 def send(fd: int, value: Any) -> None:
     """Write ``value`` to ``fd`` as one frame (blocking until it is all written)."""
     data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
@@ -447,8 +523,8 @@ def child_main() -> None:  # pragma: no cover - runs in the writer process; test
             if message is None:
                 return
             group, count = message
-            work = {index: [(writers[w], rows) for w, rows in tables] for index, tables in group.items()}
             try:
+                work = {index: [(writers[w], rows) for w, rows in unpacked(data)] for index, data in group.items()}
                 answer = write_group(conn, work, count, config.path)
             except Exception as exc:  # a bug of this module's, not the rows': every batch gets it
                 answer = [failure(exc, f"apply failed on {config.path}")] * count, 0

@@ -12,7 +12,8 @@ How. ``python -I onex/_sqlite_exec.py`` (isolated: neither the script's director
 standard library's, nor ``PYTHON*`` variables; it imports nothing of onex but the JSON text, so it starts in tens of
 milliseconds), its stdin and stdout two pipes, started by the store's first ``apply``. Its connection is set up as the
 store's writer's is (WAL, the pragmas, no automatic checkpoints: the store's checkpointer thread runs them). The store
-encodes each batch on the event loop's thread (as its writer thread did, under the same lock) and ``submit``s it; one
+encodes each batch on the event loop's thread (as its writer thread did, under the same lock; the ids as ints, which
+the process formats: ``_sqlite_exec.with_texts``), packs it (``_sqlite_exec.packed``) and ``submit``s it; one
 group is in the process at a time, and what is submitted meanwhile (or in the same turn of the loop) waits and goes as
 the next group, written as one transaction (group commit, as ``onex._group_commit`` does for the thread): batches of
 workflow rows alone, an orchestrator's checkpoints, go ahead as a group of their own. The answer is read when the pipe
@@ -34,7 +35,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from onex import _sqlite_exec
 from onex._group_commit import deliver, split_first
@@ -46,8 +47,7 @@ _log = logging.getLogger("onex.store")
 SCRIPT: Final = str(Path(_sqlite_exec.__file__).resolve())
 STOP_TIMEOUT_S: Final = 30.0  # how long closing waits for the process to close its connection (a checkpoint may run)
 
-Tables = list[tuple[int, list[tuple[Any, ...]]]]  # an encoded batch: each table's writer (its Sql.order) and rows
-Waiting = tuple[tuple[Tables, bool], "asyncio.Future[None]"]  # a batch, whether it is a checkpoint, and its caller
+Waiting = tuple[tuple[bytes, bool], "asyncio.Future[None]"]  # a packed batch, whether it is a checkpoint, its caller
 _checkpoint: Final = operator.itemgetter(1)  # of a waiting batch: goes ahead of the others (``split_first``)
 
 
@@ -93,15 +93,15 @@ class WriterProcess:
         os.set_blocking(proc.stdout.fileno(), False)
         self._proc = proc
 
-    async def submit(self, tables: Tables, first: bool) -> None:
-        """Write one encoded batch (``tables``: each table's writer index and rows) with the group it falls into;
-        ``first``: a checkpoint, written ahead of the batches waiting with it. Its error, if it gets one. A caller
-        that is cancelled does not take its batch back: it is written all the same."""
+    async def submit(self, batch: bytes, first: bool) -> None:
+        """Write one encoded batch (``_sqlite_exec.packed``) with the group it falls into; ``first``: a checkpoint,
+        written ahead of the batches waiting with it. Its error, if it gets one. A caller that is cancelled does not
+        take its batch back: it is written all the same."""
         loop = asyncio.get_running_loop()
         if self._proc is None:
             await self._start()
         future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append(((tables, first), future))
+        self._waiting.append(((batch, first), future))
         if self._sent is None and not self._due:
             # Sent once the loop's turn is over: the batches the other nodes submit in the same turn go with it.
             self._due = True

@@ -33,32 +33,30 @@ def _obj(text: str) -> dict[str, Any]:
     return value
 
 
-# The text of the ids encoded lately. A stamp's rows name the same few ids again and again (its workflow's id in five
-# rows of four tables): 12 a stamp, 4 of them distinct. Cleared when full; a lookup or an entry racing a clear on
-# another thread only costs an encoding. Times are not remembered: utc_text formats one for about what hashing a new
-# datetime to look it up costs (a stamp's 9 times counted 0.4 % more instructions with the lookup than without).
-_TEXTS_KEPT: Final = 8192
-_uid_texts: dict[int, str] = {}
-
-
 def _ts(value: datetime | None) -> str | None:
     """ISO-8601 in UTC at a fixed width (microseconds always present), so text order is time order; naive means UTC
-    in onex (PostgresStore reads it the same way)."""
+    in onex (PostgresStore reads it the same way). Not remembered, as the ids' texts are (``_sqlite_exec.uuid_text``):
+    utc_text formats a time for about what hashing a new datetime to look it up costs (a stamp's 9 times counted 0.4 %
+    more instructions with the lookup than without)."""
     return None if value is None else utc_text(value)
 
 
 def _uid(value: uuid.UUID) -> str:
+    """An id as the store keeps it, for a read's keys (a written row's ids go to the writer as ints: ``_uid_int``)."""
     if type(value) is uuid.UUID:
-        key = value.int
-        text = _uid_texts.get(key)
-        if text is None:
-            if len(_uid_texts) >= _TEXTS_KEPT:
-                _uid_texts.clear()
-            text = _uid_texts[key] = uuid_text(value)
-        return text
+        return uuid_text(value)
     # A str from a careless caller: validate and normalise it as asyncpg does, so that the same id is always the
     # same text (the uuid columns are compared as text).
     return str(uuid.UUID(str(value)))
+
+
+def _uid_int(value: uuid.UUID) -> int:
+    """A written row's uuid column as the store hands it to its writer: the id's 128-bit int, which the writer turns
+    into ``_uid``'s text (``_sqlite_exec.Sql.uuids``), off the event loop's thread where the writer is a process. A str
+    from a careless caller is validated here, as ``_uid`` validates it."""
+    if type(value) is uuid.UUID:
+        return value.int
+    return uuid.UUID(str(value)).int
 
 
 def _now() -> str:
@@ -78,6 +76,8 @@ _TO_SQL: Final[dict[Kind, Convert | None]] = {
     "json_key": group_key,
     "timestamp": _ts,
 }
+# How a WriteBatch's rows are encoded: as _TO_SQL, but the ids as ints (_uid_int).
+_TO_PARAMS: Final[dict[Kind, Convert | None]] = _TO_SQL | {"uuid": _uid_int}
 _FROM_SQL: Final[dict[Kind, Convert | None]] = {
     "uuid": uuid.UUID,
     "text": None,

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from onex import _tables
 from onex._sqlite_exec import Sql, StampColumns
-from onex._sqlite_values import _TO_SQL
+from onex._sqlite_values import _TO_PARAMS
 from onex._tables import Table
 
 _RULES: Final = {
@@ -77,7 +77,7 @@ def _writer(index: int, field: str, table: Table[Any]) -> _Writer:
         stamps = StampColumns(*(stored.index(n) for n in ("namespace", "file_path", "file_hash", "version")))
     return _Writer(
         field,
-        _tables.encoder(table, _TO_SQL, fill_now=True),
+        _tables.encoder(table, _TO_PARAMS, fill_now=True),
         # A stamp by its id too: the key of its own table. By the row's attributes (a window's group, not group_key).
         tuple(dict.fromkeys(attrs.get(k, k) for k in (table.names[0], *table.key))),
         Sql(
@@ -88,6 +88,7 @@ def _writer(index: int, field: str, table: Table[Any]) -> _Writer:
             stamps,
             # A node's registration and its heartbeat: which comes first decides what is stored (``merged``).
             ordered=table is _tables.REGISTRATIONS or heartbeat,
+            uuids=tuple(i for i, c in enumerate(table.stored) if c.kind == "uuid"),
         ),
     )
 
@@ -98,6 +99,6 @@ _PROCESSED: Final = _Writer(
     "processed_event_ids",
     lambda r, now: [],
     ("event_id",),
-    Sql(len(_WRITERS), "processed_events", "insert", _insert(_tables.PROCESSED)),
+    Sql(len(_WRITERS), "processed_events", "insert", _insert(_tables.PROCESSED), uuids=(1,)),
 )
 SQL: Final = tuple(w.sql for w in (*_WRITERS, _PROCESSED))  # every table's Sql, by its index
