@@ -256,70 +256,83 @@ _RAW = {
 }
 
 
+def raw_rows(rows: dict[str, list[tuple[Any, ...]]], text: str, file_path: str, namespace: str, now: str) -> str:
+    """Append to ``rows`` (by table, ``_RAW``'s) the rows a stamp of ``text`` persists, as the raw floor writes them
+    (``bench/http.py``'s raw baseline too); its BLAKE3 digest."""
+    digest = blake3(text.encode()).hexdigest()
+    # The workflow id as onex makes one (new_id: time-ordered); the rest random, like onex's derived ids.
+    cid, stamp_id = str(new_id()), str(uuid.uuid4())
+    rows["workflow_executions"].append(
+        (
+            cid,
+            "stamp_workflow",
+            "completed",
+            2,
+            namespace,
+            file_path,
+            digest,
+            stamp_id,
+            now,
+            now,
+            0.1,
+            "{}",
+            now,
+            now,
+        )
+    )
+    rows["metadata_stamps"].append(
+        (
+            stamp_id,
+            digest,
+            file_path,
+            len(text),
+            namespace,
+            "lightweight",
+            "text",
+            cid,
+            json.dumps({"uid": stamp_id, "hash": digest, "ts": now}),
+            now,
+            cid,
+            1,  # every item is a file of its own: its first version
+            "{}",
+            "0.1",
+            "1.0",
+            json.dumps({"file_type": "text", "size": len(text), "mode": None}),
+            now,
+        )
+    )
+    rows["fsm_transitions"].append(
+        (str(uuid.uuid4()), cid, "orchestrator", "pending", "processing", "start", cid, "{}", now)
+    )
+    rows["fsm_transitions"].append(
+        (str(uuid.uuid4()), cid, "orchestrator", "processing", "completed", "complete", cid, "{}", now)
+    )
+    rows["workflow_steps"].append((cid, "stamp", 0, "completed", 0.1, "{}", now, now))
+    rows["workflow_steps"].append((cid, "intelligence", 1, "skipped", 0.0, "{}", now, now))
+    return digest
+
+
+def raw_connection(path: Path) -> sqlite3.Connection:
+    """The raw floor's connection to a new database at ``path``: WAL, the store's pragmas, the schema migrated."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+    for migration in _migrations():
+        conn.executescript(migration.sql)
+    return conn
+
+
 def run_raw(items: list[str], path: Path) -> float:
     """Hash every item and insert the rows the workflow persists, as directly as Python and sqlite3 allow."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = raw_connection(path)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        for pragma in PRAGMAS:
-            conn.execute(pragma)
-        for migration in _migrations():
-            conn.executescript(migration.sql)
         start = time.perf_counter()
         for offset in range(0, len(items), BATCH):
             rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _RAW}
             now = datetime.now(UTC).isoformat()
             for i, text in enumerate(items[offset : offset + BATCH], offset):
-                digest = blake3(text.encode()).hexdigest()
-                # The workflow id as onex makes one (new_id: time-ordered); the rest random, like onex's derived ids.
-                cid, stamp_id = str(new_id()), str(uuid.uuid4())
-                rows["workflow_executions"].append(
-                    (
-                        cid,
-                        "stamp_workflow",
-                        "completed",
-                        2,
-                        "bench",
-                        f"item-{i}.txt",
-                        digest,
-                        stamp_id,
-                        now,
-                        now,
-                        0.1,
-                        "{}",
-                        now,
-                        now,
-                    )
-                )
-                rows["metadata_stamps"].append(
-                    (
-                        stamp_id,
-                        digest,
-                        f"item-{i}.txt",
-                        len(text),
-                        "bench",
-                        "lightweight",
-                        "text",
-                        cid,
-                        json.dumps({"uid": stamp_id, "hash": digest, "ts": now}),
-                        now,
-                        cid,
-                        1,  # every item is a file of its own: its first version
-                        "{}",
-                        "0.1",
-                        "1.0",
-                        json.dumps({"file_type": "text", "size": len(text), "mode": None}),
-                        now,
-                    )
-                )
-                rows["fsm_transitions"].append(
-                    (str(uuid.uuid4()), cid, "orchestrator", "pending", "processing", "start", cid, "{}", now)
-                )
-                rows["fsm_transitions"].append(
-                    (str(uuid.uuid4()), cid, "orchestrator", "processing", "completed", "complete", cid, "{}", now)
-                )
-                rows["workflow_steps"].append((cid, "stamp", 0, "completed", 0.1, "{}", now, now))
-                rows["workflow_steps"].append((cid, "intelligence", 1, "skipped", 0.0, "{}", now, now))
+                raw_rows(rows, text, f"item-{i}.txt", "bench", now)
             conn.execute("BEGIN IMMEDIATE")
             for table, table_rows in rows.items():
                 conn.executemany(_RAW[table], table_rows)

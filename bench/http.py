@@ -10,6 +10,12 @@ Each repeat runs:
   open loop: latency counts from when each request was due, so queueing shows. Target: p95 < 10 ms.
 - **floor**: the same saturation load on ``POST /hash`` with the same bodies: HTTP, JSON and BLAKE3 without a
   workflow, i.e. what the HTTP layer alone costs; the ratio says how much of /stamp's cost is the workflow.
+- **raw stamp**: the same saturation load on a raw baseline that does a stamp's work as plainly as an HTTP service
+  could (``raw_stamp_app``, on the same uvicorn set-up in this process): the body parsed by orjson, BLAKE3, the rows
+  ``bench/e2e.py``'s raw floor writes for a stamp (``e2e.raw_rows``) inserted and committed on a ``sqlite3``
+  connection of the event loop's own (WAL, the store's pragmas), then the answer; one transaction a request. Its
+  ratio is onex's stamp against a stamp's work without onex, as ``bench/e2e.py`` measures in process (README,
+  Performance: the proposal to judge the gateway by it).
 
 Each saturation run also gives what the server, this process, spent a request (``server_per_request``): CPU µs of the
 event loop's thread and of the store's threads, and KiB written to disk, from its first request (the warm-up's
@@ -38,6 +44,7 @@ import importlib.util
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -45,6 +52,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 if __name__ == "http":  # pragma: no cover - only when imported by that name
     # `python bench/<script>.py` puts bench/ first on sys.path, where this file would shadow the standard library's
@@ -80,6 +89,61 @@ async def _load(url: str, *, path: str, rate: float, duration: float, connection
         raise RuntimeError(f"load generator exited {proc.returncode}")
     result: dict[str, Any] = json.loads(out)
     return result
+
+
+def raw_stamp_app(conn: sqlite3.Connection) -> Callable[..., Awaitable[None]]:
+    """An ASGI app that answers any request as a raw stamp (module docstring, "raw stamp") written on ``conn``."""
+    e2e = _e2e()
+    now = datetime.now(UTC).isoformat  # as the raw floor stamps its rows
+    headers = [(b"content-type", b"application/json")]
+
+    async def app(
+        scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+    ) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        request = orjson.loads(body)
+        rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in e2e._RAW}
+        digest = e2e.raw_rows(rows, request["content"], request["file_path"], request.get("namespace", "bench"), now())
+        conn.execute("BEGIN IMMEDIATE")
+        for table, table_rows in rows.items():
+            conn.executemany(e2e._RAW[table], table_rows)
+        conn.execute("COMMIT")
+        answer = orjson.dumps({"file_hash": digest, "stamp_id": rows["metadata_stamps"][0][0]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*headers, (b"content-length", b"%d" % len(answer))],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def raw_server(prefix: str) -> AsyncIterator[tuple[str, sqlite3.Connection]]:
+    """``raw_stamp_app`` served in this process on a fresh database in a temporary directory: yields its base URL and
+    its connection (to count the rows)."""
+    from onex.http import bind
+    from onex.http.server import base_url, quiet_server
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        conn = _e2e().raw_connection(Path(tmp) / "raw.db")
+        sock = bind("127.0.0.1:0")
+        server = quiet_server(raw_stamp_app(conn), grace_s=1)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            yield base_url(sock), conn
+        finally:
+            server.should_exit = True
+            await serving
+            sock.close()
+            conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -167,16 +231,19 @@ async def _bench(
 ) -> dict[str, list[Any]]:
     from onex.http import PREFIX
 
-    runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": []}
+    runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": [], "raw": []}
     sent = 0  # requests so far: the next run numbers its own from here, so no two stamp the same file and content
 
-    async def load(path: str, **options: Any) -> dict[str, Any]:
+    async def load(path: str, *, to: str = "", **options: Any) -> dict[str, Any]:
         nonlocal sent
-        result = await _load(url, path=path, size=size, first=sent, **options)
+        result = await _load(to or url, path=path, size=size, first=sent, **options)
         sent += result["sent"]
         return result
 
-    async with gateway("onex-bench-http-", synchronous=synchronous) as (url, settle):
+    async with (
+        gateway("onex-bench-http-", synchronous=synchronous) as (url, settle),
+        raw_server("onex-bench-http-raw-") as (raw_url, raw),
+    ):
         stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
         await load(stamp, rate=0, duration=2, connections=connections)  # warm up
         await settle()
@@ -192,6 +259,11 @@ async def _bench(
             runs["floor"].append(
                 await load(hash_, rate=0, duration=duration / 2, connections=connections, namespace="")
             )
+            raw_run = await load("/stamp", to=raw_url, rate=0, duration=duration / 2, connections=connections)
+            stored = raw.execute("SELECT count(*) FROM metadata_stamps").fetchone()[0]
+            if stored != sum(r["sent"] for r in (*runs["raw"], raw_run)):  # every request answered, warm-ups too
+                raise RuntimeError(f"raw baseline: {stored} stamps stored, not one a request sent")
+            runs["raw"].append(raw_run)
     return runs
 
 
@@ -213,11 +285,12 @@ def run(
 
     tune_process()  # as `onex run` does
     runs = asyncio.run(_bench(rate, duration, repeat, connections, size, synchronous_checkpoints))
-    fixed, saturation, floor = runs["fixed"], runs["saturation"], runs["floor"]
+    fixed, saturation, floor, raw = runs["fixed"], runs["saturation"], runs["floor"], runs["raw"]
     errors = sum(r["errors"] for rs in runs.values() for r in rs)
     fixed_p95 = _median(fixed, "p95_ms")
     saturation_rps = _median(saturation, "rps")
     floor_rps = _median(floor, "rps")
+    raw_rps = _median(raw, "rps")
     result = {
         "benchmark": "http_stamp_inprocess_sqlite",
         "content_bytes": size,
@@ -249,6 +322,8 @@ def run(
         },
         "floor_hash_no_workflow": {"rps": floor_rps, "p50_ms": _median(floor, "p50_ms")},
         "stamp_vs_floor_ratio": round(saturation_rps / floor_rps, 3) if floor_rps else None,
+        "raw_stamp": {"rps": raw_rps, "p50_ms": _median(raw, "p50_ms")},
+        "stamp_vs_raw_stamp_ratio": round(saturation_rps / raw_rps, 3) if raw_rps else None,
         "errors": errors,
         "runs": runs,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -264,6 +339,7 @@ def _print(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     fixed, sat, floor = result["fixed_rate"], result["saturation"], result["floor_hash_no_workflow"]
+    raw = result["raw_stamp"]
     behind = "" if result["synchronous_checkpoints"] else ", checkpoints written behind"
     table = Table(
         title=f"POST /stamp, {result['content_bytes']} B content{behind}, median of {result['repeat']} run(s)"
@@ -277,12 +353,15 @@ def _print(result: dict[str, Any]) -> None:
                   f"{sat['p95_ms']:.2f}", f"{sat['p99_ms']:.2f}", f">= {sat['rps_target']:,.0f} req/s",
                   "yes" if sat["rps_met"] else "NO")  # fmt: skip
     table.add_row("floor: POST /hash (no workflow)", f"{floor['rps']:,.0f}", f"{floor['p50_ms']:.2f}", "", "", "", "")
+    table.add_row("raw stamp (BLAKE3, the rows, a commit)", f"{raw['rps']:,.0f}", f"{raw['p50_ms']:.2f}", "", "", "",
+                  "")  # fmt: skip
     Console().print(table)
     spent = sat["server_per_request"]
     print(f"the server a request at saturation: CPU {spent.get('cpu_us_main', 0):.0f} µs on the event loop's thread, "
           f"{spent.get('cpu_us_sqlite', 0):.0f} µs on the store's threads; {spent.get('written_kib', 0):.1f} KiB "
           "written")  # fmt: skip
-    print(f"stamp/floor ratio {result['stamp_vs_floor_ratio']}; errors {result['errors']}; "
+    print(f"stamp/floor ratio {result['stamp_vs_floor_ratio']}; stamp/raw stamp ratio "
+          f"{result['stamp_vs_raw_stamp_ratio']}; errors {result['errors']}; "
           f"{result['machine']['cpus']} CPU(s), load generator in a second process on the same machine")  # fmt: skip
 
 
