@@ -169,7 +169,8 @@ Work = list[tuple[Sql, list[tuple[Any, ...]]]]  # a batch's tables, each with it
 
 
 # The texts of the ids formatted lately (``uuid_text``): a stamp's rows name the same few ids again and again (its
-# workflow's in five rows of four tables: 13 ids a stamp, 4 of them distinct). Cleared when full.
+# workflow's in five rows of four tables: 13 ids a stamp, 4 of them distinct). Cleared when full; a lookup or an entry
+# racing a clear on another store's thread only costs a formatting.
 _TEXTS_KEPT: Final = 8192
 _texts_kept: dict[int, str] = {}
 
@@ -186,9 +187,9 @@ def uuid_text(value: int) -> str:
 
 
 def with_texts(work: Work) -> Work:
-    """``work`` with each table's ids (``Sql.uuids``) as the text the store keeps. The store's thread hands them over
-    as ints, which cost less to make and to pickle than the text, so that the writer (the process, where there is one)
-    formats them instead of the event loop's thread."""
+    """``work`` with each table's ids (``Sql.uuids``) as the text the store keeps. The event loop's thread hands them
+    over as ints, which cost less to make and to pack than the text, so that the writer (the process, where there is
+    one) formats them instead."""
     return [(sql, _texts(sql.uuids, len(rows[0]))(rows) if sql.uuids and rows else rows) for sql, rows in work]
 
 
