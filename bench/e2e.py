@@ -242,7 +242,7 @@ async def _run_onex(
     return elapsed, counts
 
 
-_RAW = {
+RAW_INSERTS = {
     "workflow_executions": "INSERT INTO workflow_executions (correlation_id, workflow_type, current_state, state_seq,"
     " namespace, file_path, file_hash, stamp_id, started_at, completed_at, execution_time_ms, metadata, created_at,"
     " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -256,8 +256,22 @@ _RAW = {
 }
 
 
+def raw_batch() -> dict[str, list[tuple[Any, ...]]]:
+    """Rows to write, by table (``RAW_INSERTS``), none yet."""
+    return {table: [] for table in RAW_INSERTS}
+
+
+def raw_commit(conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Insert ``rows`` (``raw_batch``) in one transaction, as directly as sqlite3 allows, and empty it."""
+    conn.execute("BEGIN IMMEDIATE")
+    for table, table_rows in rows.items():
+        conn.executemany(RAW_INSERTS[table], table_rows)
+        table_rows.clear()
+    conn.execute("COMMIT")
+
+
 def raw_rows(rows: dict[str, list[tuple[Any, ...]]], text: str, file_path: str, namespace: str, now: str) -> str:
-    """Append to ``rows`` (by table, ``_RAW``'s) the rows a stamp of ``text`` persists, as the raw floor writes them
+    """Append to ``rows`` (``raw_batch``) the rows a stamp of ``text`` persists, as the raw floor writes them
     (``bench/http.py``'s raw baseline too); its BLAKE3 digest."""
     digest = blake3(text.encode()).hexdigest()
     # The workflow id as onex makes one (new_id: time-ordered); the rest random, like onex's derived ids.
@@ -328,15 +342,12 @@ def run_raw(items: list[str], path: Path) -> float:
     conn = raw_connection(path)
     try:
         start = time.perf_counter()
+        rows = raw_batch()
         for offset in range(0, len(items), BATCH):
-            rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _RAW}
             now = datetime.now(UTC).isoformat()
             for i, text in enumerate(items[offset : offset + BATCH], offset):
                 raw_rows(rows, text, f"item-{i}.txt", "bench", now)
-            conn.execute("BEGIN IMMEDIATE")
-            for table, table_rows in rows.items():
-                conn.executemany(_RAW[table], table_rows)
-            conn.execute("COMMIT")
+            raw_commit(conn, rows)
         return time.perf_counter() - start
     finally:
         conn.close()

@@ -98,15 +98,11 @@ def raw_stamp_app(conn: sqlite3.Connection) -> Callable[..., Awaitable[None]]:
     e2e = _e2e()
     now = datetime.now(UTC).isoformat  # as the raw floor stamps its rows
     headers = [(b"content-type", b"application/json")]
-    rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in e2e._RAW}
+    rows = e2e.raw_batch()
     waiting: list[asyncio.Future[None]] = []
 
     def commit() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        for table, table_rows in rows.items():
-            conn.executemany(e2e._RAW[table], table_rows)
-            table_rows.clear()
-        conn.execute("COMMIT")
+        e2e.raw_commit(conn, rows)
         for answered in waiting:
             answered.set_result(None)
         waiting.clear()

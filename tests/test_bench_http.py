@@ -22,7 +22,7 @@ async def test_the_raw_stamp_answers_with_the_hash_once_its_rows_are_committed(t
     assert answer.status_code == 200
     assert answer.json()["file_hash"] == blake3(b"hello\n").hexdigest()
     assert not conn.in_transaction  # committed before the answer
-    counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in e2e._RAW}
+    counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in e2e.RAW_INSERTS}
     assert counts == {"workflow_executions": 1, "metadata_stamps": 1, "fsm_transitions": 2, "workflow_steps": 2}
     assert conn.execute("SELECT id, file_path, namespace FROM metadata_stamps").fetchall() == [
         (answer.json()["stamp_id"], "a.txt", "ns")

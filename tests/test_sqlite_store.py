@@ -829,7 +829,7 @@ def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None
     writer = next(w for w in _sqlite_writes._WRITERS if w.field == "transitions")
     rows = [(n, *range(8)) for n in range(_sqlite_exec.MULTI_ROW + 7)]
 
-    statements = list(writer.statements(rows, max_variables=999))
+    statements = list(writer.sql.statements(rows, max_variables=999))
 
     # 999 variables hold 111 rows of 9 columns: statements of 64 rows (the largest power of two that fits), then the
     # 7 left in one (up to EXACT_ROWS rows go in one statement), none through executemany, every row once and in order.
@@ -838,14 +838,16 @@ def test_rows_go_out_as_multi_row_statements_within_the_variable_limit() -> None
     assert all(sql.count("(?, ?, ?, ?, ?, ?, ?, ?, ?)") == len(args) // 9 for sql, args, _ in statements)
     assert [args[i] for _, args, _ in statements for i in range(0, len(args), 9)] == list(range(len(rows)))
     # Without the limit, up to MULTI_ROW rows a statement.
-    assert [len(args) // 9 for _, args, _ in writer.statements(rows, max_variables=250_000)] == [
+    assert [len(args) // 9 for _, args, _ in writer.sql.statements(rows, max_variables=250_000)] == [
         _sqlite_exec.MULTI_ROW,
         7,
     ]
-    assert [len(args) // 9 for _, args, _ in writer.statements(rows[:100], max_variables=250_000)] == [64, 32, 4]
+    assert [len(args) // 9 for _, args, _ in writer.sql.statements(rows[:100], max_variables=250_000)] == [64, 32, 4]
     # One text per count up to EXACT_ROWS, then one per power of two: the texts a table uses are few, and stay
     # prepared in the connection's cache.
-    texts = {sql for n in range(1, _sqlite_exec.MULTI_ROW + 1) for sql, _, _ in writer.statements(rows[:n], 250_000)}
+    texts = {
+        sql for n in range(1, _sqlite_exec.MULTI_ROW + 1) for sql, _, _ in writer.sql.statements(rows[:n], 250_000)
+    }
     exact = _sqlite_exec.EXACT_ROWS
     assert len(texts) == exact + _sqlite_exec.MULTI_ROW.bit_length() - exact.bit_length()
     assert len(texts) * len(_sqlite_writes._WRITERS) < _sqlite.STATEMENTS_CACHED

@@ -56,3 +56,4 @@ def test_the_texts_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert [uuid_text(i.int) for i in ids] == [str(i) for i in ids]
     assert [uuid_text(i.int) for i in ids[-3:]] == [str(i) for i in ids[-3:]]  # remembered ones
     assert len(_sqlite_exec._texts_kept) <= 8
+    assert _sqlite_exec._texts_kept[ids[-1].int] == str(ids[-1])  # the latest is remembered

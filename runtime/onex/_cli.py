@@ -46,10 +46,10 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _from_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
     """``call(store)`` on the settings' store, opened around it; an ``OnexError`` is one line on stderr, exit 1."""
-    from onex.stores import open_store  # imported when a command reads the store, not by every ``onex`` start
+    from onex.stores import store_for  # imported when a command reads the store, not by every ``onex`` start
 
     async def main_() -> T:
-        async with open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer) as s:
+        async with store_for(settings) as s:
             return await call(s)
 
     try:

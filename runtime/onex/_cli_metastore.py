@@ -71,10 +71,10 @@ def _with_metastore(settings: Settings, call: Callable[[Metastore], Awaitable[T]
     """``call(metastore)`` over the settings' store (and, for a change with ``announce``, a Kafka bus to publish its
     change event on); an ``OnexError`` is one line on stderr, exit 1."""
     from onex.metastore.service import Metastore
-    from onex.stores import open_store
+    from onex.stores import store_for
 
     async def main_() -> T:
-        async with open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer) as store:
+        async with store_for(settings) as store:
             if not (announce and settings.bus.startswith("kafka:")):
                 return await call(Metastore(store, None, settings=settings))
             from onex._kafka import KafkaBus

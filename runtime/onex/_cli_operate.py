@@ -53,7 +53,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
 
     The workflow is a CORRELATION_ID, the latest workflow of the file at PATH, or with --latest the latest of all.
     """
-    from onex.stores import open_store
+    from onex.stores import store_for
 
     if (target is None) == (not latest):
         _fail("give a CORRELATION_ID, a PATH or --latest", code=2)
@@ -71,7 +71,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
     settings = _settings(ctx, store=store)
 
     async def main_() -> None:
-        async with open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer) as s:
+        async with store_for(settings) as s:
             if wanted is not None:
                 cid = wanted
             else:

@@ -348,16 +348,21 @@ class SqliteStore(Store):
                 await asyncio.get_running_loop().run_in_executor(checkpointer, self._close_here)
             finally:
                 checkpointer.shutdown(wait=False)  # its thread exits once idle (at once unless cancelled meanwhile)
+        process, self._process = self._process, None
         try:
             await self._group.idle()  # the writes of apply() calls made before this one
-            process, self._process = self._process, None
             if process is not None:
                 await process.idle()
+                self._transactions += process.transactions  # still counted once the process is gone
                 process.detach()
                 # Its connection closes before the database thread's, which then checkpoints what is left as the last.
                 await asyncio.get_running_loop().run_in_executor(executor, process.close)
+                process = None
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         except BaseException:
+            if process is not None:  # cancelled before it was closed: the thread ends it first
+                process.detach()
+                executor.submit(process.close)
             executor.shutdown(wait=False)  # cancelled: the thread still closes the connection, then exits
             raise
         executor.shutdown(wait=True)  # the thread is idle now: this only joins it

@@ -6,7 +6,6 @@ why, is ``onex._sqlite``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -62,10 +61,6 @@ class _Writer:
     @property
     def table(self) -> str:
         return self.sql.table
-
-    def statements(self, rows: list[tuple[Any, ...]], max_variables: int) -> Iterator[tuple[str, list[Any], bool]]:
-        """``Sql.statements``: how ``rows`` are executed."""
-        return self.sql.statements(rows, max_variables)
 
 
 def _writer(index: int, field: str, table: Table[Any]) -> _Writer:

@@ -36,7 +36,7 @@ from onex.nodes import EventCatalog
 from onex.settings import Settings
 from onex.stamps import BUSY, VerifyResult, verify_file
 from onex.store import BridgeStateRow, Store
-from onex.stores import open_store
+from onex.stores import store_for
 
 _log = logging.getLogger("onex.client")
 
@@ -496,9 +496,7 @@ class StampRun:
         deadline = asyncio.get_running_loop().time() + self.timeout
         report = StampReport(waited=self.wait, namespace=self.namespace, timeout_s=self.timeout, dry_run=self.dry_run)
         in_process = self.settings.bus.startswith("memory:")
-        deployment_store = (
-            None if in_process else open_store(self.settings.store_url(), sqlite_writer=self.settings.sqlite_writer)
-        )
+        deployment_store = None if in_process else store_for(self.settings)
         settings = _confined_to(self.settings, paths) if in_process else self.settings
         runtime = Runtime(settings, contracts=self.contracts, nodes=None if in_process else [], store=deployment_store)
         progress = on_progress or _no_progress

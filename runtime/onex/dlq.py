@@ -49,7 +49,7 @@ from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic
 from onex.exceptions import BusError, OnexError, StoreError, error_text
 from onex.settings import Settings, redact_url
 from onex.store import DeadLetterRow, Store, dead_letter_row
-from onex.stores import open_store
+from onex.stores import store_for
 
 __all__ = [
     "Letters",
@@ -147,9 +147,8 @@ def _newest_first(rows: list[DeadLetterRow]) -> list[DeadLetterRow]:
 @contextlib.asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[Store]:
     """The settings' store, open; the embedded SQLite default is migrated, as ``onex run`` does."""
-    url = settings.store_url()
-    async with open_store(url) as store:
-        if url.startswith("sqlite:"):
+    async with store_for(settings) as store:
+        if settings.store_url().startswith("sqlite:"):
             await store.upgrade()
         yield store
 

@@ -37,7 +37,7 @@ from onex.nodes import Node, RegistryNode
 from onex.routing import service_topics
 from onex.settings import Settings, redact_url
 from onex.store import Store, dead_letter_row
-from onex.stores import open_store
+from onex.stores import store_for
 
 # Consumers start before producers so that the first events published find their subscribers.
 START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effect", "orchestrator")
@@ -130,7 +130,7 @@ class Runtime:
         self._own_bus = bus is None
         self._own_store = store is None
         self.bus = bus or open_bus(settings)
-        self.store = store or open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer)
+        self.store = store or store_for(settings)
         self.nodes: list[Node] = []
         self.bus.on_dead_letter(self._alert_on_dead_letters)
         if not self.bus.retains_messages:  # the memory bus: dead letters die with the process unless kept

@@ -1,4 +1,5 @@
-"""``open_store(url)``: the ``Store`` a URL names, ``SqliteStore`` or ``PostgresStore``.
+"""``open_store(url)``: the ``Store`` a URL names, ``SqliteStore`` or ``PostgresStore``; ``store_for(settings)``: the
+one a process's settings name, as the runtime, the CLI and the harness open it.
 
 The factory lives apart from ``onex.store`` because it imports the backends, and each backend imports
 ``onex.store`` for the base class and the rows; in one module, the seam and its implementations would import each
@@ -7,9 +8,14 @@ other. The backends are imported when asked for, so SQLite never needs the Postg
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from onex.store import Store
 
-__all__ = ["open_store"]
+if TYPE_CHECKING:
+    from onex.settings import Settings
+
+__all__ = ["open_store", "store_for"]
 
 
 def open_store(url: str, *, sqlite_writer: str = "process") -> Store:
@@ -24,3 +30,8 @@ def open_store(url: str, *, sqlite_writer: str = "process") -> Store:
 
         return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+
+
+def store_for(settings: Settings) -> Store:
+    """``open_store`` of ``settings.store_url()``, its SQLite file written where ``settings.sqlite_writer`` says."""
+    return open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer)

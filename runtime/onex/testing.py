@@ -36,7 +36,7 @@ from onex.nodes import EventCatalog
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import Store
-from onex.stores import open_store
+from onex.stores import store_for
 
 __all__ = ["Harness", "ManualClock", "SequentialIds", "WaitTimeout"]
 
@@ -121,7 +121,7 @@ class Harness:
             self.settings = base.with_(heartbeat_interval_s=heartbeat_interval_s, **settings)
             self.contracts = contracts or load_contracts(self.settings.root)
             self.bus = MemoryBus(partitions=self.settings.partitions, buffer_size=self.settings.buffer_size)
-            self.store: Store = open_store(self.settings.store_url(), sqlite_writer=self.settings.sqlite_writer)
+            self.store: Store = store_for(self.settings)
             self.clock: Clock = clock or SYSTEM_CLOCK
             self.ids: IdSource = ids or new_id
             self.runtime = Runtime(
