@@ -292,6 +292,23 @@ def test_the_shipped_types_implement_the_protocol() -> None:
     assert python.extract(content, file_name="tool.py") == (None, content)
 
 
+@pytest.mark.parametrize(
+    ("head", "interpreter"),
+    [
+        (b"#!/usr/bin/env python3.11\nprint(1)\n", "python"),
+        (b"#!/bin/sh", "sh"),  # no newline at all
+        (b"#!/usr/bin/env -S ruby -w\n", "ruby"),
+        (b"#!/opt/" + b"d" * 300 + b"/perl\n", "d" * 249),  # the line is read up to 256 bytes
+        (b"#!/bin/" + b"b" * 240 + b"\n#!/usr/bin/zsh\n", "b" * 240),  # the first line only
+        (b"#![feature(x)]\n", None),  # Rust's inner attribute, not a shebang
+    ],
+)
+def test_interpreter_of_reads_the_shebang_line(head: bytes, interpreter: str | None) -> None:
+    from onex._comments import interpreter_of
+
+    assert interpreter_of(head) == interpreter
+
+
 class _ZorkType:
     """A handler written from scratch: its stamp is the last line, ``%% onex <uid> <hash> <ts>``."""
 

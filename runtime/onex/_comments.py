@@ -103,7 +103,8 @@ def interpreter_of(head: bytes) -> str | None:
     """The interpreter a script's shebang names (``env`` skipped, version digits dropped), or ``None``."""
     if not head.startswith(b"#!") or head.startswith(b"#!["):
         return None
-    line = head[2 : head.find(b"\n") if b"\n" in head[:256] else 256].decode("ascii", "replace")
+    end = head.find(b"\n", 0, 256)
+    line = head[2 : end if end >= 0 else 256].decode("ascii", "replace")
     words = [w for w in line.split() if not w.startswith("-")]
     if words and os.path.basename(words[0]) == "env":
         words = words[1:]
