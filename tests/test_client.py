@@ -98,6 +98,23 @@ async def test_forget_drops_what_the_client_kept_of_a_finished_workflow(runtime:
             await client.outcome(cid)
 
 
+async def test_an_abandoned_workflow_keeps_nothing_of_its_late_outcome(runtime: Runtime) -> None:
+    seen: list[OnexEnvelopeV1] = []
+    async with StampClient(runtime.bus, runtime.contracts, runtime.settings, on_outcome=seen.append) as client:
+        cid = await client.submit({"content": "a", "namespace": "ns"})
+        kept = await client.submit({"content": "b", "namespace": "ns"})
+        client.abandon(cid)  # a caller gave up while it ran
+        assert client.pending == 2  # still running: counted until its outcome arrives
+        await complete(runtime, cid)
+        await complete(runtime, kept)
+        await join(runtime)
+        assert client.pending == 0
+        assert {e.correlation_id for e in seen} == {cid, kept}  # on_outcome hears of both
+        assert (await client.outcome(kept)).correlation_id == kept
+        with pytest.raises(OnexError, match="not submitted by this client"):
+            await client.outcome(cid)  # nothing kept of it
+
+
 @pytest.mark.parametrize("given", ["text", "subclass"])
 async def test_a_request_built_by_the_client_equals_a_validated_one(runtime: Runtime, given: str) -> None:
     """The client builds its request envelopes without validation; a correlation id given as text or as a UUID

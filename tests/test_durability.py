@@ -336,6 +336,29 @@ async def test_outcomes_stored_but_never_aggregated_are_aggregated_by_the_next_r
     assert again == state
 
 
+async def test_an_outcome_delivered_again_to_the_next_run_is_not_counted_again(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/onex.db"
+    outcomes = [finished(i) for i in range(3)]
+    async with Harness(["database_adapter_effect", "reducer"], root=ROOT, store_url=store_url) as first:
+        for payload in outcomes:
+            await first.publish("WORKFLOW_COMPLETED", payload, partition_key=NS)
+        await first.settle()
+        state = await first.store.get_bridge_state(NS)
+
+    # A new reducer remembers nothing in memory: what it was given before is recognised by the store's record of
+    # the workflows its aggregate counts (``Store.unprocessed``), and a fresh one beside them is counted.
+    async with Harness(["reducer"], root=ROOT, store_url=store_url) as second:
+        await second.publish("WORKFLOW_COMPLETED", outcomes[1], partition_key=NS)
+        await second.publish("WORKFLOW_COMPLETED", finished(7), partition_key=NS)
+        await second.settle()
+        again = await second.store.get_bridge_state(NS)
+
+    assert state is not None
+    assert (state.total_workflows_processed, state.total_size_bytes) == (3, 100 + 101 + 102)
+    assert again is not None
+    assert (again.total_workflows_processed, again.total_size_bytes) == (4, 100 + 101 + 102 + 107)
+
+
 async def test_a_store_written_before_the_reducer_recorded_its_workflows_is_not_counted_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

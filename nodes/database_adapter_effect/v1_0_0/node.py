@@ -70,7 +70,6 @@ import dataclasses
 import functools
 import logging
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -411,7 +410,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
         comes with its stamp; a commit that succeeded meanwhile takes it out again (``_unstored``)."""
         batch = WriteBatch(consumer=self.contract.name)
         stored = self._stored_stamps
-        workflows: dict[uuid.UUID, WorkflowRow] = {}
+        workflows: dict[int, WorkflowRow] = {}
         versions = (self.settings.metadata_version, self.settings.protocol_version)
         keep = functools.partial(_keep_combined, workflows)
 
@@ -570,10 +569,12 @@ def combine(a: WorkflowRow, b: WorkflowRow) -> WorkflowRow:
     return dataclasses.replace(win, **changes) if changes else win
 
 
-def _keep_combined(workflows: dict[uuid.UUID, WorkflowRow], row: WorkflowRow) -> None:
-    """Add ``row`` to ``workflows``, combined with the row of its workflow already there (``combine``)."""
-    prior = workflows.get(row.correlation_id)
-    workflows[row.correlation_id] = row if prior is None else combine(prior, row)
+def _keep_combined(workflows: dict[int, WorkflowRow], row: WorkflowRow) -> None:
+    """Add ``row`` to ``workflows`` (by its id's int: ``uuid.UUID.__hash__`` is Python, and the rows are this
+    node's own, their ids typed), combined with the row of its workflow already there (``combine``)."""
+    key = row.correlation_id.int
+    prior = workflows.get(key)
+    workflows[key] = row if prior is None else combine(prior, row)
 
 
 def _remember(recent: OrderedDict[int, None], keys: Iterable[int], limit: int) -> None:
@@ -608,7 +609,7 @@ def merge(batches: Sequence[WriteBatch]) -> WriteBatch:
     if len(batches) == 1:
         return batches[0]
     merged = WriteBatch(consumer=batches[0].consumer)
-    workflows: dict[uuid.UUID, WorkflowRow] = {}
+    workflows: dict[int, WorkflowRow] = {}
     for b in batches:
         for row in b.workflows:
             _keep_combined(workflows, row)

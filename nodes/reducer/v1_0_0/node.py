@@ -377,15 +377,19 @@ class NodeReducer(ReducerNode):
             await self._reduce_locked(outcomes)
 
     async def _reduce_locked(self, outcomes: Sequence[Outcome]) -> None:
-        fresh: dict[uuid.UUID, Outcome] = {}
+        # By the workflow ids' ints: ``uuid.UUID.__hash__`` is Python, about three times an int's lookup.
+        fresh: dict[int, Outcome] = {}
         for outcome in outcomes:
-            if outcome.workflow_id.int not in self._seen:
-                fresh.setdefault(outcome.workflow_id, outcome)
+            key = outcome.workflow_id.int
+            if key not in self._seen:
+                fresh.setdefault(key, outcome)
         if fresh and self.state_policy.durable:
             # Counted before, by this reducer or another (a redelivered outcome, a replica that took over): the
             # workflows an aggregate counts are recorded with its checkpoint.
-            todo = await self.hold_store(functools.partial(self.store.unprocessed, self.processed_key, list(fresh)))
-            fresh = {cid: o for cid, o in fresh.items() if cid in todo}
+            ids = [o.workflow_id for o in fresh.values()]
+            todo = await self.hold_store(functools.partial(self.store.unprocessed, self.processed_key, ids))
+            kept = {cid.int for cid in todo}
+            fresh = {key: o for key, o in fresh.items() if key in kept}
         for namespace in {o.namespace for o in fresh.values()} - self.aggregates.keys():
             await self._load(namespace)
         touched: Counter[str] = Counter()
@@ -412,7 +416,7 @@ class NodeReducer(ReducerNode):
                 self._changed[namespace] = agg
         for namespace, items in touched.items():
             self._touch(self.aggregates[namespace], items)
-        self._counted.extend(fresh)
+        self._counted.extend([o.workflow_id for o in fresh.values()])
         self._close_windows(force=False)
 
     async def checkpoint(self) -> None:
