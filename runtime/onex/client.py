@@ -292,12 +292,13 @@ class StampClient:
 
     async def outcome(self, cid: uuid.UUID, *, timeout: float | None = None) -> OnexEnvelopeV1:
         """The outcome of a submitted request (waits up to ``timeout`` seconds; TimeoutError after)."""
-        done = self._outcomes.get(cid.int)
+        key = cid.int
+        done = self._outcomes.get(key)
         if done is not None:
             return done
         if not self.listen:
             raise OnexError("this client does not listen for outcomes: create it with listen=True")
-        future = self._waiting.get(cid.int)
+        future = self._waiting.get(key)
         if future is None:
             raise OnexError(f"workflow {cid} was not submitted by this client")
         return await _wait(future, timeout)
@@ -339,8 +340,9 @@ class StampClient:
         """Stop waiting for a workflow that is still running (a caller gave up): its outcome and stamp are dropped
         when they arrive instead of being kept. A finished workflow is simply forgotten."""
         self.forget(cid)
-        if cid.int in self._waiting:
-            self._abandoned.add(cid.int)
+        key = cid.int
+        if key in self._waiting:
+            self._abandoned.add(key)
 
     @property
     def pending(self) -> int:

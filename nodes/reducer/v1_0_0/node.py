@@ -394,8 +394,8 @@ class NodeReducer(ReducerNode):
             await self._load(namespace)
         touched: Counter[str] = Counter()
         aggregator = self.aggregator
-        for outcome in fresh.values():
-            self._remember(outcome.workflow_id.int)
+        for key, outcome in fresh.items():
+            self._remember(key)
             if aggregator is not None:
                 aggregator.add(outcome.record, outcome.at)
             agg = self.aggregates[outcome.namespace]
