@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from onex._model_reads import PlainReads, reads_plainly
+from onex._model_reads import PlainReads, class_reads_plainly, reads_plainly
 from onex.contracts.models import Contract, Step
 from onex.envelope import OnexEnvelopeV1, Payload
 from onex.metastore.models import MetadataEntry
@@ -49,6 +49,9 @@ class PlainPydantic(BaseModel):
 def test_onex_models_read_their_fields_through_the_plain_lookup(cls: type[BaseModel]) -> None:
     assert reads_plainly(cls)
     assert not reads_plainly(PlainPydantic)  # what pydantic gives a model: its __getattr__ hook
+    # and, for a PlainReads model, its class's own attributes (Model.built, Model.model_validate)
+    assert class_reads_plainly(cls) is issubclass(cls, PlainReads)
+    assert not class_reads_plainly(PlainPydantic)  # pydantic's metaclass has a __getattr__ too
 
 
 def test_a_model_reads_as_pydantic_reads_it() -> None:
@@ -112,3 +115,47 @@ def test_a_getattr_assigned_later_is_honoured() -> None:
     Later.__getattr__ = lambda self, item: 42  # type: ignore[attr-defined]
     assert not reads_plainly(Later)  # CPython sets the slot again itself
     assert Later(name="a").anything == 42  # type: ignore[attr-defined]
+
+
+def test_a_model_class_reads_its_attributes_as_pydantics_class_reads_them() -> None:
+    ours, theirs = Reading, PlainPydantic
+    assert ours.model_fields.keys() == theirs.model_fields.keys() == {"name", "size"}
+    assert ours.model_validate({"name": "a"}) == Reading(name="a")
+    assert ours.__pydantic_serializer__.to_json(Reading(name="a")) == b'{"name":"a","size":0}'
+    assert ours.built(name="b", size=1).label == "b:1"
+    assert isinstance(ours.label, property)
+    assert Reading.__mro__[1] is Payload
+    assert not hasattr(ours, "missing")
+    assert getattr(ours, "missing", 5) == 5
+    with pytest.raises(AttributeError, match="missing"):
+        ours.missing  # noqa: B018 - the read is the test
+    with pytest.raises(AttributeError, match="missing"):
+        theirs.missing  # noqa: B018
+
+
+def test_a_model_class_with_private_attributes_keeps_pydantics_class_lookup() -> None:
+    class Private(PlainReads):
+        name: str
+        _secret: int = PrivateAttr(default=3)
+
+    class Public(PlainReads):
+        name: str
+
+    assert not class_reads_plainly(Private)
+    assert Private._secret.default == 3  # type: ignore[attr-defined]  # pydantic's metaclass finds the private attribute on the class
+    assert Private(name="a")._secret == 3
+    assert class_reads_plainly(Public)
+
+
+def test_a_metaclass_of_ones_own_keeps_its_getattr() -> None:
+    class Meta(type(PlainReads)):  # type: ignore[misc]
+        def __getattr__(cls, item: str) -> Any:
+            if item.startswith("__"):
+                raise AttributeError(item)
+            return f"no {item}"
+
+    class Own(PlainReads, metaclass=Meta):
+        name: str
+
+    assert not class_reads_plainly(Own)
+    assert Own.colour == "no colour"

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 importlib.import_module("nodes")
 
 ROOT = Path(__file__).resolve().parent / "projects" / "workshop"
+REPO = Path(__file__).resolve().parents[1]  # the shipped nodes
 
 
 @functools.cache
@@ -234,6 +235,47 @@ async def test_a_step_that_never_completes_is_failed_by_the_timeout_sweeper_afte
     assert [e.event_type for e in finished(h, cid)] == ["BUILD_FAILED"]
     assert ("c", 1) not in node.started
     assert [t["to_state"] for t in h.transitions(cid)] == ["running", "failed"]
+
+
+@pytest.mark.anyio
+async def test_a_step_records_its_milliseconds_on_the_nodes_clock_rounded_to_the_microsecond() -> None:
+    clock = ManualClock(start=0.0)  # the wall time the engine reads: exact sums of what advance() is given
+    async with assembler(clock=clock) as h:
+        node = hosted_assembler(h)
+        cid = await build(h)  # a and b start at 0
+        steps = node.workflows[cid].steps
+        await clock.advance(0.0123456)
+        await step_done(h, cid, "a")
+        await clock.advance(0.0021)
+        await step_done(h, cid, "b")  # c starts, and is still running
+        elapsed = {name: steps[name].elapsed_ms for name in ("a", "b", "c")}
+
+    assert elapsed == {"a": 12.346, "b": 14.446, "c": None}
+
+
+class _TickingClock(ManualClock):
+    """Wall time that moves on by 12.3456 ms each time it is read, so a workflow's start and end are apart."""
+
+    def __init__(self) -> None:
+        super().__init__(start=1_765_000_000.0)
+        self.reads = 0
+
+    def time(self) -> float:
+        self.reads += 1
+        return super().time() + self.reads * 0.0123456
+
+
+@pytest.mark.anyio
+async def test_a_stamp_workflow_takes_its_milliseconds_from_its_start_and_end_rounded_to_the_microsecond() -> None:
+    async with Harness(["orchestrator", "stamping_effect"], root=REPO, clock=_TickingClock()) as h:
+        await h.publish("STAMP_REQUESTED", {"content": "x = 1\n", "file_path": "x.py", "namespace": "onex.test.ms"})
+        await h.settle()
+
+    [outcome] = h.of("WORKFLOW_COMPLETED")
+    finished = outcome.payload
+    took = finished.completed_at - finished.started_at
+    assert took.total_seconds() > 0.012  # at least one read of the clock apart
+    assert finished.execution_time_ms == round(took.total_seconds() * 1000, 3)
 
 
 @pytest.mark.anyio

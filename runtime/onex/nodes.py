@@ -1120,7 +1120,7 @@ class OrchestratorNode(Node):
         skipped: bool = False,
     ) -> bool:
         """Record a step's outcome; returns True when the step should be retried instead."""
-        run.elapsed_ms = round(float(max(self.clock.time() - run.started, 0.0)) * 1000, 3)
+        run.elapsed_ms = round(e * 1e6) / 1000 if (e := self.clock.time() - run.started) > 0 else 0.0  # round(ms, 3)
         run.deadline = None
         self._dirty[workflow.cid.int] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
