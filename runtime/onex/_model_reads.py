@@ -94,18 +94,21 @@ def reads_plainly(cls: type) -> bool:
     return ctypes.c_void_p.from_address(id(cls) + offset).value == generic
 
 
-def _plain_class_reads(meta: type) -> bool:
-    """Give the model classes of metaclass ``meta`` (a subclass of pydantic's ``ModelMetaclass``) the plain lookup of a
-    class's own attributes, ``type``'s, where ``meta`` holds the hook; whether they have it now (module docstring)."""
+# ``type``'s own ``tp_getattro`` (``type_getattro``), which a model class's attribute reads take once its metaclass
+# holds it; None where the slot was not located.
+_TYPE_LOOKUP: Final = None if _SLOT is None else ctypes.c_void_p.from_address(id(type) + _SLOT[0]).value
+
+
+def _plain_class_reads(meta: type) -> None:
+    """Give the model classes of metaclass ``meta`` (a subclass of pydantic's ``ModelMetaclass``) ``type``'s plain
+    lookup of a class's own attributes, where ``meta`` holds the hook (module docstring)."""
     if _SLOT is None:
-        return False
+        return
     offset, _, hook = _SLOT
-    plain = ctypes.c_void_p.from_address(id(type) + offset).value
     slot = ctypes.c_void_p.from_address(id(meta) + offset)
     if slot.value == hook:
-        slot.value = plain
+        slot.value = _TYPE_LOOKUP
         ctypes.pythonapi.PyType_Modified(ctypes.py_object(meta))
-    return slot.value == plain
 
 
 def class_reads_plainly(cls: type) -> bool:
@@ -113,11 +116,7 @@ def class_reads_plainly(cls: type) -> bool:
     be told: not CPython)."""
     if _SLOT is None:
         return False
-    offset = _SLOT[0]
-    meta = type(cls)
-    return (
-        ctypes.c_void_p.from_address(id(meta) + offset).value == ctypes.c_void_p.from_address(id(type) + offset).value
-    )
+    return ctypes.c_void_p.from_address(id(type(cls)) + _SLOT[0]).value == _TYPE_LOOKUP
 
 
 class _ClassReads(ModelMetaclass):
