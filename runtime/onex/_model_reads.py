@@ -136,5 +136,6 @@ class PlainReads(BaseModel, metaclass=_ClassReads):
         super().__pydantic_init_subclass__(**kwargs)
         read_plainly(cls)
         if cls.__private_attributes__ and type(cls) is _ClassReads:
-            # pydantic's metaclass finds a private attribute's default on the class (``Model._secret``).
-            setattr(cls, "__class__", ModelMetaclass)  # noqa: B010 - a class's metaclass, which mypy will not see assigned
+            # pydantic's metaclass finds a private attribute's default on the class (``Model._secret``); setattr, as
+            # mypy does not take an assignment to a class's ``__class__``.
+            setattr(cls, "__class__", ModelMetaclass)  # noqa: B010
