@@ -265,6 +265,7 @@ class BusState(enum.Enum):
 
 
 _State = BusState  # the memory bus's own name for it
+_RUNNING = BusState.RUNNING  # read once: a member read off its class takes EnumType's __getattr__ hook on 3.11
 
 
 # Set inside every worker task of a MemoryBus. publish() called from a handler (this context) never waits for
@@ -705,7 +706,7 @@ class MemoryBus(EventBus):
         return self._event_loop
 
     def _require_running(self, action: str) -> None:
-        if self._state is not _State.RUNNING:
+        if self._state is not _RUNNING:
             raise BusError(f"cannot {action}: the memory bus is {self._state.value}")
 
     async def start(self) -> None:
@@ -740,7 +741,7 @@ class MemoryBus(EventBus):
 
     async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
         """Hand ``envelope`` to every group subscribed to ``topic``; waits while a target buffer is full."""
-        if self._state is not _State.RUNNING:
+        if self._state is not _RUNNING:
             raise BusError(f"cannot publish to {topic!r}: the memory bus is {self._state.value}")
         self._published += 1
         groups = self._routes.get(topic)

@@ -1097,7 +1097,7 @@ class OrchestratorNode(Node):
         heapq.heappush(self._deadlines, (run.deadline, self._seq, workflow.cid, run.step.step_name, run.attempts))
 
     async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
-        run.status = StepStatus.RUNNING
+        run.status = _RUNNING
         run.attempts += 1
         run.started = self.clock.time()
         run.deadline = run.started + run.step.timeout_ms / 1000
@@ -1107,7 +1107,7 @@ class OrchestratorNode(Node):
         except OnexError as exc:
             self._finish_step(workflow, run, error=str(exc))
             return
-        if result is not None and run.status is StepStatus.RUNNING:
+        if result is not None and run.status is _RUNNING:
             self._finish_step(workflow, run, data=result)
 
     def _finish_step(
@@ -1124,22 +1124,22 @@ class OrchestratorNode(Node):
         run.deadline = None
         self._dirty[workflow.cid.int] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
-            run.status = StepStatus.PENDING
+            run.status = _PENDING
             run.error = error
             return True
         if skipped or (error is not None and run.step.optional):
-            run.status = StepStatus.SKIPPED
+            run.status = _SKIPPED
         elif error is not None:
-            run.status = StepStatus.FAILED
+            run.status = _FAILED
         else:
-            run.status = StepStatus.COMPLETED
+            run.status = _COMPLETED
         run.error = error
         run.data = data or {}
         return False
 
     async def complete_step(self, workflow: Workflow, step_name: str, data: dict[str, Any]) -> None:
         run = workflow.steps[step_name]
-        if run.status is StepStatus.RUNNING:
+        if run.status is _RUNNING:
             self._finish_step(workflow, run, data=data)
             await self.advance(workflow)
 

@@ -39,6 +39,8 @@ from ...models import (
 from .models import ModelOrchestratorConfig
 
 _MICROSECOND = timedelta(microseconds=1)
+# Read once: a member read off its enum class takes the hook of EnumType's __getattr__ on CPython 3.11.
+_RUNNING, _FAILED = StepStatus.RUNNING, StepStatus.FAILED
 
 
 class NodeOrchestrator(OrchestratorNode):
@@ -158,7 +160,7 @@ class NodeOrchestrator(OrchestratorNode):
             # the broker (the bus hands a batch over again when a record it produced was not delivered), so the
             # command of a step still waiting for its result goes out again, with the same id.
             running = self.workflows.get(cid)
-            if running is not None and running.steps["stamp"].status is StepStatus.RUNNING:
+            if running is not None and running.steps["stamp"].status is _RUNNING:
                 # To the target this attempt was routed to, not to a new pick.
                 target = running.context.get("target") or self.router.default_service
                 self._send(target, self._stamp_command(running, running.steps["stamp"]))
@@ -174,7 +176,7 @@ class NodeOrchestrator(OrchestratorNode):
 
     async def _result(self, envelope: OnexEnvelopeV1, result: ModelStampCreated | ModelStampFailed) -> None:
         workflow = self.workflows.get(envelope.correlation_id)  # type: ignore[arg-type]
-        if workflow is None or workflow.steps["stamp"].status is not StepStatus.RUNNING:
+        if workflow is None or workflow.steps["stamp"].status is not _RUNNING:
             # Late or duplicate, or the result of a request this process has not handled yet (it published the
             # command, crashed before its checkpoint, and the request is redelivered): handling the request again
             # sends the same command again, and the effect answers it again.
@@ -282,7 +284,7 @@ class NodeOrchestrator(OrchestratorNode):
 
     async def on_workflow_done(self, workflow: Workflow) -> None:
         assert self.fsm is not None
-        required_failed = [r for r in workflow.steps.values() if r.status is StepStatus.FAILED]
+        required_failed = [r for r in workflow.steps.values() if r.status is _FAILED]
         if required_failed:
             error = "; ".join(f"{r.step.step_name}: {r.error}" for r in required_failed)
             workflow.context["error"] = error
