@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -83,7 +84,7 @@ from onex._sqlite import PRAGMAS, SqliteStore, _migrations
 from onex._tables import STAMPS, STEPS, TRANSITIONS, WORKFLOWS
 from onex.client import MAX_PENDING, StampClient
 from onex.envelope import OnexEnvelopeV1, new_id
-from onex.runtime import Runtime, tune_process
+from onex.runtime import Runtime, event_loop_factory, run_main, tune_process
 from onex.settings import Settings, redact_url
 from onex.store import Store, WriteBatch
 
@@ -353,14 +354,23 @@ def run_raw(items: list[str], path: Path) -> float:
         conn.close()
 
 
-def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alone: int | None = None) -> dict[str, Any]:
+def run(
+    *,
+    items: int = 100_000,
+    repeat: int = 1,
+    store: str | None = None,
+    alone: int | None = None,
+    event_loop: str = "auto",
+) -> dict[str, Any]:
     """``store``: None or ``sqlite`` for the embedded default (a temporary file), or a PostgreSQL URL. ``alone``:
-    items of the one-at-a-time run (default a tenth of ``items``; 0 skips it)."""
+    items of the one-at-a-time run (default a tenth of ``items``; 0 skips it). ``event_loop``: the loop every run
+    with one is on, as ``ONEX_EVENT_LOOP`` names a command's (``onex.runtime.run_main``; the SQLite floor has none)."""
     if store is not None and store.startswith(("postgresql:", "postgres:")):
-        return run_postgres(items=items, repeat=repeat, url=store)
+        return run_postgres(items=items, repeat=repeat, url=store, event_loop=event_loop)
     if store not in (None, "sqlite"):
         raise ValueError(f"--store {store!r}: expected sqlite or postgresql://USER@HOST:PORT/DB")
     data = make_items(items)
+    on_loop = functools.partial(run_main, event_loop=event_loop)
     tune_process()  # as `onex stamp` / `onex run` do
     onex_s: list[float] = []
     raw_s: list[float] = []
@@ -385,29 +395,27 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
             raw_cpu.append(thread_cpu().get("main", 0.0) - before)
         batched_cpu: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            elapsed, counts = asyncio.run(
+            elapsed, counts = on_loop(
                 run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu, reads=reads, tails=tails)
             )
             onex_s.append(elapsed)
         if alone:
             alone_cpu: dict[str, float] = {}
             with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-                elapsed, alone_counts = asyncio.run(
+                elapsed, alone_counts = on_loop(
                     run_onex(alone_data, f"sqlite:///{tmp}/onex.db", in_flight=1, cpu=alone_cpu)
                 )
                 alone_s.append(elapsed)
             cpu.append((batched_cpu, alone_cpu))
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            volatile_s.append(asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))[0])
+            volatile_s.append(on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))[0])
         ceiling_threads: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            ceiling_s.append(
-                asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True, cpu=ceiling_threads))[0]
-            )
+            ceiling_s.append(on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True, cpu=ceiling_threads))[0])
         if "main" in ceiling_threads:
             ceiling_cpu.append(ceiling_threads["main"])
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            elapsed, behind_counts = asyncio.run(run_onex(data, f"sqlite:///{tmp}/onex.db", synchronous=False))
+            elapsed, behind_counts = on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", synchronous=False))
             behind_s.append(elapsed)
     complete = all(_as_expected(c, items) for c in (counts, behind_counts)) and (
         not alone or _as_expected(alone_counts, alone)
@@ -436,6 +444,7 @@ def run(*, items: int = 100_000, repeat: int = 1, store: str | None = None, alon
         "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
         "reads_idle_ms": _percentiles(reads.get("idle", [])),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -677,10 +686,11 @@ async def run_onex_postgres(
         await _drop_schema(schema_url)
 
 
-def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
+def run_postgres(*, items: int, repeat: int, url: str, event_loop: str = "auto") -> dict[str, Any]:
     """The PostgreSQL run (module docstring); ``{"skipped": reason}`` when no server answers at ``url``."""
+    on_loop = functools.partial(run_main, event_loop=event_loop)
     shown = redact_url(url)
-    found = asyncio.run(_server(PostgresSettings.from_url(url).dsn))
+    found = on_loop(_server(PostgresSettings.from_url(url).dsn))
     if found is None:
         return {"benchmark": "e2e_inprocess_postgres", "skipped": f"no PostgreSQL answers at {shown}"}
     server, postmaster = found  # one lookup: every run below talks to the same server
@@ -692,14 +702,14 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
     cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "onex_no_checkpoints": {}, "raw_copy": {}}  # ms an item
     tails: list[float] = []  # as in run()
     for _ in range(repeat):
-        seconds["raw_copy"].append(asyncio.run(run_raw_postgres(data, url, "copy", cpu["raw_copy"], postmaster)))
-        seconds["raw_executemany"].append(asyncio.run(run_raw_postgres(data, url, "executemany")))
-        elapsed, counts = asyncio.run(
+        seconds["raw_copy"].append(on_loop(run_raw_postgres(data, url, "copy", cpu["raw_copy"], postmaster)))
+        seconds["raw_executemany"].append(on_loop(run_raw_postgres(data, url, "executemany")))
+        elapsed, counts = on_loop(
             run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"], postmaster=postmaster, tails=tails)
         )
         seconds["onex"].append(elapsed)
         seconds["onex_no_checkpoints"].append(
-            asyncio.run(
+            on_loop(
                 run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"], postmaster=postmaster)
             )[0]
         )
@@ -740,6 +750,7 @@ def run_postgres(*, items: int, repeat: int, url: str) -> dict[str, Any]:
         "rows_as_expected": complete,
         "server": {"url": shown, "version": server, "asyncpg": asyncpg.__version__},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -754,7 +765,7 @@ def print_postgres(r: dict[str, Any]) -> None:
     m = r["median"]
     print(
         f"end to end, {r['items']:,} items of {r['item_bytes']} bytes, in-process (MemoryBus + PostgreSQL "
-        f"{r['server']['version']} at {r['server']['url']}), {r['repeat']} run(s)"
+        f"{r['server']['version']} at {r['server']['url']}), {r['repeat']} run(s), on {r['event_loop']}'s event loop"
     )
     rows = [
         ("onex (all nodes, every row persisted)", r["onex_items_per_s"], m["onex_items_per_s"]),
@@ -796,16 +807,25 @@ def main() -> None:
     parser.add_argument(
         "--alone", type=int, default=None, help="items of the one-at-a-time run (default: a tenth of --items; 0: skip)"
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the loop of the onex runs (and of the PostgreSQL floor), as ONEX_EVENT_LOOP names a command's (auto)",
+    )
     args = parser.parse_args()
     if args.alone is not None and args.alone < 0:
         parser.error(f"--alone {args.alone}: expected 0 or more")
     if args.store.startswith(("postgresql:", "postgres:")):
-        print_postgres(run(items=args.items, repeat=args.repeat, store=args.store))
+        print_postgres(run(items=args.items, repeat=args.repeat, store=args.store, event_loop=args.event_loop))
         return
     if args.store != "sqlite":
         parser.error(f"--store {args.store!r}: expected sqlite or postgresql://USER@HOST:PORT/DB")
-    r = run(items=args.items, repeat=args.repeat, alone=args.alone)
-    print(f"end to end, {r['items']:,} items of {r['item_bytes']} bytes, in-process (MemoryBus + SQLite)")
+    r = run(items=args.items, repeat=args.repeat, alone=args.alone, event_loop=args.event_loop)
+    print(
+        f"end to end, {r['items']:,} items of {r['item_bytes']} bytes, in-process (MemoryBus + SQLite),"
+        f" on {r['event_loop']}'s event loop"
+    )
     print(f"  {'onex (all nodes, every row persisted)':40s} {r['onex_items_per_s']:>10,} items/s")
     print(f"  {'raw floor (blake3 + executemany)':40s} {r['raw_floor_items_per_s']:>10,} items/s")
     print(f"  {'ratio onex / raw':40s} {r['ratio']:>10.3f}")

@@ -291,11 +291,14 @@ def run(
     connections: int = 64,
     size: int = 1024,
     synchronous_checkpoints: bool = True,
+    event_loop: str = "auto",
 ) -> dict[str, Any]:
-    from onex.runtime import tune_process
+    """``event_loop``: the server's, as ``ONEX_EVENT_LOOP`` names ``onex run``'s (``onex.runtime.run_main``); the
+    baselines run on it too."""
+    from onex.runtime import event_loop_factory, run_main, tune_process
 
     tune_process()  # as `onex run` does
-    runs = asyncio.run(_bench(rate, duration, repeat, connections, size, synchronous_checkpoints))
+    runs = run_main(_bench(rate, duration, repeat, connections, size, synchronous_checkpoints), event_loop=event_loop)
     fixed, saturation, floor, raw = runs["fixed"], runs["saturation"], runs["floor"], runs["raw"]
     errors = sum(r["errors"] for rs in runs.values() for r in rs)
     fixed_p95 = _median(fixed, "p95_ms")
@@ -338,6 +341,7 @@ def run(
         "errors": errors,
         "runs": runs,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -373,7 +377,8 @@ def _print(result: dict[str, Any]) -> None:
           "written")  # fmt: skip
     print(f"stamp/floor ratio {result['stamp_vs_floor_ratio']}; stamp/raw stamp ratio "
           f"{result['stamp_vs_raw_stamp_ratio']}; errors {result['errors']}; "
-          f"{result['machine']['cpus']} CPU(s), load generator in a second process on the same machine")  # fmt: skip
+          f"{result['machine']['cpus']} CPU(s), load generator in a second process on the same machine; "
+          f"{result['event_loop']}'s event loop")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,9 +396,16 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="the server's ONEX_SYNCHRONOUS_CHECKPOINTS (default on, as onex run's)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the server's ONEX_EVENT_LOOP (default auto, as onex run's)",
+    )
     args = parser.parse_args(argv)
     result = run(rate=args.rate, duration=args.duration, repeat=args.repeat, connections=args.connections,
-                 size=args.size, synchronous_checkpoints=args.synchronous_checkpoints == "on")  # fmt: skip
+                 size=args.size, synchronous_checkpoints=args.synchronous_checkpoints == "on",
+                 event_loop=args.event_loop)  # fmt: skip
     _print(result)
     return 0 if result["errors"] == 0 else 1
 

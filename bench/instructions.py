@@ -40,7 +40,6 @@ entry point for ``bench/run.py``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -54,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from onex.runtime import tune_process
+from onex.runtime import run_main, tune_process
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -82,7 +81,7 @@ def child(kind: str, items: int) -> None:
             e2e.run_raw(data, Path(tmp) / "raw.db")
             return
         url = f"sqlite:///{tmp}/onex.db"
-        _, counts = asyncio.run(
+        _, counts = run_main(  # on the loop a command runs on (ONEX_EVENT_LOOP's default)
             e2e.run_onex(
                 data,
                 url,

@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -68,7 +69,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from onex._kafka import KafkaBus
 from onex.client import StampClient
 from onex.contracts import load_contracts
-from onex.runtime import tune_process
+from onex.runtime import event_loop_factory, run_main, tune_process
 from onex.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,6 +228,7 @@ async def run_onex(
     checkpoints: bool = True,
     idle_s: float = 0.0,
     in_flight: int | None = None,
+    event_loop: str = "auto",
 ) -> dict[str, Any]:
     env = f"bench{uuid.uuid4().hex[:8]}"
     schema = f"onex_bench_{uuid.uuid4().hex[:8]}"
@@ -249,6 +251,7 @@ async def run_onex(
                 "ONEX_ENV": env,
                 "ONEX_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
                 "ONEX_CHECKPOINTS": "on" if checkpoints else "off",
+                "ONEX_EVENT_LOOP": event_loop,
             },
         ) as deployment:
             procs = await deployment.start(NODES)
@@ -583,10 +586,13 @@ def run(
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     idle_s: float = 5.0,
     in_flight: int | None = None,
+    event_loop: str = "auto",
 ) -> dict[str, Any]:
     """Run the benchmark; print the table; write ``bench/results/multiprocess.json``. Returns the figures, or
-    ``{"skipped": reason}`` when there is no PostgreSQL."""
+    ``{"skipped": reason}`` when there is no PostgreSQL. ``event_loop``: the node processes' ``ONEX_EVENT_LOOP``,
+    and this process's loop (the client's and the baselines')."""
     data = make_items(items)
+    on_loop = functools.partial(run_main, event_loop=event_loop)
     raw_records = _request_records(data)
     tune_process()  # this process is the client, as `onex stamp` is (StampClient's docstring)
     with postgres(dsn) as server, kafka(bootstrap) as broker:
@@ -600,15 +606,15 @@ def run(
         raw_cpu: list[dict[str, float]] = []
         pipeline_s: list[float] = []
         pipeline_cpu: list[dict[str, float]] = []
-        servers = asyncio.run(Servers.find(broker, server))
+        servers = on_loop(Servers.find(broker, server))
         with tempfile.TemporaryDirectory(prefix="onex-bench-mp-") as logs:
             for n in range(repeat):
-                seconds, cpu = asyncio.run(run_raw(broker, raw_records, servers))
+                seconds, cpu = on_loop(run_raw(broker, raw_records, servers))
                 raw_s.append(seconds)
                 raw_cpu.append(cpu)
                 for into, checkpoints in ((runs, True), (volatile, False)):
                     into.append(
-                        asyncio.run(
+                        on_loop(
                             run_onex(
                                 broker,
                                 server,
@@ -619,11 +625,12 @@ def run(
                                 checkpoints=checkpoints,
                                 idle_s=idle_s if checkpoints else 0.0,
                                 in_flight=in_flight,
+                                event_loop=event_loop,
                             )
                         )
                     )
                 # After onex's runs, which then find the broker as before this baseline existed.
-                seconds, cpu = asyncio.run(run_raw_pipeline(broker, raw_records, fetch_max_wait_ms, servers))
+                seconds, cpu = on_loop(run_raw_pipeline(broker, raw_records, fetch_max_wait_ms, servers))
                 pipeline_s.append(seconds)
                 pipeline_cpu.append(cpu)
                 print(
@@ -676,6 +683,7 @@ def run(
         "asyncpg": asyncpg.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _print(result)
@@ -751,6 +759,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--in-flight", type=int, default=None, help="workflows kept in flight (default: every item submitted at once)"
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the node processes' ONEX_EVENT_LOOP and this process's loop (default auto, as onex run's)",
+    )
     args = parser.parse_args()
     if args.in_flight is not None and args.in_flight < 1:
         parser.error("--in-flight must be at least 1")
@@ -763,6 +777,7 @@ if __name__ == "__main__":
             fetch_max_wait_ms=args.fetch_max_wait_ms,
             idle_s=args.idle_s,
             in_flight=args.in_flight,
+            event_loop=args.event_loop,
         )
     except BrokerUnavailable as exc:
         print(f"multiprocess: skipped: {exc}")

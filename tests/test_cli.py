@@ -581,16 +581,18 @@ def wait_for_output(log: Path, text: str, proc: subprocess.Popen[bytes], deadlin
     pytest.fail(f"onex run did not print {text!r} within {deadline_s} s:\n{log.read_text(errors='replace')}")
 
 
-def run_until_signal(tmp_path: Path, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str, Path]:
-    """Start ``onex run`` (every node, memory bus, a fresh SQLite store), send ``sig`` as soon as it says it is
-    running; returns its exit code, its stderr and the store's path."""
+def run_until_signal(
+    tmp_path: Path, sig: signal.Signals = signal.SIGTERM, env: dict[str, str] | None = None
+) -> tuple[int, str, Path]:
+    """Start ``onex run`` (every node, memory bus, a fresh SQLite store; ``env`` added to its environment), send
+    ``sig`` as soon as it says it is running; returns its exit code, its stderr and the store's path."""
     db = tmp_path / "onex.db"
     log = tmp_path / "stderr.log"
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
             [*command(), "--root", str(ROOT), "run", "--store", f"sqlite:///{db}"],
             cwd=tmp_path,
-            env=environment(),
+            env={**environment(), **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
@@ -632,6 +634,60 @@ def test_run_drains_and_stops_on_sigint_as_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in output
     assert output.index("running") < output.index("draining") < output.index("stopped")
     assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]
+
+
+def without_uvloop(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``import uvloop`` fails, as where it is not installed: a package of that name first
+    on the path, which raises ImportError."""
+    shadow = tmp_path / "shadow" / "uvloop"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("no uvloop here")\n')
+    return {"PYTHONPATH": str(shadow.parent)}
+
+
+@pytest.mark.parametrize(
+    ("setting", "loop"), [(None, "uvloop"), ("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")]
+)
+def test_run_hosts_its_nodes_on_the_event_loop_that_onex_event_loop_names(
+    tmp_path: Path, setting: str | None, loop: str
+) -> None:
+    returncode, output, _ = run_until_signal(tmp_path, env={"ONEX_EVENT_LOOP": setting} if setting else None)
+
+    assert returncode == 0, output
+    started = [line for line in output.splitlines() if " start: starting " in line]
+    assert len(started) == len(NODES), output
+    assert all(line.endswith(f" loop={loop}") for line in started), started
+
+
+def test_run_without_uvloop_installed_runs_on_asyncios_loop_when_the_choice_is_auto(tmp_path: Path) -> None:
+    returncode, output, db = run_until_signal(tmp_path, env=without_uvloop(tmp_path))
+
+    assert returncode == 0, output
+    started = [line for line in output.splitlines() if " start: starting " in line]
+    assert len(started) == len(NODES), output
+    assert all(line.endswith(" loop=asyncio") for line in started), started
+    assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]
+
+
+def test_asking_for_uvloop_where_it_is_not_installed_is_a_usage_error_of_one_line(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    result = subprocess.run(
+        [*command(), "--root", str(ROOT), "stamp", str(tree), "--store", f"sqlite:///{tmp_path / 'onex.db'}"],
+        cwd=tmp_path,
+        env={**environment(), **without_uvloop(tmp_path), "ONEX_EVENT_LOOP": "uvloop"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: ONEX_EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop, or set ONEX_EVENT_LOOP to auto or "
+        "asyncio)"
+    ]
+    assert not (tmp_path / "onex.db").exists()  # nothing ran
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ The commands live in ``onex.cli`` (contracts, running, stamping) and ``onex._cli
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
@@ -34,8 +33,17 @@ T = TypeVar("T")
 err = Console(stderr=True, highlight=False)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """``coro`` to its end on the event loop the settings name (``ONEX_EVENT_LOOP``); a missing uvloop asked for by
+    name is a usage error (exit 2)."""
+    from onex.runtime import event_loop_factory, run_main
+
+    try:
+        event_loop_factory(settings.event_loop)
+    except OnexError as exc:
+        coro.close()  # never awaited: no warning that it was not
+        _fail(str(exc), 2)
+    return run_main(coro, event_loop=settings.event_loop)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -53,7 +61,7 @@ def _from_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
             return await call(s)
 
     try:
-        return _run(main_())
+        return _run(main_(), settings)
     except OnexError as exc:
         _fail(str(exc))
 

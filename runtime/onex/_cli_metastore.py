@@ -83,7 +83,7 @@ def _with_metastore(settings: Settings, call: Callable[[Metastore], Awaitable[T]
                 return await call(Metastore(store, bus, settings=settings))
 
     try:
-        return _run(main_())
+        return _run(main_(), settings)
     except OnexError as exc:
         _fail(str(exc))
 

@@ -144,7 +144,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
             console.print(stamp_table)
 
     try:
-        _run(main_())
+        _run(main_(), settings)
     except OnexError as exc:
         _fail(str(exc))
 
@@ -371,10 +371,12 @@ def dlq() -> None:
     """
 
 
-def _with_progress(description: str, call: Callable[[Callable[[int, int], None] | None], Coroutine[Any, Any, T]]) -> T:
+def _with_progress(
+    description: str, call: Callable[[Callable[[int, int], None] | None], Coroutine[Any, Any, T]], settings: Settings
+) -> T:
     """Run ``call``, showing its progress on stderr when that is a terminal (never in a pipe or a log)."""
     if not err.is_terminal:
-        return _run(call(None))
+        return _run(call(None), settings)
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as bar:
@@ -383,7 +385,7 @@ def _with_progress(description: str, call: Callable[[Callable[[int, int], None] 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None)
 
-        return _run(call(update))
+        return _run(call(update), settings)
 
 
 def _event_id(text: str) -> uuid.UUID:
@@ -436,6 +438,7 @@ def dlq_list(
         found = _with_progress(
             "reading dead letters",
             lambda progress: list_dead_letters(settings, topic=topic, limit=limit, progress=progress),
+            settings,
         )
     except OnexError as exc:
         _fail(str(exc))
@@ -480,7 +483,7 @@ def dlq_show(ctx: click.Context, event_id: str, bus: str | None, store: str | No
     settings = _settings(ctx, bus=bus, store=store)
     try:
         found = _with_progress(
-            "reading dead letters", lambda progress: find_dead_letters(settings, wanted, progress=progress)
+            "reading dead letters", lambda progress: find_dead_letters(settings, wanted, progress=progress), settings
         )
     except OnexError as exc:
         _fail(str(exc))
@@ -552,6 +555,7 @@ def dlq_replay(
             lambda progress: replay(
                 settings, wanted, replay_all=replay_all, topic=topic, force=force, progress=progress
             ),
+            settings,
         )
     except OnexError as exc:
         _fail(str(exc))
@@ -694,10 +698,10 @@ def publish(
 
     try:
         if on_kafka:
-            _run(on_kafka_())
+            _run(on_kafka_(), settings)
             poked = None
         else:
-            poked = _run(poke_memory(settings, contracts, catalog, poke, timeout=timeout))
+            poked = _run(poke_memory(settings, contracts, catalog, poke, timeout=timeout), settings)
     except OnexError as exc:
         _fail(str(exc))
     if output == "json":
@@ -811,7 +815,7 @@ def tail(
                     quiet_for(timeout)
 
     try:
-        _run(main_())
+        _run(main_(), settings)
     except KeyboardInterrupt:
         return  # Ctrl-C: the way a tail is meant to end
     except TimeoutError:

@@ -334,7 +334,7 @@ def run(
         err.print("stopped")
 
     try:
-        _run(main_())
+        _run(main_(), settings)
     except OnexError as exc:
         _fail(str(exc))
     finally:
@@ -440,7 +440,7 @@ def stamp(
     )
     try:
         with StampProgress(err) as progress:
-            report = _run(run_.run(list(paths), on_progress=progress))
+            report = _run(run_.run(list(paths), on_progress=progress), settings)
     except OnexError as exc:
         _fail(str(exc))
     if output == "json":
@@ -496,7 +496,7 @@ def verify(
         if settings.bus.startswith("memory:"):
             err.print("note: on the memory bus the events die with this process: give --bus kafka://HOST:PORT")
         try:
-            _run(publish_verified(report, settings, contracts, namespace=namespace))
+            _run(publish_verified(report, settings, contracts, namespace=namespace), settings)
         except OnexError as exc:
             published = str(exc)
     if output == "json":

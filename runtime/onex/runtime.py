@@ -16,9 +16,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from onex.bus import EventBus, MemoryBus
 from onex.clock import SYSTEM_CLOCK, Clock
@@ -43,6 +44,7 @@ from onex.stores import store_for
 START_ORDER = ("database_adapter_effect", "registry", "reducer", "stamping_effect", "orchestrator")
 
 _log = logging.getLogger("onex.runtime")
+T = TypeVar("T")
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -69,6 +71,43 @@ def tune_process() -> None:
     gc.freeze()
     gc.set_threshold(100_000, 50, 1_000)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the event loop ``choice`` names (``ONEX_EVENT_LOOP``), for ``asyncio.Runner(loop_factory=...)``:
+    uvloop's for ``uvloop``, and for ``auto`` where uvloop is installed (not on Windows); None, asyncio's own, for
+    ``asyncio`` and for ``auto`` without uvloop. OnexError, naming the variable, for ``uvloop`` when it is missing.
+
+    uvloop runs the loop itself, its timers, sockets and callbacks in C (libuv): over HTTP, where a request is a few
+    small batches and many callbacks, the server spent 9-15 % less CPU a request and answered 13-14 % more requests
+    a second at saturation (issue 12's thirty-third part); with a thousand workflows in flight in one process, where
+    the loop's own work is a small part of a stamp, the same (docs/performance.md). Its ``loop.time()`` counts whole
+    milliseconds, as its timers do: the timeouts it serves (handlers', requests') are milliseconds or longer.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise OnexError(
+                "ONEX_EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop, or set ONEX_EVENT_LOOP to auto "
+                "or asyncio)"
+            ) from None
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return,unused-ignore]
+
+
+def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
+    """``asyncio.run(coro)`` on the event loop ``event_loop`` names (``event_loop_factory``): how every ``onex``
+    command runs, and the benchmarks' onex runs with it."""
+    with asyncio.Runner(loop_factory=event_loop_factory(event_loop)) as runner:
+        return runner.run(coro)
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: the kind of ``loop``, as the start of a node's log says."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 def open_bus(settings: Settings) -> EventBus:
@@ -297,7 +336,12 @@ class Runtime:
         self.nodes += [self._build(contract, routed) for contract in self.selected]
         for node in self.nodes:
             event(
-                _log, logging.INFO, "start", f"starting {node.contract.name} {node.contract.version}", node=node.node_id
+                _log,
+                logging.INFO,
+                "start",
+                f"starting {node.contract.name} {node.contract.version}",
+                node=node.node_id,
+                loop=loop_name(asyncio.get_running_loop()),
             )
             await node.start()
         for node in self.nodes:

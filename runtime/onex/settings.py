@@ -43,6 +43,7 @@ DEFAULT_METADATA_VERSION = "0.1"
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 SqliteWriter = Literal["process", "thread"]
+EventLoop = Literal["auto", "uvloop", "asyncio"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
@@ -323,6 +324,11 @@ class Settings(BaseSettings):
         "process",
         description="Where a SQLite database file's writes run: a process of their own (no wait for the interpreter "
         "lock the nodes hold), or a thread of the process using the store.",
+    )
+    event_loop: EventLoop = Field(
+        "auto",
+        description="The event loop a command runs on: uvloop (libuv, in C), asyncio's own, or auto (uvloop where it "
+        "is installed, else asyncio's).",
     )
     log_level: LogLevel = Field("info", description="The lowest level logged.")
     log_format: LogFormat = Field("text", description="Log lines as text, or json (one object a line).")

@@ -1,0 +1,46 @@
+"""The event loop every ``onex`` command runs on (``ONEX_EVENT_LOOP``): uvloop where it is installed, asyncio's own
+on request or without it. The commands themselves are run on each in ``tests/test_cli.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+import uvloop
+from onex.exceptions import OnexError
+from onex.runtime import event_loop_factory, loop_name, run_main
+from onex.settings import Settings
+
+
+async def running_loop() -> str:
+    return loop_name(asyncio.get_running_loop())
+
+
+def test_auto_and_uvloop_make_uvloops_loop_and_asyncio_asyncios() -> None:
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    assert event_loop_factory("asyncio") is None  # asyncio.Runner's own
+
+
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_run_main_runs_a_coroutine_to_its_end_on_the_loop_named(choice: str, loop: str) -> None:
+    assert run_main(running_loop(), event_loop=choice) == loop
+
+
+def test_without_uvloop_auto_is_asyncios_loop_and_uvloop_an_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError, as where it is missing
+
+    assert event_loop_factory("auto") is None
+    assert run_main(running_loop(), event_loop="auto") == "asyncio"
+    with pytest.raises(OnexError, match=r"^ONEX_EVENT_LOOP=uvloop: uvloop is not installed"):
+        event_loop_factory("uvloop")
+
+
+def test_the_setting_is_read_from_onex_event_loop_and_checked() -> None:
+    assert Settings.load(environ={}).event_loop == "auto"
+    assert Settings.load(environ={"ONEX_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(ValueError, match="ONEX_EVENT_LOOP"):
+        Settings.load(environ={"ONEX_EVENT_LOOP": "trio"})
