@@ -84,7 +84,7 @@ from onex._sqlite import PRAGMAS, SqliteStore, _migrations
 from onex._tables import STAMPS, STEPS, TRANSITIONS, WORKFLOWS
 from onex.client import MAX_PENDING, StampClient
 from onex.envelope import OnexEnvelopeV1, new_id
-from onex.runtime import Runtime, event_loop_factory, run_main, tune_process
+from onex.runtime import Runtime, chosen_loop, run_main, tune_process
 from onex.settings import Settings, redact_url
 from onex.store import Store, WriteBatch
 
@@ -444,7 +444,7 @@ def run(
         "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
         "reads_idle_ms": _percentiles(reads.get("idle", [])),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
+        "event_loop": chosen_loop(event_loop),
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -750,7 +750,7 @@ def run_postgres(*, items: int, repeat: int, url: str, event_loop: str = "auto")
         "rows_as_expected": complete,
         "server": {"url": shown, "version": server, "asyncpg": asyncpg.__version__},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
+        "event_loop": chosen_loop(event_loop),
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

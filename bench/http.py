@@ -295,7 +295,7 @@ def run(
 ) -> dict[str, Any]:
     """``event_loop``: the server's, as ``ONEX_EVENT_LOOP`` names ``onex run``'s (``onex.runtime.run_main``); the
     baselines run on it too."""
-    from onex.runtime import event_loop_factory, run_main, tune_process
+    from onex.runtime import chosen_loop, run_main, tune_process
 
     tune_process()  # as `onex run` does
     runs = run_main(_bench(rate, duration, repeat, connections, size, synchronous_checkpoints), event_loop=event_loop)
@@ -341,7 +341,7 @@ def run(
         "errors": errors,
         "runs": runs,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
-        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
+        "event_loop": chosen_loop(event_loop),
         "at": datetime.now(UTC).isoformat(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

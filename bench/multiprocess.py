@@ -69,7 +69,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from onex._kafka import KafkaBus
 from onex.client import StampClient
 from onex.contracts import load_contracts
-from onex.runtime import event_loop_factory, run_main, tune_process
+from onex.runtime import chosen_loop, run_main, tune_process
 from onex.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -683,7 +683,7 @@ def run(
         "asyncpg": asyncpg.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "event_loop": "asyncio" if event_loop_factory(event_loop) is None else "uvloop",
+        "event_loop": chosen_loop(event_loop),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _print(result)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import uvloop
 from onex.exceptions import OnexError
-from onex.runtime import event_loop_factory, loop_name, run_main
+from onex.runtime import chosen_loop, event_loop_factory, loop_name, run_main
 from onex.settings import Settings
 
 
@@ -21,6 +21,7 @@ def test_auto_and_uvloop_make_uvloops_loop_and_asyncio_asyncios() -> None:
     assert event_loop_factory("auto") is uvloop.new_event_loop
     assert event_loop_factory("uvloop") is uvloop.new_event_loop
     assert event_loop_factory("asyncio") is None  # asyncio.Runner's own
+    assert [chosen_loop(choice) for choice in ("auto", "uvloop", "asyncio")] == ["uvloop", "uvloop", "asyncio"]
 
 
 @pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
@@ -34,6 +35,7 @@ def test_without_uvloop_auto_is_asyncios_loop_and_uvloop_an_error_naming_the_var
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError, as where it is missing
 
     assert event_loop_factory("auto") is None
+    assert chosen_loop("auto") == "asyncio"
     assert run_main(running_loop(), event_loop="auto") == "asyncio"
     with pytest.raises(OnexError, match=r"^ONEX_EVENT_LOOP=uvloop: uvloop is not installed"):
         event_loop_factory("uvloop")

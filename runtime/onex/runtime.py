@@ -79,10 +79,11 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
     ``asyncio`` and for ``auto`` without uvloop. OnexError, naming the variable, for ``uvloop`` when it is missing.
 
     uvloop runs the loop itself, its timers, sockets and callbacks in C (libuv): over HTTP, where a request is a few
-    small batches and many callbacks, the server spent 9-15 % less CPU a request and answered 13-14 % more requests
-    a second at saturation (issue 12's thirty-third part); with a thousand workflows in flight in one process, where
-    the loop's own work is a small part of a stamp, the same (docs/performance.md). Its ``loop.time()`` counts whole
-    milliseconds, as its timers do: the timeouts it serves (handlers', requests') are milliseconds or longer.
+    small batches and many callbacks, the server spent 9-15 % less CPU a request and answered 12-15 % more requests
+    a second at saturation in four pairs of five (issue 12's thirty-third part); with a thousand workflows in flight
+    in one process, where the loop's own work is a small part of a stamp, it is no faster than asyncio's
+    (docs/performance.md). Its ``loop.time()`` counts whole milliseconds, as its timers do: every deadline onex puts
+    on the loop (handlers', requests') is a millisecond or longer.
     """
     if choice == "asyncio":
         return None
@@ -103,6 +104,11 @@ def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
     command runs, and the benchmarks' onex runs with it."""
     with asyncio.Runner(loop_factory=event_loop_factory(event_loop)) as runner:
         return runner.run(coro)
+
+
+def chosen_loop(choice: str = "auto") -> str:
+    """``uvloop`` or ``asyncio``: the loop ``choice`` gives here (``event_loop_factory``), as a benchmark records it."""
+    return "asyncio" if event_loop_factory(choice) is None else "uvloop"
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
