@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 import pytest
@@ -93,6 +94,22 @@ def test_a_transition_id_is_derived_from_entity_type_id_salt_and_sequence(machin
         derived_id("workflow", uuid.UUID(int=7), "", 0),
         derived_id("workflow", "wf-2", "salt", 1),
     ]
+
+
+def test_a_transition_is_stamped_with_the_time_the_machine_is_given_and_else_the_systems() -> None:
+    moments = iter([datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC), datetime(2001, 2, 3, 4, 5, 8, 9, tzinfo=UTC)])
+    given = StateMachine(WORKFLOW, entity_type="workflow", actions=Recorder().action, now=lambda: next(moments))
+    wf = given.attach(Entity("wf", context={"file_hash": "h", "size": 1}))
+    assert [given.trigger(wf, t).at for t in ("start", "complete")] == [
+        datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC),
+        datetime(2001, 2, 3, 4, 5, 8, 9, tzinfo=UTC),
+    ]
+
+    system = StateMachine(WORKFLOW, entity_type="workflow", actions=Recorder().action)
+    before = datetime.now(UTC)
+    at = system.trigger(system.attach(Entity("wf")), "start").at
+    assert before <= at <= datetime.now(UTC)
+    assert at.tzinfo is UTC
 
 
 def test_entry_exit_and_transition_actions_call_the_named_methods(machine: StateMachine, rec: Recorder) -> None:

@@ -279,6 +279,19 @@ async def test_a_stamp_workflow_takes_its_milliseconds_from_its_start_and_end_ro
 
 
 @pytest.mark.anyio
+async def test_a_workflows_transitions_carry_its_nodes_clock_as_its_own_times_do() -> None:
+    clock = ManualClock(start=1_765_000_000.0)  # 2025-12-06, and it stands still: every time read is this one
+    async with Harness(["orchestrator", "stamping_effect"], root=REPO, clock=clock) as h:
+        await h.publish("STAMP_REQUESTED", {"content": "x = 1\n", "file_path": "x.py", "namespace": "onex.test.at"})
+        await h.settle()
+
+    [outcome] = h.of("WORKFLOW_COMPLETED")
+    transitions = [t for e in h.of("STATE_TRANSITION") for t in e.payload.transitions]
+    assert [t.trigger for t in transitions] == ["start", "complete"]
+    assert {t.at for t in transitions} == {outcome.payload.started_at} == {clock.now()}
+
+
+@pytest.mark.anyio
 async def test_steps_within_their_timeout_are_left_alone_by_the_sweeper() -> None:
     clock = ManualClock()
     async with assembler({"WORKSHOP_STEP_B_TIMEOUT_MS": "100"}, clock=clock) as h:

@@ -12,6 +12,7 @@ batch's records as one ``STATE_TRANSITION`` event, so the store holds an audit l
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,7 @@ from onex.envelope import derived_from, derived_id
 from onex.exceptions import TransitionError
 
 WILDCARD = "*"
+_system_now = functools.partial(datetime.now, UTC)  # a transition's time where no clock is given
 
 # --- guards ----------------------------------------------------------------------------------------------------
 
@@ -256,8 +258,10 @@ class StateMachine:
         entity_type: str,
         actions: ActionResolver | None = None,
         on_transition: Callable[[TransitionRecord], None] | None = None,
+        now: Callable[[], datetime] = _system_now,
     ) -> None:
         self.fsm = fsm
+        self._now = now  # a transition's time: its node's clock (``Clock.now``), so a test's ManualClock rules it too
         self.entity_type = entity_type
         self._type_text = entity_type.encode()  # the first part of every transition id (``_record``)
         self._on_transition = on_transition
@@ -370,7 +374,7 @@ class StateMachine:
             to_state=dest,
             trigger=trigger,
             correlation_id=entity.correlation_id,
-            at=datetime.now(UTC),
+            at=self._now(),
             data=data,
         )
         entity.seq += 1

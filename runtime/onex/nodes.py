@@ -113,8 +113,7 @@ class Node:
     # here when the node is built. ``self.config`` is the instance (``contract.config`` stays the raw dict).
     config_model: ClassVar[type[Node.Config]] = OpenConfig
     config: Config
-    # What this class can do with a state_management subcontract (onex.state); the default: ``self.state``, a dict
-    # of the subcontract's ``state_fields`` per key.
+    # What a state_management subcontract gives this class (onex.state); default ``self.state``: state_fields by key.
     state_support: ClassVar[StateSupport] = StateSupport()
     # Set by Runtime.reload on a node that replaces another in this process: the bus still holds the messages of
     # the work it takes over (on the memory bus too), so nothing loaded from a checkpoint is lost in transit.
@@ -194,6 +193,7 @@ class Node:
                 entity_type=contract.name,
                 actions=self._action,
                 on_transition=self._pending_transitions.append,
+                now=self.clock.now,
             )
         self.slo = SloMonitor(contract.performance_requirements, self.clock, node=self.node_id)  # onex.slo
 

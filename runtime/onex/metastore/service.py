@@ -202,8 +202,8 @@ class Metastore:
         config_fsm = load_subcontract(self.settings.root / str(config["configuration_fsm"]), root=self.settings.root)
         if not isinstance(config_fsm, FsmSubcontract):
             raise OnexError(f"{config['configuration_fsm']}: an fsm subcontract was expected")
-        self.flag_fsm = StateMachine(flag_fsm, entity_type="feature_flag")
-        self.config_fsm = StateMachine(config_fsm, entity_type="configuration")
+        self.flag_fsm = StateMachine(flag_fsm, entity_type="feature_flag", now=self.clock.now)
+        self.config_fsm = StateMachine(config_fsm, entity_type="configuration", now=self.clock.now)
         self.flag_cache_ttl_s = float(config.get("flag_cache_ttl_s", 30))
         names = [str(n) for n in config.get("secret_resolvers", ["env"])]
         unknown = [n for n in names if n not in _configs.RESOLVERS]
