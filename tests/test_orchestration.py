@@ -292,6 +292,28 @@ async def test_a_workflows_transitions_carry_its_nodes_clock_as_its_own_times_do
 
 
 @pytest.mark.anyio
+async def test_finished_steps_leave_the_deadline_heap_and_a_step_still_running_times_out() -> None:
+    clock = ManualClock()
+    async with assembler({"WORKSHOP_STEP_B_TIMEOUT_MS": "100"}, clock=clock) as h:
+        node = hosted_assembler(h)
+        slow = await build(h)
+        await step_done(h, slow, "a")  # its b keeps running
+        quick = [await build(h, item=f"stool-{i}") for i in range(30)]
+        for cid in quick:
+            for name in ("a", "b", "c"):
+                await step_done(h, cid, name)
+        # One step runs (slow's b); of the 122 entries pushed, those of finished steps were dropped as they went:
+        # left until their deadlines, all 122 would still be there.
+        assert len(node._deadlines) <= 2
+        await clock.advance(0.15)
+        await h.settle()
+
+    assert [e.event_type for e in finished(h, slow)] == ["BUILD_FAILED"]
+    assert "b: step b timed out after 100 ms" in str(finished(h, slow)[0].payload["error"])
+    assert {e.event_type for cid in quick for e in finished(h, cid)} == {"BUILD_COMPLETED"}
+
+
+@pytest.mark.anyio
 async def test_steps_within_their_timeout_are_left_alone_by_the_sweeper() -> None:
     clock = ManualClock()
     async with assembler({"WORKSHOP_STEP_B_TIMEOUT_MS": "100"}, clock=clock) as h:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import logging
 import uuid
 from collections import Counter, OrderedDict, defaultdict, deque
@@ -35,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from onex._lifecycle import MOVES
 from onex._lifecycle import Lifecycle as Lifecycle  # re-exported: node code imports it from onex.nodes
 from onex._model_reads import PlainReads
-from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED, CHECKPOINT_VERSION
+from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED, CHECKPOINT_VERSION, StepDeadlines
 
 # Re-exported: an orchestrator's code imports the types of its workflows from onex.nodes.
 from onex._workflow import StepRun as StepRun
@@ -751,8 +750,7 @@ class OrchestratorNode(Node):
         self.workflow_type = (fsm.state_machine_name if fsm is not None else None) or contract.name
         self.workflows: dict[uuid.UUID, Workflow] = {}
         self._dirty: dict[int, Workflow] = {}  # by the workflow id's int: UUID.__hash__ is Python, run per step
-        self._deadlines: list[tuple[float, int, uuid.UUID, str, int]] = []
-        self._seq = 0
+        self._deadlines = StepDeadlines()  # the running steps', for the sweeper
         self._sweeper: asyncio.Task[None] | None = None
         self._interrupted: list[Workflow] = []
         self._failed_rows: list[WorkflowRow] = []
@@ -985,7 +983,7 @@ class OrchestratorNode(Node):
             if run is not None:
                 run.restore(run_saved)
                 if run.status is StepStatus.RUNNING and run.deadline is not None:
-                    self._push_deadline(workflow, run)
+                    self._deadlines.push(workflow, run)
         self.restore_context(workflow, saved.get("context") or {})
         return workflow
 
@@ -1091,17 +1089,12 @@ class OrchestratorNode(Node):
                 self._finished.popitem(last=False)
             await self.on_workflow_done(workflow)
 
-    def _push_deadline(self, workflow: Workflow, run: StepRun) -> None:
-        assert run.deadline is not None
-        self._seq += 1
-        heapq.heappush(self._deadlines, (run.deadline, self._seq, workflow.cid, run.step.step_name, run.attempts))
-
     async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
         run.status = _RUNNING
         run.attempts += 1
         run.started = self.clock.time()
         run.deadline = run.started + run.step.timeout_ms / 1000
-        self._push_deadline(workflow, run)
+        self._deadlines.push(workflow, run)
         try:
             result = await self.run_step(workflow, run)
         except OnexError as exc:
@@ -1122,6 +1115,7 @@ class OrchestratorNode(Node):
         """Record a step's outcome; returns True when the step should be retried instead."""
         run.elapsed_ms = round(e * 1e6) / 1000 if (e := self.clock.time() - run.started) > 0 else 0.0  # round(ms, 3)
         run.deadline = None
+        self._deadlines.spend(self.workflows)
         self._dirty[workflow.cid.int] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
             run.status = _PENDING
@@ -1162,14 +1156,7 @@ class OrchestratorNode(Node):
         while True:
             await self.clock.sleep(self.sweep_interval_s)
             now = self.clock.time()
-            due: list[tuple[Workflow, str]] = []
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, _, cid, step_name, attempt = heapq.heappop(self._deadlines)
-                workflow = self.workflows.get(cid)
-                if workflow is not None:
-                    run = workflow.steps[step_name]
-                    if run.status is StepStatus.RUNNING and run.attempts == attempt:
-                        due.append((workflow, step_name))
+            due = self._deadlines.due(now, self.workflows)
             try:
                 await self._confirm_stored(now)
             except OnexError as exc:
