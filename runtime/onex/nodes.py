@@ -1115,7 +1115,7 @@ class OrchestratorNode(Node):
         """Record a step's outcome; returns True when the step should be retried instead."""
         run.elapsed_ms = round(e * 1e6) / 1000 if (e := self.clock.time() - run.started) > 0 else 0.0  # round(ms, 3)
         run.deadline = None
-        self._deadlines.spend(self.workflows)
+        self._deadlines.spend()
         self._dirty[workflow.cid.int] = workflow
         if error is not None and not skipped and run.attempts < run.step.max_attempts:
             run.status = _PENDING
