@@ -99,20 +99,21 @@ class Workflow(Entity):
 
 
 class StepDeadlines:
-    """The deadlines of the steps an orchestrator runs, soonest first (a heap of ``(deadline, sequence, workflow, step
-    name, attempt)``), for its sweeper, which fails a step still running its attempt when the deadline passes.
+    """The deadlines of the steps an orchestrator runs, soonest first (a heap of ``(deadline, sequence, workflow id,
+    step run, attempt)``), for its sweeper, which fails a step still running its attempt when the deadline passes.
 
     A step that finishes leaves its entry behind (taking one out of a heap is a search), and ``spend`` counts them:
-    once they are more than half the heap, one pass keeps only the entries of steps still running that attempt. Left
-    until their deadline instead, as they were, a stamp's two entries stayed 30 and 5 seconds after it finished: at
-    3,000 stamps a second about 100,000 entries, each a tuple the garbage collector tracked holding a workflow id it
-    kept alive, the bulk of what a young collection scanned over HTTP (issue 12's thirty-third part)."""
+    once they are more than half the heap, one pass keeps only the entries of steps still running that attempt (read
+    off the run the entry holds, without hashing the workflow's id: ``UUID.__hash__`` is Python). Left until their
+    deadline instead, as they were, a stamp's two entries stayed 30 and 5 seconds after it finished: at 3,000 stamps a
+    second about 100,000 entries, each a tuple the garbage collector tracked holding a workflow id it kept alive, the
+    bulk of what a young collection scanned over HTTP (issue 12's thirty-third part)."""
 
     __slots__ = ("heap", "seq", "spent")
 
     def __init__(self) -> None:
-        self.heap: list[tuple[float, int, Workflow, str, int]] = []
-        self.seq = 0  # a tie-break: equal deadlines never compare their workflows
+        self.heap: list[tuple[float, int, uuid.UUID, StepRun, int]] = []
+        self.seq = 0  # a tie-break: equal deadlines never compare what follows
         self.spent = 0  # entries of steps that finished since the last pass, at most
 
     def __len__(self) -> int:
@@ -121,34 +122,28 @@ class StepDeadlines:
     def push(self, workflow: Workflow, run: StepRun) -> None:
         assert run.deadline is not None
         self.seq += 1
-        heapq.heappush(self.heap, (run.deadline, self.seq, workflow, run.step.step_name, run.attempts))
+        heapq.heappush(self.heap, (run.deadline, self.seq, workflow.cid, run, run.attempts))
 
     def due(self, now: float, workflows: Mapping[uuid.UUID, Workflow]) -> list[tuple[Workflow, str]]:
         """Take out every entry whose deadline is ``now`` or earlier; the workflows (still this process's: in
-        ``workflows``) and steps still running the attempt it was set for."""
+        ``workflows``, with that run) and steps still running the attempt it was set for."""
         heap, found = self.heap, []
         while heap and heap[0][0] <= now:
-            _, _, workflow, step_name, attempt = heapq.heappop(heap)
-            if _running(workflow, step_name, attempt) and workflows.get(workflow.cid) is workflow:
-                found.append((workflow, step_name))
+            _, _, cid, run, attempt = heapq.heappop(heap)
+            name = run.step.step_name
+            if _running(run, attempt) and (workflow := workflows.get(cid)) is not None and workflow.steps[name] is run:
+                found.append((workflow, name))
         return found
 
     def spend(self) -> None:
         """A step with an entry here finished: once such entries are more than half the heap, drop them all."""
         self.spent += 1
         if self.spent > len(self.heap) >> 1:
-            kept = [  # _running, inline: a pass checks about two entries a step that finished
-                entry
-                for entry in self.heap
-                if (run := entry[2].steps[entry[3]]).status is _RUNNING
-                and run.attempts == entry[4]
-                and run.deadline is not None
-            ]
+            kept = [entry for entry in self.heap if _running(entry[3], entry[4])]
             heapq.heapify(kept)
             self.heap, self.spent = kept, 0
 
 
-def _running(workflow: Workflow, step_name: str, attempt: int) -> bool:
-    """Whether the step runs the attempt an entry was set for (a step finishing has no deadline any more)."""
-    run = workflow.steps[step_name]
+def _running(run: StepRun, attempt: int) -> bool:
+    """Whether ``run`` runs the attempt an entry was set for (a step finishing has no deadline any more)."""
     return run.status is _RUNNING and run.attempts == attempt and run.deadline is not None
