@@ -340,6 +340,7 @@ class Runtime:
             await self.bus.start()
         routed = service_topics(self.contracts, self.settings)  # commands routed to a service on a topic of its own
         self.nodes += [self._build(contract, routed) for contract in self.selected]
+        loop = loop_name(asyncio.get_running_loop())
         for node in self.nodes:
             event(
                 _log,
@@ -347,7 +348,7 @@ class Runtime:
                 "start",
                 f"starting {node.contract.name} {node.contract.version}",
                 node=node.node_id,
-                loop=loop_name(asyncio.get_running_loop()),
+                loop=loop,
             )
             await node.start()
         for node in self.nodes:
