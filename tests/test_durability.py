@@ -10,6 +10,7 @@ import random
 import sqlite3
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -17,7 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onex.contracts import Step
-from onex.envelope import OnexEnvelopeV1, derived_after, derived_id, id_tail, new_id
+from onex.envelope import (
+    ORDERED_SINCE_MS,
+    OnexEnvelopeV1,
+    derived_after,
+    derived_at,
+    derived_from,
+    derived_id,
+    id_tail,
+    millis_of,
+    new_id,
+)
 from onex.filetypes import Stamp
 from onex.nodes import OrchestratorNode, StepRun
 from onex.store import WorkflowRow, WriteBatch
@@ -238,9 +249,47 @@ async def test_events_caused_by_an_event_have_ids_derived_from_it() -> None:
     assert command.event_id == derived_id(cid, "orchestrator", "STAMP_FILE", 1)
     assert created.event_id == derived_id(command.event_id, "stamping_effect", "STAMP_CREATED", 0)
     assert done.event_id == derived_id(cid, "orchestrator", "WORKFLOW_COMPLETED")
-    # Transitions too: the n-th transition of a workflow always has the same id, so the audit log stores it once.
+    # Transitions too: the n-th transition of a workflow always has the same id, so the audit log stores it once; it
+    # begins with the time the workflow's id begins with.
     ids = [t["transition_id"] for t in h.transitions(cid)]
-    assert ids == [derived_id("orchestrator", str(cid), "", n) for n in range(2)]
+    assert ids == [derived_at(millis_of(cid), f"orchestrator\x1f{cid}\x1f\x1f{n}".encode()) for n in range(2)]
+    assert [i.int >> 80 for i in ids] == [millis_of(cid)] * 2
+
+
+def test_an_id_derived_at_a_time_begins_with_it_unless_older_versions_derived_it() -> None:
+    # Stable: a replay by a later version must derive what this one did (pinned).
+    at = ORDERED_SINCE_MS + 1234
+    assert derived_at(at, b"onex") == derived_at(at, b"onex") == uuid.UUID("01a24c83-45d2-8f8c-90d8-fe7a67ab8a2d")
+    assert derived_at(at, b"onex").int >> 80 == at
+    assert derived_at(at, b"onex").version == 8
+    assert derived_at(at, b"onex") != derived_at(at, b"onex!")
+    # From a time before ids were ordered (a workflow or a stamp stored by an earlier version), or none: as before.
+    assert derived_at(ORDERED_SINCE_MS - 1, b"onex") == derived_from(b"onex")
+    assert derived_at(None, b"onex") == derived_from(b"onex")
+    assert millis_of(uuid.UUID("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")) == 0x0193A1B2C3D4
+    assert millis_of(uuid.UUID("56bbeb2e-89f8-4bde-a006-09a645eb73e0")) is None  # version 4: no time in it
+
+
+async def test_a_workflows_stored_rows_are_keyed_in_the_order_workflows_and_stamps_are_made() -> None:
+    # Its transitions' ids begin with its id's time, its stamp's with the stamp's: the indexes keyed by them grow at
+    # their end as workflows run, where ids of hash bits alone each dirtied an index page of their own.
+    async with Harness(root=ROOT) as h:
+        cids = []
+        for i in range(3):
+            sent = await h.publish("STAMP_REQUESTED", request(40 + i))
+            cids.append(sent.correlation_id)
+            await h.wait_for("WORKFLOW_COMPLETED", lambda e, cid=sent.correlation_id: e.correlation_id == cid)
+        await h.settle()
+        transitions = [t for cid in cids for t in await h.store.list_transitions(str(cid))]
+        workflows = [await h.store.get_workflow(cid) for cid in cids]
+        stamps = await h.store.get_stamps([w.stamp_id for w in workflows if w is not None and w.stamp_id is not None])
+
+    assert [t.id.int >> 80 for t in transitions] == [millis_of(cid) for cid in cids for _ in range(2)]
+    assert sorted(cids) == cids  # new_id's: the workflows' times in the order they started
+    assert len(stamps) == 3
+    for stamp in stamps:
+        made = datetime.fromisoformat(stamp.stamp_data["ts"])
+        assert stamp.id.int >> 80 == (made - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def test_derived_ids_stay_what_earlier_versions_derived() -> None:
@@ -267,6 +316,23 @@ def test_a_stamp_row_id_is_derived_from_the_stamps_uid_as_a_uuid(uid: str) -> No
     stamp = Stamp(uid=uid, hash="ab" * 32, ts="2026-12-03T00:00:00.000000+00:00", kind="lightweight")
     expected = derived_id(uuid.UUID(uid), "ns", "dir/a.py", stamp.hash)
     assert row_id(stamp, "ns", "dir/a.py") == expected == uuid.UUID("e2bf0561-3d01-877b-8ec0-44a70e8cd102")
+
+
+def test_a_stamp_row_id_begins_with_the_stamps_time_from_when_onex_orders_them() -> None:
+    # The stamp above was made before ORDERED_SINCE_MS: its row keeps the id it was stored under. One made since begins
+    # with its time (pinned), and one whose time cannot be read (another tool's stamp) is derived as before.
+    uid, hash_ = "56bbeb2e-89f8-4bde-a006-09a645eb73e0", "ab" * 32
+    made = "2026-12-07T00:00:00.123456+00:00"
+    stamp = Stamp(uid=uid, hash=hash_, ts=made, kind="lightweight")
+    assert row_id(stamp, "ns", "dir/a.py") == uuid.UUID("01a24dcc-d87b-82bf-8561-3d01a77b8ec0")
+    assert row_id(stamp, "ns", "dir/a.py").int >> 80 == 1_796_601_600_123  # 2026-12-07T00:00:00.123Z
+    assert row_id(
+        Stamp(uid=uid, hash=hash_, ts="2026-12-07T00:00:00.123456", kind="lightweight"), "ns", "dir/a.py"
+    ) == (
+        row_id(stamp, "ns", "dir/a.py")  # a time without a zone is UTC's, as onex writes them
+    )
+    foreign = Stamp(uid=uid, hash=hash_, ts="yesterday", kind="lightweight")
+    assert row_id(foreign, "ns", "dir/a.py") == derived_id(uuid.UUID(uid), "ns", "dir/a.py", hash_)
 
 
 @settings(max_examples=5, deadline=None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onex.contracts import Step
-from onex.envelope import OnexEnvelopeV1, uuid_text
+from onex.envelope import OnexEnvelopeV1, millis_of, uuid_text
 from onex.fsm import Entity
 
 
@@ -80,7 +80,12 @@ class Workflow(Entity):
     """One orchestrated workflow: an FSM entity with its steps."""
 
     def __init__(self, correlation_id: uuid.UUID, steps: Sequence[Step], **context: Any) -> None:
-        super().__init__(entity_id=uuid_text(correlation_id), correlation_id=correlation_id, context=dict(context))
+        super().__init__(
+            entity_id=uuid_text(correlation_id),
+            correlation_id=correlation_id,
+            context=dict(context),
+            id_millis=millis_of(correlation_id),  # its transitions' ids begin with its id's time (``Entity``)
+        )
         self.cid = correlation_id  # the same id, typed as always present
         self.steps = {s.step_name: StepRun(s, i) for i, s in enumerate(steps)}
         self.request: OnexEnvelopeV1 | None = None

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 import orjson
 from blake3 import blake3
@@ -110,6 +110,29 @@ def derived_from(data: bytes) -> uuid.UUID:
     its text) and joined by ``b"\\x1f"``: for a caller on the hot path that knows its parts' types and encodes them
     itself, without ``derived_id``'s test of each part."""
     return _uuid((int.from_bytes(blake3(data).digest(16)) & _VERSION_MASK) | _DERIVED_BITS)
+
+
+# Ids derived from a time before this one (2026-12-06T18:00:00Z) are derived as onex derived them before it ordered
+# ids that key stored rows by time (``derived_at``), so that a workflow or a stamp stored then keeps its ids.
+ORDERED_SINCE_MS: Final = 1_796_580_000_000
+
+
+def derived_at(millis: int | None, data: bytes) -> uuid.UUID:
+    """``derived_from(data)`` ordered by time: its first 48 bits are ``millis`` (a Unix time in milliseconds), where a
+    version 7 id keeps its time, the rest BLAKE3's of ``data``; computing it again from the same two gives the same id.
+    For an id that keys a stored row (a transition's, a stamp's): rows derived from one time go next to each other in
+    the indexes keyed by their id, which grow at their end as ``new_id``'s do, where an id of hash bits alone puts
+    each row on an index page of its own (README, "Design decisions"). ``millis`` None or before
+    ``ORDERED_SINCE_MS``: ``derived_from(data)``, the id earlier versions derived."""
+    if millis is None or millis < ORDERED_SINCE_MS:
+        return derived_from(data)
+    return _uuid((((millis << 80) | int.from_bytes(blake3(data).digest(10))) & _VERSION_MASK) | _DERIVED_BITS)
+
+
+def millis_of(value: uuid.UUID) -> int | None:
+    """The Unix time in milliseconds a version 7 id (``new_id``'s) begins with; None for an id of any other version."""
+    bits = value.int
+    return bits >> 80 if (bits >> 76) & 0xF == 7 else None
 
 
 def derived_id(*parts: object) -> uuid.UUID:

@@ -25,7 +25,7 @@ from transitions import Machine, Transition
 
 from onex._frozen import maker, quick_init
 from onex.contracts import FsmSubcontract, parse_condition
-from onex.envelope import derived_from, derived_id
+from onex.envelope import derived_at, derived_id
 from onex.exceptions import TransitionError
 
 WILDCARD = "*"
@@ -191,7 +191,10 @@ class Entity:
     transitions in order. ``seq`` counts every transition the entity has made (a restored entity continues from its
     checkpoint), and a transition's id is derived from (entity type, ``entity_id``, ``id_salt``, ``seq``): redoing a
     transition after a crash gives it the id it had, so the audit log stores it once. An entity whose history may
-    start over under the same id (a namespace aggregate reloaded from its totals) sets a fresh ``id_salt``.
+    start over under the same id (a namespace aggregate reloaded from its totals) sets a fresh ``id_salt``. An entity
+    that gives ``id_millis`` (a workflow: the time its version 7 id begins with) has its transitions' ids begin with
+    that time (``onex.envelope.derived_at``: from ``ORDERED_SINCE_MS`` on), so that the audit log's index on them grows
+    at its end; it must give the same time whenever it is made again, as a workflow restored from its checkpoint does.
     """
 
     entity_id: str
@@ -201,6 +204,7 @@ class Entity:
     state: str = ""
     seq: int = 0
     id_salt: str = ""
+    id_millis: int | None = None
 
 
 ActionResolver = Callable[[str], Callable[[Entity], None]]
@@ -361,9 +365,10 @@ class StateMachine:
         raise TransitionError(entity.entity_id, source, trigger, f"guard failed: {'; '.join(failed)}")
 
     def _record(self, entity: Entity, source: str, dest: str, trigger: str, data: dict[str, Any]) -> TransitionRecord:
-        entity_id, salt = entity.entity_id, entity.id_salt
+        entity_id, salt, millis = entity.entity_id, entity.id_salt, entity.id_millis
         if type(entity_id) is str and type(salt) is str:  # always, for the shipped entities: encoded here, once
-            id_ = derived_from(b"\x1f".join((self._type_text, entity_id.encode(), salt.encode(), b"%d" % entity.seq)))
+            key = b"\x1f".join((self._type_text, entity_id.encode(), salt.encode(), b"%d" % entity.seq))
+            id_ = derived_at(millis, key)
         else:
             id_ = derived_id(self.entity_type, entity_id, salt, entity.seq)
         record = _new_record(

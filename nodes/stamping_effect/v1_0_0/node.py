@@ -22,10 +22,11 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from onex import stamps
-from onex.envelope import OnexEnvelopeV1, derived_from
+from onex.envelope import OnexEnvelopeV1, derived_at, derived_from
 from onex.exceptions import StampError
 from onex.files import remove_stale_temps_in, within
 from onex.metrics import Histogram
@@ -37,15 +38,30 @@ from .models import ModelStampingEffectConfig
 CONTENT_PATH = "<content>"
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
+
+
 def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
     """The stamp's id, its row's in ``metadata_stamps``: one per file and content, like the row's natural key. The
     uid written in the file is the file's identity and survives a restamp of changed content, which is a row (a
-    version) of its own; derived, so handling the command again gives the same id and writes nothing new."""
+    version) of its own; derived, so handling the command again gives the same id and writes nothing new. It begins
+    with the stamp's time (``ts``, to the millisecond; ``onex.envelope.derived_at``), so that the table's index on it
+    grows at its end as stamps are made, unless the stamp was made before ``onex.envelope.ORDERED_SINCE_MS`` (its row
+    keeps the id it was stored under, and a restamp of content unchanged since still names it) or its time cannot be
+    read (a stamp another tool wrote): then its bits are all derived, as they were."""
     # derived_id(uuid.UUID(stamp.uid), namespace, file_path, stamp.hash), encoded here: a stamp's uid is the canonical
     # text of a UUID (onex.filetypes.UID), whose 16 bytes are its hex digits; anything else is read as UUID() reads it.
     digits = stamp.uid.replace("-", "")
     uid = bytes.fromhex(digits) if len(digits) == 32 else uuid.UUID(stamp.uid).bytes
-    return derived_from(b"\x1f".join((uid, namespace.encode(), file_path.encode(), stamp.hash.encode())))
+    data = b"\x1f".join((uid, namespace.encode(), file_path.encode(), stamp.hash.encode()))
+    try:
+        made = datetime.fromisoformat(stamp.ts)
+    except ValueError:
+        return derived_from(data)
+    if made.tzinfo is None:
+        made = made.replace(tzinfo=UTC)  # as onex.clock.utc_text reads a naive time
+    return derived_at((made - _EPOCH) // _MILLISECOND, data)
 
 
 class NodeStampingEffect(EffectNode):
