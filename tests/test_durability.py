@@ -251,6 +251,7 @@ async def test_events_caused_by_an_event_have_ids_derived_from_it() -> None:
     assert done.event_id == derived_id(cid, "orchestrator", "WORKFLOW_COMPLETED")
     # Transitions too: the n-th transition of a workflow always has the same id, so the audit log stores it once; it
     # begins with the time the workflow's id begins with.
+    assert cid is not None
     ids = [t["transition_id"] for t in h.transitions(cid)]
     assert ids == [derived_at(millis_of(cid), f"orchestrator\x1f{cid}\x1f\x1f{n}".encode()) for n in range(2)]
     assert [i.int >> 80 for i in ids] == [millis_of(cid)] * 2
@@ -274,11 +275,12 @@ async def test_a_workflows_stored_rows_are_keyed_in_the_order_workflows_and_stam
     # Its transitions' ids begin with its id's time, its stamp's with the stamp's: the indexes keyed by them grow at
     # their end as workflows run, where ids of hash bits alone each dirtied an index page of their own.
     async with Harness(root=ROOT) as h:
-        cids = []
+        cids: list[uuid.UUID] = []
         for i in range(3):
-            sent = await h.publish("STAMP_REQUESTED", request(40 + i))
-            cids.append(sent.correlation_id)
-            await h.wait_for("WORKFLOW_COMPLETED", lambda e, cid=sent.correlation_id: e.correlation_id == cid)
+            cid = (await h.publish("STAMP_REQUESTED", request(40 + i))).correlation_id
+            assert cid is not None
+            cids.append(cid)
+            await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == cids[-1])
         await h.settle()
         transitions = [t for cid in cids for t in await h.store.list_transitions(str(cid))]
         workflows = [await h.store.get_workflow(cid) for cid in cids]
