@@ -34,11 +34,11 @@ import bisect
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from onex.clock import Clock
+from onex.clock import UNIX_EPOCH, Clock, epoch_ms
 from onex.contracts import (
     AGGREGATION_KEY_FIELDS,
     Aggregation,
@@ -51,8 +51,6 @@ from onex.fsm import Guard, parse_guard
 __all__ = ["Aggregator", "WindowResult", "bucket_label"]
 
 _MISSING: Any = object()
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _FAST_NUMBERS = frozenset({int, float})  # the exact types; subclasses (not bool) take isinstance
 
@@ -81,10 +79,6 @@ def bucket_label(value: float, bounds: tuple[int, ...]) -> str:
     """The label of the bucket ``value`` falls in: ``<=bound`` for the first bound not below it, else ``>last``."""
     index = bisect.bisect_left(bounds, value)
     return f"<={bounds[index]}" if index < len(bounds) else (f">{bounds[-1]}" if bounds else "all")
-
-
-def _ms(at: datetime) -> int:
-    return (at - _EPOCH) // _MS  # exact, unlike float timestamps
 
 
 def _jsonable(value: Any) -> Any:
@@ -238,8 +232,8 @@ class _Compiled:
 
     def result(self, win: _Win, *, closed: bool) -> WindowResult:
         if self.mode in (_TUMBLE_TIME, _SLIDE_TIME):
-            start: datetime | None = _EPOCH + timedelta(milliseconds=win.start_ms)
-            end: datetime | None = _EPOCH + timedelta(milliseconds=win.end_ms)
+            start: datetime | None = UNIX_EPOCH + timedelta(milliseconds=win.start_ms)
+            end: datetime | None = UNIX_EPOCH + timedelta(milliseconds=win.end_ms)
         else:
             start, end = win.first_at, win.last_at
         functions = self.functions
@@ -336,7 +330,7 @@ class Aggregator:
         closed, self._ready = self._ready, []
         if not self._timed:
             return closed
-        now_ms = _ms(self._clock.now())
+        now_ms = epoch_ms(self._clock.now())
         for agg in self._aggs:
             if agg.mode not in _TIME_MODES:
                 continue
@@ -407,8 +401,8 @@ class Aggregator:
             if agg.mode in (_TUMBLE_TIME, _SLIDE_TIME):
                 start_ms, end_ms = int(number), int(number) + agg.size
             elif agg.mode == _SESSION:
-                start_ms = _ms(first) if first else int(number)
-                end_ms = _ms(last) if last else start_ms
+                start_ms = epoch_ms(first) if first else int(number)
+                end_ms = epoch_ms(last) if last else start_ms
             else:
                 start_ms = end_ms = 0
             win = _Win(key, result.window_id, accs, start_ms, end_ms)
@@ -454,7 +448,7 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
         "_NUMBER": (int, float),
         "_Mapping": Mapping,
         "_jsonable": _jsonable,
-        "_ms": _ms,
+        "_ms": epoch_ms,
         "_bisect": bisect.bisect_left,
         "_bucket_label": bucket_label,
         "A": aggregator,

@@ -13,7 +13,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 import orjson
@@ -40,6 +40,13 @@ class Clock(Protocol):
 
 
 _dumps: Final = orjson.dumps
+UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """``moment`` (aware) as whole milliseconds since the Unix epoch, rounded down: exact, unlike a float timestamp."""
+    return (moment - UNIX_EPOCH) // _MILLISECOND
 
 
 def utc_text(moment: datetime) -> str:

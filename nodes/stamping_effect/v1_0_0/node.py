@@ -22,10 +22,11 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from datetime import UTC, datetime
+from typing import Any
 
 from onex import stamps
+from onex.clock import epoch_ms
 from onex.envelope import OnexEnvelopeV1, derived_at, derived_from
 from onex.exceptions import StampError
 from onex.files import remove_stale_temps_in, within
@@ -36,10 +37,6 @@ from ...models import ModelStampCommand, ModelStampCreated, ModelStampFailed
 from .models import ModelStampingEffectConfig
 
 CONTENT_PATH = "<content>"
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND: Final = timedelta(milliseconds=1)
 
 
 def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
@@ -57,11 +54,9 @@ def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
     data = b"\x1f".join((uid, namespace.encode(), file_path.encode(), stamp.hash.encode()))
     try:
         made = datetime.fromisoformat(stamp.ts)
-    except ValueError:
+    except ValueError:  # a time another tool wrote
         return derived_from(data)
-    if made.tzinfo is None:
-        made = made.replace(tzinfo=UTC)  # as onex.clock.utc_text reads a naive time
-    return derived_at((made - _EPOCH) // _MILLISECOND, data)
+    return derived_at(epoch_ms(made if made.tzinfo else made.replace(tzinfo=UTC)), data)  # naive: UTC, as utc_text
 
 
 class NodeStampingEffect(EffectNode):
