@@ -17,10 +17,14 @@ Each repeat runs:
   transaction. Its ratio is onex's stamp against a stamp's work without onex, as ``bench/e2e.py`` measures in process
   (README, Performance: the proposal to judge the gateway by it).
 
-Each saturation run also gives what the server, this process, spent a request (``server_per_request``): CPU µs of the
-event loop's thread and of the store's threads, and KiB written to disk, from its first request (the warm-up's
-included) until every row is written. In process, ``bench/e2e.py`` gives the same workflows' CPU an item to set them
-against: twice as much on the store's threads a request was how the gateway's random workflow ids showed.
+Each saturation run and each fixed-rate run also gives what the server, this process, spent a request
+(``server_per_request``): CPU µs of the event loop's thread and of the store's threads, KiB written to disk, the nodes'
+handler calls (one a batch) and the store's transactions, from its first request (the warm-up's included) until every
+row is written; and how busy the event loop's thread was meanwhile (``loop_busy``: its CPU seconds a second). In
+process, ``bench/e2e.py`` gives the same workflows' CPU an item to set them against: twice as much on the store's
+threads a request was how the gateway's random workflow ids showed. At the fixed rate, fewer requests arrive together,
+so the nodes' batches and the store's groups are smaller and a request costs more: that is how busy "half of saturation"
+keeps the server (README, Performance).
 
 Figures are medians over ``--repeat`` runs. The load generator and the server share the machine's cores, so on a
 small machine they compete; the JSON records the core count.
@@ -48,12 +52,16 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
+
+if TYPE_CHECKING:
+    from onex.runtime import Runtime
 
 if __name__ == "http":  # pragma: no cover - only when imported by that name
     # `python bench/<script>.py` puts bench/ first on sys.path, where this file would shadow the standard library's
@@ -157,11 +165,19 @@ async def raw_server(prefix: str) -> AsyncIterator[tuple[str, sqlite3.Connection
             conn.close()
 
 
+class Served(NamedTuple):
+    """What ``gateway`` yields: the base URL, ``settle`` (returns once the bus is idle: the last run's rows written
+    before the next run starts) and the runtime behind it (for its counters: ``_server_usage``)."""
+
+    url: str
+    settle: Callable[[], Awaitable[None]]
+    runtime: Runtime
+
+
 @contextlib.asynccontextmanager
-async def gateway(prefix: str, *, synchronous: bool = True) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+async def gateway(prefix: str, *, synchronous: bool = True) -> AsyncIterator[Served]:
     """Every node and the HTTP gateway in this process, as ``onex run --http`` hosts them, on a memory bus and a
-    SQLite store in a temporary directory: yields the base URL and ``settle``, which returns once the bus is idle
-    (the last run's rows written before the next run starts)."""
+    SQLite store in a temporary directory (``Served``)."""
     from onex.bus import MemoryBus
     from onex.http import bind, serve
     from onex.runtime import Runtime
@@ -188,7 +204,7 @@ async def gateway(prefix: str, *, synchronous: bool = True) -> AsyncIterator[tup
                 server = asyncio.create_task(serve(runtime, settings, sock=sock, stop=stop, ready=announce))
                 await ready.wait()
                 try:
-                    yield urls[0], settle
+                    yield Served(urls[0], settle, runtime)
                 finally:
                     stop.set()
                     await server
@@ -218,22 +234,38 @@ def _written() -> int | None:
     return total
 
 
-def _server_usage() -> tuple[dict[str, float], int | None]:
-    """This process's CPU seconds so far by thread (``e2e.thread_cpu``: the event loop's, the store's), and
-    ``_written()``."""
-    return _e2e().thread_cpu(), _written()
+class Usage(NamedTuple):
+    """The server's counters at one moment (``_server_usage``)."""
+
+    cpu: dict[str, float]  # CPU seconds by thread (``e2e.thread_cpu``: the event loop's, the store's)
+    written: int | None  # ``_written()``
+    handler_calls: int  # the nodes' handler calls so far (one a batch or a message, failed ones included)
+    transactions: int | None  # the store's write transactions so far (None: a store that does not count them)
+    at: float  # time.monotonic()
 
 
-def _per_request(before: tuple[dict[str, float], int | None], requests: int) -> dict[str, Any]:
-    """What the server spent a request since ``before`` (``_server_usage``): CPU µs by thread, KiB written."""
-    cpu_before, written_before = before
+def _server_usage(runtime: Runtime) -> Usage:
+    """This process's counters now, and the runtime's."""
+    calls = sum(t.durations.count for node in runtime.nodes for t in node.meter.tallies.values())
+    transactions = getattr(runtime.store, "transactions", None)
+    return Usage(_e2e().thread_cpu(), _written(), calls, transactions, time.monotonic())
+
+
+def _per_request(before: Usage, runtime: Runtime, requests: int) -> dict[str, Any]:
+    """What the server spent a request since ``before`` (``_server_usage``): CPU µs by thread, KiB written, handler
+    calls and store transactions; and ``loop_busy``, the event loop thread's CPU seconds a second meanwhile."""
+    after = _server_usage(runtime)
     spent: dict[str, Any] = {
         f"cpu_us_{name}": round(seconds / requests * 1e6, 1)
-        for name, seconds in _e2e()._cpu_spent(cpu_before, None).items()  # no server process of its own
+        for name, seconds in _e2e()._cpu_spent(before.cpu, None).items()  # no server process of its own
     }
-    written_after = _written()
-    if written_before is not None and written_after is not None:
-        spent["written_kib"] = round((written_after - written_before) / requests / 1024, 1)
+    if before.written is not None and after.written is not None:
+        spent["written_kib"] = round((after.written - before.written) / requests / 1024, 1)
+    spent["handler_calls"] = round((after.handler_calls - before.handler_calls) / requests, 2)
+    if before.transactions is not None and after.transactions is not None:
+        spent["transactions"] = round((after.transactions - before.transactions) / requests, 3)
+    if "main" in after.cpu and "main" in before.cpu and after.at > before.at:
+        spent["loop_busy"] = round((after.cpu["main"] - before.cpu["main"]) / (after.at - before.at), 2)
     return spent
 
 
@@ -252,21 +284,25 @@ async def _bench(
         return result
 
     async with (
-        gateway("onex-bench-http-", synchronous=synchronous) as (url, settle),
+        gateway("onex-bench-http-", synchronous=synchronous) as (url, settle, runtime),
         raw_server("onex-bench-http-raw-") as (raw_url, raw),
     ):
         stamp, hash_ = f"{PREFIX}/stamp", f"{PREFIX}/hash"
+
+        async def measured(**options: Any) -> dict[str, Any]:
+            """A load on ``stamp``, with what the server spent a request on it until every row is written."""
+            before = _server_usage(runtime)
+            result = await load(stamp, **options)
+            await settle()  # every row written: the store's work for these requests is done
+            result["server"] = _per_request(before, runtime, result["sent"])
+            return result
+
         await load(stamp, rate=0, duration=2, connections=connections)  # warm up
         await settle()
         for _ in range(repeat):
-            before = _server_usage()
-            saturated = await load(stamp, rate=0, duration=duration, connections=connections)
-            await settle()  # every row written: the store's work for these requests is done
-            saturated["server"] = _per_request(before, saturated["sent"])
-            runs["saturation"].append(saturated)
+            runs["saturation"].append(await measured(rate=0, duration=duration, connections=connections))
             fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
-            runs["fixed"].append(await load(stamp, rate=fixed, duration=duration, connections=32))
-            await settle()
+            runs["fixed"].append(await measured(rate=fixed, duration=duration, connections=32))
             runs["floor"].append(
                 await load(hash_, rate=0, duration=duration / 2, connections=connections, namespace="")
             )
@@ -281,6 +317,13 @@ async def _bench(
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     median: float = statistics.median(r[key] for r in runs)
     return round(median, 3)
+
+
+def _server_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """This process (the server) a request, the medians over the repeats of ``_per_request``'s figures: CPU µs of the
+    event loop's thread (main) and of the store's threads (sqlite), KiB written to disk, handler calls, store
+    transactions, the event loop's thread's busy share."""
+    return {key: _median([r["server"] for r in runs], key) for key in runs[0]["server"]}
 
 
 def run(
@@ -319,6 +362,7 @@ def run(
             "p99_ms": _median(fixed, "p99_ms"),
             "p95_target_ms": P95_TARGET_MS,
             "p95_met": fixed_p95 < P95_TARGET_MS,
+            "server_per_request": _server_medians(fixed),
         },
         "saturation": {
             "connections": connections,
@@ -328,11 +372,7 @@ def run(
             "p99_ms": _median(saturation, "p99_ms"),
             "rps_target": RPS_TARGET,
             "rps_met": saturation_rps >= RPS_TARGET,
-            # This process (the server) a request: CPU µs of the event loop's thread (main) and of the store's threads
-            # (sqlite), KiB written to disk; medians over the repeats, the warm-up's requests and rows included.
-            "server_per_request": {
-                key: _median([r["server"] for r in saturation], key) for key in saturation[0]["server"]
-            },
+            "server_per_request": _server_medians(saturation),
         },
         "floor_hash_no_workflow": {"rps": floor_rps, "p50_ms": _median(floor, "p50_ms")},
         "stamp_vs_floor_ratio": round(saturation_rps / floor_rps, 3) if floor_rps else None,
@@ -371,10 +411,11 @@ def _print(result: dict[str, Any]) -> None:
     table.add_row("raw stamp (BLAKE3, the rows, a commit)", f"{raw['rps']:,.0f}", f"{raw['p50_ms']:.2f}", "", "", "",
                   "")  # fmt: skip
     Console().print(table)
-    spent = sat["server_per_request"]
-    print(f"the server a request at saturation: CPU {spent.get('cpu_us_main', 0):.0f} µs on the event loop's thread, "
-          f"{spent.get('cpu_us_sqlite', 0):.0f} µs on the store's threads; {spent.get('written_kib', 0):.1f} KiB "
-          "written")  # fmt: skip
+    for name, spent in (("saturation", sat["server_per_request"]), ("the fixed rate", fixed["server_per_request"])):
+        print(f"the server a request at {name}: CPU {spent.get('cpu_us_main', 0):.0f} µs on the event loop's thread "
+              f"(busy {spent.get('loop_busy', 0):.2f} of the time), {spent.get('cpu_us_sqlite', 0):.0f} µs on the "
+              f"store's threads; {spent.get('written_kib', 0):.1f} KiB written; {spent['handler_calls']:.2f} handler "
+              f"calls, {spent.get('transactions', 0):.3f} store transactions")  # fmt: skip
     print(f"stamp/floor ratio {result['stamp_vs_floor_ratio']}; stamp/raw stamp ratio "
           f"{result['stamp_vs_raw_stamp_ratio']}; errors {result['errors']}; "
           f"{result['machine']['cpus']} CPU(s), load generator in a second process on the same machine; "

@@ -447,7 +447,7 @@ async def _http(duration: float, repeat: int, connections: int) -> dict[str, lis
     from bench.http import _load, gateway
 
     runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": [], "floor_fixed": []}
-    async with gateway("onex-bench-metastore-http-") as (url, settle):
+    async with gateway("onex-bench-metastore-http-") as (url, settle, _):
         status, created = await asyncio.to_thread(_post, url, "/api/v1/feature-flags", FLAG)
         if status not in (200, 201):
             return f"POST /api/v1/feature-flags answered {status}: {created}"

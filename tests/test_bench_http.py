@@ -7,9 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 from blake3 import blake3
+from onex.http import PREFIX
 
 from bench import e2e
-from bench.http import raw_server, raw_stamp_app
+from bench.http import _per_request, _server_usage, gateway, raw_server, raw_stamp_app
 
 pytestmark = pytest.mark.anyio
 
@@ -38,3 +39,19 @@ async def test_the_raw_server_serves_until_it_is_left() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=url) as client:
             await client.post("/stamp", json={"content": "late", "file_path": "late.txt"})
+
+
+async def test_the_gateway_counts_what_a_request_cost_the_server() -> None:
+    async with gateway("onex-test-gateway-") as (url, settle, runtime), httpx.AsyncClient(base_url=url) as client:
+        before = _server_usage(runtime)
+        for n in range(4):  # one at a time: each request has batches and a checkpoint of its own
+            answer = await client.post(f"{PREFIX}/stamp", json={"content": f"{n}\n", "file_path": f"{n}.txt"})
+            assert answer.status_code == 200, answer.text
+        await settle()
+        spent = _per_request(before, runtime, 4)
+    # The orchestrator's two batches (the request, the result), the stamping effect's, the reducer's and the database
+    # adapter's at least; the checkpoint that each answer waited for, committed before the next request.
+    assert spent["handler_calls"] >= 5
+    assert spent["transactions"] >= 1
+    assert spent["cpu_us_main"] > 0
+    assert 0 < spent["loop_busy"] <= 1.5  # CPU seconds of one thread a second (the clocks' ticks, so a little over 1)
