@@ -41,14 +41,17 @@ async def test_the_raw_server_serves_until_it_is_left() -> None:
             await client.post("/stamp", json={"content": "late", "file_path": "late.txt"})
 
 
+REQUESTS = 20  # enough CPU for the clock's ticks (/proc counts 10 ms at a time) to see it
+
+
 async def test_the_gateway_counts_what_a_request_cost_the_server() -> None:
     async with gateway("onex-test-gateway-") as (url, settle, runtime), httpx.AsyncClient(base_url=url) as client:
         before = _server_usage(runtime)
-        for n in range(4):  # one at a time: each request has batches and a checkpoint of its own
+        for n in range(REQUESTS):  # one at a time: each request has batches and a checkpoint of its own
             answer = await client.post(f"{PREFIX}/stamp", json={"content": f"{n}\n", "file_path": f"{n}.txt"})
             assert answer.status_code == 200, answer.text
         await settle()
-        spent = _per_request(before, runtime, 4)
+        spent = _per_request(before, runtime, REQUESTS)
     # The orchestrator's two batches (the request, the result), the stamping effect's, the reducer's and the database
     # adapter's at least; the checkpoint that each answer waited for, committed before the next request.
     assert spent["handler_calls"] >= 5
