@@ -255,17 +255,15 @@ def _per_request(before: Usage, runtime: Runtime, requests: int) -> dict[str, An
     """What the server spent a request since ``before`` (``_server_usage``): CPU µs by thread, KiB written, handler
     calls and store transactions; and ``loop_busy``, the event loop thread's CPU seconds a second meanwhile."""
     after = _server_usage(runtime)
-    spent: dict[str, Any] = {
-        f"cpu_us_{name}": round(seconds / requests * 1e6, 1)
-        for name, seconds in _e2e()._cpu_spent(before.cpu, None).items()  # no server process of its own
-    }
+    seconds = {name: cpu - before.cpu.get(name, 0.0) for name, cpu in after.cpu.items()}
+    spent: dict[str, Any] = {f"cpu_us_{name}": round(cpu / requests * 1e6, 1) for name, cpu in seconds.items()}
     if before.written is not None and after.written is not None:
         spent["written_kib"] = round((after.written - before.written) / requests / 1024, 1)
     spent["handler_calls"] = round((after.handler_calls - before.handler_calls) / requests, 2)
     if before.transactions is not None and after.transactions is not None:
         spent["transactions"] = round((after.transactions - before.transactions) / requests, 3)
-    if "main" in after.cpu and "main" in before.cpu and after.at > before.at:
-        spent["loop_busy"] = round((after.cpu["main"] - before.cpu["main"]) / (after.at - before.at), 2)
+    if "main" in seconds:  # the same reading as the CPU above
+        spent["loop_busy"] = round(seconds["main"] / (after.at - before.at), 2)
     return spent
 
 
