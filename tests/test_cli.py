@@ -385,9 +385,12 @@ def test_stamp_with_event_logging_records_every_event_and_every_row(tmp_path: Pa
     assert query(db, "SELECT current_state, count(*) FROM workflow_executions GROUP BY 1") == [
         ("completed", len(files))
     ]
-    # Every event the database adapter consumed (outcomes, stamps, transitions, the reducer's intents) is logged.
+    # Every event the database adapter consumed (outcomes, transitions, the reducer's intents) is logged; it does not
+    # consume STAMP_CREATED, whose rows come with the outcomes.
     logged = dict(cast("list[tuple[str, int]]", query(db, "SELECT event_type, count(*) FROM event_logs GROUP BY 1")))
-    assert logged["WORKFLOW_COMPLETED"] == logged["STAMP_CREATED"] == len(files)
+    assert logged["WORKFLOW_COMPLETED"] == len(files)
+    assert "STAMP_CREATED" not in logged
+    assert query(db, "SELECT count(*) FROM metadata_stamps") == [(len(files),)]
     assert logged["STATE_TRANSITION"] >= 1  # one event per orchestrator batch, carrying its transitions
     workflow_transitions = (
         "SELECT count(*) FROM fsm_transitions t JOIN workflow_executions w ON t.entity_id = w.correlation_id"

@@ -20,7 +20,6 @@ from onex._postgres import PostgresStore
 from onex._sqlite import SqliteStore
 from onex.contracts import load_contracts
 from onex.envelope import ModelStateTransitions, OnexEnvelopeV1
-from onex.exceptions import StoreError
 from onex.nodes import Event, Lifecycle
 from onex.resilience import BreakerState
 from onex.store import WorkflowRow, WriteBatch
@@ -147,12 +146,17 @@ async def test_draining_while_postgres_is_unreachable_ends_and_leaves_the_writes
             assert h.dead_letters() == []
 
 
-async def test_an_outcome_whose_stamp_row_the_adapter_stored_does_not_write_it_again(tmp_path: Path) -> None:
-    """STAMP_CREATED writes a stamp's row; the outcome carrying the same stamp then writes its workflow and steps
-    only. An outcome whose stamp this adapter has not stored still writes it (another replica consumed the
-    STAMP_CREATED, or its commit is still pending), so a stored final state always comes with its stamp."""
+async def test_a_stamps_row_comes_from_its_outcome_and_a_stamp_created_handed_over_writes_it_too(
+    tmp_path: Path,
+) -> None:
+    """The shipped contract does not consume STAMP_CREATED: the outcome writes a workflow's final state, its steps and
+    its stamp in one transaction. The node still writes the row of a STAMP_CREATED handed to it (a contract that
+    consumes the event, as the ONEX mapping has it); the outcome's copy of that row is then dropped by its key."""
     async with Harness([ADAPTER], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
         adapter = adapter_of(h)
+        events = adapter.contract.subcontracts.event_type
+        assert events is not None
+        assert "STAMP_CREATED" not in {c.event_name for c in events.consumes}
         batches: list[WriteBatch] = []
         to_batch = adapter.to_batch
 
@@ -161,74 +165,21 @@ async def test_an_outcome_whose_stamp_row_the_adapter_stored_does_not_write_it_a
             return batches[-1]
 
         adapter.to_batch = spy  # type: ignore[method-assign]
-        seen, unseen = outcome(1, file_mode="0644"), outcome(2)
-        await h.publish(
-            "STAMP_CREATED", {"workflow_id": seen["workflow_id"], "namespace": seen["namespace"], **seen["stamp"]}
-        )
+        done, other = outcome(1, file_mode="0644"), outcome(2)
+        await h.publish("STAMP_CREATED", stamp_created(done))  # nobody here consumes it
+        await h.publish("WORKFLOW_COMPLETED", done)
         await h.settle()
-        await h.publish("WORKFLOW_COMPLETED", seen)
-        await h.settle()
-        await h.publish("WORKFLOW_COMPLETED", unseen)
-        await h.settle()
-
-        assert [[str(s.id) for s in b.stamps] for b in batches] == [
-            [seen["stamp"]["stamp_id"]],  # STAMP_CREATED
-            [],  # its outcome: the workflow and its steps, not the stamp again
-            [unseen["stamp"]["stamp_id"]],  # an outcome whose stamp this adapter never stored
-        ]
-        assert [len(b.workflows) for b in batches] == [0, 1, 1]
-        assert await h.store.count("metadata_stamps") == 2
-        assert await h.store.count("workflow_executions") == await h.store.count("workflow_steps") == 2
-        (row,) = await h.store.get_stamps_by_hash(seen["stamp"]["file_hash"])
-        assert str(row.id) == seen["stamp"]["stamp_id"]
+        assert [[str(s.id) for s in b.stamps] for b in batches] == [[done["stamp"]["stamp_id"]]]
+        assert [len(b.workflows) for b in batches] == [1]
+        (row,) = await h.store.get_stamps_by_hash(done["stamp"]["file_hash"])
+        assert str(row.id) == done["stamp"]["stamp_id"]
         assert row.file_metadata["mode"] == "0644"
 
-
-@pytest.mark.parametrize("stamp_commit", ["succeeds", "fails"])
-async def test_an_outcome_made_while_its_stamps_commit_was_pending_writes_the_stamp_only_if_that_failed(
-    tmp_path: Path, stamp_commit: str
-) -> None:
-    """An outcome handled while its STAMP_CREATED's transaction is in flight carries the stamp (``to_batch`` cannot
-    know yet); the shard's next transaction, which holds the outcome, starts after that one ended, and leaves the copy
-    out if it committed, keeps it if it failed: a stored final state always comes with its stamp."""
-    async with Harness([ADAPTER], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
-        adapter = adapter_of(h)
-        apply, begun, first, release = h.store.apply, list[WriteBatch](), anyio.Event(), anyio.Event()
-
-        async def held(batch: WriteBatch) -> None:
-            begun.append(batch)
-            if len(begun) == 1:
-                first.set()
-                await release.wait()
-                if stamp_commit == "fails":
-                    raise StoreError("apply: the stamp's transaction failed")
-            await apply(batch)
-
-        async def persist(events: list[Event], errors: list[BaseException]) -> None:
-            try:
-                await adapter.persist(events)
-            except StoreError as exc:
-                errors.append(exc)
-
-        h.store.apply = held  # type: ignore[method-assign]
-        done, errors = outcome(1), list[BaseException]()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(persist, [event(ModelStampCreated, stamp_created(done))], errors)
-            try:
-                with anyio.fail_after(30):
-                    await first.wait()
-                    tg.start_soon(persist, [event(ModelWorkflowFinished, done)], errors)
-                    await until(lambda: adapter.statistics().pending_batches == 2)  # the outcome waits its turn
-            finally:
-                release.set()
-
-        stamp_id = done["stamp"]["stamp_id"]
-        assert [[str(s.id) for s in b.stamps] for b in begun] == [
-            [stamp_id],  # STAMP_CREATED
-            [stamp_id] if stamp_commit == "fails" else [],  # the outcome: its workflow, its steps, the stamp if need be
-        ]
-        assert len(errors) == (stamp_commit == "fails")
-        assert await h.store.count("metadata_stamps") == await h.store.count("workflow_executions") == 1
+        await adapter.persist([event(ModelStampCreated, stamp_created(other))])
+        await adapter.persist([event(ModelWorkflowFinished, other)])
+        assert [[str(s.id) for s in b.stamps] for b in batches[1:]] == [[other["stamp"]["stamp_id"]]] * 2
+        assert await h.store.count("metadata_stamps") == 2
+        assert await h.store.count("workflow_executions") == await h.store.count("workflow_steps") == 2
 
 
 # --- writers: transactions in flight at once -------------------------------------------------------------------------
@@ -365,12 +316,11 @@ async def test_a_few_rows_wait_for_the_transaction_in_flight(postgres_dsn: str) 
 
 
 async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn: str) -> None:
-    """Two hundred files stamped at once, one of them by twenty workflows, each stamp's row sent twice (STAMP_CREATED
-    and the outcome carry the same id). With split_rows 1 every shard takes a transaction of its own, and the first is
-    held until the second has begun, so the two are in flight together; shared out by file, they hold no row in common.
-    Shared out any other way, an outcome and its STAMP_CREATED in two transactions would lock each other's rows (a
-    deadlock, which PostgreSQL ends after ``deadlock_timeout``, and the store writes one again, counted in ``retries``),
-    and two restamps of a file could be given one version. The file's stamps are numbered 1 to 20."""
+    """Two hundred files stamped at once, one of them by twenty workflows. With split_rows 1 every shard takes a
+    transaction of its own, and the first is held until the second has begun, so the two are in flight together;
+    shared out by file, they hold no row in common. Shared out any other way, two restamps of a file could be given one
+    version (the store numbers a file's stamps from the rows committed before). The file's stamps are numbered 1 to
+    20."""
     async with Harness([ADAPTER], root=ROOT, store_url=postgres_dsn) as h:
         assert isinstance(h.store, PostgresStore)
         adapter = adapter_of(h)
@@ -396,7 +346,6 @@ async def test_two_transactions_in_flight_never_write_the_same_row(postgres_dsn:
         h.store.apply = held  # type: ignore[method-assign]
         sent = [outcome(i if i % 11 else 999, file_hash=f"{i:064x}") for i in range(220)]
         for payload in sent:
-            await h.publish("STAMP_CREATED", stamp_created(payload))
             await h.publish("WORKFLOW_COMPLETED", payload)
         try:
             with anyio.fail_after(30):

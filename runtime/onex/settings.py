@@ -354,7 +354,11 @@ class Settings(BaseSettings):
     intelligence_url: str | None = Field(
         None, description="Where the orchestrator's optional intelligence step posts each hash; empty: skipped."
     )
-    log_events: bool = Field(False, description="Whether the database adapter also writes every event to event_logs.")
+    log_events: bool = Field(
+        False,
+        description="Whether the database adapter also writes every event it consumes (outcomes, transitions, "
+        "aggregation intents; not STAMP_CREATED) to event_logs.",
+    )
     drain_timeout_ms: int = Field(
         5_000, description="Milliseconds the database adapter's drain gives batches in hand while the store is down."
     )

@@ -398,3 +398,51 @@ async def test_a_stamp_command_handled_again_is_stored_and_aggregated_once(tmp_p
         assert (aggregate.total_workflows_processed, aggregate.total_items_aggregated) == (1, 1)
         assert aggregate.total_size_bytes == len(b"x = 3\n")
     assert verify_file(path).status == "valid"
+
+
+def stamp_created(workflow_id: uuid.UUID, file_hash: str, *, dry_run: bool = False) -> dict[str, object]:
+    return {
+        "workflow_id": str(workflow_id),
+        "stamp_id": str(uuid.uuid4()),
+        "file_path": "late.py",
+        "file_hash": file_hash,
+        "file_size": 6,
+        "file_type": "python",
+        "namespace": NS,
+        "stamp_type": "lightweight",
+        "status": "stamped",
+        "dry_run": dry_run,
+    }
+
+
+async def test_a_stamp_no_running_workflow_takes_is_stored_by_the_orchestrator(tmp_path: Path) -> None:
+    """A stamp's row comes with its workflow's outcome, and the database adapter does not consume STAMP_CREATED. A
+    STAMP_CREATED that no running workflow takes still stands for a file stamped, so the orchestrator stores its row:
+    one that came after its workflow had failed, and one of a workflow this process never ran. A dry run's is not."""
+    path = write(tmp_path, [Spec("late.py", b"x = 4\n", "code")])["late.py"]
+    hashes = ["ab" * 32, "cd" * 32]  # a file's hash has one row in a namespace
+
+    async with Harness(["orchestrator", "database_adapter_effect"], root=ROOT) as h:  # no stamping effect
+        sent = await h.publish("STAMP_REQUESTED", request(path))
+        cid = sent.correlation_id
+        assert cid is not None
+        await h.wait_for("STAMP_FILE", lambda e: e.correlation_id == cid)
+        failed = {"workflow_id": str(cid), "namespace": NS, "error": "no space left on device", "retryable": False}
+        await h.publish("STAMP_FAILED", failed, correlation_id=cid)
+        await h.wait_for("WORKFLOW_FAILED", lambda e: e.correlation_id == cid)
+
+        late = await h.publish("STAMP_CREATED", stamp_created(cid, hashes[0]), correlation_id=cid)
+        stranger = uuid.uuid4()
+        unknown = await h.publish("STAMP_CREATED", stamp_created(stranger, hashes[1]), correlation_id=stranger)
+        dry = stamp_created(stranger, "ef" * 32, dry_run=True)
+        await h.publish("STAMP_CREATED", dry, correlation_id=stranger)
+        await h.settle()
+
+        for created, file_hash in zip((late, unknown), hashes, strict=True):
+            [row] = await h.store.get_stamps_by_hash(file_hash)
+            assert (str(row.id), str(row.workflow_id)) == (created.payload["stamp_id"], created.payload["workflow_id"])
+        assert await h.store.count("metadata_stamps") == 2  # not the dry run's
+        workflow = await h.store.get_workflow(cid)
+        assert workflow is not None
+        assert workflow.current_state == "failed"
+        assert h.dead_letters() == []

@@ -3,15 +3,16 @@
 | event                          | rows                                                        |
 |--------------------------------|-------------------------------------------------------------|
 | WORKFLOW_COMPLETED / _FAILED   | workflow_executions (final state) + workflow_steps          |
-|                                | + metadata_stamps (the outcome's stamp, unless this adapter |
-|                                |   committed it from STAMP_CREATED before the outcome's      |
-|                                |   transaction began; not for dry runs)                      |
-| STAMP_CREATED                  | metadata_stamps (also when the workflow then failed)        |
+|                                | + metadata_stamps (the outcome's stamp; not for dry runs)   |
 | STATE_TRANSITION (a batch)     | fsm_transitions, one row per transition                     |
 | STATE_AGGREGATION_COMPLETED    | bridge_states (the reducer's intent, version-guarded)       |
+| STAMP_CREATED (not by default) | metadata_stamps                                             |
 
 The orchestrator writes a workflow's row itself while it runs (its checkpoints); the outcome writes its final
-state, its steps and its stamp in one transaction, so a stored final state always comes with its stamp.
+state, its steps and its stamp in one transaction, so a stored final state always comes with its stamp. The shipped
+contract does not consume STAMP_CREATED (the ONEX mapping's source of a stamp's row): every stamp a workflow took
+reaches this node in its outcome, and the orchestrator writes the row of a stamp no running workflow took (a late or a
+repeated result). A contract that consumes it again gets each stamp's row twice, and the natural key drops the copy.
 
 Group commit: the adapter's subscriptions (one per topic and partition) hand their rows to one writer task, which merges
 what is pending into a single transaction; each handler returns, and its messages are acknowledged, only after the
@@ -82,7 +83,6 @@ from onex.resilience import holding
 from onex.store import (
     BridgeStateRow,
     EventLogRow,
-    StampRow,
     StepRow,
     TransitionRow,
     WorkflowRow,
@@ -91,12 +91,12 @@ from onex.store import (
 )
 
 from ...models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
+from ...rows import created_stamp_row, file_metadata, stamp_row
 from .models import ModelDatabaseAdapterConfig
 
 WORKFLOW_TYPE = "stamp_workflow"
 MAX_COMMIT_ROWS = 5_000
 # The rows of a batch, built by ``onex.store.maker``: the same rows at about half the cost of the classes' own calls.
-_stamp_row = maker(StampRow)
 _transition_row = maker(TransitionRow)
 _workflow_row = maker(WorkflowRow)
 _step_row = maker(StepRow)
@@ -104,11 +104,6 @@ _step_row = maker(StepRow)
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
-
-
-def _file_metadata(file_type: str, size: int, mode: str | None) -> dict[str, Any]:
-    """metadata_stamps.file_metadata (O.N.E. v0.1): the file's type, size and permission bits (None for content)."""
-    return {"file_type": file_type, "size": size, "mode": mode}
 
 
 def _intelligence(outcome: ModelWorkflowFinished) -> dict[str, Any]:
@@ -179,9 +174,6 @@ class NodeDatabaseAdapterEffect(EffectNode):
         # Keyed by integers, which the garbage collector does not track (see the orchestrator's ``_finished``).
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._recent_max = config.dedupe_window
-        # The ids of the stamp rows this adapter committed (from STAMP_CREATED): an outcome carrying one of them
-        # needs no second copy of the row (to_batch). Bounded like _recent.
-        self._stored_stamps: OrderedDict[int, None] = OrderedDict()
         self._shards: list[_Shard] = []  # on_start: as many as config.writers and the store allow
         self._running: set[_Transaction] = set()
         self._wake = asyncio.Event()
@@ -279,7 +271,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
 
     async def _write(self, transaction: _Transaction) -> None:
         held = transaction.held
-        batch = self._unstored(merge([rows for rows, _ in held]))
+        batch = merge([rows for rows, _ in held])
         try:
             await self._store_call(functools.partial(self.store.apply, batch))
         except _GiveUp:
@@ -294,7 +286,6 @@ class NodeDatabaseAdapterEffect(EffectNode):
             raise
         else:
             self._commits += 1
-            _remember(self._stored_stamps, (stamp.id.int for stamp in batch.stamps), self._recent_max)
             for _, done in held:
                 if not done.done():
                     done.set_result(None)
@@ -381,21 +372,6 @@ class NodeDatabaseAdapterEffect(EffectNode):
         await self._commit(self._to_batches(fresh))
         _remember(self._recent, (e.envelope.event_id.int for e in fresh), self._recent_max)
 
-    def _unstored(self, batch: WriteBatch) -> WriteBatch:
-        """``batch`` without the stamp rows committed since it was made, or in it twice: an outcome handled while its
-        STAMP_CREATED's commit was pending carries the stamp (``to_batch``); a shard's transactions run one after
-        the other, so by the time the outcome's starts that commit has succeeded (the copy is left out here) or
-        failed (the copy is written, and a stored final state still comes with its stamp)."""
-        stored = self._stored_stamps
-        seen: set[int] = set()
-        kept = []
-        for stamp in batch.stamps:
-            key = stamp.id.int
-            if key not in stored and key not in seen:
-                seen.add(key)
-                kept.append(stamp)
-        return batch if len(kept) == len(batch.stamps) else dataclasses.replace(batch, stamps=kept)
-
     def _to_batches(self, events: Sequence[Event]) -> list[WriteBatch | None]:
         """The rows of ``events``, a batch a shard (None where a shard gets nothing); see ``share_out``."""
         if len(self._shards) == 1:
@@ -403,40 +379,15 @@ class NodeDatabaseAdapterEffect(EffectNode):
         return [self.to_batch(share) if share else None for share in share_out(events, len(self._shards))]
 
     def to_batch(self, events: Sequence[Event]) -> WriteBatch:
-        """The rows of ``events``. An outcome's stamp is left out when its row is stored already: STAMP_CREATED
-        comes first and writes the same row (same id), so in one process, or wherever one adapter consumes both, the
-        outcome's copy would only be encoded, sent and dropped as a duplicate. Where it was not seen (another
-        replica wrote it, or its commit is still pending) the outcome writes it, so a stored final state still always
-        comes with its stamp; a commit that succeeded meanwhile takes it out again (``_unstored``)."""
+        """The rows of ``events``: an outcome's final state, its steps and its stamp, so a stored final state always
+        comes with its stamp (module docstring)."""
         batch = WriteBatch(consumer=self.contract.name)
-        stored = self._stored_stamps
         workflows: dict[int, WorkflowRow] = {}
         versions = (self.settings.metadata_version, self.settings.protocol_version)
         keep = functools.partial(_keep_combined, workflows)
 
         for envelope, payload in events:
-            if isinstance(payload, ModelStampCreated):
-                if not payload.dry_run:
-                    batch.stamps.append(
-                        _stamp_row(
-                            id=payload.stamp_id,
-                            file_hash=payload.file_hash,
-                            file_path=payload.file_path,
-                            file_size=payload.file_size,
-                            namespace=payload.namespace,
-                            stamp_type=payload.stamp_type,
-                            file_type=payload.file_type,
-                            workflow_id=payload.workflow_id,
-                            stamp_data=payload.stamp,
-                            created_at=envelope.event_timestamp,
-                            op_id=payload.workflow_id,
-                            metadata_version=versions[0],
-                            protocol_version=versions[1],
-                            file_metadata=_file_metadata(payload.file_type, payload.file_size, payload.file_mode),
-                            updated_at=envelope.event_timestamp,
-                        )
-                    )
-            elif isinstance(payload, ModelStateTransitions):
+            if isinstance(payload, ModelStateTransitions):
                 batch.transitions.extend(
                     _transition_row(
                         id=t.transition_id,
@@ -471,9 +422,9 @@ class NodeDatabaseAdapterEffect(EffectNode):
                         error_message=payload.error,
                     )
                 )
-                if payload.stamp is not None and payload.stamp.stamp_id.int not in stored:
+                if payload.stamp is not None:
                     batch.stamps.append(
-                        _stamp_row(
+                        stamp_row(
                             id=payload.stamp.stamp_id,
                             file_hash=payload.stamp.file_hash,
                             file_path=payload.stamp.file_path,
@@ -488,7 +439,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                             intelligence_data=_intelligence(payload),
                             metadata_version=versions[0],
                             protocol_version=versions[1],
-                            file_metadata=_file_metadata(
+                            file_metadata=file_metadata(
                                 payload.stamp.file_type, payload.stamp.file_size, payload.stamp.file_mode
                             ),
                             updated_at=payload.completed_at,
@@ -526,6 +477,8 @@ class NodeDatabaseAdapterEffect(EffectNode):
                     )
                 )
                 batch.processed_event_ids.append(envelope.event_id)
+            elif isinstance(payload, ModelStampCreated) and not payload.dry_run:  # where a contract consumes it
+                batch.stamps.append(created_stamp_row(envelope, payload, *versions))
             if self.log_events:
                 # JSON mode: in-process payloads hold UUIDs and datetimes as objects, which a JSON column cannot.
                 logged = envelope.model_dump(mode="json", include={"payload", "metadata"})

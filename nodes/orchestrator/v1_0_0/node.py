@@ -6,6 +6,12 @@ event's topic, any other on a topic of its own) and completes when its STAMP_CRE
 ``intelligence`` (optional) posts the hash to ``config.intelligence_url`` and is skipped when no URL is configured
 or the service fails. Events a batch produces are collected and published together at the end of the batch (the
 bus batches them), its outcomes once their workflows' checkpoints are stored (``OrchestratorNode.flush``).
+
+A stamp's row is written from its workflow's outcome (the database adapter's). A STAMP_CREATED that no running
+workflow takes as its result (late: its workflow failed or retried the step meanwhile; or one this process has not
+seen the request of) still stands for a file stamped, so its row is written here, one transaction a batch, before the
+batch is acknowledged: the row of every stamp made is stored, as when the adapter consumed them all (README, "Design
+decisions").
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from onex.files import SNIFF_SIZE, detect_file_type
 from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
 from onex.routing import LiveServices, Router
+from onex.store import StampRow, WriteBatch
 
 from ...models import (
     ModelStampCommand,
@@ -36,6 +43,7 @@ from ...models import (
     ModelStepResult,
     ModelWorkflowFinished,
 )
+from ...rows import created_stamp_row
 from .models import ModelOrchestratorConfig
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -135,11 +143,17 @@ class NodeOrchestrator(OrchestratorNode):
     async def handle_events(self, events: Sequence[Event]) -> None:
         """Requests and step results: one handler, so one subscription (one Kafka consumer) takes them all. Every
         one of them is keyed by workflow id, so partition i of each topic reaches the same orchestrator."""
+        untaken: list[StampRow] = []
         for envelope, payload in events:
             if isinstance(payload, ModelStampRequest):
                 await self._start(envelope, payload)
             elif isinstance(payload, (ModelStampCreated, ModelStampFailed)):
-                await self._result(envelope, payload)
+                taken = await self._result(envelope, payload)
+                if not taken and isinstance(payload, ModelStampCreated) and not payload.dry_run:
+                    settings = self.settings
+                    untaken.append(
+                        created_stamp_row(envelope, payload, settings.metadata_version, settings.protocol_version)
+                    )
             else:
                 # The contract's codec hands over its payload model; another class here means the contract's model
                 # and this module's are not the same class (say a copy of the package imported under two names).
@@ -151,6 +165,8 @@ class NodeOrchestrator(OrchestratorNode):
                     f"the orchestrator does not handle a {kind.__module__}.{kind.__qualname__} (expected "
                     f"{ModelStampRequest.__module__}.ModelStampRequest, ModelStampCreated or ModelStampFailed)",
                 )
+        if untaken:  # the rows of stamps no running workflow took (module docstring), stored before the acknowledgement
+            await self.store.apply(WriteBatch(consumer=self.contract.name, stamps=untaken))
 
     async def _start(self, envelope: OnexEnvelopeV1, request: ModelStampRequest) -> None:
         assert self.fsm is not None
@@ -174,13 +190,14 @@ class NodeOrchestrator(OrchestratorNode):
         self.track(workflow)
         await self.advance(workflow)
 
-    async def _result(self, envelope: OnexEnvelopeV1, result: ModelStampCreated | ModelStampFailed) -> None:
+    async def _result(self, envelope: OnexEnvelopeV1, result: ModelStampCreated | ModelStampFailed) -> bool:
+        """Complete or fail the stamp step of the result's workflow; False when no running step took the result."""
         workflow = self.workflows.get(envelope.correlation_id)  # type: ignore[arg-type]
         if workflow is None or workflow.steps["stamp"].status is not _RUNNING:
             # Late or duplicate, or the result of a request this process has not handled yet (it published the
             # command, crashed before its checkpoint, and the request is redelivered): handling the request again
             # sends the same command again, and the effect answers it again.
-            return
+            return False
         if isinstance(result, ModelStampCreated):
             workflow.context["file_hash"] = result.file_hash
             workflow.context["stamp"] = result
@@ -197,6 +214,7 @@ class NodeOrchestrator(OrchestratorNode):
             )
         else:
             await self.fail_step(workflow, "stamp", result.error, retryable=result.retryable)
+        return True
 
     # -- steps --
     async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:
