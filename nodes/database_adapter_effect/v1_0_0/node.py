@@ -91,7 +91,7 @@ from onex.store import (
 )
 
 from ...models import ModelAggregationIntent, ModelStampCreated, ModelWorkflowFinished
-from ...rows import created_stamp_row, file_metadata, stamp_row
+from ...rows import created_stamp_row, outcome_stamp_row
 from .models import ModelDatabaseAdapterConfig
 
 WORKFLOW_TYPE = "stamp_workflow"
@@ -104,14 +104,6 @@ _step_row = maker(StepRow)
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
-
-
-def _intelligence(outcome: ModelWorkflowFinished) -> dict[str, Any]:
-    """What the workflow's intelligence step answered, or {} (skipped, failed, not configured)."""
-    for step in outcome.steps:
-        if step.step_name == "intelligence" and step.status == "completed":
-            return step.data
-    return {}
 
 
 class _GiveUp(asyncio.CancelledError):
@@ -423,28 +415,7 @@ class NodeDatabaseAdapterEffect(EffectNode):
                     )
                 )
                 if payload.stamp is not None:
-                    batch.stamps.append(
-                        stamp_row(
-                            id=payload.stamp.stamp_id,
-                            file_hash=payload.stamp.file_hash,
-                            file_path=payload.stamp.file_path,
-                            file_size=payload.stamp.file_size,
-                            namespace=payload.namespace,
-                            stamp_type=payload.stamp.stamp_type,
-                            file_type=payload.stamp.file_type,
-                            workflow_id=payload.workflow_id,
-                            stamp_data=payload.stamp.data,
-                            created_at=payload.completed_at,
-                            op_id=payload.workflow_id,
-                            intelligence_data=_intelligence(payload),
-                            metadata_version=versions[0],
-                            protocol_version=versions[1],
-                            file_metadata=file_metadata(
-                                payload.stamp.file_type, payload.stamp.file_size, payload.stamp.file_mode
-                            ),
-                            updated_at=payload.completed_at,
-                        )
-                    )
+                    batch.stamps.append(outcome_stamp_row(payload, *versions))
                 batch.steps.extend(
                     _step_row(
                         workflow_id=payload.workflow_id,

@@ -147,13 +147,14 @@ class NodeOrchestrator(OrchestratorNode):
         for envelope, payload in events:
             if isinstance(payload, ModelStampRequest):
                 await self._start(envelope, payload)
-            elif isinstance(payload, (ModelStampCreated, ModelStampFailed)):
-                taken = await self._result(envelope, payload)
-                if not taken and isinstance(payload, ModelStampCreated) and not payload.dry_run:
+            elif isinstance(payload, ModelStampCreated):
+                if not await self._result(envelope, payload) and not payload.dry_run:
                     settings = self.settings
                     untaken.append(
                         created_stamp_row(envelope, payload, settings.metadata_version, settings.protocol_version)
                     )
+            elif isinstance(payload, ModelStampFailed):
+                await self._result(envelope, payload)
             else:
                 # The contract's codec hands over its payload model; another class here means the contract's model
                 # and this module's are not the same class (say a copy of the package imported under two names).
