@@ -318,6 +318,62 @@ async def test_a_small_batch_takes_in_what_waits_in_the_members_other_partitions
     assert batches.calls == [sent]
 
 
+OTHER = topic_name("other-probe")
+
+
+def other(key: str, seq: int, **payload: object) -> OnexEnvelopeV1:
+    """A message of another event type, for ``OTHER``."""
+    return probe(key, seq, **payload).model_copy(update={"event_type": "OTHER_PROBE"})
+
+
+async def test_a_small_batch_takes_in_what_waits_on_its_subscriptions_other_topics(bus: MemoryBus) -> None:
+    batches = Batches()
+    await bus.subscribe([TOPIC, OTHER], "g", batch_handler=batches.handler)
+    mine = [probe(key_in_partition(p), 0) for p in range(2)]
+    theirs = [other(key_in_partition(p), i) for p in (1, 3) for i in range(2)]
+
+    await bus.publish_many(TOPIC, mine)
+    await bus.publish_many(OTHER, theirs)
+    await join(bus)
+
+    # An outcome and its transitions, published together on two topics, are one call: one write, one flush.
+    assert batches.calls == [mine + theirs]
+
+
+async def test_a_failed_batch_over_two_topics_dead_letters_the_poison_to_its_own_topics_dead_letter_topic(
+    bus: MemoryBus,
+) -> None:
+    batches, letters = Batches(), Batches("letters")
+    await bus.subscribe([TOPIC, OTHER], "g", batch_handler=batches.handler, retry=FAST_RETRY)
+    await bus.subscribe([dlq_topic(TOPIC), dlq_topic(OTHER)], "dlq", batch_handler=letters.handler)
+    mine = [probe(key_in_partition(0), 0)]
+    poison = other(key_in_partition(1), 0, poison=True)
+
+    await bus.publish_many(TOPIC, mine)
+    await bus.publish(OTHER, poison)
+    await join(bus)
+
+    assert batches.calls[0] == [*mine, poison]
+    assert batches.handled == mine
+    [letter] = letters.handled
+    assert letter.payload["original_topic"] == OTHER
+
+
+async def test_a_batch_takes_in_no_other_topic_whose_events_have_a_policy_of_their_own(bus: MemoryBus) -> None:
+    batches = Batches()
+    own = RetryPolicy(max_attempts=1, timeout_ms=5_000)
+    retry = FAST_RETRY.with_events({"OTHER_PROBE": own})
+    await bus.subscribe([TOPIC, OTHER], "g", batch_handler=batches.handler, retry=retry)
+    mine, theirs = probe(key_in_partition(0), 0), other(key_in_partition(1), 0)
+
+    await bus.publish(TOPIC, mine)
+    await bus.publish(OTHER, theirs)
+    await join(bus)
+
+    # One policy times a call: the two go in calls of their own.
+    assert sorted(batches.calls, key=len) == [[mine], [theirs]]
+
+
 async def test_a_partition_held_by_another_partitions_batch_is_handled_after_it_in_order(bus: MemoryBus) -> None:
     batches = Batches()
     batches.hold()

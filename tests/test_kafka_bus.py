@@ -541,19 +541,17 @@ async def test_a_batch_handler_gets_a_topics_partitions_of_one_fetch_in_one_call
 
 @pytest.mark.kafka
 @pytest.mark.anyio
-async def test_a_joined_call_holds_one_topics_records_only(kafka_bus: KafkaBus) -> None:
+async def test_a_joined_call_holds_every_topic_of_the_fetch_each_read_by_its_own_reader(kafka_bus: KafkaBus) -> None:
     topics = [unique("first"), unique("second")]
+    keys = {topic: keys_in_partitions(kafka_bus, topic, 2) for topic in topics}
     for topic in topics:
-        await published_before_subscribing(kafka_bus, topic, keys_in_partitions(kafka_bus, topic, 2), per_key=2)
-    calls: list[set[str]] = []
-    seen = 0
+        await published_before_subscribing(kafka_bus, topic, keys[topic], per_key=2)
+    calls: list[list[OnexEnvelopeV1]] = []
     everything = anyio.Event()
 
     async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
-        nonlocal seen
-        calls.append({e.source_node_id for e in envelopes})
-        seen += len(envelopes)
-        if seen >= 8:
+        calls.append(list(envelopes))
+        if sum(map(len, calls)) >= 8:
             everything.set()
 
     # Each topic's records say which topic they are on: read through a reader of that topic's own.
@@ -564,9 +562,44 @@ async def test_a_joined_call_holds_one_topics_records_only(kafka_bus: KafkaBus) 
     with anyio.fail_after(20):
         await everything.wait()
 
-    # Two topics in one fetch: a call each (the batch handler's batch is of one topic), never one for both.
-    assert all(len(topics_of_call) == 1 for topics_of_call in calls)
-    assert set().union(*calls) == set(topics)
+    # Two topics in one fetch: one call for both (an outcome and its transitions in one write), each partition's
+    # records in order within it.
+    [call] = calls
+    for topic in topics:
+        for key in keys[topic]:
+            mine = [e.payload["n"] for e in call if e.source_node_id == topic and e.partition_key == key]
+            assert mine == [n for n in range(4) if keys[topic][n % 2] == key]
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_fetch_gives_events_with_a_policy_of_their_own_a_call_of_their_own(kafka_bus: KafkaBus) -> None:
+    first, second = unique("first"), unique("second")
+    for topic in (first, second):
+        await published_before_subscribing(kafka_bus, topic, keys_in_partitions(kafka_bus, topic, 2), per_key=1)
+    calls: list[set[str]] = []
+    seen = 0
+    everything = anyio.Event()
+
+    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        nonlocal seen
+        calls.append({e.event_type for e in envelopes})
+        seen += len(envelopes)
+        if seen >= 4:
+            everything.set()
+
+    def other(value: bytes) -> OnexEnvelopeV1:  # the second topic's records are another event type
+        return OnexEnvelopeV1.from_json(value).model_copy(update={"event_type": "OTHER_THING"})
+
+    retry = RetryPolicy().with_events({"OTHER_THING": RetryPolicy(max_attempts=1, timeout_ms=5_000)})
+    await kafka_bus.subscribe(
+        [first, second], unique("group"), batch_handler=batch, retry=retry, readers={second: other}
+    )
+    with anyio.fail_after(20):
+        await everything.wait()
+
+    # One policy times a call: the same fetch, a call a policy.
+    assert sorted(calls, key=sorted) == [{"OTHER_THING"}, {"THING_HAPPENED"}]
 
 
 @pytest.mark.kafka

@@ -17,8 +17,8 @@ Consuming
     One ``AIOKafkaConsumer`` and one task per subscription (never a task per event): ``getmany()`` up to
     ``max_batch`` records, each partition's records handled in offset order, then the offsets of exactly what
     was handled are committed (``enable_auto_commit=False``). The loop does not fetch while it handles, which is
-    its backpressure. A batch handler gets every partition of a topic in a fetch in one call (``_handle_joined``):
-    one flush and one write where a call a partition made several.
+    its backpressure. A batch handler gets every partition of a fetch, of every topic its subscription reads, in one
+    call (``_handle_joined``): one flush and one write where a call a partition made several.
 
 At-least-once, including downstream events
     A handler usually publishes follow-up events. If the consumer committed as soon as the handler returned,
@@ -991,13 +991,10 @@ class _KafkaSubscription(Subscription):
 
     def _calls(self, batch: Mapping[TopicPartition, list[Any]]) -> list[list[tuple[TopicPartition, list[Any]]]]:
         """The handler calls a fetch makes: a partition's records each for a handler of single messages, for a batch
-        handler every partition of a topic together (``_handle_joined``)."""
+        handler every partition together, whatever its topic (``_handle_joined``)."""
         if self.handler is not None:
             return [[part] for part in batch.items()]
-        by_topic: dict[str, list[tuple[TopicPartition, list[Any]]]] = {}
-        for tp, records in batch.items():
-            by_topic.setdefault(tp.topic, []).append((tp, records))
-        return list(by_topic.values())
+        return [list(batch.items())]
 
     async def _handle_partition(self, topic: str, records: list[Any]) -> int | None:
         """Hand a partition's records to the handler in order: None when every one was acknowledged (handled or given
@@ -1030,50 +1027,79 @@ class _KafkaSubscription(Subscription):
         return None
 
     async def _handle_joined(self, parts: list[tuple[TopicPartition, list[Any]]]) -> dict[TopicPartition, int]:
-        """Hand one topic's partitions of a fetch to the batch handler in one call, each partition's records in
-        order: one flush and one write where a call a partition made several, at no cost in parallelism (a
-        subscription's partitions are handled one after the other anyway). If the call fails, its records are handed
-        over one at a time; returns, for a partition where one was left unacknowledged (the store was unavailable),
-        that record's offset: it and the rest of its partition come again, the other partitions carry on."""
-        assert self.batch_handler is not None
-        batch_handler = self.batch_handler
-        retry = self.retry
-        topic = parts[0][0].topic
-        read = self.readers.get(topic, OnexEnvelopeV1.from_json)
+        """Hand a fetch's partitions to the batch handler in one call, each partition's records in order, whatever
+        their topics: one flush and one write where a call a partition made several (an outcome and its transitions,
+        published together on two topics, in one call), at no cost in parallelism (a subscription's partitions are
+        handled one after the other anyway). One policy times a call: where a consumed event has a ``resilience``
+        block of its own, the partitions whose first event's policy differs get calls of their own
+        (``_by_policy``). If a call fails, its records are handed over one at a time; returns, for a partition where
+        one was left unacknowledged (the store was unavailable), that record's offset: it and the rest of its
+        partition come again, the other partitions carry on."""
         envelopes: list[OnexEnvelopeV1] = []
         origins: list[tuple[TopicPartition, int]] = []
         for tp, records in parts:
+            read = self.readers.get(tp.topic, OnexEnvelopeV1.from_json)
             for record in records:
                 try:
                     envelopes.append(read(record.value))
                     origins.append((tp, record.offset))
-                except Exception as exc:
-                    await self._dead_letter_raw(topic, record, exc)
+                except Exception as exc:  # anything reading raises means "not an envelope"
+                    await self._dead_letter_raw(tp.topic, record, exc)
         held: dict[TopicPartition, int] = {}
         if envelopes:
-            try:
-                # A batch comes from one topic, so in practice of one event type: its policy times the batch.
-                await retry.for_event(envelopes[0].event_type).run(batch_handler, envelopes)
-            except Exception:
-                logger.debug("group %s: batch handler failed, handing %d over one by one", self.group, len(envelopes))
-
-                async def one(envelope: OnexEnvelopeV1) -> None:
-                    await batch_handler([envelope])
-
-                for envelope, (tp, offset) in zip(envelopes, origins, strict=True):
-                    if tp in held:
-                        continue  # its partition comes again from the record held
-                    try:
-                        await retry.for_event(envelope.event_type).run(one, envelope)
-                    except Exception as exc:
-                        if not await self._retry(topic, envelope, one, exc):
-                            held[tp] = offset
-                    else:
-                        self.bus._delivered += 1
-            else:
-                self.bus._delivered += len(envelopes)
+            for policy, call, where in self._by_policy(envelopes, origins):
+                await self._call_joined(policy, call, where, held)
         self.buffered -= sum(len(records) for tp, records in parts if tp not in held)
         return held
+
+    def _by_policy(
+        self, envelopes: list[OnexEnvelopeV1], origins: list[tuple[TopicPartition, int]]
+    ) -> list[tuple[RetryPolicy, list[OnexEnvelopeV1], list[tuple[TopicPartition, int]]]]:
+        """The calls ``_handle_joined`` makes: one, unless consumed events have policies of their own; then one a
+        policy, a partition going whole with its first event's (a topic carries one event type in practice)."""
+        retry = self.retry
+        if not retry.by_event:
+            return [(retry, envelopes, origins)]
+        of_partition: dict[TopicPartition, RetryPolicy] = {}
+        calls: dict[int, tuple[RetryPolicy, list[OnexEnvelopeV1], list[tuple[TopicPartition, int]]]] = {}
+        for envelope, origin in zip(envelopes, origins, strict=True):
+            policy = of_partition.setdefault(origin[0], retry.for_event(envelope.event_type))
+            _, call, where = calls.setdefault(id(policy), (policy, [], []))
+            call.append(envelope)
+            where.append(origin)
+        return list(calls.values())
+
+    async def _call_joined(
+        self,
+        policy: RetryPolicy,
+        envelopes: list[OnexEnvelopeV1],
+        origins: list[tuple[TopicPartition, int]],
+        held: dict[TopicPartition, int],
+    ) -> None:
+        """One batch handler call of ``_handle_joined``, then, if it failed, its envelopes one at a time; a
+        partition where one stays unacknowledged goes into ``held`` with that record's offset."""
+        assert self.batch_handler is not None
+        batch_handler = self.batch_handler
+        try:
+            await policy.run(batch_handler, envelopes)
+        except Exception:
+            logger.debug("group %s: batch handler failed, handing %d over one by one", self.group, len(envelopes))
+
+            async def one(envelope: OnexEnvelopeV1) -> None:
+                await batch_handler([envelope])
+
+            for envelope, (tp, offset) in zip(envelopes, origins, strict=True):
+                if tp in held:
+                    continue  # its partition comes again from the record held
+                try:
+                    await self.retry.for_event(envelope.event_type).run(one, envelope)
+                except Exception as exc:
+                    if not await self._retry(tp.topic, envelope, one, exc):
+                        held[tp] = offset
+                else:
+                    self.bus._delivered += 1
+        else:
+            self.bus._delivered += len(envelopes)
 
     async def _retry(self, topic: str, envelope: OnexEnvelopeV1, handler: Handler, error: Exception) -> bool:
         """After the first attempt failed with ``error``: retry with backoff, then dead-letter (or drop). False when

@@ -248,8 +248,9 @@ class EventBus(abc.ABC):
 # Partition i is owned by member i % len(members) (the "rebalance"); only the owner's worker drains it, and only
 # while no other worker still holds a batch from it (``busy``), so a partition is handled by one worker at a time
 # and per-key order survives a rebalance. A batch handler's worker whose batch is small also takes what waits in
-# its member's other partitions that no batch holds (``_take_idle``), holding them until the call returns: one
-# call instead of several at a moderate load, batches side by side under a backlog.
+# the other partitions its subscription's members own, on any of its topics, that no batch holds (``_take_idle``),
+# holding them until the call returns: one call instead of several at a moderate load (an outcome and its
+# transitions, published together on two topics, in one call), batches side by side under a backlog.
 #
 # Waiting is done on bare futures rather than asyncio.Event/Condition: an idle worker parks one future in
 # ``data_waiter`` that publish() resolves, which keeps the per-message cost at a few attribute reads.
@@ -308,12 +309,11 @@ def _take(part: _Partition, batch: list[OnexEnvelopeV1], n: int) -> None:
         _wake_all(part.space_waiters)
 
 
-def _give_back(batch: list[OnexEnvelopeV1], spans: list[tuple[_Partition, int]], first: int = 0) -> None:
-    """Put the messages of ``spans[first:]`` back at the front of the partitions they came from (``spans``: each
-    partition a batch drew on, with the end of its messages in the batch), ahead of anything published since, so
-    order is kept."""
-    start = spans[first - 1][1] if first else 0
-    for part, end in spans[first:]:
+def _give_back(batch: list[OnexEnvelopeV1], spans: _Spans, first: int = 0) -> None:
+    """Put the messages of ``spans[first:]`` back at the front of the partitions they came from (``_Spans``), ahead
+    of anything published since, so order is kept."""
+    start = spans[first - 1][2] if first else 0
+    for part, _, end in spans[first:]:
         part.buffer.extendleft(reversed(batch[start:end]))
         start = end
 
@@ -371,7 +371,18 @@ class _Group:
 class _Member:
     """One subscription's membership of one group: its handler and one worker per partition."""
 
-    __slots__ = ("batch_handler", "bus", "group", "handler", "max_batch", "retry", "stop_signal", "stopping", "tasks")
+    __slots__ = (
+        "batch_handler",
+        "bus",
+        "fellows",
+        "group",
+        "handler",
+        "max_batch",
+        "retry",
+        "stop_signal",
+        "stopping",
+        "tasks",
+    )
 
     def __init__(
         self,
@@ -391,6 +402,7 @@ class _Member:
         self.stopping = False
         self.stop_signal: asyncio.Future[None] = bus._loop().create_future()
         self.tasks: list[asyncio.Task[None]] = []
+        self.fellows: list[_Member] = [self]  # its subscription's members, one a topic: they share the handler
 
     def start(self) -> None:
         loop = self.bus._loop()
@@ -417,8 +429,13 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 _SMALL_BATCH = 64
-"""A batch handler's batch smaller than this takes in what waits in its member's idle partitions (``_take_idle``):
-below it, a call's fixed cost (a group commit, a flush) is worth sharing; above it, batches run side by side."""
+"""A batch handler's batch smaller than this takes in what waits in its subscription's idle partitions
+(``_take_idle``): below it, a call's fixed cost (a group commit, a flush) is worth sharing; above it, batches run side
+by side."""
+
+# Where a batch's messages came from: each partition it drew on, the member owning it, and the end of its messages in
+# the batch (they start where the span before ends).
+_Spans = list[tuple["_Partition", "_Member", int]]
 
 
 class _Worker:
@@ -430,7 +447,8 @@ class _Worker:
         self.member = member
         self.part = part
         self.bus = member.bus
-        self.siblings = [p for p in member.group.partitions if p is not part]  # the group's other partitions
+        # The other partitions of its subscription, each with the member that may own it: its own topic's first.
+        self.siblings = [(p, m) for m in member.fellows for p in m.group.partitions if p is not part]
 
     async def run(self) -> None:
         _HANDLING_ON.set(self.bus)
@@ -461,46 +479,51 @@ class _Worker:
                     await self._deliver_batch(batch, member.batch_handler, spans)
                 else:
                     assert member.handler is not None
-                    await self._deliver_each(batch, member.handler, part)
+                    await self._deliver_each(batch, member.handler, part, member)
             finally:
                 part.busy = False
                 # Workers only wait in ``standby`` for an ownership change, so wake them only after one.
                 if part.owner is not member and part.standby:
                     _wake_all(part.standby)
                 if spans is not None:
-                    for other, _ in spans[1:]:
+                    for other, _, _ in spans[1:]:
                         other.busy = False
                         other.wake_workers()  # its own worker, parked while this batch held the partition
             if part.buffer and not member.stopping:
                 # Handlers that never suspend would otherwise keep the loop to themselves while the buffer refills.
                 await asyncio.sleep(0)
 
-    def _take_idle(self, batch: list[OnexEnvelopeV1], room: int) -> list[tuple[_Partition, int]] | None:
-        """Add to a small batch what waits in the member's other partitions that no batch holds, marking them held;
-        returns each partition the batch draws on with the end of its messages in it, or None if there was none.
+    def _take_idle(self, batch: list[OnexEnvelopeV1], room: int) -> _Spans | None:
+        """Add to a small batch what waits in the other partitions its subscription's members own, on any of its
+        topics, that no batch holds, marking them held; returns the batch's spans, or None if it took nothing.
 
         One batch handler call then does what several would have (one group commit, one flush), while a partition
-        still goes to one batch at a time, its messages in order, so per-key order and ownership hold as before.
+        still goes to one batch at a time, its messages in order, so per-key order and ownership hold as before. A
+        partition whose next message has another retry policy than the batch's first (a consumed event with a
+        ``resilience`` block of its own) is left to its own worker: one policy times a batch.
         """
-        member = self.member
-        spans = None
-        for other in self.siblings:
-            if not other.buffer or other.busy or other.owner is not member:
+        retry = self.member.retry
+        policy = retry.for_event(batch[0].event_type)
+        spans: _Spans | None = None
+        for other, owner in self.siblings:
+            if not other.buffer or other.busy or other.owner is not owner:
+                continue
+            if retry.by_event and retry.for_event(other.buffer[0].event_type) is not policy:
                 continue
             if spans is None:
-                spans = [(self.part, len(batch))]
+                spans = [(self.part, self.member, len(batch))]
             _take(other, batch, room - len(batch))
             other.busy = True
-            spans.append((other, len(batch)))
+            spans.append((other, owner, len(batch)))
             if len(batch) >= room:
                 break
         return spans
 
     async def _deliver_batch(
-        self, batch: list[OnexEnvelopeV1], batch_handler: BatchHandler, spans: list[tuple[_Partition, int]] | None
+        self, batch: list[OnexEnvelopeV1], batch_handler: BatchHandler, spans: _Spans | None
     ) -> None:
         try:
-            # A batch comes from one topic, so in practice of one event type: its policy times the batch.
+            # One policy times the batch: what ``_take_idle`` adds shares the first message's.
             await self.member.retry.for_event(batch[0].event_type).run(batch_handler, batch)
         except Exception:
             # One poison message must not hold the others back: hand them over one at a time, each with its own
@@ -508,23 +531,26 @@ class _Worker:
             async def one(envelope: OnexEnvelopeV1) -> None:
                 await batch_handler([envelope])
 
-            spans = spans or [(self.part, len(batch))]
+            spans = spans or [(self.part, self.member, len(batch))]
             start = 0
-            for i, (part, end) in enumerate(spans):
+            for i, (part, owner, end) in enumerate(spans):
                 try:
-                    await self._deliver_each(batch[start:end], one, part)
+                    await self._deliver_each(batch[start:end], one, part, owner)
                 except BaseException:
                     _give_back(batch, spans, i + 1)  # the partitions not reached yet
                     raise
                 start = end
         except BaseException:
-            _give_back(batch, spans or [(self.part, len(batch))])
+            _give_back(batch, spans or [(self.part, self.member, len(batch))])
             raise
         else:
             self.bus._ack(len(batch), len(batch))
 
-    async def _deliver_each(self, batch: list[OnexEnvelopeV1], handler: Handler, part: _Partition) -> None:
-        member = self.member
+    async def _deliver_each(
+        self, batch: list[OnexEnvelopeV1], handler: Handler, part: _Partition, member: _Member
+    ) -> None:
+        """Hand ``batch``, taken from ``part`` of ``member`` (this worker's, or a fellow's a batch took in), to
+        ``handler`` one message at a time, retrying each; what is left unacknowledged goes back to ``part``."""
         done = 0  # acknowledged: handled or dead-lettered
         dead = 0
         try:
@@ -539,7 +565,7 @@ class _Worker:
                     else:
                         await policy.run(handler, envelope)
                 except Exception as exc:
-                    outcome = await self._retry(envelope, handler, exc)
+                    outcome = await self._retry(envelope, handler, exc, member)
                     if outcome is None:
                         break
                     dead += outcome
@@ -550,14 +576,14 @@ class _Worker:
                 part.buffer.extendleft(reversed(batch[done:]))
             self.bus._ack(done, done - dead)
 
-    async def _retry(self, envelope: OnexEnvelopeV1, handler: Handler, exc: Exception) -> int | None:
-        """Retry a failed message: 0 once handled, 1 once given up on (dead-lettered or dropped), None if it stays
-        unacknowledged (the member stopped first, or the store is unavailable)."""
-        member, bus = self.member, self.bus
+    async def _retry(self, envelope: OnexEnvelopeV1, handler: Handler, exc: Exception, member: _Member) -> int | None:
+        """Retry a failed message of ``member``'s topic: 0 once handled, 1 once given up on (dead-lettered or
+        dropped), None if it stays unacknowledged (the member stopped first, or the store is unavailable)."""
+        bus = self.bus
         retry = member.retry.for_event(envelope.event_type)
         attempt = 1
         while attempt < retry.max_attempts and not isinstance(exc, (PayloadError, StoreUnavailable)):
-            if not await self._backoff(retry, attempt):
+            if not await self._backoff(retry, attempt, member):
                 return None
             attempt += 1
             bus._retried += 1
@@ -573,7 +599,7 @@ class _Worker:
         if isinstance(exc, StoreUnavailable):
             # Not the message's failure, and not the bus's to retry (README, "Design decisions"): it goes back to the
             # buffer unacknowledged after a pause, and no attempt is counted.
-            await self._backoff(retry, 1, jitter=False)
+            await self._backoff(retry, 1, member, jitter=False)
             return None
         if member.stopping:
             return None
@@ -592,10 +618,9 @@ class _Worker:
         dead_lettered(_log, envelope, exc, attempts=attempt, group=member.group.name, topic=topic)
         return 1
 
-    async def _backoff(self, retry: RetryPolicy, attempt: int, *, jitter: bool = True) -> bool:
-        """Wait the pause after failed attempt ``attempt`` on the policy's clock, unless the member is stopped
+    async def _backoff(self, retry: RetryPolicy, attempt: int, member: _Member, *, jitter: bool = True) -> bool:
+        """Wait the pause after failed attempt ``attempt`` on the policy's clock, unless ``member`` is stopped
         first; returns whether to carry on."""
-        member = self.member
         if member.stopping:
             return False
         delay = retry.delay_s(attempt) if jitter else retry.ceiling_s(attempt)
@@ -839,6 +864,7 @@ class MemoryBus(EventBus):
             if target is None:
                 target = self._groups[key] = _Group(topic, group, self._partitions)
             member = _Member(self, target, handler, batch_handler, retry, max_batch)
+            member.fellows = subscription._members  # the list filled by this loop
             target.members.append(member)
             if len(target.members) == 1:
                 self._routes[topic] = (*self._routes.get(topic, ()), target)
@@ -846,8 +872,9 @@ class MemoryBus(EventBus):
                 target.counted = True
                 self._add_pending(target.buffered())
             target.rebalance()
-            member.start()
             subscription._members.append(member)
+        for member in subscription._members:  # each worker knows its fellows' partitions (``_take_idle``)
+            member.start()
         self._subscriptions.append(subscription)
         if on_assign is not None:
             # One process owns the memory bus, and Runtime subscribes one member per group: the assignment is told
