@@ -340,6 +340,19 @@ async def test_a_small_batch_takes_in_what_waits_on_its_subscriptions_other_topi
     assert batches.calls == [mine + theirs]
 
 
+async def test_a_subscription_that_keeps_a_call_a_topic_takes_in_its_own_topics_partitions_only(bus: MemoryBus) -> None:
+    batches = Batches()
+    await bus.subscribe([TOPIC, OTHER], "g", batch_handler=batches.handler, join_topics=False)
+    mine = [probe(key_in_partition(p), 0) for p in range(2)]
+    theirs = [other(key_in_partition(p), 0) for p in range(2)]
+
+    await bus.publish_many(TOPIC, mine)
+    await bus.publish_many(OTHER, theirs)
+    await join(bus)
+
+    assert sorted(batches.calls, key=lambda call: call[0].event_type) == [theirs, mine]
+
+
 async def test_a_failed_batch_over_two_topics_dead_letters_the_poison_to_its_own_topics_dead_letter_topic(
     bus: MemoryBus,
 ) -> None:

@@ -573,6 +573,36 @@ async def test_a_joined_call_holds_every_topic_of_the_fetch_each_read_by_its_own
 
 @pytest.mark.kafka
 @pytest.mark.anyio
+async def test_a_subscription_that_keeps_a_call_a_topic_gets_one_for_each_topic_of_a_fetch(kafka_bus: KafkaBus) -> None:
+    topics = [unique("first"), unique("second")]
+    for topic in topics:
+        await published_before_subscribing(kafka_bus, topic, keys_in_partitions(kafka_bus, topic, 2), per_key=2)
+    calls: list[set[str]] = []
+    seen = 0
+    everything = anyio.Event()
+
+    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        nonlocal seen
+        calls.append({e.source_node_id for e in envelopes})
+        seen += len(envelopes)
+        if seen >= 8:
+            everything.set()
+
+    def marking(topic: str) -> Callable[[bytes], OnexEnvelopeV1]:
+        return lambda value: OnexEnvelopeV1.from_json(value).model_copy(update={"source_node_id": topic})
+
+    readers = {t: marking(t) for t in topics}
+    await kafka_bus.subscribe(topics, unique("group"), batch_handler=batch, readers=readers, join_topics=False)
+    with anyio.fail_after(20):
+        await everything.wait()
+
+    # Both topics' partitions in a call each, never one for both.
+    assert all(len(topics_of_call) == 1 for topics_of_call in calls)
+    assert set().union(*calls) == set(topics)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
 async def test_a_fetch_gives_events_with_a_policy_of_their_own_a_call_of_their_own(kafka_bus: KafkaBus) -> None:
     first, second = unique("first"), unique("second")
     for topic in (first, second):

@@ -304,14 +304,18 @@ async def registry_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harn
 
 
 class RecordingBus(MemoryBus):
-    """A memory bus that notes each subscription's group and whether it was asked for as a background one."""
+    """A memory bus that notes each subscription's group and whether it was asked for as a background one, and the
+    groups that asked for a batch handler's call a topic (``join_topics=False``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.asked: list[tuple[str, bool]] = []
+        self.apart: set[str] = set()
 
     async def subscribe(self, topics: Any, group: str, **kwargs: Any) -> Any:
         self.asked.append((group, kwargs.get("background", False)))
+        if not kwargs.get("join_topics", True):
+            self.apart.add(group)
         return await super().subscribe(topics, group, **kwargs)
 
 
@@ -340,6 +344,22 @@ async def test_control_plane_subscriptions_are_background_ones_and_the_hot_path_
             ("dev.orchestrator", False),  # requests and step results
         ]
     )
+
+
+@pytest.mark.anyio
+async def test_the_orchestrator_takes_a_topic_a_call_and_the_sinks_join_their_topics(tmp_path: Path) -> None:
+    """An orchestrator's requests and results in one call would hold the requests' commands back until the results
+    are handled; the database adapter and the reducer, whose output nobody waits on, take every topic in one call."""
+    config = Settings.load(environ={}, root=str(REPOSITORY), store=f"sqlite:///{tmp_path}/onex.db")
+    nodes = ["orchestrator", "database_adapter_effect", "reducer"]
+    async with (
+        RecordingBus() as bus,
+        Runtime(config.with_(heartbeat_interval_s=0), nodes=nodes, contracts=shipped(), bus=bus),
+    ):
+        pass
+
+    assert bus.apart == {"dev.orchestrator"}
+    assert {"dev.database_adapter_effect", "dev.reducer"} <= {group for group, _ in bus.asked}
 
 
 def hosted_registry(h: Harness) -> NodeRegistry:

@@ -18,7 +18,8 @@ Consuming
     ``max_batch`` records, each partition's records handled in offset order, then the offsets of exactly what
     was handled are committed (``enable_auto_commit=False``). The loop does not fetch while it handles, which is
     its backpressure. A batch handler gets every partition of a fetch, of every topic its subscription reads, in one
-    call (``_handle_joined``): one flush and one write where a call a partition made several.
+    call (``_handle_joined``): one flush and one write where a call a partition made several; a subscription with
+    ``join_topics=False`` gets a call a topic.
 
 At-least-once, including downstream events
     A handler usually publishes follow-up events. If the consumer committed as soon as the handler returned,
@@ -606,6 +607,7 @@ class KafkaBus(EventBus):
         start: GroupStart = "earliest",
         background: bool = False,
         readers: Mapping[str, Reader] | None = None,
+        join_topics: bool = True,
     ) -> Subscription:
         """Join ``group`` on ``topics``; returns once the consumer has its partition assignment. The options are
         ``EventBus.subscribe``'s; with ``background`` the broker may hold this consumer's empty fetches
@@ -634,6 +636,7 @@ class KafkaBus(EventBus):
             on_assign=on_assign,
             background=background,
             readers=readers,
+            join_topics=join_topics,
         )
         await subscription.start()
         self._subscriptions.append(subscription)
@@ -763,9 +766,11 @@ class _KafkaSubscription(Subscription):
         on_assign: Assignment | None = None,
         background: bool = False,
         readers: Mapping[str, Reader] | None = None,
+        join_topics: bool = True,
     ) -> None:
         self.bus = bus
         self.on_assign = on_assign
+        self.join_topics = join_topics
         self.readers = dict(readers or {})  # per topic; the others are read by OnexEnvelopeV1.from_json
         self.topics = topics
         self.group = group
@@ -991,10 +996,16 @@ class _KafkaSubscription(Subscription):
 
     def _calls(self, batch: Mapping[TopicPartition, list[Any]]) -> list[list[tuple[TopicPartition, list[Any]]]]:
         """The handler calls a fetch makes: a partition's records each for a handler of single messages, for a batch
-        handler every partition together, whatever its topic (``_handle_joined``)."""
+        handler every partition together, whatever its topic (``_handle_joined``), or a topic's with ``join_topics``
+        off."""
         if self.handler is not None:
             return [[part] for part in batch.items()]
-        return [list(batch.items())]
+        if self.join_topics:
+            return [list(batch.items())]
+        by_topic: dict[str, list[tuple[TopicPartition, list[Any]]]] = {}
+        for tp, records in batch.items():
+            by_topic.setdefault(tp.topic, []).append((tp, records))
+        return list(by_topic.values())
 
     async def _handle_partition(self, topic: str, records: list[Any]) -> int | None:
         """Hand a partition's records to the handler in order: None when every one was acknowledged (handled or given
@@ -1027,14 +1038,14 @@ class _KafkaSubscription(Subscription):
         return None
 
     async def _handle_joined(self, parts: list[tuple[TopicPartition, list[Any]]]) -> dict[TopicPartition, int]:
-        """Hand a fetch's partitions to the batch handler in one call, each partition's records in order, whatever
-        their topics: one flush and one write where a call a partition made several (an outcome and its transitions,
-        published together on two topics, in one call), at no cost in parallelism (a subscription's partitions are
-        handled one after the other anyway). One policy times a call: where a consumed event has a ``resilience``
-        block of its own, the partitions whose first event's policy differs get calls of their own
-        (``_by_policy``). If a call fails, its records are handed over one at a time; returns, for a partition where
-        one was left unacknowledged (the store was unavailable), that record's offset: it and the rest of its
-        partition come again, the other partitions carry on."""
+        """Hand a fetch's partitions to the batch handler in one call, each partition's records in order, whatever their
+        topics (a topic's, where the subscription keeps a call to one: ``join_topics``): one flush and one write where a
+        call a partition made several (an outcome and its transitions, published together on two topics, in one call),
+        at no cost in parallelism (a subscription's partitions are handled one after the other anyway). One policy times
+        a call: where a consumed event has a ``resilience`` block of its own, the partitions whose first event's policy
+        differs get calls of their own (``_by_policy``). If a call fails, its records are handed over one at a time;
+        returns, for a partition where one was left unacknowledged (the store was unavailable), that record's offset: it
+        and the rest of its partition come again, the other partitions carry on."""
         envelopes: list[OnexEnvelopeV1] = []
         origins: list[tuple[TopicPartition, int]] = []
         for tp, records in parts:

@@ -50,9 +50,10 @@ Handler = Callable[[OnexEnvelopeV1], Awaitable[None]]
 """Handles one envelope; raising means "not handled" (retry, then dead letter)."""
 
 BatchHandler = Callable[[Sequence[OnexEnvelopeV1]], Awaitable[None]]
-"""Handles a batch of envelopes of one topic at once (for write-heavy consumers). If it raises, the bus falls back
-to handing the batch's messages over one by one, so one poison message cannot hold the others back. A batch may hold
-several partitions' messages (the memory bus joins small ones, Kafka a fetch's), each partition's in order."""
+"""Handles a batch of envelopes at once (for write-heavy consumers). If it raises, the bus falls back to handing the
+batch's messages over one by one, so one poison message cannot hold the others back. A batch may hold several
+partitions' messages, of any of the subscription's topics (the memory bus joins small ones, Kafka a fetch's), each
+partition's in order; their events share one retry policy, which times the call."""
 
 Assignment = Callable[[frozenset[tuple[str, int]]], Awaitable[None]]
 """Told the whole set of ``(topic, partition)`` a subscription owns, when it gets it and whenever it changes. A node
@@ -159,6 +160,7 @@ class EventBus(abc.ABC):
         start: GroupStart = "earliest",
         background: bool = False,
         readers: Mapping[str, Reader] | None = None,
+        join_topics: bool = True,
     ) -> Subscription:
         """Subscribe ``group`` to ``topics`` with exactly one of ``handler`` / ``batch_handler``.
 
@@ -175,6 +177,10 @@ class EventBus(abc.ABC):
         ``readers``: per topic, how a record's bytes become an envelope where the bus carries bytes (Kafka):
         ``onex.envelope.typed_reader`` validates the payload into its model in the same pass. The default, and any
         topic not named, is ``OnexEnvelopeV1.from_json``. A bus that carries objects (the memory bus) reads nothing.
+
+        ``join_topics``: a batch handler's call may hold what waits on several of ``topics`` (one flush, one write
+        for what would be a call a topic). ``False`` keeps a call to one topic, for a handler whose output others
+        wait on (an orchestrator's commands): one topic's call publishes without waiting for the other's work.
         """
 
     @abc.abstractmethod
@@ -839,6 +845,7 @@ class MemoryBus(EventBus):
         start: GroupStart = "earliest",
         background: bool = False,
         readers: Mapping[str, Reader] | None = None,
+        join_topics: bool = True,
     ) -> MemorySubscription:
         """Join ``group`` on each of ``topics``; the group receives what is published from now on.
 
@@ -864,7 +871,8 @@ class MemoryBus(EventBus):
             if target is None:
                 target = self._groups[key] = _Group(topic, group, self._partitions)
             member = _Member(self, target, handler, batch_handler, retry, max_batch)
-            member.fellows = subscription._members  # the list filled by this loop
+            if join_topics:
+                member.fellows = subscription._members  # the list filled by this loop
             target.members.append(member)
             if len(target.members) == 1:
                 self._routes[topic] = (*self._routes.get(topic, ()), target)
