@@ -539,6 +539,32 @@ async def test_a_batch_handler_gets_a_topics_partitions_of_one_fetch_in_one_call
         assert [e.payload["n"] for e in call if e.partition_key == key] == [n for n in range(12) if keys[n % 4] == key]
 
 
+async def batch_calls(bus: KafkaBus, topics: list[str], count: int, **options: Any) -> list[list[OnexEnvelopeV1]]:
+    """Subscribe a new group to ``topics`` with a batch handler (``options`` are ``subscribe``'s) and return the calls
+    it got once ``count`` records came."""
+    calls: list[list[OnexEnvelopeV1]] = []
+    everything = anyio.Event()
+
+    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        calls.append(list(envelopes))
+        if sum(map(len, calls)) >= count:
+            everything.set()
+
+    await bus.subscribe(topics, unique("group"), batch_handler=batch, **options)
+    with anyio.fail_after(20):
+        await everything.wait()
+    return calls
+
+
+def marked_by_topic(topics: list[str]) -> dict[str, Callable[[bytes], OnexEnvelopeV1]]:
+    """Readers under which each topic's records say which topic they are on (``source_node_id``)."""
+
+    def marking(topic: str) -> Callable[[bytes], OnexEnvelopeV1]:
+        return lambda value: OnexEnvelopeV1.from_json(value).model_copy(update={"source_node_id": topic})
+
+    return {topic: marking(topic) for topic in topics}
+
+
 @pytest.mark.kafka
 @pytest.mark.anyio
 async def test_a_joined_call_holds_every_topic_of_the_fetch_each_read_by_its_own_reader(kafka_bus: KafkaBus) -> None:
@@ -546,21 +572,8 @@ async def test_a_joined_call_holds_every_topic_of_the_fetch_each_read_by_its_own
     keys = {topic: keys_in_partitions(kafka_bus, topic, 2) for topic in topics}
     for topic in topics:
         await published_before_subscribing(kafka_bus, topic, keys[topic], per_key=2)
-    calls: list[list[OnexEnvelopeV1]] = []
-    everything = anyio.Event()
 
-    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
-        calls.append(list(envelopes))
-        if sum(map(len, calls)) >= 8:
-            everything.set()
-
-    # Each topic's records say which topic they are on: read through a reader of that topic's own.
-    def marking(topic: str) -> Callable[[bytes], OnexEnvelopeV1]:
-        return lambda value: OnexEnvelopeV1.from_json(value).model_copy(update={"source_node_id": topic})
-
-    await kafka_bus.subscribe(topics, unique("group"), batch_handler=batch, readers={t: marking(t) for t in topics})
-    with anyio.fail_after(20):
-        await everything.wait()
+    calls = await batch_calls(kafka_bus, topics, 8, readers=marked_by_topic(topics))
 
     # Two topics in one fetch: one call for both (an outcome and its transitions in one write), each partition's
     # records in order within it.
@@ -577,28 +590,13 @@ async def test_a_subscription_that_keeps_a_call_a_topic_gets_one_for_each_topic_
     topics = [unique("first"), unique("second")]
     for topic in topics:
         await published_before_subscribing(kafka_bus, topic, keys_in_partitions(kafka_bus, topic, 2), per_key=2)
-    calls: list[set[str]] = []
-    seen = 0
-    everything = anyio.Event()
 
-    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
-        nonlocal seen
-        calls.append({e.source_node_id for e in envelopes})
-        seen += len(envelopes)
-        if seen >= 8:
-            everything.set()
-
-    def marking(topic: str) -> Callable[[bytes], OnexEnvelopeV1]:
-        return lambda value: OnexEnvelopeV1.from_json(value).model_copy(update={"source_node_id": topic})
-
-    readers = {t: marking(t) for t in topics}
-    await kafka_bus.subscribe(topics, unique("group"), batch_handler=batch, readers=readers, join_topics=False)
-    with anyio.fail_after(20):
-        await everything.wait()
+    calls = await batch_calls(kafka_bus, topics, 8, readers=marked_by_topic(topics), join_topics=False)
 
     # Both topics' partitions in a call each, never one for both.
-    assert all(len(topics_of_call) == 1 for topics_of_call in calls)
-    assert set().union(*calls) == set(topics)
+    topics_of_calls = [{e.source_node_id for e in call} for call in calls]
+    assert all(len(of_call) == 1 for of_call in topics_of_calls)
+    assert set().union(*topics_of_calls) == set(topics)
 
 
 @pytest.mark.kafka
@@ -607,29 +605,15 @@ async def test_a_fetch_gives_events_with_a_policy_of_their_own_a_call_of_their_o
     first, second = unique("first"), unique("second")
     for topic in (first, second):
         await published_before_subscribing(kafka_bus, topic, keys_in_partitions(kafka_bus, topic, 2), per_key=1)
-    calls: list[set[str]] = []
-    seen = 0
-    everything = anyio.Event()
-
-    async def batch(envelopes: Sequence[OnexEnvelopeV1]) -> None:
-        nonlocal seen
-        calls.append({e.event_type for e in envelopes})
-        seen += len(envelopes)
-        if seen >= 4:
-            everything.set()
 
     def other(value: bytes) -> OnexEnvelopeV1:  # the second topic's records are another event type
         return OnexEnvelopeV1.from_json(value).model_copy(update={"event_type": "OTHER_THING"})
 
     retry = RetryPolicy().with_events({"OTHER_THING": RetryPolicy(max_attempts=1, timeout_ms=5_000)})
-    await kafka_bus.subscribe(
-        [first, second], unique("group"), batch_handler=batch, retry=retry, readers={second: other}
-    )
-    with anyio.fail_after(20):
-        await everything.wait()
+    calls = await batch_calls(kafka_bus, [first, second], 4, retry=retry, readers={second: other})
 
     # One policy times a call: the same fetch, a call a policy.
-    assert sorted(calls, key=sorted) == [{"OTHER_THING"}, {"THING_HAPPENED"}]
+    assert sorted(({e.event_type for e in call} for call in calls), key=sorted) == [{"OTHER_THING"}, {"THING_HAPPENED"}]
 
 
 @pytest.mark.kafka

@@ -192,6 +192,9 @@ _POLL_TIMEOUT_MS: Final = 1_000
 _AIOKAFKA_FETCH_MAX_WAIT_MS: Final = 500
 _REDELIVERY_BACKOFF_S: Final = 1.0
 _DEFAULT_RETRY: Final = RetryPolicy()
+# A joined call (``_handle_joined``): its policy, its envelopes and where each came from (partition, offset).
+_Origins = list[tuple[TopicPartition, int]]
+_Call = tuple[RetryPolicy, list[OnexEnvelopeV1], _Origins]
 _CHECK_EVERY: Final = 4_096
 # publish_many() hands a partition's records to aiokafka as one prebuilt batch (one delivery future, one pass through
 # the accumulator) from this many records on; fewer go through send() one by one, into the batch lingering there.
@@ -996,16 +999,13 @@ class _KafkaSubscription(Subscription):
 
     def _calls(self, batch: Mapping[TopicPartition, list[Any]]) -> list[list[tuple[TopicPartition, list[Any]]]]:
         """The handler calls a fetch makes: a partition's records each for a handler of single messages, for a batch
-        handler every partition together, whatever its topic (``_handle_joined``), or a topic's with ``join_topics``
-        off."""
+        handler every partition together (``_handle_joined``), or a topic's together with ``join_topics`` off."""
         if self.handler is not None:
             return [[part] for part in batch.items()]
         if self.join_topics:
             return [list(batch.items())]
-        by_topic: dict[str, list[tuple[TopicPartition, list[Any]]]] = {}
-        for tp, records in batch.items():
-            by_topic.setdefault(tp.topic, []).append((tp, records))
-        return list(by_topic.values())
+        topics = dict.fromkeys(tp.topic for tp in batch)
+        return [[(tp, records) for tp, records in batch.items() if tp.topic == topic] for topic in topics]
 
     async def _handle_partition(self, topic: str, records: list[Any]) -> int | None:
         """Hand a partition's records to the handler in order: None when every one was acknowledged (handled or given
@@ -1038,16 +1038,13 @@ class _KafkaSubscription(Subscription):
         return None
 
     async def _handle_joined(self, parts: list[tuple[TopicPartition, list[Any]]]) -> dict[TopicPartition, int]:
-        """Hand a fetch's partitions to the batch handler in one call, each partition's records in order, whatever their
-        topics (a topic's, where the subscription keeps a call to one: ``join_topics``): one flush and one write where a
-        call a partition made several (an outcome and its transitions, published together on two topics, in one call),
-        at no cost in parallelism (a subscription's partitions are handled one after the other anyway). One policy times
-        a call: where a consumed event has a ``resilience`` block of its own, the partitions whose first event's policy
-        differs get calls of their own (``_by_policy``). If a call fails, its records are handed over one at a time;
-        returns, for a partition where one was left unacknowledged (the store was unavailable), that record's offset: it
-        and the rest of its partition come again, the other partitions carry on."""
+        """Hand a fetch's partitions (a topic's, with ``join_topics`` off) to the batch handler in one call a retry
+        policy (``_by_policy``), each partition's records in order: one flush and one write where a call a partition
+        made several, at no cost in parallelism (a subscription's partitions are handled one after the other anyway).
+        Returns, for a partition where a record was left unacknowledged (the store was unavailable), its offset: it and
+        the rest of its partition come again, the other partitions carry on."""
         envelopes: list[OnexEnvelopeV1] = []
-        origins: list[tuple[TopicPartition, int]] = []
+        origins: _Origins = []
         for tp, records in parts:
             read = self.readers.get(tp.topic, OnexEnvelopeV1.from_json)
             for record in records:
@@ -1058,21 +1055,19 @@ class _KafkaSubscription(Subscription):
                     await self._dead_letter_raw(tp.topic, record, exc)
         held: dict[TopicPartition, int] = {}
         if envelopes:
-            for policy, call, where in self._by_policy(envelopes, origins):
-                await self._call_joined(policy, call, where, held)
+            for call in self._by_policy(envelopes, origins):
+                await self._call_joined(call, held)
         self.buffered -= sum(len(records) for tp, records in parts if tp not in held)
         return held
 
-    def _by_policy(
-        self, envelopes: list[OnexEnvelopeV1], origins: list[tuple[TopicPartition, int]]
-    ) -> list[tuple[RetryPolicy, list[OnexEnvelopeV1], list[tuple[TopicPartition, int]]]]:
+    def _by_policy(self, envelopes: list[OnexEnvelopeV1], origins: _Origins) -> list[_Call]:
         """The calls ``_handle_joined`` makes: one, unless consumed events have policies of their own; then one a
         policy, a partition going whole with its first event's (a topic carries one event type in practice)."""
         retry = self.retry
         if not retry.by_event:
             return [(retry, envelopes, origins)]
         of_partition: dict[TopicPartition, RetryPolicy] = {}
-        calls: dict[int, tuple[RetryPolicy, list[OnexEnvelopeV1], list[tuple[TopicPartition, int]]]] = {}
+        calls: dict[int, _Call] = {}
         for envelope, origin in zip(envelopes, origins, strict=True):
             policy = of_partition.setdefault(origin[0], retry.for_event(envelope.event_type))
             _, call, where = calls.setdefault(id(policy), (policy, [], []))
@@ -1080,15 +1075,10 @@ class _KafkaSubscription(Subscription):
             where.append(origin)
         return list(calls.values())
 
-    async def _call_joined(
-        self,
-        policy: RetryPolicy,
-        envelopes: list[OnexEnvelopeV1],
-        origins: list[tuple[TopicPartition, int]],
-        held: dict[TopicPartition, int],
-    ) -> None:
-        """One batch handler call of ``_handle_joined``, then, if it failed, its envelopes one at a time; a
-        partition where one stays unacknowledged goes into ``held`` with that record's offset."""
+    async def _call_joined(self, call: _Call, held: dict[TopicPartition, int]) -> None:
+        """One batch handler call of ``_handle_joined``, then, if it failed, its envelopes one at a time, each with its
+        retries; a partition where one stays unacknowledged goes into ``held`` with that record's offset."""
+        policy, envelopes, origins = call
         assert self.batch_handler is not None
         batch_handler = self.batch_handler
         try:
