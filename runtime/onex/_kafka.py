@@ -1061,16 +1061,16 @@ class _KafkaSubscription(Subscription):
         return held
 
     def _by_policy(self, envelopes: list[OnexEnvelopeV1], origins: _Origins) -> list[_Call]:
-        """The calls ``_handle_joined`` makes: one, unless consumed events have policies of their own; then one a
-        policy, a partition going whole with its first event's (a topic carries one event type in practice)."""
-        retry = self.retry
-        if not retry.by_event:
-            return [(retry, envelopes, origins)]
-        of_partition: dict[TopicPartition, RetryPolicy] = {}
+        """``_handle_joined``'s calls: one, or one a policy, a partition going whole with its first event's policy."""
+        if not self.retry.by_event:
+            return [(self.retry, envelopes, origins)]
         calls: dict[int, _Call] = {}
+        last: TopicPartition | None = None
         for envelope, origin in zip(envelopes, origins, strict=True):
-            policy = of_partition.setdefault(origin[0], retry.for_event(envelope.event_type))
-            _, call, where = calls.setdefault(id(policy), (policy, [], []))
+            if origin[0] is not last:  # a partition's records come together: looked up once, by its first event
+                last = origin[0]
+                policy = self.retry.for_event(envelope.event_type)
+                _, call, where = calls.setdefault(id(policy), (policy, [], []))
             call.append(envelope)
             where.append(origin)
         return list(calls.values())
