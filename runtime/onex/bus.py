@@ -453,8 +453,13 @@ class _Worker:
         self.member = member
         self.part = part
         self.bus = member.bus
-        # The other partitions of its subscription, each with the member that may own it: its own topic's first.
-        self.siblings = [(p, m) for m in member.fellows for p in m.group.partitions if p is not part]
+        # The other partitions of its subscription, each with the member that may own it: its own topic's first. Only
+        # a batch handler's batch takes them in (``_take_idle``); a plain handler's worker has none.
+        self.siblings = (
+            [(p, m) for m in member.fellows for p in m.group.partitions if p is not part]
+            if member.batch_handler is not None
+            else []
+        )
 
     async def run(self) -> None:
         _HANDLING_ON.set(self.bus)

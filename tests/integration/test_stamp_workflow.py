@@ -10,14 +10,20 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 from onex.envelope import OnexEnvelopeV1, dlq_topic
+from onex.exceptions import StoreUnavailable
+from onex.nodes import Event
 from onex.stamps import find_stamp, sidecar_path, strip_stamp, verify_bytes, verify_file
+from onex.store import WriteBatch
 from onex.testing import Harness
+
+from nodes.orchestrator.v1_0_0.node import NodeOrchestrator
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "it.workflow"
@@ -445,4 +451,40 @@ async def test_a_stamp_no_running_workflow_takes_is_stored_by_the_orchestrator(t
         workflow = await h.store.get_workflow(cid)
         assert workflow is not None
         assert workflow.current_state == "failed"
+        assert h.dead_letters() == []
+
+
+async def test_a_stamp_no_running_workflow_takes_waits_in_its_batch_for_a_store_that_is_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orchestrator holds its batch while the store cannot take a late stamp's row, as it holds a checkpoint
+    (``hold_store``): the row is stored once the store is back, and the batch is neither handed over again nor
+    dead-lettered."""
+    handled: Counter[uuid.UUID] = Counter()
+    handle_events = NodeOrchestrator.handle_events
+
+    async def counted(self: NodeOrchestrator, events: Sequence[Event]) -> None:
+        handled.update(e.envelope.event_id for e in events)
+        await handle_events(self, events)
+
+    monkeypatch.setattr(NodeOrchestrator, "handle_events", counted)
+    async with Harness(["orchestrator", "database_adapter_effect"], root=ROOT) as h:  # no stamping effect
+        apply = h.store.apply
+        refused: list[WriteBatch] = []
+
+        async def away_once(batch: WriteBatch) -> None:
+            if batch.consumer == "orchestrator" and batch.stamps and not refused:
+                refused.append(batch)
+                raise StoreUnavailable("the store is away")
+            await apply(batch)
+
+        monkeypatch.setattr(h.store, "apply", away_once)
+        stranger = uuid.uuid4()
+        late = await h.publish("STAMP_CREATED", stamp_created(stranger, "ab" * 32), correlation_id=stranger)
+        await h.settle()
+
+        assert len(refused) == 1
+        [row] = await h.store.get_stamps_by_hash("ab" * 32)
+        assert str(row.id) == late.payload["stamp_id"]
+        assert handled[late.event_id] == 1
         assert h.dead_letters() == []

@@ -11,13 +11,14 @@ A stamp's row is written from its workflow's outcome (the database adapter's). A
 workflow takes as its result (late: its workflow failed or retried the step meanwhile; or one this process has not
 seen the request of) still stands for a file stamped, so its row is written here, one transaction a batch, before the
 batch is acknowledged: the row of every stamp made is stored, as when the adapter consumed them all (README, "Design
-decisions").
+decisions"). While the store is unavailable the batch waits for it, as a checkpoint does (``hold_store``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import urllib.request
 from collections import defaultdict
@@ -167,7 +168,8 @@ class NodeOrchestrator(OrchestratorNode):
                     f"{ModelStampRequest.__module__}.ModelStampRequest, ModelStampCreated or ModelStampFailed)",
                 )
         if untaken:  # the rows of stamps no running workflow took (module docstring), stored before the acknowledgement
-            await self.store.apply(WriteBatch(consumer=self.contract.name, stamps=untaken))
+            batch = WriteBatch(consumer=self.contract.name, stamps=untaken)
+            await self.hold_store(functools.partial(self.store.apply, batch))
 
     async def _start(self, envelope: OnexEnvelopeV1, request: ModelStampRequest) -> None:
         assert self.fsm is not None
