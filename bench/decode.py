@@ -23,7 +23,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ class _Keeping(MemoryBus):
     async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
         self.kept[envelope.event_type] = envelope
         await super().publish(topic, envelope)
+
+    async def publish_many(self, topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:  # how nodes publish
+        for envelope in envelopes:
+            self.kept[envelope.event_type] = envelope
+        await super().publish_many(topic, envelopes)
 
 
 async def one_stamp(tmp: str) -> tuple[dict[str, OnexEnvelopeV1], dict[str, Any]]:
