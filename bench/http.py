@@ -388,7 +388,7 @@ def run(
 
 
 def _print(result: dict[str, Any]) -> None:
-    from rich.console import Console
+    from onex._render import console  # piped, every cell whole
     from rich.table import Table
 
     fixed, sat, floor = result["fixed_rate"], result["saturation"], result["floor_hash_no_workflow"]
@@ -408,7 +408,7 @@ def _print(result: dict[str, Any]) -> None:
     table.add_row("floor: POST /hash (no workflow)", f"{floor['rps']:,.0f}", f"{floor['p50_ms']:.2f}", "", "", "", "")
     table.add_row("raw stamp (BLAKE3, the rows, a commit)", f"{raw['rps']:,.0f}", f"{raw['p50_ms']:.2f}", "", "", "",
                   "")  # fmt: skip
-    Console().print(table)
+    console.print(table)
     for name, spent in (("saturation", sat["server_per_request"]), ("the fixed rate", fixed["server_per_request"])):
         print(f"the server a request at {name}: CPU {spent.get('cpu_us_main', 0):.0f} µs on the event loop's thread "
               f"(busy {spent.get('loop_busy', 0):.2f} of the time), {spent.get('cpu_us_sqlite', 0):.0f} µs on the "

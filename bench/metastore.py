@@ -580,10 +580,8 @@ def run(
 
 
 def _print(result: dict[str, Any]) -> None:
-    from rich.console import Console
+    from onex._render import console  # piped, every cell whole (a file of results must not read "1,442,8…")
     from rich.table import Table
-
-    console = Console()
 
     def met(flag: bool) -> str:
         return "yes" if flag else "NO"
