@@ -196,3 +196,22 @@ def test_validate_warns_about_an_incompatible_change_that_keeps_its_major_versio
     new_major = onex("validate", cwd=project, root=project)
     assert new_major.returncode == 0, new_major.stdout + new_major.stderr
     assert "warning" not in new_major.stderr
+
+
+def test_a_consumed_events_batch_size_is_a_compatible_change(project: Path) -> None:
+    events = changed(
+        project,
+        "subcontracts/event_type/greeting.yaml",
+        "    external: true\n",
+        "    external: true\n    batch: true\n    max_batch: 50\n",
+    )
+    new = changed(
+        project, CONTRACT, "../../subcontracts/event_type/greeting.yaml", f"../../{events.relative_to(project)}"
+    )
+
+    changes = diff_files(str(project / CONTRACT), new, root=project, env={})
+
+    assert [(c.where, c.change, c.verdict) for c in changes] == [
+        ("events.consumes.GREETING_REQUESTED.batch", "False -> True", "compatible"),
+        ("events.consumes.GREETING_REQUESTED.max_batch", "None -> 50", "compatible"),
+    ]

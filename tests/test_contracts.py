@@ -364,6 +364,25 @@ def test_a_forbidden_implementation_is_reported_even_without_implementation_chec
     assert codes(raised.value) == ["contracts/effects/greeter.yaml:8:17: implementation-forbidden"]
 
 
+def test_max_batch_outside_a_consumed_batch_event_is_reported_at_its_value(project: Path) -> None:
+    events = GREETING_EVENTS.replace("        external: true\n", "        external: true\n        max_batch: 10\n")
+    events = events.replace("      - event_name: GREETED\n", "      - event_name: GREETED\n        max_batch: 5\n")
+    write(project, "subcontracts/event_type/greeting.yaml", events)
+
+    with pytest.raises(ContractError) as raised:
+        load_contracts(project, env={})
+
+    lines = textwrap.dedent(events).splitlines()
+    at = [f"{i}:{line.index('max_batch') + 12}" for i, line in enumerate(lines, 1) if "max_batch" in line]
+    assert codes(raised.value) == [f"subcontracts/event_type/greeting.yaml:{where}: event-batch" for where in at]
+    assert "only read on a consumed event with batch: true" in raised.value.issues[0].message
+
+    write(project, "subcontracts/event_type/greeting.yaml", events.replace("        max_batch: 5\n", "").replace(
+        "max_batch: 10", "batch: true\n        max_batch: 10"))  # fmt: skip
+    [consumed] = load_contracts(project, env={}).get("greeter").subcontracts.event_type.consumes  # type: ignore[union-attr]
+    assert (consumed.batch, consumed.max_batch) == (True, 10)
+
+
 def test_events_the_runtime_publishes_for_every_node_need_no_publishing_contract(tmp_path: Path) -> None:
     write(
         tmp_path,

@@ -167,6 +167,39 @@ async def test_a_batch_handler_receives_a_sequence_of_events_with_validated_mode
 
 
 @pytest.mark.anyio
+async def test_a_batch_handlers_calls_take_at_most_the_max_batch_its_contract_gives(tmp_path: Path) -> None:
+    contract = workshop().get("monitor")
+    events = contract.subcontracts.event_type
+    assert events is not None
+    consumes = tuple(
+        spec.model_copy(update={"max_batch": 2}) if spec.event_name == "PULSE_BURST" else spec
+        for spec in events.consumes
+    )
+    limited = contract.model_copy(
+        update={"subcontracts": contract.subcontracts.model_copy(
+            update={"event_type": events.model_copy(update={"consumes": consumes})})}
+    )  # fmt: skip
+    cls = resolve_implementation(limited, root=ROOT)
+    settings = Settings.load(environ={}, root=str(ROOT), heartbeat_interval_s=0)
+    async with MemoryBus() as bus:
+        node = cls(limited, bus=bus, store=open_store(f"sqlite:///{tmp_path}/onex.db"), settings=settings)
+        await node.start()
+        try:
+            bursts = [
+                OnexEnvelopeV1(event_type="PULSE_BURST", source_node_id="t", partition_key="b", payload=pulse(f"n{i}"))
+                for i in range(5)
+            ]
+            await bus.publish_many(node.topic("PULSE_BURST"), bursts)  # one partition, all waiting at once
+            await bus.join()
+        finally:
+            await node.stop()
+
+    sizes = [len(batch) for batch in cast("NodeMonitor", node).bursts]
+    assert sum(sizes) == 5
+    assert max(sizes) == 2  # without max_batch, the bus's 500: one call of five
+
+
+@pytest.mark.anyio
 async def test_an_envelope_carries_its_payload_model_and_a_copy_off_the_wire_is_validated_anew() -> None:
     async with harness("monitor") as h:
         node = hosted_monitor(h)

@@ -245,6 +245,8 @@ class Node:
                 if any(s.batch for s in specs)
                 else {"handler": self._single_wrapper(method)}
             )
+            if limits := [s.max_batch for s in specs if s.max_batch is not None]:
+                handling["max_batch"] = max(limits)  # the contract's (``max_batch``); else the bus's default, 500
             sub = await self.bus.subscribe(
                 topics,
                 self.group,

@@ -410,6 +410,7 @@ class _Checks:
             self.check_routing(subcontract, where)
         elif isinstance(subcontract, EventTypeSubcontract):
             self.check_payloads(subcontract, where)
+            self.check_batch_limits(subcontract, where)
         elif isinstance(subcontract, StateManagementSubcontract):
             interval = subcontract.checkpoint == "interval_ms"
             if interval != (subcontract.interval_ms is not None):
@@ -422,6 +423,17 @@ class _Checks:
                 )
         elif isinstance(subcontract, AggregationSubcontract):
             self.check_aggregation(subcontract, where)
+
+    def check_batch_limits(self, events: EventTypeSubcontract, where: _Where) -> None:
+        """``max_batch`` sizes a batch handler's calls: on any other entry nothing would read it."""
+        for direction in ("consumes", "publishes"):
+            for index, spec in enumerate(getattr(events, direction)):
+                if spec.max_batch is not None and (direction == "publishes" or not spec.batch):
+                    self.report(
+                        where.at(direction, index, "max_batch"),
+                        "event-batch",
+                        f"event {spec.event_name}: max_batch is only read on a consumed event with batch: true",
+                    )
 
     def check_aggregation(self, aggregation: AggregationSubcontract, where: _Where) -> None:
         """Names unique, and each aggregation meaningful (``aggregation_problems``); a CUSTOM method is checked

@@ -113,7 +113,7 @@ def _events(old: Contract, new: Contract, *, old_root: Path, new_root: Path) -> 
                             "another topic: the other side still uses the old one",
                         )
                     )
-            for attribute in ("handler", "partition_key", "batch", "external", "description"):
+            for attribute in ("handler", "partition_key", "batch", "max_batch", "external", "description"):
                 if getattr(a, attribute) != getattr(b, attribute):
                     changes.append(
                         Change(

@@ -44,6 +44,7 @@ Issue codes (``ContractIssue.code``)::
     aggregation-condition      the same as fsm-condition, in an aggregation's ``where``
     event-payload              ``payload_model`` and ``payload_schema`` both set, an invalid ``payload_schema``,
                                or a ``payload_model`` that is not a pydantic model under ``nodes``
+    event-batch                ``max_batch`` on a published event, or on a consumed one without ``batch: true``
     implementation-forbidden   ``implementation`` outside the project's ``nodes`` package (checked always)
     implementation-missing     the implementation module or class cannot be imported
     handler-missing            a consumes handler, entry/exit action or transition action the class lacks
@@ -103,7 +104,7 @@ MAX_FILE_BYTES = 1024 * 1024
 ISSUE_CODES: frozenset[str] = (
     frozenset({"io", "too-large", "yaml", "yaml-bomb", "ref", "ref-cycle", "outside-root", "schema", "env"})
     | frozenset({"fsm-no-initial", "fsm-undeclared-state", "fsm-duplicate-state", "fsm-unreachable"})
-    | frozenset({"fsm-terminal-outgoing", "fsm-condition", "routing-condition", "event-payload"})
+    | frozenset({"fsm-terminal-outgoing", "fsm-condition", "routing-condition", "event-payload", "event-batch"})
     | frozenset({"implementation-forbidden", "implementation-missing", "handler-missing"})
     | frozenset({"not-a-node", "node-kind-mismatch", "trigger-unknown", "event-undeclared"})
     | frozenset({"event-unpublished", "duplicate-version", "steps", "routing-service", "routing-strategy"})

@@ -85,6 +85,9 @@ class EventSpec(_Model):
     payload_schema: dict[str, Any] | None = None
     partition_key: str | None = None  # payload field used as the Kafka key (e.g. namespace)
     batch: bool = False  # consumes: the handler takes a batch of envelopes
+    # consumes, with batch: the most events one call takes (default 500); a handler's entries share one subscription,
+    # which takes the largest they give.
+    max_batch: int | None = Field(None, ge=1)
     # consumes: the event enters the node graph from outside (the CLI, another system), so no contract in the
     # set has to publish it; without this flag an unpublished consumed event is a load error.
     external: bool = False
