@@ -207,16 +207,25 @@ def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 
 async def _records_written(bootstrap: str, prefix: str) -> int:
-    """How many records the topics named ``prefix...`` hold (the sum of their end offsets)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    """How many records the topics named ``prefix...`` hold: the sum of their partitions' high watermarks, as a fetch
+    from each gives them. Not ``end_offsets`` (ListOffsets): tansu answers it with its last record batch's first offset
+    plus one, so a partition whose last batch held 100 records counted 99 too few (a run of 300 stamps read 0.8
+    records a stamp, of 20,000 stamps 3.9)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, max_partition_fetch_bytes=1)  # a batch a partition
     await consumer.start()
     try:
         topics = [t for t in await consumer.topics() if t.startswith(prefix)]
         partitions = [aiokafka.TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        ends = await consumer.end_offsets(partitions) if partitions else {}
+        if not partitions:
+            return 0
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        async with asyncio.timeout(60):
+            while any(consumer.highwater(tp) is None for tp in partitions):
+                await consumer.getmany(timeout_ms=100)
+        return sum(consumer.highwater(tp) or 0 for tp in partitions)
     finally:
         await consumer.stop()
-    return sum(ends.values())
 
 
 async def run_onex(
@@ -666,7 +675,7 @@ def run(
         "durability_cost": round(1 - median(persisted_rate) / median(volatile_rate), 3),
         "ratio_persisted_to_raw": round(median(persisted_rate) / median(raw_rate), 3),
         "ratio_persisted_to_raw_pipeline": round(median(persisted_rate) / median(pipeline_rate), 3),
-        "records_written_per_stamp": round(median(r["records_written"] for r in runs) / items, 1),
+        "records_written_per_stamp": round(median(r["records_written"] for r in runs) / items, 3),
         "failed_workflows": sum(r["failed"] for r in runs),
         "runs": runs,
         "raw_seconds": [round(s, 3) for s in raw_s],
@@ -689,7 +698,9 @@ def run(
     result["target"] = {"ratio_to_raw": TARGET_RATIO_TO_RAW, "records_per_stamp": TARGET_RECORDS_PER_STAMP}
     result["meets_target"] = (
         result["ratio_persisted_to_raw"] >= TARGET_RATIO_TO_RAW
-        and result["records_written_per_stamp"] <= TARGET_RECORDS_PER_STAMP
+        # A stamp's four, and a share of what rides in batches (its transitions, the aggregation's), as the issue
+        # allows: 4.012 a stamp at 20,000 stamps.
+        and round(result["records_written_per_stamp"], 1) <= TARGET_RECORDS_PER_STAMP
     )
     _print(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
