@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from onex.envelope import OnexEnvelopeV1
 
@@ -253,6 +253,47 @@ def test_tail_reads_from_the_end_by_default_one_line_each(
     assert correlation == f"correlation={sent['correlation_id']}"
     assert json.loads(payload)["file_path"] == "new.py"
     assert when.startswith(sent["envelope"]["event_timestamp"][:10])
+
+
+def send_in_one_batch(bootstrap: str, name: str, values: list[bytes]) -> None:
+    """``values`` to topic ``name`` under one key, sent together: one record batch on one partition."""
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
+        await producer.start()
+        try:
+            sent = [await producer.send(name, value, key=b"one-batch") for value in values]
+            offsets = [(await future).offset for future in sent]
+        finally:
+            await producer.stop()
+        assert offsets == list(range(offsets[0], offsets[0] + len(values)))
+
+    asyncio.run(send())
+
+
+@pytest.mark.kafka
+def test_tail_from_the_end_skips_the_whole_last_batch_published_before_it(
+    tmp_path: Path, kafka: tuple[str, list[str]], kafka_bootstrap: str, tails: list[Tail]
+) -> None:
+    """tansu gives a partition's end (ListOffsets) as its last batch's first offset plus one: a tail that started there
+    printed the rest of that batch as if it had just arrived."""
+    env, bus = kafka
+    old = onex("publish", REQUEST, '{"file_path": "old.py"}', *bus, "-o", "json", cwd=tmp_path, env=env)
+    assert old.returncode == 0, old.stderr
+    send_in_one_batch(
+        kafka_bootstrap, topic(env, REQUEST), [json.dumps(json.loads(old.stdout)["envelope"]).encode()] * 3
+    )
+    tail = Tail(REQUEST, *bus, "--max", "1", "--timeout", "60", cwd=tmp_path, env=env)
+    tails.append(tail)
+    tail.ready()
+
+    new = onex("publish", REQUEST, '{"file_path": "new.py"}', *bus, "-o", "json", cwd=tmp_path, env=env)
+    assert new.returncode == 0, new.stderr
+
+    code, out, err = tail.finish()
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert json.loads(new.stdout)["event_id"] in line
 
 
 @pytest.mark.kafka

@@ -277,7 +277,7 @@ async def tail(
                 await consumer.start()
                 consumer.assign(partitions)
                 start = await (
-                    consumer.beginning_offsets(partitions) if from_beginning else consumer.end_offsets(partitions)
+                    consumer.beginning_offsets(partitions) if from_beginning else _ends(consumer, partitions)
                 )
                 for tp in partitions:
                     consumer.seek(tp, start[tp])
@@ -295,6 +295,18 @@ async def tail(
                     yield _arrival(record)
     finally:
         await consumer.stop()
+
+
+async def _ends(consumer: Any, partitions: Sequence[Any]) -> dict[Any, int]:
+    """Each partition's end now: its high watermark, as a fetch from its last record gives it. ``end_offsets``
+    (ListOffsets) alone is not enough: tansu answers it with its last record batch's first offset plus one, so a tail
+    from the end printed the rest of that batch as new."""
+    listed = await consumer.end_offsets(partitions)
+    for tp in partitions:
+        consumer.seek(tp, max(listed[tp] - 1, 0))
+    while any(consumer.highwater(tp) is None for tp in partitions):
+        await consumer.getmany(*partitions, timeout_ms=100)  # what it returns was published before the tail began
+    return {tp: max(listed[tp], consumer.highwater(tp)) for tp in partitions}
 
 
 def _arrival(record: Any) -> Arrival:
