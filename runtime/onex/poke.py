@@ -277,7 +277,7 @@ async def tail(
                 await consumer.start()
                 consumer.assign(partitions)
                 start = await (
-                    consumer.beginning_offsets(partitions) if from_beginning else _ends(consumer, partitions)
+                    consumer.beginning_offsets(partitions) if from_beginning else high_watermarks(consumer, partitions)
                 )
                 for tp in partitions:
                     consumer.seek(tp, start[tp])
@@ -297,15 +297,16 @@ async def tail(
         await consumer.stop()
 
 
-async def _ends(consumer: Any, partitions: Sequence[Any]) -> dict[Any, int]:
-    """Each partition's end now: its high watermark, as a fetch from its last record gives it. ``end_offsets``
-    (ListOffsets) alone is not enough: tansu answers it with its last record batch's first offset plus one, so a tail
-    from the end printed the rest of that batch as new."""
+async def high_watermarks(consumer: Any, partitions: Sequence[Any]) -> dict[Any, int]:
+    """Each of ``partitions``' end now (a fresh aiokafka consumer that has them assigned; its positions move): the high
+    watermark, as a fetch from the partition's last record gives it. ``end_offsets`` (ListOffsets) alone is not
+    enough: tansu answers it with its last record batch's first offset plus one, so a tail from the end printed the
+    rest of that batch as new, and ``bench/multiprocess.py`` counted that batch as one record."""
     listed = await consumer.end_offsets(partitions)
     for tp in partitions:
         consumer.seek(tp, max(listed[tp] - 1, 0))
     while any(consumer.highwater(tp) is None for tp in partitions):
-        await consumer.getmany(*partitions, timeout_ms=100)  # what it returns was published before the tail began
+        await consumer.getmany(*partitions, timeout_ms=100)  # the records it returns are older: dropped
     return {tp: max(listed[tp], consumer.highwater(tp)) for tp in partitions}
 
 
