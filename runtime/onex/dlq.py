@@ -182,6 +182,7 @@ async def _read_kafka(settings: Settings, dlq: str | None, progress: Progress | 
     from aiokafka.errors import KafkaError
 
     from onex._kafka import KafkaBus
+    from onex.poke import high_watermarks
 
     bus = KafkaBus.from_url(settings.bus)
     partitions = await bus.topic_partitions(timeout_s=CONNECT_TIMEOUT_S)
@@ -196,7 +197,7 @@ async def _read_kafka(settings: Settings, dlq: str | None, progress: Progress | 
             await consumer.start()
             consumer.assign(wanted)
             begin = await consumer.beginning_offsets(wanted)
-            end = await consumer.end_offsets(wanted)
+            end = await high_watermarks(consumer, wanted)  # tansu's end_offsets would make the total too low
             left = {tp: end[tp] for tp in wanted if end[tp] > begin[tp]}
             total, read = sum(end[tp] - begin[tp] for tp in left), 0
             consumer.pause(*(tp for tp in wanted if tp not in left))
@@ -212,8 +213,6 @@ async def _read_kafka(settings: Settings, dlq: str | None, progress: Progress | 
                         row = _parse(record)
                         if row is not None:
                             rows.append(row)
-                # Whole record batches come back, so the last one takes the position past the end even where a broker
-                # (tansu) reports the end as its base offset + 1.
                 for tp in list(left):
                     if await consumer.position(tp) >= left[tp]:
                         del left[tp]

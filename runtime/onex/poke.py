@@ -301,7 +301,8 @@ async def high_watermarks(consumer: Any, partitions: Sequence[Any]) -> dict[Any,
     """Each of ``partitions``' end now (a fresh aiokafka consumer that has them assigned; its positions move): the high
     watermark, as a fetch from the partition's last record gives it. ``end_offsets`` (ListOffsets) alone is not
     enough: tansu answers it with its last record batch's first offset plus one, so a tail from the end printed the
-    rest of that batch as new, and ``bench/multiprocess.py`` counted that batch as one record."""
+    rest of that batch as new, ``onex dlq``'s progress counted it as one letter and ``bench/multiprocess.py`` as one
+    record."""
     listed = await consumer.end_offsets(partitions)
     for tp in partitions:
         consumer.seek(tp, max(listed[tp] - 1, 0))

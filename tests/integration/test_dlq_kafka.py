@@ -23,8 +23,10 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from onex._kafka import KafkaBus
-from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dlq_topic
+from onex.dlq import list_dead_letters
+from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dead_letter, dlq_topic
 from onex.exceptions import PayloadError
+from onex.settings import Settings
 from onex.stores import open_store
 
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS
@@ -219,3 +221,29 @@ async def test_replay_all_twice_replays_nothing_the_second_time(scenario: Scenar
     assert letter["replays"] == 1
     records = await read_topic(s.bus, s.other)
     assert sum(r.value == refused.to_json() for r in records) == 2
+
+
+async def test_listing_counts_every_letter_of_a_record_batch_in_its_progress(
+    kafka_bootstrap: str, postgres_dsn: str
+) -> None:
+    """The progress total is every letter on the topic: tansu gives a partition's end (ListOffsets) as its last record
+    batch's first offset plus one, which counted three letters sent in one batch as one."""
+    topic = f"dlq{uuid.uuid4().hex[:8]}.test.onex.cmd.batched.v1"
+    letters = [dead_letter(envelope(), topic=topic, error="refused", attempts=1) for _ in range(3)]
+    async with KafkaBus(kafka_bootstrap) as bus:
+        await bus.ensure_topics([dlq_topic(topic)])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=100)
+    await producer.start()
+    try:
+        sent = [await producer.send(dlq_topic(topic), letter.to_json(), key=KEY) for letter in letters]
+        offsets = [(await future).offset for future in sent]
+    finally:
+        await producer.stop()
+    assert offsets == list(range(offsets[0], offsets[0] + 3))  # one record batch
+    settings = Settings.load(environ={}, root=str(ROOT), bus=f"kafka://{kafka_bootstrap}", store=postgres_dsn)
+    seen: list[tuple[int, int]] = []
+
+    found = await list_dead_letters(settings, topic=topic, progress=lambda done, total: seen.append((done, total)))
+
+    assert sorted(r.event_id for r in found.rows) == sorted(letter.event_id for letter in letters)
+    assert (seen[0], seen[-1]) == ((0, 3), (3, 3))
