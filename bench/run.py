@@ -29,6 +29,7 @@ ORDER = (
     "multiprocess",
     "metastore",
     "http",
+    "calls",
     "instructions",
 )
 # Benchmarks that are another script with arguments.
