@@ -3,7 +3,8 @@ validated envelope is published, keyed as the contract says, and tail prints it 
 publish hosts the nodes for one event and prints what it caused.
 
 Each Kafka test publishes under an environment of its own (``ONEX_ENV``), so its topics are its own on the shared
-broker. Every subprocess is bounded: by ``timeout=`` here, and a tail by its own ``--timeout``.
+broker. Every subprocess is bounded: by ``timeout=`` here, and a tail by its own ``--timeout`` (the one stopped by
+Ctrl-C by ``finish()``'s).
 """
 
 from __future__ import annotations
@@ -105,12 +106,23 @@ def kafka(kafka_bootstrap: str) -> tuple[str, list[str]]:
     return f"poke{uuid.uuid4().hex[:8]}", ["--bus", f"kafka://{kafka_bootstrap}"]
 
 
+# Runs the command after it with SIGINT at its default disposition, as a terminal starts one (Ctrl-C then raises
+# KeyboardInterrupt in it). A test process started as a background job of a non-interactive shell, as a CI runner may
+# start the suite, has SIGINT ignored, and a child inherits that: its Ctrl-C would be ignored.
+WITH_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 class Tail:
-    """``onex tail`` running in a subprocess; ``ready()`` returns once it reads (its first stderr line)."""
+    """``onex tail`` running in a subprocess, as from a terminal; ``ready()`` returns once it reads (its first stderr
+    line)."""
 
     def __init__(self, *args: str, cwd: Path, env: str) -> None:
         self.process = subprocess.Popen(
-            [*COMMAND, "--root", str(ROOT), "tail", *args],
+            [*WITH_SIGINT, *COMMAND, "--root", str(ROOT), "tail", *args],
             cwd=cwd,
             env=environ(env),
             stdout=subprocess.PIPE,
@@ -120,7 +132,7 @@ class Tail:
 
     def ready(self) -> str:
         assert self.process.stderr is not None
-        # Bounded: every tail here runs with --timeout, so at worst the line is EOF once it gave up.
+        # Bounded: a tail that cannot read the broker gives up within its connect timeout, and says so.
         line = self.process.stderr.readline()
         assert line.startswith("tailing "), line + self.process.stderr.read()
         return line
@@ -301,7 +313,7 @@ def test_tail_stops_cleanly_on_ctrl_c_and_says_when_max_was_not_reached(
     tmp_path: Path, kafka: tuple[str, list[str]], tails: list[Tail]
 ) -> None:
     env, bus = kafka
-    tail = Tail(REQUEST, *bus, "--timeout", "60", cwd=tmp_path, env=env)
+    tail = Tail(REQUEST, *bus, cwd=tmp_path, env=env)  # no --timeout: only Ctrl-C ends it, or finish() gives up
     tails.append(tail)
     tail.ready()
 
