@@ -62,11 +62,7 @@ if str(ROOT) not in sys.path:
 from bench import e2e  # noqa: E402 - needs ROOT on sys.path
 
 RESULTS = ROOT / "bench" / "results"
-RUNS = {
-    "ceiling": "onex ceiling (writes discarded)",
-    "persisted": "onex, every row persisted (SQLite)",
-    "floor": "raw floor (blake3 + executemany)",
-}
+RUNS = ("ceiling", "persisted", "floor")  # the module docstring says what each is
 # A cProfile entry: (file, line, name); a builtin's file is "~".
 Key = tuple[str, int, str]
 
