@@ -53,16 +53,16 @@ from typing import Any
 
 import onex.envelope
 from onex.envelope import OnexEnvelopeV1, Payload
-from onex.runtime import run_main, tune_process
+from onex.runtime import tune_process
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for `bench.e2e` when run as a script
 
-from bench import e2e  # noqa: E402 - needs ROOT on sys.path
+from bench import e2e, instructions  # noqa: E402 - needs ROOT on sys.path
 
 RESULTS = ROOT / "bench" / "results"
-RUNS = ("ceiling", "persisted", "floor")  # the module docstring says what each is
+RUNS = ("ceiling", "persisted", "floor")  # three of bench/instructions.py's (the module docstring says what each is)
 # A cProfile entry: (file, line, name); a builtin's file is "~".
 Key = tuple[str, int, str]
 
@@ -102,21 +102,16 @@ def _as_deployed() -> Iterator[None]:
 
 
 def profile(kind: str, items: int) -> pstats.Stats:
-    """cProfile's statistics of one run of ``kind`` over ``items`` items, on this thread (only: the loop's)."""
+    """cProfile's statistics of one run of ``kind`` over ``items`` items (``bench/instructions.py``'s ``run_kind``),
+    on this thread (only: the loop's)."""
     data = e2e.make_items(items)
     profiler = cProfile.Profile()
     with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp, _as_deployed():
-        if kind == "floor":
-            profiler.enable()
-            e2e.run_raw(data, Path(tmp) / "raw.db")
+        profiler.enable()
+        try:
+            instructions.run_kind(kind, data, Path(tmp))
+        finally:
             profiler.disable()
-        else:
-            run = e2e.run_onex(data, f"sqlite:///{tmp}/onex.db", discard=kind == "ceiling")
-            profiler.enable()
-            _, counts = run_main(run)
-            profiler.disable()
-            if counts["failed"] or (kind == "persisted" and counts["workflow_executions"] != items):
-                raise RuntimeError(f"{kind}: rows not as expected: {counts}")
     return pstats.Stats(profiler)
 
 

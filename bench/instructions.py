@@ -77,21 +77,29 @@ def child(kind: str, items: int) -> None:
     data = e2e.make_items(items)
     tune_process()
     with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-        if kind == "floor":
-            e2e.run_raw(data, Path(tmp) / "raw.db")
-            return
-        url = f"sqlite:///{tmp}/onex.db"
-        _, counts = run_main(  # on the loop a command runs on (ONEX_EVENT_LOOP's default)
-            e2e.run_onex(
-                data,
-                url,
-                discard=kind.startswith("ceiling"),
-                checkpoints=kind != "ceiling_no_checkpoints",
-                synchronous=kind != "persisted_behind",
-            )
+        try:
+            run_kind(kind, data, Path(tmp))
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+
+
+def run_kind(kind: str, data: list[str], directory: Path) -> None:
+    """One run of ``kind`` (``RUNS``) over ``data``, its database in ``directory``; RuntimeError when the rows are not
+    as expected. ``bench/calls.py`` profiles the same runs."""
+    if kind == "floor":
+        e2e.run_raw(data, directory / "raw.db")
+        return
+    _, counts = run_main(  # on the loop a command runs on (ONEX_EVENT_LOOP's default)
+        e2e.run_onex(
+            data,
+            f"sqlite:///{directory}/onex.db",
+            discard=kind.startswith("ceiling"),
+            checkpoints=kind != "ceiling_no_checkpoints",
+            synchronous=kind != "persisted_behind",
         )
-    if counts["failed"] or (kind.startswith("persisted") and counts["workflow_executions"] != items):
-        raise SystemExit(f"{kind}: rows not as expected: {counts}")
+    )
+    if counts["failed"] or (kind.startswith("persisted") and counts["workflow_executions"] != len(data)):
+        raise RuntimeError(f"{kind}: rows not as expected: {counts}")
 
 
 class Counted(NamedTuple):
