@@ -647,11 +647,12 @@ async def assert_report_honest(scenario: Scenario, corpus: Corpus, report: Repor
         if not wrong or time.monotonic() >= deadline:
             break
         await anyio.sleep(0.25)
-    states = {w.file_path: w.state for w in workflows}
-    found = Counter(states.get(path, "no row") for path in wrong)
+    rows = {w.file_path: w for w in workflows}
+    found = Counter(rows[path].state if path in rows else "no row" for path in wrong)
+    examples = [f"{path} ({rows[path].correlation_id if path in rows else 'no row'})" for path in wrong[:3]]
     assert not wrong, (
         f"the client reported {len(wrong)} file(s) stamped whose workflow is not completed in the store (their "
-        f"workflows: {dict(found)}), e.g. {wrong[:3]}; the report's counts: {report.counts}"
+        f"workflows: {dict(found)}), e.g. {examples}; the report's counts: {report.counts}\n{scenario.logs()}"
     )
 
 
