@@ -29,11 +29,13 @@ from onex.envelope import (
     millis_of,
     new_id,
 )
+from onex.exceptions import BusError
 from onex.filetypes import Stamp
 from onex.nodes import OrchestratorNode, StepRun
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness, ManualClock
 
+from nodes.reducer.v1_0_0.node import NodeReducer
 from nodes.stamping_effect.v1_0_0.node import row_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,6 +407,30 @@ async def test_outcomes_stored_but_never_aggregated_are_aggregated_by_the_next_r
     assert (state.total_workflows_processed, state.total_items_aggregated) == (4, 4)
     assert state.total_size_bytes == sum(100 + i for i in range(4))
     assert again == state
+
+
+async def test_the_reducers_timer_goes_on_after_a_flush_the_bus_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timer that closes windows by time flushes what they produced; a flush that fails (the broker gone for
+    longer than the producer waits, on Kafka) is logged, and the next tick flushes again."""
+    clock = ManualClock()
+    async with Harness(["reducer"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        real, calls = node.flush, 0
+
+        async def refused_once() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            await real()
+
+        monkeypatch.setattr(node, "flush", refused_once)
+        for _ in range(3):
+            await clock.advance(node.flush_interval_s)
+        assert calls == 3
 
 
 async def test_an_outcome_delivered_again_to_the_next_run_is_not_counted_again(tmp_path: Path) -> None:

@@ -477,7 +477,8 @@ class KafkaBus(EventBus):
     # -- publishing ------------------------------------------------------------------------------------------------
 
     async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
-        """Enqueue ``envelope`` on ``topic``; waits while the producer's buffer for its partition is full."""
+        """Enqueue ``envelope`` on ``topic``; waits while the producer's buffer for its partition is full, and raises
+        ``BusError`` once it stays full for ``request_timeout_ms`` (the broker is gone or does not keep up)."""
         if topic not in self._known_topics:
             await self.ensure_topics([topic])
         self._require_running()
@@ -492,10 +493,22 @@ class KafkaBus(EventBus):
         self, topic: str, value: bytes, key: bytes, partition: int | None, headers: list[tuple[str, bytes]]
     ) -> None:
         """One record through ``send()`` (which checks its size), counted and tracked for the handler's commit."""
-        delivery: DeliveryFuture = await self._producer.send(
-            topic, value=value, key=key, partition=partition, headers=headers
-        )
+        try:
+            delivery: DeliveryFuture = await self._producer.send(
+                topic, value=value, key=key, partition=partition, headers=headers
+            )
+        except KafkaError as exc:
+            raise _publish_error(topic, exc) from exc
         self._published += 1
+        self._track(delivery)
+
+    async def _send_batch(self, builder: Any, topic: str, partition: int) -> None:
+        """A prebuilt batch through ``send_batch()``, counted and tracked as ``_send`` does a record."""
+        try:
+            delivery: DeliveryFuture = await self._producer.send_batch(builder, topic, partition=partition)
+        except KafkaError as exc:
+            raise _publish_error(topic, exc) from exc
+        self._published += builder.record_count()
         self._track(delivery)
 
     async def publish_many(self, topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
@@ -538,8 +551,7 @@ class KafkaBus(EventBus):
                 ):
                     continue
                 if builder.record_count():  # full: send it and start the next
-                    self._track(await producer.send_batch(builder, topic, partition=partition))
-                    self._published += builder.record_count()
+                    await self._send_batch(builder, topic, partition)
                     builder = producer.create_batch()
                 if len(value) >= _BATCH_RECORD_LIMIT or (
                     builder.append(timestamp=None, key=key, value=value, headers=headers) is None
@@ -547,8 +559,7 @@ class KafkaBus(EventBus):
                     # Too large for a batch of its own: send() checks it (and raises as publish() would).
                     await self._send(topic, value, key, partition, headers)
             if builder.record_count():
-                self._track(await producer.send_batch(builder, topic, partition=partition))
-                self._published += builder.record_count()
+                await self._send_batch(builder, topic, partition)
 
     def _track(self, delivery: DeliveryFuture) -> None:
         pending = _deliveries.get()
@@ -703,6 +714,13 @@ def _murmur2(key: bytes) -> int:
     h = (h * m) & 0xFFFFFFFF
     h ^= h >> 15
     return h & 0x7FFFFFFF
+
+
+def _publish_error(topic: str, exc: KafkaError) -> BusError:
+    """What ``send()`` raised (its buffer for the partition stayed full for ``request_timeout_ms``, the topic's
+    metadata did not come, the record is too large) as the bus's error: callers outside handlers (heartbeats, step
+    timeouts, windows) carry on after a ``BusError`` and would stop after anything else."""
+    return BusError(f"cannot publish to {topic}: {error_text(exc)}")
 
 
 def _delivery_error(deliveries: Iterable[DeliveryFuture]) -> BaseException | None:

@@ -132,7 +132,9 @@ class EventBus(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, topic: str, envelope: OnexEnvelopeV1) -> None:
-        """Publish one envelope; returns once the bus has accepted it (waits while buffers are full)."""
+        """Publish one envelope; returns once the bus has accepted it (waits while buffers are full). ``BusError``
+        when it cannot: the bus is not running, or (Kafka) a buffer stayed full or the topic unknown for the client's
+        ``request_timeout_ms``."""
 
     async def publish_many(self, topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
         for envelope in envelopes:

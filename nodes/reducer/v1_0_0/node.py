@@ -557,7 +557,10 @@ class NodeReducer(ReducerNode):
         while True:
             await self.clock.sleep(self.flush_interval_s)
             self._close_windows(force=False)
-            await self.flush()  # with checkpoint: per_batch, a window the clock closed is written now
+            try:
+                await self.flush()  # with checkpoint: per_batch, a window the clock closed is written now
+            except OnexError as exc:  # the broker or the store is away: the timer must outlive it
+                _log.warning("%s: could not flush on the timer, trying again at the next tick: %s", self.node_id, exc)
 
 
 def _namespace_of(group_key: str) -> str:
