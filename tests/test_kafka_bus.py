@@ -28,7 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
-from onex._kafka import KafkaBus, _murmur2
+from onex._kafka import KafkaBus
+from onex._murmur2 import murmur2 as onex_murmur2
 from onex.bus import RetryPolicy
 from onex.client import BATCH_PROCESSED_EVENT, publish_report
 from onex.contracts import load_contracts
@@ -140,8 +141,8 @@ def test_the_partition_of_a_key_is_the_one_aiokafkas_default_partitioner_picks()
     keys = [str(uuid.uuid4()).encode() for _ in range(500)]
     keys += [rng.randbytes(rng.randrange(0, 80)) for _ in range(2_000)]
     for key in keys:
-        assert _murmur2(key) == murmur2(key) & 0x7FFFFFFF, key
-        assert DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]) == _murmur2(key) % 4
+        assert onex_murmur2(key) == murmur2(key) & 0x7FFFFFFF, key
+        assert DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]) == onex_murmur2(key) % 4
 
 
 @pytest.mark.kafka

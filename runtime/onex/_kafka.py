@@ -91,9 +91,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
-import functools
 import logging
-import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -111,6 +109,7 @@ from aiokafka.errors import (
 )
 
 from onex._kafka_url import bus_arguments
+from onex._murmur2 import murmur2 as _murmur2
 from onex.bus import (
     Assignment,
     BatchHandler,
@@ -686,34 +685,6 @@ class KafkaBus(EventBus):
             buffered=sum(s.buffered for s in self._subscriptions),
             dropped=self._dropped,
         )
-
-
-@functools.lru_cache(maxsize=4_096)  # a workflow's events share its key
-def _murmur2(key: bytes) -> int:
-    """Kafka's murmur2 of ``key``, masked to 31 bits: what the Java client and aiokafka's default partitioner take
-    modulo the partition count. Four bytes at a time through ``struct`` (aiokafka's loops byte by byte: 4 us for a
-    UUID key)."""
-    m = 0x5BD1E995
-    length = len(key)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    words = length >> 2
-    for k in struct.unpack_from(f"<{words}I", key):
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
-    tail = words << 2
-    extra = length & 3
-    if extra == 3:
-        h ^= key[tail + 2] << 16
-    if extra >= 2:
-        h ^= key[tail + 1] << 8
-    if extra >= 1:
-        h ^= key[tail]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h & 0x7FFFFFFF
 
 
 def _publish_error(topic: str, exc: KafkaError) -> BusError:
