@@ -694,6 +694,27 @@ def test_asking_for_uvloop_where_it_is_not_installed_is_a_usage_error_of_one_lin
 
 
 @pytest.mark.parametrize(
+    ("query", "error"),
+    [("partitions=0", "partitions and replication_factor must be at least 1"), ("linger_ms=soon", "linger_ms must be")],
+)
+def test_a_bad_value_in_the_kafka_url_is_one_line_naming_the_url(tmp_path: Path, query: str, error: str) -> None:
+    url = f"kafka://127.0.0.1:1?{query}"
+    result = subprocess.run(
+        [*command(), "--root", str(ROOT), "run", "--node", "reducer"],
+        cwd=tmp_path,
+        env={**environment(), "ONEX_BUS": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: Kafka bus URL {url!r}: {error}"), line
+
+
+@pytest.mark.parametrize(
     ("args", "line"),
     [
         (["stamp", "--bogus"], "onex stamp: No such option '--bogus'"),

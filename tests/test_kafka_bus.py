@@ -431,6 +431,44 @@ async def test_closing_a_subscription_lets_the_batch_in_hand_finish_and_commits_
     assert [e.payload["n"] for e in handled] == [5, 6, 7]
 
 
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_commit_the_broker_keeps_refusing_does_not_stop_the_subscription(kafka_bootstrap: str) -> None:
+    """aiokafka retries a commit for as long as the broker answers with a retriable error; a partition whose topic
+    was deleted under its consumer (or not created again yet on a restarted broker) answers
+    UNKNOWN_TOPIC_OR_PARTITION for ever. The subscription gives the commit up after ``commit_timeout_s`` and goes on
+    with its other topics; without the bound nothing more was handled (the commit still retried after 40 s).
+
+    tansu creates a topic that a metadata request names, so the consumer's next metadata refresh would end the
+    stall (5 s: the bus's ``metadata_max_age_ms``); Redpanda by default, and Kafka with auto.create.topics.enable
+    off, do not. The consumer here keeps aiokafka's 5 minutes, which stands for such a broker."""
+    kept, deleted = unique("kept"), unique("deleted")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    handled, gone = Collector(expected=2), anyio.Event()
+
+    async def delete_its_topic(envelope: OnexEnvelopeV1) -> None:
+        if envelope.payload["n"] == 0:  # before the batch holding it is committed
+            await admin.delete_topics([deleted])
+            gone.set()
+        await handled(envelope)
+
+    try:
+        options = {**TEST_CONSUMER_OPTIONS, "metadata_max_age_ms": 300_000}
+        async with KafkaBus(kafka_bootstrap, consumer_options=options, commit_timeout_s=1.0) as bus:
+            await bus.ensure_topics([kept, deleted])
+            await bus.subscribe([kept, deleted], unique("group"), handler=delete_its_topic)
+            await bus.publish(deleted, envelope(0, key="k"))
+            await bus.flush()
+            with anyio.fail_after(20):
+                await gone.wait()
+            await bus.publish(kept, envelope(1, key="k"))
+            got = await handled.wait(seconds=30)
+    finally:
+        await admin.close()
+    assert [e.payload["n"] for e in got] == [0, 1]
+
+
 def lose_the_first_send(bus: KafkaBus, target: str, method: str = "send") -> None:
     """Make the first record (``send``) or batch (``send_batch``) that ``bus`` sends to ``target`` enqueued, then never
     acknowledged: what a broker outage after publish() returned looks like."""
@@ -906,7 +944,8 @@ def test_from_url_takes_group_timeouts_and_batching_from_the_query() -> None:
     setting, so it travels in ``ONEX_BUS``; overrides passed in code are merged over it."""
     bus = KafkaBus.from_url(
         "kafka://h:1?session_timeout_ms=2000&heartbeat_interval_ms=200&rebalance_timeout_ms=9000"
-        "&max_poll_interval_ms=60000&fetch_max_wait_ms=10&linger_ms=2&max_batch_size=65536&join_timeout_s=7.5",
+        "&max_poll_interval_ms=60000&fetch_max_wait_ms=10&linger_ms=2&max_batch_size=65536&join_timeout_s=7.5"
+        "&commit_timeout_s=2.5",
         consumer_options={"heartbeat_interval_ms": 300, "max_poll_records": 100},
     )
     consumer = bus.consumer_kwargs("g")
@@ -923,7 +962,11 @@ def test_from_url_takes_group_timeouts_and_batching_from_the_query() -> None:
     producer = bus.producer_kwargs()
     assert (producer["linger_ms"], producer["max_batch_size"], producer["acks"]) == (2, 65536, "all")
     assert "session_timeout_ms" not in producer
-    assert bus.join_timeout_s == 7.5
+    assert (bus.join_timeout_s, bus.commit_timeout_s) == (7.5, 2.5)
+    # A value out of range is the URL's error, as an unknown parameter is: `onex run` prints it on one line.
+    for query, error in (("commit_timeout_s=0", "commit_timeout_s must be positive"), ("partitions=0", "partitions")):
+        with pytest.raises(BusError, match=rf"Kafka bus URL 'kafka://h:1\?{query}': {error}"):
+            KafkaBus.from_url(f"kafka://h:1?{query}")
 
 
 def test_a_background_subscription_lets_the_broker_hold_its_empty_fetches_longer() -> None:

@@ -98,7 +98,6 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CommitFailedError,
@@ -108,7 +107,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from onex._kafka_url import bus_arguments
+from onex._kafka_options import CLIENT_OPTIONS, CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, bus_arguments
 from onex._murmur2 import murmur2 as _murmur2
 from onex.bus import (
     Assignment,
@@ -133,55 +132,6 @@ __all__ = ["KafkaBus"]
 logger = logging.getLogger(__name__)
 
 DeliveryFuture = asyncio.Future[Any]
-
-# Options every aiokafka client (producer, consumer, admin) accepts: connection and security settings.
-CLIENT_OPTIONS: Final = frozenset(
-    {
-        "request_timeout_ms",
-        "retry_backoff_ms",
-        "metadata_max_age_ms",
-        "connections_max_idle_ms",
-        "security_protocol",
-        "ssl_context",
-        "sasl_mechanism",
-        "sasl_plain_username",
-        "sasl_plain_password",
-        "sasl_kerberos_service_name",
-        "sasl_kerberos_domain_name",
-        "sasl_oauth_token_provider",
-    }
-)
-
-_PRODUCER_DEFAULTS: Final[Mapping[str, Any]] = {
-    "acks": "all",
-    # A few ms of lingering turns a burst of publish() calls into one request per partition.
-    "linger_ms": 5,
-    # 600-byte envelopes: 16 KiB (aiokafka's default) fills after ~25 records; 256 KiB keeps requests large
-    # and still bounds the memory held per partition (one full batch per partition, then publish() waits).
-    "max_batch_size": 256 * 1024,
-}
-
-_CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
-    "enable_auto_commit": False,
-    "auto_offset_reset": "earliest",
-    # On revocation a member first finishes and commits its batch in hand (see _RevocationListener), so the group
-    # must wait for it longer than aiokafka's default (the session timeout); the Java client waits 5 minutes.
-    "rebalance_timeout_ms": 60_000,
-    # The Java client's default rather than aiokafka's round robin: partition i of every topic a subscription takes
-    # goes to the same member (given equal partition counts, which ensure_topics gives), so a node consuming
-    # several topics keyed alike (the reducer: everything by namespace) sees all of one key in one place.
-    "partition_assignment_strategy": (RangePartitionAssignor,),
-    # How long a silent member keeps its partitions. 6 s is the least that Kafka and Redpanda accept by default
-    # (group.min.session.timeout.ms) and is safe because aiokafka heartbeats from a task of its own, not from the
-    # fetch loop: only an event loop blocked for 6 s loses the group. Shorter than aiokafka's 10 s because a group
-    # join takes half the session timeout on tansu and at least group.initial.rebalance.delay.ms (3 s) on Kafka:
-    # a node starts in about 3 s instead of 5. The heartbeat interval follows it (a third), unless it is set.
-    "session_timeout_ms": 6_000,
-    # How soon a consumer notices a topic that appeared (aiokafka's default is 5 minutes). A broker that lost its
-    # topics (tansu with memory storage, restarted) gets them back when someone publishes, and only then can the
-    # consumers subscribed to them be assigned their partitions again.
-    "metadata_max_age_ms": 5_000,
-}
 
 _SPECVERSION: Final = b"1.0"
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
@@ -215,6 +165,9 @@ class KafkaBus(EventBus):
     ``sasl_plain_password``, ``request_timeout_ms``) go to every aiokafka client; ``producer_options`` and
     ``consumer_options`` go to the producer and to each subscription's consumer only, over this bus's defaults
     (``acks="all"``, ``linger_ms=5``; manual commits, ``auto_offset_reset="earliest"``, a 6 s session).
+    ``commit_timeout_s`` bounds a subscription's commit, which aiokafka retries for ever on a retriable error (a topic
+    deleted, or not created again yet on a restarted broker); past it the subscription goes on and the records are
+    not committed (they come again only to a partition's next owner).
     """
 
     retains_messages = True
@@ -228,6 +181,7 @@ class KafkaBus(EventBus):
         replication_factor: int = 1,
         create_topics: bool = True,
         join_timeout_s: float = 60.0,
+        commit_timeout_s: float = 10.0,
         background_fetch_max_wait_ms: int = _AIOKAFKA_FETCH_MAX_WAIT_MS,
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
@@ -243,12 +197,15 @@ class KafkaBus(EventBus):
             raise ValueError("partitions and replication_factor must be at least 1")
         if background_fetch_max_wait_ms < 0:
             raise ValueError("background_fetch_max_wait_ms must not be negative")
+        if commit_timeout_s <= 0:
+            raise ValueError("commit_timeout_s must be positive")
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.create_topics = create_topics
         self.join_timeout_s = join_timeout_s
+        self.commit_timeout_s = commit_timeout_s
         self.background_fetch_max_wait_ms = background_fetch_max_wait_ms
         self._client_options = dict(client_options)
         self._producer_options = dict(producer_options or {})
@@ -279,7 +236,7 @@ class KafkaBus(EventBus):
 
         Query parameters: ``partitions``, ``replication_factor``, ``client_id``, ``security_protocol``
         (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism``, ``ssl_cafile``,
-        ``join_timeout_s``, ``background_fetch_max_wait_ms`` (see below); the consumer settings
+        ``join_timeout_s``, ``commit_timeout_s``, ``background_fetch_max_wait_ms`` (see below); the consumer settings
         ``session_timeout_ms``, ``heartbeat_interval_ms``, ``rebalance_timeout_ms``, ``max_poll_interval_ms`` (how
         fast a dead member is noticed, and on tansu how long a group join takes: ``max(1 s, session_timeout_ms /
         2)``) and ``fetch_max_wait_ms`` (see below); the producer settings ``linger_ms``, ``max_batch_size``.
@@ -300,7 +257,10 @@ class KafkaBus(EventBus):
         merged over the URL's.
         """
         hosts, kwargs = bus_arguments(url, overrides)
-        return cls(hosts, **kwargs)
+        try:
+            return cls(hosts, **kwargs)
+        except ValueError as exc:  # a number out of range (partitions=0): name the URL, as bus_arguments does
+            raise BusError(f"Kafka bus URL {url!r}: {exc}") from None
 
     # -- aiokafka client settings (separate so that tests can check them without a broker) --------------------------
 
@@ -309,7 +269,7 @@ class KafkaBus(EventBus):
         return {
             "bootstrap_servers": self.bootstrap,
             "client_id": self.client_id,
-            **_PRODUCER_DEFAULTS,
+            **PRODUCER_DEFAULTS,
             **self._client_options,
             **self._producer_options,
         }
@@ -321,7 +281,7 @@ class KafkaBus(EventBus):
             "bootstrap_servers": self.bootstrap,
             "client_id": self.client_id,
             "group_id": group,
-            **_CONSUMER_DEFAULTS,
+            **CONSUMER_DEFAULTS,
             **self._client_options,
             **self._consumer_options,
         }
@@ -973,8 +933,20 @@ class _KafkaSubscription(Subscription):
             )
             return
         try:
-            await self._consumer.commit(offsets)
+            # aiokafka retries a retriable error for ever (aio-libs/aiokafka#1095), and a partition whose topic is gone
+            # (deleted, or not created again yet on a restarted broker) answers UNKNOWN_TOPIC_OR_PARTITION: without a
+            # bound that would stop this consumer, every topic of it. Not committed, the records come again to
+            # whoever owns their partitions next; the next commit of a partition covers them.
+            async with asyncio.timeout(self.bus.commit_timeout_s):
+                await self._consumer.commit(offsets)
             self.committed.update(offsets)
+        except TimeoutError:
+            logger.warning(
+                "group %s: committing %s did not finish within %g s; going on without it",
+                self.group,
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in offsets),
+                self.bus.commit_timeout_s,
+            )
         except (CommitFailedError, IllegalStateError) as exc:
             logger.warning(
                 "group %s: commit lost to a rebalance (%s); the new owner handles these records again",

@@ -1,12 +1,65 @@
-"""How a ``kafka://`` URL becomes ``KafkaBus``'s arguments (``KafkaBus.from_url``, which documents the URL)."""
+"""``KafkaBus``'s settings: the options each aiokafka client takes, the bus's defaults over aiokafka's, and how a
+``kafka://`` URL becomes the bus's arguments (``KafkaBus.from_url``, which documents the URL)."""
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
 from onex.exceptions import BusError
+
+# Options every aiokafka client (producer, consumer, admin) accepts: connection and security settings.
+CLIENT_OPTIONS: Final = frozenset(
+    {
+        "request_timeout_ms",
+        "retry_backoff_ms",
+        "metadata_max_age_ms",
+        "connections_max_idle_ms",
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+    }
+)
+
+PRODUCER_DEFAULTS: Final[Mapping[str, Any]] = {
+    "acks": "all",
+    # A few ms of lingering turns a burst of publish() calls into one request per partition.
+    "linger_ms": 5,
+    # 600-byte envelopes: 16 KiB (aiokafka's default) fills after ~25 records; 256 KiB keeps requests large
+    # and still bounds the memory held per partition (one full batch per partition, then publish() waits).
+    "max_batch_size": 256 * 1024,
+}
+
+CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    # On revocation a member first finishes and commits its batch in hand (see _RevocationListener), so the group
+    # must wait for it longer than aiokafka's default (the session timeout); the Java client waits 5 minutes.
+    "rebalance_timeout_ms": 60_000,
+    # The Java client's default rather than aiokafka's round robin: partition i of every topic a subscription takes
+    # goes to the same member (given equal partition counts, which ensure_topics gives), so a node consuming
+    # several topics keyed alike (the reducer: everything by namespace) sees all of one key in one place.
+    "partition_assignment_strategy": (RangePartitionAssignor,),
+    # How long a silent member keeps its partitions. 6 s is the least that Kafka and Redpanda accept by default
+    # (group.min.session.timeout.ms) and is safe because aiokafka heartbeats from a task of its own, not from the
+    # fetch loop: only an event loop blocked for 6 s loses the group. Shorter than aiokafka's 10 s because a group
+    # join takes half the session timeout on tansu and at least group.initial.rebalance.delay.ms (3 s) on Kafka:
+    # a node starts in about 3 s instead of 5. The heartbeat interval follows it (a third), unless it is set.
+    "session_timeout_ms": 6_000,
+    # How soon a consumer notices a topic that appeared (aiokafka's default is 5 minutes). A broker that lost its
+    # topics (tansu with memory storage, restarted) gets them back when someone publishes, and only then can the
+    # consumers subscribed to them be assigned their partitions again.
+    "metadata_max_age_ms": 5_000,
+}
 
 # Settings that from_url() takes from the URL's query string (integers), by the client they go to.
 _URL_CONSUMER_OPTIONS: Final = frozenset(
@@ -49,7 +102,7 @@ def bus_arguments(url: str, overrides: dict[str, Any]) -> tuple[str, dict[str, A
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("partitions", "replication_factor", "background_fetch_max_wait_ms"):
             kwargs[name] = number(name, value, int)
-        elif name == "join_timeout_s":
+        elif name in ("join_timeout_s", "commit_timeout_s"):
             kwargs[name] = number(name, value, float)
         elif name in _URL_CONSUMER_OPTIONS:
             consumer_options[name] = number(name, value, int)
