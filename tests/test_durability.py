@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -431,6 +431,36 @@ async def test_the_reducers_timer_goes_on_after_a_flush_the_bus_refused(
         for _ in range(3):
             await clock.advance(node.flush_interval_s)
         assert calls == 3
+
+
+async def test_aggregates_a_refused_flush_took_out_go_out_at_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window closed by the clock queues its namespace's aggregate (STATE_AGGREGATION_COMPLETED); when the bus
+    refuses the flush that publishes it, the aggregate stays queued and the next tick publishes it, rather than a
+    consumer of those events missing that window."""
+    clock = ManualClock()
+    async with Harness(["reducer"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        real, refused = node.publish_envelopes, list[OnexEnvelopeV1]()
+
+        async def refused_once(event_name: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+            if event_name == "STATE_AGGREGATION_COMPLETED" and envelopes and not refused:
+                refused.extend(envelopes)
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            await real(event_name, envelopes)
+
+        monkeypatch.setattr(node, "publish_envelopes", refused_once)
+        await h.publish("WORKFLOW_COMPLETED", finished(1), partition_key=NS)
+        await h.settle()
+        await clock.advance(node.window_s)  # the window closes; its flush is refused
+        assert len(refused) == 1
+        assert h.of("STATE_AGGREGATION_COMPLETED") == []
+        await clock.advance(node.flush_interval_s)
+        await h.settle()
+        [published] = h.of("STATE_AGGREGATION_COMPLETED")
+        assert published.payload.total_workflows_processed == 1
 
 
 async def test_an_outcome_delivered_again_to_the_next_run_is_not_counted_again(tmp_path: Path) -> None:

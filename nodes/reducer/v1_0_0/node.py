@@ -544,9 +544,16 @@ class NodeReducer(ReducerNode):
 
     async def flush(self) -> None:
         intents, self._intents = self._intents, []
-        await self.publish_envelopes(
-            "STATE_AGGREGATION_COMPLETED", [self.envelope("STATE_AGGREGATION_COMPLETED", intent) for intent in intents]
-        )
+        try:
+            await self.publish_envelopes(
+                "STATE_AGGREGATION_COMPLETED",
+                [self.envelope("STATE_AGGREGATION_COMPLETED", intent) for intent in intents],
+            )
+        except OnexError:
+            # The bus refused them (the broker gone longer than the producer waits): kept, ahead of newer ones, for
+            # the next flush. Some may have gone out already: the database adapter's write of them is version-guarded.
+            self._intents[:0] = intents
+            raise
         await super().flush()  # checkpoint: per_batch writes here
         if self.state_policy.checkpoint == "per_window":
             self._collect_closed()
