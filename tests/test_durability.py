@@ -433,7 +433,7 @@ async def test_the_reducers_timer_goes_on_after_a_flush_the_bus_refused(
         assert calls == 3
 
 
-async def test_aggregates_a_refused_flush_took_out_go_out_at_the_next_tick(
+async def test_the_aggregates_of_a_refused_flush_go_out_at_the_next_tick(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A window closed by the clock queues its namespace's aggregate (STATE_AGGREGATION_COMPLETED); when the bus

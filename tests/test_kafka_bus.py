@@ -433,7 +433,9 @@ async def test_closing_a_subscription_lets_the_batch_in_hand_finish_and_commits_
 
 @pytest.mark.kafka
 @pytest.mark.anyio
-async def test_a_commit_the_broker_keeps_refusing_does_not_stop_the_subscription(kafka_bootstrap: str) -> None:
+async def test_a_commit_the_broker_keeps_refusing_does_not_stop_the_subscription(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """aiokafka retries a commit for as long as the broker answers with a retriable error; a partition whose topic
     was deleted under its consumer (or not created again yet on a restarted broker) answers
     UNKNOWN_TOPIC_OR_PARTITION for ever. The subscription gives the commit up after ``commit_timeout_s`` and goes on
@@ -464,9 +466,11 @@ async def test_a_commit_the_broker_keeps_refusing_does_not_stop_the_subscription
                 await gone.wait()
             await bus.publish(kept, envelope(1, key="k"))
             got = await handled.wait(seconds=30)
+            partition = bus.partition_of(deleted, "k")
     finally:
         await admin.close()
     assert [e.payload["n"] for e in got] == [0, 1]
+    assert f"committing {deleted}[{partition}] did not finish within 1 s; going on without it" in caplog.text
 
 
 def lose_the_first_send(bus: KafkaBus, target: str, method: str = "send") -> None:

@@ -56,8 +56,9 @@ CONSUMER_DEFAULTS: Final[Mapping[str, Any]] = {
     # a node starts in about 3 s instead of 5. The heartbeat interval follows it (a third), unless it is set.
     "session_timeout_ms": 6_000,
     # How soon a consumer notices a topic that appeared (aiokafka's default is 5 minutes). A broker that lost its
-    # topics (tansu with memory storage, restarted) gets them back when someone publishes, and only then can the
-    # consumers subscribed to them be assigned their partitions again.
+    # topics (tansu with memory storage, restarted) gets them back when someone publishes (tansu 0.6 also creates
+    # those a metadata request names, a consumer's included, with 4 partitions), and only then can the consumers
+    # subscribed to them be assigned their partitions again.
     "metadata_max_age_ms": 5_000,
 }
 
