@@ -191,6 +191,31 @@ async def test_topics_are_created_with_the_configured_partitions_and_a_dlq(kafka
     assert {d["topic"]: len(d["partitions"]) for d in described} == {topic: 3, dlq_topic(topic): 3}
 
 
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_an_existing_topic_of_another_partition_count_is_named_once(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Range assignment gives one member partition i of every topic a subscription takes, which puts all of one key
+    in one place only when the topics have as many partitions: a topic that exists with another count (made by hand,
+    by a deployment with other ``ONEX_PARTITIONS``, by tansu for a metadata request) is named in a warning, once."""
+    odd, even = unique("odd"), unique("even")
+    async with make_bus(kafka_bootstrap, partitions=2) as other:
+        await other.ensure_topics([odd])
+    async with make_bus(kafka_bootstrap, partitions=4) as bus:
+        await bus.ensure_topics([even])  # made here: no warning
+        await bus.ensure_topics([odd, even])
+        bus.topics_may_be_gone()  # a lost delivery: ensure_topics asks again
+        await bus.ensure_topics([odd, even])
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "partitions where" in r.getMessage()
+    ]
+    assert warnings == [
+        f"topic {odd} has 2 partitions where this bus creates 4: with several replicas, one key's records in it and in "
+        "a topic of 4 partitions may go to different members"
+    ]
+
+
 # -- dead letters ----------------------------------------------------------------------------------------------------
 
 

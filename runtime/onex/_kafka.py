@@ -214,6 +214,7 @@ class KafkaBus(EventBus):
         self._producer: Any = None
         self._admin: Any = None
         self._known_topics: set[str] = set()
+        self._miscounted: set[str] = set()  # existing topics whose partition count is not ``partitions``
         self._topics_lock = asyncio.Lock()
         self._subscriptions: list[_KafkaSubscription] = []
         self._unchecked: list[DeliveryFuture] = []
@@ -417,13 +418,14 @@ class KafkaBus(EventBus):
         except (KafkaError, OSError) as exc:  # the broker went away (a restart, say) or did not answer in time
             raise BusError(f"cannot create topics {', '.join(names)} at {self.bootstrap}: {error_text(exc)}") from exc
         created: list[str] = []
+        existing: list[str] = []
         for topic_error in response.topic_errors:
             name, code = topic_error[0], topic_error[1]
             message = topic_error[2] if len(topic_error) > 2 else None  # CreateTopics v0 has no message
             if code == 0:
                 created.append(name)
             elif code == TopicAlreadyExistsError.errno:
-                pass
+                existing.append(name)
             elif code in (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno):
                 logger.warning("not allowed to create topic %s; assuming it exists", name)
             else:
@@ -432,6 +434,26 @@ class KafkaBus(EventBus):
         # assignment before that would leave the topic's partitions unassigned until its next metadata refresh.
         for name in created:
             await self._producer.partitions_for(name)
+        # A topic that was there (made by hand, by a deployment with other ONEX_PARTITIONS, or by tansu for a
+        # consumer's metadata request) keeps its count, and range assignment then no longer gives one member all of a
+        # key across the topics a subscription takes (the reducer's namespaces).
+        for name in existing:
+            if name.endswith(".dlq") or name in self._miscounted:
+                continue
+            try:
+                count = len(await self._producer.partitions_for(name))
+            except KafkaError:  # no metadata in time: the check is advice, the topic is there
+                continue
+            if count != self.partitions:
+                self._miscounted.add(name)  # said once: ensure_topics runs again after every lost delivery
+                logger.warning(
+                    "topic %s has %d partitions where this bus creates %d: with several replicas, one key's records "
+                    "in it and in a topic of %d partitions may go to different members",
+                    name,
+                    count,
+                    self.partitions,
+                    self.partitions,
+                )
 
     # -- publishing ------------------------------------------------------------------------------------------------
 
