@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -461,6 +462,37 @@ async def test_the_aggregates_of_a_refused_flush_go_out_at_the_next_tick(
         await h.settle()
         [published] = h.of("STATE_AGGREGATION_COMPLETED")
         assert published.payload.total_workflows_processed == 1
+
+
+async def test_the_transitions_of_a_refused_flush_go_out_with_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's state machine records its transitions, and a flush publishes them as one STATE_TRANSITION event. When
+    the bus refuses it, they stay recorded, ahead of newer ones, for the next flush: every transition is persisted and
+    ``onex trace`` shows them in order (here the reducer's, a window closed by the clock)."""
+    clock = ManualClock()
+    async with Harness(["reducer"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        real, refused = node.publish, list[Any]()
+
+        async def refused_once(event_name: str, payload: Any, **kwargs: Any) -> OnexEnvelopeV1:
+            if event_name == "STATE_TRANSITION" and not refused:
+                refused.extend(payload.transitions)
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            return await real(event_name, payload, **kwargs)
+
+        await h.publish("WORKFLOW_COMPLETED", finished(1), partition_key=NS)
+        await h.settle()
+        before = len(h.of("STATE_TRANSITION"))
+        monkeypatch.setattr(node, "publish", refused_once)
+        await clock.advance(node.window_s)  # the window closes; the flush of its transitions is refused
+        assert refused
+        assert len(h.of("STATE_TRANSITION")) == before
+        await clock.advance(node.flush_interval_s)
+        await h.settle()
+        published = [t for e in h.of("STATE_TRANSITION")[before:] for t in e.payload.transitions]
+        assert [t.transition_id for t in published[: len(refused)]] == [t.transition_id for t in refused]
 
 
 async def test_an_outcome_delivered_again_to_the_next_run_is_not_counted_again(tmp_path: Path) -> None:

@@ -514,19 +514,22 @@ class Node:
         if not self._pending_transitions:
             return
         records, self._pending_transitions[:] = list(self._pending_transitions), []
-        # Built from the records' typed values (the state machine made them), not validated again.
-        batch = ModelStateTransitions.built(
+        batch = ModelStateTransitions.built(  # the state machine's typed values: not validated again
             transitions=tuple(ModelStateTransition.built(**r.to_model_fields()) for r in records)
         )
         # One event for the batch, keyed by this node: its transitions stay in order on one partition. Its id is
         # derived from the transitions it holds (themselves derived), so publishing the same ones again is recognised.
-        await self.publish(
-            STATE_TRANSITION,
-            batch,
-            correlation_id=records[0].correlation_id if len(records) == 1 else None,
-            partition_key=self.node_id,
-            event_id=derived_id(records[0].id, records[-1].id, len(records)),
-        )
+        try:
+            await self.publish(
+                STATE_TRANSITION,
+                batch,
+                correlation_id=records[0].correlation_id if len(records) == 1 else None,
+                partition_key=self.node_id,
+                event_id=derived_id(records[0].id, records[-1].id, len(records)),
+            )
+        except OnexError:  # the bus refused it: kept, ahead of newer ones, for the next flush (every one is persisted)
+            self._pending_transitions[:0] = records
+            raise
 
     async def publish_introspection(self, reason: str) -> None:
         await self.publish(
