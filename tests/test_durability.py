@@ -197,6 +197,40 @@ async def test_outcomes_the_store_does_not_show_finished_are_published_again(tmp
         ]
 
 
+async def test_outcomes_whose_publishing_again_the_bus_refused_are_looked_at_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the bus refuses to publish an unstored outcome again (the broker still away), that outcome and those
+    after it stay watched, and the next look publishes them, rather than their rows staying running for good."""
+    clock = ManualClock()
+    async with Harness(["orchestrator"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, OrchestratorNode)
+        cids = [uuid.uuid4(), uuid.uuid4()]  # no row shows either finished
+        outcomes = [
+            OnexEnvelopeV1(event_type="WORKFLOW_COMPLETED", source_node_id="t", correlation_id=cid, payload={})
+            for cid in cids
+        ]
+        node._unconfirmed.extend((0.0, cid, "WORKFLOW_COMPLETED", o) for cid, o in zip(cids, outcomes, strict=True))
+        real, refused = node.publish_envelopes, list[OnexEnvelopeV1]()
+
+        async def refused_once(event_name: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+            if not refused:
+                refused.extend(envelopes)
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            await real(event_name, envelopes)
+
+        monkeypatch.setattr(node, "publish_envelopes", refused_once)
+        with pytest.raises(BusError):
+            await node._confirm_stored(now=100.0)
+        assert refused == outcomes[:1]
+        assert [(due, cid) for due, cid, _, _ in node._unconfirmed] == [(100.0 + node.confirm_after_s, c) for c in cids]
+
+        await node._confirm_stored(now=100.0 + node.confirm_after_s)
+        await h.settle()
+        assert sorted(e.event_id for e in h.of("WORKFLOW_COMPLETED")) == sorted(o.event_id for o in outcomes)
+
+
 async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     orphan = uuid.uuid4()

@@ -902,9 +902,9 @@ class OrchestratorNode(Node):
             len(lost),
             self.confirm_after_s,
         )
-        for cid, name, outcome in lost:
+        self._unconfirmed.extend((now + self.confirm_after_s, *watch) for watch in lost)  # first: a refusal keeps them
+        for _, name, outcome in lost:
             await self.publish_envelopes(name, [outcome])
-            self._unconfirmed.append((now + self.confirm_after_s, cid, name, outcome))
 
     def known(self, cid: uuid.UUID) -> bool:
         """Whether workflow ``cid`` runs here or finished here recently."""
