@@ -695,9 +695,14 @@ def test_asking_for_uvloop_where_it_is_not_installed_is_a_usage_error_of_one_lin
 
 @pytest.mark.parametrize(
     ("query", "error"),
-    [("partitions=0", "partitions and replication_factor must be at least 1"), ("linger_ms=soon", "linger_ms must be")],
+    [
+        ("partitions=0", "partitions and replication_factor must be at least 1"),
+        ("linger_ms=soon", "linger_ms must be"),
+        ("security_protocol=SSL&ssl_cafile=no-such.pem", "cannot load ssl_cafile 'no-such.pem'"),
+    ],
 )
 def test_a_bad_value_in_the_kafka_url_is_one_line_naming_the_url(tmp_path: Path, query: str, error: str) -> None:
+    """A usage error, as a malformed ``ONEX_*`` setting is: read with the settings, before anything starts."""
     url = f"kafka://127.0.0.1:1?{query}"
     result = subprocess.run(
         [*command(), "--root", str(ROOT), "run", "--node", "reducer"],
@@ -709,7 +714,7 @@ def test_a_bad_value_in_the_kafka_url_is_one_line_naming_the_url(tmp_path: Path,
         check=False,
     )
 
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: Kafka bus URL {url!r}: {error}"), line
 

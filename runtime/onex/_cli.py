@@ -23,7 +23,7 @@ from onex.contracts import (
     ContractSet,
     load_contracts,
 )
-from onex.exceptions import ContractError, OnexError
+from onex.exceptions import BusError, ContractError, OnexError
 from onex.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,6 +85,13 @@ def _settings_with_sources(ctx: click.Context, **flags: Any) -> tuple[Settings, 
         _fail(f"unsupported store URL {settings.store!r}: expected sqlite:///PATH or postgresql://...", code=2)
     if not settings.bus.startswith(BUS_SCHEMES):
         _fail(f"unsupported bus URL {settings.bus!r}: expected memory:// or kafka://HOST:PORT", code=2)
+    if settings.bus.startswith("kafka:"):  # its parameters too, as the bus reads them (it connects only when started)
+        from onex._kafka import KafkaBus
+
+        try:
+            KafkaBus.from_url(settings.bus)
+        except BusError as exc:
+            _fail(str(exc), code=2)
     return settings, sources
 
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from onex.exceptions import BusError
+from onex.exceptions import BusError, error_text
 
 # Options every aiokafka client (producer, consumer, admin) accepts: connection and security settings.
 CLIENT_OPTIONS: Final = frozenset(
@@ -123,5 +123,8 @@ def bus_arguments(url: str, overrides: dict[str, Any]) -> tuple[str, dict[str, A
         kwargs["producer_options"] = producer_options
     kwargs.update(overrides)
     if kwargs.get("security_protocol") in ("SSL", "SASL_SSL") and kwargs.get("ssl_context") is None:
-        kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        try:
+            kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:  # no such file, or not certificates
+            raise BusError(f"Kafka bus URL {url!r}: cannot load ssl_cafile {cafile!r}: {error_text(exc)}") from None
     return hosts, kwargs
