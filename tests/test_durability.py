@@ -30,9 +30,9 @@ from onex.envelope import (
     millis_of,
     new_id,
 )
-from onex.exceptions import BusError
+from onex.exceptions import BusError, StoreError
 from onex.filetypes import Stamp
-from onex.nodes import OrchestratorNode, StepRun
+from onex.nodes import OrchestratorNode, StepRun, StepStatus
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness, ManualClock
 
@@ -229,6 +229,87 @@ async def test_outcomes_whose_publishing_again_the_bus_refused_are_looked_at_aga
         await node._confirm_stored(now=100.0 + node.confirm_after_s)
         await h.settle()
         assert sorted(e.event_id for e in h.of("WORKFLOW_COMPLETED")) == sorted(o.event_id for o in outcomes)
+
+
+async def test_step_deadlines_a_sweep_could_not_act_on_are_due_at_a_later_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before timing out the steps of workflows it took over, the sweeper asks the store whether another process
+    finished them. When the store refuses, those deadlines stay due and a later sweep times the step out, rather than
+    the step running for good (no result comes: that is why it timed out)."""
+    clock = ManualClock()
+    async with Harness(["orchestrator"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, OrchestratorNode)
+        await h.publish("STAMP_REQUESTED", request(1))  # no stamping effect: the command is never answered
+        await h.settle()
+        [workflow] = node.workflows.values()
+        workflow.adopted = True  # as if loaded from a checkpoint, after a restart or a rebalance
+        real, calls = node.store.workflow_states, 0
+
+        async def refused_once(cids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise StoreError("database disk image is malformed")
+            return await real(cids)
+
+        monkeypatch.setattr(node.store, "workflow_states", refused_once)
+        run = workflow.steps["stamp"]
+        await clock.advance(run.step.timeout_ms / 1000 + 0.01)  # the deadline passes; the sweep's lookup is refused
+        assert (calls, run.attempts) == (1, 1)
+        await clock.advance(1.0)
+        await h.settle()
+        assert (calls, workflow.steps["stamp"].attempts) == (2, 2)  # timed out, and retried
+
+
+async def test_a_sweep_does_not_time_out_the_attempt_a_result_began_while_it_waited_for_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's deadline passes and the sweeper asks the store about the workflow; meanwhile a retryable failure
+    arrives and the step's next attempt begins. The sweep times out the attempt that was due, not the new one."""
+    clock = ManualClock()
+    async with Harness(["orchestrator"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, OrchestratorNode)
+        await h.publish("STAMP_REQUESTED", request(1))
+        await h.settle()
+        [workflow] = node.workflows.values()
+        workflow.adopted = True
+        real = node.store.workflow_states
+
+        async def a_result_meanwhile(cids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+            await node.fail_step(workflow, "stamp", "busy")  # what handling a STAMP_FAILED does: attempt 2 begins
+            return await real(cids)
+
+        monkeypatch.setattr(node.store, "workflow_states", a_result_meanwhile)
+        await clock.advance(workflow.steps["stamp"].step.timeout_ms / 1000 + 0.01)
+        run = workflow.steps["stamp"]
+        assert (run.status, run.attempts) == (StepStatus.RUNNING, 2)
+        assert workflow.state not in ("failed", "completed")
+
+
+async def test_the_outcome_of_a_refused_flush_goes_out_with_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orchestrator's flush publishes the batch's outcomes; when the bus refuses them, they stay queued, ahead of
+    newer ones, and go out with the next flush (here the batch handled again), rather than the client never hearing
+    (a dry run is not stored, so nothing else would publish it again)."""
+    async with Harness(["orchestrator", "stamping_effect"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, OrchestratorNode)
+        real, refused = node.publish_envelopes, list[OnexEnvelopeV1]()
+
+        async def refused_once(event_name: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+            if event_name.startswith("WORKFLOW_") and not refused:
+                refused.extend(envelopes)
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            await real(event_name, envelopes)
+
+        monkeypatch.setattr(node, "publish_envelopes", refused_once)
+        sent = await h.publish("STAMP_REQUESTED", {**request(1), "dry_run": True})
+        done = await h.wait_for("WORKFLOW_COMPLETED", of_workflow(sent.correlation_id))
+        assert [e.event_id for e in refused] == [done.event_id]
 
 
 async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tmp_path: Path) -> None:

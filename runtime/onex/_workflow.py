@@ -102,6 +102,21 @@ class Workflow(Entity):
             saved["context"] = save_context(self)
         return saved
 
+    @classmethod
+    def restored(cls, correlation_id: uuid.UUID, steps: Sequence[Step], saved: Any) -> Workflow | None:
+        """The workflow ``checkpoint`` saved (its context is the orchestrator's to restore), marked adopted; None
+        for what is not a checkpoint of this version."""
+        if not isinstance(saved, dict) or saved.get("v") != CHECKPOINT_VERSION:
+            return None
+        workflow = cls(correlation_id, steps)
+        workflow.adopted = True
+        workflow.state = str(saved["state"])
+        workflow.seq = int(saved["seq"])
+        for name, run_saved in dict(saved.get("steps") or {}).items():
+            if (run := workflow.steps.get(name)) is not None:
+                run.restore(run_saved)
+        return workflow
+
 
 class StepDeadlines:
     """The deadlines of the steps an orchestrator runs, soonest first (a heap of ``(deadline, sequence, workflow id,
@@ -124,10 +139,11 @@ class StepDeadlines:
     def __len__(self) -> int:
         return len(self.heap)
 
-    def push(self, workflow: Workflow, run: StepRun) -> None:
+    def push(self, workflow: Workflow, run: StepRun, *, at: float | None = None) -> None:
+        """Watch ``run``'s deadline (or look at it again ``at`` that time)."""
         assert run.deadline is not None
         self.seq += 1
-        heapq.heappush(self.heap, (run.deadline, self.seq, workflow.cid, run, run.attempts))
+        heapq.heappush(self.heap, (run.deadline if at is None else at, self.seq, workflow.cid, run, run.attempts))
 
     def due(self, now: float, workflows: Mapping[uuid.UUID, Workflow]) -> list[tuple[Workflow, str]]:
         """Take out every entry whose deadline is ``now`` or earlier; the workflows (still this process's: in

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from onex._lifecycle import MOVES
 from onex._lifecycle import Lifecycle as Lifecycle  # re-exported: node code imports it from onex.nodes
 from onex._model_reads import PlainReads
-from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED, CHECKPOINT_VERSION, StepDeadlines
+from onex._workflow import _COMPLETED, _FAILED, _PENDING, _RUNNING, _SKIPPED, StepDeadlines
 
 # Re-exported: an orchestrator's code imports the types of its workflows from onex.nodes.
 from onex._workflow import StepRun as StepRun
@@ -779,8 +779,7 @@ class OrchestratorNode(Node):
         # UUIDs made every collection slower.
         self._finished: OrderedDict[int, None] = OrderedDict()
         self.dedupe_window = self.config.dedupe_window
-        # Outcomes published and not seen stored yet: (when to look, workflow, event name, the envelope as JSON:
-        # bytes, which the garbage collector does not track). See ``expect_stored``.
+        # Outcomes published and not seen stored yet: (when to look, workflow, event name, outcome); ``expect_stored``.
         self._unconfirmed: deque[tuple[float, uuid.UUID, str, OnexEnvelopeV1]] = deque()
         self.confirm_after_s = min((s.timeout_ms for s in self.steps), default=30_000) / 1000
         events = contract.subcontracts.event_type
@@ -854,12 +853,13 @@ class OrchestratorNode(Node):
         outcomes, self._outcomes, held, self._held = self._outcomes, defaultdict(list), self._held, set()
         try:
             await self._writes.wait(held if waits else ())
-        except BaseException:  # published with the next flush, which does not wait again for the write that failed
-            for event_name, envelopes in outcomes.items():
+            for event_name in list(outcomes):
+                await self.publish_envelopes(event_name, outcomes[event_name])
+                del outcomes[event_name]
+        except BaseException:  # what is not out goes with the next flush, which does not wait again for a failed write
+            for event_name, envelopes in outcomes.items():  # ahead of newer ones; a copy that went out is recognised
                 self._outcomes[event_name][:0] = envelopes
             raise
-        for event_name, envelopes in outcomes.items():
-            await self.publish_envelopes(event_name, envelopes)
         if not waits:
             await super().flush()  # transitions, then ``checkpoint`` (behind: a task writes what is dirty)
         else:
@@ -984,19 +984,12 @@ class OrchestratorNode(Node):
 
     def restore(self, row: WorkflowRow) -> Workflow | None:
         """The workflow of a stored unfinished row, as its checkpoint left it (before migration 7: in ``metadata``)."""
-        saved = row.checkpoint if row.checkpoint is not None else row.metadata.get("checkpoint")
-        if not isinstance(saved, dict) or saved.get("v") != CHECKPOINT_VERSION:
+        saved: Any = row.checkpoint if row.checkpoint is not None else row.metadata.get("checkpoint")
+        if (workflow := Workflow.restored(row.correlation_id, self.steps, saved)) is None:
             return None
-        workflow = Workflow(row.correlation_id, self.steps)
-        workflow.adopted = True
-        workflow.state = str(saved["state"])
-        workflow.seq = int(saved["seq"])
-        for name, run_saved in dict(saved.get("steps") or {}).items():
-            run = workflow.steps.get(name)
-            if run is not None:
-                run.restore(run_saved)
-                if run.status is StepStatus.RUNNING and run.deadline is not None:
-                    self._deadlines.push(workflow, run)
+        for run in workflow.steps.values():
+            if run.status is StepStatus.RUNNING and run.deadline is not None:
+                self._deadlines.push(workflow, run)
         self.restore_context(workflow, saved.get("context") or {})
         return workflow
 
@@ -1178,9 +1171,16 @@ class OrchestratorNode(Node):
                 continue
             try:
                 await self._forget_finished_elsewhere([w for w, _ in due if w.adopted])
+            except OnexError as exc:  # the store refused: the same deadlines are due again in a second
                 for workflow, step_name in due:
-                    if workflow.cid in self.workflows:
-                        run = workflow.steps[step_name]
+                    self._deadlines.push(workflow, workflow.steps[step_name], at=now + 1.0)
+                _log.warning("%s: could not look up workflows taken over, for step timeouts: %s", self.node_id, exc)
+                continue
+            try:
+                for workflow, step_name in due:
+                    run = workflow.steps[step_name]
+                    # Still this process's, and still the attempt that timed out (not one a result began meanwhile).
+                    if workflow.cid in self.workflows and run.deadline is not None and run.deadline <= now:
                         await self.fail_step(
                             workflow, step_name, f"step {step_name} timed out after {run.step.timeout_ms} ms"
                         )
@@ -1193,7 +1193,7 @@ class OrchestratorNode(Node):
         stopped (the store has their final state by now): their steps did not time out, their results were used."""
         if not adopted:
             return
-        states = await self.store.workflow_states([w.cid for w in adopted])
+        states = await self.hold_store(functools.partial(self.store.workflow_states, [w.cid for w in adopted]))
         assert self.fsm is not None
         for cid, state in states.items():
             if state in self.fsm.terminal_states:
