@@ -36,6 +36,7 @@ from onex.nodes import OrchestratorNode, StepRun, StepStatus
 from onex.store import WorkflowRow, WriteBatch
 from onex.testing import Harness, ManualClock
 
+from nodes.orchestrator.v1_0_0.node import NodeOrchestrator
 from nodes.reducer.v1_0_0.node import NodeReducer
 from nodes.stamping_effect.v1_0_0.node import row_id
 
@@ -310,6 +311,51 @@ async def test_the_outcome_of_a_refused_flush_goes_out_with_the_next_one(
         sent = await h.publish("STAMP_REQUESTED", {**request(1), "dry_run": True})
         done = await h.wait_for("WORKFLOW_COMPLETED", of_workflow(sent.correlation_id))
         assert [e.event_id for e in refused] == [done.event_id]
+
+
+async def test_the_retry_a_refused_flush_held_goes_out_and_the_failure_handled_again_does_not_end_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retryable failure begins the step's next attempt, whose command the bus refuses: the command stays queued and
+    the failure's batch is handled again. The failure answers the first attempt (its causation), so handling it again
+    does not fail the second, and the second attempt's command goes out with that batch's flush."""
+    clock = ManualClock()  # no step times out meanwhile
+    async with Harness(["orchestrator"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, NodeOrchestrator)
+        sent = await h.publish("STAMP_REQUESTED", request(1))
+        await h.settle()
+        cid = sent.correlation_id
+        assert cid is not None
+        [first] = [e for e in h.of("STAMP_FILE") if e.correlation_id == cid]
+        real, refused = h.bus.publish_many, list[OnexEnvelopeV1]()
+
+        async def refused_once(topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+            if topic == first_topic and not refused:
+                refused.extend(envelopes)
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            await real(topic, envelopes)
+
+        first_topic = node.router.topic(node.topic_of("STAMP_FILE"), node.router.default_service)
+        monkeypatch.setattr(h.bus, "publish_many", refused_once)
+        failure = {"workflow_id": str(cid), "namespace": NS, "file_path": "f1.py", "error": "busy", "retryable": True}
+        answer = OnexEnvelopeV1(  # as the stamping effect answers: caused by the command
+            event_type="STAMP_FAILED",
+            source_node_id="t",
+            correlation_id=cid,
+            causation_id=first.event_id,
+            payload=failure,
+        )
+        await h.bus.publish(h.topic("STAMP_FAILED"), answer)
+        await h.settle()
+
+        assert [e.payload.attempt for e in refused] == [2]
+        commands = [e for e in h.of("STAMP_FILE") if e.correlation_id == cid]
+        assert [e.payload.attempt for e in commands] == [1, 2]
+        assert commands[1].event_id == refused[0].event_id
+        assert not [e for e in h.of("WORKFLOW_FAILED") if e.correlation_id == cid]
+        run = node.workflows[cid].steps["stamp"]
+        assert (run.status, run.attempts) == (StepStatus.RUNNING, 2)
 
 
 async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tmp_path: Path) -> None:

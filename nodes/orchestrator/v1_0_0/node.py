@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import urllib.request
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -216,6 +217,11 @@ class NodeOrchestrator(OrchestratorNode):
                 },
             )
         else:
+            run = workflow.steps["stamp"]
+            # A failure answers one attempt (its command, the causation): an earlier attempt's, late or handled again
+            # (its batch was redelivered), says nothing of the running one. One without a causation is taken.
+            if envelope.causation_id not in (None, self._command_id(workflow, run)):
+                return False
             await self.fail_step(workflow, "stamp", result.error, retryable=result.retryable)
         return True
 
@@ -285,10 +291,13 @@ class NodeOrchestrator(OrchestratorNode):
                 attempt=run.attempts,
             ),
             correlation_id=workflow.cid,
-            # Derived from the workflow and the attempt: the same command whoever sends it again, a new one for each
-            # retry.
-            event_id=derived_after(workflow.cid, id_tail(self.contract.name, "STAMP_FILE", run.attempts)),
+            event_id=self._command_id(workflow, run),
         )
+
+    def _command_id(self, workflow: Workflow, run: StepRun) -> uuid.UUID:
+        """Derived from the workflow and the attempt: the same command whoever sends it again, a new one for each
+        retry."""
+        return derived_after(workflow.cid, id_tail(self.contract.name, "STAMP_FILE", run.attempts))
 
     async def _ask_intelligence(self, workflow: Workflow) -> dict[str, Any]:
         body = json.dumps(
@@ -370,5 +379,11 @@ class NodeOrchestrator(OrchestratorNode):
 
     async def publish_commands(self) -> None:
         commands, self._commands = self._commands, defaultdict(list)
-        for topic, envelopes in commands.items():
-            await self.bus.publish_many(topic, envelopes)
+        try:
+            for topic in list(commands):
+                await self.bus.publish_many(topic, commands[topic])
+                del commands[topic]
+        except BaseException:  # kept, ahead of newer ones, for the next flush (a copy that went out has the same id)
+            for topic, envelopes in commands.items():
+                self._commands[topic][:0] = envelopes
+            raise
