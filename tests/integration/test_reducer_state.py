@@ -9,6 +9,7 @@ time of the per-minute windows, is the test's) with a real SQLite file.
 from __future__ import annotations
 
 import functools
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from onex.contracts import Aggregation, ContractSet, load_contracts
 from onex.store import AggregateWindowRow
 from onex.testing import Harness
 
-from nodes.reducer.v1_0_0.node import NodeReducer
+from nodes.models import ModelWorkflowFinished
+from nodes.reducer.v1_0_0.node import NodeReducer, Outcome
 
 pytestmark = pytest.mark.anyio
 
@@ -258,3 +260,62 @@ async def test_checkpoint_interval_ms_writes_the_totals_on_the_timer(tmp_path: P
     assert before is None
     assert after is not None
     assert after.total_items_aggregated == 2
+
+
+def outcome(namespace: str) -> dict[str, Any]:
+    """A WORKFLOW_COMPLETED payload without a stamp: one workflow for the namespace's totals, no item."""
+    return {
+        "workflow_id": str(uuid.uuid4()),
+        "state": "completed",
+        "state_seq": 2,
+        "namespace": namespace,
+        "started_at": "2026-12-02T12:00:00+00:00",
+        "completed_at": "2026-12-02T12:00:01+00:00",
+        "execution_time_ms": 1000.0,
+    }
+
+
+@pytest.mark.parametrize("one_batch", [False, True], ids=["a-batch-per-namespace", "one-batch"])
+async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows_to_be_counted(
+    tmp_path: Path, one_batch: bool
+) -> None:
+    # Counted and acknowledged, not yet checkpointed (per_window, no window closes), when a rebalance moves the
+    # namespace to another reducer: its counts are dropped here, so the workflows must not be recorded as counted by
+    # this reducer's next checkpoint (another namespace's), or the new owner's reconcile skips them for good.
+    contracts = reducer_with(checkpoint="per_window", config={"window_items": 1_000, "window_ms": 600_000})
+    async with Harness(
+        ["reducer"], root=ROOT, contracts=contracts, store_url=f"sqlite:///{tmp_path}/onex.db", clock=ManualClock()
+    ) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        topics = [node.topic("WORKFLOW_COMPLETED"), node.topic("WORKFLOW_FAILED")]
+        here = {h.bus.partition_of(topics[0], NS)}
+        other = next(n for n in (f"ns{i}" for i in range(100)) if h.bus.partition_of(topics[0], n) not in here)
+        moved, stays = outcome(NS), outcome(other)
+        if one_batch:  # as _reconcile hands over the workflows it finds, every namespace's at once
+            models = [ModelWorkflowFinished.model_validate(p) for p in (moved, stays)]
+            await node._reduce(
+                [Outcome(m.workflow_id, m.namespace, True, None, 0, "-", m, m.completed_at) for m in models]
+            )
+        else:
+            for payload in (moved, stays):
+                await h.publish("WORKFLOW_COMPLETED", payload, partition_key=payload["namespace"])
+            await h.settle()
+        moved_id, stays_id = uuid.UUID(moved["workflow_id"]), uuid.UUID(stays["workflow_id"])
+        assert await h.store.unprocessed(node.processed_key, [moved_id, stays_id]) == {moved_id, stays_id}
+        owned = node._owned
+
+        await node.on_partitions(frozenset((t, h.bus.partition_of(t, other)) for t in topics))
+        await node.checkpoint()
+        assert await h.store.unprocessed(node.processed_key, [moved_id, stays_id]) == {moved_id}
+        assert await h.store.get_bridge_state(NS) is None
+
+        # The namespace comes back before another reducer counted it: its outcome, delivered again, counts here.
+        await node.on_partitions(owned)
+        await h.publish("WORKFLOW_COMPLETED", moved, partition_key=NS)
+        await h.settle()
+        await node.checkpoint()
+        state = await h.store.get_bridge_state(NS)
+        assert state is not None
+        assert state.total_workflows_processed == 1
+        assert await h.store.unprocessed(node.processed_key, [moved_id]) == set()

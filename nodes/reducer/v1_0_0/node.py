@@ -130,7 +130,7 @@ class NodeReducer(ReducerNode):
         # What the next checkpoint writes: namespaces whose totals changed, workflows they count, windows (by
         # aggregation, group and window id: a newer result of a window replaces an older one not written yet).
         self._changed: dict[str, NamespaceAggregate] = {}
-        self._counted: list[uuid.UUID] = []
+        self._counted: dict[str, list[uuid.UUID]] = {}  # by namespace: one that moves away takes its workflows along
         self._windows: dict[tuple[str, str, str], WindowResult] = {}
         self._window_versions: dict[tuple[str, str, str], int] = {}  # open windows: the version last written
         self._window_closed = False  # since the last checkpoint (checkpoint: per_window)
@@ -214,6 +214,11 @@ class NodeReducer(ReducerNode):
         for namespace in [n for n in self.aggregates if not self._owns(n)]:
             del self.aggregates[namespace]
             self._changed.pop(namespace, None)
+        for namespace in [n for n in self._counted if not self._owns(n)]:
+            # Not recorded as counted (their counts went with the namespace): the new owner still finds them, and
+            # so does this reducer should the namespace come back before anyone counted them.
+            for workflow_id in self._counted.pop(namespace):
+                self._seen.pop(workflow_id.int, None)
         if self.aggregator is not None:
             self.aggregator.forget(lambda group: self._owns(str(group.get("namespace"))))
             for pending in (self._windows, self._window_versions):
@@ -400,6 +405,7 @@ class NodeReducer(ReducerNode):
                 aggregator.add(outcome.record, outcome.at)
             agg = self.aggregates[outcome.namespace]
             agg.workflows += 1
+            self._counted.setdefault(outcome.namespace, []).append(outcome.workflow_id)
             touched[outcome.namespace] += 0  # a workflows-only window still closes
             if not outcome.counts or outcome.file_hash is None:
                 continue
@@ -416,7 +422,6 @@ class NodeReducer(ReducerNode):
                 self._changed[namespace] = agg
         for namespace, items in touched.items():
             self._touch(self.aggregates[namespace], items)
-        self._counted.extend([o.workflow_id for o in fresh.values()])
         self._close_windows(force=False)
 
     async def checkpoint(self) -> None:
@@ -436,7 +441,7 @@ class NodeReducer(ReducerNode):
             for result in self.aggregator.dirty():
                 self._windows[(result.aggregation, group_key(result.group), result.window_id)] = result
         changed, self._changed = self._changed, {}
-        counted, self._counted = self._counted, []
+        counted, self._counted = self._counted, {}
         windows, self._windows = self._windows, {}
         self._window_closed = False
         durable = self.state_policy.durable
@@ -446,7 +451,7 @@ class NodeReducer(ReducerNode):
             return
         batch = WriteBatch(
             consumer=self.processed_key,
-            processed_event_ids=counted if durable else [],
+            processed_event_ids=[workflow_id for ids in counted.values() for workflow_id in ids] if durable else [],
             bridge_states=[self._state_row(a) for a in changed.values()] if durable else [],
             aggregate_windows=[self._window_row(key, result) for key, result in windows.items()],
         )
@@ -455,7 +460,8 @@ class NodeReducer(ReducerNode):
         except BaseException:
             # Written with the next checkpoint (newer results of the same windows win).
             self._changed = changed | self._changed
-            self._counted = counted + self._counted
+            for namespace, ids in counted.items():
+                self._counted.setdefault(namespace, [])[:0] = ids
             self._windows = windows | self._windows
             raise
         for key, result in windows.items():

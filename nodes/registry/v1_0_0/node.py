@@ -128,14 +128,21 @@ class NodeRegistry(RegistryNode):
 
     async def handle_heartbeat(self, events: Sequence[Event]) -> None:
         assert self.fsm is not None
+        # Deregistered once their STOPPED row is written: deregistered is terminal, and a heartbeat redelivered
+        # after a failed write must still write it (the node would otherwise stay alive in the store until the sweep
+        # marks it STALE).
+        stopping: dict[str, KnownNode] = {}
         for envelope, beat in events:
             assert isinstance(beat, ModelNodeHeartbeat)
             node = self._node(beat.node_id)
-            if node.state == "deregistered":
+            if node.state == "deregistered" or beat.node_id in stopping:
                 continue
             node.last_seen = self.clock.monotonic()
             node.health_status = beat.health_status
-            self.fsm.trigger(node, "deregister" if beat.health_status == "STOPPED" else "heartbeat")
+            if beat.health_status == "STOPPED":
+                stopping[beat.node_id] = node
+            else:
+                self.fsm.trigger(node, "heartbeat")
             self._pending.heartbeats.append(
                 HeartbeatRow(
                     node_id=beat.node_id,
@@ -149,6 +156,8 @@ class NodeRegistry(RegistryNode):
                 )
             )
         await self._write()
+        for node in stopping.values():
+            self.fsm.trigger(node, "deregister")
         if self.cache is not None:
             await self.cache.invalidate(NODE_HEARTBEAT)
 
