@@ -26,7 +26,7 @@ import pydantic
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from onex._kafka import KafkaBus
 from onex._murmur2 import murmur2 as onex_murmur2
@@ -214,6 +214,30 @@ async def test_an_existing_topic_of_another_partition_count_is_named_once(
         f"topic {odd} has 2 partitions where this bus creates 4: with several replicas, one key's records in it and in "
         "a topic of 4 partitions may go to different members"
     ]
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_created_topic_whose_metadata_does_not_come_is_a_bus_error_and_is_created_again(
+    kafka_bus: KafkaBus,
+) -> None:
+    """After creating a topic the bus waits for its metadata; aiokafka gives up after ``request_timeout_ms`` with its
+    own ``UnknownTopicOrPartitionError``. ``publish`` raises ``BusError`` naming the topic (the nodes' background loops
+    carry on after the bus's errors and end after any other), and the next publish asks for the topic again."""
+    topic = unique("unseen")
+    real = kafka_bus._producer.partitions_for
+
+    async def no_metadata_for_topic(name: str) -> set[int]:
+        if name == topic:
+            raise UnknownTopicOrPartitionError()  # what aiokafka raises once request_timeout_ms has passed
+        return set(await real(name))
+
+    kafka_bus._producer.partitions_for = no_metadata_for_topic
+    with pytest.raises(BusError, match=rf"\b{topic}\b.*UnknownTopicOrPartitionError"):
+        await kafka_bus.publish(topic, envelope(0))
+    kafka_bus._producer.partitions_for = real
+    await kafka_bus.publish(topic, envelope(1))  # the topic exists now: no error
+    await kafka_bus.flush()
 
 
 # -- dead letters ----------------------------------------------------------------------------------------------------

@@ -433,7 +433,12 @@ class KafkaBus(EventBus):
         # A created topic reaches every broker's metadata a moment later; a consumer group that computed its
         # assignment before that would leave the topic's partitions unassigned until its next metadata refresh.
         for name in created:
-            await self._producer.partitions_for(name)
+            try:
+                await self._producer.partitions_for(name)
+            except KafkaError as exc:  # none in request_timeout_ms: the topics stay unknown, the next call asks again
+                raise BusError(
+                    f"created topic {name}, but {self.bootstrap} gave no metadata: {error_text(exc)}"
+                ) from exc
         # A topic that was there (made by hand, by a deployment with other ONEX_PARTITIONS, or by tansu for a
         # consumer's metadata request) keeps its count, and range assignment then no longer gives one member all of a
         # key across the topics a subscription takes (the reducer's namespaces).

@@ -404,21 +404,28 @@ async def _publish_kafka(settings: Settings, outgoing: list[_Outgoing]) -> tuple
         await producer.stop()
         raise BusError(f"cannot connect to Kafka at {bus.bootstrap}: {error_text(exc)}") from exc
     try:
-        deliveries = []
+        enqueued: list[tuple[_Outgoing, asyncio.Future[Any]]] = []
         for out in outgoing:
-            deliveries.append(await producer.send(out.topic, value=out.value, key=out.key, headers=_headers(out)))
+            try:
+                enqueued.append((out, await producer.send(out.topic, out.value, out.key, headers=_headers(out))))
+            except KafkaError as exc:  # this record only (too large, no metadata for its topic in time): the rest go on
+                failed += _undelivered(out, exc)
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+            outcomes = await asyncio.gather(*(delivery for _, delivery in enqueued), return_exceptions=True)
     except TimeoutError as exc:
         raise BusError(f"Kafka at {bus.bootstrap} did not acknowledge the replays in {PUBLISH_TIMEOUT_S:g}s") from exc
     finally:
         await producer.stop()
-    for out, outcome in zip(outgoing, outcomes, strict=True):
+    for (out, _), outcome in zip(enqueued, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            failed += [_result(letter, "failed", f"not delivered to {out.topic}: {outcome}") for letter in out.letters]
+            failed += _undelivered(out, outcome)
         else:
             sent.append(out)
     return sent, failed
+
+
+def _undelivered(out: _Outgoing, exc: BaseException) -> list[Replay]:
+    return [_result(letter, "failed", f"not delivered to {out.topic}: {error_text(exc)}") for letter in out.letters]
 
 
 def _headers(out: _Outgoing) -> list[tuple[str, bytes]]:

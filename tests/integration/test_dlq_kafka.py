@@ -39,8 +39,8 @@ KEY = b"one-partition"
 RAW = b"{this is not JSON"
 
 
-async def onex(*args: str, cwd: Path) -> Any:
-    """``onex ARGS -o json`` in a subprocess (stdout a pipe), its JSON answer; fails the test on a non-zero exit."""
+async def onex(*args: str, cwd: Path, code: int = 0) -> Any:
+    """``onex ARGS -o json`` in a subprocess (stdout a pipe), its JSON answer; fails the test on another exit code."""
     command = [str(ONEX)] if ONEX.exists() else [sys.executable, "-m", "onex.cli"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ONEX_")}
 
@@ -56,7 +56,8 @@ async def onex(*args: str, cwd: Path) -> Any:
         )
 
     result = await anyio.to_thread.run_sync(run)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr  # an uncaught exception exits 1 too
     return json.loads(result.stdout)
 
 
@@ -221,6 +222,45 @@ async def test_replay_all_twice_replays_nothing_the_second_time(scenario: Scenar
     assert letter["replays"] == 1
     records = await read_topic(s.bus, s.other)
     assert sum(r.value == refused.to_json() for r in records) == 2
+
+
+async def test_a_replay_the_producer_refuses_fails_alone_and_the_others_are_recorded(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """An original that ``send()`` refuses (here larger than the producer's ``max_request_size``, 1 MiB; a topic
+    without metadata, on a broker that does not create topics, is refused the same way) fails on its own: the
+    command names it and exits 1, without a traceback, and the replays that went out are recorded, so the next
+    ``--all`` takes only the failed one again."""
+    s, picky = scenario, scenario.picky
+    large, small = envelope(), envelope()
+    large = large.model_copy(update={"payload": {"pad": "x" * (1024 * 1024 + 1)}})
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:  # the refused one first: the one after it still goes out
+        letter = dead_letter(large, topic=s.other, error="refused", attempts=1)
+        await producer.send_and_wait(dlq_topic(s.other), letter.to_json(), key=KEY)
+    finally:
+        await producer.stop()
+    await s.bus.publish(s.other, small)
+    await s.bus.flush()
+    await picky.until(lambda: len(picky.letters) == 2)
+
+    first = await onex("dlq", "replay", "--all", "--topic", s.other, *s.flags, cwd=tmp_path, code=1)
+    by_original = {r["original_event_id"]: r for r in first}
+    assert (by_original[str(small.event_id)]["status"], by_original[str(large.event_id)]["status"]) == (
+        "replayed",
+        "failed",
+    )
+    assert by_original[str(large.event_id)]["detail"].startswith(f"not delivered to {s.other}: ")
+    assert "MessageSizeTooLargeError" in by_original[str(large.event_id)]["detail"]
+    await picky.until(lambda: picky.handled.count(small.event_id) == 2)  # taken the second time: no new letter
+
+    listed = await onex("dlq", "list", "--topic", s.other, *s.flags, cwd=tmp_path)
+    assert sorted((r["original_event_id"], r["replays"]) for r in listed) == sorted(
+        [(str(small.event_id), 1), (str(large.event_id), 0)]
+    )
+    again = await onex("dlq", "replay", "--all", "--topic", s.other, *s.flags, cwd=tmp_path, code=1)
+    assert [(r["original_event_id"], r["status"]) for r in again] == [(str(large.event_id), "failed")]
 
 
 async def test_listing_counts_every_letter_of_a_record_batch_in_its_progress(
