@@ -155,6 +155,42 @@ async def test_a_group_receives_only_what_is_published_after_it_subscribed(bus: 
     assert late.seen == [after]
 
 
+async def test_nothing_is_handled_before_the_assignment_was_told(bus: MemoryBus) -> None:
+    """``on_assign`` is told before the workers start, as Kafka's rebalance listener is: a node loading what its
+    partitions own (the orchestrator's running workflows) sees no message of them before it has loaded it."""
+    gate, during = Gate(), list[bool]()
+    gate.open()
+    sent = [probe(key_in_partition(p), seq=p) for p in range(4)]
+
+    async def on_assign(assigned: frozenset[tuple[str, int]]) -> None:
+        for envelope in sent:  # buffered for the group, which has its member
+            await bus.publish(TOPIC, envelope)
+        for _ in range(20):  # turns of the loop in which a started worker would take them
+            await asyncio.sleep(0)
+        during.append(gate.entered.is_set())
+
+    await bus.subscribe([TOPIC], "g", handler=gate.handler, on_assign=on_assign)
+    await join(bus)
+
+    assert during == [False]
+    assert sorted(e.payload["seq"] for e in gate.seen) == [0, 1, 2, 3]
+
+
+async def test_a_subscription_whose_assignment_failed_is_closed(bus: MemoryBus) -> None:
+    gate = Gate()
+    gate.open()
+
+    async def on_assign(assigned: frozenset[tuple[str, int]]) -> None:
+        raise RuntimeError("cannot load")
+
+    with pytest.raises(RuntimeError, match="cannot load"):
+        await bus.subscribe([TOPIC], "g", handler=gate.handler, on_assign=on_assign)
+    await bus.publish(TOPIC, probe())
+    await join(bus)  # nobody is in the group: nothing waits to be handled
+
+    assert gate.seen == []
+
+
 async def test_partitions_are_dealt_round_robin_over_the_members(bus: MemoryBus) -> None:
     # Stable partitioning (crc32, not Python's salted hash()): partition p goes to member p % 2.
     a, b = Gate(), Gate()

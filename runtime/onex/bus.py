@@ -888,13 +888,19 @@ class MemoryBus(EventBus):
                 self._add_pending(target.buffered())
             target.rebalance()
             subscription._members.append(member)
-        for member in subscription._members:  # each worker knows its fellows' partitions (``_take_idle``)
-            member.start()
         self._subscriptions.append(subscription)
         if on_assign is not None:
             # One process owns the memory bus, and Runtime subscribes one member per group: the assignment is told
-            # once. A later member of the same group takes partitions over without the earlier one being told.
-            await on_assign(subscription.assignment())
+            # once. A later member of the same group takes partitions over without the earlier one being told. Told
+            # before the workers start, as Kafka's rebalance listener is: what the partitions hold waits meanwhile
+            # (a result handled before the orchestrator loaded its workflow would be taken for a late one).
+            try:
+                await on_assign(subscription.assignment())
+            except BaseException:
+                await subscription.aclose()
+                raise
+        for member in subscription._members:  # each worker knows its fellows' partitions (``_take_idle``)
+            member.start()
         return subscription
 
     def partition_of(self, topic: str, key: str) -> int:
