@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import onex.client
 import pytest
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 from onex.bus import GroupStart, MemoryBus, MemorySubscription
@@ -104,7 +105,7 @@ async def test_an_abandoned_workflow_keeps_nothing_of_its_late_outcome(runtime: 
         cid = await client.submit({"content": "a", "namespace": "ns"})
         kept = await client.submit({"content": "b", "namespace": "ns"})
         client.abandon(cid)  # a caller gave up while it ran
-        assert client.pending == 2  # still running: counted until its outcome arrives
+        assert client.pending == 1  # nobody waits for it any more, though it may still complete
         await complete(runtime, cid)
         await complete(runtime, kept)
         await join(runtime)
@@ -113,6 +114,36 @@ async def test_an_abandoned_workflow_keeps_nothing_of_its_late_outcome(runtime: 
         assert (await client.outcome(kept)).correlation_id == kept
         with pytest.raises(OnexError, match="not submitted by this client"):
             await client.outcome(cid)  # nothing kept of it
+
+
+async def test_an_abandoned_workflow_whose_outcome_never_comes_is_not_pending_for_good(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gateway does on its 504, for requests nobody answers (no orchestrator here; in a deployment, a request
+    the broker lost): each must stop counting as pending (``/health``, the gauge, ``max_pending``) once abandoned,
+    and the ids kept to recognise a late outcome must stay bounded, the oldest forgotten first."""
+    monkeypatch.setattr(onex.client, "ABANDONED_KEPT", 2)
+    seen: list[OnexEnvelopeV1] = []
+    async with StampClient(
+        runtime.bus, runtime.contracts, runtime.settings, on_outcome=seen.append, max_pending=1
+    ) as client:
+        lost = []
+        for n in range(3):
+            with anyio.fail_after(5):  # max_pending=1: an abandoned workflow must not hold the next one back
+                lost.append(await client.submit({"content": f"{n}", "namespace": "ns"}))
+            with pytest.raises(TimeoutError):
+                await client.outcome(lost[-1], timeout=0.01)
+            client.abandon(lost[-1])
+            assert client.pending == 0
+        assert len(client._abandoned) == 2  # bounded: the first is forgotten
+
+        for cid in lost:  # all three complete after all, late
+            await complete(runtime, cid)
+        await join(runtime)
+        # The two still recognised reach on_outcome (in either order: the outcomes' partitions are not ordered).
+        assert len(seen) == 2
+        assert {e.correlation_id for e in seen} == set(lost[1:])
+        assert (client.pending, client._abandoned, client._outcomes, client._stamps) == (0, {}, {}, {})
 
 
 @pytest.mark.parametrize("given", ["text", "subclass"])

@@ -588,10 +588,10 @@ def test_the_30_rendering_keeps_no_31_keyword() -> None:
 
 @contextlib.asynccontextmanager
 async def in_process_app(
-    tmp_path: Path, *, nodes: list[str] | None = None, ids: IdSource | None = None
+    tmp_path: Path, *, nodes: list[str] | None = None, ids: IdSource | None = None, **limits: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     """The app over a runtime on the memory bus, called in process: a request's middleware has finished (its access
-    line logged) when the client returns its response."""
+    line logged) when the client returns its response. ``limits`` go to ``create_app``."""
     settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db").with_(
         heartbeat_interval_s=0
     )
@@ -599,7 +599,7 @@ async def in_process_app(
         Runtime(settings, nodes=nodes, ids=ids) as runtime,
         StampClient(runtime.bus, runtime.contracts, settings, keep_stamps=True) as client,
     ):
-        app = create_app(runtime, client, settings)
+        app = create_app(runtime, client, settings, **limits)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=f"http://onex{PREFIX}") as http:
             yield http, runtime
@@ -693,6 +693,20 @@ async def test_a_gateway_hosting_no_node_is_ready_while_its_bus_runs_and_its_sto
         body = failed(await api.get("/health/ready"), 503)
         assert body["data"]["reason"].startswith("bus "), body
         assert body["message"] == f"not ready: {body['data']['reason']}"
+
+
+@pytest.mark.anyio
+async def test_a_workflow_that_never_completes_is_504_and_not_pending_for_good(tmp_path: Path) -> None:
+    """No orchestrator hosted: nobody answers the request (as when a broker loses it). After the 504 the gateway
+    waits for nothing, so ``/health`` and the gauge come back to 0 instead of counting it for good."""
+    async with in_process_app(tmp_path, nodes=[], timeout_s=0.0) as (api, _):
+        for n in range(2):
+            body = failed(await api.post("/stamp", json={"content": f"lost = {n}\n", "file_path": "lost.py"}), 504)
+            assert body["error"]["code"] == "workflow_timeout"
+        assert ok(await api.get("/health"))["gateway"]["pending_workflows"] == 0
+        metrics = (await api.get("/metrics")).text
+        assert "\nonex_http_workflows_pending 0\n" in metrics
+        assert 'onex_http_workflows_total{outcome="timed_out"} 2' in metrics
 
 
 # --- limits, timeouts, auth, degraded health (servers of their own) -------------------------------------------------

@@ -50,6 +50,10 @@ BATCH_PROCESSED_EVENT = "METADATA_BATCH_PROCESSED"
 MAX_PENDING = 1_000
 OUTCOME_EVENTS = ("WORKFLOW_COMPLETED", "WORKFLOW_FAILED")
 STAMP_EVENT = "STAMP_CREATED"
+# Abandoned workflows whose late outcome the client still recognises, to pass it to ``on_outcome``; past this many
+# the oldest is forgotten. An outcome comes seconds after its caller gave up, or never (a request the broker lost, no
+# orchestrator running), and a gateway that keeps timing out must not grow by one id per request. ~100 bytes each.
+ABANDONED_KEPT = 10_000
 
 Outcome = OnexEnvelopeV1
 T = TypeVar("T")
@@ -134,7 +138,7 @@ class StampClient:
 
     ``keep_stamps=True`` also keeps each workflow's STAMP_CREATED envelope (``stamp_of``), for callers that need
     the stamped content (the HTTP gateway). ``on_outcome`` is called for every outcome (progress bars).
-    ``max_pending``: ``submit()`` waits while that many submitted workflows have no outcome yet, so a client with
+    ``max_pending``: ``submit()`` waits while it waits for that many workflows (not abandoned ones), so a client with
     100,000 files keeps a bounded number in flight instead of filling every buffer of the bus with them (which on
     the memory bus makes every garbage collection rescan them). None: no limit.
     ``listen=False``: submit only. No consumer group is joined (on Kafka that takes seconds), nothing is kept per
@@ -177,7 +181,8 @@ class StampClient:
         self._stamps: dict[int, OnexEnvelopeV1] = {}
         self._outcomes: dict[int, OnexEnvelopeV1] = {}
         self._stamp_waiters: dict[int, asyncio.Future[OnexEnvelopeV1]] = {}
-        self._abandoned: set[int] = set()
+        # Insertion-ordered (a dict, not a set): the oldest is evicted past ABANDONED_KEPT.
+        self._abandoned: dict[int, None] = {}
         self._subscriptions: list[Subscription] = []
 
     async def __aenter__(self) -> StampClient:
@@ -221,19 +226,19 @@ class StampClient:
                 waiter = self._stamp_waiters.pop(cid, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(envelope)
-                if (cid in self._waiting or cid in self._outcomes) and cid not in self._abandoned:
+                if cid in self._waiting or cid in self._outcomes:  # an abandoned workflow is in neither
                     self._stamps[cid] = envelope
                 continue
             future = self._waiting.pop(cid, None)
             if future is None:
-                continue  # another client's workflow, or a duplicate outcome
-            self._room.set()
-            if cid in self._abandoned:
-                self._abandoned.discard(cid)  # nobody waits for it any more: keep nothing
-                future.cancel()
-                if self.on_outcome is not None:
-                    self.on_outcome(envelope)
+                # Abandoned (nobody waits for it: keep nothing, but on_outcome hears of it), another client's
+                # workflow, or a duplicate outcome.
+                if cid in self._abandoned:
+                    del self._abandoned[cid]
+                    if self.on_outcome is not None:
+                        self.on_outcome(envelope)
                 continue
+            self._room.set()
             self._outcomes[cid] = envelope
             if not future.done():
                 future.set_result(envelope)
@@ -337,12 +342,24 @@ class StampClient:
             waiter.cancel()
 
     def abandon(self, cid: uuid.UUID) -> None:
-        """Stop waiting for a workflow that is still running (a caller gave up): its outcome and stamp are dropped
-        when they arrive instead of being kept. A finished workflow is simply forgotten."""
+        """Stop waiting for a workflow that is still running (a caller gave up): it no longer counts as ``pending``
+        (nor against ``max_pending``), a caller still waiting in ``outcome()`` for it is cancelled, and its outcome
+        and stamp are dropped when they arrive instead of being kept; ``on_outcome`` still hears of the outcome, for
+        the last ``ABANDONED_KEPT`` abandoned workflows. A finished workflow is simply forgotten."""
         self.forget(cid)
         key = cid.int
-        if key in self._waiting:
-            self._abandoned.add(key)
+        future = self._waiting.pop(key, None)
+        if future is None:
+            return
+        # Out of ``_waiting`` now, not when the outcome arrives: an outcome may never arrive (a request the broker
+        # lost, no orchestrator running), and a workflow counted until then would stay pending, in /health and the
+        # gateway's gauge, for good. A late outcome needs only the id, to reach on_outcome; the ids kept for that are
+        # bounded, oldest out first, so one whose outcome never comes is dropped in time.
+        future.cancel()
+        self._room.set()
+        self._abandoned[key] = None
+        if len(self._abandoned) > ABANDONED_KEPT:
+            del self._abandoned[next(iter(self._abandoned))]
 
     @property
     def pending(self) -> int:

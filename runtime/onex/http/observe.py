@@ -81,7 +81,9 @@ class Metrics:
         family("onex_http_workflows_total", "counter", "Workflows the gateway submitted, by outcome.")
         for outcome in ("completed", "failed", "rejected", "timed_out"):
             out.append(f'onex_http_workflows_total{{outcome="{outcome}"}} {self.outcomes[outcome]}')
-        family("onex_http_workflows_pending", "gauge", "Workflows the gateway submitted that have no outcome yet.")
+        family(
+            "onex_http_workflows_pending", "gauge", "Workflows the gateway still waits for (not those it answered 504)."
+        )
         out.append(f"onex_http_workflows_pending {pending_workflows}")
         family("onex_workflows", "gauge", "Workflows by FSM state, as counted by the orchestrators hosted here.")
         for node in runtime.nodes:
