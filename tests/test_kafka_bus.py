@@ -882,6 +882,42 @@ async def test_a_member_joining_mid_stream_causes_no_duplicates(kafka_bootstrap:
     assert {"a", "b"} <= {member for member, _ in log}
 
 
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_nothing_a_rebalance_assigned_is_handled_before_on_assign_returned(kafka_bootstrap: str) -> None:
+    """aiokafka fetches from the partitions a rebalance assigned before its listener has told the subscription
+    (``on_assign``: the orchestrator loads the workflows its new partitions own). The subscription hands over none of
+    those records until ``on_assign`` returned, or a step result would be taken for a late one and dropped."""
+    topic, group, total = unique("told"), unique("group"), 8
+    log: list[tuple[str, OnexEnvelopeV1]] = []
+    done, handled_by_a = anyio.Event(), asyncio.Event()
+    during: list[bool] = []
+
+    class A(Member):
+        async def __call__(self, envelope: OnexEnvelopeV1) -> None:
+            handled_by_a.set()
+            await super().__call__(envelope)
+
+    async with make_bus(kafka_bootstrap) as a, make_bus(kafka_bootstrap) as b:
+
+        async def on_assign(assigned: frozenset[tuple[str, int]]) -> None:
+            if not during and len(assigned) < a.partitions:  # the rebalance b's joining caused
+                await a.publish_many(topic, [envelope(n, key=f"key-{n}") for n in range(total)])
+                await a.flush()
+                # Long enough for a fetch loop that does not wait for on_assign to hand a's share over (~10 ms a fetch).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(handled_by_a.wait(), timeout=3)
+                during.append(handled_by_a.is_set())
+
+        await a.subscribe([topic], group, handler=A("a", log, done, total), on_assign=on_assign)
+        await b.subscribe([topic], group, handler=Member("b", log, done, total))  # returns after the rebalance
+        with anyio.fail_after(30):
+            await done.wait()
+
+    assert during == [False]
+    assert {"a", "b"} == {member for member, _ in log}
+
+
 # -- settings (no broker) ------------------------------------------------------------------------------------------
 
 

@@ -708,6 +708,7 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
                 partitions=len(revoked),
             )
         await self._subscription.idle.wait()
+        self._subscription.told.clear()  # until the assignment that follows was told (on_partitions_assigned)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._subscription.assignments += 1
@@ -724,8 +725,11 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
             partitions=len(assigned),
         )
         on_assign = self._subscription.on_assign
-        if on_assign is not None:
-            await on_assign(frozenset((tp.topic, tp.partition) for tp in assigned))
+        try:
+            if on_assign is not None:
+                await on_assign(frozenset((tp.topic, tp.partition) for tp in assigned))
+        finally:
+            self._subscription.told.set()
 
 
 class _KafkaSubscription(Subscription):
@@ -761,6 +765,9 @@ class _KafkaSubscription(Subscription):
         self.background = background
         self.idle = asyncio.Event()
         self.idle.set()
+        # Set once on_assign was told the assignment: aiokafka fetches from new partitions before its listener has
+        # told it, and a record handled before (a step result before the orchestrator loaded its workflow) is lost.
+        self.told = asyncio.Event()
         # Counts the assignments this consumer was given: records fetched under one are never committed under the next.
         self.assignments = 0
         self.committed: dict[TopicPartition, int] = {}  # the offsets this consumer committed last, for the lag
@@ -870,10 +877,15 @@ class _KafkaSubscription(Subscription):
                 self._polling = False
             if not batch:
                 continue
+            fetched_under = self.assignments  # records fetched under one assignment are not committed under the next
+            if not self.told.is_set():
+                await self.told.wait()
+                if not (batch := {tp: records for tp, records in batch.items() if tp in consumer.assignment()}):
+                    continue
             self.idle.clear()
             self.buffered = sum(len(records) for records in batch.values())
             try:
-                await self._handle_batch(batch)
+                await self._handle_batch(batch, fetched_under)
             except Exception:
                 # A bug in onex (handlers' exceptions never get here): keep the subscription alive; the batch was
                 # not committed, so it is fetched again after the backoff.
@@ -885,8 +897,7 @@ class _KafkaSubscription(Subscription):
                 self.buffered = 0
                 self.idle.set()
 
-    async def _handle_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        fetched_under = self.assignments
+    async def _handle_batch(self, batch: Mapping[TopicPartition, list[Any]], fetched_under: int) -> None:
         deliveries: dict[TopicPartition, list[DeliveryFuture]] = {}
         held: dict[TopicPartition, int] = {}  # partition -> offset of the first record left unacknowledged
         for parts in self._calls(batch):
