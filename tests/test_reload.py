@@ -66,6 +66,46 @@ async def test_a_changed_contract_swaps_its_node_and_the_new_one_takes_over(proj
     assert finished(h, fresh)[0].payload["error"] == "b: step b timed out after 250 ms"
 
 
+async def test_what_is_published_while_a_node_is_swapped_reaches_its_replacement(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the old node leaving its consumer groups and the new one joining them, a result of the old node's
+    command arrives: it waits in the group for the new node, which finishes the workflow with it."""
+    async with Harness(["assembler"], root=project, clock=ManualClock()) as h:
+        old = h.runtime.node("assembler")
+        cid = await build(h)  # steps a and b dispatched
+        real_stop = old.stop
+
+        async def stop_then_a_result_arrives() -> None:
+            await real_stop()
+            await h.publish("STEP_DONE", {"workflow_id": str(cid), "step": "a", "ok": True})
+
+        monkeypatch.setattr(old, "stop", stop_then_a_result_arrives)
+        edit(assembler_contract(project), '"${WORKSHOP_STEP_B_TIMEOUT_MS:30000}"', "20000")
+        assert await h.runtime.reload(load_contracts(project)) == ["assembler"]
+        await h.settle()
+        for name in ("b", "c"):
+            await step_done(h, cid, name)
+
+    assert [e.event_type for e in finished(h, cid)] == ["BUILD_COMPLETED"]
+
+
+async def test_a_group_handed_over_to_nobody_stops_taking_messages(project: Path) -> None:
+    """A reload whose new node could not start leaves the groups without members: they stop keeping what is published
+    for them, as they would have, and the bus settles."""
+    async with Harness(["assembler"], root=project, clock=ManualClock()) as h:
+        node = h.runtime.node("assembler")
+        await h.settle()
+        before = h.bus.statistics().buffered
+        async with h.bus.handing_over():
+            await node.stop()
+            await h.publish("BUILD_REQUESTED", {"item": "chair"})  # kept for whoever joins next
+        await h.settle()  # returns: what the group kept no longer counts as waiting to be handled
+        assert h.bus.statistics().buffered == before + 1
+        await build(h)
+        assert h.bus.statistics().buffered == before + 1  # the request built after the hand-over is not for it
+
+
 async def test_the_watcher_reloads_on_a_change_and_keeps_running_on_a_broken_one(
     project: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -35,7 +35,7 @@ import contextvars
 import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self, get_args
@@ -139,6 +139,12 @@ class EventBus(abc.ABC):
     async def publish_many(self, topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
         for envelope in envelopes:
             await self.publish(topic, envelope)
+
+    @contextlib.asynccontextmanager
+    async def handing_over(self) -> AsyncIterator[None]:
+        """Within it, a consumer group whose last member leaves keeps what is published for it, for the member that
+        joins next (``Runtime.reload``). A broker keeps it anyway: nothing to do."""
+        yield
 
     @abc.abstractmethod
     async def flush(self) -> None:
@@ -724,6 +730,7 @@ class MemoryBus(EventBus):
         # topic -> the groups with members, replaced (never mutated) so publish() can iterate a snapshot.
         self._routes: dict[str, tuple[_Group, ...]] = {}
         self._subscriptions: list[MemorySubscription] = []
+        self._handing_over = 0  # ``handing_over()`` blocks under way: groups left without members stay routed
         # Messages buffered or in flight in groups with members; join() waits for zero.
         self._pending = 0
         self._idle = asyncio.Event()
@@ -881,7 +888,7 @@ class MemoryBus(EventBus):
             if join_topics:
                 member.fellows = subscription._members  # the list filled by this loop
             target.members.append(member)
-            if len(target.members) == 1:
+            if target not in self._routes.get(topic, ()):  # a group handed over is still there
                 self._routes[topic] = (*self._routes.get(topic, ()), target)
             if not target.counted:
                 target.counted = True
@@ -906,22 +913,44 @@ class MemoryBus(EventBus):
     def partition_of(self, topic: str, key: str) -> int:
         return crc32(key.encode()) % self._partitions if self._partitions > 1 else 0
 
+    @contextlib.asynccontextmanager
+    async def handing_over(self) -> AsyncIterator[None]:
+        """Within it, a group whose last member leaves keeps taking what is published for it, for the member that
+        joins next (``Runtime.reload``: a node replaced by one of a new contract); a group still without members at
+        the end stops, as it would have when its member left."""
+        self._handing_over += 1
+        try:
+            yield
+        finally:
+            self._handing_over -= 1
+            for group in self._groups.values() if not self._handing_over else ():
+                if not group.members:
+                    self._unroute(group)
+                    if group.counted:
+                        group.counted = False
+                        self._ack(group.buffered(), 0)
+
     def _leave(self, subscription: MemorySubscription) -> None:
         for member in subscription._members:
             group = member.group
             group.members.remove(member)
             member.stop()
             group.rebalance()
-            if not group.members:
-                self._routes[group.topic] = tuple(g for g in self._routes[group.topic] if g is not group)
-                for part in group.partitions:
-                    _wake_all(part.space_waiters)
+            if not group.members and not self._handing_over:
+                self._unroute(group)
+
+    def _unroute(self, group: _Group) -> None:
+        """A group without members: what is published from now on is not for it."""
+        if group in self._routes.get(group.topic, ()):
+            self._routes[group.topic] = tuple(g for g in self._routes[group.topic] if g is not group)
+            for part in group.partitions:
+                _wake_all(part.space_waiters)
 
     def _settle(self, subscription: MemorySubscription) -> None:
         """After a closed subscription's workers stopped: stop counting groups left without members."""
         for member in subscription._members:
             group = member.group
-            if not group.members and group.counted:
+            if not group.members and group.counted and not self._handing_over:
                 group.counted = False
                 self._ack(group.buffered(), 0)
         if subscription in self._subscriptions:

@@ -199,9 +199,10 @@ class Runtime:
     async def reload(self, contracts: ContractSet) -> list[str]:
         """Host the nodes of ``contracts`` in place of those whose contract changed; returns their names.
 
-        Each changed node drains (it stops taking messages and finishes those in hand; what it had not taken stays
-        with its consumer group), stops, and a node built from the new contract starts and announces itself in its
-        place, in the same group: it takes over where the old one stopped. Nodes whose contract did not change keep
+        Each changed node drains (it stops taking messages and finishes those in hand; what it had not taken, and
+        what is published until its replacement joins, stays with its consumer group), stops, and a node built from
+        the new contract starts and announces itself in its place, in the same group: it takes over where the old one
+        stopped. Nodes whose contract did not change keep
         running untouched. A node the new set no longer has keeps running on its old contract, with a warning
         (``reload_missing``): removing a node is a deployment change, not a reload.
         """
@@ -221,10 +222,11 @@ class Runtime:
             )  # before the old one stops: a class that cannot be built changes nothing
             message = f"reloading {new.name} {node.contract.version} -> {new.version}"
             event(_log, logging.INFO, "reloading", message, node=node.node_id)
-            await node.stop()
-            self.nodes[i] = replacement
-            replacement.takes_over = True
-            await replacement.start()
+            async with self.bus.handing_over():  # what is published meanwhile waits in the node's groups for it
+                await node.stop()
+                self.nodes[i] = replacement
+                replacement.takes_over = True
+                await replacement.start()
             await replacement.announce()
             reloaded.append(new.name)
             event(_log, logging.INFO, "reloaded", "running on the new contract", node=replacement.node_id)
