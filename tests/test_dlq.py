@@ -20,6 +20,7 @@ from onex.bus import MemoryBus
 from onex.cli import main
 from onex.dlq import dead_letter_row
 from onex.envelope import OnexEnvelopeV1, dead_letter, topic_name
+from onex.exceptions import StoreUnavailable
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.stores import open_store
@@ -56,6 +57,33 @@ async def dead_letter_one(url: str, envelope: OnexEnvelopeV1) -> None:
         await runtime.bus.publish(REQUESTS, envelope)
         assert isinstance(runtime.bus, MemoryBus)
         await runtime.bus.join()  # the dead letter is in the store once the bus is idle
+
+
+@pytest.mark.anyio
+async def test_a_dead_letter_the_store_could_not_take_is_held_and_kept(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the memory bus the store holds a dead letter's only copy: one that comes while the store is unavailable is
+    held, its message unacknowledged, and written once the store is back."""
+    settings = Settings(root=ROOT, store=store_url, heartbeat_interval_s=0)
+    async with Runtime(settings) as runtime:
+        real, refused = runtime.store.add_dead_letters, list[Any]()
+
+        async def unavailable_once(rows: Any) -> None:
+            if not refused:
+                refused.extend(rows)
+                raise StoreUnavailable("database is locked")
+            await real(rows)
+
+        monkeypatch.setattr(runtime.store, "add_dead_letters", unavailable_once)
+        sent = rejected_request()
+        await runtime.bus.publish(REQUESTS, sent)
+        assert isinstance(runtime.bus, MemoryBus)
+        await runtime.bus.join()
+        kept = await runtime.store.list_dead_letters()
+
+    assert refused
+    assert [letter.original_event_id for letter in kept] == [sent.event_id]
 
 
 def as_json(result: Result) -> Any:

@@ -32,9 +32,10 @@ from onex.contracts import (
     resolve_implementation,
 )
 from onex.envelope import IdSource, OnexEnvelopeV1, new_id
-from onex.exceptions import ContractError, OnexError, StoreError
+from onex.exceptions import ContractError, OnexError, StoreError, StoreUnavailable
 from onex.logs import event
 from onex.nodes import Node, RegistryNode
+from onex.resilience import pause
 from onex.routing import service_topics
 from onex.settings import Settings, redact_url
 from onex.store import Store, dead_letter_row
@@ -302,9 +303,21 @@ class Runtime:
                 event(_log, logging.INFO, "dlq_alert_cleared", "dead-letter alert cleared", node=node.node_id)
 
     async def _keep_dead_letter(self, group: str, event_type: str, letter: OnexEnvelopeV1) -> None:
-        """On a bus that keeps no messages (memory), keep each dead letter in the store for ``onex dlq``."""
+        """On a bus that keeps no messages (memory), keep each dead letter in the store for ``onex dlq``: the store
+        is its only copy, so while the store is unavailable and the runtime runs, the letter is held (its message
+        stays unacknowledged, as a handler's does) and written when the store is back."""
+        delay = 0.05
         try:
-            await self.store.add_dead_letters([dead_letter_row(letter, group=group)])
+            while True:
+                try:
+                    return await self.store.add_dead_letters([dead_letter_row(letter, group=group)])
+                except StoreUnavailable as exc:
+                    if self.phase not in ("starting", "running"):  # draining: no wait for a store to come back
+                        raise
+                    if delay == 0.05:
+                        _log.warning("dead letter %s: store unavailable, holding it: %s", letter.event_id, exc)
+                    await pause(self.clock, delay)
+                    delay = min(delay * 2, 2.0)
         except Exception as exc:  # the bus goes on either way; say which letter is lost
             event(
                 _log,
