@@ -405,7 +405,6 @@ class NodeReducer(ReducerNode):
                 aggregator.add(outcome.record, outcome.at)
             agg = self.aggregates[outcome.namespace]
             agg.workflows += 1
-            self._counted.setdefault(outcome.namespace, []).append(outcome.workflow_id)
             touched[outcome.namespace] += 0  # a workflows-only window still closes
             if not outcome.counts or outcome.file_hash is None:
                 continue
@@ -422,6 +421,11 @@ class NodeReducer(ReducerNode):
                 self._changed[namespace] = agg
         for namespace, items in touched.items():
             self._touch(self.aggregates[namespace], items)
+        if len(touched) == 1:  # a batch of one namespace (its outcomes share a partition): no call per workflow
+            self._counted.setdefault(next(iter(touched)), []).extend([o.workflow_id for o in fresh.values()])
+        else:
+            for outcome in fresh.values():
+                self._counted.setdefault(outcome.namespace, []).append(outcome.workflow_id)
         self._close_windows(force=False)
 
     async def checkpoint(self) -> None:
