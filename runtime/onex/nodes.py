@@ -70,10 +70,10 @@ from onex.envelope import (
     new_id,
     topic_name,
 )
-from onex.exceptions import ContractError, ContractIssue, LifecycleError, OnexError, PayloadError, StoreUnavailable
+from onex.exceptions import ContractError, ContractIssue, LifecycleError, OnexError, PayloadError
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.meters import DeadLetterAlert, NodeMeter
-from onex.resilience import CircuitBreaker, circuit_breaker, holding, pause, retry_policy
+from onex.resilience import CircuitBreaker, circuit_breaker, held, holding, retry_policy
 from onex.settings import Settings
 from onex.slo import SloMonitor
 from onex.state import KeyedState, StatePolicy, WritesUnderWay
@@ -357,18 +357,13 @@ class Node:
         """``call()``, tried again with capped backoff while the store is unavailable and the node is starting or
         running: an unreachable store is no reason to fail (and so dead-letter) the messages in hand; they stay
         unacknowledged. While draining or stopped the error is raised, so the bus gets them back."""
-        delay = 0.05
         with holding():  # above the store's own retries, the one layer (README); timeout_ms does not run out
-            while True:
-                try:
-                    return await call()
-                except StoreUnavailable as exc:
-                    if self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING):
-                        raise
-                    if delay == 0.05:
-                        _log.warning("%s: store unavailable, holding and retrying: %s", self.node_id, exc)
-                    await pause(self.clock, delay)
-                    delay = min(delay * 2, 2.0)
+            return await held(
+                call,
+                self.clock,
+                lambda: self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING),
+                lambda exc: _log.warning("%s: store unavailable, holding and retrying: %s", self.node_id, exc),
+            )
 
     def capabilities(self) -> dict[str, Any]:
         events = self.contract.subcontracts.event_type

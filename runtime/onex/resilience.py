@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from onex.clock import SYSTEM_CLOCK, Clock, SystemClock
-from onex.exceptions import CircuitOpenError
+from onex.exceptions import CircuitOpenError, StoreUnavailable
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -129,6 +129,27 @@ class RetryPolicy:
         finally:
             attempt.disarm()
             _ATTEMPT.reset(token)
+
+
+async def held(
+    call: Callable[[], Awaitable[T]],
+    clock: Clock,
+    holding_on: Callable[[], bool],
+    outage: Callable[[StoreUnavailable], None],
+) -> T:
+    """``call()``, tried again with capped backoff (50 ms, doubling to 2 s) while it raises ``StoreUnavailable`` and
+    ``holding_on()`` says so (a node starting or running); ``outage`` hears of the first such error."""
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except StoreUnavailable as exc:
+            if not holding_on():
+                raise
+            if delay == 0.05:
+                outage(exc)
+            await pause(clock, delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def pause(clock: Clock, seconds: float) -> None:

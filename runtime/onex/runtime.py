@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -32,10 +33,10 @@ from onex.contracts import (
     resolve_implementation,
 )
 from onex.envelope import IdSource, OnexEnvelopeV1, new_id
-from onex.exceptions import ContractError, OnexError, StoreError, StoreUnavailable
+from onex.exceptions import ContractError, OnexError, StoreError
 from onex.logs import event
 from onex.nodes import Node, RegistryNode
-from onex.resilience import pause
+from onex.resilience import held
 from onex.routing import service_topics
 from onex.settings import Settings, redact_url
 from onex.store import Store, dead_letter_row
@@ -203,9 +204,9 @@ class Runtime:
         Each changed node drains (it stops taking messages and finishes those in hand; what it had not taken, and
         what is published until its replacement joins, stays with its consumer group), stops, and a node built from
         the new contract starts and announces itself in its place, in the same group: it takes over where the old one
-        stopped. Nodes whose contract did not change keep
-        running untouched. A node the new set no longer has keeps running on its old contract, with a warning
-        (``reload_missing``): removing a node is a deployment change, not a reload.
+        stopped. Nodes whose contract did not change keep running untouched. A node the new set no longer has keeps
+        running on its old contract, with a warning (``reload_missing``): removing a node is a deployment change, not a
+        reload.
         """
         known = set(contracts.names())
         names = [n.contract.name for n in self.nodes]
@@ -306,18 +307,13 @@ class Runtime:
         """On a bus that keeps no messages (memory), keep each dead letter in the store for ``onex dlq``: the store
         is its only copy, so while the store is unavailable and the runtime runs, the letter is held (its message
         stays unacknowledged, as a handler's does) and written when the store is back."""
-        delay = 0.05
         try:
-            while True:
-                try:
-                    return await self.store.add_dead_letters([dead_letter_row(letter, group=group)])
-                except StoreUnavailable as exc:
-                    if self.phase not in ("starting", "running"):  # draining: no wait for a store to come back
-                        raise
-                    if delay == 0.05:
-                        _log.warning("dead letter %s: store unavailable, holding it: %s", letter.event_id, exc)
-                    await pause(self.clock, delay)
-                    delay = min(delay * 2, 2.0)
+            await held(
+                functools.partial(self.store.add_dead_letters, [dead_letter_row(letter, group=group)]),
+                self.clock,
+                lambda: self.phase in ("starting", "running"),  # draining: no wait for a store to come back
+                lambda exc: _log.warning("dead letter %s: store unavailable, holding it: %s", letter.event_id, exc),
+            )
         except Exception as exc:  # the bus goes on either way; say which letter is lost
             event(
                 _log,
