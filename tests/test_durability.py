@@ -358,6 +358,38 @@ async def test_the_retry_a_refused_flush_held_goes_out_and_the_failure_handled_a
         assert (run.status, run.attempts) == (StepStatus.RUNNING, 2)
 
 
+async def test_the_retry_a_refused_sweep_kept_goes_out_with_the_next_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step times out and the sweeper begins its next attempt, whose command the bus refuses. The command stays
+    queued and the next sweep flushes it, rather than it waiting for a batch that an idle orchestrator never handles
+    (the attempt would then time out unsent)."""
+    clock = ManualClock()
+    async with Harness(["orchestrator"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock) as h:
+        node = h.runtime.node("orchestrator")
+        assert isinstance(node, NodeOrchestrator)
+        sent = await h.publish("STAMP_REQUESTED", request(1))  # no stamping effect: the command is never answered
+        await h.settle()
+        cid = sent.correlation_id
+        assert cid is not None
+        commands = node.router.topic(node.topic_of("STAMP_FILE"), node.router.default_service)
+        real, refused = h.bus.publish_many, list[OnexEnvelopeV1]()
+
+        async def refused_once(topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+            if topic == commands and not refused:
+                refused.extend(envelopes)
+                raise BusError("cannot publish to t: KafkaTimeoutError")
+            await real(topic, envelopes)
+
+        monkeypatch.setattr(h.bus, "publish_many", refused_once)
+        timeout_s = node.workflows[cid].steps["stamp"].step.timeout_ms / 1000
+        await clock.advance(timeout_s + 3 * node.sweep_interval_s)  # the step times out; sweeps after it
+        await h.settle()
+
+        assert [e.payload.attempt for e in refused] == [2]
+        assert [e.payload.attempt for e in h.of("STAMP_FILE") if e.correlation_id == cid] == [1, 2]
+
+
 async def test_a_workflow_left_without_a_checkpoint_is_failed_with_the_reason(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     orphan = uuid.uuid4()

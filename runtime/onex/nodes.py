@@ -1154,6 +1154,7 @@ class OrchestratorNode(Node):
         return {"skipped": reason}
 
     async def _sweep(self) -> None:
+        refused = False  # the last sweep's flush: what it kept (commands, outcomes) goes out with this one's
         while True:
             await self.clock.sleep(self.sweep_interval_s)
             now = self.clock.time()
@@ -1162,7 +1163,7 @@ class OrchestratorNode(Node):
                 await self._confirm_stored(now)
             except OnexError as exc:
                 _log.warning("%s: could not publish unconfirmed outcomes again: %s", self.node_id, exc)
-            if not due:
+            if not due and not refused:
                 continue
             try:
                 await self._forget_finished_elsewhere([w for w, _ in due if w.adopted])
@@ -1180,7 +1181,9 @@ class OrchestratorNode(Node):
                             workflow, step_name, f"step {step_name} timed out after {run.step.timeout_ms} ms"
                         )
                 await self.flush()
-            except OnexError as exc:  # the store or bus is away: the checkpoint is written with the next flush
+                refused = False
+            except OnexError as exc:  # the store or bus is away: flushed again at the next sweep
+                refused = True
                 _log.warning("%s: could not act on step timeouts: %s", self.node_id, exc)
 
     async def _forget_finished_elsewhere(self, adopted: Sequence[Workflow]) -> None:
