@@ -158,15 +158,24 @@ async def test_a_group_receives_only_what_is_published_after_it_subscribed(bus: 
 async def test_nothing_is_handled_before_the_assignment_was_told(bus: MemoryBus) -> None:
     """``on_assign`` is told before the workers start, as Kafka's rebalance listener is: a node loading what its
     partitions own (the orchestrator's running workflows) sees no message of them before it has loaded it."""
-    gate, during = Gate(), list[bool]()
+    gate, witness, during = Gate(), Gate(), list[bool]()
     gate.open()
+    witness.open()
     sent = [probe(key_in_partition(p), seq=p) for p in range(4)]
+    seen_by_witness = asyncio.Event()
+
+    async def witnessed(envelope: OnexEnvelopeV1) -> None:
+        await witness.handler(envelope)
+        if len(witness.seen) == len(sent):
+            seen_by_witness.set()
+
+    await bus.subscribe([TOPIC], "witness", handler=witnessed)  # started: it takes what is published at once
 
     async def on_assign(assigned: frozenset[tuple[str, int]]) -> None:
         for envelope in sent:  # buffered for the group, which has its member
             await bus.publish(TOPIC, envelope)
-        for _ in range(20):  # turns of the loop in which a started worker would take them
-            await asyncio.sleep(0)
+        # Woken by the same publishes, a started worker of this group would have taken them by now.
+        await until(seen_by_witness)
         during.append(gate.entered.is_set())
 
     await bus.subscribe([TOPIC], "g", handler=gate.handler, on_assign=on_assign)

@@ -55,6 +55,22 @@ def of_workflow(cid: uuid.UUID | None) -> Callable[[OnexEnvelopeV1], bool]:
     return lambda e: e.correlation_id == cid
 
 
+def refuse_commands_once(h: Harness, node: NodeOrchestrator, monkeypatch: pytest.MonkeyPatch) -> list[OnexEnvelopeV1]:
+    """Make the bus refuse the first publish of stamp commands (the broker gone for longer than the producer waits);
+    the commands it refused."""
+    topic = node.router.topic(node.topic_of("STAMP_FILE"), node.router.default_service)
+    real, refused = h.bus.publish_many, list[OnexEnvelopeV1]()
+
+    async def refused_once(to: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
+        if to == topic and not refused:
+            refused.extend(envelopes)
+            raise BusError("cannot publish to t: KafkaTimeoutError")
+        await real(to, envelopes)
+
+    monkeypatch.setattr(h.bus, "publish_many", refused_once)
+    return refused
+
+
 async def test_a_new_workflow_in_flight_is_checkpointed(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path}/onex.db"
     # No stamping effect: the command is never answered, so the workflow stays in flight.
@@ -328,16 +344,7 @@ async def test_the_retry_a_refused_flush_held_goes_out_and_the_failure_handled_a
         cid = sent.correlation_id
         assert cid is not None
         [first] = [e for e in h.of("STAMP_FILE") if e.correlation_id == cid]
-        real, refused = h.bus.publish_many, list[OnexEnvelopeV1]()
-
-        async def refused_once(topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
-            if topic == first_topic and not refused:
-                refused.extend(envelopes)
-                raise BusError("cannot publish to t: KafkaTimeoutError")
-            await real(topic, envelopes)
-
-        first_topic = node.router.topic(node.topic_of("STAMP_FILE"), node.router.default_service)
-        monkeypatch.setattr(h.bus, "publish_many", refused_once)
+        refused = refuse_commands_once(h, node, monkeypatch)
         failure = {"workflow_id": str(cid), "namespace": NS, "file_path": "f1.py", "error": "busy", "retryable": True}
         answer = OnexEnvelopeV1(  # as the stamping effect answers: caused by the command
             event_type="STAMP_FAILED",
@@ -372,16 +379,7 @@ async def test_the_retry_a_refused_sweep_kept_goes_out_with_the_next_sweep(
         await h.settle()
         cid = sent.correlation_id
         assert cid is not None
-        commands = node.router.topic(node.topic_of("STAMP_FILE"), node.router.default_service)
-        real, refused = h.bus.publish_many, list[OnexEnvelopeV1]()
-
-        async def refused_once(topic: str, envelopes: Sequence[OnexEnvelopeV1]) -> None:
-            if topic == commands and not refused:
-                refused.extend(envelopes)
-                raise BusError("cannot publish to t: KafkaTimeoutError")
-            await real(topic, envelopes)
-
-        monkeypatch.setattr(h.bus, "publish_many", refused_once)
+        refused = refuse_commands_once(h, node, monkeypatch)
         timeout_s = node.workflows[cid].steps["stamp"].step.timeout_ms / 1000
         await clock.advance(timeout_s + 3 * node.sweep_interval_s)  # the step times out; sweeps after it
         await h.settle()
