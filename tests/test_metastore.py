@@ -9,6 +9,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -303,6 +304,22 @@ async def test_a_change_in_one_instance_invalidates_the_other_through_the_bus(
         )
         assert other.evaluate_cached(T, "checkout", {"user_id": "u"}) is None  # dropped
         assert (await other.evaluate(T, "checkout", {"user_id": "u"})).reason == Reason.STATIC
+
+
+async def test_instances_made_in_the_same_millisecond_each_hear_every_change(
+    store: Store, bus: MemoryBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each instance has a consumer group of its own. Its name was a time-ordered id's first twelve digits, the
+    millisecond alone: two gateways started together shared a group, split its partitions, and each missed the
+    other's half of the changes (a cache stale until its TTL)."""
+    monkeypatch.setattr("onex.envelope._time_ns", lambda: 1_800_000_000_000_000_000)
+    async with Metastore(store, bus) as first, Metastore(store, bus) as second:
+        heard: list[list[uuid.UUID]] = [[], []]
+        first.listeners.append(lambda change: heard[0].append(change.id))
+        second.listeners.append(lambda change: heard[1].append(change.id))
+        flags = [(await first.create_flag(T, FlagCreate(name=f"f{i}"), actor="ada")).id for i in range(16)]
+        await bus.join()
+        assert [sorted(ids) for ids in heard] == [sorted(flags), sorted(flags)]
 
 
 async def test_the_writing_instance_drops_its_own_cache_at_once(metastore: Metastore) -> None:

@@ -37,7 +37,7 @@ from onex.bus import EventBus, Subscription
 from onex.catalog import Publication
 from onex.clock import SYSTEM_CLOCK, Clock
 from onex.contracts import Contract, FsmSubcontract, load_contract, load_subcontract
-from onex.envelope import OnexEnvelopeV1, new_id
+from onex.envelope import OnexEnvelopeV1, new_id, random_id
 from onex.exceptions import (
     EntityNotFound,
     MetastoreInvalid,
@@ -218,7 +218,9 @@ class Metastore:
         if missing:
             raise OnexError(f"{self.contract.source}: the metastore contract does not publish {missing}")
         self._backend = backend_for(store)
-        self.instance = new_id().hex[:12]
+        # Random, not time-ordered: a version 7 id's first twelve digits are its millisecond, and two gateways started
+        # together shared a consumer group (each heard half of the changes).
+        self.instance = random_id().hex[:12]
         self.node_id = f"{self.contract.name}-{self.settings.instance}-{self.instance}"
         self._flags: dict[tuple[str, str], _Cached] = {}
         self._subscription: Subscription | None = None
