@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from onex.clock import ManualClock
 from onex.contracts import Aggregation, ContractSet, load_contracts
+from onex.exceptions import StoreError
 from onex.store import AggregateWindowRow
 from onex.testing import Harness
 
@@ -319,3 +321,52 @@ async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows
         assert state is not None
         assert state.total_workflows_processed == 1
         assert await h.store.unprocessed(node.processed_key, [moved_id]) == set()
+
+
+async def test_a_namespace_moved_away_while_its_checkpoint_failed_is_not_written_later_and_comes_back_counted(
+    tmp_path: Path,
+) -> None:
+    # The checkpoint took the namespace's totals and counted workflows out of the reducer, and its write failed
+    # while a rebalance moved the namespace away: what it puts back for the next checkpoint must not include that
+    # namespace (its totals are the new owner's to write), nor leave its workflows recorded as seen here.
+    contracts = reducer_with(checkpoint="per_window", config={"window_items": 1_000, "window_ms": 600_000})
+    async with Harness(
+        ["reducer"], root=ROOT, contracts=contracts, store_url=f"sqlite:///{tmp_path}/onex.db", clock=ManualClock()
+    ) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        topics = [node.topic("WORKFLOW_COMPLETED"), node.topic("WORKFLOW_FAILED")]
+        here = {h.bus.partition_of(topics[0], NS)}
+        other = next(n for n in (f"ns{i}" for i in range(100)) if h.bus.partition_of(topics[0], n) not in here)
+        moved, stays = outcome(NS), outcome(other)
+        for payload in (moved, stays):
+            await h.publish("WORKFLOW_COMPLETED", payload, partition_key=payload["namespace"])
+        await h.settle()
+        owned = node._owned
+        moved_id, stays_id = uuid.UUID(moved["workflow_id"]), uuid.UUID(stays["workflow_id"])
+
+        writing, apply = anyio.Event(), h.store.apply
+
+        async def failing(batch: Any) -> None:
+            writing.set()
+            await node.on_partitions(frozenset((t, h.bus.partition_of(t, other)) for t in topics))
+            raise StoreError("the write failed")
+
+        h.store.apply = failing  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            await node.checkpoint()
+        assert writing.is_set()
+        h.store.apply = apply  # type: ignore[method-assign]
+        await node.checkpoint()
+        assert await h.store.get_bridge_state(NS) is None
+        assert await h.store.list_aggregate_windows(node=node.contract.name, namespace=NS) == []
+        assert await h.store.unprocessed(node.processed_key, [moved_id, stays_id]) == {moved_id}
+
+        # The namespace comes back before another reducer counted it: its outcome, delivered again, counts here.
+        await node.on_partitions(owned)
+        await h.publish("WORKFLOW_COMPLETED", moved, partition_key=NS)
+        await h.settle()
+        await node.checkpoint()
+        state = await h.store.get_bridge_state(NS)
+        assert state is not None
+        assert state.total_workflows_processed == 1

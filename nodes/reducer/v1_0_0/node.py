@@ -462,11 +462,16 @@ class NodeReducer(ReducerNode):
         try:
             await self.hold_store(functools.partial(self.store.apply, batch))
         except BaseException:
-            # Written with the next checkpoint (newer results of the same windows win).
-            self._changed = changed | self._changed
+            # Written with the next checkpoint (newer results of the same windows win), but not what a rebalance
+            # meanwhile moved away (``on_partitions``): the new owner writes it.
+            self._changed = {n: a for n, a in changed.items() if self._owns(n)} | self._changed
             for namespace, ids in counted.items():
-                self._counted.setdefault(namespace, [])[:0] = ids
-            self._windows = windows | self._windows
+                if self._owns(namespace):
+                    self._counted.setdefault(namespace, [])[:0] = ids
+                else:
+                    for workflow_id in ids:
+                        self._seen.pop(workflow_id.int, None)
+            self._windows = {k: w for k, w in windows.items() if self._owns(_namespace_of(k[1]))} | self._windows
             raise
         for key, result in windows.items():
             if result.closed:
