@@ -410,15 +410,18 @@ async def _publish_kafka(settings: Settings, outgoing: list[_Outgoing]) -> tuple
                 enqueued.append((out, await producer.send(out.topic, out.value, out.key, headers=_headers(out))))
             except KafkaError as exc:  # this record only (too large, no metadata for its topic in time): the rest go on
                 failed += _undelivered(out, exc)
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            outcomes = await asyncio.gather(*(delivery for _, delivery in enqueued), return_exceptions=True)
-    except TimeoutError as exc:
-        raise BusError(f"Kafka at {bus.bootstrap} did not acknowledge the replays in {PUBLISH_TIMEOUT_S:g}s") from exc
+        if enqueued:  # the ones acknowledged in time are recorded even when others were not
+            await asyncio.wait([delivery for _, delivery in enqueued], timeout=PUBLISH_TIMEOUT_S)
     finally:
         await producer.stop()
-    for (out, _), outcome in zip(enqueued, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            failed += _undelivered(out, outcome)
+    unacknowledged = (
+        f"Kafka at {bus.bootstrap} did not acknowledge it within {PUBLISH_TIMEOUT_S:g} s (it may have gone out)"
+    )
+    for out, delivery in enqueued:
+        if not delivery.done() or delivery.cancelled():
+            failed += [_result(letter, "failed", unacknowledged) for letter in out.letters]
+        elif (error := delivery.exception()) is not None:
+            failed += _undelivered(out, error)
         else:
             sent.append(out)
     return sent, failed

@@ -9,6 +9,7 @@ replays recorded so that ``list`` shows them and a second ``--all`` replays noth
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from onex import dlq
 from onex._kafka import KafkaBus
 from onex.dlq import list_dead_letters
 from onex.envelope import UNDECODABLE, OnexEnvelopeV1, dead_letter, dlq_topic
@@ -287,3 +289,37 @@ async def test_listing_counts_every_letter_of_a_record_batch_in_its_progress(
 
     assert sorted(r.event_id for r in found.rows) == sorted(letter.event_id for letter in letters)
     assert (seen[0], seen[-1]) == ((0, 3), (3, 3))
+
+
+async def test_replays_acknowledged_in_time_are_recorded_when_another_is_not_acknowledged(
+    scenario: Scenario, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker acknowledges one replay and not the other (its acknowledgement lost, injected into the producer):
+    the acknowledged one is recorded, so the next ``--all`` does not send it again, and the other fails, saying it
+    may have gone out. Before, the timeout was the whole call's: an error, and nothing recorded."""
+    s, picky = scenario, scenario.picky
+    acknowledged, lost = envelope(), envelope()
+    for one in (acknowledged, lost):
+        await s.bus.publish(s.other, one)
+    await s.bus.flush()
+    await picky.until(lambda: len(picky.letters) == 2)
+    send = AIOKafkaProducer.send
+
+    async def losing(self: AIOKafkaProducer, topic: str, value: bytes, *args: Any, **kwargs: Any) -> Any:
+        if value == lost.to_json():
+            return asyncio.get_running_loop().create_future()  # never acknowledged
+        return await send(self, topic, value, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send", losing)
+    monkeypatch.setattr(dlq, "PUBLISH_TIMEOUT_S", 1.0)
+    settings = Settings.load(environ={}, root=str(ROOT), bus=f"kafka://{s.bootstrap}", store=postgres_dsn)
+
+    results = await dlq.replay(settings, replay_all=True, topic=s.other)
+
+    by_original = {r.original_event_id: r for r in results}
+    assert (by_original[acknowledged.event_id].status, by_original[lost.event_id].status) == ("replayed", "failed")
+    assert by_original[acknowledged.event_id].recorded
+    assert "did not acknowledge it within 1 s (it may have gone out)" in by_original[lost.event_id].detail
+    monkeypatch.undo()
+    again = await dlq.replay(settings, replay_all=True, topic=s.other)
+    assert [(r.original_event_id, r.status) for r in again] == [(lost.event_id, "replayed")]
