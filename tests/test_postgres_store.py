@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -331,6 +332,35 @@ async def test_apply_gives_up_with_store_unavailable_when_the_server_stays_away(
 async def test_opening_a_store_on_a_server_that_is_not_there_raises_store_unavailable() -> None:
     with anyio.fail_after(10), pytest.raises(StoreUnavailable, match="cannot connect"):
         await PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2").open()
+
+
+async def test_a_database_that_refuses_new_connections_is_unavailable_not_an_error(postgres_server: str) -> None:
+    # The pool opens a connection again (its backend was terminated) to a database an operator closed to new ones
+    # (ALLOW_CONNECTIONS false; also a database dropped, or a role's password changed): the server answers with an
+    # error of its own, not a broken connection. It was a StoreError, which callers do not wait out, so the batch
+    # of a node and even its dead letter were lost. It is StoreUnavailable, and the batch is written once reopened.
+    database = f"onex_refusing_{uuid.uuid4().hex[:8]}"
+    url = urlsplit(postgres_server)._replace(path=f"/{database}").geturl()
+    async with admin(postgres_server) as conn:
+        await conn.execute(f"CREATE DATABASE {database}")
+    try:
+        params = "min_size=1&max_size=1&retry_attempts=2&backoff_initial=0.01&breaker_threshold=10"
+        async with PostgresStore(f"{url}?{params}") as store:
+            await store.upgrade()
+            async with admin(postgres_server) as conn:
+                await conn.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+                )
+                batch = WriteBatch(registrations=[RegistrationRow("n", "EFFECT", "1.0.0")])
+                with anyio.fail_after(10), pytest.raises(StoreUnavailable, match="ObjectNotInPrerequisiteState"):
+                    await store.apply(batch)
+                await conn.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            await store.apply(batch)
+            assert await store.count("node_registrations") == 1
+    finally:
+        async with admin(postgres_server) as conn:
+            await conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 async def test_pool_exhaustion_raises_store_unavailable_instead_of_hanging(postgres_dsn: str) -> None:

@@ -57,15 +57,15 @@ and always go row by row. The conflict rules are those of ``onex.store``, render
 ``SqliteStore`` renders them; where its table leaves room, the choices are ``SqliteStore``'s (its docstring lists
 them; ``tests/test_store_conformance.py`` pins them for both).
 
-Resilience. A connection-class failure (the server restarted or went away, ``pg_terminate_backend``, a refused
-connect, a broken protocol state) rolls the batch back, drops the connection and retries the whole batch on another
-one, with exponential backoff. Every row is written by its natural key, so a batch whose COMMIT succeeded but whose
-answer was lost is not duplicated when it is applied again. A circuit breaker (``onex.resilience.CircuitBreaker``)
-opens after ``breaker_threshold`` consecutive connection failures; while it is open nothing is sent to the server,
-and after ``breaker_reset`` seconds one caller at a time sends a trial. Errors the server gives for the data
-(constraint, overflow, bad JSON) are not retried: ``StoreError`` names the table, and nothing of the batch stays.
-Deadlocks and serialisation failures are retried without counting against the server. Reads retry the same way
-(an idle pool connection may have been cut since its last use).
+Resilience. A connection-class failure (the server restarted or went away, ``pg_terminate_backend``, a refused connect,
+a new connection the server refuses, as for a database closed to connections, a broken protocol state) rolls the batch
+back, drops the connection and retries the whole batch on another one, with exponential backoff. Every row is written by
+its natural key, so a batch whose COMMIT succeeded but whose answer was lost is not duplicated when it is applied again.
+A circuit breaker (``onex.resilience.CircuitBreaker``) opens after ``breaker_threshold`` consecutive connection
+failures; while it is open nothing is sent to the server, and after ``breaker_reset`` seconds one caller at a time sends
+a trial. Errors the server gives for the data (constraint, overflow, bad JSON) are not retried: ``StoreError`` names the
+table, and nothing of the batch stays. Deadlocks and serialisation failures are retried without counting against the
+server. Reads retry the same way (an idle pool connection may have been cut since its last use).
 
 How the queue of pending writes is bounded: there is no background queue, on purpose. A batch that cannot be
 written stays with the caller awaiting ``apply`` (a bus handler, which has not committed its offset yet), for at
@@ -161,6 +161,13 @@ Connection = Any  # asyncpg ships no type hints; a connection or a pool's connec
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
+
+class _ConnectRefused(Exception):
+    """The server refused a new connection of the pool with an error of its own: the database closed to new ones
+    (ALLOW_CONNECTIONS false), dropped or renamed, the role's password changed. Unavailable until an operator acts,
+    which callers wait out as they do a server that is away (``open()`` still fails at once on the same errors)."""
+
+
 # Errors after which the same batch may well succeed on another connection: the connection or the server went
 # away. ``DataError`` is an ``InterfaceError`` too but bad input never heals, so it is excluded explicitly.
 _CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
@@ -176,7 +183,9 @@ _CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
     asyncpg.exceptions.InternalClientError,
     OSError,  # refused, reset, unreachable
     TimeoutError,  # a connect that hangs
+    _ConnectRefused,
 )
+
 # Errors that are nobody's fault and go away on retry, without the server being unhealthy.
 _CONCURRENCY_ERRORS: Final[tuple[type[BaseException], ...]] = (
     asyncpg.exceptions.DeadlockDetectedError,
@@ -1062,6 +1071,8 @@ class PostgresStore(Store):
                     f"(all {self.settings.max_size} in use)"
                 ) from exc
             raise  # a connect that hung: a connection-class failure, retried
+        except asyncpg.PostgresError as exc:
+            raise _ConnectRefused(_describe(exc)) from exc
         try:
             yield conn
         except BaseException as exc:
@@ -1087,5 +1098,7 @@ def _check_page(limit: int, offset: int) -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _ConnectRefused):
+        return str(exc)  # the server's error, described already
     text = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
