@@ -18,6 +18,7 @@ import pytest
 from onex.metastore.models import ConfigCreate, FlagCreate
 from onex.metastore.service import Metastore
 from onex.settings import Settings
+from onex.store import MAX_OFFSET
 from onex.stores import open_store
 
 from tests.test_cli import ROOT, command, environment
@@ -118,6 +119,20 @@ def test_meta_usage_errors_are_one_line_exit_2(store: str) -> None:
     bad_version = onex("meta", "rollback", "k", "0", "--store", store)
     assert "VERSION" in one_error_line(bad_version, 2)
     assert onex("meta", "get", "k", "--store", store).returncode == 1  # never set: not found, nothing created
+
+
+def test_integers_beyond_what_a_store_holds_are_usage_errors(store: str) -> None:
+    assert onex("meta", "set", "k", "1", "--store", store).returncode == 0
+    huge = str(2**64)  # beyond SQLite's and PostgreSQL's integers
+
+    for args in (
+        ("meta", "history", "k", "--offset", huge),
+        ("meta", "rollback", "k", huge),
+        ("meta", "set", "k", "2", "--expected-version", huge),
+        ("flags", "list", "--offset", huge),
+    ):
+        assert huge in one_error_line(onex(*args, "--store", store), 2), args
+    assert ok_json("meta", "history", "k", "--offset", str(MAX_OFFSET), "--store", store) == []
 
 
 def test_flags_list_and_eval(store: str) -> None:

@@ -62,6 +62,7 @@ DB_SCHEMA: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
+SECRET_REASON = 'a secret: give a reference ({"$secret": "env:NAME"}), never the value'
 
 
 @pytest.fixture
@@ -125,6 +126,38 @@ async def test_a_plain_value_in_a_secret_field_is_refused_naming_the_field(metas
     assert raised.value.path == f"values.db.{field}"
     assert "hunter2" not in str(raised.value)
     assert await metastore.configs_for_service(T, "api") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ({"type": "string", "x-secret": True, "minLength": 20}, "hunter2"),
+        ({"type": "string", "writeOnly": True}, 987654),
+        ({"x-secret": True, "allOf": [{"enum": ["a", "b"]}]}, "hunter2"),  # the keyword in a subschema
+        ({"anyOf": [{"type": "integer"}, {"x-secret": True, "minLength": 20}]}, "hunter2"),
+    ],
+)
+async def test_no_error_message_quotes_a_plain_value_in_a_secret_field(
+    metastore: Metastore, field: dict[str, Any], value: Any
+) -> None:
+    schema = {"type": "object", "properties": {"pw": field}, "maxProperties": 1}  # a message about them all, too
+    for values in ({"pw": value}, {"pw": value, "other": 1}):
+        with pytest.raises(MetastoreInvalid) as raised:
+            await metastore.create_config(T, config(values=values, schema=schema), actor="ada")
+
+        assert str(value) not in str(raised.value)
+        assert (raised.value.path, raised.value.reason) == ("values.pw", SECRET_REASON)
+
+
+async def test_a_schema_ref_that_points_nowhere_is_refused_naming_it(metastore: Metastore) -> None:
+    schema = {"properties": {"db": {"$ref": "#/$defs/databse"}}, "$defs": {"database": {"type": "object"}}}
+    await metastore.create_config(T, config(schema=schema), actor="ada")  # no value follows the $ref yet
+
+    with pytest.raises(MetastoreInvalid) as raised:
+        await metastore.create_config(T, config("other", values={"db": {}}, schema=schema), actor="ada")
+
+    assert raised.value.path == "schema"
+    assert "'#/$defs/databse'" in raised.value.reason
 
 
 async def test_secret_references_are_kept_and_resolved_only_when_asked(
@@ -196,6 +229,23 @@ async def test_the_effective_configuration_merges_what_is_active_and_in_effect_n
         await metastore.effective_config(T, "api", "prod")
 
 
+async def test_effective_times_without_a_zone_are_utc(metastore: Metastore, clock: ManualClock) -> None:
+    await metastore.create_config(T, config("base", values={"port": 1}), actor="ada")
+    naive = START.replace(tzinfo=None)
+    window = config("window", values={"port": 2}, effective_from=(naive + timedelta(hours=1)).isoformat())
+    created = await metastore.create_config(T, window, actor="ada")
+    changed = await metastore.update_config(
+        T, created.id, ConfigUpdate(effective_until=naive + timedelta(hours=2)), expected_version=1, actor="ada"
+    )
+
+    assert (await metastore.effective_config(T, "api", "production")).values == {"port": 1}
+    await clock.advance(3600)
+    assert (await metastore.effective_config(T, "api", "production")).values == {"port": 2}
+    await clock.advance(3600)
+    assert (await metastore.effective_config(T, "api", "production")).values == {"port": 1}
+    assert (changed.effective_from, changed.effective_until) == (START + timedelta(hours=1), START + timedelta(hours=2))
+
+
 # --- lifecycles ---------------------------------------------------------------------------------------------------
 
 
@@ -223,6 +273,21 @@ async def test_a_flag_goes_draft_active_archived_and_refuses_illegal_moves(metas
     history = await metastore.versions(Kind.FLAG, T, flag.id)
     assert [v.change for v in history.items] == ["archive", "update", "enable", "disable", "create"]
     assert (await metastore.evaluate(T, "new-ui", {"user_id": "u"})).reason == Reason.DISABLED
+
+
+async def test_an_archived_flag_is_disabled_whatever_its_overrides_say(metastore: Metastore) -> None:
+    on = {"enabled": True}
+    by_tenant = FlagCreate(name="by-tenant", enabled=True, tenant_overrides={T: on})
+    by_environment = FlagCreate(name="by-environment", enabled=True, environment_overrides={"production": on})
+    for body in (by_tenant, by_environment):
+        flag = await metastore.create_flag(T, body, actor="ada")
+        assert (await metastore.evaluate(T, body.name, {}, environment="production")).reason == Reason.STATIC
+
+        await metastore.archive_flag(T, flag.id, expected_version=1, actor="ada")
+
+        for environment in (None, "production"):
+            answer = await metastore.evaluate(T, body.name, {}, environment=environment)
+            assert (answer.value, answer.reason) == (False, Reason.DISABLED), (body.name, environment)
 
 
 async def test_a_flag_created_enabled_is_active_at_once(metastore: Metastore) -> None:

@@ -63,6 +63,21 @@ async def test_create_get_update_keep_every_version_with_who_and_what_changed(me
     assert MetadataEntry.model_validate(newest.snapshot) == updated
 
 
+async def test_a_change_that_changes_nothing_records_no_changed_field(metastore: Metastore) -> None:
+    created = await entry(metastore, value=1)
+    await metastore.update_metadata(A, created.id, MetadataUpdate(value=1), expected_version=1, actor="bob")
+    await metastore.rollback(Kind.METADATA, A, created.id, 2, expected_version=2, actor="bob")
+
+    history = await metastore.versions(Kind.METADATA, A, created.id)
+
+    every = ["content_type", "deleted", "description", "encrypted", "key", "namespace", "state", "tags", "value"]
+    assert [(v.version, v.change, v.changed_fields) for v in history.items] == [
+        (3, "rollback", []),
+        (2, "update", []),
+        (1, "create", every),
+    ]
+
+
 async def test_rollback_writes_a_new_version_equal_to_the_old_one(metastore: Metastore) -> None:
     created = await entry(metastore, value=1)
     for n in (2, 3):
@@ -161,6 +176,33 @@ async def test_delete_is_soft_recorded_and_undone_by_a_rollback(metastore: Metas
 
     assert (back.version, back.deleted) == (3, False)
     assert await metastore.metadata_by_key(A, "greeting") == back
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"value": "a\x00b"}, "value"),
+        ({"value": {"rows": [1, "\x00"]}}, "value.rows.1"),
+        ({"value": {"k\x00": 1}}, "value.k\\u0000"),
+        ({"description": "x\x00"}, "description"),
+        ({"tags": ["ok", "t\x00"]}, "tags.1"),
+    ],
+)
+async def test_a_text_with_the_nul_character_is_refused_naming_the_field(
+    metastore: Metastore, fields: dict[str, Any], path: str
+) -> None:
+    # PostgreSQL cannot store it: a permanent input error there too, never "the store is unavailable".
+    with pytest.raises(MetastoreInvalid) as created:
+        await entry(metastore, key="new", **fields)
+    existing = await entry(metastore)
+    with pytest.raises(MetastoreInvalid) as updated:
+        await metastore.update_metadata(A, existing.id, MetadataUpdate(**fields), expected_version=1, actor="ada")
+    with pytest.raises(MetastoreInvalid) as flag:
+        await metastore.create_flag(A, FlagCreate(name="f", description="\x00"), actor="ada")
+
+    assert (created.value.path, updated.value.path, flag.value.path) == (path, path, "description")
+    assert "NUL" in created.value.reason
+    assert [e.version for e in (await metastore.list_metadata(A)).items] == [1]  # nothing else written
 
 
 async def test_keys_are_unique_per_tenant_among_live_entities(metastore: Metastore) -> None:

@@ -24,7 +24,9 @@ from rich.text import Text
 from onex._cli import T, _fail, _output_option, _run, _settings, main
 from onex._render import compact, console, emit, emit_json
 from onex.exceptions import OnexError
+from onex.metastore.service import MAX_LIMIT, MAX_VERSION
 from onex.settings import DEFAULT_TENANT, Settings
+from onex.store import MAX_OFFSET
 
 if TYPE_CHECKING:
     from onex.metastore.service import Metastore
@@ -53,7 +55,7 @@ def _actor_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def _expected_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--expected-version",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=MAX_VERSION),
         help="Change only if the entity is at this version (else exit 1, nothing written).",
     )(f)
 
@@ -218,9 +220,15 @@ def meta_set(
 @meta.command("history")
 @click.argument("key")
 @_namespace_option
-@click.option("--limit", type=click.IntRange(min=1, max=1000), default=50, show_default=True, help="At most this many.")
 @click.option(
-    "--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many, newest first."
+    "--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True, help="At most this many."
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0, max=MAX_OFFSET),
+    default=0,
+    show_default=True,
+    help="Skip this many, newest first.",
 )
 @_tenant_option
 @_store_option
@@ -264,7 +272,7 @@ def meta_history(
 
 @meta.command("rollback")
 @click.argument("key")
-@click.argument("version", type=click.IntRange(min=1))
+@click.argument("version", type=click.IntRange(min=1, max=MAX_VERSION))
 @_namespace_option
 @_expected_option
 @_tenant_option
@@ -314,9 +322,11 @@ def flags() -> None:
 @flags.command("list")
 @click.option("--tag", help="Only flags with this tag.")
 @click.option(
-    "--limit", type=click.IntRange(min=1, max=1000), default=100, show_default=True, help="At most this many."
+    "--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=100, show_default=True, help="At most this many."
 )
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many.")
+@click.option(
+    "--offset", type=click.IntRange(min=0, max=MAX_OFFSET), default=0, show_default=True, help="Skip this many."
+)
 @_tenant_option
 @_store_option
 @_output_option()

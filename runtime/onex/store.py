@@ -262,6 +262,8 @@ class NodeStateRow:
     updated_at: datetime | None = None
 
 
+MAX_OFFSET: Final = 10**12  # the largest offset a page is asked for: beyond any table, an int64 on every store
+
 # One encoder, built once: sorted keys and compact separators, so equal groups are equal text whatever order their
 # keys were built in. allow_nan=False: PostgreSQL's jsonb refuses NaN, and a key must be the same on both stores.
 _GROUP_KEY: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode

@@ -58,7 +58,6 @@ from onex.http.models import (
     DEFAULT_TIMEOUT_S,
     FILE_PATH_PATTERN,
     HASH_PATTERN,
-    MAX_OFFSET,
     MAX_PAGE,
     NAMESPACE_PATTERN,
     AggregateWindowView,
@@ -96,7 +95,7 @@ from onex.metastore.service import Metastore
 from onex.metrics import cache_text, readiness
 from onex.runtime import Runtime
 from onex.settings import DEFAULT_TENANT, Settings
-from onex.store import StoreHealth
+from onex.store import MAX_OFFSET, StoreHealth
 
 M = TypeVar("M", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -49,7 +49,7 @@ from onex.exceptions import (
     VersionConflict,
 )
 from onex.http.bodies import is_json, media_type, read_body
-from onex.http.models import MAX_OFFSET, MAX_PAGE, ApiError, Probe, envelope, parse
+from onex.http.models import MAX_PAGE, ApiError, Probe, envelope, parse
 from onex.metastore.flags import FLAG_NAME_PATTERN, Resolution
 from onex.metastore.models import (
     ConfigCreate,
@@ -65,11 +65,11 @@ from onex.metastore.models import (
     MetadataUpdate,
     Page,
 )
-from onex.metastore.service import CONTRACT, Metastore
+from onex.metastore.service import CONTRACT, MAX_VERSION, Metastore
 from onex.metrics import readiness
 from onex.runtime import Runtime
 from onex.settings import DEFAULT_TENANT, TENANT_PATTERN
-from onex.store import StoreHealth
+from onex.store import MAX_OFFSET, StoreHealth
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,7 +80,6 @@ DEFAULT_LIMIT: Final = 50
 MAX_BULK: Final = 1000  # flags named in one bulk evaluation
 ACTOR_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,128}$"
 KEY_PATTERN: Final = r"^[^\x00-\x1f]{1,512}$"  # a key, namespace, service id or name, as onex.metastore.models has it
-MAX_VERSION: Final = 2**31 - 1  # beyond any history; keeps a version a machine integer on every store
 IF_MATCH_PATTERN: Final = r'^\s*(\*|(W/)?"[0-9]{1,10}"|[0-9]{1,10})\s*$'
 
 _TENANT_RE: Final = re.compile(TENANT_PATTERN)

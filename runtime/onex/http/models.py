@@ -37,6 +37,7 @@ from onex._model_reads import PlainReads
 from onex.envelope import new_id
 from onex.files import FILE_TYPES
 from onex.settings import DEFAULT_HTTP_BATCH_LIMIT, DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_S
+from onex.store import MAX_OFFSET
 
 API_VERSION: Final = "v1"
 DEFAULT_MAX_BODY: Final = DEFAULT_HTTP_MAX_BODY
@@ -50,7 +51,6 @@ FILE_PATH_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,1024}$"
 HASH_PATTERN: Final = r"^[0-9a-fA-F]{64}$"
 AGGREGATION_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,256}$"  # an aggregation's name, as its contract spells it
 MAX_PAGE: Final = 1000
-MAX_OFFSET: Final = 10**12
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -13,18 +13,20 @@ schema wants, so the schema's other keywords do not look at it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import jsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from referencing.exceptions import Unresolvable
 
 from onex.exceptions import MetastoreInvalid
 
 __all__ = ["RESOLVERS", "Resolver", "check_values", "is_secret_ref", "merge", "resolve_secrets"]
 
 SECRET_KEY: Final = "$secret"
+SECRET_KEYWORDS: Final = ("x-secret", "writeOnly")
 Resolver = Callable[[str], str | None]  # NAME -> the secret, None when it is not there
 
 
@@ -53,8 +55,28 @@ def _secret_keyword(validator: Any, marked: Any, instance: Any, schema: Any) -> 
 
 # jsonschema's extend() is untyped: the class it returns is a Draft202012Validator with two more keywords.
 _Checker: Any = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator, {"x-secret": _secret_keyword, "writeOnly": _secret_keyword}
+    Draft202012Validator, dict.fromkeys(SECRET_KEYWORDS, _secret_keyword)
 )
+
+
+def _secret_errors(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
+    """The secret keywords' errors among ``errors`` and the errors under them (``anyOf``, ``oneOf``)."""
+    for error in errors:
+        if error.validator in SECRET_KEYWORDS:
+            yield error
+        yield from _secret_errors(error.context or ())
+
+
+def _nested(a: list[Any], b: list[Any]) -> bool:
+    """Whether one of two paths is the other or inside it."""
+    return a[: len(b)] == b or b[: len(a)] == a
+
+
+def _unresolvable(exc: Unresolvable) -> str:
+    """The message for a ``$ref`` that resolves to nothing, naming it as the schema spells it (mostly)."""
+    anchor = getattr(exc, "anchor", None)  # NoSuchAnchor; jsonschema wraps the error, and forwards its attributes
+    ref = f"#{anchor}" if anchor else f"#{exc.ref}" if exc.ref.startswith("/") else exc.ref  # a pointer, or a URI
+    return f"$ref {ref!r} resolves to nothing in this schema (other documents are not fetched)"
 
 
 def _refs(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], Any]]:
@@ -71,7 +93,8 @@ def _refs(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[
 def check_values(values: dict[str, Any], schema: dict[str, Any], resolvers: Mapping[str, Resolver]) -> None:
     """``MetastoreInvalid`` naming the field (``values.db.password``) for the first problem found, in this order:
     a schema that is no JSON Schema, a secret reference to an unknown resolver, a value the schema refuses (a plain
-    value in a secret field included)."""
+    value in a secret field included; no message quotes a secret field's value) or a ``$ref`` of the schema that
+    resolves to nothing (path ``schema``; found only when validation follows it)."""
     try:
         _Checker.check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -84,12 +107,22 @@ def check_values(values: dict[str, Any], schema: dict[str, Any], resolvers: Mapp
                 _path(("values", *path)),
                 f"secret reference {target!r}: expected RESOLVER:NAME with a resolver among {', '.join(resolvers)}",
             )
-    errors = sorted(_Checker(schema).iter_errors(values), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    try:
+        errors = sorted(
+            _Checker(schema).iter_errors(values), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+        )
+    except Unresolvable as exc:  # a $ref is resolved only when validation follows it
+        raise MetastoreInvalid("schema", _unresolvable(exc)) from None
+    secrets = list(_secret_errors(errors))
     for error in errors:
         # A reference stands for a value of any type; only the secret keywords look at it.
-        if is_secret_ref(error.instance) and error.validator not in ("x-secret", "writeOnly"):
+        if is_secret_ref(error.instance) and error.validator not in SECRET_KEYWORDS:
             continue
-        raise MetastoreInvalid(_path(("values", *error.absolute_path)), error.message)
+        # Other keywords' messages quote the value ("'hunter2' is too short"): an error at a secret field, inside one
+        # or around one reports the secret keyword's instead (a plain value there is wrong anyway).
+        at = list(error.absolute_path)
+        shown = next((s for s in secrets if _nested(list(s.absolute_path), at)), error)
+        raise MetastoreInvalid(_path(("values", *shown.absolute_path)), shown.message)
 
 
 def resolve_secrets(values: Any, resolvers: Mapping[str, Resolver], path: tuple[str | int, ...] = ()) -> Any:

@@ -63,6 +63,7 @@ __all__ = [
     "Resolution",
     "Rollout",
     "TargetingRule",
+    "UtcTime",
     "bucket",
     "compile_flag",
     "describe_errors",
@@ -158,6 +159,14 @@ class Override(BaseModel):
         return self
 
 
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# A time without a zone is read as UTC, as the store keeps every time.
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
 class FlagSpec(BaseModel):
     """The user-editable part of a feature flag, validated: variants it names exist, guards parse.
 
@@ -174,14 +183,8 @@ class FlagSpec(BaseModel):
     rollout: Rollout | None = None
     tenant_overrides: dict[str, Override] = {}
     environment_overrides: dict[str, Override] = {}
-    expires_at: datetime | None = None
+    expires_at: UtcTime | None = None
     tags: list[str] = []
-
-    @field_validator("expires_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        # A time without a zone is read as UTC, as the store keeps every time.
-        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @model_validator(mode="after")
     def _variants_exist(self) -> FlagSpec:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from onex._model_reads import PlainReads
 from onex.envelope import Payload
-from onex.metastore.flags import FlagSpec, Override, Rollout, TargetingRule
+from onex.metastore.flags import FlagSpec, Override, Rollout, TargetingRule, UtcTime
 
 __all__ = [
     "ConfigCreate",
@@ -147,8 +147,8 @@ class ConfigCreate(_Frozen):
     # hold a secret reference ({"$secret": "env:NAME"}), never a plain value.
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     active: bool = True  # created active (state "active") unless False (state "inactive")
-    effective_from: datetime | None = None
-    effective_until: datetime | None = None
+    effective_from: UtcTime | None = None
+    effective_until: UtcTime | None = None
     description: str = ""
 
 
@@ -158,8 +158,8 @@ class ConfigUpdate(_Frozen):
     environment: Environment | None = None
     values: dict[str, Any] | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
-    effective_from: datetime | None = None
-    effective_until: datetime | None = None
+    effective_from: UtcTime | None = None
+    effective_until: UtcTime | None = None
     description: str | None = None
 
 
@@ -195,7 +195,7 @@ class EntityVersion(_Frozen):
     at: datetime
     actor: str
     change: str  # create update delete rollback enable disable rollout activate deactivate archive
-    changed_fields: list[str]
+    changed_fields: list[str]  # every field for a create, none for a change that changed nothing
     snapshot: dict[str, Any]
 
 

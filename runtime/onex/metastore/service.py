@@ -71,9 +71,9 @@ from onex.metastore.models import (
     snapshot,
 )
 from onex.settings import Settings
-from onex.store import Store
+from onex.store import MAX_OFFSET, Store
 
-__all__ = ["CONTRACT", "EVENTS", "Metastore"]
+__all__ = ["CONTRACT", "EVENTS", "MAX_LIMIT", "MAX_VERSION", "Metastore"]
 
 _log = logging.getLogger("onex.metastore")
 E = TypeVar("E", MetadataEntry, FeatureFlag, Configuration)
@@ -86,6 +86,7 @@ EVENTS: Final[Mapping[Kind, str]] = {
     Kind.CONFIG: "CONFIG_CHANGED",
 }
 MAX_LIMIT: Final = 1000
+MAX_VERSION: Final = 2**31 - 1  # beyond any history; keeps a version a machine integer on every store
 _UNCONDITIONAL_ATTEMPTS: Final = 20
 # Fields of every entity that say who changed it when: not "what changed".
 _BOOKKEEPING: Final = frozenset({"version", "updated_at", "updated_by", "created_at", "created_by", "id", "tenant"})
@@ -100,7 +101,32 @@ class _Cached:
     loaded_at: float
 
 
+def _nul_at(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """The path of the first text in ``value`` (a key included) holding the NUL character; None if none does."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return (*path, key.replace("\x00", "\\u0000"))
+            found = _nul_at(item, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _nul_at(item, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
 def _validated(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model``: every entity written (created or changed) is made here."""
+    # PostgreSQL keeps no NUL in a text or a JSON string (SQLite does): refused here, on every store alike, not
+    # left to fail there as the store being unavailable.
+    nul = _nul_at(data)
+    if nul is not None:
+        raise MetastoreInvalid(".".join(map(str, nul)), "must not contain the NUL character (\\u0000)")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -150,8 +176,8 @@ def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 def _check_page(limit: int, offset: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise MetastoreInvalid("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
-    if offset < 0:
-        raise MetastoreInvalid("offset", f"must not be negative, got {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise MetastoreInvalid("offset", f"must be between 0 and {MAX_OFFSET}, got {offset}")
 
 
 def backend_for(store: Store) -> Backend:
@@ -549,7 +575,8 @@ class Metastore:
         return _validated(model, fields)
 
     async def _create(self, kind: Kind, entity: E, actor: str) -> E:
-        await self._backend.insert(_row(kind, entity), self._version_row(kind, entity, actor, "create", []))
+        created = sorted(k for k in snapshot(entity) if k not in _BOOKKEEPING)  # every field is new
+        await self._backend.insert(_row(kind, entity), self._version_row(kind, entity, actor, "create", created))
         await self._announce(kind, entity, "create")
         return entity
 
@@ -652,7 +679,7 @@ class Metastore:
             at=entity.updated_at,
             actor=actor,
             change=change,
-            changed_fields=changed or sorted(k for k in body if k not in _BOOKKEEPING),
+            changed_fields=changed,
             snapshot=body,
         )
 
@@ -680,7 +707,8 @@ class Metastore:
         flag = FeatureFlag.model_validate(row.body)
         data = dict(row.body)
         if flag.state == "archived":
-            data["enabled"] = False
+            # An override's `enabled` wins over the flag's: an archived flag keeps none, so nothing turns it back on.
+            data.update(enabled=False, tenant_overrides={}, environment_overrides={})
         cached = _Cached(flag, compile_flag(data), self.clock.monotonic())
         # A change heard while this load was in flight may be newer than what it read: answer, but do not keep it.
         if invalidations == self.invalidations:
