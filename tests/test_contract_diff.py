@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from onex.contracts.diff import diff_files, is_breaking
+from onex.exceptions import OnexError
 
 from tests.test_cli import onex
 from tests.test_contracts import GREETER, GREETING_EVENTS, GREETING_FSM, NODE_FIXTURES, write
@@ -175,6 +177,24 @@ def test_the_cli_compares_with_the_committed_version_and_exits_1_on_a_breaking_c
     unchanged = onex("contract", "diff", "git:HEAD", "subcontracts/../" + CONTRACT, cwd=project, root=project)
     assert unchanged.returncode == 1  # the same comparison, spelled another way
     assert onex("contract", "diff", "nowhere.yaml", CONTRACT, cwd=project, root=project).returncode == 2
+
+
+def test_git_ref_compares_only_a_file_of_the_project(project: Path, tmp_path: Path) -> None:
+    """git knows the project's files only: a NEW outside the root is one line naming the file and the root, said
+    before NEW is loaded (a copy's $refs would resolve outside the root and hide the reason)."""
+    committed(project)
+    lone = write(tmp_path, "lone.yaml", "contract_version: 2.0.0\nname: lone\nversion: 1.0.0\nnode_type: EFFECT\n")
+    copy = Path(shutil.copy(project / CONTRACT, tmp_path / "greeter.yaml"))
+
+    for outside in (lone, copy):
+        said = f"{outside} is outside the project root {project}: git:HEAD compares a file of the project"
+        with pytest.raises(OnexError, match=re.escape(said)):
+            diff_files("git:HEAD", outside, root=project, env={})
+    done = onex("contract", "diff", "git:HEAD", str(lone), cwd=project, root=project)
+
+    assert done.returncode == 2  # a usage error: exit 1 says a change breaks
+    [line] = done.stderr.splitlines()
+    assert f"{lone} is outside the project root {project}: git:HEAD compares a file of the project" in line
 
 
 def test_validate_warns_about_an_incompatible_change_that_keeps_its_major_version(project: Path) -> None:

@@ -24,6 +24,7 @@ from onex.exceptions import StoreUnavailable
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.stores import open_store
+from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = topic_name("STAMP_REQUESTED", cls="cmd")
@@ -176,6 +177,35 @@ def test_list_limits_with_an_honest_headline_and_pipes_whole_values(store_url: s
     assert sum(i in table.stdout for i in ids) == 2
     lines = onex("list", "--store", store_url, "-o", "jsonl").stdout.splitlines()
     assert sorted(json.loads(line)["event_id"] for line in lines) == sorted(ids)
+
+
+def test_a_multi_line_error_is_one_line_in_the_tables_and_whole_in_json(store_url: str) -> None:
+    """A pydantic error spans lines; a script reading the piped table takes each line for a row."""
+    try:
+        OnexEnvelopeV1.model_validate({"event_type": "STAMP_REQUESTED"})
+    except ValidationError as exc:
+        error = exc
+    assert len(str(error).splitlines()) > 2
+
+    async def store_letter() -> str:
+        async with open_store(store_url) as store:
+            await store.upgrade()
+            letter = dead_letter(rejected_request(), topic=REQUESTS, error=error, attempts=1)
+            await store.add_dead_letters([dead_letter_row(letter, group="orchestrator")])
+        return str(letter.event_id)
+
+    letter_id = asyncio.run(store_letter())
+    one_line = " ".join(str(error).split())
+    listed = onex("list", "--store", store_url)
+    assert listed.exit_code == 0, listed.output
+    [row] = [line for line in listed.stdout.splitlines() if letter_id in line]
+    assert f"ValidationError: {one_line}" in row
+    shown = onex("show", letter_id, "--store", store_url)
+    assert shown.exit_code == 0, shown.output
+    [row] = [line for line in shown.stdout.splitlines() if line.startswith("│ error ")]
+    assert one_line in row
+    [whole] = as_json(onex("list", "--store", store_url, "-o", "json"))
+    assert whole["error"] == str(error)
 
 
 @pytest.mark.parametrize(

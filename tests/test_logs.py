@@ -19,6 +19,7 @@ from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.logs import configure, event
 from onex.settings import Settings
 from onex.testing import Harness
+from pydantic import ValidationError
 
 REQUIRED = {"ts", "level", "logger", "node", "event", "message"}
 TOPIC = topic_name("probe")
@@ -72,6 +73,40 @@ def test_the_text_format_puts_node_and_event_after_the_level() -> None:
     assert stamp.endswith("Z")
     assert (level, node, name) == ("INFO", "n-1", "stopped:")
     assert rest == ["stopped", "reason=signal"]
+
+
+def test_a_text_record_is_one_line_whatever_its_message_and_a_traceback_follows_it() -> None:
+    """The Kafka bus logs ``undecodable record ...: <pydantic error>``, several lines; a log shipper takes each line
+    for a record. The JSON format keeps the message whole."""
+    try:
+        OnexEnvelopeV1.model_validate({"event_type": "probe"})
+    except ValidationError as exc:
+        error = exc
+    assert len(str(error).splitlines()) > 2
+    logger = logging.getLogger("onex.test")
+    text, whole = io.StringIO(), io.StringIO()
+    handler = configure("info", "text", stream=text)
+    try:
+        logger.warning("undecodable record %s[%d]@%d: %s", TOPIC, 0, 7, error)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logger.exception("handler failed:\n  twice")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    handler = configure("info", "json", stream=whole)
+    try:
+        logger.warning("undecodable record %s[%d]@%d: %s", TOPIC, 0, 7, error)
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+    record, failed, *traceback = text.getvalue().splitlines()
+    assert record.endswith(f"WARNING - log: undecodable record {TOPIC}[0]@7: {' '.join(str(error).split())}")
+    assert failed.endswith("ERROR - log: handler failed: twice")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "RuntimeError: boom"
+    [line] = parsed(whole)
+    assert line["message"] == f"undecodable record {TOPIC}[0]@7: {error}"
 
 
 def test_the_level_filters_onex_lines() -> None:

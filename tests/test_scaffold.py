@@ -250,6 +250,7 @@ def test_dry_run_lists_the_files_and_writes_nothing(tmp_path: Path) -> None:
         (["ping", "--kind", "compute", "--consumes", "text-in"], "event name 'text-in' is not UPPER_SNAKE_CASE"),
         (["ping", "--kind", "compute", "--fsm", "alone"], "--fsm needs at least two states"),
         (["ping", "--kind", "compute", "--consumes", "A", "--publishes", "A"], "A both consumed and published"),
+        (["ping", "--kind", "effect", "--from", "nowhere.yaml"], "--from': File 'nowhere.yaml' does not exist"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -258,6 +259,16 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], mess
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_requirements_file_that_is_not_text_is_one_line_naming_it(tmp_path: Path) -> None:
+    binary = tmp_path / "req.yaml"
+    binary.write_bytes(b"\xff\xfe\x00node_type: EFFECT\n")
+    result = onex("new", "node", "ping", "--from", str(binary), cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot read the requirements file {binary}: not UTF-8 text (")
+    assert list(tmp_path.iterdir()) == [binary]
 
 
 def test_a_malformed_requirements_file_names_the_file_and_each_field(tmp_path: Path) -> None:

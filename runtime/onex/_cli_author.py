@@ -34,7 +34,7 @@ def new() -> None:
 @click.option(
     "--from",
     "requirements",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="A requirements file (node_type, operations, features, ...) to build the node from.",
 )
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
@@ -67,6 +67,8 @@ def new_node(
             raise ValueError("--kind is required (effect, compute, reducer, orchestrator), or --from requirements")
         else:
             spec = node_spec(name, kind, consumes=consumes, publishes=publishes, fsm=states)
+    except UnicodeDecodeError as exc:  # a ValueError, but the file's fault, not the command line's
+        _fail(f"cannot read the requirements file {requirements}: not UTF-8 text ({exc})")
     except ValueError as exc:
         _fail(str(exc), code=2)
     except ContractError as exc:

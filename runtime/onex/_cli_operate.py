@@ -33,7 +33,7 @@ from onex._cli import (
     err,
     main,
 )
-from onex._render import compact, console, duration, emit, emit_json, getter, plain, window_span
+from onex._render import cell, compact, console, duration, emit, emit_json, getter, plain, window_span
 from onex.exceptions import OnexError
 from onex.settings import Settings, declarations, redact_url, spelled
 
@@ -105,7 +105,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
             "execution_time_ms",
             "error_message",
         ):
-            summary.add_row(key, Text(str(getattr(workflow, key))))
+            summary.add_row(key, cell(str(getattr(workflow, key))))
         console.print(summary)
         steps_table = Table(title="steps")
         for column in ("#", "step", "status", "ms", "error"):
@@ -116,7 +116,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
                 st.step_name,
                 st.status,
                 str(st.execution_time_ms or ""),
-                Text(st.error_message or ""),
+                cell(st.error_message),
             )
         console.print(steps_table)
         tr = Table(title="transitions")
@@ -497,7 +497,7 @@ def dlq_show(ctx: click.Context, event_id: str, bus: str | None, store: str | No
     for row in found.rows:
         summary = Table(title=f"dead letter {row.event_id}", show_header=False)
         for key, value in _letter(row).items():
-            summary.add_row(key, Text("" if value is None else str(plain(value))))
+            summary.add_row(key, cell(None if value is None else plain(value)))
         console.print(summary)
         payload = row.letter.get("payload") or {}
         if isinstance(payload.get("original"), dict):

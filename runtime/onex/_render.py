@@ -52,6 +52,17 @@ def plain(value: Any) -> Any:
     return value
 
 
+def cell(value: Any) -> Text:
+    """``value`` as a table cell on one line, taken literally (not as rich markup); ``None`` is empty.
+
+    A text holding line breaks (a pydantic error is several lines) would split its row over several lines, and a
+    script reading the table line by line would take each for a row: its whitespace is collapsed to single spaces.
+    Other text is left as it is (a path's double space is part of the path). ``-o json`` keeps the whole text.
+    """
+    text = "" if value is None else str(value)
+    return Text(text if text.isprintable() else " ".join(text.split()))
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(plain(data), indent=2))
 
@@ -75,7 +86,7 @@ def emit(
         for header in cells:
             table.add_column(header)
         for row in rows:
-            table.add_row(*(Text("" if (v := cell(row)) is None else str(v)) for cell in cells.values()))
+            table.add_row(*(cell(value(row)) for value in cells.values()))
         console.print(table)
 
 
@@ -158,7 +169,7 @@ def print_stamp_report(report: StampReport, console: Console) -> None:
         for column in ("status", "path", "correlation id", "reason"):
             table.add_column(column, overflow="fold")
         for p in report.problems:
-            table.add_row(p.status, p.path, str(p.correlation_id or "-"), p.reason)
+            table.add_row(p.status, cell(p.path), str(p.correlation_id or "-"), cell(p.reason))
         console.print(table)
     files = report.submitted + report.unsubmitted
     if not report.waited:  # --no-wait: what was handed to the deployment, no outcomes
@@ -232,7 +243,7 @@ def print_verify_report(report: VerifyReport, console: Console, *, show_all: boo
                 if r.status == "modified" and r.expected and r.actual
                 else ""
             )
-            table.add_row(f"[{style[r.status]}]{r.status}[/]", r.path, detail)
+            table.add_row(f"[{style[r.status]}]{r.status}[/]", cell(r.path), cell(detail))
         console.print(table)
     summary = Table(title=f"verified {len(report.results) - report.counts['skipped']} file(s)")
     for column in VERIFY_STATUSES:

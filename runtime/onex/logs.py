@@ -52,7 +52,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``TIMESTAMP LEVEL NODE EVENT: message key=value ...`` (``-`` when there is no node)."""
+    """``TIMESTAMP LEVEL NODE EVENT: message key=value ...`` (``-`` when there is no node).
+
+    A record is one line, whatever its message holds: a log shipper (and ``grep``) takes each line for a record, so
+    the line breaks of a message (a pydantic error is several lines) and the whitespace around them are collapsed
+    to single spaces; the JSON format keeps the message whole. A traceback follows on the lines after, as logging
+    always writes it: shippers join those to the record above.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         fields = fields_of(record)
@@ -60,6 +66,8 @@ class TextFormatter(logging.Formatter):
         name = fields.pop("event")
         extras = "".join(f" {key}={value}" for key, value in fields.items())
         line = f"{_timestamp(record)} {record.levelname} {node} {name}: {record.getMessage()}{extras}"
+        if not line.isprintable():  # the common case costs one scan; a clean line keeps its spacing as it is
+            line = " ".join(line.split())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

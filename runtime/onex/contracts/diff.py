@@ -317,7 +317,11 @@ def committed_tree(root: Path, ref: str) -> Iterator[Path]:
 
 
 def diff_files(old: str, new: Path, *, root: Path, env: Mapping[str, str] | None = None) -> list[Change]:
-    """The changes from ``old`` (a contract file, or ``git:REF``: ``new`` as committed at REF) to the file ``new``."""
+    """The changes from ``old`` (a contract file, or ``git:REF``: ``new`` as committed at REF) to the file ``new``.
+
+    ``OnexError`` when ``old`` is ``git:REF`` and ``new`` is not under ``root``: git knows only the project's files."""
+    if old.startswith("git:") and not new.resolve().is_relative_to(root.resolve()):
+        raise OnexError(f"{new} is outside the project root {root}: {old} compares a file of the project")
     new_contract = load_contract(new, root=root, check_implementations=False, env=env)
     if not old.startswith("git:"):
         old_root = _project_of(Path(old), root)  # another checkout's file resolves its $refs in its own project
