@@ -585,10 +585,14 @@ def wait_for_output(log: Path, text: str, proc: subprocess.Popen[bytes], deadlin
 
 
 def run_until_signal(
-    tmp_path: Path, sig: signal.Signals = signal.SIGTERM, env: dict[str, str] | None = None
+    tmp_path: Path,
+    sig: signal.Signals = signal.SIGTERM,
+    env: dict[str, str] | None = None,
+    running: str = "\nrunning",
 ) -> tuple[int, str, Path]:
     """Start ``onex run`` (every node, memory bus, a fresh SQLite store; ``env`` added to its environment), send
-    ``sig`` as soon as it says it is running; returns its exit code, its stderr and the store's path."""
+    ``sig`` as soon as it says it is running (writes ``running``); returns its exit code, its stderr and the store's
+    path."""
     db = tmp_path / "onex.db"
     log = tmp_path / "stderr.log"
     with log.open("wb") as stderr:
@@ -600,7 +604,7 @@ def run_until_signal(
             stderr=stderr,
         )
     try:
-        wait_for_output(log, "\nrunning", proc, deadline_s=30)
+        wait_for_output(log, running, proc, deadline_s=30)
         proc.send_signal(sig)
         returncode = proc.wait(timeout=5)
     finally:
@@ -637,6 +641,84 @@ def test_run_drains_and_stops_on_sigint_as_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in output
     assert output.index("running") < output.index("draining") < output.index("stopped")
     assert query(db, "SELECT DISTINCT health_status FROM node_registrations") == [("STOPPED",)]
+
+
+def test_run_prints_its_nodes_whole_to_a_file_at_any_width(tmp_path: Path) -> None:
+    # stderr is a file, and no COLUMNS says how wide: rich took 80 columns, cut the node ids with "..." and folded
+    # the lines, so the log did not say which nodes ran.
+    returncode, output, db = run_until_signal(tmp_path, env={"COLUMNS": ""})
+
+    assert returncode == 0, output
+    node_ids = {str(node_id) for (node_id,) in query(db, "SELECT node_id FROM node_registrations")}
+    assert {row[3] for row in table_rows(output)} == node_ids, output
+    assert "…" not in output
+
+
+def test_run_with_json_logs_writes_only_json_lines_its_nodes_as_records(tmp_path: Path) -> None:
+    # The banner (a table, "running; Ctrl-C drains and stops", "draining...", "stopped") was printed between the
+    # JSON log lines: a log shipper reading one object a line choked on it.
+    returncode, output, db = run_until_signal(tmp_path, env={"ONEX_LOG_FORMAT": "json"}, running='"event": "running"')
+
+    assert returncode == 0, output
+    lines = [json.loads(line) for line in output.splitlines()]
+    node_ids = {str(node_id) for (node_id,) in query(db, "SELECT node_id FROM node_registrations")}
+    hosting = {line["node"]: (line["node_name"], line["kind"]) for line in lines if line["event"] == "hosting"}
+    assert hosting == {node_id: (node_id.split("-")[0], NODES[node_id.split("-")[0]]) for node_id in node_ids}
+    process = [line["event"] for line in lines if line["logger"] == "onex.cli"]
+    assert process[-3:] == ["running", "draining", "stopped"]
+
+
+def test_stamp_drains_on_sigterm_as_on_ctrl_c_leaving_no_temporary_file_and_no_workflow_processing(
+    tmp_path: Path,
+) -> None:
+    # SIGTERM used to kill the process where it stood: a .NAME.onex-tmp.* file beside a file being replaced, and the
+    # workflows in hand left "processing" in the store forever. Ctrl-C cancels the command, which drains.
+    tree = tmp_path / "tree"
+    for i in range(6000):  # enough that the run is still stamping when the signal comes
+        path = tree / f"d{i % 50}" / f"f{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"print({i})\n" * 20)
+    db = tmp_path / "onex.db"
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*command(), "--root", str(ROOT), "stamp", str(tree), "--store", f"sqlite:///{db}"],
+            cwd=tmp_path,
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not stored_workflows(db):  # stamping: the first workflows are stored
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert list(tree.rglob("*.onex-tmp.*")) == []
+    states = dict(
+        cast(list[tuple[str, int]], query(db, "SELECT current_state, count(*) FROM workflow_executions GROUP BY 1"))
+    )
+    assert "processing" not in states, states
+    output = log.read_text()
+    # Interrupted (not finished before the signal came), as Ctrl-C interrupts it.
+    assert (returncode, output.strip().splitlines()[-1:]) == (1, ["Aborted!"]), output
+    assert "Traceback" not in output
+
+
+def stored_workflows(db: Path) -> int:
+    """How many workflows the SQLite store ``db`` holds so far (0 before it exists), read while it is written."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT count(*) FROM workflow_executions").fetchone()[0])
+    except sqlite3.OperationalError:  # no file, or no table yet
+        return 0
 
 
 def without_uvloop(tmp_path: Path) -> dict[str, str]:
@@ -717,6 +799,70 @@ def test_a_bad_value_in_the_kafka_url_is_one_line_naming_the_url(tmp_path: Path,
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: Kafka bus URL {url!r}: {error}"), line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["run"], id="run"),
+        pytest.param(["dlq", "list"], id="dlq-list"),
+        pytest.param(["tail", "METADATA_STAMP_VALIDATED"], id="tail"),
+        pytest.param(["stamp", "."], id="stamp"),
+        pytest.param(["publish", "METADATA_STAMP_VALIDATED", "{}"], id="publish"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("brokers", "error"),
+    [
+        ("127.0.0.1:notaport", "the port of broker '127.0.0.1:notaport' must be a number from 1 to 65535"),
+        ("a:9092,b:65536", "the port of broker 'b:65536' must be a number from 1 to 65535"),
+        ("[::1", "Invalid IPv6 URL"),
+    ],
+)
+def test_a_bad_broker_in_the_kafka_url_is_one_line_naming_the_url(
+    tmp_path: Path, args: list[str], brokers: str, error: str
+) -> None:
+    # aiokafka reads the ports only when the bus starts, and raised a bare ValueError from int(): a traceback, exit 1.
+    url = f"kafka://{brokers}"
+    result = subprocess.run(
+        [*command(), "--root", str(ROOT), *args, "--bus", url],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"error: Kafka bus URL {url!r}: {error}"
+
+
+@pytest.mark.parametrize("args", [["workflows"], ["ps"], ["stamp", "."], ["dlq", "list"]], ids=" ".join)
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("sqlite://", "SQLite store URL 'sqlite://' has no path"),
+        ("sqlite:", "not a SQLite store URL: 'sqlite:'"),
+        (
+            "postgresql://postgres@127.0.0.1:notaport/test",
+            "store URL 'postgresql://postgres@127.0.0.1:notaport/test': Port could not be cast to integer value",
+        ),
+        ("postgresql://onex:s3cret@[bad", "store URL 'postgresql://onex:***@[bad': Invalid IPv6 URL"),
+        ("postgresql://a:5432,b:99999/test", "store URL 'postgresql://a:5432,b:99999/test': Port out of range"),
+    ],
+)
+def test_a_malformed_store_url_is_one_line_naming_the_url(
+    tmp_path: Path, args: list[str], url: str, error: str
+) -> None:
+    # The stores parse their URL only when opened: a ValueError from deep inside, and a traceback, exit 1.
+    result = onex(*args, "--store", url, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {error}"), line
+    assert "s3cret" not in line
 
 
 @pytest.mark.parametrize(

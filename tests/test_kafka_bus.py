@@ -1051,12 +1051,33 @@ def test_from_url_reads_brokers_credentials_and_settings() -> None:
         "kafka://h:1?partitions=many",
         "kafka://h:1?linger=5",
         "kafka://h:1?session_timeout_ms=soon",
+        "kafka://h:notaport",
+        "kafka://h:",
+        "kafka://h:0",
+        "kafka://h:1,h:65536",
+        "kafka://h:1,",
+        "kafka://[::1",
+        "kafka://[::1]9092",
     ],
     ids=str,
 )
 def test_from_url_refuses_what_it_cannot_use(url: str) -> None:
     with pytest.raises(BusError):
         KafkaBus.from_url(url)
+
+
+@pytest.mark.parametrize("rest", ["h:notaport", "[h:1", "h:1?linger=5", "h:1?partitions=many"], ids=str)
+def test_a_refused_url_is_named_without_its_password(rest: str) -> None:
+    with pytest.raises(BusError) as refused:
+        KafkaBus.from_url(f"kafka://user:s3cret@{rest}")
+    assert "s3cret" not in str(refused.value)
+    assert "kafka://user:***@" in str(refused.value)
+
+
+@pytest.mark.parametrize("brokers", ["h", "127.0.0.1:9092", "[::1]", "[::1]:9092", "::1", "a:1,b:65535"], ids=str)
+def test_from_url_takes_brokers_as_aiokafka_reads_them(brokers: str) -> None:
+    # A host without a port is aiokafka's default port (9092); an IPv6 address with a port goes in brackets.
+    assert KafkaBus.from_url(f"kafka://{brokers}").bootstrap == brokers
 
 
 def test_from_url_takes_group_timeouts_and_batching_from_the_query() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -444,3 +445,46 @@ def test_publish_on_the_memory_bus_fails_when_the_event_is_dead_lettered(tmp_pat
     assert "resulted: 1 event(s)" in lines
     assert lines[-1].split(" ")[1] == "DEAD_LETTER"
     assert "Traceback" not in result.stderr
+
+
+# `onex run`'s text log line: TIMESTAMP LEVEL NODE EVENT: message key=value ... (onex.logs.TextFormatter).
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (?P<level>[A-Z]+) (?P<node>\S+) (?P<event>\w+): ")
+
+
+def test_the_nodes_a_one_shot_command_hosts_log_as_onex_run_does(tmp_path: Path) -> None:
+    # Only `onex run` configured logging: publish's and dlq replay's nodes logged through Python's last resort, a
+    # bare message without time, level or event.
+    store = f"sqlite:///{tmp_path / 'onex.db'}"
+
+    def workshop(*args: str, log_format: str = "text") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*COMMAND, "--root", str(WORKSHOP), *args, "--store", store],
+            cwd=tmp_path,
+            env=environ() | {"ONEX_LOG_FORMAT": log_format},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+    published = workshop("publish", "SEND_MAIL", '{"to": "ann@bounce.test"}')
+    replayed = workshop("dlq", "replay", "--all", log_format="json")
+
+    assert published.returncode == 1, published.stdout + published.stderr
+    [logged, error] = published.stderr.splitlines()
+    match = LOG_LINE.match(logged)
+    assert match is not None, logged
+    assert match.group("level", "node", "event") == ("WARNING", "-", "dead_letter")
+    assert "dead-lettered after 1 attempt(s): ConnectionError('mail server refused ann@bounce.test')" in logged
+    assert error.startswith("error: 1 dead letter(s) resulted")
+    # The replay dead-letters it again, logged as one JSON object a line in that format; no start-up chatter of the
+    # nodes it hosts at the default level (warnings, for a command that reports on stdout).
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    [line] = [json.loads(line) for line in replayed.stderr.splitlines()]
+    assert {key: line[key] for key in ("level", "logger", "event", "event_type")} == {
+        "level": "warning",
+        "logger": "onex.bus",
+        "event": "dead_letter",
+        "event_type": "SEND_MAIL",
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]), line

@@ -6,31 +6,39 @@ The commands live in ``onex.cli`` (contracts, running, stamping) and ``onex._cli
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
 from rich.text import Text
 
 from onex import __version__
+from onex._render import PIPE_WIDTH
 from onex.contracts import (
     ContractSet,
     load_contracts,
 )
 from onex.exceptions import BusError, ContractError, OnexError
-from onex.settings import Settings
+from onex.logs import configure as configure_logs
+from onex.settings import Settings, database_path, redact_url
 
 if TYPE_CHECKING:
     from onex.store import Store
 
 T = TypeVar("T")
-err = Console(stderr=True, highlight=False)
+# Not on a terminal (a log file, a pipe), stderr gets the width stdout gets there: no line folded, no table cell cut.
+err = Console(
+    stderr=True, highlight=False, width=None if sys.stderr is not None and sys.stderr.isatty() else PIPE_WIDTH
+)
 
 
 def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
@@ -70,6 +78,23 @@ STORE_SCHEMES = ("sqlite:", "postgresql:", "postgres:")
 BUS_SCHEMES = ("memory:", "kafka:")
 
 
+def _check_store(url: str) -> None:
+    """ValueError, one line naming ``url``, for a store URL its store would refuse only once opened: a SQLite URL
+    without a path, a PostgreSQL one whose host, port or settings do not parse (asyncpg raises a bare ValueError)."""
+    if url.startswith("sqlite:"):
+        database_path(url)  # its messages name the URL
+        return
+    from onex._postgres import PostgresSettings
+
+    try:
+        PostgresSettings.from_url(url)  # the settings in its query; an unclosed [ of an IPv6 address
+        for host in urlsplit(url).netloc.rpartition("@")[2].split(","):  # asyncpg takes HOST:PORT,HOST:PORT
+            parts = urlsplit(f"//{host}")
+            _ = parts.hostname, parts.port  # a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"store URL {redact_url(url)!r}: {exc}") from None
+
+
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
     return _settings_with_sources(ctx, **flags)[0]
 
@@ -82,7 +107,13 @@ def _settings_with_sources(ctx: click.Context, **flags: Any) -> tuple[Settings, 
     except ValueError as exc:  # a setting that is not a number where one is needed
         _fail(str(exc), code=2)
     if not settings.store.startswith(STORE_SCHEMES):
-        _fail(f"unsupported store URL {settings.store!r}: expected sqlite:///PATH or postgresql://...", code=2)
+        _fail(
+            f"unsupported store URL {redact_url(settings.store)!r}: expected sqlite:///PATH or postgresql://...", code=2
+        )
+    try:  # its path, host and port too, as the store reads them (it opens only when a command needs it)
+        _check_store(settings.store)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
     if not settings.bus.startswith(BUS_SCHEMES):
         _fail(f"unsupported bus URL {settings.bus!r}: expected memory:// or kafka://HOST:PORT", code=2)
     if settings.bus.startswith("kafka:"):  # its parameters too, as the bus reads them (it connects only when started)
@@ -92,6 +123,11 @@ def _settings_with_sources(ctx: click.Context, **flags: Any) -> tuple[Settings, 
             KafkaBus.from_url(settings.bus)
         except BusError as exc:
             _fail(str(exc), code=2)
+    # What the nodes a command hosts (stamp, publish, dlq replay) and the bus clients log, in `onex run`'s format;
+    # without a handler Python printed bare messages. A one-shot command's default is warnings: its nodes' starts,
+    # readiness and summaries would bury its report (`onex run` logs at the settings' level, info unless set).
+    level = settings.log_level if sources.get("log_level", "default") != "default" else "warning"
+    configure_logs(level, settings.log_format)
     return settings, sources
 
 
@@ -148,6 +184,10 @@ class _Onex(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        with _logging_restored():  # for a caller in the same process (click's CliRunner): its logging as it was
+            return self._main(*args, **kwargs)
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             returned = super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:  # `onex`, `onex db`: the help, as git does
@@ -165,6 +205,20 @@ class _Onex(click.Group):
             sys.exit(1)
         # Without standalone mode click returns the code a command exited with (ctx.exit), or what it returned.
         sys.exit(returned if isinstance(returned, int) else 0)
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """The root logger's handlers and level, and the ``onex`` logger's level, put back as they were afterwards (the
+    commands configure them: ``_settings_with_sources``)."""
+    root, ours = logging.getLogger(), logging.getLogger("onex")
+    handlers, levels = list(root.handlers), (root.level, ours.level)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
 
 
 @click.group(cls=_Onex, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any, Final
@@ -11,6 +12,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from onex.exceptions import BusError, error_text
+from onex.settings import redact_url
 
 # Options every aiokafka client (producer, consumer, admin) accepts: connection and security settings.
 CLIENT_OPTIONS: Final = frozenset(
@@ -75,15 +77,50 @@ _URL_CONSUMER_OPTIONS: Final = frozenset(
 _URL_PRODUCER_OPTIONS: Final = frozenset({"linger_ms", "max_batch_size"})
 
 
+def _check_broker(url: str, broker: str) -> None:
+    """``BusError`` unless ``broker`` is ``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT`` (or a bare IPv6
+    address), as aiokafka reads it (no port: 9092), with PORT a number from 1 to 65535: aiokafka would raise a
+    bare ``ValueError`` for a port that is not a number, and only when the bus starts."""
+    text = broker.strip()
+    port: str | None = None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise BusError(f"Kafka bus URL {url!r}: broker {broker!r} is not [IPv6 address]:PORT")
+        port = rest[1:] if rest else None
+    elif ":" in text and not _is_ipv6(text):
+        host, _, port = text.rpartition(":")
+    else:
+        host = text
+    if not host:
+        raise BusError(f"Kafka bus URL {url!r}: broker {broker!r} names no host (expected HOST:PORT)")
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise BusError(f"Kafka bus URL {url!r}: the port of broker {broker!r} must be a number from 1 to 65535")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def bus_arguments(url: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The brokers and keyword arguments of ``KafkaBus`` for ``url``, ``overrides`` merged over the URL's (their
     ``consumer_options`` / ``producer_options`` key by key); ``BusError`` naming what in the URL is wrong."""
-    parts = urlsplit(url)
+    shown = redact_url(url)  # messages never show its password
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise BusError(f"Kafka bus URL {shown!r}: {exc}") from None
     if parts.scheme != "kafka":
-        raise BusError(f"not a Kafka bus URL: {url!r} (expected kafka://HOST:PORT[,HOST:PORT])")
+        raise BusError(f"not a Kafka bus URL: {shown!r} (expected kafka://HOST:PORT[,HOST:PORT])")
     credentials, _, hosts = parts.netloc.rpartition("@")
     if not hosts:
-        raise BusError(f"Kafka bus URL {url!r} names no broker")
+        raise BusError(f"Kafka bus URL {shown!r} names no broker")
+    for broker in hosts.split(","):
+        _check_broker(shown, broker)
     kwargs: dict[str, Any] = {}
     if credentials:
         user, _, password = credentials.partition(":")
@@ -98,7 +135,7 @@ def bus_arguments(url: str, overrides: dict[str, Any]) -> tuple[str, dict[str, A
         try:
             return kind(value)
         except ValueError:
-            raise BusError(f"Kafka bus URL {url!r}: {name} must be a number, not {value!r}") from None
+            raise BusError(f"Kafka bus URL {shown!r}: {name} must be a number, not {value!r}") from None
 
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("partitions", "replication_factor", "background_fetch_max_wait_ms"):
@@ -114,7 +151,7 @@ def bus_arguments(url: str, overrides: dict[str, Any]) -> tuple[str, dict[str, A
         elif name == "ssl_cafile":
             cafile = value
         else:
-            raise BusError(f"Kafka bus URL {url!r}: unknown parameter {name!r}")
+            raise BusError(f"Kafka bus URL {shown!r}: unknown parameter {name!r}")
     consumer_options.update(overrides.pop("consumer_options", None) or {})
     producer_options.update(overrides.pop("producer_options", None) or {})
     if consumer_options:
@@ -126,5 +163,5 @@ def bus_arguments(url: str, overrides: dict[str, Any]) -> tuple[str, dict[str, A
         try:
             kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:  # no such file, or not certificates
-            raise BusError(f"Kafka bus URL {url!r}: cannot load ssl_cafile {cafile!r}: {error_text(exc)}") from None
+            raise BusError(f"Kafka bus URL {shown!r}: cannot load ssl_cafile {cafile!r}: {error_text(exc)}") from None
     return hosts, kwargs

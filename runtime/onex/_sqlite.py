@@ -134,6 +134,8 @@ from onex._tables import (
 )
 from onex.exceptions import StoreError
 from onex.meters import CommitMeter
+from onex.settings import MEMORY as MEMORY  # re-exported, as is database_path: the SQLite URL's parts
+from onex.settings import database_path as database_path
 from onex.store import (
     TABLES,
     AggregateWindowRow,
@@ -157,7 +159,6 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 _log = logging.getLogger("onex.store")
 
-MEMORY: Final = ":memory:"
 
 # sqlite3 adapts every parameter that is not exactly an int, float, str or bytearray before binding it, None included:
 # it looks for an adapter registered for NoneType, finds none, then asks its PrepareProtocol type for __adapt__, and
@@ -232,20 +233,6 @@ _REPLAYED: Final = "UPDATE dead_letters SET replayed_at = ?, replays = replays +
 _dead_letter_params: Final = _tables.encoder(_tables.DEAD_LETTERS, _TO_SQL, fill_now=True)
 
 # --- the store -------------------------------------------------------------------------------------------------------
-
-
-def database_path(url: str) -> str:
-    """The file path in a ``sqlite:`` store URL (``":memory:"`` for an in-memory database); ValueError if invalid."""
-    if not url.startswith("sqlite://"):
-        raise ValueError(f"not a SQLite store URL: {url!r} (expected sqlite:///PATH or sqlite://:memory:)")
-    rest = url.removeprefix("sqlite://")
-    if rest in (MEMORY, "/" + MEMORY):
-        return MEMORY
-    if not rest.startswith("/") or rest == "/":
-        raise ValueError(f"SQLite store URL {url!r} has no path: expected sqlite:///relative.db or sqlite:////abs.db")
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"SQLite store URL {url!r}: query strings and fragments are not supported")
-    return rest[1:]
 
 
 class SqliteStore(Store):

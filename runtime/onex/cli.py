@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -34,6 +36,7 @@ from onex.contracts import (
 from onex.exceptions import ContractError, OnexError
 from onex.fsm import mermaid
 from onex.logs import configure as configure_logs
+from onex.logs import event
 from onex.settings import LOG_FORMATS, LOG_LEVELS, redact_url
 
 
@@ -104,6 +107,10 @@ def contract_diff(ctx: click.Context, old: str, new: Path, output: str) -> None:
     settings = _settings(ctx)
     if not old.startswith("git:") and not Path(old).is_file():
         raise click.BadParameter(f"{old!r} is neither a contract file nor git:REF", param_hint="OLD")
+    if old.startswith("git:") and not new.resolve().is_relative_to(settings.root.resolve()):  # exit 1 says breaking
+        raise click.BadParameter(
+            f"{new} is outside the project root {settings.root}: {old} compares a file of the project", param_hint="NEW"
+        )
     try:
         changes = diff_files(old, new, root=settings.root)
     except ContractError as exc:
@@ -294,6 +301,15 @@ def run(
             _fail(str(exc), code=2 if "is not HOST:PORT" in str(exc) else 1)
     configure_logs(settings.log_level, settings.log_format)
     tune_process()
+    banner = logging.getLogger("onex.cli")
+
+    def say(name: str, message: str, **fields: Any) -> None:
+        """A line of what the process does, on stderr: printed whole (``err`` never folds or cuts a line that is not
+        on a terminal), or with ``--log-format json`` a log record, so that stderr stays one JSON object a line."""
+        if settings.log_format == "json":
+            event(banner, logging.INFO, name, message, **fields)
+        else:
+            err.print(message, markup=False, soft_wrap=True)
 
     async def main_() -> None:
         hosted: list[str] | None = [] if no_nodes else list(node_names) or None
@@ -304,13 +320,26 @@ def run(
 
                 # Up before the nodes start: /healthz answers and /readyz says "starting" while they do.
                 url = await stack.enter_async_context(serve_metrics(rt, metrics_sock))
-                err.print(f"metrics on {url}/metrics, probes {url}/healthz and {url}/readyz", markup=False)
+                say("metrics", f"metrics on {url}/metrics, probes {url}/healthz and {url}/readyz", url=url)
             await stack.enter_async_context(rt)
+            bus_url = redact_url(settings.bus)
             if no_nodes:
-                bus_url = redact_url(settings.bus)
-                err.print(f"onex {__version__}: HTTP gateway only, hosting no node, on {bus_url}", markup=False)
+                say("gateway_only", f"onex {__version__}: HTTP gateway only, hosting no node, on {bus_url}")
+            elif settings.log_format == "json":  # the runtime logged the bus and the store (process_start)
+                for n in rt.nodes:
+                    name, version, kind = n.contract.name, n.contract.version, n.contract.node_type.value
+                    event(
+                        banner,
+                        logging.INFO,
+                        "hosting",
+                        f"hosting {name} {version} ({kind})",
+                        node=n.node_id,
+                        node_name=name,
+                        version=version,
+                        kind=kind,
+                    )
             else:
-                bus_url, store_url = redact_url(settings.bus), redact_url(settings.store_url())
+                store_url = redact_url(settings.store_url())
                 table = Table(title=f"onex {__version__}: hosting on {bus_url}, store {store_url}")
                 for column in ("node", "version", "kind", "node id"):
                     table.add_column(column)
@@ -320,18 +349,18 @@ def run(
             if reload_contracts and not no_nodes:
                 watcher = rt.watch_contracts()
                 stack.callback(watcher.cancel)
-                err.print(f"watching {settings.root}/contracts and subcontracts for changes", markup=False)
+                say("watching", f"watching {settings.root}/contracts and subcontracts for changes")
             if sock is None:
-                await rt.run_until_signal(ready=lambda: err.print("running; Ctrl-C drains and stops"))
+                await rt.run_until_signal(ready=lambda: say("running", "running; Ctrl-C drains and stops"))
             else:
 
                 def ready(url: str) -> None:
                     key = "bearer key required" if settings.api_key or settings.api_keys else "no API key"
-                    err.print(f"HTTP API on {url}{PREFIX} ({key}); running; Ctrl-C drains and stops", markup=False)
+                    say("running", f"HTTP API on {url}{PREFIX} ({key}); running; Ctrl-C drains and stops", url=url)
 
                 await serve(rt, settings, sock=sock, ready=ready)
-            err.print("draining...")
-        err.print("stopped")
+            say("draining", "draining...")
+        say("stopped", "stopped")
 
     try:
         _run(main_(), settings)

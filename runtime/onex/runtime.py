@@ -103,9 +103,47 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
 
 def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
     """``asyncio.run(coro)`` on the event loop ``event_loop`` names (``event_loop_factory``): how every ``onex``
-    command runs, and the benchmarks' onex runs with it."""
+    command runs, and the benchmarks' onex runs with it.
+
+    SIGTERM does what SIGINT (Ctrl-C) does under ``asyncio.run``: it cancels ``coro``, whose ``finally`` blocks and
+    context managers drain and close what it opened, and then raises KeyboardInterrupt (unless ``coro`` caught the
+    cancellation and returned). Without this, SIGTERM (what ``kill``, systemd and Kubernetes send) killed the process
+    where it stood: temporary files left beside the files being stamped, workflows left processing. Code that waits
+    for a signal itself (``Runtime.run_until_signal``) takes SIGTERM over while it waits.
+    """
+    terminated = False
+
+    async def main() -> T:
+        nonlocal terminated
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        # Only where SIGTERM is at its default, as asyncio.Runner takes SIGINT only where it is at its default.
+        handled = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        if handled:
+            try:
+                loop.add_signal_handler(signal.SIGTERM, terminate)
+            except (NotImplementedError, RuntimeError):  # Windows; a thread other than the main one
+                handled = False
+        try:
+            return await coro
+        finally:
+            if handled:
+                loop.remove_signal_handler(signal.SIGTERM)  # back to the default
+
     with asyncio.Runner(loop_factory=event_loop_factory(event_loop)) as runner:
-        return runner.run(coro)
+        try:
+            return runner.run(main())
+        except asyncio.CancelledError:
+            if terminated:
+                raise KeyboardInterrupt from None
+            raise
 
 
 def chosen_loop(choice: str = "auto") -> str:

@@ -23,7 +23,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self, Union, get_args, get_origin
+from typing import Any, Final, Literal, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -84,10 +84,32 @@ def user_data_store(environ: Mapping[str, str]) -> str:
     return f"sqlite:///{data / 'onex' / 'onex.db'}"
 
 
+MEMORY: Final = ":memory:"  # the path of an in-memory SQLite database
+
+
+def database_path(url: str) -> str:
+    """The file path in a ``sqlite:`` store URL (``":memory:"`` for an in-memory database); ValueError if invalid."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a SQLite store URL: {url!r} (expected sqlite:///PATH or sqlite://:memory:)")
+    rest = url.removeprefix("sqlite://")
+    if rest in (MEMORY, "/" + MEMORY):
+        return MEMORY
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"SQLite store URL {url!r} has no path: expected sqlite:///relative.db or sqlite:////abs.db")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"SQLite store URL {url!r}: query strings and fragments are not supported")
+    return rest[1:]
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password (``postgresql://u:***@host/db``), for banners, logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` without its password (``postgresql://u:***@host/db``), for banners, logs and messages; also a URL that
+    does not parse (an unclosed ``[``), which a message about it shows."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url, count=1)
+    if password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
