@@ -327,14 +327,45 @@ async def test_base64_content_gets_a_sidecar_too(app: App) -> None:
     assert stamps.verify_bytes(blob, file_name="x.png", sidecar=data["sidecar"].encode()).status == "valid"
 
 
+@pytest.mark.parametrize(
+    ("name", "blob"),
+    [
+        ("notes.txt", "notes \u00e9\n".encode("utf-16")),  # stamp_content would stamp it in place, in UTF-16
+        ("l1.py", b"# coding: latin-1\nx = '\xe9'\n"),  # ...and this in place, in its declared latin-1
+    ],
+)
+async def test_bytes_sent_as_bytes_get_a_sidecar_even_when_they_could_take_a_stamp_in_place(
+    app: App, name: str, blob: bytes
+) -> None:
+    # Bytes come back to no one (stamped_content is text): a stamp written into them would exist nowhere but in its
+    # row. So they get a sidecar, returned, whose hash is of the bytes as sent.
+    blob += uuid.uuid4().hex.encode("utf-16-le" if name.endswith(".txt") else "ascii")
+    data = await app.data("/stamp", {"content_base64": base64.b64encode(blob).decode(), "file_path": name})
+    assert (data["stamp_type"], data["stamped_content"]) == ("sidecar", None)
+    assert (data["file_hash"], data["file_size"]) == (stamps.hash_bytes(blob), len(blob))
+    assert stamps.verify_bytes(blob, file_name=name, sidecar=data["sidecar"].encode()).status == "valid"
+    (row,) = await app.stored(data["file_hash"])
+    assert row["stamp_type"] == "sidecar"
+
+
+async def test_a_restamp_reports_the_size_of_the_content_without_its_stamp(app: App) -> None:
+    content = f"x = {uuid.uuid4().int}\n"
+    first = await app.data("/stamp", {"content": content, "file_path": "s.py"})
+    for stamp_type in ("lightweight", "rich"):  # unchanged, then restamped as the other kind
+        body = {"content": first["stamped_content"], "file_path": "s.py", "options": {"stamp_type": stamp_type}}
+        again = await app.data("/stamp", body)
+        assert again["status"] == ("unchanged" if stamp_type == "lightweight" else "stamped")
+        assert again["file_size"] == again["stamp_data"]["file_metadata"]["size"] == len(content.encode())
+
+
 async def test_content_is_reported_as_the_file_type_a_file_of_the_same_bytes_gets(app: App, tmp_path: Path) -> None:
-    # UTF-16 text is stamped in place, in its encoding: it is text, as stamp_file says of such a file, though its head
-    # holds NUL bytes (the stamping effect once classified the content again by those bytes alone: "binary").
+    # UTF-16 text is text, as stamp_file says of such a file, though its head holds NUL bytes (the stamping effect
+    # once classified the content again by those bytes alone: "binary").
     text = f"notes {uuid.uuid4()}\n".encode("utf-16")
     (tmp_path / "notes.txt").write_bytes(text)
     expected = stamps.stamp_file(tmp_path / "notes.txt", dry_run=True).file_type
     data = await app.data("/stamp", {"content_base64": base64.b64encode(text).decode(), "file_path": "notes.txt"})
-    assert (data["stamp_type"], data["file_type"], expected) == ("lightweight", "text", "text")
+    assert (data["stamp_type"], data["file_type"], expected) == ("sidecar", "text", "text")
     (row,) = await app.stored(data["file_hash"])
     assert row["file_type"] == "text"
 

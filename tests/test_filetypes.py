@@ -220,6 +220,50 @@ def test_wide_text_larger_than_the_limit_gets_a_sidecar_on_disk_and_in_memory(tm
     assert stamps.verify_file(path).status == "valid"
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda stamped: stamped + "y = 2\n".encode("utf-16-le") + b"\x00\xd8",  # a lone surrogate: no longer UTF-16
+        lambda stamped: stamped + "#\n".encode("utf-16-le") * (WHOLE_LIMIT // 4 + 1),  # grown past the limit
+    ],
+    ids=["damaged", "grown"],
+)
+def test_a_stamped_utf16_file_that_cannot_be_read_whole_keeps_its_stamp_where_it_is(
+    tmp_path: Path, change: object
+) -> None:
+    # Its stamp is still recognised (not "unstamped", beside a stale stamp a sidecar would leave in the file): the
+    # file reads as modified and a restamp is refused rather than written anywhere.
+    path = tmp_path / "w.py"
+    path.write_bytes(b"\xff\xfe" + "x = 1\n".encode("utf-16-le"))
+    first = stamp_file(path).stamp
+    assert first is not None
+    assert first.kind == "lightweight"
+    path.write_bytes(change(path.read_bytes()))  # type: ignore[operator]
+    changed = path.read_bytes()
+    for result in (stamps.verify_file(path), verify_bytes(changed, file_name="w.py")):
+        assert (result.status, result.expected) == ("modified", first.hash)
+    assert find_stamp(changed, file_name="w.py") == first
+    refused = stamp_file(path)
+    assert (refused.status, refused.stamp) == ("failed", None)
+    assert "stamp cannot be replaced in place" in str(refused.error)
+    with pytest.raises(StampError, match="stamp cannot be replaced in place"):
+        stamp_bytes(changed, file_name="w.py")
+    assert path.read_bytes() == changed
+    assert not sidecar_path(path).exists()
+
+
+def test_utf16_stamped_in_place_to_just_past_the_limit_stays_valid_and_unchanged(tmp_path: Path) -> None:
+    content = b"\xff\xfe" + "#\n".encode("utf-16-le") * (WHOLE_LIMIT // 4 - 8)
+    path = tmp_path / "edge.py"
+    path.write_bytes(content)
+    assert stamp_file(path).status == "stamped"
+    assert len(path.read_bytes()) > WHOLE_LIMIT >= len(content)  # the stamp took it past the limit
+    assert stamps.verify_file(path).status == "valid"
+    assert stamp_file(path).status == "unchanged"
+    assert stamps.hash_file(path) == hash_bytes(content)
+    assert strip_stamp(path.read_bytes(), file_name="edge.py") == content
+
+
 def test_utf16_larger_than_read_at_once_is_read_whole_all_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,7 +29,9 @@ import uvicorn.server
 from onex import stamps
 from onex.client import StampClient
 from onex.envelope import IdSource
+from onex.filetypes import WHOLE_LIMIT
 from onex.http import PREFIX, create_app, openapi_30, openapi_document, parse_address
+from onex.http.content import StreamingHash, hash_content
 from onex.http.models import _jsonable, dumps
 from onex.http.server import _CoalescingTransport, _HttpProtocol
 from onex.logs import configure
@@ -269,6 +271,40 @@ def test_hash_streams_a_large_upload_and_agrees_with_hash_file(api: httpx.Client
     assert data["received_bytes"] == len(stamped)
     assert data["size"] == len(body)
     assert data["file_path"] == "big.py"
+
+
+def test_hash_agrees_with_hash_file_when_a_character_straddles_the_end_of_the_head(tmp_path: Path) -> None:
+    # UTF-16 text is hashed whole, as hash_file reads it: its first HEAD_SIZE bytes alone end mid-character here
+    # (a surrogate pair across the boundary), so they do not decode, and the stamp is found only in the whole.
+    body = "x = 1\n" + "#" * 10 + "\n"
+    short, _ = stamps.stamp_bytes(("\ufeff" + body).encode("utf-16-le"), file_name="a.py")
+    fill = "y" * ((stamps.HEAD_SIZE - len(short) - 2) // 2 - 1)
+    original = ("\ufeff" + body + fill + "\n" + "\U0001f600" * 10 + "\n" + "z" * 1000 + "\n").encode("utf-16-le")
+    stamped, stamp = stamps.stamp_bytes(original, file_name="a.py")
+    assert stamped.find("\U0001f600".encode("utf-16-le")) == stamps.HEAD_SIZE - 2
+    (tmp_path / "a.py").write_bytes(stamped)
+    hashed = hash_content(stamped, "a.py")
+    assert hashed["hash"] == stamp.hash == stamps.hash_file(tmp_path / "a.py") == stamps.hash_bytes(original)
+    assert (hashed["size"], hashed["stamp_removed"]) == (len(original), True)
+    streamed = StreamingHash("a.py")
+    for start in range(0, len(stamped), 4096):  # in chunks, as an upload arrives
+        streamed.update(stamped[start : start + 4096])
+    assert streamed.result() == hashed
+
+
+def test_hash_of_stamped_utf16_grown_past_the_whole_limit_agrees_with_hash_file(tmp_path: Path) -> None:
+    # Past WHOLE_LIMIT only the head decides, as for hash_file: the stamp kept in place is removed all the same.
+    original = b"\xff\xfe" + "x = 1\n".encode("utf-16-le")
+    stamped, stamp = stamps.stamp_bytes(original, file_name="g.py")
+    tail = "#\n".encode("utf-16-le") * (WHOLE_LIMIT // 4 + 1)
+    (tmp_path / "g.py").write_bytes(stamped + tail)
+    streamed = StreamingHash("g.py")
+    for start in range(0, len(stamped + tail), 1 << 16):
+        streamed.update((stamped + tail)[start : start + (1 << 16)])
+    hashed = streamed.result()
+    assert hashed["hash"] == stamps.hash_file(tmp_path / "g.py") == stamps.hash_bytes(original + tail)
+    assert (hashed["size"], hashed["stamp_removed"]) == (len(original + tail), True)
+    assert hashed["hash"] != stamp.hash
 
 
 def test_hash_takes_exactly_one_file_part(api: httpx.Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from onex import stamps
 from onex.exceptions import StampError
+from onex.filetypes import MISPLACED
 from onex.stamps import (
     Stamp,
     find_stamp,
@@ -598,6 +600,72 @@ def test_atomic_write_keeps_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> 
     assert stat.S_IMODE(path.stat().st_mode) == 0o751
     assert path.stat().st_ino != inode  # replaced, not rewritten in place
     assert sorted(os.listdir(tmp_path)) == ["run.sh"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file away")
+@pytest.mark.parametrize("mode", [0o4755, 0o2775, 0o6750])
+def test_setuid_and_setgid_bits_of_another_users_file_survive_a_stamp(tmp_path: Path, mode: int) -> None:
+    # The kernel clears S_ISUID and S_ISGID on a chown, root's included: the mode must be set after the owner.
+    path = tmp_path / "tool.sh"
+    path.write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chown(path, 54321, 54321)
+    path.chmod(mode)
+    assert stamp_file(path).status == "stamped"
+    st = path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 54321, 54321)
+
+
+# A stamp the O.N.E. v0.1 bridge wrote on line 1, whatever came first in the file.
+BRIDGE_LINE = f"# ONEX:uid={UID},hash={'a' * 64},ts=2025-01-01T00:00:00Z,author=bridge,v=1\n".encode()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda stamped: b"import os\n" + stamped,  # a line added above the stamp
+        lambda stamped: b"\n" + stamped,  # a blank line
+        lambda _: BRIDGE_LINE + b"# -*- coding: utf-8 -*-\nx = 1\n",  # the bridge's stamp above a coding line
+    ],
+    ids=["line-above", "blank-above", "bridge-above-coding"],
+)
+def test_a_stamp_no_longer_where_it_belongs_is_modified_and_never_stamped_twice(tmp_path: Path, edit: Any) -> None:
+    path = tmp_path / "a.py"
+    path.write_bytes(b"x = 1\n")
+    first = stamp_file(path).stamp
+    assert first is not None
+    path.write_bytes(edit(path.read_bytes()))
+    edited = path.read_bytes()
+    expected = first.hash if edited.count(b"ONEX:") == 1 and not edited.startswith(BRIDGE_LINE) else "a" * 64
+    result = verify_file(path)
+    assert (result.status, result.expected) == ("modified", expected)
+    assert verify_bytes(edited, file_name="a.py") == dataclasses.replace(result, path="a.py")
+    again = stamp_file(path)
+    assert (again.status, again.error) == ("failed", f"{path}: {MISPLACED}")
+    assert path.read_bytes() == edited  # no second stamp, no new uid
+    with pytest.raises(StampError, match="not where it belongs"):
+        stamp_bytes(edited, file_name="a.py")
+
+
+@pytest.mark.parametrize(
+    ("name", "front"),
+    [
+        ("post.md", b"+++\ntitle = 'x'\n+++\n"),  # Hugo's TOML front matter
+        ("index.html", b"---\nlayout: default\n---\n"),  # Jekyll reads it on line 1 of any page it renders
+        ("feed.xml", b"---\nlayout: null\n---\n"),
+        ("main.scss", b"---\n---\n"),  # Jekyll's marker for a stylesheet to compile
+        ("site.css", b"---\r\ntitle: x\r\n...\r\n"),
+    ],
+)
+def test_a_stamp_goes_after_front_matter_in_every_file_a_site_generator_renders(name: str, front: bytes) -> None:
+    content = front + b"body {}\n"
+    for rich in (False, True):
+        out, stamp = stamp_bytes(content, file_name=name, rich=rich, now=NOW, uid=UID)
+        assert stamp.kind == ("rich" if rich else "lightweight")
+        assert out.startswith(front)
+        assert find_stamp(out, file_name=name) == stamp
+        assert verify_bytes(out, file_name=name).status == "valid"
+        assert strip_stamp(out, file_name=name) == content
+        assert stamp_bytes(out, file_name=name, rich=rich)[0] is out
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:

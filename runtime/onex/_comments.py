@@ -2,8 +2,9 @@
 
 A file's syntax comes from its name (``Makefile``), its extension (``.py``) or, for a script without one, the
 interpreter its shebang names; a file with none gets a sidecar (``onex.stamps``). A syntax also says which first
-lines a stamp must stay below: a shebang, a PEP 263 coding line, Dockerfile parser directives, Markdown front
-matter, an XML declaration or a CSS ``@charset``, and whether Go wants a blank line after it.
+lines a stamp must stay below: a shebang, a PEP 263 coding line, Dockerfile parser directives, front matter
+(``---`` YAML or ``+++`` TOML, in Markdown, markup and CSS: what static-site generators read on line 1), an XML
+declaration or a CSS ``@charset``, and whether Go wants a blank line after it.
 
 The syntaxes are grouped into the shipped file types (``GROUPS``: python, hash, docker, slash, go, dash, markup,
 markdown, css), which ``onex.filetypes`` turns into its handlers; a lightweight stamp may omit ``ts=`` (the seed's
@@ -56,9 +57,9 @@ _DOCKER = Syntax(b"# ", directives=True)
 _SLASH = Syntax(b"// ", shebang=True)  # JS/TS/Rust/Kotlin/Swift scripts may start with a shebang
 _GO = Syntax(b"// ", blank_after=True)
 _DASH = Syntax(b"-- ", shebang=True)
-_MARKUP = Syntax(b"<!-- ", b" -->", declaration=re.compile(rb"<\?xml[^>\n]{0,1024}\?>"))
+_MARKUP = Syntax(b"<!-- ", b" -->", front_matter=True, declaration=re.compile(rb"<\?xml[^>\n]{0,1024}\?>"))
 _MARKDOWN = Syntax(b"<!-- ", b" -->", front_matter=True)
-_CSS = Syntax(b"/* ", b" */", declaration=re.compile(rb'@charset "[^"\n]{0,128}";'))
+_CSS = Syntax(b"/* ", b" */", front_matter=True, declaration=re.compile(rb'@charset "[^"\n]{0,128}";'))
 
 
 # The shipped file types: (name, syntax, extensions, file names, interpreters of an extensionless script's shebang).

@@ -14,12 +14,13 @@ cannot be loaded, or that raises, is an error naming its entry point (``StampErr
 
 **Where a stamp goes.** Right after the *prefix*: a UTF-8 BOM, then whichever of these the syntax has and the
 file starts with: a shebang line (not Rust's ``#![``); Python's PEP 263 encoding line on line 1 or 2 (with line 1
-when the cookie is on line 2); Dockerfile parser directives; an XML declaration ``<?xml ...?>`` or a CSS
-``@charset "...";`` (with its newline, if one follows at once); Markdown YAML front matter. The stamp is ASCII,
-ends with the file's newline (CRLF when the first line ending of the content is CRLF) and, in Go, is followed by
-a blank line so that it never joins a package doc comment. One case needs more: when the prefix is the whole
-file and has no final newline (``#!/bin/sh`` alone), the stamp goes after a newline and itself has none, and
-stripping removes that newline too. A stamp is recognised only at that one place and only whole, which is what
+when the cookie is on line 2); Dockerfile parser directives; front matter on line 1 of Markdown, markup or CSS
+(``---`` YAML, closed by ``---`` or ``...``, or ``+++`` TOML, closed by ``+++``: what static-site generators read),
+else an XML declaration ``<?xml ...?>`` or a CSS ``@charset "...";`` (with its newline, if one follows at once).
+The stamp is ASCII, ends with the file's newline (CRLF when the first line ending of the content is CRLF) and, in
+Go, is followed by a blank line so that it never joins a package doc comment. One case needs more: when the prefix
+is the whole file and has no final newline (``#!/bin/sh`` alone), the stamp goes after a newline and itself has
+none, and stripping removes that newline too. A stamp is recognised only at that one place and only whole, which is what
 makes ``strip_stamp(stamp_bytes(x)) == x`` exact and cheap: only the head of a file is ever parsed.
 
 **Encodings.** A stamp is written in the file's own encoding, or the file gets a sidecar; it is never refused for
@@ -32,7 +33,10 @@ with its BOM (detected with certainty) is stamped in UTF-16/32: decoded, stamped
 checking that decoding and encoding give back its exact bytes (files up to ``WHOLE_LIMIT``). Anything else that is
 not UTF-8 (latin-1 that declares nothing, a declared encoding that is unknown, stateful such as ISO-2022-JP, or
 that the bytes contradict) gets a sidecar: guessing would risk the file. An in-place stamp already there is always
-recognised where it is, whatever the rest of the file became, so a restamp replaces it rather than leaving it.
+recognised where it is, whatever the rest of the file became, so a restamp replaces it rather than leaving it; only
+UTF-16/32 text that grew past ``WHOLE_LIMIT`` or no longer decodes exactly keeps its stamp verified where it is but
+refuses a restamp (``not_whole``), as the text around it could not be encoded back exactly. A stamp that is not
+where the first lines put it (a line added above it) is never stamped over: the file is refused (``MISPLACED``).
 
 **Formats.** Lightweight: one comment line ``ONEX:uid=<uuid4>,hash=<blake3 hex>,ts=<iso8601 UTC>`` (extra
 ``,key=value`` pairs of an existing stamp, as the bridge writes them, are recognised and kept; so is the seed's form
@@ -95,6 +99,12 @@ _CODING: Final = re.compile(rb"[ \t\f]*#[^\n]*?coding[:=][ \t]*[-\w.]+")  # PEP 
 _BLANK_OR_COMMENT: Final = re.compile(rb"[ \t\f]*(?:#[^\n]*)?\r?\n?")
 _DIRECTIVE: Final = re.compile(rb"#[ \t]*[A-Za-z][A-Za-z0-9_-]*[ \t]*=[^\n]*\n?")  # Dockerfile
 _LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FENCES: Final = {b"---": (b"---", b"..."), b"+++": (b"+++",)}  # front matter's opening line -> its closing lines
+# Why a file whose stamp is not where its first lines put it is not stamped again (a second stamp would go there).
+MISPLACED: Final = (
+    "a stamp is not where it belongs (the lines above it changed since it was stamped): remove it, or move it back "
+    "below them, and stamp again"
+)
 
 Kind = Literal["lightweight", "rich", "sidecar"]
 
@@ -154,6 +164,22 @@ def _line_end(head: bytes, start: int, at_eof: bool, limit: int) -> int | None:
 def _prefix_end(head: bytes, start: int, at_eof: bool, syntax: Syntax) -> int | None:
     """End of what must stay before the stamp, from ``start`` (after any BOM); ``None`` if it is too long."""
     limit = start + MAX_PREFIX
+    if syntax.front_matter:
+        # Static-site generators (Jekyll, Hugo, Eleventy) read front matter only on line 1, in any file they render:
+        # YAML between "---" lines, or TOML between "+++" lines. It comes before an XML declaration too.
+        first = _line_end(head, start, at_eof, limit)
+        fence = head[start:first].rstrip(b"\r\n") if first is not None else b""
+        if first is not None and fence in _FENCES and first != len(head):
+            pos = first
+            while (line_end := _line_end(head, pos, at_eof, limit)) is not None and line_end > pos:
+                if head[pos:line_end].rstrip(b"\r\n") in _FENCES[fence]:
+                    return line_end
+                pos = line_end
+            # No closing line within the limit: if the file ended, "---" was a thematic break; otherwise the front
+            # matter may be longer than we look, and a stamp before it would break it.
+            return start if line_end is not None else None
+        if syntax.declaration is None:
+            return start
     if syntax.declaration is not None:
         match = syntax.declaration.match(head, start)
         if match is None:
@@ -162,18 +188,6 @@ def _prefix_end(head: bytes, start: int, at_eof: bool, syntax: Syntax) -> int | 
         if head.startswith(b"\r\n", end):
             return end + 2
         return end + 1 if head.startswith(b"\n", end) else end
-    if syntax.front_matter:
-        first = _line_end(head, start, at_eof, limit)
-        if first is None or head[start:first].rstrip(b"\r\n") != b"---" or first == len(head):
-            return start
-        pos = first
-        while (line_end := _line_end(head, pos, at_eof, limit)) is not None and line_end > pos:
-            if head[pos:line_end].rstrip(b"\r\n") in (b"---", b"..."):
-                return line_end
-            pos = line_end
-        # No closing line within the limit: if the file ended, "---" was a thematic break; otherwise the front
-        # matter may be longer than we look, and a stamp before it would break it.
-        return start if line_end is not None else None
     pos = start
     first = _line_end(head, pos, at_eof, limit)
     if first is None:
@@ -489,10 +503,15 @@ def misplaced_stamp(content: bytes, layout: Layout) -> Stamp | None:
     """A stamp within the first ``MAX_PREFIX`` bytes other than where ``layout`` looks for one."""
     syntax = layout.syntax
     assert syntax is not None
-    head = content[:HEAD_SIZE]
-    at_eof = len(content) < HEAD_SIZE
+    # Every stamp holds a capital O ("ONEX:", "OmniNode"): one memchr rules out most unstamped text (stamping checks
+    # each such file) at a fraction of what the two searches below cost.
+    if content.find(b"O", 0, MAX_PREFIX + MAX_STAMP) < 0:
+        return None
     for marker in (syntax.open + b"ONEX:", syntax.open + _OPEN_MARK):
-        pos = head.find(marker, 0, MAX_PREFIX + len(marker))
+        pos = content.find(marker, 0, MAX_PREFIX + len(marker))  # searched in place: the head is copied only on a find
+        if pos < 0:
+            continue
+        head, at_eof = content[:HEAD_SIZE], len(content) < HEAD_SIZE
         while pos >= 0:
             if pos != layout.insert_at and (found := _match_stamp(head, pos, at_eof, syntax)) is not None:
                 return found[0]
@@ -614,6 +633,35 @@ class _WideText:
             return None, content
         return layout.stamp, self._encode(view[: layout.keep_end] + view[layout.stamp_end :])
 
+    def stamp_in(self, head: bytes, layout: Layout, *, at_eof: bool, why: str) -> Layout | None:
+        """The stamp at the start of ``head`` (``not_whole``) as a layout in the encoded bytes, or ``None``."""
+        assert layout.syntax is not None
+        limit = len(self.bom) + 4 * (MAX_PREFIX + MAX_STAMP)  # where a stamp can end: 4 bytes a character at most
+        ended = at_eof and len(head) <= limit
+        # Only the prefix and the stamp need to decode; what a replaced character misplaces is caught below.
+        text = codecs.getincrementaldecoder(self.codec)("replace").decode(head[len(self.bom) : limit], final=ended)
+        view = text.encode("utf-8")
+        insert_at = _prefix_end(view, 0, ended, layout.syntax)
+        found = None if insert_at is None else _match_stamp(view, insert_at, ended, layout.syntax)
+        if insert_at is None or found is None or not found[2]:  # none, or the unterminated kind at the very end
+            return None
+        keep_end = len(self.bom) + len(view[:insert_at].decode("utf-8").encode(self.codec))
+        encoded = self.bom + view[: found[1]].decode("utf-8").encode(self.codec)
+        if not head.startswith(encoded):
+            return None
+        problem = f"its {self.codec} stamp cannot be replaced in place ({why}): remove it to get a sidecar"
+        stamp_end = len(encoded)
+        return Layout(
+            layout.syntax,
+            layout.file_type,
+            keep_end,
+            keep_end,
+            stamp_end,
+            found[0],
+            problem=problem,
+            encoding=self.codec,
+        )
+
     def stamp(self, content: bytes, stamp: Stamp, *, file_name: str) -> bytes:
         view = self._view(content)
         layout = self._layout(view, file_name)
@@ -643,16 +691,29 @@ class _PluginWhole:
 
 
 def resolve_whole(layout: Layout, content: bytes, file_name: str) -> tuple[Layout, bytes | None]:
-    """For a layout that needs the whole content: the layout with the stamp found, and the content without it; a
-    sidecar layout (and ``None``) when it cannot be stamped in place, or is larger than ``WHOLE_LIMIT``."""
+    """For a layout that needs the whole content: the layout with the stamp found, and the content without it. When
+    it cannot be stamped in place, or is larger than ``WHOLE_LIMIT``: ``not_whole`` (and ``None``)."""
     assert layout.whole is not None
     if len(content) > WHOLE_LIMIT:
-        return Layout(None, layout.file_type), None
+        return not_whole(layout, content[:HEAD_SIZE], at_eof=False, why=f"larger than {WHOLE_LIMIT} bytes"), None
     try:
         stamp, stripped = layout.whole.extract(content, file_name=file_name)
-    except _NotInPlace:
-        return Layout(None, layout.file_type), None
+    except _NotInPlace as exc:
+        return not_whole(layout, content[:HEAD_SIZE], at_eof=len(content) <= HEAD_SIZE, why=str(exc)), None
     return replace(layout, stamp=stamp), stripped
+
+
+def not_whole(layout: Layout, head: bytes, *, at_eof: bool, why: str) -> Layout:
+    """The layout of content that needs to be seen whole but cannot be (``why``), from its first ``HEAD_SIZE`` bytes:
+    a sidecar, unless an in-place stamp is already there (UTF-16/32 text stamped before it grew or was damaged).
+    That stamp is kept where it is, with its offsets in the file's own bytes, so it is verified (the rest is hashed
+    as it is) rather than left stale beside a sidecar; content it still matches is ``unchanged``, and a restamp of
+    anything else is refused (``problem``), as the text around it can no longer be re-encoded exactly."""
+    if isinstance(layout.whole, _WideText):
+        found = layout.whole.stamp_in(head, layout, at_eof=at_eof, why=why)
+        if found is not None:
+            return found
+    return Layout(None, layout.file_type)
 
 
 def stamp_whole(layout: Layout, stripped: bytes, stamp: Stamp, file_name: str) -> bytes:

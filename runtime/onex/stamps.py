@@ -37,15 +37,20 @@ content. Binary means: magic bytes of a binary format, or a NUL byte, in the fir
 (of the content with the stamp removed), whatever the extension says; so a PNG named ``x.py`` gets a sidecar.
 
 Text with a comment syntax that is neither UTF-8 nor in an encoding it declares (a latin-1 ``.txt``), and UTF-16/32
-text larger than ``filetypes.WHOLE_LIMIT``, get a sidecar too; text in a declared encoding, or UTF-16/32 with a
-BOM, is stamped in place in that encoding (see ``onex.filetypes``). A file with no stamp in place but an onex
-sidecar keeps its stamp there (``_kept``), so a file that could take one in place only since (re-encoded as UTF-8,
-say) is verified against its sidecar and restamped into it, rather than reading as unstamped next to a stale one.
+text larger than ``filetypes.WHOLE_LIMIT`` (unless it holds a stamp in place already), get a sidecar too; text in a
+declared encoding, or UTF-16/32 with a BOM, is stamped in place in that encoding (see ``onex.filetypes``). A file
+with no stamp in place but an onex sidecar keeps its stamp there (``_kept``), so a file that could take one in place
+only since (re-encoded as UTF-8, say) is verified against its sidecar and restamped into it, rather than reading as
+unstamped next to a stale one.
 
 **Refusals** (``stamp_file`` returns ``failed``, ``stamp_bytes`` raises ``StampError``): a prefix longer than
-``MAX_PREFIX`` (front matter that does not close within it, say), a stamp longer than ``MAX_STAMP``, and a file
-type plugin that fails or whose stamp does not read back exactly. Nothing is refused for its encoding. The rest of a
-large file is not validated; the stamp is ASCII, so inserting it cannot corrupt any ASCII-compatible encoding.
+``MAX_PREFIX`` (front matter that does not close within it, say), a stamp longer than ``MAX_STAMP``, a file type
+plugin that fails or whose stamp does not read back exactly, a stamp that is no longer where the file's first lines
+put it (``filetypes.MISPLACED``: a line added above it; stamping would add a second one, and ``verify`` calls the file
+modified), and UTF-16/32 text stamped in place that has since grown past ``WHOLE_LIMIT`` or stopped decoding exactly
+(``filetypes.not_whole``: its stamp is verified where it is, and is ``unchanged`` while it matches). Nothing is
+refused for its encoding alone. The rest of a large file is not validated; the stamp is ASCII, so inserting it
+cannot corrupt any ASCII-compatible encoding.
 
 **Restamping.** Content whose hash matches its stamp, stamped the same kind with the same options, is left alone
 byte for byte (status ``unchanged``: same uid, same timestamps). Otherwise the old stamp is replaced: the uid and
@@ -120,6 +125,7 @@ from onex.filetypes import (
     HEAD_SIZE,
     MAX_PREFIX,
     MAX_STAMP,
+    MISPLACED,
     UID,
     WHOLE_LIMIT,
     Kind,
@@ -129,6 +135,7 @@ from onex.filetypes import (
     as_text,
     load_yaml,
     misplaced_stamp,
+    not_whole,
     resolve_whole,
     stamp_from_fields,
     stamp_unit,
@@ -159,6 +166,7 @@ __all__ = [
     "stamp_bytes",
     "stamp_content",
     "stamp_file",
+    "stamp_sidecar",
     "strip_stamp",
     "verify_bytes",
     "verify_file",
@@ -380,7 +388,7 @@ def _scan(f: io.FileIO, name: str, file_size: int) -> _Scan:
     if layout.whole is not None:
         if file_size <= WHOLE_LIMIT:  # a handler that needs it whole: read the rest
             return _scan_bytes(head + f.readall(), name, started)
-        layout = Layout(None, layout.file_type)
+        layout = not_whole(layout, head, at_eof=False, why=f"larger than {WHOLE_LIMIT} bytes")
     # Single-threaded on purpose: fed CHUNK_SIZE at a time, BLAKE3's threads cost more than they save, and
     # copying from the page cache, not hashing, is what limits a streamed file (see bench/stamps.py).
     hasher = blake3()
@@ -487,12 +495,14 @@ def stamp_bytes(
 @quick_init
 @dataclass(frozen=True, slots=True)
 class StampedContent:
-    """What ``stamp_content`` made of some content: the new content, its stamp, and its file type as onex names it
-    (what a stamp of the rich kind records, and ``stamp_file`` reports: the type the content was stamped as)."""
+    """What ``stamp_content`` made of some content: the new content, its stamp, its file type as onex names it
+    (what a stamp of the rich kind records, and ``stamp_file`` reports: the type the content was stamped as), and
+    its size without a stamp (``StampResult.size``, what a stamp of the rich kind records)."""
 
     content: bytes
     stamp: Stamp
     file_type: str
+    size: int
 
 
 _stamped = maker(StampedContent)  # built at about half the cost of the class's call (``onex._frozen.maker``)
@@ -515,23 +525,63 @@ def stamp_content(
     layout, digest, size = scan.layout, scan.digest, scan.size
     file_type = layout.file_type
     if layout.syntax is None or (layout.stamp is None and _kept(sidecar, file_name) is not None):
-        previous = parse_sidecar(sidecar, file_name + SIDECAR_SUFFIX) if sidecar is not None else None
-        options = _options("sidecar", namespace, author, now, uid)
-        stamp = _next_stamp(previous, options, digest=digest, size=size, name=name, file_type=file_type)
-        return _stamped(content, stamp, file_type)
-    if layout.problem is not None:
-        raise StampError(file_name, layout.problem)
+        return _sidecar_stamped(content, scan, file_name, namespace, author, now, uid, sidecar)
     options = _options("rich" if rich else "lightweight", namespace, author, now, uid)
+    if layout.problem is not None:
+        # A stamp kept where it is (``filetypes.not_whole``) that still matches needs no restamp; anything else does.
+        if (
+            layout.stamp is None
+            or _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
+            is not layout.stamp
+        ):
+            raise StampError(file_name, layout.problem)
+        return _stamped(content, layout.stamp, file_type, size)
+    # A stamp elsewhere in the head: a second one would go in (verify_bytes calls it modified).
+    if layout.stamp is None and layout.whole is None and misplaced_stamp(content, layout) is not None:
+        raise StampError(file_name, MISPLACED)
     stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
     if stamp is layout.stamp:
-        return _stamped(content, stamp, file_type)
+        return _stamped(content, stamp, file_type, size)
     if scan.stripped is not None:
-        return _stamped(stamp_whole(layout, scan.stripped, stamp, file_name), stamp, file_type)
+        return _stamped(stamp_whole(layout, scan.stripped, stamp, file_name), stamp, file_type, size)
     before, after = stamp_unit(stamp, layout, file_name)
     view = memoryview(content)
     if layout.glue:
-        return _stamped(b"".join((view[: layout.keep_end], after)), stamp, file_type)
-    return _stamped(b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp, file_type)
+        return _stamped(b"".join((view[: layout.keep_end], after)), stamp, file_type, size)
+    return _stamped(b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp, file_type, size)
+
+
+def stamp_sidecar(
+    content: bytes,
+    *,
+    file_name: str,
+    namespace: str = DEFAULT_NAMESPACE,
+    author: str = DEFAULT_AUTHOR,
+    now: datetime | None = None,
+    uid: str | None = None,
+    sidecar: bytes | None = None,
+) -> StampedContent:
+    """A sidecar stamp for ``content`` of any type, which comes back as it is: ``stamp_content`` of a sidecar type,
+    for bytes a caller must not see changed (sent as bytes, say). Its hash is of the content without a stamp."""
+    scan = _scan_bytes(content, os.path.basename(file_name))
+    return _sidecar_stamped(content, scan, file_name, namespace, author, now, uid, sidecar)
+
+
+def _sidecar_stamped(
+    content: bytes,
+    scan: _Scan,
+    file_name: str,
+    namespace: str,
+    author: str,
+    now: datetime | None,
+    uid: str | None,
+    sidecar: bytes | None,
+) -> StampedContent:
+    previous = parse_sidecar(sidecar, file_name + SIDECAR_SUFFIX) if sidecar is not None else None
+    options = _options("sidecar", namespace, author, now, uid)
+    file_type, name = scan.layout.file_type, os.path.basename(file_name)
+    stamp = _next_stamp(previous, options, digest=scan.digest, size=scan.size, name=name, file_type=file_type)
+    return _stamped(content, stamp, file_type, scan.size)
 
 
 def _kept(sidecar: bytes | None, file_name: str) -> Stamp | None:
@@ -674,10 +724,11 @@ def _replace(
     try:
         try:
             write(fd)
-            os.fchmod(fd, mode)
             if owner is not None and owner != (os.geteuid(), os.getegid()):
                 with contextlib.suppress(PermissionError):  # only root may give a file away; keep ours then
                     os.fchown(fd, *owner)
+            # After the chown, which clears the setuid and setgid bits (even root's): the mode must survive it.
+            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -823,9 +874,16 @@ def _stamp_file(
                     hook=hook,
                 )
             return done("stamped", stamp)
-        if layout.problem is not None:
-            return done("failed", None, f"{shown}: {layout.problem}")
         options = _Options("rich" if rich else "lightweight", namespace, author, None, None)
+        if layout.problem is not None:
+            # A stamp kept where it is (``filetypes.not_whole``) that still matches needs no restamp: unchanged.
+            if layout.stamp is not None and layout.stamp is _next_stamp(
+                layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
+            ):
+                return done("unchanged", layout.stamp)
+            return done("failed", None, f"{shown}: {layout.problem}")
+        if layout.stamp is None and layout.whole is None and misplaced_stamp(scan.data or scan.head, layout):
+            return done("failed", None, f"{shown}: {MISPLACED}")  # not a second stamp above or below the first
         stamp = _next_stamp(
             layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
         )
@@ -875,9 +933,12 @@ def verify_file(path: str | os.PathLike[str]) -> VerifyResult:
         real = os.path.realpath(shown)
         with _open_regular(real, shown) as (f, st):
             scan = _scan(f, os.path.basename(real), st.st_size)
-        stamp = scan.layout.stamp if scan.layout.syntax is not None else _read_sidecar(sidecar_path(real))[0]
-        if stamp is None and scan.layout.syntax is not None:
+        layout = scan.layout
+        stamp = layout.stamp if layout.syntax is not None else _read_sidecar(sidecar_path(real))[0]
+        if stamp is None and layout.syntax is not None:
             stamp = _kept_on_disk(real)
+            if stamp is None and layout.whole is None and (found := misplaced_stamp(scan.data or scan.head, layout)):
+                return VerifyResult(shown, "modified", found.hash, scan.digest)  # as verify_bytes: see there
     except StampError as exc:
         return VerifyResult(shown, "error", None, None, str(exc))
     except OSError as exc:

@@ -161,7 +161,10 @@ class NodeStampingEffect(EffectNode):
             data = cmd.content.encode() if cmd.content is not None else b""
         started = time.perf_counter()
         try:
-            made = stamps.stamp_content(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
+            if binary:  # bytes sent as bytes get a sidecar and come back as they were, whatever their type
+                made = stamps.stamp_sidecar(data, file_name=name, namespace=cmd.namespace, author=author)
+            else:
+                made = stamps.stamp_content(data, file_name=name, rich=rich, namespace=cmd.namespace, author=author)
         except StampError as exc:
             return self._failed(envelope, cmd, str(exc))
         timings.append(time.perf_counter() - started)  # hashing, and rendering the stamp into the content
@@ -173,7 +176,7 @@ class NodeStampingEffect(EffectNode):
                 stamp_id=row_id(stamp, cmd.namespace, cmd.file_path or CONTENT_PATH),
                 file_path=cmd.file_path or CONTENT_PATH,
                 file_hash=stamp.hash,
-                file_size=len(data),
+                file_size=made.size,  # without a stamp, as a file's (StampResult.size)
                 file_type=made.file_type,
                 namespace=cmd.namespace,
                 stamp_type=stamp.kind,
@@ -182,7 +185,7 @@ class NodeStampingEffect(EffectNode):
                 status="unchanged" if stamped is data and stamp.kind != "sidecar" else "stamped",
                 dry_run=cmd.dry_run,
                 stamp=_stamp_fields(stamp),
-                # Bytes that are not text are never changed (a sidecar stamp): the caller has them already.
+                # Bytes sent as bytes are never changed (a sidecar stamp): the caller has them already.
                 stamped_content=None if cmd.dry_run or binary else stamped.decode(errors="replace"),
                 file_mode=None,
             ),

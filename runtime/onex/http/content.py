@@ -16,6 +16,7 @@ from blake3 import blake3
 from onex import stamps
 from onex.exceptions import StampError
 from onex.files import FILE_TYPES
+from onex.filetypes import WHOLE_LIMIT, Layout, analyse, not_whole
 from onex.http.models import NAMESPACE_PATTERN, HashResult, Issue, ProtocolResult, StampView, VerifyResult
 
 T = TypeVar("T")
@@ -59,7 +60,9 @@ async def maybe_thread(size: int, fn: Callable[[], T]) -> T:
 
 class StreamingHash:
     """BLAKE3 of content with its stamp removed, fed in chunks, as ``stamps.hash_file`` computes it: the first
-    ``HEAD_SIZE`` bytes (where a stamp can be) are held until the stamp is found, the rest streams through."""
+    ``HEAD_SIZE`` bytes (where a stamp can be) are held until the stamp is found, the rest streams through. Content
+    whose stamp only the whole of it can find (UTF-16/32 text, a plugin's type) is held whole up to ``WHOLE_LIMIT``
+    bytes, as ``hash_file`` reads it; beyond that, as there, only its head decides (``filetypes.not_whole``)."""
 
     def __init__(self, file_name: str) -> None:
         self.file_name = file_name
@@ -67,6 +70,7 @@ class StreamingHash:
         self.removed = 0
         self._head = bytearray()
         self._hasher: Any = None
+        self._whole: Layout | None = None  # the head's layout while the content is held whole
 
     def update(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -74,21 +78,35 @@ class StreamingHash:
             self._hasher.update(chunk)
             return
         self._head += chunk
-        if len(self._head) >= stamps.HEAD_SIZE:
-            self._start()
+        if self._whole is not None:
+            if len(self._head) > WHOLE_LIMIT:
+                head = bytes(self._head[: stamps.HEAD_SIZE])
+                why = f"larger than {WHOLE_LIMIT} bytes"
+                self._start(not_whole(self._whole, head, at_eof=False, why=why))
+        elif len(self._head) >= stamps.HEAD_SIZE:
+            layout = analyse(self.file_name, bytes(self._head[: stamps.HEAD_SIZE]), at_eof=False)
+            if layout.whole is None:
+                self._start(layout)
+            else:
+                self._whole = layout
 
-    def _start(self) -> None:
-        head, self._head = bytes(self._head), bytearray()
-        front = head[: stamps.HEAD_SIZE]
-        stripped = stamps.strip_stamp(front, file_name=self.file_name)
-        self.removed = len(front) - len(stripped)
+    def _start(self, layout: Layout) -> None:
+        head, self._head = self._head, bytearray()
+        self.removed = layout.stamp_end - layout.keep_end
         self._hasher = blake3()
-        self._hasher.update(stripped)
-        self._hasher.update(head[stamps.HEAD_SIZE :])
+        view = memoryview(head)
+        self._hasher.update(view[: layout.keep_end])
+        self._hasher.update(view[layout.stamp_end :])
 
     def result(self) -> HashResult:
         if self._hasher is None:
-            self._start()
+            # All of it is here: stripped as stamps.hash_file strips content it reads at once.
+            data = bytes(self._head)
+            stripped = stamps.strip_stamp(data, file_name=self.file_name)
+            self.removed = len(data) - len(stripped)
+            self._head = bytearray()
+            self._hasher = blake3()
+            self._hasher.update(stripped)
         return {
             "hash": str(self._hasher.hexdigest()),
             "algorithm": "blake3",
