@@ -20,6 +20,7 @@ from tests.test_cli import ROOT as REPO
 from tests.test_cli import command, environment
 from tests.test_orchestration import ROOT as WORKSHOP
 from tests.test_orchestration import build, finished, step_done
+from tests.test_routing import ARCHIVE, EFFECTS, MAIN, files, route, stamp, stamped_by, with_archive
 
 pytestmark = pytest.mark.anyio
 
@@ -104,6 +105,35 @@ async def test_a_group_handed_over_to_nobody_stops_taking_messages(project: Path
         assert h.bus.statistics().buffered == before + 1
         await build(h)
         assert h.bus.statistics().buffered == before + 1  # the request built after the hand-over is not for it
+
+
+async def test_a_routing_change_moves_the_effects_it_routes_to_not_only_the_orchestrator(tmp_path: Path) -> None:
+    """Swapping a round robin's targets changes only the orchestrator's contract, yet it moves both effects' topics:
+    the first target now reads the event's own topic and the other one a topic of its own. Every command after the
+    reload reaches the effect it was routed to; none is read by the other effect, none is left on a topic nobody
+    reads."""
+    root = with_archive(tmp_path / "project")
+    targets = f"  - {{name: m, service: {MAIN}}}\n  - {{name: a, service: {ARCHIVE}}}\n"
+    route(root, "strategy: round_robin\ntargets:\n" + targets)
+    async with Harness(EFFECTS, root=root, clock=ManualClock()) as h:
+        before = [await stamp(h, path) for path in files(tmp_path / "before", ["b0.py", "b1.py"])]
+        await h.settle()
+        assert sorted(stamped_by(h).values()) == [MAIN, ARCHIVE]
+
+        swapped = f"  - {{name: a, service: {ARCHIVE}}}\n  - {{name: m, service: {MAIN}}}\n"
+        route(root, "strategy: round_robin\ntargets:\n" + swapped)
+        reloaded = await h.runtime.reload(load_contracts(root))
+
+        assert sorted(reloaded) == sorted(EFFECTS)  # the effects' contracts did not change; their topics did
+        after = [await stamp(h, path) for path in files(tmp_path / "after", [f"a{i}.py" for i in range(4)])]
+        await h.settle()
+
+        by = stamped_by(h)
+        assert set(by) == {*before, *after}  # every workflow completed: no command left unread
+        # Round robin over two: two each. Had the effects kept their topics, the archive's two would have reached
+        # stamping_effect and stamping_effect's two a topic nobody reads.
+        assert sorted(by[cid] for cid in after) == sorted([MAIN, MAIN, ARCHIVE, ARCHIVE])
+        assert not h.dead_letters()
 
 
 async def test_the_watcher_reloads_on_a_change_and_keeps_running_on_a_broken_one(

@@ -36,7 +36,11 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """The repository's project with a second stamping effect; ``route(...)`` writes its routing subcontract."""
-    root = tmp_path / "project"
+    return with_archive(tmp_path / "project")
+
+
+def with_archive(root: Path) -> Path:
+    """Make ``root`` the repository's project plus the second stamping effect (the ``project`` fixture)."""
     shutil.copytree(REPO / "contracts", root / "contracts")
     shutil.copytree(REPO / "subcontracts", root / "subcontracts")
     # The repository's nodes package itself (same classes), not a copy imported under an alias.
@@ -87,9 +91,8 @@ def stamped_by(h: Harness) -> dict[uuid.UUID, str]:
 
 async def test_service_sends_every_command_to_the_first_target(project: Path, tmp_path: Path) -> None:
     # The archive effect first: had the targets been ignored, everything would reach the shipped stamping_effect.
-    route(
-        project, f"strategy: service\ntargets:\n  - {{name: a, service: {ARCHIVE}}}\n  - {{name: m, service: {MAIN}}}\n"
-    )
+    # (A second target would get nothing under `service`, which validation refuses: the shipped one is a fallback.)
+    route(project, f"strategy: service\ntargets:\n  - {{name: a, service: {ARCHIVE}}}\nfallbacks: [{MAIN}]\n")
     async with Harness(EFFECTS, root=project, clock=ManualClock()) as h:
         sent = [await stamp(h, path) for path in files(tmp_path / "f", [f"s{i}.py" for i in range(5)])]
         await h.settle()

@@ -237,25 +237,30 @@ class Runtime:
         return node
 
     async def reload(self, contracts: ContractSet) -> list[str]:
-        """Host the nodes of ``contracts`` in place of those whose contract changed; returns their names.
+        """Host the nodes of ``contracts`` in place of those whose contract changed, or whose routed topics did (a
+        routing subcontract's targets moved a command to a topic of the service's own, or back); returns their names.
 
         Each changed node drains (it stops taking messages and finishes those in hand; what it had not taken, and
         what is published until its replacement joins, stays with its consumer group), stops, and a node built from
         the new contract starts and announces itself in its place, in the same group: it takes over where the old one
-        stopped. Nodes whose contract did not change keep running untouched. A node the new set no longer has keeps
-        running on its old contract, with a warning (``reload_missing``): removing a node is a deployment change, not a
-        reload.
+        stopped. Nodes whose contract and topics did not change keep running untouched. A node the new set no longer
+        has keeps running on its old contract, with a warning (``reload_missing``): removing a node is a deployment
+        change, not a reload.
         """
         known = set(contracts.names())
         names = [n.contract.name for n in self.nodes]
         for name in sorted(set(names) - known):
             event(_log, logging.WARNING, "reload_missing", f"{name} is no longer in the contracts: it keeps running")
         fresh = {c.name: c for c in select(contracts, [n for n in names if n in known], self._version)}
+        # A routing edited in one contract (the orchestrator's) moves the topics other nodes read: those are
+        # rebuilt too, or they keep reading commands now routed to another service, and theirs reach nobody.
+        was_routed = service_topics(self.contracts, self.settings)
         routed = service_topics(contracts, self.settings)
         reloaded: list[str] = []
         for i, node in enumerate(self.nodes):
-            new = fresh.get(node.contract.name)
-            if new is None or new == node.contract:
+            name = node.contract.name
+            new = fresh.get(name)
+            if new is None or (new == node.contract and routed.get(name, {}) == was_routed.get(name, {})):
                 continue
             replacement = self._build(
                 new, routed
