@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from onex.contracts import load_contracts
 from onex.scaffold import KINDS, TEMPLATES, node_spec, render, spec_from_requirements, write
+from onex.testing import Harness, ManualClock
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -140,7 +142,12 @@ def test_requirements_map_features_to_contract_fields_and_operations_to_commands
     contract = contracts.get("reducer_svc")
     assert contract.resilience.retry is not None
     assert contract.resilience.retry.max_attempts == 3
-    assert contract.resilience.circuit_breaker.failure_threshold == 5
+    # Only an effect calls out: a reducer gets a TODO, not a field that would do nothing (validation refuses it).
+    reducer_yaml = (fresh / "contracts" / "reducers" / "reducer_svc.yaml").read_text(encoding="utf-8")
+    assert "circuit_breaker:" not in reducer_yaml
+    assert "only an effect node has a circuit breaker" in reducer_yaml
+    effect_yaml = (fresh / "contracts" / "effects" / "effect_svc.yaml").read_text(encoding="utf-8")
+    assert 'circuit_breaker: {"failure_threshold": 5, "reset_timeout_ms": 30000}' in effect_yaml
     assert contract.resilience.timeout_ms == 30000
     assert contract.resilience.dead_letter is True
     assert contract.subcontracts.caching is not None
@@ -298,3 +305,71 @@ def test_kind_and_contracts_directory_follow_the_project(tmp_path: Path) -> None
         spec_from_requirements(requirements_file, "ping", kind="compute")
     written = write(render(spec_from_requirements(requirements_file, "ping"), tmp_path), tmp_path)
     assert tmp_path / "contracts" / "effects" / "ping.yaml" in written
+
+
+# --- a consumed event the project already declares: its payload is kept -----------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_node_consuming_an_event_the_project_publishes_reads_the_real_payloads(tmp_path: Path) -> None:
+    """STAMP_CREATED is the stamping effect's, published as nodes.models:ModelStampCreated. The new node keeps that
+    model: one of its own requiring a ``key`` would dead-letter every real stamp while its own test passed."""
+    for folder in ("contracts", "subcontracts", "nodes"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = node_spec("audit_log", "compute", consumes=["STAMP_CREATED"], publishes=["AUDITED"])
+    write(render(spec, tmp_path), tmp_path)
+    events = load_contracts(tmp_path).get("audit_log").subcontracts.event_type
+    assert events is not None
+    assert [e.payload_model for e in events.consumes] == ["nodes.models:ModelStampCreated"]
+    generated_test = (tmp_path / "tests" / "test_audit_log.py").read_text(encoding="utf-8")
+    assert '"stamp_type": "lightweight"' in generated_test  # a ModelStampCreated, not {"key": ...}
+    assert "TODO" not in generated_test
+    target = tmp_path / "in" / "a.py"
+    target.parent.mkdir()
+    target.write_text("print('a')\n", encoding="utf-8")
+
+    async with Harness(["orchestrator", "stamping_effect", "audit_log"], root=tmp_path, clock=ManualClock()) as h:
+        sent = await h.publish("STAMP_REQUESTED", {"file_path": str(target), "namespace": "audit"})
+        await h.settle()
+        assert h.dead_letters() == []
+        [audited] = [e for e in h.of("AUDITED") if e.correlation_id == sent.correlation_id]
+    assert audited.payload["source_event"] == "STAMP_CREATED"
+    assert audited.payload["key"] == str(sent.correlation_id)  # STAMP_CREATED is keyed by workflow
+
+
+def test_a_reused_payload_schema_is_copied_and_a_payload_it_cannot_build_is_a_todo_in_the_test(tmp_path: Path) -> None:
+    (tmp_path / "contracts" / "effects").mkdir(parents=True)
+    schema = {
+        "type": "object",
+        "required": ["code", "n"],
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}, "n": {"type": "integer", "minimum": 2}},
+    }
+    publisher = {
+        "name": "pub",
+        "subcontracts": {"event_type": {"publishes": [{"event_name": "THING", "payload_schema": schema}]}},
+    }
+    (tmp_path / "contracts" / "effects" / "pub.yaml").write_text(yaml.safe_dump(publisher), encoding="utf-8")
+    files = {str(f.path): f.text for f in render(node_spec("ping", "compute", consumes=["THING"]), tmp_path)}
+
+    [consumed] = yaml.safe_load(files["contracts/computes/ping.yaml"])["subcontracts"]["event_type"]["consumes"]
+    assert consumed["payload_schema"] == schema
+    assert "payload_model" not in consumed
+    assert "class ModelThing" not in files["nodes/ping/v1_0_0/models.py"]
+    test = files["tests/test_ping.py"]
+    assert "# TODO: make this a valid THING payload (its payload_schema)" in test  # the pattern is not followed
+    assert '"n": 2,' in test
+
+
+@pytest.mark.parametrize("existing", ["nodes/models.py", "nodes/models/__init__.py"])
+def test_a_name_whose_package_would_shadow_a_module_of_the_project_is_refused(tmp_path: Path, existing: str) -> None:
+    """``nodes/models/`` would take ``nodes.models`` from the module the shipped contracts import payloads from."""
+    (tmp_path / existing).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / existing).write_text("class ModelX: ...\n", encoding="utf-8")
+    before = sorted(tmp_path.rglob("*"))
+    result = onex("new", "node", "models", "--kind", "compute", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"node name 'models' would shadow {existing.removesuffix('__init__.py')}, which is not a node" in line
+    assert sorted(tmp_path.rglob("*")) == before
+    ok(onex("new", "node", "ping", "--kind", "compute", cwd=tmp_path))
+    ok(onex("new", "node", "ping", "--kind", "compute", "--force", cwd=tmp_path))  # a node's own package: no refusal

@@ -75,7 +75,10 @@ def new_node(
         for issue in exc.issues:
             click.echo(str(issue), err=True)
         _fail(f"{len(exc.issues)} problem(s) in the requirements file {requirements}")
-    files = render(spec, root)
+    try:
+        files = render(spec, root)
+    except ValueError as exc:  # the name is taken by a module of the project
+        _fail(str(exc), code=2)
     for todo in spec.todos:
         click.echo(f"TODO: feature {todo!r} has no contract field; left as a TODO in nodes/{name}/v1_0_0/node.py")
     if dry_run:

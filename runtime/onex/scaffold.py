@@ -19,11 +19,13 @@ when it is done.
 
 from __future__ import annotations
 
+import importlib.machinery
 import itertools
+import json
 import keyword
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ _BASES = {
     "orchestrator": "OrchestratorNode",
 }
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_VERSION_DIR_RE = re.compile(r"^v\d+_\d+_\d+$")  # a node's version package: nodes/<name>/v1_0_0
 _EVENT_RE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
 # An FSM state becomes a trigger and an action name (``entered_<state>``); these would shadow what the transitions
 # library or the Entity already define.
@@ -86,13 +89,22 @@ _FEATURE_ALIASES = {
 
 @dataclass(frozen=True)
 class ScaffoldEvent:
-    """An event of the new node: its name, payload model and (consumed) handler."""
+    """An event of the new node: its name, payload model and (consumed) handler.
+
+    A consumed event the project already declares with a payload (``reused``) keeps that declaration: the node reads
+    the payload other nodes publish, not a model of its own that the real events would not fit.
+    """
 
     name: str
     model: str
     handler: str = ""
     command: bool = False  # consumed on a `cmd` topic (an operation of the requirements)
     external: bool = False  # consumed and published by nothing in the project
+    payload_model: str = ""  # the contract's payload_model: this node's own model unless reused
+    payload_schema: Mapping[str, Any] | None = None  # or the reused inline payload_schema
+    reused: bool = False
+    sample: str = ""  # reused: a Python literal of a payload, for the generated test
+    sample_valid: bool = True  # whether ``sample`` validates (else the test says what to fill in)
 
 
 @dataclass(frozen=True)
@@ -300,6 +312,9 @@ def spec_from_requirements(
         if canonical not in FEATURES:
             todos.append(feature)
             continue
+        if canonical == "circuit_breaker" and wanted != "effect":  # only an effect calls out; validation refuses it
+            todos.append(f"{feature} (only an effect node has a circuit breaker)")
+            continue
         target, value = FEATURES[canonical]
         if target.startswith("resilience."):
             resilience[target.removeprefix("resilience.")] = value
@@ -361,53 +376,184 @@ def _contracts_dir(root: Path, kind: str) -> str:
     return f"contracts/{kind}s"
 
 
-def _published_in(root: Path, *, skip: Path) -> set[str]:
-    """Event names the project's contracts and subcontracts publish (read as plain YAML: the project need not
-    validate yet). A file that does not parse publishes nothing here; ``onex validate`` will say why."""
+def _declared_in(root: Path, *, skip: Path) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """The event names the project's contracts and subcontracts publish, and per event name the first payload
+    declaration (``payload_model`` or ``payload_schema``) made for it, a publisher's before a consumer's: the
+    payload on the wire is the one its publisher builds. Read as plain YAML (the project need not validate yet): a
+    file that does not parse declares nothing here; ``onex validate`` will say why."""
 
-    def walk(value: Any) -> Iterable[str]:
+    def walk(value: Any) -> Iterable[tuple[str, dict[str, Any]]]:
         if isinstance(value, dict):
             for key, item in value.items():
-                if key == "publishes" and isinstance(item, list):
-                    yield from (e["event_name"] for e in item if isinstance(e, dict) and "event_name" in e)
+                if key in ("publishes", "consumes") and isinstance(item, list):
+                    yield from ((key, e) for e in item if isinstance(e, dict) and isinstance(e.get("event_name"), str))
                 else:
                     yield from walk(item)
         elif isinstance(value, list):
             for item in value:
                 yield from walk(item)
 
-    names: set[str] = set()
+    found: list[tuple[str, dict[str, Any]]] = []
     for folder in ("contracts", "subcontracts"):
         for path in sorted((root / folder).rglob("*.yaml")) if (root / folder).is_dir() else ():
             if path == skip:
                 continue
             try:
-                names.update(walk(yaml.safe_load(path.read_text(encoding="utf-8"))))
+                found += walk(yaml.safe_load(path.read_text(encoding="utf-8")))
             except (OSError, yaml.YAMLError, UnicodeDecodeError):
                 continue
-    return names
+    payloads: dict[str, dict[str, Any]] = {}
+    for _, event in sorted(found, key=lambda item: item[0] != "publishes"):  # stable: publishers first
+        model, schema = event.get("payload_model"), event.get("payload_schema")
+        if isinstance(model, str) and model:
+            payloads.setdefault(event["event_name"], {"payload_model": model})
+        elif isinstance(schema, dict):
+            payloads.setdefault(event["event_name"], {"payload_schema": schema})
+    return {event["event_name"] for key, event in found if key == "publishes"}, payloads
+
+
+# --- a payload for the generated test of a node that consumes an existing event -----------------------------------
+
+_SAMPLE_STRINGS = {
+    "uuid": "00000000-0000-4000-8000-000000000001",
+    "date-time": "2024-01-01T00:00:00Z",
+    "date": "2024-01-01",
+    "time": "00:00:00",
+    "email": "someone@example.com",
+    "uri": "https://example.com/",
+}
+
+
+def _sample(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> Any:
+    """A value for ``schema`` (JSON Schema) with every required field and nothing else: the smallest instance the
+    common keywords allow. Best effort: the caller validates it (a ``pattern``, for one, is not followed)."""
+    if not isinstance(schema, dict) or depth > 20:
+        return None
+    if isinstance(schema.get("$ref"), str):
+        return _sample(defs.get(schema["$ref"].rpartition("/")[2]), defs, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if "default" in schema:
+        return schema["default"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for combined in ("anyOf", "oneOf", "allOf"):
+        options = [o for o in schema.get(combined) or () if isinstance(o, dict) and o.get("type") != "null"]
+        if options:
+            return _sample(options[0], defs, depth + 1)
+    kind = schema.get("type")
+    kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
+    if kind == "object" or (kind is None and "properties" in schema):
+        properties = schema.get("properties") or {}
+        return {name: _sample(properties.get(name), defs, depth + 1) for name in schema.get("required") or ()}
+    if kind == "array":
+        return [_sample(schema.get("items"), defs, depth + 1) for _ in range(int(schema.get("minItems", 0)))]
+    if kind == "string":
+        text = _SAMPLE_STRINGS.get(schema.get("format", ""), "x")
+        return text.ljust(int(schema.get("minLength", 0)), "x")
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0) + (1 if "exclusiveMinimum" in schema else 0))
+        return int(max(low, 0)) if kind == "integer" else float(max(low, 0))
+    if kind == "boolean":
+        return False
+    return None
+
+
+def _literal(value: Any, indent: int) -> str:
+    """``value`` (JSON data) as Python source that ruff format leaves as it is: a non-empty dict or list one item a
+    line with a trailing comma (which keeps it so), strings in double quotes."""
+    pad = " " * (indent + 4)
+    if isinstance(value, dict) and value:
+        items = "".join(f"{pad}{json.dumps(str(k))}: {_literal(v, indent + 4)},\n" for k, v in value.items())
+        return "{\n" + items + " " * indent + "}"
+    if isinstance(value, list) and value:
+        return "[\n" + "".join(f"{pad}{_literal(v, indent + 4)},\n" for v in value) + " " * indent + "]"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return json.dumps(value)
+
+
+def _reused(declared: Mapping[str, Any], root: Path) -> tuple[str, Mapping[str, Any] | None, Any, bool]:
+    """For a consumed event the project already declares (``declared``): its payload_model, payload_schema, a sample
+    payload and whether the sample validates (checked against the model, imported from the project, or the schema)."""
+    model_spec: str = declared.get("payload_model", "")
+    schema: Mapping[str, Any] | None = declared.get("payload_schema")
+    sample: Any = {}
+    valid = False
+    try:
+        if schema is not None:
+            from jsonschema import Draft202012Validator
+
+            sample = _sample(schema, schema.get("$defs") or {})
+            valid = Draft202012Validator(schema).is_valid(sample)
+        else:
+            from onex.contracts.imports import load_payload_model
+
+            model = load_payload_model(model_spec, root=root)
+            full = model.model_json_schema()
+            sample = _sample(full, full.get("$defs") or {})
+            model.model_validate(sample)
+            valid = True
+    except Exception:  # whatever fails (the import, the model), the test gets a TODO instead of a payload
+        valid = False
+    return model_spec, schema, sample if isinstance(sample, dict) else {}, valid
+
+
+def _shadowed_module(name: str, root: Path) -> str | None:
+    """What in ``root``'s ``nodes`` package a new node ``name`` would hide: its package ``nodes/<name>/`` takes the
+    import name ``nodes.<name>`` from a module ``nodes/<name>.py`` (or an extension), or joins a package there that is
+    not a node's (no ``v<major>_<minor>_<patch>`` version directory); None when the name is free or a node's."""
+    nodes = root / "nodes"
+    for suffix in importlib.machinery.all_suffixes():
+        if (nodes / f"{name}{suffix}").is_file():
+            return f"nodes/{name}{suffix}"
+    package = nodes / name
+    children = [child for child in package.iterdir() if child.name != "__pycache__"] if package.is_dir() else []
+    if children and not any(child.is_dir() and _VERSION_DIR_RE.match(child.name) for child in children):
+        return f"nodes/{name}/"
+    return None
 
 
 def render(spec: NodeSpec, root: Path) -> list[GeneratedFile]:
     """The files of ``spec``'s node in the project at ``root`` (nothing is written).
 
+    ``ValueError`` (a usage error) when the node's package ``nodes/<name>/`` would shadow a module of the project
+    that is not a node (``nodes/models.py``: every contract importing from ``nodes.models`` would break).
+
     ``root`` is read for two things: the contracts directory name in use for the kind, and which events the
     project already publishes (a consumed event nothing publishes is marked ``external: true``).
     """
+    shadowed = _shadowed_module(spec.name, root)
+    if shadowed is not None:
+        raise ValueError(f"node name {spec.name!r} would shadow {shadowed}, which is not a node: choose another name")
     contract_rel = f"{_contracts_dir(root, spec.kind)}/{spec.name}.yaml"
+    package = f"nodes/{spec.name}/v1_0_0"
     # The contract being replaced (--force) does not count: it is the one being written.
-    published = _published_in(root, skip=root / contract_rel) | set(RUNTIME_EVENTS) | set(spec.publishes)
-    consumes = [
-        ScaffoldEvent(
+    published, payloads = _declared_in(root, skip=root / contract_rel)
+    published |= set(RUNTIME_EVENTS) | set(spec.publishes)
+    consumes = []
+    for event in spec.consumes:
+        model = "Model" + _pascal(event.lower())
+        own = ScaffoldEvent(
             name=event,
-            model="Model" + _pascal(event.lower()),
+            model=model,
             handler="handle_" + event.lower(),
             command=event in spec.commands,
             external=event not in published,
+            payload_model=f"{package.replace('/', '.')}.models:{model}",
         )
-        for event in spec.consumes
+        if event not in payloads:
+            consumes.append(own)
+            continue
+        payload_model, payload_schema, sample, valid = _reused(payloads[event], root)
+        reused = replace(own, model=payload_model.rpartition(":")[2] or model, payload_model=payload_model)
+        consumes.append(
+            replace(reused, payload_schema=payload_schema, reused=True, sample=_literal(sample, 8), sample_valid=valid)
+        )
+    publishes = [
+        ScaffoldEvent(name=event, model=model, payload_model=f"{package.replace('/', '.')}.models:{model}")
+        for event, model in ((e, "Model" + _pascal(e.lower())) for e in spec.publishes)
     ]
-    publishes = [ScaffoldEvent(name=event, model="Model" + _pascal(event.lower())) for event in spec.publishes]
     config_model = f"Model{_pascal(spec.name)}Config"
     orchestrator = spec.kind == "orchestrator"
     node_imports = sorted({_BASES[spec.kind], "Event", *(("StepRun", "Workflow") if orchestrator else ())})
@@ -423,7 +569,8 @@ def render(spec: NodeSpec, root: Path) -> list[GeneratedFile]:
         "base_class": _BASES[spec.kind],
         "node_imports": node_imports,
         "config_model": config_model,
-        "models": sorted({config_model, *(e.model for e in (*consumes, *publishes))}),
+        # Sorted as ruff (isort, case-insensitive) sorts them: ModelAudited before ModelAuditLogConfig.
+        "models": sorted({config_model, *(e.model for e in (*consumes, *publishes) if not e.reused)}, key=str.lower),
         "consumes": consumes,
         "publishes": publishes,
         "batch": spec.kind == "reducer",
@@ -441,7 +588,6 @@ def render(spec: NodeSpec, root: Path) -> list[GeneratedFile]:
         "todos": list(spec.todos),
         "contract_path": contract_rel,
     }
-    package = f"nodes/{spec.name}/v1_0_0"
     plan: list[tuple[str, str, str]] = [  # (path, template, the `onex schema` name of the file)
         (contract_rel, "contract.yaml.j2", "contract"),
         (f"{package}/__init__.py", "init.py.j2", ""),
