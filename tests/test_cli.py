@@ -134,6 +134,8 @@ def test_validate_reports_every_problem_at_once_with_its_file_line_and_column(tm
         pytest.param("contracts/reducers/reducer.yaml", 1, id="file"),
         pytest.param("contracts/effects", 3, id="directory-of-contracts"),
         pytest.param(str(ROOT), len(NODES), id="project-directory"),
+        # A subcontract file is checked as the subcontract it is, not refused as a contract.
+        pytest.param("subcontracts/fsm/stamp_workflow.yaml", 0, id="subcontract-file"),
     ],
 )
 def test_validate_checks_only_the_paths_given(tmp_path: Path, path: str, count: int) -> None:

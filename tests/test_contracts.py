@@ -328,7 +328,7 @@ def test_paths_limit_the_check_to_those_files_and_skip_the_event_check(project: 
         subcontracts:
           event_type:
             version: 1.0.0
-            consumes: [{event_name: SOMETHING_ELSE}]
+            consumes: [{event_name: SOMETHING_ELSE, handler: on_it}]
         """,
     )
     write(project, "subcontracts/caching/broken.yaml", "subcontract_type: caching\n")
@@ -342,6 +342,72 @@ def test_paths_limit_the_check_to_those_files_and_skip_the_event_check(project: 
 
     subset = load_contracts(project, ["contracts/effects"], check_implementations=False, env={})
     assert subset.names() == ["greeter", "listener"]
+
+
+PUBLISHER = """\
+    contract_version: 2.0.0
+    name: gadget
+    version: 1.0.0
+    node_type: EFFECT
+    subcontracts:
+      event_type:
+        version: 1.0.0
+        publishes: [{event_name: GADGET_BUILT, topic_class: cmd}]
+    resilience: {timeout_ms: 30000}
+    """
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        pytest.param("timeout_ms: 30000", "timeout_ms: 30s", "contracts/effects/gadget.yaml:9:26: schema", id="schema"),
+        pytest.param(
+            "version: 1.0.0\n    node", "version: one\n    node", "contracts/effects/gadget.yaml:3:10: schema"
+        ),
+        pytest.param("node_type: EFFECT", "node_type: [", "contracts/effects/gadget.yaml:6:13: yaml", id="yaml"),
+    ],
+)
+def test_one_broken_contract_yields_only_its_own_problems(tmp_path: Path, old: str, new: str, problem: str) -> None:
+    # The consumer, and the routing naming the broken publisher, are valid: the set checks must not blame them for
+    # what only the broken file would have supplied (its name, the event it publishes on cmd).
+    write(
+        tmp_path,
+        "contracts/effects/widget.yaml",
+        """\
+        contract_version: 2.0.0
+        name: widget
+        version: 1.0.0
+        node_type: EFFECT
+        subcontracts:
+          event_type:
+            version: 1.0.0
+            consumes: [{event_name: GADGET_BUILT, handler: on_built, topic_class: cmd}]
+            publishes: [{event_name: WIDGET_ORDERED}]
+          routing:
+            version: 1.0.0
+            targets: [{name: build, service: gadget}]
+        """,
+    )
+    write(tmp_path, "contracts/effects/gadget.yaml", PUBLISHER)
+    assert load_contracts(tmp_path, check_implementations=False, env={}).names() == ["gadget", "widget"]
+
+    write(tmp_path, "contracts/effects/gadget.yaml", PUBLISHER.replace(old, new))
+    with pytest.raises(ContractError) as raised:
+        load_contracts(tmp_path, check_implementations=False, env={})
+
+    assert codes(raised.value) == [problem]
+
+
+def test_a_ref_to_another_kind_of_subcontract_is_one_problem_at_the_ref(project: Path) -> None:
+    write(project, "subcontracts/routing/greeting.yaml", "subcontract_type: routing\nversion: 1.0.0\n")
+    write(project, "contracts/effects/greeter.yaml", GREETER.replace("fsm/greeting.yaml", "routing/greeting.yaml"))
+
+    with pytest.raises(ContractError) as raised:
+        load_contracts(project, env={})
+
+    [issue] = raised.value.issues
+    assert (issue.path, issue.line, issue.column, issue.code) == ("contracts/effects/greeter.yaml", 9, 9, "ref")
+    assert issue.message == "fsm: $ref 'subcontracts/routing/greeting.yaml' names a routing subcontract, not fsm"
 
 
 def test_without_implementation_checks_nothing_is_imported(tmp_path: Path) -> None:
@@ -396,8 +462,8 @@ def test_events_the_runtime_publishes_for_every_node_need_no_publishing_contract
           event_type:
             version: 1.0.0
             consumes:
-              - {event_name: NODE_HEARTBEAT, payload_model: "onex.envelope:ModelNodeHeartbeat"}
-              - {event_name: NODE_INTROSPECTION, payload_model: "onex.envelope:ModelNodeIntrospection"}
+              - {event_name: NODE_HEARTBEAT, payload_model: "onex.envelope:ModelNodeHeartbeat", handler: heard}
+              - {event_name: NODE_INTROSPECTION, payload_model: "onex.envelope:ModelNodeIntrospection", handler: heard}
         """,
     )
 

@@ -28,7 +28,6 @@ from onex._render import console, emit, emit_json
 from onex.contracts import (
     Contract,
     bundled_schema,
-    load_contract,
     load_contracts,
     resolve_implementation,
     schemas,
@@ -64,9 +63,8 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
             elif target.is_dir():
                 # Loaded as a project root it would hold no contracts/ and pass having checked nothing.
                 checked += len(load_contracts(settings.root, [target.resolve()]).contracts)
-            else:
-                load_contract(target, root=settings.root)
-                checked += 1
+            else:  # a contract file, or a subcontract file (checked as one)
+                checked += len(load_contracts(settings.root, [target]).contracts)
         except ContractError as exc:
             issues.extend(exc.issues)
     for issue in issues:

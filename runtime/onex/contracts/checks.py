@@ -29,11 +29,13 @@ from onex.contracts.models import (
     SUBCONTRACT_TYPES,
     Aggregation,
     AggregationSubcontract,
+    CachingSubcontract,
     Contract,
     EventSpec,
     EventTypeSubcontract,
     FsmSubcontract,
     NodeType,
+    Resilience,
     RoutingSubcontract,
     StateManagementSubcontract,
     StateSupport,
@@ -385,6 +387,11 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 
 # --- the checks -------------------------------------------------------------------------------------------------
 
+# The fields of an ``EventSpec`` only a consumer reads (``max_batch`` too, reported as ``event-batch``).
+_CONSUMER_FIELDS = ("handler", "batch", "external", "resilience")
+# The strategies that read a routing target's ``weight`` (``onex.routing.Router``).
+_WEIGHTED = frozenset({"round_robin", "hash"})
+
 
 @dataclass
 class _Loaded:
@@ -392,6 +399,21 @@ class _Loaded:
 
     contract: Contract
     where: _Where
+
+
+@dataclass(frozen=True)
+class _Unloaded:
+    """A contract file that failed a per-file stage: what the set checks can still read of its raw YAML.
+
+    ``None`` is what cannot be read (the file did not parse, ``event_type`` is a ``$ref`` that failed, a value has
+    the wrong type): a set check that would need it reports nothing the failed file could have supplied, so one
+    broken contract yields only its own problems. Events are ``(event_name, event_version, topic_class)``, ``None``
+    where that value is unreadable.
+    """
+
+    name: str | None
+    publishes: tuple[tuple[str, int | None, str | None], ...] | None
+    consumes: tuple[tuple[str, int | None, str | None], ...] | None
 
 
 @dataclass
@@ -406,6 +428,7 @@ class _Checks:
     def check_subcontract(self, subcontract: Subcontract, where: _Where) -> None:
         if isinstance(subcontract, FsmSubcontract):
             self.check_fsm(subcontract, where)
+            self.check_transitions(subcontract, where)
         elif isinstance(subcontract, RoutingSubcontract):
             self.check_routing(subcontract, where)
         elif isinstance(subcontract, EventTypeSubcontract):
@@ -425,7 +448,9 @@ class _Checks:
             self.check_aggregation(subcontract, where)
 
     def check_batch_limits(self, events: EventTypeSubcontract, where: _Where) -> None:
-        """``max_batch`` sizes a batch handler's calls: on any other entry nothing would read it."""
+        """``max_batch`` sizes a batch handler's calls: on any other entry nothing would read it. The other fields
+        of a consumer (``handler``, ``batch``, ``external``, ``resilience``) mean nothing on a published event, and a
+        consumed event without ``handler`` is never subscribed to."""
         for direction in ("consumes", "publishes"):
             for index, spec in enumerate(getattr(events, direction)):
                 if spec.max_batch is not None and (direction == "publishes" or not spec.batch):
@@ -434,6 +459,22 @@ class _Checks:
                         "event-batch",
                         f"event {spec.event_name}: max_batch is only read on a consumed event with batch: true",
                     )
+        for index, spec in enumerate(events.publishes):
+            for name in _CONSUMER_FIELDS:
+                if name in spec.model_fields_set:
+                    self.report(
+                        where.at("publishes", index, name, key=True),
+                        "field-unread",
+                        f"event {spec.event_name}: {name} is only read on a consumed event, not a published one",
+                    )
+        for index, spec in enumerate(events.consumes):
+            if spec.handler is None:
+                self.report(
+                    where.at("consumes", index),
+                    "handler-missing",
+                    f"consumes {spec.event_name} has no handler: nothing would subscribe to it "
+                    "(name the node method that handles it)",
+                )
 
     def check_aggregation(self, aggregation: AggregationSubcontract, where: _Where) -> None:
         """Names unique, and each aggregation meaningful (``aggregation_problems``); a CUSTOM method is checked
@@ -451,8 +492,9 @@ class _Checks:
                 self.report(where.at("aggregations", index, *steps), code, f"aggregation {item.name!r}: {message}")
 
     def check_routing(self, routing: RoutingSubcontract, where: _Where) -> None:
-        """Guards parse; a strategy has what it needs (``hash`` a ``hash_key``, ``conditional`` a condition somewhere;
-        a target's condition or weight is read only by the strategy that uses it)."""
+        """Guards parse; a strategy has what it needs (``hash`` a ``hash_key``, ``conditional`` a condition somewhere);
+        a target's condition (``conditional``) or weight (``round_robin``, ``hash``) is given only where its strategy
+        reads it, and ``service``, which always picks the first target, has no other."""
         for index, target in enumerate(routing.targets):
             if target.condition is not None:
                 self._check_guard(target.condition, where.at("targets", index, "condition"), "routing-condition")
@@ -470,6 +512,21 @@ class _Checks:
                 "routing-strategy",
                 "strategy conditional needs a condition on at least one target (a target without one matches all)",
             )
+        for index, target in enumerate(routing.targets):
+            if "weight" in target.model_fields_set and routing.strategy not in _WEIGHTED:
+                self.report(
+                    where.at("targets", index, "weight"),
+                    "routing-strategy",
+                    f"target {target.name!r}: weight is only read by strategy round_robin or hash, "
+                    f"not {routing.strategy}",
+                )
+            if index and routing.strategy == "service":
+                self.report(
+                    where.at("targets", index),
+                    "routing-strategy",
+                    f"target {target.name!r} would get no command: strategy service always picks the first target "
+                    f"({routing.targets[0].name!r}); choose round_robin, hash or conditional, or make it a fallback",
+                )
         if routing.strategy != "conditional":
             for index, target in enumerate(routing.targets):
                 if target.condition is not None:
@@ -480,11 +537,13 @@ class _Checks:
                         f"not {routing.strategy}",
                     )
 
-    def check_routing_services(self, loaded: Sequence[_Loaded]) -> None:
+    def check_routing_services(self, loaded: Sequence[_Loaded], unloaded: Sequence[_Unloaded] = ()) -> None:
         """Every service a routing names (targets, fallbacks) is a node of the project, and every node consuming an
         event a routing routes is named by it: the first target reads the event's own topic (``onex.routing``), so
-        a consumer left out would get that target's commands too."""
-        names = {item.contract.name for item in loaded}
+        a consumer left out would get that target's commands too. A contract that did not load is a node by the
+        name its YAML gives; one whose name cannot be read could be any service."""
+        names = {item.contract.name for item in loaded} | {failed.name for failed in unloaded if failed.name}
+        anonymous = any(failed.name is None for failed in unloaded)
         known = ", ".join(sorted(names))
         for item in loaded:
             routing = item.contract.subcontracts.routing
@@ -496,7 +555,7 @@ class _Checks:
             ]
             named += [(("fallbacks", i), service) for i, service in enumerate(routing.fallbacks)]
             for steps, service in named:
-                if service not in names:
+                if service not in names and not anonymous:
                     self.report(
                         where.at(*steps),
                         "routing-service",
@@ -531,6 +590,7 @@ class _Checks:
             subcontract = getattr(contract.subcontracts, kind)
             if subcontract is not None:
                 self.check_subcontract(subcontract, where.child("subcontracts", kind))
+        self.check_breakers(contract, where)
         if contract.node_type is NodeType.ORCHESTRATOR and "steps" in contract.config:
             self.check_steps(contract.config["steps"], where.child("config", "steps"))
         spec = contract.implementation_path
@@ -555,6 +615,24 @@ class _Checks:
         problems = getattr(cls, "contract_problems", None)
         for steps, message in problems(contract) if callable(problems) else ():
             self.report(where.at(*steps), "node-contract", message)
+
+    def check_breakers(self, contract: Contract, where: _Where) -> None:
+        """``circuit_breaker`` only on effect nodes: ``EffectNode`` is the one kind that builds a breaker."""
+        if contract.node_type is NodeType.EFFECT:
+            return
+        events = contract.subcontracts.event_type
+        blocks: list[tuple[Resilience | None, tuple[str | int, ...]]] = [(contract.resilience, ("resilience",))]
+        blocks += [
+            (spec.resilience, ("subcontracts", "event_type", "consumes", index, "resilience"))
+            for index, spec in enumerate(events.consumes if events is not None else ())
+        ]
+        for block, steps in blocks:
+            if block is not None and "circuit_breaker" in block.model_fields_set:
+                self.report(
+                    where.at(*steps, "circuit_breaker", key=True),
+                    "field-unread",
+                    f"circuit_breaker is only read by effect nodes; node_type {contract.node_type} builds no breaker",
+                )
 
     def check_config(self, contract: Contract, cls: type, where: _Where) -> None:
         """``config`` against the class's ``config_model``: a wrong value at the value, an unknown key at the key.
@@ -662,9 +740,9 @@ class _Checks:
             try:
                 steps.append(Step.model_validate(item))
             except ValidationError as exc:
-                first = exc.errors()[0]
-                field = ".".join(str(p) for p in first["loc"])
-                self.report(where.at(index, *first["loc"]), "steps", f"step {index}: {field}: {first['msg']}")
+                for error in exc.errors():
+                    field = ".".join(str(p) for p in error["loc"])
+                    self.report(where.at(index, *error["loc"]), "steps", f"step {index}: {field}: {error['msg']}")
         if len(steps) == len(raw):
             try:
                 plan_stages(steps)
@@ -743,6 +821,50 @@ class _Checks:
                     "fsm-unreachable",
                     f"state {name!r} cannot be reached from initial_state {fsm.initial_state!r}",
                 )
+
+    def check_transitions(self, fsm: FsmSubcontract, where: _Where) -> None:
+        """What an FSM declares that could never happen: a state's ``timeout_ms`` (nothing acts when it passes), a
+        transition name given twice, and a transition an earlier one without a guard always takes first (the machine
+        tries a trigger's transitions from a state in order; '*' is every non-terminal state, as ``onex.fsm`` reads it).
+        """
+        for index, state in enumerate(fsm.states):
+            if state.timeout_ms is not None:
+                self.report(
+                    where.at("states", index, "timeout_ms", key=True),
+                    "field-unread",
+                    f"state {state.state_name!r}: state timeouts are not supported, nothing happens when timeout_ms "
+                    "passes (an orchestrator's steps have timeout_ms: config.steps)",
+                )
+        terminal = {s.state_name for s in fsm.states if s.is_terminal} | set(fsm.terminal_states)
+        everywhere = [s.state_name for s in fsm.states if s.state_name not in terminal]
+        names: dict[str, int] = {}
+        taken: dict[tuple[str, str], int] = {}  # (state, trigger) -> the first transition without a guard taking it
+        for index, transition in enumerate(fsm.transitions):
+            name = transition.transition_name
+            if name in names:
+                self.report(
+                    where.at("transitions", index, "transition_name"),
+                    "fsm-transition",
+                    f"transition name {name!r} is taken (by transitions[{names[name]}])",
+                )
+            names.setdefault(name, index)
+            given = [transition.from_state] if isinstance(transition.from_state, str) else list(transition.from_state)
+            wildcard = "*" in given
+            sources = everywhere if wildcard else given
+            shadowed = [source for source in sources if (source, transition.trigger) in taken]
+            # '*' reads "from every other state": shadowed from some states it still fires from the rest.
+            if shadowed and (not wildcard or len(shadowed) == len(sources)):
+                first = taken[(shadowed[0], transition.trigger)]
+                self.report(
+                    where.at("transitions", index, "trigger"),
+                    "fsm-transition",
+                    f"transition {name!r} can never fire from {', '.join(map(repr, shadowed))}: transitions[{first}] "
+                    f"({fsm.transitions[first].transition_name!r}) takes trigger {transition.trigger!r} there first "
+                    "and has no guard",
+                )
+            if not any(condition.required for condition in transition.conditions):
+                for source in sources:
+                    taken.setdefault((source, transition.trigger), index)
 
     def _check_guard(self, expression: str, pos: _Pos, code: str) -> None:
         try:
@@ -933,7 +1055,20 @@ class _Checks:
                     + _suggest(literal.name, declared),
                 )
 
-    def check_set(self, loaded: Sequence[_Loaded], *, events: bool) -> None:
+    def check_set(
+        self,
+        loaded: Sequence[_Loaded],
+        *,
+        events: bool,
+        unloaded: Sequence[_Unloaded] = (),
+        caches: Sequence[tuple[CachingSubcontract, _Where]] = (),
+    ) -> None:
+        """Across contracts: versions, routed services, every consumed event published on its topic class, caches
+        invalidated by events that exist (``caches``: the standalone caching files; the contracts' own are added).
+
+        A contract that failed to load (``unloaded``) counts with what its raw YAML says; where that cannot be read,
+        a finding it could have prevented is not made, so one broken file yields only its own problems.
+        """
         first: dict[tuple[str, str], Path] = {}
         for item in loaded:
             key = (item.contract.name, item.contract.version)
@@ -947,25 +1082,72 @@ class _Checks:
                 first[key] = item.contract.source
         if not events:
             return
-        self.check_routing_services(loaded)
+        self.check_routing_services(loaded, unloaded)
         # The runtime publishes its own events (introspection, heartbeats, transitions) for every hosted node.
-        published = {(name, 1) for name in RUNTIME_EVENTS} | {
-            (spec.event_name, spec.event_version)
-            for item in loaded
-            if item.contract.subcontracts.event_type is not None
-            for spec in item.contract.subcontracts.event_type.publishes
-        }
+        publishers: list[tuple[str, int | None, str | None, str]] = [
+            (name, 1, topic_class, "the runtime") for name, topic_class in RUNTIME_EVENTS.items()
+        ]
+        consumed: set[str] = set()
+        for item in loaded:
+            if item.contract.subcontracts.event_type is not None:
+                for spec in item.contract.subcontracts.event_type.publishes:
+                    publishers.append((spec.event_name, spec.event_version, spec.topic_class, item.contract.name))
+                consumed |= {spec.event_name for spec in item.contract.subcontracts.event_type.consumes}
+        for failed in unloaded:
+            publishers += [(*event, failed.name or "a contract that did not load") for event in failed.publishes or ()]
+            consumed |= {event[0] for event in failed.consumes or ()}
+        unreadable = any(failed.publishes is None or failed.consumes is None for failed in unloaded)
+        if not unreadable:  # a contract that did not load may name any event
+            self.check_cache_events(loaded, caches, {p[0] for p in publishers} | consumed)
+        if any(failed.publishes is None for failed in unloaded):
+            return
         for item in loaded:
             event_type = item.contract.subcontracts.event_type
             if event_type is None:
                 continue
+            here = item.where.child("subcontracts", "event_type", "consumes")
             for index, spec in enumerate(event_type.consumes):
-                if spec.external or (spec.event_name, spec.event_version) in published:
+                if spec.external:
+                    continue
+                same = [p for p in publishers if p[0] == spec.event_name and p[1] in (spec.event_version, None)]
+                if any(p[2] in (spec.topic_class, None) for p in same):
+                    continue
+                if same:
+                    classes = sorted({str(p[2]) for p in same})
+                    self.report(
+                        here.at(index, "topic_class" if "topic_class" in spec.model_fields_set else "event_name"),
+                        "event-topic",
+                        f"{spec.event_name} v{spec.event_version} is consumed on {spec.topic_class} but published on "
+                        f"{' and '.join(classes)} (by {', '.join(dict.fromkeys(p[3] for p in same))}): "
+                        f"{item.contract.name} would never receive it (consume it with topic_class: {classes[0]}, or "
+                        f"publish it on {spec.topic_class})",
+                    )
                     continue
                 version = "" if spec.event_version == 1 else f" v{spec.event_version}"
                 self.report(
-                    item.where.at("subcontracts", "event_type", "consumes", index, "event_name"),
+                    here.at(index, "event_name"),
                     "event-unpublished",
                     f"{item.contract.name} consumes {spec.event_name}{version} but no contract publishes it "
                     "(publish it from a node, or mark it `external: true`)",
                 )
+
+    def check_cache_events(
+        self, loaded: Sequence[_Loaded], caches: Sequence[tuple[CachingSubcontract, _Where]], known: set[str]
+    ) -> None:
+        """Every event a cache is invalidated on is one the project publishes or consumes: the cache subscribes to
+        its topic, so a misspelt name waits on a topic nothing writes and the cache is never invalidated."""
+        every = list(caches) + [
+            (item.contract.subcontracts.caching, item.where.child("subcontracts", "caching"))
+            for item in loaded
+            if item.contract.subcontracts.caching is not None
+        ]
+        for caching, where in every:
+            for index, entry in enumerate(caching.invalidate_on):
+                name = entry if isinstance(entry, str) else entry.event
+                if name not in known:
+                    self.report(
+                        where.at("invalidate_on", index, *(() if isinstance(entry, str) else ("event",))),
+                        "cache-event",
+                        f"invalidate_on {name}: no contract publishes or consumes it, so it would never invalidate "
+                        "the cache" + _suggest(name, sorted(known)),
+                    )

@@ -7,7 +7,8 @@
     -> set checks (events, versions)
 
 A stage that fails stops that file (later stages would only restate the error) while every other file is still
-checked, and all problems are raised together as one :class:`~onex.exceptions.ContractError`.
+checked, and all problems are raised together as one :class:`~onex.exceptions.ContractError`. The set checks still
+count a failed contract by what its raw YAML says (name, events), so it causes no false problems in other files.
 
 A ``$ref`` is project-root-relative (then relative to the referring file) or, with a ``./``/``../`` prefix,
 file-relative, and must resolve, symlinks resolved, to a file under the project root: ``../../etc/passwd``, an
@@ -22,7 +23,8 @@ Issue codes (``ContractIssue.code``)::
     too-large                  the file is larger than ``max_bytes`` (1 MiB by default)
     yaml                       not well-formed YAML, a duplicate key, a non-string key, an unsupported tag
     yaml-bomb                  alias expansion beyond ``MAX_YAML_NODES`` nodes, recursive aliases, absurd nesting
-    ref / ref-cycle            a ``$ref`` target that does not exist (or cannot be merged) / a ``$ref`` loop
+    ref / ref-cycle            a ``$ref`` target that does not exist (or cannot be merged), or under
+                               ``subcontracts.<type>`` a subcontract of another type / a ``$ref`` loop
     outside-root               a ``$ref``, or a file found by walking a directory, that resolves (symlinks resolved)
                                outside the project root; it is never read
     schema                     the JSON Schema rejects a node (every error, each at its own node)
@@ -32,6 +34,11 @@ Issue codes (``ContractIssue.code``)::
     fsm-duplicate-state        two states with one name
     fsm-unreachable            a state no path of transitions reaches from ``initial_state``
     fsm-terminal-outgoing      a terminal state is the ``from_state`` of a transition ('*' does not count)
+    fsm-transition             a transition name given twice, or a transition that can never fire: an earlier one
+                               without a guard takes its trigger from the same state first
+    field-unread               a field nothing would read there: a consumer's ``handler``/``batch``/``external``/
+                               ``resilience`` on a published event, ``circuit_breaker`` on a node other than an
+                               effect, a state's ``timeout_ms`` (state timeouts are not supported)
     fsm-condition              a guard outside the grammar ``field operator value`` (see ``parse_condition``)
     routing-condition          the same, in a routing target's ``condition``
     aggregation-duplicate      two aggregations, or two functions of one, with one name
@@ -47,14 +54,18 @@ Issue codes (``ContractIssue.code``)::
     event-batch                ``max_batch`` on a published event, or on a consumed one without ``batch: true``
     implementation-forbidden   ``implementation`` outside the project's ``nodes`` package (checked always)
     implementation-missing     the implementation module or class cannot be imported
-    handler-missing            a consumes handler, entry/exit action or transition action the class lacks
+    handler-missing            a consumes entry without ``handler``, or a consumes handler, entry/exit action or
+                               transition action the class lacks
     not-a-node                 the implementation does not subclass a node base class (reported at the class)
     node-kind-mismatch         the class's node kind (``EffectNode``, ...) is not the contract's ``node_type``
     trigger-unknown            node code fires ``self.fsm.trigger(entity, "name")`` with a trigger the FSM lacks
     event-undeclared           node code publishes (``self.publish``/``envelope``/``publish_envelopes``) an event
                                its contract's ``publishes`` does not declare (runtime events are always allowed)
-    steps                      an orchestrator's ``config.steps``: a malformed step, an unknown dependency, a cycle
+    steps                      an orchestrator's ``config.steps``: a malformed step (every problem of it, such as a
+                               ``timeout_ms`` or ``max_attempts`` below 1), an unknown dependency, a cycle
     event-unpublished          a consumed event (name, version) that no contract in the set publishes
+    event-topic                a consumed event published only on another ``topic_class`` (so on another topic)
+    cache-event                a caching ``invalidate_on`` event that no contract publishes or consumes
     duplicate-version          two contracts with one (name, version), reported at the second
     config-type                a ``config`` value the node's ``config_model`` refuses (at the value)
     config-unknown             a ``config`` key the node's ``config_model`` does not declare (at the key)
@@ -78,8 +89,15 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from onex.contracts.checks import _Checks, _Loaded
-from onex.contracts.models import SUBCONTRACT_MODELS, SUBCONTRACT_TYPES, Contract, ContractSet, Subcontract
+from onex.contracts.checks import _Checks, _Loaded, _Unloaded
+from onex.contracts.models import (
+    SUBCONTRACT_MODELS,
+    SUBCONTRACT_TYPES,
+    CachingSubcontract,
+    Contract,
+    ContractSet,
+    Subcontract,
+)
 from onex.contracts.schema import _schema_issues
 from onex.contracts.yaml import (
     MAX_YAML_NODES,
@@ -113,6 +131,7 @@ ISSUE_CODES: frozenset[str] = (
     | frozenset({"config-type", "config-unknown", "config-missing", "state-field", "state-choice", "state-checkpoint"})
     | frozenset({"node-contract"})
     | frozenset({"model-stale"})
+    | frozenset({"event-topic", "field-unread", "cache-event", "fsm-transition"})
 )
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -132,6 +151,8 @@ class _Session:
     check_implementations: bool
     issues: list[ContractIssue] = field(default_factory=list)
     given: dict[Path, str] = field(default_factory=dict)
+    unloaded: list[_Unloaded] = field(default_factory=list)  # contract files that failed, for the set checks
+    caches: list[tuple[CachingSubcontract, _Where]] = field(default_factory=list)  # caching files checked alone
     _documents: dict[str, _Document | None] = field(default_factory=dict)
     checks: _Checks = field(init=False)
 
@@ -214,16 +235,19 @@ class _Session:
     def resolve(self, document: _Document, file: Path) -> _Document | None:
         """The document with every ``$ref`` replaced, or ``None`` after reporting the refs that failed."""
         failures: list[bool] = []
-        data, pos = self._resolve(document.data, document.pos, (os.path.realpath(file),), failures)
+        data, pos = self._resolve(document.data, document.pos, (os.path.realpath(file),), failures, ())
         return None if failures else _Document(data, pos)
 
-    def _resolve(self, value: Any, pos: _Pos, stack: tuple[str, ...], failures: list[bool]) -> tuple[Any, _Pos]:
+    def _resolve(
+        self, value: Any, pos: _Pos, stack: tuple[str, ...], failures: list[bool], path: tuple[str, ...] = ()
+    ) -> tuple[Any, _Pos]:
+        """``path``: the keys leading to ``value`` in its document, so a ``$ref`` knows what it stands for."""
         if isinstance(value, _Map):
             if "$ref" in value and _is_file_ref(value["$ref"]):
-                return self._resolve_ref(value, stack, failures)
+                return self._resolve_ref(value, stack, failures, path)
             out = _Map(value.pos)
             for key, child in value.items():
-                resolved, child_pos = self._resolve(child, value.value_pos[key], stack, failures)
+                resolved, child_pos = self._resolve(child, value.value_pos[key], stack, failures, (*path, key))
                 out.put(key, resolved, value.key_pos[key], child_pos)
             return out, out.pos
         if isinstance(value, _Seq):
@@ -233,7 +257,9 @@ class _Session:
             return seq, seq.pos
         return value, pos
 
-    def _resolve_ref(self, ref_map: _Map, stack: tuple[str, ...], failures: list[bool]) -> tuple[Any, _Pos]:
+    def _resolve_ref(
+        self, ref_map: _Map, stack: tuple[str, ...], failures: list[bool], path: tuple[str, ...] = ()
+    ) -> tuple[Any, _Pos]:
         at = ref_map.key_pos["$ref"]
         ref = ref_map["$ref"]
         if not isinstance(ref, str) or not ref.strip():
@@ -265,6 +291,14 @@ class _Session:
         document = self.parse(target)
         if document is None:  # its own problem is reported at its own position
             failures.append(True)
+            return None, at
+        # `subcontracts: {fsm: {$ref: ...}}` must name an fsm file: another kind is one mistake, at the $ref, and the
+        # (valid) file it names is not schema-checked as what it is not.
+        found = document.data.get("subcontract_type") if isinstance(document.data, dict) else None
+        under = path[1] if len(path) == 2 and path[0] == "subcontracts" else None
+        if under in SUBCONTRACT_TYPES and isinstance(found, str) and found != under:
+            failures.append(True)
+            self.report(at, "ref", f"{under}: $ref {ref!r} names a {found} subcontract, not {under}")
             return None, at
         before = len(failures)
         value, pos = self._resolve(document.data, document.pos, (*stack, key), failures)
@@ -392,14 +426,17 @@ class _Session:
         file = self.file(path)
         document = self.parse(file)
         if document is None:
+            self.unloaded.append(_unloaded(None))
             return None
         if isinstance(document.data, dict) and "subcontract_type" in document.data:
             return self.load_subcontract(file)
         resolved = self.resolve(document, file)
         if resolved is None:
+            self.unloaded.append(_unloaded(document.data))
             return None
         where = _Where(resolved.data, resolved.pos)
         if not self.validate("contract", where, resolved.data):
+            self.unloaded.append(_unloaded(resolved.data))
             return None
         data: _Map = resolved.data
         if "config" in data:
@@ -411,6 +448,7 @@ class _Session:
             )
         contract = self.build(Contract, where, data, source=file)
         if contract is None:
+            self.unloaded.append(_unloaded(resolved.data))
             return None
         self.checks.check_contract(contract, where)
         return _Loaded(contract, where)
@@ -438,7 +476,43 @@ class _Session:
         subcontract = self.build(SUBCONTRACT_MODELS[kind], where, resolved.data)
         if subcontract is not None:
             self.checks.check_subcontract(subcontract, where)
+        if isinstance(subcontract, CachingSubcontract):
+            self.caches.append((subcontract, where))
         return subcontract
+
+
+_Events = tuple[tuple[str, int | None, str | None], ...]
+
+
+def _unloaded(data: Any) -> _Unloaded:
+    """What the set checks can read of a contract that failed to load: its name and events, ``None`` where unreadable
+    (``data`` is ``None`` when the file did not parse; an ``event_type`` still a ``$ref`` did not resolve)."""
+    if not isinstance(data, dict):
+        return _Unloaded(None, None, None)
+    name = data.get("name")
+    subcontracts = data.get("subcontracts", {})
+    events = subcontracts.get("event_type", {}) if isinstance(subcontracts, dict) else None
+
+    def entries(direction: str) -> _Events | None:
+        items = events.get(direction, []) if isinstance(events, dict) and "$ref" not in events else None
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("event_name"), str) for i in items
+        ):
+            return None
+        found = []
+        for item in items:
+            version, topic_class = item.get("event_version", 1), item.get("topic_class", "evt")
+            readable = isinstance(version, int) and not isinstance(version, bool)
+            found.append(
+                (
+                    item["event_name"],
+                    version if readable else None,
+                    topic_class if isinstance(topic_class, str) else None,
+                )
+            )
+        return tuple(found)
+
+    return _Unloaded(name if isinstance(name, str) else None, entries("publishes"), entries("consumes"))
 
 
 def _within(path: str, directory: str) -> bool:
@@ -554,7 +628,7 @@ def load_contracts(
     loaded = [result for file in files if isinstance(result := session.load_file(file), _Loaded)]
     for file in extra:
         session.load_subcontract(file)
-    session.checks.check_set(loaded, events=paths is None)
+    session.checks.check_set(loaded, events=paths is None, unloaded=session.unloaded, caches=session.caches)
     session.raise_if_issues()
     contracts = sorted((item.contract for item in loaded), key=lambda c: (c.name, c.version_tuple))
     return ContractSet(session.root, contracts)

@@ -318,8 +318,8 @@ class Step(_Model):
 
     step_name: str
     depends_on: tuple[str, ...] = ()
-    timeout_ms: int = 30_000
-    max_attempts: int = 1
+    timeout_ms: int = Field(30_000, ge=1)
+    max_attempts: int = Field(1, ge=1)  # attempts in all, the first included
     optional: bool = False
 
 
