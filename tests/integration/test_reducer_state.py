@@ -8,8 +8,10 @@ time of the per-minute windows, is the test's) with a real SQLite file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -277,13 +279,12 @@ def outcome(namespace: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("one_batch", [False, True], ids=["a-batch-per-namespace", "one-batch"])
-async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows_to_be_counted(
-    tmp_path: Path, one_batch: bool
-) -> None:
-    # Counted and acknowledged, not yet checkpointed (per_window, no window closes), when a rebalance moves the
-    # namespace to another reducer: its counts are dropped here, so the workflows must not be recorded as counted by
-    # this reducer's next checkpoint (another namespace's), or the new owner's reconcile skips them for good.
+@contextlib.asynccontextmanager
+async def reducer_and_another_namespace(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Harness, NodeReducer, list[str], str]]:
+    """A reducer checkpointing per window (none closes in these tests), the two topics it consumes, and a namespace
+    whose partition is not NS's: a rebalance can move NS away and keep that one."""
     contracts = reducer_with(checkpoint="per_window", config={"window_items": 1_000, "window_ms": 600_000})
     async with Harness(
         ["reducer"], root=ROOT, contracts=contracts, store_url=f"sqlite:///{tmp_path}/onex.db", clock=ManualClock()
@@ -293,6 +294,17 @@ async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows
         topics = [node.topic("WORKFLOW_COMPLETED"), node.topic("WORKFLOW_FAILED")]
         here = {h.bus.partition_of(topics[0], NS)}
         other = next(n for n in (f"ns{i}" for i in range(100)) if h.bus.partition_of(topics[0], n) not in here)
+        yield h, node, topics, other
+
+
+@pytest.mark.parametrize("one_batch", [False, True], ids=["a-batch-per-namespace", "one-batch"])
+async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows_to_be_counted(
+    tmp_path: Path, one_batch: bool
+) -> None:
+    # Counted and acknowledged, not yet checkpointed (per_window, no window closes), when a rebalance moves the
+    # namespace to another reducer: its counts are dropped here, so the workflows must not be recorded as counted by
+    # this reducer's next checkpoint (another namespace's), or the new owner's reconcile skips them for good.
+    async with reducer_and_another_namespace(tmp_path) as (h, node, topics, other):
         moved, stays = outcome(NS), outcome(other)
         if one_batch:  # as _reconcile hands over the workflows it finds, every namespace's at once
             models = [ModelWorkflowFinished.model_validate(p) for p in (moved, stays)]
@@ -329,15 +341,7 @@ async def test_a_namespace_moved_away_while_its_checkpoint_failed_is_not_written
     # The checkpoint took the namespace's totals and counted workflows out of the reducer, and its write failed
     # while a rebalance moved the namespace away: what it puts back for the next checkpoint must not include that
     # namespace (its totals are the new owner's to write), nor leave its workflows recorded as seen here.
-    contracts = reducer_with(checkpoint="per_window", config={"window_items": 1_000, "window_ms": 600_000})
-    async with Harness(
-        ["reducer"], root=ROOT, contracts=contracts, store_url=f"sqlite:///{tmp_path}/onex.db", clock=ManualClock()
-    ) as h:
-        node = h.runtime.node("reducer")
-        assert isinstance(node, NodeReducer)
-        topics = [node.topic("WORKFLOW_COMPLETED"), node.topic("WORKFLOW_FAILED")]
-        here = {h.bus.partition_of(topics[0], NS)}
-        other = next(n for n in (f"ns{i}" for i in range(100)) if h.bus.partition_of(topics[0], n) not in here)
+    async with reducer_and_another_namespace(tmp_path) as (h, node, topics, other):
         moved, stays = outcome(NS), outcome(other)
         for payload in (moved, stays):
             await h.publish("WORKFLOW_COMPLETED", payload, partition_key=payload["namespace"])
