@@ -4,7 +4,12 @@ on request or without it. The commands themselves are run on each in ``tests/tes
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import sys
+import time
+from typing import Any
 
 import pytest
 import uvloop
@@ -46,3 +51,30 @@ def test_the_setting_is_read_from_onex_event_loop_and_checked() -> None:
     assert Settings.load(environ={"ONEX_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
     with pytest.raises(ValueError, match="ONEX_EVENT_LOOP"):
         Settings.load(environ={"ONEX_EVENT_LOOP": "trio"})
+
+
+def _wait_to_be_terminated(ready: Any) -> None:
+    ready.put(os.getpid())
+    time.sleep(120)  # a signal whose handler does nothing resumes it (PEP 475)
+
+
+def test_a_process_forked_under_run_main_stops_on_terminate() -> None:
+    # run_main's loop takes SIGTERM; a child forked meanwhile inherited that handler, which only wakes the parent's
+    # loop: Process.terminate() left it running (bench/multiprocess.py's raw pipeline stages outlived the run).
+    context = multiprocessing.get_context("fork")
+    ready = context.Queue()
+
+    async def fork_and_terminate() -> int | None:
+        child = context.Process(target=_wait_to_be_terminated, args=(ready,), daemon=True)
+        child.start()
+        try:
+            await asyncio.to_thread(ready.get, True, 30)
+            child.terminate()
+            await asyncio.to_thread(child.join, 30)
+            return child.exitcode
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+    assert run_main(fork_and_terminate()) == -signal.SIGTERM

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -101,6 +102,23 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
     return uvloop.new_event_loop  # type: ignore[no-any-return,unused-ignore]
 
 
+_sigterm_handled = False  # while run_main's loop takes SIGTERM
+
+
+def _sigterm_default_in_child() -> None:
+    """In a process forked while ``run_main``'s loop takes SIGTERM: the default again. The handler it inherits only
+    wakes the parent's loop, so ``Process.terminate()`` would not stop it (multiprocessing's fork context)."""
+    global _sigterm_handled
+    if _sigterm_handled:
+        _sigterm_handled = False
+        with contextlib.suppress(ValueError):  # forked from a thread other than the main one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)  # the parent's loop's
+
+
+os.register_at_fork(after_in_child=_sigterm_default_in_child)
+
+
 def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
     """``asyncio.run(coro)`` on the event loop ``event_loop`` names (``event_loop_factory``): how every ``onex``
     command runs, and the benchmarks' onex runs with it.
@@ -124,6 +142,7 @@ def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
             terminated = True
             task.cancel()
 
+        global _sigterm_handled
         # Only where SIGTERM is at its default, as asyncio.Runner takes SIGINT only where it is at its default.
         handled = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         if handled:
@@ -131,10 +150,12 @@ def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
                 loop.add_signal_handler(signal.SIGTERM, terminate)
             except (NotImplementedError, RuntimeError):  # Windows; a thread other than the main one
                 handled = False
+        _sigterm_handled = handled
         try:
             return await coro
         finally:
             if handled:
+                _sigterm_handled = False
                 loop.remove_signal_handler(signal.SIGTERM)  # back to the default
 
     with asyncio.Runner(loop_factory=event_loop_factory(event_loop)) as runner:
