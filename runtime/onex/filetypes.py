@@ -500,9 +500,12 @@ def stamp_unit(stamp: Stamp, layout: Layout, path: str) -> tuple[bytes, bytes]:
 
 
 def misplaced_stamp(content: bytes, layout: Layout) -> Stamp | None:
-    """A stamp within the first ``MAX_PREFIX`` bytes other than where ``layout`` looks for one."""
+    """A stamp within the first ``MAX_PREFIX`` bytes other than where ``layout`` looks for one; ``None`` when the
+    layout found one there, or is a whole-content one (whose handler finds its stamp wherever it is)."""
     syntax = layout.syntax
     assert syntax is not None
+    if layout.stamp is not None or layout.whole is not None:
+        return None
     # Every stamp holds a capital O ("ONEX:", "OmniNode"): one memchr rules out most unstamped text (stamping checks
     # each such file) at a fraction of what the two searches below cost.
     if content.find(b"O", 0, MAX_PREFIX + MAX_STAMP) < 0:

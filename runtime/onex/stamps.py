@@ -529,15 +529,11 @@ def stamp_content(
     options = _options("rich" if rich else "lightweight", namespace, author, now, uid)
     if layout.problem is not None:
         # A stamp kept where it is (``filetypes.not_whole``) that still matches needs no restamp; anything else does.
-        if (
-            layout.stamp is None
-            or _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
-            is not layout.stamp
-        ):
+        if (kept := _still_matching(layout, options, digest, size, name)) is None:
             raise StampError(file_name, layout.problem)
-        return _stamped(content, layout.stamp, file_type, size)
+        return _stamped(content, kept, file_type, size)
     # A stamp elsewhere in the head: a second one would go in (verify_bytes calls it modified).
-    if layout.stamp is None and layout.whole is None and misplaced_stamp(content, layout) is not None:
+    if misplaced_stamp(content, layout) is not None:
         raise StampError(file_name, MISPLACED)
     stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
     if stamp is layout.stamp:
@@ -549,6 +545,17 @@ def stamp_content(
     if layout.glue:
         return _stamped(b"".join((view[: layout.keep_end], after)), stamp, file_type, size)
     return _stamped(b"".join((view[: layout.insert_at], before, view[layout.stamp_end :])), stamp, file_type, size)
+
+
+def _still_matching(layout: Layout, options: _Options, digest: str, size: int, name: str) -> Stamp | None:
+    """The stamp ``layout`` found, when it needs no restamp with ``options`` (``_next_stamp`` keeps it); else None."""
+    stamp = layout.stamp
+    if (
+        stamp is None
+        or _next_stamp(stamp, options, digest=digest, size=size, name=name, file_type=layout.file_type) is not stamp
+    ):
+        return None
+    return stamp
 
 
 def stamp_sidecar(
@@ -614,7 +621,7 @@ def verify_bytes(content: bytes, *, file_name: str, sidecar: bytes | None = None
         stamp = layout.stamp
         if stamp is None and sidecar is not None:
             stamp = _kept(sidecar, file_name)
-        if stamp is None and layout.whole is None and (misplaced := misplaced_stamp(content, layout)) is not None:
+        if stamp is None and (misplaced := misplaced_stamp(content, layout)) is not None:
             # The lines the stamp follows (BOM, shebang, coding line, front matter ...) changed, so it is no longer
             # where the file's first lines put it: the file was stamped and then modified, not never stamped.
             return VerifyResult(file_name, "modified", misplaced.hash, digest)
@@ -877,12 +884,10 @@ def _stamp_file(
         options = _Options("rich" if rich else "lightweight", namespace, author, None, None)
         if layout.problem is not None:
             # A stamp kept where it is (``filetypes.not_whole``) that still matches needs no restamp: unchanged.
-            if layout.stamp is not None and layout.stamp is _next_stamp(
-                layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
-            ):
-                return done("unchanged", layout.stamp)
+            if (kept := _still_matching(layout, options, scan.digest, scan.size, name)) is not None:
+                return done("unchanged", kept)
             return done("failed", None, f"{shown}: {layout.problem}")
-        if layout.stamp is None and layout.whole is None and misplaced_stamp(scan.data or scan.head, layout):
+        if misplaced_stamp(scan.data or scan.head, layout):
             return done("failed", None, f"{shown}: {MISPLACED}")  # not a second stamp above or below the first
         stamp = _next_stamp(
             layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
@@ -937,7 +942,7 @@ def verify_file(path: str | os.PathLike[str]) -> VerifyResult:
         stamp = layout.stamp if layout.syntax is not None else _read_sidecar(sidecar_path(real))[0]
         if stamp is None and layout.syntax is not None:
             stamp = _kept_on_disk(real)
-            if stamp is None and layout.whole is None and (found := misplaced_stamp(scan.data or scan.head, layout)):
+            if stamp is None and (found := misplaced_stamp(scan.data or scan.head, layout)):
                 return VerifyResult(shown, "modified", found.hash, scan.digest)  # as verify_bytes: see there
     except StampError as exc:
         return VerifyResult(shown, "error", None, None, str(exc))

@@ -297,6 +297,19 @@ async def reducer_and_another_namespace(
         yield h, node, topics, other
 
 
+async def comes_back_and_counts(
+    h: Harness, node: NodeReducer, owned: frozenset[tuple[str, int]], moved: dict[str, Any]
+) -> None:
+    """NS comes back before another reducer counted it: its outcome, delivered again, counts here once."""
+    await node.on_partitions(owned)
+    await h.publish("WORKFLOW_COMPLETED", moved, partition_key=NS)
+    await h.settle()
+    await node.checkpoint()
+    state = await h.store.get_bridge_state(NS)
+    assert state is not None
+    assert state.total_workflows_processed == 1
+
+
 @pytest.mark.parametrize("one_batch", [False, True], ids=["a-batch-per-namespace", "one-batch"])
 async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows_to_be_counted(
     tmp_path: Path, one_batch: bool
@@ -324,14 +337,7 @@ async def test_a_namespace_moved_away_before_its_checkpoint_leaves_its_workflows
         assert await h.store.unprocessed(node.processed_key, [moved_id, stays_id]) == {moved_id}
         assert await h.store.get_bridge_state(NS) is None
 
-        # The namespace comes back before another reducer counted it: its outcome, delivered again, counts here.
-        await node.on_partitions(owned)
-        await h.publish("WORKFLOW_COMPLETED", moved, partition_key=NS)
-        await h.settle()
-        await node.checkpoint()
-        state = await h.store.get_bridge_state(NS)
-        assert state is not None
-        assert state.total_workflows_processed == 1
+        await comes_back_and_counts(h, node, owned, moved)
         assert await h.store.unprocessed(node.processed_key, [moved_id]) == set()
 
 
@@ -366,11 +372,4 @@ async def test_a_namespace_moved_away_while_its_checkpoint_failed_is_not_written
         assert await h.store.list_aggregate_windows(node=node.contract.name, namespace=NS) == []
         assert await h.store.unprocessed(node.processed_key, [moved_id, stays_id]) == {moved_id}
 
-        # The namespace comes back before another reducer counted it: its outcome, delivered again, counts here.
-        await node.on_partitions(owned)
-        await h.publish("WORKFLOW_COMPLETED", moved, partition_key=NS)
-        await h.settle()
-        await node.checkpoint()
-        state = await h.store.get_bridge_state(NS)
-        assert state is not None
-        assert state.total_workflows_processed == 1
+        await comes_back_and_counts(h, node, owned, moved)
