@@ -3,16 +3,18 @@ runtime uses it: the registry's alive-node lookups, invalidated through the bus,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from onex.bus import MemoryBus, Subscription
-from onex.cache import Cache, MemoryCache, RedisCache, open_cache
+from onex.cache import REDIS_RETRY_AFTER_S, REDIS_TIMEOUT_S, Cache, MemoryCache, RedisCache, node_cache, open_cache
 from onex.clock import SYSTEM_CLOCK
-from onex.contracts import CachingSubcontract, load_subcontract
+from onex.contracts import CachingSubcontract, load_contract, load_subcontract
 from onex.envelope import NODE_HEARTBEAT, NODE_INTROSPECTION, OnexEnvelopeV1, topic_name
 from onex.exceptions import ContractError, OnexError
 from onex.metrics import registry_for
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = [pytest.param("memory", id="memory"), pytest.param("redis", id="redis", marks=pytest.mark.redis)]
+TENANT = "t"
 
 
 def spec(**fields: Any) -> CachingSubcontract:
@@ -53,7 +56,7 @@ async def make_cache(request: pytest.FixtureRequest) -> AsyncIterator[MakeCache]
     async with AsyncExitStack() as stack:
 
         async def make(**fields: Any) -> Cache:
-            cache = open_cache(spec(**fields), name="node", clock=ManualClock(), env=env, url=url)
+            cache = open_cache(spec(**fields), name="node", clock=ManualClock(), tenant=TENANT, env=env, url=url)
             stack.push_async_callback(cache.aclose)
             return cache
 
@@ -237,12 +240,14 @@ async def test_without_ttl_ms_a_memory_entry_stays() -> None:
 async def test_ttl_ms_is_the_redis_keys_expiry(
     redis_target: RedisTarget, ttl_ms: int | None, low: int, high: int
 ) -> None:
-    cache = open_cache(spec(ttl_ms=ttl_ms), name="node", clock=SYSTEM_CLOCK, env=redis_target.env, url=redis_target.url)
+    cache = open_cache(
+        spec(ttl_ms=ttl_ms), name="node", clock=SYSTEM_CLOCK, tenant=TENANT, env=redis_target.env, url=redis_target.url
+    )
     assert isinstance(cache, RedisCache)
     client = redis_target.client()
     try:
         await cache.lookup("alive_nodes", Loads()("v"), node_type="A")
-        key = f"onex:{redis_target.env}:node:alive_nodes:alive:A"
+        key = f"onex:{redis_target.env}:{TENANT}:node:v1:alive_nodes:alive:A"
         assert await client.get(key) == b'"v"'
         assert low <= await client.pttl(key) <= high  # -1: no expiry
     finally:
@@ -253,7 +258,7 @@ async def test_ttl_ms_is_the_redis_keys_expiry(
 async def test_redis_replicas_share_entries_and_each_others_invalidations(redis_target: RedisTarget) -> None:
     caching = spec(invalidate_on=[NODE_INTROSPECTION])
     one, two = (
-        open_cache(caching, name="node", clock=SYSTEM_CLOCK, env=redis_target.env, url=redis_target.url)
+        open_cache(caching, name="node", clock=SYSTEM_CLOCK, tenant=TENANT, env=redis_target.env, url=redis_target.url)
         for _ in range(2)
     )
     loads = Loads("v")
@@ -271,7 +276,7 @@ async def test_redis_replicas_share_entries_and_each_others_invalidations(redis_
 
 
 async def test_a_redis_that_does_not_answer_is_read_through() -> None:
-    cache = open_cache(spec(), name="node", clock=SYSTEM_CLOCK, url="redis://127.0.0.1:1/0")
+    cache = open_cache(spec(), name="node", clock=SYSTEM_CLOCK, tenant=TENANT, url="redis://127.0.0.1:1/0")
     loads = Loads("v")
     try:
         for _ in range(2):
@@ -281,22 +286,172 @@ async def test_a_redis_that_does_not_answer_is_read_through() -> None:
     assert loads.calls == 2
 
 
+async def test_redis_keys_are_a_tenants_and_a_contract_major_versions_own(redis_target: RedisTarget) -> None:
+    registry = load_contract(ROOT / "contracts" / "registries" / "registry.yaml", root=ROOT)
+    assert registry.version == "1.0.0"
+    async with AsyncExitStack() as stack:
+
+        def cache(tenant: str, version: str = "1.0.0") -> Cache:
+            settings = Settings(env=redis_target.env, tenant=tenant, cache_url=redis_target.url)
+            opened = node_cache(registry.model_copy(update={"version": version}), settings, ManualClock())
+            assert isinstance(opened, RedisCache)
+            stack.push_async_callback(opened.aclose)
+            return opened
+
+        assert await cache("acme").lookup("alive_nodes", Loads()(["acme-1"]), node_type="*") == ["acme-1"]
+        assert await cache("globex").lookup("alive_nodes", Loads()([]), node_type="*") == []  # not acme's
+        assert await cache("acme", "2.0.0").lookup("alive_nodes", Loads()(["v2"]), node_type="*") == ["v2"]
+        # A minor version keeps the shape of its values: its replicas share the entries of the older ones.
+        assert await cache("acme", "1.1.0").lookup("alive_nodes", Loads()(["x"]), node_type="*") == ["acme-1"]
+
+
+class Outage:
+    """A TCP proxy in front of the test's Redis server that fails as a server does: ``up`` forwards both ways,
+    ``silent`` takes what it is sent and answers nothing (a server that hangs, a network that drops packets after
+    the connection was made), ``closed`` closes every connection, open or new (a server gone). ``connections`` and
+    ``requests``: how many connections it accepted and reads it got from clients, in any mode."""
+
+    def __init__(self, target: RedisTarget) -> None:
+        parts = urlsplit(target.url)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._parts = parts
+        self.mode: Literal["up", "silent", "closed"] = "up"
+        self.connections = 0
+        self.requests = 0
+        self.url = ""
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> Outage:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        auth, at, _ = self._parts.netloc.rpartition("@")
+        self.url = urlunsplit(self._parts._replace(netloc=f"{auth}{at}127.0.0.1:{port}"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.set("closed")
+        self._server.close()
+        await self._server.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def set(self, mode: Literal["up", "silent", "closed"]) -> None:
+        self.mode = mode
+        if mode == "closed":
+            for writer in self._writers:
+                writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        try:
+            if self.mode == "closed":
+                return
+            upstream_reader, upstream = await asyncio.open_connection(*self._upstream)
+            self._writers.add(upstream)
+            try:
+                await asyncio.gather(self._pipe(reader, upstream, counted=True), self._pipe(upstream_reader, writer))
+            finally:
+                upstream.close()
+        finally:
+            writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, counted: bool = False) -> None:
+        try:
+            while data := await reader.read(65536):
+                self.requests += counted
+                if self.mode == "up":
+                    writer.write(data)
+                    await writer.drain()
+        except OSError:  # the other side closed
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_redis_that_accepts_but_never_answers_is_read_through_then_left_alone_a_while(
+    redis_target: RedisTarget,
+) -> None:
+    clock = ManualClock()
+    async with Outage(redis_target) as redis:
+        cache = open_cache(spec(), name="node", clock=clock, tenant=TENANT, env=redis_target.env, url=redis.url)
+        assert isinstance(cache, RedisCache)
+        # How long it waits is not asserted (no timing in tests): that it is bounded is (older redis-py waits forever).
+        options = cache.redis.connection_pool.connection_kwargs
+        assert options["socket_timeout"] == options["socket_connect_timeout"] == REDIS_TIMEOUT_S
+        try:
+            assert await cache.lookup("alive_nodes", Loads()("stored"), node_type="A") == "stored"
+            connected = redis.connections
+            redis.set("silent")
+            assert await cache.lookup("alive_nodes", Loads()("read"), node_type="A") == "read"  # gave up waiting
+            assert redis.connections == connected  # one attempt: no retry within the call
+            asked = redis.requests
+            assert await cache.lookup("alive_nodes", Loads()("read"), node_type="A") == "read"
+            assert redis.requests == asked  # not asked again during the pause
+
+            redis.set("up")
+            await clock.advance(REDIS_RETRY_AFTER_S)
+            assert await cache.lookup("alive_nodes", Loads()("read"), node_type="A") == "stored"  # asked again
+            assert cache.meter.lookups() == [("alive_nodes", 1, 3)]
+        finally:
+            await cache.aclose()
+
+
+@pytest.mark.parametrize("how", ["refused", "paused"])
+@pytest.mark.parametrize("event", [NODE_INTROSPECTION, NODE_HEARTBEAT], ids=["clear", "drop"])
+async def test_an_invalidation_redis_did_not_take_is_made_good_before_redis_is_trusted_again(
+    redis_target: RedisTarget, event: str, how: str
+) -> None:
+    clock = ManualClock()
+    caching = spec(
+        ttl_ms=None, invalidate_on=[NODE_INTROSPECTION, {"event": NODE_HEARTBEAT, "key": "alive:{node_type}"}]
+    )
+    async with Outage(redis_target) as redis:
+        cache = open_cache(caching, name="node", clock=clock, tenant=TENANT, env=redis_target.env, url=redis.url)
+        try:
+            assert await cache.lookup("alive_nodes", Loads()(["node-1"]), node_type="A") == ["node-1"]
+            redis.set("closed")
+            if how == "paused":  # a read found Redis gone; it answers again, but the invalidation is not sent yet
+                assert await cache.lookup("alive_nodes", Loads()(["node-1"]), node_type="A") == ["node-1"]
+                redis.set("up")
+            await cache.invalidate(event, {"node_type": "A"})  # node-1 stopped
+            redis.set("up")
+            assert await cache.lookup("alive_nodes", Loads()(["none"]), node_type="A") == ["none"]  # paused
+
+            redis.set("closed")  # the clear that makes good the lost invalidation fails too: tried again later
+            await clock.advance(REDIS_RETRY_AFTER_S)
+            assert await cache.lookup("alive_nodes", Loads()(["none"]), node_type="A") == ["none"]
+            redis.set("up")
+            await clock.advance(REDIS_RETRY_AFTER_S)
+            assert await cache.lookup("alive_nodes", Loads()(["none"]), node_type="A") == ["none"]  # not node-1
+            loads = Loads(["never"])
+            assert await cache.lookup("alive_nodes", loads(), node_type="A") == ["none"]  # stored, and trusted
+            assert loads.calls == 0
+        finally:
+            await cache.aclose()
+
+
 # --- backend: the subcontract's, or ONEX_CACHE_URL's ---------------------------------------------------------------
 
 
 async def test_backend_and_the_cache_url_setting_pick_the_backend() -> None:
-    assert isinstance(open_cache(spec(backend="memory"), name="n", clock=SYSTEM_CLOCK), MemoryCache)
-    on_redis = open_cache(spec(backend="redis://127.0.0.1:6379/3"), name="n", clock=SYSTEM_CLOCK, env="prod")
+    assert isinstance(open_cache(spec(backend="memory"), name="n", clock=SYSTEM_CLOCK, tenant=TENANT), MemoryCache)
+    on_redis = open_cache(
+        spec(backend="redis://127.0.0.1:6379/3"), name="n", clock=SYSTEM_CLOCK, tenant="acme", env="prod"
+    )
     assert isinstance(on_redis, RedisCache)
-    assert (on_redis.url, on_redis.prefix) == ("redis://127.0.0.1:6379/3", "onex:prod:n:")
+    assert (on_redis.url, on_redis.prefix) == ("redis://127.0.0.1:6379/3", "onex:prod:acme:n:v1:")
     await on_redis.aclose()
 
     url = Settings.load(environ={"ONEX_CACHE_URL": "redis://127.0.0.1:6379/4"}).cache_url
-    overridden = open_cache(spec(backend="memory"), name="n", clock=SYSTEM_CLOCK, url=url)
+    overridden = open_cache(spec(backend="memory"), name="n", clock=SYSTEM_CLOCK, tenant=TENANT, url=url)
     assert isinstance(overridden, RedisCache)
     await overridden.aclose()
     with pytest.raises(OnexError, match="unsupported cache backend"):
-        open_cache(spec(backend="mongodb://x"), name="n", clock=SYSTEM_CLOCK)
+        open_cache(spec(backend="mongodb://x"), name="n", clock=SYSTEM_CLOCK, tenant=TENANT)
 
 
 def test_the_schema_refuses_a_backend_that_is_not_memory_or_redis(tmp_path: Path) -> None:

@@ -185,3 +185,45 @@ async def test_gateway_replicas_share_entries_on_redis_only(
         for api in (one, two):
             assert ok(await api.get(f"/stamp/{file_hash}"))["count"] == 1
         assert counted.calls["get_stamps_by_hash"] == (1 if shared else 2)
+
+
+async def test_gateways_of_two_tenants_on_one_redis_never_share_entries(redis_target: RedisTarget) -> None:
+    settings: dict[str, Any] = {"cache_url": redis_target.url, "env": redis_target.env}
+    async with (
+        Harness(root=ROOT, **settings) as h,
+        gateways(h) as (mine,),
+        gateways(h, tenant="another_tenant") as (theirs,),
+    ):
+        counted = Counted(h)
+        file_hash = ok(await mine.post("/stamp", json=stamp_body(f"t = '{uuid.uuid4().hex}'\n", "t.tenants")))["hash"]
+        await h.settle()
+        for api in (mine, theirs):
+            assert ok(await api.get(f"/stamp/{file_hash}"))["count"] == 1
+        assert counted.calls["get_stamps_by_hash"] == 2  # the second tenant's gateway read its own store
+
+
+async def test_the_gateways_two_caches_keep_their_own_entries_on_redis(redis_target: RedisTarget) -> None:
+    settings: dict[str, Any] = {"cache_url": redis_target.url, "env": redis_target.env}
+    async with Harness(root=ROOT, **settings) as h, gateways(h) as (api,):
+        stamps, pages = api.gateway.stamp_cache, api.gateway.namespace_cache
+        assert stamps is not None
+        assert pages is not None
+        assert pages.spec.max_entries < stamps.spec.max_entries
+        loads = 0
+
+        async def load() -> list[str]:
+            nonlocal loads
+            loads += 1
+            return ["a stamp"]
+
+        async def page() -> dict[str, Any]:
+            return {"stamps": [], "aggregates": None}
+
+        await stamps.lookup("stamps_by_hash", load, file_hash="a" * 64)
+        for n in range(pages.spec.max_entries):  # the page cache full: its cap evicts its own entries only
+            await pages.lookup("namespace_page", page, namespace=f"ns{n}", limit=100, offset=0)
+        await stamps.lookup("stamps_by_hash", load, file_hash="a" * 64)
+        assert loads == 1
+        await pages.clear()  # as a STAMP_CREATED without a namespace would
+        await stamps.lookup("stamps_by_hash", load, file_hash="a" * 64)
+        assert loads == 1

@@ -19,7 +19,11 @@ an invalidation arrived in this process does not store what it loaded). The node
 (``onex.nodes.Node``, ``onex.http.app``); docs/contracts.md ("caching") documents each field.
 
 Hits and misses per lookup are counted in ``meter`` (``onex_cache_hits_total`` / ``onex_cache_misses_total``).
-A Redis that does not answer is logged and read through: a cache outage slows reads down, it does not fail them.
+A Redis that does not answer (refuses, or says nothing for ``REDIS_TIMEOUT_S``) is logged and read through: a cache
+outage slows reads down, it does not fail them; nor does it hang them, and after a failure Redis is left alone for
+``REDIS_RETRY_AFTER_S`` (on the cache's clock), so one read in that while pays the timeout, not every read. An
+invalidation Redis did not take may have left entries it names there: until a clear of every entry of the cache
+succeeds (tried on the first round trip after the pause), nothing is read from Redis nor stored in it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import logging
 import string
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel
 
@@ -49,6 +53,14 @@ if TYPE_CHECKING:
 __all__ = ["Cache", "MemoryCache", "RedisCache", "node_cache", "open_cache"]
 
 _log = logging.getLogger("onex.cache")
+
+# A healthy server answers a cache's round trip in well under a millisecond, and a cached read must not wait on a sick
+# one (overloaded, paused, a network that drops packets after the connection was made) much longer than the read it
+# would save: connecting and every round trip give up after this long, and the read goes to the store.
+REDIS_TIMEOUT_S: Final = 0.25
+# After a round trip failed, Redis is not asked again for this long (on the cache's clock): during an outage one read
+# in this while pays REDIS_TIMEOUT_S (and the log one warning), not every read.
+REDIS_RETRY_AFTER_S: Final = 1.0
 
 
 def _fields(template: str) -> tuple[str, ...]:
@@ -72,7 +84,8 @@ class Cache(abc.ABC):
     """The lookups of one caching subcontract; ``lookup`` reads through it. Close with ``aclose``.
 
     ``name`` says whose cache it is (a node's contract name, ``gateway``): the metrics' ``node`` label, and with
-    Redis part of every key (``onex:{env}:{name}:{lookup}:{key}``), so the replicas of one node share entries.
+    Redis part of every key (``onex:{env}:{tenant}:{name}:v{major}:{lookup}:{key}``), so the replicas of one node
+    (of one tenant, and one major version of its contract) share entries.
     """
 
     def __init__(self, spec: CachingSubcontract, *, name: str, clock: Clock) -> None:
@@ -251,55 +264,104 @@ return excess
 
 class RedisCache(Cache):
     """Entries in Redis (redis-py's asyncio client, imported only here): ``SET ... PX ttl_ms``, and a sorted set
-    of the keys by last use (``{prefix}~lru``) that bounds them to ``max_entries``. A single server, not a cluster
-    (the scripts touch keys they are not given). ``prefix`` namespaces every key: ``onex:{env}:{name}:``."""
+    of the keys by last use (``{prefix}{lookups}~lru``) that bounds them to ``max_entries``. A single server, not a
+    cluster (the scripts touch keys they are not given). ``prefix`` namespaces every key:
+    ``onex:{env}:{tenant}:{name}:v{major}:``. The index (and its counter) is named after the lookups the subcontract
+    caches, as its entries are: two caches of one name (the gateway's) keep their own, so neither's ``max_entries``
+    evicts, nor its ``clear`` drops, the other's entries."""
 
     def __init__(self, spec: CachingSubcontract, *, name: str, clock: Clock, url: str, prefix: str) -> None:
         super().__init__(spec, name=name, clock=clock)
         from redis.asyncio import Redis
+        from redis.exceptions import RedisError
 
         self.url = url
         self.prefix = prefix
-        self.redis: Redis = Redis.from_url(url)
-        self._index = f"{prefix}~lru"
-        self._tick = f"{prefix}~tick"
+        # Explicit: by default redis-py waits forever (older releases) or 5 s (newer). from_url's connections do
+        # not retry a call (Redis() would, 10 times): a failure costs one timeout at most, and REDIS_RETRY_AFTER_S
+        # says when Redis is asked again.
+        self.redis: Redis = Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        lookups = "+".join(sorted(spec.cached))
+        self._index = f"{prefix}{lookups}~lru"
+        self._tick = f"{prefix}{lookups}~tick"
         self._get_script: AsyncScript = self.redis.register_script(_GET)
         self._set_script: AsyncScript = self.redis.register_script(_SET)
-        self._failing = False
+        self._errors = (RedisError, OSError)  # OSError: refused, reset; TimeoutError is one too
+        self._failing = False  # warned that Redis does not answer; an answer ends it
+        # The hot path checks one flag: set while Redis is paused after a failure or holds what an invalidation it
+        # did not take should have dropped (_stale); _usable decides whether a round trip may go ahead.
+        self._suspect = False
+        self._retry_at = 0.0  # clock.monotonic() before which Redis is not asked after a failure
+        self._stale = False  # an invalidation did not reach Redis: no entry there is trusted until a clear succeeds
+        self._lost = 0  # invalidations Redis did not take: a clear that overlapped a newer one does not end _stale
+        self._recovering = False  # a round trip is clearing for _stale: the others read through meanwhile
 
-    def _unavailable(self, exc: Exception) -> None:
+    def _unavailable(self, exc: Exception, *, lost: bool = False) -> None:
+        """A round trip failed: pause (``REDIS_RETRY_AFTER_S``); ``lost``: it was an invalidation."""
         if not self._failing:
             _log.warning("%s: the cache at %s does not answer, reading through: %s", self.name, self.url, exc)
         self._failing = True
+        self._suspect = True
+        self._retry_at = self.clock.monotonic() + REDIS_RETRY_AFTER_S
+        if lost:
+            self._lose()
+
+    def _lose(self) -> None:
+        self._stale = self._suspect = True
+        self._lost += 1
+
+    async def _usable(self) -> bool:
+        """Whether a round trip may go to Redis now (only while ``_suspect``): not during the pause after a
+        failure, and not before a clear of every entry dropped what a lost invalidation named (tried here)."""
+        if self._recovering or self.clock.monotonic() < self._retry_at:
+            return False
+        if not self._stale:
+            self._suspect = False
+            return True
+        self._recovering = True
+        lost = self._lost
+        try:
+            await self._delete_all()
+        except self._errors as exc:
+            self._unavailable(exc)
+            return False
+        finally:
+            self._recovering = False
+        if lost != self._lost:  # another invalidation was lost meanwhile: it may name what was stored since
+            return False
+        self._stale = self._suspect = self._failing = False
+        _log.info("%s: the cache at %s answers again; cleared what a lost invalidation named", self.name, self.url)
+        return True
 
     async def _get(self, key: str) -> str | None:
-        from redis.exceptions import RedisError
-
+        if self._suspect and not await self._usable():
+            return None
         try:
             raw = await self._get_script(keys=[self.prefix + key, self._index, self._tick])
-        except (RedisError, OSError) as exc:
+        except self._errors as exc:
             self._unavailable(exc)
             return None
         self._failing = False
         return None if raw is None else bytes(raw).decode()
 
     async def _set(self, key: str, raw: str) -> None:
-        from redis.exceptions import RedisError
-
+        if self._suspect and not await self._usable():
+            return
         ttl = "" if self.spec.ttl_ms is None else str(self.spec.ttl_ms)
         try:
             await self._set_script(
                 keys=[self.prefix + key, self._index, self._tick], args=[raw, ttl, self.spec.max_entries]
             )
-        except (RedisError, OSError) as exc:
+        except self._errors as exc:
             self._unavailable(exc)
 
     async def _members(self) -> list[bytes]:
         return [member for member in await self.redis.zrange(self._index, 0, -1) if isinstance(member, bytes)]
 
     async def _drop(self, prefixes: Iterable[str]) -> None:
-        from redis.exceptions import RedisError
-
+        if self._suspect and not await self._usable():
+            self._lose()  # not asked during the pause: lost all the same
+            return
         # The index holds every live key (at most max_entries, and the expired ones not yet evicted): no SCAN of
         # the server's whole keyspace.
         starts = tuple((self.prefix + prefix).encode() for prefix in prefixes)
@@ -311,36 +373,62 @@ class RedisCache(Cache):
                     pipe.delete(*doomed)
                     pipe.zrem(self._index, *doomed)
                     await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._unavailable(exc)
+        except self._errors as exc:
+            self._unavailable(exc, lost=True)
 
     async def _clear(self) -> None:
-        from redis.exceptions import RedisError
-
+        if self._suspect and not await self._usable():
+            self._lose()
+            return
         try:
-            members = await self._members()
-            await self.redis.delete(*members, self._index, self._tick)
-        except (RedisError, OSError) as exc:
-            self._unavailable(exc)
+            await self._delete_all()
+        except self._errors as exc:
+            self._unavailable(exc, lost=True)
+
+    async def _delete_all(self) -> None:
+        members = await self._members()
+        await self.redis.delete(*members, self._index, self._tick)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
 
 
 def node_cache(contract: Contract, settings: Settings, clock: Clock) -> Cache | None:
-    """The cache of a node of ``contract`` (None without a caching subcontract), named after the contract."""
+    """The cache of a node of ``contract`` (None without a caching subcontract), named after the contract; in
+    Redis its keys are ``settings.tenant``'s and the contract's major version's."""
     caching = contract.subcontracts.caching
     if caching is None:
         return None
-    return open_cache(caching, name=contract.name, clock=clock, env=settings.env, url=settings.cache_url)
+    return open_cache(
+        caching,
+        name=contract.name,
+        clock=clock,
+        tenant=settings.tenant,
+        env=settings.env,
+        version=contract.version,
+        url=settings.cache_url,
+    )
 
 
-def open_cache(spec: CachingSubcontract, *, name: str, clock: Clock, env: str = "dev", url: str | None = None) -> Cache:
+def open_cache(
+    spec: CachingSubcontract,
+    *,
+    name: str,
+    clock: Clock,
+    tenant: str,
+    env: str = "dev",
+    version: str | None = None,
+    url: str | None = None,
+) -> Cache:
     """The cache ``spec`` describes, on ``url`` when given (``ONEX_CACHE_URL``), else on its ``backend``:
-    ``memory`` or ``redis://HOST:PORT/DB``. OnexError for any other."""
+    ``memory`` or ``redis://HOST:PORT/DB``. OnexError for any other. In Redis every key starts with
+    ``onex:{env}:{tenant}:{name}:v{major}:``, the major of ``version`` (the node contract's), else of the
+    subcontract's: tenants never share entries, nor do versions whose values may differ in shape."""
     backend = url or spec.backend
     if backend in ("memory", "memory://"):
         return MemoryCache(spec, name=name, clock=clock)
     if backend.startswith(("redis://", "rediss://")):
-        return RedisCache(spec, name=name, clock=clock, url=backend, prefix=f"onex:{env}:{name}:")
+        major = (version or spec.version).split(".", 1)[0]
+        prefix = f"onex:{env}:{tenant}:{name}:v{major}:"
+        return RedisCache(spec, name=name, clock=clock, url=backend, prefix=prefix)
     raise OnexError(f"unsupported cache backend {backend!r}: expected memory or redis://HOST:PORT/DB")
