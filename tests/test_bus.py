@@ -10,10 +10,12 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
+import anyio.lowlevel
 import pytest
 from onex.bus import BusStatistics, Handler, MemoryBus, RetryPolicy, Subscription
+from onex.clock import ManualClock
 from onex.envelope import OnexEnvelopeV1, dlq_topic, topic_name
-from onex.exceptions import BusError
+from onex.exceptions import BusError, StoreUnavailable
 
 from tests.fixtures.buses import close_within_deadline
 
@@ -567,6 +569,47 @@ async def test_statistics_count_retries_and_dead_letters(bus: MemoryBus) -> None
     assert calls == 4
     # The dead letter was published too, to a topic nobody reads.
     assert bus.statistics() == BusStatistics(published=2, delivered=0, retried=3, dead_lettered=1, buffered=0)
+
+
+class NotingClock(ManualClock):
+    """A ``ManualClock`` that notes how long each sleep on it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await super().sleep(seconds)
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, 0.999999])
+async def test_a_message_a_store_outage_left_unacknowledged_comes_again_after_an_equally_jittered_pause(
+    bus: MemoryBus, draw: float
+) -> None:
+    # Every replica meets the outage at once: an unjittered pause brings them all back to the recovering store
+    # together. Half of it stays fixed (equal jitter), whatever the policy's jitter, so that it is never ~0.
+    clock = NotingClock()
+    retry = RetryPolicy(max_attempts=1, backoff_ms=100.0, jitter="none", clock=clock, random=lambda: draw)
+    calls = 0
+    handled = asyncio.Event()
+
+    async def needs_the_store(envelope: OnexEnvelopeV1) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("connection refused")
+        handled.set()
+
+    await bus.subscribe([TOPIC], "store", handler=needs_the_store, retry=retry)
+    await bus.publish(TOPIC, probe())
+    with anyio.fail_after(TIMEOUT_S):
+        while not clock.sleepers:
+            await anyio.lowlevel.checkpoint()
+    assert clock.slept == [pytest.approx(0.05 + draw * 0.05)]
+    await clock.advance(0.1)
+    await until(handled)
+    assert (calls, bus.statistics().retried, bus.statistics().dead_lettered) == (2, 0, 0)
 
 
 # --- closing -------------------------------------------------------------------------------------------------------

@@ -9,19 +9,25 @@ from __future__ import annotations
 import functools
 import importlib
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from onex.bus import MemoryBus
-from onex.contracts import ContractSet, load_contracts, resolve_implementation
+from onex.clock import ManualClock
+from onex.contracts import Contract, ContractSet, load_contract, load_contracts, resolve_implementation
 from onex.envelope import DEAD_LETTER_EVENT, ModelNodeHeartbeat, ModelNodeIntrospection, OnexEnvelopeV1, dlq_topic
-from onex.exceptions import LifecycleError, OnexError, PayloadError
+from onex.exceptions import CircuitOpenError, LifecycleError, OnexError, PayloadError
 from onex.nodes import Event, Lifecycle
+from onex.resilience import BreakerState
 from onex.settings import Settings
 from onex.stores import open_store
 from onex.testing import Harness
+
+from nodes.models import ModelStampCommand
+from nodes.stamping_effect.v1_0_0.node import NodeStampingEffect
 
 if TYPE_CHECKING:
     # For annotations only: at run time the workshop's classes are those of its private alias (see below).
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 importlib.import_module("nodes")
 
 ROOT = Path(__file__).resolve().parent / "projects" / "workshop"
+REPOSITORY = Path(__file__).resolve().parent.parent  # the shipped contracts and nodes
 
 
 @functools.cache
@@ -459,6 +466,36 @@ async def test_an_effect_node_is_degraded_while_its_circuit_breaker_is_open() ->
     assert errors == ["ConnectionError", "ConnectionError", "CircuitOpenError"]
     beats = [e.payload["health_status"] for e in h.of("NODE_HEARTBEAT") if e.source_node_id == mailer.node_id]
     assert beats[0] == "DEGRADED"
+
+
+@pytest.mark.anyio
+async def test_the_stamping_effect_guards_a_batch_with_its_event_types_own_breaker(
+    memory_bus: MemoryBus, tmp_path: Path
+) -> None:
+    shipped = load_contract(REPOSITORY / "contracts" / "effects" / "stamping_effect.yaml", root=REPOSITORY)
+    data = shipped.model_dump(exclude_unset=True)
+    [stamp_file] = data["subcontracts"]["event_type"]["consumes"]
+    stamp_file["resilience"] = {"circuit_breaker": {"failure_threshold": 1, "reset_timeout_ms": 1_000}}
+    contract = Contract.model_validate(data)
+    clock = ManualClock()
+    settings = Settings.load(environ={}, root=str(REPOSITORY), heartbeat_interval_s=0, stamp_roots=(tmp_path,))
+    store = open_store(f"sqlite:///{tmp_path}/onex.db")
+    node = NodeStampingEffect(contract, bus=memory_bus, store=store, settings=settings, clock=clock)
+    own = node.breaker_for("STAMP_FILE")
+    assert own is not node.breaker
+    command = ModelStampCommand(workflow_id=uuid.uuid4(), content="hello", namespace="ns")
+    envelope = OnexEnvelopeV1(event_type="STAMP_FILE", source_node_id="test", payload=command.model_dump(mode="json"))
+    handle = node.handle_stamp_file
+    await node.start()
+    try:
+        own.record_failure()  # its threshold: STAMP_FILE's breaker is open, the node's closed
+        with pytest.raises(CircuitOpenError):
+            await handle([Event(envelope, command)])
+        await clock.advance(1.0)  # half-open: the next batch is its trial
+        await handle([Event(envelope, command)])
+        assert (own.state, node.breaker.state) == (BreakerState.CLOSED, BreakerState.CLOSED)
+    finally:
+        await node.stop()
 
 
 # --- blocked -----------------------------------------------------------------------------------------------------

@@ -617,8 +617,9 @@ class _Worker:
                 return 0
         if isinstance(exc, StoreUnavailable):
             # Not the message's failure, and not the bus's to retry (README, "Design decisions"): it goes back to the
-            # buffer unacknowledged after a pause, and no attempt is counted.
-            await self._backoff(retry, 1, member, jitter=False)
+            # buffer unacknowledged after a pause (RetryPolicy.outage_s: jittered, so that replicas do not all come back
+            # to the recovering store at once), and no attempt is counted.
+            await self._backoff(retry, 1, member, outage=True)
             return None
         if member.stopping:
             return None
@@ -637,12 +638,12 @@ class _Worker:
         dead_lettered(_log, envelope, exc, attempts=attempt, group=member.group.name, topic=topic)
         return 1
 
-    async def _backoff(self, retry: RetryPolicy, attempt: int, member: _Member, *, jitter: bool = True) -> bool:
+    async def _backoff(self, retry: RetryPolicy, attempt: int, member: _Member, *, outage: bool = False) -> bool:
         """Wait the pause after failed attempt ``attempt`` on the policy's clock, unless ``member`` is stopped
         first; returns whether to carry on."""
         if member.stopping:
             return False
-        delay = retry.delay_s(attempt) if jitter else retry.ceiling_s(attempt)
+        delay = retry.outage_s(attempt) if outage else retry.delay_s(attempt)
         if delay > 0:
             # The sleep is a task of its own (see onex.resilience.pause); asyncio.wait neither wraps futures in tasks
             # nor cancels them, so the shared stop_signal survives.

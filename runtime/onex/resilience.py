@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -32,8 +33,10 @@ Jitter = Literal["full", "none"]
 exponential delay), ``none`` (exactly the capped exponential delay)."""
 
 # Jitter draws from a generator of its own, which ``random.seed()`` in a user's code does not make predictable
-# across processes (every replica retrying in step is what jitter is for).
+# across processes (every replica retrying in step is what jitter is for), seeded again in a forked child, which
+# would otherwise draw its parent's pauses (as ``onex.envelope``'s ids are).
 _JITTER_RANDOM = random.Random()
+os.register_at_fork(after_in_child=lambda: _JITTER_RANDOM.seed(os.urandom(32)))
 
 
 def _no_events() -> Mapping[str, RetryPolicy]:
@@ -57,7 +60,10 @@ class RetryPolicy:
     - ``by_event``: the policy of a consumed event type that has its own (``for_event``).
 
     A ``PayloadError`` is never retried (nothing can fix the message); a ``StoreUnavailable`` is never counted as an
-    attempt (see the buses): the message stays unacknowledged and comes back.
+    attempt (see the buses): the message stays unacknowledged and comes back after ``outage_s``. That pause is
+    jittered even with ``jitter="none"``: every replica meets an outage at the same moment, and without it they
+    would all come back to the recovering store together; and half of it is fixed, since full jitter's pause near 0
+    would hand the message straight back to a store that is still away.
     """
 
     max_attempts: int = 3
@@ -102,6 +108,11 @@ class RetryPolicy:
             return self.random() * ceiling
         return ceiling
 
+    def outage_s(self, attempt: int) -> float:
+        """Seconds to wait before messages a store outage left unacknowledged come again (the ``attempt``-th time):
+        ``ceiling_s`` with ``equal_jitter`` drawn from ``random``, whatever ``jitter`` says (class docstring)."""
+        return equal_jitter(self.ceiling_s(attempt), self.random)
+
     async def pause(self, attempt: int) -> None:
         """Wait ``delay_s(attempt)`` on the policy's clock."""
         await pause(self.clock, self.delay_s(attempt))
@@ -113,9 +124,9 @@ class RetryPolicy:
             return
         task = asyncio.current_task()
         assert task is not None
-        attempt = _Attempt(task, self.timeout_ms / 1000, self.clock)
-        token = _ATTEMPT.set(attempt)
         cancelling = task.cancelling()
+        attempt = _Attempt(task, self.timeout_ms / 1000, self.clock, cancelling)
+        token = _ATTEMPT.set(attempt)
         attempt.arm()
         try:
             await call(arg)
@@ -131,25 +142,37 @@ class RetryPolicy:
             _ATTEMPT.reset(token)
 
 
+def equal_jitter(seconds: float, draw: Callable[[], float]) -> float:
+    """``seconds`` spread by "equal jitter" (AWS): half of it, plus ``draw()`` (in [0, 1)) times the other half.
+
+    For the pauses of a wait for the store to come back: replicas that met the outage together come back apart,
+    and no pause is near 0 (as full jitter's may be), which would only meet the outage again."""
+    half = seconds / 2
+    return half + draw() * half
+
+
 async def held(
     call: Callable[[], Awaitable[T]],
     clock: Clock,
     holding_on: Callable[[], bool],
     outage: Callable[[StoreUnavailable], None],
+    *,
+    draw: Callable[[], float] = _JITTER_RANDOM.random,
 ) -> T:
-    """``call()``, tried again with capped backoff (50 ms, doubling to 2 s) while it raises ``StoreUnavailable`` and
-    ``holding_on()`` says so (a node starting or running); ``outage`` hears of the first such error."""
-    delay = 0.05
+    """``call()``, tried again with capped backoff (50 ms, doubling to 2 s, each pause spread by ``equal_jitter``
+    with ``draw``) while it raises ``StoreUnavailable`` and ``holding_on()`` says so (a node starting or running);
+    ``outage`` hears of the first such error."""
+    ceiling = 0.05
     while True:
         try:
             return await call()
         except StoreUnavailable as exc:
             if not holding_on():
                 raise
-            if delay == 0.05:
+            if ceiling == 0.05:
                 outage(exc)
-            await pause(clock, delay)
-            delay = min(delay * 2, 2.0)
+            await pause(clock, equal_jitter(ceiling, draw))
+            ceiling = min(ceiling * 2, 2.0)
 
 
 async def pause(clock: Clock, seconds: float) -> None:
@@ -230,10 +253,11 @@ def circuit_breaker(block: BreakerBlock, clock: Callable[[], float]) -> CircuitB
 class _Attempt:
     """The timeout of the handler call in progress (``RetryPolicy.run``)."""
 
-    __slots__ = ("clock", "deadline", "expired", "holding", "outer", "seconds", "task", "timer", "watch")
+    __slots__ = ("cancelling", "clock", "deadline", "expired", "holding", "outer", "seconds", "task", "timer", "watch")
 
-    def __init__(self, task: asyncio.Task[Any], seconds: float, clock: Clock) -> None:
+    def __init__(self, task: asyncio.Task[Any], seconds: float, clock: Clock, cancelling: int) -> None:
         self.task = task
+        self.cancelling = cancelling  # the task's pending cancellations when the attempt began
         self.seconds = seconds
         self.clock = clock
         self.holding = 0  # > 0 while inside holding()
@@ -263,6 +287,10 @@ class _Attempt:
     def _expire(self) -> None:
         self.expired = True
         self.task.cancel()
+
+    def timed_out(self) -> bool:
+        """Whether the cancellation under way is this attempt's expiry alone: not also another one (a shutdown)."""
+        return self.expired and self.task.cancelling() <= self.cancelling + 1
 
     def disarm(self) -> None:
         if self.watch is not None:
@@ -401,6 +429,11 @@ class CircuitBreaker:
 
         Only the exceptions in ``failures`` count against the dependency. Any other exception is passed on but
         counts as an answer (a success): a store that refuses a bad row is up, and must not be cut off for it.
+
+        A call cancelled because the handler call it runs in ran out of its ``timeout_ms`` (``RetryPolicy.run``) is
+        a ``TimeoutError``, a failure if ``failures`` names it: a dependency that hangs must open the breaker too. Any
+        other cancellation (a shutdown) says nothing of the dependency and counts as nothing; a trial call gives its
+        place back either way (after a timeout, the breaker is open again).
         """
         state = self.state
         if state is BreakerState.OPEN:
@@ -412,6 +445,11 @@ class CircuitBreaker:
             self._trial_in_flight = True
         try:
             result = await fn()
+        except asyncio.CancelledError:
+            attempt = _ATTEMPT.get()
+            if attempt is not None and attempt.timed_out() and issubclass(TimeoutError, failures):
+                self.record_failure()
+            raise
         except Exception as exc:
             if isinstance(exc, failures):
                 self.record_failure()

@@ -85,7 +85,11 @@ class NodeStampingEffect(EffectNode):
                 return self._stamp_all(commands, timings)
             return await asyncio.to_thread(self._stamp_all, commands, timings)
 
-        results = await self.breaker.call(stamp_batch)
+        # The breaker of the batch's event type (its consumes entry's own, else the node's: docs/contracts.md). A batch
+        # is of one type whenever that type has a breaker of its own: the bus joins no topic of an event with its own
+        # resilience block to another's.
+        breaker = self.breaker_for(events[0].envelope.event_type) if events else self.breaker
+        results = await breaker.call(stamp_batch)
         for seconds in timings:
             self.hash_durations.observe(seconds)
         created = [e for e in results if e.event_type == "STAMP_CREATED"]
