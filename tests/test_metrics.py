@@ -10,12 +10,17 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from onex.clock import ManualClock
+from onex.contracts import Contract, ContractSet, load_contract
 from onex.envelope import OnexEnvelopeV1
 from onex.metrics import DeadLetterAlert, NodeMeter, create_app, readiness
+from onex.nodes import EffectNode
 from onex.testing import Harness
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -120,6 +125,30 @@ async def test_readyz_is_503_while_starting_200_while_running_and_503_while_drai
     assert (before.status_code, before.text) == (503, "not ready: starting\n")
     assert (running.status_code, running.text) == (200, "ready\n")
     assert (draining.status_code, draining.text) == (503, "not ready: draining\n")
+
+
+async def test_an_open_breaker_of_a_consumed_events_own_makes_the_node_unready_and_shows_in_the_gauge() -> None:
+    shipped = load_contract(ROOT / "contracts" / "effects" / "stamping_effect.yaml", root=ROOT)
+    data = shipped.model_dump(exclude_unset=True)
+    [stamp_file] = data["subcontracts"]["event_type"]["consumes"]
+    stamp_file["resilience"] = {"circuit_breaker": {"failure_threshold": 1, "reset_timeout_ms": 60_000}}
+    contracts = ContractSet(root=ROOT, contracts=[Contract.model_validate(data)])
+    async with Harness(["stamping_effect"], root=ROOT, contracts=contracts, clock=ManualClock()) as h:
+        effect = h.runtime.node("stamping_effect")
+        assert isinstance(effect, EffectNode)
+        async with client_of(h) as client:
+            closed = (await client.get("/readyz")).status_code, await client.get("/metrics")
+            effect.breaker_for("STAMP_FILE").record_failure()  # STAMP_FILE's own breaker opens; the node's stays closed
+            ready, metrics = await client.get("/readyz"), await client.get("/metrics")
+            health = effect.health()
+
+    assert effect.breakers() == [effect.breaker, effect.breaker_for("STAMP_FILE")]
+    assert effect.breaker.state == "closed"
+    assert health == "DEGRADED"
+    assert closed[0] == 200
+    assert samples(closed[1].text, "onex_circuit_breaker_open") == {(("node", "stamping_effect"),): 0}
+    assert (ready.status_code, ready.text) == (503, f"not ready: {effect.node_id}: circuit open\n")
+    assert samples(metrics.text, "onex_circuit_breaker_open") == {(("node", "stamping_effect"),): 1}
 
 
 async def test_readyz_is_503_when_the_store_does_not_answer() -> None:

@@ -83,7 +83,9 @@ class RuntimeCollector(Collector):
         in_flight = GaugeMetricFamily("onex_in_flight_events", "Events a node's handlers hold now.", labels=["node"])
         workflows = GaugeMetricFamily("onex_in_flight_workflows", "Workflows an orchestrator runs.", labels=["node"])
         breaker = GaugeMetricFamily(
-            "onex_circuit_breaker_open", "1 while a node's circuit breaker is open or half-open.", labels=["node"]
+            "onex_circuit_breaker_open",
+            "1 while one of a node's circuit breakers (its own, or a consumed event's) is open or half-open.",
+            labels=["node"],
         )
         alert = GaugeMetricFamily(
             "onex_dead_letter_alert",
@@ -107,9 +109,9 @@ class RuntimeCollector(Collector):
             running = getattr(node, "workflows", None)
             if isinstance(running, dict):
                 workflows.add_metric([name], len(running))
-            node_breaker = getattr(node, "breaker", None)
-            if node_breaker is not None:
-                breaker.add_metric([name], 0 if node_breaker.state == "closed" else 1)
+            breakers = getattr(node, "breakers", None)  # an effect's: its own and its events' (EffectNode.breakers)
+            if breakers is not None:
+                breaker.add_metric([name], 0 if all(b.state == "closed" for b in breakers()) else 1)
         hashing = HistogramMetricFamily(
             "onex_blake3_hash_duration_seconds", "Reading and BLAKE3-hashing one file or content.", labels=["node"]
         )
@@ -217,8 +219,8 @@ async def readiness(runtime: Runtime) -> str | None:
     for node in runtime.nodes:
         if node.lifecycle.value != "running":
             return f"{node.node_id} is {node.lifecycle.value}"
-        node_breaker = getattr(node, "breaker", None)
-        if node_breaker is not None and node_breaker.state == "open":
+        breakers = getattr(node, "breakers", None)
+        if breakers is not None and any(b.state == "open" for b in breakers()):
             return f"{node.node_id}: circuit open"
     if runtime.store.circuit_open:  # PostgreSQL's breaker, open while the server fails
         return "store unavailable: circuit open"

@@ -74,7 +74,7 @@ from onex.exceptions import ContractError, ContractIssue, LifecycleError, OnexEr
 from onex.fsm import Entity, StateMachine, TransitionRecord
 from onex.meters import DeadLetterAlert, NodeMeter
 from onex.resilience import CircuitBreaker, circuit_breaker, held, holding, retry_policy
-from onex.settings import Settings
+from onex.settings import Settings, whereabouts
 from onex.slo import SloMonitor
 from onex.state import KeyedState, StatePolicy, WritesUnderWay
 from onex.store import Store, WorkflowRow, WriteBatch, maker
@@ -95,8 +95,7 @@ class Node:
         """Base of a node's config model: subclass it (or the kind's ``Config``) to declare a node's ``config:``.
 
         Typed and frozen; an unknown key is an error (``onex validate`` reports it as ``config-unknown``), since a
-        misspelt setting would otherwise silently leave its default in force.
-        """
+        misspelt setting would otherwise silently leave its default in force."""
 
         model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -377,10 +376,9 @@ class Node:
 
     def health(self) -> str:
         """HEALTHY while running, DEGRADED while starting or while ``degraded_reasons()`` has one."""
-        status = {Lifecycle.RUNNING: "HEALTHY", Lifecycle.DRAINING: "DRAINING", Lifecycle.STOPPED: "STOPPED"}.get(
-            self.lifecycle, "DEGRADED"
-        )
-        return "DEGRADED" if status == "HEALTHY" and self.degraded_reasons() else status
+        if self.lifecycle is Lifecycle.RUNNING:
+            return "DEGRADED" if self.degraded_reasons() else "HEALTHY"
+        return {Lifecycle.DRAINING: "DRAINING", Lifecycle.STOPPED: "STOPPED"}.get(self.lifecycle, "DEGRADED")
 
     def degraded_reasons(self) -> list[str]:
         """Why a running node is DEGRADED (/readyz says so): the dead-letter alert while it stands, and each
@@ -404,8 +402,7 @@ class Node:
 
         Its id is derived from ``causation`` (the event being handled), this node's name, ``event_name`` and
         ``index`` (tell apart several events of one name caused by one event), so that handling an event again
-        after a crash publishes the same ids; without a causation it is ``event_id`` or a new random id.
-        """
+        after a crash publishes the same ids; without a causation it is ``event_id`` or a new random id."""
         publication = self._publications.get(event_name)
         if publication is None:
             raise OnexError(f"node {self.contract.name} does not publish {event_name!r} (not in its contract)")
@@ -469,8 +466,7 @@ class Node:
         """Publish what handling produced (called after every handler, before the message is acknowledged), then
         checkpoint the state if the policy says ``per_batch``.
 
-        The base publishes recorded FSM transitions; nodes that collect events during a batch extend it.
-        """
+        The base publishes recorded FSM transitions; nodes that collect events during a batch extend it."""
         await self.flush_transitions()
         if self.state_policy.checkpoint == "per_batch":
             await self.checkpoint()
@@ -536,7 +532,10 @@ class Node:
                 node_version=self.contract.version,
                 capabilities=self.capabilities(),
                 endpoints={"bus": self.settings.bus},
-                metadata={"contract": str(self.contract.source), "instance": self.settings.instance},
+                # Where it runs (`onex ps`), and its health now: an answer to a registry's request must not overwrite
+                # the DEGRADED its last heartbeat recorded (the bridge's metadata is free-form).
+                metadata={"contract": str(self.contract.source), "instance": self.settings.instance, **whereabouts()}
+                | {"health_status": self.health(), "health_reason": "; ".join(self.degraded_reasons())},
                 reason=reason,
             ),
             partition_key=self.node_id,
@@ -660,10 +659,13 @@ class EffectNode(Node):
         """The breaker guarding the handling of ``event_type``: its ``consumes`` entry's own, else the node's."""
         return self._breakers.get(event_type, self.breaker)
 
+    def breakers(self) -> list[CircuitBreaker]:
+        """The node's breaker, then each ``consumes`` entry's own: what health, /readyz and the metrics look at."""
+        return [self.breaker, *self._breakers.values()]
+
     def health(self) -> str:
         base = super().health()
-        tripped = not all(b.allow() for b in (self.breaker, *self._breakers.values()))
-        return "DEGRADED" if base == "HEALTHY" and tripped else base
+        return "DEGRADED" if base == "HEALTHY" and not all(b.allow() for b in self.breakers()) else base
 
 
 class ReducerNode(Node):

@@ -1,23 +1,57 @@
-"""The registry node with a real SQLite store (``onex.testing.Harness``): what it writes when a write fails.
+"""The registry node with a real SQLite store (``onex.testing.Harness``): what it writes when a write fails, a node
+that restarts under the same id, the health an introspection keeps, its transitions across registry restarts, and what
+it keeps in memory.
 
 Its introspection, heartbeat and staleness cases with a running node are in ``tests/test_runtime.py``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from onex.exceptions import StoreError
+from onex.nodes import EffectNode
 from onex.store import WriteBatch
 from onex.testing import Harness
 
-from nodes.registry.v1_0_0.node import NodeRegistry
+from nodes.registry.v1_0_0.node import FORGET_AFTER_S, HISTORY_KEPT, NodeRegistry
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "stopping-1.0.0-elsewhere"
+# A node id is name-version-HOSTNAME-PID: a container restarted in place (onex as PID 1) comes back under the same one.
+POD = "stamping_effect-1.0.0-pod-a-1"
+
+
+def introspection(node_id: str = POD, reason: str = "startup") -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "node_name": "stamping_effect",
+        "node_type": "EFFECT",
+        "node_version": "1.0.0",
+        "reason": reason,
+    }
+
+
+def hosted_registry(h: Harness) -> NodeRegistry:
+    registry = h.runtime.node("registry")
+    assert isinstance(registry, NodeRegistry)
+    return registry
+
+
+async def send(h: Harness, event_name: str, payload: dict[str, Any]) -> None:
+    await h.publish(event_name, payload, partition_key=payload["node_id"])
+    await h.settle()
+
+
+async def stored_health(h: Harness, node_id: str = POD) -> tuple[str, Any]:
+    row = {r.node_id: r for r in await h.store.list_registrations()}[node_id]
+    return row.health_status, row.metadata.get("health_reason")
 
 
 async def test_a_stopped_heartbeat_whose_write_failed_is_written_when_delivered_again(
@@ -49,3 +83,114 @@ async def test_a_stopped_heartbeat_whose_write_failed_is_written_when_delivered_
         assert rows[NODE] == "STOPPED"
         assert registry.known[NODE].state == "deregistered"
         assert h.dead_letters() == []
+
+
+@pytest.mark.parametrize("back_by", ["NODE_INTROSPECTION", "NODE_HEARTBEAT"])
+async def test_a_node_that_stopped_and_comes_back_under_the_same_id_is_alive_again(
+    tmp_path: Path, back_by: str
+) -> None:
+    async with Harness(
+        ["registry", "database_adapter_effect"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db"
+    ) as h:
+        registry = hosted_registry(h)
+        await send(h, "NODE_INTROSPECTION", introspection())
+        await send(h, "NODE_HEARTBEAT", {"node_id": POD, "health_status": "STOPPED"})
+        stopped = (registry.known[POD].state, POD in await registry.alive_nodes())
+
+        # The restarted process introspects at start; its introspection may also reach another replica (or come
+        # before its previous life's STOPPED heartbeat), when its heartbeats are what this one hears of it.
+        await send(h, back_by, introspection() if back_by == "NODE_INTROSPECTION" else {"node_id": POD})
+        await h.settle()
+
+        assert stopped == ("deregistered", False)
+        assert registry.known[POD].state == "alive"
+        assert POD in registry.alive()
+        assert POD in await registry.alive_nodes()
+        assert await stored_health(h) == ("HEALTHY", "")
+        # The new life's transitions are stored beside the first life's, not dropped as its duplicates.
+        moves = [(t.from_state, t.to_state) for t in await h.store.list_transitions(POD)]
+        assert sorted(moves) == sorted([("unknown", "alive"), ("alive", "deregistered"), ("unknown", "alive")])
+
+
+async def test_an_introspection_a_node_answers_keeps_the_health_its_heartbeat_stored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    async with Harness(["registry"], root=ROOT, store_url=url) as h:
+        await send(h, "NODE_INTROSPECTION", introspection())
+        await send(h, "NODE_HEARTBEAT", {"node_id": POD, "health_status": "DEGRADED", "health_reason": "circuit open"})
+        # Another registry asks every node to introspect: this one answers.
+        await send(h, "NODE_INTROSPECTION", introspection(reason="requested"))
+        answered = await stored_health(h)
+    # This registry restarts and asks every node to introspect: it knows the node only from the store.
+    async with Harness(["registry"], root=ROOT, store_url=url) as h:
+        await send(h, "NODE_INTROSPECTION", introspection(reason="requested"))
+        answered_after_restart = await stored_health(h)
+        # A node that starts is a new process: what its previous life heartbeated says nothing of it.
+        await send(h, "NODE_INTROSPECTION", introspection(reason="startup"))
+        started = await stored_health(h)
+
+    assert answered == ("DEGRADED", "circuit open")
+    assert answered_after_restart == ("DEGRADED", "circuit open")
+    assert started == ("HEALTHY", "")
+
+
+async def test_an_onex_node_answering_an_introspection_request_says_its_health_and_where_it_runs(
+    tmp_path: Path,
+) -> None:
+    async with Harness(["registry", "stamping_effect"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        effect = h.runtime.node("stamping_effect")
+        assert isinstance(effect, EffectNode)
+        await h.settle()
+        healthy = await stored_health(h, effect.node_id)
+        for _ in range(effect.breaker.failure_threshold):  # its dependency failing: circuit open
+            effect.breaker.record_failure()
+        await effect.publish_introspection("requested")  # as it answers a registry's request, before any heartbeat
+        await h.settle()
+        degraded = await stored_health(h, effect.node_id)
+        row = {r.node_id: r for r in await h.store.list_registrations()}[effect.node_id]
+
+    assert healthy == ("HEALTHY", "")
+    assert degraded == ("DEGRADED", "")  # not HEALTHY until its next heartbeat
+    assert (row.metadata["host"], row.metadata["pid"]) == (socket.gethostname(), os.getpid())  # for `onex ps`
+
+
+async def test_the_transitions_of_a_restarted_registry_are_all_stored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    for _ in range(2):  # the same registry (same node id), started twice: its nodes' transitions start at seq 0 again
+        async with Harness(["registry", "database_adapter_effect"], root=ROOT, store_url=url) as h:
+            await send(h, "NODE_INTROSPECTION", introspection())
+            await send(h, "NODE_HEARTBEAT", {"node_id": POD, "health_status": "STOPPED"})
+            await h.settle()
+        async with Harness(["database_adapter_effect"], root=ROOT, store_url=url) as h:
+            moves = [(t.from_state, t.to_state) for t in await h.store.list_transitions(POD)]
+
+    assert sorted(moves) == sorted(2 * [("unknown", "alive"), ("alive", "deregistered")])
+
+
+async def test_heartbeats_of_an_alive_node_are_not_transitions_and_the_registry_forgets_departed_nodes(
+    tmp_path: Path,
+) -> None:
+    async with Harness(
+        ["registry", "database_adapter_effect"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db"
+    ) as h:
+        registry = hosted_registry(h)
+        await send(h, "NODE_INTROSPECTION", introspection())
+        for _ in range(5):
+            await send(h, "NODE_HEARTBEAT", {"node_id": POD})
+        node = registry.known[POD]
+        after_heartbeats = (len(node.history), node.seq, len(await h.store.list_transitions(POD)))
+
+        for _ in range(HISTORY_KEPT + 2):  # alive -> alive: each a transition, the history kept in memory bounded
+            await send(h, "NODE_INTROSPECTION", introspection(reason="requested"))
+        introspected = (len(node.history), node.seq)
+
+        await send(h, "NODE_HEARTBEAT", {"node_id": POD, "health_status": "STOPPED"})
+        left = registry.known[POD].left_at
+        kept = registry.forget(now=left + FORGET_AFTER_S / 2)
+        forgotten = registry.forget(now=left + 2 * FORGET_AFTER_S)
+
+        assert after_heartbeats == (1, 1, 1)  # the introspection's unknown -> alive only
+        assert introspected == (HISTORY_KEPT, HISTORY_KEPT + 3)
+        assert (kept, forgotten) == ([], [POD])
+        assert POD not in registry.known
+        assert registry.node_id in registry.known  # alive: never forgotten
+        assert registry.forget(now=left + 10 * FORGET_AFTER_S) == []

@@ -3,7 +3,9 @@
 Every node is an entity on the node_registration FSM (unknown -> alive <-> stale -> deregistered). Introspection
 registers a node (``node_registrations`` row replaced); a heartbeat refreshes it; a node whose last stored heartbeat
 is older than ``stale_after_missed_heartbeats`` heartbeat intervals is marked stale by a sweeper (one task), and a
-STOPPED heartbeat deregisters it. Several registries may run (one consumer group): each records the heartbeats it
+STOPPED heartbeat deregisters it. A node heard of again after it stopped (an introspection or a heartbeat under the
+same node id: a container restarted in place, with the same HOSTNAME and PID) starts a new life as a new entity.
+Several registries may run (one consumer group): each records the heartbeats it
 receives, and staleness is decided on the store, so they agree on who is alive. At start the registry asks every
 running node to introspect again, so a registry that (re)starts after the others still learns about them.
 
@@ -21,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from onex.envelope import (
     NODE_HEARTBEAT,
@@ -29,6 +31,7 @@ from onex.envelope import (
     REGISTRY_REQUEST_INTROSPECTION,
     ModelNodeHeartbeat,
     ModelNodeIntrospection,
+    random_id,
 )
 from onex.exceptions import OnexError
 from onex.fsm import Entity
@@ -40,6 +43,21 @@ from .models import ModelRegistryConfig
 _log = logging.getLogger(__name__)
 # What a node's stored health_status is once it is no longer alive: missed heartbeats, or it said it stopped.
 _NOT_ALIVE = frozenset({"STALE", "STOPPED"})
+_NO_HEALTH = _NOT_ALIVE | {"UNKNOWN"}  # a stored status that says nothing of how a running node is
+_HEALTH_SAID = frozenset(get_args(ModelNodeHeartbeat.model_fields["health_status"].annotation))
+# The transitions a KnownNode keeps in memory (the latest): the audit log is the store's fsm_transitions.
+HISTORY_KEPT = 8
+# How long a node stays in ``known`` once it is stale or deregistered here: its row stays in the store, and a node
+# heard of again afterwards is simply a new entity.
+FORGET_AFTER_S = 3600.0
+
+
+def _said_health(info: ModelNodeIntrospection) -> tuple[str, str] | None:
+    """The (status, reason) an introspection's metadata gives (``Node.publish_introspection``), None without one."""
+    status = info.metadata.get("health_status")
+    if not isinstance(status, str) or status not in _HEALTH_SAID:
+        return None
+    return status, str(info.metadata.get("health_reason") or "")
 
 
 @dataclass(eq=False)
@@ -48,6 +66,7 @@ class KnownNode(Entity):
     node_version: str = ""
     last_seen: float = 0.0
     health_status: str = "UNKNOWN"
+    left_at: float = 0.0  # when it went stale or was deregistered here (monotonic): ``forget`` reads it
 
 
 class NodeRegistry(RegistryNode):
@@ -79,14 +98,23 @@ class NodeRegistry(RegistryNode):
         )
         await self._write()
 
-    def _node(self, node_id: str) -> KnownNode:
+    def _node(self, node_id: str, *, anew: bool = False) -> KnownNode:
+        """The node known as ``node_id``; a new entity when there is none or ``anew`` (a new life after it stopped)."""
         node = self.known.get(node_id)
-        if node is None:
+        if node is None or anew:
             assert self.fsm is not None
-            node = KnownNode(entity_id=node_id)
+            # Transition ids derive from (entity type, node id, id_salt, seq) and seq starts at 0 with every entity:
+            # a salt of this registry's own (its node id, which another replica's is not, and a random part, which a
+            # restart of this one under the same id is not) keeps them apart from every other life's in the audit log.
+            node = KnownNode(entity_id=node_id, id_salt=f"{self.node_id}/{random_id()}")
             self.fsm.attach(node)
             self.known[node_id] = node
         return node
+
+    def _fire(self, node: KnownNode, trigger: str) -> None:
+        assert self.fsm is not None
+        self.fsm.trigger(node, trigger)
+        del node.history[:-HISTORY_KEPT]  # the store keeps the whole log; a node may live for months here
 
     # -- FSM entry actions (subcontracts/fsm/node_registration.yaml) --
     def record_alive(self, entity: Entity) -> None:
@@ -96,28 +124,36 @@ class NodeRegistry(RegistryNode):
     def record_stale(self, entity: Entity) -> None:
         assert isinstance(entity, KnownNode)
         entity.health_status = "STALE"
+        entity.left_at = self.clock.monotonic()
 
     # -- handlers --
     async def handle_introspection(self, events: Sequence[Event]) -> None:
-        assert self.fsm is not None
+        # An onex node's introspection says how it is (metadata health_status, health_reason). One from elsewhere (a
+        # bridge node) does not: answering a request (not starting), it keeps the health its last heartbeat stored,
+        # DEGRADED with its reason while its breaker is open, rather than HEALTHY until the next one. Read from the
+        # store, which every replica writes heartbeats to (this one may not hear this node's).
+        stored: dict[str, RegistrationRow] = {}
+        if any(info.reason != "startup" and _said_health(info) is None for _, info in events):
+            stored = {row.node_id: row for row in await self.hold_store(self.store.list_registrations)}
         for envelope, info in events:
             assert isinstance(info, ModelNodeIntrospection)
             node = self._node(info.node_id)
-            if node.state == "deregistered":
-                continue
+            if node.state == "deregistered":  # it stopped, and is back under the same id: a new life
+                node = self._node(info.node_id, anew=True)
+            status, reason = self._health(info, stored.get(info.node_id))
             node.node_type, node.node_version = info.node_type, info.node_version
             node.last_seen = self.clock.monotonic()
-            node.health_status = "HEALTHY"
-            self.fsm.trigger(node, "introspect")
+            node.health_status = status
+            self._fire(node, "introspect")
             self._pending.registrations.append(
                 RegistrationRow(
                     node_id=info.node_id,
                     node_type=info.node_type,
                     node_version=info.node_version,
-                    health_status="HEALTHY",
+                    health_status=status,
                     capabilities=info.capabilities,
                     endpoints=info.endpoints,
-                    metadata={**info.metadata, "node_name": info.node_name},
+                    metadata={**info.metadata, "node_name": info.node_name, "health_reason": reason},
                     last_heartbeat=envelope.event_timestamp,
                     registered_at=envelope.event_timestamp,
                 )
@@ -125,6 +161,17 @@ class NodeRegistry(RegistryNode):
         await self._write()
         if self.cache is not None:  # after the write: a lookup from here on reads what it wrote
             await self.cache.invalidate(NODE_INTROSPECTION)
+
+    @staticmethod
+    def _health(info: ModelNodeIntrospection, row: RegistrationRow | None) -> tuple[str, str]:
+        """The health (status, reason) an introspection registers ``info``'s node with; ``row``: its stored one."""
+        if (said := _said_health(info)) is not None:
+            return said
+        if info.reason == "startup":  # a new process: what its previous life heartbeated says nothing of it
+            return "HEALTHY", ""
+        if row is not None and row.health_status not in _NO_HEALTH:
+            return row.health_status, str(row.metadata.get("health_reason") or "")
+        return "HEALTHY", ""
 
     async def handle_heartbeat(self, events: Sequence[Event]) -> None:
         assert self.fsm is not None
@@ -135,14 +182,20 @@ class NodeRegistry(RegistryNode):
         for envelope, beat in events:
             assert isinstance(beat, ModelNodeHeartbeat)
             node = self._node(beat.node_id)
-            if node.state == "deregistered" or beat.node_id in stopping:
+            if beat.node_id in stopping:
                 continue
+            if node.state == "deregistered":
+                if beat.health_status == "STOPPED":  # already written
+                    continue
+                # Back under the same id (restarted in place), and its introspection went to another replica or
+                # came before its previous life's STOPPED heartbeat: a new life.
+                node = self._node(beat.node_id, anew=True)
             node.last_seen = self.clock.monotonic()
             node.health_status = beat.health_status
             if beat.health_status == "STOPPED":
                 stopping[beat.node_id] = node
-            else:
-                self.fsm.trigger(node, "heartbeat")
+            elif node.state != "alive":  # only a change of state is a transition, not every heartbeat
+                self._fire(node, "heartbeat")
             self._pending.heartbeats.append(
                 HeartbeatRow(
                     node_id=beat.node_id,
@@ -157,7 +210,8 @@ class NodeRegistry(RegistryNode):
             )
         await self._write()
         for node in stopping.values():
-            self.fsm.trigger(node, "deregister")
+            self._fire(node, "deregister")
+            node.left_at = self.clock.monotonic()
         if self.cache is not None:
             await self.cache.invalidate(NODE_HEARTBEAT)
 
@@ -206,14 +260,29 @@ class NodeRegistry(RegistryNode):
             if node.state == "unknown":
                 node.state = "alive"  # registered and heartbeating, as far as the store knows
             if node.state == "alive":
-                self.fsm.trigger(node, "expire")
+                self._fire(node, "expire")
         if expired and self.cache is not None:
             await self.cache.clear()
         return expired
 
+    def forget(self, now: float | None = None) -> list[str]:
+        """Forget the nodes stale or deregistered here for over ``FORGET_AFTER_S`` (``now``: the clock's monotonic
+        time), so that ``known`` holds what is alive or recently was, not every node id ever heard of; their rows stay
+        in the store. Returns their ids. A forgotten node heard of again is a new entity, as after a restart."""
+        now = self.clock.monotonic() if now is None else now
+        gone = [
+            node_id
+            for node_id, node in self.known.items()
+            if node.state in ("stale", "deregistered") and now - node.left_at > FORGET_AFTER_S
+        ]
+        for node_id in gone:
+            del self.known[node_id]
+        return gone
+
     async def _sweep(self) -> None:
         while True:
             await self.clock.sleep(self.sweep_interval_s)
+            self.forget()
             try:
                 if await self.expire_stale():
                     await self.flush()
