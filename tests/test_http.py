@@ -22,15 +22,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
 import uvicorn.server
 from onex import stamps
+from onex._postgres import PostgresSettings, PostgresStore
+from onex._tables import AGGREGATE_WINDOWS, STAMPS
+from onex.catalog import EventCatalog
 from onex.client import StampClient
-from onex.envelope import IdSource
+from onex.envelope import IdSource, OnexEnvelopeV1
 from onex.filetypes import WHOLE_LIMIT
-from onex.http import PREFIX, create_app, openapi_30, openapi_document, parse_address
+from onex.http import PREFIX, bind, create_app, openapi_30, openapi_document, parse_address, serve
 from onex.http.content import StreamingHash, hash_content
 from onex.http.models import _jsonable, dumps
 from onex.http.server import _CoalescingTransport, _HttpProtocol
@@ -850,6 +854,133 @@ def test_health_is_503_while_the_store_is_down(tmp_path: Path) -> None:
         finally:
             live.call(live.runtime.store.open())
         ok(client.get("/health"))
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout: it never does)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_connection_without_a_whole_request_in_time_is_closed_and_a_stalled_body_is_408(tmp_path: Path) -> None:
+    """Slowloris: a connection that sends nothing, half a head, or half a body is not held for good. The head is
+    closed without an answer (there is no request to answer); the body gets 408 in the envelope, then the close."""
+    with live_server(tmp_path, read_timeout_s=0.2) as live:
+        address = parse_address(live.url.removeprefix("http://"))
+        head = f"POST {PREFIX}/hash HTTP/1.1\r\nHost: x\r\n"
+        json_body = f"{head}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + '{"con'
+        upload = f"{head}Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n"
+        sockets = [socket.create_connection(address, timeout=20) for _ in range(4)]
+        try:
+            idle, half_head, half_json, half_upload = sockets
+            half_head.sendall(head.encode())
+            half_json.sendall(json_body.encode())
+            half_upload.sendall(upload.encode())
+            assert _read_to_close(idle) == b""
+            assert _read_to_close(half_head) == b""
+            for sock in (half_json, half_upload):  # read whole (read_body) and streamed (the multipart reader)
+                answer = _read_to_close(sock)
+                assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+                head_part, _, body = answer.partition(b"\r\n\r\n")
+                assert b"connection: close" in head_part.lower()
+                error = json.loads(body)
+                assert (error["status"], error["error"]) == ("error", {"code": "request_timeout", "field": "body"})
+        finally:
+            for sock in sockets:
+                sock.close()
+        with live.client() as client:  # a request that arrives whole is answered as ever
+            assert ok(client.post("/hash", json={"content": "x"}))["hash"] == stamps.hash_bytes(b"x")
+
+
+@contextlib.asynccontextmanager
+async def served(runtime: Runtime, settings: Settings, **limits: Any) -> AsyncIterator[str]:
+    """``serve`` on a free loopback port in this event loop while the block runs; yields the API's base URL. The
+    block's end is the shutdown a SIGTERM starts."""
+    sock = bind("127.0.0.1:0")
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(serve(runtime, settings, sock=sock, stop=stop, ready=ready.set_result, **limits))
+    try:
+        yield await ready + PREFIX
+    finally:
+        stop.set()
+        try:
+            await serving
+        finally:
+            sock.close()
+
+
+@pytest.mark.anyio
+async def test_a_request_waiting_for_its_workflow_at_shutdown_is_answered_504_with_the_workflows_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No orchestrator: the workflow never completes. The server shuts down while the request waits for it; the
+    request is answered (504, its workflow's id, which keeps running) before the grace runs out and uvicorn cancels
+    it, which it would answer with a bare 500 and a traceback in the log."""
+    settings = Settings.load(environ={}, root=str(ROOT), store=f"sqlite:///{tmp_path}/onex.db").with_(
+        heartbeat_interval_s=0
+    )
+    async with Runtime(settings, nodes=[]) as runtime:
+        submitted: asyncio.Future[uuid.UUID | None] = asyncio.get_running_loop().create_future()
+
+        async def requested(envelope: OnexEnvelopeV1) -> None:
+            if not submitted.done():
+                submitted.set_result(envelope.correlation_id)
+
+        topic = EventCatalog(runtime.contracts.contracts, settings).topic("STAMP_REQUESTED")
+        subscription = await runtime.bus.subscribe([topic], "test.requested", handler=requested)
+        try:
+            async with httpx.AsyncClient(timeout=60) as http:
+                async with served(runtime, settings, drain_s=0.0) as url:
+                    posting = asyncio.ensure_future(http.post(f"{url}/stamp", json={"content": "x = 1\n"}))
+                    cid = await submitted  # the workflow is on the bus: the request waits for its outcome
+                response = await posting  # answered while the server shut down (the block's end)
+        finally:
+            await subscription.aclose()
+    body = failed(response, 504)
+    assert body["error"]["code"] == "workflow_timeout"
+    assert body["data"] == {"workflow_id": str(cid), "state": "processing"}
+    assert "shutting down" in body["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_store_that_does_not_answer_is_503_in_the_request_time_and_both_outages_say_retry_after(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A PostgreSQL table locked by another session: the store's reads wait for the lock (its statement timeout is
+    a day), not for a failure. The gateway bounds them by the request's time: 503 store_unavailable, with
+    Retry-After, as for a bus that refuses a workflow."""
+    url = f"{postgres_dsn}&statement_timeout_ms=86400000"
+    target = PostgresSettings.from_url(url)
+    settings = Settings.load(environ={}, root=str(ROOT), store=url).with_(heartbeat_interval_s=0)
+    async with PostgresStore(url) as store:
+        await store.upgrade()
+        async with (
+            httpx.AsyncClient(timeout=60) as http,
+            Runtime(settings, store=store, nodes=[]) as runtime,
+            served(runtime, settings, timeout_s=0.0) as api,
+        ):
+            admin = await asyncpg.connect(target.dsn)
+            try:
+                async with admin.transaction():
+                    tables = ", ".join(f"{target.schema}.{t}" for t in (STAMPS.name, AGGREGATE_WINDOWS.name))
+                    await admin.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+                    for path in (f"/stamp/{'0' * 64}", "/namespace/t.locked", "/namespace/t.locked/windows"):
+                        response = await http.get(api + path)
+                        body = failed(response, 503)
+                        assert body["error"]["code"] == "store_unavailable", body
+                        assert "no answer within 1 s" in body["message"], body
+                        assert response.headers["retry-after"] == "5"
+            finally:
+                await admin.close()
+            assert (await http.get(f"{api}/namespace/t.locked")).status_code == 200  # the lock gone, it answers
+            await runtime.bus.aclose()
+            response = await http.post(f"{api}/stamp", json={"content": "x = 1\n"})
+            assert failed(response, 503)["error"]["code"] == "bus_unavailable"
+            assert response.headers["retry-after"] == "5"
 
 
 # --- the pieces, without a server -----------------------------------------------------------------------------------

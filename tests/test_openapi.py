@@ -231,3 +231,14 @@ def test_the_30_copy_has_the_same_operations() -> None:
         True,
         r"^[^\x00-\x1f\x7f]{1,1024}$",
     )
+
+
+def test_a_body_that_stalls_is_408_and_the_gateways_outages_say_when_to_retry() -> None:
+    for document in (openapi_document(), openapi_30(openapi_document())):
+        for op in OPERATIONS:
+            responses = document["paths"][template(op.route)][op.method.lower()]["responses"]
+            assert ("408" in responses) is (op.body is not None), op.operation_id  # every route that reads a body
+            if op.retry_after:
+                assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
+        retrying = {op.operation_id for op in OPERATIONS if op.retry_after}
+        assert retrying == {"stamp", "batch", "getStamp", "getNamespace", "getNamespaceWindows"}

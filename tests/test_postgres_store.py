@@ -735,3 +735,37 @@ async def test_a_bad_row_in_a_large_batch_names_its_table(postgres_dsn: str, met
             await store.apply(WriteBatch(transitions=transitions, stamps=stamps))
         assert await store.count("fsm_transitions") == 0
         assert store.statistics().retries == 0
+
+
+async def test_a_read_fails_at_once_on_an_open_breaker_where_a_write_waits(postgres_dsn: str) -> None:
+    """A read has no batch to hold: on an open breaker it is StoreUnavailable at once, saying the read failed (the
+    gateway answers 503 now, a node holds and asks again), as SQLite's reads do not wait. A write still waits for
+    the breaker to let it through. The breaker's clock stands still: a read that waited would wait for good."""
+    proxy = CuttableProxy.before(postgres_dsn)
+    now = [0.0]
+    async with proxy as port:
+        url = url_with(through(postgres_dsn, port), breaker_threshold=2, breaker_reset=0.2, backoff_max=0.01)
+        async with PostgresStore(url, clock=lambda: now[0]) as store:
+            await store.upgrade()
+            workflow, stamp, _ = item_rows(0, uuid.uuid4())
+            await proxy.sever()
+            with anyio.fail_after(20):
+                with pytest.raises(StoreUnavailable, match=r"unavailable, read failed \(circuit breaker open"):
+                    await store.get_stamps_by_hash(stamp.file_hash)  # two refused attempts open the breaker
+                assert store.statistics().breaker_state == "open"
+                refused, waits = proxy.refused, store.statistics().breaker_waits
+                for read in (store.get_workflow(workflow.correlation_id), store.list_stamps("ns")):
+                    with pytest.raises(StoreUnavailable, match="read failed") as raised:
+                        await read
+                    assert "batch not written" not in str(raised.value)
+                assert (proxy.refused, store.statistics().breaker_waits) == (refused, waits)  # nothing tried
+                writing = asyncio.ensure_future(store.apply(WriteBatch(workflows=[workflow], stamps=[stamp])))
+                for _ in range(4_000):  # counters have no event to wait on; fail_after bounds it
+                    if store.statistics().breaker_waits > waits:  # the write waits on the breaker instead
+                        break
+                    await anyio.sleep(0.005)
+                assert not writing.done()
+                proxy.mend()
+                now[0] += 0.2
+                await writing
+            assert await store.get_workflow(workflow.correlation_id) == workflow

@@ -65,7 +65,8 @@ A circuit breaker (``onex.resilience.CircuitBreaker``) opens after ``breaker_thr
 failures; while it is open nothing is sent to the server, and after ``breaker_reset`` seconds one caller at a time sends
 a trial. Errors the server gives for the data (constraint, overflow, bad JSON) are not retried: ``StoreError`` names the
 table, and nothing of the batch stays. Deadlocks and serialisation failures are retried without counting against the
-server. Reads retry the same way (an idle pool connection may have been cut since its last use).
+server. Reads retry the same way (an idle pool connection may have been cut since its last use), but do not wait on an
+open breaker: they raise ``StoreUnavailable`` ("read failed") at once, for their caller to answer or hold.
 
 How the queue of pending writes is bounded: there is no background queue, on purpose. A batch that cannot be
 written stays with the caller awaiting ``apply`` (a bus handler, which has not committed its offset yet), for at
@@ -629,11 +630,13 @@ class PostgresStore(Store):
 
     # --- retries and the circuit breaker -----------------------------------------------------------------------------
 
-    async def _with_retry(self, operation: Callable[[], Awaitable[T]], *, queued: int = 0) -> T:
+    async def _with_retry(self, operation: Callable[[], Awaitable[T]], *, queued: int = 0, read: bool = False) -> T:
         """Run ``operation`` under the circuit breaker, retrying connection-class failures (module docstring).
 
         ``queued`` rows count towards ``health().queued_writes`` while the call waits: from its first failure, or
-        from finding the breaker open, until it returns.
+        from finding the breaker open, until it returns. A ``read`` does not wait on an open breaker: it raises
+        ``StoreUnavailable`` at once, as SQLite's reads fail without waiting for anything but the busy timeout. Its
+        caller holds no batch for it and decides: the gateway answers 503, a node holds and asks again.
         """
         s = self.settings
         deadline = self._clock() + s.retry_deadline
@@ -643,6 +646,8 @@ class PostgresStore(Store):
             while True:
                 state = self._breaker.state
                 if state is BreakerState.OPEN:
+                    if read:
+                        raise StoreUnavailable(self._unavailable("circuit breaker open", read=True))
                     if not counted:
                         counted = queued
                         self._queued += counted
@@ -670,7 +675,7 @@ class PostgresStore(Store):
                     delay = min(s.backoff_initial * 2 ** (attempt - 1), s.backoff_max)
                     if attempt >= s.retry_attempts or self._clock() + delay > deadline:
                         raise StoreUnavailable(
-                            self._unavailable(f"gave up after {attempt} attempts")
+                            self._unavailable(f"gave up after {attempt} attempts", read=read)
                         ) from exc.__cause__
                     await asyncio.sleep(delay)
         finally:
@@ -711,9 +716,10 @@ class PostgresStore(Store):
         self._failures += 1
         self._last_error = _describe(exc)
 
-    def _unavailable(self, why: str) -> str:
+    def _unavailable(self, why: str, *, read: bool = False) -> str:
+        failed = "read failed" if read else "batch not written"
         return (
-            f"PostgreSQL at {redact_url(self.url)} unavailable, batch not written ({why}; "
+            f"PostgreSQL at {redact_url(self.url)} unavailable, {failed} ({why}; "
             f"{self._consecutive_failures} consecutive connection failures, last: {self._last_error or 'none'})"
         )
 
@@ -741,8 +747,9 @@ class PostgresStore(Store):
 
     # --- reads -------------------------------------------------------------------------------------------------------
 
-    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """A read, retried like a write: an idle pool connection may have been cut since its last use."""
+    async def _fetch(self, query: str, *args: Any, write: bool = False) -> list[asyncpg.Record]:
+        """A read, retried like a write (an idle pool connection may have been cut since its last use), but failing
+        at once on an open breaker (``_with_retry``); ``write``: a statement that writes, which waits as ``apply``."""
 
         async def run() -> list[asyncpg.Record]:
             async with self._connection() as conn:
@@ -750,7 +757,7 @@ class PostgresStore(Store):
                 result: list[asyncpg.Record] = await conn.fetch(query, *args)
                 return result
 
-        return await self._with_retry(run)
+        return await self._with_retry(run, read=not write)
 
     async def unprocessed(self, consumer: str, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         if not event_ids:
@@ -824,6 +831,7 @@ class PostgresStore(Store):
             "UPDATE node_registrations SET health_status = 'STALE', updated_at = now() "
             "WHERE last_heartbeat < $1 AND health_status NOT IN ('STALE', 'STOPPED') RETURNING node_id",
             utc(heard_before),
+            write=True,
         )
         return [str(r["node_id"]) for r in rows]
 

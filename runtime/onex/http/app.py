@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -45,7 +46,7 @@ from onex.client import BATCH_PROCESSED_EVENT, STAMP_VALIDATED_EVENT, StampClien
 from onex.clock import Clock
 from onex.contracts import CachingSubcontract, load_subcontract
 from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, topic_name
-from onex.exceptions import BusError, OnexError, StoreError
+from onex.exceptions import BusError, OnexError, StoreError, StoreUnavailable
 from onex.http.bodies import Part, PartData, PartEnd, form_events, is_json, media_type, read_body, read_form
 from onex.http.content import StreamingHash, check_protocol, hash_content, maybe_thread, verify, version_problem
 from onex.http.metastore import MetastoreApi
@@ -98,6 +99,7 @@ from onex.settings import DEFAULT_TENANT, Settings
 from onex.store import MAX_OFFSET, StoreHealth
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 _NAMESPACE_RE: Final = re.compile(NAMESPACE_PATTERN)
@@ -107,6 +109,16 @@ _log = logging.getLogger("onex.http")
 # The gateway's caches: their subcontracts, under the project root; a project without them reads the store each time.
 STAMP_CACHE: Final = "subcontracts/caching/gateway_stamps.yaml"
 NAMESPACE_CACHE: Final = "subcontracts/caching/gateway_namespaces.yaml"
+# Retry-After of a 503 for a bus or store that is away: a PostgreSQL store's breaker lets a trial through every 2 s and
+# a Kafka client reconnects within seconds; sooner would only add load to what is recovering.
+RETRY_AFTER_S: Final = 5
+_RETRY_LATER: Final = {"Retry-After": str(RETRY_AFTER_S)}
+# A store read waits at least this long, whatever timeout_s (0 in tests, for workflows that are to time out at once).
+_MIN_READ_S: Final = 1.0
+
+
+def _store_unavailable(exc: StoreError) -> ApiError:
+    return ApiError(503, "store_unavailable", f"the store cannot answer: {exc}", headers=_RETRY_LATER)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -121,7 +133,9 @@ def gateway_cache(settings: Settings, clock: Clock, path: str) -> Cache | None:
     spec = load_subcontract(file, root=settings.root)
     if not isinstance(spec, CachingSubcontract):
         raise OnexError(f"{path}: a caching subcontract was expected, not {spec.subcontract_type}")
-    return open_cache(spec, name="gateway", clock=clock, env=settings.env, url=settings.cache_url)
+    return open_cache(
+        spec, name="gateway", clock=clock, tenant=settings.tenant, env=settings.env, url=settings.cache_url
+    )
 
 
 def _metastore(runtime: Runtime, settings: Settings) -> tuple[Metastore | None, bool]:
@@ -175,6 +189,11 @@ class Gateway:
         self._listen_lock = asyncio.Lock()
         self._openapi: bytes | None = None
         self._openapi_30: bytes | None = None
+        # Shutdown (``drain``): requests wait for their workflows until _drain_by at the latest; _let_go, once it has
+        # passed, abandons those still waiting (_awaiting, their ids) so that each is answered.
+        self._awaiting: set[uuid.UUID] = set()
+        self._drain_by = math.inf
+        self._let_go = False
 
     # -- plumbing --
     @property
@@ -232,6 +251,44 @@ class Gateway:
             return json.loads(dumps(await load()))
 
         return await cache.lookup(lookup, encoded, **fields)
+
+    async def _bounded(self, read: Awaitable[T]) -> T:
+        """A store read, given the request's time (``timeout_s``, at least ``_MIN_READ_S``) and no more: a store
+        that does not answer (a connection that hangs, a lock) is ``StoreUnavailable``, as one that refuses."""
+        wait = max(self.timeout_s, _MIN_READ_S)
+        try:
+            async with asyncio.timeout(wait):
+                return await read
+        except TimeoutError:
+            raise StoreUnavailable(f"no answer within {wait:g} s") from None
+
+    def drain(self, within: float) -> None:
+        """The server is shutting down: a request waits for its workflow ``within`` seconds more at most, then is
+        answered 504 with the workflow's id (it keeps running). ``serve`` calls it with less than its grace: a request
+        the server cancels when the grace runs out gets a bare 500, and its client never learns the workflow's id."""
+        self._drain_by = time.monotonic() + within
+        asyncio.get_running_loop().call_later(within, self._release)
+
+    def _release(self) -> None:
+        self._let_go = True
+        for cid in list(self._awaiting):
+            self.client.abandon(cid)  # its waiter's outcome() raises CancelledError: see _result
+
+    def _released(self) -> bool:
+        """Whether a CancelledError came from ``_release`` (abandon cancelled the future waited on) rather than from
+        the request's task being cancelled, which must go on."""
+        task = asyncio.current_task()
+        return self._let_go and (task is None or not task.cancelling())
+
+    def _left_running(self, cid: uuid.UUID, state: str) -> ApiError:
+        self.metrics.outcomes["timed_out"] += 1
+        return ApiError(
+            504,
+            "workflow_timeout",
+            f"the gateway is shutting down: workflow {cid} keeps running and its stamp will be stored "
+            "(GET /stamp/{hash} finds it)",
+            data={"workflow_id": str(cid), "state": state},
+        )
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         return not self.keys or self.metastore.key_tenant(headers) is not None
@@ -301,29 +358,46 @@ class Gateway:
             # end of their indexes (README, Idempotency), and a Runtime(ids=...) applies to workflows over HTTP too.
             return await self.client.submit(payload, correlation_id=self.runtime.ids())
         except BusError as exc:
-            raise ApiError(503, "bus_unavailable", f"the event bus refused the request: {exc}") from None
+            raise ApiError(
+                503, "bus_unavailable", f"the event bus refused the request: {exc}", headers=_RETRY_LATER
+            ) from None
 
     async def _result(self, cid: uuid.UUID, deadline: float) -> StampResult:
-        """The stamp of a submitted workflow once it completed; ApiError if it failed or did not finish in time."""
+        """The stamp of a submitted workflow once it completed; ApiError if it failed or did not finish in time, or
+        the server is shutting down (``drain``)."""
+        until = min(deadline, self._drain_by)
+        awaiting = self._awaiting
+        awaiting.add(cid)
         try:
-            outcome = await self.client.outcome(cid, timeout=max(deadline - time.monotonic(), 0.0))
-        except asyncio.CancelledError:  # the server is shutting down, or gave up on this request
-            self.client.abandon(cid)
-            raise
-        except TimeoutError:
-            self.client.abandon(cid)
-            self.metrics.outcomes["timed_out"] += 1
-            raise ApiError(
-                504,
-                "workflow_timeout",
-                f"workflow {cid} did not complete within {self.timeout_s:g} s; "
-                "it keeps running and its stamp will be stored",
-                data={"workflow_id": str(cid), "state": "processing"},
-            ) from None
-        try:
-            return await self._completed(cid, outcome, deadline)
+            try:
+                outcome = await self.client.outcome(cid, timeout=max(until - time.monotonic(), 0.0))
+            except asyncio.CancelledError:  # the server is shutting down, or gave up on this request
+                self.client.abandon(cid)
+                if self._released():
+                    raise self._left_running(cid, "processing") from None
+                raise
+            except TimeoutError:
+                self.client.abandon(cid)
+                if until < deadline:  # the shutdown's, not the request's
+                    raise self._left_running(cid, "processing") from None
+                self.metrics.outcomes["timed_out"] += 1
+                raise ApiError(
+                    504,
+                    "workflow_timeout",
+                    f"workflow {cid} did not complete within {self.timeout_s:g} s; "
+                    "it keeps running and its stamp will be stored",
+                    data={"workflow_id": str(cid), "state": "processing"},
+                ) from None
+            try:
+                return await self._completed(cid, outcome, until)
+            except asyncio.CancelledError:  # waiting for its stamp
+                if self._released():
+                    raise self._left_running(cid, "completed") from None
+                raise
+            finally:
+                self.client.forget(cid)
         finally:
-            self.client.forget(cid)
+            awaiting.discard(cid)
 
     async def _completed(self, cid: uuid.UUID, outcome: OnexEnvelopeV1, deadline: float) -> StampResult:
         payload = outcome.payload
@@ -493,13 +567,15 @@ class Gateway:
             return envelope(request, data, status="partial", message=f"{succeeded} of {len(results)} item(s) stamped")
         # Nothing succeeded: the items' own status when they share one (all timed out: 504), else 422.
         statuses = {r["error"]["http_status"] for r in results if r["error"] is not None}
+        http_status = statuses.pop() if len(statuses) == 1 else 422
         return envelope(
             request,
             data,
             status="error",
-            http_status=statuses.pop() if len(statuses) == 1 else 422,
+            http_status=http_status,
             message="no item could be stamped",
             error={"code": "batch_failed", "field": "items"},
+            headers=_RETRY_LATER if http_status == 503 else None,
         )
 
     @staticmethod
@@ -611,12 +687,13 @@ class Gateway:
         file_hash = file_hash.lower()
 
         async def load() -> list[dict[str, Any]]:
-            return [dataclasses.asdict(row) for row in await self.runtime.store.get_stamps_by_hash(file_hash)]
+            rows = await self._bounded(self.runtime.store.get_stamps_by_hash(file_hash))
+            return [dataclasses.asdict(row) for row in rows]
 
         try:
             rows = await self._read(self.stamp_cache, "stamps_by_hash", load, file_hash=file_hash)
         except StoreError as exc:
-            raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+            raise _store_unavailable(exc) from None
         if not rows:
             raise ApiError(404, "not_found", f"no stamp with hash {file_hash} is stored", field="file_hash")
         records: StampRecords = {"file_hash": file_hash, "count": len(rows), "stamps": rows}
@@ -632,16 +709,20 @@ class Gateway:
         offset = self._query_int(request, "offset", 0, 0, MAX_OFFSET)
 
         async def load() -> dict[str, Any]:
-            rows = await self.runtime.store.list_stamps(namespace, limit=limit, offset=offset)
-            state = await self.runtime.store.get_bridge_state(namespace)
-            return {"stamps": rows, "aggregates": state}
+            store = self.runtime.store
+
+            async def both() -> dict[str, Any]:
+                rows = await store.list_stamps(namespace, limit=limit, offset=offset)
+                return {"stamps": rows, "aggregates": await store.get_bridge_state(namespace)}
+
+            return await self._bounded(both())
 
         try:
             found = await self._read(
                 self.namespace_cache, "namespace_page", load, namespace=namespace, limit=limit, offset=offset
             )
         except StoreError as exc:
-            raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+            raise _store_unavailable(exc) from None
         rows, state = found["stamps"], found["aggregates"]
         page: NamespacePage = {
             "namespace": namespace,
@@ -670,11 +751,13 @@ class Gateway:
         closed = self._query_bool(request, "closed")
         limit = self._query_int(request, "limit", 100, 1, MAX_PAGE)
         try:
-            rows = await self.runtime.store.list_aggregate_windows(
-                namespace=namespace, aggregation=aggregation, closed=closed, limit=limit
+            rows = await self._bounded(
+                self.runtime.store.list_aggregate_windows(
+                    namespace=namespace, aggregation=aggregation, closed=closed, limit=limit
+                )
             )
         except StoreError as exc:
-            raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+            raise _store_unavailable(exc) from None
         windows: list[AggregateWindowView] = [
             {
                 "node": row.node,

@@ -1,8 +1,10 @@
 """Reading request bodies within limits: whole (JSON and small forms) or streamed (a multipart file of any size).
 
 A body over its limit gets 413 without being read whole: a larger ``Content-Length`` is refused before a byte is
-read, and a body without one (chunked) is counted while it streams. The multipart reader turns the body into part /
-data / end events as it arrives, holding nothing but the headers of the part in hand.
+read, and a body without one (chunked) is counted while it streams. A body that stops arriving gets 408: the server
+(``onex.http.server``) marks the request ``STALLED`` and wakes its reader, so that no timer is set for the bodies that
+arrive whole. The multipart reader turns the body into part / data / end events as it arrives, holding nothing but the
+headers of the part in hand.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from onex.http.models import ApiError
 
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
 _MAX_FORM_FIELDS: Final = 64
 _MAX_FIELD_SIZE: Final = 64 * 1024
+# The scope key the server sets (to the seconds it waited) on a request whose body stopped arriving.
+STALLED: Final = "onex.stalled"
 
 
 def media_type(request: Request) -> str:
@@ -49,19 +53,41 @@ def _declared_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
+def _disconnected() -> ApiError:
+    return ApiError(400, "client_disconnected", "the client went away before the body was read")
+
+
+def _stalled(request: Request) -> ApiError | None:
+    """408 if the server marked the request ``STALLED``; read only while more body is due (not on the fast path)."""
+    waited = request.scope.get(STALLED)
+    if waited is None:
+        return None
+    # Connection: close, or what is left of the body would be read as the next request's head.
+    message = f"the request body stopped arriving: nothing came for {waited:g} s"
+    return ApiError(408, "request_timeout", message, field="body", headers={"Connection": "close"})
+
+
 async def _stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body in the chunks it arrives in, counted: 413 as soon as it passes ``limit``."""
+    """The body in the chunks it arrives in, counted: 413 as soon as it passes ``limit``, 408 if it stalls. From
+    the ASGI messages, as ``read_body``: Starlette's ``stream()`` swallows the empty message that wakes a stalled
+    reader, and waits again."""
     _declared_length(request, limit)
+    receive = request.receive
     total = 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise _too_large(limit)
-            if chunk:
-                yield chunk
-    except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client went away before the body was read") from None
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise _disconnected()
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+        if (stalled := _stalled(request)) is not None:
+            raise stalled
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -74,7 +100,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] != "http.request":  # http.disconnect
-            raise ApiError(400, "client_disconnected", "the client went away before the body was read")
+            raise _disconnected()
         chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
@@ -83,6 +109,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if (stalled := _stalled(request)) is not None:
+            raise stalled
 
 
 # --- multipart/form-data -----------------------------------------------------------------------------------------

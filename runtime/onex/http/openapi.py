@@ -94,6 +94,7 @@ DOCS: Final = "/docs"
 _ERRORS: Final = {
     401: "missing or wrong API key",
     404: "not found",
+    408: "the request body stopped arriving (a pause longer than the server's read timeout); the connection is closed",
     413: "body larger than the configured limit",
     409: "the expected version is not the current one (data: current_version), or the entity's state forbids it",
     415: "unsupported Content-Type",
@@ -102,7 +103,10 @@ _ERRORS: Final = {
     503: "the bus or store is unavailable (health: degraded)",
     504: "the workflow did not complete in time; it keeps running",
 }
-_BODY_ERRORS: Final = (413, 415, 422)
+_BODY_ERRORS: Final = (408, 413, 415, 422)
+_RETRY_AFTER: Final = {
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer", "minimum": 0}}
+}
 
 
 class _WindowsOwner(PathConvertor):
@@ -138,7 +142,7 @@ class Operation:
     ``summary`` may say ``{batch_limit}``. ``prefix`` is what ``path`` is under (the metastore's routes have their own,
     the root ``/health`` none), ``headers`` the request headers the route reads (by their aliases), ``ok`` the status
     of a success (201 for a create). ``handler`` names a method of the gateway, or ``metastore.NAME`` one of its
-    ``onex.http.metastore.MetastoreApi``.
+    ``onex.http.metastore.MetastoreApi``. ``retry_after``: its 503 says when to try again (``Retry-After``).
     """
 
     method: Literal["GET", "POST", "PUT", "DELETE"]
@@ -160,6 +164,7 @@ class Operation:
     prefix: str = PREFIX
     headers: type[BaseModel] | None = None
     ok: int = 200
+    retry_after: bool = False
 
     @property
     def route(self) -> str:
@@ -300,6 +305,7 @@ OPERATIONS: Final = (
         "POST", "/stamp", handler="stamp", operation_id="stamp", tag="stamping",
         summary="Stamp content through a workflow on the bus",
         body=StampRequest, upload=StampUpload, data=StampResult, errors=(*_BODY_ERRORS, 502, 503, 504),
+        retry_after=True,
     ),
     Operation(
         "POST", "/validate", handler="validate", operation_id="validate", tag="content",
@@ -314,23 +320,23 @@ OPERATIONS: Final = (
     Operation(
         "GET", "/stamp/{file_hash}", handler="get_stamp", operation_id="getStamp", tag="stamps",
         summary="The stored stamp records of a content hash",
-        params=StampKey, data=StampRecords, errors=(404, 422, 503),
+        params=StampKey, data=StampRecords, errors=(404, 422, 503), retry_after=True,
     ),
     Operation(
         "POST", "/batch", handler="batch", operation_id="batch", tag="stamping",
         summary="Stamp up to {batch_limit} items; status partial when only some succeed",
-        body=BatchRequest, data=BatchResult, errors=(*_BODY_ERRORS, 502, 503, 504),
+        body=BatchRequest, data=BatchResult, errors=(*_BODY_ERRORS, 502, 503, 504), retry_after=True,
         descriptions={200: "every item stamped (success) or some (partial)"},
     ),
     Operation(
         "GET", "/namespace/{namespace:namespace_page}", handler="namespace", operation_id="getNamespace", tag="stamps",
         summary="A page of a namespace's stamps and its aggregates",
-        params=NamespacePageQuery, data=NamespacePage, errors=(422, 503),
+        params=NamespacePageQuery, data=NamespacePage, errors=(422, 503), retry_after=True,
     ),
     Operation(
         "GET", "/namespace/{namespace:windows_owner}/windows", handler="namespace_windows", tag="stamps",
         operation_id="getNamespaceWindows", summary="A namespace's aggregation windows, newest first",
-        params=NamespaceWindowsQuery, data=NamespaceWindows, errors=(422, 503),
+        params=NamespaceWindowsQuery, data=NamespaceWindows, errors=(422, 503), retry_after=True,
     ),
     Operation(
         "POST", "/validate-protocol", handler="validate_protocol", operation_id="validateProtocol", tag="content",
@@ -445,6 +451,8 @@ def _operation(
             "description": op.descriptions.get(code, _ERRORS[code]),
             "content": {"application/json": {"schema": schema}},
         }
+        if code == 503 and op.retry_after:
+            responses[str(code)]["headers"] = _RETRY_AFTER
     doc["responses"] = responses
     return doc
 

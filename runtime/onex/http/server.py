@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -20,10 +21,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from onex.client import StampClient
 from onex.exceptions import OnexError
 from onex.http.app import create_app
+from onex.http.bodies import STALLED
 from onex.http.models import DEFAULT_MAX_STREAM
 from onex.metrics import create_app as create_metrics_app
 from onex.runtime import Runtime
 from onex.settings import Settings
+
+# A request's head must arrive whole within READ_TIMEOUT_S of the connection or of the response before it (an idle
+# connection, a head sent in dribs: closed), and its body may pause no longer than that between two reads (then 408).
+# So one slow or silent client holds a connection for seconds, not for good, and no more than that delays a shutdown.
+READ_TIMEOUT_S: Final = 5.0
+# On SIGTERM uvicorn lets the requests in hand finish for SHUTDOWN_GRACE_S, then cancels them (a bare 500). Those still
+# waiting for their workflows are answered DRAIN_S into the shutdown instead: 504, the workflow keeps running.
+SHUTDOWN_GRACE_S: Final = 10
+DRAIN_S: Final = 8.0
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -62,11 +73,43 @@ def bind(address: str) -> socket.socket:
 
 class _Server(uvicorn.Server):
     """uvicorn without its signal handlers: the runtime owns SIGINT/SIGTERM, so that shutdown drains in order
-    (HTTP connections first, then the client, then the nodes)."""
+    (HTTP connections first, then the client, then the nodes). It holds its connections to ``read_timeout_s``
+    (``_HttpProtocol.sweep``), looking at them on uvicorn's tick: no timer per connection or request."""
+
+    def __init__(self, config: uvicorn.Config, *, read_timeout_s: float) -> None:
+        super().__init__(config)
+        self.read_timeout_s = read_timeout_s
+        self._sweep_every = max(1, min(10, int(read_timeout_s * 2)))  # ticks of 0.1 s: each second, or more often
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for connection in list(self.server_state.connections):
+            if isinstance(connection, _HttpProtocol):
+                connection.sweep(now, self.read_timeout_s)
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % self._sweep_every == 0:
+            self.sweep()
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn ticks no more while it waits for the requests in hand: a stalled one would hold it for the grace.
+        async def sweeping() -> None:
+            while True:
+                await asyncio.sleep(self._sweep_every / 10)
+                self.sweep()
+
+        sweeper = asyncio.ensure_future(sweeping())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
 
 class _CoalescingTransport:
@@ -120,16 +163,57 @@ class _CoalescingTransport:
 
 
 class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol (the project depends on httptools) writing through a ``_CoalescingTransport``."""
+    """uvicorn's httptools protocol (the project depends on httptools) writing through a ``_CoalescingTransport``,
+    and counting its reads for ``sweep``.
+
+    uvicorn bounds only the wait between a response and the next request (``timeout_keep_alive``): a connection that
+    sends nothing, half a head, or half a body would otherwise stay open for good (slowloris)."""
+
+    _reads = 0  # data_received calls: a body that arrived in the meantime is not stalled
+    _watched: tuple[object, int | None, float] | None = None  # what the sweeps saw: (cycle, reads, since when)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
         super().connection_made(coalescing)  # type: ignore[arg-type]  # a transport in all but its class
 
+    def data_received(self, data: bytes) -> None:
+        self._reads += 1
+        super().data_received(data)
 
-def quiet_server(app: Any, *, grace_s: int) -> uvicorn.Server:
-    """A uvicorn server for ``app`` that leaves logging, signals and the lifespan to onex; on shutdown it lets the
-    requests in hand finish for ``grace_s`` seconds."""
+    def sweep(self, now: float, limit: float) -> None:
+        """Called every tick or few by ``_Server``: close the connection whose next request's head has not arrived
+        within ``limit`` seconds; wake the request whose body has not moved for ``limit`` seconds, marked ``STALLED``
+        for ``onex.http.bodies`` to answer 408. What the app is busy with, or what flow control paused, is left be."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        cycle = self.cycle
+        reads: int | None
+        if cycle is None or cycle.response_complete:
+            reads = None  # waiting for a head: it must arrive whole, trickling bytes does not help
+        elif cycle.more_body and not self.flow.read_paused:
+            reads = self._reads  # reading a body: any read is progress
+        else:
+            self._watched = None
+            return
+        watched = self._watched
+        if watched is None or watched[0] is not cycle or watched[1] != reads:
+            self._watched = (cycle, reads, now)
+            return
+        if now - watched[2] < limit:
+            return
+        self._watched = None
+        if reads is None:
+            transport.close()
+        else:
+            cycle.scope[STALLED] = limit  # type: ignore[typeddict-unknown-key]  # the app's key, as Observe's
+            cycle.message_event.set()
+
+
+def quiet_server(app: Any, *, grace_s: int, read_timeout_s: float = READ_TIMEOUT_S) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that leaves logging, signals and the lifespan to onex; a connection must send its
+    requests within ``read_timeout_s`` (``_HttpProtocol.sweep``); on shutdown it lets the requests in hand finish for
+    ``grace_s`` seconds."""
     config = uvicorn.Config(
         app,
         http=_HttpProtocol,
@@ -141,7 +225,7 @@ def quiet_server(app: Any, *, grace_s: int) -> uvicorn.Server:
         ws="none",
         timeout_graceful_shutdown=grace_s,
     )
-    return _Server(config)
+    return _Server(config, read_timeout_s=read_timeout_s)
 
 
 def base_url(sock: socket.socket) -> str:
@@ -161,11 +245,15 @@ async def serve(
     max_stream: int = DEFAULT_MAX_STREAM,
     batch_limit: int | None = None,
     timeout_s: float | None = None,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    drain_s: float = DRAIN_S,
 ) -> None:
     """Serve the API on ``sock`` (from ``bind``) over a started ``runtime`` until ``stop`` is set, or, without
-    ``stop``, until SIGINT/SIGTERM. Then stops accepting connections, finishes the requests in hand (up to 10 s)
-    and leaves the runtime to its owner. ``ready`` is called with the base URL once the socket serves. The limits
-    not given come from ``settings`` (``http_max_body``, ``http_batch_limit``, ``http_timeout_s``)."""
+    ``stop``, until SIGINT/SIGTERM. Then stops accepting connections, finishes the requests in hand (up to
+    ``SHUTDOWN_GRACE_S``; those still waiting for their workflows ``drain_s`` in are answered 504 with the workflow's
+    id) and leaves the runtime to its owner. ``ready`` is called with the base URL once the socket serves. The limits
+    not given come from ``settings`` (``http_max_body``, ``http_batch_limit``, ``http_timeout_s``);
+    ``read_timeout_s`` bounds a request's head and the pauses in its body (``READ_TIMEOUT_S``)."""
     async with StampClient(runtime.bus, runtime.contracts, settings, keep_stamps=True) as client:
         app = create_app(
             runtime,
@@ -182,7 +270,7 @@ async def serve(
         except BaseException:
             await app.state.gateway.aclose()
             raise
-        server = quiet_server(app, grace_s=10)
+        server = quiet_server(app, grace_s=SHUTDOWN_GRACE_S, read_timeout_s=read_timeout_s)
         url = base_url(sock)
 
         def announce() -> None:
@@ -200,6 +288,7 @@ async def serve(
         try:
             await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            app.state.gateway.drain(drain_s)  # before the grace runs out, so that no request is cancelled unanswered
             server.should_exit = True
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
