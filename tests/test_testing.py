@@ -1,20 +1,29 @@
-"""``onex.testing``: what a ``Harness.wait_for`` that times out tells the test author.
+"""``onex.testing``: what a ``Harness.wait_for`` that times out tells the test author, and what the harness records.
 
 The project here is written by the tests into a temporary directory: one node, ``orders``, that accepts an order
-through its FSM (``received -> accepted``) and publishes ACCEPTED, and raises on an order of quantity 0.
+through its FSM (``received -> accepted``) and publishes ACCEPTED, and raises on an order of quantity 0. The routed
+commands are the routing tests' project (the repository's plus a second stamping effect).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
-from onex.testing import Harness, WaitTimeout
+from onex.bus import BusState
+from onex.envelope import OnexEnvelopeV1
+from onex.exceptions import OnexError
+from onex.routing import service_topic
+from onex.testing import Harness, ManualClock, WaitTimeout
+
+from tests.test_routing import ARCHIVE, EFFECTS, MAIN, route, with_archive
 
 CONTRACT = """\
 contract_version: 2.0.0
@@ -134,7 +143,7 @@ async def test_a_timeout_lists_only_the_last_transitions(project: Path) -> None:
             await h.publish("ORDER", {"order_id": f"o{n}", "quantity": 1})
         await h.settle()
         with pytest.raises(WaitTimeout) as caught:
-            await h.wait_for("NEVER_PUBLISHED", timeout=0.01)
+            await h.wait_for("ACCEPTED", lambda e: e.payload["order_id"] == "o15", timeout=0.01)  # never sent
 
     lines = str(caught.value).splitlines()
     at = lines.index("FSM transitions: 15, the last:")
@@ -193,3 +202,88 @@ async def test_a_dead_letters_error_is_shown_on_one_line(project: Path) -> None:
         "(after 2 attempt(s))"
     )
     assert lines[at + 2] == "FSM transitions: 0"
+
+
+@pytest.mark.anyio
+async def test_a_predicate_that_raises_fails_its_wait_and_leaves_the_record_as_it_was(project: Path) -> None:
+    async with Harness(root=project) as h:
+        await h.publish("ORDER", {"order_id": "o1", "quantity": 1})
+        # The wait is registered before ACCEPTED arrives (publish returned without handing over to the bus's
+        # workers), so the predicate first sees it in the harness's recorder.
+        with pytest.raises(KeyError, match="missing"):
+            await h.wait_for("ACCEPTED", lambda e: e.payload["missing"] == 1, timeout=30)
+        await h.settle()
+
+        assert len(h.of("ACCEPTED")) == 1
+        assert h.dead_letters() == []
+
+
+@pytest.mark.anyio
+async def test_commands_routed_to_a_services_own_topic_are_recorded_and_so_are_their_dead_letters(
+    tmp_path: Path,
+) -> None:
+    root = with_archive(tmp_path / "routed")
+    route(
+        root,
+        f"strategy: round_robin\ntargets:\n  - {{name: m, service: {MAIN}}}\n  - {{name: a, service: {ARCHIVE}}}\n",
+    )
+    async with Harness(EFFECTS, root=root, clock=ManualClock()) as h:
+        sent = [
+            await h.publish("STAMP_REQUESTED", {"content": f"x = {n}\n", "file_path": f"{n}.py", "namespace": "ns"})
+            for n in range(2)
+        ]
+        await h.settle()
+        # Round robin: the second command went to the archive effect, on that service's own topic (recorded in
+        # either order: the two topics are handled side by side).
+        assert {e.correlation_id for e in h.of("STAMP_FILE")} == {s.correlation_id for s in sent}
+        assert len(h.of("STAMP_FILE")) == 2
+
+        bad = OnexEnvelopeV1(
+            event_type="STAMP_FILE", source_node_id="test", correlation_id=uuid.uuid4(), payload={"garbage": 1}
+        )
+        await h.bus.publish(service_topic(h.topic("STAMP_FILE"), ARCHIVE), bad)
+        await h.settle()
+
+        assert [(d.correlation_id, d.payload["original"]["event_type"]) for d in h.dead_letters()] == [
+            (bad.correlation_id, "STAMP_FILE")
+        ]
+
+
+@pytest.mark.anyio
+async def test_a_node_whose_stop_raises_still_leaves_the_bus_and_the_store_closed(project: Path) -> None:
+    node = project / "nodes" / "orders" / "v1_0_0" / "node.py"
+    node.write_text(
+        node.read_text() + "\n    async def on_stop(self) -> None:\n        raise RuntimeError('on_stop failed')\n"
+    )
+    h = Harness(root=project)
+    before = asyncio.all_tasks()
+
+    async def use() -> None:
+        async with h:
+            sent = await h.publish("ORDER", {"order_id": "o1", "quantity": 1})
+            await h.wait_for("ACCEPTED", lambda e: e.correlation_id == sent.correlation_id)
+
+    with pytest.raises(RuntimeError, match="on_stop failed"):
+        await use()
+
+    assert h.bus.state is BusState.CLOSED
+    health = await h.store.health()
+    assert (health.status, "closed" in health.detail) == ("down", True)
+    assert [t.get_name() for t in asyncio.all_tasks() - before if t.get_name().startswith("onex-bus")] == []
+
+
+@pytest.mark.anyio
+async def test_of_and_wait_for_refuse_a_name_no_contract_declares(project: Path) -> None:
+    async with Harness(root=project) as h:
+        await h.publish("ORDER", {"order_id": "o1", "quantity": 0})
+        await h.settle()
+
+        with pytest.raises(
+            OnexError, match=r"^'ACCEPTD' is not an event of the contracts under .*ACCEPTED, DEAD_LETTER"
+        ):
+            h.of("ACCEPTD")
+        with pytest.raises(OnexError, match=r"^'ACCEPTD' is not an event of the contracts under "):
+            await h.wait_for("ACCEPTD", timeout=30)
+        # DEAD_LETTER is no contract's event, and is recorded all the same.
+        assert len(h.of("DEAD_LETTER")) == 1
+        assert (await h.wait_for("DEAD_LETTER")).payload["original"]["event_type"] == "ORDER"

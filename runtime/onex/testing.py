@@ -5,10 +5,13 @@
         done = await h.wait_for("WORKFLOW_COMPLETED", lambda e: e.correlation_id == sent.correlation_id)
         assert [t["to_state"] for t in h.transitions(done.correlation_id)] == ["processing", "completed"]
 
-Every event published on any topic of the hosted contracts is recorded (``events``), and ``settle()`` waits
-until the in-process graph is quiescent. A ``wait_for`` that times out raises ``WaitTimeout`` (a ``TimeoutError``)
-whose message says what did arrive for the correlation ids involved, every dead letter with its error, and the last
-FSM transitions.
+Every event published on any topic of the contracts is recorded (``events``), on a routed service's own topic
+(``onex.routing``) too, with the dead letters of all of them, and ``settle()`` waits until the in-process graph is
+quiescent. ``of``, ``wait_for`` and ``publish`` refuse (``OnexError``) a name no contract declares (``of`` and
+``wait_for`` accept DEAD_LETTER), so a misspelt name fails instead of matching nothing. A ``wait_for`` whose
+predicate raises raises that exception. One that times out raises ``WaitTimeout`` (a ``TimeoutError``) whose message
+says what did arrive for the correlation ids involved, every dead letter with its error, and the last FSM
+transitions.
 ``Harness(clock=ManualClock())`` runs every timer of the hosted nodes (step timeouts, reducer windows, heartbeats,
 circuit breakers) on a clock the test moves: ``await h.clock.advance(0.2)`` fires what falls due, then ``await
 h.settle()`` waits for what that published.
@@ -20,7 +23,7 @@ import asyncio
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,9 +33,10 @@ from pydantic import BaseModel
 from onex.bus import MemoryBus, Subscription
 from onex.clock import SYSTEM_CLOCK, Clock, ManualClock
 from onex.contracts import ContractSet, load_contracts
-from onex.envelope import STATE_TRANSITION, IdSource, OnexEnvelopeV1, dlq_topic, new_id
+from onex.envelope import DEAD_LETTER_EVENT, STATE_TRANSITION, IdSource, OnexEnvelopeV1, dlq_topic, new_id
 from onex.exceptions import OnexError, WaitTimeout
 from onex.nodes import EventCatalog
+from onex.routing import service_topics
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.store import Store
@@ -141,6 +145,9 @@ class Harness:
         self._waiters: list[tuple[str | None, Predicate | None, asyncio.Future[OnexEnvelopeV1]]] = []
         self._recorder: Subscription | None = None
         self._topics: dict[str, str] = {}
+        # The names ``of`` and ``wait_for`` accept: every event of the contracts, those routed to a service's own
+        # topic, and DEAD_LETTER. Filled on entering, with the topics.
+        self._names: set[str] = set()
         # Correlation ids of what the test published since the last wait_for returned: what a timeout reports on.
         self._sent: list[uuid.UUID] = []
 
@@ -151,7 +158,16 @@ class Harness:
             await self.bus.start()
             catalog = EventCatalog(self.contracts.contracts, self.settings)
             self._topics = {name: publication.topic for name, publication in catalog.events.items()}
-            watched = sorted({*self._topics.values(), *(dlq_topic(t) for t in self._topics.values())})
+            # A command routed to a target other than the routing's first travels on that service's own topic
+            # (onex.routing): recorded too, or its events and its dead letters would be missing from the record.
+            routed = {
+                topic: name
+                for events in service_topics(self.contracts.contracts, self.settings).values()
+                for name, topic in events.items()
+            }
+            self._names = {*self._topics, *routed.values(), DEAD_LETTER_EVENT}
+            topics = {*self._topics.values(), *routed}
+            watched = sorted({*topics, *(dlq_topic(t) for t in topics)})
             self._recorder = await self.bus.subscribe(watched, "onex.testing.recorder", handler=self._record)
             await self.runtime.start()
         except BaseException:
@@ -163,26 +179,59 @@ class Harness:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # Each step runs whatever the ones before did: a node whose on_stop raises must not leave the bus's workers
+        # and the store's threads running. The first error is raised, with the later ones noted on it.
+        errors: list[BaseException] = []
+
+        async def attempt(step: Callable[[], Awaitable[None]]) -> bool:
+            try:
+                await step()
+            except BaseException as error:
+                errors.append(error)
+                return False
+            return True
+
         try:
-            await self.runtime.stop()
-            await self.bus.join()  # record what stopping published (STOPPED heartbeats) before the recorder goes
+            # Record what stopping published (STOPPED heartbeats) before the recorder goes. Not after a failed stop:
+            # messages for a node that left its groups halfway stay pending, and join() would wait for them forever.
+            if await attempt(self.runtime.stop):
+                await attempt(self.bus.join)
             if self._recorder is not None:
-                await self._recorder.aclose()
-            await self.bus.aclose()
-            await self.store.aclose()
+                await attempt(self._recorder.aclose)
+            await attempt(self.bus.aclose)
+            await attempt(self.store.aclose)
         finally:
             for _, _, future in self._waiters:
                 future.cancel()
             if self._tmp is not None:
                 self._tmp.cleanup()
+        if errors:
+            for later in errors[1:]:
+                errors[0].add_note(f"while closing the harness, also: {later!r}")
+            raise errors[0]
 
     async def _record(self, envelope: OnexEnvelopeV1) -> None:
+        # Never raises: the bus would retry a raising handler (recording the event again) and then dead-letter the
+        # message, a dead letter no node caused. A predicate's exception goes to the wait_for that passed it.
         self.events.append((envelope.event_type, envelope))
         for waiter in list(self._waiters):
             name, predicate, future = waiter
             if future.done():
                 self._waiters.remove(waiter)
-            elif (name is None or envelope.event_type == name) and (predicate is None or predicate(envelope)):
+                continue
+            if name is not None and envelope.event_type != name:
+                continue
+            try:
+                matched = predicate is None or predicate(envelope)
+            except Exception as error:
+                failure = error
+                if isinstance(error, StopIteration):  # a future refuses it; a coroutine makes it a RuntimeError too
+                    failure = RuntimeError(f"the predicate raised {error!r}")
+                    failure.__cause__ = error
+                future.set_exception(failure)
+                self._waiters.remove(waiter)
+                continue
+            if matched:
                 future.set_result(envelope)
                 self._waiters.remove(waiter)
 
@@ -191,12 +240,21 @@ class Harness:
         try:
             return self._topics[event_name]
         except KeyError:
-            # Most often the harness was pointed at the wrong root (a fresh directory has no contracts at all).
-            known = ", ".join(sorted(self._topics)[:20]) or "none"
-            raise OnexError(
-                f"{event_name!r} is not an event of the contracts under {self.settings.root} (the harness's root); "
-                f"known: {known}"
-            ) from None
+            raise self._unknown(event_name, self._topics) from None
+
+    def _unknown(self, event_name: str, known: Iterable[str]) -> OnexError:
+        # Most often the harness was pointed at the wrong root (a fresh directory has no contracts at all), or the
+        # name is misspelt.
+        listed = ", ".join(sorted(known)[:20]) or "none"
+        return OnexError(
+            f"{event_name!r} is not an event of the contracts under {self.settings.root} (the harness's root); "
+            f"known: {listed}"
+        )
+
+    def _check(self, event_name: str) -> None:
+        """OnexError unless ``event_name`` can be recorded: a misspelt name would match nothing, silently."""
+        if event_name not in self._names:
+            raise self._unknown(event_name, self._names)
 
     async def publish(
         self,
@@ -229,8 +287,10 @@ class Harness:
         After ``timeout`` seconds raises ``WaitTimeout`` (a ``TimeoutError``) whose message says what arrived instead:
         the events of the correlation ids involved (those the test published since the last wait returned, then those of
         events of the awaited name that the predicate refused), every dead letter with its error, and the last FSM
-        transitions.
+        transitions. OnexError when ``event_name`` is not an event of the contracts (nor DEAD_LETTER).
         """
+        if event_name is not None:
+            self._check(event_name)
         for name, envelope in self.events:
             if (event_name is None or name == event_name) and (predicate is None or predicate(envelope)):
                 self._sent.clear()
@@ -302,10 +362,13 @@ class Harness:
             await node.written()
 
     def of(self, event_name: str) -> list[OnexEnvelopeV1]:
+        """The recorded events named ``event_name``, in order; OnexError when it is not an event of the contracts (nor
+        DEAD_LETTER), so that ``assert not h.of("WORKFLOW_FAILD")`` cannot pass on a typo."""
+        self._check(event_name)
         return [e for name, e in self.events if name == event_name]
 
     def dead_letters(self) -> list[OnexEnvelopeV1]:
-        return [e for name, e in self.events if name == "DEAD_LETTER"]
+        return [e for name, e in self.events if name == DEAD_LETTER_EVENT]
 
     def transitions(self, correlation_id: uuid.UUID | None) -> list[Any]:
         """The transitions of one workflow (by correlation id) as published (each STATE_TRANSITION event carries a
