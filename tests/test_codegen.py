@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from onex import codegen
 from onex.catalog import PayloadCodec
 from onex.codegen import generate_models, generated_models, model_class_name, models_path, schema_digest
 from onex.contracts import EventSpec, load_contract, load_contracts
@@ -163,6 +164,17 @@ FEATURES: dict[str, tuple[dict[str, Any], bool, list[Any], list[Any]]] = {
     "enum": ({"enum": ["a", "b"]}, True, ["a", "b"], ["c", None, 1]),
     "enum with null": ({"enum": ["a", None]}, True, ["a", None], ["b"]),
     "integer enum": ({"type": "integer", "enum": [1, 2]}, True, [1, 2], [3, "1"]),
+    # JSON Schema tells true from 1 (pydantic's Literal does not) and counts 1.0 as 1.
+    "integer enum refuses booleans": ({"type": "integer", "enum": [0, 1]}, True, [0, 1, 1.0], [True, False]),
+    "number enum": ({"type": "number", "enum": [1, 2]}, True, [1, 2.0], [True, 1.5]),
+    "boolean const refuses numbers": ({"const": True}, True, [True], [1, 1.0, False]),
+    "boolean and integer enum": ({"enum": [True, False, 0]}, True, [True, False, 0, 0.0], [1, 1.0, None]),
+    "enum of booleans and numbers in a list": (
+        {"type": "array", "items": {"enum": [0, True]}},
+        True,
+        [[0, True], [0.0]],
+        [[False], [1]],
+    ),
     "const": ({"const": "x"}, True, ["x"], ["y", None]),
     "optional": ({"type": "string"}, False, ["x", "absent"], [None, 1]),
     "optional nullable": ({"type": ["string", "null"]}, False, ["x", None, "absent"], [1]),
@@ -186,6 +198,16 @@ FEATURES: dict[str, tuple[dict[str, Any], bool, list[Any], list[Any]]] = {
     ),
     "free-form object": ({"type": "object"}, True, [{}, {"a": [1, None]}], [[], "x", None]),
     "empty schema": ({}, True, [None, 1, "x", [1], {"a": {}}], []),
+    # `type: string`: a number (of seconds, as lax pydantic reads it) is not a date-time.
+    "date-time": ({"type": "string", "format": "date-time"}, True, ["2026-12-02T14:00:00Z"], [0, 1.5, True, None]),
+    "optional date-time": ({"type": "string", "format": "date-time"}, False, ["2026-12-02T14:00:00Z", "absent"], [0]),
+    "nullable date-time": ({"type": ["string", "null"], "format": "date-time"}, True, [None], [1700000000]),
+    "date-time items": (
+        {"type": "array", "items": {"type": "string", "format": "date-time"}},
+        True,
+        [["2026-12-02T14:00:00Z"]],
+        [[0]],
+    ),
     "property name that is not an identifier": ({"type": "string"}, True, ["x"], [1]),
 }
 
@@ -247,6 +269,79 @@ def test_descriptions_become_field_descriptions_and_the_docstring(tmp_path: Path
     assert "A widget order" in model.__doc__
 
 
+# Descriptions whose quotes and backslashes would end or bend a docstring written as they are.
+DOCSTRINGS = [
+    'Raised when a node is "overloaded"',
+    'Three quotes """ inside, and two at the end ""',
+    "A backslash \\ inside and one at the end \\",
+    'Control characters \x00 \x1b and a quote last"',
+    "Long enough to wrap onto several lines, " * 5 + 'and it ends with a "quoted" word and a backslash \\"',
+]
+
+
+@pytest.mark.parametrize("description", DOCSTRINGS)
+def test_a_description_becomes_a_docstring_that_reads_back_as_it(description: str, tmp_path: Path) -> None:
+    schema = {"type": "object", "description": description, "properties": {}}
+    module = load_source(generate_models({"THING": schema}, contract="c.yaml", title=description), tmp_path)
+
+    if len(description) < 100:
+        assert module.ModelThing.__doc__ == f"Payload of THING. {description}"
+        assert module.__doc__ == f"Payload models of {description}, generated from the payload_schema of its events."
+    else:  # wrapped: the same words, the same characters in them
+        assert module.ModelThing.__doc__.split() == f"Payload of THING. {description}".split()
+
+
+def test_a_long_description_with_a_single_quote_and_a_comma_is_wrapped_outside_its_string(tmp_path: Path) -> None:
+    # It holds a double quote, so it is written in single quotes; a line too long is cut at its commas.
+    description = 'it\'s "x", then y, ' + "and a long tail of words " * 5
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3, "description": description}}}
+
+    assert model_for(schema, tmp_path).model_fields["a"].description == description.strip()
+
+
+def test_a_generated_module_that_does_not_compile_is_an_error_not_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The generator as it was: a description ending with a quote ended its docstring with four quotes.
+    monkeypatch.setattr(codegen, "_docstring_text", lambda text: text)
+    schema = {"type": "object", "description": 'Raised when a node is "overloaded"', "properties": {}}
+
+    with pytest.raises(OnexError, match=r"not valid Python \(SyntaxError at line \d+: .*\): this is a bug in onex"):
+        generate_models({"THING": schema}, contract="c.yaml", title="x 1.0.0")
+
+
+def test_booleans_and_numbers_of_an_enum_keep_their_json_type(tmp_path: Path) -> None:
+    schema = {"type": "object", "required": ["v"], "properties": {"v": {"enum": [1, True]}}}
+    model = model_for(schema, tmp_path)
+
+    # Both values stay (not merged as 1 == True), each validating to itself; 1.0 is the number 1.
+    assert model.model_validate({"v": True}).v is True  # type: ignore[attr-defined]
+    assert type(model.model_validate({"v": 1}).v) is int  # type: ignore[attr-defined]
+    assert type(model.model_validate({"v": 1.0}).v) is int  # type: ignore[attr-defined]
+    assert model.model_validate_json('{"v": true}').model_dump(mode="json") == {"v": True}
+    assert not accepts(model, {"v": False})
+    assert not accepts(model, {"v": 0})
+
+
+def test_an_integral_float_default_is_an_int_where_the_schema_is_an_integer(tmp_path: Path) -> None:
+    # Draft 2020-12 counts 1.0 as an integer; an `int` field holding 1.0 fails mypy and dumps 1.0.
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "default": 1.0},
+            "level": {"type": "number", "enum": [1, 2], "default": 2.0},
+            "ns": {"type": "array", "items": {"type": "integer"}, "default": [1.0, 2]},
+            "x": {"type": "number", "default": 1.0},
+        },
+    }
+    source = generate_models({"THING": schema}, contract="c.yaml", title="x 1.0.0")
+    dumped = model_for(schema, tmp_path).model_validate({}).model_dump(mode="json")
+
+    assert "    n: int = 1\n" in source
+    assert dumped == {"n": 1, "level": 2, "ns": [1, 2], "x": 1.0}
+    assert [type(dumped[k]) for k in ("n", "level", "x")] == [int, int, float]
+
+
 # The payloads hypothesis tries against RICH: its keys (and one it does not declare) with any JSON-like values.
 # Floats with an integral value are left out: JSON Schema counts 1.0 as an integer, a strict model does not.
 _values = st.recursive(
@@ -261,7 +356,7 @@ _values = st.recursive(
 _keys = st.sampled_from([*RICH["properties"], "undeclared"])
 _payloads = st.dictionaries(_keys, _values, max_size=6) | st.fixed_dictionaries(
     {"sku": st.sampled_from(["AB", "AB1", "a"]), "quantity": st.integers(0, 101), "tags": st.just(["a"])},
-    optional={"address": st.just({"city": "Paris"}) | _values, "price": _values, "size": _values},
+    optional={"address": st.just({"city": "Paris"}) | _values, "price": _values, "size": _values, "priority": _values},
 )
 
 
@@ -312,12 +407,31 @@ def test_what_cannot_be_generated_is_an_error_naming_event_and_schema_path(
 # --- the generated code passes the project's tools ----------------------------------------------------------------
 
 
-def test_generated_code_is_ruff_clean_and_mypy_strict_clean(tmp_path: Path) -> None:
-    source = generate_models(
+# What the generator escapes, wraps, validates beyond pydantic's defaults or converts, for the tools test.
+TRICKY: dict[str, Any] = {
+    "type": "object",
+    "description": 'Raised when a node is "overloaded"',
+    "properties": {
+        "text": {"type": "string", "description": 'it\'s "x", then y, ' + "and a long tail of words " * 5},
+        "flag": {"enum": [0, 1, True]},
+        "at": {"type": "string", "format": "date-time"},
+        "ats": {"type": "array", "items": {"type": ["string", "null"], "format": "date-time"}},
+        "n": {"type": "integer", "default": 1.0},
+        "level": {"type": "number", "enum": [1, 2], "default": 2.0},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "schemas",
+    [
         {"ORDER": RICH, "NOTE": {"type": "object", "properties": {"text": {"type": "string"}}}},
-        contract="contracts/x.yaml",
-        title="x 1.0.0",
-    )
+        {"TRICKY": TRICKY},
+    ],
+    ids=["rich", "tricky"],
+)
+def test_generated_code_is_ruff_clean_and_mypy_strict_clean(schemas: dict[str, Any], tmp_path: Path) -> None:
+    source = generate_models(schemas, contract="contracts/x.yaml", title="x 1.0.0")
     path = tmp_path / "models.py"
     path.write_text(source, encoding="utf-8")
     venv = Path(sys.executable).parent
@@ -356,6 +470,20 @@ def test_round_trip_generate_import_and_validate_payloads_in_a_project(workshop:
     again = onex("codegen", "models", MONITOR, cwd=workshop)
     assert again.returncode == 0
     assert "up to date" in again.stdout
+
+
+def test_a_description_ending_with_a_quote_writes_a_module_that_imports(workshop: Path) -> None:
+    contract = workshop / MONITOR
+    described = "required: [text]\n          description: 'Raised when a node is \"overloaded\"'"
+    contract.write_text(contract.read_text().replace("required: [text]", described), encoding="utf-8")
+
+    done = onex("codegen", "models", MONITOR, cwd=workshop)
+
+    assert done.returncode == 0, done.stderr
+    path = models_path(workshop, "monitor", "1.0.0")
+    module = load_source(path.read_text(encoding="utf-8"), path.parent, "models_copy")
+    assert module.ModelNote.__doc__ == 'Payload of NOTE. Raised when a node is "overloaded"'
+    assert "is up to date" in onex("codegen", "models", MONITOR, "--check", cwd=workshop).stdout
 
 
 def test_output_writes_elsewhere_and_a_contract_without_schemas_is_an_error(workshop: Path) -> None:

@@ -69,12 +69,44 @@ _CONSTRAINTS = {
     "maxItems": "max_length",
 }
 _SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None"}
-# Parsed as pydantic parses them (an ISO 8601 string, or the object itself), so these fields are not strict.
-_FORMATS = {"date-time": ("datetime", "from datetime import datetime"), "uuid": ("UUID", "from uuid import UUID")}
+# Parsed as pydantic parses them (an ISO 8601 string, or the object itself), so these fields are not strict. A
+# date-time is the module's `_DateTime` (see _HELPERS): lax pydantic would also take a number of seconds for it.
+_FORMATS = {"date-time": ("_DateTime", "from datetime import datetime"), "uuid": ("UUID", "from uuid import UUID")}
+# Module-level helpers a generated module defines when a class uses them, in this order, with what they import
+# (typing, pydantic). Their names start with `_`, which no field name does, so no field hides them.
+_HELPERS: dict[str, tuple[str, set[str], set[str]]] = {
+    "_json_literal": (
+        '''def _json_literal(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """A boolean or integer enum/const value, compared as JSON Schema compares: `true` is not `1`, while
+    pydantic's Literal takes `true` for `1` and `1` (or `1.0`) for `true`; `1.0` is `1`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    result: object = handler(value)
+    if isinstance(result, bool) != isinstance(value, bool):
+        raise ValueError("a boolean is not a number, nor a number a boolean")
+    return result''',
+        set(),
+        {"ValidatorFunctionWrapHandler"},
+    ),
+    "_DateTime": (
+        '''def _date_time(value: object) -> object:
+    """`type: string, format: date-time` is a string (parsed here) or a datetime already: lax pydantic would
+    also take a number of seconds, which the schema refuses."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("a date-time must be a string")
+    return value
+
+
+_DateTime = Annotated[datetime, Field(strict=False), BeforeValidator(_date_time)]''',
+        {"Annotated"},
+        {"BeforeValidator", "Field"},
+    ),
+}
 # Names a field must not take: BaseModel's own, and those the annotations of a generated module read (a field
 # `datetime: datetime` would hide the type from its own annotation).
 _RESERVED = frozenset(dir(BaseModel)) | {"str", "int", "float", "bool", "list", "dict", "None", "datetime", "UUID"}
 _RESERVED |= {"Annotated", "Any", "ClassVar", "Literal", "BaseModel", "ConfigDict", "Field", "JsonValue"}
+_RESERVED |= {"WrapValidator"}
 
 
 def model_class_name(event_name: str) -> str:
@@ -91,11 +123,15 @@ def generate_models(schemas: Mapping[str, Mapping[str, Any]], *, contract: str, 
     module = _Module()
     for event_name, schema in schemas.items():
         _Event(module, event_name, schema).generate()
+    helpers = [source for name, (source, _, _) in _HELPERS.items() if name in module.helpers]
+    for name in module.helpers:
+        module.typing |= _HELPERS[name][1]
+        module.pydantic |= _HELPERS[name][2]
     header = [
         f"{GENERATED_MARKER} from {contract}: do not edit.",
         f"# After changing a payload_schema, regenerate: onex codegen models {contract}",
         "# (`onex validate` reports a model generated from an older schema: model-stale.)",
-        f'"""Payload models of {title}, generated from the payload_schema of its events."""',
+        f'"""{_docstring_text(f"Payload models of {title}, generated from the payload_schema of its events.")}"""',
         "",
         "from __future__ import annotations",
         "",
@@ -105,7 +141,16 @@ def generate_models(schemas: Mapping[str, Mapping[str, Any]], *, contract: str, 
         stdlib.add(f"from typing import {', '.join(sorted(module.typing))}")
     header += sorted(stdlib) + ([""] if stdlib else [])
     header += _import_line("pydantic", module.pydantic)
-    return "\n".join(header) + "\n\n\n" + "\n\n\n".join(module.classes) + "\n"
+    source = "\n".join(header) + "\n\n\n" + "\n\n\n".join([*helpers, *module.classes]) + "\n"
+    try:  # a module that does not compile must never be written (nor pass `--check`)
+        compile(source, contract, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        raise OnexError(
+            f"onex codegen models generated a module that is not valid Python ({exc.__class__.__name__}{where}: "
+            f"{exc.msg if isinstance(exc, SyntaxError) else exc}): this is a bug in onex, please report it"
+        ) from None
+    return source
 
 
 # --- the generator ----------------------------------------------------------------------------------------------
@@ -120,6 +165,7 @@ class _Module:
     pydantic: set[str] = field(default_factory=lambda: {"BaseModel", "ConfigDict"})
     classes: list[str] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
+    helpers: set[str] = field(default_factory=set)  # names of _HELPERS the classes use
 
 
 @dataclass
@@ -271,7 +317,7 @@ class _Event:
             raise self.fail(
                 f"{path}/default", "a default is supported for strings, numbers, booleans, null and lists of them"
             )
-        return _literal(value)
+        return _literal(_integral(value, schema))
 
     # -- types
 
@@ -329,6 +375,9 @@ class _Event:
                 raise self.fail(path, f"format {fmt} with length or pattern constraints is not supported")
             annotation, line = _FORMATS[fmt]
             self.module.stdlib.add(line)
+            if annotation in _HELPERS:  # strict=False and the rest are in the helper's Annotated
+                self.module.helpers.add(annotation)
+                return _Type(annotation)
             return _Type(annotation, ["strict=False"])
         return _Type(_SCALARS[name], arguments)
 
@@ -370,11 +419,18 @@ class _Event:
         if not kept:
             raise self.fail(path, "no enum value has the schema's type: nothing would be accepted")
         nullable = None in kept
-        literals = [_literal(v) for v in dict.fromkeys(kept) if v is not None]
-        if not literals:
+        # Keyed by (is a boolean, value): `true` and `1` are two values in JSON, one key in a dict (True == 1).
+        distinct = list({(isinstance(v, bool), v): v for v in kept if v is not None}.values())
+        if not distinct:
             return _Type("None", nullable=True)
         self.module.typing.add("Literal")
-        return _Type(f"Literal[{', '.join(literals)}]", nullable=nullable)
+        annotation = f"Literal[{', '.join(_literal(v) for v in distinct)}]"
+        if any(isinstance(v, int) for v in distinct):  # pydantic's Literal confuses booleans and numbers
+            self.module.typing.add("Annotated")
+            self.module.pydantic.add("WrapValidator")
+            self.module.helpers.add("_json_literal")
+            annotation = f"Annotated[{annotation}, WrapValidator(_json_literal)]"
+        return _Type(annotation, nullable=nullable)
 
     def check_keywords(self, schema: Mapping[str, Any], path: str, types: list[str]) -> None:
         for name in schema:
@@ -403,6 +459,18 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     return "integer" if isinstance(value, int) else "string"
+
+
+def _integral(value: Any, schema: Any) -> Any:
+    """A default as its field's type holds it: JSON Schema counts ``1.0`` as an integer, Python's ``int`` does not,
+    so an integral float is an ``int`` where the schema is an integer or an enum/const (whose Literal has ``1``)."""
+    if isinstance(value, list):
+        items = schema.get("items", True) if isinstance(schema, Mapping) else True
+        return [_integral(item, items) for item in value]
+    integer = isinstance(schema, Mapping) and (
+        "integer" in (_types(schema) or []) or "enum" in schema or "const" in schema
+    )
+    return int(value) if integer and isinstance(value, float) and value.is_integer() else value
 
 
 def _extra(additional: bool) -> str:
@@ -434,8 +502,20 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
+def _docstring_text(text: str) -> str:
+    """``text``, stripped, as the inside of a ``\"\"\"`` docstring that reads back as it: backslashes doubled,
+    characters that are not printable escaped (but the whitespace that ``textwrap`` turns into spaces), and a quote
+    escaped where it would end the docstring (one before another quote, or the last character)."""
+    text = "".join(
+        c if c.isprintable() or c in "\t\n\v\f\r" else c.encode("unicode_escape").decode("ascii")
+        for c in text.replace("\\", "\\\\")
+    )
+    return re.sub(r'"(?="|\Z)', r'\\"', text.strip())
+
+
 def _docstring(text: str) -> list[str]:
-    lines = textwrap.wrap(text.replace('"""', "'''").replace("\\", "\\\\"), width=_LINE - 8) or [""]
+    # A long word stays whole: cut, it could split an escape (and a line ending in a backslash joins the next).
+    lines = textwrap.wrap(_docstring_text(text), width=_LINE - 8, break_long_words=False) or [""]
     if len(lines) == 1:
         return [f'    """{lines[0]}"""']
     return [f'    """{lines[0]}', *(f"    {line}" for line in lines[1:]), '    """']
@@ -450,7 +530,7 @@ def _wrap(line: str) -> str:
     out = [head + "= Field("]
     for argument in arguments:
         name, _, value = argument.partition("=")
-        if len(argument) + 9 > _LINE and value.startswith('"'):
+        if len(argument) + 9 > _LINE and value[:1] in "\"'":
             chunks = _chunks(ast.literal_eval(value), _LINE - 20)
             out += [f"        {name}=(", *(f"            {_literal(c)}" for c in chunks), "        ),"]
         else:
@@ -471,17 +551,17 @@ def _chunks(text: str, width: int) -> list[str]:
 def _split_arguments(text: str) -> list[str]:
     """Top-level comma-separated arguments of a call's source (commas in strings and brackets do not split)."""
     parts: list[str] = []
-    depth, start, quoted = 0, 0, False
+    depth, start, quote = 0, 0, ""  # quote: the quote character of the string literal being read, if any
     index = 0
     while index < len(text):
         char = text[index]
-        if quoted:
+        if quote:
             if char == "\\":
-                index += 1
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
+                index += 1  # the escaped character, a quote included, does not end the string
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":  # _literal writes single quotes for a string that holds a double quote
+            quote = char
         elif char in "([{":
             depth += 1
         elif char in ")]}":
