@@ -1173,6 +1173,28 @@ async def test_a_group_starting_at_latest_gets_what_is_published_after_it_subscr
 
 
 @pytest.mark.anyio
+async def test_the_lag_of_a_group_resumed_at_its_end_is_nothing_until_records_wait(kafka_bus: KafkaBus) -> None:
+    topic, group = unique("lag"), unique("lag")
+    for n in range(40):  # over every partition
+        await kafka_bus.publish(topic, envelope(n, key=f"k{n}"))
+    await kafka_bus.flush()
+    first = Collector(expected=40)
+    subscription = await kafka_bus.subscribe([topic], group, handler=first)
+    await first.wait()
+    await subscription.aclose()  # commits what it handled: the group is at the end of every partition
+    resumed = Collector(expected=1)  # as a restarted process would: it has committed nothing yet
+    await kafka_bus.subscribe([topic], group, handler=resumed)
+    await kafka_bus.publish(topic, envelope(40, key="k0"))
+    await kafka_bus.flush()
+
+    await resumed.wait()  # a fetch was answered: each partition's end is known
+
+    lag = {partition: n for (g, _, partition), n in kafka_bus.lag().items() if g == group}
+    assert len(lag) == kafka_bus.partitions
+    assert set(lag.values()) == {0}  # not each partition's whole length, counted from offset 0
+
+
+@pytest.mark.anyio
 async def test_publishing_on_a_bus_that_is_not_started_names_its_state() -> None:
     bus = KafkaBus("127.0.0.1:9")
     with pytest.raises(BusError, match="created"):

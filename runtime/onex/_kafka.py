@@ -244,8 +244,7 @@ class KafkaBus(EventBus):
         A user and password in the URL become ``sasl_plain_username`` / ``sasl_plain_password``. ``SSL`` and
         ``SASL_SSL`` get a default, verifying SSL context (with ``ssl_cafile`` if given) unless ``ssl_context`` is
         passed in ``overrides``. ``overrides`` win over the URL; their ``consumer_options`` / ``producer_options`` are
-        merged over the URL's.
-        """
+        merged over the URL's."""
         hosts, kwargs = bus_arguments(url, overrides)
         try:
             return cls(hosts, **kwargs)
@@ -380,8 +379,7 @@ class KafkaBus(EventBus):
         A topic that exists already is fine. Where the broker forbids creating topics (an ACL), this logs a
         warning and relies on the topics existing or on the broker's auto-creation. A broker that cannot be asked
         (gone, restarting, or silent for ``request_timeout_ms``) is a ``BusError`` naming the topics; they are tried
-        again on the next call.
-        """
+        again on the next call."""
         self._require_running()
         async with self._topics_lock:
             wanted: list[str] = []
@@ -492,8 +490,7 @@ class KafkaBus(EventBus):
         aiokafka's ``send()`` costs a coroutine, a future and a pass through its accumulator per record (more than
         serialising the envelope): a handler publishing a batch's worth of events pays that once per partition here.
         Order per partition is kept: aiokafka enqueues a prebuilt batch only after the partition's pending batches
-        (with what ``publish()`` put there before) have drained.
-        """
+        (with what ``publish()`` put there before) have drained."""
         if len(envelopes) < _BATCH_FROM:
             for envelope in envelopes:
                 await self.publish(topic, envelope)
@@ -639,16 +636,20 @@ class KafkaBus(EventBus):
 
     def lag(self) -> dict[tuple[str, str, int], int]:
         """Records not committed yet per (group, topic, partition) this process's consumers are assigned: the
-        partition's end (high watermark, as of the last fetch) less the offset committed last."""
+        partition's end (high watermark, as of the last fetch) less the offset this consumer committed last, or until
+        it commits one there, its position (which starts at the group's committed offset)."""
         lag: dict[tuple[str, str, int], int] = {}
         for sub in self._subscriptions:
             consumer = sub._consumer
             if consumer is None:
                 continue
             for tp in consumer.assignment():
-                end = consumer.highwater(tp)
-                if end is not None:
-                    lag[(sub.group, tp.topic, tp.partition)] = max(0, end - sub.committed.get(tp, 0))
+                end, done = consumer.highwater(tp), sub.committed.get(tp)
+                if done is None:  # aiokafka's position() is a coroutine that waits for one; its state has it now
+                    state = consumer._subscription.subscription.assignment.state_value(tp)
+                    done = state.position if state is not None and state.has_valid_position else None
+                if end is not None and done is not None:
+                    lag[(sub.group, tp.topic, tp.partition)] = max(0, end - done)
         return lag
 
     def statistics(self) -> BusStatistics:
@@ -697,6 +698,7 @@ class _RevocationListener(ConsumerRebalanceListener):  # type: ignore[misc]  # a
                 partitions=len(revoked),
             )
         await self._subscription.idle.wait()
+        self._subscription.committed.clear()  # another member may commit there before a partition comes back
         if (telling := self._subscription.telling) is not None:  # aiokafka still heartbeats here
             await asyncio.wait([telling])
         self._subscription.told.clear()  # until the assignment that follows was told (on_partitions_assigned)
@@ -944,7 +946,7 @@ class _KafkaSubscription(Subscription):
             self._consumer.seek(tp, records[0].offset)
         if held or len(offsets) < len(batch):
             self._redeliveries += 1
-            await pause(self.retry.clock, self.retry.ceiling_s(self._redeliveries))
+            await pause(self.retry.clock, self.retry.outage_s(self._redeliveries))
         else:
             self._redeliveries = 0
         if offsets:
