@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -117,6 +118,49 @@ def test_entry_exit_and_transition_actions_call_the_named_methods(machine: State
     machine.trigger(wf, "start")
     machine.trigger(wf, "complete")
     assert rec.calls == [("entered", "wf"), ("started", "wf"), ("left", "wf")]
+
+
+def with_error_states(*states: str) -> StateMachine:
+    fsm = WORKFLOW.model_copy(update={"error_states": list(states)})
+    return StateMachine(fsm, entity_type="workflow", actions=Recorder().action)
+
+
+def error_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, dict[str, object]]]:
+    return [(r.levelno, r.getMessage(), r.onex) for r in caplog.records if r.name == "onex.fsm"]  # type: ignore[attr-defined]
+
+
+def test_entering_an_error_state_is_logged_once_with_the_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="onex.fsm")
+    machine = with_error_states("failed")
+    cid = uuid.uuid4()
+    wf = machine.attach(Entity("wf-1", correlation_id=cid))
+    machine.trigger(wf, "start")
+    assert error_lines(caplog) == []  # processing is not an error state
+
+    machine.trigger(wf, "fail", error="stamp: disk full")
+
+    [(level, message, fields)] = error_lines(caplog)
+    assert level == logging.INFO
+    assert message == "workflow wf-1 entered error state failed by fail: stamp: disk full"
+    assert fields["event"] == "fsm_error_state"
+    assert (fields["state"], fields["trigger"], fields["correlation_id"]) == ("failed", "fail", str(cid))
+
+
+def test_a_machine_without_error_states_logs_no_failure_and_one_already_in_error_logs_no_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="onex.fsm")
+    machine = with_error_states()
+    machine.trigger(machine.attach(Entity("wf-1")), "fail")
+    assert error_lines(caplog) == []
+
+    both = with_error_states("processing", "failed")
+    wf = both.attach(Entity("wf-2", context={"error": "from its context"}))
+    both.trigger(wf, "start")
+    both.trigger(wf, "fail")  # from one error state into another: entered once, logged once
+    assert [message for _, message, _ in error_lines(caplog)] == [
+        "workflow wf-2 entered error state processing by start: from its context"
+    ]
 
 
 def test_illegal_trigger_names_entity_state_and_trigger(machine: StateMachine) -> None:

@@ -7,12 +7,15 @@ synchronous machine is enough and avoids the atomicity pitfalls of ``AsyncMachin
 Guards use the three-token grammar ``field operator value`` (``field exists`` takes two) and are evaluated
 against the entity's ``context`` mapping with plain comparisons: nothing is ever passed to ``eval``. Every
 transition becomes a ``TransitionRecord`` handed to the ``on_transition`` callback; the node publishes a handled
-batch's records as one ``STATE_TRANSITION`` event, so the store holds an audit log that can be replayed.
+batch's records as one ``STATE_TRANSITION`` event, so the store holds an audit log that can be replayed. An entity
+that enters one of the subcontract's ``error_states`` from another state is logged at INFO (event
+``fsm_error_state``: the entity, the state, the trigger and the ``error`` the trigger carried), once.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -27,8 +30,10 @@ from onex._frozen import maker, quick_init
 from onex.contracts import FsmSubcontract, parse_condition
 from onex.envelope import derived_at, derived_id
 from onex.exceptions import TransitionError
+from onex.logs import event
 
 WILDCARD = "*"
+_log = logging.getLogger("onex.fsm")
 _system_now = functools.partial(datetime.now, UTC)  # a transition's time where no clock is given
 
 # --- guards ----------------------------------------------------------------------------------------------------
@@ -239,6 +244,7 @@ class _Move:
     dest: str
     exits: tuple[Callable[[Entity], None], ...]  # the source state's exit actions, run before the state changes
     actions: tuple[Callable[[Entity], None], ...]  # the destination's entry actions, then the transition's
+    errs: bool  # from a state that is not an error state into one: logged
 
 
 class StateMachine:
@@ -270,6 +276,7 @@ class StateMachine:
         self._type_text = entity_type.encode()  # the first part of every transition id (``_record``)
         self._on_transition = on_transition
         self.terminal_states = terminal_states(fsm)
+        self.error_states = frozenset(fsm.error_states)
         resolve = actions or _no_actions
         self._guards: dict[str, tuple[Guard, ...]] = {}
         states = [
@@ -302,12 +309,13 @@ class StateMachine:
             send_event=True,
             model_attribute="state",
         )
-        self._table = self._compile(self.machine)
+        self._table = self._compile(self.machine, self.error_states)
         self.triggers: frozenset[str] = frozenset(t.trigger for t in fsm.transitions)
 
     @staticmethod
-    def _compile(machine: Machine) -> dict[str, dict[str, tuple[_Move, ...]]]:
-        """The (trigger -> state -> candidate moves) table of ``machine``, whose callbacks are all ours."""
+    def _compile(machine: Machine, errors: frozenset[str]) -> dict[str, dict[str, tuple[_Move, ...]]]:
+        """The (trigger -> state -> candidate moves) table of ``machine``, whose callbacks are all ours; a move from
+        a state not in ``errors`` into one is marked to be logged."""
 
         def plain(callbacks: Iterable[object]) -> tuple[Callable[[Entity], None], ...]:
             return tuple(c.action for c in callbacks if isinstance(c, _Action))
@@ -320,6 +328,7 @@ class StateMachine:
                 dest=dest,
                 exits=plain(machine.get_state(source).on_exit),
                 actions=plain(machine.get_state(dest).on_enter) + plain(transition.after),
+                errs=dest in errors and source not in errors,
             )
 
         return {
@@ -360,9 +369,27 @@ class StateMachine:
                 entity.state = move.dest
                 for action in move.actions:
                     action(entity)
+                if move.errs:
+                    self._erred(entity, move.dest, trigger, data)
                 return self._record(entity, source, move.dest, trigger, data)
         failed = [g.expression for g in self._guards.get(trigger, ()) if not g(context)]
         raise TransitionError(entity.entity_id, source, trigger, f"guard failed: {'; '.join(failed)}")
+
+    def _erred(self, entity: Entity, state: str, trigger: str, data: dict[str, Any]) -> None:
+        error = data.get("error", entity.context.get("error"))
+        event(
+            _log,
+            logging.INFO,  # an outcome, not a fault of the runtime: `onex run` shows it, a one-shot command does not
+            "fsm_error_state",
+            f"{self.entity_type} {entity.entity_id} entered error state {state} by {trigger}"
+            + ("" if error is None else f": {error}"),
+            entity_type=self.entity_type,
+            entity_id=str(entity.entity_id),
+            state=state,
+            trigger=trigger,
+            correlation_id=None if entity.correlation_id is None else str(entity.correlation_id),
+            error=None if error is None else str(error),
+        )
 
     def _record(self, entity: Entity, source: str, dest: str, trigger: str, data: dict[str, Any]) -> TransitionRecord:
         entity_id, salt, millis = entity.entity_id, entity.id_salt, entity.id_millis
