@@ -291,6 +291,15 @@ def test_run_of_an_unknown_node_is_a_usage_error_naming_what_exists(
     assert "orchestrator" in result.stderr or "1.0.0" in result.stderr  # what exists
 
 
+def test_run_of_a_node_named_twice_is_a_usage_error(tmp_path: Path) -> None:
+    result = onex("run", "--node", "registry", "--node", "reducer", "--node", "registry", cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --node: node 'registry' named more than once: a process hosts one of each"
+    ]
+
+
 def test_schema_prints_the_contract_json_schema(tmp_path: Path) -> None:
     result = onex("schema", cwd=tmp_path, root=None)
 

@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -78,3 +79,34 @@ def test_a_process_forked_under_run_main_stops_on_terminate() -> None:
                 child.join()
 
     assert run_main(fork_and_terminate()) == -signal.SIGTERM
+
+
+HANGS_WHEN_CANCELLED = """
+import asyncio
+from onex.runtime import run_main
+
+async def main():
+    print("ready", flush=True)
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await asyncio.Event().wait()  # a drain that never ends (the store stays down)
+
+run_main(main(), shutdown_timeout_s=0.5)
+"""
+
+
+def test_a_drain_after_sigterm_that_outlasts_the_shutdown_timeout_exits_1_saying_so() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", HANGS_WHEN_CANCELLED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)  # 0.5 s, unless the deadline is never armed
+        finally:
+            proc.kill()
+
+    assert proc.returncode == 1, stderr
+    assert "shutdown did not finish within 0.5 s (ONEX_SHUTDOWN_TIMEOUT_S)" in stderr

@@ -92,6 +92,11 @@ def test_select_with_an_empty_list_hosts_nothing_and_with_none_every_nodes_highe
     ]
 
 
+def test_select_refuses_a_node_named_twice() -> None:
+    with pytest.raises(ValueError, match=r"node 'greeter' named more than once: a process hosts one of each"):
+        select(workshop(), ["greeter", "tally", "greeter"])
+
+
 def test_select_names_what_exists_when_a_node_or_version_does_not() -> None:
     with pytest.raises(LookupError, match=r"no contract named 'nobody' \(known: assembler, census, greeter"):
         select(workshop(), ["nobody"])
@@ -475,7 +480,13 @@ async def test_a_stopped_heartbeat_deregisters_the_node(registry_harness: Harnes
     rows = {r.node_id: r.health_status for r in await h.store.list_registrations()}
     assert rows[effect.node_id] == "STOPPED"
 
-    # Deregistered is terminal: a heartbeat that arrives afterwards does not bring the node back.
-    await h.publish("NODE_HEARTBEAT", {"node_id": effect.node_id}, partition_key=effect.node_id)
+    # A redelivered STOPPED heartbeat changes nothing; a heartbeat under the same id afterwards is the node back (a
+    # process restarted in place, same HOSTNAME and PID): a new life (tests/integration/test_registry.py).
+    await h.publish(
+        "NODE_HEARTBEAT", {"node_id": effect.node_id, "health_status": "STOPPED"}, partition_key=effect.node_id
+    )
     await h.settle()
     assert registry.alive() == [registry.node_id]
+    await h.publish("NODE_HEARTBEAT", {"node_id": effect.node_id}, partition_key=effect.node_id)
+    await h.settle()
+    assert registry.alive() == sorted([registry.node_id, effect.node_id])

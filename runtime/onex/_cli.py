@@ -51,7 +51,7 @@ def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
     except OnexError as exc:
         coro.close()  # never awaited: no warning that it was not
         _fail(str(exc), 2)
-    return run_main(coro, event_loop=settings.event_loop)
+    return run_main(coro, event_loop=settings.event_loop, shutdown_timeout_s=settings.shutdown_timeout_s)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -60,12 +60,13 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _from_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
-    """``call(store)`` on the settings' store, opened around it; an ``OnexError`` is one line on stderr, exit 1."""
+def _from_store(settings: Settings, call: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:
+    """``call(store)`` on the settings' store, opened around it; an ``OnexError`` is one line on stderr, exit 1. A
+    SQLite file that does not exist is such an error unless ``create``: a command that reads leaves none behind."""
     from onex.stores import store_for  # imported when a command reads the store, not by every ``onex`` start
 
     async def main_() -> T:
-        async with store_for(settings) as s:
+        async with store_for(settings, create=create) as s:
             return await call(s)
 
     try:

@@ -76,7 +76,7 @@ def _with_metastore(settings: Settings, call: Callable[[Metastore], Awaitable[T]
     from onex.stores import store_for
 
     async def main_() -> T:
-        async with store_for(settings) as store:
+        async with store_for(settings, create=False) as store:  # a mistyped path: said, not created empty
             if not (announce and settings.bus.startswith("kafka:")):
                 return await call(Metastore(store, None, settings=settings))
             from onex._kafka import KafkaBus

@@ -71,7 +71,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
     settings = _settings(ctx, store=store)
 
     async def main_() -> None:
-        async with store_for(settings) as s:
+        async with store_for(settings, create=False) as s:
             if wanted is not None:
                 cid = wanted
             else:
@@ -170,8 +170,7 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
         silent = age is None or age > 3 * max(settings.heartbeat_interval_s, 1.0)
         if health not in ("STALE", "STOPPED") and silent:
             health = "STALE"
-        instance = str(r.metadata.get("instance") or "")
-        host, _, pid = instance.rpartition("-")  # Settings.instance: HOSTNAME-PID
+        host, pid = _host_and_pid(r.metadata)
         rows.append(
             {
                 "node_id": r.node_id,
@@ -183,8 +182,8 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
                 "health_reason": r.metadata.get("health_reason") or None,
                 "last_heartbeat": r.last_heartbeat,
                 "heartbeat_age_s": None if age is None else round(age, 3),
-                "host": host or None,
-                "pid": int(pid) if pid.isdigit() else None,
+                "host": host,
+                "pid": pid,
                 "uptime_s": r.metadata.get("uptime_seconds"),
                 "registered_at": r.registered_at,
             }
@@ -199,12 +198,34 @@ def ps(ctx: click.Context, store: str | None, output: str) -> None:
             "kind": lambda r: r["kind"],
             "version": lambda r: r["version"],
             "health": lambda r: r["health"],
-            "heartbeat": lambda r: duration(r["heartbeat_age_s"]) + " ago" if r["last_heartbeat"] else "never",
+            "heartbeat": lambda r: _heartbeat_age(r["heartbeat_age_s"]),
             "host": lambda r: r["host"],
             "pid": lambda r: r["pid"],
             "uptime": lambda r: duration(r["uptime_s"]),
         },
     )
+
+
+def _host_and_pid(metadata: dict[str, Any]) -> tuple[str | None, int | None]:
+    """A registration's host and pid: those the node sent, else read from its default instance (HOSTNAME-PID); an
+    instance named otherwise (``ONEX_INSTANCE=worker-a``) names no pid, and is the host shown."""
+    host, pid = metadata.get("host"), metadata.get("pid")
+    if isinstance(host, str) and isinstance(pid, int):
+        return host, pid
+    instance = str(metadata.get("instance") or "")
+    name, _, number = instance.rpartition("-")
+    if name and number.isdigit():
+        return name, int(number)
+    return instance or None, None
+
+
+def _heartbeat_age(age_s: float | None) -> str:
+    """How long ago the last heartbeat was; one stamped ahead of this machine's clock says so, not "-5s ago"."""
+    if age_s is None:
+        return "never"
+    if age_s < 0:
+        return f"{duration(-age_s)} ahead (clock skew)"
+    return duration(age_s) + " ago"
 
 
 @main.command()

@@ -246,8 +246,15 @@ class SqliteStore(Store):
     """
 
     def __init__(
-        self, url: str, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S, writer: str = "process"
+        self,
+        url: str,
+        *,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+        writer: str = "process",
+        create: bool = True,
     ) -> None:
+        """``create=False``: a database file that does not exist is a ``StoreError`` at ``open()``, not created (a
+        command that only reads it, given a mistyped path, says so instead of leaving an empty database there)."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {writer!r}")
         self.url = url
@@ -256,6 +263,7 @@ class SqliteStore(Store):
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoints = 0
         self.writer = writer
+        self.create = create
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # the database thread; None once closing
         self._transactions = 0  # committed on the database thread (the writer process counts its own)
         self._process: WriterProcess | None = None  # apply()'s writer process, when it writes through one
@@ -359,6 +367,8 @@ class SqliteStore(Store):
             raise StoreError(
                 f"SQLite {sqlite3.sqlite_version} is too old: onex needs {'.'.join(map(str, MIN_SQLITE))} or later"
             )
+        if not self.create and self.path != MEMORY and not Path(self.path).exists():
+            raise StoreError(f"no SQLite database at {self.path}: `onex db upgrade` or `onex run` creates it")
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)

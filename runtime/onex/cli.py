@@ -250,7 +250,7 @@ def run(
     accepting requests and finishes those in hand before the nodes drain. With --http and --no-nodes it is all the
     process runs: it submits each request to the deployment on Kafka and hears the outcome from it.
     """
-    from onex.runtime import Runtime, tune_process
+    from onex.runtime import Runtime, select, tune_process
 
     settings = _settings(
         ctx,
@@ -277,6 +277,10 @@ def run(
             contracts.get(name, node_version)
         except LookupError as exc:
             _fail(f"--node {name!r}: {exc}", code=2)
+    try:
+        select(contracts, node_names, node_version)
+    except ValueError as exc:
+        _fail(f"--node: {exc}", code=2)
     sock = None
     if settings.http:
         from onex.http import PREFIX, bind, parse_address, serve
@@ -547,7 +551,7 @@ def db() -> None:
 def upgrade(ctx: click.Context, store: str | None) -> None:
     """Apply pending numbered migrations."""
     settings = _settings(ctx.parent or ctx, store=store)
-    applied = _from_store(settings, lambda s: s.upgrade())
+    applied = _from_store(settings, lambda s: s.upgrade(), create=True)
     if applied:
         for name in applied:
             console.print(f"applied {name}")

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -119,7 +120,37 @@ def _sigterm_default_in_child() -> None:
 os.register_at_fork(after_in_child=_sigterm_default_in_child)
 
 
-def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
+def _nothing() -> None:
+    pass
+
+
+def exit_unless_stopped(seconds: float) -> Callable[[], None]:
+    """Arm the shutdown deadline (``Settings.shutdown_timeout_s``; 0: none): unless the function returned is called
+    within ``seconds``, the process says so and exits with status 1 on the spot, from a thread of its own (the event
+    loop may be the one that is stuck). Draining waits for the store while it is down (the nodes hold store outages),
+    and a drain that never ends would only meet the supervisor's SIGKILL, unexplained. What exiting leaves is what a
+    crash leaves, which onex recovers from: on Kafka the records not committed come again to the group, and workflows
+    resume from their checkpoints; on the memory bus what was in hand is lost."""
+    if seconds <= 0:
+        return _nothing
+
+    def expire() -> None:
+        _log.error(
+            "shutdown did not finish within %g s (ONEX_SHUTDOWN_TIMEOUT_S): exiting as a crash would; what was not "
+            "committed comes again (Kafka), workflows resume from their checkpoints",
+            seconds,
+        )
+        logging.shutdown()  # flush the handlers: os._exit runs no cleanup
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.name = "onex-shutdown-deadline"
+    timer.start()
+    return timer.cancel
+
+
+def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto", shutdown_timeout_s: float = 0.0) -> T:
     """``asyncio.run(coro)`` on the event loop ``event_loop`` names (``event_loop_factory``): how every ``onex``
     command runs, and the benchmarks' onex runs with it.
 
@@ -127,9 +158,11 @@ def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
     context managers drain and close what it opened, and then raises KeyboardInterrupt (unless ``coro`` caught the
     cancellation and returned). Without this, SIGTERM (what ``kill``, systemd and Kubernetes send) killed the process
     where it stood: temporary files left beside the files being stamped, workflows left processing. Code that waits
-    for a signal itself (``Runtime.run_until_signal``) takes SIGTERM over while it waits.
+    for a signal itself (``Runtime.run_until_signal``) takes SIGTERM over while it waits. Past ``shutdown_timeout_s``
+    after SIGTERM (``exit_unless_stopped``) the process exits anyway.
     """
     terminated = False
+    disarm: Callable[[], None] = _nothing
 
     async def main() -> T:
         nonlocal terminated
@@ -138,7 +171,9 @@ def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
         loop = asyncio.get_running_loop()
 
         def terminate() -> None:
-            nonlocal terminated
+            nonlocal terminated, disarm
+            if not terminated:
+                disarm = exit_unless_stopped(shutdown_timeout_s)
             terminated = True
             task.cancel()
 
@@ -165,6 +200,8 @@ def run_main(coro: Coroutine[Any, Any, T], *, event_loop: str = "auto") -> T:
             if terminated:
                 raise KeyboardInterrupt from None
             raise
+        finally:
+            disarm()
 
 
 def chosen_loop(choice: str = "auto") -> str:
@@ -202,6 +239,9 @@ def select(contracts: ContractSet, names: Sequence[str] | None, version: str | N
     """The contracts to host: the named ones (highest version unless ``version``), or every node's highest when
     ``names`` is None (an empty list hosts nothing: a pure client of a deployment)."""
     wanted = list(names) if names is not None else contracts.names()
+    twice = sorted({name for name in wanted if wanted.count(name) > 1})
+    if twice:  # one node id for both, and each metric twice: another replica is another process
+        raise ValueError(f"node {', '.join(map(repr, twice))} named more than once: a process hosts one of each")
     chosen = [contracts.get(name, version) for name in wanted]
     order = {name: i for i, name in enumerate(START_ORDER)}
     return sorted(chosen, key=lambda c: order.get(c.name, -1))
@@ -232,6 +272,7 @@ class Runtime:
         self.ids = ids or new_id  # handed to every hosted node: the ids it makes that are not derived
         self.contracts = contracts or load_contracts(settings.root)
         self._version = version
+        self._disarm = _nothing  # the shutdown deadline's, once a signal armed it (run_until_signal)
         self.selected = select(self.contracts, nodes, version)
         self._own_bus = bus is None
         self._own_store = store is None
@@ -506,6 +547,13 @@ class Runtime:
 
     async def stop(self) -> None:
         """Drain and stop every node (each announces STOPPED), then the registries, and close what we opened."""
+        try:
+            await self._stop()
+        finally:
+            self._disarm()  # run_until_signal's shutdown deadline: met
+            self._disarm = _nothing
+
+    async def _stop(self) -> None:
         await self.drain()
         await self._stop_summary()  # the last summary counts what draining handled
         others, registries = self._registries_last()
@@ -538,6 +586,7 @@ class Runtime:
             if ready is not None:
                 ready()
             await stop.wait()
+            self._disarm = exit_unless_stopped(self.settings.shutdown_timeout_s)  # the drain that follows, bounded
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

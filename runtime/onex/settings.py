@@ -252,7 +252,12 @@ class _Environment(EnvSettingsSource):
 
 
 def _instance() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    return "{host}-{pid}".format_map(whereabouts())
+
+
+def whereabouts() -> dict[str, Any]:
+    """This process's ``host`` (name) and ``pid``: a node's introspection carries them (``onex ps`` shows them)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _shown(text: str) -> dict[str, Any]:
@@ -365,7 +370,8 @@ class Settings(BaseSettings):
     cache_url: str | None = Field(
         None,
         description="Where every cache keeps its entries, overriding the caching subcontracts' backend: memory or "
-        "redis://HOST:PORT/DB (shared by every process using it); empty: as each subcontract says.",
+        "redis://HOST:PORT/DB (shared by the processes of one ONEX_ENV and ONEX_TENANT using it); empty: as each "
+        "subcontract says.",
     )
     # Read by the shipped contracts (${ONEX_...} in contracts/*.yaml) into their nodes' config; the placeholders'
     # own defaults there equal these (a test checks).
@@ -385,6 +391,13 @@ class Settings(BaseSettings):
         5_000, description="Milliseconds the database adapter's drain gives batches in hand while the store is down."
     )
     registry_sweep_ms: int = Field(1_000, description="Milliseconds between the registry's sweeps for stale nodes.")
+    shutdown_timeout_s: float = Field(
+        25.0,
+        description="Seconds a command gives its drain after SIGTERM (onex run: or Ctrl-C) before it exits anyway, "
+        "with status 1, as a crash would (on Kafka what was not committed comes again; workflows resume from their "
+        "checkpoints): a store that stays down would hold it for ever. Below the supervisor's grace period "
+        "(Kubernetes: 30 s). 0: no limit.",
+    )
     # O.N.E. v0.1: what every stored stamp row and HTTP stamp answer says it follows (metadata_stamps columns; the
     # rows migration 0005 backfilled say "1.0" / "0.1", the defaults, since a migration cannot read settings).
     protocol_version: str = Field(

@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 __all__ = ["open_store", "store_for"]
 
 
-def open_store(url: str, *, sqlite_writer: str = "process") -> Store:
+def open_store(url: str, *, sqlite_writer: str = "process", create: bool = True) -> Store:
     """The store for ``url``: ``sqlite:///PATH`` (``sqlite://:memory:`` for a throwaway) or ``postgresql://...``;
-    ``sqlite_writer``: where a SQLite file's writes run (``Settings.sqlite_writer``, ``SqliteStore``'s ``writer``)."""
+    ``sqlite_writer``: where a SQLite file's writes run (``Settings.sqlite_writer``, ``SqliteStore``'s ``writer``);
+    ``create=False``: a SQLite file that does not exist is an error, not created (PostgreSQL never creates one)."""
     if url.startswith("sqlite:"):
         from onex._sqlite import SqliteStore
 
-        return SqliteStore(url, writer=sqlite_writer)
+        return SqliteStore(url, writer=sqlite_writer, create=create)
     if url.startswith(("postgresql:", "postgres:")):
         from onex._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
 
@@ -32,6 +33,6 @@ def open_store(url: str, *, sqlite_writer: str = "process") -> Store:
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
 
 
-def store_for(settings: Settings) -> Store:
+def store_for(settings: Settings, *, create: bool = True) -> Store:
     """``open_store`` of ``settings.store_url()``, its SQLite file written where ``settings.sqlite_writer`` says."""
-    return open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer)
+    return open_store(settings.store_url(), sqlite_writer=settings.sqlite_writer, create=create)

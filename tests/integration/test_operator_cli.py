@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -142,6 +143,22 @@ def test_ps_shows_each_recorded_node_with_its_health_host_pid_and_uptime(tmp_pat
                 metadata={"node_name": "database_adapter_effect"},
                 last_heartbeat=now - timedelta(minutes=5),
             ),
+            RegistrationRow(
+                "worker-1",
+                "COMPUTE",
+                "1.0.0",
+                health_status="HEALTHY",
+                metadata={"node_name": "worker", "instance": "worker-a"},  # ONEX_INSTANCE=worker-a: no pid in it
+                last_heartbeat=now + timedelta(minutes=2),  # its clock is two minutes ahead of this one
+            ),
+            RegistrationRow(
+                "sent-1",
+                "COMPUTE",
+                "1.0.0",
+                health_status="HEALTHY",
+                metadata={"node_name": "sent", "instance": "edge-9", "host": "box-1", "pid": 31},
+                last_heartbeat=now,
+            ),
         ],
     )
 
@@ -149,7 +166,7 @@ def test_ps_shows_each_recorded_node_with_its_health_host_pid_and_uptime(tmp_pat
 
     assert result.returncode == 0, result.stderr
     nodes: dict[str, dict[str, Any]] = {r["node_id"]: r for r in json.loads(result.stdout)}
-    assert set(nodes) == {"reducer-1", "registry-1", "adapter-1"}
+    assert set(nodes) == {"reducer-1", "registry-1", "adapter-1", "worker-1", "sent-1"}
     reducer = nodes["reducer-1"]
     assert (reducer["name"], reducer["kind"], reducer["version"]) == ("reducer", "REDUCER", "1.0.0")
     assert (reducer["health"], reducer["host"], reducer["pid"]) == ("HEALTHY", "host-a", 4242)
@@ -158,10 +175,13 @@ def test_ps_shows_each_recorded_node_with_its_health_host_pid_and_uptime(tmp_pat
     assert (nodes["registry-1"]["health"], nodes["registry-1"]["recorded_health"]) == ("STALE", "HEALTHY")
     assert nodes["registry-1"]["heartbeat_age_s"] >= 3600
     assert nodes["adapter-1"]["health"] == "STOPPED"
+    assert (nodes["worker-1"]["host"], nodes["worker-1"]["pid"]) == ("worker-a", None)
+    assert (nodes["sent-1"]["host"], nodes["sent-1"]["pid"]) == ("box-1", 31)  # what the node sent wins
 
     table = onex("ps", "--store", url, cwd=tmp_path).stdout
-    for shown in ("host-a", "4242", "1m15s", "STALE", "STOPPED"):
+    for shown in ("host-a", "4242", "1m15s", "STALE", "STOPPED", "ahead (clock skew)"):
         assert shown in table
+    assert not re.search(r"-\d+[smhd]", table)  # no negative age
 
 
 def test_config_says_where_each_setting_came_from(tmp_path: Path) -> None:
