@@ -421,3 +421,16 @@ def test_a_project_without_the_metastore_contract_answers_503_on_its_routes(tmp_
     body = failed(absent, 503, "metastore_unavailable")
     assert "metastore_effect.yaml" in body["message"]
     assert ok(live) == {"status": "live"}
+
+
+def test_a_store_that_cannot_answer_is_503_saying_when_to_retry(tmp_path: Path) -> None:
+    with live_server(tmp_path) as live, httpx.Client(base_url=live.url, timeout=30) as api:
+        ok(api.post(META, json={"key": "before", "value": 1}), 201)
+        live.call(live.runtime.store.aclose())  # closed: every call is a StoreError
+        try:
+            refused = api.post(META, json={"key": "after", "value": 2})
+        finally:
+            live.call(live.runtime.store.open())
+
+    failed(refused, 503, "store_unavailable")
+    assert refused.headers["retry-after"] == "5"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from onex.bus import MemoryBus
+from onex.bus import BusState, MemoryBus
 from onex.contracts import ContractSet, load_contracts
 from onex.envelope import OnexEnvelopeV1, topic_name
 from onex.exceptions import BusError, ContractError
@@ -176,6 +176,25 @@ async def test_the_runtime_opens_its_own_bus_and_migrated_store_from_settings_an
     assert node.lifecycle is Lifecycle.STOPPED
     with pytest.raises(BusError):
         await rt.bus.publish(topic_name("GREET_REQUESTED", cls="cmd"), greet_request("late"))
+
+
+@pytest.mark.anyio
+async def test_a_node_whose_stop_raises_leaves_the_others_stopped_and_the_bus_and_store_closed(tmp_path: Path) -> None:
+    rt = Runtime(settings(tmp_path), nodes=["greeter", "tally"], contracts=workshop())
+    await rt.start()
+    failing, other = rt.node("tally"), rt.node("greeter")  # stopped in reverse start order: tally first
+
+    async def broken() -> None:
+        raise RuntimeError("on_stop failed")
+
+    failing.on_stop = broken  # type: ignore[method-assign]
+
+    with pytest.raises(RuntimeError, match="on_stop failed"):
+        await rt.stop()
+
+    assert other.lifecycle is Lifecycle.STOPPED
+    assert rt.bus.state is BusState.CLOSED
+    assert "closed" in (await rt.store.health()).detail
 
 
 @pytest.mark.anyio

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -554,22 +554,39 @@ class Runtime:
             self._disarm = _nothing
 
     async def _stop(self) -> None:
-        await self.drain()
+        # A node whose drain or stop raises (its on_stop, say) is logged, and the others still stop and what the
+        # runtime opened is still closed; then the first error is raised, the others noted on it.
+        errors: list[Exception] = []
+
+        async def attempt(call: Callable[[], Awaitable[object]], node: Node | None = None) -> None:
+            try:
+                await call()
+            except Exception as exc:
+                errors.append(exc)
+                _log.error("%s: %s failed: %s", node.node_id if node else "runtime", call.__name__, exc, exc_info=exc)
+            else:
+                if node is not None:
+                    event(_log, logging.INFO, "stopped", "stopped", node=node.node_id)
+
+        await attempt(self.drain)  # a node it did not drain is drained by its stop() below
         await self._stop_summary()  # the last summary counts what draining handled
         others, registries = self._registries_last()
         for node in others:
-            await node.stop()
-            event(_log, logging.INFO, "stopped", "stopped", node=node.node_id)
-        await self._quiesce()  # the registries record the STOPPED heartbeats
+            await attempt(node.stop, node)
+        if not errors:  # after a failed stop, what its node left pending would never be handled: no waiting for it
+            await self._quiesce()  # the registries record the STOPPED heartbeats
         for node in registries:
             event(_log, logging.INFO, "draining", "draining", node=node.node_id)
-            await node.stop()
-            event(_log, logging.INFO, "stopped", "stopped", node=node.node_id)
+            await attempt(node.stop, node)
         self.phase = "stopped"
         if self._own_bus:
-            await self.bus.aclose()
+            await attempt(self.bus.aclose)
         if self._own_store:
-            await self.store.aclose()
+            await attempt(self.store.aclose)
+        if errors:
+            for later in errors[1:]:
+                errors[0].add_note(f"while stopping, also: {later!r}")
+            raise errors[0]
 
     async def run_until_signal(self, *, ready: Callable[[], object] | None = None) -> None:
         """Run until SIGINT or SIGTERM, then drain and stop.

@@ -61,6 +61,7 @@ from onex.http.models import (
     HASH_PATTERN,
     MAX_PAGE,
     NAMESPACE_PATTERN,
+    RETRY_LATER,
     AggregateWindowView,
     ApiError,
     BatchItem,
@@ -84,10 +85,12 @@ from onex.http.models import (
     StoreView,
     ValidateRequest,
     ValidateResult,
+    bus_unavailable,
     dumps,
     envelope,
     error_response,
     parse,
+    store_unavailable,
 )
 from onex.http.observe import Metrics, Observe
 from onex.http.openapi import DOCS, OPERATIONS, PREFIX, openapi_30, openapi_document
@@ -109,16 +112,8 @@ _log = logging.getLogger("onex.http")
 # The gateway's caches: their subcontracts, under the project root; a project without them reads the store each time.
 STAMP_CACHE: Final = "subcontracts/caching/gateway_stamps.yaml"
 NAMESPACE_CACHE: Final = "subcontracts/caching/gateway_namespaces.yaml"
-# Retry-After of a 503 for a bus or store that is away: a PostgreSQL store's breaker lets a trial through every 2 s and
-# a Kafka client reconnects within seconds; sooner would only add load to what is recovering.
-RETRY_AFTER_S: Final = 5
-_RETRY_LATER: Final = {"Retry-After": str(RETRY_AFTER_S)}
 # A store read waits at least this long, whatever timeout_s (0 in tests, for workflows that are to time out at once).
 _MIN_READ_S: Final = 1.0
-
-
-def _store_unavailable(exc: StoreError) -> ApiError:
-    return ApiError(503, "store_unavailable", f"the store cannot answer: {exc}", headers=_RETRY_LATER)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -358,9 +353,7 @@ class Gateway:
             # end of their indexes (README, Idempotency), and a Runtime(ids=...) applies to workflows over HTTP too.
             return await self.client.submit(payload, correlation_id=self.runtime.ids())
         except BusError as exc:
-            raise ApiError(
-                503, "bus_unavailable", f"the event bus refused the request: {exc}", headers=_RETRY_LATER
-            ) from None
+            raise bus_unavailable(f"the event bus refused the request: {exc}") from None
 
     async def _result(self, cid: uuid.UUID, deadline: float) -> StampResult:
         """The stamp of a submitted workflow once it completed; ApiError if it failed or did not finish in time, or
@@ -575,7 +568,7 @@ class Gateway:
             http_status=http_status,
             message="no item could be stamped",
             error={"code": "batch_failed", "field": "items"},
-            headers=_RETRY_LATER if http_status == 503 else None,
+            headers=RETRY_LATER if http_status == 503 else None,
         )
 
     @staticmethod
@@ -693,7 +686,7 @@ class Gateway:
         try:
             rows = await self._read(self.stamp_cache, "stamps_by_hash", load, file_hash=file_hash)
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         if not rows:
             raise ApiError(404, "not_found", f"no stamp with hash {file_hash} is stored", field="file_hash")
         records: StampRecords = {"file_hash": file_hash, "count": len(rows), "stamps": rows}
@@ -722,7 +715,7 @@ class Gateway:
                 self.namespace_cache, "namespace_page", load, namespace=namespace, limit=limit, offset=offset
             )
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         rows, state = found["stamps"], found["aggregates"]
         page: NamespacePage = {
             "namespace": namespace,
@@ -757,7 +750,7 @@ class Gateway:
                 )
             )
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         windows: list[AggregateWindowView] = [
             {
                 "node": row.node,

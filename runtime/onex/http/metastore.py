@@ -49,7 +49,7 @@ from onex.exceptions import (
     VersionConflict,
 )
 from onex.http.bodies import is_json, media_type, read_body
-from onex.http.models import MAX_PAGE, ApiError, Probe, envelope, parse
+from onex.http.models import MAX_PAGE, ApiError, Probe, bus_unavailable, envelope, parse, store_unavailable
 from onex.metastore.flags import FLAG_NAME_PATTERN, Resolution
 from onex.metastore.models import (
     ConfigCreate,
@@ -322,9 +322,9 @@ def _answers() -> Iterator[None]:
     except TransitionError as exc:  # enabling an archived flag, say
         raise ApiError(409, "invalid_state", str(exc)) from None
     except StoreError as exc:
-        raise ApiError(503, "store_unavailable", f"the store cannot answer: {exc}") from None
+        raise store_unavailable(exc) from None
     except BusError as exc:
-        raise ApiError(503, "bus_unavailable", f"the event bus refused the change event: {exc}") from None
+        raise bus_unavailable(f"the event bus refused the change event: {exc}") from None
 
 
 def _dumped(entity: BaseModel) -> dict[str, Any]:

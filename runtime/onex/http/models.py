@@ -286,6 +286,22 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+# Retry-After of a 503 for a bus or store that is away: a PostgreSQL store's breaker lets a trial through every 2 s and
+# a Kafka client reconnects within seconds; sooner would only add load to what is recovering.
+RETRY_AFTER_S: Final = 5
+RETRY_LATER: Final = {"Retry-After": str(RETRY_AFTER_S)}
+
+
+def store_unavailable(exc: Exception) -> ApiError:
+    """503 ``store_unavailable``: the store did not answer (it may, later: ``Retry-After``)."""
+    return ApiError(503, "store_unavailable", f"the store cannot answer: {exc}", headers=RETRY_LATER)
+
+
+def bus_unavailable(message: str) -> ApiError:
+    """503 ``bus_unavailable``: the event bus refused what was to be published (``Retry-After``)."""
+    return ApiError(503, "bus_unavailable", message, headers=RETRY_LATER)
+
+
 def _jsonable(value: Any) -> Any:
     """``json.dumps`` default: payloads on the memory bus keep UUIDs and datetimes as objects, and a stamp block may
     hold any value YAML's safe loader makes (dates, sets, bytes)."""
