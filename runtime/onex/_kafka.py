@@ -78,7 +78,6 @@ in docs/architecture.md, "Brokers".
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
 import logging
 import time
@@ -97,6 +96,7 @@ from aiokafka.errors import (
 )
 
 from onex._kafka_options import CLIENT_OPTIONS, CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, bus_arguments
+from onex._kafka_records import raw_dead_letter, record_headers
 from onex._murmur2 import murmur2 as _murmur2
 from onex.bus import (
     Assignment,
@@ -111,7 +111,7 @@ from onex.bus import (
     check_start,
     dropped,
 )
-from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, Reader, dead_letter, dlq_topic, uuid_text
+from onex.envelope import UNDECODABLE, OnexEnvelopeV1, Reader, dead_letter, dlq_topic
 from onex.exceptions import BusError, PayloadError, StoreUnavailable, error_text
 from onex.logs import dead_lettered, event, retried
 from onex.resilience import pause
@@ -122,12 +122,10 @@ logger = logging.getLogger(__name__)
 
 DeliveryFuture = asyncio.Future[Any]
 
-_SPECVERSION: Final = b"1.0"
-_CONTENT_TYPE: Final = ("content-type", b"application/json")
-_RAW_LIMIT: Final = 256 * 1024
 _POLL_TIMEOUT_MS: Final = 1_000
 # aiokafka's fetch_max_wait_ms when none is given; background subscriptions wait at least this long by default.
 _AIOKAFKA_FETCH_MAX_WAIT_MS: Final = 500
+_PROBE_S: Final = 2.0  # how long ``unreachable`` waits for a broker's answer (readiness gives the store as long)
 _REDELIVERY_BACKOFF_S: Final = 1.0
 _DEFAULT_RETRY: Final = RetryPolicy()
 # A joined call (``_handle_joined``): its policy, its envelopes and where each came from (partition, offset).
@@ -542,6 +540,17 @@ class KafkaBus(EventBus):
             self._unchecked.append(delivery)
             if len(self._unchecked) >= self._check_at:
                 self._check_deliveries()
+
+    async def unreachable(self) -> str | None:
+        """None once a broker answered a metadata request within ``_PROBE_S``, else why not (it queues, meanwhile)."""
+        try:
+            async with asyncio.timeout(_PROBE_S):
+                await self._producer.client.fetch_all_metadata()  # a cluster of its own: the client's is left as is
+        except TimeoutError:
+            return f"no Kafka broker answers within {_PROBE_S:g} s"
+        except KafkaError as exc:
+            return f"no Kafka broker answers: {error_text(exc)}"
+        return None
 
     async def flush(self) -> None:
         """Wait until every record enqueued so far is acknowledged by the broker.
@@ -1140,7 +1149,7 @@ class _KafkaSubscription(Subscription):
         if record.value is None:
             error = ValueError("record has no value (a tombstone)")
         logger.warning("undecodable record %s[%d]@%d: %s", topic, record.partition, record.offset, error)
-        await self._dead_letter(topic, UNDECODABLE, _raw_dead_letter(topic, record, error, self.group))
+        await self._dead_letter(topic, UNDECODABLE, raw_dead_letter(topic, record, error, self.group))
 
     async def _dead_letter(self, topic: str, event_type: str, letter: OnexEnvelopeV1) -> bool:
         """Publish ``letter`` to the dead-letter topic of ``topic``: True once enqueued."""
@@ -1157,44 +1166,3 @@ class _KafkaSubscription(Subscription):
             return False
         await self.bus._dead_lettered_one(self.group, event_type, letter)
         return True
-
-
-def record_headers(envelope: OnexEnvelopeV1) -> list[tuple[str, bytes]]:
-    """The headers of an envelope's record: CloudEvents binary mode and ``content-type``."""
-    return [
-        ("ce_id", uuid_text(envelope.event_id).encode()),
-        ("ce_type", envelope.event_type.encode()),
-        ("ce_source", envelope.source_node_id.encode()),
-        ("ce_specversion", _SPECVERSION),
-        ("ce_time", envelope.event_timestamp.isoformat().encode()),
-        _CONTENT_TYPE,
-    ]
-
-
-def _raw_dead_letter(topic: str, record: Any, error: BaseException, group: str) -> OnexEnvelopeV1:
-    value: bytes = record.value or b""
-    truncated = len(value) > _RAW_LIMIT
-    value = value[:_RAW_LIMIT]
-    try:
-        raw, encoding = value.decode(), "utf-8"
-    except UnicodeDecodeError:
-        raw, encoding = base64.b64encode(value).decode("ascii"), "base64"
-    key: str | None = record.key.decode(errors="replace") if record.key is not None else None
-    return OnexEnvelopeV1(
-        event_type=DEAD_LETTER_EVENT,
-        source_node_id="onex-bus",
-        partition_key=key,
-        payload={
-            "original_topic": topic,
-            "original_raw": raw,
-            "original_raw_encoding": encoding,
-            "original_raw_truncated": truncated,
-            "original_key": key,
-            "original_partition": record.partition,
-            "original_offset": record.offset,
-            "error_type": type(error).__name__,
-            "error": str(error),
-            "attempts": 0,
-            "group": group,
-        },
-    )

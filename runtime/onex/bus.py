@@ -154,6 +154,11 @@ class EventBus(abc.ABC):
         A no-op where ``publish()`` returning already means that (the memory bus).
         """
 
+    async def unreachable(self) -> str | None:
+        """Why what this bus publishes cannot reach anyone now (a Kafka broker that does not answer), or None.
+        Readiness asks it: a running bus whose broker is gone only queues. The memory bus is always reachable."""
+        return None
+
     @abc.abstractmethod
     async def subscribe(
         self,

@@ -433,7 +433,7 @@ def _undelivered(out: _Outgoing, exc: BaseException) -> list[Replay]:
 
 def _headers(out: _Outgoing) -> list[tuple[str, bytes]]:
     """The headers ``KafkaBus.publish`` gives an envelope, and ``onex-replay-of``: the dead letter replayed."""
-    from onex._kafka import record_headers
+    from onex._kafka_records import record_headers
 
     replay_of = ("onex-replay-of", str(out.letters[0].event_id).encode())
     return [replay_of] if out.envelope is None else [*record_headers(out.envelope), replay_of]

@@ -213,7 +213,8 @@ def registry_for(runtime: Runtime) -> CollectorRegistry:
 
 
 async def readiness(runtime: Runtime) -> str | None:
-    """None when every hosted node runs and consumes and the store answers; else why not."""
+    """None when every hosted node runs and consumes, the bus reaches its broker and the store answers; else why
+    not."""
     if runtime.phase != "running":
         return runtime.phase
     for node in runtime.nodes:
@@ -222,6 +223,8 @@ async def readiness(runtime: Runtime) -> str | None:
         breakers = getattr(node, "breakers", None)
         if breakers is not None and any(b.state == "open" for b in breakers()):
             return f"{node.node_id}: circuit open"
+    if (unreachable := await runtime.bus.unreachable()) is not None:  # running, and only queueing what it publishes
+        return f"bus unreachable: {unreachable}"
     if runtime.store.circuit_open:  # PostgreSQL's breaker, open while the server fails
         return "store unavailable: circuit open"
     try:

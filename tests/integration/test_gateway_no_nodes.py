@@ -23,6 +23,7 @@ import pytest
 from onex.http import PREFIX
 
 from tests.fixtures.deployment import Deployment, spawn_onex, upgrade_schema
+from tests.fixtures.faults import RestartableBroker
 from tests.integration.test_http_kafka import (
     CONSUMER_QUERY,
     WORKFLOW_NODES,
@@ -122,3 +123,51 @@ async def test_a_gateway_hosting_no_node_answers_stamps_run_by_the_node_processe
             await sigterm_exits_0(gateway)
             codes = await deployment.stop(timeout=60)
             assert codes == dict.fromkeys(WORKFLOW_NODES, 0), deployment.logs_tail()
+
+
+@pytest.mark.timeout(180)
+def test_a_gateway_whose_broker_is_gone_is_unready_and_does_not_promise_the_workflow_runs(tmp_path: Path) -> None:
+    """A running bus whose broker is gone only queues what it publishes: /health/ready says so (a load balancer stops
+    sending), and a request that times out is 503 bus_unavailable, not 504 "it keeps running"."""
+    store = f"sqlite:///{tmp_path}/onex.db"
+    upgrade_schema(store)
+    with RestartableBroker() as broker:
+        log = tmp_path / "gateway.log"
+        command = [
+            "run",
+            "--http",
+            "127.0.0.1:0",
+            "--no-nodes",
+            "--bus",
+            f"kafka://{broker.bootstrap}",
+            "--store",
+            store,
+        ]
+        settings = {"ONEX_API_KEY": "k", "ONEX_HTTP_TIMEOUT_S": "2", "COLUMNS": "300"}
+        proc = spawn_onex(command, env=settings, log=log)
+        try:
+            deadline = time.monotonic() + 60
+            while not (found := re.search(r"HTTP API on (http://127\.0\.0\.1:\d+)", log.read_text())):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            with httpx.Client(base_url=found.group(1) + PREFIX, headers={"Authorization": "Bearer k"}, timeout=30) as c:
+                assert c.get("/health/ready").status_code == 200, c.get("/health/ready").text
+
+                broker.kill()
+                unready = c.get("/health/ready")
+                refused = c.post("/stamp", json={"content": "a\n", "file_path": "a.txt"})
+                health = c.get("/health").json()["data"]
+        finally:
+            proc.kill()
+            proc.wait()
+
+    assert unready.status_code == 503
+    assert "bus unreachable: no Kafka broker answers" in unready.json()["message"]
+    assert refused.status_code == 503, refused.text
+    body = refused.json()
+    assert body["error"]["code"] == "bus_unavailable"
+    assert "may not have reached any node" in body["message"]
+    assert uuid.UUID(body["data"]["workflow_id"])
+    assert refused.headers["retry-after"] == "5"
+    assert (health["bus"]["status"], health["bus"]["state"]) == ("down", "running")

@@ -374,6 +374,13 @@ class Gateway:
                 if until < deadline:  # the shutdown's, not the request's
                     raise self._left_running(cid, "processing") from None
                 self.metrics.outcomes["timed_out"] += 1
+                if (unreachable := await self.runtime.bus.unreachable()) is not None:
+                    # The request may only be queued in this process: "it keeps running" would be a promise.
+                    raise bus_unavailable(
+                        f"workflow {cid} did not complete within {self.timeout_s:g} s, and {unreachable}: the request "
+                        "may not have reached any node",
+                        data={"workflow_id": str(cid), "state": "unknown"},
+                    ) from None
                 raise ApiError(
                     504,
                     "workflow_timeout",
@@ -803,7 +810,8 @@ class Gateway:
         state = self.runtime.bus.state.value
         # The kind from the URL's scheme only: a Kafka URL may carry credentials.
         kind = self.runtime.settings.bus.partition(":")[0]
-        bus: BusView = {"status": "ok" if state == "running" else "down", "state": state, "kind": kind}
+        up = state == "running" and await self.runtime.bus.unreachable() is None  # a broker that answers, on Kafka
+        bus: BusView = {"status": "ok" if up else "down", "state": state, "kind": kind}
         try:
             store_health = await self.runtime.store.health()
         except (StoreError, OSError) as exc:

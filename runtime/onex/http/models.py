@@ -297,9 +297,10 @@ def store_unavailable(exc: Exception) -> ApiError:
     return ApiError(503, "store_unavailable", f"the store cannot answer: {exc}", headers=RETRY_LATER)
 
 
-def bus_unavailable(message: str) -> ApiError:
-    """503 ``bus_unavailable``: the event bus refused what was to be published (``Retry-After``)."""
-    return ApiError(503, "bus_unavailable", message, headers=RETRY_LATER)
+def bus_unavailable(message: str, data: dict[str, Any] | None = None) -> ApiError:
+    """503 ``bus_unavailable``: the event bus refused what was to be published, or cannot reach its broker
+    (``Retry-After``)."""
+    return ApiError(503, "bus_unavailable", message, data=data, headers=RETRY_LATER)
 
 
 def _jsonable(value: Any) -> Any:
