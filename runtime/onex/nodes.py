@@ -1114,13 +1114,15 @@ class OrchestratorNode(Node):
         data: dict[str, Any] | None = None,
         error: str | None = None,
         skipped: bool = False,
+        final: bool = False,
     ) -> bool:
-        """Record a step's outcome; returns True when the step should be retried instead."""
+        """Record a step's outcome; returns True when the step should be retried instead (never when ``final``: an
+        error no retry can mend, whose attempts stay those made)."""
         run.elapsed_ms = round(e * 1e6) / 1000 if (e := self.clock.time() - run.started) > 0 else 0.0  # round(ms, 3)
         run.deadline = None
         self._deadlines.spend()
         self._dirty[workflow.cid.int] = workflow
-        if error is not None and not skipped and run.attempts < run.step.max_attempts:
+        if error is not None and not skipped and not final and run.attempts < run.step.max_attempts:
             run.status = _PENDING
             run.error = error
             return True
@@ -1144,9 +1146,7 @@ class OrchestratorNode(Node):
         run = workflow.steps[step_name]
         if run.status is not StepStatus.RUNNING:
             return
-        if not retryable:
-            run.attempts = max(run.attempts, run.step.max_attempts)
-        self._finish_step(workflow, run, error=error)
+        self._finish_step(workflow, run, error=error, final=not retryable)
         await self.advance(workflow)
 
     async def skip_step(self, workflow: Workflow, step_name: str, reason: str) -> dict[str, Any]:

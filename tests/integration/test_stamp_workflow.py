@@ -435,7 +435,9 @@ async def test_a_stamp_no_running_workflow_takes_is_stored_by_the_orchestrator(t
         await h.wait_for("STAMP_FILE", lambda e: e.correlation_id == cid)
         failed = {"workflow_id": str(cid), "namespace": NS, "error": "no space left on device", "retryable": False}
         await h.publish("STAMP_FAILED", failed, correlation_id=cid)
-        await h.wait_for("WORKFLOW_FAILED", lambda e: e.correlation_id == cid)
+        outcome = await h.wait_for("WORKFLOW_FAILED", lambda e: e.correlation_id == cid)
+        [step] = [s for s in outcome.payload["steps"] if s["step_name"] == "stamp"]
+        assert (step["status"], step["attempts"]) == ("failed", 1)  # not retried, and not said to have been
 
         late = await h.publish("STAMP_CREATED", stamp_created(cid, hashes[0]), correlation_id=cid)
         stranger = uuid.uuid4()

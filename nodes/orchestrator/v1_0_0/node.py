@@ -148,7 +148,9 @@ class NodeOrchestrator(OrchestratorNode):
         untaken: list[StampRow] = []
         for envelope, payload in events:
             if isinstance(payload, ModelStampRequest):
-                await self._start(envelope, payload)
+                keyed_by_its_workflow = envelope.partition_key is None and envelope.correlation_id is not None
+                if keyed_by_its_workflow or not await self._moved(envelope):
+                    await self._start(envelope, payload)
             elif isinstance(payload, ModelStampCreated):
                 if not await self._result(envelope, payload) and not payload.dry_run:
                     settings = self.settings
@@ -171,6 +173,21 @@ class NodeOrchestrator(OrchestratorNode):
         if untaken:  # the rows of stamps no running workflow took (module docstring), stored before the acknowledgement
             batch = WriteBatch(consumer=self.contract.name, stamps=untaken)
             await self.hold_store(functools.partial(self.store.apply, batch))
+
+    async def _moved(self, request: OnexEnvelopeV1) -> bool:
+        """Whether ``request``, keyed otherwise than by its workflow id (``onex publish --key``, a producer that gave
+        no correlation id), went again keyed by it, to the partition its workflow's results will come to: on Kafka
+        each replica owns its partitions, and the one that ran a workflow whose request came on another partition
+        than its results never heard them (the step timed out, and the workflow failed, though the file was
+        stamped). Same event id: what counts events by id counts it once."""
+        if not self.bus.retains_messages:  # the memory bus: every partition is this process's
+            return False
+        cid = request.correlation_id or request.event_id
+        topic, own = self._consumed["STAMP_REQUESTED"][0], uuid_text(cid)
+        if request.key == own or self.bus.partition_of(topic, request.key) == self.bus.partition_of(topic, own):
+            return False
+        await self.bus.publish(topic, request.model_copy(update={"partition_key": None, "correlation_id": cid}))
+        return True
 
     async def _start(self, envelope: OnexEnvelopeV1, request: ModelStampRequest) -> None:
         assert self.fsm is not None
