@@ -17,17 +17,20 @@ import base64
 import contextlib
 import copy
 import json
+import re
 import stat
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from blake3 import blake3
 from click.testing import CliRunner
 from onex import stamps
 from onex.bus import MemoryBus
@@ -46,6 +49,7 @@ from onex.http import PREFIX, create_app
 from onex.runtime import Runtime
 from onex.settings import Settings
 from onex.stores import open_store
+from onex.testing import Harness
 
 pytestmark = pytest.mark.anyio
 
@@ -109,6 +113,51 @@ SEED_PROTOCOL_REQUEST: dict[str, Any] = {
     "validation_level": "strict",
     "namespace": "omninode.services.metadata",
 }
+
+# The fields the seed's clients read from a /hash answer's data (its HashResponse).
+SEED_HASH_RESPONSE: dict[str, Any] = {"file_hash": str, "file_size_bytes": int, "execution_time_ms": (int, float)}
+
+# How the seed's stamping engine stamps text, written here from its source (``stamping_engine.py``), apart from
+# onex's code: the hash is BLAKE3 of the text with every stamp of its own removed (``lightweight_pattern``,
+# ``rich_pattern``), runs of three or more newlines collapsed to two and both ends stripped
+# (``_remove_existing_stamps``); a lightweight stamp is prepended with ``,author=`` / ``,v=`` when given, a rich
+# block appended after a blank line.
+SEED_LIGHTWEIGHT = re.compile(r"# ONEX:uid=([a-zA-Z0-9_-]+),hash=([a-zA-Z0-9]+),ts=([0-9T:\-\+\.]+).*")
+SEED_RICH = re.compile(r"<!--\s*ONEX_METADATA_START\s*-->(.*?)<!--\s*ONEX_METADATA_END\s*-->", re.DOTALL)
+
+
+def seed_hash(text: str) -> str:
+    clean = SEED_RICH.sub("", SEED_LIGHTWEIGHT.sub("", text))
+    return str(blake3(re.sub(r"\n{3,}", "\n\n", clean).strip().encode("utf-8")).hexdigest())
+
+
+def seed_stamped(text: str, *, author: str | None = "user123", version: str | None = None) -> str:
+    """``text`` with the lightweight stamp the seed prepends."""
+    stamp = f"# ONEX:uid={uuid.uuid4()},hash={seed_hash(text)},ts={datetime.now(UTC).isoformat()}"
+    if author is not None:
+        stamp += f",author={author}"
+    if version is not None:
+        stamp += f",v={version}"
+    return stamp + "\n" + text
+
+
+def seed_rich_stamped(text: str) -> str:
+    """``text`` with the rich block the seed appends."""
+    digest, ts = seed_hash(text), datetime.now(UTC).isoformat()
+    block = [
+        "<!-- ONEX_METADATA_START -->",
+        "<!-- ONEX Metadata Stamp",
+        f"  uid: {uuid.uuid4()}",
+        f"  hash: {digest}",
+        f"  timestamp: {ts}",
+        "  protocol_version: 1.0",
+        "  integrity:",
+        "    algorithm: BLAKE3",
+        f"    hash: {digest}",
+        "-->",
+        "<!-- ONEX_METADATA_END -->",
+    ]
+    return text + "\n\n" + "\n".join(block)
 
 
 def has_shape(value: Any, shape: Any, where: str = "data") -> None:
@@ -468,6 +517,110 @@ async def test_validate_protocol_takes_a_version_as_a_number_and_refuses_others(
     assert stamped
 
 
+# --- /hash ----------------------------------------------------------------------------------------------------------
+
+
+async def test_hash_answers_the_seeds_fields_for_a_json_body_and_an_upload(app: App) -> None:
+    plain = unique("hashed").encode()
+    stamped, _ = stamps.stamp_bytes(plain, file_name="h.py")
+    json_answer = await app.data("/hash", {"content": stamped.decode(), "file_path": "h.py"})
+    response = await app.http.post("/hash", files={"file": ("h.py", stamped)})
+    assert response.status_code == 200, response.text
+    for data in (json_answer, response.json()["data"]):
+        has_shape(data, SEED_HASH_RESPONSE)
+        # The hash of the content without its stamp, and the size of what was hashed; onex's fields stay.
+        assert data["file_hash"] == data["hash"] == stamps.hash_bytes(plain)
+        assert data["file_size_bytes"] == data["size"] == len(plain)
+        assert (data["received_bytes"], data["stamp_removed"]) == (len(stamped), True)
+        assert data["execution_time_ms"] >= 0
+
+
+# --- stamps the seed wrote ------------------------------------------------------------------------------------------
+
+SEED_TEXTS = {
+    "x.py": "print(1)\n",
+    "notes.txt": "Content to be stamped\n",
+    "crlf.py": "a = 1\r\nb = 2\r\n",
+    "blanks.py": "\n\nx = 1\n\n\n\ny = 2\n\n",
+    "both.py": seed_rich_stamped("z = 3\n"),  # the seed's rich block too, which its rule removes as well
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_TEXTS))
+def test_a_stamp_the_seed_wrote_verifies_and_a_restamp_leaves_it(tmp_path: Path, name: str) -> None:
+    text = SEED_TEXTS[name]
+    content = seed_stamped(text, version="1").encode()
+    path = tmp_path / name
+    path.write_bytes(content)
+    digest = stamps.hash_bytes(text.encode())  # onex's: the bytes without the stamp, nothing normalised
+    assert seed_hash(text) != digest  # these texts are where the two rules differ
+    for result in (stamps.verify_file(path), stamps.verify_bytes(content, file_name=name)):
+        assert (result.status, result.expected, result.actual) == ("valid", seed_hash(text), digest)
+    # A restamp keeps it as it is: rewritten with onex's hash, the seed would call the file modified.
+    assert stamps.stamp_file(path).status == "unchanged"
+    assert path.read_bytes() == content
+    assert stamps.stamp_bytes(content, file_name=name)[0] is content
+    # Changed since, it matches neither rule.
+    changed = content + b"more = 4\n"
+    path.write_bytes(changed)
+    for result in (stamps.verify_file(path), stamps.verify_bytes(changed, file_name=name)):
+        assert result.status == "modified"
+    # A rich stamp asked for replaces it, with onex's hash.
+    path.write_bytes(content)
+    rich = stamps.stamp_file(path, rich=True)
+    assert (rich.status, rich.stamp and rich.stamp.hash) == ("stamped", digest)
+    assert stamps.verify_file(path).status == "valid"
+
+
+def test_a_large_file_the_seed_stamped_verifies_when_it_is_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stamps, "IN_MEMORY_LIMIT", 1024)  # hashed in chunks: the seed's rule reads it again
+    text = "row = 1\n" * 4096
+    path = tmp_path / "big.py"
+    path.write_text(seed_stamped(text))
+    assert stamps.IN_MEMORY_LIMIT < path.stat().st_size <= stamps.BRIDGE_LIMIT
+    assert stamps.verify_file(path).status == "valid"
+    assert stamps.stamp_file(path).status == "unchanged"
+    # Past BRIDGE_LIMIT only onex's rule is applied.
+    huge = "row = 1\n" * (stamps.BRIDGE_LIMIT // 8)
+    path.write_text(seed_stamped(huge))
+    assert stamps.verify_file(path).status == "modified"
+
+
+def test_only_the_seeds_form_is_held_to_the_seeds_rule() -> None:
+    # A stamp with the seed's pairs whose hash is neither the seed's nor onex's: modified.
+    wrong = re.sub(r"hash=[0-9a-f]{64}", "hash=" + "0" * 64, seed_stamped("print(1)\n"), count=1).encode()
+    assert stamps.verify_bytes(wrong, file_name="x.py").status == "modified"
+    # onex's own stamps keep onex's rule: content that only gained a newline at its end is modified, though the
+    # seed's rule (which strips both ends) would match it.
+    stamped, _ = stamps.stamp_bytes(b"x = 1", file_name="x.py")
+    assert stamps.verify_bytes(stamped + b"\n", file_name="x.py").status == "modified"
+    # So a stamp the seed wrote without pairs, which reads exactly as onex's, is held to onex's rule.
+    bare = seed_stamped("print(1)\n", author=None).encode()
+    assert stamps.verify_bytes(bare, file_name="x.py").status == "modified"
+    # The seed's rule hashes the UTF-8 of text: the same text in latin-1 does not match it.
+    latin = seed_stamped("caf\xe9\n").encode("latin-1")
+    assert stamps.verify_bytes(latin, file_name="notes.txt").status == "modified"
+
+
+async def test_the_seeds_stamp_is_valid_to_validate_and_unchanged_by_stamp(app: App) -> None:
+    text = unique("seed document")
+    content = seed_stamped(text)
+    data = await app.data("/validate", {"content": content, "file_path": "seed.txt"})
+    assert (data["results"][0]["status"], data["summary"]["valid"]) == ("valid", 1)
+    stamped = await app.data("/stamp", seed_stamp(content=content, file_path="seed.txt"))
+    assert (stamped["status"], stamped["stamped_content"]) == ("unchanged", content)
+    assert stamped["file_hash"] == seed_hash(text)  # the stamp's own hash
+
+
+def test_onex_verify_calls_the_seeds_stamps_valid(tmp_path: Path) -> None:
+    for name, text in SEED_TEXTS.items():
+        (tmp_path / name).write_bytes(seed_stamped(text).encode())
+    result = run_cli("verify", str(tmp_path))
+    assert result.exit_code == 0, result.output
+
+
 # --- the CLI's reports ----------------------------------------------------------------------------------------------
 
 
@@ -577,3 +730,61 @@ def test_onex_verify_publish_on_kafka_is_what_onex_tail_shows(tmp_path: Path, ka
         (Path(p["file_path"]).name, p["validation_result"], p["stamps_found"], p["namespace"]) for p in payloads
     )
     assert got == [("ok.py", "valid", 1, "k.ns"), ("plain.py", "unstamped", 0, "k.ns")]
+
+
+# --- the bridge's nodes on onex's registry ---------------------------------------------------------------------------
+
+# A bridge node's introspection and heartbeat (its ModelNodeIntrospectionEvent and ModelNodeHeartbeatEvent, as they
+# serialise): lower-case node type and health, whole seconds of uptime, fields of their own, no name, no reason.
+BRIDGE_NODE = "metadata-stamping-1"
+SEED_INTROSPECTION: dict[str, Any] = {
+    "node_id": BRIDGE_NODE,
+    "node_type": "effect",
+    "node_role": None,
+    "capabilities": {"hash_generation": {"algorithm": "BLAKE3"}},
+    "endpoints": {"health": "http://localhost:8053/health"},
+    "metadata": {"version": "1.0.0", "environment": "development"},
+    "timestamp": "2026-12-07T10:00:00+00:00",
+    "correlation_id": None,
+    "network_id": None,
+    "deployment_id": "dev-001",
+    "epoch": 1,
+}
+SEED_HEARTBEAT: dict[str, Any] = {
+    "node_id": BRIDGE_NODE,
+    "node_type": "effect",
+    "health_status": "healthy",
+    "uptime_seconds": 12,
+    "last_activity_timestamp": "2026-12-07T10:00:00+00:00",
+    "active_operations": 3,
+    "resource_usage": {"cpu_percent": 4.5, "memory_mb": 120.0},
+    "metadata": {"version": "1.0.0", "environment": "development"},
+    "timestamp": "2026-12-07T10:00:00+00:00",
+    "correlation_id": "8cb2bd9b-eff0-4f98-9810-1aa3170ea7fd",
+}
+
+
+async def record_bridge_node(url: str) -> tuple[list[str], dict[str, str]]:
+    """The registry hears the bridge node introspect and heartbeat: the errors of what it dead-lettered, and the node
+    types it recorded."""
+    async with Harness(["registry"], root=ROOT, store_url=url) as h:
+        for event_name, payload in [("NODE_INTROSPECTION", SEED_INTROSPECTION), ("NODE_HEARTBEAT", SEED_HEARTBEAT)]:
+            await h.publish(event_name, payload, partition_key=BRIDGE_NODE)
+            await h.settle()
+        return [d.payload["error"] for d in h.dead_letters()], {
+            r.node_id: r.node_type for r in await h.store.list_registrations()
+        }
+
+
+def test_the_registry_records_a_bridge_node_and_onex_ps_shows_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/onex.db"
+    dead, recorded = asyncio.run(record_bridge_node(url))  # then the CLI, which runs an event loop of its own
+    result = run_cli("ps", "--store", url, "-o", "json")
+
+    assert dead == []
+    assert recorded[BRIDGE_NODE] == "EFFECT"
+    assert result.exit_code == 0, result.output
+    shown = {r["node_id"]: r for r in json.loads(result.output)}[BRIDGE_NODE]
+    assert (shown["name"], shown["kind"], shown["version"]) == (BRIDGE_NODE, "EFFECT", "1.0.0")
+    assert (shown["recorded_health"], shown["uptime_s"]) == ("HEALTHY", 12.0)
+    assert (shown["host"], shown["pid"]) == (None, None)  # it sends neither

@@ -15,7 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onex.envelope import (
     DEAD_LETTER_EVENT,
+    NODE_HEARTBEAT,
+    NODE_INTROSPECTION,
     TOPIC_CLASSES,
+    ModelIntrospectionRequest,
+    ModelNodeHeartbeat,
+    ModelNodeIntrospection,
+    ModelStateTransitions,
     OnexEnvelopeV1,
     Payload,
     dead_letter,
@@ -416,3 +422,159 @@ def test_uuid_text_of_the_ids_onex_makes_and_of_uuid_subclasses_is_their_str() -
     subclasses = [Subclass(int=7), PgUUID(str(new_id()))]  # asyncpg returns its own UUID type, which orjson refuses
     for value in made + subclasses:
         assert uuid_text(value) == str(value)
+
+
+# --- the control payloads of the bridge's nodes (omninode_bridge ModelNodeIntrospectionEvent, ModelNodeHeartbeatEvent,
+# as they serialise: model_dump(mode="json")) ---------------------------------------------------------------------
+
+BRIDGE_INTROSPECTION: dict[str, Any] = {
+    "node_id": "metadata-stamping-1",
+    "node_type": "effect",
+    "node_role": None,
+    "capabilities": {"hash_generation": {"algorithm": "BLAKE3"}},
+    "endpoints": {"health": "http://localhost:8053/health"},
+    "metadata": {"version": "1.0.0", "environment": "production"},
+    "timestamp": "2026-12-07T10:00:00+00:00",
+    "correlation_id": None,
+    "network_id": None,
+    "deployment_id": "dev-001",
+    "epoch": 1,
+}
+BRIDGE_HEARTBEAT: dict[str, Any] = {
+    "node_id": "metadata-stamping-1",
+    "node_type": "effect",
+    "health_status": "healthy",
+    "uptime_seconds": 12,
+    "last_activity_timestamp": "2026-12-07T10:00:00+00:00",
+    "active_operations": 2,
+    "resource_usage": {"cpu_percent": 4.5},
+    "metadata": {"version": "1.0.0"},
+    "timestamp": "2026-12-07T10:00:00+00:00",
+    "correlation_id": None,
+}
+# What an onex node sends (Node.publish_introspection, Node.publish_heartbeat): every field, upper case.
+ONEX_INTROSPECTION: dict[str, Any] = {
+    "node_id": "stamping_effect-1.0.0-host-7",
+    "node_name": "stamping_effect",
+    "node_type": "EFFECT",
+    "node_version": "1.0.0",
+    "capabilities": {"consumes": ["STAMP_REQUESTED"]},
+    "endpoints": {"bus": "memory://"},
+    "metadata": {"version": "9.9.9", "name": "other", "health_status": "DEGRADED", "health_reason": "circuit open"},
+    "reason": "requested",
+}
+ONEX_HEARTBEAT: dict[str, Any] = {
+    "node_id": "stamping_effect-1.0.0-host-7",
+    "node_type": "EFFECT",
+    "node_version": "1.0.0",
+    "health_status": "DEGRADED",
+    "uptime_seconds": 12.5,
+    "active_operations": 1,
+    "health_reason": "circuit open",
+}
+
+
+@pytest.mark.parametrize("read", ["dict", "json"])
+def test_a_bridge_nodes_introspection_is_read_in_onex_words(read: str) -> None:
+    sent = json.loads(json.dumps(BRIDGE_INTROSPECTION))
+    info = (
+        ModelNodeIntrospection.model_validate(sent)
+        if read == "dict"
+        else ModelNodeIntrospection.model_validate_json(json.dumps(sent))
+    )
+
+    assert info.to_jsonable() == {
+        "node_id": "metadata-stamping-1",
+        "node_name": "metadata-stamping-1",  # no name in its metadata: its node id
+        "node_type": "EFFECT",
+        "node_version": "1.0.0",  # its metadata's version
+        "capabilities": {"hash_generation": {"algorithm": "BLAKE3"}},
+        "endpoints": {"health": "http://localhost:8053/health"},
+        "metadata": {"version": "1.0.0", "environment": "production"},
+        "reason": "",  # it says none: neither "startup" nor an answer
+    }
+    assert sent == BRIDGE_INTROSPECTION  # the dict read (an envelope's payload) is not changed
+
+
+def test_a_bridge_introspection_of_the_four_fields_the_reference_lists_takes_a_name_from_its_metadata() -> None:
+    info = ModelNodeIntrospection.model_validate(
+        {"node_id": "n-1", "node_type": "Orchestrator", "metadata": {"name": "bridge_orchestrator"}}
+    )
+    assert (info.node_name, info.node_type, info.node_version) == ("bridge_orchestrator", "ORCHESTRATOR", "")
+    assert ModelNodeIntrospection.model_validate({"node_id": "n-1", "node_type": "compute"}).node_name == "n-1"
+
+
+@pytest.mark.parametrize("read", ["dict", "json"])
+def test_a_bridge_nodes_heartbeat_is_read_in_onex_words(read: str) -> None:
+    sent = json.loads(json.dumps(BRIDGE_HEARTBEAT))
+    beat = (
+        ModelNodeHeartbeat.model_validate(sent)
+        if read == "dict"
+        else ModelNodeHeartbeat.model_validate_json(json.dumps(sent))
+    )
+
+    assert beat.to_jsonable() == {
+        "node_id": "metadata-stamping-1",
+        "node_type": "EFFECT",
+        "node_version": "",
+        "health_status": "HEALTHY",
+        "uptime_seconds": 12.0,
+        "active_operations": 2,
+        "health_reason": "",
+    }
+    assert sent == BRIDGE_HEARTBEAT
+
+
+@pytest.mark.parametrize(
+    ("said", "status", "reason"),
+    [
+        ("healthy", "HEALTHY", ""),
+        ("Degraded", "DEGRADED", ""),
+        ("unhealthy", "UNHEALTHY", ""),
+        ("critical", "UNHEALTHY", "critical"),  # the bridge's words onex has none of: the nearest, and the word kept
+        ("recovering", "DEGRADED", "recovering"),
+        ("stopped", "STOPPED", ""),
+    ],
+)
+def test_a_heartbeats_health_status_is_read_whatever_its_case(said: str, status: str, reason: str) -> None:
+    beat = ModelNodeHeartbeat.model_validate({"node_id": "n-1", "health_status": said})
+    assert (beat.health_status, beat.health_reason) == (status, reason)
+
+
+def test_a_health_status_no_one_says_is_still_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="health_status"):
+        ModelNodeHeartbeat.model_validate({"node_id": "n-1", "health_status": "sleepy"})
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"), [(ModelNodeIntrospection, ONEX_INTROSPECTION), (ModelNodeHeartbeat, ONEX_HEARTBEAT)]
+)
+def test_what_an_onex_node_sends_is_read_as_it_was_sent(model: type[Payload], sent: dict[str, Any]) -> None:
+    # Its own name and version win over its metadata's; its metadata health is left to the registry.
+    assert model.model_validate(sent).to_jsonable() == sent
+    assert model.model_validate_json(json.dumps(sent)).to_jsonable() == sent
+
+
+def test_typed_readers_of_the_control_topics_read_the_bridges_payloads() -> None:
+    readers: list[tuple[str, type[Payload], dict[str, Any]]] = [
+        (NODE_INTROSPECTION, ModelNodeIntrospection, BRIDGE_INTROSPECTION),
+        (NODE_HEARTBEAT, ModelNodeHeartbeat, BRIDGE_HEARTBEAT),
+    ]
+    for event_type, model, payload in readers:
+        data = envelope(event_type=event_type, payload=payload).to_json()
+        read = typed_reader(event_type, model)(data)
+        assert type(read.payload) is model
+        assert read.payload["node_type"] == "EFFECT"
+
+
+def test_only_the_two_control_payloads_ignore_unknown_fields() -> None:
+    with pytest.raises(pydantic.ValidationError, match="extra_forbidden"):
+        ModelIntrospectionRequest.model_validate({"requested_by": "registry-1", "colour": "blue"})
+    with pytest.raises(pydantic.ValidationError, match="extra_forbidden"):
+        ModelStateTransitions.model_validate({"transitions": [], "colour": "blue"})
+    ignoring = {
+        cls.__name__
+        for cls in vars(onex.envelope).values()
+        if isinstance(cls, type) and issubclass(cls, Payload) and cls.model_config.get("extra") != "forbid"
+    }
+    assert ignoring == {"ModelNodeIntrospection", "ModelNodeHeartbeat"}

@@ -17,7 +17,7 @@ from onex.client import StampClient
 from onex.http import DOCS, OPERATIONS, PREFIX, create_app, openapi_30, openapi_document
 from onex.http.app import Gateway
 from onex.http.metastore import MetastoreApi
-from onex.http.models import BatchResult, StampRequest, StampResult
+from onex.http.models import BatchResult, HashResult, StampRequest, StampResult
 from onex.http.openapi import DOCUMENTATION_ROUTES, template
 from onex.runtime import Runtime
 from onex.settings import Settings
@@ -174,6 +174,9 @@ def test_schemas_come_from_the_models_the_handlers_return() -> None:
     for model in (StampResult, BatchResult):
         assert set(schemas[model.__name__]["properties"]) == set(model.__annotations__)
         assert set(schemas[model.__name__]["required"]) == model.__required_keys__
+    # /hash answers the bridge's HashResponse fields beside onex's own, as /stamp does its StampResponse's.
+    assert set(schemas["HashResult"]["properties"]) == set(HashResult.__annotations__)
+    assert {"file_hash", "file_size_bytes", "execution_time_ms"} <= set(HashResult.__annotations__)
     assert set(schemas["StampRequest"]["properties"]) == set(StampRequest.model_fields)
     assert schemas["StampRequest"]["additionalProperties"] is False  # extra="forbid": unknown fields get 422
     # The configured batch limit, and the items the handler validates one by one.

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, Self, TypeVar
 
 import orjson
 from blake3 import blake3
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from onex._frozen import twin_of
 from onex._model_reads import PlainReads
@@ -475,18 +475,68 @@ RUNTIME_EVENTS: dict[str, str] = {
 }
 
 
+# The health statuses of the bridge's heartbeats (omninode_bridge ``EnumNodeHealthStatus``: healthy, degraded,
+# unhealthy, critical, recovering, lower case) that onex has no word of its own for, as the nearest one it has.
+_BRIDGE_HEALTH: Final = {"CRITICAL": "UNHEALTHY", "RECOVERING": "DEGRADED"}
+
+
+def _upper(data: dict[str, Any], name: str) -> str | None:
+    """``data[name]`` upper case where it is a string that is not already (the bridge's lower-case node types and
+    health statuses), else None: nothing to change."""
+    value = data.get(name)
+    if not isinstance(value, str) or value.isupper() or (upper := value.upper()) == value:
+        return None
+    return upper
+
+
 class ModelNodeIntrospection(Payload):
+    """A node's introspection. An onex node (``Node.publish_introspection``) sends every field, its node type upper
+    case and its health in ``metadata``. A bridge node (omninode_bridge's ``ModelNodeIntrospectionEvent``) sends
+    ``node_id``, ``node_type`` (lower case), ``capabilities``, ``endpoints`` and ``metadata``, and fields of its own
+    (``timestamp``, ``correlation_id``, ``node_role``, ``network_id``, ...), which are ignored rather than refused: its
+    node type is read upper case, its name is its metadata's ``node_name`` (or ``name``), else its node id, its version
+    its metadata's ``node_version`` (or ``version``), else "", and its ``reason`` is "" (it sends none: the registry
+    cannot tell its start from its answer to a request, and keeps the health its last heartbeat stored)."""
+
+    model_config = ConfigDict(extra="ignore")  # only here and in ModelNodeHeartbeat: the bridge's own fields
+
     node_id: str
-    node_name: str
+    node_name: str = ""
     node_type: str
-    node_version: str
+    node_version: str = ""
     capabilities: dict[str, Any] = Field(default_factory=dict)
     endpoints: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    reason: str = "startup"
+    reason: str = ""  # onex's nodes always say ("startup", "requested"); the bridge's never do
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bridge_fields(cls, data: Any) -> Any:
+        """The bridge's introspection in onex's words; an onex node's (every field given, upper case) unchanged."""
+        if not isinstance(data, dict):
+            return data
+        changes: dict[str, Any] = {}
+        if (node_type := _upper(data, "node_type")) is not None:
+            changes["node_type"] = node_type
+        metadata = data.get("metadata")
+        said = metadata if isinstance(metadata, dict) else {}
+        if "node_name" not in data:
+            name = said.get("node_name") or said.get("name")
+            changes["node_name"] = name if isinstance(name, str) and name else data.get("node_id")
+        if "node_version" not in data:
+            version = said.get("node_version") or said.get("version")
+            changes["node_version"] = version if isinstance(version, str) else ""
+        return {**data, **changes} if changes else data  # a copy: the dict may be an envelope's payload
 
 
 class ModelNodeHeartbeat(Payload):
+    """A node's heartbeat. A bridge node's (omninode_bridge's ``ModelNodeHeartbeatEvent``) gives its node type and
+    health status lower case, read upper case here (its ``critical`` as UNHEALTHY and ``recovering`` as DEGRADED, the
+    word it said kept as the health reason), its uptime as whole seconds, and fields of its own
+    (``last_activity_timestamp``, ``resource_usage``, ``metadata``, ``timestamp``, ``correlation_id``), ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
     node_id: str
     node_type: str = ""
     node_version: str = ""
@@ -495,6 +545,26 @@ class ModelNodeHeartbeat(Payload):
     active_operations: int = 0
     # Why the node is DEGRADED (dead-letter alert, breached performance objectives: Node.degraded_reasons), or "".
     health_reason: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bridge_fields(cls, data: Any) -> Any:
+        """The bridge's heartbeat in onex's words; an onex node's (upper case) unchanged."""
+        if not isinstance(data, dict):
+            return data
+        changes: dict[str, Any] = {}
+        if (node_type := _upper(data, "node_type")) is not None:
+            changes["node_type"] = node_type
+        status = data.get("health_status")
+        if isinstance(status, str):
+            upper = status.upper()
+            if upper in _BRIDGE_HEALTH:
+                changes["health_status"] = _BRIDGE_HEALTH[upper]
+                if not data.get("health_reason"):
+                    changes["health_reason"] = status.lower()
+            elif upper != status:
+                changes["health_status"] = upper
+        return {**data, **changes} if changes else data  # a copy: the dict may be an envelope's payload
 
 
 class ModelIntrospectionRequest(Payload):

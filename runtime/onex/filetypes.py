@@ -39,8 +39,9 @@ refuses a restamp (``not_whole``), as the text around it could not be encoded ba
 where the first lines put it (a line added above it) is never stamped over: the file is refused (``MISPLACED``).
 
 **Formats.** Lightweight: one comment line ``ONEX:uid=<uuid4>,hash=<blake3 hex>,ts=<iso8601 UTC>`` (extra
-``,key=value`` pairs of an existing stamp, as the bridge writes them, are recognised and kept; so is the seed's form
-without ``ts=``, which stays without it until the hash changes). Rich: YAML with sorted keys between ``===
+``,key=value`` pairs of an existing stamp, as the bridge writes them, are recognised and kept, and such a stamp is
+verified under the bridge's hash rule too: see ``onex.stamps``; so is the seed's form without ``ts=``, which stays
+without it until the hash changes). Rich: YAML with sorted keys between ``===
 OmniNode:Metadata ===`` and ``=== /OmniNode:Metadata ===``. Inside ``<!-- -->`` and ``/* */`` a YAML value that
 would contain ``--`` or ``*/`` is written double-quoted with that character escaped (``\\x2D``), so the comment can
 never end early; non-ASCII is escaped everywhere, so a stamp is ASCII in every file.

@@ -1,10 +1,12 @@
 """BLAKE3 metadata stamps: hash, stamp, strip and verify files, in place or in a sidecar.
 
-**The hash** is BLAKE3 of the content with the stamp removed, so a stamped file hashes the same as the original
-and ``verify`` needs nothing but the file. Files up to ``IN_MEMORY_LIMIT`` are read whole; larger ones are
-hashed in ``CHUNK_SIZE`` chunks from one reused buffer, so memory stays flat for multi-gigabyte files (and they
-are never mapped: a file truncated under a mapping would kill the process with SIGBUS). In-memory content from
-``THREADS_FROM`` bytes up is hashed with BLAKE3's threads; streamed chunks are not, as that measured slower.
+**The hash** is BLAKE3 of the content's bytes with the stamp removed, and nothing else changed (no newline or
+whitespace is normalised), so a stamped file hashes the same as the original and ``verify`` needs nothing but the
+file; a stamp the omninode bridge wrote may hold the bridge's hash instead (see **Formats**). Files up to
+``IN_MEMORY_LIMIT`` are read whole; larger ones are hashed in ``CHUNK_SIZE`` chunks from one reused buffer, so
+memory stays flat for multi-gigabyte files (and they are never mapped: a file truncated under a mapping would kill
+the process with SIGBUS). In-memory content from ``THREADS_FROM`` bytes up is hashed with BLAKE3's threads;
+streamed chunks are not, as that measured slower.
 
 **Where and how a stamp is written** in each kind of file (the prefix it follows, the comment syntax, the file's
 encoding, plugins that add file types) is ``onex.filetypes``; this module hashes, decides when to restamp, writes
@@ -12,7 +14,13 @@ atomically and verifies.
 
 **Formats.** Lightweight: one comment line ``ONEX:uid=<uuid4>,hash=<blake3 hex>,ts=<iso8601 UTC>`` (extra
 ``,key=value`` pairs of an existing stamp, as the bridge writes them, are recognised and kept; so is the seed's
-form without ``ts=``). Rich: YAML with
+form without ``ts=``). The bridge's stamps (a ``# ONEX:`` line with ``ts=`` and such pairs: it writes ``author=`` and
+``v=``) are also verified under the bridge's rule: BLAKE3 of the text with every stamp of the bridge's removed by
+its patterns, each run of three or more newlines collapsed to two, and whitespace stripped from both ends. One
+that matches either hash is ``valid`` (and a lightweight restamp leaves it ``unchanged``); one that matches neither
+is ``modified``. Applied only to such a stamp, when it does not hold onex's hash, to UTF-8 content up to
+``BRIDGE_LIMIT`` bytes. A stamp the bridge wrote without pairs cannot be told from onex's and is held to onex's hash
+(under the bridge's rule, a file that gained or lost blank lines at either end would still match). Rich: YAML with
 sorted keys between ``=== OmniNode:Metadata ===`` and ``=== /OmniNode:Metadata ===``; keys ``metadata_version``,
 ``protocol_version``, ``name``, ``namespace``, ``uuid``, ``author``, ``created_at``, ``last_modified_at``,
 ``hash``, ``file_type`` (a ``files.FILE_TYPES`` category) and ``size`` (bytes without the stamp); other keys of
@@ -52,11 +60,11 @@ modified), and UTF-16/32 text stamped in place that has since grown past ``WHOLE
 refused for its encoding alone. The rest of a large file is not validated; the stamp is ASCII, so inserting it
 cannot corrupt any ASCII-compatible encoding.
 
-**Restamping.** Content whose hash matches its stamp, stamped the same kind with the same options, is left alone
-byte for byte (status ``unchanged``: same uid, same timestamps). Otherwise the old stamp is replaced: the uid and
-``created_at`` are kept, the hash and ``ts``/``last_modified_at`` are new. Changing ``rich``, ``namespace`` or
-``author`` counts as a change. Empty files are stamped like any other (an empty ``.py`` holding only a stamp is
-valid Python; its hash is BLAKE3 of no bytes).
+**Restamping.** Content whose hash matches its stamp (a bridge's stamp: either hash), stamped the same kind with
+the same options, is left alone byte for byte (status ``unchanged``: same uid, same timestamps). Otherwise the old
+stamp is replaced: the uid and ``created_at`` are kept, the hash and ``ts``/``last_modified_at`` are new. Changing
+``rich``, ``namespace`` or ``author`` counts as a change. Empty files are stamped like any other (an empty ``.py``
+holding only a stamp is valid Python; its hash is BLAKE3 of no bytes).
 
 **Writes** are atomic: a temporary file in the same directory (``.<name>.onex-tmp.<pid>.<random>``, see
 ``files.temp_prefix``), fsynced, given the original's mode (and owner, when permitted), ``os.replace``\\ d over the
@@ -95,6 +103,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import signal
 import stat
 import sys
@@ -147,6 +156,7 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = [
+    "BRIDGE_LIMIT",
     "BUSY",
     "CHUNK_SIZE",
     "DEFAULT_AUTHOR",
@@ -224,7 +234,8 @@ class StampResult:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """What ``verify_file`` found: ``expected`` is the stamp's hash, ``actual`` the content's."""
+    """What ``verify_file`` found: ``expected`` is the stamp's hash, ``actual`` the content's (onex's hash: so a
+    bridge's stamp ``valid`` under the bridge's rule has an ``expected`` that differs from it)."""
 
     path: str
     status: Literal["valid", "modified", "unstamped", "error", "skipped"]  # skipped: left out by the walk
@@ -431,6 +442,74 @@ def hash_file(path: str | os.PathLike[str]) -> str:
         raise StampError(shown, describe_os_error(exc)) from exc
 
 
+# --- the bridge's stamps -------------------------------------------------------------------------------------
+
+# The omninode bridge's stamping engine hashes text, not bytes: it removes every stamp of its own that these find
+# anywhere in the text (its ``lightweight_pattern`` and ``rich_pattern``), collapses each run of three or more
+# newlines to two and strips whitespace from both ends (its ``_remove_existing_stamps``), then takes BLAKE3 of the
+# UTF-8. Copied exactly: a stamp it wrote verifies only under its own rule.
+_BRIDGE_LIGHTWEIGHT: Final = re.compile(r"# ONEX:uid=([a-zA-Z0-9_-]+),hash=([a-zA-Z0-9]+),ts=([0-9T:\-\+\.]+).*")
+_BRIDGE_RICH: Final = re.compile(r"<!--\s*ONEX_METADATA_START\s*-->(.*?)<!--\s*ONEX_METADATA_END\s*-->", re.DOTALL)
+_BRIDGE_BLANKS: Final = re.compile(r"\n{3,}")
+# The bridge's rule is applied to content up to this size (the bridge holds the whole text in memory; onex does
+# not, past it). Fixed, so a file is judged the same on disk and in memory whatever ``IN_MEMORY_LIMIT`` is.
+BRIDGE_LIMIT: Final = WHOLE_LIMIT
+
+
+def _bridge_digest(content: bytes) -> str | None:
+    """BLAKE3 of ``content`` by the bridge's rule; ``None`` for content that is not UTF-8 (the bridge hashes text)
+    or larger than ``BRIDGE_LIMIT``."""
+    if len(content) > BRIDGE_LIMIT:
+        return None
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = _BRIDGE_RICH.sub("", _BRIDGE_LIGHTWEIGHT.sub("", text))
+    return hash_bytes(_BRIDGE_BLANKS.sub("\n\n", text).strip().encode("utf-8"))
+
+
+def _bridge_valid(stamp: Stamp | None, layout: Layout, digest: str, read: Callable[[], bytes | None]) -> bool:
+    """Whether ``stamp``, which does not hold onex's hash (``digest``), is the bridge's and holds the bridge's hash
+    of the content ``read`` gives (called only then; ``None``: too large to read whole).
+
+    The bridge's form is a lightweight ``# ONEX:`` line with ``ts=`` and extra ``key=value`` pairs (it writes
+    ``author=`` and ``v=``; onex writes none of its own, only keeps them). Without the pairs a stamp the bridge wrote
+    reads exactly as onex's, and onex's are held to onex's hash: under the bridge's rule a file that only gained or
+    lost blank lines at its ends would still match. So onex's own stamps cost nothing more, valid or not."""
+    if stamp is None or stamp.hash == digest or not stamp.fields or not stamp.ts or stamp.kind != "lightweight":
+        return False
+    if layout.syntax is None or layout.syntax.open != b"# ":  # the bridge writes and strips only ``# ONEX:``
+        return False
+    content = read()
+    return content is not None and _bridge_digest(content) == stamp.hash
+
+
+def _bridge_kept(layout: Layout, options: _Options, digest: str, read: Callable[[], bytes | None]) -> Stamp | None:
+    """The bridge's stamp ``layout`` found, when a restamp keeps it as it is (``unchanged``): it verifies under the
+    bridge's rule and a lightweight stamp with its uid is asked for. Rewriting it with onex's hash would make the
+    bridge call the file modified."""
+    stamp = layout.stamp
+    if stamp is None or options.kind != "lightweight" or options.uid not in (None, stamp.uid):
+        return None
+    return stamp if _bridge_valid(stamp, layout, digest, read) else None
+
+
+def _whole(scan: _Scan, f: io.FileIO, size: int) -> Callable[[], bytes | None]:
+    """What gives the bridge's rule the content of the open file ``f`` (``size`` bytes): what ``scan`` read, else
+    the whole file read again if it is no larger than ``BRIDGE_LIMIT`` (only when ``IN_MEMORY_LIMIT`` is smaller)."""
+
+    def read() -> bytes | None:
+        if scan.data is not None:
+            return scan.data
+        if size > BRIDGE_LIMIT:
+            return None
+        f.seek(0)
+        return f.readall()
+
+    return read
+
+
 # --- in memory ------------------------------------------------------------------------------------------------
 
 
@@ -536,6 +615,8 @@ def stamp_content(
     if misplaced_stamp(content, layout) is not None:
         raise StampError(file_name, MISPLACED)
     stamp = _next_stamp(layout.stamp, options, digest=digest, size=size, name=name, file_type=file_type)
+    if stamp is not layout.stamp and layout.stamp is not None and layout.stamp.fields:
+        stamp = _bridge_kept(layout, options, digest, lambda: content) or stamp
     if stamp is layout.stamp:
         return _stamped(content, stamp, file_type, size)
     if scan.stripped is not None:
@@ -625,6 +706,8 @@ def verify_bytes(content: bytes, *, file_name: str, sidecar: bytes | None = None
             # The lines the stamp follows (BOM, shebang, coding line, front matter ...) changed, so it is no longer
             # where the file's first lines put it: the file was stamped and then modified, not never stamped.
             return VerifyResult(file_name, "modified", misplaced.hash, digest)
+    if stamp is not None and stamp.hash != digest and _bridge_valid(stamp, layout, digest, lambda: content):
+        return VerifyResult(file_name, "valid", stamp.hash, digest)
     return _verdict(file_name, stamp, digest)
 
 
@@ -892,6 +975,8 @@ def _stamp_file(
         stamp = _next_stamp(
             layout.stamp, options, digest=scan.digest, size=scan.size, name=name, file_type=layout.file_type
         )
+        if stamp is not layout.stamp and layout.stamp is not None and layout.stamp.fields:
+            stamp = _bridge_kept(layout, options, scan.digest, _whole(scan, f, st.st_size)) or stamp
         if stamp is layout.stamp:
             return done("unchanged", stamp)
         if dry_run:
@@ -938,12 +1023,19 @@ def verify_file(path: str | os.PathLike[str]) -> VerifyResult:
         real = os.path.realpath(shown)
         with _open_regular(real, shown) as (f, st):
             scan = _scan(f, os.path.basename(real), st.st_size)
-        layout = scan.layout
-        stamp = layout.stamp if layout.syntax is not None else _read_sidecar(sidecar_path(real))[0]
-        if stamp is None and layout.syntax is not None:
-            stamp = _kept_on_disk(real)
-            if stamp is None and (found := misplaced_stamp(scan.data or scan.head, layout)):
-                return VerifyResult(shown, "modified", found.hash, scan.digest)  # as verify_bytes: see there
+            layout = scan.layout
+            stamp = layout.stamp if layout.syntax is not None else _read_sidecar(sidecar_path(real))[0]
+            if stamp is None and layout.syntax is not None:
+                stamp = _kept_on_disk(real)
+                if stamp is None and (found := misplaced_stamp(scan.data or scan.head, layout)):
+                    return VerifyResult(shown, "modified", found.hash, scan.digest)  # as verify_bytes: see there
+            # A stamp that does not hold onex's hash may hold the bridge's (``_bridge_valid``).
+            if (
+                stamp is not None
+                and stamp.hash != scan.digest
+                and _bridge_valid(stamp, layout, scan.digest, _whole(scan, f, st.st_size))
+            ):
+                return VerifyResult(shown, "valid", stamp.hash, scan.digest)
     except StampError as exc:
         return VerifyResult(shown, "error", None, None, str(exc))
     except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,42 @@ def introspection(node_id: str = POD, reason: str = "startup") -> dict[str, Any]
         "node_type": "EFFECT",
         "node_version": "1.0.0",
         "reason": reason,
+    }
+
+
+# A bridge node (omninode_bridge): its introspection and heartbeat as its models (ModelNodeIntrospectionEvent,
+# ModelNodeHeartbeatEvent) serialise them: lower-case node type and health, fields of their own, no reason, no name.
+BRIDGE = "metadata-stamping-1"
+
+
+def bridge_introspection() -> dict[str, Any]:
+    return {
+        "node_id": BRIDGE,
+        "node_type": "effect",
+        "node_role": None,
+        "capabilities": {"hash_generation": {"algorithm": "BLAKE3"}},
+        "endpoints": {"health": "http://localhost:8053/health"},
+        "metadata": {"version": "1.0.0"},
+        "timestamp": "2026-12-07T10:00:00+00:00",
+        "correlation_id": None,
+        "network_id": None,
+        "deployment_id": "dev-001",
+        "epoch": 1,
+    }
+
+
+def bridge_heartbeat(health_status: str) -> dict[str, Any]:
+    return {
+        "node_id": BRIDGE,
+        "node_type": "effect",
+        "health_status": health_status,
+        "uptime_seconds": 12,
+        "last_activity_timestamp": "2026-12-07T10:00:00+00:00",
+        "active_operations": 0,
+        "resource_usage": {},
+        "metadata": {"version": "1.0.0"},
+        "timestamp": "2026-12-07T10:00:00+00:00",
+        "correlation_id": None,
     }
 
 
@@ -131,6 +168,48 @@ async def test_an_introspection_a_node_answers_keeps_the_health_its_heartbeat_st
     assert answered == ("DEGRADED", "circuit open")
     assert answered_after_restart == ("DEGRADED", "circuit open")
     assert started == ("HEALTHY", "")
+
+
+@pytest.mark.parametrize(("said", "health"), [("degraded", ("DEGRADED", "")), ("critical", ("UNHEALTHY", "critical"))])
+async def test_a_bridge_node_answering_a_request_keeps_the_health_its_heartbeat_stored(
+    tmp_path: Path, said: str, health: tuple[str, str]
+) -> None:
+    async with Harness(["registry"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        await send(h, "NODE_INTROSPECTION", bridge_introspection())
+        started = await stored_health(h, BRIDGE)
+        await send(h, "NODE_HEARTBEAT", bridge_heartbeat(said))
+        heartbeated = await stored_health(h, BRIDGE)
+        # A registry asks every node to introspect: the bridge node answers, with no health and no reason.
+        await send(h, "NODE_INTROSPECTION", bridge_introspection())
+        answered = await stored_health(h, BRIDGE)
+        state = hosted_registry(h).known[BRIDGE].state
+        await send(h, "NODE_HEARTBEAT", bridge_heartbeat("healthy"))
+        recovered = await stored_health(h, BRIDGE)
+        row = {r.node_id: r for r in await h.store.list_registrations()}[BRIDGE]
+        dead = h.dead_letters()
+
+    assert dead == []
+    assert started == ("HEALTHY", "")
+    assert heartbeated == answered == health  # not HEALTHY until its next heartbeat
+    assert state == "alive"
+    assert recovered == ("HEALTHY", "")
+    assert (row.node_type, row.node_version, row.metadata["node_name"]) == ("EFFECT", "1.0.0", BRIDGE)
+
+
+async def test_a_bridge_node_that_went_stale_is_healthy_again_when_it_introspects(tmp_path: Path) -> None:
+    async with Harness(["registry"], root=ROOT, store_url=f"sqlite:///{tmp_path}/onex.db") as h:
+        registry = hosted_registry(h)
+        await send(h, "NODE_INTROSPECTION", bridge_introspection())
+        await send(h, "NODE_HEARTBEAT", bridge_heartbeat("degraded"))
+        row = {r.node_id: r for r in await h.store.list_registrations()}[BRIDGE]
+        assert row.last_heartbeat is not None
+        # No heartbeat since: the sweep, run at a time of the test's choosing, marks it stale.
+        expired = await registry.expire_stale(now=row.last_heartbeat + timedelta(seconds=registry.stale_after_s + 1))
+        await send(h, "NODE_INTROSPECTION", bridge_introspection())  # a new process, or back: STALE says nothing
+        back = await stored_health(h, BRIDGE)
+
+    assert BRIDGE in expired
+    assert back == ("HEALTHY", "")
 
 
 async def test_an_onex_node_answering_an_introspection_request_says_its_health_and_where_it_runs(

@@ -130,8 +130,10 @@ class NodeRegistry(RegistryNode):
     async def handle_introspection(self, events: Sequence[Event]) -> None:
         # An onex node's introspection says how it is (metadata health_status, health_reason). One from elsewhere (a
         # bridge node) does not: answering a request (not starting), it keeps the health its last heartbeat stored,
-        # DEGRADED with its reason while its breaker is open, rather than HEALTHY until the next one. Read from the
-        # store, which every replica writes heartbeats to (this one may not hear this node's).
+        # DEGRADED with its reason while its breaker is open, rather than HEALTHY until the next one. A bridge node
+        # says no reason either (""): whether it starts or answers, it keeps its stored health too, unless that says
+        # nothing of a running node (STALE, STOPPED); a restarted one is corrected by its first heartbeat. Read from
+        # the store, which every replica writes heartbeats to (this one may not hear this node's).
         stored: dict[str, RegistrationRow] = {}
         if any(info.reason != "startup" and _said_health(info) is None for _, info in events):
             stored = {row.node_id: row for row in await self.hold_store(self.store.list_registrations)}

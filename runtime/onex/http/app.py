@@ -635,6 +635,7 @@ class Gateway:
         return envelope(request, report, message=", ".join(f"{n} {k}" for k, n in sorted(summary.items())))
 
     async def hash(self, request: Request) -> Response:
+        started = time.perf_counter()
         kind = media_type(request)
         if kind == "multipart/form-data":
             result = await self._hash_stream(request)
@@ -645,6 +646,11 @@ class Gateway:
             result = await maybe_thread(len(data), lambda: hash_content(data, name))
         else:
             raise self._unsupported(request, "application/json or multipart/form-data")
+        # The bridge's HashResponse (O.N.E. v0.1): what its clients read. Reading a multipart file and hashing it
+        # are one stream, so the time is of both.
+        result["file_hash"] = result["hash"]
+        result["file_size_bytes"] = result["size"]
+        result["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return envelope(request, result, message=f"blake3 {result['hash']}")
 
     async def _hash_stream(self, request: Request) -> HashResult:

@@ -524,6 +524,13 @@ class HashResult(TypedDict):
     received_bytes: Count
     stamp_removed: bool
     file_path: str
+    # The bridge's HashResponse fields, beside onex's own as /stamp carries them. Always in the answer: not required
+    # here only because the hashing (``content.StreamingHash``) returns the rest and the route adds them.
+    file_hash: NotRequired[Annotated[Hash, Field(description="The same as `hash`.")]]
+    file_size_bytes: NotRequired[Annotated[int, Field(ge=0, description="The same as `size`: the bytes hashed.")]]
+    execution_time_ms: NotRequired[
+        Annotated[float, Field(ge=0, description="Reading and hashing the content, in milliseconds.")]
+    ]
 
 
 class Issue(TypedDict):
