@@ -24,6 +24,7 @@ from onex.http import PREFIX
 
 from tests.fixtures.deployment import Deployment, spawn_onex, upgrade_schema
 from tests.fixtures.faults import RestartableBroker
+from tests.fixtures.http import served_url
 from tests.integration.test_http_kafka import (
     CONSUMER_QUERY,
     WORKFLOW_NODES,
@@ -146,12 +147,8 @@ def test_a_gateway_whose_broker_is_gone_is_unready_and_does_not_promise_the_work
         settings = {"ONEX_API_KEY": "k", "ONEX_HTTP_TIMEOUT_S": "2", "COLUMNS": "300"}
         proc = spawn_onex(command, env=settings, log=log)
         try:
-            deadline = time.monotonic() + 60
-            while not (found := re.search(r"HTTP API on (http://127\.0\.0\.1:\d+)", log.read_text())):
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-            with httpx.Client(base_url=found.group(1) + PREFIX, headers={"Authorization": "Bearer k"}, timeout=30) as c:
+            url = served_url(proc, log)
+            with httpx.Client(base_url=url + PREFIX, headers={"Authorization": "Bearer k"}, timeout=30) as c:
                 assert c.get("/health/ready").status_code == 200, c.get("/health/ready").text
 
                 broker.kill()

@@ -7,10 +7,8 @@ them: with PostgreSQL down for good, SIGTERM used to leave ``onex run`` draining
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from onex.http import PREFIX
 
 from tests.fixtures.deployment import spawn_onex, upgrade_schema
 from tests.fixtures.faults import ThrowawayPostgres
+from tests.fixtures.http import served_url
 
 pytestmark = pytest.mark.postgres
 
@@ -39,12 +38,8 @@ def test_a_drain_a_store_outage_holds_ends_at_the_shutdown_deadline(
     settings = {"ONEX_API_KEY": "k", "ONEX_HTTP_TIMEOUT_S": "1", "ONEX_SHUTDOWN_TIMEOUT_S": "2", "COLUMNS": "300"}
     proc = spawn_onex(["run", "--store", postgres_cluster.dsn, "--http", "127.0.0.1:0"], env=settings, log=log)
     try:
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r"HTTP API on (http://127\.0\.0\.1:\d+)", log.read_text())):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        with httpx.Client(base_url=found.group(1) + PREFIX, headers={"Authorization": "Bearer k"}, timeout=30) as c:
+        url = served_url(proc, log)
+        with httpx.Client(base_url=url + PREFIX, headers={"Authorization": "Bearer k"}, timeout=30) as c:
             assert c.post("/stamp", json={"content": "a\n", "file_path": "a.txt"}).status_code == 200
             postgres_cluster.halt("immediate")
             # Its workflow is held: the orchestrator cannot write its checkpoint, so no outcome comes.
