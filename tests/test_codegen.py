@@ -418,6 +418,16 @@ TRICKY: dict[str, Any] = {
         "ats": {"type": "array", "items": {"type": ["string", "null"], "format": "date-time"}},
         "n": {"type": "integer", "default": 1.0},
         "level": {"type": "number", "enum": [1, 2], "default": 2.0},
+        # Class docstrings of 110 to 113 characters ("Payload of TRICKY (properties/boxNNN). " is 39 of them): on one
+        # line with its indent and quotes, 120 to 123 long.
+        **{
+            f"box{size}": {
+                "type": "object",
+                "description": ("word " * 30)[: size - 40] + ".",
+                "properties": {"x": {"type": "integer"}},
+            }
+            for size in (110, 111, 112, 113)
+        },
     },
 }
 

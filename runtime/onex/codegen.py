@@ -515,7 +515,9 @@ def _docstring_text(text: str) -> str:
 
 def _docstring(text: str) -> list[str]:
     # A long word stays whole: cut, it could split an escape (and a line ending in a backslash joins the next).
-    lines = textwrap.wrap(_docstring_text(text), width=_LINE - 8, break_long_words=False) or [""]
+    # _LINE - 10: a single line goes between its indent and both quotes (ruff format would join a closing quote
+    # put on a line of its own to it, whatever the length).
+    lines = textwrap.wrap(_docstring_text(text), width=_LINE - 10, break_long_words=False) or [""]
     if len(lines) == 1:
         return [f'    """{lines[0]}"""']
     return [f'    """{lines[0]}', *(f"    {line}" for line in lines[1:]), '    """']
