@@ -546,6 +546,22 @@ SEED_TEXTS = {
 }
 
 
+def test_a_stamp_the_seed_wrote_with_an_author_of_two_words_is_one_stamp_not_two(tmp_path: Path) -> None:
+    # The seed writes whatever author the client gave (its pattern reads anything after ts=): "OmniNode Team".
+    content = seed_stamped("print(1)\n", author="OmniNode Team").encode()
+    path = tmp_path / "x.py"
+    path.write_bytes(content)
+
+    assert stamps.verify_file(path).status == "valid"
+    assert stamps.stamp_file(path).status == "unchanged"
+    assert path.read_bytes() == content  # not a second stamp above it
+    path.write_bytes(content + b"more = 2\n")
+    restamped = stamps.stamp_file(path)
+    assert restamped.status == "stamped"
+    assert path.read_bytes().count(b"ONEX:uid=") == 1
+    assert restamped.stamp is not None and restamped.stamp.fields["author"] == "OmniNode Team"
+
+
 @pytest.mark.parametrize("name", sorted(SEED_TEXTS))
 def test_a_stamp_the_seed_wrote_verifies_and_a_restamp_leaves_it(tmp_path: Path, name: str) -> None:
     text = SEED_TEXTS[name]

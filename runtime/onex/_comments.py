@@ -40,7 +40,8 @@ class Syntax:
             re.escape(self.open)
             + rb"ONEX:uid=([0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})"
             + rb",hash=([0-9a-f]{64})(?:,ts=([0-9A-Za-z:.+-]{1,64}))?"
-            + rb"((?:,[A-Za-z_][A-Za-z0-9_]*=[\x21-\x2b\x2d-\x7e]*)*)"
+            # Printable ASCII but the comma in a value, a space included (the bridge writes an author as given).
+            + rb"((?:,[A-Za-z_][A-Za-z0-9_]*=[\x20-\x2b\x2d-\x7e]*)*)"
             + re.escape(self.close)
         )
         object.__setattr__(self, "lightweight", re.compile(pattern))
