@@ -8,9 +8,12 @@ test's name or comment). The load-time checks of the subcontract are in the brok
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,11 @@ T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)  # a whole minute: windows by time
 T0_MS = int(T0.timestamp()) * 1000
 
 pytestmark = pytest.mark.anyio
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = 2
 
 
 def at(ms: int) -> datetime:
@@ -128,6 +136,69 @@ def test_avg_of_nothing_is_none_and_sum_skips_what_is_not_a_number() -> None:
     agg.add(rec(size="big"), at(0))
     [result] = agg.dirty()
     assert result.values == {"mean": None, "total": 0, "largest": "big"}
+
+
+def test_min_and_max_of_datetimes_keep_utc_text_that_a_restored_aggregator_compares_with_new_datetimes() -> None:
+    # A datetime kept as it came made the state unstorable (not JSON); restored as text, it no longer compared with
+    # the datetimes that came next, so the max stayed where it was.
+    spec = {
+        "name": "m",
+        "type": "NAMESPACE_GROUPING",
+        "functions": [
+            {"name": "latest", "function": "max", "field": "when"},
+            {"name": "earliest", "function": "min", "field": "when"},
+        ],
+    }
+    plus_two = timezone(timedelta(hours=2))
+    first = aggregator(spec)
+    first.add(rec(when=T0.astimezone(plus_two)), at(0))  # 14:00+02:00 is 12:00 UTC
+    first.add(rec(when=Color.RED), at(0))  # an enum compares by its value: "red" is no time, but text
+    [saved] = first.dirty()
+    stored = json.loads(json.dumps(saved.state))
+    assert saved.values == stored["acc"] == {"latest": "red", "earliest": "2026-12-02T12:00:00.000000+00:00"}
+
+    second = aggregator(spec)
+    second.restore([dataclasses.replace(saved, state=stored)])
+    second.add(rec(when=T0 - timedelta(seconds=1)), at(1))
+    second.add(rec(when=datetime(2026, 12, 2, 11, 59, 58)), at(1))  # naive: UTC
+    [result] = second.dirty()
+    assert result.values == {"latest": "red", "earliest": "2026-12-02T11:59:58.000000+00:00"}
+
+
+def test_1_1_0_and_true_are_three_groups_and_three_unique_values_also_when_restored() -> None:
+    # Python finds 1 == 1.0 == True, so all three fell in the group first seen and counted as one unique value.
+    spec = {
+        "name": "g",
+        "type": "NAMESPACE_GROUPING",
+        "group_by": ["k"],
+        "functions": [{"name": "distinct", "function": "unique_count", "field": "v"}],
+    }
+    first = aggregator(spec)
+    for k in (1, 1.0, True, "1", Color.BLUE):  # Color.BLUE's value is 2
+        first.add(rec(k=k, v=k), at(0))
+    first.add(rec(k=1.0, v=1), at(0))
+    first.add(rec(k=1.0, v=True), at(0))
+    saved = first.dirty()
+    groups = {json.dumps(r.group["k"]): (r.items, r.values["distinct"]) for r in saved}
+    assert groups == {"1": (1, 1), "1.0": (3, 3), "true": (1, 1), '"1"': (1, 1), "2": (1, 1)}
+
+    second = aggregator(spec)
+    second.restore([dataclasses.replace(r, state=json.loads(json.dumps(r.state))) for r in saved])
+    second.add(rec(k=1.0, v=1.0), at(1))  # in its group already
+    second.add(rec(k=True, v=1), at(1))  # not yet in true's
+    again = {json.dumps(r.group["k"]): (r.items, r.values["distinct"]) for r in second.dirty()}
+    assert again == {"1.0": (4, 3), "true": (2, 2)}
+
+
+def test_an_event_time_without_a_timezone_is_utc() -> None:
+    spec = {"name": "m", "type": "TIME_WINDOW", "group_by": ["namespace"], "window": {"size_ms": 60000}}
+    agg = aggregator(spec, {"name": "s", "type": "NAMESPACE_GROUPING", "window": {"type": "session", "gap_ms": 10}})
+    agg.add(rec(), T0.replace(tzinfo=None))
+    agg.add(rec(), at(5))
+    assert {(r.aggregation, r.window_id, r.items, r.window_start) for r in agg.dirty()} == {
+        ("m", f"t:{T0_MS}", 2, T0),
+        ("s", f"s:{T0_MS}", 2, T0),
+    }
 
 
 def test_histogram_labels_are_the_reducers() -> None:
@@ -316,6 +387,29 @@ async def test_a_session_grows_while_records_arrive_within_the_gap_and_closes_af
     assert agg.late == 1
 
 
+async def test_an_old_record_joins_the_open_session_it_falls_in() -> None:
+    # It was late when the clock had passed its own time + gap + grace, though its session was still open.
+    clock = ManualClock(start=T0.timestamp())
+    agg = aggregator(
+        {"name": "s", "type": "NAMESPACE_GROUPING", "window": {"type": "session", "gap_ms": 50, "grace_ms": 10}},
+        clock=clock,
+    )
+    for ms in range(100, 201, 20):
+        await move_to(clock, ms)
+        agg.add(rec(), at(ms))
+    await move_to(clock, 255)  # the session is final after 200 + 50 + 10
+    agg.add(rec(), at(150))  # in it
+    agg.add(rec(), at(60))  # within the gap before it
+    assert agg.late == 0
+    assert [(r.window_id, r.items, r.window_start) for r in agg.dirty()] == [(f"s:{T0_MS + 100}", 8, at(60))]
+    agg.add(rec(), at(0))  # more than the gap before it, and its own session would be final: late
+    await move_to(clock, 261)
+    agg.add(rec(), at(210))  # within the gap of a session now final: a session of its own
+    assert agg.late == 1
+    assert [(r.window_id, r.items) for r in agg.close_due()] == [(f"s:{T0_MS + 100}", 8)]
+    assert [(r.window_id, r.items) for r in agg.dirty()] == [(f"s:{T0_MS + 210}", 1)]
+
+
 # --- windows by count ---------------------------------------------------------------------------------------------
 
 
@@ -471,6 +565,36 @@ def test_the_state_of_a_result_is_json() -> None:
             result.values,
             result.state,
         ]
+
+
+async def test_a_rollback_puts_back_a_session_it_extended_and_a_count_window_that_filled() -> None:
+    clock = ManualClock(start=T0.timestamp())
+    agg = aggregator(
+        {"name": "s", "type": "NAMESPACE_GROUPING", "window": {"type": "session", "gap_ms": 100}},
+        {"name": "c", "type": "NAMESPACE_GROUPING", "window": {"size_items": 2}, "functions": ALL_FUNCTIONS},
+        clock=clock,
+    )
+    agg.add(rec(size=5, hash="a"), at(0))
+    agg.dirty()
+    agg.savepoint()
+    agg.add(rec(size=50, hash="b"), at(90))  # extends the session to 90, fills count window n:0
+    agg.add(rec(size=7, hash="c"), at(300))  # a session and a count window of its own
+    agg.rollback()
+    assert agg.dirty() == []  # nothing changed since the last call, as before the savepoint
+    await move_to(clock, 101)  # final only if the session ends at 0 again
+    assert [(r.window_id, r.items) for r in agg.close_due()] == [(f"s:{T0_MS}", 1)]
+    agg.add(rec(size=1, hash="d"), at(101))  # the second record of n:0, not the fourth
+    [full] = [r for r in agg.close_due() if r.aggregation == "c"]
+    assert (full.window_id, full.items) == ("n:0", 2)
+    assert full.values == {
+        "n": 2,
+        "total": 6,
+        "smallest": 1,
+        "largest": 5,
+        "mean": 3.0,
+        "distinct": 2,
+        "sizes": {"<=10": 2, "<=100": 0, ">100": 0},
+    }
 
 
 # --- forget -------------------------------------------------------------------------------------------------------

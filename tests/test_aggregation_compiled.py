@@ -1,8 +1,9 @@
 """``Aggregator.add`` is compiled per subcontract (``onex.aggregation._compile_add``): here it is checked against a
 plain reading of the rules in ``onex.aggregation``'s docstring (``reference_add`` below, the engine's generic loop as
 it was before it was compiled), over records Hypothesis makes: dicts, objects and other mappings, nested fields
-missing or ``None``, values of every kind the rules tell apart (bools, numbers and their subclasses, enums, dates,
-strings, lists), records late and out of order, and the clock moving on between them.
+missing or ``None``, values of every kind the rules tell apart (bools, numbers and their subclasses, enums, dates
+with and without a timezone, strings, lists), records late and out of order, event times with and without a
+timezone, and the clock moving on between them; and ``savepoint``/``rollback`` against never having added.
 
 Every aggregation type, window kind, function and guard form is in ``SUBCONTRACT``; both aggregators must hand out
 the same results (values, state, bounds, closed), the same dirty windows and the same count of late records.
@@ -15,9 +16,10 @@ import dataclasses
 import enum
 import types
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onex.aggregation import Aggregator, WindowResult, bucket_label
@@ -155,12 +157,31 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def key(value: Any) -> Any:
+    """A group key part or unique value: its JSON form, told apart by JSON type (``1``, ``1.0``, ``true``)."""
+    value = jsonable(value)
+    return (type(value), value) if type(value) in (bool, float) else value
+
+
+def comparable(value: Any) -> Any:
+    """What min/max compare: numbers and strings as they are, datetimes as UTC text at a fixed width, enums by
+    value, anything else as its JSON form."""
+    if isinstance(value, enum.Enum):
+        return comparable(value.value)
+    if isinstance(value, int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+    return jsonable(value)
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def reference_add(aggregator: Aggregator, clock: Settable, record: Any, at: datetime) -> None:
     """The engine's generic loop, on ``aggregator``'s own windows."""
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # naive: UTC
     now_ms = (clock.now() - EPOCH) // timedelta(milliseconds=1)
     t = (at - EPOCH) // timedelta(milliseconds=1)
     late = False
@@ -170,28 +191,45 @@ def reference_add(aggregator: Aggregator, clock: Settable, record: Any, at: date
             value = read(record, guard.field)
             if not dataclasses.replace(guard, field="value")({} if value is MISSING else {"value": value}):
                 continue
-        key = [jsonable(read(record, path)) for path in spec.group_by]
+        parts = [key(read(record, path)) for path in spec.group_by]
         if spec.type == "CUSTOM":
             value = parity(record)
             if value is None:
                 continue
-            key.append(jsonable(value))
+            parts.append(key(value))
         elif spec.type == "SIZE_BUCKETS":
             value = read(record, spec.field or AGGREGATION_KEY_FIELDS[spec.type])
-            key.append(bucket_label(value, spec.buckets) if is_number(value) else None)
+            parts.append(bucket_label(value, spec.buckets) if is_number(value) else None)
         elif spec.type != "TIME_WINDOW":
-            key.append(jsonable(read(record, spec.field or AGGREGATION_KEY_FIELDS[spec.type])))
-        group = tuple(key)
+            parts.append(key(read(record, spec.field or AGGREGATION_KEY_FIELDS[spec.type])))
+        group = tuple(parts)
         values = [read(record, f.field) if f.field else None for f in spec.functions]
         window = spec.window
         if window is None:
             update(aggregator, agg, spec, agg.open(group, ""), values, at)
         elif window.type == "session":
-            gap = window.gap_ms or 0
-            if now_ms > t + gap + window.grace_ms:
+            # The first open session (its last record + gap + grace not passed) the record is in or within gap of
+            # takes it, however old the record; without one, it is late if a session of its own would be final.
+            gap, grace = window.gap_ms or 0, window.grace_ms
+            sessions = agg.sessions.setdefault(group, [])
+            joined = next(
+                (
+                    s
+                    for s in sessions
+                    if s.start_ms - gap <= t <= s.end_ms + gap and not now_ms > s.end_ms + gap + grace
+                ),
+                None,
+            )
+            if joined is None and now_ms > t + gap + grace:
                 late = True
+                if not sessions:
+                    del agg.sessions[group]
                 continue
-            update(aggregator, agg, spec, aggregator._session(agg, group, t), values, at)
+            if joined is None:
+                joined = agg.open(group, f"s:{t}", t, t)
+                sessions.append(joined)
+            joined.start_ms, joined.end_ms = min(joined.start_ms, t), max(joined.end_ms, t)
+            update(aggregator, agg, spec, joined, values, at)
         elif window.size_ms is not None:
             size = window.size_ms
             slide = size if window.type == "tumbling" else (window.slide_ms or size)
@@ -227,8 +265,9 @@ def update(aggregator: Aggregator, agg: Any, spec: Aggregation, win: Any, values
         elif value is MISSING or value is None:
             continue
         elif kind == "unique_count":
-            win.accs[i].add(jsonable(value))
+            win.accs[i].add(key(value))
         elif kind in ("min", "max"):
+            value = comparable(value)
             try:
                 if win.accs[i] is None or (value < win.accs[i] if kind == "min" else value > win.accs[i]):
                     win.accs[i] = value
@@ -265,7 +304,7 @@ values = st.one_of(
     st.builds(Count, st.integers(0, 200)),
     st.sampled_from(["a", "b", "done", "7"]),
     st.sampled_from(list(Color)),
-    st.just(T0),
+    st.sampled_from([T0, T0.replace(tzinfo=None), T0.astimezone(timezone(timedelta(hours=2))) + timedelta(seconds=1)]),
     st.lists(st.integers(0, 3), max_size=2),
 )
 
@@ -299,7 +338,8 @@ def records(draw: st.DrawFn) -> Any:
 
 steps = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), records(), st.integers(-1500, 4000)),  # event time, ms after the clock's start
+        # Event time, ms after the clock's start; naive (UTC) or not.
+        st.tuples(st.just("add"), records(), st.integers(-1500, 4000), st.booleans()),
         st.tuples(st.just("tick"), st.integers(0, 900)),  # the clock moves on
         st.tuples(st.just("collect")),  # close_due and dirty, compared
     ),
@@ -320,6 +360,7 @@ def test_the_compiled_add_computes_what_the_rules_say(plan: list[tuple[Any, ...]
     for step in plan:
         if step[0] == "add":
             at = clock.at + timedelta(milliseconds=step[2])
+            at = at.replace(tzinfo=None) if step[3] else at
             compiled.add(step[1], at)
             reference_add(reference, clock, step[1], at)
         elif step[0] == "tick":
@@ -342,3 +383,55 @@ def test_add_is_compiled_and_counts_a_record_as_the_reference_does() -> None:
     assert found[("by_ns", "")].values["n"] == 2
     assert found[("custom", "")].group == {"key": "even"}
     assert found[("tumble", f"t:{(T0 - EPOCH) // timedelta(milliseconds=1)}")].values["mean"] == 3
+
+
+def parity_or_raise(record: Any) -> Any:
+    """``parity``, raising for a record with ``boom``: a CUSTOM method that fails, after the aggregations before
+    its own took the record."""
+    if read(record, "boom") is True:
+        raise ValueError("boom")
+    return parity(record)
+
+
+during_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), records(), st.integers(-1500, 4000), st.booleans()),
+        st.tuples(st.just("tick"), st.integers(0, 900)),
+    ),
+    max_size=15,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps, during_steps, st.booleans(), steps)
+def test_a_rollback_undoes_every_add_since_the_savepoint_one_that_raised_midway_too(
+    before: list[tuple[Any, ...]], during: list[tuple[Any, ...]], raises: bool, after: list[tuple[Any, ...]]
+) -> None:
+    clock = Settable()
+    rolled = Aggregator(SUBCONTRACT, methods={"parity": parity_or_raise}, clock=cast(Clock, clock))
+    never = Aggregator(SUBCONTRACT, methods={"parity": parity_or_raise}, clock=cast(Clock, clock))
+
+    def run(plan: list[tuple[Any, ...]], *aggregators: Aggregator) -> None:
+        for step in plan:
+            if step[0] == "add":
+                at = clock.at + timedelta(milliseconds=step[2])
+                for aggregator in aggregators:
+                    aggregator.add(step[1], at.replace(tzinfo=None) if step[3] else at)
+            elif step[0] == "tick":
+                clock.at += timedelta(milliseconds=step[1])
+            else:
+                assert results(rolled.close_due()) == results(never.close_due())
+                assert results(rolled.dirty()) == results(never.dirty())
+            if len(aggregators) == 2:
+                assert rolled.late == never.late
+
+    run(before, rolled, never)
+    rolled.savepoint()
+    run(during, rolled)  # the clock moves on for both
+    if raises:
+        with pytest.raises(ValueError, match="boom"):
+            rolled.add({"namespace": "ns", "state": "done", "size": 4, "tag": "a", "boom": True}, clock.at)
+    rolled.rollback()
+    assert rolled.late == never.late
+    run(after, rolled, never)
+    assert results(rolled.close_all()) == results(never.close_all())

@@ -559,7 +559,8 @@ def test_a_stamp_the_seed_wrote_with_an_author_of_two_words_is_one_stamp_not_two
     restamped = stamps.stamp_file(path)
     assert restamped.status == "stamped"
     assert path.read_bytes().count(b"ONEX:uid=") == 1
-    assert restamped.stamp is not None and restamped.stamp.fields["author"] == "OmniNode Team"
+    assert restamped.stamp is not None
+    assert restamped.stamp.fields["author"] == "OmniNode Team"
 
 
 @pytest.mark.parametrize("name", sorted(SEED_TEXTS))

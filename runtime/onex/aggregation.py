@@ -12,10 +12,14 @@
   nothing (TIME_WINDOW). ``field`` overrides the key field. Fields are dotted paths reading keys of mappings and
   attributes of anything else; a missing key field (or a ``None`` on the way) groups under ``None``. Values that
   are not JSON scalars group by their JSON-able form: enums by value, datetimes in ISO 8601, anything else ``str``.
+  Values are told apart by type as JSON tells them: ``1``, ``1.0`` and ``True`` are three groups (and three values
+  of ``unique_count``), though Python finds them equal.
 - **functions**: ``count`` counts every record of the group; ``sum``, ``min``, ``max``, ``avg``, ``unique_count``
   and ``histogram`` read ``field`` and skip a record where it is missing or ``None`` (``sum``, ``avg`` and
-  ``histogram`` also skip non-numbers, ``min``/``max`` values that do not compare with the others). ``avg`` of
-  nothing is ``None``; ``histogram`` is ``{label: count}`` over every bucket, in order.
+  ``histogram`` also skip non-numbers, ``min``/``max`` values that do not compare with the others). ``min`` and
+  ``max`` compare and keep numbers and strings as they are, anything else in its JSON-able form: datetimes as UTC
+  ISO 8601 text at a fixed width (``onex.clock.utc_text``, so text order is time order), enums by value, the rest
+  as ``str``. ``avg`` of nothing is ``None``; ``histogram`` is ``{label: count}`` over every bucket, in order.
 - **windows**, per group: tumbling or sliding by event time (``[k*slide, k*slide+size)`` in ms since the epoch;
   tumbling slides by its size) or by count (window ``k`` holds the group's records ``k*slide`` to
   ``k*slide+size-1``), sessions (extended while records arrive within ``gap_ms`` of one). Without a window each
@@ -23,9 +27,12 @@
 
 Time windows are final once the clock passed their end + ``grace_ms`` (sessions: their last record + ``gap_ms`` +
 ``grace_ms``); a record arriving for a final window is dropped and counted in ``late`` (a sliding record only if
-every window it belongs to is final; it still counts in those that are not). Count windows are final when full.
+every window it belongs to is final; it still counts in those that are not). A session record joins the open
+session it falls in or within ``gap_ms`` of, however old the record; without one it is late if a session of its
+own would already be final. Count windows are final when full. An event time without a timezone is read as UTC.
 ``close_due`` hands out final windows and forgets them; ``dirty`` the open windows changed since it was last
-called, for checkpoints; ``restore`` continues from checkpointed results exactly.
+called, for checkpoints; ``restore`` continues from checkpointed results exactly. ``savepoint`` then ``rollback``
+undoes every ``add`` since (a batch that failed midway), ``release`` keeps them.
 """
 
 from __future__ import annotations
@@ -34,11 +41,11 @@ import bisect
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from onex.clock import UNIX_EPOCH, Clock, epoch_ms
+from onex.clock import UNIX_EPOCH, Clock, epoch_ms, utc_text
 from onex.contracts import (
     AGGREGATION_KEY_FIELDS,
     Aggregation,
@@ -53,6 +60,10 @@ __all__ = ["Aggregator", "WindowResult", "bucket_label"]
 _MISSING: Any = object()
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _FAST_NUMBERS = frozenset({int, float})  # the exact types; subclasses (not bool) take isinstance
+# Group key parts and unique_count values taken as they are: types no other JSON type equals. A bool or float (True
+# == 1 == 1.0 in Python) is tagged with its type (``_key``), so each is a group of its own, as its JSON text is.
+_KEYS = frozenset({str, int, type(None)})
+_ORDERED = frozenset({int, float, str, bool})  # what min/max keep as it is (``_comparable``)
 
 # Window modes.
 _TOTAL, _TUMBLE_TIME, _SLIDE_TIME, _TUMBLE_COUNT, _SLIDE_COUNT, _SESSION = range(6)
@@ -91,6 +102,40 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _key(value: Any) -> Any:
+    """A group key part or unique_count value: its JSON-able form, a bool or float tagged with its type."""
+    value = _jsonable(value)
+    kind = type(value)
+    return (kind, value) if kind is bool or kind is float else value
+
+
+def _plain(part: Any) -> Any:
+    """What ``_key`` made of a value, as its JSON-able form again."""
+    return part[1] if type(part) is tuple else part
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # naive: UTC, as utc_text reads it
+
+
+def _comparable(value: Any) -> Any:
+    """The one form min/max compare and keep a value in: JSON-able, so a checkpoint stores it and a restored one
+    compares with new values as it did before (a datetime kept as such would be neither)."""
+    while isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, datetime):
+        return utc_text(value)  # fixed width, in UTC: text order is time order
+    return _jsonable(value)
+
+
 @dataclass(frozen=True, slots=True)
 class _Function:
     name: str
@@ -119,18 +164,21 @@ class _Function:
             return len(acc)
         if kind == "histogram":
             return dict(zip(self.labels, acc, strict=True))
+        if kind in ("min", "max"):
+            return acc if acc is None or type(acc) in _ORDERED else _comparable(acc)  # an int subclass, say
         return _jsonable(acc)
 
     def dump(self, acc: Any) -> Any:
         if self.kind == "unique_count":
-            return sorted(acc, key=lambda v: (type(v).__name__, v))  # never compares values of different types
+            # Never compares values of different types.
+            return sorted(map(_plain, acc), key=lambda v: (type(v).__name__, v))
         if self.kind in ("avg", "histogram"):
             return list(acc)
         return acc
 
     def load(self, saved: Any) -> Any:
         if self.kind == "unique_count":
-            return set(saved)
+            return {v if type(v) in _KEYS else _key(v) for v in saved}
         if self.kind == "avg":
             return list(saved)
         if self.kind == "histogram":
@@ -147,7 +195,19 @@ def _function(spec: AggregationFunction, slot: Callable[[str], int]) -> _Functio
 class _Win:
     """One open window of one group (or the group's running total)."""
 
-    __slots__ = ("accs", "closed", "dirty", "end_ms", "first_at", "items", "key", "last_at", "start_ms", "window_id")
+    __slots__ = (
+        "accs",
+        "closed",
+        "dirty",
+        "end_ms",
+        "first_at",
+        "items",
+        "key",
+        "last_at",
+        "mark",
+        "start_ms",
+        "window_id",
+    )
 
     def __init__(self, key: tuple[Any, ...], window_id: str, accs: list[Any], start_ms: int, end_ms: int) -> None:
         self.key = key
@@ -160,6 +220,7 @@ class _Win:
         self.items = 0
         self.dirty = False
         self.closed = False  # handed out (or forgotten): dirty() skips it
+        self.mark: object = None  # ``Aggregator._mark`` when last touched: unlike it, the window is touched anew
 
 
 class _Compiled:
@@ -199,6 +260,8 @@ class _Compiled:
             names.append(path)
         self.names = tuple(names)
         self.functions = tuple(_function(f, slot) for f in spec.functions)
+        # The accumulators a savepoint copies, not only refers to.
+        self.mutable = tuple(j for j, f in enumerate(self.functions) if f.kind in ("avg", "histogram", "unique_count"))
         window = spec.window
         self.size = self.slide = self.gap = self.grace = 0
         if window is None:
@@ -225,6 +288,9 @@ class _Compiled:
             )
         return win
 
+    def group(self, key: tuple[Any, ...]) -> dict[str, Any]:
+        return dict(zip(self.names, map(_plain, key), strict=True))
+
     def final(self, win: _Win, now_ms: int) -> bool:
         if self.mode == _SESSION:
             return now_ms > win.end_ms + self.gap + self.grace
@@ -239,7 +305,7 @@ class _Compiled:
         functions = self.functions
         return WindowResult(
             aggregation=self.name,
-            group=dict(zip(self.names, win.key, strict=True)),
+            group=self.group(win.key),
             window_id=win.window_id,
             window_start=start,
             window_end=end,
@@ -263,8 +329,8 @@ class Aggregator:
     """
 
     add: Callable[[Any, datetime], None]
-    """``add(record, at)``: aggregate ``record``, whose event time is ``at`` (timezone-aware), into every aggregation
-    it passes. Written out for this subcontract and compiled once (``_compile_add``)."""
+    """``add(record, at)``: aggregate ``record``, whose event time is ``at`` (naive: UTC), into every aggregation it
+    passes. Written out for this subcontract and compiled once (``_compile_add``)."""
 
     def __init__(
         self,
@@ -296,6 +362,12 @@ class Aggregator:
         self._dirty: list[tuple[_Compiled, _Win]] = []
         self._ready: list[WindowResult] = []  # count windows that filled up, until close_due hands them out
         self._late = 0
+        # Windows whose ``mark`` is not this one are touched anew by ``add`` (``_touch``): made dirty again after
+        # ``dirty``, copied once after ``savepoint``. A new object at each of those.
+        self._mark = object()
+        self._saved: list[tuple[Any, ...]] | None = None  # per window touched since the savepoint: what it was
+        self._saved_counters: dict[tuple[_Compiled, tuple[Any, ...]], int] = {}
+        self._saved_lengths = (0, 0, 0)  # of _dirty and _ready, and _late, at the savepoint
         self.add = _compile_add(self, paths)
 
     @property
@@ -311,16 +383,84 @@ class Aggregator:
 
     # -- records --
 
-    def _session(self, agg: _Compiled, key: tuple[Any, ...], t: int) -> _Win:
-        sessions = agg.sessions.setdefault(key, [])
-        for win in sessions:
-            if win.start_ms - agg.gap <= t <= win.end_ms + agg.gap:
-                win.start_ms, win.end_ms = min(win.start_ms, t), max(win.end_ms, t)
-                return win
+    def _session(self, agg: _Compiled, key: tuple[Any, ...], t: int, now_ms: int) -> _Win | None:
+        """The session of ``key`` a record at ``t`` goes in, None if it is late."""
+        sessions = agg.sessions.get(key)
+        if sessions:
+            for win in sessions:
+                # An open session takes the record however old it is: the session, not the record, is final or not.
+                if win.start_ms - agg.gap <= t <= win.end_ms + agg.gap and not agg.final(win, now_ms):
+                    if win.mark is not self._mark:
+                        self._touch(agg, win)  # before its bounds move: a savepoint copies them
+                    win.start_ms, win.end_ms = min(win.start_ms, t), max(win.end_ms, t)
+                    return win
+        if now_ms > t + agg.gap + agg.grace:
+            return None  # a session of its own would be final already
         # Out of order by more than the gap: a session of its own (sessions are not merged when one bridges two).
         win = agg.open(key, f"s:{t}", t, t)
-        sessions.append(win)
+        agg.sessions.setdefault(key, []).append(win)
         return win
+
+    def _touch(self, agg: _Compiled, win: _Win) -> None:
+        """``add`` touches ``win`` first since the last ``dirty`` or ``savepoint``: mark it dirty, and keep what it
+        was for a rollback."""
+        win.mark = self._mark
+        saved = self._saved
+        if saved is not None:
+            accs = list(win.accs)
+            for j in agg.mutable:
+                accs[j] = accs[j].copy()
+            saved.append((agg, win, accs, win.items, win.first_at, win.last_at, win.start_ms, win.end_ms, win.dirty))
+            if agg.mode in _COUNT_MODES:  # the key's first record since the savepoint counted already
+                self._saved_counters.setdefault((agg, win.key), agg.counters[win.key] - 1)
+        if not win.dirty:
+            win.dirty = True
+            self._dirty.append((agg, win))
+
+    # -- savepoints --
+
+    def savepoint(self) -> None:
+        """Remember the state now, for ``rollback``: only ``add`` may be called until ``rollback`` or ``release``.
+
+        What it costs is one copy of each window's accumulators the first time an ``add`` touches it."""
+        self._saved, self._saved_counters = [], {}
+        self._saved_lengths = (len(self._dirty), len(self._ready), self._late)
+        self._mark = object()
+
+    def release(self) -> None:
+        """Keep what was added since ``savepoint``."""
+        self._saved, self._saved_counters = None, {}
+
+    def rollback(self) -> None:
+        """Undo every ``add`` since ``savepoint``, including one that raised midway: the windows, counters,
+        sessions, dirty and ready windows and the late count are what they were."""
+        saved, self._saved = self._saved, None
+        if saved is None:
+            raise RuntimeError("rollback without a savepoint")
+        for agg, win, accs, items, first, last, start_ms, end_ms, dirty in reversed(saved):
+            slot = (win.key, win.window_id)
+            if not items:  # opened since: every window holds a record once add is done with it
+                if agg.windows.get(slot) is win:
+                    del agg.windows[slot]
+                sessions = agg.sessions.get(win.key)
+                if sessions is not None and win in sessions:
+                    sessions.remove(win)
+                    if not sessions:
+                        del agg.sessions[win.key]
+                win.closed = True
+                continue
+            win.accs, win.items, win.first_at, win.last_at = accs, items, first, last
+            win.start_ms, win.end_ms, win.dirty, win.closed = start_ms, end_ms, dirty, False
+            agg.windows[slot] = win  # a count window that filled up since is open again
+        for (agg, key), count in self._saved_counters.items():
+            if count:
+                agg.counters[key] = count
+            else:
+                agg.counters.pop(key, None)
+        self._saved_counters = {}
+        dirty, ready, self._late = self._saved_lengths
+        del self._dirty[dirty:], self._ready[ready:]
+        self._mark = object()
 
     # -- results --
 
@@ -352,6 +492,7 @@ class Aggregator:
         for _, win in self._dirty:
             win.dirty = False
         self._dirty = []
+        self._mark = object()  # the next add to any window makes it dirty again
         return found
 
     def close_all(self) -> list[WindowResult]:
@@ -386,7 +527,7 @@ class Aggregator:
             expected = {_TOTAL: "", _SESSION: "s"}.get(agg.mode, "n" if agg.mode in _COUNT_MODES else "t")
             if prefix != expected or (expected and not number.lstrip("-").isdigit()):
                 continue
-            key = tuple(result.group.get(name) for name in agg.names)
+            key = tuple(_key(result.group.get(name)) for name in agg.names)
             if agg.mode in _COUNT_MODES:
                 k = int(number)
                 seen = k * agg.slide + (agg.size if result.closed else result.items)
@@ -396,8 +537,8 @@ class Aggregator:
             state = result.state
             saved = state.get("acc", {})
             accs = [f.load(saved[f.name]) if f.name in saved else f.fresh() for f in agg.functions]
-            first = datetime.fromisoformat(state["first"]) if state.get("first") else None
-            last = datetime.fromisoformat(state["last"]) if state.get("last") else None
+            first = _aware(datetime.fromisoformat(state["first"])) if state.get("first") else None
+            last = _aware(datetime.fromisoformat(state["last"])) if state.get("last") else None
             if agg.mode in (_TUMBLE_TIME, _SLIDE_TIME):
                 start_ms, end_ms = int(number), int(number) + agg.size
             elif agg.mode == _SESSION:
@@ -417,7 +558,7 @@ class Aggregator:
         for agg in self._aggs:
             verdicts: dict[tuple[Any, ...], bool] = {}  # one call of keep per group, not per window
             for key in {*(win.key for win in agg.windows.values()), *agg.counters, *agg.sessions}:
-                verdicts[key] = keep(dict(zip(agg.names, key, strict=True)))
+                verdicts[key] = keep(agg.group(key))
             for slot, win in list(agg.windows.items()):
                 if not verdicts[win.key]:
                     del agg.windows[slot]
@@ -444,10 +585,14 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
     scope: dict[str, Any] = {
         "_MISSING": _MISSING,
         "_SCALARS": _SCALARS,
+        "_KEYS": _KEYS,
+        "_ORDERED": _ORDERED,
         "_FAST_NUMBERS": _FAST_NUMBERS,
         "_NUMBER": (int, float),
         "_Mapping": Mapping,
-        "_jsonable": _jsonable,
+        "_key": _key,
+        "_comparable": _comparable,
+        "_UTC": UTC,
         "_ms": epoch_ms,
         "_bisect": bisect.bisect_left,
         "_bucket_label": bucket_label,
@@ -459,10 +604,13 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
     def emit(depth: int, text: str) -> None:
         lines.append("    " * depth + text)
 
+    emit(1, "if at.tzinfo is None:")  # naive: UTC, as onex.clock.utc_text reads it
+    emit(2, "at = at.replace(tzinfo=_UTC)")
     if aggregator._timed:
         emit(1, "now_ms = _ms(clock.now())")
         emit(1, "t = _ms(at)")
     emit(1, "late = False")
+    emit(1, "mark = A._mark")  # add never changes it
 
     local: dict[str, str] = {}  # path -> the local holding its value
 
@@ -484,8 +632,8 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
 
     slots = {index: read(path) for path, index in paths.items()}
 
-    def jsonable(var: str) -> str:
-        return f"(None if {var} is _MISSING else {var} if type({var}) in _SCALARS else _jsonable({var}))"
+    def jsonable(var: str) -> str:  # a group key part: a str or int as it is (the usual), anything else by _key
+        return f"(None if {var} is _MISSING else {var} if type({var}) in _KEYS else _key({var}))"
 
     def number(var: str) -> str:
         return f"type({var}) in _FAST_NUMBERS or (isinstance({var}, _NUMBER) and not isinstance({var}, bool))"
@@ -495,7 +643,18 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
         emit(depth, "if win is None:")
         emit(depth + 1, f"win = G{i}.open(key, {wid}{bounds})")
 
+    def extremes(depth: int, value: str, functions: list[tuple[int, _Function]]) -> None:
+        for j, function in functions:
+            emit(depth, "try:")  # a value that does not compare with what came before is skipped
+            emit(depth + 1, f"if accs[{j}] is None or {value} {'<' if function.kind == 'min' else '>'} accs[{j}]:")
+            emit(depth + 2, f"accs[{j}] = {value}")
+            emit(depth, "except TypeError:")
+            emit(depth + 1, "pass")
+
     def update(depth: int, i: int, agg: _Compiled) -> None:
+        # Before any change: a savepoint copies the window as it was (and a window's first change makes it dirty).
+        emit(depth, "if win.mark is not mark:")
+        emit(depth + 1, f"A._touch(G{i}, win)")
         emit(depth, "accs = win.accs")
         # Functions grouped by the field they read, so each field is tested once (present, then a number) per window.
         by_slot: dict[int, list[tuple[int, _Function]]] = {}
@@ -509,17 +668,10 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
             emit(depth, f"if {var} is not _MISSING and {var} is not None:")
             inner = depth + 1
             numeric = [(j, f) for j, f in functions if f.kind in ("sum", "avg", "histogram")]
+            ordered = [(j, f) for j, f in functions if f.kind in ("min", "max")]
             for j, function in functions:
                 if function.kind == "unique_count":
-                    emit(inner, f"accs[{j}].add({var} if type({var}) in _SCALARS else _jsonable({var}))")
-                elif function.kind in ("min", "max"):
-                    emit(inner, "try:")  # a value that does not compare with what came before is skipped
-                    emit(
-                        inner + 1, f"if accs[{j}] is None or {var} {'<' if function.kind == 'min' else '>'} accs[{j}]:"
-                    )
-                    emit(inner + 2, f"accs[{j}] = {var}")
-                    emit(inner, "except TypeError:")
-                    emit(inner + 1, "pass")
+                    emit(inner, f"accs[{j}].add({var} if type({var}) in _KEYS else _key({var}))")
             if numeric:
                 emit(inner, f"if {number(var)}:")
                 for j, function in numeric:
@@ -531,6 +683,16 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
                     else:  # histogram
                         scope[f"H{i}_{j}"] = function.bounds
                         emit(inner + 1, f"accs[{j}][_bisect(H{i}_{j}, {var})] += 1")
+                # min/max of a number as it is, under the test the field's other functions made anyway; anything
+                # else in the form min/max keep (``_comparable``).
+                extremes(inner + 1, var, ordered)
+                if ordered:
+                    emit(inner, "else:")
+                    emit(inner + 1, f"c = _comparable({var})")
+                    extremes(inner + 1, "c", ordered)
+            elif ordered:
+                emit(inner, f"c = {var} if type({var}) in _ORDERED else _comparable({var})")
+                extremes(inner, "c", ordered)
         emit(depth, "win.items += 1")
         if agg.mode == _SESSION:
             emit(depth, "if win.first_at is None or at < win.first_at:")
@@ -541,9 +703,6 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
             emit(depth, "if win.first_at is None:")
             emit(depth + 1, "win.first_at = at")
             emit(depth, "win.last_at = at")
-        emit(depth, "if not win.dirty:")
-        emit(depth + 1, "win.dirty = True")
-        emit(depth + 1, f"A._dirty.append((G{i}, win))")
 
     for i, agg in enumerate(aggregator._aggs):
         scope[f"G{i}"], scope[f"W{i}"], scope[f"C{i}"] = agg, agg.windows, agg.counters
@@ -597,11 +756,11 @@ def _compile_add(aggregator: Aggregator, paths: Mapping[str, int]) -> Callable[[
             emit(depth + 1, "entered = True")
             emit(depth, "if not entered:")
             emit(depth + 1, "late = True")
-        elif agg.mode == _SESSION:
-            emit(depth, f"if now_ms > t + {int(agg.gap) + int(agg.grace)}:")
+        elif agg.mode == _SESSION:  # late only without an open session to join (``Aggregator._session``)
+            emit(depth, f"win = A._session(G{i}, key, t, now_ms)")
+            emit(depth, "if win is None:")
             emit(depth + 1, "late = True")
             emit(depth, "else:")
-            emit(depth + 1, f"win = A._session(G{i}, key, t)")
             update(depth + 1, i, agg)
         else:  # by count: window n holds the group's records n * slide to n * slide + size - 1; final when full
             emit(depth, f"index = C{i}.get(key, 0)")

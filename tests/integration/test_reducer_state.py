@@ -8,6 +8,7 @@ time of the per-minute windows, is the test's) with a real SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from onex.aggregation import Aggregator
 from onex.clock import ManualClock
 from onex.contracts import Aggregation, ContractSet, load_contracts
 from onex.exceptions import StoreError
@@ -373,3 +375,163 @@ async def test_a_namespace_moved_away_while_its_checkpoint_failed_is_not_written
         assert await h.store.unprocessed(node.processed_key, [moved_id, stays_id]) == {moved_id}
 
         await comes_back_and_counts(h, node, owned, moved)
+
+
+# --- what the audit of aggregation found -------------------------------------------------------------------------
+
+
+def finished(namespace: str = NS, **fields: Any) -> dict[str, Any]:
+    """A WORKFLOW_COMPLETED payload of a stamped file, its fields as given."""
+    workflow_id = uuid.uuid4()
+    stamp = {
+        "stamp_id": str(uuid.uuid4()),
+        "file_hash": workflow_id.hex * 2,
+        "file_size": 10,
+        "file_type": "text",
+        "file_path": f"/tmp/{workflow_id}.txt",
+        "stamp_type": "lightweight",
+        "status": "stamped",
+    }
+    return {**outcome(namespace), "workflow_id": str(workflow_id), "stamp": stamp, **fields}
+
+
+async def settle_retrying(h: Harness, clock: ManualClock) -> None:
+    """``h.settle()`` while the clock moves on, so that a failing batch goes through the bus's retries (they pause
+    on the clock) to its dead letter."""
+    settling = asyncio.ensure_future(h.settle())
+    with anyio.fail_after(10):
+        while not settling.done():
+            await clock.advance(0.5)
+    await settling
+
+
+def with_aggregation(extra: dict[str, Any], contracts: ContractSet | None = None) -> ContractSet:
+    """``contracts`` (the shipped ones) with one more aggregation in the reducer's subcontract."""
+    contracts = contracts or shipped()
+    reducer = contracts.get("reducer")
+    aggregation = reducer.subcontracts.aggregation
+    assert aggregation is not None
+    added = aggregation.model_copy(update={"aggregations": (*aggregation.aggregations, Aggregation(**extra))})
+    subcontracts = reducer.subcontracts.model_copy(update={"aggregation": added})
+    changed = reducer.model_copy(update={"subcontracts": subcontracts})
+    return ContractSet(contracts.root, [changed if c is reducer else c for c in contracts])
+
+
+async def test_a_max_of_datetimes_is_checkpointed_and_goes_on_after_a_restart(tmp_path: Path) -> None:
+    # A datetime kept as such in the accumulator made every checkpoint fail (not JSON), so nothing was written again;
+    # and one restored as text did not compare with the datetimes that came next.
+    latest = {
+        "name": "latest",
+        "type": "NAMESPACE_GROUPING",
+        "functions": [
+            {"name": "last_done", "function": "max", "field": "completed_at"},
+            {"name": "first_done", "function": "min", "field": "completed_at"},
+        ],
+    }
+    contracts, url, clock = with_aggregation(latest), f"sqlite:///{tmp_path}/onex.db", ManualClock(start=T0)
+    found = []
+    for completed in ("2026-12-02T12:00:01+00:00", "2026-12-02T14:00:05+02:00", "2026-12-02T12:00:03+00:00"):
+        async with Harness(["reducer"], root=ROOT, contracts=contracts, store_url=url, clock=clock) as h:
+            await h.publish("WORKFLOW_COMPLETED", finished(completed_at=completed), partition_key=NS)
+            await settle_retrying(h, clock)  # a checkpoint the store refused was retried
+            [row] = await windows(h, "latest")
+            state = await h.store.get_bridge_state(NS)
+            assert state is not None
+            found.append((state.total_workflows_processed, row.items, row.values, row.state["acc"]))
+    first, later = "2026-12-02T12:00:01.000000+00:00", "2026-12-02T12:00:05.000000+00:00"  # 14:00:05+02:00 in UTC
+    expected = [
+        (1, 1, {"last_done": first, "first_done": first}),
+        (2, 2, {"last_done": later, "first_done": first}),
+        (3, 3, {"last_done": later, "first_done": first}),
+    ]
+    assert [(workflows, items, values) for workflows, items, values, _ in found] == expected
+    assert all(values == acc for *_, values, acc in found)  # what a restart goes on from is what the values say
+
+
+async def test_an_outcome_completed_without_a_timezone_is_counted_in_utc(tmp_path: Path) -> None:
+    # Its event time raised inside the aggregator: the outcome was lost, and the batch's others counted only in memory.
+    clock = ManualClock(start=T0)
+    async with Harness(
+        ["reducer"], root=ROOT, contracts=shipped(), store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock
+    ) as h:
+        aware, naive = finished(), finished(completed_at="2026-12-02T12:00:02")
+        for payload in (aware, naive):
+            await h.publish("WORKFLOW_COMPLETED", payload, partition_key=NS)
+        await settle_retrying(h, clock)
+        state = await h.store.get_bridge_state(NS)
+        [minute] = await windows(h, "per_minute")
+        ids = [uuid.UUID(p["workflow_id"]) for p in (aware, naive)]
+        assert await h.store.unprocessed("reducer.workflows", ids) == set()
+        assert await h.store.list_dead_letters() == []
+    assert state is not None
+    assert (state.total_workflows_processed, state.total_items_aggregated) == (2, 2)
+    assert (minute.window_id, minute.items) == (f"t:{int(datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp())}000", 2)
+
+
+async def test_a_batch_the_aggregator_fails_on_counts_nothing_then_each_good_outcome_once(tmp_path: Path) -> None:
+    # The aggregator raising midway (here a CUSTOM method, on one outcome) left the batch's earlier outcomes counted in
+    # memory and every outcome remembered: the retry skipped them all, so nothing was written nor dead-lettered.
+    picky = {"name": "picky", "type": "CUSTOM", "method": "picky", "group_by": ["namespace"]}
+    picky_contracts = with_aggregation(picky)
+    poison = finished()
+
+    def picky_key(record: Any) -> str:
+        if str(record.workflow_id) == poison["workflow_id"]:
+            raise ValueError("this outcome cannot be aggregated")
+        return "ok"
+
+    clock = ManualClock(T0)
+    async with Harness(
+        ["reducer"], root=ROOT, contracts=shipped(), store_url=f"sqlite:///{tmp_path}/onex.db", clock=clock
+    ) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        aggregation = picky_contracts.get("reducer").subcontracts.aggregation
+        assert aggregation is not None
+        node.aggregator = Aggregator(aggregation, methods={"picky": picky_key}, clock=node.clock)
+        good = [finished(), finished()]
+        for payload in (good[0], poison, good[1]):  # one batch: the first counted before the poison raises
+            await h.publish("WORKFLOW_COMPLETED", payload, partition_key=NS)
+        await settle_retrying(h, clock)
+        state = await h.store.get_bridge_state(NS)
+        [minute] = await windows(h, "per_minute")
+        [picked] = await windows(h, "picky")
+        letters = await h.store.list_dead_letters()
+        ids = [uuid.UUID(p["workflow_id"]) for p in (*good, poison)]
+        unprocessed = await h.store.unprocessed(node.processed_key, ids)
+    assert state is not None
+    assert (state.total_workflows_processed, state.total_items_aggregated) == (2, 2)
+    assert (minute.items, picked.items, picked.group) == (2, 2, {"namespace": NS, "key": "ok"})
+    assert unprocessed == {uuid.UUID(poison["workflow_id"])}
+    assert [letter.error_type for letter in letters] == ["ValueError"]
+
+
+async def test_a_redelivery_is_recognised_however_many_workflows_wait_for_a_checkpoint(tmp_path: Path) -> None:
+    # dedupe_window bounds the workflows remembered; evicting one not checkpointed yet (the store does not know it)
+    # counted it again when it was delivered after dedupe_window newer ones.
+    contracts = reducer_with(
+        checkpoint="per_window", config={"window_items": 1_000, "window_ms": 600_000, "dedupe_window": 2}
+    )
+    async with Harness(
+        ["reducer"], root=ROOT, contracts=contracts, store_url=f"sqlite:///{tmp_path}/onex.db", clock=ManualClock(T0)
+    ) as h:
+        node = h.runtime.node("reducer")
+        assert isinstance(node, NodeReducer)
+        first = finished()
+        for payload in (first, finished(), finished(), first):  # the first again, after two newer ones
+            await h.publish("WORKFLOW_COMPLETED", payload, partition_key=NS)
+            await h.settle()
+        await node.checkpoint()
+        state = await h.store.get_bridge_state(NS)
+        [minute] = await windows(h, "per_minute")
+        # Once checkpointed, the window bounds what is remembered again; the store recognises the rest.
+        await h.publish("WORKFLOW_COMPLETED", first, partition_key=NS)
+        await h.settle()
+        await node.checkpoint()
+        again = await h.store.get_bridge_state(NS)
+        remembered = len(node._seen)
+    assert state is not None
+    assert again is not None
+    assert (state.total_workflows_processed, state.total_items_aggregated, minute.items) == (3, 3, 3)
+    assert again.total_workflows_processed == 3
+    assert remembered == 2

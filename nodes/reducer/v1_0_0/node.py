@@ -31,8 +31,14 @@ Totals are cumulative: re-stamping an unchanged file counts as one more item agg
 counts distinct content. Each workflow counts once, however often its outcome arrives (delivered again, published
 again after a crash, or found lost in the store): the workflows a checkpoint counts are recorded with it in
 ``processed_events`` (consumer ``<name>.workflows``), and every batch is checked against them; a bounded window of
-recent ones (``config.dedupe_window``) spares that read for redeliveries in one process. Finished workflows whose
-outcome was lost after the database adapter stored it are found there too (``_reconcile``).
+recent ones (``config.dedupe_window``) spares that read for redeliveries in one process. The workflows counted since
+the last checkpoint are not in the store yet, so they stay remembered however many there are; the window bounds
+only those checkpointed. Finished workflows whose outcome was lost after the database adapter stored it are found
+there too (``_reconcile``).
+
+A batch counts whole or not at all: if aggregating one of its outcomes raises, nothing of the batch is counted or
+remembered (the aggregator rolls back to a savepoint), so the bus's retries and its dead letter see the batch as
+delivered.
 """
 
 from __future__ import annotations
@@ -277,11 +283,6 @@ class NodeReducer(ReducerNode):
             self.aggregates[namespace] = agg
         return agg
 
-    def _remember(self, key: int) -> None:
-        self._seen[key] = None
-        if len(self._seen) > self.dedupe_window:
-            self._seen.popitem(last=False)
-
     def _touch(self, agg: NamespaceAggregate, items: int) -> None:
         assert self.fsm is not None
         if agg.state == "idle":
@@ -397,12 +398,23 @@ class NodeReducer(ReducerNode):
             fresh = {key: o for key, o in fresh.items() if key in kept}
         for namespace in {o.namespace for o in fresh.values()} - self.aggregates.keys():
             await self._load(namespace)
-        touched: Counter[str] = Counter()
         aggregator = self.aggregator
+        if aggregator is not None and fresh:
+            # First, and all or nothing: an outcome the aggregator cannot take (what its CUSTOM method raises, say)
+            # fails the batch with nothing of it counted, so a retry or the dead letter sees all of it again.
+            aggregator.savepoint()
+            try:
+                add = aggregator.add
+                for outcome in fresh.values():
+                    add(outcome.record, outcome.at)
+            except BaseException:
+                aggregator.rollback()
+                raise
+            aggregator.release()
+        touched: Counter[str] = Counter()
+        seen = self._seen
         for key, outcome in fresh.items():
-            self._remember(key)
-            if aggregator is not None:
-                aggregator.add(outcome.record, outcome.at)
+            seen[key] = None
             agg = self.aggregates[outcome.namespace]
             agg.workflows += 1
             touched[outcome.namespace] += 0  # a workflows-only window still closes
@@ -426,6 +438,12 @@ class NodeReducer(ReducerNode):
         else:
             for outcome in fresh.values():
                 self._counted.setdefault(outcome.namespace, []).append(outcome.workflow_id)
+        # Forget the oldest remembered workflows beyond the window, but never one not checkpointed yet: the store
+        # does not know it, so only this reducer recognises it delivered again. Those are the newest remembered
+        # (every remembered workflow is counted until a checkpoint records it; on_partitions forgets both at once).
+        excess = len(seen) - self.dedupe_window - sum(map(len, self._counted.values()))
+        for _ in range(excess):
+            seen.popitem(last=False)
         self._close_windows(force=False)
 
     async def checkpoint(self) -> None:
