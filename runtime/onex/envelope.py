@@ -489,7 +489,29 @@ def _upper(data: dict[str, Any], name: str) -> str | None:
     return upper
 
 
-class ModelNodeIntrospection(Payload):
+class _BridgeWords(Payload):
+    """A control payload a bridge node sends too: fields of its own are ignored rather than refused, its lower-case
+    ``node_type`` is read upper case, and ``_bridge_changes`` says what else of its words become onex's. An onex
+    node's payload (every field given, upper case) goes through unchanged."""
+
+    model_config = ConfigDict(extra="ignore")  # only here: every other payload refuses what it does not know
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bridge_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        changes = cls._bridge_changes(data)
+        if (node_type := _upper(data, "node_type")) is not None:
+            changes["node_type"] = node_type
+        return {**data, **changes} if changes else data  # a copy: the dict may be an envelope's payload
+
+    @classmethod
+    def _bridge_changes(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+class ModelNodeIntrospection(_BridgeWords):
     """A node's introspection. An onex node (``Node.publish_introspection``) sends every field, its node type upper
     case and its health in ``metadata``. A bridge node (omninode_bridge's ``ModelNodeIntrospectionEvent``) sends
     ``node_id``, ``node_type`` (lower case), ``capabilities``, ``endpoints`` and ``metadata``, and fields of its own
@@ -497,8 +519,6 @@ class ModelNodeIntrospection(Payload):
     node type is read upper case, its name is its metadata's ``node_name`` (or ``name``), else its node id, its version
     its metadata's ``node_version`` (or ``version``), else "", and its ``reason`` is "" (it sends none: the registry
     cannot tell its start from its answer to a request, and keeps the health its last heartbeat stored)."""
-
-    model_config = ConfigDict(extra="ignore")  # only here and in ModelNodeHeartbeat: the bridge's own fields
 
     node_id: str
     node_name: str = ""
@@ -509,15 +529,9 @@ class ModelNodeIntrospection(Payload):
     metadata: dict[str, Any] = Field(default_factory=dict)
     reason: str = ""  # onex's nodes always say ("startup", "requested"); the bridge's never do
 
-    @model_validator(mode="before")
     @classmethod
-    def _bridge_fields(cls, data: Any) -> Any:
-        """The bridge's introspection in onex's words; an onex node's (every field given, upper case) unchanged."""
-        if not isinstance(data, dict):
-            return data
+    def _bridge_changes(cls, data: dict[str, Any]) -> dict[str, Any]:
         changes: dict[str, Any] = {}
-        if (node_type := _upper(data, "node_type")) is not None:
-            changes["node_type"] = node_type
         metadata = data.get("metadata")
         said = metadata if isinstance(metadata, dict) else {}
         if "node_name" not in data:
@@ -526,16 +540,14 @@ class ModelNodeIntrospection(Payload):
         if "node_version" not in data:
             version = said.get("node_version") or said.get("version")
             changes["node_version"] = version if isinstance(version, str) else ""
-        return {**data, **changes} if changes else data  # a copy: the dict may be an envelope's payload
+        return changes
 
 
-class ModelNodeHeartbeat(Payload):
+class ModelNodeHeartbeat(_BridgeWords):
     """A node's heartbeat. A bridge node's (omninode_bridge's ``ModelNodeHeartbeatEvent``) gives its node type and
     health status lower case, read upper case here (its ``critical`` as UNHEALTHY and ``recovering`` as DEGRADED, the
     word it said kept as the health reason), its uptime as whole seconds, and fields of its own
     (``last_activity_timestamp``, ``resource_usage``, ``metadata``, ``timestamp``, ``correlation_id``), ignored."""
-
-    model_config = ConfigDict(extra="ignore")
 
     node_id: str
     node_type: str = ""
@@ -546,15 +558,9 @@ class ModelNodeHeartbeat(Payload):
     # Why the node is DEGRADED (dead-letter alert, breached performance objectives: Node.degraded_reasons), or "".
     health_reason: str = ""
 
-    @model_validator(mode="before")
     @classmethod
-    def _bridge_fields(cls, data: Any) -> Any:
-        """The bridge's heartbeat in onex's words; an onex node's (upper case) unchanged."""
-        if not isinstance(data, dict):
-            return data
+    def _bridge_changes(cls, data: dict[str, Any]) -> dict[str, Any]:
         changes: dict[str, Any] = {}
-        if (node_type := _upper(data, "node_type")) is not None:
-            changes["node_type"] = node_type
         status = data.get("health_status")
         if isinstance(status, str):
             upper = status.upper()
@@ -564,7 +570,7 @@ class ModelNodeHeartbeat(Payload):
                     changes["health_reason"] = status.lower()
             elif upper != status:
                 changes["health_status"] = upper
-        return {**data, **changes} if changes else data  # a copy: the dict may be an envelope's payload
+        return changes
 
 
 class ModelIntrospectionRequest(Payload):
