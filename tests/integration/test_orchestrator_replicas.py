@@ -55,9 +55,13 @@ async def test_requests_keyed_otherwise_complete_on_two_orchestrator_replicas(
         await stack.enter_async_context(
             Runtime(settings, nodes=["stamping_effect"], bus=await stack.enter_async_context(bus()))
         )
-        for _ in range(2):  # the second joins the first's group: each owns two of the four partitions
+        for replica in ("a", "b"):  # the second joins the first's group: each owns two of the four partitions
             await stack.enter_async_context(
-                Runtime(settings, nodes=["orchestrator"], bus=await stack.enter_async_context(bus()))
+                # An instance of its own, as a replica in another process has: node ids (and the groups named
+                # after them, a node's introspection group) differ.
+                Runtime(
+                    settings.with_(instance=replica), nodes=["orchestrator"], bus=await stack.enter_async_context(bus())
+                )
             )
         # Workflow ids on every partition, all their requests on the one partition "tenant-a" names.
         cids: dict[int, uuid.UUID] = {}
