@@ -434,6 +434,42 @@ async def test_an_invalidation_redis_did_not_take_is_made_good_before_redis_is_t
             await cache.aclose()
 
 
+@pytest.mark.parametrize("event", [NODE_INTROSPECTION, NODE_HEARTBEAT], ids=["clear", "drop"])
+async def test_an_entry_another_replica_stores_while_one_invalidates_is_dropped_or_indexed(
+    redis_target: RedisTarget, event: str
+) -> None:
+    """After each command one replica's invalidation sends, another replica stores an entry. An entry no index
+    names would never be evicted or dropped, and a read would serve it: every entry left must be in the index."""
+    caching = spec(
+        ttl_ms=None, invalidate_on=[NODE_INTROSPECTION, {"event": NODE_HEARTBEAT, "key": "alive:{node_type}"}]
+    )
+    one, two = (
+        open_cache(caching, name="node", clock=ManualClock(), tenant=TENANT, env=redis_target.env, url=redis_target.url)
+        for _ in range(2)
+    )
+    assert isinstance(one, RedisCache)
+    sent = one.redis.execute_command
+    stored: list[str] = []
+
+    async def then_store(*args: Any, **options: Any) -> Any:
+        answer = await sent(*args, **options)
+        stored.append(f"A{len(stored)}")
+        await two.lookup("alive_nodes", Loads()(["node-1"]), node_type=stored[-1])
+        return answer
+
+    try:
+        await one.lookup("alive_nodes", Loads()(["node-1"]), node_type="A")
+        one.redis.execute_command = then_store  # type: ignore[method-assign]
+        await one.invalidate(event, {"node_type": "A"})
+        one.redis.execute_command = sent  # type: ignore[method-assign]
+        assert stored
+        keys = {key async for key in one.redis.scan_iter(match=f"{one.prefix}alive_nodes:*")}
+        assert keys <= set(await one.redis.zrange(one._index, 0, -1)), stored
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
 # --- backend: the subcontract's, or ONEX_CACHE_URL's ---------------------------------------------------------------
 
 

@@ -260,6 +260,26 @@ if excess > 0 then
 end
 return excess
 """
+# Invalidations read the index and delete in one script: a SET between a client's read of the index and its DEL
+# would leave an entry no index names, which no later invalidation drops and a GET would serve (and index again).
+_DROP = """
+local dropped = 0
+for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  for i = 1, #ARGV do
+    if string.sub(key, 1, #ARGV[i]) == ARGV[i] then
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[1], key)
+      dropped = dropped + 1
+      break
+    end
+  end
+end
+return dropped
+"""
+_CLEAR = """
+for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', key) end
+redis.call('DEL', KEYS[1], KEYS[2])
+"""
 
 
 class RedisCache(Cache):
@@ -286,6 +306,8 @@ class RedisCache(Cache):
         self._tick = f"{prefix}{lookups}~tick"
         self._get_script: AsyncScript = self.redis.register_script(_GET)
         self._set_script: AsyncScript = self.redis.register_script(_SET)
+        self._drop_script: AsyncScript = self.redis.register_script(_DROP)
+        self._clear_script: AsyncScript = self.redis.register_script(_CLEAR)
         self._errors = (RedisError, OSError)  # OSError: refused, reset; TimeoutError is one too
         self._failing = False  # warned that Redis does not answer; an answer ends it
         # The hot path checks one flag: set while Redis is paused after a failure or holds what an invalidation it
@@ -355,24 +377,14 @@ class RedisCache(Cache):
         except self._errors as exc:
             self._unavailable(exc)
 
-    async def _members(self) -> list[bytes]:
-        return [member for member in await self.redis.zrange(self._index, 0, -1) if isinstance(member, bytes)]
-
     async def _drop(self, prefixes: Iterable[str]) -> None:
         if self._suspect and not await self._usable():
             self._lose()  # not asked during the pause: lost all the same
             return
         # The index holds every live key (at most max_entries, and the expired ones not yet evicted): no SCAN of
         # the server's whole keyspace.
-        starts = tuple((self.prefix + prefix).encode() for prefix in prefixes)
         try:
-            members = await self._members()
-            doomed = [member for member in members if member.startswith(starts)]
-            if doomed:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.delete(*doomed)
-                    pipe.zrem(self._index, *doomed)
-                    await pipe.execute()
+            await self._drop_script(keys=[self._index], args=[self.prefix + prefix for prefix in prefixes])
         except self._errors as exc:
             self._unavailable(exc, lost=True)
 
@@ -386,8 +398,7 @@ class RedisCache(Cache):
             self._unavailable(exc, lost=True)
 
     async def _delete_all(self) -> None:
-        members = await self._members()
-        await self.redis.delete(*members, self._index, self._tick)
+        await self._clear_script(keys=[self._index, self._tick])
 
     async def aclose(self) -> None:
         await self.redis.aclose()
