@@ -52,6 +52,23 @@ RESULTS = ROOT / "bench" / "results" / "bus_kafka.json"
 COUNT = 20_000
 NAMESPACES = 64
 PRODUCER_SETTINGS = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}
+STALL_S = 120.0  # a raw loop that reads no record for this long fails (read_all) instead of hanging
+
+
+async def read_all(
+    consumer: AIOKafkaConsumer, count: int, what: str, handle: Callable[[dict[Any, list[Any]]], Awaitable[None]]
+) -> None:
+    """Read ``count`` records from ``consumer``, each fetch that holds any to ``handle`` (which commits it); a
+    RuntimeError naming ``what`` when ``STALL_S`` pass without a record (a lost record, a broker gone)."""
+    received, progress = 0, time.monotonic()
+    while received < count:
+        batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+        if batch:
+            received += sum(len(records) for records in batch.values())
+            progress = time.monotonic()
+            await handle(batch)
+        elif time.monotonic() - progress >= STALL_S:
+            raise RuntimeError(f"{what}: no record for {STALL_S:g} s, {received} of {count} read")
 
 
 def envelopes(count: int) -> list[OnexEnvelopeV1]:
@@ -145,20 +162,15 @@ async def run_raw(
         await consumer.start()  # joins the group
         try:
 
-            async def consume() -> None:
-                received = 0
-                while received < len(records):
-                    batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            async def handle(batch: dict[Any, list[Any]]) -> None:
+                if decode:
                     for partition_records in batch.values():
-                        received += len(partition_records)
-                        if decode:
-                            for record in partition_records:
-                                OnexEnvelopeV1.from_json(record.value)
-                    if batch:
-                        await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                        for record in partition_records:
+                            OnexEnvelopeV1.from_json(record.value)
+                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
 
             start = time.perf_counter()
-            consuming = asyncio.create_task(consume())
+            consuming = asyncio.create_task(read_all(consumer, len(records), "raw aiokafka", handle))
             if same_work:
                 for envelope in messages:
                     await producer.send(

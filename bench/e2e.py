@@ -3,7 +3,9 @@
 - onex: ``--items`` (default 100,000) content items of ~1 KiB submitted as STAMP_REQUESTED through ``StampClient``
   to every node hosted in-process (MemoryBus): orchestrator -> stamping_effect -> reducer -> database_adapter_effect
   -> SQLite (a file in a temporary directory). The clock stops when every workflow's outcome arrived *and* the
-  runtime drained, i.e. every row is persisted; the row counts are then checked. Reported also: how much of its time
+  runtime drained, i.e. every row is persisted; the row counts are then checked, after every run of every repeat
+  (``check_rows``): a run that lost a row or a workflow ends the benchmark (exit 1, naming the table, the count found
+  and the count expected) before any figure is printed or written. Reported also: how much of its time
   came after the last outcome had arrived (``stored_after_last_outcome_s``), the rows left to write then (the
   database adapter's backlog) with the nodes' work done; with ``--store postgresql://...`` too.
 - raw floor: a plain loop over the same items that hashes each with BLAKE3 and batch-inserts the same rows (one
@@ -92,6 +94,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for bench.procstat when run as a script
 
+from bench.loadgen import percentile  # noqa: E402 - needs ROOT on sys.path
 from bench.procstat import (  # noqa: E402 - needs ROOT on sys.path
     CLOCK_TICK,
     children,
@@ -380,15 +383,13 @@ def run(
     volatile_s: list[float] = []
     behind_s: list[float] = []
     counts: dict[str, int] = {}
-    behind_counts: dict[str, int] = {}
     alone = items // 10 if alone is None else alone
     alone_data = data[:alone]
     alone_s: list[float] = []
-    alone_counts: dict[str, int] = {}
     cpu: list[tuple[dict[str, float], dict[str, float]]] = []  # each repeat's (batched, one at a time) thread CPU
     reads: dict[str, list[float]] = {}  # milliseconds of the reads during the onex runs (busy) and after (idle)
     tails: list[float] = []  # each persisted run's seconds from its last outcome to every row stored
-    for _ in range(repeat):
+    for n in range(1, repeat + 1):
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             before = thread_cpu().get("main", 0.0)
             raw_s.append(run_raw(data, Path(tmp) / "raw.db"))
@@ -398,6 +399,7 @@ def run(
             elapsed, counts = on_loop(
                 run_onex(data, f"sqlite:///{tmp}/onex.db", cpu=batched_cpu, reads=reads, tails=tails)
             )
+            check_rows(f"e2e onex run (repeat {n})", counts, items)
             onex_s.append(elapsed)
         if alone:
             alone_cpu: dict[str, float] = {}
@@ -405,21 +407,26 @@ def run(
                 elapsed, alone_counts = on_loop(
                     run_onex(alone_data, f"sqlite:///{tmp}/onex.db", in_flight=1, cpu=alone_cpu)
                 )
+                check_rows(f"e2e one workflow at a time (repeat {n})", alone_counts, alone)
                 alone_s.append(elapsed)
             cpu.append((batched_cpu, alone_cpu))
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            volatile_s.append(on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))[0])
+            elapsed, volatile_counts = on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", checkpoints=False))
+            check_rows(f"e2e without checkpoints (repeat {n})", volatile_counts, items)
+            volatile_s.append(elapsed)
         ceiling_threads: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
-            ceiling_s.append(on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True, cpu=ceiling_threads))[0])
+            elapsed, ceiling_counts = on_loop(
+                run_onex(data, f"sqlite:///{tmp}/onex.db", discard=True, cpu=ceiling_threads)
+            )
+            check_rows(f"e2e ceiling (repeat {n})", ceiling_counts, items, stored=False)  # its store keeps nothing
+            ceiling_s.append(elapsed)
         if "main" in ceiling_threads:
             ceiling_cpu.append(ceiling_threads["main"])
         with tempfile.TemporaryDirectory(prefix="onex-bench-") as tmp:
             elapsed, behind_counts = on_loop(run_onex(data, f"sqlite:///{tmp}/onex.db", synchronous=False))
+            check_rows(f"e2e checkpoints written behind (repeat {n})", behind_counts, items)
             behind_s.append(elapsed)
-    complete = all(_as_expected(c, items) for c in (counts, behind_counts)) and (
-        not alone or _as_expected(alone_counts, alone)
-    )
     onex_rate = items / min(onex_s)
     raw_rate = items / min(raw_s)
     result = {
@@ -439,7 +446,7 @@ def run(
         "checkpoints_behind_ratio": round(items / min(behind_s) / raw_rate, 3),
         **_cpu_figures(items, ceiling_cpu, raw_cpu),
         "rows_persisted": counts,
-        "rows_as_expected": complete,
+        "rows_as_expected": True,  # every run was checked (check_rows): a run that lost a row ended the benchmark
         **(_alone_figures(items, alone, alone_s, cpu) if alone else {}),
         "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
         "reads_idle_ms": _percentiles(reads.get("idle", [])),
@@ -482,23 +489,44 @@ def _cpu_figures(items: int, ceiling_cpu: list[float], raw_cpu: list[float]) -> 
     }
 
 
+def _not_as_expected(counts: dict[str, int], items: int, *, stored: bool = True) -> list[str]:
+    """What a run over ``items`` items got wrong: ``table: found N, expected M`` for each table short of (or over) its
+    rows, and the workflows that failed; [] when none. ``stored=False`` (the ceiling: its store discards every write)
+    checks only that no workflow failed. fsm_transitions also holds the reducer's and the registry's own transitions:
+    at least two per workflow."""
+    expected = {"workflow_executions": items, "metadata_stamps": items, "workflow_steps": 2 * items} if stored else {}
+    wrong = [
+        f"{table}: found {counts.get(table)}, expected {n}" for table, n in expected.items() if counts.get(table) != n
+    ]
+    if stored and counts.get("fsm_transitions", 0) < 2 * items:
+        wrong.append(f"fsm_transitions: found {counts.get('fsm_transitions')}, expected at least {2 * items}")
+    if counts.get("failed") != 0:
+        wrong.append(f"failed workflows: found {counts.get('failed')}, expected 0")
+    return wrong
+
+
 def _as_expected(counts: dict[str, int], items: int) -> bool:
-    """Whether a run over ``items`` items stored every row and no workflow failed. fsm_transitions also holds the
-    reducer's and the registry's own transitions: at least two per workflow."""
-    expected = {"workflow_executions": items, "metadata_stamps": items, "workflow_steps": 2 * items, "failed": 0}
-    return {k: counts.get(k) for k in expected} == expected and counts.get("fsm_transitions", 0) >= 2 * items
+    """Whether a run over ``items`` items stored every row and no workflow failed (``_not_as_expected``)."""
+    return not _not_as_expected(counts, items)
+
+
+def check_rows(run: str, counts: dict[str, int], items: int, *, stored: bool = True) -> None:
+    """End the benchmark (SystemExit, exit status 1) when ``run`` over ``items`` items lost rows or a workflow
+    (``_not_as_expected``): a faster run that lost rows must fail, never print a figure. Call it after every run,
+    before anything is printed or written."""
+    if wrong := _not_as_expected(counts, items, stored=stored):
+        raise SystemExit(f"{run} over {items} items: rows not as expected: {'; '.join(wrong)} (counts {counts})")
 
 
 def _percentiles(ms: list[float]) -> dict[str, float | int]:
-    """p50, p95 and the largest of ``ms``, and how many."""
+    """p50, p95 (nearest rank, ``loadgen.percentile``) and the largest of ``ms``, and how many."""
     if not ms:
         return {"n": 0}
-    ms = sorted(ms)
     return {
         "n": len(ms),
-        "p50": round(ms[len(ms) // 2], 2),
-        "p95": round(ms[min(len(ms) - 1, len(ms) * 95 // 100)], 2),
-        "max": round(ms[-1], 1),
+        "p50": round(percentile(ms, 50), 2),
+        "p95": round(percentile(ms, 95), 2),
+        "max": round(max(ms), 1),
     }
 
 
@@ -701,19 +729,19 @@ def run_postgres(*, items: int, repeat: int, url: str, event_loop: str = "auto")
     reads: dict[str, list[float]] = {}  # as in run()
     cpu: dict[str, dict[str, list[float]]] = {"onex": {}, "onex_no_checkpoints": {}, "raw_copy": {}}  # ms an item
     tails: list[float] = []  # as in run()
-    for _ in range(repeat):
+    for n in range(1, repeat + 1):
         seconds["raw_copy"].append(on_loop(run_raw_postgres(data, url, "copy", cpu["raw_copy"], postmaster)))
         seconds["raw_executemany"].append(on_loop(run_raw_postgres(data, url, "executemany")))
         elapsed, counts = on_loop(
             run_onex_postgres(data, url, reads=reads, cpu=cpu["onex"], postmaster=postmaster, tails=tails)
         )
+        check_rows(f"e2e on PostgreSQL, onex run (repeat {n})", counts, items)
         seconds["onex"].append(elapsed)
-        seconds["onex_no_checkpoints"].append(
-            on_loop(
-                run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"], postmaster=postmaster)
-            )[0]
+        elapsed, volatile_counts = on_loop(
+            run_onex_postgres(data, url, checkpoints=False, cpu=cpu["onex_no_checkpoints"], postmaster=postmaster)
         )
-    complete = _as_expected(counts, items)
+        check_rows(f"e2e on PostgreSQL, without checkpoints (repeat {n})", volatile_counts, items)
+        seconds["onex_no_checkpoints"].append(elapsed)
     best = {k: items / min(v) for k, v in seconds.items()}
     median = {k: items / statistics.median(v) for k, v in seconds.items()}
     floor = max(best["raw_copy"], best["raw_executemany"])
@@ -747,7 +775,7 @@ def run_postgres(*, items: int, repeat: int, url: str, event_loop: str = "auto")
         "reads_while_writing_ms": _percentiles(reads.get("busy", [])),
         "reads_idle_ms": _percentiles(reads.get("idle", [])),
         "rows_persisted": counts,
-        "rows_as_expected": complete,
+        "rows_as_expected": True,  # every run was checked (check_rows): a run that lost a row ended the benchmark
         "server": {"url": shown, "version": server, "asyncpg": asyncpg.__version__},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "event_loop": chosen_loop(event_loop),

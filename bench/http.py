@@ -27,6 +27,10 @@ threads a request was how the gateway's random workflow ids showed. At the fixed
 so the nodes' batches and the store's groups are smaller and a request costs more: that is how busy "half of saturation"
 keeps the server (README, Performance).
 
+After the warm-up and after each run on ``/stamp``, once every row is written, the store must hold a workflow and a
+stamp for every request answered 200 so far (``check_stored``), as the raw stamp's rows are checked: otherwise the
+benchmark ends (exit 1) naming the table and the counts, before any figure is printed or written.
+
 Figures are medians over ``--repeat`` runs. The load generator and the server share the machine's cores, so on a
 small machine they compete; the JSON records the core count.
 
@@ -276,11 +280,14 @@ async def _bench(
 
     runs: dict[str, list[Any]] = {"fixed": [], "saturation": [], "floor": [], "raw": []}
     sent = 0  # requests so far: the next run numbers its own from here, so no two stamp the same file and content
+    stamped = 0  # POST /stamp requests the gateway answered 200 so far, the warm-up's included: a workflow's rows each
 
     async def load(path: str, *, to: str = "", **options: Any) -> dict[str, Any]:
-        nonlocal sent
+        nonlocal sent, stamped
         result = await _load(to or url, path=path, size=size, first=sent, **options)
         sent += result["sent"]
+        if path == stamp and not to:
+            stamped += result["ok"]
         return result
 
     async with (
@@ -295,10 +302,12 @@ async def _bench(
             result = await load(stamp, **options)
             await settle()  # every row written: the store's work for these requests is done
             result["server"] = _per_request(before, runtime, result["sent"])
+            await check_stored(runtime, stamped, "POST /stamp")
             return result
 
         await load(stamp, rate=0, duration=2, connections=connections)  # warm up
         await settle()
+        await check_stored(runtime, stamped, "POST /stamp (the warm-up)")
         for _ in range(repeat):
             runs["saturation"].append(await measured(rate=0, duration=duration, connections=connections))
             fixed = rate or round(runs["saturation"][-1]["rps"] / 2)  # half of saturation by default
@@ -312,6 +321,19 @@ async def _bench(
                 raise RuntimeError(f"raw baseline: {stored} stamps stored, not one a request sent")
             runs["raw"].append(raw_run)
     return runs
+
+
+async def check_stored(runtime: Runtime, answered: int, run: str) -> None:
+    """End the benchmark (SystemExit, exit status 1) unless the store holds a workflow and a stamp for each of the
+    ``answered`` requests answered 200 so far (the run settled: every row written), as the raw baseline is checked: a
+    gateway that answers without storing must fail, never print a figure."""
+    wrong = [
+        f"{table}: found {found}, expected {answered}"
+        for table in ("metadata_stamps", "workflow_executions")
+        if (found := await runtime.store.count(table)) != answered
+    ]
+    if wrong:
+        raise SystemExit(f"http {run}: rows not as expected for {answered} requests answered 200: {'; '.join(wrong)}")
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
@@ -354,7 +376,7 @@ def run(
         "repeat": repeat,
         "synchronous_checkpoints": synchronous_checkpoints,
         "fixed_rate": {
-            "target_rps": rate or _median(fixed, "rps"),
+            "target_rps": rate or _median(fixed, "target_rate"),  # the rate asked for; achieved_rps: answered
             "rate": "fixed" if rate else "half of each repeat's saturation",
             "achieved_rps": _median(fixed, "rps"),
             "p50_ms": _median(fixed, "p50_ms"),

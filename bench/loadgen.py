@@ -16,7 +16,9 @@ body). Requests are numbered from ``--first``: a caller that runs the generator 
 earlier one (an unchanged file's stamp row is not written again). Responses are read by ``Content-Length``; anything
 but 200 counts as an error. Requests due during the first ``--warmup`` seconds are sent but not measured. Prints one
 JSON object: ``{requests, sent, errors, statuses, duration_s, rps, p50_ms, p95_ms, p99_ms, max_ms, mean_ms}``
-(``sent``: the warm-up's requests too).
+(``sent``: the warm-up's requests too; ``ok``: the
+200s among them, the warm-up's too; ``rps``: the measured responses a second from the window's start to the last of
+them, in the open loop too, so a server that cannot keep up with ``--rate`` shows a lower rate than the target).
 
     python bench/loadgen.py --url http://127.0.0.1:8053 --rate 500 --duration 10 --connections 32
 """
@@ -27,21 +29,26 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) by nearest rank; 0.0 for no values."""
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank: the smallest value with at least q % of the values at or below it
+    (of 1..100, p95 is 95; of 1..20, 19); 0.0 for no values. The benchmarks' one percentile (``bench/e2e.py`` and
+    ``bench/metastore.py`` import it), so that their p95s mean the same."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+    # q * n first: an exact product for whole q, so 95 * 100 / 100 is 95, not 95.00000000000001 (one rank high).
+    index = math.ceil(q * len(ordered) / 100) - 1
+    return ordered[max(0, min(len(ordered) - 1, index))]
 
 
 class Target:
@@ -111,28 +118,38 @@ async def run(
     namespace: str,
     body: str = "",
     first: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> dict[str, Any]:
+    """One load (module docstring). ``clock`` and ``sleep`` are the time it keeps (a test's fake clock)."""
     target = Target(url, path, size, namespace, body, first)
     pool = [await connect(target) for _ in range(connections)]
     latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    start = time.perf_counter()
+    statuses: Counter[int] = Counter()  # the measured responses'
+    ok = 0  # 200s of every response, the warm-up's too
+    last = 0.0  # when the last measured response arrived
+    start = clock()
     measure_from = start + warmup
     end = measure_from + duration
 
     async def closed_loop(conn: Connection) -> None:
-        while (now := time.perf_counter()) < end:
+        nonlocal ok
+        while (now := clock()) < end:
             status = await conn.exchange(target.request())
-            done = time.perf_counter()
+            done = clock()
+            ok += status == 200
             if now >= measure_from:
                 latencies.append(done - now)
                 statuses[status] += 1
 
     async def open_loop(conn: Connection, due: asyncio.Queue[float | None]) -> None:
+        nonlocal last, ok
         while (at := await due.get()) is not None:
             status = await conn.exchange(target.request())
+            ok += status == 200
             if at >= measure_from:
-                latencies.append(time.perf_counter() - at)
+                last = clock()
+                latencies.append(last - at)
                 statuses[status] += 1
 
     try:
@@ -144,9 +161,9 @@ async def run(
             total = int((warmup + duration) * rate)
             for i in range(total):
                 at = start + i / rate
-                delay = at - time.perf_counter()
+                delay = at - clock()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await sleep(delay)
                 due.put_nowait(at)
             for _ in pool:
                 due.put_nowait(None)
@@ -154,7 +171,10 @@ async def run(
     finally:
         for conn in pool:
             conn.close()
-    elapsed = max(time.perf_counter() - measure_from, 1e-9) if rate <= 0 else duration
+    # The rate achieved: the measured responses over the time from the window's start to the last of them. In the
+    # open loop too, not the target: a server that cannot keep up answers the window's requests late, over a longer
+    # time, and shows a lower rate (requests due / duration would always equal the target).
+    elapsed = max((clock() if rate <= 0 else last) - measure_from, 1e-9)
     ms = [s * 1000 for s in latencies]
     count = len(ms)
     return {
@@ -163,6 +183,7 @@ async def run(
         "connections": connections,
         "requests": count,
         "sent": next(target.counter) - target.first,  # every request made, those of the warm-up included
+        "ok": ok,  # 200s of every request sent, the warm-up's too: what a caller checks the rows stored against
         "errors": count - statuses.get(200, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "duration_s": round(elapsed, 3),

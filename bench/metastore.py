@@ -177,10 +177,13 @@ def bench_flags(*, users: int = 10_000, repeat: int = 20) -> dict[str, Any]:
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
+    """p50 (the median), p95 (nearest rank, ``loadgen.percentile``) and the largest of ``samples`` (s), in ms."""
+    from bench.loadgen import percentile
+
     ms = sorted(s * 1000 for s in samples)
     return {
         "p50_ms": round(statistics.median(ms), 3),
-        "p95_ms": round(ms[min(len(ms) - 1, round(0.95 * len(ms) + 0.5) - 1)], 3),
+        "p95_ms": round(percentile(ms, 95), 3),
         "max_ms": round(ms[-1], 3),
     }
 

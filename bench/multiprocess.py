@@ -77,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.fixtures when run as a script
 
+from bench.bus_kafka import read_all  # noqa: E402 - needs ROOT on sys.path
 from bench.procstat import CLOCK_TICK, listener, postmaster_of, process_cpu, server_cpu  # noqa: E402
 from tests.fixtures.deployment import NODES, Deployment, NodeProcess, onex_command  # noqa: E402 - needs ROOT on sys.path
 from tests.fixtures.kafka import TEST_CONSUMER_OPTIONS, BrokerUnavailable, start_tansu  # noqa: E402
@@ -403,20 +404,22 @@ async def _send_and_read(
     producer: AIOKafkaProducer, topic: str, values: list[tuple[bytes, bytes]], consumer: AIOKafkaConsumer
 ) -> None:
     """Send ``values`` (key, value) to ``topic`` while ``consumer`` reads as many records (committing each fetch);
-    returns once both are done."""
+    returns once both are done; RuntimeError when no record arrives for ``bus_kafka.STALL_S`` (``read_all``)."""
 
     async def produce() -> None:
         for key, value in values:
             await producer.send(topic, value=value, key=key)
         await producer.flush()
 
+    async def commit(_: object) -> None:
+        await consumer.commit()
+
     sending = asyncio.create_task(produce())
-    received = 0
-    while received < len(values):
-        batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
-        received += sum(len(records) for records in batch.values())
-        if batch:
-            await consumer.commit()
+    try:
+        await read_all(consumer, len(values), f"raw aiokafka on {topic}", commit)
+    except BaseException:
+        sending.cancel()  # the read failed: the sends are of no use
+        raise
     await sending
 
 

@@ -436,7 +436,7 @@ async def test_an_invalidation_redis_did_not_take_is_made_good_before_redis_is_t
 
 @pytest.mark.parametrize("event", [NODE_INTROSPECTION, NODE_HEARTBEAT], ids=["clear", "drop"])
 async def test_an_entry_another_replica_stores_while_one_invalidates_is_dropped_or_indexed(
-    redis_target: RedisTarget, event: str
+    redis_target: RedisTarget, event: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After each command one replica's invalidation sends, another replica stores an entry. An entry no index
     names would never be evicted or dropped, and a read would serve it: every entry left must be in the index."""
@@ -448,7 +448,7 @@ async def test_an_entry_another_replica_stores_while_one_invalidates_is_dropped_
         for _ in range(2)
     )
     assert isinstance(one, RedisCache)
-    sent = one.redis.execute_command
+    sent: Callable[..., Awaitable[Any]] = one.redis.execute_command
     stored: list[str] = []
 
     async def then_store(*args: Any, **options: Any) -> Any:
@@ -459,9 +459,9 @@ async def test_an_entry_another_replica_stores_while_one_invalidates_is_dropped_
 
     try:
         await one.lookup("alive_nodes", Loads()(["node-1"]), node_type="A")
-        one.redis.execute_command = then_store  # type: ignore[method-assign]
+        monkeypatch.setattr(one.redis, "execute_command", then_store)
         await one.invalidate(event, {"node_type": "A"})
-        one.redis.execute_command = sent  # type: ignore[method-assign]
+        monkeypatch.undo()
         assert stored
         keys = {key async for key in one.redis.scan_iter(match=f"{one.prefix}alive_nodes:*")}
         assert keys <= set(await one.redis.zrange(one._index, 0, -1)), stored
