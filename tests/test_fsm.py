@@ -120,6 +120,41 @@ def test_entry_exit_and_transition_actions_call_the_named_methods(machine: State
     assert rec.calls == [("entered", "wf"), ("started", "wf"), ("left", "wf")]
 
 
+def test_attaching_an_entity_runs_the_initial_states_entry_actions_once_in_order() -> None:
+    # transitions runs no on_enter for a model's initial state; a contract's declared entry actions still run.
+    fsm = WORKFLOW.model_copy(
+        update={
+            "states": [
+                WORKFLOW.states[0].model_copy(update={"entry_actions": ["opened", "counted"]}),
+                *WORKFLOW.states[1:],
+            ]
+        }
+    )
+    rec = Recorder()
+    machine = StateMachine(fsm, entity_type="workflow", actions=rec.action, on_transition=rec.records.append)
+    wf = machine.attach(Entity("wf", context={"file_hash": "h", "size": 1}))
+    assert (wf.state, rec.calls, rec.records, wf.seq) == ("pending", [("opened", "wf"), ("counted", "wf")], [], 0)
+    machine.trigger(wf, "start")
+    assert rec.calls == [("opened", "wf"), ("counted", "wf"), ("entered", "wf"), ("started", "wf")]
+
+
+def test_an_entry_action_of_the_initial_state_decides_what_the_entity_starts_with() -> None:
+    # The action drives behaviour: what it puts in the context is what the first guard reads.
+    fsm = WORKFLOW.model_copy(
+        update={"states": [WORKFLOW.states[0].model_copy(update={"entry_actions": ["hash"]}), *WORKFLOW.states[1:]]}
+    )
+
+    def resolve(name: str):  # type: ignore[no-untyped-def]
+        if name == "hash":
+            return lambda entity: entity.context.update(file_hash="h", size=1)
+        return lambda entity: None
+
+    machine = StateMachine(fsm, entity_type="workflow", actions=resolve)
+    wf = machine.attach(Entity("wf"))
+    machine.trigger(wf, "start")
+    assert machine.trigger(wf, "complete").to_state == "completed"
+
+
 def with_error_states(*states: str) -> StateMachine:
     fsm = WORKFLOW.model_copy(update={"error_states": list(states)})
     return StateMachine(fsm, entity_type="workflow", actions=Recorder().action)
@@ -240,6 +275,57 @@ def test_a_guard_copied_onto_another_field_reads_that_field() -> None:
 def test_malformed_guards_are_rejected_not_evaluated(expression: str) -> None:
     with pytest.raises(ValueError, match="guard"):
         parse_guard(expression)
+
+
+# --- matches: RE2, linear in the value -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)  # re takes hours on these (time doubles with each character): failing is a timeout
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("(a+)+$", "a" * 40 + "!", False),
+        ("^(a|a)*$", "a" * 40 + "!", False),
+        ("(x+x+)+y", "x" * 5000, False),
+        ("^(a+)+$", "a" * 100_000, True),
+    ],
+)
+def test_a_catastrophic_pattern_answers_against_a_long_value(pattern: str, value: str, expected: bool) -> None:
+    assert parse_guard(f"v matches {pattern}")({"v": value}) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "construct"),
+    [("(?=admin)a", "(?="), ("(?!x)y", "(?!"), ("(?<=@)corp", "(?<="), ("(?<!no)pe", "(?<!"), ("(a)\\1", "\\1")],
+)
+def test_a_pattern_re2_cannot_run_is_refused_at_parse_naming_the_guard(pattern: str, construct: str) -> None:
+    expression = f"email matches {pattern}"
+    with pytest.raises(ValueError, match="is not a regular expression RE2 can run") as refused:
+        parse_guard(expression)
+    message = str(refused.value)
+    assert message.startswith(f"guard {expression!r}: {pattern!r} is not a regular expression RE2 can run")
+    assert construct in message
+    assert message.endswith(
+        "RE2 has no back-references or look-around, so that matching takes time linear in the value"
+    )
+
+
+def test_matches_searches_as_re_does_for_the_patterns_re2_shares_with_it() -> None:
+    import re
+
+    import re2  # type: ignore[import-untyped]  # google-re2 ships no annotations
+
+    patterns = ["^src/.*\\.py$", "@example\\.com$", "(?i)^café", "b+", "^$", "[0-9]{3}-[0-9]{4}", "é.x", "^\\S+$"]
+    values = ["src/a.py", "src/a.pyc", "x@example.com", "CAFÉ au lait", "café", "abbbc", "", "555-1234", "éax", "a b"]
+    values += ["\udfffx", "日本 bb"]  # a lone surrogate (JSON may carry one) and text beyond ASCII
+    for pattern in patterns:
+        guard = parse_guard(f"v matches {pattern}")
+        for value in values:
+            expected = re.search(pattern, value) is not None
+            assert guard({"v": value}) is expected, (pattern, value)
+            if "\udfff" not in value:  # the wrapper's own search encodes strictly
+                assert (re2.search(pattern, value) is not None) is expected, (pattern, value)
+    assert parse_guard("v matches ^4")({"v": 42}) is True  # a value that is no text is matched as its str()
 
 
 def test_mermaid_draws_states_transitions_guards_and_terminals() -> None:

@@ -20,7 +20,7 @@ from onex.http import create_app
 from onex.runtime import Runtime
 from onex.settings import Settings
 
-from tests.fixtures.http import LiveServer, live_server
+from tests.fixtures.http import LiveServer, live_server, onex_run_http
 
 META = "/api/v1/metadata"
 FLAGS = "/api/v1/feature-flags"
@@ -280,6 +280,27 @@ def test_a_flag_is_created_enabled_targeted_rolled_out_and_evaluated(api: httpx.
     failed(api.post(FLAGS, json={"name": "bad name!"}), 422, "validation_error", "name")
     unknown_variant = {"name": "x", "rules": [{"conditions": ["a exists"], "variant": "nope"}]}
     failed(api.post(FLAGS, json=unknown_variant), 422, "validation_error")
+
+
+def test_a_rule_whose_pattern_re2_cannot_run_is_refused_with_422_naming_it(api: httpx.Client) -> None:
+    lookahead = {"name": "staff", "rules": [{"conditions": ["email matches ^(?!guest).*@corp$"]}]}
+    body = failed(api.post(FLAGS, json=lookahead), 422, "validation_error", "rules.0.conditions.0")
+    assert "guard 'email matches ^(?!guest).*@corp$'" in body["message"], body
+    assert "is not a regular expression RE2 can run" in body["message"], body
+    failed(api.get(f"{FLAGS}/name/staff"), 404, "not_found")  # nothing was stored
+
+
+@pytest.mark.timeout(60)  # with Python's re the server would hold this evaluation for hours: failing is a timeout
+def test_a_catastrophic_rule_written_over_http_is_evaluated_at_once(tmp_path: Path) -> None:
+    # The real CLI in a subprocess: a server thread of this process spinning in re would hold the interpreter lock,
+    # and neither the client's timeout nor pytest's could fire.
+    body = {"name": "redos", "enabled": True, "default_value": False, "rules": [{"conditions": ["a matches (a+)+$"]}]}
+    with onex_run_http(tmp_path) as cli, httpx.Client(base_url=cli.url, timeout=10) as api:
+        ok(api.post(FLAGS, json=body), 201)
+        hostile = ok(api.post(f"{FLAGS}/evaluate", json={"flag": "redos", "context": {"a": "a" * 40 + "!"}}))
+        assert (hostile["value"], hostile["reason"]) == (False, "DEFAULT")
+        plain = ok(api.post(f"{FLAGS}/evaluate", json={"flag": "redos", "context": {"a": "a" * 40}}))
+        assert (plain["value"], plain["reason"]) == (True, "TARGETING_MATCH")
 
 
 def test_bulk_evaluation_answers_every_flag_named_or_all(api: httpx.Client) -> None:

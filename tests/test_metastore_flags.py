@@ -514,8 +514,36 @@ def test_unknown_variants_are_named_with_their_path_all_at_once() -> None:
 def test_a_guard_that_does_not_parse_is_named_with_its_path() -> None:
     found = errors(rules=[{"conditions": ["a exists"]}, {"conditions": ["a equals 1", "plan is pro", "x matches ("]}])
     assert found[0].startswith("rules.1.conditions.1: guard 'plan is pro': unknown operator 'is'; expected one of ")
-    assert found[1].startswith("rules.1.conditions.2: guard 'x matches (': '(' is not a valid regular expression")
+    assert found[1].startswith("rules.1.conditions.2: guard 'x matches (': '(' is not a regular expression RE2 can run")
     assert len(found) == 2
+
+
+def test_a_rule_whose_pattern_re2_cannot_run_is_refused_naming_its_path() -> None:
+    found = errors(rules=[{"conditions": ["email matches ^[a-z]+@corp$"]}, {"conditions": ["email matches (?!x)y"]}])
+    assert found == [
+        "rules.1.conditions.0: guard 'email matches (?!x)y': '(?!x)y' is not a regular expression RE2 can run "
+        "(invalid perl operator: (?!); RE2 has no back-references or look-around, so that matching takes time "
+        "linear in the value"
+    ]
+
+
+def test_a_flag_stored_with_a_pattern_re2_refuses_answers_parse_error() -> None:
+    # Written before patterns ran on RE2: it answers its default with the reason, it never runs on Python's re.
+    stored = {"name": "legacy", "enabled": True, "default_value": "d", "rules": [{"conditions": ["a matches (a)\\1"]}]}
+    got = compile_flag(stored).evaluate({"a": "aa"})
+    assert answer(got) == ("d", None, Reason.ERROR, ErrorCode.PARSE_ERROR)
+    assert got.error_message is not None
+    assert got.error_message.startswith("rules.0.conditions.0: guard 'a matches (a)\\\\1': '(a)\\\\1' is not a regular")
+
+
+@pytest.mark.timeout(10)  # re takes hours on this (time doubles with each character): failing is a timeout
+@pytest.mark.parametrize("condition", ["email matches (a+)+$", "user.email matches (a+)+$"])
+def test_a_catastrophic_rule_answers_against_a_long_attribute(condition: str) -> None:
+    compiled = flag(enabled=True, rules=[{"conditions": [condition]}])
+    hostile = "a" * 40 + "!"
+    for email in (hostile, "a" * 40):
+        context = {"email": email, "user": {"email": email}}
+        assert compiled.evaluate(context).reason is (Reason.DEFAULT if email == hostile else Reason.TARGETING_MATCH)
 
 
 @pytest.mark.parametrize("percentage", [-0.01, 100.5, float("nan")])

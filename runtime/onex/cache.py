@@ -31,7 +31,6 @@ from __future__ import annotations
 import abc
 import json
 import logging
-import string
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -40,7 +39,7 @@ from pydantic import BaseModel
 
 from onex.bus import EventBus, Subscription
 from onex.clock import Clock
-from onex.contracts import CacheInvalidation, CachingSubcontract, Contract
+from onex.contracts import CacheInvalidation, CachingSubcontract, Contract, template_fields
 from onex.envelope import CONTROL_EVENTS, OnexEnvelopeV1
 from onex.exceptions import OnexError
 from onex.meters import CacheMeter
@@ -64,7 +63,11 @@ REDIS_RETRY_AFTER_S: Final = 1.0
 
 
 def _fields(template: str) -> tuple[str, ...]:
-    return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
+    """The fields of a key template; ``OnexError`` for one ``onex validate`` refuses (a contract built by hand)."""
+    try:
+        return template_fields(template)
+    except ValueError as exc:
+        raise OnexError(f"cache key template {template!r}: {exc}") from None
 
 
 def _render(template: str, fields: Mapping[str, Any], what: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
-from onex.contracts import Contract, EventSpec, load_payload_model
+from onex.contracts import Contract, EventSpec, load_payload_model, unresolved_refs
 from onex.envelope import (
     NODE_HEARTBEAT,
     NODE_INTROSPECTION,
@@ -63,6 +63,9 @@ class PayloadCodec:
         elif spec.payload_schema is not None:
             from jsonschema import Draft202012Validator
 
+            # jsonschema resolves a $ref when a payload first reaches it: a dangling one would fail every message.
+            for _, problem in unresolved_refs(spec.payload_schema):
+                raise OnexError(f"event {spec.event_name}: payload_schema: {problem}")
             self._validator = Draft202012Validator(spec.payload_schema)
 
     def decode(self, envelope: OnexEnvelopeV1) -> Any:

@@ -5,7 +5,9 @@ it (``StateMachine.attach``), never a machine of its own. The node serialises tr
 synchronous machine is enough and avoids the atomicity pitfalls of ``AsyncMachine``.
 
 Guards use the three-token grammar ``field operator value`` (``field exists`` takes two) and are evaluated
-against the entity's ``context`` mapping with plain comparisons: nothing is ever passed to ``eval``. Every
+against the entity's ``context`` mapping with plain comparisons: nothing is ever passed to ``eval``. A ``matches``
+pattern is RE2 syntax, run by RE2 (``Pattern``): linear in the value's length whatever the pattern, since the same
+guards are the metastore's feature-flag rules, which API clients write. Every
 transition becomes a ``TransitionRecord`` handed to the ``on_transition`` callback; the node publishes a handled
 batch's records as one ``STATE_TRANSITION`` event, so the store holds an audit log that can be replayed. An entity
 that enters one of the subcontract's ``error_states`` from another state is logged at INFO (event
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 from transitions import Machine, Transition
 
 from onex._frozen import maker, quick_init
-from onex.contracts import FsmSubcontract, parse_condition
+from onex.contracts import FsmSubcontract, Pattern, parse_condition
 from onex.envelope import derived_at, derived_id
 from onex.exceptions import TransitionError
 from onex.logs import event
@@ -99,7 +100,7 @@ class Guard:
     field: str
     operator: str
     value: Any = None
-    pattern: re.Pattern[str] | None = None
+    pattern: Pattern | None = None  # an operator ``matches``'s value, compiled
     # ``field`` split at its dots, once: derived, never given (so dataclasses.replace(guard, field=...) splits anew).
     path: tuple[str, ...] = _field(init=False, compare=False, repr=False)
 
@@ -120,7 +121,7 @@ class Guard:
         if actual is _MISSING:
             return False
         if self.pattern is not None:
-            return self.pattern.search(str(actual)) is not None
+            return self.pattern.search(str(actual))
         try:
             return _compare(self.operator, actual, self.value)
         except (TypeError, ValueError):
@@ -135,7 +136,7 @@ def parse_guard(expression: str) -> Guard:
     except ValueError as exc:
         raise ValueError(f"guard {expression!r}: {exc}") from None
     value = None if raw is None else _literal(raw)
-    pattern = re.compile(str(raw)) if op == "matches" else None
+    pattern = Pattern(str(raw)) if op == "matches" else None  # parse_condition compiled it once already
     return Guard(expression, field_name, op, value, pattern)
 
 
@@ -310,6 +311,9 @@ class StateMachine:
             model_attribute="state",
         )
         self._table = self._compile(self.machine, self.error_states)
+        self._initial_actions = tuple(
+            c.action for c in self.machine.get_state(fsm.initial_state).on_enter if isinstance(c, _Action)
+        )
         self.triggers: frozenset[str] = frozenset(t.trigger for t in fsm.transitions)
 
     @staticmethod
@@ -339,8 +343,16 @@ class StateMachine:
         }
 
     def attach(self, entity: Entity) -> Entity:
-        """Attach ``entity`` in the initial state (the machine holds no reference to its entities)."""
+        """Attach ``entity`` in the initial state and run that state's ``entry_actions``, in their order.
+
+        The entity enters the initial state here, so the actions the contract declares for entering it run, once;
+        ``transitions`` runs none when it adds a model (only a transition's destination's), which would leave them
+        declared and never called. An entity restored from a checkpoint entered its state before and is not attached
+        again. The machine holds no reference to its entities.
+        """
         entity.state = self.fsm.initial_state
+        for action in self._initial_actions:
+            action(entity)
         return entity
 
     def detach(self, entity: Entity) -> None:

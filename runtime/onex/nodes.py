@@ -116,6 +116,11 @@ class Node:
     # Whether a batch handler's call may hold several consumed topics' events (``EventBus.subscribe``'s
     # ``join_topics``): one flush and one write a call, which a node whose output nobody waits on (a sink) gains.
     join_topics: ClassVar[bool] = True
+    # What `onex validate` holds a contract to (field-unread): the subcontracts this class reads, the lookups its
+    # cache serves and the fields each passes (None: undeclared), the events it routes and the fields a route reads.
+    subcontracts_read: ClassVar[frozenset[str]] = frozenset({"fsm", "event_type", "state_management", "caching"})
+    cached_lookups: ClassVar[Mapping[str, frozenset[str]] | None] = None
+    routes: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Set by Runtime.reload on a node that replaces another in this process: the bus still holds the messages of
     # the work it takes over (on the memory bus too), so nothing loaded from a checkpoint is lost in transit.
     takes_over = False
@@ -638,18 +643,10 @@ class EffectNode(Node):
     """External I/O, guarded by the contract's circuit breaker; retries come from the bus (contract resilience)."""
 
     node_type = NodeType.EFFECT
+    uses_breaker: ClassVar[bool | None] = None  # whether its code calls a breaker; None: `onex validate` reads its code
 
-    def __init__(
-        self,
-        contract: Contract,
-        *,
-        bus: EventBus,
-        store: Store,
-        settings: Settings,
-        clock: Clock | None = None,
-        ids: IdSource | None = None,
-    ) -> None:
-        super().__init__(contract, bus=bus, store=store, settings=settings, clock=clock, ids=ids)
+    def __init__(self, contract: Contract, **kwargs: Any) -> None:  # Node's keywords: bus, store, settings, ...
+        super().__init__(contract, **kwargs)
         events = contract.subcontracts.event_type  # an event whose block sets circuit_breaker gets a breaker of its own
         own = contract.resilience.events_over(events.consumes if events else (), "circuit_breaker")
         self.breaker = circuit_breaker(contract.resilience.circuit_breaker, self.clock.monotonic)
@@ -672,6 +669,7 @@ class ReducerNode(Node):
     """Streaming aggregation. Pure: it publishes intents (events) that effect nodes carry out."""
 
     node_type = NodeType.REDUCER
+    subcontracts_read = Node.subcontracts_read | {"aggregation"}
 
 
 class RegistryNode(Node):
@@ -724,6 +722,8 @@ class OrchestratorNode(Node):
         why="an orchestrator's workflows are versioned by their FSM sequence and have no windows",
     )
     sweep_interval_s = 0.05  # how often the sweeper looks for steps past their deadline
+    step_names: ClassVar[frozenset[str] | None] = None  # the steps run_step runs (None: any), for onex validate
+    required_steps: ClassVar[frozenset[str]] = frozenset()  # and the steps no workflow of it can finish without
 
     class Config(Node.Config):
         """An orchestrator's config: its steps and dedupe window; a subclass's model extends this one."""

@@ -8,17 +8,19 @@ What the store says is checked against what the files really contain: hashes are
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
+from onex.contracts import ContractSet, load_contracts
 from onex.envelope import OnexEnvelopeV1, dlq_topic
 from onex.exceptions import StoreUnavailable
-from onex.nodes import Event
+from onex.nodes import Event, Workflow
 from onex.stamps import find_stamp, sidecar_path, strip_stamp, verify_bytes, verify_file
 from onex.store import WriteBatch
 from onex.testing import Harness
@@ -490,3 +492,159 @@ async def test_a_stamp_no_running_workflow_takes_waits_in_its_batch_for_a_store_
         assert str(row.id) == late.payload["stamp_id"]
         assert handled[late.event_id] == 1
         assert h.dead_letters() == []
+
+
+# --- the contract's steps: attempts, optional, and what no runner or no stamp step means ----------------------------
+
+
+def orchestrating(*steps: dict[str, object], intelligence_url: str = "") -> ContractSet:
+    """The shipped contracts, the orchestrator's ``config.steps`` and intelligence URL replaced. Past validation (it
+    refuses steps the orchestrator has no runner for, and steps without ``stamp``), to drive the runtime's backstop."""
+    shipped = load_contracts(ROOT)
+    orchestrator = shipped.get("orchestrator")
+    config = {**orchestrator.config, "steps": list(steps), "intelligence_url": intelligence_url}
+    changed = orchestrator.model_copy(update={"config": config})
+    return ContractSet(shipped.root, [changed if c is orchestrator else c for c in shipped.contracts])
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """A local port bound and not listening: every connection to it is refused, and no one else can take it."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{closed.getsockname()[1]}/"
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
+    """The workflow of each call to the intelligence service, in order."""
+    calls: list[uuid.UUID] = []
+    ask = NodeOrchestrator._ask_intelligence
+
+    async def counted(self: NodeOrchestrator, workflow: Workflow) -> dict[str, object]:
+        calls.append(workflow.cid)
+        return await ask(self, workflow)
+
+    monkeypatch.setattr(NodeOrchestrator, "_ask_intelligence", counted)
+    return calls
+
+
+STAMP_STEP = {"step_name": "stamp", "max_attempts": 2}
+
+
+async def outcome_of(contracts: ContractSet, tmp_path: Path, *, missing: bool = False) -> OnexEnvelopeV1:
+    """The outcome of one request to stamp a file (one that does not exist when ``missing``)."""
+    path = tmp_path / "a.py"
+    if not missing:
+        path.write_text("x = 1\n")
+    async with Harness(["orchestrator", "stamping_effect"], root=ROOT, contracts=contracts) as h:
+        sent = await h.publish("STAMP_REQUESTED", request(path))
+        done = await h.wait_for(
+            None,
+            lambda e: (
+                e.correlation_id == sent.correlation_id and e.event_type in ("WORKFLOW_COMPLETED", "WORKFLOW_FAILED")
+            ),
+        )
+        await h.settle()
+        assert h.dead_letters() == []
+        assert len(h.of("WORKFLOW_COMPLETED")) + len(h.of("WORKFLOW_FAILED")) == 1
+        assert [t["to_state"] for t in h.transitions(sent.correlation_id)] == [
+            "processing",
+            "failed" if done.event_type == "WORKFLOW_FAILED" else "completed",
+        ]
+    return done
+
+
+def step_results(outcome: OnexEnvelopeV1) -> dict[str, tuple[str, int, str | None]]:
+    return {s.step_name: (s.status, s.attempts, s.error) for s in outcome.payload.steps}
+
+
+async def test_a_required_intelligence_step_that_fails_is_retried_then_fails_the_workflow(
+    tmp_path: Path, refusing_url: str, asked: list[uuid.UUID]
+) -> None:
+    intelligence = {"step_name": "intelligence", "depends_on": ["stamp"], "optional": False, "max_attempts": 3}
+    outcome = await outcome_of(orchestrating(STAMP_STEP, intelligence, intelligence_url=refusing_url), tmp_path)
+
+    assert outcome.event_type == "WORKFLOW_FAILED"
+    assert asked == [outcome.correlation_id] * 3
+    status, attempts, error = step_results(outcome)["intelligence"]
+    assert (status, attempts) == ("failed", 3)
+    assert error is not None
+    assert error.startswith("intelligence service unavailable: ")
+    assert "Connection refused" in error
+    assert outcome.payload.error == f"intelligence: {error}"
+    assert step_results(outcome)["stamp"][:2] == ("completed", 1)  # the file was stamped; the contract wanted more
+
+
+async def test_an_optional_intelligence_step_that_fails_is_retried_then_skipped(
+    tmp_path: Path, refusing_url: str, asked: list[uuid.UUID]
+) -> None:
+    intelligence = {"step_name": "intelligence", "depends_on": ["stamp"], "optional": True, "max_attempts": 2}
+    outcome = await outcome_of(orchestrating(STAMP_STEP, intelligence, intelligence_url=refusing_url), tmp_path)
+
+    assert outcome.event_type == "WORKFLOW_COMPLETED"
+    assert outcome.payload.error is None
+    status, attempts, error = step_results(outcome)["intelligence"]
+    assert (status, attempts, len(asked)) == ("skipped", 2, 2)
+    assert error is not None
+    assert error.startswith("intelligence service unavailable: ")
+
+
+@pytest.mark.parametrize(
+    ("optional", "outcome_event", "status"),
+    [(False, "WORKFLOW_FAILED", "failed"), (True, "WORKFLOW_COMPLETED", "skipped")],
+)
+async def test_without_an_intelligence_url_the_step_fails_unless_optional_and_is_not_retried(
+    tmp_path: Path, asked: list[uuid.UUID], optional: bool, outcome_event: str, status: str
+) -> None:
+    intelligence = {"step_name": "intelligence", "depends_on": ["stamp"], "optional": optional, "max_attempts": 3}
+    outcome = await outcome_of(orchestrating(STAMP_STEP, intelligence), tmp_path)
+
+    assert outcome.event_type == outcome_event
+    assert step_results(outcome)["intelligence"] == (status, 1, "no intelligence service configured")
+    assert outcome.payload.error == (None if optional else "intelligence: no intelligence service configured")
+    assert asked == []
+
+
+async def test_a_step_the_orchestrator_has_no_runner_for_fails_the_workflow_unless_optional(tmp_path: Path) -> None:
+    scan = {"step_name": "virus_scan", "depends_on": ["stamp"], "max_attempts": 2}
+    outcome = await outcome_of(orchestrating(STAMP_STEP, scan), tmp_path)
+    assert outcome.event_type == "WORKFLOW_FAILED"
+    reason = "no runner for step 'virus_scan': this orchestrator runs 'stamp' and 'intelligence'"
+    assert step_results(outcome)["virus_scan"] == ("failed", 1, reason)
+    assert outcome.payload.error == f"virus_scan: {reason}"
+
+    skipped = await outcome_of(orchestrating(STAMP_STEP, {**scan, "optional": True}), tmp_path)
+    assert skipped.event_type == "WORKFLOW_COMPLETED"
+    assert step_results(skipped)["virus_scan"] == ("skipped", 1, reason)
+
+
+@pytest.mark.parametrize(
+    ("steps", "error"),
+    [
+        (
+            [{"step_name": "stamp_file", "max_attempts": 2}],
+            "stamp_file: no runner for step 'stamp_file': this orchestrator runs 'stamp' and 'intelligence'; "
+            "no 'stamp' step: the contract's steps ('stamp_file') stamp nothing, so the workflow cannot complete",
+        ),
+        (
+            [{"step_name": "intelligence", "optional": True}],
+            "no 'stamp' step: the contract's steps ('intelligence') stamp nothing, so the workflow cannot complete",
+        ),
+    ],
+    ids=["unknown-step-instead", "no-stamp-step"],
+)
+async def test_a_workflow_without_a_stamp_step_fails_naming_it(
+    tmp_path: Path, steps: list[dict[str, object]], error: str
+) -> None:
+    outcome = await outcome_of(orchestrating(*steps), tmp_path)
+    assert (outcome.event_type, outcome.payload.state, outcome.payload.error) == ("WORKFLOW_FAILED", "failed", error)
+
+
+async def test_a_workflow_whose_optional_stamp_step_was_skipped_fails_naming_it(tmp_path: Path) -> None:
+    # The FSM's complete guard needs the stamp's hash: without it the workflow fails, with the stamp's reason.
+    outcome = await outcome_of(orchestrating({**STAMP_STEP, "optional": True}), tmp_path, missing=True)
+    assert outcome.event_type == "WORKFLOW_FAILED"
+    status, _, stamp_error = step_results(outcome)["stamp"]
+    assert status == "skipped"
+    assert outcome.payload.error == f"stamp: skipped ({stamp_error}), so the workflow cannot complete"

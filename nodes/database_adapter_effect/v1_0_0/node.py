@@ -158,6 +158,8 @@ class WriterStatistics:
 class NodeDatabaseAdapterEffect(EffectNode):
     config_model = ModelDatabaseAdapterConfig
     config: ModelDatabaseAdapterConfig
+    uses_breaker = False  # the store keeps the breaker (see above): a contract's circuit_breaker is refused
+    cached_lookups = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

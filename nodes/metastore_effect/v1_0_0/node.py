@@ -23,6 +23,8 @@ from .models import ModelMetastoreConfig
 class NodeMetastoreEffect(EffectNode):
     config_model = ModelMetastoreConfig
     config: ModelMetastoreConfig
+    uses_breaker = False  # its handlers call no breaker: a contract's circuit_breaker is refused
+    cached_lookups = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

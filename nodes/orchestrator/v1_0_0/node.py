@@ -29,7 +29,7 @@ from typing import Any
 
 from onex.clock import utc_text
 from onex.envelope import OnexEnvelopeV1, derived_after, id_tail, uuid_text
-from onex.exceptions import OnexError, PayloadError
+from onex.exceptions import OnexError, PayloadError, TransitionError
 from onex.files import SNIFF_SIZE, detect_file_type
 from onex.fsm import Entity
 from onex.nodes import Event, OrchestratorNode, StepRun, StepStatus, Workflow
@@ -56,6 +56,14 @@ _RUNNING, _FAILED = StepStatus.RUNNING, StepStatus.FAILED
 class NodeOrchestrator(OrchestratorNode):
     config_model = ModelOrchestratorConfig
     config: ModelOrchestratorConfig
+    step_names = frozenset({"stamp", "intelligence"})
+    required_steps = frozenset({"stamp"})  # its workflows end when the stamp step does
+    # What its routing subcontract routes, and the fields hash_key and conditions read (_route_context).
+    routes = {
+        "STAMP_FILE": frozenset(
+            {"workflow_id", "file_path", "namespace", "stamp_type", "dry_run", "author", "file_type"}
+        )
+    }
 
     # Its workflows cannot resume without the request they stamp, which their context holds.
     state_support = dataclasses.replace(OrchestratorNode.state_support, required=("state", "steps", "context"))
@@ -197,10 +205,11 @@ class NodeOrchestrator(OrchestratorNode):
             # the broker (the bus hands a batch over again when a record it produced was not delivered), so the
             # command of a step still waiting for its result goes out again, with the same id.
             running = self.workflows.get(cid)
-            if running is not None and running.steps["stamp"].status is _RUNNING:
+            stamping = None if running is None else running.steps.get("stamp")
+            if running is not None and stamping is not None and stamping.status is _RUNNING:
                 # To the target this attempt was routed to, not to a new pick.
                 target = running.context.get("target") or self.router.default_service
-                self._send(target, self._stamp_command(running, running.steps["stamp"]))
+                self._send(target, self._stamp_command(running, stamping))
             return
         workflow = Workflow(cid, self.steps, input=request.file_path or "<content>", namespace=request.namespace)
         workflow.request = envelope
@@ -214,7 +223,8 @@ class NodeOrchestrator(OrchestratorNode):
     async def _result(self, envelope: OnexEnvelopeV1, result: ModelStampCreated | ModelStampFailed) -> bool:
         """Complete or fail the stamp step of the result's workflow; False when no running step took the result."""
         workflow = self.workflows.get(envelope.correlation_id)  # type: ignore[arg-type]
-        if workflow is None or workflow.steps["stamp"].status is not _RUNNING:
+        stamping = None if workflow is None else workflow.steps.get("stamp")  # none: a contract without the step
+        if workflow is None or stamping is None or stamping.status is not _RUNNING:
             # Late or duplicate, or the result of a request this process has not handled yet (it published the
             # command, crashed before its checkpoint, and the request is redelivered): handling the request again
             # sends the same command again, and the effect answers it again.
@@ -234,7 +244,7 @@ class NodeOrchestrator(OrchestratorNode):
                 },
             )
         else:
-            run = workflow.steps["stamp"]
+            run = stamping
             # A failure answers one attempt (its command, the causation): an earlier attempt's, late or handled again
             # (its batch was redelivered), says nothing of the running one. One without a causation is taken.
             if envelope.causation_id not in (None, self._command_id(workflow, run)):
@@ -252,12 +262,28 @@ class NodeOrchestrator(OrchestratorNode):
             return None
         if name == "intelligence":
             if not self.intelligence_url:
-                return await self.skip_step(workflow, name, "no intelligence service configured")
+                # No attempt can mend configuration: skipped when the contract says optional, else failed at once.
+                return self._give_up(workflow, run, "no intelligence service configured")
             try:
                 return await asyncio.wait_for(self._ask_intelligence(workflow), run.step.timeout_ms / 1000)
             except (OSError, TimeoutError, ValueError) as exc:
-                return await self.skip_step(workflow, name, f"intelligence service unavailable: {exc}")
-        return await self.skip_step(workflow, name, f"no runner for step {name!r}")
+                # The base class's path for a step that fails as it runs: retried while the contract's max_attempts
+                # allow, then skipped if the step is optional and failing its workflow if not.
+                raise OnexError(f"intelligence service unavailable: {exc}") from exc
+        # A contract naming a step no runner here carries out (validation refuses it, this is the backstop): failed,
+        # or skipped when optional, as the contract says; never quietly skipped.
+        return self._give_up(
+            workflow, run, f"no runner for step {name!r}: this orchestrator runs 'stamp' and 'intelligence'"
+        )
+
+    def _give_up(self, workflow: Workflow, run: StepRun, reason: str) -> dict[str, Any]:
+        """For ``run_step``: end ``run`` with ``reason`` no retry can mend, on the base class's terms: skipped when
+        the step is optional, else failed (failing its workflow), its attempts those made.
+
+        Not ``fail_step``: that advances the workflow, and ``run_step`` is called while ``advance`` walks its steps;
+        ``_start_step`` leaves a step that is no longer running as it is, whatever ``run_step`` returns."""
+        self._finish_step(workflow, run, error=reason, final=True)
+        return {}
 
     async def _route(self, workflow: Workflow) -> str:
         """The service this attempt of the stamp step goes to (each attempt is routed again: a retry may go to a
@@ -331,14 +357,22 @@ class NodeOrchestrator(OrchestratorNode):
 
     async def on_workflow_done(self, workflow: Workflow) -> None:
         assert self.fsm is not None
-        required_failed = [r for r in workflow.steps.values() if r.status is _FAILED]
-        if required_failed:
-            error = "; ".join(f"{r.step.step_name}: {r.error}" for r in required_failed)
+        steps = workflow.steps
+        reasons = [f"{r.step.step_name}: {r.error}" for r in steps.values() if r.status is _FAILED]
+        if "stamp" not in steps:  # validation refuses such steps; a contract loaded without it still gets a reason
+            reasons.append(self._no_stamp(workflow))
+        error = "; ".join(reasons) if reasons else None
+        if error is None:
+            try:
+                self.fsm.trigger(workflow, "complete", **self._marks(workflow))
+            except TransitionError as exc:
+                # The base class took this workflow off its running ones before calling here: an exception would
+                # leave it with no outcome (the request, handled again, is one it knows as finished), no dead letter
+                # and no log. So a workflow that cannot complete fails, with why.
+                error = self._incomplete(workflow, exc)
+        if error is not None:
             workflow.context["error"] = error
             self.fsm.trigger(workflow, "fail", error=error, **self._marks(workflow))
-        else:
-            error = None
-            self.fsm.trigger(workflow, "complete", **self._marks(workflow))
         self.fsm.detach(workflow)
         request: ModelStampRequest = workflow.context["request"]
         stamp: ModelStampCreated | None = workflow.context.get("stamp")
@@ -393,6 +427,21 @@ class NodeOrchestrator(OrchestratorNode):
             event_id=derived_after(workflow.cid, id_tail(self.contract.name, event)),
         )
         self.send_outcome(workflow, event, outcome)
+
+    @staticmethod
+    def _no_stamp(workflow: Workflow) -> str:
+        names = ", ".join(repr(name) for name in workflow.steps) or "none"
+        return f"no 'stamp' step: the contract's steps ({names}) stamp nothing, so the workflow cannot complete"
+
+    @staticmethod
+    def _incomplete(workflow: Workflow, refused: TransitionError) -> str:
+        """Why ``workflow``, whose steps all ended without a required one failing, cannot complete: what its FSM's
+        ``complete`` guard needs (the stamp's ``file_hash``) only the ``stamp`` step gives, and an optional one may
+        have been skipped."""
+        stamping = workflow.steps["stamp"]
+        if stamping.status is not StepStatus.COMPLETED:
+            return f"stamp: {stamping.status.value} ({stamping.error}), so the workflow cannot complete"
+        return str(refused)
 
     async def publish_commands(self) -> None:
         commands, self._commands = self._commands, defaultdict(list)

@@ -110,6 +110,7 @@ def bucket_label(size: int, bounds: Sequence[int]) -> str:
 class NodeReducer(ReducerNode):
     config_model = ModelReducerConfig
     config: ModelReducerConfig
+    cached_lookups = {}
 
     # Its namespace totals (the columns of bridge_states) and its open windows; versioned, because the database
     # adapter applies its intents by version (an older one is a no-op), and the only kind that closes windows.

@@ -72,6 +72,7 @@ class KnownNode(Entity):
 class NodeRegistry(RegistryNode):
     config_model = ModelRegistryConfig
     config: ModelRegistryConfig
+    cached_lookups = {"alive_nodes": frozenset({"node_type"})}  # self.cache.lookup("alive_nodes", ..., node_type=)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -62,6 +62,8 @@ def row_id(stamp: stamps.Stamp, namespace: str, file_path: str) -> uuid.UUID:
 class NodeStampingEffect(EffectNode):
     config_model = ModelStampingEffectConfig
     config: ModelStampingEffectConfig
+    uses_breaker = True  # every batch is stamped through breaker_for(...).call
+    cached_lookups = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,33 +1,32 @@
 """Semantic checks, beyond what a JSON Schema can say: FSMs, guards, orchestrator steps, payloads, handlers, and
 the set of contracts as a whole (duplicate versions, events no one publishes).
 
-Each check reports at the position of the node at fault and goes on, so one load lists every problem. The guard
-grammar (``parse_condition``) and the step planner (``plan_stages``) are also what the runtime uses: the FSM
-evaluates guards with the one, the orchestrator refuses steps the other refuses.
+Each check reports at the position of the node at fault and goes on, so one load lists every problem. The step
+planner (``plan_stages``) is also what the runtime uses: the orchestrator refuses the steps it refuses. Guards, key
+templates and payload ``$ref``s are parsed by ``grammar.py``, aggregations judged by ``aggregations.py``, node code
+read by ``code.py``.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
-import os
 import re
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema.exceptions
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
+from onex.contracts.aggregations import aggregation_problems
+from onex.contracts.code import _NODE_BASES, _node_code, _runtime_bases, _self_attributes
 from onex.contracts.generated import generated_models, models_path, schema_digest
+from onex.contracts.grammar import parse_condition, template_fields, unresolved_refs
 from onex.contracts.imports import _PAYLOAD_MODEL_RE, _implementation_problem, _load_class
 from onex.contracts.models import (
     SUBCONTRACT_TYPES,
-    Aggregation,
     AggregationSubcontract,
     CachingSubcontract,
     Contract,
@@ -41,52 +40,10 @@ from onex.contracts.models import (
     StateSupport,
     Step,
     Subcontract,
-    Window,
 )
 from onex.contracts.yaml import _Pos, _Where
 from onex.envelope import RUNTIME_EVENTS
 from onex.exceptions import OnexError
-
-# --- guards -----------------------------------------------------------------------------------------------------
-CONDITION_OPERATORS: frozenset[str] = frozenset(
-    {"equals", "not_equals", "==", "!=", "greater_than", "less_than", ">=", "<=", ">", "<"}
-    | {"min_length", "max_length", "exists", "not_exists", "in", "not_in", "contains", "matches"}
-)
-_UNARY_OPERATORS = frozenset({"exists", "not_exists"})
-_FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
-
-
-def parse_condition(expression: str) -> tuple[str, str, str | None]:
-    """Split a guard ``field operator value`` (``field exists``) into its tokens; ``ValueError`` says why not.
-
-    The grammar is ONEX's: whitespace-separated tokens, never evaluated as Python. Fields are dotted names
-    into the entity's context; names starting with ``_`` are private and refused. A ``matches`` value must be
-    a valid regular expression.
-    """
-    tokens = expression.split()
-    if len(tokens) == 2 and tokens[1] in _UNARY_OPERATORS:
-        field_name, operator, value = tokens[0], tokens[1], None
-    elif len(tokens) == 2 and tokens[1] in CONDITION_OPERATORS:
-        raise ValueError(f"operator {tokens[1]!r} needs a value: `field {tokens[1]} value`")
-    elif len(tokens) != 3:
-        raise ValueError(f"expected `field operator value` (three tokens), found {len(tokens)}")
-    else:
-        field_name, operator, value = tokens
-        if operator in _UNARY_OPERATORS:
-            raise ValueError(f"operator {operator!r} takes no value: `field {operator}`")
-    if operator not in CONDITION_OPERATORS:
-        raise ValueError(f"unknown operator {operator!r}; expected one of {', '.join(sorted(CONDITION_OPERATORS))}")
-    if field_name.startswith("_"):
-        raise ValueError(f"field {field_name!r} is private: names starting with '_' cannot be tested")
-    if not _FIELD_RE.match(field_name):
-        raise ValueError(f"field {field_name!r} is not a dotted name")
-    if operator == "matches" and value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
-    return field_name, operator, value
-
 
 # --- orchestrator steps -----------------------------------------------------------------------------------------
 
@@ -116,264 +73,15 @@ def plan_stages(steps: Sequence[Step]) -> list[list[Step]]:
     return stages
 
 
-# --- aggregations -----------------------------------------------------------------------------------------------
-
-# The key field each aggregation type groups by, unless ``field`` overrides it (TIME_WINDOW has no key of its own;
-# CUSTOM's key is what its method returns).
-AGGREGATION_KEY_FIELDS: dict[str, str] = {
-    "NAMESPACE_GROUPING": "namespace",
-    "FILE_TYPE_GROUPING": "stamp.file_type",
-    "SIZE_BUCKETS": "stamp.file_size",
-    "WORKFLOW_GROUPING": "workflow_id",
-}
-
-_AggregationProblem = tuple[tuple[str | int, ...], str, str]  # (path below the aggregation, issue code, message)
-
-
-def _window_problems(window: Window) -> Iterator[_AggregationProblem]:
-    def only(allowed: set[str]) -> Iterator[_AggregationProblem]:
-        for name in ("size_ms", "size_items", "slide_ms", "slide_items", "gap_ms"):
-            if name not in allowed and getattr(window, name) is not None:
-                yield ("window", name), "aggregation-window", f"{name} means nothing to a {description} window"
-
-    if window.type == "session":
-        description = "session"
-        if window.gap_ms is None:
-            yield ("window", "type"), "aggregation-window", "a session window needs gap_ms"
-        yield from only({"gap_ms"})
-        return
-    by_time, by_count = window.size_ms is not None, window.size_items is not None
-    description = f"{window.type} {'count' if by_count else 'time'}"
-    if by_time == by_count:
-        yield ("window", "type"), "aggregation-window", f"a {window.type} window needs one of size_ms or size_items"
-        return
-    if window.type == "tumbling":
-        yield from only({"size_ms", "size_items"})
-    elif by_time:
-        yield from only({"size_ms", "slide_ms"})
-        if window.slide_ms is None:
-            yield ("window", "type"), "aggregation-window", "a sliding window by time needs slide_ms"
-        elif window.size_ms is not None and window.slide_ms > window.size_ms:
-            yield ("window", "slide_ms"), "aggregation-window", "slide_ms must not exceed size_ms"
-    else:
-        yield from only({"size_items", "slide_items"})
-        if window.slide_items is None:
-            yield ("window", "type"), "aggregation-window", "a sliding window by count needs slide_items"
-        elif window.size_items is not None and window.slide_items > window.size_items:
-            yield ("window", "slide_items"), "aggregation-window", "slide_items must not exceed size_items"
-    if by_count and window.grace_ms:
-        yield ("window", "grace_ms"), "aggregation-window", "grace_ms applies to time windows, not count windows"
-
-
-def _bucket_problems(buckets: Sequence[int], at: tuple[str | int, ...]) -> Iterator[_AggregationProblem]:
-    for index in range(1, len(buckets)):
-        if buckets[index] <= buckets[index - 1]:
-            message = f"buckets must be ascending: {buckets[index]} follows {buckets[index - 1]}"
-            yield (*at, index), "aggregation-buckets", message
-
-
-def aggregation_problems(aggregation: Aggregation) -> Iterator[_AggregationProblem]:
-    """What makes one aggregation meaningless, beyond its schema: the engine (``onex.aggregation``) refuses the same.
-
-    Every field must change what is computed, so a field its type or function does not read is a problem too.
-    """
-    kind = aggregation.type
-    if aggregation.where is not None:
-        try:
-            parse_condition(aggregation.where)
-        except ValueError as exc:
-            yield ("where",), "aggregation-condition", f"guard {aggregation.where!r}: {exc}"
-    for index, path in enumerate(aggregation.group_by):
-        if not _FIELD_RE.match(path):
-            yield ("group_by", index), "aggregation-field", f"group_by {path!r} is not a dotted field name"
-    if aggregation.field is not None:
-        if kind in ("TIME_WINDOW", "CUSTOM"):
-            yield ("field",), "aggregation-field", f"{kind} has no key field: field means nothing to it"
-        elif not _FIELD_RE.match(aggregation.field):
-            yield ("field",), "aggregation-field", f"field {aggregation.field!r} is not a dotted field name"
-    if kind == "CUSTOM" and not aggregation.method:
-        yield ("type",), "aggregation-method", "a CUSTOM aggregation needs method: the node method returning its key"
-    if kind != "CUSTOM" and aggregation.method is not None:
-        yield ("method",), "aggregation-method", f"method is read by CUSTOM aggregations only, not {kind}"
-    if kind == "SIZE_BUCKETS" and not aggregation.buckets:
-        yield ("type",), "aggregation-buckets", "a SIZE_BUCKETS aggregation needs buckets (upper bounds, ascending)"
-    if kind != "SIZE_BUCKETS" and aggregation.buckets:
-        yield ("buckets",), "aggregation-buckets", f"buckets are read by SIZE_BUCKETS aggregations only, not {kind}"
-    yield from _bucket_problems(aggregation.buckets, ("buckets",))
-    if kind == "TIME_WINDOW" and aggregation.window is None:
-        yield ("type",), "aggregation-window", "a TIME_WINDOW aggregation needs a window"
-    if aggregation.window is not None:
-        yield from _window_problems(aggregation.window)
-    names: dict[str, int] = {}
-    for index, function in enumerate(aggregation.functions):
-        at: tuple[str | int, ...] = ("functions", index)
-        if function.name in names:
-            message = f"function name {function.name!r} is taken (by functions[{names[function.name]}])"
-            yield (*at, "name"), "aggregation-duplicate", message
-        names.setdefault(function.name, index)
-        if function.function == "count" and function.field is not None:
-            yield (*at, "field"), "aggregation-function", "count counts records: it reads no field"
-        elif function.function != "count" and function.field is None:
-            yield (*at, "function"), "aggregation-function", f"{function.function} needs field: the value it reads"
-        elif function.field is not None and not _FIELD_RE.match(function.field):
-            yield (*at, "field"), "aggregation-field", f"field {function.field!r} is not a dotted field name"
-        if function.function == "histogram" and not function.buckets:
-            yield (*at, "function"), "aggregation-buckets", "histogram needs buckets (upper bounds, ascending)"
-        if function.function != "histogram" and function.buckets:
-            message = f"buckets are read by histogram only, not {function.function}"
-            yield (*at, "buckets"), "aggregation-buckets", message
-        yield from _bucket_problems(function.buckets, (*at, "buckets"))
-
-
-# --- node code --------------------------------------------------------------------------------------------------
-
-# The runtime's base class for each node kind (``onex.nodes``), by name: contracts sit below the nodes module and must
-# not import it (tests/test_layering.py), so a class's kind is read from the names in its MRO.
-_NODE_BASES: dict[NodeType, str] = {
-    NodeType.EFFECT: "EffectNode",
-    NodeType.COMPUTE: "ComputeNode",
-    NodeType.REDUCER: "ReducerNode",
-    NodeType.ORCHESTRATOR: "OrchestratorNode",
-    NodeType.REGISTRY: "RegistryNode",
-}
-_NODES_MODULE = "onex.nodes"
-# `self.<method>(event_name, ...)`: the node methods whose first argument is an event the contract must publish.
-_PUBLISHING = frozenset({"publish", "envelope", "publish_envelopes"})
-
-
-@dataclass(frozen=True)
-class _Literal:
-    """A name node code passes as a string: a trigger fired on ``self.fsm`` or an event published."""
-
-    kind: str  # "trigger" or "event"
-    name: str
-    call: str  # how the code calls it, for the message: `self.fsm.trigger`, `self.publish`
-    pos: _Pos
-
-
-def _runtime_bases(cls: type) -> set[str]:
-    return {base.__name__ for base in cls.__mro__ if base.__module__ == _NODES_MODULE}
-
-
-def _column(lines: Sequence[str], line: int, offset: int) -> int:
-    """The 1-based character column of ``ast``'s UTF-8 byte ``offset`` into ``line``."""
-    text = lines[line - 1] if 0 < line <= len(lines) else ""
-    return len(text.encode("utf-8")[:offset].decode("utf-8", errors="ignore")) + 1
-
-
-def _class_def(tree: ast.Module, qualname: str) -> ast.ClassDef | None:
-    body: list[ast.stmt] = tree.body
-    found: ast.ClassDef | None = None
-    for part in qualname.split("."):
-        found = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == part), None)
-        if found is None:
-            return None  # defined in a function (`<locals>`) or built dynamically: nothing to read
-        body = found.body
-    return found
-
-
-def _is_self(node: ast.expr) -> bool:
-    return isinstance(node, ast.Name) and node.id == "self"
-
-
-def _argument(call: ast.Call, index: int, keyword: str) -> ast.expr | None:
-    if len(call.args) > index and not any(isinstance(a, ast.Starred) for a in call.args[: index + 1]):
-        return call.args[index]
-    return next((k.value for k in call.keywords if k.arg == keyword), None)
-
-
-def _strings(node: ast.expr, module: Mapping[str, Any], local: set[str]) -> Iterator[tuple[str, ast.expr]]:
-    """The string values ``node`` certainly has: a literal, either branch of ``a if c else b``, or a module-level
-    constant (``STAMP_CREATED``, ``events.STAMP_CREATED``) read from the imported module; nothing otherwise."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        yield node.value, node
-    elif isinstance(node, ast.IfExp):
-        yield from _strings(node.body, module, local)
-        yield from _strings(node.orelse, module, local)
-    elif isinstance(node, ast.Name) and node.id not in local and isinstance(module.get(node.id), str):
-        yield module[node.id], node
-    elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id not in local:
-        owner = module.get(node.value.id)
-        value = getattr(owner, node.attr, None) if isinstance(owner, ModuleType) else None
-        if isinstance(value, str):
-            yield value, node
-
-
-def _local_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    """Names a function binds (parameters, assignments): a module constant of that name is shadowed there."""
-    names: set[str] = set()
-    for node in ast.walk(function):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-    return names
-
-
-def _literals(definition: ast.ClassDef, module: Mapping[str, Any], file: Path, lines: Sequence[str]) -> list[_Literal]:
-    found: list[_Literal] = []
-    for function in definition.body:
-        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        local = _local_names(function)
-        for call in ast.walk(function):
-            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
-                continue
-            method, receiver = call.func.attr, call.func.value
-            if method in _PUBLISHING and _is_self(receiver):
-                kind, name, argument = "event", f"self.{method}", _argument(call, 0, "event_name")
-            elif method == "trigger" and isinstance(receiver, ast.Attribute) and receiver.attr == "fsm":
-                if not _is_self(receiver.value):
-                    continue
-                kind, name, argument = "trigger", "self.fsm.trigger", _argument(call, 1, "trigger")
-            else:
-                continue
-            for value, node in _strings(argument, module, local) if argument is not None else ():
-                pos = _Pos(file, node.lineno, _column(lines, node.lineno, node.col_offset))
-                found.append(_Literal(kind, value, name, pos))
-    return found
-
-
-def _project_file(module: ModuleType, root: Path) -> Path | None:
-    """The source file of a module of the project's ``nodes`` package, named under ``root``; ``None`` for others."""
-    module_name = module.__name__
-    if module_name.startswith("_onex_project_"):  # a root imported under its private alias (see imports.py)
-        module_name = module_name.partition(".")[2]
-    file = getattr(module, "__file__", None)
-    if module_name.split(".")[0] != "nodes" or not file or not file.endswith(".py"):
-        return None
-    real, real_root = os.path.realpath(file), os.path.realpath(root)
-    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        return None
-    return root / os.path.relpath(real, real_root)  # as the session names files, so issues read root-relative
-
-
-def _node_code(cls: type, root: Path) -> tuple[_Pos | None, list[_Literal]]:
-    """Where ``cls`` is defined, and the triggers and events that it and its project base classes name in code.
-
-    The source is read with ``ast``, never run; only module-level constants are taken from the already imported
-    module. A class whose source cannot be read contributes nothing.
-    """
-    where: _Pos | None = None
-    found: list[_Literal] = []
-    for klass in cls.__mro__:
-        module = sys.modules.get(klass.__module__)
-        file = None if module is None else _project_file(module, root)
-        if module is None or file is None:  # the runtime's bases, builtins: not the project's code
-            continue
-        try:
-            source = file.read_text(encoding="utf-8")
-            tree = ast.parse(source, filename=str(file))
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
-            continue
-        definition = _class_def(tree, klass.__qualname__)
-        if definition is None:
-            continue
-        lines = source.split("\n")  # as ast counts lines (str.splitlines also splits at \f and others)
-        if klass is cls:
-            where = _Pos(file, definition.lineno, _column(lines, definition.lineno, definition.col_offset))
-        found.extend(_literals(definition, vars(module), file, lines))
-    return where, found
+def _breaker_blocks(contract: Contract) -> list[tuple[str | int, ...]]:
+    """Where ``contract`` sets ``circuit_breaker``: its resilience block, and each consumed event's own."""
+    events = contract.subcontracts.event_type
+    blocks: list[tuple[Resilience | None, tuple[str | int, ...]]] = [(contract.resilience, ("resilience",))]
+    blocks += [
+        (spec.resilience, ("subcontracts", "event_type", "consumes", index, "resilience"))
+        for index, spec in enumerate(events.consumes if events is not None else ())
+    ]
+    return [steps for block, steps in blocks if block is not None and "circuit_breaker" in block.model_fields_set]
 
 
 def _node_type_of(base: str) -> str:
@@ -387,6 +95,8 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 
 # --- the checks -------------------------------------------------------------------------------------------------
 
+# The major version of the contract language onex reads (``contract_version``; docs/contracts.md).
+CONTRACT_LANGUAGE_MAJOR = 2
 # The fields of an ``EventSpec`` only a consumer reads (``max_batch`` too, reported as ``event-batch``).
 _CONSUMER_FIELDS = ("handler", "batch", "external", "resilience")
 # The strategies that read a routing target's ``weight`` (``onex.routing.Router``).
@@ -446,6 +156,24 @@ class _Checks:
                 )
         elif isinstance(subcontract, AggregationSubcontract):
             self.check_aggregation(subcontract, where)
+        elif isinstance(subcontract, CachingSubcontract):
+            self.check_cache_templates(subcontract, where)
+
+    def check_cache_templates(self, caching: CachingSubcontract, where: _Where) -> None:
+        """``key_template`` and each ``invalidate_on[].key`` are templates ``onex.cache`` can render
+        (``template_fields``): otherwise building the cache or every invalidation fails at run time."""
+        templates: list[tuple[str, tuple[str | int, ...]]] = []
+        if "key_template" in caching.model_fields_set:
+            templates.append((caching.key_template, ("key_template",)))
+        for index, entry in enumerate(caching.invalidate_on):
+            if not isinstance(entry, str) and entry.key is not None:
+                templates.append((entry.key, ("invalidate_on", index, "key")))
+        for template, steps in templates:
+            try:
+                template_fields(template)
+            except ValueError as exc:
+                label = ".".join(str(step) if isinstance(step, str) else f"[{step}]" for step in steps)
+                self.report(where.at(*steps), "cache-template", f"{label.replace('.[', '[')} {template!r}: {exc}")
 
     def check_batch_limits(self, events: EventTypeSubcontract, where: _Where) -> None:
         """``max_batch`` sizes a batch handler's calls: on any other entry nothing would read it. The other fields
@@ -467,6 +195,20 @@ class _Checks:
                         "field-unread",
                         f"event {spec.event_name}: {name} is only read on a consumed event, not a published one",
                     )
+        first: dict[str, int] = {}  # handler -> its first consumes entry: one subscription, so one batch setting
+        for index, spec in enumerate(events.consumes):
+            if spec.handler is None:
+                continue
+            earlier = first.setdefault(spec.handler, index)
+            if spec.batch != events.consumes[earlier].batch:
+                other = events.consumes[earlier]
+                self.report(
+                    where.at("consumes", index, "batch" if "batch" in spec.model_fields_set else "handler"),
+                    "event-batch",
+                    f"event {spec.event_name}: batch is {str(spec.batch).lower()} but {other.event_name} "
+                    f"(consumes[{earlier}]) has batch: {str(other.batch).lower()} for the same handler "
+                    f"{spec.handler!r}; one handler is one subscription, so its entries must agree",
+                )
         for index, spec in enumerate(events.consumes):
             if spec.handler is None:
                 self.report(
@@ -498,6 +240,13 @@ class _Checks:
         for index, target in enumerate(routing.targets):
             if target.condition is not None:
                 self._check_guard(target.condition, where.at("targets", index, "condition"), "routing-condition")
+        if routing.strategy != "service" and not routing.targets:
+            self.report(
+                where.at("strategy"),
+                "routing-strategy",
+                f"strategy {routing.strategy} needs targets to choose between; with none every command goes to the "
+                "node's default service (give targets, or strategy: service with fallbacks)",
+            )
         if routing.strategy == "hash" and not routing.hash_key:
             self.report(where.at("strategy"), "routing-strategy", "strategy hash needs hash_key: the field to hash")
         if routing.strategy != "hash" and routing.hash_key:
@@ -586,6 +335,14 @@ class _Checks:
                         )
 
     def check_contract(self, contract: Contract, where: _Where) -> None:
+        major = contract.contract_version.split(".")[0]
+        if major != str(CONTRACT_LANGUAGE_MAJOR):
+            self.report(
+                where.at("contract_version"),
+                "contract-version",
+                f"contract_version {contract.contract_version}: onex reads contract language "
+                f"{CONTRACT_LANGUAGE_MAJOR}.x.y only (write contract_version: {CONTRACT_LANGUAGE_MAJOR}.0.0)",
+            )
         for kind in SUBCONTRACT_TYPES:
             subcontract = getattr(contract.subcontracts, kind)
             if subcontract is not None:
@@ -612,6 +369,11 @@ class _Checks:
         self.check_config(contract, cls, where)
         self.check_node_code(contract, cls, where)
         self.check_state(contract, cls, where)
+        self.check_reads(contract, cls, where)
+        self.check_routes(contract, cls, where)
+        self.check_cache_lookups(contract, cls, where)
+        self.check_class_breakers(contract, cls, where)
+        self.check_step_names(contract, cls, where)
         problems = getattr(cls, "contract_problems", None)
         for steps, message in problems(contract) if callable(problems) else ():
             self.report(where.at(*steps), "node-contract", message)
@@ -620,19 +382,12 @@ class _Checks:
         """``circuit_breaker`` only on effect nodes: ``EffectNode`` is the one kind that builds a breaker."""
         if contract.node_type is NodeType.EFFECT:
             return
-        events = contract.subcontracts.event_type
-        blocks: list[tuple[Resilience | None, tuple[str | int, ...]]] = [(contract.resilience, ("resilience",))]
-        blocks += [
-            (spec.resilience, ("subcontracts", "event_type", "consumes", index, "resilience"))
-            for index, spec in enumerate(events.consumes if events is not None else ())
-        ]
-        for block, steps in blocks:
-            if block is not None and "circuit_breaker" in block.model_fields_set:
-                self.report(
-                    where.at(*steps, "circuit_breaker", key=True),
-                    "field-unread",
-                    f"circuit_breaker is only read by effect nodes; node_type {contract.node_type} builds no breaker",
-                )
+        for steps in _breaker_blocks(contract):
+            self.report(
+                where.at(*steps, "circuit_breaker", key=True),
+                "field-unread",
+                f"circuit_breaker is only read by effect nodes; node_type {contract.node_type} builds no breaker",
+            )
 
     def check_config(self, contract: Contract, cls: type, where: _Where) -> None:
         """``config`` against the class's ``config_model``: a wrong value at the value, an unknown key at the key.
@@ -836,6 +591,26 @@ class _Checks:
                     "passes (an orchestrator's steps have timeout_ms: config.steps)",
                 )
         terminal = {s.state_name for s in fsm.states if s.is_terminal} | set(fsm.terminal_states)
+        for index, state in enumerate(fsm.states):
+            if state.exit_actions and state.state_name in terminal:
+                self.report(
+                    where.at("states", index, "exit_actions", key=True),
+                    "field-unread",
+                    f"state {state.state_name!r}: exit_actions never run on a terminal state (no transition leaves "
+                    "it); make them entry_actions",
+                )
+        for t_index, transition in enumerate(fsm.transitions):
+            for c_index, condition in enumerate(transition.conditions):
+                for name, why in (
+                    ("condition_name", "nothing reads a guard's name (write a YAML comment)"),
+                    ("required", "every guard is required (required: false would drop it; remove the guard)"),
+                ):
+                    if name in condition.model_fields_set:
+                        self.report(
+                            where.at("transitions", t_index, "conditions", c_index, name, key=True),
+                            "field-unread",
+                            f"transition {transition.transition_name!r}: conditions[{c_index}].{name}: {why}",
+                        )
         everywhere = [s.state_name for s in fsm.states if s.state_name not in terminal]
         names: dict[str, int] = {}
         taken: dict[tuple[str, str], int] = {}  # (state, trigger) -> the first transition without a guard taking it
@@ -889,6 +664,10 @@ class _Checks:
                         self.report(
                             pos, "event-payload", f"event {spec.event_name}: invalid payload_schema: {exc.message}"
                         )
+                        continue
+                    for path, message in unresolved_refs(spec.payload_schema):
+                        pos = where.at(direction, index, "payload_schema", *path, "$ref")
+                        self.report(pos, "event-payload", f"event {spec.event_name}: payload_schema: {message}")
                 elif spec.payload_model is not None:
                     self._check_payload_model(spec, where.at(direction, index, "payload_model"))
 
@@ -1003,6 +782,147 @@ class _Checks:
                     here.at(key) if key in subcontract.model_fields_set else here.at(),
                     "state-choice",
                     f"{owner} cannot honour {key}: {value}; it supports {' | '.join(allowed)}{because}",
+                )
+
+    def check_reads(self, contract: Contract, cls: type, where: _Where) -> None:
+        """Each subcontract is one the class reads: its ``subcontracts_read``, and ``routing`` only where it
+        ``routes`` events (``onex.routing`` moves the targets' subscriptions whether anyone routes or not)."""
+        read = getattr(cls, "subcontracts_read", None)
+        if not isinstance(read, frozenset):
+            return  # not a node class: check_node_code reports that
+        owner = contract.implementation_path
+        for kind in SUBCONTRACT_TYPES:
+            if getattr(contract.subcontracts, kind) is None:
+                continue
+            if kind == "routing" and not getattr(cls, "routes", None):
+                why = f"{owner} routes no event (a node class routes the events its `routes` declares)"
+            elif kind != "routing" and kind not in read:
+                why = f"{owner} reads no {kind} subcontract (it reads: {', '.join(sorted(read))})"
+            else:
+                continue
+            self.report(where.at("subcontracts", kind, key=True), "field-unread", f"subcontracts.{kind}: {why}")
+
+    def check_routes(self, contract: Contract, cls: type, where: _Where) -> None:
+        """A ``hash_key`` or a target's condition reads a field the class puts in the route context (its ``routes``):
+        a missing field hashes every command to the first target, or never matches."""
+        routing, routes = contract.subcontracts.routing, getattr(cls, "routes", None)
+        if routing is None or not isinstance(routes, Mapping) or not routes:
+            return
+        fields = sorted({name for names in routes.values() for name in names})
+        events = ", ".join(sorted(routes))
+        here = where.child("subcontracts", "routing")
+        if routing.strategy == "hash" and routing.hash_key and routing.hash_key not in fields:
+            self.report(
+                here.at("hash_key"),
+                "routing-strategy",
+                f"hash_key {routing.hash_key!r}: {events} has no such field to route by (fields: {', '.join(fields)})"
+                + _suggest(routing.hash_key, fields),
+            )
+        if routing.strategy != "conditional":
+            return
+        for index, target in enumerate(routing.targets):
+            try:
+                name = parse_condition(target.condition)[0].split(".")[0] if target.condition else None
+            except ValueError:
+                continue  # check_routing reported it
+            if name is not None and name not in fields:
+                self.report(
+                    here.at("targets", index, "condition"),
+                    "routing-condition",
+                    f"target {target.name!r}: condition reads {name!r}, which {events} has no field of "
+                    f"(fields: {', '.join(fields)})" + _suggest(name, fields),
+                )
+
+    def check_cache_lookups(self, contract: Contract, cls: type, where: _Where) -> None:
+        """``cached`` names lookups the class makes and ``key_template`` reads fields they pass (its
+        ``cached_lookups``); a class that never reads ``self.cache`` caches nothing at all."""
+        caching = contract.subcontracts.caching
+        read = getattr(cls, "subcontracts_read", None)
+        if caching is None or not isinstance(read, frozenset) or "caching" not in read:
+            return
+        here = where.child("subcontracts", "caching")
+        owner = contract.implementation_path
+        lookups = getattr(cls, "cached_lookups", None)
+        if lookups is None:
+            attributes = _self_attributes(cls, self.root)
+            if attributes is None or "cache" in attributes:
+                return  # looks things up with names we cannot see: undeclared, so unchecked
+            lookups = {}
+        if not lookups:
+            self.report(
+                where.at("subcontracts", "caching", key=True),
+                "field-unread",
+                f"subcontracts.caching: {owner} looks nothing up through self.cache, so nothing would be cached",
+            )
+            return
+        known = sorted(lookups)
+        for index, name in enumerate(caching.cached):
+            if name not in lookups:
+                self.report(
+                    here.at("cached", index),
+                    "field-unread",
+                    f"cached {name!r}: {owner} makes no such lookup (it looks up: {', '.join(known)})"
+                    + _suggest(name, known),
+                )
+        try:
+            used = template_fields(caching.key_template)
+        except ValueError:
+            return  # check_cache_templates reported it
+        for name in dict.fromkeys(caching.cached):
+            passed = sorted(lookups.get(name, ()))
+            for field_name in used:
+                if name in lookups and field_name not in passed:
+                    self.report(
+                        here.at("key_template") if "key_template" in caching.model_fields_set else here.at(),
+                        "cache-template",
+                        f"key_template {caching.key_template!r}: lookup {name!r} passes no field {field_name!r} "
+                        f"(it passes: {', '.join(passed) or 'none'})" + _suggest(field_name, passed),
+                    )
+
+    def check_class_breakers(self, contract: Contract, cls: type, where: _Where) -> None:
+        """``circuit_breaker`` only on an effect class that calls its breaker (``uses_breaker``, else its code names
+        ``self.breaker`` or ``self.breaker_for``): ``EffectNode`` builds one but guards no handler with it."""
+        if contract.node_type is not NodeType.EFFECT:
+            return  # check_breakers reports it on other kinds
+        uses = getattr(cls, "uses_breaker", None)
+        if uses is None:
+            attributes = _self_attributes(cls, self.root)
+            uses = attributes is None or bool(attributes & {"breaker", "breaker_for"})
+        if uses:
+            return
+        for steps in _breaker_blocks(contract):
+            self.report(
+                where.at(*steps, "circuit_breaker", key=True),
+                "field-unread",
+                f"circuit_breaker: {contract.implementation_path} never calls a circuit breaker "
+                "(self.breaker / self.breaker_for), so nothing would trip it",
+            )
+
+    def check_step_names(self, contract: Contract, cls: type, where: _Where) -> None:
+        """An orchestrator's steps are ones its class runs (``step_names``), and include those it needs
+        (``required_steps``): an unknown step is skipped at run time, and without a required one no workflow ends."""
+        raw = contract.config.get("steps") if contract.node_type is NodeType.ORCHESTRATOR else None
+        if not isinstance(raw, list):
+            return
+        names, required = getattr(cls, "step_names", None), getattr(cls, "required_steps", None)
+        owner = contract.implementation_path
+        given = [item.get("step_name") if isinstance(item, Mapping) else None for item in raw]
+        if isinstance(names, frozenset):
+            runs = sorted(names)
+            for index, name in enumerate(given):
+                if isinstance(name, str) and name not in names:
+                    self.report(
+                        where.at("config", "steps", index, "step_name"),
+                        "steps",
+                        f"step {name!r}: {owner} runs no such step (it runs: {', '.join(runs)})" + _suggest(name, runs),
+                    )
+        for name in sorted(required) if isinstance(required, frozenset) else ():
+            if name not in given:
+                self.report(
+                    where.at("config", "steps"),
+                    "steps",
+                    f"config.steps: no step {name!r}; {owner} finishes no workflow without it (add a step named "
+                    f"{name!r})",
                 )
 
     def check_node_code(self, contract: Contract, cls: type, where: _Where) -> None:

@@ -38,9 +38,17 @@ Issue codes (``ContractIssue.code``)::
                                without a guard takes its trigger from the same state first
     field-unread               a field nothing would read there: a consumer's ``handler``/``batch``/``external``/
                                ``resilience`` on a published event, ``circuit_breaker`` on a node other than an
-                               effect, a state's ``timeout_ms`` (state timeouts are not supported)
+                               effect or on an effect class that calls no breaker (``uses_breaker``), a state's
+                               ``timeout_ms`` (state timeouts are not supported), ``exit_actions`` on a terminal
+                               state, a condition's ``condition_name``/``required``, a subcontract the class does not
+                               read (``subcontracts_read``; ``routing`` where it ``routes`` nothing), a caching
+                               subcontract on a class that looks nothing up or a ``cached`` lookup it never makes
     fsm-condition              a guard outside the grammar ``field operator value`` (see ``parse_condition``)
-    routing-condition          the same, in a routing target's ``condition``
+    routing-condition          the same, in a routing target's ``condition``; or a condition reading a field the
+                               routed event's route context lacks (the class's ``routes``)
+    routing-strategy           a strategy without what it needs (``hash_key``, a condition, targets), a field it does
+                               not read, or a ``hash_key`` the routed event's route context lacks
+    routing-service            a service a routing names that is no node, or a consumer of a routed event it omits
     aggregation-duplicate      two aggregations, or two functions of one, with one name
     aggregation-window         TIME_WINDOW without a window; window fields that do not fit its type (one of
                                size_ms / size_items, slide_* for sliding, gap_ms for sessions, grace_ms by time)
@@ -49,9 +57,11 @@ Issue codes (``ContractIssue.code``)::
     aggregation-method         CUSTOM without ``method``, or ``method`` on another type
     aggregation-field          a field path that is not a dotted name, or ``field`` on TIME_WINDOW / CUSTOM
     aggregation-condition      the same as fsm-condition, in an aggregation's ``where``
-    event-payload              ``payload_model`` and ``payload_schema`` both set, an invalid ``payload_schema``,
-                               or a ``payload_model`` that is not a pydantic model under ``nodes``
-    event-batch                ``max_batch`` on a published event, or on a consumed one without ``batch: true``
+    event-payload              ``payload_model`` and ``payload_schema`` both set, an invalid ``payload_schema`` or
+                               one with a ``$ref`` that resolves to nothing in it (at the ``$ref``), or a
+                               ``payload_model`` that is not a pydantic model under ``nodes``
+    event-batch                ``max_batch`` on a published event, or on a consumed one without ``batch: true``;
+                               consumed entries sharing a handler (one subscription) that disagree on ``batch``
     implementation-forbidden   ``implementation`` outside the project's ``nodes`` package (checked always)
     implementation-missing     the implementation module or class cannot be imported
     handler-missing            a consumes entry without ``handler``, or a consumes handler, entry/exit action or
@@ -62,7 +72,12 @@ Issue codes (``ContractIssue.code``)::
     event-undeclared           node code publishes (``self.publish``/``envelope``/``publish_envelopes``) an event
                                its contract's ``publishes`` does not declare (runtime events are always allowed)
     steps                      an orchestrator's ``config.steps``: a malformed step (every problem of it, such as a
-                               ``timeout_ms`` or ``max_attempts`` below 1), an unknown dependency, a cycle
+                               ``timeout_ms`` or ``max_attempts`` below 1), an unknown dependency, a cycle, a step
+                               its class does not run (``step_names``) or one it needs left out (``required_steps``)
+    cache-template             a caching ``key_template`` or ``invalidate_on[].key`` onex cannot render (malformed,
+                               a conversion, a format spec, a field that is not a plain name), or a field of it that
+                               a cached lookup does not pass (the class's ``cached_lookups``)
+    contract-version           a ``contract_version`` whose major is not the contract language onex reads (2)
     event-unpublished          a consumed event (name, version) that no contract in the set publishes
     event-topic                a consumed event published only on another ``topic_class`` (so on another topic)
     cache-event                a caching ``invalidate_on`` event that no contract publishes or consumes
@@ -132,6 +147,7 @@ ISSUE_CODES: frozenset[str] = (
     | frozenset({"node-contract"})
     | frozenset({"model-stale"})
     | frozenset({"event-topic", "field-unread", "cache-event", "fsm-transition"})
+    | frozenset({"cache-template", "contract-version"})
 )
 
 _M = TypeVar("_M", bound=BaseModel)

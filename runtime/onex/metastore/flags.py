@@ -2,8 +2,11 @@
 
 A ``FlagSpec`` is the user-editable part of a flag. ``CompiledFlag`` turns one spec into plain closures once (guards
 parsed by ``onex.fsm.parse_guard``, every possible answer built in advance), so ``evaluate`` parses nothing and
-allocates nothing on its usual paths; it answers as an OpenFeature provider does: value, variant, reason, and an
-error code when it failed. An error is an answer (reason ERROR, the default value), never an exception.
+allocates nothing on its usual paths (a ``matches`` condition allocates the value's UTF-8 bytes and one span: it runs on
+RE2, ``onex.contracts.grammar.Pattern``, so that a rule written over the HTTP API cannot make Python's backtracking
+``re`` hold the event loop); it answers as an OpenFeature provider does: value, variant, reason, and an error code when
+it failed. An error is an answer (reason ERROR, the default value), never an exception. A rule whose pattern RE2 refuses
+(back-references, look-around) is refused when the flag is written, as any malformed condition is.
 
 Order of evaluation; the first step that decides wins:
 
@@ -36,7 +39,6 @@ skew a bucket by 2e-6 of its share.
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +50,7 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from onex.contracts import parse_condition
+from onex.contracts import Pattern, parse_condition
 from onex.fsm import parse_guard
 
 __all__ = [
@@ -294,14 +296,14 @@ _NUMERIC: Final = {
 """``actual OP bound`` as a method of the bound: ``actual > bound`` is ``bound.__lt__(actual)``."""
 
 
-def _test(operator: str, value: Any, pattern: re.Pattern[str] | None) -> Callable[[Any], bool]:
+def _test(operator: str, value: Any, pattern: Pattern | None) -> Callable[[Any], bool]:
     """The test of one present attribute value, as ``onex.fsm.Guard`` applies it (the tests check they agree).
 
     May raise TypeError or ValueError for a value of the wrong type: the caller turns that into False.
     """
     if pattern is not None:
-        search = pattern.search
-        return lambda a: search(a if type(a) is str else str(a)) is not None
+        search = pattern.search  # RE2's (onex.contracts.grammar.Pattern): linear in the value, whoever wrote the rule
+        return lambda a: search(a if type(a) is str else str(a))
     if operator in ("equals", "=="):
         text = str(value)
         return lambda a: bool(a == value or str(a) == text)
@@ -394,7 +396,7 @@ def _condition(expression: str) -> Predicate:
             actual = context.get(key, _MISSING)
             if actual is _MISSING:
                 return False
-            return search(actual if type(actual) is str else str(actual)) is not None
+            return search(actual if type(actual) is str else str(actual))
 
         return matches
     if operator in ("equals", "==") and type(guard.value) is str:
