@@ -91,9 +91,15 @@ def test_meta_set_get_history_and_rollback(store: str) -> None:
     assert table.returncode == 0
     assert "version 2" in table.stdout
 
-    history = ok_json("meta", "history", "db.pool", "--namespace", "svc", "--store", store)
+    page = ok_json("meta", "history", "db.pool", "--namespace", "svc", "--store", store)
+    history = page["items"]
     assert (history[0]["version"], history[0]["change"], history[0]["actor"]) == (2, "update", "ops")
     assert [v["snapshot"]["value"] for v in history] == [8, {"size": 5}]
+    # The page, as the table says it ("1 of 2 version(s)") and as the HTTP API answers one.
+    one = ok_json("meta", "history", "db.pool", "--namespace", "svc", "--limit", "1", "--store", store)
+    assert (len(one["items"]), one["total"], one["limit"], one["offset"]) == (1, 2, 1, 0)
+    shown = onex("meta", "history", "db.pool", "--namespace", "svc", "--limit", "1", "--store", store).stdout
+    assert "1 of 2 version(s)" in shown
 
     rolled = ok_json(
         "meta", "rollback", "db.pool", "1", "--namespace", "svc", "--store", store, "--expected-version", "2"
@@ -109,6 +115,19 @@ def test_meta_set_get_history_and_rollback(store: str) -> None:
     assert (text["value"], text["content_type"]) == ("hello", "text")
     missing = onex("meta", "get", "motd", "--tenant", "other", "--store", store)
     assert one_error_line(missing, 1) == "error: metadata default/motd not found"
+
+
+def test_meta_get_shows_a_multi_line_value_on_one_row(store: str) -> None:
+    value = "first line\nsecond line\n\tindented"
+    assert onex("meta", "set", "motd", value, "--content-type", "text", "--store", store).returncode == 0
+
+    table = onex("meta", "get", "motd", "--store", store)
+
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if line.startswith("│ value ")]
+    assert "first line second line indented" in row  # one row: a script reading lines sees one value
+    assert not any(line.strip("│ ").startswith("second line") for line in table.stdout.splitlines())
+    assert ok_json("meta", "get", "motd", "--store", store)["value"] == value  # JSON keeps it whole
 
 
 def test_meta_usage_errors_are_one_line_exit_2(store: str) -> None:
@@ -132,14 +151,18 @@ def test_integers_beyond_what_a_store_holds_are_usage_errors(store: str) -> None
         ("flags", "list", "--offset", huge),
     ):
         assert huge in one_error_line(onex(*args, "--store", store), 2), args
-    assert ok_json("meta", "history", "k", "--offset", str(MAX_OFFSET), "--store", store) == []
+    assert ok_json("meta", "history", "k", "--offset", str(MAX_OFFSET), "--store", store)["items"] == []
 
 
 def test_flags_list_and_eval(store: str) -> None:
     seed(store)
-    flags = {f["name"]: f for f in ok_json("flags", "list", "--store", store)}
+    listed = ok_json("flags", "list", "--store", store)
+    assert (listed["total"], listed["limit"], listed["offset"]) == (2, 100, 0)
+    flags = {f["name"]: f for f in listed["items"]}
+    first = ok_json("flags", "list", "--limit", "1", "--store", store)
+    assert (len(first["items"]), first["total"]) == (1, 2)  # "1 of 2", as the table says
     assert (flags["beta"]["state"], flags["beta"]["enabled"], flags["dark"]["state"]) == ("active", True, "draft")
-    assert [f["name"] for f in ok_json("flags", "list", "--tag", "web", "--store", store)] == ["beta"]
+    assert [f["name"] for f in ok_json("flags", "list", "--tag", "web", "--store", store)["items"]] == ["beta"]
 
     (matched,) = ok_json("flags", "eval", "beta", "-a", "country=NL", "-a", "user_id=u1", "--store", store)
     assert (matched["value"], matched["variant"], matched["reason"]) == ("new", "on", "TARGETING_MATCH")
@@ -154,7 +177,7 @@ def test_flags_list_and_eval(store: str) -> None:
     assert json.loads(unknown.stdout)[0]["error_code"] == "FLAG_NOT_FOUND"
     assert "JSON object" in one_error_line(onex("flags", "eval", "beta", "--context", "[1]", "--store", store), 2)
     assert "NAME=VALUE" in one_error_line(onex("flags", "eval", "beta", "-a", "country", "--store", store), 2)
-    assert ok_json("flags", "list", "--tenant", "other", "--store", store) == []
+    assert ok_json("flags", "list", "--tenant", "other", "--store", store)["items"] == []
 
 
 def test_config_store_effective(store: str) -> None:

@@ -101,7 +101,7 @@ def test_list_show_and_replay_a_dead_letter_on_the_memory_bus(store_url: str) ->
     request = rejected_request()
     asyncio.run(dead_letter_one(store_url, request))
 
-    [letter] = as_json(onex("list", "--store", store_url, "-o", "json"))
+    [letter] = as_json(onex("list", "--store", store_url, "-o", "json"))["items"]
     assert letter["original_event_id"] == str(request.event_id)
     assert letter["topic"] == f"{REQUESTS}.dlq"
     assert letter["original_topic"] == REQUESTS
@@ -131,14 +131,14 @@ def test_list_show_and_replay_a_dead_letter_on_the_memory_bus(store_url: str) ->
     assert again["event_id"] != letter["event_id"]
     assert again["replays"] == 0
     assert again["original_event_id"] == str(request.event_id)
-    assert len(as_json(onex("list", "--store", store_url, "-o", "json"))) == 2
+    assert len(as_json(onex("list", "--store", store_url, "-o", "json"))["items"]) == 2
 
     # Named again: skipped (exit 0) unless --force.
     skipped = as_json(onex("replay", letter["event_id"], "--store", store_url, "-o", "json"))
     assert [r["status"] for r in skipped] == ["skipped"]
     forced = as_json(onex("replay", letter["event_id"], "--force", "--store", store_url, "-o", "json"))
     assert [r["status"] for r in forced] == ["replayed"]
-    assert len(as_json(onex("list", "--store", store_url, "-o", "json"))) == 3
+    assert len(as_json(onex("list", "--store", store_url, "-o", "json"))["items"]) == 3
 
 
 def test_replay_all_takes_only_letters_not_replayed_and_of_the_topic_asked(store_url: str) -> None:
@@ -149,7 +149,7 @@ def test_replay_all_takes_only_letters_not_replayed_and_of_the_topic_asked(store
     assert elsewhere == []
     first = as_json(onex("replay", "--all", "--topic", REQUESTS, "--store", store_url, "-o", "json"))
     assert [r["status"] for r in first] == ["replayed", "replayed"]
-    letters = as_json(onex("list", "--store", store_url, "-o", "json"))
+    letters = as_json(onex("list", "--store", store_url, "-o", "json"))["items"]
     # Each replay was refused again: two new letters, not replayed yet; the two replayed ones say so.
     assert sorted(r["replays"] for r in letters) == [0, 0, 1, 1]
     replayed_ids = {r["event_id"] for r in first}
@@ -173,6 +173,8 @@ def test_list_limits_with_an_honest_headline_and_pipes_whole_values(store_url: s
     table = onex("list", "--limit", "2", "--store", store_url)
     assert table.exit_code == 0, table.output
     assert "showing 2 of 3 dead letter(s)" in table.stdout
+    page = as_json(onex("list", "--limit", "2", "--store", store_url, "-o", "json"))
+    assert (len(page["items"]), page["total"], page["limit"], page["offset"]) == (2, 3, 2, 0)  # as the table says
     assert "x" * 300 in table.stdout  # a piped table is never cut
     assert sum(i in table.stdout for i in ids) == 2
     lines = onex("list", "--store", store_url, "-o", "jsonl").stdout.splitlines()
@@ -204,7 +206,7 @@ def test_a_multi_line_error_is_one_line_in_the_tables_and_whole_in_json(store_ur
     assert shown.exit_code == 0, shown.output
     [row] = [line for line in shown.stdout.splitlines() if line.startswith("│ error ")]
     assert one_line in row
-    [whole] = as_json(onex("list", "--store", store_url, "-o", "json"))
+    [whole] = as_json(onex("list", "--store", store_url, "-o", "json"))["items"]
     assert whole["error"] == str(error)
 
 

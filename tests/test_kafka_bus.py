@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import random
 import socket
 import ssl
@@ -33,8 +34,9 @@ from onex._murmur2 import murmur2 as onex_murmur2
 from onex.bus import RetryPolicy
 from onex.client import BATCH_PROCESSED_EVENT, publish_report
 from onex.contracts import load_contracts
-from onex.envelope import DEAD_LETTER_EVENT, OnexEnvelopeV1, dlq_topic, typed_reader
+from onex.envelope import DEAD_LETTER_EVENT, UNDECODABLE, OnexEnvelopeV1, dlq_topic, typed_reader
 from onex.exceptions import BusError, StoreUnavailable
+from onex.logs import fields_of
 from onex.nodes import EventCatalog
 from onex.settings import Settings
 
@@ -279,8 +281,9 @@ async def test_a_topics_reader_hands_over_payloads_already_validated_into_their_
 @pytest.mark.kafka
 @pytest.mark.anyio
 async def test_undecodable_records_go_to_the_dlq_and_the_consumer_carries_on(
-    kafka_bus: KafkaBus, kafka_bootstrap: str
+    kafka_bus: KafkaBus, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="onex._kafka")
     topic = unique("malformed")
     good = Collector(expected=1)
     letters = Collector(expected=3)
@@ -317,6 +320,10 @@ async def test_undecodable_records_go_to_the_dlq_and_the_consumer_carries_on(
     assert (tombstone["error_type"], tombstone["error"]) == ("ValueError", "record has no value (a tombstone)")
     assert [letter["original_offset"] for letter in (not_json, not_envelope, tombstone)] == [0, 1, 2]
     assert kafka_bus.statistics().dead_lettered == 3
+    # Each logged as the dead_letter event a decodable one is, with its letter's id: an alert on it sees poison too.
+    logged = [fields_of(r) for r in caplog.records if getattr(r, "onex", {}).get("event") == "dead_letter"]
+    assert sorted(f["event_id"] for f in logged) == sorted(str(d.event_id) for d in dead)
+    assert {(f["event_type"], f["topic"], f["group"]) for f in logged} == {(UNDECODABLE, topic, group)}
 
 
 @pytest.mark.kafka

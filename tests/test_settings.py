@@ -6,7 +6,20 @@ from pathlib import Path
 
 import onex
 import pytest
-from onex.settings import DEFAULT_BUS, DEFAULT_STORE, Settings, find_root, redact_url
+from onex.settings import (
+    DEFAULT_BUS,
+    DEFAULT_STORE,
+    MAX_BUFFER_SIZE,
+    MAX_HTTP_BATCH_LIMIT,
+    MAX_HTTP_MAX_BODY,
+    MAX_INT32,
+    MAX_PARTITIONS,
+    Settings,
+    declarations,
+    find_root,
+    redact_url,
+    resolve_variable,
+)
 from pydantic import Field, ValidationError
 
 
@@ -130,6 +143,76 @@ def test_a_number_setting_that_is_not_one_is_refused_naming_the_setting_and_its_
 ) -> None:
     with pytest.raises(ValueError, match=rf"^{name} \(ONEX_{name.upper()}\) must be .*, not '{value}'$"):
         Settings.load(environ={f"ONEX_{name.upper()}": value}, root=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "bound"),
+    [
+        # ONEX_PARTITIONS=99999999999999999999 had the memory bus create partitions until memory ran out.
+        ("partitions", MAX_PARTITIONS),
+        ("buffer_size", MAX_BUFFER_SIZE),
+        ("http_max_body", MAX_HTTP_MAX_BODY),
+        ("http_batch_limit", MAX_HTTP_BATCH_LIMIT),
+        ("dlq_alert_threshold", MAX_INT32),
+        ("stamp_timeout_ms", MAX_INT32),
+        ("drain_timeout_ms", MAX_INT32),
+        ("registry_sweep_ms", MAX_INT32),
+        ("reducer_flush_ms", MAX_INT32),
+    ],
+)
+def test_an_integer_setting_beyond_its_bound_is_refused_naming_the_bound(tmp_path: Path, name: str, bound: int) -> None:
+    variable = f"ONEX_{name.upper()}"
+    assert getattr(Settings.load(environ={variable: str(bound)}, root=str(tmp_path)), name) == bound
+    for huge in (str(bound + 1), "99999999999999999999"):
+        with pytest.raises(ValueError, match=rf"^{name} \({variable}\) must be a whole number from 1 to {bound}, "):
+            Settings.load(environ={variable: huge}, root=str(tmp_path))
+    with pytest.raises(ValueError, match=f"from 1 to {bound}"):
+        Settings(root=tmp_path).with_(**{name: bound + 1})  # in code as from the environment
+    assert resolve_variable(variable, {variable: str(bound)}) == str(bound)
+    with pytest.raises(ValueError, match=f"from 1 to {bound}"):
+        resolve_variable(variable, {variable: huge})  # a contract interpolating it
+    assert not [d for d in declarations() if d.name == name and not d.type.endswith(f"at most {bound}")]
+
+
+def test_every_integer_setting_has_an_upper_bound() -> None:
+    assert [d.variable for d in declarations() if d.type == "int"] == []
+
+
+@pytest.mark.parametrize("name", ["env", "tenant"])
+@pytest.mark.parametrize("value", ["a b", "a/b", "-dev", "x" * 65, "dév", "a:b"])
+def test_an_environment_or_tenant_that_cannot_be_part_of_a_topic_name_is_refused(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    # Both go into every Kafka topic name, which takes [a-zA-Z0-9._-] only: ONEX_ENV='a b' made topic 'a b.omni...'.
+    variable = f"ONEX_{name.upper()}"
+    with pytest.raises(ValueError, match=rf"^{name} \({variable}\) must be 1-64 characters of .*, not {value!r}$"):
+        Settings.load(environ={variable: value}, root=str(tmp_path))
+
+
+@pytest.mark.parametrize("value", ["prod", "prod-eu.2", "omninode_bridge", "x" * 64, "0"])
+def test_an_environment_or_tenant_of_topic_characters_is_taken(tmp_path: Path, value: str) -> None:
+    settings = Settings.load(environ={"ONEX_ENV": value, "ONEX_TENANT": value}, root=str(tmp_path))
+    assert (settings.env, settings.tenant) == (value, value)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("bogus://", "must be memory or redis://HOST:PORT/DB, not 'bogus://'"),
+        ("redis", "must be memory or redis://HOST:PORT/DB, not 'redis'"),
+        ("redis://u:s3cret@h:99999/0", "'redis://u:***@h:99999/0': Port out of range"),
+    ],
+)
+def test_a_cache_url_no_cache_can_open_is_refused_with_the_other_settings(tmp_path: Path, url: str, error: str) -> None:
+    with pytest.raises(ValueError, match=r"^cache_url \(ONEX_CACHE_URL\) ") as refused:
+        Settings.load(environ={"ONEX_CACHE_URL": url}, root=str(tmp_path))
+    assert error in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["memory", "memory://", "redis://127.0.0.1:6379/3", "rediss://cache:6380/0"])
+def test_a_cache_url_of_memory_or_redis_is_taken(tmp_path: Path, url: str) -> None:
+    assert Settings.load(environ={"ONEX_CACHE_URL": url}, root=str(tmp_path)).cache_url == url
 
 
 def test_zero_is_a_valid_number_of_seconds(tmp_path: Path) -> None:

@@ -191,3 +191,45 @@ def test_onex_config_with_a_bad_value_is_a_usage_error_of_one_line_naming_the_va
     assert result.stderr.strip().splitlines() == [
         "error: stamp_timeout_ms (ONEX_STAMP_TIMEOUT_MS) must be a positive whole number, not 'soon'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"ONEX_PARTITIONS": "99999999999999999999"},
+            "error: partitions (ONEX_PARTITIONS) must be a whole number from 1 to 10000, not '99999999999999999999'",
+        ),
+        (
+            {"ONEX_BUFFER_SIZE": "99999999999"},
+            "error: buffer_size (ONEX_BUFFER_SIZE) must be a whole number from 1 to 1000000, not '99999999999'",
+        ),
+        (
+            {"ONEX_CACHE_URL": "bogus://"},
+            "error: cache_url (ONEX_CACHE_URL) must be memory or redis://HOST:PORT/DB, not 'bogus://'",
+        ),
+        (
+            {"ONEX_ENV": "a b"},
+            "error: env (ONEX_ENV) must be 1-64 characters of [A-Za-z0-9_.-], a letter or digit first (it is part of "
+            "every topic name), not 'a b'",
+        ),
+        (
+            {"ONEX_TENANT": "a/b"},
+            "error: tenant (ONEX_TENANT) must be 1-64 characters of [A-Za-z0-9_.-], a letter or digit first (it is "
+            "part of every topic name), not 'a/b'",
+        ),
+    ],
+    ids=["partitions", "buffer-size", "cache-url", "env", "tenant"],
+)
+@pytest.mark.parametrize(
+    "command", [["config"], ["stamp", "--dry-run", str(ROOT / "README.md")], ["run"]], ids=lambda c: c[0]
+)
+def test_a_setting_out_of_bounds_is_a_usage_error_of_one_line_before_anything_runs(
+    env: dict[str, str], line: str, command: list[str]
+) -> None:
+    # ONEX_PARTITIONS=99999999999999999999 had `onex stamp` grow without bound, deaf to SIGTERM; a bad ONEX_CACHE_URL
+    # had `onex run` log its start and exit 1 when the first cache opened.
+    result = onex(*command, env=env)
+
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [line])
+    assert result.stdout == ""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -30,6 +31,7 @@ from onex.contracts import (
 from onex.exceptions import BusError, ContractError, OnexError
 from onex.logs import configure as configure_logs
 from onex.settings import Settings, database_path, redact_url
+from onex.store import MAX_OFFSET
 
 if TYPE_CHECKING:
     from onex.store import Store
@@ -147,20 +149,66 @@ def _output_option(*formats: str) -> Callable[[Callable[..., Any]], Callable[...
     )
 
 
+# The most rows a listing is asked for (--limit, tail's --max): beyond any table, and an int64 on every store; a
+# bigger number overflowed SQLite's integers (a traceback) and PostgreSQL's (exit 1, not a usage error).
+MAX_ROWS: Final = MAX_OFFSET
+ROWS = click.IntRange(min=1, max=MAX_ROWS)
+
+
+class Seconds(click.ParamType[float]):
+    """A number of seconds, more than 0 and finite: every float option of the CLI (``--timeout``).
+
+    Not ``click.FloatRange(min=0, min_open=True)``: every comparison with NaN is false, so it let ``nan`` through to
+    a traceback, and ``inf`` (no deadline at all) is what leaving the option out means where it means anything.
+    """
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float) and math.isfinite(value) and value > 0:
+            return value  # a default
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a number of seconds more than 0 (and finite)", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
 
 def _since(text: str) -> datetime:
-    """``10m``, ``2h``, ``30s``, ``1d`` ago, or an ISO 8601 time (UTC when it names no zone)."""
+    """``10m``, ``2h``, ``30s``, ``1d`` ago, or an ISO 8601 time (UTC when it names no zone); BadParameter for a
+    duration reaching back before the year 1 (``99999999999d``), which neither ``timedelta`` nor ``datetime`` holds."""
     match = _DURATION.match(text.strip())
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+        except OverflowError:
+            raise click.BadParameter(f"{text!r} reaches back before the year 1") from None
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is neither a duration (10m, 2h, 30s, 1d) nor an ISO 8601 time") from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+SIGINT_STATUS: Final = 130  # 128 + SIGINT: what a shell reports of a command Ctrl-C ended
+SIGTERM_STATUS: Final = 143  # 128 + SIGTERM
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a command ``exc`` interrupted: 143 after SIGTERM, 130 after Ctrl-C.
+
+    ``onex.runtime.run_main`` turns SIGTERM into the KeyboardInterrupt Ctrl-C raises, so that both drain alike, and
+    raises it ``from None``; asyncio's runner raises Ctrl-C's in the handling of the cancellation it caused.
+    """
+    return SIGTERM_STATUS if exc.__suppress_context__ and exc.__cause__ is None else SIGINT_STATUS
 
 
 def _exist(paths: Sequence[Path]) -> None:
@@ -201,9 +249,12 @@ class _Onex(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
             click.echo("Aborted!", err=True)
-            sys.exit(1)
+            # Interrupted: the status a shell gives a process a signal ended (128 + its number), not 1, which says
+            # "a failure was found". An Abort of click's own (a prompt's) is 1, as click exits.
+            interrupt = exc.__cause__
+            sys.exit(interrupted_status(interrupt) if isinstance(interrupt, KeyboardInterrupt) else 1)
         # Without standalone mode click returns the code a command exited with (ctx.exit), or what it returned.
         sys.exit(returned if isinstance(returned, int) else 0)
 

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onex._cli import T, _fail, _output_option, _run, _settings, main
-from onex._render import compact, console, emit, emit_json
+from onex._render import cell, compact, console, emit, emit_json, show
 from onex.exceptions import OnexError
 from onex.metastore.service import MAX_LIMIT, MAX_VERSION
 from onex.settings import DEFAULT_TENANT, Settings
@@ -92,10 +92,11 @@ def _with_metastore(settings: Settings, call: Callable[[Metastore], Awaitable[T]
 
 def _record(title: str, entity: dict[str, Any]) -> None:
     """One entity as a two-column table: field, value (JSON values on one line)."""
-    table = Table(title=title, show_header=False)
+    table = Table(title=Text(title), show_header=False)
     for name, value in entity.items():
-        table.add_row(name, Text(value if isinstance(value, str) else compact(value)))
-    console.print(table)
+        # A text value on one line, as every cell (a multi-line value split its row); -o json keeps it whole.
+        table.add_row(name, cell(value) if isinstance(value, str) else Text(compact(value)))
+    show(table)
 
 
 def _dumped(entity: Any) -> dict[str, Any]:
@@ -259,6 +260,7 @@ def meta_history(
         output,
         rows,
         title=f"{namespace}/{key} (tenant {tenant}): {len(rows)} of {page.total} version(s)",
+        page={"total": page.total, "limit": page.limit, "offset": page.offset},
         columns={
             "version": lambda r: r["version"],
             "at": lambda r: r["at"],
@@ -342,6 +344,7 @@ def flags_list(
         output,
         rows,
         title=f"flags of tenant {tenant}: {len(rows)} of {page.total}",
+        page={"total": page.total, "limit": page.limit, "offset": page.offset},
         columns={
             "name": lambda r: r["name"],
             "state": lambda r: r["state"],

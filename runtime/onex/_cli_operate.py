@@ -21,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from onex._cli import (
+    ROWS,
+    SECONDS,
     T,
     _contracts,
     _fail,
@@ -33,7 +35,7 @@ from onex._cli import (
     err,
     main,
 )
-from onex._render import cell, compact, console, duration, emit, emit_json, getter, plain, window_span
+from onex._render import cell, compact, console, duration, emit, emit_json, getter, plain, show, window_span
 from onex.exceptions import OnexError
 from onex.settings import Settings, declarations, redact_url, spelled
 
@@ -66,7 +68,10 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
             path = Path(target)
             if not os.path.lexists(path):
                 _fail(f"{target!r} is not a UUID, nor a path to a file", code=2)
-            # The stamping effect records the path as the client gave it; onex stamp gives absolute paths.
+            # The stamping effect records the path as the client gave it: onex stamp gives it joined to its cwd
+            # (Path.absolute: symlinks and ".." kept), so the same spelling from any cwd finds it; one recorded
+            # otherwise (an HTTP client's, one stamped before onex stamp gave absolute paths) may be the real path or
+            # the PATH as typed.
             paths = list(dict.fromkeys([str(path.absolute()), str(path.resolve()), target]))
     settings = _settings(ctx, store=store)
 
@@ -106,7 +111,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
             "error_message",
         ):
             summary.add_row(key, cell(str(getattr(workflow, key))))
-        console.print(summary)
+        show(summary)
         steps_table = Table(title="steps")
         for column in ("#", "step", "status", "ms", "error"):
             steps_table.add_column(column)
@@ -118,13 +123,13 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
                 str(st.execution_time_ms or ""),
                 cell(st.error_message),
             )
-        console.print(steps_table)
+        show(steps_table)
         tr = Table(title="transitions")
         for column in ("at", "from", "to", "trigger"):
             tr.add_column(column)
         for t in transitions:
             tr.add_row(str(t.created_at), t.from_state or "", t.to_state, t.transition_event)
-        console.print(tr)
+        show(tr)
         for row in stamp_rows:
             stamp_table = Table(title=f"stamp {row.id}", show_header=False)
             for key in (
@@ -141,7 +146,7 @@ def trace(ctx: click.Context, target: str | None, latest: bool, store: str | Non
             ):
                 value = getattr(row, key)
                 stamp_table.add_row(key, Text(json.dumps(value) if isinstance(value, dict) else str(value)))
-            console.print(stamp_table)
+            show(stamp_table)
 
     try:
         _run(main_(), settings)
@@ -237,7 +242,7 @@ def _heartbeat_age(age_s: float | None) -> str:
     callback=lambda _ctx, _param, value: None if value is None else _since(value),
     help="Only workflows created since then: 10m, 2h, 30s, 1d ago, or an ISO 8601 time.",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@click.option("--limit", type=ROWS, default=50, show_default=True, help="At most this many.")
 @click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
 @_output_option("jsonl")
 @click.pass_context
@@ -294,7 +299,7 @@ def workflows(
 @click.option("--aggregation", help="Only the windows of this aggregation (its name in the contract).")
 @click.option("--node", help="Only the windows this node persisted.")
 @click.option("--open/--closed", "open_", default=None, help="Only windows still open, or only closed ones.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--limit", type=ROWS, default=100, show_default=True, help="At most this many.")
 @click.option("--store", help="sqlite:///PATH or postgresql://... Env: ONEX_STORE.")
 @_output_option("jsonl")
 @click.pass_context
@@ -443,7 +448,7 @@ def _when(value: datetime | None) -> str | None:
 
 @dlq.command("list")
 @click.option("--topic", help="Only the dead letters of this topic (its name, or its .dlq name).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--limit", type=ROWS, default=100, show_default=True, help="At most this many.")
 @click.option("--bus", help="As `onex run --bus`. Env: ONEX_BUS.")
 @click.option("--store", help="As `onex run --store`: where replays are recorded. Env: ONEX_STORE.")
 @_output_option("jsonl")
@@ -470,6 +475,7 @@ def dlq_list(
         output,
         [_letter(r) for r in found.rows],
         title=f"showing {len(found.rows)} of {found.total} dead letter(s){where}, newest first",
+        page={"total": found.total, "limit": limit, "offset": 0},
         columns={
             "dead letter": lambda r: r["event_id"],
             "original": lambda r: r["original_event_id"] or "-",
@@ -519,7 +525,7 @@ def dlq_show(ctx: click.Context, event_id: str, bus: str | None, store: str | No
         summary = Table(title=f"dead letter {row.event_id}", show_header=False)
         for key, value in _letter(row).items():
             summary.add_row(key, cell(None if value is None else plain(value)))
-        console.print(summary)
+        show(summary)
         payload = row.letter.get("payload") or {}
         if isinstance(payload.get("original"), dict):
             console.print("original envelope:")
@@ -649,7 +655,7 @@ def _arrived(envelope: Any, output: str, *, key: str | None = None) -> None:
 @click.option("--store", help="Memory bus only: the store the hosted nodes use. Env: ONEX_STORE.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=30.0,
     show_default=True,
     help="Kafka: seconds for the broker to acknowledge. Memory bus: seconds for the graph to settle.",
@@ -755,10 +761,10 @@ def publish(
 @click.argument("event_names", nargs=-1, required=True, metavar="EVENT_NAME...")
 @click.option("--bus", help="kafka://HOST:PORT: the broker to read (tail needs one). Env: ONEX_BUS.")
 @click.option("--from-beginning", is_flag=True, help="Read the topics from their beginning, not from their end.")
-@click.option("--max", "max_count", type=click.IntRange(min=1), help="Stop after this many envelopes.")
+@click.option("--max", "max_count", type=ROWS, help="Stop after this many envelopes.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     help="Stop after this many seconds without an envelope. Default: never.",
 )
 @_output_option("jsonl")

@@ -1149,7 +1149,24 @@ class _KafkaSubscription(Subscription):
         if record.value is None:
             error = ValueError("record has no value (a tombstone)")
         logger.warning("undecodable record %s[%d]@%d: %s", topic, record.partition, record.offset, error)
-        await self._dead_letter(topic, UNDECODABLE, raw_dead_letter(topic, record, error, self.group))
+        letter = raw_dead_letter(topic, record, error, self.group)
+        if await self._dead_letter(topic, UNDECODABLE, letter):
+            # The dead_letter event a decodable one gets (logs.dead_lettered), so that an alert on it sees poison
+            # records too: no original envelope, so the letter's own id (`onex dlq show` takes it) and where it was.
+            event(
+                logger,
+                logging.WARNING,
+                "dead_letter",
+                f"dead-lettered an undecodable record {topic}[{record.partition}]@{record.offset}: {error!r}",
+                event_id=str(letter.event_id),
+                event_type=UNDECODABLE,
+                correlation_id=None,
+                attempts=0,
+                group=self.group,
+                topic=topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
 
     async def _dead_letter(self, topic: str, event_type: str, letter: OnexEnvelopeV1) -> bool:
         """Publish ``letter`` to the dead-letter topic of ``topic``: True once enqueued."""

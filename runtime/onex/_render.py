@@ -67,27 +67,51 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(plain(data), indent=2))
 
 
+def show(table: Table, on: Console | None = None) -> None:
+    """``table`` on ``on`` (default stdout's console); not on a terminal, a title wider than the table is printed
+    whole on a line of its own above it.
+
+    rich folds a table's title at the table's width, whatever the console's, so a piped title naming a long store
+    URL or path was split over lines where a script looked for it whole. On a terminal it folds as rich folds it.
+    """
+    target = on or console
+    title = table.title
+    if title is not None and not target.is_terminal:
+        text = title if isinstance(title, Text) else Text.from_markup(title)
+        if text.cell_len > target.measure(table).maximum:
+            table.title = None
+            text.stylize("table.title")
+            target.print(text, soft_wrap=True)
+    target.print(table)
+
+
 def emit(
     output: str,
     rows: Sequence[Mapping[str, Any]],
     *,
     title: str,
     columns: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+    page: Mapping[str, Any] | None = None,
 ) -> None:
-    """``rows`` as a table (``columns``: header -> cell, default every key), a JSON array, or JSON lines."""
+    """``rows`` as a table (``columns``: header -> cell, default every key), a JSON array, or JSON lines.
+
+    ``page``, for a paged list (one whose table says "N of M"): with ``-o json`` the rows are the ``items`` of an
+    object holding ``page``'s fields too (``total``, ``limit``, ``offset``), the shape of the HTTP API's pages, so
+    that the JSON says what the table does; ``-o jsonl`` is the rows, one a line, as for every list.
+    """
     if output == "json":
-        emit_json(list(rows))
+        emit_json(list(rows) if page is None else {"items": list(rows), **page})
     elif output == "jsonl":
         for row in rows:
             click.echo(json.dumps(plain(row)))
     else:
         cells = columns or {key: getter(key) for key in (rows[0] if rows else {})}
-        table = Table(title=title)
+        table = Table(title=Text(title))  # literally: a store URL or a path may hold [brackets]
         for header in cells:
             table.add_column(header)
         for row in rows:
             table.add_row(*(cell(value(row)) for value in cells.values()))
-        console.print(table)
+        show(table)
 
 
 def getter(key: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -123,9 +147,9 @@ def window_span(row: Mapping[str, Any]) -> str:
 class StampProgress:
     """The progress bar of ``onex stamp`` on ``console``, fed by ``StampRun.run(on_progress=...)``.
 
-    A context manager around the run; the bar appears at the first report (once the run is connected: nothing is
-    drawn while it connects) and is removed at the end. Shows outcomes in, of the files submitted once all are,
-    and the rate since the bar was created.
+    A context manager around the run, drawing only on a terminal; the bar appears at the first report (once the run
+    is connected: nothing is drawn while it connects) and is removed at the end. Shows outcomes in, of the files
+    submitted once all are, and the rate since the bar was created.
     """
 
     def __init__(self, console: Console) -> None:
@@ -141,8 +165,12 @@ class StampProgress:
         self._task = self._bar.add_task("stamp", total=None, rate="")
         self._started = time.monotonic()
         self._shown = False
+        # Off a terminal (a log file, a pipe) nothing is drawn: a transient bar there left a lone line break.
+        self._drawn = console.is_terminal
 
     def __call__(self, done: int, total: int | None) -> None:
+        if not self._drawn:
+            return
         if not self._shown:
             self._shown = True
             self._bar.start()
@@ -170,7 +198,7 @@ def print_stamp_report(report: StampReport, console: Console) -> None:
             table.add_column(column, overflow="fold")
         for p in report.problems:
             table.add_row(p.status, cell(p.path), str(p.correlation_id or "-"), cell(p.reason))
-        console.print(table)
+        show(table, console)
     files = report.submitted + report.unsubmitted
     if not report.waited:  # --no-wait: what was handed to the deployment, no outcomes
         title = f"submitted {report.submitted} file(s) in {report.elapsed_s:.2f} s, not waiting for the outcomes"
@@ -188,7 +216,7 @@ def print_stamp_report(report: StampReport, console: Console) -> None:
     for column in columns:
         summary.add_column(column, justify="right")
     summary.add_row(*(str(report.submitted if c == "submitted" else report.counts[c]) for c in columns))
-    console.print(summary)
+    show(summary, console)
     in_flight = report.pending - report.unsubmitted
     if in_flight:
         console.print(
@@ -224,7 +252,7 @@ def print_stamp_report(report: StampReport, console: Console) -> None:
                 str(row.unique_file_hashes),
                 by_type,
             )
-        console.print(agg)
+        show(agg, console)
 
 
 def print_verify_report(report: VerifyReport, console: Console, *, show_all: bool = False) -> None:
@@ -244,9 +272,9 @@ def print_verify_report(report: VerifyReport, console: Console, *, show_all: boo
                 else ""
             )
             table.add_row(f"[{style[r.status]}]{r.status}[/]", cell(r.path), cell(detail))
-        console.print(table)
+        show(table, console)
     summary = Table(title=f"verified {len(report.results) - report.counts['skipped']} file(s)")
     for column in VERIFY_STATUSES:
         summary.add_column(column, justify="right")
     summary.add_row(*(str(report.counts[c]) for c in VERIFY_STATUSES))
-    console.print(summary)
+    show(summary, console)

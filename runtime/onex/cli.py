@@ -16,15 +16,28 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 # The author's, the operator's and the metastore's commands register themselves on ``main`` when imported.
 import onex._cli_author
 import onex._cli_metastore
 import onex._cli_operate  # noqa: F401
 from onex import __version__
-from onex._cli import _contracts, _exist, _fail, _from_store, _output_option, _run, _settings, err
+from onex._cli import (
+    SECONDS,
+    SIGTERM_STATUS,
+    _contracts,
+    _exist,
+    _fail,
+    _from_store,
+    _output_option,
+    _run,
+    _settings,
+    err,
+    interrupted_status,
+)
 from onex._cli import main as main  # the console script: onex.cli:main
-from onex._render import console, emit, emit_json
+from onex._render import console, emit, emit_json, getter, show
 from onex.contracts import (
     Contract,
     bundled_schema,
@@ -162,7 +175,9 @@ def nodes(ctx: click.Context, output: str) -> None:
                 "implementation": status,
             }
         )
-    emit(output, rows, title=f"nodes in {settings.root}")
+    # Named, not taken from the first row: a root without contracts has none, and its table still says what it lists.
+    columns = {name: getter(name) for name in ("node", "version", "kind", "contract", "implementation")}
+    emit(output, rows, title=f"nodes in {settings.root}", columns=columns)
 
 
 @main.command()
@@ -342,12 +357,12 @@ def run(
                     )
             else:
                 store_url = redact_url(settings.store_url())
-                table = Table(title=f"onex {__version__}: hosting on {bus_url}, store {store_url}")
+                table = Table(title=Text(f"onex {__version__}: hosting on {bus_url}, store {store_url}"))
                 for column in ("node", "version", "kind", "node id"):
                     table.add_column(column)
                 for n in rt.nodes:
                     table.add_row(n.contract.name, n.contract.version, n.contract.node_type.value, n.node_id)
-                err.print(table)
+                show(table, err)
             if reload_contracts and not no_nodes:
                 watcher = rt.watch_contracts()
                 stack.callback(watcher.cancel)
@@ -404,7 +419,7 @@ def _file_types() -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=600.0,
     show_default=True,
     help="Seconds for the whole run: connecting, submitting, waiting for the outcomes, reading the summary. Files "
@@ -441,6 +456,8 @@ def stamp(
       2  usage error
       3  a file is pending: no outcome within --timeout (a deployment may
          still complete it), or not submitted by then
+      130, 143  interrupted by Ctrl-C or SIGTERM (after a drain; how far it
+         got is said on stderr)
     """
     from onex._render import StampProgress, print_stamp_report
     from onex.client import StampRun
@@ -469,11 +486,29 @@ def stamp(
         timeout=timeout,
         force=force,
     )
+    heard: list[tuple[int, int | None]] = [(0, None)]  # outcomes heard, and files submitted once all are
+
+    def progress_(done: int, total: int | None) -> None:
+        heard[0] = (done, total)
+        progress(done, total)
+
     try:
         with StampProgress(err) as progress:
-            report = _run(run_.run(list(paths), on_progress=progress), settings)
+            report = _run(run_.run(list(paths), on_progress=progress_), settings)
     except OnexError as exc:
         _fail(str(exc))
+    except (
+        KeyboardInterrupt
+    ) as exc:  # Ctrl-C or SIGTERM: the nodes drained; say how far it got, exit as a shell expects
+        status = interrupted_status(exc)
+        done, total = heard[0]
+        of = f"of {total} " if total is not None else ""
+        _fail(
+            f"interrupted by {'SIGTERM' if status == SIGTERM_STATUS else 'Ctrl-C'}: {done} file(s) {of}had their "
+            f"outcome{'' if total is not None else ', and not every file was submitted'}; a file may be stamped "
+            "without its outcome heard. Run onex stamp again to finish: a file stamped already is then unchanged",
+            status,
+        )
     if output == "json":
         emit_json(report.to_dict())
     else:

@@ -579,7 +579,12 @@ class StampRun:
                         unsubmitted.append(entry)
                         cid = await client.submit(
                             {
-                                "file_path": str(entry.path),
+                                # Absolute, so that the store records one spelling of the file whatever the cwd
+                                # (`onex trace PATH` finds it from any; a deployment does not share the cwd). Joined
+                                # to the cwd and no more: symlinks stay as given (the effect resolves them to check
+                                # the roots), and so does "..", which collapsed by os.path.abspath could name
+                                # another file than the one given when it follows a symlink.
+                                "file_path": str(entry.path.absolute()),
                                 "namespace": self.namespace,
                                 "stamp_type": "rich" if self.rich else "lightweight",
                                 "dry_run": self.dry_run,

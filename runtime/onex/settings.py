@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
+import annotated_types
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -44,6 +45,14 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 SqliteWriter = Literal["process", "thread"]
 EventLoop = Literal["auto", "uvloop", "asyncio"]
+# Upper bounds of the integer settings: a value beyond them is nonsense, and some were harmful rather than merely
+# useless (ONEX_PARTITIONS=99999999999999999999 had the memory bus create partitions until memory ran out, deaf to
+# SIGTERM). A usage error naming the bound is better than either.
+MAX_PARTITIONS: Final = 10_000  # Kafka's practical limit per topic (and per broker) is a few thousand
+MAX_BUFFER_SIZE: Final = 1_000_000  # messages held per partition: beyond it a slow consumer never catches up
+MAX_HTTP_MAX_BODY: Final = 1024**3  # bytes read whole into memory by one request
+MAX_HTTP_BATCH_LIMIT: Final = 10_000  # workflows started by one request
+MAX_INT32: Final = 2**31 - 1  # milliseconds (~24.8 days: what Kafka's and most timers' int32 settings hold), counts
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
@@ -120,6 +129,8 @@ def variable(name: str) -> str:
     return f"{ENV_PREFIX}{name.upper()}"
 
 
+CACHE_MEMORY: Final = ("memory", "memory://")  # ONEX_CACHE_URL's spellings of each process's own memory
+CACHE_SCHEMES: Final = ("redis://", "rediss://")
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -159,17 +170,27 @@ def _refuse(name: str, noun: str, raw: Any) -> ValueError:
     return ValueError(f"{name} ({variable(name)}) must be {noun}, not {raw!r}")
 
 
-def _number(name: str, raw: Any, kind: type[int] | type[float]) -> int | float:
-    """``raw`` as ``kind``, positive (a number of seconds may be 0)."""
+def _number(name: str, raw: Any, kind: type[int] | type[float], maximum: int | None = None) -> int | float:
+    """``raw`` as ``kind``, positive (a number of seconds may be 0), and at most ``maximum`` when given."""
     try:
         value = kind(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         value = -1
     if kind is int and isinstance(raw, float) and not raw.is_integer():
         value = -1  # int(2.5) would be 2: a whole number is asked for, not truncated
     if not math.isfinite(value) or value < 0 or (value == 0 and kind is int):
         raise _refuse(name, "a positive whole number" if kind is int else "a number of seconds, 0 or more", raw)
+    if maximum is not None and value > maximum:
+        raise _refuse(name, f"a whole number from 1 to {maximum}", raw)
     return value
+
+
+def _maximum(info: FieldInfo | None) -> int | None:
+    """The upper bound a field declares (``Field(le=...)``), if any."""
+    for constraint in info.metadata if info is not None else ():
+        if isinstance(constraint, annotated_types.Le) and isinstance(constraint.le, int):
+            return constraint.le
+    return None
 
 
 def _flag(name: str, raw: Any) -> bool:
@@ -189,15 +210,16 @@ def _paths(raw: Any) -> tuple[Path, ...]:
     return tuple(Path(item) for item in items if str(item))
 
 
-def _parse(name: str, annotation: Any, raw: Any) -> Any:
-    """``raw`` (a flag, a variable's text, or a value given in code) as ``annotation``; ValueError naming ``name``."""
-    optional, kind = _unwrap(annotation)
+def _parse(name: str, info: FieldInfo, raw: Any) -> Any:
+    """``raw`` (a flag, a variable's text, or a value given in code) as the field ``info`` declares it; ValueError
+    naming ``name``."""
+    optional, kind = _unwrap(info.annotation)
     if raw is None or (optional and raw == ""):
         return None
     if kind is bool:
         return _flag(name, raw)
     if kind is int or kind is float:
-        return _number(name, raw, kind)
+        return _number(name, raw, kind, _maximum(info))
     if kind is Path:
         return Path(raw)
     if get_origin(kind) is tuple and get_args(kind) == (Path, ...):
@@ -286,8 +308,16 @@ class Settings(BaseSettings):
         "store are found from it.",
         json_schema_extra=_shown("the nearest directory at or above the working directory with contracts/"),
     )
-    env: str = Field("dev", description="The environment: part of every topic name, consumer group and envelope.")
-    tenant: str = Field("omninode_bridge", description="The tenant: part of every topic name.")
+    env: str = Field(
+        "dev",
+        description="The environment: part of every topic name, consumer group and envelope "
+        "(1-64 characters of [A-Za-z0-9_.-], a letter or digit first).",
+    )
+    tenant: str = Field(
+        "omninode_bridge",
+        description="The tenant: part of every topic name (1-64 characters of [A-Za-z0-9_.-], a letter or digit "
+        "first).",
+    )
     region: str | None = Field(None, description="The region written into every envelope; empty: none.")
     instance: str = Field(
         default_factory=_instance,
@@ -303,11 +333,15 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(30.0, description="Seconds between a node's heartbeats; 0: none.")
     partitions: int = Field(
         4,
+        le=MAX_PARTITIONS,
         description="Partitions per topic (Kafka: set when onex creates it); bounds how many replicas share work. On "
         "the memory bus, how a subscription's messages are split into batches handled side by side; a small batch "
-        "takes in what waits in the others, so there the count changes little (docs/performance.md).",
+        "takes in what waits in the others, so there the count changes little (docs/performance.md). Bounded "
+        "because Kafka's practical limit per topic is a few thousand.",
     )
-    buffer_size: int = Field(10_000, description="Messages the memory bus buffers per partition before publish waits.")
+    buffer_size: int = Field(
+        10_000, le=MAX_BUFFER_SIZE, description="Messages the memory bus buffers per partition before publish waits."
+    )
     http: str | None = Field(
         None, description="Where `onex run` serves the HTTP stamping API (HOST:PORT); empty: nowhere."
     )
@@ -325,8 +359,12 @@ class Settings(BaseSettings):
         "(ONEX_API_KEY is tenant default); empty: none.",
         json_schema_extra={"secret": True},
     )
-    http_max_body: int = Field(DEFAULT_HTTP_MAX_BODY, description="The largest HTTP body read whole, in bytes (413).")
-    http_batch_limit: int = Field(DEFAULT_HTTP_BATCH_LIMIT, description="The most items in one HTTP /batch.")
+    http_max_body: int = Field(
+        DEFAULT_HTTP_MAX_BODY, le=MAX_HTTP_MAX_BODY, description="The largest HTTP body read whole, in bytes (413)."
+    )
+    http_batch_limit: int = Field(
+        DEFAULT_HTTP_BATCH_LIMIT, le=MAX_HTTP_BATCH_LIMIT, description="The most items in one HTTP /batch."
+    )
     http_timeout_s: float = Field(
         DEFAULT_HTTP_TIMEOUT_S,
         description="Seconds an HTTP request waits for its workflows before 504 (they keep running).",
@@ -364,7 +402,9 @@ class Settings(BaseSettings):
         None, description="Where `onex run` serves /healthz, /readyz and /metrics (HOST:PORT); empty: nowhere."
     )
     dlq_alert_threshold: int = Field(
-        10, description="A node dead-lettering more messages than this within the window alerts and is DEGRADED."
+        10,
+        le=MAX_INT32,
+        description="A node dead-lettering more messages than this within the window alerts and is DEGRADED.",
     )
     dlq_alert_window_s: float = Field(300.0, description="The dead-letter alert's window, in seconds.")
     cache_url: str | None = Field(
@@ -377,7 +417,7 @@ class Settings(BaseSettings):
     # own defaults there equal these (a test checks).
     stamp_author: str = Field("onex", description="The author written into stamps (stamping effect).")
     stamp_timeout_ms: int = Field(
-        30_000, description="Milliseconds the orchestrator gives its stamp step before retrying it."
+        30_000, le=MAX_INT32, description="Milliseconds the orchestrator gives its stamp step before retrying it."
     )
     intelligence_url: str | None = Field(
         None, description="Where the orchestrator's optional intelligence step posts each hash; empty: skipped."
@@ -388,9 +428,13 @@ class Settings(BaseSettings):
         "aggregation intents; not STAMP_CREATED) to event_logs.",
     )
     drain_timeout_ms: int = Field(
-        5_000, description="Milliseconds the database adapter's drain gives batches in hand while the store is down."
+        5_000,
+        le=MAX_INT32,
+        description="Milliseconds the database adapter's drain gives batches in hand while the store is down.",
     )
-    registry_sweep_ms: int = Field(1_000, description="Milliseconds between the registry's sweeps for stale nodes.")
+    registry_sweep_ms: int = Field(
+        1_000, le=MAX_INT32, description="Milliseconds between the registry's sweeps for stale nodes."
+    )
     shutdown_timeout_s: float = Field(
         25.0,
         description="Seconds a command gives its drain after SIGTERM (onex run: or Ctrl-C) before it exits anyway, "
@@ -406,7 +450,9 @@ class Settings(BaseSettings):
     metadata_version: str = Field(
         DEFAULT_METADATA_VERSION, description="The metadata_version recorded with every stamp (O.N.E. v0.1)."
     )
-    reducer_flush_ms: int = Field(500, description="Milliseconds between the reducer's flushes of its aggregates.")
+    reducer_flush_ms: int = Field(
+        500, le=MAX_INT32, description="Milliseconds between the reducer's flushes of its aggregates."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -424,12 +470,39 @@ class Settings(BaseSettings):
     @classmethod
     def _typed(cls, value: Any, info: ValidationInfo) -> Any:
         name = info.field_name or "?"
-        return _parse(name, cls.model_fields[name].annotation, value)
+        return _parse(name, cls.model_fields[name], value)
 
     @field_validator("root")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.resolve()
+
+    @field_validator("env", "tenant")
+    @classmethod
+    def _topic_part(cls, value: str, info: ValidationInfo) -> str:
+        # Both go into every Kafka topic name, which takes only [a-zA-Z0-9._-] (249 characters at most): ONEX_ENV='a b'
+        # made topics no broker creates. The tenants' rule of ONEX_API_KEYS keeps a name well within that.
+        if not re.fullmatch(TENANT_PATTERN, value):
+            name = info.field_name or "?"
+            rule = "1-64 characters of [A-Za-z0-9_.-], a letter or digit first (it is part of every topic name)"
+            raise ValueError(f"{name} ({variable(name)}) must be {rule}, not {value!r}")
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_backend(cls, value: str | None) -> str | None:
+        # Checked here, with the other settings, rather than when the first cache opens: `onex run` had logged its
+        # start and exited 1 by then, for what is a usage error.
+        if value is None or value in CACHE_MEMORY:
+            return value
+        where = f"cache_url ({variable('cache_url')})"
+        if not value.startswith(CACHE_SCHEMES):
+            raise ValueError(f"{where} must be memory or redis://HOST:PORT/DB, not {redact_url(value)!r}")
+        try:
+            _ = urlsplit(value).port  # a port that is not a number from 0 to 65535
+        except ValueError as exc:
+            raise ValueError(f"{where} {redact_url(value)!r}: {exc}") from None
+        return value
 
     @field_validator("api_keys")
     @classmethod
@@ -543,7 +616,7 @@ def _declaration(name: str, info: FieldInfo) -> Declaration:
     return Declaration(
         name=name,
         variable=variable(name),
-        type=_type_name(info.annotation),
+        type=_type_name(info.annotation) + ("" if (most := _maximum(info)) is None else f", at most {most}"),
         default=default,
         description=info.description or "",
         secret=bool(extra.get("secret")),
@@ -577,6 +650,6 @@ def resolve_variable(name: str, environ: Mapping[str, str]) -> str | None:
     info = Settings.model_fields[field]
     raw = environ.get(name)
     if raw:
-        value = _parse(field, info.annotation, raw)
+        value = _parse(field, info, raw)
         return spelled(value.resolve() if isinstance(value, Path) else value)
-    return spelled(_parse(field, info.annotation, info.get_default(call_default_factory=True)))
+    return spelled(_parse(field, info, info.get_default(call_default_factory=True)))

@@ -160,7 +160,9 @@ async def test_list_show_and_replay_on_kafka_record_the_replay_and_deliver_the_o
     await s.bus.flush()
     await picky.until(lambda: len(picky.letters) == 2)
 
-    letters = await onex("dlq", "list", "--topic", s.topic, *s.flags, cwd=tmp_path)
+    page = await onex("dlq", "list", "--topic", s.topic, *s.flags, cwd=tmp_path)
+    letters = page["items"]
+    assert (page["total"], page["limit"], page["offset"]) == (2, 100, 0)
     by_type = {r["event_type"]: r for r in letters}
     assert set(by_type) == {UNDECODABLE, "PICKY_THING"}
     assert len(letters) == 2
@@ -171,8 +173,8 @@ async def test_list_show_and_replay_on_kafka_record_the_replay_and_deliver_the_o
     assert env["error_type"] == "PayloadError"
     assert all(r["replays"] == 0 and r["replayed_at"] is None for r in letters)
     # --topic takes the .dlq name too; without it, every .dlq topic is read.
-    assert await onex("dlq", "list", "--topic", dlq_topic(s.topic), *s.flags, cwd=tmp_path) == letters
-    everywhere = await onex("dlq", "list", "--limit", "100000", *s.flags, cwd=tmp_path)
+    assert (await onex("dlq", "list", "--topic", dlq_topic(s.topic), *s.flags, cwd=tmp_path))["items"] == letters
+    everywhere = (await onex("dlq", "list", "--limit", "100000", *s.flags, cwd=tmp_path))["items"]
     assert {r["event_id"] for r in letters} <= {r["event_id"] for r in everywhere}
 
     [shown] = await onex("dlq", "show", raw["event_id"], *s.flags, cwd=tmp_path)
@@ -194,7 +196,8 @@ async def test_list_show_and_replay_on_kafka_record_the_replay_and_deliver_the_o
     await picky.until(lambda: picky.handled.count(refused.event_id) == 2 and len(picky.letters) == 3)
     assert picky.handled.count(refused.event_id) == 2
 
-    after = {r["event_id"]: r for r in await onex("dlq", "list", "--topic", s.topic, *s.flags, cwd=tmp_path)}
+    listed_after = await onex("dlq", "list", "--topic", s.topic, *s.flags, cwd=tmp_path)
+    after = {r["event_id"]: r for r in listed_after["items"]}
     assert len(after) == 3
     assert after[raw["event_id"]]["replays"] == 1
     assert after[raw["event_id"]]["replayed_at"]
@@ -220,7 +223,7 @@ async def test_replay_all_twice_replays_nothing_the_second_time(scenario: Scenar
     await picky.until(lambda: picky.handled.count(refused.event_id) == 2)
 
     assert await onex("dlq", "replay", "--all", "--topic", s.other, *s.flags, cwd=tmp_path) == []
-    [letter] = await onex("dlq", "list", "--topic", s.other, *s.flags, cwd=tmp_path)
+    [letter] = (await onex("dlq", "list", "--topic", s.other, *s.flags, cwd=tmp_path))["items"]
     assert letter["replays"] == 1
     records = await read_topic(s.bus, s.other)
     assert sum(r.value == refused.to_json() for r in records) == 2
@@ -257,7 +260,7 @@ async def test_a_replay_the_producer_refuses_fails_alone_and_the_others_are_reco
     assert "MessageSizeTooLargeError" in by_original[str(large.event_id)]["detail"]
     await picky.until(lambda: picky.handled.count(small.event_id) == 2)  # taken the second time: no new letter
 
-    listed = await onex("dlq", "list", "--topic", s.other, *s.flags, cwd=tmp_path)
+    listed = (await onex("dlq", "list", "--topic", s.other, *s.flags, cwd=tmp_path))["items"]
     assert sorted((r["original_event_id"], r["replays"]) for r in listed) == sorted(
         [(str(small.event_id), 1), (str(large.event_id), 0)]
     )

@@ -104,6 +104,63 @@ def test_trace_of_a_path_is_the_latest_workflow_for_that_file(tmp_path: Path) ->
     assert "is not a UUID, nor a path to a file" in missing.stderr
 
 
+def test_trace_finds_a_file_given_relative_to_any_working_directory(tmp_path: Path) -> None:
+    # onex stamp submitted each path as given (relative to its cwd), so only that spelling from that cwd traced it.
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    target = tmp_path / "tree" / "sub" / "a.py"
+    target.write_text("x = 1\n")
+    link = tmp_path / "linked"
+    link.symlink_to(tmp_path / "tree")
+    url = f"sqlite:///{tmp_path / 'onex.db'}"
+    assert onex("stamp", "tree/sub/a.py", "--store", url, cwd=tmp_path).returncode == 0
+    assert onex("stamp", "linked/sub/a.py", "--store", url, cwd=tmp_path).returncode == 0
+
+    workflows = json.loads(onex("workflows", "--store", url, "-o", "json", cwd=tmp_path).stdout)
+
+    # Absolute, the symlinked spelling kept (joined to the cwd, not resolved): the path as the user named it.
+    assert [w["file_path"] for w in workflows] == [str(link / "sub" / "a.py"), str(target)]
+    for cwd, spelled in [(tmp_path / "tree" / "sub", "a.py"), (tmp_path / "tree", "sub/a.py"), (tmp_path, str(target))]:
+        traced = onex("trace", spelled, "--store", url, "-o", "json", cwd=cwd)
+        assert traced.returncode == 0, traced.stderr
+        assert json.loads(traced.stdout)["workflow"]["file_path"] in {str(target), str(link / "sub" / "a.py")}
+    via_link = onex("trace", "linked/sub/a.py", "--store", url, "-o", "json", cwd=tmp_path)
+    assert json.loads(via_link.stdout)["workflow"]["correlation_id"] == workflows[0]["correlation_id"]
+    traced = json.loads(onex("trace", "a.py", "--store", url, "-o", "json", cwd=tmp_path / "tree" / "sub").stdout)
+    assert traced["stamps"][0]["file_path"] == traced["workflow"]["file_path"]  # the stamp's row says the same
+
+
+def test_a_piped_title_is_printed_whole_however_narrow_the_table(tmp_path: Path) -> None:
+    # rich folded a title at the table's width, splitting the store URL a script looks for.
+    deep = tmp_path / ("store_" + "s" * 150)
+    deep.mkdir()
+    url = f"sqlite:///{deep / 'onex.db'}"
+    assert onex("db", "upgrade", "--store", url, cwd=tmp_path).returncode == 0
+    topic = "t" * 120
+    empty = tmp_path / ("root_" + "r" * 150)
+    empty.mkdir()
+
+    outputs = {
+        "workflows": (onex("workflows", "--store", url, cwd=tmp_path), f"0 workflow(s) in {url}, newest first"),
+        "aggregates": (onex("aggregates", "--store", url, cwd=tmp_path), f"0 window(s) in {url}, newest first"),
+        "ps": (onex("ps", "--store", url, cwd=tmp_path), f"nodes recorded in {url}"),
+        "dlq": (
+            onex("dlq", "list", "--topic", topic, "--store", url, cwd=tmp_path),
+            f"showing 0 of 0 dead letter(s) of {topic}, newest first",
+        ),
+        "config-store": (
+            onex("config-store", "effective", topic, "--env", "staging", "--store", url, cwd=tmp_path),
+            f"{topic} in staging (tenant default), from: none",
+        ),
+        "nodes": (onex("nodes", cwd=tmp_path, root=empty), f"nodes in {empty}"),
+    }
+
+    for name, (result, title) in outputs.items():
+        assert result.returncode == 0, (name, result.stderr)
+        assert title in result.stdout.splitlines()[0], (name, result.stdout)
+    # A root without contracts: its table's columns still say what it would list (it was one blank line).
+    assert "┃ node ┃ version ┃ kind ┃ contract ┃ implementation ┃" in outputs["nodes"][0].stdout
+
+
 def register(url: str, rows: list[RegistrationRow]) -> None:
     async def main() -> None:
         async with open_store(url) as store:
@@ -274,7 +331,7 @@ def test_outside_any_project_the_store_is_in_the_users_data_directory(tmp_path: 
 
     assert result.returncode == 0, result.stdout + result.stderr
     listed = onex("workflows", "-o", "json", cwd=tmp_path, root=None, env={"XDG_DATA_HOME": str(data)})
-    assert [r["file_path"] for r in json.loads(listed.stdout)] == ["a.py"]  # as given to onex stamp
+    assert [r["file_path"] for r in json.loads(listed.stdout)] == [str(tmp_path / "a.py")]  # made absolute
     assert (data / "onex" / "onex.db").is_file()
 
 
