@@ -480,3 +480,23 @@ def test_the_readme_example_runs_and_answers_as_the_bucketing_says(tmp_path: Pat
         "u1 free True SPLIT" if in_rollout else "u1 free False DEFAULT",
     ]
     assert (tmp_path / "meta.db").is_file()
+
+
+def test_a_sqlite_metastore_that_cannot_be_written_is_an_outage_not_an_error(tmp_path: Path) -> None:
+    """Read-only (or full) is the store being unavailable, as for the nodes' writes (``_sqlite_exec.unavailable``):
+    the API answers 503 with Retry-After, not 500."""
+    import sqlite3
+
+    from onex.exceptions import StoreError, StoreUnavailable
+    from onex.metastore._sql_sqlite import _fail
+
+    conn = sqlite3.connect(tmp_path / "m.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError) as wrong:
+        conn.execute("SELECT * FROM nowhere")
+    conn.close()
+    assert isinstance(_fail(refused.value, "put"), StoreUnavailable)
+    assert type(_fail(wrong.value, "put")) is StoreError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,15 +20,18 @@ from onex._postgres import PostgresSettings, PostgresStore, _migrations
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import (
     TABLES,
+    AggregateWindowRow,
     BridgeStateRow,
     EventLogRow,
     HeartbeatRow,
+    NodeStateRow,
     RegistrationRow,
     StampRow,
     StepRow,
     TransitionRow,
     WorkflowRow,
     WriteBatch,
+    group_key,
 )
 
 from tests.fixtures.postgres import CuttableProxy, free_port, through, with_schema
@@ -107,11 +111,32 @@ def test_url_parameters_are_parsed_and_the_rest_passed_to_asyncpg() -> None:
         "postgresql://u@h/db?min_size=5&max_size=2",
         "postgresql://u@h/db?acquire_timeout=soon",
         "mysql://u@h/db",
+        "postgresql://u@h/db?sslmode=bogus",  # asyncpg would refuse it only on connect: "cannot connect"
     ],
 )
 def test_invalid_urls_are_rejected(url: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the messages differ per parameter
         PostgresSettings.from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("query", "instead"),
+    [
+        ("search_path=s_sp", "schema=NAME"),  # every table was created in public: onex set search_path itself
+        ("statement_timeout=5", "statement_timeout_ms=MS"),
+        ("options=-c%20search_path%3Ds_sp", "schema=NAME"),
+        ("options=-c%20statement_timeout%3D5%20-c%20lock_timeout%3D1", "statement_timeout_ms=MS"),
+        ("options=--search_path%3Ds_sp", "schema=NAME"),
+    ],
+)
+def test_a_server_setting_onex_sets_itself_is_refused_naming_the_parameter_to_use(query: str, instead: str) -> None:
+    with pytest.raises(ValueError, match=rf"onex sets \w+ itself; use {instead}"):
+        PostgresSettings.from_url(f"postgresql://u@h/db?{query}")
+
+
+def test_other_server_settings_and_ssl_modes_still_go_to_asyncpg() -> None:
+    s = PostgresSettings.from_url("postgresql://u@h/db?options=-c%20lock_timeout%3D1000&sslmode=verify-full")
+    assert s.dsn == "postgresql://u@h/db?options=-c+lock_timeout%3D1000&sslmode=verify-full"
 
 
 async def test_health_is_down_until_opened_and_upgraded_and_after_close(postgres_dsn: str) -> None:
@@ -358,6 +383,88 @@ async def test_a_database_that_refuses_new_connections_is_unavailable_not_an_err
                 await conn.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
             await store.apply(batch)
             assert await store.count("node_registrations") == 1
+    finally:
+        async with admin(postgres_server) as conn:
+            await conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["statement", "transaction"])
+async def test_a_lost_connection_raises_the_servers_error_not_the_pools(
+    postgres_dsn: str, in_transaction: bool
+) -> None:
+    # The backend ends itself mid-statement, as pg_terminate_backend from an operator ends it. Dropping the connection
+    # afterwards raised InterfaceError ("cannot call Connection.terminate(): connection has been released back to
+    # the pool"; in a transaction, its __aexit__'s "the underlying connection is closed"), which replaced the server's
+    # error in the logs and in `onex db upgrade`'s message.
+    async with PostgresStore(url_with(postgres_dsn, retry_attempts=1)) as store:
+        assert isinstance(store, PostgresStore)
+        await store.upgrade()
+
+        async def ends_itself() -> None:
+            async with store._connection() as conn, contextlib.AsyncExitStack() as stack:
+                if in_transaction:
+                    await stack.enter_async_context(conn.transaction())
+                await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        with pytest.raises(asyncpg.PostgresConnectionError, match="terminating connection due to administrator"):
+            await ends_itself()
+        assert await store.count("metadata_stamps") == 0  # a new connection serves the next call
+
+
+async def test_name_ordered_reads_are_bytewise_whatever_the_databases_collation(postgres_server: str) -> None:
+    # An ICU (or glibc) collation sorts '_x' before 'a' and 'b' before 'B'; SQLite's BINARY, and so the conformance
+    # suite's other store, sorts by code point. The store's ORDER BYs on names say COLLATE "C" to agree with it.
+    names = ["b", "B", "_x", "a-b", "ab", "a", "Z", "a b", "é", "e"]
+    database = f"onex_icu_{uuid.uuid4().hex[:8]}"
+    async with admin(postgres_server) as conn:
+        try:
+            await conn.execute(
+                f"CREATE DATABASE {database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+            )
+        except asyncpg.PostgresError as exc:  # PostgreSQL before 15, or built without ICU
+            try:
+                await conn.execute(f"CREATE DATABASE {database} TEMPLATE template0 LOCALE 'en_US.utf8'")
+            except asyncpg.PostgresError:
+                pytest.skip(f"no database with a linguistic collation can be made here: {exc}")
+    url = urlsplit(postgres_server)._replace(path=f"/{database}").geturl()
+    try:
+        async with PostgresStore(url) as store:
+            await store.upgrade()
+            async with admin(url) as conn:  # the database does sort otherwise: the test can fail
+                assert await conn.fetchval(
+                    "SELECT array_agg(n ORDER BY n) FROM unnest($1::text[]) AS n", names
+                ) != sorted(names)
+            window = functools.partial(
+                AggregateWindowRow,
+                window_start=None,
+                window_end=None,
+                closed=False,
+                items=1,
+                values={},
+                state={},
+                version=1,
+            )
+            await store.apply(
+                WriteBatch(
+                    bridge_states=[BridgeStateRow(n, 1, 0, 0, 0, 0, "active") for n in names],
+                    registrations=[RegistrationRow(n, "EFFECT", "1.0.0") for n in names],
+                    node_states=[NodeStateRow("node", n, 1, {}) for n in names],
+                    aggregate_windows=[
+                        window(node="r", aggregation="grouped", group={"k": n}, window_id="") for n in names
+                    ]
+                    + [window(node="r", aggregation=n, group={}, window_id=n) for n in names],
+                )
+            )
+            assert [s.namespace for s in await store.list_bridge_states()] == sorted(names)
+            assert [r.node_id for r in await store.list_registrations()] == sorted(names)
+            assert [s.key for s in await store.list_node_states("node")] == sorted(names)
+            keys = sorted(group_key({"k": n}) for n in names)
+            listed = await store.list_aggregate_windows(aggregation="grouped")
+            assert [group_key(w.group) for w in listed] == keys
+            held = await store.get_aggregate_windows("r")
+            assert [(w.aggregation, group_key(w.group), w.window_id) for w in held] == sorted(
+                [("grouped", k, "") for k in keys] + [(n, "{}", n) for n in names]
+            )
     finally:
         async with admin(postgres_server) as conn:
             await conn.execute(f"DROP DATABASE {database} WITH (FORCE)")

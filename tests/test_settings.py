@@ -19,6 +19,7 @@ from onex.settings import (
     find_root,
     redact_url,
     resolve_variable,
+    user_data_store,
 )
 from pydantic import Field, ValidationError
 
@@ -93,6 +94,17 @@ def test_store_url_resolves_a_relative_sqlite_path_against_the_root(tmp_path: Pa
     assert url("sqlite:////var/lib/onex.db") == "sqlite:////var/lib/onex.db"  # absolute: untouched
     assert url("sqlite:///:memory:") == "sqlite:///:memory:"
     assert url("postgresql://onex@db:5432/onex") == "postgresql://onex@db:5432/onex"
+
+
+def test_a_sqlite_store_under_a_root_whose_name_holds_a_percent_sign_is_in_that_root(tmp_path: Path) -> None:
+    """A store URL is percent-decoded (``sqlite:///a%20b.db`` is ``a b.db``): the root joined to a relative path, or
+    the user's data directory, must be encoded, or ``%41`` in a directory's name would read as ``A``."""
+    from onex._sqlite import SqliteStore
+
+    root = tmp_path / "a%41 b"
+    url = Settings.load(environ={}, root=str(root), store="sqlite:///data/x.db").store_url()
+    assert SqliteStore(url).path == str(root / "data" / "x.db")
+    assert SqliteStore(user_data_store({"XDG_DATA_HOME": str(root)})).path == str(root / "onex" / "onex.db")
 
 
 def test_find_root_walks_up_to_the_nearest_directory_with_contracts(tmp_path: Path) -> None:

@@ -577,6 +577,23 @@ async def test_the_same_file_may_be_stamped_in_several_namespaces_and_versions(s
     assert await store.get_stamps_by_hash("nope") == []
 
 
+async def test_a_long_path_that_does_not_compress_is_stored_keyed_and_numbered(store: Store) -> None:
+    # 4,000 bytes of hex (Linux allows 4,096): more than a PostgreSQL btree entry holds (2,704), and random, so that
+    # compression does not bring it under. Migration 0008 keys such a path by its md5 there; SQLite always stored it.
+    long = "/" + "/".join(uuid.uuid4().hex for _ in range(122))[:3_999]
+    longer = long[:-1] + ("0" if long[-1] != "0" else "1")  # another file, the same up to its last byte
+    first = stamp(path=long, file_hash="h1", created_at=at(0))
+    await store.apply(WriteBatch(stamps=[first, stamp(path=long, file_hash="h1", created_at=at(1))]))  # a duplicate
+    second = stamp(path=long, file_hash="h2", created_at=at(2), version=None)  # numbered by the store
+    other = stamp(path=longer, file_hash="h1", created_at=at(3), version=None)
+    await store.apply(WriteBatch(stamps=[second, other]))
+    assert [(s.file_path, s.file_hash, s.version) for s in await store.list_stamps("ns")] == [
+        (long, "h1", 1),
+        (long, "h2", 2),
+        (longer, "h1", 1),
+    ]
+
+
 async def test_list_stamps_pages_oldest_first(store: Store) -> None:
     rows = [stamp(path=f"f{i:02}.py", created_at=at(30 - i)) for i in range(30)]  # stored newest first
     await store.apply(WriteBatch(stamps=rows))

@@ -1,7 +1,10 @@
 """``PostgresStore``: the ``Store`` on PostgreSQL, through an asyncpg connection pool.
 
 URL: ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?schema=NAME&...``. The query parameters below are read here; any
-other one (``sslmode`` ...) goes to asyncpg untouched.
+other one (``sslmode`` ...) goes to asyncpg untouched, but for the server settings onex sets on every connection:
+``search_path``, ``statement_timeout``, or an ``options=-c ...`` setting them (or ``application_name``), which asyncpg
+would pass and onex override, are refused (a ``ValueError``, naming ``schema=`` / ``statement_timeout_ms=`` /
+``application_name=``); so is an ``sslmode`` asyncpg does not know, which it would refuse only when connecting.
 
 ========================  =======  =================================================================================
 parameter                 default  meaning
@@ -55,7 +58,11 @@ One ``INSERT ... ON CONFLICT DO UPDATE`` cannot touch one row twice, yet a batch
 per round, so they apply in batch order exactly as row by row would. Heartbeats are ``UPDATE``s, few per batch,
 and always go row by row. The conflict rules are those of ``onex.store``, rendered from ``onex._tables`` as
 ``SqliteStore`` renders them; where its table leaves room, the choices are ``SqliteStore``'s (its docstring lists
-them; ``tests/test_store_conformance.py`` pins them for both).
+them; ``tests/test_store_conformance.py`` pins them for both). Reads listed by a name (bridge states by namespace,
+registrations by node id, node states by key, aggregate windows by group key) order it ``COLLATE "C"``, bytewise as
+SQLite's ``BINARY``, whatever the database's collation (an ICU or glibc locale puts ``_x`` before ``a`` and ``b``
+before ``B``). A stamp's file path is keyed by itself up to 1024 bytes and by its md5 beyond (migration 0008): a
+btree entry holds at most 2704 bytes, and SQLite stores any path.
 
 Resilience. A connection-class failure (the server restarted or went away, ``pg_terminate_backend``, a refused connect,
 a new connection the server refuses, as for a database closed to connections, a broken protocol state) rolls the batch
@@ -246,6 +253,7 @@ class PostgresSettings:
             f.name: _converter(f.type) for f in dataclasses.fields(cls) if f.name != "dsn"
         }
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            _refuse_overridden(key, value)
             if key in convert:
                 try:
                     ours[key] = convert[key](value)
@@ -261,6 +269,35 @@ class PostgresSettings:
         if not 0 <= settings.min_size <= settings.max_size or settings.max_size < 1:
             raise ValueError(f"pool sizes min_size={settings.min_size} max_size={settings.max_size} are not valid")
         return settings
+
+
+# The server settings onex sets on every connection (``PostgresStore.open``), each with the parameter of ours that sets
+# it. asyncpg hands a URL parameter it does not know to the server as a setting, and onex's own then replaced it
+# without a word: ``?search_path=s`` created every table in public. So a URL that sets one is refused, naming ours.
+_OURS: Final = {
+    "search_path": "schema=NAME",
+    "statement_timeout": "statement_timeout_ms=MS",
+    "application_name": "application_name=NAME",
+}
+_SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # asyncpg's (and libpq's)
+_SETTING: Final = re.compile(
+    r"(?:-c\s*|--)([A-Za-z_.]+)\s*="
+)  # a setting in libpq's options: -c name=value, --name=value
+
+
+def _refuse_overridden(key: str, value: str) -> None:
+    """ValueError for a URL parameter that onex would override (``_OURS``) or asyncpg would refuse only on connect."""
+    if key in ("search_path", "statement_timeout"):
+        raise ValueError(f"store URL parameter {key}={value!r}: onex sets {key} itself; use {_OURS[key]}")
+    if key == "options":
+        for name in _SETTING.findall(value):
+            if name.replace("-", "_").lower() in _OURS:
+                setting = name.replace("-", "_").lower()
+                raise ValueError(
+                    f"store URL parameter options={value!r}: onex sets {setting} itself; use {_OURS[setting]}"
+                )
+    if key == "sslmode" and value not in _SSLMODES:
+        raise ValueError(f"store URL parameter sslmode={value!r}: expected one of {', '.join(_SSLMODES)}")
 
 
 def _converter(annotation: Any) -> Callable[[str], Any]:
@@ -337,6 +374,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 # --- row conversion --------------------------------------------------------------------------------------------------
 
 _READ: Final = _tables.readers(FROM_SQL)  # a fetched row as its dataclass, per table
+# The collation of every ORDER BY on a text column: bytewise, as SQLite's BINARY, whatever the database's collation is
+# (an ICU or glibc locale sorts '_x' before 'a' and 'b' before 'B'; SQLite the other way), so that both stores list
+# names in one order (tests/test_store_conformance.py).
+_C: Final = 'COLLATE "C"'
 
 
 # --- dead letters ---------------------------------------------------------------------------------------------------
@@ -864,10 +905,10 @@ class PostgresStore(Store):
         return _READ.bridge_state(rows[0]) if rows else None
 
     async def list_bridge_states(self) -> list[BridgeStateRow]:
-        return [_READ.bridge_state(r) for r in await self._fetch(f"{SELECT_BRIDGE_STATE} ORDER BY namespace")]
+        return [_READ.bridge_state(r) for r in await self._fetch(f"{SELECT_BRIDGE_STATE} ORDER BY namespace {_C}")]
 
     async def list_registrations(self) -> list[RegistrationRow]:
-        return [_READ.registration(r) for r in await self._fetch(f"{SELECT_REGISTRATION} ORDER BY node_id")]
+        return [_READ.registration(r) for r in await self._fetch(f"{SELECT_REGISTRATION} ORDER BY node_id {_C}")]
 
     async def list_event_logs(self, correlation_id: uuid.UUID, *, limit: int = 1000) -> list[EventLogRow]:
         """The logged events of one correlation id, by ``timestamp`` (an addition to the ``Store`` API)."""
@@ -962,8 +1003,8 @@ class PostgresStore(Store):
                 where.append(f"{column} ${len(params)}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
-            f"{SELECT_AGGREGATE_WINDOW}{clause} ORDER BY window_start DESC NULLS LAST, group_key, node, aggregation, "
-            f"window_id LIMIT ${len(params) + 1}",
+            f"{SELECT_AGGREGATE_WINDOW}{clause} ORDER BY window_start DESC NULLS LAST, group_key {_C}, node {_C}, "
+            f"aggregation {_C}, window_id {_C} LIMIT ${len(params) + 1}",
             *params,
             limit,
         )
@@ -972,7 +1013,9 @@ class PostgresStore(Store):
     async def get_aggregate_windows(self, node: str, *, open_only: bool = True) -> list[AggregateWindowRow]:
         only_open = " AND NOT closed" if open_only else ""
         rows = await self._fetch(
-            f"{SELECT_AGGREGATE_WINDOW} WHERE node = $1{only_open} ORDER BY aggregation, group_key, window_id", node
+            f"{SELECT_AGGREGATE_WINDOW} WHERE node = $1{only_open} "
+            f"ORDER BY aggregation {_C}, group_key {_C}, window_id {_C}",
+            node,
         )
         return [_READ.aggregate_window(r) for r in rows]
 
@@ -982,7 +1025,7 @@ class PostgresStore(Store):
 
     async def list_node_states(self, node: str, *, limit: int = 1000) -> list[NodeStateRow]:
         _check_page(limit, 0)
-        rows = await self._fetch(f'{SELECT_NODE_STATE} WHERE node = $1 ORDER BY "key" LIMIT $2', node, limit)
+        rows = await self._fetch(f'{SELECT_NODE_STATE} WHERE node = $1 ORDER BY "key" {_C} LIMIT $2', node, limit)
         return [_READ.node_state(r) for r in rows]
 
     async def count(self, table: str) -> int:
@@ -1084,16 +1127,37 @@ class PostgresStore(Store):
         try:
             yield conn
         except BaseException as exc:
-            if _is_connection_error(exc):
+            error = _underlying(exc)
+            if _is_connection_error(error):
                 # Whatever state the connection is in (often a transaction the server has forgotten), it is not
-                # worth resetting for the next user: drop it, the pool opens a new one.
-                conn.terminate()
+                # worth resetting for the next user: drop it, the pool opens a new one. A connection the server
+                # closed has often been handed back to the pool already, and terminate() then raises InterfaceError
+                # ("released back to the pool"), which would replace the error that matters (the server's).
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+            if error is not exc:
+                raise error from None
             raise
         finally:
             # Resetting the connection for its next user may fail: then the pool has terminated it and opens a new
             # one on the next acquire. What was done on it stands (or has raised already), so that is no error.
             with contextlib.suppress(Exception):
                 await pool.release(conn)
+
+
+def _underlying(exc: BaseException) -> BaseException:
+    """The error that matters in ``exc``: the server's (``terminating connection due to administrator command``) where
+    asyncpg, cleaning up after it, raised InterfaceError about the connection it left closed (a transaction's
+    ``__aexit__``: "cannot call Transaction.__aexit__(): the underlying connection is closed"); else ``exc``."""
+    context = exc.__context__
+    if (
+        isinstance(exc, asyncpg.InterfaceError)
+        and context is not None
+        and _is_connection_error(context)
+        and not isinstance(context, asyncpg.InterfaceError)
+    ):
+        return context
+    return exc
 
 
 def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:

@@ -2,7 +2,9 @@
 
 URL: ``sqlite:///relative/path.db`` (relative to the working directory), ``sqlite:////absolute/path.db``, or
 ``sqlite://:memory:`` for a private throwaway database that is gone at ``aclose()``. The file's directory is
-created when missing. Query strings (``?mode=ro``) are refused rather than silently taken as part of the name.
+created when missing. Query strings (``?mode=ro``) are refused rather than silently taken as part of the name. The path
+is percent-decoded, as a PostgreSQL URL is (``sqlite:////tmp/sp%20ace.db`` is ``/tmp/sp ace.db``; a ``%`` in a name is
+``%25``).
 
 Threading and the writer process. Python's ``sqlite3`` blocks, so the store's calls run on one dedicated thread (the
 database thread) that owns its connection; coroutines await it through ``loop.run_in_executor``. ``apply``, the nodes'
@@ -43,7 +45,10 @@ JSON, timestamps: see ``migrations/sqlite/0001_initial.sql``), then each table's
 event logs, aggregate windows, node states, processed events. Any error rolls the whole batch back and raises
 ``StoreError`` naming the table and the operation (and the row, when it could not be encoded); ``StoreUnavailable`` when
 the error is that another process kept the database locked for longer than the busy timeout (the batch may succeed
-later). Every call maps SQLite's errors so, in one place (``_store_error``): reads and ``open()`` too.
+later); also when the file is read-only, the disk full or the file system failing (SQLITE_READONLY, FULL, IOERR,
+CANTOPEN): those fail every batch alike, an outage to hold through, not a batch to dead-letter. Every call maps
+SQLite's errors so, in one place (``_store_error``): reads too; ``open()`` and ``probe_write()`` refuse with a plain
+``StoreError``.
 
 Checkpoints. In WAL mode committed pages are appended to the ``-wal`` file and copied into the database by a
 checkpoint, which SQLite runs by default inside the commit that crosses a threshold: that commit then takes tens
@@ -94,6 +99,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple, cast
+from urllib.parse import unquote
 
 from onex import _tables
 from onex._group_commit import GroupCommit
@@ -106,8 +112,11 @@ from onex._sqlite_exec import (
     close,
     configure,
     connect,
+    describe,
     failure,
+    locked,
     packed,
+    probe_write,
     rollback,
     write_group,
 )
@@ -258,7 +267,8 @@ class SqliteStore(Store):
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {writer!r}")
         self.url = url
-        self.path = database_path(url)
+        # Percent-decoded, as a PostgreSQL URL's parts are: sqlite:////tmp/sp%20ace.db is the file "sp ace.db".
+        self.path = unquote(database_path(url))
         self.commits = CommitMeter()
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoints = 0
@@ -374,7 +384,7 @@ class SqliteStore(Store):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = connect(self.path)
         except (OSError, sqlite3.Error) as exc:
-            raise _store_error(exc, f"cannot open SQLite database {self.path}") from exc
+            raise _refused(exc, f"cannot open SQLite database {self.path}") from exc
         try:
             self._journal_mode = configure(conn)
             if self._journal_mode == "wal" and self.path != MEMORY:
@@ -383,7 +393,7 @@ class SqliteStore(Store):
             self._schema_problem = self._check_schema(conn)
         except sqlite3.Error as exc:
             conn.close()
-            raise _store_error(exc, f"cannot open SQLite database {self.path}") from exc
+            raise _refused(exc, f"cannot open SQLite database {self.path}") from exc
         except BaseException:
             conn.close()
             raise
@@ -586,6 +596,23 @@ class SqliteStore(Store):
             names = ", ".join(known[v] for v in pending)
             return f"database {self.path} needs migrations {names}: run `onex db upgrade`"
         return None
+
+    async def probe_write(self) -> None:
+        """Refuse a database that cannot be written (read-only file or directory, a file system that refuses writes):
+        ``StoreError`` in one line. The write lock taken, a write made and rolled back (``_sqlite_exec.probe_write``):
+        nothing changes. Before nodes start (``Runtime.start``), so that a command that cannot record its work does
+        none of it (``onex stamp`` would stamp the files, then fail every write). Needs the current schema."""
+        await self._call(self._probe_write_sync)
+
+    def _probe_write_sync(self) -> None:
+        conn = self._ready()
+        try:
+            probe_write(conn)
+        except sqlite3.Error as exc:
+            if locked(exc):  # busy past the timeout, not read-only: the nodes hold their writes until it is free
+                _log.warning("SQLite database %s: the write probe found it locked: %s", self.path, exc)
+                return
+            raise _refused(exc, f"SQLite database {self.path} cannot be written") from exc
 
     # --- writes ------------------------------------------------------------------------------------------------------
 
@@ -997,8 +1024,19 @@ def _store_error(exc: BaseException, doing: str, then: str = "") -> StoreError:
     maps them (``_sqlite_exec.failure``, which the writer process uses too). The message is ``doing: <what went
     wrong>`` (``; then``, when given: what became of the call).
 
-    ``StoreUnavailable`` when another connection kept the database locked past the busy timeout: the same call may
-    well succeed later. ``StoreError`` for everything else, which is about the call or the file (a constraint, a value
-    SQLite cannot bind, a corrupt or read-only file) and would fail again.
+    ``StoreUnavailable`` when the database cannot be written now (``_sqlite_exec.unavailable``: another connection
+    kept it locked past the busy timeout, the file is read-only, the disk is full, the file system fails): the same
+    call may well succeed later, once the lock goes or someone acts, and the nodes hold their work meanwhile.
+    ``StoreError`` for everything else, which is about the call or the file (a constraint, a value SQLite cannot bind,
+    a corrupt file) and would fail again.
     """
     return raised(failure(exc, doing, then))
+
+
+def _refused(exc: BaseException, doing: str) -> StoreError:
+    """The error for ``exc`` where a file that cannot be written is refused, not waited for: opening the store, and
+    the write probe before nodes start (a command says why and exits instead of holding). A plain ``StoreError``
+    but for a database another connection keeps locked (``StoreUnavailable``, as ever: it can be written, later)."""
+    if locked(exc):
+        return _store_error(exc, doing)
+    return StoreError(f"{doing}: {describe(exc)}")

@@ -401,18 +401,57 @@ def rollback(conn: sqlite3.Connection) -> None:
 
 
 def failure(exc: BaseException, doing: str, then: str = "") -> Failure:
-    """How the store reports ``exc`` (``onex._sqlite._store_error``): whether it is ``StoreUnavailable`` (another
-    connection kept the database locked past the busy timeout: the same call may well succeed later), and the message,
-    ``doing: <what went wrong>`` (``; then``, when given: what became of the call)."""
+    """How the store reports ``exc`` (``onex._sqlite._store_error``): whether it is ``StoreUnavailable`` (the
+    database cannot be written at all for now, ``unavailable``: the same call may well succeed later), and the
+    message, ``doing: <what went wrong>`` (``; then``, when given: what became of the call)."""
     message = f"{doing}: {describe(exc)}"
-    return locked(exc), f"{message}; {then}" if then else message
+    return unavailable(exc), f"{message}; {then}" if then else message
+
+
+# The SQLite errors that say the database cannot be written now, whatever is written: another connection kept it
+# locked past the busy timeout (BUSY, LOCKED), the file or its directory is read-only (READONLY), the disk or the
+# database is full (FULL), the file system fails (IOERR), the file cannot be opened (CANTOPEN, a writer process
+# started mid-run). Each fails every batch alike until someone acts (or the lock goes), so it is an outage the nodes
+# hold through (``StoreUnavailable``), not a bad batch to retry three times and dead-letter (which, kept in the same
+# store, fails too). Extended codes (SQLITE_READONLY_DBMOVED, SQLITE_IOERR_WRITE ...) count as their primary code.
+UNAVAILABLE: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
 
 
 def locked(exc: BaseException) -> bool:
-    """Whether ``exc`` says another connection kept the database locked past the busy timeout: the one SQLite error
-    that is about availability (``StoreUnavailable``), not about the batch."""
+    """Whether ``exc`` says another connection kept the database locked past the busy timeout (BUSY, LOCKED): the
+    database can be written, only not now."""
     busy = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in busy  # extended codes too
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be written now (``UNAVAILABLE``): the SQLite errors that are about
+    availability (``StoreUnavailable``), not about the batch."""
+    return isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in UNAVAILABLE
+
+
+def probe_write(conn: sqlite3.Connection) -> None:
+    """Take the write lock and make a write that is rolled back (nothing changes): the sqlite3 error of a database
+    that cannot be written (read-only file or directory, a file system that refuses writes), before anything relies on
+    writing it. Needs the migrations' table (``schema_migrations``). A full disk may pass: a rolled-back write reaches
+    no file; the writes that meet it are held as an outage (``unavailable``)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # A row that exists, written as it is: SQLite writes the page (and so asks for the file) all the same.
+        conn.execute(
+            "UPDATE schema_migrations SET name = name WHERE version = (SELECT max(version) FROM schema_migrations)"
+        )
+    finally:
+        rollback(conn)
 
 
 def describe(exc: BaseException) -> str:
@@ -470,12 +509,22 @@ def bindable(value: Any) -> Any:
     raise TypeError(f"type {type(value).__name__!r} is not supported")
 
 
-def send(fd: int, value: Any) -> None:
-    """Write ``value`` to ``fd`` as one frame (blocking until it is all written)."""
+def send(fd: int, value: Any) -> memoryview | None:
+    """Write ``value`` to ``fd`` as one frame: on a blocking ``fd`` until it is all written (None); on a non-blocking
+    one (the store's end of the pipe, ``onex._sqlite_process``) what the pipe could not take yet, for the caller to
+    write once it is writable (``write_some``), or None when it took it all."""
     data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    view = memoryview(LENGTH.pack(len(data)) + data)
+    return write_some(fd, memoryview(LENGTH.pack(len(data)) + data))
+
+
+def write_some(fd: int, view: memoryview) -> memoryview | None:
+    """Write ``view`` to ``fd`` until it is written (None) or ``fd`` is non-blocking and full: then what is left."""
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            return view
+    return None
 
 
 def receive(fd: int) -> Any:

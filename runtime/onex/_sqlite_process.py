@@ -17,7 +17,10 @@ the process formats: ``_sqlite_exec.with_texts``), packs it (``_sqlite_exec.pack
 group is in the process at a time, and what is submitted meanwhile (or in the same turn of the loop) waits and goes as
 the next group, written as one transaction (group commit, as ``onex._group_commit`` does for the thread): batches of
 workflow rows alone, an orchestrator's checkpoints, go ahead as a group of their own. The answer is read when the pipe
-is readable (``add_reader``), so no thread is involved.
+is readable (``add_reader``), so no thread is involved; both ends of the pipes are non-blocking on this side, and a
+group larger than the pipe holds is written as the process reads it (``add_writer``), so that the event loop's thread
+never waits for the process: a writer process that stopped reading (stopped, stuck, gone wrong) once held that thread
+in ``write()``, its signal handlers and the shutdown deadline with it. A process that ended is waited for on a thread.
 
 When the process ends unexpectedly (killed, out of memory), the batches it held and those waiting fail with a
 ``StoreError`` saying so, which the nodes treat as any failed write (retried, never reported done), and the next
@@ -67,6 +70,9 @@ class WriterProcess:
         self._starting: asyncio.Future[None] | None = None  # start() running for the first submit()
         self._started = False  # once a process ran: the next one replaces it (logged)
         self._due = False  # a _send_due is scheduled
+        self._unsent: memoryview | None = None  # what the pipe could not take yet of the group sent (``_send``)
+        self._writing: asyncio.AbstractEventLoop | None = None  # where _writable waits for the pipe, meanwhile
+        self._stopping: set[asyncio.Future[None]] = set()  # ended processes being waited for off the loop's thread
 
     @property
     def pid(self) -> int | None:
@@ -91,6 +97,9 @@ class WriterProcess:
             _stop(proc)
             raise raised(opened)
         os.set_blocking(proc.stdout.fileno(), False)
+        # Its input too: a group larger than the pipe holds is written as the process reads it (``_send``), never by
+        # the event loop's thread waiting in write() for a process that may not read (stuck, or gone wrong).
+        os.set_blocking(proc.stdin.fileno(), False)
         self._proc = proc
 
     async def submit(self, batch: bytes, first: bool) -> None:
@@ -142,6 +151,8 @@ class WriterProcess:
             if self._idle is None:
                 self._idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._idle)
+        if self._stopping:  # a process that ended, still being waited for
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     def close(self) -> None:
         """End the process once ``idle``: it closes its connection and exits (blocking: off the loop's thread)."""
@@ -153,6 +164,9 @@ class WriterProcess:
         """On the event loop's thread, before ``close``: stop listening to the process."""
         if self._loop is not None and self._proc is not None and self._proc.stdout is not None:
             self._loop.remove_reader(self._proc.stdout.fileno())
+        if self._proc is not None and self._proc.stdin is not None:
+            self._stop_writing(self._proc.stdin.fileno())
+        self._unsent = None
         self._loop = None
 
     # -- on the event loop's thread --
@@ -163,10 +177,35 @@ class WriterProcess:
         proc = self._proc
         assert proc is not None
         assert proc.stdin is not None
+        fd = proc.stdin.fileno()
         try:
-            _sqlite_exec.send(proc.stdin.fileno(), ({i: batch[0] for i, (batch, _) in enumerate(group)}, len(group)))
+            self._unsent = _sqlite_exec.send(fd, ({i: batch[0] for i, (batch, _) in enumerate(group)}, len(group)))
         except OSError as exc:  # the process is gone: its end of the pipe is closed
             self._ended(f"{exc.strerror or exc}")
+            return
+        if self._unsent is not None:  # the pipe is full: the rest once the process has read some (_writable)
+            # The running loop's, not self._loop, which the first submit() sets only once its start() returned:
+            # another caller's batch may be sent before that.
+            self._writing = asyncio.get_running_loop()
+            self._writing.add_writer(fd, self._writable)
+
+    def _writable(self) -> None:
+        proc, rest = self._proc, self._unsent
+        if proc is None or proc.stdin is None or rest is None:
+            return
+        fd = proc.stdin.fileno()
+        try:
+            self._unsent = _sqlite_exec.write_some(fd, rest)
+        except OSError as exc:
+            self._ended(f"{exc.strerror or exc}")
+            return
+        if self._unsent is None:
+            self._stop_writing(fd)
+
+    def _stop_writing(self, fd: int) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.remove_writer(fd)
 
     def _readable(self) -> None:
         proc = self._proc
@@ -206,10 +245,15 @@ class WriterProcess:
         """The process is gone: fail what it held and what waits; the next ``submit`` starts another."""
         proc = self._proc
         code = None if proc is None else proc.poll()
+        loop = asyncio.get_running_loop()  # on the loop's thread: in its callbacks
         self.detach()
         self._proc = None
         if proc is not None:
-            _stop(proc)
+            # Waited for off the loop's thread: a process that does not exit at once (STOP_TIMEOUT_S, then killed)
+            # must not stop the loop, its signal handlers and its shutdown deadline with it.
+            stopping = loop.run_in_executor(None, _stop, proc)
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
         message = (
             f"the SQLite writer process for {self.path} ended ({why}; exit code {code}); the batch was not written"
         )

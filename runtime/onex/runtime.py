@@ -452,6 +452,8 @@ class Runtime:
             health = await self.store.health()
             if health.status == "down":
                 raise StoreError(health.detail)
+            # Nor on one they could not write (a read-only SQLite file): every write would fail after the work.
+            await self.store.probe_write()
         if self._own_bus:
             await self.bus.start()
         routed = service_topics(self.contracts, self.settings)  # commands routed to a service on a topic of its own

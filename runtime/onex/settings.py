@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Self, Union, get_args, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import annotated_types
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -90,7 +90,7 @@ def user_data_store(environ: Mapping[str, str]) -> str:
     """
     base = environ.get("XDG_DATA_HOME") or ""
     data = Path(base) if Path(base).is_absolute() else Path(environ.get("HOME") or Path.home()) / ".local" / "share"
-    return f"sqlite:///{data / 'onex' / 'onex.db'}"
+    return f"sqlite:///{quote(str(data / 'onex' / 'onex.db'))}"  # a URL: a % in a directory's name is %25
 
 
 MEMORY: Final = ":memory:"  # the path of an in-memory SQLite database
@@ -575,7 +575,7 @@ class Settings(BaseSettings):
         if self.store.startswith(prefix) and not self.store.startswith("sqlite:////"):
             path = self.store[len(prefix) :]
             if path != ":memory:" and not Path(path).is_absolute():
-                return prefix + str(self.root / path)
+                return f"{prefix}{quote(str(self.root))}/{path}"  # ``path`` is URL text already; the root is not
         return self.store
 
 

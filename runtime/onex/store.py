@@ -518,6 +518,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> StoreHealth: ...
 
+    async def probe_write(self) -> None:
+        """``StoreError`` when the store cannot be written at all (SQLite: a read-only file, a file system that
+        refuses writes), checked without changing anything; before nodes start, so that they do no work they could not
+        record. Nothing here for a server (PostgreSQL): one that is down is held through, one that refuses a write
+        says so on that write."""
+        return  # not abstract: a store without such a check (PostgreSQL) has nothing to do
+
     @property
     def circuit_open(self) -> bool:
         """Whether the store refuses calls without trying, its circuit breaker open (PostgreSQL while the server

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
-from onex import _jsontext
+from onex import _jsontext, _sqlite_exec
 from onex._sqlite import SqliteStore
 from onex.exceptions import EntityExists, StoreError, StoreUnavailable
 from onex.metastore._sql import (
@@ -148,9 +148,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _fail(exc: sqlite3.Error, doing: str) -> StoreError:
-    busy = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    locked = isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in busy
-    error = StoreUnavailable if locked else StoreError
+    error = StoreUnavailable if _sqlite_exec.unavailable(exc) else StoreError  # locked, read-only, full: an outage
     return error(f"metastore: {doing} failed: {type(exc).__name__}: {exc}")
 
 
