@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from onex import _sqlite_exec
+from onex import _sqlite_exec, _sqlite_process
 from onex._sqlite import SqliteStore
 from onex.exceptions import StoreError, StoreUnavailable
 from onex.store import StampRow, WriteBatch
@@ -180,8 +180,10 @@ async def test_a_writer_process_that_stops_reading_does_not_block_the_event_loop
         assert not os.get_blocking(process._proc.stdin.fileno())
         pid = store.writer_pid
         assert pid is not None
-        # Larger than a pipe holds (64 KiB): written as the process reads it.
-        big = WriteBatch(stamps=[stamp(f"{i}.py", uuid.uuid4().hex * 64) for i in range(100)])
+        # Larger than the pipe holds (_sqlite_process.PIPE_SIZE where Linux sets it, else 64 KiB): written as the
+        # process reads it. Each stamp carries over 2 KiB.
+        count = 2 * _sqlite_process.PIPE_SIZE // 2048
+        big = WriteBatch(stamps=[stamp(f"{i}.py", uuid.uuid4().hex * 64) for i in range(count)])
         os.kill(pid, signal.SIGSTOP)  # reads nothing until SIGCONT: a write() into its full pipe would wait as long
         try:
             writing = asyncio.ensure_future(store.apply(big))
@@ -193,7 +195,7 @@ async def test_a_writer_process_that_stops_reading_does_not_block_the_event_loop
             os.kill(pid, signal.SIGCONT)
         await writing
         assert process._unsent is None
-        assert await store.count("metadata_stamps") == 101
+        assert await store.count("metadata_stamps") == count + 1
     finally:
         await store.aclose()
 

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Final
 
 from onex import _sqlite_exec
+
+if sys.platform != "win32":
+    import fcntl
 from onex._group_commit import deliver, split_first
 from onex._sqlite_exec import LENGTH, Config, Failure, Sql
 from onex.exceptions import StoreError, StoreUnavailable
@@ -48,6 +51,8 @@ from onex.exceptions import StoreError, StoreUnavailable
 _log = logging.getLogger("onex.store")
 
 SCRIPT: Final = str(Path(_sqlite_exec.__file__).resolve())
+PIPE_SIZE: Final = 1 << 20  # bytes of the pipe to the process (``start``): Linux's default pipe-max-size
+_SETPIPE_SZ: Final[int | None] = getattr(fcntl, "F_SETPIPE_SZ", None) if sys.platform != "win32" else None
 STOP_TIMEOUT_S: Final = 30.0  # how long closing waits for the process to close its connection (a checkpoint may run)
 
 Waiting = tuple[tuple[bytes, bool], "asyncio.Future[None]"]  # a packed batch, whether it is a checkpoint, its caller
@@ -100,6 +105,10 @@ class WriterProcess:
         # Its input too: a group larger than the pipe holds is written as the process reads it (``_send``), never by
         # the event loop's thread waiting in write() for a process that may not read (stuck, or gone wrong).
         os.set_blocking(proc.stdin.fileno(), False)
+        if _SETPIPE_SZ is not None:  # Linux: a pipe of 1 MiB (its default maximum) rather than 64 KiB, so a group goes
+            # in one write: what is left for _writable waits for the loop's next turn, and the process idles meanwhile
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(proc.stdin.fileno(), _SETPIPE_SZ, PIPE_SIZE)
         self._proc = proc
 
     async def submit(self, batch: bytes, first: bool) -> None:
