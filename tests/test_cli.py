@@ -711,7 +711,13 @@ def test_stamp_drains_on_sigterm_as_on_ctrl_c_leaving_no_temporary_file_and_no_w
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
-        proc.send_signal(signum)
+        # Held still, so that the signal comes while it stamps: with the store's write lock taken, no workflow can
+        # end (its checkpoint waits), and a loaded machine's run cannot finish between the first rows and the signal.
+        with contextlib.closing(sqlite3.connect(db, timeout=60, isolation_level=None)) as lock:
+            lock.execute("BEGIN IMMEDIATE")
+            assert proc.poll() is None, log.read_text()
+            proc.send_signal(signum)
+            lock.execute("ROLLBACK")
         returncode = proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -726,8 +732,8 @@ def test_stamp_drains_on_sigterm_as_on_ctrl_c_leaving_no_temporary_file_and_no_w
     output = log.read_text()
     # Interrupted (not finished before the signal came): the status a shell expects (128 + the signal), not 1 ("a
     # file failed"), and how far it got, where it said only "Aborted!".
-    [line] = output.strip().splitlines()
     assert returncode == status, output
+    [line] = output.strip().splitlines()
     assert re.fullmatch(rf"error: interrupted by {name}: \d+ file\(s\) (of 6000 )?had their outcome.*", line), line
     assert "Run onex stamp again to finish" in line
 
