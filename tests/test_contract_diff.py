@@ -235,3 +235,26 @@ def test_a_consumed_events_batch_size_is_a_compatible_change(project: Path) -> N
         ("events.consumes.GREETING_REQUESTED.batch", "False -> True", "compatible"),
         ("events.consumes.GREETING_REQUESTED.max_batch", "None -> 50", "compatible"),
     ]
+
+
+def test_an_old_side_written_for_an_earlier_onex_is_compared_whatever_this_ones_checks_refuse(project: Path) -> None:
+    """A committed contract using a field this onex refuses (``condition_name``, read by nothing) is what the
+    comparison starts from, not a load error: every contract committed before the refusal came would be one."""
+    fsm = project / "subcontracts/fsm/greeting.yaml"
+    fsm.write_text(
+        fsm.read_text().replace(
+            "{expression: name min_length 1}", "{condition_name: named, expression: name min_length 1}"
+        )
+    )
+    committed(project)
+    fsm.write_text(
+        fsm.read_text().replace("condition_name: named, ", "").replace("trigger: fail}", "trigger: give_up}")
+    )
+
+    changes = diff_files("git:HEAD", project / CONTRACT, root=project, env={})
+    assert [(c.where, c.change, c.verdict) for c in changes if c.verdict == "breaking"] == [
+        ("fsm.triggers.fail", "removed", "breaking")
+    ]
+    warned = onex("validate", cwd=project, root=project)
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    assert "1 incompatible change(s) since HEAD" in warned.stderr

@@ -226,7 +226,18 @@ def test_usage_errors_exit_2_with_one_line(store_url: str, args: list[str], says
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_store_where_no_database_is_is_an_error_and_left_uncreated(tmp_path: Path) -> None:
+    """As every command that reads the store: a mistyped path is said, not migrated into an empty database."""
+    nowhere = tmp_path / "typo.db"
+    for args in (["list"], ["show", str(uuid.uuid4())], ["replay", "--all"]):
+        result = onex(*args, "--store", f"sqlite:///{nowhere}")
+        assert result.exit_code == 1, (args, result.output)
+        assert f"no SQLite database at {nowhere}" in result.stderr, args
+    assert not nowhere.exists()
+
+
 def test_an_unknown_id_is_a_failure_named_in_the_answer(store_url: str) -> None:
+    asyncio.run(dead_letter_one(store_url, rejected_request()))  # a store that exists, holding another letter
     missing = str(uuid.uuid4())
     result = onex("replay", missing, "--store", store_url, "-o", "json")
     assert result.exit_code == 1

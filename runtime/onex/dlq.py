@@ -146,8 +146,9 @@ def _newest_first(rows: list[DeadLetterRow]) -> list[DeadLetterRow]:
 
 @contextlib.asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[Store]:
-    """The settings' store, open; the embedded SQLite default is migrated, as ``onex run`` does."""
-    async with store_for(settings) as store:
+    """The settings' store, open; an embedded SQLite database is migrated, as ``onex run`` does, but never created:
+    a mistyped path is an error (``no SQLite database at PATH``), not an empty database left there."""
+    async with store_for(settings, create=False) as store:
         if settings.store_url().startswith("sqlite:"):
             await store.upgrade()
         yield store

@@ -325,7 +325,7 @@ def diff_files(old: str, new: Path, *, root: Path, env: Mapping[str, str] | None
     new_contract = load_contract(new, root=root, check_implementations=False, env=env)
     if not old.startswith("git:"):
         old_root = _project_of(Path(old), root)  # another checkout's file resolves its $refs in its own project
-        old_contract = load_contract(old, root=old_root, check_implementations=False, env=env)
+        old_contract = load_contract(old, root=old_root, check_implementations=False, env=env, checked=False)
         return diff_contracts(old_contract, new_contract, old_root=old_root, new_root=root)
     ref = old.removeprefix("git:") or "HEAD"
     relative = new.resolve().relative_to(root.resolve())
@@ -333,7 +333,7 @@ def diff_files(old: str, new: Path, *, root: Path, env: Mapping[str, str] | None
         committed = old_root / relative
         if not committed.is_file():
             raise OnexError(f"{relative} is not in git at {ref}")
-        old_contract = load_contract(committed, root=old_root, check_implementations=False, env=env)
+        old_contract = load_contract(committed, root=old_root, check_implementations=False, env=env, checked=False)
         return diff_contracts(old_contract, new_contract, old_root=old_root, new_root=root)
 
 
@@ -355,7 +355,7 @@ def unversioned_breaks(
             if not committed.is_file():
                 continue
             try:
-                old = load_contract(committed, root=old_root, check_implementations=False, env=env)
+                old = load_contract(committed, root=old_root, check_implementations=False, env=env, checked=False)
             except OnexError:
                 continue  # the committed version did not load: nothing to compare with
             breaking = [

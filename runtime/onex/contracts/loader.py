@@ -586,13 +586,19 @@ def load_contract(
     check_implementations: bool = True,
     env: Mapping[str, str] | None = None,
     max_bytes: int = MAX_FILE_BYTES,
+    checked: bool = True,
 ) -> Contract:
     """Load and validate one contract file (and the files it ``$ref``s); ``ContractError`` lists every issue.
 
     Set-level checks (duplicate versions, unpublished events) need the whole set: see ``load_contracts``.
+    ``checked=False``: the contract its files describe whatever the checks beyond its schema say (a field this onex
+    refuses as unread, a contract language it does not read): ``onex contract diff``'s OLD side, written for the onex
+    of its day. A file that does not load into a contract at all is still a ``ContractError``.
     """
     session = _session(root, env, max_bytes, check_implementations)
     result = session.load_file(path)
+    if not checked and isinstance(result, _Loaded):
+        return result.contract
     if result is not None and not isinstance(result, _Loaded):
         file = session.file(path)
         session.report(
