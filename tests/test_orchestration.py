@@ -374,3 +374,28 @@ async def test_no_step_starts_once_a_required_step_has_failed() -> None:
     assert outcome.event_type == "BUILD_FAILED"
     assert [s for s, _ in node.started] == ["a", "b", "a"]
     assert statuses(outcome)["polish"] == "skipped"
+
+
+@pytest.mark.anyio
+async def test_an_on_workflow_done_that_raises_is_logged_naming_the_workflow(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workflow is off the running ones before ``on_workflow_done``: a redelivery finds it finished, so a user
+    class's error there would leave it with no outcome and no word, were it not logged here."""
+
+    async def broken(workflow: Any) -> None:
+        raise RuntimeError("a bug in the node class")
+
+    async with assembler() as h:
+        node = hosted_assembler(h)
+        monkeypatch.setattr(node, "on_workflow_done", broken)
+        cid = await build(h)
+        with caplog.at_level("ERROR", logger="onex.nodes"):
+            await step_done(h, cid, "b")
+            await step_done(h, cid, "a", ok=False, error="jammed")
+            await step_done(h, cid, "a", ok=False, error="jammed again")
+
+    [record] = [r for r in caplog.records if "on_workflow_done failed" in r.getMessage()]
+    assert str(cid) in record.getMessage()
+    assert record.exc_info is not None
+    assert "a bug in the node class" in str(record.exc_info[1])

@@ -708,9 +708,8 @@ class OrchestratorNode(Node):
     """
 
     node_type = NodeType.ORCHESTRATOR
-    # A call a topic: a batch's commands go out with its flush, and the requests' commands then waited for the results
-    # handled in the same call (five processes on Kafka at 64 workflows in flight: 5 % fewer stamps/s in five pairs of
-    # six; issue 12's thirty-seventh part, docs/performance.md).
+    # A call a topic: joined, a batch's commands waited for the results handled in the same call (five processes on
+    # Kafka at 64 in flight: 5 % fewer stamps/s in five pairs of six; issue 12's thirty-seventh part).
     join_topics = False
     # A workflow resumes from its FSM state and its steps; ``context`` is what ``save_context`` keeps. Versioned by
     # the FSM's sequence (``state_seq``: a row never goes back to an earlier state), and there are no windows.
@@ -769,11 +768,9 @@ class OrchestratorNode(Node):
         self._writes = WritesUnderWay()  # a checkpoint waits for those begun before it (``checkpoint``)
         self._outcomes: defaultdict[str, list[OnexEnvelopeV1]] = defaultdict(list)  # ``send_outcome``, by event
         self._held: set[asyncio.Future[None]] = set()  # the checkpoint writes the outcomes wait for
-        # Workflows finished recently, so a redelivered request (at-least-once) does not run its workflow again and a
-        # rebalance does not load one whose outcome is not stored yet. Bounded: a redelivery later than
-        # ``config.dedupe_window`` workflows would run again, and is idempotent in the store. Keyed by the ids'
-        # integers: a UUID is an object the garbage collector tracks, an int is not, and a window of 200,000 live
-        # UUIDs made every collection slower.
+        # Finished recently: a redelivered request (at-least-once) runs no workflow again, a rebalance loads none whose
+        # outcome is not stored yet; ``config.dedupe_window`` of them (later, it runs again: idempotent in the store).
+        # By the ids' ints: the garbage collector tracks a UUID, not an int (200,000 UUIDs slowed every collection).
         self._finished: OrderedDict[int, None] = OrderedDict()
         self.dedupe_window = self.config.dedupe_window
         # Outcomes published and not seen stored yet: (when to look, workflow, event name, outcome); ``expect_stored``.
@@ -800,8 +797,7 @@ class OrchestratorNode(Node):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    # to implement
-    async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:
+    async def run_step(self, workflow: Workflow, run: StepRun) -> dict[str, Any] | None:  # to implement, as the next
         raise NotImplementedError
 
     async def on_workflow_done(self, workflow: Workflow) -> None:
@@ -1090,7 +1086,11 @@ class OrchestratorNode(Node):
             self._finished[workflow.cid.int] = None
             if len(self._finished) > self.dedupe_window:
                 self._finished.popitem(last=False)
-            await self.on_workflow_done(workflow)
+            try:
+                await self.on_workflow_done(workflow)
+            except Exception:  # off the running ones already: a redelivery finds it finished, so it is said here
+                _log.exception("%s: on_workflow_done failed: workflow %s has no outcome", self.node_id, workflow.cid)
+                raise
 
     async def _start_step(self, workflow: Workflow, run: StepRun) -> None:
         run.status = _RUNNING
