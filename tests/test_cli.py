@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a failure was found, 2 usage error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pty
@@ -704,6 +705,9 @@ def test_stamp_drains_on_sigterm_as_on_ctrl_c_leaving_no_temporary_file_and_no_w
             env=environment(),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            # Ctrl-C as at a terminal: a run started in the background by a shell without job control (a CI job, say)
+            # inherits SIGINT ignored, which Python and onex respect, as a shell's background job should.
+            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + 60
