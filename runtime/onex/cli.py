@@ -497,9 +497,8 @@ def stamp(
             report = _run(run_.run(list(paths), on_progress=progress_), settings)
     except OnexError as exc:
         _fail(str(exc))
-    except (
-        KeyboardInterrupt
-    ) as exc:  # Ctrl-C or SIGTERM: the nodes drained; say how far it got, exit as a shell expects
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: the nodes drained; say how far it got, and exit as a shell expects.
         status = interrupted_status(exc)
         done, total = heard[0]
         of = f"of {total} " if total is not None else ""
